@@ -1,0 +1,115 @@
+"""Load and validate the YAML catalog.
+
+Example:
+    >>> from catalog import load_catalog
+    >>> load_catalog().pipeline("tthc_dossiers").dataset
+    'dossier'
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from catalog.models import Catalog, DatasetSpec, IndicatorSpec, PipelineSpec, SystemSpec
+
+CATALOG_DIR = Path(__file__).resolve().parent
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+_SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
+    "systems.yaml": ("systems", SystemSpec),
+    "datasets.yaml": ("datasets", DatasetSpec),
+    "pipelines.yaml": ("pipelines", PipelineSpec),
+    "indicators.yaml": ("indicators", IndicatorSpec),
+}
+
+
+class CatalogError(ValueError):
+    """The catalog is invalid; the message names the file and the field."""
+
+
+def expand_env(text: str) -> str:
+    """Expand `${VAR}` and `${VAR:-default}` from the environment."""
+
+    def _sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None:
+            if default is None:
+                raise CatalogError(f"environment variable {name} is not set and has no default")
+            return default
+        return value
+
+    return _ENV_REF.sub(_sub, text)
+
+
+def _location(err: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in err["loc"])
+
+
+def _load_section(path: Path, section: str, model: type[BaseModel]) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+    entries = document.get(section)
+    if not isinstance(entries, dict):
+        raise CatalogError(f"{path}: expected a mapping under '{section}:'")
+    loaded: dict[str, Any] = {}
+    for name, body in entries.items():
+        if not isinstance(body, dict):
+            raise CatalogError(f"{path}: {section}.{name}: expected a mapping")
+        try:
+            loaded[name] = model.model_validate({"name": name, **body})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{section}.{name}.{_location(e)}: {e['msg']}" for e in exc.errors()
+            )
+            raise CatalogError(f"{path}: {problems}") from None
+    return loaded
+
+
+def _cross_check(catalog: Catalog, directory: Path) -> None:
+    for pipeline in catalog.pipelines.values():
+        where = f"{directory / 'pipelines.yaml'}: pipelines.{pipeline.name}"
+        if pipeline.source.system not in catalog.systems:
+            raise CatalogError(f"{where}.source.system: unknown system '{pipeline.source.system}'")
+        if pipeline.dataset not in catalog.datasets:
+            raise CatalogError(f"{where}.dataset: unknown dataset '{pipeline.dataset}'")
+    for indicator in catalog.indicators.values():
+        where = f"{directory / 'indicators.yaml'}: indicators.{indicator.name}"
+        dataset = catalog.datasets.get(indicator.dataset)
+        if dataset is None:
+            raise CatalogError(f"{where}.dataset: unknown dataset '{indicator.dataset}'")
+        for column in [indicator.date_column, indicator.unit_column, *indicator.numerator, *indicator.denominator]:
+            if column not in dataset.columns:
+                raise CatalogError(f"{where}: column '{column}' is not in dataset '{dataset.name}'")
+
+
+def load_catalog(directory: Path | str | None = None) -> Catalog:
+    """Read every catalog file in `directory` (default: this package's folder).
+
+    Raises:
+        CatalogError: naming the file and the field that is wrong.
+    """
+    directory = Path(directory or os.environ.get("LGSP_CATALOG_DIR") or CATALOG_DIR)
+    sections: dict[str, Any] = {}
+    for filename, (section, model) in _SECTIONS.items():
+        path = directory / filename
+        if not path.exists():
+            if section == "indicators":
+                continue
+            raise CatalogError(f"{path}: catalog file is missing")
+        sections[section] = _load_section(path, section, model)
+    catalog = Catalog(**sections)
+    _cross_check(catalog, directory)
+    return catalog
+
+
+def resolve_endpoint(system: SystemSpec) -> str:
+    """The system's endpoint with `${VAR:-default}` expanded now (not at load time)."""
+    return expand_env(system.endpoint)

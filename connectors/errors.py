@@ -1,0 +1,37 @@
+"""Every connector failure has a class: retriable (try again later) or fatal (stop now)."""
+from __future__ import annotations
+
+
+class ConnectorError(RuntimeError):
+    """A call to an external system failed.
+
+    The message names the system, the operation, what happened and what to do.
+    """
+
+    retriable = False
+
+    def __init__(self, system: str, operation: str, problem: str, hint: str = "") -> None:
+        self.system, self.operation, self.problem, self.hint = system, operation, problem, hint
+        message = f"{system} {operation}: {problem}"
+        if hint:
+            message += f" -- {hint}"
+        super().__init__(message)
+
+
+class RetriableError(ConnectorError):
+    """Timeouts, connection resets, 429, 5xx, SOAP server faults."""
+
+    retriable = True
+
+    def __init__(self, system: str, operation: str, problem: str, hint: str = "",
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(system, operation, problem, hint)
+        self.retry_after_s = retry_after_s
+
+
+class FatalError(ConnectorError):
+    """Other 4xx, SOAP client faults, malformed payloads: retrying will not help."""
+
+
+class RetriesExhausted(ConnectorError):
+    """A retriable failure kept happening until the retry budget ran out."""

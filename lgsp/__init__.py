@@ -1,0 +1,1 @@
+"""lgsp: the pipeline runner, the DAG factory and the `lgsp` CLI."""

@@ -1,0 +1,179 @@
+"""The `lgsp` command line.
+
+    lgsp demo                 sandbox + every pipeline on Airflow + indicators + summary
+    lgsp run PIPELINE         one pipeline (on Airflow, or --inline in this process)
+    lgsp pipelines            list the catalog's pipelines
+    lgsp sandbox              serve the sandbox systems until Ctrl-C
+    lgsp catalog              validate the catalog
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from catalog import CatalogError, load_catalog
+from lgsp.settings import load_settings, redact_url
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lgsp: data integration and sharing for a Vietnamese province (LGSP).")
+console = Console(highlight=False)
+
+
+def fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """Show a long step while it runs, then its duration."""
+    started = time.monotonic()
+    console.print(f"[cyan]->[/] {title} ...")
+    with console.status(title, spinner="dots"):
+        yield
+    console.print(f"   [green]done[/] {title} ({time.monotonic() - started:.1f}s)")
+
+
+def _start_sandbox(seed: int, citizens: int, dossiers: int) -> Any:
+    from sandbox import start_sandbox
+
+    api_key = secrets.token_urlsafe(24)
+    handle = start_sandbox(seed=seed, citizens=citizens, dossiers=dossiers, api_key=api_key)
+    os.environ["LGSP_POPULATION_WSDL"] = handle.population_wsdl
+    os.environ["LGSP_TTHC_URL"] = handle.tthc_url
+    os.environ["LGSP_TTHC_API_KEY"] = api_key
+    return handle
+
+
+def _airflow_run(dag_ids: list[str]) -> None:
+    from lgsp import airflow_env
+
+    settings = load_settings()
+    airflow_env.configure(settings)
+    with step("preparing Airflow metadata DB (SQLite under var/airflow)"):
+        airflow_env.ensure_metadata_db(settings)
+    with step("parsing the DAG folder"):
+        dagbag = airflow_env.load_dagbag()
+    for dag_id in dag_ids:
+        with step(f"Airflow: {dag_id}"):
+            airflow_env.run_dag(dag_id, dagbag)
+
+
+@app.command()
+def demo(seed: int = typer.Option(37, help="sandbox data seed"),
+         citizens: int = typer.Option(2000, help="citizens in the population sandbox"),
+         dossiers: int = typer.Option(6000, help="dossiers in the TTHC sandbox"),
+         inline: bool = typer.Option(False, help="run the pipelines in this process, without Airflow")) -> None:
+    """Start the sandbox, run every pipeline and the indicators on Airflow, print a summary."""
+    from indicators import compute_indicator
+    from lgsp import runner
+    from lgsp.report import print_summary
+    from warehouse import Warehouse
+
+    settings, catalog = load_settings(), load_catalog()
+    console.print(f"[bold]lgsp demo[/]: warehouse {redact_url(settings.database_url)}, lake {settings.lake_root}")
+    with step(f"starting sandbox services (seed {seed}: {citizens} citizens, {dossiers} dossiers)"):
+        handle = _start_sandbox(seed, citizens, dossiers)
+    console.print(f"   population SOAP {handle.population_wsdl}\n   TTHC REST       {handle.tthc_url}")
+    try:
+        if inline:
+            for name in catalog.pipelines:
+                with step(f"pipeline {name}"):
+                    runner.run_pipeline(name, catalog=catalog, settings=settings)
+            wh = Warehouse(settings.database_url, catalog)
+            for spec in catalog.indicators.values():
+                with step(f"indicator {spec.name}"):
+                    compute_indicator(wh, spec)
+        else:
+            _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"])
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one clear message
+        handle.stop()
+        fail(f"{type(exc).__name__}: {exc}")
+    handle.stop()
+    wh = Warehouse(settings.database_url, catalog)
+    print_summary(console, wh, catalog)
+    console.print(f"Data: warehouse {redact_url(settings.database_url)}; lake {settings.lake_root} "
+                  f"(landing/ as received, raw/<dataset>/ingest_date=.../*.parquet)")
+
+
+@app.command()
+def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipelines`)"),
+        full_refresh: bool = typer.Option(False, help="ignore the cursor and pull everything"),
+        inline: bool = typer.Option(False, help="run in this process instead of on Airflow")) -> None:
+    """Run one pipeline now."""
+    from lgsp import runner
+
+    catalog = load_catalog()
+    try:
+        catalog.pipeline(pipeline)
+        if inline:
+            with step(f"pipeline {pipeline}"):
+                result = runner.run_pipeline(pipeline, full_refresh=full_refresh, catalog=catalog)
+            console.print({k: result[k] for k in ("batch_id", "rows_pulled", "rows_landed",
+                                                  "rows_quarantined", "rows_changed")})
+        else:
+            if full_refresh:
+                fail("--full-refresh is only available with --inline for now")
+            _airflow_run([f"lgsp_{pipeline}"])
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        fail(f"pipeline {pipeline}: {type(exc).__name__}: {exc}")
+
+
+@app.command()
+def pipelines() -> None:
+    """List the pipelines in the catalog."""
+    catalog = load_catalog()
+    table = Table(title="Pipelines (catalog/pipelines.yaml)")
+    for col in ("pipeline", "DAG", "source", "dataset", "schedule", "retries"):
+        table.add_column(col)
+    for p in catalog.pipelines.values():
+        table.add_row(p.name, f"lgsp_{p.name}", f"{p.source.system}.{p.source.operation}", p.dataset,
+                      str(p.schedule), str(p.retries))
+    console.print(table)
+
+
+@app.command(name="catalog")
+def check_catalog() -> None:
+    """Validate the catalog files; exit non-zero naming the file and field if one is wrong."""
+    c = load_catalog()
+    console.print(f"catalog ok: {len(c.systems)} systems, {len(c.datasets)} datasets, "
+                  f"{len(c.pipelines)} pipelines, {len(c.indicators)} indicators")
+
+
+@app.command()
+def sandbox(seed: int = 37, citizens: int = 2000, dossiers: int = 6000) -> None:
+    """Serve the sandbox systems on loopback until Ctrl-C, printing the env to use them."""
+    handle = _start_sandbox(seed, citizens, dossiers)
+    for var in ("LGSP_POPULATION_WSDL", "LGSP_TTHC_URL", "LGSP_TTHC_API_KEY"):
+        console.print(f"export {var}={os.environ[var]}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        handle.stop()
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LGSP_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except CatalogError as exc:
+        console.print(f"[bold red]catalog error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

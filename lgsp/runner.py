@@ -1,0 +1,244 @@
+"""The pipeline runner: extract -> validate -> load, each step a library call.
+
+The Airflow DAGs (dags/) call these three functions as tasks; `lgsp run`
+calls them in-process. Data flows one way: connector -> schema/quality ->
+warehouse. Each step leaves its result on disk (the lake) or in the store,
+so a step can be retried, and a killed run can be rerun, without loss.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from catalog import Catalog, DatasetSpec, PipelineSpec, SystemSpec, load_catalog
+from lgsp.settings import Settings, load_settings
+from warehouse import Lake, Warehouse, to_json
+
+log = logging.getLogger("lgsp.runner")
+
+
+class BatchBalanceError(RuntimeError):
+    """Rows pulled != rows landed + quarantined + superseded: something was lost."""
+
+
+@dataclass
+class PipelineContext:
+    """Everything a step needs about one pipeline."""
+
+    catalog: Catalog
+    pipeline: PipelineSpec
+    settings: Settings
+
+    @property
+    def system(self) -> SystemSpec:
+        return self.catalog.systems[self.pipeline.source.system]
+
+    @property
+    def dataset(self) -> DatasetSpec:
+        return self.catalog.datasets[self.pipeline.dataset]
+
+    @cached_property
+    def lake(self) -> Lake:
+        return Lake(self.settings.lake_root)
+
+    @cached_property
+    def warehouse(self) -> Warehouse:
+        wh = Warehouse(self.settings.database_url, self.catalog)
+        wh.create_all()
+        return wh
+
+
+def context(pipeline: str, catalog: Catalog | None = None, settings: Settings | None = None) -> PipelineContext:
+    catalog = catalog or load_catalog()
+    return PipelineContext(catalog, catalog.pipeline(pipeline), settings or load_settings())
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_batch_id(pipeline: str) -> str:
+    return f"{pipeline}-{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def _update_batch(ctx: PipelineContext, batch_id: str, conn: sa.Connection | None = None, **values: Any) -> None:
+    table = ctx.warehouse.system["lgsp_batch"]
+    stmt = table.update().where(table.c.batch_id == batch_id).values(**values)
+    if conn is not None:
+        conn.execute(stmt)
+    else:
+        with ctx.warehouse.transaction() as own:
+            own.execute(stmt)
+
+
+# --- extract ---------------------------------------------------------------------------------
+
+def extract(ctx: PipelineContext, full_refresh: bool = False) -> dict[str, Any]:
+    """Pull every page changed since the pipeline's cursor and land it as received.
+
+    Returns the batch manifest (batch id, pages, rows pulled, cursor used).
+    """
+    from connectors import iter_pages, open_transport
+
+    wh, pipeline = ctx.warehouse, ctx.pipeline
+    since = None if full_refresh else wh.get_cursor(pipeline.name)
+    batch_id = new_batch_id(pipeline.name)
+    with wh.transaction() as conn:
+        conn.execute(wh.system["lgsp_batch"].insert().values(
+            batch_id=batch_id, pipeline=pipeline.name, dataset=pipeline.dataset,
+            source_system=ctx.system.name, status="extracting", started_at=_now(), cursor_from=since))
+    transport = open_transport(ctx.system, pipeline.source)
+    pages = rows = 0
+    try:
+        for page in iter_pages(ctx.system, pipeline.source, transport, since):
+            ctx.lake.write_page(pipeline.name, batch_id, page.number, page.records)
+            pages, rows = pages + 1, rows + len(page.records)
+            log.info("%s: page %d, %d rows so far", pipeline.name, page.number, rows)
+    except Exception as exc:
+        _update_batch(ctx, batch_id, status="failed", finished_at=_now(), rows_pulled=rows,
+                      message=f"extract failed after {pages} page(s): {exc}")
+        raise
+    finally:
+        transport.close()
+    manifest = {"batch_id": batch_id, "pipeline": pipeline.name, "dataset": pipeline.dataset,
+                "system": ctx.system.name, "pages": pages, "rows_pulled": rows,
+                "cursor_from": since.isoformat() if since else None, "extracted_at": _now().isoformat()}
+    ctx.lake.write_manifest(pipeline.name, batch_id, manifest)
+    _update_batch(ctx, batch_id, status="extracted", rows_pulled=rows)
+    return manifest
+
+
+# --- validate --------------------------------------------------------------------------------
+
+def _record_key(record: dict[str, Any], key: list[str]) -> str:
+    return "|".join(str(record.get(k)) for k in key)
+
+
+def _quarantine_rows(ctx: PipelineContext, batch_id: str, records: list[dict[str, Any]],
+                     rejections: list[Any]) -> list[dict[str, Any]]:
+    now, ds = _now(), ctx.dataset
+    rows = []
+    for rej in rejections:
+        payload = to_json(records[rej.position])
+        qid = hashlib.sha256(f"{ds.name}\x1f{rej.rule}\x1f{payload}".encode()).hexdigest()[:32]
+        rows.append({"quarantine_id": qid, "dataset": ds.name, "pipeline": ctx.pipeline.name,
+                     "batch_id": batch_id, "last_batch_id": batch_id, "rule": rej.rule, "reason": rej.reason,
+                     "record_key": _record_key(records[rej.position], ds.key), "payload": payload,
+                     "status": "open", "quarantined_at": now})
+    return rows
+
+
+def _store_quarantine(ctx: PipelineContext, rows: list[dict[str, Any]]) -> None:
+    """Keep every rejected row; a row seen again only gets its last_batch_id updated."""
+    wh = ctx.warehouse
+    table = wh.system["lgsp_quarantine"]
+    with wh.transaction() as conn:
+        wh.insert_ignore(conn, table, rows, ["quarantine_id"])
+        for row in rows:
+            conn.execute(table.update().where(table.c.quarantine_id == row["quarantine_id"])
+                         .values(last_batch_id=row["last_batch_id"]))
+
+
+def _store_expectations(ctx: PipelineContext, batch_id: str, outcomes: list[Any]) -> None:
+    wh, now = ctx.warehouse, _now()
+    rows = [{"batch_id": batch_id, "expectation": o.expectation, "column_name": o.column or "",
+             "dataset": ctx.dataset.name, "success": o.success, "unexpected_count": o.unexpected_count,
+             "checked_at": now} for o in outcomes]
+    with wh.transaction() as conn:
+        wh.upsert(conn, wh.system["lgsp_expectation_result"], rows, ["batch_id", "expectation", "column_name"])
+
+
+def _latest_per_key(frame: pd.DataFrame, ds: DatasetSpec) -> pd.DataFrame:
+    """If a record appears twice in one batch (changed while paging), keep its latest version."""
+    ordered = frame.sort_values(ds.cursor_field, kind="stable") if ds.cursor_field else frame
+    return ordered.drop_duplicates(subset=ds.key, keep="last").sort_index()
+
+
+def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
+    """Type, check and split a landed batch: good rows to Parquet, bad rows to quarantine.
+
+    Raises:
+        SchemaError: the batch breaks the dataset's contract.
+        QualityError: a dataset-level expectation failed (bad rows are already in quarantine).
+    """
+    from quality import QualityError, run_row_checks, validate_dataset
+    from schemas import SchemaError, coerce, to_arrow
+
+    ds, pipeline = ctx.dataset, ctx.pipeline
+    manifest = ctx.lake.read_manifest(pipeline.name, batch_id)
+    records = list(ctx.lake.read_records(pipeline.name, batch_id))
+    try:
+        typed = coerce(records, ds)
+        checked = run_row_checks(typed.frame, ds, typed.type_errors)
+        quarantine = _quarantine_rows(ctx, batch_id, records, checked.rejections)
+        _store_quarantine(ctx, quarantine)
+        outcomes = validate_dataset(typed.frame, checked.passed, ds, batch_id)
+    except (SchemaError, QualityError) as exc:
+        _update_batch(ctx, batch_id, status="failed", finished_at=_now(), message=str(exc))
+        raise
+    _store_expectations(ctx, batch_id, outcomes)
+    good = _latest_per_key(typed.frame[checked.passed], ds)
+    cursor_to = typed.frame[ds.cursor_field].max() if ds.cursor_field and len(typed.frame) else None
+    table = to_arrow(good, ds).replace_schema_metadata(None)
+    path = ctx.lake.write_parquet(table, ds.name, _now().date(), batch_id)
+    result = {**manifest, "rows_valid": len(good), "rows_quarantined": len(quarantine),
+              "rows_superseded": int(checked.passed.sum()) - len(good), "parquet": str(path),
+              "extra_columns": typed.extra_columns,
+              "cursor_to": None if cursor_to is None or pd.isna(cursor_to) else cursor_to.isoformat()}
+    if result["rows_valid"] + result["rows_quarantined"] + result["rows_superseded"] != manifest["rows_pulled"]:
+        raise BatchBalanceError(f"batch {batch_id}: pulled {manifest['rows_pulled']} != valid {result['rows_valid']}"
+                                f" + quarantined {result['rows_quarantined']} + superseded {result['rows_superseded']}")
+    ctx.lake.write_manifest(pipeline.name, batch_id, result)
+    _update_batch(ctx, batch_id, status="validated", rows_quarantined=len(quarantine),
+                  rows_superseded=result["rows_superseded"], lake_path=str(path))
+    return result
+
+
+# --- load ------------------------------------------------------------------------------------
+
+def _with_lineage(table: pa.Table, ctx: PipelineContext, batch_id: str) -> list[dict[str, Any]]:
+    frame = table.to_pandas(types_mapper=pd.ArrowDtype) if table.num_rows else None
+    if frame is None:
+        return []
+    hashes = pd.util.hash_pandas_object(frame.astype("string"), index=False).to_numpy().view("int64")
+    now = _now()
+    rows = table.to_pylist()
+    for row, row_hash in zip(rows, hashes):
+        row.update(_batch_id=batch_id, _source_system=ctx.system.name, _loaded_at=now, _row_hash=int(row_hash))
+    return rows
+
+
+def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
+    """Merge a validated batch into the core table; data, batch record and cursor in one transaction."""
+    wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
+    result = ctx.lake.read_manifest(pipeline.name, batch_id)
+    if "parquet" not in result:
+        raise RuntimeError(f"batch {batch_id} of {pipeline.name} was not validated; run validate first")
+    rows = _with_lineage(pq.read_table(result["parquet"]), ctx, batch_id)
+    cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
+    with wh.transaction() as conn:
+        changed = wh.upsert(conn, wh.dataset_table(ds), rows, ds.key, only_if_changed="_row_hash")
+        wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
+        _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=len(rows),
+                      rows_changed=changed, cursor_to=cursor_to)
+    log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, len(rows), changed)
+    return {**result, "rows_landed": len(rows), "rows_changed": changed}
+
+
+def run_pipeline(name: str, full_refresh: bool = False, catalog: Catalog | None = None,
+                 settings: Settings | None = None) -> dict[str, Any]:
+    """Run extract -> validate -> load in this process (what one DAG run does)."""
+    ctx = context(name, catalog, settings)
+    manifest = extract(ctx, full_refresh=full_refresh)
+    validate(ctx, manifest["batch_id"])
+    return load(ctx, manifest["batch_id"])

@@ -1,0 +1,123 @@
+"""Row rules, vectorised over a pandas batch and registered by name.
+
+A rule returns a boolean Series: True where the row passes. Nulls pass every
+rule except `not_null` (absence is the `not_null` rule's business). `explain`
+gives the reason for one failing row; it runs only on failing rows.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from quality.reference import CCCD_PROVINCE_CODES, commune_codes
+
+Mask = pd.Series
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named row rule: a vectorised predicate and a per-row explanation."""
+
+    name: str
+    check: Callable[..., Mask]
+    explain: Callable[..., str]
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(name: str, explain: Callable[..., str]) -> Callable[[Callable[..., Mask]], Callable[..., Mask]]:
+    def _register(check: Callable[..., Mask]) -> Callable[..., Mask]:
+        RULES[name] = Rule(name, check, explain)
+        return check
+    return _register
+
+
+def _col(df: pd.DataFrame, column: str) -> pd.Series:
+    return df[column]
+
+
+@rule("not_null", lambda row, column: f"{column} is required but missing")
+def not_null(df: pd.DataFrame, column: str) -> Mask:
+    return _col(df, column).notna()
+
+
+@rule("enum", lambda row, column, values: f"{column} {row[column]!r} is not one of {values}")
+def enum(df: pd.DataFrame, column: str, values: list[Any]) -> Mask:
+    col = _col(df, column)
+    return col.isna() | col.isin(values)
+
+
+@rule("pattern", lambda row, column, pattern: f"{column} {row[column]!r} does not match {pattern}")
+def pattern(df: pd.DataFrame, column: str, pattern: str) -> Mask:
+    col = _col(df, column)
+    return (col.isna() | col.str.fullmatch(pattern)).fillna(False).astype(bool)
+
+
+PHONE_VN = r"0[35789][0-9]{8}"
+
+
+@rule("phone_vn", lambda row, column: f"{column} {row[column]!r} is not a Vietnamese mobile number (0 + 9 digits)")
+def phone_vn(df: pd.DataFrame, column: str) -> Mask:
+    return pattern(df, column, PHONE_VN)
+
+
+@rule("commune_code", lambda row, column: f"{column} {row[column]!r} is not an official commune code (2025)")
+def commune_code(df: pd.DataFrame, column: str) -> Mask:
+    col = _col(df, column)
+    return col.isna() | col.isin(commune_codes())
+
+
+def _cccd_expected_digit4(sex: pd.Series, birth: pd.Series) -> pd.Series:
+    """0/1 male/female born 1900-1999, 2/3 born 2000-2099, 4/5 2100-2199 ..."""
+    century = (birth.dt.year // 100 - 19) * 2
+    return (century + (sex == "female").astype("Int64")).astype("Int64")
+
+
+def _explain_cccd(row: pd.Series, column: str, sex: str, birth_date: str) -> str:
+    value = row[column]
+    if not isinstance(value, str) or len(value) != 12 or not value.isdigit():
+        return f"{column} {value!r} is not 12 digits"
+    if value[:3] not in CCCD_PROVINCE_CODES:
+        return f"{column} {value!r}: {value[:3]} is not a province code"
+    born = row[birth_date]
+    if pd.notna(born) and value[4:6] != f"{born.year % 100:02d}":
+        return f"{column} {value!r}: digits 5-6 ({value[4:6]}) do not match birth year {born.year}"
+    return (f"{column} {value!r}: 4th digit {value[3]} does not match sex {row[sex]!r} "
+            f"born {getattr(born, 'year', '?')}")
+
+
+@rule("cccd", _explain_cccd)
+def cccd(df: pd.DataFrame, column: str, sex: str, birth_date: str) -> Mask:
+    """12 digits; province code; 4th digit = sex/century; 5-6 = birth year."""
+    col = _col(df, column)
+    shape = col.str.fullmatch(r"[0-9]{12}").fillna(False).astype(bool)
+    province = col.str.slice(0, 3).isin(CCCD_PROVINCE_CODES)
+    born = pd.to_datetime(df[birth_date])
+    digit4 = pd.to_numeric(col.str.slice(3, 4), errors="coerce").astype("Int64")
+    year2 = pd.to_numeric(col.str.slice(4, 6), errors="coerce").astype("Int64")
+    consistent = (digit4 == _cccd_expected_digit4(df[sex], born)) & (year2 == born.dt.year % 100)
+    consistent = consistent.fillna(True).astype(bool)  # unknown sex/birth: the other rules decide
+    return col.isna() | (shape & province & consistent)
+
+
+def _explain_ordered(row: pd.Series, columns: list[str]) -> str:
+    present = [(c, row[c]) for c in columns if pd.notna(row[c])]
+    for (a, va), (b, vb) in zip(present, present[1:]):
+        if va > vb:
+            return f"{a} ({va}) is after {b} ({vb})"
+    return f"{' <= '.join(columns)} does not hold"
+
+
+@rule("ordered", _explain_ordered)
+def ordered(df: pd.DataFrame, columns: list[str]) -> Mask:
+    """Each present value <= the next present one (nulls are skipped)."""
+    ok = pd.Series(True, index=df.index)
+    for i, earlier in enumerate(columns):
+        for later in columns[i + 1:]:
+            a, b = df[earlier], df[later]
+            ok &= (a.isna() | b.isna() | (a <= b)).fillna(True).astype(bool)
+    return ok

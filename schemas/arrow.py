@@ -1,0 +1,100 @@
+"""Dataset definition -> Arrow schema, and source records -> a typed batch.
+
+Coercion is vectorised per column (pandas). A value of the wrong type does not
+fail the batch: its row is marked with the reason and goes to quarantine. A
+required column missing from the whole batch does fail it: that is a contract
+break, not a bad row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from catalog.models import ColumnSpec, DatasetSpec
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "integer": pa.int64(),
+    "float": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+
+
+class SchemaError(ValueError):
+    """The batch breaks the dataset's contract (e.g. a required field is missing)."""
+
+
+def arrow_schema(dataset: DatasetSpec) -> pa.Schema:
+    """The Arrow schema of the dataset's declared columns, in declaration order."""
+    return pa.schema([pa.field(name, ARROW_TYPES[col.type], nullable=not col.required)
+                      for name, col in dataset.columns.items()])
+
+
+@dataclass
+class TypedBatch:
+    """Records coerced to the dataset's types.
+
+    `frame` has one row per source record (same order); `type_errors` maps a
+    row position to the reason its value could not be coerced.
+    """
+
+    frame: pd.DataFrame
+    type_errors: dict[int, str] = field(default_factory=dict)
+    extra_columns: list[str] = field(default_factory=list)
+
+
+def _coerce_column(values: pd.Series, spec: ColumnSpec) -> pd.Series:
+    kind = spec.type
+    if kind == "string":
+        is_text = values.map(lambda v: isinstance(v, str), na_action="ignore").fillna(True).astype(bool)
+        text = values.where(is_text)
+        return text.astype("string").str.normalize("NFC")
+    if kind == "timestamp":
+        return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    if kind == "date":
+        parsed = pd.to_datetime(values.map(lambda v: str(v) if v is not None else v, na_action="ignore"),
+                                errors="coerce", format="ISO8601")
+        return parsed.dt.tz_localize(None).dt.normalize() if parsed.dt.tz is not None else parsed.dt.normalize()
+    if kind == "boolean":
+        return values.map(lambda v: v if isinstance(v, bool) else None, na_action="ignore").astype("boolean")
+    if kind == "integer":
+        return pd.to_numeric(values, errors="coerce").astype("Int64")
+    return pd.to_numeric(values, errors="coerce").astype("Float64")
+
+
+def coerce(records: list[dict[str, Any]], dataset: DatasetSpec) -> TypedBatch:
+    """Coerce source records to the dataset's declared types.
+
+    Raises:
+        SchemaError: a required column is absent from every record.
+    """
+    raw = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    missing = [n for n, c in dataset.columns.items() if c.required and n not in raw.columns]
+    if records and missing:
+        raise SchemaError(f"dataset {dataset.name}: required field(s) {missing} missing from the batch; "
+                          "the source changed its contract: update catalog/datasets.yaml or the source")
+    typed: dict[str, pd.Series] = {}
+    errors: dict[int, str] = {}
+    for name, spec in dataset.columns.items():
+        values = raw[name] if name in raw.columns else pd.Series([None] * len(raw), dtype="object")
+        values = values.astype("object").where(values.notna(), None)
+        converted = _coerce_column(values, spec)
+        bad = values.notna().to_numpy() & converted.isna().to_numpy()
+        for pos in bad.nonzero()[0]:
+            errors.setdefault(int(pos), f"{name}: {values.iloc[pos]!r} is not a valid {spec.type}")
+        typed[name] = converted
+    frame = pd.DataFrame(typed, index=range(len(raw)))
+    extra = [c for c in raw.columns if c not in dataset.columns]
+    return TypedBatch(frame=frame, type_errors=errors, extra_columns=extra)
+
+
+def to_arrow(frame: pd.DataFrame, dataset: DatasetSpec) -> pa.Table:
+    """A typed frame (from `coerce`) as an Arrow table with the dataset's schema."""
+    schema = arrow_schema(dataset)
+    relaxed = pa.schema([f.with_nullable(True) for f in schema])
+    return pa.Table.from_pandas(frame[list(dataset.columns)], schema=relaxed, preserve_index=False)

@@ -1,0 +1,38 @@
+"""Dataset definition -> SQLAlchemy table in the warehouse's core layer."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from catalog.models import DatasetSpec
+
+SQL_TYPES: dict[str, type[sa.types.TypeEngine]] = {
+    "string": sa.Text,
+    "integer": sa.BigInteger,
+    "float": sa.Float,
+    "boolean": sa.Boolean,
+    "date": sa.Date,
+    "timestamp": sa.DateTime,
+}
+
+LINEAGE_COLUMNS = ("_batch_id", "_source_system", "_loaded_at", "_row_hash")
+
+
+def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
+    """The core table for `dataset`: declared columns, primary key, lineage columns.
+
+    Every row carries lineage: the batch that last changed it, the source
+    system, when it was loaded, and a hash of its business columns (so a
+    rerun of the same data changes nothing).
+    """
+    columns: list[sa.Column] = []
+    for name, spec in dataset.columns.items():
+        sql_type = sa.DateTime(timezone=True) if spec.type == "timestamp" else SQL_TYPES[spec.type]()
+        columns.append(sa.Column(name, sql_type, primary_key=name in dataset.key,
+                                 nullable=name in dataset.key or not spec.required))
+    columns += [
+        sa.Column("_batch_id", sa.Text, nullable=False),
+        sa.Column("_source_system", sa.Text, nullable=False),
+        sa.Column("_loaded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("_row_hash", sa.BigInteger, nullable=False),
+    ]
+    return sa.Table(dataset.table_name, metadata, *columns)

@@ -1,0 +1,68 @@
+"""Shared fixtures: a real PostgreSQL, the real sandbox services, an isolated LGSP_HOME."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pgserver  # noqa: E402
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """An admin URL of a real PostgreSQL server (found or started); fails, never skips."""
+    try:
+        url, cluster = pgserver.find_server()
+    except pgserver.PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield url
+    if cluster is not None:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    url = pgserver.create_database(pg_admin_url)
+    yield url
+    pgserver.drop_database(pg_admin_url, url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on the embedded default (SQLite) and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(scope="session")
+def sandbox_handle() -> Iterator[object]:
+    """The real sandbox services on free loopback ports (small deterministic data)."""
+    from sandbox import start_sandbox
+
+    handle = start_sandbox(seed=7, citizens=600, dossiers=900, api_key="test-key-not-secret")
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def lgsp_env(tmp_path: Path, sandbox_handle: object, database_url: str,
+             monkeypatch: pytest.MonkeyPatch) -> object:
+    """An isolated LGSP_HOME wired to the sandbox and to `database_url`; returns Settings."""
+    from lgsp.settings import load_settings
+
+    monkeypatch.setenv("LGSP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LGSP_DATABASE_URL", database_url)
+    monkeypatch.setenv("LGSP_POPULATION_WSDL", sandbox_handle.population_wsdl)  # type: ignore[attr-defined]
+    monkeypatch.setenv("LGSP_TTHC_URL", sandbox_handle.tthc_url)  # type: ignore[attr-defined]
+    monkeypatch.setenv("LGSP_TTHC_API_KEY", "test-key-not-secret")
+    sandbox_handle.faults.error_rate = 0.0  # type: ignore[attr-defined]
+    return load_settings()

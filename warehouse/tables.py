@@ -1,0 +1,73 @@
+"""The warehouse's own tables: batches, cursors, quarantine, expectation results, the indicator mart."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+TZ = sa.DateTime(timezone=True)
+
+
+def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
+    """Create the bookkeeping and mart tables on `metadata`."""
+    batch = sa.Table(
+        "lgsp_batch", metadata,
+        sa.Column("batch_id", sa.Text, primary_key=True),
+        sa.Column("pipeline", sa.Text, nullable=False),
+        sa.Column("dataset", sa.Text, nullable=False),
+        sa.Column("source_system", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("started_at", TZ, nullable=False),
+        sa.Column("finished_at", TZ),
+        sa.Column("rows_pulled", sa.BigInteger, nullable=False, default=0),
+        sa.Column("rows_landed", sa.BigInteger, nullable=False, default=0),
+        sa.Column("rows_quarantined", sa.BigInteger, nullable=False, default=0),
+        sa.Column("rows_superseded", sa.BigInteger, nullable=False, default=0),
+        sa.Column("rows_changed", sa.BigInteger, nullable=False, default=0),
+        sa.Column("cursor_from", TZ),
+        sa.Column("cursor_to", TZ),
+        sa.Column("lake_path", sa.Text),
+        sa.Column("message", sa.Text),
+    )
+    cursor = sa.Table(
+        "lgsp_cursor", metadata,
+        sa.Column("pipeline", sa.Text, primary_key=True),
+        sa.Column("cursor_value", TZ),
+        sa.Column("batch_id", sa.Text, nullable=False),
+        sa.Column("updated_at", TZ, nullable=False),
+    )
+    quarantine = sa.Table(
+        "lgsp_quarantine", metadata,
+        sa.Column("quarantine_id", sa.Text, primary_key=True),
+        sa.Column("dataset", sa.Text, nullable=False, index=True),
+        sa.Column("pipeline", sa.Text, nullable=False),
+        sa.Column("batch_id", sa.Text, nullable=False),
+        sa.Column("last_batch_id", sa.Text, nullable=False),
+        sa.Column("rule", sa.Text, nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("record_key", sa.Text),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False, default="open"),
+        sa.Column("quarantined_at", TZ, nullable=False),
+    )
+    expectation = sa.Table(
+        "lgsp_expectation_result", metadata,
+        sa.Column("batch_id", sa.Text, primary_key=True),
+        sa.Column("expectation", sa.Text, primary_key=True),
+        sa.Column("column_name", sa.Text, primary_key=True, default=""),
+        sa.Column("dataset", sa.Text, nullable=False),
+        sa.Column("success", sa.Boolean, nullable=False),
+        sa.Column("unexpected_count", sa.BigInteger),
+        sa.Column("checked_at", TZ, nullable=False),
+    )
+    indicator = sa.Table(
+        "mart_indicator_value", metadata,
+        sa.Column("indicator", sa.Text, primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True),
+        sa.Column("unit_level", sa.Text, nullable=False),
+        sa.Column("unit_code", sa.Text, primary_key=True),
+        sa.Column("period", sa.Text, primary_key=True),
+        sa.Column("numerator", sa.BigInteger, nullable=False),
+        sa.Column("denominator", sa.BigInteger, nullable=False),
+        sa.Column("value", sa.Float),
+        sa.Column("computed_at", TZ, nullable=False),
+    )
+    return {t.name: t for t in (batch, cursor, quarantine, expectation, indicator)}
