@@ -168,6 +168,7 @@ def sandbox(seed: int = 37, citizens: int = 2000, dossiers: int = 6000) -> None:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LGSP_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     try:
         app()
     except CatalogError as exc:

@@ -30,7 +30,7 @@ def table_counts(wh: Warehouse, catalog: Catalog) -> dict[str, int]:
     return {n: wh.count(n) for n in names}
 
 
-def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicator_rows: int = 12) -> None:
+def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicator_rows: int = 5) -> None:
     batches = Table(title="Last batch per pipeline")
     for col in ("pipeline", "status", "pulled", "landed", "quarantined", "changed"):
         batches.add_column(col, justify="right" if col not in ("pipeline", "status") else "left")
@@ -45,17 +45,38 @@ def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicat
         counts.add_row(name, f"{n:,}")
     console.print(counts)
     for spec in catalog.indicators.values():
-        rows = read_indicator(wh, spec.name)
-        latest = max((r["period"] for r in rows), default=None)
-        shown = sorted((r for r in rows if r["period"] == latest), key=lambda r: -(r["value"] or 0))
-        table = Table(title=f"{spec.name_en} ({spec.name_vi}), v{spec.version}, {latest}, "
-                            f"top {max_indicator_rows} of {len(shown)} communes")
-        for col in ("commune", "period", "numerator", "denominator", "rate"):
-            table.add_column(col, justify="left" if col in ("commune", "period") else "right")
-        for r in shown[:max_indicator_rows]:
-            table.add_row(r["unit_code"], r["period"], str(r["numerator"]), str(r["denominator"]),
-                          f"{r['value']:.1%}" if r["value"] is not None else "-")
-        num = sum(r["numerator"] for r in rows)
-        den = sum(r["denominator"] for r in rows)
-        table.caption = f"all periods, province: {num:,}/{den:,} = {num / den:.1%}" if den else "no data"
-        console.print(table)
+        print_indicator(console, wh, spec, max_indicator_rows)
+
+
+def print_indicator(console: Console, wh: Warehouse, spec: Any, top: int = 5) -> None:
+    """Province total per period, then the best and worst communes of the latest period."""
+    from quality.reference import province_communes
+
+    rows = read_indicator(wh, spec.name)
+    if not rows:
+        console.print(f"{spec.name}: no values yet")
+        return
+    names = province_communes(37)
+    per_period: dict[str, list[int]] = {}
+    for r in rows:
+        totals = per_period.setdefault(r["period"], [0, 0, 0])
+        totals[0] += r["numerator"]
+        totals[1] += r["denominator"]
+        totals[2] += 1
+    table = Table(title=f"{spec.name_en} ({spec.name_vi}), v{spec.version}: province by month")
+    for col in ("period", "communes", "numerator", "denominator", "rate"):
+        table.add_column(col, justify="left" if col == "period" else "right")
+    for period, (num, den, units) in sorted(per_period.items()):
+        table.add_row(period, str(units), f"{num:,}", f"{den:,}", f"{num / den:.1%}" if den else "-")
+    console.print(table)
+    latest = max(per_period)
+    ranked = sorted((r for r in rows if r["period"] == latest and r["denominator"]),
+                    key=lambda r: (-(r["value"] or 0), -r["denominator"]))
+    shown = ranked[:top] + ranked[-top:] if len(ranked) > 2 * top else ranked
+    detail = Table(title=f"{latest}: highest and lowest of {len(ranked)} communes")
+    for col in ("commune", "name", "numerator", "denominator", "rate"):
+        detail.add_column(col, justify="left" if col in ("commune", "name") else "right")
+    for r in shown:
+        detail.add_row(r["unit_code"], names.get(r["unit_code"], "?"), str(r["numerator"]),
+                       str(r["denominator"]), f"{r['value']:.1%}")
+    console.print(detail)

@@ -1,0 +1,74 @@
+"""The catalog is validated on load; errors name the file and the offending field."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from catalog import CatalogError, load_catalog
+from catalog.loader import CATALOG_DIR, expand_env
+
+
+@pytest.fixture
+def catalog_copy(tmp_path: Path) -> Path:
+    for path in CATALOG_DIR.glob("*.yaml"):
+        shutil.copy(path, tmp_path / path.name)
+    return tmp_path
+
+
+def test_shipped_catalog_loads_and_cross_references() -> None:
+    catalog = load_catalog()
+    assert {"population_citizens", "tthc_dossiers"} <= set(catalog.pipelines)
+    for pipeline in catalog.pipelines.values():
+        assert pipeline.source.system in catalog.systems
+        assert pipeline.dataset in catalog.datasets
+        assert pipeline.retries >= 2
+    assert catalog.datasets["citizen"].key == ["personal_id"]
+    assert catalog.datasets["dossier"].cursor_field == "updated_at"
+
+
+def test_wrong_type_names_file_and_field(catalog_copy: Path) -> None:
+    path = catalog_copy / "pipelines.yaml"
+    path.write_text(path.read_text().replace("retries: 3", "retries: many", 1))
+    with pytest.raises(CatalogError) as err:
+        load_catalog(catalog_copy)
+    assert "pipelines.yaml" in str(err.value)
+    assert "pipelines.population_citizens.retries" in str(err.value)
+
+
+def test_unknown_field_is_rejected(catalog_copy: Path) -> None:
+    path = catalog_copy / "datasets.yaml"
+    path.write_text(path.read_text().replace("cursor_field: updated_at", "cursor_feild: updated_at", 1))
+    with pytest.raises(CatalogError, match=r"datasets\.yaml.*datasets\.citizen\.cursor_feild"):
+        load_catalog(catalog_copy)
+
+
+def test_unknown_system_reference(catalog_copy: Path) -> None:
+    path = catalog_copy / "pipelines.yaml"
+    path.write_text(path.read_text().replace("system: tthc", "system: tthc_typo", 1))
+    with pytest.raises(CatalogError, match=r"pipelines\.tthc_dossiers\.source\.system: unknown system 'tthc_typo'"):
+        load_catalog(catalog_copy)
+
+
+def test_secret_must_be_a_reference_not_a_value(catalog_copy: Path) -> None:
+    path = catalog_copy / "systems.yaml"
+    path.write_text(path.read_text().replace("secret: env:LGSP_TTHC_API_KEY", "secret: hunter2-literal"))
+    with pytest.raises(CatalogError, match=r"systems\.tthc\.auth\.secret"):
+        load_catalog(catalog_copy)
+
+
+def test_key_must_be_a_declared_column(catalog_copy: Path) -> None:
+    path = catalog_copy / "datasets.yaml"
+    path.write_text(path.read_text().replace("key: [dossier_id]", "key: [ma_ho_so]"))
+    with pytest.raises(CatalogError, match=r"datasets\.dossier.*'ma_ho_so'"):
+        load_catalog(catalog_copy)
+
+
+def test_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LGSP_X", "http://h:1")
+    assert expand_env("${LGSP_X:-d}/p") == "http://h:1/p"
+    monkeypatch.delenv("LGSP_X")
+    assert expand_env("${LGSP_X:-d}/p") == "d/p"
+    with pytest.raises(CatalogError, match="LGSP_X"):
+        expand_env("${LGSP_X}")
