@@ -95,6 +95,7 @@ def start_sandbox(
     port_tthc: int = 0,
     api_key: str | None = None,
     defect_rate: float = 0.01,
+    data: SandboxData | None = None,
 ) -> SandboxHandle:
     """Generate the data and start both services (port 0 = pick a free port).
 
@@ -107,11 +108,13 @@ def start_sandbox(
         port_tthc: REST port.
         api_key: Required ``X-API-Key`` for the REST data endpoint.
         defect_rate: Fraction of defective rows in each dataset.
+        data: Serve this ground truth instead of generating it (tests use it to
+            serve a changed snapshot of the same systems).
 
     Returns:
         A running :class:`SandboxHandle`; call ``stop()`` or use ``with``.
     """
-    data = SandboxData.generate(seed, citizens, dossiers, defect_rate)
+    data = data or SandboxData.generate(seed, citizens, dossiers, defect_rate)
     faults = FaultPlan(seed=seed)
     handle = SandboxHandle(data, "", "", "", faults, api_key)
     try:

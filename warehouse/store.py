@@ -90,10 +90,10 @@ class Warehouse:
         where = table.c[only_if_changed] != stmt.excluded[only_if_changed] if only_if_changed else None
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
+        stmt = stmt.returning(table.c[key[0]])  # rows actually inserted or updated
         written = 0
         for start in range(0, len(rows), CHUNK_ROWS):
-            result = conn.execute(stmt, list(rows[start:start + CHUNK_ROWS]))
-            written += max(result.rowcount, 0)
+            written += len(conn.execute(stmt, list(rows[start:start + CHUNK_ROWS])).all())
         return written
 
     def insert_ignore(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
