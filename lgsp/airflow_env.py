@@ -65,14 +65,22 @@ def load_dagbag() -> Any:
     return DagBag(dag_folder=str(DAGS_FOLDER))
 
 
-def run_dag(dag_id: str, dagbag: Any | None = None, conf: dict[str, Any] | None = None) -> Any:
-    """Run one DAG to completion with `dag.test()`; raise DagRunFailed naming the failed tasks."""
+def run_dag(dag_id: str, dagbag: Any | None = None, conf: dict[str, Any] | None = None,
+            task_retries: bool = True) -> Any:
+    """Run one DAG to completion with `dag.test()`; raise DagRunFailed naming the failed tasks.
+
+    With `task_retries=False` a failed task fails the run at once instead of
+    waiting for Airflow's retry delays (the connectors still retry each request).
+    """
     dagbag = dagbag or load_dagbag()
     if dagbag.import_errors:
         raise DagRunFailed(f"DAG folder {DAGS_FOLDER} has import errors: {dagbag.import_errors}")
     dag = dagbag.get_dag(dag_id)
     if dag is None:
         raise DagRunFailed(f"no DAG '{dag_id}' in {DAGS_FOLDER} (see `lgsp pipelines`)")
+    if not task_retries:
+        for task in dag.tasks:
+            task.retries = 0
     run = dag.test(run_conf=conf) if conf else dag.test()
     state = str(getattr(run, "state", "unknown"))
     if not state.endswith("success"):

@@ -55,7 +55,7 @@ def _start_sandbox(seed: int, citizens: int, dossiers: int) -> Any:
     return handle
 
 
-def _airflow_run(dag_ids: list[str]) -> None:
+def _airflow_run(dag_ids: list[str], task_retries: bool = True) -> None:
     from lgsp import airflow_env
 
     settings = load_settings()
@@ -66,7 +66,7 @@ def _airflow_run(dag_ids: list[str]) -> None:
         dagbag = airflow_env.load_dagbag()
     for dag_id in dag_ids:
         with step(f"Airflow: {dag_id}"):
-            airflow_env.run_dag(dag_id, dagbag)
+            airflow_env.run_dag(dag_id, dagbag, task_retries=task_retries)
 
 
 @app.command()
@@ -95,7 +95,7 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
                 with step(f"indicator {spec.name}"):
                     compute_indicator(wh, spec)
         else:
-            _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"])
+            _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"], task_retries=False)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one clear message
         handle.stop()
         fail(f"{type(exc).__name__}: {exc}")
@@ -109,7 +109,8 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
 @app.command()
 def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipelines`)"),
         full_refresh: bool = typer.Option(False, help="ignore the cursor and pull everything"),
-        inline: bool = typer.Option(False, help="run in this process instead of on Airflow")) -> None:
+        inline: bool = typer.Option(False, help="run in this process instead of on Airflow"),
+        retries: bool = typer.Option(True, help="let Airflow retry failed tasks (per the catalog)")) -> None:
     """Run one pipeline now."""
     from lgsp import runner
 
@@ -124,7 +125,7 @@ def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipel
         else:
             if full_refresh:
                 fail("--full-refresh is only available with --inline for now")
-            _airflow_run([f"lgsp_{pipeline}"])
+            _airflow_run([f"lgsp_{pipeline}"], task_retries=retries)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -1,0 +1,111 @@
+"""The generated DAGs on real Airflow 3: DagBag, import errors, and real DAG runs."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_helpers import lgsp_env, run
+
+pytestmark = pytest.mark.airflow
+
+DAGBAG_PROBE = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder={folder!r})
+print(json.dumps({{
+    "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
+    "dags": {{d.dag_id: {{"tags": sorted(d.tags), "schedule": type(d.timetable).__name__,
+                          "catchup": d.catchup,
+                          "retries": {{t.task_id: t.retries for t in d.tasks}},
+                          "start_utc": d.start_date.utcoffset().total_seconds() == 0}}
+              for d in bag.dags.values()}},
+}}))
+"""
+
+
+def _json_tail(stdout: str) -> Any:
+    """The JSON document Airflow printed after its warnings."""
+    line = next(ln for ln in reversed(stdout.splitlines()) if ln.startswith(("[", "{")))
+    return json.loads(line)
+
+
+def _dagbag(tmp_path: Path, folder: Path) -> dict[str, Any]:
+    proc = run(["python", "-c", DAGBAG_PROBE.format(folder=str(folder))], lgsp_env(tmp_path / "home"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
+    from catalog import load_catalog
+
+    bag = _dagbag(tmp_path, Path(__file__).resolve().parent.parent / "dags")
+    assert bag["errors"] == {}
+    expected = {f"lgsp_{p}" for p in load_catalog().pipelines} | {"lgsp_indicators"}
+    assert set(bag["dags"]) == expected
+    for dag_id, dag in bag["dags"].items():
+        assert "lgsp" in dag["tags"], dag_id
+        assert dag["catchup"] is False and dag["start_utc"]
+        assert dag["retries"] and all(r >= 2 for r in dag["retries"].values()), dag_id
+    assert set(bag["dags"]["lgsp_tthc_dossiers"]["retries"]) == {"extract", "validate", "load"}
+    assert "Asset" in bag["dags"]["lgsp_indicators"]["schedule"]  # scheduled on the datasets it reads
+
+
+def test_dagbag_probe_can_fail(tmp_path: Path) -> None:
+    """Control: the same probe reports a broken DAG file."""
+    broken = tmp_path / "dags"
+    broken.mkdir()
+    (broken / "broken_dag.py").write_text("from airflow.sdk import dag\nraise RuntimeError('boom')\n")
+    assert "boom" in json.dumps(_dagbag(tmp_path, broken)["errors"])
+
+
+def test_airflow_cli_lists_no_import_errors(tmp_path: Path) -> None:
+    env = lgsp_env(tmp_path / "home")
+    assert run(["airflow", "db", "migrate"], env).returncode == 0
+    assert run(["airflow", "dags", "reserialize"], env).returncode == 0
+    proc = run(["airflow", "dags", "list-import-errors", "-o", "json"], env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "lgsp_pipelines.py" not in proc.stdout
+    listed = run(["airflow", "dags", "list", "-o", "json"], env)
+    assert {d["dag_id"] for d in _json_tail(listed.stdout)} >= {"lgsp_tthc_dossiers", "lgsp_population_citizens"}
+    # control: a broken DAG in a copy of the folder is reported by the same command
+    broken = tmp_path / "dags"
+    shutil.copytree(Path(env["AIRFLOW__CORE__DAGS_FOLDER"]), broken)
+    (broken / "broken_dag.py").write_text("from airflow.sdk import dag\nraise RuntimeError('boom')\n")
+    env_broken = {**env, "AIRFLOW__CORE__DAGS_FOLDER": str(broken)}
+    assert run(["airflow", "dags", "reserialize"], env_broken).returncode == 0
+    errors = run(["airflow", "dags", "list-import-errors", "-o", "json"], env_broken)
+    assert "boom" in errors.stdout
+
+
+def test_lgsp_run_executes_a_pipeline_dag_on_airflow(tmp_path: Path, sandbox_handle: Any) -> None:
+    import sqlalchemy as sa
+
+    home = tmp_path / "home"
+    env = lgsp_env(home, LGSP_TTHC_URL=sandbox_handle.tthc_url, LGSP_TTHC_API_KEY="test-key-not-secret",
+                   LGSP_POPULATION_WSDL=sandbox_handle.population_wsdl)
+    proc = run(["lgsp", "run", "tthc_dossiers"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Airflow: lgsp_tthc_dossiers" in proc.stdout
+    engine = sa.create_engine(f"sqlite:///{home / 'warehouse.db'}")
+    with engine.connect() as conn:
+        landed = conn.execute(sa.text("select count(*) from core_dossier")).scalar()
+        status = conn.execute(sa.text("select status from lgsp_batch")).scalars().all()
+    truth = sandbox_handle.data
+    assert landed == len(truth.dossiers) - len(truth.dossier_defects)
+    assert status == ["loaded"]
+    airflow_db = sa.create_engine(f"sqlite:///{home / 'airflow' / 'airflow.db'}")
+    with airflow_db.connect() as conn:
+        states = dict(conn.execute(sa.text(
+            "select task_id, state from task_instance where dag_id = 'lgsp_tthc_dossiers'")).all())
+    assert states == {"extract": "success", "validate": "success", "load": "success"}
+
+
+def test_failed_dag_run_exits_non_zero_naming_the_task(tmp_path: Path) -> None:
+    env = lgsp_env(tmp_path / "home", LGSP_TTHC_URL="http://127.0.0.1:9", LGSP_TTHC_API_KEY="k")
+    proc = run(["lgsp", "run", "tthc_dossiers", "--no-retries"], env)
+    assert proc.returncode == 1
+    assert "lgsp_tthc_dossiers" in proc.stdout and "extract" in proc.stdout

@@ -1,0 +1,123 @@
+"""Row rules (vectorised) and the Great Expectations suite generated from the definitions."""
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from catalog import load_catalog
+from quality import QualityError, run_row_checks, suite_definition, validate_dataset
+from quality.reference import CCCD_PROVINCE_CODES, commune_codes, province_communes
+from quality.rules import RULES
+from schemas import coerce
+
+PROVINCES = sorted(CCCD_PROVINCE_CODES)
+
+
+def _cccd_ok(personal_id: str, sex: str, born: date) -> bool:
+    frame = pd.DataFrame({"personal_id": [personal_id], "sex": [sex], "birth_date": [pd.Timestamp(born)]},
+                         dtype="object").astype({"personal_id": "string", "sex": "string"})
+    frame["birth_date"] = pd.to_datetime(frame["birth_date"])
+    return bool(RULES["cccd"].check(frame, column="personal_id", sex="sex", birth_date="birth_date").iloc[0])
+
+
+def _make_cccd(province: str, sex: str, born: date, serial: int) -> str:
+    digit4 = (born.year // 100 - 19) * 2 + (sex == "female")
+    return f"{province}{digit4}{born.year % 100:02d}{serial:06d}"
+
+
+births = st.dates(min_value=date(1900, 1, 1), max_value=date(2099, 12, 31))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PROVINCES), st.sampled_from(["male", "female"]), births, st.integers(0, 999_999))
+def test_cccd_valid_forms_pass(province: str, sex: str, born: date, serial: int) -> None:
+    assert _cccd_ok(_make_cccd(province, sex, born, serial), sex, born)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PROVINCES), st.sampled_from(["male", "female"]), births, st.integers(0, 999_999),
+       st.sampled_from(["short", "long", "letter", "province", "sex", "century", "year"]))
+def test_cccd_invalid_forms_fail(province: str, sex: str, born: date, serial: int, defect: str) -> None:
+    good = _make_cccd(province, sex, born, serial)
+    other_sex = "female" if sex == "male" else "male"
+    bad_year = born.replace(year=born.year + 1 if born.year % 100 != 99 else born.year - 1, day=1)
+    cases = {
+        "short": (good[:-1], sex, born),
+        "long": (good + "0", sex, born),
+        "letter": (good[:5] + "X" + good[6:], sex, born),
+        "province": ("000" + good[3:], sex, born),
+        "sex": (good, other_sex, born),
+        "century": (good, sex, born.replace(year=born.year + 100 if born.year < 2000 else born.year - 100, day=1)),
+        "year": (good, sex, bad_year),
+    }
+    personal_id, claimed_sex, claimed_birth = cases[defect]
+    assert not _cccd_ok(personal_id, claimed_sex, claimed_birth)
+
+
+def test_reference_data_is_the_2025_official_list() -> None:
+    assert len(commune_codes()) == 3321
+    ninh_binh = province_communes(37)
+    assert len(ninh_binh) == 129
+    assert len(CCCD_PROVINCE_CODES) == 63
+
+
+def test_rules_split_a_batch_with_reasons() -> None:
+    dataset = load_catalog().datasets["dossier"]
+    base = {"dossier_id": "H37.01-250801-0001", "procedure_code": "1.000001", "commune_code": "14464",
+            "received_at": "2025-08-01T08:00:00+07:00", "due_at": "2025-08-05T17:00:00+07:00",
+            "finished_at": None, "returned_at": None, "status": "received", "channel": "online",
+            "paid_online": False, "digitised": True, "updated_at": "2025-08-01T08:00:00+07:00"}
+    rows = [
+        base,
+        {**base, "dossier_id": "b1", "due_at": "2025-07-01T08:00:00+07:00"},
+        {**base, "dossier_id": "b2", "channel": "fax"},
+        {**base, "dossier_id": "b3", "commune_code": "99999"},
+        {**base, "dossier_id": "b4", "received_at": "not a date"},
+        {**base, "dossier_id": None},
+        {**base, "dossier_id": "b6", "finished_at": "2025-08-03T08:00:00+07:00",
+         "returned_at": "2025-08-02T08:00:00+07:00", "status": "returned"},
+        {**base, "dossier_id": "b7", "paid_online": "yes"},
+    ]
+    typed = coerce(rows, dataset)
+    result = run_row_checks(typed.frame, dataset, typed.type_errors)
+    assert list(result.passed) == [True] + [False] * 7
+    by_position = {r.position: r for r in result.rejections}
+    assert by_position[1].rule == "ordered:received_at,due_at" and "is after" in by_position[1].reason
+    assert by_position[2].rule == "enum:channel" and "'fax'" in by_position[2].reason
+    assert by_position[3].rule == "commune_code:commune_code"
+    assert by_position[4].rule == "type" and "received_at" in by_position[4].reason
+    assert by_position[5].rule == "not_null:dossier_id"
+    assert by_position[6].rule == "ordered:received_at,finished_at,returned_at"
+    assert by_position[7].rule == "type" and "paid_online" in by_position[7].reason
+
+
+def test_text_is_normalised_to_nfc() -> None:
+    dataset = load_catalog().datasets["citizen"]
+    decomposed = "Nguye\u0302\u0303n"  # e + combining circumflex + combining tilde
+    typed = coerce([{"personal_id": "037090001234", "full_name": decomposed, "birth_date": "1990-01-01",
+                     "sex": "male", "commune_code": "14464", "updated_at": "2025-08-01T00:00:00Z"}], dataset)
+    assert typed.frame.loc[0, "full_name"] == "Nguyễn"
+
+
+def test_suite_is_generated_from_the_definition() -> None:
+    dataset = load_catalog().datasets["citizen"]
+    kinds = {kind: kwargs for kind, kwargs in suite_definition(dataset)}
+    assert kinds["ExpectColumnValuesToBeUnique"]["column"] == "personal_id"
+    assert kinds["ExpectColumnValuesToBeInSet"]["mostly"] == pytest.approx(0.8)
+    assert set(kinds["ExpectTableColumnsToMatchSet"]["column_set"]) == {*dataset.columns, "_row_ok"}
+
+
+def test_duplicate_keys_fail_the_gx_suite() -> None:
+    dataset = load_catalog().datasets["citizen"]
+    row: dict[str, Any] = {"personal_id": "037090001234", "full_name": "A", "birth_date": "1990-01-01",
+                           "sex": "male", "commune_code": "14464", "updated_at": "2025-08-01T00:00:00Z"}
+    typed = coerce([row, dict(row)], dataset)
+    with pytest.raises(QualityError, match="expect_column_values_to_be_unique"):
+        validate_dataset(typed.frame, [True, True], dataset, "b-dup")
+    outcomes = validate_dataset(typed.frame.iloc[:1], [True], dataset, "b-ok")
+    assert all(o.success for o in outcomes)
