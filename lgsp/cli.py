@@ -44,6 +44,18 @@ def step(title: str) -> Iterator[None]:
     console.print(f"   [green]done[/] {title} ({time.monotonic() - started:.1f}s)")
 
 
+def _cause(pipeline: str) -> str:
+    """The recorded reason of the pipeline's last failed batch, if any."""
+    try:
+        from lgsp.report import last_failure
+        from warehouse import Warehouse
+
+        message = last_failure(Warehouse(load_settings().database_url, load_catalog()), pipeline)
+    except Exception:  # noqa: BLE001 - the cause is a courtesy; the error itself is already shown
+        return ""
+    return f"\n   cause: {message}" if message else ""
+
+
 def _start_sandbox(seed: int, citizens: int, dossiers: int) -> Any:
     from sandbox import start_sandbox
 
@@ -98,7 +110,8 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
             _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"], task_retries=False)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one clear message
         handle.stop()
-        fail(f"{type(exc).__name__}: {exc}")
+        causes = "".join(_cause(p) for p in catalog.pipelines)
+        fail(f"{type(exc).__name__}: {exc}{causes}")
     handle.stop()
     wh = Warehouse(settings.database_url, catalog)
     print_summary(console, wh, catalog)
@@ -129,7 +142,8 @@ def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipel
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001
-        fail(f"pipeline {pipeline}: {type(exc).__name__}: {exc}")
+        cause = _cause(pipeline)
+        fail(f"pipeline {pipeline}: {type(exc).__name__}: {exc}{cause if str(exc) not in cause else ''}")
 
 
 @app.command()

@@ -25,6 +25,15 @@ def last_batches(wh: Warehouse, catalog: Catalog) -> list[dict[str, Any]]:
     return rows
 
 
+def last_failure(wh: Warehouse, pipeline: str) -> str | None:
+    """The message of the pipeline's most recent batch, if that batch failed."""
+    batch = wh.system["lgsp_batch"]
+    with wh.engine.connect() as conn:
+        row = conn.execute(sa.select(batch.c.status, batch.c.message).where(batch.c.pipeline == pipeline)
+                           .order_by(batch.c.started_at.desc()).limit(1)).first()
+    return row.message if row is not None and row.status == "failed" else None
+
+
 def table_counts(wh: Warehouse, catalog: Catalog) -> dict[str, int]:
     names = [wh.core[d].name for d in catalog.datasets] + ["lgsp_quarantine", "mart_indicator_value"]
     return {n: wh.count(n) for n in names}

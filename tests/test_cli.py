@@ -1,0 +1,68 @@
+"""The `lgsp` command as a user runs it: the demo end to end on real Airflow, and its errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from airflow_helpers import lgsp_env, run
+
+
+def _counts(home: Path) -> dict[str, int]:
+    engine = sa.create_engine(f"sqlite:///{home / 'warehouse.db'}")
+    with engine.connect() as conn:
+        return {t: int(conn.execute(sa.text(f"select count(*) from {t}")).scalar() or 0)
+                for t in ("core_citizen", "core_dossier", "lgsp_quarantine", "mart_indicator_value")}
+
+
+@pytest.mark.airflow
+def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = lgsp_env(home)
+    first = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for dag_id in ("lgsp_population_citizens", "lgsp_tthc_dossiers", "lgsp_indicators"):
+        assert f"Airflow: {dag_id}" in first.stdout
+    assert "Online submission rate" in first.stdout and "province by month" in first.stdout
+    counts = _counts(home)
+    assert counts["core_citizen"] == 396 and counts["core_dossier"] == 891  # 1% defects quarantined
+    assert counts["lgsp_quarantine"] == 4 + 9
+    assert counts["mart_indicator_value"] > 129
+    assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
+    again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert _counts(home) == counts
+
+
+def test_pipelines_lists_the_catalog(tmp_path: Path) -> None:
+    proc = run(["lgsp", "pipelines"], lgsp_env(tmp_path / "home"))
+    assert proc.returncode == 0
+    assert "population_citizens" in proc.stdout and "lgsp_tthc_dossiers" in proc.stdout
+
+
+def test_unknown_pipeline_fails_with_the_known_ones(tmp_path: Path) -> None:
+    proc = run(["lgsp", "run", "nope", "--inline"], lgsp_env(tmp_path / "home"))
+    assert proc.returncode == 1
+    assert "no pipeline named 'nope'" in proc.stdout and "tthc_dossiers" in proc.stdout
+
+
+def test_peer_down_fails_naming_system_and_operation(tmp_path: Path) -> None:
+    env = lgsp_env(tmp_path / "home", LGSP_TTHC_URL="http://127.0.0.1:9", LGSP_TTHC_API_KEY="k")
+    proc = run(["lgsp", "run", "tthc_dossiers", "--inline"], env)
+    assert proc.returncode == 1
+    assert "tthc /api/v1/dossiers" in proc.stdout and "nothing is lost" in proc.stdout
+
+
+def test_broken_catalog_exits_2_naming_file_and_field(tmp_path: Path) -> None:
+    import shutil
+
+    from catalog.loader import CATALOG_DIR
+
+    broken = tmp_path / "catalog"
+    shutil.copytree(CATALOG_DIR, broken, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    path = broken / "systems.yaml"
+    path.write_text(path.read_text().replace("protocol: soap", "protocol: corba"))
+    proc = run(["lgsp", "catalog"], lgsp_env(tmp_path / "home", LGSP_CATALOG_DIR=str(broken)))
+    assert proc.returncode == 2
+    assert "systems.yaml" in proc.stdout and "systems.population.protocol" in proc.stdout
