@@ -169,10 +169,21 @@ def check_catalog() -> None:
 
 @app.command()
 def sandbox(seed: int = 37, citizens: int = 2000, dossiers: int = 6000) -> None:
-    """Serve the sandbox systems on loopback until Ctrl-C, printing the env to use them."""
+    """Serve the sandbox systems on loopback until Ctrl-C.
+
+    The endpoints and the sandbox's API key are written to `<LGSP_HOME>/sandbox.env`
+    (mode 600; the key is not printed): `source var/sandbox.env` in another shell,
+    then `lgsp run PIPELINE`.
+    """
+    settings = load_settings()
     handle = _start_sandbox(seed, citizens, dossiers)
-    for var in ("LGSP_POPULATION_WSDL", "LGSP_TTHC_URL", "LGSP_TTHC_API_KEY"):
-        console.print(f"export {var}={os.environ[var]}")
+    env_file = settings.home / "sandbox.env"
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.touch(mode=0o600)
+    env_file.write_text("".join(f"export {v}={os.environ[v]}\n"
+                                for v in ("LGSP_POPULATION_WSDL", "LGSP_TTHC_URL", "LGSP_TTHC_API_KEY")))
+    console.print(f"population SOAP {handle.population_wsdl}\nTTHC REST       {handle.tthc_url}\n"
+                  f"environment for `lgsp run`: source {env_file}   (Ctrl-C to stop)")
     try:
         while True:
             time.sleep(3600)
