@@ -5,9 +5,11 @@
     lgsp pipelines            list the catalog's pipelines
     lgsp sandbox              serve the sandbox systems until Ctrl-C
     lgsp catalog              validate the catalog
+    lgsp quarantine list|show|replay   see and replay rejected rows
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -189,6 +191,64 @@ def sandbox(seed: int = 37, citizens: int = 2000, dossiers: int = 6000) -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         handle.stop()
+
+
+quarantine_app = typer.Typer(help="See and replay rows rejected by the row rules.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+def _warehouse() -> Any:
+    from warehouse import Warehouse
+
+    wh = Warehouse(load_settings().database_url, load_catalog())
+    wh.create_all()
+    return wh
+
+
+@quarantine_app.command("list")
+def quarantine_list(dataset: str = typer.Option(None, help="only this dataset"),
+                    status: str = typer.Option("open", help="open, replayed or all"),
+                    limit: int = typer.Option(50, help="rows at most")) -> None:
+    """Counts per dataset and rule, then the rows themselves."""
+    from lgsp import quarantine
+
+    wh = _warehouse()
+    counts = Table(title="Quarantine by dataset and rule")
+    for col in ("dataset", "rule", "status", "rows"):
+        counts.add_column(col)
+    for row in quarantine.summary(wh):
+        counts.add_row(row["dataset"], row["rule"], row["status"], str(row["rows"]))
+    console.print(counts)
+    rows = Table(title=f"Rows ({status}, first {limit})")
+    for col in ("id", "dataset", "key", "rule", "reason"):
+        rows.add_column(col)
+    for row in quarantine.list_quarantine(wh, dataset, status, limit):
+        rows.add_row(row["quarantine_id"][:12], row["dataset"], row["record_key"] or "", row["rule"], row["reason"])
+    console.print(rows)
+
+
+@quarantine_app.command("show")
+def quarantine_show(quarantine_id: str = typer.Argument(..., help="id or unique prefix (see `list`)")) -> None:
+    """One quarantined row: rule, reason, batch and the raw payload as received."""
+    from lgsp import quarantine
+
+    row = quarantine.show(_warehouse(), quarantine_id)
+    if row is None:
+        fail(f"no single quarantined row with id starting {quarantine_id!r}")
+    console.print_json(json.dumps(row, default=str, ensure_ascii=False))
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(pipeline: str = typer.Argument(..., help="pipeline whose open rows to re-check")) -> None:
+    """Re-check a pipeline's open quarantined rows (after a fix) and land the ones that pass."""
+    from lgsp import quarantine, runner
+
+    try:
+        result = quarantine.replay(runner.context(pipeline))
+    except KeyError as exc:
+        fail(str(exc))
+    console.print(f"replayed {result['replayed']}: landed {result['landed']}, "
+                  f"still rejected {result['still_rejected']}")
 
 
 def main() -> None:
