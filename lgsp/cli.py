@@ -170,6 +170,19 @@ def check_catalog() -> None:
 
 
 @app.command()
+def docs(folder: str = typer.Option("docs/datasets", help="where to write the pages")) -> None:
+    """Generate the data dictionary (a page and a JSON Schema per dataset) from the catalog."""
+    from pathlib import Path
+
+    from lgsp.settings import REPO_ROOT
+    from schemas.docs import write_dataset_docs
+
+    target = Path(folder) if Path(folder).is_absolute() else REPO_ROOT / folder
+    for path in write_dataset_docs(list(load_catalog().datasets.values()), target):
+        console.print(f"wrote {path}")
+
+
+@app.command()
 def sandbox(seed: int = 37, citizens: int = 2000, dossiers: int = 6000) -> None:
     """Serve the sandbox systems on loopback until Ctrl-C.
 

@@ -121,3 +121,16 @@ def ordered(df: pd.DataFrame, columns: list[str]) -> Mask:
             a, b = df[earlier], df[later]
             ok &= (a.isna() | b.isna() | (a <= b)).fillna(True).astype(bool)
     return ok
+
+
+TAX_CODE = r"[0-9]{10}(-[0-9]{3})?"
+
+
+@rule("tax_code", lambda row, column: f"{column} {row[column]!r} is not a tax code "
+                                      "(10 digits, or the branch form 0123456789-001)")
+def tax_code(df: pd.DataFrame, column: str) -> Mask:
+    """Enterprise tax code (MST): 10 digits; a branch adds -NNN (13 digits), branch 000 is not valid."""
+    col = _col(df, column)
+    shaped = col.str.fullmatch(TAX_CODE).fillna(False).astype(bool)
+    branch_zero = col.str.endswith("-000").fillna(False).astype(bool)
+    return col.isna() | (shaped & ~branch_zero)

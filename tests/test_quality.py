@@ -121,3 +121,26 @@ def test_duplicate_keys_fail_the_gx_suite() -> None:
         validate_dataset(typed.frame, [True, True], dataset, "b-dup")
     outcomes = validate_dataset(typed.frame.iloc[:1], [True], dataset, "b-ok")
     assert all(o.success for o in outcomes)
+
+
+def _tax_ok(value: str) -> bool:
+    frame = pd.DataFrame({"tax_code": pd.Series([value], dtype="string")})
+    return bool(RULES["tax_code"].check(frame, column="tax_code").iloc[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 9_999_999_999), st.one_of(st.none(), st.integers(1, 999)))
+def test_tax_code_valid_forms_pass(number: int, branch: int | None) -> None:
+    value = f"{number:010d}" + (f"-{branch:03d}" if branch is not None else "")
+    assert _tax_ok(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 9_999_999_999), st.integers(1, 999),
+       st.sampled_from(["short", "long", "letter", "no_dash", "branch_zero", "branch_short", "space"]))
+def test_tax_code_invalid_forms_fail(number: int, branch: int, defect: str) -> None:
+    base = f"{number:010d}"
+    value = {"short": base[:-1], "long": base + "1", "letter": "A" + base[1:],
+             "no_dash": f"{base}{branch:03d}", "branch_zero": f"{base}-000",
+             "branch_short": f"{base}-{branch:03d}"[:-1], "space": f" {base}"}[defect]
+    assert not _tax_ok(value)
