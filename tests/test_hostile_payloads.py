@@ -1,0 +1,78 @@
+"""Malformed and hostile payloads from a peer: a clear error naming system and operation, nothing landed.
+
+A tiny loopback server stands in for a misbehaving peer: it serves the real
+sandbox WSDL (so zeep binds the real operations) but answers calls with a
+malformed JSON body or an XML entity-expansion ("billion laughs") document.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+import requests
+
+from catalog import load_catalog
+from connectors import FatalError, open_transport
+from lgsp import runner
+from warehouse import Warehouse
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>&lol3;</soap:Body></soap:Envelope>"""
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile_peer(sandbox_handle: Any) -> Iterator[str]:
+    wsdl = requests.get(sandbox_handle.population_wsdl, timeout=5).content
+    real = sandbox_handle.population_url.rstrip("/").encode()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "GET" and environ.get("QUERY_STRING") == "wsdl":
+            start_response("200 OK", [("Content-Type", "text/xml")])
+            return [wsdl.replace(real, f"http://127.0.0.1:{server.server_port}".encode())]
+        if environ["REQUEST_METHOD"] == "POST":
+            start_response("200 OK", [("Content-Type", "text/xml")])
+            return [BILLION_LAUGHS]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"items": [{"dossier_id": "x",']  # truncated JSON
+
+    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_malformed_json_is_fatal_and_named(lgsp_env: Any, hostile_peer: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    runner.run_pipeline("tthc_dossiers")
+    wh = Warehouse(lgsp_env.database_url, load_catalog())
+    landed, cursor = wh.count("core_dossier"), wh.get_cursor("tthc_dossiers")
+    monkeypatch.setenv("LGSP_TTHC_URL", hostile_peer)
+    with pytest.raises(FatalError, match=r"tthc /api/v1/dossiers: response is not valid JSON"):
+        runner.run_pipeline("tthc_dossiers")
+    assert wh.count("core_dossier") == landed and wh.get_cursor("tthc_dossiers") == cursor
+
+
+def test_xml_entity_expansion_is_refused(lgsp_env: Any, hostile_peer: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LGSP_POPULATION_WSDL", hostile_peer + "/?wsdl")
+    catalog = load_catalog()
+    spec = catalog.pipeline("population_citizens")
+    transport = open_transport(catalog.systems["population"], spec.source)
+    with pytest.raises(FatalError, match=r"population ListChangedCitizens: malformed or unsafe XML"):
+        transport.call({"page": 1, "page_size": 10})
+    with pytest.raises(FatalError, match="population ListChangedCitizens"):
+        runner.run_pipeline("population_citizens")
+    wh = Warehouse(lgsp_env.database_url, catalog)
+    assert wh.count("core_citizen") == 0 and wh.get_cursor("population_citizens") is None
