@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from catalog.models import Catalog, DatasetSpec, IndicatorSpec, PipelineSpec, SystemSpec
+from catalog.models import Catalog, DatasetSpec, FeedSpec, IndicatorSpec, PipelineSpec, SystemSpec
 
 CATALOG_DIR = Path(__file__).resolve().parent
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -25,7 +25,9 @@ _SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
     "datasets.yaml": ("datasets", DatasetSpec),
     "pipelines.yaml": ("pipelines", PipelineSpec),
     "indicators.yaml": ("indicators", IndicatorSpec),
+    "feeds.yaml": ("feeds", FeedSpec),
 }
+_OPTIONAL = {"indicators", "feeds"}
 
 
 class CatalogError(ValueError):
@@ -80,6 +82,13 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
             raise CatalogError(f"{where}.source.system: unknown system '{pipeline.source.system}'")
         if pipeline.dataset not in catalog.datasets:
             raise CatalogError(f"{where}.dataset: unknown dataset '{pipeline.dataset}'")
+    for feed in catalog.feeds.values():
+        where = f"{directory / 'feeds.yaml'}: feeds.{feed.name}"
+        if feed.system not in catalog.systems:
+            raise CatalogError(f"{where}.system: unknown system '{feed.system}'")
+        for other in feed.after:
+            if other not in catalog.feeds:
+                raise CatalogError(f"{where}.after: unknown feed '{other}'")
     for indicator in catalog.indicators.values():
         where = f"{directory / 'indicators.yaml'}: indicators.{indicator.name}"
         dataset = catalog.datasets.get(indicator.dataset)
@@ -101,7 +110,7 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
     for filename, (section, model) in _SECTIONS.items():
         path = directory / filename
         if not path.exists():
-            if section == "indicators":
+            if section in _OPTIONAL:
                 continue
             raise CatalogError(f"{path}: catalog file is missing")
         sections[section] = _load_section(path, section, model)
@@ -113,3 +122,9 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
 def resolve_endpoint(system: SystemSpec) -> str:
     """The system's endpoint with `${VAR:-default}` expanded now (not at load time)."""
     return expand_env(system.endpoint)
+
+
+def resolve_timeout(system: SystemSpec) -> float:
+    """The system's timeout; `LGSP_TIMEOUT_S` overrides every system's (operations, tests)."""
+    override = os.environ.get("LGSP_TIMEOUT_S")
+    return float(override) if override else system.timeout_s

@@ -20,31 +20,59 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class AuthSpec(Strict):
-    """How lgsp authenticates to a system.
+SECRET_REF = re.compile(r"^(env|conn):[A-Za-z_][A-Za-z0-9_]*$")
 
-    `secret` is a reference, never a value: `env:VAR_NAME` or
-    `conn:CONN_ID` (an Airflow Connection; its password is used).
+AuthType = Literal["none", "api_key", "bearer", "basic", "oauth2_client_credentials", "session_login",
+                   "wsse_username", "mtls"]
+
+
+class AuthSpec(Strict):
+    """How lgsp authenticates to a system (see connectors.auth.AUTH_METHODS).
+
+    `secret` is a reference, never a value: `env:VAR_NAME` or `conn:CONN_ID`
+    (an Airflow Connection; its password is used). `username`, `client_id`,
+    `cert`, `key` and `ca` may use `${VAR}` (expanded when a connection is
+    opened); they are identifiers and file paths, not secrets.
+
+    Examples:
+        {type: api_key, header: X-API-Key, secret: env:LGSP_TTHC_API_KEY}
+        {type: oauth2_client_credentials, token_url: /oauth/token, client_id: ${LGSP_LAND_CLIENT_ID},
+         secret: env:LGSP_LAND_CLIENT_SECRET}
+        {type: session_login, login_path: /login, username: ${LGSP_DVCQG_USER}, secret: env:LGSP_DVCQG_PASSWORD}
+        {type: wsse_username, username: ${LGSP_CIVIL_STATUS_USER}, secret: env:LGSP_CIVIL_STATUS_PASSWORD}
+        {type: mtls, cert: ${LGSP_CIVIL_SERVANTS_CERT}, key: ${LGSP_CIVIL_SERVANTS_KEY}, ca: ${LGSP_CIVIL_SERVANTS_CA}}
     """
 
-    type: Literal["none", "api_key", "basic"] = "none"
+    type: AuthType = "none"
     header: str | None = None
     username: str | None = None
     secret: str | None = None
+    client_id: str | None = None
+    token_url: str | None = None
+    scope: str | None = None
+    login_path: str | None = None
+    session_field: str = "session"
+    digest: bool = False
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
 
     @field_validator("secret")
     @classmethod
     def _secret_is_reference(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(env|conn):[A-Za-z_][A-Za-z0-9_]*$", value):
+        if value is not None and not SECRET_REF.match(value):
             raise ValueError("must be a reference 'env:VAR' or 'conn:CONN_ID', never the secret itself")
         return value
 
     @model_validator(mode="after")
     def _complete(self) -> "AuthSpec":
-        if self.type == "api_key" and not (self.header and self.secret):
-            raise ValueError("api_key auth needs 'header' and 'secret'")
-        if self.type == "basic" and not (self.username and self.secret):
-            raise ValueError("basic auth needs 'username' and 'secret'")
+        needs = {"api_key": ("header", "secret"), "bearer": ("secret",), "basic": ("username", "secret"),
+                 "oauth2_client_credentials": ("token_url", "client_id", "secret"),
+                 "session_login": ("login_path", "username", "secret"),
+                 "wsse_username": ("username", "secret"), "mtls": ("cert", "key")}
+        missing = [f for f in needs.get(self.type, ()) if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"{self.type} auth needs {', '.join(repr(m) for m in missing)}")
         return self
 
 
@@ -54,6 +82,22 @@ class RetrySpec(Strict):
     attempts: int = Field(5, ge=1, le=20)
     backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(8.0, ge=0)
+
+
+class LimitsSpec(Strict):
+    """How hard lgsp may push a peer: requests per second, calls in flight, when to stop trying."""
+
+    rate_per_s: float | None = Field(None, gt=0)
+    max_concurrency: int = Field(2, ge=1, le=64)
+    breaker_failures: int = Field(8, ge=1)
+    breaker_reset_s: float = Field(60.0, gt=0)
+
+
+class MessageLogSpec(Strict):
+    """What the message log keeps of each exchange (hashes and sizes always; bodies only if asked)."""
+
+    bodies: bool = False
+    max_body_bytes: int = Field(16384, ge=0)
 
 
 class SystemSpec(Strict):
@@ -66,6 +110,12 @@ class SystemSpec(Strict):
     auth: AuthSpec = AuthSpec()
     timeout_s: float = Field(15.0, gt=0)
     retry: RetrySpec = RetrySpec()
+    limits: LimitsSpec = LimitsSpec()
+    health_path: str = "/health"
+    error_field: str | None = None
+    ok_values: list[str] = ["0"]
+    message_field: str = "message"
+    message_log: MessageLogSpec = MessageLogSpec()
 
 
 ColumnType = Literal["string", "integer", "float", "boolean", "date", "timestamp"]
@@ -132,13 +182,23 @@ class PaginatorSpec(BaseModel):
 
 
 class SourceSpec(Strict):
-    """Where a pipeline reads: a system and one of its operations."""
+    """Where a pipeline reads: a system and one of its operations.
+
+    For REST, `operation` is a path; for SOAP, an operation name. `method: POST`
+    sends `params` (and the paging and cursor parameters) as a JSON body.
+    `fields` renames source fields to dataset columns (`{MaTTHC: procedure_code}`);
+    `cursor_format` says how the cursor is written in a request.
+    """
 
     system: Identifier
     operation: str
+    method: Literal["GET", "POST"] = "GET"
     cursor_param: str | None = None
+    until_param: str | None = None
+    cursor_format: Literal["iso", "iso_z", "dvcqg"] = "iso"
     records_field: str = "items"
     params: dict[str, Any] = {}
+    fields: dict[str, str] = {}
     paginator: PaginatorSpec = PaginatorSpec(type="single")
 
 
@@ -152,6 +212,49 @@ class PipelineSpec(Strict):
     targets: list[Literal["lake", "warehouse"]] = ["lake", "warehouse"]
     schedule: str | None = None
     retries: int = Field(3, ge=0)
+    lookback_s: float = Field(0.0, ge=0)
+    tags: list[str] = []
+
+
+class FieldMapSpec(Strict):
+    """One field of an outgoing message: from a column, a literal, or the message's idempotency key."""
+
+    column: str | None = None
+    value: Any = None
+    idempotency_key: bool = False
+    format: Literal["raw", "iso", "dvcqg", "date", "str"] = "raw"
+    map: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "FieldMapSpec":
+        if sum([self.column is not None, self.value is not None, self.idempotency_key]) != 1:
+            raise ValueError("give exactly one of 'column', 'value', 'idempotency_key: true'")
+        return self
+
+
+class FeedSpec(Strict):
+    """A push feed: rows of a warehouse table -> messages to a system, through the outbox.
+
+    Every message carries an idempotency key (the receiver deduplicates on it)
+    and is retried until acknowledged, or until `max_attempts`, after which it
+    is dead-lettered (`lgsp outbox list --status dead`, `lgsp outbox retry`).
+    """
+
+    name: Identifier
+    title: str
+    system: Identifier
+    operation: str
+    table: str
+    key: list[str] = Field(min_length=1)
+    where: dict[str, Any] = {}
+    body: dict[str, Any] = {}
+    records_param: str = "data"
+    batch_size: int = Field(50, ge=1, le=1000)
+    mapping: dict[str, FieldMapSpec]
+    change_columns: list[str] = []
+    after: list[Identifier] = []
+    max_attempts: int = Field(8, ge=1)
+    schedule: str | None = None
     tags: list[str] = []
 
 
@@ -179,6 +282,7 @@ class Catalog(Strict):
     datasets: dict[str, DatasetSpec]
     pipelines: dict[str, PipelineSpec]
     indicators: dict[str, IndicatorSpec] = {}
+    feeds: dict[str, FeedSpec] = {}
 
     def pipeline(self, name: str) -> PipelineSpec:
         try:

@@ -70,6 +70,102 @@ class PageNumberPaginator:
         return {**params, self.page_param: page + 1}
 
 
+def dig(response: dict[str, Any], path: str) -> Any:
+    """`response["links"]["next"]` for path `links.next`; None if any step is missing."""
+    value: Any = response
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+class _Configured:
+    """Paginator parameters: defaults, overridden by the catalog, unknown ones refused."""
+
+    kind: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"{self.kind} paginator: unknown parameter(s) {sorted(unknown)}")
+        self.cfg = {**self.defaults, **params}
+
+
+@register("offset")
+class OffsetPaginator(_Configured):
+    """`offset=0,500,1000,...` with `limit=500`, until `total` is reached or a short page.
+
+    Example upstream payload: `{"data": [...], "total": 1234, "offset": 500, "limit": 500}`
+    """
+
+    kind = "offset"
+    defaults: ClassVar[dict[str, Any]] = {"offset_param": "offset", "limit_param": "limit", "limit": 500,
+                                          "total_field": "total"}
+
+    def first(self) -> dict[str, Any]:
+        return {self.cfg["offset_param"]: 0, self.cfg["limit_param"]: int(self.cfg["limit"])}
+
+    def next(self, params: dict[str, Any], response: dict[str, Any], n_records: int) -> dict[str, Any] | None:
+        offset = int(params[self.cfg["offset_param"]]) + n_records
+        total = dig(response, self.cfg["total_field"]) if self.cfg["total_field"] else None
+        if n_records == 0 or (total is not None and offset >= int(total)):
+            return None
+        if total is None and n_records < int(self.cfg["limit"]):
+            return None
+        return {**params, self.cfg["offset_param"]: offset}
+
+
+@register("cursor")
+class CursorPaginator(_Configured):
+    """An opaque next-page token from the response, sent back as a parameter; no token = last page.
+
+    Serves `next_cursor`, Google-style `nextPageToken` and SOAP page tokens alike.
+    A token the peer already gave is an error, not a loop.
+
+    Example upstream payload: `{"results": [...], "next_cursor": "eyJrIjoiMDEwMS4uLiJ9"}`
+    """
+
+    kind = "cursor"
+    defaults: ClassVar[dict[str, Any]] = {"token_field": "next_cursor", "token_param": "cursor",
+                                          "size_param": "limit", "page_size": 500}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.seen: set[str] = set()
+
+    def first(self) -> dict[str, Any]:
+        return {self.cfg["size_param"]: int(self.cfg["page_size"])} if self.cfg["size_param"] else {}
+
+    def next(self, params: dict[str, Any], response: dict[str, Any], n_records: int) -> dict[str, Any] | None:
+        token = dig(response, self.cfg["token_field"])
+        if token in (None, ""):
+            return None
+        if str(token) in self.seen:
+            raise RuntimeError(f"the peer repeated next-page token {str(token)[:40]!r}; refusing to loop")
+        self.seen.add(str(token))
+        return {**params, self.cfg["token_param"]: token}
+
+
+@register("next_link")
+class NextLinkPaginator(_Configured):
+    """Follow the absolute URL of the next page the peer gives (`links.next`); none = last page.
+
+    Example upstream payload: `{"items": [...], "links": {"next": "https://.../civil-servants?page=3&..."}}`
+    """
+
+    kind = "next_link"
+    defaults: ClassVar[dict[str, Any]] = {"next_field": "links.next", "size_param": "per_page", "page_size": 200}
+
+    def first(self) -> dict[str, Any]:
+        return {self.cfg["size_param"]: int(self.cfg["page_size"])} if self.cfg["size_param"] else {}
+
+    def next(self, params: dict[str, Any], response: dict[str, Any], n_records: int) -> dict[str, Any] | None:
+        link = dig(response, self.cfg["next_field"])
+        return {"__url__": str(link)} if link else None
+
+
 def make_paginator(kind: str, params: dict[str, Any]) -> Paginator:
     try:
         cls = PAGINATORS[kind]

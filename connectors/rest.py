@@ -1,22 +1,26 @@
-"""REST transport: a requests.Session with explicit timeouts, auth and error classes.
+"""REST transport: JSON over a PeerSession, with explicit timeouts, auth and error classes.
 
 Example upstream payload (TTHC dossiers):
     {"items": [{"dossier_id": "H37.12-250815-0001", ...}], "page": 1, "total_pages": 12}
 """
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
+from catalog.loader import resolve_timeout
 from catalog.models import SystemSpec
 from connectors.errors import FatalError, RetriableError
-from connectors.secrets import Secret, redact, resolve_secret
+from connectors.http import CLIENT_ID, MAX_RESPONSE_BYTES, open_session
+from connectors.message_log import MessageLog
+from connectors.secrets import redact
 
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-CLIENT_ID = "lgsp"
+NEXT_URL = "__url__"  # a paginator's "follow this link" parameter
+
+__all__ = ["CLIENT_ID", "MAX_RESPONSE_BYTES", "NEXT_URL", "RestTransport"]
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -32,57 +36,94 @@ def _encode(value: Any) -> Any:
 
 
 class RestTransport:
-    """GET `endpoint + operation` with query parameters; returns the JSON body."""
+    """`method endpoint+operation` with query parameters (GET) or a JSON body (POST); returns the JSON object."""
 
-    def __init__(self, system: SystemSpec, base_url: str, operation: str) -> None:
-        self.system, self.operation = system, operation
-        self.url = base_url.rstrip("/") + "/" + operation.lstrip("/")
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"{CLIENT_ID}/0.1"
-        self.session.headers["X-Client-Id"] = CLIENT_ID
-        self._secrets: list[Secret] = []
-        auth = system.auth
-        if auth.type != "none" and auth.secret:
-            secret = resolve_secret(auth.secret)
-            self._secrets.append(secret)
-            if auth.type == "api_key":
-                self.session.headers[auth.header or "X-API-Key"] = secret.reveal()
-            elif auth.type == "basic":
-                self.session.auth = (auth.username or "", secret.reveal())
+    def __init__(self, system: SystemSpec, base_url: str, operation: str, method: str = "GET",
+                 log: MessageLog | None = None) -> None:
+        self.system, self.operation, self.method = system, operation, method
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/" + operation.lstrip("/") if operation else self.base_url
+        self.session, self.auth = open_session(system, self.base_url, log)
+        self.session.operation = operation
+        self.timeout = (5.0, resolve_timeout(system))
+
+    @property
+    def log(self) -> MessageLog:
+        return self.session.log
 
     def _fail(self, problem: str, hint: str = "", retriable: bool = False,
               retry_after: float | None = None) -> Exception:
-        problem = redact(problem, self._secrets)
+        problem = redact(problem, self.auth.secrets)
         if retriable:
             return RetriableError(self.system.name, self.operation, problem, hint, retry_after)
         return FatalError(self.system.name, self.operation, problem, hint)
 
-    def call(self, params: dict[str, Any]) -> dict[str, Any]:
-        query = {k: _encode(v) for k, v in params.items()}
-        headers = {"X-Message-Id": str(uuid.uuid4())}
+    def _target(self, params: dict[str, Any]) -> str:
+        """The URL to call: the operation's, or a next link the peer gave (same host only)."""
+        link = params.pop(NEXT_URL, None)
+        if link is None:
+            return self.url
+        if urlsplit(link)[:2] != urlsplit(self.base_url)[:2]:
+            raise self._fail(f"next link {link!r} leaves {self.base_url}",
+                             "refusing to send credentials to another host; check the peer")
+        return str(link)
+
+    def _send(self, params: dict[str, Any], headers: dict[str, str]) -> tuple[requests.Response, Any]:
+        params = dict(params)
+        url = self._target(params)
+        request: dict[str, Any] = {"headers": dict(headers), "timeout": self.timeout}
+        if self.method == "GET":
+            request["params"] = {k: _encode(v) for k, v in params.items()}
+        else:
+            request["json"] = {k: _encode(v) for k, v in params.items()}
+        self.auth.prepare(self.session, request)
         try:
-            response = self.session.get(self.url, params=query, headers=headers,
-                                        timeout=(5.0, self.system.timeout_s))
+            response = self.session.request(self.method, url, **request)
         except requests.Timeout:
-            raise self._fail(f"timed out after {self.system.timeout_s}s", retriable=True) from None
+            raise self._fail(f"timed out after {self.timeout[1]}s", retriable=True) from None
         except requests.ConnectionError as exc:
             raise self._fail(f"connection failed ({type(exc).__name__})", retriable=True) from None
+        body = None
+        if response.status_code < 400:
+            body = self._json(response)
+        return response, body
+
+    def _json(self, response: requests.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise self._fail("response is not valid JSON", "the peer sent a malformed payload; "
+                             "nothing was landed from this page") from None
+
+    def _check(self, response: requests.Response, body: Any) -> dict[str, Any]:
         status = response.status_code
         if status == 429 or status >= 500:
             raise self._fail(f"HTTP {status}", retriable=True, retry_after=_retry_after(response))
         if status >= 400:
             raise self._fail(f"HTTP {status}: {response.text[:200]}",
                              "check the credentials and the request parameters in the catalog")
-        if len(response.content) > MAX_RESPONSE_BYTES:
-            raise self._fail(f"response of {len(response.content)} bytes exceeds the {MAX_RESPONSE_BYTES} limit")
-        try:
-            body = response.json()
-        except ValueError:
-            raise self._fail("response is not valid JSON", "the peer sent a malformed payload; "
-                             "nothing was landed from this page") from None
         if not isinstance(body, dict):
             raise self._fail(f"expected a JSON object, got {type(body).__name__}")
+        field = self.system.error_field
+        if field and field in body and str(body[field]) not in self.system.ok_values:
+            raise self._fail(f"{field} {body[field]!r}: {body.get(self.system.message_field, '')}",
+                             "the peer refused the call; check the request")
         return body
+
+    def _exchange(self, params: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        response, body = self._send(params, headers)
+        if self.auth.expired(response, body):
+            self.auth.refresh()
+            response, body = self._send(params, headers)
+        return self._check(response, body)
+
+    def call(self, params: dict[str, Any]) -> dict[str, Any]:
+        """One pull request; `params` go to the query string (GET) or the JSON body (POST)."""
+        return self._exchange(params, {})
+
+    def send(self, payload: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """One push message; the receiver deduplicates on the `Idempotency-Key` header."""
+        return self._exchange(payload, {"Idempotency-Key": idempotency_key})
 
     def close(self) -> None:
         self.session.close()

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from catalog.models import RetrySpec
 from connectors.errors import RetriableError, RetriesExhausted
+from connectors.limits import CircuitBreaker
 
 T = TypeVar("T")
 log = logging.getLogger("lgsp.connectors")
@@ -32,16 +33,22 @@ def call_with_retry(
     operation: str,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> T:
     """Run `call`; on RetriableError wait and try again, up to `spec.attempts` times.
 
-    FatalError (and anything else) propagates at once.
+    FatalError (and anything else) propagates at once. With a `breaker`, an
+    open circuit fails at once (CircuitOpen) and every outcome is counted.
     """
     rng = rng or random.Random()
     for attempt in range(1, spec.attempts + 1):
+        if breaker is not None:
+            breaker.check(operation)
         try:
-            return call()
+            result = call()
         except RetriableError as exc:
+            if breaker is not None:
+                breaker.failure(exc.problem)
             if attempt == spec.attempts:
                 raise RetriesExhausted(
                     system, operation,
@@ -55,4 +62,8 @@ def call_with_retry(
             log.warning("%s %s: %s; retry %d/%d in %.2fs", system, operation, exc.problem,
                         attempt, spec.attempts - 1, delay)
             sleep(delay)
+            continue
+        if breaker is not None:
+            breaker.success()
+        return result
     raise AssertionError("unreachable")  # pragma: no cover

@@ -1,4 +1,4 @@
-"""SOAP transport: zeep over a configured requests.Session, XML hardening kept on.
+"""SOAP transport: zeep over a PeerSession, XML hardening kept on.
 
 Example upstream operation (national population database):
     ListChangedCitizens(since=2025-08-01T00:00:00Z, page=1, page_size=500)
@@ -15,9 +15,12 @@ import zeep.helpers
 from lxml.etree import XMLSyntaxError
 from zeep.transports import Transport as ZeepTransport
 
+from catalog.loader import resolve_timeout
 from catalog.models import SystemSpec
 from connectors.errors import FatalError, RetriableError
-from connectors.rest import CLIENT_ID
+from connectors.http import open_session
+from connectors.message_log import MessageLog
+from connectors.secrets import redact
 
 HARDENED = zeep.Settings(strict=True, xml_huge_tree=False, forbid_dtd=True,
                          forbid_entities=True, forbid_external=True)
@@ -31,19 +34,24 @@ def _fault_is_server(fault: zeep.exceptions.Fault) -> bool:
 class SoapTransport:
     """Calls one operation of a WSDL service; returns the response as plain dicts."""
 
-    def __init__(self, system: SystemSpec, wsdl: str, operation: str) -> None:
+    def __init__(self, system: SystemSpec, wsdl: str, operation: str, log: MessageLog | None = None) -> None:
         self.system, self.operation = system, operation
         self.wsdl = wsdl
+        self.timeout = resolve_timeout(system)
+        self.session, self.auth = open_session(system, wsdl.split("?")[0], log)
         self._client: zeep.Client | None = None
+
+    @property
+    def log(self) -> MessageLog:
+        return self.session.log
 
     def _connect(self) -> zeep.Client:
         if self._client is None:
-            session = requests.Session()
-            session.headers["X-Client-Id"] = CLIENT_ID
-            transport = ZeepTransport(session=session, timeout=self.system.timeout_s,
-                                      operation_timeout=self.system.timeout_s)
+            self.session.operation = "WSDL"
+            transport = ZeepTransport(session=self.session, timeout=self.timeout, operation_timeout=self.timeout)
             try:
-                self._client = zeep.Client(self.wsdl, transport=transport, settings=HARDENED)
+                self._client = zeep.Client(self.wsdl, transport=transport, settings=HARDENED,
+                                           wsse=self.auth.wsse())
             except (requests.Timeout, requests.ConnectionError) as exc:
                 raise RetriableError(self.system.name, "WSDL", f"cannot load WSDL ({type(exc).__name__})") from None
             except zeep.exceptions.TransportError as exc:
@@ -53,33 +61,40 @@ class SoapTransport:
                                  "check the endpoint in catalog/systems.yaml") from None
         return self._client
 
-    def call(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _invoke(self, name: str, params: dict[str, Any]) -> Any:
         client = self._connect()
-        name = self.operation
+        self.session.operation = name
         try:
-            result = getattr(client.service, name)(**params)
+            return getattr(client.service, name)(**params)
         except zeep.exceptions.Fault as fault:
+            message = redact(str(fault.message), self.auth.secrets)
             if _fault_is_server(fault):
-                raise RetriableError(self.system.name, name, f"SOAP server fault: {fault.message}") from None
-            raise FatalError(self.system.name, name, f"SOAP client fault: {fault.message}",
-                             "the request was refused; check the parameters") from None
+                raise RetriableError(self.system.name, name, f"SOAP server fault: {message}") from None
+            raise FatalError(self.system.name, name, f"SOAP client fault {fault.code}: {message}",
+                             "the request was refused; check the parameters and credentials") from None
         except zeep.exceptions.TransportError as exc:
             if exc.status_code == 429 or exc.status_code >= 500:
                 raise RetriableError(self.system.name, name, f"HTTP {exc.status_code}") from None
             raise FatalError(self.system.name, name, f"HTTP {exc.status_code}") from None
         except requests.Timeout:
-            raise RetriableError(self.system.name, name, f"timed out after {self.system.timeout_s}s") from None
+            raise RetriableError(self.system.name, name, f"timed out after {self.timeout}s") from None
         except requests.ConnectionError as exc:
             raise RetriableError(self.system.name, name, f"connection failed ({type(exc).__name__})") from None
         except (XMLSyntaxError, zeep.exceptions.XMLParseError, zeep.exceptions.DTDForbidden,
                 zeep.exceptions.EntitiesForbidden) as exc:
             raise FatalError(self.system.name, name, f"malformed or unsafe XML response ({type(exc).__name__})",
                              "the peer sent a payload lgsp refuses to parse; nothing was landed from it") from None
-        body = zeep.helpers.serialize_object(result, target_cls=dict)
+
+    def call(self, params: dict[str, Any]) -> dict[str, Any]:
+        """One pull request: the operation called with `params` as its arguments."""
+        body = zeep.helpers.serialize_object(self._invoke(self.operation, params), target_cls=dict)
         if not isinstance(body, dict):
             return {"items": body}
         return body
 
+    def send(self, payload: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """One push message: the operation called with `payload`; the key travels inside it."""
+        return self.call(payload)
+
     def close(self) -> None:
-        if self._client is not None:
-            self._client.transport.session.close()
+        self.session.close()

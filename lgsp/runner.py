@@ -8,10 +8,11 @@ so a step can be retried, and a killed run can be rerun, without loss.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from catalog import Catalog, DatasetSpec, PipelineSpec, SystemSpec, load_catalog
 from lgsp.settings import Settings, load_settings
 from warehouse import Lake, Warehouse, to_json
+from warehouse.store import utc
 
 log = logging.getLogger("lgsp.runner")
 
@@ -83,36 +85,109 @@ def _update_batch(ctx: PipelineContext, batch_id: str, conn: sa.Connection | Non
 
 # --- extract ---------------------------------------------------------------------------------
 
-def extract(ctx: PipelineContext, full_refresh: bool = False) -> dict[str, Any]:
+def _dump_state(value: Any) -> str:
+    """JSON for a paging state; datetimes survive the round trip."""
+    def _default(obj: Any) -> Any:
+        if isinstance(obj, datetime):
+            return {"__datetime__": obj.isoformat()}
+        raise TypeError(f"cannot save {type(obj).__name__} in a paging state")
+    return json.dumps(value, default=_default)
+
+
+def _load_state(text: str) -> Any:
+    return json.loads(text, object_hook=lambda d: datetime.fromisoformat(d["__datetime__"])
+                      if set(d) == {"__datetime__"} else d)
+
+
+def _resumable(ctx: PipelineContext) -> Any:
+    """The pipeline's latest batch if a killed or failed extract left it half-pulled, else None."""
+    table = ctx.warehouse.system["lgsp_batch"]
+    with ctx.warehouse.engine.connect() as conn:
+        row = conn.execute(sa.select(table).where(table.c.pipeline == ctx.pipeline.name)
+                           .order_by(table.c.started_at.desc()).limit(1)).first()
+    if row is None or row.status not in ("extracting", "failed") or row.lake_path:
+        return None
+    if row.status == "failed" and not row.paging_state:
+        return None
+    state = _load_state(row.paging_state) if row.paging_state else {"next": None, "done": False}
+    return None if (row.status == "failed" and state.get("done")) else row
+
+
+def _start_batch(ctx: PipelineContext, mode: str, since: datetime | None, until: datetime | None) -> str:
+    batch_id = new_batch_id(ctx.pipeline.name)
+    with ctx.warehouse.transaction() as conn:
+        conn.execute(ctx.warehouse.system["lgsp_batch"].insert().values(
+            batch_id=batch_id, pipeline=ctx.pipeline.name, dataset=ctx.pipeline.dataset,
+            source_system=ctx.system.name, status="extracting", started_at=_now(), cursor_from=since,
+            cursor_until=until, mode=mode, pages=0, rows_pulled=0))
+    return batch_id
+
+
+def _window(ctx: PipelineContext, full_refresh: bool, since: datetime | None,
+            until: datetime | None) -> tuple[str, datetime | None, datetime | None]:
+    """(mode, since, until) of a new batch: incremental from the cursor minus the look-back, full, or backfill."""
+    if since is not None or until is not None:
+        return "backfill", since, until
+    if full_refresh:
+        return "full_refresh", None, None
+    cursor = ctx.warehouse.get_cursor(ctx.pipeline.name)
+    if cursor is not None and ctx.pipeline.lookback_s:
+        cursor -= timedelta(seconds=ctx.pipeline.lookback_s)
+    return "incremental", cursor, None
+
+
+def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
+            until: datetime | None = None) -> dict[str, Any]:
     """Pull every page changed since the pipeline's cursor and land it as received.
 
-    Returns the batch manifest (batch id, pages, rows pulled, cursor used).
-    """
-    from connectors import iter_pages, open_transport
+    Each landed page is checkpointed (the request for the next page is saved
+    with the batch), so a run killed or failed half-way resumes from the page
+    after its last landed one instead of starting again. `since`/`until` pull
+    a closed window (a backfill) without moving the cursor.
 
-    wh, pipeline = ctx.warehouse, ctx.pipeline
-    since = None if full_refresh else wh.get_cursor(pipeline.name)
-    batch_id = new_batch_id(pipeline.name)
-    with wh.transaction() as conn:
-        conn.execute(wh.system["lgsp_batch"].insert().values(
-            batch_id=batch_id, pipeline=pipeline.name, dataset=pipeline.dataset,
-            source_system=ctx.system.name, status="extracting", started_at=_now(), cursor_from=since))
-    transport = open_transport(ctx.system, pipeline.source)
-    pages = rows = 0
+    Returns the batch manifest (batch id, pages, rows pulled, window used).
+    """
+    from connectors import MessageLog, iter_pages, open_transport
+    from lgsp.exchanges import breaker_for, flush_log
+
+    wh, pipeline, table = ctx.warehouse, ctx.pipeline, ctx.warehouse.system["lgsp_batch"]
+    resume = None if (full_refresh or since or until) else _resumable(ctx)
+    if resume is not None:
+        batch_id, mode = resume.batch_id, resume.mode or "incremental"
+        since, until = utc(resume.cursor_from), utc(resume.cursor_until)
+        pages, rows = int(resume.pages or 0), int(resume.rows_pulled or 0)
+        state = _load_state(resume.paging_state) if resume.paging_state else {"next": None, "done": False}
+        log.info("%s: resuming batch %s after page %d (%d rows landed)", pipeline.name, batch_id, pages, rows)
+        _update_batch(ctx, batch_id, status="extracting", message=None)
+    else:
+        mode, since, until = _window(ctx, full_refresh, since, until)
+        batch_id, pages, rows, state = _start_batch(ctx, mode, since, until), 0, 0, {"next": None, "done": False}
+    message_log = MessageLog(ctx.system.name, ctx.system.message_log, context=batch_id)
+    transport = open_transport(ctx.system, pipeline.source, log=message_log)
     try:
-        for page in iter_pages(ctx.system, pipeline.source, transport, since):
-            ctx.lake.write_page(pipeline.name, batch_id, page.number, page.records)
-            pages, rows = pages + 1, rows + len(page.records)
-            log.info("%s: page %d, %d rows so far", pipeline.name, page.number, rows)
+        if not state["done"]:
+            for page in iter_pages(ctx.system, pipeline.source, transport, since, until,
+                                   start=state["next"], first_number=pages + 1,
+                                   breaker=breaker_for(wh, ctx.system)):
+                ctx.lake.write_page(pipeline.name, batch_id, page.number, page.records)
+                pages, rows = page.number, rows + len(page.records)
+                state = {"next": page.next_params, "done": page.next_params is None}
+                with wh.transaction() as conn:
+                    _update_batch(ctx, batch_id, conn, pages=pages, rows_pulled=rows,
+                                  paging_state=_dump_state(state))
+                    flush_log(wh, message_log, conn)
+                log.info("%s: page %d, %d rows so far", pipeline.name, page.number, rows)
     except Exception as exc:
+        flush_log(wh, message_log)
         _update_batch(ctx, batch_id, status="failed", finished_at=_now(), rows_pulled=rows,
-                      message=f"extract failed after {pages} page(s): {exc}")
+                      message=f"extract failed after {pages} page(s): {exc}. A rerun resumes after page {pages}")
         raise
     finally:
         transport.close()
     manifest = {"batch_id": batch_id, "pipeline": pipeline.name, "dataset": pipeline.dataset,
-                "system": ctx.system.name, "pages": pages, "rows_pulled": rows,
-                "cursor_from": since.isoformat() if since else None, "extracted_at": _now().isoformat()}
+                "system": ctx.system.name, "pages": pages, "rows_pulled": rows, "mode": mode,
+                "cursor_from": since.isoformat() if since else None,
+                "cursor_until": until.isoformat() if until else None, "extracted_at": _now().isoformat()}
     ctx.lake.write_manifest(pipeline.name, batch_id, manifest)
     _update_batch(ctx, batch_id, status="extracted", rows_pulled=rows)
     return manifest
@@ -228,17 +303,42 @@ def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
     cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
     with wh.transaction() as conn:
         changed = wh.upsert(conn, wh.dataset_table(ds), rows, ds.key, only_if_changed="_row_hash")
-        wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
+        if result.get("mode") != "backfill":
+            wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=len(rows),
                       rows_changed=changed, cursor_to=cursor_to)
     log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, len(rows), changed)
     return {**result, "rows_landed": len(rows), "rows_changed": changed}
 
 
+def _unfinished(ctx: PipelineContext) -> tuple[str, str] | None:
+    """(batch_id, status) of the pipeline's latest batch if a killed run left it between steps."""
+    table = ctx.warehouse.system["lgsp_batch"]
+    with ctx.warehouse.engine.connect() as conn:
+        row = conn.execute(sa.select(table.c.batch_id, table.c.status).where(table.c.pipeline == ctx.pipeline.name)
+                           .order_by(table.c.started_at.desc()).limit(1)).first()
+    if row is not None and row.status in ("extracted", "validated"):
+        return row.batch_id, row.status
+    return None
+
+
 def run_pipeline(name: str, full_refresh: bool = False, catalog: Catalog | None = None,
-                 settings: Settings | None = None) -> dict[str, Any]:
-    """Run extract -> validate -> load in this process (what one DAG run does)."""
+                 settings: Settings | None = None, since: datetime | None = None,
+                 until: datetime | None = None) -> dict[str, Any]:
+    """Run extract -> validate -> load in this process (what one DAG run does).
+
+    A batch a killed run left behind is finished first: a half-pulled one is
+    resumed from its last landed page, a pulled or validated one is validated
+    and loaded.
+    """
     ctx = context(name, catalog, settings)
-    manifest = extract(ctx, full_refresh=full_refresh)
-    validate(ctx, manifest["batch_id"])
-    return load(ctx, manifest["batch_id"])
+    fresh = full_refresh or since is not None or until is not None
+    pending = None if fresh else _unfinished(ctx)
+    if pending is not None:
+        batch_id, status = pending
+        log.info("%s: finishing batch %s left %s by an earlier run", name, batch_id, status)
+    else:
+        batch_id, status = extract(ctx, full_refresh=full_refresh, since=since, until=until)["batch_id"], "extracted"
+    if status == "extracted":
+        validate(ctx, batch_id)
+    return load(ctx, batch_id)

@@ -124,73 +124,62 @@ def test_unreachable_peer_is_retriable(catalog: Any, monkeypatch: pytest.MonkeyP
         transport.call({"page": 1})
 
 
-class _RepeatingTransport:
-    """Answers every page with the same `total_pages`, but the paginator is told page 1 again."""
+class _ScriptedTransport:
+    """Answers each call with the next scripted response (a unit test of paging, no HTTP)."""
 
-    def __init__(self) -> None:
-        self.calls = 0
+    def __init__(self, responses: list[dict[str, Any]]) -> None:
+        self.responses, self.requests = list(responses), []  # type: ignore[var-annotated]
 
     def call(self, params: dict[str, Any]) -> dict[str, Any]:
-        self.calls += 1
-        return {"items": [{"id": self.calls}], "total_pages": 5}
+        self.requests.append(dict(params))
+        return self.responses[len(self.requests) - 1]
 
     def close(self) -> None:
         pass
 
 
-def test_repeated_page_request_is_an_error_not_a_loop(catalog: Any) -> None:
+def test_repeated_next_token_is_an_error_not_a_loop(catalog: Any) -> None:
     from catalog.models import PaginatorSpec, SourceSpec
 
-    source = SourceSpec(system="tthc", operation="/x",
-                        paginator=PaginatorSpec(type="page_number", page_size=1, first_page=1))
-    transport = _RepeatingTransport()
-    pages = iter_pages(catalog.systems["tthc"], source, transport, None)
-    next(pages)
-    import connectors.paging as paging
-
-    original = paging.PageNumberPaginator.next
-    try:
-        paging.PageNumberPaginator.next = lambda self, p, r, n: dict(p)  # type: ignore[method-assign]
-        with pytest.raises(RuntimeError, match="same page twice"):
-            list(pages)
-    finally:
-        paging.PageNumberPaginator.next = original  # type: ignore[method-assign]
-    assert transport.calls == 1
+    source = SourceSpec(system="tthc", operation="/x", records_field="results",
+                        paginator=PaginatorSpec(type="cursor", token_field="next_cursor", token_param="cursor"))
+    transport = _ScriptedTransport([{"results": [{"id": 1}], "next_cursor": "A"},
+                                    {"results": [{"id": 2}], "next_cursor": "B"},
+                                    {"results": [{"id": 3}], "next_cursor": "A"},
+                                    {"results": [{"id": 4}], "next_cursor": None}])
+    with pytest.raises(RuntimeError, match="repeated next-page token 'A'"):
+        list(iter_pages(catalog.systems["tthc"], source, transport, None))
+    assert [r.get("cursor") for r in transport.requests] == [None, "A", "B"]
 
 
-def test_backoff_is_exponential_capped_and_jittered() -> None:
-    spec = RetrySpec(attempts=6, backoff_s=0.5, max_backoff_s=4)
-    rng = random.Random(1)
-    delays = [[backoff_delay(a, spec, rng) for a in range(1, 7)] for _ in range(200)]
-    for attempt, column in enumerate(zip(*delays), start=1):
-        assert max(column) <= min(4, 0.5 * 2 ** (attempt - 1)) + 1e-9
-        assert len(set(column)) > 100  # jitter: not all the same
+@pytest.mark.parametrize(("kind", "params", "responses", "expected_requests"), [
+    ("offset", {"limit": 2}, [{"data": [1, 2], "total": 5}, {"data": [3, 4], "total": 5}, {"data": [5], "total": 5}],
+     [{"offset": 0, "limit": 2}, {"offset": 2, "limit": 2}, {"offset": 4, "limit": 2}]),
+    ("offset", {"limit": 2, "total_field": None}, [{"data": [1, 2]}, {"data": [3]}],
+     [{"offset": 0, "limit": 2}, {"offset": 2, "limit": 2}]),
+    ("cursor", {"token_field": "nextPageToken", "token_param": "page_token", "size_param": "page_size",
+                "page_size": 2}, [{"data": [1, 2], "nextPageToken": "t1"}, {"data": [3], "nextPageToken": ""}],
+     [{"page_size": 2}, {"page_size": 2, "page_token": "t1"}]),
+    ("next_link", {"page_size": 2}, [{"data": [1, 2], "links": {"next": "http://h/p?page=2"}},
+                                     {"data": [3], "links": {"next": None}}],
+     [{"per_page": 2}, {"__url__": "http://h/p?page=2"}]),
+])
+def test_paginators_walk_to_the_last_page(catalog: Any, kind: str, params: dict[str, Any],
+                                          responses: list[dict[str, Any]],
+                                          expected_requests: list[dict[str, Any]]) -> None:
+    from catalog.models import PaginatorSpec, SourceSpec
+
+    source = SourceSpec(system="tthc", operation="/x", records_field="data",
+                        paginator=PaginatorSpec(type=kind, **params))
+    transport = _ScriptedTransport([{**r, "data": [{"n": n} for n in r["data"]]} for r in responses])
+    pages = list(iter_pages(catalog.systems["tthc"], source, transport, None))
+    assert transport.requests == expected_requests
+    assert [rec["n"] for p in pages for rec in p.records] == list(range(1, sum(len(r["data"]) for r in responses) + 1))
+    assert pages[-1].next_params is None
 
 
-def test_retry_after_is_honoured() -> None:
-    slept: list[float] = []
-    calls = iter([RetriableError("s", "op", "HTTP 429", retry_after_s=3.0), "ok"])
+def test_unknown_paginator_parameter_is_refused(catalog: Any) -> None:
+    from connectors.paging import make_paginator
 
-    def flaky() -> str:
-        value = next(calls)
-        if isinstance(value, Exception):
-            raise value
-        return value
-
-    assert call_with_retry(flaky, RetrySpec(backoff_s=0.01, max_backoff_s=1), "s", "op", sleep=slept.append) == "ok"
-    assert slept == [3.0]
-
-
-def test_secrets_resolve_from_env_and_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LGSP_SOME_SECRET", "s3cr3t")
-    secret = resolve_secret("env:LGSP_SOME_SECRET")
-    assert isinstance(secret, Secret) and secret.reveal() == "s3cr3t"
-    assert "s3cr3t" not in repr(secret) and "s3cr3t" not in f"{secret}"
-    with pytest.raises(SecretNotFound, match="LGSP_MISSING"):
-        resolve_secret("env:LGSP_MISSING")
-
-
-def test_cursor_param_datetime_is_sent_as_iso(catalog: Any, sandbox_handle: Any) -> None:
-    future = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    assert _pull_all(catalog, "tthc_dossiers", future) == []
-    assert _pull_all(catalog, "population_citizens", future) == []
+    with pytest.raises(ValueError, match="offset paginator: unknown parameter"):
+        make_paginator("offset", {"page_size": 10})

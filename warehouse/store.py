@@ -66,7 +66,16 @@ class Warehouse:
         return self.engine.dialect.name
 
     def create_all(self) -> None:
+        """Create missing tables, and add columns a newer lgsp or dataset definition declares."""
         self.metadata.create_all(self.engine)
+        inspector = sa.inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in self.metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present and column.nullable:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
     def table(self, name: str) -> sa.Table:
         """A table by its SQL name (e.g. `core_citizen`, `lgsp_batch`)."""

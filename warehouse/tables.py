@@ -26,6 +26,10 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("cursor_to", TZ),
         sa.Column("lake_path", sa.Text),
         sa.Column("message", sa.Text),
+        sa.Column("mode", sa.Text),
+        sa.Column("cursor_until", TZ),
+        sa.Column("pages", sa.Integer),
+        sa.Column("paging_state", sa.Text),
     )
     cursor = sa.Table(
         "lgsp_cursor", metadata,
@@ -70,4 +74,73 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("value", sa.Float),
         sa.Column("computed_at", TZ, nullable=False),
     )
-    return {t.name: t for t in (batch, cursor, quarantine, expectation, indicator)}
+    exchange = tables_for_exchanges(metadata)
+    return {t.name: t for t in (batch, cursor, quarantine, expectation, indicator, *exchange)}
+
+
+def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:
+    """Message log, health checks, circuit states and the push outbox."""
+    message_log = sa.Table(
+        "lgsp_message_log", metadata,
+        sa.Column("message_id", sa.Text, primary_key=True),
+        sa.Column("client", sa.Text, nullable=False),
+        sa.Column("system", sa.Text, nullable=False, index=True),
+        sa.Column("operation", sa.Text, nullable=False),
+        sa.Column("method", sa.Text, nullable=False),
+        sa.Column("url", sa.Text, nullable=False),
+        sa.Column("context", sa.Text),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("http_status", sa.Integer),
+        sa.Column("request_sha256", sa.Text, nullable=False),
+        sa.Column("response_sha256", sa.Text, nullable=False),
+        sa.Column("request_bytes", sa.BigInteger, nullable=False),
+        sa.Column("response_bytes", sa.BigInteger, nullable=False),
+        sa.Column("started_at", TZ, nullable=False, index=True),
+        sa.Column("duration_ms", sa.Float, nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("request_body", sa.Text),
+        sa.Column("response_body", sa.Text),
+    )
+    health = sa.Table(
+        "lgsp_health_check", metadata,
+        sa.Column("system", sa.Text, primary_key=True),
+        sa.Column("checked_at", TZ, primary_key=True),
+        sa.Column("ok", sa.Boolean, nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("latency_ms", sa.Float),
+        sa.Column("detail", sa.Text),
+    )
+    circuit = sa.Table(
+        "lgsp_circuit", metadata,
+        sa.Column("system", sa.Text, primary_key=True),
+        sa.Column("state", sa.Text, nullable=False),
+        sa.Column("failures", sa.Integer, nullable=False),
+        sa.Column("opened_at", TZ),
+        sa.Column("last_error", sa.Text),
+        sa.Column("updated_at", TZ, nullable=False),
+    )
+    outbox = sa.Table(
+        "lgsp_outbox", metadata,
+        sa.Column("message_id", sa.Text, primary_key=True),
+        sa.Column("idempotency_key", sa.Text, nullable=False, unique=True),
+        sa.Column("feed", sa.Text, nullable=False, index=True),
+        sa.Column("system", sa.Text, nullable=False),
+        sa.Column("operation", sa.Text, nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("records", sa.Integer, nullable=False),
+        sa.Column("status", sa.Text, nullable=False, index=True),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("last_error", sa.Text),
+        sa.Column("ack", sa.Text),
+        sa.Column("created_at", TZ, nullable=False),
+        sa.Column("last_attempt_at", TZ),
+        sa.Column("acked_at", TZ),
+    )
+    outbox_item = sa.Table(
+        "lgsp_outbox_item", metadata,
+        sa.Column("feed", sa.Text, primary_key=True),
+        sa.Column("record_key", sa.Text, primary_key=True),
+        sa.Column("content_hash", sa.Text, primary_key=True),
+        sa.Column("message_id", sa.Text, nullable=False, index=True),
+    )
+    return [message_log, health, circuit, outbox, outbox_item]
