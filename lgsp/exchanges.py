@@ -56,3 +56,37 @@ def circuit_states(wh: Warehouse) -> list[dict[str, Any]]:
     table = wh.system["lgsp_circuit"]
     with wh.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(table).order_by(table.c.system))]
+
+
+def record_health(wh: Warehouse, results: list[Any], log: MessageLog | None = None) -> None:
+    """Keep probe results (and the probes' message-log records) in the warehouse."""
+    from dataclasses import asdict
+
+    with wh.transaction() as conn:
+        wh.insert_ignore(conn, wh.system["lgsp_health_check"], [asdict(r) for r in results], ["system", "checked_at"])
+        if log is not None:
+            flush_log(wh, log, conn)
+
+
+def health_history(wh: Warehouse, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Per system: probes, success rate, median and worst latency, last status."""
+    table = wh.system["lgsp_health_check"]
+    query = sa.select(table)
+    if since is not None:
+        query = query.where(table.c.checked_at >= since)
+    with wh.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query.order_by(table.c.system, table.c.checked_at))]
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = out.setdefault(row["system"], {"system": row["system"], "probes": 0, "ok": 0, "latencies": []})
+        entry["probes"] += 1
+        entry["ok"] += int(bool(row["ok"]))
+        if row["latency_ms"] is not None:
+            entry["latencies"].append(float(row["latency_ms"]))
+        entry["last_status"], entry["last_checked_at"] = row["status"], row["checked_at"]
+    for entry in out.values():
+        latencies = sorted(entry.pop("latencies"))
+        entry["success_rate"] = entry["ok"] / entry["probes"]
+        entry["p50_ms"] = latencies[len(latencies) // 2] if latencies else None
+        entry["max_ms"] = latencies[-1] if latencies else None
+    return list(out.values())

@@ -264,7 +264,8 @@ def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
     _store_expectations(ctx, batch_id, outcomes)
     good = _latest_per_key(typed.frame[checked.passed], ds)
     cursor_to = typed.frame[ds.cursor_field].max() if ds.cursor_field and len(typed.frame) else None
-    table = to_arrow(good, ds).replace_schema_metadata(None)
+    extras = typed.extras.loc[good.index] if typed.extras is not None else None
+    table = to_arrow(good, ds, extras).replace_schema_metadata(None)
     path = ctx.lake.write_parquet(table, ds.name, _now().date(), batch_id)
     result = {**manifest, "rows_valid": len(good), "rows_quarantined": len(quarantine),
               "rows_superseded": int(checked.passed.sum()) - len(good), "parquet": str(path),
@@ -274,8 +275,12 @@ def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
         raise BatchBalanceError(f"batch {batch_id}: pulled {manifest['rows_pulled']} != valid {result['rows_valid']}"
                                 f" + quarantined {result['rows_quarantined']} + superseded {result['rows_superseded']}")
     ctx.lake.write_manifest(pipeline.name, batch_id, result)
+    drift = (f"schema drift: new source field(s) {typed.extra_columns} kept in _extras; declare them in "
+             f"catalog/datasets.yaml ({ds.name}) to load them as columns") if typed.extra_columns else None
+    if drift:
+        log.warning("%s: %s", pipeline.name, drift)
     _update_batch(ctx, batch_id, status="validated", rows_quarantined=len(quarantine),
-                  rows_superseded=result["rows_superseded"], lake_path=str(path))
+                  rows_superseded=result["rows_superseded"], lake_path=str(path), message=drift)
     return result
 
 

@@ -29,6 +29,9 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
+LOCAL_TZ = "Asia/Ho_Chi_Minh"
+
+
 def rule(name: str, explain: Callable[..., str]) -> Callable[[Callable[..., Mask]], Callable[..., Mask]]:
     def _register(check: Callable[..., Mask]) -> Callable[..., Mask]:
         RULES[name] = Rule(name, check, explain)
@@ -112,15 +115,53 @@ def _explain_ordered(row: pd.Series, columns: list[str]) -> str:
     return f"{' <= '.join(columns)} does not hold"
 
 
+def _comparable(a: pd.Series, b: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A date column (naive, a local day) and a timestamp column (UTC) compared as instants in Vietnam."""
+    a_tz, b_tz = getattr(a.dt, "tz", None), getattr(b.dt, "tz", None)
+    if (a_tz is None) != (b_tz is None):
+        a = a.dt.tz_localize(LOCAL_TZ) if a_tz is None else a
+        b = b.dt.tz_localize(LOCAL_TZ) if b_tz is None else b
+    return a, b
+
+
 @rule("ordered", _explain_ordered)
 def ordered(df: pd.DataFrame, columns: list[str]) -> Mask:
-    """Each present value <= the next present one (nulls are skipped)."""
+    """Each present value <= the next present one (nulls are skipped); dates are local days in Vietnam."""
     ok = pd.Series(True, index=df.index)
     for i, earlier in enumerate(columns):
         for later in columns[i + 1:]:
-            a, b = df[earlier], df[later]
+            a, b = _comparable(df[earlier], df[later])
             ok &= (a.isna() | b.isna() | (a <= b)).fillna(True).astype(bool)
     return ok
+
+
+EMAIL = r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}"
+
+
+@rule("email", lambda row, column: f"{column} {row[column]!r} is not an e-mail address")
+def email(df: pd.DataFrame, column: str) -> Mask:
+    col = _col(df, column)
+    return col.isna() | col.str.fullmatch(EMAIL).fillna(False).astype(bool)
+
+
+def _explain_range(row: pd.Series, column: str, min: float | None = None, max: float | None = None,  # noqa: A002
+                   min_exclusive: bool = False) -> str:
+    low = "" if min is None else f"{'>' if min_exclusive else '>='} {min}"
+    high = "" if max is None else f"<= {max}"
+    return f"{column} {row[column]!r} is not {' and '.join(x for x in (low, high) if x)}"
+
+
+@rule("range", _explain_range)
+def value_range(df: pd.DataFrame, column: str, min: float | None = None, max: float | None = None,  # noqa: A002
+                min_exclusive: bool = False) -> Mask:
+    """A number within [min, max] (`min_exclusive: true` for > min), e.g. a rate in 0..1, an area > 0."""
+    col = pd.to_numeric(df[column], errors="coerce")
+    ok = pd.Series(True, index=df.index)
+    if min is not None:
+        ok &= (col > min) if min_exclusive else (col >= min)
+    if max is not None:
+        ok &= col <= max
+    return (col.isna() | ok.fillna(False)).astype(bool)
 
 
 TAX_CODE = r"[0-9]{10}(-[0-9]{3})?"

@@ -7,14 +7,16 @@ Operations:
         Unknown id -> Client fault ``Client.NotFound``; an id that is not
         12 digits -> ``Client.InvalidArgument`` -- except that a stored
         defective row (11-digit ``cccd_length`` defect) is still returned.
-    ``ListChangedCitizens(since, page, page_size) -> CitizenPage``
-        Rows with ``updated_at >= since`` ordered by ``(updated_at, personal_id)``;
+    ``ListChangedCitizens(since, page, page_size, until) -> CitizenPage``
+        Rows with ``since <= updated_at < until`` ordered by ``(updated_at, personal_id)``;
         ``page`` 1-based (default 1; < 1 -> ``Client.InvalidArgument``),
         ``page_size`` default 100, capped at 1000; a page past the end has no
-        items. A naive ``since`` is read as UTC, an absent one means "everything".
+        items. A naive ``since``/``until`` is read as UTC; an absent ``since``
+        means "from the start", an absent ``until`` "to the end"; ``until``
+        before ``since`` -> ``Client.InvalidArgument``.
         ``CitizenPage`` = ``items`` (repeated ``Citizen`` element, so zeep gives a
         plain list), ``page``, ``page_size``, ``total``, ``total_pages``
-        (``total`` counts rows >= since; ``total_pages = ceil(total / page_size)``).
+        (``total`` counts rows in the window; ``total_pages = ceil(total / page_size)``).
 
 Requests are validated against the schema (lxml): malformed values, e.g. a
 bad ``since``, give ``Client.SchemaValidationError``.
@@ -100,7 +102,8 @@ class _CitizenIndex:
             raise Fault("Client.InvalidArgument", f"personal_id must be 12 digits, got {pid!r}")
         raise Fault("Client.NotFound", f"no citizen with personal_id {pid}")
 
-    def page(self, since: datetime | None, page: int | None, page_size: int | None) -> CitizenPage:
+    def page(self, since: datetime | None, page: int | None, page_size: int | None,
+             until: datetime | None = None) -> CitizenPage:
         page = 1 if page is None else int(page)
         size = DEFAULT_PAGE_SIZE if page_size is None else int(page_size)
         if page < 1:
@@ -108,16 +111,22 @@ class _CitizenIndex:
         if size < 1:
             raise Fault("Client.InvalidArgument", f"page_size must be >= 1, got {size}")
         size = min(size, MAX_PAGE_SIZE)
-        start = 0
-        if since is not None:
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
-            start = bisect.bisect_left(self.keys, since.timestamp())
-        total = len(self.rows) - start
+        start, end = self._window(since, until)
+        total = end - start
         first = start + (page - 1) * size
-        items = [Citizen(**r) for r in self.rows[first:first + size]] if first < len(self.rows) else []
+        items = [Citizen(**r) for r in self.rows[first:min(first + size, end)]] if first < end else []
         return CitizenPage(items=items, page=page, page_size=size, total=total,
                            total_pages=math.ceil(total / size))
+
+    def _window(self, since: datetime | None, until: datetime | None) -> tuple[int, int]:
+        """Row index range ``[start, end)`` of ``since <= updated_at < until`` (naive = UTC)."""
+        since = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+        until = until.replace(tzinfo=UTC) if until is not None and until.tzinfo is None else until
+        if since is not None and until is not None and until < since:
+            raise Fault("Client.InvalidArgument", f"until ({until.isoformat()}) is before since ({since.isoformat()})")
+        start = 0 if since is None else bisect.bisect_left(self.keys, since.timestamp())
+        end = len(self.rows) if until is None else bisect.bisect_left(self.keys, until.timestamp())
+        return start, end
 
 
 class PopulationService(Service):
@@ -128,10 +137,10 @@ class PopulationService(Service):
         """Return one citizen by CCCD number."""
         return ctx.app.sandbox_index.get(personal_id)
 
-    @rpc(DateTime, Integer, Integer, _returns=CitizenPage, _body_style="wrapped")
-    def ListChangedCitizens(ctx, since, page, page_size):  # noqa: N802,N805
-        """Return citizens changed at or after ``since``, one page at a time."""
-        return ctx.app.sandbox_index.page(since, page, page_size)
+    @rpc(DateTime, Integer, Integer, DateTime, _returns=CitizenPage, _body_style="wrapped")
+    def ListChangedCitizens(ctx, since, page, page_size, until):  # noqa: N802,N805
+        """Return citizens changed at or after ``since`` and before ``until``, one page at a time."""
+        return ctx.app.sandbox_index.page(since, page, page_size, until)
 
 
 class _ExpectedClientFaults(logging.Filter):

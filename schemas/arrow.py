@@ -46,6 +46,7 @@ class TypedBatch:
     frame: pd.DataFrame
     type_errors: dict[int, str] = field(default_factory=dict)
     extra_columns: list[str] = field(default_factory=list)
+    extras: pd.Series | None = None
 
 
 def _coerce_column(values: pd.Series, spec: ColumnSpec) -> pd.Series:
@@ -90,11 +91,35 @@ def coerce(records: list[dict[str, Any]], dataset: DatasetSpec) -> TypedBatch:
         typed[name] = converted
     frame = pd.DataFrame(typed, index=range(len(raw)))
     extra = [c for c in raw.columns if c not in dataset.columns]
-    return TypedBatch(frame=frame, type_errors=errors, extra_columns=extra)
+    return TypedBatch(frame=frame, type_errors=errors, extra_columns=extra, extras=_extras(raw, extra))
 
 
-def to_arrow(frame: pd.DataFrame, dataset: DatasetSpec) -> pa.Table:
-    """A typed frame (from `coerce`) as an Arrow table with the dataset's schema."""
+def _extras(raw: pd.DataFrame, extra: list[str]) -> pd.Series:
+    """Per row, the fields the contract does not declare, as JSON (None when there are none).
+
+    Schema drift is not data loss: a field a source starts sending is kept in
+    the `_extras` column until the dataset definition declares it.
+    """
+    if not extra:
+        return pd.Series([None] * len(raw), index=range(len(raw)), dtype="object")
+    import json
+
+    def _row(values: dict[str, Any]) -> str | None:
+        kept = {k: v for k, v in values.items() if v is not None and not (isinstance(v, float) and v != v)}
+        return json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str) if kept else None
+
+    return pd.Series([_row(r) for r in raw[extra].to_dict("records")], index=range(len(raw)), dtype="object")
+
+
+def to_arrow(frame: pd.DataFrame, dataset: DatasetSpec, extras: pd.Series | None = None) -> pa.Table:
+    """A typed frame (from `coerce`) as an Arrow table with the dataset's schema (plus `_extras`)."""
     schema = arrow_schema(dataset)
     relaxed = pa.schema([f.with_nullable(True) for f in schema])
-    return pa.Table.from_pandas(frame[list(dataset.columns)], schema=relaxed, preserve_index=False)
+    table = pa.Table.from_pandas(frame[list(dataset.columns)], schema=relaxed, preserve_index=False)
+    if extras is not None:
+        table = table.append_column(pa.field(EXTRAS_COLUMN, pa.string()),
+                                    pa.array(extras.tolist(), type=pa.string()))
+    return table
+
+
+EXTRAS_COLUMN = "_extras"

@@ -34,5 +34,6 @@ def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
         sa.Column("_source_system", sa.Text, nullable=False),
         sa.Column("_loaded_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("_row_hash", sa.BigInteger, nullable=False),
+        sa.Column("_extras", sa.Text, nullable=True),
     ]
     return sa.Table(dataset.table_name, metadata, *columns)
