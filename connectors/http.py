@@ -62,6 +62,8 @@ class PeerSession(requests.Session):
         headers = dict(kwargs.pop("headers", None) or {})
         headers.setdefault("X-Message-Id", message_id)
         kwargs["stream"] = True
+        if kwargs.get("verify") is None:
+            kwargs["verify"] = self.verify  # else REQUESTS_CA_BUNDLE would override the system's CA
         self.limits.throttle()
         started, t0 = now(), time.perf_counter()
         operation = self.operation or str(url).split("?")[0].rsplit("/", 1)[-1]
@@ -87,7 +89,7 @@ def open_session(system: SystemSpec, endpoint: str,
                  log: MessageLog | None = None) -> tuple[PeerSession, AuthMethod]:
     """A PeerSession for `system` with its auth method configured (secrets resolved now)."""
     auth = make_auth(system.auth, system.name, endpoint)
-    log = log or MessageLog(system.name, system.message_log)
+    log = log if log is not None else MessageLog(system.name, system.message_log)
     log.secrets.extend(auth.secrets)
     session = PeerSession(system, log, limits_for(system))
     auth.configure(session)

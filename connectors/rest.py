@@ -31,6 +31,17 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
+CERTIFICATE_PROBLEMS = ("CERTIFICATE_VERIFY_FAILED", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                        "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_HANDSHAKE_FAILURE", "WRONG_VERSION_NUMBER",
+                        "TLSV1_ALERT_UNKNOWN_CA")
+
+
+def _ssl_reason(exc: Exception) -> str:
+    """The certificate problem behind a TLS failure, or the exception's name (a reset mid-handshake)."""
+    text = str(exc)
+    return next((marker for marker in CERTIFICATE_PROBLEMS if marker in text), type(exc).__name__)
+
+
 def _encode(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
@@ -81,6 +92,11 @@ class RestTransport:
             response = self.session.request(self.method, url, **request)
         except requests.Timeout:
             raise self._fail(f"timed out after {self.timeout[1]}s", retriable=True) from None
+        except requests.exceptions.SSLError as exc:
+            reason = _ssl_reason(exc)
+            raise self._fail(f"TLS handshake failed ({reason})",
+                             "check the client certificate, its key and the CA (auth.cert/key/ca)",
+                             retriable=reason not in CERTIFICATE_PROBLEMS) from None
         except requests.ConnectionError as exc:
             raise self._fail(f"connection failed ({type(exc).__name__})", retriable=True) from None
         body = None

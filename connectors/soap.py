@@ -78,6 +78,9 @@ class SoapTransport:
             raise FatalError(self.system.name, name, f"HTTP {exc.status_code}") from None
         except requests.Timeout:
             raise RetriableError(self.system.name, name, f"timed out after {self.timeout}s") from None
+        except requests.exceptions.SSLError:
+            raise FatalError(self.system.name, name, "TLS handshake failed",
+                             "check the client certificate, its key and the CA (auth.cert/key/ca)") from None
         except requests.ConnectionError as exc:
             raise RetriableError(self.system.name, name, f"connection failed ({type(exc).__name__})") from None
         except (XMLSyntaxError, zeep.exceptions.XMLParseError, zeep.exceptions.DTDForbidden,

@@ -58,6 +58,30 @@ def ensure_metadata_db(settings: Settings) -> bool:
     return True
 
 
+def ensure_pools(settings: Settings) -> bool:
+    """Create or update one Airflow pool per system (slots = the system's max_concurrency); True if it ran."""
+    import hashlib
+    import json
+
+    from catalog import load_catalog
+    from lgsp.dag_factory import pool_definitions
+
+    pools = json.dumps(pool_definitions(load_catalog()), sort_keys=True)
+    marker = settings.airflow_home / f".pools-{hashlib.sha256(pools.encode()).hexdigest()[:16]}"
+    if marker.exists():
+        return False
+    path = settings.airflow_home / "pools.json"
+    path.write_text(pools)
+    airflow_bin = Path(sys.executable).with_name("airflow")
+    proc = subprocess.run([str(airflow_bin), "pools", "import", str(path)], capture_output=True, text=True,
+                          env=os.environ)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise RuntimeError(f"`airflow pools import {path}` failed:\n{tail}")
+    marker.write_text(pools)
+    return True
+
+
 def load_dagbag() -> Any:
     """Parse the project's DAG folder with Airflow's own DagBag."""
     from airflow.dag_processing.dagbag import DagBag

@@ -6,6 +6,9 @@
     lgsp sandbox              serve the sandbox systems until Ctrl-C
     lgsp catalog              validate the catalog
     lgsp quarantine list|show|replay   see and replay rejected rows
+    lgsp push FEED            enqueue and send a push feed (outbox)
+    lgsp outbox list|retry    see the outbox, re-send dead letters
+    lgsp health               probe every system; --history for success rate and latency
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -59,28 +63,27 @@ def _cause(pipeline: str) -> str:
 
 
 def _start_sandbox(seed: int, citizens: int, dossiers: int) -> Any:
+    """Start every sandbox system and point this process's environment (and its children) at them."""
     from sandbox import start_sandbox
 
-    api_key = secrets.token_urlsafe(24)
-    handle = start_sandbox(seed=seed, citizens=citizens, dossiers=dossiers, api_key=api_key)
-    os.environ["LGSP_POPULATION_WSDL"] = handle.population_wsdl
-    os.environ["LGSP_TTHC_URL"] = handle.tthc_url
-    os.environ["LGSP_TTHC_API_KEY"] = api_key
+    handle = start_sandbox(seed=seed, citizens=citizens, dossiers=dossiers, api_key=secrets.token_urlsafe(24))
+    os.environ.update(handle.env())
     return handle
 
 
-def _airflow_run(dag_ids: list[str], task_retries: bool = True) -> None:
+def _airflow_run(dag_ids: list[str], task_retries: bool = True, conf: dict[str, Any] | None = None) -> None:
     from lgsp import airflow_env
 
     settings = load_settings()
     airflow_env.configure(settings)
     with step("preparing Airflow metadata DB (SQLite under var/airflow)"):
         airflow_env.ensure_metadata_db(settings)
+        airflow_env.ensure_pools(settings)
     with step("parsing the DAG folder"):
         dagbag = airflow_env.load_dagbag()
     for dag_id in dag_ids:
         with step(f"Airflow: {dag_id}"):
-            airflow_env.run_dag(dag_id, dagbag, task_retries=task_retries)
+            airflow_env.run_dag(dag_id, dagbag, conf=conf, task_retries=task_retries)
 
 
 @app.command()
@@ -98,18 +101,25 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
     console.print(f"[bold]lgsp demo[/]: warehouse {redact_url(settings.database_url)}, lake {settings.lake_root}")
     with step(f"starting sandbox services (seed {seed}: {citizens} citizens, {dossiers} dossiers)"):
         handle = _start_sandbox(seed, citizens, dossiers)
-    console.print(f"   population SOAP {handle.population_wsdl}\n   TTHC REST       {handle.tthc_url}")
+    console.print("   " + ", ".join(f"{name} {url}" for name, url in handle.urls.items()))
+    pushes = [f.name for f in catalog.feeds.values() if not f.after]
     try:
         if inline:
+            from lgsp import outbox
+
             for name in catalog.pipelines:
                 with step(f"pipeline {name}"):
                     runner.run_pipeline(name, catalog=catalog, settings=settings)
-            wh = Warehouse(settings.database_url, catalog)
+            wh = runner.open_warehouse(catalog, settings)
             for spec in catalog.indicators.values():
                 with step(f"indicator {spec.name}"):
                     compute_indicator(wh, spec)
+            for feed in catalog.feeds:
+                with step(f"push {feed}"):
+                    outbox.push(wh, catalog, feed)
         else:
-            _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"], task_retries=False)
+            _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"]
+                         + [f"lgsp_push_{f}" for f in pushes], task_retries=False)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one clear message
         handle.stop()
         causes = "".join(_cause(p) for p in catalog.pipelines)
@@ -121,26 +131,43 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
                   f"(landing/ as received, raw/<dataset>/ingest_date=.../*.parquet)")
 
 
+def _instant(text: str | None, option: str) -> Any:
+    """A --since/--until value: a date (local midnight in Vietnam) or an ISO 8601 instant."""
+    from datetime import datetime, timedelta, timezone
+
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"{option} {text!r} is not a date (2025-08-01) or an ISO 8601 instant (2025-08-01T00:00:00+07:00)")
+    return value if value.tzinfo else value.replace(tzinfo=timezone(timedelta(hours=7)))
+
+
 @app.command()
 def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipelines`)"),
         full_refresh: bool = typer.Option(False, help="ignore the cursor and pull everything"),
+        since: str = typer.Option(None, help="backfill from this date or instant (inclusive)"),
+        until: str = typer.Option(None, help="backfill up to this date or instant (exclusive)"),
         inline: bool = typer.Option(False, help="run in this process instead of on Airflow"),
         retries: bool = typer.Option(True, help="let Airflow retry failed tasks (per the catalog)")) -> None:
-    """Run one pipeline now."""
+    """Run one pipeline now: incremental from its cursor, --full-refresh, or a --since/--until backfill."""
     from lgsp import runner
 
     catalog = load_catalog()
+    start, end = _instant(since, "--since"), _instant(until, "--until")
     try:
         catalog.pipeline(pipeline)
         if inline:
             with step(f"pipeline {pipeline}"):
-                result = runner.run_pipeline(pipeline, full_refresh=full_refresh, catalog=catalog)
-            console.print({k: result[k] for k in ("batch_id", "rows_pulled", "rows_landed",
-                                                  "rows_quarantined", "rows_changed")})
+                result = runner.run_pipeline(pipeline, full_refresh=full_refresh, catalog=catalog,
+                                             since=start, until=end)
+            console.print({k: result[k] for k in ("batch_id", "mode", "rows_pulled", "rows_landed",
+                                                  "rows_quarantined", "rows_changed") if k in result})
         else:
-            if full_refresh:
-                fail("--full-refresh is only available with --inline for now")
-            _airflow_run([f"lgsp_{pipeline}"], task_retries=retries)
+            conf = {"full_refresh": full_refresh, "since": start.isoformat() if start else None,
+                    "until": end.isoformat() if end else None}
+            _airflow_run([f"lgsp_{pipeline}"], task_retries=retries, conf=conf)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -195,10 +222,10 @@ def sandbox(seed: int = 37, citizens: int = 2000, dossiers: int = 6000) -> None:
     env_file = settings.home / "sandbox.env"
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.touch(mode=0o600)
-    env_file.write_text("".join(f"export {v}={os.environ[v]}\n"
-                                for v in ("LGSP_POPULATION_WSDL", "LGSP_TTHC_URL", "LGSP_TTHC_API_KEY")))
-    console.print(f"population SOAP {handle.population_wsdl}\nTTHC REST       {handle.tthc_url}\n"
-                  f"environment for `lgsp run`: source {env_file}   (Ctrl-C to stop)")
+    env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(handle.env().items())))
+    for name, url in handle.urls.items():
+        console.print(f"{name:<16} {url}")
+    console.print(f"environment for `lgsp run`: source {env_file}   (Ctrl-C to stop)")
     try:
         while True:
             time.sleep(3600)
@@ -262,6 +289,99 @@ def quarantine_replay(pipeline: str = typer.Argument(..., help="pipeline whose o
         fail(str(exc))
     console.print(f"replayed {result['replayed']}: landed {result['landed']}, "
                   f"still rejected {result['still_rejected']}")
+
+
+@app.command()
+def push(feed: str = typer.Argument(..., help="feed name (catalog/feeds.yaml)"),
+         inline: bool = typer.Option(False, help="run in this process instead of on Airflow")) -> None:
+    """Queue what the receiver has not got yet, then send the feed's pending messages."""
+    from lgsp import outbox
+
+    catalog = load_catalog()
+    if feed not in catalog.feeds:
+        fail(f"no feed named {feed!r} (known: {', '.join(sorted(catalog.feeds))})")
+    try:
+        if inline:
+            with step(f"push {feed}"):
+                counts = outbox.push(_warehouse(), catalog, feed)
+            console.print(counts)
+        else:
+            _airflow_run([f"lgsp_push_{feed}"], task_retries=False)
+    except Exception as exc:  # noqa: BLE001
+        fail(f"push {feed}: {type(exc).__name__}: {exc}")
+
+
+outbox_app = typer.Typer(help="See the push outbox and re-send dead letters.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.command("list")
+def outbox_list(feed: str = typer.Option(None, help="only this feed"),
+                status: str = typer.Option(None, help="pending, failed, acked or dead"),
+                limit: int = typer.Option(50, help="messages at most")) -> None:
+    """Counts per feed and status, then the newest messages."""
+    from lgsp import outbox
+
+    wh = _warehouse()
+    counts = Table(title="Outbox by feed and status")
+    for col in ("feed", "status", "messages"):
+        counts.add_column(col)
+    for (name, state), n in sorted(outbox.counts_by_status(wh).items()):
+        counts.add_row(name, state, str(n))
+    console.print(counts)
+    rows = Table(title=f"Messages ({status or 'any status'}, newest {limit})")
+    for col in ("message", "feed", "status", "records", "attempts", "last error"):
+        rows.add_column(col)
+    for m in outbox.list_messages(wh, feed, status, limit):
+        rows.add_row(m["message_id"][:12], m["feed"], m["status"], str(m["records"]), str(m["attempts"]),
+                     (m["last_error"] or "")[:120])
+    console.print(rows)
+
+
+@outbox_app.command("retry")
+def outbox_retry(message_ids: list[str] = typer.Argument(None, help="message ids (default: every dead one)"),
+                 feed: str = typer.Option(None, help="only this feed's dead letters"),
+                 send: bool = typer.Option(True, help="send them now")) -> None:
+    """Give dead letters a fresh retry budget and (by default) send them now."""
+    from lgsp import outbox
+
+    wh, catalog = _warehouse(), load_catalog()
+    requeued = outbox.requeue(wh, message_ids or None, feed)
+    console.print(f"requeued {requeued} dead message(s)")
+    if send and requeued:
+        for name in [feed] if feed else list(catalog.feeds):
+            console.print(f"{name}: {outbox.dispatch(wh, catalog, catalog.feeds[name])}")
+
+
+@app.command()
+def health(history: bool = typer.Option(False, help="success rate and latency per system from the warehouse"),
+           system: str = typer.Option(None, help="only this system")) -> None:
+    """Probe every system (reachable? authenticated? how fast?) and keep the results."""
+    from connectors.health import probe
+    from lgsp.exchanges import health_history, record_health
+
+    wh, catalog = _warehouse(), load_catalog()
+    if history:
+        table = Table(title="Connection health over time (lgsp_health_check)")
+        for col in ("system", "probes", "success rate", "p50 ms", "max ms", "last status"):
+            table.add_column(col)
+        for h in health_history(wh):
+            table.add_row(h["system"], str(h["probes"]), f"{h['success_rate']:.0%}", str(h["p50_ms"]),
+                          str(h["max_ms"]), h["last_status"])
+        console.print(table)
+        return
+    names = [system] if system else list(catalog.systems)
+    results = [probe(catalog.systems[n]) for n in names]
+    record_health(wh, results)
+    table = Table(title="Health of the connected systems")
+    for col in ("system", "status", "latency ms", "detail"):
+        table.add_column(col)
+    for r in results:
+        colour = "green" if r.ok else "red"
+        table.add_row(r.system, f"[{colour}]{r.status}[/]", str(r.latency_ms), r.detail)
+    console.print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

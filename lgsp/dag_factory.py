@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from catalog import Catalog, PipelineSpec, load_catalog
+from catalog.models import FeedSpec
 
 START_DATE = datetime(2025, 7, 1, tzinfo=timezone.utc)  # the two-tier local government starts
 
@@ -20,6 +21,17 @@ def dataset_asset(name: str) -> Any:
     from airflow.sdk import Asset
 
     return Asset(name=f"lgsp.{name}", uri=f"lgsp://warehouse/core/{name}", group="lgsp")
+
+
+def system_pool(system: str) -> str:
+    """The Airflow pool capping concurrent calls to one system (slots = limits.max_concurrency)."""
+    return f"lgsp_{system}"
+
+
+def pool_definitions(catalog: Catalog) -> dict[str, dict[str, Any]]:
+    """Pools to create in Airflow, in the format of `airflow pools import`."""
+    return {system_pool(s.name): {"slots": s.limits.max_concurrency, "description": f"calls to {s.title}",
+                                  "include_deferred": False} for s in catalog.systems.values()}
 
 
 def _default_args(retries: int) -> dict[str, Any]:
@@ -36,16 +48,22 @@ def pipeline_dag(pipeline: PipelineSpec, catalog: Catalog) -> Any:
 
     @dag(dag_id=f"lgsp_{name}", description=pipeline.title, schedule=pipeline.schedule,
          start_date=START_DATE, catchup=False, max_active_runs=1,
+         params={"full_refresh": False, "since": None, "until": None},
          tags=["lgsp", f"system:{system.name}", f"dataset:{pipeline.dataset}", *pipeline.tags],
          default_args=_default_args(pipeline.retries),
          doc_md=f"**{pipeline.title}**: `{system.name}.{pipeline.source.operation}` -> `{pipeline.dataset}`")
     def _pipeline() -> None:
-        @task(task_id="extract")
+        @task(task_id="extract", pool=system_pool(system.name))
         def extract_step(**context: Any) -> str:
+            """Pull since the cursor; `since`/`until` params (ISO 8601) backfill a window instead."""
+            from datetime import datetime as _dt
+
             from lgsp import runner
 
-            full = bool((context.get("params") or {}).get("full_refresh", False))
-            return str(runner.extract(runner.context(name), full_refresh=full)["batch_id"])
+            params = context.get("params") or {}
+            window = {k: _dt.fromisoformat(params[k]) if params.get(k) else None for k in ("since", "until")}
+            return str(runner.extract(runner.context(name), full_refresh=bool(params.get("full_refresh")),
+                                      **window)["batch_id"])
 
         @task(task_id="validate")
         def validate_step(batch_id: str) -> str:
@@ -77,7 +95,7 @@ def indicators_dag(catalog: Catalog) -> Any:
          max_active_runs=1, tags=["lgsp", "indicators", "mart"], default_args=_default_args(2))
     def _indicators() -> None:
         for indicator in catalog.indicators.values():
-            @task(task_id=f"compute_{indicator.name}")
+            @task(task_id=f"compute_{indicator.name}", outlets=[indicators_mart_asset()])
             def compute(indicator_name: str = indicator.name) -> int:
                 from catalog import load_catalog as _load
                 from indicators import compute_indicator
@@ -94,10 +112,85 @@ def indicators_dag(catalog: Catalog) -> Any:
     return _indicators()
 
 
+def _feed_source_asset(feed: FeedSpec, catalog: Catalog) -> list[Any]:
+    """A push feed runs when the table it reads changes (a core dataset's Asset, or the indicator mart)."""
+    from airflow.sdk import Asset
+
+    for ds in catalog.datasets.values():
+        if ds.table_name == feed.table:
+            return [dataset_asset(ds.name)]
+    return [Asset(name=f"lgsp.{feed.table}", uri=f"lgsp://warehouse/{feed.table}", group="lgsp")]
+
+
+def _feed_chain(feed: FeedSpec, catalog: Catalog) -> list[FeedSpec]:
+    """The feed, then every feed declared `after` it (recursively), in order."""
+    chain = [feed]
+    for other in catalog.feeds.values():
+        if feed.name in other.after:
+            chain += _feed_chain(other, catalog)
+    return chain
+
+
+def push_dag(feed: FeedSpec, catalog: Catalog) -> Any:
+    """The DAG of a push feed and the feeds that must follow it: enqueue -> dispatch, feed after feed.
+
+    E.g. `lgsp_push_dvcqg_dossier_sync` syncs dossiers, then reports their
+    progress (a progress update for a dossier the portal has not got would be refused).
+    """
+    from airflow.sdk import dag, task
+
+    chain = _feed_chain(feed, catalog)
+
+    @dag(dag_id=f"lgsp_push_{feed.name}", description=feed.title,
+         schedule=feed.schedule or _feed_source_asset(feed, catalog), start_date=START_DATE, catchup=False,
+         max_active_runs=1, tags=["lgsp", "push", f"system:{feed.system}", *feed.tags],
+         default_args=_default_args(2),
+         doc_md=" then ".join(f"**{f.title}**: `{f.table}` -> `{f.system}.{f.operation}`" for f in chain))
+    def _push() -> None:
+        previous = None
+        for member in chain:
+            @task(task_id=f"enqueue_{member.name}")
+            def enqueue_step(feed_name: str = member.name) -> int:
+                from catalog import load_catalog as _load
+                from lgsp import outbox
+                from lgsp.runner import open_warehouse
+
+                current = _load()
+                return outbox.enqueue(open_warehouse(current), current, current.feeds[feed_name])
+
+            @task(task_id=f"dispatch_{member.name}", pool=system_pool(member.system))
+            def dispatch_step(feed_name: str = member.name) -> dict[str, int]:
+                from catalog import load_catalog as _load
+                from lgsp import outbox
+                from lgsp.runner import open_warehouse
+
+                current = _load()
+                counts = outbox.dispatch(open_warehouse(current), current, current.feeds[feed_name])
+                if counts["dead"]:
+                    raise RuntimeError(f"{feed_name}: {counts['dead']} message(s) dead-lettered; "
+                                       "see `lgsp outbox list --status dead`, then `lgsp outbox retry`")
+                return counts
+
+            queued, sent = enqueue_step(), dispatch_step()
+            if previous is not None:
+                previous >> queued
+            queued >> sent
+            previous = sent
+
+    return _push()
+
+
+def indicators_mart_asset() -> Any:
+    from airflow.sdk import Asset
+
+    return Asset(name="lgsp.mart_indicator_value", uri="lgsp://warehouse/mart_indicator_value", group="lgsp")
+
+
 def build_dags(catalog: Catalog | None = None) -> dict[str, Any]:
     """Every lgsp DAG, keyed by dag_id (for a DAG file's globals())."""
     catalog = catalog or load_catalog()
     dags = {f"lgsp_{p.name}": pipeline_dag(p, catalog) for p in catalog.pipelines.values()}
     if catalog.indicators:
         dags["lgsp_indicators"] = indicators_dag(catalog)
+    dags.update({f"lgsp_push_{f.name}": push_dag(f, catalog) for f in catalog.feeds.values() if not f.after})
     return dags

@@ -55,6 +55,22 @@ def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicat
     console.print(counts)
     for spec in catalog.indicators.values():
         print_indicator(console, wh, spec, max_indicator_rows)
+    print_outbox(console, wh)
+
+
+def print_outbox(console: Console, wh: Warehouse) -> None:
+    """Messages per push feed and status (acked, pending, failed, dead)."""
+    from lgsp.outbox import counts_by_status
+
+    counts = counts_by_status(wh)
+    if not counts:
+        return
+    table = Table(title="Push outbox (lgsp outbox list)")
+    for col in ("feed", "acked", "pending", "failed", "dead"):
+        table.add_column(col, justify="left" if col == "feed" else "right")
+    for feed in sorted({f for f, _ in counts}):
+        table.add_row(feed, *(str(counts.get((feed, s), 0)) for s in ("acked", "pending", "failed", "dead")))
+    console.print(table)
 
 
 def print_indicator(console: Console, wh: Warehouse, spec: Any, top: int = 5) -> None:

@@ -60,6 +60,13 @@ class PipelineContext:
         return wh
 
 
+def open_warehouse(catalog: Catalog | None = None, settings: Settings | None = None) -> Warehouse:
+    """The warehouse of the current settings, tables created or brought up to date."""
+    wh = Warehouse((settings or load_settings()).database_url, catalog or load_catalog())
+    wh.create_all()
+    return wh
+
+
 def context(pipeline: str, catalog: Catalog | None = None, settings: Settings | None = None) -> PipelineContext:
     catalog = catalog or load_catalog()
     return PipelineContext(catalog, catalog.pipeline(pipeline), settings or load_settings())

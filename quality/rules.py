@@ -107,8 +107,14 @@ def cccd(df: pd.DataFrame, column: str, sex: str, birth_date: str) -> Mask:
     return col.isna() | (shape & province & consistent)
 
 
+def _instant(value: Any) -> Any:
+    """A local day (naive) or an instant (aware) as an aware instant, so the two compare."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize(LOCAL_TZ) if stamp.tzinfo is None else stamp
+
+
 def _explain_ordered(row: pd.Series, columns: list[str]) -> str:
-    present = [(c, row[c]) for c in columns if pd.notna(row[c])]
+    present = [(c, _instant(row[c])) for c in columns if pd.notna(row[c])]
     for (a, va), (b, vb) in zip(present, present[1:]):
         if va > vb:
             return f"{a} ({va}) is after {b} ({vb})"

@@ -48,21 +48,32 @@ def sandbox_handle() -> Iterator[object]:
     """The real sandbox services on free loopback ports (small deterministic data)."""
     from sandbox import start_sandbox
 
-    handle = start_sandbox(seed=7, citizens=600, dossiers=900, api_key="test-key-not-secret")
+    handle = start_sandbox(seed=7, citizens=600, dossiers=900, api_key="test-key-not-secret",
+                           sizes={"civil_status_event": 300, "land_parcel": 300, "enterprise": 300,
+                                  "civil_servant": 300, "document": 300, "procedure": 120,
+                                  "health_insurance_card": 300})
     yield handle
     handle.stop()
 
 
 @pytest.fixture
-def lgsp_env(tmp_path: Path, sandbox_handle: object, database_url: str,
+def sandbox_env(sandbox_handle: object, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The environment pointing the catalog at the sandbox; faults off, breakers closed. Returns the handle."""
+    from connectors.limits import reset_limits
+
+    for name, value in sandbox_handle.env().items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(name, value)
+    sandbox_handle.faults.clear()  # type: ignore[attr-defined]
+    reset_limits()  # breakers and rate limits are per process: start each test closed
+    return sandbox_handle
+
+
+@pytest.fixture
+def lgsp_env(tmp_path: Path, sandbox_env: object, database_url: str,
              monkeypatch: pytest.MonkeyPatch) -> object:
     """An isolated LGSP_HOME wired to the sandbox and to `database_url`; returns Settings."""
     from lgsp.settings import load_settings
 
     monkeypatch.setenv("LGSP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LGSP_DATABASE_URL", database_url)
-    monkeypatch.setenv("LGSP_POPULATION_WSDL", sandbox_handle.population_wsdl)  # type: ignore[attr-defined]
-    monkeypatch.setenv("LGSP_TTHC_URL", sandbox_handle.tthc_url)  # type: ignore[attr-defined]
-    monkeypatch.setenv("LGSP_TTHC_API_KEY", "test-key-not-secret")
-    sandbox_handle.faults.error_rate = 0.0  # type: ignore[attr-defined]
     return load_settings()
