@@ -1,9 +1,12 @@
 """Plain-WSGI simulator of the provincial TTHC (administrative procedure) REST API.
 
 Routes:
-    ``GET /health`` -> ``200 {"status": "ok"}`` (no API key needed).
-    ``GET /api/v1/dossiers?updated_since=<ISO-8601>&page=1&page_size=100``
+    ``GET /health`` -> ``200 {"status": "ok", "system": "tthc"}`` (no API key needed).
+    ``GET /api/v1/dossiers?updated_since=<ISO-8601>&updated_until=<ISO-8601>&page=1&page_size=100``
         -> ``200 {"items": [...], "page": 1, "page_size": 100, "total": 6000, "total_pages": 60}``
+
+``updated_since`` is inclusive, ``updated_until`` (optional) exclusive; ``total``
+counts the rows inside that window.
 
 Example item::
 
@@ -91,7 +94,7 @@ class TthcApp:
         if environ.get("REQUEST_METHOD", "GET") != "GET":
             return 405, {"error": f"method {environ.get('REQUEST_METHOD')} not allowed; use GET"}
         if path == "/health":
-            return 200, {"status": "ok"}
+            return 200, {"status": "ok", "system": "tthc"}
         if self.api_key is not None:
             given = environ.get("HTTP_X_API_KEY", "")
             if not given:
@@ -104,19 +107,25 @@ class TthcApp:
             return 400, {"error": str(exc)}
 
     def _list(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        start = 0
-        since_raw = query.get("updated_since", [""])[0]
-        if since_raw.strip():
+        start, stop = 0, len(self._keys)
+        for name in ("updated_since", "updated_until"):
+            raw = query.get(name, [""])[0]
+            if not raw.strip():
+                continue
             try:
-                since = parse_instant(since_raw)
+                bound = bisect.bisect_left(self._keys, parse_instant(raw).timestamp())
             except ValueError as exc:
-                raise _BadParam(f"updated_since must be an ISO-8601 date-time with offset: {exc}") from None
-            start = bisect.bisect_left(self._keys, since.timestamp())
+                raise _BadParam(f"{name} must be an ISO-8601 date-time with offset: {exc}") from None
+            if name == "updated_since":
+                start = bound
+            else:
+                stop = bound
+        stop = max(start, stop)
         page = _int_param(query, "page", 1)
         page_size = min(_int_param(query, "page_size", DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
-        total = len(self._items) - start
+        total = stop - start
         first = start + (page - 1) * page_size
-        items = self._items[first:first + page_size] if first < len(self._items) else []
+        items = self._items[first:min(first + page_size, stop)] if first < stop else []
         return {
             "items": items,
             "page": page,

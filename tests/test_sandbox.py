@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -18,12 +19,18 @@ import zeep
 import zeep.exceptions
 from zeep.helpers import serialize_object
 
-from sandbox import FaultPlan, SandboxData, start_sandbox
+from sandbox import (DATASET_KEYS, SYSTEMS, FaultPlan, SandboxCredentials, SandboxData, serve_wsgi, start_sandbox,
+                     with_faults)
 from sandbox.citizens import CITIZEN_DEFECT_KINDS, CITIZEN_FIELDS, century_sex_digit
+from sandbox.civil_servants import CIVIL_SERVANT_DEFECT_KINDS, make_civil_servants_with_defects
 from sandbox.common import VN_TZ, WINDOW_END_UTC, WINDOW_END_VN, WINDOW_START_UTC, parse_instant
 from sandbox.communes import UNKNOWN_COMMUNE, commune_codes, ninh_binh_communes
 from sandbox.data import make_citizens, make_dossiers
 from sandbox.dossiers import DOSSIER_DEFECT_KINDS, DOSSIER_FIELDS
+from sandbox.enterprises import ENTERPRISE_DEFECT_KINDS, make_enterprises_with_defects
+from sandbox.faults import FAULT_KINDS
+from sandbox.land import LAND_PARCEL_DEFECT_KINDS, LAND_PARCEL_FIELDS, LAND_USES, make_land_parcels_with_defects
+from sandbox.land_rest import row_to_json
 from sandbox.procedures import PROCEDURES
 
 API_KEY = "test-key"
@@ -46,9 +53,11 @@ def soap(sb):
 
 @pytest.fixture()
 def faults(sb):
-    """The shared fault plan, restored to 'no faults' afterwards."""
+    """The fault board of every system, counters zeroed, restored to 'no faults' afterwards."""
+    sb.faults.reset()
     yield sb.faults
-    sb.faults.error_rate, sb.faults.latency_s = 0.0, 0.0
+    sb.faults.clear()
+    sb.faults.hang_s, sb.faults.retry_after_s = 2.0, 1
 
 
 def rest(sb, path="/api/v1/dossiers", key=API_KEY, **params):
@@ -258,7 +267,7 @@ def test_rest_auth_health_and_404(sb):
     assert rest(sb, key="wrong").status_code == 401
     assert "error" in rest(sb, key="wrong").json()
     health = rest(sb, "/health", key=None)
-    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert health.status_code == 200 and health.json() == {"status": "ok", "system": "tthc"}
     missing = rest(sb, "/api/v1/nothing")
     assert missing.status_code == 404 and "error" in missing.json()
 
@@ -310,9 +319,11 @@ def test_parse_instant_tolerates_decoded_plus():
         parse_instant("2025-08-01T00:00:00")
 
 
-def test_python_dash_m_sandbox_starts_and_stops():
+def test_python_dash_m_sandbox_starts_and_stops(tmp_path):
+    env_file = tmp_path / "sandbox.env"
     with subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--citizens", "20", "--dossiers", "20", "--seed", "3"],
+        [sys.executable, "-m", "sandbox", "--citizens", "20", "--dossiers", "20", "--seed", "3",
+         "--size", "land_parcel=9", "--env-file", str(env_file)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as proc:
         try:
@@ -321,7 +332,489 @@ def test_python_dash_m_sandbox_starts_and_stops():
             url = rest_line.split()[-1]
             assert requests.get(url, timeout=10).json()["total"] == 20
             assert zeep.Client(wsdl_line.split()[-1]).service.ListChangedCitizens(since=None).total == 20
+            lines = [proc.stdout.readline() for _ in range(10)]
+            urls = dict(line.split() for line in lines[:8])
+            assert set(urls) == set(SYSTEMS[2:]) and urls["civil_servants"].startswith("https://")
+            assert "9 land_parcel" in lines[9]
+            exported = dict(line.removeprefix("export ").strip().split("=", 1)
+                            for line in env_file.read_text().splitlines())
+            assert set(exported) == ENV_NAMES and exported["LGSP_LAND_URL"] == urls["land"]
+            assert env_file.stat().st_mode & 0o777 == 0o600
+            printed = wsdl_line + rest_line + "".join(lines)
+            assert not any(exported[name] in printed for name in exported if name.endswith(("PASSWORD", "SECRET")))
         finally:
             proc.send_signal(signal.SIGINT)
             _, stderr = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "Traceback" not in stderr
+
+
+# --- every system: harness, data, env ---------------------------------------------------------
+
+ENV_NAMES = {
+    "LGSP_POPULATION_WSDL", "LGSP_TTHC_URL", "LGSP_TTHC_API_KEY", "LGSP_CIVIL_STATUS_WSDL",
+    "LGSP_CIVIL_STATUS_USER", "LGSP_CIVIL_STATUS_PASSWORD", "LGSP_LAND_URL", "LGSP_LAND_CLIENT_ID",
+    "LGSP_LAND_CLIENT_SECRET", "LGSP_BUSINESS_URL", "LGSP_BUSINESS_USER", "LGSP_BUSINESS_PASSWORD",
+    "LGSP_CIVIL_SERVANTS_URL", "LGSP_CIVIL_SERVANTS_CERT", "LGSP_CIVIL_SERVANTS_KEY", "LGSP_CIVIL_SERVANTS_CA",
+    "LGSP_DVCQG_URL", "LGSP_DVCQG_USER", "LGSP_DVCQG_PASSWORD", "LGSP_DOCUMENTS_URL", "LGSP_DOCUMENTS_TOKEN",
+    "LGSP_REPORTING_WSDL", "LGSP_REPORTING_USER", "LGSP_REPORTING_PASSWORD", "LGSP_HEALTH_INSURANCE_URL",
+    "LGSP_HEALTH_INSURANCE_API_KEY",
+}
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+
+
+def mtls(sb):
+    return {"cert": (sb.tls.client_cert, sb.tls.client_key), "verify": sb.tls.ca_cert}
+
+
+def get(sb, system, path, **kwargs):
+    kwargs.setdefault("timeout", 10)
+    if system == "civil_servants":
+        kwargs.update(mtls(sb))
+    return requests.get(sb.urls[system] + path, **kwargs)
+
+
+def failing_keys(rows, key, rule, **params):
+    """Keys of the rows the lead's vectorised rule rejects."""
+    import pandas as pd
+
+    from quality.rules import RULES
+
+    frame = pd.DataFrame(rows)
+    return set(frame.loc[~RULES[rule].check(frame, **params), key])
+
+
+def test_every_system_is_up_on_its_own_port(sb):
+    assert set(sb.urls) == set(SYSTEMS) and len({u.rsplit(":", 1)[1] for u in sb.urls.values()}) == 10
+    for system, url in sb.urls.items():
+        if system in ("population", "civil_status", "reporting"):
+            assert url.endswith("/?wsdl") and b"definitions" in requests.get(url, timeout=10).content
+        else:
+            assert not url.endswith("/") and get(sb, system, "/health").json() == {"status": "ok", "system": system}
+    assert sb.urls["civil_servants"].startswith("https://127.0.0.1:")
+    assert sb.population_wsdl == sb.urls["population"] and sb.tthc_url == sb.urls["tthc"]
+
+
+def test_env_points_at_every_system(sb):
+    env = sb.env()
+    assert set(env) == ENV_NAMES
+    assert env["LGSP_TTHC_API_KEY"] == API_KEY and env["LGSP_LAND_URL"] == sb.urls["land"]
+    assert env["LGSP_CIVIL_STATUS_WSDL"] == sb.urls["civil_status"] and env["LGSP_REPORTING_WSDL"].endswith("?wsdl")
+    for name in ("LGSP_CIVIL_SERVANTS_CERT", "LGSP_CIVIL_SERVANTS_KEY", "LGSP_CIVIL_SERVANTS_CA"):
+        assert Path(env[name]).is_file()
+    assert "sbx-" not in repr(sb) and "sbx-" not in repr(sb.credentials)
+    assert SandboxCredentials.for_seed(37, API_KEY).env().items() <= env.items()  # fixed per seed
+    other = SandboxCredentials.for_seed(38).env()
+    assert other["LGSP_LAND_CLIENT_SECRET"] != env["LGSP_LAND_CLIENT_SECRET"] and other["LGSP_TTHC_API_KEY"]
+
+
+def test_data_has_every_dataset_with_its_key_and_defects(sb):
+    assert set(DATASET_KEYS) == {"citizen", "dossier", "civil_status_event", "land_parcel", "enterprise",
+                                 "civil_servant", "document", "procedure", "health_insurance_card"}
+    for dataset, key in DATASET_KEYS.items():
+        rows = sb.data.records(dataset)
+        assert rows and len({r[key] for r in rows}) == len(rows), dataset
+        assert set(sb.data.defects(dataset)) <= {r[key] for r in rows}
+    assert sb.data.records("citizen") is sb.data.citizens and sb.data.defects("dossier") is sb.data.dossier_defects
+    small = SandboxData.generate(5, 10, 10, sizes={"land_parcel": 7, "enterprise": 3})
+    assert (len(small.land_parcels), len(small.enterprises), len(small.civil_servants)) == (7, 3, 400)
+    with pytest.raises(ValueError, match="parcels"):
+        SandboxData.generate(5, 10, 10, sizes={"parcels": 1})
+    with pytest.raises(KeyError):
+        small.records("nothing")
+
+
+def test_stop_removes_the_pki_and_frees_the_ports():
+    handle = start_sandbox(seed=2, citizens=5, dossiers=5, sizes=dict.fromkeys(DATASET_KEYS, 0) | {"procedure": 30})
+    folder, url = Path(handle.tls.directory), handle.urls["land"]
+    assert len({plan.seed for _, plan in handle.faults.items()}) == 10  # one independent sequence per system
+    assert folder.is_dir() and not handle.data.land_parcels
+    handle.stop()
+    handle.stop()
+    assert not folder.exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/health", timeout=2)
+
+
+# --- new data generators -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [make_land_parcels_with_defects, make_enterprises_with_defects,
+                                  make_civil_servants_with_defects])
+def test_new_generators_are_deterministic_and_sorted(make):
+    rows, defects = make(11, 300, 0.05)
+    assert (rows, defects) == make(11, 300, 0.05) and rows != make(12, 300, 0.05)[0]
+    key = {make_land_parcels_with_defects: "parcel_id", make_enterprises_with_defects: "tax_code",
+           make_civil_servants_with_defects: "servant_id"}[make]
+    assert rows == sorted(rows, key=lambda r: (r["updated_at"], r[key])) and len({r[key] for r in rows}) == 300
+    assert all(WINDOW_START_UTC <= r["updated_at"] <= WINDOW_END_UTC for r in rows)
+    assert len({r["updated_at"] for r in rows}) < len(rows), "some equal timestamps expected"
+    assert len(defects) == 15
+
+
+def test_land_parcel_defects_are_exactly_the_rule_failures():
+    rows, defects = make_land_parcels_with_defects(3, 600, 0.04)
+    assert sorted(set(defects.values())) == sorted(LAND_PARCEL_DEFECT_KINDS) and len(defects) == 24
+    assert tuple(rows[0]) == LAND_PARCEL_FIELDS
+    by_kind = {k: {p for p, d in defects.items() if d == k} for k in LAND_PARCEL_DEFECT_KINDS}
+    assert failing_keys(rows, "parcel_id", "range", column="area_m2", min=0, min_exclusive=True) == by_kind[
+        "area_not_positive"]
+    assert failing_keys(rows, "parcel_id", "enum", column="land_use", values=list(LAND_USES)) == by_kind[
+        "land_use_unknown"]
+    assert failing_keys(rows, "parcel_id", "commune_code", column="commune_code") == by_kind["commune_unknown"]
+    assert failing_keys(rows, "parcel_id", "cccd", column="holder_personal_id", sex="holder_sex",
+                        birth_date="holder_birth_date") == by_kind["holder_cccd_invalid"]
+    for r in rows:
+        assert r["parcel_id"] == f"{r['commune_code']}-{r['map_sheet']}-{r['parcel_no']}"
+        assert 1 <= r["map_sheet"] <= 120 and 1 <= r["parcel_no"] <= 999 and round(r["area_m2"], 2) == r["area_m2"]
+        assert re.fullmatch(r"[A-Z]{2} \d{6}", r["certificate_no"]) and len(r["holder_name"].split()) >= 3
+
+
+def test_enterprise_defects_are_exactly_the_rule_failures():
+    rows, defects = make_enterprises_with_defects(3, 800, 0.04)
+    assert sorted(set(defects.values())) == sorted(ENTERPRISE_DEFECT_KINDS)
+    by_kind = {k: {p for p, d in defects.items() if d == k} for k in ENTERPRISE_DEFECT_KINDS}
+    assert failing_keys(rows, "tax_code", "tax_code", column="tax_code") == by_kind["tax_code_invalid"]
+    assert {r["tax_code"] for r in rows if not EMAIL_RE.match(r["email"])} == by_kind["email_invalid"]
+    assert failing_keys(rows, "tax_code", "enum", column="status",
+                        values=["active", "suspended", "dissolving", "dissolved"]) == by_kind["status_unknown"]
+    assert failing_keys(rows, "tax_code", "commune_code", column="commune_code") == by_kind["commune_unknown"]
+    assert not failing_keys(rows, "tax_code", "phone_vn", column="phone")
+    branches = [r for r in rows if r["enterprise_type"] == "branch"]
+    assert 0.10 < len(branches) / len(rows) < 0.20
+    assert all(re.fullmatch(r"\d{10}-\d{3}", r["tax_code"]) for r in branches if r["tax_code"] not in defects)
+    assert 0.05 < sum(r["phone"] is None for r in rows) / len(rows) < 0.15
+    assert {r["enterprise_type"] for r in rows} == {"llc_one", "llc_multi", "jsc", "private", "partnership", "branch"}
+    assert all(r["registered_on"] < r["updated_at"].date() for r in rows)
+
+
+def test_civil_servant_defects_are_exactly_the_rule_failures():
+    rows, defects = make_civil_servants_with_defects(3, 600, 0.04)
+    assert sorted(set(defects.values())) == sorted(CIVIL_SERVANT_DEFECT_KINDS)
+    by_kind = {k: {p for p, d in defects.items() if d == k} for k in CIVIL_SERVANT_DEFECT_KINDS}
+    assert failing_keys(rows, "servant_id", "cccd", column="personal_id", sex="sex",
+                        birth_date="birth_date") == by_kind["cccd_invalid"]
+    assert failing_keys(rows, "servant_id", "enum", column="category",
+                        values=["cadre", "civil_servant", "public_employee"]) == by_kind["category_unknown"]
+    assert {r["servant_id"] for r in rows if not EMAIL_RE.match(r["email"])} == by_kind["email_invalid"]
+    assert all(r["email"].endswith("@ninhbinh.gov.vn") for r in rows if r["servant_id"] not in defects)
+    assert all(re.fullmatch(r"CB37-\d{6}", r["servant_id"]) for r in rows)
+    assert {r["category"] for r in rows if r["servant_id"] not in defects} == {"cadre", "civil_servant",
+                                                                              "public_employee"}
+
+
+# --- land: OAuth2 client credentials, offset paging ----------------------------------------------
+
+
+def land_token(sb, basic=True, secret=None):
+    creds = sb.credentials
+    form = {"grant_type": "client_credentials"}
+    secret = secret or creds.land_client_secret
+    if basic:
+        return requests.post(sb.urls["land"] + "/oauth/token", data=form, auth=(creds.land_client_id, secret),
+                             timeout=10)
+    form |= {"client_id": creds.land_client_id, "client_secret": secret}
+    return requests.post(sb.urls["land"] + "/oauth/token", data=form, timeout=10)
+
+
+def land_pages(sb, token, limit, **window):
+    rows, offset = [], 0
+    while True:
+        body = get(sb, "land", "/api/v2/parcels", params={"offset": offset, "limit": limit, **window},
+                   headers={"Authorization": f"Bearer {token}"}).json()
+        rows += body["data"]
+        offset += limit
+        if offset >= body["total"]:
+            return rows, body["total"]
+
+
+def test_land_token_then_pages_yield_the_ground_truth(sb):
+    answer = land_token(sb)
+    assert answer.status_code == 200 and answer.json()["token_type"] == "Bearer"
+    assert answer.json()["expires_in"] == 300 and answer.headers["Cache-Control"] == "no-store"
+    token = land_token(sb, basic=False).json()["access_token"]  # form fields work too
+    rows, total = land_pages(sb, token, limit=70)
+    assert total == len(sb.data.land_parcels) and rows == [row_to_json(r) for r in sb.data.land_parcels]
+    assert rows[0]["updated_at"].endswith("+07:00") and re.fullmatch(r"\d{4}-\d\d-\d\d", rows[0]["holder_birth_date"])
+    body = get(sb, "land", "/api/v2/parcels", params={"limit": 5000},
+               headers={"Authorization": f"Bearer {token}"}).json()
+    assert (body["limit"], body["offset"], len(body["data"])) == (1000, 0, total)
+
+
+def test_land_window_filters(sb):
+    token = land_token(sb).json()["access_token"]
+    stamps = [r["updated_at"] for r in sb.data.land_parcels]
+    since, until = stamps[100], stamps[300]
+    rows, total = land_pages(sb, token, 50, updated_since=since.isoformat(), updated_until=until.isoformat())
+    expected = [r["parcel_id"] for r in sb.data.land_parcels if since <= r["updated_at"] < until]
+    assert [r["parcel_id"] for r in rows] == expected and total == len(expected)
+    bad = get(sb, "land", "/api/v2/parcels", params={"updated_until": "2025-08-01T00:00:00"},
+              headers={"Authorization": f"Bearer {token}"})
+    assert bad.status_code == 400 and "updated_until" in bad.json()["error"]
+
+
+def test_land_auth_and_token_expiry(sb):
+    wrong = land_token(sb, secret="wrong")
+    assert wrong.status_code == 401 and wrong.json() == {"error": "invalid_client"}
+    assert land_token(sb, basic=False, secret="wrong").status_code == 401
+    grant = requests.post(sb.urls["land"] + "/oauth/token", data={"grant_type": "password"}, timeout=10)
+    assert grant.status_code == 400 and grant.json()["error"] == "unsupported_grant_type"
+    missing = get(sb, "land", "/api/v2/parcels")
+    assert missing.status_code == 401 and 'error="invalid_token"' in missing.headers["WWW-Authenticate"]
+    sb.land.token_ttl_s = 0.3
+    try:
+        answer = land_token(sb).json()
+        assert answer["expires_in"] == 1
+        headers = {"Authorization": f"Bearer {answer['access_token']}"}
+        assert get(sb, "land", "/api/v2/parcels", headers=headers).status_code == 200
+        time.sleep(0.4)
+        expired = get(sb, "land", "/api/v2/parcels", headers=headers)
+        assert expired.status_code == 401 and 'error="invalid_token"' in expired.headers["WWW-Authenticate"]
+        fresh = land_token(sb).json()["access_token"]
+        assert get(sb, "land", "/api/v2/parcels", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
+    finally:
+        sb.land.token_ttl_s = 300
+
+
+# --- business: HTTP Basic, cursor paging ----------------------------------------------------------
+
+
+def business_pages(sb, limit, **window):
+    rows, cursor, calls = [], None, 0
+    while True:
+        params = {"limit": limit, **window, **({"cursor": cursor} if cursor else {})}
+        body = get(sb, "business", "/api/enterprises", params=params,
+                   auth=(sb.credentials.business_user, sb.credentials.business_password)).json()
+        rows, cursor, calls = rows + body["results"], body["next_cursor"], calls + 1
+        if cursor is None:
+            return rows, calls
+
+
+def test_business_cursor_pages_yield_the_ground_truth(sb):
+    rows, calls = business_pages(sb, limit=90)
+    assert rows == [row_to_json(r) for r in sb.data.enterprises] and calls == 5
+    assert rows[0]["registered_on"].count("-") == 2 and rows[0]["updated_at"].endswith("+07:00")
+
+
+def test_business_window_and_bad_cursor(sb):
+    stamps = [r["updated_at"] for r in sb.data.enterprises]
+    since, until = stamps[50], stamps[250]
+    rows, _ = business_pages(sb, 40, changed_since=since.isoformat(), changed_until=until.isoformat())
+    assert [r["tax_code"] for r in rows] == [r["tax_code"] for r in sb.data.enterprises
+                                             if since <= r["updated_at"] < until]
+    auth = (sb.credentials.business_user, sb.credentials.business_password)
+    for cursor in ("not-a-cursor", "WzEsMl0", "%%%"):
+        bad = get(sb, "business", "/api/enterprises", params={"cursor": cursor}, auth=auth)
+        assert bad.status_code == 400 and "cursor" in bad.json()["error"]
+
+
+def test_business_basic_auth(sb):
+    assert get(sb, "business", "/api/enterprises").status_code == 401
+    wrong = get(sb, "business", "/api/enterprises", auth=(sb.credentials.business_user, "wrong"))
+    assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"].startswith("Basic ")
+    assert "error" in wrong.json()
+
+
+# --- civil servants: mutual TLS, next links -------------------------------------------------------
+
+
+def servant_pages(sb, url, **params):
+    rows, links = [], []
+    while url:
+        body = requests.get(url, params=params, timeout=10, **mtls(sb)).json()
+        rows, url, params = rows + body["items"], body["links"]["next"], {}
+        links.append(body["links"]["self"])
+    return rows, links
+
+
+def test_civil_servants_next_links_yield_the_ground_truth(sb):
+    rows, links = servant_pages(sb, sb.urls["civil_servants"] + "/api/v1/civil-servants", per_page=150)
+    assert rows == [row_to_json(r) for r in sb.data.civil_servants] and len(links) == 3
+    assert all(link.startswith(sb.urls["civil_servants"] + "/api/v1/civil-servants?") for link in links)
+    default = get(sb, "civil_servants", "/api/v1/civil-servants").json()
+    assert len(default["items"]) == 200 and "per_page=200" in default["links"]["next"]
+
+
+def test_civil_servants_window_is_kept_in_next_links(sb):
+    stamps = [r["updated_at"] for r in sb.data.civil_servants]
+    after, before = stamps[20], stamps[380]
+    rows, links = servant_pages(sb, sb.urls["civil_servants"] + "/api/v1/civil-servants", per_page=100,
+                                modified_after=after.isoformat(), modified_before=before.isoformat())
+    assert [r["servant_id"] for r in rows] == [r["servant_id"] for r in sb.data.civil_servants
+                                               if after <= r["updated_at"] < before]
+    assert len(links) == 4 and all("modified_after=" in x and "modified_before=" in x for x in links)
+    bad = get(sb, "civil_servants", "/api/v1/civil-servants", params={"per_page": "0"})
+    assert bad.status_code == 400 and "per_page" in bad.json()["error"]
+
+
+def test_civil_servants_require_a_client_certificate(sb):
+    url = sb.urls["civil_servants"] + "/api/v1/civil-servants"
+    with pytest.raises(requests.exceptions.ConnectionError):  # SSLError is a ConnectionError
+        requests.get(url, verify=sb.tls.ca_cert, timeout=5)
+    with pytest.raises(requests.exceptions.SSLError):  # and the server is only trusted through the CA
+        requests.get(url, cert=(sb.tls.client_cert, sb.tls.client_key), timeout=5)
+    assert get(sb, "civil_servants", "/api/v1/civil-servants", params={"per_page": 1}).status_code == 200
+
+
+# --- tthc: updated_until ------------------------------------------------------------------------
+
+
+def test_tthc_updated_until_is_exclusive(sb):
+    stamps = [d["updated_at"] for d in sb.data.dossiers]
+    since, until = stamps[100], stamps[400]
+    items, total = all_rest_pages(sb, page_size=60, updated_since=since.isoformat(), updated_until=until.isoformat())
+    expected = [d["dossier_id"] for d in sb.data.dossiers if since <= d["updated_at"] < until]
+    assert [i["dossier_id"] for i in items] == expected and total == len(expected)
+    assert rest(sb, updated_until=stamps[0].isoformat()).json()["total"] == 0
+    bad = rest(sb, updated_until="2025-08-01T00:00:00")
+    assert bad.status_code == 400 and "updated_until" in bad.json()["error"]
+
+
+# --- fault kinds ---------------------------------------------------------------------------------
+
+
+def outcome(sb, system="tthc", timeout=5.0):
+    """What a client sees of one data request: a status, or the exception's class name."""
+    try:
+        if system == "tthc":
+            response = requests.get(sb.tthc_url + "/api/v1/dossiers", headers={"X-API-Key": API_KEY},
+                                    timeout=timeout)
+        else:
+            response = get(sb, system, "/api/v1/civil-servants", timeout=timeout)
+        response.json()
+        return response.status_code
+    except ValueError:
+        return "truncated"
+    except requests.Timeout:
+        return "timeout"
+    except requests.ConnectionError:
+        return "reset"
+
+
+def test_every_fault_kind_is_observable_from_a_client(sb, faults):
+    plan = faults["tthc"]
+    plan.hang_s, plan.retry_after_s = 0.5, 7
+    plan.reset_rate = 1.0
+    assert outcome(sb) == "reset"
+    plan.clear()
+    plan.timeout_rate = 1.0
+    started = time.perf_counter()
+    assert outcome(sb, timeout=0.15) == "timeout" and time.perf_counter() - started < 0.45
+    assert outcome(sb, timeout=5) == 200  # a patient client gets the real answer
+    plan.clear()
+    plan.throttle_rate = 1.0
+    throttled = rest(sb)
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "7"
+    plan.clear()
+    full = rest(sb).content
+    plan.malformed_rate = 1.0
+    broken = rest(sb)
+    assert broken.status_code == 200 and int(broken.headers["Content-Length"]) == len(broken.content)
+    assert broken.content == full[:len(full) // 2]
+    with pytest.raises(ValueError):
+        broken.json()
+    assert plan.injected_by_kind == {"reset": 1, "timeout": 2, "throttle": 1, "malformed": 1}
+    assert faults.injected_by_kind == plan.injected_by_kind and faults.injected == 5
+    assert rest(sb, "/health").status_code == 200 and plan.requests == 6
+
+
+def test_reset_and_malformed_on_tls_and_soap(sb, soap, faults):
+    faults["civil_servants"].reset_rate = 1.0
+    assert outcome(sb, "civil_servants") == "reset"
+    faults["population"].malformed_rate = 1.0
+    with pytest.raises(Exception) as err:  # unclosed XML
+        soap.service.GetCitizen(sb.data.citizens[0]["personal_id"])
+    assert "xml" in type(err.value).__name__.lower() or "xml" in str(err.value).lower()
+    assert requests.get(sb.population_wsdl, timeout=10).content.rstrip().endswith(b">")  # WSDL is exempt
+
+
+def test_fault_sequence_is_deterministic_for_a_seed(sb, faults):
+    def run():
+        faults.reset(seed=21)
+        faults["tthc"].hang_s = 0.3
+        faults["tthc"].error_rate, faults["tthc"].reset_rate, faults["tthc"].timeout_rate = 0.15, 0.15, 0.15
+        faults["tthc"].throttle_rate, faults["tthc"].malformed_rate = 0.15, 0.15
+        return [outcome(sb, timeout=0.1) for _ in range(16)]
+
+    first = run()
+    assert first == run()
+    assert {503, 429, "reset", "timeout", "truncated"} <= set(first) and 200 in first
+
+
+def test_fault_board_sets_every_plan_and_sums_counters(sb, faults):
+    assert set(faults) == set(SYSTEMS) and len(faults) == 10
+    faults.transient(0.3)
+    assert all(p.error_rate == p.reset_rate == p.timeout_rate == pytest.approx(0.1) for _, p in faults.items())
+    assert faults.throttle_rate == 0.0 and faults.error_rate == pytest.approx(0.1)
+    faults.throttle_rate = 0.2
+    assert all(p.throttle_rate == 0.2 for _, p in faults.items())
+    faults["land"].latency_s = 0.5
+    assert faults.latency_s == 0.5 and faults["tthc"].latency_s == 0.0
+    faults.clear()
+    assert all(p.error_rate == p.throttle_rate == p.latency_s == 0.0 for _, p in faults.items())
+    faults.reset()
+    rest(sb)
+    get(sb, "business", "/api/enterprises")
+    assert faults.requests == 2 and faults["tthc"].requests == faults["business"].requests == 1
+    with pytest.raises(AttributeError):
+        faults.error_rat = 1.0  # a typo does not pass silently
+
+
+def test_fault_plan_draws_are_a_pure_function_of_the_seed():
+    def kinds(seed):
+        plan = FaultPlan(seed=seed)
+        plan.transient(0.6)
+        plan.throttle_rate = plan.malformed_rate = 0.1
+        return [plan.draw("POST") for _ in range(300)], plan
+
+    first, plan = kinds(8)
+    assert first == kinds(8)[0] and first != kinds(9)[0]
+    assert plan.requests == 300 and plan.injected == sum(d.kind is not None for d in first)
+    assert set(plan.injected_by_kind) == set(FAULT_KINDS)
+    lost = [d.after_processing for d in first if d.kind in ("reset", "timeout")]
+    assert 0.3 < sum(lost) / len(lost) < 0.7
+    assert not any(d.after_processing for d in first if d.kind not in ("reset", "timeout"))
+
+
+class _Counter:
+    """A tiny push endpoint: counts the POSTs it processed."""
+
+    def __init__(self):
+        self.processed = 0
+
+    def __call__(self, environ, start_response):
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        self.processed += 1
+        body = json.dumps({"accepted": self.processed}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+@pytest.mark.parametrize("kind", ["reset", "timeout"])
+def test_post_loses_the_acknowledgement_after_processing(kind):
+    push = _Counter()
+    plan = FaultPlan(seed=5, hang_s=0.25)
+    setattr(plan, f"{kind}_rate", 1.0)
+    server, thread = serve_wsgi(with_faults(push, plan))
+    url = f"http://127.0.0.1:{server.server_port}/push"
+    try:
+        twin = FaultPlan(seed=5, **{f"{kind}_rate": 1.0})
+        expected = [twin.draw("POST").after_processing for _ in range(8)]
+        assert 2 <= sum(expected) <= 6, "the seed should mix both cases"
+        processed_when_client_gave_up = []
+        for _ in range(8):
+            before = push.processed
+            with pytest.raises((requests.ConnectionError, requests.Timeout)):
+                requests.post(url, json={"report": 1}, timeout=0.1)
+            processed_when_client_gave_up.append(push.processed > before)
+            if kind == "timeout":  # a hang before processing still processes, after hang_s
+                time.sleep(0.3)
+                assert push.processed == before + 1
+        assert processed_when_client_gave_up == expected  # processed before the ack was lost
+        assert push.processed == (8 if kind == "timeout" else sum(expected))
+        assert plan.injected_by_kind == {kind: 8}
+        plan.clear()
+        assert requests.post(url, json={}, timeout=5).json() == {"accepted": push.processed}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

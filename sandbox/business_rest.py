@@ -1,0 +1,124 @@
+"""Plain-WSGI simulator of the business registration system (HTTP Basic, cursor paging).
+
+Routes:
+    ``GET /health`` -> ``200 {"status": "ok", "system": "business"}`` (no credentials needed).
+    ``GET /api/enterprises?changed_since=&changed_until=&cursor=&limit=100`` with HTTP Basic
+        -> ``200 {"results": [...], "next_cursor": "<opaque>" | null}``
+
+``changed_since`` is inclusive, ``changed_until`` exclusive; rows come ordered by
+``(updated_at, tax_code)``; ``limit`` defaults to 100 and is capped at 1000.
+``next_cursor`` (URL-safe base64 of the last row's ``(updated_at, tax_code)``)
+is passed back as ``cursor`` with the same window to get the next page; it is
+``null`` on the last page. A cursor that does not decode is a 400.
+
+Example enterprise::
+
+    {"tax_code": "2700123456", "name": "Công ty TNHH Xây dựng Tràng An",
+     "enterprise_type": "llc_multi", "status": "active", "registered_on": "2012-05-03",
+     "commune_code": "14464", "address": "81 Khóm 16 Phạm Thế Hiển, Xã Gia Viễn",
+     "legal_representative": "Trần Văn Minh", "email": "info@xaydungtrangan.com.vn",
+     "phone": "0912345678", "updated_at": "2025-08-15T09:30:00+07:00"}
+
+Errors are JSON ``{"error": "..."}``: 400 bad parameter (names it), 401 missing or
+wrong credentials (with ``WWW-Authenticate: Basic``), 404 unknown path, 405 non-GET.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import parse_qs
+
+from sandbox.land_rest import BadParam, basic_credentials, instant_param, int_param, row_to_json, same_secret
+
+SYSTEM = "business"
+ENTERPRISES_PATH = "/api/enterprises"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def encode_cursor(position: tuple[float, str]) -> str:
+    """``(timestamp, tax_code)`` of the last row seen -> opaque cursor."""
+    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Inverse of :func:`encode_cursor`; raises :class:`BadParam` naming ``cursor``."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        stamp, key = raw
+        if not isinstance(key, str) or isinstance(stamp, bool):
+            raise TypeError(key)
+        return float(stamp), key
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise BadParam(f"cursor {cursor[:40]!r} is not a cursor this API issued") from None
+
+
+class BusinessApp:
+    """WSGI callable serving enterprises behind HTTP Basic authentication.
+
+    Args:
+        enterprises: Ground-truth rows (any order; served by ``(updated_at, tax_code)``).
+        username: The accepted user name.
+        password: Its password.
+    """
+
+    def __init__(self, enterprises: Sequence[dict[str, Any]], username: str, password: str) -> None:
+        self.username, self.password = username, password
+        ordered = sorted(enterprises, key=lambda r: (r["updated_at"], r["tax_code"]))
+        self._items = [row_to_json(r) for r in ordered]
+        self._positions = [(r["updated_at"].timestamp(), r["tax_code"]) for r in ordered]
+        self._stamps = [p[0] for p in self._positions]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        status, payload = self._route(environ)
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        headers = [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body)))]
+        if status == 401:
+            headers.append(("WWW-Authenticate", 'Basic realm="business", charset="UTF-8"'))
+        if status == 405:
+            headers.append(("Allow", "GET"))
+        start_response(f"{status} {_REASONS[status]}", headers)
+        return [body]
+
+    def _route(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        path = environ.get("PATH_INFO", "") or "/"
+        if path not in ("/health", ENTERPRISES_PATH, ENTERPRISES_PATH + "/"):
+            return 404, {"error": f"no such resource: {path}"}
+        if environ.get("REQUEST_METHOD", "GET") != "GET":
+            return 405, {"error": f"method {environ.get('REQUEST_METHOD')} not allowed; use GET"}
+        if path == "/health":
+            return 200, {"status": "ok", "system": SYSTEM}
+        given = basic_credentials(environ)
+        if given is None:
+            return 401, {"error": "HTTP Basic credentials required"}
+        if not (same_secret(given[0], self.username) and same_secret(given[1], self.password)):
+            return 401, {"error": "invalid user name or password"}
+        try:
+            return 200, self._list(parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+        except BadParam as exc:
+            return 400, {"error": str(exc)}
+
+    def _list(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        since, until = instant_param(query, "changed_since"), instant_param(query, "changed_until")
+        limit = min(int_param(query, "limit", DEFAULT_LIMIT, minimum=1), MAX_LIMIT)
+        start = 0 if since is None else bisect.bisect_left(self._stamps, since)
+        stop = len(self._stamps) if until is None else bisect.bisect_left(self._stamps, until)
+        cursor = query.get("cursor", [""])[0].strip()
+        if cursor:
+            start = max(start, bisect.bisect_right(self._positions, decode_cursor(cursor)))
+        end = min(start + limit, stop)
+        results = self._items[start:end] if start < end else []
+        more = bool(results) and end < stop
+        return {"results": results, "next_cursor": encode_cursor(self._positions[end - 1]) if more else None}
+
+
+def make_business_app(enterprises: Sequence[dict[str, Any]], username: str, password: str) -> BusinessApp:
+    """Build the business registration WSGI app (see :class:`BusinessApp`)."""
+    return BusinessApp(enterprises, username, password)
