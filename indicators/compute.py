@@ -43,6 +43,21 @@ def indicator_query(spec: IndicatorSpec, table: sa.Table, dialect: str) -> sa.Se
             .group_by(unit, period))
 
 
+PROVINCE_CODE = "37"  # Ninh Bình; the province the sandbox and the demo serve
+
+
+def _province_totals(spec: IndicatorSpec, values: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """The province's value per period: sums of the units' numerators and denominators (not a mean of rates)."""
+    totals: dict[str, list[int]] = {}
+    for v in values:
+        pair = totals.setdefault(v["period"], [0, 0])
+        pair[0] += v["numerator"]
+        pair[1] += v["denominator"]
+    return [{"indicator": spec.name, "version": spec.version, "unit_level": "province", "unit_code": PROVINCE_CODE,
+             "period": period, "numerator": num, "denominator": den, "computed_at": now,
+             "value": num / den if den else None} for period, (num, den) in sorted(totals.items())]
+
+
 def compute_indicator(wh: Warehouse, spec: IndicatorSpec) -> int:
     """Recompute every value of `spec` (this version) and replace them in the mart."""
     table, mart = wh.core[spec.dataset], wh.system["mart_indicator_value"]
@@ -55,18 +70,23 @@ def compute_indicator(wh: Warehouse, spec: IndicatorSpec) -> int:
              "value": (int(r.numerator or 0) / int(r.denominator)) if r.denominator else None}
             for r in conn.execute(indicator_query(spec, table, wh.dialect))
         ]
+        if spec.unit_level != "province":
+            values += _province_totals(spec, values, now)
         conn.execute(mart.delete().where(mart.c.indicator == spec.name, mart.c.version == spec.version))
         if values:
             conn.execute(mart.insert(), values)
     return len(values)
 
 
-def read_indicator(wh: Warehouse, name: str, version: int | None = None) -> list[dict[str, Any]]:
-    """The mart rows of an indicator (latest version unless one is given), by period then unit."""
+def read_indicator(wh: Warehouse, name: str, version: int | None = None,
+                   unit_level: str | None = None) -> list[dict[str, Any]]:
+    """The mart rows of an indicator (latest version unless one is given; one unit level or all)."""
     mart = wh.system["mart_indicator_value"]
     with wh.engine.connect() as conn:
         if version is None:
             version = conn.execute(sa.select(sa.func.max(mart.c.version)).where(mart.c.indicator == name)).scalar()
-        rows = conn.execute(sa.select(mart).where(mart.c.indicator == name, mart.c.version == version)
-                            .order_by(mart.c.period, mart.c.unit_code)).mappings().all()
+        query = sa.select(mart).where(mart.c.indicator == name, mart.c.version == version)
+        if unit_level is not None:
+            query = query.where(mart.c.unit_level == unit_level)
+        rows = conn.execute(query.order_by(mart.c.period, mart.c.unit_code)).mappings().all()
     return [dict(r) for r in rows]

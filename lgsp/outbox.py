@@ -99,7 +99,8 @@ def enqueue(wh: Warehouse, catalog: Catalog, feed: FeedSpec) -> int:
     messages, links = [], []
     for start in range(0, len(fresh), feed.batch_size):
         chunk = fresh[start:start + feed.batch_size]
-        key = _hash([feed.name, [(k, h) for k, h, _ in chunk]])
+        unkeyed = [map_record(row, feed) for _, _, row in chunk]
+        key = _hash([feed.name, feed.body, unkeyed])  # same key <=> same message, whatever warehouse sent it
         records = [map_record(row, feed, key) for _, _, row in chunk]
         payload = {**feed.body, feed.records_param: records if feed.batch_size > 1 else records[0]}
         message_id = str(uuid.uuid4())

@@ -77,7 +77,7 @@ def print_indicator(console: Console, wh: Warehouse, spec: Any, top: int = 5) ->
     """Province total per period, then the best and worst communes of the latest period."""
     from quality.reference import province_communes
 
-    rows = read_indicator(wh, spec.name)
+    rows = read_indicator(wh, spec.name, unit_level=spec.unit_level)
     if not rows:
         console.print(f"{spec.name}: no values yet")
         return

@@ -128,8 +128,12 @@ def test_indicator_matches_an_independent_computation(lgsp_env: Any, sandbox_han
         cell = (d["commune_code"], d["received_at"].astimezone(VN).strftime("%Y-%m"))
         den[cell] += 1
         num[cell] += d["channel"] == "online"
-    mart = {(r["unit_code"], r["period"]): r for r in read_indicator(wh, spec.name)}
+    mart = {(r["unit_code"], r["period"]): r for r in read_indicator(wh, spec.name, unit_level="commune")}
+    province = {r["period"]: r for r in read_indicator(wh, spec.name, unit_level="province")}
     assert set(mart) == set(den)
+    for period, row in province.items():
+        cells = [c for c in den if c[1] == period]
+        assert (row["numerator"], row["denominator"]) == (sum(num[c] for c in cells), sum(den[c] for c in cells))
     for cell, row in mart.items():
         assert (row["numerator"], row["denominator"]) == (num[cell], den[cell]), cell
         assert row["value"] == pytest.approx(num[cell] / den[cell])
