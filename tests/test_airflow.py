@@ -21,6 +21,8 @@ print(json.dumps({{
     "dags": {{d.dag_id: {{"tags": sorted(d.tags), "schedule": type(d.timetable).__name__,
                           "catchup": d.catchup,
                           "retries": {{t.task_id: t.retries for t in d.tasks}},
+                          "pools": {{t.task_id: t.pool for t in d.tasks}},
+                          "params": sorted(d.params.keys()),
                           "start_utc": d.start_date.utcoffset().total_seconds() == 0}}
               for d in bag.dags.values()}},
 }}))
@@ -44,13 +46,21 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
 
     bag = _dagbag(tmp_path, Path(__file__).resolve().parent.parent / "dags")
     assert bag["errors"] == {}
-    expected = {f"lgsp_{p}" for p in load_catalog().pipelines} | {"lgsp_indicators"}
+    catalog = load_catalog()
+    expected = ({f"lgsp_{p}" for p in catalog.pipelines} | {"lgsp_indicators"}
+                | {f"lgsp_push_{f.name}" for f in catalog.feeds.values() if not f.after})
     assert set(bag["dags"]) == expected
     for dag_id, dag in bag["dags"].items():
         assert "lgsp" in dag["tags"], dag_id
         assert dag["catchup"] is False and dag["start_utc"]
         assert dag["retries"] and all(r >= 2 for r in dag["retries"].values()), dag_id
     assert set(bag["dags"]["lgsp_tthc_dossiers"]["retries"]) == {"extract", "validate", "load"}
+    for name, pipeline in catalog.pipelines.items():  # calls to a system share its pool
+        assert bag["dags"][f"lgsp_{name}"]["pools"]["extract"] == f"lgsp_{pipeline.source.system}"
+        assert bag["dags"][f"lgsp_{name}"]["params"] == ["full_refresh", "since", "until"]
+    sync = bag["dags"]["lgsp_push_dvcqg_dossier_sync"]["pools"]
+    assert sync == {"enqueue_dvcqg_dossier_sync": "default_pool", "dispatch_dvcqg_dossier_sync": "lgsp_dvcqg",
+                    "enqueue_dvcqg_dossier_progress": "default_pool", "dispatch_dvcqg_dossier_progress": "lgsp_dvcqg"}
     assert "Asset" in bag["dags"]["lgsp_indicators"]["schedule"]  # scheduled on the datasets it reads
 
 
@@ -85,8 +95,7 @@ def test_lgsp_run_executes_a_pipeline_dag_on_airflow(tmp_path: Path, sandbox_han
     import sqlalchemy as sa
 
     home = tmp_path / "home"
-    env = lgsp_env(home, LGSP_TTHC_URL=sandbox_handle.tthc_url, LGSP_TTHC_API_KEY="test-key-not-secret",
-                   LGSP_POPULATION_WSDL=sandbox_handle.population_wsdl)
+    env = lgsp_env(home, **sandbox_handle.env())
     proc = run(["lgsp", "run", "tthc_dossiers"], env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Airflow: lgsp_tthc_dossiers" in proc.stdout
@@ -109,3 +118,28 @@ def test_failed_dag_run_exits_non_zero_naming_the_task(tmp_path: Path) -> None:
     proc = run(["lgsp", "run", "tthc_dossiers", "--no-retries"], env)
     assert proc.returncode == 1
     assert "lgsp_tthc_dossiers" in proc.stdout and "extract" in proc.stdout
+
+
+def test_push_dag_syncs_dossiers_to_dvcqg_on_airflow(tmp_path: Path, sandbox_handle: Any) -> None:
+    """The push DAG runs enqueue -> dispatch for the sync feed, then for the progress feed."""
+    import sqlalchemy as sa
+
+    home = tmp_path / "home"
+    env = lgsp_env(home, **sandbox_handle.env())
+    assert run(["lgsp", "run", "tthc_dossiers", "--inline"], env).returncode == 0
+    proc = run(["lgsp", "push", "dvcqg_dossier_sync"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    engine = sa.create_engine(f"sqlite:///{home / 'warehouse.db'}")
+    with engine.connect() as conn:
+        outbox = dict(conn.execute(sa.text("select feed, count(*) from lgsp_outbox where status = 'acked' "
+                                           "group by feed")).all())
+        dossiers = set(conn.execute(sa.text("select dossier_id from core_dossier")).scalars())
+    assert set(outbox) == {"dvcqg_dossier_sync", "dvcqg_dossier_progress"}
+    assert dossiers <= set(sandbox_handle.dvcqg.dossiers)
+    airflow_db = sa.create_engine(f"sqlite:///{home / 'airflow' / 'airflow.db'}")
+    with airflow_db.connect() as conn:
+        pools = set(conn.execute(sa.text("select pool from slot_pool")).scalars())
+        states = dict(conn.execute(sa.text("select task_id, state from task_instance "
+                                           "where dag_id = 'lgsp_push_dvcqg_dossier_sync'")).all())
+    assert {"lgsp_dvcqg", "lgsp_reporting", "lgsp_population"} <= pools
+    assert set(states.values()) == {"success"} and len(states) == 4
