@@ -105,13 +105,14 @@ class SystemSpec(Strict):
 
     name: Identifier
     title: str
-    protocol: Literal["soap", "rest"]
+    protocol: Literal["soap", "rest", "reference"]
     endpoint: str
     auth: AuthSpec = AuthSpec()
     timeout_s: float = Field(15.0, gt=0)
     retry: RetrySpec = RetrySpec()
     limits: LimitsSpec = LimitsSpec()
     health_path: str = "/health"
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     error_field: str | None = None
     ok_values: list[str] = ["0"]
     message_field: str = "message"

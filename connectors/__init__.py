@@ -19,6 +19,10 @@ def open_transport(system: SystemSpec, source: SourceSpec | None = None, operati
     """The transport for `system`'s protocol, bound to `source.operation` (pull) or `operation` (push)."""
     endpoint = resolve_endpoint(system)
     name = source.operation if source is not None else (operation or "")
+    if system.protocol == "reference":
+        from connectors.reference import ReferenceTransport
+
+        return ReferenceTransport(system, endpoint, name)
     if system.protocol == "soap":
         from connectors.soap import SoapTransport
 

@@ -35,6 +35,8 @@ class HealthResult:
 def probe(system: SystemSpec, log: MessageLog | None = None) -> HealthResult:
     """Probe one system once (never raises: a failure is a result)."""
     checked_at = datetime.now(timezone.utc)
+    if system.protocol == "reference":
+        return HealthResult(system.name, checked_at, True, "up", 0.0, "in-process reference data")
     try:
         endpoint = resolve_endpoint(system)
         base = endpoint.split("?")[0].rstrip("/")

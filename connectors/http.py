@@ -91,6 +91,6 @@ def open_session(system: SystemSpec, endpoint: str,
     auth = make_auth(system.auth, system.name, endpoint)
     log = log if log is not None else MessageLog(system.name, system.message_log)
     log.secrets.extend(auth.secrets)
-    session = PeerSession(system, log, limits_for(system))
+    session = PeerSession(system, log, limits_for(system), max_bytes=system.max_response_bytes)
     auth.configure(session)
     return session, auth

@@ -27,8 +27,14 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert "Online submission rate" in first.stdout and "province by month" in first.stdout
     counts = _counts(home)
     assert counts["core_citizen"] == 396 and counts["core_dossier"] == 891  # 1% defects quarantined
-    assert counts["lgsp_quarantine"] == 4 + 9
+    engine = sa.create_engine(f"sqlite:///{home / 'warehouse.db'}")
+    with engine.connect() as conn:
+        by_dataset = dict(conn.execute(sa.text("select dataset, count(*) from lgsp_quarantine group by dataset")).all())
+        outbox = dict(conn.execute(sa.text("select status, count(*) from lgsp_outbox group by status")).all())
+    assert by_dataset["citizen"] == 4 and by_dataset["dossier"] == 9  # 1% defects quarantined
     assert counts["mart_indicator_value"] > 129
+    assert set(outbox) == {"acked"} and outbox["acked"] > 0  # pushed to DVCQG and the reporting system
+    assert "Push outbox" in first.stdout
     assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
     assert again.returncode == 0, again.stdout[-3000:]
@@ -66,3 +72,30 @@ def test_broken_catalog_exits_2_naming_file_and_field(tmp_path: Path) -> None:
     proc = run(["lgsp", "catalog"], lgsp_env(tmp_path / "home", LGSP_CATALOG_DIR=str(broken)))
     assert proc.returncode == 2
     assert "systems.yaml" in proc.stdout and "systems.population.protocol" in proc.stdout
+
+
+def test_health_probes_every_system_and_keeps_the_history(tmp_path: Path, sandbox_handle: object) -> None:
+    from catalog import load_catalog
+
+    env = lgsp_env(tmp_path / "home", **sandbox_handle.env())  # type: ignore[attr-defined]
+    for _ in range(2):
+        proc = run(["lgsp", "health"], env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    systems = set(load_catalog().systems)
+    assert all(name in proc.stdout for name in systems) and "down" not in proc.stdout
+    history = run(["lgsp", "health", "--history"], env)
+    assert history.returncode == 0 and "100%" in history.stdout
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'home' / 'warehouse.db'}")
+    with engine.connect() as conn:
+        probes = dict(conn.execute(sa.text("select system, count(*) from lgsp_health_check group by system")).all())
+    assert probes == {name: 2 for name in systems}
+    down = run(["lgsp", "health", "--system", "tthc"], {**env, "LGSP_TTHC_URL": "http://127.0.0.1:9"})
+    assert down.returncode == 1 and "down" in down.stdout
+
+
+def test_outbox_list_and_retry_on_an_empty_outbox(tmp_path: Path) -> None:
+    env = lgsp_env(tmp_path / "home")
+    listed = run(["lgsp", "outbox", "list"], env)
+    assert listed.returncode == 0 and "Outbox by feed and status" in listed.stdout
+    retried = run(["lgsp", "outbox", "retry"], env)
+    assert retried.returncode == 0 and "requeued 0 dead message(s)" in retried.stdout

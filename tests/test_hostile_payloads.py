@@ -76,3 +76,26 @@ def test_xml_entity_expansion_is_refused(lgsp_env: Any, hostile_peer: str,
         runner.run_pipeline("population_citizens")
     wh = Warehouse(lgsp_env.database_url, catalog)
     assert wh.count("core_citizen") == 0 and wh.get_cursor("population_citizens") is None
+
+
+def test_oversized_response_is_fatal_and_names_the_limit(sandbox_env: Any, tmp_path: Any) -> None:
+    """A peer answering more than `max_response_bytes` is cut off, not read into memory."""
+    import yaml
+
+    from connectors.source import first_request
+    from tests.test_systems import small_pages_catalog
+
+    catalog_dir = small_pages_catalog(tmp_path, page_size=500)
+    systems = yaml.safe_load((catalog_dir / "systems.yaml").read_text(encoding="utf-8"))
+    systems["systems"]["tthc"]["max_response_bytes"] = 4096
+    (catalog_dir / "systems.yaml").write_text(yaml.safe_dump(systems, allow_unicode=True), encoding="utf-8")
+    catalog = load_catalog(catalog_dir)
+    spec = catalog.pipelines["tthc_dossiers"]
+    transport = open_transport(catalog.systems["tthc"], spec.source)
+    try:
+        with pytest.raises(FatalError, match="larger than the 4096-byte limit") as caught:
+            transport.call(first_request(spec.source, None))
+        assert "tthc" in str(caught.value)
+        assert transport.call({**first_request(spec.source, None), "page_size": 1})["items"]  # small is fine
+    finally:
+        transport.close()
