@@ -15,6 +15,18 @@ import pgserver  # noqa: E402
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_lgsp_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests that do not pick an LGSP_HOME write under a temporary one, never into the repo's var/."""
+    previous = os.environ.get("LGSP_HOME")
+    os.environ["LGSP_HOME"] = str(tmp_path_factory.mktemp("lgsp-home"))
+    yield
+    if previous is None:
+        os.environ.pop("LGSP_HOME", None)
+    else:
+        os.environ["LGSP_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """An admin URL of a real PostgreSQL server (found or started); fails, never skips."""

@@ -1,0 +1,146 @@
+"""Great Expectations Data Docs: one checkpoint per batch, a site on disk that accumulates every run."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catalog import load_catalog
+from catalog.models import DatasetSpec
+from quality import QualityError, run_row_checks, validate_dataset
+from quality.reference import province_communes
+from schemas import coerce
+
+COMMUNES = sorted(province_communes(37))
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated LGSP_HOME with the default docs folder."""
+    monkeypatch.setenv("LGSP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LGSP_DATA_DOCS_DIR", raising=False)
+    return tmp_path / "home"
+
+
+def _dossiers(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"dossier_id": f"H37.{i:06d}", "procedure_code": "1.000046", "commune_code": COMMUNES[i % len(COMMUNES)],
+             "received_at": "2025-08-01T08:00:00Z", "due_at": "2025-08-11T08:00:00Z", "status": "received",
+             "channel": "online" if i % 3 else "paper", "updated_at": "2025-08-02T09:30:00Z"}
+            for i in range(start, start + n)]
+
+
+def _citizens(n: int, start: int = 0) -> list[dict[str, Any]]:
+    # CCCD: province 037, century/sex digit 0 (male, 1900s), birth year 90, serial
+    return [{"personal_id": f"037090{i:06d}", "full_name": "Nguyễn Văn An", "birth_date": "1990-05-17",
+             "sex": "male", "commune_code": COMMUNES[i % len(COMMUNES)], "updated_at": "2025-08-01T00:00:00Z"}
+            for i in range(start, start + n)]
+
+
+def _checked(dataset: DatasetSpec, records: list[dict[str, Any]]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Typed frame and row verdicts, as `lgsp.runner.validate` makes them."""
+    typed = coerce(records, dataset)
+    checked = run_row_checks(typed.frame, dataset, typed.type_errors)
+    return typed.frame, np.asarray(checked.passed, dtype=bool)
+
+
+def _result_pages(docs: Path, batch_id: str) -> list[Path]:
+    return [p for p in (docs / "validations").rglob("*.html") if batch_id in p.parts]
+
+
+def test_index_accumulates_every_batch_of_every_dataset(home: Path) -> None:
+    catalog = load_catalog()
+    batches = {"dossier": ("tthc_dossiers-b1", "tthc_dossiers-b2"),
+               "citizen": ("population_citizens-b1", "population_citizens-b2")}
+    makers = {"dossier": _dossiers, "citizen": _citizens}
+    for name, batch_ids in batches.items():
+        dataset = catalog.datasets[name]
+        for n, batch_id in enumerate(batch_ids):
+            frame, row_ok = _checked(dataset, makers[name](40, start=40 * n))
+            assert row_ok.all()
+            outcomes = validate_dataset(frame, row_ok, dataset, batch_id)
+            assert outcomes and all(o.success for o in outcomes)
+
+    docs = home / "gx" / "data_docs"
+    index = (docs / "index.html").read_text(encoding="utf-8")
+    assert "lgsp.dossier" in index and "lgsp.citizen" in index
+    for batch_id in (*batches["dossier"], *batches["citizen"]):
+        assert batch_id in index, f"run {batch_id} missing from the Data Docs index"
+        [page] = _result_pages(docs, batch_id)
+        assert page.stat().st_size > 0
+    assert sorted(p.stem for p in (docs / "expectations").rglob("*.html")) == ["citizen", "dossier"]
+    assert len(list((home / "gx" / "validations").rglob("*.json"))) == 4  # results kept on disk
+
+
+def test_failing_batch_raises_after_its_page_is_written(home: Path) -> None:
+    dataset = load_catalog().datasets["dossier"]
+    good, good_ok = _checked(dataset, _dossiers(30))
+    validate_dataset(good, good_ok, dataset, "tthc_dossiers-ok")
+    frame, _ = _checked(dataset, _dossiers(50, start=100))
+    row_ok = np.arange(len(frame)) < 10  # 80% of the rows quarantined: over the 20% allowed
+
+    with pytest.raises(QualityError, match=r"^dataset dossier, batch tthc_dossiers-bad: 1 expectation\(s\) failed: "
+                                           r"expect_column_values_to_be_in_set\(_row_ok\) unexpected=40") as failure:
+        validate_dataset(frame, row_ok, dataset, "tthc_dossiers-bad")
+
+    docs = home / "gx" / "data_docs"
+    [page] = _result_pages(docs, "tthc_dossiers-bad")
+    assert re.search(r"Validation report: file://\S+\.html$", str(failure.value))
+    assert str(failure.value).endswith(page.as_uri())
+    html = page.read_text(encoding="utf-8")
+    assert "_row_ok" in html and "Failed" in html
+    index = (docs / "index.html").read_text(encoding="utf-8")
+    assert "tthc_dossiers-bad" in index and "tthc_dossiers-ok" in index
+
+
+def test_docs_folder_can_be_moved(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LGSP_DATA_DOCS_DIR", str(tmp_path / "site"))
+    dataset = load_catalog().datasets["dossier"]
+    frame, row_ok = _checked(dataset, _dossiers(5))
+    validate_dataset(frame, row_ok, dataset, "tthc_dossiers-moved")
+    assert "tthc_dossiers-moved" in (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    assert not (home / "gx" / "data_docs").exists()
+    assert list((home / "gx" / "validations").rglob("*.json"))  # results stay under LGSP_HOME
+
+
+CONCURRENT_VALIDATOR = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+    from catalog import load_catalog
+    from quality import validate_dataset
+    from test_data_docs import _checked, _dossiers
+    import great_expectations  # imported before the barrier, so both runs overlap
+    tag, barrier, batches = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    dataset = load_catalog().datasets["dossier"]
+    frame, row_ok = _checked(dataset, _dossiers(200))
+    (barrier / tag).touch()
+    while len(list(barrier.iterdir())) < 2:
+        time.sleep(0.01)
+    for n in range(batches):
+        validate_dataset(frame, row_ok, dataset, f"tthc_dossiers-{tag}{n}")
+""")
+
+
+def test_two_processes_validating_the_same_dataset_at_once(home: Path, tmp_path: Path) -> None:
+    barrier, batches = tmp_path / "barrier", 10
+    barrier.mkdir()
+    env = {**os.environ, "LGSP_HOME": str(home)}
+    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_VALIDATOR, str(REPO), tag, str(barrier), str(batches)],
+                             env=env, stderr=subprocess.PIPE, text=True) for tag in ("a", "b")]
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+
+    docs = home / "gx" / "data_docs"
+    index = (docs / "index.html").read_text(encoding="utf-8")
+    expected = {f"tthc_dossiers-{tag}{n}" for tag in "ab" for n in range(batches)}
+    assert set(re.findall(r"tthc_dossiers-[ab]\d+", index)) == expected
+    assert len(list((docs / "validations").rglob("*.html"))) == 2 * batches
