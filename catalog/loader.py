@@ -82,6 +82,8 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
             raise CatalogError(f"{where}.source.system: unknown system '{pipeline.source.system}'")
         if pipeline.dataset not in catalog.datasets:
             raise CatalogError(f"{where}.dataset: unknown dataset '{pipeline.dataset}'")
+        if catalog.datasets[pipeline.dataset].layer != "core":
+            raise CatalogError(f"{where}.dataset: '{pipeline.dataset}' is a mart dataset (computed, not pulled)")
     for feed in catalog.feeds.values():
         where = f"{directory / 'feeds.yaml'}: feeds.{feed.name}"
         if feed.system not in catalog.systems:

@@ -153,6 +153,7 @@ class DatasetSpec(Strict):
 
     name: Identifier
     title: str
+    layer: Literal["core", "mart"] = "core"
     key: list[str] = Field(min_length=1)
     cursor_field: str | None = None
     columns: dict[str, ColumnSpec]
@@ -168,7 +169,8 @@ class DatasetSpec(Strict):
 
     @property
     def table_name(self) -> str:
-        return f"core_{self.name}"
+        """`core_<name>` (curated from the sources) or `mart_<name>` (computed, e.g. indicator values)."""
+        return f"{self.layer}_{self.name}"
 
 
 class PaginatorSpec(BaseModel):

@@ -16,11 +16,11 @@ from catalog.models import FeedSpec
 START_DATE = datetime(2025, 7, 1, tzinfo=timezone.utc)  # the two-tier local government starts
 
 
-def dataset_asset(name: str) -> Any:
-    """The Airflow Asset of a warehouse dataset (its core table)."""
+def dataset_asset(name: str, layer: str = "core") -> Any:
+    """The Airflow Asset of a warehouse dataset (its core or mart table)."""
     from airflow.sdk import Asset
 
-    return Asset(name=f"lgsp.{name}", uri=f"lgsp://warehouse/core/{name}", group="lgsp")
+    return Asset(name=f"lgsp.{name}", uri=f"lgsp://warehouse/{layer}/{name}", group="lgsp")
 
 
 def system_pool(system: str) -> str:
@@ -118,7 +118,7 @@ def _feed_source_asset(feed: FeedSpec, catalog: Catalog) -> list[Any]:
 
     for ds in catalog.datasets.values():
         if ds.table_name == feed.table:
-            return [dataset_asset(ds.name)]
+            return [dataset_asset(ds.name, ds.layer)]
     return [Asset(name=f"lgsp.{feed.table}", uri=f"lgsp://warehouse/{feed.table}", group="lgsp")]
 
 
@@ -181,9 +181,8 @@ def push_dag(feed: FeedSpec, catalog: Catalog) -> Any:
 
 
 def indicators_mart_asset() -> Any:
-    from airflow.sdk import Asset
-
-    return Asset(name="lgsp.mart_indicator_value", uri="lgsp://warehouse/mart_indicator_value", group="lgsp")
+    """The Asset of the indicator mart, updated by every compute task of `lgsp_indicators`."""
+    return dataset_asset("indicator_value", "mart")
 
 
 def build_dags(catalog: Catalog | None = None) -> dict[str, Any]:

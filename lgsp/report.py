@@ -35,7 +35,7 @@ def last_failure(wh: Warehouse, pipeline: str) -> str | None:
 
 
 def table_counts(wh: Warehouse, catalog: Catalog) -> dict[str, int]:
-    names = [wh.core[d].name for d in catalog.datasets] + ["lgsp_quarantine", "mart_indicator_value"]
+    names = [wh.core[d].name for d in wh.core] + ["lgsp_quarantine", "mart_indicator_value"]
     return {n: wh.count(n) for n in names}
 
 

@@ -53,8 +53,10 @@ def dictionary_page(dataset: DatasetSpec) -> str:
 
     lines = [f"# {dataset.name}", "", f"{dataset.title}.", "",
              "Generated from `catalog/datasets.yaml` by `lgsp docs`; do not edit by hand.", "",
-             f"- warehouse table: `{dataset.table_name}` (plus lineage columns `_batch_id`, `_source_system`, "
-             "`_loaded_at`, `_row_hash`)",
+             f"- warehouse table: `{dataset.table_name}`" + (
+                 " (plus lineage columns `_batch_id`, `_source_system`, `_loaded_at`, `_row_hash`, and `_extras` "
+                 "for source fields not declared here)" if dataset.layer == "core" else
+                 " (the mart: computed from the core tables by `lgsp_indicators`)"),
              f"- key: {', '.join(f'`{k}`' for k in dataset.key)}",
              f"- incremental cursor: `{dataset.cursor_field}`" if dataset.cursor_field else "- no cursor (full pulls)",
              f"- JSON Schema: [`{dataset.name}.schema.json`]({dataset.name}.schema.json)", "",

@@ -29,6 +29,8 @@ def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
         sql_type = sa.DateTime(timezone=True) if spec.type == "timestamp" else SQL_TYPES[spec.type]()
         columns.append(sa.Column(name, sql_type, primary_key=name in dataset.key,
                                  nullable=name in dataset.key or not spec.required))
+    if dataset.layer != "core":  # a mart table is computed from core tables: no source lineage
+        return sa.Table(dataset.table_name, metadata, *columns)
     columns += [
         sa.Column("_batch_id", sa.Text, nullable=False),
         sa.Column("_source_system", sa.Text, nullable=False),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,28 @@ def test_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
     assert expand_env("${LGSP_X:-d}/p") == "d/p"
     with pytest.raises(CatalogError, match="LGSP_X"):
         expand_env("${LGSP_X}")
+
+
+def test_indicator_mart_is_generated_from_its_dataset_definition(tmp_path: Any) -> None:
+    from warehouse import Warehouse
+
+    catalog = load_catalog()
+    spec = catalog.datasets["indicator_value"]
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}", catalog)
+    mart = wh.system["mart_indicator_value"]
+    assert spec.layer == "mart" and spec.table_name == "mart_indicator_value"
+    assert [c.name for c in mart.columns] == list(spec.columns)  # no lineage columns in the mart
+    assert [c.name for c in mart.primary_key] == spec.key
+    assert "indicator_value" not in wh.core
+
+
+def test_a_pipeline_cannot_target_a_mart_dataset(tmp_path: Any) -> None:
+    import shutil
+
+    target = tmp_path / "catalog"
+    shutil.copytree(CATALOG_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    path = target / "pipelines.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("dataset: procedure", "dataset: indicator_value"),
+                    encoding="utf-8")
+    with pytest.raises(CatalogError, match="is a mart dataset"):
+        load_catalog(target)

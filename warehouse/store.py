@@ -58,8 +58,10 @@ class Warehouse:
         self.engine = make_engine(url)
         self.metadata = sa.MetaData()
         self.core: dict[str, sa.Table] = {
-            name: core_table(ds, self.metadata) for name, ds in catalog.datasets.items()}
+            name: core_table(ds, self.metadata) for name, ds in catalog.datasets.items() if ds.layer == "core"}
         self.system = system_tables(self.metadata)
+        self.system.update({ds.table_name: core_table(ds, self.metadata)
+                            for ds in catalog.datasets.values() if ds.layer == "mart"})
 
     @property
     def dialect(self) -> str:

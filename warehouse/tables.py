@@ -1,4 +1,8 @@
-"""The warehouse's own tables: batches, cursors, quarantine, expectation results, the indicator mart."""
+"""The warehouse's own tables: batches, cursors, quarantine, expectation results, exchanges.
+
+The indicator mart (`mart_indicator_value`) is defined like every dataset, in
+catalog/datasets.yaml (`indicator_value`, layer `mart`).
+"""
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -62,20 +66,8 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("unexpected_count", sa.BigInteger),
         sa.Column("checked_at", TZ, nullable=False),
     )
-    indicator = sa.Table(
-        "mart_indicator_value", metadata,
-        sa.Column("indicator", sa.Text, primary_key=True),
-        sa.Column("version", sa.Integer, primary_key=True),
-        sa.Column("unit_level", sa.Text, nullable=False),
-        sa.Column("unit_code", sa.Text, primary_key=True),
-        sa.Column("period", sa.Text, primary_key=True),
-        sa.Column("numerator", sa.BigInteger, nullable=False),
-        sa.Column("denominator", sa.BigInteger, nullable=False),
-        sa.Column("value", sa.Float),
-        sa.Column("computed_at", TZ, nullable=False),
-    )
     exchange = tables_for_exchanges(metadata)
-    return {t.name: t for t in (batch, cursor, quarantine, expectation, indicator, *exchange)}
+    return {t.name: t for t in (batch, cursor, quarantine, expectation, *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:
