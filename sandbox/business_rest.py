@@ -29,18 +29,18 @@ import base64
 import binascii
 import bisect
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs
 
-from sandbox.land_rest import BadParam, basic_credentials, instant_param, int_param, row_to_json, same_secret
+from sandbox.rest_common import (Answer, BadParam, JsonService, Query, ServedRows, basic_credentials, get_routes,
+                                 instant_param, int_param, same_secret, unauthorized)
 
 SYSTEM = "business"
 ENTERPRISES_PATH = "/api/enterprises"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
+_CHALLENGE = 'Basic realm="business", charset="UTF-8"'
 
 
 def encode_cursor(position: tuple[float, str]) -> str:
@@ -60,7 +60,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise BadParam(f"cursor {cursor[:40]!r} is not a cursor this API issued") from None
 
 
-class BusinessApp:
+class BusinessApp(JsonService):
     """WSGI callable serving enterprises behind HTTP Basic authentication.
 
     Args:
@@ -69,54 +69,34 @@ class BusinessApp:
         password: Its password.
     """
 
+    routes = get_routes(ENTERPRISES_PATH)
+    system = SYSTEM
+
     def __init__(self, enterprises: Sequence[dict[str, Any]], username: str, password: str) -> None:
         self.username, self.password = username, password
-        ordered = sorted(enterprises, key=lambda r: (r["updated_at"], r["tax_code"]))
-        self._items = [row_to_json(r) for r in ordered]
-        self._positions = [(r["updated_at"].timestamp(), r["tax_code"]) for r in ordered]
-        self._stamps = [p[0] for p in self._positions]
+        self._rows = ServedRows(enterprises, "tax_code")
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        status, payload = self._route(environ)
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        headers = [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body)))]
-        if status == 401:
-            headers.append(("WWW-Authenticate", 'Basic realm="business", charset="UTF-8"'))
-        if status == 405:
-            headers.append(("Allow", "GET"))
-        start_response(f"{status} {_REASONS[status]}", headers)
-        return [body]
-
-    def _route(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        path = environ.get("PATH_INFO", "") or "/"
-        if path not in ("/health", ENTERPRISES_PATH, ENTERPRISES_PATH + "/"):
-            return 404, {"error": f"no such resource: {path}"}
-        if environ.get("REQUEST_METHOD", "GET") != "GET":
-            return 405, {"error": f"method {environ.get('REQUEST_METHOD')} not allowed; use GET"}
-        if path == "/health":
-            return 200, {"status": "ok", "system": SYSTEM}
+    def gate(self, environ: dict[str, Any]) -> Answer | None:
+        """401 unless HTTP Basic carries the user name and password."""
         given = basic_credentials(environ)
         if given is None:
-            return 401, {"error": "HTTP Basic credentials required"}
+            return unauthorized("HTTP Basic credentials required", _CHALLENGE)
         if not (same_secret(given[0], self.username) and same_secret(given[1], self.password)):
-            return 401, {"error": "invalid user name or password"}
-        try:
-            return 200, self._list(parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True))
-        except BadParam as exc:
-            return 400, {"error": str(exc)}
+            return unauthorized("invalid user name or password", _CHALLENGE)
+        return None
 
-    def _list(self, query: dict[str, list[str]]) -> dict[str, Any]:
+    def page(self, query: Query, environ: dict[str, Any]) -> dict[str, Any]:
+        """``{"results": [...], "next_cursor": "<opaque>" | None}``."""
         since, until = instant_param(query, "changed_since"), instant_param(query, "changed_until")
         limit = min(int_param(query, "limit", DEFAULT_LIMIT, minimum=1), MAX_LIMIT)
-        start = 0 if since is None else bisect.bisect_left(self._stamps, since)
-        stop = len(self._stamps) if until is None else bisect.bisect_left(self._stamps, until)
+        start, stop = self._rows.window(since, until)
         cursor = query.get("cursor", [""])[0].strip()
         if cursor:
-            start = max(start, bisect.bisect_right(self._positions, decode_cursor(cursor)))
+            start = max(start, bisect.bisect_right(self._rows.positions, decode_cursor(cursor)))
         end = min(start + limit, stop)
-        results = self._items[start:end] if start < end else []
+        results = self._rows.items[start:end] if start < end else []
         more = bool(results) and end < stop
-        return {"results": results, "next_cursor": encode_cursor(self._positions[end - 1]) if more else None}
+        return {"results": results, "next_cursor": encode_cursor(self._rows.positions[end - 1]) if more else None}
 
 
 def make_business_app(enterprises: Sequence[dict[str, Any]], username: str, password: str) -> BusinessApp:

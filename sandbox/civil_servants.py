@@ -23,7 +23,7 @@ from typing import Any
 from faker import Faker
 
 from sandbox.citizens import vietnamese_name
-from sandbox.common import WINDOW_END_UTC, WINDOW_START_UTC, pick_defects, random_date, random_instant
+from sandbox.common import GeneratedRows, generate_with_defects, random_date, updated_at_with_ties
 from sandbox.communes import ninh_binh_communes
 from sandbox.enterprises import ascii_slug
 from sandbox.land import person_cccd
@@ -91,52 +91,40 @@ def _email(rng: random.Random, full_name: str, taken: set[str], kind: str | None
     return rng.choice((f"{local}.{MAIL_DOMAIN}", f"{local}@ninhbinh"))
 
 
-def make_civil_servants_with_defects(
-    seed: int, count: int, defect_rate: float = 0.01
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Generate ``count`` civil servants deterministically, with ``{servant_id: defect_kind}``.
+class _ServantRows:
+    """Makes civil servants one by one, keeping personal ids and mailboxes unique."""
 
-    Args:
-        seed: Seed of the private ``random.Random`` and the Faker instance.
-        count: Number of rows.
-        defect_rate: Fraction of rows carrying exactly one defect.
+    def __init__(self, rng: random.Random, fake: Faker) -> None:
+        self.rng, self.fake = rng, fake
+        self.employers = agencies()
+        self.ids: set[str] = set()
+        self.mailboxes: set[str] = set()
 
-    Returns:
-        Rows sorted by ``(updated_at, servant_id)`` (see the module docstring) and
-        e.g. ``{'CB37-000042': 'category_unknown'}``.
-    """
-    rng = random.Random(seed)
-    fake = Faker("vi_VN")
-    fake.seed_instance(seed)
-    employers = agencies()
-    defects = pick_defects(rng, count, defect_rate, CIVIL_SERVANT_DEFECT_KINDS)
-    rows: list[dict[str, Any]] = []
-    ids: set[str] = set()
-    mailboxes: set[str] = set()
-    defect_by_id: dict[str, str] = {}
-    for index in range(count):
-        kind = defects.get(index)
-        code, agency, agency_kind = rng.choice(employers)
+    def __call__(self, index: int, kind: str | None, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+        rng = self.rng
+        code, agency, agency_kind = rng.choice(self.employers)
         options = POSITIONS[agency_kind]
         position, category, rank, _ = rng.choices(options, [o[3] for o in options])[0]
         sex, born = rng.choice(("male", "female")), random_date(rng, BIRTH_FIRST, BIRTH_LAST)
         personal_id = person_cccd(rng, sex, born, invalid=kind == "cccd_invalid")
-        while personal_id in ids:
+        while personal_id in self.ids:
             personal_id = person_cccd(rng, sex, born, invalid=kind == "cccd_invalid")
-        ids.add(personal_id)
-        full_name = vietnamese_name(fake, sex)
-        if rows and rng.random() < TIE_RATE:
-            updated = rng.choice(rows)["updated_at"]
-        else:
-            updated = random_instant(rng, WINDOW_START_UTC, WINDOW_END_UTC)
-        row = {
+        self.ids.add(personal_id)
+        full_name = vietnamese_name(self.fake, sex)
+        updated = updated_at_with_ties(rng, earlier, TIE_RATE)
+        return {
             "servant_id": f"CB37-{index + 1:06d}", "full_name": full_name, "personal_id": personal_id,
             "sex": sex, "birth_date": born, "agency_code": code, "agency_name": agency, "position": position,
             "category": UNKNOWN_CATEGORY if kind == "category_unknown" else category, "rank_code": rank,
-            "email": _email(rng, full_name, mailboxes, kind), "updated_at": updated,
+            "email": _email(rng, full_name, self.mailboxes, kind), "updated_at": updated,
         }
-        if kind:
-            defect_by_id[row["servant_id"]] = kind
-        rows.append(row)
-    rows.sort(key=lambda r: (r["updated_at"], r["servant_id"]))
-    return rows, defect_by_id
+
+
+def make_civil_servants_with_defects(seed: int, count: int, defect_rate: float = 0.01) -> GeneratedRows:
+    """Generate ``count`` civil servants deterministically, with ``{servant_id: defect_kind}``.
+
+    Arguments as for :func:`sandbox.common.generate_with_defects`. Rows come
+    sorted by ``(updated_at, servant_id)`` (see the module docstring); the
+    defects are e.g. ``{'CB37-000042': 'category_unknown'}``.
+    """
+    return generate_with_defects(seed, count, defect_rate, CIVIL_SERVANT_DEFECT_KINDS, "servant_id", _ServantRows)

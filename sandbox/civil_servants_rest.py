@@ -28,21 +28,17 @@ path, 405 non-GET.
 
 from __future__ import annotations
 
-import bisect
-import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from sandbox.common import parse_instant
-from sandbox.land_rest import BadParam, instant_param, int_param, row_to_json
+from sandbox.rest_common import JsonService, Query, ServedRows, get_routes, instant_param, int_param
 
 SYSTEM = "civil_servants"
 SERVANTS_PATH = "/api/v1/civil-servants"
 DEFAULT_PER_PAGE = 200
 MAX_PER_PAGE = 1000
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 def _base_url(environ: dict[str, Any]) -> str:
@@ -51,51 +47,30 @@ def _base_url(environ: dict[str, Any]) -> str:
     return f"{scheme}://{host}{SERVANTS_PATH}"
 
 
-class CivilServantsApp:
+class CivilServantsApp(JsonService):
     """WSGI callable serving civil servants with next-link paging.
 
     Args:
         servants: Ground-truth rows (any order; served by ``(updated_at, servant_id)``).
     """
 
+    routes = get_routes(SERVANTS_PATH)
+    system = SYSTEM
+
     def __init__(self, servants: Sequence[dict[str, Any]]) -> None:
-        ordered = sorted(servants, key=lambda r: (r["updated_at"], r["servant_id"]))
-        self._items = [row_to_json(r) for r in ordered]
-        self._stamps = [r["updated_at"].timestamp() for r in ordered]
+        self._rows = ServedRows(servants, "servant_id")
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        status, payload = self._route(environ)
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        headers = [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body)))]
-        if status == 405:
-            headers.append(("Allow", "GET"))
-        start_response(f"{status} {_REASONS[status]}", headers)
-        return [body]
-
-    def _route(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        path = environ.get("PATH_INFO", "") or "/"
-        if path not in ("/health", SERVANTS_PATH, SERVANTS_PATH + "/"):
-            return 404, {"error": f"no such resource: {path}"}
-        if environ.get("REQUEST_METHOD", "GET") != "GET":
-            return 405, {"error": f"method {environ.get('REQUEST_METHOD')} not allowed; use GET"}
-        if path == "/health":
-            return 200, {"status": "ok", "system": SYSTEM}
-        try:
-            query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-            return 200, self._list(query, _base_url(environ))
-        except BadParam as exc:
-            return 400, {"error": str(exc)}
-
-    def _list(self, query: dict[str, list[str]], base_url: str) -> dict[str, Any]:
+    def page(self, query: Query, environ: dict[str, Any]) -> dict[str, Any]:
+        """``{"items": [...], "links": {"self": "<abs url>", "next": "<abs url>" | None}}``."""
         after, before = instant_param(query, "modified_after"), instant_param(query, "modified_before")
         per_page = min(int_param(query, "per_page", DEFAULT_PER_PAGE, minimum=1), MAX_PER_PAGE)
         page = int_param(query, "page", 1, minimum=1)
-        first = 0 if after is None else bisect.bisect_left(self._stamps, after)
-        stop = len(self._stamps) if before is None else max(first, bisect.bisect_left(self._stamps, before))
+        first, stop = self._rows.window(after, before)
         start = first + (page - 1) * per_page
-        items = self._items[start:min(start + per_page, stop)] if start < stop else []
+        items = self._rows.items[start:min(start + per_page, stop)] if start < stop else []
         filters = {name: parse_instant(query[name][0]).isoformat() for name in ("modified_after", "modified_before")
                    if query.get(name, [""])[0].strip()}
+        base_url = _base_url(environ)
 
         def link(number: int) -> str:
             return f"{base_url}?{urlencode({**filters, 'per_page': per_page, 'page': number})}"

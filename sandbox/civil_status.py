@@ -27,10 +27,9 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from faker import Faker
-
 from sandbox.citizens import BIRTH_PROVINCES, century_sex_digit, vietnamese_name
-from sandbox.common import VN_TZ, WINDOW_END_UTC, pick_defects, random_date
+from sandbox.common import (VN_TZ, WINDOW_END_UTC, GeneratedRows, in_service_order, pick_defects, random_date,
+                            seeded_sources)
 from sandbox.communes import UNKNOWN_COMMUNE, ninh_binh_communes
 
 CIVIL_STATUS_FIELDS = (
@@ -144,23 +143,17 @@ def _number_events(rows: list[dict[str, Any]], registered_at: list[datetime]) ->
         row["registration_no"] = f"{books[book]}/{year}"
 
 
-def make_civil_status_events_with_defects(
-    seed: int, count: int, defect_rate: float = 0.01
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def make_civil_status_events_with_defects(seed: int, count: int, defect_rate: float = 0.01) -> GeneratedRows:
     """Generate ``count`` civil-status events deterministically (same arguments => same rows).
 
-    Args:
-        seed: Seed of the private ``random.Random`` and the Faker instance.
-        count: Number of rows.
-        defect_rate: Fraction of rows carrying exactly one defect.
+    Arguments as for :func:`sandbox.common.generate_with_defects`; unlike there,
+    defects are applied once every event is numbered in registration order.
 
     Returns:
         Rows sorted by ``(updated_at, event_id)`` (see the module docstring) and
         ``{event_id: defect_kind}``, e.g. ``{'HT37-2025-000093': 'cccd_invalid'}``.
     """
-    rng = random.Random(seed)
-    fake = Faker("vi_VN")
-    fake.seed_instance(seed)
+    rng, fake = seeded_sources(seed)
     communes = [code for code, _ in ninh_binh_communes()]
     defects = pick_defects(rng, count, defect_rate, CIVIL_STATUS_DEFECT_KINDS)
     rows: list[dict[str, Any]] = []
@@ -184,5 +177,4 @@ def make_civil_status_events_with_defects(
     for index, kind in defects.items():
         _apply_defect(rng, rows[index], kind)
         defect_by_id[rows[index]["event_id"]] = kind
-    rows.sort(key=lambda r: (r["updated_at"], r["event_id"]))
-    return [{k: r[k] for k in CIVIL_STATUS_FIELDS} for r in rows], defect_by_id
+    return [{k: r[k] for k in CIVIL_STATUS_FIELDS} for r in in_service_order(rows, "event_id")], defect_by_id

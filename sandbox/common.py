@@ -8,7 +8,11 @@ Example:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+from faker import Faker
 
 VN_TZ = timezone(timedelta(hours=7), "Asia/Ho_Chi_Minh")
 """Asia/Ho_Chi_Minh as a fixed +07:00 offset (Vietnam has had no DST since 1975)."""
@@ -22,6 +26,11 @@ WINDOW_START_VN = datetime(2025, 7, 1, tzinfo=VN_TZ)
 """First local day on which a dossier may be received."""
 WINDOW_END_VN = datetime(2025, 10, 31, 23, 59, 59, tzinfo=VN_TZ)
 """Snapshot time of the TTHC system: every dossier timestamp except ``due_at`` is <= this."""
+
+GeneratedRows = tuple[list[dict[str, Any]], dict[str, str]]
+"""What a dataset generator returns: rows in service order and ``{key: defect_kind}``."""
+RowBuilder = Callable[[int, str | None, list[dict[str, Any]]], dict[str, Any]]
+"""Makes row ``index`` carrying defect ``kind`` (``None``: clean), given the rows made before it."""
 
 
 def pick_defects(rng: random.Random, count: int, rate: float, kinds: tuple[str, ...]) -> dict[int, str]:
@@ -100,3 +109,62 @@ def parse_instant(text: str, *, assume_utc: bool = False) -> datetime:
             raise ValueError("a UTC offset is required, e.g. '2025-08-01T00:00:00+07:00' or '...Z'")
         parsed = parsed.replace(tzinfo=UTC)
     return parsed
+
+
+def seeded_sources(seed: int) -> tuple[random.Random, Faker]:
+    """The private random source and the ``vi_VN`` Faker of one generator run, both seeded with ``seed``."""
+    rng = random.Random(seed)
+    fake = Faker("vi_VN")
+    fake.seed_instance(seed)
+    return rng, fake
+
+
+def updated_at_with_ties(rng: random.Random, earlier: list[dict[str, Any]], tie_rate: float) -> datetime:
+    """A row's ``updated_at``, sometimes equal to an earlier row's.
+
+    With chance ``tie_rate`` (and some row before) it copies a random earlier
+    row's, a tie that paging must break on the key; otherwise it is a random
+    instant in ``[WINDOW_START_UTC, WINDOW_END_UTC]``.
+    """
+    if earlier and rng.random() < tie_rate:
+        return rng.choice(earlier)["updated_at"]  # type: ignore[no-any-return]
+    return random_instant(rng, WINDOW_START_UTC, WINDOW_END_UTC)
+
+
+def in_service_order(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """``rows`` sorted by ``(updated_at, key)``, the order every sandbox service serves them in."""
+    return sorted(rows, key=lambda r: (r["updated_at"], r[key]))
+
+
+def generate_with_defects(seed: int, count: int, defect_rate: float, kinds: tuple[str, ...], key: str,
+                          start: Callable[[random.Random, Faker], RowBuilder]) -> GeneratedRows:
+    """Generate ``count`` rows of one dataset deterministically, some carrying one defect each.
+
+    Seeds the run's sources (:func:`seeded_sources`), picks the defective rows
+    (:func:`pick_defects`), builds the rows in index order, notes each
+    defective row's key and returns the rows in service order.
+
+    Args:
+        seed: Seed of the private ``random.Random`` and the Faker instance.
+        count: Number of rows.
+        defect_rate: Fraction of rows carrying exactly one defect.
+        kinds: The dataset's defect kinds, in round-robin order.
+        key: The dataset's key field, e.g. ``"servant_id"``.
+        start: Given the run's ``(rng, fake)``, returns its :data:`RowBuilder`.
+
+    Returns:
+        Rows sorted by ``(updated_at, key)`` and ``{key: defect_kind}``, e.g.
+        ``{'CB37-000042': 'category_unknown'}``.
+    """
+    rng, fake = seeded_sources(seed)
+    defects = pick_defects(rng, count, defect_rate, kinds)
+    build = start(rng, fake)
+    rows: list[dict[str, Any]] = []
+    defect_by_key: dict[str, str] = {}
+    for index in range(count):
+        kind = defects.get(index)
+        row = build(index, kind, rows)
+        if kind:
+            defect_by_key[row[key]] = kind
+        rows.append(row)
+    return in_service_order(rows, key), defect_by_key

@@ -28,7 +28,8 @@ from typing import Any
 from faker import Faker
 
 from sandbox.citizens import vietnamese_name
-from sandbox.common import VN_TZ, WINDOW_END_UTC, WINDOW_START_UTC, pick_defects, random_date, random_instant
+from sandbox.common import (VN_TZ, WINDOW_END_UTC, WINDOW_START_UTC, GeneratedRows, in_service_order, pick_defects,
+                            random_date, random_instant, seeded_sources)
 
 DOCUMENT_FIELDS = (
     "document_id", "direction", "number_symbol", "document_type", "summary", "issuing_agency",
@@ -181,23 +182,17 @@ def make_documents(seed: int, count: int, defect_rate: float = 0.01) -> list[dic
     return make_documents_with_defects(seed, count, defect_rate)[0]
 
 
-def make_documents_with_defects(
-    seed: int, count: int, defect_rate: float = 0.01
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def make_documents_with_defects(seed: int, count: int, defect_rate: float = 0.01) -> GeneratedRows:
     """Generate ``count`` documents and the injected defects, deterministically.
 
-    Args:
-        seed: Seed for the private ``random.Random`` and the Faker instance.
-        count: Number of rows.
-        defect_rate: Fraction of rows carrying exactly one defect.
+    Arguments as for :func:`sandbox.common.generate_with_defects`; unlike there,
+    ``document_id`` is given once all rows exist, in issue-date order.
 
     Returns:
         Rows sorted by ``(updated_at, document_id)`` (see the module docstring)
         and ``{document_id: defect_kind}``, e.g. ``{'VB37-2025-004517': 'summary_missing'}``.
     """
-    rng = random.Random(seed)
-    fake = Faker("vi_VN")
-    fake.seed_instance(seed)
+    rng, fake = seeded_sources(seed)
     defects = pick_defects(rng, count, defect_rate, DOCUMENT_DEFECT_KINDS)
     rows: list[dict[str, Any]] = []
     for index in range(count):
@@ -219,6 +214,4 @@ def make_documents_with_defects(
         rows[i] = {"document_id": doc_id, **rows[i]}
         if i in defects:
             defect_by_id[doc_id] = defects[i]
-    result = [{k: r[k] for k in DOCUMENT_FIELDS} for r in rows]
-    result.sort(key=lambda r: (r["updated_at"], r["document_id"]))
-    return result, defect_by_id
+    return in_service_order([{k: r[k] for k in DOCUMENT_FIELDS} for r in rows], "document_id"), defect_by_id

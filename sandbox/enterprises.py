@@ -25,7 +25,7 @@ from typing import Any
 from faker import Faker
 
 from sandbox.citizens import MOBILE_PREFIXES, vietnamese_name
-from sandbox.common import WINDOW_END_UTC, WINDOW_START_UTC, pick_defects, random_date, random_instant
+from sandbox.common import GeneratedRows, generate_with_defects, random_date, updated_at_with_ties
 from sandbox.communes import UNKNOWN_COMMUNE, ninh_binh_communes
 
 ENTERPRISE_FIELDS = (
@@ -111,38 +111,21 @@ class _Register:
         return bad
 
 
-def make_enterprises_with_defects(
-    seed: int, count: int, defect_rate: float = 0.01
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Generate ``count`` enterprises deterministically, with ``{tax_code: defect_kind}``.
+class _EnterpriseRows:
+    """Makes enterprises one by one; the register keeps tax codes unique and finds branch parents."""
 
-    Args:
-        seed: Seed of the private ``random.Random`` and the Faker instance.
-        count: Number of rows.
-        defect_rate: Fraction of rows carrying exactly one defect.
+    def __init__(self, rng: random.Random, fake: Faker) -> None:
+        self.rng, self.fake = rng, fake
+        self.communes = ninh_binh_communes()
+        self.register = _Register()
 
-    Returns:
-        Rows sorted by ``(updated_at, tax_code)`` (see the module docstring) and
-        e.g. ``{'270012345': 'tax_code_invalid'}``.
-    """
-    rng = random.Random(seed)
-    fake = Faker("vi_VN")
-    fake.seed_instance(seed)
-    communes = ninh_binh_communes()
-    defects = pick_defects(rng, count, defect_rate, ENTERPRISE_DEFECT_KINDS)
-    rows: list[dict[str, Any]] = []
-    register = _Register()
-    defect_by_code: dict[str, str] = {}
-    for index in range(count):
-        kind = defects.get(index)
-        commune_code, commune_name = rng.choice(communes)
+    def __call__(self, index: int, kind: str | None, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+        rng, fake, register = self.rng, self.fake, self.register
+        commune_code, commune_name = rng.choice(self.communes)
         who = register.identity(rng, commune_name)
-        if rows and rng.random() < TIE_RATE:
-            updated = rng.choice(rows)["updated_at"]
-        else:
-            updated = random_instant(rng, WINDOW_START_UTC, WINDOW_END_UTC)
+        updated = updated_at_with_ties(rng, earlier, TIE_RATE)
         last_day = updated.date() - timedelta(days=1)
-        row = {
+        row: dict[str, Any] = {
             "tax_code": who["tax_code"], "name": who["name"], "enterprise_type": who["enterprise_type"],
             "status": UNKNOWN_STATUS if kind == "status_unknown" else rng.choices(STATUSES, STATUS_WEIGHTS)[0],
             "registered_on": random_date(rng, min(who["earliest"], last_day), last_day),
@@ -160,8 +143,14 @@ def make_enterprises_with_defects(
             register.parents.append(row)
             register.slugs[row["tax_code"]] = who["slug"]
         register.taken.add(row["tax_code"])
-        if kind:
-            defect_by_code[row["tax_code"]] = kind
-        rows.append(row)
-    rows.sort(key=lambda r: (r["updated_at"], r["tax_code"]))
-    return rows, defect_by_code
+        return row
+
+
+def make_enterprises_with_defects(seed: int, count: int, defect_rate: float = 0.01) -> GeneratedRows:
+    """Generate ``count`` enterprises deterministically, with ``{tax_code: defect_kind}``.
+
+    Arguments as for :func:`sandbox.common.generate_with_defects`. Rows come
+    sorted by ``(updated_at, tax_code)`` (see the module docstring); the defects
+    are e.g. ``{'270012345': 'tax_code_invalid'}``.
+    """
+    return generate_with_defects(seed, count, defect_rate, ENTERPRISE_DEFECT_KINDS, "tax_code", _EnterpriseRows)

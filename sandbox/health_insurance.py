@@ -25,7 +25,7 @@ from typing import Any
 from faker import Faker
 
 from sandbox.citizens import BIRTH_PROVINCES, century_sex_digit, vietnamese_name
-from sandbox.common import WINDOW_END_UTC, WINDOW_START_UTC, pick_defects, random_date, random_instant
+from sandbox.common import GeneratedRows, generate_with_defects, random_date, updated_at_with_ties
 from sandbox.communes import PROVINCE_CODE, UNKNOWN_COMMUNE, ninh_binh_communes
 
 CARD_FIELDS = (
@@ -112,45 +112,33 @@ def make_cards(seed: int, count: int, defect_rate: float = 0.01) -> list[dict[st
     return make_cards_with_defects(seed, count, defect_rate)[0]
 
 
-def make_cards_with_defects(
-    seed: int, count: int, defect_rate: float = 0.01
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Generate ``count`` cards (one per person) and the injected defects, deterministically.
+class _CardRows:
+    """Makes cards one by one: one card per person, card numbers unique."""
 
-    Args:
-        seed: Seed for the private ``random.Random`` and the Faker instance.
-        count: Number of rows.
-        defect_rate: Fraction of rows carrying exactly one defect.
+    def __init__(self, rng: random.Random, fake: Faker) -> None:
+        self.rng, self.fake = rng, fake
+        self.communes = [code for code, _ in ninh_binh_communes()]
+        self.seen: set[str] = set()
 
-    Returns:
-        Rows sorted by ``(updated_at, card_no)`` (see the module docstring) and
-        ``{card_no: defect_kind}``, e.g. ``{'HT3370412345678': 'validity_reversed'}``.
-    """
-    rng = random.Random(seed)
-    fake = Faker("vi_VN")
-    fake.seed_instance(seed)
-    communes = [code for code, _ in ninh_binh_communes()]
-    defects = pick_defects(rng, count, defect_rate, CARD_DEFECT_KINDS)
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    defect_by_card: dict[str, str] = {}
-    for index in range(count):
-        kind = defects.get(index)
-        card = _card(rng, fake, communes, kind)
+    def __call__(self, index: int, kind: str | None, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+        rng, seen = self.rng, self.seen
+        card = _card(rng, self.fake, self.communes, kind)
         while card["personal_id"] in seen:  # one card per person
-            card = _card(rng, fake, communes, kind)
+            card = _card(rng, self.fake, self.communes, kind)
         seen.add(card["personal_id"])
         group = card.pop("group")
         card_no = f"{group}{PROVINCE_CODE}{rng.randrange(10**10):010d}"
         while card_no in seen:
             card_no = f"{group}{PROVINCE_CODE}{rng.randrange(10**10):010d}"
         seen.add(card_no)
-        if rows and rng.random() < TIE_RATE:
-            updated = rng.choice(rows)["updated_at"]
-        else:
-            updated = random_instant(rng, WINDOW_START_UTC, WINDOW_END_UTC)
-        rows.append({"card_no": card_no, **card, "updated_at": updated})
-        if kind:
-            defect_by_card[card_no] = kind
-    rows.sort(key=lambda r: (r["updated_at"], r["card_no"]))
-    return rows, defect_by_card
+        return {"card_no": card_no, **card, "updated_at": updated_at_with_ties(rng, earlier, TIE_RATE)}
+
+
+def make_cards_with_defects(seed: int, count: int, defect_rate: float = 0.01) -> GeneratedRows:
+    """Generate ``count`` cards (one per person) and the injected defects, deterministically.
+
+    Arguments as for :func:`sandbox.common.generate_with_defects`. Rows come
+    sorted by ``(updated_at, card_no)`` (see the module docstring); the defects
+    are e.g. ``{'HT3370412345678': 'validity_reversed'}``.
+    """
+    return generate_with_defects(seed, count, defect_rate, CARD_DEFECT_KINDS, "card_no", _CardRows)

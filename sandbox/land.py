@@ -25,7 +25,7 @@ from typing import Any
 from faker import Faker
 
 from sandbox.citizens import BIRTH_PROVINCES, century_sex_digit, vietnamese_name
-from sandbox.common import WINDOW_END_UTC, WINDOW_START_UTC, pick_defects, random_date, random_instant
+from sandbox.common import GeneratedRows, generate_with_defects, random_date, updated_at_with_ties
 from sandbox.communes import UNKNOWN_COMMUNE, ninh_binh_communes
 
 LAND_PARCEL_FIELDS = (
@@ -78,45 +78,28 @@ def _area(rng: random.Random, land_use: str) -> float:
     return round(rng.uniform(low, high), 2)
 
 
-def make_land_parcels_with_defects(
-    seed: int, count: int, defect_rate: float = 0.01
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Generate ``count`` parcels deterministically, with ``{parcel_id: defect_kind}``.
+class _ParcelRows:
+    """Makes parcels one by one, keeping ``(commune, map sheet, parcel no)`` unique."""
 
-    Args:
-        seed: Seed of the private ``random.Random`` and the Faker instance.
-        count: Number of rows.
-        defect_rate: Fraction of rows carrying exactly one defect.
+    def __init__(self, rng: random.Random, fake: Faker) -> None:
+        self.rng, self.fake = rng, fake
+        self.communes = [code for code, _ in ninh_binh_communes()]
+        self.uses, self.weights = list(LAND_USES), [w for w, _, _ in LAND_USES.values()]
+        self.taken: set[str] = set()
 
-    Returns:
-        Rows sorted by ``(updated_at, parcel_id)`` (see the module docstring) and
-        e.g. ``{'99999-7-81': 'commune_unknown'}``.
-    """
-    rng = random.Random(seed)
-    fake = Faker("vi_VN")
-    fake.seed_instance(seed)
-    communes = [code for code, _ in ninh_binh_communes()]
-    uses, weights = list(LAND_USES), [w for w, _, _ in LAND_USES.values()]
-    defects = pick_defects(rng, count, defect_rate, LAND_PARCEL_DEFECT_KINDS)
-    rows: list[dict[str, Any]] = []
-    taken: set[str] = set()
-    defect_by_id: dict[str, str] = {}
-    for index in range(count):
-        kind = defects.get(index)
-        commune = UNKNOWN_COMMUNE if kind == "commune_unknown" else rng.choice(communes)
-        parcel_id, sheet, number = _unique_position(rng, commune, taken)
-        land_use = rng.choices(uses, weights)[0]
+    def __call__(self, index: int, kind: str | None, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+        rng = self.rng
+        commune = UNKNOWN_COMMUNE if kind == "commune_unknown" else rng.choice(self.communes)
+        parcel_id, sheet, number = _unique_position(rng, commune, self.taken)
+        land_use = rng.choices(self.uses, self.weights)[0]
         sex = rng.choice(("male", "female"))
         born = random_date(rng, HOLDER_BIRTH_FIRST, HOLDER_BIRTH_LAST)
-        if rows and rng.random() < TIE_RATE:
-            updated = rng.choice(rows)["updated_at"]
-        else:
-            updated = random_instant(rng, WINDOW_START_UTC, WINDOW_END_UTC)
-        row = {
+        updated = updated_at_with_ties(rng, earlier, TIE_RATE)
+        row: dict[str, Any] = {
             "parcel_id": parcel_id, "commune_code": commune, "map_sheet": sheet, "parcel_no": number,
             "area_m2": _area(rng, land_use),
             "land_use": UNKNOWN_LAND_USE if kind == "land_use_unknown" else land_use,
-            "holder_name": vietnamese_name(fake, sex),
+            "holder_name": vietnamese_name(self.fake, sex),
             "holder_personal_id": person_cccd(rng, sex, born, invalid=kind == "holder_cccd_invalid"),
             "holder_sex": sex, "holder_birth_date": born,
             "certificate_no": f"{rng.choice(CERTIFICATE_SERIES)} {rng.randrange(10**6):06d}",
@@ -124,8 +107,14 @@ def make_land_parcels_with_defects(
         }
         if kind == "area_not_positive":
             row["area_m2"] = rng.choice((0.0, -row["area_m2"]))
-        if kind:
-            defect_by_id[parcel_id] = kind
-        rows.append(row)
-    rows.sort(key=lambda r: (r["updated_at"], r["parcel_id"]))
-    return rows, defect_by_id
+        return row
+
+
+def make_land_parcels_with_defects(seed: int, count: int, defect_rate: float = 0.01) -> GeneratedRows:
+    """Generate ``count`` parcels deterministically, with ``{parcel_id: defect_kind}``.
+
+    Arguments as for :func:`sandbox.common.generate_with_defects`. Rows come
+    sorted by ``(updated_at, parcel_id)`` (see the module docstring); the
+    defects are e.g. ``{'99999-7-81': 'commune_unknown'}``.
+    """
+    return generate_with_defects(seed, count, defect_rate, LAND_PARCEL_DEFECT_KINDS, "parcel_id", _ParcelRows)

@@ -23,46 +23,37 @@ missing/wrong ``X-API-Key``, 404 unknown path, 405 non-GET.
 
 from __future__ import annotations
 
-import bisect
-import hmac
-import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs
 
-from sandbox.common import parse_instant, to_vn_iso
+from sandbox.rest_common import (Answer, BadParam, JsonService, Query, ServedRows, api_key_refusal, get_routes,
+                                 instant_param, row_to_json)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DOSSIERS_PATH = "/api/v1/dossiers"
+SYSTEM = "tthc"
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
-
-
-class _BadParam(ValueError):
-    pass
+dossier_to_json = row_to_json
+"""Convert a ground-truth dossier to its JSON form (datetimes -> +07:00 ISO strings)."""
 
 
-def dossier_to_json(row: dict[str, Any]) -> dict[str, Any]:
-    """Convert a ground-truth dossier to its JSON form (datetimes -> +07:00 ISO strings)."""
-    return {k: (to_vn_iso(v) if hasattr(v, "astimezone") else v) for k, v in row.items()}
-
-
-def _int_param(query: dict[str, list[str]], name: str, default: int) -> int:
+def _int_param(query: Query, name: str, default: int) -> int:
+    """This API's own integer rule: anything ``int()`` reads (``+2``, ``1_0``), ``>= 1``."""
     raw = query.get(name, [""])[0].strip()
     if raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise _BadParam(f"{name} must be a positive integer, got {raw!r}") from None
+        raise BadParam(f"{name} must be a positive integer, got {raw!r}") from None
     if value < 1:
-        raise _BadParam(f"{name} must be >= 1, got {value}")
+        raise BadParam(f"{name} must be >= 1, got {value}")
     return value
 
 
-class TthcApp:
+class TthcApp(JsonService):
     """WSGI callable serving a fixed list of dossiers.
 
     Args:
@@ -70,62 +61,25 @@ class TthcApp:
         api_key: Required ``X-API-Key`` value; ``None`` disables the check.
     """
 
+    routes = get_routes(DOSSIERS_PATH)
+    system = SYSTEM
+
     def __init__(self, dossiers: Sequence[dict[str, Any]], api_key: str | None = None) -> None:
         self.api_key = api_key
-        ordered = sorted(dossiers, key=lambda r: (r["updated_at"], r["dossier_id"]))
-        self._items = [dossier_to_json(r) for r in ordered]
-        self._keys = [r["updated_at"].timestamp() for r in ordered]
+        self._rows = ServedRows(dossiers, "dossier_id")
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        status, payload = self._route(environ)
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        headers = [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body)))]
-        if status == 401:
-            headers.append(("WWW-Authenticate", 'ApiKey header="X-API-Key"'))
-        if status == 405:
-            headers.append(("Allow", "GET"))
-        start_response(f"{status} {_REASONS[status]}", headers)
-        return [body]
+    def gate(self, environ: dict[str, Any]) -> Answer | None:
+        """401 unless ``X-API-Key`` matches (when a key is set)."""
+        return None if self.api_key is None else api_key_refusal(environ, self.api_key)
 
-    def _route(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        path = environ.get("PATH_INFO", "") or "/"
-        if path not in ("/health", DOSSIERS_PATH, DOSSIERS_PATH + "/"):
-            return 404, {"error": f"no such resource: {path}"}
-        if environ.get("REQUEST_METHOD", "GET") != "GET":
-            return 405, {"error": f"method {environ.get('REQUEST_METHOD')} not allowed; use GET"}
-        if path == "/health":
-            return 200, {"status": "ok", "system": "tthc"}
-        if self.api_key is not None:
-            given = environ.get("HTTP_X_API_KEY", "")
-            if not given:
-                return 401, {"error": "missing X-API-Key header"}
-            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                return 401, {"error": "invalid X-API-Key"}
-        try:
-            return 200, self._list(parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True))
-        except _BadParam as exc:
-            return 400, {"error": str(exc)}
-
-    def _list(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        start, stop = 0, len(self._keys)
-        for name in ("updated_since", "updated_until"):
-            raw = query.get(name, [""])[0]
-            if not raw.strip():
-                continue
-            try:
-                bound = bisect.bisect_left(self._keys, parse_instant(raw).timestamp())
-            except ValueError as exc:
-                raise _BadParam(f"{name} must be an ISO-8601 date-time with offset: {exc}") from None
-            if name == "updated_since":
-                start = bound
-            else:
-                stop = bound
-        stop = max(start, stop)
+    def page(self, query: Query, environ: dict[str, Any]) -> dict[str, Any]:
+        """``{"items": [...], "page": 1, "page_size": 100, "total": 6000, "total_pages": 60}``."""
+        start, stop = self._rows.window(instant_param(query, "updated_since"), instant_param(query, "updated_until"))
         page = _int_param(query, "page", 1)
         page_size = min(_int_param(query, "page_size", DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
         total = stop - start
         first = start + (page - 1) * page_size
-        items = self._items[first:min(first + page_size, stop)] if first < stop else []
+        items = self._rows.items[first:min(first + page_size, stop)] if first < stop else []
         return {
             "items": items,
             "page": page,
