@@ -148,8 +148,21 @@ class ExpectationsSpec(Strict):
     min_rows: int = Field(0, ge=0)
 
 
+WriteMode = Literal["merge", "append", "replace", "history"]
+
+
 class DatasetSpec(Strict):
-    """A canonical dataset: columns, key, incremental cursor, rules."""
+    """A canonical dataset: columns, key, incremental cursor, rules, and how a batch is written.
+
+    `write_mode` (see warehouse.store.Warehouse.write_batch):
+      - merge (default): upsert on `key`, only rows whose content hash changed;
+      - append: every row of every batch is kept; the table's primary key is `key` + `_batch_id`;
+      - replace: a full refresh; the batch is loaded into `<table>__new`, which is swapped in atomically;
+      - history: SCD type 2; `valid_from`, `valid_to` (null = current) and `is_current` columns, primary
+        key `key` + `valid_from`; a version starts at the row's `cursor_field` value (or the load time).
+    `delete_field` names a boolean column: true means the source deleted the record (merge deletes
+    the row, history closes its current version; append and replace keep it as data).
+    """
 
     name: Identifier
     title: str
@@ -159,12 +172,31 @@ class DatasetSpec(Strict):
     columns: dict[str, ColumnSpec]
     checks: list[CheckSpec] = []
     expectations: ExpectationsSpec = ExpectationsSpec()
+    write_mode: WriteMode = "merge"
+    delete_field: str | None = None
 
     @model_validator(mode="after")
     def _columns_exist(self) -> "DatasetSpec":
         for field_name in [*self.key, *([self.cursor_field] if self.cursor_field else [])]:
             if field_name not in self.columns:
                 raise ValueError(f"'{field_name}' (key or cursor_field) is not a declared column")
+        return self
+
+    @model_validator(mode="after")
+    def _write_mode_fits(self) -> "DatasetSpec":
+        if self.delete_field is not None:
+            column = self.columns.get(self.delete_field)
+            if column is None or column.type != "boolean" or self.delete_field in self.key:
+                raise ValueError(f"delete_field '{self.delete_field}' must be a declared boolean column, not a key")
+        if self.write_mode != "merge" and self.layer != "core":
+            raise ValueError(f"write_mode '{self.write_mode}' is for core datasets; a mart table is merged")
+        if self.write_mode == "history":
+            reserved = {"valid_from", "valid_to", "is_current"} & set(self.columns)
+            if reserved:
+                raise ValueError(f"history datasets add {sorted(reserved)} themselves; rename those columns")
+            if self.cursor_field and self.columns[self.cursor_field].type != "timestamp":
+                raise ValueError(f"history versions start at cursor_field '{self.cursor_field}', which must be a "
+                                 "timestamp (or leave cursor_field out: versions then start at the load time)")
         return self
 
     @property

@@ -9,6 +9,7 @@
     lgsp push FEED            enqueue and send a push feed (outbox)
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
+    lgsp lake info|compact    files and rows per lake partition; merge small Parquet files
 """
 from __future__ import annotations
 
@@ -351,6 +352,64 @@ def outbox_retry(message_ids: list[str] = typer.Argument(None, help="message ids
     if send and requeued:
         for name in [feed] if feed else list(catalog.feeds):
             console.print(f"{name}: {outbox.dispatch(wh, catalog, catalog.feeds[name])}")
+
+
+lake_app = typer.Typer(help="See and compact the Parquet lake (raw/<dataset>/ingest_date=...).",
+                       no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
+
+
+def _lake_dataset(lake: Any, dataset: str | None) -> list[str]:
+    """The datasets a lake command works on; fails naming the known ones if `dataset` is not there."""
+    known = lake.datasets()
+    if dataset and dataset not in known:
+        fail(f"no dataset {dataset!r} in the lake at {lake.root} (known: {', '.join(known) or 'none'})")
+    return [dataset] if dataset else known
+
+
+@lake_app.command("info")
+def lake_info(dataset: str = typer.Argument(None, help="one dataset (default: all)")) -> None:
+    """Files, rows and size per dataset and ingest_date partition."""
+    from warehouse.lake import Lake
+
+    lake = Lake(load_settings().lake_root)
+    table = Table(title=f"Lake {lake.root / 'raw'}")
+    for col in ("dataset", "ingest_date", "files", "rows", "MB"):
+        table.add_column(col)
+    for name in _lake_dataset(lake, dataset):
+        for p in lake.info(name):
+            table.add_row(p.dataset, p.ingest_date.isoformat(), str(p.files), str(p.rows),
+                          f"{p.bytes / 1e6:.2f}")
+    console.print(table)
+
+
+@lake_app.command("compact")
+def lake_compact(dataset: str = typer.Argument(None, help="one dataset (default: all)"),
+                 ingest_date: str = typer.Option(None, help="only this partition (YYYY-MM-DD)"),
+                 target_rows: int = typer.Option(1_000_000, help="rows per compacted file, about"),
+                 min_age_minutes: float = typer.Option(
+                     60, help="leave partitions with a file younger than this (its load may be pending)")) -> None:
+    """Merge each partition's batch files into a few large ones; readers see every row once throughout."""
+    from datetime import date, timedelta
+
+    from warehouse.lake import Lake
+
+    lake = Lake(load_settings().lake_root)
+    try:
+        day = date.fromisoformat(ingest_date) if ingest_date else None
+    except ValueError:
+        fail(f"--ingest-date {ingest_date!r} is not a date (2025-08-01)")
+    merged = 0
+    for name in _lake_dataset(lake, dataset):
+        try:
+            results = lake.compact(name, day, target_rows=target_rows, min_age=timedelta(minutes=min_age_minutes))
+        except (OSError, ValueError) as exc:
+            fail(f"lake compact {name}: {type(exc).__name__}: {exc}")
+        for r in results:
+            console.print(f"{r.dataset} ingest_date={r.ingest_date}: {r.files_before} files -> "
+                          f"{r.files_after} ({r.rows} rows)")
+        merged += len(results)
+    console.print(f"compacted {merged} partition(s)")
 
 
 @app.command()

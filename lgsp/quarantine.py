@@ -81,7 +81,8 @@ def replay(ctx: PipelineContext, dataset_rows: list[dict[str, Any]] | None = Non
             batch_id=batch_id, pipeline=ctx.pipeline.name, dataset=ds.name, source_system=ctx.system.name,
             status="loaded", started_at=now, finished_at=now, rows_pulled=len(records), rows_landed=len(rows),
             rows_quarantined=len(records) - len(rows), message="replay of quarantined rows"))
-        changed = wh.upsert(conn, wh.dataset_table(ds), rows, ds.key, only_if_changed="_row_hash")
+        # replayed rows are a few records, not a full refresh: a replace dataset merges them
+        changed = wh.write_batch(conn, ds, rows, mode="merge" if ds.write_mode == "replace" else None)
         ids = [open_rows[i]["quarantine_id"] for i in passing]
         if ids:
             conn.execute(q.update().where(q.c.quarantine_id.in_(ids))

@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from catalog import Catalog, DatasetSpec, PipelineSpec, SystemSpec, load_catalog
@@ -306,15 +305,15 @@ def _with_lineage(table: pa.Table, ctx: PipelineContext, batch_id: str) -> list[
 
 
 def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
-    """Merge a validated batch into the core table; data, batch record and cursor in one transaction."""
+    """Write a validated batch by the dataset's write mode; data, batch record and cursor in one transaction."""
     wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
     result = ctx.lake.read_manifest(pipeline.name, batch_id)
     if "parquet" not in result:
         raise RuntimeError(f"batch {batch_id} of {pipeline.name} was not validated; run validate first")
-    rows = _with_lineage(pq.read_table(result["parquet"]), ctx, batch_id)
+    rows = _with_lineage(ctx.lake.read_batch(result["parquet"]), ctx, batch_id)
     cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
     with wh.transaction() as conn:
-        changed = wh.upsert(conn, wh.dataset_table(ds), rows, ds.key, only_if_changed="_row_hash")
+        changed = wh.write_batch(conn, ds, rows)
         if result.get("mode") != "backfill":
             wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=len(rows),

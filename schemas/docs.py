@@ -42,6 +42,15 @@ def json_schema(dataset: DatasetSpec) -> dict[str, Any]:
     }
 
 
+WRITE_MODE_TEXT = {
+    "merge": "upsert on the key, only rows whose content changed",
+    "append": "every row of every batch kept; primary key = key + `_batch_id`",
+    "replace": "each batch replaces the whole table, swapped in atomically",
+    "history": "SCD type 2: a change closes the current version; `valid_from`, `valid_to` (null = current), "
+               "`is_current`; primary key = key + `valid_from`",
+}
+
+
 def _check_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
@@ -58,6 +67,8 @@ def dictionary_page(dataset: DatasetSpec) -> str:
                  "for source fields not declared here)" if dataset.layer == "core" else
                  " (the mart: computed from the core tables by `lgsp_indicators`)"),
              f"- key: {', '.join(f'`{k}`' for k in dataset.key)}",
+             f"- write mode: `{dataset.write_mode}` ({WRITE_MODE_TEXT[dataset.write_mode]})"
+             + (f"; deletion marker: `{dataset.delete_field}`" if dataset.delete_field else ""),
              f"- incremental cursor: `{dataset.cursor_field}`" if dataset.cursor_field else "- no cursor (full pulls)",
              f"- JSON Schema: [`{dataset.name}.schema.json`]({dataset.name}.schema.json)", "",
              "## Columns", "", "| column | type | required | description |", "| --- | --- | --- | --- |"]

@@ -15,6 +15,7 @@ SQL_TYPES: dict[str, type[sa.types.TypeEngine]] = {
 }
 
 LINEAGE_COLUMNS = ("_batch_id", "_source_system", "_loaded_at", "_row_hash")
+HISTORY_COLUMNS = ("valid_from", "valid_to", "is_current")
 
 
 def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
@@ -22,7 +23,10 @@ def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
 
     Every row carries lineage: the batch that last changed it, the source
     system, when it was loaded, and a hash of its business columns (so a
-    rerun of the same data changes nothing).
+    rerun of the same data changes nothing). The primary key follows the
+    dataset's write mode: `key` (merge, replace), `key` + `_batch_id`
+    (append: one row per record per batch), `key` + `valid_from` (history,
+    which also has `valid_to`, null while current, and `is_current`).
     """
     columns: list[sa.Column] = []
     for name, spec in dataset.columns.items():
@@ -31,8 +35,14 @@ def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
                                  nullable=name in dataset.key or not spec.required))
     if dataset.layer != "core":  # a mart table is computed from core tables: no source lineage
         return sa.Table(dataset.table_name, metadata, *columns)
+    if dataset.write_mode == "history":
+        columns += [
+            sa.Column("valid_from", sa.DateTime(timezone=True), primary_key=True, nullable=False),
+            sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("is_current", sa.Boolean, nullable=False),
+        ]
     columns += [
-        sa.Column("_batch_id", sa.Text, nullable=False),
+        sa.Column("_batch_id", sa.Text, nullable=False, primary_key=dataset.write_mode == "append"),
         sa.Column("_source_system", sa.Text, nullable=False),
         sa.Column("_loaded_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("_row_hash", sa.BigInteger, nullable=False),

@@ -7,20 +7,43 @@ Layout under the lake root:
 
 Every file is written to a temporary name and renamed into place, so a reader
 (or a process killed mid-write) never sees half a file.
+
+Compaction (`Lake.compact`) merges a partition's batch files into a few files of about
+`target_rows` rows. It never changes a partition folder's contents file by file: it builds
+the new partition in `.staging/` (outside every dataset folder, so no reader looks there),
+then swaps the two folders in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`), then
+deletes the old folder, now in `.staging/`. A reader that lists a partition sees either
+every batch file or the compacted files, never both and never neither; a crash at any point
+leaves the lake readable with every row once, and the next compaction clears the debris.
+Batch writes and compaction exclude each other through a lock file per dataset
+(`.locks/<dataset>.lock`: shared for writes, exclusive for compaction).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import json
 import os
+import shutil
+import time
 import uuid
 from collections.abc import Iterator
-from datetime import date, datetime
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+DEFAULT_TARGET_ROWS = 1_000_000
+PROVENANCE_KEY = b"lgsp.batches"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
 
 def _json_default(value: Any) -> Any:
@@ -88,7 +111,199 @@ class Lake:
     def write_parquet(self, table: pa.Table, dataset: str, ingest_date: date, batch_id: str) -> Path:
         """Write a checked batch under raw/<dataset>/ingest_date=.../<batch_id>.parquet, atomically."""
         path = self.parquet_path(dataset, ingest_date, batch_id)
-        return _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        with self._dataset_lock(dataset, exclusive=False):
+            return _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
     def dataset_path(self, dataset: str) -> Path:
         return self.root / "raw" / dataset
+
+    def datasets(self) -> list[str]:
+        """The datasets that have a folder under raw/."""
+        raw = self.root / "raw"
+        if not raw.is_dir():
+            return []
+        return sorted(p.name for p in raw.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+    def partitions(self, dataset: str, ingest_date: date | None = None) -> list[Path]:
+        """The dataset's partition folders (`ingest_date=YYYY-MM-DD`), oldest first."""
+        pattern = f"ingest_date={ingest_date.isoformat()}" if ingest_date else "ingest_date=*"
+        return sorted(p for p in self.dataset_path(dataset).glob(pattern) if p.is_dir())
+
+    def read_dataset(self, dataset: str) -> pa.Table:
+        """Every row of a dataset as one table, with its `ingest_date` (date32) partition column."""
+        partitioning = pads.partitioning(pa.schema([("ingest_date", pa.date32())]), flavor="hive")
+        return pads.dataset(self.dataset_path(dataset), format="parquet", partitioning=partitioning).to_table()
+
+    def read_batch(self, path: Path | str) -> pa.Table:
+        """The rows of one written batch, found in its own file or, once compacted, in the file holding it.
+
+        `path` is what `write_parquet` returned; compacted files record, in their Parquet key-value
+        metadata (`lgsp.batches`), which batches they hold in which order.
+        """
+        path = Path(path)
+        try:
+            return pq.ParquetFile(path).read()
+        except FileNotFoundError:
+            pass
+        for candidate in sorted(path.parent.glob("*.parquet")):
+            parquet = pq.ParquetFile(candidate)
+            offset = 0
+            for batch, rows in _provenance(candidate, parquet):
+                if batch == path.stem:
+                    return parquet.read().slice(offset, rows)
+                offset += rows
+        raise FileNotFoundError(f"batch {path.stem} is neither at {path} nor in a compacted file beside it")
+
+    def info(self, dataset: str | None = None) -> list[PartitionInfo]:
+        """Files, rows and bytes per partition of one dataset (or of every dataset)."""
+        found = []
+        for name in [dataset] if dataset else self.datasets():
+            for part in self.partitions(name):
+                files = sorted(part.glob("*.parquet"))
+                found.append(PartitionInfo(
+                    dataset=name, ingest_date=_partition_date(part), files=len(files),
+                    rows=sum(pq.ParquetFile(f).metadata.num_rows for f in files),
+                    bytes=sum(f.stat().st_size for f in files)))
+        return found
+
+    def compact(self, dataset: str, ingest_date: date | None = None, target_rows: int = DEFAULT_TARGET_ROWS,
+                min_age: timedelta = timedelta(hours=1)) -> list[Compaction]:
+        """Merge each partition's small files into files of at most ~`target_rows` rows.
+
+        A partition is left alone if it is already compact or if one of its files is younger than
+        `min_age` (its batch may still be waiting for its load step). Batches are never split: a
+        batch larger than `target_rows` keeps a file of its own. Running it again changes nothing.
+        Safe against readers and crashes: see the module docstring.
+        """
+        if target_rows < 1:
+            raise ValueError(f"target_rows must be at least 1, not {target_rows}")
+        done = []
+        with self._dataset_lock(dataset, exclusive=True):
+            _discard(self.root / ".staging" / dataset)  # debris of an interrupted compaction
+            for part in self.partitions(dataset, ingest_date):
+                result = self._compact_partition(dataset, part, target_rows, min_age)
+                if result is not None:
+                    done.append(result)
+        return done
+
+    def _compact_partition(self, dataset: str, part: Path, target_rows: int,
+                           min_age: timedelta) -> Compaction | None:
+        files = sorted(part.glob("*.parquet"))
+        newest = max((f.stat().st_mtime for f in files), default=0.0)
+        if time.time() - newest < min_age.total_seconds():
+            return None
+        groups = _pack(files, target_rows)
+        if len(groups) == len(files):
+            return None
+        staging = self.root / ".staging" / dataset / uuid.uuid4().hex / part.name
+        staging.mkdir(parents=True)
+        token = uuid.uuid4().hex[:12]
+        for number, group in enumerate(groups):
+            _write_group(group, staging / f"compacted-{token}-{number:04d}.parquet")
+        _fsync(staging)
+        _exchange_dirs(staging, part)  # readers now see the compacted files and only them
+        _fsync(part.parent)
+        _discard(staging.parent)  # the old batch files, already invisible to readers
+        return Compaction(dataset=dataset, ingest_date=_partition_date(part), files_before=len(files),
+                          files_after=len(groups), rows=sum(pq.ParquetFile(f).metadata.num_rows
+                                                            for f in part.glob("*.parquet")))
+
+    @contextmanager
+    def _dataset_lock(self, dataset: str, exclusive: bool) -> Iterator[None]:
+        """Writers share the dataset's lock; compaction holds it alone."""
+        path = self.root / ".locks" / f"{dataset}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """What one partition of the lake holds."""
+
+    dataset: str
+    ingest_date: date
+    files: int
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """One partition merged by `Lake.compact`."""
+
+    dataset: str
+    ingest_date: date
+    files_before: int
+    files_after: int
+    rows: int
+
+
+def _partition_date(part: Path) -> date:
+    return date.fromisoformat(part.name.removeprefix("ingest_date="))
+
+
+def _pack(files: list[Path], target_rows: int) -> list[list[Path]]:
+    """Consecutive files grouped so no group passes `target_rows` (a bigger file stays alone).
+
+    Each group plus the next group's first file passes `target_rows`, so packing the output
+    again gives one file per group: compaction is idempotent.
+    """
+    groups: list[list[Path]] = []
+    rows = 0
+    for path in files:
+        count = pq.ParquetFile(path).metadata.num_rows
+        if groups and rows + count <= target_rows:
+            groups[-1].append(path)
+            rows += count
+        else:
+            groups.append([path])
+            rows = count
+    return groups
+
+
+def _provenance(path: Path, parquet: pq.ParquetFile) -> list[tuple[str, int]]:
+    """The batches a file holds, in row order: [(batch_id, rows)]."""
+    metadata = parquet.schema_arrow.metadata or {}
+    if PROVENANCE_KEY in metadata:
+        return [(batch, rows) for batch, rows in json.loads(metadata[PROVENANCE_KEY])]
+    return [(path.stem, parquet.metadata.num_rows)]
+
+
+def _write_group(files: list[Path], target: Path) -> None:
+    """One compacted file from several batch files (columns a later batch added are null before it)."""
+    tables, batches = [], []
+    for path in files:
+        parquet = pq.ParquetFile(path)
+        batches += _provenance(path, parquet)
+        tables.append(parquet.read().replace_schema_metadata(None))
+    table = pa.concat_tables(tables, promote_options="default")
+    table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(batches).encode()})
+    pq.write_table(table, target, compression="zstd")
+    _fsync(target)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk (so a power cut cannot undo a rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange_dirs(first: Path, second: Path) -> None:
+    """Swap two folders in one atomic step (Linux renameat2 with RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "lake compaction needs renameat2 (Linux, glibc 2.28+)")
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"cannot swap {first} and {second}: {os.strerror(code)}")
+
+
+def _discard(path: Path) -> None:
+    """Remove a folder that no reader looks at (staging debris, swapped-out batch files)."""
+    shutil.rmtree(path, ignore_errors=True)

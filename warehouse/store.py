@@ -1,8 +1,11 @@
 """The relational store: SQLite by default, PostgreSQL when LGSP_DATABASE_URL says so.
 
-Same code for both through SQLAlchemy Core. Merges are upserts on the dataset
-key that only touch rows whose content hash changed, so a rerun of the same
-batch changes nothing.
+Same code for both through SQLAlchemy Core. A batch is written by its
+dataset's write mode (`Warehouse.write_batch`): merge (upsert on the key, only
+rows whose content hash changed), append, replace (swapped in atomically) or
+history (SCD type 2). Every mode is idempotent: a rerun of the same batch
+changes nothing. On PostgreSQL, large upserts are COPYed into a temporary
+staging table and merged with one INSERT ... SELECT ... ON CONFLICT.
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from catalog.models import Catalog, DatasetSpec
+from catalog.models import Catalog, DatasetSpec, WriteMode
 from schemas.sql import core_table
 from warehouse.tables import system_tables
 
 CHUNK_ROWS = 5000
+COPY_MIN_ROWS = 200  # on PostgreSQL, from this many rows an upsert goes through COPY and a staging table
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -71,6 +75,11 @@ class Warehouse:
         """Create missing tables, and add columns a newer lgsp or dataset definition declares."""
         self.metadata.create_all(self.engine)
         inspector = sa.inspect(self.engine)
+        for table in self.core.values():  # a write mode's key cannot be added to an existing table
+            present_key = inspector.get_pk_constraint(table.name)["constrained_columns"]
+            if sorted(present_key) != sorted(c.name for c in table.primary_key):
+                raise RuntimeError(f"{table.name} has primary key {present_key}, but its dataset's write_mode needs "
+                                   f"{[c.name for c in table.primary_key]}: rename or drop the table and reload it")
         with self.engine.begin() as conn:
             for table in self.metadata.sorted_tables:
                 present = {c["name"] for c in inspector.get_columns(table.name)}
@@ -96,10 +105,13 @@ class Warehouse:
         """Insert or update `rows` on `key`; returns the number of rows written.
 
         With `only_if_changed` (a hash column), an existing row is updated only
-        when its hash differs, so reruns of unchanged data write nothing.
+        when its hash differs, so reruns of unchanged data write nothing. On
+        PostgreSQL, `COPY_MIN_ROWS` or more rows take the COPY path.
         """
         if not rows:
             return 0
+        if self.dialect == "postgresql" and len(rows) >= COPY_MIN_ROWS:
+            return self._copy_upsert(conn, table, rows, key, only_if_changed)
         stmt = self._insert(table)
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key}
         where = table.c[only_if_changed] != stmt.excluded[only_if_changed] if only_if_changed else None
@@ -110,6 +122,144 @@ class Warehouse:
         for start in range(0, len(rows), CHUNK_ROWS):
             written += len(conn.execute(stmt, list(rows[start:start + CHUNK_ROWS])).all())
         return written
+
+    def _copy_to_stage(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> sa.TableClause:
+        """COPY `rows` into a temporary table shaped like `table`, dropped at commit (PostgreSQL only).
+
+        The COPY runs on the driver connection under `conn`, so inside the caller's transaction.
+        """
+        stage, names = f"_stage_{table.name}", [c.name for c in table.columns]
+        conn.exec_driver_sql(f'DROP TABLE IF EXISTS pg_temp."{stage}"')
+        conn.exec_driver_sql(f'CREATE TEMP TABLE "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
+        columns = ", ".join(f'"{name}"' for name in names)
+        with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+            with cur.copy(f'COPY "{stage}" ({columns}) FROM STDIN') as copy:
+                for row in rows:
+                    copy.write_row([row.get(name) for name in names])
+        return sa.table(stage, *(sa.column(name) for name in names))
+
+    def _copy_upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
+                     key: Sequence[str], only_if_changed: str | None) -> int:
+        """The PostgreSQL bulk path of `upsert`: COPY to a stage, then one INSERT ... ON CONFLICT."""
+        stage = self._copy_to_stage(conn, table, rows)
+        names = [c.name for c in table.columns]
+        stmt = postgresql.insert(table).from_select(names, sa.select(*(stage.c[n] for n in names)))
+        updates = {n: stmt.excluded[n] for n in names if n not in key}
+        where = (table.c[only_if_changed].is_distinct_from(stmt.excluded[only_if_changed])
+                 if only_if_changed else None)
+        stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
+                if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
+        written = stmt.returning(sa.literal(1)).cte("written")
+        return int(conn.execute(sa.select(sa.func.count()).select_from(written)).scalar_one())
+
+    # --- write modes -----------------------------------------------------------------------
+
+    def write_batch(self, conn: sa.Connection, dataset: DatasetSpec, rows: Sequence[dict[str, Any]],
+                    mode: WriteMode | None = None) -> int:
+        """Write a batch (rows with lineage) by the dataset's write mode; returns the rows changed.
+
+        Runs inside the caller's transaction, so the data commits with the
+        batch record and the cursor. A rerun of the same batch changes nothing.
+        """
+        table = self.dataset_table(dataset)
+        mode = mode or dataset.write_mode
+        if mode == "append":  # primary key = key + _batch_id: a rerun of the batch hits its own rows
+            return self.upsert(conn, table, rows, [*dataset.key, "_batch_id"], only_if_changed="_row_hash")
+        if mode == "replace":
+            return self._replace(conn, table, rows, dataset.key)
+        if mode == "history":
+            return self._write_history(conn, dataset, table, rows)
+        return self._merge(conn, dataset, table, rows)
+
+    def _deleted(self, dataset: DatasetSpec, row: dict[str, Any]) -> bool:
+        return bool(dataset.delete_field and row.get(dataset.delete_field))
+
+    def _merge(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table,
+               rows: Sequence[dict[str, Any]]) -> int:
+        """Upsert on the key (only changed rows); rows the source marks deleted are deleted."""
+        gone = [tuple(r[k] for k in dataset.key) for r in rows if self._deleted(dataset, r)]
+        kept = [r for r in rows if not self._deleted(dataset, r)] if gone else rows
+        written = self.upsert(conn, table, kept, dataset.key, only_if_changed="_row_hash")
+        key_columns = sa.tuple_(*(table.c[k] for k in dataset.key))
+        for start in range(0, len(gone), CHUNK_ROWS):
+            written += conn.execute(table.delete().where(key_columns.in_(gone[start:start + CHUNK_ROWS]))).rowcount
+        return written
+
+    def _begin_ddl(self, conn: sa.Connection) -> None:
+        """Make sure DDL joins the transaction: Python's sqlite3 opens one only before DML."""
+        if self.dialect == "sqlite" and not conn.connection.driver_connection.in_transaction:  # type: ignore
+            conn.exec_driver_sql("BEGIN")
+
+    def _replace(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
+                 key: Sequence[str]) -> int:
+        """Full refresh: load `<table>__new`, then drop the old table and rename the new one.
+
+        All in the caller's transaction, so another connection sees the old
+        table until commit and the new one after, never a partial one (on
+        PostgreSQL, a reader arriving during the swap waits for the commit).
+        A batch identical to the table (or empty) leaves it untouched.
+        """
+        if not rows:
+            return 0
+        self._begin_ddl(conn)
+        new = table.to_metadata(sa.MetaData(), name=f"{table.name}__new")
+        new.drop(conn, checkfirst=True)
+        new.create(conn)
+        self.upsert(conn, new, rows, key)
+        changed = self._rows_differing(conn, table, new, key)
+        if changed == 0:
+            new.drop(conn)
+            return 0
+        table.drop(conn)
+        conn.exec_driver_sql(f'ALTER TABLE "{new.name}" RENAME TO "{table.name}"')
+        if self.dialect == "postgresql":  # keep the primary key's name free for the next replace
+            conn.exec_driver_sql(
+                f'ALTER TABLE "{table.name}" RENAME CONSTRAINT "{new.name}_pkey" TO "{table.name}_pkey"')
+        return changed
+
+    @staticmethod
+    def _rows_differing(conn: sa.Connection, old: sa.Table, new: sa.Table, key: Sequence[str]) -> int:
+        """Rows new or changed in `new`, plus rows of `old` that `new` no longer has."""
+        same_key = sa.and_(*(old.c[k] == new.c[k] for k in key))
+        same_row = sa.and_(same_key, old.c._row_hash == new.c._row_hash)
+        added = sa.select(sa.func.count()).select_from(new.outerjoin(old, same_row)).where(old.c[key[0]].is_(None))
+        removed = sa.select(sa.func.count()).select_from(old.outerjoin(new, same_key)).where(new.c[key[0]].is_(None))
+        return int(conn.execute(added).scalar_one()) + int(conn.execute(removed).scalar_one())
+
+    def _write_history(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table,
+                       rows: Sequence[dict[str, Any]]) -> int:
+        """SCD type 2: a changed row closes the current version and opens a new one.
+
+        A version starts at the row's cursor value (or its load time). An
+        unchanged row, or one older than the current version, writes nothing;
+        a deletion marker closes the current version; a change with the same
+        start as the current version corrects that version in place.
+        """
+        key = dataset.key
+        current = {tuple(r[:-2]): (r[-2], utc(r[-1])) for r in conn.execute(
+            sa.select(*(table.c[k] for k in key), table.c._row_hash, table.c.valid_from).where(table.c.is_current))}
+        closes: list[dict[str, Any]] = []
+        versions: list[dict[str, Any]] = []
+        deletions = 0
+        for row in rows:
+            record = tuple(row[k] for k in key)
+            starts = utc(row.get(dataset.cursor_field) if dataset.cursor_field else None) or row["_loaded_at"]
+            version = current.get(record)
+            if version is not None and (starts < version[1] or version[0] == row["_row_hash"]):
+                continue  # stale, or unchanged
+            if self._deleted(dataset, row):
+                if version is not None:
+                    closes.append({**{f"k_{k}": row[k] for k in key}, "closed_at": starts})
+                    deletions += 1
+                continue
+            if version is not None and starts > version[1]:
+                closes.append({**{f"k_{k}": row[k] for k in key}, "closed_at": starts})
+            versions.append({**row, "valid_from": starts, "valid_to": None, "is_current": True})
+        if closes:
+            conn.execute(table.update().where(*(table.c[k] == sa.bindparam(f"k_{k}") for k in key),
+                                              table.c.is_current.is_(sa.true()))
+                         .values(valid_to=sa.bindparam("closed_at"), is_current=False), closes)
+        return deletions + self.upsert(conn, table, versions, [*key, "valid_from"], only_if_changed="_row_hash")
 
     def insert_ignore(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
                       key: Sequence[str]) -> None:

@@ -1,0 +1,268 @@
+"""Write modes (merge, append, replace, history) on SQLite and a real PostgreSQL.
+
+A small `firm` dataset (300 rows: enough for PostgreSQL's COPY path) is written
+straight through `Warehouse.write_batch` with lineage from the runner; the last
+test runs the real `runner.load()` against the sandbox.
+"""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from catalog import load_catalog
+from catalog.models import DatasetSpec
+from lgsp.runner import _with_lineage
+from warehouse import Warehouse
+from warehouse.store import COPY_MIN_ROWS, utc
+
+FIRMS = 300
+T0 = datetime(2025, 8, 1, tzinfo=timezone.utc)
+MODES = ["merge", "append", "replace", "history"]
+
+
+def firm_spec(mode: str, **extra: Any) -> DatasetSpec:
+    return DatasetSpec(name="firm", title="Firm", key=["code"], cursor_field="updated_at", write_mode=mode,
+                       delete_field="deleted", columns={
+                           "code": {"type": "string", "required": True}, "status": {"type": "string"},
+                           "deleted": {"type": "boolean"}, "updated_at": {"type": "timestamp", "required": True}},
+                       **extra)
+
+
+def open_firm_warehouse(url: str, mode: str) -> tuple[Warehouse, DatasetSpec]:
+    ds = firm_spec(mode)
+    catalog = load_catalog()
+    wh = Warehouse(url, catalog.model_copy(update={"datasets": {"firm": ds}}))
+    wh.create_all()
+    return wh, ds
+
+
+def firms(count: int = FIRMS, status: str = "active", at: datetime = T0, deleted: bool = False,
+          start: int = 0) -> list[dict[str, Any]]:
+    return [{"code": f"F{i:05d}", "status": status, "deleted": deleted, "updated_at": at}
+            for i in range(start, start + count)]
+
+
+def batch(records: list[dict[str, Any]], batch_id: str) -> list[dict[str, Any]]:
+    """Rows as `runner.load` writes them: the runner's own lineage and content hash."""
+    ctx = SimpleNamespace(system=SimpleNamespace(name="business"))
+    return _with_lineage(pa.Table.from_pylist(records), ctx, batch_id)  # type: ignore[arg-type]
+
+
+def write(wh: Warehouse, ds: DatasetSpec, rows: list[dict[str, Any]]) -> int:
+    with wh.transaction() as conn:
+        return wh.write_batch(conn, ds, rows)
+
+
+def snapshot(wh: Warehouse, ds: DatasetSpec, engine: sa.Engine | None = None) -> list[tuple[Any, ...]]:
+    table = wh.dataset_table(ds)
+    with (engine or wh.engine).connect() as conn:
+        rows = conn.execute(sa.select(table)).all()
+    return sorted((tuple(utc(v) if isinstance(v, datetime) else v for v in r) for r in rows), key=repr)
+
+
+def versions(wh: Warehouse, ds: DatasetSpec) -> dict[str, list[Any]]:
+    table = wh.dataset_table(ds)
+    found: dict[str, list[Any]] = {}
+    with wh.engine.connect() as conn:
+        for row in conn.execute(sa.select(table).order_by(table.c.code, table.c.valid_from)):
+            found.setdefault(row.code, []).append(row)
+    return found
+
+
+def test_the_firm_batch_takes_the_postgres_copy_path() -> None:
+    assert FIRMS >= COPY_MIN_ROWS
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_rerun_of_the_same_batch_changes_nothing(database_url: str, mode: str) -> None:
+    wh, ds = open_firm_warehouse(database_url, mode)
+    rows = batch(firms(), "b1")
+    assert write(wh, ds, rows) == FIRMS
+    before = snapshot(wh, ds)
+    assert len(before) == FIRMS
+    assert write(wh, ds, batch(firms(), "b1")) == 0  # same batch, loaded again (new _loaded_at)
+    assert snapshot(wh, ds) == before
+
+
+def test_append_keeps_every_batch_keyed_by_batch_id(database_url: str) -> None:
+    wh, ds = open_firm_warehouse(database_url, "append")
+    assert [c.name for c in wh.dataset_table(ds).primary_key] == ["code", "_batch_id"]
+    write(wh, ds, batch(firms(), "b1"))
+    assert write(wh, ds, batch(firms(), "b2")) == FIRMS
+    assert wh.count("core_firm") == 2 * FIRMS
+
+
+def test_merge_updates_only_changed_rows(database_url: str) -> None:
+    wh, ds = open_firm_warehouse(database_url, "merge")
+    write(wh, ds, batch(firms(), "b1"))
+    changed = firms(50, status="suspended", at=T0 + timedelta(days=1))
+    assert write(wh, ds, batch(changed + firms(100, start=50), "b2")) == 50
+    statuses = [r[1] for r in snapshot(wh, ds)]
+    assert (statuses.count("suspended"), len(statuses)) == (50, FIRMS)
+
+
+def test_history_keeps_every_version(database_url: str) -> None:
+    wh, ds = open_firm_warehouse(database_url, "history")
+    assert [c.name for c in wh.dataset_table(ds).primary_key] == ["code", "valid_from"]
+    write(wh, ds, batch(firms(), "v1"))
+    later = T0 + timedelta(days=3)
+    second = firms(40, status="dissolved", at=later) + firms(FIRMS - 40, start=40)  # 40 changed, rest unchanged
+    assert write(wh, ds, batch(second, "v2")) == 40
+    assert write(wh, ds, batch(second, "v2")) == 0
+    history = versions(wh, ds)
+    assert len(history) == FIRMS and sum(len(v) for v in history.values()) == FIRMS + 40
+    for code, kept in history.items():
+        assert [v.is_current for v in kept].count(True) == 1, code
+        assert kept[-1].is_current and kept[-1].valid_to is None
+        if int(code[1:]) < 40:
+            old, new = kept
+            assert (old.status, new.status) == ("active", "dissolved")
+            assert utc(old.valid_to) == utc(new.valid_from) == later and not old.is_current
+        else:
+            assert len(kept) == 1 and utc(kept[0].valid_from) == T0
+
+
+def test_history_ignores_a_version_older_than_the_current_one(database_url: str) -> None:
+    wh, ds = open_firm_warehouse(database_url, "history")
+    write(wh, ds, batch(firms(status="suspended", at=T0 + timedelta(days=1)), "v2"))
+    assert write(wh, ds, batch(firms(), "v1")) == 0  # a late re-read of the older batch
+    assert len(snapshot(wh, ds)) == FIRMS
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_deletion_marker_deletes_closes_or_is_kept_as_data(database_url: str, mode: str) -> None:
+    wh, ds = open_firm_warehouse(database_url, mode)
+    write(wh, ds, batch(firms(), "b1"))
+    gone_at = T0 + timedelta(days=2)
+    marked = firms(10, at=gone_at, deleted=True) + firms(FIRMS - 10, start=10)
+    written = write(wh, ds, batch(marked, "b2"))
+    assert write(wh, ds, batch(marked, "b2")) == 0, "a rerun of the deletions changes nothing"
+    rows = snapshot(wh, ds)
+    codes = [r[0] for r in rows]
+    if mode == "merge":
+        assert written == 10 and len(rows) == FIRMS - 10 and "F00000" not in codes
+    elif mode == "history":
+        assert written == 10 and len(rows) == FIRMS
+        history = versions(wh, ds)
+        closed = [history[f"F{i:05d}"][0] for i in range(10)]
+        assert all(not v.is_current and utc(v.valid_to) == gone_at and not v.deleted for v in closed)
+        assert all(history[f"F{i:05d}"][0].is_current for i in range(10, FIRMS))
+    elif mode == "append":
+        assert written == FIRMS and len(rows) == 2 * FIRMS
+    else:  # replace: the marker is data
+        assert written == 10 and len(rows) == FIRMS and sum(1 for r in rows if r[2]) == 10
+
+
+def _read_in_thread(wh: Warehouse, ds: DatasetSpec, engine: sa.Engine) -> tuple[threading.Thread, list[Any]]:
+    seen: list[Any] = []
+
+    def read() -> None:
+        try:
+            seen.append(snapshot(wh, ds, engine))
+        except Exception as exc:  # noqa: BLE001 - the test asserts on it
+            seen.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+def test_replace_is_swapped_in_atomically(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    wh, ds = open_firm_warehouse(database_url, "replace")
+    write(wh, ds, batch(firms(), "old"))
+    old = snapshot(wh, ds)
+    new_rows = batch(firms(200, status="suspended", at=T0 + timedelta(days=1), start=100), "new")
+    reader = sa.create_engine(wh.engine.url)  # another connection pool: another session
+    while_loading: list[Any] = []
+    real_diff = Warehouse._rows_differing
+
+    def diff_then_peek(conn: sa.Connection, *args: Any) -> int:  # the new table is loaded, not yet swapped
+        while_loading.append(snapshot(wh, ds, reader))
+        return real_diff(conn, *args)
+
+    monkeypatch.setattr(Warehouse, "_rows_differing", staticmethod(diff_then_peek))
+    with wh.engine.connect() as conn:
+        transaction = conn.begin()
+        assert wh.write_batch(conn, ds, new_rows) == 200 + 100  # 200 new or changed rows, 100 old ones gone
+        thread, seen = _read_in_thread(wh, ds, reader)  # the swap is done but not committed
+        thread.join(1.0)
+        if wh.dialect == "sqlite":  # WAL: the reader does not wait and sees the committed (old) table
+            assert not thread.is_alive() and seen == [old]
+        else:  # PostgreSQL: the reader waits for the swap's lock, then reads the new table
+            assert thread.is_alive()
+        transaction.commit()
+    thread.join(10)
+    after = snapshot(wh, ds)
+    assert while_loading == [old]
+    assert len(after) == 200 and {r[1] for r in after} == {"suspended"}
+    assert seen in ([old], [after]), f"a reader saw a partial table: {seen!r:.300}"
+    assert snapshot(wh, ds, reader) == after
+    assert write(wh, ds, new_rows) == 0 and not sa.inspect(wh.engine).has_table("core_firm__new")
+    reader.dispose()
+
+
+def test_a_failed_replace_leaves_the_old_table(database_url: str) -> None:
+    wh, ds = open_firm_warehouse(database_url, "replace")
+    write(wh, ds, batch(firms(), "old"))
+    old = snapshot(wh, ds)
+    with pytest.raises(RuntimeError), wh.transaction() as conn:
+        wh.write_batch(conn, ds, batch(firms(5, status="x"), "new"))
+        raise RuntimeError("the step after the swap failed")
+    assert snapshot(wh, ds) == old
+    assert not sa.inspect(wh.engine).has_table("core_firm__new"), "the new table's DDL was not in the transaction"
+    assert write(wh, ds, batch(firms(5, status="x"), "new")) == 5 + (FIRMS - 5)
+
+
+@pytest.mark.parametrize("pipeline", ["business_enterprises", "population_citizens"])
+def test_cursor_and_data_commit_together(lgsp_env: Any, monkeypatch: pytest.MonkeyPatch, pipeline: str) -> None:
+    from lgsp import runner
+
+    ctx = runner.context(pipeline, settings=lgsp_env)
+    batch_id = runner.extract(ctx)["batch_id"]
+    valid = runner.validate(ctx, batch_id)["rows_valid"]
+    table = ctx.dataset.table_name
+
+    def fail(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("cursor store failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Warehouse, "set_cursor", fail)
+        with pytest.raises(RuntimeError, match="cursor store failed"):
+            runner.load(ctx, batch_id)
+    wh = ctx.warehouse
+    assert (wh.count(table), wh.get_cursor(pipeline)) == (0, None), "rows written without their cursor"
+    assert runner.load(ctx, batch_id)["rows_changed"] == valid > 0
+    assert runner.load(ctx, batch_id)["rows_changed"] == 0
+    assert runner.run_pipeline(pipeline, settings=lgsp_env)["rows_changed"] == 0
+    assert wh.count(table) == valid and wh.get_cursor(pipeline) is not None
+
+
+def test_write_mode_declarations_are_validated() -> None:
+    assert firm_spec("history").write_mode == "history"
+    with pytest.raises(ValidationError, match="boolean"):
+        DatasetSpec(
+            name="firm", title="Firm", key=["code"], delete_field="status",
+            columns={"code": {"type": "string"}, "status": {"type": "string"}})
+    with pytest.raises(ValidationError, match="timestamp"):
+        DatasetSpec(name="firm", title="Firm", key=["code"], cursor_field="day", write_mode="history",
+                    columns={"code": {"type": "string"}, "day": {"type": "date"}})
+    with pytest.raises(ValidationError, match="write_mode"):
+        DatasetSpec(name="firm", title="Firm", key=["code"], write_mode="bogus", columns={"code": {"type": "string"}})
+    no_cursor = DatasetSpec(name="firm", title="Firm", key=["code"], write_mode="history",
+                            columns={"code": {"type": "string"}})
+    assert no_cursor.cursor_field is None  # versions then start at the load time
+    assert load_catalog().datasets["enterprise"].write_mode == "history"
+
+
+def test_a_table_of_another_write_mode_is_refused_with_a_clear_message(database_url: str) -> None:
+    wh, ds = open_firm_warehouse(database_url, "merge")
+    wh.engine.dispose()
+    with pytest.raises(RuntimeError, match=r"core_firm has primary key \['code'\].*write_mode"):
+        open_firm_warehouse(database_url, "history")
