@@ -242,4 +242,4 @@ class JsonService:
 
     def page(self, query: Query, environ: dict[str, Any]) -> dict[str, Any]:
         """The listing payload for ``query``; raises :class:`BadParam` naming a bad parameter."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define page(): every JSON service lists rows")
