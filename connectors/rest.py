@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 
 from catalog.loader import resolve_timeout
@@ -106,7 +107,11 @@ class RestTransport:
 
     def _json(self, response: requests.Response) -> Any:
         try:
-            return response.json()
+            return orjson.loads(response.content)  # UTF-8 JSON, the common case, parsed in C
+        except orjson.JSONDecodeError:
+            pass
+        try:
+            return response.json()  # another declared charset, or numbers orjson refuses
         except ValueError:
             raise self._fail("response is not valid JSON", "the peer sent a malformed payload; "
                              "nothing was landed from this page") from None

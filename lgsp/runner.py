@@ -8,14 +8,18 @@ so a step can be retried, and a killed run can be rerun, without loss.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
@@ -23,6 +27,7 @@ import sqlalchemy as sa
 from catalog import Catalog, DatasetSpec, PipelineSpec, SystemSpec, load_catalog
 from lgsp.settings import Settings, load_settings
 from warehouse import Lake, Warehouse, to_json
+from schemas.arrow import EXTRAS_COLUMN
 from warehouse.store import utc
 
 log = logging.getLogger("lgsp.runner")
@@ -205,7 +210,7 @@ def _record_key(record: dict[str, Any], key: list[str]) -> str:
     return "|".join(str(record.get(k)) for k in key)
 
 
-def _quarantine_rows(ctx: PipelineContext, batch_id: str, records: list[dict[str, Any]],
+def _quarantine_rows(ctx: PipelineContext, batch_id: str, records: Mapping[int, dict[str, Any]] | list[Any],
                      rejections: list[Any]) -> list[dict[str, Any]]:
     now, ds = _now(), ctx.dataset
     rows = []
@@ -225,9 +230,11 @@ def _store_quarantine(ctx: PipelineContext, rows: list[dict[str, Any]]) -> None:
     table = wh.system["lgsp_quarantine"]
     with wh.transaction() as conn:
         wh.insert_ignore(conn, table, rows, ["quarantine_id"])
-        for row in rows:
-            conn.execute(table.update().where(table.c.quarantine_id == row["quarantine_id"])
-                         .values(last_batch_id=row["last_batch_id"]))
+        for batch_id in {row["last_batch_id"] for row in rows}:
+            ids = [row["quarantine_id"] for row in rows if row["last_batch_id"] == batch_id]
+            for start in range(0, len(ids), 5000):
+                conn.execute(table.update().where(table.c.quarantine_id.in_(ids[start:start + 5000]))
+                             .values(last_batch_id=batch_id))
 
 
 def _store_expectations(ctx: PipelineContext, batch_id: str, outcomes: list[Any]) -> None:
@@ -245,81 +252,217 @@ def _latest_per_key(frame: pd.DataFrame, ds: DatasetSpec) -> pd.DataFrame:
     return ordered.drop_duplicates(subset=ds.key, keep="last").sort_index()
 
 
+CHUNK_ROWS = int(os.environ.get("LGSP_CHUNK_ROWS", "100000"))  # rows validated (and loaded) at a time
+
+
+@dataclass
+class LandedChunk:
+    """Consecutive landed pages of a batch, as JSON lines: validated together."""
+
+    body: bytes
+    rows: int
+
+    def records(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.body.splitlines()]
+
+    def typed(self, ds: DatasetSpec) -> tuple[Any, list[dict[str, Any]] | None]:
+        """(typed batch, the records as dicts if they had to be parsed in Python).
+
+        The fast path reads the lines with `pyarrow.json` straight into typed columns; a
+        chunk it cannot read exactly (a value of the wrong JSON type, an undeclared field,
+        a required field with no value anywhere) goes through `schemas.coerce`.
+        """
+        import pyarrow.json as pj
+
+        from schemas import coerce, coerce_arrow, json_schema
+
+        if self.rows:
+            try:
+                table = pj.read_json(io.BytesIO(self.body), parse_options=pj.ParseOptions(
+                    explicit_schema=json_schema(ds), unexpected_field_behavior="infer"))
+                typed = coerce_arrow(table, ds) if table.num_rows == self.rows else None
+                if typed is not None:
+                    return typed, None
+            except pa.ArrowInvalid:
+                pass
+        records = self.records()
+        return coerce(records, ds), records
+
+
+def _landed_chunks(ctx: PipelineContext, batch_id: str, chunk_rows: int) -> Iterator[LandedChunk]:
+    """The batch's landed pages grouped into chunks of at least `chunk_rows` rows (the last may be smaller)."""
+    pages: list[bytes] = []
+    rows = 0
+    for path in ctx.lake.page_paths(ctx.pipeline.name, batch_id):
+        body = path.read_bytes()
+        pages.append(body)
+        rows += body.count(b"\n")
+        if rows >= chunk_rows:
+            yield LandedChunk(b"".join(pages), rows)
+            pages, rows = [], 0
+    if pages or rows == 0:
+        yield LandedChunk(b"".join(pages), rows)
+
+
+def _merge_outcomes(seen: dict[tuple[str, str | None], Any], outcomes: list[Any]) -> None:
+    """One outcome per expectation for the whole batch: failed if any chunk failed, counts summed."""
+    from dataclasses import replace
+
+    for o in outcomes:
+        key = (o.expectation, o.column)
+        before = seen.get(key)
+        if before is None:
+            seen[key] = o
+        else:
+            count = (before.unexpected_count or 0) + (o.unexpected_count or 0)
+            seen[key] = replace(before, success=before.success and o.success, observed=o.observed,
+                                unexpected_count=count if (before.unexpected_count is not None
+                                                           or o.unexpected_count is not None) else None)
+
+
+def _judged(outcomes: dict[tuple[str, str | None], Any], ds: DatasetSpec, rows: int) -> list[Any]:
+    """The batch's outcomes, the quarantine-rate expectation judged on the whole batch, not per chunk."""
+    from dataclasses import replace
+
+    judged = []
+    for (expectation, column), outcome in outcomes.items():
+        if column == "_row_ok" and outcome.unexpected_count is not None and rows:
+            rate = outcome.unexpected_count / rows
+            outcome = replace(outcome, success=rate <= ds.expectations.max_quarantine_rate, observed=round(rate, 6))
+        judged.append(outcome)
+    return judged
+
+
+@dataclass
+class _ChunkResult:
+    good: pa.Table
+    quarantined: int
+    superseded: int
+    cursor_to: Any
+    extra_columns: list[str]
+
+
+def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, part: int,
+                    outcomes: dict[tuple[str, str | None], Any]) -> _ChunkResult:
+    """Type, row-check and expect one chunk; its bad rows are in quarantine when this returns."""
+    from quality import run_row_checks, validate_dataset
+    from schemas import to_arrow
+
+    ds = ctx.dataset
+    typed, records = chunk.typed(ds)
+    checked = run_row_checks(typed.frame, ds, typed.type_errors)
+    if checked.rejections:
+        if records is None:
+            lines = chunk.body.splitlines()
+            originals = {r.position: orjson.loads(lines[r.position]) for r in checked.rejections}
+        else:
+            originals = {r.position: records[r.position] for r in checked.rejections}
+        _store_quarantine(ctx, _quarantine_rows(ctx, batch_id, originals, checked.rejections))
+    run_name = batch_id if part == 1 else f"{batch_id}.part{part}"
+    _merge_outcomes(outcomes, validate_dataset(typed.frame, checked.passed, ds, run_name, raise_on_failure=False))
+    good = _latest_per_key(typed.frame[checked.passed], ds)
+    cursor_to = typed.frame[ds.cursor_field].max() if ds.cursor_field and len(typed.frame) else None
+    extras = typed.extras.loc[good.index] if typed.extras is not None else None
+    return _ChunkResult(good=to_arrow(good, ds, extras).replace_schema_metadata(None),
+                        quarantined=len(checked.rejections), superseded=int(checked.passed.sum()) - len(good),
+                        cursor_to=None if cursor_to is None or pd.isna(cursor_to) else cursor_to,
+                        extra_columns=typed.extra_columns)
+
+
 def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
     """Type, check and split a landed batch: good rows to Parquet, bad rows to quarantine.
+
+    The batch streams through in chunks of `CHUNK_ROWS` rows (consecutive pages), so memory
+    does not grow with the batch: each chunk becomes one row group of the batch's Parquet
+    file, which appears only when every chunk passed. A record that appears twice in one
+    chunk (it changed while being paged) keeps its latest version; further apart, both land
+    in the lake and the load keeps the newer one (see `Warehouse.write_chunks`).
 
     Raises:
         SchemaError: the batch breaks the dataset's contract.
         QualityError: a dataset-level expectation failed (bad rows are already in quarantine).
     """
-    from quality import QualityError, run_row_checks, validate_dataset
-    from schemas import SchemaError, coerce, to_arrow
+    from quality import QualityError
+    from quality.expectations import check_outcomes
+    from schemas import SchemaError, arrow_schema
 
     ds, pipeline = ctx.dataset, ctx.pipeline
     manifest = ctx.lake.read_manifest(pipeline.name, batch_id)
-    records = list(ctx.lake.read_records(pipeline.name, batch_id))
+    outcomes: dict[tuple[str, str | None], Any] = {}
+    quarantined = superseded = valid = 0
+    cursor_to, extra_columns = None, []
+    schema = arrow_schema(ds).append(pa.field(EXTRAS_COLUMN, pa.string()))
+    schema = pa.schema([f.with_nullable(True) for f in schema])
+    path = ctx.lake.parquet_path(ds.name, _now().date(), batch_id)
     try:
-        typed = coerce(records, ds)
-        checked = run_row_checks(typed.frame, ds, typed.type_errors)
-        quarantine = _quarantine_rows(ctx, batch_id, records, checked.rejections)
-        _store_quarantine(ctx, quarantine)
-        outcomes = validate_dataset(typed.frame, checked.passed, ds, batch_id)
+        with ctx.lake.parquet_writer(schema, ds.name, _now().date(), batch_id) as writer:
+            for part, chunk in enumerate(_landed_chunks(ctx, batch_id, CHUNK_ROWS), start=1):
+                done = _validate_chunk(ctx, batch_id, chunk, part, outcomes)
+                writer.write_table(done.good.cast(schema))
+                valid, quarantined, superseded = (valid + done.good.num_rows, quarantined + done.quarantined,
+                                                  superseded + done.superseded)
+                if done.cursor_to is not None and (cursor_to is None or done.cursor_to > cursor_to):
+                    cursor_to = done.cursor_to
+                extra_columns += [c for c in done.extra_columns if c not in extra_columns]
     except (SchemaError, QualityError) as exc:
         _update_batch(ctx, batch_id, status="failed", finished_at=_now(), message=str(exc))
         raise
-    _store_expectations(ctx, batch_id, outcomes)
-    good = _latest_per_key(typed.frame[checked.passed], ds)
-    cursor_to = typed.frame[ds.cursor_field].max() if ds.cursor_field and len(typed.frame) else None
-    extras = typed.extras.loc[good.index] if typed.extras is not None else None
-    table = to_arrow(good, ds, extras).replace_schema_metadata(None)
-    path = ctx.lake.write_parquet(table, ds.name, _now().date(), batch_id)
-    result = {**manifest, "rows_valid": len(good), "rows_quarantined": len(quarantine),
-              "rows_superseded": int(checked.passed.sum()) - len(good), "parquet": str(path),
-              "extra_columns": typed.extra_columns,
-              "cursor_to": None if cursor_to is None or pd.isna(cursor_to) else cursor_to.isoformat()}
-    if result["rows_valid"] + result["rows_quarantined"] + result["rows_superseded"] != manifest["rows_pulled"]:
-        raise BatchBalanceError(f"batch {batch_id}: pulled {manifest['rows_pulled']} != valid {result['rows_valid']}"
-                                f" + quarantined {result['rows_quarantined']} + superseded {result['rows_superseded']}")
+    judged = _judged(outcomes, ds, valid + quarantined + superseded)
+    _store_expectations(ctx, batch_id, judged)
+    try:
+        check_outcomes(ds, batch_id, judged)
+    except QualityError as exc:
+        _update_batch(ctx, batch_id, status="failed", finished_at=_now(), message=str(exc))
+        raise
+    result = {**manifest, "rows_valid": valid, "rows_quarantined": quarantined,
+              "rows_superseded": superseded, "parquet": str(path), "extra_columns": extra_columns,
+              "cursor_to": cursor_to.isoformat() if cursor_to is not None else None}
+    if valid + quarantined + superseded != manifest["rows_pulled"]:
+        raise BatchBalanceError(f"batch {batch_id}: pulled {manifest['rows_pulled']} != valid {valid}"
+                                f" + quarantined {quarantined} + superseded {superseded}")
     ctx.lake.write_manifest(pipeline.name, batch_id, result)
-    drift = (f"schema drift: new source field(s) {typed.extra_columns} kept in _extras; declare them in "
-             f"catalog/datasets.yaml ({ds.name}) to load them as columns") if typed.extra_columns else None
+    drift = (f"schema drift: new source field(s) {extra_columns} kept in _extras; declare them in "
+             f"catalog/datasets.yaml ({ds.name}) to load them as columns") if extra_columns else None
     if drift:
         log.warning("%s: %s", pipeline.name, drift)
-    _update_batch(ctx, batch_id, status="validated", rows_quarantined=len(quarantine),
-                  rows_superseded=result["rows_superseded"], lake_path=str(path), message=drift)
+    _update_batch(ctx, batch_id, status="validated", rows_quarantined=quarantined,
+                  rows_superseded=superseded, lake_path=str(path), message=drift)
     return result
 
 
 # --- load ------------------------------------------------------------------------------------
 
-def _with_lineage(table: pa.Table, ctx: PipelineContext, batch_id: str) -> list[dict[str, Any]]:
-    frame = table.to_pandas(types_mapper=pd.ArrowDtype) if table.num_rows else None
-    if frame is None:
-        return []
-    hashes = pd.util.hash_pandas_object(frame.astype("string"), index=False).to_numpy().view("int64")
-    now = _now()
-    rows = table.to_pylist()
-    for row, row_hash in zip(rows, hashes):
-        row.update(_batch_id=batch_id, _source_system=ctx.system.name, _loaded_at=now, _row_hash=int(row_hash))
-    return rows
+def _with_lineage(table: pa.Table, ctx: PipelineContext, batch_id: str, loaded_at: datetime | None = None) -> pa.Table:
+    """A validated chunk plus the lineage columns (batch, source system, load time, content hash)."""
+    from warehouse.rowhash import row_hashes
+
+    hashes, n = row_hashes(table), table.num_rows
+    return (table.append_column("_batch_id", pa.repeat(pa.scalar(batch_id), n))  # type: ignore[attr-defined]
+            .append_column("_source_system", pa.repeat(pa.scalar(ctx.system.name), n))  # type: ignore
+            .append_column("_loaded_at", pa.repeat(pa.scalar(loaded_at or _now(), pa.timestamp("us", "UTC")), n))  # type: ignore
+            .append_column("_row_hash", hashes))
 
 
 def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
-    """Write a validated batch by the dataset's write mode; data, batch record and cursor in one transaction."""
+    """Write a validated batch by the dataset's write mode; data, batch record and cursor in one transaction.
+
+    The batch's Parquet file is read a row group (a validated chunk) at a time.
+    """
     wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
     result = ctx.lake.read_manifest(pipeline.name, batch_id)
     if "parquet" not in result:
         raise RuntimeError(f"batch {batch_id} of {pipeline.name} was not validated; run validate first")
-    rows = _with_lineage(ctx.lake.read_batch(result["parquet"]), ctx, batch_id)
+    loaded_at = _now()
+    chunks = (_with_lineage(chunk, ctx, batch_id, loaded_at) for chunk in ctx.lake.iter_batch(result["parquet"]))
     cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
     with wh.transaction() as conn:
-        changed = wh.write_batch(conn, ds, rows)
+        landed, changed = wh.write_chunks(conn, ds, chunks)
         if result.get("mode") != "backfill":
             wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
-        _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=len(rows),
+        _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
                       rows_changed=changed, cursor_to=cursor_to)
-    log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, len(rows), changed)
-    return {**result, "rows_landed": len(rows), "rows_changed": changed}
+    log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, landed, changed)
+    return {**result, "rows_landed": landed, "rows_changed": changed}
 
 
 def _unfinished(ctx: PipelineContext) -> tuple[str, str] | None:

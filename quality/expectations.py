@@ -225,11 +225,23 @@ def _run_gx(frame: pd.DataFrame, dataset: DatasetSpec, batch_id: str,
     return outcomes, (urls[0]["site_url"] if urls else None)
 
 
-def validate_dataset(frame: pd.DataFrame, row_ok: Any, dataset: DatasetSpec,
-                     batch_id: str) -> list[ExpectationOutcome]:
-    """Run the dataset's checkpoint (results and Data Docs on disk); raise QualityError if any expectation fails."""
+def validate_dataset(frame: pd.DataFrame, row_ok: Any, dataset: DatasetSpec, batch_id: str,
+                     raise_on_failure: bool = True) -> list[ExpectationOutcome]:
+    """Run the dataset's checkpoint (results and Data Docs on disk); raise QualityError if any expectation fails.
+
+    With `raise_on_failure=False` (a chunk of a bigger batch) the outcomes are returned for
+    `check_outcomes` to judge over the whole batch.
+    """
     checked = frame.assign(_row_ok=pd.Series(row_ok, index=frame.index, dtype=bool))
     outcomes, page = _run_gx(checked, dataset, batch_id, GxPaths.from_env())
+    if raise_on_failure:
+        check_outcomes(dataset, batch_id, outcomes, page)
+    return outcomes
+
+
+def check_outcomes(dataset: DatasetSpec, batch_id: str, outcomes: list[ExpectationOutcome],
+                   page: str | None = None) -> None:
+    """Raise QualityError naming every failed expectation of a batch."""
     failed = [o for o in outcomes if not o.success]
     if failed:
         detail = "; ".join(f"{o.expectation}({o.column or ''}) unexpected={o.unexpected_count} "
@@ -237,5 +249,5 @@ def validate_dataset(frame: pd.DataFrame, row_ok: Any, dataset: DatasetSpec,
         raise QualityError(f"dataset {dataset.name}, batch {batch_id}: {len(failed)} expectation(s) failed: "
                            f"{detail}. The batch was not loaded; its rows stay in the landing zone "
                            "and quarantine. Fix the source or the rule, then rerun."
-                           + (f" Validation report: {page}" if page else ""))
-    return outcomes
+                           + (f" Validation report: {page}" if page else "")
+                           + ("" if page else f" Validation reports: the Data Docs pages of run {batch_id}*"))

@@ -94,6 +94,59 @@ def coerce(records: list[dict[str, Any]], dataset: DatasetSpec) -> TypedBatch:
     return TypedBatch(frame=frame, type_errors=errors, extra_columns=extra, extras=_extras(raw, extra))
 
 
+JSON_TYPES: dict[str, pa.DataType] = {  # how each declared type arrives in JSON on the fast path
+    "string": pa.string(), "date": pa.string(), "timestamp": pa.string(),
+    "integer": pa.int64(), "float": pa.float64(), "boolean": pa.bool_(),
+}
+
+
+def json_schema(dataset: DatasetSpec) -> pa.Schema:
+    """The Arrow schema landed JSON lines are read with (`pyarrow.json`) on the fast path."""
+    return pa.schema([(name, JSON_TYPES[col.type]) for name, col in dataset.columns.items()])
+
+
+def _parse_text(values: pd.Series, spec: ColumnSpec) -> pd.Series:
+    """A date or timestamp column that arrived as JSON strings, parsed like `_coerce_column` does."""
+    if spec.type == "timestamp":
+        return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
+    return parsed.dt.tz_localize(None).dt.normalize() if parsed.dt.tz is not None else parsed.dt.normalize()
+
+
+def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
+    """Coerce records read by `pyarrow.json` with `json_schema` (the fast path of `coerce`).
+
+    Returns None when the table holds something only `coerce` handles exactly: a field the
+    dataset does not declare (schema drift, kept in `_extras`), or a required column with
+    no value in any record (which may be a contract break). Values of the wrong JSON type
+    never get here: reading them fails, and the caller falls back to `coerce`.
+    """
+    import pyarrow.compute as pc
+
+    if set(table.column_names) - set(dataset.columns):
+        return None
+    if any(col.required and table.column(name).null_count == len(table) for name, col in dataset.columns.items()):
+        return None
+    typed: dict[str, pd.Series] = {}
+    errors: dict[int, str] = {}
+    for name, spec in dataset.columns.items():
+        column = table.column(name)
+        if spec.type == "string":
+            column = pc.utf8_normalize(column, "NFC")
+        values = column.to_pandas(types_mapper={pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
+                                                pa.float64(): pd.Float64Dtype(),
+                                                pa.bool_(): pd.BooleanDtype()}.get)
+        if spec.type in ("date", "timestamp"):
+            converted = _parse_text(values, spec)
+            for pos in (values.notna().to_numpy() & converted.isna().to_numpy()).nonzero()[0]:
+                errors.setdefault(int(pos), f"{name}: {values.iloc[pos]!r} is not a valid {spec.type}")
+            values = converted
+        typed[name] = values.set_axis(range(len(table)))
+    frame = pd.DataFrame(typed, index=range(len(table)))
+    return TypedBatch(frame=frame, type_errors=dict(sorted(errors.items())), extra_columns=[],
+                      extras=pd.Series([None] * len(table), index=range(len(table)), dtype="object"))
+
+
 def _extras(raw: pd.DataFrame, extra: list[str]) -> pd.Series:
     """Per row, the fields the contract does not declare, as JSON (None when there are none).
 

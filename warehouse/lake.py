@@ -36,6 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -44,6 +45,7 @@ DEFAULT_TARGET_ROWS = 1_000_000
 PROVENANCE_KEY = b"lgsp.batches"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def _json_default(value: Any) -> Any:
@@ -84,8 +86,13 @@ class Lake:
     def write_page(self, pipeline: str, batch_id: str, number: int, records: list[dict[str, Any]]) -> Path:
         """Land one page of source records as JSON lines, atomically."""
         path = self.batch_dir(pipeline, batch_id) / f"page-{number:05d}.jsonl"
-        text = "".join(to_json(r) + "\n" for r in records)
-        return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        lines = [orjson.dumps(r, default=_json_default, option=_ORJSON_OPTIONS) for r in records]
+        body = b"\n".join(lines) + b"\n" if lines else b""
+        return _atomic_write(path, lambda tmp: tmp.write_bytes(body))
+
+    def page_paths(self, pipeline: str, batch_id: str) -> list[Path]:
+        """The landed pages of a batch, in page order."""
+        return sorted(self.batch_dir(pipeline, batch_id).glob("page-*.jsonl"))
 
     def write_manifest(self, pipeline: str, batch_id: str, manifest: dict[str, Any]) -> Path:
         path = self.batch_dir(pipeline, batch_id) / "manifest.json"
@@ -100,10 +107,10 @@ class Lake:
 
     def read_records(self, pipeline: str, batch_id: str) -> Iterator[dict[str, Any]]:
         """Every landed record of a batch, in page order."""
-        for path in sorted(self.batch_dir(pipeline, batch_id).glob("page-*.jsonl")):
-            with path.open(encoding="utf-8") as handle:
+        for path in self.page_paths(pipeline, batch_id):
+            with path.open("rb") as handle:
                 for line in handle:
-                    yield json.loads(line)
+                    yield orjson.loads(line)
 
     def parquet_path(self, dataset: str, ingest_date: date, batch_id: str) -> Path:
         return self.root / "raw" / dataset / f"ingest_date={ingest_date.isoformat()}" / f"{batch_id}.parquet"
@@ -113,6 +120,23 @@ class Lake:
         path = self.parquet_path(dataset, ingest_date, batch_id)
         with self._dataset_lock(dataset, exclusive=False):
             return _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+    @contextmanager
+    def parquet_writer(self, schema: pa.Schema, dataset: str, ingest_date: date, batch_id: str) -> Iterator[Any]:
+        """A Parquet writer for a batch written chunk by chunk (one row group per chunk).
+
+        The file appears under its final name only when the block exits without error.
+        """
+        path = self.parquet_path(dataset, ingest_date, batch_id)
+        with self._dataset_lock(dataset, exclusive=False):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+                    yield writer
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
 
     def dataset_path(self, dataset: str) -> Path:
         return self.root / "raw" / dataset
@@ -153,6 +177,17 @@ class Lake:
                     return parquet.read().slice(offset, rows)
                 offset += rows
         raise FileNotFoundError(f"batch {path.stem} is neither at {path} nor in a compacted file beside it")
+
+    def iter_batch(self, path: Path | str) -> Iterator[pa.Table]:
+        """The rows of one written batch, a row group (a validated chunk) at a time; see `read_batch`."""
+        path = Path(path)
+        try:
+            parquet = pq.ParquetFile(path)
+        except FileNotFoundError:
+            yield self.read_batch(path)  # compacted: the batch is a slice of a bigger file
+            return
+        for group in range(parquet.num_row_groups):
+            yield parquet.read_row_group(group)
 
     def info(self, dataset: str | None = None) -> list[PartitionInfo]:
         """Files, rows and bytes per partition of one dataset (or of every dataset)."""

@@ -1,7 +1,7 @@
 """The relational store: SQLite by default, PostgreSQL when LGSP_DATABASE_URL says so.
 
 Same code for both through SQLAlchemy Core. A batch is written by its
-dataset's write mode (`Warehouse.write_batch`): merge (upsert on the key, only
+dataset's write mode (`Warehouse.write_chunks`): merge (upsert on the key, only
 rows whose content hash changed), append, replace (swapped in atomically) or
 history (SCD type 2). Every mode is idempotent: a rerun of the same batch
 changes nothing. On PostgreSQL, large upserts are COPYed into a temporary
@@ -9,12 +9,16 @@ staging table and merged with one INSERT ... SELECT ... ON CONFLICT.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import io
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -24,6 +28,20 @@ from warehouse.tables import system_tables
 
 CHUNK_ROWS = 5000
 COPY_MIN_ROWS = 200  # on PostgreSQL, from this many rows an upsert goes through COPY and a staging table
+
+
+def arrow_csv(rows: pa.Table, names: list[str]) -> memoryview:
+    """`rows` as headerless CSV in the column order `names` (absent columns empty: NULL), for COPY.
+
+    Timestamps are written without a zone (Arrow formats zoned ones ten times slower):
+    their values are UTC, and `_copy_into` sets the session's zone to UTC for the COPY.
+    """
+    columns = [rows.column(n) if n in rows.column_names else pa.nulls(rows.num_rows) for n in names]
+    columns = [c.cast(pa.timestamp(c.type.unit)) if pa.types.is_timestamp(c.type) and c.type.tz else c
+               for c in columns]
+    buffer = io.BytesIO()
+    pacsv.write_csv(pa.Table.from_arrays(columns, names=names), buffer, pacsv.WriteOptions(include_header=False))
+    return buffer.getbuffer()
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -100,21 +118,34 @@ class Warehouse:
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table))
 
+    @staticmethod
+    def _update_when(table: sa.Table, excluded: Any, only_if_changed: str | None,
+                     only_if_newer: str | None) -> sa.ColumnElement[bool] | None:
+        """The ON CONFLICT ... WHERE: the content hash differs and the incoming row is not older."""
+        conditions = []
+        if only_if_changed:
+            conditions.append(table.c[only_if_changed].is_distinct_from(excluded[only_if_changed]))
+        if only_if_newer:
+            conditions.append(sa.or_(table.c[only_if_newer].is_(None), excluded[only_if_newer].is_(None),
+                                     excluded[only_if_newer] >= table.c[only_if_newer]))
+        return sa.and_(*conditions) if conditions else None
+
     def upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
-               key: Sequence[str], only_if_changed: str | None = None) -> int:
+               key: Sequence[str], only_if_changed: str | None = None, only_if_newer: str | None = None) -> int:
         """Insert or update `rows` on `key`; returns the number of rows written.
 
         With `only_if_changed` (a hash column), an existing row is updated only
-        when its hash differs, so reruns of unchanged data write nothing. On
+        when its hash differs, so reruns of unchanged data write nothing; with
+        `only_if_newer` (the cursor column), never by an older version. On
         PostgreSQL, `COPY_MIN_ROWS` or more rows take the COPY path.
         """
         if not rows:
             return 0
         if self.dialect == "postgresql" and len(rows) >= COPY_MIN_ROWS:
-            return self._copy_upsert(conn, table, rows, key, only_if_changed)
+            return self._copy_upsert(conn, table, rows, key, only_if_changed, only_if_newer)
         stmt = self._insert(table)
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key}
-        where = table.c[only_if_changed] != stmt.excluded[only_if_changed] if only_if_changed else None
+        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer)
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
         stmt = stmt.returning(table.c[key[0]])  # rows actually inserted or updated
@@ -123,7 +154,8 @@ class Warehouse:
             written += len(conn.execute(stmt, list(rows[start:start + CHUNK_ROWS])).all())
         return written
 
-    def _copy_to_stage(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> sa.TableClause:
+    def _copy_to_stage(self, conn: sa.Connection, table: sa.Table,
+                       rows: Sequence[dict[str, Any]] | pa.Table) -> sa.TableClause:
         """COPY `rows` into a temporary table shaped like `table`, dropped at commit (PostgreSQL only).
 
         The COPY runs on the driver connection under `conn`, so inside the caller's transaction.
@@ -131,22 +163,32 @@ class Warehouse:
         stage, names = f"_stage_{table.name}", [c.name for c in table.columns]
         conn.exec_driver_sql(f'DROP TABLE IF EXISTS pg_temp."{stage}"')
         conn.exec_driver_sql(f'CREATE TEMP TABLE "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
-        columns = ", ".join(f'"{name}"' for name in names)
-        with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-            with cur.copy(f'COPY "{stage}" ({columns}) FROM STDIN') as copy:
-                for row in rows:
-                    copy.write_row([row.get(name) for name in names])
+        self._copy_into(conn, stage, names, rows)
         return sa.table(stage, *(sa.column(name) for name in names))
 
-    def _copy_upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
-                     key: Sequence[str], only_if_changed: str | None) -> int:
+    @staticmethod
+    def _copy_into(conn: sa.Connection, table_name: str, names: list[str],
+                   rows: Sequence[dict[str, Any]] | pa.Table) -> None:
+        """COPY rows (dicts, or an Arrow table written as CSV by Arrow's C++ writer) into a table."""
+        columns = ", ".join(f'"{name}"' for name in names)
+        with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+            if isinstance(rows, pa.Table):
+                cur.execute("SET LOCAL TIME ZONE 'UTC'")  # zone-less timestamps in the CSV are UTC
+                with cur.copy(f'COPY "{table_name}" ({columns}) FROM STDIN (FORMAT csv)') as copy:
+                    copy.write(arrow_csv(rows, names))
+                return
+            with cur.copy(f'COPY "{table_name}" ({columns}) FROM STDIN') as copy:
+                for row in rows:
+                    copy.write_row([row.get(name) for name in names])
+
+    def _copy_upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]] | pa.Table,
+                     key: Sequence[str], only_if_changed: str | None, only_if_newer: str | None = None) -> int:
         """The PostgreSQL bulk path of `upsert`: COPY to a stage, then one INSERT ... ON CONFLICT."""
         stage = self._copy_to_stage(conn, table, rows)
         names = [c.name for c in table.columns]
         stmt = postgresql.insert(table).from_select(names, sa.select(*(stage.c[n] for n in names)))
         updates = {n: stmt.excluded[n] for n in names if n not in key}
-        where = (table.c[only_if_changed].is_distinct_from(stmt.excluded[only_if_changed])
-                 if only_if_changed else None)
+        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer)
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
         written = stmt.returning(sa.literal(1)).cte("written")
@@ -154,44 +196,90 @@ class Warehouse:
 
     # --- write modes -----------------------------------------------------------------------
 
-    def write_batch(self, conn: sa.Connection, dataset: DatasetSpec, rows: Sequence[dict[str, Any]],
+    def write_batch(self, conn: sa.Connection, dataset: DatasetSpec, rows: pa.Table | Sequence[dict[str, Any]],
                     mode: WriteMode | None = None) -> int:
-        """Write a batch (rows with lineage) by the dataset's write mode; returns the rows changed.
+        """Write one batch (rows with lineage) by the dataset's write mode; returns the rows changed."""
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
+        return self.write_chunks(conn, dataset, [table], mode)[1]
+
+    def write_chunks(self, conn: sa.Connection, dataset: DatasetSpec, chunks: Iterable[pa.Table],
+                     mode: WriteMode | None = None) -> tuple[int, int]:
+        """Write a batch, chunk by chunk, by the dataset's write mode; returns (rows written, rows changed).
 
         Runs inside the caller's transaction, so the data commits with the
         batch record and the cursor. A rerun of the same batch changes nothing.
+        Memory holds one chunk at a time.
         """
         table = self.dataset_table(dataset)
         mode = mode or dataset.write_mode
-        if mode == "append":  # primary key = key + _batch_id: a rerun of the batch hits its own rows
-            return self.upsert(conn, table, rows, [*dataset.key, "_batch_id"], only_if_changed="_row_hash")
         if mode == "replace":
-            return self._replace(conn, table, rows, dataset.key)
-        if mode == "history":
-            return self._write_history(conn, dataset, table, rows)
-        return self._merge(conn, dataset, table, rows)
+            return self._replace(conn, table, chunks, dataset.key)
+        into_empty = mode == "merge" and self.dialect == "postgresql" and self._is_empty(conn, table)
+        landed = changed = 0
+        for chunk in chunks:
+            landed += chunk.num_rows
+            if mode == "append":  # primary key = key + _batch_id: a rerun of the batch hits its own rows
+                changed += self.upsert(conn, table, chunk.to_pylist(), [*dataset.key, "_batch_id"],
+                                       only_if_changed="_row_hash")
+            elif mode == "history":
+                changed += self._write_history(conn, dataset, table, chunk.to_pylist())
+            else:
+                changed += self._merge(conn, dataset, table, chunk, into_empty)
+        return landed, changed
 
-    def _deleted(self, dataset: DatasetSpec, row: dict[str, Any]) -> bool:
+    @staticmethod
+    def _deleted(dataset: DatasetSpec, row: dict[str, Any]) -> bool:
         return bool(dataset.delete_field and row.get(dataset.delete_field))
 
-    def _merge(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table,
-               rows: Sequence[dict[str, Any]]) -> int:
-        """Upsert on the key (only changed rows); rows the source marks deleted are deleted."""
-        gone = [tuple(r[k] for k in dataset.key) for r in rows if self._deleted(dataset, r)]
-        kept = [r for r in rows if not self._deleted(dataset, r)] if gone else rows
-        written = self.upsert(conn, table, kept, dataset.key, only_if_changed="_row_hash")
+    @staticmethod
+    def _is_empty(conn: sa.Connection, table: sa.Table) -> bool:
+        return conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first() is None
+
+    def _merge(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table, chunk: pa.Table,
+               into_empty: bool = False) -> int:
+        """Upsert on the key (only changed rows, never by an older version); deletion markers delete.
+
+        On PostgreSQL a table that was empty when the load began takes plain COPY (no
+        conflict is possible unless a record repeats across chunks: then that chunk goes
+        through the staging table instead); otherwise COPY to a stage and INSERT ... ON CONFLICT.
+        """
+        kept, gone = chunk, []
+        if dataset.delete_field and dataset.delete_field in chunk.column_names:
+            marked = pc.fill_null(chunk.column(dataset.delete_field), False)
+            gone = chunk.filter(marked).select(dataset.key).to_pylist()
+            kept = chunk.filter(pc.invert(marked))
+        written = 0
+        if self.dialect == "postgresql" and kept.num_rows >= COPY_MIN_ROWS:
+            written = (self._copy_insert(conn, table, kept) if into_empty else None)
+            if written is None:
+                written = self._copy_upsert(conn, table, kept, dataset.key, "_row_hash", dataset.cursor_field)
+        elif kept.num_rows:
+            written = self.upsert(conn, table, kept.to_pylist(), dataset.key, only_if_changed="_row_hash",
+                                  only_if_newer=dataset.cursor_field)
         key_columns = sa.tuple_(*(table.c[k] for k in dataset.key))
-        for start in range(0, len(gone), CHUNK_ROWS):
-            written += conn.execute(table.delete().where(key_columns.in_(gone[start:start + CHUNK_ROWS]))).rowcount
+        gone_keys = [tuple(r[k] for k in dataset.key) for r in gone]
+        for start in range(0, len(gone_keys), CHUNK_ROWS):
+            written += conn.execute(table.delete().where(key_columns.in_(gone_keys[start:start + CHUNK_ROWS]))).rowcount
         return written
+
+    def _copy_insert(self, conn: sa.Connection, table: sa.Table, chunk: pa.Table) -> int | None:
+        """COPY straight into the table, under a savepoint; None if a key was already there."""
+        import psycopg
+
+        try:
+            with conn.begin_nested():
+                self._copy_into(conn, table.name, [c.name for c in table.columns], chunk)
+        except psycopg.errors.UniqueViolation:
+            return None
+        return chunk.num_rows
 
     def _begin_ddl(self, conn: sa.Connection) -> None:
         """Make sure DDL joins the transaction: Python's sqlite3 opens one only before DML."""
         if self.dialect == "sqlite" and not conn.connection.driver_connection.in_transaction:  # type: ignore
             conn.exec_driver_sql("BEGIN")
 
-    def _replace(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
-                 key: Sequence[str]) -> int:
+    def _replace(self, conn: sa.Connection, table: sa.Table, chunks: Iterable[pa.Table],
+                 key: Sequence[str]) -> tuple[int, int]:
         """Full refresh: load `<table>__new`, then drop the old table and rename the new one.
 
         All in the caller's transaction, so another connection sees the old
@@ -199,23 +287,29 @@ class Warehouse:
         PostgreSQL, a reader arriving during the swap waits for the commit).
         A batch identical to the table (or empty) leaves it untouched.
         """
-        if not rows:
-            return 0
-        self._begin_ddl(conn)
-        new = table.to_metadata(sa.MetaData(), name=f"{table.name}__new")
-        new.drop(conn, checkfirst=True)
-        new.create(conn)
-        self.upsert(conn, new, rows, key)
+        new, landed = None, 0
+        for chunk in chunks:
+            if not chunk.num_rows:
+                continue
+            if new is None:
+                self._begin_ddl(conn)
+                new = table.to_metadata(sa.MetaData(), name=f"{table.name}__new")
+                new.drop(conn, checkfirst=True)
+                new.create(conn)
+            self.upsert(conn, new, chunk.to_pylist(), key)
+            landed += chunk.num_rows
+        if new is None:
+            return 0, 0
         changed = self._rows_differing(conn, table, new, key)
         if changed == 0:
             new.drop(conn)
-            return 0
+            return landed, 0
         table.drop(conn)
         conn.exec_driver_sql(f'ALTER TABLE "{new.name}" RENAME TO "{table.name}"')
         if self.dialect == "postgresql":  # keep the primary key's name free for the next replace
             conn.exec_driver_sql(
                 f'ALTER TABLE "{table.name}" RENAME CONSTRAINT "{new.name}_pkey" TO "{table.name}_pkey"')
-        return changed
+        return landed, changed
 
     @staticmethod
     def _rows_differing(conn: sa.Connection, old: sa.Table, new: sa.Table, key: Sequence[str]) -> int:

@@ -1,0 +1,159 @@
+"""Validate and load stream a batch in chunks: the result is the same as one chunk, and
+cursor and data commit together even when the process dies between them.
+
+Real sandbox peers over loopback, the real runner, SQLite and a real PostgreSQL.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from catalog import load_catalog
+from quality.reference import province_communes
+from tests.test_sync_truth import assert_identical_to_truth
+from tests.test_systems import PULLS, small_pages_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMUNE = sorted(province_communes(37))[0]
+
+
+def test_every_pull_pipeline_in_tiny_chunks_ends_identical_to_truth(
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 40 rows (every batch spans several, defects in most): same warehouse as the truth."""
+    from lgsp import runner
+
+    monkeypatch.setattr(runner, "CHUNK_ROWS", 40)
+    catalog = load_catalog(small_pages_catalog(tmp_path, page_size=25))
+    for name in PULLS:
+        result = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
+        assert result["rows_valid"] + result["rows_quarantined"] + result["rows_superseded"] == result["rows_pulled"]
+    wh = runner.open_warehouse(catalog, lgsp_env)
+    for name in PULLS:
+        assert_identical_to_truth(wh, catalog, sandbox_handle, name)
+        assert runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)["rows_changed"] == 0
+
+
+def _land(ctx: Any, records: list[dict[str, Any]], per_page: int) -> str:
+    """Land `records` as a batch of the context's pipeline, as extract would."""
+    from lgsp import runner
+
+    batch_id = runner._start_batch(ctx, "incremental", None, None)
+    pages = [records[i:i + per_page] for i in range(0, len(records), per_page)]
+    for number, page in enumerate(pages, start=1):
+        ctx.lake.write_page(ctx.pipeline.name, batch_id, number, page)
+    ctx.lake.write_manifest(ctx.pipeline.name, batch_id, {
+        "batch_id": batch_id, "pipeline": ctx.pipeline.name, "dataset": ctx.pipeline.dataset, "pages": len(pages),
+        "rows_pulled": len(records), "mode": "incremental", "cursor_from": None, "cursor_until": None})
+    runner._update_batch(ctx, batch_id, status="extracted", rows_pulled=len(records))
+    return batch_id
+
+
+def test_a_record_repeated_across_chunks_keeps_its_newest_version(
+        lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newer then older (and older then newer) versions of one key, chunks apart: the newest wins."""
+    from lgsp import runner
+
+    monkeypatch.setattr(runner, "CHUNK_ROWS", 2)
+    ctx = runner.context("population_citizens", settings=lgsp_env)
+    t0 = datetime(2025, 8, 1, tzinfo=timezone.utc)
+    base = {"full_name": "Nguyễn Văn An", "birth_date": "1990-01-01", "sex": "male", "commune_code": COMMUNE,
+            "phone": "0912345678"}
+    records = [
+        {**base, "personal_id": "037090000101", "address": "new", "updated_at": (t0 + timedelta(days=2)).isoformat()},
+        {**base, "personal_id": "037090000102", "address": "old", "updated_at": t0.isoformat()},
+        {**base, "personal_id": "037090000103", "address": "x", "updated_at": t0.isoformat()},
+        {**base, "personal_id": "037090000101", "address": "old", "updated_at": t0.isoformat()},
+        {**base, "personal_id": "037090000102", "address": "new", "updated_at": (t0 + timedelta(days=2)).isoformat()},
+    ]
+    batch_id = _land(ctx, records, per_page=1)
+    validated = runner.validate(ctx, batch_id)
+    assert (validated["rows_valid"], validated["rows_superseded"]) == (5, 0)  # the repeats are chunks apart
+    runner.load(ctx, batch_id)
+    table = ctx.warehouse.core["citizen"]
+    with ctx.warehouse.engine.connect() as conn:
+        rows = dict(conn.execute(sa.select(table.c.personal_id, table.c.address)).all())
+    assert rows == {"037090000101": "new", "037090000102": "new", "037090000103": "x"}
+
+
+def test_a_chunk_with_a_wrongly_typed_value_is_read_exactly(lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A number where a string belongs sends its chunk off the Arrow fast path; the row goes to quarantine."""
+    from lgsp import runner
+
+    monkeypatch.setattr(runner, "CHUNK_ROWS", 2)
+    ctx = runner.context("population_citizens", settings=lgsp_env)
+    good = {"full_name": "Trần Thị Bình", "birth_date": "1990-01-01", "sex": "female", "commune_code": COMMUNE,
+            "address": "Thôn 1", "phone": "0912345678", "updated_at": "2025-08-01T00:00:00+00:00"}
+    records = [{**good, "personal_id": f"037190000{n:03d}"} for n in range(6)]
+    records[3]["full_name"] = 12345
+    batch_id = _land(ctx, records, per_page=2)
+    result = runner.validate(ctx, batch_id)
+    assert (result["rows_valid"], result["rows_quarantined"]) == (5, 1)
+    q = ctx.warehouse.system["lgsp_quarantine"]
+    with ctx.warehouse.engine.connect() as conn:
+        (rule, payload), = conn.execute(sa.select(q.c.rule, q.c.payload).where(q.c.batch_id == batch_id)).all()
+    assert rule == "type" and '"full_name": 12345' in payload
+
+
+LOAD_SCRIPT = """
+import sys
+from lgsp import runner
+ctx = runner.context("business_enterprises")
+runner.load(ctx, sys.argv[1])
+"""
+
+
+@pytest.mark.postgres
+def test_a_load_killed_after_writing_data_but_before_commit_loses_and_doubles_nothing(
+        pg_url: str, sandbox_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load blocks on the cursor table (locked by the test) after writing its rows; SIGKILL; rerun."""
+    from lgsp import runner
+    from lgsp.settings import load_settings
+
+    env = {**os.environ, "LGSP_HOME": str(tmp_path), "LGSP_DATABASE_URL": pg_url, "PYTHONPATH": str(ROOT)}
+    monkeypatch.setenv("LGSP_HOME", str(tmp_path))
+    monkeypatch.setenv("LGSP_DATABASE_URL", pg_url)
+    ctx = runner.context("business_enterprises", settings=load_settings())
+    batch_id = runner.extract(ctx)["batch_id"]
+    validated = runner.validate(ctx, batch_id)
+    table, cursor = ctx.warehouse.core["enterprise"], ctx.warehouse.system["lgsp_cursor"]
+    locker = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with locker.connect() as lock:
+        lock.exec_driver_sql("BEGIN")
+        lock.exec_driver_sql("LOCK TABLE lgsp_cursor IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, batch_id], env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not _waits_on_lock(lock, "lgsp_cursor"):
+                assert proc.poll() is None, "the load ended instead of blocking on the cursor"
+                assert time.monotonic() < deadline, "the load never reached the cursor update"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        lock.exec_driver_sql("ROLLBACK")
+    with ctx.warehouse.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0, "rows without a cursor"
+        assert conn.execute(sa.select(cursor.c.cursor_value)).first() is None, "a cursor without its rows"
+    assert runner.run_pipeline("business_enterprises", settings=load_settings())["batch_id"] == batch_id
+    with ctx.warehouse.engine.connect() as conn:
+        landed = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+        assert conn.execute(sa.select(cursor.c.cursor_value)).scalar() is not None
+    assert landed == validated["rows_valid"]
+
+
+def _waits_on_lock(conn: sa.Connection, relation: str) -> bool:
+    """True when another backend waits for a lock on `relation`."""
+    return bool(conn.exec_driver_sql(
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+        "WHERE c.relname = %(rel)s AND NOT l.granted", {"rel": relation}).scalar())
