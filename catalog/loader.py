@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from catalog.models import Catalog, DatasetSpec, FeedSpec, IndicatorSpec, PipelineSpec, SystemSpec
+from catalog.models import Catalog, DatasetSpec, FeedSpec, IndicatorSpec, PipelineSpec, RankingSpec, SystemSpec
 
 CATALOG_DIR = Path(__file__).resolve().parent
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -25,9 +25,10 @@ _SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
     "datasets.yaml": ("datasets", DatasetSpec),
     "pipelines.yaml": ("pipelines", PipelineSpec),
     "indicators.yaml": ("indicators", IndicatorSpec),
+    "rankings.yaml": ("rankings", RankingSpec),
     "feeds.yaml": ("feeds", FeedSpec),
 }
-_OPTIONAL = {"indicators", "feeds"}
+_OPTIONAL = {"indicators", "rankings", "feeds"}
 
 
 class CatalogError(ValueError):
@@ -91,14 +92,35 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
         for other in feed.after:
             if other not in catalog.feeds:
                 raise CatalogError(f"{where}.after: unknown feed '{other}'")
+    _check_indicators(catalog, directory)
+
+
+def _check_indicators(catalog: Catalog, directory: Path) -> None:
+    """Indicators name core datasets and their columns; rankings name rate indicators with that unit level."""
     for indicator in catalog.indicators.values():
         where = f"{directory / 'indicators.yaml'}: indicators.{indicator.name}"
         dataset = catalog.datasets.get(indicator.dataset)
-        if dataset is None:
-            raise CatalogError(f"{where}.dataset: unknown dataset '{indicator.dataset}'")
-        for column in [indicator.date_column, indicator.unit_column, *indicator.numerator, *indicator.denominator]:
+        if dataset is None or dataset.layer != "core":
+            raise CatalogError(f"{where}.dataset: '{indicator.dataset}' is not a core dataset of datasets.yaml")
+        for column in indicator.columns_used:
             if column not in dataset.columns:
-                raise CatalogError(f"{where}: column '{column}' is not in dataset '{dataset.name}'")
+                raise CatalogError(f"{where}: column '{column}' is not in dataset '{dataset.name}' "
+                                   f"(its columns: {', '.join(dataset.columns)})")
+        if indicator.sum_seconds and any(dataset.columns[c].type != "timestamp" for c in indicator.sum_seconds):
+            raise CatalogError(f"{where}.sum_seconds: both columns must be timestamps")
+        for read in indicator.datasets_read:
+            if read not in catalog.datasets:
+                raise CatalogError(f"{where}.reads: unknown dataset '{read}'")
+    for ranking in catalog.rankings.values():
+        where = f"{directory / 'rankings.yaml'}: rankings.{ranking.name}.weights"
+        for name in ranking.weights:
+            indicator = catalog.indicators.get(name)
+            if indicator is None:
+                raise CatalogError(f"{where}: unknown indicator '{name}' (see indicators.yaml)")
+            if indicator.measure != "rate" or ranking.unit_level not in indicator.units:
+                raise CatalogError(f"{where}: '{name}' must be a rate computed per {ranking.unit_level}")
+            if ranking.period_type not in indicator.periods:
+                raise CatalogError(f"{where}: '{name}' is not computed per {ranking.period_type}")
 
 
 def load_catalog(directory: Path | str | None = None) -> Catalog:

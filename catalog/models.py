@@ -293,21 +293,97 @@ class FeedSpec(Strict):
     tags: list[str] = []
 
 
+UnitLevel = Literal["commune", "agency", "procedure"]
+PeriodType = Literal["month", "quarter", "year"]
+
+
 class IndicatorSpec(Strict):
-    """An indicator: numerator and denominator as equality filters over one core table."""
+    """An indicator: a numerator and a denominator counted over the rows of one core table.
+
+    Filters map a column to a value (equality), a list (one of) or null (is null).
+    The denominator counts the rows matching `denominator`; the numerator counts those
+    of them that also match `numerator` (so it never exceeds the denominator). A row
+    belongs to the period (local time, UTC+7) of its `date_column`; rows without one
+    are left out. Values are computed for the province and for each unit level in
+    `units` (level -> the column holding the unit's code), per month, quarter and year.
+    With `measure: average` the numerator is instead the sum of the seconds between
+    the two `sum_seconds` columns over the denominator's rows, and
+    value = numerator / denominator / `value_scale` (86400: days).
+
+    Changing the definition (anything but names and description) means bumping
+    `version`: the values of the old version stay in the mart, readable.
+
+    Example:
+        on_time_settlement_rate: {version: 1, name_vi: ..., name_en: ..., dataset: dossier,
+          date_column: finished_at, units: {commune: commune_code},
+          denominator: {settlement: [early, on_time, late]}, numerator: {settlement: [early, on_time]}}
+    """
 
     name: Identifier
     version: int = Field(ge=1)
     name_vi: str
     name_en: str
+    description: str = ""
     dataset: Identifier
     date_column: str
-    unit_level: Literal["province", "commune"]
-    unit_column: str
-    period: Literal["month"] = "month"
-    numerator: dict[str, Any]
+    units: dict[UnitLevel, str] = {}
+    periods: list[PeriodType] = ["month", "quarter", "year"]
+    measure: Literal["rate", "average"] = "rate"
     denominator: dict[str, Any] = {}
-    reads: list[Identifier]
+    numerator: dict[str, Any] = {}
+    sum_seconds: tuple[str, str] | None = None
+    value_scale: float = Field(1.0, gt=0)
+    value_unit: str = "ratio"
+    lower_is_better: bool = False
+    reads: list[Identifier] = []
+
+    @model_validator(mode="after")
+    def _measure_fits(self) -> "IndicatorSpec":
+        if self.measure == "rate" and (not self.numerator or self.sum_seconds):
+            raise ValueError("a rate needs 'numerator' filters and no 'sum_seconds'")
+        if self.measure == "average" and not self.sum_seconds:
+            raise ValueError("an average needs 'sum_seconds: [from_column, to_column]'")
+        if "month" not in self.periods:
+            raise ValueError("periods must include 'month' (quarters and years are sums of months)")
+        return self
+
+    @property
+    def datasets_read(self) -> list[str]:
+        """The datasets whose changes make this indicator stale (`reads`, default: its dataset)."""
+        return self.reads or [self.dataset]
+
+    @property
+    def columns_used(self) -> list[str]:
+        """Every column of `dataset` the definition names (for the catalog's cross-check)."""
+        return [self.date_column, *self.units.values(), *self.denominator, *self.numerator, *(self.sum_seconds or ())]
+
+
+class RankingSpec(Strict):
+    """A composite ranking of units (catalog/rankings.yaml): a weighted mean of indicator scores, 0..100.
+
+    An indicator's score is its value (a rate, 0..1), or 1 - value when the
+    indicator is `lower_is_better`; a unit's score is 100 x the weighted mean of
+    the scores it has (an indicator with fewer than `min_denominator` rows for the
+    unit is left out and the weights of the others renormalised); a unit with less
+    than `min_weight_share` of the total weight is not ranked.
+    """
+
+    name: Identifier
+    title_vi: str
+    title_en: str
+    unit_level: UnitLevel
+    period_type: PeriodType = "year"
+    unit_prefix: str = ""
+    weights: dict[Identifier, float] = Field(min_length=1)
+    min_denominator: int = Field(1, ge=1)
+    min_weight_share: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(w <= 0 for w in value.values()):
+            raise ValueError("every weight must be > 0")
+        return value
 
 
 class Catalog(Strict):
@@ -317,6 +393,7 @@ class Catalog(Strict):
     datasets: dict[str, DatasetSpec]
     pipelines: dict[str, PipelineSpec]
     indicators: dict[str, IndicatorSpec] = {}
+    rankings: dict[str, RankingSpec] = {}
     feeds: dict[str, FeedSpec] = {}
 
     def pipeline(self, name: str) -> PipelineSpec:
