@@ -10,6 +10,7 @@
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
     lgsp lake info|compact    files and rows per lake partition; merge small Parquet files
+    lgsp merger run|report|communes   province-merger consolidation (docs/merger.md)
 """
 from __future__ import annotations
 
@@ -441,6 +442,11 @@ def health(history: bool = typer.Option(False, help="success rate and latency pe
     console.print(table)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+from consolidation.cli import merger_app  # noqa: E402 - the province-merger consolidation (docs/merger.md)
+
+app.add_typer(merger_app, name="merger")
 
 
 def main() -> None:
