@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from catalog.models import Catalog, DatasetSpec, FeedSpec, IndicatorSpec, PipelineSpec, RankingSpec, SystemSpec
+from catalog.models import (Catalog, DatasetSpec, FeedSpec, IndicatorSpec, PipelineSpec, RankingSpec,
+                            SharedDatasetSpec, SystemSpec)
 
 CATALOG_DIR = Path(__file__).resolve().parent
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -27,8 +28,9 @@ _SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
     "indicators.yaml": ("indicators", IndicatorSpec),
     "rankings.yaml": ("rankings", RankingSpec),
     "feeds.yaml": ("feeds", FeedSpec),
+    "sharing.yaml": ("sharing", SharedDatasetSpec),
 }
-_OPTIONAL = {"indicators", "rankings", "feeds"}
+_OPTIONAL = {"indicators", "rankings", "feeds", "sharing"}
 
 
 class CatalogError(ValueError):
@@ -95,6 +97,24 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
     _check_indicators(catalog, directory)
 
 
+def _check_sharing(catalog: Catalog, directory: Path) -> None:
+    """A shared dataset exists, shares declared columns, includes its key, and is not swapped by `replace`."""
+    for shared in catalog.sharing.values():
+        where = f"{directory / 'sharing.yaml'}: sharing.{shared.name}"
+        dataset = catalog.datasets.get(shared.name)
+        if dataset is None:
+            raise CatalogError(f"{where}: unknown dataset '{shared.name}' (see datasets.yaml)")
+        unknown = [c for c in shared.columns if c not in dataset.columns]
+        if unknown:
+            raise CatalogError(f"{where}.columns: {unknown} are not columns of dataset '{dataset.name}'")
+        missing_key = [k for k in dataset.key if k not in shared.columns]
+        if missing_key:
+            raise CatalogError(f"{where}.columns: must include the key {missing_key} (records are paged by it)")
+        if dataset.write_mode == "replace":
+            raise CatalogError(f"{where}: dataset '{dataset.name}' is written by 'replace' (its table is dropped "
+                               "and swapped), which a view cannot sit on; share a merge or history dataset")
+
+
 def _check_indicators(catalog: Catalog, directory: Path) -> None:
     """Indicators name core datasets and their columns; rankings name rate indicators with that unit level."""
     for indicator in catalog.indicators.values():
@@ -140,6 +160,7 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
         sections[section] = _load_section(path, section, model)
     catalog = Catalog(**sections)
     _cross_check(catalog, directory)
+    _check_sharing(catalog, directory)
     return catalog
 
 

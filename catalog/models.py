@@ -237,8 +237,43 @@ class SourceSpec(Strict):
     paginator: PaginatorSpec = PaginatorSpec(type="single")
 
 
+class PartitionSpec(Strict):
+    """How a big sync splits into mapped tasks, each pulling one slice the source can filter on.
+
+    The slices are half-open ranges `[from_param, to_param)` of one field; the
+    first is open below and the last open above, so every row (even one with
+    an unknown commune) falls in exactly one slice. `by` names the strategy
+    (see lgsp.partitions.PARTITIONERS):
+      - commune: the official commune codes of `province`, cut into `partitions` ranges;
+      - key_range: the split points in `bounds` (n bounds -> n + 1 ranges).
+
+    Example:
+        {by: commune, province: 37, partitions: 4, from_param: commune_from, to_param: commune_to}
+    """
+
+    by: Literal["commune", "key_range"]
+    from_param: str
+    to_param: str
+    partitions: int = Field(4, ge=2, le=64)
+    province: int | None = Field(None, ge=1)
+    bounds: list[str] = []
+
+    @model_validator(mode="after")
+    def _strategy_complete(self) -> "PartitionSpec":
+        if self.by == "commune" and self.province is None:
+            raise ValueError("partition by commune needs 'province' (the code whose communes are split)")
+        if self.by == "key_range" and (not self.bounds or self.bounds != sorted(set(self.bounds))):
+            raise ValueError("partition by key_range needs 'bounds': split points, sorted, no repeats")
+        return self
+
+
 class PipelineSpec(Strict):
-    """A pipeline: source -> dataset -> targets, on a schedule."""
+    """A pipeline: source -> dataset -> targets, on a schedule.
+
+    Airflow retries a failed task `retries` times, waiting `retry_delay_s`,
+    doubling each time up to `max_retry_delay_s`. A run not finished
+    `late_after_s` after it was queued raises a late alert (lgsp.alerts).
+    """
 
     name: Identifier
     title: str
@@ -247,8 +282,19 @@ class PipelineSpec(Strict):
     targets: list[Literal["lake", "warehouse"]] = ["lake", "warehouse"]
     schedule: str | None = None
     retries: int = Field(3, ge=0)
+    retry_delay_s: float = Field(30.0, gt=0)
+    max_retry_delay_s: float = Field(900.0, gt=0)
+    late_after_s: float | None = Field(None, gt=0)
     lookback_s: float = Field(0.0, ge=0)
+    partition: PartitionSpec | None = None
     tags: list[str] = []
+
+    @model_validator(mode="after")
+    def _partition_has_window(self) -> "PipelineSpec":
+        if self.partition is not None and not self.source.until_param:
+            raise ValueError("a partitioned pipeline needs source.until_param: every partition reads the same "
+                             "closed window [cursor, start of the run)")
+        return self
 
 
 class FieldMapSpec(Strict):
@@ -386,6 +432,50 @@ class RankingSpec(Strict):
         return value
 
 
+PersonalPolicy = Literal["mask", "pseudonym", "withhold"]
+
+
+class SharedDatasetSpec(Strict):
+    """A dataset agencies may read through the sharing gateway (catalog/sharing.yaml).
+
+    The warehouse's shared layer has one view per entry, `shared_<dataset>`, with only
+    `columns` (and, for a history dataset, only the current versions). `personal` names
+    the columns holding personal data and what an agency whose grant does not include a
+    column sees instead (see gateway.policy.PERSONAL_POLICIES): `mask` (`*********123`),
+    `pseudonym` (a keyed hash, stable across requests) or `withhold` (null).
+
+    Example:
+        citizen: {owner: Provincial Police, licence: restricted-government-use, access: restricted,
+                  columns: [personal_id, full_name, commune_code], filterable: [commune_code],
+                  personal: {personal_id: pseudonym, full_name: mask}}
+    """
+
+    name: Identifier
+    description: str = ""
+    owner: str
+    licence: str
+    access: Literal["open", "restricted"] = "restricted"
+    columns: list[str] = Field(min_length=1)
+    filterable: list[str] = []
+    personal: dict[str, PersonalPolicy] = {}
+
+    @property
+    def view_name(self) -> str:
+        """`shared_<dataset>`: the view in the warehouse's shared layer."""
+        return f"shared_{self.name}"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SharedDatasetSpec":
+        for group in ("filterable", "personal"):
+            unknown = [c for c in getattr(self, group) if c not in self.columns]
+            if unknown:
+                raise ValueError(f"{group} names {unknown}, which are not among the shared columns")
+        if self.access == "open" and self.personal:
+            raise ValueError(f"an open dataset cannot expose personal columns {sorted(self.personal)}: "
+                             "make it restricted or leave those columns out")
+        return self
+
+
 class Catalog(Strict):
     """Everything lgsp knows about: validated and cross-referenced."""
 
@@ -395,6 +485,7 @@ class Catalog(Strict):
     indicators: dict[str, IndicatorSpec] = {}
     rankings: dict[str, RankingSpec] = {}
     feeds: dict[str, FeedSpec] = {}
+    sharing: dict[str, SharedDatasetSpec] = {}
 
     def pipeline(self, name: str) -> PipelineSpec:
         try:

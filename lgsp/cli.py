@@ -10,6 +10,9 @@
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
     lgsp lake info|compact    files and rows per lake partition; merge small Parquet files
+    lgsp serve                the sharing gateway (REST + CKAN API) over the shared views
+    lgsp agencies ...         agencies, API keys, OAuth2 clients, grants
+    lgsp audit verify|list    the gateway's hash-chained audit of every read
     lgsp merger run|report|communes   province-merger consolidation (docs/merger.md)
 """
 from __future__ import annotations
@@ -447,6 +450,10 @@ def health(history: bool = typer.Option(False, help="success rate and latency pe
 from consolidation.cli import merger_app  # noqa: E402 - the province-merger consolidation (docs/merger.md)
 
 app.add_typer(merger_app, name="merger")
+
+from gateway.cli import register as register_gateway  # noqa: E402 - serve, agencies, audit (docs/gateway.md)
+
+register_gateway(app)
 
 
 def main() -> None:
