@@ -4,7 +4,9 @@ Everything the run produces is written in one transaction (``merger_*``
 tables, see :mod:`consolidation.tables`); a rerun over the same legacy data
 changes no row. Nothing is lost: every record pulled ends in exactly one
 consolidated record (``sources`` lists it) or in ``merger_review`` with a
-reason, and the run stops before writing if that does not hold.
+reason, and the run stops before writing if that does not hold. Every
+exchange with a legacy system goes to ``lgsp_message_log``, failed runs
+included.
 
 Example:
     >>> outcome = run_merger()          # LGSP_LEGACY_*_URL / _API_KEY point at the three systems
@@ -20,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from catalog import load_catalog
+import sqlalchemy as sa
+
 from connectors import MessageLog
 from consolidation.build import build_rows, reconciliation_rows, review_rows
 from consolidation.mapping import commune_table
@@ -28,10 +31,10 @@ from consolidation.matching import Cluster, Review, match_citizens, match_dossie
 from consolidation.records import SourceRecord, remap
 from consolidation.sources import MergerCatalog, load_merger_catalog, pull_system
 from consolidation.tables import merger_tables, sync_table
-from lgsp.exchanges import flush_log
 from lgsp.settings import load_settings
-from warehouse import Warehouse
 from warehouse.lake import Lake
+from warehouse.store import make_engine
+from warehouse.tables import tables_for_exchanges
 
 KINDS = ("citizen", "enterprise", "dossier")
 MATCHERS = {"citizen": match_citizens, "enterprise": match_enterprises, "dossier": match_dossiers}
@@ -61,10 +64,14 @@ class MergerOutcome:
         return sum(sum(c.values()) for c in self.changes.values())
 
 
-def _pull(merger: MergerCatalog, lake: Lake, run_id: str, log: MessageLog) -> tuple[list[SourceRecord], list[str]]:
+def _pull(merger: MergerCatalog, lake: Lake, run_id: str,
+          logs: list[MessageLog]) -> tuple[list[SourceRecord], list[str]]:
+    """Every kind from every system, typed; each system's exchanges in its own message log (appended to ``logs``)."""
     records: list[SourceRecord] = []
     landed: list[str] = []
-    for priority, system in enumerate(merger.systems):
+    for priority, (system, spec) in enumerate(merger.systems.items()):
+        log = MessageLog(system, spec.message_log)
+        logs.append(log)
         for kind in KINDS:
             pulled = pull_system(merger, system, kind, lake, run_id, log)
             records += [SourceRecord.from_json(system, kind, priority, row) for row in pulled.records]
@@ -117,17 +124,32 @@ def run_merger(database_url: str | None = None, lake_root: str | None = None,
         RuntimeError: The counts do not balance; nothing written.
     """
     settings = load_settings()
-    warehouse = Warehouse(database_url or settings.database_url, load_catalog())
-    warehouse.create_all()
-    tables = merger_tables(warehouse.metadata)
-    warehouse.metadata.create_all(warehouse.engine, tables=list(tables.values()))
+    engine = make_engine(database_url or settings.database_url)
+    metadata = sa.MetaData()
+    tables = merger_tables(metadata)
+    message_log = next(t for t in tables_for_exchanges(metadata) if t.name == "lgsp_message_log")
+    metadata.create_all(engine, tables=[*tables.values(), message_log])
     run_id = datetime.now(UTC).strftime("merger-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    log = MessageLog("legacy")
-    records, landed = _pull(merger or load_merger_catalog(), Lake(lake_root or settings.lake_root), run_id, log)
-    rows = consolidate(records)
-    outcome = MergerOutcome(run_id, rows, landed=landed)
-    with warehouse.transaction() as conn:
-        for name, table in tables.items():
-            outcome.changes[name] = sync_table(conn, table, rows[name], run_id)
-        flush_log(warehouse, log, conn)
+    logs: list[MessageLog] = []
+    try:
+        records, landed = _pull(merger or load_merger_catalog(), Lake(lake_root or settings.lake_root), run_id, logs)
+        rows = consolidate(records)
+        outcome = MergerOutcome(run_id, rows, landed=landed)
+        with engine.begin() as conn:
+            for name, table in tables.items():
+                outcome.changes[name] = sync_table(conn, table, rows[name], run_id)
+            _write_exchanges(conn, message_log, logs)
+    except BaseException:
+        with engine.begin() as conn:  # what was said to the peers is kept even when the run fails
+            _write_exchanges(conn, message_log, logs)
+        raise
+    finally:
+        engine.dispose()
     return outcome
+
+
+def _write_exchanges(conn: sa.Connection, table: sa.Table, logs: list[MessageLog]) -> None:
+    """The run's exchanges with the legacy systems into ``lgsp_message_log`` (bodies redacted by the log)."""
+    exchanges = [row for log in logs for row in log.drain()]
+    if exchanges:
+        conn.execute(table.insert(), exchanges)

@@ -130,6 +130,12 @@ def test_pull_survives_faults_and_refuses_a_wrong_key(legacy_env: LegacyHandle, 
     assert sum(legacy_env.faults[s].injected for s in LEGACY_SYSTEMS) > 0
     assert outcome.totals()["records_in"] == legacy_env.data.count()
     assert all(r["balanced"] for r in outcome.reconciliation)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        logged = dict(conn.execute(sa.text("SELECT status, count(*) FROM lgsp_message_log "
+                                           "WHERE system LIKE 'legacy_%' GROUP BY status")).all())
+    engine.dispose()
+    assert logged["ok"] >= 9 and logged.get("http_error", 0) > 0  # 9 listings at least, and the 503/429 answers
     answer = requests.get(legacy_env.urls["legacy_ha_nam"] + "/api/citizens", timeout=5,
                           headers={"X-API-Key": "wrong"})
     assert answer.status_code == 401
