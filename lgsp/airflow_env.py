@@ -90,7 +90,7 @@ def load_dagbag() -> Any:
 
 
 def run_dag(dag_id: str, dagbag: Any | None = None, conf: dict[str, Any] | None = None,
-            task_retries: bool = True) -> Any:
+            task_retries: bool = True, logical_date: Any = None) -> Any:
     """Run one DAG to completion with `dag.test()`; raise DagRunFailed naming the failed tasks.
 
     With `task_retries=False` a failed task fails the run at once instead of
@@ -105,7 +105,8 @@ def run_dag(dag_id: str, dagbag: Any | None = None, conf: dict[str, Any] | None 
     if not task_retries:
         for task in dag.tasks:
             task.retries = 0
-    run = dag.test(run_conf=conf) if conf else dag.test()
+    dag.deadline = None  # late alerts are the scheduler's job; dag.test() cannot store them
+    run = dag.test(run_conf=conf, logical_date=logical_date) if conf or logical_date else dag.test()
     state = str(getattr(run, "state", "unknown"))
     if not state.endswith("success"):
         failed = [ti.task_id for ti in run.get_task_instances() if str(ti.state).endswith(("failed", "upstream_failed"))]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 def lgsp_env(home: Path, **extra: str) -> dict[str, str]:
@@ -21,7 +22,8 @@ def lgsp_env(home: Path, **extra: str) -> dict[str, str]:
         "AIRFLOW_HOME": str(home / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow' / 'airflow.db'}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parent.parent / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "PYTHONPATH": str(REPO),  # the repository's packages, also ones newer than the editable install
         "GX_ANALYTICS_ENABLED": "False",
         "NO_COLOR": "1",
         "COLUMNS": "160",
@@ -33,3 +35,27 @@ def lgsp_env(home: Path, **extra: str) -> dict[str, str]:
 def run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
     exe = cmd[0] if os.path.sep in cmd[0] else str(BIN / cmd[0])
     return subprocess.run([exe, *cmd[1:]], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+LINEAGE_COLUMNS = {"_batch_id", "_loaded_at"}  # which batch wrote a row and when: differ between two runs
+
+
+def warehouse_snapshot(url: str, dataset: str, pipeline: str) -> dict[str, object]:
+    """What a sync left in the warehouse, comparable across runs: the core rows (content and row hash,
+    without the batch id and load time), the quarantined rows, and the pipeline's cursor."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            table = sa.Table(f"core_{dataset}", sa.MetaData(), autoload_with=conn)
+            columns = [c for c in table.c if c.name not in LINEAGE_COLUMNS]
+            rows = sorted(tuple(str(v) for v in r) for r in conn.execute(sa.select(*columns)))
+            quarantine = sorted(conn.execute(sa.text(
+                "select rule, record_key, payload from lgsp_quarantine where dataset = :d"), {"d": dataset}).all())
+            cursor = conn.execute(sa.text("select cursor_value from lgsp_cursor where pipeline = :p"),
+                                  {"p": pipeline}).scalar()
+    finally:
+        engine.dispose()
+    return {"rows": rows, "quarantine": [tuple(q) for q in quarantine],
+            "cursor": str(cursor)[:19] if cursor is not None else None}
