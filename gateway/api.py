@@ -36,7 +36,7 @@ from gateway.agencies import Principal
 from gateway.audit import AuditEntry, AuditUnavailable
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.models import PY_TYPES, DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, page_model
-from gateway.records import RANGE_TYPES, Filter, QueryError, QueryTimeout, RecordQuery, coerce
+from gateway.records import RANGE_TYPES, Filter, QueryError, QueryTimeout, RecordQuery, clean_text, coerce
 from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
 
@@ -99,13 +99,15 @@ def record_query(gateway: Gateway, name: str, params: dict[str, Any]) -> RecordQ
             value = params.get(column if op == "eq" else f"{column}__{op}")
             if value is None:
                 continue
+            where = column if op == "eq" else f"{column}__{op}"
             if op == "in":
-                value = [coerce(dataset.columns[column].type, v, f"{column}__in") for v in value.split(",")]
-            elif dataset.columns[column].type == "timestamp":
-                value = coerce("timestamp", value, column)
+                value = [coerce(dataset.columns[column].type, v, where) for v in value.split(",")]
+            else:
+                value = coerce(dataset.columns[column].type, value, where)
             filters.append(Filter(column, op, value))
+    q = clean_text(params["q"], "q") if params.get("q") else None
     return RecordQuery(filters=filters, sort=parse_sort(params.get("sort")), fields=parse_list(params.get("fields")),
-                       q=params.get("q") or None)
+                       q=q)
 
 
 def _parsed(gateway: Gateway, name: str, params: dict[str, Any]) -> tuple[RecordQuery, QueryError | None]:

@@ -90,8 +90,8 @@ def _text(params: dict[str, Any], name: str) -> str | None:
     value = params.get(name)
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > 500:
-        raise CkanValidation(name, f"{name} must be a string (at most 500 characters)")
+    if not isinstance(value, str) or len(value) > 500 or "\x00" in value:
+        raise CkanValidation(name, f"{name} must be a string (at most 500 characters, no NUL)")
     return value
 
 
@@ -217,9 +217,11 @@ def ckan_routes(app: FastAPI, gateway: Gateway) -> None:
 
     responses = {status: {"description": kind} for status, kind in ERROR_TYPES.items()}
     for prefix in ("/api/3/action", "/api/action"):
-        app.add_api_route(prefix + "/{name}", action, methods=["GET", "POST"], tags=["ckan"], responses=responses,
-                          dependencies=[Security(API_KEY), Security(BEARER)], include_in_schema=prefix == "/api/3/action",
-                          summary="CKAN Action API: package_list, package_show, package_search, datastore_search")
+        for method in ("GET", "POST"):
+            app.add_api_route(prefix + "/{name}", action, methods=[method], tags=["ckan"], responses=responses,
+                              dependencies=[Security(API_KEY), Security(BEARER)],
+                              include_in_schema=prefix == "/api/3/action", operation_id=f"ckan_{method.lower()}",
+                              summary="CKAN Action API: package_list, package_show, package_search, datastore_search")
 
 
 async def _dispatch(gateway: Gateway, request: Request, name: str, params: dict[str, Any]) -> Any:

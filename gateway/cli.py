@@ -13,8 +13,6 @@
 """
 from __future__ import annotations
 
-import logging
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +20,7 @@ from rich.table import Table
 from catalog import CatalogError, load_catalog
 
 console = Console(highlight=False)
+notes = Console(highlight=False, stderr=True)  # so `lgsp agencies key X > file` captures only the key
 agencies_app = typer.Typer(help="Agencies of the sharing gateway: API keys, OAuth2 clients, grants.",
                            no_args_is_help=True)
 audit_app = typer.Typer(help="The gateway's audit of every read (hash-chained).", no_args_is_help=True)
@@ -73,11 +72,21 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
         views = prepare_database(settings.database_url, load_catalog())
     except (GatewayConfigError, CatalogError) as exc:
         _fail(str(exc))
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     console.print(f"shared views ready on {redact_url(settings.database_url)}: {', '.join(views)}")
     console.print(f"gateway on http://{host}:{port} (OpenAPI /openapi.json, CKAN /api/3/action/)")
     uvicorn.run("gateway.api:create_app", factory=True, host=host, port=port, workers=workers,
-                access_log=False, server_header=False, log_level=log_level, log_config=None)
+                access_log=False, server_header=False, log_level=log_level, log_config=_log_config(log_level))
+
+
+def _log_config(level: str) -> dict[str, object]:
+    """uvicorn's logging, plus the gateway's one line per request (no query strings: they may hold IDs)."""
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "loggers": {"uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+                    "lgsp.gateway": {"handlers": ["stderr"], "level": level.upper(), "propagate": False}},
+    }
 
 
 @agencies_app.command("add")
@@ -96,7 +105,7 @@ def agencies_key(agency_id: str) -> None:
     registry, _ = _registry()
     holder: list[str] = []
     _run(lambda: holder.append(registry.issue_api_key(agency_id)))  # type: ignore[attr-defined]
-    console.print("API key (shown once, send as X-API-Key):")
+    notes.print("API key (shown once, send as X-API-Key):")
     print(holder[0])
 
 
@@ -106,7 +115,8 @@ def agencies_client(agency_id: str) -> None:
     registry, _ = _registry()
     holder: list[tuple[str, str]] = []
     _run(lambda: holder.append(registry.add_oauth_client(agency_id)))  # type: ignore[attr-defined]
-    console.print(f"client_id: {holder[0][0]}\nclient_secret (shown once):")
+    notes.print("client_id, then client_secret (shown once):")
+    print(holder[0][0])
     print(holder[0][1])
 
 

@@ -35,6 +35,7 @@ from warehouse.shared import shared_views
 
 OPS = ("eq", "in", "gte", "gt", "lte", "lt")
 RANGE_TYPES = {"integer", "float", "date", "timestamp"}
+INT64 = (-(2**63), 2**63 - 1)
 _deadline = threading.local()
 
 
@@ -78,15 +79,24 @@ class RecordQuery:
                 "q": "<search on personal columns>" if self.q and personal else self.q}
 
 
+def clean_text(value: str, where: str) -> str:
+    """`value` unless it holds a NUL character (no database column can hold one)."""
+    if "\x00" in value:
+        raise QueryError(f"{where}: text may not contain NUL characters")
+    return value
+
+
 def coerce(column_type: str, raw: Any, where: str) -> Any:
     """A value from a URL or a CKAN body, typed as the column's type; QueryError names `where`."""
     if raw is None:
         return None
     try:
         if column_type == "string":
-            return raw if isinstance(raw, str) else str(raw)
+            return clean_text(raw if isinstance(raw, str) else str(raw), where)
         if column_type == "integer":
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            if not INT64[0] <= int(raw) <= INT64[1]:
                 raise ValueError
             return int(raw)
         if column_type == "float":
