@@ -3,7 +3,8 @@
 Per pipeline: a DAG `lgsp_<pipeline>` with three tasks, extract -> validate ->
 load, each a call into `lgsp.runner`; the load task updates the dataset's
 Asset. The indicators DAG `lgsp_indicators` is scheduled on the Assets of the
-datasets it reads. Nothing here does I/O beyond reading the local catalog.
+datasets it reads; each run recomputes the months the newly loaded rows touch.
+Nothing here does I/O beyond reading the local catalog.
 """
 from __future__ import annotations
 
@@ -194,7 +195,7 @@ def indicators_dag(catalog: Catalog) -> Any:
     """The DAG that recomputes every indicator when a dataset it reads changes."""
     from airflow.sdk import dag, task
 
-    reads = sorted({d for spec in catalog.indicators.values() for d in spec.reads})
+    reads = sorted({d for spec in catalog.indicators.values() for d in spec.datasets_read})
 
     @dag(dag_id="lgsp_indicators", description="Recompute indicators into the mart",
          schedule=[dataset_asset(d) for d in reads] or None, start_date=START_DATE, catchup=False,
@@ -202,16 +203,17 @@ def indicators_dag(catalog: Catalog) -> Any:
     def _indicators() -> None:
         for indicator in catalog.indicators.values():
             @task(task_id=f"compute_{indicator.name}", outlets=[indicators_mart_asset()])
-            def compute(indicator_name: str = indicator.name) -> int:
+            def compute(indicator_name: str = indicator.name) -> dict[str, Any]:
+                """Recompute the months late-arriving or changed rows fall in (every month the first time)."""
                 from catalog import load_catalog as _load
-                from indicators import compute_indicator
+                from indicators import compute_touched
                 from lgsp.settings import load_settings
                 from warehouse import Warehouse
 
                 current = _load()
                 wh = Warehouse(load_settings().database_url, current)
                 wh.create_all()
-                return compute_indicator(wh, current.indicators[indicator_name])
+                return compute_touched(wh, current.indicators[indicator_name])
 
             compute()
 
