@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import typer
@@ -41,6 +42,9 @@ def _print_reconciliation(rows: list[dict[str, object]]) -> None:
 @merger_app.command("run")
 def merger_run(sandbox: bool = typer.Option(False, help="serve the legacy sandbox in this process and read it"),
                seed: int = typer.Option(37, help="legacy sandbox seed (with --sandbox)"),
+               citizens: int = typer.Option(400, help="own citizens per legacy system (with --sandbox)"),
+               enterprises: int = typer.Option(150, help="own enterprises per legacy system (with --sandbox)"),
+               dossiers: int = typer.Option(600, help="dossiers per legacy system (with --sandbox)"),
                output: Path = typer.Option(None, help="HTML report path (default: $LGSP_HOME/reports/merger.html)")
                ) -> None:
     """Pull, remap, match, resolve; write merger_* tables and the HTML report; print the reconciliation."""
@@ -53,8 +57,9 @@ def merger_run(sandbox: bool = typer.Option(False, help="serve the legacy sandbo
     if sandbox:
         from sandbox.legacy import start_legacy_sandbox
 
-        handle = start_legacy_sandbox(seed=seed)
+        handle = start_legacy_sandbox(seed=seed, citizens=citizens, enterprises=enterprises, dossiers=dossiers)
         os.environ.update(handle.env())
+    started = time.perf_counter()
     try:
         outcome = run_merger()
     except (ConnectorError, RuntimeError, ValueError) as exc:
@@ -66,7 +71,8 @@ def merger_run(sandbox: bool = typer.Option(False, help="serve the legacy sandbo
     _print_reconciliation(outcome.reconciliation)
     totals = outcome.totals()
     console.print(f"run {outcome.run_id}: {totals['records_in']} records in, {totals['consolidated']} consolidated, "
-                  f"{totals['in_review']} in review; {outcome.changed_rows()} warehouse rows changed")
+                  f"{totals['in_review']} in review; {outcome.changed_rows()} warehouse rows changed "
+                  f"({time.perf_counter() - started:.1f}s)")
     path = write_report(load_settings().database_url, _report_path(output))
     console.print(f"report: {path}")
     if not all(r["balanced"] for r in outcome.reconciliation):
