@@ -5,6 +5,7 @@ configuration at import time.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,9 +37,29 @@ def configure(settings: Settings, quiet: bool = True) -> dict[str, str]:
         "GX_ANALYTICS_ENABLED": "False",
         "LGSP_HOME": str(settings.home),
         "LGSP_DATABASE_URL": settings.database_url,
+        **lineage_env(settings),
     }
     os.environ.update(env)
     return env
+
+
+def lineage_env(settings: Settings) -> dict[str, str]:
+    """OpenLineage for every task: events appended to `<LGSP_HOME>/airflow/openlineage/events.jsonl`.
+
+    `LGSP_OPENLINEAGE_TRANSPORT=console` logs them instead; a JSON transport
+    (e.g. `{"type": "http", "url": "http://marquez:5000"}`) sends them to a lineage server.
+    """
+    choice = os.environ.get("LGSP_OPENLINEAGE_TRANSPORT", "file")
+    if choice == "file":
+        folder = settings.airflow_home / "openlineage"
+        folder.mkdir(parents=True, exist_ok=True)
+        transport = json.dumps({"type": "file", "log_file_path": str(folder / "events.jsonl"), "append": True})
+    elif choice == "console":
+        transport = json.dumps({"type": "console"})
+    else:
+        transport = choice
+    return {"AIRFLOW__OPENLINEAGE__TRANSPORT": transport, "AIRFLOW__OPENLINEAGE__NAMESPACE": "lgsp",
+            "AIRFLOW__OPENLINEAGE__DISABLED": "False"}
 
 
 def ensure_metadata_db(settings: Settings) -> bool:

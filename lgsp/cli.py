@@ -10,6 +10,9 @@
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
     lgsp lake info|compact    files and rows per lake partition; merge small Parquet files
+    lgsp airflow start        api-server, scheduler, dag-processor, triggerer (+ Celery workers) until Ctrl-C
+    lgsp airflow trigger P    trigger a pipeline through Airflow's REST API and wait for it
+    lgsp backfill P --from D --to D   re-pull exactly those data intervals, one DAG run each
     lgsp serve                the sharing gateway (REST + CKAN API) over the shared views
     lgsp agencies ...         agencies, API keys, OAuth2 clients, grants
     lgsp audit verify|list    the gateway's hash-chained audit of every read
@@ -454,6 +457,10 @@ app.add_typer(merger_app, name="merger")
 from gateway.cli import register as register_gateway  # noqa: E402 - serve, agencies, audit (docs/gateway.md)
 
 register_gateway(app)
+
+from lgsp.orchestration_cli import register as register_orchestration  # noqa: E402 - airflow start|trigger, backfill
+
+register_orchestration(app)  # docs/orchestration.md
 
 
 def main() -> None:
