@@ -43,11 +43,11 @@ def _cell(spec: IndicatorSpec, row: dict[str, Any] | None, with_counts: bool = F
 def print_indicators(console: Console, wh: Warehouse, catalog: Catalog) -> None:
     """One line per indicator: latest month against the previous one, latest quarter, year with its counts."""
     table = Table(title="Indicators, province 37 (lgsp indicators list; synthetic sandbox data)")
-    for column in ("indicator", "v", "latest month", "previous month", "quarter", "year (numerator/denominator)"):
-        table.add_column(column, justify="right" if column == "v" else "left")
+    for column in ("indicator (version)", "latest month", "previous month", "quarter", "year (numerator/denominator)"):
+        table.add_column(column)
     for spec in catalog.indicators.values():
         figures = province_figures(wh, spec)
-        table.add_row(f"{spec.name}\n[dim]{spec.name_vi}[/]", str(spec.version), _cell(spec, figures["month"]),
+        table.add_row(f"{spec.name} (v{spec.version})", _cell(spec, figures["month"]),
                       _cell(spec, figures.get("previous_month")), _cell(spec, figures["quarter"]),
                       _cell(spec, figures["year"], with_counts=True))
     console.print(table)
