@@ -36,7 +36,7 @@ from gateway.agencies import Principal
 from gateway.audit import AuditEntry, AuditUnavailable
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.models import PY_TYPES, DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, page_model
-from gateway.records import RANGE_TYPES, Filter, QueryError, QueryTimeout, RecordQuery, clean_text, coerce
+from gateway.records import INT64, RANGE_TYPES, Filter, QueryError, QueryTimeout, RecordQuery, clean_text, coerce
 from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
 
@@ -76,13 +76,25 @@ def _filter_parameters(gateway: Gateway, name: str) -> list[inspect.Parameter]:
     params = []
     for column in shared.filterable:
         kind, py = dataset.columns[column].type, PY_TYPES[dataset.columns[column].type]
-        params.append(_query_param(column, Optional[py], f"{column} equals this value"))
+        params.append(_query_param(column, Optional[py], f"{column} equals this value", **_bounds(kind)))
         params.append(_query_param(f"{column}__in", Optional[str], f"{column} is one of these comma-separated values",
                                    max_length=4000))
         if kind in RANGE_TYPES:
             for op, text in (("gte", ">="), ("gt", ">"), ("lte", "<="), ("lt", "<")):
-                params.append(_query_param(f"{column}__{op}", Optional[py], f"{column} {text} this value"))
+                params.append(_query_param(f"{column}__{op}", Optional[py], f"{column} {text} this value",
+                                           **_bounds(kind)))
     return params
+
+
+def _bounds(kind: str) -> dict[str, Any]:
+    """An integer filter is a 64-bit integer (the warehouse's BIGINT)."""
+    return {"ge": INT64[0], "le": INT64[1]} if kind == "integer" else {}
+
+
+def _names_pattern(names: list[str], descending: bool) -> str:
+    """A pattern for a comma-separated list of `names` (optionally '-' prefixed), so the OpenAPI says which."""
+    one = ("-?" if descending else "") + "(" + "|".join(names) + ")"
+    return f"^{one}(,{one})*$"
 
 
 def _query_param(name: str, annotation: Any, description: str, **extra: Any) -> inspect.Parameter:
@@ -125,10 +137,11 @@ def parse_list(text: str | None) -> list[str] | None:
 
 def parse_sort(text: str | None) -> list[tuple[str, bool]]:
     """`-received_at,commune_code` -> [(received_at, descending), (commune_code, ascending)]."""
-    sort = [(part[1:], True) if part.startswith("-") else (part, False) for part in parse_list(text) or []]
-    if len({c for c, _ in sort}) != len(sort):
-        raise QueryError("sort: a column appears twice")
-    return sort
+    sort: dict[str, bool] = {}
+    for part in parse_list(text) or []:
+        column, descending = (part[1:], True) if part.startswith("-") else (part, False)
+        sort.setdefault(column, descending)  # a repeated column adds nothing to the order
+    return list(sort.items())
 
 
 # --- routes --------------------------------------------------------------------------------
@@ -148,8 +161,10 @@ def _records_endpoint(gateway: Gateway, name: str) -> Any:
 
     common = [
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
-        _query_param("fields", Optional[str], "comma-separated columns to return (default: all)", max_length=2000),
-        _query_param("sort", Optional[str], "comma-separated sortable columns, '-' for descending", max_length=2000),
+        _query_param("fields", Optional[str], "comma-separated columns to return (default: all)",
+                     pattern=_names_pattern(gateway.catalog.sharing[name].columns, descending=False)),
+        _query_param("sort", Optional[str], "comma-separated sortable columns, '-' for descending",
+                     pattern=_names_pattern(gateway.reader.sortable(name), descending=True)),
         _query_param("q", Optional[str], "text to find in the string columns", max_length=200),
         inspect.Parameter("limit", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=Query(
             settings.default_page_rows, ge=1, le=settings.max_page_rows, description="rows per page")),
@@ -182,8 +197,10 @@ def _export_endpoint(gateway: Gateway, name: str) -> Any:
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
         inspect.Parameter("format", inspect.Parameter.KEYWORD_ONLY, annotation=Literal["csv", "jsonl", "parquet"],
                           default=Query("csv", description="csv, jsonl (JSON lines) or parquet")),
-        _query_param("fields", Optional[str], "comma-separated columns (default: all)", max_length=2000),
-        _query_param("sort", Optional[str], "comma-separated sortable columns, '-' for descending", max_length=2000),
+        _query_param("fields", Optional[str], "comma-separated columns (default: all)",
+                     pattern=_names_pattern(shared.columns, descending=False)),
+        _query_param("sort", Optional[str], "comma-separated sortable columns, '-' for descending",
+                     pattern=_names_pattern(gateway.reader.sortable(name), descending=True)),
         _query_param("q", Optional[str], "text to find in the string columns", max_length=200),
         inspect.Parameter("max_rows", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int], default=Query(
             None, ge=1, le=settings.max_export_rows, description="stop after this many rows")),
