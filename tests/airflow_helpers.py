@@ -59,3 +59,79 @@ def warehouse_snapshot(url: str, dataset: str, pipeline: str) -> dict[str, objec
         engine.dispose()
     return {"rows": rows, "quarantine": [tuple(q) for q in quarantine],
             "cursor": str(cursor)[:19] if cursor is not None else None}
+
+
+class WebhookSink:
+    """A loopback HTTP server that keeps every JSON body POSTed to it (the alert webhook in tests)."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received: list[dict[str, object]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/lgsp"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SmtpSink:
+    """A loopback SMTP server (just enough of RFC 5321) that keeps every message it is given."""
+
+    def __init__(self) -> None:
+        import socketserver
+        import threading
+        from email import message_from_bytes
+        from email.message import Message
+
+        messages: list[Message] = []
+
+        class Session(socketserver.StreamRequestHandler):
+            def reply(self, line: str) -> None:
+                self.wfile.write(line.encode() + b"\r\n")
+
+            def handle(self) -> None:
+                self.reply("220 sink ESMTP")
+                while line := self.rfile.readline():
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        self.reply("354 go ahead")
+                        body = b"".join(iter(self.rfile.readline, b".\r\n"))
+                        messages.append(message_from_bytes(body))
+                        self.reply("250 queued")
+                    elif verb == b"QUIT":
+                        self.reply("221 bye")
+                        return
+                    elif verb == b"EHLO":
+                        self.reply("250 sink")
+                    else:
+                        self.reply("250 ok")
+
+        self.messages = messages
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Session)
+        self.server.daemon_threads = True
+        self.host, self.port = "127.0.0.1", self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def env(self, to: str = "ops@ninhbinh.gov.vn") -> dict[str, str]:
+        return {"LGSP_ALERT_SMTP_HOST": self.host, "LGSP_ALERT_SMTP_PORT": str(self.port), "LGSP_ALERT_EMAIL_TO": to}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
