@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -135,3 +138,63 @@ class SmtpSink:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def airflow_stack(env: dict[str, str], home: Path, *options: str, timeout: float = 240) -> Iterator[Any]:
+    """`lgsp airflow start` in its own process group; yields an AirflowApi once every component is healthy.
+
+    On exit: SIGTERM to `lgsp airflow start` (it stops its components), then SIGKILL to every process group
+    it started (listed in <home>/airflow/stack.pids) and to its own.
+    """
+    import json
+    import signal
+    import time
+
+    from lgsp.orchestration import AirflowApi, free_port
+
+    port = free_port()
+    log_path = home / "airflow-start.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([str(BIN / "lgsp"), "airflow", "start", "--port", str(port), *options], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while "Airflow is up" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, f"lgsp airflow start exited {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"Airflow not up after {timeout}s:\n{log_path.read_text()[-4000:]}"
+            time.sleep(2)
+        yield AirflowApi(f"http://127.0.0.1:{port}", home / "airflow")
+    finally:
+        _stop_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        pids_file = home / "airflow" / "stack.pids"
+        pids = list(json.loads(pids_file.read_text()).values()) if pids_file.exists() else []
+        for pid in [*pids, proc.pid]:
+            _stop_group(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _stop_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def leftover_processes(marker: str) -> list[int]:
+    """Pids of live processes whose environment mentions `marker` (a test's unique home): must be none."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes() and "Z" not in (entry / "stat").read_text().split()[2]:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
