@@ -8,22 +8,22 @@
     GET|POST /api/3/action/{action}                CKAN: package_list|show|search, datastore_search
 
 Routes for records and exports are generated per shared dataset, so the OpenAPI
-document names each dataset's filter parameters and record fields exactly.
+document names each dataset's filter parameters (gateway.params) and record fields
+(gateway.models) exactly.
 Start it with `lgsp serve` (uvicorn); `create_app()` builds it from the environment.
 """
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 import logging
 import secrets
 import time
 import traceback
-from typing import Any, Literal, Optional
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Optional
 
 import orjson
-from fastapi import Depends, FastAPI, Form, Query, Request, Security
+from fastapi import Depends, FastAPI, Form, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBasicCredentials, HTTPBearer
@@ -35,8 +35,9 @@ from gateway.access import AccessDenied, RateLimited, presented_secret
 from gateway.agencies import Principal
 from gateway.audit import AuditEntry, AuditUnavailable
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
-from gateway.models import PY_TYPES, DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, page_model
-from gateway.records import INT64, RANGE_TYPES, Filter, QueryError, QueryTimeout, RecordQuery, clean_text, coerce
+from gateway.models import DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, page_model
+from gateway.params import ParamSpec, parse_params, record_params, record_query
+from gateway.records import QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
 
@@ -68,90 +69,23 @@ def caller(request: Request, gateway: Gateway) -> Principal:
     return principal
 
 
-# --- query parameters -> RecordQuery ----------------------------------------------------------
+# --- records and exports --------------------------------------------------------------------
 
-def _filter_parameters(gateway: Gateway, name: str) -> list[inspect.Parameter]:
-    """Per filterable column: `col` (equals), `col__in` (comma-separated), and ranges for ordered types."""
-    dataset, shared = gateway.catalog.datasets[name], gateway.catalog.sharing[name]
-    params = []
-    for column in shared.filterable:
-        kind, py = dataset.columns[column].type, PY_TYPES[dataset.columns[column].type]
-        params.append(_query_param(column, Optional[py], f"{column} equals this value", **_bounds(kind)))
-        params.append(_query_param(f"{column}__in", Optional[str], f"{column} is one of these comma-separated values",
-                                   max_length=4000))
-        if kind in RANGE_TYPES:
-            for op, text in (("gte", ">="), ("gt", ">"), ("lte", "<="), ("lt", "<")):
-                params.append(_query_param(f"{column}__{op}", Optional[py], f"{column} {text} this value",
-                                           **_bounds(kind)))
-    return params
-
-
-def _bounds(kind: str) -> dict[str, Any]:
-    """An integer filter is a 64-bit integer (the warehouse's BIGINT)."""
-    return {"ge": INT64[0], "le": INT64[1]} if kind == "integer" else {}
-
-
-def _names_pattern(names: list[str], descending: bool) -> str:
-    """A pattern for a comma-separated list of `names` (optionally '-' prefixed), so the OpenAPI says which."""
-    one = ("-?" if descending else "") + "(" + "|".join(names) + ")"
-    return f"^{one}(,{one})*$"
-
-
-def _query_param(name: str, annotation: Any, description: str, **extra: Any) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=Query(None, description=description, **extra))
-
-
-def record_query(gateway: Gateway, name: str, params: dict[str, Any]) -> RecordQuery:
-    """The RecordQuery of a request's parameters (already typed by FastAPI, except lists)."""
-    dataset, shared = gateway.catalog.datasets[name], gateway.catalog.sharing[name]
-    filters = []
-    for column in shared.filterable:
-        for op in ("eq", "in", "gte", "gt", "lte", "lt"):
-            value = params.get(column if op == "eq" else f"{column}__{op}")
-            if value is None:
-                continue
-            where = column if op == "eq" else f"{column}__{op}"
-            if op == "in":
-                value = [coerce(dataset.columns[column].type, v, where) for v in value.split(",")]
-            else:
-                value = coerce(dataset.columns[column].type, value, where)
-            filters.append(Filter(column, op, value))
-    q = clean_text(params["q"], "q") if params.get("q") else None
-    return RecordQuery(filters=filters, sort=parse_sort(params.get("sort")), fields=parse_list(params.get("fields")),
-                       q=q)
-
-
-def _parsed(gateway: Gateway, name: str, params: dict[str, Any]) -> tuple[RecordQuery, QueryError | None]:
-    """The query, or the error to raise once the caller is authorised (a refusal comes before a 400)."""
+def _parsed(gateway: Gateway, name: str, specs: list[ParamSpec],
+            request: Request) -> tuple[dict[str, Any], RecordQuery, QueryError | None]:
+    """The parameters and query, or the error to raise once the caller is authorised (a refusal comes first)."""
     try:
-        return record_query(gateway, name, params), None
+        params = parse_params(specs, request.query_params)
+        query = record_query(gateway.catalog.datasets[name], gateway.catalog.sharing[name], params)
+        return params, query, None
     except QueryError as exc:
-        return RecordQuery(), exc
+        return {}, RecordQuery(), exc
 
 
-def parse_list(text: str | None) -> list[str] | None:
-    names = [part.strip() for part in (text or "").split(",") if part.strip()]
-    return names or None
-
-
-def parse_sort(text: str | None) -> list[tuple[str, bool]]:
-    """`-received_at,commune_code` -> [(received_at, descending), (commune_code, ascending)]."""
-    sort: dict[str, bool] = {}
-    for part in parse_list(text) or []:
-        column, descending = (part[1:], True) if part.startswith("-") else (part, False)
-        sort.setdefault(column, descending)  # a repeated column adds nothing to the order
-    return list(sort.items())
-
-
-# --- routes --------------------------------------------------------------------------------
-
-def _records_endpoint(gateway: Gateway, name: str) -> Any:
-    settings = gateway.settings
-
-    def records(request: Request, **params: Any) -> Response:
+def _records_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> Any:
+    def records(request: Request) -> Response:
         principal = caller(request, gateway)
-        query, bad = _parsed(gateway, name, params)
+        params, query, bad = _parsed(gateway, name, specs, request)
         with gateway.audited(principal, name, "records", query) as outcome:
             if bad:
                 raise bad
@@ -159,53 +93,28 @@ def _records_endpoint(gateway: Gateway, name: str) -> Any:
             outcome["rows"] = len(rows)
         return json_response({"dataset": name, "records": rows, "next_cursor": next_cursor, "limit": params["limit"]})
 
-    common = [
-        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
-        _query_param("fields", Optional[str], "comma-separated columns to return (default: all)",
-                     pattern=_names_pattern(gateway.catalog.sharing[name].columns, descending=False)),
-        _query_param("sort", Optional[str], "comma-separated sortable columns, '-' for descending",
-                     pattern=_names_pattern(gateway.reader.sortable(name), descending=True)),
-        _query_param("q", Optional[str], "text to find in the string columns", max_length=200),
-        inspect.Parameter("limit", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=Query(
-            settings.default_page_rows, ge=1, le=settings.max_page_rows, description="rows per page")),
-        _query_param("cursor", Optional[str], "next_cursor of the previous page", max_length=4000),
-    ]
-    records.__signature__ = inspect.Signature(common + _filter_parameters(gateway, name))  # type: ignore[attr-defined]
     return records
 
 
-def _export_endpoint(gateway: Gateway, name: str) -> Any:
-    settings = gateway.settings
+def _export_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> Any:
     dataset, shared = gateway.catalog.datasets[name], gateway.catalog.sharing[name]
 
-    def export(request: Request, **params: Any) -> Response:
+    def export(request: Request) -> Response:
         principal = caller(request, gateway)
-        query, bad = _parsed(gateway, name, params)
-        fmt, max_rows = params["format"], params["max_rows"] or settings.max_export_rows
+        params, query, bad = _parsed(gateway, name, specs, request)
+        fmt = params.get("format", "csv")
         with gateway.audited(principal, name, f"export_{fmt}", query) as outcome:
             if bad:
                 raise bad
             gateway.reader.check(name, outcome["granted"], query)
         columns = query.fields or list(shared.columns)
+        max_rows = params["max_rows"] or gateway.settings.max_export_rows
         chunks = _counted(gateway, principal, name, fmt, query,
                           gateway.reader.chunks(name, outcome["granted"], query, max_rows))
         body = encoder(fmt)(parquet_schema(dataset, shared, columns) if fmt == "parquet" else columns, chunks)
         return StreamingResponse(body, media_type=MEDIA_TYPES[fmt], headers={
             "Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
 
-    params = [
-        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
-        inspect.Parameter("format", inspect.Parameter.KEYWORD_ONLY, annotation=Literal["csv", "jsonl", "parquet"],
-                          default=Query("csv", description="csv, jsonl (JSON lines) or parquet")),
-        _query_param("fields", Optional[str], "comma-separated columns (default: all)",
-                     pattern=_names_pattern(shared.columns, descending=False)),
-        _query_param("sort", Optional[str], "comma-separated sortable columns, '-' for descending",
-                     pattern=_names_pattern(gateway.reader.sortable(name), descending=True)),
-        _query_param("q", Optional[str], "text to find in the string columns", max_length=200),
-        inspect.Parameter("max_rows", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int], default=Query(
-            None, ge=1, le=settings.max_export_rows, description="stop after this many rows")),
-    ]
-    export.__signature__ = inspect.Signature(params + _filter_parameters(gateway, name))  # type: ignore[attr-defined]
     return export
 
 
@@ -246,18 +155,24 @@ def _catalog_routes(app: FastAPI, gateway: Gateway) -> None:
 
 
 def _dataset_routes(app: FastAPI, gateway: Gateway) -> None:
+    """Records and export routes per shared dataset; their parameters are documented from their ParamSpecs."""
     security = [Security(API_KEY), Security(BEARER)]
     for name in sorted(gateway.catalog.sharing):
         dataset, shared = gateway.catalog.datasets[name], gateway.catalog.sharing[name]
-        app.add_api_route(f"/api/v1/datasets/{name}/records", _records_endpoint(gateway, name), methods=["GET"],
-                          response_model=page_model(dataset, shared), responses=ERRORS, dependencies=security,
-                          tags=["records"], summary=f"Records of {name} ({shared.access})",
-                          operation_id=f"records_{name}")
-        app.add_api_route(f"/api/v1/datasets/{name}/export", _export_endpoint(gateway, name), methods=["GET"],
-                          response_class=Response, responses={200: {"description": "the rows, streamed", "content": {
-                              media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA_TYPES.values()}},
+        sortable = gateway.reader.sortable(name)
+        records = record_params(dataset, shared, sortable, gateway.settings, export=False)
+        exports = record_params(dataset, shared, sortable, gateway.settings, export=True)
+        app.add_api_route(f"/api/v1/datasets/{name}/records", _records_endpoint(gateway, name, records),
+                          methods=["GET"], response_model=page_model(dataset, shared), responses=ERRORS,
+                          dependencies=security, tags=["records"], summary=f"Records of {name} ({shared.access})",
+                          operation_id=f"records_{name}", openapi_extra={"parameters": [p.openapi() for p in records]})
+        app.add_api_route(f"/api/v1/datasets/{name}/export", _export_endpoint(gateway, name, exports),
+                          methods=["GET"], response_class=Response, responses={200: {
+                              "description": "the rows, streamed", "content": {
+                                  media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA_TYPES.values()}},
                               **ERRORS}, dependencies=security, tags=["exports"],
-                          summary=f"Export {name} ({shared.access})", operation_id=f"export_{name}")
+                          summary=f"Export {name} ({shared.access})", operation_id=f"export_{name}",
+                          openapi_extra={"parameters": [p.openapi() for p in exports]})
 
 
 def _token_route(app: FastAPI, gateway: Gateway) -> None:

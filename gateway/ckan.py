@@ -21,7 +21,8 @@ from fastapi import FastAPI, Request, Security
 from fastapi.responses import Response
 
 from gateway.access import AccessDenied
-from gateway.api import API_KEY, BEARER, caller, json_response, parse_list, parse_sort
+from gateway.api import API_KEY, BEARER, caller, json_response
+from gateway.params import parse_list, parse_sort
 from gateway.records import Filter, QueryError, RecordQuery, coerce
 from gateway.service import Gateway, UnknownDataset
 

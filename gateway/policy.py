@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from catalog.models import SharedDatasetSpec
@@ -46,7 +47,14 @@ def pseudonym(value: Any, key: bytes) -> str | None:
     """`ps_` + the first 32 hex digits of HMAC-SHA256(key, value)."""
     if value is None:
         return None
-    return "ps_" + hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()[:32]
+    keyed = _keyed(key).copy()  # the key's inner/outer pads are computed once per key
+    keyed.update(str(value).encode())
+    return "ps_" + keyed.hexdigest()[:32]
+
+
+@lru_cache(maxsize=4)
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 @register("withhold")

@@ -8,13 +8,14 @@ columns that never hold null (keyset pagination needs a total order). A filter, 
 or search on a personal column needs a grant that includes that column (otherwise a
 reader could find a person by ID while seeing only masked IDs).
 
-A page's `next_cursor` holds the last row's sort values, sealed (Fernet, keyed from
+A page's `next_cursor` holds the last row's sort values, sealed (AES-256-GCM, keyed from
 LGSP_GATEWAY_PSEUDONYM_KEY), so it neither leaks a personal ID nor can be forged.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -26,7 +27,8 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from catalog.models import Catalog, DatasetSpec, SharedDatasetSpec
 from gateway.policy import protect, protections
@@ -129,8 +131,8 @@ def read_engine(url: str, timeout_s: float) -> sa.Engine:
         return engine
     url = "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
     options = f"-c statement_timeout={int(timeout_s * 1000)} -c default_transaction_read_only=on"
-    return sa.create_engine(url, hide_parameters=True, pool_size=20, max_overflow=20,
-                            connect_args={"options": options})
+    return sa.create_engine(url, hide_parameters=True, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT",
+                            connect_args={"options": options})  # one statement per read: no BEGIN/ROLLBACK trips
 
 
 def _past_deadline() -> int:
@@ -161,8 +163,7 @@ class Reader:
         self.catalog = catalog
         self.settings = settings
         self.views = shared_views(catalog)
-        digest = hashlib.sha256(b"lgsp-gateway-cursor:" + settings.pseudonym_key).digest()
-        self._sealer = Fernet(base64.urlsafe_b64encode(digest))
+        self._sealer = AESGCM(hashlib.sha256(b"lgsp-gateway-cursor:" + settings.pseudonym_key).digest())
 
     def sortable(self, name: str) -> list[str]:
         """Columns a reader may sort by: the key and the filterable columns that are never null."""
@@ -223,7 +224,9 @@ class Reader:
 
     def _fetch(self, stmt: sa.Select) -> list[dict[str, Any]]:
         with _timed(self.settings.query_timeout_s), self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]
+            result = conn.execute(stmt)
+            names = list(result.keys())
+            return [dict(zip(names, row)) for row in result.all()]
 
     def _finish(self, name: str, granted: frozenset[str], rows: list[dict[str, Any]],
                 shown: list[str]) -> list[dict[str, Any]]:
@@ -288,12 +291,15 @@ class Reader:
 
     def _seal(self, name: str, order: list[tuple[str, bool]], values: list[Any]) -> str:
         payload = {"d": name, "o": [[c, d] for c, d in order], "v": values}
-        return self._sealer.encrypt(orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC)).decode()
+        nonce = os.urandom(12)
+        sealed = self._sealer.encrypt(nonce, orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC), None)
+        return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
     def _unseal(self, name: str, order: list[tuple[str, bool]], cursor: str) -> list[Any]:
         try:
-            payload = orjson.loads(self._sealer.decrypt(cursor.encode()))
-        except (InvalidToken, ValueError, TypeError):
+            sealed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            payload = orjson.loads(self._sealer.decrypt(sealed[:12], sealed[12:], None))
+        except (InvalidTag, ValueError, TypeError):
             raise QueryError("cursor: not a cursor this gateway issued (use next_cursor as returned)") from None
         if payload.get("d") != name or [tuple(p) for p in payload.get("o", [])] != order:
             raise QueryError("cursor: it belongs to another dataset or sort order; start again without it")
