@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from catalog.models import Catalog, DatasetSpec, FeedSpec, IndicatorSpec, PipelineSpec, SystemSpec
+from catalog.models import (Catalog, DatasetSpec, FeedSpec, IndicatorSpec, PipelineSpec, RankingSpec,
+                            SharedDatasetSpec, SystemSpec)
 
 CATALOG_DIR = Path(__file__).resolve().parent
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -25,9 +26,11 @@ _SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
     "datasets.yaml": ("datasets", DatasetSpec),
     "pipelines.yaml": ("pipelines", PipelineSpec),
     "indicators.yaml": ("indicators", IndicatorSpec),
+    "rankings.yaml": ("rankings", RankingSpec),
     "feeds.yaml": ("feeds", FeedSpec),
+    "sharing.yaml": ("sharing", SharedDatasetSpec),
 }
-_OPTIONAL = {"indicators", "feeds"}
+_OPTIONAL = {"indicators", "rankings", "feeds", "sharing"}
 
 
 class CatalogError(ValueError):
@@ -91,14 +94,53 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
         for other in feed.after:
             if other not in catalog.feeds:
                 raise CatalogError(f"{where}.after: unknown feed '{other}'")
+    _check_indicators(catalog, directory)
+
+
+def _check_sharing(catalog: Catalog, directory: Path) -> None:
+    """A shared dataset exists, shares declared columns, includes its key, and is not swapped by `replace`."""
+    for shared in catalog.sharing.values():
+        where = f"{directory / 'sharing.yaml'}: sharing.{shared.name}"
+        dataset = catalog.datasets.get(shared.name)
+        if dataset is None:
+            raise CatalogError(f"{where}: unknown dataset '{shared.name}' (see datasets.yaml)")
+        unknown = [c for c in shared.columns if c not in dataset.columns]
+        if unknown:
+            raise CatalogError(f"{where}.columns: {unknown} are not columns of dataset '{dataset.name}'")
+        missing_key = [k for k in dataset.key if k not in shared.columns]
+        if missing_key:
+            raise CatalogError(f"{where}.columns: must include the key {missing_key} (records are paged by it)")
+        if dataset.write_mode == "replace":
+            raise CatalogError(f"{where}: dataset '{dataset.name}' is written by 'replace' (its table is dropped "
+                               "and swapped), which a view cannot sit on; share a merge or history dataset")
+
+
+def _check_indicators(catalog: Catalog, directory: Path) -> None:
+    """Indicators name core datasets and their columns; rankings name rate indicators with that unit level."""
     for indicator in catalog.indicators.values():
         where = f"{directory / 'indicators.yaml'}: indicators.{indicator.name}"
         dataset = catalog.datasets.get(indicator.dataset)
-        if dataset is None:
-            raise CatalogError(f"{where}.dataset: unknown dataset '{indicator.dataset}'")
-        for column in [indicator.date_column, indicator.unit_column, *indicator.numerator, *indicator.denominator]:
+        if dataset is None or dataset.layer != "core":
+            raise CatalogError(f"{where}.dataset: '{indicator.dataset}' is not a core dataset of datasets.yaml")
+        for column in indicator.columns_used:
             if column not in dataset.columns:
-                raise CatalogError(f"{where}: column '{column}' is not in dataset '{dataset.name}'")
+                raise CatalogError(f"{where}: column '{column}' is not in dataset '{dataset.name}' "
+                                   f"(its columns: {', '.join(dataset.columns)})")
+        if indicator.sum_seconds and any(dataset.columns[c].type != "timestamp" for c in indicator.sum_seconds):
+            raise CatalogError(f"{where}.sum_seconds: both columns must be timestamps")
+        for read in indicator.datasets_read:
+            if read not in catalog.datasets:
+                raise CatalogError(f"{where}.reads: unknown dataset '{read}'")
+    for ranking in catalog.rankings.values():
+        where = f"{directory / 'rankings.yaml'}: rankings.{ranking.name}.weights"
+        for name in ranking.weights:
+            indicator = catalog.indicators.get(name)
+            if indicator is None:
+                raise CatalogError(f"{where}: unknown indicator '{name}' (see indicators.yaml)")
+            if indicator.measure != "rate" or ranking.unit_level not in indicator.units:
+                raise CatalogError(f"{where}: '{name}' must be a rate computed per {ranking.unit_level}")
+            if ranking.period_type not in indicator.periods:
+                raise CatalogError(f"{where}: '{name}' is not computed per {ranking.period_type}")
 
 
 def load_catalog(directory: Path | str | None = None) -> Catalog:
@@ -118,6 +160,7 @@ def load_catalog(directory: Path | str | None = None) -> Catalog:
         sections[section] = _load_section(path, section, model)
     catalog = Catalog(**sections)
     _cross_check(catalog, directory)
+    _check_sharing(catalog, directory)
     return catalog
 
 

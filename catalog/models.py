@@ -237,8 +237,43 @@ class SourceSpec(Strict):
     paginator: PaginatorSpec = PaginatorSpec(type="single")
 
 
+class PartitionSpec(Strict):
+    """How a big sync splits into mapped tasks, each pulling one slice the source can filter on.
+
+    The slices are half-open ranges `[from_param, to_param)` of one field; the
+    first is open below and the last open above, so every row (even one with
+    an unknown commune) falls in exactly one slice. `by` names the strategy
+    (see lgsp.partitions.PARTITIONERS):
+      - commune: the official commune codes of `province`, cut into `partitions` ranges;
+      - key_range: the split points in `bounds` (n bounds -> n + 1 ranges).
+
+    Example:
+        {by: commune, province: 37, partitions: 4, from_param: commune_from, to_param: commune_to}
+    """
+
+    by: Literal["commune", "key_range"]
+    from_param: str
+    to_param: str
+    partitions: int = Field(4, ge=2, le=64)
+    province: int | None = Field(None, ge=1)
+    bounds: list[str] = []
+
+    @model_validator(mode="after")
+    def _strategy_complete(self) -> "PartitionSpec":
+        if self.by == "commune" and self.province is None:
+            raise ValueError("partition by commune needs 'province' (the code whose communes are split)")
+        if self.by == "key_range" and (not self.bounds or self.bounds != sorted(set(self.bounds))):
+            raise ValueError("partition by key_range needs 'bounds': split points, sorted, no repeats")
+        return self
+
+
 class PipelineSpec(Strict):
-    """A pipeline: source -> dataset -> targets, on a schedule."""
+    """A pipeline: source -> dataset -> targets, on a schedule.
+
+    Airflow retries a failed task `retries` times, waiting `retry_delay_s`,
+    doubling each time up to `max_retry_delay_s`. A run not finished
+    `late_after_s` after it was queued raises a late alert (lgsp.alerts).
+    """
 
     name: Identifier
     title: str
@@ -247,8 +282,19 @@ class PipelineSpec(Strict):
     targets: list[Literal["lake", "warehouse"]] = ["lake", "warehouse"]
     schedule: str | None = None
     retries: int = Field(3, ge=0)
+    retry_delay_s: float = Field(30.0, gt=0)
+    max_retry_delay_s: float = Field(900.0, gt=0)
+    late_after_s: float | None = Field(None, gt=0)
     lookback_s: float = Field(0.0, ge=0)
+    partition: PartitionSpec | None = None
     tags: list[str] = []
+
+    @model_validator(mode="after")
+    def _partition_has_window(self) -> "PipelineSpec":
+        if self.partition is not None and not self.source.until_param:
+            raise ValueError("a partitioned pipeline needs source.until_param: every partition reads the same "
+                             "closed window [cursor, start of the run)")
+        return self
 
 
 class FieldMapSpec(Strict):
@@ -293,21 +339,141 @@ class FeedSpec(Strict):
     tags: list[str] = []
 
 
+UnitLevel = Literal["commune", "agency", "procedure"]
+PeriodType = Literal["month", "quarter", "year"]
+
+
 class IndicatorSpec(Strict):
-    """An indicator: numerator and denominator as equality filters over one core table."""
+    """An indicator: a numerator and a denominator counted over the rows of one core table.
+
+    Filters map a column to a value (equality), a list (one of) or null (is null).
+    The denominator counts the rows matching `denominator`; the numerator counts those
+    of them that also match `numerator` (so it never exceeds the denominator). A row
+    belongs to the period (local time, UTC+7) of its `date_column`; rows without one
+    are left out. Values are computed for the province and for each unit level in
+    `units` (level -> the column holding the unit's code), per month, quarter and year.
+    With `measure: average` the numerator is instead the sum of the seconds between
+    the two `sum_seconds` columns over the denominator's rows, and
+    value = numerator / denominator / `value_scale` (86400: days).
+
+    Changing the definition (anything but names and description) means bumping
+    `version`: the values of the old version stay in the mart, readable.
+
+    Example:
+        on_time_settlement_rate: {version: 1, name_vi: ..., name_en: ..., dataset: dossier,
+          date_column: finished_at, units: {commune: commune_code},
+          denominator: {settlement: [early, on_time, late]}, numerator: {settlement: [early, on_time]}}
+    """
 
     name: Identifier
     version: int = Field(ge=1)
     name_vi: str
     name_en: str
+    description: str = ""
     dataset: Identifier
     date_column: str
-    unit_level: Literal["province", "commune"]
-    unit_column: str
-    period: Literal["month"] = "month"
-    numerator: dict[str, Any]
+    units: dict[UnitLevel, str] = {}
+    periods: list[PeriodType] = ["month", "quarter", "year"]
+    measure: Literal["rate", "average"] = "rate"
     denominator: dict[str, Any] = {}
-    reads: list[Identifier]
+    numerator: dict[str, Any] = {}
+    sum_seconds: tuple[str, str] | None = None
+    value_scale: float = Field(1.0, gt=0)
+    value_unit: str = "ratio"
+    lower_is_better: bool = False
+    reads: list[Identifier] = []
+
+    @model_validator(mode="after")
+    def _measure_fits(self) -> "IndicatorSpec":
+        if self.measure == "rate" and (not self.numerator or self.sum_seconds):
+            raise ValueError("a rate needs 'numerator' filters and no 'sum_seconds'")
+        if self.measure == "average" and not self.sum_seconds:
+            raise ValueError("an average needs 'sum_seconds: [from_column, to_column]'")
+        if "month" not in self.periods:
+            raise ValueError("periods must include 'month' (quarters and years are sums of months)")
+        return self
+
+    @property
+    def datasets_read(self) -> list[str]:
+        """The datasets whose changes make this indicator stale (`reads`, default: its dataset)."""
+        return self.reads or [self.dataset]
+
+    @property
+    def columns_used(self) -> list[str]:
+        """Every column of `dataset` the definition names (for the catalog's cross-check)."""
+        return [self.date_column, *self.units.values(), *self.denominator, *self.numerator, *(self.sum_seconds or ())]
+
+
+class RankingSpec(Strict):
+    """A composite ranking of units (catalog/rankings.yaml): a weighted mean of indicator scores, 0..100.
+
+    An indicator's score is its value (a rate, 0..1), or 1 - value when the
+    indicator is `lower_is_better`; a unit's score is 100 x the weighted mean of
+    the scores it has (an indicator with fewer than `min_denominator` rows for the
+    unit is left out and the weights of the others renormalised); a unit with less
+    than `min_weight_share` of the total weight is not ranked.
+    """
+
+    name: Identifier
+    title_vi: str
+    title_en: str
+    unit_level: UnitLevel
+    period_type: PeriodType = "year"
+    unit_prefix: str = ""
+    weights: dict[Identifier, float] = Field(min_length=1)
+    min_denominator: int = Field(1, ge=1)
+    min_weight_share: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(w <= 0 for w in value.values()):
+            raise ValueError("every weight must be > 0")
+        return value
+
+
+PersonalPolicy = Literal["mask", "pseudonym", "withhold"]
+
+
+class SharedDatasetSpec(Strict):
+    """A dataset agencies may read through the sharing gateway (catalog/sharing.yaml).
+
+    The warehouse's shared layer has one view per entry, `shared_<dataset>`, with only
+    `columns` (and, for a history dataset, only the current versions). `personal` names
+    the columns holding personal data and what an agency whose grant does not include a
+    column sees instead (see gateway.policy.PERSONAL_POLICIES): `mask` (`*********123`),
+    `pseudonym` (a keyed hash, stable across requests) or `withhold` (null).
+
+    Example:
+        citizen: {owner: Provincial Police, licence: restricted-government-use, access: restricted,
+                  columns: [personal_id, full_name, commune_code], filterable: [commune_code],
+                  personal: {personal_id: pseudonym, full_name: mask}}
+    """
+
+    name: Identifier
+    description: str = ""
+    owner: str
+    licence: str
+    access: Literal["open", "restricted"] = "restricted"
+    columns: list[str] = Field(min_length=1)
+    filterable: list[str] = []
+    personal: dict[str, PersonalPolicy] = {}
+
+    @property
+    def view_name(self) -> str:
+        """`shared_<dataset>`: the view in the warehouse's shared layer."""
+        return f"shared_{self.name}"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SharedDatasetSpec":
+        for group in ("filterable", "personal"):
+            unknown = [c for c in getattr(self, group) if c not in self.columns]
+            if unknown:
+                raise ValueError(f"{group} names {unknown}, which are not among the shared columns")
+        if self.access == "open" and self.personal:
+            raise ValueError(f"an open dataset cannot expose personal columns {sorted(self.personal)}: "
+                             "make it restricted or leave those columns out")
+        return self
 
 
 class Catalog(Strict):
@@ -317,7 +483,9 @@ class Catalog(Strict):
     datasets: dict[str, DatasetSpec]
     pipelines: dict[str, PipelineSpec]
     indicators: dict[str, IndicatorSpec] = {}
+    rankings: dict[str, RankingSpec] = {}
     feeds: dict[str, FeedSpec] = {}
+    sharing: dict[str, SharedDatasetSpec] = {}
 
     def pipeline(self, name: str) -> PipelineSpec:
         try:

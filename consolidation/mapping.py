@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from consolidation.normalise import fold_name
+from consolidation.normalise import fold_name, nfc
 
 OLD_PROVINCES: dict[str, tuple[str, str]] = {"37": ("Ninh Bình", "52"), "36": ("Nam Định", "50"),
                                              "35": ("Hà Nam", "36")}
@@ -125,7 +125,7 @@ class CommuneTable:
 def _official_communes() -> dict[str, str]:
     from vietnam_provinces import ProvinceCode, Ward
 
-    return {f"{int(w.code):05d}": unicodedata.normalize("NFC", w.name)
+    return {f"{int(w.code):05d}": nfc(w.name)  # NFC, whitespace collapsed ('Xã  Xuân Giang' has two spaces)
             for w in Ward.iter_by_province(ProvinceCode(NEW_PROVINCE_CODE))}
 
 

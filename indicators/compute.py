@@ -1,92 +1,190 @@
 """Compute indicators from the core tables into the mart (`mart_indicator_value`).
 
-An indicator is a numerator and a denominator, each a count of rows of one
-core table matching equality filters, grouped by unit (e.g. commune) and
-period (month, in Asia/Ho_Chi_Minh time). The mart stores all three, so a
-report can be checked. Recomputing replaces the indicator's rows in one
-transaction: idempotent.
+An indicator's numerator and denominator are counted per unit (the province,
+then each level in its `units`) and local month in SQL (`indicators.query`);
+quarters and years are the sums of their months' numerators and denominators,
+rolled up from the mart. The mart stores numerator, denominator and value, so
+a report can be checked.
+
+Recomputing is idempotent: the new values are compared with the stored ones in
+one transaction; only changed rows are written (with a new `computed_at`), rows
+that no longer exist are deleted, unchanged rows are left alone. Late-arriving
+data: `compute_touched` recomputes only the months of rows loaded since the last
+computation (by their `_loaded_at`) and the quarters and years they roll into.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
 from catalog.models import IndicatorSpec
+from indicators import definitions, periods, query
 from warehouse import Warehouse
 
-LOCAL_TZ = "Asia/Ho_Chi_Minh"
-
-
-def local_month(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[str]:
-    """'YYYY-MM' of a UTC timestamp column, in Vietnam's local time (UTC+7, no DST)."""
-    if dialect == "postgresql":
-        return sa.func.to_char(sa.func.timezone(LOCAL_TZ, column), "YYYY-MM")
-    return sa.func.strftime("%Y-%m", column, "+7 hours")
-
-
-def _count_where(table: sa.Table, filters: dict[str, Any]) -> sa.ColumnElement[Any]:
-    if not filters:
-        return sa.func.count()
-    condition = sa.and_(*[table.c[col] == value for col, value in filters.items()])
-    return sa.func.sum(sa.case((condition, 1), else_=0))
-
-
-def indicator_query(spec: IndicatorSpec, table: sa.Table, dialect: str) -> sa.Select[Any]:
-    """SELECT unit, period, numerator, denominator for one indicator (bound parameters only)."""
-    period = local_month(table.c[spec.date_column], dialect).label("period")
-    unit = table.c[spec.unit_column].label("unit_code")
-    return (sa.select(unit, period, _count_where(table, spec.numerator).label("numerator"),
-                      _count_where(table, spec.denominator).label("denominator"))
-            .where(table.c[spec.date_column].is_not(None))
-            .group_by(unit, period))
-
-
 PROVINCE_CODE = "37"  # Ninh Bình; the province the sandbox and the demo serve
+LATE_LOOKBACK = timedelta(minutes=15)
+"""Rows loaded this long before the last computation's newest `_loaded_at` count as touched again
+(a load transaction that committed late); recomputing them is harmless."""
+
+Cell = tuple[str, str, str]  # (unit_level, unit_code, period)
+Counts = dict[Cell, tuple[int, int]]
 
 
-def _province_totals(spec: IndicatorSpec, values: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """The province's value per period: sums of the units' numerators and denominators (not a mean of rates)."""
-    totals: dict[str, list[int]] = {}
-    for v in values:
-        pair = totals.setdefault(v["period"], [0, 0])
-        pair[0] += v["numerator"]
-        pair[1] += v["denominator"]
-    return [{"indicator": spec.name, "version": spec.version, "unit_level": "province", "unit_code": PROVINCE_CODE,
-             "period": period, "numerator": num, "denominator": den, "computed_at": now,
-             "value": num / den if den else None} for period, (num, den) in sorted(totals.items())]
+def _levels(spec: IndicatorSpec) -> list[tuple[str, str | None]]:
+    return [("province", None), *spec.units.items()]
 
 
-def compute_indicator(wh: Warehouse, spec: IndicatorSpec) -> int:
-    """Recompute every value of `spec` (this version) and replace them in the mart."""
-    table, mart = wh.core[spec.dataset], wh.system["mart_indicator_value"]
+def _value(spec: IndicatorSpec, numerator: int, denominator: int) -> float | None:
+    if not denominator:
+        return None
+    return numerator / denominator / (spec.value_scale if spec.measure == "average" else 1.0)
+
+
+def _monthly_counts(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, months: set[str] | None) -> Counts:
+    """Numerator and denominator per (level, unit, month), for the given months (all when None)."""
+    table = wh.core[spec.dataset]
+    span = None
+    if months is not None:
+        span = (min(periods.month_start(m) for m in months), max(periods.next_month_start(m) for m in months))
+    counts: Counts = {}
+    for level, column in _levels(spec):
+        for row in conn.execute(query.monthly_cells(spec, table, wh.dialect, column, span)).mappings():
+            if months is None or row["period"] in months:
+                unit = PROVINCE_CODE if column is None else str(row["unit_code"])
+                counts[(level, unit, row["period"])] = (int(row["numerator"] or 0), int(row["denominator"]))
+    return counts
+
+
+def _sync(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_type: str, counts: Counts,
+          scope: set[str] | None) -> int:
+    """Make the mart's rows of `period_type` within `scope` (all when None) equal `counts`; returns rows written."""
+    mart = wh.system["mart_indicator_value"]
+    mine = [mart.c.indicator == spec.name, mart.c.version == spec.version, mart.c.period_type == period_type]
+    select = sa.select(mart.c.unit_level, mart.c.unit_code, mart.c.period, mart.c.numerator, mart.c.denominator)
+    if scope is not None:
+        select = select.where(mart.c.period.in_(sorted(scope)))
+    stored = {(r.unit_level, r.unit_code, r.period): (r.numerator, r.denominator)
+              for r in conn.execute(select.where(*mine))}
     now = datetime.now(timezone.utc)
+    fresh = [{"indicator": spec.name, "version": spec.version, "unit_level": cell[0], "unit_code": cell[1],
+              "period": cell[2], "period_type": period_type, "measure": spec.measure, "numerator": num,
+              "denominator": den, "value": _value(spec, num, den), "computed_at": now}
+             for cell, (num, den) in sorted(counts.items()) if stored.get(cell) != (num, den)]
+    gone = [cell for cell in stored if cell not in counts]
+    for level, unit, period in gone + [(r["unit_level"], r["unit_code"], r["period"]) for r in fresh
+                                       if (r["unit_level"], r["unit_code"], r["period"]) in stored]:
+        conn.execute(mart.delete().where(*mine, mart.c.unit_level == level, mart.c.unit_code == unit,
+                                         mart.c.period == period))
+    if fresh:
+        conn.execute(mart.insert(), fresh)
+    return len(fresh) + len(gone)
+
+
+def _roll_up(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_type: str,
+             months: set[str] | None) -> int:
+    """Quarters or years as sums of the mart's months (those containing `months`, or all)."""
+    mart = wh.system["mart_indicator_value"]
+    scope = None if months is None else {periods.roll_up(m, period_type) for m in months}
+    select = sa.select(mart.c.unit_level, mart.c.unit_code, mart.c.period, mart.c.numerator, mart.c.denominator).where(
+        mart.c.indicator == spec.name, mart.c.version == spec.version, mart.c.period_type == "month")
+    if scope is not None:
+        select = select.where(mart.c.period.in_(sorted({m for p in scope for m in periods.months_in(p)})))
+    sums: dict[Cell, list[int]] = defaultdict(lambda: [0, 0])
+    for r in conn.execute(select):
+        pair = sums[(r.unit_level, r.unit_code, periods.roll_up(r.period, period_type))]
+        pair[0] += r.numerator
+        pair[1] += r.denominator
+    return _sync(conn, wh, spec, period_type, {c: (n, d) for c, (n, d) in sums.items()}, scope)
+
+
+def _newest_load(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> datetime | None:
+    table = wh.core[spec.dataset]
+    newest = conn.execute(sa.select(sa.func.max(table.c["_loaded_at"]))).scalar()
+    if isinstance(newest, str):  # SQLite may hand back text for an aggregate
+        newest = datetime.fromisoformat(newest)
+    return None if newest is None else (newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc))
+
+
+def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | None = None) -> int:
+    """Recompute `spec` for `months` (every month when None) and the quarters and years they roll into.
+
+    Returns:
+        Mart rows written (inserted, changed or deleted); 0 when nothing changed.
+
+    Raises:
+        IndicatorVersionError: the definition changed without a new version.
+    """
     with wh.transaction() as conn:
-        values = [
-            {"indicator": spec.name, "version": spec.version, "unit_level": spec.unit_level,
-             "unit_code": r.unit_code, "period": r.period, "numerator": int(r.numerator or 0),
-             "denominator": int(r.denominator), "computed_at": now,
-             "value": (int(r.numerator or 0) / int(r.denominator)) if r.denominator else None}
-            for r in conn.execute(indicator_query(spec, table, wh.dialect))
-        ]
-        if spec.unit_level != "province":
-            values += _province_totals(spec, values, now)
-        conn.execute(mart.delete().where(mart.c.indicator == spec.name, mart.c.version == spec.version))
-        if values:
-            conn.execute(mart.insert(), values)
-    return len(values)
+        _adopt_untyped_rows(conn, wh)
+        definitions.register(conn, wh, spec)
+        newest = _newest_load(conn, wh, spec)
+        written = 0
+        if months is None or months:
+            written = _sync(conn, wh, spec, "month", _monthly_counts(conn, wh, spec, months), months)
+            for period_type in ("quarter", "year"):
+                if period_type in spec.periods:
+                    written += _roll_up(conn, wh, spec, period_type, months)
+        definitions.set_watermark(conn, wh, spec, newest)
+    return written
 
 
-def read_indicator(wh: Warehouse, name: str, version: int | None = None,
-                   unit_level: str | None = None) -> list[dict[str, Any]]:
-    """The mart rows of an indicator (latest version unless one is given; one unit level or all)."""
+def months_touched(wh: Warehouse, spec: IndicatorSpec) -> set[str] | None:
+    """Months holding rows loaded since the last computation (None: never computed, so every month)."""
+    table = wh.system["mart_indicator_definition"]
+    with wh.engine.connect() as conn:
+        mark = conn.execute(sa.select(table.c.data_loaded_until).where(
+            table.c.indicator == spec.name, table.c.version == spec.version)).scalar()
+        if mark is None:
+            return None
+        mark = mark if mark.tzinfo else mark.replace(tzinfo=timezone.utc)
+        touched = query.touched_months(spec, wh.core[spec.dataset], wh.dialect, mark - LATE_LOOKBACK)
+        return {r.period for r in conn.execute(touched)}
+
+
+def compute_touched(wh: Warehouse, spec: IndicatorSpec) -> dict[str, Any]:
+    """Recompute only the months late-arriving or changed rows fall in (what the Asset-scheduled DAG runs)."""
+    months = months_touched(wh, spec)
+    written = compute_indicator(wh, spec, months)
+    return {"indicator": spec.name, "months": "all" if months is None else sorted(months), "written": written}
+
+
+def compute_range(wh: Warehouse, spec: IndicatorSpec, first: date, last: date) -> int:
+    """Compute `spec` over local days first..last (both included) as a `range` period; returns rows written."""
+    label = periods.range_label(first, last)
+    table = wh.core[spec.dataset]
+    counts: Counts = {}
+    with wh.transaction() as conn:
+        definitions.register(conn, wh, spec)
+        for level, column in _levels(spec):
+            select = query.range_cells(spec, table, wh.dialect, column, first, last + timedelta(days=1))
+            for row in conn.execute(select).mappings():
+                if row["denominator"]:
+                    unit = PROVINCE_CODE if column is None else str(row["unit_code"])
+                    counts[(level, unit, label)] = (int(row["numerator"] or 0), int(row["denominator"]))
+        return _sync(conn, wh, spec, "range", counts, {label})
+
+
+def read_indicator(wh: Warehouse, name: str, version: int | None = None, unit_level: str | None = None,
+                   period_type: str | None = "month") -> list[dict[str, Any]]:
+    """The mart rows of an indicator: the latest version unless one is given; one unit level and period type
+    (`None`: all), ordered by period and unit."""
     mart = wh.system["mart_indicator_value"]
     with wh.engine.connect() as conn:
         if version is None:
             version = conn.execute(sa.select(sa.func.max(mart.c.version)).where(mart.c.indicator == name)).scalar()
-        query = sa.select(mart).where(mart.c.indicator == name, mart.c.version == version)
+        select = sa.select(mart).where(mart.c.indicator == name, mart.c.version == version)
         if unit_level is not None:
-            query = query.where(mart.c.unit_level == unit_level)
-        rows = conn.execute(query.order_by(mart.c.period, mart.c.unit_code)).mappings().all()
+            select = select.where(mart.c.unit_level == unit_level)
+        if period_type is not None:
+            select = select.where(mart.c.period_type == period_type)
+        rows = conn.execute(select.order_by(mart.c.period, mart.c.unit_level, mart.c.unit_code)).mappings().all()
     return [dict(r) for r in rows]
+
+
+def _adopt_untyped_rows(conn: sa.Connection, wh: Warehouse) -> None:
+    """Rows written before periods had types were all monthly rates: say so, so recomputing finds them."""
+    mart = wh.system["mart_indicator_value"]
+    conn.execute(mart.update().where(mart.c.period_type.is_(None)).values(period_type="month", measure="rate"))

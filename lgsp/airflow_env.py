@@ -5,6 +5,7 @@ configuration at import time.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,9 +37,29 @@ def configure(settings: Settings, quiet: bool = True) -> dict[str, str]:
         "GX_ANALYTICS_ENABLED": "False",
         "LGSP_HOME": str(settings.home),
         "LGSP_DATABASE_URL": settings.database_url,
+        **lineage_env(settings),
     }
     os.environ.update(env)
     return env
+
+
+def lineage_env(settings: Settings) -> dict[str, str]:
+    """OpenLineage for every task: events appended to `<LGSP_HOME>/airflow/openlineage/events.jsonl`.
+
+    `LGSP_OPENLINEAGE_TRANSPORT=console` logs them instead; a JSON transport
+    (e.g. `{"type": "http", "url": "http://marquez:5000"}`) sends them to a lineage server.
+    """
+    choice = os.environ.get("LGSP_OPENLINEAGE_TRANSPORT", "file")
+    if choice == "file":
+        folder = settings.airflow_home / "openlineage"
+        folder.mkdir(parents=True, exist_ok=True)
+        transport = json.dumps({"type": "file", "log_file_path": str(folder / "events.jsonl"), "append": True})
+    elif choice == "console":
+        transport = json.dumps({"type": "console"})
+    else:
+        transport = choice
+    return {"AIRFLOW__OPENLINEAGE__TRANSPORT": transport, "AIRFLOW__OPENLINEAGE__NAMESPACE": "lgsp",
+            "AIRFLOW__OPENLINEAGE__DISABLED": "False"}
 
 
 def ensure_metadata_db(settings: Settings) -> bool:
@@ -90,7 +111,7 @@ def load_dagbag() -> Any:
 
 
 def run_dag(dag_id: str, dagbag: Any | None = None, conf: dict[str, Any] | None = None,
-            task_retries: bool = True) -> Any:
+            task_retries: bool = True, logical_date: Any = None) -> Any:
     """Run one DAG to completion with `dag.test()`; raise DagRunFailed naming the failed tasks.
 
     With `task_retries=False` a failed task fails the run at once instead of
@@ -105,7 +126,8 @@ def run_dag(dag_id: str, dagbag: Any | None = None, conf: dict[str, Any] | None 
     if not task_retries:
         for task in dag.tasks:
             task.retries = 0
-    run = dag.test(run_conf=conf) if conf else dag.test()
+    dag.deadline = None  # late alerts are the scheduler's job; dag.test() cannot store them
+    run = dag.test(run_conf=conf, logical_date=logical_date) if conf or logical_date else dag.test()
     state = str(getattr(run, "state", "unknown"))
     if not state.endswith("success"):
         failed = [ti.task_id for ti in run.get_task_instances() if str(ti.state).endswith(("failed", "upstream_failed"))]

@@ -10,6 +10,14 @@
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
     lgsp lake info|compact    files and rows per lake partition; merge small Parquet files
+    lgsp indicators compute|list|export|dashboard|rank   indicators, open data, the dashboard, rankings
+    lgsp airflow start        api-server, scheduler, dag-processor, triggerer (+ Celery workers) until Ctrl-C
+    lgsp airflow trigger P    trigger a pipeline through Airflow's REST API and wait for it
+    lgsp backfill P --from D --to D   re-pull exactly those data intervals, one DAG run each
+    lgsp serve                the sharing gateway (REST + CKAN API) over the shared views
+    lgsp agencies ...         agencies, API keys, OAuth2 clients, grants
+    lgsp audit verify|list    the gateway's hash-chained audit of every read
+    lgsp merger run|report|communes   province-merger consolidation (docs/merger.md)
 """
 from __future__ import annotations
 
@@ -130,6 +138,10 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
     print_summary(console, wh, catalog)
     console.print(f"Data: warehouse {redact_url(settings.database_url)}; lake {settings.lake_root} "
                   f"(landing/ as received, raw/<dataset>/ingest_date=.../*.parquet)")
+    from indicators.cli import publish
+
+    for what, path in publish(wh, catalog, settings).items():
+        console.print(f"{what.capitalize()}: {path}")
 
 
 def _instant(text: str | None, option: str) -> Any:
@@ -441,6 +453,23 @@ def health(history: bool = typer.Option(False, help="success rate and latency pe
     console.print(table)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+from indicators.cli import app as indicators_app  # noqa: E402 - compute|list|export|dashboard|rank (docs/indicators.md)
+
+app.add_typer(indicators_app, name="indicators")
+
+from consolidation.cli import merger_app  # noqa: E402 - the province-merger consolidation (docs/merger.md)
+
+app.add_typer(merger_app, name="merger")
+
+from gateway.cli import register as register_gateway  # noqa: E402 - serve, agencies, audit (docs/gateway.md)
+
+register_gateway(app)
+
+from lgsp.orchestration_cli import register as register_orchestration  # noqa: E402 - airflow start|trigger, backfill
+
+register_orchestration(app)  # docs/orchestration.md
 
 
 def main() -> None:

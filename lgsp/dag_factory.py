@@ -3,7 +3,8 @@
 Per pipeline: a DAG `lgsp_<pipeline>` with three tasks, extract -> validate ->
 load, each a call into `lgsp.runner`; the load task updates the dataset's
 Asset. The indicators DAG `lgsp_indicators` is scheduled on the Assets of the
-datasets it reads. Nothing here does I/O beyond reading the local catalog.
+datasets it reads; each run recomputes the months the newly loaded rows touch.
+Nothing here does I/O beyond reading the local catalog.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from catalog import Catalog, PipelineSpec, load_catalog
 from catalog.models import FeedSpec
 
 START_DATE = datetime(2025, 7, 1, tzinfo=timezone.utc)  # the two-tier local government starts
+VN_TIMEZONE = "Asia/Ho_Chi_Minh"
 
 
 def dataset_asset(name: str, layer: str = "core") -> Any:
@@ -34,61 +36,166 @@ def pool_definitions(catalog: Catalog) -> dict[str, dict[str, Any]]:
                                   "include_deferred": False} for s in catalog.systems.values()}
 
 
-def _default_args(retries: int) -> dict[str, Any]:
-    return {"owner": "lgsp", "retries": retries, "retry_delay": timedelta(seconds=30),
-            "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=15)}
+def _default_args(retries: int, retry_delay_s: float = 30.0, max_retry_delay_s: float = 900.0) -> dict[str, Any]:
+    """Retries with exponential backoff (delay doubles up to the maximum); a task's last failure alerts."""
+    from lgsp.alerts import on_task_failure
+
+    return {"owner": "lgsp", "retries": retries, "retry_delay": timedelta(seconds=retry_delay_s),
+            "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(seconds=max_retry_delay_s),
+            "on_failure_callback": on_task_failure}
+
+
+def _timetable(schedule: str | None) -> Any:
+    """A cron schedule as data intervals in Vietnam time (`@daily` = one local day), so a run knows its window."""
+    if schedule is None:
+        return None
+    from airflow.sdk import CronDataIntervalTimetable
+
+    return CronDataIntervalTimetable(schedule, timezone=VN_TIMEZONE)
+
+
+def _deadline(pipeline: PipelineSpec) -> Any:
+    """A late alert when a run is not finished `late_after_s` after it was queued (None: no deadline)."""
+    if pipeline.late_after_s is None:
+        return None
+    from airflow.sdk.definitions.callback import AsyncCallback
+    from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT,
+                         interval=timedelta(seconds=pipeline.late_after_s),
+                         callback=AsyncCallback("lgsp.alerts.on_run_late",
+                                                kwargs={"late_after_s": pipeline.late_after_s}))
+
+
+def run_window(context: dict[str, Any]) -> dict[str, Any]:
+    """The window a run pulls: `since`/`until` params, else the data interval of a scheduler backfill, else
+    none (incremental from the cursor). Values are datetimes or None.
+    """
+    params = context.get("params") or {}
+    if params.get("since") or params.get("until"):
+        return {k: datetime.fromisoformat(params[k]) if params.get(k) else None for k in ("since", "until")}
+    dag_run = context.get("dag_run")
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if "backfill" in str(getattr(dag_run, "run_type", "")) and start is not None and end is not None and start < end:
+        return {"since": start, "until": end}
+    return {"since": None, "until": None}
 
 
 def pipeline_dag(pipeline: PipelineSpec, catalog: Catalog) -> Any:
-    """The DAG of one pipeline: extract -> validate -> load."""
-    from airflow.sdk import dag, task
+    """The DAG of one pipeline: extract -> validate -> load (mapped over slices if the pipeline is partitioned)."""
+    from airflow.sdk import dag
 
     name = pipeline.name
     system = catalog.systems[pipeline.source.system]
 
-    @dag(dag_id=f"lgsp_{name}", description=pipeline.title, schedule=pipeline.schedule,
+    @dag(dag_id=f"lgsp_{name}", description=pipeline.title, schedule=_timetable(pipeline.schedule),
          start_date=START_DATE, catchup=False, max_active_runs=1,
          params={"full_refresh": False, "since": None, "until": None},
          tags=["lgsp", f"system:{system.name}", f"dataset:{pipeline.dataset}", *pipeline.tags],
-         default_args=_default_args(pipeline.retries),
+         default_args=_default_args(pipeline.retries, pipeline.retry_delay_s, pipeline.max_retry_delay_s),
+         deadline=_deadline(pipeline),
          doc_md=f"**{pipeline.title}**: `{system.name}.{pipeline.source.operation}` -> `{pipeline.dataset}`")
     def _pipeline() -> None:
-        @task(task_id="extract", pool=system_pool(system.name))
-        def extract_step(**context: Any) -> str:
-            """Pull since the cursor; `since`/`until` params (ISO 8601) backfill a window instead."""
-            from datetime import datetime as _dt
-
-            from lgsp import runner
-
-            params = context.get("params") or {}
-            window = {k: _dt.fromisoformat(params[k]) if params.get(k) else None for k in ("since", "until")}
-            return str(runner.extract(runner.context(name), full_refresh=bool(params.get("full_refresh")),
-                                      **window)["batch_id"])
-
-        @task(task_id="validate")
-        def validate_step(batch_id: str) -> str:
-            from lgsp import runner
-
-            runner.validate(runner.context(name), batch_id)
-            return batch_id
-
-        @task(task_id="load", outlets=[dataset_asset(pipeline.dataset)])
-        def load_step(batch_id: str) -> dict[str, int]:
-            from lgsp import runner
-
-            result = runner.load(runner.context(name), batch_id)
-            return {k: int(result[k]) for k in ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")}
-
-        load_step(validate_step(extract_step()))
+        if pipeline.partition is None:
+            _single_tasks(name, pipeline.dataset, system_pool(system.name))
+        else:
+            _partitioned_tasks(name, pipeline.dataset, system_pool(system.name))
 
     return _pipeline()
+
+
+def _single_tasks(name: str, dataset: str, pool: str) -> None:
+    """extract -> validate -> load of one batch."""
+    from airflow.sdk import task
+
+    @task(task_id="extract", pool=pool)
+    def extract_step(**context: Any) -> str:
+        """Pull since the cursor; `since`/`until` params (ISO 8601) or a backfill's interval pull a window."""
+        from lgsp import runner
+
+        full_refresh = bool((context.get("params") or {}).get("full_refresh"))
+        return str(runner.extract(runner.context(name), full_refresh=full_refresh,
+                                  **run_window(context))["batch_id"])
+
+    @task(task_id="validate")
+    def validate_step(batch_id: str) -> str:
+        from lgsp import runner
+
+        runner.validate(runner.context(name), batch_id)
+        return batch_id
+
+    @task(task_id="load", outlets=[dataset_asset(dataset)])
+    def load_step(batch_id: str) -> dict[str, int]:
+        from lgsp import runner
+
+        result = runner.load(runner.context(name), batch_id)
+        return {k: int(result[k]) for k in ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")}
+
+    load_step(validate_step(extract_step()))
+
+
+def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
+    """plan -> extract/validate/load mapped over the slices -> publish (cursor + Asset once)."""
+    from airflow.sdk import task
+
+    @task(task_id="plan")
+    def plan_step(**context: Any) -> list[dict[str, Any]]:
+        """Fix the run's window once, and cut it into the catalog's slices (lgsp.partitions)."""
+        from lgsp import partitions, runner
+
+        ctx, window = runner.context(name), run_window(context)
+        full_refresh = bool((context.get("params") or {}).get("full_refresh"))
+        cursor = None if full_refresh else ctx.warehouse.get_cursor(name)
+        assert ctx.pipeline.partition is not None
+        return partitions.plan(cursor, ctx.pipeline.lookback_s, ctx.pipeline.partition, full_refresh, **window)
+
+    @task(task_id="extract", pool=pool)
+    def extract_step(part: dict[str, Any]) -> str:
+        from lgsp import partitions, runner
+
+        window = {k: datetime.fromisoformat(part[k]) if part[k] else None for k in ("since", "until")}
+        return str(runner.extract(runner.context(name), partition=partitions.request_filter(part["filter"]),
+                                  **window)["batch_id"])
+
+    @task(task_id="validate")
+    def validate_step(batch_id: str) -> str:
+        from lgsp import runner
+
+        runner.validate(runner.context(name), batch_id)
+        return batch_id
+
+    @task(task_id="load")
+    def load_step(batch_id: str) -> dict[str, Any]:
+        from lgsp import runner
+
+        result = runner.load(runner.context(name), batch_id)
+        return {"batch_id": batch_id, "cursor_to": result.get("cursor_to"),
+                **{k: int(result[k]) for k in ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")}}
+
+    @task(task_id="publish", outlets=[dataset_asset(dataset)])
+    def publish_step(parts: list[dict[str, Any]], loads: list[dict[str, Any]]) -> dict[str, Any]:
+        """Every slice landed: move the cursor as one batch would have (not for a backfill), update the Asset."""
+        from lgsp import partitions, runner
+
+        loads = list(loads)
+        cursor = partitions.landed_cursor(loads)
+        if list(parts)[0]["incremental"] and cursor is not None:
+            ctx = runner.context(name)
+            with ctx.warehouse.transaction() as conn:
+                ctx.warehouse.set_cursor(conn, name, cursor, loads[-1]["batch_id"])
+        return {"slices": len(loads), "cursor": cursor.isoformat() if cursor else None,
+                **{k: sum(int(r[k]) for r in loads) for k in ("rows_pulled", "rows_landed", "rows_changed")}}
+
+    parts = plan_step()
+    loads = load_step.expand(batch_id=validate_step.expand(batch_id=extract_step.expand(part=parts)))
+    publish_step(parts, loads)
 
 
 def indicators_dag(catalog: Catalog) -> Any:
     """The DAG that recomputes every indicator when a dataset it reads changes."""
     from airflow.sdk import dag, task
 
-    reads = sorted({d for spec in catalog.indicators.values() for d in spec.reads})
+    reads = sorted({d for spec in catalog.indicators.values() for d in spec.datasets_read})
 
     @dag(dag_id="lgsp_indicators", description="Recompute indicators into the mart",
          schedule=[dataset_asset(d) for d in reads] or None, start_date=START_DATE, catchup=False,
@@ -96,16 +203,17 @@ def indicators_dag(catalog: Catalog) -> Any:
     def _indicators() -> None:
         for indicator in catalog.indicators.values():
             @task(task_id=f"compute_{indicator.name}", outlets=[indicators_mart_asset()])
-            def compute(indicator_name: str = indicator.name) -> int:
+            def compute(indicator_name: str = indicator.name) -> dict[str, Any]:
+                """Recompute the months late-arriving or changed rows fall in (every month the first time)."""
                 from catalog import load_catalog as _load
-                from indicators import compute_indicator
+                from indicators import compute_touched
                 from lgsp.settings import load_settings
                 from warehouse import Warehouse
 
                 current = _load()
                 wh = Warehouse(load_settings().database_url, current)
                 wh.create_all()
-                return compute_indicator(wh, current.indicators[indicator_name])
+                return compute_touched(wh, current.indicators[indicator_name])
 
             compute()
 

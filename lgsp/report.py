@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog import Catalog
-from indicators import read_indicator
 from warehouse import Warehouse
 
 
@@ -53,8 +52,10 @@ def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicat
     for name, n in table_counts(wh, catalog).items():
         counts.add_row(name, f"{n:,}")
     console.print(counts)
-    for spec in catalog.indicators.values():
-        print_indicator(console, wh, spec, max_indicator_rows)
+    if catalog.indicators:
+        from indicators.summary import print_indicators
+
+        print_indicators(console, wh, catalog)
     print_outbox(console, wh)
 
 
@@ -71,37 +72,3 @@ def print_outbox(console: Console, wh: Warehouse) -> None:
     for feed in sorted({f for f, _ in counts}):
         table.add_row(feed, *(str(counts.get((feed, s), 0)) for s in ("acked", "pending", "failed", "dead")))
     console.print(table)
-
-
-def print_indicator(console: Console, wh: Warehouse, spec: Any, top: int = 5) -> None:
-    """Province total per period, then the best and worst communes of the latest period."""
-    from quality.reference import province_communes
-
-    rows = read_indicator(wh, spec.name, unit_level=spec.unit_level)
-    if not rows:
-        console.print(f"{spec.name}: no values yet")
-        return
-    names = province_communes(37)
-    per_period: dict[str, list[int]] = {}
-    for r in rows:
-        totals = per_period.setdefault(r["period"], [0, 0, 0])
-        totals[0] += r["numerator"]
-        totals[1] += r["denominator"]
-        totals[2] += 1
-    table = Table(title=f"{spec.name_en} ({spec.name_vi}), v{spec.version}: province by month")
-    for col in ("period", "communes", "numerator", "denominator", "rate"):
-        table.add_column(col, justify="left" if col == "period" else "right")
-    for period, (num, den, units) in sorted(per_period.items()):
-        table.add_row(period, str(units), f"{num:,}", f"{den:,}", f"{num / den:.1%}" if den else "-")
-    console.print(table)
-    latest = max(per_period)
-    ranked = sorted((r for r in rows if r["period"] == latest and r["denominator"]),
-                    key=lambda r: (-(r["value"] or 0), -r["denominator"]))
-    shown = ranked[:top] + ranked[-top:] if len(ranked) > 2 * top else ranked
-    detail = Table(title=f"{latest}: highest and lowest of {len(ranked)} communes")
-    for col in ("commune", "name", "numerator", "denominator", "rate"):
-        detail.add_column(col, justify="left" if col in ("commune", "name") else "right")
-    for r in shown:
-        detail.add_row(r["unit_code"], names.get(r["unit_code"], "?"), str(r["numerator"]),
-                       str(r["denominator"]), f"{r['value']:.1%}")
-    console.print(detail)

@@ -148,7 +148,7 @@ def _window(ctx: PipelineContext, full_refresh: bool, since: datetime | None,
 
 
 def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
-            until: datetime | None = None) -> dict[str, Any]:
+            until: datetime | None = None, partition: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pull every page changed since the pipeline's cursor and land it as received.
 
     Each landed page is checkpointed (the request for the next page is saved
@@ -156,13 +156,18 @@ def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | 
     after its last landed one instead of starting again. `since`/`until` pull
     a closed window (a backfill) without moving the cursor.
 
+    `partition` (lgsp.partitions) adds a slice's filter to every request; such
+    a batch is never resumed by another run.
+
     Returns the batch manifest (batch id, pages, rows pulled, window used).
     """
     from connectors import MessageLog, iter_pages, open_transport
     from lgsp.exchanges import breaker_for, flush_log
 
     wh, pipeline, table = ctx.warehouse, ctx.pipeline, ctx.warehouse.system["lgsp_batch"]
-    resume = None if (full_refresh or since or until) else _resumable(ctx)
+    resume = None if (full_refresh or since or until or partition) else _resumable(ctx)
+    source = pipeline.source.model_copy(update={"params": {**pipeline.source.params, **partition}}) \
+        if partition else pipeline.source
     if resume is not None:
         batch_id, mode = resume.batch_id, resume.mode or "incremental"
         since, until = utc(resume.cursor_from), utc(resume.cursor_until)
@@ -177,7 +182,7 @@ def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | 
     transport = open_transport(ctx.system, pipeline.source, log=message_log)
     try:
         if not state["done"]:
-            for page in iter_pages(ctx.system, pipeline.source, transport, since, until,
+            for page in iter_pages(ctx.system, source, transport, since, until,
                                    start=state["next"], first_number=pages + 1,
                                    breaker=breaker_for(wh, ctx.system)):
                 ctx.lake.write_page(pipeline.name, batch_id, page.number, page.records)
@@ -198,7 +203,8 @@ def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | 
     manifest = {"batch_id": batch_id, "pipeline": pipeline.name, "dataset": pipeline.dataset,
                 "system": ctx.system.name, "pages": pages, "rows_pulled": rows, "mode": mode,
                 "cursor_from": since.isoformat() if since else None,
-                "cursor_until": until.isoformat() if until else None, "extracted_at": _now().isoformat()}
+                "cursor_until": until.isoformat() if until else None, "extracted_at": _now().isoformat(),
+                "partition": partition}
     ctx.lake.write_manifest(pipeline.name, batch_id, manifest)
     _update_batch(ctx, batch_id, status="extracted", rows_pulled=rows)
     return manifest

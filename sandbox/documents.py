@@ -45,7 +45,8 @@ TYPE_SYMBOLS = {"quyet_dinh": "QĐ", "to_trinh": "TTr", "bao_cao": "BC", "ke_hoa
                 "thong_bao": "TB", "giay_moi": "GM"}
 """Abbreviation in the number symbol (``'45/QĐ-UBND'``); a công văn has none (``'123/UBND-VP'``)."""
 
-SIGNED_SHARE = {"incoming": 0.95, "outgoing": 0.85}
+SIGNED_SHARE = {"incoming": 0.95, "outgoing": 0.8126}
+"""Outgoing: Ninh Bình, 31,078 of 38,243 sent documents digitally signed (81.26%)."""
 INCOMING_SHARE = 0.55
 TIE_RATE = 0.10
 """Share of rows reusing an earlier row's ``updated_at`` (exercises inclusive cursors)."""

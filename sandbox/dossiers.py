@@ -10,7 +10,22 @@ Example row (datetimes are aware, +07:00)::
      'finished_at': datetime(2025, 8, 20, 15, 2, 11, tzinfo=VN_TZ),
      'returned_at': None, 'status': 'finished', 'channel': 'online',
      'paid_online': True, 'digitised': True,
-     'updated_at': datetime(2025, 8, 20, 15, 20, 11, tzinfo=VN_TZ)}
+     'updated_at': datetime(2025, 8, 20, 15, 20, 11, tzinfo=VN_TZ),
+     'receiving_agency_code': '000.00.31.H42', 'settlement': 'early', 'overdue': False,
+     'result_digitised': True, 'portal_synced': True, 'satisfaction': None}
+
+The last six fields are the service-quality facts the one-stop system records
+(drawn from a second random stream, so the fields before them do not depend on
+them): the receiving agency's code, how the dossier was settled against its due
+date (``early``: finished on a local day before the due day, ``on_time``, ``late``; ``None``
+while unsettled), ``overdue`` (settled late, or unsettled and past due at the
+snapshot and not paused awaiting additional documents),
+whether the result was digitised (``None`` while unsettled), whether
+the dossier was synced to the National Public Service Portal, and the citizen's
+rating after the result was returned (``satisfied``, ``neutral``,
+``dissatisfied``; ``None`` when not rated). Calibrated on the articles: Ninh
+Bình 77.9% online and 96.2% on time; Quảng Bình 58.77% paid online, 88.87%
+digitised, 93.7% satisfied.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ DOSSIER_FIELDS = (
     "dossier_id", "procedure_code", "procedure_name", "commune_code", "receiving_agency",
     "received_at", "due_at", "finished_at", "returned_at", "status", "channel",
     "paid_online", "digitised", "updated_at",
+    "receiving_agency_code", "settlement", "overdue", "result_digitised", "portal_synced", "satisfaction",
 )
 """The fields of a dossier, in JSON order."""
 
@@ -35,10 +51,19 @@ DOSSIER_DEFECT_KINDS = ("due_before_received", "channel_unknown", "commune_unkno
 STATUSES = ("received", "processing", "finished", "returned")
 STATUS_WEIGHTS = (6, 14, 45, 35)
 DEPARTMENT_SHARE = 0.20
-ONLINE_SHARE = 0.78
-PAID_ONLINE_SHARE = 0.59
-DIGITISED_SHARE = 0.89
-ON_TIME_SHARE = 0.96
+ONLINE_SHARE = 0.779
+PAID_ONLINE_SHARE = 0.5877
+DIGITISED_SHARE = 0.8887
+ON_TIME_SHARE = 0.962
+RESULT_DIGITISED_SHARE = 0.8887
+PORTAL_SYNCED_SHARE = 0.995
+PAST_DUE_FLAGGED_SHARE = 0.15
+"""Of the unsettled dossiers past due at the snapshot, those flagged overdue; the rest are paused awaiting
+the citizen's additional documents (chờ bổ sung), which stops the clock."""
+RATED_SHARE = 0.6
+SATISFACTION_WEIGHTS = {"satisfied": 93.7, "neutral": 4.8, "dissatisfied": 1.5}
+SNAPSHOT_VN = WINDOW_END_VN
+"""When the one-stop system's figures were taken: an unsettled dossier due before it is overdue."""
 BATCH_SYNC_SHARE = 0.08
 """Share of dossiers last touched by the 23:00 nightly sync (many equal ``updated_at``)."""
 _LATEST_EVENT = WINDOW_END_VN - timedelta(hours=1)
@@ -105,6 +130,43 @@ def _updated_at(rng: random.Random, row: dict[str, Any]) -> datetime:
     return updated
 
 
+DEPARTMENT_UNIT_CODES = {"01": "000.00.31.H42", "02": "000.00.32.H42", "03": "000.00.33.H42",
+                         "04": "000.00.34.H42", "05": "000.00.35.H42", "06": "000.00.36.H42",
+                         "07": "000.00.37.H42", "08": "000.00.38.H42", "09": "000.00.40.H42",
+                         "10": "000.00.39.H42"}
+"""Department (``sandbox.procedures.DEPARTMENTS``) -> agency code, the codes of :mod:`sandbox.documents`."""
+
+
+def agency_unit_code(department: str | None, commune_code: str) -> str:
+    """The receiving agency's code: ``'000.00.31.H42'`` (Sở Tư pháp) or ``'000.14464.H42'`` (a commune's UBND)."""
+    return DEPARTMENT_UNIT_CODES[department] if department else f"000.{commune_code}.H42"
+
+
+def _settlement(row: dict[str, Any]) -> str | None:
+    """``early`` (finished before the due day, local time), ``on_time``, ``late``, or ``None`` while unsettled."""
+    finished, due = row["finished_at"], row["due_at"]
+    if finished is None:
+        return None
+    if finished > due:
+        return "late"
+    return "early" if finished.astimezone(VN_TZ).date() < due.astimezone(VN_TZ).date() else "on_time"
+
+
+def _service_quality(rng: random.Random, row: dict[str, Any]) -> dict[str, Any]:
+    """The service-quality fields of a dossier (see the module docstring), from their own random stream."""
+    settlement = _settlement(row)
+    rated = row["returned_at"] is not None and rng.random() < RATED_SHARE
+    return {
+        "settlement": settlement,
+        "overdue": settlement == "late" or (settlement is None and row["due_at"] < SNAPSHOT_VN
+                                            and rng.random() < PAST_DUE_FLAGGED_SHARE),
+        "result_digitised": None if settlement is None else rng.random() < RESULT_DIGITISED_SHARE,
+        "portal_synced": rng.random() < PORTAL_SYNCED_SHARE,
+        "satisfaction": (rng.choices(tuple(SATISFACTION_WEIGHTS), tuple(SATISFACTION_WEIGHTS.values()))[0]
+                         if rated else None),
+    }
+
+
 def make_dossiers(seed: int, count: int, defect_rate: float = 0.01) -> list[dict[str, Any]]:
     """Generate ``count`` dossiers deterministically (same arguments => same list).
 
@@ -127,6 +189,7 @@ def make_dossiers_with_defects(
     Example second value: ``{'H37.57-250903-0002': 'channel_unknown'}``.
     """
     rng = random.Random(seed)
+    quality_rng = random.Random(f"{seed}:service-quality")
     communes = ninh_binh_communes()
     defects = pick_defects(rng, count, defect_rate, DOSSIER_DEFECT_KINDS)
     rows: list[dict[str, Any]] = []
@@ -158,6 +221,8 @@ def make_dossiers_with_defects(
         if index in defects:
             _apply_defect(rng, row, defects[index])
         row["updated_at"] = _updated_at(rng, row)
+        row["receiving_agency_code"] = agency_unit_code(proc.department, commune_code)
+        row.update(_service_quality(quality_rng, row))
         rows.append({k: row[k] for k in DOSSIER_FIELDS})
         agency_codes.append(agency_code)
 

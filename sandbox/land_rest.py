@@ -113,10 +113,19 @@ class LandApp(JsonService):
         return expires is not None and time.monotonic() < expires
 
     def page(self, query: Query, environ: dict[str, Any]) -> dict[str, Any]:
-        """``{"data": [...], "total": N, "offset": 0, "limit": 100}``."""
+        """``{"data": [...], "total": N, "offset": 0, "limit": 100}``.
+
+        ``commune_from`` (inclusive) and ``commune_to`` (exclusive) keep the parcels
+        whose ``commune_code`` is in that range (string order), for partitioned syncs.
+        """
         first, stop = self._rows.window(instant_param(query, "updated_since"), instant_param(query, "updated_until"))
         offset = int_param(query, "offset", 0, minimum=0)
         limit = min(int_param(query, "limit", DEFAULT_LIMIT, minimum=1), MAX_LIMIT)
+        low, high = query.get("commune_from", [""])[0], query.get("commune_to", [""])[0]
+        if low or high:
+            chosen = [item for item in self._rows.items[first:stop]
+                      if low <= (item.get("commune_code") or "") and (not high or (item.get("commune_code") or "") < high)]
+            return {"data": chosen[offset:offset + limit], "total": len(chosen), "offset": offset, "limit": limit}
         start = first + offset
         return {"data": self._rows.items[start:min(start + limit, stop)], "total": stop - first,
                 "offset": offset, "limit": limit}

@@ -52,6 +52,8 @@ LEGACY_SYSTEMS: dict[str, tuple[str, str]] = {
 """Legacy system -> (old GSO province code, record-key prefix), in source-priority order."""
 KINDS = ("citizen", "enterprise", "dossier")
 KEY_FIELDS = {"citizen": "citizen_id", "enterprise": "enterprise_id", "dossier": "dossier_id"}
+KEY_PREFIXES = {"citizen": "CD", "enterprise": "DN", "dossier": "HS"}
+"""Record keys: ``NB-CD-000001`` (citizen), ``ND-DN-000001`` (enterprise), ``HN-HS-000001`` (dossier)."""
 LEGACY_FIRST = datetime(2022, 1, 1, tzinfo=UTC)
 LEGACY_LAST = datetime(2025, 6, 30, 16, 59, 59, tzinfo=UTC)
 """``updated_at`` range: the legacy systems were frozen at the merger (2025-07-01 +07:00)."""
@@ -133,7 +135,7 @@ class _Generator:
     def key(self, system: str, kind: str) -> str:
         prefix = LEGACY_SYSTEMS[system][1]
         number = self.counters[(system, kind)] = self.counters.get((system, kind), 0) + 1
-        return f"{prefix}-{ {'citizen': 'CD', 'enterprise': 'DN', 'dossier': 'HS'}[kind]}-{number:06d}"
+        return f"{prefix}-{KEY_PREFIXES[kind]}-{number:06d}"
 
     def next_commune(self, system: str) -> OldCommune:
         """Mapped old communes in turn (each is used before any twice), so every new commune gets records."""

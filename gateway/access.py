@@ -1,0 +1,130 @@
+"""Who is asking, what they may read, and how often: deny by default.
+
+Credentials: `X-API-Key: <key>`, `Authorization: Bearer <key or OAuth2 token>`, or
+CKAN's bare `Authorization: <key>`. No credential = anonymous, which may read open
+datasets only. A credential that is unknown, revoked or expired is refused (401),
+never downgraded to anonymous. A restricted dataset needs a grant (403 otherwise).
+
+Principals are cached for `principal_cache_s` (5 s), so a revoked key or grant stops
+working within that time. Rate limits are token buckets per agency (per client
+address for anonymous readers), kept per gateway process.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from catalog.models import SharedDatasetSpec
+from gateway.agencies import ANONYMOUS, AgencyRegistry, Principal, digest
+from gateway.settings import GatewaySettings
+
+
+class AccessDenied(PermissionError):
+    """A read is refused: `status` 401 (no or bad credential) or 403 (no grant)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RateLimited(RuntimeError):
+    """Too many requests; `retry_after_s` says when to come back."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"rate limit exceeded: retry after {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
+
+
+def presented_secret(api_key: str | None, authorization: str | None) -> str | None:
+    """The secret a request presents, from X-API-Key or Authorization (Bearer or CKAN's bare key)."""
+    if api_key:
+        return api_key.strip()
+    if authorization:
+        scheme, _, rest = authorization.strip().partition(" ")
+        if rest and scheme.lower() == "bearer":
+            return rest.strip()
+        if not rest:
+            return scheme
+    return None
+
+
+class Authenticator:
+    """Resolves credentials to principals, with a short cache."""
+
+    def __init__(self, registry: AgencyRegistry, settings: GatewaySettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def principal(self, secret: str | None) -> Principal:
+        """The principal for `secret`; anonymous without one.
+
+        Raises:
+            AccessDenied: 401 if the secret is unknown, revoked or expired.
+        """
+        if not secret:
+            return ANONYMOUS
+        hashed = digest(secret)
+        now = time.monotonic()
+        cached = self._cache.get(hashed)
+        if cached is None or cached[0] < now:
+            found = self.registry.principal(secret)
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[hashed] = cached = (now + self.settings.principal_cache_s, found)
+        if cached[1] is None:
+            raise AccessDenied(401, "the API key or token is not valid (unknown, revoked or expired)")
+        return cached[1]
+
+
+def authorize(principal: Principal, shared: SharedDatasetSpec) -> frozenset[str]:
+    """The personal columns `principal` may see in clear in `shared`.
+
+    Raises:
+        AccessDenied: 401 for an anonymous reader of a restricted dataset, 403 without a grant.
+    """
+    if shared.access == "open":
+        return principal.grants.get(shared.name, frozenset())
+    if principal.agency_id is None:
+        raise AccessDenied(401, f"'{shared.name}' is restricted: send an API key (X-API-Key) or an OAuth2 "
+                                "bearer token (POST /oauth/token)")
+    granted = principal.grants.get(shared.name)
+    if granted is None:
+        raise AccessDenied(403, f"agency '{principal.agency_id}' has no grant on '{shared.name}' "
+                                f"(ask its owner: {shared.owner})")
+    return granted
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Token buckets: `rate` requests per second, bursts up to twice that (at least 5)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def take(self, who: str, rate: float) -> None:
+        """Spend one token of `who`'s bucket.
+
+        Raises:
+            RateLimited: the bucket is empty.
+        """
+        capacity = max(5.0, 2 * rate)
+        now = time.monotonic()
+        with self._lock:
+            bucket = self._buckets.get(who)
+            if bucket is None:
+                bucket = self._buckets[who] = _Bucket(tokens=capacity, updated=now)
+            bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
+            bucket.updated = now
+            if bucket.tokens < 1:
+                raise RateLimited((1 - bucket.tokens) / rate)
+            bucket.tokens -= 1

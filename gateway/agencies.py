@@ -1,0 +1,185 @@
+"""The agency registry: agencies, their API keys and OAuth2 clients (hashed), tokens and grants.
+
+An API key is shown once, when issued: `lgsp_<credential id>_<secret>`; only the
+SHA-256 of the whole key is stored. An OAuth2 client (client credentials grant) is a
+client id and a secret, exchanged at `POST /oauth/token` for a bearer token that
+expires (`LGSP_GATEWAY_TOKEN_TTL_S`); tokens are stored hashed too.
+
+Example:
+    >>> registry = AgencyRegistry(engine, catalog)                      # doctest: +SKIP
+    >>> registry.add_agency("so_y_te", "Sở Y tế (Department of Health)")
+    >>> key = registry.issue_api_key("so_y_te")                         # shown once
+    >>> registry.grant("so_y_te", "citizen", personal=["personal_id"])
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog.models import Catalog
+from gateway import tables
+
+AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+
+
+class RegistryError(ValueError):
+    """A registry operation cannot be done; the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: an agency (with its grants) or an anonymous reader of open data."""
+
+    agency_id: str | None
+    rate_per_s: float | None = None
+    grants: dict[str, frozenset[str]] = field(default_factory=dict)  # dataset -> personal columns granted
+
+    @property
+    def label(self) -> str:
+        return self.agency_id or "anonymous"
+
+
+ANONYMOUS = Principal(agency_id=None)
+
+
+def digest(secret: str) -> str:
+    """SHA-256 hex digest of a presented secret (keys, client secrets, tokens are 256-bit random)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class AgencyRegistry:
+    """Agencies, credentials and grants in the gateway's tables."""
+
+    def __init__(self, engine: sa.Engine, catalog: Catalog) -> None:
+        self.engine = engine
+        self.catalog = catalog
+
+    def add_agency(self, agency_id: str, name: str, rate_per_s: float | None = None) -> None:
+        """Register an agency (`agency_id`: lower-case letters, digits, underscores)."""
+        if not AGENCY_ID.match(agency_id):
+            raise RegistryError(f"agency id '{agency_id}' must be 2-63 lower-case letters, digits or underscores, "
+                                "starting with a letter (e.g. so_y_te)")
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(tables.agency.c.agency_id).where(tables.agency.c.agency_id == agency_id)).first():
+                raise RegistryError(f"agency '{agency_id}' is already registered")
+            conn.execute(tables.agency.insert().values(agency_id=agency_id, name=name, rate_per_s=rate_per_s,
+                                                       created_at=_now()))
+
+    def _require_agency(self, conn: sa.Connection, agency_id: str) -> None:
+        found = conn.execute(sa.select(tables.agency.c.agency_id).where(tables.agency.c.agency_id == agency_id))
+        if found.first() is None:
+            raise RegistryError(f"no agency '{agency_id}': register it first (lgsp agencies add {agency_id} NAME)")
+
+    def _new_credential(self, agency_id: str, kind: str) -> tuple[str, str]:
+        credential_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        presented = f"lgsp_{credential_id}_{secret}" if kind == "api_key" else secret
+        with self.engine.begin() as conn:
+            self._require_agency(conn, agency_id)
+            conn.execute(tables.credential.insert().values(
+                credential_id=credential_id, agency_id=agency_id, kind=kind, secret_sha256=digest(presented),
+                created_at=_now()))
+        return credential_id, presented
+
+    def issue_api_key(self, agency_id: str) -> str:
+        """A new API key for the agency; returned once, stored hashed."""
+        return self._new_credential(agency_id, "api_key")[1]
+
+    def add_oauth_client(self, agency_id: str) -> tuple[str, str]:
+        """A new OAuth2 client (client credentials grant): (client_id, client_secret), the secret shown once."""
+        return self._new_credential(agency_id, "oauth_client")
+
+    def revoke_credential(self, credential_id: str) -> None:
+        """Revoke an API key or OAuth2 client (and the client's tokens)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(tables.credential.update().where(tables.credential.c.credential_id == credential_id,
+                                                                 tables.credential.c.revoked_at.is_(None))
+                                .values(revoked_at=_now())).rowcount
+            conn.execute(tables.token.delete().where(tables.token.c.credential_id == credential_id))
+        if not done:
+            raise RegistryError(f"no active credential '{credential_id}' (see lgsp agencies list)")
+
+    def issue_token(self, client_id: str, client_secret: str, ttl_s: int) -> str | None:
+        """A bearer token for valid client credentials, or None."""
+        c = tables.credential.c
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(c.agency_id).where(
+                c.credential_id == client_id, c.kind == "oauth_client", c.revoked_at.is_(None),
+                c.secret_sha256 == digest(client_secret))).first()
+            if row is None:
+                return None
+            token = secrets.token_urlsafe(32)
+            conn.execute(tables.token.delete().where(tables.token.c.expires_at < _now()))
+            conn.execute(tables.token.insert().values(token_sha256=digest(token), credential_id=client_id,
+                                                      agency_id=row.agency_id,
+                                                      expires_at=_now() + timedelta(seconds=ttl_s)))
+        return token
+
+    def grant(self, agency_id: str, dataset: str, personal: list[str] | None = None) -> None:
+        """Let the agency read `dataset`; `personal` lists the personal columns it may see in clear."""
+        shared = self.catalog.sharing.get(dataset)
+        if shared is None:
+            raise RegistryError(f"'{dataset}' is not shared (catalog/sharing.yaml has: "
+                                f"{', '.join(sorted(self.catalog.sharing))})")
+        unknown = sorted(set(personal or []) - set(shared.personal))
+        if unknown:
+            raise RegistryError(f"{unknown} are not personal columns of '{dataset}' "
+                                f"(its personal columns: {sorted(shared.personal)})")
+        with self.engine.begin() as conn:
+            self._require_agency(conn, agency_id)
+            g = tables.grant
+            conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset))
+            conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(),
+                                           personal_columns=json.dumps(sorted(set(personal or [])))))
+
+    def revoke(self, agency_id: str, dataset: str) -> None:
+        """Withdraw the agency's grant on `dataset`."""
+        g = tables.grant
+        with self.engine.begin() as conn:
+            if not conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset)).rowcount:
+                raise RegistryError(f"agency '{agency_id}' has no grant on '{dataset}'")
+
+    def principal(self, presented: str) -> Principal | None:
+        """The agency holding this API key or bearer token (None if unknown, revoked or expired)."""
+        hashed, c, t, a = digest(presented), tables.credential.c, tables.token.c, tables.agency.c
+        with self.engine.connect() as conn:
+            agency_id = conn.execute(sa.select(c.agency_id).where(
+                c.secret_sha256 == hashed, c.kind == "api_key", c.revoked_at.is_(None))).scalar()
+            if agency_id is None:
+                agency_id = conn.execute(sa.select(t.agency_id).where(
+                    t.token_sha256 == hashed, t.expires_at > _now())).scalar()
+            if agency_id is None:
+                return None
+            agency = conn.execute(sa.select(a.rate_per_s).where(a.agency_id == agency_id,
+                                                                 a.disabled_at.is_(None))).first()
+            if agency is None:
+                return None
+            grants = conn.execute(sa.select(tables.grant.c.dataset, tables.grant.c.personal_columns)
+                                  .where(tables.grant.c.agency_id == agency_id)).all()
+        return Principal(agency_id=agency_id, rate_per_s=agency.rate_per_s,
+                         grants={g.dataset: frozenset(json.loads(g.personal_columns)) for g in grants})
+
+    def agencies(self) -> list[dict[str, Any]]:
+        """Every agency with its credentials (ids and kinds only) and grants."""
+        with self.engine.connect() as conn:
+            agencies = [dict(r) for r in conn.execute(sa.select(tables.agency).order_by("agency_id")).mappings()]
+            creds = conn.execute(sa.select(tables.credential.c.agency_id, tables.credential.c.credential_id,
+                                           tables.credential.c.kind, tables.credential.c.revoked_at)).all()
+            grants = conn.execute(sa.select(tables.grant)).mappings().all()
+        for entry in agencies:
+            entry["credentials"] = [f"{c.credential_id} ({c.kind}{', revoked' if c.revoked_at else ''})"
+                                    for c in creds if c.agency_id == entry["agency_id"]]
+            entry["grants"] = {g["dataset"]: json.loads(g["personal_columns"]) for g in grants
+                               if g["agency_id"] == entry["agency_id"]}
+        return agencies

@@ -1,0 +1,297 @@
+"""The REST API (FastAPI): catalog, records, exports, OAuth2 tokens; and the CKAN Action API.
+
+    GET  /api/v1/datasets                          the catalog (open to all: metadata is public)
+    GET  /api/v1/datasets/{name}                   one dataset: schema, row count, freshness, quality
+    GET  /api/v1/datasets/{name}/records           filters, sort, fields, keyset pages (limit <= 1000)
+    GET  /api/v1/datasets/{name}/export            the whole result as CSV, JSON lines or Parquet
+    POST /oauth/token                              OAuth2 client credentials -> bearer token
+    GET|POST /api/3/action/{action}                CKAN: package_list|show|search, datastore_search
+
+Routes for records and exports are generated per shared dataset, so the OpenAPI
+document names each dataset's filter parameters (gateway.params) and record fields
+(gateway.models) exactly.
+Start it with `lgsp serve` (uvicorn); `create_app()` builds it from the environment.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Optional
+
+import orjson
+from fastapi import Depends, FastAPI, Form, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBasicCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from catalog.models import Catalog
+from gateway.access import AccessDenied, RateLimited, presented_secret
+from gateway.agencies import Principal
+from gateway.audit import AuditEntry, AuditUnavailable
+from gateway.export import MEDIA_TYPES, encoder, parquet_schema
+from gateway.models import DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, page_model
+from gateway.params import ParamSpec, parse_params, record_params, record_query
+from gateway.records import QueryError, QueryTimeout, RecordQuery
+from gateway.service import Gateway, UnknownDataset
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("lgsp.gateway")
+JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="an agency's API key (lgsp agencies key)")
+BEARER = HTTPBearer(auto_error=False, description="an OAuth2 access token (POST /oauth/token) or an API key")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in (
+        (400, "bad parameter"), (401, "no or invalid credential for a restricted dataset"),
+        (403, "no grant on this dataset"), (404, "no such dataset"), (429, "rate limit exceeded"),
+        (503, "query timeout or audit unavailable"))}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body, option=JSON_OPTIONS), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": {"status": status, "message": message}}, status, headers)
+
+
+def caller(request: Request, gateway: Gateway) -> Principal:
+    """Authenticate and rate-limit the request's caller."""
+    secret = presented_secret(request.headers.get("x-api-key"), request.headers.get("authorization"))
+    principal = gateway.authenticate(secret, request.client.host if request.client else "unknown")
+    request.state.agency = principal.label
+    return principal
+
+
+# --- records and exports --------------------------------------------------------------------
+
+def _parsed(gateway: Gateway, name: str, specs: list[ParamSpec],
+            request: Request) -> tuple[dict[str, Any], RecordQuery, QueryError | None]:
+    """The parameters and query, or the error to raise once the caller is authorised (a refusal comes first)."""
+    try:
+        params = parse_params(specs, request.query_params)
+        query = record_query(gateway.catalog.datasets[name], gateway.catalog.sharing[name], params)
+        return params, query, None
+    except QueryError as exc:
+        return {}, RecordQuery(), exc
+
+
+def _records_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> Any:
+    def records(request: Request) -> Response:
+        principal = caller(request, gateway)
+        params, query, bad = _parsed(gateway, name, specs, request)
+        with gateway.audited(principal, name, "records", query) as outcome:
+            if bad:
+                raise bad
+            rows, next_cursor = gateway.reader.page(name, outcome["granted"], query, params["limit"], params["cursor"])
+            outcome["rows"] = len(rows)
+        return json_response({"dataset": name, "records": rows, "next_cursor": next_cursor, "limit": params["limit"]})
+
+    return records
+
+
+def _export_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> Any:
+    dataset, shared = gateway.catalog.datasets[name], gateway.catalog.sharing[name]
+
+    def export(request: Request) -> Response:
+        principal = caller(request, gateway)
+        params, query, bad = _parsed(gateway, name, specs, request)
+        fmt = params.get("format", "csv")
+        with gateway.audited(principal, name, f"export_{fmt}", query) as outcome:
+            if bad:
+                raise bad
+            gateway.reader.check(name, outcome["granted"], query)
+        columns = query.fields or list(shared.columns)
+        max_rows = params["max_rows"] or gateway.settings.max_export_rows
+        chunks = _counted(gateway, principal, name, fmt, query,
+                          gateway.reader.chunks(name, outcome["granted"], query, max_rows))
+        body = encoder(fmt)(parquet_schema(dataset, shared, columns) if fmt == "parquet" else columns, chunks)
+        return StreamingResponse(body, media_type=MEDIA_TYPES[fmt], headers={
+            "Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
+
+    return export
+
+
+def _counted(gateway: Gateway, principal: Principal, name: str, fmt: str, query: RecordQuery,
+             chunks: Any) -> Any:
+    """Pass the chunks on; when the stream ends (or the client leaves), audit the rows actually sent."""
+    sent = 0
+    try:
+        for chunk in chunks:
+            yield chunk
+            sent += len(chunk)
+    finally:
+        described = query.describe(set(gateway.catalog.sharing[name].personal), gateway.settings.pseudonym_key)
+        try:
+            gateway.audit.record(AuditEntry(agency_id=principal.label, dataset=name, action=f"export_{fmt}_done",
+                                            query=described, rows_returned=sent, status=200))
+        except AuditUnavailable:
+            log.error("export of %s by %s: its end could not be audited", name, principal.label)
+
+
+def _catalog_routes(app: FastAPI, gateway: Gateway) -> None:
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/api/v1/datasets", response_model=DatasetList, tags=["catalog"],
+             responses={429: ERRORS[429]}, summary="The shared datasets")
+    def list_datasets(request: Request) -> Response:
+        caller(request, gateway)
+        return json_response({"datasets": [gateway.datasets.describe(n) for n in gateway.datasets.names()]})
+
+    @app.get("/api/v1/datasets/{name}", response_model=DatasetInfo, tags=["catalog"],
+             responses={s: ERRORS[s] for s in (404, 429)}, summary="One shared dataset")
+    def show_dataset(request: Request, name: str) -> Response:
+        caller(request, gateway)
+        gateway.shared(name)
+        return json_response(gateway.datasets.describe(name))
+
+
+def _dataset_routes(app: FastAPI, gateway: Gateway) -> None:
+    """Records and export routes per shared dataset; their parameters are documented from their ParamSpecs."""
+    security = [Security(API_KEY), Security(BEARER)]
+    for name in sorted(gateway.catalog.sharing):
+        dataset, shared = gateway.catalog.datasets[name], gateway.catalog.sharing[name]
+        sortable = gateway.reader.sortable(name)
+        records = record_params(dataset, shared, sortable, gateway.settings, export=False)
+        exports = record_params(dataset, shared, sortable, gateway.settings, export=True)
+        app.add_api_route(f"/api/v1/datasets/{name}/records", _records_endpoint(gateway, name, records),
+                          methods=["GET"], response_model=page_model(dataset, shared), responses=ERRORS,
+                          dependencies=security, tags=["records"], summary=f"Records of {name} ({shared.access})",
+                          operation_id=f"records_{name}", openapi_extra={"parameters": [p.openapi() for p in records]})
+        app.add_api_route(f"/api/v1/datasets/{name}/export", _export_endpoint(gateway, name, exports),
+                          methods=["GET"], response_class=Response, responses={200: {
+                              "description": "the rows, streamed", "content": {
+                                  media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA_TYPES.values()}},
+                              **ERRORS}, dependencies=security, tags=["exports"],
+                          summary=f"Export {name} ({shared.access})", operation_id=f"export_{name}",
+                          openapi_extra={"parameters": [p.openapi() for p in exports]})
+
+
+def _token_route(app: FastAPI, gateway: Gateway) -> None:
+    basic = HTTPBasic(auto_error=False)
+
+    @app.post("/oauth/token", response_model=TokenResponse, tags=["service"],
+              responses={400: ERRORS[400], 401: ERRORS[401]}, summary="OAuth2 client credentials grant")
+    def token(grant_type: str = Form(..., max_length=100), client_id: Optional[str] = Form(None, max_length=200),
+              client_secret: Optional[str] = Form(None, max_length=200),
+              credentials: Optional[HTTPBasicCredentials] = Depends(basic)) -> Response:
+        if grant_type != "client_credentials":
+            return error_response(400, "grant_type must be client_credentials")
+        if credentials is not None:
+            client_id, client_secret = credentials.username, credentials.password
+        issued = (gateway.registry.issue_token(client_id, client_secret, gateway.settings.token_ttl_s)
+                  if client_id and client_secret else None)
+        if issued is None:
+            return error_response(401, "invalid client: unknown client_id, wrong secret, or revoked")
+        return json_response({"access_token": issued, "token_type": "bearer",
+                              "expires_in": gateway.settings.token_ttl_s}, headers={"Cache-Control": "no-store"})
+
+
+# --- errors, logging, the app ---------------------------------------------------------------
+
+def _error_handlers(app: FastAPI) -> None:
+    from gateway.ckan import ckan_error, is_ckan
+
+    def handle(status: int, message: str, request: Request, headers: dict[str, str] | None = None) -> Response:
+        return ckan_error(request, status, message) if is_ckan(request) else error_response(status, message, headers)
+
+    @app.exception_handler(AccessDenied)
+    def _denied(request: Request, exc: AccessDenied) -> Response:
+        return handle(exc.status, str(exc), request)
+
+    @app.exception_handler(QueryError)
+    def _bad_query(request: Request, exc: QueryError) -> Response:
+        return handle(400, str(exc), request)
+
+    @app.exception_handler(UnknownDataset)
+    def _unknown(request: Request, exc: UnknownDataset) -> Response:
+        return handle(404, str(exc.args[0]), request)
+
+    @app.exception_handler(RateLimited)
+    def _limited(request: Request, exc: RateLimited) -> Response:
+        return handle(429, str(exc), request, {"Retry-After": str(max(1, round(exc.retry_after_s)))})
+
+    @app.exception_handler(QueryTimeout)
+    def _slow(request: Request, exc: QueryTimeout) -> Response:
+        return handle(503, str(exc), request, {"Retry-After": "5"})
+
+    @app.exception_handler(AuditUnavailable)
+    def _unaudited(request: Request, exc: AuditUnavailable) -> Response:
+        return handle(503, "the read could not be audited, so it was refused; try again later", request)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                             for e in exc.errors())  # the message only, never the value sent
+        return handle(400, problems, request)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        return handle(exc.status_code, str(exc.detail), request)
+
+
+class GuardMiddleware:
+    """One log line per request (method, path without query, status, agency, ms: no personal data),
+    and a generic 500 with a reference instead of any stack trace or exception message."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status, sent_start = time.perf_counter(), 500, False
+
+        async def tracked(message: Message) -> None:
+            nonlocal status, sent_start
+            if message["type"] == "http.response.start":
+                status, sent_start = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - logged by type and reference, never its message
+            reference = secrets.token_hex(6)
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("internal error %s: %s\n%s", reference, type(exc).__name__, frames)
+            if not sent_start:
+                response = error_response(500, f"internal error (reference {reference}); it has been logged")
+                await response(scope, receive, send)
+        finally:
+            agency = scope.get("state", {}).get("agency", "-")
+            log.info("%s %s %s %s %.1fms", scope["method"], scope["path"], status, agency,
+                     (time.perf_counter() - started) * 1000)
+
+
+def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None = None) -> FastAPI:
+    """The gateway's ASGI application (tables and shared views must exist: `lgsp serve` prepares them)."""
+    from gateway.ckan import ckan_routes
+
+    gateway = Gateway(settings, catalog)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        gateway.close()  # flush the audit queue, release connections
+
+    app = FastAPI(lifespan=lifespan, title="lgsp sharing gateway", version="1.0.0",
+                  description="Shared datasets of the province for its agencies and the public: REST and CKAN APIs. "
+                              "Restricted datasets need an API key (X-API-Key) or an OAuth2 bearer token.",
+                  openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+    app.state.gateway = gateway
+    _catalog_routes(app, gateway)
+    _dataset_routes(app, gateway)
+    _token_route(app, gateway)
+    ckan_routes(app, gateway)
+    _error_handlers(app)
+    app.add_middleware(GuardMiddleware)
+    return app

@@ -1,0 +1,89 @@
+"""The gateway's catalog: what each shared dataset is, and how fresh and how good its data is.
+
+For each dataset of catalog/sharing.yaml: title, description, owner, licence, open or
+restricted, the schema (type, description, filterable, sortable, personal policy), the
+row count of its shared view, its freshness (when its last batch was loaded; for a mart
+dataset, its newest computed_at) and its last quality result (the Great Expectations
+results of its last validated batch). Figures are cached for `CACHE_S` seconds.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog.models import Catalog
+from warehouse.store import Warehouse, utc
+
+CACHE_S = 30.0
+
+
+class DatasetCatalog:
+    """Describes the shared datasets from the catalog and the warehouse's bookkeeping."""
+
+    def __init__(self, engine: sa.Engine, catalog: Catalog, sortable: dict[str, list[str]]) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.sortable = sortable
+        self.tables = Warehouse(engine.url.render_as_string(hide_password=False), catalog).metadata.tables
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return sorted(self.catalog.sharing)
+
+    def schema(self, name: str) -> list[dict[str, Any]]:
+        """The shared columns: name, type, description, required, filterable, sortable, personal policy."""
+        dataset, shared = self.catalog.datasets[name], self.catalog.sharing[name]
+        return [{"name": c, "type": dataset.columns[c].type, "description": dataset.columns[c].description,
+                 "required": dataset.columns[c].required, "key": c in dataset.key,
+                 "filterable": c in shared.filterable, "sortable": c in self.sortable[name],
+                 "personal": shared.personal.get(c)} for c in shared.columns]
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """Everything the catalog says about `name`, with the live figures (cached)."""
+        now = time.monotonic()
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        dataset, shared = self.catalog.datasets[name], self.catalog.sharing[name]
+        with self.engine.connect() as conn:
+            figures = {"row_count": self._row_count(conn, shared.view_name),
+                       "freshness": self._freshness(conn, name),
+                       "last_quality": self._last_quality(conn, name)}
+        info = {"name": name, "title": dataset.title, "description": shared.description, "owner": shared.owner,
+                "licence": shared.licence, "access": shared.access, "key": list(dataset.key),
+                "history": dataset.write_mode == "history", "schema": self.schema(name), **figures}
+        with self._lock:
+            self._cache[name] = (now + CACHE_S, info)
+        return info
+
+    @staticmethod
+    def _row_count(conn: sa.Connection, view: str) -> int:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(sa.table(view))).scalar_one())
+
+    def _freshness(self, conn: sa.Connection, name: str) -> datetime | None:
+        dataset = self.catalog.datasets[name]
+        if dataset.layer == "mart" and "computed_at" in dataset.columns:
+            table = self.tables[dataset.table_name]
+            return utc(conn.execute(sa.select(sa.func.max(table.c.computed_at))).scalar())
+        batch = self.tables["lgsp_batch"]
+        return utc(conn.execute(sa.select(sa.func.max(batch.c.finished_at)).where(
+            batch.c.dataset == name, batch.c.status == "loaded")).scalar())
+
+    def _last_quality(self, conn: sa.Connection, name: str) -> dict[str, Any] | None:
+        results = self.tables["lgsp_expectation_result"]
+        last = conn.execute(sa.select(results.c.batch_id, sa.func.max(results.c.checked_at).label("checked_at"))
+                            .where(results.c.dataset == name).group_by(results.c.batch_id)
+                            .order_by(sa.desc("checked_at")).limit(1)).first()
+        if last is None:
+            return None
+        outcomes = conn.execute(sa.select(results.c.expectation, results.c.column_name, results.c.success)
+                                .where(results.c.batch_id == last.batch_id)).all()
+        failed = [f"{o.expectation}({o.column_name})" if o.column_name else o.expectation
+                  for o in outcomes if not o.success]
+        return {"batch_id": last.batch_id, "checked_at": utc(last.checked_at), "success": not failed,
+                "expectations": len(outcomes), "failed": failed}

@@ -1,0 +1,91 @@
+"""Response models of the gateway's REST API (they make the OpenAPI document)."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from catalog.models import DatasetSpec, SharedDatasetSpec
+
+PY_TYPES: dict[str, type] = {"string": str, "integer": int, "float": float, "boolean": bool,
+                             "date": date, "timestamp": datetime}
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: the HTTP status and what to do; never a stack trace."""
+
+    error: ErrorDetail
+
+
+class ColumnInfo(BaseModel):
+    name: str
+    type: Literal["string", "integer", "float", "boolean", "date", "timestamp"]
+    description: str
+    required: bool
+    key: bool
+    filterable: bool
+    sortable: bool
+    personal: Optional[Literal["mask", "pseudonym", "withhold"]]
+
+
+class QualityResult(BaseModel):
+    batch_id: str
+    checked_at: datetime
+    success: bool
+    expectations: int
+    failed: list[str]
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    title: str
+    description: str
+    owner: str
+    licence: str
+    access: Literal["open", "restricted"]
+    key: list[str]
+    history: bool
+    schema_: list[ColumnInfo] = Field(alias="schema")  # `schema` is a BaseModel attribute
+    row_count: int
+    freshness: Optional[datetime]
+    last_quality: Optional[QualityResult]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetInfo]
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+def record_model(dataset: DatasetSpec, shared: SharedDatasetSpec) -> type[BaseModel]:
+    """One record of a shared dataset; a personal column is a string (masked or pseudonymised) or null."""
+    fields: dict[str, Any] = {}
+    for column in shared.columns:
+        kind = str if column in shared.personal else PY_TYPES[dataset.columns[column].type]
+        fields[column] = (Optional[kind], None)
+    title = "".join(part.title() for part in shared.name.split("_"))
+    return create_model(f"{title}Record", **fields)
+
+
+def page_model(dataset: DatasetSpec, shared: SharedDatasetSpec) -> type[BaseModel]:
+    """A page of records and the cursor of the next page (null at the end)."""
+    title = "".join(part.title() for part in shared.name.split("_"))
+    return create_model(f"{title}Page", dataset=(str, ...), records=(list[record_model(dataset, shared)], ...),
+                        next_cursor=(Optional[str], None), limit=(int, ...))

@@ -1,0 +1,312 @@
+"""Reading a shared view: filters, sorting, field selection, keyset (and CKAN offset) pagination.
+
+Every value reaches the database as a bound parameter; column names only ever come
+from the catalog (a requested name is looked up among the view's columns, never
+pasted into SQL). Filters: equality, ranges (`gte`, `gt`, `lte`, `lt`) and in-lists
+on the dataset's `filterable` columns; sorting on its key and on its filterable
+columns that never hold null (keyset pagination needs a total order). A filter, sort
+or search on a personal column needs a grant that includes that column (otherwise a
+reader could find a person by ID while seeing only masked IDs).
+
+A page's `next_cursor` holds the last row's sort values, sealed (AES-256-GCM, keyed from
+LGSP_GATEWAY_PSEUDONYM_KEY), so it neither leaks a personal ID nor can be forged.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from catalog.models import Catalog, DatasetSpec, SharedDatasetSpec
+from gateway.policy import protect, protections
+from gateway.settings import GatewaySettings
+from warehouse.shared import shared_views
+
+OPS = ("eq", "in", "gte", "gt", "lte", "lt")
+RANGE_TYPES = {"integer", "float", "date", "timestamp"}
+INT64 = (-(2**63), 2**63 - 1)
+_deadline = threading.local()
+
+
+class QueryError(ValueError):
+    """The request cannot be answered as asked (400); the message says which parameter and why."""
+
+
+class QueryTimeout(RuntimeError):
+    """The query ran past LGSP_GATEWAY_QUERY_TIMEOUT_S and was cancelled."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    """`column op value`: op is eq, in (value is a list), gte, gt, lte or lt."""
+
+    column: str
+    op: str
+    value: Any
+
+
+@dataclass
+class RecordQuery:
+    """What a reader asks of one dataset."""
+
+    filters: list[Filter] = field(default_factory=list)
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (column, descending)
+    fields: list[str] | None = None
+    q: str | None = None
+
+    def describe(self, personal: set[str], key: bytes) -> dict[str, Any]:
+        """The query for the audit: filter values on personal columns replaced by their pseudonym."""
+        from gateway.policy import pseudonym
+
+        def shown(f: Filter) -> Any:
+            if f.column not in personal:
+                return f.value
+            return [pseudonym(v, key) for v in f.value] if isinstance(f.value, list) else pseudonym(f.value, key)
+
+        return {"filters": [[f.column, f.op, shown(f)] for f in self.filters],
+                "sort": [f"-{c}" if d else c for c, d in self.sort], "fields": self.fields,
+                "q": "<search on personal columns>" if self.q and personal else self.q}
+
+
+def clean_text(value: str, where: str) -> str:
+    """`value` unless it holds a NUL character (no database column can hold one)."""
+    if "\x00" in value:
+        raise QueryError(f"{where}: text may not contain NUL characters")
+    return value
+
+
+def coerce(column_type: str, raw: Any, where: str) -> Any:
+    """A value from a URL or a CKAN body, typed as the column's type; QueryError names `where`."""
+    if raw is None:
+        return None
+    try:
+        if column_type == "string":
+            return clean_text(raw if isinstance(raw, str) else str(raw), where)
+        if column_type == "integer":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            if not INT64[0] <= int(raw) <= INT64[1]:
+                raise ValueError
+            return int(raw)
+        if column_type == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if column_type == "boolean":
+            if isinstance(raw, bool):
+                return raw
+            return {"true": True, "false": False, "1": True, "0": False}[str(raw).lower()]
+        if column_type == "date":
+            return raw if isinstance(raw, date) and not isinstance(raw, datetime) else date.fromisoformat(str(raw))
+        value = raw if isinstance(raw, datetime) else datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except (ValueError, KeyError, TypeError, OverflowError):
+        raise QueryError(f"{where}: {str(raw)[:40]!r} is not a valid {column_type}") from None
+
+
+def read_engine(url: str, timeout_s: float) -> sa.Engine:
+    """A read-only engine for the gateway: statement timeout, no parameters in error messages."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+                                  hide_parameters=True, pool_size=20, max_overflow=20)
+
+        @sa.event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA query_only=ON")
+            dbapi_conn.set_progress_handler(_past_deadline, 20_000)
+
+        return engine
+    url = "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
+    options = f"-c statement_timeout={int(timeout_s * 1000)} -c default_transaction_read_only=on"
+    return sa.create_engine(url, hide_parameters=True, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT",
+                            connect_args={"options": options})  # one statement per read: no BEGIN/ROLLBACK trips
+
+
+def _past_deadline() -> int:
+    deadline = getattr(_deadline, "at", None)
+    return 1 if deadline is not None and time.monotonic() > deadline else 0
+
+
+@contextmanager
+def _timed(timeout_s: float) -> Iterator[None]:
+    """Bound a SQLite query by time (PostgreSQL uses statement_timeout); map cancellation to QueryTimeout."""
+    _deadline.at = time.monotonic() + timeout_s
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        text = type(exc.orig).__name__ + str(exc.orig)
+        if "interrupted" in text or "QueryCanceled" in text or "statement timeout" in text:
+            raise QueryTimeout(f"the query ran longer than {timeout_s:g} s: narrow the filters") from None
+        raise
+    finally:
+        _deadline.at = None
+
+
+class Reader:
+    """Answers record queries from the shared views."""
+
+    def __init__(self, engine: sa.Engine, catalog: Catalog, settings: GatewaySettings) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.settings = settings
+        self.views = shared_views(catalog)
+        self._sealer = AESGCM(hashlib.sha256(b"lgsp-gateway-cursor:" + settings.pseudonym_key).digest())
+
+    def sortable(self, name: str) -> list[str]:
+        """Columns a reader may sort by: the key and the filterable columns that are never null."""
+        dataset, shared = self.catalog.datasets[name], self.catalog.sharing[name]
+        return [*dataset.key, *(c for c in shared.filterable
+                                if dataset.columns[c].required and c not in dataset.key)]
+
+    def check(self, name: str, granted: frozenset[str], query: RecordQuery) -> None:
+        """Refuse what the reader may not ask: unknown fields, unfilterable or personal columns."""
+        dataset, shared = self.catalog.datasets[name], self.catalog.sharing[name]
+        hidden = set(shared.personal) - granted
+        for column in query.fields or []:
+            if column not in shared.columns:
+                raise QueryError(f"fields: '{column}' is not a column of '{name}' (columns: {', '.join(shared.columns)})")
+        for f in query.filters:
+            if f.column not in shared.filterable:
+                raise QueryError(f"filter on '{f.column}': not a filterable column of '{name}' "
+                                 f"(filterable: {', '.join(shared.filterable)})")
+            if f.op not in OPS or (f.op in ("gte", "gt", "lte", "lt")
+                                   and dataset.columns[f.column].type not in RANGE_TYPES):
+                raise QueryError(f"filter on '{f.column}': '{f.op}' is not allowed on a "
+                                 f"{dataset.columns[f.column].type} column")
+        for column, _ in query.sort:
+            if column not in self.sortable(name):
+                raise QueryError(f"sort: '{column}' is not sortable (sortable: {', '.join(self.sortable(name))})")
+        used = {f.column for f in query.filters} | {c for c, _ in query.sort if c not in dataset.key}
+        if used & hidden:
+            raise QueryError(f"filtering or sorting on personal column(s) {sorted(used & hidden)} needs a grant "
+                             "that includes them (ask the data owner)")
+
+    def _order(self, name: str, query: RecordQuery) -> list[tuple[str, bool]]:
+        order = list(query.sort)
+        order += [(k, False) for k in self.catalog.datasets[name].key if k not in {c for c, _ in order}]
+        return order
+
+    def _select(self, name: str, granted: frozenset[str], query: RecordQuery,
+                order: list[tuple[str, bool]]) -> tuple[sa.Select, list[str]]:
+        view, shared = self.views[name], self.catalog.sharing[name]
+        dataset = self.catalog.datasets[name]
+        shown = list(query.fields or shared.columns)
+        wanted = shown + [c for c, _ in order if c not in shown]
+        stmt = sa.select(*(view.c[c] for c in wanted))
+        for f in query.filters:
+            stmt = stmt.where(self._condition(view.c[f.column], f))
+        if query.q:
+            searchable = [c for c in shared.columns if dataset.columns[c].type == "string"
+                          and (c not in shared.personal or c in granted)]
+            stmt = stmt.where(sa.or_(*(sa.func.lower(view.c[c]).contains(query.q.lower(), autoescape=True)
+                                       for c in searchable)))
+        return stmt, shown
+
+    @staticmethod
+    def _condition(column: sa.ColumnElement[Any], f: Filter) -> sa.ColumnElement[bool]:
+        if f.op == "in":
+            return column.in_(list(f.value))
+        return {"eq": column.__eq__, "gte": column.__ge__, "gt": column.__gt__,
+                "lte": column.__le__, "lt": column.__lt__}[f.op](f.value)
+
+    def _fetch(self, stmt: sa.Select) -> list[dict[str, Any]]:
+        with _timed(self.settings.query_timeout_s), self.engine.connect() as conn:
+            result = conn.execute(stmt)
+            names = list(result.keys())
+            return [dict(zip(names, row)) for row in result.all()]
+
+    def _finish(self, name: str, granted: frozenset[str], rows: list[dict[str, Any]],
+                shown: list[str]) -> list[dict[str, Any]]:
+        records = [{c: r[c] for c in shown} for r in rows]
+        protect(records, protections(self.catalog.sharing[name], granted), self.settings.pseudonym_key)
+        return records
+
+    def page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
+             cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page in keyset order and the cursor of the next (None at the end)."""
+        self.check(name, granted, query)
+        order = self._order(name, query)
+        stmt, shown = self._select(name, granted, query, order)
+        view = self.views[name]
+        if cursor:
+            stmt = stmt.where(self._after(view, order, self._unseal(name, order, cursor)))
+        stmt = stmt.order_by(*(view.c[c].desc() if d else view.c[c].asc() for c, d in order)).limit(limit + 1)
+        rows = self._fetch(stmt)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = self._seal(name, order, [rows[-1][c] for c, _ in order])
+        return self._finish(name, granted, rows, shown), next_cursor
+
+    def offset_page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
+                    offset: int) -> list[dict[str, Any]]:
+        """A page by offset (the CKAN datastore_search way)."""
+        self.check(name, granted, query)
+        order = self._order(name, query)
+        stmt, shown = self._select(name, granted, query, order)
+        view = self.views[name]
+        stmt = stmt.order_by(*(view.c[c].desc() if d else view.c[c].asc() for c, d in order))
+        return self._finish(name, granted, self._fetch(stmt.limit(limit).offset(offset)), shown)
+
+    def count(self, name: str, granted: frozenset[str], query: RecordQuery) -> int:
+        """How many rows match the query's filters and search."""
+        stmt, _ = self._select(name, granted, query, [])
+        with _timed(self.settings.query_timeout_s), self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one())
+
+    def chunks(self, name: str, granted: frozenset[str], query: RecordQuery, max_rows: int,
+               chunk_rows: int = 5000) -> Iterator[list[dict[str, Any]]]:
+        """The whole result in keyset chunks (each chunk one bounded query), at most `max_rows` rows."""
+        cursor, sent = None, 0
+        while sent < max_rows:
+            records, cursor = self.page(name, granted, query, min(chunk_rows, max_rows - sent), cursor)
+            if records:
+                yield records
+            sent += len(records)
+            if cursor is None:
+                return
+
+    @staticmethod
+    def _after(view: sa.Table, order: list[tuple[str, bool]], values: list[Any]) -> sa.ColumnElement[bool]:
+        """Rows strictly after `values` in `order` (mixed directions): an OR of prefix-equal comparisons."""
+        terms = []
+        for i, (column, descending) in enumerate(order):
+            equal = [view.c[c] == values[j] for j, (c, _) in enumerate(order[:i])]
+            step = view.c[column] < values[i] if descending else view.c[column] > values[i]
+            terms.append(sa.and_(*equal, step))
+        return sa.or_(*terms)
+
+    def _seal(self, name: str, order: list[tuple[str, bool]], values: list[Any]) -> str:
+        payload = {"d": name, "o": [[c, d] for c, d in order], "v": values}
+        nonce = os.urandom(12)
+        sealed = self._sealer.encrypt(nonce, orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC), None)
+        return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+
+    def _unseal(self, name: str, order: list[tuple[str, bool]], cursor: str) -> list[Any]:
+        try:
+            sealed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            payload = orjson.loads(self._sealer.decrypt(sealed[:12], sealed[12:], None))
+        except (InvalidTag, ValueError, TypeError):
+            raise QueryError("cursor: not a cursor this gateway issued (use next_cursor as returned)") from None
+        if payload.get("d") != name or [tuple(p) for p in payload.get("o", [])] != order:
+            raise QueryError("cursor: it belongs to another dataset or sort order; start again without it")
+        dataset: DatasetSpec = self.catalog.datasets[name]
+        return [coerce(dataset.columns[c].type, v, "cursor") for (c, _), v in zip(order, payload["v"])]
+
+
+def shared_spec(catalog: Catalog, name: str) -> SharedDatasetSpec:
+    """The sharing declaration of `name` (KeyError if not shared)."""
+    return catalog.sharing[name]

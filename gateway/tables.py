@@ -1,0 +1,82 @@
+"""The gateway's tables, on the warehouse database: agencies, credentials, tokens, grants, audit.
+
+Credentials and tokens are stored as SHA-256 digests of the secret, never the secret:
+the secrets are 256-bit random values, so a fast digest is enough (no password to
+stretch). The audit table is append-only: triggers refuse UPDATE, DELETE (and, on
+PostgreSQL, TRUNCATE), and its rows are chained by hash (`gateway.audit.verify`).
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+TZ = sa.DateTime(timezone=True)
+metadata = sa.MetaData()
+
+agency = sa.Table(
+    "gateway_agency", metadata,
+    sa.Column("agency_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("rate_per_s", sa.Float),
+    sa.Column("created_at", TZ, nullable=False),
+    sa.Column("disabled_at", TZ),
+)
+credential = sa.Table(
+    "gateway_credential", metadata,
+    sa.Column("credential_id", sa.Text, primary_key=True),
+    sa.Column("agency_id", sa.Text, sa.ForeignKey("gateway_agency.agency_id"), nullable=False, index=True),
+    sa.Column("kind", sa.Text, nullable=False),  # api_key | oauth_client
+    sa.Column("secret_sha256", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", TZ, nullable=False),
+    sa.Column("revoked_at", TZ),
+)
+token = sa.Table(
+    "gateway_token", metadata,
+    sa.Column("token_sha256", sa.Text, primary_key=True),
+    sa.Column("credential_id", sa.Text, sa.ForeignKey("gateway_credential.credential_id"), nullable=False),
+    sa.Column("agency_id", sa.Text, nullable=False),
+    sa.Column("expires_at", TZ, nullable=False, index=True),
+)
+grant = sa.Table(
+    "gateway_grant", metadata,
+    sa.Column("agency_id", sa.Text, sa.ForeignKey("gateway_agency.agency_id"), primary_key=True),
+    sa.Column("dataset", sa.Text, primary_key=True),
+    sa.Column("personal_columns", sa.Text, nullable=False, default="[]"),  # JSON list
+    sa.Column("granted_at", TZ, nullable=False),
+)
+audit = sa.Table(
+    "gateway_audit", metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("recorded_at", TZ, nullable=False),
+    sa.Column("agency_id", sa.Text, nullable=False),
+    sa.Column("dataset", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("query", sa.Text, nullable=False),
+    sa.Column("rows_returned", sa.BigInteger),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("prev_hash", sa.Text, nullable=False),
+    sa.Column("row_hash", sa.Text, nullable=False),
+)
+
+_SQLITE_APPEND_ONLY = [
+    "CREATE TRIGGER IF NOT EXISTS gateway_audit_no_update BEFORE UPDATE ON gateway_audit "
+    "BEGIN SELECT RAISE(ABORT, 'gateway_audit is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS gateway_audit_no_delete BEFORE DELETE ON gateway_audit "
+    "BEGIN SELECT RAISE(ABORT, 'gateway_audit is append-only'); END",
+]
+_POSTGRES_APPEND_ONLY = [
+    "CREATE OR REPLACE FUNCTION gateway_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'gateway_audit is append-only'; END $$",
+    "CREATE OR REPLACE TRIGGER gateway_audit_no_change BEFORE UPDATE OR DELETE ON gateway_audit "
+    "FOR EACH ROW EXECUTE FUNCTION gateway_audit_append_only()",
+    "CREATE OR REPLACE TRIGGER gateway_audit_no_truncate BEFORE TRUNCATE ON gateway_audit "
+    "FOR EACH STATEMENT EXECUTE FUNCTION gateway_audit_append_only()",
+]
+
+
+def create_gateway_tables(engine: sa.Engine) -> None:
+    """Create the gateway's tables and the audit's append-only triggers (idempotent; one process at a time)."""
+    metadata.create_all(engine)
+    statements = _POSTGRES_APPEND_ONLY if engine.dialect.name == "postgresql" else _SQLITE_APPEND_ONLY
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)

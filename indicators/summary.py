@@ -1,0 +1,53 @@
+"""What the demo and `lgsp indicators list` print: every indicator's province figures, then a unit ranking."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from catalog import Catalog
+from catalog.models import IndicatorSpec
+from indicators.compute import read_indicator
+from indicators.periods import previous_period
+from warehouse import Warehouse
+
+
+def format_value(spec: IndicatorSpec, value: float | None) -> str:
+    """``'77.9%'`` for a rate, ``'4.2 days'`` for an average, ``'-'`` when there is no value."""
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if spec.measure == "rate" else f"{value:.1f} {spec.value_unit}"
+
+
+def province_figures(wh: Warehouse, spec: IndicatorSpec) -> dict[str, Any]:
+    """The province's latest month, the month before it, and the latest quarter and year of one indicator."""
+    figures: dict[str, Any] = {"indicator": spec.name}
+    for period_type in ("month", "quarter", "year"):
+        rows = read_indicator(wh, spec.name, version=spec.version, unit_level="province", period_type=period_type)
+        by_period = {r["period"]: r for r in rows}
+        latest = max(by_period) if by_period else None
+        figures[period_type] = by_period.get(latest) if latest else None
+        if period_type == "month" and latest:
+            figures["previous_month"] = by_period.get(previous_period(latest) or "")
+    return figures
+
+
+def _cell(spec: IndicatorSpec, row: dict[str, Any] | None, with_counts: bool = False) -> str:
+    if row is None:
+        return "-"
+    text = f"{row['period']}: {format_value(spec, row['value'])}"
+    return f"{text} ({row['numerator']:,}/{row['denominator']:,})" if with_counts else text
+
+
+def print_indicators(console: Console, wh: Warehouse, catalog: Catalog) -> None:
+    """One line per indicator: latest month against the previous one, latest quarter, year with its counts."""
+    table = Table(title="Indicators, province 37 (lgsp indicators list; synthetic sandbox data)")
+    for column in ("indicator (version)", "latest month", "previous month", "quarter", "year (numerator/denominator)"):
+        table.add_column(column)
+    for spec in catalog.indicators.values():
+        figures = province_figures(wh, spec)
+        table.add_row(f"{spec.name} (v{spec.version})", _cell(spec, figures["month"]),
+                      _cell(spec, figures.get("previous_month")), _cell(spec, figures["quarter"]),
+                      _cell(spec, figures["year"], with_counts=True))
+    console.print(table)

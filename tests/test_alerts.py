@@ -1,0 +1,60 @@
+"""A failed pipeline run alerts a webhook and by mail (loopback sinks) with what failed and a link to the run."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_helpers import SmtpSink, WebhookSink, lgsp_env, run
+
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture
+def sinks() -> Iterator[tuple[WebhookSink, SmtpSink]]:
+    hook, mail = WebhookSink(), SmtpSink()
+    yield hook, mail
+    hook.stop()
+    mail.stop()
+
+
+def test_failed_run_alerts_with_task_error_and_run_link(tmp_path: Path, sinks: tuple[WebhookSink, SmtpSink]) -> None:
+    hook, mail = sinks
+    env = lgsp_env(tmp_path / "home", LGSP_TTHC_URL="http://127.0.0.1:9", LGSP_TTHC_API_KEY="k",
+                   LGSP_ALERT_WEBHOOK_URL=hook.url, AIRFLOW__API__BASE_URL="http://airflow.lgsp.local:8080",
+                   **mail.env())
+    proc = run(["lgsp", "run", "tthc_dossiers", "--no-retries"], env)
+    assert proc.returncode == 1
+    assert len(hook.received) == 1, hook.received
+    alert = hook.received[0]
+    assert alert["kind"] == "failed" and alert["dag_id"] == "lgsp_tthc_dossiers" and alert["task_id"] == "extract"
+    assert "tthc" in str(alert["error"]) and alert["try_number"] == 1
+    assert str(alert["run_url"]).startswith("http://airflow.lgsp.local:8080/dags/lgsp_tthc_dossiers/runs/manual__")
+    assert len(mail.messages) == 1
+    message = mail.messages[0]
+    assert message["To"] == "ops@ninhbinh.gov.vn" and "lgsp_tthc_dossiers failed at extract" in message["Subject"]
+    assert alert["run_url"] in message.get_payload(decode=True).decode()
+
+
+def test_successful_run_sends_no_alert(tmp_path: Path, sinks: tuple[WebhookSink, SmtpSink], sandbox_handle: object
+                                       ) -> None:
+    hook, mail = sinks
+    env = lgsp_env(tmp_path / "home", LGSP_ALERT_WEBHOOK_URL=hook.url, **mail.env(),
+                   **sandbox_handle.env())  # type: ignore[attr-defined]
+    proc = run(["lgsp", "run", "dvcqg_procedures", "--no-retries"], env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert hook.received == [] and mail.messages == []
+
+
+def test_a_broken_channel_does_not_stop_the_others(sinks: tuple[WebhookSink, SmtpSink],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lgsp.alerts import Alert, send
+
+    hook, _ = sinks
+    monkeypatch.setenv("LGSP_ALERT_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("LGSP_ALERT_SMTP_PORT", "9")  # nothing listens there
+    monkeypatch.setenv("LGSP_ALERT_EMAIL_TO", "ops@ninhbinh.gov.vn")
+    monkeypatch.setenv("LGSP_ALERT_WEBHOOK_URL", hook.url)
+    delivered = send(Alert(kind="late", dag_id="lgsp_x", run_id="r1", run_url="http://a/r1", summary="lgsp_x late"))
+    assert delivered == ["webhook"] and hook.received[0]["summary"] == "lgsp_x late"

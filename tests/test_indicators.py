@@ -1,0 +1,144 @@
+"""Every indicator in the mart equals an independent computation over the sandbox's ground truth.
+
+The truth side is plain Python over `sandbox_handle.data` (the rows the sandbox
+serves, minus the ones it made defective, which lgsp quarantines), with its own
+definition of each indicator, periods in Vietnam time (UTC+7) and every unit
+level: numerators and denominators must match exactly, on SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from catalog import load_catalog
+from indicators import compute_indicator, compute_range, read_indicator
+from lgsp import runner
+from warehouse import Warehouse
+
+VN = timezone(timedelta(hours=7))
+SETTLED = ("early", "on_time", "late")
+Row = dict[str, Any]
+
+
+def _settled(d: Row) -> bool:
+    return d["settlement"] in SETTLED
+
+
+def _seconds(d: Row) -> int:
+    return int((d["finished_at"] - d["received_at"]).total_seconds())
+
+
+TRUTH: dict[str, tuple[str, str, Callable[[Row], bool], Callable[[Row], int]]] = {
+    # indicator: (dataset, date field, in the denominator?, numerator contribution)
+    "online_submission_rate": ("dossier", "received_at", lambda d: True, lambda d: d["channel"] == "online"),
+    "on_time_settlement_rate": ("dossier", "finished_at", _settled,
+                                lambda d: d["finished_at"] <= d["due_at"]),
+    "overdue_dossier_rate": ("dossier", "received_at", lambda d: True, lambda d: d["overdue"]),
+    "online_payment_rate": ("dossier", "received_at", lambda d: d["channel"] == "online",
+                            lambda d: d["paid_online"]),
+    "dossier_digitisation_rate": ("dossier", "received_at", lambda d: True, lambda d: d["digitised"]),
+    "result_digitisation_rate": ("dossier", "finished_at", _settled, lambda d: d["result_digitised"]),
+    "portal_sync_rate": ("dossier", "received_at", lambda d: True, lambda d: d["portal_synced"]),
+    "satisfaction_rate": ("dossier", "returned_at", lambda d: d["satisfaction"] is not None,
+                          lambda d: d["satisfaction"] == "satisfied"),
+    "signed_document_rate": ("document", "issued_on", lambda d: d["direction"] == "outgoing",
+                             lambda d: d["digitally_signed"]),
+    "average_settlement_days": ("dossier", "finished_at", _settled, _seconds),
+}
+UNITS = {"dossier": {"commune": "commune_code", "agency": "receiving_agency_code", "procedure": "procedure_code"},
+         "document": {"agency": "agency_code"}}
+
+
+def _local_day(value: date | datetime) -> date:
+    return value.astimezone(VN).date() if isinstance(value, datetime) else value
+
+
+def _periods(day: date) -> list[str]:
+    return [day.strftime("%Y-%m"), f"{day.year}-Q{(day.month + 2) // 3}", str(day.year)]
+
+
+def _clean_rows(truth: Any, dataset: str) -> list[Row]:
+    defects = truth.defects(dataset)
+    key = {"dossier": "dossier_id", "document": "document_id"}[dataset]
+    return [r for r in truth.records(dataset) if r[key] not in defects]
+
+
+def expected_cells(truth: Any, name: str, day_range: tuple[date, date] | None = None) -> dict[tuple, tuple[int, int]]:
+    """{(unit_level, unit_code, period): (numerator, denominator)} computed from the ground truth."""
+    dataset, field, counted, contributes = TRUTH[name]
+    cells: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    for row in _clean_rows(truth, dataset):
+        if row[field] is None or not counted(row):
+            continue
+        day = _local_day(row[field])
+        if day_range is None:
+            labels = _periods(day)
+        elif day_range[0] <= day <= day_range[1]:
+            labels = [f"{day_range[0]}..{day_range[1]}"]
+        else:
+            continue
+        units = [("province", "37")] + [(level, row[col]) for level, col in UNITS[dataset].items()]
+        for (level, unit) in units:
+            for label in labels:
+                cell = cells[(level, unit, label)]
+                cell[0] += int(contributes(row))
+                cell[1] += 1
+    return {k: (n, d) for k, (n, d) in cells.items()}
+
+
+def _mart_cells(wh: Warehouse, name: str, period_type: str | None) -> dict[tuple, tuple[int, int]]:
+    rows = read_indicator(wh, name, period_type=period_type)
+    if period_type is None:
+        rows = [r for r in rows if r["period_type"] != "range"]
+    return {(r["unit_level"], r["unit_code"], r["period"]): (r["numerator"], r["denominator"]) for r in rows}
+
+
+@pytest.fixture
+def loaded(lgsp_env: Any) -> Warehouse:
+    """Dossiers and documents pulled from the sandbox into a fresh warehouse, every indicator computed."""
+    catalog = load_catalog()
+    for pipeline in ("tthc_dossiers", "documents"):
+        runner.run_pipeline(pipeline)
+    wh = Warehouse(lgsp_env.database_url, catalog)
+    for spec in catalog.indicators.values():
+        compute_indicator(wh, spec)
+    return wh
+
+
+def test_every_indicator_matches_the_ground_truth_exactly(loaded: Warehouse, sandbox_handle: Any) -> None:
+    catalog = load_catalog()
+    assert set(TRUTH) == set(catalog.indicators), "every catalog indicator has an independent definition here"
+    for name, spec in catalog.indicators.items():
+        expected = expected_cells(sandbox_handle.data, name)
+        mart = _mart_cells(loaded, name, None)
+        assert mart == expected, name
+        levels = {level for level, _, _ in mart}
+        assert levels == {"province", *spec.units}, name
+        for row in read_indicator(loaded, name, period_type=None):
+            scale = 86400 if spec.measure == "average" else 1
+            assert row["value"] == pytest.approx(row["numerator"] / row["denominator"] / scale), (name, row)
+    communes = {u for lvl, u, _ in _mart_cells(loaded, "online_submission_rate", "month") if lvl == "commune"}
+    assert len(communes) == 129
+
+
+def test_quarters_and_years_are_sums_of_months(loaded: Warehouse) -> None:
+    months = _mart_cells(loaded, "on_time_settlement_rate", "month")
+    years = _mart_cells(loaded, "on_time_settlement_rate", "year")
+    province_2025 = [v for (lvl, _, p), v in months.items() if lvl == "province" and p.startswith("2025-")]
+    assert years[("province", "37", "2025")] == tuple(map(sum, zip(*province_2025)))
+    quarters = _mart_cells(loaded, "on_time_settlement_rate", "quarter")
+    assert {p for _, _, p in quarters} <= {"2025-Q3", "2025-Q4"} and ("province", "37", "2025-Q3") in quarters
+
+
+def test_a_date_range_matches_the_ground_truth(loaded: Warehouse, sandbox_handle: Any) -> None:
+    catalog = load_catalog()
+    first, last = date(2025, 7, 1), date(2025, 7, 23)  # the articles' "to 2025-07-23"
+    for name in ("online_submission_rate", "on_time_settlement_rate", "signed_document_rate"):
+        assert compute_range(loaded, catalog.indicators[name], first, last) > 0
+        mart = {k: v for k, v in _mart_cells(loaded, name, "range").items()}
+        assert mart == expected_cells(sandbox_handle.data, name, (first, last)), name
+    assert compute_range(loaded, catalog.indicators["online_submission_rate"], first, last) == 0  # idempotent

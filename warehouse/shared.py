@@ -1,0 +1,80 @@
+"""The warehouse's shared layer: one view per shared dataset, `shared_<dataset>`.
+
+Layers: raw (the lake), core (curated tables), shared (what agencies may read, as
+views), mart (indicators). catalog/sharing.yaml says which datasets are shared and
+which of their columns; a view exposes exactly those columns, and for a history
+(SCD type 2) dataset only the current version of each record. The sharing gateway
+(`gateway/`) reads these views, never the core tables.
+
+The same code creates the views on SQLite and PostgreSQL: the view's SELECT is
+built with SQLAlchemy Core from the table definitions and compiled for the
+engine's dialect (no value from outside the catalog reaches the DDL).
+
+Example:
+    >>> from warehouse.shared import create_shared_views
+    >>> create_shared_views(open_warehouse(), load_catalog())   # doctest: +SKIP
+    ['shared_admin_unit', 'shared_citizen', ...]
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from catalog.models import Catalog, DatasetSpec, SharedDatasetSpec
+from schemas.sql import SQL_TYPES
+from warehouse.store import Warehouse
+
+
+def shared_select(dataset: DatasetSpec, shared: SharedDatasetSpec, table: sa.Table) -> sa.Select:
+    """The SELECT behind `shared_<dataset>`: the shared columns; current versions only for history."""
+    query = sa.select(*(table.c[name] for name in shared.columns))
+    if dataset.write_mode == "history":
+        query = query.where(table.c.is_current.is_(sa.true()))
+    return query
+
+
+def shared_view_table(dataset: DatasetSpec, shared: SharedDatasetSpec, metadata: sa.MetaData) -> sa.Table:
+    """A typed description of the view, for querying it with SQLAlchemy Core (bound parameters only).
+
+    It is never created as a table: `create_shared_views` creates the view.
+    """
+    columns = []
+    for name in shared.columns:
+        spec = dataset.columns[name]
+        sql_type = sa.DateTime(timezone=True) if spec.type == "timestamp" else SQL_TYPES[spec.type]()
+        columns.append(sa.Column(name, sql_type, primary_key=name in dataset.key))
+    return sa.Table(shared.view_name, metadata, *columns)
+
+
+def shared_views(catalog: Catalog) -> dict[str, sa.Table]:
+    """Every shared dataset's view description, by dataset name."""
+    metadata = sa.MetaData()
+    return {name: shared_view_table(catalog.datasets[name], shared, metadata)
+            for name, shared in catalog.sharing.items()}
+
+
+def _view_ddl(warehouse: Warehouse, dataset: DatasetSpec, shared: SharedDatasetSpec) -> str:
+    select = shared_select(dataset, shared, warehouse.table(dataset.table_name))
+    body = select.compile(dialect=warehouse.engine.dialect, compile_kwargs={"literal_binds": True})
+    return f'CREATE VIEW "{shared.view_name}" AS {body}'
+
+
+def create_shared_views(warehouse: Warehouse, catalog: Catalog) -> list[str]:
+    """(Re)create every view of the shared layer in one transaction; returns the view names.
+
+    The core and mart tables must exist (`Warehouse.create_all`, done by
+    `lgsp.runner.open_warehouse`). A view whose dataset is no longer shared is dropped.
+    """
+    inspector = sa.inspect(warehouse.engine)
+    stale = [v for v in inspector.get_view_names() if v.startswith("shared_")
+             and v.removeprefix("shared_") not in catalog.sharing]
+    created: list[str] = []
+    with warehouse.engine.begin() as conn:
+        if warehouse.dialect == "sqlite" and not conn.connection.driver_connection.in_transaction:  # type: ignore
+            conn.exec_driver_sql("BEGIN")  # Python's sqlite3 only opens a transaction before DML
+        for view in stale:
+            conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{view}"')
+        for name, shared in sorted(catalog.sharing.items()):
+            conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{shared.view_name}"')
+            conn.exec_driver_sql(_view_ddl(warehouse, catalog.datasets[name], shared))
+            created.append(shared.view_name)
+    return created
