@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from catalog import Catalog
 from catalog.models import IndicatorSpec
@@ -33,21 +32,21 @@ def province_figures(wh: Warehouse, spec: IndicatorSpec) -> dict[str, Any]:
     return figures
 
 
-def _cell(spec: IndicatorSpec, row: dict[str, Any] | None, with_counts: bool = False) -> str:
+def _figure(spec: IndicatorSpec, row: dict[str, Any] | None, with_counts: bool = False) -> str:
     if row is None:
         return "-"
-    text = f"{row['period']}: {format_value(spec, row['value'])}"
+    text = f"{row['period']} {format_value(spec, row['value'])}"
     return f"{text} ({row['numerator']:,}/{row['denominator']:,})" if with_counts else text
 
 
 def print_indicators(console: Console, wh: Warehouse, catalog: Catalog) -> None:
-    """One line per indicator: latest month against the previous one, latest quarter, year with its counts."""
-    table = Table(title="Indicators, province 37 (lgsp indicators list; synthetic sandbox data)")
-    for column in ("indicator (version)", "latest month", "previous month", "quarter", "year (numerator/denominator)"):
-        table.add_column(column)
+    """One line per indicator: the latest month against the previous one, the latest quarter, the year."""
+    console.print("[bold]Indicators, province by month[/] (latest; previous), quarter, year "
+                  "(numerator/denominator); synthetic sandbox data:")
     for spec in catalog.indicators.values():
         figures = province_figures(wh, spec)
-        table.add_row(f"{spec.name} (v{spec.version})", _cell(spec, figures["month"]),
-                      _cell(spec, figures.get("previous_month")), _cell(spec, figures["quarter"]),
-                      _cell(spec, figures["year"], with_counts=True))
-    console.print(table)
+        previous = figures.get("previous_month")
+        console.print(f"  [bold]{spec.name_en}[/] (v{spec.version}): {_figure(spec, figures['month'])}"
+                      f" (previous {format_value(spec, previous['value']) if previous else '-'}); "
+                      f"{_figure(spec, figures['quarter'])}; {_figure(spec, figures['year'], with_counts=True)}")
+    console.print("  [dim]details: lgsp indicators list NAME --level commune; rankings: lgsp indicators rank[/]")
