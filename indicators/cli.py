@@ -132,7 +132,8 @@ def export(folder: Path = typer.Option(None, help="where to write (default: $LGS
 
 
 @app.command("dashboard")
-def dashboard(output: Path = typer.Option(None, help="the HTML file (default: $LGSP_HOME/dashboard/index.html)")) -> None:
+def dashboard(output: Path = typer.Option(None, help="the HTML file (default: $LGSP_HOME/dashboard/index.html)"),
+              ) -> None:
     """Write the operations dashboard: one static HTML file with charts, opened from disk (no server)."""
     from indicators.dashboard import write_dashboard
 

@@ -100,7 +100,8 @@ def _data_package(catalog: Catalog, note: str | None) -> dict[str, Any]:
     fields = [{"name": c, "type": kinds.get(columns[c].type, "string") if c in columns else "string",
                "description": columns[c].description if c in columns else "Name of the unit"} for c in VALUE_COLUMNS]
     resource = {"path": "indicator_values.csv", "format": "csv", "mediatype": "text/csv", "encoding": "utf-8",
-                "schema": {"fields": fields, "primaryKey": ["indicator", "version", "unit_level", "unit_code", "period"]}}
+                "schema": {"fields": fields,
+                           "primaryKey": ["indicator", "version", "unit_level", "unit_code", "period"]}}
     return {"name": "lgsp-indicators-37", "title": "Service-quality indicators, province 37 (Ninh Bình)",
             "description": note or "Indicator values computed by lgsp from the provincial warehouse.",
             "created": datetime.now(timezone.utc).isoformat(),

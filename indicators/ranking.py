@@ -66,7 +66,8 @@ def _component_scores(wh: Warehouse, catalog: Catalog, ranking: RankingSpec,
     return scores
 
 
-def rank_units(wh: Warehouse, catalog: Catalog, ranking: RankingSpec, period: str | None = None) -> list[dict[str, Any]]:
+def rank_units(wh: Warehouse, catalog: Catalog, ranking: RankingSpec,
+               period: str | None = None) -> list[dict[str, Any]]:
     """Units ranked by composite score, best first (ties share a rank); `period` defaults to the latest."""
     period = period or latest_period(wh, catalog, ranking)
     if period is None:
