@@ -29,8 +29,7 @@ def configure(settings: Settings, quiet: bool = True) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get(
-            "LGSP_AIRFLOW_DATABASE_URL", f"sqlite:///{home / 'airflow.db'}"),
+        **metadata_env(os.environ.get("LGSP_AIRFLOW_DATABASE_URL") or f"sqlite:///{home / 'airflow.db'}"),
         "AIRFLOW__CORE__DAG_DISCOVERY_SAFE_MODE": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING" if quiet else "INFO",
         "AIRFLOW__CORE__ALLOWED_DESERIALIZATION_CLASSES_REGEXP": r"(airflow|lgsp)\..*",
@@ -40,6 +39,16 @@ def configure(settings: Settings, quiet: bool = True) -> dict[str, str]:
         **lineage_env(settings),
     }
     os.environ.update(env)
+    return env
+
+
+def metadata_env(url: str) -> dict[str, str]:
+    """Airflow's metadata DB: SQLite, or PostgreSQL through psycopg 3 (sync and async engines)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url}
+    if url.startswith("postgresql+psycopg://"):
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = url.replace("+psycopg://", "+psycopg_async://", 1)
     return env
 
 

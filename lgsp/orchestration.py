@@ -110,7 +110,7 @@ class AirflowStack:
                     "scheduler": [airflow, "scheduler"], "dag-processor": [airflow, "dag-processor"],
                     "triggerer": [airflow, "triggerer"]}
         for n in range(1, self.options.workers + 1):
-            commands[f"worker{n}"] = [airflow, "celery", "worker", "--hostname", f"worker{n}@%h",
+            commands[f"worker{n}"] = [airflow, "celery", "worker", "--celery-hostname", f"worker{n}@%h",
                                       "--concurrency", str(self.options.worker_concurrency), "--skip-serve-logs"]
         return commands
 

@@ -60,8 +60,20 @@ def warehouse_snapshot(url: str, dataset: str, pipeline: str) -> dict[str, objec
                                   {"p": pipeline}).scalar()
     finally:
         engine.dispose()
-    return {"rows": rows, "quarantine": [tuple(q) for q in quarantine],
+    return {"columns": [c.name for c in columns], "rows": rows, "quarantine": [tuple(q) for q in quarantine],
             "cursor": str(cursor)[:19] if cursor is not None else None}
+
+
+def snapshot_diff(one: dict[str, Any], other: dict[str, Any], limit: int = 5) -> list[tuple[str, str, str, str]]:
+    """The first differing (row key, column, value in one, value in other) of two snapshots, for a failure."""
+    columns = list(one["columns"])
+    mine = {row[0]: row for row in one["rows"]}  # type: ignore[union-attr]
+    theirs = {row[0]: row for row in other["rows"]}  # type: ignore[union-attr]
+    found = [(key, "(row)", "present" if key in mine else "-", "present" if key in theirs else "-")
+             for key in sorted(set(mine) ^ set(theirs))]
+    for key in sorted(set(mine) & set(theirs)):
+        found += [(key, col, a, b) for col, a, b in zip(columns, mine[key], theirs[key]) if a != b]
+    return found[:limit]
 
 
 class WebhookSink:
