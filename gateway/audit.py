@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -77,6 +78,8 @@ class AuditLog:
         self._queue: queue.Queue[tuple[AuditEntry, Future[None]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._pg: psycopg.Connection[Any] | None = None  # PostgreSQL: the writer's own connection
+        self._pg_lock = threading.Lock()
 
     def record(self, entry: AuditEntry, timeout_s: float = 30.0) -> None:
         """Write `entry` and return once it is committed.
@@ -103,6 +106,8 @@ class AuditLog:
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=30)
+        if self._pg is not None:
+            self._pg.close()
 
     def _run(self) -> None:
         while True:
@@ -133,29 +138,75 @@ class AuditLog:
         """Append `entries` to the chain in one transaction (retried if another process took the next seq)."""
         for attempt in range(attempts):
             try:
-                with self.engine.begin() as conn:
-                    self._append(conn, entries)
+                if self.engine.dialect.name == "postgresql":
+                    self._append_postgres(entries)
+                else:
+                    with self.engine.begin() as conn:
+                        self._append(conn, entries)
                 return
-            except IntegrityError:
+            except (IntegrityError, psycopg.errors.UniqueViolation):
                 if attempt == attempts - 1:
                     raise
 
     def _append(self, conn: sa.Connection, entries: list[AuditEntry]) -> None:
+        """SQLite: the first write of the transaction takes the database's write lock, so the head stays ours."""
         a = tables.audit.c
-        if self.engine.dialect.name == "postgresql":
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK)))
         head = conn.execute(sa.select(a.seq, a.row_hash).order_by(a.seq.desc()).limit(1)).first()
-        seq, prev = (head.seq, head.row_hash) if head else (0, GENESIS)
-        rows = []
-        for entry in entries:
-            seq += 1
-            row = {"seq": seq, "recorded_at": entry.recorded_at, "agency_id": entry.agency_id,
-                   "dataset": entry.dataset, "action": entry.action,
-                   "query": orjson.dumps(entry.query, option=orjson.OPT_SORT_KEYS).decode(),
-                   "rows_returned": entry.rows_returned, "status": entry.status, "prev_hash": prev}
-            row["row_hash"] = prev = row_hash(prev, row)
-            rows.append(row)
-        conn.execute(tables.audit.insert(), rows)
+        conn.execute(tables.audit.insert(), chain(entries, *((head.seq, head.row_hash) if head else (0, GENESIS))))
+
+    def _append_postgres(self, entries: list[AuditEntry]) -> None:
+        """PostgreSQL in two round trips: lock + read the head; insert + commit (pipelined).
+
+        An advisory lock serialises the chain's writers across processes; each statement
+        of the first round trip takes its own snapshot, so the head is read after the lock.
+        """
+        with self._pg_lock:
+            conn = self._pg_connection()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_ADVISORY_LOCK}); "
+                                "SELECT seq, row_hash FROM gateway_audit ORDER BY seq DESC LIMIT 1")
+                    cur.nextset()
+                    cur.nextset()
+                    head = cur.fetchone()
+                    rows = chain(entries, *(head if head else (0, GENESIS)))
+                    names = [c.name for c in tables.audit.columns]
+                    values = ", ".join("(" + ", ".join(["%s"] * len(names)) + ")" for _ in rows)
+                    with conn.pipeline():
+                        cur.execute(f"INSERT INTO gateway_audit ({', '.join(names)}) VALUES {values}",
+                                    [row[n] for row in rows for n in names])
+                        cur.execute("COMMIT")
+            except BaseException:
+                self._pg_reset()
+                raise
+
+    def _pg_connection(self) -> psycopg.Connection[Any]:
+        if self._pg is None or self._pg.closed:
+            url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._pg = psycopg.connect(url, autocommit=True)
+        return self._pg
+
+    def _pg_reset(self) -> None:
+        """After a failure: roll back what is open, or drop the connection."""
+        try:
+            if self._pg is not None and not self._pg.closed:
+                self._pg.execute("ROLLBACK")
+        except psycopg.Error:
+            self._pg.close()
+
+
+def chain(entries: list[AuditEntry], seq: int, prev: str) -> list[dict[str, Any]]:
+    """The audit rows of `entries` after the row (`seq`, `prev` hash): numbered and hashed in order."""
+    rows = []
+    for entry in entries:
+        seq += 1
+        row = {"seq": seq, "recorded_at": entry.recorded_at, "agency_id": entry.agency_id,
+               "dataset": entry.dataset, "action": entry.action,
+               "query": orjson.dumps(entry.query, option=orjson.OPT_SORT_KEYS).decode(),
+               "rows_returned": entry.rows_returned, "status": entry.status, "prev_hash": prev}
+        row["row_hash"] = prev = row_hash(prev, row)
+        rows.append(row)
+    return rows
 
 
 @dataclass

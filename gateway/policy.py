@@ -70,10 +70,10 @@ def protections(shared: SharedDatasetSpec, granted: frozenset[str]) -> dict[str,
 
 
 def protect(records: list[dict[str, Any]], transforms: dict[str, PersonalTransform], key: bytes) -> None:
-    """Apply `transforms` to `records` in place."""
-    if not transforms:
+    """Apply `transforms` to `records` in place (column by column)."""
+    if not records:
         return
-    for record in records:
-        for column, transform in transforms.items():
-            if column in record:
+    for column, transform in transforms.items():
+        if column in records[0]:
+            for record in records:
                 record[column] = transform(record[column], key)

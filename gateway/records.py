@@ -121,7 +121,7 @@ def read_engine(url: str, timeout_s: float) -> sa.Engine:
     """A read-only engine for the gateway: statement timeout, no parameters in error messages."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
-                                  hide_parameters=True, pool_size=20, max_overflow=20)
+                                  hide_parameters=True, pool_size=40, max_overflow=20)
 
         @sa.event.listens_for(engine, "connect")
         def _read_only(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
@@ -131,7 +131,7 @@ def read_engine(url: str, timeout_s: float) -> sa.Engine:
         return engine
     url = "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
     options = f"-c statement_timeout={int(timeout_s * 1000)} -c default_transaction_read_only=on"
-    return sa.create_engine(url, hide_parameters=True, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT",
+    return sa.create_engine(url, hide_parameters=True, pool_size=40, max_overflow=20, isolation_level="AUTOCOMMIT",
                             connect_args={"options": options})  # one statement per read: no BEGIN/ROLLBACK trips
 
 
@@ -163,6 +163,7 @@ class Reader:
         self.catalog = catalog
         self.settings = settings
         self.views = shared_views(catalog)
+        self._statements: dict[tuple[Any, ...], tuple[sa.Select, list[str]]] = {}
         self._sealer = AESGCM(hashlib.sha256(b"lgsp-gateway-cursor:" + settings.pseudonym_key).digest())
 
     def sortable(self, name: str) -> list[str]:
@@ -199,32 +200,69 @@ class Reader:
         order += [(k, False) for k in self.catalog.datasets[name].key if k not in {c for c, _ in order}]
         return order
 
-    def _select(self, name: str, granted: frozenset[str], query: RecordQuery,
-                order: list[tuple[str, bool]]) -> tuple[sa.Select, list[str]]:
+    def _select(self, name: str, granted: frozenset[str], query: RecordQuery, order: list[tuple[str, bool]],
+                after: bool = False, paged: str = "") -> tuple[sa.Select, list[str]]:
+        """The statement for a query's shape, built once and cached; values go in as bound parameters.
+
+        Filter values bind as `f0`, `f1`, ... (in-lists as expanding parameters), the search
+        as `q`, the keyset values of the previous page as `k0`, `k1`, ..., and `limit` /
+        `offset` when `paged` says so ("keyset" or "offset").
+        """
+        shape = (name, tuple(query.fields or ()), tuple((f.column, f.op) for f in query.filters), tuple(order),
+                 granted if query.q else None, after, paged)
+        cached = self._statements.get(shape)
+        if cached is None:
+            cached = self._build(name, granted, query, order, after, paged)
+            if len(self._statements) > 2048:
+                self._statements.clear()
+            self._statements[shape] = cached
+        return cached
+
+    def _build(self, name: str, granted: frozenset[str], query: RecordQuery, order: list[tuple[str, bool]],
+               after: bool, paged: str) -> tuple[sa.Select, list[str]]:
         view, shared = self.views[name], self.catalog.sharing[name]
         dataset = self.catalog.datasets[name]
         shown = list(query.fields or shared.columns)
         wanted = shown + [c for c, _ in order if c not in shown]
         stmt = sa.select(*(view.c[c] for c in wanted))
-        for f in query.filters:
-            stmt = stmt.where(self._condition(view.c[f.column], f))
+        for i, f in enumerate(query.filters):
+            stmt = stmt.where(self._condition(view.c[f.column], f.op, f"f{i}"))
         if query.q:
             searchable = [c for c in shared.columns if dataset.columns[c].type == "string"
                           and (c not in shared.personal or c in granted)]
-            stmt = stmt.where(sa.or_(*(sa.func.lower(view.c[c]).contains(query.q.lower(), autoescape=True)
+            stmt = stmt.where(sa.or_(*(sa.func.lower(view.c[c]).like(sa.bindparam("q"), escape="\\")
                                        for c in searchable)))
+        if after:
+            stmt = stmt.where(self._after(view, order))
+        if paged:
+            stmt = stmt.order_by(*(view.c[c].desc() if d else view.c[c].asc() for c, d in order))
+            stmt = stmt.limit(sa.bindparam("limit", type_=sa.Integer))
+            if paged == "offset":
+                stmt = stmt.offset(sa.bindparam("offset", type_=sa.Integer))
         return stmt, shown
 
     @staticmethod
-    def _condition(column: sa.ColumnElement[Any], f: Filter) -> sa.ColumnElement[bool]:
-        if f.op == "in":
-            return column.in_(list(f.value))
+    def _condition(column: sa.ColumnElement[Any], op: str, param: str) -> sa.ColumnElement[bool]:
+        if op == "in":
+            return column.in_(sa.bindparam(param, expanding=True))
+        value = sa.bindparam(param, type_=column.type)
         return {"eq": column.__eq__, "gte": column.__ge__, "gt": column.__gt__,
-                "lte": column.__le__, "lt": column.__lt__}[f.op](f.value)
+                "lte": column.__le__, "lt": column.__lt__}[op](value)
 
-    def _fetch(self, stmt: sa.Select) -> list[dict[str, Any]]:
+    @staticmethod
+    def _params(query: RecordQuery, keyset: list[Any] | None = None, **paging: int) -> dict[str, Any]:
+        """The bound values of a query (see `_select` for the names)."""
+        params: dict[str, Any] = {f"f{i}": f.value for i, f in enumerate(query.filters)}
+        if query.q:
+            escaped = query.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params["q"] = f"%{escaped}%"
+        for i, value in enumerate(keyset or []):
+            params[f"k{i}"] = value
+        return {**params, **paging}
+
+    def _fetch(self, stmt: sa.Select, params: dict[str, Any]) -> list[dict[str, Any]]:
         with _timed(self.settings.query_timeout_s), self.engine.connect() as conn:
-            result = conn.execute(stmt)
+            result = conn.execute(stmt, params)
             names = list(result.keys())
             return [dict(zip(names, row)) for row in result.all()]
 
@@ -239,12 +277,9 @@ class Reader:
         """One page in keyset order and the cursor of the next (None at the end)."""
         self.check(name, granted, query)
         order = self._order(name, query)
-        stmt, shown = self._select(name, granted, query, order)
-        view = self.views[name]
-        if cursor:
-            stmt = stmt.where(self._after(view, order, self._unseal(name, order, cursor)))
-        stmt = stmt.order_by(*(view.c[c].desc() if d else view.c[c].asc() for c, d in order)).limit(limit + 1)
-        rows = self._fetch(stmt)
+        keyset = self._unseal(name, order, cursor) if cursor else None
+        stmt, shown = self._select(name, granted, query, order, after=keyset is not None, paged="keyset")
+        rows = self._fetch(stmt, self._params(query, keyset, limit=limit + 1))
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -255,17 +290,15 @@ class Reader:
                     offset: int) -> list[dict[str, Any]]:
         """A page by offset (the CKAN datastore_search way)."""
         self.check(name, granted, query)
-        order = self._order(name, query)
-        stmt, shown = self._select(name, granted, query, order)
-        view = self.views[name]
-        stmt = stmt.order_by(*(view.c[c].desc() if d else view.c[c].asc() for c, d in order))
-        return self._finish(name, granted, self._fetch(stmt.limit(limit).offset(offset)), shown)
+        stmt, shown = self._select(name, granted, query, self._order(name, query), paged="offset")
+        return self._finish(name, granted, self._fetch(stmt, self._params(query, limit=limit, offset=offset)), shown)
 
     def count(self, name: str, granted: frozenset[str], query: RecordQuery) -> int:
         """How many rows match the query's filters and search."""
         stmt, _ = self._select(name, granted, query, [])
         with _timed(self.settings.query_timeout_s), self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one())
+            counted = sa.select(sa.func.count()).select_from(stmt.subquery())
+            return int(conn.execute(counted, self._params(query)).scalar_one())
 
     def chunks(self, name: str, granted: frozenset[str], query: RecordQuery, max_rows: int,
                chunk_rows: int = 5000) -> Iterator[list[dict[str, Any]]]:
@@ -280,14 +313,16 @@ class Reader:
                 return
 
     @staticmethod
-    def _after(view: sa.Table, order: list[tuple[str, bool]], values: list[Any]) -> sa.ColumnElement[bool]:
-        """Rows strictly after `values` in `order` (mixed directions): an OR of prefix-equal comparisons."""
+    def _after(view: sa.Table, order: list[tuple[str, bool]]) -> sa.ColumnElement[bool]:
+        """Rows strictly after the keyset values `k0`, `k1`, ... in `order` (mixed directions):
+        an OR of prefix-equal comparisons."""
+        keys = [sa.bindparam(f"k{i}", type_=view.c[c].type) for i, (c, _) in enumerate(order)]
         terms = []
         for i, (column, descending) in enumerate(order):
-            equal = [view.c[c] == values[j] for j, (c, _) in enumerate(order[:i])]
-            step = view.c[column] < values[i] if descending else view.c[column] > values[i]
-            terms.append(sa.and_(*equal, step))
-        return sa.or_(*terms)
+            equal = [view.c[c] == keys[j] for j, (c, _) in enumerate(order[:i])]
+            step = view.c[column] < keys[i] if descending else view.c[column] > keys[i]
+            terms.append(sa.and_(*equal, step) if equal else step)
+        return sa.or_(*terms) if len(terms) > 1 else terms[0]
 
     def _seal(self, name: str, order: list[tuple[str, bool]], values: list[Any]) -> str:
         payload = {"d": name, "o": [[c, d] for c, d in order], "v": values}
