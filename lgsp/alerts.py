@@ -23,7 +23,6 @@ Example webhook body::
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import smtplib
@@ -143,8 +142,3 @@ async def on_run_late(context: dict[str, Any], late_after_s: float = 0.0, **_: A
     """DeadlineAlert callback (runs in the triggerer): the run missed its deadline."""
     alert = late_alert(context, late_after_s)
     await asyncio.to_thread(send, alert)
-
-
-def alert_json(alert: Alert) -> str:
-    """The alert as the webhook sends it."""
-    return json.dumps(asdict(alert), ensure_ascii=False)

@@ -106,7 +106,8 @@ class AirflowStack:
     def commands(self) -> dict[str, list[str]]:
         """Component name -> its command line."""
         airflow = str(AIRFLOW_BIN)
-        commands = {"api-server": [airflow, "api-server", "--host", self.options.host, "--port", str(self.options.port)],
+        api_server = [airflow, "api-server", "--host", self.options.host, "--port", str(self.options.port)]
+        commands = {"api-server": api_server,
                     "scheduler": [airflow, "scheduler"], "dag-processor": [airflow, "dag-processor"],
                     "triggerer": [airflow, "triggerer"]}
         for n in range(1, self.options.workers + 1):

@@ -123,8 +123,8 @@ class LandApp(JsonService):
         limit = min(int_param(query, "limit", DEFAULT_LIMIT, minimum=1), MAX_LIMIT)
         low, high = query.get("commune_from", [""])[0], query.get("commune_to", [""])[0]
         if low or high:
-            chosen = [item for item in self._rows.items[first:stop]
-                      if low <= (item.get("commune_code") or "") and (not high or (item.get("commune_code") or "") < high)]
+            codes = [(item, item.get("commune_code") or "") for item in self._rows.items[first:stop]]
+            chosen = [item for item, code in codes if low <= code and (not high or code < high)]
             return {"data": chosen[offset:offset + limit], "total": len(chosen), "offset": offset, "limit": limit}
         start = first + offset
         return {"data": self._rows.items[start:min(start + limit, stop)], "total": stop - first,

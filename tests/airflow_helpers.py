@@ -205,7 +205,8 @@ def leftover_processes(marker: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker.encode() in (entry / "environ").read_bytes() and "Z" not in (entry / "stat").read_text().split()[2]:
+            zombie = (entry / "stat").read_text().split()[2] == "Z"
+            if marker.encode() in (entry / "environ").read_bytes() and not zombie:
                 found.append(int(entry.name))
         except OSError:
             continue

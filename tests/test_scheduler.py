@@ -71,9 +71,11 @@ def test_pipeline_triggered_through_the_rest_api_runs_under_the_scheduler(tmp_pa
 
     late = [a for a in hook.received if a["kind"] == "late" and a["run_id"] == run_id]
     assert late and late[0]["dag_id"] == "lgsp_tthc_dossiers" and "not finished 1s after" in late[0]["summary"]
-    assert late[0]["run_url"].endswith(f"/dags/lgsp_tthc_dossiers/runs/{run_id.replace(':', '%3A').replace('+', '%2B')}")
+    quoted = run_id.replace(":", "%3A").replace("+", "%2B")
+    assert late[0]["run_url"].endswith(f"/dags/lgsp_tthc_dossiers/runs/{quoted}")
 
-    lineage = [json.loads(line) for line in (home / "airflow" / "openlineage" / "events.jsonl").read_text().splitlines()]
+    events_file = home / "airflow" / "openlineage" / "events.jsonl"
+    lineage = [json.loads(line) for line in events_file.read_text().splitlines()]
     seen = {(e["job"]["name"], e["eventType"]) for e in lineage}
     for task in ("extract", "validate", "load"):
         assert (f"lgsp_tthc_dossiers.{task}", "START") in seen and (f"lgsp_tthc_dossiers.{task}", "COMPLETE") in seen
