@@ -126,7 +126,7 @@ def read_engine(url: str, timeout_s: float) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _read_only(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA query_only=ON")
-            dbapi_conn.set_progress_handler(_past_deadline, 20_000)
+            dbapi_conn.set_progress_handler(_past_deadline, 1000)
 
         return engine
     url = "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
