@@ -178,6 +178,28 @@ async def drive(port: int, paths: list[str], key: str, concurrency: int, warmup_
     return latencies, errors, time.perf_counter() - warm_until
 
 
+def _cpu_seconds(root_pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by the gateway (`root_pid` and its descendants) and by PostgreSQL."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                name_end = (text := handle.read()).rindex(")")
+            fields = text[name_end + 2:].split()
+            stats[int(entry)] = (int(fields[1]), text[text.index("(") + 1:name_end], (int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, ValueError):
+            continue
+    gateway, family = 0.0, {root_pid}
+    for _ in range(3):  # uvicorn's workers are children of the `lgsp serve` process
+        family |= {pid for pid, (parent, _, _) in stats.items() if parent in family}
+    gateway = sum(stats[pid][2] for pid in family if pid in stats)
+    postgres = sum(cpu for _, name, cpu in stats.values() if name.startswith("postgres"))
+    return gateway, postgres
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -208,8 +230,10 @@ def main() -> None:
         port = _free_port()
         server = start_server(env, port, args.workers)
         paths = page_paths(port, key, pages=args.citizens // 100)
+        before = _cpu_seconds(server.pid)
         latencies, errors, measured_s = asyncio.run(
             drive(port, paths, key, args.concurrency, args.warmup, args.duration))
+        after = _cpu_seconds(server.pid)
         paced = asyncio.run(drive(port, paths, key, args.concurrency, args.warmup, args.duration, args.rate)) \
             if args.rate else None
     finally:
@@ -221,6 +245,10 @@ def main() -> None:
     figures = {"database": "sqlite" if args.sqlite else "postgresql", "workers": args.workers,
                "concurrency": args.concurrency, "page_rows": 100, "distinct_pages": len(paths),
                "load_s": round(load_s, 1), "saturated": _figures(latencies, errors, measured_s)}
+    served = figures["saturated"]["requests"] + len(errors)  # the warm-up's requests are in the CPU figures too
+    total = served * (args.duration + args.warmup) / args.duration
+    figures["cpu_ms_per_request"] = {"gateway": round((after[0] - before[0]) / total * 1000, 2),
+                                     "postgresql": round((after[1] - before[1]) / total * 1000, 2)}
     if paced is not None:
         figures["paced"] = {"offered_per_s": args.rate, **_figures(*paced)}
     print(f"{'load':<22} {'requests':>9} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
@@ -228,7 +256,9 @@ def main() -> None:
         if run:
             print(f"{label:<22} {run['requests']:>9} {run['errors']:>6} {run['requests_per_s']:>8} "
                   f"{run['p50_ms']:>7} {run['p99_ms']:>7} {run['max_ms']:>7}")
-    print(f"({figures['database']}, {args.workers} workers, {args.concurrency} connections, 100-row pages of citizen)")
+    cpu = figures["cpu_ms_per_request"]
+    print(f"({figures['database']}, {args.workers} workers, {args.concurrency} connections, 100-row pages of citizen; "
+          f"CPU per request: gateway {cpu['gateway']} ms, PostgreSQL {cpu['postgresql']} ms)")
     print(json.dumps(figures))
 
 

@@ -18,11 +18,13 @@ audit row is durable, while concurrent requests share one transaction.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -141,12 +143,30 @@ class AuditLog:
                 if self.engine.dialect.name == "postgresql":
                     self._append_postgres(entries)
                 else:
-                    with self.engine.begin() as conn:
+                    with self._sqlite_writer(), self.engine.begin() as conn:
                         self._append(conn, entries)
                 return
             except (IntegrityError, psycopg.errors.UniqueViolation):
                 if attempt == attempts - 1:
                     raise
+
+    @contextmanager
+    def _sqlite_writer(self) -> Iterator[None]:
+        """One chain writer at a time across processes: a file lock next to the database.
+
+        SQLite's own busy handler would also serialise them, but it polls with sleeps of up
+        to 100 ms; a blocked `flock` wakes as soon as the other writer is done.
+        """
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.audit-lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _append(self, conn: sa.Connection, entries: list[AuditEntry]) -> None:
         """SQLite: the first write of the transaction takes the database's write lock, so the head stays ours."""
