@@ -7,6 +7,7 @@ so a step can be retried, and a killed run can be rerun, without loss.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -258,7 +259,7 @@ def _latest_per_key(frame: pd.DataFrame, ds: DatasetSpec) -> pd.DataFrame:
     return ordered.drop_duplicates(subset=ds.key, keep="last").sort_index()
 
 
-CHUNK_ROWS = int(os.environ.get("LGSP_CHUNK_ROWS", "100000"))  # rows validated (and loaded) at a time
+CHUNK_ROWS = int(os.environ.get("LGSP_CHUNK_ROWS", "50000"))  # rows validated (and loaded) at a time
 
 
 @dataclass
@@ -410,6 +411,8 @@ def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
                 if done.cursor_to is not None and (cursor_to is None or done.cursor_to > cursor_to):
                     cursor_to = done.cursor_to
                 extra_columns += [c for c in done.extra_columns if c not in extra_columns]
+                del done, chunk
+                gc.collect()  # GX and pandas leave each chunk's frames in reference cycles: free them now
     except (SchemaError, QualityError) as exc:
         _update_batch(ctx, batch_id, status="failed", finished_at=_now(), message=str(exc))
         raise
