@@ -57,7 +57,7 @@ def _run(action: object) -> None:
 
 
 def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
-          port: int = typer.Option(8080, help="port"),
+          port: int = typer.Option(8090, help="port (Airflow's UI takes 8080)"),
           workers: int = typer.Option(1, min=1, max=16, help="uvicorn worker processes"),
           log_level: str = typer.Option("info", help="info logs one line per request (no personal data)")) -> None:
     """Serve the sharing gateway (REST + CKAN API; OpenAPI at /openapi.json, docs at /docs)."""
