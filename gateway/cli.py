@@ -1,6 +1,6 @@
 """`lgsp serve`, `lgsp agencies ...` and `lgsp audit ...` (registered on the `lgsp` app by `register`).
 
-    lgsp serve [--port 8080] [--workers 2]          the gateway (uvicorn), after preparing the database
+    lgsp serve [--port 8090] [--workers 2]          the gateway (uvicorn), after preparing the database
     lgsp agencies add so_y_te "Sở Y tế"              register an agency (--rate requests/s)
     lgsp agencies key so_y_te                        issue an API key (shown once, stored hashed)
     lgsp agencies client so_y_te                     an OAuth2 client (client credentials), secret shown once
