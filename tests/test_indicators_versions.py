@@ -56,7 +56,9 @@ def test_recompute_is_idempotent_and_late_data_touches_only_its_months(
         for name, value in newer.env().items():
             monkeypatch.setenv(name, value)
         assert runner.run_pipeline("tthc_dossiers")["rows_changed"] == 1
-    assert months_touched(wh, spec) >= months  # the late row's month (and recent loads within the lookback)
+    assert months_touched(wh, spec) == {"2025-07", "2025-08", "2025-09", "2025-10"}  # all loaded minutes ago
+    monkeypatch.setattr("indicators.compute.LATE_LOOKBACK", timedelta(0))
+    assert months_touched(wh, spec) == months, "only the late row's month"
     result = compute_touched(wh, spec)
     after = _computed_at(wh, spec.name)
     rewritten = {cell for cell, at in after.items() if at != before.get(cell)}
