@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Optional
 
@@ -26,7 +26,9 @@ import orjson
 from fastapi import Depends, FastAPI, Form, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBasicCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -50,6 +52,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "bad parameter"), (401, "no or invalid credential for a restricted dataset"),
         (403, "no grant on this dataset"), (404, "no such dataset"), (429, "rate limit exceeded"),
         (503, "query timeout or audit unavailable"))}
+
+EXPORT_RESPONSE = {"description": "the rows, streamed", "content": {
+    media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA_TYPES.values()}}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -154,6 +159,23 @@ def _catalog_routes(app: FastAPI, gateway: Gateway) -> None:
         return json_response(gateway.datasets.describe(name))
 
 
+class ReadRoute(APIRoute):
+    """A route whose endpoint takes the request and parses its own parameters (gateway.params).
+
+    FastAPI still documents it (parameters from `openapi_extra`, the response model, the
+    security schemes), but does not solve parameters and dependencies per request: on the
+    hot read path that machinery cost about a tenth of the gateway's time.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handle(request: Request) -> Response:
+            return await run_in_threadpool(endpoint, request)  # type: ignore[no-any-return]
+
+        return handle
+
+
 def _dataset_routes(app: FastAPI, gateway: Gateway) -> None:
     """Records and export routes per shared dataset; their parameters are documented from their ParamSpecs."""
     security = [Security(API_KEY), Security(BEARER)]
@@ -162,17 +184,16 @@ def _dataset_routes(app: FastAPI, gateway: Gateway) -> None:
         sortable = gateway.reader.sortable(name)
         records = record_params(dataset, shared, sortable, gateway.settings, export=False)
         exports = record_params(dataset, shared, sortable, gateway.settings, export=True)
-        app.add_api_route(f"/api/v1/datasets/{name}/records", _records_endpoint(gateway, name, records),
-                          methods=["GET"], response_model=page_model(dataset, shared), responses=ERRORS,
-                          dependencies=security, tags=["records"], summary=f"Records of {name} ({shared.access})",
-                          operation_id=f"records_{name}", openapi_extra={"parameters": [p.openapi() for p in records]})
-        app.add_api_route(f"/api/v1/datasets/{name}/export", _export_endpoint(gateway, name, exports),
-                          methods=["GET"], response_class=Response, responses={200: {
-                              "description": "the rows, streamed", "content": {
-                                  media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA_TYPES.values()}},
-                              **ERRORS}, dependencies=security, tags=["exports"],
-                          summary=f"Export {name} ({shared.access})", operation_id=f"export_{name}",
-                          openapi_extra={"parameters": [p.openapi() for p in exports]})
+        app.router.add_api_route(
+            f"/api/v1/datasets/{name}/records", _records_endpoint(gateway, name, records), methods=["GET"],
+            route_class_override=ReadRoute, response_model=page_model(dataset, shared), responses=ERRORS,
+            dependencies=security, tags=["records"], summary=f"Records of {name} ({shared.access})",
+            operation_id=f"records_{name}", openapi_extra={"parameters": [p.openapi() for p in records]})
+        app.router.add_api_route(
+            f"/api/v1/datasets/{name}/export", _export_endpoint(gateway, name, exports), methods=["GET"],
+            route_class_override=ReadRoute, response_class=Response, responses={**ERRORS, 200: EXPORT_RESPONSE},
+            dependencies=security, tags=["exports"], summary=f"Export {name} ({shared.access})",
+            operation_id=f"export_{name}", openapi_extra={"parameters": [p.openapi() for p in exports]})
 
 
 def _token_route(app: FastAPI, gateway: Gateway) -> None:
