@@ -202,6 +202,22 @@ def _checkpoint(context: Any, dataset: DatasetSpec) -> Any:
         actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])]))
 
 
+_CHECKPOINTS: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
+
+def _cached_checkpoint(paths: GxPaths, dataset: DatasetSpec) -> tuple[Any, Any]:
+    """The context and checkpoint for a dataset, built once per process and GX folder.
+
+    Building them costs about a second (GX deep-copies its configuration); a batch
+    validated in chunks, or many batches in one process, reuse them.
+    """
+    key = (str(paths.root), str(paths.data_docs), dataset.name, repr(suite_definition(dataset)))
+    if key not in _CHECKPOINTS:
+        context = _gx_context(paths)
+        _CHECKPOINTS[key] = (context, _checkpoint(context, dataset))
+    return _CHECKPOINTS[key]
+
+
 def _run_gx(frame: pd.DataFrame, dataset: DatasetSpec, batch_id: str,
             paths: GxPaths) -> tuple[list[ExpectationOutcome], str | None]:
     """Run the dataset's checkpoint on one batch; the outcomes and, if it failed, its docs page."""
@@ -211,8 +227,8 @@ def _run_gx(frame: pd.DataFrame, dataset: DatasetSpec, batch_id: str,
 
     with _docs_lock(paths):
         run_id = RunIdentifier(run_name=re.sub(r"[^\w.-]", "_", batch_id), run_time=datetime.now(timezone.utc))
-        context = _gx_context(paths)
-        result = _checkpoint(context, dataset).run(batch_parameters={"dataframe": frame}, run_id=run_id)
+        context, checkpoint = _cached_checkpoint(paths, dataset)
+        result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
         [(result_key, validation)] = result.run_results.items()
         urls = [] if validation.success else context.get_docs_sites_urls(resource_identifier=result_key,
                                                                          site_name=DOCS_SITE)
