@@ -98,6 +98,10 @@ def authorize(principal: Principal, shared: SharedDatasetSpec) -> frozenset[str]
     return granted
 
 
+MAX_BUCKETS = 100_000
+IDLE_S = 60.0
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -122,6 +126,10 @@ class RateLimiter:
         with self._lock:
             bucket = self._buckets.get(who)
             if bucket is None:
+                if len(self._buckets) >= MAX_BUCKETS:  # many addresses: forget the idle ones (their buckets are full)
+                    self._buckets = {k: b for k, b in self._buckets.items() if now - b.updated < IDLE_S}
+                    if len(self._buckets) >= MAX_BUCKETS:
+                        self._buckets = {}  # bounded memory over exact limits for a moment
                 bucket = self._buckets[who] = _Bucket(tokens=capacity, updated=now)
             bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
             bucket.updated = now
