@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from catalog.models import Catalog, DatasetSpec, SharedDatasetSpec
+from catalog.models import Catalog, DatasetSpec
 from gateway.policy import protect, protections
 from gateway.settings import GatewaySettings
 from warehouse.shared import shared_views
@@ -342,7 +342,3 @@ class Reader:
         dataset: DatasetSpec = self.catalog.datasets[name]
         return [coerce(dataset.columns[c].type, v, "cursor") for (c, _), v in zip(order, payload["v"])]
 
-
-def shared_spec(catalog: Catalog, name: str) -> SharedDatasetSpec:
-    """The sharing declaration of `name` (KeyError if not shared)."""
-    return catalog.sharing[name]
