@@ -261,15 +261,15 @@ class Reader:
             params[f"k{i}"] = value
         return {**params, **paging}
 
-    def _fetch(self, stmt: sa.Select, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def _fetch(self, stmt: sa.Select, params: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        """Column names and row tuples of `stmt`."""
         with _timed(self.settings.query_timeout_s), self.engine.connect() as conn:
             result = conn.execute(stmt, params)
-            names = list(result.keys())
-            return [dict(zip(names, row)) for row in result.all()]
+            return list(result.keys()), result.all()
 
-    def _finish(self, name: str, granted: frozenset[str], rows: list[dict[str, Any]],
-                shown: list[str]) -> list[dict[str, Any]]:
-        records = [{c: r[c] for c in shown} for r in rows]
+    def _finish(self, name: str, granted: frozenset[str], rows: list[Any], shown: list[str]) -> list[dict[str, Any]]:
+        """Records of the shown columns (they come first in each row), personal columns protected."""
+        records = [dict(zip(shown, row)) for row in rows]
         protect(records, protections(self.catalog.sharing[name], granted), self.settings.pseudonym_key)
         return records
 
@@ -280,11 +280,11 @@ class Reader:
         order = self._order(name, query)
         keyset = self._unseal(name, order, cursor) if cursor else None
         stmt, shown = self._select(name, granted, query, order, after=keyset is not None, paged="keyset")
-        rows = self._fetch(stmt, self._params(query, keyset, limit=limit + 1))
+        names, rows = self._fetch(stmt, self._params(query, keyset, limit=limit + 1))
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
-            next_cursor = self._seal(name, order, [rows[-1][c] for c, _ in order])
+            next_cursor = self._seal(name, order, [rows[-1][names.index(c)] for c, _ in order])
         return self._finish(name, granted, rows, shown), next_cursor
 
     def offset_page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
@@ -292,7 +292,8 @@ class Reader:
         """A page by offset (the CKAN datastore_search way)."""
         self.check(name, granted, query)
         stmt, shown = self._select(name, granted, query, self._order(name, query), paged="offset")
-        return self._finish(name, granted, self._fetch(stmt, self._params(query, limit=limit, offset=offset)), shown)
+        _, rows = self._fetch(stmt, self._params(query, limit=limit, offset=offset))
+        return self._finish(name, granted, rows, shown)
 
     def count(self, name: str, granted: frozenset[str], query: RecordQuery) -> int:
         """How many rows match the query's filters and search."""
