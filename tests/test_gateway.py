@@ -375,3 +375,17 @@ def test_schemathesis_finds_no_server_errors_and_responses_match_the_openapi(ser
             case.call_and_validate(base_url=served.base, headers=headers, checks=checks)
 
         exercise()
+
+
+def test_a_query_past_the_time_limit_is_cancelled_on_postgresql(pg_url: str) -> None:
+    from gateway.records import QueryTimeout, _timed, read_engine
+
+    engine = read_engine(pg_url, timeout_s=0.05)
+    try:
+        with pytest.raises(QueryTimeout, match="longer than 0.05 s"), _timed(0.05), engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_sleep(2)"))
+        with engine.connect() as conn:  # read-only, too
+            with pytest.raises(sa.exc.DBAPIError, match="read-only"):
+                conn.execute(sa.text("CREATE TABLE nope (x int)"))
+    finally:
+        engine.dispose()
