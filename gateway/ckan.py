@@ -226,20 +226,22 @@ def ckan_routes(app: FastAPI, gateway: Gateway) -> None:
 
 
 async def _dispatch(gateway: Gateway, request: Request, name: str, params: dict[str, Any]) -> Any:
-    """Run a CKAN action; the database work runs in a worker thread."""
+    """Run a CKAN action in a worker thread (authentication and reads touch the database)."""
     from starlette.concurrency import run_in_threadpool
 
+    return await run_in_threadpool(_run_action, gateway, request, name, params)
+
+
+def _run_action(gateway: Gateway, request: Request, name: str, params: dict[str, Any]) -> Any:
+    if name == "datastore_search":
+        return datastore_search(gateway, request, params)
+    caller(request, gateway)
     if name == "package_list":
-        caller(request, gateway)
         return gateway.datasets.names()
-    if name == "package_show":
-        dataset = _text(params, "id") or _text(params, "name_or_id")
-        if dataset is None:
-            raise CkanValidation("id", "id is required (a dataset name, see package_list)")
-        caller(request, gateway)
-        gateway.shared(dataset)
-        return await run_in_threadpool(package, gateway, request, dataset)
     if name == "package_search":
-        caller(request, gateway)
-        return await run_in_threadpool(package_search, gateway, request, params)
-    return await run_in_threadpool(datastore_search, gateway, request, params)
+        return package_search(gateway, request, params)
+    dataset = _text(params, "id") or _text(params, "name_or_id")
+    if dataset is None:
+        raise CkanValidation("id", "id is required (a dataset name, see package_list)")
+    gateway.shared(dataset)
+    return package(gateway, request, dataset)
