@@ -224,11 +224,17 @@ def _run_gx(frame: pd.DataFrame, dataset: DatasetSpec, batch_id: str,
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.exceptions.resource_freshness import ResourceFreshnessAggregateError
 
     with _docs_lock(paths):
         run_id = RunIdentifier(run_name=re.sub(r"[^\w.-]", "_", batch_id), run_time=datetime.now(timezone.utc))
         context, checkpoint = _cached_checkpoint(paths, dataset)
-        result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
+        try:
+            result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
+        except ResourceFreshnessAggregateError:  # another process saved the suite file since: rebuild
+            _CHECKPOINTS.clear()
+            context, checkpoint = _cached_checkpoint(paths, dataset)
+            result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
         [(result_key, validation)] = result.run_results.items()
         urls = [] if validation.success else context.get_docs_sites_urls(resource_identifier=result_key,
                                                                          site_name=DOCS_SITE)
