@@ -165,7 +165,7 @@ def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | 
     from connectors import MessageLog, iter_pages, open_transport
     from lgsp.exchanges import breaker_for, flush_log
 
-    wh, pipeline, table = ctx.warehouse, ctx.pipeline, ctx.warehouse.system["lgsp_batch"]
+    wh, pipeline = ctx.warehouse, ctx.pipeline
     resume = None if (full_refresh or since or until or partition) else _resumable(ctx)
     source = pipeline.source.model_copy(update={"params": {**pipeline.source.params, **partition}}) \
         if partition else pipeline.source
@@ -400,9 +400,10 @@ def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
     cursor_to, extra_columns = None, []
     schema = arrow_schema(ds).append(pa.field(EXTRAS_COLUMN, pa.string()))
     schema = pa.schema([f.with_nullable(True) for f in schema])
-    path = ctx.lake.parquet_path(ds.name, _now().date(), batch_id)
+    ingest_date = _now().date()
+    path = ctx.lake.parquet_path(ds.name, ingest_date, batch_id)
     try:
-        with ctx.lake.parquet_writer(schema, ds.name, _now().date(), batch_id) as writer:
+        with ctx.lake.parquet_writer(schema, ds.name, ingest_date, batch_id) as writer:
             for part, chunk in enumerate(_landed_chunks(ctx, batch_id, CHUNK_ROWS), start=1):
                 done = _validate_chunk(ctx, batch_id, chunk, part, outcomes)
                 writer.write_table(done.good.cast(schema))

@@ -18,11 +18,8 @@ from typing import Any
 
 import pytest
 
-from catalog import load_catalog
-from indicators import compute_indicator
 from indicators.dashboard import write_dashboard
-from lgsp import runner
-from warehouse import Warehouse
+from tests.indicator_data import pull_and_compute
 
 WINDOW = (1280, 4200)
 
@@ -124,12 +121,7 @@ def coloured_pixels(png: tuple[int, int, int, bytes], box: tuple[int, int, int, 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_dashboard_draws_its_charts_in_headless_chromium(lgsp_env: Any, tmp_path: Path) -> None:
-    catalog = load_catalog()
-    for pipeline in ("tthc_dossiers", "documents"):
-        runner.run_pipeline(pipeline)
-    wh = Warehouse(lgsp_env.database_url, catalog)
-    for spec in catalog.indicators.values():
-        compute_indicator(wh, spec)
+    catalog, wh = pull_and_compute(lgsp_env.database_url)
     page = write_dashboard(wh, catalog, tmp_path / "dashboard" / "index.html")
     html = page.read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?https?:""", html), \

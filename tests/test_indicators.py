@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from catalog import load_catalog
-from indicators import compute_indicator, compute_range, read_indicator
-from lgsp import runner
+from indicators import compute_range, read_indicator
+from tests.indicator_data import pull_and_compute
 from warehouse import Warehouse
 
 VN = timezone(timedelta(hours=7))
@@ -100,13 +100,7 @@ def _mart_cells(wh: Warehouse, name: str, period_type: str | None) -> dict[tuple
 @pytest.fixture
 def loaded(lgsp_env: Any) -> Warehouse:
     """Dossiers and documents pulled from the sandbox into a fresh warehouse, every indicator computed."""
-    catalog = load_catalog()
-    for pipeline in ("tthc_dossiers", "documents"):
-        runner.run_pipeline(pipeline)
-    wh = Warehouse(lgsp_env.database_url, catalog)
-    for spec in catalog.indicators.values():
-        compute_indicator(wh, spec)
-    return wh
+    return pull_and_compute(lgsp_env.database_url)[1]
 
 
 def test_every_indicator_matches_the_ground_truth_exactly(loaded: Warehouse, sandbox_handle: Any) -> None:

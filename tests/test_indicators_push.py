@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from catalog import load_catalog
 from indicators import compute_indicator
-from lgsp import outbox, runner
+from lgsp import outbox
+from tests.indicator_data import pull_and_compute
 from warehouse import Warehouse
 
 FEED = "government_report"
@@ -37,13 +37,7 @@ def _push_until_drained(wh: Warehouse, catalog: Any, rounds: int = 6) -> int:
 
 @pytest.fixture
 def computed(lgsp_env: Any) -> tuple[Any, Warehouse]:
-    catalog = load_catalog()
-    for pipeline in ("tthc_dossiers", "documents"):
-        runner.run_pipeline(pipeline)
-    wh = Warehouse(lgsp_env.database_url, catalog)
-    for spec in catalog.indicators.values():
-        compute_indicator(wh, spec)
-    return catalog, wh
+    return pull_and_compute(lgsp_env.database_url)
 
 
 def test_reports_are_delivered_exactly_once_through_faults_and_lost_acks(
