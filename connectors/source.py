@@ -53,8 +53,8 @@ def extract_records(response: dict[str, Any], field: str,
         records = records or []
     if not isinstance(records, list):
         raise TypeError(f"'{field}' is a {type(records).__name__}, expected a list of records")
-    if not rename:
-        return [dict(r) for r in records]
+    if not rename:  # a parser's fresh dicts are used as they are
+        return [r if type(r) is dict else dict(r) for r in records]
     return [{rename.get(k, k): v for k, v in dict(r).items()} for r in records]
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -32,6 +32,11 @@ from schemas.arrow import EXTRAS_COLUMN
 from warehouse.store import utc
 
 log = logging.getLogger("lgsp.runner")
+
+if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    # Arrow's default pool (mimalloc) keeps what a chunk freed for reuse: about 60 MB more
+    # peak memory for a streamed batch than the system allocator, for no measurable speed.
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 class BatchBalanceError(RuntimeError):
@@ -149,13 +154,15 @@ def _window(ctx: PipelineContext, full_refresh: bool, since: datetime | None,
 
 
 def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
-            until: datetime | None = None, partition: dict[str, Any] | None = None) -> dict[str, Any]:
+            until: datetime | None = None, partition: dict[str, Any] | None = None,
+            on_batch: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Pull every page changed since the pipeline's cursor and land it as received.
 
     Each landed page is checkpointed (the request for the next page is saved
     with the batch), so a run killed or failed half-way resumes from the page
     after its last landed one instead of starting again. `since`/`until` pull
-    a closed window (a backfill) without moving the cursor.
+    a closed window (a backfill) without moving the cursor. `on_batch(batch_id)` is
+    called once the batch is known, before the first page is requested.
 
     `partition` (lgsp.partitions) adds a slice's filter to every request; such
     a batch is never resumed by another run.
@@ -179,6 +186,8 @@ def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | 
     else:
         mode, since, until = _window(ctx, full_refresh, since, until)
         batch_id, pages, rows, state = _start_batch(ctx, mode, since, until), 0, 0, {"next": None, "done": False}
+    if on_batch is not None:  # the streaming runner validates the pages as they land
+        on_batch(batch_id)
     message_log = MessageLog(ctx.system.name, ctx.system.message_log, context=batch_id)
     transport = open_transport(ctx.system, pipeline.source, log=message_log)
     try:
@@ -311,35 +320,6 @@ def _landed_chunks(ctx: PipelineContext, batch_id: str, chunk_rows: int) -> Iter
         yield LandedChunk(b"".join(pages), rows)
 
 
-def _merge_outcomes(seen: dict[tuple[str, str | None], Any], outcomes: list[Any]) -> None:
-    """One outcome per expectation for the whole batch: failed if any chunk failed, counts summed."""
-    from dataclasses import replace
-
-    for o in outcomes:
-        key = (o.expectation, o.column)
-        before = seen.get(key)
-        if before is None:
-            seen[key] = o
-        else:
-            count = (before.unexpected_count or 0) + (o.unexpected_count or 0)
-            seen[key] = replace(before, success=before.success and o.success, observed=o.observed,
-                                unexpected_count=count if (before.unexpected_count is not None
-                                                           or o.unexpected_count is not None) else None)
-
-
-def _judged(outcomes: dict[tuple[str, str | None], Any], ds: DatasetSpec, rows: int) -> list[Any]:
-    """The batch's outcomes, the quarantine-rate expectation judged on the whole batch, not per chunk."""
-    from dataclasses import replace
-
-    judged = []
-    for (expectation, column), outcome in outcomes.items():
-        if column == "_row_ok" and outcome.unexpected_count is not None and rows:
-            rate = outcome.unexpected_count / rows
-            outcome = replace(outcome, success=rate <= ds.expectations.max_quarantine_rate, observed=round(rate, 6))
-        judged.append(outcome)
-    return judged
-
-
 @dataclass
 class _ChunkResult:
     good: pa.Table
@@ -349,10 +329,9 @@ class _ChunkResult:
     extra_columns: list[str]
 
 
-def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, part: int,
-                    outcomes: dict[tuple[str, str | None], Any]) -> _ChunkResult:
+def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, expectations: Any) -> _ChunkResult:
     """Type, row-check and expect one chunk; its bad rows are in quarantine when this returns."""
-    from quality import run_row_checks, validate_dataset
+    from quality import run_row_checks
     from schemas import to_arrow
 
     ds = ctx.dataset
@@ -365,8 +344,7 @@ def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, par
         else:
             originals = {r.position: records[r.position] for r in checked.rejections}
         _store_quarantine(ctx, _quarantine_rows(ctx, batch_id, originals, checked.rejections))
-    run_name = batch_id if part == 1 else f"{batch_id}.part{part}"
-    _merge_outcomes(outcomes, validate_dataset(typed.frame, checked.passed, ds, run_name, raise_on_failure=False))
+    expectations.add(typed.frame, checked.passed)
     good = _latest_per_key(typed.frame[checked.passed], ds)
     cursor_to = typed.frame[ds.cursor_field].max() if ds.cursor_field and len(typed.frame) else None
     extras = typed.extras.loc[good.index] if typed.extras is not None else None
@@ -389,54 +367,106 @@ def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
         SchemaError: the batch breaks the dataset's contract.
         QualityError: a dataset-level expectation failed (bad rows are already in quarantine).
     """
-    from quality import QualityError
-    from quality.expectations import check_outcomes
-    from schemas import SchemaError, arrow_schema
+    manifest = ctx.lake.read_manifest(ctx.pipeline.name, batch_id)
+    try:
+        checked = _check_chunks(ctx, batch_id, _landed_chunks(ctx, batch_id, CHUNK_ROWS))
+        return _validated(ctx, batch_id, manifest, checked)
+    except Exception as exc:
+        _failed_validation(ctx, batch_id, exc)
+        raise
 
-    ds, pipeline = ctx.dataset, ctx.pipeline
-    manifest = ctx.lake.read_manifest(pipeline.name, batch_id)
-    outcomes: dict[tuple[str, str | None], Any] = {}
+
+def _failed_validation(ctx: PipelineContext, batch_id: str, exc: Exception) -> None:
+    from quality import QualityError
+    from schemas import SchemaError
+
+    if isinstance(exc, (SchemaError, QualityError)):
+        _update_batch(ctx, batch_id, status="failed", finished_at=_now(), message=str(exc))
+
+
+@dataclass
+class _Checked:
+    """What validating a batch's chunks found, before it is judged."""
+
+    valid: int
+    quarantined: int
+    superseded: int
+    cursor_to: Any
+    extra_columns: list[str]
+    outcomes: list[Any]
+    page: str | None
+    parquet: str
+
+
+def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedChunk],
+                  on_good: Callable[[pa.Table], None] | None = None) -> _Checked:
+    """Validate chunk after chunk into the batch's Parquet file; `on_good(table)` also gets each chunk's good rows.
+
+    GX and pandas leave each chunk's frames in reference cycles: from the second chunk on,
+    they are collected after each chunk, the collections skipping what existed before it
+    (imports, GX's context: never garbage), which keeps them cheap.
+    """
+    from quality.expectations import BatchCheck
+    from schemas import arrow_schema
+
+    ds = ctx.dataset
+    expectations = BatchCheck(ds, batch_id)
     quarantined = superseded = valid = 0
     cursor_to, extra_columns = None, []
     schema = arrow_schema(ds).append(pa.field(EXTRAS_COLUMN, pa.string()))
     schema = pa.schema([f.with_nullable(True) for f in schema])
     ingest_date = _now().date()
     path = ctx.lake.parquet_path(ds.name, ingest_date, batch_id)
+    frozen = False
     try:
         with ctx.lake.parquet_writer(schema, ds.name, ingest_date, batch_id) as writer:
-            for part, chunk in enumerate(_landed_chunks(ctx, batch_id, CHUNK_ROWS), start=1):
-                done = _validate_chunk(ctx, batch_id, chunk, part, outcomes)
-                writer.write_table(done.good.cast(schema))
+            for part, chunk in enumerate(chunks, start=1):
+                if part == 2:
+                    gc.collect()
+                    gc.freeze()
+                    frozen = True
+                done = _validate_chunk(ctx, batch_id, chunk, expectations)
+                good = done.good.cast(schema)
+                writer.write_table(good)
+                if on_good is not None:
+                    on_good(good)
                 valid, quarantined, superseded = (valid + done.good.num_rows, quarantined + done.quarantined,
                                                   superseded + done.superseded)
                 if done.cursor_to is not None and (cursor_to is None or done.cursor_to > cursor_to):
                     cursor_to = done.cursor_to
                 extra_columns += [c for c in done.extra_columns if c not in extra_columns]
-                del done, chunk
-                gc.collect()  # GX and pandas leave each chunk's frames in reference cycles: free them now
-    except (SchemaError, QualityError) as exc:
-        _update_batch(ctx, batch_id, status="failed", finished_at=_now(), message=str(exc))
-        raise
-    judged = _judged(outcomes, ds, valid + quarantined + superseded)
-    _store_expectations(ctx, batch_id, judged)
-    try:
-        check_outcomes(ds, batch_id, judged)
-    except QualityError as exc:
-        _update_batch(ctx, batch_id, status="failed", finished_at=_now(), message=str(exc))
-        raise
+                del done, chunk, good
+                if frozen:
+                    gc.collect()
+    finally:
+        if frozen:
+            gc.unfreeze()
+    outcomes, page = expectations.finish()
+    return _Checked(valid, quarantined, superseded, cursor_to, extra_columns, outcomes, page, str(path))
+
+
+def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], checked: _Checked) -> dict[str, Any]:
+    """Judge a checked batch: expectations stored and enforced, rows balanced, manifest and batch record updated."""
+    from quality.expectations import check_outcomes
+
+    ds, pipeline = ctx.dataset, ctx.pipeline
+    _store_expectations(ctx, batch_id, checked.outcomes)
+    check_outcomes(ds, batch_id, checked.outcomes, checked.page)
+    valid, quarantined, superseded = checked.valid, checked.quarantined, checked.superseded
     result = {**manifest, "rows_valid": valid, "rows_quarantined": quarantined,
-              "rows_superseded": superseded, "parquet": str(path), "extra_columns": extra_columns,
-              "cursor_to": cursor_to.isoformat() if cursor_to is not None else None}
+              "rows_superseded": superseded, "parquet": checked.parquet, "extra_columns": checked.extra_columns,
+              "cursor_to": checked.cursor_to.isoformat() if checked.cursor_to is not None else None}
     if valid + quarantined + superseded != manifest["rows_pulled"]:
         raise BatchBalanceError(f"batch {batch_id}: pulled {manifest['rows_pulled']} != valid {valid}"
                                 f" + quarantined {quarantined} + superseded {superseded}")
     ctx.lake.write_manifest(pipeline.name, batch_id, result)
+    extra_columns = checked.extra_columns
     drift = (f"schema drift: new source field(s) {extra_columns} kept in _extras; declare them in "
              f"catalog/datasets.yaml ({ds.name}) to load them as columns") if extra_columns else None
     if drift:
         log.warning("%s: %s", pipeline.name, drift)
     _update_batch(ctx, batch_id, status="validated", rows_quarantined=quarantined,
-                  rows_superseded=superseded, lake_path=str(path), message=drift)
+                  rows_superseded=superseded, lake_path=checked.parquet, message=drift)
     return result
 
 
@@ -458,15 +488,24 @@ def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
 
     The batch's Parquet file is read a row group (a validated chunk) at a time.
     """
-    wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
-    result = ctx.lake.read_manifest(pipeline.name, batch_id)
+    result = ctx.lake.read_manifest(ctx.pipeline.name, batch_id)
     if "parquet" not in result:
-        raise RuntimeError(f"batch {batch_id} of {pipeline.name} was not validated; run validate first")
+        raise RuntimeError(f"batch {batch_id} of {ctx.pipeline.name} was not validated; run validate first")
+    return _load_chunks(ctx, batch_id, ctx.lake.iter_batch(result["parquet"]), lambda: result)
+
+
+def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table],
+                 validated: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Write validated chunks, then, once `validated()` gives the batch's result, the cursor and batch record.
+
+    One transaction: if `validated()` raises (the batch failed its checks), nothing is written.
+    """
+    wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
     loaded_at = _now()
-    chunks = (_with_lineage(chunk, ctx, batch_id, loaded_at) for chunk in ctx.lake.iter_batch(result["parquet"]))
-    cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
     with wh.transaction() as conn:
-        landed, changed = wh.write_chunks(conn, ds, chunks)
+        landed, changed = wh.write_chunks(conn, ds, (_with_lineage(c, ctx, batch_id, loaded_at) for c in chunks))
+        result = validated()
+        cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
         if result.get("mode") != "backfill":
             wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
@@ -489,18 +528,23 @@ def _unfinished(ctx: PipelineContext) -> tuple[str, str] | None:
 def run_pipeline(name: str, full_refresh: bool = False, catalog: Catalog | None = None,
                  settings: Settings | None = None, since: datetime | None = None,
                  until: datetime | None = None) -> dict[str, Any]:
-    """Run extract -> validate -> load in this process (what one DAG run does).
+    """Run extract -> validate -> load from this process (what one DAG run does, its tasks in one go).
 
     A batch a killed run left behind is finished first: a half-pulled one is
     resumed from its last landed page, a pulled or validated one is validated
-    and loaded.
+    and loaded. A new batch runs its three steps overlapping (`lgsp.streaming`;
+    `LGSP_STREAMING=0` runs them one after another).
     """
+    from lgsp import streaming
+
     ctx = context(name, catalog, settings)
     fresh = full_refresh or since is not None or until is not None
     pending = None if fresh else _unfinished(ctx)
     if pending is not None:
         batch_id, status = pending
         log.info("%s: finishing batch %s left %s by an earlier run", name, batch_id, status)
+    elif streaming.enabled():
+        return streaming.run_streaming(ctx, full_refresh=full_refresh, since=since, until=until)
     else:
         batch_id, status = extract(ctx, full_refresh=full_refresh, since=since, until=until)["batch_id"], "extracted"
     if status == "extracted":

@@ -1,9 +1,11 @@
 """Dataset-level Great Expectations, generated from the dataset definition.
 
-The suite runs once per batch as a GX Checkpoint: one validation definition (the
-whole batch, with a `_row_ok` column from the row rules) and one action that
-updates the Data Docs site. Results and docs are kept on disk, so the site
-accumulates every batch of every dataset:
+The suite runs on every chunk of a batch (the typed rows, with a `_row_ok` column
+from the row rules), and the chunks' results are folded into one result per batch
+(`BatchCheck`): counts add up, the quarantine rate and the row count are judged on
+the batch's totals. That result is stored and its Data Docs page rendered once per
+batch. Results and docs are kept on disk, so the site accumulates every batch of
+every dataset:
 
     $LGSP_HOME/gx/validations/lgsp/<dataset>/<batch>/<run time>/*.json   results (GX file store)
     $LGSP_HOME/gx/expectations/lgsp/<dataset>.json                       the suites, as last run
@@ -98,12 +100,13 @@ def _file_store(class_name: str, folder: Path) -> dict[str, Any]:
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(folder)}}
 
 
-def _install_docs_views() -> None:
+def _install_docs_views(paths: GxPaths) -> None:
     """Define `LgspPageView` and `LgspIndexPageView`, once per process.
 
     GX gives every docs page its own Jinja environment, which compiles the same
     templates again for every page of every batch (most of the docs time). These
-    views share one in-memory bytecode cache instead.
+    views share one bytecode cache instead, kept on disk (`gx/.jinja`) so that a
+    new process (an Airflow task, an incremental run) does not compile them again.
     """
     global LgspPageView, LgspIndexPageView
     if "LgspPageView" in globals():
@@ -111,18 +114,9 @@ def _install_docs_views() -> None:
     import jinja2
     from great_expectations.render.view.view import DefaultJinjaIndexPageView, DefaultJinjaPageView
 
-    class TemplateCache(jinja2.BytecodeCache):
-        def __init__(self) -> None:
-            self.compiled: dict[str, bytes] = {}
-
-        def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            if bucket.key in self.compiled:
-                bucket.bytecode_from_string(self.compiled[bucket.key])
-
-        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            self.compiled[bucket.key] = bucket.bytecode_to_string()
-
-    cache = TemplateCache()
+    folder = paths.root / ".jinja"
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = jinja2.FileSystemBytecodeCache(str(folder))
 
     def share_templates(base: type[Any]) -> type[Any]:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -148,7 +142,12 @@ def _gx_context(paths: GxPaths) -> Any:
         ProgressBarsConfig,
     )
 
-    _install_docs_views()
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    # GX fingerprints every frame under 1 GB by hashing all its values (a batch marker, not a
+    # check): half of GX's time on a chunk. Our batches are identified by their batch id.
+    pandas_execution_engine.HASH_THRESHOLD = 0
+    _install_docs_views(paths)
     defaults = InMemoryStoreBackendDefaults()
     stores = {**defaults.stores,
               defaults.expectations_store_name: _file_store("ExpectationsStore", paths.root / "expectations"),
@@ -184,78 +183,167 @@ def _docs_lock(paths: GxPaths) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _checkpoint(context: Any, dataset: DatasetSpec) -> Any:
-    """The dataset's checkpoint: validate the whole batch, then update the docs pages it touches."""
+def _suite_and_batches(context: Any, dataset: DatasetSpec) -> tuple[Any, Any]:
+    """The dataset's suite (saved to the suite store) and a whole-dataframe batch definition."""
     import great_expectations as gx
-    from great_expectations.checkpoint.actions import UpdateDataDocsAction
 
     batch_def = (context.data_sources.add_pandas(f"lgsp_{dataset.name}")
                  .add_dataframe_asset(dataset.name).add_batch_definition_whole_dataframe("batch"))
     suite = gx.ExpectationSuite(name=f"lgsp.{dataset.name}")
     for kind, kwargs in suite_definition(dataset):
         suite.add_expectation(getattr(gx.expectations, kind)(**kwargs))
-    suite = context.suites.add_or_update(suite)
-    validation = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"lgsp.{dataset.name}.batch", data=batch_def, suite=suite))
-    return context.checkpoints.add(gx.Checkpoint(
-        name=f"lgsp.{dataset.name}", validation_definitions=[validation], result_format="SUMMARY",
-        actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])]))
+    return context.suites.add_or_update(suite), batch_def
 
 
-_CHECKPOINTS: dict[tuple[str, ...], tuple[Any, Any]] = {}
+_CONTEXTS: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
 
 
-def _cached_checkpoint(paths: GxPaths, dataset: DatasetSpec) -> tuple[Any, Any]:
-    """The context and checkpoint for a dataset, built once per process and GX folder.
+def _cached_context(paths: GxPaths, dataset: DatasetSpec) -> tuple[Any, Any, Any]:
+    """(context, suite, batch definition) for a dataset, built once per process and GX folder.
 
     Building them costs about a second (GX deep-copies its configuration); a batch
     validated in chunks, or many batches in one process, reuse them.
     """
     key = (str(paths.root), str(paths.data_docs), dataset.name, repr(suite_definition(dataset)))
-    if key not in _CHECKPOINTS:
-        context = _gx_context(paths)
-        _CHECKPOINTS[key] = (context, _checkpoint(context, dataset))
-    return _CHECKPOINTS[key]
+    if key not in _CONTEXTS:
+        with _docs_lock(paths):  # the suite file is shared with other processes
+            context = _gx_context(paths)
+            _CONTEXTS[key] = (context, *_suite_and_batches(context, dataset))
+    return _CONTEXTS[key]
 
 
-def _run_gx(frame: pd.DataFrame, dataset: DatasetSpec, batch_id: str,
-            paths: GxPaths) -> tuple[list[ExpectationOutcome], str | None]:
-    """Run the dataset's checkpoint on one batch; the outcomes and, if it failed, its docs page."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.exceptions.resource_freshness import ResourceFreshnessAggregateError
+def _sum_counts(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """Add a chunk's counts to a column-map result and recompute its percentages (GX's definitions)."""
+    for name in ("element_count", "unexpected_count", "missing_count"):
+        if name in into and name in more:
+            into[name] += more[name]
+    elements, missing = into.get("element_count") or 0, into.get("missing_count") or 0
+    unexpected = into.get("unexpected_count")
+    if unexpected is None:
+        return
+    nonmissing = elements - missing
+    if "missing_percent" in into:
+        into["missing_percent"] = missing / elements * 100 if elements else None
+    if "unexpected_percent_total" in into:
+        into["unexpected_percent_total"] = unexpected / elements * 100 if elements else None
+    percent = unexpected / nonmissing * 100 if nonmissing else None
+    for name in ("unexpected_percent", "unexpected_percent_nonmissing"):
+        if name in into:
+            into[name] = percent
+    listed = (into.get("partial_unexpected_list") or []) + (more.get("partial_unexpected_list") or [])
+    if "partial_unexpected_list" in into:
+        into["partial_unexpected_list"] = listed[:20]
+    into.pop("partial_unexpected_counts", None)  # per chunk only: not summable from a sample
+    into.pop("partial_unexpected_index_list", None)
 
-    with _docs_lock(paths):
-        run_id = RunIdentifier(run_name=re.sub(r"[^\w.-]", "_", batch_id), run_time=datetime.now(timezone.utc))
-        context, checkpoint = _cached_checkpoint(paths, dataset)
-        try:
-            result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
-        except ResourceFreshnessAggregateError:  # another process saved the suite file since: rebuild
-            _CHECKPOINTS.clear()
-            context, checkpoint = _cached_checkpoint(paths, dataset)
-            result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
-        [(result_key, validation)] = result.run_results.items()
-        urls = [] if validation.success else context.get_docs_sites_urls(resource_identifier=result_key,
-                                                                         site_name=DOCS_SITE)
-    outcomes = []
-    for r in validation.results:
-        cfg = r.expectation_config
-        outcomes.append(ExpectationOutcome(
-            expectation=cfg.type, column=cfg.kwargs.get("column"), success=bool(r.success),
-            unexpected_count=r.result.get("unexpected_count"), observed=r.result.get("observed_value")))
-    return outcomes, (urls[0]["site_url"] if urls else None)
+
+def _merge_result(into: Any, more: Any) -> None:
+    """Fold one chunk's result of an expectation into the batch's.
+
+    Counts add up; a `mostly` expectation and the row count are judged again on the
+    totals (the quarantine rate is the batch's, not a chunk's); anything else fails
+    if any chunk failed.
+    """
+    kwargs = into.expectation_config.kwargs
+    if into.expectation_config.type == "expect_table_row_count_to_be_between":
+        count = (into.result.get("observed_value") or 0) + (more.result.get("observed_value") or 0)
+        into.result["observed_value"] = count
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        into.success = (low is None or count >= low) and (high is None or count <= high)
+        return
+    _sum_counts(into.result, more.result)
+    percent = into.result.get("unexpected_percent")
+    if kwargs.get("mostly") is not None and percent is not None:
+        into.success = (100 - percent) / 100 >= kwargs["mostly"]
+    else:
+        into.success = bool(into.success and more.success)
+
+
+def _observed(result: dict[str, Any]) -> Any:
+    """What an expectation saw: its observed value, or for a column-map one its unexpected share."""
+    if result.get("observed_value") is not None or result.get("unexpected_percent") is None:
+        return result.get("observed_value")
+    return round(result["unexpected_percent"] / 100, 6)
+
+
+class BatchCheck:
+    """A dataset's suite run over a batch that arrives in chunks: one result, one Data Docs page.
+
+    `add` validates a chunk (GX computes the metrics on that frame only) and folds its
+    results into the batch's; `finish` stores the batch's result in the validation
+    store and renders its page and the index once, under the docs lock.
+    """
+
+    def __init__(self, dataset: DatasetSpec, batch_id: str, paths: GxPaths | None = None) -> None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        self.dataset, self.batch_id = dataset, batch_id
+        self.paths = paths or GxPaths.from_env()
+        self.context, self.suite, self.batch_definition = _cached_context(self.paths, dataset)
+        self.result: Any = None
+
+    def add(self, frame: pd.DataFrame, row_ok: Any) -> None:
+        from great_expectations.validator.v1_validator import Validator
+
+        checked = frame.assign(_row_ok=pd.Series(row_ok, index=frame.index, dtype=bool))
+        result = Validator(batch_definition=self.batch_definition, batch_parameters={"dataframe": checked},
+                           result_format="SUMMARY").validate_expectation_suite(self.suite)
+        if self.result is None:
+            self.result = result
+            return
+        for mine, theirs in zip(self.result.results, result.results, strict=True):
+            _merge_result(mine, theirs)
+
+    def finish(self) -> tuple[list[ExpectationOutcome], str | None]:
+        """Store the batch's result and render its docs page; its outcomes and, if it failed, the page."""
+        from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
+        )
+        from great_expectations.validator.v1_validator import calc_validation_statistics
+
+        result = self.result
+        if result is None:  # no chunk at all: the suite runs on an empty frame
+            self.add(pd.DataFrame({c: pd.Series(dtype=object) for c in self.dataset.columns}), [])
+            result = self.result
+        stats = calc_validation_statistics(result.results)
+        result.success = stats.success
+        result.statistics.update(evaluated_expectations=stats.evaluated_expectations,
+                                 successful_expectations=stats.successful_expectations,
+                                 unsuccessful_expectations=stats.unsuccessful_expectations,
+                                 success_percent=stats.success_percent)
+        run_id = RunIdentifier(run_name=re.sub(r"[^\w.-]", "_", self.batch_id), run_time=datetime.now(timezone.utc))
+        result.meta.update(run_id=run_id, validation_time=run_id.run_time,
+                           batch_parameters={"dataframe": "<batch of chunks>"})
+        suite_id = ExpectationSuiteIdentifier(name=self.suite.name)
+        key = ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=run_id,
+                                         batch_identifier=result.batch_id)
+        with _docs_lock(self.paths):
+            self.context.validation_results_store.set(key, result)
+            self.context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=[key, suite_id],
+                                         dry_run=False, build_index=True)
+            urls = [] if result.success else self.context.get_docs_sites_urls(resource_identifier=key,
+                                                                              site_name=DOCS_SITE)
+        outcomes = []
+        for r in result.results:
+            cfg = r.expectation_config
+            outcomes.append(ExpectationOutcome(
+                expectation=cfg.type, column=cfg.kwargs.get("column"), success=bool(r.success),
+                unexpected_count=r.result.get("unexpected_count"), observed=_observed(r.result)))
+        return outcomes, (urls[0]["site_url"] if urls else None)
 
 
 def validate_dataset(frame: pd.DataFrame, row_ok: Any, dataset: DatasetSpec, batch_id: str,
                      raise_on_failure: bool = True) -> list[ExpectationOutcome]:
-    """Run the dataset's checkpoint (results and Data Docs on disk); raise QualityError if any expectation fails.
+    """Run the dataset's suite on one frame (result and Data Docs on disk); raise QualityError if any fails.
 
-    With `raise_on_failure=False` (a chunk of a bigger batch) the outcomes are returned for
-    `check_outcomes` to judge over the whole batch.
+    A batch that arrives in chunks uses `BatchCheck` directly. With `raise_on_failure=False`
+    the outcomes are returned for the caller to judge.
     """
-    checked = frame.assign(_row_ok=pd.Series(row_ok, index=frame.index, dtype=bool))
-    outcomes, page = _run_gx(checked, dataset, batch_id, GxPaths.from_env())
+    check = BatchCheck(dataset, batch_id)
+    check.add(frame, row_ok)
+    outcomes, page = check.finish()
     if raise_on_failure:
         check_outcomes(dataset, batch_id, outcomes, page)
     return outcomes

@@ -131,8 +131,8 @@ def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
     errors: dict[int, str] = {}
     for name, spec in dataset.columns.items():
         column = table.column(name)
-        if spec.type == "string":
-            column = pc.utf8_normalize(column, "NFC")
+        if spec.type == "string" and pc.all(pc.string_is_ascii(column)).as_py() is False:
+            column = pc.utf8_normalize(column, "NFC")  # ASCII is NFC already: codes, IDs, phone numbers
         values = column.to_pandas(types_mapper={pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
                                                 pa.float64(): pd.Float64Dtype(),
                                                 pa.bool_(): pd.BooleanDtype()}.get)

@@ -1,5 +1,8 @@
 """Validate and load stream a batch in chunks: the result is the same as one chunk, and
-cursor and data commit together even when the process dies between them.
+cursor and data commit together even when the process dies between them. A run's three
+steps overlap (`lgsp.streaming`) and end exactly as when they run one after another;
+a quality failure mid-stream loads nothing; a killed run takes its extract process with
+it and the rerun converges.
 
 Real sandbox peers over loopback, the real runner, SQLite and a real PostgreSQL.
 """
@@ -26,12 +29,19 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMUNE = sorted(province_communes(37))[0]
 
 
+@pytest.mark.parametrize("streaming", ["1", "0"], ids=["overlapping", "step-by-step"])
 def test_every_pull_pipeline_in_tiny_chunks_ends_identical_to_truth(
-        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of 40 rows (every batch spans several, defects in most): same warehouse as the truth."""
-    from lgsp import runner
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streaming: str) -> None:
+    """Chunks of 40 rows (every batch spans several, defects in most): same warehouse as the truth,
+    whether extract, validate and load overlap or run one after another."""
+    from lgsp import runner, streaming as streaming_module
 
     monkeypatch.setattr(runner, "CHUNK_ROWS", 40)
+    monkeypatch.setenv("LGSP_STREAMING", streaming)
+    calls: list[str] = []
+    real = streaming_module.run_streaming
+    monkeypatch.setattr(streaming_module, "run_streaming",
+                        lambda ctx, **kw: calls.append(ctx.pipeline.name) or real(ctx, **kw))
     catalog = load_catalog(small_pages_catalog(tmp_path, page_size=25))
     for name in PULLS:
         result = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
@@ -40,6 +50,82 @@ def test_every_pull_pipeline_in_tiny_chunks_ends_identical_to_truth(
     for name in PULLS:
         assert_identical_to_truth(wh, catalog, sandbox_handle, name)
         assert runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)["rows_changed"] == 0
+    assert calls == (PULLS + PULLS if streaming == "1" else []), calls  # each pipeline's run and its refresh
+
+
+def test_a_quality_failure_mid_stream_loads_nothing(lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half the rows are bad: chunks already written by the overlapping load are rolled back with the batch."""
+    from lgsp import runner
+    from quality import QualityError
+    from sandbox import start_sandbox
+    from warehouse import Warehouse
+
+    monkeypatch.setattr(runner, "CHUNK_ROWS", 40)
+    with start_sandbox(seed=11, citizens=400, dossiers=10, defect_rate=0.5) as bad:
+        monkeypatch.setenv("LGSP_POPULATION_WSDL", bad.population_wsdl)
+        with pytest.raises(QualityError, match=r"dataset citizen, batch .*expect_column_values_to_be_in_set"):
+            runner.run_pipeline("population_citizens")
+        pulled, defects = len(bad.data.citizens), len(bad.data.citizen_defects)
+    wh = Warehouse(lgsp_env.database_url, load_catalog())
+    assert wh.count("core_citizen") == 0, "rows of a batch that failed its checks were loaded"
+    assert wh.count("lgsp_quarantine") == defects > 0
+    assert wh.get_cursor("population_citizens") is None
+    batches = wh.table("lgsp_batch")
+    with wh.engine.connect() as conn:
+        status, rows, message = conn.execute(sa.select(batches.c.status, batches.c.rows_pulled,
+                                                       batches.c.message)).one()
+    assert status == "failed" and "expectation" in message
+    assert rows == pulled, "the extract did not finish landing the batch"
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for task in tasks.iterdir() for c in (task / "children").read_text().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def test_a_killed_run_takes_its_extract_with_it_and_the_rerun_converges(
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL the run while its extract child is paging: the child dies too; the rerun resumes the batch."""
+    from lgsp import runner
+
+    catalog_dir = small_pages_catalog(tmp_path, page_size=25)
+    monkeypatch.setenv("LGSP_CATALOG_DIR", str(catalog_dir))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    sandbox_handle.faults.latency_s = 0.2  # 36 pages of dossiers: about 7 s of paging
+    script = "from lgsp import runner; runner.run_pipeline('tthc_dossiers')"
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    landing = lgsp_env.lake_root / "landing" / "tthc_dossiers"
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(landing.glob("*/page-*.jsonl"))) < 2:
+            assert proc.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline, "no page landed"
+            time.sleep(0.05)
+        children = _children(proc.pid)
+        assert children, "no extract process"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sandbox_handle.faults.latency_s = 0.0
+    deadline = time.monotonic() + 2  # left alone, the extract would page on for about 6 s more
+    while not all(_gone(pid) for pid in children):
+        assert time.monotonic() < deadline, f"extract process(es) {children} outlived the run"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert len(list(landing.glob("*/page-*.jsonl"))) < 36, "the extract went on paging after the run was killed"
+    catalog = load_catalog(catalog_dir)
+    result = runner.run_pipeline("tthc_dossiers", catalog=catalog, settings=lgsp_env)
+    assert result["pages"] == 36 and len(list(landing.glob("*/page-*.jsonl"))) == 36  # resumed, not restarted
+    assert_identical_to_truth(runner.open_warehouse(catalog, lgsp_env), catalog, sandbox_handle, "tthc_dossiers")
 
 
 def _land(ctx: Any, records: list[dict[str, Any]], per_page: int) -> str:

@@ -74,6 +74,32 @@ def _atomic_write(path: Path, write: Any) -> Path:
     return path
 
 
+class _ChunkWriter:
+    """A Parquet writer opened on the first chunk, dictionary-encoding only the columns that repeat.
+
+    Dictionary encoding pays for codes, names and enumerations, not for identifiers or
+    addresses: trying it on every column made the write twice as slow and the file larger.
+    The choice is made from the first chunk (distinct values under half its rows).
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path, self.schema, self.writer = path, schema, None
+
+    def write_table(self, table: pa.Table) -> None:
+        if self.writer is None:
+            import pyarrow.compute as pc
+
+            repeating = [f.name for f in table.schema if table.num_rows == 0
+                         or pc.count_distinct(table.column(f.name)).as_py() * 2 < table.num_rows]
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd", use_dictionary=repeating)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is None:  # no chunk at all: an empty file with the schema
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        self.writer.close()
+
+
 class Lake:
     """A lake rooted at a folder."""
 
@@ -131,11 +157,13 @@ class Lake:
         with self._dataset_lock(dataset, exclusive=False):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            writer = _ChunkWriter(tmp, schema)
             try:
-                with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-                    yield writer
+                yield writer
+                writer.close()
                 os.replace(tmp, path)
             finally:
+                writer.close()
                 tmp.unlink(missing_ok=True)
 
     def dataset_path(self, dataset: str) -> Path:

@@ -30,18 +30,40 @@ CHUNK_ROWS = 5000
 COPY_MIN_ROWS = 200  # on PostgreSQL, from this many rows an upsert goes through COPY and a staging table
 
 
-def arrow_csv(rows: pa.Table, names: list[str]) -> memoryview:
-    """`rows` as headerless CSV in the column order `names` (absent columns empty: NULL), for COPY.
+ARROW_TYPES: dict[type[sa.types.TypeEngine], pa.DataType] = {
+    sa.Text: pa.string(), sa.BigInteger: pa.int64(), sa.Integer: pa.int64(), sa.Float: pa.float64(),
+    sa.Boolean: pa.bool_(), sa.Date: pa.date32(), sa.DateTime: pa.timestamp("us", tz="UTC"),
+}
 
-    Timestamps are written without a zone (Arrow formats zoned ones ten times slower):
-    their values are UTC, and `_copy_into` sets the session's zone to UTC for the COPY.
+
+def _arrow_type(column: sa.Column[Any]) -> pa.DataType:
+    for kind, arrow in ARROW_TYPES.items():
+        if isinstance(column.type, kind):
+            if kind is sa.Integer and not isinstance(column.type, sa.BigInteger):
+                return pa.int32()
+            if kind is sa.DateTime and not column.type.timezone:  # type: ignore[attr-defined]
+                return pa.timestamp("us")
+            return arrow
+    raise TypeError(f"no Arrow type for column {column.name} ({column.type})")
+
+
+def arrow_binary(rows: pa.Table, table: sa.Table) -> bytes:
+    """`rows` in PostgreSQL's binary COPY format, in `table`'s column order and types (pgpq).
+
+    Absent columns are NULL. Binary COPY skips PostgreSQL's text parsing of every value
+    (dates, timestamps, integers): about half the server's time for a wide batch.
     """
-    columns = [rows.column(n) if n in rows.column_names else pa.nulls(rows.num_rows) for n in names]
-    columns = [c.cast(pa.timestamp(c.type.unit)) if pa.types.is_timestamp(c.type) and c.type.tz else c
-               for c in columns]
-    buffer = io.BytesIO()
-    pacsv.write_csv(pa.Table.from_arrays(columns, names=names), buffer, pacsv.WriteOptions(include_header=False))
-    return buffer.getbuffer()
+    import pgpq
+
+    columns, fields = [], []
+    for column in table.columns:
+        kind = _arrow_type(column)
+        values = rows.column(column.name) if column.name in rows.column_names else pa.nulls(rows.num_rows, kind)
+        columns.append(values if values.type == kind else values.cast(kind))
+        fields.append(pa.field(column.name, kind))
+    typed = pa.Table.from_arrays(columns, schema=pa.schema(fields))
+    encoder = pgpq.ArrowToPostgresBinaryEncoder(typed.schema)
+    return b"".join([encoder.write_header(), *(encoder.write_batch(b) for b in typed.to_batches()), encoder.finish()])
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -93,14 +115,17 @@ class Warehouse:
         """Create missing tables, and add columns a newer lgsp or dataset definition declares."""
         self.metadata.create_all(self.engine)
         inspector = sa.inspect(self.engine)
+        names = [t.name for t in self.metadata.sorted_tables]  # reflected in one query per kind, not per table
+        keys = {name: pk for (_, name), pk in inspector.get_multi_pk_constraint(filter_names=names).items()}
+        columns = {name: cols for (_, name), cols in inspector.get_multi_columns(filter_names=names).items()}
         for table in self.core.values():  # a write mode's key cannot be added to an existing table
-            present_key = inspector.get_pk_constraint(table.name)["constrained_columns"]
+            present_key = keys[table.name]["constrained_columns"]
             if sorted(present_key) != sorted(c.name for c in table.primary_key):
                 raise RuntimeError(f"{table.name} has primary key {present_key}, but its dataset's write_mode needs "
                                    f"{[c.name for c in table.primary_key]}: rename or drop the table and reload it")
         with self.engine.begin() as conn:
             for table in self.metadata.sorted_tables:
-                present = {c["name"] for c in inspector.get_columns(table.name)}
+                present = {c["name"] for c in columns[table.name]}
                 for column in table.columns:
                     if column.name not in present and column.nullable:
                         kind = column.type.compile(dialect=self.engine.dialect)
@@ -163,21 +188,26 @@ class Warehouse:
         stage, names = f"_stage_{table.name}", [c.name for c in table.columns]
         conn.exec_driver_sql(f'DROP TABLE IF EXISTS pg_temp."{stage}"')
         conn.exec_driver_sql(f'CREATE TEMP TABLE "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
-        self._copy_into(conn, stage, names, rows)
+        self._copy_into(conn, table, rows, into=stage)
         return sa.table(stage, *(sa.column(name) for name in names))
 
     @staticmethod
-    def _copy_into(conn: sa.Connection, table_name: str, names: list[str],
-                   rows: Sequence[dict[str, Any]] | pa.Table) -> None:
-        """COPY rows (dicts, or an Arrow table written as CSV by Arrow's C++ writer) into a table."""
+    def _copy_into(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]] | pa.Table,
+                   into: str | None = None, freeze: bool = False) -> None:
+        """COPY rows into `table` (or the table `into`, shaped like it): Arrow tables in binary, dicts as text.
+
+        `freeze` (COPY FREEZE) writes the rows already frozen: allowed when the table was
+        created or truncated in this transaction.
+        """
+        names = [c.name for c in table.columns]
         columns = ", ".join(f'"{name}"' for name in names)
         with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
             if isinstance(rows, pa.Table):
-                cur.execute("SET LOCAL TIME ZONE 'UTC'")  # zone-less timestamps in the CSV are UTC
-                with cur.copy(f'COPY "{table_name}" ({columns}) FROM STDIN (FORMAT csv)') as copy:
-                    copy.write(arrow_csv(rows, names))
+                options = "FORMAT binary, FREEZE" if freeze else "FORMAT binary"
+                with cur.copy(f'COPY "{into or table.name}" ({columns}) FROM STDIN ({options})') as copy:
+                    copy.write(arrow_binary(rows, table))
                 return
-            with cur.copy(f'COPY "{table_name}" ({columns}) FROM STDIN') as copy:
+            with cur.copy(f'COPY "{into or table.name}" ({columns}) FROM STDIN') as copy:
                 for row in rows:
                     copy.write_row([row.get(name) for name in names])
 
@@ -215,6 +245,8 @@ class Warehouse:
         if mode == "replace":
             return self._replace(conn, table, chunks, dataset.key)
         into_empty = mode == "merge" and self.dialect == "postgresql" and self._is_empty(conn, table)
+        if into_empty and not dataset.delete_field:
+            return self._first_load(conn, dataset, table, chunks)
         landed = changed = 0
         for chunk in chunks:
             landed += chunk.num_rows
@@ -262,13 +294,48 @@ class Warehouse:
             written += conn.execute(table.delete().where(key_columns.in_(gone_keys[start:start + CHUNK_ROWS]))).rowcount
         return written
 
+    def _first_load(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table,
+                    chunks: Iterable[pa.Table]) -> tuple[int, int]:
+        """Merge into a table that is empty (PostgreSQL): PostgreSQL's bulk-load recipe, in the caller's transaction.
+
+        Truncate (it is empty: nothing is lost, and the heap starts afresh), drop the
+        primary key, COPY every chunk (binary, frozen), then build the key once, sorted,
+        instead of one index insert per row: the load takes about half the time. A record
+        repeated across chunks keeps the version the merge would keep (the newest by the
+        cursor field, the later one on a tie); only then is the key added. Readers of the
+        table wait for the commit (the truncate locks it), then see the whole batch.
+        """
+        pkey = conn.exec_driver_sql(
+            "SELECT conname FROM pg_constraint WHERE conrelid = %(t)s::regclass AND contype = 'p'",
+            {"t": table.name}).scalar_one()
+        conn.exec_driver_sql(f'TRUNCATE "{table.name}"')
+        conn.exec_driver_sql(f'ALTER TABLE "{table.name}" DROP CONSTRAINT "{pkey}"')
+        landed = 0
+        for chunk in chunks:
+            if chunk.num_rows:
+                self._copy_into(conn, table, chunk, freeze=True)
+                landed += chunk.num_rows
+        key = ", ".join(f'"{k}"' for k in dataset.key)
+        add_key = f'ALTER TABLE "{table.name}" ADD CONSTRAINT "{pkey}" PRIMARY KEY ({key})'
+        repeated = 0
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(add_key)
+        except sa.exc.IntegrityError:  # a key repeated across chunks: keep its newest version, then add the key
+            newest = f'"{dataset.cursor_field}" DESC NULLS LAST, ' if dataset.cursor_field else ""
+            repeated = conn.exec_driver_sql(
+                f'DELETE FROM "{table.name}" WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() OVER '
+                f'(PARTITION BY {key} ORDER BY {newest}ctid DESC) AS n FROM "{table.name}") v WHERE n > 1)').rowcount
+            conn.exec_driver_sql(add_key)
+        return landed, landed - repeated
+
     def _copy_insert(self, conn: sa.Connection, table: sa.Table, chunk: pa.Table) -> int | None:
         """COPY straight into the table, under a savepoint; None if a key was already there."""
         import psycopg
 
         try:
             with conn.begin_nested():
-                self._copy_into(conn, table.name, [c.name for c in table.columns], chunk)
+                self._copy_into(conn, table, chunk)
         except psycopg.errors.UniqueViolation:
             return None
         return chunk.num_rows

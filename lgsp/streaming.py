@@ -1,0 +1,225 @@
+"""Extract, validate and load one batch at the same time (in-process runs: `lgsp run --inline`, the demo).
+
+The three steps are the same functions the Airflow tasks run one after another
+(`lgsp.runner`); here they overlap, each on its own core where it can:
+
+    extract    a child process pulls the pages and lands them (JSON lines), as always;
+    validate   this process validates the landed pages as they appear, chunk after
+               chunk, into the batch's Parquet file and quarantine;
+    load       a thread writes each validated chunk into the warehouse (PostgreSQL:
+               the COPY runs in the server while the next chunk is validated), in one
+               transaction that commits, with the cursor and the batch record, only
+               after the whole batch passed its checks.
+
+Nothing about what lands changes: the lake, quarantine, Parquet file, expectations
+and warehouse end exactly as after the three steps run apart, and a run killed at any
+point leaves a batch the next run finishes (`runner.run_pipeline`). The child dies
+with its parent (PR_SET_PDEATHSIG), so a killed run never leaves an extract behind.
+
+On SQLite (one writer at a time) the load waits for the validation to finish: a load
+transaction held open would block the extract's page bookkeeping.
+
+`LGSP_STREAMING=0` turns it off (the steps then run one after another).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from lgsp import runner
+from lgsp.runner import LandedChunk, PipelineContext
+
+log = logging.getLogger("lgsp.streaming")
+POLL_S = 0.005  # how often the validator looks for a newly landed page
+_DONE = object()
+
+
+def enabled() -> bool:
+    return os.environ.get("LGSP_STREAMING", "1") != "0"
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the child then finishes its extract on its own
+        pass
+
+
+def _extract_child(ctx: PipelineContext, options: dict[str, Any], pipe: Any) -> None:
+    """The child: a fresh warehouse connection, then `runner.extract`, reporting through `pipe`."""
+    _die_with_parent()
+    if "warehouse" in ctx.__dict__:  # the parent's pooled connections are not ours to use
+        ctx.warehouse.engine.dispose(close=False)
+    child = PipelineContext(ctx.catalog, ctx.pipeline, ctx.settings)
+    try:
+        manifest = runner.extract(child, on_batch=lambda batch_id: pipe.send(("batch", batch_id)), **options)
+        pipe.send(("done", manifest))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        try:
+            pipe.send(("error", exc))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle
+            pipe.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        pipe.close()
+
+
+class _Extract:
+    """The extract child process and what it has said so far."""
+
+    def __init__(self, ctx: PipelineContext, options: dict[str, Any]) -> None:
+        mp = multiprocessing.get_context("fork")
+        self._pipe, child_end = mp.Pipe(duplex=False)
+        self.process = mp.Process(target=_extract_child, args=(ctx, options, child_end), daemon=True,
+                                  name=f"lgsp-extract-{ctx.pipeline.name}")
+        self.process.start()
+        child_end.close()
+        self.batch_id: str | None = None
+        self.manifest: dict[str, Any] | None = None
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Read what the child said; True once the extract is over. Raises the extract's error."""
+        while self.manifest is None and self._pipe.poll(timeout):
+            try:
+                kind, value = self._pipe.recv()
+            except EOFError:
+                self.process.join()
+                raise RuntimeError(f"the extract process exited (code {self.process.exitcode}) "
+                                   "without finishing; rerun the pipeline: it resumes after the last landed page")
+            if kind == "batch":
+                self.batch_id = value
+            elif kind == "done":
+                self.manifest = value
+            else:
+                self.process.join()
+                raise value
+            timeout = 0.0
+        return self.manifest is not None
+
+    def wait(self) -> dict[str, Any]:
+        while not self.poll(timeout=1.0):
+            pass
+        self.process.join()
+        assert self.manifest is not None
+        return self.manifest
+
+
+def _following_chunks(ctx: PipelineContext, extract: _Extract, chunk_rows: int) -> Iterator[LandedChunk]:
+    """The batch's pages as they land, grouped into chunks of at least `chunk_rows` rows."""
+    assert extract.batch_id is not None
+    folder = ctx.lake.batch_dir(ctx.pipeline.name, extract.batch_id)
+    number, pages, rows, yielded = 1, [], 0, False
+    while True:
+        over = extract.poll()  # asked before looking: once over, every page is there
+        path = folder / f"page-{number:05d}.jsonl"
+        if path.exists():
+            body = path.read_bytes()
+            pages.append(body)
+            rows += body.count(b"\n")
+            number += 1
+            if rows >= chunk_rows:
+                yield LandedChunk(b"".join(pages), rows)
+                pages, rows, yielded = [], 0, True
+        elif over:
+            break
+        else:
+            time.sleep(POLL_S)
+    if pages or not yielded:
+        yield LandedChunk(b"".join(pages), rows)
+
+
+class _Loader(threading.Thread):
+    """Loads validated chunks as they come, commits once the batch's result is known."""
+
+    def __init__(self, ctx: PipelineContext, batch_id: str) -> None:
+        super().__init__(name=f"lgsp-load-{ctx.pipeline.name}", daemon=True)
+        self.ctx, self.batch_id = ctx, batch_id
+        self.chunks: queue.Queue[Any] = queue.Queue(maxsize=1)  # memory: at most one chunk waiting
+        self.validated: Future[dict[str, Any]] = Future()
+        self.outcome: Future[dict[str, Any]] = Future()
+
+    def _chunks(self) -> Iterator[pa.Table]:
+        while (chunk := self.chunks.get()) is not _DONE:
+            yield chunk
+
+    def put(self, chunk: pa.Table) -> None:
+        while self.is_alive():
+            try:
+                self.chunks.put(chunk, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        self.outcome.result()  # the loader died: raise its error
+
+    def run(self) -> None:
+        try:
+            self.outcome.set_result(runner._load_chunks(self.ctx, self.batch_id, self._chunks(),
+                                                        lambda: self.validated.result()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the validating thread
+            self.outcome.set_exception(exc)
+            while True:  # let the producer finish without blocking
+                try:
+                    if self.chunks.get(timeout=0.5) is _DONE:
+                        return
+                except queue.Empty:
+                    if self.validated.done():
+                        return
+
+    def finish(self, result: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+        """Hand over the batch's result (commit) or its error (roll back), and wait for the loader."""
+        if error is not None:
+            self.validated.set_exception(error)
+        else:
+            self.validated.set_result(result or {})
+        while self.is_alive():
+            try:
+                self.chunks.put(_DONE, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        self.join()
+
+
+def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
+                  until: datetime | None = None) -> dict[str, Any]:
+    """Extract, validate and load a new batch with the three steps overlapping; returns the load's result."""
+    extract = _Extract(ctx, {"full_refresh": full_refresh, "since": since, "until": until})
+    while extract.batch_id is None and not extract.poll(timeout=1.0):
+        pass
+    if extract.batch_id is None:  # cannot happen: the batch is announced before any page
+        raise RuntimeError("the extract finished without announcing its batch")
+    batch_id = extract.batch_id
+    concurrent = ctx.warehouse.dialect == "postgresql"
+    loader = _Loader(ctx, batch_id) if concurrent else None
+    if loader is not None:
+        loader.start()
+    try:
+        checked = runner._check_chunks(ctx, batch_id, _following_chunks(ctx, extract, runner.CHUNK_ROWS),
+                                       on_good=loader.put if loader else None)
+        manifest = extract.wait()
+        result = runner._validated(ctx, batch_id, manifest, checked)
+    except BaseException as exc:
+        if extract.process.is_alive():  # let the extract finish landing, so its batch record is final
+            try:
+                extract.wait()
+            except BaseException:  # noqa: BLE001 - the validation error is the one to report
+                pass
+        runner._failed_validation(ctx, batch_id, exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+        if loader is not None:
+            loader.finish(error=exc)
+        raise
+    if loader is None:
+        return runner.load(ctx, batch_id)
+    loader.finish(result)
+    return loader.outcome.result()
