@@ -393,8 +393,7 @@ class _Checked:
     superseded: int
     cursor_to: Any
     extra_columns: list[str]
-    outcomes: list[Any]
-    page: str | None
+    expectations: Any  # the batch's quality.expectations.BatchCheck
     parquet: str
 
 
@@ -441,17 +440,23 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
     finally:
         if frozen:
             gc.unfreeze()
-    outcomes, page = expectations.finish()
-    return _Checked(valid, quarantined, superseded, cursor_to, extra_columns, outcomes, page, str(path))
+    return _Checked(valid, quarantined, superseded, cursor_to, extra_columns, expectations, str(path))
 
 
-def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], checked: _Checked) -> dict[str, Any]:
-    """Judge a checked batch: expectations stored and enforced, rows balanced, manifest and batch record updated."""
+def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], checked: _Checked,
+               publish: bool = True) -> dict[str, Any]:
+    """Judge a checked batch: expectations stored and enforced, rows balanced, manifest and batch record updated.
+
+    The Data Docs page is rendered here when `publish` is set or the batch failed (the error
+    names the page); otherwise the caller renders it (`checked.expectations.publish()`).
+    """
     from quality.expectations import check_outcomes
 
     ds, pipeline = ctx.dataset, ctx.pipeline
-    _store_expectations(ctx, batch_id, checked.outcomes)
-    check_outcomes(ds, batch_id, checked.outcomes, checked.page)
+    outcomes = checked.expectations.outcomes()
+    page = checked.expectations.publish() if publish or not all(o.success for o in outcomes) else None
+    _store_expectations(ctx, batch_id, outcomes)
+    check_outcomes(ds, batch_id, outcomes, page)
     valid, quarantined, superseded = checked.valid, checked.quarantined, checked.superseded
     result = {**manifest, "rows_valid": valid, "rows_quarantined": quarantined,
               "rows_superseded": superseded, "parquet": checked.parquet, "extra_columns": checked.extra_columns,

@@ -164,6 +164,9 @@ class _Loader(threading.Thread):
 
     def run(self) -> None:
         try:
+            from warehouse.rowhash import row_hashes
+
+            row_hashes(pa.table({"warm": [1]}))  # DuckDB's start-up, while the first chunk is validated
             self.outcome.set_result(runner._load_chunks(self.ctx, self.batch_id, self._chunks(),
                                                         lambda: self.validated.result()))
         except BaseException as exc:  # noqa: BLE001 - handed to the validating thread
@@ -176,8 +179,8 @@ class _Loader(threading.Thread):
                     if self.validated.done():
                         return
 
-    def finish(self, result: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
-        """Hand over the batch's result (commit) or its error (roll back), and wait for the loader."""
+    def hand_over(self, result: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+        """Hand over the batch's result (the loader commits) or its error (it rolls back)."""
         if error is not None:
             self.validated.set_exception(error)
         else:
@@ -188,13 +191,20 @@ class _Loader(threading.Thread):
                 break
             except queue.Full:
                 continue
+
+    def finish(self, result: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+        """`hand_over`, then wait for the loader."""
+        self.hand_over(result, error)
         self.join()
 
 
 def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
                   until: datetime | None = None) -> dict[str, Any]:
     """Extract, validate and load a new batch with the three steps overlapping; returns the load's result."""
+    from quality.expectations import GxPaths, _cached_context
+
     extract = _Extract(ctx, {"full_refresh": full_refresh, "since": since, "until": until})
+    _cached_context(GxPaths.from_env(), ctx.dataset)  # GX's context, while the child starts its batch
     while extract.batch_id is None and not extract.poll(timeout=1.0):
         pass
     if extract.batch_id is None:  # cannot happen: the batch is announced before any page
@@ -208,7 +218,7 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
         checked = runner._check_chunks(ctx, batch_id, _following_chunks(ctx, extract, runner.CHUNK_ROWS),
                                        on_good=loader.put if loader else None)
         manifest = extract.wait()
-        result = runner._validated(ctx, batch_id, manifest, checked)
+        result = runner._validated(ctx, batch_id, manifest, checked, publish=loader is None)
     except BaseException as exc:
         if extract.process.is_alive():  # let the extract finish landing, so its batch record is final
             try:
@@ -221,5 +231,9 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
         raise
     if loader is None:
         return runner.load(ctx, batch_id)
-    loader.finish(result)
+    loader.hand_over(result)  # the load commits while this thread renders the batch's Data Docs page
+    try:
+        checked.expectations.publish()
+    finally:
+        loader.join()
     return loader.outcome.result()

@@ -294,25 +294,37 @@ class BatchCheck:
         for mine, theirs in zip(self.result.results, result.results, strict=True):
             _merge_result(mine, theirs)
 
-    def finish(self) -> tuple[list[ExpectationOutcome], str | None]:
-        """Store the batch's result and render its docs page; its outcomes and, if it failed, the page."""
-        from great_expectations.core.run_identifier import RunIdentifier
-        from great_expectations.data_context.types.resource_identifiers import (
-            ExpectationSuiteIdentifier,
-            ValidationResultIdentifier,
-        )
+    def outcomes(self) -> list[ExpectationOutcome]:
+        """The batch's outcomes, judged on its totals (no I/O: `publish` stores and renders them)."""
         from great_expectations.validator.v1_validator import calc_validation_statistics
 
-        result = self.result
-        if result is None:  # no chunk at all: the suite runs on an empty frame
+        if self.result is None:  # no chunk at all: the suite runs on an empty frame
             self.add(pd.DataFrame({c: pd.Series(dtype=object) for c in self.dataset.columns}), [])
-            result = self.result
+        result = self.result
         stats = calc_validation_statistics(result.results)
         result.success = stats.success
         result.statistics.update(evaluated_expectations=stats.evaluated_expectations,
                                  successful_expectations=stats.successful_expectations,
                                  unsuccessful_expectations=stats.unsuccessful_expectations,
                                  success_percent=stats.success_percent)
+        outcomes = []
+        for r in result.results:
+            cfg = r.expectation_config
+            outcomes.append(ExpectationOutcome(
+                expectation=cfg.type, column=cfg.kwargs.get("column"), success=bool(r.success),
+                unexpected_count=r.result.get("unexpected_count"), observed=_observed(r.result)))
+        return outcomes
+
+    def publish(self) -> str | None:
+        """Store the batch's result and render its Data Docs page and the index; the page's URL if it failed."""
+        from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
+        )
+
+        self.outcomes()
+        result = self.result
         run_id = RunIdentifier(run_name=re.sub(r"[^\w.-]", "_", self.batch_id), run_time=datetime.now(timezone.utc))
         result.meta.update(run_id=run_id, validation_time=run_id.run_time,
                            batch_parameters={"dataframe": "<batch of chunks>"})
@@ -325,13 +337,12 @@ class BatchCheck:
                                          dry_run=False, build_index=True)
             urls = [] if result.success else self.context.get_docs_sites_urls(resource_identifier=key,
                                                                               site_name=DOCS_SITE)
-        outcomes = []
-        for r in result.results:
-            cfg = r.expectation_config
-            outcomes.append(ExpectationOutcome(
-                expectation=cfg.type, column=cfg.kwargs.get("column"), success=bool(r.success),
-                unexpected_count=r.result.get("unexpected_count"), observed=_observed(r.result)))
-        return outcomes, (urls[0]["site_url"] if urls else None)
+        return urls[0]["site_url"] if urls else None
+
+    def finish(self) -> tuple[list[ExpectationOutcome], str | None]:
+        """Judge, store and render: the batch's outcomes and, if it failed, its docs page."""
+        outcomes = self.outcomes()
+        return outcomes, self.publish()
 
 
 def validate_dataset(frame: pd.DataFrame, row_ok: Any, dataset: DatasetSpec, batch_id: str,

@@ -243,3 +243,56 @@ def _waits_on_lock(conn: sa.Connection, relation: str) -> bool:
     return bool(conn.exec_driver_sql(
         "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
         "WHERE c.relname = %(rel)s AND NOT l.granted", {"rel": relation}).scalar())
+
+
+def _primary_key(conn: sa.Connection, table: str) -> tuple[str, list[str]] | None:
+    row = conn.exec_driver_sql(
+        "SELECT c.conname, array_agg(a.attname ORDER BY a.attnum) FROM pg_constraint c "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
+        "WHERE c.conrelid = %(t)s::regclass AND c.contype = 'p' GROUP BY c.conname", {"t": table}).first()
+    return (row[0], list(row[1])) if row else None
+
+
+@pytest.mark.postgres
+def test_the_first_load_of_an_empty_table_rebuilds_its_key_and_never_waits_on_a_reader(
+        pg_url: str, sandbox_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty table loads through drop-key/COPY/add-key and keeps its key; a reader holding a lock
+    on another empty table sends that load the ordinary way instead of making either wait."""
+    import threading
+
+    from lgsp import runner
+    from lgsp.settings import load_settings
+
+    monkeypatch.setenv("LGSP_HOME", str(tmp_path))
+    monkeypatch.setenv("LGSP_DATABASE_URL", pg_url)
+    monkeypatch.setattr(runner, "CHUNK_ROWS", 100)
+    ctxs = {name: runner.context(name, settings=load_settings()) for name in ("population_citizens", "tthc_dossiers")}
+    batches = {}
+    for name, ctx in ctxs.items():
+        batches[name] = runner.extract(ctx)["batch_id"]
+        runner.validate(ctx, batches[name])
+    wh = ctxs["tthc_dossiers"].warehouse
+    with wh.engine.connect() as conn:
+        keys_before = {t: _primary_key(conn, t) for t in ("core_citizen", "core_dossier")}
+    assert all(keys_before.values())
+
+    runner.load(ctxs["tthc_dossiers"], batches["tthc_dossiers"])  # nobody else: the bulk path
+
+    reader = wh.engine.connect()
+    reader.exec_driver_sql("BEGIN")
+    assert reader.exec_driver_sql("SELECT count(*) FROM core_citizen").scalar() == 0  # holds ACCESS SHARE
+    done: list[Any] = []
+    loading = threading.Thread(target=lambda: done.append(runner.load(ctxs["population_citizens"],
+                                                                      batches["population_citizens"])))
+    loading.start()
+    loading.join(timeout=30)
+    loaded_beside_the_reader = bool(done)
+    reader.exec_driver_sql("ROLLBACK")
+    reader.close()
+    loading.join(timeout=60)
+    assert loaded_beside_the_reader, "the load of citizens waited for the reader (or failed)"
+    with wh.engine.connect() as conn:
+        assert {t: _primary_key(conn, t) for t in keys_before} == keys_before
+        for table, name in (("core_citizen", "population_citizens"), ("core_dossier", "tthc_dossiers")):
+            count = conn.exec_driver_sql(f"SELECT count(*), count(DISTINCT _batch_id) FROM {table}").one()
+            assert count == (runner.context(name).lake.read_manifest(name, batches[name])["rows_valid"], 1)

@@ -245,7 +245,7 @@ class Warehouse:
         if mode == "replace":
             return self._replace(conn, table, chunks, dataset.key)
         into_empty = mode == "merge" and self.dialect == "postgresql" and self._is_empty(conn, table)
-        if into_empty and not dataset.delete_field:
+        if into_empty and not dataset.delete_field and self._lock_now(conn, table) and self._is_empty(conn, table):
             return self._first_load(conn, dataset, table, chunks)
         landed = changed = 0
         for chunk in chunks:
@@ -293,6 +293,22 @@ class Warehouse:
         for start in range(0, len(gone_keys), CHUNK_ROWS):
             written += conn.execute(table.delete().where(key_columns.in_(gone_keys[start:start + CHUNK_ROWS]))).rowcount
         return written
+
+    @staticmethod
+    def _lock_now(conn: sa.Connection, table: sa.Table) -> bool:
+        """Lock the table for this transaction if nobody else holds a lock on it (PostgreSQL); False if taken.
+
+        Two loads of one empty table at once (partitioned slices) must not both take the
+        first-load path: each would wait for the other's lock.
+        """
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(f'LOCK TABLE "{table.name}" IN ACCESS EXCLUSIVE MODE NOWAIT')
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+                return False
+            raise
+        return True
 
     def _first_load(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table,
                     chunks: Iterable[pa.Table]) -> tuple[int, int]:
