@@ -1,6 +1,8 @@
 """Every connector failure has a class: retriable (try again later) or fatal (stop now)."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConnectorError(RuntimeError):
     """A call to an external system failed.
@@ -16,6 +18,17 @@ class ConnectorError(RuntimeError):
         if hint:
             message += f" -- {hint}"
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole (class, message and fields): the extract runs in a child process (lgsp.streaming)."""
+        return (_rebuild, (type(self), str(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[ConnectorError], message: str, state: dict[str, Any]) -> ConnectorError:
+    error = cls.__new__(cls)
+    RuntimeError.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class RetriableError(ConnectorError):

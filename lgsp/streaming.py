@@ -27,6 +27,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -68,9 +69,10 @@ def _extract_child(ctx: PipelineContext, options: dict[str, Any], pipe: Any) -> 
         pipe.send(("done", manifest))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         try:
-            pipe.send(("error", exc))
-        except Exception:  # noqa: BLE001 - an exception that does not pickle
-            pipe.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+            pickle.loads(pickle.dumps(exc))  # what the parent will receive, or a stand-in that keeps the message
+        except Exception:  # noqa: BLE001
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        pipe.send(("error", exc))
     finally:
         pipe.close()
 
