@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -264,6 +265,8 @@ def _store_expectations(ctx: PipelineContext, batch_id: str, outcomes: list[Any]
 
 def _latest_per_key(frame: pd.DataFrame, ds: DatasetSpec) -> pd.DataFrame:
     """If a record appears twice in one batch (changed while paging), keep its latest version."""
+    if not frame.duplicated(subset=ds.key).any():  # the usual case: no copy, no sort
+        return frame
     ordered = frame.sort_values(ds.cursor_field, kind="stable") if ds.cursor_field else frame
     return ordered.drop_duplicates(subset=ds.key, keep="last").sort_index()
 
@@ -345,7 +348,8 @@ def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, exp
             originals = {r.position: records[r.position] for r in checked.rejections}
         _store_quarantine(ctx, _quarantine_rows(ctx, batch_id, originals, checked.rejections))
     expectations.add(typed.frame, checked.passed)
-    good = _latest_per_key(typed.frame[checked.passed], ds)
+    passed = checked.passed
+    good = _latest_per_key(typed.frame if bool(np.all(passed)) else typed.frame[passed], ds)
     cursor_to = typed.frame[ds.cursor_field].max() if ds.cursor_field and len(typed.frame) else None
     extras = typed.extras.loc[good.index] if typed.extras is not None else None
     return _ChunkResult(good=to_arrow(good, ds, extras).replace_schema_metadata(None),

@@ -30,6 +30,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -204,9 +205,11 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
                   until: datetime | None = None) -> dict[str, Any]:
     """Extract, validate and load a new batch with the three steps overlapping; returns the load's result."""
     from quality.expectations import GxPaths, _cached_context
+    from quality.reference import commune_codes
 
     extract = _Extract(ctx, {"full_refresh": full_refresh, "since": since, "until": until})
-    _cached_context(GxPaths.from_env(), ctx.dataset)  # GX's context, while the child starts its batch
+    _cached_context(GxPaths.from_env(), ctx.dataset)  # while the child starts its batch: GX's context
+    commune_codes()  # and the reference codes the row rules check (0.3 s to load)
     while extract.batch_id is None and not extract.poll(timeout=1.0):
         pass
     if extract.batch_id is None:  # cannot happen: the batch is announced before any page
@@ -234,8 +237,11 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     if loader is None:
         return runner.load(ctx, batch_id)
     loader.hand_over(result)  # the load commits while this thread renders the batch's Data Docs page
-    try:
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)  # the loader's many short steps between waits on PostgreSQL get the GIL
+    try:  # back quickly from the rendering (pure Python): at the default 5 ms they queued behind it
         checked.expectations.publish()
     finally:
         loader.join()
+        sys.setswitchinterval(switching)
     return loader.outcome.result()

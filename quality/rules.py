@@ -74,6 +74,19 @@ def commune_code(df: pd.DataFrame, column: str) -> Mask:
     return col.isna() | col.isin(commune_codes())
 
 
+def _digits(col: pd.Series, start: int, stop: int) -> pd.Series:
+    """The number in characters [start, stop) of each value (<NA> where they are not all digits)."""
+    storage = getattr(col.dtype, "storage", None)
+    if storage != "pyarrow":
+        return pd.to_numeric(col.str.slice(start, stop), errors="coerce").astype("Int64")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    part = pc.utf8_slice_codeunits(pa.array(col.array), start, stop)
+    number = pc.cast(pc.if_else(pc.match_substring_regex(part, f"^[0-9]{{{stop - start}}}$"), part, None), pa.int64())
+    return pd.Series(number.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), index=col.index)
+
+
 def _cccd_expected_digit4(sex: pd.Series, birth: pd.Series) -> pd.Series:
     """0/1 male/female born 1900-1999, 2/3 born 2000-2099, 4/5 2100-2199 ..."""
     century = (birth.dt.year // 100 - 19) * 2
@@ -100,8 +113,7 @@ def cccd(df: pd.DataFrame, column: str, sex: str, birth_date: str) -> Mask:
     shape = col.str.fullmatch(r"[0-9]{12}").fillna(False).astype(bool)
     province = col.str.slice(0, 3).isin(CCCD_PROVINCE_CODES)
     born = pd.to_datetime(df[birth_date])
-    digit4 = pd.to_numeric(col.str.slice(3, 4), errors="coerce").astype("Int64")
-    year2 = pd.to_numeric(col.str.slice(4, 6), errors="coerce").astype("Int64")
+    digit4, year2 = _digits(col, 3, 4), _digits(col, 4, 6)
     consistent = (digit4 == _cccd_expected_digit4(df[sex], born)) & (year2 == born.dt.year % 100)
     consistent = consistent.fillna(True).astype(bool)  # unknown sex/birth: the other rules decide
     return col.isna() | (shape & province & consistent)
