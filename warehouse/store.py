@@ -47,8 +47,8 @@ def _arrow_type(column: sa.Column[Any]) -> pa.DataType:
     raise TypeError(f"no Arrow type for column {column.name} ({column.type})")
 
 
-def arrow_binary(rows: pa.Table, table: sa.Table) -> bytes:
-    """`rows` in PostgreSQL's binary COPY format, in `table`'s column order and types (pgpq).
+def arrow_binary(rows: pa.Table, table: sa.Table) -> Iterator[bytes]:
+    """`rows` in PostgreSQL's binary COPY format, in `table`'s column order and types (pgpq), in pieces.
 
     Absent columns are NULL. Binary COPY skips PostgreSQL's text parsing of every value
     (dates, timestamps, integers): about half the server's time for a wide batch.
@@ -63,7 +63,10 @@ def arrow_binary(rows: pa.Table, table: sa.Table) -> bytes:
         fields.append(pa.field(column.name, kind))
     typed = pa.Table.from_arrays(columns, schema=pa.schema(fields))
     encoder = pgpq.ArrowToPostgresBinaryEncoder(typed.schema)
-    return b"".join([encoder.write_header(), *(encoder.write_batch(b) for b in typed.to_batches()), encoder.finish()])
+    yield encoder.write_header()
+    for batch in typed.to_batches(max_chunksize=10_000):  # a piece at a time: memory
+        yield encoder.write_batch(batch)
+    yield encoder.finish()
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -205,7 +208,8 @@ class Warehouse:
             if isinstance(rows, pa.Table):
                 options = "FORMAT binary, FREEZE" if freeze else "FORMAT binary"
                 with cur.copy(f'COPY "{into or table.name}" ({columns}) FROM STDIN ({options})') as copy:
-                    copy.write(arrow_binary(rows, table))
+                    for piece in arrow_binary(rows, table):
+                        copy.write(piece)
                 return
             with cur.copy(f'COPY "{into or table.name}" ({columns}) FROM STDIN') as copy:
                 for row in rows:
