@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from lgsp import runner
 from lgsp.runner import LandedChunk, PipelineContext
+from warehouse import Warehouse
 
 log = logging.getLogger("lgsp.streaming")
 POLL_S = 0.005  # how often the validator looks for a newly landed page
@@ -65,6 +66,8 @@ def _extract_child(ctx: PipelineContext, options: dict[str, Any], pipe: Any) -> 
     if "warehouse" in ctx.__dict__:  # the parent's pooled connections are not ours to use
         ctx.warehouse.engine.dispose(close=False)
     child = PipelineContext(ctx.catalog, ctx.pipeline, ctx.settings)
+    # the parent has just brought the tables up to date: a new engine, without checking them again
+    child.__dict__["warehouse"] = Warehouse(ctx.settings.database_url, ctx.catalog)
     try:
         manifest = runner.extract(child, on_batch=lambda batch_id: pipe.send(("batch", batch_id)), **options)
         pipe.send(("done", manifest))
@@ -207,9 +210,10 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     from quality.expectations import GxPaths, _cached_context
     from quality.reference import commune_codes
 
+    ctx.warehouse.dialect  # noqa: B018 - the tables are created or checked here, once, before the fork
     extract = _Extract(ctx, {"full_refresh": full_refresh, "since": since, "until": until})
     _cached_context(GxPaths.from_env(), ctx.dataset)  # while the child starts its batch: GX's context
-    commune_codes()  # and the reference codes the row rules check (0.3 s to load)
+    commune_codes()  # and the reference codes the row rules check
     while extract.batch_id is None and not extract.poll(timeout=1.0):
         pass
     if extract.batch_id is None:  # cannot happen: the batch is announced before any page

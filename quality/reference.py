@@ -1,7 +1,11 @@
 """Reference data the rules check against: official administrative codes."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from functools import cache
+from pathlib import Path
 
 # Province codes that open a personal ID (CCCD): the birth-registration
 # province, as the 63 pre-2025 province codes (the 34 post-merger codes are a
@@ -17,10 +21,44 @@ CCCD_PROVINCE_CODES: frozenset[str] = frozenset(
 
 @cache
 def commune_codes() -> frozenset[str]:
-    """All 3,321 commune-level codes in force since 2025-07-01 (5 digits, zero-padded)."""
+    """All 3,321 commune-level codes in force since 2025-07-01 (5 digits, zero-padded).
+
+    From the `vietnam_provinces` package, whose import takes ~0.3 s: the codes are kept
+    in `$LGSP_HOME/cache/`, keyed by the installed package's files, so a new process
+    (an Airflow task, an incremental run) reads 3,321 codes instead.
+    """
+    cached = _cache_file()
+    if cached is not None:
+        try:
+            return frozenset(json.loads(cached.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass
     from vietnam_provinces import Ward
 
-    return frozenset(f"{int(w.code):05d}" for w in Ward.iter_all())
+    codes = frozenset(f"{int(w.code):05d}" for w in Ward.iter_all())
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(sorted(codes)), encoding="utf-8")
+            os.replace(tmp, cached)
+        except OSError:  # a read-only home: the codes are still right, only not kept
+            pass
+    return codes
+
+
+def _cache_file() -> Path | None:
+    """Where the commune codes of the installed `vietnam_provinces` are kept (None if it cannot be located)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("vietnam_provinces")
+    if spec is None or not spec.origin:
+        return None
+    from lgsp.settings import load_settings
+
+    stat = Path(spec.origin).parent.stat()
+    key = hashlib.sha256(f"{spec.origin}|{stat.st_mtime_ns}|{stat.st_ino}".encode()).hexdigest()[:16]
+    return load_settings().home / "cache" / f"commune_codes-{key}.json"
 
 
 @cache
