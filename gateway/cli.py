@@ -159,7 +159,7 @@ def agencies_list() -> None:
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the audit's hash chain: exit 1 and name the rows if any was edited or deleted."""
+    """Check the audit's hash chains: exit 1 and name the rows if any was edited or deleted."""
     from gateway.audit import verify
 
     _, engine = _registry()
@@ -168,8 +168,9 @@ def audit_verify() -> None:
         for problem in report.problems:
             console.print(f"[red]broken:[/] {problem}")
         _fail(f"the audit chain is broken ({len(report.problems)} problem(s) in {report.rows} rows)")
-    console.print(f"audit intact: {report.rows} rows; head seq {report.head_seq} hash {report.head_hash}"
-                  " (keep the head elsewhere to detect deletion of the newest rows)")
+    heads = "; ".join(f"chain {n} head seq {seq} hash {h}" for n, (seq, h) in sorted(report.heads.items()))
+    console.print(f"audit intact: {report.rows} rows in {len(report.heads)} chain(s); {heads or 'no rows'}"
+                  " (keep the heads elsewhere to detect deletion of the newest rows)")
 
 
 @audit_app.command("list")

@@ -192,13 +192,13 @@ def test_audit_is_append_only_and_an_edited_or_deleted_row_is_detected(served: S
             original = conn.execute(sa.text("SELECT * FROM gateway_audit WHERE seq = 2")).mappings().one()
             conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 999999 WHERE seq = 2"))
         report = verify(engine)
-        assert report.problems == ["row 2: content does not match its hash (edited)"]
+        assert report.problems == ["chain 0 row 2: content does not match its hash (edited)"]
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = :r WHERE seq = 2"),
                          {"r": original["rows_returned"]})
             conn.execute(sa.text("DELETE FROM gateway_audit WHERE seq = 2"))
         report = verify(engine)
-        assert "rows 2..2 are missing (deleted)" in report.problems
+        assert "chain 0 rows 2..2 are missing (deleted)" in report.problems
         with engine.begin() as conn:  # put it back: the chain is whole again
             conn.execute(sa.text(
                 "INSERT INTO gateway_audit SELECT * FROM json_populate_record(NULL::gateway_audit, :row)"),
