@@ -47,8 +47,13 @@ def pseudonym(value: Any, key: bytes) -> str | None:
     """`ps_` + the first 32 hex digits of HMAC-SHA256(key, value)."""
     if value is None:
         return None
+    return _pseudonym(str(value), key)
+
+
+@lru_cache(maxsize=65_536)  # about 15 MB per process; the same people are read page after page
+def _pseudonym(text: str, key: bytes) -> str:
     keyed = _keyed(key).copy()  # the key's inner/outer pads are computed once per key
-    keyed.update(str(value).encode())
+    keyed.update(text.encode())
     return "ps_" + keyed.hexdigest()[:32]
 
 

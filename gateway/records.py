@@ -156,6 +156,19 @@ def _timed(timeout_s: float) -> Iterator[None]:
         _deadline.at = None
 
 
+@dataclass(frozen=True)
+class PagePlan:
+    """One keyset page to read: the statement (cached per query shape), its bound values, how to finish the rows."""
+
+    name: str
+    granted: frozenset[str]
+    stmt: sa.Select
+    shown: list[str]
+    order: list[tuple[str, bool]]
+    params: dict[str, Any]
+    limit: int
+
+
 class Reader:
     """Answers record queries from the shared views."""
 
@@ -276,16 +289,26 @@ class Reader:
     def page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """One page in keyset order and the cursor of the next (None at the end)."""
+        plan = self.plan_page(name, granted, query, limit, cursor)
+        names, rows = self._fetch(plan.stmt, plan.params)
+        return self.finish_page(plan, names, rows)
+
+    def plan_page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
+                  cursor: str | None = None) -> PagePlan:
+        """The statement and bound values of a page (QueryError if the reader may not ask it, or a bad cursor)."""
         self.check(name, granted, query)
         order = self._order(name, query)
         keyset = self._unseal(name, order, cursor) if cursor else None
         stmt, shown = self._select(name, granted, query, order, after=keyset is not None, paged="keyset")
-        names, rows = self._fetch(stmt, self._params(query, keyset, limit=limit + 1))
+        return PagePlan(name, granted, stmt, shown, order, self._params(query, keyset, limit=limit + 1), limit)
+
+    def finish_page(self, plan: PagePlan, names: list[str], rows: list[Any]) -> tuple[list[dict[str, Any]], str | None]:
+        """The records of a page's rows (personal columns protected) and the cursor of the next page."""
         next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = self._seal(name, order, [rows[-1][names.index(c)] for c, _ in order])
-        return self._finish(name, granted, rows, shown), next_cursor
+        if len(rows) > plan.limit:
+            rows = rows[:plan.limit]
+            next_cursor = self._seal(plan.name, plan.order, [rows[-1][names.index(c)] for c, _ in plan.order])
+        return self._finish(plan.name, plan.granted, rows, plan.shown), next_cursor
 
     def offset_page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
                     offset: int) -> list[dict[str, Any]]:

@@ -57,7 +57,14 @@ class Gateway:
 
     def authenticate(self, secret: str | None, client: str) -> Principal:
         """The caller, rate-limited (per agency, or per client address when anonymous)."""
-        principal = self.authenticator.principal(secret)
+        return self._limited(self.authenticator.principal(secret), client)
+
+    def authenticate_cached(self, secret: str | None, client: str) -> Principal | None:
+        """`authenticate` when it needs no registry lookup (anonymous or a fresh cache entry), else None."""
+        principal = self.authenticator.cached(secret)
+        return None if principal is None else self._limited(principal, client)
+
+    def _limited(self, principal: Principal, client: str) -> Principal:
         if principal.agency_id is None:
             self.limiter.take(f"address:{client}", self.settings.anonymous_rate_per_s)
         else:
@@ -95,6 +102,13 @@ class Gateway:
                 rows: int | None, status: int) -> None:
         self.audit.record(AuditEntry(agency_id=principal.label, dataset=name, action=action, query=query,
                                      rows_returned=rows, status=status))
+        log.info("read %s %s by %s: status %s, %s rows", action, name, principal.label, status, rows)
+
+    async def record_async(self, principal: Principal, name: str, action: str, query: dict[str, Any],
+                           rows: int | None, status: int) -> None:
+        """`_record` for a coroutine (the lean records route, gateway.fast): same row, same log line."""
+        await self.audit.record_async(AuditEntry(agency_id=principal.label, dataset=name, action=action, query=query,
+                                                 rows_returned=rows, status=status))
         log.info("read %s %s by %s: status %s, %s rows", action, name, principal.label, status, rows)
 
 
