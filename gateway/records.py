@@ -131,8 +131,9 @@ def read_engine(url: str, timeout_s: float) -> sa.Engine:
         return engine
     url = "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
     options = f"-c statement_timeout={max(1, round(timeout_s * 1000))} -c default_transaction_read_only=on"
-    # at most 30 read connections per worker process (PostgreSQL's default max_connections is 100)
-    return sa.create_engine(url, hide_parameters=True, pool_size=20, max_overflow=10, isolation_level="AUTOCOMMIT",
+    # at most 10 per worker process: the threaded routes (exports, CKAN, catalog); the records route has its own
+    # async connections (gateway.fast); PostgreSQL's default max_connections is 100 (docs/gateway.md, Safety)
+    return sa.create_engine(url, hide_parameters=True, pool_size=10, max_overflow=0, isolation_level="AUTOCOMMIT",
                             connect_args={"options": options})  # one statement per read: no BEGIN/ROLLBACK trips
 
 

@@ -480,3 +480,33 @@ def test_a_cached_key_that_is_revoked_stops_working_when_its_cache_entry_expires
     # over HTTP (this server caches nothing): the revoked key is refused at once, on the lean route too
     response = requests.get(served.base + "/api/v1/datasets/citizen/records", headers={"X-API-Key": key}, timeout=30)
     assert response.status_code == 401
+
+
+def test_the_lean_reader_cancels_a_query_past_the_time_limit(pg_url: str) -> None:
+    import asyncio
+
+    from gateway.fast import AsyncReads
+    from gateway.records import PagePlan, QueryTimeout
+    from gateway.service import Gateway
+
+    from gateway.settings import GatewaySettings
+
+    gateway = Gateway(GatewaySettings(database_url=pg_url, pseudonym_key=KEY.encode(), query_timeout_s=0.05),
+                      load_catalog())
+
+    async def run() -> None:
+        reads = AsyncReads(gateway)
+        slow = PagePlan("citizen", frozenset(), sa.select(sa.func.pg_sleep(2)), [], [], {}, 1)
+        try:
+            with pytest.raises(QueryTimeout, match="longer than 0.05 s"):
+                await reads.fetch(slow)
+            names, rows = await reads.fetch(PagePlan("citizen", frozenset(), sa.select(sa.literal(1).label("one")),
+                                                     [], [], {}, 1))
+            assert (names, rows) == (["one"], [(1,)])  # the connection is usable again
+        finally:
+            await reads.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        gateway.close()
