@@ -111,20 +111,6 @@ class AuditLog:
         except Exception as exc:  # noqa: BLE001 - any failure means "not audited"
             raise AuditUnavailable("the audit log could not record this read") from exc
 
-    async def record_async(self, entry: AuditEntry, timeout_s: float = 30.0) -> None:
-        """`record` for a coroutine: waits for the commit without holding a thread.
-
-        Raises:
-            AuditUnavailable: the audit could not be written (the caller refuses the read).
-        """
-        self._ensure_writer()
-        done: Future[None] = Future()
-        self._queue.put((entry, done))
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(done), timeout_s)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not audited"
-            raise AuditUnavailable("the audit log could not record this read") from exc
-
     def _ensure_writer(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
@@ -216,13 +202,9 @@ class AuditLog:
                 conn = self._pg_connection()
                 if self._head is None:
                     self._head = self._claim(conn)
-                number, seq, prev = self._head
-                rows = chain(entries, number, seq, prev)
-                names = [c.name for c in tables.audit.columns]
-                values = ", ".join("(" + ", ".join(["%s"] * len(names)) + ")" for _ in rows)
-                conn.execute(f"INSERT INTO gateway_audit ({', '.join(names)}) VALUES {values}",
-                             [row[n] for row in rows for n in names])
-                self._head = (number, rows[-1]["seq"], rows[-1]["row_hash"])
+                rows = chain(entries, *self._head)
+                conn.execute(*_insert(rows))
+                self._head = (self._head[0], rows[-1]["seq"], rows[-1]["row_hash"])
             except BaseException:
                 self._pg_drop()
                 raise
@@ -231,9 +213,8 @@ class AuditLog:
     def _claim(conn: psycopg.Connection[Any]) -> tuple[int, int, str]:
         """Take the lowest chain number no other connection holds (a session advisory lock) and read its head."""
         for number in range(MAX_CHAINS):
-            if conn.execute("SELECT pg_try_advisory_lock(%s::int, %s::int)", (_ADVISORY_LOCK, number)).fetchone()[0]:
-                head = conn.execute("SELECT seq, row_hash FROM gateway_audit WHERE chain = %s "
-                                    "ORDER BY seq DESC LIMIT 1", (number,)).fetchone()
+            if conn.execute(_TRY_LOCK, (_ADVISORY_LOCK, number)).fetchone()[0]:  # type: ignore[index]
+                head = conn.execute(_HEAD, (number,)).fetchone()
                 return (number, *head) if head else (number, 0, GENESIS)
         raise RuntimeError(f"all {MAX_CHAINS} audit chains are held by other connections")
 
@@ -258,6 +239,108 @@ class AuditLog:
     def chain_number(self) -> int | None:
         """The chain this process writes (PostgreSQL, once it has written), else None."""
         return self._head[0] if self._head else None
+
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s::int, %s::int)"
+_HEAD = "SELECT seq, row_hash FROM gateway_audit WHERE chain = %s ORDER BY seq DESC LIMIT 1"
+_COLUMNS = [c.name for c in tables.audit.columns]
+
+
+def _insert(rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """One multi-row INSERT of `rows` (PostgreSQL, psycopg placeholders) and its parameters."""
+    values = ", ".join(["(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"] * len(rows))
+    return (f"INSERT INTO gateway_audit ({', '.join(_COLUMNS)}) VALUES {values}",
+            [row[n] for row in rows for n in _COLUMNS])
+
+
+class AsyncAuditWriter:
+    """Group commit on the event loop (PostgreSQL), for the lean records route (gateway.fast).
+
+    A coroutine appends its entry and awaits its commit; while a batch is being written the
+    next entries gather, and the writer task takes them all in the next transaction. The
+    writer has its own connection and so its own chain (claimed as `AuditLog` claims one): no
+    thread, no lock shared with the process's threaded writer or another process.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pending: list[tuple[AuditEntry, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._head: tuple[int, int, str] | None = None
+
+    async def record(self, entry: AuditEntry, timeout_s: float = 30.0) -> None:
+        """Write `entry` and return once it is committed.
+
+        Raises:
+            AuditUnavailable: the audit could not be written (the caller refuses the read).
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        try:
+            async with asyncio.timeout(timeout_s):
+                await done  # on a timeout the entry may still be written: over-audited, never under
+        except Exception as exc:  # noqa: BLE001 - any failure means "not audited"
+            raise AuditUnavailable("the audit log could not record this read") from exc
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                await self._write([entry for entry, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                log.error("audit write failed: %s", type(exc).__name__)
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _write(self, entries: list[AuditEntry]) -> None:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                self._head = None
+            if self._head is None:
+                self._head = await self._claim(self._conn)
+            rows = chain(entries, *self._head)
+            await self._conn.execute(*_insert(rows))
+            self._head = (self._head[0], rows[-1]["seq"], rows[-1]["row_hash"])
+        except BaseException:
+            await self._drop()
+            raise
+
+    @staticmethod
+    async def _claim(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int, str]:
+        for number in range(MAX_CHAINS):
+            if (await (await conn.execute(_TRY_LOCK, (_ADVISORY_LOCK, number))).fetchone())[0]:  # type: ignore[index]
+                head = await (await conn.execute(_HEAD, (number,))).fetchone()
+                return (number, *head) if head else (number, 0, GENESIS)
+        raise RuntimeError(f"all {MAX_CHAINS} audit chains are held by other connections")
+
+    async def _drop(self) -> None:
+        self._head = None
+        if self._conn is not None:
+            try:
+                await self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    @property
+    def chain_number(self) -> int | None:
+        """The chain this writer appends to (once it has written), else None."""
+        return self._head[0] if self._head else None
+
+    async def close(self) -> None:
+        """Write what is pending, then release the connection (and the chain)."""
+        if self._task is not None and not self._task.done():
+            await asyncio.wait([self._task], timeout=30)
+        await self._drop()
 
 
 def chain(entries: list[AuditEntry], number: int, seq: int, prev: str) -> list[dict[str, Any]]:

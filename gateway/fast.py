@@ -8,8 +8,9 @@ parameters parsed from the same `ParamSpec`s, the read authorised, checked, plan
 masked and sealed by `Reader`, audited with the same row (group-committed, awaited
 before the response starts) and refused with the same error bodies. Only the I/O
 differs: the query goes to PostgreSQL through psycopg's async connections, as a
-prepared statement, from the event loop; a credential that is not in the 5-second
-cache is looked up in a worker thread.
+prepared statement, from the event loop; the audit rows are group-committed from the
+event loop too (`AsyncAuditWriter`, a chain of its own); a credential that is not in
+the 5-second cache is looked up in a worker thread.
 
 Everything else (the catalog, exports, CKAN, OAuth2, SQLite) goes to the FastAPI app.
 """
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access import AccessDenied, authorize, presented_secret
 from gateway.agencies import Principal
+from gateway.audit import AsyncAuditWriter, AuditEntry
 from gateway.params import ParamSpec, parse_params, record_query
 from gateway.records import PagePlan, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway
@@ -140,6 +142,7 @@ class LeanRecords:
         self.routes = {f"/api/v1/datasets/{name}/records": name for name in specs}
         self.enabled = gateway.read_engine.dialect.name == "postgresql"
         self.reads: AsyncReads | None = None
+        self.audit: AsyncAuditWriter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.enabled and scope["type"] == "http" and scope["method"] == "GET":
@@ -155,9 +158,12 @@ class LeanRecords:
     def _closing(self, send: Send) -> Send:
         """`send` that closes the async connections when the server shuts down."""
         async def sent(message: Any) -> None:
-            if message["type"] == "lifespan.shutdown.complete" and self.reads is not None:
-                reads, self.reads = self.reads, None
-                await reads.close()
+            if message["type"] == "lifespan.shutdown.complete":
+                reads, self.reads, audit, self.audit = self.reads, None, self.audit, None
+                if audit is not None:
+                    await audit.close()
+                if reads is not None:
+                    await reads.close()
             await send(message)
         return sent
 
@@ -208,13 +214,22 @@ class LeanRecords:
             names, rows = await self.reads.fetch(plan)
             records, next_cursor = gateway.reader.finish_page(plan, names, rows)
         except AccessDenied as exc:
-            await gateway.record_async(principal, name, "records", described, None, exc.status)
+            await self._audit(principal, name, described, None, exc.status)
             raise
         except QueryError:
-            await gateway.record_async(principal, name, "records", described, None, 400)
+            await self._audit(principal, name, described, None, 400)
             raise
         body = orjson.dumps({"dataset": name, "records": records, "next_cursor": next_cursor,
                              "limit": params["limit"]}, option=JSON_OPTIONS)
-        await gateway.record_async(principal, name, "records", described, len(records), 200)
+        await self._audit(principal, name, described, len(records), 200)
         return body
+
+    async def _audit(self, principal: Principal, name: str, query: dict[str, Any], rows: int | None,
+                     status: int) -> None:
+        """The read's audit row, committed (as `Gateway._record` writes it: same row, same log line)."""
+        if self.audit is None:
+            self.audit = AsyncAuditWriter(self.gateway.write_engine)
+        await self.audit.record(AuditEntry(agency_id=principal.label, dataset=name, action="records", query=query,
+                                           rows_returned=rows, status=status))
+        log.info("read records %s by %s: status %s, %s rows", name, principal.label, status, rows)
 

@@ -104,13 +104,6 @@ class Gateway:
                                      rows_returned=rows, status=status))
         log.info("read %s %s by %s: status %s, %s rows", action, name, principal.label, status, rows)
 
-    async def record_async(self, principal: Principal, name: str, action: str, query: dict[str, Any],
-                           rows: int | None, status: int) -> None:
-        """`_record` for a coroutine (the lean records route, gateway.fast): same row, same log line."""
-        await self.audit.record_async(AuditEntry(agency_id=principal.label, dataset=name, action=action, query=query,
-                                                 rows_returned=rows, status=status))
-        log.info("read %s %s by %s: status %s, %s rows", action, name, principal.label, status, rows)
-
 
 def _write_engine(url: str) -> sa.Engine:
     """The registry's and audit's engine (no parameters in error messages)."""

@@ -63,7 +63,8 @@ class Served:
     def last_audit(self) -> dict[str, Any]:
         engine = _write_engine(self.database_url)
         with engine.connect() as conn:
-            row = conn.execute(sa.text("SELECT * FROM gateway_audit ORDER BY seq DESC LIMIT 1")).mappings().one()
+            row = conn.execute(sa.text(  # the newest row of any chain (the records route writes a chain of its own)
+                "SELECT * FROM gateway_audit ORDER BY recorded_at DESC, seq DESC LIMIT 1")).mappings().one()
         engine.dispose()
         return dict(row)
 
@@ -185,20 +186,24 @@ def test_audit_is_append_only_and_an_edited_or_deleted_row_is_detected(served: S
     engine = _write_engine(served.database_url)
     try:
         assert verify(engine).intact
+        with engine.connect() as conn:  # a chain with a second row (the server writes one chain or more)
+            chain = conn.execute(sa.text("SELECT min(chain) FROM gateway_audit WHERE seq = 2")).scalar_one()
+        row = {"c": chain}
         with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as conn:
-            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 0 WHERE seq = 2"))
+            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 0 WHERE chain = :c AND seq = 2"), row)
         with engine.begin() as conn:  # someone with the rights to lift the triggers edits a row
             conn.execute(sa.text("ALTER TABLE gateway_audit DISABLE TRIGGER USER"))
-            original = conn.execute(sa.text("SELECT * FROM gateway_audit WHERE seq = 2")).mappings().one()
-            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 999999 WHERE seq = 2"))
+            original = conn.execute(sa.text("SELECT * FROM gateway_audit WHERE chain = :c AND seq = 2"),
+                                    row).mappings().one()
+            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 999999 WHERE chain = :c AND seq = 2"), row)
         report = verify(engine)
-        assert report.problems == ["chain 0 row 2: content does not match its hash (edited)"]
+        assert report.problems == [f"chain {chain} row 2: content does not match its hash (edited)"]
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = :r WHERE seq = 2"),
-                         {"r": original["rows_returned"]})
-            conn.execute(sa.text("DELETE FROM gateway_audit WHERE seq = 2"))
+            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = :r WHERE chain = :c AND seq = 2"),
+                         {"r": original["rows_returned"], **row})
+            conn.execute(sa.text("DELETE FROM gateway_audit WHERE chain = :c AND seq = 2"), row)
         report = verify(engine)
-        assert "chain 0 rows 2..2 are missing (deleted)" in report.problems
+        assert f"chain {chain} rows 2..2 are missing (deleted)" in report.problems
         with engine.begin() as conn:  # put it back: the chain is whole again
             conn.execute(sa.text(
                 "INSERT INTO gateway_audit SELECT * FROM json_populate_record(NULL::gateway_audit, :row)"),

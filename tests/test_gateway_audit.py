@@ -135,3 +135,44 @@ def test_an_audit_table_from_before_chains_is_upgraded_and_still_verifies(engine
         second.close()
         third.close()
     assert verify(engine).intact and verify(engine).rows == 8
+
+
+def test_the_event_loop_writer_keeps_a_chain_of_its_own_beside_the_threaded_one(engine: sa.Engine) -> None:
+    """The lean records route audits from the event loop (AsyncAuditWriter); the other routes through AuditLog's
+    thread: in one process they are two writers, two chains, and a read is only answered once its row committed."""
+    import asyncio
+
+    from gateway.audit import AsyncAuditWriter, AuditUnavailable
+
+    threaded = AuditLog(engine)
+
+    async def run() -> int | None:
+        writer = AsyncAuditWriter(engine)
+        try:
+            await asyncio.gather(*(writer.record(_entry(n, "lean")) for n in range(150)))  # batches gather
+            worker = threading.Thread(target=lambda: [threaded.record(_entry(n, "threaded")) for n in range(30)])
+            worker.start()
+            await asyncio.gather(*(writer.record(_entry(n, "lean")) for n in range(50)))
+            await asyncio.to_thread(worker.join, 60)
+            with engine.connect() as conn:  # committed, every one, by the time record() returned
+                assert conn.execute(sa.text("SELECT count(*) FROM gateway_audit WHERE agency_id = 'lean'")
+                                    ).scalar_one() == 200
+            return writer.chain_number
+        finally:
+            await writer.close()
+
+    try:
+        lean_chain = asyncio.run(run())
+    finally:
+        threaded.close()
+    assert {lean_chain, threaded.chain_number} == {0, 1}
+    report = verify(engine)
+    assert report.intact and report.heads[lean_chain][0] == 200 and report.heads[threaded.chain_number][0] == 30
+
+    async def unreachable() -> None:
+        broken = AsyncAuditWriter(engine)
+        broken.conninfo = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2"
+        with pytest.raises(AuditUnavailable):
+            await broken.record(_entry(1))
+
+    asyncio.run(unreachable())
