@@ -246,11 +246,16 @@ _HEAD = "SELECT seq, row_hash FROM gateway_audit WHERE chain = %s ORDER BY seq D
 _COLUMNS = [c.name for c in tables.audit.columns]
 
 
+_ARRAY_TYPES = {"seq": "bigint", "recorded_at": "timestamptz", "rows_returned": "bigint", "status": "int",
+                "chain": "int"}
+_INSERT = (f"INSERT INTO gateway_audit ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
+           + ", ".join(f"%s::{_ARRAY_TYPES.get(n, 'text')}[]" for n in _COLUMNS) + ")")
+
+
 def _insert(rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
-    """One multi-row INSERT of `rows` (PostgreSQL, psycopg placeholders) and its parameters."""
-    values = ", ".join(["(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"] * len(rows))
-    return (f"INSERT INTO gateway_audit ({', '.join(_COLUMNS)}) VALUES {values}",
-            [row[n] for row in rows for n in _COLUMNS])
+    """One INSERT of `rows` (PostgreSQL): one array per column, so the statement is the same for every batch
+    size (parsed and planned once per connection) and its parameters are a column count, not a cell count."""
+    return _INSERT, [[row[n] for row in rows] for n in _COLUMNS]
 
 
 class AsyncAuditWriter:

@@ -49,7 +49,7 @@ class AsyncReads:
         self.options = (f"-c statement_timeout={max(1, round(gateway.settings.query_timeout_s * 1000))} "
                         "-c default_transaction_read_only=on")
         self.timeout_s = gateway.settings.query_timeout_s
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[psycopg.AsyncCursor[Any]] = []  # one cursor per connection, kept with it
         self._slots = asyncio.Semaphore(POOL_SIZE)
         self._compiled: dict[int, tuple[sa.Select, Any, bool]] = {}
         self._processors: dict[tuple[int, tuple[int, ...]], list[Callable[[Any], Any] | None]] = {}
@@ -92,11 +92,10 @@ class AsyncReads:
         """Column names and row tuples of a page's statement (QueryTimeout past the time limit)."""
         sql, params, key = self._sql(plan.stmt, plan.params)
         async with self._slots:
-            conn = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True, options=self.options)
-            broken = True
+            cursor = self._idle.pop() if self._idle else (await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True, options=self.options)).cursor()
+            conn, broken = cursor.connection, True
             try:
-                cursor = conn.cursor()
                 await cursor.execute(sql, params)
                 rows = await cursor.fetchall()
                 names = [d.name for d in cursor.description or []]
@@ -109,14 +108,14 @@ class AsyncReads:
                 if broken or conn.closed:
                     await conn.close()
                 else:
-                    self._idle.append(conn)
+                    self._idle.append(cursor)
         if any(processors):
             rows = [tuple(p(v) if p else v for p, v in zip(processors, row)) for row in rows]
         return names, rows
 
     async def close(self) -> None:
         while self._idle:
-            await self._idle.pop().close()
+            await self._idle.pop().connection.close()
 
 
 def _parsed(gateway: Gateway, name: str, specs: list[ParamSpec],
