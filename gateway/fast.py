@@ -52,10 +52,11 @@ class AsyncReads:
         self._idle: list[psycopg.AsyncCursor[Any]] = []  # one cursor per connection, kept with it
         self._slots = asyncio.Semaphore(POOL_SIZE)
         self._compiled: dict[int, tuple[sa.Select, Any, bool]] = {}
-        self._processors: dict[tuple[int, tuple[int, ...]], list[Callable[[Any], Any] | None]] = {}
+        self._columns: dict[str, tuple[list[str], list[Callable[[Any], Any] | None]]] = {}  # by the statement
 
-    def _sql(self, stmt: sa.Select, params: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
-        """The statement's SQL for psycopg (named placeholders) and its parameters; in-lists expanded."""
+    def _sql(self, stmt: sa.Select, params: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+        """The statement's SQL for psycopg (named placeholders), its parameters (in-lists expanded), and the
+        statement's text before expansion (the key of its result columns)."""
         cached = self._compiled.get(id(stmt))
         if cached is None or cached[0] is not stmt:
             compiled = stmt.compile(dialect=self.dialect)
@@ -73,19 +74,22 @@ class AsyncReads:
             processors, bound, sql = compiled._bind_processors, params, compiled.string
         if processors:  # none for the gateway's types on psycopg; applied anyway, as SQLAlchemy would
             bound = {k: processors[k](v) if k in processors and v is not None else v for k, v in bound.items()}
-        return sql, bound, id(compiled)
+        return sql, bound, compiled.string
 
-    def _row_processors(self, key: int, cursor: psycopg.AsyncCursor[Any],
-                        stmt: sa.Select) -> list[Callable[[Any], Any] | None]:
-        """SQLAlchemy's result processors for the columns as PostgreSQL typed them (e.g. numeric -> float)."""
-        description = cursor.description or []
-        types = tuple(d.type_code for d in description)
-        found = self._processors.get((key, types))
+    def _result_columns(self, key: str, cursor: psycopg.AsyncCursor[Any],
+                        stmt: sa.Select) -> tuple[list[str], list[Callable[[Any], Any] | None]]:
+        """The statement's column names and SQLAlchemy's result processors for the columns as PostgreSQL typed
+        them (e.g. numeric -> float), from its first result (a statement's result columns do not change)."""
+        found = self._columns.get(key)
         if found is None:
+            description = cursor.description or []
             columns = list(stmt.selected_columns)
-            found = [columns[i].type._cached_result_processor(self.dialect, d.type_code)  # noqa: SLF001
-                     for i, d in enumerate(description)]
-            self._processors[(key, types)] = found
+            found = ([d.name for d in description],
+                     [columns[i].type._cached_result_processor(self.dialect, d.type_code)  # noqa: SLF001
+                      for i, d in enumerate(description)])
+            if len(self._columns) > 2048:
+                self._columns.clear()
+            self._columns[key] = found
         return found
 
     async def fetch(self, plan: PagePlan) -> tuple[list[str], list[Any]]:
@@ -98,8 +102,7 @@ class AsyncReads:
             try:
                 await cursor.execute(sql, params)
                 rows = await cursor.fetchall()
-                names = [d.name for d in cursor.description or []]
-                processors = self._row_processors(key, cursor, plan.stmt)
+                names, processors = self._result_columns(key, cursor, plan.stmt)
                 broken = False
             except psycopg.errors.QueryCanceled:
                 broken = False
@@ -121,7 +124,7 @@ class AsyncReads:
 def _parsed(gateway: Gateway, name: str, specs: list[ParamSpec],
             scope: Scope) -> tuple[dict[str, Any], RecordQuery, QueryError | None]:
     try:
-        params = parse_params(specs, QueryParams(scope["query_string"]))
+        params = parse_params(specs, dict(QueryParams(scope["query_string"])))  # a repeated name: its last value
         return params, record_query(gateway.catalog.datasets[name], gateway.catalog.sharing[name], params), None
     except QueryError as exc:
         return {}, RecordQuery(), exc

@@ -36,6 +36,10 @@ def register(name: str) -> Callable[[PersonalTransform], PersonalTransform]:
 @register("mask")
 def mask(value: Any, _key: bytes) -> str | None:
     """Every character but the last three replaced by `*` (short values fully)."""
+    return _mask(value)
+
+
+def _mask(value: Any) -> str | None:
     if value is None:
         return None
     text = str(value)
@@ -86,4 +90,6 @@ def keyed(transform: PersonalTransform, key: bytes) -> Callable[[Any], Any] | No
         return None
     if transform is pseudonym:
         return _pseudonymiser(key)
+    if transform is mask:
+        return _mask
     return lambda value: transform(value, key)
