@@ -316,8 +316,11 @@ def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None 
         # collector's full passes: each pass over them took 120-130 ms, a stall of every request in flight
         gc.collect()
         gc.freeze()
-        yield
-        gateway.close()  # flush the audit queue, release connections
+        try:
+            yield
+        finally:
+            gateway.close()  # flush the audit queue, release connections
+            gc.unfreeze()  # collectable again (an in-process server, as in the tests, leaves nothing pinned)
 
     app = FastAPI(lifespan=lifespan, title="lgsp sharing gateway", version="1.0.0",
                   description="Shared datasets of the province for its agencies and the public: REST and CKAN APIs. "
