@@ -79,6 +79,21 @@ class Authenticator:
             raise AccessDenied(401, "the API key or token is not valid (unknown, revoked or expired)")
         return cached[1]
 
+    def cached(self, secret: str | None) -> Principal | None:
+        """The principal for `secret` if that needs no registry lookup (anonymous, or cached and fresh), else None.
+
+        Raises:
+            AccessDenied: 401 if the cached answer is that the secret is not valid.
+        """
+        if not secret:
+            return ANONYMOUS
+        cached = self._cache.get(digest(secret))
+        if cached is None or cached[0] < time.monotonic():
+            return None
+        if cached[1] is None:
+            raise AccessDenied(401, "the API key or token is not valid (unknown, revoked or expired)")
+        return cached[1]
+
 
 def authorize(principal: Principal, shared: SharedDatasetSpec) -> frozenset[str]:
     """The personal columns `principal` may see in clear in `shared`.

@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import socket
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -74,8 +76,17 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
         _fail(str(exc))
     console.print(f"shared views ready on {redact_url(settings.database_url)}: {', '.join(views)}")
     console.print(f"gateway on http://{host}:{port} (OpenAPI /openapi.json, CKAN /api/3/action/)")
-    uvicorn.run("gateway.api:create_app", factory=True, host=host, port=port, workers=workers,
-                access_log=False, server_header=False, log_level=log_level, log_config=_log_config(log_level))
+    options = {"factory": True, "host": host, "port": port, "workers": workers, "access_log": False,
+               "server_header": False, "log_level": log_level, "log_config": _log_config(log_level)}
+    if workers > 1 and port and hasattr(socket, "SO_REUSEPORT"):
+        from gateway.serving import ListenError, serve_reuse_port
+
+        try:
+            serve_reuse_port(uvicorn.Config("gateway.api:create_app", **options))  # type: ignore[arg-type]
+        except ListenError as exc:
+            _fail(str(exc))
+    else:
+        uvicorn.run("gateway.api:create_app", **options)  # type: ignore[arg-type]
 
 
 def _log_config(level: str) -> dict[str, object]:
@@ -159,7 +170,7 @@ def agencies_list() -> None:
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the audit's hash chain: exit 1 and name the rows if any was edited or deleted."""
+    """Check the audit's hash chains: exit 1 and name the rows if any was edited or deleted."""
     from gateway.audit import verify
 
     _, engine = _registry()
@@ -168,8 +179,9 @@ def audit_verify() -> None:
         for problem in report.problems:
             console.print(f"[red]broken:[/] {problem}")
         _fail(f"the audit chain is broken ({len(report.problems)} problem(s) in {report.rows} rows)")
-    console.print(f"audit intact: {report.rows} rows; head seq {report.head_seq} hash {report.head_hash}"
-                  " (keep the head elsewhere to detect deletion of the newest rows)")
+    heads = "; ".join(f"chain {n} head seq {seq} hash {h}" for n, (seq, h) in sorted(report.heads.items()))
+    console.print(f"audit intact: {report.rows} rows in {len(report.heads)} chain(s); {heads or 'no rows'}"
+                  " (keep the heads elsewhere to detect deletion of the newest rows)")
 
 
 @audit_app.command("list")

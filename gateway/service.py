@@ -57,7 +57,14 @@ class Gateway:
 
     def authenticate(self, secret: str | None, client: str) -> Principal:
         """The caller, rate-limited (per agency, or per client address when anonymous)."""
-        principal = self.authenticator.principal(secret)
+        return self._limited(self.authenticator.principal(secret), client)
+
+    def authenticate_cached(self, secret: str | None, client: str) -> Principal | None:
+        """`authenticate` when it needs no registry lookup (anonymous or a fresh cache entry), else None."""
+        principal = self.authenticator.cached(secret)
+        return None if principal is None else self._limited(principal, client)
+
+    def _limited(self, principal: Principal, client: str) -> Principal:
         if principal.agency_id is None:
             self.limiter.take(f"address:{client}", self.settings.anonymous_rate_per_s)
         else:

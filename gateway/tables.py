@@ -45,7 +45,7 @@ grant = sa.Table(
 )
 audit = sa.Table(
     "gateway_audit", metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False, autoincrement=False),
     sa.Column("recorded_at", TZ, nullable=False),
     sa.Column("agency_id", sa.Text, nullable=False),
     sa.Column("dataset", sa.Text, nullable=False),
@@ -55,6 +55,9 @@ audit = sa.Table(
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("prev_hash", sa.Text, nullable=False),
     sa.Column("row_hash", sa.Text, nullable=False),
+    # one hash chain per writing process (gateway.audit): (chain, seq) numbers a row
+    sa.Column("chain", sa.Integer, nullable=False, server_default="0"),
+    sa.PrimaryKeyConstraint("chain", "seq", name="gateway_audit_pkey"),
 )
 
 _SQLITE_APPEND_ONLY = [
@@ -76,7 +79,20 @@ _POSTGRES_APPEND_ONLY = [
 def create_gateway_tables(engine: sa.Engine) -> None:
     """Create the gateway's tables and the audit's append-only triggers (idempotent; one process at a time)."""
     metadata.create_all(engine)
+    _add_audit_chain(engine)
     statements = _POSTGRES_APPEND_ONLY if engine.dialect.name == "postgresql" else _SQLITE_APPEND_ONLY
     with engine.begin() as conn:
         for statement in statements:
             conn.exec_driver_sql(statement)
+
+
+def _add_audit_chain(engine: sa.Engine) -> None:
+    """An audit table from before per-process chains: add `chain` (its rows are chain 0, their hashes unchanged)
+    and, on PostgreSQL, make (chain, seq) the primary key (SQLite writes chain 0 only: its key can stay seq)."""
+    if "chain" in {c["name"] for c in sa.inspect(engine).get_columns("gateway_audit")}:
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE gateway_audit ADD COLUMN chain INTEGER NOT NULL DEFAULT 0")
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("ALTER TABLE gateway_audit DROP CONSTRAINT gateway_audit_pkey, "
+                                 "ADD PRIMARY KEY (chain, seq)")

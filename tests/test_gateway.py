@@ -63,7 +63,8 @@ class Served:
     def last_audit(self) -> dict[str, Any]:
         engine = _write_engine(self.database_url)
         with engine.connect() as conn:
-            row = conn.execute(sa.text("SELECT * FROM gateway_audit ORDER BY seq DESC LIMIT 1")).mappings().one()
+            row = conn.execute(sa.text(  # the newest row of any chain (the records route writes a chain of its own)
+                "SELECT * FROM gateway_audit ORDER BY recorded_at DESC, seq DESC LIMIT 1")).mappings().one()
         engine.dispose()
         return dict(row)
 
@@ -185,20 +186,24 @@ def test_audit_is_append_only_and_an_edited_or_deleted_row_is_detected(served: S
     engine = _write_engine(served.database_url)
     try:
         assert verify(engine).intact
+        with engine.connect() as conn:  # a chain with a second row (the server writes one chain or more)
+            chain = conn.execute(sa.text("SELECT min(chain) FROM gateway_audit WHERE seq = 2")).scalar_one()
+        row = {"c": chain}
         with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as conn:
-            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 0 WHERE seq = 2"))
+            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 0 WHERE chain = :c AND seq = 2"), row)
         with engine.begin() as conn:  # someone with the rights to lift the triggers edits a row
             conn.execute(sa.text("ALTER TABLE gateway_audit DISABLE TRIGGER USER"))
-            original = conn.execute(sa.text("SELECT * FROM gateway_audit WHERE seq = 2")).mappings().one()
-            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 999999 WHERE seq = 2"))
+            original = conn.execute(sa.text("SELECT * FROM gateway_audit WHERE chain = :c AND seq = 2"),
+                                    row).mappings().one()
+            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = 999999 WHERE chain = :c AND seq = 2"), row)
         report = verify(engine)
-        assert report.problems == ["row 2: content does not match its hash (edited)"]
+        assert report.problems == [f"chain {chain} row 2: content does not match its hash (edited)"]
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = :r WHERE seq = 2"),
-                         {"r": original["rows_returned"]})
-            conn.execute(sa.text("DELETE FROM gateway_audit WHERE seq = 2"))
+            conn.execute(sa.text("UPDATE gateway_audit SET rows_returned = :r WHERE chain = :c AND seq = 2"),
+                         {"r": original["rows_returned"], **row})
+            conn.execute(sa.text("DELETE FROM gateway_audit WHERE chain = :c AND seq = 2"), row)
         report = verify(engine)
-        assert "rows 2..2 are missing (deleted)" in report.problems
+        assert f"chain {chain} rows 2..2 are missing (deleted)" in report.problems
         with engine.begin() as conn:  # put it back: the chain is whole again
             conn.execute(sa.text(
                 "INSERT INTO gateway_audit SELECT * FROM json_populate_record(NULL::gateway_audit, :row)"),
@@ -389,3 +394,124 @@ def test_a_query_past_the_time_limit_is_cancelled_on_postgresql(pg_url: str) -> 
                 conn.execute(sa.text("CREATE TABLE nope (x int)"))
     finally:
         engine.dispose()
+
+
+# --- the lean records path (gateway.fast) and the credential cache ----------------------------
+
+def test_lean_reader_returns_what_the_threaded_reader_returns(served: Served) -> None:
+    """The records route on PostgreSQL reads through async psycopg (gateway.fast); the export and CKAN routes
+    through SQLAlchemy. Same pages, cursors aside (each seal has its own nonce), for every kind of query."""
+    import asyncio
+
+    from starlette.datastructures import QueryParams
+
+    from gateway.fast import AsyncReads
+    from gateway.params import parse_params, record_params, record_query
+    from gateway.service import Gateway
+
+    catalog = load_catalog()
+    gateway = Gateway(load_gateway_settings(served.database_url), catalog)
+    cases = [("citizen", frozenset(), "limit=100"),
+             ("citizen", frozenset({"personal_id", "full_name"}), "limit=7&sort=-birth_date&birth_date__gte=1980-01-01"),
+             ("citizen", frozenset(), "commune_code__in=14329,14332,14335&fields=personal_id,sex&limit=50"),
+             ("citizen", frozenset({"full_name"}), "q=nguy&limit=20"),
+             ("dossier", frozenset(), "status__in=finished,returned&received_at__gte=2025-08-01T00:00:00Z"
+                                      "&sort=-received_at,commune_code&limit=30"),
+             ("dossier", frozenset(), "channel=online&limit=10"),
+             ("land_parcel", frozenset(), "area_m2__gte=100.5&sort=-area_m2&limit=5"),
+             ("enterprise", frozenset(), "limit=1000")]
+
+    async def lean(reads: AsyncReads, name: str, granted: frozenset[str], query: Any, limit: int,
+                   cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        plan = gateway.reader.plan_page(name, granted, query, limit, cursor)
+        names, rows = await reads.fetch(plan)
+        return gateway.reader.finish_page(plan, names, rows)
+
+    async def compare() -> int:
+        reads, pages = AsyncReads(gateway), 0
+        try:
+            for name, granted, text in cases:
+                dataset, shared = catalog.datasets[name], catalog.sharing[name]
+                specs = record_params(dataset, shared, gateway.reader.sortable(name), gateway.settings, export=False)
+                params = parse_params(specs, QueryParams(text))
+                query = record_query(dataset, shared, params)
+                cursor: str | None = None
+                for _ in range(3):  # the first pages, following the lean path's cursors
+                    expected, expected_next = gateway.reader.page(name, granted, query, params["limit"], cursor)
+                    got, got_next = await lean(reads, name, granted, query, params["limit"], cursor)
+                    assert orjson_dumps(got) == orjson_dumps(expected), (name, text)
+                    assert (got_next is None) == (expected_next is None)
+                    pages += bool(got)
+                    if got_next is None:
+                        break
+                    cursor = got_next
+        finally:
+            await reads.close()
+        return pages
+
+    try:
+        assert asyncio.run(compare()) >= len(cases) + 2
+    finally:
+        gateway.close()
+
+
+def orjson_dumps(records: list[dict[str, Any]]) -> bytes:
+    import orjson
+
+    return orjson.dumps(records, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
+
+
+def test_a_cached_key_that_is_revoked_stops_working_when_its_cache_entry_expires(served: Served) -> None:
+    from gateway.access import AccessDenied
+    from gateway.service import Gateway
+
+    settings = dataclasses.replace(load_gateway_settings(served.database_url), principal_cache_s=0.5)
+    gateway = Gateway(settings, load_catalog())
+    key = served.registry.issue_api_key("so_y_te")
+    credential_id = key.split("_")[1]
+    try:
+        assert gateway.authenticate(key, "127.0.0.1").agency_id == "so_y_te"
+        assert gateway.authenticate_cached(key, "127.0.0.1").agency_id == "so_y_te"  # the lean path's cache hit
+        served.registry.revoke_credential(credential_id)
+        time.sleep(0.6)
+        assert gateway.authenticate_cached(key, "127.0.0.1") is None  # expired: the lean path looks it up again
+        with pytest.raises(AccessDenied) as refused:
+            gateway.authenticate(key, "127.0.0.1")
+        assert refused.value.status == 401
+        with pytest.raises(AccessDenied):  # and the refusal is cached too, not downgraded to anonymous
+            gateway.authenticate_cached(key, "127.0.0.1")
+    finally:
+        gateway.close()
+    # over HTTP (this server caches nothing): the revoked key is refused at once, on the lean route too
+    response = requests.get(served.base + "/api/v1/datasets/citizen/records", headers={"X-API-Key": key}, timeout=30)
+    assert response.status_code == 401
+
+
+def test_the_lean_reader_cancels_a_query_past_the_time_limit(pg_url: str) -> None:
+    import asyncio
+
+    from gateway.fast import AsyncReads
+    from gateway.records import PagePlan, QueryTimeout
+    from gateway.service import Gateway
+
+    from gateway.settings import GatewaySettings
+
+    gateway = Gateway(GatewaySettings(database_url=pg_url, pseudonym_key=KEY.encode(), query_timeout_s=0.05),
+                      load_catalog())
+
+    async def run() -> None:
+        reads = AsyncReads(gateway)
+        slow = PagePlan("citizen", frozenset(), sa.select(sa.func.pg_sleep(2)), [], [], {}, 1)
+        try:
+            with pytest.raises(QueryTimeout, match="longer than 0.05 s"):
+                await reads.fetch(slow)
+            names, rows = await reads.fetch(PagePlan("citizen", frozenset(), sa.select(sa.literal(1).label("one")),
+                                                     [], [], {}, 1))
+            assert (names, rows) == (["one"], [(1,)])  # the connection is usable again
+        finally:
+            await reads.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        gateway.close()

@@ -117,3 +117,59 @@ def test_serve_refuses_to_start_without_the_pseudonym_key(monkeypatch: pytest.Mo
         load_gateway_settings(f"sqlite:///{tmp_path / 'w.db'}")
     result = CliRunner().invoke(lgsp_app, ["serve"])
     assert result.exit_code == 1 and "LGSP_GATEWAY_PSEUDONYM_KEY" in result.stdout
+
+
+def test_serve_with_two_workers_spreads_connections_over_both(sqlite_gateway: dict[str, Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lgsp serve --workers 2`: a listening socket per worker (SO_REUSEPORT), so keep-alive connections land on
+    both workers rather than mostly on whichever accepted first; a second server on the same port is refused."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "LGSP_HOME": str(sqlite_gateway["database"].parent), "LGSP_DATABASE_URL": sqlite_gateway["url"],
+           "LGSP_GATEWAY_PSEUDONYM_KEY": KEY}
+    lgsp = str(Path(sys.executable).parent / "lgsp")
+    server = subprocess.Popen([lgsp, "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
+                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while time.monotonic() < deadline:
+            workers = [p for p in psutil.Process(server.pid).children(recursive=True)
+                       if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.net_connections("tcp"))]
+            if len(workers) == 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) == 2
+        listening = {os.readlink(f"/proc/{w.pid}/fd/{c.fd}") for w in workers for c in w.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert len(listening) == 2, "each worker listens on a socket of its own (not one inherited socket)"
+        time.sleep(1.0)  # both serving
+        for _ in range(40):  # a burst of keep-alive connections, each used once
+            client = socket.create_connection(("127.0.0.1", port), timeout=30)
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(client)
+        for client in clients:
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        held = [sum(1 for c in worker.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED
+                    and c.laddr.port == port) for worker in workers]
+        assert sum(held) == 40 and min(held) >= 8, held  # binomial(40, 1/2): below 8 has odds of 1 in 100,000
+
+        second = subprocess.run([lgsp, "serve", "--port", str(port), "--workers", "2"], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 1 and "cannot listen on 127.0.0.1" in second.stdout
+    finally:
+        for client in clients:
+            client.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -1,0 +1,53 @@
+"""`lgsp serve --workers N` on Linux: uvicorn's workers, each listening on a socket of its own (SO_REUSEPORT)."""
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+from uvicorn.supervisors import multiprocess
+
+
+class ListenError(OSError):
+    """The gateway cannot listen on its address; the message says which and why."""
+
+
+class ReusePortProcess(multiprocess.Process):
+    """A uvicorn worker listening on a socket of its own (SO_REUSEPORT on the same address).
+
+    With one listening socket shared by the workers (uvicorn's way), whichever worker is idle
+    when a burst of connections arrives accepts most of them, and keep-alive clients stay where
+    they landed: under load one worker had most of the connections and a full core while the
+    other idled. With a socket per worker the kernel spreads new connections over the workers by
+    a hash of their addresses.
+    """
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover - in the worker
+        super().target([_reuse_port_socket(self.config.host, self.config.port)])
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_reuse_port(config: uvicorn.Config) -> None:
+    """uvicorn's worker supervisor (restarts, signals, health checks), each worker with its own socket.
+
+    Raises:
+        ListenError: the address is taken.
+    """
+    try:  # the address must be free: not even another gateway's SO_REUSEPORT sockets (we would share its port)
+        with socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((config.host, config.port))
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    multiprocess.Process = ReusePortProcess  # type: ignore[misc] # the supervisor builds its workers by this name
+    try:
+        multiprocess.Multiprocess(config, sockets=[]).run()
+    except KeyboardInterrupt:
+        pass
