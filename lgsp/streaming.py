@@ -159,14 +159,19 @@ class _Loader(threading.Thread):
         while (chunk := self.chunks.get()) is not _DONE:
             yield chunk
 
-    def put(self, chunk: pa.Table) -> None:
+    def _offer(self, item: Any) -> bool:
+        """Queue `item` for the loader; False if the loader is gone."""
         while self.is_alive():
             try:
-                self.chunks.put(chunk, timeout=0.5)
-                return
+                self.chunks.put(item, timeout=0.5)
+                return True
             except queue.Full:
                 continue
-        self.outcome.result()  # the loader died: raise its error
+        return False
+
+    def put(self, chunk: pa.Table) -> None:
+        if not self._offer(chunk):
+            self.outcome.result()  # the loader died: raise its error
 
     def run(self) -> None:
         try:
@@ -191,12 +196,7 @@ class _Loader(threading.Thread):
             self.validated.set_exception(error)
         else:
             self.validated.set_result(result or {})
-        while self.is_alive():
-            try:
-                self.chunks.put(_DONE, timeout=0.5)
-                break
-            except queue.Full:
-                continue
+        self._offer(_DONE)
 
     def finish(self, result: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
         """`hand_over`, then wait for the loader."""
