@@ -31,6 +31,7 @@ from catalog import Catalog, DatasetSpec, PipelineSpec, SystemSpec, load_catalog
 from lgsp.settings import Settings, load_settings
 from warehouse import Lake, Warehouse, to_json
 from schemas.arrow import EXTRAS_COLUMN
+from warehouse.rowhash import row_hashes
 from warehouse.store import utc
 
 log = logging.getLogger("lgsp.runner")
@@ -155,56 +156,92 @@ def _window(ctx: PipelineContext, full_refresh: bool, since: datetime | None,
     return "incremental", cursor, None
 
 
+@dataclass
+class BatchStart:
+    """Where an extract starts: a new batch, or the resumed half-pulled one (`runner.begin_extract`)."""
+
+    batch_id: str
+    mode: str
+    since: datetime | None
+    until: datetime | None
+    pages: int = 0
+    rows: int = 0
+    state: dict[str, Any] | None = None
+
+
+def begin_extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
+                  until: datetime | None = None, partition: dict[str, Any] | None = None) -> BatchStart:
+    """The batch an extract pulls into: the half-pulled one a killed or failed run left, or a new one (recorded)."""
+    resume = None if (full_refresh or since or until or partition) else _resumable(ctx)
+    if resume is None:
+        mode, since, until = _window(ctx, full_refresh, since, until)
+        return BatchStart(_start_batch(ctx, mode, since, until), mode, since, until)
+    state = _load_state(resume.paging_state) if resume.paging_state else None
+    start = BatchStart(resume.batch_id, resume.mode or "incremental", utc(resume.cursor_from),
+                       utc(resume.cursor_until), int(resume.pages or 0), int(resume.rows_pulled or 0), state)
+    log.info("%s: resuming batch %s after page %d (%d rows landed)", ctx.pipeline.name, start.batch_id,
+             start.pages, start.rows)
+    _update_batch(ctx, start.batch_id, status="extracting", message=None)
+    return start
+
+
 def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
             until: datetime | None = None, partition: dict[str, Any] | None = None,
-            on_batch: Callable[[str], None] | None = None) -> dict[str, Any]:
+            start: BatchStart | None = None,
+            on_page: Callable[[int, bool], None] | None = None) -> dict[str, Any]:
     """Pull every page changed since the pipeline's cursor and land it as received.
 
     Each landed page is checkpointed (the request for the next page is saved
     with the batch), so a run killed or failed half-way resumes from the page
     after its last landed one instead of starting again. `since`/`until` pull
-    a closed window (a backfill) without moving the cursor. `on_batch(batch_id)` is
-    called once the batch is known, before the first page is requested.
+    a closed window (a backfill) without moving the cursor.
+
+    `start` is the batch to pull into when the caller already began it
+    (`begin_extract`); `on_page(number, last)` is called as each page has landed,
+    before its bookkeeping (the streaming runner validates pages as they land).
 
     `partition` (lgsp.partitions) adds a slice's filter to every request; such
     a batch is never resumed by another run.
 
     Returns the batch manifest (batch id, pages, rows pulled, window used).
     """
+    start = pull_pages(ctx, start or begin_extract(ctx, full_refresh, since, until, partition), partition, on_page)
+    return finish_extract(ctx, start, partition)
+
+
+def pull_pages(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any] | None = None,
+               on_page: Callable[[int, bool], None] | None = None, max_pages: int | None = None) -> BatchStart:
+    """Pull and land pages from `start` on: all of them, or `max_pages`; returns where the pulling stopped.
+
+    Each landed page is recorded with the request for the next one, so the returned
+    `BatchStart` (or a rerun, if this process dies) continues from there.
+    """
     from connectors import MessageLog, iter_pages, open_transport
     from lgsp.exchanges import breaker_for, flush_log
 
     wh, pipeline = ctx.warehouse, ctx.pipeline
-    resume = None if (full_refresh or since or until or partition) else _resumable(ctx)
     source = pipeline.source.model_copy(update={"params": {**pipeline.source.params, **partition}}) \
         if partition else pipeline.source
-    if resume is not None:
-        batch_id, mode = resume.batch_id, resume.mode or "incremental"
-        since, until = utc(resume.cursor_from), utc(resume.cursor_until)
-        pages, rows = int(resume.pages or 0), int(resume.rows_pulled or 0)
-        state = _load_state(resume.paging_state) if resume.paging_state else {"next": None, "done": False}
-        log.info("%s: resuming batch %s after page %d (%d rows landed)", pipeline.name, batch_id, pages, rows)
-        _update_batch(ctx, batch_id, status="extracting", message=None)
-    else:
-        mode, since, until = _window(ctx, full_refresh, since, until)
-        batch_id, pages, rows, state = _start_batch(ctx, mode, since, until), 0, 0, {"next": None, "done": False}
-    if on_batch is not None:  # the streaming runner validates the pages as they land
-        on_batch(batch_id)
+    batch_id, since, until = start.batch_id, start.since, start.until
+    pages, rows, state = start.pages, start.rows, start.state or {"next": None, "done": False}
+    if state["done"]:
+        return start
     message_log = MessageLog(ctx.system.name, ctx.system.message_log, context=batch_id)
     transport = open_transport(ctx.system, pipeline.source, log=message_log)
     try:
-        if not state["done"]:
-            for page in iter_pages(ctx.system, source, transport, since, until,
-                                   start=state["next"], first_number=pages + 1,
-                                   breaker=breaker_for(wh, ctx.system)):
-                ctx.lake.write_page(pipeline.name, batch_id, page.number, page.records)
-                pages, rows = page.number, rows + len(page.records)
-                state = {"next": page.next_params, "done": page.next_params is None}
-                with wh.transaction() as conn:
-                    _update_batch(ctx, batch_id, conn, pages=pages, rows_pulled=rows,
-                                  paging_state=_dump_state(state))
-                    flush_log(wh, message_log, conn)
-                log.info("%s: page %d, %d rows so far", pipeline.name, page.number, rows)
+        for page in iter_pages(ctx.system, source, transport, since, until, start=state["next"],
+                               first_number=pages + 1, breaker=breaker_for(wh, ctx.system)):
+            ctx.lake.write_page(pipeline.name, batch_id, page.number, page.records)
+            if on_page is not None:
+                on_page(page.number, page.next_params is None)
+            pages, rows = page.number, rows + len(page.records)
+            state = {"next": page.next_params, "done": page.next_params is None}
+            with wh.transaction() as conn:
+                _update_batch(ctx, batch_id, conn, pages=pages, rows_pulled=rows, paging_state=_dump_state(state))
+                flush_log(wh, message_log, conn)
+            log.info("%s: page %d, %d rows so far", pipeline.name, page.number, rows)
+            if max_pages is not None and pages - start.pages >= max_pages:
+                break
     except Exception as exc:
         flush_log(wh, message_log)
         _update_batch(ctx, batch_id, status="failed", finished_at=_now(), rows_pulled=rows,
@@ -212,13 +249,19 @@ def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | 
         raise
     finally:
         transport.close()
-    manifest = {"batch_id": batch_id, "pipeline": pipeline.name, "dataset": pipeline.dataset,
-                "system": ctx.system.name, "pages": pages, "rows_pulled": rows, "mode": mode,
+    return BatchStart(batch_id, start.mode, since, until, pages, rows, state)
+
+
+def finish_extract(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record a fully pulled batch as extracted: its manifest in the lake, its status in the store."""
+    since, until = start.since, start.until
+    manifest = {"batch_id": start.batch_id, "pipeline": ctx.pipeline.name, "dataset": ctx.pipeline.dataset,
+                "system": ctx.system.name, "pages": start.pages, "rows_pulled": start.rows, "mode": start.mode,
                 "cursor_from": since.isoformat() if since else None,
                 "cursor_until": until.isoformat() if until else None, "extracted_at": _now().isoformat(),
                 "partition": partition}
-    ctx.lake.write_manifest(pipeline.name, batch_id, manifest)
-    _update_batch(ctx, batch_id, status="extracted", rows_pulled=rows)
+    ctx.lake.write_manifest(ctx.pipeline.name, start.batch_id, manifest)
+    _update_batch(ctx, start.batch_id, status="extracted", rows_pulled=start.rows)
     return manifest
 
 
@@ -343,10 +386,16 @@ class _ChunkResult:
     superseded: int
     cursor_to: Any
     extra_columns: list[str]
+    expect: Callable[[], None]  # runs the batch's expectations on the chunk (after its good rows went on)
 
 
 def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, expectations: Any) -> _ChunkResult:
-    """Type, row-check and expect one chunk; its bad rows are in quarantine when this returns."""
+    """Type and row-check one chunk; its bad rows are in quarantine when this returns.
+
+    The chunk's expectations run when the caller calls `expect()` on the result: after it
+    handed the good rows on, so a load need not wait for them (it commits only once the
+    whole batch's expectations are known).
+    """
     from quality import run_row_checks
     from schemas import to_arrow
 
@@ -360,7 +409,6 @@ def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, exp
         else:
             originals = {r.position: records[r.position] for r in checked.rejections}
         _store_quarantine(ctx, _quarantine_rows(ctx, batch_id, originals, checked.rejections))
-    expectations.add(typed.frame, checked.passed)
     passed = checked.passed
     good = _latest_per_key(typed.frame if bool(np.all(passed)) else typed.frame[passed], ds)
     cursor_to = typed.frame[ds.cursor_field].max() if ds.cursor_field and len(typed.frame) else None
@@ -368,7 +416,7 @@ def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, exp
     return _ChunkResult(good=to_arrow(good, ds, extras).replace_schema_metadata(None),
                         quarantined=len(checked.rejections), superseded=int(checked.passed.sum()) - len(good),
                         cursor_to=None if cursor_to is None or pd.isna(cursor_to) else cursor_to,
-                        extra_columns=typed.extra_columns)
+                        extra_columns=typed.extra_columns, expect=lambda: expectations.add(typed.frame, passed))
 
 
 def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
@@ -414,6 +462,13 @@ class _Checked:
     parquet: str
 
 
+def chunk_schema(ds: DatasetSpec) -> pa.Schema:
+    """The Arrow schema of a validated chunk (and of the batch's Parquet file)."""
+    from schemas import arrow_schema
+
+    return pa.schema([f.with_nullable(True) for f in arrow_schema(ds).append(pa.field(EXTRAS_COLUMN, pa.string()))])
+
+
 def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedChunk],
                   on_good: Callable[[pa.Table], None] | None = None) -> _Checked:
     """Validate chunk after chunk into the batch's Parquet file; `on_good(table)` also gets each chunk's good rows.
@@ -423,14 +478,12 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
     (imports, GX's context: never garbage), which keeps them cheap.
     """
     from quality.expectations import BatchCheck
-    from schemas import arrow_schema
 
     ds = ctx.dataset
     expectations = BatchCheck(ds, batch_id)
     quarantined = superseded = valid = 0
     cursor_to, extra_columns = None, []
-    schema = arrow_schema(ds).append(pa.field(EXTRAS_COLUMN, pa.string()))
-    schema = pa.schema([f.with_nullable(True) for f in schema])
+    schema = chunk_schema(ds)
     ingest_date = _now().date()
     path = ctx.lake.parquet_path(ds.name, ingest_date, batch_id)
     frozen = False
@@ -443,9 +496,10 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
                     frozen = True
                 done = _validate_chunk(ctx, batch_id, chunk, expectations)
                 good = done.good.cast(schema)
-                writer.write_table(good)
-                if on_good is not None:
+                if on_good is not None:  # first: the load goes on while this chunk is expected and written
                     on_good(good)
+                done.expect()
+                writer.write_table(good)
                 valid, quarantined, superseded = (valid + done.good.num_rows, quarantined + done.quarantined,
                                                   superseded + done.superseded)
                 if done.cursor_to is not None and (cursor_to is None or done.cursor_to > cursor_to):
@@ -497,8 +551,6 @@ def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], ch
 
 def _with_lineage(table: pa.Table, ctx: PipelineContext, batch_id: str, loaded_at: datetime | None = None) -> pa.Table:
     """A validated chunk plus the lineage columns (batch, source system, load time, content hash)."""
-    from warehouse.rowhash import row_hashes
-
     hashes, n = row_hashes(table), table.num_rows
     return (table.append_column("_batch_id", pa.repeat(pa.scalar(batch_id), n))  # type: ignore[attr-defined]
             .append_column("_source_system", pa.repeat(pa.scalar(ctx.system.name), n))  # type: ignore

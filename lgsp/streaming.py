@@ -32,7 +32,6 @@ import queue
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import datetime
@@ -45,7 +44,7 @@ from lgsp.runner import LandedChunk, PipelineContext
 from warehouse import Warehouse
 
 log = logging.getLogger("lgsp.streaming")
-POLL_S = 0.005  # how often the validator looks for a newly landed page
+POLL_S = 0.05  # the longest the validator waits for the child's word before looking for a page again
 _DONE = object()
 
 
@@ -60,16 +59,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def _extract_child(ctx: PipelineContext, options: dict[str, Any], pipe: Any) -> None:
-    """The child: a fresh warehouse connection, then `runner.extract`, reporting through `pipe`."""
+def _extract_child(ctx: PipelineContext, start: runner.BatchStart, pipe: Any) -> None:
+    """The child: its own warehouse connections, then `runner.extract` into `start`, reporting through `pipe`."""
     _die_with_parent()
-    if "warehouse" in ctx.__dict__:  # the parent's pooled connections are not ours to use
-        ctx.warehouse.engine.dispose(close=False)
+    ctx.warehouse.engine.dispose(close=False)  # the parent's pooled connections are not ours to use
     child = PipelineContext(ctx.catalog, ctx.pipeline, ctx.settings)
-    # the parent has just brought the tables up to date: a new engine, without checking them again
-    child.__dict__["warehouse"] = Warehouse(ctx.settings.database_url, ctx.catalog)
+    # the parent has just brought the tables up to date: new connections, the same table definitions
+    child.__dict__["warehouse"] = ctx.warehouse.reconnected()
     try:
-        manifest = runner.extract(child, on_batch=lambda batch_id: pipe.send(("batch", batch_id)), **options)
+        start = runner.pull_pages(child, start, on_page=lambda number, last: pipe.send(("page", number, last)))
+        manifest = runner.finish_extract(child, start)
         pipe.send(("done", manifest))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         try:
@@ -84,32 +83,38 @@ def _extract_child(ctx: PipelineContext, options: dict[str, Any], pipe: Any) -> 
 class _Extract:
     """The extract child process and what it has said so far."""
 
-    def __init__(self, ctx: PipelineContext, options: dict[str, Any]) -> None:
+    def __init__(self, ctx: PipelineContext, start: runner.BatchStart) -> None:
         mp = multiprocessing.get_context("fork")
         self._pipe, child_end = mp.Pipe(duplex=False)
-        self.process = mp.Process(target=_extract_child, args=(ctx, options, child_end), daemon=True,
+        self.process = mp.Process(target=_extract_child, args=(ctx, start, child_end), daemon=True,
                                   name=f"lgsp-extract-{ctx.pipeline.name}")
         self.process.start()
         child_end.close()
-        self.batch_id: str | None = None
+        self.batch_id = start.batch_id
+        self.last_page: int | None = None  # the number of the batch's last page, once it has landed
         self.manifest: dict[str, Any] | None = None
 
     def poll(self, timeout: float = 0.0) -> bool:
-        """Read what the child said; True once the extract is over. Raises the extract's error."""
+        """Read what the child said (waiting up to `timeout` for a word); True once the extract is over.
+
+        Raises the extract's error.
+        """
         while self.manifest is None and self._pipe.poll(timeout):
             try:
-                kind, value = self._pipe.recv()
+                kind, *value = self._pipe.recv()
             except EOFError:
                 self.process.join()
                 raise RuntimeError(f"the extract process exited (code {self.process.exitcode}) "
                                    "without finishing; rerun the pipeline: it resumes after the last landed page")
-            if kind == "batch":
-                self.batch_id = value
+            if kind == "page":
+                number, last = value
+                if last:
+                    self.last_page = number
             elif kind == "done":
-                self.manifest = value
+                self.manifest = value[0]
             else:
                 self.process.join()
-                raise value
+                raise value[0]
             timeout = 0.0
         return self.manifest is not None
 
@@ -120,10 +125,33 @@ class _Extract:
         assert self.manifest is not None
         return self.manifest
 
+    def alive(self) -> bool:
+        return self.process.is_alive()
 
-def _following_chunks(ctx: PipelineContext, extract: _Extract, chunk_rows: int) -> Iterator[LandedChunk]:
-    """The batch's pages as they land, grouped into chunks of at least `chunk_rows` rows."""
-    assert extract.batch_id is not None
+
+class _Extracted:
+    """An extract that finished in this process (its first page was its last): nothing to wait for."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.batch_id, self.last_page, self.manifest = manifest["batch_id"], manifest["pages"], manifest
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def wait(self) -> dict[str, Any]:
+        return self.manifest
+
+    def alive(self) -> bool:
+        return False
+
+
+def _following_chunks(ctx: PipelineContext, extract: _Extract | _Extracted, chunk_rows: int) -> Iterator[LandedChunk]:
+    """The batch's pages as they land, grouped into chunks of at least `chunk_rows` rows.
+
+    A page is read once its file is there (pages a killed run landed are there from the
+    start); the last chunk is handed on as soon as the last page has landed, while the
+    child still records it.
+    """
     folder = ctx.lake.batch_dir(ctx.pipeline.name, extract.batch_id)
     number, pages, rows, yielded = 1, [], 0, False
     while True:
@@ -137,10 +165,10 @@ def _following_chunks(ctx: PipelineContext, extract: _Extract, chunk_rows: int) 
             if rows >= chunk_rows:
                 yield LandedChunk(b"".join(pages), rows)
                 pages, rows, yielded = [], 0, True
-        elif over:
+        elif over or (extract.last_page is not None and number > extract.last_page):
             break
         else:
-            time.sleep(POLL_S)
+            extract.poll(timeout=POLL_S)  # until the child's next word (a page landed, or the end)
     if pages or not yielded:
         yield LandedChunk(b"".join(pages), rows)
 
@@ -175,9 +203,8 @@ class _Loader(threading.Thread):
 
     def run(self) -> None:
         try:
-            from warehouse.rowhash import row_hashes
-
-            row_hashes(pa.table({"warm": [1]}))  # DuckDB's start-up, while the first chunk is validated
+            schema = runner.chunk_schema(self.ctx.dataset)  # DuckDB's start-up and the hash query's plan,
+            runner.row_hashes(pa.table([pa.nulls(1, f.type) for f in schema], schema=schema))  # while validating
             self.outcome.set_result(runner._load_chunks(self.ctx, self.batch_id, self._chunks(),
                                                         lambda: self.validated.result()))
         except BaseException as exc:  # noqa: BLE001 - handed to the validating thread
@@ -211,25 +238,31 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     from quality.reference import commune_codes
 
     ctx.warehouse.dialect  # noqa: B018 - the tables are created or checked here, once, before the fork
-    extract = _Extract(ctx, {"full_refresh": full_refresh, "since": since, "until": until})
-    _cached_context(GxPaths.from_env(), ctx.dataset)  # while the child starts its batch: GX's context
-    commune_codes()  # and the reference codes the row rules check
-    while extract.batch_id is None and not extract.poll(timeout=1.0):
-        pass
-    if extract.batch_id is None:  # cannot happen: the batch is announced before any page
-        raise RuntimeError("the extract finished without announcing its batch")
-    batch_id = extract.batch_id
-    concurrent = ctx.warehouse.dialect == "postgresql"
-    loader = _Loader(ctx, batch_id) if concurrent else None
-    if loader is not None:
-        loader.start()
+    start = runner.begin_extract(ctx, full_refresh=full_refresh, since=since, until=until)
+    batch_id = start.batch_id
+    # GX's context and the reference codes the row rules check, while this thread waits for the source.
+    # No other thread may run at the fork below: the child would inherit locks nobody releases.
+    warming = threading.Thread(target=lambda: (_cached_context(GxPaths.from_env(), ctx.dataset), commune_codes()),
+                               name="lgsp-warm", daemon=True)
+    warming.start()
+    extract: _Extract | _Extracted | None = None
+    loader: _Loader | None = None
     try:
+        try:  # the first page is pulled here: a batch of one page (most incremental runs) needs no child
+            start = runner.pull_pages(ctx, start, max_pages=1)
+        finally:
+            warming.join()
+        extract = (_Extracted(runner.finish_extract(ctx, start)) if start.state and start.state["done"]
+                   else _Extract(ctx, start))
+        if ctx.warehouse.dialect == "postgresql":
+            loader = _Loader(ctx, batch_id)
+            loader.start()
         checked = runner._check_chunks(ctx, batch_id, _following_chunks(ctx, extract, runner.CHUNK_ROWS),
                                        on_good=loader.put if loader else None)
         manifest = extract.wait()
         result = runner._validated(ctx, batch_id, manifest, checked, publish=loader is None)
     except BaseException as exc:
-        if extract.process.is_alive():  # let the extract finish landing, so its batch record is final
+        if extract is not None and extract.alive():  # let the extract finish landing: its batch record is final
             try:
                 extract.wait()
             except BaseException:  # noqa: BLE001 - the validation error is the one to report

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+import duckdb  # imported with the module: a load's first chunk does not wait for it
 import pyarrow as pa
 
 _local = threading.local()
@@ -19,8 +20,6 @@ _local = threading.local()
 def _connection() -> object:
     connection = getattr(_local, "connection", None)
     if connection is None:
-        import duckdb
-
         connection = _local.connection = duckdb.connect(config={"threads": 2})
     return connection
 

@@ -9,7 +9,8 @@ staging table and merged with one INSERT ... SELECT ... ON CONFLICT.
 """
 from __future__ import annotations
 
-import io
+import copy
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -18,8 +19,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
+import psycopg  # imported with the store, not on the first connection (a load's fixed cost)
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401 - the dialect the engine loads on first use
 from sqlalchemy.dialects import postgresql, sqlite
 
 from catalog.models import Catalog, DatasetSpec, WriteMode
@@ -114,8 +116,55 @@ class Warehouse:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def reconnected(self) -> Warehouse:
+        """This warehouse (its tables as defined and checked here) on new connections: for a forked process."""
+        clone = copy.copy(self)
+        clone.engine = make_engine(self.url)
+        return clone
+
+    def _fingerprint(self) -> str:
+        """A digest of every table this warehouse defines: names, columns, types, nullability, keys."""
+        digest = hashlib.sha256()
+        for table in sorted(self.metadata.tables.values(), key=lambda t: t.name):
+            digest.update(repr((table.name, [(c.name, repr(c.type), c.nullable, c.primary_key)
+                                             for c in table.columns])).encode())
+        return digest.hexdigest()
+
+    def _schema_unchanged(self, fingerprint: str) -> bool:
+        """True if the last `create_all` recorded `fingerprint` and every table is still there (one query)."""
+        names = list(self.metadata.tables)
+        if self.dialect == "postgresql":
+            present = ("SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = "
+                       "c.relnamespace WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+                       "AND c.relname IN :names")
+        else:
+            present = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN :names"
+        query = sa.text(f"SELECT (SELECT fingerprint FROM lgsp_schema_state WHERE name = 'tables'), ({present})"
+                        ).bindparams(sa.bindparam("names", expanding=True))
+        try:
+            with self.engine.connect() as conn:
+                recorded, count = conn.execute(query, {"names": names}).one()
+        except sa.exc.DBAPIError:  # no lgsp_schema_state yet: a new or older warehouse
+            return False
+        return bool(recorded == fingerprint and count == len(names))
+
     def create_all(self) -> None:
-        """Create missing tables, and add columns a newer lgsp or dataset definition declares."""
+        """Create missing tables, and add columns a newer lgsp or dataset definition declares.
+
+        When nothing changed since the last check (same table definitions, every table
+        there) this is one query: a pipeline run's fixed cost.
+        """
+        fingerprint = self._fingerprint()
+        if self._schema_unchanged(fingerprint):
+            return
+        self._create_all()
+        state = self.system["lgsp_schema_state"]
+        with self.engine.begin() as conn:
+            conn.execute(state.delete().where(state.c.name == "tables"))
+            conn.execute(state.insert().values(name="tables", fingerprint=fingerprint,
+                                               checked_at=datetime.now(timezone.utc)))
+
+    def _create_all(self) -> None:
         self.metadata.create_all(self.engine)
         inspector = sa.inspect(self.engine)
         names = [t.name for t in self.metadata.sorted_tables]  # reflected in one query per kind, not per table
@@ -189,10 +238,23 @@ class Warehouse:
         The COPY runs on the driver connection under `conn`, so inside the caller's transaction.
         """
         stage, names = f"_stage_{table.name}", [c.name for c in table.columns]
-        conn.exec_driver_sql(f'DROP TABLE IF EXISTS pg_temp."{stage}"')
-        conn.exec_driver_sql(f'CREATE TEMP TABLE "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
+        if conn.info.pop("lgsp_fresh_stage", None) != (id(conn.get_transaction()), stage):
+            self._prepare_stage(conn, table)
+            conn.info.pop("lgsp_fresh_stage", None)
         self._copy_into(conn, table, rows, into=stage)
         return sa.table(stage, *(sa.column(name) for name in names))
+
+    @staticmethod
+    def _prepare_stage(conn: sa.Connection, table: sa.Table) -> None:
+        """An empty staging table for `table` in this transaction, used by the next `_copy_to_stage`.
+
+        Made ahead (while a load waits for its first chunk), its catalog work is off the
+        chunk's path.
+        """
+        stage = f"_stage_{table.name}"
+        conn.exec_driver_sql(f'DROP TABLE IF EXISTS pg_temp."{stage}"')
+        conn.exec_driver_sql(f'CREATE TEMP TABLE "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
+        conn.info["lgsp_fresh_stage"] = (id(conn.get_transaction()), stage)
 
     @staticmethod
     def _copy_into(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]] | pa.Table,
@@ -220,7 +282,9 @@ class Warehouse:
         """The PostgreSQL bulk path of `upsert`: COPY to a stage, then one INSERT ... ON CONFLICT."""
         stage = self._copy_to_stage(conn, table, rows)
         names = [c.name for c in table.columns]
-        stmt = postgresql.insert(table).from_select(names, sa.select(*(stage.c[n] for n in names)))
+        # in key order: the index is probed (and grown) page after page, not at random
+        stmt = postgresql.insert(table).from_select(
+            names, sa.select(*(stage.c[n] for n in names)).order_by(*(stage.c[k] for k in key)))
         updates = {n: stmt.excluded[n] for n in names if n not in key}
         where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer)
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
@@ -251,16 +315,21 @@ class Warehouse:
         into_empty = mode == "merge" and self.dialect == "postgresql" and self._is_empty(conn, table)
         if into_empty and not dataset.delete_field and self._lock_now(conn, table) and self._is_empty(conn, table):
             return self._first_load(conn, dataset, table, chunks)
+        if mode == "merge" and self.dialect == "postgresql" and not into_empty:
+            self._prepare_stage(conn, table)  # before the first chunk is there
         landed = changed = 0
-        for chunk in chunks:
-            landed += chunk.num_rows
-            if mode == "append":  # primary key = key + _batch_id: a rerun of the batch hits its own rows
-                changed += self.upsert(conn, table, chunk.to_pylist(), [*dataset.key, "_batch_id"],
-                                       only_if_changed="_row_hash")
-            elif mode == "history":
-                changed += self._write_history(conn, dataset, table, chunk.to_pylist())
-            else:
-                changed += self._merge(conn, dataset, table, chunk, into_empty)
+        try:
+            for chunk in chunks:
+                landed += chunk.num_rows
+                if mode == "append":  # primary key = key + _batch_id: a rerun of the batch hits its own rows
+                    changed += self.upsert(conn, table, chunk.to_pylist(), [*dataset.key, "_batch_id"],
+                                           only_if_changed="_row_hash")
+                elif mode == "history":
+                    changed += self._write_history(conn, dataset, table, chunk.to_pylist())
+                else:
+                    changed += self._merge(conn, dataset, table, chunk, into_empty)
+        finally:
+            conn.info.pop("lgsp_fresh_stage", None)  # a stage made ahead lives no longer than this load
         return landed, changed
 
     @staticmethod
@@ -351,8 +420,6 @@ class Warehouse:
 
     def _copy_insert(self, conn: sa.Connection, table: sa.Table, chunk: pa.Table) -> int | None:
         """COPY straight into the table, under a savepoint; None if a key was already there."""
-        import psycopg
-
         try:
             with conn.begin_nested():
                 self._copy_into(conn, table, chunk)

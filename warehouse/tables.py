@@ -66,8 +66,14 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("unexpected_count", sa.BigInteger),
         sa.Column("checked_at", TZ, nullable=False),
     )
+    schema_state = sa.Table(  # what `Warehouse.create_all` last checked, so an unchanged schema costs one query
+        "lgsp_schema_state", metadata,
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("fingerprint", sa.Text, nullable=False),
+        sa.Column("checked_at", TZ, nullable=False),
+    )
     exchange = tables_for_exchanges(metadata)
-    return {t.name: t for t in (batch, cursor, quarantine, expectation, *exchange)}
+    return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:
