@@ -235,14 +235,14 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
                   until: datetime | None = None) -> dict[str, Any]:
     """Extract, validate and load a new batch with the three steps overlapping; returns the load's result."""
     from quality.expectations import GxPaths, _cached_context
-    from quality.reference import commune_codes
+    from quality.rules import commune_value_set
 
     ctx.warehouse.dialect  # noqa: B018 - the tables are created or checked here, once, before the fork
     start = runner.begin_extract(ctx, full_refresh=full_refresh, since=since, until=until)
     batch_id = start.batch_id
     # GX's context and the reference codes the row rules check, while this thread waits for the source.
     # No other thread may run at the fork below: the child would inherit locks nobody releases.
-    warming = threading.Thread(target=lambda: (_cached_context(GxPaths.from_env(), ctx.dataset), commune_codes()),
+    warming = threading.Thread(target=lambda: (_cached_context(GxPaths.from_env(), ctx.dataset), commune_value_set()),
                                name="lgsp-warm", daemon=True)
     warming.start()
     extract: _Extract | _Extracted | None = None

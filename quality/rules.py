@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from quality.reference import CCCD_PROVINCE_CODES, commune_codes
 
@@ -43,6 +46,24 @@ def _col(df: pd.DataFrame, column: str) -> pd.Series:
     return df[column]
 
 
+def _found_in(col: pd.Series, values: pa.Array) -> Mask:
+    """Where `col`'s value is one of `values` (nulls: False).
+
+    Arrow's hash lookup: pandas' `isin` spent ~11 ms a call whatever the column's length
+    (against 3,321 commune codes), Arrow 0.2 ms for 10,000 values.
+    """
+    try:
+        found = pc.is_in(pa.array(col.array, from_pandas=True), value_set=values)
+    except pa.ArrowException:  # values of another type than the set's: pandas compares them one by one
+        return col.isin(values.to_pylist()).fillna(False).astype(bool)
+    return pd.Series(found.fill_null(False).to_numpy(zero_copy_only=False), index=col.index)
+
+
+@cache
+def commune_value_set() -> pa.Array:
+    return pa.array(sorted(commune_codes()), pa.string())
+
+
 @rule("not_null", lambda row, column: f"{column} is required but missing")
 def not_null(df: pd.DataFrame, column: str) -> Mask:
     return _col(df, column).notna()
@@ -71,7 +92,7 @@ def phone_vn(df: pd.DataFrame, column: str) -> Mask:
 @rule("commune_code", lambda row, column: f"{column} {row[column]!r} is not an official commune code (2025)")
 def commune_code(df: pd.DataFrame, column: str) -> Mask:
     col = _col(df, column)
-    return col.isna() | col.isin(commune_codes())
+    return col.isna() | _found_in(col, commune_value_set())
 
 
 def _digits(col: pd.Series, start: int, stop: int) -> pd.Series:

@@ -53,6 +53,33 @@ def test_every_pull_pipeline_in_tiny_chunks_ends_identical_to_truth(
     assert calls == (PULLS + PULLS if streaming == "1" else []), calls  # each pipeline's run and its refresh
 
 
+def test_a_batch_of_one_page_is_pulled_without_a_child_process(
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose first page is its last (most incremental runs) is pulled by the run itself; the pages
+    after the first of a longer batch are pulled by the extract child. Both end identical to the truth."""
+    from lgsp import runner, streaming
+
+    children: list[str] = []
+    real = streaming._Extract.__init__
+    monkeypatch.setattr(streaming._Extract, "__init__",
+                        lambda self, ctx, start: children.append(ctx.pipeline.name) or real(self, ctx, start))
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    catalog = load_catalog(small_pages_catalog(tmp_path / "one", page_size=1000))
+    pages = {name: runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)["pages"] for name in PULLS}
+    assert children == [name for name in PULLS if pages[name] > 1], (children, pages)
+    assert sum(pages[name] == 1 for name in PULLS) >= len(PULLS) // 2, pages
+    wh = runner.open_warehouse(catalog, lgsp_env)
+    for name in PULLS:
+        assert_identical_to_truth(wh, catalog, sandbox_handle, name)
+    wh.engine.dispose()
+
+    children.clear()
+    many = load_catalog(small_pages_catalog(tmp_path / "many", page_size=25))
+    result = runner.run_pipeline(PULLS[0], catalog=many, settings=lgsp_env, full_refresh=True)
+    assert result["pages"] > 1 and children == [PULLS[0]]
+
+
 def test_a_quality_failure_mid_stream_loads_nothing(lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Half the rows are bad: chunks already written by the overlapping load are rolled back with the batch."""
     from lgsp import runner

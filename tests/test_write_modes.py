@@ -266,3 +266,45 @@ def test_a_table_of_another_write_mode_is_refused_with_a_clear_message(database_
     wh.engine.dispose()
     with pytest.raises(RuntimeError, match=r"core_firm has primary key \['code'\].*write_mode"):
         open_firm_warehouse(database_url, "history")
+
+
+def test_an_unchanged_schema_costs_one_query_and_a_changed_one_is_brought_up_to_date(database_url: str) -> None:
+    """`create_all` on every run: one query when nothing changed; a table dropped behind lgsp's back is
+    made again, and a column a newer dataset definition declares is added."""
+    wh, ds = open_firm_warehouse(database_url, "merge")
+    statements: list[str] = []
+    sa.event.listen(wh.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    wh.create_all()
+    assert len(statements) == 1 and "lgsp_schema_state" in statements[0], statements
+
+    with wh.transaction() as conn:
+        conn.execute(sa.text("DROP TABLE lgsp_cursor"))
+    wh.create_all()
+    assert "lgsp_cursor" in sa.inspect(wh.engine).get_table_names()
+    wh.engine.dispose()
+
+    wider = ds.model_copy(update={"columns": {**ds.columns, "city": ds.columns["status"]}})
+    catalog = load_catalog()
+    newer = Warehouse(database_url, catalog.model_copy(update={"datasets": {"firm": wider}}))
+    newer.create_all()
+    assert "city" in {c["name"] for c in sa.inspect(newer.engine).get_columns("core_firm")}
+    newer.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_merge_chunks_share_one_staging_table_per_load(pg_url: str) -> None:
+    """A merge load's staging table is made before its first chunk and serves chunk after chunk, whatever
+    path each chunk takes (COPY or, for a small one, a plain upsert); the next load makes its own."""
+    wh, ds = open_firm_warehouse(pg_url, "merge")
+    write(wh, ds, batch(firms(), "b1"))  # into the empty table: the first-load path
+    later = T0 + timedelta(days=1)
+    chunks = [batch(firms(status="closed", at=later), "b2"),  # every firm updated, through the stage
+              batch(firms(start=FIRMS), "b2"),  # new firms, through the stage again
+              batch(firms(50, status="merged", at=later + timedelta(days=1)), "b2")]  # small: a plain upsert
+    with wh.transaction() as conn:
+        assert wh.write_chunks(conn, ds, iter(chunks)) == (2 * FIRMS + 50, 2 * FIRMS + 50)
+    with wh.transaction() as conn:  # the next load, in a new transaction, gets a new stage
+        assert wh.write_chunks(conn, ds, iter([batch(firms(start=FIRMS, status="closed", at=later), "b3")])) \
+            == (FIRMS, FIRMS)
+    statuses = [r[1] for r in snapshot(wh, ds)]
+    assert (statuses.count("merged"), statuses.count("closed"), len(statuses)) == (50, 2 * FIRMS - 50, 2 * FIRMS)
