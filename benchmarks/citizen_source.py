@@ -11,8 +11,8 @@ Records are ordered by (updated_at, personal_id); `after` is the position of
 the last record of the previous page (keyset paging); `updated_since` keeps
 records changed strictly after it. The unfiltered pages are rendered once at
 start-up, so a full read costs the server little more than a socket write.
-`POST /admin/change?fraction=0.01` changes that share of the records (new
-address, updated_at = now) and says how many it changed.
+`POST /admin/change?fraction=0.01[&seed=1]` changes that share of the records (new
+address, updated_at = now; the seed picks which) and says how many it changed.
 
 Every record is valid for the `citizen` dataset (CCCD check digits, a 2025
 commune code of province 37), and keys are unique.
@@ -126,8 +126,9 @@ def _handler(citizens: Citizens, base_url: str) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             if url.path != "/admin/change":
                 return self._send(404, b'{"error": "not found"}')
-            fraction = float(parse_qs(url.query).get("fraction", ["0.01"])[0])
-            self._send(200, orjson.dumps({"changed": citizens.change(fraction)}))
+            query = parse_qs(url.query)
+            fraction, seed = float(query.get("fraction", ["0.01"])[0]), int(query.get("seed", ["1"])[0])
+            self._send(200, orjson.dumps({"changed": citizens.change(fraction, seed)}))
 
         def do_GET(self) -> None:  # noqa: N802
             url = urlsplit(self.path)
