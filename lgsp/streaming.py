@@ -3,10 +3,12 @@
 The three steps are the same functions the Airflow tasks run one after another
 (`lgsp.runner`); here they overlap, each on its own core where it can:
 
-    extract    a child process pulls the pages and lands them (JSON lines), as always;
+    extract    this process pulls and lands the first page (JSON lines, as always); if
+               more follow, a forked child pulls them (a batch of one page, most
+               incremental runs, forks nothing);
     validate   this process validates the landed pages as they appear, chunk after
                chunk, into the batch's Parquet file and quarantine;
-    load       a thread writes each validated chunk into the warehouse (PostgreSQL:
+    load       a thread writes each chunk's good rows into the warehouse (PostgreSQL:
                the COPY runs in the server while the next chunk is validated), in one
                transaction that commits, with the cursor and the batch record, only
                after the whole batch passed its checks.
@@ -41,7 +43,6 @@ import pyarrow as pa
 
 from lgsp import runner
 from lgsp.runner import LandedChunk, PipelineContext
-from warehouse import Warehouse
 
 log = logging.getLogger("lgsp.streaming")
 POLL_S = 0.05  # the longest the validator waits for the child's word before looking for a page again
