@@ -158,11 +158,12 @@ class Warehouse:
         if self._schema_unchanged(fingerprint):
             return
         self._create_all()
-        state = self.system["lgsp_schema_state"]
-        with self.engine.begin() as conn:
-            conn.execute(state.delete().where(state.c.name == "tables"))
-            conn.execute(state.insert().values(name="tables", fingerprint=fingerprint,
-                                               checked_at=datetime.now(timezone.utc)))
+        try:
+            with self.engine.begin() as conn:
+                self.upsert(conn, self.system["lgsp_schema_state"], [
+                    {"name": "tables", "fingerprint": fingerprint, "checked_at": datetime.now(timezone.utc)}], ["name"])
+        except sa.exc.IntegrityError:  # another process checked the same tables at the same moment and said so
+            pass
 
     def _create_all(self) -> None:
         self.metadata.create_all(self.engine)
