@@ -308,3 +308,26 @@ def test_merge_chunks_share_one_staging_table_per_load(pg_url: str) -> None:
             == (FIRMS, FIRMS)
     statuses = [r[1] for r in snapshot(wh, ds)]
     assert (statuses.count("merged"), statuses.count("closed"), len(statuses)) == (50, 2 * FIRMS - 50, 2 * FIRMS)
+
+
+@pytest.mark.postgres
+def test_a_large_merge_reads_ahead_and_never_waits_on_its_own_lock(pg_url: str) -> None:
+    """An upsert of READ_AHEAD_MIN_ROWS rows or more reads its target rows on 4 other connections first.
+    Those readers give up rather than wait for a lock the load itself holds: without that, this load
+    would wait for its own readers forever."""
+    from warehouse.store import READ_AHEAD_MIN_ROWS, READ_AHEAD_READERS
+
+    count = 2 * READ_AHEAD_MIN_ROWS
+    wh, ds = open_firm_warehouse(pg_url, "merge")
+    write(wh, ds, batch(firms(count), "b1"))
+    readers = wh._read_ahead(wh.dataset_table(ds), ["code"], batch(firms(count), "b2"))
+    for reader in readers:
+        reader.join(timeout=60)
+    assert len(readers) == READ_AHEAD_READERS and not any(r.is_alive() for r in readers)
+
+    later = T0 + timedelta(days=1)
+    with wh.transaction() as conn:
+        conn.exec_driver_sql("LOCK TABLE core_firm IN ACCESS EXCLUSIVE MODE")  # as an earlier step of a load might
+        assert wh.write_chunks(conn, ds, iter([batch(firms(count, status="closed", at=later), "b2")])) == (count, count)
+    statuses = [r[1] for r in snapshot(wh, ds)]
+    assert (statuses.count("closed"), len(statuses)) == (count, count)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -28,7 +30,10 @@ from catalog.models import Catalog, DatasetSpec, WriteMode
 from schemas.sql import core_table
 from warehouse.tables import system_tables
 
+log = logging.getLogger("lgsp.warehouse")
 CHUNK_ROWS = 5000
+READ_AHEAD_MIN_ROWS = 1000  # an upsert of this many rows reads its target rows' pages ahead (PostgreSQL)
+READ_AHEAD_READERS = 4
 COPY_MIN_ROWS = 200  # on PostgreSQL, from this many rows an upsert goes through COPY and a staging table
 
 
@@ -281,7 +286,10 @@ class Warehouse:
     def _copy_upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]] | pa.Table,
                      key: Sequence[str], only_if_changed: str | None, only_if_newer: str | None = None) -> int:
         """The PostgreSQL bulk path of `upsert`: COPY to a stage, then one INSERT ... ON CONFLICT."""
+        readers = self._read_ahead(table, key, rows)
         stage = self._copy_to_stage(conn, table, rows)
+        for reader in readers:
+            reader.join()
         names = [c.name for c in table.columns]
         # in key order: the index is probed (and grown) page after page, not at random
         stmt = postgresql.insert(table).from_select(
@@ -292,6 +300,39 @@ class Warehouse:
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
         written = stmt.returning(sa.literal(1)).cte("written")
         return int(conn.execute(sa.select(sa.func.count()).select_from(written)).scalar_one())
+
+    def _read_ahead(self, table: sa.Table, key: Sequence[str],
+                    rows: Sequence[dict[str, Any]] | pa.Table) -> list[threading.Thread]:
+        """Read the pages of the rows an upsert will update, on several connections at once; the readers.
+
+        `INSERT ... ON CONFLICT` finds each existing row through the key's index and reads
+        its index and heap pages one at a time. After a while the pages of a large table
+        are no longer in memory, and 10,000 changed rows scattered over a million touch
+        ~9,000 of its ~23,000 heap pages. PostgreSQL then reads them from disk one by one:
+        about 1 s. Read in parallel on 4 connections (plain SELECTs, while the chunk is
+        COPYed to the stage), they take about half that, and the upsert finds them in memory.
+        It is only a warm-up: a reader that fails or would wait on a lock gives up.
+        """
+        if len(key) != 1 or len(rows) < READ_AHEAD_MIN_ROWS:
+            return []
+        keys = rows.column(key[0]).to_pylist() if isinstance(rows, pa.Table) else [r.get(key[0]) for r in rows]
+        touch = next((c.name for c in table.columns if c.name not in key), key[0])  # a heap column, not the index's
+        query = (f'SELECT count("{touch}") FROM "{table.name}" WHERE "{key[0]}" = ANY(%(keys)s)')
+
+        def read(part: list[Any]) -> None:
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = '100ms'")  # never wait on the load's own locks
+                    conn.exec_driver_sql(query, {"keys": part})
+            except Exception:  # noqa: BLE001 - a warm-up only; the upsert reads what it needs anyway
+                log.debug("read-ahead of %s gave up", table.name, exc_info=True)
+
+        size = -(-len(keys) // READ_AHEAD_READERS)
+        readers = [threading.Thread(target=read, args=(keys[start:start + size],), daemon=True,
+                                    name=f"lgsp-read-ahead-{table.name}") for start in range(0, len(keys), size)]
+        for reader in readers:
+            reader.start()
+        return readers
 
     # --- write modes -----------------------------------------------------------------------
 
