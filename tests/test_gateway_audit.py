@@ -94,11 +94,13 @@ def test_two_writers_keep_one_chain_each_and_any_edit_or_deletion_is_found(engin
                 row=json.dumps(original, default=str))
         assert verify(engine).intact
 
-    # a row moved to the other chain (renumbered to fit) does not match its hash there
-    _tamper(engine, "UPDATE gateway_audit SET chain = 5 WHERE chain = 1 AND seq = 41")
-    _tamper(engine, "UPDATE gateway_audit SET chain = 1, seq = 41 WHERE chain = 0 AND seq = 40")
+    # a row moved to the other chain (renumbered to fit) does not match its hash there. The restarted
+    # writer's chain (second's: 0 or 1, whichever it claimed first) has 41 rows, the other 40
+    longer, shorter = second.chain_number, first.chain_number
+    _tamper(engine, "UPDATE gateway_audit SET chain = 5 WHERE chain = :c AND seq = 41", c=longer)
+    _tamper(engine, "UPDATE gateway_audit SET chain = :c, seq = 41 WHERE chain = :s AND seq = 40", c=longer, s=shorter)
     problems = verify(engine).problems
-    assert "chain 1 row 41: content does not match its hash (edited)" in problems
+    assert f"chain {longer} row 41: content does not match its hash (edited)" in problems
     assert "chains 2..4: no rows (deleted)" in problems
 
 
