@@ -246,21 +246,15 @@ class Warehouse:
         stage, names = f"_stage_{table.name}", [c.name for c in table.columns]
         if conn.info.pop("lgsp_fresh_stage", None) != (id(conn.get_transaction()), stage):
             self._prepare_stage(conn, table)
-            conn.info.pop("lgsp_fresh_stage", None)
         self._copy_into(conn, table, rows, into=stage)
         return sa.table(stage, *(sa.column(name) for name in names))
 
     @staticmethod
     def _prepare_stage(conn: sa.Connection, table: sa.Table) -> None:
-        """An empty staging table for `table` in this transaction, used by the next `_copy_to_stage`.
-
-        Made ahead (while a load waits for its first chunk), its catalog work is off the
-        chunk's path.
-        """
+        """An empty staging table for `table`, dropped at commit."""
         stage = f"_stage_{table.name}"
         conn.exec_driver_sql(f'DROP TABLE IF EXISTS pg_temp."{stage}"')
         conn.exec_driver_sql(f'CREATE TEMP TABLE "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
-        conn.info["lgsp_fresh_stage"] = (id(conn.get_transaction()), stage)
 
     @staticmethod
     def _copy_into(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]] | pa.Table,
@@ -358,7 +352,9 @@ class Warehouse:
         if into_empty and not dataset.delete_field and self._lock_now(conn, table) and self._is_empty(conn, table):
             return self._first_load(conn, dataset, table, chunks)
         if mode == "merge" and self.dialect == "postgresql" and not into_empty:
-            self._prepare_stage(conn, table)  # before the first chunk is there
+            # made before the first chunk is there; the first `_copy_to_stage` of this transaction uses it
+            self._prepare_stage(conn, table)
+            conn.info["lgsp_fresh_stage"] = (id(conn.get_transaction()), f"_stage_{table.name}")
         landed = changed = 0
         try:
             for chunk in chunks:
