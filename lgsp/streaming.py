@@ -3,7 +3,7 @@
 The three steps are the same functions the Airflow tasks run one after another
 (`lgsp.runner`); here they overlap, each on its own core where it can:
 
-    extract    this process pulls and lands the first page (JSON lines, as always); if
+    extract    this process pulls and lands the first page (one JSON line, as always); if
                more follow, a forked child pulls them (a batch of one page, most
                incremental runs, forks nothing);
     validate   this process validates the landed pages as they appear, chunk after
@@ -153,15 +153,15 @@ def _following_chunks(ctx: PipelineContext, extract: _Extract | _Extracted, chun
     start); the last chunk is handed on as soon as the last page has landed, while the
     child still records it.
     """
-    folder = ctx.lake.batch_dir(ctx.pipeline.name, extract.batch_id)
+    lake, pipeline = ctx.lake, ctx.pipeline.name
     number, pages, rows, yielded = 1, [], 0, False
     while True:
         over = extract.poll()  # asked before looking: once over, every page is there
-        path = folder / f"page-{number:05d}.jsonl"
-        if path.exists():
-            body = path.read_bytes()
-            pages.append(body)
-            rows += body.count(b"\n")
+        path = lake.landed_page(pipeline, extract.batch_id, number)
+        if path is not None:
+            count, line = lake.read_page(path)
+            pages.append(line)
+            rows += count
             number += 1
             if rows >= chunk_rows:
                 yield LandedChunk(b"".join(pages), rows)
@@ -249,12 +249,21 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     extract: _Extract | _Extracted | None = None
     loader: _Loader | None = None
     try:
+        keys: list[Any] = []
+        key = ctx.dataset.key[0] if len(ctx.dataset.key) == 1 else None
         try:  # the first page is pulled here: a batch of one page (most incremental runs) needs no child
-            start = runner.pull_pages(ctx, start, max_pages=1)
+            start = runner.pull_pages(ctx, start, max_pages=1, on_records=None if key is None else
+                                      lambda records: keys.extend(r.get(key) if isinstance(r, dict) else None
+                                                                  for r in records))
         finally:
             warming.join()
-        extract = (_Extracted(runner.finish_extract(ctx, start)) if start.state and start.state["done"]
-                   else _Extract(ctx, start))
+        if start.state and start.state["done"]:
+            extract = _Extracted(runner.finish_extract(ctx, start))
+            # the whole batch is known: the rows it will update are read into memory while it is checked
+            ctx.warehouse.read_ahead(ctx.dataset, keys)
+        else:
+            extract = _Extract(ctx, start)
+        del keys
         if ctx.warehouse.dialect == "postgresql":
             loader = _Loader(ctx, batch_id)
             loader.start()

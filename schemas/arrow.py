@@ -113,6 +113,54 @@ def _parse_text(values: pd.Series, spec: ColumnSpec) -> pd.Series:
     return parsed.dt.tz_localize(None).dt.normalize() if parsed.dt.tz is not None else parsed.dt.normalize()
 
 
+def is_nfc(column: pa.ChunkedArray | pa.Array) -> bool:
+    """True if every value of a string column is in Unicode NFC already (False may also mean: cannot tell).
+
+    Vietnamese text arrives precomposed almost always; normalising it anyway (utf8proc)
+    took half the time of typing a chunk. The check reads each chunk's UTF-8 bytes as one
+    string: ASCII is NFC; otherwise Python's quick check runs over the whole text at once.
+    A value boundary can only make the text look unnormalised (a value ending in a base
+    letter, the next starting with a combining mark), never the reverse, so a True is exact.
+    """
+    import unicodedata
+
+    import pyarrow.compute as pc
+
+    if pc.all(pc.string_is_ascii(column)).as_py() is not False:
+        return True
+    for chunk in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]):
+        if len(chunk) == 0:
+            continue
+        _, offsets, data = chunk.buffers()
+        width = 8 if pa.types.is_large_string(chunk.type) else 4
+        first, last = (int.from_bytes(offsets[(chunk.offset + i) * width:(chunk.offset + i + 1) * width], "little")
+                       for i in (0, len(chunk)))
+        text = memoryview(data)[first:last] if data is not None else b""
+        try:
+            if not unicodedata.is_normalized("NFC", bytes(text).decode("utf-8")):
+                return False
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _cast_text(column: pa.ChunkedArray, spec: ColumnSpec) -> pd.Series | None:
+    """A date or timestamp column of strict ISO 8601 strings, parsed by Arrow; None if any value is not.
+
+    Arrow reads `YYYY-MM-DD` dates and timestamps with a zone (`Z`, `+07:00`) exactly as
+    `_parse_text` does, about twenty times faster; anything else (no zone, other date
+    forms, impossible dates) is left to `_parse_text`, which knows them and names the bad ones.
+    """
+    import pyarrow.compute as pc
+
+    try:
+        if spec.type == "date":
+            return pc.cast(column, pa.date32()).to_pandas(date_as_object=False).astype("datetime64[us]")
+        return pc.cast(column, pa.timestamp("us", "UTC")).to_pandas().astype("datetime64[us, UTC]")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
 def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
     """Coerce records read by `pyarrow.json` with `json_schema` (the fast path of `coerce`).
 
@@ -131,8 +179,12 @@ def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
     errors: dict[int, str] = {}
     for name, spec in dataset.columns.items():
         column = table.column(name)
-        if spec.type == "string" and pc.all(pc.string_is_ascii(column)).as_py() is False:
-            column = pc.utf8_normalize(column, "NFC")  # ASCII is NFC already: codes, IDs, phone numbers
+        if spec.type == "string" and not is_nfc(column):
+            column = pc.utf8_normalize(column, "NFC")
+        parsed = _cast_text(column, spec) if spec.type in ("date", "timestamp") else None
+        if parsed is not None:
+            typed[name] = parsed
+            continue
         values = column.to_pandas(types_mapper={pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
                                                 pa.float64(): pd.Float64Dtype(),
                                                 pa.bool_(): pd.BooleanDtype()}.get)
@@ -141,7 +193,7 @@ def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
             for pos in (values.notna().to_numpy() & converted.isna().to_numpy()).nonzero()[0]:
                 errors.setdefault(int(pos), f"{name}: {values.iloc[pos]!r} is not a valid {spec.type}")
             values = converted
-        typed[name] = values.set_axis(range(len(table)))
+        typed[name] = values
     frame = pd.DataFrame(typed, index=range(len(table)))
     return TypedBatch(frame=frame, type_errors=dict(sorted(errors.items())), extra_columns=[],
                       extras=pd.Series([None] * len(table), index=range(len(table)), dtype="object"))

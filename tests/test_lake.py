@@ -257,3 +257,21 @@ def test_cli_lake_info_and_compact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(_files(lake)) == 2
     missing = runner.invoke(app, ["lake", "compact", "nope"])
     assert missing.exit_code == 1 and "no dataset 'nope'" in missing.output
+
+
+def test_a_page_lands_as_one_line_and_pages_landed_one_record_per_line_still_read(lake: Lake) -> None:
+    """`page-N.json` is `{"rows": N, "records": [...]}` on one line; an earlier `page-N.jsonl` reads the same."""
+    import orjson
+
+    first = [{"id": 1, "name": "Nguyễn Văn An", "at": datetime(2025, 8, 1, tzinfo=timezone.utc)}, {"id": 2}]
+    path = lake.write_page("p", "b1", 1, first)
+    assert path.name == "page-00001.json" and path.read_bytes().count(b"\n") == 1
+    older = [{"id": 3, "note": "a,b},{c"}, {"id": 4}, {"id": 5}]  # the rewrap joins lines, never splits them
+    (path.parent / "page-00002.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in older))
+    lake.write_page("p", "b1", 10, [{"id": 6}])
+    assert [p.name for p in lake.page_paths("p", "b1")] == ["page-00001.json", "page-00002.jsonl", "page-00010.json"]
+    assert [lake.read_page(p)[0] for p in lake.page_paths("p", "b1")] == [2, 3, 1]
+    assert [r["id"] for r in lake.read_records("p", "b1")] == [1, 2, 3, 4, 5, 6]
+    assert next(iter(lake.read_records("p", "b1")))["at"] == "2025-08-01T00:00:00+00:00"
+    assert lake.landed_page("p", "b1", 2) == path.parent / "page-00002.jsonl" and lake.landed_page("p", "b1", 3) is None
+    assert list(lake.read_records("p", "b1"))[2]["note"] == "a,b},{c"

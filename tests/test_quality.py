@@ -13,7 +13,8 @@ from catalog import load_catalog
 from quality import QualityError, run_row_checks, suite_definition, validate_dataset
 from quality.reference import CCCD_PROVINCE_CODES, commune_codes, province_communes
 from quality.rules import RULES
-from schemas import coerce
+from schemas import coerce, coerce_arrow, json_schema
+from schemas.arrow import is_nfc
 
 PROVINCES = sorted(CCCD_PROVINCE_CODES)
 
@@ -102,6 +103,46 @@ def test_text_is_normalised_to_nfc() -> None:
     typed = coerce([{"personal_id": "037090001234", "full_name": decomposed, "birth_date": "1990-01-01",
                      "sex": "male", "commune_code": "14464", "updated_at": "2025-08-01T00:00:00Z"}], dataset)
     assert typed.frame.loc[0, "full_name"] == "Nguyễn"
+
+
+TEXTS = ["Nguyễn Văn Ấn", "Nguye\u0302\u0303n", "e", "\u0301", "Hà Nội", "plain ascii", "", None]
+DATES = ["1987-03-30", "1987-3-30", "19870330", "1987-03-30T00:00:00", "1987-02-30", None]
+STAMPS = ["2025-08-01T00:00:33Z", "2025-08-01T07:00:33+07:00", "2025-08-01 00:00:33.5Z", "2025-08-01T00:00:33",
+          "2025-08-01", "2025-02-30T00:00:00Z", "yesterday", None]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(TEXTS), st.sampled_from(TEXTS), st.sampled_from(DATES),
+                          st.sampled_from(STAMPS)), min_size=1, max_size=12))
+def test_the_arrow_fast_path_types_exactly_as_coerce_does(rows: list[tuple[Any, ...]]) -> None:
+    """NFC is checked, not assumed, and only strict ISO dates skip pandas' parser: same frame, same errors."""
+    import pyarrow as pa
+
+    dataset = load_catalog().datasets["citizen"]
+    records = [{"personal_id": f"0370900{n:05d}", "full_name": name, "address": address, "birth_date": born,
+                "sex": "male", "commune_code": "14464", "phone": None, "updated_at": stamp}
+               for n, (name, address, born, stamp) in enumerate(rows)]
+    table = pa.Table.from_pylist(records, schema=json_schema(dataset))
+    fast, slow = coerce_arrow(table, dataset), coerce(records, dataset)
+    if fast is None:  # a required column with no value anywhere: coerce's business
+        assert any(all(r[name] is None for r in records) for name in ("full_name", "birth_date", "updated_at"))
+        return
+    pd.testing.assert_frame_equal(fast.frame, slow.frame, check_dtype=False)
+    assert fast.frame["birth_date"].dtype == slow.frame["birth_date"].dtype
+    assert fast.frame["updated_at"].dtype == slow.frame["updated_at"].dtype
+    assert fast.type_errors == slow.type_errors
+
+
+def test_nfc_check_is_exact_and_sees_every_chunk() -> None:
+    import pyarrow as pa
+
+    composed = pa.array(["Nguyễn Văn Ấn", None, "Hồ Chí Minh"])
+    decomposed = pa.array(["ok", "Nguye\u0302\u0303n"])
+    assert is_nfc(pa.chunked_array([composed])) and is_nfc(pa.chunked_array([decomposed.slice(0, 1)]))
+    assert not is_nfc(pa.chunked_array([composed, decomposed]))
+    assert not is_nfc(decomposed.slice(1)) and not is_nfc(pa.array(["x", "Nguye\u0302\u0303n"], pa.large_string()))
+    assert is_nfc(pa.array(["e", "\u0301"]).slice(1))  # a lone combining mark is NFC; after an "e" it is not
+    assert not is_nfc(pa.array(["e", "\u0301"]))  # (a boundary can make it look unnormalised: never the reverse)
 
 
 def test_suite_is_generated_from_the_definition() -> None:

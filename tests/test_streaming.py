@@ -80,6 +80,37 @@ def test_a_batch_of_one_page_is_pulled_without_a_child_process(
     assert result["pages"] > 1 and children == [PULLS[0]]
 
 
+def test_a_one_page_batch_reads_the_rows_it_will_merge_ahead_while_it_is_checked(
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: the stored rows of a one-page batch's keys are read ahead as soon as the page has landed
+    (not when its load starts), once; the merge ends identical to the truth. SQLite reads nothing ahead."""
+    import inspect
+
+    from lgsp import runner
+    from warehouse import store
+
+    monkeypatch.setattr(store, "READ_AHEAD_MIN_ROWS", 1)
+    catalog = load_catalog(small_pages_catalog(tmp_path, page_size=1000))
+    name = "population_citizens"  # merged on a one-column key
+    first = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
+    assert first["pages"] == 1 and first["rows_pulled"] > 1
+    calls: list[tuple[str, int, str]] = []
+    readers = store.Warehouse._readers
+
+    def spied(self: Any, table: sa.Table, key: str, keys: list[Any]) -> Any:
+        calls.append((table.name, len(keys), inspect.stack()[1].function))
+        return readers(self, table, key, keys)
+
+    monkeypatch.setattr(store.Warehouse, "_readers", spied)
+    again = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)
+    assert again["pages"] == 1 and again["rows_changed"] == 0
+    postgres = lgsp_env.database_url.startswith("postgresql")
+    assert calls == ([("core_citizen", again["rows_pulled"], "read_ahead")] if postgres else []), calls
+    wh = runner.open_warehouse(catalog, lgsp_env)
+    assert_identical_to_truth(wh, catalog, sandbox_handle, name)
+    wh.engine.dispose()
+
+
 def test_a_quality_failure_mid_stream_loads_nothing(lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Half the rows are bad: chunks already written by the overlapping load are rolled back with the batch."""
     from lgsp import runner
@@ -131,7 +162,7 @@ def test_a_killed_run_takes_its_extract_with_it_and_the_rerun_converges(
     landing = lgsp_env.lake_root / "landing" / "tthc_dossiers"
     try:
         deadline = time.monotonic() + 120
-        while len(list(landing.glob("*/page-*.jsonl"))) < 2:
+        while len(list(landing.glob("*/page-*.json"))) < 2:
             assert proc.poll() is None, "the run ended before it was killed"
             assert time.monotonic() < deadline, "no page landed"
             time.sleep(0.05)
@@ -148,10 +179,10 @@ def test_a_killed_run_takes_its_extract_with_it_and_the_rerun_converges(
         assert time.monotonic() < deadline, f"extract process(es) {children} outlived the run"
         time.sleep(0.05)
     time.sleep(0.5)
-    assert len(list(landing.glob("*/page-*.jsonl"))) < 36, "the extract went on paging after the run was killed"
+    assert len(list(landing.glob("*/page-*.json"))) < 36, "the extract went on paging after the run was killed"
     catalog = load_catalog(catalog_dir)
     result = runner.run_pipeline("tthc_dossiers", catalog=catalog, settings=lgsp_env)
-    assert result["pages"] == 36 and len(list(landing.glob("*/page-*.jsonl"))) == 36  # resumed, not restarted
+    assert result["pages"] == 36 and len(list(landing.glob("*/page-*.json"))) == 36  # resumed, not restarted
     assert_identical_to_truth(runner.open_warehouse(catalog, lgsp_env), catalog, sandbox_handle, "tthc_dossiers")
 
 
@@ -323,3 +354,36 @@ def test_the_first_load_of_an_empty_table_rebuilds_its_key_and_never_waits_on_a_
         for table, name in (("core_citizen", "population_citizens"), ("core_dossier", "tthc_dossiers")):
             count = conn.exec_driver_sql(f"SELECT count(*), count(DISTINCT _batch_id) FROM {table}").one()
             assert count == (runner.context(name).lake.read_manifest(name, batches[name])["rows_valid"], 1)
+
+
+def test_a_batch_landed_one_record_per_line_by_an_earlier_version_validates_the_same(
+        lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old `.jsonl` pages (a batch landed before the upgrade) and new pages give the same rows and quarantine."""
+    import orjson
+
+    from lgsp import runner
+
+    monkeypatch.setattr(runner, "CHUNK_ROWS", 3)
+    ctx = runner.context("population_citizens", settings=lgsp_env)
+    good = {"full_name": "Trần Thị Bình", "birth_date": "1990-01-01", "sex": "female", "commune_code": COMMUNE,
+            "address": "Thôn 1", "phone": "0912345678", "updated_at": "2025-08-01T00:00:00+00:00"}
+    records = [{**good, "personal_id": f"037190000{n:03d}"} for n in range(7)]
+    records[4]["phone"] = "12345"  # a row rule's reject on the fast path: its original comes from its own page
+    outcomes = []
+    for old in (False, True):
+        batch_id = _land(ctx, records, per_page=2)
+        if old:
+            for path in ctx.lake.page_paths(ctx.pipeline.name, batch_id):
+                lines = b"".join(orjson.dumps(r) + b"\n" for r in ctx.lake.page_records(ctx.lake.read_page(path)[1]))
+                path.with_suffix(".jsonl").write_bytes(lines)
+                path.unlink()
+            assert all(p.suffix == ".jsonl" for p in ctx.lake.page_paths(ctx.pipeline.name, batch_id))
+        result = runner.validate(ctx, batch_id)
+        q = ctx.warehouse.system["lgsp_quarantine"]
+        with ctx.warehouse.engine.connect() as conn:
+            quarantined = conn.execute(sa.select(q.c.record_key, q.c.rule, q.c.payload)
+                                       .where(q.c.last_batch_id == batch_id)).all()
+        outcomes.append((result["rows_valid"], result["rows_quarantined"], [tuple(r) for r in quarantined]))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][:2] == (6, 1) and outcomes[0][2][0][0] == "037190000004"
+    assert '"phone": "12345"' in outcomes[0][2][0][2]

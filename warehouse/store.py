@@ -116,6 +116,7 @@ class Warehouse:
         self.system = system_tables(self.metadata)
         self.system.update({ds.table_name: core_table(ds, self.metadata)
                             for ds in catalog.datasets.values() if ds.layer == "mart"})
+        self._read_early: dict[str, bool] = {}  # tables `read_ahead` was asked to read for the next upsert
 
     @property
     def dialect(self) -> str:
@@ -306,12 +307,33 @@ class Warehouse:
         about 1 s. Read in parallel on 4 connections (plain SELECTs, while the chunk is
         COPYed to the stage), they take about half that, and the upsert finds them in memory.
         It is only a warm-up: a reader that fails or would wait on a lock gives up.
+        Nothing is read twice: rows `read_ahead` was already asked for (before the batch was
+        validated) are not read again here.
         """
-        if len(key) != 1 or len(rows) < READ_AHEAD_MIN_ROWS:
+        early = self._read_early.pop(table.name, False)
+        if early or len(key) != 1 or len(rows) < READ_AHEAD_MIN_ROWS:
             return []
         keys = rows.column(key[0]).to_pylist() if isinstance(rows, pa.Table) else [r.get(key[0]) for r in rows]
-        touch = next((c.name for c in table.columns if c.name not in key), key[0])  # a heap column, not the index's
-        query = (f'SELECT count("{touch}") FROM "{table.name}" WHERE "{key[0]}" = ANY(%(keys)s)')
+        return self._readers(table, key[0], keys)
+
+    def read_ahead(self, dataset: DatasetSpec, keys: Sequence[Any]) -> list[threading.Thread]:
+        """Start reading the stored rows of `keys` (a batch about to be merged) into memory; the readers.
+
+        For a batch known before it is validated (a one-page incremental): the table's pages
+        are read while the batch is checked, instead of while it is loaded. The next upsert
+        into the table then reads nothing ahead itself. PostgreSQL, merged datasets with a
+        one-column key and at least `READ_AHEAD_MIN_ROWS` rows only; anything else: nothing.
+        """
+        if (self.dialect != "postgresql" or dataset.write_mode != "merge" or len(dataset.key) != 1
+                or len(keys) < READ_AHEAD_MIN_ROWS):
+            return []
+        table = self.dataset_table(dataset)
+        self._read_early[table.name] = True
+        return self._readers(table, dataset.key[0], list(keys))
+
+    def _readers(self, table: sa.Table, key: str, keys: list[Any]) -> list[threading.Thread]:
+        touch = next((c.name for c in table.columns if c.name != key), key)  # a heap column, not the index's
+        query = (f'SELECT count("{touch}") FROM "{table.name}" WHERE "{key}" = ANY(%(keys)s)')
 
         def read(part: list[Any]) -> None:
             try:
