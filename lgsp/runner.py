@@ -343,7 +343,7 @@ class LandedChunk:
         """The records at `positions` (in the chunk), as received; only their pages are parsed."""
         wanted, found, first, at = sorted(set(positions)), {}, 0, 0
         for line in self.body.splitlines():
-            rows = int(line[len(b'{"rows":'):line.index(b",")])
+            rows = Lake.page_rows(line)
             if at < len(wanted) and wanted[at] < first + rows:
                 records = Lake.page_records(line)
                 while at < len(wanted) and wanted[at] < first + rows:

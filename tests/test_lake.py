@@ -275,3 +275,11 @@ def test_a_page_lands_as_one_line_and_pages_landed_one_record_per_line_still_rea
     assert next(iter(lake.read_records("p", "b1")))["at"] == "2025-08-01T00:00:00+00:00"
     assert lake.landed_page("p", "b1", 2) == path.parent / "page-00002.jsonl" and lake.landed_page("p", "b1", 3) is None
     assert list(lake.read_records("p", "b1"))[2]["note"] == "a,b},{c"
+
+
+def test_a_damaged_page_is_named_with_what_to_do(lake: Lake) -> None:
+    """A page file that is not `{"rows": N, ...}` fails with its path and the remedy, not a bare ValueError."""
+    path = lake.write_page("p", "b2", 1, [{"id": 1}])
+    path.write_bytes(b'[{"id": 1}]\n')
+    with pytest.raises(ValueError, match=r"page-00001\.json does not start with .*rerun the pipeline"):
+        lake.read_page(path)

@@ -157,7 +157,20 @@ class Lake:
         if path.suffix == ".jsonl":
             lines = body.splitlines()
             return len(lines), b'{"rows":%d,"records":[%s]}\n' % (len(lines), b",".join(lines))
-        return int(body[len(b'{"rows":'):body.index(b",")]), body
+        return Lake.page_rows(body, path), body
+
+    @staticmethod
+    def page_rows(line: bytes, path: Path | None = None) -> int:
+        """The row count at the head of a page line (`{"rows": N, ...`), read without parsing the page."""
+        head = line[:40]
+        try:
+            if not head.startswith(b'{"rows":'):
+                raise ValueError
+            return int(head[len(b'{"rows":'):head.index(b",")])
+        except ValueError:
+            raise ValueError(f"landed page {path or ''} does not start with {{\"rows\": N, ...}} "
+                             f"(starts {head[:20]!r}): it was damaged or written by another tool; "
+                             "delete the batch's landing folder and rerun the pipeline to pull it again") from None
 
     @staticmethod
     def page_records(line: bytes) -> list[Any]:
