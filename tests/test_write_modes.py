@@ -312,7 +312,7 @@ def test_merge_chunks_share_one_staging_table_per_load(pg_url: str) -> None:
 
 @pytest.mark.postgres
 def test_a_large_merge_reads_ahead_and_never_waits_on_its_own_lock(pg_url: str) -> None:
-    """An upsert of READ_AHEAD_MIN_ROWS rows or more reads its target rows on 4 other connections first.
+    """An upsert of READ_AHEAD_MIN_ROWS rows or more reads its target rows on other connections first.
     Those readers give up rather than wait for a lock the load itself holds: without that, this load
     would wait for its own readers forever."""
     from warehouse.store import READ_AHEAD_MIN_ROWS, READ_AHEAD_READERS
@@ -331,3 +331,27 @@ def test_a_large_merge_reads_ahead_and_never_waits_on_its_own_lock(pg_url: str) 
         assert wh.write_chunks(conn, ds, iter([batch(firms(count, status="closed", at=later), "b2")])) == (count, count)
     statuses = [r[1] for r in snapshot(wh, ds)]
     assert (statuses.count("closed"), len(statuses)) == (count, count)
+
+
+@pytest.mark.postgres
+def test_the_read_ahead_reads_heap_pages_in_block_order_many_at_a_time(pg_url: str) -> None:
+    """A reader's query is a bitmap heap scan (pages in block order, READ_AHEAD_IO asked of the disk at
+    once), where PostgreSQL would pick an index scan for a few keys (pages one at a time, in key order)."""
+    from warehouse.store import READ_AHEAD_IO
+
+    wh, ds = open_firm_warehouse(pg_url, "merge")
+    write(wh, ds, batch(firms(2000), "b1"))
+    table = wh.dataset_table(ds)
+    settings, query = wh._read_ahead_sql(table, "code")
+    keys = {"keys": [f"F{i:05d}" for i in (3, 500, 1700)]}
+    with wh.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE core_firm")
+        plain = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + query, keys))
+        conn.exec_driver_sql(settings)
+        ahead = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + query, keys))
+        io = conn.exec_driver_sql("SHOW effective_io_concurrency").scalar_one()
+        conn.rollback()
+        assert conn.exec_driver_sql("SHOW enable_indexscan").scalar_one() == "on"  # the settings were the reader's only
+    assert "Index" in plain and "Bitmap" not in plain, plain
+    assert "Bitmap Heap Scan" in ahead, ahead
+    assert io == str(READ_AHEAD_IO)
