@@ -144,3 +144,39 @@ def test_two_processes_validating_the_same_dataset_at_once(home: Path, tmp_path:
     expected = {f"tthc_dossiers-{tag}{n}" for tag in "ab" for n in range(batches)}
     assert set(re.findall(r"tthc_dossiers-[ab]\d+", index)) == expected
     assert len(list((docs / "validations").rglob("*.html"))) == 2 * batches
+
+
+def test_the_index_reads_each_run_once_and_still_shows_which_failed(home: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index shows every listed run's outcome from a summary kept in the GX folder: a batch reads
+    back only its own stored result, not every listed run's; a damaged summary is rebuilt from the results."""
+    from quality.expectations import INDEX_SUMMARIES, GxPaths, _cached_context
+
+    dataset = load_catalog().datasets["dossier"]
+    context = _cached_context(GxPaths.from_env(), dataset)[0]
+    reads: list[str] = []
+    original = context.get_validation_result
+    monkeypatch.setattr(context, "get_validation_result",
+                        lambda **kw: reads.append(kw["run_id"].run_name) or original(**kw))
+    frame, row_ok = _checked(dataset, _dossiers(20))
+    for n in range(3):
+        validate_dataset(frame, row_ok, dataset, f"tthc_dossiers-ok{n}")
+    with pytest.raises(QualityError):
+        validate_dataset(frame, np.zeros(len(frame), dtype=bool), dataset, "tthc_dossiers-bad")
+    assert reads == ["tthc_dossiers-ok0", "tthc_dossiers-ok1", "tthc_dossiers-ok2", "tthc_dossiers-bad"]
+
+    def outcomes() -> dict[str, str]:
+        """run -> the outcome the index's table shows for it (GX's failed or success icon)."""
+        index = (home / "gx" / "data_docs" / "index.html").read_text(encoding="utf-8")
+        rows = re.findall(r"(?s)'validation_success': '(.*?)', 'run_time'.*?'run_name': '([^']+)'", index)
+        return {run: ("Failed" if "ge-failed-icon" in icon else "Success" if "ge-success-icon" in icon else icon)
+                for icon, run in rows}
+
+    expected = {"tthc_dossiers-ok0": "Success", "tthc_dossiers-ok1": "Success", "tthc_dossiers-ok2": "Success",
+                "tthc_dossiers-bad": "Failed"}
+    assert outcomes() == expected
+    (home / "gx" / INDEX_SUMMARIES).write_text("{not json", encoding="utf-8")
+    reads.clear()
+    validate_dataset(frame, row_ok, dataset, "tthc_dossiers-ok3")
+    assert sorted(reads) == sorted([*expected, "tthc_dossiers-ok3"])  # every listed run read again, once
+    assert outcomes() == {**expected, "tthc_dossiers-ok3": "Success"}
