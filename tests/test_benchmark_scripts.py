@@ -1,0 +1,39 @@
+"""The benchmark scripts still run and print their figures (small sizes: a smoke test, not a timing)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _figures(*command: str) -> dict:
+    done = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # the last line: the figures as JSON
+
+
+def test_data_docs_benchmark_times_every_publish_of_each_contender() -> None:
+    figures = _figures("benchmarks/data_docs.py", "--batches", "6")
+    assert figures["batches"] == 6
+    windows = figures["median_publish_ms"]
+    assert len(windows) == 6 and all(set(row) == {"lgsp", "gx", "gx_500"} for row in windows.values())
+    assert all(ms > 0 for row in windows.values() for ms in row.values())
+
+
+@pytest.mark.postgres
+def test_full_sync_benchmark_runs_lgsp_the_floor_and_the_incremental(pg_admin_url: str) -> None:
+    figures = _figures("benchmarks/full_sync.py", "--rows", "20000", "--admin-url", pg_admin_url,
+                       "--skip-dlt", "--skip-to-sql", "--skip-steps")
+    results = figures["results"]
+    assert set(results) == {"floor", "lgsp", "incremental_warm", "incremental"}
+    assert results["floor"]["rows"] == results["lgsp"]["rows"] == 20000
+    assert results["incremental"]["rows"] == results["incremental"]["source_changed"] == 200
+    assert results["incremental_warm"]["changed"] == 200
+    assert set(figures["goals"]) >= {"within_1_3x_floor", "incremental_le_5pct", "peak_rss_le_500mb"}
