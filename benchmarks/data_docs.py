@@ -2,14 +2,14 @@
 
 Every batch stores its validation result and renders its page and the site index
 (`quality.expectations.BatchCheck.publish`), so the index's cost is paid by every
-incremental run. GX's own index builder reads the stored result of every listed run
-(up to `DOCS_INDEX_RUNS`) on every batch; lgsp's reads each run's result once and keeps
-what the index shows of it in a summary file.
+incremental run. GX's own builders list every stored result and every page of the site
+and read back the stored result of every listed run (up to `DOCS_INDEX_RUNS`) on every
+batch; lgsp's (`quality.expectations._docs_builders`) keep what the index shows of each
+listed run in a summary file and list nothing.
 
 Three contenders, each in its own process and its own fresh LGSP_HOME: `lgsp` (as shipped:
-summaries, the `DOCS_INDEX_RUNS` most recent runs listed), `gx` (the same list, with GX's
-`_add_validations_to_index_links` put back) and `gx_500` (GX's builder listing 500 runs:
-lgsp before 22 Nov 2026). Each publishes
+the `DOCS_INDEX_RUNS` most recent runs listed), `gx` (the same list, GX's builders put
+back) and `gx_500` (GX's builders listing 500 runs: lgsp before 22 Nov 2026). Each publishes
 `--batches` batches of the `dossier` dataset (100 rows each) and times every publish.
 Prints, per contender, the median publish time over windows of the history, and, as the
 last line, the figures as JSON.
@@ -53,11 +53,12 @@ def _contender(name: str, batches: int) -> list[float]:
     if name == "gx_500":
         expectations.DOCS_INDEX_RUNS = 500  # read when GX's context is made, just below
     expectations.BatchCheck(dataset, "warm-up")  # GX's context: built once per process, not timed
-    if name.startswith("gx"):
-        from great_expectations.render.renderer.site_builder import DefaultSiteIndexBuilder
+    if name.startswith("gx"):  # GX's own builders back in place of lgsp's
+        from great_expectations.render.renderer.site_builder import DefaultSiteIndexBuilder, DefaultSiteSectionBuilder
 
-        expectations.LgspSiteIndexBuilder._add_validations_to_index_links = (
-            DefaultSiteIndexBuilder._add_validations_to_index_links)
+        for method in ("_build_validation_and_profiling_result_site_keys", "_add_validations_to_index_links"):
+            setattr(expectations.LgspSiteIndexBuilder, method, getattr(DefaultSiteIndexBuilder, method))
+        expectations.LgspSiteSectionBuilder.build = DefaultSiteSectionBuilder.build
     times = []
     for n in range(batches):
         check = expectations.BatchCheck(dataset, f"tthc_dossiers-{n:05d}")

@@ -50,6 +50,8 @@ DOCS_INDEX_RUNS = 100
 LgspPageView: type[Any]
 LgspIndexPageView: type[Any]
 LgspSiteIndexBuilder: type[Any]
+LgspSiteSectionBuilder: type[Any]
+_PUBLISHING: list[Any] = []  # the results a publish is rendering, for the index builder (under the docs lock)
 INDEX_SUMMARIES = ".lgsp-index-summaries.json"  # in the GX folder: what the index shows of each run
 
 
@@ -105,14 +107,14 @@ def _file_store(class_name: str, folder: Path) -> dict[str, Any]:
 
 
 def _install_docs_views(paths: GxPaths) -> None:
-    """Define `LgspPageView` and `LgspIndexPageView`, once per process.
+    """Define `LgspPageView` and `LgspIndexPageView`, and the builders (`_docs_builders`), once per process.
 
     GX gives every docs page its own Jinja environment, which compiles the same
     templates again for every page of every batch (most of the docs time). These
     views share one bytecode cache instead, kept on disk (`gx/.jinja`) so that a
     new process (an Airflow task, an incremental run) does not compile them again.
     """
-    global LgspPageView, LgspIndexPageView, LgspSiteIndexBuilder
+    global LgspPageView, LgspIndexPageView, LgspSiteIndexBuilder, LgspSiteSectionBuilder
     if "LgspPageView" in globals():
         return
     import jinja2
@@ -130,25 +132,49 @@ def _install_docs_views(paths: GxPaths) -> None:
                     {"__init__": __init__, "__module__": __name__})
 
     LgspPageView, LgspIndexPageView = share_templates(DefaultJinjaPageView), share_templates(DefaultJinjaIndexPageView)
-    LgspSiteIndexBuilder = _summarising_index_builder()
+    LgspSiteIndexBuilder, LgspSiteSectionBuilder = _docs_builders()
 
 
-def _summarising_index_builder() -> type[Any]:
-    """GX's index builder, reading each listed run's stored result only once.
+def _docs_builders() -> tuple[type[Any], type[Any]]:
+    """(index builder, section builder): GX's, made to cost the same whatever the site's history.
 
-    GX's builder reads the full result of every run it lists (up to `DOCS_INDEX_RUNS`) on
-    every batch, to show whether it passed: about 0.65 ms a run, so 0.13 s a batch once
-    200 runs are listed and a third of a second at 500. This one keeps what the index
-    shows of a run (its success, asset name, batch kwargs and spec) in a summary file in
-    the GX folder, and reads the result only of a run not summarised yet. A result
-    never changes once stored (each run has its own key), so a summary cannot go stale.
+    GX's index builder lists every result of the validation store and every page of the site
+    (a directory walk and a date parse per run) and reads back the full stored result of
+    every listed run, on every batch; its section builder lists the whole store to find the
+    few pages it was asked to render. In a site of 500 runs a batch's publish took 0.53 s
+    (`benchmarks/data_docs.py`), and it grew by the run.
+
+    lgsp's index builder keeps what the index shows of each listed run (its key, success,
+    asset name, batch kwargs and spec) in a summary file in the GX folder, written under the
+    docs lock: a batch's index is the summarised runs plus the runs being published, newest
+    `DOCS_INDEX_RUNS` first, and only the new runs' results are read. Without a readable
+    summary file (the first batch, or a damaged file) it lists the site as GX does and writes
+    one. A result never changes once stored (each run has its own key), so a summary cannot
+    go stale. The section builder renders the pages it was asked for without listing the store.
     """
     import json
 
+    from great_expectations.core import ExpectationSuite
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
-    from great_expectations.render.renderer.site_builder import DefaultSiteIndexBuilder
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        SiteSectionIdentifier,
+        ValidationResultIdentifier,
+    )
+    from great_expectations.render.renderer.site_builder import DefaultSiteIndexBuilder, DefaultSiteSectionBuilder
     from great_expectations.render.util import resource_key_passes_run_name_filter
     from great_expectations.util import convert_to_json_serializable
+
+    def name_of(key: Any) -> str:
+        return "/".join(map(str, key.to_tuple()))
+
+    def key_of(summary: dict[str, Any]) -> Any:
+        return ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=summary["suite"]),
+            run_id=RunIdentifier(run_name=summary["run_name"],
+                                 run_time=datetime.fromisoformat(summary["run_time"])),
+            batch_identifier=summary["batch"])
 
     class SummarisingIndexBuilder(DefaultSiteIndexBuilder):  # type: ignore[misc]
         # GX hands a builder only the settings its signature names: those of GX's own builder
@@ -163,6 +189,26 @@ def _summarising_index_builder() -> type[Any]:
                              validation_results_limit=validation_results_limit, renderer=renderer, view=view,
                              data_context_id=data_context_id, source_stores=source_stores, **kwargs)
             self.summaries = Path(summaries)
+            self.known: dict[str, Any] = {}
+
+        def _read_summaries(self) -> dict[str, Any] | None:
+            try:
+                known = json.loads(self.summaries.read_text(encoding="utf-8"))
+                for summary in known.values():
+                    key_of(summary)
+                return known if isinstance(known, dict) else None
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):  # none yet, or damaged
+                return None
+
+        def _build_validation_and_profiling_result_site_keys(self, skip_and_clean_missing: bool) -> list[Any]:
+            known = self._read_summaries()
+            if known is None:  # list the site as GX does; the summaries are written below
+                self.known = {}
+                return super()._build_validation_and_profiling_result_site_keys(  # type: ignore[no-any-return]
+                    skip_and_clean_missing)
+            self.known = known
+            return [*(key_of(summary) for summary in known.values()),
+                    *(key for key in _PUBLISHING if name_of(key) not in known)]
 
         def _summary(self, key: Any) -> dict[str, Any] | None:
             validation = self.data_context.get_validation_result(
@@ -173,8 +219,11 @@ def _summarising_index_builder() -> type[Any]:
             batch_kwargs, batch_spec = validation.meta.get("batch_kwargs", {}), validation.meta.get("batch_spec", {})
             asset = (batch_kwargs.get("data_asset_name") or batch_spec.get("data_asset_name")
                      or validation.asset_name)
-            return convert_to_json_serializable({"success": validation.success, "asset_name": asset,
-                                                 "batch_kwargs": batch_kwargs, "batch_spec": batch_spec})
+            return convert_to_json_serializable({
+                "suite": key.expectation_suite_identifier.name, "run_name": key.run_id.run_name,
+                "run_time": key.run_id.run_time.isoformat(), "batch": key.batch_identifier,
+                "success": validation.success, "asset_name": asset, "batch_kwargs": batch_kwargs,
+                "batch_spec": batch_spec})
 
         def _add_validations_to_index_links(self, index_links_dict: Any, site_keys: list[Any]) -> None:
             section = self.site_section_builders_config.get("validations")
@@ -182,14 +231,10 @@ def _summarising_index_builder() -> type[Any]:
                 return
             keys = sorted((k for k in site_keys if resource_key_passes_run_name_filter(k, section["run_name_filter"])),
                           key=lambda k: k.run_id.run_time, reverse=True)[:self.validation_results_limit or None]
-            try:
-                known = json.loads(self.summaries.read_text(encoding="utf-8"))
-            except (OSError, ValueError):  # none yet, or damaged: every listed run is read again
-                known = {}
             kept = {}
             for key in keys:
-                name = "/".join(map(str, key.to_tuple()))
-                summary = known.get(name) or self._summary(key)
+                name = name_of(key)
+                summary = self.known.get(name) or self._summary(key)
                 if summary is None:
                     log.warning("validation result not found: %s - left out of the Data Docs index", name)
                     continue
@@ -200,12 +245,36 @@ def _summarising_index_builder() -> type[Any]:
                     validation_success=summary["success"], run_time=key.run_id.run_time,
                     run_name=key.run_id.run_name, asset_name=summary["asset_name"],
                     batch_kwargs=summary["batch_kwargs"], batch_spec=summary["batch_spec"])
-            if kept != known:  # the runs listed now, so the file stays as small as the index
+            if kept != self.known:  # the runs listed now, so the file stays as small as the index
                 temporary = self.summaries.with_suffix(".tmp")
                 temporary.write_text(json.dumps(kept), encoding="utf-8")
                 temporary.replace(self.summaries)
 
-    return type("LgspSiteIndexBuilder", (SummarisingIndexBuilder,), {"__module__": __name__})
+    class DirectSectionBuilder(DefaultSiteSectionBuilder):  # type: ignore[misc]
+        def build(self, resource_identifiers: Any = None) -> None:
+            if not resource_identifiers:  # the whole section: GX's way
+                return super().build(resource_identifiers)  # type: ignore[no-any-return]
+            for key in resource_identifiers:
+                if not isinstance(key, self.source_store.key_class):
+                    continue
+                if (self.run_name_filter and isinstance(key, ValidationResultIdentifier)
+                        and not resource_key_passes_run_name_filter(key, self.run_name_filter)):
+                    continue
+                try:  # as GX's builder: a page that cannot be rendered is logged, the batch goes on
+                    resource = self.source_store.get(key)
+                    if isinstance(key, ExpectationSuiteIdentifier):
+                        resource = ExpectationSuite(**resource)
+                    page = self.view_class.render(self.renderer_class.render(resource),
+                                                  data_context_id=self.data_context_id,
+                                                  show_how_to_buttons=self.show_how_to_buttons)
+                    self.target_store.set(SiteSectionIdentifier(site_section_name=self.name, resource_identifier=key),
+                                          page)
+                except Exception:  # noqa: BLE001
+                    log.exception("the Data Docs page of %s could not be rendered", name_of(key))
+            return None
+
+    return (type("LgspSiteIndexBuilder", (SummarisingIndexBuilder,), {"__module__": __name__}),
+            type("LgspSiteSectionBuilder", (DirectSectionBuilder,), {"__module__": __name__}))
 
 
 def _gx_context(paths: GxPaths) -> Any:
@@ -234,6 +303,7 @@ def _gx_context(paths: GxPaths) -> Any:
               defaults.validation_results_store_name: _file_store("ValidationResultsStore",
                                                                   paths.root / "validations")}
     page_view = {"module_name": __name__, "class_name": "LgspPageView"}
+    section = {"module_name": __name__, "class_name": "LgspSiteSectionBuilder", "view": page_view}
     site = {"class_name": "SiteBuilder", "show_how_to_buttons": False,
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(paths.data_docs)},
             "site_index_builder": {"module_name": __name__, "class_name": "LgspSiteIndexBuilder",
@@ -241,8 +311,8 @@ def _gx_context(paths: GxPaths) -> Any:
                                    "summaries": str(paths.root / INDEX_SUMMARIES),
                                    "view": {"module_name": __name__, "class_name": "LgspIndexPageView"}},
             # no profiling section; every run listed (GX hides run names containing "profiling")
-            "site_section_builders": {"profiling": "None", "expectations": {"view": page_view},
-                                      "validations": {"view": page_view, "run_name_filter": {"matches_regex": ".*"}}}}
+            "site_section_builders": {"profiling": "None", "expectations": section,
+                                      "validations": {**section, "run_name_filter": {"matches_regex": ".*"}}}}
     config = DataContextConfig(store_backend_defaults=defaults, stores=stores, data_docs_sites={DOCS_SITE: site},
                                analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
     return gx.get_context(mode="ephemeral", project_config=config)
@@ -415,8 +485,12 @@ class BatchCheck:
                                          batch_identifier=result.batch_id)
         with _docs_lock(self.paths):
             self.context.validation_results_store.set(key, result)
-            self.context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=[key, suite_id],
-                                         dry_run=False, build_index=True)
+            _PUBLISHING[:] = [key]
+            try:
+                self.context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=[key, suite_id],
+                                             dry_run=False, build_index=True)
+            finally:
+                _PUBLISHING.clear()
             urls = [] if result.success else self.context.get_docs_sites_urls(resource_identifier=key,
                                                                               site_name=DOCS_SITE)
         return urls[0]["site_url"] if urls else None
