@@ -52,7 +52,7 @@ LgspIndexPageView: type[Any]
 LgspSiteIndexBuilder: type[Any]
 LgspSiteSectionBuilder: type[Any]
 _PUBLISHING: list[Any] = []  # the results a publish is rendering, for the index builder (under the docs lock)
-INDEX_SUMMARIES = ".lgsp-index-summaries.json"  # in the GX folder: what the index shows of each run
+INDEX_SUMMARIES = ".lgsp-index-summaries.json"  # in the site's folder: what its index shows of each run
 
 
 class QualityError(RuntimeError):
@@ -145,8 +145,8 @@ def _docs_builders() -> tuple[type[Any], type[Any]]:
     (`benchmarks/data_docs.py`), and it grew by the run.
 
     lgsp's index builder keeps what the index shows of each listed run (its key, success,
-    asset name, batch kwargs and spec) in a summary file in the GX folder, written under the
-    docs lock: a batch's index is the summarised runs plus the runs being published, newest
+    asset name, batch kwargs and spec) in a summary file in the site's folder (a new or moved
+    site starts without one), written under the docs lock: a batch's index is the summarised runs plus the runs being published, newest
     `DOCS_INDEX_RUNS` first, and only the new runs' results are read. Without a readable
     summary file (the first batch, or a damaged file) it lists the site as GX does and writes
     one. A result never changes once stored (each run has its own key), so a summary cannot
@@ -308,7 +308,7 @@ def _gx_context(paths: GxPaths) -> Any:
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(paths.data_docs)},
             "site_index_builder": {"module_name": __name__, "class_name": "LgspSiteIndexBuilder",
                                    "validation_results_limit": DOCS_INDEX_RUNS,
-                                   "summaries": str(paths.root / INDEX_SUMMARIES),
+                                   "summaries": str(paths.data_docs / INDEX_SUMMARIES),
                                    "view": {"module_name": __name__, "class_name": "LgspIndexPageView"}},
             # no profiling section; every run listed (GX hides run names containing "profiling")
             "site_section_builders": {"profiling": "None", "expectations": section,

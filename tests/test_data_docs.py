@@ -110,6 +110,12 @@ def test_docs_folder_can_be_moved(home: Path, tmp_path: Path, monkeypatch: pytes
     assert not (home / "gx" / "data_docs").exists()
     assert list((home / "gx" / "validations").rglob("*.json"))  # results stay under LGSP_HOME
 
+    # a new site lists the pages it has, not the runs the old site's index listed
+    monkeypatch.setenv("LGSP_DATA_DOCS_DIR", str(tmp_path / "site2"))
+    validate_dataset(frame, row_ok, dataset, "tthc_dossiers-second")
+    index = (tmp_path / "site2" / "index.html").read_text(encoding="utf-8")
+    assert "tthc_dossiers-second" in index and "tthc_dossiers-moved" not in index
+
 
 CONCURRENT_VALIDATOR = textwrap.dedent("""
     import sys, time
@@ -148,7 +154,7 @@ def test_two_processes_validating_the_same_dataset_at_once(home: Path, tmp_path:
 
 def test_the_index_reads_each_run_once_and_still_shows_which_failed(home: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The index shows every listed run's outcome from a summary kept in the GX folder: a batch reads
+    """The index shows every listed run's outcome from a summary kept in the site's folder: a batch reads
     back only its own stored result, not every listed run's, and lists no store; a damaged summary is
     rebuilt from the results."""
     from quality.expectations import INDEX_SUMMARIES, GxPaths, _cached_context
@@ -183,7 +189,7 @@ def test_the_index_reads_each_run_once_and_still_shows_which_failed(home: Path,
     expected = {"tthc_dossiers-ok0": "Success", "tthc_dossiers-ok1": "Success", "tthc_dossiers-ok2": "Success",
                 "tthc_dossiers-bad": "Failed"}
     assert outcomes() == expected
-    (home / "gx" / INDEX_SUMMARIES).write_text("{not json", encoding="utf-8")
+    (home / "gx" / "data_docs" / INDEX_SUMMARIES).write_text("{not json", encoding="utf-8")
     reads.clear()
     validate_dataset(frame, row_ok, dataset, "tthc_dossiers-ok3")
     assert sorted(reads) == sorted([*expected, "tthc_dossiers-ok3"])  # every listed run read again, once
