@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _contender(name: str, batches: int) -> list[float]:
-    os.environ["LGSP_HOME"] = tempfile.mkdtemp(prefix=f"lgsp-docs-{name}-")
+    home = tempfile.mkdtemp(prefix=f"lgsp-docs-{name}-")
+    try:
+        return _publish(name, batches, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _publish(name: str, batches: int, home: str) -> list[float]:
+    os.environ["LGSP_HOME"] = home
     os.environ.pop("LGSP_DATA_DOCS_DIR", None)
     sys.path.insert(0, str(ROOT))
     import numpy as np
