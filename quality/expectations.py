@@ -21,12 +21,15 @@ run's page can be opened.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,8 +54,11 @@ LgspPageView: type[Any]
 LgspIndexPageView: type[Any]
 LgspSiteIndexBuilder: type[Any]
 LgspSiteSectionBuilder: type[Any]
+LgspSiteBuilder: type[Any]
 _PUBLISHING: list[Any] = []  # the results a publish is rendering, for the index builder (under the docs lock)
 INDEX_SUMMARIES = ".lgsp-index-summaries.json"  # in the site's folder: what its index shows of each run
+SUITE_STAMPS = ".lgsp-suite-pages.json"  # in the site's folder: what each suite page was rendered from
+DOCS_VERSION = 1  # raise when lgsp's pages change: suite pages are rendered again
 
 
 class QualityError(RuntimeError):
@@ -114,7 +120,7 @@ def _install_docs_views(paths: GxPaths) -> None:
     views share one bytecode cache instead, kept on disk (`gx/.jinja`) so that a
     new process (an Airflow task, an incremental run) does not compile them again.
     """
-    global LgspPageView, LgspIndexPageView, LgspSiteIndexBuilder, LgspSiteSectionBuilder
+    global LgspPageView, LgspIndexPageView, LgspSiteIndexBuilder, LgspSiteSectionBuilder, LgspSiteBuilder
     if "LgspPageView" in globals():
         return
     import jinja2
@@ -132,11 +138,11 @@ def _install_docs_views(paths: GxPaths) -> None:
                     {"__init__": __init__, "__module__": __name__})
 
     LgspPageView, LgspIndexPageView = share_templates(DefaultJinjaPageView), share_templates(DefaultJinjaIndexPageView)
-    LgspSiteIndexBuilder, LgspSiteSectionBuilder = _docs_builders()
+    LgspSiteIndexBuilder, LgspSiteSectionBuilder, LgspSiteBuilder = _docs_builders()
 
 
-def _docs_builders() -> tuple[type[Any], type[Any]]:
-    """(index builder, section builder): GX's, made to cost the same whatever the site's history.
+def _docs_builders() -> tuple[type[Any], type[Any], type[Any]]:
+    """(index builder, section builder, site builder): GX's, made to cost the same whatever the site's history.
 
     GX's index builder lists every result of the validation store and every page of the site
     (a directory walk and a date parse per run) and reads back the full stored result of
@@ -151,9 +157,9 @@ def _docs_builders() -> tuple[type[Any], type[Any]]:
     summary file (the first batch, or a damaged file) it lists the site as GX does and writes
     one. A result never changes once stored (each run has its own key), so a summary cannot
     go stale. The section builder renders the pages it was asked for without listing the store.
+    The site builder copies GX's static assets (styles, fonts, images: 20 files, ~20 ms) only
+    when one is missing or differs in size, not on every batch.
     """
-    import json
-
     from great_expectations.core import ExpectationSuite
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
     from great_expectations.core.run_identifier import RunIdentifier
@@ -162,7 +168,11 @@ def _docs_builders() -> tuple[type[Any], type[Any]]:
         SiteSectionIdentifier,
         ValidationResultIdentifier,
     )
-    from great_expectations.render.renderer.site_builder import DefaultSiteIndexBuilder, DefaultSiteSectionBuilder
+    from great_expectations.render.renderer.site_builder import (
+        DefaultSiteIndexBuilder,
+        DefaultSiteSectionBuilder,
+        SiteBuilder,
+    )
     from great_expectations.render.util import resource_key_passes_run_name_filter
     from great_expectations.util import convert_to_json_serializable
 
@@ -273,8 +283,39 @@ def _docs_builders() -> tuple[type[Any], type[Any]]:
                     log.exception("the Data Docs page of %s could not be rendered", name_of(key))
             return None
 
+    class AssetsOnceSiteBuilder(SiteBuilder):  # type: ignore[misc]
+        def build(self, resource_identifiers: Any = None, build_index: bool = True) -> Any:
+            for builder in self.site_section_builders.values():  # GX's build, the assets copied if needed
+                builder.build(resource_identifiers=resource_identifiers)
+            if not _static_assets_present(Path(self.store_backend["base_directory"])):
+                self.target_store.copy_static_assets()
+            _, index_links = self.site_index_builder.build(build_index=build_index)
+            return self.get_resource_url(only_if_exists=False), index_links
+
     return (type("LgspSiteIndexBuilder", (SummarisingIndexBuilder,), {"__module__": __name__}),
-            type("LgspSiteSectionBuilder", (DirectSectionBuilder,), {"__module__": __name__}))
+            type("LgspSiteSectionBuilder", (DirectSectionBuilder,), {"__module__": __name__}),
+            type("LgspSiteBuilder", (AssetsOnceSiteBuilder,), {"__module__": __name__}))
+
+
+@lru_cache(maxsize=1)
+def _static_assets() -> tuple[tuple[str, int], ...]:
+    """(path under `static/`, size) of each static asset GX copies into a docs site."""
+    import great_expectations.render.view as views
+
+    source = Path(views.__file__).parent / "static"
+    return tuple((str(f.relative_to(source)), f.stat().st_size)
+                 for f in sorted(source.rglob("*")) if f.is_file() and f.name != ".DS_Store")
+
+
+def _static_assets_present(site: Path) -> bool:
+    """Whether the site already holds every static asset of this GX version."""
+    for name, size in _static_assets():
+        try:
+            if (site / "static" / name).stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _gx_context(paths: GxPaths) -> Any:
@@ -304,7 +345,7 @@ def _gx_context(paths: GxPaths) -> Any:
                                                                   paths.root / "validations")}
     page_view = {"module_name": __name__, "class_name": "LgspPageView"}
     section = {"module_name": __name__, "class_name": "LgspSiteSectionBuilder", "view": page_view}
-    site = {"class_name": "SiteBuilder", "show_how_to_buttons": False,
+    site = {"module_name": __name__, "class_name": "LgspSiteBuilder", "show_how_to_buttons": False,
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(paths.data_docs)},
             "site_index_builder": {"module_name": __name__, "class_name": "LgspSiteIndexBuilder",
                                    "validation_results_limit": DOCS_INDEX_RUNS,
@@ -418,6 +459,62 @@ def _observed(result: dict[str, Any]) -> Any:
     return round(result["unexpected_percent"] / 100, 6)
 
 
+def _site_builder(context: Any) -> Any:
+    """The docs site's builder (`LgspSiteBuilder`), made once per context: what `build_data_docs` makes per call.
+
+    Its page views keep their compiled templates in memory from batch to batch. It holds no
+    state of the site between builds: the index builder reads the summary file each time.
+    """
+    builder = getattr(context, "_lgsp_site_builder", None)
+    if builder is None:
+        from great_expectations.data_context.util import instantiate_class_from_config
+
+        builder = instantiate_class_from_config(
+            config=context.variables.data_docs_sites[DOCS_SITE],
+            runtime_environment={"data_context": context, "root_directory": context.root_directory,
+                                 "site_name": DOCS_SITE},
+            config_defaults={"module_name": __name__, "class_name": "LgspSiteBuilder"})
+        context._lgsp_site_builder = builder
+    return builder
+
+
+class _SuitePage:
+    """A suite's Data Docs page, rendered again only when the suite (or GX, or lgsp's docs) changed.
+
+    The page shows the suite's expectations, which change with the dataset's definition,
+    not with each batch: a batch rendered it again for ~10 ms. What it was rendered from
+    (`suite_definition`, GX's version, `DOCS_VERSION`) is kept per suite in the site's
+    `SUITE_STAMPS` file, written under the docs lock.
+    """
+
+    def __init__(self, paths: GxPaths, suite_name: str, dataset: DatasetSpec) -> None:
+        import great_expectations as gx
+
+        self.stamps, self.name = paths.data_docs / SUITE_STAMPS, suite_name
+        self.page = paths.data_docs.joinpath("expectations", *suite_name.split(".")).with_suffix(".html")
+        self.stamp = hashlib.sha256(repr((suite_definition(dataset), gx.__version__, DOCS_VERSION))
+                                    .encode()).hexdigest()
+
+    def _known(self) -> dict[str, str]:
+        try:
+            known = json.loads(self.stamps.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # none yet, or damaged: every page is rendered again
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    def current(self) -> bool:
+        return self.page.is_file() and self._known().get(self.name) == self.stamp
+
+    def rendered(self) -> None:
+        """Record that the page now shows this suite (if it exists: a failed rendering is tried again)."""
+        known = self._known()
+        if not self.page.is_file() or known.get(self.name) == self.stamp:
+            return
+        temporary = self.stamps.with_suffix(".tmp")
+        temporary.write_text(json.dumps({**known, self.name: self.stamp}), encoding="utf-8")
+        temporary.replace(self.stamps)
+
+
 class BatchCheck:
     """A dataset's suite run over a batch that arrives in chunks: one result, one Data Docs page.
 
@@ -485,12 +582,14 @@ class BatchCheck:
                                          batch_identifier=result.batch_id)
         with _docs_lock(self.paths):
             self.context.validation_results_store.set(key, result)
+            suite_page = _SuitePage(self.paths, self.suite.name, self.dataset)
             _PUBLISHING[:] = [key]
             try:
-                self.context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=[key, suite_id],
-                                             dry_run=False, build_index=True)
+                _site_builder(self.context).build([key] if suite_page.current() else [key, suite_id],
+                                                  build_index=True)
             finally:
                 _PUBLISHING.clear()
+            suite_page.rendered()
             urls = [] if result.success else self.context.get_docs_sites_urls(resource_identifier=key,
                                                                               site_name=DOCS_SITE)
         return urls[0]["site_url"] if urls else None

@@ -194,3 +194,57 @@ def test_the_index_reads_each_run_once_and_still_shows_which_failed(home: Path,
     validate_dataset(frame, row_ok, dataset, "tthc_dossiers-ok3")
     assert sorted(reads) == sorted([*expected, "tthc_dossiers-ok3"])  # every listed run read again, once
     assert outcomes() == {**expected, "tthc_dossiers-ok3": "Success"}
+
+
+def test_the_suite_page_and_the_static_assets_are_written_only_when_missing_or_changed(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch renders its own page and the index; the suite's page only when the suite changed or the page
+    is gone, and GX's static assets only when one is missing or differs."""
+    from great_expectations.data_context.store.html_site_store import HtmlSiteStore
+
+    from quality.expectations import SUITE_STAMPS
+
+    copies: list[int] = []
+    copy_static_assets = HtmlSiteStore.copy_static_assets
+
+    def counted(self: Any, *folder: Any) -> Any:
+        if not folder:  # the call a build makes (the method calls itself for each subfolder)
+            copies.append(1)
+        return copy_static_assets(self, *folder)
+
+    monkeypatch.setattr(HtmlSiteStore, "copy_static_assets", counted)
+
+    def suite_text() -> str:
+        return " ".join(re.sub(r"<[^>]+>", " ", suite_page.read_text(encoding="utf-8")).split())
+    dataset = load_catalog().datasets["dossier"]
+    frame, row_ok = _checked(dataset, _dossiers(20))
+    docs = home / "gx" / "data_docs"
+    suite_page = docs / "expectations" / "lgsp" / "dossier.html"
+    validate_dataset(frame, row_ok, dataset, "tthc_dossiers-a0")
+    font = next((docs / "static" / "fonts").rglob("*.otf"))
+    assert copies == [1] and "at least 80 % of the time" in suite_text() and (docs / SUITE_STAMPS).is_file()
+
+    suite_page.write_text("KEPT", encoding="utf-8")
+    validate_dataset(frame, row_ok, dataset, "tthc_dossiers-a1")
+    assert suite_page.read_text(encoding="utf-8") == "KEPT" and copies == [1]  # same suite: neither written again
+    assert _result_pages(docs, "tthc_dossiers-a1")  # the batch's own page is
+
+    size = font.stat().st_size
+    font.unlink()
+    validate_dataset(frame, row_ok, dataset, "tthc_dossiers-a2")
+    assert copies == [1, 1] and font.stat().st_size == size  # a missing asset: copied again
+
+    stricter = dataset.model_copy(update={"expectations": dataset.expectations.model_copy(
+        update={"max_quarantine_rate": 0.05})})
+    validate_dataset(frame, row_ok, stricter, "tthc_dossiers-a3")
+    assert "at least 95 % of the time" in suite_text()  # the suite changed: its page shows the new one
+
+    suite_page.unlink()
+    validate_dataset(frame, row_ok, stricter, "tthc_dossiers-a4")
+    assert "at least 95 % of the time" in suite_text()  # a page gone is rendered again
+
+    suite_page.write_text("KEPT", encoding="utf-8")
+    (docs / SUITE_STAMPS).write_text("{not json", encoding="utf-8")
+    validate_dataset(frame, row_ok, stricter, "tthc_dossiers-a5")
+    assert "at least 95 % of the time" in suite_text()  # a damaged stamp file: rendered again
+    assert copies == [1, 1]
