@@ -8,8 +8,8 @@ batch; lgsp's (`quality.expectations._docs_builders`) keep what the index shows 
 listed run in a summary file and list nothing.
 
 Three contenders, each in its own process and its own fresh LGSP_HOME: `lgsp` (as shipped:
-the `DOCS_INDEX_RUNS` most recent runs listed), `gx` (the same list, GX's builders put
-back) and `gx_500` (GX's builders listing 500 runs: lgsp before 22 Nov 2026). Each publishes
+the `DOCS_INDEX_RUNS` most recent runs listed), `gx` (the same list, GX's index and section
+builders put back; lgsp's site builder stays) and `gx_500` (GX's builders listing 500 runs: lgsp before 22 Nov 2026). Each publishes
 `--batches` batches of the `dossier` dataset (100 rows each) and times every publish.
 Prints, per contender, the median publish time over windows of the history, and, as the
 last line, the figures as JSON.
