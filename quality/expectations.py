@@ -29,8 +29,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -256,9 +256,7 @@ def _docs_builders() -> tuple[type[Any], type[Any], type[Any]]:
                     run_name=key.run_id.run_name, asset_name=summary["asset_name"],
                     batch_kwargs=summary["batch_kwargs"], batch_spec=summary["batch_spec"])
             if kept != self.known:  # the runs listed now, so the file stays as small as the index
-                temporary = self.summaries.with_suffix(".tmp")
-                temporary.write_text(json.dumps(kept), encoding="utf-8")
-                temporary.replace(self.summaries)
+                _write_json(self.summaries, kept)
 
     class DirectSectionBuilder(DefaultSiteSectionBuilder):  # type: ignore[misc]
         def build(self, resource_identifiers: Any = None) -> None:
@@ -295,6 +293,13 @@ def _docs_builders() -> tuple[type[Any], type[Any], type[Any]]:
     return (type("LgspSiteIndexBuilder", (SummarisingIndexBuilder,), {"__module__": __name__}),
             type("LgspSiteSectionBuilder", (DirectSectionBuilder,), {"__module__": __name__}),
             type("LgspSiteBuilder", (AssetsOnceSiteBuilder,), {"__module__": __name__}))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Replace `path` with `value` as JSON: written aside, then renamed (a reader never sees half a file)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value), encoding="utf-8")
+    temporary.replace(path)
 
 
 @lru_cache(maxsize=1)
@@ -494,25 +499,19 @@ class _SuitePage:
         self.page = paths.data_docs.joinpath("expectations", *suite_name.split(".")).with_suffix(".html")
         self.stamp = hashlib.sha256(repr((suite_definition(dataset), gx.__version__, DOCS_VERSION))
                                     .encode()).hexdigest()
-
-    def _known(self) -> dict[str, str]:
         try:
             known = json.loads(self.stamps.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # none yet, or damaged: every page is rendered again
-            return {}
-        return known if isinstance(known, dict) else {}
+            known = {}
+        self.known: dict[str, str] = known if isinstance(known, dict) else {}
 
     def current(self) -> bool:
-        return self.page.is_file() and self._known().get(self.name) == self.stamp
+        return self.page.is_file() and self.known.get(self.name) == self.stamp
 
     def rendered(self) -> None:
         """Record that the page now shows this suite (if it exists: a failed rendering is tried again)."""
-        known = self._known()
-        if not self.page.is_file() or known.get(self.name) == self.stamp:
-            return
-        temporary = self.stamps.with_suffix(".tmp")
-        temporary.write_text(json.dumps({**known, self.name: self.stamp}), encoding="utf-8")
-        temporary.replace(self.stamps)
+        if self.page.is_file() and self.known.get(self.name) != self.stamp:
+            _write_json(self.stamps, {**self.known, self.name: self.stamp})
 
 
 class BatchCheck:

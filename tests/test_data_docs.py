@@ -216,6 +216,7 @@ def test_the_suite_page_and_the_static_assets_are_written_only_when_missing_or_c
 
     def suite_text() -> str:
         return " ".join(re.sub(r"<[^>]+>", " ", suite_page.read_text(encoding="utf-8")).split())
+
     dataset = load_catalog().datasets["dossier"]
     frame, row_ok = _checked(dataset, _dossiers(20))
     docs = home / "gx" / "data_docs"
