@@ -28,6 +28,11 @@ runs in a forked child process: its peak RSS is reported apart
 write). With --large N, lgsp's full sync also runs at N rows to show how its peak
 memory grows.
 
+With --trace, each lgsp incremental also reports its timeline: when each step of the run
+started and ended, in which thread (`_traced`: timing wrappers around the runner's, the
+warehouse's and the expectations' functions, nothing else changed), printed after the
+table; the incremental's figure is then that of a traced run.
+
 Prints a table and, as the last line, the figures as JSON.
 
     .venv/bin/python benchmarks/full_sync.py --rows 1000000 --large 10000000
@@ -138,20 +143,66 @@ def _import_lgsp() -> None:
     import schemas  # noqa: F401
 
 
-def run_lgsp(source_url: str, db_url: str, home: str) -> dict[str, Any]:
+TRACED = {"lgsp.runner": ["context", "begin_extract", "pull_pages", "finish_extract", "_check_chunks",
+                          "_validate_chunk", "_validated", "_load_chunks", "row_hashes"],
+          "lgsp.runner:LandedChunk": ["typed"],
+          "warehouse.store:Warehouse": ["create_all", "read_ahead", "write_chunks", "_merge", "_copy_to_stage",
+                                        "_copy_into", "set_cursor"],
+          "quality.expectations:BatchCheck": ["add", "outcomes", "publish"]}
+
+
+def _traced(started: list[float]) -> list[tuple[str, str, float, float]]:
+    """Wrap the functions in TRACED so that each call is recorded: (thread, name, start s, end s) after `started[0]`."""
+    import functools
+    import importlib
+    import inspect
+    import threading
+
+    events: list[tuple[str, str, float, float]] = []
+
+    def wrap(owner: Any, name: str) -> None:
+        raw = inspect.getattr_static(owner, name)
+        function = raw.__func__ if isinstance(raw, staticmethod) else raw
+
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                events.append((threading.current_thread().name, name, began - started[0],
+                               time.perf_counter() - started[0]))
+        setattr(owner, name, staticmethod(timed) if isinstance(raw, staticmethod) else timed)
+
+    for where, names in TRACED.items():
+        module, _, attribute = where.partition(":")
+        owner = importlib.import_module(module)
+        owner = getattr(owner, attribute) if attribute else owner
+        for name in names:
+            wrap(owner, name)
+    return events
+
+
+def run_lgsp(source_url: str, db_url: str, home: str, trace: bool = False) -> dict[str, Any]:
     """lgsp's sync as `lgsp run --inline` runs it: extract, validate and load overlapping (lgsp.streaming)."""
     catalog = _lgsp_home(Path(home), source_url)
     os.environ.update(LGSP_HOME=home, LGSP_CATALOG_DIR=str(catalog), LGSP_DATABASE_URL=db_url)
     _import_lgsp()
     from lgsp import runner
 
+    clock = [0.0]
+    events = _traced(clock) if trace else []
     imported_rss = _peak_rss_mb()
-    started = time.perf_counter()
+    started = clock[0] = time.perf_counter()
     result = runner.run_pipeline("bench_citizens")
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rows": result["rows_landed"], "changed": result["rows_changed"],
-            "quarantined": result["rows_quarantined"], "imports_peak_rss_mb": imported_rss,
-            "extract_process_peak_rss_mb": round(_children_peak_rss_mb(), 1)}
+    figures = {"seconds": seconds, "rows": result["rows_landed"], "changed": result["rows_changed"],
+               "quarantined": result["rows_quarantined"], "imports_peak_rss_mb": imported_rss,
+               "extract_process_peak_rss_mb": round(_children_peak_rss_mb(), 1)}
+    if trace:
+        figures["timeline"] = [[thread, name, round(began * 1000, 1), round(ended * 1000, 1)]
+                               for thread, name, began, ended in sorted(events, key=lambda e: e[2])]
+    return figures
 
 
 def run_lgsp_steps(source_url: str, db_url: str, home: str) -> dict[str, Any]:
@@ -226,7 +277,7 @@ def run_to_sql(source_url: str, db_url: str, home: str) -> dict[str, Any]:
 
 
 CONTENDERS = {"lgsp": run_lgsp, "lgsp_steps": run_lgsp_steps, "incremental": run_lgsp, "floor": run_floor,
-              "to_sql": run_to_sql}
+              "to_sql": run_to_sql, "incremental_traced": lambda *a: run_lgsp(*a, trace=True)}
 
 
 def _contender_main(args: argparse.Namespace) -> None:
@@ -350,6 +401,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     proc, source = _start_source(args.rows)
     databases: list[str] = []
+    incremental = "incremental_traced" if args.trace else "incremental"
     work = Path(tempfile.mkdtemp(prefix="lgsp-bench-"))
     try:
         def db() -> str:
@@ -361,7 +413,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         results["lgsp"] = _contender("lgsp", source, lgsp_db, lgsp_home)
         if not args.skip_warm:  # right after the full sync: its table's pages still in memory
             changed = _change(source, 0.01, seed=2)
-            results["incremental_warm"] = {**_contender("incremental", source, lgsp_db, lgsp_home),
+            results["incremental_warm"] = {**_contender(incremental, source, lgsp_db, lgsp_home),
                                            "source_changed": changed}
         if not args.skip_steps:
             results["lgsp_steps"] = _contender("lgsp_steps", source, db(), str(work / "lgsp_steps"))
@@ -371,7 +423,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results["to_sql"] = _contender("to_sql", source, db(), str(work / "to_sql"))
         _settle(args.admin_url, [url for url in databases if url != lgsp_db], lgsp_db)
         changed = _change(source, 0.01)
-        results["incremental"] = {**_contender("incremental", source, lgsp_db, lgsp_home), "source_changed": changed}
+        results["incremental"] = {**_contender(incremental, source, lgsp_db, lgsp_home), "source_changed": changed}
     finally:
         proc.kill()
         for url in databases:
@@ -417,6 +469,12 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     for name, row in results.items():
         print(f"{name:<14}{row['rows']:>12,}{row['seconds']:>10.2f}{row.get('rows_per_s', 0):>12,}"
               f"{row['peak_rss_mb']:>13.0f}")
+    for name, row in results.items():
+        if row.get("timeline"):
+            print(f"\n{name}: timeline (ms from the run's start)")
+            print(f"{'thread':<24}{'step':<18}{'start':>8}{'end':>8}{'took':>8}")
+            for thread, step, began, ended in row["timeline"]:
+                print(f"{thread:<24}{step:<18}{began:>8.1f}{ended:>8.1f}{ended - began:>8.1f}")
     print()
     for name, value in ratios.items():
         print(f"{name:<32}{value}")
@@ -436,6 +494,8 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true", help="skip lgsp with its steps one after another")
     parser.add_argument("--skip-warm", action="store_true",
                         help="skip the incremental run right after the full sync (the table still in memory)")
+    parser.add_argument("--trace", action="store_true",
+                        help="the incrementals report their timeline: each step's start and end, by thread")
     parser.add_argument("--contender", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)

@@ -30,10 +30,17 @@ def test_data_docs_benchmark_times_every_publish_of_each_contender() -> None:
 @pytest.mark.postgres
 def test_full_sync_benchmark_runs_lgsp_the_floor_and_the_incremental(pg_admin_url: str) -> None:
     figures = _figures("benchmarks/full_sync.py", "--rows", "20000", "--admin-url", pg_admin_url,
-                       "--skip-dlt", "--skip-to-sql", "--skip-steps")
+                       "--skip-dlt", "--skip-to-sql", "--skip-steps", "--trace")
     results = figures["results"]
     assert set(results) == {"floor", "lgsp", "incremental_warm", "incremental"}
     assert results["floor"]["rows"] == results["lgsp"]["rows"] == 20000
     assert results["incremental"]["rows"] == results["incremental"]["source_changed"] == 200
     assert results["incremental_warm"]["changed"] == 200
+    for name in ("incremental_warm", "incremental"):  # --trace: each incremental's steps, in start order
+        timeline = results[name]["timeline"]
+        steps = [step for _thread, step, _began, _ended in timeline]
+        assert {"pull_pages", "typed", "_validated", "_load_chunks", "write_chunks", "set_cursor"} <= set(steps)
+        assert steps.index("pull_pages") < steps.index("_validated")
+        assert all(0 <= began <= ended <= results[name]["seconds"] * 1000 + 1 for *_, began, ended in timeline)
+    assert "timeline" not in results["lgsp"]
     assert set(figures["goals"]) >= {"within_1_3x_floor", "incremental_le_5pct", "peak_rss_le_500mb"}
