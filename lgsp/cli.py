@@ -366,7 +366,7 @@ def outbox_retry(message_ids: list[str] = typer.Argument(None, help="message ids
             console.print(f"{name}: {outbox.dispatch(wh, catalog, catalog.feeds[name])}")
 
 
-lake_app = typer.Typer(help="See and compact the Parquet lake (raw/<dataset>/ingest_date=...).",
+lake_app = typer.Typer(help="See, compact and prune the lake (raw/<dataset>/ingest_date=..., landing/).",
                        no_args_is_help=True)
 app.add_typer(lake_app, name="lake")
 
@@ -422,6 +422,27 @@ def lake_compact(dataset: str = typer.Argument(None, help="one dataset (default:
                           f"{r.files_after} ({r.rows} rows)")
         merged += len(results)
     console.print(f"compacted {merged} partition(s)")
+
+
+@lake_app.command("prune")
+def lake_prune(older_than_days: float = typer.Option(
+                   ..., help="delete what is older than this many days (pages: of batches loaded before then)"),
+               dry_run: bool = typer.Option(False, help="only say what would be deleted")) -> None:
+    """Delete the landed pages of batches loaded long ago and GX's older results and pages (lgsp.retention).
+
+    A batch that failed or was not loaded keeps its pages; Parquet, quarantine and the store are not touched.
+    """
+    from datetime import timedelta
+
+    from lgsp.retention import prune
+
+    if older_than_days < 0:
+        fail(f"--older-than-days must not be negative, got {older_than_days}")
+    done = prune(timedelta(days=older_than_days), dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    console.print(f"before {done.before:%Y-%m-%d %H:%M} UTC: {verb} {done.pages} landed page(s) of {done.batches} "
+                  f"loaded batch(es), {done.page_bytes / 1e6:.2f} MB; {done.results} GX result(s) and "
+                  f"{done.result_pages} Data Docs page(s), {done.result_bytes / 1e6:.2f} MB")
 
 
 @app.command()

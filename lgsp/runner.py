@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from catalog import Catalog, DatasetSpec, PipelineSpec, SystemSpec, load_catalog
 from lgsp.settings import Settings, load_settings
 from warehouse import Lake, Warehouse, to_json
+from warehouse.lake import PAGES_PRUNED
 from schemas.arrow import EXTRAS_COLUMN
 from warehouse.rowhash import row_hashes
 from warehouse.store import utc
@@ -452,6 +453,12 @@ def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
         QualityError: a dataset-level expectation failed (bad rows are already in quarantine).
     """
     manifest = ctx.lake.read_manifest(ctx.pipeline.name, batch_id)
+    if PAGES_PRUNED in manifest:  # raised before the batch could be marked failed: it was loaded
+        pruned = manifest[PAGES_PRUNED]
+        raise FileNotFoundError(
+            f"batch {batch_id} of {ctx.pipeline.name}: its {pruned.get('pages')} landed page(s) were deleted on "
+            f"{pruned.get('at')} by `lgsp lake prune` (the batch had been loaded: its rows are in its Parquet "
+            "file and in quarantine), so it cannot be validated again; run the pipeline for a new batch")
     try:
         checked = _check_chunks(ctx, batch_id, _landed_chunks(ctx, batch_id, CHUNK_ROWS))
         return _validated(ctx, batch_id, manifest, checked)

@@ -599,6 +599,62 @@ class BatchCheck:
         return outcomes, self.publish()
 
 
+@dataclass(frozen=True)
+class PrunedResults:
+    results: int  # stored validation results deleted (or that would be)
+    pages: int  # their Data Docs pages
+    bytes: int
+
+
+def _run_time(result: Path) -> datetime | None:
+    """When a stored result ran: its folder's name (`20261204T140002.108257Z`), or None if not such a name."""
+    try:
+        return datetime.strptime(result.parent.name, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _remove_empty_parents(path: Path, top: Path) -> None:
+    """Remove the folders between `path` and `top` (not `top`) that are left empty."""
+    for folder in path.parents:
+        if folder == top or top not in folder.parents:
+            return
+        try:
+            folder.rmdir()
+        except OSError:  # not empty
+            return
+
+
+def prune_results(before: datetime, paths: GxPaths | None = None, dry_run: bool = False) -> PrunedResults:
+    """Delete the stored validation results, and their Data Docs pages, of runs before `before`.
+
+    The newest `DOCS_INDEX_RUNS` runs are always kept, whatever their age: they are the
+    ones the site's index lists, so the index never links to a deleted page. Suite pages,
+    the index and the static assets stay. Each batch's outcomes are also kept in the
+    store (`lgsp_expectation_result`). Runs under the docs lock, like a publish.
+    """
+    paths = paths or GxPaths.from_env()
+    store = paths.root / "validations"
+    if not store.is_dir():
+        return PrunedResults(0, 0, 0)
+    results = pages = size = 0
+    with _docs_lock(paths):
+        runs = sorted(((when, path) for path in store.rglob("*.json") if (when := _run_time(path)) is not None),
+                      key=lambda run: run[0], reverse=True)
+        for when, result in runs[DOCS_INDEX_RUNS:]:
+            if when >= before:
+                continue
+            page = (paths.data_docs / "validations" / result.relative_to(store)).with_suffix(".html")
+            files = [(result, store), *([(page, paths.data_docs / "validations")] if page.is_file() else [])]
+            results, pages = results + 1, pages + len(files) - 1
+            for path, top in files:
+                size += path.stat().st_size
+                if not dry_run:
+                    path.unlink()
+                    _remove_empty_parents(path, top)
+    return PrunedResults(results, pages, size)
+
+
 def validate_dataset(frame: pd.DataFrame, row_ok: Any, dataset: DatasetSpec, batch_id: str,
                      raise_on_failure: bool = True) -> list[ExpectationOutcome]:
     """Run the dataset's suite on one frame (result and Data Docs on disk); raise QualityError if any fails.

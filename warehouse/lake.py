@@ -18,6 +18,9 @@ every batch file or the compacted files, never both and never neither; a crash a
 leaves the lake readable with every row once, and the next compaction clears the debris.
 Batch writes and compaction exclude each other through a lock file per dataset
 (`.locks/<dataset>.lock`: shared for writes, exclusive for compaction).
+
+Landed pages are kept until `lgsp lake prune` deletes those of batches loaded long enough
+ago (`Lake.prune_pages`, `lgsp.retention`); their manifests stay.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ PROVENANCE_KEY = b"lgsp.batches"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+PAGES_PRUNED = "pages_pruned"  # in a manifest: when `prune_pages` deleted the batch's landed pages, how many
 
 
 def _page_number(path: Path) -> int:
@@ -187,6 +191,28 @@ class Lake:
             raise FileNotFoundError(f"batch {batch_id} of {pipeline} has no manifest at {path}: "
                                     "its extract step did not finish; rerun the pipeline")
         return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+    def prune_pages(self, pipeline: str, batch_id: str, dry_run: bool = False) -> tuple[int, int]:
+        """Delete a batch's landed pages; (pages, bytes) deleted, or that would be with `dry_run`.
+
+        For a batch that was loaded: its rows are in its Parquet file and in quarantine. The
+        manifest stays and records the pruning (`PAGES_PRUNED`) before any page goes, so a
+        later validation of the batch says why its pages are missing; pruning again finds
+        nothing to delete.
+        """
+        pages = self.page_paths(pipeline, batch_id)
+        size = sum(path.stat().st_size for path in pages)
+        if pages and not dry_run:
+            try:
+                manifest = self.read_manifest(pipeline, batch_id)
+            except FileNotFoundError:
+                manifest = {"batch_id": batch_id, "pipeline": pipeline}
+            manifest[PAGES_PRUNED] = {"at": datetime.now(timezone.utc).isoformat(), "pages": len(pages),
+                                      "bytes": size}
+            self.write_manifest(pipeline, batch_id, manifest)
+            for path in pages:
+                path.unlink(missing_ok=True)
+        return len(pages), size
 
     def read_records(self, pipeline: str, batch_id: str) -> Iterator[dict[str, Any]]:
         """Every landed record of a batch, in page order."""

@@ -1,0 +1,67 @@
+"""Retention: what lgsp may delete once it is no longer needed (`lgsp lake prune`).
+
+Two things grow with every batch and are not needed for long:
+
+- the landing zone (`lake/landing/<pipeline>/<batch>/page-*.json`), the pages as received:
+  a full sync of a million citizens lands ~200 MB of them. Once a batch is loaded its rows
+  are in its Parquet file (good rows) and in quarantine (bad rows, with the record as
+  received), so its pages are only needed to validate it again;
+- Great Expectations' stored result (~16 KB) and Data Docs page (~36 KB) of every run; each
+  batch's outcomes are also in the store (`lgsp_expectation_result`).
+
+`prune` deletes the pages of batches **loaded** before the cut-off (a failed, half-pulled or
+unloaded batch keeps its pages: a rerun resumes or replays from them), keeping each batch's
+manifest, and the GX results and pages of runs before it, except the newest ones, which the
+Data Docs index lists (`quality.expectations.prune_results`). Parquet files, quarantine and
+the store are never touched. `dry_run` reports what would go.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+
+from lgsp.runner import open_warehouse
+from lgsp.settings import Settings, load_settings
+from warehouse import Lake
+
+log = logging.getLogger("lgsp.retention")
+
+
+@dataclass(frozen=True)
+class Pruned:
+    before: datetime
+    batches: int  # loaded batches whose pages were deleted
+    pages: int
+    page_bytes: int
+    results: int  # GX results deleted
+    result_pages: int  # their Data Docs pages
+    result_bytes: int
+    dry_run: bool
+
+
+def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | None = None,
+          now: datetime | None = None) -> Pruned:
+    """Delete the landed pages of batches loaded more than `older_than` ago, and GX's older results and pages."""
+    from quality.expectations import prune_results
+
+    if older_than < timedelta(0):
+        raise ValueError(f"older_than must not be negative, got {older_than}")
+    settings = settings or load_settings()
+    before = (now or datetime.now(timezone.utc)) - older_than
+    wh, lake = open_warehouse(settings=settings), Lake(settings.lake_root)
+    batch = wh.table("lgsp_batch")
+    with wh.engine.connect() as conn:
+        loaded = conn.execute(sa.select(batch.c.pipeline, batch.c.batch_id).where(
+            batch.c.status == "loaded", batch.c.finished_at < before).order_by(batch.c.finished_at)).all()
+    batches = pages = page_bytes = 0
+    for pipeline, batch_id in loaded:
+        count, size = lake.prune_pages(pipeline, batch_id, dry_run=dry_run)
+        if count:
+            batches, pages, page_bytes = batches + 1, pages + count, page_bytes + size
+    results = prune_results(before, dry_run=dry_run)
+    pruned = Pruned(before, batches, pages, page_bytes, results.results, results.pages, results.bytes, dry_run)
+    log.info("%s: %s", "would prune" if dry_run else "pruned", pruned)
+    return pruned
