@@ -426,7 +426,8 @@ def lake_compact(dataset: str = typer.Argument(None, help="one dataset (default:
 
 @lake_app.command("prune")
 def lake_prune(older_than_days: float = typer.Option(
-                   ..., help="delete what is older than this many days (pages: of batches loaded before then)"),
+                   None, help="delete what is older than this many days (pages: of batches loaded before then); "
+                              "default: LGSP_RETENTION_DAYS, or 90"),
                dry_run: bool = typer.Option(False, help="only say what would be deleted")) -> None:
     """Delete the landed pages of batches loaded long ago and GX's older results and pages (lgsp.retention).
 
@@ -434,8 +435,15 @@ def lake_prune(older_than_days: float = typer.Option(
     """
     from datetime import timedelta
 
-    from lgsp.retention import prune
+    from lgsp.retention import prune, retention_days
 
+    if older_than_days is None:
+        try:
+            older_than_days = retention_days()
+        except ValueError as exc:
+            fail(str(exc))
+        if older_than_days is None:
+            fail("LGSP_RETENTION_DAYS is off: nothing is pruned (give --older-than-days to prune anyway)")
     if older_than_days < 0:
         fail(f"--older-than-days must not be negative, got {older_than_days}")
     done = prune(timedelta(days=older_than_days), dry_run=dry_run)
@@ -443,6 +451,26 @@ def lake_prune(older_than_days: float = typer.Option(
     console.print(f"before {done.before:%Y-%m-%d %H:%M} UTC: {verb} {done.pages} landed page(s) of {done.batches} "
                   f"loaded batch(es), {done.page_bytes / 1e6:.2f} MB; {done.results} GX result(s) and "
                   f"{done.result_pages} Data Docs page(s), {done.result_bytes / 1e6:.2f} MB")
+
+
+@lake_app.command("maintain")
+def lake_maintain(inline: bool = typer.Option(False, help="run in this process instead of on Airflow")) -> None:
+    """Run the daily housekeeping now (the lgsp_maintenance DAG): compact the lake, then prune by retention."""
+    from lgsp.retention import maintain, retention_days
+
+    try:
+        retention_days()  # a bad LGSP_RETENTION_DAYS is named here, not in a task log
+        if not inline:
+            return _airflow_run(["lgsp_maintenance"])
+        done = maintain()
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        fail(f"maintenance: {type(exc).__name__}: {exc}")
+    console.print(f"compacted {len(done['compacted'])} partition(s); retention "
+                  + (f"{done['retention_days']:g} days: pruned {done['pruned']['pages']} landed page(s) of "
+                     f"{done['pruned']['batches']} batch(es), {done['pruned']['results']} GX result(s)"
+                     if done["pruned"] else "off: nothing pruned"))
 
 
 @app.command()

@@ -4,6 +4,7 @@ Per pipeline: a DAG `lgsp_<pipeline>` with three tasks, extract -> validate ->
 load, each a call into `lgsp.runner`; the load task updates the dataset's
 Asset. The indicators DAG `lgsp_indicators` is scheduled on the Assets of the
 datasets it reads; each run recomputes the months the newly loaded rows touch.
+`lgsp_maintenance` compacts the lake and applies the retention daily (`lgsp.retention`).
 Nothing here does I/O beyond reading the local catalog.
 """
 from __future__ import annotations
@@ -288,6 +289,31 @@ def push_dag(feed: FeedSpec, catalog: Catalog) -> Any:
     return _push()
 
 
+MAINTENANCE_SCHEDULE = "0 2 * * *"  # 02:00 Vietnam time, after the night's syncs
+
+
+def maintenance_dag() -> Any:
+    """The daily housekeeping: compact the lake's partitions, then prune by the retention (`lgsp.retention`)."""
+    from airflow.sdk import dag, task
+
+    @dag(dag_id="lgsp_maintenance", description="Compact the lake, prune landed pages and GX results by retention",
+         schedule=_timetable(MAINTENANCE_SCHEDULE), start_date=START_DATE, catchup=False, max_active_runs=1,
+         tags=["lgsp", "maintenance"], default_args=_default_args(2),
+         doc_md="Compacts every dataset's Parquet partitions (`lgsp lake compact`), then deletes the landed pages "
+                "of batches loaded more than `LGSP_RETENTION_DAYS` days ago (default 90, `off` keeps them) and "
+                "Great Expectations' older results and pages (`lgsp lake prune`).")
+    def _maintenance() -> None:
+        @task(task_id="maintain")
+        def maintain() -> dict[str, Any]:
+            from lgsp.retention import maintain as run_maintenance
+
+            return run_maintenance()
+
+        maintain()
+
+    return _maintenance()
+
+
 def indicators_mart_asset() -> Any:
     """The Asset of the indicator mart, updated by every compute task of `lgsp_indicators`."""
     return dataset_asset("indicator_value", "mart")
@@ -300,4 +326,5 @@ def build_dags(catalog: Catalog | None = None) -> dict[str, Any]:
     if catalog.indicators:
         dags["lgsp_indicators"] = indicators_dag(catalog)
     dags.update({f"lgsp_push_{f.name}": push_dag(f, catalog) for f in catalog.feeds.values() if not f.after})
+    dags["lgsp_maintenance"] = maintenance_dag()
     return dags

@@ -14,12 +14,18 @@ unloaded batch keeps its pages: a rerun resumes or replays from them), keeping e
 manifest, and the GX results and pages of runs before it, except the newest ones, which the
 Data Docs index lists (`quality.expectations.prune_results`). Parquet files, quarantine and
 the store are never touched. `dry_run` reports what would go.
+
+`maintain` is the daily housekeeping the `lgsp_maintenance` DAG runs (02:00 Vietnam time):
+compact every dataset's Parquet partitions, then prune what is older than
+`LGSP_RETENTION_DAYS` (default `DEFAULT_RETENTION_DAYS`; `off` keeps everything).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -28,6 +34,25 @@ from lgsp.settings import Settings, load_settings
 from warehouse import Lake
 
 log = logging.getLogger("lgsp.retention")
+RETENTION_ENV = "LGSP_RETENTION_DAYS"
+DEFAULT_RETENTION_DAYS = 90.0
+COMPACT_MIN_AGE = timedelta(hours=1)  # a partition with a younger file may have a load pending: left alone
+
+
+def retention_days() -> float | None:
+    """The days `maintain` keeps: `LGSP_RETENTION_DAYS`, `DEFAULT_RETENTION_DAYS` if unset, None if `off`."""
+    text = os.environ.get(RETENTION_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETENTION_DAYS
+    if text.lower() == "off":
+        return None
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:  # also NaN
+        raise ValueError(f"{RETENTION_ENV}={text!r} is not a number of days (30, 0.5) or 'off'")
+    return days
 
 
 @dataclass(frozen=True)
@@ -65,3 +90,19 @@ def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | Non
     pruned = Pruned(before, batches, pages, page_bytes, results.results, results.pages, results.bytes, dry_run)
     log.info("%s: %s", "would prune" if dry_run else "pruned", pruned)
     return pruned
+
+
+def maintain(settings: Settings | None = None, compact_min_age: timedelta = COMPACT_MIN_AGE) -> dict[str, Any]:
+    """Compact every dataset's lake partitions, then prune by `retention_days()`; what was done, as plain data."""
+    settings = settings or load_settings()
+    days = retention_days()  # a bad setting fails before anything is touched
+    lake = Lake(settings.lake_root)
+    compacted = [{"dataset": r.dataset, "ingest_date": r.ingest_date.isoformat(), "files_before": r.files_before,
+                  "files_after": r.files_after, "rows": r.rows}
+                 for name in lake.datasets() for r in lake.compact(name, min_age=compact_min_age)]
+    pruned = None
+    if days is not None:
+        done = prune(timedelta(days=days), settings=settings)
+        pruned = {**asdict(done), "before": done.before.isoformat()}
+    log.info("maintenance: %d partition(s) compacted; pruned: %s", len(compacted), pruned or "off")
+    return {"compacted": compacted, "retention_days": days, "pruned": pruned}

@@ -47,7 +47,7 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     bag = _dagbag(tmp_path, Path(__file__).resolve().parent.parent / "dags")
     assert bag["errors"] == {}
     catalog = load_catalog()
-    expected = ({f"lgsp_{p}" for p in catalog.pipelines} | {"lgsp_indicators"}
+    expected = ({f"lgsp_{p}" for p in catalog.pipelines} | {"lgsp_indicators", "lgsp_maintenance"}
                 | {f"lgsp_push_{f.name}" for f in catalog.feeds.values() if not f.after})
     assert set(bag["dags"]) == expected
     for dag_id, dag in bag["dags"].items():
@@ -62,6 +62,8 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     assert sync == {"enqueue_dvcqg_dossier_sync": "default_pool", "dispatch_dvcqg_dossier_sync": "lgsp_dvcqg",
                     "enqueue_dvcqg_dossier_progress": "default_pool", "dispatch_dvcqg_dossier_progress": "lgsp_dvcqg"}
     assert "Asset" in bag["dags"]["lgsp_indicators"]["schedule"]  # scheduled on the datasets it reads
+    assert bag["dags"]["lgsp_maintenance"]["schedule"] == "CronDataIntervalTimetable"  # daily, 02:00 Vietnam time
+    assert set(bag["dags"]["lgsp_maintenance"]["retries"]) == {"maintain"}
 
 
 def test_dagbag_probe_can_fail(tmp_path: Path) -> None:
@@ -143,3 +145,28 @@ def test_push_dag_syncs_dossiers_to_dvcqg_on_airflow(tmp_path: Path, sandbox_han
                                            "where dag_id = 'lgsp_push_dvcqg_dossier_sync'")).all())
     assert {"lgsp_dvcqg", "lgsp_reporting", "lgsp_population"} <= pools
     assert set(states.values()) == {"success"} and len(states) == 4
+
+
+def test_maintenance_dag_prunes_loaded_batches_on_airflow(tmp_path: Path, sandbox_handle: Any) -> None:
+    """`lgsp lake maintain` runs the lgsp_maintenance DAG: the landed pages of loaded batches go, no row does."""
+    import sqlalchemy as sa
+
+    home = tmp_path / "home"
+    env = lgsp_env(home, **sandbox_handle.env(), LGSP_RETENTION_DAYS="0")
+    assert run(["lgsp", "run", "tthc_dossiers", "--inline"], env).returncode == 0
+    landing = home / "lake" / "landing" / "tthc_dossiers"
+    assert list(landing.rglob("page-*"))
+    engine = sa.create_engine(f"sqlite:///{home / 'warehouse.db'}")
+    with engine.connect() as conn:
+        before = conn.execute(sa.text("select count(*) from core_dossier")).scalar()
+    proc = run(["lgsp", "lake", "maintain"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Airflow: lgsp_maintenance" in proc.stdout
+    assert not list(landing.rglob("page-*")) and list(landing.rglob("manifest.json"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from core_dossier")).scalar() == before > 0
+    airflow_db = sa.create_engine(f"sqlite:///{home / 'airflow' / 'airflow.db'}")
+    with airflow_db.connect() as conn:
+        states = dict(conn.execute(sa.text(
+            "select task_id, state from task_instance where dag_id = 'lgsp_maintenance'")).all())
+    assert states == {"maintain": "success"}

@@ -128,3 +128,50 @@ def test_cli_lake_prune_keeps_the_pages_of_a_failed_batch(lgsp_env: Any, monkeyp
     said = " ".join(wet.output.split())
     assert wet.exit_code == 0 and re.search(r"\bdeleted [1-9]\d* landed page\(s\) of 1 loaded", said), said
     assert list(Path(lgsp_env.lake_root, "landing", PIPELINE).rglob("page-*")) == kept  # the failed batch's only
+
+
+def test_retention_days_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lgsp.retention import DEFAULT_RETENTION_DAYS, retention_days
+
+    monkeypatch.delenv("LGSP_RETENTION_DAYS", raising=False)
+    assert retention_days() == DEFAULT_RETENTION_DAYS == 90
+    for text, days in (("7", 7.0), (" 0.5 ", 0.5), ("0", 0.0), ("off", None), ("OFF", None)):
+        monkeypatch.setenv("LGSP_RETENTION_DAYS", text)
+        assert retention_days() == days, text
+    for text in ("abc", "-1", "nan"):
+        monkeypatch.setenv("LGSP_RETENTION_DAYS", text)
+        with pytest.raises(ValueError, match=r"LGSP_RETENTION_DAYS=.* is not a number of days .* or 'off'"):
+            retention_days()
+
+
+def test_maintain_compacts_the_lake_then_prunes_and_keeps_every_row(lgsp_env: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lgsp.cli import app
+    from lgsp.retention import maintain
+
+    wh, lake = Warehouse(lgsp_env.database_url, load_catalog()), Lake(lgsp_env.lake_root)
+    runner.run_pipeline(PIPELINE)
+    runner.run_pipeline(PIPELINE, full_refresh=True)  # a second Parquet file in today's partition
+    before = _state(wh, lgsp_env)
+    files = sorted((lgsp_env.lake_root / "raw" / "citizen").rglob("*.parquet"))
+    assert len(files) == 2
+
+    monkeypatch.setenv("LGSP_RETENTION_DAYS", "off")
+    kept = maintain(compact_min_age=timedelta(0))
+    assert kept["pruned"] is None and kept["retention_days"] is None
+    assert [(c["dataset"], c["files_before"], c["files_after"]) for c in kept["compacted"]] == [("citizen", 2, 1)]
+    assert len(list((lgsp_env.lake_root / "raw" / "citizen").rglob("*.parquet"))) == 1
+    assert list(Path(lgsp_env.lake_root, "landing", PIPELINE).rglob("page-*"))  # retention off: pages stay
+    assert _state(wh, lgsp_env) == before
+
+    monkeypatch.setenv("LGSP_RETENTION_DAYS", "0")
+    done = maintain(compact_min_age=timedelta(0))
+    assert done["compacted"] == [] and done["retention_days"] == 0
+    assert done["pruned"]["batches"] == 2 and done["pruned"]["pages"] > 0
+    assert not list(Path(lgsp_env.lake_root, "landing", PIPELINE).rglob("page-*"))
+    assert _state(wh, lgsp_env) == before
+
+    monkeypatch.setenv("LGSP_RETENTION_DAYS", "a month")
+    bad = CliRunner().invoke(app, ["lake", "maintain", "--inline"])
+    assert bad.exit_code == 1 and "LGSP_RETENTION_DAYS='a month' is not a number of days" in " ".join(bad.output.split())
+    assert _state(wh, lgsp_env) == before
