@@ -70,7 +70,7 @@ class Pruned:
 def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | None = None,
           now: datetime | None = None) -> Pruned:
     """Delete the landed pages of batches loaded more than `older_than` ago, and GX's older results and pages."""
-    from quality.expectations import prune_results
+    from quality.expectations import GxPaths, prune_results
 
     if older_than < timedelta(0):
         raise ValueError(f"older_than must not be negative, got {older_than}")
@@ -86,7 +86,7 @@ def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | Non
         count, size = lake.prune_pages(pipeline, batch_id, dry_run=dry_run)
         if count:
             batches, pages, page_bytes = batches + 1, pages + count, page_bytes + size
-    results = prune_results(before, dry_run=dry_run)
+    results = prune_results(before, GxPaths.of_home(settings.home), dry_run=dry_run)
     pruned = Pruned(before, batches, pages, page_bytes, results.results, results.pages, results.bytes, dry_run)
     log.info("%s: %s", "would prune" if dry_run else "pruned", pruned)
     return pruned

@@ -86,7 +86,12 @@ class GxPaths:
         """`$LGSP_HOME/gx`, with the docs site in `gx/data_docs` unless `LGSP_DATA_DOCS_DIR` is set."""
         from lgsp.settings import load_settings
 
-        root = load_settings().home / "gx"
+        return cls.of_home(load_settings().home)
+
+    @classmethod
+    def of_home(cls, home: Path) -> GxPaths:
+        """`home/gx`, with the docs site in `gx/data_docs` unless `LGSP_DATA_DOCS_DIR` is set."""
+        root = home / "gx"
         return cls(root=root, data_docs=Path(os.environ.get(DATA_DOCS_ENV) or root / "data_docs").resolve())
 
 
