@@ -457,8 +457,8 @@ def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
         pruned = manifest[PAGES_PRUNED]
         raise FileNotFoundError(
             f"batch {batch_id} of {ctx.pipeline.name}: its {pruned.get('pages')} landed page(s) were deleted on "
-            f"{pruned.get('at')} by `lgsp lake prune` (the batch had been loaded: its rows are in its Parquet "
-            "file and in quarantine), so it cannot be validated again; run the pipeline for a new batch")
+            f"{pruned.get('at')} by `lgsp lake prune` (the batch had been loaded: its rows are in the lake's Parquet "
+            "files and in quarantine), so it cannot be validated again; run the pipeline for a new batch")
     try:
         checked = _check_chunks(ctx, batch_id, _landed_chunks(ctx, batch_id, CHUNK_ROWS))
         return _validated(ctx, batch_id, manifest, checked)

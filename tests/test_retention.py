@@ -68,7 +68,8 @@ def test_prune_deletes_loaded_batches_pages_and_old_results_and_keeps_every_row(
     dry = prune(timedelta(days=30), dry_run=True, now=later)
     assert (dry.batches, dry.pages, dry.results, dry.result_pages) == (2, sum(len(pages[b]) for b in loaded), 1, 1)
     assert dry.page_bytes == sum(p.stat().st_size for b in loaded for p in pages[b])
-    assert all(p.exists() for ps in pages.values() for p in ps) and sorted((gx / "validations").rglob("*.json")) == results
+    assert all(p.exists() for ps in pages.values() for p in ps)
+    assert sorted((gx / "validations").rglob("*.json")) == results
 
     done = prune(timedelta(days=30), now=later)
     assert (done.batches, done.pages, done.page_bytes, done.results, done.result_pages) == (
@@ -173,5 +174,6 @@ def test_maintain_compacts_the_lake_then_prunes_and_keeps_every_row(lgsp_env: An
 
     monkeypatch.setenv("LGSP_RETENTION_DAYS", "a month")
     bad = CliRunner().invoke(app, ["lake", "maintain", "--inline"])
-    assert bad.exit_code == 1 and "LGSP_RETENTION_DAYS='a month' is not a number of days" in " ".join(bad.output.split())
+    said = " ".join(bad.output.split())
+    assert bad.exit_code == 1 and "LGSP_RETENTION_DAYS='a month' is not a number of days" in said, said
     assert _state(wh, lgsp_env) == before
