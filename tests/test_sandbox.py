@@ -322,8 +322,8 @@ def test_parse_instant_tolerates_decoded_plus():
 def test_python_dash_m_sandbox_starts_and_stops(tmp_path):
     env_file = tmp_path / "sandbox.env"
     with subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--citizens", "20", "--dossiers", "20", "--seed", "3",
-         "--size", "land_parcel=9", "--env-file", str(env_file)],
+        [sys.executable, "-X", "faulthandler", "-m", "sandbox", "--citizens", "20", "--dossiers", "20", "--seed",
+         "3", "--size", "land_parcel=9", "--env-file", str(env_file)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as proc:
         try:
@@ -344,7 +344,12 @@ def test_python_dash_m_sandbox_starts_and_stops(tmp_path):
             assert not any(exported[name] in printed for name in exported if name.endswith(("PASSWORD", "SECRET")))
         finally:
             proc.send_signal(signal.SIGINT)
-            _, stderr = proc.communicate(timeout=10)
+            try:  # 12 servers to stop on a machine the rest of the suite keeps busy: seconds, not minutes
+                _, stderr = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack, then it dies
+                _, stderr = proc.communicate(timeout=30)
+                pytest.fail(f"python -m sandbox did not stop within 60 s of SIGINT; its threads:\n{stderr[-6000:]}")
     assert proc.returncode == 0 and "Traceback" not in stderr
 
 
