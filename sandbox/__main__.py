@@ -1,4 +1,4 @@
-"""``python -m sandbox``: run every simulated system until Ctrl-C.
+"""``python -m sandbox``: run every simulated system until Ctrl-C (or SIGINT, SIGTERM).
 
 Prints the URLs only; the credentials (and the TLS client files) go to
 ``--env-file`` (mode 600) when given -- ``source`` it in another shell.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import threading
 from pathlib import Path
 
@@ -62,9 +63,23 @@ def _write_env_file(path: Path, env: dict[str, str]) -> None:
     os.chmod(path, 0o600)
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM stop the sandbox, even when it was started with SIGINT ignored.
+
+    A background job of a non-interactive shell (`cmd &`, `nohup`) starts with SIGINT
+    ignored, and Python then leaves it ignored: `kill -INT` did nothing (a test hung on it).
+    """
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, start the sandbox, block until interrupted."""
+    """Parse arguments, start the sandbox, block until interrupted (Ctrl-C, SIGINT or SIGTERM)."""
     args = _parser().parse_args(argv)
+    _stop_on_signals()
     ports = {name: args.port_base + i for i, name in enumerate(SYSTEMS)} if args.port_base else {}
     handle = start_sandbox(args.seed, args.citizens, args.dossiers, args.host, args.port_population,
                            args.port_tthc, args.api_key, args.defect_rate, sizes=dict(args.size), ports=ports)
