@@ -146,6 +146,7 @@ def _import_lgsp() -> None:
 TRACED = {"lgsp.runner": ["context", "begin_extract", "pull_pages", "finish_extract", "_check_chunks",
                           "_validate_chunk", "_validated", "_load_chunks", "row_hashes"],
           "lgsp.runner:LandedChunk": ["typed"],
+          "warehouse.rowhash": ["warm"],
           "warehouse.store:Warehouse": ["create_all", "read_ahead", "write_chunks", "_merge", "_copy_to_stage",
                                         "_copy_into", "set_cursor"],
           "quality.expectations:BatchCheck": ["add", "outcomes", "publish"]}

@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from lgsp import runner
 from lgsp.runner import LandedChunk, PipelineContext
+from warehouse import rowhash
 
 log = logging.getLogger("lgsp.streaming")
 POLL_S = 0.05  # the longest the validator waits for the child's word before looking for a page again
@@ -204,8 +205,6 @@ class _Loader(threading.Thread):
 
     def run(self) -> None:
         try:
-            schema = runner.chunk_schema(self.ctx.dataset)  # DuckDB's start-up and the hash query's plan,
-            runner.row_hashes(pa.table([pa.nulls(1, f.type) for f in schema], schema=schema))  # while validating
             self.outcome.set_result(runner._load_chunks(self.ctx, self.batch_id, self._chunks(),
                                                         lambda: self.validated.result()))
         except BaseException as exc:  # noqa: BLE001 - handed to the validating thread
@@ -238,25 +237,29 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     from quality.expectations import GxPaths, _cached_context
     from quality.rules import commune_value_set
 
-    ctx.warehouse.dialect  # noqa: B018 - the tables are created or checked here, once, before the fork
-    start = runner.begin_extract(ctx, full_refresh=full_refresh, since=since, until=until)
-    batch_id = start.batch_id
-    # GX's context and the reference codes the row rules check, while this thread waits for the source.
-    # No other thread may run at the fork below: the child would inherit locks nobody releases.
-    warming = threading.Thread(target=lambda: (_cached_context(GxPaths.from_env(), ctx.dataset), commune_value_set()),
+    # The row hashes' DuckDB, the reference codes the row rules check and GX's context, while this thread
+    # checks the tables, records the batch and waits for the source. No other thread may run at the fork
+    # below: the child would inherit locks nobody releases (DuckDB's own threads only wait for work,
+    # and a child leaves its copy alone).
+    warming = threading.Thread(target=lambda: (rowhash.warm(runner.chunk_schema(ctx.dataset)), commune_value_set(),
+                                               _cached_context(GxPaths.from_env(), ctx.dataset)),
                                name="lgsp-warm", daemon=True)
     warming.start()
     extract: _Extract | _Extracted | None = None
     loader: _Loader | None = None
+    keys: list[Any] = []
+    key = ctx.dataset.key[0] if len(ctx.dataset.key) == 1 else None
     try:
-        keys: list[Any] = []
-        key = ctx.dataset.key[0] if len(ctx.dataset.key) == 1 else None
-        try:  # the first page is pulled here: a batch of one page (most incremental runs) needs no child
-            start = runner.pull_pages(ctx, start, max_pages=1, on_records=None if key is None else
-                                      lambda records: keys.extend(r.get(key) if isinstance(r, dict) else None
-                                                                  for r in records))
-        finally:
-            warming.join()
+        ctx.warehouse.dialect  # noqa: B018 - the tables are created or checked here, once, before the fork
+        start = runner.begin_extract(ctx, full_refresh=full_refresh, since=since, until=until)
+        # the first page is pulled here: a batch of one page (most incremental runs) needs no child
+        start = runner.pull_pages(ctx, start, max_pages=1, on_records=None if key is None else
+                                  lambda records: keys.extend(r.get(key) if isinstance(r, dict) else None
+                                                              for r in records))
+    finally:
+        warming.join()
+    batch_id = start.batch_id
+    try:
         if start.state and start.state["done"]:
             extract = _Extracted(runner.finish_extract(ctx, start))
             # the whole batch is known: the rows it will update are read into memory while it is checked

@@ -366,7 +366,11 @@ def _gx_context(paths: GxPaths) -> Any:
                                       "validations": {**section, "run_name_filter": {"matches_regex": ".*"}}}}
     config = DataContextConfig(store_backend_defaults=defaults, stores=stores, data_docs_sites={DOCS_SITE: site},
                                analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
-    return gx.get_context(mode="ephemeral", project_config=config)
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    # An ephemeral context "saves" its whole configuration as YAML into a store in memory that
+    # nothing reads back, on every datasource, asset and batch definition added: ~30 ms a process.
+    context._save_project_config = lambda: None
+    return context
 
 
 @contextmanager
