@@ -18,6 +18,7 @@ from connectors.errors import FatalError, RetriableError
 from connectors.http import CLIENT_ID, MAX_RESPONSE_BYTES, open_session
 from connectors.message_log import MessageLog
 from connectors.secrets import redact
+from connectors.source import raw_page
 
 NEXT_URL = "__url__"  # a paginator's "follow this link" parameter
 
@@ -80,7 +81,8 @@ class RestTransport:
                              "refusing to send credentials to another host; check the peer")
         return str(link)
 
-    def _send(self, params: dict[str, Any], headers: dict[str, str]) -> tuple[requests.Response, Any]:
+    def _send(self, params: dict[str, Any], headers: dict[str, str],
+              records_field: str | None = None) -> tuple[requests.Response, Any]:
         params = dict(params)
         url = self._target(params)
         request: dict[str, Any] = {"headers": dict(headers), "timeout": self.timeout}
@@ -102,10 +104,14 @@ class RestTransport:
             raise self._fail(f"connection failed ({type(exc).__name__})", retriable=True) from None
         body = None
         if response.status_code < 400:
-            body = self._json(response)
+            body = self._json(response, records_field)
         return response, body
 
-    def _json(self, response: requests.Response) -> Any:
+    def _json(self, response: requests.Response, records_field: str | None = None) -> Any:
+        if records_field:  # UTF-8 JSON, as orjson reads it below, with the records left as the peer's JSON
+            page = raw_page(response.content, records_field)
+            if page is not None:
+                return page
         try:
             return orjson.loads(response.content)  # UTF-8 JSON, the common case, parsed in C
         except orjson.JSONDecodeError:
@@ -131,16 +137,21 @@ class RestTransport:
                              "the peer refused the call; check the request")
         return body
 
-    def _exchange(self, params: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-        response, body = self._send(params, headers)
+    def _exchange(self, params: dict[str, Any], headers: dict[str, str],
+                  records_field: str | None = None) -> dict[str, Any]:
+        response, body = self._send(params, headers, records_field)
         if self.auth.expired(response, body):
             self.auth.refresh()
-            response, body = self._send(params, headers)
+            response, body = self._send(params, headers, records_field)
         return self._check(response, body)
 
     def call(self, params: dict[str, Any]) -> dict[str, Any]:
         """One pull request; `params` go to the query string (GET) or the JSON body (POST)."""
         return self._exchange(params, {})
+
+    def call_page(self, params: dict[str, Any], records_field: str) -> dict[str, Any]:
+        """`call` for a page to land: the records under `records_field` stay as sent (`RawRecords`) where they can."""
+        return self._exchange(params, {}, records_field)
 
     def send(self, payload: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         """One push message; the receiver deduplicates on the `Idempotency-Key` header."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from warehouse.lake import PAGES_PRUNED
 from schemas.arrow import EXTRAS_COLUMN
 from warehouse.rowhash import row_hashes
 from warehouse.store import utc
+
+if TYPE_CHECKING:
+    from connectors.source import Records
 
 log = logging.getLogger("lgsp.runner")
 
@@ -211,12 +214,13 @@ def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | 
 
 def pull_pages(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any] | None = None,
                on_page: Callable[[int, bool], None] | None = None, max_pages: int | None = None,
-               on_records: Callable[[list[Any]], None] | None = None) -> BatchStart:
+               on_records: Callable[[Records], None] | None = None) -> BatchStart:
     """Pull and land pages from `start` on: all of them, or `max_pages`; returns where the pulling stopped.
 
     Each landed page is recorded with the request for the next one, so the returned
     `BatchStart` (or a rerun, if this process dies) continues from there. `on_records`
-    sees each page's records as they landed.
+    sees each page's records as they landed: a list, or a REST page's own JSON (`RawRecords`:
+    landed as sent, parsed once, by the validation).
     """
     from connectors import MessageLog, iter_pages, open_transport
     from lgsp.exchanges import breaker_for, flush_log
@@ -232,7 +236,7 @@ def pull_pages(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any
     transport = open_transport(ctx.system, pipeline.source, log=message_log)
     try:
         for page in iter_pages(ctx.system, source, transport, since, until, start=state["next"],
-                               first_number=pages + 1, breaker=breaker_for(wh, ctx.system)):
+                               first_number=pages + 1, breaker=breaker_for(wh, ctx.system), raw=True):
             ctx.lake.write_page(pipeline.name, batch_id, page.number, page.records)
             if on_records is not None:
                 on_records(page.records)

@@ -41,6 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from connectors.source import field_values
 from lgsp import runner
 from lgsp.runner import LandedChunk, PipelineContext
 from warehouse import rowhash
@@ -254,8 +255,7 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
         start = runner.begin_extract(ctx, full_refresh=full_refresh, since=since, until=until)
         # the first page is pulled here: a batch of one page (most incremental runs) needs no child
         start = runner.pull_pages(ctx, start, max_pages=1, on_records=None if key is None else
-                                  lambda records: keys.extend(r.get(key) if isinstance(r, dict) else None
-                                                              for r in records))
+                                  lambda records: keys.extend(field_values(records, key)))
     finally:
         warming.join()
     batch_id = start.batch_id

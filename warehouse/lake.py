@@ -118,15 +118,23 @@ class Lake:
     def batch_dir(self, pipeline: str, batch_id: str) -> Path:
         return self.root / "landing" / pipeline / batch_id
 
-    def write_page(self, pipeline: str, batch_id: str, number: int, records: list[dict[str, Any]]) -> Path:
+    def write_page(self, pipeline: str, batch_id: str, number: int, records: Any) -> Path:
         """Land one page of source records, atomically, as one line: `{"rows": N, "records": [...]}`.
 
         One line per page, not per record: orjson writes the page in one call (a call per
         record took five times as long), `pyarrow.json` reads the lines of a batch's pages
         as a list column, and the row count up front tells a reader how many records a page
-        holds without parsing it (`read_page`).
+        holds without parsing it (`read_page`). `records` is a list, or the peer's own JSON
+        array (`connectors.source.RawRecords`: its `json` bytes and their count), landed as
+        sent but for its line breaks between values (JSON has none inside a string).
         """
         path = self.batch_dir(pipeline, batch_id) / f"page-{number:05d}.json"
+        raw = getattr(records, "json", None)
+        if isinstance(raw, bytes):
+            if b"\n" in raw or b"\r" in raw:
+                raw = raw.replace(b"\r\n", b" ").replace(b"\n", b" ").replace(b"\r", b" ")
+            line = b'{"rows":%d,"records":%s}\n' % (len(records), raw)
+            return _atomic_write(path, lambda tmp: tmp.write_bytes(line))
         page = {"rows": len(records), "records": records}
         try:  # string keys (JSON, most SOAP answers): orjson's plain path, a third faster
             body = orjson.dumps(page, default=_json_default)
