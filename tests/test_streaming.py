@@ -8,6 +8,7 @@ Real sandbox peers over loopback, the real runner, SQLite and a real PostgreSQL.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -46,6 +47,7 @@ def test_every_pull_pipeline_in_tiny_chunks_ends_identical_to_truth(
     for name in PULLS:
         result = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
         assert result["rows_valid"] + result["rows_quarantined"] + result["rows_superseded"] == result["rows_pulled"]
+        assert gc.get_freeze_count() == 0  # what a validation froze out of the collections is given back
     wh = runner.open_warehouse(catalog, lgsp_env)
     for name in PULLS:
         assert_identical_to_truth(wh, catalog, sandbox_handle, name)
