@@ -23,9 +23,11 @@ CCCD_PROVINCE_CODES: frozenset[str] = frozenset(
 def commune_codes() -> frozenset[str]:
     """All 3,321 commune-level codes in force since 2025-07-01 (5 digits, zero-padded).
 
-    From the `vietnam_provinces` package, whose import takes ~0.3 s: the codes are kept
-    in `$LGSP_HOME/cache/`, keyed by the installed package's files, so a new process
-    (an Airflow task, an incremental run) reads 3,321 codes instead.
+    From the `vietnam_provinces` package: read from the data file it ships
+    (`data/flat-divisions.json`, ~7 ms) where it has one, else through its API, whose import
+    takes ~0.3 s (it builds enums of every division). The codes are kept in
+    `$LGSP_HOME/cache/`, keyed by the installed package's files, so a new process (an Airflow
+    task, an incremental run) reads 3,321 codes instead.
     """
     cached = _cache_file()
     if cached is not None:
@@ -33,9 +35,11 @@ def commune_codes() -> frozenset[str]:
             return frozenset(json.loads(cached.read_text(encoding="utf-8")))
         except (OSError, ValueError):
             pass
-    from vietnam_provinces import Ward
+    codes = _codes_from_package_data()
+    if codes is None:
+        from vietnam_provinces import Ward
 
-    codes = frozenset(f"{int(w.code):05d}" for w in Ward.iter_all())
+        codes = frozenset(f"{int(w.code):05d}" for w in Ward.iter_all())
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +49,24 @@ def commune_codes() -> frozenset[str]:
         except OSError:  # a read-only home: the codes are still right, only not kept
             pass
     return codes
+
+
+def _package_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("vietnam_provinces")
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def _codes_from_package_data() -> frozenset[str] | None:
+    """The commune codes in the package's own data file, without importing it; None if it has no such file."""
+    folder = _package_dir()
+    try:
+        wards = json.loads((folder / "data" / "flat-divisions.json").read_bytes()) if folder else None
+        codes = frozenset(f"{int(w['code']):05d}" for w in wards) if isinstance(wards, list) else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return codes or None
 
 
 def _cache_file() -> Path | None:

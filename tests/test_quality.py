@@ -1,7 +1,11 @@
 """Row rules (vectorised) and the Great Expectations suite generated from the definitions."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -15,6 +19,8 @@ from quality.reference import CCCD_PROVINCE_CODES, commune_codes, province_commu
 from quality.rules import RULES
 from schemas import coerce, coerce_arrow, json_schema
 from schemas.arrow import is_nfc
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROVINCES = sorted(CCCD_PROVINCE_CODES)
 
@@ -65,6 +71,19 @@ def test_reference_data_is_the_2025_official_list() -> None:
     ninh_binh = province_communes(37)
     assert len(ninh_binh) == 129
     assert len(CCCD_PROVINCE_CODES) == 63
+
+
+def test_a_new_home_reads_the_commune_codes_from_the_package_data_without_importing_it(tmp_path: Any) -> None:
+    """The first run of an installation (no cache yet) reads the package's data file (~7 ms), not its
+    enums (~0.3 s), and gets exactly the codes its API lists."""
+    script = ("import sys; from quality.reference import commune_codes; codes = commune_codes(); "
+              "print(len(codes), 'vietnam_provinces.codes' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "LGSP_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)})
+    assert done.stdout.split() == ["3321", "False"], done.stderr[-2000:]
+    from vietnam_provinces import Ward
+
+    assert commune_codes() == frozenset(f"{int(w.code):05d}" for w in Ward.iter_all())
 
 
 def test_rules_split_a_batch_with_reasons() -> None:
