@@ -178,7 +178,9 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
         """Every slice landed: move the cursor as one batch would have (not for a backfill), update the Asset."""
         from lgsp import partitions, runner
 
-        loads = list(loads)
+        # one request for every slice's result: iterating Airflow's lazy sequence asks item by item
+        # until one is not found, which its API client logs as an error ("XCom not found")
+        loads = list(loads[:])
         cursor = partitions.landed_cursor(loads)
         if list(parts)[0]["incremental"] and cursor is not None:
             ctx = runner.context(name)

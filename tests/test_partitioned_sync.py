@@ -40,6 +40,7 @@ def test_mapped_slices_land_what_one_task_lands(tmp_path: Path, sandbox_handle: 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     proc = run(["lgsp", "run", "land_parcels", "--no-retries"], lgsp_env(mapped, **sandbox_handle.env()))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "XCom not found" not in proc.stdout + proc.stderr  # publish reads the slices' results in one request
 
     one = warehouse_snapshot(f"sqlite:///{single / 'warehouse.db'}", "land_parcel", "land_parcels")
     many = warehouse_snapshot(f"sqlite:///{mapped / 'warehouse.db'}", "land_parcel", "land_parcels")
