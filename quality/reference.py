@@ -51,18 +51,19 @@ def commune_codes() -> frozenset[str]:
     return codes
 
 
-def _package_dir() -> Path | None:
+def _package_init() -> Path | None:
+    """The installed `vietnam_provinces`' `__init__.py`, found without importing it (None if not installed)."""
     import importlib.util
 
     spec = importlib.util.find_spec("vietnam_provinces")
-    return Path(spec.origin).parent if spec is not None and spec.origin else None
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
 def _codes_from_package_data() -> frozenset[str] | None:
     """The commune codes in the package's own data file, without importing it; None if it has no such file."""
-    folder = _package_dir()
+    init = _package_init()
     try:
-        wards = json.loads((folder / "data" / "flat-divisions.json").read_bytes()) if folder else None
+        wards = json.loads((init.parent / "data" / "flat-divisions.json").read_bytes()) if init else None
         codes = frozenset(f"{int(w['code']):05d}" for w in wards) if isinstance(wards, list) else None
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -71,15 +72,13 @@ def _codes_from_package_data() -> frozenset[str] | None:
 
 def _cache_file() -> Path | None:
     """Where the commune codes of the installed `vietnam_provinces` are kept (None if it cannot be located)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("vietnam_provinces")
-    if spec is None or not spec.origin:
+    init = _package_init()
+    if init is None:
         return None
     from lgsp.settings import load_settings
 
-    stat = Path(spec.origin).parent.stat()
-    key = hashlib.sha256(f"{spec.origin}|{stat.st_mtime_ns}|{stat.st_ino}".encode()).hexdigest()[:16]
+    stat = init.parent.stat()
+    key = hashlib.sha256(f"{init}|{stat.st_mtime_ns}|{stat.st_ino}".encode()).hexdigest()[:16]
     return load_settings().home / "cache" / f"commune_codes-{key}.json"
 
 

@@ -132,7 +132,7 @@ class Lake:
         raw = getattr(records, "json", None)
         if isinstance(raw, bytes):
             if b"\n" in raw or b"\r" in raw:
-                raw = raw.replace(b"\r\n", b" ").replace(b"\n", b" ").replace(b"\r", b" ")
+                raw = raw.replace(b"\r", b" ").replace(b"\n", b" ")
             line = b'{"rows":%d,"records":%s}\n' % (len(records), raw)
             return _atomic_write(path, lambda tmp: tmp.write_bytes(line))
         page = {"rows": len(records), "records": records}
