@@ -84,7 +84,10 @@ class Citizens:
         rng = np.random.default_rng(seed)
         chosen = rng.choice(len(self), size=int(len(self) * fraction), replace=False)
         now = np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "s")
+        # the changes of one call span ~len/1000 s; the next call's come after them, as a source's would
+        # (a change dated before an earlier one's would fall behind a cursor already past it)
         with self.lock:
+            now = max(now, self.updated_at.max() + np.timedelta64(1, "s"))
             self.address = self.address.astype("<U40")
             self.address[chosen] = np.char.add("Tổ dân phố ", rng.integers(1, 99, len(chosen)).astype(str))
             self.updated_at[chosen] = now + np.arange(len(chosen)).astype("timedelta64[ms]").astype("timedelta64[s]")

@@ -32,7 +32,7 @@ from warehouse import Lake, Warehouse, to_json
 from warehouse.lake import PAGES_PRUNED
 from schemas.arrow import EXTRAS_COLUMN
 from warehouse.rowhash import row_hashes
-from warehouse.store import utc
+from warehouse.store import ON_MERGING, utc
 
 if TYPE_CHECKING:
     from connectors.source import Records
@@ -500,8 +500,13 @@ def chunk_schema(ds: DatasetSpec) -> pa.Schema:
 
 
 def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedChunk],
-                  on_good: Callable[[pa.Table], None] | None = None) -> _Checked:
+                  on_good: Callable[[pa.Table], None] | None = None,
+                  before_expect: Callable[[], None] | None = None) -> _Checked:
     """Validate chunk after chunk into the batch's Parquet file; `on_good(table)` also gets each chunk's good rows.
+
+    `before_expect()`, if given, is called after `on_good` and before the chunk's expectations run
+    (the streaming load of a one-chunk batch: wait until PostgreSQL is merging the chunk, so that
+    GX's pure Python does not slow the loading thread's own Python before it).
 
     GX and pandas leave each chunk's frames in reference cycles: from the second chunk on,
     they are collected after each chunk. What existed before the first chunk (imports, GX's
@@ -526,6 +531,8 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
                 good = done.good.cast(schema)
                 if on_good is not None:  # first: the load goes on while this chunk is expected and written
                     on_good(good)
+                if before_expect is not None:
+                    before_expect()
                 done.expect()
                 writer.write_table(good)
                 valid, quarantined, superseded = (valid + done.good.num_rows, quarantined + done.quarantined,
@@ -597,15 +604,22 @@ def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
 
 
 def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table],
-                 validated: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+                 validated: Callable[[], dict[str, Any]],
+                 on_merging: Callable[[], None] | None = None) -> dict[str, Any]:
     """Write validated chunks, then, once `validated()` gives the batch's result, the cursor and batch record.
 
     One transaction: if `validated()` raises (the batch failed its checks), nothing is written.
+    `on_merging()` is called whenever PostgreSQL starts merging a staged chunk (`store.ON_MERGING`).
     """
     wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
     loaded_at = _now()
     with wh.transaction() as conn:
-        landed, changed = wh.write_chunks(conn, ds, (_with_lineage(c, ctx, batch_id, loaded_at) for c in chunks))
+        if on_merging is not None:
+            conn.info[ON_MERGING] = on_merging
+        try:
+            landed, changed = wh.write_chunks(conn, ds, (_with_lineage(c, ctx, batch_id, loaded_at) for c in chunks))
+        finally:
+            conn.info.pop(ON_MERGING, None)  # the connection goes back to the pool without it
         result = validated()
         cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
         if result.get("mode") != "backfill":

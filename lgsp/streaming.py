@@ -48,6 +48,7 @@ from warehouse import rowhash
 
 log = logging.getLogger("lgsp.streaming")
 POLL_S = 0.05  # the longest the validator waits for the child's word before looking for a page again
+FAST_SWITCH_S = 0.0005  # switch interval while a thread waiting on sockets shares the GIL with a busy one
 _DONE = object()
 
 
@@ -185,10 +186,17 @@ class _Loader(threading.Thread):
         self.chunks: queue.Queue[Any] = queue.Queue(maxsize=1)  # memory: at most one chunk waiting
         self.validated: Future[dict[str, Any]] = Future()
         self.outcome: Future[dict[str, Any]] = Future()
+        self.merging = threading.Event()  # the last chunk given is being merged by PostgreSQL, or is written
 
     def _chunks(self) -> Iterator[pa.Table]:
         while (chunk := self.chunks.get()) is not _DONE:
             yield chunk
+            self.merging.set()  # written (whichever way it went)
+
+    def wait_merging(self) -> None:
+        """Wait until PostgreSQL is merging the chunk last given (or it is written, or the loader is gone)."""
+        while not self.merging.wait(0.5) and self.is_alive() and not self.outcome.done():
+            pass
 
     def _offer(self, item: Any) -> bool:
         """Queue `item` for the loader; False if the loader is gone."""
@@ -201,15 +209,17 @@ class _Loader(threading.Thread):
         return False
 
     def put(self, chunk: pa.Table) -> None:
+        self.merging.clear()
         if not self._offer(chunk):
             self.outcome.result()  # the loader died: raise its error
 
     def run(self) -> None:
         try:
             self.outcome.set_result(runner._load_chunks(self.ctx, self.batch_id, self._chunks(),
-                                                        lambda: self.validated.result()))
+                                                        lambda: self.validated.result(), self.merging.set))
         except BaseException as exc:  # noqa: BLE001 - handed to the validating thread
             self.outcome.set_exception(exc)
+            self.merging.set()  # nobody waits on a loader that failed
             while True:  # let the producer finish without blocking
                 try:
                     if self.chunks.get(timeout=0.5) is _DONE:
@@ -245,6 +255,10 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     warming = threading.Thread(target=lambda: (rowhash.warm(runner.chunk_schema(ctx.dataset)), commune_value_set(),
                                                _cached_context(GxPaths.from_env(), ctx.dataset)),
                                name="lgsp-warm", daemon=True)
+    # While it warms (pure Python, ~30 ms), this thread waits on PostgreSQL and the source; at the default
+    # 5 ms switch interval each of its many reads of the page got the interpreter lock back late
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(FAST_SWITCH_S)
     warming.start()
     extract: _Extract | _Extracted | None = None
     loader: _Loader | None = None
@@ -258,6 +272,7 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
                                   lambda records: keys.extend(field_values(records, key)))
     finally:
         warming.join()
+        sys.setswitchinterval(switching)
     batch_id = start.batch_id
     try:
         if start.state and start.state["done"]:
@@ -270,8 +285,11 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
         if ctx.warehouse.dialect == "postgresql":
             loader = _Loader(ctx, batch_id)
             loader.start()
+        # one chunk, known whole (most incremental runs): its expectations wait for PostgreSQL to be merging it
+        one_chunk = loader is not None and isinstance(extract, _Extracted) and start.rows <= runner.CHUNK_ROWS
         checked = runner._check_chunks(ctx, batch_id, _following_chunks(ctx, extract, runner.CHUNK_ROWS),
-                                       on_good=loader.put if loader else None)
+                                       on_good=loader.put if loader else None,
+                                       before_expect=loader.wait_merging if one_chunk and loader else None)
         manifest = extract.wait()
         result = runner._validated(ctx, batch_id, manifest, checked, publish=loader is None)
     except BaseException as exc:
@@ -287,8 +305,7 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     if loader is None:
         return runner.load(ctx, batch_id)
     loader.hand_over(result)  # the load commits while this thread renders the batch's Data Docs page
-    switching = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)  # the loader's many short steps between waits on PostgreSQL get the GIL
+    sys.setswitchinterval(FAST_SWITCH_S)  # the loader's many short steps between waits on PostgreSQL get the GIL
     try:  # back quickly from the rendering (pure Python): at the default 5 ms they queued behind it
         checked.expectations.publish()
     finally:

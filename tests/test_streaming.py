@@ -113,6 +113,42 @@ def test_a_one_page_batch_reads_the_rows_it_will_merge_ahead_while_it_is_checked
     wh.engine.dispose()
 
 
+def test_a_one_page_batch_is_expected_while_postgresql_merges_it(
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL, a batch of one chunk: its expectations (GX, pure Python) start once its rows are staged
+    and the server merges them, not while the loading thread still hashes and stages them; the result is
+    the truth. SQLite loads after validating: nothing to wait for."""
+    from lgsp import runner
+    from quality.expectations import BatchCheck
+    from warehouse import store
+
+    catalog = load_catalog(small_pages_catalog(tmp_path, page_size=1000))
+    name = "population_citizens"
+    runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
+    events: list[str] = []
+    stage, add = store.Warehouse._copy_to_stage, BatchCheck.add
+
+    def staged(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return stage(self, *args, **kwargs)
+        finally:
+            events.append("staged")
+
+    def expected(self: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append("expected")
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(store.Warehouse, "_copy_to_stage", staged)
+    monkeypatch.setattr(BatchCheck, "add", expected)
+    again = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)
+    assert again["pages"] == 1 and again["rows_pulled"] >= store.COPY_MIN_ROWS and again["rows_changed"] == 0
+    postgres = lgsp_env.database_url.startswith("postgresql")
+    assert events == (["staged", "expected"] if postgres else ["expected"]), events
+    wh = runner.open_warehouse(catalog, lgsp_env)
+    assert_identical_to_truth(wh, catalog, sandbox_handle, name)
+    wh.engine.dispose()
+
+
 def test_a_quality_failure_mid_stream_loads_nothing(lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Half the rows are bad: chunks already written by the overlapping load are rolled back with the batch."""
     from lgsp import runner

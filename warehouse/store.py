@@ -36,6 +36,9 @@ READ_AHEAD_MIN_ROWS = 1000  # an upsert of this many rows reads its target rows'
 READ_AHEAD_READERS = 2  # as fast as 4 with bitmap heap scans (`Warehouse._read_ahead_sql`)
 READ_AHEAD_IO = 64  # heap pages each reader asks the disk for at once (effective_io_concurrency)
 COPY_MIN_ROWS = 200  # on PostgreSQL, from this many rows an upsert goes through COPY and a staging table
+# `conn.info` key: a callable (no arguments) the bulk upsert calls once its rows are staged, as the server
+# starts merging them; from there to the end of the statement the loading thread holds no GIL
+ON_MERGING = "lgsp_on_merging"
 
 
 ARROW_TYPES: dict[type[sa.types.TypeEngine], pa.DataType] = {
@@ -295,6 +298,8 @@ class Warehouse:
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
         written = stmt.returning(sa.literal(1)).cte("written")
+        if (on_merging := conn.info.get(ON_MERGING)) is not None:
+            on_merging()
         return int(conn.execute(sa.select(sa.func.count()).select_from(written)).scalar_one())
 
     def _read_ahead(self, table: sa.Table, key: Sequence[str],
