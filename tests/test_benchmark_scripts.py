@@ -42,5 +42,10 @@ def test_full_sync_benchmark_runs_lgsp_the_floor_and_the_incremental(pg_admin_ur
         assert {"pull_pages", "typed", "_validated", "_load_chunks", "write_chunks", "set_cursor"} <= set(steps)
         assert steps.index("pull_pages") < steps.index("_validated")
         assert all(0 <= began <= ended <= results[name]["seconds"] * 1000 + 1 for *_, began, ended in timeline)
+        # the server's share of the merge, from the trace: inside the merge, and in the ratios
+        merge = next((began, ended) for _thread, step, began, ended in timeline if step == "_merge")
+        assert 0 < results[name]["upsert_ms"] <= merge[1] - merge[0] + 0.1
+        assert figures["ratios"][f"{name}_upsert_share_of_full"] == round(
+            results[name]["upsert_ms"] / 1000 / results["lgsp"]["seconds"], 3)
     assert "timeline" not in results["lgsp"]
     assert set(figures["goals"]) >= {"within_1_3x_floor", "incremental_le_5pct", "peak_rss_le_500mb"}
