@@ -149,6 +149,42 @@ def test_a_one_page_batch_is_expected_while_postgresql_merges_it(
     wh.engine.dispose()
 
 
+@pytest.mark.postgres
+def test_a_one_page_batch_whose_merge_postgresql_refuses_fails_and_the_rerun_converges(
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path) -> None:
+    """The expectations of a one-page batch wait for its merge: when PostgreSQL refuses the merge (a
+    constraint added by hand), the run still ends, with the server's error, nothing of the batch
+    written and the cursor where it was; once the constraint is gone, the rerun ends as the truth."""
+    from lgsp import runner
+
+    if not lgsp_env.database_url.startswith("postgresql"):
+        pytest.skip("the merge that waits is PostgreSQL's")
+    catalog = load_catalog(small_pages_catalog(tmp_path, page_size=1000))
+    name = "population_citizens"
+    runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
+    wh = runner.open_warehouse(catalog, lgsp_env)
+    cursor, before = wh.get_cursor(name), wh.count("core_citizen")
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE core_citizen SET _row_hash = _row_hash + 1")  # every row will be merged again
+        # no row written from now on passes it; the stored rows are not checked
+        conn.exec_driver_sql("ALTER TABLE core_citizen ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
+    started = time.monotonic()
+    with pytest.raises(sa.exc.IntegrityError, match="refuse_all"):
+        runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)
+    assert time.monotonic() - started < 60
+    with wh.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM core_citizen WHERE _batch_id = "
+                                    "(SELECT max(batch_id) FROM lgsp_batch)").scalar() == 0
+    assert wh.get_cursor(name) == cursor and wh.count("core_citizen") == before
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE core_citizen DROP CONSTRAINT refuse_all")
+    again = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)
+    assert again["pages"] == 1 and again["rows_changed"] == before
+    assert wh.get_cursor(name) == cursor
+    assert_identical_to_truth(wh, catalog, sandbox_handle, name)
+    wh.engine.dispose()
+
+
 def test_a_quality_failure_mid_stream_loads_nothing(lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Half the rows are bad: chunks already written by the overlapping load are rolled back with the batch."""
     from lgsp import runner
