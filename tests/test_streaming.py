@@ -150,6 +150,7 @@ def test_a_one_page_batch_is_expected_while_postgresql_merges_it(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the merge that waits is PostgreSQL's
 def test_a_one_page_batch_whose_merge_postgresql_refuses_fails_and_the_rerun_converges(
         lgsp_env: Any, sandbox_handle: Any, tmp_path: Path) -> None:
     """The expectations of a one-page batch wait for its merge: when PostgreSQL refuses the merge (a
@@ -157,8 +158,6 @@ def test_a_one_page_batch_whose_merge_postgresql_refuses_fails_and_the_rerun_con
     written and the cursor where it was; once the constraint is gone, the rerun ends as the truth."""
     from lgsp import runner
 
-    if not lgsp_env.database_url.startswith("postgresql"):
-        pytest.skip("the merge that waits is PostgreSQL's")
     catalog = load_catalog(small_pages_catalog(tmp_path, page_size=1000))
     name = "population_citizens"
     runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
