@@ -9,10 +9,13 @@ Every contender of `benchmarks/full_sync.py` reads the same pages from it:
 
 Records are ordered by (updated_at, personal_id); `after` is the position of
 the last record of the previous page (keyset paging); `updated_since` keeps
-records changed strictly after it. The unfiltered pages are rendered once at
-start-up, so a full read costs the server little more than a socket write.
+records changed strictly after it. Each record is rendered to JSON once (at
+start-up, or when it changes) and a page is the join of its records' JSON (~1 ms
+for 10,000), so any read, a full one or an incremental one, costs the server
+little more than a socket write.
 `POST /admin/change?fraction=0.01[&seed=1]` changes that share of the records (new
-address, updated_at = now; the seed picks which) and says how many it changed.
+address, updated_at = now; the seed picks which), renders them again and says how
+many it changed.
 
 Every record is valid for the `citizen` dataset (CCCD check digits, a 2025
 commune code of province 37), and keys are unique.
@@ -35,6 +38,8 @@ SURNAMES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "
 MIDDLE = ["Văn", "Thị", "Hữu", "Minh", "Thu", "Đức"]
 GIVEN = ["An", "Bình", "Chi", "Dũng", "Giang", "Hà", "Hùng", "Lan", "Mai", "Nam", "Phương", "Quân", "Thảo"]
 EPOCH = np.datetime64("2025-08-01T00:00:00", "s")
+FIELDS = ("personal_id", "full_name", "birth_date", "sex", "commune_code", "address", "phone", "updated_at")
+RECORD = "{" + ",".join(f'"{field}":"%s"' for field in FIELDS) + "}"
 
 
 def _communes() -> np.ndarray:
@@ -66,15 +71,29 @@ class Citizens:
         self.phone = np.char.add("09", np.char.zfill(rng.integers(0, 10**8, rows).astype(str), 8))
         self.updated_at = EPOCH + rng.integers(0, 10**7, rows).astype("timedelta64[s]")
         self.lock = threading.Lock()
+        self.json = np.empty(rows, dtype=object)  # each record as orjson renders it
+        self._render(np.arange(rows))
         self._order()
+
+    def _render(self, positions: np.ndarray) -> None:
+        """Render the records at `positions` to JSON, exactly as `orjson.dumps` renders them as dicts.
+
+        A template, not a dict per record (4x faster): no value holds a character JSON escapes.
+        """
+        for start in range(0, len(positions), 100_000):
+            part = positions[start:start + 100_000]
+            iso = np.char.add(np.datetime_as_string(self.updated_at[part], unit="s"), "Z")
+            columns = (self.personal_id[part].tolist(), self.full_name[part].tolist(),
+                       np.datetime_as_string(self.birth_date[part]).tolist(),
+                       np.where(self.female[part], "female", "male").tolist(), self.commune_code[part].tolist(),
+                       self.address[part].tolist(), self.phone[part].tolist(), iso.tolist())
+            self.json[part] = [(RECORD % values).encode() for values in zip(*columns)]
 
     def _order(self) -> None:
         order = np.lexsort((self.personal_id, self.updated_at))
         for name in ("personal_id", "birth_date", "female", "full_name", "commune_code", "address", "phone",
-                     "updated_at"):
+                     "updated_at", "json"):
             setattr(self, name, getattr(self, name)[order])
-        self.updated_iso = np.char.add(np.datetime_as_string(self.updated_at, unit="s"), "Z")
-        self.pages: dict[tuple[int, int], bytes] = {}
 
     def __len__(self) -> int:
         return len(self.personal_id)
@@ -91,18 +110,18 @@ class Citizens:
             self.address = self.address.astype("<U40")
             self.address[chosen] = np.char.add("Tổ dân phố ", rng.integers(1, 99, len(chosen)).astype(str))
             self.updated_at[chosen] = now + np.arange(len(chosen)).astype("timedelta64[ms]").astype("timedelta64[s]")
+            self._render(np.sort(chosen))
             self._order()
         return len(chosen)
 
-    def page(self, start: int, size: int) -> list[dict[str, Any]]:
-        stop = min(start + size, len(self))
-        cols = (self.personal_id[start:stop].tolist(), self.full_name[start:stop].tolist(),
-                np.datetime_as_string(self.birth_date[start:stop]).tolist(),
-                np.where(self.female[start:stop], "female", "male").tolist(),
-                self.commune_code[start:stop].tolist(), self.address[start:stop].tolist(),
-                self.phone[start:stop].tolist(), self.updated_iso[start:stop].tolist())
-        keys = ("personal_id", "full_name", "birth_date", "sex", "commune_code", "address", "phone", "updated_at")
-        return [dict(zip(keys, values)) for values in zip(*cols)]
+    def page(self, start: int, size: int) -> list[bytes]:
+        """The JSON of the records from position `start` on, at most `size` of them."""
+        return self.json[start:min(start + size, len(self))].tolist()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def body(items: list[bytes], link: str | None) -> bytes:
+        """A page's answer: what `orjson.dumps({"items": records, "next": link})` gives, from rendered records."""
+        return b'{"items":[' + b",".join(items) + b'],"next":' + orjson.dumps(link) + b"}"
 
     def first_after(self, since: str | None) -> int:
         if not since:
@@ -144,31 +163,22 @@ def _handler(citizens: Citizens, base_url: str) -> type[BaseHTTPRequestHandler]:
             since = query.get("updated_since")
             with citizens.lock:
                 start = int(query["after"]) if "after" in query else citizens.first_after(since)
-                cached = citizens.pages.get((start, size)) if not since else None
-                if cached is None:
-                    items = citizens.page(start, size)
-                    nxt = start + len(items)
-                    link = None
-                    if nxt < len(citizens) and items:
-                        link = f"{base_url}/citizens?page_size={size}&after={nxt}"
-                        if since:
-                            link += f"&updated_since={since}"
-                    cached = orjson.dumps({"items": items, "next": link})
-                    if not since:
-                        citizens.pages[(start, size)] = cached
-            self._send(200, cached)
+                items = citizens.page(start, size)
+                nxt = start + len(items)
+                link = None
+                if nxt < len(citizens) and items:
+                    link = f"{base_url}/citizens?page_size={size}&after={nxt}"
+                    if since:
+                        link += f"&updated_since={since}"
+                body = citizens.body(items, link)
+            self._send(200, body)
 
     return Handler
 
 
-def serve(rows: int, port: int, page_size: int = 10000) -> None:
+def serve(rows: int, port: int) -> None:
     citizens = Citizens(rows)
     server = ThreadingHTTPServer(("127.0.0.1", port), _handler(citizens, f"http://127.0.0.1:{port}"))
-    for start in range(0, rows, page_size):  # render the full read's pages up front
-        handler_page = citizens.page(start, page_size)
-        nxt = start + len(handler_page)
-        link = f"http://127.0.0.1:{port}/citizens?page_size={page_size}&after={nxt}" if nxt < rows else None
-        citizens.pages[(start, page_size)] = orjson.dumps({"items": handler_page, "next": link})
     print(f"ready on {port}: {rows} citizens", flush=True)
     server.serve_forever()
 
@@ -177,9 +187,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--port", type=int, default=8900)
-    parser.add_argument("--page-size", type=int, default=10000)
     args = parser.parse_args()
-    serve(args.rows, args.port, args.page_size)
+    serve(args.rows, args.port)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,31 @@ def test_full_sync_benchmark_runs_lgsp_the_floor_and_the_incremental(pg_admin_ur
             results[name]["upsert_ms"] / 1000 / results["lgsp"]["seconds"], 3)
     assert "timeline" not in results["lgsp"]
     assert set(figures["goals"]) >= {"within_1_3x_floor", "incremental_le_5pct", "peak_rss_le_500mb"}
+
+
+def test_the_benchmark_source_serves_each_page_as_orjson_renders_its_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source joins records rendered once (at start-up, or when they change); the bytes must not differ
+    from rendering the page's records as dicts with orjson, before and after a change."""
+    import orjson
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from citizen_source import Citizens
+
+    citizens = Citizens(3000)
+
+    def rendered(start: int, size: int) -> bytes:  # what the source served before it kept rendered records
+        stop = min(start + size, len(citizens))
+        return orjson.dumps({"items": [{
+            "personal_id": str(citizens.personal_id[i]), "full_name": str(citizens.full_name[i]),
+            "birth_date": str(citizens.birth_date[i]), "sex": "female" if citizens.female[i] else "male",
+            "commune_code": str(citizens.commune_code[i]), "address": str(citizens.address[i]),
+            "phone": str(citizens.phone[i]), "updated_at": f"{citizens.updated_at[i]}Z"}
+            for i in range(start, stop)], "next": "http://x/citizens?after=1"})
+
+    assert citizens.body(citizens.page(0, 1000), "http://x/citizens?after=1") == rendered(0, 1000)
+    before = citizens.body(citizens.page(0, 3000), None)
+    assert citizens.change(0.01, seed=3) == 30
+    changed = citizens.page(citizens.first_after("2026-01-01T00:00:00Z"), 1000)
+    assert len(changed) == 30 and all(b"T\xe1\xbb\x95 d\xc3\xa2n ph\xe1\xbb\x91" in record for record in changed)
+    assert citizens.body(citizens.page(0, 3000), "http://x/citizens?after=1") == rendered(0, 3000)
+    assert citizens.body(citizens.page(0, 3000), None) != before
