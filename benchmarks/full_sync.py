@@ -335,7 +335,7 @@ def _dlt_python() -> Path:
 def _start_source(rows: int) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, str(HERE / "citizen_source.py"), "--rows", str(rows), "--port",
-                             str(port)], stdout=subprocess.PIPE, text=True,
+                             str(port), "--page-size", str(PAGE_SIZE)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
     line = proc.stdout.readline()
