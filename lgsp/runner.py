@@ -654,21 +654,13 @@ def run_pipeline(name: str, full_refresh: bool = False, catalog: Catalog | None 
     from lgsp import streaming
 
     ctx = context(name, catalog, settings)
-    warming = streaming.Warming(ctx) if streaming.enabled() else None  # while the warehouse is checked
     fresh = full_refresh or since is not None or until is not None
-    try:
-        pending = None if fresh else _unfinished(ctx)
-    except BaseException:
-        if warming is not None:
-            warming.join()
-        raise
-    if pending is None and warming is not None:
-        return streaming.run_streaming(ctx, full_refresh=full_refresh, since=since, until=until, warming=warming)
-    if warming is not None:
-        warming.join()
+    pending = None if fresh else _unfinished(ctx)
     if pending is not None:
         batch_id, status = pending
         log.info("%s: finishing batch %s left %s by an earlier run", name, batch_id, status)
+    elif streaming.enabled():
+        return streaming.run_streaming(ctx, full_refresh=full_refresh, since=since, until=until)
     else:
         batch_id, status = extract(ctx, full_refresh=full_refresh, since=since, until=until)["batch_id"], "extracted"
     if status == "extracted":

@@ -242,41 +242,24 @@ class _Loader(threading.Thread):
         self.join()
 
 
-class Warming:
-    """What a run will need, built in a thread while the run's own thread waits on PostgreSQL and the source.
-
-    The row hashes' DuckDB, the reference codes the row rules check and GX's context (pure Python,
-    ~30-40 ms). Started as soon as the run knows its dataset (`runner.run_pipeline`); `join` it before
-    a fork: the child would inherit locks nobody releases (DuckDB's own threads only wait for work,
-    and a child leaves its copy alone). While it runs the switch interval is `FAST_SWITCH_S`: at the
-    default 5 ms each of the run's many reads of the first page got the interpreter lock back late.
-    """
-
-    def __init__(self, ctx: PipelineContext) -> None:
-        from quality.expectations import GxPaths, _cached_context
-        from quality.rules import commune_value_set
-
-        schema, dataset = runner.chunk_schema(ctx.dataset), ctx.dataset
-        self.thread = threading.Thread(target=lambda: (rowhash.warm(schema), commune_value_set(),
-                                                       _cached_context(GxPaths.from_env(), dataset)),
-                                       name="lgsp-warm", daemon=True)
-        self.switching = sys.getswitchinterval()  # the interval to go back to
-        sys.setswitchinterval(FAST_SWITCH_S)
-        self.thread.start()
-
-    def join(self) -> None:
-        self.thread.join()
-        sys.setswitchinterval(self.switching)
-
-
 def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
-                  until: datetime | None = None, warming: Warming | None = None) -> dict[str, Any]:
-    """Extract, validate and load a new batch with the three steps overlapping; returns the load's result.
+                  until: datetime | None = None) -> dict[str, Any]:
+    """Extract, validate and load a new batch with the three steps overlapping; returns the load's result."""
+    from quality.expectations import GxPaths, _cached_context
+    from quality.rules import commune_value_set
 
-    `warming` is the run's `Warming` if the caller started it (else it starts here).
-    """
-    warming = warming or Warming(ctx)
-    switching = warming.switching
+    # The row hashes' DuckDB, the reference codes the row rules check and GX's context, while this thread
+    # checks the tables, records the batch and waits for the source. No other thread may run at the fork
+    # below: the child would inherit locks nobody releases (DuckDB's own threads only wait for work,
+    # and a child leaves its copy alone).
+    warming = threading.Thread(target=lambda: (rowhash.warm(runner.chunk_schema(ctx.dataset)), commune_value_set(),
+                                               _cached_context(GxPaths.from_env(), ctx.dataset)),
+                               name="lgsp-warm", daemon=True)
+    # While it warms (pure Python, ~30 ms), this thread waits on PostgreSQL and the source; at the default
+    # 5 ms switch interval each of its many reads of the page got the interpreter lock back late
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(FAST_SWITCH_S)
+    warming.start()
     extract: _Extract | _Extracted | None = None
     loader: _Loader | None = None
     keys: list[Any] = []
@@ -289,6 +272,7 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
                                   lambda records: keys.extend(field_values(records, key)))
     finally:
         warming.join()
+        sys.setswitchinterval(switching)
     batch_id = start.batch_id
     try:
         if start.state and start.state["done"]:
