@@ -26,15 +26,18 @@ def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
     rerun of the same data changes nothing). The primary key follows the
     dataset's write mode: `key` (merge, replace), `key` + `_batch_id`
     (append: one row per record per batch), `key` + `valid_from` (history,
-    which also has `valid_to`, null while current, and `is_current`).
+    which also has `valid_to`, null while current, and `is_current`). On PostgreSQL the table
+    has the dataset's fillfactor (`DatasetSpec.table_fillfactor`).
     """
     columns: list[sa.Column] = []
     for name, spec in dataset.columns.items():
         sql_type = sa.DateTime(timezone=True) if spec.type == "timestamp" else SQL_TYPES[spec.type]()
         columns.append(sa.Column(name, sql_type, primary_key=name in dataset.key,
                                  nullable=name in dataset.key or not spec.required))
+    # PostgreSQL only (other dialects ignore it): room on each page for the rows' updated versions
+    storage = {"postgresql_with": {"fillfactor": dataset.table_fillfactor}}
     if dataset.layer != "core":  # a mart table is computed from core tables: no source lineage
-        return sa.Table(dataset.table_name, metadata, *columns)
+        return sa.Table(dataset.table_name, metadata, *columns, **storage)
     if dataset.write_mode == "history":
         columns += [
             sa.Column("valid_from", sa.DateTime(timezone=True), primary_key=True, nullable=False),
@@ -48,4 +51,4 @@ def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
         sa.Column("_row_hash", sa.BigInteger, nullable=False),
         sa.Column("_extras", sa.Text, nullable=True),
     ]
-    return sa.Table(dataset.table_name, metadata, *columns)
+    return sa.Table(dataset.table_name, metadata, *columns, **storage)

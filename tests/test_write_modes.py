@@ -7,10 +7,12 @@ test runs the real `runner.load()` against the sandbox.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
@@ -289,6 +291,61 @@ def test_an_unchanged_schema_costs_one_query_and_a_changed_one_is_brought_up_to_
     newer.create_all()
     assert "city" in {c["name"] for c in sa.inspect(newer.engine).get_columns("core_firm")}
     newer.engine.dispose()
+
+
+def _fillfactor(engine: sa.Engine, table: str) -> str | None:
+    with engine.connect() as conn:
+        options = conn.execute(sa.text("SELECT reloptions FROM pg_class WHERE relname = :t"), {"t": table}).scalar()
+    return next((o.split("=")[1] for o in options or [] if o.startswith("fillfactor=")), None)
+
+
+@pytest.mark.postgres
+def test_tables_whose_rows_are_updated_leave_room_on_each_page(pg_url: str) -> None:
+    """Merge and history tables are made with fillfactor 90, append and replace with PostgreSQL's 100, a declared
+    one as declared (kept by a replace's swap); an existing table is brought to its definition by `create_all`."""
+    for mode, expected in (("merge", "90"), ("history", "90"), ("append", "100"), ("replace", "100")):
+        wh, ds = open_firm_warehouse(pg_url, mode)
+        assert ds.table_fillfactor == int(expected)
+        assert _fillfactor(wh.engine, "core_firm") == expected, mode
+        with wh.transaction() as conn:
+            conn.exec_driver_sql("DROP TABLE core_firm")
+        wh.engine.dispose()
+
+    ds = firm_spec("replace", fillfactor=70)
+    wh = Warehouse(pg_url, load_catalog().model_copy(update={"datasets": {"firm": ds}}))
+    wh.create_all()
+    write(wh, ds, batch(firms(), "b1"))
+    write(wh, ds, batch(firms(status="closed", at=T0 + timedelta(days=1)), "b2"))  # swapped in: a new table
+    assert _fillfactor(wh.engine, "core_firm") == "70" and len(snapshot(wh, ds)) == FIRMS
+
+    with wh.transaction() as conn:  # as an older lgsp left it: no fillfactor, another fingerprint
+        conn.exec_driver_sql("ALTER TABLE core_firm RESET (fillfactor)")
+        conn.exec_driver_sql("DELETE FROM lgsp_schema_state")
+    wh.create_all()
+    assert _fillfactor(wh.engine, "core_firm") == "70"
+    wh.engine.dispose()
+    with pytest.raises(ValidationError, match="fillfactor"):
+        firm_spec("merge", fillfactor=5)
+
+
+@pytest.mark.postgres
+def test_a_merge_updates_its_rows_on_their_own_pages(pg_url: str) -> None:
+    """With the room a merge table leaves, every updated row is a HOT update: its new version stays on its page
+    and the key's index gets no new entry (PostgreSQL's own counters, flushed when the connections close)."""
+    wh, ds = open_firm_warehouse(pg_url, "merge")
+    write(wh, ds, batch(firms(), "b1"))
+    changed = [r for i, r in enumerate(firms(status="closed", at=T0 + timedelta(days=1))) if i % 15 == 0]
+    write(wh, ds, batch(changed, "b2"))
+    wh.engine.dispose()  # each backend reports its counters as it exits
+    deadline, counts = time.monotonic() + 20, (0, 0)
+    while time.monotonic() < deadline:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            counts = conn.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                                  "WHERE relname = 'core_firm'").fetchone()
+        if counts[0] >= len(changed):
+            break
+        time.sleep(0.2)
+    assert counts == (len(changed), len(changed)), counts
 
 
 @pytest.mark.postgres

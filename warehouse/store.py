@@ -137,7 +137,7 @@ class Warehouse:
         digest = hashlib.sha256()
         for table in sorted(self.metadata.tables.values(), key=lambda t: t.name):
             digest.update(repr((table.name, [(c.name, repr(c.type), c.nullable, c.primary_key)
-                                             for c in table.columns])).encode())
+                                             for c in table.columns], self._storage(table))).encode())
         return digest.hexdigest()
 
     def _schema_unchanged(self, fingerprint: str) -> bool:
@@ -157,6 +157,29 @@ class Warehouse:
         except sa.exc.DBAPIError:  # no lgsp_schema_state yet: a new or older warehouse
             return False
         return bool(recorded == fingerprint and count == len(names))
+
+    @staticmethod
+    def _storage(table: sa.Table) -> dict[str, Any]:
+        """The table's PostgreSQL storage parameters as defined (`WITH (...)`: the fillfactor)."""
+        return dict(table.dialect_options["postgresql"]["with"] or {})
+
+    def _apply_storage(self, conn: sa.Connection) -> None:
+        """Bring existing tables' storage parameters to their definitions (PostgreSQL).
+
+        `ALTER TABLE ... SET (fillfactor = N)` rewrites nothing: pages written from then on
+        follow it (a replace, the first load of an emptied table, `VACUUM FULL` rewrites all).
+        """
+        wanted = {name: self._storage(table) for name, table in self.metadata.tables.items() if self._storage(table)}
+        found = conn.execute(sa.text(
+            "SELECT c.relname, c.reloptions FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname IN :names"
+        ).bindparams(sa.bindparam("names", expanding=True)), {"names": list(wanted) or [""]}).all()
+        for name, options in found:
+            present = dict(option.split("=", 1) for option in options or [])
+            changed = {k: v for k, v in wanted[name].items() if present.get(k) != str(v)}
+            if changed:
+                settings = ", ".join(f"{k} = {int(v)}" for k, v in changed.items())
+                conn.exec_driver_sql(f'ALTER TABLE "{name}" SET ({settings})')
 
     def create_all(self) -> None:
         """Create missing tables, and add columns a newer lgsp or dataset definition declares.
@@ -193,6 +216,8 @@ class Warehouse:
                     if column.name not in present and column.nullable:
                         kind = column.type.compile(dialect=self.engine.dialect)
                         conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            if self.dialect == "postgresql":
+                self._apply_storage(conn)
 
     def table(self, name: str) -> sa.Table:
         """A table by its SQL name (e.g. `core_citizen`, `lgsp_batch`)."""
