@@ -95,6 +95,10 @@ class GxPaths:
         return cls(root=root, data_docs=Path(os.environ.get(DATA_DOCS_ENV) or root / "data_docs").resolve())
 
 
+QUARANTINED_KEYS_NOTE = ("Counts only the rows that passed the row rules: a quarantined row's key is left blank "
+                         "(missing) in the validated frame.")
+
+
 def suite_definition(dataset: DatasetSpec) -> list[tuple[str, dict[str, Any]]]:
     """The (expectation type, kwargs) pairs of the dataset's suite."""
     key = dataset.key
@@ -104,9 +108,8 @@ def suite_definition(dataset: DatasetSpec) -> list[tuple[str, dict[str, Any]]]:
         ("ExpectColumnValuesToBeInSet", {"column": "_row_ok", "value_set": [True],
                                          "mostly": round(1 - dataset.expectations.max_quarantine_rate, 6)}),
     ]
-    if len(key) == 1:
-        exps.append(("ExpectColumnValuesToBeUnique", {"column": key[0], "row_condition": "_row_ok==True",
-                                                      "condition_parser": "pandas"}))
+    if len(key) == 1:  # among the rows that passed the row rules: `BatchCheck.add` blanks the others' key
+        exps.append(("ExpectColumnValuesToBeUnique", {"column": key[0], "notes": QUARANTINED_KEYS_NOTE}))
     else:
         exps.append(("ExpectCompoundColumnsToBeUnique", {"column_list": key}))
     return exps
@@ -542,7 +545,13 @@ class BatchCheck:
     def add(self, frame: pd.DataFrame, row_ok: Any) -> None:
         from great_expectations.validator.v1_validator import Validator
 
-        checked = frame.assign(_row_ok=pd.Series(row_ok, index=frame.index, dtype=bool))
+        ok = pd.Series(row_ok, index=frame.index, dtype=bool)
+        checked = frame.assign(_row_ok=ok)
+        key = self.dataset.key
+        if len(key) == 1 and not ok.all():
+            # the key's uniqueness is judged among the rows that passed: a GX `row_condition` did the same,
+            # at a third of the suite's time (a `DataFrame.query` per metric of the expectation)
+            checked[key[0]] = checked[key[0]].where(ok)
         result = Validator(batch_definition=self.batch_definition, batch_parameters={"dataframe": checked},
                            result_format="SUMMARY").validate_expectation_suite(self.suite)
         if self.result is None:

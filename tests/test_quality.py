@@ -183,6 +183,25 @@ def test_duplicate_keys_fail_the_gx_suite() -> None:
     assert all(o.success for o in outcomes)
 
 
+def test_a_key_is_unique_among_the_rows_that_passed_the_row_rules() -> None:
+    """A quarantined row sharing a good row's key does not fail the suite's uniqueness (it is not loaded);
+    two good rows with one key do, and the counts are those of the good rows."""
+    dataset = load_catalog().datasets["citizen"]
+    row: dict[str, Any] = {"personal_id": "037090001234", "full_name": "A", "birth_date": "1990-01-01",
+                           "sex": "male", "commune_code": "14464", "updated_at": "2025-08-01T00:00:00Z"}
+    rows = [row, dict(row), {**row, "personal_id": "037090001235"}, dict(row)]
+    frame = coerce(rows, dataset).frame
+    outcomes = {o.expectation: o for o in validate_dataset(frame, [True, False, True, False], dataset, "b-q",
+                                                           raise_on_failure=False)}
+    unique = outcomes["expect_column_values_to_be_unique"]
+    assert unique.success and unique.unexpected_count == 0
+    assert list(frame["personal_id"]) == [r["personal_id"] for r in rows]  # the caller's frame is left as it was
+    outcomes = {o.expectation: o for o in validate_dataset(frame, [True, True, True, False], dataset, "b-q2",
+                                                           raise_on_failure=False)}
+    unique = outcomes["expect_column_values_to_be_unique"]
+    assert not unique.success and unique.unexpected_count == 2 and unique.observed == pytest.approx(2 / 3)
+
+
 def _tax_ok(value: str) -> bool:
     frame = pd.DataFrame({"tax_code": pd.Series([value], dtype="string")})
     return bool(RULES["tax_code"].check(frame, column="tax_code").iloc[0])
