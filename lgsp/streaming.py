@@ -177,26 +177,6 @@ def _following_chunks(ctx: PipelineContext, extract: _Extract | _Extracted, chun
         yield LandedChunk(b"".join(pages), rows)
 
 
-class _Background(threading.Thread):
-    """`function()` in a thread of its own, started; `result()` waits for it and returns or raises what it did."""
-
-    def __init__(self, function: Any, name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._function = function
-        self.future: Future[Any] = Future()
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.future.set_result(self._function())
-        except BaseException as exc:  # noqa: BLE001 - raised by `result()` in the waiting thread
-            self.future.set_exception(exc)
-
-    def result(self) -> Any:
-        self.join()
-        return self.future.result()
-
-
 class _Loader(threading.Thread):
     """Loads validated chunks as they come, commits once the batch's result is known."""
 
@@ -282,7 +262,6 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     warming.start()
     extract: _Extract | _Extracted | None = None
     loader: _Loader | None = None
-    publishing: _Background | None = None
     keys: list[Any] = []
     key = ctx.dataset.key[0] if len(ctx.dataset.key) == 1 else None
     try:
@@ -313,17 +292,8 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
         checked = runner._check_chunks(ctx, batch_id, _following_chunks(ctx, extract, runner.CHUNK_ROWS),
                                        on_good=loader.put if loader else None, before_expect=wait)
         manifest = extract.wait()
-        if loader is not None and all(o.success for o in checked.expectations.outcomes()):
-            # The batch passed: its Data Docs page (pure Python, ~25 ms) is rendered while this thread judges and
-            # records it (mostly waiting on PostgreSQL and the disk) and the load commits. A failed batch's
-            # page is rendered by `_validated`, whose error names it
-            sys.setswitchinterval(FAST_SWITCH_S)
-            publishing = _Background(checked.expectations.publish, name=f"lgsp-docs-{ctx.pipeline.name}")
         result = runner._validated(ctx, batch_id, manifest, checked, publish=loader is None)
     except BaseException as exc:
-        if publishing is not None:  # its page stays; the batch record says why the batch failed
-            publishing.join()
-            sys.setswitchinterval(switching)
         if extract is not None and extract.alive():  # let the extract finish landing: its batch record is final
             try:
                 extract.wait()
@@ -335,13 +305,10 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
         raise
     if loader is None:
         return runner.load(ctx, batch_id)
-    loader.hand_over(result)  # the load commits while the batch's Data Docs page is rendered
+    loader.hand_over(result)  # the load commits while this thread renders the batch's Data Docs page
     sys.setswitchinterval(FAST_SWITCH_S)  # the loader's many short steps between waits on PostgreSQL get the GIL
     try:  # back quickly from the rendering (pure Python): at the default 5 ms they queued behind it
-        if publishing is None:
-            checked.expectations.publish()
-        else:
-            publishing.result()
+        checked.expectations.publish()
     finally:
         loader.join()
         sys.setswitchinterval(switching)

@@ -541,7 +541,6 @@ class BatchCheck:
         self.paths = paths or GxPaths.from_env()
         self.context, self.suite, self.batch_definition = _cached_context(self.paths, dataset)
         self.result: Any = None
-        self._outcomes: list[ExpectationOutcome] | None = None
 
     def add(self, frame: pd.DataFrame, row_ok: Any) -> None:
         from great_expectations.validator.v1_validator import Validator
@@ -555,7 +554,6 @@ class BatchCheck:
             checked[key[0]] = checked[key[0]].where(ok)
         result = Validator(batch_definition=self.batch_definition, batch_parameters={"dataframe": checked},
                            result_format="SUMMARY").validate_expectation_suite(self.suite)
-        self._outcomes = None
         if self.result is None:
             self.result = result
             return
@@ -563,14 +561,9 @@ class BatchCheck:
             _merge_result(mine, theirs)
 
     def outcomes(self) -> list[ExpectationOutcome]:
-        """The batch's outcomes, judged on its totals (no I/O: `publish` stores and renders them).
-
-        Judged once until another chunk is added: `publish` may run in another thread meanwhile.
-        """
+        """The batch's outcomes, judged on its totals (no I/O: `publish` stores and renders them)."""
         from great_expectations.validator.v1_validator import calc_validation_statistics
 
-        if self._outcomes is not None:
-            return self._outcomes
         if self.result is None:  # no chunk at all: the suite runs on an empty frame
             self.add(pd.DataFrame({c: pd.Series(dtype=object) for c in self.dataset.columns}), [])
         result = self.result
@@ -586,7 +579,6 @@ class BatchCheck:
             outcomes.append(ExpectationOutcome(
                 expectation=cfg.type, column=cfg.kwargs.get("column"), success=bool(r.success),
                 unexpected_count=r.result.get("unexpected_count"), observed=_observed(r.result)))
-        self._outcomes = outcomes
         return outcomes
 
     def publish(self) -> str | None:

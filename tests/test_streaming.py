@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -146,59 +145,6 @@ def test_a_one_page_batch_is_expected_while_postgresql_merges_it(
     postgres = lgsp_env.database_url.startswith("postgresql")
     assert events == (["staged", "expected"] if postgres else ["expected"]), events
     wh = runner.open_warehouse(catalog, lgsp_env)
-    assert_identical_to_truth(wh, catalog, sandbox_handle, name)
-    wh.engine.dispose()
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the loading thread is PostgreSQL's
-def test_a_passed_batch_s_data_docs_page_is_rendered_while_it_is_recorded_and_its_errors_are_raised(
-        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The page of a batch that passed its checks is rendered while the batch is judged and recorded (the run
-    returns once it is written); a failure to render it is raised by the run, after the batch committed."""
-    from lgsp import runner
-    from quality.expectations import BatchCheck
-
-    catalog = load_catalog(small_pages_catalog(tmp_path, page_size=1000))
-    name = "population_citizens"
-    events: list[tuple[str, str]] = []
-    publish, validated = BatchCheck.publish, runner._validated
-
-    def rendering(self: Any) -> Any:
-        events.append(("rendering", threading.current_thread().name))
-        time.sleep(0.3)  # long enough to be seen overlapping the batch's bookkeeping
-        page = publish(self)
-        events.append(("rendered", threading.current_thread().name))
-        return page
-
-    def judging(*args: Any, **kwargs: Any) -> Any:
-        events.append(("judging", threading.current_thread().name))
-        try:
-            return validated(*args, **kwargs)
-        finally:
-            events.append(("judged", threading.current_thread().name))
-
-    monkeypatch.setattr(BatchCheck, "publish", rendering)
-    monkeypatch.setattr(runner, "_validated", judging)
-    result = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
-    assert [e for e, _ in events] == ["rendering", "judging", "judged", "rendered"], events
-    assert dict(events)["rendering"] != "MainThread" and dict(events)["judging"] == "MainThread"
-    index = Path(lgsp_env.home / "gx" / "data_docs" / "index.html").read_text(encoding="utf-8")
-    assert result["batch_id"].replace(":", "_") in index or result["batch_id"] in index
-
-    def broken(self: Any) -> Any:
-        raise OSError("the docs disk is full")
-
-    monkeypatch.setattr(BatchCheck, "publish", broken)
-    wh = runner.open_warehouse(catalog, lgsp_env)
-    with wh.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE core_citizen SET _row_hash = _row_hash + 1")  # every row is merged again
-    with pytest.raises(OSError, match="the docs disk is full"):
-        runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)
-    with wh.engine.connect() as conn:
-        status, changed = conn.exec_driver_sql("SELECT status, rows_changed FROM lgsp_batch "
-                                               "ORDER BY started_at DESC LIMIT 1").one()
-    assert (status, changed) == ("loaded", wh.count("core_citizen"))
     assert_identical_to_truth(wh, catalog, sandbox_handle, name)
     wh.engine.dispose()
 
