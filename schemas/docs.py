@@ -68,7 +68,8 @@ def dictionary_page(dataset: DatasetSpec) -> str:
                  " (the mart: computed from the core tables by `lgsp_indicators`)"),
              f"- key: {', '.join(f'`{k}`' for k in dataset.key)}",
              f"- write mode: `{dataset.write_mode}` ({WRITE_MODE_TEXT[dataset.write_mode]})"
-             + (f"; deletion marker: `{dataset.delete_field}`" if dataset.delete_field else ""),
+             + (f"; deletion marker: `{dataset.delete_field}`" if dataset.delete_field else "")
+             + f"; PostgreSQL fillfactor {dataset.table_fillfactor}",
              f"- incremental cursor: `{dataset.cursor_field}`" if dataset.cursor_field else "- no cursor (full pulls)",
              f"- JSON Schema: [`{dataset.name}.schema.json`]({dataset.name}.schema.json)", "",
              "## Columns", "", "| column | type | required | description |", "| --- | --- | --- | --- |"]
