@@ -170,10 +170,12 @@ class Warehouse:
         follow it (a replace, the first load of an emptied table, `VACUUM FULL` rewrites all).
         """
         wanted = {name: self._storage(table) for name, table in self.metadata.tables.items() if self._storage(table)}
+        if not wanted:
+            return
         query = sa.text("SELECT c.relname, c.reloptions FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                         "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
                         "AND c.relname IN :names").bindparams(sa.bindparam("names", expanding=True))
-        found = conn.execute(query, {"names": list(wanted) or [""]}).all()
+        found = conn.execute(query, {"names": list(wanted)}).all()
         for name, options in found:
             present = dict(option.split("=", 1) for option in options or [])
             changed = {k: v for k, v in wanted[name].items() if present.get(k) != str(v)}
