@@ -85,7 +85,8 @@ def test_a_batch_of_one_page_is_pulled_without_a_child_process(
 def test_a_one_page_batch_reads_the_rows_it_will_merge_ahead_while_it_is_checked(
         lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PostgreSQL: the stored rows of a one-page batch's keys are read ahead as soon as the page has landed
-    (not when its load starts), once; the merge ends identical to the truth. SQLite reads nothing ahead."""
+    (before its bookkeeping, not when its load starts), once; the merge ends identical to the truth. SQLite
+    reads nothing ahead."""
     import inspect
 
     from lgsp import runner
@@ -96,18 +97,19 @@ def test_a_one_page_batch_reads_the_rows_it_will_merge_ahead_while_it_is_checked
     name = "population_citizens"  # merged on a one-column key
     first = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
     assert first["pages"] == 1 and first["rows_pulled"] > 1
-    calls: list[tuple[str, int, str]] = []
+    calls: list[tuple[str, int, str, bool]] = []
     readers = store.Warehouse._readers
 
     def spied(self: Any, table: sa.Table, key: str, keys: list[Any]) -> Any:
-        calls.append((table.name, len(keys), inspect.stack()[1].function))
+        stack = [frame.function for frame in inspect.stack()]
+        calls.append((table.name, len(keys), stack[1], "pull_pages" in stack))
         return readers(self, table, key, keys)
 
     monkeypatch.setattr(store.Warehouse, "_readers", spied)
     again = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)
     assert again["pages"] == 1 and again["rows_changed"] == 0
     postgres = lgsp_env.database_url.startswith("postgresql")
-    assert calls == ([("core_citizen", again["rows_pulled"], "read_ahead")] if postgres else []), calls
+    assert calls == ([("core_citizen", again["rows_pulled"], "read_ahead", True)] if postgres else []), calls
     wh = runner.open_warehouse(catalog, lgsp_env)
     assert_identical_to_truth(wh, catalog, sandbox_handle, name)
     wh.engine.dispose()
