@@ -242,16 +242,6 @@ class _Loader(threading.Thread):
         self.join()
 
 
-def _read_ahead(ctx: PipelineContext, keys: list[Any]) -> None:
-    """A batch of one page is known whole once its page landed: read the rows it will update into memory.
-
-    Started there, before the page's bookkeeping and the wait for the warming thread, the
-    reads run beside those instead of beside the validation, and are done when the merge
-    begins (docs/performance.md, sixth session: the cold incremental 284 against 302 ms).
-    """
-    ctx.warehouse.read_ahead(ctx.dataset, keys)
-
-
 def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
                   until: datetime | None = None) -> dict[str, Any]:
     """Extract, validate and load a new batch with the three steps overlapping; returns the load's result."""
@@ -277,10 +267,14 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     try:
         ctx.warehouse.dialect  # noqa: B018 - the tables are created or checked here, once, before the fork
         start = runner.begin_extract(ctx, full_refresh=full_refresh, since=since, until=until)
-        # the first page is pulled here: a batch of one page (most incremental runs) needs no child
+        # the first page is pulled here: a batch of one page (most incremental runs) needs no child. Once
+        # that page has landed the batch is known whole: the rows it will update are read ahead from then
+        # on, beside the page's bookkeeping and the wait below rather than beside the validation, and are
+        # in memory when the merge begins (docs/performance.md, sixth session: 284 against 302 ms cold)
         start = runner.pull_pages(ctx, start, max_pages=1, on_records=None if key is None else
                                   lambda records: keys.extend(field_values(records, key)),
-                                  on_page=lambda _number, last: _read_ahead(ctx, keys) if last else None)
+                                  on_page=lambda _number, last: ctx.warehouse.read_ahead(ctx.dataset, keys)
+                                  if last else None)
     finally:
         warming.join()
         sys.setswitchinterval(switching)
