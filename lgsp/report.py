@@ -25,12 +25,12 @@ def last_batches(wh: Warehouse, catalog: Catalog) -> list[dict[str, Any]]:
 
 
 def last_failure(wh: Warehouse, pipeline: str) -> str | None:
-    """The message of the pipeline's most recent batch, if that batch failed."""
+    """The message of the pipeline's most recent batch, if that batch failed or its load was refused."""
     batch = wh.system["lgsp_batch"]
     with wh.engine.connect() as conn:
         row = conn.execute(sa.select(batch.c.status, batch.c.message).where(batch.c.pipeline == pipeline)
                            .order_by(batch.c.started_at.desc()).limit(1)).first()
-    return row.message if row is not None and row.status == "failed" else None
+    return row.message if row is not None and row.status in ("failed", "validated") else None
 
 
 def table_counts(wh: Warehouse, catalog: Catalog) -> dict[str, int]:

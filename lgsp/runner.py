@@ -600,7 +600,22 @@ def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
     result = ctx.lake.read_manifest(ctx.pipeline.name, batch_id)
     if "parquet" not in result:
         raise RuntimeError(f"batch {batch_id} of {ctx.pipeline.name} was not validated; run validate first")
-    return _load_chunks(ctx, batch_id, ctx.lake.iter_batch(result["parquet"]), lambda: result)
+    try:
+        return _load_chunks(ctx, batch_id, ctx.lake.iter_batch(result["parquet"]), lambda: result)
+    except Exception as exc:
+        failed_load(ctx, batch_id, exc)
+        raise
+
+
+def failed_load(ctx: PipelineContext, batch_id: str, exc: BaseException) -> None:
+    """Record why a validated batch's load was rolled back; it stays validated, so the next run loads it."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()  # the server's words, not the SQL
+    message = (f"the load was refused and rolled back ({type(exc).__name__}: {reason[0] if reason else ''}); "
+               "the batch stays validated: the next run loads it again once the cause is fixed")
+    try:
+        _update_batch(ctx, batch_id, message=message)
+    except Exception:  # noqa: BLE001 - the warehouse itself may be what failed; the load's error is raised
+        log.warning("%s: could not record the failed load of batch %s", ctx.pipeline.name, batch_id)
 
 
 def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table],
@@ -625,7 +640,7 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
         if result.get("mode") != "backfill":
             wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
-                      rows_changed=changed, cursor_to=cursor_to)
+                      rows_changed=changed, cursor_to=cursor_to, message=None)
     log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, landed, changed)
     return {**result, "rows_landed": landed, "rows_changed": changed}
 

@@ -315,4 +315,8 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
     finally:
         loader.join()
         sys.setswitchinterval(switching)
-    return loader.outcome.result()
+    try:
+        return loader.outcome.result()
+    except Exception as exc:
+        runner.failed_load(ctx, batch_id, exc)
+        raise

@@ -153,12 +153,18 @@ def test_a_one_page_batch_is_expected_while_postgresql_merges_it(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the merge that waits is PostgreSQL's
+@pytest.mark.parametrize("streaming", ["1", "0"], ids=["streaming", "steps"])
 def test_a_one_page_batch_whose_merge_postgresql_refuses_fails_and_the_rerun_converges(
-        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path) -> None:
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path, streaming: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The expectations of a one-page batch wait for its merge: when PostgreSQL refuses the merge (a
     constraint added by hand), the run still ends, with the server's error, nothing of the batch
-    written and the cursor where it was; once the constraint is gone, the rerun ends as the truth."""
+    written, the cursor where it was and the batch left validated with the reason; once the constraint
+    is gone, the next run loads that batch and ends as the truth. The same with the steps one after
+    another (LGSP_STREAMING=0)."""
     from lgsp import runner
+
+    monkeypatch.setenv("LGSP_STREAMING", streaming)
+    from lgsp.report import last_failure
 
     catalog = load_catalog(small_pages_catalog(tmp_path, page_size=1000))
     name = "population_citizens"
@@ -173,14 +179,25 @@ def test_a_one_page_batch_whose_merge_postgresql_refuses_fails_and_the_rerun_con
     with pytest.raises(sa.exc.IntegrityError, match="refuse_all"):
         runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)
     assert time.monotonic() - started < 60
+
+    def latest() -> Any:  # batch ids made in the same second do not sort by time: started_at does
+        with wh.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT batch_id, status, message FROM lgsp_batch "
+                                        "ORDER BY started_at DESC LIMIT 1").one()
+
+    refused = latest()
+    assert refused.status == "validated" and "refuse_all" in refused.message and "next run" in refused.message
+    assert "INSERT" not in refused.message  # the server's reason, not the statement
+    assert last_failure(wh, name) == refused.message  # what `lgsp demo` prints as the cause
     with wh.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM core_citizen WHERE _batch_id = "
-                                    "(SELECT max(batch_id) FROM lgsp_batch)").scalar() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM core_citizen WHERE _batch_id = %(b)s",
+                                    {"b": refused.batch_id}).scalar() == 0
     assert wh.get_cursor(name) == cursor and wh.count("core_citizen") == before
     with wh.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE core_citizen DROP CONSTRAINT refuse_all")
-    again = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env, full_refresh=True)
-    assert again["pages"] == 1 and again["rows_changed"] == before
+    again = runner.run_pipeline(name, catalog=catalog, settings=lgsp_env)
+    assert again["batch_id"] == refused.batch_id and again["pages"] == 1 and again["rows_changed"] == before
+    assert latest().status == "loaded" and latest().message is None and last_failure(wh, name) is None
     assert wh.get_cursor(name) == cursor
     assert_identical_to_truth(wh, catalog, sandbox_handle, name)
     wh.engine.dispose()
