@@ -93,7 +93,9 @@ def _now() -> datetime:
 
 
 def new_batch_id(pipeline: str) -> str:
-    return f"{pipeline}-{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    """`<pipeline>-<UTC time to the microsecond>-<random>`: a pipeline's batch ids sort in the order they
+    were made (the lake's batch files too), even several in one second."""
+    return f"{pipeline}-{_now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
 
 
 def _update_batch(ctx: PipelineContext, batch_id: str, conn: sa.Connection | None = None, **values: Any) -> None:

@@ -6,6 +6,7 @@ warehouse with the sandbox's ground truth, row by row.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -167,3 +168,10 @@ def test_missing_required_field_rejects_the_batch(lgsp_env: Any) -> None:
     with pytest.raises(SchemaError, match=r"dossier: required field\(s\) \['received_at'\]"):
         coerce([{"dossier_id": "x", "procedure_code": "1", "commune_code": "14464", "due_at": None,
                  "status": "received", "channel": "paper", "updated_at": date(2025, 8, 1).isoformat()}], dataset)
+
+
+def test_batch_ids_made_in_one_second_sort_in_the_order_they_were_made() -> None:
+    ids = [runner.new_batch_id("population_citizens") for _ in range(200)]
+    assert len(set(ids)) == len(ids)
+    assert sorted(ids) == ids  # ids (and the lake's batch files) sort by when they were made
+    assert re.fullmatch(r"population_citizens-\d{8}T\d{12}-[0-9a-f]{8}", ids[0])
