@@ -77,3 +77,11 @@ def test_the_benchmark_source_serves_each_page_as_orjson_renders_its_records(mon
     assert len(changed) == 30 and all(b"T\xe1\xbb\x95 d\xc3\xa2n ph\xe1\xbb\x91" in record for record in changed)
     assert citizens.body(citizens.page(0, 3000), "http://x/citizens?after=1") == rendered(0, 3000)
     assert citizens.body(citizens.page(0, 3000), None) != before
+
+
+def test_soap_pull_benchmark_pulls_every_citizen_both_ways() -> None:
+    figures = _figures("benchmarks/soap_pull.py", "--citizens", "600", "--rounds", "1")
+    assert set(figures["results"]) == {"one_pass", "zeep"}
+    assert {r["rows"] for r in figures["results"].values()} == {600}
+    assert all(r["best_s"] > 0 and r["median_client_cpu_s"] > 0 for r in figures["results"].values())
+    assert figures["ratios"]["zeep_over_one_pass_client_cpu"] > 0

@@ -46,6 +46,85 @@ def test_soap_pull_pages_through_every_citizen(catalog: Any, sandbox_handle: Any
     assert set(records[0]) >= {"personal_id", "full_name", "birth_date", "sex", "commune_code", "updated_at"}
 
 
+@pytest.mark.parametrize(("pipeline", "record_type"), [("population_citizens", "Citizen"),
+                                                       ("civil_status_events", "CivilStatusEvent")])
+def test_soap_flat_records_parse_in_one_pass_to_what_zeep_gives(catalog: Any, sandbox_handle: Any, pipeline: str,
+                                                                 record_type: str) -> None:
+    """The one-pass parser of flat records (connectors.soap_records) gives zeep's own values, page by page."""
+    from catalog.loader import resolve_endpoint
+    from connectors.soap import SoapTransport
+
+    spec = catalog.pipeline(pipeline)
+    system = catalog.systems[spec.source.system]
+    pulled = {}
+    for fast in (True, False):
+        transport = SoapTransport(system, resolve_endpoint(system), spec.source.operation, fast_records=fast)
+        try:
+            pulled[fast] = [page.records for page in iter_pages(system, spec.source, transport, None)]
+        finally:
+            transport.close()
+        assert transport.fast_types == ([record_type] if fast else [])
+    assert sum(map(len, pulled[True])) > 50
+    assert pulled[True] == pulled[False]
+    assert [[{k: type(v) for k, v in r.items()} for r in page] for page in pulled[True]] == \
+        [[{k: type(v) for k, v in r.items()} for r in page] for page in pulled[False]]  # a date stays a date
+
+
+def test_soap_records_zeep_must_judge_are_parsed_by_zeep(catalog: Any, sandbox_handle: Any) -> None:
+    """Whatever is not a plain flat record (an unknown, repeated, out-of-order or foreign element, a comment,
+    an xsi:type, an attribute, a text the type cannot read) ends exactly as zeep alone ends it."""
+    from lxml import etree
+
+    from catalog.loader import resolve_endpoint
+    from connectors.soap import SoapTransport
+    from connectors.soap_records import plain
+
+    system = catalog.systems["population"]
+    transport = SoapTransport(system, resolve_endpoint(system), "ListChangedCitizens")
+    client = transport._connect()
+    body = client.service._binding.get("ListChangedCitizens").output.body
+    (_, page), = body.type.elements
+    (_, items), *_ = page.type.elements
+    citizen = items.type
+    assert "parse_xmlelement" in vars(citizen)  # the one-pass parser is installed on this client's type
+    ns, xsi = "urn:lgsp:sandbox:population", "http://www.w3.org/2001/XMLSchema-instance"
+    fields = ("<t:personal_id>035220450768</t:personal_id><t:full_name>Hoàng Minh</t:full_name>"
+              "<t:birth_date>2020-06-07</t:birth_date><t:sex>male</t:sex>")
+    stamp = "<t:updated_at>2025-07-03T13:15:28+00:00</t:updated_at>"
+    cases = {
+        "plain": fields + stamp,
+        "fields missing": "<t:personal_id>1</t:personal_id>" + stamp,
+        "empty and nil": f'<t:personal_id/><t:full_name xsi:nil="true"/>{stamp}',
+        "date it cannot read": "<t:birth_date>2020-13-45</t:birth_date>" + stamp,
+        "unknown element": fields + "<t:nickname>x</t:nickname>" + stamp,
+        "out of order": stamp + fields,
+        "repeated": fields + "<t:sex>female</t:sex>" + stamp,
+        "comment": fields + "<!-- note -->" + stamp,
+        "unqualified": "<personal_id>7</personal_id>" + stamp,
+        "foreign namespace": '<o:personal_id xmlns:o="urn:other">7</o:personal_id>' + stamp,
+        "xsi:type": '<t:personal_id xsi:type="xsd:string">7</t:personal_id>' + stamp,
+        "no children": "",
+    }
+    schema, one_pass = client.wsdl.types, set()
+    for name, inner in cases.items():
+        for attribute in ("", ' status="x"'):
+            xml = (f'<t:items xmlns:t="{ns}" xmlns:xsi="{xsi}" xmlns:xsd="http://www.w3.org/2001/XMLSchema"'
+                   f'{attribute}>{inner}</t:items>')
+            outcome = []
+            for parse in (lambda e: items.parse(e, schema, allow_none=True),  # as zeep calls it, one pass first
+                          lambda e: type(citizen).parse_xmlelement(citizen, e, schema, True, None, citizen)):
+                try:
+                    value = parse(etree.fromstring(xml))
+                    outcome.append(("value", plain(value)))
+                    if type(getattr(value, "__values__", None)) is dict and not outcome[1:]:  # zeep's: OrderedDict
+                        one_pass.add(name + attribute)
+                except Exception as exc:  # noqa: BLE001 - compared below
+                    outcome.append(("error", type(exc).__name__, str(exc)))
+            assert outcome[0] == outcome[1], (name, attribute)
+    assert one_pass == {"plain", "fields missing", "empty and nil", "date it cannot read", "unqualified"}
+    transport.close()
+
+
 def test_rest_pull_with_cursor_is_inclusive(catalog: Any, sandbox_handle: Any) -> None:
     truth = sandbox_handle.data.dossiers
     since = sorted(d["updated_at"] for d in truth)[len(truth) // 2]
