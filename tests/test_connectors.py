@@ -87,6 +87,12 @@ def test_soap_records_zeep_must_judge_are_parsed_by_zeep(catalog: Any, sandbox_h
     (_, items), *_ = page.type.elements
     citizen = items.type
     assert "parse_xmlelement" in vars(citizen)  # the one-pass parser is installed on this client's type
+    zeep_only = SoapTransport(system, resolve_endpoint(system), "ListChangedCitizens", fast_records=False)
+    other = zeep_only._connect().service._binding.get("ListChangedCitizens").output.body
+    assert other.type is not body.type and not any(  # and only there: another client's types are its own
+        "parse_xmlelement" in vars(element.type) for _, page_element in other.type.elements
+        for _, element in page_element.type.elements)
+    zeep_only.close()
     ns, xsi = "urn:lgsp:sandbox:population", "http://www.w3.org/2001/XMLSchema-instance"
     fields = ("<t:personal_id>035220450768</t:personal_id><t:full_name>Hoàng Minh</t:full_name>"
               "<t:birth_date>2020-06-07</t:birth_date><t:sex>male</t:sex>")
