@@ -9,8 +9,11 @@ birth_date, ...}`). For such a complex type, `install(client, operation)` gives 
 client's own type object a parser that reads the record's children in one pass and
 converts each text with the XSD type's own `pythonvalue`, so the values are zeep's (a
 `datetime.date`, a `datetime`, an `int`, a `str`; None for an absent or empty (nil)
-element, and, as zeep does, for a text its type cannot read), in zeep's own value object
-for the type, its fields set at once rather than checked one by one.
+element), in zeep's own value object for the type, its fields set at once rather than
+checked one by one. One difference, on purpose: a text its type cannot read (a birth date
+`2020-13-45`) is kept as sent, with a warning, where zeep logs an error and gives None. The
+validation then quarantines the record with that value and the reason, instead of a
+record whose date silently became empty.
 
 Anything else in a record is left to zeep, which then parses that record exactly as it did
 before (and raises the same errors): an attribute on the record, an `xsi:type` on a field, an
@@ -37,15 +40,19 @@ XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 _Field = tuple[str, frozenset[str], bool, Callable[[str], Any]]  # name, tags it may carry, optional, text -> value
 
 
-def _leaf(xsd_type: AnySimpleType) -> Callable[[str], Any]:
+def _leaf(xsd_type: AnySimpleType, field: str) -> Callable[[str], Any]:
     pythonvalue = xsd_type.pythonvalue
+    type_name = type(xsd_type).__name__
 
     def convert(text: str) -> Any:
         try:
             return pythonvalue(text)
-        except (TypeError, ValueError):  # zeep logs the error and gives None (simple.py); so does this
-            log.exception("Error during xml -> python translation")
-            return None
+        except (TypeError, ValueError):
+            # zeep logs the error and gives None, and the value the peer sent is lost. The text is kept
+            # instead: the validation then quarantines the record with it, its field and the reason
+            log.warning("field %s: %r is not a valid xsd %s; kept as sent, for the validation to judge",
+                        field, text[:100], type_name)
+            return text
     if type(xsd_type) is xsd.String:  # its pythonvalue is the text itself
         return str
     return convert
@@ -65,7 +72,7 @@ def _flat_fields(xsd_type: Any) -> list[_Field] | None:
             return None
         qname = item.qname
         tags = frozenset({qname.text, qname.localname}) if qname.namespace else frozenset({qname.localname})
-        fields.append((item.attr_name, tags, item.is_optional, _leaf(item.type)))
+        fields.append((item.attr_name, tags, item.is_optional, _leaf(item.type, item.attr_name)))
     return fields
 
 

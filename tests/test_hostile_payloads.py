@@ -6,6 +6,7 @@ malformed JSON body or an XML entity-expansion ("billion laughs") document.
 """
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -99,3 +100,48 @@ def test_oversized_response_is_fatal_and_names_the_limit(sandbox_env: Any, tmp_p
         assert transport.call({**first_request(spec.source, None), "page_size": 1})["items"]  # small is fine
     finally:
         transport.close()
+
+
+@pytest.fixture
+def relaying_peer(sandbox_handle: Any) -> Iterator[str]:
+    """The real population service, relayed, with the first citizen's birth date of each page made unreadable."""
+    wsdl = requests.get(sandbox_handle.population_wsdl, timeout=5).content
+    real = sandbox_handle.population_url.rstrip("/")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        own = f"http://127.0.0.1:{server.server_port}".encode()
+        if environ["REQUEST_METHOD"] == "GET":
+            start_response("200 OK", [("Content-Type", "text/xml")])
+            return [wsdl.replace(real.encode(), own)]
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        answer = requests.post(real + "/", data=body, timeout=10,
+                               headers={"Content-Type": environ.get("CONTENT_TYPE", "text/xml"),
+                                        "SOAPAction": environ.get("HTTP_SOAPACTION", "")})
+        content = re.sub(rb"<tns:birth_date>[^<]*</tns:birth_date>", b"<tns:birth_date>2020-13-45</tns:birth_date>",
+                         answer.content, count=1)
+        start_response(f"{answer.status_code} X", [("Content-Type", "text/xml")])
+        return [content]
+
+    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_soap_value_its_type_cannot_read_is_quarantined_as_sent(lgsp_env: Any, relaying_peer: str,
+                                                                  sandbox_handle: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """zeep would make the unreadable date None, losing what the peer sent: the record is quarantined with
+    the text itself, its field named, and every other record lands."""
+    monkeypatch.setenv("LGSP_POPULATION_WSDL", relaying_peer + "/?wsdl")
+    result = runner.run_pipeline("population_citizens")
+    assert result["rows_pulled"] == len(sandbox_handle.data.citizens)
+    assert result["rows_pulled"] == result["rows_landed"] + result["rows_quarantined"] + result["rows_superseded"]
+    wh = Warehouse(lgsp_env.database_url, load_catalog())
+    with wh.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT rule, reason, payload FROM lgsp_quarantine").all()
+    bad = [r for r in rows if "2020-13-45" in str(r.payload)]
+    assert len(bad) == result["pages"] >= 1, rows[:3]  # the first citizen of each page
+    assert all(r.reason == "birth_date: '2020-13-45' is not a valid date" for r in bad)
