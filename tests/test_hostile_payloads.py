@@ -7,15 +7,14 @@ malformed JSON body or an XML entity-expansion ("billion laughs") document.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import requests
 
 from catalog import load_catalog
+from loopback import serve
 from connectors import FatalError, open_transport
 from lgsp import runner
 from warehouse import Warehouse
@@ -26,11 +25,6 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>&lol3;</soap:Body></soap:Envelope>"""
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def hostile_peer(sandbox_handle: Any) -> Iterator[str]:
     wsdl = requests.get(sandbox_handle.population_wsdl, timeout=5).content
@@ -39,19 +33,14 @@ def hostile_peer(sandbox_handle: Any) -> Iterator[str]:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         if environ["REQUEST_METHOD"] == "GET" and environ.get("QUERY_STRING") == "wsdl":
             start_response("200 OK", [("Content-Type", "text/xml")])
-            return [wsdl.replace(real, f"http://127.0.0.1:{server.server_port}".encode())]
+            return [wsdl.replace(real, f"http://127.0.0.1:{environ['SERVER_PORT']}".encode())]
         if environ["REQUEST_METHOD"] == "POST":
             start_response("200 OK", [("Content-Type", "text/xml")])
             return [BILLION_LAUGHS]
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b'{"items": [{"dossier_id": "x",']  # truncated JSON
 
-    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    yield from serve(app)
 
 
 def test_malformed_json_is_fatal_and_named(lgsp_env: Any, hostile_peer: str,
@@ -109,7 +98,7 @@ def relaying_peer(sandbox_handle: Any) -> Iterator[str]:
     real = sandbox_handle.population_url.rstrip("/")
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        own = f"http://127.0.0.1:{server.server_port}".encode()
+        own = f"http://127.0.0.1:{environ['SERVER_PORT']}".encode()
         if environ["REQUEST_METHOD"] == "GET":
             start_response("200 OK", [("Content-Type", "text/xml")])
             return [wsdl.replace(real.encode(), own)]
@@ -122,12 +111,7 @@ def relaying_peer(sandbox_handle: Any) -> Iterator[str]:
         start_response(f"{answer.status_code} X", [("Content-Type", "text/xml")])
         return [content]
 
-    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    yield from serve(app)
 
 
 def test_a_soap_value_its_type_cannot_read_is_quarantined_as_sent(lgsp_env: Any, relaying_peer: str,

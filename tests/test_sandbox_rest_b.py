@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import re
-import socketserver
 import threading
 import time
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, time as dtime, timedelta
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import requests
 
+from loopback import serve
 from sandbox.citizens import century_sex_digit
 from sandbox.common import VN_TZ, WINDOW_END_UTC, WINDOW_START_UTC
 from sandbox.communes import UNKNOWN_COMMUNE, commune_codes
@@ -34,28 +33,6 @@ CARD_NO_RE = re.compile(r"[A-Z]{2}[1-5]37[0-9]{10}")
 DOCUMENT_ID_RE = re.compile(r"VB37-2025-[0-9]{6}")
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-
-def _serve(app: Any) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def documents() -> tuple[list[dict[str, Any]], dict[str, str]]:
     return make_documents_with_defects(SEED, 600, defect_rate=0.02)
@@ -68,18 +45,18 @@ def cards() -> tuple[list[dict[str, Any]], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def documents_url(documents) -> Iterator[str]:
-    yield from _serve(make_documents_app(documents[0], TOKEN))
+    yield from serve(make_documents_app(documents[0], TOKEN))
 
 
 @pytest.fixture(scope="module")
 def cards_url(cards) -> Iterator[str]:
-    yield from _serve(make_health_insurance_app(cards[0], API_KEY))
+    yield from serve(make_health_insurance_app(cards[0], API_KEY))
 
 
 @pytest.fixture()
 def dvcqg() -> Iterator[tuple[str, DvcqgState]]:
     state = DvcqgState(make_procedures(SEED), USER, PASSWORD)
-    for url in _serve(make_dvcqg_app(state)):
+    for url in serve(make_dvcqg_app(state)):
         yield url, state
 
 

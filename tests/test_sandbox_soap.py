@@ -8,14 +8,12 @@ The servers are started here with wsgiref, independent of ``sandbox.server``.
 from __future__ import annotations
 
 import re
-import socketserver
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import requests
@@ -25,6 +23,7 @@ import zeep.wsse.username
 from lxml import etree
 from zeep.helpers import serialize_object
 
+from loopback import serving
 from sandbox.citizens import century_sex_digit, make_citizens
 from sandbox.civil_status import (
     CIVIL_STATUS_DEFECT_KINDS, CIVIL_STATUS_FIELDS, EVENT_TYPES, LEGACY_EVENT_CODES,
@@ -43,16 +42,6 @@ HARDENED = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, for
 CCCD_PROVINCES = ("001", "035", "036", "037")
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[dict[str, Any]]:
     """Civil status, reporting and population on loopback; yields WSDL URLs, data and the inbox."""
@@ -64,18 +53,9 @@ def servers() -> Iterator[dict[str, Any]]:
         "reporting": make_reporting_app(inbox, USER, PASSWORD),
         "population": make_population_app(citizens),
     }
-    running, urls = [], {}
-    for name, app in apps.items():
-        server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        urls[name] = f"http://127.0.0.1:{server.server_port}/?wsdl"
-    yield {"urls": urls, "events": events, "defects": defects, "citizens": citizens, "inbox": inbox}
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with ExitStack() as running:
+        urls = {name: running.enter_context(serving(app)) + "/?wsdl" for name, app in apps.items()}
+        yield {"urls": urls, "events": events, "defects": defects, "citizens": citizens, "inbox": inbox}
 
 
 def client(url: str, password: str | None = PASSWORD, **token: Any) -> zeep.Client:
