@@ -53,6 +53,8 @@ _QUICK: dict[type, tuple[Callable[[str], Any], Any]] = {
 
 
 def _leaf(xsd_type: AnySimpleType, field: str) -> Callable[[str], Any]:
+    if type(xsd_type) is xsd.String:  # its pythonvalue is the text itself
+        return str
     pythonvalue = xsd_type.pythonvalue
     type_name = type(xsd_type).__name__
     quick, plain_form = _QUICK.get(type(xsd_type), (None, None))
@@ -71,8 +73,6 @@ def _leaf(xsd_type: AnySimpleType, field: str) -> Callable[[str], Any]:
             log.warning("field %s: %r is not a valid xsd %s; kept as sent, for the validation to judge",
                         field, text[:100], type_name)
             return text
-    if type(xsd_type) is xsd.String:  # its pythonvalue is the text itself
-        return str
     return convert
 
 
@@ -98,7 +98,6 @@ def _fast_parser(xsd_type: Any, fields: list[_Field]) -> Callable[..., Any]:
     zeep_parse = xsd_type.parse_xmlelement  # the bound method of the class, before it is shadowed
     value_class = xsd_type._value_class  # what zeep makes of a record; a dict would be made one again, slowly
     new = object.__new__
-    count = len(fields)
 
     def parse_xmlelement(xmlelement: Any, schema: Any = None, allow_none: bool = True, context: Any = None,
                          schema_type: Any = None) -> Any:
@@ -107,8 +106,7 @@ def _fast_parser(xsd_type: Any, fields: list[_Field]) -> Callable[..., Any]:
             return zeep_parse(xmlelement, schema, allow_none, context, schema_type)
         record: dict[str, Any] = {}
         at, found = 0, len(children)
-        for number in range(count):
-            name, tags, optional, convert = fields[number]
+        for name, tags, optional, convert in fields:
             child = children[at] if at < found else None
             if child is not None and child.tag in tags:
                 if XSI_TYPE in child.attrib:  # another type than declared; zeep ignores any other attribute
