@@ -117,6 +117,17 @@ def _check_sharing(catalog: Catalog, directory: Path) -> None:
         if dataset.write_mode == "replace":
             raise CatalogError(f"{where}: dataset '{dataset.name}' is written by 'replace' (its table is dropped "
                                "and swapped), which a view cannot sit on; share a merge or history dataset")
+        lookup = shared.lookup
+        if lookup is not None:
+            if lookup.system not in catalog.systems:
+                raise CatalogError(f"{where}.lookup.system: unknown system '{lookup.system}' (see systems.yaml)")
+            stray = [c for c in lookup.key_params if c not in dataset.key]
+            if stray:
+                raise CatalogError(f"{where}.lookup.key_params: {stray} are not key columns of '{dataset.name}' "
+                                   f"(its key: {list(dataset.key)})")
+            unknown = [c for c in lookup.fields.values() if c not in dataset.columns]
+            if unknown:
+                raise CatalogError(f"{where}.lookup.fields: {unknown} are not columns of dataset '{dataset.name}'")
 
 
 def _check_indicators(catalog: Catalog, directory: Path) -> None:

@@ -452,6 +452,33 @@ class RankingSpec(Strict):
 PersonalPolicy = Literal["mask", "pseudonym", "withhold"]
 
 
+class LookupSpec(Strict):
+    """A live lookup: one record of a shared dataset asked of its source system now, by its key.
+
+    An agency asks the gateway (`GET /api/v1/datasets/<name>/lookup?<key>=...`); the gateway
+    calls `operation` of `system` with the key (through the system's auth, limits and circuit
+    breaker), checks the answer with the dataset's row rules and protects it as a records read
+    would. When the source cannot answer (down, too slow, circuit open, an answer that fails the
+    checks), the warehouse's copy answers instead, saying so and how old it is (`fallback:
+    warehouse`), or the lookup fails with 503 (`fallback: none`).
+
+    Example (catalog/sharing.yaml):
+        lookup: {system: population, operation: GetCitizen}
+    """
+
+    system: Identifier
+    operation: str
+    key_params: dict[str, str] = {}  # key column -> the operation's argument (default: the column's own name)
+    params: dict[str, Any] = {}  # fixed arguments sent with every lookup
+    record_field: str = ""  # dotted path of the record in the answer ("" = the answer is the record)
+    fields: dict[str, str] = {}  # source field -> dataset column, as a pipeline source's `fields`
+    not_found: list[str] = ["Client.NotFound", "HTTP 404"]  # refusals that mean "no such record"
+    timeout_s: float = Field(5.0, gt=0)  # per attempt: a clerk is waiting
+    attempts: int = Field(2, ge=1, le=5)
+    cache_s: float = Field(60.0, ge=0)  # a live answer is reused this long (per gateway process); 0: never
+    fallback: Literal["warehouse", "none"] = "warehouse"
+
+
 class SharedDatasetSpec(Strict):
     """A dataset agencies may read through the sharing gateway (catalog/sharing.yaml).
 
@@ -475,6 +502,7 @@ class SharedDatasetSpec(Strict):
     columns: list[str] = Field(min_length=1)
     filterable: list[str] = []
     personal: dict[str, PersonalPolicy] = {}
+    lookup: LookupSpec | None = None
 
     @property
     def view_name(self) -> str:

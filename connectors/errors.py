@@ -7,13 +7,16 @@ from typing import Any
 class ConnectorError(RuntimeError):
     """A call to an external system failed.
 
-    The message names the system, the operation, what happened and what to do.
+    The message names the system, the operation, what happened and what to do. `code` is the
+    peer's own word for a refusal, where it gave one: a SOAP fault code (`Client.NotFound`) or
+    `HTTP 404`; a live lookup (gateway.lookup) tells "no such record" from other refusals by it.
     """
 
     retriable = False
 
-    def __init__(self, system: str, operation: str, problem: str, hint: str = "") -> None:
+    def __init__(self, system: str, operation: str, problem: str, hint: str = "", code: str = "") -> None:
         self.system, self.operation, self.problem, self.hint = system, operation, problem, hint
+        self.code = code
         message = f"{system} {operation}: {problem}"
         if hint:
             message += f" -- {hint}"

@@ -65,11 +65,11 @@ class RestTransport:
         return self.session.log
 
     def _fail(self, problem: str, hint: str = "", retriable: bool = False,
-              retry_after: float | None = None) -> Exception:
+              retry_after: float | None = None, code: str = "") -> Exception:
         problem = redact(problem, self.auth.secrets)
         if retriable:
             return RetriableError(self.system.name, self.operation, problem, hint, retry_after)
-        return FatalError(self.system.name, self.operation, problem, hint)
+        return FatalError(self.system.name, self.operation, problem, hint, code=code)
 
     def _target(self, params: dict[str, Any]) -> str:
         """The URL to call: the operation's, or a next link the peer gave (same host only)."""
@@ -128,7 +128,7 @@ class RestTransport:
             raise self._fail(f"HTTP {status}", retriable=True, retry_after=_retry_after(response))
         if status >= 400:
             raise self._fail(f"HTTP {status}: {response.text[:200]}",
-                             "check the credentials and the request parameters in the catalog")
+                             "check the credentials and the request parameters in the catalog", code=f"HTTP {status}")
         if not isinstance(body, dict):
             raise self._fail(f"expected a JSON object, got {type(body).__name__}")
         field = self.system.error_field

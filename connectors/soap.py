@@ -76,11 +76,12 @@ class SoapTransport:
             if _fault_is_server(fault):
                 raise RetriableError(self.system.name, name, f"SOAP server fault: {message}") from None
             raise FatalError(self.system.name, name, f"SOAP client fault {fault.code}: {message}",
-                             "the request was refused; check the parameters and credentials") from None
+                             "the request was refused; check the parameters and credentials",
+                             code=str(fault.code or "")) from None
         except zeep.exceptions.TransportError as exc:
             if exc.status_code == 429 or exc.status_code >= 500:
                 raise RetriableError(self.system.name, name, f"HTTP {exc.status_code}") from None
-            raise FatalError(self.system.name, name, f"HTTP {exc.status_code}") from None
+            raise FatalError(self.system.name, name, f"HTTP {exc.status_code}", code=f"HTTP {exc.status_code}") from None
         except requests.Timeout:
             raise RetriableError(self.system.name, name, f"timed out after {self.timeout}s") from None
         except requests.exceptions.SSLError:

@@ -4,6 +4,7 @@
     GET  /api/v1/datasets/{name}                   one dataset: schema, row count, freshness, quality
     GET  /api/v1/datasets/{name}/records           filters, sort, fields, keyset pages (limit <= 1000)
     GET  /api/v1/datasets/{name}/export            the whole result as CSV, JSON lines or Parquet
+    GET  /api/v1/datasets/{name}/lookup?{key}=...  one record asked of its source system now (gateway.lookup)
     POST /oauth/token                              OAuth2 client credentials -> bearer token
     GET|POST /api/3/action/{action}                CKAN: package_list|show|search, datastore_search
 
@@ -40,9 +41,10 @@ from gateway.agencies import Principal
 from gateway.audit import AuditEntry, AuditUnavailable
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
-from gateway.models import DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, page_model
+from gateway.lookup import LookupFailed, lookup_key
+from gateway.models import DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, lookup_model, page_model
 from gateway.params import ParamSpec, parse_params, record_params, record_query
-from gateway.records import QueryError, QueryTimeout, RecordQuery
+from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
 
@@ -55,6 +57,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "bad parameter"), (401, "no or invalid credential for a restricted dataset"),
         (403, "no grant on this dataset"), (404, "no such dataset"), (429, "rate limit exceeded"),
         (503, "query timeout or audit unavailable"))}
+LOOKUP_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 401: {"model": ErrorBody, "description": "no agency credential (a lookup reaches the source system)"},
+    404: {"model": ErrorBody, "description": "no such record at the source, or no such dataset or lookup"},
+    502: {"model": ErrorBody, "description": "the source refused or answered unusably, and lgsp has no copy"},
+    503: {"model": ErrorBody, "description": "the source is unavailable and lgsp has no copy (see Retry-After)"}}
 
 EXPORT_RESPONSE = {"description": "the rows, streamed", "content": {
     media.split(";")[0]: {"schema": {"type": "string"}} for media in MEDIA_TYPES.values()}}
@@ -124,6 +131,30 @@ def _export_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> Any
             "Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
 
     return export
+
+
+def _lookup_endpoint(gateway: Gateway, name: str) -> Any:
+    def lookup(request: Request) -> Response:
+        principal = caller(request, gateway)
+        try:
+            key, bad = lookup_key(gateway.catalog, name, request.query_params), None
+        except QueryError as exc:
+            key, bad = {}, exc
+        query = RecordQuery(filters=[Filter(column, "eq", value) for column, value in key.items()])
+        with gateway.audited(principal, name, "lookup", query) as outcome:
+            if principal.agency_id is None:
+                raise AccessDenied(401, "a live lookup calls the source system: send an agency's API key "
+                                        "(X-API-Key) or an OAuth2 bearer token (POST /oauth/token)")
+            if bad:
+                raise bad
+            answer = gateway.lookups.lookup(name, key, principal.label)
+            outcome["rows"], outcome["action"] = 1, f"lookup_{answer.source}"
+        record = gateway.reader.protect(name, outcome["granted"], [answer.record])[0]
+        return json_response({"dataset": name, "source": answer.source, "as_of": answer.as_of,
+                              "cached": answer.cached, "live_error": answer.live_error, "record": record},
+                             headers={"Cache-Control": "no-store", "X-Lgsp-Source": answer.source})
+
+    return lookup
 
 
 def _counted(gateway: Gateway, principal: Principal, name: str, fmt: str, query: RecordQuery,
@@ -204,6 +235,19 @@ def _dataset_routes(app: FastAPI, gateway: Gateway) -> dict[str, list[ParamSpec]
             route_class_override=ReadRoute, response_class=Response, responses={**ERRORS, 200: EXPORT_RESPONSE},
             dependencies=security, tags=["exports"], summary=f"Export {name} ({shared.access})",
             operation_id=f"export_{name}", openapi_extra={"parameters": [p.openapi() for p in exports]})
+        if shared.lookup is not None:
+            system = gateway.catalog.systems[shared.lookup.system]
+            keys = [{"name": k, "in": "query", "required": True, "description": dataset.columns[k].description,
+                     "schema": {"type": "string"}} for k in dataset.key]
+            app.router.add_api_route(
+                f"/api/v1/datasets/{name}/lookup", _lookup_endpoint(gateway, name), methods=["GET"],
+                route_class_override=ReadRoute, response_model=lookup_model(dataset, shared),
+                responses=LOOKUP_ERRORS, dependencies=security, tags=["lookups"],
+                summary=f"Look up one {name} at {system.title or system.name}, now",
+                description="The record as the source system has it now; when the source cannot answer, "
+                            "lgsp's copy (`source: warehouse`, with `live_error` and `as_of`). Needs an "
+                            "agency's credential and a grant; audited; personal columns protected.",
+                operation_id=f"lookup_{name}", openapi_extra={"parameters": keys})
     return specs
 
 
@@ -241,6 +285,9 @@ def problem(exc: Exception) -> tuple[int, str, dict[str, str]] | None:
         return 429, str(exc), {"Retry-After": str(max(1, round(exc.retry_after_s)))}
     if isinstance(exc, QueryTimeout):
         return 503, str(exc), {"Retry-After": "5"}
+    if isinstance(exc, LookupFailed):
+        return exc.status, str(exc), ({"Retry-After": str(max(1, round(exc.retry_after_s)))}
+                                      if exc.retry_after_s else {})
     if isinstance(exc, AuditUnavailable):
         return 503, "the read could not be audited, so it was refused; try again later", {}
     return None
@@ -256,7 +303,7 @@ def _error_handlers(app: FastAPI) -> None:
         status, message, headers = problem(exc)  # type: ignore[misc]
         return handle(status, message, request, headers or None)
 
-    for kind in (AccessDenied, QueryError, UnknownDataset, RateLimited, QueryTimeout, AuditUnavailable):
+    for kind in (AccessDenied, QueryError, UnknownDataset, RateLimited, QueryTimeout, AuditUnavailable, LookupFailed):
         app.add_exception_handler(kind, known)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)

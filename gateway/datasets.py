@@ -56,10 +56,18 @@ class DatasetCatalog:
                        "last_quality": self._last_quality(conn, name)}
         info = {"name": name, "title": dataset.title, "description": shared.description, "owner": shared.owner,
                 "licence": shared.licence, "access": shared.access, "key": list(dataset.key),
-                "history": dataset.write_mode == "history", "schema": self.schema(name), **figures}
+                "history": dataset.write_mode == "history", "schema": self.schema(name), **figures,
+                "lookup": None if shared.lookup is None else {
+                    "system": shared.lookup.system, "key": list(dataset.key),
+                    "path": f"/api/v1/datasets/{name}/lookup"}}
         with self._lock:
             self._cache[name] = (now + CACHE_S, info)
         return info
+
+    def freshness(self, name: str) -> datetime | None:
+        """When `name` was last loaded (a mart dataset: last computed), read now."""
+        with self.engine.connect() as conn:
+            return self._freshness(conn, name)
 
     @staticmethod
     def _row_count(conn: sa.Connection, view: str) -> int:

@@ -42,6 +42,12 @@ class QualityResult(BaseModel):
     failed: list[str]
 
 
+class LookupInfo(BaseModel):
+    system: str
+    key: list[str]
+    path: str
+
+
 class DatasetInfo(BaseModel):
     name: str
     title: str
@@ -55,6 +61,7 @@ class DatasetInfo(BaseModel):
     row_count: int
     freshness: Optional[datetime]
     last_quality: Optional[QualityResult]
+    lookup: Optional[LookupInfo] = None
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -89,3 +96,12 @@ def page_model(dataset: DatasetSpec, shared: SharedDatasetSpec) -> type[BaseMode
     title = "".join(part.title() for part in shared.name.split("_"))
     return create_model(f"{title}Page", dataset=(str, ...), records=(list[record_model(dataset, shared)], ...),
                         next_cursor=(Optional[str], None), limit=(int, ...))
+
+
+def lookup_model(dataset: DatasetSpec, shared: SharedDatasetSpec) -> type[BaseModel]:
+    """A looked-up record and where it came from."""
+    title = "".join(part.title() for part in shared.name.split("_"))
+    return create_model(
+        f"{title}Lookup", dataset=(str, ...), source=(Literal["live", "warehouse"], ...),
+        as_of=(Optional[datetime], None), cached=(bool, False), live_error=(Optional[str], None),
+        record=(record_model(dataset, shared), ...))

@@ -314,6 +314,19 @@ class Reader:
             self._builders[(name, granted, tuple(shown))] = build
         return build(rows)
 
+    def row_by_key(self, name: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The shared columns of the record with this key, unprotected (None: no such record): for a live
+        lookup's fallback, which protects it as it would a live answer (`protect`)."""
+        query = RecordQuery(filters=[Filter(column, "eq", value) for column, value in key.items()])
+        stmt, shown = self._select(name, frozenset(), query, self._order(name, query), paged="keyset")
+        names, rows = self._fetch(stmt, self._params(query, limit=1))
+        return {column: value for column, value in zip(names, rows[0]) if column in shown} if rows else None
+
+    def protect(self, name: str, granted: frozenset[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records of the shared columns, personal columns protected as a records read protects them."""
+        shown = list(self.catalog.sharing[name].columns)
+        return self._finish(name, granted, [tuple(r.get(c) for c in shown) for r in records], shown)
+
     def page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """One page in keyset order and the cursor of the next (None at the end)."""

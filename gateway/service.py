@@ -20,6 +20,7 @@ from gateway.access import AccessDenied, Authenticator, RateLimiter, authorize
 from gateway.agencies import AgencyRegistry, Principal
 from gateway.audit import AuditEntry, AuditLog
 from gateway.datasets import DatasetCatalog
+from gateway.lookup import LiveLookups, LookupFailed
 from gateway.records import QueryError, Reader, RecordQuery, read_engine
 from gateway.settings import GatewaySettings, load_gateway_settings
 from warehouse.store import make_engine
@@ -46,10 +47,12 @@ class Gateway:
         self.datasets = DatasetCatalog(self.read_engine, self.catalog,
                                        {n: self.reader.sortable(n) for n in self.catalog.sharing})
         self.audit = AuditLog(self.write_engine)
+        self.lookups = LiveLookups(self.settings, self.catalog, self.reader, self.datasets.freshness)
 
     def close(self) -> None:
         """Flush the audit and release the connections."""
         self.audit.close()
+        self.lookups.close()
         self.read_engine.dispose()
         self.write_engine.dispose()
 
@@ -81,8 +84,10 @@ class Gateway:
     def audited(self, principal: Principal, name: str, action: str, query: RecordQuery) -> Iterator[dict[str, Any]]:
         """Authorise a read of `name` and audit it: refusals and bad queries too.
 
-        Yields a dict the caller fills: `granted` (set here) and `rows` (the rows returned).
-        The audit row is committed before the response leaves (AuditUnavailable otherwise).
+        Yields a dict the caller fills: `granted` (set here), `rows` (the rows returned) and, if the
+        read's outcome names it more exactly, `action`. A refusal with a `status` (AccessDenied, a
+        failed lookup) is audited with it. The audit row is committed before the response leaves
+        (AuditUnavailable otherwise).
         """
         shared = self.shared(name)
         outcome: dict[str, Any] = {"rows": None}
@@ -90,13 +95,13 @@ class Gateway:
         try:
             outcome["granted"] = authorize(principal, shared)
             yield outcome
-        except AccessDenied as exc:
-            self._record(principal, name, action, described, None, exc.status)
-            raise
         except QueryError:
             self._record(principal, name, action, described, None, 400)
             raise
-        self._record(principal, name, action, described, outcome["rows"], 200)
+        except (AccessDenied, LookupFailed) as exc:
+            self._record(principal, name, outcome.get("action", action), described, None, exc.status)
+            raise
+        self._record(principal, name, outcome.get("action", action), described, outcome["rows"], 200)
 
     def _record(self, principal: Principal, name: str, action: str, query: dict[str, Any],
                 rows: int | None, status: int) -> None:

@@ -281,18 +281,21 @@ def _record_key(record: dict[str, Any], key: list[str]) -> str:
     return "|".join(str(record.get(k)) for k in key)
 
 
+def quarantine_row(dataset: DatasetSpec, pipeline: str, batch_id: str, record: dict[str, Any], rule: str,
+                   reason: str, now: datetime | None = None) -> dict[str, Any]:
+    """The `lgsp_quarantine` row of one rejected record, as received (its id: dataset, rule and payload)."""
+    payload = to_json(record)
+    qid = hashlib.sha256(f"{dataset.name}\x1f{rule}\x1f{payload}".encode()).hexdigest()[:32]
+    return {"quarantine_id": qid, "dataset": dataset.name, "pipeline": pipeline, "batch_id": batch_id,
+            "last_batch_id": batch_id, "rule": rule, "reason": reason, "record_key": _record_key(record, dataset.key),
+            "payload": payload, "status": "open", "quarantined_at": now or _now()}
+
+
 def _quarantine_rows(ctx: PipelineContext, batch_id: str, records: Mapping[int, dict[str, Any]] | list[Any],
                      rejections: list[Any]) -> list[dict[str, Any]]:
-    now, ds = _now(), ctx.dataset
-    rows = []
-    for rej in rejections:
-        payload = to_json(records[rej.position])
-        qid = hashlib.sha256(f"{ds.name}\x1f{rej.rule}\x1f{payload}".encode()).hexdigest()[:32]
-        rows.append({"quarantine_id": qid, "dataset": ds.name, "pipeline": ctx.pipeline.name,
-                     "batch_id": batch_id, "last_batch_id": batch_id, "rule": rej.rule, "reason": rej.reason,
-                     "record_key": _record_key(records[rej.position], ds.key), "payload": payload,
-                     "status": "open", "quarantined_at": now})
-    return rows
+    now = _now()
+    return [quarantine_row(ctx.dataset, ctx.pipeline.name, batch_id, records[rej.position], rej.rule, rej.reason, now)
+            for rej in rejections]
 
 
 def _store_quarantine(ctx: PipelineContext, rows: list[dict[str, Any]]) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -34,3 +34,26 @@ def serve(app: Any) -> Iterator[str]:
 
 serving = contextmanager(serve)
 """`with serving(app) as url:` the same, as a context manager (several apps: an `ExitStack`)."""
+
+
+def soap_relay(wsdl_url: str, rewrite: Callable[[bytes], bytes]) -> Any:
+    """A WSGI app relaying a real SOAP service: its WSDL pointed at the relay, each answer passed through `rewrite`
+    (a peer that sends what the real one would, altered: serve it with `serve`/`serving`)."""
+    import requests
+
+    wsdl = requests.get(wsdl_url, timeout=5).content
+    real = wsdl_url.split("?")[0].rstrip("/")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        own = f"http://127.0.0.1:{environ['SERVER_PORT']}".encode()
+        if environ["REQUEST_METHOD"] == "GET":
+            start_response("200 OK", [("Content-Type", "text/xml")])
+            return [wsdl.replace(real.encode(), own)]
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        answer = requests.post(real + "/", data=body, timeout=10,
+                               headers={"Content-Type": environ.get("CONTENT_TYPE", "text/xml"),
+                                        "SOAPAction": environ.get("HTTP_SOAPACTION", "")})
+        start_response(f"{answer.status_code} X", [("Content-Type", "text/xml")])
+        return [rewrite(answer.content)]
+
+    return app

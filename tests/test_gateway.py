@@ -6,6 +6,7 @@ Agencies are registered through the registry the `lgsp agencies` command uses.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -87,21 +89,26 @@ def _register(registry: AgencyRegistry) -> tuple[dict[str, str], tuple[str, str]
     return keys, registry.add_oauth_client("van_phong_dat_dai")
 
 
-@pytest.fixture(scope="module")
-def served(pg_admin_url: str, sandbox_handle: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+@contextlib.contextmanager
+def gateway_env(sandbox_handle: Any, home: Path, url: str, **more: str) -> Iterator[pytest.MonkeyPatch]:
+    """The environment of a module's gateway: the sandbox, LGSP_HOME, the warehouse at `url`, the pseudonym
+    key (and `more`); the sandbox's faults off and the breakers closed. Undone on leaving."""
     from connectors.limits import reset_limits
 
-    url = pgserver.create_database(pg_admin_url)
     with pytest.MonkeyPatch.context() as env:
-        for name, value in sandbox_handle.env().items():
+        for name, value in {**sandbox_handle.env(), "LGSP_HOME": str(home), "LGSP_DATABASE_URL": url,
+                            "LGSP_GATEWAY_PSEUDONYM_KEY": KEY, **more}.items():
             env.setenv(name, value)
-        env.setenv("LGSP_HOME", str(tmp_path_factory.mktemp("gateway-home")))
-        env.setenv("LGSP_DATABASE_URL", url)
-        env.setenv("LGSP_GATEWAY_PSEUDONYM_KEY", KEY)
-        env.setenv("LGSP_GATEWAY_ANONYMOUS_RATE_PER_S", "100000")
-        env.setenv("LGSP_GATEWAY_MAX_EXPORT_ROWS", "250")
         sandbox_handle.faults.clear()
         reset_limits()
+        yield env
+
+
+@pytest.fixture(scope="module")
+def served(pg_admin_url: str, sandbox_handle: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    url = pgserver.create_database(pg_admin_url)
+    with gateway_env(sandbox_handle, tmp_path_factory.mktemp("gateway-home"), url,
+                     LGSP_GATEWAY_ANONYMOUS_RATE_PER_S="100000", LGSP_GATEWAY_MAX_EXPORT_ROWS="250"):
         catalog = load_catalog()
         for pipeline in PIPELINES:
             runner.run_pipeline(pipeline, catalog=catalog)

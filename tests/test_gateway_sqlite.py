@@ -23,25 +23,16 @@ from gateway.service import prepare_database
 from gateway.settings import GatewayConfigError, load_gateway_settings
 from lgsp import runner
 from lgsp.cli import app as lgsp_app
-from test_gateway import _pseudonym, _start
+from test_gateway import _pseudonym, _start, gateway_env
 
 KEY = "test-pseudonym-key-not-a-secret"
 
 
 @pytest.fixture(scope="module")
 def sqlite_gateway(sandbox_handle: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from connectors.limits import reset_limits
-
     home = tmp_path_factory.mktemp("gateway-sqlite")
     url = f"sqlite:///{home / 'warehouse.db'}"
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in sandbox_handle.env().items():
-            env.setenv(name, value)
-        env.setenv("LGSP_HOME", str(home))
-        env.setenv("LGSP_DATABASE_URL", url)
-        env.setenv("LGSP_GATEWAY_PSEUDONYM_KEY", KEY)
-        sandbox_handle.faults.clear()
-        reset_limits()
+    with gateway_env(sandbox_handle, home, url):
         runner.run_pipeline("population_citizens")
         prepare_database(url, load_catalog())
         cli = CliRunner()

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from catalog import load_catalog
-from loopback import serve
+from loopback import serve, soap_relay
 from connectors import FatalError, open_transport
 from lgsp import runner
 from warehouse import Warehouse
@@ -94,24 +94,8 @@ def test_oversized_response_is_fatal_and_names_the_limit(sandbox_env: Any, tmp_p
 @pytest.fixture
 def relaying_peer(sandbox_handle: Any) -> Iterator[str]:
     """The real population service, relayed, with the first citizen's birth date of each page made unreadable."""
-    wsdl = requests.get(sandbox_handle.population_wsdl, timeout=5).content
-    real = sandbox_handle.population_url.rstrip("/")
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        own = f"http://127.0.0.1:{environ['SERVER_PORT']}".encode()
-        if environ["REQUEST_METHOD"] == "GET":
-            start_response("200 OK", [("Content-Type", "text/xml")])
-            return [wsdl.replace(real.encode(), own)]
-        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-        answer = requests.post(real + "/", data=body, timeout=10,
-                               headers={"Content-Type": environ.get("CONTENT_TYPE", "text/xml"),
-                                        "SOAPAction": environ.get("HTTP_SOAPACTION", "")})
-        content = re.sub(rb"<tns:birth_date>[^<]*</tns:birth_date>", b"<tns:birth_date>2020-13-45</tns:birth_date>",
-                         answer.content, count=1)
-        start_response(f"{answer.status_code} X", [("Content-Type", "text/xml")])
-        return [content]
-
-    yield from serve(app)
+    yield from serve(soap_relay(sandbox_handle.population_wsdl, lambda content: re.sub(
+        rb"<tns:birth_date>[^<]*</tns:birth_date>", b"<tns:birth_date>2020-13-45</tns:birth_date>", content, count=1)))
 
 
 def test_a_soap_value_its_type_cannot_read_is_quarantined_as_sent(lgsp_env: Any, relaying_peer: str,

@@ -1,0 +1,355 @@
+"""Live lookups through the gateway: a citizen asked of the real population service (zeep, its real
+WSDL, spyne on loopback) now, on SQLite and on a real PostgreSQL.
+
+The warehouse is loaded by the real population pipeline; the gateway (uvicorn in a thread, real
+HTTP on loopback) is started afresh for each test, so its answer cache and connections start
+empty. The source's failures are the sandbox's injected faults, or a relay of the real service
+that alters its answers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+import yaml
+
+import pgserver
+from catalog import load_catalog
+from catalog.loader import CatalogError
+from catalog.models import Catalog
+from gateway.agencies import AgencyRegistry
+from gateway.api import create_app
+from gateway.lookup import _key_problem
+from gateway.service import _write_engine, prepare_database
+from gateway.settings import load_gateway_settings
+from lgsp import runner
+from loopback import serve, soap_relay
+from test_gateway import _pseudonym, _start, gateway_env
+
+ROOT = Path(__file__).resolve().parents[1]
+PATH = "/api/v1/datasets/citizen/lookup"
+
+
+@dataclasses.dataclass
+class Warehouse:
+    """The loaded warehouse of one database, the agencies' keys, and the sandbox's truth."""
+
+    url: str
+    keys: dict[str, str]
+    sandbox: Any
+    landed: set[str]  # personal IDs in core_citizen
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        engine = _write_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(sa.text(sql), params).scalar()
+        finally:
+            engine.dispose()
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        engine = _write_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+        finally:
+            engine.dispose()
+
+    def calls(self) -> int:
+        """Exchanges with the population service's GetCitizen in the message log."""
+        return int(self.scalar("SELECT count(*) FROM lgsp_message_log WHERE system = 'population' "
+                               "AND operation = 'GetCitizen'"))
+
+    def truth(self, personal_id: str) -> dict[str, Any]:
+        return next(c for c in self.sandbox.data.citizens if c["personal_id"] == personal_id)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def loaded(request: pytest.FixtureRequest, sandbox_handle: Any,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+    home = tmp_path_factory.mktemp(f"lookup-{request.param}")
+    admin = request.getfixturevalue("pg_admin_url") if request.param == "postgresql" else ""
+    url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
+    with gateway_env(sandbox_handle, home, url):
+        catalog = load_catalog()
+        runner.run_pipeline("population_citizens", catalog=catalog)
+        prepare_database(url, catalog)
+        registry = AgencyRegistry(_write_engine(url), catalog)
+        keys = {}
+        for agency, grant in (("so_y_te", []), ("cong_an", ["personal_id", "full_name"]), ("so_gd_dt", None)):
+            registry.add_agency(agency, agency, 100_000.0)
+            keys[agency] = registry.issue_api_key(agency)
+            if grant is not None:
+                registry.grant(agency, "citizen", grant)
+        registry.engine.dispose()
+        warehouse = Warehouse(url, keys, sandbox_handle, set())
+        warehouse.landed = {r["personal_id"] for r in warehouse.rows("SELECT personal_id FROM core_citizen")}
+        yield warehouse
+    if admin:
+        pgserver.drop_database(admin, url)
+
+
+@dataclasses.dataclass
+class Served:
+    base: str
+    wh: Warehouse
+
+    def lookup(self, agency: str | None = "so_y_te", **params: Any) -> requests.Response:
+        headers = {"X-API-Key": self.wh.keys[agency]} if agency else {}
+        return requests.get(self.base + PATH, params=params, headers=headers, timeout=60)
+
+    def last_audit(self) -> dict[str, Any]:
+        return self.wh.rows("SELECT * FROM gateway_audit ORDER BY recorded_at DESC, seq DESC LIMIT 1")[0]
+
+
+def _gateway(wh: Warehouse, catalog: Catalog | None = None) -> Iterator[Served]:
+    from connectors.limits import reset_limits
+
+    wh.sandbox.faults.clear()
+    reset_limits()
+    engine = _write_engine(wh.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM lgsp_circuit"))
+    engine.dispose()
+    settings = dataclasses.replace(load_gateway_settings(wh.url), principal_cache_s=0.0)
+    server, thread, base = _start(create_app(settings, catalog or load_catalog()))
+    try:
+        yield Served(base, wh)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        wh.sandbox.faults.clear()
+        reset_limits()
+
+
+@pytest.fixture
+def served(loaded: Warehouse) -> Iterator[Served]:
+    yield from _gateway(loaded)
+
+
+def _with_lookup(catalog: Catalog, **changes: Any) -> Catalog:
+    """The catalog with the citizen lookup's settings changed (and `limits` of the population system)."""
+    limits = changes.pop("limits", None)
+    shared = catalog.sharing["citizen"]
+    assert shared.lookup is not None
+    sharing = {**catalog.sharing, "citizen": shared.model_copy(
+        update={"lookup": shared.lookup.model_copy(update=changes)})}
+    systems = dict(catalog.systems)
+    if limits:
+        population = systems["population"]
+        systems["population"] = population.model_copy(
+            update={"limits": population.limits.model_copy(update=limits)})
+    return catalog.model_copy(update={"sharing": sharing, "systems": systems})
+
+
+def _landed_citizen(wh: Warehouse, skip: int = 0) -> dict[str, Any]:
+    return sorted((c for c in wh.sandbox.data.citizens if c["personal_id"] in wh.landed),
+                  key=lambda c: c["personal_id"])[skip]
+
+
+# --- a live answer ----------------------------------------------------------------------------------------
+
+def test_a_lookup_answers_the_source_record_now_protected_as_granted_audited_and_logged(
+        served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    citizen = _landed_citizen(served.wh)
+    pid = citizen["personal_id"]
+    calls = served.wh.calls()
+
+    health = served.lookup("so_y_te", personal_id=pid)
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert (body["source"], body["cached"], body["live_error"]) == ("live", False, None)
+    assert health.headers["X-Lgsp-Source"] == "live" and health.headers["Cache-Control"] == "no-store"
+    record = body["record"]
+    assert record["personal_id"] == _pseudonym(pid)  # not granted: the pseudonym a records read gives
+    assert record["full_name"] == "*" * (len(citizen["full_name"]) - 3) + citizen["full_name"][-3:]
+    assert record["address"] is None  # withheld
+    assert (record["birth_date"], record["sex"], record["commune_code"]) == (
+        citizen["birth_date"].isoformat(), citizen["sex"], citizen["commune_code"])
+    assert served.wh.calls() == calls + 1  # one exchange with the source, in the message log
+
+    police = served.lookup("cong_an", personal_id=pid).json()  # the same answer (cached), protected for its reader
+    assert police["cached"] is True and served.wh.calls() == calls + 1
+    assert (police["record"]["personal_id"], police["record"]["full_name"], police["record"]["address"]) == (
+        pid, citizen["full_name"], None)
+
+    audit = served.last_audit()
+    assert (audit["agency_id"], audit["dataset"], audit["action"], audit["status"], audit["rows_returned"]) == (
+        "cong_an", "citizen", "lookup_live", 200, 1)
+    assert pid not in json.dumps(audit["query"], default=str) and _pseudonym(pid) in json.dumps(audit["query"])
+    context = served.wh.scalar("SELECT context FROM lgsp_message_log WHERE operation = 'GetCitizen' "
+                               "ORDER BY started_at DESC LIMIT 1")
+    assert context == "gateway lookup of citizen for so_y_te"
+    assert pid not in caplog.text and citizen["full_name"] not in caplog.text  # no personal data in the logs
+
+
+def test_a_lookup_within_cache_s_is_answered_without_calling_the_source_again(served: Served) -> None:
+    pid = _landed_citizen(served.wh, 1)["personal_id"]
+    calls = served.wh.calls()
+    first = served.lookup(personal_id=pid).json()
+    second = served.lookup(personal_id=pid).json()
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["record"] == first["record"] and second["as_of"] == first["as_of"]
+    assert served.wh.calls() == calls + 1
+
+
+def test_a_citizen_the_source_does_not_know_is_404_and_the_refusals_are_audited(served: Served) -> None:
+    unknown = "037099999999"
+    assert unknown not in {c["personal_id"] for c in served.wh.sandbox.data.citizens}
+    missing = served.lookup(personal_id=unknown)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"].startswith(f"population has no citizen with personal_id {unknown}")
+    audit = served.last_audit()
+    assert (audit["action"], audit["status"], audit["rows_returned"]) == ("lookup", 404, None)
+
+    pid = _landed_citizen(served.wh)["personal_id"]
+    anonymous = served.lookup(None, personal_id=pid)
+    assert anonymous.status_code == 401 and "restricted" in anonymous.json()["error"]["message"]
+    refused = served.lookup("so_gd_dt", personal_id=pid)
+    assert refused.status_code == 403 and "no grant on 'citizen'" in refused.json()["error"]["message"]
+    assert served.last_audit()["status"] == 403
+    for params, problem in (({}, "personal_id: give exactly one value"),
+                            ({"personal_id": pid, "commune_code": "14329"}, "commune_code: a lookup takes the key"),
+                            ({"personal_id": "x" * 201}, "longer than 200 characters"),
+                            ({"personal_id": "12"}, "personal_id '12' is not 12 digits (the dataset's rules"),
+                            ({"personal_id": "\x83"}, "is not 12 digits"),
+                            ({"personal_id": "999123456789"}, "999 is not a province code")):
+        bad = served.lookup(**params)
+        assert bad.status_code == 400 and problem in bad.json()["error"]["message"], bad.text
+    calls = served.wh.calls()
+    served.lookup(personal_id="\x00")
+    assert served.wh.calls() == calls  # nothing refused here reached the source
+
+
+# --- the source fails: the warehouse's copy answers, marked as such ------------------------------------------
+
+def test_a_source_that_fails_is_answered_from_the_warehouse_copy_and_without_one_it_is_503(served: Served) -> None:
+    citizen = _landed_citizen(served.wh, 2)
+    served.wh.sandbox.faults["population"].error_rate = 1.0
+    answer = served.lookup(personal_id=citizen["personal_id"])
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["source"], answer.headers["X-Lgsp-Source"]) == ("warehouse", "warehouse")
+    assert body["live_error"] == "population GetCitizen: still failing after 2 attempts; last error: HTTP 503"
+    loaded_at = served.wh.scalar("SELECT max(finished_at) FROM lgsp_batch WHERE dataset = 'citizen' "
+                                 "AND status = 'loaded'")
+    assert body["as_of"] is not None and body["as_of"][:19] == str(loaded_at).replace(" ", "T")[:19]
+    assert body["record"]["commune_code"] == citizen["commune_code"]
+    assert body["record"]["personal_id"] == _pseudonym(citizen["personal_id"])  # protected the same way
+    assert served.last_audit()["action"] == "lookup_warehouse"
+
+    nowhere = served.lookup(personal_id="037099999998")
+    assert nowhere.status_code == 503 and int(nowhere.headers["Retry-After"]) >= 1
+    assert nowhere.json()["error"]["message"] == (
+        "population GetCitizen: still failing after 2 attempts; last error: HTTP 503; "
+        "and lgsp has no copy of this record; try again later")
+
+
+def test_a_slow_source_is_given_up_after_the_lookups_timeout(loaded: Warehouse) -> None:
+    citizen = _landed_citizen(loaded, 3)
+    for served in _gateway(loaded, _with_lookup(load_catalog(), timeout_s=0.5, attempts=1)):
+        plan = loaded.sandbox.faults["population"]
+        plan.timeout_rate, plan.hang_s = 1.0, 5.0
+        started = time.monotonic()
+        answer = served.lookup(personal_id=citizen["personal_id"])
+        waited = time.monotonic() - started
+        assert answer.status_code == 200 and answer.json()["source"] == "warehouse", answer.text
+        assert answer.json()["live_error"].endswith("timed out after 0.5s")
+        assert waited < 4.0, waited  # not the 5 s the source hangs, nor the system's 15 s sync timeout
+
+
+def test_the_circuit_opens_and_then_lookups_do_not_call_the_source(loaded: Warehouse) -> None:
+    first, second = _landed_citizen(loaded, 4), _landed_citizen(loaded, 5)
+    catalog = _with_lookup(load_catalog(), limits={"breaker_failures": 2, "breaker_reset_s": 300.0})
+    for served in _gateway(loaded, catalog):
+        loaded.sandbox.faults["population"].error_rate = 1.0
+        assert served.lookup(personal_id=first["personal_id"]).json()["source"] == "warehouse"
+        state = loaded.rows("SELECT state, failures FROM lgsp_circuit WHERE system = 'population'")
+        assert state == [{"state": "open", "failures": 2}]  # remembered for the pipelines too
+        calls = loaded.calls()
+        answer = served.lookup(personal_id=second["personal_id"])
+        assert answer.status_code == 200 and answer.json()["source"] == "warehouse"
+        assert "circuit open since" in answer.json()["live_error"]
+        assert loaded.calls() == calls  # the source was not called
+        nowhere = served.lookup(personal_id="037099999997")
+        assert nowhere.status_code == 503 and nowhere.headers["Retry-After"] == "300"
+
+
+# --- an answer lgsp cannot serve: quarantined, never served -----------------------------------------------
+
+@pytest.mark.parametrize("change, rule", [
+    (lambda c, other: re.sub(rb"<tns:birth_date>[^<]*<", b"<tns:birth_date>2020-13-45<", c), "type"),
+    (lambda c, other: re.sub(rb"<tns:personal_id>[^<]*<", b"<tns:personal_id>" + other + b"<", c), "key"),
+], ids=["unreadable_birth_date", "another_citizen"])
+def test_an_answer_that_fails_the_checks_is_quarantined_and_the_copy_answers(
+        loaded: Warehouse, monkeypatch: pytest.MonkeyPatch, change: Any, rule: str) -> None:
+    landed = [_landed_citizen(loaded, i) for i in range(6, len(loaded.landed))]
+    # two people whose CCCDs agree on sex and birth year, so that only the key check tells them apart
+    citizen, other = next((a, b) for a in landed for b in landed if a is not b and a["sex"] == b["sex"]
+                          and a["birth_date"].year == b["birth_date"].year)
+    relay = serve(soap_relay(loaded.sandbox.population_wsdl,
+                             lambda content: change(content, other["personal_id"].encode())))
+    try:
+        monkeypatch.setenv("LGSP_POPULATION_WSDL", next(relay) + "/?wsdl")
+        for served in _gateway(loaded):
+            answer = served.lookup(personal_id=citizen["personal_id"])
+            assert answer.status_code == 200 and answer.json()["source"] == "warehouse", answer.text
+            live_error = answer.json()["live_error"]
+            assert "the answer failed lgsp's checks" in live_error and "quarantined as" in live_error
+            assert answer.json()["record"]["birth_date"] == citizen["birth_date"].isoformat()  # the copy's
+            kept = loaded.rows("SELECT rule, payload, pipeline, status FROM lgsp_quarantine "
+                               "WHERE pipeline = 'lookup:population.GetCitizen' ORDER BY quarantined_at DESC")
+            assert kept and kept[0]["rule"].startswith(rule) and kept[0]["status"] == "open"
+            assert kept[0]["payload"].find("2020-13-45" if rule == "type" else other["personal_id"]) >= 0
+            assert served.lookup(personal_id=citizen["personal_id"]).json()["cached"] is False  # never cached
+            without_copy = served.lookup(personal_id=next(  # quarantined by the sync, for a rule other than its key's
+                c["personal_id"] for c in loaded.sandbox.data.citizens if c["personal_id"] not in loaded.landed
+                and _key_problem(load_catalog().datasets["citizen"], {"personal_id": c["personal_id"]}) is None))
+            if rule == "type":
+                assert without_copy.status_code == 502, without_copy.text
+                assert "the data team can see the answer in the quarantine" in without_copy.json()["error"]["message"]
+    finally:
+        relay.close()
+
+
+# --- declared in the catalog, documented in OpenAPI ----------------------------------------------------------
+
+def test_the_lookup_is_in_the_catalog_and_openapi(served: Served) -> None:
+    spec = requests.get(served.base + "/openapi.json", timeout=30).json()
+    operation = spec["paths"][PATH]["get"]
+    assert [p["name"] for p in operation["parameters"]] == ["personal_id"]
+    assert {"200", "401", "403", "404", "502", "503"} <= set(operation["responses"])
+    info = requests.get(served.base + "/api/v1/datasets/citizen", timeout=30).json()
+    assert info["lookup"] == {"system": "population", "key": ["personal_id"], "path": PATH}
+    assert requests.get(served.base + "/api/v1/datasets/dossier", timeout=30).json()["lookup"] is None
+
+
+@pytest.mark.parametrize("lookup, problem", [
+    ({"system": "nowhere", "operation": "GetCitizen"}, "sharing.citizen.lookup.system: unknown system 'nowhere'"),
+    ({"system": "population", "operation": "GetCitizen", "key_params": {"full_name": "name"}},
+     "sharing.citizen.lookup.key_params: ['full_name'] are not key columns of 'citizen'"),
+    ({"system": "population", "operation": "GetCitizen", "fields": {"HoTen": "ten"}},
+     "sharing.citizen.lookup.fields: ['ten'] are not columns of dataset 'citizen'"),
+])
+def test_a_wrong_lookup_in_the_catalog_names_the_file_and_field(tmp_path: Path, lookup: dict[str, Any],
+                                                                 problem: str) -> None:
+    catalog_dir = tmp_path / "catalog"
+    catalog_dir.mkdir()
+    for source in (ROOT / "catalog").glob("*.yaml"):
+        (catalog_dir / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    sharing = yaml.safe_load((catalog_dir / "sharing.yaml").read_text(encoding="utf-8"))
+    sharing["sharing"]["citizen"]["lookup"] = lookup
+    (catalog_dir / "sharing.yaml").write_text(yaml.safe_dump(sharing, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(catalog_dir)
+    assert "sharing.yaml" in str(caught.value) and problem in str(caught.value)
