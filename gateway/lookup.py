@@ -147,7 +147,7 @@ class LiveLookups:
         spec, dataset = self.spec(name), self.catalog.datasets[name]
         system = self.catalog.systems[spec.system]
         cache_key = (name, *(key[c] for c in dataset.key))
-        cached = self._cached(cache_key, spec)
+        cached = self._cached(cache_key)
         if cached is not None:
             return Answer(cached[0], "live", cached[1], cached=True)
         try:
@@ -173,7 +173,7 @@ class LiveLookups:
                     self._cache.popitem(last=False)
         return Answer(record, "live", fetched)
 
-    def _cached(self, cache_key: tuple[Any, ...], spec: LookupSpec) -> tuple[dict[str, Any], datetime] | None:
+    def _cached(self, cache_key: tuple[Any, ...]) -> tuple[dict[str, Any], datetime] | None:
         with self._lock:
             entry = self._cache.get(cache_key)
             if entry is None:
@@ -357,5 +357,6 @@ def _check(record: dict[str, Any], dataset: DatasetSpec,
         return {}, (result.rejections[0].rule, result.rejections[0].reason)
     typed: dict[str, Any] = to_arrow(batch.frame, dataset).to_pylist()[0]
     if any(typed.get(c) != v for c, v in key.items()):
-        return typed, ("key", f"asked for {_describe(key)}, the answer is for {_describe({c: typed.get(c) for c in key})}")
+        answered = _describe({c: typed.get(c) for c in key})
+        return typed, ("key", f"asked for {_describe(key)}, the answer is for {answered}")
     return typed, None

@@ -268,6 +268,30 @@ def test_a_slow_source_is_given_up_after_the_lookups_timeout(loaded: Warehouse) 
         assert waited < 4.0, waited  # not the 5 s the source hangs, nor the system's 15 s sync timeout
 
 
+def test_a_lookup_waits_for_a_free_connection_at_most_its_timeout(loaded: Warehouse) -> None:
+    """Every connection to the population service is taken (by this process's pipelines, say): the lookup
+    does not queue behind them, it answers from the copy after `timeout_s`."""
+    from connectors.limits import limits_for
+
+    citizen = _landed_citizen(loaded, 8)
+    catalog = _with_lookup(load_catalog(), timeout_s=0.5)
+    for served in _gateway(loaded, catalog):
+        slots = limits_for(catalog.systems["population"]).slots
+        held = [slots.acquire(timeout=5) for _ in range(catalog.systems["population"].limits.max_concurrency)]
+        calls = loaded.calls()
+        try:
+            started = time.monotonic()
+            answer = served.lookup(personal_id=citizen["personal_id"])
+            waited = time.monotonic() - started
+        finally:
+            for _ in held:
+                slots.release()
+        assert answer.status_code == 200 and answer.json()["source"] == "warehouse", answer.text
+        assert answer.json()["live_error"] == "population GetCitizen: all 2 connections to population stayed busy for 0.5s"
+        assert 0.5 <= waited < 3.0 and loaded.calls() == calls
+        assert served.lookup(personal_id=citizen["personal_id"]).json()["source"] == "live"  # free again
+
+
 def test_the_circuit_opens_and_then_lookups_do_not_call_the_source(loaded: Warehouse) -> None:
     first, second = _landed_citizen(loaded, 4), _landed_citizen(loaded, 5)
     catalog = _with_lookup(load_catalog(), limits={"breaker_failures": 2, "breaker_reset_s": 300.0})
