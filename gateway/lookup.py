@@ -61,6 +61,10 @@ class _Unusable(Exception):
     """The source answered, but not with a record lgsp can serve (the reason is the message)."""
 
 
+class _NoRecord(Exception):
+    """The source answered without the asked record (an empty list, an empty answer)."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """A looked-up record (the shared columns, typed, not yet protected) and where it came from."""
@@ -152,6 +156,9 @@ class LiveLookups:
             return Answer(cached[0], "live", cached[1], cached=True)
         try:
             record = self._live(spec, system, dataset, key, reader_label)
+        except _NoRecord:
+            raise LookupFailed(404, f"{system.name} has no {name} with {_describe(key)} "
+                                    f"({spec.operation} answered without it)") from None
         except FatalError as exc:
             if _code(exc.code) in {_code(c) for c in spec.not_found}:
                 raise LookupFailed(404, f"{system.name} has no {name} with {_describe(key)} "
@@ -252,7 +259,7 @@ class LiveLookups:
         """The answer's record, typed and checked; an unusable one is quarantined and raises _Unusable."""
         record = _record_in(answer, spec, key)
         if record is None:
-            raise FatalError(system.name, spec.operation, "the answer holds no record", code="HTTP 404")
+            raise _NoRecord()
         if spec.fields:
             record = {spec.fields.get(k, k): v for k, v in record.items()}
         typed, rejection = _check(record, dataset, key)

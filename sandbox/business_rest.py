@@ -11,6 +11,9 @@ Routes:
 is passed back as ``cursor`` with the same window to get the next page; it is
 ``null`` on the last page. A cursor that does not decode is a 400.
 
+``GET /api/enterprises?tax_code=2700123456`` is the registry's lookup by tax code: the
+same envelope, ``results`` holding that enterprise (its newest version) or nothing.
+
 Example enterprise::
 
     {"tax_code": "2700123456", "name": "Công ty TNHH Xây dựng Tràng An",
@@ -75,6 +78,7 @@ class BusinessApp(JsonService):
     def __init__(self, enterprises: Sequence[dict[str, Any]], username: str, password: str) -> None:
         self.username, self.password = username, password
         self._rows = ServedRows(enterprises, "tax_code")
+        self._current = {item["tax_code"]: item for item in self._rows.items}  # in (updated_at, key) order: newest
 
     def gate(self, environ: dict[str, Any]) -> Answer | None:
         """401 unless HTTP Basic carries the user name and password."""
@@ -87,6 +91,10 @@ class BusinessApp(JsonService):
 
     def page(self, query: Query, environ: dict[str, Any]) -> dict[str, Any]:
         """``{"results": [...], "next_cursor": "<opaque>" | None}``."""
+        tax_code = query.get("tax_code", [""])[0].strip()
+        if tax_code:
+            found = self._current.get(tax_code)
+            return {"results": [found] if found is not None else [], "next_cursor": None}
         since, until = instant_param(query, "changed_since"), instant_param(query, "changed_until")
         limit = min(int_param(query, "limit", DEFAULT_LIMIT, minimum=1), MAX_LIMIT)
         start, stop = self._rows.window(since, until)

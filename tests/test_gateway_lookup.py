@@ -1,5 +1,6 @@
-"""Live lookups through the gateway: a citizen asked of the real population service (zeep, its real
-WSDL, spyne on loopback) now, on SQLite and on a real PostgreSQL.
+"""Live lookups through the gateway, on SQLite and on a real PostgreSQL: a citizen asked of the real
+population service (zeep, its real WSDL, spyne on loopback) now, and an enterprise of the real
+business registry (REST, HTTP Basic).
 
 The warehouse is loaded by the real population pipeline; the gateway (uvicorn in a thread, real
 HTTP on loopback) is started afresh for each test, so its answer cache and connections start
@@ -81,15 +82,17 @@ def loaded(request: pytest.FixtureRequest, sandbox_handle: Any,
     url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
     with gateway_env(sandbox_handle, home, url):
         catalog = load_catalog()
-        runner.run_pipeline("population_citizens", catalog=catalog)
+        for pipeline in ("population_citizens", "business_enterprises"):
+            runner.run_pipeline(pipeline, catalog=catalog)
         prepare_database(url, catalog)
         registry = AgencyRegistry(_write_engine(url), catalog)
         keys = {}
-        for agency, grant in (("so_y_te", []), ("cong_an", ["personal_id", "full_name"]), ("so_gd_dt", None)):
+        for agency, dataset, grant in (("so_y_te", "citizen", []), ("cong_an", "citizen", ["personal_id", "full_name"]),
+                                       ("so_gd_dt", "citizen", None), ("van_phong_dat_dai", "enterprise", [])):
             registry.add_agency(agency, agency, 100_000.0)
             keys[agency] = registry.issue_api_key(agency)
             if grant is not None:
-                registry.grant(agency, "citizen", grant)
+                registry.grant(agency, dataset, grant)
         registry.engine.dispose()
         warehouse = Warehouse(url, keys, sandbox_handle, set())
         warehouse.landed = {r["personal_id"] for r in warehouse.rows("SELECT personal_id FROM core_citizen")}
@@ -103,9 +106,10 @@ class Served:
     base: str
     wh: Warehouse
 
-    def lookup(self, agency: str | None = "so_y_te", **params: Any) -> requests.Response:
+    def lookup(self, agency: str | None = "so_y_te", dataset: str = "citizen", **params: Any) -> requests.Response:
         headers = {"X-API-Key": self.wh.keys[agency]} if agency else {}
-        return requests.get(self.base + PATH, params=params, headers=headers, timeout=60)
+        return requests.get(f"{self.base}/api/v1/datasets/{dataset}/lookup", params=params, headers=headers,
+                            timeout=60)
 
     def last_audit(self) -> dict[str, Any]:
         return self.wh.rows("SELECT * FROM gateway_audit ORDER BY recorded_at DESC, seq DESC LIMIT 1")[0]
@@ -344,6 +348,38 @@ def test_an_answer_that_fails_the_checks_is_quarantined_and_the_copy_answers(
                 assert "the data team can see the answer in the quarantine" in without_copy.json()["error"]["message"]
     finally:
         relay.close()
+
+
+# --- a REST source: the key in the query string, the record in a list ---------------------------------------
+
+def test_an_enterprise_is_looked_up_at_the_business_registry_over_rest(served: Served) -> None:
+    current = {r["tax_code"]: r for r in served.wh.rows("SELECT tax_code, name, status FROM shared_enterprise")}
+    truth = next(e for e in sorted(served.wh.sandbox.data.enterprises, key=lambda e: e["tax_code"])
+                 if e["tax_code"] in current)
+    calls = int(served.wh.scalar("SELECT count(*) FROM lgsp_message_log WHERE system = 'business'"))
+    answer = served.lookup("van_phong_dat_dai", "enterprise", tax_code=truth["tax_code"])
+    assert answer.status_code == 200 and answer.json()["source"] == "live", answer.text
+    record = answer.json()["record"]
+    assert (record["tax_code"], record["name"], record["status"]) == (truth["tax_code"], truth["name"], truth["status"])
+    representative = truth["legal_representative"]
+    assert record["legal_representative"] == "*" * (len(representative) - 3) + representative[-3:]  # masked
+    assert int(served.wh.scalar("SELECT count(*) FROM lgsp_message_log WHERE system = 'business'")) == calls + 1
+
+    known = {e["tax_code"] for e in served.wh.sandbox.data.enterprises}
+    unknown = next(code for code in (f"27{n:08d}" for n in range(10**6)) if code not in known)
+    missing = served.lookup("van_phong_dat_dai", "enterprise", tax_code=unknown)
+    assert missing.status_code == 404, missing.text
+    assert missing.json()["error"]["message"] == (f"business has no enterprise with tax_code {unknown} "
+                                                  "(/api/enterprises answered without it)")
+    bad = served.lookup("van_phong_dat_dai", "enterprise", tax_code="27-000")
+    assert bad.status_code == 400 and "is not a tax code" in bad.json()["error"]["message"]
+
+    served.wh.sandbox.faults["business"].error_rate = 1.0
+    other = next(e for e in sorted(served.wh.sandbox.data.enterprises, key=lambda e: e["tax_code"], reverse=True)
+                 if e["tax_code"] in current)
+    copy = served.lookup("van_phong_dat_dai", "enterprise", tax_code=other["tax_code"]).json()
+    assert (copy["source"], copy["record"]["name"]) == ("warehouse", current[other["tax_code"]]["name"])
+    assert copy["live_error"] == "business /api/enterprises: still failing after 2 attempts; last error: HTTP 503"
 
 
 # --- declared in the catalog, documented in OpenAPI ----------------------------------------------------------
