@@ -275,7 +275,8 @@ class LiveLookups:
 
         now = datetime.now(timezone.utc)
         batch = f"lookup-{dataset.name}-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
-        row = quarantine_row(dataset, f"lookup:{spec.system}.{spec.operation}", batch, record, rule, reason, now)
+        origin = f"lookup:{spec.system}.{spec.operation}"
+        row = quarantine_row(dataset, origin, batch, record, rule, reason, now, origin=origin)
         warehouse = self.warehouse
         table = warehouse.system["lgsp_quarantine"]
         with warehouse.transaction() as conn:

@@ -260,7 +260,7 @@ def _warehouse() -> Any:
 
 @quarantine_app.command("list")
 def quarantine_list(dataset: str = typer.Option(None, help="only this dataset"),
-                    status: str = typer.Option("open", help="open, replayed or all"),
+                    status: str = typer.Option("open", help="open, replayed, closed or all"),
                     limit: int = typer.Option(50, help="rows at most")) -> None:
     """Counts per dataset and rule, then the rows themselves."""
     from lgsp import quarantine
@@ -289,6 +289,18 @@ def quarantine_show(quarantine_id: str = typer.Argument(..., help="id or unique 
     if row is None:
         fail(f"no single quarantined row with id starting {quarantine_id!r}")
     console.print_json(json.dumps(row, default=str, ensure_ascii=False))
+
+
+@quarantine_app.command("close")
+def quarantine_close(quarantine_id: str = typer.Argument(..., help="id or unique prefix of an open row")) -> None:
+    """Mark an open row closed once dealt with (a live lookup's rejected answer, which no pipeline replays); kept."""
+    from lgsp import quarantine
+
+    row = quarantine.close(_warehouse(), quarantine_id)
+    if row is None:
+        fail(f"no single open quarantined row with id starting {quarantine_id!r} (see `lgsp quarantine list`)")
+    console.print(f"closed {row['quarantine_id'][:12]} ({row['dataset']} {row['record_key']}, {row['rule']}, "
+                  f"from {row['pipeline']})")
 
 
 @quarantine_app.command("replay")

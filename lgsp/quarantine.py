@@ -53,6 +53,19 @@ def show(wh: Warehouse, quarantine_id: str) -> dict[str, Any] | None:
     return row
 
 
+def close(wh: Warehouse, quarantine_id: str) -> dict[str, Any] | None:
+    """Mark one open row `closed` (dealt with; kept, never deleted): a live lookup's rejected answer, say, which
+    no pipeline replays. A unique id prefix is enough. Returns the row as it was, or None (no single open row)."""
+    q = wh.system["lgsp_quarantine"]
+    with wh.transaction() as conn:
+        rows = conn.execute(sa.select(q).where(q.c.quarantine_id.startswith(quarantine_id, autoescape=True),
+                                               q.c.status == "open").limit(2)).mappings().all()
+        if len(rows) != 1:
+            return None
+        conn.execute(q.update().where(q.c.quarantine_id == rows[0]["quarantine_id"]).values(status="closed"))
+    return dict(rows[0])
+
+
 def replay(ctx: PipelineContext, dataset_rows: list[dict[str, Any]] | None = None) -> dict[str, int]:
     """Re-check the pipeline's open quarantined rows; land those that pass now.
 

@@ -282,10 +282,16 @@ def _record_key(record: dict[str, Any], key: list[str]) -> str:
 
 
 def quarantine_row(dataset: DatasetSpec, pipeline: str, batch_id: str, record: dict[str, Any], rule: str,
-                   reason: str, now: datetime | None = None) -> dict[str, Any]:
-    """The `lgsp_quarantine` row of one rejected record, as received (its id: dataset, rule and payload)."""
+                   reason: str, now: datetime | None = None, origin: str = "") -> dict[str, Any]:
+    """The `lgsp_quarantine` row of one rejected record, as received.
+
+    Its id is a digest of dataset, rule and payload, so a pipeline's row seen again is the same row;
+    `origin` (a live lookup's `lookup:<system>.<operation>`) keeps rows from elsewhere apart from
+    the pipeline's own, which `lgsp quarantine replay <pipeline>` re-checks.
+    """
     payload = to_json(record)
-    qid = hashlib.sha256(f"{dataset.name}\x1f{rule}\x1f{payload}".encode()).hexdigest()[:32]
+    prefix = f"{origin}\x1f" if origin else ""
+    qid = hashlib.sha256(f"{prefix}{dataset.name}\x1f{rule}\x1f{payload}".encode()).hexdigest()[:32]
     return {"quarantine_id": qid, "dataset": dataset.name, "pipeline": pipeline, "batch_id": batch_id,
             "last_batch_id": batch_id, "rule": rule, "reason": reason, "record_key": _record_key(record, dataset.key),
             "payload": payload, "status": "open", "quarantined_at": now or _now()}

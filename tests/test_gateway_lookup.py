@@ -22,6 +22,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 import yaml
+from typer.testing import CliRunner
 
 import pgserver
 from catalog import load_catalog
@@ -33,6 +34,7 @@ from gateway.lookup import _key_problem
 from gateway.service import _write_engine, prepare_database
 from gateway.settings import load_gateway_settings
 from lgsp import runner
+from lgsp.cli import app as lgsp_app
 from loopback import serve, soap_relay
 from test_gateway import _pseudonym, _start, gateway_env
 
@@ -335,10 +337,17 @@ def test_an_answer_that_fails_the_checks_is_quarantined_and_the_copy_answers(
             live_error = answer.json()["live_error"]
             assert "the answer failed lgsp's checks" in live_error and "quarantined as" in live_error
             assert answer.json()["record"]["birth_date"] == citizen["birth_date"].isoformat()  # the copy's
-            kept = loaded.rows("SELECT rule, payload, pipeline, status FROM lgsp_quarantine "
+            kept = loaded.rows("SELECT quarantine_id, rule, payload, pipeline, status FROM lgsp_quarantine "
                                "WHERE pipeline = 'lookup:population.GetCitizen' ORDER BY quarantined_at DESC")
             assert kept and kept[0]["rule"].startswith(rule) and kept[0]["status"] == "open"
             assert kept[0]["payload"].find("2020-13-45" if rule == "type" else other["personal_id"]) >= 0
+            assert kept[0]["quarantine_id"][:12] in live_error
+            closed = CliRunner().invoke(lgsp_app, ["quarantine", "close", kept[0]["quarantine_id"][:12]])
+            assert closed.exit_code == 0 and "from lookup:population.GetCitizen" in " ".join(closed.stdout.split())
+            assert loaded.scalar("SELECT status FROM lgsp_quarantine WHERE quarantine_id = :q",
+                                 q=kept[0]["quarantine_id"]) == "closed"  # dealt with, and kept
+            again = CliRunner().invoke(lgsp_app, ["quarantine", "close", kept[0]["quarantine_id"][:12]])
+            assert again.exit_code == 1 and "no single open quarantined row" in " ".join(again.stdout.split())
             assert served.lookup(personal_id=citizen["personal_id"]).json()["cached"] is False  # never cached
             without_copy = served.lookup(personal_id=next(  # quarantined by the sync, for a rule other than its key's
                 c["personal_id"] for c in loaded.sandbox.data.citizens if c["personal_id"] not in loaded.landed
