@@ -85,3 +85,13 @@ def test_soap_pull_benchmark_pulls_every_citizen_both_ways() -> None:
     assert {r["rows"] for r in figures["results"].values()} == {600}
     assert all(r["best_s"] > 0 and r["median_client_cpu_s"] > 0 for r in figures["results"].values())
     assert figures["ratios"]["zeep_over_one_pass_client_cpu"] > 0
+
+
+def test_lookup_benchmark_times_each_scenario_against_a_read_of_the_copy() -> None:
+    figures = _figures("benchmarks/lookup.py", "--sqlite", "--citizens", "300", "--lookups", "20")
+    scenarios = figures["scenarios"]
+    assert list(scenarios) == ["copy_read", "live", "cached", "source_down", "breaker_open"]
+    assert all(scenarios[name]["requests"] == 20 for name in ("copy_read", "live", "cached", "breaker_open"))
+    assert scenarios["source_down"]["requests"] >= 1  # tried the source until the breaker opened
+    assert all(0 < s["p50_ms"] <= s["p95_ms"] <= s["max_ms"] for s in scenarios.values())
+    assert figures["p50_over_copy_read"]["copy_read"] == 1.0
