@@ -57,6 +57,15 @@ class LookupFailed(RuntimeError):
         self.status, self.retry_after_s = status, retry_after_s
 
 
+class SourceFailure(Exception):
+    """The source gave no usable record: `kind` not_found (it has none), refused, unavailable (down, too slow,
+    circuit open, every connection busy) or unusable (an answer that failed the checks, quarantined)."""
+
+    def __init__(self, kind: str, problem: str, retry_after_s: float | None = None) -> None:
+        super().__init__(problem)
+        self.kind, self.problem, self.retry_after_s = kind, problem, retry_after_s
+
+
 class _Unusable(Exception):
     """The source answered, but not with a record lgsp can serve (the reason is the message)."""
 
@@ -142,38 +151,24 @@ class LiveLookups:
         return spec
 
     def lookup(self, name: str, key: dict[str, Any], reader_label: str) -> Answer:
-        """The record with `key`: the source's, or (when it cannot answer) the warehouse's copy.
+        """The record with `key`: the source's (or this process's recent answer), or, when the source cannot
+        answer usably, the warehouse's copy.
 
         Raises:
             QueryError: the key breaks the dataset's rules for its key columns (never sent).
             LookupFailed: 404 no such record at the source; 502/503 the source failed and there is no copy.
         """
         spec, dataset = self.spec(name), self.catalog.datasets[name]
-        system = self.catalog.systems[spec.system]
         cache_key = (name, *(key[c] for c in dataset.key))
         cached = self._cached(cache_key)
         if cached is not None:
             return Answer(cached[0], "live", cached[1], cached=True)
-        problem = _key_problem(dataset, key)  # after the cache: a cached key passed it (pandas, ~5 ms a key)
-        if problem:
-            raise QueryError(f"{problem} (the dataset's rules for its key; nothing was asked of the source)")
         try:
-            record = self._live(spec, system, dataset, key, reader_label)
-        except _NoRecord:
-            raise LookupFailed(404, f"{system.name} has no {name} with {_describe(key)} "
-                                    f"({spec.operation} answered without it)") from None
-        except FatalError as exc:
-            if _code(exc.code) in {_code(c) for c in spec.not_found}:
-                raise LookupFailed(404, f"{system.name} has no {name} with {_describe(key)} "
-                                        f"({spec.operation} answered {exc.code})") from None
-            return self._fallback(name, spec, key, f"{_problem(exc)} (the source refused the lookup)", 502,
-                                  "check the key; if it is right, tell the data team")
-        except ConnectorError as exc:  # retries exhausted, circuit open, every connection busy
-            retry_after = system.limits.breaker_reset_s if isinstance(exc, CircuitOpen) else max(1.0, spec.timeout_s)
-            return self._fallback(name, spec, key, _problem(exc), 503, "try again later", retry_after)
-        except _Unusable as exc:
-            return self._fallback(name, spec, key, f"{system.name} {spec.operation}: {exc}", 502,
-                                  "the data team can see the answer in the quarantine")
+            record = self.fetch(name, key, reader_label)
+        except SourceFailure as failure:
+            if failure.kind == "not_found":
+                raise LookupFailed(404, failure.problem) from None
+            return self._fallback(name, spec, key, failure)
         fetched = datetime.now(timezone.utc)
         if spec.cache_s > 0:
             with self._lock:
@@ -182,6 +177,34 @@ class LiveLookups:
                 while len(self._cache) > CACHE_ENTRIES:
                     self._cache.popitem(last=False)
         return Answer(record, "live", fetched)
+
+    def fetch(self, name: str, key: dict[str, Any], reader_label: str) -> dict[str, Any]:
+        """The source's record with `key` now (the shared columns, typed): no cache, no fallback.
+
+        Raises:
+            QueryError: the key breaks the dataset's rules for its key columns (never sent).
+            SourceFailure: the source has no such record, refused, is unavailable, or answered unusably.
+        """
+        spec, dataset = self.spec(name), self.catalog.datasets[name]
+        system = self.catalog.systems[spec.system]
+        problem = _key_problem(dataset, key)  # here, not before `lookup`'s cache: pandas, ~5 ms a key
+        if problem:
+            raise QueryError(f"{problem} (the dataset's rules for its key; nothing was asked of the source)")
+        try:
+            return self._live(spec, system, dataset, key, reader_label)
+        except _NoRecord:
+            raise SourceFailure("not_found", f"{system.name} has no {name} with {_describe(key)} "
+                                             f"({spec.operation} answered without it)") from None
+        except FatalError as exc:
+            if _code(exc.code) in {_code(c) for c in spec.not_found}:
+                raise SourceFailure("not_found", f"{system.name} has no {name} with {_describe(key)} "
+                                                 f"({spec.operation} answered {exc.code})") from None
+            raise SourceFailure("refused", f"{_problem(exc)} (the source refused the lookup)") from None
+        except ConnectorError as exc:  # retries exhausted, circuit open, every connection busy
+            retry_after = system.limits.breaker_reset_s if isinstance(exc, CircuitOpen) else max(1.0, spec.timeout_s)
+            raise SourceFailure("unavailable", _problem(exc), retry_after) from None
+        except _Unusable as exc:
+            raise SourceFailure("unusable", f"{system.name} {spec.operation}: {exc}") from None
 
     def _cached(self, cache_key: tuple[Any, ...]) -> tuple[dict[str, Any], datetime] | None:
         with self._lock:
@@ -292,16 +315,19 @@ class LiveLookups:
 
     # --- the warehouse's copy ----------------------------------------------------------------
 
-    def _fallback(self, name: str, spec: LookupSpec, key: dict[str, Any], problem: str, status: int, advice: str,
-                  retry_after_s: float | None = None) -> Answer:
-        """The warehouse's copy, or LookupFailed(status) saying what failed and what to do."""
-        log.warning("lookup of %s: the source gave no usable answer (status %d)", name, status)
+    def _fallback(self, name: str, spec: LookupSpec, key: dict[str, Any], failure: SourceFailure) -> Answer:
+        """The warehouse's copy, or LookupFailed saying what failed and what to do (503 unavailable, else 502)."""
+        status = 503 if failure.kind == "unavailable" else 502
+        log.warning("lookup of %s: the source gave no usable answer (%s)", name, failure.kind)
         copy = self.reader.row_by_key(name, key) if spec.fallback == "warehouse" else None
         if copy is None:
             where = ("and lgsp has no copy of this record" if spec.fallback == "warehouse"
                      else "and this lookup has no fallback to lgsp's copy")
-            raise LookupFailed(status, f"{problem}; {where}; {advice}", retry_after_s)
-        return Answer(copy, "warehouse", self.loaded_at(name), live_error=problem)
+            advice = {"unavailable": "try again later",
+                      "unusable": "the data team can see the answer in the quarantine",
+                      "refused": "check the key; if it is right, tell the data team"}[failure.kind]
+            raise LookupFailed(status, f"{failure.problem}; {where}; {advice}", failure.retry_after_s)
+        return Answer(copy, "warehouse", self.loaded_at(name), live_error=failure.problem)
 
     def close(self) -> None:
         with self._lock:
