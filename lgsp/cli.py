@@ -5,7 +5,8 @@
     lgsp pipelines            list the catalog's pipelines
     lgsp sandbox              serve the sandbox systems until Ctrl-C
     lgsp catalog              validate the catalog
-    lgsp quarantine list|show|replay   see and replay rejected rows
+    lgsp quarantine list|show|replay|close   see, replay and close rejected rows
+    lgsp drift DATASET        ask the source for a sample of lgsp's copy now: what drifted, and why
     lgsp push FEED            enqueue and send a push feed (outbox)
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
@@ -483,6 +484,52 @@ def lake_maintain(inline: bool = typer.Option(False, help="run in this process i
                   + (f"{done['retention_days']:g} days: pruned {done['pruned']['pages']} landed page(s) of "
                      f"{done['pruned']['batches']} batch(es), {done['pruned']['results']} GX result(s)"
                      if done["pruned"] else "off: nothing pruned"))
+
+
+@app.command()
+def drift(dataset: str = typer.Argument(..., help="a shared dataset with a live lookup (catalog/sharing.yaml)"),
+          sample: int = typer.Option(100, min=1, max=100_000, help="random records of the copy to ask for"),
+          key: list[str] = typer.Option(None, help="ask for this record instead (COLUMN=VALUE; repeat per key)"),
+          as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+    """Ask the source for a sample of lgsp's copy now and compare: pending changes, silent drift, deletions.
+
+    Exits 1 when a record drifted silently (changed at the source with its cursor field not newer):
+    no incremental sync will bring it; run the pipeline with --full-refresh and tell the source's owner.
+    """
+    from lgsp.drift import DriftError, check_drift
+
+    catalog, settings = load_catalog(), load_settings()
+    keys = None
+    if key:
+        columns = catalog.datasets[dataset].key if dataset in catalog.datasets else []
+        pairs = [item.partition("=") for item in key]
+        if any(not sep for _, sep, _ in pairs) or sorted(c for c, _, _ in pairs) != sorted(columns):
+            fail(f"--key takes COLUMN=VALUE for each key column of {dataset!r} ({', '.join(columns) or '?'})")
+        keys = [{c: v for c, _, v in pairs}]
+    try:
+        with step(f"asking {dataset}'s source for {len(keys) if keys else sample} record(s)"):
+            report = check_drift(catalog, settings.database_url, dataset, sample, keys)
+    except DriftError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(report.as_dict(), default=str, ensure_ascii=False))
+    else:
+        counts = Table(title=f"Drift of {dataset} against {report.system} ({len(report.findings)} records)")
+        for col in ("status", "records"):
+            counts.add_column(col)
+        for status, count in report.counts().items():
+            if count:
+                counts.add_row(status, str(count))
+        console.print(counts)
+        rows = Table(title="Records that are not the same (first 50; column names only, never values)")
+        for col in ("key", "status", "columns", "detail"):
+            rows.add_column(col)
+        for finding in [f for f in report.findings if f.status != "same"][:50]:
+            rows.add_row(", ".join(f"{k}={v}" for k, v in finding.key.items()), finding.status,
+                         ", ".join(finding.columns), finding.detail)
+        console.print(rows)
+    if report.counts()["silent"]:
+        raise typer.Exit(1)
 
 
 @app.command()

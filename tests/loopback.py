@@ -36,9 +36,11 @@ serving = contextmanager(serve)
 """`with serving(app) as url:` the same, as a context manager (several apps: an `ExitStack`)."""
 
 
-def soap_relay(wsdl_url: str, rewrite: Callable[[bytes], bytes]) -> Any:
-    """A WSGI app relaying a real SOAP service: its WSDL pointed at the relay, each answer passed through `rewrite`
-    (a peer that sends what the real one would, altered: serve it with `serve`/`serving`)."""
+def soap_relay(wsdl_url: str, rewrite: Callable[[bytes], bytes],
+               rewrite_request: Callable[[bytes], bytes] = lambda body: body) -> Any:
+    """A WSGI app relaying a real SOAP service: its WSDL pointed at the relay, each request passed through
+    `rewrite_request` and each answer through `rewrite` (a peer that sends what the real one would, altered:
+    serve it with `serve`/`serving`)."""
     import requests
 
     wsdl = requests.get(wsdl_url, timeout=5).content
@@ -49,7 +51,7 @@ def soap_relay(wsdl_url: str, rewrite: Callable[[bytes], bytes]) -> Any:
         if environ["REQUEST_METHOD"] == "GET":
             start_response("200 OK", [("Content-Type", "text/xml")])
             return [wsdl.replace(real.encode(), own)]
-        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        body = rewrite_request(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
         answer = requests.post(real + "/", data=body, timeout=10,
                                headers={"Content-Type": environ.get("CONTENT_TYPE", "text/xml"),
                                         "SOAPAction": environ.get("HTTP_SOAPACTION", "")})

@@ -1,0 +1,176 @@
+"""Sync drift: a sample of lgsp's copy asked of its source now, record by record, and compared.
+
+An incremental sync only sees what the source marks as changed (its cursor field,
+`updated_at`). A source that changes a record without touching that field, or deletes one
+without a marker, leaves lgsp's copy wrong with nothing in any batch to say so. `lgsp drift
+citizen --sample 200` asks the source for a random sample of the copy's records through the
+dataset's live lookup (`lookup:` in catalog/sharing.yaml, the same connectors, limits and
+breaker as the gateway's) and sorts each into:
+
+    same            the copy equals the source on every shared column
+    behind          the source changed it later than the copy's cursor field: the next sync brings it
+    silent          it differs, and the source's cursor field is not newer: no incremental sync will
+                    ever bring it (run `lgsp run <pipeline> --full-refresh`, and tell the source's owner)
+    gone_at_source  the source has no such record any more (deleted without a marker)
+    not_in_copy     (an asked `--key`) the source has it, lgsp's copy has not
+    unavailable, refused, unusable, bad_key    the source could not be asked usably (see `detail`)
+
+Column values are never reported, only the columns that differ.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog.models import Catalog
+
+STATUSES = ("same", "behind", "silent", "gone_at_source", "not_in_copy", "unavailable", "refused", "unusable",
+            "bad_key")
+
+
+@dataclass(frozen=True)
+class Finding:
+    key: dict[str, Any]
+    status: str
+    columns: list[str] = field(default_factory=list)  # the shared columns that differ
+    detail: str = ""
+
+
+@dataclass
+class DriftReport:
+    dataset: str
+    system: str
+    checked_at: datetime
+    findings: list[Finding]
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(1 for f in self.findings if f.status == status) for status in STATUSES}
+
+    def columns(self, status: str = "silent") -> dict[str, int]:
+        """How often each column differs among the findings of `status`."""
+        counted: dict[str, int] = {}
+        for finding in self.findings:
+            if finding.status == status:
+                for column in finding.columns:
+                    counted[column] = counted.get(column, 0) + 1
+        return dict(sorted(counted.items(), key=lambda kv: -kv[1]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "system": self.system, "checked_at": self.checked_at.isoformat(),
+                "counts": self.counts(), "silent_columns": self.columns("silent"),
+                "findings": [asdict(f) for f in self.findings if f.status != "same"]}
+
+
+class DriftError(RuntimeError):
+    """The drift check cannot run (no lookup declared, no shared view); the message says what to do."""
+
+
+def check_drift(catalog: Catalog, database_url: str, name: str, sample: int = 100,
+                keys: list[dict[str, Any]] | None = None) -> DriftReport:
+    """Ask the source for `keys` (default: `sample` random records of the copy) and compare each with the copy."""
+    from gateway.lookup import LiveLookups, SourceFailure, lookup_key
+    from gateway.records import QueryError, Reader, read_engine
+    from gateway.settings import GatewaySettings
+
+    shared = catalog.sharing.get(name)
+    if shared is None or shared.lookup is None:
+        with_lookup = sorted(n for n, s in catalog.sharing.items() if s.lookup is not None)
+        raise DriftError(f"dataset '{name}' has no live lookup in catalog/sharing.yaml, so its source cannot be "
+                         f"asked record by record (datasets with one: {', '.join(with_lookup) or 'none'})")
+    settings = GatewaySettings(database_url=database_url, pseudonym_key=secrets.token_bytes(32))
+    _ensure_view(database_url, catalog, shared.view_name)
+    engine = read_engine(database_url, 120.0)
+    reader = Reader(engine, catalog, settings)
+    lookups = LiveLookups(settings, catalog, reader, lambda _name: None)
+    dataset = catalog.datasets[name]
+    checked_at = datetime.now(timezone.utc)
+    findings = []
+    try:
+        for key in keys if keys is not None else _sample(engine, shared.view_name, dataset.key, sample):
+            try:
+                key = lookup_key(catalog, name, key) if keys is not None else key  # asked keys come as text
+                copy = reader.row_by_key(name, key)
+                live = lookups.fetch(name, key, "lgsp drift")
+            except QueryError as exc:
+                findings.append(Finding(key, "bad_key", detail=str(exc)))
+                continue
+            except SourceFailure as failure:
+                status = "gone_at_source" if failure.kind == "not_found" else failure.kind
+                if status == "gone_at_source" and copy is None:
+                    status, detail = "bad_key", f"neither the source nor lgsp's copy has it ({failure.problem})"
+                else:
+                    detail = failure.problem
+                findings.append(Finding(key, status, detail=detail))
+                continue
+            if copy is None:
+                findings.append(Finding(key, "not_in_copy", detail="the source has it, lgsp's copy has not"))
+                continue
+            findings.append(_compare(key, live, copy, dataset.cursor_field, list(shared.columns)))
+    finally:
+        lookups.close()
+        engine.dispose()
+    return DriftReport(name, shared.lookup.system, checked_at, findings)
+
+
+def _ensure_view(database_url: str, catalog: Catalog, view: str) -> None:
+    """The shared views, created if this warehouse has none yet (the gateway's `lgsp serve` makes them too)."""
+    from warehouse import Warehouse
+    from warehouse.shared import create_shared_views
+
+    warehouse = Warehouse(database_url, catalog)
+    try:
+        if view not in sa.inspect(warehouse.engine).get_view_names():
+            if not sa.inspect(warehouse.engine).has_table(catalog.datasets[view.removeprefix("shared_")].table_name):
+                raise DriftError(f"the warehouse has no {view.removeprefix('shared_')} table yet: run its pipeline "
+                                 "first (`lgsp run <pipeline>`)")
+            create_shared_views(warehouse, catalog)
+    finally:
+        warehouse.engine.dispose()
+
+
+def _sample(engine: sa.Engine, view: str, key: list[str], size: int) -> list[dict[str, Any]]:
+    columns = ", ".join(f'"{c}"' for c in key)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f'SELECT {columns} FROM "{view}" ORDER BY random() LIMIT :size'), {"size": size})
+        return [dict(r) for r in rows.mappings()]
+
+
+def _compare(key: dict[str, Any], live: dict[str, Any], copy: dict[str, Any], cursor: str | None,
+             columns: list[str]) -> Finding:
+    differ = [c for c in columns if not _same(live.get(c), copy.get(c))]
+    if not differ:
+        return Finding(key, "same")
+    if cursor and cursor in columns and live.get(cursor) is not None and copy.get(cursor) is not None \
+            and _instant(live[cursor]) > _instant(copy[cursor]):
+        return Finding(key, "behind", differ, f"the source changed it at {_instant(live[cursor]).isoformat()}, "
+                                              f"after the copy's {_instant(copy[cursor]).isoformat()}")
+    detail = (f"differs with {cursor} unchanged or older at the source: an incremental sync will not bring it"
+              if cursor else "differs (the dataset has no cursor field to tell a pending change from drift)")
+    return Finding(key, "silent", differ, detail)
+
+
+def _instant(value: Any) -> Any:
+    """A timestamp as an aware UTC instant (the copy's may come back naive, meaning UTC)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return bool(_instant(a) == _instant(b))
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, date) and isinstance(b, str) or isinstance(b, date) and isinstance(a, str):
+        return str(a) == str(b)
+    return bool(a == b)
