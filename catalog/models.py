@@ -477,6 +477,8 @@ class LookupSpec(Strict):
     attempts: int = Field(2, ge=1, le=5)
     cache_s: float = Field(60.0, ge=0)  # a live answer is reused this long (per gateway process); 0: never
     fallback: Literal["warehouse", "none"] = "warehouse"
+    drift_schedule: str | None = None  # cron (Vietnam time) of the DAG lgsp_drift_<dataset> (`lgsp drift`); None: none
+    drift_sample: int = Field(200, ge=1, le=100_000)  # records that DAG asks the source for
 
 
 class SharedDatasetSpec(Strict):

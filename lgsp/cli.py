@@ -490,7 +490,8 @@ def lake_maintain(inline: bool = typer.Option(False, help="run in this process i
 def drift(dataset: str = typer.Argument(..., help="a shared dataset with a live lookup (catalog/sharing.yaml)"),
           sample: int = typer.Option(100, min=1, max=100_000, help="random records of the copy to ask for"),
           key: list[str] = typer.Option(None, help="ask for this record instead (COLUMN=VALUE; repeat per key)"),
-          as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+          as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+          on_airflow: bool = typer.Option(False, help="run the DAG lgsp_drift_DATASET now (its catalog sample)")) -> None:
     """Ask the source for a sample of lgsp's copy now and compare: pending changes, silent drift, deletions.
 
     Exits 1 when a record drifted silently (changed at the source with its cursor field not newer):
@@ -499,6 +500,14 @@ def drift(dataset: str = typer.Argument(..., help="a shared dataset with a live 
     from lgsp.drift import DriftError, check_drift
 
     catalog, settings = load_catalog(), load_settings()
+    if on_airflow:
+        lookup = catalog.sharing[dataset].lookup if dataset in catalog.sharing else None
+        if lookup is None or lookup.drift_schedule is None:
+            fail(f"no DAG lgsp_drift_{dataset}: give {dataset}'s lookup a drift_schedule in catalog/sharing.yaml")
+        try:
+            return _airflow_run([f"lgsp_drift_{dataset}"], task_retries=False)
+        except Exception as exc:  # noqa: BLE001 - DagRunFailed names the task and where its log is
+            fail(f"{type(exc).__name__}: {exc}")
     keys = None
     if key:
         columns = catalog.datasets[dataset].key if dataset in catalog.datasets else []

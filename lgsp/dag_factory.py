@@ -5,6 +5,7 @@ load, each a call into `lgsp.runner`; the load task updates the dataset's
 Asset. The indicators DAG `lgsp_indicators` is scheduled on the Assets of the
 datasets it reads; each run recomputes the months the newly loaded rows touch.
 `lgsp_maintenance` compacts the lake and applies the retention daily (`lgsp.retention`).
+`lgsp_drift_<dataset>` checks a sample of a shared dataset against its source (`lgsp.drift`).
 Nothing here does I/O beyond reading the local catalog.
 """
 from __future__ import annotations
@@ -316,6 +317,37 @@ def maintenance_dag() -> Any:
     return _maintenance()
 
 
+def drift_dag(name: str, catalog: Catalog) -> Any:
+    """`lgsp_drift_<dataset>`: on its `drift_schedule`, a sample of the copy asked of its source (`lgsp.drift`)."""
+    from airflow.sdk import dag, task
+
+    lookup = catalog.sharing[name].lookup
+    assert lookup is not None and lookup.drift_schedule is not None
+
+    @dag(dag_id=f"lgsp_drift_{name}", description=f"Check a sample of {name} against {lookup.system}",
+         schedule=_timetable(lookup.drift_schedule), start_date=START_DATE, catchup=False, max_active_runs=1,
+         tags=["lgsp", "drift", lookup.system], default_args=_default_args(2, retry_delay_s=600.0),
+         doc_md=f"Asks {lookup.system} for {lookup.drift_sample} random records of lgsp's copy of {name} through "
+                "its live lookup and compares them (`lgsp drift`). Fails, without retries and with an alert, when "
+                "a record drifted silently (changed at the source with its cursor field not newer: no incremental "
+                "sync will bring it); retries when the source could not be asked for most of the sample.")
+    def _drift() -> None:
+        @task(task_id="check", pool=system_pool(lookup.system))
+        def check() -> dict[str, Any]:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from lgsp.drift import SilentDrift, scheduled_check
+
+            try:
+                return scheduled_check(name)
+            except SilentDrift as exc:
+                raise AirflowFailException(str(exc)) from None  # a retry would find the same
+
+        check()
+
+    return _drift()
+
+
 def indicators_mart_asset() -> Any:
     """The Asset of the indicator mart, updated by every compute task of `lgsp_indicators`."""
     return dataset_asset("indicator_value", "mart")
@@ -329,4 +361,6 @@ def build_dags(catalog: Catalog | None = None) -> dict[str, Any]:
         dags["lgsp_indicators"] = indicators_dag(catalog)
     dags.update({f"lgsp_push_{f.name}": push_dag(f, catalog) for f in catalog.feeds.values() if not f.after})
     dags["lgsp_maintenance"] = maintenance_dag()
+    dags.update({f"lgsp_drift_{name}": drift_dag(name, catalog) for name, shared in catalog.sharing.items()
+                 if shared.lookup is not None and shared.lookup.drift_schedule is not None})
     return dags

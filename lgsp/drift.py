@@ -174,3 +174,40 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, date) and isinstance(b, str) or isinstance(b, date) and isinstance(a, str):
         return str(a) == str(b)
     return bool(a == b)
+
+
+class SilentDrift(RuntimeError):
+    """Records of the copy drifted silently: no incremental sync will bring them (the message says what to do)."""
+
+
+def scheduled_check(name: str) -> dict[str, Any]:
+    """The task of the DAG `lgsp_drift_<name>`: check `drift_sample` records; the counts, or an exception.
+
+    Raises:
+        SilentDrift: a record drifted silently (the task fails without retries and alerts).
+        RuntimeError: the source could not be asked for most of the sample (the task retries later).
+    """
+    import logging
+
+    from lgsp.settings import load_settings
+    from catalog import load_catalog
+
+    catalog = load_catalog()
+    lookup = catalog.sharing[name].lookup
+    assert lookup is not None
+    report = check_drift(catalog, load_settings().database_url, name, lookup.drift_sample)
+    counts = report.counts()
+    logging.getLogger("lgsp.drift").info("drift of %s against %s: %s; silently drifted columns: %s", name,
+                                         report.system, counts, report.columns("silent"))
+    asked = len(report.findings)
+    if counts["silent"]:
+        raise SilentDrift(f"{counts['silent']} of {asked} sampled {name} records differ from {report.system} with "
+                          f"their cursor field unchanged (columns: {report.columns('silent')}): no incremental sync "
+                          f"will bring them; run the pipeline with --full-refresh, tell the source's owner, and see "
+                          f"`lgsp drift {name}` for the records")
+    failed = sum(counts[s] for s in ("unavailable", "refused", "unusable"))
+    if asked and failed * 2 > asked:
+        raise RuntimeError(f"{report.system} could not be asked for {failed} of {asked} sampled {name} records; "
+                           "the check retries later")
+    return {"dataset": name, "system": report.system, **counts}
+

@@ -48,7 +48,8 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     assert bag["errors"] == {}
     catalog = load_catalog()
     expected = ({f"lgsp_{p}" for p in catalog.pipelines} | {"lgsp_indicators", "lgsp_maintenance"}
-                | {f"lgsp_push_{f.name}" for f in catalog.feeds.values() if not f.after})
+                | {f"lgsp_push_{f.name}" for f in catalog.feeds.values() if not f.after}
+                | {"lgsp_drift_citizen", "lgsp_drift_enterprise"})
     assert set(bag["dags"]) == expected
     for dag_id, dag in bag["dags"].items():
         assert "lgsp" in dag["tags"], dag_id
@@ -64,6 +65,9 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     assert "Asset" in bag["dags"]["lgsp_indicators"]["schedule"]  # scheduled on the datasets it reads
     assert bag["dags"]["lgsp_maintenance"]["schedule"] == "CronDataIntervalTimetable"  # daily, 02:00 Vietnam time
     assert set(bag["dags"]["lgsp_maintenance"]["retries"]) == {"maintain"}
+    drift = bag["dags"]["lgsp_drift_citizen"]  # weekly, calls the population system within its pool
+    assert (drift["schedule"], drift["pools"], drift["tags"]) == (
+        "CronDataIntervalTimetable", {"check": "lgsp_population"}, ["drift", "lgsp", "population"])
 
 
 def test_dagbag_probe_can_fail(tmp_path: Path) -> None:
@@ -170,3 +174,32 @@ def test_maintenance_dag_prunes_loaded_batches_on_airflow(tmp_path: Path, sandbo
         states = dict(conn.execute(sa.text(
             "select task_id, state from task_instance where dag_id = 'lgsp_maintenance'")).all())
     assert states == {"maintain": "success"}
+
+
+def test_drift_dag_passes_on_a_faithful_copy_and_fails_on_silent_drift(tmp_path: Path, sandbox_handle: Any) -> None:
+    """`lgsp drift citizen --on-airflow` runs lgsp_drift_citizen: a copy the sync left right passes; when the source
+    then changes every address without touching updated_at (a relay of the real service), the task fails."""
+    import re
+
+    from loopback import serve, soap_relay
+
+    home = tmp_path / "home"
+    env = lgsp_env(home, **sandbox_handle.env())
+    assert run(["lgsp", "run", "population_citizens", "--inline"], env).returncode == 0
+    faithful = run(["lgsp", "drift", "citizen", "--on-airflow"], env)
+    assert faithful.returncode == 0, faithful.stdout[-3000:] + faithful.stderr[-3000:]
+    assert "Airflow: lgsp_drift_citizen" in faithful.stdout
+    relay = serve(soap_relay(sandbox_handle.population_wsdl, lambda content: re.sub(
+        rb"<tns:address>[^<]*<", "<tns:address>Số 9 Đường Khác<".encode(), content)))
+    try:
+        drifted = run(["lgsp", "drift", "citizen", "--on-airflow"],
+                      {**env, "LGSP_POPULATION_WSDL": next(relay) + "/?wsdl"})
+    finally:
+        relay.close()
+    assert drifted.returncode == 1
+    assert "DAG lgsp_drift_citizen ended failed; failed task(s): ['check']" in " ".join(drifted.stdout.split())
+    logs = drifted.stdout + drifted.stderr + "".join(
+        p.read_text(errors="replace") for p in (home / "airflow" / "logs").rglob("*") if p.is_file())
+    assert "differ from population with their cursor field unchanged (columns: {'address': 200})" in logs, logs[-3000:]
+    assert "Đường Khác" not in logs  # column names, never values
+
