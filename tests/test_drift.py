@@ -102,3 +102,11 @@ def test_the_cli_samples_the_copy_and_exits_1_on_silent_drift(loaded: dict[str, 
 def test_a_dataset_without_a_lookup_cannot_be_checked(loaded: dict[str, Any]) -> None:
     with pytest.raises(DriftError, match="dataset 'dossier' has no live lookup .* with one: citizen, enterprise"):
         check_drift(load_catalog(), loaded["url"], "dossier")
+
+
+def test_a_faithful_copy_of_a_history_dataset_over_rest_is_all_same(lgsp_env: Any) -> None:
+    """enterprise: SCD type 2 in the warehouse (its shared view: the current versions), the business registry
+    over REST with HTTP Basic: every sampled record is the same as the source's current one."""
+    runner.run_pipeline("business_enterprises")
+    report = check_drift(load_catalog(), lgsp_env.database_url, "enterprise", sample=60)
+    assert report.system == "business" and report.counts()["same"] == len(report.findings) == 60, report.as_dict()
