@@ -40,6 +40,7 @@ from connectors import ConnectorError, FatalError, open_transport
 from connectors.limits import CircuitBreaker, CircuitOpen, limits_for
 from connectors.paging import dig
 from connectors.retry import call_with_retry
+from connectors.secrets import SecretNotFound
 from connectors.source import Transport
 from gateway.records import QueryError, Reader, clean_text, coerce
 from gateway.settings import GatewaySettings
@@ -223,10 +224,11 @@ class LiveLookups:
               reader_label: str) -> dict[str, Any]:
         """Call the source (bounded wait for a connection, retries, breaker); the checked record."""
         limits = limits_for(system)
+        transport = self._transport(spec, system, dataset.name)  # no I/O yet: a WSDL loads at the first call
         if not limits.slots.acquire(timeout=spec.timeout_s):
+            self._flush(transport, True, dataset.name)
             raise ConnectorError(system.name, spec.operation, f"all {system.limits.max_concurrency} connections "
                                  f"to {system.name} stayed busy for {spec.timeout_s:g}s")
-        transport = self._transport(spec, system, dataset.name)
         transport.log.context = f"gateway lookup of {dataset.name} for {reader_label}"  # type: ignore[attr-defined]
         arguments = {**spec.params, **{spec.key_params.get(c, c): _argument(v) for c, v in key.items()}}
         retry = RetrySpec(attempts=spec.attempts, backoff_s=min(system.retry.backoff_s, 0.2), max_backoff_s=0.5)
@@ -247,7 +249,12 @@ class LiveLookups:
             idle = self._idle.setdefault(name, [])
             if idle:
                 return idle.pop()
-        transport = open_transport(system, operation=spec.operation, method="GET")
+        try:
+            transport = open_transport(system, operation=spec.operation, method="GET")
+        except SecretNotFound as exc:  # the reference and how to set it, never a value: for the data team only
+            log.error("lookup of %s: cannot call %s: %s", name, system.name, exc)
+            raise ConnectorError(system.name, spec.operation, "lgsp has no credential for this system "
+                                 "(the gateway's log says which)") from None
         current = getattr(transport, "timeout", None)  # a clerk is waiting: the lookup's budget, not the sync's
         transport.timeout = ((min(current[0], spec.timeout_s), spec.timeout_s)  # type: ignore[attr-defined]
                              if isinstance(current, tuple) else spec.timeout_s)

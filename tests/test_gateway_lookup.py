@@ -391,6 +391,18 @@ def test_an_enterprise_is_looked_up_at_the_business_registry_over_rest(served: S
     assert copy["live_error"] == "business /api/enterprises: still failing after 2 attempts; last error: HTTP 503"
 
 
+def test_a_source_lgsp_has_no_credential_for_is_answered_from_the_copy_and_the_log_says_which(
+        loaded: Warehouse, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("LGSP_BUSINESS_PASSWORD")
+    tax_code = loaded.rows("SELECT tax_code FROM shared_enterprise ORDER BY tax_code LIMIT 1")[0]["tax_code"]
+    for served in _gateway(loaded):
+        answer = served.lookup("van_phong_dat_dai", "enterprise", tax_code=tax_code)
+        assert answer.status_code == 200 and answer.json()["source"] == "warehouse", answer.text
+        assert answer.json()["live_error"] == ("business /api/enterprises: lgsp has no credential for this system "
+                                               "(the gateway's log says which)")
+    assert "secret env:LGSP_BUSINESS_PASSWORD: set the environment variable LGSP_BUSINESS_PASSWORD" in caplog.text
+
+
 # --- declared in the catalog, documented in OpenAPI ----------------------------------------------------------
 
 def test_the_lookup_is_in_the_catalog_and_openapi(served: Served) -> None:
