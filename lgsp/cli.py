@@ -113,6 +113,7 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
         handle = _start_sandbox(seed, citizens, dossiers)
     console.print("   " + ", ".join(f"{name} {url}" for name, url in handle.urls.items()))
     pushes = [f.name for f in catalog.feeds.values() if not f.after]
+    drifts = [n for n, s in catalog.sharing.items() if s.lookup is not None and s.lookup.drift_schedule is not None]
     try:
         if inline:
             from lgsp import outbox
@@ -127,9 +128,15 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
             for feed in catalog.feeds:
                 with step(f"push {feed}"):
                     outbox.push(wh, catalog, feed)
+            for name in drifts:
+                with step(f"drift check of {name}"):
+                    from lgsp.drift import scheduled_check
+
+                    scheduled_check(name)
         else:
             _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"]
-                         + [f"lgsp_push_{f}" for f in pushes], task_retries=False)
+                         + [f"lgsp_push_{f}" for f in pushes] + [f"lgsp_drift_{n}" for n in drifts],
+                         task_retries=False)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one clear message
         handle.stop()
         causes = "".join(_cause(p) for p in catalog.pipelines)
