@@ -22,7 +22,7 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     env = lgsp_env(home)
     first = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for dag_id in ("lgsp_population_citizens", "lgsp_tthc_dossiers", "lgsp_indicators"):
+    for dag_id in ("lgsp_population_citizens", "lgsp_tthc_dossiers", "lgsp_indicators", "lgsp_drift_citizen"):
         assert f"Airflow: {dag_id}" in first.stdout
     assert "Online submission rate" in first.stdout and "province by month" in first.stdout
     counts = _counts(home)
