@@ -147,6 +147,10 @@ def _lookup_endpoint(gateway: Gateway, name: str) -> Any:
                                         "(X-API-Key) or an OAuth2 bearer token (POST /oauth/token)")
             if bad:
                 raise bad
+            hidden = sorted(set(key) & set(gateway.catalog.sharing[name].personal) - outcome["granted"])
+            if hidden:  # as a filter on a personal column: else a reader finds a person by an ID it may not see
+                raise AccessDenied(403, f"a lookup by {', '.join(hidden)} needs a grant that includes it "
+                                        f"(ask the data owner: {gateway.catalog.sharing[name].owner})")
             answer = gateway.lookups.lookup(name, key, principal.label)
             outcome["rows"], outcome["action"] = 1, f"lookup_{answer.source}"
         record = gateway.reader.protect(name, outcome["granted"], [answer.record])[0]

@@ -89,7 +89,8 @@ def loaded(request: pytest.FixtureRequest, sandbox_handle: Any,
         prepare_database(url, catalog)
         registry = AgencyRegistry(_write_engine(url), catalog)
         keys = {}
-        for agency, dataset, grant in (("so_y_te", "citizen", []), ("cong_an", "citizen", ["personal_id", "full_name"]),
+        for agency, dataset, grant in (("tu_phap", "citizen", ["personal_id"]), ("so_y_te", "citizen", []),
+                                       ("cong_an", "citizen", ["personal_id", "full_name"]),
                                        ("so_gd_dt", "citizen", None), ("van_phong_dat_dai", "enterprise", [])):
             registry.add_agency(agency, agency, 100_000.0)
             keys[agency] = registry.issue_api_key(agency)
@@ -108,7 +109,7 @@ class Served:
     base: str
     wh: Warehouse
 
-    def lookup(self, agency: str | None = "so_y_te", dataset: str = "citizen", **params: Any) -> requests.Response:
+    def lookup(self, agency: str | None = "tu_phap", dataset: str = "citizen", **params: Any) -> requests.Response:
         headers = {"X-API-Key": self.wh.keys[agency]} if agency else {}
         return requests.get(f"{self.base}/api/v1/datasets/{dataset}/lookup", params=params, headers=headers,
                             timeout=60)
@@ -171,14 +172,14 @@ def test_a_lookup_answers_the_source_record_now_protected_as_granted_audited_and
     pid = citizen["personal_id"]
     calls = served.wh.calls()
 
-    health = served.lookup("so_y_te", personal_id=pid)
-    assert health.status_code == 200, health.text
-    body = health.json()
+    justice = served.lookup("tu_phap", personal_id=pid)  # granted personal_id, not the name
+    assert justice.status_code == 200, justice.text
+    body = justice.json()
     assert (body["source"], body["cached"], body["live_error"]) == ("live", False, None)
-    assert health.headers["X-Lgsp-Source"] == "live" and health.headers["Cache-Control"] == "no-store"
+    assert justice.headers["X-Lgsp-Source"] == "live" and justice.headers["Cache-Control"] == "no-store"
     record = body["record"]
-    assert record["personal_id"] == _pseudonym(pid)  # not granted: the pseudonym a records read gives
-    assert record["full_name"] == "*" * (len(citizen["full_name"]) - 3) + citizen["full_name"][-3:]
+    assert record["personal_id"] == pid
+    assert record["full_name"] == "*" * (len(citizen["full_name"]) - 3) + citizen["full_name"][-3:]  # masked
     assert record["address"] is None  # withheld
     assert (record["birth_date"], record["sex"], record["commune_code"]) == (
         citizen["birth_date"].isoformat(), citizen["sex"], citizen["commune_code"])
@@ -195,8 +196,17 @@ def test_a_lookup_answers_the_source_record_now_protected_as_granted_audited_and
     assert pid not in json.dumps(audit["query"], default=str) and _pseudonym(pid) in json.dumps(audit["query"])
     context = served.wh.scalar("SELECT context FROM lgsp_message_log WHERE operation = 'GetCitizen' "
                                "ORDER BY started_at DESC LIMIT 1")
-    assert context == "gateway lookup of citizen for so_y_te"
+    assert context == "gateway lookup of citizen for tu_phap"
     assert pid not in caplog.text and citizen["full_name"] not in caplog.text  # no personal data in the logs
+
+    # as with a filter on a personal column: an agency that may not see the ID may not find a person by it
+    health = served.lookup("so_y_te", personal_id=pid)
+    assert health.status_code == 403, health.text
+    assert health.json()["error"]["message"] == ("a lookup by personal_id needs a grant that includes it (ask the "
+                                                 "data owner: Provincial Police (Công an tỉnh) - national population "
+                                                 "database)")
+    assert (served.last_audit()["agency_id"], served.last_audit()["status"]) == ("so_y_te", 403)
+    assert served.wh.calls() == calls + 1
 
 
 def test_a_lookup_within_cache_s_is_answered_without_calling_the_source_again(served: Served) -> None:
@@ -251,7 +261,8 @@ def test_a_source_that_fails_is_answered_from_the_warehouse_copy_and_without_one
                                  "AND status = 'loaded'")
     assert body["as_of"] is not None and body["as_of"][:19] == str(loaded_at).replace(" ", "T")[:19]
     assert body["record"]["commune_code"] == citizen["commune_code"]
-    assert body["record"]["personal_id"] == _pseudonym(citizen["personal_id"])  # protected the same way
+    assert body["record"]["personal_id"] == citizen["personal_id"]  # protected the same way: the ID granted,
+    assert body["record"]["full_name"].startswith("***") and body["record"]["address"] is None  # the rest not
     assert served.last_audit()["action"] == "lookup_warehouse"
 
     nowhere = served.lookup(personal_id="037099999998")
