@@ -378,8 +378,8 @@ def _record_in(answer: dict[str, Any], spec: LookupSpec, key: dict[str, Any]) ->
         if len(matches) > 1:
             raise _Unusable(f"the answer holds {len(matches)} records with the asked key")
         return matches[0] if matches else None
-    if found is None or (isinstance(found, dict) and not found):
-        return None
+    if found is None or (isinstance(found, dict) and all(v is None for v in found.values())):
+        return None  # nothing, {}, or an operation that answered nothing (the transport's {"items": None})
     if not isinstance(found, dict):
         raise _Unusable(f"the answer's record is a {type(found).__name__}, expected an object")
     return found

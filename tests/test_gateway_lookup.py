@@ -445,3 +445,27 @@ def test_a_wrong_lookup_in_the_catalog_names_the_file_and_field(tmp_path: Path, 
     with pytest.raises(CatalogError) as caught:
         load_catalog(catalog_dir)
     assert "sharing.yaml" in str(caught.value) and problem in str(caught.value)
+
+
+@pytest.mark.parametrize("answer, record_field, fields, found", [
+    ({"personal_id": "1", "full_name": "A"}, "", {}, {"personal_id": "1", "full_name": "A"}),
+    ({"items": None}, "", {}, None),  # an operation that answered nothing
+    ({}, "", {}, None),
+    ({"results": []}, "results", {}, None),
+    ({"results": [{"personal_id": "2"}, {"personal_id": "1", "x": 1}]}, "results", {}, {"personal_id": "1", "x": 1}),
+    ({"data": {"rows": {"Row": [{"SoDinhDanh": "1"}]}}}, "data.rows", {"SoDinhDanh": "personal_id"},
+     {"SoDinhDanh": "1"}),  # a SOAP array wrapper, the key under its source name
+    ({"results": [{"personal_id": "1"}, {"personal_id": "1"}]}, "results", {}, "2 records with the asked key"),
+    ({"results": "1"}, "results", {}, "is a str, expected an object"),
+])
+def test_the_record_is_found_in_the_answer(answer: dict[str, Any], record_field: str, fields: dict[str, str],
+                                           found: Any) -> None:
+    from catalog.models import LookupSpec
+    from gateway.lookup import _record_in, _Unusable
+
+    spec = LookupSpec(system="population", operation="Op", record_field=record_field, fields=fields)
+    if isinstance(found, str):
+        with pytest.raises(_Unusable, match=found):
+            _record_in(answer, spec, {"personal_id": "1"})
+    else:
+        assert _record_in(answer, spec, {"personal_id": "1"}) == found
