@@ -3,8 +3,10 @@
 For each dataset of catalog/sharing.yaml: title, description, owner, licence, open or
 restricted, the schema (type, description, filterable, sortable, personal policy), the
 row count of its shared view, its freshness (when its last batch was loaded; for a mart
-dataset, its newest computed_at) and its last quality result (the Great Expectations
-results of its last validated batch). Figures are cached for `CACHE_S` seconds.
+dataset, its newest computed_at), its last quality result (the Great Expectations
+results of its last validated batch) and, for a dataset with a live lookup, its last drift
+check (`lgsp drift`: a sample of the copy against its source). Figures are cached for
+`CACHE_S` seconds.
 """
 from __future__ import annotations
 
@@ -54,6 +56,13 @@ class DatasetCatalog:
             figures = {"row_count": self._row_count(conn, shared.view_name),
                        "freshness": self._freshness(conn, name),
                        "last_quality": self._last_quality(conn, name)}
+        figures["last_drift_check"] = None
+        if shared.lookup is not None:
+            from lgsp.drift import last_checks
+
+            drift = last_checks(self.engine, self.tables, [name]).get(name)
+            figures["last_drift_check"] = None if drift is None else {
+                k: drift[k] for k in ("checked_at", "sampled", "same", "behind", "silent", "gone_at_source")}
         info = {"name": name, "title": dataset.title, "description": shared.description, "owner": shared.owner,
                 "licence": shared.licence, "access": shared.access, "key": list(dataset.key),
                 "history": dataset.write_mode == "history", "schema": self.schema(name), **figures,

@@ -48,6 +48,17 @@ class LookupInfo(BaseModel):
     path: str
 
 
+class DriftCheck(BaseModel):
+    """The last `lgsp drift` check: records of a sample of the copy, by how they compared with the source."""
+
+    checked_at: datetime
+    sampled: int
+    same: int
+    behind: int
+    silent: int
+    gone_at_source: int
+
+
 class DatasetInfo(BaseModel):
     name: str
     title: str
@@ -62,6 +73,7 @@ class DatasetInfo(BaseModel):
     freshness: Optional[datetime]
     last_quality: Optional[QualityResult]
     lookup: Optional[LookupInfo] = None
+    last_drift_check: Optional[DriftCheck] = None
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -498,7 +498,8 @@ def drift(dataset: str = typer.Argument(..., help="a shared dataset with a live 
           sample: int = typer.Option(100, min=1, max=100_000, help="random records of the copy to ask for"),
           key: list[str] = typer.Option(None, help="ask for this record instead (COLUMN=VALUE; repeat per key)"),
           as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-          on_airflow: bool = typer.Option(False, help="run the DAG lgsp_drift_DATASET now (its catalog sample)")) -> None:
+          on_airflow: bool = typer.Option(False, help="run the DAG lgsp_drift_DATASET now (its catalog sample)"),
+          history: bool = typer.Option(False, help="list the dataset's last checks (lgsp_drift_check)")) -> None:
     """Ask the source for a sample of lgsp's copy now and compare: pending changes, silent drift, deletions.
 
     Exits 1 when a record drifted silently (changed at the source with its cursor field not newer):
@@ -507,6 +508,8 @@ def drift(dataset: str = typer.Argument(..., help="a shared dataset with a live 
     from lgsp.drift import DriftError, check_drift
 
     catalog, settings = load_catalog(), load_settings()
+    if history:
+        return _drift_history(dataset)
     if on_airflow:
         lookup = catalog.sharing[dataset].lookup if dataset in catalog.sharing else None
         if lookup is None or lookup.drift_schedule is None:
@@ -546,6 +549,24 @@ def drift(dataset: str = typer.Argument(..., help="a shared dataset with a live 
         console.print(rows)
     if report.counts()["silent"]:
         raise typer.Exit(1)
+
+
+def _drift_history(dataset: str, limit: int = 20) -> None:
+    import sqlalchemy as sa
+
+    wh = _warehouse()
+    table = wh.system["lgsp_drift_check"]
+    with wh.engine.connect() as conn:
+        rows = conn.execute(sa.select(table).where(table.c.dataset == dataset)
+                            .order_by(table.c.checked_at.desc()).limit(limit)).mappings().all()
+    out = Table(title=f"Drift checks of {dataset} (newest first, at most {limit})")
+    for col in ("checked at", "system", "sampled", "counts (not same)", "silently drifted columns"):
+        out.add_column(col)
+    for row in rows:
+        counts = {k: v for k, v in json.loads(row["counts"]).items() if v and k != "same"}
+        out.add_row(str(row["checked_at"])[:19], row["system"], str(row["sampled"]),
+                    ", ".join(f"{k} {v}" for k, v in counts.items()) or "none", row["silent_columns"])
+    console.print(out)
 
 
 @app.command()

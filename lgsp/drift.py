@@ -83,7 +83,7 @@ def check_drift(catalog: Catalog, database_url: str, name: str, sample: int = 10
         raise DriftError(f"dataset '{name}' has no live lookup in catalog/sharing.yaml, so its source cannot be "
                          f"asked record by record (datasets with one: {', '.join(with_lookup) or 'none'})")
     settings = GatewaySettings(database_url=database_url, pseudonym_key=secrets.token_bytes(32))
-    _ensure_view(database_url, catalog, shared.view_name)
+    warehouse = _warehouse_with_view(database_url, catalog, shared.view_name)
     engine = read_engine(database_url, 120.0)
     reader = Reader(engine, catalog, settings)
     lookups = LiveLookups(settings, catalog, reader, lambda _name: None)
@@ -111,26 +111,67 @@ def check_drift(catalog: Catalog, database_url: str, name: str, sample: int = 10
                 findings.append(Finding(key, "not_in_copy", detail="the source has it, lgsp's copy has not"))
                 continue
             findings.append(_compare(key, live, copy, dataset.cursor_field, list(shared.columns)))
+        report = DriftReport(name, shared.lookup.system, checked_at, findings)
+        _record(warehouse, report)
     finally:
         lookups.close()
         engine.dispose()
-    return DriftReport(name, shared.lookup.system, checked_at, findings)
+        warehouse.engine.dispose()
+    return report
 
 
-def _ensure_view(database_url: str, catalog: Catalog, view: str) -> None:
-    """The shared views, created if this warehouse has none yet (the gateway's `lgsp serve` makes them too)."""
+def _warehouse_with_view(database_url: str, catalog: Catalog, view: str) -> Any:
+    """The warehouse, its tables up to date, and the shared views created if it has none yet (the gateway's
+    `lgsp serve` makes them too)."""
     from warehouse import Warehouse
     from warehouse.shared import create_shared_views
 
     warehouse = Warehouse(database_url, catalog)
     try:
+        if not sa.inspect(warehouse.engine).has_table(catalog.datasets[view.removeprefix("shared_")].table_name):
+            raise DriftError(f"the warehouse has no {view.removeprefix('shared_')} table yet: run its pipeline "
+                             "first (`lgsp run <pipeline>`)")
+        warehouse.create_all()  # lgsp_drift_check, in a warehouse older than it
         if view not in sa.inspect(warehouse.engine).get_view_names():
-            if not sa.inspect(warehouse.engine).has_table(catalog.datasets[view.removeprefix("shared_")].table_name):
-                raise DriftError(f"the warehouse has no {view.removeprefix('shared_')} table yet: run its pipeline "
-                                 "first (`lgsp run <pipeline>`)")
             create_shared_views(warehouse, catalog)
-    finally:
+    except BaseException:
         warehouse.engine.dispose()
+        raise
+    return warehouse
+
+
+def _record(warehouse: Any, report: DriftReport) -> None:
+    """Keep the check's figures (never a key or a value) in lgsp_drift_check."""
+    import json
+    import uuid
+
+    row = {"check_id": f"{report.dataset}-{report.checked_at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}",
+           "dataset": report.dataset, "system": report.system, "checked_at": report.checked_at,
+           "sampled": len(report.findings), "counts": json.dumps(report.counts()),
+           "silent_columns": json.dumps(report.columns("silent"), ensure_ascii=False)}
+    with warehouse.transaction() as conn:
+        conn.execute(warehouse.system["lgsp_drift_check"].insert().values(**row))
+
+
+def last_checks(engine: sa.Engine, tables: Any, datasets: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The newest drift check of each dataset (of `datasets`): when, against which system, its counts."""
+    import json
+
+    table = tables["lgsp_drift_check"]
+    if not sa.inspect(engine).has_table(table.name):  # a warehouse no drift check (nor newer lgsp) has touched
+        return {}
+    newest = (sa.select(table.c.dataset, sa.func.max(table.c.checked_at).label("checked_at"))
+              .group_by(table.c.dataset))
+    if datasets is not None:
+        newest = newest.where(table.c.dataset.in_(datasets))
+    newest = newest.subquery()
+    query = sa.select(table).join(newest, sa.and_(table.c.dataset == newest.c.dataset,
+                                                  table.c.checked_at == newest.c.checked_at))
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return {r["dataset"]: {"checked_at": _instant(r["checked_at"]), "system": r["system"], "sampled": r["sampled"],
+                           **json.loads(r["counts"]), "silent_columns": json.loads(r["silent_columns"])}
+            for r in rows}
 
 
 def _sample(engine: sa.Engine, view: str, key: list[str], size: int) -> list[dict[str, Any]]:

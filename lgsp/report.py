@@ -57,6 +57,23 @@ def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicat
 
         print_indicators(console, wh, catalog)
     print_outbox(console, wh)
+    print_drift(console, wh, catalog)
+
+
+def print_drift(console: Console, wh: Warehouse, catalog: Catalog) -> None:
+    """The last drift check of each dataset that has one (`lgsp drift`)."""
+    from lgsp.drift import last_checks
+
+    checks = last_checks(wh.engine, wh.system)
+    if not checks:
+        return
+    table = Table(title="Last drift check: a sample of the copy asked of its source (lgsp drift)")
+    for col in ("dataset", "system", "sampled", "same", "behind", "silent", "gone_at_source"):
+        table.add_column(col, justify="left" if col in ("dataset", "system") else "right")
+    for name, check in sorted(checks.items()):
+        table.add_row(name, check["system"], *(str(check[k]) for k in
+                                               ("sampled", "same", "behind", "silent", "gone_at_source")))
+    console.print(table)
 
 
 def print_outbox(console: Console, wh: Warehouse) -> None:

@@ -34,7 +34,7 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert by_dataset["citizen"] == 4 and by_dataset["dossier"] == 9  # 1% defects quarantined
     assert counts["mart_indicator_value"] > 129
     assert set(outbox) == {"acked"} and outbox["acked"] > 0  # pushed to DVCQG and the reporting system
-    assert "Push outbox" in first.stdout
+    assert "Push outbox" in first.stdout and "Last drift check" in first.stdout
     assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
     assert again.returncode == 0, again.stdout[-3000:]

@@ -110,3 +110,24 @@ def test_a_faithful_copy_of_a_history_dataset_over_rest_is_all_same(lgsp_env: An
     runner.run_pipeline("business_enterprises")
     report = check_drift(load_catalog(), lgsp_env.database_url, "enterprise", sample=60)
     assert report.system == "business" and report.counts()["same"] == len(report.findings) == 60, report.as_dict()
+
+
+def test_each_check_is_kept_and_shown_by_the_cli_and_the_gateway(loaded: dict[str, Any],
+                                                                  drifted_source: dict[str, str]) -> None:
+    from lgsp.drift import last_checks
+
+    wh = Warehouse(loaded["url"], load_catalog())
+    assert last_checks(wh.engine, wh.system) == {}
+    check_drift(load_catalog(), loaded["url"], "citizen", keys=[{"personal_id": drifted_source["silent"]}])
+    report = check_drift(load_catalog(), loaded["url"], "citizen", sample=10)
+    last = last_checks(wh.engine, wh.system)["citizen"]
+    assert (last["system"], last["sampled"]) == ("population", 10) and last["checked_at"] == report.checked_at
+    assert sum(last[s] for s in ("same", "silent", "behind", "gone_at_source")) == 10
+    history = CliRunner().invoke(lgsp_app, ["drift", "citizen", "--history"])
+    assert history.exit_code == 0, history.output
+    text = " ".join(history.stdout.split())
+    assert "silent 1" in text and '{"address": 1}' in text  # the first check: one record, silently drifted
+    with wh.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT counts, silent_columns FROM lgsp_drift_check")).all()
+    assert len(stored) == 2 and drifted_source["silent"] not in str(stored)  # figures, never a key or value
+    wh.engine.dispose()

@@ -304,7 +304,8 @@ def test_a_lookup_waits_for_a_free_connection_at_most_its_timeout(loaded: Wareho
             for _ in held:
                 slots.release()
         assert answer.status_code == 200 and answer.json()["source"] == "warehouse", answer.text
-        assert answer.json()["live_error"] == "population GetCitizen: all 2 connections to population stayed busy for 0.5s"
+        assert answer.json()["live_error"] == ("population GetCitizen: all 2 connections to population stayed busy "
+                                               "for 0.5s")
         assert 0.5 <= waited < 3.0 and loaded.calls() == calls
         assert served.lookup(personal_id=citizen["personal_id"]).json()["source"] == "live"  # free again
 
@@ -424,6 +425,17 @@ def test_the_lookup_is_in_the_catalog_and_openapi(served: Served) -> None:
     info = requests.get(served.base + "/api/v1/datasets/citizen", timeout=30).json()
     assert info["lookup"] == {"system": "population", "key": ["personal_id"], "path": PATH}
     assert requests.get(served.base + "/api/v1/datasets/dossier", timeout=30).json()["lookup"] is None
+
+
+def test_the_catalog_shows_the_last_drift_check(loaded: Warehouse) -> None:
+    from lgsp.drift import check_drift
+
+    check_drift(load_catalog(), loaded.url, "citizen", sample=12)
+    for served in _gateway(loaded):
+        info = requests.get(served.base + "/api/v1/datasets/citizen", timeout=30).json()
+        drift = info["last_drift_check"]
+        assert (drift["sampled"], drift["same"], drift["silent"]) == (12, 12, 0), drift
+        assert requests.get(served.base + "/api/v1/datasets/dossier", timeout=30).json()["last_drift_check"] is None
 
 
 @pytest.mark.parametrize("lookup, problem", [

@@ -72,8 +72,18 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("fingerprint", sa.Text, nullable=False),
         sa.Column("checked_at", TZ, nullable=False),
     )
+    drift = sa.Table(  # each `lgsp drift` check of a sample of the copy against its source (lgsp.drift)
+        "lgsp_drift_check", metadata,
+        sa.Column("check_id", sa.Text, primary_key=True),
+        sa.Column("dataset", sa.Text, nullable=False, index=True),
+        sa.Column("system", sa.Text, nullable=False),
+        sa.Column("checked_at", TZ, nullable=False),
+        sa.Column("sampled", sa.Integer, nullable=False),
+        sa.Column("counts", sa.Text, nullable=False),  # JSON: records per status (same, behind, silent, ...)
+        sa.Column("silent_columns", sa.Text, nullable=False),  # JSON: column -> silently drifted records
+    )
     exchange = tables_for_exchanges(metadata)
-    return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, *exchange)}
+    return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:
