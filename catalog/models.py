@@ -252,6 +252,7 @@ class SourceSpec(Strict):
     params: dict[str, Any] = {}
     fields: dict[str, str] = {}
     paginator: PaginatorSpec = PaginatorSpec(type="single")
+    total_field: str | None = None  # dotted path of the answer's count of the window's records (`lgsp reconcile`)
 
 
 class PartitionSpec(Strict):

@@ -7,6 +7,7 @@
     lgsp catalog              validate the catalog
     lgsp quarantine list|show|replay|close   see, replay and close rejected rows
     lgsp drift DATASET        ask the source for a sample of lgsp's copy now: what drifted, and why
+    lgsp reconcile [PIPELINE] does lgsp hold every record the source counts (copy + quarantine)?
     lgsp push FEED            enqueue and send a push feed (outbox)
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
@@ -137,6 +138,12 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
             _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"]
                          + [f"lgsp_push_{f}" for f in pushes] + [f"lgsp_drift_{n}" for n in drifts],
                          task_retries=False)
+        from lgsp.reconcile import reconcile as count
+
+        with step("counting every pipeline's records at its source and in lgsp"):
+            counting = runner.open_warehouse(catalog, settings)
+            counted = [count(catalog, counting, p.name) for p in catalog.pipelines.values() if p.source.total_field]
+            counting.engine.dispose()
     except Exception as exc:  # noqa: BLE001 - every failure ends as one clear message
         handle.stop()
         causes = "".join(_cause(p) for p in catalog.pipelines)
@@ -144,6 +151,9 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
     handle.stop()
     wh = Warehouse(settings.database_url, catalog)
     print_summary(console, wh, catalog)
+    from lgsp.report import print_reconciliation
+
+    print_reconciliation(console, counted)
     console.print(f"Data: warehouse {redact_url(settings.database_url)}; lake {settings.lake_root} "
                   f"(landing/ as received, raw/<dataset>/ingest_date=.../*.parquet)")
     from indicators.cli import publish
@@ -548,6 +558,37 @@ def drift(dataset: str = typer.Argument(..., help="a shared dataset with a live 
                          ", ".join(finding.columns), finding.detail)
         console.print(rows)
     if report.counts()["silent"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reconcile(pipelines: list[str] = typer.Argument(None, help="pipelines (default: every one whose source "
+                                                                "declares a total_field)"),
+              as_json: bool = typer.Option(False, "--json", help="print the figures as JSON")) -> None:
+    """Count each pipeline's records at the source and in lgsp (copy + open quarantine): complete, pending, lost?
+
+    Exits 1 when records are lost: the source counts more than lgsp holds plus what it changed since the cursor.
+    """
+    from lgsp.reconcile import ReconcileError, reconcile as count
+
+    catalog, wh = load_catalog(), _warehouse()
+    names = pipelines or [p.name for p in catalog.pipelines.values() if p.source.total_field]
+    results = []
+    for name in names:
+        try:
+            with step(f"counting {name} at its source and in lgsp"):
+                results.append(count(catalog, wh, name))
+        except (KeyError, ReconcileError) as exc:
+            fail(str(exc).strip('"'))
+        except Exception as exc:  # noqa: BLE001 - a connector error names the system, the operation and what to do
+            fail(f"{name}: {type(exc).__name__}: {exc}")
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results], default=str))
+    else:
+        from lgsp.report import print_reconciliation
+
+        print_reconciliation(console, results)
+    if any(r.status == "lost" for r in results):
         raise typer.Exit(1)
 
 

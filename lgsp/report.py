@@ -76,6 +76,19 @@ def print_drift(console: Console, wh: Warehouse, catalog: Catalog) -> None:
     console.print(table)
 
 
+def print_reconciliation(console: Console, results: list[Any]) -> None:
+    """`lgsp reconcile`'s figures: records at the source and in lgsp (copy + open quarantine), and what they mean."""
+    table = Table(title="Completeness: records at the source and in lgsp (lgsp reconcile)")
+    for col in ("pipeline", "source", "changed since cursor", "in copy", "quarantined only", "status"):
+        table.add_column(col, justify="left" if col in ("pipeline", "status") else "right")
+    for r in results:
+        colour = {"complete": "green", "pending": "yellow"}.get(r.status, "red")
+        table.add_row(r.pipeline, f"{r.source_total:,}", "-" if r.source_changed_since_cursor is None
+                      else f"{r.source_changed_since_cursor:,}", f"{r.in_copy:,}", f"{r.in_quarantine_only:,}",
+                      f"[{colour}]{r.status}[/]")
+    console.print(table)
+
+
 def print_outbox(console: Console, wh: Warehouse) -> None:
     """Messages per push feed and status (acked, pending, failed, dead)."""
     from lgsp.outbox import counts_by_status

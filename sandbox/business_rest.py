@@ -3,9 +3,10 @@
 Routes:
     ``GET /health`` -> ``200 {"status": "ok", "system": "business"}`` (no credentials needed).
     ``GET /api/enterprises?changed_since=&changed_until=&cursor=&limit=100`` with HTTP Basic
-        -> ``200 {"results": [...], "next_cursor": "<opaque>" | null}``
+        -> ``200 {"results": [...], "next_cursor": "<opaque>" | null, "total": N}``
 
-``changed_since`` is inclusive, ``changed_until`` exclusive; rows come ordered by
+``changed_since`` is inclusive, ``changed_until`` exclusive (``total`` counts the window's
+rows); rows come ordered by
 ``(updated_at, tax_code)``; ``limit`` defaults to 100 and is capped at 1000.
 ``next_cursor`` (URL-safe base64 of the last row's ``(updated_at, tax_code)``)
 is passed back as ``cursor`` with the same window to get the next page; it is
@@ -94,7 +95,8 @@ class BusinessApp(JsonService):
         tax_code = query.get("tax_code", [""])[0].strip()
         if tax_code:
             found = self._current.get(tax_code)
-            return {"results": [found] if found is not None else [], "next_cursor": None}
+            return {"results": [found] if found is not None else [], "next_cursor": None,
+                    "total": int(found is not None)}
         since, until = instant_param(query, "changed_since"), instant_param(query, "changed_until")
         limit = min(int_param(query, "limit", DEFAULT_LIMIT, minimum=1), MAX_LIMIT)
         start, stop = self._rows.window(since, until)
@@ -104,7 +106,8 @@ class BusinessApp(JsonService):
         end = min(start + limit, stop)
         results = self._rows.items[start:end] if start < end else []
         more = bool(results) and end < stop
-        return {"results": results, "next_cursor": encode_cursor(self._rows.positions[end - 1]) if more else None}
+        return {"results": results, "next_cursor": encode_cursor(self._rows.positions[end - 1]) if more else None,
+                "total": stop - self._rows.window(since, until)[0]}
 
 
 def make_business_app(enterprises: Sequence[dict[str, Any]], username: str, password: str) -> BusinessApp:

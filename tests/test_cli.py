@@ -35,6 +35,8 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert counts["mart_indicator_value"] > 129
     assert set(outbox) == {"acked"} and outbox["acked"] > 0  # pushed to DVCQG and the reporting system
     assert "Push outbox" in first.stdout and "Last drift check" in first.stdout
+    completeness = first.stdout[first.stdout.index("Completeness"):]
+    assert completeness.count(" complete ") == 6 and "lost" not in completeness  # every pipeline with a total
     assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
     assert again.returncode == 0, again.stdout[-3000:]
