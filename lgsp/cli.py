@@ -264,7 +264,7 @@ def sandbox(seed: int = 37, citizens: int = 2000, dossiers: int = 6000) -> None:
         handle.stop()
 
 
-quarantine_app = typer.Typer(help="See and replay rows rejected by the row rules.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="See, replay and close rows rejected by the row rules.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 
 

@@ -1,4 +1,4 @@
-"""See and replay quarantined rows.
+"""See, replay and close quarantined rows.
 
 A rejected row keeps its raw payload; after a fix (to the rule, the catalog or
 the source system's data, re-sent into quarantine by a later pull), `replay`
