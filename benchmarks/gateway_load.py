@@ -57,6 +57,18 @@ def _drop_postgres_database(admin_url: str, url: str) -> None:
     admin.dispose()
 
 
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """--sqlite and --admin-url: the warehouse a gateway benchmark runs on."""
+    parser.add_argument("--sqlite", action="store_true", help="the embedded SQLite warehouse instead of PostgreSQL")
+    parser.add_argument("--admin-url", default=os.environ.get("LGSP_TEST_DATABASE_URL",
+                                                              "postgresql://postgres@127.0.0.1:5432/postgres"))
+
+
+def warehouse_url(args: argparse.Namespace, home: Path) -> str:
+    """A fresh warehouse: SQLite under `home`, or a new PostgreSQL database (drop it with _drop_postgres_database)."""
+    return f"sqlite:///{home / 'warehouse.db'}" if args.sqlite else _postgres_database(args.admin_url)
+
+
 def load_warehouse(env: dict[str, str], citizens: int) -> float:
     """Run the citizen pipeline against a fresh sandbox into the warehouse of `env`; returns seconds."""
     from sandbox import start_sandbox
@@ -223,13 +235,11 @@ def main() -> None:
     parser.add_argument("--citizens", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=0.0,
                         help="also measure latency at this offered load (requests/s, paced, open loop), e.g. 500")
-    parser.add_argument("--sqlite", action="store_true", help="the embedded SQLite warehouse instead of PostgreSQL")
-    parser.add_argument("--admin-url", default=os.environ.get("LGSP_TEST_DATABASE_URL",
-                                                              "postgresql://postgres@127.0.0.1:5432/postgres"))
+    add_database_options(parser)
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="lgsp-bench-gateway-"))
-    url = f"sqlite:///{home / 'warehouse.db'}" if args.sqlite else _postgres_database(args.admin_url)
+    url = warehouse_url(args, home)
     env = {"LGSP_HOME": str(home), "LGSP_DATABASE_URL": url, "GX_ANALYTICS_ENABLED": "False",
            "LGSP_GATEWAY_PSEUDONYM_KEY": secrets.token_urlsafe(32)}
     server = None

@@ -37,7 +37,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from gateway_load import _drop_postgres_database, _free_port, _percentile, _postgres_database, start_server  # noqa: E402
+from gateway_load import (_drop_postgres_database, _free_port, _percentile, add_database_options,  # noqa: E402
+                          start_server, warehouse_url)
 
 
 def start_sandbox(citizens: int, home: Path) -> subprocess.Popen[bytes]:
@@ -147,13 +148,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--citizens", type=int, default=5000)
     parser.add_argument("--lookups", type=int, default=300, help="citizens asked for in each scenario")
-    parser.add_argument("--sqlite", action="store_true", help="the embedded SQLite warehouse instead of PostgreSQL")
-    parser.add_argument("--admin-url", default=os.environ.get("LGSP_TEST_DATABASE_URL",
-                                                              "postgresql://postgres@127.0.0.1:5432/postgres"))
+    add_database_options(parser)
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="lgsp-bench-lookup-"))
-    url = f"sqlite:///{home / 'warehouse.db'}" if args.sqlite else _postgres_database(args.admin_url)
+    url = warehouse_url(args, home)
     sandbox = server = None
     try:
         sandbox = start_sandbox(args.citizens, home)
