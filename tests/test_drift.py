@@ -7,6 +7,7 @@ moved to another commune with a newer `updated_at` (a change the next sync bring
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -80,7 +81,7 @@ def test_the_cli_samples_the_copy_and_exits_1_on_silent_drift(loaded: dict[str, 
     cli = CliRunner()
     clean = cli.invoke(lgsp_app, ["drift", "citizen", "--sample", "25", "--json"])
     assert clean.exit_code == 0, clean.output
-    report = __import__("json").loads(clean.stdout.strip().splitlines()[-1])
+    report = json.loads(clean.stdout.strip().splitlines()[-1])
     assert report["counts"]["same"] == 25 and report["findings"] == []  # the sync left nothing behind
 
     silent = loaded["citizens"][5]["personal_id"]
