@@ -5,6 +5,7 @@
     GET  /api/v1/datasets/{name}/records           filters, sort, fields, keyset pages (limit <= 1000)
     GET  /api/v1/datasets/{name}/export            the whole result as CSV, JSON lines or Parquet
     GET  /api/v1/datasets/{name}/lookup?{key}=...  one record asked of its source system now (gateway.lookup)
+    GET  /api/v1/datasets/{name}/changes?since=..  what changed since a token: deletes, upserts (gateway.changes)
     POST /oauth/token                              OAuth2 client credentials -> bearer token
     GET|POST /api/3/action/{action}                CKAN: package_list|show|search, datastore_search
 
@@ -39,11 +40,13 @@ from catalog.models import Catalog
 from gateway.access import AccessDenied, RateLimited, presented_secret
 from gateway.agencies import Principal
 from gateway.audit import AuditEntry, AuditUnavailable
+from gateway.changes import NoFeed, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import LookupFailed, lookup_key
-from gateway.models import DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, lookup_model, page_model
-from gateway.params import ParamSpec, parse_params, record_params, record_query
+from gateway.models import (DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, changes_model, lookup_model,
+                            page_model)
+from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
 from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
@@ -161,6 +164,23 @@ def _lookup_endpoint(gateway: Gateway, name: str) -> Any:
     return lookup
 
 
+def _changes_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> Any:
+    def changes(request: Request) -> Response:
+        principal = caller(request, gateway)
+        try:
+            params, bad = parse_params(specs, request.query_params), None
+        except QueryError as exc:
+            params, bad = {}, exc
+        with gateway.audited(principal, name, "changes", RecordQuery()) as outcome:
+            if bad:
+                raise bad
+            page = gateway.changes.page(name, outcome["granted"], params["since"], params["limit"])
+            outcome["rows"] = len(page["changes"])
+        return json_response(page, headers={"Cache-Control": "no-store"})
+
+    return changes
+
+
 def _counted(gateway: Gateway, principal: Principal, name: str, fmt: str, query: RecordQuery,
              chunks: Any) -> Any:
     """Pass the chunks on; when the stream ends (or the client leaves), audit the rows actually sent."""
@@ -239,6 +259,17 @@ def _dataset_routes(app: FastAPI, gateway: Gateway) -> dict[str, list[ParamSpec]
             route_class_override=ReadRoute, response_class=Response, responses={**ERRORS, 200: EXPORT_RESPONSE},
             dependencies=security, tags=["exports"], summary=f"Export {name} ({shared.access})",
             operation_id=f"export_{name}", openapi_extra={"parameters": [p.openapi() for p in exports]})
+        if feed_problem(gateway.catalog, name) is None:
+            app.router.add_api_route(
+                f"/api/v1/datasets/{name}/changes", _changes_endpoint(gateway, name, change_params(gateway.settings)),
+                methods=["GET"], route_class_override=ReadRoute, response_model=changes_model(dataset, shared),
+                responses=ERRORS, dependencies=security, tags=["changes"],
+                summary=f"What changed in {name} since a token ({shared.access})",
+                description="Without `since`: every current record, page by page (`more`), then a token. With "
+                            "`since`: deletions, then the records changed, since the token was issued. Apply in "
+                            "order, keep `next`, ask again. Personal columns protected as in records.",
+                operation_id=f"changes_{name}",
+                openapi_extra={"parameters": [p.openapi() for p in change_params(gateway.settings)]})
         if shared.lookup is not None:
             system = gateway.catalog.systems[shared.lookup.system]
             keys = [{"name": k, "in": "query", "required": True, "description": dataset.columns[k].description,
@@ -252,6 +283,13 @@ def _dataset_routes(app: FastAPI, gateway: Gateway) -> dict[str, list[ParamSpec]
                             "lgsp's copy (`source: warehouse`, with `live_error` and `as_of`). Needs an "
                             "agency's credential and a grant; audited; personal columns protected.",
                 operation_id=f"lookup_{name}", openapi_extra={"parameters": keys})
+
+    @app.get("/api/v1/datasets/{name}/changes", include_in_schema=False)
+    def no_changes(request: Request, name: str) -> Response:  # the datasets without a feed: say why
+        caller(request, gateway)
+        gateway.shared(name)
+        raise NoFeed(feed_problem(gateway.catalog, name))
+
     return specs
 
 
@@ -283,7 +321,7 @@ def problem(exc: Exception) -> tuple[int, str, dict[str, str]] | None:
         return exc.status, str(exc), {}
     if isinstance(exc, QueryError):
         return 400, str(exc), {}
-    if isinstance(exc, UnknownDataset):
+    if isinstance(exc, (UnknownDataset, NoFeed)):
         return 404, str(exc.args[0]), {}
     if isinstance(exc, RateLimited):
         return 429, str(exc), {"Retry-After": str(max(1, round(exc.retry_after_s)))}
@@ -307,7 +345,8 @@ def _error_handlers(app: FastAPI) -> None:
         status, message, headers = problem(exc)  # type: ignore[misc]
         return handle(status, message, request, headers or None)
 
-    for kind in (AccessDenied, QueryError, UnknownDataset, RateLimited, QueryTimeout, AuditUnavailable, LookupFailed):
+    for kind in (AccessDenied, QueryError, UnknownDataset, NoFeed, RateLimited, QueryTimeout, AuditUnavailable,
+                 LookupFailed):
         app.add_exception_handler(kind, known)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)

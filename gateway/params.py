@@ -133,6 +133,16 @@ def record_params(dataset: DatasetSpec, shared: SharedDatasetSpec, sortable: lis
     return common + filter_params(dataset, shared)
 
 
+def change_params(settings: GatewaySettings) -> list[ParamSpec]:
+    """The parameters of a dataset's changes route (gateway.changes)."""
+    return [
+        ParamSpec("since", {"type": "string", "maxLength": 4000},
+                  "`next` of the previous answer (without it: every current record first)", _text("since", 4000)),
+        ParamSpec("limit", {"type": "integer", "minimum": 1, "maximum": settings.max_page_rows}, "changes per page",
+                  _bounded("limit", 1, settings.max_page_rows), settings.default_page_rows),
+    ]
+
+
 def parse_params(specs: list[ParamSpec], query: Mapping[str, str]) -> dict[str, Any]:
     """Typed values of the declared parameters present in `query` (defaults for the rest); QueryError if invalid."""
     values = {}

@@ -390,18 +390,28 @@ class Reader:
             terms.append(sa.and_(*equal, step) if equal else step)
         return sa.or_(*terms) if len(terms) > 1 else terms[0]
 
-    def _seal(self, name: str, order: list[tuple[str, bool]], values: list[Any]) -> str:
-        payload = {"d": name, "o": [[c, d] for c, d in order], "v": values}
+    def seal(self, payload: dict[str, Any]) -> str:
+        """`payload` encrypted and authenticated (AES-256-GCM): unreadable and unforgeable by the reader."""
         nonce = os.urandom(12)
         sealed = self._sealer.encrypt(nonce, orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC), None)
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
-    def _unseal(self, name: str, order: list[tuple[str, bool]], cursor: str) -> list[Any]:
+    def unseal(self, token: str, refusal: str) -> dict[str, Any]:
+        """The payload `seal` made of `token`; QueryError(`refusal`) if this gateway did not make it."""
         try:
-            sealed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            sealed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             payload = orjson.loads(self._sealer.decrypt(sealed[:12], sealed[12:], None))
         except (InvalidTag, ValueError, TypeError):
-            raise QueryError("cursor: not a cursor this gateway issued (use next_cursor as returned)") from None
+            raise QueryError(refusal) from None
+        if not isinstance(payload, dict):
+            raise QueryError(refusal)
+        return payload
+
+    def _seal(self, name: str, order: list[tuple[str, bool]], values: list[Any]) -> str:
+        return self.seal({"d": name, "o": [[c, d] for c, d in order], "v": values})
+
+    def _unseal(self, name: str, order: list[tuple[str, bool]], cursor: str) -> list[Any]:
+        payload = self.unseal(cursor, "cursor: not a cursor this gateway issued (use next_cursor as returned)")
         if payload.get("d") != name or [tuple(p) for p in payload.get("o", [])] != order:
             raise QueryError("cursor: it belongs to another dataset or sort order; start again without it")
         dataset: DatasetSpec = self.catalog.datasets[name]

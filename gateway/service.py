@@ -19,6 +19,7 @@ from catalog.models import Catalog, SharedDatasetSpec
 from gateway.access import AccessDenied, Authenticator, RateLimiter, authorize
 from gateway.agencies import AgencyRegistry, Principal
 from gateway.audit import AuditEntry, AuditLog
+from gateway.changes import ChangeFeed
 from gateway.datasets import DatasetCatalog
 from gateway.lookup import LiveLookups, LookupFailed
 from gateway.records import QueryError, Reader, RecordQuery, read_engine
@@ -48,6 +49,7 @@ class Gateway:
                                        {n: self.reader.sortable(n) for n in self.catalog.sharing})
         self.audit = AuditLog(self.write_engine)
         self.lookups = LiveLookups(self.settings, self.catalog, self.reader, self.datasets.freshness)
+        self.changes = ChangeFeed(self.reader)
 
     def close(self) -> None:
         """Flush the audit and release the connections."""

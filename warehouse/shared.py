@@ -25,8 +25,13 @@ from warehouse.store import Warehouse
 
 
 def shared_select(dataset: DatasetSpec, shared: SharedDatasetSpec, table: sa.Table) -> sa.Select:
-    """The SELECT behind `shared_<dataset>`: the shared columns; current versions only for history."""
-    query = sa.select(*(table.c[name] for name in shared.columns))
+    """The SELECT behind `shared_<dataset>`: the shared columns; current versions only for history.
+
+    A core dataset's view also has `_batch_id` (the batch that last changed the row), which
+    the gateway's change feed selects rows by and never shows (gateway.changes).
+    """
+    lineage = [table.c._batch_id] if has_lineage(dataset) else []
+    query = sa.select(*(table.c[name] for name in shared.columns), *lineage)
     if dataset.write_mode == "history":
         query = query.where(table.c.is_current.is_(sa.true()))
     return query
@@ -42,7 +47,14 @@ def shared_view_table(dataset: DatasetSpec, shared: SharedDatasetSpec, metadata:
         spec = dataset.columns[name]
         sql_type = sa.DateTime(timezone=True) if spec.type == "timestamp" else SQL_TYPES[spec.type]()
         columns.append(sa.Column(name, sql_type, primary_key=name in dataset.key))
+    if has_lineage(dataset):
+        columns.append(sa.Column("_batch_id", sa.Text))
     return sa.Table(shared.view_name, metadata, *columns)
+
+
+def has_lineage(dataset: DatasetSpec) -> bool:
+    """True for a dataset loaded by pipelines (layer core): its rows name the batch that last changed them."""
+    return dataset.layer == "core"
 
 
 def shared_views(catalog: Catalog) -> dict[str, sa.Table]:

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import psycopg  # imported with the store, not on the first connection (a load's fixed cost)
@@ -39,6 +40,12 @@ COPY_MIN_ROWS = 200  # on PostgreSQL, from this many rows an upsert goes through
 # `conn.info` key: a callable (no arguments) the bulk upsert calls once its rows are staged, as the server
 # starts merging them; from there to the end of the statement the loading thread holds no GIL
 ON_MERGING = "lgsp_on_merging"
+CHANGE_SEQ_LOCK = 0x6C677370_63686E67 & (2**63 - 1)  # the advisory lock `Warehouse.stamp_change` holds ("lgspchng")
+
+
+def tombstone_key(key: Sequence[str], values: Sequence[Any]) -> str:
+    """A deleted record's key as `lgsp_tombstone.record_key` holds it: a JSON object, in the key's order."""
+    return orjson.dumps(dict(zip(key, values)), option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
 
 
 ARROW_TYPES: dict[type[sa.types.TypeEngine], pa.DataType] = {
@@ -137,7 +144,8 @@ class Warehouse:
         digest = hashlib.sha256()
         for table in sorted(self.metadata.tables.values(), key=lambda t: t.name):
             digest.update(repr((table.name, [(c.name, repr(c.type), c.nullable, c.primary_key)
-                                             for c in table.columns], self._storage(table))).encode())
+                                             for c in table.columns], self._storage(table),
+                                sorted(str(i.name) for i in table.indexes))).encode())
         return digest.hexdigest()
 
     def _schema_unchanged(self, fingerprint: str) -> bool:
@@ -218,6 +226,8 @@ class Warehouse:
                     if column.name not in present and column.nullable:
                         kind = column.type.compile(dialect=self.engine.dialect)
                         conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+                for index in table.indexes:  # an index a newer lgsp declares on an existing table
+                    index.create(conn, checkfirst=True)
             if self.dialect == "postgresql":
                 self._apply_storage(conn)
 
@@ -420,7 +430,7 @@ class Warehouse:
         table = self.dataset_table(dataset)
         mode = mode or dataset.write_mode
         if mode == "replace":
-            return self._replace(conn, table, chunks, dataset.key)
+            return self._replace(conn, dataset, table, chunks)
         into_empty = mode == "merge" and self.dialect == "postgresql" and self._is_empty(conn, table)
         if into_empty and not dataset.delete_field and self._lock_now(conn, table) and self._is_empty(conn, table):
             return self._first_load(conn, dataset, table, chunks)
@@ -475,7 +485,10 @@ class Warehouse:
         key_columns = sa.tuple_(*(table.c[k] for k in dataset.key))
         gone_keys = [tuple(r[k] for k in dataset.key) for r in gone]
         for start in range(0, len(gone_keys), CHUNK_ROWS):
-            written += conn.execute(table.delete().where(key_columns.in_(gone_keys[start:start + CHUNK_ROWS]))).rowcount
+            deleted = conn.execute(table.delete().where(key_columns.in_(gone_keys[start:start + CHUNK_ROWS]))
+                                   .returning(*(table.c[k] for k in dataset.key))).all()
+            self._tombstones(conn, dataset, deleted, chunk.column("_batch_id")[0].as_py())
+            written += len(deleted)
         return written
 
     @staticmethod
@@ -543,16 +556,18 @@ class Warehouse:
         if self.dialect == "sqlite" and not conn.connection.driver_connection.in_transaction:  # type: ignore
             conn.exec_driver_sql("BEGIN")
 
-    def _replace(self, conn: sa.Connection, table: sa.Table, chunks: Iterable[pa.Table],
-                 key: Sequence[str]) -> tuple[int, int]:
+    def _replace(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table,
+                 chunks: Iterable[pa.Table]) -> tuple[int, int]:
         """Full refresh: load `<table>__new`, then drop the old table and rename the new one.
 
         All in the caller's transaction, so another connection sees the old
         table until commit and the new one after, never a partial one (on
         PostgreSQL, a reader arriving during the swap waits for the commit).
-        A batch identical to the table (or empty) leaves it untouched.
+        A batch identical to the table (or empty) leaves it untouched. The records the new
+        table no longer has are recorded as deleted by the batch (`lgsp_tombstone`).
         """
-        new, landed = None, 0
+        key = dataset.key
+        new, landed, batch_id = None, 0, ""
         for chunk in chunks:
             if not chunk.num_rows:
                 continue
@@ -563,12 +578,17 @@ class Warehouse:
                 new.create(conn)
             self.upsert(conn, new, chunk.to_pylist(), key)
             landed += chunk.num_rows
+            batch_id = chunk.column("_batch_id")[0].as_py()
         if new is None:
             return 0, 0
         changed = self._rows_differing(conn, table, new, key)
         if changed == 0:
             new.drop(conn)
             return landed, 0
+        same_key = sa.and_(*(table.c[k] == new.c[k] for k in key))
+        removed = conn.execute(sa.select(*(table.c[k] for k in key))
+                               .select_from(table.outerjoin(new, same_key)).where(new.c[key[0]].is_(None))).all()
+        self._tombstones(conn, dataset, removed, batch_id)
         table.drop(conn)
         conn.exec_driver_sql(f'ALTER TABLE "{new.name}" RENAME TO "{table.name}"')
         if self.dialect == "postgresql":  # keep the primary key's name free for the next replace
@@ -599,7 +619,7 @@ class Warehouse:
             sa.select(*(table.c[k] for k in key), table.c._row_hash, table.c.valid_from).where(table.c.is_current))}
         closes: list[dict[str, Any]] = []
         versions: list[dict[str, Any]] = []
-        deletions = 0
+        gone: list[tuple[Any, ...]] = []
         for row in rows:
             record = tuple(row[k] for k in key)
             starts = utc(row.get(dataset.cursor_field) if dataset.cursor_field else None) or row["_loaded_at"]
@@ -609,7 +629,7 @@ class Warehouse:
             if self._deleted(dataset, row):
                 if version is not None:
                     closes.append({**{f"k_{k}": row[k] for k in key}, "closed_at": starts})
-                    deletions += 1
+                    gone.append(record)
                 continue
             if version is not None and starts > version[1]:
                 closes.append({**{f"k_{k}": row[k] for k in key}, "closed_at": starts})
@@ -618,12 +638,40 @@ class Warehouse:
             conn.execute(table.update().where(*(table.c[k] == sa.bindparam(f"k_{k}") for k in key),
                                               table.c.is_current.is_(sa.true()))
                          .values(valid_to=sa.bindparam("closed_at"), is_current=False), closes)
-        return deletions + self.upsert(conn, table, versions, [*key, "valid_from"], only_if_changed="_row_hash")
+        if gone:
+            self._tombstones(conn, dataset, gone, rows[0]["_batch_id"])
+        return len(gone) + self.upsert(conn, table, versions, [*key, "valid_from"], only_if_changed="_row_hash")
 
     def insert_ignore(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
                       key: Sequence[str]) -> None:
         if rows:
             conn.execute(self._insert(table).on_conflict_do_nothing(index_elements=list(key)), list(rows))
+
+    def stamp_change(self, conn: sa.Connection, batch_id: str) -> None:
+        """Give a loaded batch the next change number, as the last write of its transaction.
+
+        Numbers follow the order batches commit in: on PostgreSQL a transaction-scoped
+        advisory lock is held from the number's choice to the commit (a moment), so a
+        batch loading beside it takes the next number only once this one is visible;
+        SQLite has one writer at a time. A reader that sees number N therefore sees every
+        batch numbered below it: the change feed (gateway.changes) reads windows of numbers
+        and never skips a batch that committed late.
+        """
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(lock)s)", {"lock": CHANGE_SEQ_LOCK})
+        batch = self.system["lgsp_batch"]
+        following = sa.select(sa.func.coalesce(sa.func.max(batch.c.change_seq), 0) + 1).scalar_subquery()
+        conn.execute(batch.update().where(batch.c.batch_id == batch_id).values(change_seq=following))
+
+    def _tombstones(self, conn: sa.Connection, dataset: DatasetSpec, keys: Iterable[tuple[Any, ...]],
+                    batch_id: str) -> None:
+        """Record the keys a batch deleted from the dataset's table (the change feed's deletes)."""
+        now = datetime.now(timezone.utc)
+        rows = [{"dataset": dataset.name, "batch_id": batch_id, "record_key": tombstone_key(dataset.key, key),
+                 "deleted_at": now} for key in keys]
+        for start in range(0, len(rows), CHUNK_ROWS):
+            self.insert_ignore(conn, self.system["lgsp_tombstone"], rows[start:start + CHUNK_ROWS],
+                               ["dataset", "batch_id", "record_key"])
 
     def get_cursor(self, pipeline: str) -> datetime | None:
         t = self.system["lgsp_cursor"]

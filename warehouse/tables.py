@@ -34,6 +34,10 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("cursor_until", TZ),
         sa.Column("pages", sa.Integer),
         sa.Column("paging_state", sa.Text),
+        # the order batches committed in (`Warehouse.stamp_change`): the sharing gateway's change feed reads
+        # the rows of the batches between two stamps (gateway.changes); null until the batch is loaded
+        sa.Column("change_seq", sa.BigInteger),
+        sa.Index("ix_lgsp_batch_change_seq", "change_seq"),
     )
     cursor = sa.Table(
         "lgsp_cursor", metadata,
@@ -82,8 +86,15 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("counts", sa.Text, nullable=False),  # JSON: records per status (same, behind, silent, ...)
         sa.Column("silent_columns", sa.Text, nullable=False),  # JSON: column -> silently drifted records
     )
+    tombstone = sa.Table(  # a record a batch deleted from a core table (marker, replace, history close): the feed's deletes
+        "lgsp_tombstone", metadata,
+        sa.Column("dataset", sa.Text, primary_key=True),
+        sa.Column("batch_id", sa.Text, primary_key=True, index=True),
+        sa.Column("record_key", sa.Text, primary_key=True),  # JSON object of the key columns
+        sa.Column("deleted_at", TZ, nullable=False),
+    )
     exchange = tables_for_exchanges(metadata)
-    return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, *exchange)}
+    return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, tombstone, *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:

@@ -1,0 +1,173 @@
+"""The change feed: what changed in a shared dataset since an agency last asked.
+
+An agency that keeps its own copy of a shared dataset (a department's case system
+holding the province's enterprises, say) should not export the whole dataset on every
+sync, and cannot rely on a column like `updated_at`: a record lgsp loads late can carry
+an old `updated_at`, and a deleted record leaves no row to find. The feed instead follows
+lgsp's own loads:
+
+    GET /api/v1/datasets/{name}/changes              every current record (a snapshot), then a token
+    GET /api/v1/datasets/{name}/changes?since=TOKEN  what changed since the token was issued
+
+Each answer is `{"changes": [...], "next": TOKEN, "more": bool}`. A change is
+`{"op": "upsert", "record": {...}}` (the record as it is now, protected as a records read
+protects it) or `{"op": "delete", "key": {...}}` (a record gone: the source's deletion
+marker, a full refresh that no longer has it, a history record closed by a deletion).
+While `more` is true, ask again at once with `next`; then keep `next` and ask again later.
+Applying the changes in order (upsert: insert or replace by key; delete: remove the key)
+makes the agency's copy equal to the shared view as of the token.
+
+How it never skips a change: every loaded batch gets a change number as the last write of
+its transaction, in commit order (`Warehouse.stamp_change`), and a core row names the batch
+that last changed it (`_batch_id`, in the shared view but never shown). A token holds the
+window of numbers already delivered; the next window runs from there to the highest number
+committed when it begins. A window is delivered deletes first (`lgsp_tombstone`, in the
+window's batches), then the current rows whose batch is in the window, in key order: a record
+deleted and made again in one window ends up present. A row changed again while a window is
+being read moves to a later batch and comes in the next window. Delivery is at least once
+(apply idempotently); the snapshot's pages are not one instant, but together with the
+windows that follow they converge on the view.
+
+The token is sealed (AES-256-GCM, like a records cursor): it carries no readable value and
+cannot be forged. Rows of batches loaded before the feed existed (no change number) come in
+the snapshot only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from catalog.models import Catalog
+from gateway.records import QueryError, Reader, _timed, coerce
+from warehouse.shared import has_lineage
+
+BATCHES = sa.table("lgsp_batch", sa.column("batch_id"), sa.column("dataset"), sa.column("change_seq"))
+TOMBSTONES = sa.table("lgsp_tombstone", sa.column("dataset"), sa.column("batch_id"), sa.column("record_key"))
+REFUSAL = "since: not a token this gateway issued for this dataset (use `next` as returned, or start without since)"
+
+
+class NoFeed(LookupError):
+    """The dataset has no change feed (404): not loaded by pipelines, or an append log."""
+
+
+def feed_problem(catalog: Catalog, name: str) -> str | None:
+    """Why `name` has no change feed (None: it has one)."""
+    dataset = catalog.datasets[name]
+    if not has_lineage(dataset):
+        return (f"'{name}' has no change feed: it is computed by lgsp ({dataset.layer} layer), not loaded "
+                "batch by batch; read its records (filter on its time columns) or export it")
+    if dataset.write_mode == "append":
+        return f"'{name}' has no change feed: it is an append log; read its records or export it"
+    return None
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where a reader of the feed is: changes numbered above `lo` up to `hi` (None: not begun), in `phase`
+    ("deletes", then "upserts"), after the item `after` (a tombstone's [batch, key], or a record's key)."""
+
+    lo: int
+    hi: int | None
+    phase: str
+    after: list[Any] | None = None
+
+    def payload(self, name: str) -> dict[str, Any]:
+        return {"t": "changes", "d": name, "lo": self.lo, "hi": self.hi, "p": self.phase, "a": self.after}
+
+
+class ChangeFeed:
+    """Pages of a shared dataset's changes, read from its shared view and the tombstones."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self.catalog = reader.catalog
+
+    def _window(self, name: str, token: str | None) -> Window:
+        if token is None:
+            return Window(0, None, "upserts")
+        payload = self.reader.unseal(token, REFUSAL)
+        if payload.get("t") != "changes" or payload.get("d") != name or payload.get("p") not in ("deletes", "upserts"):
+            raise QueryError(REFUSAL)
+        return Window(int(payload["lo"]), payload["hi"], payload["p"], payload["a"])
+
+    def page(self, name: str, granted: frozenset[str], token: str | None, limit: int) -> dict[str, Any]:
+        """One page: {"changes": [...], "next": token, "more": bool}. QueryError for a bad token."""
+        problem = feed_problem(self.catalog, name)
+        if problem:
+            raise NoFeed(problem)
+        window = self._window(name, token)
+        with _timed(self.reader.settings.query_timeout_s), self.reader.engine.connect() as conn:
+            if window.hi is None:  # a new window: up to the last change committed now
+                highest = conn.execute(sa.select(sa.func.max(BATCHES.c.change_seq))).scalar()
+                window = Window(window.lo, int(highest or 0), window.phase if window.lo else "upserts")
+            changes: list[dict[str, Any]] = []
+            if window.phase == "deletes":
+                changes, after = self._deletes(conn, name, granted, window, limit)
+                if after is not None:
+                    return self._answer(name, changes, Window(window.lo, window.hi, "deletes", after), True)
+                window = Window(window.lo, window.hi, "upserts")
+                if len(changes) == limit:  # the page is full: the upserts begin on the next
+                    return self._answer(name, changes, window, True)
+            records, after = self._upserts(conn, name, granted, window, limit - len(changes))
+        changes += records
+        if after is not None:
+            return self._answer(name, changes, Window(window.lo, window.hi, "upserts", after), True)
+        return self._answer(name, changes, Window(int(window.hi or 0), None, "deletes"), False)
+
+    def _answer(self, name: str, changes: list[dict[str, Any]], following: Window, more: bool) -> dict[str, Any]:
+        return {"dataset": name, "changes": changes, "next": self.reader.seal(following.payload(name)), "more": more}
+
+    @staticmethod
+    def _in_window(name: str, window: Window) -> sa.Select:
+        return sa.select(BATCHES.c.batch_id).where(BATCHES.c.dataset == name, BATCHES.c.change_seq > window.lo,
+                                                   BATCHES.c.change_seq <= window.hi)
+
+    def _deletes(self, conn: sa.Connection, name: str, granted: frozenset[str], window: Window,
+                 limit: int) -> tuple[list[dict[str, Any]], list[Any] | None]:
+        """The window's deletions after `window.after`, and the position to go on from (None: all read)."""
+        t = TOMBSTONES.c
+        stmt = (sa.select(t.batch_id, t.record_key)
+                .where(t.dataset == name, t.batch_id.in_(self._in_window(name, window)))
+                .order_by(t.batch_id, t.record_key).limit(limit + 1))
+        if window.after is not None:
+            batch, key = window.after
+            stmt = stmt.where(sa.or_(t.batch_id > batch, sa.and_(t.batch_id == batch, t.record_key > key)))
+        rows = conn.execute(stmt).all()
+        dataset = self.catalog.datasets[name]
+        keys = []
+        for _, record_key in rows[:limit]:
+            values = orjson.loads(record_key)
+            keys.append(tuple(coerce(dataset.columns[k].type, values.get(k), "tombstone") for k in dataset.key))
+        shown = self.reader._finish(name, granted, keys, list(dataset.key))
+        changes = [{"op": "delete", "key": key} for key in shown]
+        return changes, (list(rows[limit - 1]) if len(rows) > limit else None)
+
+    def _upserts(self, conn: sa.Connection, name: str, granted: frozenset[str], window: Window,
+                 limit: int) -> tuple[list[dict[str, Any]], list[Any] | None]:
+        """The current records the window's batches changed (every current record for the snapshot), in key
+        order after `window.after`, and the key to go on from (None: all read)."""
+        view, shared = self.reader.views[name], self.catalog.sharing[name]
+        key = list(self.catalog.datasets[name].key)
+        if window.lo == 0:  # the snapshot: every row but those of batches committed after the window
+            later = sa.select(BATCHES.c.batch_id).where(BATCHES.c.change_seq > window.hi)
+            stmt = sa.select(*(view.c[c] for c in shared.columns)).where(view.c._batch_id.not_in(later))
+        else:
+            stmt = sa.select(*(view.c[c] for c in shared.columns)).where(
+                view.c._batch_id.in_(self._in_window(name, window)))
+        order = [(k, False) for k in key]
+        params: dict[str, Any] = {}
+        if window.after is not None:
+            stmt = stmt.where(Reader._after(view, order))
+            dataset = self.catalog.datasets[name]
+            params = {f"k{i}": coerce(dataset.columns[k].type, v, "since") for i, (k, v) in enumerate(zip(key, window.after))}
+        stmt = stmt.order_by(*(view.c[k] for k in key)).limit(limit + 1)
+        rows = conn.execute(stmt, params).all()
+        records = self.reader._finish(name, granted, rows[:limit], list(shared.columns))
+        changes = [{"op": "upsert", "record": record} for record in records]
+        if len(rows) <= limit:
+            return changes, None
+        last = rows[limit - 1]
+        return changes, [last[shared.columns.index(k)] for k in key]

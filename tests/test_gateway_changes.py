@@ -1,0 +1,314 @@
+"""The gateway's change feed, on SQLite and on a real PostgreSQL: an agency keeps its own copy of a shared
+dataset by asking what changed since its last token, and its copy stays equal to what a full export gives.
+
+The warehouse is loaded by the real pipelines from the real sandbox services; changes come from a second
+sandbox serving a changed snapshot of the same systems (citizens moved, enterprises suspended), loaded by
+the same pipelines. Deletions come from a `firm` dataset with deletion markers, written through the
+warehouse's own write modes and stamped as the runner stamps a load. The gateway is uvicorn in a thread
+(real HTTP on loopback).
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+import requests
+import sqlalchemy as sa
+
+import pgserver
+from catalog import load_catalog
+from catalog.models import Catalog, DatasetSpec, SharedDatasetSpec
+from gateway.agencies import AgencyRegistry
+from gateway.api import create_app
+from gateway.service import _write_engine, prepare_database
+from gateway.settings import load_gateway_settings
+from lgsp import runner
+from lgsp.runner import _with_lineage
+from test_gateway import _pseudonym, _start, gateway_env
+from warehouse import Warehouse
+
+T0 = datetime(2025, 9, 1, tzinfo=timezone.utc)
+
+
+def firm_catalog() -> Catalog:
+    """The project's catalog plus `firm`: a merge dataset with deletion markers, shared with a personal column."""
+    catalog = load_catalog()
+    firm = DatasetSpec(name="firm", title="Firm", key=["code"], cursor_field="updated_at", delete_field="deleted",
+                       columns={"code": {"type": "string", "required": True}, "status": {"type": "string"},
+                                "owner_name": {"type": "string"}, "deleted": {"type": "boolean"},
+                                "updated_at": {"type": "timestamp", "required": True}})
+    shared = SharedDatasetSpec(name="firm", description="Firms", owner="test", licence="test", access="restricted",
+                               columns=["code", "status", "owner_name", "updated_at"], filterable=["status"],
+                               personal={"owner_name": "mask"})
+    return catalog.model_copy(update={"datasets": {**catalog.datasets, "firm": firm},
+                                      "sharing": {**catalog.sharing, "firm": shared}})
+
+
+@dataclasses.dataclass
+class Env:
+    url: str
+    keys: dict[str, str]
+    base: str
+    catalog: Catalog
+    sandbox: Any
+
+    def get(self, path: str, agency: str | None = "so_tai_chinh", **params: Any) -> requests.Response:
+        headers = {"X-API-Key": self.keys[agency]} if agency else {}
+        return requests.get(f"{self.base}{path}", params=params, headers=headers, timeout=60)
+
+    def export(self, dataset: str, agency: str = "so_tai_chinh") -> dict[tuple[Any, ...], dict[str, Any]]:
+        """The dataset as a full export shows it to `agency`, by key."""
+        answer = self.get(f"/api/v1/datasets/{dataset}/export", agency, format="jsonl")
+        assert answer.status_code == 200, answer.text
+        key = self.catalog.datasets[dataset].key
+        rows = [orjson.loads(line) for line in answer.content.splitlines() if line]
+        return {tuple(r[k] for k in key): r for r in rows}
+
+    def scalar(self, sql: str) -> Any:
+        engine = _write_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(sa.text(sql)).scalar()
+        finally:
+            engine.dispose()
+
+
+class Mirror:
+    """An agency's copy kept by the feed: upsert replaces by key, delete removes; the token kept between polls."""
+
+    def __init__(self, env: Env, dataset: str, agency: str = "so_tai_chinh", limit: int = 37) -> None:
+        self.env, self.dataset, self.agency, self.limit = env, dataset, agency, limit
+        self.key = env.catalog.datasets[dataset].key
+        self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.token: str | None = None
+        self.pages = 0
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Ask until `more` is false; returns the changes applied."""
+        applied: list[dict[str, Any]] = []
+        while True:
+            params = {"limit": self.limit, **({"since": self.token} if self.token else {})}
+            answer = self.env.get(f"/api/v1/datasets/{self.dataset}/changes", self.agency, **params)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert len(body["changes"]) <= self.limit
+            for change in body["changes"]:
+                if change["op"] == "upsert":
+                    self.rows[tuple(change["record"][k] for k in self.key)] = change["record"]
+                else:
+                    self.rows.pop(tuple(change["key"][k] for k in self.key), None)
+            applied += body["changes"]
+            self.token, self.pages = body["next"], self.pages + 1
+            if not body["more"]:
+                return applied
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    home = tmp_path_factory.mktemp(f"changes-{request.param}")
+    admin = request.getfixturevalue("pg_admin_url") if request.param == "postgresql" else ""
+    url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
+    with gateway_env(sandbox_handle, home, url, LGSP_GATEWAY_MAX_EXPORT_ROWS="100000"):
+        catalog = firm_catalog()
+        for pipeline in ("population_citizens", "business_enterprises"):
+            runner.run_pipeline(pipeline, catalog=catalog)
+        prepare_database(url, catalog)
+        registry = AgencyRegistry(_write_engine(url), catalog)
+        keys = {}
+        for agency, grants in (("so_tai_chinh", {"citizen": [], "enterprise": [], "firm": []}),
+                               ("cong_an", {"citizen": ["personal_id", "full_name"]}), ("so_xay_dung", {})):
+            registry.add_agency(agency, agency, 100_000.0)
+            keys[agency] = registry.issue_api_key(agency)
+            for dataset, personal in grants.items():
+                registry.grant(agency, dataset, personal)
+        registry.engine.dispose()
+        settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0)
+        server, thread, base = _start(create_app(settings, catalog))
+        try:
+            yield Env(url, keys, base, catalog, sandbox_handle)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+    if admin:
+        pgserver.drop_database(admin, url)
+
+
+def _changed_snapshot(data: Any) -> tuple[Any, set[str], set[str]]:
+    """The sandbox's data with 7 citizens moved and 5 enterprises suspended, after everything loaded so far."""
+    citizens, enterprises = [dict(c) for c in data.citizens], [dict(e) for e in data.enterprises]
+    later = max(r["updated_at"] for r in citizens + enterprises) + timedelta(days=1)
+    moved = [c for c in citizens if c["personal_id"] not in data.citizen_defects][:7]
+    for citizen in moved:
+        citizen.update(address=f"{citizen['address']} (chuyển đến)", updated_at=later)
+    suspended = [e for e in enterprises if e["tax_code"] not in data.enterprise_defects and e["status"] == "active"][:5]
+    for enterprise in suspended:
+        enterprise.update(status="suspended", updated_at=later)
+    citizens.sort(key=lambda c: (c["updated_at"], c["personal_id"]))
+    enterprises.sort(key=lambda e: (e["updated_at"], e["tax_code"]))
+    return (dataclasses.replace(data, citizens=citizens, enterprises=enterprises),
+            {c["personal_id"] for c in moved}, {e["tax_code"] for e in suspended})
+
+
+def test_a_mirror_kept_by_the_feed_equals_the_export_through_syncs_and_reruns(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox import start_sandbox
+
+    citizens, enterprises = Mirror(env, "citizen"), Mirror(env, "enterprise")
+    citizens.poll(), enterprises.poll()
+    assert citizens.rows == env.export("citizen") and len(citizens.rows) > 500
+    assert enterprises.rows == env.export("enterprise") and len(enterprises.rows) > 200
+    assert citizens.pages > 10, "the snapshot came in pages of 37"
+    one = next(iter(citizens.rows.values()))
+    assert one["personal_id"].startswith("ps_") and one["address"] is None, "protected as a records read"
+    assert set(one) == set(env.catalog.sharing["citizen"].columns), "no lineage column"
+    assert citizens.poll() == [] and enterprises.poll() == [], "nothing changed"
+
+    for pipeline in ("population_citizens", "business_enterprises"):  # a rerun of the same source changes nothing
+        runner.run_pipeline(pipeline, catalog=env.catalog, full_refresh=True)
+    assert citizens.poll() == [] and enterprises.poll() == []
+
+    changed, moved, suspended = _changed_snapshot(env.sandbox.data)
+    with start_sandbox(data=changed, api_key="test-key-not-secret") as newer:
+        for name, value in newer.env().items():
+            monkeypatch.setenv(name, value)
+        for pipeline in ("population_citizens", "business_enterprises"):
+            runner.run_pipeline(pipeline, catalog=env.catalog)
+    got = citizens.poll()
+    assert sorted(c["record"]["personal_id"] for c in got) == sorted(_pseudonym(p) for p in moved)
+    assert all(c["op"] == "upsert" and c["record"]["full_name"] for c in got)
+    assert citizens.rows == env.export("citizen")
+    got = enterprises.poll()  # a history dataset: the new current version of each, nothing of the closed ones
+    assert sorted(c["record"]["tax_code"] for c in got) == sorted(suspended)
+    assert {c["record"]["status"] for c in got} == {"suspended"}
+    assert enterprises.rows == env.export("enterprise")
+
+    unmasked = Mirror(env, "citizen", agency="cong_an", limit=1000)  # another grant, another view of the same feed
+    unmasked.poll()
+    assert set(unmasked.rows) == {(r["personal_id"],) for r in env.export("citizen", "cong_an").values()}
+    assert all(not k[0].startswith("ps_") for k in unmasked.rows)
+
+
+# --- deletions, windows and commit order: the `firm` dataset ---------------------------------------------
+
+
+def _load(wh: Warehouse, ds: DatasetSpec, batch_id: str, records: list[dict[str, Any]],
+          conn: sa.Connection | None = None) -> None:
+    """Write one batch as `runner.load` does: batch record, rows with lineage, then the change number."""
+    rows = _with_lineage(pa.Table.from_pylist(records), SimpleNamespace(system=SimpleNamespace(name="business")),  # type: ignore[arg-type]
+                         batch_id)
+
+    def write(c: sa.Connection) -> None:
+        now = datetime.now(timezone.utc)
+        c.execute(wh.system["lgsp_batch"].insert().values(
+            batch_id=batch_id, pipeline="firms", dataset=ds.name, source_system="business", status="loaded",
+            started_at=now, finished_at=now))
+        wh.write_batch(c, ds, rows)
+        wh.stamp_change(c, batch_id)
+
+    if conn is not None:
+        write(conn)
+        return
+    with wh.transaction() as c:
+        write(c)
+
+
+def firm(i: int, status: str = "active", deleted: bool = False, day: int = 0) -> dict[str, Any]:
+    return {"code": f"F{i:04d}", "status": status, "owner_name": f"Nguyễn Văn {i}", "deleted": deleted,
+            "updated_at": T0 + timedelta(days=day)}
+
+
+def test_deletions_come_before_the_records_of_their_window_and_a_mirror_converges(env: Env) -> None:
+    wh = Warehouse(env.url, env.catalog)
+    ds = env.catalog.datasets["firm"]
+    _load(wh, ds, "firm-1", [firm(i) for i in range(250)])  # 250: PostgreSQL's COPY path
+    mirror = Mirror(env, "firm", limit=40)
+    mirror.poll()
+    assert mirror.rows == env.export("firm") and len(mirror.rows) == 250
+    assert next(iter(mirror.rows.values()))["owner_name"] != "Nguyễn Văn 0", "masked"
+
+    _load(wh, ds, "firm-2", [firm(i, deleted=True, day=1) for i in range(0, 90)])  # 90 deleted at the source
+    _load(wh, ds, "firm-3", [firm(i, status="dissolved", day=2) for i in range(80, 100)]  # 10 made again, 10 changed
+          + [firm(i, day=2) for i in range(300, 305)])  # 5 new
+    got = mirror.poll()
+    ops = [c["op"] for c in got]
+    assert ops == ["delete"] * 90 + ["upsert"] * 25, "deletes first, then the window's records in key order"
+    assert sorted(c["key"]["code"] for c in got if c["op"] == "delete") == [f"F{i:04d}" for i in range(90)]
+    assert mirror.rows == env.export("firm") and len(mirror.rows) == 250 - 80 + 5
+    assert mirror.rows[("F0085",)]["status"] == "dissolved", "deleted then made again in one window: present"
+    assert int(env.scalar("SELECT count(*) FROM lgsp_tombstone WHERE dataset = 'firm'")) == 90
+
+    _load(wh, ds, "firm-4", [firm(i, deleted=True, day=3) for i in range(300, 305)])
+    _load(wh, ds, "firm-4b", [firm(i, deleted=True, day=3) for i in range(300, 305)])  # again: nothing to delete
+    assert [c["op"] for c in mirror.poll()] == ["delete"] * 5
+    assert mirror.rows == env.export("firm")
+    late = Mirror(env, "firm", limit=1000)  # a new agency copy starts from the snapshot: no deletes needed
+    assert {c["op"] for c in late.poll()} == {"upsert"} and late.rows == mirror.rows
+
+
+def test_a_batch_that_commits_late_is_not_skipped(env: Env) -> None:
+    """Two loads at once: the one that took its change number first commits last. Without the lock that
+    orders numbers by commit, the reader's token passes the first one's number before it is visible."""
+    wh = Warehouse(env.url, env.catalog)
+    ds = env.catalog.datasets["firm"]
+    mirror = Mirror(env, "firm", limit=1000)
+    mirror.poll()
+    slow = wh.engine.connect()
+    transaction = slow.begin()
+    _load(wh, ds, "firm-slow", [firm(i, status="merged", day=9) for i in range(100, 110)], conn=slow)
+    fast = threading.Thread(target=_load, args=(wh, ds, "firm-fast", [firm(i, day=9) for i in range(400, 403)]))
+    fast.start()
+    time.sleep(1.0)
+    # meanwhile the fast load waits for the slow one's commit (or, without the lock, is visible alone); on SQLite
+    # the poll itself waits: its audit row needs the one writer's lock
+    poller = threading.Thread(target=mirror.poll)
+    poller.start()
+    poller.join(timeout=5)
+    transaction.commit()
+    slow.close()
+    for thread in (fast, poller):
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    mirror.poll()
+    assert mirror.rows == env.export("firm")
+    assert mirror.rows[("F0105",)]["status"] == "merged" and ("F0401",) in mirror.rows
+
+
+def test_tokens_are_sealed_and_bound_to_their_dataset_and_reads_are_audited(env: Env) -> None:
+    answer = env.get("/api/v1/datasets/citizen/changes", limit=5)
+    token = answer.json()["next"]
+    assert answer.json()["more"] is True and "037" not in token
+    refused = env.get("/api/v1/datasets/enterprise/changes", since=token)
+    assert refused.status_code == 400 and "not a token this gateway issued" in refused.json()["error"]["message"]
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert env.get("/api/v1/datasets/citizen/changes", since=forged).status_code == 400
+    cursor = env.get("/api/v1/datasets/citizen/records", limit=1).json()["next_cursor"]
+    assert env.get("/api/v1/datasets/citizen/changes", since=cursor).status_code == 400, "a records cursor is not a token"
+    assert env.get("/api/v1/datasets/citizen/changes", agency="so_xay_dung").status_code == 403
+    assert env.get("/api/v1/datasets/citizen/changes", agency=None).status_code == 401
+    assert env.get("/api/v1/datasets/citizen/changes", limit=0).status_code == 400
+    mart = env.get("/api/v1/datasets/indicator_value/changes", agency=None)
+    assert mart.status_code == 404 and "computed by lgsp" in mart.json()["error"]["message"]
+    assert env.get("/api/v1/datasets/passport/changes").status_code == 404
+    audited = env.scalar("SELECT count(*) FROM gateway_audit WHERE action = 'changes' AND dataset = 'citizen' "
+                         "AND agency_id = 'so_tai_chinh' AND status = 200")
+    assert int(audited) >= 1
+    spec = env.get("/openapi.json").json()
+    assert "changes_citizen" in {op["operationId"] for path in spec["paths"].values() for op in path.values()}
+    assert "/api/v1/datasets/indicator_value/changes" not in spec["paths"]
+
+
+def test_the_runner_numbers_each_load_in_commit_order(env: Env) -> None:
+    before = int(env.scalar("SELECT coalesce(max(change_seq), 0) FROM lgsp_batch"))
+    runner.run_pipeline("population_citizens", catalog=env.catalog)
+    batch = env.scalar("SELECT batch_id FROM lgsp_batch WHERE pipeline = 'population_citizens' "
+                       "ORDER BY change_seq DESC LIMIT 1")
+    assert int(env.scalar(f"SELECT change_seq FROM lgsp_batch WHERE batch_id = '{batch}'")) == before + 1
