@@ -44,7 +44,8 @@ from catalog.models import Catalog
 from gateway.records import QueryError, Reader, _timed, coerce
 from warehouse.shared import has_lineage
 
-BATCHES = sa.table("lgsp_batch", sa.column("batch_id"), sa.column("dataset"), sa.column("change_seq"))
+BATCHES = sa.table("lgsp_batch", sa.column("batch_id"), sa.column("dataset"), sa.column("change_seq"),
+                   sa.column("rows_changed"))
 TOMBSTONES = sa.table("lgsp_tombstone", sa.column("dataset"), sa.column("batch_id"), sa.column("record_key"))
 REFUSAL = "since: not a token this gateway issued for this dataset (use `next` as returned, or start without since)"
 
@@ -104,6 +105,9 @@ class ChangeFeed:
                 highest = conn.execute(sa.select(sa.func.max(BATCHES.c.change_seq))).scalar()
                 window = Window(window.lo, int(highest or 0), window.phase if window.lo else "upserts")
             changes: list[dict[str, Any]] = []
+            if window.lo and window.after is None and not self._changed_in(conn, name, window):
+                # nothing of this dataset changed in the window (the usual poll between syncs): no pass over it
+                return self._answer(name, [], Window(window.hi, None, "deletes"), False)
             if window.phase == "deletes":
                 changes, after = self._deletes(conn, name, granted, window, limit)
                 if after is not None:
@@ -122,8 +126,12 @@ class ChangeFeed:
 
     @staticmethod
     def _in_window(name: str, window: Window) -> sa.Select:
+        """The batches of the window that changed the dataset (a batch that changed nothing wrote no row)."""
         return sa.select(BATCHES.c.batch_id).where(BATCHES.c.dataset == name, BATCHES.c.change_seq > window.lo,
-                                                   BATCHES.c.change_seq <= window.hi)
+                                                   BATCHES.c.change_seq <= window.hi, BATCHES.c.rows_changed > 0)
+
+    def _changed_in(self, conn: sa.Connection, name: str, window: Window) -> bool:
+        return conn.execute(self._in_window(name, window).limit(1)).first() is not None
 
     def _deletes(self, conn: sa.Connection, name: str, granted: frozenset[str], window: Window,
                  limit: int) -> tuple[list[dict[str, Any]], list[Any] | None]:

@@ -1,6 +1,7 @@
-"""`lgsp serve`, `lgsp agencies ...` and `lgsp audit ...` (registered on the `lgsp` app by `register`).
+"""`lgsp serve`, `lgsp mirror`, `lgsp agencies ...` and `lgsp audit ...` (registered on the `lgsp` app by `register`).
 
     lgsp serve [--port 8090] [--workers 2]          the gateway (uvicorn), after preparing the database
+    lgsp mirror enterprise --gateway URL --into DB   an agency's copy kept by the change feed (gateway.mirror)
     lgsp agencies add so_y_te "Sở Y tế"              register an agency (--rate requests/s)
     lgsp agencies key so_y_te                        issue an API key (shown once, stored hashed)
     lgsp agencies client so_y_te                     an OAuth2 client (client credentials), secret shown once
@@ -199,8 +200,47 @@ def audit_list(agency: str = typer.Option(None, help="only this agency"),
     console.print(table)
 
 
+def mirror(dataset: str = typer.Argument(..., help="a shared dataset, e.g. enterprise"),
+           gateway: str = typer.Option(..., help="the gateway's address, e.g. https://lgsp.ninhbinh.gov.vn"),
+           into: str = typer.Option(..., help="the agency's database: sqlite:///copy.db or postgresql://..."),
+           table: str = typer.Option(None, help="the table to keep (default: the dataset's name)"),
+           limit: int = typer.Option(1000, min=1, max=1000, help="changes per request"),
+           max_pages: int = typer.Option(None, min=1, help="stop after this many pages (the next run goes on)"),
+           resync: bool = typer.Option(False, help="empty the table and read the whole dataset again")) -> None:
+    """Keep an agency's copy of a shared dataset in sync through the gateway's change feed.
+
+    The API key comes from LGSP_GATEWAY_API_KEY (an open dataset needs none). The first run reads
+    every record; later runs apply what changed since the last. Each page is committed with its
+    token: a run stopped at any point loses nothing, and the next goes on from there.
+    """
+    import os
+
+    import sqlalchemy as sa
+
+    from gateway.mirror import Mirror, MirrorError
+    from lgsp.settings import redact_url
+
+    copy = Mirror(gateway, dataset, into, os.environ.get("LGSP_GATEWAY_API_KEY"), table=table, limit=limit)
+    try:
+        if resync:
+            copy.resync()
+        run = copy.run(max_pages)
+    except MirrorError as exc:
+        _fail(str(exc))
+    except sa.exc.SQLAlchemyError as exc:
+        _fail(f"the agency's database at {redact_url(into)} failed: {type(exc).__name__}: "
+              f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}")
+    finally:
+        copy.close()
+    what = "snapshot" if run.snapshot else "changes"
+    console.print(f"{dataset} -> {run.table} in {redact_url(into)}: {what}, {run.upserts} upserted, {run.deletes} "
+                  f"deleted in {run.pages} page(s){f', {run.retries} retried' if run.retries else ''}; "
+                  f"{run.rows} rows; token saved" + "".join(f"; {note}" for note in run.notes))
+
+
 def register(app: typer.Typer) -> None:
-    """Add `serve`, `agencies` and `audit` to the `lgsp` command line."""
+    """Add `serve`, `mirror`, `agencies` and `audit` to the `lgsp` command line."""
     app.command("serve")(serve)
+    app.command("mirror")(mirror)
     app.add_typer(agencies_app, name="agencies")
     app.add_typer(audit_app, name="audit")

@@ -96,6 +96,8 @@ def replay(ctx: PipelineContext, dataset_rows: list[dict[str, Any]] | None = Non
             rows_quarantined=len(records) - len(rows), message="replay of quarantined rows"))
         # replayed rows are a few records, not a full refresh: a replace dataset merges them
         changed = wh.write_batch(conn, ds, rows, mode="merge" if ds.write_mode == "replace" else None)
+        conn.execute(wh.system["lgsp_batch"].update().where(wh.system["lgsp_batch"].c.batch_id == batch_id)
+                     .values(rows_changed=changed))
         ids = [open_rows[i]["quarantine_id"] for i in passing]
         if ids:
             conn.execute(q.update().where(q.c.quarantine_id.in_(ids))

@@ -10,6 +10,7 @@ warehouse's own write modes and stamped as the runner stamps a load. The gateway
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -211,7 +212,9 @@ def _load(wh: Warehouse, ds: DatasetSpec, batch_id: str, records: list[dict[str,
         c.execute(wh.system["lgsp_batch"].insert().values(
             batch_id=batch_id, pipeline="firms", dataset=ds.name, source_system="business", status="loaded",
             started_at=now, finished_at=now))
-        wh.write_batch(c, ds, rows)
+        changed = wh.write_batch(c, ds, rows)
+        batches = wh.system["lgsp_batch"]
+        c.execute(batches.update().where(batches.c.batch_id == batch_id).values(rows_changed=changed))
         wh.stamp_change(c, batch_id)
 
     if conn is not None:
@@ -312,3 +315,105 @@ def test_the_runner_numbers_each_load_in_commit_order(env: Env) -> None:
     batch = env.scalar("SELECT batch_id FROM lgsp_batch WHERE pipeline = 'population_citizens' "
                        "ORDER BY change_seq DESC LIMIT 1")
     assert int(env.scalar(f"SELECT change_seq FROM lgsp_batch WHERE batch_id = '{batch}'")) == before + 1
+
+
+# --- lgsp mirror: the agency's side ---------------------------------------------------------------
+
+
+def _table(url: str, table: str) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """A mirror table's rows as the export shows them (JSON), by key."""
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            mirrored = sa.Table(table, sa.MetaData(), autoload_with=conn)  # typed as the mirror made it
+            rows = [{str(k): v for k, v in r.items()} for r in conn.execute(sa.select(mirrored)).mappings()]
+    finally:
+        engine.dispose()
+    option = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+    return {(r["code"],): orjson.loads(orjson.dumps(r, option=option)) for r in rows}
+
+
+@pytest.fixture
+def agency_db(env: Env, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The agency's own database, of the same kind as the warehouse's."""
+    if env.url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'agency.db'}"
+        return
+    admin = request.getfixturevalue("pg_admin_url")
+    url = pgserver.create_database(admin)
+    yield url
+    pgserver.drop_database(admin, url)
+
+
+def test_lgsp_mirror_keeps_an_agency_table_in_sync_and_a_stopped_run_loses_nothing(
+        env: Env, agency_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from lgsp.cli import app as lgsp_app
+
+    wh = Warehouse(env.url, env.catalog)
+    ds = env.catalog.datasets["firm"]
+    _load(wh, ds, "firm-m1", [firm(i, status="active", day=20) for i in range(500, 600)])
+    monkeypatch.setenv("LGSP_GATEWAY_API_KEY", env.keys["so_tai_chinh"])
+    command = ["mirror", "firm", "--gateway", env.base, "--into", agency_db, "--limit", "30"]
+    cli = CliRunner()
+    stopped = cli.invoke(lgsp_app, [*command, "--max-pages", "2"])  # a run stopped after two pages
+    assert stopped.exit_code == 0, stopped.output
+    assert "snapshot, 60 upserted" in stopped.output and len(_table(agency_db, "firm")) == 60
+    done = cli.invoke(lgsp_app, command)
+    assert done.exit_code == 0, done.output
+    exported = env.export("firm")
+    assert _table(agency_db, "firm") == exported
+    assert f"{len(exported) - 60} upserted" in done.output, "it went on from the third page"
+    assert env.keys["so_tai_chinh"] not in done.output
+
+    _load(wh, ds, "firm-m2", [firm(i, deleted=True, day=21) for i in range(500, 510)]
+          + [firm(i, status="merged", day=21) for i in range(510, 515)])
+    changed = cli.invoke(lgsp_app, command)
+    assert changed.exit_code == 0, changed.output
+    assert "changes, 5 upserted, 10 deleted" in changed.output, changed.output
+    assert _table(agency_db, "firm") == env.export("firm")
+    again = cli.invoke(lgsp_app, command)
+    assert "changes, 0 upserted, 0 deleted in 1 page(s)" in again.output, again.output
+
+    engine = sa.create_engine(agency_db.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:  # the saved token damaged: the gateway refuses it, --resync starts afresh
+        conn.execute(sa.text("UPDATE lgsp_mirror_state SET token = 'x' || token"))
+    engine.dispose()
+    refused = cli.invoke(lgsp_app, command)
+    assert refused.exit_code == 1 and "HTTP 400" in refused.output and "--resync" in refused.output
+    resynced = cli.invoke(lgsp_app, [*command, "--resync"])
+    assert resynced.exit_code == 0 and "snapshot" in resynced.output
+    assert _table(agency_db, "firm") == env.export("firm")
+
+    monkeypatch.setenv("LGSP_GATEWAY_API_KEY", "not-a-key")
+    denied = cli.invoke(lgsp_app, command)
+    assert denied.exit_code == 1 and "HTTP 401" in denied.output and "LGSP_GATEWAY_API_KEY" in denied.output
+    assert "not-a-key" not in denied.output
+    monkeypatch.setenv("LGSP_GATEWAY_API_KEY", env.keys["so_xay_dung"])
+    no_grant = cli.invoke(lgsp_app, command)
+    assert no_grant.exit_code == 1 and "HTTP 403" in no_grant.output and "grant on firm" in no_grant.output
+    assert _table(agency_db, "firm") == env.export("firm"), "a refused run changed nothing"
+
+
+def test_a_mirror_of_a_gateway_that_does_not_answer_says_so_and_keeps_its_pages(env: Env, agency_db: str) -> None:
+    from gateway.mirror import Mirror, MirrorError
+
+    copy = Mirror(env.base, "firm", agency_db, env.keys["so_tai_chinh"], limit=40)
+    try:
+        copy.run(max_pages=1)
+    finally:
+        copy.close()
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = down.getsockname()[1]
+    copy = Mirror(f"http://127.0.0.1:{port}", "firm", agency_db, env.keys["so_tai_chinh"], attempts=3, backoff_s=0.01)
+    try:
+        with pytest.raises(MirrorError, match="mirrors firm at http://127.0.0.1"):
+            copy.run()  # the table belongs to another gateway's feed: refused before any request
+        copy.resync()
+        with pytest.raises(MirrorError, match=r"no usable answer after 3 attempts \(no answer \(ConnectionError\)\)"):
+            copy.run()
+    finally:
+        copy.close()
+        down.close()
