@@ -10,6 +10,7 @@ with one worker as a separate process. Then, from this process, as the agency wo
   (the source changes `--fraction` of its records, and lgsp's incremental sync loads them)
   feed_changes     GET /changes?since=<the snapshot's token>: just those records
   export_again     the full export again (what an agency without the feed does after each sync)
+  feed_few         a tenth as many changed and synced, then GET /changes?since=<the last token>
   feed_idle        GET /changes?since=<the last token> with nothing new: one request
 
 Each scenario is timed from the first request to the last byte, with the records parsed (orjson),
@@ -66,17 +67,27 @@ def export(session: requests.Session, base: str) -> tuple[float, int]:
     return time.perf_counter() - started, rows
 
 
-def follow(session: requests.Session, base: str, token: str | None, limit: int) -> tuple[float, int, int, str]:
-    """Follow the feed from `token` until `more` is false: seconds, changes, requests, the last token."""
-    started, changes, pages = time.perf_counter(), 0, 0
+def follow(session: requests.Session, base: str, token: str | None, limit: int) -> tuple[dict[str, Any], str]:
+    """Follow the feed from `token` until `more` is false: the scenario's figures, and the last token."""
+    started, changes, pages, slowest = time.perf_counter(), 0, 0, 0.0
     while True:
         params = {"limit": limit, **({"since": token} if token else {})}
+        asked = time.perf_counter()
         answer = session.get(f"{base}/api/v1/datasets/citizen/changes", params=params, timeout=600)
         answer.raise_for_status()
         body = orjson.loads(answer.content)
+        slowest = max(slowest, time.perf_counter() - asked)
         changes, pages, token = changes + len(body["changes"]), pages + 1, body["next"]
         if not body["more"]:
-            return time.perf_counter() - started, changes, pages, token
+            return {"seconds": time.perf_counter() - started, "records": changes, "requests": pages,
+                    "slowest_request_s": slowest}, token
+
+
+def changed_and_synced(base: str, fraction: float, seed: int, env: dict[str, str]) -> tuple[int, int]:
+    """The source changes `fraction` of its records; lgsp's incremental sync loads them."""
+    changed = _change(base, fraction, seed)
+    print(f"==> the source changed {changed:,} records; incremental sync", flush=True)
+    return changed, int(sync(env)["rows_changed"])
 
 
 def main() -> None:
@@ -109,21 +120,19 @@ def main() -> None:
         scenarios: dict[str, dict[str, Any]] = {}
         seconds, rows = export(session, gateway)
         scenarios["export_full"] = {"seconds": seconds, "records": rows, "requests": 1}
-        seconds, changes, pages, token = follow(session, gateway, None, args.limit)
-        scenarios["feed_snapshot"] = {"seconds": seconds, "records": changes, "requests": pages}
-        changed = _change(base, args.fraction)
-        print(f"==> the source changed {changed:,} records; incremental sync", flush=True)
-        incremental = sync(env)
-        seconds, changes, pages, token = follow(session, gateway, token, args.limit)
-        scenarios["feed_changes"] = {"seconds": seconds, "records": changes, "requests": pages}
+        scenarios["feed_snapshot"], token = follow(session, gateway, None, args.limit)
+        changed, synced = changed_and_synced(base, args.fraction, 1, env)
+        scenarios["feed_changes"], token = follow(session, gateway, token, args.limit)
         seconds, rows = export(session, gateway)
         scenarios["export_again"] = {"seconds": seconds, "records": rows, "requests": 1}
-        seconds, changes, pages, token = follow(session, gateway, token, args.limit)
-        scenarios["feed_idle"] = {"seconds": seconds, "records": changes, "requests": pages}
+        few, few_synced = changed_and_synced(base, args.fraction / 10, 2, env)
+        scenarios["feed_few"], token = follow(session, gateway, token, args.limit)
+        scenarios["feed_idle"], token = follow(session, gateway, token, args.limit)
         figures = {"database": "sqlite" if args.sqlite else "postgresql", "rows": args.rows,
-                   "loaded": loaded["rows_landed"], "source_changed": changed,
-                   "sync_changed": incremental["rows_changed"], "limit": args.limit,
+                   "loaded": loaded["rows_landed"], "source_changed": changed, "sync_changed": synced,
+                   "source_changed_few": few, "sync_changed_few": few_synced, "limit": args.limit,
                    "scenarios": {n: {**s, "seconds": round(s["seconds"], 3),
+                                     "slowest_request_s": round(s.get("slowest_request_s", s["seconds"]), 3),
                                      "records_per_s": round(s["records"] / s["seconds"]) if s["seconds"] else None}
                                  for n, s in scenarios.items()}}
         figures["feed_changes_over_export_again"] = round(scenarios["feed_changes"]["seconds"]
@@ -135,9 +144,10 @@ def main() -> None:
                 process.wait(timeout=30)
         if not args.sqlite:
             _drop_postgres_database(args.admin_url, url)
-    print(f"{'scenario':<14} {'requests':>8} {'records':>10} {'seconds':>9} {'records/s':>10}")
+    print(f"{'scenario':<14} {'requests':>8} {'records':>10} {'seconds':>9} {'records/s':>10} {'slowest request s':>18}")
     for name, s in figures["scenarios"].items():
-        print(f"{name:<14} {s['requests']:>8} {s['records']:>10,} {s['seconds']:>9} {s['records_per_s'] or '-':>10}")
+        print(f"{name:<14} {s['requests']:>8} {s['records']:>10,} {s['seconds']:>9} {s['records_per_s'] or '-':>10} "
+              f"{s['slowest_request_s']:>18}")
     print(f"({figures['database']}, one gateway worker; the incremental sync changed {figures['sync_changed']:,} "
           f"rows; the feed's changes took {figures['feed_changes_over_export_again']:.2%} of a full export's time)")
     print(json.dumps(figures))
