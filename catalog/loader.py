@@ -114,6 +114,10 @@ def _check_sharing(catalog: Catalog, directory: Path) -> None:
         missing_key = [k for k in dataset.key if k not in shared.columns]
         if missing_key:
             raise CatalogError(f"{where}.columns: must include the key {missing_key} (records are paged by it)")
+        hidden_key = {k: shared.personal[k] for k in dataset.key if shared.personal.get(k, "pseudonym") != "pseudonym"}
+        if hidden_key:
+            raise CatalogError(f"{where}.personal: key column(s) {hidden_key} may only be pseudonymised: masked or "
+                               "withheld keys would make records indistinguishable (pages, the change feed, copies)")
         if dataset.write_mode == "replace":
             raise CatalogError(f"{where}: dataset '{dataset.name}' is written by 'replace' (its table is dropped "
                                "and swapped), which a view cannot sit on; share a merge or history dataset")

@@ -95,3 +95,14 @@ def test_lookup_benchmark_times_each_scenario_against_a_read_of_the_copy() -> No
     assert scenarios["source_down"]["requests"] >= 1  # tried the source until the breaker opened
     assert all(0 < s["p50_ms"] <= s["p95_ms"] <= s["max_ms"] for s in scenarios.values())
     assert figures["p50_over_copy_read"]["copy_read"] == 1.0
+
+
+def test_changes_benchmark_follows_the_feed_and_counts_every_change() -> None:
+    figures = _figures("benchmarks/changes.py", "--sqlite", "--rows", "3000", "--limit", "500")
+    scenarios = figures["scenarios"]
+    assert list(scenarios) == ["export_full", "feed_snapshot", "feed_changes", "export_again", "feed_few", "feed_idle"]
+    assert scenarios["export_full"]["records"] == scenarios["feed_snapshot"]["records"] == 3000
+    assert scenarios["feed_snapshot"]["requests"] == 6
+    assert scenarios["feed_changes"]["records"] == figures["sync_changed"] == figures["source_changed"] == 30
+    assert scenarios["feed_few"]["records"] == figures["sync_changed_few"] == 3
+    assert scenarios["feed_idle"]["records"] == 0 and scenarios["feed_idle"]["requests"] == 1

@@ -106,6 +106,8 @@ def _catalog_with(tmp_path: Path, dataset: str, **changes: Any) -> Path:
     ("citizen", {"access": "open"}, ["sharing.citizen", "an open dataset cannot expose personal columns"]),
     ("citizen", {"filterable": ["phone"]}, ["sharing.citizen", "filterable names ['phone']"]),
     ("citizen", {"personal": {"personal_id": "shred"}}, ["sharing.citizen.personal.personal_id"]),
+    ("citizen", {"personal": {"personal_id": "mask"}},
+     ["sharing.citizen.personal", "{'personal_id': 'mask'} may only be pseudonymised"]),
     ("passport", {"owner": "x", "licence": "y", "columns": ["number"]}, ["unknown dataset 'passport'"]),
 ])
 def test_a_wrong_sharing_declaration_names_file_and_field(tmp_path: Path, dataset: str, changes: dict[str, Any],
