@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from catalog.models import Catalog
+from gateway.changes import feed_problem
 from warehouse.store import Warehouse, utc
 
 CACHE_S = 30.0
@@ -68,7 +69,8 @@ class DatasetCatalog:
                 "history": dataset.write_mode == "history", "schema": self.schema(name), **figures,
                 "lookup": None if shared.lookup is None else {
                     "system": shared.lookup.system, "key": list(dataset.key),
-                    "path": f"/api/v1/datasets/{name}/lookup"}}
+                    "path": f"/api/v1/datasets/{name}/lookup"},
+                "changes": None if feed_problem(self.catalog, name) else f"/api/v1/datasets/{name}/changes"}
         with self._lock:
             self._cache[name] = (now + CACHE_S, info)
         return info

@@ -74,6 +74,7 @@ class DatasetInfo(BaseModel):
     last_quality: Optional[QualityResult]
     lookup: Optional[LookupInfo] = None
     last_drift_check: Optional[DriftCheck] = None
+    changes: Optional[str] = None  # the change feed's path; null: none (gateway.changes)
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -304,6 +304,8 @@ def test_tokens_are_sealed_and_bound_to_their_dataset_and_reads_are_audited(env:
     audited = env.scalar("SELECT count(*) FROM gateway_audit WHERE action = 'changes' AND dataset = 'citizen' "
                          "AND agency_id = 'so_tai_chinh' AND status = 200")
     assert int(audited) >= 1
+    assert env.get("/api/v1/datasets/citizen").json()["changes"] == "/api/v1/datasets/citizen/changes"
+    assert env.get("/api/v1/datasets/indicator_value").json()["changes"] is None
     spec = env.get("/openapi.json").json()
     assert "changes_citizen" in {op["operationId"] for path in spec["paths"].values() for op in path.values()}
     assert "/api/v1/datasets/indicator_value/changes" not in spec["paths"]
