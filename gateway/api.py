@@ -40,7 +40,7 @@ from catalog.models import Catalog
 from gateway.access import AccessDenied, RateLimited, presented_secret
 from gateway.agencies import Principal
 from gateway.audit import AuditEntry, AuditUnavailable
-from gateway.changes import NoFeed, feed_problem
+from gateway.changes import NoFeed, TokenExpired, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import LookupFailed, lookup_key
@@ -263,7 +263,8 @@ def _dataset_routes(app: FastAPI, gateway: Gateway) -> dict[str, list[ParamSpec]
             app.router.add_api_route(
                 f"/api/v1/datasets/{name}/changes", _changes_endpoint(gateway, name, change_params(gateway.settings)),
                 methods=["GET"], route_class_override=ReadRoute, response_model=changes_model(dataset, shared),
-                responses=ERRORS, dependencies=security, tags=["changes"],
+                responses={**ERRORS, 410: {"model": ErrorBody, "description": "the token has expired: start afresh"}},
+                dependencies=security, tags=["changes"],
                 summary=f"What changed in {name} since a token ({shared.access})",
                 description="Without `since`: every current record, page by page (`more`), then a token. With "
                             "`since`: deletions, then the records changed, since the token was issued. Apply in "
@@ -323,6 +324,8 @@ def problem(exc: Exception) -> tuple[int, str, dict[str, str]] | None:
         return 400, str(exc), {}
     if isinstance(exc, (UnknownDataset, NoFeed)):
         return 404, str(exc.args[0]), {}
+    if isinstance(exc, TokenExpired):
+        return 410, str(exc), {}
     if isinstance(exc, RateLimited):
         return 429, str(exc), {"Retry-After": str(max(1, round(exc.retry_after_s)))}
     if isinstance(exc, QueryTimeout):
@@ -345,8 +348,8 @@ def _error_handlers(app: FastAPI) -> None:
         status, message, headers = problem(exc)  # type: ignore[misc]
         return handle(status, message, request, headers or None)
 
-    for kind in (AccessDenied, QueryError, UnknownDataset, NoFeed, RateLimited, QueryTimeout, AuditUnavailable,
-                 LookupFailed):
+    for kind in (AccessDenied, QueryError, UnknownDataset, NoFeed, TokenExpired, RateLimited, QueryTimeout,
+                 AuditUnavailable, LookupFailed):
         app.add_exception_handler(kind, known)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)

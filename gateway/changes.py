@@ -45,10 +45,15 @@ from gateway.records import QueryError, Reader, _timed, coerce
 from warehouse.shared import has_lineage
 
 BATCHES = sa.table("lgsp_batch", sa.column("batch_id"), sa.column("dataset"), sa.column("change_seq"),
-                   sa.column("rows_changed"))
+                   sa.column("rows_changed"), sa.column("tombstones_pruned_at"))
 TOMBSTONES = sa.table("lgsp_tombstone", sa.column("dataset"), sa.column("batch_id"), sa.column("record_key"))
 FEW_PAGES = 20  # a window of at most this many pages of changed rows is read by a pass over the view, then sorted
+AFRESH = "since: this token has expired; read the dataset afresh (start without since; lgsp mirror --resync)"
 REFUSAL = "since: not a token this gateway issued for this dataset (use `next` as returned, or start without since)"
+
+
+class TokenExpired(LookupError):
+    """The token's window can no longer be delivered whole (410): the agency reads the dataset afresh."""
 
 
 class NoFeed(LookupError):
@@ -103,8 +108,14 @@ class ChangeFeed:
         window = self._window(name, token)
         with _timed(self.reader.settings.query_timeout_s), self.reader.engine.connect() as conn:
             if window.hi is None:  # a new window: up to the last change committed now
-                highest = conn.execute(sa.select(sa.func.max(BATCHES.c.change_seq))).scalar()
-                window = Window(window.lo, int(highest or 0), window.phase if window.lo else "upserts")
+                highest = int(conn.execute(sa.select(sa.func.max(BATCHES.c.change_seq))).scalar() or 0)
+                if highest < window.lo:
+                    raise TokenExpired(f"{AFRESH}: the warehouse's changes are numbered below this token's (was it "
+                                       "restored from a backup?)")
+                window = Window(window.lo, highest, window.phase if window.lo else "upserts")
+            if window.lo and self._pruned_since(conn, name, window):
+                raise TokenExpired(f"{AFRESH}: deletions since this token was issued have been pruned (retention, "
+                                   "lgsp lake prune); a token is good for LGSP_RETENTION_DAYS")
             changes: list[dict[str, Any]] = []
             if window.lo and window.after is None and not self._changed_in(conn, name, window):
                 # nothing of this dataset changed in the window (the usual poll between syncs): no pass over it
@@ -133,6 +144,12 @@ class ChangeFeed:
 
     def _changed_in(self, conn: sa.Connection, name: str, window: Window) -> bool:
         return conn.execute(self._in_window(name, window).limit(1)).first() is not None
+
+    @staticmethod
+    def _pruned_since(conn: sa.Connection, name: str, window: Window) -> bool:
+        pruned = sa.select(BATCHES.c.batch_id).where(BATCHES.c.dataset == name, BATCHES.c.change_seq > window.lo,
+                                                     BATCHES.c.tombstones_pruned_at.is_not(None)).limit(1)
+        return conn.execute(pruned).first() is not None
 
     @staticmethod
     def _at_most(conn: sa.Connection, name: str, window: Window) -> int:

@@ -120,6 +120,8 @@ class Mirror:
         hint = {401: "set LGSP_GATEWAY_API_KEY to the agency's API key (lgsp agencies key AGENCY)",
                 403: f"ask the data owner for a grant on {self.dataset}",
                 404: f"check the dataset's name (GET {self.base}/api/v1/datasets lists them)"}.get(status, "")
+        if status == 410:
+            hint = "run again with --resync to read the dataset afresh"
         if status == 400 and with_token:
             hint = ("the gateway no longer accepts the saved token (its pseudonym key changed?): run again with "
                     "--resync to read the dataset afresh")

@@ -19,7 +19,7 @@ from catalog.models import Catalog, SharedDatasetSpec
 from gateway.access import AccessDenied, Authenticator, RateLimiter, authorize
 from gateway.agencies import AgencyRegistry, Principal
 from gateway.audit import AuditEntry, AuditLog
-from gateway.changes import ChangeFeed
+from gateway.changes import ChangeFeed, TokenExpired
 from gateway.datasets import DatasetCatalog
 from gateway.lookup import LiveLookups, LookupFailed
 from gateway.records import QueryError, Reader, RecordQuery, read_engine
@@ -99,6 +99,9 @@ class Gateway:
             yield outcome
         except QueryError:
             self._record(principal, name, action, described, None, 400)
+            raise
+        except TokenExpired:
+            self._record(principal, name, action, described, None, 410)
             raise
         except (AccessDenied, LookupFailed) as exc:
             self._record(principal, name, outcome.get("action", action), described, None, exc.status)

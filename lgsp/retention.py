@@ -12,8 +12,10 @@ Two things grow with every batch and are not needed for long:
 `prune` deletes the pages of batches **loaded** before the cut-off (a failed, half-pulled or
 unloaded batch keeps its pages: a rerun resumes or replays from them), keeping each batch's
 manifest, and the GX results and pages of runs before it, except the newest ones, which the
-Data Docs index lists (`quality.expectations.prune_results`). Parquet files, quarantine and
-the store are never touched. `dry_run` reports what would go.
+Data Docs index lists (`quality.expectations.prune_results`), and the deletions those batches
+recorded for the gateway's change feed (`lgsp_tombstone`; a feed token from before them is then
+refused with 410, and the agency reads the dataset afresh). Parquet files, quarantine and the
+store's rows are never touched. `dry_run` reports what would go.
 
 `maintain` is the daily housekeeping the `lgsp_maintenance` DAG runs (02:00 Vietnam time):
 compact every dataset's Parquet partitions, then prune what is older than
@@ -65,6 +67,7 @@ class Pruned:
     result_pages: int  # their Data Docs pages
     result_bytes: int
     dry_run: bool
+    tombstones: int = 0  # deletions of those batches kept for the gateway's change feed
 
 
 def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | None = None,
@@ -87,9 +90,29 @@ def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | Non
         if count:
             batches, pages, page_bytes = batches + 1, pages + count, page_bytes + size
     results = prune_results(before, GxPaths.of_home(settings.home), dry_run=dry_run)
-    pruned = Pruned(before, batches, pages, page_bytes, results.results, results.pages, results.bytes, dry_run)
+    tombstones = _prune_tombstones(wh, [batch_id for _, batch_id in loaded], dry_run)
+    pruned = Pruned(before, batches, pages, page_bytes, results.results, results.pages, results.bytes, dry_run,
+                    tombstones)
     log.info("%s: %s", "would prune" if dry_run else "pruned", pruned)
     return pruned
+
+
+def _prune_tombstones(wh: Any, batch_ids: list[str], dry_run: bool) -> int:
+    """Delete the deletions these batches recorded for the change feed; mark the batches, so that a feed token
+    from before them is refused (410: read the dataset afresh) instead of silently missing a deletion."""
+    tombstone, batch = wh.table("lgsp_tombstone"), wh.table("lgsp_batch")
+    deleted = 0
+    for start in range(0, len(batch_ids), 500):
+        part = batch_ids[start:start + 500]
+        with wh.engine.begin() as conn:
+            counted = dict(conn.execute(sa.select(tombstone.c.batch_id, sa.func.count()).where(
+                tombstone.c.batch_id.in_(part)).group_by(tombstone.c.batch_id)).all())
+            deleted += sum(counted.values())
+            if counted and not dry_run:
+                conn.execute(tombstone.delete().where(tombstone.c.batch_id.in_(list(counted))))
+                conn.execute(batch.update().where(batch.c.batch_id.in_(list(counted)))
+                             .values(tombstones_pruned_at=datetime.now(timezone.utc)))
+    return deleted
 
 
 def maintain(settings: Settings | None = None, compact_min_age: timedelta = COMPACT_MIN_AGE) -> dict[str, Any]:

@@ -419,3 +419,44 @@ def test_a_mirror_of_a_gateway_that_does_not_answer_says_so_and_keeps_its_pages(
     finally:
         copy.close()
         down.close()
+
+
+def test_a_token_whose_deletions_were_pruned_or_that_outlived_a_restore_expires_with_410(
+        env: Env, agency_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from lgsp.cli import app as lgsp_app
+    from lgsp.retention import prune
+
+    wh = Warehouse(env.url, env.catalog)
+    ds = env.catalog.datasets["firm"]
+    monkeypatch.setenv("LGSP_GATEWAY_API_KEY", env.keys["so_tai_chinh"])
+    command = ["mirror", "firm", "--gateway", env.base, "--into", agency_db]
+    cli = CliRunner()
+    _load(wh, ds, "firm-p0", [firm(i, day=29) for i in range(600, 605)])
+    assert cli.invoke(lgsp_app, command).exit_code == 0
+    mirror = Mirror(env, "firm", limit=1000)
+    mirror.poll()
+    _load(wh, ds, "firm-p1", [firm(i, deleted=True, day=30) for i in range(600, 605)])
+    done = prune(timedelta(0))  # the deletions of every batch loaded until now
+    assert done.tombstones >= 5
+    assert int(env.scalar("SELECT count(*) FROM lgsp_tombstone WHERE batch_id = 'firm-p1'")) == 0
+    assert env.scalar("SELECT tombstones_pruned_at FROM lgsp_batch WHERE batch_id = 'firm-p1'") is not None
+    expired = env.get("/api/v1/datasets/firm/changes", since=mirror.token)
+    assert expired.status_code == 410 and "pruned" in expired.json()["error"]["message"]
+    refused = cli.invoke(lgsp_app, command)
+    assert refused.exit_code == 1 and "HTTP 410" in refused.output and "--resync" in refused.output
+    resynced = cli.invoke(lgsp_app, [*command, "--resync"])
+    assert resynced.exit_code == 0, resynced.output
+    assert _table(agency_db, "firm") == env.export("firm")
+    assert int(env.scalar("SELECT count(*) FROM gateway_audit WHERE action = 'changes' AND status = 410")) >= 2
+
+    fresh = Mirror(env, "firm", limit=1000)
+    fresh.poll()
+    engine = _write_engine(env.url)
+    with engine.begin() as conn:  # as if the warehouse were restored from a backup taken before the last loads
+        top = conn.execute(sa.text("SELECT max(change_seq) FROM lgsp_batch")).scalar()
+        conn.execute(sa.text("UPDATE lgsp_batch SET change_seq = NULL WHERE change_seq >= :top"), {"top": top - 1})
+    engine.dispose()
+    restored = env.get("/api/v1/datasets/firm/changes", since=fresh.token)
+    assert restored.status_code == 410 and "restored from a backup" in restored.json()["error"]["message"]

@@ -37,6 +37,7 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         # the order batches committed in (`Warehouse.stamp_change`): the sharing gateway's change feed reads
         # the rows of the batches between two stamps (gateway.changes); null until the batch is loaded
         sa.Column("change_seq", sa.BigInteger),
+        sa.Column("tombstones_pruned_at", TZ),  # its deletions were pruned (lgsp.retention): older feed tokens expire
         sa.Index("ix_lgsp_batch_change_seq", "change_seq"),
     )
     cursor = sa.Table(
