@@ -57,8 +57,10 @@ class Mirror:
     """Keeps `table` in the database at `target_url` equal to the shared dataset `dataset` at `gateway`."""
 
     def __init__(self, gateway: str, dataset: str, target_url: str, api_key: str | None, table: str | None = None,
-                 limit: int = 1000, attempts: int = 4, timeout_s: float = 120.0, backoff_s: float = 1.0) -> None:
+                 limit: int = 1000, attempts: int = 4, timeout_s: float = 120.0, backoff_s: float = 1.0,
+                 gateway_name: str | None = None) -> None:
         self.base = gateway.rstrip("/")
+        self.gateway_name = gateway_name or self.base  # whose feed the table follows (its saved token is for it)
         self.dataset, self.table_name = dataset, table or dataset
         self.engine = make_engine(target_url)
         self.limit, self.attempts, self.timeout_s, self.backoff_s = limit, attempts, timeout_s, backoff_s
@@ -141,6 +143,8 @@ class Mirror:
         self.types = {name: "string" if personal else kind for name, kind, _, personal in columns}
         if not self.key or any(kind not in SQL_TYPES for kind in self.types.values()):
             raise MirrorError(f"the gateway's description of {self.dataset} has no key or an unknown column type")
+        if self.table_name in self.metadata.tables:  # a second run of this mirror: described afresh
+            self.metadata.remove(self.metadata.tables[self.table_name])
         self.table = sa.Table(self.table_name, self.metadata,
                               *(sa.Column(name, SQL_TYPES[kind](), primary_key=name in self.key)
                                 for name, kind in self.types.items()))
@@ -159,9 +163,9 @@ class Mirror:
                                .where(self.state.c.mirror == self.table_name)).first()
         if row is None:
             return None
-        if (row.dataset, row.gateway) != (self.dataset, self.base):
+        if (row.dataset, row.gateway) != (self.dataset, self.gateway_name):
             raise MirrorError(f"table {self.table_name} mirrors {row.dataset} at {row.gateway}, not {self.dataset} "
-                              f"at {self.base}: choose another --table, or --resync to replace it")
+                              f"at {self.gateway_name}: choose another --table, or --resync to replace it")
         return row.token  # type: ignore[no-any-return]
 
     def _typed(self, values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -200,7 +204,7 @@ class Mirror:
                 updates = {c.name: insert.excluded[c.name] for c in self.table.columns if c.name not in self.key}
                 conn.execute(insert.on_conflict_do_update(index_elements=self.key, set_=updates) if updates
                              else insert.on_conflict_do_nothing(index_elements=self.key), upserts)
-            saved = {"gateway": self.base, "dataset": self.dataset, "token": token,
+            saved = {"gateway": self.gateway_name, "dataset": self.dataset, "token": token,
                      "updated_at": datetime.now(timezone.utc)}
             if not conn.execute(self.state.update().where(self.state.c.mirror == self.table_name).values(**saved)).rowcount:
                 conn.execute(self.state.insert().values(mirror=self.table_name, **saved))

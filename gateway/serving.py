@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
@@ -51,3 +55,33 @@ def serve_reuse_port(config: uvicorn.Config) -> None:
         multiprocess.Multiprocess(config, sockets=[]).run()
     except KeyboardInterrupt:
         pass
+
+
+def start_in_thread(app: object, timeout_s: float = 30.0) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """`app` served by uvicorn in a daemon thread on a free loopback port: (server, thread, base URL).
+
+    For the demo (and the tests): stop it with `server.should_exit = True` and `thread.join()`.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError("the gateway did not start in this process")
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextmanager
+def in_thread(app: object) -> Iterator[str]:
+    """`start_in_thread` as a context: the base URL; the server stopped on leaving."""
+    server, thread, base = start_in_thread(app)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

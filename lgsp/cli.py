@@ -154,6 +154,17 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
     from lgsp.report import print_reconciliation
 
     print_reconciliation(console, counted)
+    from gateway.demo import AGENCY, agency_copy
+
+    with step(f"an agency's copy of enterprise ({AGENCY}) kept by the gateway's change feed"):
+        try:
+            copied, copy_path = agency_copy(settings, catalog)
+        except Exception as exc:  # noqa: BLE001 - one clear message
+            fail(f"the demo agency's copy failed: {type(exc).__name__}: {exc}")
+    console.print(f"Agency copy: {copied.dataset} -> {copy_path} ({'snapshot' if copied.snapshot else 'changes'}: "
+                  f"{copied.upserts} upserted, {copied.deletes} deleted; {copied.rows} rows; "
+                  f"lgsp mirror {copied.dataset} --gateway URL --into ... keeps one)"
+                  + "".join(f"; {note}" for note in copied.notes), soft_wrap=True)
     console.print(f"Data: warehouse {redact_url(settings.database_url)}; lake {settings.lake_root} "
                   f"(landing/ as received, raw/<dataset>/ingest_date=.../*.parquet)")
     from indicators.cli import publish

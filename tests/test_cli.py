@@ -1,6 +1,7 @@
 """The `lgsp` command as a user runs it: the demo end to end on real Airflow, and its errors."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def _counts(home: Path) -> dict[str, int]:
 @pytest.mark.airflow
 def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = lgsp_env(home)
+    env = lgsp_env(home, LGSP_GATEWAY_PSEUDONYM_KEY="demo-test-pseudonym-key")  # stable: the agency copy follows
     first = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for dag_id in ("lgsp_population_citizens", "lgsp_tthc_dossiers", "lgsp_indicators", "lgsp_drift_citizen"):
@@ -38,9 +39,19 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     completeness = first.stdout[first.stdout.index("Completeness"):]
     assert completeness.count(" complete ") == 6 and "lost" not in completeness  # every pipeline with a total
     assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
+    copy = home / "agency" / "so_xay_dung.db"  # the demo agency's copy of enterprise, by the change feed
+    assert f"Agency copy: enterprise -> {copy} (snapshot:" in first.stdout
+    agency = sa.create_engine(f"sqlite:///{copy}")
+    with agency.connect() as conn, engine.connect() as warehouse:
+        mirrored = int(conn.execute(sa.text("select count(*) from enterprise")).scalar_one())
+        shared = int(warehouse.execute(sa.text("select count(*) from shared_enterprise")).scalar_one())
+    assert mirrored == shared > 0
+    printed = first.stdout + first.stderr
+    assert "demo-test-pseudonym-key" not in printed and not re.search(r"lgsp_[0-9a-f]{12}_", printed)  # no key
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
     assert again.returncode == 0, again.stdout[-3000:]
     assert _counts(home) == counts
+    assert f"Agency copy: enterprise -> {copy} (changes: 0 upserted, 0 deleted; {shared} rows" in again.stdout
 
 
 def test_pipelines_lists_the_catalog(tmp_path: Path) -> None:

@@ -13,8 +13,6 @@ import hmac
 import io
 import json
 import logging
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -25,7 +23,6 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 import sqlalchemy as sa
-import uvicorn
 
 import pgserver
 from catalog import load_catalog
@@ -33,6 +30,7 @@ from gateway.agencies import AgencyRegistry
 from gateway.api import create_app
 from gateway.audit import verify
 from gateway.service import _write_engine, prepare_database
+from gateway.serving import in_thread, start_in_thread
 from gateway.settings import load_gateway_settings
 from lgsp import runner
 
@@ -110,33 +108,27 @@ def served(pg_admin_url: str, sandbox_handle: Any, tmp_path_factory: pytest.Temp
     with gateway_env(sandbox_handle, tmp_path_factory.mktemp("gateway-home"), url,
                      LGSP_GATEWAY_ANONYMOUS_RATE_PER_S="100000", LGSP_GATEWAY_MAX_EXPORT_ROWS="250"):
         catalog = load_catalog()
-        for pipeline in PIPELINES:
-            runner.run_pipeline(pipeline, catalog=catalog)
-        prepare_database(url, catalog)
-        registry = AgencyRegistry(_write_engine(url), catalog)
+        registry = loaded_registry(url, catalog, PIPELINES)
         keys, client = _register(registry)
         settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0)
-        server, thread, base = _start(create_app(settings, catalog))
         try:
-            yield Served(base, url, keys, client, registry)
+            with running(create_app(settings, catalog)) as base:
+                yield Served(base, url, keys, client, registry)
         finally:
-            server.should_exit = True
-            thread.join(timeout=30)
             registry.engine.dispose()
     pgserver.drop_database(pg_admin_url, url)
 
 
-def _start(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
+def loaded_registry(url: str, catalog: Any, pipelines: Any) -> AgencyRegistry:
+    """Run `pipelines` into the warehouse at `url`, prepare its shared views and gateway tables; its registry."""
+    for pipeline in pipelines:
+        runner.run_pipeline(pipeline, catalog=catalog)
+    prepare_database(url, catalog)
+    return AgencyRegistry(_write_engine(url), catalog)
+
+
+running = in_thread  # `app` served in a thread on a free loopback port: its base URL; stopped on leaving
+_start = start_in_thread
 
 
 def _pseudonym(value: str) -> str:

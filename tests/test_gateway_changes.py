@@ -10,6 +10,7 @@ warehouse's own write modes and stamped as the runner stamps a load. The gateway
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import threading
 import time
@@ -28,13 +29,12 @@ import sqlalchemy as sa
 import pgserver
 from catalog import load_catalog
 from catalog.models import Catalog, DatasetSpec, SharedDatasetSpec
-from gateway.agencies import AgencyRegistry
 from gateway.api import create_app
-from gateway.service import _write_engine, prepare_database
+from gateway.service import _write_engine
 from gateway.settings import load_gateway_settings
 from lgsp import runner
 from lgsp.runner import _with_lineage
-from test_gateway import _pseudonym, _start, gateway_env
+from test_gateway import _pseudonym, gateway_env, loaded_registry, running
 from warehouse import Warehouse
 
 T0 = datetime(2025, 9, 1, tzinfo=timezone.utc)
@@ -120,10 +120,7 @@ def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: p
     url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
     with gateway_env(sandbox_handle, home, url, LGSP_GATEWAY_MAX_EXPORT_ROWS="100000"):
         catalog = firm_catalog()
-        for pipeline in ("population_citizens", "business_enterprises"):
-            runner.run_pipeline(pipeline, catalog=catalog)
-        prepare_database(url, catalog)
-        registry = AgencyRegistry(_write_engine(url), catalog)
+        registry = loaded_registry(url, catalog, ("population_citizens", "business_enterprises"))
         keys = {}
         for agency, grants in (("so_tai_chinh", {"citizen": [], "enterprise": [], "firm": []}),
                                ("cong_an", {"citizen": ["personal_id", "full_name"]}), ("so_xay_dung", {})):
@@ -133,12 +130,8 @@ def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: p
                 registry.grant(agency, dataset, personal)
         registry.engine.dispose()
         settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0)
-        server, thread, base = _start(create_app(settings, catalog))
-        try:
+        with running(create_app(settings, catalog)) as base:
             yield Env(url, keys, base, catalog, sandbox_handle)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
     if admin:
         pgserver.drop_database(admin, url)
 
@@ -460,3 +453,85 @@ def test_a_token_whose_deletions_were_pruned_or_that_outlived_a_restore_expires_
     engine.dispose()
     restored = env.get("/api/v1/datasets/firm/changes", since=fresh.token)
     assert restored.status_code == 410 and "restored from a backup" in restored.json()["error"]["message"]
+
+
+def test_the_demo_agency_copy_writes_no_secret_and_follows_the_feed_when_the_key_is_stable(
+        env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.demo import agency_copy
+    from lgsp.settings import Settings
+
+    settings = Settings(home=tmp_path, database_url=env.url, lake_root=tmp_path / "lake")
+    stable = os.environ["LGSP_GATEWAY_PSEUDONYM_KEY"]
+    monkeypatch.delenv("LGSP_GATEWAY_PSEUDONYM_KEY")
+    first, path = agency_copy(settings, env.catalog)
+    shared = len(env.export("enterprise"))
+    assert first.snapshot and first.upserts == first.rows == shared and path == tmp_path / "agency/so_xay_dung.db"
+    second, _ = agency_copy(settings, env.catalog)  # another demo, another key of its own: read afresh
+    assert second.rows == shared and "set LGSP_GATEWAY_PSEUDONYM_KEY" in "".join(second.notes)
+    assert "LGSP_GATEWAY_PSEUDONYM_KEY" not in os.environ, "the demo's own key did not outlive it"
+    monkeypatch.setenv("LGSP_GATEWAY_PSEUDONYM_KEY", stable)
+    agency_copy(settings, env.catalog)
+    fourth, _ = agency_copy(settings, env.catalog)
+    assert not fourth.snapshot and (fourth.upserts, fourth.deletes, fourth.rows) == (0, 0, shared)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["so_xay_dung.db"], "no secret on disk"
+    keys = env.scalar("SELECT count(*) FROM gateway_credential WHERE agency_id = 'so_xay_dung' AND revoked_at IS NULL")
+    assert int(keys) == 1, "each demo revokes the agency's earlier keys"
+
+
+def test_a_mirror_refuses_a_damaged_answer_whole_and_loses_nothing(env: Env, agency_db: str) -> None:
+    """A proxy between the agency and the gateway damages the change pages; the mirror applies none of a damaged
+    page, keeps its token, says what was wrong, and converges once the answers are sound again."""
+    from gateway.mirror import Mirror, MirrorError
+    from loopback import serve
+
+    damage: dict[str, str | None] = {"now": None}
+
+    def proxy(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        query = environ.get("QUERY_STRING")
+        answer = requests.get(f"{env.base}{environ['PATH_INFO']}" + (f"?{query}" if query else ""),
+                              headers={"X-API-Key": environ.get("HTTP_X_API_KEY", "")}, timeout=30)
+        body, how = answer.content, damage["now"]
+        if "/changes" in environ["PATH_INFO"] and how:
+            if how == "502":
+                start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
+                return [b"upstream unavailable"]
+            page = orjson.loads(body)
+            if how == "wrong_type":
+                page["changes"][-1]["record"]["updated_at"] = "yesterday"
+            elif how == "bad_op":
+                page["changes"][-1]["op"] = "merge"
+            elif how == "no_next":
+                del page["next"]
+            body = b"<html>proxy error</html>" if how == "not_json" else orjson.dumps(page)
+        start_response(f"{answer.status_code} -", [("Content-Type", "application/json")])
+        return [body]
+
+    def state() -> tuple[dict[tuple[Any, ...], dict[str, Any]], str]:
+        engine = sa.create_engine(agency_db.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.connect() as conn:
+            token = conn.execute(sa.text("SELECT token FROM lgsp_mirror_state WHERE mirror = 'firm'")).scalar_one()
+        engine.dispose()
+        return _table(agency_db, "firm"), token
+
+    relay = serve(proxy)
+    base = next(relay)
+    try:
+        copy = Mirror(base, "firm", agency_db, env.keys["so_tai_chinh"], attempts=2, backoff_s=0.01)
+        copy.run()
+        before = state()
+        _load(Warehouse(env.url, env.catalog), env.catalog.datasets["firm"], "firm-h1",
+              [firm(i, status="renamed", day=40) for i in range(120, 123)])
+        for how, says in (("wrong_type", "not a valid timestamp"), ("bad_op", "neither an upsert nor a delete"),
+                          ("no_next", "not a page of changes"), ("not_json", "not JSON"),
+                          ("502", "no usable answer after 2 attempts (HTTP 502")):
+            damage["now"] = how
+            with pytest.raises(MirrorError) as caught:
+                copy.run()
+            assert says in str(caught.value), (how, str(caught.value))
+            assert state() == before, f"{how}: nothing applied, the token kept"
+        damage["now"] = None
+        run = copy.run()
+        assert run.upserts == 3 and _table(agency_db, "firm") == env.export("firm")
+        copy.close()
+    finally:
+        relay.close()

@@ -28,15 +28,13 @@ import pgserver
 from catalog import load_catalog
 from catalog.loader import CatalogError
 from catalog.models import Catalog
-from gateway.agencies import AgencyRegistry
 from gateway.api import create_app
 from gateway.lookup import _key_problem
-from gateway.service import _write_engine, prepare_database
+from gateway.service import _write_engine
 from gateway.settings import load_gateway_settings
-from lgsp import runner
 from lgsp.cli import app as lgsp_app
 from loopback import serve, soap_relay
-from test_gateway import _pseudonym, _start, gateway_env
+from test_gateway import _pseudonym, gateway_env, loaded_registry, running
 
 ROOT = Path(__file__).resolve().parents[1]
 PATH = "/api/v1/datasets/citizen/lookup"
@@ -84,10 +82,7 @@ def loaded(request: pytest.FixtureRequest, sandbox_handle: Any,
     url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
     with gateway_env(sandbox_handle, home, url):
         catalog = load_catalog()
-        for pipeline in ("population_citizens", "business_enterprises"):
-            runner.run_pipeline(pipeline, catalog=catalog)
-        prepare_database(url, catalog)
-        registry = AgencyRegistry(_write_engine(url), catalog)
+        registry = loaded_registry(url, catalog, ("population_citizens", "business_enterprises"))
         keys = {}
         for agency, dataset, grant in (("tu_phap", "citizen", ["personal_id"]), ("so_y_te", "citizen", []),
                                        ("cong_an", "citizen", ["personal_id", "full_name"]),
@@ -128,12 +123,10 @@ def _gateway(wh: Warehouse, catalog: Catalog | None = None) -> Iterator[Served]:
         conn.execute(sa.text("DELETE FROM lgsp_circuit"))
     engine.dispose()
     settings = dataclasses.replace(load_gateway_settings(wh.url), principal_cache_s=0.0)
-    server, thread, base = _start(create_app(settings, catalog or load_catalog()))
     try:
-        yield Served(base, wh)
+        with running(create_app(settings, catalog or load_catalog())) as base:
+            yield Served(base, wh)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         wh.sandbox.faults.clear()
         reset_limits()
 
