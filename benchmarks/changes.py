@@ -144,7 +144,8 @@ def main() -> None:
                 process.wait(timeout=30)
         if not args.sqlite:
             _drop_postgres_database(args.admin_url, url)
-    print(f"{'scenario':<14} {'requests':>8} {'records':>10} {'seconds':>9} {'records/s':>10} {'slowest request s':>18}")
+    print(f"{'scenario':<14} {'requests':>8} {'records':>10} {'seconds':>9} {'records/s':>10} "
+          f"{'slowest request s':>18}")
     for name, s in figures["scenarios"].items():
         print(f"{name:<14} {s['requests']:>8} {s['records']:>10,} {s['seconds']:>9} {s['records_per_s'] or '-':>10} "
               f"{s['slowest_request_s']:>18}")

@@ -17,9 +17,10 @@ While `more` is true, ask again at once with `next`; then keep `next` and ask ag
 Applying the changes in order (upsert: insert or replace by key; delete: remove the key)
 makes the agency's copy equal to the shared view as of the token.
 
-How it never skips a change: every loaded batch gets a change number as the last write of
-its transaction, in commit order (`Warehouse.stamp_change`), and a core row names the batch
-that last changed it (`_batch_id`, in the shared view but never shown). A token holds the
+How it never skips a change: every load (or indicator computation) that changed a dataset gets a
+change number as the last write of its transaction, in commit order (`Warehouse.stamp_change`,
+`lgsp_change`), and a row names the write that last changed it (`_batch_id`, in the shared view but
+never shown). A token holds the
 window of numbers already delivered; the next window runs from there to the highest number
 committed when it begins. A window is delivered deletes first (`lgsp_tombstone`, in the
 window's batches), then the current rows whose batch is in the window, in key order: a record
@@ -29,7 +30,7 @@ being read moves to a later batch and comes in the next window. Delivery is at l
 windows that follow they converge on the view.
 
 The token is sealed (AES-256-GCM, like a records cursor): it carries no readable value and
-cannot be forged. Rows of batches loaded before the feed existed (no change number) come in
+cannot be forged. Rows written before the feed existed (no change number) come in
 the snapshot only.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ from catalog.models import Catalog
 from gateway.records import QueryError, Reader, _timed, coerce
 from warehouse.shared import has_lineage
 
-BATCHES = sa.table("lgsp_batch", sa.column("batch_id"), sa.column("dataset"), sa.column("change_seq"),
+CHANGES = sa.table("lgsp_change", sa.column("change_seq"), sa.column("batch_id"), sa.column("dataset"),
                    sa.column("rows_changed"), sa.column("tombstones_pruned_at"))
 TOMBSTONES = sa.table("lgsp_tombstone", sa.column("dataset"), sa.column("batch_id"), sa.column("record_key"))
 FEW_PAGES = 20  # a window of at most this many pages of changed rows is read by a pass over the view, then sorted
@@ -57,15 +58,15 @@ class TokenExpired(LookupError):
 
 
 class NoFeed(LookupError):
-    """The dataset has no change feed (404): not loaded by pipelines, or an append log."""
+    """The dataset has no change feed (404): an append log, or rows that do not name their write."""
 
 
 def feed_problem(catalog: Catalog, name: str) -> str | None:
     """Why `name` has no change feed (None: it has one)."""
     dataset = catalog.datasets[name]
     if not has_lineage(dataset):
-        return (f"'{name}' has no change feed: it is computed by lgsp ({dataset.layer} layer), not loaded "
-                "batch by batch; read its records (filter on its time columns) or export it")
+        return (f"'{name}' has no change feed: its rows do not name the write that changed them; read its "
+                "records or export it")
     if dataset.write_mode == "append":
         return f"'{name}' has no change feed: it is an append log; read its records or export it"
     return None
@@ -108,7 +109,7 @@ class ChangeFeed:
         window = self._window(name, token)
         with _timed(self.reader.settings.query_timeout_s), self.reader.engine.connect() as conn:
             if window.hi is None:  # a new window: up to the last change committed now
-                highest = int(conn.execute(sa.select(sa.func.max(BATCHES.c.change_seq))).scalar() or 0)
+                highest = int(conn.execute(sa.select(sa.func.max(CHANGES.c.change_seq))).scalar() or 0)
                 if highest < window.lo:
                     raise TokenExpired(f"{AFRESH}: the warehouse's changes are numbered below this token's (was it "
                                        "restored from a backup?)")
@@ -138,24 +139,24 @@ class ChangeFeed:
 
     @staticmethod
     def _in_window(name: str, window: Window) -> sa.Select:
-        """The batches of the window that changed the dataset (a batch that changed nothing wrote no row)."""
-        return sa.select(BATCHES.c.batch_id).where(BATCHES.c.dataset == name, BATCHES.c.change_seq > window.lo,
-                                                   BATCHES.c.change_seq <= window.hi, BATCHES.c.rows_changed > 0)
+        """The writes (batches, computations) of the window that changed the dataset."""
+        return sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo,
+                                                   CHANGES.c.change_seq <= window.hi)
 
     def _changed_in(self, conn: sa.Connection, name: str, window: Window) -> bool:
         return conn.execute(self._in_window(name, window).limit(1)).first() is not None
 
     @staticmethod
     def _pruned_since(conn: sa.Connection, name: str, window: Window) -> bool:
-        pruned = sa.select(BATCHES.c.batch_id).where(BATCHES.c.dataset == name, BATCHES.c.change_seq > window.lo,
-                                                     BATCHES.c.tombstones_pruned_at.is_not(None)).limit(1)
+        pruned = sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo,
+                                                     CHANGES.c.tombstones_pruned_at.is_not(None)).limit(1)
         return conn.execute(pruned).first() is not None
 
     @staticmethod
     def _at_most(conn: sa.Connection, name: str, window: Window) -> int:
         """At most this many rows of the view are in the window: the rows its batches changed."""
-        changed = sa.select(sa.func.coalesce(sa.func.sum(BATCHES.c.rows_changed), 0)).where(
-            BATCHES.c.dataset == name, BATCHES.c.change_seq > window.lo, BATCHES.c.change_seq <= window.hi)
+        changed = sa.select(sa.func.coalesce(sa.func.sum(CHANGES.c.rows_changed), 0)).where(
+            CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo, CHANGES.c.change_seq <= window.hi)
         return int(conn.execute(changed).scalar_one())
 
     def _deletes(self, conn: sa.Connection, name: str, granted: frozenset[str], window: Window,
@@ -186,8 +187,9 @@ class ChangeFeed:
         key = list(self.catalog.datasets[name].key)
         rows_of: Any = view
         if window.lo == 0:  # the snapshot: every row but those of batches committed after the window
-            later = sa.select(BATCHES.c.batch_id).where(BATCHES.c.change_seq > window.hi)
-            stmt = sa.select(*(view.c[c] for c in shared.columns)).where(view.c._batch_id.not_in(later))
+            later = sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.hi)
+            stmt = sa.select(*(view.c[c] for c in shared.columns)).where(
+                sa.or_(view.c._batch_id.is_(None), view.c._batch_id.not_in(later)))  # null: written before lineage
         else:
             stmt = sa.select(*(view.c[c] for c in shared.columns)).where(
                 view.c._batch_id.in_(self._in_window(name, window)))
@@ -201,7 +203,8 @@ class ChangeFeed:
         if window.after is not None:
             stmt = stmt.where(Reader._after(rows_of, order))
             dataset = self.catalog.datasets[name]
-            params = {f"k{i}": coerce(dataset.columns[k].type, v, "since") for i, (k, v) in enumerate(zip(key, window.after))}
+            params = {f"k{i}": coerce(dataset.columns[k].type, v, "since")
+                      for i, (k, v) in enumerate(zip(key, window.after))}
         stmt = stmt.order_by(*(rows_of.c[k] for k in key)).limit(limit + 1)
         rows = conn.execute(stmt, params).all()
         records = self.reader._finish(name, granted, rows[:limit], list(shared.columns))

@@ -206,7 +206,8 @@ class Mirror:
                              else insert.on_conflict_do_nothing(index_elements=self.key), upserts)
             saved = {"gateway": self.gateway_name, "dataset": self.dataset, "token": token,
                      "updated_at": datetime.now(timezone.utc)}
-            if not conn.execute(self.state.update().where(self.state.c.mirror == self.table_name).values(**saved)).rowcount:
+            mine = self.state.c.mirror == self.table_name
+            if not conn.execute(self.state.update().where(mine).values(**saved)).rowcount:
                 conn.execute(self.state.insert().values(mirror=self.table_name, **saved))
         run.pages, run.upserts, run.deletes = run.pages + 1, run.upserts + len(upserts), run.deletes + len(deletes)
 

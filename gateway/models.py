@@ -123,8 +123,8 @@ def lookup_model(dataset: DatasetSpec, shared: SharedDatasetSpec) -> type[BaseMo
 def changes_model(dataset: DatasetSpec, shared: SharedDatasetSpec) -> type[BaseModel]:
     """A page of the change feed (gateway.changes): upserts carry the record, deletes its key."""
     title = "".join(part.title() for part in shared.name.split("_"))
-    key = create_model(f"{title}Key", **{k: (Optional[str if k in shared.personal else PY_TYPES[dataset.columns[k].type]],
-                                             None) for k in dataset.key})
+    key_types = {k: str if k in shared.personal else PY_TYPES[dataset.columns[k].type] for k in dataset.key}
+    key = create_model(f"{title}Key", **{k: (Optional[kind], None) for k, kind in key_types.items()})
     change = create_model(f"{title}Change", op=(Literal["upsert", "delete"], ...),
                           record=(Optional[record_model(dataset, shared)], None), key=(Optional[key], None))
     return create_model(f"{title}Changes", dataset=(str, ...), changes=(list[change], ...), next=(str, ...),

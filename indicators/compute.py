@@ -14,6 +14,7 @@ computation (by their `_loaded_at`) and the quarters and years they roll into.
 """
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -23,6 +24,8 @@ import sqlalchemy as sa
 from catalog.models import IndicatorSpec
 from indicators import definitions, periods, query
 from warehouse import Warehouse
+
+MART_DATASET = "indicator_value"  # the dataset of `mart_indicator_value` (catalog/datasets.yaml)
 
 PROVINCE_CODE = "37"  # Ninh Bình; the province the sandbox and the demo serve
 LATE_LOOKBACK = timedelta(minutes=15)
@@ -58,9 +61,17 @@ def _monthly_counts(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, mon
     return counts
 
 
+def computation_id(spec: IndicatorSpec) -> str:
+    """The id a computation's rows carry in `_batch_id` (and the change feed's record of it): sorts by time."""
+    return f"indicator-{spec.name}-v{spec.version}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+
+
 def _sync(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_type: str, counts: Counts,
-          scope: set[str] | None) -> int:
-    """Make the mart's rows of `period_type` within `scope` (all when None) equal `counts`; returns rows written."""
+          scope: set[str] | None, batch_id: str) -> int:
+    """Make the mart's rows of `period_type` within `scope` (all when None) equal `counts`; returns rows written.
+
+    Rows written carry `batch_id`; cells no longer there are recorded as deleted (the change feed's deletes).
+    """
     mart = wh.system["mart_indicator_value"]
     mine = [mart.c.indicator == spec.name, mart.c.version == spec.version, mart.c.period_type == period_type]
     select = sa.select(mart.c.unit_level, mart.c.unit_code, mart.c.period, mart.c.numerator, mart.c.denominator)
@@ -71,7 +82,7 @@ def _sync(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_type: 
     now = datetime.now(timezone.utc)
     fresh = [{"indicator": spec.name, "version": spec.version, "unit_level": cell[0], "unit_code": cell[1],
               "period": cell[2], "period_type": period_type, "measure": spec.measure, "numerator": num,
-              "denominator": den, "value": _value(spec, num, den), "computed_at": now}
+              "denominator": den, "value": _value(spec, num, den), "computed_at": now, "_batch_id": batch_id}
              for cell, (num, den) in sorted(counts.items()) if stored.get(cell) != (num, den)]
     gone = [cell for cell in stored if cell not in counts]
     for level, unit, period in gone + [(r["unit_level"], r["unit_code"], r["period"]) for r in fresh
@@ -80,11 +91,14 @@ def _sync(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_type: 
                                          mart.c.period == period))
     if fresh:
         conn.execute(mart.insert(), fresh)
+    if gone:
+        wh.record_deletions(conn, MART_DATASET, [c.name for c in mart.primary_key.columns],
+                            [(spec.name, spec.version, *cell) for cell in gone], batch_id)
     return len(fresh) + len(gone)
 
 
 def _roll_up(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_type: str,
-             months: set[str] | None) -> int:
+             months: set[str] | None, batch_id: str) -> int:
     """Quarters or years as sums of the mart's months (those containing `months`, or all)."""
     mart = wh.system["mart_indicator_value"]
     scope = None if months is None else {periods.roll_up(m, period_type) for m in months}
@@ -97,7 +111,7 @@ def _roll_up(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_typ
         pair = sums[(r.unit_level, r.unit_code, periods.roll_up(r.period, period_type))]
         pair[0] += r.numerator
         pair[1] += r.denominator
-    return _sync(conn, wh, spec, period_type, {c: (n, d) for c, (n, d) in sums.items()}, scope)
+    return _sync(conn, wh, spec, period_type, {c: (n, d) for c, (n, d) in sums.items()}, scope, batch_id)
 
 
 def _newest_load(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> datetime | None:
@@ -117,17 +131,19 @@ def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | Non
     Raises:
         IndicatorVersionError: the definition changed without a new version.
     """
+    batch_id = computation_id(spec)
     with wh.transaction() as conn:
         _adopt_untyped_rows(conn, wh)
         definitions.register(conn, wh, spec)
         newest = _newest_load(conn, wh, spec)
         written = 0
         if months is None or months:
-            written = _sync(conn, wh, spec, "month", _monthly_counts(conn, wh, spec, months), months)
+            written = _sync(conn, wh, spec, "month", _monthly_counts(conn, wh, spec, months), months, batch_id)
             for period_type in ("quarter", "year"):
                 if period_type in spec.periods:
-                    written += _roll_up(conn, wh, spec, period_type, months)
+                    written += _roll_up(conn, wh, spec, period_type, months, batch_id)
         definitions.set_watermark(conn, wh, spec, newest)
+        wh.stamp_change(conn, batch_id, MART_DATASET, written)  # last: the change feed's order is the commit order
     return written
 
 
@@ -164,7 +180,10 @@ def compute_range(wh: Warehouse, spec: IndicatorSpec, first: date, last: date) -
                 if row["denominator"]:
                     unit = PROVINCE_CODE if column is None else str(row["unit_code"])
                     counts[(level, unit, label)] = (int(row["numerator"] or 0), int(row["denominator"]))
-        return _sync(conn, wh, spec, "range", counts, {label})
+        batch_id = computation_id(spec)
+        written = _sync(conn, wh, spec, "range", counts, {label}, batch_id)
+        wh.stamp_change(conn, batch_id, MART_DATASET, written)
+        return written
 
 
 def read_indicator(wh: Warehouse, name: str, version: int | None = None, unit_level: str | None = None,

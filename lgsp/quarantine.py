@@ -105,6 +105,6 @@ def replay(ctx: PipelineContext, dataset_rows: list[dict[str, Any]] | None = Non
         for rejection in checked.rejections:
             conn.execute(q.update().where(q.c.quarantine_id == open_rows[rejection.position]["quarantine_id"])
                          .values(reason=rejection.reason, last_batch_id=batch_id))
-        wh.stamp_change(conn, batch_id)
+        wh.stamp_change(conn, batch_id, ds.name, changed)
     return {"replayed": len(records), "landed": len(rows), "still_rejected": len(records) - len(rows),
             "changed": changed}

@@ -90,29 +90,28 @@ def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | Non
         if count:
             batches, pages, page_bytes = batches + 1, pages + count, page_bytes + size
     results = prune_results(before, GxPaths.of_home(settings.home), dry_run=dry_run)
-    tombstones = _prune_tombstones(wh, [batch_id for _, batch_id in loaded], dry_run)
+    tombstones = _prune_tombstones(wh, before, dry_run)
     pruned = Pruned(before, batches, pages, page_bytes, results.results, results.pages, results.bytes, dry_run,
                     tombstones)
     log.info("%s: %s", "would prune" if dry_run else "pruned", pruned)
     return pruned
 
 
-def _prune_tombstones(wh: Any, batch_ids: list[str], dry_run: bool) -> int:
-    """Delete the deletions these batches recorded for the change feed; mark the batches, so that a feed token
-    from before them is refused (410: read the dataset afresh) instead of silently missing a deletion."""
-    tombstone, batch = wh.table("lgsp_tombstone"), wh.table("lgsp_batch")
-    deleted = 0
-    for start in range(0, len(batch_ids), 500):
-        part = batch_ids[start:start + 500]
-        with wh.engine.begin() as conn:
-            counted = dict(conn.execute(sa.select(tombstone.c.batch_id, sa.func.count()).where(
-                tombstone.c.batch_id.in_(part)).group_by(tombstone.c.batch_id)).all())
-            deleted += sum(counted.values())
-            if counted and not dry_run:
-                conn.execute(tombstone.delete().where(tombstone.c.batch_id.in_(list(counted))))
-                conn.execute(batch.update().where(batch.c.batch_id.in_(list(counted)))
-                             .values(tombstones_pruned_at=datetime.now(timezone.utc)))
-    return deleted
+def _prune_tombstones(wh: Any, before: datetime, dry_run: bool) -> int:
+    """Delete the deletions recorded for the change feed by writes committed before `before`; mark those writes,
+    so that a feed token from before them is refused (410: read the dataset afresh) instead of silently
+    missing a deletion."""
+    tombstone, change = wh.table("lgsp_tombstone"), wh.table("lgsp_change")
+    with wh.engine.begin() as conn:
+        old = sa.select(change.c.batch_id).where(change.c.committed_at < before,
+                                                 change.c.tombstones_pruned_at.is_(None))
+        counted = dict(conn.execute(sa.select(tombstone.c.batch_id, sa.func.count()).where(
+            tombstone.c.batch_id.in_(old)).group_by(tombstone.c.batch_id)).all())
+        if counted and not dry_run:
+            conn.execute(tombstone.delete().where(tombstone.c.batch_id.in_(old)))
+            conn.execute(change.update().where(change.c.batch_id.in_(list(counted)))
+                         .values(tombstones_pruned_at=datetime.now(timezone.utc)))
+    return sum(counted.values())
 
 
 def maintain(settings: Settings | None = None, compact_min_age: timedelta = COMPACT_MIN_AGE) -> dict[str, Any]:

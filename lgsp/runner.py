@@ -652,7 +652,7 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
             wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
                       rows_changed=changed, cursor_to=cursor_to, message=None)
-        wh.stamp_change(conn, batch_id)  # last: the change feed's order is the commit order
+        wh.stamp_change(conn, batch_id, ds.name, changed)  # last: the change feed's order is the commit order
     log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, landed, changed)
     return {**result, "rows_landed": landed, "rows_changed": changed}
 

@@ -36,8 +36,10 @@ def core_table(dataset: DatasetSpec, metadata: sa.MetaData) -> sa.Table:
                                  nullable=name in dataset.key or not spec.required))
     # PostgreSQL only (other dialects ignore it): room on each page for the rows' updated versions
     storage = {"postgresql_with": {"fillfactor": dataset.table_fillfactor}}
-    if dataset.layer != "core":  # a mart table is computed from core tables: no source lineage
-        return sa.Table(dataset.table_name, metadata, *columns, **storage)
+    if dataset.layer != "core":  # a mart table is computed from core tables: no source lineage, only the
+        # computation that last changed the row (indicators.compute), for the gateway's change feed
+        return sa.Table(dataset.table_name, metadata, *columns, sa.Column("_batch_id", sa.Text, nullable=True),
+                        **storage)
     if dataset.write_mode == "history":
         columns += [
             sa.Column("valid_from", sa.DateTime(timezone=True), primary_key=True, nullable=False),

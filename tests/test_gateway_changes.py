@@ -53,8 +53,11 @@ def firm_catalog() -> Catalog:
     shared = SharedDatasetSpec(name="firm", description="Firms", owner="test", licence="test", access="restricted",
                                columns=["code", "status", "owner_name", "updated_at"], filterable=["status"],
                                personal={"owner_name": "mask"})
-    return catalog.model_copy(update={"datasets": {**catalog.datasets, "firm": firm},
-                                      "sharing": {**catalog.sharing, "firm": shared}})
+    log = firm.model_copy(update={"name": "firm_log", "title": "Firm log", "write_mode": "append"})
+    shared_log = shared.model_copy(update={"name": "firm_log", "access": "open", "personal": {},
+                                           "columns": ["code", "status", "updated_at"]})
+    return catalog.model_copy(update={"datasets": {**catalog.datasets, "firm": firm, "firm_log": log},
+                                      "sharing": {**catalog.sharing, "firm": shared, "firm_log": shared_log}})
 
 
 @dataclasses.dataclass
@@ -123,7 +126,7 @@ def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: p
     url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
     with gateway_env(sandbox_handle, home, url, LGSP_GATEWAY_MAX_EXPORT_ROWS="100000"):
         catalog = firm_catalog()
-        registry = loaded_registry(url, catalog, ("population_citizens", "business_enterprises"))
+        registry = loaded_registry(url, catalog, ("population_citizens", "business_enterprises", "tthc_dossiers"))
         keys = {}
         for agency, grants in (("so_tai_chinh", {"citizen": [], "enterprise": [], "firm": []}),
                                ("cong_an", {"citizen": ["personal_id", "full_name"]}), ("so_xay_dung", {})):
@@ -200,8 +203,8 @@ def test_a_mirror_kept_by_the_feed_equals_the_export_through_syncs_and_reruns(
 def _load(wh: Warehouse, ds: DatasetSpec, batch_id: str, records: list[dict[str, Any]],
           conn: sa.Connection | None = None) -> None:
     """Write one batch as `runner.load` does: batch record, rows with lineage, then the change number."""
-    rows = _with_lineage(pa.Table.from_pylist(records), SimpleNamespace(system=SimpleNamespace(name="business")),  # type: ignore[arg-type]
-                         batch_id)
+    ctx = SimpleNamespace(system=SimpleNamespace(name="business"))
+    rows = _with_lineage(pa.Table.from_pylist(records), ctx, batch_id)  # type: ignore[arg-type]
 
     def write(c: sa.Connection) -> None:
         now = datetime.now(timezone.utc)
@@ -211,7 +214,7 @@ def _load(wh: Warehouse, ds: DatasetSpec, batch_id: str, records: list[dict[str,
         changed = wh.write_batch(c, ds, rows)
         batches = wh.system["lgsp_batch"]
         c.execute(batches.update().where(batches.c.batch_id == batch_id).values(rows_changed=changed))
-        wh.stamp_change(c, batch_id)
+        wh.stamp_change(c, batch_id, ds.name, changed)
 
     if conn is not None:
         write(conn)
@@ -290,29 +293,43 @@ def test_tokens_are_sealed_and_bound_to_their_dataset_and_reads_are_audited(env:
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     assert env.get("/api/v1/datasets/citizen/changes", since=forged).status_code == 400
     cursor = env.get("/api/v1/datasets/citizen/records", limit=1).json()["next_cursor"]
-    assert env.get("/api/v1/datasets/citizen/changes", since=cursor).status_code == 400, "a records cursor is not a token"
+    assert env.get("/api/v1/datasets/citizen/changes", since=cursor).status_code == 400, "a cursor is not a token"
     assert env.get("/api/v1/datasets/citizen/changes", agency="so_xay_dung").status_code == 403
     assert env.get("/api/v1/datasets/citizen/changes", agency=None).status_code == 401
     assert env.get("/api/v1/datasets/citizen/changes", limit=0).status_code == 400
-    mart = env.get("/api/v1/datasets/indicator_value/changes", agency=None)
-    assert mart.status_code == 404 and "computed by lgsp" in mart.json()["error"]["message"]
+    log = env.get("/api/v1/datasets/firm_log/changes", agency=None)
+    assert log.status_code == 404 and "append log" in log.json()["error"]["message"]
     assert env.get("/api/v1/datasets/passport/changes").status_code == 404
     audited = env.scalar("SELECT count(*) FROM gateway_audit WHERE action = 'changes' AND dataset = 'citizen' "
                          "AND agency_id = 'so_tai_chinh' AND status = 200")
     assert int(audited) >= 1
     assert env.get("/api/v1/datasets/citizen").json()["changes"] == "/api/v1/datasets/citizen/changes"
-    assert env.get("/api/v1/datasets/indicator_value").json()["changes"] is None
+    assert env.get("/api/v1/datasets/firm_log").json()["changes"] is None
     spec = env.get("/openapi.json").json()
     assert "changes_citizen" in {op["operationId"] for path in spec["paths"].values() for op in path.values()}
-    assert "/api/v1/datasets/indicator_value/changes" not in spec["paths"]
+    assert "/api/v1/datasets/firm_log/changes" not in spec["paths"]
+    assert "/api/v1/datasets/indicator_value/changes" in spec["paths"]
 
 
-def test_the_runner_numbers_each_load_in_commit_order(env: Env) -> None:
-    before = int(env.scalar("SELECT coalesce(max(change_seq), 0) FROM lgsp_batch"))
-    runner.run_pipeline("population_citizens", catalog=env.catalog)
-    batch = env.scalar("SELECT batch_id FROM lgsp_batch WHERE pipeline = 'population_citizens' "
-                       "ORDER BY change_seq DESC LIMIT 1")
-    assert int(env.scalar(f"SELECT change_seq FROM lgsp_batch WHERE batch_id = '{batch}'")) == before + 1
+def test_the_runner_numbers_each_load_that_changed_something_in_commit_order(env: Env, monkeypatch: Any) -> None:
+    from sandbox import start_sandbox
+
+    before = int(env.scalar("SELECT coalesce(max(change_seq), 0) FROM lgsp_change"))
+    runner.run_pipeline("population_citizens", catalog=env.catalog)  # nothing new at the source: no number
+    assert int(env.scalar("SELECT coalesce(max(change_seq), 0) FROM lgsp_change")) == before
+    data = env.sandbox.data
+    citizens = [dict(c) for c in data.citizens]
+    later = max(c["updated_at"] for c in citizens) + timedelta(days=30)
+    for citizen in [c for c in citizens if c["personal_id"] not in data.citizen_defects][100:103]:
+        citizen.update(address=f"{citizen['address']} (lần 2)", updated_at=later)
+    citizens.sort(key=lambda c: (c["updated_at"], c["personal_id"]))
+    with start_sandbox(data=dataclasses.replace(data, citizens=citizens), api_key="test-key-not-secret") as newer:
+        for name, value in newer.env().items():
+            monkeypatch.setenv(name, value)
+        result = runner.run_pipeline("population_citizens", catalog=env.catalog, full_refresh=True)
+    row = env.scalar(f"SELECT change_seq || ' ' || rows_changed || ' ' || dataset FROM lgsp_change "
+                     f"WHERE batch_id = '{result['batch_id']}'")
+    assert result["rows_changed"] == 3 and row == f"{before + 1} 3 citizen"
 
 
 # --- lgsp mirror: the agency's side ---------------------------------------------------------------
@@ -437,7 +454,7 @@ def test_a_token_whose_deletions_were_pruned_or_that_outlived_a_restore_expires_
     done = prune(timedelta(0))  # the deletions of every batch loaded until now
     assert done.tombstones >= 5
     assert int(env.scalar("SELECT count(*) FROM lgsp_tombstone WHERE batch_id = 'firm-p1'")) == 0
-    assert env.scalar("SELECT tombstones_pruned_at FROM lgsp_batch WHERE batch_id = 'firm-p1'") is not None
+    assert env.scalar("SELECT tombstones_pruned_at FROM lgsp_change WHERE batch_id = 'firm-p1'") is not None
     expired = env.get("/api/v1/datasets/firm/changes", since=mirror.token)
     assert expired.status_code == 410 and "pruned" in expired.json()["error"]["message"]
     refused = cli.invoke(lgsp_app, command)
@@ -451,8 +468,8 @@ def test_a_token_whose_deletions_were_pruned_or_that_outlived_a_restore_expires_
     fresh.poll()
     engine = _write_engine(env.url)
     with engine.begin() as conn:  # as if the warehouse were restored from a backup taken before the last loads
-        top = conn.execute(sa.text("SELECT max(change_seq) FROM lgsp_batch")).scalar()
-        conn.execute(sa.text("UPDATE lgsp_batch SET change_seq = NULL WHERE change_seq >= :top"), {"top": top - 1})
+        top = conn.execute(sa.text("SELECT max(change_seq) FROM lgsp_change")).scalar()
+        conn.execute(sa.text("DELETE FROM lgsp_change WHERE change_seq >= :top"), {"top": top - 1})
     engine.dispose()
     restored = env.get("/api/v1/datasets/firm/changes", since=fresh.token)
     assert restored.status_code == 410 and "restored from a backup" in restored.json()["error"]["message"]
@@ -589,3 +606,29 @@ def test_a_mirror_killed_mid_run_goes_on_from_its_last_page(env: Env, agency_db:
         assert _table(agency_db, "firm") == env.export("firm")
     finally:
         relay.close()
+
+
+def test_the_indicator_mart_has_a_feed_through_recomputes_and_vanished_cells(env: Env) -> None:
+    from indicators import compute_indicator
+
+    wh = Warehouse(env.url, env.catalog)
+    spec = env.catalog.indicators["online_submission_rate"]
+    assert compute_indicator(wh, spec) > 0
+    mirror = Mirror(env, "indicator_value", limit=200)
+    mirror.poll()
+    assert mirror.rows == env.export("indicator_value") and len(mirror.rows) > 200
+    assert compute_indicator(wh, spec) == 0 and mirror.poll() == [], "a recompute that changes nothing adds nothing"
+
+    engine = _write_engine(env.url)  # every dossier of one commune gone from the copy: its cells vanish
+    with engine.begin() as conn:
+        commune = conn.execute(sa.text("SELECT commune_code FROM core_dossier GROUP BY commune_code "
+                                       "ORDER BY count(*), commune_code LIMIT 1")).scalar_one()
+        conn.execute(sa.text("DELETE FROM core_dossier WHERE commune_code = :c"), {"c": commune})
+    engine.dispose()
+    assert compute_indicator(wh, spec) > 0
+    got = mirror.poll()
+    deleted = [c["key"] for c in got if c["op"] == "delete"]
+    units = {(k["unit_level"], k["unit_code"]) for k in deleted}  # the commune, and its receiving agency
+    assert ("commune", commune) in units and all(commune in code for _, code in units)
+    assert {c["record"]["unit_level"] for c in got if c["op"] == "upsert"} >= {"province"}, "the province's rates"
+    assert mirror.rows == env.export("indicator_value")

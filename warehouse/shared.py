@@ -27,7 +27,7 @@ from warehouse.store import Warehouse
 def shared_select(dataset: DatasetSpec, shared: SharedDatasetSpec, table: sa.Table) -> sa.Select:
     """The SELECT behind `shared_<dataset>`: the shared columns; current versions only for history.
 
-    A core dataset's view also has `_batch_id` (the batch that last changed the row), which
+    The view also has `_batch_id` (the load or computation that last changed the row), which
     the gateway's change feed selects rows by and never shows (gateway.changes).
     """
     lineage = [table.c._batch_id] if has_lineage(dataset) else []
@@ -53,8 +53,9 @@ def shared_view_table(dataset: DatasetSpec, shared: SharedDatasetSpec, metadata:
 
 
 def has_lineage(dataset: DatasetSpec) -> bool:
-    """True for a dataset loaded by pipelines (layer core): its rows name the batch that last changed them."""
-    return dataset.layer == "core"
+    """True for a dataset whose rows name the write that last changed them: loaded by pipelines (core), or
+    computed by lgsp into the mart (indicators.compute)."""
+    return dataset.layer in ("core", "mart")
 
 
 def shared_views(catalog: Catalog) -> dict[str, sa.Table]:

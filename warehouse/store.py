@@ -45,7 +45,8 @@ CHANGE_SEQ_LOCK = 0x6C677370_63686E67 & (2**63 - 1)  # the advisory lock `Wareho
 
 def tombstone_key(key: Sequence[str], values: Sequence[Any]) -> str:
     """A deleted record's key as `lgsp_tombstone.record_key` holds it: a JSON object, in the key's order."""
-    return orjson.dumps(dict(zip(key, values)), option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
+    keyed = {str(name): value for name, value in zip(key, values)}  # str: SQLAlchemy's column names subclass it
+    return orjson.dumps(keyed, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
 
 
 ARROW_TYPES: dict[type[sa.types.TypeEngine], pa.DataType] = {
@@ -487,7 +488,7 @@ class Warehouse:
         for start in range(0, len(gone_keys), CHUNK_ROWS):
             deleted = conn.execute(table.delete().where(key_columns.in_(gone_keys[start:start + CHUNK_ROWS]))
                                    .returning(*(table.c[k] for k in dataset.key))).all()
-            self._tombstones(conn, dataset, deleted, chunk.column("_batch_id")[0].as_py())
+            self.record_deletions(conn, dataset.name, dataset.key, deleted, chunk.column("_batch_id")[0].as_py())
             written += len(deleted)
         return written
 
@@ -588,7 +589,7 @@ class Warehouse:
         same_key = sa.and_(*(table.c[k] == new.c[k] for k in key))
         removed = conn.execute(sa.select(*(table.c[k] for k in key))
                                .select_from(table.outerjoin(new, same_key)).where(new.c[key[0]].is_(None))).all()
-        self._tombstones(conn, dataset, removed, batch_id)
+        self.record_deletions(conn, dataset.name, key, removed, batch_id)
         table.drop(conn)
         conn.exec_driver_sql(f'ALTER TABLE "{new.name}" RENAME TO "{table.name}"')
         if self.dialect == "postgresql":  # keep the primary key's name free for the next replace
@@ -639,7 +640,7 @@ class Warehouse:
                                               table.c.is_current.is_(sa.true()))
                          .values(valid_to=sa.bindparam("closed_at"), is_current=False), closes)
         if gone:
-            self._tombstones(conn, dataset, gone, rows[0]["_batch_id"])
+            self.record_deletions(conn, dataset.name, key, gone, rows[0]["_batch_id"])
         return len(gone) + self.upsert(conn, table, versions, [*key, "valid_from"], only_if_changed="_row_hash")
 
     def insert_ignore(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
@@ -647,28 +648,34 @@ class Warehouse:
         if rows:
             conn.execute(self._insert(table).on_conflict_do_nothing(index_elements=list(key)), list(rows))
 
-    def stamp_change(self, conn: sa.Connection, batch_id: str) -> None:
-        """Give a loaded batch the next change number, as the last write of its transaction.
+    def stamp_change(self, conn: sa.Connection, batch_id: str, dataset: str, rows_changed: int) -> None:
+        """Record that `batch_id` changed `rows_changed` rows of `dataset`, with the next change number, as the
+        last write of its transaction (nothing when it changed nothing).
 
-        Numbers follow the order batches commit in: on PostgreSQL a transaction-scoped
+        Numbers follow the order writes commit in: on PostgreSQL a transaction-scoped
         advisory lock is held from the number's choice to the commit (a moment), so a
-        batch loading beside it takes the next number only once this one is visible;
-        SQLite has one writer at a time. A reader that sees number N therefore sees every
-        batch numbered below it: the change feed (gateway.changes) reads windows of numbers
-        and never skips a batch that committed late.
+        write beside it takes the next number only once this one is visible; SQLite has
+        one writer at a time. A reader that sees number N therefore sees every write
+        numbered below it: the change feed (gateway.changes) reads windows of numbers and
+        never skips a write that committed late.
         """
+        if rows_changed <= 0:
+            return
         if self.dialect == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(lock)s)", {"lock": CHANGE_SEQ_LOCK})
-        batch = self.system["lgsp_batch"]
-        following = sa.select(sa.func.coalesce(sa.func.max(batch.c.change_seq), 0) + 1).scalar_subquery()
-        conn.execute(batch.update().where(batch.c.batch_id == batch_id).values(change_seq=following))
+        change = self.system["lgsp_change"]
+        following = sa.select(sa.func.coalesce(sa.func.max(change.c.change_seq), 0) + 1,
+                              sa.literal(batch_id), sa.literal(dataset), sa.literal(rows_changed),
+                              sa.literal(datetime.now(timezone.utc), type_=sa.DateTime(timezone=True)))
+        conn.execute(change.insert().from_select(
+            ["change_seq", "batch_id", "dataset", "rows_changed", "committed_at"], following))
 
-    def _tombstones(self, conn: sa.Connection, dataset: DatasetSpec, keys: Iterable[tuple[Any, ...]],
-                    batch_id: str) -> None:
-        """Record the keys a batch deleted from the dataset's table (the change feed's deletes)."""
+    def record_deletions(self, conn: sa.Connection, dataset: str, key: Sequence[str],
+                         keys: Iterable[tuple[Any, ...]], batch_id: str) -> None:
+        """Record the keys a write deleted from `dataset`'s table (`lgsp_tombstone`: the change feed's deletes)."""
         now = datetime.now(timezone.utc)
-        rows = [{"dataset": dataset.name, "batch_id": batch_id, "record_key": tombstone_key(dataset.key, key),
-                 "deleted_at": now} for key in keys]
+        rows = [{"dataset": dataset, "batch_id": batch_id, "record_key": tombstone_key(key, values),
+                 "deleted_at": now} for values in keys]
         for start in range(0, len(rows), CHUNK_ROWS):
             self.insert_ignore(conn, self.system["lgsp_tombstone"], rows[start:start + CHUNK_ROWS],
                                ["dataset", "batch_id", "record_key"])

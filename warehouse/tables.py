@@ -34,11 +34,6 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("cursor_until", TZ),
         sa.Column("pages", sa.Integer),
         sa.Column("paging_state", sa.Text),
-        # the order batches committed in (`Warehouse.stamp_change`): the sharing gateway's change feed reads
-        # the rows of the batches between two stamps (gateway.changes); null until the batch is loaded
-        sa.Column("change_seq", sa.BigInteger),
-        sa.Column("tombstones_pruned_at", TZ),  # its deletions were pruned (lgsp.retention): older feed tokens expire
-        sa.Index("ix_lgsp_batch_change_seq", "change_seq"),
     )
     cursor = sa.Table(
         "lgsp_cursor", metadata,
@@ -87,7 +82,19 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("counts", sa.Text, nullable=False),  # JSON: records per status (same, behind, silent, ...)
         sa.Column("silent_columns", sa.Text, nullable=False),  # JSON: column -> silently drifted records
     )
-    tombstone = sa.Table(  # a record a batch deleted from a core table (marker, replace, history close): the feed's deletes
+    change = sa.Table(  # every write that changed a dataset, numbered in commit order (`Warehouse.stamp_change`):
+        "lgsp_change", metadata,  # the sharing gateway's change feed reads the rows of the writes between two numbers
+        sa.Column("change_seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("batch_id", sa.Text, nullable=False, unique=True),  # a load's batch, or an indicator computation
+        sa.Column("dataset", sa.Text, nullable=False),
+        sa.Column("rows_changed", sa.BigInteger, nullable=False),
+        sa.Column("committed_at", TZ, nullable=False),
+        sa.Column("tombstones_pruned_at", TZ),  # its deletions were pruned (lgsp.retention): older feed tokens expire
+        sa.Index("ix_lgsp_change_dataset", "dataset", "change_seq"),
+    )
+    # a record a write deleted (a deletion marker, a replace, a history close, a vanished indicator cell): the
+    # change feed's deletes
+    tombstone = sa.Table(
         "lgsp_tombstone", metadata,
         sa.Column("dataset", sa.Text, primary_key=True),
         sa.Column("batch_id", sa.Text, primary_key=True, index=True),
@@ -95,7 +102,8 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("deleted_at", TZ, nullable=False),
     )
     exchange = tables_for_exchanges(metadata)
-    return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, tombstone, *exchange)}
+    return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
+                                  *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:
