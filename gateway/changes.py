@@ -118,8 +118,8 @@ class ChangeFeed:
                 raise TokenExpired(f"{AFRESH}: deletions since this token was issued have been pruned (retention, "
                                    "lgsp lake prune); a token is good for LGSP_RETENTION_DAYS")
             changes: list[dict[str, Any]] = []
-            if window.lo and window.after is None and not self._changed_in(conn, name, window):
-                # nothing of this dataset changed in the window (the usual poll between syncs): no pass over it
+            at_most = self._at_most(conn, name, window) if window.lo else None
+            if at_most == 0:  # nothing of this dataset changed in the window (the usual poll between syncs)
                 return self._answer(name, [], Window(window.hi, None, "deletes"), False)
             if window.phase == "deletes":
                 changes, after = self._deletes(conn, name, granted, window, limit)
@@ -128,7 +128,7 @@ class ChangeFeed:
                 window = Window(window.lo, window.hi, "upserts")
                 if len(changes) == limit:  # the page is full: the upserts begin on the next
                     return self._answer(name, changes, window, True)
-            records, after = self._upserts(conn, name, granted, window, limit - len(changes))
+            records, after = self._upserts(conn, name, granted, window, limit - len(changes), at_most)
         changes += records
         if after is not None:
             return self._answer(name, changes, Window(window.lo, window.hi, "upserts", after), True)
@@ -143,9 +143,6 @@ class ChangeFeed:
         return sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo,
                                                    CHANGES.c.change_seq <= window.hi)
 
-    def _changed_in(self, conn: sa.Connection, name: str, window: Window) -> bool:
-        return conn.execute(self._in_window(name, window).limit(1)).first() is not None
-
     @staticmethod
     def _pruned_since(conn: sa.Connection, name: str, window: Window) -> bool:
         pruned = sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo,
@@ -154,7 +151,8 @@ class ChangeFeed:
 
     @staticmethod
     def _at_most(conn: sa.Connection, name: str, window: Window) -> int:
-        """At most this many rows of the view are in the window: the rows its batches changed."""
+        """At most this many rows of the view are in the window: the rows its writes changed (0: none changed it;
+        a write that changed nothing has no number)."""
         changed = sa.select(sa.func.coalesce(sa.func.sum(CHANGES.c.rows_changed), 0)).where(
             CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo, CHANGES.c.change_seq <= window.hi)
         return int(conn.execute(changed).scalar_one())
@@ -175,12 +173,12 @@ class ChangeFeed:
         for _, record_key in rows[:limit]:
             values = orjson.loads(record_key)
             keys.append(tuple(coerce(dataset.columns[k].type, values.get(k), "tombstone") for k in dataset.key))
-        shown = self.reader._finish(name, granted, keys, list(dataset.key))
+        shown = self.reader.finish(name, granted, keys, list(dataset.key))
         changes = [{"op": "delete", "key": key} for key in shown]
         return changes, (list(rows[limit - 1]) if len(rows) > limit else None)
 
     def _upserts(self, conn: sa.Connection, name: str, granted: frozenset[str], window: Window,
-                 limit: int) -> tuple[list[dict[str, Any]], list[Any] | None]:
+                 limit: int, at_most: int | None) -> tuple[list[dict[str, Any]], list[Any] | None]:
         """The current records the window's batches changed (every current record for the snapshot), in key
         order after `window.after`, and the key to go on from (None: all read)."""
         view, shared = self.reader.views[name], self.catalog.sharing[name]
@@ -193,7 +191,7 @@ class ChangeFeed:
         else:
             stmt = sa.select(*(view.c[c] for c in shared.columns)).where(
                 view.c._batch_id.in_(self._in_window(name, window)))
-            if self._at_most(conn, name, window) <= FEW_PAGES * limit:
+            if at_most is not None and at_most <= FEW_PAGES * limit:
                 # few rows changed: one pass over the view picks them, then they are sorted; otherwise walking the
                 # key's index and keeping the window's rows is cheaper per page (the matches are dense enough)
                 rows_of = stmt.cte("window_rows").prefix_with("MATERIALIZED")
@@ -201,13 +199,13 @@ class ChangeFeed:
         order = [(k, False) for k in key]
         params: dict[str, Any] = {}
         if window.after is not None:
-            stmt = stmt.where(Reader._after(rows_of, order))
+            stmt = stmt.where(Reader.after(rows_of, order))
             dataset = self.catalog.datasets[name]
             params = {f"k{i}": coerce(dataset.columns[k].type, v, "since")
                       for i, (k, v) in enumerate(zip(key, window.after))}
         stmt = stmt.order_by(*(rows_of.c[k] for k in key)).limit(limit + 1)
         rows = conn.execute(stmt, params).all()
-        records = self.reader._finish(name, granted, rows[:limit], list(shared.columns))
+        records = self.reader.finish(name, granted, rows[:limit], list(shared.columns))
         changes = [{"op": "upsert", "record": record} for record in records]
         if len(rows) <= limit:
             return changes, None

@@ -265,7 +265,7 @@ class Reader:
             stmt = stmt.where(sa.or_(*(sa.func.lower(view.c[c]).like(sa.bindparam("q"), escape="\\")
                                        for c in searchable)))
         if after:
-            stmt = stmt.where(self._after(view, order))
+            stmt = stmt.where(self.after(view, order))
         if paged:
             stmt = stmt.order_by(*(view.c[c].desc() if d else view.c[c].asc() for c, d in order))
             stmt = stmt.limit(sa.bindparam("limit", type_=sa.Integer))
@@ -298,7 +298,7 @@ class Reader:
             result = conn.execute(stmt, params)
             return list(result.keys()), result.all()
 
-    def _finish(self, name: str, granted: frozenset[str], rows: list[Any], shown: list[str]) -> list[dict[str, Any]]:
+    def finish(self, name: str, granted: frozenset[str], rows: list[Any], shown: list[str]) -> list[dict[str, Any]]:
         """Records of the shown columns (they come first in each row), personal columns protected."""
         build = self._builders.get((name, granted, tuple(shown)))
         if build is None:
@@ -325,7 +325,7 @@ class Reader:
     def protect(self, name: str, granted: frozenset[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Records of the shared columns, personal columns protected as a records read protects them."""
         shown = list(self.catalog.sharing[name].columns)
-        return self._finish(name, granted, [tuple(r.get(c) for c in shown) for r in records], shown)
+        return self.finish(name, granted, [tuple(r.get(c) for c in shown) for r in records], shown)
 
     def page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
@@ -349,7 +349,7 @@ class Reader:
         if len(rows) > plan.limit:
             rows = rows[:plan.limit]
             next_cursor = self._seal(plan.name, plan.order, [rows[-1][names.index(c)] for c, _ in plan.order])
-        return self._finish(plan.name, plan.granted, rows, plan.shown), next_cursor
+        return self.finish(plan.name, plan.granted, rows, plan.shown), next_cursor
 
     def offset_page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
                     offset: int) -> list[dict[str, Any]]:
@@ -357,7 +357,7 @@ class Reader:
         self.check(name, granted, query)
         stmt, shown = self._select(name, granted, query, self._order(name, query), paged="offset")
         _, rows = self._fetch(stmt, self._params(query, limit=limit, offset=offset))
-        return self._finish(name, granted, rows, shown)
+        return self.finish(name, granted, rows, shown)
 
     def count(self, name: str, granted: frozenset[str], query: RecordQuery) -> int:
         """How many rows match the query's filters and search."""
@@ -379,7 +379,7 @@ class Reader:
                 return
 
     @staticmethod
-    def _after(view: sa.Table, order: list[tuple[str, bool]]) -> sa.ColumnElement[bool]:
+    def after(view: sa.Table, order: list[tuple[str, bool]]) -> sa.ColumnElement[bool]:
         """Rows strictly after the keyset values `k0`, `k1`, ... in `order` (mixed directions):
         an OR of prefix-equal comparisons."""
         keys = [sa.bindparam(f"k{i}", type_=view.c[c].type) for i, (c, _) in enumerate(order)]

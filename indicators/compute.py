@@ -14,7 +14,6 @@ computation (by their `_loaded_at`) and the quarters and years they roll into.
 """
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -62,8 +61,10 @@ def _monthly_counts(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, mon
 
 
 def computation_id(spec: IndicatorSpec) -> str:
-    """The id a computation's rows carry in `_batch_id` (and the change feed's record of it): sorts by time."""
-    return f"indicator-{spec.name}-v{spec.version}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    """The id a computation's rows carry in `_batch_id` (and the change feed's record of it): a batch id's form."""
+    from lgsp.runner import new_batch_id
+
+    return new_batch_id(f"indicator-{spec.name}-v{spec.version}")
 
 
 def _sync(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_type: str, counts: Counts,

@@ -12,9 +12,9 @@ Two things grow with every batch and are not needed for long:
 `prune` deletes the pages of batches **loaded** before the cut-off (a failed, half-pulled or
 unloaded batch keeps its pages: a rerun resumes or replays from them), keeping each batch's
 manifest, and the GX results and pages of runs before it, except the newest ones, which the
-Data Docs index lists (`quality.expectations.prune_results`), and the deletions those batches
-recorded for the gateway's change feed (`lgsp_tombstone`; a feed token from before them is then
-refused with 410, and the agency reads the dataset afresh). Parquet files, quarantine and the
+Data Docs index lists (`quality.expectations.prune_results`), and the deletions that writes
+committed before the cut-off recorded for the gateway's change feed (`lgsp_tombstone`; a feed
+token from before them is then refused with 410, and the agency reads the dataset afresh). Parquet files, quarantine and the
 store's rows are never touched. `dry_run` reports what would go.
 
 `maintain` is the daily housekeeping the `lgsp_maintenance` DAG runs (02:00 Vietnam time):
@@ -67,7 +67,7 @@ class Pruned:
     result_pages: int  # their Data Docs pages
     result_bytes: int
     dry_run: bool
-    tombstones: int = 0  # deletions of those batches kept for the gateway's change feed
+    tombstones: int = 0  # deletions kept for the gateway's change feed, of writes committed before `before`
 
 
 def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | None = None,

@@ -145,8 +145,7 @@ class Warehouse:
         digest = hashlib.sha256()
         for table in sorted(self.metadata.tables.values(), key=lambda t: t.name):
             digest.update(repr((table.name, [(c.name, repr(c.type), c.nullable, c.primary_key)
-                                             for c in table.columns], self._storage(table),
-                                sorted(str(i.name) for i in table.indexes))).encode())
+                                             for c in table.columns], self._storage(table))).encode())
         return digest.hexdigest()
 
     def _schema_unchanged(self, fingerprint: str) -> bool:
@@ -227,8 +226,6 @@ class Warehouse:
                     if column.name not in present and column.nullable:
                         kind = column.type.compile(dialect=self.engine.dialect)
                         conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
-                for index in table.indexes:  # an index a newer lgsp declares on an existing table
-                    index.create(conn, checkfirst=True)
             if self.dialect == "postgresql":
                 self._apply_storage(conn)
 
