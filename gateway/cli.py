@@ -1,4 +1,4 @@
-"""`lgsp serve`, `lgsp mirror`, `lgsp agencies ...` and `lgsp audit ...` (registered on the `lgsp` app by `register`).
+"""`lgsp serve`, `lgsp mirror`, `lgsp agencies|webhooks|audit ...` (registered on the `lgsp` app by `register`).
 
     lgsp serve [--port 8090] [--workers 2]          the gateway (uvicorn), after preparing the database
     lgsp mirror enterprise --gateway URL --into DB   an agency's copy kept by the change feed (gateway.mirror)
@@ -9,6 +9,8 @@
     lgsp agencies revoke so_y_te citizen             withdraw a grant
     lgsp agencies revoke-credential CREDENTIAL_ID    revoke a key or client
     lgsp agencies list                               agencies, credentials (ids only), grants
+    lgsp webhooks add so_xay_dung enterprise URL     tell an agency's endpoint when a dataset changes (secret once)
+    lgsp webhooks list | dispatch | deliveries | retry | rotate | remove
     lgsp audit verify                                walk the hash chain; non-zero exit if broken
     lgsp audit list [--agency so_y_te]               the latest reads
 """
@@ -26,6 +28,8 @@ console = Console(highlight=False)
 notes = Console(highlight=False, stderr=True)  # so `lgsp agencies key X > file` captures only the key
 agencies_app = typer.Typer(help="Agencies of the sharing gateway: API keys, OAuth2 clients, grants.",
                            no_args_is_help=True)
+webhooks_app = typer.Typer(help="Webhooks: agencies' endpoints told when a shared dataset they read changed.",
+                            no_args_is_help=True)
 audit_app = typer.Typer(help="The gateway's audit of every read (hash-chained).", no_args_is_help=True)
 
 
@@ -169,6 +173,116 @@ def agencies_list() -> None:
     console.print(table)
 
 
+def _webhooks() -> object:
+    from gateway.settings import GatewayConfigError
+    from gateway.webhooks import from_environment
+
+    try:
+        return from_environment()
+    except (GatewayConfigError, CatalogError) as exc:
+        _fail(str(exc))
+
+
+def _hooks_run(action: object) -> object:
+    from gateway.webhooks import WebhookError
+
+    try:
+        return action()  # type: ignore[operator]
+    except WebhookError as exc:
+        _fail(str(exc))
+
+
+@webhooks_app.command("add")
+def webhooks_add(agency_id: str = typer.Argument(..., help="a registered agency, e.g. so_xay_dung"),
+                 dataset: str = typer.Argument(..., help="a shared dataset the agency is granted, e.g. enterprise"),
+                 url: str = typer.Argument(..., help="the agency's endpoint, e.g. https://so-xay-dung.example/hook"),
+                 allow_http: bool = typer.Option(False, help="allow plain http to a host that is not loopback")) -> None:
+    """Tell an agency's endpoint when a dataset changes; prints the signing secret once (stdout)."""
+    from gateway.webhooks import shown_url
+
+    hooks = _webhooks()
+    webhook_id, secret = _hooks_run(lambda: hooks.add(agency_id, dataset, url, allow_http))  # type: ignore
+    notes.print(f"webhook {webhook_id}: {agency_id} is told at {shown_url(url)} when {dataset} changes (from now on); "
+                "its signing secret (shown once, Standard Webhooks):")
+    print(secret)
+
+
+@webhooks_app.command("list")
+def webhooks_list() -> None:
+    """Webhooks, their state and the changes their endpoints have not acknowledged (never secrets)."""
+    table = Table("webhook", "agency", "dataset", "endpoint", "state", "told up to", "pending", "last delivered",
+                  "next attempt", "last error")
+    for hook in _webhooks().listing():  # type: ignore[attr-defined]
+        table.add_row(hook["webhook_id"], hook["agency_id"], hook["dataset"], hook["url"], hook["state"],
+                      str(hook["delivered_change"]), str(hook["pending_changes"]), _when(hook["delivered_at"]),
+                      _when(hook["next_attempt_at"]), hook["last_error"] or "")
+    console.print(table)
+
+
+def _when(value: object) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if value else ""
+
+
+@webhooks_app.command("dispatch")
+def webhooks_dispatch(on_airflow: bool = typer.Option(False, help="run the DAG lgsp_notify now")) -> None:
+    """Send each due webhook the changes its endpoint has not acknowledged; exit 1 if one died doing so."""
+    if on_airflow:
+        from lgsp.cli import _airflow_run
+
+        try:
+            return _airflow_run(["lgsp_notify"], task_retries=False)
+        except Exception as exc:  # noqa: BLE001 - DagRunFailed names the task and where its log is
+            _fail(f"{type(exc).__name__}: {exc}")
+    hooks = _webhooks()
+    done = hooks.dispatch()  # type: ignore[attr-defined]
+    table = Table("webhook", "agency", "dataset", "changes", "outcome", "status", "ms", "error / next attempt")
+    for d in done:
+        table.add_row(d.webhook_id, d.agency_id, d.dataset, f"{d.first_change}-{d.last_change}", d.outcome,
+                      str(d.status or ""), str(d.duration_ms),
+                      f"{d.error}; next at {_when(d.next_attempt_at)} UTC" if d.next_attempt_at else d.error or "")
+    console.print(table if done else "nothing to send: every endpoint has been told of every change")
+    dead = [d.webhook_id for d in done if d.outcome in ("dead", "gone")]
+    if dead:
+        _fail(f"webhook(s) {', '.join(dead)} stopped: fix the endpoint, then lgsp webhooks retry")
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(webhook: str = typer.Option(None, help="only this webhook"),
+                        limit: int = typer.Option(20, min=1, max=10_000)) -> None:
+    """The latest attempts: when, which changes, the endpoint's answer."""
+    table = Table("when (UTC)", "webhook", "webhook-id", "changes", "outcome", "status", "ms", "error")
+    for row in _webhooks().deliveries(webhook, limit):  # type: ignore[attr-defined]
+        table.add_row(_when(row["attempted_at"]), row["webhook_id"], row["message_id"],
+                      f"{row['first_change']}-{row['last_change']}", row["outcome"], str(row["status"] or ""),
+                      str(row["duration_ms"]), row["error"] or "")
+    console.print(table)
+
+
+@webhooks_app.command("retry")
+def webhooks_retry(webhook_id: str = typer.Argument(None, help="one webhook (default: every dead one)")) -> None:
+    """Revive a dead webhook (out of attempts, or its endpoint answered 410): tried at the next dispatch."""
+    hooks = _webhooks()
+    revived = _hooks_run(lambda: hooks.retry(webhook_id))  # type: ignore[attr-defined]
+    console.print(f"revived: {', '.join(revived)}" if revived else "no dead webhook")  # type: ignore[arg-type]
+
+
+@webhooks_app.command("rotate")
+def webhooks_rotate(webhook_id: str) -> None:
+    """A new signing secret (stdout, shown once); the old one also signs for 24 hours."""
+    hooks = _webhooks()
+    secret = _hooks_run(lambda: hooks.rotate(webhook_id))  # type: ignore[attr-defined]
+    notes.print(f"webhook {webhook_id}: new signing secret (shown once; the old one also signs for 24 hours):")
+    print(secret)
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(webhook_id: str) -> None:
+    """Stop telling the endpoint (its deliveries are kept)."""
+    hooks = _webhooks()
+    _hooks_run(lambda: hooks.remove(webhook_id))  # type: ignore[attr-defined]
+    console.print(f"webhook {webhook_id} removed")
+
+
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check the audit's hash chains: exit 1 and name the rows if any was edited or deleted."""
@@ -239,8 +353,9 @@ def mirror(dataset: str = typer.Argument(..., help="a shared dataset, e.g. enter
 
 
 def register(app: typer.Typer) -> None:
-    """Add `serve`, `mirror`, `agencies` and `audit` to the `lgsp` command line."""
+    """Add `serve`, `mirror`, `agencies`, `webhooks` and `audit` to the `lgsp` command line."""
     app.command("serve")(serve)
     app.command("mirror")(mirror)
     app.add_typer(agencies_app, name="agencies")
+    app.add_typer(webhooks_app, name="webhooks")
     app.add_typer(audit_app, name="audit")

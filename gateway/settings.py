@@ -9,6 +9,7 @@
 | `LGSP_GATEWAY_RATE_PER_S` | 20 | requests per second per agency unless its registration says otherwise |
 | `LGSP_GATEWAY_ANONYMOUS_RATE_PER_S` | 10 | requests per second per client address without a key (open data) |
 | `LGSP_GATEWAY_TOKEN_TTL_S` | 3600 | lifetime of an OAuth2 access token |
+| `LGSP_GATEWAY_PUBLIC_URL` | none | the gateway's address as agencies reach it (webhook notifications link the feed by it) |
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class GatewaySettings:
     anonymous_rate_per_s: float = 10.0
     token_ttl_s: int = 3600
     principal_cache_s: float = 5.0
+    public_url: str | None = None
 
     def __repr__(self) -> str:
         return f"GatewaySettings(database_url=<redacted>, max_page_rows={self.max_page_rows}, ...)"
@@ -77,4 +79,5 @@ def load_gateway_settings(database_url: str | None = None) -> GatewaySettings:
         rate_per_s=_number("LGSP_GATEWAY_RATE_PER_S", 20.0),
         anonymous_rate_per_s=_number("LGSP_GATEWAY_ANONYMOUS_RATE_PER_S", 10.0),
         token_ttl_s=int(_number("LGSP_GATEWAY_TOKEN_TTL_S", 3600)),
+        public_url=os.environ.get("LGSP_GATEWAY_PUBLIC_URL") or None,
     )

@@ -1,4 +1,4 @@
-"""The gateway's tables, on the warehouse database: agencies, credentials, tokens, grants, audit.
+"""The gateway's tables, on the warehouse database: agencies, credentials, tokens, grants, audit, webhooks.
 
 Credentials and tokens are stored as SHA-256 digests of the secret, never the secret:
 the secrets are 256-bit random values, so a fast digest is enough (no password to
@@ -58,6 +58,42 @@ audit = sa.Table(
     # one hash chain per writing process (gateway.audit): (chain, seq) numbers a row
     sa.Column("chain", sa.Integer, nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint("chain", "seq", name="gateway_audit_pkey"),
+)
+
+# an agency's endpoint told when a shared dataset changed (gateway.webhooks); its secret is derived, never stored
+webhook = sa.Table(
+    "gateway_webhook", metadata,
+    sa.Column("webhook_id", sa.Text, primary_key=True),
+    sa.Column("agency_id", sa.Text, sa.ForeignKey("gateway_agency.agency_id"), nullable=False, index=True),
+    sa.Column("dataset", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("nonce", sa.Text, nullable=False),  # with the gateway's key, derives the signing secret
+    sa.Column("previous_nonce", sa.Text),  # the secret before a rotation, also signed with until `previous_until`
+    sa.Column("previous_until", TZ),
+    sa.Column("created_at", TZ, nullable=False),
+    sa.Column("delivered_seq", sa.BigInteger, nullable=False),  # the last change number the endpoint acknowledged
+    sa.Column("delivered_at", TZ),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # failures since the last success
+    sa.Column("next_attempt_at", TZ),
+    sa.Column("claimed_until", TZ),  # a dispatcher is sending (a lease: a crashed one's claim runs out)
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("dead_at", TZ),  # out of attempts, or the endpoint answered 410 Gone: `lgsp webhooks retry`
+    sa.Column("removed_at", TZ),
+)
+webhook_delivery = sa.Table(
+    "gateway_webhook_delivery", metadata,
+    sa.Column("delivery_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("webhook_id", sa.Text, sa.ForeignKey("gateway_webhook.webhook_id"), nullable=False, index=True),
+    sa.Column("message_id", sa.Text, nullable=False),  # the `webhook-id` header: the same for a retry
+    sa.Column("first_change", sa.BigInteger, nullable=False),
+    sa.Column("last_change", sa.BigInteger, nullable=False),
+    sa.Column("attempted_at", TZ, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),  # delivered | failed | dead | gone
+    sa.Column("status", sa.Integer),  # the endpoint's HTTP status (none: no answer)
+    sa.Column("error", sa.Text),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
 )
 
 _SQLITE_APPEND_ONLY = [

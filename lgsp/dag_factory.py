@@ -6,6 +6,8 @@ Asset. The indicators DAG `lgsp_indicators` is scheduled on the Assets of the
 datasets it reads; each run recomputes the months the newly loaded rows touch.
 `lgsp_maintenance` compacts the lake and applies the retention daily (`lgsp.retention`).
 `lgsp_drift_<dataset>` checks a sample of a shared dataset against its source (`lgsp.drift`).
+`lgsp_notify` tells agencies' webhooks of changes (`gateway.webhooks`), on any shared dataset's Asset
+and every few minutes (for retries and writes made outside Airflow).
 Nothing here does I/O beyond reading the local catalog.
 """
 from __future__ import annotations
@@ -348,6 +350,56 @@ def drift_dag(name: str, catalog: Catalog) -> Any:
     return _drift()
 
 
+NOTIFY_SCHEDULE = "*/5 * * * *"  # retries of failed deliveries; quarantine replays update no Asset
+
+
+def followed_datasets(catalog: Catalog) -> list[str]:
+    """The shared datasets that have a change feed (gateway.changes.feed_problem: core or mart tables, not
+    append logs), judged here without importing the gateway: the DAG processor parses this module."""
+    return [name for name in sorted(catalog.sharing) if name in catalog.datasets
+            and catalog.datasets[name].layer in ("core", "mart") and catalog.datasets[name].write_mode != "append"]
+
+
+def followed_assets(catalog: Catalog) -> list[Any]:
+    """The Assets `lgsp_notify` runs on: those of `followed_datasets`."""
+    return [indicators_mart_asset() if catalog.datasets[name].layer == "mart" else dataset_asset(name)
+            for name in followed_datasets(catalog)]
+
+
+def notify_dag(catalog: Catalog) -> Any:
+    """`lgsp_notify`: send agencies' webhooks what changed, when a shared dataset changes and every 5 minutes."""
+    from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+
+    assets = followed_assets(catalog)
+    every = CronTriggerTimetable(NOTIFY_SCHEDULE, timezone=VN_TIMEZONE)
+
+    @dag(dag_id="lgsp_notify", description="Tell agencies' webhooks which shared datasets changed",
+         schedule=AssetOrTimeSchedule(timetable=every, assets=AssetAny(*assets)) if assets else every,
+         start_date=START_DATE, catchup=False, max_active_runs=1, tags=["lgsp", "gateway", "webhooks"],
+         default_args=_default_args(2),
+         doc_md="One dispatch of `gateway.webhooks`: each agency webhook whose dataset changed since its endpoint "
+                "last acknowledged gets one signed notification (Standard Webhooks). Failed deliveries are tried "
+                "again by later runs (30 s doubling to 1 h); the task fails when a webhook dies (10 failures in a "
+                "row, or 410 Gone): `lgsp webhooks retry`.")
+    def _notify() -> None:
+        @task(task_id="dispatch")
+        def dispatch() -> dict[str, Any]:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from gateway.webhooks import scheduled_dispatch
+
+            summary = scheduled_dispatch()
+            dead = [d["webhook_id"] for d in summary["deliveries"] if d["outcome"] in ("dead", "gone")]
+            if dead:  # a retry would not revive them; the failure alerts (on_task_failure)
+                raise AirflowFailException(f"webhook(s) {', '.join(dead)} stopped: " + "; ".join(
+                    d["error"] for d in summary["deliveries"] if d["webhook_id"] in dead))
+            return summary
+
+        dispatch()
+
+    return _notify()
+
+
 def indicators_mart_asset() -> Any:
     """The Asset of the indicator mart, updated by every compute task of `lgsp_indicators`."""
     return dataset_asset("indicator_value", "mart")
@@ -361,6 +413,7 @@ def build_dags(catalog: Catalog | None = None) -> dict[str, Any]:
         dags["lgsp_indicators"] = indicators_dag(catalog)
     dags.update({f"lgsp_push_{f.name}": push_dag(f, catalog) for f in catalog.feeds.values() if not f.after})
     dags["lgsp_maintenance"] = maintenance_dag()
+    dags["lgsp_notify"] = notify_dag(catalog)
     dags.update({f"lgsp_drift_{name}": drift_dag(name, catalog) for name, shared in catalog.sharing.items()
                  if shared.lookup is not None and shared.lookup.drift_schedule is not None})
     return dags

@@ -47,7 +47,7 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     bag = _dagbag(tmp_path, Path(__file__).resolve().parent.parent / "dags")
     assert bag["errors"] == {}
     catalog = load_catalog()
-    expected = ({f"lgsp_{p}" for p in catalog.pipelines} | {"lgsp_indicators", "lgsp_maintenance"}
+    expected = ({f"lgsp_{p}" for p in catalog.pipelines} | {"lgsp_indicators", "lgsp_maintenance", "lgsp_notify"}
                 | {f"lgsp_push_{f.name}" for f in catalog.feeds.values() if not f.after}
                 | {"lgsp_drift_citizen", "lgsp_drift_enterprise"})
     assert set(bag["dags"]) == expected
@@ -65,6 +65,7 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     assert "Asset" in bag["dags"]["lgsp_indicators"]["schedule"]  # scheduled on the datasets it reads
     assert bag["dags"]["lgsp_maintenance"]["schedule"] == "CronDataIntervalTimetable"  # daily, 02:00 Vietnam time
     assert set(bag["dags"]["lgsp_maintenance"]["retries"]) == {"maintain"}
+    assert bag["dags"]["lgsp_notify"]["schedule"] == "AssetOrTimeSchedule"  # on the shared datasets, every 5 min
     drift = bag["dags"]["lgsp_drift_citizen"]  # weekly, calls the population system within its pool
     assert (drift["schedule"], drift["pools"], drift["tags"]) == (
         "CronDataIntervalTimetable", {"check": "lgsp_population"}, ["drift", "lgsp", "population"])
@@ -203,3 +204,40 @@ def test_drift_dag_passes_on_a_faithful_copy_and_fails_on_silent_drift(tmp_path:
     assert "differ from population with their cursor field unchanged (columns: {'address': 200})" in logs, logs[-3000:]
     assert "Đường Khác" not in logs  # column names, never values
 
+
+
+def test_notify_dag_tells_agencies_webhooks_and_fails_when_one_stops(tmp_path: Path, sandbox_handle: Any) -> None:
+    """`lgsp webhooks dispatch --on-airflow` runs lgsp_notify: after a load, each agency endpoint following the
+    dataset gets one signed notification; an endpoint answering 410 Gone stops its webhook and fails the run
+    (the alert), the others are told all the same."""
+    import re
+
+    from standardwebhooks.webhooks import Webhook
+
+    from loopback import serving
+    from test_gateway import KEY
+    from test_gateway_webhooks import Endpoint
+
+    receiver = Endpoint()
+    env = lgsp_env(tmp_path / "home", **sandbox_handle.env(), LGSP_GATEWAY_PSEUDONYM_KEY=KEY)
+    with serving(receiver) as base:
+        for args in (["agencies", "add", "so_xay_dung", "Sở Xây dựng"], ["agencies", "grant", "so_xay_dung", "dossier"]):
+            assert run(["lgsp", *args], env).returncode == 0
+        added = [run(["lgsp", "webhooks", "add", "so_xay_dung", "dossier", f"{base}{path}"], env) for path in
+                 ("/hook", "/gone")]
+        assert all(a.returncode == 0 for a in added), [a.stdout + a.stderr for a in added]
+        secret = added[0].stdout.strip()
+        assert run(["lgsp", "run", "tthc_dossiers", "--inline"], env).returncode == 0
+        receiver.answer(410, path="/gone")
+        stopped = run(["lgsp", "webhooks", "dispatch", "--on-airflow"], env)
+        assert stopped.returncode == 1 and "Airflow: lgsp_notify" in stopped.stdout
+        assert "DAG lgsp_notify ended failed; failed task(s): ['dispatch']" in " ".join(stopped.stdout.split())
+        assert sorted(r["path"] for r in receiver.received) == ["/gone", "/hook"]
+        told = next(r for r in receiver.received if r["path"] == "/hook")
+        assert Webhook(secret).verify(told["body"], told["headers"])["data"]["dataset"] == "dossier"
+        gone = re.search(r"wh_[0-9a-f]{12}", added[1].stderr)
+        assert gone is not None and "dead" in run(["lgsp", "webhooks", "list"], env).stdout
+        assert run(["lgsp", "webhooks", "remove", gone.group(0)], env).returncode == 0
+        again = run(["lgsp", "webhooks", "dispatch", "--on-airflow"], env)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert len(receiver.received) == 2, "told once: nothing new since"

@@ -1,0 +1,462 @@
+"""Change notifications (webhooks): an agency's endpoint is told when a shared dataset it follows changed.
+
+An agency that keeps its own copy of a dataset by the change feed (gateway.changes,
+`lgsp mirror`) has to poll it. With a webhook it is told instead, minutes after the load
+(the `lgsp_notify` DAG runs on every shared dataset's Asset), and then reads the feed.
+A notification carries no record, only which dataset changed and how much, so nothing
+personal leaves by it and the agency's grant still decides what it reads:
+
+    POST https://so-xay-dung.example/lgsp-hook
+    content-type: application/json
+    webhook-id: wh_1a2b3c4d5e6f_42
+    webhook-timestamp: 1764925200
+    webhook-signature: v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=
+
+    {"type":"dataset.changed","timestamp":"2026-12-05T09:00:00+00:00","data":{"dataset":"enterprise",
+     "first_change":40,"last_change":42,"changes":3,"rows_changed":41,
+     "last_committed_at":"2026-12-05T08:59:12+00:00","feed":"https://lgsp.example/api/v1/datasets/enterprise/changes"}}
+
+Signed as Standard Webhooks (https://www.standardwebhooks.com) sign: `v1,` and the base64
+HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` under the endpoint's secret
+(`whsec_...`, printed once when the webhook is added; any Standard Webhooks library
+verifies it). The secret is derived from the gateway's key (`LGSP_GATEWAY_PSEUDONYM_KEY`)
+and a nonce, so no secret is stored; after `rotate` the old secret signs too for 24 hours.
+
+Delivery follows the change log (`lgsp_change`), not a queue of its own: a webhook
+remembers the last change number its endpoint acknowledged (`delivered_seq`, set to the
+newest when the webhook is added), and each dispatch sends one notification for every
+change of the dataset since (a backlog of 50 loads is one POST). A 2xx answer moves it on;
+anything else (no answer within the timeouts, 5xx, 4xx, a redirect: not followed) is tried
+again after 30 s, 1, 2, 4... minutes (at most an hour apart); after 10 failures in a row,
+or a 410 Gone, the webhook is dead until `lgsp webhooks retry`. A retry of the same
+changes keeps the same `webhook-id`: delivery is at least once, deduplicate on it.
+A webhook whose agency lost its grant (or was disabled) is paused, not sent.
+Two dispatchers never send the same webhook at once: each claims it first (a lease that
+a crashed dispatcher's claim runs out of).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import sqlalchemy as sa
+
+from catalog.models import Catalog
+from gateway import tables
+from gateway.changes import feed_problem
+
+log = logging.getLogger("lgsp.gateway.webhooks")
+EVENT = "dataset.changed"
+MAX_ATTEMPTS = 10  # failures in a row before a webhook is dead
+FIRST_RETRY_S = 30.0
+LONGEST_RETRY_S = 3600.0
+TIMEOUT_S = (5.0, 10.0)  # to connect, then between bytes of the answer
+LEASE_S = 60.0  # a claim outlives one send (TIMEOUT_S) with room to record it
+ROTATION_GRACE = timedelta(hours=24)
+ANSWER_BYTES = 2048  # of an endpoint's answer, kept to say why it refused
+SENDERS = 8  # endpoints sent to at once: a slow one does not hold the others up
+CHANGES = sa.table("lgsp_change", sa.column("change_seq"), sa.column("dataset"), sa.column("rows_changed"),
+                   sa.column("committed_at", sa.DateTime(timezone=True)))
+
+
+class WebhookError(ValueError):
+    """A webhook cannot be added or changed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook's turn in a dispatch: delivered, failed (tried again at `next_attempt_at`), dead, gone or
+    paused (its agency may no longer read the dataset: nothing sent)."""
+
+    webhook_id: str
+    agency_id: str
+    dataset: str
+    url: str  # as shown: no user, password or query
+    outcome: str
+    first_change: int
+    last_change: int
+    status: int | None = None
+    error: str | None = None
+    duration_ms: int = 0
+    next_attempt_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back: they are UTC."""
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def signing_secret(key: bytes, webhook_id: str, nonce: str) -> str:
+    """The endpoint's secret, `whsec_` + base64 of 32 bytes, derived from the gateway's key (never stored)."""
+    derived = hmac.new(key, f"lgsp webhook secret\0{webhook_id}\0{nonce}".encode(), hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(derived).decode()
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks' signature of one message: `v1,` + base64(HMAC-SHA256(secret, id.timestamp.body))."""
+    raw = base64.b64decode(secret.removeprefix("whsec_"))
+    mac = hmac.new(raw, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def shown_url(url: str) -> str:
+    """`scheme://host[:port]/path`: an endpoint's address without user, password or query (they may hold a secret)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?..." if parts.query else "")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, allow_http: bool = False) -> None:
+    """An endpoint's address is http(s) with a host; plain http only on loopback or with `allow_http`."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as exc:
+        raise WebhookError(f"webhook URL {url!r} cannot be parsed ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookError(f"webhook URL {shown_url(url)!r} must be an http(s) address, "
+                           "e.g. https://agency.example/lgsp-hook")
+    if parts.scheme == "http" and not allow_http and not _loopback(parts.hostname):
+        raise WebhookError(f"webhook URL {shown_url(url)!r} must use https: the notification is signed, not "
+                           "encrypted (--allow-http for an endpoint on the province's own network)")
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long after its `attempts`-th failure in a row a webhook is tried again: 30 s, 1, 2, 4 min ... 1 h."""
+    return timedelta(seconds=min(FIRST_RETRY_S * 2 ** (attempts - 1), LONGEST_RETRY_S))
+
+
+class Webhooks:
+    """Agencies' webhooks on the warehouse database: add, list, rotate, retry, remove, and dispatch."""
+
+    def __init__(self, engine: sa.Engine, catalog: Catalog, key: bytes, public_url: str | None = None,
+                 max_attempts: int = MAX_ATTEMPTS, timeout_s: tuple[float, float] = TIMEOUT_S) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.key = key
+        self.public_url = (public_url or "").rstrip("/")
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+
+    # --- registration -------------------------------------------------------------------------------
+
+    def add(self, agency_id: str, dataset: str, url: str, allow_http: bool = False) -> tuple[str, str]:
+        """Tell `agency_id`'s endpoint at `url` when `dataset` changes from now on: (webhook id, secret).
+
+        The secret is returned once (the endpoint verifies signatures with it); it is not stored.
+        """
+        if dataset not in self.catalog.sharing:
+            raise WebhookError(f"'{dataset}' is not shared (catalog/sharing.yaml has: "
+                               f"{', '.join(sorted(self.catalog.sharing))})")
+        problem = feed_problem(self.catalog, dataset)
+        if problem:
+            raise WebhookError(f"{problem}; a webhook tells of the changes its feed delivers")
+        check_url(url, allow_http)
+        w = tables.webhook
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(tables.agency.c.agency_id)
+                            .where(tables.agency.c.agency_id == agency_id)).first() is None:
+                raise WebhookError(f"no agency '{agency_id}': register it first (lgsp agencies add {agency_id} NAME)")
+            if conn.execute(sa.select(tables.grant.c.dataset).where(tables.grant.c.agency_id == agency_id,
+                                                                     tables.grant.c.dataset == dataset)).first() is None:
+                raise WebhookError(f"agency '{agency_id}' has no grant on '{dataset}': it could not read what it is "
+                                   f"told of (lgsp agencies grant {agency_id} {dataset})")
+            same = conn.execute(sa.select(w.c.webhook_id).where(
+                w.c.agency_id == agency_id, w.c.dataset == dataset, w.c.url == url, w.c.removed_at.is_(None))).scalar()
+            if same:
+                raise WebhookError(f"agency '{agency_id}' already has webhook {same} for '{dataset}' at "
+                                   f"{shown_url(url)} (lgsp webhooks rotate {same} for a new secret)")
+            newest = conn.execute(sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.change_seq), 0))
+                                  .where(CHANGES.c.dataset == dataset)).scalar()
+            webhook_id, nonce = f"wh_{secrets.token_hex(6)}", secrets.token_hex(16)
+            conn.execute(w.insert().values(webhook_id=webhook_id, agency_id=agency_id, dataset=dataset, url=url,
+                                           nonce=nonce, created_at=_now(), delivered_seq=int(newest or 0)))
+        return webhook_id, signing_secret(self.key, webhook_id, nonce)
+
+    def _live(self, conn: sa.Connection, webhook_id: str) -> Any:
+        w = tables.webhook
+        row = conn.execute(sa.select(w).where(w.c.webhook_id == webhook_id, w.c.removed_at.is_(None))).first()
+        if row is None:
+            raise WebhookError(f"no webhook '{webhook_id}' (see lgsp webhooks list)")
+        return row
+
+    def rotate(self, webhook_id: str) -> str:
+        """A new secret (returned once); the old one signs too for `ROTATION_GRACE`, while the endpoint switches."""
+        w = tables.webhook
+        nonce = secrets.token_hex(16)
+        with self.engine.begin() as conn:
+            row = self._live(conn, webhook_id)
+            conn.execute(w.update().where(w.c.webhook_id == webhook_id).values(
+                nonce=nonce, previous_nonce=row.nonce, previous_until=_now() + ROTATION_GRACE))
+        return signing_secret(self.key, webhook_id, nonce)
+
+    def remove(self, webhook_id: str) -> None:
+        """Stop telling the endpoint (the webhook and its deliveries are kept, marked removed)."""
+        with self.engine.begin() as conn:
+            self._live(conn, webhook_id)
+            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
+                         .values(removed_at=_now()))
+
+    def retry(self, webhook_id: str | None = None) -> list[str]:
+        """Give a dead webhook (or every dead one) a fresh run of attempts, due now: the ids revived."""
+        w = tables.webhook
+        where = [w.c.dead_at.is_not(None), w.c.removed_at.is_(None)]
+        with self.engine.begin() as conn:
+            if webhook_id is not None:
+                self._live(conn, webhook_id)
+                where.append(w.c.webhook_id == webhook_id)
+            revived = list(conn.execute(sa.select(w.c.webhook_id).where(*where)).scalars())
+            if revived:
+                conn.execute(w.update().where(w.c.webhook_id.in_(revived)).values(
+                    dead_at=None, attempts=0, next_attempt_at=None))
+        return revived
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every webhook not removed, with its state and the changes not yet told (no secret, no query)."""
+        w = tables.webhook
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(w).where(w.c.removed_at.is_(None)).order_by(w.c.agency_id, w.c.dataset))
+            out = []
+            for row in rows.mappings().all():
+                pending = conn.execute(sa.select(sa.func.count()).select_from(CHANGES).where(
+                    CHANGES.c.dataset == row["dataset"], CHANGES.c.change_seq > row["delivered_seq"])).scalar()
+                state = "dead" if row["dead_at"] else ("failing" if row["attempts"] else "ok")
+                out.append({"webhook_id": row["webhook_id"], "agency_id": row["agency_id"],
+                            "dataset": row["dataset"], "url": shown_url(row["url"]), "state": state,
+                            "delivered_change": row["delivered_seq"], "pending_changes": int(pending or 0),
+                            "delivered_at": _utc(row["delivered_at"]), "attempts": row["attempts"],
+                            "next_attempt_at": _utc(row["next_attempt_at"]), "last_status": row["last_status"],
+                            "last_error": row["last_error"]})
+        return out
+
+    def deliveries(self, webhook_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest attempts, newest first."""
+        d = tables.webhook_delivery
+        query = sa.select(d).order_by(d.c.delivery_id.desc()).limit(limit)
+        if webhook_id is not None:
+            query = query.where(d.c.webhook_id == webhook_id)
+        with self.engine.connect() as conn:
+            return [{**row, "attempted_at": _utc(row["attempted_at"])} for row in conn.execute(query).mappings()]
+
+    # --- dispatch ---------------------------------------------------------------------------------------
+
+    def dispatch(self) -> list[Delivery]:
+        """Send every due webhook the changes its endpoint has not acknowledged (one notification each)."""
+        w = tables.webhook
+        now = _now()
+        with self.engine.connect() as conn:
+            due = list(conn.execute(sa.select(w.c.webhook_id).where(
+                w.c.removed_at.is_(None), w.c.dead_at.is_(None),
+                sa.or_(w.c.next_attempt_at.is_(None), w.c.next_attempt_at <= now))
+                .order_by(w.c.webhook_id)).scalars())
+        if not due:
+            return []
+        with ThreadPoolExecutor(max_workers=min(SENDERS, len(due)), thread_name_prefix="lgsp-webhook") as pool:
+            done = list(pool.map(self._turn, due))
+        return [delivery for delivery in done if delivery is not None]
+
+    def _claim(self, webhook_id: str) -> Any:
+        """The webhook's row if this dispatcher may send it now (no other holds it, it is due), else None."""
+        w = tables.webhook
+        now = _now()
+        with self.engine.begin() as conn:
+            claimed = conn.execute(w.update().where(
+                w.c.webhook_id == webhook_id, w.c.removed_at.is_(None), w.c.dead_at.is_(None),
+                sa.or_(w.c.next_attempt_at.is_(None), w.c.next_attempt_at <= now),
+                sa.or_(w.c.claimed_until.is_(None), w.c.claimed_until < now))
+                .values(claimed_until=now + timedelta(seconds=LEASE_S))).rowcount
+            return conn.execute(sa.select(w).where(w.c.webhook_id == webhook_id)).first() if claimed else None
+
+    def _release(self, webhook_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
+                         .values(claimed_until=None, **values))
+
+    def _may_read(self, conn: sa.Connection, agency_id: str, dataset: str) -> bool:
+        a, g = tables.agency.c, tables.grant.c
+        return conn.execute(sa.select(g.dataset).select_from(tables.grant.join(tables.agency)).where(
+            g.agency_id == agency_id, g.dataset == dataset, a.disabled_at.is_(None))).first() is not None
+
+    def _turn(self, webhook_id: str) -> Delivery | None:
+        try:
+            return self._send(webhook_id)
+        except Exception:  # noqa: BLE001 - one webhook's fault (its database rows) must not stop the others
+            log.exception("webhook %s: dispatch failed; its claim runs out in %.0f s", webhook_id, LEASE_S)
+            return None
+
+    def _send(self, webhook_id: str) -> Delivery | None:
+        hook = self._claim(webhook_id)
+        if hook is None:
+            return None
+        with self.engine.connect() as conn:
+            pending = conn.execute(sa.select(
+                sa.func.count(), sa.func.coalesce(sa.func.sum(CHANGES.c.rows_changed), 0),
+                sa.func.min(CHANGES.c.change_seq), sa.func.max(CHANGES.c.change_seq),
+                sa.func.max(CHANGES.c.committed_at)).where(
+                CHANGES.c.dataset == hook.dataset, CHANGES.c.change_seq > hook.delivered_seq)).one()
+            allowed = self._may_read(conn, hook.agency_id, hook.dataset)
+        changes, rows_changed, first, last, committed_at = pending
+        if not changes:
+            self._release(webhook_id)
+            return None
+        shown = shown_url(hook.url)
+        if not allowed:
+            reason = (f"paused: agency '{hook.agency_id}' may not read '{hook.dataset}' (no grant, or disabled); "
+                      f"nothing sent (lgsp agencies grant {hook.agency_id} {hook.dataset}, or lgsp webhooks "
+                      f"remove {webhook_id})")
+            self._release(webhook_id, last_error=reason)
+            return Delivery(webhook_id, hook.agency_id, hook.dataset, shown, "paused", first, last, error=reason)
+        message_id = f"{webhook_id}_{last}"
+        body = self._body(hook.dataset, first, last, changes, rows_changed, committed_at)
+        started = time.perf_counter()
+        status, error = self._post(hook, message_id, body)
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        now = _now()
+        if status is not None and 200 <= status < 300:
+            outcome, values = "delivered", {"delivered_seq": last, "delivered_at": now, "attempts": 0,
+                                            "next_attempt_at": None, "last_error": None}
+        elif status == 410:
+            error = f"the endpoint answered 410 Gone: the webhook is dead (lgsp webhooks retry {webhook_id})"
+            outcome, values = "gone", {"dead_at": now, "last_error": error}
+        else:
+            attempts = hook.attempts + 1
+            if attempts >= self.max_attempts:
+                error = f"{error}; dead after {attempts} failures in a row (lgsp webhooks retry {webhook_id})"
+                outcome, values = "dead", {"attempts": attempts, "dead_at": now, "last_error": error}
+            else:
+                outcome, values = "failed", {"attempts": attempts, "next_attempt_at": now + retry_delay(attempts),
+                                             "last_error": error}
+        with self.engine.begin() as conn:
+            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
+                         .values(claimed_until=None, last_status=status, **values))
+            conn.execute(tables.webhook_delivery.insert().values(
+                webhook_id=webhook_id, message_id=message_id, first_change=first, last_change=last,
+                attempted_at=now, outcome=outcome, status=status, error=error, duration_ms=duration_ms))
+        if outcome == "delivered":
+            log.info("webhook %s: %s changes %d-%d delivered to %s (%d ms)", webhook_id, hook.dataset, first, last,
+                     shown, duration_ms)
+        else:
+            log.warning("webhook %s: %s changes %d-%d to %s: %s", webhook_id, hook.dataset, first, last, shown,
+                        error)
+        return Delivery(webhook_id, hook.agency_id, hook.dataset, shown, outcome, first, last, status, error,
+                        duration_ms, values.get("next_attempt_at"))
+
+    def _body(self, dataset: str, first: int, last: int, changes: int, rows_changed: int,
+              committed_at: datetime | None) -> bytes:
+        path = f"/api/v1/datasets/{dataset}/changes"
+        stamp = _utc(committed_at)
+        data = {"dataset": dataset, "first_change": int(first), "last_change": int(last), "changes": int(changes),
+                "rows_changed": int(rows_changed), "last_committed_at": stamp.isoformat() if stamp else None,
+                "feed": f"{self.public_url}{path}"}
+        event = {"type": EVENT, "timestamp": _now().isoformat(timespec="seconds"), "data": data}
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _signatures(self, hook: Any, message_id: str, timestamp: int, body: bytes) -> str:
+        nonces = [hook.nonce]
+        previous_until = _utc(hook.previous_until)
+        if hook.previous_nonce and previous_until is not None and previous_until > _now():
+            nonces.append(hook.previous_nonce)
+        return " ".join(sign(signing_secret(self.key, hook.webhook_id, nonce), message_id, timestamp, body)
+                        for nonce in nonces)
+
+    def _post(self, hook: Any, message_id: str, body: bytes) -> tuple[int | None, str | None]:
+        """POST one notification: (the endpoint's status or None, what went wrong or None)."""
+        timestamp = int(time.time())
+        headers = {"content-type": "application/json", "user-agent": "lgsp-webhooks/1",
+                   "webhook-id": message_id, "webhook-timestamp": str(timestamp),
+                   "webhook-signature": self._signatures(hook, message_id, timestamp, body)}
+        shown = shown_url(hook.url)
+        try:
+            with requests.post(hook.url, data=body, headers=headers, timeout=self.timeout_s,
+                               allow_redirects=False, stream=True) as answer:
+                status = answer.status_code
+                if 200 <= status < 300:
+                    return status, None
+                text = answer.raw.read(ANSWER_BYTES, decode_content=True).decode("utf-8", "replace").strip()
+                if 300 <= status < 400:
+                    where = shown_url(answer.headers.get("location", "")) if answer.headers.get("location") else "?"
+                    return status, (f"{shown} answered {status}, a redirect to {where} (not followed): "
+                                    "register the final address")
+                return status, f"{shown} answered {status}: {' '.join(text.split())[:300] or '(no body)'}"
+        except requests.Timeout:
+            return None, (f"{shown} did not answer within {self.timeout_s[0]:g} s to connect / "
+                          f"{self.timeout_s[1]:g} s to answer")
+        except requests.ConnectionError as exc:
+            return None, f"could not reach {shown}: {_reason(exc)}"
+        except requests.RequestException as exc:
+            return None, f"{shown}: {type(exc).__name__}: {_reason(exc)}"
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost reason of a requests error, without the URL (its query may hold a secret)."""
+    inner: BaseException = exc
+    while True:
+        nested = getattr(inner, "reason", None) or inner.__cause__ or inner.__context__
+        if not isinstance(nested, BaseException) or nested is inner:
+            break
+        inner = nested
+    text = str(inner)
+    if text.startswith("<") and ">: " in text:  # urllib3's "<...HTTPConnection object at 0x..>: Failed to ..."
+        text = text.split(">: ", 1)[1]
+    return " ".join(text.split())[:300] or type(inner).__name__
+
+
+def from_environment(catalog: Catalog | None = None) -> Webhooks:
+    """The webhooks on the warehouse database, keyed by the gateway's settings (LGSP_GATEWAY_PSEUDONYM_KEY,
+    LGSP_GATEWAY_PUBLIC_URL); the warehouse's and the gateway's tables are made if missing (a webhook may be
+    added before the first load)."""
+    from catalog import load_catalog
+    from gateway.service import _write_engine
+    from gateway.settings import load_gateway_settings
+    from warehouse import Warehouse
+
+    settings = load_gateway_settings()
+    catalog = catalog or load_catalog()
+    warehouse = Warehouse(settings.database_url, catalog)
+    warehouse.create_all()
+    warehouse.engine.dispose()
+    engine = _write_engine(settings.database_url)
+    tables.create_gateway_tables(engine)
+    return Webhooks(engine, catalog, settings.pseudonym_key, settings.public_url)
+
+
+def scheduled_dispatch() -> dict[str, Any]:
+    """The `lgsp_notify` DAG's task: one dispatch; a summary by outcome, and the deliveries."""
+    hooks = from_environment()
+    try:
+        done = hooks.dispatch()
+    finally:
+        hooks.engine.dispose()
+    summary: dict[str, Any] = {o: sum(d.outcome == o for d in done)
+                               for o in ("delivered", "failed", "dead", "gone", "paused")}
+    summary["deliveries"] = [{**d.as_dict(), "next_attempt_at": str(d.next_attempt_at or "")} for d in done]
+    return summary

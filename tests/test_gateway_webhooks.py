@@ -1,0 +1,387 @@
+"""Webhooks, on SQLite and on a real PostgreSQL: an agency's endpoint is told when a shared dataset it reads
+changed, signed as Standard Webhooks sign (verified with the spec's own library), once per change however
+many dispatchers run, again later when it failed, never when the agency lost its grant.
+
+The warehouse is loaded by the real pipelines from the real sandbox services; the endpoints are real HTTP
+servers on loopback (a WSGI app that records what it gets and answers as the test scripts it); the gateway
+is uvicorn in a thread, so an agency told of a change reads it from the real change feed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+import pgserver
+from airflow_helpers import lgsp_env, run
+from gateway import tables
+from gateway.api import create_app
+from gateway.settings import load_gateway_settings
+from gateway.webhooks import WebhookError, Webhooks, retry_delay, shown_url
+from lgsp import runner
+from loopback import serving
+from test_gateway import KEY, gateway_env, loaded_registry, running
+from test_gateway_changes import Env, Mirror, _changed_snapshot, _load, firm, firm_catalog
+from warehouse import Warehouse
+
+
+class Endpoint:
+    """An agency's endpoint: records each request; answers with the next (status, delay, headers) scripted for
+    its path (or for any path), else 204."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.script: dict[str | None, list[tuple[int, float, dict[str, str]]]] = {}
+        self.lock = threading.Lock()
+
+    def answer(self, *statuses: int, path: str | None = None, delay: float = 0.0, **headers: str) -> None:
+        self.script.setdefault(path, []).extend((s, delay, headers) for s in statuses)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        with self.lock:
+            queue = self.script.get(environ["PATH_INFO"]) or self.script.get(None) or []
+            status, delay, headers = queue.pop(0) if queue else (204, 0.0, {})
+            self.received.append({"path": environ["PATH_INFO"], "query": environ.get("QUERY_STRING", ""),
+                                  "body": body, "headers": {k[5:].lower().replace("_", "-"): v for k, v
+                                                            in environ.items() if k.startswith("HTTP_")}})
+        time.sleep(delay)
+        start_response(f"{status} X", [("Content-Type", "text/plain"), *headers.items()])
+        return [b"boom: the case system is down" if status >= 500 else b""]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [orjson.loads(r["body"]) for r in self.received]
+
+
+@dataclasses.dataclass
+class HookEnv(Env):
+    hooks: Webhooks = None  # type: ignore[assignment]
+
+    def change_enterprises(self, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+        """Five enterprises suspended at a second sandbox, loaded by the real pipeline: their tax codes."""
+        from sandbox import start_sandbox
+
+        changed, _, suspended = _changed_snapshot(self.sandbox.data)
+        with start_sandbox(data=changed, api_key="test-key-not-secret") as newer:
+            with monkeypatch.context() as patch:
+                for name, value in newer.env().items():
+                    patch.setenv(name, value)
+                runner.run_pipeline("business_enterprises", catalog=self.catalog)
+        return suspended
+
+    def load_firms(self, batch: str, records: list[dict[str, Any]]) -> None:
+        _load(Warehouse(self.url, self.catalog), self.catalog.datasets["firm"], batch, records)
+
+    def hook(self, webhook_id: str) -> Any:
+        with self.hooks.engine.connect() as conn:
+            return conn.execute(sa.select(tables.webhook).where(tables.webhook.c.webhook_id == webhook_id)).one()
+
+    def due_now(self, webhook_id: str) -> None:
+        """As if its retry delay had passed."""
+        with self.hooks.engine.begin() as conn:
+            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
+                         .values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[HookEnv]:
+    home = tmp_path_factory.mktemp(f"webhooks-{request.param}")
+    admin = request.getfixturevalue("pg_admin_url") if request.param == "postgresql" else ""
+    url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
+    with gateway_env(sandbox_handle, home, url):
+        catalog = firm_catalog()
+        registry = loaded_registry(url, catalog, ("business_enterprises",))
+        keys = {}
+        for agency, grants in (("so_xay_dung", ("enterprise", "firm")), ("so_y_te", ("firm",))):
+            registry.add_agency(agency, agency, 100_000.0)
+            keys[agency] = registry.issue_api_key(agency)
+            for dataset in grants:
+                registry.grant(agency, dataset)
+        hooks = Webhooks(registry.engine, catalog, KEY.encode(), "https://lgsp.ninhbinh.example",
+                         max_attempts=3, timeout_s=(2.0, 0.5))
+        settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0)
+        with running(create_app(settings, catalog)) as base:
+            yield HookEnv(url, keys, base, catalog, sandbox_handle, hooks)
+        registry.engine.dispose()
+    if admin:
+        pgserver.drop_database(admin, url)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[tuple[Endpoint, str]]:
+    receiver = Endpoint()
+    with serving(receiver) as base:
+        yield receiver, base
+
+
+def _verified(secret: str, request: dict[str, Any]) -> dict[str, Any]:
+    return Webhook(secret).verify(request["body"], request["headers"])  # type: ignore[no-any-return]
+
+
+def test_an_endpoint_is_told_once_per_change_signed_and_reads_the_change_from_the_feed(
+        env: HookEnv, endpoint: tuple[Endpoint, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    receiver, base = endpoint
+    caplog.set_level(logging.INFO)  # what a deployment logs (urllib3's DEBUG lines show request lines)
+    caplog.set_level(logging.DEBUG, logger="lgsp")
+    copy = Mirror(env, "enterprise", agency="so_xay_dung", limit=1000)
+    copy.poll()  # the agency's copy, before it is told of anything
+    webhook_id, secret = env.hooks.add("so_xay_dung", "enterprise", f"{base}/lgsp-hook?token=abc")
+    assert secret.startswith("whsec_") and webhook_id.startswith("wh_")
+    assert env.hooks.dispatch() == [] and receiver.received == [], "told of changes from now on only"
+
+    suspended = env.change_enterprises(monkeypatch)
+    done = env.hooks.dispatch()
+    assert [(d.webhook_id, d.outcome, d.status) for d in done] == [(webhook_id, "delivered", 204)]
+    assert done[0].url == f"{base}/lgsp-hook?..." and "abc" not in repr(done)
+    [request] = receiver.received
+    assert request["path"] == "/lgsp-hook" and request["query"] == "token=abc"
+    event = _verified(secret, request)  # the spec's own library accepts the signature
+    with pytest.raises(WebhookVerificationError):  # and would refuse a body changed on the way
+        Webhook(secret).verify(request["body"].replace(b"enterprise", b"enterprisE"), request["headers"])
+    with pytest.raises(WebhookVerificationError):  # or another endpoint's secret
+        Webhook(env.hooks.add("so_y_te", "firm", f"{base}/other")[1]).verify(request["body"], request["headers"])
+    assert request["headers"]["webhook-id"] == f"{webhook_id}_{done[0].last_change}"
+    assert event["type"] == "dataset.changed"
+    data = event["data"]
+    newest = int(env.scalar("SELECT max(change_seq) FROM lgsp_change WHERE dataset = 'enterprise'"))
+    assert (data["dataset"], data["changes"], data["last_change"]) == ("enterprise", 1, newest)
+    assert data["rows_changed"] == int(env.scalar(
+        f"SELECT rows_changed FROM lgsp_change WHERE change_seq = {newest}")) > 0
+    assert data["feed"] == "https://lgsp.ninhbinh.example/api/v1/datasets/enterprise/changes"
+    assert not any(code.encode() in request["body"] for code in suspended), "no record in a notification"
+
+    got = copy.poll()  # told, the agency reads the feed: exactly the suspended enterprises
+    assert sorted(c["record"]["tax_code"] for c in got) == sorted(suspended)
+    assert env.hooks.dispatch() == [] and len(receiver.received) == 1, "nothing new: nothing sent"
+
+    for n in range(3):  # three loads, one notification for them all
+        env.load_firms(f"told-{n}", [firm(900 + n, day=n)])
+    done = env.hooks.dispatch()
+    assert [(d.dataset, d.outcome) for d in done] == [("firm", "delivered")], "enterprise: nothing new"
+    assert [(e["data"]["dataset"], e["data"]["changes"], e["data"]["rows_changed"])
+            for e in receiver.events()[1:]] == [("firm", 3, 3)]
+    listed = {h["webhook_id"]: h for h in env.hooks.listing()}
+    assert listed[webhook_id]["state"] == "ok" and listed[webhook_id]["pending_changes"] == 0
+    assert listed[webhook_id]["url"].endswith("/lgsp-hook?...")
+    assert secret not in caplog.text and "token=abc" not in caplog.text
+    assert [d["outcome"] for d in env.hooks.deliveries(webhook_id)] == ["delivered"]
+    env.hooks.remove(webhook_id)
+    for hook in env.hooks.listing():
+        env.hooks.remove(hook["webhook_id"])
+
+
+def test_a_failing_endpoint_is_tried_again_with_the_same_id_then_dies_and_is_revived(
+        env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
+    receiver, base = endpoint
+    webhook_id, secret = env.hooks.add("so_y_te", "firm", f"{base}/hook")
+    env.load_firms("fail-1", [firm(910)])
+    receiver.answer(500)
+    [failed] = env.hooks.dispatch()
+    assert (failed.outcome, failed.status) == ("failed", 500)
+    assert failed.error == f"{base}/hook answered 500: boom: the case system is down"
+    wait = failed.next_attempt_at - datetime.now(timezone.utc)  # type: ignore[operator]
+    assert timedelta(seconds=25) < wait <= retry_delay(1) == timedelta(seconds=30)
+    assert env.hooks.dispatch() == [] and len(receiver.received) == 1, "not due yet"
+
+    env.due_now(webhook_id)
+    receiver.answer(204, delay=1.5)  # answers after the read timeout (0.5 s)
+    [slow] = env.hooks.dispatch()
+    assert (slow.outcome, slow.status) == ("failed", None)
+    assert "did not answer within 2 s to connect / 0.5 s to answer" in str(slow.error)
+    assert env.hook(webhook_id).next_attempt_at is not None and env.hook(webhook_id).attempts == 2
+
+    env.due_now(webhook_id)
+    receiver.answer(503)
+    [dead] = env.hooks.dispatch()
+    assert dead.outcome == "dead" and f"dead after 3 failures in a row (lgsp webhooks retry {webhook_id})" in str(
+        dead.error)
+    ids = {r["headers"]["webhook-id"] for r in receiver.received}
+    assert ids == {f"{webhook_id}_{failed.last_change}"}, "a retry of the same changes keeps its id"
+    env.due_now(webhook_id)
+    assert env.hooks.dispatch() == [] and len(receiver.received) == 3, "a dead webhook is not tried"
+    assert {h["webhook_id"]: h["state"] for h in env.hooks.listing()}[webhook_id] == "dead"
+
+    env.load_firms("fail-2", [firm(911)])  # the backlog grows while it is dead
+    assert env.hooks.retry() == [webhook_id]
+    [revived] = env.hooks.dispatch()
+    assert (revived.outcome, revived.first_change, revived.last_change) == (
+        "delivered", failed.first_change, failed.last_change + 1)
+    assert _verified(secret, receiver.received[-1])["data"]["changes"] == 2
+    assert [d["outcome"] for d in env.hooks.deliveries(webhook_id)] == ["delivered", "dead", "failed", "failed"]
+    hook = env.hook(webhook_id)
+    assert (hook.attempts, hook.dead_at, hook.next_attempt_at, hook.delivered_seq) == (
+        0, None, None, revived.last_change)
+    env.hooks.remove(webhook_id)
+
+
+def test_gone_and_redirects_stop_or_fail_a_webhook_and_an_unreachable_one_says_where(
+        env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
+    receiver, base = endpoint
+    gone, _ = env.hooks.add("so_y_te", "firm", f"{base}/gone")
+    moved, _ = env.hooks.add("so_xay_dung", "firm", f"{base}/moved")
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    unreachable, _ = env.hooks.add("so_xay_dung", "firm", nowhere)
+    env.load_firms("gone-1", [firm(920)])
+    receiver.answer(410, path="/gone")
+    receiver.answer(302, path="/moved", Location="https://elsewhere.example/new?secret=1")
+    done = {d.webhook_id: d for d in env.hooks.dispatch()}
+    assert done[gone].outcome == "gone" and "410 Gone" in str(done[gone].error)
+    assert done[moved].outcome == "failed" and done[moved].status == 302
+    assert "a redirect to https://elsewhere.example/new?... (not followed)" in str(done[moved].error)
+    assert sorted(r["path"] for r in receiver.received) == ["/gone", "/moved"], "the redirect was not followed"
+    assert done[unreachable].outcome == "failed" and done[unreachable].status is None
+    assert str(done[unreachable].error).startswith(f"could not reach {nowhere}: "), done[unreachable].error
+    assert "refused" in str(done[unreachable].error).lower()
+    states = {h["webhook_id"]: h["state"] for h in env.hooks.listing()}
+    assert (states[gone], states[moved], states[unreachable]) == ("dead", "failing", "failing")
+    for webhook_id in (gone, moved, unreachable):
+        env.hooks.remove(webhook_id)
+
+
+def test_a_webhook_is_paused_while_its_agency_may_not_read_the_dataset(
+        env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
+    from gateway.agencies import AgencyRegistry
+
+    receiver, base = endpoint
+    registry = AgencyRegistry(env.hooks.engine, env.catalog)
+    webhook_id, _ = env.hooks.add("so_y_te", "firm", f"{base}/hook")
+    registry.revoke("so_y_te", "firm")
+    env.load_firms("paused-1", [firm(930)])
+    [paused] = env.hooks.dispatch()
+    assert paused.outcome == "paused" and receiver.received == [], "nothing sent to an agency without the grant"
+    assert "agency 'so_y_te' may not read 'firm'" in str(paused.error)
+    assert env.hook(webhook_id).attempts == 0 and env.hook(webhook_id).dead_at is None, "not a failure"
+    registry.grant("so_y_te", "firm")
+    [told] = env.hooks.dispatch()
+    assert told.outcome == "delivered" and len(receiver.received) == 1
+    env.hooks.remove(webhook_id)
+
+
+def test_two_dispatchers_at_once_send_each_notification_once(env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
+    """Each dispatcher claims a webhook before sending it: with two at once (two Airflow workers, a cron job
+    beside the DAG) the endpoint still gets one POST. Without the claim it gets two."""
+    receiver, base = endpoint
+    webhook_id, _ = env.hooks.add("so_y_te", "firm", f"{base}/hook")
+    env.load_firms("twice-1", [firm(940)])
+    receiver.answer(204, delay=0.5)  # the first POST is still being answered when the second dispatcher looks
+    other = Webhooks(env.hooks.engine, env.catalog, KEY.encode())
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda h=h: results.append(h.dispatch())) for h in (env.hooks, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(len(r) for r in results) == [0, 1] and len(receiver.received) == 1
+    assert env.hook(webhook_id).claimed_until is None, "released after sending"
+    env.hooks.remove(webhook_id)
+
+
+def test_adding_a_webhook_checks_agency_grant_dataset_and_address_and_rotation_keeps_the_old_secret_a_day(
+        env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
+    receiver, base = endpoint
+    refusals = {
+        ("nobody", "firm", f"{base}/h"): "no agency 'nobody': register it first",
+        ("so_y_te", "enterprise", f"{base}/h"): "agency 'so_y_te' has no grant on 'enterprise'",
+        ("so_y_te", "core_firm", f"{base}/h"): "'core_firm' is not shared",
+        ("so_y_te", "firm_log", f"{base}/h"): "'firm_log' has no change feed: it is an append log",
+        ("so_y_te", "firm", "http://agency.example/h?key=1"): "'http://agency.example/h?...' must use https",
+        ("so_y_te", "firm", "ftp://agency.example/h"): "must be an http(s) address",
+        ("so_y_te", "firm", "https://agency.example:99999/h"): "cannot be parsed",
+    }
+    for (agency, dataset, url), words in refusals.items():
+        with pytest.raises(WebhookError, match=re.escape(words)):
+            env.hooks.add(agency, dataset, url)
+    env.hooks.add("so_y_te", "firm", "http://10.0.0.7/h", allow_http=True)  # the province's own network
+    webhook_id, old = env.hooks.add("so_y_te", "firm", f"{base}/h")
+    with pytest.raises(WebhookError, match="already has webhook"):
+        env.hooks.add("so_y_te", "firm", f"{base}/h")
+    new = env.hooks.rotate(webhook_id)
+    assert new != old and new.startswith("whsec_")
+    env.load_firms("rotate-1", [firm(950)])
+    [told] = [d for d in env.hooks.dispatch() if d.webhook_id == webhook_id]
+    assert told.outcome == "delivered"
+    request = receiver.received[-1]
+    assert len(request["headers"]["webhook-signature"].split()) == 2
+    _verified(old, request), _verified(new, request)  # during the grace both verify
+    with env.hooks.engine.begin() as conn:  # a day later
+        conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
+                     .values(previous_until=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    env.load_firms("rotate-2", [firm(951)])
+    env.hooks.dispatch()
+    request = receiver.received[-1]
+    _verified(new, request)
+    with pytest.raises(WebhookVerificationError):
+        _verified(old, request)
+    with pytest.raises(WebhookError, match="no webhook 'wh_nope'"):
+        env.hooks.rotate("wh_nope")
+    for hook in env.hooks.listing():
+        env.hooks.remove(hook["webhook_id"])
+    assert env.hooks.listing() == []
+    assert shown_url("https://u:p@agency.example:8443/h?t=1") == "https://agency.example:8443/h?..."
+
+
+def test_the_cli_prints_the_secret_once_and_never_again(tmp_path: Path, sandbox_handle: Any) -> None:
+    """`lgsp webhooks ...` as an operator runs it: add (the secret alone on stdout), list, dispatch, deliveries,
+    retry, rotate, remove; the endpoint's query (it may hold a token) is never printed."""
+    receiver = Endpoint()
+    home = tmp_path / "home"
+    environment = lgsp_env(home, **sandbox_handle.env(), LGSP_GATEWAY_PSEUDONYM_KEY=KEY, COLUMNS="400")
+
+    def lgsp(*args: str, code: int = 0) -> Any:
+        proc = run(["lgsp", *args], environment)
+        assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    with serving(receiver) as base:
+        lgsp("agencies", "add", "so_xay_dung", "Sở Xây dựng")
+        refused = lgsp("webhooks", "add", "so_xay_dung", "dossier", f"{base}/hook?token=abc", code=1)
+        assert "agency 'so_xay_dung' has no grant on 'dossier'" in " ".join(refused.stdout.split())
+        lgsp("agencies", "grant", "so_xay_dung", "dossier")
+        added = lgsp("webhooks", "add", "so_xay_dung", "dossier", f"{base}/hook?token=abc")  # before any load
+        secret = added.stdout.strip()
+        assert secret.startswith("whsec_") and "\n" not in secret and "shown once" in added.stderr
+        assert "nothing to send" in lgsp("webhooks", "dispatch").stdout
+        webhook_id = re.search(r"wh_[0-9a-f]{12}", lgsp("webhooks", "list").stdout).group(0)  # type: ignore[union-attr]
+        lgsp("run", "tthc_dossiers", "--inline")
+        receiver.answer(503)
+        failed = lgsp("webhooks", "dispatch").stdout
+        assert "failed" in failed and "503" in failed and "next at" in failed
+        shown = lgsp("webhooks", "list").stdout
+        assert "failing" in shown and "/hook?..." in shown
+        assert "no dead webhook" in lgsp("webhooks", "retry", webhook_id).stdout  # failing, not dead
+        rotated = lgsp("webhooks", "rotate", webhook_id).stdout.strip()
+        deliveries = lgsp("webhooks", "deliveries").stdout
+        assert "failed" in deliveries and "503" in deliveries and f"{webhook_id}_1" in deliveries
+        lgsp("webhooks", "remove", webhook_id)
+        assert webhook_id not in lgsp("webhooks", "list").stdout
+        printed = added.stderr + refused.stdout + failed + shown + deliveries
+        assert "token=abc" not in printed and secret not in printed and rotated not in printed
+    assert rotated.startswith("whsec_") and rotated != secret
+    [request] = receiver.received
+    assert Webhook(secret).verify(request["body"], request["headers"])["data"]["dataset"] == "dossier"
+
+
+def test_lgsp_notify_runs_on_every_shared_dataset_that_has_a_feed() -> None:
+    from gateway.changes import feed_problem
+    from lgsp.dag_factory import followed_datasets
+
+    catalog = firm_catalog()
+    followed = followed_datasets(catalog)
+    assert followed == sorted(n for n in catalog.sharing if feed_problem(catalog, n) is None)
+    assert {"firm", "indicator_value", "citizen"} <= set(followed) and "firm_log" not in followed
