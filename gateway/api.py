@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Optional
 
 import orjson
-from fastapi import Depends, FastAPI, Form, Request, Security
+from fastapi import Depends, FastAPI, Form, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
@@ -44,12 +44,13 @@ from gateway.changes import NoFeed, TokenExpired, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import LookupFailed, lookup_key
-from gateway.models import (DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, changes_model, lookup_model,
-                            page_model)
+from gateway.models import (DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, WebhookAttempt, WebhookList,
+                            changes_model, lookup_model, page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
 from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
+from gateway.webhooks import UnknownWebhook, Webhooks
 
 log = logging.getLogger("lgsp.gateway")
 JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
@@ -294,6 +295,49 @@ def _dataset_routes(app: FastAPI, gateway: Gateway) -> dict[str, list[ParamSpec]
     return specs
 
 
+def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
+    """An agency sees its own webhooks, pings one, revives a dead one (the province adds them: lgsp webhooks add)."""
+    hooks = Webhooks(gateway.write_engine, gateway.catalog, gateway.settings.pseudonym_key,
+                     gateway.settings.public_url)
+    responses: dict[int | str, dict[str, Any]] = {s: ERRORS[s] for s in (401, 429)}
+    one = {**responses, 404: {"model": ErrorBody, "description": "no such webhook of the calling agency"}}
+
+    def own(request: Request) -> list[dict[str, Any]]:
+        principal = caller(request, gateway)
+        if principal.agency_id is None:
+            raise AccessDenied(401, "webhooks are an agency's: send its API key (X-API-Key) or an OAuth2 bearer token")
+        return [{k: v for k, v in h.items() if k != "agency_id"} for h in hooks.listing()
+                if h["agency_id"] == principal.agency_id]
+
+    def find(request: Request, webhook_id: str) -> dict[str, Any]:
+        found = [h for h in own(request) if h["webhook_id"] == webhook_id]
+        if not found:
+            raise UnknownWebhook(f"no webhook '{webhook_id}' of this agency (GET /api/v1/webhooks lists them)")
+        return found[0]
+
+    @app.get("/api/v1/webhooks", response_model=WebhookList, tags=["webhooks"], responses=responses,
+             summary="The calling agency's webhooks and their state")
+    def list_webhooks(request: Request) -> Response:
+        return json_response({"webhooks": own(request)})
+
+    @app.post("/api/v1/webhooks/{webhook_id}/ping", response_model=WebhookAttempt, tags=["webhooks"],
+              responses=one, summary="Send a signed webhook.ping event to the endpoint now")
+    def ping_webhook(request: Request, webhook_id: str = Path(..., max_length=64)) -> Response:
+        find(request, webhook_id)
+        done = hooks.ping(webhook_id)
+        return json_response({"webhook_id": webhook_id, "outcome": done.outcome, "status": done.status,
+                              "error": done.error, "duration_ms": done.duration_ms})
+
+    @app.post("/api/v1/webhooks/{webhook_id}/retry", response_model=WebhookAttempt, tags=["webhooks"],
+              responses={**one, 409: {"model": ErrorBody, "description": "the webhook is not dead"}},
+              summary="Revive a dead webhook once its endpoint is fixed: tried at the next dispatch")
+    def retry_webhook(request: Request, webhook_id: str = Path(..., max_length=64)) -> Response:
+        if find(request, webhook_id)["state"] != "dead":
+            return error_response(409, f"webhook '{webhook_id}' is not dead: it is tried as scheduled")
+        hooks.retry(webhook_id)
+        return json_response({"webhook_id": webhook_id, "outcome": "revived"})
+
+
 def _token_route(app: FastAPI, gateway: Gateway) -> None:
     basic = HTTPBasic(auto_error=False)
 
@@ -322,7 +366,7 @@ def problem(exc: Exception) -> tuple[int, str, dict[str, str]] | None:
         return exc.status, str(exc), {}
     if isinstance(exc, QueryError):
         return 400, str(exc), {}
-    if isinstance(exc, (UnknownDataset, NoFeed)):
+    if isinstance(exc, (UnknownDataset, NoFeed, UnknownWebhook)):
         return 404, str(exc.args[0]), {}
     if isinstance(exc, TokenExpired):
         return 410, str(exc), {}
@@ -349,7 +393,7 @@ def _error_handlers(app: FastAPI) -> None:
         return handle(status, message, request, headers or None)
 
     for kind in (AccessDenied, QueryError, UnknownDataset, NoFeed, TokenExpired, RateLimited, QueryTimeout,
-                 AuditUnavailable, LookupFailed):
+                 AuditUnavailable, LookupFailed, UnknownWebhook):
         app.add_exception_handler(kind, known)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
@@ -423,6 +467,7 @@ def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None 
     _catalog_routes(app, gateway)
     specs = _dataset_routes(app, gateway)
     _token_route(app, gateway)
+    _webhook_routes(app, gateway)
     ckan_routes(app, gateway)
     _error_handlers(app)
     # the hot records route on PostgreSQL, answered before FastAPI's stack (inside the guard: same log, same 500)

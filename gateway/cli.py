@@ -10,7 +10,7 @@
     lgsp agencies revoke-credential CREDENTIAL_ID    revoke a key or client
     lgsp agencies list                               agencies, credentials (ids only), grants
     lgsp webhooks add so_xay_dung enterprise URL     tell an agency's endpoint when a dataset changes (secret once)
-    lgsp webhooks list | dispatch | deliveries | retry | rotate | remove
+    lgsp webhooks list | dispatch | ping | deliveries | retry | rotate | remove
     lgsp audit verify                                walk the hash chain; non-zero exit if broken
     lgsp audit list [--agency so_y_te]               the latest reads
 """
@@ -244,6 +244,16 @@ def webhooks_dispatch(on_airflow: bool = typer.Option(False, help="run the DAG l
     dead = [d.webhook_id for d in done if d.outcome in ("dead", "gone")]
     if dead:
         _fail(f"webhook(s) {', '.join(dead)} stopped: fix the endpoint, then lgsp webhooks retry")
+
+
+@webhooks_app.command("ping")
+def webhooks_ping(webhook_id: str) -> None:
+    """Send a signed `webhook.ping` event now (to check the endpoint and its secret); exit 1 if it failed."""
+    hooks = _webhooks()
+    done = _hooks_run(lambda: hooks.ping(webhook_id))  # type: ignore[attr-defined]
+    if done.outcome != "delivered":  # type: ignore[attr-defined]
+        _fail(f"ping of {webhook_id} failed: {done.error}")  # type: ignore[attr-defined]
+    console.print(f"ping of {webhook_id}: {done.url} answered {done.status} in {done.duration_ms} ms")  # type: ignore
 
 
 @webhooks_app.command("deliveries")

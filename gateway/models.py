@@ -90,6 +90,36 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
+class WebhookInfo(BaseModel):
+    """One of the calling agency's webhooks (gateway.webhooks): no secret, the address without its query."""
+
+    webhook_id: str
+    dataset: str
+    url: str
+    state: Literal["ok", "failing", "dead"]
+    delivered_change: int
+    pending_changes: int
+    delivered_at: Optional[datetime]
+    attempts: int
+    next_attempt_at: Optional[datetime]
+    last_status: Optional[int]
+    last_error: Optional[str]
+
+
+class WebhookList(BaseModel):
+    webhooks: list[WebhookInfo]
+
+
+class WebhookAttempt(BaseModel):
+    """A ping, or a dead webhook revived: what the endpoint answered, or that it will be tried at once."""
+
+    webhook_id: str
+    outcome: Literal["delivered", "failed", "revived"]
+    status: Optional[int] = None
+    error: Optional[str] = None
+    duration_ms: Optional[int] = None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

@@ -59,6 +59,7 @@ from gateway.changes import feed_problem
 
 log = logging.getLogger("lgsp.gateway.webhooks")
 EVENT = "dataset.changed"
+PING = "webhook.ping"  # `lgsp webhooks ping`: an endpoint checks it can verify what it gets
 MAX_ATTEMPTS = 10  # failures in a row before a webhook is dead
 FIRST_RETRY_S = 30.0
 LONGEST_RETRY_S = 3600.0
@@ -73,6 +74,10 @@ CHANGES = sa.table("lgsp_change", sa.column("change_seq"), sa.column("dataset"),
 
 class WebhookError(ValueError):
     """A webhook cannot be added or changed; the message says why and what to do."""
+
+
+class UnknownWebhook(LookupError):
+    """No such webhook of the asking agency (the gateway's 404)."""
 
 
 @dataclass(frozen=True)
@@ -372,13 +377,38 @@ class Webhooks:
 
     def _body(self, dataset: str, first: int, last: int, changes: int, rows_changed: int,
               committed_at: datetime | None) -> bytes:
-        path = f"/api/v1/datasets/{dataset}/changes"
         stamp = _utc(committed_at)
-        data = {"dataset": dataset, "first_change": int(first), "last_change": int(last), "changes": int(changes),
-                "rows_changed": int(rows_changed), "last_committed_at": stamp.isoformat() if stamp else None,
-                "feed": f"{self.public_url}{path}"}
-        event = {"type": EVENT, "timestamp": _now().isoformat(timespec="seconds"), "data": data}
+        return self._event(EVENT, {"dataset": dataset, "first_change": int(first), "last_change": int(last),
+                                   "changes": int(changes), "rows_changed": int(rows_changed),
+                                   "last_committed_at": stamp.isoformat() if stamp else None,
+                                   "feed": self._feed(dataset)})
+
+    def _feed(self, dataset: str) -> str:
+        return f"{self.public_url}/api/v1/datasets/{dataset}/changes"
+
+    @staticmethod
+    def _event(kind: str, data: dict[str, Any]) -> bytes:
+        event = {"type": kind, "timestamp": _now().isoformat(timespec="seconds"), "data": data}
         return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def ping(self, webhook_id: str) -> Delivery:
+        """Send a `webhook.ping` event now, to check an endpoint and its secret (at setup, after a rotation);
+        recorded among the deliveries, the webhook's state unchanged."""
+        with self.engine.connect() as conn:
+            hook = self._live(conn, webhook_id)
+        message_id = f"{webhook_id}_ping_{secrets.token_hex(4)}"
+        body = self._event(PING, {"webhook": webhook_id, "dataset": hook.dataset, "feed": self._feed(hook.dataset)})
+        started = time.perf_counter()
+        status, error = self._post(hook, message_id, body)
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        outcome = "delivered" if error is None else "failed"
+        with self.engine.begin() as conn:
+            conn.execute(tables.webhook_delivery.insert().values(
+                webhook_id=webhook_id, message_id=message_id, first_change=hook.delivered_seq,
+                last_change=hook.delivered_seq, attempted_at=_now(), outcome=outcome, status=status, error=error,
+                duration_ms=duration_ms))
+        return Delivery(webhook_id, hook.agency_id, hook.dataset, shown_url(hook.url), outcome, hook.delivered_seq,
+                        hook.delivered_seq, status, error, duration_ms)
 
     def _signatures(self, hook: Any, message_id: str, timestamp: int, body: bytes) -> str:
         nonces = [hook.nonce]

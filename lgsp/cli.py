@@ -492,7 +492,7 @@ def lake_prune(older_than_days: float = typer.Option(
     console.print(f"before {done.before:%Y-%m-%d %H:%M} UTC: {verb} {done.pages} landed page(s) of {done.batches} "
                   f"loaded batch(es), {done.page_bytes / 1e6:.2f} MB; {done.results} GX result(s) and "
                   f"{done.result_pages} Data Docs page(s), {done.result_bytes / 1e6:.2f} MB; {done.tombstones} "
-                  "deletion(s) kept for the change feed")
+                  f"deletion(s) kept for the change feed; {done.webhook_deliveries} webhook delivery record(s)")
 
 
 @lake_app.command("maintain")

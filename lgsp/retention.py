@@ -14,8 +14,10 @@ unloaded batch keeps its pages: a rerun resumes or replays from them), keeping e
 manifest, and the GX results and pages of runs before it, except the newest ones, which the
 Data Docs index lists (`quality.expectations.prune_results`), and the deletions that writes
 committed before the cut-off recorded for the gateway's change feed (`lgsp_tombstone`; a feed
-token from before them is then refused with 410, and the agency reads the dataset afresh). Parquet files, quarantine and the
-store's rows are never touched. `dry_run` reports what would go.
+token from before them is then refused with 410, and the agency reads the dataset afresh), and the
+record of webhook deliveries attempted before it (`gateway_webhook_delivery`; each webhook's own
+state stays). Parquet files, quarantine and the store's rows are never touched. `dry_run` reports
+what would go.
 
 `maintain` is the daily housekeeping the `lgsp_maintenance` DAG runs (02:00 Vietnam time):
 compact every dataset's Parquet partitions, then prune what is older than
@@ -68,6 +70,7 @@ class Pruned:
     result_bytes: int
     dry_run: bool
     tombstones: int = 0  # deletions kept for the gateway's change feed, of writes committed before `before`
+    webhook_deliveries: int = 0  # attempts to tell agencies' webhooks (gateway.webhooks), made before `before`
 
 
 def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | None = None,
@@ -91,8 +94,9 @@ def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | Non
             batches, pages, page_bytes = batches + 1, pages + count, page_bytes + size
     results = prune_results(before, GxPaths.of_home(settings.home), dry_run=dry_run)
     tombstones = _prune_tombstones(wh, before, dry_run)
+    deliveries = _prune_deliveries(wh.engine, before, dry_run)
     pruned = Pruned(before, batches, pages, page_bytes, results.results, results.pages, results.bytes, dry_run,
-                    tombstones)
+                    tombstones, deliveries)
     log.info("%s: %s", "would prune" if dry_run else "pruned", pruned)
     return pruned
 
@@ -112,6 +116,19 @@ def _prune_tombstones(wh: Any, before: datetime, dry_run: bool) -> int:
             conn.execute(change.update().where(change.c.batch_id.in_(list(counted)))
                          .values(tombstones_pruned_at=datetime.now(timezone.utc)))
     return sum(counted.values())
+
+
+def _prune_deliveries(engine: sa.Engine, before: datetime, dry_run: bool) -> int:
+    """Delete the record of webhook deliveries attempted before `before` (none if the gateway never ran)."""
+    if not sa.inspect(engine).has_table("gateway_webhook_delivery"):
+        return 0
+    from gateway.tables import webhook_delivery
+
+    old = webhook_delivery.c.attempted_at < before
+    with engine.begin() as conn:
+        if dry_run:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(webhook_delivery).where(old)).scalar() or 0)
+        return int(conn.execute(webhook_delivery.delete().where(old)).rowcount or 0)
 
 
 def maintain(settings: Settings | None = None, compact_min_age: timedelta = COMPACT_MIN_AGE) -> dict[str, Any]:

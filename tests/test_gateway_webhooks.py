@@ -358,6 +358,10 @@ def test_the_cli_prints_the_secret_once_and_never_again(tmp_path: Path, sandbox_
         assert secret.startswith("whsec_") and "\n" not in secret and "shown once" in added.stderr
         assert "nothing to send" in lgsp("webhooks", "dispatch").stdout
         webhook_id = re.search(r"wh_[0-9a-f]{12}", lgsp("webhooks", "list").stdout).group(0)  # type: ignore[union-attr]
+        assert f"ping of {webhook_id}: {base}/hook?... answered 204" in lgsp("webhooks", "ping", webhook_id).stdout
+        receiver.answer(401)
+        refused_ping = lgsp("webhooks", "ping", webhook_id, code=1).stdout
+        assert f"ping of {webhook_id} failed: {base}/hook?... answered 401" in " ".join(refused_ping.split())
         lgsp("run", "tthc_dossiers", "--inline")
         receiver.answer(503)
         failed = lgsp("webhooks", "dispatch").stdout
@@ -368,13 +372,18 @@ def test_the_cli_prints_the_secret_once_and_never_again(tmp_path: Path, sandbox_
         rotated = lgsp("webhooks", "rotate", webhook_id).stdout.strip()
         deliveries = lgsp("webhooks", "deliveries").stdout
         assert "failed" in deliveries and "503" in deliveries and f"{webhook_id}_1" in deliveries
+        assert f"{webhook_id}_ping_" in deliveries
+        pruned = lgsp("lake", "prune", "--older-than-days", "0").stdout
+        assert "3 webhook delivery record(s)" in " ".join(pruned.split()), pruned
+        assert "failed" not in lgsp("webhooks", "deliveries").stdout
         lgsp("webhooks", "remove", webhook_id)
         assert webhook_id not in lgsp("webhooks", "list").stdout
         printed = added.stderr + refused.stdout + failed + shown + deliveries
         assert "token=abc" not in printed and secret not in printed and rotated not in printed
     assert rotated.startswith("whsec_") and rotated != secret
-    [request] = receiver.received
-    assert Webhook(secret).verify(request["body"], request["headers"])["data"]["dataset"] == "dossier"
+    events = [Webhook(secret).verify(r["body"], r["headers"]) for r in receiver.received]
+    assert [e["type"] for e in events] == ["webhook.ping", "webhook.ping", "dataset.changed"]
+    assert events[2]["data"]["dataset"] == "dossier" and events[2]["data"]["changes"] == 1
 
 
 def test_lgsp_notify_runs_on_every_shared_dataset_that_has_a_feed() -> None:
@@ -385,3 +394,42 @@ def test_lgsp_notify_runs_on_every_shared_dataset_that_has_a_feed() -> None:
     followed = followed_datasets(catalog)
     assert followed == sorted(n for n in catalog.sharing if feed_problem(catalog, n) is None)
     assert {"firm", "indicator_value", "citizen"} <= set(followed) and "firm_log" not in followed
+
+
+def test_an_agency_sees_its_own_webhooks_pings_one_and_revives_a_dead_one_over_the_api(
+        env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
+    receiver, base = endpoint
+    mine, secret = env.hooks.add("so_xay_dung", "firm", f"{base}/mine?token=abc")
+    theirs, _ = env.hooks.add("so_y_te", "firm", f"{base}/theirs")
+    listed = env.get("/api/v1/webhooks", "so_xay_dung")
+    assert listed.status_code == 200, listed.text
+    [hook] = listed.json()["webhooks"]
+    assert (hook["webhook_id"], hook["dataset"], hook["url"], hook["state"]) == (mine, "firm", f"{base}/mine?...", "ok")
+    assert "token=abc" not in listed.text and "whsec_" not in listed.text
+    assert env.get("/api/v1/webhooks", None).status_code == 401
+    assert requests_post(env, f"/api/v1/webhooks/{theirs}/ping", "so_xay_dung").status_code == 404, "not its own"
+
+    pinged = requests_post(env, f"/api/v1/webhooks/{mine}/ping", "so_xay_dung")
+    assert pinged.status_code == 200 and pinged.json()["outcome"] == "delivered" and pinged.json()["status"] == 204
+    assert _verified(secret, receiver.received[-1])["type"] == "webhook.ping"
+    refused = requests_post(env, f"/api/v1/webhooks/{mine}/retry", "so_xay_dung")
+    assert refused.status_code == 409 and "not dead" in refused.json()["error"]["message"]
+
+    env.load_firms("api-1", [firm(960)])
+    receiver.answer(410, path="/mine")
+    assert {d.webhook_id: d.outcome for d in env.hooks.dispatch()}[mine] == "gone"
+    [hook] = env.get("/api/v1/webhooks", "so_xay_dung").json()["webhooks"]
+    assert hook["state"] == "dead" and "410 Gone" in hook["last_error"] and hook["pending_changes"] == 1
+    revived = requests_post(env, f"/api/v1/webhooks/{mine}/retry", "so_xay_dung")
+    assert revived.status_code == 200 and revived.json()["outcome"] == "revived"
+    assert {d.webhook_id: d.outcome for d in env.hooks.dispatch()}[mine] == "delivered"
+    paths = env.get("/openapi.json", None).json()["paths"]
+    assert {"/api/v1/webhooks", "/api/v1/webhooks/{webhook_id}/ping", "/api/v1/webhooks/{webhook_id}/retry"} <= set(paths)
+    for webhook_id in (mine, theirs):
+        env.hooks.remove(webhook_id)
+
+
+def requests_post(env: HookEnv, path: str, agency: str) -> Any:
+    import requests
+
+    return requests.post(f"{env.base}{path}", headers={"X-API-Key": env.keys[agency]}, timeout=60)
