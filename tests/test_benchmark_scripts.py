@@ -106,3 +106,13 @@ def test_changes_benchmark_follows_the_feed_and_counts_every_change() -> None:
     assert scenarios["feed_changes"]["records"] == figures["sync_changed"] == figures["source_changed"] == 30
     assert scenarios["feed_few"]["records"] == figures["sync_changed_few"] == 3
     assert scenarios["feed_idle"]["records"] == 0 and scenarios["feed_idle"]["requests"] == 1
+
+
+def test_webhooks_benchmark_tells_every_endpoint_once_per_dispatch() -> None:
+    figures = _figures("benchmarks/webhooks.py", "--sqlite", "--webhooks", "12", "--slow-s", "0.3", "--backlog", "3")
+    got = {r["scenario"]: r for r in figures["results"]}
+    assert [r["scenario"] for r in figures["results"]] == ["all_told", "idle", "one_slow", "backlog"]
+    assert got["all_told"]["notifications"] == got["all_told"]["received"] == 11  # the slow endpoint sits out
+    assert got["idle"]["notifications"] == got["idle"]["received"] == 0
+    assert got["one_slow"]["received"] == 12 and got["one_slow"]["slowest_ms"] >= 300
+    assert got["backlog"]["received"] == 11 and got["backlog"]["outcomes"] == {"delivered": 11}
