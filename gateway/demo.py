@@ -1,41 +1,36 @@
-"""The demo's agency: the gateway served for a moment, and an agency's copy of a shared dataset kept by
-the change feed (`lgsp demo`, after the pipelines).
+"""The demo's agency: told by a webhook when `enterprise` changed, then its copy kept by the change feed.
 
-The demo registers `so_xay_dung` (Department of Construction) with a grant on `enterprise`, serves the
-gateway in its own process (uvicorn in a thread, real HTTP on loopback) and runs `lgsp mirror`'s code
-into `var/agency/so_xay_dung.db`. No secret is written anywhere: the agency gets a fresh API key each
-demo (its earlier ones revoked), and the gateway uses `LGSP_GATEWAY_PSEUDONYM_KEY` when the environment
-has it; otherwise a key for this demo only, so the copy's saved token (sealed under another key) is
-refused and the copy is read afresh. With the variable set, every demo after the first applies only
-what changed.
+Before the pipelines, `lgsp demo` registers `so_xay_dung` (Department of Construction) with a grant on
+`enterprise` and a webhook at an endpoint the demo serves (a loopback HTTP server in a thread, checking
+each notification's signature as the agency would): `DemoAgency`. The pipelines' run ends with the
+`lgsp_notify` DAG, which tells the endpoint what changed. Then the demo serves the gateway in its own
+process (uvicorn in a thread, real HTTP on loopback) and runs `lgsp mirror`'s code into
+`var/agency/so_xay_dung.db`.
+
+No secret is written anywhere: the agency gets a fresh API key and a fresh webhook each demo (the
+earlier ones revoked and removed), and the gateway uses `LGSP_GATEWAY_PSEUDONYM_KEY` when the
+environment has it; otherwise a key for this demo only (in this process's environment while the demo
+runs), so the copy's saved token (sealed under another key) is refused and the copy is read afresh.
+With the variable set, every demo after the first applies only what changed.
 """
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from catalog.models import Catalog
 from gateway.mirror import Mirror, MirrorError, MirrorRun
-from gateway.settings import KEY_VARIABLE, GatewaySettings
+from gateway.settings import KEY_VARIABLE
 from lgsp.settings import Settings
 
 AGENCY = "so_xay_dung"
 AGENCY_NAME = "Sở Xây dựng (demo agency)"
 DATASET = "enterprise"
-
-
-def _gateway_settings(database_url: str) -> tuple[GatewaySettings, bool]:
-    """The gateway's settings; True if its pseudonym key is this demo's own (the environment has none)."""
-    from gateway.settings import load_gateway_settings
-
-    if os.environ.get(KEY_VARIABLE):
-        return load_gateway_settings(database_url), False
-    os.environ[KEY_VARIABLE] = secrets.token_urlsafe(32)
-    try:
-        return load_gateway_settings(database_url), True
-    finally:
-        del os.environ[KEY_VARIABLE]
 
 
 def _agency_key(database_url: str, catalog: Catalog) -> str:
@@ -57,15 +52,85 @@ def _agency_key(database_url: str, catalog: Catalog) -> str:
         registry.engine.dispose()
 
 
-def agency_copy(settings: Settings, catalog: Catalog) -> tuple[MirrorRun, Path]:
+@dataclass
+class Told:
+    """What the demo agency's endpoint got: the `data` of each notification whose signature checked out."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0  # notifications whose signature did not check out (none, unless something is wrong)
+
+
+class DemoAgency:
+    """The demo agency for the length of a demo: registered and granted `enterprise`, with a webhook at an
+    endpoint served here; the gateway's key in this process's environment (the demo's own if none is set)."""
+
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        from gateway.service import _write_engine
+        from gateway.tables import create_gateway_tables
+        from gateway.webhooks import Webhooks
+        from warehouse import Warehouse
+
+        self.ephemeral = not os.environ.get(KEY_VARIABLE)
+        if self.ephemeral:
+            os.environ[KEY_VARIABLE] = secrets.token_urlsafe(32)
+        self.told = Told()
+        warehouse = Warehouse(settings.database_url, catalog)
+        warehouse.create_all()  # a first demo: the change log exists before the webhook is added
+        warehouse.engine.dispose()
+        engine = _write_engine(settings.database_url)
+        create_gateway_tables(engine)
+        self.key = _agency_key(settings.database_url, catalog)
+        quiet = type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *_: None})
+        self._server = make_server("127.0.0.1", 0, self._endpoint, handler_class=quiet)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        daemon=True, name="lgsp-demo-agency-endpoint")
+        self._thread.start()
+        hooks = Webhooks(engine, catalog, os.environ[KEY_VARIABLE].encode())
+        try:
+            for old in hooks.listing():
+                if old["agency_id"] == AGENCY:
+                    hooks.remove(old["webhook_id"])
+            _, self._secret = hooks.add(AGENCY, DATASET, f"http://127.0.0.1:{self._server.server_port}/lgsp-hook")
+        finally:
+            engine.dispose()
+
+    def _endpoint(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        """The agency's side: check the signature (Standard Webhooks), keep the event."""
+        import orjson
+
+        from gateway.webhooks import sign
+
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        message_id, stamp = environ.get("HTTP_WEBHOOK_ID", ""), environ.get("HTTP_WEBHOOK_TIMESTAMP", "0")
+        expected = sign(self._secret, message_id, int(stamp) if stamp.isdigit() else 0, body)
+        signatures = environ.get("HTTP_WEBHOOK_SIGNATURE", "").split()
+        if any(hmac.compare_digest(expected, given) for given in signatures):
+            self.told.events.append(orjson.loads(body)["data"])
+            start_response("204 No Content", [])
+        else:
+            self.told.refused += 1
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+        return [b""]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self.ephemeral:
+            os.environ.pop(KEY_VARIABLE, None)
+
+
+def agency_copy(settings: Settings, catalog: Catalog, agency: DemoAgency) -> tuple[MirrorRun, Path]:
     """Serve the gateway, bring the demo agency's copy of `enterprise` up to date; what it did, and where."""
     from gateway.api import create_app
     from gateway.service import prepare_database
     from gateway.serving import in_thread
+    from gateway.settings import load_gateway_settings
 
-    gateway_settings, ephemeral = _gateway_settings(settings.database_url)
+    gateway_settings, ephemeral = load_gateway_settings(settings.database_url), agency.ephemeral
     prepare_database(settings.database_url, catalog)
-    key = _agency_key(settings.database_url, catalog)
+    key = agency.key
     target = settings.home / "agency" / f"{AGENCY}.db"
     target.parent.mkdir(parents=True, exist_ok=True)
     with in_thread(create_app(gateway_settings, catalog)) as base:

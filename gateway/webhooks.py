@@ -26,10 +26,11 @@ Delivery follows the change log (`lgsp_change`), not a queue of its own: a webho
 remembers the last change number its endpoint acknowledged (`delivered_seq`, set to the
 newest when the webhook is added), and each dispatch sends one notification for every
 change of the dataset since (a backlog of 50 loads is one POST). A 2xx answer moves it on;
-anything else (no answer within the timeouts, 5xx, 4xx, a redirect: not followed) is tried
-again after 30 s, 1, 2, 4... minutes (at most an hour apart); after 10 failures in a row,
-or a 410 Gone, the webhook is dead until `lgsp webhooks retry`. A retry of the same
-changes keeps the same `webhook-id`: delivery is at least once, deduplicate on it.
+anything else (no answer within the timeouts, or not all of it within 30 s; 5xx, 4xx, a
+redirect: not followed) is tried again after 30 s, 1, 2, 4... minutes (at most an hour
+apart); after 10 failures in a row, or a 410 Gone, the webhook is dead until `lgsp webhooks
+retry`. A retry of the same changes keeps the same `webhook-id`: delivery is at least once,
+deduplicate on it.
 A webhook whose agency lost its grant (or was disabled) is paused, not sent.
 Two dispatchers never send the same webhook at once: each claims it first (a lease that
 a crashed dispatcher's claim runs out of).
@@ -43,6 +44,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -64,7 +66,8 @@ MAX_ATTEMPTS = 10  # failures in a row before a webhook is dead
 FIRST_RETRY_S = 30.0
 LONGEST_RETRY_S = 3600.0
 TIMEOUT_S = (5.0, 10.0)  # to connect, then between bytes of the answer
-LEASE_S = 60.0  # a claim outlives one send (TIMEOUT_S) with room to record it
+DEADLINE_S = 30.0  # for the whole exchange: an endpoint trickling its answer a byte at a time is cut off
+LEASE_S = 60.0  # a claim outlives one send (DEADLINE_S) with room to record it
 ROTATION_GRACE = timedelta(hours=24)
 ANSWER_BYTES = 2048  # of an endpoint's answer, kept to say why it refused
 SENDERS = 8  # endpoints sent to at once: a slow one does not hold the others up
@@ -164,13 +167,15 @@ class Webhooks:
     """Agencies' webhooks on the warehouse database: add, list, rotate, retry, remove, and dispatch."""
 
     def __init__(self, engine: sa.Engine, catalog: Catalog, key: bytes, public_url: str | None = None,
-                 max_attempts: int = MAX_ATTEMPTS, timeout_s: tuple[float, float] = TIMEOUT_S) -> None:
+                 max_attempts: int = MAX_ATTEMPTS, timeout_s: tuple[float, float] = TIMEOUT_S,
+                 deadline_s: float = DEADLINE_S) -> None:
         self.engine = engine
         self.catalog = catalog
         self.key = key
         self.public_url = (public_url or "").rstrip("/")
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
 
     # --- registration -------------------------------------------------------------------------------
 
@@ -421,7 +426,23 @@ class Webhooks:
                         for nonce in nonces)
 
     def _post(self, hook: Any, message_id: str, body: bytes) -> tuple[int | None, str | None]:
-        """POST one notification: (the endpoint's status or None, what went wrong or None)."""
+        """POST one notification within `deadline_s`: (the endpoint's status or None, what went wrong or None).
+
+        The timeouts bound each wait for a byte, not the whole answer; an endpoint that trickles its
+        status line, headers or body would hold the sender (and outlive its claim). So the exchange
+        runs in a thread of its own, left behind at the deadline (a daemon: it ends when the peer does).
+        """
+        outcome: list[tuple[int | None, str | None]] = []
+        exchange = threading.Thread(target=lambda: outcome.append(self._exchange(hook, message_id, body)),
+                                    daemon=True, name="lgsp-webhook-post")
+        exchange.start()
+        exchange.join(self.deadline_s)
+        if not outcome:
+            return None, (f"{shown_url(hook.url)} did not finish answering within {self.deadline_s:g} s "
+                          "(each byte came, but too slowly); the exchange was abandoned")
+        return outcome[0]
+
+    def _exchange(self, hook: Any, message_id: str, body: bytes) -> tuple[int | None, str | None]:
         timestamp = int(time.time())
         headers = {"content-type": "application/json", "user-agent": "lgsp-webhooks/1",
                    "webhook-id": message_id, "webhook-timestamp": str(timestamp),
@@ -482,13 +503,30 @@ def from_environment(catalog: Catalog | None = None) -> Webhooks:
 
 
 def scheduled_dispatch() -> dict[str, Any]:
-    """The `lgsp_notify` DAG's task: one dispatch; a summary by outcome, and the deliveries."""
-    hooks = from_environment()
+    """The `lgsp_notify` DAG's task: one dispatch; a summary by outcome, and the deliveries.
+
+    A warehouse with no webhook needs nothing, not even the gateway's key: the DAG runs every 5
+    minutes on installations that do not serve the gateway. It creates no table (DDL on the
+    gateway's tables would wait for the audit's writers)."""
+    from catalog import load_catalog
+    from gateway.service import _write_engine
+    from gateway.settings import load_gateway_settings
+    from lgsp.settings import load_settings
+
+    summary: dict[str, Any] = {o: 0 for o in ("delivered", "failed", "dead", "gone", "paused")}
+    engine = _write_engine(load_settings().database_url)
     try:
-        done = hooks.dispatch()
+        if not sa.inspect(engine).has_table(tables.webhook.name):
+            return {**summary, "deliveries": []}
+        with engine.connect() as conn:
+            live = conn.execute(sa.select(sa.func.count()).select_from(tables.webhook)
+                                .where(tables.webhook.c.removed_at.is_(None))).scalar()
+        if not live:
+            return {**summary, "deliveries": []}
+        settings = load_gateway_settings()  # signing needs the key: a clear error if it is missing
+        done = Webhooks(engine, load_catalog(), settings.pseudonym_key, settings.public_url).dispatch()
     finally:
-        hooks.engine.dispose()
-    summary: dict[str, Any] = {o: sum(d.outcome == o for d in done)
-                               for o in ("delivered", "failed", "dead", "gone", "paused")}
+        engine.dispose()
+    summary.update({o: sum(d.outcome == o for d in done) for o in summary})
     summary["deliveries"] = [{**d.as_dict(), "next_attempt_at": str(d.next_attempt_at or "")} for d in done]
     return summary

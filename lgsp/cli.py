@@ -103,11 +103,6 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
          dossiers: int = typer.Option(6000, help="dossiers in the TTHC sandbox"),
          inline: bool = typer.Option(False, help="run the pipelines in this process, without Airflow")) -> None:
     """Start the sandbox, run every pipeline and the indicators on Airflow, print a summary."""
-    from indicators import compute_indicator
-    from lgsp import runner
-    from lgsp.report import print_summary
-    from warehouse import Warehouse
-
     settings, catalog = load_settings(), load_catalog()
     console.print(f"[bold]lgsp demo[/]: warehouse {redact_url(settings.database_url)}, lake {settings.lake_root}")
     with step(f"starting sandbox services (seed {seed}: {citizens} citizens, {dossiers} dossiers)"):
@@ -115,8 +110,32 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
     console.print("   " + ", ".join(f"{name} {url}" for name, url in handle.urls.items()))
     pushes = [f.name for f in catalog.feeds.values() if not f.after]
     drifts = [n for n, s in catalog.sharing.items() if s.lookup is not None and s.lookup.drift_schedule is not None]
+    from gateway.demo import AGENCY, DATASET, DemoAgency
+
+    with step(f"a demo agency ({AGENCY}) granted {DATASET}, with a webhook at an endpoint served here"):
+        try:
+            agency = DemoAgency(settings, catalog)
+        except Exception as exc:  # noqa: BLE001 - one clear message
+            handle.stop()
+            fail(f"the demo agency could not be registered: {type(exc).__name__}: {exc}")
+    try:
+        _demo_run(settings, catalog, handle, agency, inline, pushes, drifts)
+    finally:
+        agency.close()
+
+
+def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: bool, pushes: list[str],
+              drifts: list[str]) -> None:
+    """The demo from the pipelines on, while the demo agency's endpoint is served."""
+    from gateway.demo import AGENCY, agency_copy
+    from indicators import compute_indicator
+    from lgsp import runner
+    from lgsp.report import print_summary
+    from warehouse import Warehouse
+
     try:
         if inline:
+            from gateway.webhooks import scheduled_dispatch
             from lgsp import outbox
 
             for name in catalog.pipelines:
@@ -134,10 +153,12 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
                     from lgsp.drift import scheduled_check
 
                     scheduled_check(name)
+            with step("telling agencies' webhooks what changed"):
+                scheduled_dispatch()
         else:
             _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"]
-                         + [f"lgsp_push_{f}" for f in pushes] + [f"lgsp_drift_{n}" for n in drifts],
-                         task_retries=False)
+                         + [f"lgsp_push_{f}" for f in pushes] + [f"lgsp_drift_{n}" for n in drifts]
+                         + ["lgsp_notify"], task_retries=False)
         from lgsp.reconcile import reconcile as count
 
         with step("counting every pipeline's records at its source and in lgsp"):
@@ -154,11 +175,19 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
     from lgsp.report import print_reconciliation
 
     print_reconciliation(console, counted)
-    from gateway.demo import AGENCY, agency_copy
-
+    told = agency.told
+    if told.events:
+        what = "; ".join(f"{e['dataset']} changed ({e['changes']} write(s), {e['rows_changed']} rows)"
+                         for e in told.events)
+        console.print(f"Agency told: {AGENCY}'s webhook got {len(told.events)} signed notification(s): {what}"
+                      + (f"; {told.refused} refused (bad signature)" if told.refused else ""), soft_wrap=True)
+    else:
+        console.print(f"Agency told: nothing, as nothing it follows changed ({AGENCY}'s webhook on enterprise; "
+                      "lgsp webhooks list)" + (f"; {told.refused} refused (bad signature)" if told.refused else ""),
+                      soft_wrap=True)
     with step(f"an agency's copy of enterprise ({AGENCY}) kept by the gateway's change feed"):
         try:
-            copied, copy_path = agency_copy(settings, catalog)
+            copied, copy_path = agency_copy(settings, catalog, agency)
         except Exception as exc:  # noqa: BLE001 - one clear message
             fail(f"the demo agency's copy failed: {type(exc).__name__}: {exc}")
     console.print(f"Agency copy: {copied.dataset} -> {copy_path} ({'snapshot' if copied.snapshot else 'changes'}: "

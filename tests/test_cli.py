@@ -23,7 +23,8 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     env = lgsp_env(home, LGSP_GATEWAY_PSEUDONYM_KEY="demo-test-pseudonym-key")  # stable: the agency copy follows
     first = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for dag_id in ("lgsp_population_citizens", "lgsp_tthc_dossiers", "lgsp_indicators", "lgsp_drift_citizen"):
+    for dag_id in ("lgsp_population_citizens", "lgsp_tthc_dossiers", "lgsp_indicators", "lgsp_drift_citizen",
+                   "lgsp_notify"):
         assert f"Airflow: {dag_id}" in first.stdout
     assert "Online submission rate" in first.stdout and "province by month" in first.stdout
     counts = _counts(home)
@@ -41,6 +42,9 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
     copy = home / "agency" / "so_xay_dung.db"  # the demo agency's copy of enterprise, by the change feed
     assert f"Agency copy: enterprise -> {copy} (snapshot:" in first.stdout
+    told = re.search(r"Agency told: so_xay_dung's webhook got 1 signed notification\(s\): enterprise changed "
+                     r"\(1 write\(s\), (\d+) rows\)\n", first.stdout)  # by lgsp_notify, before the copy
+    assert told is not None, first.stdout[-3000:]
     agency = sa.create_engine(f"sqlite:///{copy}")
     with agency.connect() as conn, engine.connect() as warehouse:
         mirrored = int(conn.execute(sa.text("select count(*) from enterprise")).scalar_one())
@@ -52,6 +56,8 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stdout[-3000:]
     assert _counts(home) == counts
     assert f"Agency copy: enterprise -> {copy} (changes: 0 upserted, 0 deleted; {shared} rows" in again.stdout
+    assert "Agency told: nothing, as nothing it follows changed" in again.stdout
+    assert int(told.group(1)) >= shared, "every enterprise version the first load wrote"
 
 
 def test_pipelines_lists_the_catalog(tmp_path: Path) -> None:

@@ -477,25 +477,35 @@ def test_a_token_whose_deletions_were_pruned_or_that_outlived_a_restore_expires_
 
 def test_the_demo_agency_copy_writes_no_secret_and_follows_the_feed_when_the_key_is_stable(
         env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.demo import agency_copy
+    from gateway.demo import DemoAgency, agency_copy
     from lgsp.settings import Settings
 
     settings = Settings(home=tmp_path, database_url=env.url, lake_root=tmp_path / "lake")
     stable = os.environ["LGSP_GATEWAY_PSEUDONYM_KEY"]
     monkeypatch.delenv("LGSP_GATEWAY_PSEUDONYM_KEY")
-    first, path = agency_copy(settings, env.catalog)
+
+    def demo() -> Any:
+        agency = DemoAgency(settings, env.catalog)
+        try:
+            return agency_copy(settings, env.catalog, agency)
+        finally:
+            agency.close()
+
+    first, path = demo()
     shared = len(env.export("enterprise"))
     assert first.snapshot and first.upserts == first.rows == shared and path == tmp_path / "agency/so_xay_dung.db"
-    second, _ = agency_copy(settings, env.catalog)  # another demo, another key of its own: read afresh
+    second, _ = demo()  # another demo, another key of its own: read afresh
     assert second.rows == shared and "set LGSP_GATEWAY_PSEUDONYM_KEY" in "".join(second.notes)
     assert "LGSP_GATEWAY_PSEUDONYM_KEY" not in os.environ, "the demo's own key did not outlive it"
     monkeypatch.setenv("LGSP_GATEWAY_PSEUDONYM_KEY", stable)
-    agency_copy(settings, env.catalog)
-    fourth, _ = agency_copy(settings, env.catalog)
+    demo()
+    fourth, _ = demo()
     assert not fourth.snapshot and (fourth.upserts, fourth.deletes, fourth.rows) == (0, 0, shared)
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["so_xay_dung.db"], "no secret on disk"
     keys = env.scalar("SELECT count(*) FROM gateway_credential WHERE agency_id = 'so_xay_dung' AND revoked_at IS NULL")
     assert int(keys) == 1, "each demo revokes the agency's earlier keys"
+    hooks = env.scalar("SELECT count(*) FROM gateway_webhook WHERE agency_id = 'so_xay_dung' AND removed_at IS NULL")
+    assert int(hooks) == 1, "and removes its earlier webhooks"
 
 
 def test_a_mirror_refuses_a_damaged_answer_whole_and_loses_nothing(env: Env, agency_db: str) -> None:

@@ -433,3 +433,29 @@ def requests_post(env: HookEnv, path: str, agency: str) -> Any:
     import requests
 
     return requests.post(f"{env.base}{path}", headers={"X-API-Key": env.keys[agency]}, timeout=60)
+
+
+def test_an_endpoint_trickling_its_answer_is_cut_off_at_the_deadline(env: HookEnv) -> None:
+    """Each byte comes within the read timeout, so no timeout fires; the deadline on the whole exchange does."""
+    def trickle(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("500 X", [("Content-Type", "text/plain")])
+
+        def body() -> Iterator[bytes]:
+            for _ in range(50):
+                yield b"x"  # wsgiref sends each piece as it comes
+                time.sleep(0.2)
+        return body()
+
+    hooks = Webhooks(env.hooks.engine, env.catalog, KEY.encode(), timeout_s=(2.0, 1.0), deadline_s=1.5)
+    with serving(trickle) as base:
+        webhook_id, _ = hooks.add("so_y_te", "firm", f"{base}/slow")
+        env.load_firms("trickle-1", [firm(970)])
+        started = time.monotonic()
+        [cut] = hooks.dispatch()
+        took = time.monotonic() - started
+    assert cut.outcome == "failed" and cut.status is None and took < 4, (cut, took)
+    assert f"{base}/slow did not finish answering within 1.5 s" in str(cut.error)
+    hook = env.hook(webhook_id)
+    assert hook.claimed_until is None and hook.attempts == 1 and hook.next_attempt_at is not None
+    hooks.remove(webhook_id)
