@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Optional
 
 import orjson
-from fastapi import Depends, FastAPI, Form, Path, Request, Security
+from fastapi import Depends, FastAPI, Form, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
@@ -44,8 +44,8 @@ from gateway.changes import NoFeed, TokenExpired, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import LookupFailed, lookup_key
-from gateway.models import (DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, WebhookAttempt, WebhookList,
-                            changes_model, lookup_model, page_model)
+from gateway.models import (DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, WebhookAttempt,
+                            WebhookDeliveries, WebhookList, changes_model, lookup_model, page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
 from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
@@ -306,8 +306,7 @@ def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
         principal = caller(request, gateway)
         if principal.agency_id is None:
             raise AccessDenied(401, "webhooks are an agency's: send its API key (X-API-Key) or an OAuth2 bearer token")
-        return [{k: v for k, v in h.items() if k != "agency_id"} for h in hooks.listing()
-                if h["agency_id"] == principal.agency_id]
+        return [{k: v for k, v in h.items() if k != "agency_id"} for h in hooks.listing(principal.agency_id)]
 
     def find(request: Request, webhook_id: str) -> dict[str, Any]:
         found = [h for h in own(request) if h["webhook_id"] == webhook_id]
@@ -319,6 +318,15 @@ def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
              summary="The calling agency's webhooks and their state")
     def list_webhooks(request: Request) -> Response:
         return json_response({"webhooks": own(request)})
+
+    @app.get("/api/v1/webhooks/{webhook_id}/deliveries", response_model=WebhookDeliveries, tags=["webhooks"],
+             responses=one, summary="The latest attempts to tell the endpoint, newest first")
+    def webhook_deliveries(request: Request, webhook_id: str = Path(..., max_length=64),
+                           limit: int = Query(20, ge=1, le=1000)) -> Response:
+        find(request, webhook_id)
+        rows = [{k: v for k, v in row.items() if k not in ("delivery_id", "webhook_id")}
+                for row in hooks.deliveries(webhook_id, limit)]
+        return json_response({"webhook_id": webhook_id, "deliveries": rows})
 
     @app.post("/api/v1/webhooks/{webhook_id}/ping", response_model=WebhookAttempt, tags=["webhooks"],
               responses=one, summary="Send a signed webhook.ping event to the endpoint now")

@@ -110,6 +110,24 @@ class WebhookList(BaseModel):
     webhooks: list[WebhookInfo]
 
 
+class WebhookDelivery(BaseModel):
+    """One attempt to tell an endpoint (a notification, or a ping)."""
+
+    message_id: str  # the `webhook-id` header sent
+    first_change: int
+    last_change: int
+    attempted_at: datetime
+    outcome: Literal["delivered", "failed", "dead", "gone"]
+    status: Optional[int]
+    error: Optional[str]
+    duration_ms: int
+
+
+class WebhookDeliveries(BaseModel):
+    webhook_id: str
+    deliveries: list[WebhookDelivery]
+
+
 class WebhookAttempt(BaseModel):
     """A ping, or a dead webhook revived: what the endpoint answered, or that it will be tried at once."""
 

@@ -250,11 +250,15 @@ class Webhooks:
                     dead_at=None, attempts=0, next_attempt_at=None))
         return revived
 
-    def listing(self) -> list[dict[str, Any]]:
-        """Every webhook not removed, with its state and the changes not yet told (no secret, no query)."""
+    def listing(self, agency_id: str | None = None) -> list[dict[str, Any]]:
+        """Every webhook not removed (or an agency's), with its state and the changes not yet told (no secret,
+        the address without its query)."""
         w = tables.webhook
+        query = sa.select(w).where(w.c.removed_at.is_(None)).order_by(w.c.agency_id, w.c.dataset, w.c.webhook_id)
+        if agency_id is not None:
+            query = query.where(w.c.agency_id == agency_id)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(w).where(w.c.removed_at.is_(None)).order_by(w.c.agency_id, w.c.dataset))
+            rows = conn.execute(query)
             out = []
             for row in rows.mappings().all():
                 pending = conn.execute(sa.select(sa.func.count()).select_from(CHANGES).where(
@@ -275,7 +279,8 @@ class Webhooks:
         if webhook_id is not None:
             query = query.where(d.c.webhook_id == webhook_id)
         with self.engine.connect() as conn:
-            return [{**row, "attempted_at": _utc(row["attempted_at"])} for row in conn.execute(query).mappings()]
+            return [{**{str(k): v for k, v in row.items()}, "attempted_at": _utc(row["attempted_at"])}
+                    for row in conn.execute(query).mappings()]  # plain str keys (JSON encoders refuse subclasses)
 
     # --- dispatch ---------------------------------------------------------------------------------------
 
@@ -341,10 +346,11 @@ class Webhooks:
             self._release(webhook_id)
             return None
         shown = shown_url(hook.url)
-        if not allowed:
-            reason = (f"paused: agency '{hook.agency_id}' may not read '{hook.dataset}' (no grant, or disabled); "
-                      f"nothing sent (lgsp agencies grant {hook.agency_id} {hook.dataset}, or lgsp webhooks "
-                      f"remove {webhook_id})")
+        if not allowed or hook.dataset not in self.catalog.sharing:
+            why = ("is no longer shared (catalog/sharing.yaml)" if hook.dataset not in self.catalog.sharing else
+                   f"may not be read by agency '{hook.agency_id}' (no grant, or the agency is disabled)")
+            reason = (f"paused: '{hook.dataset}' {why}; nothing sent (lgsp agencies grant {hook.agency_id} "
+                      f"{hook.dataset}, or lgsp webhooks remove {webhook_id})")
             self._release(webhook_id, last_error=reason)
             return Delivery(webhook_id, hook.agency_id, hook.dataset, shown, "paused", first, last, error=reason)
         message_id = f"{webhook_id}_{last}"

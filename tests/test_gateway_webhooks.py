@@ -8,6 +8,7 @@ is uvicorn in a thread, so an agency told of a change reads it from the real cha
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import re
@@ -265,9 +266,15 @@ def test_a_webhook_is_paused_while_its_agency_may_not_read_the_dataset(
     env.load_firms("paused-1", [firm(930)])
     [paused] = env.hooks.dispatch()
     assert paused.outcome == "paused" and receiver.received == [], "nothing sent to an agency without the grant"
-    assert "agency 'so_y_te' may not read 'firm'" in str(paused.error)
+    assert "paused: 'firm' may not be read by agency 'so_y_te' (no grant" in str(paused.error)
     assert env.hook(webhook_id).attempts == 0 and env.hook(webhook_id).dead_at is None, "not a failure"
     registry.grant("so_y_te", "firm")
+    unshared = copy.copy(env.hooks)  # the same webhooks, with firm taken out of sharing.yaml
+    unshared.catalog = env.catalog.model_copy(update={"sharing": {
+        n: s for n, s in env.catalog.sharing.items() if n != "firm"}})
+    [withdrawn] = unshared.dispatch()
+    assert withdrawn.outcome == "paused" and "'firm' is no longer shared" in str(withdrawn.error)
+    assert receiver.received == []
     [told] = env.hooks.dispatch()
     assert told.outcome == "delivered" and len(receiver.received) == 1
     env.hooks.remove(webhook_id)
@@ -423,8 +430,14 @@ def test_an_agency_sees_its_own_webhooks_pings_one_and_revives_a_dead_one_over_t
     revived = requests_post(env, f"/api/v1/webhooks/{mine}/retry", "so_xay_dung")
     assert revived.status_code == 200 and revived.json()["outcome"] == "revived"
     assert {d.webhook_id: d.outcome for d in env.hooks.dispatch()}[mine] == "delivered"
+    attempts = env.get(f"/api/v1/webhooks/{mine}/deliveries", "so_xay_dung", limit=10)
+    assert attempts.status_code == 200, attempts.text
+    assert [(a["outcome"], a["status"]) for a in attempts.json()["deliveries"]] == [
+        ("delivered", 204), ("gone", 410), ("delivered", 204)], "newest first: the revived one, the 410, the ping"
+    assert env.get(f"/api/v1/webhooks/{theirs}/deliveries", "so_xay_dung").status_code == 404
     paths = env.get("/openapi.json", None).json()["paths"]
-    assert {"/api/v1/webhooks", "/api/v1/webhooks/{webhook_id}/ping", "/api/v1/webhooks/{webhook_id}/retry"} <= set(paths)
+    assert {"/api/v1/webhooks", "/api/v1/webhooks/{webhook_id}/ping", "/api/v1/webhooks/{webhook_id}/retry",
+            "/api/v1/webhooks/{webhook_id}/deliveries"} <= set(paths)
     for webhook_id in (mine, theirs):
         env.hooks.remove(webhook_id)
 
