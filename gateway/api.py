@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import Depends, FastAPI, Form, Path, Query, Request, Security
@@ -45,12 +46,13 @@ from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import LookupFailed, lookup_key
 from gateway.models import (DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, WebhookAttempt,
-                            WebhookDeliveries, WebhookList, changes_model, lookup_model, page_model)
+                            WebhookDeliveries, WebhookList, WebhookRequest, WebhookSecret, changes_model, lookup_model,
+                            page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
 from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
-from gateway.webhooks import UnknownWebhook, Webhooks
+from gateway.webhooks import UnknownWebhook, WebhookError, Webhooks, host_allowed, shown_url
 
 log = logging.getLogger("lgsp.gateway")
 JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
@@ -296,7 +298,8 @@ def _dataset_routes(app: FastAPI, gateway: Gateway) -> dict[str, list[ParamSpec]
 
 
 def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
-    """An agency sees its own webhooks, pings one, revives a dead one (the province adds them: lgsp webhooks add)."""
+    """An agency sees its own webhooks, pings one, revives a dead one, rotates or removes one; it registers its own
+    when the province allows its host (LGSP_GATEWAY_WEBHOOK_HOSTS), else the province adds them (lgsp webhooks add)."""
     hooks = Webhooks(gateway.write_engine, gateway.catalog, gateway.settings.pseudonym_key,
                      gateway.settings.public_url)
     responses: dict[int | str, dict[str, Any]] = {s: ERRORS[s] for s in (401, 429)}
@@ -318,6 +321,45 @@ def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
              summary="The calling agency's webhooks and their state")
     def list_webhooks(request: Request) -> Response:
         return json_response({"webhooks": own(request)})
+
+    @app.post("/api/v1/webhooks", response_model=WebhookSecret, status_code=201, tags=["webhooks"],
+              responses={**responses, 400: ERRORS[400], 403: {
+                  "model": ErrorBody, "description": "no grant on the dataset, or a host the province does not allow"}},
+              summary="Register a webhook of the calling agency (its secret is shown once)")
+    def add_webhook(request: Request, wanted: WebhookRequest) -> Response:
+        principal = caller(request, gateway)
+        if principal.agency_id is None:
+            raise AccessDenied(401, "webhooks are an agency's: send its API key (X-API-Key) or an OAuth2 bearer token")
+        allowed = gateway.settings.webhook_hosts
+        if not allowed:
+            raise AccessDenied(403, "the province has not opened webhook registration to agencies "
+                                    "(LGSP_GATEWAY_WEBHOOK_HOSTS): ask it to add one (lgsp webhooks add)")
+        if not urlsplit(wanted.url).scheme == "https" or not host_allowed(wanted.url, allowed):
+            raise AccessDenied(403, f"{shown_url(wanted.url)!r}: an agency may register https addresses on "
+                                    f"{', '.join(allowed)} only")
+        if wanted.dataset not in principal.grants:
+            raise AccessDenied(403, f"agency '{principal.agency_id}' has no grant on '{wanted.dataset}'")
+        try:
+            webhook_id, secret = hooks.add(principal.agency_id, wanted.dataset, wanted.url, created_by="agency")
+        except WebhookError as exc:
+            return error_response(400, str(exc))
+        return json_response({"webhook_id": webhook_id, "dataset": wanted.dataset, "url": shown_url(wanted.url),
+                              "secret": secret}, 201, {"Cache-Control": "no-store"})
+
+    @app.delete("/api/v1/webhooks/{webhook_id}", response_model=WebhookAttempt, tags=["webhooks"], responses=one,
+                summary="Stop telling the endpoint (its deliveries are kept)")
+    def remove_webhook(request: Request, webhook_id: str = Path(..., max_length=64)) -> Response:
+        find(request, webhook_id)
+        hooks.remove(webhook_id)
+        return json_response({"webhook_id": webhook_id, "outcome": "removed"})
+
+    @app.post("/api/v1/webhooks/{webhook_id}/rotate", response_model=WebhookSecret, tags=["webhooks"],
+              responses=one, summary="A new signing secret, shown once (the old one also signs for 24 hours)")
+    def rotate_webhook(request: Request, webhook_id: str = Path(..., max_length=64)) -> Response:
+        hook = find(request, webhook_id)
+        secret = hooks.rotate(webhook_id)
+        return json_response({"webhook_id": webhook_id, "dataset": hook["dataset"], "url": hook["url"],
+                              "secret": secret}, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/v1/webhooks/{webhook_id}/deliveries", response_model=WebhookDeliveries, tags=["webhooks"],
              responses=one, summary="The latest attempts to tell the endpoint, newest first")

@@ -210,10 +210,11 @@ def webhooks_add(agency_id: str = typer.Argument(..., help="a registered agency,
 @webhooks_app.command("list")
 def webhooks_list() -> None:
     """Webhooks, their state and the changes their endpoints have not acknowledged (never secrets)."""
-    table = Table("webhook", "agency", "dataset", "endpoint", "state", "told up to", "pending", "last delivered",
-                  "next attempt", "last error")
+    table = Table("webhook", "agency", "dataset", "endpoint", "by", "state", "told up to", "pending",
+                  "last delivered", "next attempt", "last error")
     for hook in _webhooks().listing():  # type: ignore[attr-defined]
-        table.add_row(hook["webhook_id"], hook["agency_id"], hook["dataset"], hook["url"], hook["state"],
+        table.add_row(hook["webhook_id"], hook["agency_id"], hook["dataset"], hook["url"], hook["created_by"],
+                      hook["state"],
                       str(hook["delivered_change"]), str(hook["pending_changes"]), _when(hook["delivered_at"]),
                       _when(hook["next_attempt_at"]), hook["last_error"] or "")
     console.print(table)

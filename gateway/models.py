@@ -97,6 +97,7 @@ class WebhookInfo(BaseModel):
     dataset: str
     url: str
     state: Literal["ok", "failing", "dead"]
+    created_by: Literal["province", "agency"]
     delivered_change: int
     pending_changes: int
     delivered_at: Optional[datetime]
@@ -128,11 +129,29 @@ class WebhookDeliveries(BaseModel):
     deliveries: list[WebhookDelivery]
 
 
+class WebhookRequest(BaseModel):
+    """An agency's own webhook: a dataset it is granted, and an https address on a host the province allows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(max_length=100)
+    url: str = Field(max_length=2000)
+
+
+class WebhookSecret(BaseModel):
+    """A webhook's signing secret, shown once (a new webhook, or a rotation; the old secret signs 24 h more)."""
+
+    webhook_id: str
+    dataset: str
+    url: str
+    secret: str
+
+
 class WebhookAttempt(BaseModel):
     """A ping, or a dead webhook revived: what the endpoint answered, or that it will be tried at once."""
 
     webhook_id: str
-    outcome: Literal["delivered", "failed", "revived"]
+    outcome: Literal["delivered", "failed", "revived", "removed"]
     status: Optional[int] = None
     error: Optional[str] = None
     duration_ms: Optional[int] = None

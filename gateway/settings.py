@@ -10,6 +10,7 @@
 | `LGSP_GATEWAY_ANONYMOUS_RATE_PER_S` | 10 | requests per second per client address without a key (open data) |
 | `LGSP_GATEWAY_TOKEN_TTL_S` | 3600 | lifetime of an OAuth2 access token |
 | `LGSP_GATEWAY_PUBLIC_URL` | none | the gateway's address as agencies reach it (webhook notifications link the feed by it) |
+| `LGSP_GATEWAY_WEBHOOK_HOSTS` | none | hosts agencies may register webhooks at themselves (`*.ninhbinh.gov.vn,cases.example`); none: only `lgsp webhooks add` |
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class GatewaySettings:
     token_ttl_s: int = 3600
     principal_cache_s: float = 5.0
     public_url: str | None = None
+    webhook_hosts: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"GatewaySettings(database_url=<redacted>, max_page_rows={self.max_page_rows}, ...)"
@@ -80,4 +82,6 @@ def load_gateway_settings(database_url: str | None = None) -> GatewaySettings:
         anonymous_rate_per_s=_number("LGSP_GATEWAY_ANONYMOUS_RATE_PER_S", 10.0),
         token_ttl_s=int(_number("LGSP_GATEWAY_TOKEN_TTL_S", 3600)),
         public_url=os.environ.get("LGSP_GATEWAY_PUBLIC_URL") or None,
+        webhook_hosts=tuple(h.strip().lower() for h in os.environ.get("LGSP_GATEWAY_WEBHOOK_HOSTS", "").split(",")
+                            if h.strip()),
     )

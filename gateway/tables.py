@@ -71,6 +71,7 @@ webhook = sa.Table(
     sa.Column("previous_nonce", sa.Text),  # the secret before a rotation, also signed with until `previous_until`
     sa.Column("previous_until", TZ),
     sa.Column("created_at", TZ, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False, server_default="province"),  # or "agency" (the API)
     sa.Column("delivered_seq", sa.BigInteger, nullable=False),  # the last change number the endpoint acknowledged
     sa.Column("delivered_at", TZ),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # failures since the last success
@@ -116,6 +117,7 @@ def create_gateway_tables(engine: sa.Engine) -> None:
     """Create the gateway's tables and the audit's append-only triggers (idempotent; one process at a time)."""
     metadata.create_all(engine)
     _add_audit_chain(engine)
+    _add_webhook_creator(engine)
     statements = _POSTGRES_APPEND_ONLY if engine.dialect.name == "postgresql" else _SQLITE_APPEND_ONLY
     with engine.begin() as conn:
         for statement in statements:
@@ -132,3 +134,11 @@ def _add_audit_chain(engine: sa.Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("ALTER TABLE gateway_audit DROP CONSTRAINT gateway_audit_pkey, "
                                  "ADD PRIMARY KEY (chain, seq)")
+
+
+def _add_webhook_creator(engine: sa.Engine) -> None:
+    """A webhook table from before agencies could register their own: add `created_by` (its rows: the province)."""
+    if "created_by" in {c["name"] for c in sa.inspect(engine).get_columns("gateway_webhook")}:
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE gateway_webhook ADD COLUMN created_by TEXT NOT NULL DEFAULT 'province'")

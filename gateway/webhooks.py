@@ -71,6 +71,7 @@ LEASE_S = 60.0  # a claim outlives one send (DEADLINE_S) with room to record it
 ROTATION_GRACE = timedelta(hours=24)
 ANSWER_BYTES = 2048  # of an endpoint's answer, kept to say why it refused
 SENDERS = 8  # endpoints sent to at once: a slow one does not hold the others up
+AGENCY_LIMIT = 20  # webhooks an agency may hold that it registered itself (the gateway's API)
 CHANGES = sa.table("lgsp_change", sa.column("change_seq"), sa.column("dataset"), sa.column("rows_changed"),
                    sa.column("committed_at", sa.DateTime(timezone=True)))
 
@@ -158,6 +159,13 @@ def check_url(url: str, allow_http: bool = False) -> None:
                            "encrypted (--allow-http for an endpoint on the province's own network)")
 
 
+def host_allowed(url: str, patterns: tuple[str, ...]) -> bool:
+    """Whether `url`'s host is one an agency may register itself: `host` exactly, or `*.domain` for the hosts
+    under domain (not domain itself)."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    return any(host.endswith(p[1:]) and host != p[2:] if p.startswith("*.") else host == p for p in patterns)
+
+
 def retry_delay(attempts: int) -> timedelta:
     """How long after its `attempts`-th failure in a row a webhook is tried again: 30 s, 1, 2, 4 min ... 1 h."""
     return timedelta(seconds=min(FIRST_RETRY_S * 2 ** (attempts - 1), LONGEST_RETRY_S))
@@ -179,10 +187,12 @@ class Webhooks:
 
     # --- registration -------------------------------------------------------------------------------
 
-    def add(self, agency_id: str, dataset: str, url: str, allow_http: bool = False) -> tuple[str, str]:
+    def add(self, agency_id: str, dataset: str, url: str, allow_http: bool = False,
+            created_by: str = "province") -> tuple[str, str]:
         """Tell `agency_id`'s endpoint at `url` when `dataset` changes from now on: (webhook id, secret).
 
         The secret is returned once (the endpoint verifies signatures with it); it is not stored.
+        `created_by` "agency" (the gateway's API): at most `AGENCY_LIMIT` of them per agency.
         """
         if dataset not in self.catalog.sharing:
             raise WebhookError(f"'{dataset}' is not shared (catalog/sharing.yaml has: "
@@ -205,11 +215,17 @@ class Webhooks:
             if same:
                 raise WebhookError(f"agency '{agency_id}' already has webhook {same} for '{dataset}' at "
                                    f"{shown_url(url)} (lgsp webhooks rotate {same} for a new secret)")
+            if created_by == "agency" and conn.execute(sa.select(sa.func.count()).select_from(w).where(
+                    w.c.agency_id == agency_id, w.c.created_by == "agency", w.c.removed_at.is_(None))).scalar() \
+                    >= AGENCY_LIMIT:
+                raise WebhookError(f"agency '{agency_id}' already has {AGENCY_LIMIT} webhooks it registered: "
+                                   "remove one first (DELETE /api/v1/webhooks/{id})")
             newest = conn.execute(sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.change_seq), 0))
                                   .where(CHANGES.c.dataset == dataset)).scalar()
             webhook_id, nonce = f"wh_{secrets.token_hex(6)}", secrets.token_hex(16)
             conn.execute(w.insert().values(webhook_id=webhook_id, agency_id=agency_id, dataset=dataset, url=url,
-                                           nonce=nonce, created_at=_now(), delivered_seq=int(newest or 0)))
+                                           nonce=nonce, created_at=_now(), created_by=created_by,
+                                           delivered_seq=int(newest or 0)))
         return webhook_id, signing_secret(self.key, webhook_id, nonce)
 
     def _live(self, conn: sa.Connection, webhook_id: str) -> Any:
@@ -266,6 +282,7 @@ class Webhooks:
                 state = "dead" if row["dead_at"] else ("failing" if row["attempts"] else "ok")
                 out.append({"webhook_id": row["webhook_id"], "agency_id": row["agency_id"],
                             "dataset": row["dataset"], "url": shown_url(row["url"]), "state": state,
+                            "created_by": row["created_by"],
                             "delivered_change": row["delivered_seq"], "pending_changes": int(pending or 0),
                             "delivered_at": _utc(row["delivered_at"]), "attempts": row["attempts"],
                             "next_attempt_at": _utc(row["next_attempt_at"]), "last_status": row["last_status"],

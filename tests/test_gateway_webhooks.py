@@ -113,7 +113,8 @@ def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: p
                 registry.grant(agency, dataset)
         hooks = Webhooks(registry.engine, catalog, KEY.encode(), "https://lgsp.ninhbinh.example",
                          max_attempts=3, timeout_s=(2.0, 0.5))
-        settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0)
+        settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0,
+                                       webhook_hosts=("*.so-xay-dung.example", "cases.example"))
         with running(create_app(settings, catalog)) as base:
             yield HookEnv(url, keys, base, catalog, sandbox_handle, hooks)
         registry.engine.dispose()
@@ -472,3 +473,57 @@ def test_an_endpoint_trickling_its_answer_is_cut_off_at_the_deadline(env: HookEn
     hook = env.hook(webhook_id)
     assert hook.claimed_until is None and hook.attempts == 1 and hook.next_attempt_at is not None
     hooks.remove(webhook_id)
+
+
+def test_an_agency_registers_its_own_webhook_only_at_a_host_the_province_allows(env: HookEnv) -> None:
+    import requests
+
+    def call(method: str, path: str, agency: str | None = "so_xay_dung", **body: Any) -> Any:
+        headers = {"X-API-Key": env.keys[agency]} if agency else {}
+        return requests.request(method, f"{env.base}{path}", json=body or None, headers=headers, timeout=60)
+
+    made = call("POST", "/api/v1/webhooks", dataset="firm", url="https://cases.so-xay-dung.example/hook?t=1")
+    assert made.status_code == 201, made.text
+    mine = made.json()
+    assert mine["secret"].startswith("whsec_") and mine["url"] == "https://cases.so-xay-dung.example/hook?..."
+    assert made.headers["cache-control"] == "no-store"
+    [listed] = call("GET", "/api/v1/webhooks").json()["webhooks"]
+    assert (listed["webhook_id"], listed["created_by"], listed["state"]) == (mine["webhook_id"], "agency", "ok")
+    refusals = {  # url -> (status, words)
+        "http://cases.so-xay-dung.example/hook": (403, "https addresses on *.so-xay-dung.example, cases.example only"),
+        "https://so-xay-dung.example/hook": (403, "only"),  # *.domain is the hosts under it, not the domain
+        "https://cases.so-xay-dung.example@evil.example/hook": (403, "'https://evil.example/hook'"),
+        "https://127.0.0.1/hook": (403, "only"),
+        "https://cases.example/hook?t=1": (201, ""),
+    }
+    for url, (status, words) in refusals.items():
+        answer = call("POST", "/api/v1/webhooks", dataset="firm", url=url)
+        assert answer.status_code == status and words in answer.text, (url, answer.text)
+    again = call("POST", "/api/v1/webhooks", dataset="firm", url="https://cases.so-xay-dung.example/hook?t=1")
+    assert again.status_code == 400 and "already has webhook" in again.text
+    granted = call("POST", "/api/v1/webhooks", "so_y_te", dataset="enterprise", url="https://cases.example/h")
+    assert granted.status_code == 403 and "no grant on 'enterprise'" in granted.text
+    assert call("POST", "/api/v1/webhooks", None, dataset="firm", url="https://cases.example/h").status_code == 401
+    assert call("POST", "/api/v1/webhooks", dataset="firm", url="https://cases.example/h", extra=1).status_code == 400
+
+    rotated = call("POST", f"/api/v1/webhooks/{mine['webhook_id']}/rotate")
+    assert rotated.status_code == 200 and rotated.json()["secret"] not in (mine["secret"], "")
+    env.load_firms("self-1", [firm(980)])  # the dispatcher treats it like any other: here, a host that does not exist
+    outcomes = {d.webhook_id: d for d in env.hooks.dispatch()}
+    assert outcomes[mine["webhook_id"]].outcome == "failed"
+    assert "could not reach https://cases.so-xay-dung.example/hook?...: " in str(outcomes[mine["webhook_id"]].error)
+    assert call("DELETE", f"/api/v1/webhooks/{mine['webhook_id']}").json()["outcome"] == "removed"
+    assert call("DELETE", f"/api/v1/webhooks/{mine['webhook_id']}").status_code == 404
+    for n in range(19):  # 20 registered by the agency at most (one is left: cases.example/hook)
+        assert call("POST", "/api/v1/webhooks", dataset="firm", url=f"https://cases.example/h{n}").status_code == 201
+    over = call("POST", "/api/v1/webhooks", dataset="firm", url="https://cases.example/h99")
+    assert over.status_code == 400 and "already has 20 webhooks it registered" in over.text
+    env.hooks.add("so_xay_dung", "firm", "https://cases.example/province")  # the province's are not counted
+    for hook in env.hooks.listing():
+        env.hooks.remove(hook["webhook_id"])
+
+    closed = dataclasses.replace(load_gateway_settings(env.url), principal_cache_s=0.0)  # no hosts: closed
+    with running(create_app(closed, env.catalog)) as base:
+        shut = requests.post(f"{base}/api/v1/webhooks", json={"dataset": "firm", "url": "https://cases.example/h"},
+                             headers={"X-API-Key": env.keys["so_xay_dung"]}, timeout=60)
+    assert shut.status_code == 403 and "has not opened webhook registration" in shut.text
