@@ -527,3 +527,21 @@ def test_an_agency_registers_its_own_webhook_only_at_a_host_the_province_allows(
         shut = requests.post(f"{base}/api/v1/webhooks", json={"dataset": "firm", "url": "https://cases.example/h"},
                              headers={"X-API-Key": env.keys["so_xay_dung"]}, timeout=60)
     assert shut.status_code == 403 and "has not opened webhook registration" in shut.text
+
+
+def test_a_webhook_table_from_before_agencies_registered_their_own_gains_created_by(database_url: str) -> None:
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        tables.create_gateway_tables(engine)
+        now = datetime.now(timezone.utc)
+        with engine.begin() as conn:
+            conn.execute(tables.agency.insert().values(agency_id="so_y_te", name="x", created_at=now))
+            conn.exec_driver_sql("ALTER TABLE gateway_webhook DROP COLUMN created_by")
+            conn.exec_driver_sql("INSERT INTO gateway_webhook (webhook_id, agency_id, dataset, url, nonce, created_at, "
+                                 "delivered_seq, attempts) VALUES ('wh_old', 'so_y_te', 'firm', 'https://a.example/', "
+                                 "'n', CURRENT_TIMESTAMP, 0, 0)")
+        tables.create_gateway_tables(engine)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(tables.webhook.c.created_by)).scalar_one() == "province"
+    finally:
+        engine.dispose()
