@@ -89,9 +89,8 @@ class DemoAgency:
         self._thread.start()
         hooks = Webhooks(engine, catalog, os.environ[KEY_VARIABLE].encode())
         try:
-            for old in hooks.listing():
-                if old["agency_id"] == AGENCY:
-                    hooks.remove(old["webhook_id"])
+            for old in hooks.listing(AGENCY):
+                hooks.remove(old["webhook_id"])
             _, self._secret = hooks.add(AGENCY, DATASET, f"http://127.0.0.1:{self._server.server_port}/lgsp-hook")
         finally:
             engine.dispose()
