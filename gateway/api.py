@@ -305,11 +305,14 @@ def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
     responses: dict[int | str, dict[str, Any]] = {s: ERRORS[s] for s in (401, 429)}
     one = {**responses, 404: {"model": ErrorBody, "description": "no such webhook of the calling agency"}}
 
-    def own(request: Request) -> list[dict[str, Any]]:
+    def agency(request: Request) -> Principal:
         principal = caller(request, gateway)
         if principal.agency_id is None:
             raise AccessDenied(401, "webhooks are an agency's: send its API key (X-API-Key) or an OAuth2 bearer token")
-        return [{k: v for k, v in h.items() if k != "agency_id"} for h in hooks.listing(principal.agency_id)]
+        return principal
+
+    def own(request: Request) -> list[dict[str, Any]]:
+        return [{k: v for k, v in h.items() if k != "agency_id"} for h in hooks.listing(agency(request).agency_id)]
 
     def find(request: Request, webhook_id: str) -> dict[str, Any]:
         found = [h for h in own(request) if h["webhook_id"] == webhook_id]
@@ -327,14 +330,12 @@ def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
                   "model": ErrorBody, "description": "no grant on the dataset, or a host the province does not allow"}},
               summary="Register a webhook of the calling agency (its secret is shown once)")
     def add_webhook(request: Request, wanted: WebhookRequest) -> Response:
-        principal = caller(request, gateway)
-        if principal.agency_id is None:
-            raise AccessDenied(401, "webhooks are an agency's: send its API key (X-API-Key) or an OAuth2 bearer token")
+        principal = agency(request)
         allowed = gateway.settings.webhook_hosts
         if not allowed:
             raise AccessDenied(403, "the province has not opened webhook registration to agencies "
                                     "(LGSP_GATEWAY_WEBHOOK_HOSTS): ask it to add one (lgsp webhooks add)")
-        if not urlsplit(wanted.url).scheme == "https" or not host_allowed(wanted.url, allowed):
+        if urlsplit(wanted.url).scheme != "https" or not host_allowed(wanted.url, allowed):
             raise AccessDenied(403, f"{shown_url(wanted.url)!r}: an agency may register https addresses on "
                                     f"{', '.join(allowed)} only")
         if wanted.dataset not in principal.grants:

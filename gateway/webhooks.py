@@ -372,9 +372,7 @@ class Webhooks:
             return Delivery(webhook_id, hook.agency_id, hook.dataset, shown, "paused", first, last, error=reason)
         message_id = f"{webhook_id}_{last}"
         body = self._body(hook.dataset, first, last, changes, rows_changed, committed_at)
-        started = time.perf_counter()
-        status, error = self._post(hook, message_id, body)
-        duration_ms = round((time.perf_counter() - started) * 1000)
+        status, error, duration_ms = self._post(hook, message_id, body)
         now = _now()
         if status is not None and 200 <= status < 300:
             outcome, values = "delivered", {"delivered_seq": last, "delivered_at": now, "attempts": 0,
@@ -428,9 +426,7 @@ class Webhooks:
             hook = self._live(conn, webhook_id)
         message_id = f"{webhook_id}_ping_{secrets.token_hex(4)}"
         body = self._event(PING, {"webhook": webhook_id, "dataset": hook.dataset, "feed": self._feed(hook.dataset)})
-        started = time.perf_counter()
-        status, error = self._post(hook, message_id, body)
-        duration_ms = round((time.perf_counter() - started) * 1000)
+        status, error, duration_ms = self._post(hook, message_id, body)
         outcome = "delivered" if error is None else "failed"
         with self.engine.begin() as conn:
             conn.execute(tables.webhook_delivery.insert().values(
@@ -448,8 +444,9 @@ class Webhooks:
         return " ".join(sign(signing_secret(self.key, hook.webhook_id, nonce), message_id, timestamp, body)
                         for nonce in nonces)
 
-    def _post(self, hook: Any, message_id: str, body: bytes) -> tuple[int | None, str | None]:
-        """POST one notification within `deadline_s`: (the endpoint's status or None, what went wrong or None).
+    def _post(self, hook: Any, message_id: str, body: bytes) -> tuple[int | None, str | None, int]:
+        """POST one notification within `deadline_s`: (the endpoint's status or None, what went wrong or None,
+        how long it took in ms).
 
         The timeouts bound each wait for a byte, not the whole answer; an endpoint that trickles its
         status line, headers or body would hold the sender (and outlive its claim). So the exchange
@@ -458,12 +455,14 @@ class Webhooks:
         outcome: list[tuple[int | None, str | None]] = []
         exchange = threading.Thread(target=lambda: outcome.append(self._exchange(hook, message_id, body)),
                                     daemon=True, name="lgsp-webhook-post")
+        started = time.perf_counter()
         exchange.start()
         exchange.join(self.deadline_s)
+        took = round((time.perf_counter() - started) * 1000)
         if not outcome:
             return None, (f"{shown_url(hook.url)} did not finish answering within {self.deadline_s:g} s "
-                          "(each byte came, but too slowly); the exchange was abandoned")
-        return outcome[0]
+                          "(each byte came, but too slowly); the exchange was abandoned"), took
+        return (*outcome[0], took)
 
     def _exchange(self, hook: Any, message_id: str, body: bytes) -> tuple[int | None, str | None]:
         timestamp = int(time.time())
