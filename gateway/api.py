@@ -8,6 +8,7 @@
     GET  /api/v1/datasets/{name}/changes?since=..  what changed since a token: deletes, upserts (gateway.changes)
     POST /oauth/token                              OAuth2 client credentials -> bearer token
     GET|POST /api/3/action/{action}                CKAN: package_list|show|search, datastore_search
+    GET  /portal, /portal/datasets/{name}          the data portal's HTML pages (gateway.portal; not in OpenAPI)
 
 Routes for records and exports are generated per shared dataset, so the OpenAPI
 document names each dataset's filter parameters (gateway.params) and record fields
@@ -435,8 +436,11 @@ def problem(exc: Exception) -> tuple[int, str, dict[str, str]] | None:
 
 def _error_handlers(app: FastAPI) -> None:
     from gateway.ckan import ckan_error, is_ckan
+    from gateway.portal import error_page, is_portal
 
     def handle(status: int, message: str, request: Request, headers: dict[str, str] | None = None) -> Response:
+        if is_portal(request):
+            return error_page(status, message, headers)
         return ckan_error(request, status, message) if is_ckan(request) else error_response(status, message, headers)
 
     def known(request: Request, exc: Exception) -> Response:
@@ -495,6 +499,7 @@ class GuardMiddleware:
 def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None = None) -> FastAPI:
     """The gateway's ASGI application (tables and shared views must exist: `lgsp serve` prepares them)."""
     from gateway.ckan import ckan_routes
+    from gateway.portal import portal_routes
 
     gateway = Gateway(settings, catalog)
 
@@ -520,6 +525,7 @@ def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None 
     _token_route(app, gateway)
     _webhook_routes(app, gateway)
     ckan_routes(app, gateway)
+    portal_routes(app, gateway)
     _error_handlers(app)
     # the hot records route on PostgreSQL, answered before FastAPI's stack (inside the guard: same log, same 500)
     app.add_middleware(LeanRecords, gateway=gateway, specs=specs, problem=problem, executor=READERS)
