@@ -12,6 +12,7 @@
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
     lgsp lake info|compact    files and rows per lake partition; merge small Parquet files
+    lgsp warehouse plan|migrate   bring core tables to their datasets' changed definitions
     lgsp indicators compute|list|export|dashboard|rank   indicators, open data, the dashboard, rankings
     lgsp airflow start        api-server, scheduler, dag-processor, triggerer (+ Celery workers) until Ctrl-C
     lgsp airflow trigger P    trigger a pipeline through Airflow's REST API and wait for it
@@ -685,6 +686,10 @@ def health(history: bool = typer.Option(False, help="success rate and latency pe
 from indicators.cli import app as indicators_app  # noqa: E402 - compute|list|export|dashboard|rank (docs/indicators.md)
 
 app.add_typer(indicators_app, name="indicators")
+
+from warehouse.cli import app as warehouse_app  # noqa: E402 - plan|migrate|migrations (warehouse.migrate)
+
+app.add_typer(warehouse_app, name="warehouse")
 
 from consolidation.cli import merger_app  # noqa: E402 - the province-merger consolidation (docs/merger.md)
 

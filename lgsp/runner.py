@@ -584,7 +584,8 @@ def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], ch
     ctx.lake.write_manifest(pipeline.name, batch_id, result)
     extra_columns = checked.extra_columns
     drift = (f"schema drift: new source field(s) {extra_columns} kept in _extras; declare them in "
-             f"catalog/datasets.yaml ({ds.name}) to load them as columns") if extra_columns else None
+             f"catalog/datasets.yaml ({ds.name}) to load them as columns, then `lgsp warehouse migrate {ds.name}` "
+             "moves the values loaded before") if extra_columns else None
     if drift:
         log.warning("%s: %s", pipeline.name, drift)
     _update_batch(ctx, batch_id, status="validated", rows_quarantined=quarantined,

@@ -283,3 +283,25 @@ def test_a_damaged_page_is_named_with_what_to_do(lake: Lake) -> None:
     path.write_bytes(b'[{"id": 1}]\n')
     with pytest.raises(ValueError, match=r"page-00001\.json does not start with .*rerun the pipeline"):
         lake.read_page(path)
+
+
+def test_a_column_declared_later_is_read_with_the_older_files_and_kept_by_compaction(lake: Lake) -> None:
+    lake.write_parquet(_batch(DAYS[0], 1), "dossier", DAYS[0], "tthc-1")  # before `channel` was declared
+    newer = _batch(DAYS[1], 2)
+    lake.write_parquet(newer.append_column("channel", pa.array(["online"] * newer.num_rows)), "dossier", DAYS[1],
+                       "tthc-2")
+    table = lake.read_dataset("dossier")
+    assert table.num_rows == 14 and table.column("channel").to_pylist() == [None] * 7 + ["online"] * 7
+    with duckdb.connect() as con:  # DuckDB unifies the files by name when asked to
+        found = con.execute("SELECT count(channel) FROM read_parquet(?, hive_partitioning = true, "
+                            "union_by_name = true)", [f"{lake.dataset_path('dossier')}/**/*.parquet"]).fetchone()
+    assert found == (7,)
+    lake.write_parquet(_batch(DAYS[1], 3), "dossier", DAYS[1], "tthc-3")  # a late batch without it, same day
+    lake.compact("dossier", min_age=NOW)
+    assert lake.read_dataset("dossier").column("channel").null_count == 14
+
+    retyped = _batch(DAYS[1], 4)
+    lake.write_parquet(retyped.set_column(1, "commune_code", pa.array(["x"] * retyped.num_rows)), "dossier",
+                       DAYS[1], "tthc-4")
+    with pytest.raises(ValueError, match="lake dataset dossier: its files disagree on a column's type"):
+        lake.read_dataset("dossier")

@@ -22,7 +22,7 @@ from catalog import load_catalog
 from catalog.models import DatasetSpec
 from lgsp.runner import _with_lineage
 from warehouse import Warehouse
-from warehouse.store import COPY_MIN_ROWS, utc
+from warehouse.store import COPY_MIN_ROWS, SchemaMigrationNeeded, utc
 
 FIRMS = 300
 T0 = datetime(2025, 8, 1, tzinfo=timezone.utc)
@@ -266,7 +266,8 @@ def test_write_mode_declarations_are_validated() -> None:
 def test_a_table_of_another_write_mode_is_refused_with_a_clear_message(database_url: str) -> None:
     wh, ds = open_firm_warehouse(database_url, "merge")
     wh.engine.dispose()
-    with pytest.raises(RuntimeError, match=r"core_firm has primary key \['code'\].*write_mode"):
+    with pytest.raises(SchemaMigrationNeeded, match=r"core_firm \(firm\): write mode merge -> history: .*"
+                                                   r"`lgsp warehouse migrate` makes it"):
         open_firm_warehouse(database_url, "history")
 
 

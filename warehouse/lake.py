@@ -271,9 +271,22 @@ class Lake:
         return sorted(p for p in self.dataset_path(dataset).glob(pattern) if p.is_dir())
 
     def read_dataset(self, dataset: str) -> pa.Table:
-        """Every row of a dataset as one table, with its `ingest_date` (date32) partition column."""
-        partitioning = pads.partitioning(pa.schema([("ingest_date", pa.date32())]), flavor="hive")
-        return pads.dataset(self.dataset_path(dataset), format="parquet", partitioning=partitioning).to_table()
+        """Every row of a dataset as one table, with its `ingest_date` (date32) partition column.
+
+        The files' schemas are unified: a column the definition declared later (`lgsp warehouse
+        migrate`) is null in the files written before, where pyarrow alone would take the first
+        file's columns and drop it. A column whose type changed cannot be unified: the error names it.
+        """
+        partition = pa.field("ingest_date", pa.date32())
+        files = sorted(self.dataset_path(dataset).glob("ingest_date=*/*.parquet"))
+        try:
+            schema = pa.unify_schemas([pq.read_schema(f).remove_metadata() for f in files]) if files else None
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"lake dataset {dataset}: its files disagree on a column's type ({exc}); "
+                             "read the partitions before and after the type changed apart") from None
+        return pads.dataset(self.dataset_path(dataset), format="parquet",
+                            schema=schema.append(partition) if schema is not None else None,
+                            partitioning=pads.partitioning(pa.schema([partition]), flavor="hive")).to_table()
 
     def read_batch(self, path: Path | str) -> pa.Table:
         """The rows of one written batch, found in its own file or, once compacted, in the file holding it.

@@ -86,8 +86,14 @@ def create_shared_views(warehouse: Warehouse, catalog: Catalog) -> list[str]:
             conn.exec_driver_sql("BEGIN")  # Python's sqlite3 only opens a transaction before DML
         for view in stale:
             conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{view}"')
-        for name, shared in sorted(catalog.sharing.items()):
-            conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{shared.view_name}"')
-            conn.exec_driver_sql(_view_ddl(warehouse, catalog.datasets[name], shared))
-            created.append(shared.view_name)
+        for name in sorted(catalog.sharing):
+            created.append(recreate_view(conn, warehouse, catalog, name))
     return created
+
+
+def recreate_view(conn: sa.Connection, warehouse: Warehouse, catalog: Catalog, name: str) -> str:
+    """(Re)create the shared view of dataset `name` in the caller's transaction; returns its name."""
+    shared = catalog.sharing[name]
+    conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{shared.view_name}"')
+    conn.exec_driver_sql(_view_ddl(warehouse, catalog.datasets[name], shared))
+    return shared.view_name

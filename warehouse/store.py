@@ -43,6 +43,10 @@ ON_MERGING = "lgsp_on_merging"
 CHANGE_SEQ_LOCK = 0x6C677370_63686E67 & (2**63 - 1)  # the advisory lock `Warehouse.stamp_change` holds ("lgspchng")
 
 
+class SchemaMigrationNeeded(RuntimeError):
+    """A core table's shape (write mode, key, column types) is not its dataset's definition."""
+
+
 def tombstone_key(key: Sequence[str], values: Sequence[Any]) -> str:
     """A deleted record's key as `lgsp_tombstone.record_key` holds it: a JSON object, in the key's order."""
     keyed = {str(name): value for name, value in zip(key, values)}  # str: SQLAlchemy's column names subclass it
@@ -121,6 +125,7 @@ class Warehouse:
 
     def __init__(self, url: str, catalog: Catalog) -> None:
         self.url = url
+        self.catalog = catalog
         self.engine = make_engine(url)
         self.metadata = sa.MetaData()
         self.core: dict[str, sa.Table] = {
@@ -191,16 +196,22 @@ class Warehouse:
                 settings = ", ".join(f"{k} = {int(v)}" for k, v in changed.items())
                 conn.exec_driver_sql(f'ALTER TABLE "{name}" SET ({settings})')
 
-    def create_all(self) -> None:
+    def create_all(self, check_shapes: bool = True) -> None:
         """Create missing tables, and add columns a newer lgsp or dataset definition declares.
 
         When nothing changed since the last check (same table definitions, every table
-        there) this is one query: a pipeline run's fixed cost.
+        there) this is one query: a pipeline run's fixed cost. A core table whose write
+        mode, key or column types differ from its dataset's definition cannot be loaded:
+        `SchemaMigrationNeeded` says so (`lgsp warehouse migrate` rebuilds it), unless
+        `check_shapes` is false (the migration itself), which also leaves the check to be
+        made again next time.
         """
         fingerprint = self._fingerprint()
         if self._schema_unchanged(fingerprint):
             return
-        self._create_all()
+        self._create_all(check_shapes)
+        if not check_shapes:
+            return
         try:
             with self.engine.begin() as conn:
                 self.upsert(conn, self.system["lgsp_schema_state"], [
@@ -208,22 +219,29 @@ class Warehouse:
         except sa.exc.IntegrityError:  # another process checked the same tables at the same moment and said so
             pass
 
-    def _create_all(self) -> None:
+    def _create_all(self, check_shapes: bool) -> None:
+        from warehouse.migrate import LiveTable, structural_steps
+
         self.metadata.create_all(self.engine)
         inspector = sa.inspect(self.engine)
         names = [t.name for t in self.metadata.sorted_tables]  # reflected in one query per kind, not per table
         keys = {name: pk for (_, name), pk in inspector.get_multi_pk_constraint(filter_names=names).items()}
         columns = {name: cols for (_, name), cols in inspector.get_multi_columns(filter_names=names).items()}
-        for table in self.core.values():  # a write mode's key cannot be added to an existing table
-            present_key = keys[table.name]["constrained_columns"]
-            if sorted(present_key) != sorted(c.name for c in table.primary_key):
-                raise RuntimeError(f"{table.name} has primary key {present_key}, but its dataset's write_mode needs "
-                                   f"{[c.name for c in table.primary_key]}: rename or drop the table and reload it")
+        blocking = [f"{table.name} ({name}): {step.text}" for name, table in self.core.items()
+                    for step in structural_steps(LiveTable.reflect(table.name, columns[table.name],
+                                                                   keys[table.name]["constrained_columns"]),
+                                                 self.catalog.datasets[name]) if step.blocking]
+        if blocking and check_shapes:
+            raise SchemaMigrationNeeded(
+                "the warehouse's tables do not match their datasets' definitions: " + "; ".join(blocking)
+                + ". `lgsp warehouse plan` shows what changes and `lgsp warehouse migrate` makes it "
+                "(the table as it was is kept)")
         with self.engine.begin() as conn:
             for table in self.metadata.sorted_tables:
                 present = {c["name"] for c in columns[table.name]}
                 for column in table.columns:
-                    if column.name not in present and column.nullable:
+                    if column.name not in present and not column.primary_key:
+                        # a required column too: older rows have no value (`lgsp warehouse migrate` makes it NOT NULL)
                         kind = column.type.compile(dialect=self.engine.dialect)
                         conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
             if self.dialect == "postgresql":

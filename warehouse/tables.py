@@ -101,9 +101,20 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("record_key", sa.Text, primary_key=True),  # JSON object of the key columns
         sa.Column("deleted_at", TZ, nullable=False),
     )
+    migration = sa.Table(  # each `lgsp warehouse migrate` of a core table to its changed definition
+        "lgsp_migration", metadata,
+        sa.Column("migration_id", sa.Text, primary_key=True),  # also the `_batch_id` of the rows it changed
+        sa.Column("dataset", sa.Text, nullable=False, index=True),
+        sa.Column("steps", sa.Text, nullable=False),  # JSON: what changed, as `lgsp warehouse plan` said it
+        sa.Column("rows_before", sa.BigInteger, nullable=False),
+        sa.Column("rows_after", sa.BigInteger, nullable=False),
+        sa.Column("rows_changed", sa.BigInteger, nullable=False),
+        sa.Column("previous_table", sa.Text),  # the table as it was, kept (null: dropped)
+        sa.Column("applied_at", TZ, nullable=False),
+    )
     exchange = tables_for_exchanges(metadata)
     return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
-                                  *exchange)}
+                                  migration, *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:

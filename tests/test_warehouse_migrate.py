@@ -1,0 +1,309 @@
+"""`lgsp warehouse plan|migrate`: a core table brought to its dataset's changed definition, SQLite and PostgreSQL.
+
+The first test runs the real `business_enterprises` pipeline against the sandbox with a
+definition that does not declare `email` (so the source's emails land in `_extras`), then
+declares it, migrates, and checks that a full refresh of the same source changes nothing:
+the migrated rows are what a load makes. The others write the `firm` dataset of
+tests/test_write_modes.py straight through the warehouse and change its write mode, a
+column's type, what is required.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from typer.testing import CliRunner
+
+from catalog import load_catalog
+from catalog.models import Catalog, DatasetSpec
+from lgsp import runner
+from lgsp.cli import app as lgsp_app
+from test_write_modes import T0, batch, firm_spec, firms, write
+from warehouse import Warehouse
+from warehouse.migrate import MigrationError, migrate_dataset, plan
+from warehouse.shared import create_shared_views
+from warehouse.store import SchemaMigrationNeeded, utc
+
+
+def with_dataset(catalog: Catalog, dataset: DatasetSpec) -> Catalog:
+    return catalog.model_copy(update={"datasets": {**catalog.datasets, dataset.name: dataset}})
+
+
+def firm_warehouse(url: str, dataset: DatasetSpec) -> tuple[Warehouse, Catalog]:
+    catalog = with_dataset(load_catalog(), dataset)
+    wh = Warehouse(url, catalog)
+    wh.create_all(check_shapes=False)
+    return wh, catalog
+
+
+def rows_of(wh: Warehouse, table: str, order: str = "code") -> list[dict[str, Any]]:
+    with wh.engine.connect() as conn:
+        reflected = sa.Table(table, sa.MetaData(), autoload_with=conn)  # typed: SQLite's timestamps parsed
+        return [dict(r._mapping) for r in conn.execute(sa.select(reflected).order_by(reflected.c[order]))]
+
+
+def tables_of(wh: Warehouse) -> set[str]:
+    return set(sa.inspect(wh.engine).get_table_names())
+
+
+def test_a_field_declared_after_it_was_loaded_moves_from_extras_and_a_full_refresh_then_changes_nothing(
+        lgsp_env: Any) -> None:
+    real = load_catalog()
+    enterprise = real.datasets["enterprise"]
+    undeclared = enterprise.model_copy(update={
+        "columns": {k: v for k, v in enterprise.columns.items() if k != "email"},
+        "checks": [c for c in enterprise.checks if "email" not in c.model_dump().values()]})
+    before = with_dataset(real, undeclared)
+    first = runner.run_pipeline("business_enterprises", catalog=before)
+    assert "email" in first["extra_columns"]
+    wh = Warehouse(lgsp_env.database_url, real)  # type: ignore[attr-defined]
+    wh.create_all()  # an optional column is added, not blocking
+    create_shared_views(wh, real)
+    emails = {r["tax_code"]: json.loads(r["_extras"])["email"] for r in rows_of(wh, "core_enterprise", "tax_code")
+              if r["_extras"] and "email" in json.loads(r["_extras"])}
+    assert len(emails) > 100 and all(r["email"] is None for r in rows_of(wh, "core_enterprise", "tax_code"))
+
+    [found] = plan(wh, real, ["enterprise"])
+    assert found.needed and not found.blocking
+    assert f"column email: {len(emails)} row(s) hold its value in _extras" in " ".join(s.text for s in found.steps)
+
+    done = migrate_dataset(wh, real, "enterprise")
+    assert done is not None and done.rows_changed == len(emails) and done.rows_after == done.rows_before
+    after = rows_of(wh, "core_enterprise", "tax_code")
+    assert {r["tax_code"]: r["email"] for r in after if r["email"] is not None} == emails
+    assert all(r["_extras"] is None or "email" not in json.loads(r["_extras"]) for r in after)
+    assert {r["_batch_id"] for r in after if r["email"] is not None} == {done.migration_id}
+    kept = rows_of(wh, done.previous_table, "tax_code")  # the table as it was
+    assert len(kept) == len(after) and all(r.get("email") is None for r in kept)
+    with wh.engine.connect() as conn:
+        change = conn.exec_driver_sql("SELECT dataset, rows_changed FROM lgsp_change WHERE batch_id = :b",
+                                      {"b": done.migration_id}).one() if wh.dialect == "sqlite" else \
+            conn.execute(sa.text("SELECT dataset, rows_changed FROM lgsp_change WHERE batch_id = :b"),
+                         {"b": done.migration_id}).one()
+        shared = conn.execute(sa.text("SELECT count(*) FROM shared_enterprise")).scalar_one()
+    assert tuple(change) == ("enterprise", len(emails))
+    assert shared == sum(1 for r in after if r["is_current"])  # the shared view is on the new table
+
+    again = runner.run_pipeline("business_enterprises", full_refresh=True, catalog=real)
+    assert again["rows_changed"] == 0, "a full refresh after the migration must find every row as a load makes it"
+    assert migrate_dataset(wh, real, "enterprise") is None  # nothing left to do
+    assert plan(wh, real, ["enterprise"])[0].steps == []
+
+
+def test_merge_to_history_and_back_keeps_every_row_and_versions_go_on(database_url: str) -> None:
+    wh, catalog = firm_warehouse(database_url, firm_spec("merge"))
+    ds = catalog.datasets["firm"]
+    write(wh, ds, batch(firms(), "b1"))
+    history = with_dataset(catalog, firm_spec("history"))
+    with pytest.raises(SchemaMigrationNeeded, match=r"write mode merge -> history.*lgsp warehouse migrate"):
+        Warehouse(database_url, history).create_all()
+
+    wh = Warehouse(database_url, history)
+    wh.create_all(check_shapes=False)
+    done = migrate_dataset(wh, history, "firm")
+    assert done is not None and (done.rows_before, done.rows_after, done.rows_changed) == (300, 300, 0)
+    rows = rows_of(wh, "core_firm")
+    assert all(r["is_current"] and r["valid_to"] is None and utc(r["valid_from"]) == T0 for r in rows)
+    assert {r["_batch_id"] for r in rows} == {"b1"}  # nothing changed in the values: the batch stays
+    wh.create_all()  # loads may go on
+    later = T0 + timedelta(days=2)
+    assert write(wh, history.datasets["firm"], batch(firms(10, status="dissolved", at=later), "b2")) == 10
+    assert len(rows_of(wh, "core_firm")) == 310
+
+    merged = with_dataset(catalog, firm_spec("merge"))
+    wh = Warehouse(database_url, merged)
+    wh.create_all(check_shapes=False)
+    back = migrate_dataset(wh, merged, "firm", drop_previous=True)
+    assert back is not None and (back.rows_before, back.rows_after, back.previous_table) == (310, 300, None)
+    rows = rows_of(wh, "core_firm")
+    assert [r["status"] for r in rows].count("dissolved") == 10 and "valid_from" not in rows[0]
+    assert not any(name.startswith("core_firm__before") and name.endswith(back.migration_id[-6:])
+                   for name in tables_of(wh))
+    assert len([n for n in tables_of(wh) if n.startswith("core_firm__before_")]) == 1  # the first one's only
+    with wh.engine.connect() as conn:
+        recorded = conn.execute(sa.text("SELECT dataset, rows_before, rows_after FROM lgsp_migration "
+                                        "ORDER BY applied_at")).all()
+    assert [tuple(r) for r in recorded] == [("firm", 300, 300), ("firm", 310, 300)]
+
+
+def test_append_becomes_merge_with_the_newest_row_or_history_with_its_versions(database_url: str) -> None:
+    wh, catalog = firm_warehouse(database_url, firm_spec("append"))
+    ds = catalog.datasets["firm"]
+    write(wh, ds, batch(firms(), "b1"))
+    write(wh, ds, batch(firms(20, status="suspended", at=T0 + timedelta(days=1)), "b2"))
+    write(wh, ds, batch(firms(5, status="gone", at=T0 + timedelta(days=2), deleted=True), "b3"))
+    assert len(rows_of(wh, "core_firm")) == 325
+
+    history = with_dataset(catalog, firm_spec("history"))
+    wh = Warehouse(database_url, history)
+    wh.create_all(check_shapes=False)
+    done = migrate_dataset(wh, history, "firm")
+    assert done is not None and done.rows_after == 300 + 20
+    by_code: dict[str, list[dict[str, Any]]] = {}
+    for row in rows_of(wh, "core_firm"):
+        by_code.setdefault(row["code"], []).append(row)
+    deleted, suspended = by_code["F00000"], by_code["F00010"]
+    assert [(r["status"], r["is_current"]) for r in sorted(deleted, key=lambda r: utc(r["valid_from"]))] == [
+        ("active", False), ("suspended", False)]  # the deletion closed its last version, as the writer does
+    assert [(r["status"], r["is_current"]) for r in sorted(suspended, key=lambda r: utc(r["valid_from"]))] == [
+        ("active", False), ("suspended", True)]
+    assert len(by_code["F00100"]) == 1 and by_code["F00100"][0]["is_current"]
+
+    wh, catalog = firm_warehouse(database_url, firm_spec("append"))  # the append table, again from scratch
+    wh.create_all(check_shapes=False)
+    previous = next(n for n in tables_of(wh) if n.startswith("core_firm__before_"))
+    with wh.engine.begin() as conn:  # put the append table back
+        conn.exec_driver_sql('DROP TABLE "core_firm"')
+        conn.exec_driver_sql(f'ALTER TABLE "{previous}" RENAME TO "core_firm"')
+        if wh.dialect == "postgresql":
+            conn.exec_driver_sql(f'ALTER TABLE "core_firm" RENAME CONSTRAINT "{previous}_pkey" TO "core_firm_pkey"')
+    merged = with_dataset(catalog, firm_spec("merge"))
+    wh = Warehouse(database_url, merged)
+    wh.create_all(check_shapes=False)
+    done = migrate_dataset(wh, merged, "firm")
+    rows = {r["code"]: r for r in rows_of(wh, "core_firm")}
+    assert done is not None and len(rows) == 295  # the five deleted records are gone, as a merge deletes them
+    assert rows["F00010"]["status"] == "suspended" and rows["F00100"]["status"] == "active"
+
+
+def typed_firm(kind: str, required: bool = False) -> DatasetSpec:
+    spec = firm_spec("merge")
+    return spec.model_copy(update={"columns": {**spec.columns,
+                                               "employees": spec.columns["status"].model_copy(
+                                                   update={"type": kind, "required": required})}})
+
+
+def test_a_type_change_converts_every_value_or_changes_nothing(database_url: str) -> None:
+    wh, catalog = firm_warehouse(database_url, typed_firm("string"))
+    ds = catalog.datasets["firm"]
+    records = [{**r, "employees": str(i % 50)} for i, r in enumerate(firms())]
+    records[7]["employees"] = "many"
+    write(wh, ds, batch(records, "b1"))
+    integer = with_dataset(catalog, typed_firm("integer"))
+    with pytest.raises(SchemaMigrationNeeded, match="column employees: string -> integer"):
+        Warehouse(database_url, integer).create_all()
+    wh = Warehouse(database_url, integer)
+    wh.create_all(check_shapes=False)
+    before = rows_of(wh, "core_firm")
+    with pytest.raises(MigrationError, match=r"employees: not a valid integer: 1 row\(s\)\); nothing was changed"):
+        migrate_dataset(wh, integer, "firm")
+    assert rows_of(wh, "core_firm") == before and not any("__" in n for n in tables_of(wh) if n.startswith("core"))
+    with wh.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lgsp_migration")).scalar_one() == 0
+
+    with wh.engine.begin() as conn:  # the value corrected (as a reload of the corrected record would)
+        conn.execute(sa.text("UPDATE core_firm SET employees = '70' WHERE code = 'F00007'"))
+    done = migrate_dataset(wh, integer, "firm")
+    assert done is not None and done.rows_changed == 300  # every value is now a number: every row changed
+    rows = rows_of(wh, "core_firm")
+    assert [r["employees"] for r in rows[:8]] == [0, 1, 2, 3, 4, 5, 6, 70]
+    wh.create_all()  # and loads go on
+    assert write(wh, integer.datasets["firm"], batch([{**firms(1)[0], "employees": 12}], "b2")) == 1
+
+
+def test_a_column_made_required_needs_a_value_in_every_row(database_url: str) -> None:
+    wh, catalog = firm_warehouse(database_url, typed_firm("string"))
+    records = [{**r, "employees": None if i < 3 else "5"} for i, r in enumerate(firms())]
+    write(wh, catalog.datasets["firm"], batch(records, "b1"))
+    required = with_dataset(catalog, typed_firm("string", required=True))
+    wh = Warehouse(database_url, required)
+    wh.create_all()  # not blocking: loads check required values themselves
+    [found] = plan(wh, required, ["firm"])
+    assert "column employees is required but 3 row(s) have no value" in " ".join(s.text for s in found.steps)
+    with pytest.raises(MigrationError, match=r"employees: required, no value: 3 row\(s\)\)"):
+        migrate_dataset(wh, required, "firm")
+    with wh.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE core_firm SET employees = '1' WHERE employees IS NULL"))
+    assert migrate_dataset(wh, required, "firm") is not None
+    column = next(c for c in sa.inspect(wh.engine).get_columns("core_firm") if c["name"] == "employees")
+    assert column["nullable"] is False
+
+
+def test_a_column_no_longer_declared_moves_to_extras(database_url: str) -> None:
+    wh, catalog = firm_warehouse(database_url, typed_firm("string"))
+    write(wh, catalog.datasets["firm"], batch([{**r, "employees": "9"} for r in firms()], "b1"))
+    plain = with_dataset(catalog, firm_spec("merge"))
+    wh = Warehouse(database_url, plain)
+    wh.create_all()
+    [found] = plan(wh, plain, ["firm"])
+    assert [s.text for s in found.steps] == [
+        "column employees is no longer declared: its values move to _extras (300 row(s) with a value)"]
+    migrate_dataset(wh, plain, "firm")
+    rows = rows_of(wh, "core_firm")
+    assert "employees" not in rows[0] and all(json.loads(r["_extras"]) == {"employees": "9"} for r in rows)
+
+
+def test_the_cli_plans_migrates_and_lists(lgsp_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wh, catalog = firm_warehouse(lgsp_env.database_url, firm_spec("merge"))  # type: ignore[attr-defined]
+    write(wh, catalog.datasets["firm"], batch(firms(), "b1"))
+    folder = tmp_path / "catalog"  # the catalog on disk: the real one, with firm declared a history dataset now
+    shutil.copytree(Path(__file__).parent.parent / "catalog", folder, ignore=shutil.ignore_patterns("*.py", "__*"))
+    datasets = yaml.safe_load((folder / "datasets.yaml").read_text())
+    datasets["datasets"]["firm"] = json.loads(firm_spec("history").model_dump_json(exclude_defaults=True))
+    (folder / "datasets.yaml").write_text(yaml.safe_dump(datasets, allow_unicode=True))
+    monkeypatch.setenv("LGSP_CATALOG_DIR", str(folder))
+    cli = CliRunner()
+    planned = cli.invoke(lgsp_app, ["warehouse", "plan", "firm"])
+    assert planned.exit_code == 1, planned.output
+    assert "must migrate before the next load" in planned.output and "write mode merge -> history" in planned.output
+    migrated = cli.invoke(lgsp_app, ["warehouse", "migrate", "firm"])
+    assert migrated.exit_code == 0, migrated.output
+    assert "firm: migrated 300 -> 300 rows, 0 changed" in migrated.output and "core_firm__before_" in migrated.output
+    assert cli.invoke(lgsp_app, ["warehouse", "plan", "firm"]).exit_code == 0
+    listed = cli.invoke(lgsp_app, ["warehouse", "migrations"])
+    assert listed.exit_code == 0 and "write mode merge -> history" in listed.output
+    unknown = cli.invoke(lgsp_app, ["warehouse", "migrate", "nope"])
+    assert unknown.exit_code == 1 and "not a core dataset" in unknown.output
+
+
+@pytest.mark.postgres
+def test_a_migration_killed_midway_leaves_the_table_as_it_was_and_a_rerun_finishes(pg_url: str,
+                                                                                   tmp_path: Path) -> None:
+    wh, catalog = firm_warehouse(pg_url, typed_firm("string"))
+    many = [{**r, "employees": "3"} for r in firms(60_000)]
+    write(wh, catalog.datasets["firm"], batch(many, "b1"))
+    before = rows_of(wh, "core_firm")
+    script = tmp_path / "migrate.py"
+    script.write_text(
+        "import sys\n"
+        "from test_warehouse_migrate import firm_warehouse, typed_firm\n"
+        "from warehouse.migrate import migrate_dataset\n"
+        "wh, catalog = firm_warehouse(sys.argv[1], typed_firm('integer'))\n"
+        "migrate_dataset(wh, catalog, 'firm', chunk_rows=2000)\n")
+    child = subprocess.Popen([sys.executable, str(script), pg_url], cwd=Path(__file__).parent.parent,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                                                str(Path(__file__).parent)])})
+    deadline = time.monotonic() + 60
+    with wh.engine.connect() as conn:
+        while time.monotonic() < deadline:  # the migration holds the table's SHARE lock while it rebuilds
+            locked = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE c.relname = 'core_firm' AND l.mode = 'ShareLock' AND l.granted")).scalar_one()
+            conn.rollback()
+            if locked:
+                break
+            assert child.poll() is None, "the migration ended before it could be killed"
+            time.sleep(0.05)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    time.sleep(0.5)  # the server notices the dead client and rolls its transaction back
+    assert rows_of(wh, "core_firm") == before
+    assert "core_firm__migrating" not in tables_of(wh)
+    integer = with_dataset(catalog, typed_firm("integer"))
+    wh = Warehouse(pg_url, integer)
+    wh.create_all(check_shapes=False)
+    done = migrate_dataset(wh, integer, "firm")
+    assert done is not None and done.rows_after == 60_000
+    assert {r["employees"] for r in rows_of(wh, "core_firm")} == {3}

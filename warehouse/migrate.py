@@ -1,0 +1,460 @@
+"""Bring a core table to its dataset's definition when the definition changed: `lgsp warehouse plan|migrate`.
+
+A dataset's definition (`catalog/datasets.yaml`) changes as its source does: a field the
+source started sending (kept in `_extras` until declared) is declared, a type is corrected, a
+column becomes required, the write mode becomes `history` to keep every version. Adding an
+optional column needs nothing (`Warehouse.create_all` adds it), but the rows loaded before
+keep their value in `_extras`, and a new key, write mode or type cannot be altered in place.
+
+`plan` compares each core table with its definition and says what would change, with counts.
+`migrate` makes the change the way dbt's full refresh or a table rebuild does, in one
+transaction: a new table of the declared shape is filled from the old one, each row passed
+through the loader's own typing (`schemas.arrow.coerce`), so a value ends as a load of the
+same record would have put it, and its content hash is the one a load computes (a later
+full refresh of unchanged data writes nothing). Then the new table takes the old one's
+name and the old one is kept under `<table>__before_<time>` (nothing is lost; drop it once
+satisfied, or pass `--drop-previous`).
+
+- A declared column's value waiting in `_extras` moves into the column; a column no longer
+  declared moves into `_extras`.
+- A type change converts every value as a load would; if any value does not convert, or a
+  required column has no value, nothing changes and the error says how many rows and where.
+- merge/replace -> history: each row becomes its record's current version, valid from its
+  cursor value (or load time). history -> merge: the current versions stay. append ->
+  merge: the newest row per key; append -> history: the rows become versions as the
+  history writer would have made them. Anything -> append keeps every row.
+- Rows whose values changed are stamped with the migration's id as their `_batch_id` and
+  recorded as one change (`lgsp_change`), so the change feed, agencies' copies and webhooks
+  pick them up; rows whose values did not change keep their batch.
+- On PostgreSQL the old table is locked against writes (`SHARE`) for the whole rebuild,
+  readers read on, and the swap waits for them; a load waits for the migration, then writes
+  into the new table. SQLite holds its write lock throughout.
+
+Each migration is recorded in `lgsp_migration`. Row rules are not re-run: a row moved by a
+migration was checked when it was loaded.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from catalog.models import Catalog, DatasetSpec
+from schemas.arrow import coerce, to_arrow
+from schemas.sql import HISTORY_COLUMNS, LINEAGE_COLUMNS
+from warehouse.rowhash import row_hashes
+from warehouse.store import Warehouse, utc
+
+EXTRAS = "_extras"
+CHUNK_ROWS = 20_000
+BOOKKEEPING = {*LINEAGE_COLUMNS, *HISTORY_COLUMNS, EXTRAS}
+
+
+class MigrationError(RuntimeError):
+    """A migration that cannot be made as the definition stands; nothing was changed."""
+
+
+def _kind(sql_type: sa.types.TypeEngine[Any]) -> str | None:
+    """A reflected column type as a dataset column type (`catalog.models.ColumnType`)."""
+    for kind, classes in (("boolean", sa.Boolean), ("timestamp", sa.DateTime), ("date", sa.Date),
+                          ("integer", sa.Integer), ("float", (sa.Float, sa.Numeric)), ("string", sa.String)):
+        if isinstance(sql_type, classes):
+            return kind
+    return None
+
+
+def _mode(write_mode: str) -> str:
+    """merge and replace have the same table shape."""
+    return "merge" if write_mode in ("merge", "replace") else write_mode
+
+
+@dataclass
+class LiveTable:
+    """A core table as it is in the database."""
+
+    name: str
+    columns: dict[str, tuple[str | None, bool]]  # name -> (type, nullable)
+    key: list[str]
+    mode: str  # merge (also replace), append or history
+
+    @classmethod
+    def reflect(cls, name: str, columns: list[dict[str, Any]], primary_key: list[str]) -> LiveTable:
+        described = {c["name"]: (_kind(c["type"]), bool(c["nullable"])) for c in columns}
+        if "valid_from" in primary_key and "is_current" in described:
+            mode = "history"
+        elif "_batch_id" in primary_key:
+            mode = "append"
+        else:
+            mode = "merge"
+        return cls(name, described, [k for k in primary_key if k not in ("valid_from", "_batch_id")], mode)
+
+    @property
+    def business(self) -> list[str]:
+        return [name for name in self.columns if name not in BOOKKEEPING]
+
+
+@dataclass
+class Step:
+    """One difference between a table and its definition; `blocking`: loads cannot run until it is made."""
+
+    text: str
+    blocking: bool = False
+    rebuild: bool = True
+
+
+@dataclass
+class Plan:
+    dataset: str
+    table: str
+    rows: int = 0
+    steps: list[Step] = field(default_factory=list)
+    live: LiveTable | None = None
+
+    @property
+    def needed(self) -> bool:
+        return any(step.rebuild for step in self.steps)
+
+    @property
+    def blocking(self) -> list[Step]:
+        return [step for step in self.steps if step.blocking]
+
+
+@dataclass
+class Migrated:
+    dataset: str
+    migration_id: str
+    rows_before: int
+    rows_after: int
+    rows_changed: int
+    previous_table: str | None
+    steps: list[str]
+    seconds: float
+
+
+_MODE_TEXT = {
+    ("merge", "history"): "each row becomes its record's current version, valid from its {start}",
+    ("history", "merge"): "the current version of each record stays (older versions stay in the previous table)",
+    ("append", "merge"): "the newest row of each key stays (the others stay in the previous table)",
+    ("append", "history"): "the rows of each key become its versions, as the history writer makes them",
+    ("merge", "append"): "every row stays",
+    ("history", "append"): "every version stays, as a row",
+}
+
+
+def structural_steps(live: LiveTable, dataset: DatasetSpec) -> list[Step]:
+    """What differs in shape (write mode, key, types, nullability, columns), from the table's reflection alone."""
+    steps: list[Step] = []
+    declared = _mode(dataset.write_mode)
+    if live.mode != declared:
+        start = f"cursor field {dataset.cursor_field}" if dataset.cursor_field else "load time"
+        steps.append(Step(f"write mode {live.mode} -> {dataset.write_mode}: "
+                          + _MODE_TEXT[(live.mode, declared)].format(start=start), blocking=True))
+    if sorted(live.key) != sorted(dataset.key):
+        steps.append(Step(f"key {live.key} -> {dataset.key}", blocking=True))
+    for name, column in dataset.columns.items():
+        if name not in live.columns:
+            steps.append(Step(f"column {name} ({column.type}) added", rebuild=False))
+            continue
+        kind, nullable = live.columns[name]
+        if kind != column.type:  # a type lgsp does not make (a table made by hand) is reported, not refused
+            steps.append(Step(f"column {name}: {kind or 'unknown type'} -> {column.type}, each value converted as "
+                              "a load converts it", blocking=kind is not None))
+        if name in dataset.key:  # a key column is not null whatever the database reports
+            continue
+        if column.required and nullable:
+            steps.append(Step(f"column {name} becomes required (NOT NULL)"))
+        elif not column.required and not nullable:
+            steps.append(Step(f"column {name} becomes optional"))
+    for name in live.business:
+        if name not in dataset.columns:
+            steps.append(Step(f"column {name} is no longer declared: its values move to {EXTRAS}"))
+    return steps
+
+
+def reflect(conn: sa.Connection, table: str) -> LiveTable | None:
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(table):
+        return None
+    return LiveTable.reflect(table, inspector.get_columns(table), inspector.get_pk_constraint(table)["constrained_columns"])
+
+
+def _in_extras(table: sa.Table, name: str, dialect: str) -> sa.ColumnElement[bool]:
+    """The row's `_extras` JSON has a value for `name`."""
+    if dialect == "postgresql":
+        return sa.cast(table.c[EXTRAS], JSONB)[name].is_not(None)
+    return sa.func.json_extract(table.c[EXTRAS], f'$."{name}"').is_not(None)
+
+
+def plan_dataset(conn: sa.Connection, warehouse: Warehouse, dataset: DatasetSpec) -> Plan:
+    """What `migrate_dataset` would change in `dataset`'s table, with counts (one scan of the table)."""
+    plan = Plan(dataset.name, dataset.table_name)
+    live = plan.live = reflect(conn, dataset.table_name)
+    if live is None:
+        plan.steps.append(Step("table created by the next load", rebuild=False))
+        return plan
+    plan.steps = structural_steps(live, dataset)
+    table = sa.Table(live.name, sa.MetaData(), *(sa.Column(name) for name in live.columns))
+    counts: dict[str, sa.ColumnElement[Any]] = {"rows": sa.func.count()}
+    waiting = [n for n in dataset.columns if n not in dataset.key] if EXTRAS in live.columns else []
+    for name in waiting:
+        counts[f"extras:{name}"] = sa.func.sum(sa.case((_in_extras(table, name, warehouse.dialect), 1), else_=0))
+    required = [n for n, c in dataset.columns.items() if c.required and n in live.columns and n not in dataset.key]
+    for name in required:
+        empty = table.c[name].is_(None)
+        if name in waiting:
+            empty = sa.and_(empty, sa.not_(_in_extras(table, name, warehouse.dialect)))
+        counts[f"empty:{name}"] = sa.func.sum(sa.case((empty, 1), else_=0))
+    for name in live.business:
+        if name not in dataset.columns:
+            counts[f"kept:{name}"] = sa.func.count(table.c[name])
+    found = conn.execute(sa.select(*(v.label(k.replace(":", "__")) for k, v in counts.items())).select_from(table)
+                         ).one()._mapping
+    plan.rows = int(found["rows"])
+    for name in waiting:
+        if found[f"extras__{name}"]:
+            plan.steps.append(Step(f"column {name}: {found[f'extras__{name}']} row(s) hold its value in {EXTRAS} "
+                                   "(loaded before it was declared): moved into the column"))
+    for name in required:
+        if found[f"empty__{name}"]:
+            plan.steps.append(Step(f"column {name} is required but {found[f'empty__{name}']} row(s) have no value: "
+                                   "migrate refuses until they have one", blocking=False))
+    for step in plan.steps:
+        for name in live.business:
+            if step.text.startswith(f"column {name} is no longer declared"):
+                step.text += f" ({found[f'kept__{name}']} row(s) with a value)"
+    return plan
+
+
+def plan(warehouse: Warehouse, catalog: Catalog, names: Iterable[str] | None = None) -> list[Plan]:
+    """The plan of every core dataset (or of `names`)."""
+    chosen = list(names) if names else [n for n, ds in catalog.datasets.items() if ds.layer == "core"]
+    with warehouse.engine.connect() as conn:
+        return [plan_dataset(conn, warehouse, catalog.datasets[name]) for name in chosen]
+
+
+# --- migrate -----------------------------------------------------------------------------------
+
+def _jsonable(value: Any) -> Any:
+    """A stored value as the source would have sent it (what `coerce` reads)."""
+    if isinstance(value, datetime):
+        return utc(value).isoformat()  # type: ignore[union-attr]
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _start(row: dict[str, Any], dataset: DatasetSpec) -> datetime:
+    """When a version starts: the row's cursor value, or its load time (as `Warehouse._write_history`)."""
+    value = row.get(dataset.cursor_field) if dataset.cursor_field else None
+    return utc(value) or utc(row["_loaded_at"])  # type: ignore[return-value]
+
+
+def _deleted(row: dict[str, Any], dataset: DatasetSpec) -> bool:
+    return bool(dataset.delete_field and row.get(dataset.delete_field))
+
+
+def _versions(rows: list[dict[str, Any]], dataset: DatasetSpec) -> list[dict[str, Any]]:
+    """One key's append rows (oldest first) as history versions, the way the history writer makes them."""
+    versions: list[dict[str, Any]] = []
+    for row in rows:
+        starts = _start(row, dataset)
+        current = versions[-1] if versions and versions[-1]["is_current"] else None
+        if current is not None and (starts < current["valid_from"] or current["_row_hash"] == row["_row_hash"]):
+            continue
+        if current is not None and starts == current["valid_from"]:
+            versions.pop()  # a correction of the current version
+        elif current is not None:
+            current.update(valid_to=starts, is_current=False)
+        if not _deleted(row, dataset):
+            versions.append({**row, "valid_from": starts, "valid_to": None, "is_current": True})
+    return versions
+
+
+def _reshaped(rows: Iterator[dict[str, Any]], live: LiveTable, dataset: DatasetSpec) -> Iterator[dict[str, Any]]:
+    """The old table's rows in the declared write mode's shape (history columns set or dropped)."""
+    declared = _mode(dataset.write_mode)
+    if live.mode == "append" and declared != "append":  # rows come ordered by key, oldest first
+        for _, group in itertools.groupby(rows, key=lambda r: tuple(r[k] for k in dataset.key)):
+            kept = list(group)
+            if declared == "history":
+                yield from _versions(kept, dataset)
+            elif not _deleted(kept[-1], dataset):
+                yield kept[-1]
+        return
+    for row in rows:
+        if live.mode == "history" and declared == "merge" and not row["is_current"]:
+            continue
+        if declared == "history" and live.mode != "history":
+            row.update(valid_from=_start(row, dataset), valid_to=None, is_current=True)
+        yield row
+
+
+@dataclass
+class _Problems:
+    """Why rows do not fit the definition, counted per column."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
+
+    def report(self, dataset: DatasetSpec) -> str:
+        listed = "; ".join(f"{what}: {n} row(s)" for what, n in sorted(self.counts.items()))
+        return (f"{dataset.name}: the table's rows do not fit the definition in catalog/datasets.yaml ({listed}); "
+                "nothing was changed. Correct the definition, or correct those records at the source and reload "
+                "them (lgsp run PIPELINE --full-refresh), then migrate again")
+
+
+def _record(row: dict[str, Any], live: LiveTable, dataset: DatasetSpec) -> tuple[dict[str, Any], bool]:
+    """A stored row as a source record for `coerce`; whether values move (into or out of `_extras`)."""
+    extras = json.loads(row[EXTRAS]) if row.get(EXTRAS) else {}
+    record = dict(extras)
+    moved = False
+    for name in live.business:
+        value = row[name]
+        if name not in dataset.columns:
+            moved = moved or value is not None
+        if value is not None or name not in record:
+            record[name] = _jsonable(value)
+    promoted = any(name in dataset.columns for name in extras)
+    for name in dataset.columns:
+        record.setdefault(name, None)
+    return record, promoted or moved
+
+
+def _converted(rows: list[dict[str, Any]], live: LiveTable, dataset: DatasetSpec, target: sa.Table,
+               migration_id: str, problems: _Problems) -> tuple[pa.Table, int]:
+    """A chunk of reshaped rows as the new table's rows (typed, hashed); returns it and the rows changed."""
+    records: list[dict[str, Any]] = []
+    moves: list[bool] = []
+    changed: list[bool] = []
+    retyped = [n for n in dataset.columns if n in live.columns and live.columns[n][0] != dataset.columns[n].type]
+    for row in rows:
+        record, moved = _record(row, live, dataset)
+        records.append(record)
+        moves.append(moved)
+        changed.append(moved or any(row.get(n) is not None for n in retyped))
+    typed = coerce(records, dataset)
+    for message in typed.type_errors.values():
+        name = message.split(":", 1)[0]
+        problems.add(f"{name}: not a valid {dataset.columns[name].type}")
+    for name, column in dataset.columns.items():
+        if column.required or name in dataset.key:  # a key column is never null either
+            missing = int(typed.frame[name].isna().sum())
+            if missing:
+                problems.add(f"{name}: required, no value", missing)
+    extras = pd.Series([new if moved else row.get(EXTRAS) for row, moved, new in zip(rows, moves, typed.extras)],
+                       dtype="object")  # a row whose values stay: its extras verbatim, so its hash is a load's
+    checked = to_arrow(typed.frame, dataset, extras)
+    columns = {name: checked.column(name) for name in checked.column_names}
+    columns["_row_hash"] = row_hashes(checked)
+    mask = pa.array(changed, pa.bool_())
+    batch_ids = pa.array([r["_batch_id"] for r in rows], pa.string())
+    columns["_batch_id"] = pc.if_else(mask, pa.scalar(migration_id), batch_ids)
+    for name in ("_source_system", "_loaded_at", *(HISTORY_COLUMNS if dataset.write_mode == "history" else ())):
+        columns[name] = pa.array([r[name] for r in rows], _arrow(target.c[name]))
+    return pa.table({c.name: columns[c.name] for c in target.columns}), sum(changed)
+
+
+def _arrow(column: sa.Column[Any]) -> pa.DataType:
+    from warehouse.store import _arrow_type
+
+    return _arrow_type(column)
+
+
+def _ordered(live: LiveTable, dataset: DatasetSpec, table: sa.Table) -> list[sa.ColumnElement[Any]]:
+    """The order rows are read in: by the new key (oldest first) when rows of one key are combined."""
+    if live.mode == "append" and _mode(dataset.write_mode) != "append":
+        absent = [k for k in dataset.key if k not in live.columns]
+        if absent:
+            raise MigrationError(f"{dataset.name}: key column(s) {absent} are not columns of {live.name} yet: "
+                                 "declare the new key after a migration that adds them")
+        start = [table.c[dataset.cursor_field]] if dataset.cursor_field in live.columns else []
+        return [*(table.c[k] for k in dataset.key), *start, table.c._loaded_at, table.c._batch_id]
+    pk = sa.inspect(table).primary_key
+    return list(pk.columns) if pk is not None and len(pk.columns) else [table.c[k] for k in live.key]
+
+
+def _insert(conn: sa.Connection, warehouse: Warehouse, table: sa.Table, rows: pa.Table) -> None:
+    if warehouse.dialect == "postgresql":
+        warehouse._copy_into(conn, table, rows)  # not FREEZE: the read of the old table is an open cursor
+    else:
+        conn.execute(table.insert(), rows.to_pylist())
+
+
+def _rename(conn: sa.Connection, warehouse: Warehouse, old: str, new: str) -> None:
+    conn.exec_driver_sql(f'ALTER TABLE "{old}" RENAME TO "{new}"')
+    if warehouse.dialect == "postgresql":  # the primary key's name follows, so the next rebuild can reuse it
+        conn.exec_driver_sql(f'ALTER TABLE "{new}" RENAME CONSTRAINT "{old}_pkey" TO "{new}_pkey"')
+
+
+def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_previous: bool = False,
+                    chunk_rows: int = CHUNK_ROWS) -> Migrated | None:
+    """Rebuild `name`'s core table in its declared shape (see the module's docstring); None if nothing to do.
+
+    Raises:
+        MigrationError: rows that do not fit the definition (nothing changed).
+    """
+    from warehouse.shared import recreate_view
+
+    dataset = catalog.datasets[name]
+    began = time.perf_counter()
+    now = datetime.now(timezone.utc)
+    migration_id = f"migrate-{name}-{now:%Y%m%dT%H%M%S%f}"
+    with warehouse.engine.begin() as conn:
+        if warehouse.dialect == "sqlite":  # the write lock from the start: no other writer between read and swap
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if warehouse.dialect == "postgresql" and reflect(conn, dataset.table_name) is not None:
+            conn.exec_driver_sql(f'LOCK TABLE "{dataset.table_name}" IN SHARE MODE')  # loads wait; readers go on
+        plan = plan_dataset(conn, warehouse, dataset)
+        if not plan.needed or plan.live is None:
+            return None
+        live = plan.live
+        old = sa.Table(live.name, sa.MetaData(), autoload_with=conn)
+        target = warehouse.core[name].to_metadata(sa.MetaData(), name=f"{dataset.table_name}__migrating")
+        target.drop(conn, checkfirst=True)
+        target.create(conn)
+        problems, changed, written = _Problems(), 0, 0
+        read = sa.select(old).order_by(*_ordered(live, dataset, old))
+        result = conn.execute(read, execution_options={"yield_per": chunk_rows})  # a server-side cursor
+        rows = _reshaped((dict(r._mapping) for r in result), live, dataset)
+        while chunk := list(itertools.islice(rows, chunk_rows)):
+            converted, n = _converted(chunk, live, dataset, target, migration_id, problems)
+            if not problems.counts:
+                _insert(conn, warehouse, target, converted)
+            changed, written = changed + n, written + converted.num_rows
+        if problems.counts:
+            raise MigrationError(problems.report(dataset))
+        previous = None if drop_previous else f"{dataset.table_name}__before_{now:%Y%m%dT%H%M%S}"
+        shared = catalog.sharing.get(name)
+        had_view = shared is not None and shared.view_name in sa.inspect(conn).get_view_names()
+        if had_view:  # on the old table: dropped, and made again on the new one
+            conn.exec_driver_sql(f'DROP VIEW "{shared.view_name}"')  # type: ignore[union-attr]
+        if previous:
+            _rename(conn, warehouse, live.name, previous)
+        else:
+            conn.exec_driver_sql(f'DROP TABLE "{live.name}"')
+        _rename(conn, warehouse, target.name, dataset.table_name)
+        if had_view:
+            recreate_view(conn, warehouse, catalog, name)
+        warehouse.stamp_change(conn, migration_id, name, changed)
+        steps = [step.text for step in plan.steps]
+        conn.execute(warehouse.system["lgsp_migration"].insert().values(
+            migration_id=migration_id, dataset=name, steps=json.dumps(steps, ensure_ascii=False),
+            rows_before=plan.rows, rows_after=written, rows_changed=changed, previous_table=previous,
+            applied_at=now))
+    if warehouse.dialect == "postgresql":
+        with warehouse.engine.connect() as conn:
+            conn.exec_driver_sql(f'ANALYZE "{dataset.table_name}"')
+            conn.commit()
+    return Migrated(name, migration_id, plan.rows, written, changed, previous, steps, time.perf_counter() - began)
