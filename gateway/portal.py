@@ -125,7 +125,8 @@ def access_routes(info: dict[str, Any], base: str) -> list[dict[str, str]]:
     """Where and how to read the dataset: label, URL and a curl command ($KEY for a restricted one, never a key)."""
     name = info["name"]
     key = "" if info["access"] == "open" else '-H "X-API-Key: $KEY" '
-    routes = [("Records (REST API, pages of up to 1000)", f"/api/v1/datasets/{name}/records?limit=100", ""),
+    routes = [("Records (REST API, in pages; filters and sort: /docs)",
+               f"/api/v1/datasets/{name}/records?limit=100", ""),
               ("CKAN package_show", f"/api/3/action/package_show?id={name}", ""),
               ("All records as CSV", f"/api/v1/datasets/{name}/export?format=csv", f"-o {name}.csv ")]
     if info["changes"]:
@@ -165,8 +166,8 @@ def _dataset_page(request: Request, gateway: Gateway, name: str) -> Response:
     info = gateway.datasets.describe(name)
     records = preview(gateway, principal, name) if shared.access == "open" else []
     return render_page("dataset.html", d=info, links=access_routes(info, _base_url(request, gateway)),
-                csv_path=f"/api/v1/datasets/{name}/export?format=csv", preview=records,
-                preview_rows=PREVIEW_ROWS, policies=POLICIES)
+                       csv_path=f"/api/v1/datasets/{name}/export?format=csv", preview=records,
+                       preview_rows=PREVIEW_ROWS, policies=POLICIES)
 
 
 def portal_routes(app: FastAPI, gateway: Gateway) -> None:
