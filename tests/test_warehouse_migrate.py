@@ -307,3 +307,36 @@ def test_a_migration_killed_midway_leaves_the_table_as_it_was_and_a_rerun_finish
     done = migrate_dataset(wh, integer, "firm")
     assert done is not None and done.rows_after == 60_000
     assert {r["employees"] for r in rows_of(wh, "core_firm")} == {3}
+
+
+@pytest.mark.postgres
+def test_a_load_during_a_migration_waits_and_lands_in_the_new_table(pg_url: str) -> None:
+    """PostgreSQL: the migration holds SHARE on the old table; a load's write waits, then finds the new table."""
+    import threading
+
+    plain, declared = firm_spec("merge"), typed_firm("string")
+    wh, catalog = firm_warehouse(pg_url, plain)
+    write(wh, plain, batch([{**r, "_extras": '{"employees": "3"}'} for r in firms(60_000)], "b1"))
+    declaring = with_dataset(catalog, declared)
+    wh = Warehouse(pg_url, declaring)
+    wh.create_all()  # the column is added; loads may go on beside the migration
+    done: list[Any] = []
+    migration = threading.Thread(target=lambda: done.append(migrate_dataset(wh, declaring, "firm", chunk_rows=2000)))
+    migration.start()
+    with wh.engine.connect() as conn:
+        deadline = time.monotonic() + 60
+        while not conn.execute(sa.text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE c.relname = 'core_firm' AND l.mode = 'ShareLock' AND l.granted")).scalar_one():
+            conn.rollback()
+            assert time.monotonic() < deadline and migration.is_alive()
+            time.sleep(0.02)
+    later = [{**r, "employees": "5"} for r in firms(300, status="late", at=T0 + timedelta(days=1), start=59_900)]
+    assert write(wh, declared, batch(later, "b2")) == 300  # 100 updated, 200 new: waits for the migration
+    migration.join()
+    assert done and done[0] is not None and done[0].rows_changed == 60_000
+    rows = {r["code"]: r for r in rows_of(wh, "core_firm")}
+    assert len(rows) == 60_200
+    assert rows["F00000"]["employees"] == "3" and rows["F59950"]["employees"] == "5"
+    assert rows["F59950"]["status"] == "late" and rows["F60100"]["status"] == "late"
+    assert len(rows_of(wh, done[0].previous_table)) == 60_000  # the old table got none of the load

@@ -26,9 +26,11 @@ satisfied, or pass `--drop-previous`).
 - Rows whose values changed are stamped with the migration's id as their `_batch_id` and
   recorded as one change (`lgsp_change`), so the change feed, agencies' copies and webhooks
   pick them up; rows whose values did not change keep their batch.
-- On PostgreSQL the old table is locked against writes (`SHARE`) for the whole rebuild,
-  readers read on, and the swap waits for them; a load waits for the migration, then writes
-  into the new table. SQLite holds its write lock throughout.
+- On PostgreSQL a migration waits for running loads of the dataset, then holds an advisory
+  lock that new loads wait on before they touch the table (`store.rebuild_lock`), and the
+  table's `SHARE` lock against any other writer; readers read on, and the swap waits for
+  them a moment. A load that waited then writes into the new table. SQLite holds its write
+  lock throughout (a load waits up to the busy timeout, then fails and is loaded again).
 
 Each migration is recorded in `lgsp_migration`. Row rules are not re-run: a row moved by a
 migration was checked when it was loaded.
@@ -53,7 +55,7 @@ from catalog.models import Catalog, DatasetSpec
 from schemas.arrow import coerce, to_arrow
 from schemas.sql import HISTORY_COLUMNS, LINEAGE_COLUMNS
 from warehouse.rowhash import row_hashes
-from warehouse.store import Warehouse, utc
+from warehouse.store import Warehouse, rebuild_lock, utc
 
 EXTRAS = "_extras"
 CHUNK_ROWS = 20_000
@@ -414,8 +416,10 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
     with warehouse.engine.begin() as conn:
         if warehouse.dialect == "sqlite":  # the write lock from the start: no other writer between read and swap
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        if warehouse.dialect == "postgresql" and reflect(conn, dataset.table_name) is not None:
-            conn.exec_driver_sql(f'LOCK TABLE "{dataset.table_name}" IN SHARE MODE')  # loads wait; readers go on
+        if warehouse.dialect == "postgresql":  # running loads finish first; new ones wait before they touch it
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(lock)s)", {"lock": rebuild_lock(name)})
+            if reflect(conn, dataset.table_name) is not None:  # and any other writer; readers go on
+                conn.exec_driver_sql(f'LOCK TABLE "{dataset.table_name}" IN SHARE MODE')
         plan = plan_dataset(conn, warehouse, dataset)
         if not plan.needed or plan.live is None:
             return None

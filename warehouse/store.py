@@ -47,6 +47,15 @@ class SchemaMigrationNeeded(RuntimeError):
     """A core table's shape (write mode, key, column types) is not its dataset's definition."""
 
 
+def rebuild_lock(dataset: str) -> int:
+    """The advisory lock a load holds shared, and a migration of `dataset`'s table exclusively (PostgreSQL).
+
+    A load takes it before it touches the table, so it never holds a lock the migration's swap
+    waits for while waiting for the migration itself (which would be a deadlock).
+    """
+    return int.from_bytes(hashlib.sha256(f"lgsp rebuild {dataset}".encode()).digest()[:8], "big") & (2**63 - 1)
+
+
 def tombstone_key(key: Sequence[str], values: Sequence[Any]) -> str:
     """A deleted record's key as `lgsp_tombstone.record_key` holds it: a JSON object, in the key's order."""
     keyed = {str(name): value for name, value in zip(key, values)}  # str: SQLAlchemy's column names subclass it
@@ -445,6 +454,8 @@ class Warehouse:
         """
         table = self.dataset_table(dataset)
         mode = mode or dataset.write_mode
+        if self.dialect == "postgresql":  # waits while `lgsp warehouse migrate` rebuilds the table (before touching it)
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock_shared(%(lock)s)", {"lock": rebuild_lock(dataset.name)})
         if mode == "replace":
             return self._replace(conn, dataset, table, chunks)
         into_empty = mode == "merge" and self.dialect == "postgresql" and self._is_empty(conn, table)
