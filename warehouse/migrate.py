@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -319,7 +320,7 @@ class _Problems:
 
 def _record(row: dict[str, Any], live: LiveTable, dataset: DatasetSpec) -> tuple[dict[str, Any], bool]:
     """A stored row as a source record for `coerce`; whether values move (into or out of `_extras`)."""
-    extras = json.loads(row[EXTRAS]) if row.get(EXTRAS) else {}
+    extras = orjson.loads(row[EXTRAS]) if row.get(EXTRAS) else {}
     record = dict(extras)
     moved = False
     for name in live.business:

@@ -1,0 +1,139 @@
+"""Benchmark: `lgsp warehouse migrate` on a table of N citizens, against rewriting the table in SQL alone.
+
+Fills a fresh warehouse (PostgreSQL by default; `--sqlite` for the embedded one) with N synthetic
+citizens through the warehouse's own merge, `phone` undeclared (so every row keeps it in `_extras`,
+as a load does with a field the definition does not declare yet). Then:
+
+  plan           `lgsp warehouse plan` for the table: one scan, counting what waits in `_extras`
+  sql_rewrite    the floor of any rebuild: CREATE TABLE ... AS SELECT * and its primary key, in SQL
+  promote        `phone` declared: every row's phone moves from `_extras` into its column
+  to_history     the write mode becomes history: every row becomes its record's current version
+
+Each migration is one transaction, the rows passed through the loader's typing and hashed again.
+Prints a table and, as the last line, the figures as JSON.
+
+    .venv/bin/python benchmarks/migrate.py --rows 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pyarrow as pa
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+from gateway_load import _drop_postgres_database, add_database_options, warehouse_url  # noqa: E402
+
+from catalog import load_catalog  # noqa: E402
+from catalog.models import Catalog  # noqa: E402
+from lgsp.runner import _with_lineage  # noqa: E402
+from warehouse import Warehouse  # noqa: E402
+from warehouse.migrate import migrate_dataset, plan  # noqa: E402
+
+T0 = datetime(2025, 7, 1, tzinfo=timezone.utc)
+CHUNK = 50_000
+
+
+def catalog_with(citizen_update: dict[str, Any]) -> Catalog:
+    catalog = load_catalog()
+    citizen = catalog.datasets["citizen"].model_copy(update=citizen_update)
+    return catalog.model_copy(update={"datasets": {**catalog.datasets, "citizen": citizen}})
+
+
+def chunk(start: int, rows: int) -> pa.Table:
+    """Citizens `start`.. as a validated chunk: declared columns, then `_extras` holding the phone."""
+    ids = range(start, start + rows)
+    table = pa.table({
+        "personal_id": [f"037{i:09d}" for i in ids],
+        "full_name": [f"Nguyễn Văn {i % 9973}" for i in ids],
+        "birth_date": pa.array([(T0 - timedelta(days=365 * 20 + i % 20000)).date() for i in ids], pa.date32()),
+        "sex": ["nam" if i % 2 else "nữ" for i in ids],
+        "commune_code": [f"{13000 + i % 129:05d}" for i in ids],
+        "address": [f"Thôn {i % 50}, xã {i % 129}" for i in ids],
+        "updated_at": pa.array([T0 + timedelta(seconds=i) for i in ids], pa.timestamp("us", "UTC")),
+        "_extras": [json.dumps({"phone": f"09{i % 10**8:08d}"}) for i in ids],
+    })
+    return _with_lineage(table, SimpleNamespace(system=SimpleNamespace(name="population")), "bench-1")  # type: ignore
+
+
+def fill(url: str, catalog: Catalog, rows: int) -> float:
+    started = time.perf_counter()
+    wh = Warehouse(url, catalog)
+    wh.create_all()
+    with wh.transaction() as conn:
+        wh.write_chunks(conn, catalog.datasets["citizen"],
+                        (chunk(start, min(CHUNK, rows - start)) for start in range(0, rows, CHUNK)))
+    wh.engine.dispose()
+    return time.perf_counter() - started
+
+
+def sql_rewrite(wh: Warehouse) -> float:
+    """CREATE TABLE AS SELECT * + its primary key, rolled back: what a rebuild costs the database alone."""
+    started = time.perf_counter()
+    with wh.engine.connect() as conn:
+        if wh.dialect == "sqlite":
+            conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql('CREATE TABLE "bench_copy" AS SELECT * FROM "core_citizen"')
+        conn.exec_driver_sql('CREATE UNIQUE INDEX "bench_copy_key" ON "bench_copy" ("personal_id")')
+        conn.rollback()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    add_database_options(parser)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="lgsp-bench-migrate-"))
+    url = warehouse_url(args, home)
+    real = load_catalog().datasets["citizen"]
+    undeclared = catalog_with({"columns": {k: v for k, v in real.columns.items() if k != "phone"},
+                               "checks": [c for c in real.checks if "phone" not in c.model_dump().values()]})
+    declared = load_catalog()
+    history = catalog_with({"write_mode": "history"})
+    figures: dict[str, Any] = {"database": "sqlite" if args.sqlite else "postgresql", "rows": args.rows}
+    try:
+        print(f"==> {args.rows:,} citizens into {figures['database']}", flush=True)
+        figures["fill_seconds"] = round(fill(url, undeclared, args.rows), 2)
+        wh = Warehouse(url, declared)
+        wh.create_all()
+        started = time.perf_counter()
+        [planned] = plan(wh, declared, ["citizen"])
+        figures["plan_seconds"] = round(time.perf_counter() - started, 3)
+        figures["plan_steps"] = [s.text for s in planned.steps]
+        figures["sql_rewrite_seconds"] = round(sql_rewrite(wh), 2)
+        for name, catalog in (("promote", declared), ("to_history", history)):
+            wh = Warehouse(url, catalog)
+            wh.create_all(check_shapes=False)
+            done = migrate_dataset(wh, catalog, "citizen", drop_previous=True)
+            assert done is not None and done.rows_after == args.rows, done
+            figures[name] = {"seconds": round(done.seconds, 2), "rows_changed": done.rows_changed,
+                             "rows_per_s": round(args.rows / done.seconds),
+                             "x_sql_rewrite": round(done.seconds / figures["sql_rewrite_seconds"], 1)}
+            wh.engine.dispose()
+    finally:
+        if not args.sqlite:
+            _drop_postgres_database(args.admin_url, url)
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"\n{'scenario':<14}{'seconds':>10}{'rows/s':>12}{'x SQL':>8}  rows changed")
+    print(f"{'plan':<14}{figures['plan_seconds']:>10}")
+    print(f"{'sql_rewrite':<14}{figures['sql_rewrite_seconds']:>10}{round(args.rows / figures['sql_rewrite_seconds']):>12}")
+    for name in ("promote", "to_history"):
+        f = figures[name]
+        print(f"{name:<14}{f['seconds']:>10}{f['rows_per_s']:>12}{f['x_sql_rewrite']:>8}  {f['rows_changed']}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
