@@ -318,19 +318,25 @@ class _Problems:
                 "them (lgsp run PIPELINE --full-refresh), then migrate again")
 
 
-def _record(row: dict[str, Any], live: LiveTable, dataset: DatasetSpec) -> tuple[dict[str, Any], bool]:
-    """A stored row as a source record for `coerce`; whether values move (into or out of `_extras`)."""
+def _record(row: dict[str, Any], business: list[str], temporal: set[str], declared: dict[str, Any]
+            ) -> tuple[dict[str, Any], bool]:
+    """A stored row as a source record for `coerce`; whether values move (into or out of `_extras`).
+
+    `business`: the table's data columns; `temporal`: those holding dates or timestamps (sent as ISO text).
+    """
     extras = orjson.loads(row[EXTRAS]) if row.get(EXTRAS) else {}
     record = dict(extras)
     moved = False
-    for name in live.business:
+    for name in business:
         value = row[name]
-        if name not in dataset.columns:
+        if name not in declared:
             moved = moved or value is not None
-        if value is not None or name not in record:
-            record[name] = _jsonable(value)
-    promoted = any(name in dataset.columns for name in extras)
-    for name in dataset.columns:
+        if value is not None:
+            record[name] = _jsonable(value) if name in temporal else value
+        elif name not in record:
+            record[name] = None
+    promoted = any(name in declared for name in extras)
+    for name in declared:
         record.setdefault(name, None)
     return record, promoted or moved
 
@@ -342,8 +348,10 @@ def _converted(rows: list[dict[str, Any]], live: LiveTable, dataset: DatasetSpec
     moves: list[bool] = []
     changed: list[bool] = []
     retyped = [n for n in dataset.columns if n in live.columns and live.columns[n][0] != dataset.columns[n].type]
+    business = live.business
+    temporal = {n for n in business if live.columns[n][0] in ("date", "timestamp")}
     for row in rows:
-        record, moved = _record(row, live, dataset)
+        record, moved = _record(row, business, temporal, dataset.columns)
         records.append(record)
         moves.append(moved)
         changed.append(moved or any(row.get(n) is not None for n in retyped))
@@ -432,7 +440,8 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
         problems, changed, written = _Problems(), 0, 0
         read = sa.select(old).order_by(*_ordered(live, dataset, old))
         result = conn.execute(read, execution_options={"yield_per": chunk_rows})  # a server-side cursor
-        rows = _reshaped((dict(r._mapping) for r in result), live, dataset)
+        names = list(result.keys())
+        rows = _reshaped((dict(zip(names, r)) for r in result), live, dataset)
         while chunk := list(itertools.islice(rows, chunk_rows)):
             converted, n = _converted(chunk, live, dataset, target, migration_id, problems)
             if not problems.counts:
