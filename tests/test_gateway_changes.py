@@ -642,3 +642,46 @@ def test_the_indicator_mart_has_a_feed_through_recomputes_and_vanished_cells(env
     assert ("commune", commune) in units and all(commune in code for _, code in units)
     assert {c["record"]["unit_level"] for c in got if c["op"] == "upsert"} >= {"province"}, "the province's rates"
     assert mirror.rows == env.export("indicator_value")
+
+
+def test_a_migration_while_the_gateway_serves_sends_the_moved_values_down_the_feed(env: Env) -> None:
+    """Firms loaded while `status` was not declared keep it in `_extras`; `lgsp warehouse migrate` moves it into the
+    column with the gateway serving, readers never refused, and an agency's copy gets exactly those firms again."""
+    from warehouse.migrate import migrate_dataset
+
+    declared = env.catalog.datasets["firm"]
+    before = declared.model_copy(update={"columns": {k: v for k, v in declared.columns.items() if k != "status"}})
+    early = Warehouse(env.url, env.catalog.model_copy(update={"datasets": {**env.catalog.datasets, "firm": before}}))
+    records = [{**{k: v for k, v in firm(i).items() if k != "status"}, "code": f"G{i:04d}",  # as a load keeps it
+                "_extras": orjson.dumps({"status": "suspended" if i % 2 else "active"}).decode()} for i in range(300)]
+    _load(early, before, "firm-undeclared", records)
+    early.engine.dispose()
+    mirror = Mirror(env, "firm", limit=1000)
+    mirror.poll()
+    assert mirror.rows == env.export("firm") and mirror.rows[("G0001",)]["status"] is None
+
+    refused: list[int] = []
+    reading = threading.Event()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            answer = env.get("/api/v1/datasets/firm/records", limit=50, status="suspended")
+            if answer.status_code != 200:
+                refused.append(answer.status_code)
+            reading.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        reading.wait(30)
+        done = migrate_dataset(Warehouse(env.url, env.catalog), env.catalog, "firm", drop_previous=True)
+    finally:
+        stop.set()
+        reader.join()
+    assert refused == [], "a reader was refused during the migration"
+    assert done is not None and done.rows_changed == 300
+    got = mirror.poll()
+    assert sorted(c["record"]["code"] for c in got) == [f"G{i:04d}" for i in range(300)], "those firms, no others"
+    assert mirror.rows == env.export("firm") and mirror.rows[("G0001",)]["status"] == "suspended"
+    assert mirror.poll() == []
