@@ -116,3 +116,11 @@ def test_webhooks_benchmark_tells_every_endpoint_once_per_dispatch() -> None:
     assert got["idle"]["notifications"] == got["idle"]["received"] == 0
     assert got["one_slow"]["received"] == 12 and got["one_slow"]["slowest_ms"] >= 300
     assert got["backlog"]["received"] == 11 and got["backlog"]["outcomes"] == {"delivered": 11}
+
+
+def test_migrate_benchmark_moves_every_value_and_changes_nothing_for_a_write_mode() -> None:
+    figures = _figures("benchmarks/migrate.py", "--sqlite", "--rows", "3000")
+    assert figures["plan_steps"] == [
+        "column phone: 3000 row(s) hold its value in _extras (loaded before it was declared): moved into the column"]
+    assert figures["promote"]["rows_changed"] == 3000 and figures["to_history"]["rows_changed"] == 0
+    assert figures["sql_rewrite_seconds"] > 0 and figures["promote"]["rows_per_s"] > 0

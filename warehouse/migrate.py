@@ -399,8 +399,17 @@ def _ordered(live: LiveTable, dataset: DatasetSpec, table: sa.Table) -> list[sa.
 def _insert(conn: sa.Connection, warehouse: Warehouse, table: sa.Table, rows: pa.Table) -> None:
     if warehouse.dialect == "postgresql":
         warehouse._copy_into(conn, table, rows)  # not FREEZE: the read of the old table is an open cursor
-    else:
-        conn.execute(table.insert(), rows.to_pylist())
+        return
+    # SQLite: each column through its type's bind processor (as SQLAlchemy stores it), rows as tuples
+    columns = []
+    for column in table.columns:
+        values = rows.column(column.name).to_pylist()
+        process = column.type.bind_processor(conn.dialect)
+        columns.append([process(v) for v in values] if process else values)
+    names = ", ".join(f'"{c.name}"' for c in table.columns)
+    marks = ", ".join("?" for _ in table.columns)
+    conn.connection.driver_connection.executemany(  # type: ignore[union-attr]
+        f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', list(zip(*columns)))
 
 
 def _rename(conn: sa.Connection, warehouse: Warehouse, old: str, new: str) -> None:
