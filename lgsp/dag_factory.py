@@ -12,6 +12,8 @@ Nothing here does I/O beyond reading the local catalog.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -108,6 +110,20 @@ def pipeline_dag(pipeline: PipelineSpec, catalog: Catalog) -> Any:
     return _pipeline()
 
 
+@contextmanager
+def _fail_at_once_if_the_table_needs_migrating() -> Iterator[None]:
+    """A core table whose shape differs from its definition: a retry would find the same, so fail now (and alert),
+    saying what to run (`lgsp warehouse migrate`)."""
+    from warehouse.store import SchemaMigrationNeeded
+
+    try:
+        yield
+    except SchemaMigrationNeeded as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from None
+
+
 def _single_tasks(name: str, dataset: str, pool: str) -> None:
     """extract -> validate -> load of one batch."""
     from airflow.sdk import task
@@ -118,21 +134,24 @@ def _single_tasks(name: str, dataset: str, pool: str) -> None:
         from lgsp import runner
 
         full_refresh = bool((context.get("params") or {}).get("full_refresh"))
-        return str(runner.extract(runner.context(name), full_refresh=full_refresh,
-                                  **run_window(context))["batch_id"])
+        with _fail_at_once_if_the_table_needs_migrating():
+            return str(runner.extract(runner.context(name), full_refresh=full_refresh,
+                                      **run_window(context))["batch_id"])
 
     @task(task_id="validate")
     def validate_step(batch_id: str) -> str:
         from lgsp import runner
 
-        runner.validate(runner.context(name), batch_id)
+        with _fail_at_once_if_the_table_needs_migrating():
+            runner.validate(runner.context(name), batch_id)
         return batch_id
 
     @task(task_id="load", outlets=[dataset_asset(dataset)])
     def load_step(batch_id: str) -> dict[str, int]:
         from lgsp import runner
 
-        result = runner.load(runner.context(name), batch_id)
+        with _fail_at_once_if_the_table_needs_migrating():
+            result = runner.load(runner.context(name), batch_id)
         return {k: int(result[k]) for k in ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")}
 
     load_step(validate_step(extract_step()))
@@ -149,7 +168,8 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
 
         ctx, window = runner.context(name), run_window(context)
         full_refresh = bool((context.get("params") or {}).get("full_refresh"))
-        cursor = None if full_refresh else ctx.warehouse.get_cursor(name)
+        with _fail_at_once_if_the_table_needs_migrating():
+            cursor = None if full_refresh else ctx.warehouse.get_cursor(name)
         assert ctx.pipeline.partition is not None
         return partitions.plan(cursor, ctx.pipeline.lookback_s, ctx.pipeline.partition, full_refresh, **window)
 
@@ -158,21 +178,24 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
         from lgsp import partitions, runner
 
         window = {k: datetime.fromisoformat(part[k]) if part[k] else None for k in ("since", "until")}
-        return str(runner.extract(runner.context(name), partition=partitions.request_filter(part["filter"]),
-                                  **window)["batch_id"])
+        with _fail_at_once_if_the_table_needs_migrating():
+            return str(runner.extract(runner.context(name), partition=partitions.request_filter(part["filter"]),
+                                      **window)["batch_id"])
 
     @task(task_id="validate")
     def validate_step(batch_id: str) -> str:
         from lgsp import runner
 
-        runner.validate(runner.context(name), batch_id)
+        with _fail_at_once_if_the_table_needs_migrating():
+            runner.validate(runner.context(name), batch_id)
         return batch_id
 
     @task(task_id="load")
     def load_step(batch_id: str) -> dict[str, Any]:
         from lgsp import runner
 
-        result = runner.load(runner.context(name), batch_id)
+        with _fail_at_once_if_the_table_needs_migrating():
+            result = runner.load(runner.context(name), batch_id)
         return {"batch_id": batch_id, "cursor_to": result.get("cursor_to"),
                 **{k: int(result[k]) for k in ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")}}
 

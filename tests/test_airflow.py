@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from airflow_helpers import lgsp_env, run
+from airflow_helpers import REPO, lgsp_env, run
 
 pytestmark = pytest.mark.airflow
 
@@ -241,3 +241,37 @@ def test_notify_dag_tells_agencies_webhooks_and_fails_when_one_stops(tmp_path: P
         again = run(["lgsp", "webhooks", "dispatch", "--on-airflow"], env)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert len(receiver.received) == 2, "told once: nothing new since"
+
+
+def test_a_table_that_needs_migrating_fails_its_dag_at_once_saying_so_and_runs_after_the_migration(
+        tmp_path: Path, sandbox_handle: Any) -> None:
+    """dossier declared `history` after it was loaded as `merge`: the DAG's first task fails on its first try (a
+    retry would find the same) naming `lgsp warehouse migrate`; after the migration the DAG runs."""
+    import sqlalchemy as sa
+    import yaml
+
+    home = tmp_path / "home"
+    env = lgsp_env(home, **sandbox_handle.env())
+    assert run(["lgsp", "run", "tthc_dossiers", "--inline"], env).returncode == 0
+    folder = tmp_path / "catalog"
+    shutil.copytree(REPO / "catalog", folder, ignore=shutil.ignore_patterns("*.py", "__*"))
+    datasets = yaml.safe_load((folder / "datasets.yaml").read_text())
+    datasets["datasets"]["dossier"]["write_mode"] = "history"
+    (folder / "datasets.yaml").write_text(yaml.safe_dump(datasets, allow_unicode=True))
+    env = {**env, "LGSP_CATALOG_DIR": str(folder)}
+    refused = run(["lgsp", "run", "tthc_dossiers"], env)
+    assert refused.returncode == 1
+    assert "failed task(s): ['extract', 'load', 'validate']" in " ".join(refused.stdout.split())  # 2 upstream
+    logs = refused.stdout + refused.stderr + "".join(
+        p.read_text(errors="replace") for p in (home / "airflow" / "logs").rglob("*") if p.is_file())
+    assert "core_dossier (dossier): write mode merge -> history" in logs and "lgsp warehouse migrate" in logs
+    airflow_db = sa.create_engine(f"sqlite:///{home / 'airflow' / 'airflow.db'}")
+    with airflow_db.connect() as conn:
+        tries = conn.execute(sa.text("select try_number, state from task_instance where dag_id = "
+                                     "'lgsp_tthc_dossiers' and task_id = 'extract'")).all()
+    assert [tuple(t) for t in tries] == [(1, "failed")], "no retry: it would find the same"
+
+    migrated = run(["lgsp", "warehouse", "migrate", "dossier"], env)
+    assert migrated.returncode == 0 and "dossier: migrated" in migrated.stdout, migrated.stdout + migrated.stderr
+    again = run(["lgsp", "run", "tthc_dossiers"], env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
