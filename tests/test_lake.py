@@ -305,3 +305,11 @@ def test_a_column_declared_later_is_read_with_the_older_files_and_kept_by_compac
                        DAYS[1], "tthc-4")
     with pytest.raises(ValueError, match="lake dataset dossier: its files disagree on a column's type"):
         lake.read_dataset("dossier")
+    lake.write_parquet(retyped.set_column(1, "commune_code", pa.array(["y"] * retyped.num_rows)), "dossier",
+                       DAYS[1], "tthc-5")
+    done = lake.compact("dossier", min_age=NOW)  # the files before the type change apart from those after it
+    assert [(c.files_before, c.files_after) for c in done] == [(3, 2)]
+    assert lake.compact("dossier", min_age=NOW) == []  # and again: nothing to do
+    kinds = sorted(str(pads.dataset(f).schema.field("commune_code").type) for f in lake.partitions(
+        "dossier", DAYS[1])[0].glob("*.parquet"))
+    assert kinds == ["int32", "string"]

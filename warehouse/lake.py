@@ -412,20 +412,32 @@ def _partition_date(part: Path) -> date:
 def _pack(files: list[Path], target_rows: int) -> list[list[Path]]:
     """Consecutive files grouped so no group passes `target_rows` (a bigger file stays alone).
 
-    Each group plus the next group's first file passes `target_rows`, so packing the output
-    again gives one file per group: compaction is idempotent.
+    A file whose columns cannot be unified with its group's (a column's type changed between
+    them: `lgsp warehouse migrate`) starts a new group. Each group plus the next group's first
+    file passes `target_rows` or does not unify, so packing the output again gives one file per
+    group: compaction is idempotent.
     """
     groups: list[list[Path]] = []
-    rows = 0
+    rows, schema = 0, None
     for path in files:
-        count = pq.ParquetFile(path).metadata.num_rows
-        if groups and rows + count <= target_rows:
+        parquet = pq.ParquetFile(path)
+        count, own = parquet.metadata.num_rows, parquet.schema_arrow.remove_metadata()
+        unified = _unified(schema, own) if groups and rows + count <= target_rows else None
+        if unified is not None:
             groups[-1].append(path)
-            rows += count
+            rows, schema = rows + count, unified
         else:
             groups.append([path])
-            rows = count
+            rows, schema = count, own
     return groups
+
+
+def _unified(first: pa.Schema | None, second: pa.Schema) -> pa.Schema | None:
+    """The two schemas as one (columns of either, null where absent), or None if a column's types differ."""
+    try:
+        return pa.unify_schemas([first, second]) if first is not None else second
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
 
 
 def _provenance(path: Path, parquet: pq.ParquetFile) -> list[tuple[str, int]]:
