@@ -56,7 +56,7 @@ from catalog.models import Catalog, DatasetSpec
 from schemas.arrow import coerce, to_arrow
 from schemas.sql import HISTORY_COLUMNS, LINEAGE_COLUMNS
 from warehouse.rowhash import row_hashes
-from warehouse.store import Warehouse, rebuild_lock, utc
+from warehouse.store import Warehouse, _arrow_type, rebuild_lock, utc
 
 EXTRAS = "_extras"
 CHUNK_ROWS = 20_000
@@ -113,6 +113,7 @@ class Step:
     text: str
     blocking: bool = False
     rebuild: bool = True
+    column: str | None = None  # the column it is about, if one
 
 
 @dataclass
@@ -180,7 +181,7 @@ def structural_steps(live: LiveTable, dataset: DatasetSpec) -> list[Step]:
             steps.append(Step(f"column {name} becomes optional"))
     for name in live.business:
         if name not in dataset.columns:
-            steps.append(Step(f"column {name} is no longer declared: its values move to {EXTRAS}"))
+            steps.append(Step(f"column {name} is no longer declared: its values move to {EXTRAS}", column=name))
     return steps
 
 
@@ -232,9 +233,8 @@ def plan_dataset(conn: sa.Connection, warehouse: Warehouse, dataset: DatasetSpec
             plan.steps.append(Step(f"column {name} is required but {found[f'empty__{name}']} row(s) have no value: "
                                    "migrate refuses until they have one", blocking=False))
     for step in plan.steps:
-        for name in live.business:
-            if step.text.startswith(f"column {name} is no longer declared"):
-                step.text += f" ({found[f'kept__{name}']} row(s) with a value)"
+        if step.column is not None and f"kept__{step.column}" in found:
+            step.text += f" ({found[f'kept__{step.column}']} row(s) with a value)"
     return plan
 
 
@@ -373,14 +373,8 @@ def _converted(rows: list[dict[str, Any]], live: LiveTable, dataset: DatasetSpec
     batch_ids = pa.array([r["_batch_id"] for r in rows], pa.string())
     columns["_batch_id"] = pc.if_else(mask, pa.scalar(migration_id), batch_ids)
     for name in ("_source_system", "_loaded_at", *(HISTORY_COLUMNS if dataset.write_mode == "history" else ())):
-        columns[name] = pa.array([r[name] for r in rows], _arrow(target.c[name]))
+        columns[name] = pa.array([r[name] for r in rows], _arrow_type(target.c[name]))
     return pa.table({c.name: columns[c.name] for c in target.columns}), sum(changed)
-
-
-def _arrow(column: sa.Column[Any]) -> pa.DataType:
-    from warehouse.store import _arrow_type
-
-    return _arrow_type(column)
 
 
 def _ordered(live: LiveTable, dataset: DatasetSpec, table: sa.Table) -> list[sa.ColumnElement[Any]]:
