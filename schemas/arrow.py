@@ -207,13 +207,15 @@ def _extras(raw: pd.DataFrame, extra: list[str]) -> pd.Series:
     """
     if not extra:
         return pd.Series([None] * len(raw), index=range(len(raw)), dtype="object")
+    return pd.Series([extras_json(r) for r in raw[extra].to_dict("records")], index=range(len(raw)), dtype="object")
+
+
+def extras_json(values: dict[str, Any]) -> str | None:
+    """One row's undeclared fields as `_extras` holds them: JSON, keys sorted, empty values left out."""
     import json
 
-    def _row(values: dict[str, Any]) -> str | None:
-        kept = {k: v for k, v in values.items() if v is not None and not (isinstance(v, float) and v != v)}
-        return json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str) if kept else None
-
-    return pd.Series([_row(r) for r in raw[extra].to_dict("records")], index=range(len(raw)), dtype="object")
+    kept = {k: v for k, v in values.items() if v is not None and not (isinstance(v, float) and v != v)}
+    return json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str) if kept else None
 
 
 def to_arrow(frame: pd.DataFrame, dataset: DatasetSpec, extras: pd.Series | None = None) -> pa.Table:

@@ -267,12 +267,28 @@ def test_the_cli_plans_migrates_and_lists(lgsp_env: Any, tmp_path: Path, monkeyp
     assert unknown.exit_code == 1 and "not a core dataset" in unknown.output
 
 
+def waiting_on(conn: sa.Connection, relation: str | None = None, advisory: bool = False) -> bool:
+    """Whether some backend waits for a lock on `relation` (or for an advisory lock)."""
+    where = "l.locktype = 'advisory'" if advisory else f"c.relname = '{relation}'"
+    found = conn.execute(sa.text("SELECT count(*) FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation "
+                                 f"WHERE {where} AND NOT l.granted")).scalar_one()
+    conn.rollback()
+    return bool(found)
+
+
+def wait_until(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
 @pytest.mark.postgres
-def test_a_migration_killed_midway_leaves_the_table_as_it_was_and_a_rerun_finishes(pg_url: str,
-                                                                                   tmp_path: Path) -> None:
+def test_a_migration_killed_at_its_last_step_leaves_the_table_as_it_was_and_a_rerun_finishes(
+        pg_url: str, tmp_path: Path) -> None:
+    """Killed after the swap, before the commit (held there by a lock on lgsp_migration): nothing of it remains."""
     wh, catalog = firm_warehouse(pg_url, typed_firm("string"))
-    many = [{**r, "employees": "3"} for r in firms(60_000)]
-    write(wh, catalog.datasets["firm"], batch(many, "b1"))
+    write(wh, catalog.datasets["firm"], batch([{**r, "employees": "3"} for r in firms(5000)], "b1"))
     before = rows_of(wh, "core_firm")
     script = tmp_path / "migrate.py"
     script.write_text(
@@ -281,62 +297,56 @@ def test_a_migration_killed_midway_leaves_the_table_as_it_was_and_a_rerun_finish
         "from warehouse.migrate import migrate_dataset\n"
         "wh, catalog = firm_warehouse(sys.argv[1], typed_firm('integer'))\n"
         "migrate_dataset(wh, catalog, 'firm', chunk_rows=2000)\n")
-    child = subprocess.Popen([sys.executable, str(script), pg_url], cwd=Path(__file__).parent.parent,
-                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
-                                                                                str(Path(__file__).parent)])})
-    deadline = time.monotonic() + 60
-    with wh.engine.connect() as conn:
-        while time.monotonic() < deadline:  # the migration holds the table's SHARE lock while it rebuilds
-            locked = conn.execute(sa.text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                "WHERE c.relname = 'core_firm' AND l.mode = 'ShareLock' AND l.granted")).scalar_one()
-            conn.rollback()
-            if locked:
-                break
-            assert child.poll() is None, "the migration ended before it could be killed"
-            time.sleep(0.05)
-    time.sleep(0.3)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    time.sleep(0.5)  # the server notices the dead client and rolls its transaction back
-    assert rows_of(wh, "core_firm") == before
-    assert "core_firm__migrating" not in tables_of(wh)
+    with wh.engine.connect() as blocker, wh.engine.connect() as watch:
+        blocker.exec_driver_sql("LOCK TABLE lgsp_migration IN ACCESS EXCLUSIVE MODE")  # its last write waits here
+        child = subprocess.Popen([sys.executable, str(script), pg_url], cwd=Path(__file__).parent.parent,
+                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                     [str(Path(__file__).parent.parent), str(Path(__file__).parent)])})
+        wait_until(lambda: waiting_on(watch, "lgsp_migration") or child.poll() is not None, "the migration waits")
+        assert child.poll() is None, "the migration ended before its last step"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        blocker.rollback()
+    assert rows_of(wh, "core_firm") == before  # waits for the server to roll the dead client's work back
+    assert not any(n.startswith("core_firm__") for n in tables_of(wh))
     integer = with_dataset(catalog, typed_firm("integer"))
     wh = Warehouse(pg_url, integer)
     wh.create_all(check_shapes=False)
     done = migrate_dataset(wh, integer, "firm")
-    assert done is not None and done.rows_after == 60_000
+    assert done is not None and done.rows_after == 5000
     assert {r["employees"] for r in rows_of(wh, "core_firm")} == {3}
 
 
 @pytest.mark.postgres
 def test_a_load_during_a_migration_waits_and_lands_in_the_new_table(pg_url: str) -> None:
-    """PostgreSQL: the migration holds SHARE on the old table; a load's write waits, then finds the new table."""
+    """PostgreSQL: a load of the dataset during a migration waits (before it touches the table), then writes
+    into the new table; the migration is held at its last step until the load waits."""
     import threading
 
     plain, declared = firm_spec("merge"), typed_firm("string")
     wh, catalog = firm_warehouse(pg_url, plain)
-    write(wh, plain, batch([{**r, "_extras": '{"employees": "3"}'} for r in firms(60_000)], "b1"))
+    write(wh, plain, batch([{**r, "_extras": '{"employees": "3"}'} for r in firms(5000)], "b1"))
     declaring = with_dataset(catalog, declared)
     wh = Warehouse(pg_url, declaring)
     wh.create_all()  # the column is added; loads may go on beside the migration
     done: list[Any] = []
-    migration = threading.Thread(target=lambda: done.append(migrate_dataset(wh, declaring, "firm", chunk_rows=2000)))
-    migration.start()
-    with wh.engine.connect() as conn:
-        deadline = time.monotonic() + 60
-        while not conn.execute(sa.text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                "WHERE c.relname = 'core_firm' AND l.mode = 'ShareLock' AND l.granted")).scalar_one():
-            conn.rollback()
-            assert time.monotonic() < deadline and migration.is_alive()
-            time.sleep(0.02)
-    later = [{**r, "employees": "5"} for r in firms(300, status="late", at=T0 + timedelta(days=1), start=59_900)]
-    assert write(wh, declared, batch(later, "b2")) == 300  # 100 updated, 200 new: waits for the migration
-    migration.join()
-    assert done and done[0] is not None and done[0].rows_changed == 60_000
+    written: list[int] = []
+    later = [{**r, "employees": "5"} for r in firms(300, status="late", at=T0 + timedelta(days=1), start=4900)]
+    with wh.engine.connect() as blocker, wh.engine.connect() as watch:
+        blocker.exec_driver_sql("LOCK TABLE lgsp_migration IN ACCESS EXCLUSIVE MODE")
+        migration = threading.Thread(target=lambda: done.append(migrate_dataset(wh, declaring, "firm")))
+        migration.start()
+        wait_until(lambda: waiting_on(watch, "lgsp_migration"), "the migration is at its last step")
+        load = threading.Thread(target=lambda: written.append(write(wh, declared, batch(later, "b2"))))
+        load.start()  # 100 updated, 200 new
+        wait_until(lambda: waiting_on(watch, advisory=True), "the load waits for the migration")
+        blocker.rollback()
+    migration.join(60)
+    load.join(60)
+    assert done and done[0] is not None and done[0].rows_changed == 5000
+    assert written == [300]
     rows = {r["code"]: r for r in rows_of(wh, "core_firm")}
-    assert len(rows) == 60_200
-    assert rows["F00000"]["employees"] == "3" and rows["F59950"]["employees"] == "5"
-    assert rows["F59950"]["status"] == "late" and rows["F60100"]["status"] == "late"
-    assert len(rows_of(wh, done[0].previous_table)) == 60_000  # the old table got none of the load
+    assert len(rows) == 5200
+    assert rows["F00000"]["employees"] == "3" and rows["F04950"]["employees"] == "5"
+    assert rows["F04950"]["status"] == "late" and rows["F05100"]["status"] == "late"
+    assert len(rows_of(wh, done[0].previous_table)) == 5000  # the old table got none of the load

@@ -8,9 +8,9 @@ keep their value in `_extras`, and a new key, write mode or type cannot be alter
 
 `plan` compares each core table with its definition and says what would change, with counts.
 `migrate` makes the change the way dbt's full refresh or a table rebuild does, in one
-transaction: a new table of the declared shape is filled from the old one, each row passed
-through the loader's own typing (`schemas.arrow.coerce`), so a value ends as a load of the
-same record would have put it, and its content hash is the one a load computes (a later
+transaction: a new table of the declared shape is filled from the old one, each value that
+moves or changes type passed through the loader's own typing (`schemas.arrow._coerce_column`),
+so a value ends as a load of the same record would have put it, and its content hash is the one a load computes (a later
 full refresh of unchanged data writes nothing). Then the new table takes the old one's
 name and the old one is kept under `<table>__before_<time>` (nothing is lost; drop it once
 satisfied, or pass `--drop-previous`).
@@ -53,7 +53,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from catalog.models import Catalog, DatasetSpec
-from schemas.arrow import coerce, to_arrow
+from schemas.arrow import _coerce_column, arrow_schema, extras_json
 from schemas.sql import HISTORY_COLUMNS, LINEAGE_COLUMNS
 from warehouse.rowhash import row_hashes
 from warehouse.store import Warehouse, _arrow_type, rebuild_lock, utc
@@ -248,7 +248,7 @@ def plan(warehouse: Warehouse, catalog: Catalog, names: Iterable[str] | None = N
 # --- migrate -----------------------------------------------------------------------------------
 
 def _jsonable(value: Any) -> Any:
-    """A stored value as the source would have sent it (what `coerce` reads)."""
+    """A stored value as the source would have sent it (what the loader's typing reads)."""
     if isinstance(value, datetime):
         return utc(value).isoformat()  # type: ignore[union-attr]
     if isinstance(value, date):
@@ -318,60 +318,69 @@ class _Problems:
                 "them (lgsp run PIPELINE --full-refresh), then migrate again")
 
 
-def _record(row: dict[str, Any], business: list[str], temporal: set[str], declared: dict[str, Any]
-            ) -> tuple[dict[str, Any], bool]:
-    """A stored row as a source record for `coerce`; whether values move (into or out of `_extras`).
+def _changes(rows: list[dict[str, Any]], parsed: list[dict[str, Any] | None], live: LiveTable,
+             dataset: DatasetSpec) -> tuple[list[bool], list[bool]]:
+    """Per row: whether values move into or out of `_extras`, and whether any value changes (moves or types)."""
+    declared = dataset.columns
+    moves = [bool(p) and any(k in declared for k in p) for p in parsed]
+    for name in [n for n in live.business if n not in declared]:  # a column no longer declared
+        moves = [m or r[name] is not None for m, r in zip(moves, rows)]
+    retyped = [n for n in declared if n in live.columns and live.columns[n][0] != declared[n].type]
+    changed = [m or any(r[n] is not None for n in retyped) for m, r in zip(moves, rows)]
+    return moves, changed
 
-    `business`: the table's data columns; `temporal`: those holding dates or timestamps (sent as ISO text).
-    """
-    extras = orjson.loads(row[EXTRAS]) if row.get(EXTRAS) else {}
-    record = dict(extras)
-    moved = False
-    for name in business:
-        value = row[name]
-        if name not in declared:
-            moved = moved or value is not None
-        if value is not None:
-            record[name] = _jsonable(value) if name in temporal else value
-        elif name not in record:
-            record[name] = None
-    promoted = any(name in declared for name in extras)
-    for name in declared:
-        record.setdefault(name, None)
-    return record, promoted or moved
+
+def _typed(field: pa.Field, values: list[Any], dataset: DatasetSpec, problems: _Problems) -> pa.ChunkedArray:
+    """A column's values (as stored, or as the source sent them) typed by the loader (`coerce`'s own rules)."""
+    text = pd.Series([_jsonable(v) for v in values], dtype="object")
+    converted = _coerce_column(text, dataset.columns[field.name])
+    bad = int((text.notna().to_numpy() & converted.isna().to_numpy()).sum())
+    if bad:
+        problems.add(f"{field.name}: not a valid {dataset.columns[field.name].type}", bad)
+    frame = pd.DataFrame({field.name: converted})
+    return pa.Table.from_pandas(frame, schema=pa.schema([field.with_nullable(True)]), preserve_index=False).column(0)
+
+
+def _new_extras(row: dict[str, Any], fields: dict[str, Any] | None, gone: list[str], dataset: DatasetSpec
+                ) -> str | None:
+    """A row's `_extras` once declared fields left it and the columns no longer declared (`gone`) joined it."""
+    kept = {k: v for k, v in fields.items() if k not in dataset.columns} if fields else {}
+    for name in gone:
+        if row[name] is not None:
+            kept[name] = _jsonable(row[name])
+    return extras_json(kept) if kept else None
 
 
 def _converted(rows: list[dict[str, Any]], live: LiveTable, dataset: DatasetSpec, target: sa.Table,
                migration_id: str, problems: _Problems) -> tuple[pa.Table, int]:
-    """A chunk of reshaped rows as the new table's rows (typed, hashed); returns it and the rows changed."""
-    records: list[dict[str, Any]] = []
-    moves: list[bool] = []
-    changed: list[bool] = []
-    retyped = [n for n in dataset.columns if n in live.columns and live.columns[n][0] != dataset.columns[n].type]
-    business = live.business
-    temporal = {n for n in business if live.columns[n][0] in ("date", "timestamp")}
-    for row in rows:
-        record, moved = _record(row, business, temporal, dataset.columns)
-        records.append(record)
-        moves.append(moved)
-        changed.append(moved or any(row.get(n) is not None for n in retyped))
-    typed = coerce(records, dataset)
-    for message in typed.type_errors.values():
-        name = message.split(":", 1)[0]
-        problems.add(f"{name}: not a valid {dataset.columns[name].type}")
-    for name, column in dataset.columns.items():
-        if column.required or name in dataset.key:  # a key column is never null either
-            missing = int(typed.frame[name].isna().sum())
-            if missing:
-                problems.add(f"{name}: required, no value", missing)
-    extras = pd.Series([new if moved else row.get(EXTRAS) for row, moved, new in zip(rows, moves, typed.extras)],
-                       dtype="object")  # a row whose values stay: its extras verbatim, so its hash is a load's
-    checked = to_arrow(typed.frame, dataset, extras)
-    columns = {name: checked.column(name) for name in checked.column_names}
+    """A chunk of reshaped rows as the new table's rows (typed, hashed); returns it and the rows changed.
+
+    Column by column: a column stored with its declared type is taken as it is (a load typed it); one whose
+    type changed, or whose values wait in `_extras`, goes through the loader's typing (`_coerce_column`).
+    """
+    parsed = [orjson.loads(r[EXTRAS]) if r.get(EXTRAS) else None for r in rows]
+    moves, changed = _changes(rows, parsed, live, dataset)
+    arrays = []
+    for field in arrow_schema(dataset):
+        name = field.name
+        values = [r[name] for r in rows] if name in live.columns else [None] * len(rows)
+        waiting = any(p is not None and name in p for p in parsed)
+        if waiting:
+            values = [v if v is not None or p is None else p.get(name) for v, p in zip(values, parsed)]
+        if waiting or live.columns.get(name, (None,))[0] != dataset.columns[name].type:
+            arrays.append(_typed(field, values, dataset, problems))
+        else:
+            arrays.append(pa.chunked_array([pa.array(values, field.type)]))
+        if dataset.columns[name].required or name in dataset.key:  # a key column is never null either
+            if arrays[-1].null_count:
+                problems.add(f"{name}: required, no value", arrays[-1].null_count)
+    gone = [n for n in live.business if n not in dataset.columns]
+    extras = [_new_extras(r, p, gone, dataset) if moved else r.get(EXTRAS) for r, p, moved in zip(rows, parsed, moves)]
+    checked = pa.table([*arrays, pa.array(extras, pa.string())], names=[*dataset.columns, EXTRAS])
+    columns = {name: checked.column(name) for name in checked.column_names}  # hashed as a load hashes its chunk
     columns["_row_hash"] = row_hashes(checked)
-    mask = pa.array(changed, pa.bool_())
     batch_ids = pa.array([r["_batch_id"] for r in rows], pa.string())
-    columns["_batch_id"] = pc.if_else(mask, pa.scalar(migration_id), batch_ids)
+    columns["_batch_id"] = pc.if_else(pa.array(changed, pa.bool_()), pa.scalar(migration_id), batch_ids)
     for name in ("_source_system", "_loaded_at", *(HISTORY_COLUMNS if dataset.write_mode == "history" else ())):
         columns[name] = pa.array([r[name] for r in rows], _arrow_type(target.c[name]))
     return pa.table({c.name: columns[c.name] for c in target.columns}), sum(changed)
