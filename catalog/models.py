@@ -489,7 +489,9 @@ class SharedDatasetSpec(Strict):
     `columns` (and, for a history dataset, only the current versions). `personal` names
     the columns holding personal data and what an agency whose grant does not include a
     column sees instead (see gateway.policy.PERSONAL_POLICIES): `mask` (`*********123`),
-    `pseudonym` (a keyed hash, stable across requests) or `withhold` (null).
+    `pseudonym` (a keyed hash, stable across requests) or `withhold` (null). `title_vi` and
+    `description_vi` are the Vietnamese title and description the portal shows by default (absent: the
+    English title of datasets.yaml and `description`).
 
     Example:
         citizen: {owner: Provincial Police, licence: restricted-government-use, access: restricted,
@@ -499,6 +501,8 @@ class SharedDatasetSpec(Strict):
 
     name: Identifier
     description: str = ""
+    title_vi: str = ""
+    description_vi: str = ""
     owner: str
     licence: str
     access: Literal["open", "restricted"] = "restricted"

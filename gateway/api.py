@@ -440,7 +440,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     def handle(status: int, message: str, request: Request, headers: dict[str, str] | None = None) -> Response:
         if is_portal(request):
-            return error_page(status, message, headers)
+            return error_page(request, status, headers)  # in the page's language: what to do, not `message`
         return ckan_error(request, status, message) if is_ckan(request) else error_response(status, message, headers)
 
     def known(request: Request, exc: Exception) -> Response:

@@ -2,7 +2,8 @@
 
     GET|POST /api/3/action/package_list                      names of the shared datasets
     GET|POST /api/3/action/package_show?id=citizen           one dataset as a CKAN package
-    GET|POST /api/3/action/package_search?q=...&rows=&start=  search titles, descriptions, owners
+    GET|POST /api/3/action/package_search?q=...&rows=&start=  search titles, descriptions (also
+                                                             Vietnamese), owners
     GET|POST /api/3/action/datastore_search                  resource_id, filters, q, fields, sort,
                                                              limit, offset, include_total
 
@@ -10,7 +11,8 @@
 datastore resource whose id is the dataset's name. Responses are CKAN's envelope
 `{help, success, result}`; errors `{help, success: false, error: {__type, message}}`
 with CKAN's status codes (404 Not Found Error, 403 Authorization Error, 409 Validation
-Error). Access, masking and audit are the REST API's (gateway.service).
+Error). Access, masking and audit are the REST API's (gateway.service). A package's Vietnamese
+title and description, when the catalog has them, are the extras `title_vi` and `notes_vi`.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ CKAN_TYPES = {"string": "text", "integer": "int8", "float": "float8", "boolean":
 ERROR_TYPES = {400: "Validation Error", 401: "Authorization Error", 403: "Authorization Error",
                404: "Not Found Error", 409: "Validation Error", 429: "Rate Limit Error", 503: "Service Unavailable"}
 MAX_OFFSET = 100_000
+VIETNAMESE_EXTRAS = (("title_vi", "title_vi"), ("notes_vi", "description_vi"))  # extras key, catalog field
 
 
 class CkanValidation(ValueError):
@@ -108,7 +111,8 @@ def package(gateway: Gateway, request: Request, name: str) -> dict[str, Any]:
         "organization": {"name": info["owner"].split(" (")[0].lower().replace(" ", "-"), "title": info["owner"]},
         "num_resources": 1, "num_tags": 0, "tags": [],
         "extras": [{"key": "access", "value": info["access"]}, {"key": "row_count", "value": str(info["row_count"])},
-                   {"key": "last_quality", "value": json.dumps(info["last_quality"], default=str)}],
+                   {"key": "last_quality", "value": json.dumps(info["last_quality"], default=str)},
+                   *[{"key": key, "value": info[field]} for key, field in VIETNAMESE_EXTRAS if info[field]]],
         "resources": [{"id": name, "package_id": name, "name": info["title"], "format": "JSON",
                        "datastore_active": True, "last_modified": modified,
                        "url": f"{base}/api/v1/datasets/{name}/records"}],
@@ -121,7 +125,8 @@ def package_search(gateway: Gateway, request: Request, params: dict[str, Any]) -
     hits = []
     for name in gateway.datasets.names():
         shared, dataset = gateway.catalog.sharing[name], gateway.catalog.datasets[name]
-        text = " ".join([name, dataset.title, shared.description, shared.owner, shared.licence]).lower()
+        text = " ".join([name, dataset.title, shared.description, shared.title_vi, shared.description_vi,
+                         shared.owner, shared.licence]).lower()
         if q in ("", "*:*") or all(word in text for word in q.split()):
             hits.append(name)
     return {"count": len(hits), "sort": "name asc", "facets": {}, "search_facets": {},

@@ -1,6 +1,7 @@
 """The gateway's catalog: what each shared dataset is, and how fresh and how good its data is.
 
-For each dataset of catalog/sharing.yaml: title, description, owner, licence, open or
+For each dataset of catalog/sharing.yaml: title, description (and in Vietnamese, when the catalog
+has them), owner, licence, open or
 restricted, the schema (type, description, filterable, sortable, personal policy), the
 row count of its shared view, its freshness (when its last batch was loaded; for a mart
 dataset, its newest computed_at), its last quality result (the Great Expectations
@@ -64,8 +65,9 @@ class DatasetCatalog:
             drift = last_checks(self.engine, self.tables, [name]).get(name)
             figures["last_drift_check"] = None if drift is None else {
                 k: drift[k] for k in ("checked_at", "sampled", "same", "behind", "silent", "gone_at_source")}
-        info = {"name": name, "title": dataset.title, "description": shared.description, "owner": shared.owner,
-                "licence": shared.licence, "access": shared.access, "key": list(dataset.key),
+        info = {"name": name, "title": dataset.title, "description": shared.description,
+                "title_vi": shared.title_vi or None, "description_vi": shared.description_vi or None,
+                "owner": shared.owner, "licence": shared.licence, "access": shared.access, "key": list(dataset.key),
                 "history": dataset.write_mode == "history", "schema": self.schema(name), **figures,
                 "lookup": None if shared.lookup is None else {
                     "system": shared.lookup.system, "key": list(dataset.key),

@@ -63,6 +63,8 @@ class DatasetInfo(BaseModel):
     name: str
     title: str
     description: str
+    title_vi: Optional[str] = None  # the Vietnamese title and description (catalog/sharing.yaml); null: none
+    description_vi: Optional[str] = None
     owner: str
     licence: str
     access: Literal["open", "restricted"]

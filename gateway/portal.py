@@ -12,20 +12,30 @@ preview is a records read of the gateway (`Gateway.audited` and `Reader.page`), 
 `portal_preview`. A restricted dataset's page reads no record. The figures come from the API's
 catalog (`DatasetCatalog.describe`). Every value is escaped (Jinja2, autoescape); the pages carry
 no script, and a Content-Security-Policy that allows none.
+
+The pages are in Vietnamese by default, or in English: `?lang=vi|en` when given, else the first of
+the two the request's Accept-Language prefers, else Vietnamese (`Locale`). Links carry `lang=` only
+when the language differs from the one Accept-Language alone would give, so a page's links keep its
+language and a shared address follows its reader's browser. Every word is in gateway/portal_text.py.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 
 from gateway.agencies import Principal
 from gateway.audit import AuditUnavailable
+from gateway.portal_text import MESSAGES
 from gateway.records import QueryTimeout, RecordQuery
 from gateway.service import Gateway
 
@@ -40,23 +50,99 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-POLICIES = {"mask": "masked (only the last characters shown, e.g. *********234)",
-            "pseudonym": "pseudonymised (ps_ and a keyed hash: the same person, the same pseudonym)",
-            "withhold": "withheld (empty)"}
-HEADINGS = {404: "Not found", 429: "Too many requests", 503: "Unavailable for a moment"}
+LANGUAGES = ("vi", "en")
+DEFAULT_LANGUAGE = "vi"
+WORD = re.compile(r"\w+")
 
 
-def when(moment: datetime | None, now: datetime | None = None) -> str:
-    """`2025-09-01 08:00 UTC (3 days ago)`; `not loaded yet` for None."""
+def preferred_language(accept_language: str) -> str:
+    """The first of vi and en an Accept-Language header prefers (by q, then by order); vi when it names neither."""
+    ranked = []
+    for position, item in enumerate(accept_language.split(",")):
+        tag, *params = item.split(";")
+        weight = 1.0
+        for param in params:
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        language = tag.strip().lower().split("-")[0]
+        if language in LANGUAGES and weight > 0:  # q=0: not acceptable (and NaN is not > 0)
+            ranked.append((-weight, position, language))
+    return min(ranked)[2] if ranked else DEFAULT_LANGUAGE
+
+
+def when(moment: datetime | None, lang: str = DEFAULT_LANGUAGE, now: datetime | None = None) -> str:
+    """`2025-09-01 08:00 UTC (3 ngày trước)` (en: `(3 days ago)`); `chưa cập nhật lần nào` for None."""
+    text = MESSAGES[lang]
     if moment is None:
-        return "not loaded yet"
+        return text["not_loaded"]
     moment = moment.astimezone(timezone.utc)
     seconds = max(0, int(((now or datetime.now(timezone.utc)) - moment).total_seconds()))
+    ago = text["just_now"]
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             count = seconds // size
-            return f"{moment:%Y-%m-%d %H:%M} UTC ({count} {unit}{'s' if count > 1 else ''} ago)"
-    return f"{moment:%Y-%m-%d %H:%M} UTC (just now)"
+            ago = text[f"{unit}_ago_1" if count == 1 else f"{unit}_ago"].format(count=count)
+            break
+    return text["moment"].format(moment=f"{moment:%Y-%m-%d %H:%M}", ago=ago)
+
+
+@dataclasses.dataclass(frozen=True)
+class Locale:
+    """A page's language, and how its links keep it.
+
+    `preferred` is what the request's Accept-Language alone gives: a link carries `lang=` only when the
+    page's language differs from it. `path` and `query` (without `lang`) are the page's own address.
+    """
+
+    lang: str
+    preferred: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, request: Request) -> "Locale":
+        preferred = preferred_language(request.headers.get("accept-language", ""))
+        asked = request.query_params.get("lang", "")
+        query = tuple((k, v) for k, v in request.query_params.multi_items() if k != "lang")
+        return cls(asked if asked in LANGUAGES else preferred, preferred, request.url.path, query)
+
+    @property
+    def other(self) -> str:
+        return "en" if self.lang == "vi" else "vi"
+
+    def say(self, key: str, **values: Any) -> Markup:
+        """The message `key` in the page's language, its `{placeholders}` filled in with escaped `values`."""
+        return Markup(MESSAGES[self.lang][key]).format(**values)
+
+    def href(self, path: str, params: tuple[tuple[str, str], ...] = (), lang: str | None = None) -> str:
+        """`path?params`, with `lang=` when the language (the page's by default) is not the preferred one."""
+        lang = lang or self.lang
+        query = params + ((("lang", lang),) if lang != self.preferred else ())
+        return quote(path) + (f"?{urlencode(query)}" if query else "")
+
+    def link(self, path: str, **params: str) -> str:
+        """A link to another page of the portal, in this page's language."""
+        return self.href(path, tuple(params.items()))
+
+    @property
+    def switch(self) -> str:
+        """This page (path and query) in the other language."""
+        return self.href(self.path, self.query, self.other)
+
+    def text(self, info: dict[str, Any], field: str) -> str:
+        """A dataset's `title` or `description` in the page's language (Vietnamese: the English one when none)."""
+        return (info[f"{field}_vi"] or info[field]) if self.lang == "vi" else info[field]
+
+    def when(self, moment: datetime | None) -> str:
+        return when(moment, self.lang)
+
+    def number(self, count: int) -> str:
+        """`12,345` in English, `12.345` in Vietnamese."""
+        return f"{count:,}".replace(",", "." if self.lang == "vi" else ",")
 
 
 def shown(value: Any) -> str:
@@ -74,7 +160,6 @@ def shown(value: Any) -> str:
 def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                      undefined=jinja2.StrictUndefined)
-    environment.filters["when"] = when
     environment.filters["shown"] = shown
     return environment
 
@@ -89,21 +174,30 @@ def folded(text: str) -> str:
 
 
 def matches(info: dict[str, Any], q: str) -> bool:
-    """Whether every word of `q` is in the dataset's name, title or description."""
-    haystack = folded(" ".join((info["name"], info["title"], info["description"])))
-    return all(word in haystack for word in folded(q).split())
+    """Whether every word of `q` is a word of the dataset's name, title or description, English or Vietnamese.
+
+    Whole words (a Vietnamese word is a syllable: `ho` finds `hồ`, not `thông`), accents ignored.
+    """
+    texts = (info["name"], info["name"].replace("_", " "), info["title"], info["description"],
+             info["title_vi"] or "", info["description_vi"] or "")
+    haystack = set(WORD.findall(folded(" ".join(texts))))
+    return all(word in haystack for word in WORD.findall(folded(q)))
 
 
-def render_page(template: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Response:
-    """A rendered page with the portal's security headers."""
-    body = PAGES.get_template(template).render(**context)
-    return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+def render_page(locale: Locale, template: str, status: int = 200, headers: dict[str, str] | None = None,
+                **context: Any) -> Response:
+    """A page rendered in `locale`'s language, with the portal's security headers; it varies by language."""
+    body = PAGES.get_template(template).render(ui=locale, _=locale.say, **context)
+    return HTMLResponse(body, status_code=status, headers={
+        **SECURITY_HEADERS, "Content-Language": locale.lang, "Vary": "Accept-Language", **(headers or {})})
 
 
-def error_page(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_page(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
     """The HTML answer to a refused or failed portal request: the status and what to do, nothing internal."""
-    heading = HEADINGS.get(status, "Bad request" if status < 500 else "Something went wrong")
-    return render_page("error.html", status, headers, heading=heading, message=message)
+    locale = Locale.of(request)
+    kind = status if f"error_{status}" in MESSAGES[locale.lang] else (400 if status < 500 else 500)
+    message = locale.say(f"explain_{kind}", seconds=(headers or {}).get("Retry-After", "1"))
+    return render_page(locale, "error.html", status, headers, heading=locale.say(f"error_{kind}"), message=message)
 
 
 def is_portal(request: Request) -> bool:
@@ -122,15 +216,15 @@ def _base_url(request: Request, gateway: Gateway) -> str:
 
 
 def access_routes(info: dict[str, Any], base: str) -> list[dict[str, str]]:
-    """Where and how to read the dataset: label, URL and a curl command ($KEY for a restricted one, never a key)."""
+    """Where and how to read the dataset: label (a message), URL and a curl command ($KEY for a restricted one,
+    never a key)."""
     name = info["name"]
     key = "" if info["access"] == "open" else '-H "X-API-Key: $KEY" '
-    routes = [("Records (REST API, in pages; filters and sort: /docs)",
-               f"/api/v1/datasets/{name}/records?limit=100", ""),
-              ("CKAN package_show", f"/api/3/action/package_show?id={name}", ""),
-              ("All records as CSV", f"/api/v1/datasets/{name}/export?format=csv", f"-o {name}.csv ")]
+    routes = [("route_records", f"/api/v1/datasets/{name}/records?limit=100", ""),
+              ("route_ckan", f"/api/3/action/package_show?id={name}", ""),
+              ("route_csv", f"/api/v1/datasets/{name}/export?format=csv", f"-o {name}.csv ")]
     if info["changes"]:
-        routes.insert(2, ("Change feed (what changed since a token)", info["changes"], ""))
+        routes.insert(2, ("route_changes", info["changes"], ""))
     shown_routes = []
     for label, path, output in routes:
         auth = "" if "package_show" in path else key
@@ -157,7 +251,8 @@ def _catalog_page(request: Request, gateway: Gateway) -> Response:
     q = request.query_params.get("q", "").strip()[:MAX_QUERY]
     described = [gateway.datasets.describe(name) for name in gateway.datasets.names()]
     listed = [info for info in described if matches(info, q)] if q else described
-    return render_page("catalog.html", datasets=listed, total=len(described), q=q, max_query=MAX_QUERY)
+    return render_page(Locale.of(request), "catalog.html", datasets=listed, total=len(described), q=q,
+                       max_query=MAX_QUERY)
 
 
 def _dataset_page(request: Request, gateway: Gateway, name: str) -> Response:
@@ -165,9 +260,10 @@ def _dataset_page(request: Request, gateway: Gateway, name: str) -> Response:
     shared = gateway.shared(name)  # UnknownDataset: the 404 page
     info = gateway.datasets.describe(name)
     records = preview(gateway, principal, name) if shared.access == "open" else []
-    return render_page("dataset.html", d=info, links=access_routes(info, _base_url(request, gateway)),
+    return render_page(Locale.of(request), "dataset.html", d=info,
+                       links=access_routes(info, _base_url(request, gateway)),
                        csv_path=f"/api/v1/datasets/{name}/export?format=csv", preview=records,
-                       preview_rows=PREVIEW_ROWS, policies=POLICIES)
+                       preview_rows=PREVIEW_ROWS)
 
 
 def portal_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -175,8 +271,9 @@ def portal_routes(app: FastAPI, gateway: Gateway) -> None:
     stylesheet = (TEMPLATES / "portal.css").read_bytes()
 
     @app.get("/", include_in_schema=False)
-    def home() -> Response:
-        return RedirectResponse("/portal", status_code=302)
+    def home(request: Request) -> Response:
+        return RedirectResponse(Locale.of(request).link("/portal"), status_code=302,
+                                headers={"Vary": "Accept-Language"})
 
     @app.get("/portal", include_in_schema=False)
     def catalog_page(request: Request) -> Response:

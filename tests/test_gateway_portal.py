@@ -5,7 +5,8 @@ data; dossiers: open); the gateway (uvicorn in a thread) serves the portal. The 
 and held against the database: the catalog lists exactly the shared datasets, an open dataset's
 preview is its first records and is audited, a restricted dataset's page holds none of its values,
 a `<script>` in a description is text, unknown datasets get a 404 page; headless Chromium renders
-the catalog under the page's own Content-Security-Policy.
+the catalog under the page's own Content-Security-Policy. The pages are in Vietnamese unless `?lang=en`
+or the browser's Accept-Language asks for English; their links keep the language.
 """
 from __future__ import annotations
 
@@ -28,13 +29,21 @@ from catalog import load_catalog
 from catalog.models import Catalog
 from gateway.api import create_app
 from gateway.audit import verify
-from gateway.portal import PREVIEW_ROWS, when
+from gateway.portal import PREVIEW_ROWS, preferred_language, when
+from gateway.portal_text import MESSAGES
 from gateway.service import _write_engine
 from gateway.settings import load_gateway_settings
 from test_dashboard import chromium
 from test_gateway import gateway_env, loaded_registry, running
 
 HOSTILE = 'Procedures <script>alert("portal")</script> & <b>bold</b>'
+ENGLISH = {"Accept-Language": "en-US,en;q=0.9"}
+LABELS = {"vi": {"owner": "Đơn vị quản lý", "licence": "Giấy phép", "access": "Quyền truy cập",
+                 "records": "Số bản ghi", "loaded": "Cập nhật lần cuối", "restricted": "Hạn chế: cần được cấp quyền",
+                 "open": "Mở", "heading": "Bộ dữ liệu dùng chung", "not_loaded": "chưa cập nhật lần nào"},
+          "en": {"owner": "Owner", "licence": "Licence", "access": "Access", "records": "Records",
+                 "loaded": "Last loaded", "restricted": "Restricted: needs a grant", "open": "Open",
+                 "heading": "Shared datasets", "not_loaded": "not loaded yet"}}
 
 
 @dataclasses.dataclass
@@ -59,9 +68,10 @@ class Portal:
 
 
 def hostile_catalog() -> Catalog:
-    """The project's catalog, with markup in the description of `procedure` (an open dataset)."""
+    """The project's catalog, with markup in the description of `procedure` (an open dataset), which has
+    no Vietnamese description: the Vietnamese pages show the English one."""
     catalog = load_catalog()
-    procedure = catalog.sharing["procedure"].model_copy(update={"description": HOSTILE})
+    procedure = catalog.sharing["procedure"].model_copy(update={"description": HOSTILE, "description_vi": ""})
     return catalog.model_copy(update={"sharing": {**catalog.sharing, "procedure": procedure}})
 
 
@@ -147,42 +157,65 @@ def _preview_audits(portal: Portal, dataset: str) -> list[dict[str, Any]]:
                        f"WHERE action = 'portal_preview' AND dataset = '{dataset}'")
 
 
-def test_the_catalog_lists_exactly_the_shared_datasets_with_owner_access_and_freshness(portal: Portal) -> None:
-    home = portal.get("/")
+@pytest.mark.parametrize("lang, headers", [("vi", {}), ("en", ENGLISH)])
+def test_the_catalog_lists_exactly_the_shared_datasets_with_owner_access_and_freshness(
+        portal: Portal, lang: str, headers: dict[str, str]) -> None:
+    home = portal.get("/", headers=headers)
     assert home.status_code == 302 and home.headers["location"] == "/portal"
-    response = portal.get("/portal")
+    response = portal.get("/portal", headers=headers)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
-    page = Page(response.text)
+    page, label = Page(response.text), LABELS[lang]
+    assert ("html", {"lang": lang}) in page.tags and ("h1", label["heading"]) in page.headings
     assert set(page.entries) == set(portal.catalog.sharing)
     links = {str(a["href"]) for tag, a in page.tags
              if tag == "a" and str(a.get("href")).startswith("/portal/datasets/")}
     assert links == {f"/portal/datasets/{name}" for name in portal.catalog.sharing}
     api = {d["name"]: d for d in requests.get(portal.base + "/api/v1/datasets", timeout=30).json()["datasets"]}
     for name, shared in portal.catalog.sharing.items():
-        entry = page.entries[name]
-        assert (entry["title"], entry["description"]) == (portal.catalog.datasets[name].title, shared.description)
-        assert (entry["Owner"], entry["Licence"]) == (shared.owner, shared.licence)
-        assert entry["Access"].startswith("Open" if shared.access == "open" else "Restricted: needs a grant")
-        assert entry["Records"] == f"{api[name]['row_count']:,}"
+        entry, title = page.entries[name], portal.catalog.datasets[name].title
+        assert (entry["title"], entry["description"]) == (
+            (shared.title_vi or title, shared.description_vi or shared.description) if lang == "vi"
+            else (title, shared.description))
+        assert (api[name]["title_vi"], api[name]["description_vi"]) == (shared.title_vi, shared.description_vi or None)
+        assert (entry[label["owner"]], entry[label["licence"]]) == (shared.owner, shared.licence)
+        assert entry[label["access"]].startswith(label["open" if shared.access == "open" else "restricted"])
+        count = f"{api[name]['row_count']:,}"
+        assert entry[label["records"]] == (count.replace(",", ".") if lang == "vi" else count)
         freshness = api[name]["freshness"]
-        assert entry["Last loaded"].split(" (")[0] == (
-            "not loaded yet" if freshness is None else when(datetime.fromisoformat(freshness)).split(" (")[0])
+        assert entry[label["loaded"]].split(" (")[0] == (label["not_loaded"] if freshness is None else
+                                                         when(datetime.fromisoformat(freshness)).split(" (")[0])
+    assert page.entries["dossier"]["title"] == ("Hồ sơ thủ tục hành chính" if lang == "vi"
+                                                else "Administrative-procedure dossier (hồ sơ TTHC)")
     loaded = portal.rows("SELECT max(finished_at) AS at FROM lgsp_batch "
                          "WHERE dataset = 'citizen' AND status = 'loaded'")
     at = loaded[0]["at"]
     at = datetime.fromisoformat(at) if isinstance(at, str) else at
     at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at
-    assert page.entries["citizen"]["Last loaded"].startswith(f"{at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    assert page.entries["admin_unit"]["Last loaded"] == "not loaded yet"
+    assert page.entries["citizen"][label["loaded"]].startswith(f"{at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    assert page.entries["citizen"][label["loaded"]].endswith((" trước)", "(vừa xong)") if lang == "vi"
+                                                             else (" ago)", "(just now)"))
+    assert page.entries["admin_unit"][label["loaded"]] == label["not_loaded"]
 
 
-def test_the_search_filters_by_name_and_description_accents_or_not(portal: Portal) -> None:
-    for q in ("hồ sơ", "HO SO", "dossiers transparency"):
-        assert set(Page(portal.get("/portal", params={"q": q}).text).entries) == {"dossier"}, q
-    assert set(Page(portal.get("/portal", params={"q": "citizen"}).text).entries) == {"citizen"}
+def test_the_search_filters_by_name_and_description_in_both_languages_accents_or_not(portal: Portal) -> None:
+    def found(q: str, **params: str) -> set[str]:
+        return set(Page(portal.get("/portal", params={"q": q, **params}).text).entries)
+
+    for q in ("minh bạch", "minh bach", "MINH BACH thoi gian", "dossiers transparency", "giai quyet minh"):
+        for lang in ("vi", "en"):  # whatever the page's language, both languages' text is searched
+            assert found(q, lang=lang) == {"dossier"}, (q, lang)
+    for q in ("hồ sơ", "HO SO"):  # a Vietnamese word is a syllable: `so` is not found in `cơ sở`'s `co`
+        assert found(q) == {"dossier", "indicator_value"}, q  # indicator_value: the rate of dossiers
+    assert found("dan cu") == found("citizen") == found("công dân") == {"citizen"}
+    assert found("land parcel") == found("land_parcel") == found("thua dat") == {"land_parcel"}
     nothing = portal.get("/portal", params={"q": "no such thing at all"})
     assert nothing.status_code == 200 and Page(nothing.text).entries == {}
-    assert "No dataset matches" in nothing.text
+    assert "Không có bộ dữ liệu nào phù hợp" in nothing.text
+    english = portal.get("/portal", params={"q": "no such thing at all"}, headers=ENGLISH)
+    assert "No dataset matches" in english.text
+    total = len(portal.catalog.sharing)
+    assert f"Tìm thấy 1 trên {total} bộ dữ liệu khớp với <q>minh bach</q>." in portal.get(
+        "/portal", params={"q": "minh bach"}).text
 
 
 def test_an_open_dataset_previews_its_first_records_as_stored_and_the_read_is_audited(portal: Portal) -> None:
@@ -223,31 +256,41 @@ def test_a_restricted_dataset_page_shows_no_record_even_to_a_granted_agency(port
         leaked = [v for c in citizens for v in (c["personal_id"], c["full_name"]) if v and v in text]
         assert leaked == []
         assert not re.search(r"ps_[0-9a-f]{32}", text) and Page(response.text).preview == []  # no pseudonym
-        assert "How to ask for a grant" in text and portal.catalog.sharing["citizen"].owner in text
+        assert "Cách đề nghị cấp quyền" in text and portal.catalog.sharing["citizen"].owner in text
         assert 'curl -s -H "X-API-Key: $KEY"' in text and not re.search(r"lgsp_[0-9a-f]{12}_", text)
     assert len(_preview_audits(portal, "citizen")) == before  # nothing was read
     dictionary = Page(portal.get("/portal/datasets/citizen").text)
-    assert ("h2", "Data dictionary") in dictionary.headings
-    assert "yes: pseudonymised" in html.unescape(portal.get("/portal/datasets/citizen").text)
+    assert ("h2", "Từ điển dữ liệu") in dictionary.headings and ("h2", "Cách lấy dữ liệu") in dictionary.headings
+    assert "có: thay bằng bí danh" in html.unescape(portal.get("/portal/datasets/citizen").text)
+    english = portal.get("/portal/datasets/citizen", params={"lang": "en"})
+    assert ("h2", "Data dictionary") in Page(english.text).headings and "How to ask for a grant" in english.text
+    assert "yes: pseudonymised" in html.unescape(english.text)
 
 
 def test_markup_in_a_description_is_shown_as_text(portal: Portal) -> None:
-    for path in ("/portal", "/portal/datasets/procedure"):
+    for path in ("/portal", "/portal/datasets/procedure", "/portal?lang=en", "/portal/datasets/procedure?lang=en",
+                 "/portal?q=%3Cscript%3E"):
         response = portal.get(path)
         assert "<script" not in response.text.lower() and "<b>" not in response.text
-        assert "&lt;script&gt;alert(" in response.text and HOSTILE in html.unescape(response.text)
+        assert "&lt;script&gt;" in response.text and HOSTILE in html.unescape(response.text)
         assert not [tag for tag, _ in Page(response.text).tags if tag in ("script", "b")]
 
 
 def test_an_unknown_or_unshared_dataset_gets_a_404_page_without_internals(portal: Portal) -> None:
     for name in ("no_such_dataset", "civil_servant", "<script>alert(1)</script>"):  # civil_servant: not shared
-        response = portal.get(f"/portal/datasets/{name}")
-        assert response.status_code == 404 and response.headers["content-type"].startswith("text/html")
-        assert response.headers["content-security-policy"].startswith("default-src 'none'")
-        assert ("h1", "Not found") in Page(response.text).headings
-        assert "<script>" not in response.text
-        assert not any(word in response.text for word in ("Traceback", "sqlalchemy", "SELECT", "File \""))
-    assert portal.get("/portal/nowhere").status_code == 404
+        for headers, heading, lang in (({}, "Không tìm thấy", "vi"), (ENGLISH, "Not found", "en")):
+            response = portal.get(f"/portal/datasets/{name}", headers=headers)
+            assert response.status_code == 404 and response.headers["content-type"].startswith("text/html")
+            assert response.headers["content-security-policy"].startswith("default-src 'none'")
+            assert (response.headers["content-language"], response.headers["vary"]) == (lang, "Accept-Language")
+            page = Page(response.text)
+            assert ("h1", heading) in page.headings and ("html", {"lang": lang}) in page.tags
+            assert "<script>" not in response.text
+            assert not any(word in response.text for word in ("Traceback", "sqlalchemy", "SELECT", "File \""))
+    english = portal.get("/portal/nowhere", params={"lang": "en"})
+    assert english.status_code == 404 and ("h1", "Not found") in Page(english.text).headings
+    assert ("a", {"class": "language", "href": "/portal/nowhere", "hreflang": "vi", "lang": "vi"}) in Page(
+        english.text).tags
     assert portal.get("/api/v1/datasets/no_such_dataset").json()["error"]["status"] == 404  # the API stays JSON
 
 
@@ -261,7 +304,8 @@ def test_pages_carry_a_strict_policy_no_script_or_inline_style_and_ordered_headi
         page = Page(response.text)
         assert not [t for t, a in page.tags if t in ("script", "style") or "style" in a or
                     any(k.startswith("on") for k in a)]
-        assert ("html", {"lang": "en"}) in page.tags
+        assert ("html", {"lang": "vi"}) in page.tags
+        assert (response.headers["content-language"], response.headers["vary"]) == ("vi", "Accept-Language")
         levels = [int(tag[1]) for tag, _ in page.headings]
         assert levels[0] == 1 and levels.count(1) == 1
         assert all(b <= a + 1 for a, b in zip(levels, levels[1:])), levels
@@ -274,21 +318,119 @@ def test_pages_carry_a_strict_policy_no_script_or_inline_style_and_ordered_headi
 
 def test_the_portal_keeps_within_the_anonymous_rate_limit(portal: Portal) -> None:
     settings = dataclasses.replace(load_gateway_settings(portal.url), anonymous_rate_per_s=1.0)
+    refused: dict[str, requests.Response] = {}
     with running(create_app(settings, portal.catalog)) as base:
-        statuses = [requests.get(base + "/portal/datasets/dossier", timeout=30) for _ in range(8)]
-    refused = [r for r in statuses if r.status_code == 429]
-    assert refused and statuses[0].status_code == 200  # a burst of 5 (at least), then refused
-    assert refused[0].headers["content-type"].startswith("text/html") and int(refused[0].headers["retry-after"]) >= 1
-    assert ("h1", "Too many requests") in Page(refused[0].text).headings
+        first = requests.get(base + "/portal/datasets/dossier", timeout=30)
+        for attempt in range(40):  # in turn Vietnamese and English, until both were refused
+            lang = ("vi", "en")[attempt % 2]
+            response = requests.get(base + "/portal/datasets/dossier", params={"lang": lang}, timeout=30)
+            if response.status_code == 429:
+                refused.setdefault(lang, response)
+            if len(refused) == 2:
+                break
+    assert first.status_code == 200 and set(refused) == {"vi", "en"}  # a burst of 5 (at least), then refused
+    for lang, heading, wait in (("vi", "Quá nhiều yêu cầu", "Vui lòng đợi {} giây"),
+                                ("en", "Too many requests", "Please wait {} seconds")):
+        response = refused[lang]
+        assert response.headers["content-type"].startswith("text/html") and int(response.headers["retry-after"]) >= 1
+        assert ("h1", heading) in Page(response.text).headings and response.headers["content-language"] == lang
+        assert wait.format(response.headers["retry-after"]) in response.text
 
 
 def test_chromium_renders_the_catalog_under_its_policy(portal: Portal, tmp_path: Path) -> None:
     command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-               "--window-size=390,844", "--dump-dom", portal.base + "/portal"]
+               "--window-size=390,844", "--accept-lang=vi", "--dump-dom", portal.base + "/portal"]
     browser = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     dom = Page(browser.stdout)
     titles = {text for tag, text in dom.headings if tag == "h2"}
-    assert titles == {portal.catalog.datasets[name].title for name in portal.catalog.sharing}
+    assert titles == {portal.catalog.sharing[name].title_vi for name in portal.catalog.sharing}
+    assert ("html", {"lang": "vi"}) in dom.tags
     assert HOSTILE in html.unescape(browser.stdout) and not [t for t, _ in dom.tags if t == "script"]
     assert "Content Security Policy" not in browser.stderr  # the stylesheet loads under the page's own policy
+
+
+def test_the_language_is_lang_else_accept_language_else_vietnamese() -> None:
+    assert preferred_language("") == "vi"
+    assert preferred_language("en-US,en;q=0.9") == "en"
+    assert preferred_language("fr-FR, fr;q=0.9, en;q=0.5, vi;q=0.8") == "vi"  # by weight, not by order
+    assert preferred_language("vi;q=0, en-GB;q=0.1") == "en"  # q=0: not acceptable
+    assert preferred_language("en;q=0.5, vi;q=0.5") == "en"  # a tie: the first named
+    assert preferred_language("de, *;q=0.5") == "vi"
+    assert preferred_language("en;q=nonsense, VI") == "vi"
+    assert set(MESSAGES["vi"]) == set(MESSAGES["en"])
+    moment = datetime(2025, 9, 1, 8, 0, tzinfo=timezone.utc)
+    later = datetime(2025, 9, 4, 9, 0, tzinfo=timezone.utc)
+    assert when(moment, "vi", later) == "2025-09-01 08:00 UTC (3 ngày trước)"
+    assert when(moment, "en", later) == "2025-09-01 08:00 UTC (3 days ago)"
+    assert when(moment, "en", datetime(2025, 9, 1, 9, 30, tzinfo=timezone.utc)) == "2025-09-01 08:00 UTC (1 hour ago)"
+    assert when(moment, "vi", moment) == "2025-09-01 08:00 UTC (vừa xong)"
+    assert when(None) == "chưa cập nhật lần nào" and when(None, "en") == "not loaded yet"
+
+
+def _language(page: Page) -> str:
+    return next(str(a["lang"]) for tag, a in page.tags if tag == "html")
+
+
+def _switch(page: Page) -> str:
+    return next(str(a["href"]) for tag, a in page.tags if tag == "a" and a.get("class") == "language")
+
+
+def _portal_links(page: Page) -> list[str]:
+    return [str(a["href"]) for tag, a in page.tags if tag == "a" and str(a.get("href")).startswith("/portal")
+            and a.get("class") != "language"]
+
+
+@pytest.mark.parametrize("query, headers, lang, switch, suffix", [
+    ("", {}, "vi", "?lang=en", ""),
+    ("?lang=en", {}, "en", "", "?lang=en"),
+    ("", ENGLISH, "en", "?lang=vi", ""),
+    ("?lang=vi", ENGLISH, "vi", "", "?lang=vi"),
+    ("?lang=en", {"Accept-Language": "vi-VN,vi;q=0.9"}, "en", "", "?lang=en"),
+    ("?lang=xx", ENGLISH, "en", "?lang=vi", ""),  # an unknown lang is ignored
+])
+def test_a_page_switches_language_in_place_and_its_links_keep_the_language(
+        portal: Portal, query: str, headers: dict[str, str], lang: str, switch: str, suffix: str) -> None:
+    for path in ("/portal", "/portal/datasets/dossier", "/portal/datasets/citizen"):
+        response = portal.get(path + query, headers=headers)
+        page = Page(response.text)
+        assert (_language(page), response.headers["content-language"]) == (lang, lang), path
+        assert response.headers["vary"] == "Accept-Language"
+        assert _switch(page) == path + switch  # the same page, in the other language
+        other = portal.get(_switch(page), headers=headers)
+        assert _language(Page(other.text)) == ("en" if lang == "vi" else "vi")
+        links = _portal_links(page)
+        assert links and all(link.endswith(suffix) and ("lang=" in link) == bool(suffix) for link in links)
+        for link in {link for link in links if link.startswith("/portal/datasets/")}:
+            assert _language(Page(portal.get(link, headers=headers).text)) == lang  # a followed link keeps it
+    searched = Page(portal.get("/portal" + (query + "&" if query else "?") + "q=ho+so", headers=headers).text)
+    assert _switch(searched) == "/portal?q=ho+so" + switch.replace("?", "&")  # the query is kept
+    hidden = [a for tag, a in searched.tags if tag == "input" and a.get("name") == "lang"]
+    assert hidden == ([{"type": "hidden", "name": "lang", "value": lang}] if suffix else [])  # the form keeps it
+    home = portal.get("/" + query, headers=headers)
+    assert home.status_code == 302 and home.headers["location"] == "/portal" + suffix
+
+
+def test_a_vietnamese_page_has_no_english_words_of_the_interface(portal: Portal) -> None:
+    english = [text for key, text in MESSAGES["en"].items()
+               if text != MESSAGES["vi"][key] and "{" not in text and "<" not in text and len(text) > 12]
+    assert len(english) > 30
+    for path in ("/portal", "/portal/datasets/dossier", "/portal/datasets/citizen", "/portal/nowhere",
+                 "/portal?q=nothing+at+all"):
+        vietnamese = html.unescape(portal.get(path).text)
+        assert [text for text in english if text in vietnamese] == [], path
+        assert not [text for text in english if text in html.unescape(portal.get(path + "?lang=vi").text)]
+    assert "All records as CSV" in portal.get("/portal/datasets/dossier?lang=en").text
+
+
+def test_the_apis_carry_the_vietnamese_title_and_description(portal: Portal) -> None:
+    dossier = portal.catalog.sharing["dossier"]
+    listed = requests.get(portal.base + "/api/v1/datasets", timeout=30).json()["datasets"]
+    assert {d["name"]: d["title_vi"] for d in listed}["dossier"] == dossier.title_vi
+    package = requests.get(portal.base + "/api/3/action/package_show", params={"id": "dossier"}, timeout=30).json()
+    extras = {e["key"]: e["value"] for e in package["result"]["extras"]}
+    assert (extras["title_vi"], extras["notes_vi"]) == (dossier.title_vi, dossier.description_vi)
+    assert "notes_vi" not in {e["key"] for e in requests.get(  # procedure: no Vietnamese description here
+        portal.base + "/api/3/action/package_show", params={"id": "procedure"}, timeout=30).json()["result"]["extras"]}
+    search = requests.get(portal.base + "/api/3/action/package_search", params={"q": "minh bạch"}, timeout=30).json()
+    assert [p["name"] for p in search["result"]["results"]] == ["dossier"]
