@@ -57,7 +57,7 @@ WORD = re.compile(r"\w+")
 
 def preferred_language(accept_language: str) -> str:
     """The first of vi and en an Accept-Language header prefers (by q, then by order); vi when it names neither."""
-    ranked = []
+    ranked: list[tuple[float, int, str]] = []
     for position, item in enumerate(accept_language.split(",")):
         tag, *params = item.split(";")
         weight = 1.0

@@ -1,6 +1,7 @@
 """The catalog is validated on load; errors name the file and the offending field."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,23 @@ def test_unknown_field_is_rejected(catalog_copy: Path) -> None:
     path.write_text(path.read_text().replace("cursor_field: updated_at", "cursor_feild: updated_at", 1))
     with pytest.raises(CatalogError, match=r"datasets\.yaml.*datasets\.citizen\.cursor_feild"):
         load_catalog(catalog_copy)
+
+
+def test_vietnamese_title_and_description_are_optional_strings(catalog_copy: Path) -> None:
+    catalog = load_catalog()
+    assert all(shared.title_vi and shared.description_vi for shared in catalog.sharing.values())
+    path = catalog_copy / "sharing.yaml"
+    shipped = path.read_text(encoding="utf-8")
+    path.write_text(shipped.replace('title_vi: "Hồ sơ thủ tục hành chính"', "title_vi: [Hồ sơ]"), encoding="utf-8")
+    with pytest.raises(CatalogError, match=r"sharing\.yaml.*sharing\.dossier\.title_vi"):
+        load_catalog(catalog_copy)
+    path.write_text(shipped.replace("description_vi:", "descripton_vi:", 1), encoding="utf-8")
+    with pytest.raises(CatalogError, match=r"sharing\.citizen\.descripton_vi"):
+        load_catalog(catalog_copy)
+    without = re.sub(r'\n    (title|description)_vi: "[^"]*"', "", shipped)  # absent: the portal shows English
+    assert "_vi:" not in without.replace("#   title_vi", "")
+    path.write_text(without, encoding="utf-8")
+    assert {(s.title_vi, s.description_vi) for s in load_catalog(catalog_copy).sharing.values()} == {("", "")}
 
 
 def test_unknown_system_reference(catalog_copy: Path) -> None:
