@@ -522,7 +522,8 @@ def lake_prune(older_than_days: float = typer.Option(
     console.print(f"before {done.before:%Y-%m-%d %H:%M} UTC: {verb} {done.pages} landed page(s) of {done.batches} "
                   f"loaded batch(es), {done.page_bytes / 1e6:.2f} MB; {done.results} GX result(s) and "
                   f"{done.result_pages} Data Docs page(s), {done.result_bytes / 1e6:.2f} MB; {done.tombstones} "
-                  f"deletion(s) kept for the change feed; {done.webhook_deliveries} webhook delivery record(s)")
+                  f"deletion(s) kept for the change feed; {done.webhook_deliveries} webhook delivery record(s); "
+                  f"{done.previous_tables} table(s) kept as they were before a migration")
 
 
 @lake_app.command("maintain")

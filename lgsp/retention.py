@@ -16,8 +16,9 @@ Data Docs index lists (`quality.expectations.prune_results`), and the deletions 
 committed before the cut-off recorded for the gateway's change feed (`lgsp_tombstone`; a feed
 token from before them is then refused with 410, and the agency reads the dataset afresh), and the
 record of webhook deliveries attempted before it (`gateway_webhook_delivery`; each webhook's own
-state stays). Parquet files, quarantine and the store's rows are never touched. `dry_run` reports
-what would go.
+state stays), and the tables migrations applied before it kept as they were (`<table>__before_<time>`,
+`warehouse.migrate.drop_previous`). Parquet files, quarantine and the store's rows are never touched.
+`dry_run` reports what would go.
 
 `maintain` is the daily housekeeping the `lgsp_maintenance` DAG runs (02:00 Vietnam time):
 compact every dataset's Parquet partitions, then prune what is older than
@@ -33,9 +34,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from lgsp.runner import open_warehouse
+from catalog import load_catalog
 from lgsp.settings import Settings, load_settings
-from warehouse import Lake
+from warehouse import Lake, Warehouse
+from warehouse.migrate import drop_previous
 
 log = logging.getLogger("lgsp.retention")
 RETENTION_ENV = "LGSP_RETENTION_DAYS"
@@ -71,6 +73,7 @@ class Pruned:
     dry_run: bool
     tombstones: int = 0  # deletions kept for the gateway's change feed, of writes committed before `before`
     webhook_deliveries: int = 0  # attempts to tell agencies' webhooks (gateway.webhooks), made before `before`
+    previous_tables: int = 0  # tables as they were before a migration applied before `before` (warehouse.migrate)
 
 
 def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | None = None,
@@ -82,7 +85,8 @@ def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | Non
         raise ValueError(f"older_than must not be negative, got {older_than}")
     settings = settings or load_settings()
     before = (now or datetime.now(timezone.utc)) - older_than
-    wh, lake = open_warehouse(settings=settings), Lake(settings.lake_root)
+    wh, lake = Warehouse(settings.database_url, load_catalog()), Lake(settings.lake_root)
+    wh.create_all(check_shapes=False)  # no core table is touched: a table awaiting a migration is no matter
     batch = wh.table("lgsp_batch")
     with wh.engine.connect() as conn:
         loaded = conn.execute(sa.select(batch.c.pipeline, batch.c.batch_id).where(
@@ -95,8 +99,9 @@ def prune(older_than: timedelta, dry_run: bool = False, settings: Settings | Non
     results = prune_results(before, GxPaths.of_home(settings.home), dry_run=dry_run)
     tombstones = _prune_tombstones(wh, before, dry_run)
     deliveries = _prune_deliveries(wh.engine, before, dry_run)
+    previous = drop_previous(wh, before, dry_run)
     pruned = Pruned(before, batches, pages, page_bytes, results.results, results.pages, results.bytes, dry_run,
-                    tombstones, deliveries)
+                    tombstones, deliveries, len(previous))
     log.info("%s: %s", "would prune" if dry_run else "pruned", pruned)
     return pruned
 

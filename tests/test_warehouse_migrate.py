@@ -53,6 +53,11 @@ def rows_of(wh: Warehouse, table: str, order: str = "code") -> list[dict[str, An
         return [dict(r._mapping) for r in conn.execute(sa.select(reflected).order_by(reflected.c[order]))]
 
 
+def said(result: Any) -> str:
+    """A command's output as one line (rich wraps long lines)."""
+    return " ".join(result.output.split())
+
+
 def tables_of(wh: Warehouse) -> set[str]:
     return set(sa.inspect(wh.engine).get_table_names())
 
@@ -265,6 +270,18 @@ def test_the_cli_plans_migrates_and_lists(lgsp_env: Any, tmp_path: Path, monkeyp
     assert listed.exit_code == 0 and "write mode merge -> history" in listed.output
     unknown = cli.invoke(lgsp_app, ["warehouse", "migrate", "nope"])
     assert unknown.exit_code == 1 and "not a core dataset" in unknown.output
+
+    kept = [n for n in tables_of(wh) if n.startswith("core_firm__before_")]
+    assert len(kept) == 1
+    kept_for_now = cli.invoke(lgsp_app, ["lake", "prune", "--older-than-days", "1"])  # retention keeps it a while
+    assert kept_for_now.exit_code == 0 and "0 table(s) kept as they were" in said(kept_for_now)
+    would = cli.invoke(lgsp_app, ["lake", "prune", "--older-than-days", "0", "--dry-run"])
+    assert would.exit_code == 0 and "1 table(s) kept as they were" in said(would) and kept[0] in tables_of(wh)
+    pruned = cli.invoke(lgsp_app, ["lake", "prune", "--older-than-days", "0"])
+    assert pruned.exit_code == 0 and "1 table(s) kept as they were" in said(pruned), pruned.output
+    assert kept[0] not in tables_of(wh)
+    assert "by retention" in said(cli.invoke(lgsp_app, ["warehouse", "migrations"]))
+    assert "0 table(s) kept" in said(cli.invoke(lgsp_app, ["lake", "prune", "--older-than-days", "0"]))
 
 
 def waiting_on(conn: sa.Connection, relation: str | None = None, advisory: bool = False) -> bool:

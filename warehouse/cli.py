@@ -111,7 +111,8 @@ def migrations_command(dataset: str = typer.Argument(None, help="one dataset (de
     for row in found:
         console.print(f"{row.applied_at:%Y-%m-%d %H:%M} {row.dataset}: {row.rows_before} -> {row.rows_after} rows, "
                       f"{row.rows_changed} changed ({row.migration_id}); as it was: "
-                      f"{row.previous_table or 'dropped'}")
+                      + (f"{row.previous_table} (dropped {row.previous_dropped_at:%Y-%m-%d} by retention)"
+                         if row.previous_dropped_at else row.previous_table or "dropped"))
         for text in json.loads(row.steps):
             console.print(f"  - {text}")
     if not found:

@@ -13,7 +13,8 @@ moves or changes type passed through the loader's own typing (`schemas.arrow._co
 so a value ends as a load of the same record would have put it, and its content hash is the one a load computes (a later
 full refresh of unchanged data writes nothing). Then the new table takes the old one's
 name and the old one is kept under `<table>__before_<time>` (nothing is lost; drop it once
-satisfied, or pass `--drop-previous`).
+satisfied, or pass `--drop-previous`; retention drops it once it is older than
+`LGSP_RETENTION_DAYS`: `drop_previous`).
 
 - A declared column's value waiting in `_extras` moves into the column; a column no longer
   declared moves into `_extras`.
@@ -484,3 +485,21 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
             conn.exec_driver_sql(f'ANALYZE "{dataset.table_name}"')
             conn.commit()
     return Migrated(name, migration_id, plan.rows, written, changed, previous, steps, time.perf_counter() - began)
+
+
+def drop_previous(warehouse: Warehouse, before: datetime, dry_run: bool = False) -> list[str]:
+    """Drop the tables kept by migrations applied before `before` (retention: `lgsp lake prune`); their names."""
+    t = warehouse.system["lgsp_migration"]
+    with warehouse.engine.begin() as conn:
+        kept = conn.execute(sa.select(t.c.migration_id, t.c.previous_table).where(
+            t.c.applied_at < before, t.c.previous_table.is_not(None), t.c.previous_dropped_at.is_(None))).all()
+        present = set(sa.inspect(conn).get_table_names())
+        dropped = [table for _, table in kept if table in present]
+        if kept and not dry_run:
+            warehouse._begin_ddl(conn)
+            for table in dropped:
+                conn.exec_driver_sql(f'DROP TABLE "{table}"')
+            conn.execute(t.update().where(t.c.migration_id.in_([m for m, _ in kept]))
+                         .values(previous_dropped_at=datetime.now(timezone.utc)))
+    return dropped
+

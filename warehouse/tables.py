@@ -109,8 +109,9 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("rows_before", sa.BigInteger, nullable=False),
         sa.Column("rows_after", sa.BigInteger, nullable=False),
         sa.Column("rows_changed", sa.BigInteger, nullable=False),
-        sa.Column("previous_table", sa.Text),  # the table as it was, kept (null: dropped)
+        sa.Column("previous_table", sa.Text),  # the table as it was, kept (null: dropped at once)
         sa.Column("applied_at", TZ, nullable=False),
+        sa.Column("previous_dropped_at", TZ),  # when retention dropped the kept table (`migrate.drop_previous`)
     )
     exchange = tables_for_exchanges(metadata)
     return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
