@@ -123,11 +123,13 @@ ColumnType = Literal["string", "integer", "float", "boolean", "date", "timestamp
 
 
 class ColumnSpec(Strict):
-    """One column of a dataset."""
+    """One column of a dataset: `description` (English) and `description_vi` (Vietnamese; the portal's
+    Vietnamese pages show it, or `description` when it is absent) say what it holds."""
 
     type: ColumnType
     required: bool = False
     description: str = ""
+    description_vi: str = ""
 
 
 class CheckSpec(BaseModel):

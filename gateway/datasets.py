@@ -2,7 +2,7 @@
 
 For each dataset of catalog/sharing.yaml: title, description (and in Vietnamese, when the catalog
 has them), owner, licence, open or
-restricted, the schema (type, description, filterable, sortable, personal policy), the
+restricted, the schema (type, description and its Vietnamese, filterable, sortable, personal policy), the
 row count of its shared view, its freshness (when its last batch was loaded; for a mart
 dataset, its newest computed_at), its last quality result (the Great Expectations
 results of its last validated batch) and, for a dataset with a live lookup, its last drift
@@ -40,9 +40,11 @@ class DatasetCatalog:
         return sorted(self.catalog.sharing)
 
     def schema(self, name: str) -> list[dict[str, Any]]:
-        """The shared columns: name, type, description, required, filterable, sortable, personal policy."""
+        """The shared columns: name, type, description (and in Vietnamese, or None), required, filterable,
+        sortable, personal policy."""
         dataset, shared = self.catalog.datasets[name], self.catalog.sharing[name]
         return [{"name": c, "type": dataset.columns[c].type, "description": dataset.columns[c].description,
+                 "description_vi": dataset.columns[c].description_vi or None,
                  "required": dataset.columns[c].required, "key": c in dataset.key,
                  "filterable": c in shared.filterable, "sortable": c in self.sortable[name],
                  "personal": shared.personal.get(c)} for c in shared.columns]

@@ -27,6 +27,7 @@ class ColumnInfo(BaseModel):
     name: str
     type: Literal["string", "integer", "float", "boolean", "date", "timestamp"]
     description: str
+    description_vi: Optional[str] = None  # the Vietnamese description (catalog/datasets.yaml); null: none
     required: bool
     key: bool
     filterable: bool

@@ -134,8 +134,13 @@ class Locale:
         return self.href(self.path, self.query, self.other)
 
     def text(self, info: dict[str, Any], field: str) -> str:
-        """A dataset's `title` or `description` in the page's language (Vietnamese: the English one when none)."""
+        """A dataset's or a column's `title` or `description` in the page's language (Vietnamese: the English
+        one when none)."""
         return (info[f"{field}_vi"] or info[field]) if self.lang == "vi" else info[field]
+
+    def in_english(self, info: dict[str, Any], field: str) -> bool:
+        """Whether `text(info, field)` is the English fallback on a Vietnamese page (to be marked `lang="en"`)."""
+        return self.lang == "vi" and not info[f"{field}_vi"] and bool(info[field])
 
     def when(self, moment: datetime | None) -> str:
         return when(moment, self.lang)

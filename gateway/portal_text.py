@@ -3,7 +3,8 @@
 Both languages have the same keys (tests/test_gateway_portal.py checks). A message may hold markup
 (it is ours, written here) and `{placeholders}`: `gateway.portal.Locale.say` fills them in with
 escaped values (markupsafe's `Markup.format`). The catalog's own text (titles, descriptions) is in
-catalog/sharing.yaml (`title_vi`, `description_vi`), not here.
+catalog/sharing.yaml (`title_vi`, `description_vi`), and the columns' in catalog/datasets.yaml
+(`description_vi`), not here.
 """
 from __future__ import annotations
 

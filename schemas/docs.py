@@ -1,7 +1,9 @@
 """Dataset definition -> JSON Schema (for the sharing API) and a data-dictionary page.
 
 `lgsp docs` writes `docs/datasets/<dataset>.md` and `docs/datasets/<dataset>.schema.json`;
-a test checks the committed files equal what the definitions generate.
+a test checks the committed files equal what the definitions generate. A column's English description
+is the page's `description` and the schema's `description`; its Vietnamese one (`description_vi`) is
+the page's `mô tả` and the schema's `x-description-vi` (an annotation validators ignore).
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ def json_schema(dataset: DatasetSpec) -> dict[str, Any]:
             kind["type"] = [kind["type"], "null"]
         if col.description:
             kind["description"] = col.description
+        if col.description_vi:
+            kind["x-description-vi"] = col.description_vi
         properties[name] = kind
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -72,10 +76,11 @@ def dictionary_page(dataset: DatasetSpec) -> str:
              + f"; PostgreSQL fillfactor {dataset.table_fillfactor}",
              f"- incremental cursor: `{dataset.cursor_field}`" if dataset.cursor_field else "- no cursor (full pulls)",
              f"- JSON Schema: [`{dataset.name}.schema.json`]({dataset.name}.schema.json)", "",
-             "## Columns", "", "| column | type | required | description |", "| --- | --- | --- | --- |"]
+             "## Columns", "", "| column | type | required | description | mô tả |",
+             "| --- | --- | --- | --- | --- |"]
     for name, col in dataset.columns.items():
         required = "key" if name in dataset.key else ("yes" if col.required else "")
-        lines.append(f"| `{name}` | {col.type} | {required} | {col.description} |")
+        lines.append(f"| `{name}` | {col.type} | {required} | {col.description} | {col.description_vi} |")
     lines += ["", "## Row rules (a failing row goes to quarantine)", "", "| rule | parameters |", "| --- | --- |"]
     for check in row_checks(dataset):
         lines.append(f"| `{check.rule}` | {_check_text(check.params)} |")

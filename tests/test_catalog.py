@@ -63,6 +63,30 @@ def test_vietnamese_title_and_description_are_optional_strings(catalog_copy: Pat
     assert {(s.title_vi, s.description_vi) for s in load_catalog(catalog_copy).sharing.values()} == {("", "")}
 
 
+def test_column_descriptions_in_vietnamese_are_optional_strings(catalog_copy: Path) -> None:
+    path = catalog_copy / "datasets.yaml"
+    shipped = path.read_text(encoding="utf-8")
+    assert load_catalog().datasets["dossier"].columns["dossier_id"].description_vi == "Mã hồ sơ (MaHoSo)"
+    path.write_text(shipped.replace('description_vi: "Mã hồ sơ (MaHoSo)"', "description_vi: [Mã hồ sơ]"),
+                    encoding="utf-8")
+    with pytest.raises(CatalogError, match=r"datasets\.yaml.*datasets\.dossier\.columns\.dossier_id\.description_vi"):
+        load_catalog(catalog_copy)
+    without = re.sub(r'\n +description_vi: "[^"]*"', "", shipped)  # absent: the portal shows the English one
+    assert "description_vi" not in without
+    path.write_text(without, encoding="utf-8")
+    datasets = load_catalog(catalog_copy).datasets
+    assert {c.description_vi for d in datasets.values() for c in d.columns.values()} == {""}
+    assert datasets["dossier"].columns["dossier_id"].description == "Dossier code (MaHoSo)"
+
+
+def test_every_shared_column_is_described_in_english_and_vietnamese() -> None:
+    catalog = load_catalog()
+    undescribed = [f"{name}.{column}" for name, shared in catalog.sharing.items() for column in shared.columns
+                   if not (catalog.datasets[name].columns[column].description.strip()
+                           and catalog.datasets[name].columns[column].description_vi.strip())]
+    assert undescribed == [], "describe these columns in catalog/datasets.yaml (description and description_vi)"
+
+
 def test_unknown_system_reference(catalog_copy: Path) -> None:
     path = catalog_copy / "pipelines.yaml"
     path.write_text(path.read_text().replace("system: tthc", "system: tthc_typo", 1))

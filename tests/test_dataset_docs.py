@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from catalog import load_catalog
 from schemas.docs import dictionary_page, json_schema, write_dataset_docs
 
@@ -29,3 +31,15 @@ def test_json_schema_describes_records() -> None:
     json.dumps(schema)
     page = dictionary_page(dataset)
     assert "`ordered`" in page and "ExpectColumnValuesToBeUnique" in page
+
+
+def test_columns_are_described_in_english_and_vietnamese() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    dataset = load_catalog().datasets["dossier"]
+    schema = json_schema(dataset)
+    jsonschema.Draft202012Validator.check_schema(schema)  # x-description-vi: an annotation, still a valid schema
+    assert schema["properties"]["dossier_id"] == {"type": "string", "description": "Dossier code (MaHoSo)",
+                                                  "x-description-vi": "Mã hồ sơ (MaHoSo)"}
+    page = dictionary_page(dataset)
+    assert "| column | type | required | description | mô tả |" in page
+    assert "| `dossier_id` | string | key | Dossier code (MaHoSo) | Mã hồ sơ (MaHoSo) |" in page

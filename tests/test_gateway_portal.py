@@ -69,10 +69,14 @@ class Portal:
 
 def hostile_catalog() -> Catalog:
     """The project's catalog, with markup in the description of `procedure` (an open dataset), which has
-    no Vietnamese description: the Vietnamese pages show the English one."""
+    no Vietnamese description, nor has its column `agency`: the Vietnamese pages show the English ones."""
     catalog = load_catalog()
     procedure = catalog.sharing["procedure"].model_copy(update={"description": HOSTILE, "description_vi": ""})
-    return catalog.model_copy(update={"sharing": {**catalog.sharing, "procedure": procedure}})
+    columns = catalog.datasets["procedure"].columns
+    agency = columns["agency"].model_copy(update={"description_vi": ""})
+    dataset = catalog.datasets["procedure"].model_copy(update={"columns": {**columns, "agency": agency}})
+    return catalog.model_copy(update={"sharing": {**catalog.sharing, "procedure": procedure},
+                                      "datasets": {**catalog.datasets, "procedure": dataset}})
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -99,7 +103,8 @@ def portal(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory
 
 
 class Page(HTMLParser):
-    """What a test needs of a page: start tags, headings, the catalog's entries, the preview's cells."""
+    """What a test needs of a page: start tags, headings, the catalog's entries, the preview's cells, the data
+    dictionary's rows (each cell's text and `lang`)."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -107,6 +112,9 @@ class Page(HTMLParser):
         self.headings: list[tuple[str, str]] = []
         self.entries: dict[str, dict[str, str]] = {}  # catalog: dataset -> title, description, {dt: dd}
         self.preview: list[list[str]] = []
+        self.dictionary: list[list[tuple[str, str | None]]] = []
+        self._in_dictionary: bool | str = False
+        self._lang: str | None = None
         self._text: list[str] | None = None
         self._entry: str | None = None
         self._term = ""
@@ -121,12 +129,18 @@ class Page(HTMLParser):
             self.entries[self._entry] = {}
         if tag == "table":
             self._in_preview = "preview" in (attributes.get("class") or "")
+            self._in_dictionary = not self._in_preview
         if tag == "tbody" and self._in_preview:
             self._in_preview = "body"
+        if tag == "tbody" and self._in_dictionary:
+            self._in_dictionary = "body"
         if tag == "tr" and self._in_preview == "body":
             self.preview.append([])
-        if tag in ("h1", "h2", "h3", "h4", "p", "dt", "dd", "td"):
+        if tag == "tr" and self._in_dictionary == "body":
+            self.dictionary.append([])
+        if tag in ("h1", "h2", "h3", "h4", "p", "dt", "dd", "td", "th"):
             self._text = []
+            self._lang = attributes.get("lang")
 
     def handle_data(self, data: str) -> None:
         if self._text is not None:
@@ -144,11 +158,13 @@ class Page(HTMLParser):
             self.entries[self._entry][self._term] = text
         elif tag == "td" and self._in_preview == "body":
             self.preview[-1].append(text)
+        elif tag in ("th", "td") and self._in_dictionary == "body":
+            self.dictionary[-1].append((text, self._lang))
         elif tag == "li":
             self._entry = None
         elif tag == "table":
-            self._in_preview = False
-        if tag in ("h1", "h2", "h3", "h4", "p", "dt", "dd", "td"):
+            self._in_preview = self._in_dictionary = False
+        if tag in ("h1", "h2", "h3", "h4", "p", "dt", "dd", "td", "th"):
             self._text = None
 
 
@@ -216,6 +232,28 @@ def test_the_search_filters_by_name_and_description_in_both_languages_accents_or
     total = len(portal.catalog.sharing)
     assert f"Tìm thấy 1 trên {total} bộ dữ liệu khớp với <q>minh bach</q>." in portal.get(
         "/portal", params={"q": "minh bach"}).text
+
+
+@pytest.mark.parametrize("lang, headers", [("vi", {}), ("en", ENGLISH)])
+def test_the_data_dictionary_describes_each_column_in_the_page_language(
+        portal: Portal, lang: str, headers: dict[str, str]) -> None:
+    for name in ("citizen", "dossier", "procedure"):
+        columns, shared = portal.catalog.datasets[name].columns, portal.catalog.sharing[name]
+        page = Page(portal.get(f"/portal/datasets/{name}", headers=headers).text)
+        assert [row[0][0].split()[0] for row in page.dictionary] == shared.columns
+        described = {column: row[2] for column, row in zip(shared.columns, page.dictionary)}
+        for column in shared.columns:  # Vietnamese when the catalog has it, else the English one, marked so
+            english = (columns[column].description, "en" if lang == "vi" else None)
+            assert described[column] == ((columns[column].description_vi, None)
+                                         if lang == "vi" and columns[column].description_vi else english)
+    citizen = Page(portal.get("/portal/datasets/citizen", headers=headers).text).dictionary
+    assert citizen[0][2] == (("Số định danh cá nhân 12 chữ số (số căn cước công dân, CCCD)", None) if lang == "vi"
+                             else ("12-digit personal ID (CCCD)", None))
+    procedure = Page(portal.get("/portal/datasets/procedure", headers=headers).text)
+    assert procedure.dictionary[-1][2] == ("CoQuanThucHien", "en" if lang == "vi" else None)  # `agency`: no Vietnamese
+    assert procedure.dictionary[0][2] == (("Mã thủ tục hành chính (MaTTHC)", None) if lang == "vi"
+                                          else ("MaTTHC", None))
+    assert (("p", {"lang": "en"}) in procedure.tags) == (lang == "vi")  # nor has the dataset's own description
 
 
 def test_an_open_dataset_previews_its_first_records_as_stored_and_the_read_is_audited(portal: Portal) -> None:
@@ -427,6 +465,8 @@ def test_the_apis_carry_the_vietnamese_title_and_description(portal: Portal) -> 
     dossier = portal.catalog.sharing["dossier"]
     listed = requests.get(portal.base + "/api/v1/datasets", timeout=30).json()["datasets"]
     assert {d["name"]: d["title_vi"] for d in listed}["dossier"] == dossier.title_vi
+    columns = {(d["name"], c["name"]): c["description_vi"] for d in listed for c in d["schema"]}
+    assert columns["dossier", "dossier_id"] == "Mã hồ sơ (MaHoSo)" and columns["procedure", "agency"] is None
     package = requests.get(portal.base + "/api/3/action/package_show", params={"id": "dossier"}, timeout=30).json()
     extras = {e["key"]: e["value"] for e in package["result"]["extras"]}
     assert (extras["title_vi"], extras["notes_vi"]) == (dossier.title_vi, dossier.description_vi)
