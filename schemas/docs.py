@@ -55,6 +55,11 @@ WRITE_MODE_TEXT = {
 }
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: `<x>` shown, not taken for an HTML tag; `|` not a cell border."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
 def _check_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
@@ -80,7 +85,7 @@ def dictionary_page(dataset: DatasetSpec) -> str:
              "| --- | --- | --- | --- | --- |"]
     for name, col in dataset.columns.items():
         required = "key" if name in dataset.key else ("yes" if col.required else "")
-        lines.append(f"| `{name}` | {col.type} | {required} | {col.description} | {col.description_vi} |")
+        lines.append(f"| `{name}` | {col.type} | {required} | {_cell(col.description)} | {_cell(col.description_vi)} |")
     lines += ["", "## Row rules (a failing row goes to quarantine)", "", "| rule | parameters |", "| --- | --- |"]
     for check in row_checks(dataset):
         lines.append(f"| `{check.rule}` | {_check_text(check.params)} |")
