@@ -26,7 +26,7 @@ import yaml
 from typer.testing import CliRunner
 
 from catalog import load_catalog
-from catalog.models import Catalog, DatasetSpec
+from catalog.models import Catalog, DatasetSpec, SharedDatasetSpec
 from lgsp import runner
 from lgsp.cli import app as lgsp_app
 from test_write_modes import T0, batch, firm_spec, firms, write
@@ -209,8 +209,15 @@ def test_a_type_change_converts_every_value_or_changes_nothing(database_url: str
 
     with wh.engine.begin() as conn:  # the value corrected (as a reload of the corrected record would)
         conn.execute(sa.text("UPDATE core_firm SET employees = '70' WHERE code = 'F00007'"))
+    shared = SharedDatasetSpec(name="firm", description="Firms", owner="test", licence="test", access="open",
+                               columns=["code", "employees", "updated_at"])
+    integer = integer.model_copy(update={"sharing": {**integer.sharing, "firm": shared}})
+    create_shared_views(wh, integer)  # the view shows the text column, as a running gateway knows it
     done = migrate_dataset(wh, integer, "firm")
     assert done is not None and done.rows_changed == 300  # every value is now a number: every row changed
+    assert done.retyped_shared == ["employees"], "a running gateway must be told to restart"
+    with wh.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT employees FROM shared_firm WHERE code = 'F00007'")).scalar_one() == 70
     rows = rows_of(wh, "core_firm")
     assert [r["employees"] for r in rows[:8]] == [0, 1, 2, 3, 4, 5, 6, 70]
     wh.create_all()  # and loads go on

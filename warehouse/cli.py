@@ -92,6 +92,10 @@ def migrate_command(datasets: list[str] = typer.Argument(None, help="core datase
                       f"(change {done.migration_id}) in {done.seconds:.1f}s{kept}")
         for text in done.steps:
             console.print(f"  - {text}")
+        if done.retyped_shared:
+            console.print(f"[bold yellow]restart `lgsp serve` now[/]: the type of shared column(s) "
+                          f"{', '.join(done.retyped_shared)} changed, and a running gateway reads the catalog, and "
+                          "prepares its statements, as they were when it started")
     if failed:
         raise typer.Exit(1)
 

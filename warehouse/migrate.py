@@ -144,6 +144,7 @@ class Migrated:
     previous_table: str | None
     steps: list[str]
     seconds: float
+    retyped_shared: list[str] = field(default_factory=list)  # shared columns whose type changed: restart the gateway
 
 
 _MODE_TEXT = {
@@ -484,7 +485,10 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
         with warehouse.engine.connect() as conn:
             conn.exec_driver_sql(f'ANALYZE "{dataset.table_name}"')
             conn.commit()
-    return Migrated(name, migration_id, plan.rows, written, changed, previous, steps, time.perf_counter() - began)
+    retyped_shared = [c for c in (shared.columns if shared else []) if c in live.columns
+                      and live.columns[c][0] != dataset.columns[c].type]
+    return Migrated(name, migration_id, plan.rows, written, changed, previous, steps, time.perf_counter() - began,
+                    retyped_shared)
 
 
 def drop_previous(warehouse: Warehouse, before: datetime, dry_run: bool = False) -> list[str]:
