@@ -191,7 +191,8 @@ def reflect(conn: sa.Connection, table: str) -> LiveTable | None:
     inspector = sa.inspect(conn)
     if not inspector.has_table(table):
         return None
-    return LiveTable.reflect(table, inspector.get_columns(table), inspector.get_pk_constraint(table)["constrained_columns"])
+    key = inspector.get_pk_constraint(table)["constrained_columns"]
+    return LiveTable.reflect(table, inspector.get_columns(table), key)
 
 
 def _in_extras(table: sa.Table, name: str, dialect: str) -> sa.ColumnElement[bool]:
@@ -441,7 +442,7 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         if warehouse.dialect == "postgresql":  # running loads finish first; new ones wait before they touch it
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(lock)s)", {"lock": rebuild_lock(name)})
-            if reflect(conn, dataset.table_name) is not None:  # and any other writer; readers go on
+            if sa.inspect(conn).has_table(dataset.table_name):  # and any other writer; readers go on
                 conn.exec_driver_sql(f'LOCK TABLE "{dataset.table_name}" IN SHARE MODE')
         plan = plan_dataset(conn, warehouse, dataset)
         if not plan.needed or plan.live is None:
