@@ -287,12 +287,52 @@ class PartitionSpec(Strict):
         return self
 
 
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_s(value: Any) -> float:
+    """Seconds from a number of seconds or a duration such as "90m", "3h", "2d", "1w"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = DURATION.match(str(value))
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration: write seconds or a number and a unit s, m, h, d or w "
+                         "(e.g. 90m, 3h, 2d)")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+class FreshnessSpec(Strict):
+    """How old a pipeline's last complete sync may get (lgsp.freshness; `lgsp status`).
+
+    Its age is the time since the last sync that read the source to the end and committed
+    (not a backfill). Older than `warn_after`: "warn"; older than `error_after`: "stale",
+    which `lgsp status` exits 1 on and the `lgsp_freshness` DAG alerts on. Durations are
+    seconds or "90m", "3h", "2d", "1w".
+    """
+
+    warn_after: float = Field(gt=0)
+    error_after: float = Field(gt=0)
+
+    @field_validator("warn_after", "error_after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return duration_s(value)
+
+    @model_validator(mode="after")
+    def _warn_first(self) -> "FreshnessSpec":
+        if self.warn_after > self.error_after:
+            raise ValueError("warn_after must not be longer than error_after")
+        return self
+
+
 class PipelineSpec(Strict):
     """A pipeline: source -> dataset -> targets, on a schedule.
 
     Airflow retries a failed task `retries` times, waiting `retry_delay_s`,
     doubling each time up to `max_retry_delay_s`. A run not finished
     `late_after_s` after it was queued raises a late alert (lgsp.alerts).
+    `freshness` says how old its last complete sync may get (FreshnessSpec).
     """
 
     name: Identifier
@@ -305,6 +345,7 @@ class PipelineSpec(Strict):
     retry_delay_s: float = Field(30.0, gt=0)
     max_retry_delay_s: float = Field(900.0, gt=0)
     late_after_s: float | None = Field(None, gt=0)
+    freshness: FreshnessSpec | None = None
     lookback_s: float = Field(0.0, ge=0)
     partition: PartitionSpec | None = None
     tags: list[str] = []

@@ -4,7 +4,8 @@ For each dataset of catalog/sharing.yaml: title, description (and in Vietnamese,
 has them), owner, licence, open or
 restricted, the schema (type, description and its Vietnamese, filterable, sortable, personal policy), the
 row count of its shared view, its freshness (when its last batch was loaded; for a mart
-dataset, its newest computed_at), its last quality result (the Great Expectations
+dataset, its newest computed_at) and, when the pipelines that fill it declare a freshness objective,
+its state against it (`lgsp.freshness`: fresh, warn, stale, never), its last quality result (the Great Expectations
 results of its last validated batch) and, for a dataset with a live lookup, its last drift
 check (`lgsp drift`: a sample of the copy against its source). Figures are cached for
 `CACHE_S` seconds.
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 
 from catalog.models import Catalog
 from gateway.changes import feed_problem
+from lgsp.freshness import dataset_freshness
 from warehouse.store import Warehouse, utc
 
 CACHE_S = 30.0
@@ -59,6 +61,7 @@ class DatasetCatalog:
         with self.engine.connect() as conn:
             figures = {"row_count": self._row_count(conn, shared.view_name),
                        "freshness": self._freshness(conn, name),
+                       "freshness_status": dataset_freshness(conn, self.tables, self.catalog, name),
                        "last_quality": self._last_quality(conn, name)}
         figures["last_drift_check"] = None
         if shared.lookup is not None:

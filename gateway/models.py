@@ -60,6 +60,16 @@ class DriftCheck(BaseModel):
     gone_at_source: int
 
 
+class FreshnessStatus(BaseModel):
+    """The dataset's last complete sync against its pipelines' objective (lgsp.freshness; the worst pipeline)."""
+
+    state: Literal["fresh", "warn", "stale", "never"]
+    synced_at: Optional[datetime]  # null: never synced completely
+    age_s: Optional[float]
+    warn_after_s: float
+    error_after_s: float
+
+
 class DatasetInfo(BaseModel):
     name: str
     title: str
@@ -74,6 +84,7 @@ class DatasetInfo(BaseModel):
     schema_: list[ColumnInfo] = Field(alias="schema")  # `schema` is a BaseModel attribute
     row_count: int
     freshness: Optional[datetime]
+    freshness_status: Optional[FreshnessStatus] = None  # null: no pipeline filling it declares an objective
     last_quality: Optional[QualityResult]
     lookup: Optional[LookupInfo] = None
     last_drift_check: Optional[DriftCheck] = None

@@ -145,6 +145,15 @@ class Locale:
     def when(self, moment: datetime | None) -> str:
         return when(moment, self.lang)
 
+    def duration(self, seconds: float) -> str:
+        """`1 ngày 6 giờ` (en: `1 day 6 hours`): days, hours and minutes, the two largest that are not 0."""
+        text, rest, parts = MESSAGES[self.lang], int(seconds), []
+        for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+            if rest >= size:
+                count, rest = divmod(rest, size)
+                parts.append(text[f"{unit}_n_1" if count == 1 else f"{unit}_n"].format(count=count))
+        return " ".join(parts[:2]) or text["minute_n"].format(count=0)
+
     def number(self, count: int) -> str:
         """`12,345` in English, `12.345` in Vietnamese."""
         return f"{count:,}".replace(",", "." if self.lang == "vi" else ",")

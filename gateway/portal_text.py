@@ -35,6 +35,14 @@ VI = {
     "licence": "Giấy phép",
     "access": "Quyền truy cập",
     "last_loaded": "Cập nhật lần cuối",
+    "freshness": "Độ kịp thời",
+    "freshness_fresh": '<span class="freshness fresh">Kịp thời</span>: được đồng bộ đầy đủ với hệ thống nguồn '
+                       "ít nhất {warn} một lần",
+    "freshness_warn": '<span class="freshness warn">Chậm</span>: lần đồng bộ đầy đủ gần nhất đã cách đây hơn {warn}',
+    "freshness_stale": '<span class="freshness stale">Quá hạn</span>: lần đồng bộ đầy đủ gần nhất đã cách đây hơn '
+                       "{stale}; dữ liệu có thể chưa phản ánh thay đổi mới ở hệ thống nguồn",
+    "freshness_never": '<span class="freshness stale">Chưa đồng bộ</span>: chưa lần nào được đồng bộ đầy đủ với hệ '
+                       "thống nguồn",
     "records": "Số bản ghi",
     "open": '<span class="access open">Mở</span>: ai cũng có thể đọc, không cần khóa API',
     "restricted": '<span class="access restricted">Hạn chế</span>: cần được cấp quyền',
@@ -103,6 +111,12 @@ VI = {
     "hour_ago": "{count} giờ trước",
     "minute_ago_1": "{count} phút trước",
     "minute_ago": "{count} phút trước",
+    "day_n_1": "{count} ngày",
+    "day_n": "{count} ngày",
+    "hour_n_1": "{count} giờ",
+    "hour_n": "{count} giờ",
+    "minute_n_1": "{count} phút",
+    "minute_n": "{count} phút",
 }
 
 EN = {
@@ -129,6 +143,14 @@ EN = {
     "licence": "Licence",
     "access": "Access",
     "last_loaded": "Last loaded",
+    "freshness": "Up to date",
+    "freshness_fresh": '<span class="freshness fresh">Yes</span>: synced completely with its source system at least '
+                       "every {warn}",
+    "freshness_warn": '<span class="freshness warn">Behind</span>: its last complete sync is more than {warn} old',
+    "freshness_stale": '<span class="freshness stale">Stale</span>: its last complete sync is more than {stale} old; '
+                       "the data may miss recent changes at its source",
+    "freshness_never": '<span class="freshness stale">Never synced</span>: not yet synced completely with its '
+                       "source system",
     "records": "Records",
     "open": '<span class="access open">Open</span>: anyone may read it, no key needed',
     "restricted": '<span class="access restricted">Restricted</span>: needs a grant',
@@ -190,6 +212,12 @@ EN = {
     "hour_ago": "{count} hours ago",
     "minute_ago_1": "{count} minute ago",
     "minute_ago": "{count} minutes ago",
+    "day_n_1": "{count} day",
+    "day_n": "{count} days",
+    "hour_n_1": "{count} hour",
+    "hour_n": "{count} hours",
+    "minute_n_1": "{count} minute",
+    "minute_n": "{count} minutes",
 }
 
 MESSAGES = {"vi": VI, "en": EN}

@@ -4,6 +4,8 @@ Two callbacks are wired into every generated DAG (lgsp.dag_factory):
   - `on_task_failure`: a task's `on_failure_callback` (its last try failed);
   - `on_run_late`: the async callback of a DAG's DeadlineAlert (the run was not
     finished `late_after_s` after it was queued; runs in the triggerer).
+The lgsp_freshness DAG sends "stale" and "fresh" alerts (lgsp.freshness): a pipeline
+whose last complete sync got older than its objective, and its recovery.
 
 Each alert goes to every configured channel. Channels come from the
 environment (never from files; the values are never logged):
@@ -42,11 +44,12 @@ log = logging.getLogger("lgsp.alerts")
 class Alert:
     """What went wrong, where, and where to look."""
 
-    kind: str  # "failed" or "late"
+    kind: str  # "failed", "late", or a pipeline's freshness: "stale", "fresh" (again; lgsp.freshness)
     dag_id: str
-    run_id: str
-    run_url: str
     summary: str
+    run_id: str | None = None
+    run_url: str | None = None
+    dag_url: str | None = None
     task_id: str | None = None
     error: str | None = None
     try_number: int | None = None
@@ -54,10 +57,15 @@ class Alert:
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def run_url(dag_id: str, run_id: str) -> str:
-    """The run's page in the Airflow UI (`[api] base_url`, default http://localhost:8080)."""
+def dag_url(dag_id: str) -> str:
+    """The DAG's page in the Airflow UI (`[api] base_url`, default http://localhost:8080)."""
     base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
-    return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return f"{base}/dags/{quote(dag_id, safe='')}"
+
+
+def run_url(dag_id: str, run_id: str) -> str:
+    """The run's page in the Airflow UI."""
+    return f"{dag_url(dag_id)}/runs/{quote(run_id, safe='')}"
 
 
 def _send_webhook(alert: Alert) -> None:
@@ -117,6 +125,7 @@ def failure_alert(context: dict[str, Any]) -> Alert:
     error = context.get("exception")
     error_text = f"{type(error).__name__}: {error}" if error is not None else "unknown error (see the task log)"
     return Alert(kind="failed", dag_id=ti.dag_id, run_id=run_id, run_url=run_url(ti.dag_id, run_id),
+                 dag_url=dag_url(ti.dag_id),
                  task_id=ti.task_id, error=error_text[:2000], try_number=getattr(ti, "try_number", None),
                  log_url=getattr(ti, "log_url", None),
                  summary=f"{ti.dag_id} failed at {ti.task_id}: {error_text[:300]}")
@@ -132,7 +141,7 @@ def late_alert(context: dict[str, Any], late_after_s: float) -> Alert:
     run = context.get("dag_run") or {}
     dag_id, run_id = str(run.get("dag_id")), str(run.get("dag_run_id") or run.get("run_id"))
     deadline = (context.get("deadline") or {}).get("deadline_time")
-    return Alert(kind="late", dag_id=dag_id, run_id=run_id, run_url=run_url(dag_id, run_id),
+    return Alert(kind="late", dag_id=dag_id, run_id=run_id, run_url=run_url(dag_id, run_id), dag_url=dag_url(dag_id),
                  error=f"not finished {late_after_s:g}s after it was queued (deadline {deadline}); "
                        f"state {run.get('state')}",
                  summary=f"{dag_id} is late: run {run_id} not finished {late_after_s:g}s after it was queued")

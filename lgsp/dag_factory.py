@@ -6,6 +6,7 @@ Asset. The indicators DAG `lgsp_indicators` is scheduled on the Assets of the
 datasets it reads; each run recomputes the months the newly loaded rows touch.
 `lgsp_maintenance` compacts the lake and applies the retention daily (`lgsp.retention`).
 `lgsp_drift_<dataset>` checks a sample of a shared dataset against its source (`lgsp.drift`).
+`lgsp_freshness` alerts when a pipeline's last complete sync gets older than its objective (`lgsp.freshness`).
 `lgsp_notify` tells agencies' webhooks of changes (`gateway.webhooks`), on any shared dataset's Asset
 and every few minutes (for retries and writes made outside Airflow).
 Nothing here does I/O beyond reading the local catalog.
@@ -208,10 +209,10 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
         # until one is not found, which its API client logs as an error ("XCom not found")
         loads = list(loads[:])
         cursor = partitions.landed_cursor(loads)
-        if list(parts)[0]["incremental"] and cursor is not None:
+        if list(parts)[0]["incremental"]:  # every slice read the source to the end: synced now
             ctx = runner.context(name)
             with ctx.warehouse.transaction() as conn:
-                ctx.warehouse.set_cursor(conn, name, cursor, loads[-1]["batch_id"])
+                ctx.warehouse.set_cursor(conn, name, cursor, loads[-1]["batch_id"], synced=True)
         return {"slices": len(loads), "cursor": cursor.isoformat() if cursor else None,
                 **{k: sum(int(r[k]) for r in loads) for k in ("rows_pulled", "rows_landed", "rows_changed")}}
 
@@ -342,6 +343,36 @@ def maintenance_dag() -> Any:
     return _maintenance()
 
 
+FRESHNESS_SCHEDULE = "*/15 * * * *"
+
+
+def freshness_dag() -> Any:
+    """`lgsp_freshness`: every 15 minutes, each pipeline's last complete sync judged against its objective
+    (`lgsp.freshness`); one alert when one goes stale, one when it is fresh again."""
+    from airflow.sdk import dag, task
+
+    @dag(dag_id="lgsp_freshness", description="Alert when a pipeline's data gets older than its objective",
+         schedule=_timetable(FRESHNESS_SCHEDULE), start_date=START_DATE, catchup=False, max_active_runs=1,
+         tags=["lgsp", "freshness"], default_args=_default_args(2),
+         doc_md="Judges every pipeline with a `freshness` objective (catalog/pipelines.yaml) by the age of its last "
+                "complete sync, keeps the states in `lgsp_freshness` and sends one alert (LGSP_ALERT_*) when a "
+                "pipeline goes stale and one when it is fresh again. It does not fail on a stale pipeline (that "
+                "would alert every 15 minutes); `lgsp status` shows the same, with the last runs' errors.")
+    def _freshness() -> None:
+        @task(task_id="check")
+        def check() -> dict[str, Any]:
+            from catalog import load_catalog as _load
+            from lgsp.freshness import check_and_alert
+            from lgsp.runner import open_warehouse
+
+            current = _load()
+            return check_and_alert(open_warehouse(current), current)
+
+        check()
+
+    return _freshness()
+
+
 def drift_dag(name: str, catalog: Catalog) -> Any:
     """`lgsp_drift_<dataset>`: on its `drift_schedule`, a sample of the copy asked of its source (`lgsp.drift`)."""
     from airflow.sdk import dag, task
@@ -436,6 +467,8 @@ def build_dags(catalog: Catalog | None = None) -> dict[str, Any]:
         dags["lgsp_indicators"] = indicators_dag(catalog)
     dags.update({f"lgsp_push_{f.name}": push_dag(f, catalog) for f in catalog.feeds.values() if not f.after})
     dags["lgsp_maintenance"] = maintenance_dag()
+    if any(p.freshness is not None for p in catalog.pipelines.values()):
+        dags["lgsp_freshness"] = freshness_dag()
     dags["lgsp_notify"] = notify_dag(catalog)
     dags.update({f"lgsp_drift_{name}": drift_dag(name, catalog) for name, shared in catalog.sharing.items()
                  if shared.lookup is not None and shared.lookup.drift_schedule is not None})

@@ -1,4 +1,4 @@
-"""What the demo and `lgsp status` print: batches, table counts, the indicator table."""
+"""What the demo prints: batches, table counts, the indicator table, outbox, drift, freshness."""
 from __future__ import annotations
 
 from typing import Any
@@ -58,6 +58,9 @@ def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicat
         print_indicators(console, wh, catalog)
     print_outbox(console, wh)
     print_drift(console, wh, catalog)
+    from lgsp.status import freshness_line, status_report
+
+    console.print(freshness_line(status_report(wh, catalog)))
 
 
 def print_drift(console: Console, wh: Warehouse, catalog: Catalog) -> None:

@@ -650,7 +650,7 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
         result = validated()
         cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
         if result.get("mode") != "backfill":
-            wh.set_cursor(conn, pipeline.name, cursor_to, batch_id)
+            wh.set_cursor(conn, pipeline.name, cursor_to, batch_id, synced=True)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
                       rows_changed=changed, cursor_to=cursor_to, message=None)
         wh.stamp_change(conn, batch_id, ds.name, changed)  # last: the change feed's order is the commit order

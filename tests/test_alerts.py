@@ -58,3 +58,34 @@ def test_a_broken_channel_does_not_stop_the_others(sinks: tuple[WebhookSink, Smt
     monkeypatch.setenv("LGSP_ALERT_WEBHOOK_URL", hook.url)
     delivered = send(Alert(kind="late", dag_id="lgsp_x", run_id="r1", run_url="http://a/r1", summary="lgsp_x late"))
     assert delivered == ["webhook"] and hook.received[0]["summary"] == "lgsp_x late"
+
+
+def test_the_freshness_dag_alerts_each_stale_pipeline_once(tmp_path: Path, sinks: tuple[WebhookSink, SmtpSink],
+                                                           sandbox_handle: object) -> None:
+    """`lgsp status --alert` runs the lgsp_freshness DAG on Airflow: one alert per pipeline that never synced,
+    none for the one that did, none again on the next check."""
+    import json
+
+    import sqlalchemy as sa
+
+    from catalog import load_catalog
+
+    hook, _ = sinks
+    home = tmp_path / "home"
+    env = lgsp_env(home, LGSP_ALERT_WEBHOOK_URL=hook.url, **sandbox_handle.env())  # type: ignore[attr-defined]
+    assert run(["lgsp", "run", "dvcqg_procedures", "--inline"], env).returncode == 0
+    proc = run(["lgsp", "status", "--alert", "--json"], env)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the others never synced
+    assert "Airflow: lgsp_freshness" in proc.stdout
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    never = {p["pipeline"] for p in report["pipelines"] if p["state"] == "never"}
+    assert never == set(load_catalog().pipelines) - {"dvcqg_procedures"}
+    assert sorted(a["dag_id"] for a in hook.received) == sorted(f"lgsp_{p}" for p in never)
+    assert {a["kind"] for a in hook.received} == {"stale"}
+    assert all("has never synced completely" in str(a["summary"]) for a in hook.received)
+    assert run(["lgsp", "status", "--alert"], env).returncode == 1
+    assert len(hook.received) == len(never)  # told once
+    airflow_db = sa.create_engine(f"sqlite:///{home / 'airflow' / 'airflow.db'}")
+    with airflow_db.connect() as conn:
+        states = conn.execute(sa.text("select state from task_instance where dag_id = 'lgsp_freshness'")).all()
+    assert [s for (s,) in states] == ["success", "success"]

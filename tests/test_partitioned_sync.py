@@ -64,8 +64,14 @@ def test_mapped_slices_land_what_one_task_lands(tmp_path: Path, sandbox_handle: 
                                       "where dag_id = 'lgsp_land_parcels'")).all()
     assert sorted((t, i) for t, i, _ in states if t == "extract") == [("extract", i) for i in range(4)]
     assert {s for _, _, s in states} == {"success"}
+    with engine.connect() as conn:  # publish: every slice read the source to the end, so it synced now
+        synced = conn.execute(sa.text("select synced_at from lgsp_cursor where pipeline = 'land_parcels'")).scalar()
+    assert synced is not None
 
     # a second, incremental run through the slices lands nothing new and leaves the same warehouse
     proc = run(["lgsp", "run", "land_parcels", "--no-retries"], lgsp_env(mapped, **sandbox_handle.env()))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert warehouse_snapshot(f"sqlite:///{mapped / 'warehouse.db'}", "land_parcel", "land_parcels") == one
+    with engine.connect() as conn:  # nothing new, and still a complete sync
+        assert conn.execute(sa.text("select synced_at from lgsp_cursor where pipeline = 'land_parcels'")
+                            ).scalar() > synced

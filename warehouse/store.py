@@ -712,14 +712,25 @@ class Warehouse:
             value = conn.execute(sa.select(t.c.cursor_value).where(t.c.pipeline == pipeline)).scalar()
         return utc(value)
 
-    def set_cursor(self, conn: sa.Connection, pipeline: str, value: datetime | None, batch_id: str) -> None:
-        """Advance the pipeline's watermark (never backwards), inside the caller's transaction."""
+    def set_cursor(self, conn: sa.Connection, pipeline: str, value: datetime | None, batch_id: str,
+                   synced: bool = False) -> None:
+        """Advance the pipeline's watermark (never backwards), inside the caller's transaction.
+
+        `synced`: this batch read the source to the end (not a backfill), so the pipeline's `synced_at`
+        (its freshness, `lgsp.freshness`) becomes now, even when it brought nothing new.
+        """
         t = self.system["lgsp_cursor"]
-        current = utc(conn.execute(sa.select(t.c.cursor_value).where(t.c.pipeline == pipeline)).scalar())
-        if value is None or (current is not None and current >= value):
+        row = conn.execute(sa.select(t).where(t.c.pipeline == pipeline)).first()
+        current = utc(row.cursor_value) if row is not None else None
+        advance = value is not None and (current is None or value > current)
+        if not advance and not synced:
             return
-        self.upsert(conn, t, [{"pipeline": pipeline, "cursor_value": value, "batch_id": batch_id,
-                               "updated_at": datetime.now(timezone.utc)}], ["pipeline"])
+        now = datetime.now(timezone.utc)
+        kept = row is not None and not advance
+        values = {"pipeline": pipeline, "cursor_value": current if kept else value,
+                  "batch_id": row.batch_id if kept else batch_id, "updated_at": row.updated_at if kept else now,
+                  "synced_at": now if synced else (row.synced_at if row is not None else None)}
+        self.upsert(conn, t, [values], ["pipeline"])
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:

@@ -41,6 +41,7 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("cursor_value", TZ),
         sa.Column("batch_id", sa.Text, nullable=False),
         sa.Column("updated_at", TZ, nullable=False),
+        sa.Column("synced_at", TZ),  # the last sync that read the source to the end committed (lgsp.freshness)
     )
     quarantine = sa.Table(
         "lgsp_quarantine", metadata,
@@ -113,9 +114,17 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("applied_at", TZ, nullable=False),
         sa.Column("previous_dropped_at", TZ),  # when retention dropped the kept table (`migrate.drop_previous`)
     )
+    freshness = sa.Table(  # each pipeline's freshness as the lgsp_freshness DAG last judged it (alerts on changes)
+        "lgsp_freshness", metadata,
+        sa.Column("pipeline", sa.Text, primary_key=True),
+        sa.Column("state", sa.Text, nullable=False),  # fresh, warn, stale, never
+        sa.Column("since", TZ, nullable=False),  # when it entered that state (as first judged)
+        sa.Column("synced_at", TZ),
+        sa.Column("checked_at", TZ, nullable=False),
+    )
     exchange = tables_for_exchanges(metadata)
     return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
-                                  migration, *exchange)}
+                                  migration, freshness, *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:

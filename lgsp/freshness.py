@@ -1,0 +1,165 @@
+"""Freshness: how long ago each pipeline last synced its source completely, judged against its objective.
+
+A pipeline's age is the time since its last sync that read the source to the end and committed
+(`lgsp_cursor.synced_at`: an incremental or full run, every slice of a partitioned one; a run
+that brought nothing new counts, a backfill does not). Its `freshness` in catalog/pipelines.yaml
+(`FreshnessSpec`) turns the age into a state:
+
+    fresh      younger than warn_after
+    warn       older than warn_after
+    stale      older than error_after: `lgsp status` exits 1, the lgsp_freshness DAG alerts
+    never      no complete sync yet (judged as stale)
+    unchecked  no objective declared
+
+A dataset's state is the worst of the pipelines that fill it (the gateway shows it to agencies).
+
+`check_and_alert` is the lgsp_freshness DAG's task: it judges every pipeline, keeps each one's
+state in `lgsp_freshness`, and sends one alert (lgsp.alerts) when a pipeline goes stale and one
+when it is fresh again, not one per check. Example alert body::
+
+    {"kind": "stale", "dag_id": "lgsp_tthc_dossiers", "summary": "tthc_dossiers is stale: last complete sync
+     4h 12m ago (stale after 4h); last run failed at 2026-12-05T03:00:00+00:00: FatalError: tthc ...", ...}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog.models import Catalog, PipelineSpec
+from warehouse.store import utc
+
+STATES = ("fresh", "warn", "stale", "never", "unchecked")
+SEVERITY = {"unchecked": 0, "fresh": 0, "warn": 1, "stale": 2, "never": 2}
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """One pipeline's freshness now."""
+
+    pipeline: str
+    dataset: str
+    state: str
+    synced_at: datetime | None
+    age_s: float | None
+    warn_after_s: float | None
+    error_after_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "dataset": self.dataset, "state": self.state,
+                "synced_at": self.synced_at.isoformat() if self.synced_at else None,
+                "age_s": None if self.age_s is None else round(self.age_s, 1),
+                "warn_after_s": self.warn_after_s, "error_after_s": self.error_after_s}
+
+
+def judge(pipeline: PipelineSpec, synced_at: datetime | None, now: datetime) -> Freshness:
+    """The pipeline's state given when it last synced completely."""
+    spec = pipeline.freshness
+    age = None if synced_at is None else max(0.0, (now - synced_at).total_seconds())
+    if spec is None:
+        state = "unchecked"
+    elif age is None:
+        state = "never"
+    else:
+        state = "stale" if age > spec.error_after else "warn" if age > spec.warn_after else "fresh"
+    return Freshness(pipeline.name, pipeline.dataset, state, synced_at, age,
+                     spec.warn_after if spec else None, spec.error_after if spec else None)
+
+
+def synced_times(conn: sa.Connection, tables: Any) -> dict[str, datetime | None]:
+    """pipeline -> its last complete sync (`lgsp_cursor.synced_at`).
+
+    A cursor kept from before lgsp recorded `synced_at` has none until the pipeline's next sync: its
+    latest loaded batch that was not a backfill stands in, so an upgrade does not call it "never".
+    """
+    cursor = tables["lgsp_cursor"]
+    synced = {row.pipeline: utc(row.synced_at)
+              for row in conn.execute(sa.select(cursor.c.pipeline, cursor.c.synced_at))}
+    unknown = [name for name, at in synced.items() if at is None]
+    if unknown:
+        batch = tables["lgsp_batch"]
+        rows = conn.execute(sa.select(batch.c.pipeline, sa.func.max(batch.c.finished_at))
+                            .where(batch.c.pipeline.in_(unknown), batch.c.status == "loaded",
+                                   sa.or_(batch.c.mode.is_(None), batch.c.mode != "backfill"))
+                            .group_by(batch.c.pipeline))
+        synced.update({name: utc(at) for name, at in rows})
+    return synced
+
+
+def pipeline_freshness(conn: sa.Connection, tables: Any, catalog: Catalog,
+                       now: datetime | None = None) -> list[Freshness]:
+    """Every pipeline's freshness, in catalog order."""
+    now = now or datetime.now(timezone.utc)
+    synced = synced_times(conn, tables)
+    return [judge(p, synced.get(p.name), now) for p in catalog.pipelines.values()]
+
+
+def dataset_freshness(conn: sa.Connection, tables: Any, catalog: Catalog, dataset: str,
+                      now: datetime | None = None) -> dict[str, Any] | None:
+    """The dataset's state (the worst of its pipelines with an objective) and its last complete sync;
+    None when no pipeline with an objective fills it (a mart dataset, say)."""
+    judged = [f for f in pipeline_freshness(conn, tables, catalog, now)
+              if f.dataset == dataset and f.state != "unchecked"]
+    if not judged:
+        return None
+    worst = max(judged, key=lambda f: (SEVERITY[f.state], f.age_s if f.age_s is not None else float("inf")))
+    return {"state": worst.state, "synced_at": worst.synced_at, "age_s": worst.age_s,
+            "warn_after_s": worst.warn_after_s, "error_after_s": worst.error_after_s}
+
+
+def human_age(seconds: float | None) -> str:
+    """3h 12m, 2d 4h, 45s; "-" for None."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            rest = (seconds % size) // subsize
+            return f"{seconds // size}{unit}" + (f" {rest}{sub}" if rest else "")
+    return f"{seconds}s"
+
+
+def _alert_for(fresh: Freshness, previous: str | None, last_failure: str | None) -> Any:
+    """The alert for a change of state worth telling (None if it is not): gone stale, or fresh again."""
+    from lgsp.alerts import Alert, dag_url
+
+    dag_id = f"lgsp_{fresh.pipeline}"
+    was_bad = previous is not None and SEVERITY.get(previous, 0) >= 2
+    if SEVERITY[fresh.state] >= 2 and not was_bad:
+        when = ("has never synced completely" if fresh.synced_at is None else
+                f"last complete sync {human_age(fresh.age_s)} ago, at {fresh.synced_at.isoformat(timespec='seconds')}")
+        cause = f"; last run: {last_failure}" if last_failure else ""
+        summary = (f"{fresh.pipeline} is stale: {when} (stale after {human_age(fresh.error_after_s)}){cause}; "
+                   f"see `lgsp status` and the DAG's runs")
+        return Alert(kind="stale", dag_id=dag_id, summary=summary[:1000], dag_url=dag_url(dag_id),
+                     error=last_failure)
+    if fresh.state == "fresh" and was_bad:
+        return Alert(kind="fresh", dag_id=dag_id, dag_url=dag_url(dag_id),
+                     summary=f"{fresh.pipeline} is fresh again: synced completely {human_age(fresh.age_s)} ago")
+    return None
+
+
+def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
+    """Judge every pipeline, keep the states in `lgsp_freshness`, alert on going stale and on recovering."""
+    from lgsp.alerts import send
+    from lgsp.report import last_failure
+
+    now = now or datetime.now(timezone.utc)
+    table = wh.system["lgsp_freshness"]
+    with wh.engine.connect() as conn:
+        judged = [f for f in pipeline_freshness(conn, wh.system, catalog, now) if f.state != "unchecked"]
+        kept = {r.pipeline: r for r in conn.execute(sa.select(table))}
+    alerts = []
+    for fresh in judged:
+        previous = kept[fresh.pipeline].state if fresh.pipeline in kept else None
+        alert = _alert_for(fresh, previous, last_failure(wh, fresh.pipeline))
+        if alert is not None:
+            alerts.append({"pipeline": fresh.pipeline, "kind": alert.kind, "sent_to": send(alert)})
+    rows = [{"pipeline": f.pipeline, "state": f.state, "synced_at": f.synced_at, "checked_at": now,
+             "since": (utc(kept[f.pipeline].since) if f.pipeline in kept and kept[f.pipeline].state == f.state
+                       else now)} for f in judged]
+    with wh.transaction() as conn:
+        wh.upsert(conn, table, rows, ["pipeline"])
+    return {"checked": len(judged), "states": {f.pipeline: f.state for f in judged}, "alerts": alerts}

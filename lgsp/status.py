@@ -1,0 +1,171 @@
+"""`lgsp status`: is every dataset fresh, and if not, why? One screen for whoever runs the platform.
+
+Per pipeline: its freshness (lgsp.freshness: the age of its last complete sync against its
+objective), its last run (status, when, rows, the error if it failed or its load was refused),
+the dataset's open quarantine and its system's circuit. Per push feed: messages waiting, dead
+letters, the oldest one not acknowledged. Then the problems, each with what to do. It reads only
+the warehouse's bookkeeping (no source is asked; `lgsp health` does that).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from rich.console import Console
+from rich.table import Table
+
+from catalog.models import Catalog
+from lgsp.freshness import SEVERITY, human_age, pipeline_freshness
+from warehouse.store import Warehouse, utc
+
+RUN_COUNTS = ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")
+STATE_COLOUR = {"fresh": "green", "warn": "yellow", "stale": "red", "never": "red", "unchecked": "dim"}
+
+
+def _last_runs(conn: sa.Connection, tables: Any) -> dict[str, dict[str, Any]]:
+    """pipeline -> its latest batch."""
+    batch = tables["lgsp_batch"]
+    latest = (sa.select(batch.c.pipeline, sa.func.max(batch.c.started_at).label("started_at"))
+              .group_by(batch.c.pipeline).subquery())
+    rows = conn.execute(sa.select(batch).join(latest, sa.and_(batch.c.pipeline == latest.c.pipeline,
+                                                             batch.c.started_at == latest.c.started_at)))
+    return {row.pipeline: {"batch_id": row.batch_id, "status": row.status, "mode": row.mode,
+                           "started_at": utc(row.started_at), "finished_at": utc(row.finished_at),
+                           **{k: row._mapping[k] for k in RUN_COUNTS}, "message": row.message} for row in rows}
+
+
+def _open_quarantine(conn: sa.Connection, tables: Any) -> dict[str, int]:
+    q = tables["lgsp_quarantine"]
+    rows = conn.execute(sa.select(q.c.dataset, sa.func.count()).where(q.c.status == "open").group_by(q.c.dataset))
+    return {dataset: int(n) for dataset, n in rows}
+
+
+def _circuits(conn: sa.Connection, tables: Any) -> dict[str, dict[str, Any]]:
+    circuit = tables["lgsp_circuit"]
+    return {row.system: dict(row._mapping) for row in conn.execute(sa.select(circuit))}
+
+
+def _feeds(conn: sa.Connection, tables: Any, catalog: Catalog, now: datetime) -> list[dict[str, Any]]:
+    outbox = tables["lgsp_outbox"]
+    counts: dict[tuple[str, str], int] = {}
+    for feed, status, n in conn.execute(sa.select(outbox.c.feed, outbox.c.status, sa.func.count())
+                                        .group_by(outbox.c.feed, outbox.c.status)):
+        counts[(feed, status)] = int(n)
+    oldest = dict(conn.execute(sa.select(outbox.c.feed, sa.func.min(outbox.c.created_at))
+                               .where(outbox.c.status != "acked").group_by(outbox.c.feed)).all())
+    acked = dict(conn.execute(sa.select(outbox.c.feed, sa.func.max(outbox.c.acked_at))
+                              .where(outbox.c.status == "acked").group_by(outbox.c.feed)).all())
+    feeds = []
+    for name, feed in catalog.feeds.items():
+        waiting = utc(oldest.get(name))
+        feeds.append({"feed": name, "system": feed.system,
+                      "waiting": counts.get((name, "pending"), 0) + counts.get((name, "failed"), 0),
+                      "dead": counts.get((name, "dead"), 0), "acked": counts.get((name, "acked"), 0),
+                      "oldest_waiting_at": waiting,
+                      "oldest_waiting_age_s": None if waiting is None else (now - waiting).total_seconds(),
+                      "last_acked_at": utc(acked.get(name))})
+    return feeds
+
+
+def _run_problem(name: str, run: dict[str, Any] | None) -> str | None:
+    if run is None or not run.get("message") or run["status"] not in ("failed", "validated"):
+        return None
+    what = "last run failed" if run["status"] == "failed" else "last load was refused"
+    return f"{name}: {what} ({run['started_at'].isoformat(timespec='seconds')}): {run['message']}"
+
+
+def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
+    """Everything `lgsp status` shows, as data (its `--json`)."""
+    now = now or datetime.now(timezone.utc)
+    with wh.engine.connect() as conn:
+        freshness = pipeline_freshness(conn, wh.system, catalog, now)
+        runs, quarantine = _last_runs(conn, wh.system), _open_quarantine(conn, wh.system)
+        circuits, feeds = _circuits(conn, wh.system), _feeds(conn, wh.system, catalog, now)
+    pipelines, problems = [], []
+    for fresh in freshness:
+        spec = catalog.pipelines[fresh.pipeline]
+        run, circuit = runs.get(fresh.pipeline), circuits.get(spec.source.system)
+        pipelines.append({**fresh.as_dict(), "system": spec.source.system, "schedule": spec.schedule,
+                          "last_run": run, "open_quarantine": quarantine.get(spec.dataset, 0),
+                          "circuit": circuit["state"] if circuit else None})
+        if fresh.state in ("stale", "never"):
+            when = ("has never synced completely" if fresh.synced_at is None
+                    else f"is stale: last complete sync {human_age(fresh.age_s)} ago")
+            todo = "fix what its last run says, then" if run is not None else "run it:"
+            problems.append({"severity": "error", "pipeline": fresh.pipeline, "problem": (
+                f"{fresh.pipeline} {when} (stale after {human_age(fresh.error_after_s)}); "
+                f"{todo} `lgsp run {fresh.pipeline}`")})
+        elif fresh.state == "warn":
+            problems.append({"severity": "warning", "pipeline": fresh.pipeline, "problem": (
+                f"{fresh.pipeline}: last complete sync {human_age(fresh.age_s)} ago "
+                f"(warn after {human_age(fresh.warn_after_s)}, stale after {human_age(fresh.error_after_s)})")})
+        run_problem = _run_problem(fresh.pipeline, run)
+        if run_problem:
+            problems.append({"severity": "warning", "pipeline": fresh.pipeline, "problem": run_problem})
+        if circuit and circuit["state"] != "closed":
+            problems.append({"severity": "warning", "pipeline": fresh.pipeline, "problem": (
+                f"{spec.source.system}: circuit {circuit['state']} since {_iso(utc(circuit['opened_at']))}: "
+                f"{circuit['last_error'] or 'no error kept'}; `lgsp health --system {spec.source.system}`")})
+    for feed in feeds:
+        if feed["dead"]:
+            problems.append({"severity": "error", "feed": feed["feed"], "problem": (
+                f"push feed {feed['feed']}: {feed['dead']} dead message(s); `lgsp outbox list --status dead`, "
+                "then `lgsp outbox retry`")})
+    ok = not any(p["severity"] == "error" for p in problems)
+    return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "problems": problems}
+
+
+def _iso(value: datetime | None) -> str:
+    return "-" if value is None else value.isoformat(timespec="seconds")
+
+
+def as_json(report: dict[str, Any]) -> str:
+    """The report as JSON, times in ISO 8601 UTC."""
+    return json.dumps(report, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
+
+
+def _when(value: datetime | None, now: datetime) -> str:
+    return "-" if value is None else f"{human_age((now - value).total_seconds())} ago"
+
+
+def freshness_line(report: dict[str, Any]) -> str:
+    """One line for the demo's summary: how many pipelines are in each state."""
+    counts: dict[str, int] = {}
+    for p in report["pipelines"]:
+        counts[p["state"]] = counts.get(p["state"], 0) + 1
+    states = ", ".join(f"{counts[s]} {s}" for s in ("fresh", "warn", "stale", "never", "unchecked") if s in counts)
+    return f"Freshness: {states} (of {len(report['pipelines'])} pipelines; `lgsp status` says why)"
+
+
+def print_status(console: Console, report: dict[str, Any]) -> None:
+    """The report as tables, then the problems."""
+    now = report["checked_at"]
+    table = Table(title="Pipelines: freshness and last run (lgsp status)")
+    table.add_column("pipeline", no_wrap=True)
+    for col in ("freshness", "synced", "warn / stale", "last run", "quarantine", "circuit"):
+        table.add_column(col, justify="right" if col == "quarantine" else "left")
+    for p in sorted(report["pipelines"], key=lambda p: -SEVERITY[p["state"]]):
+        run = p["last_run"]
+        objective = ("-" if p["warn_after_s"] is None
+                     else f"{human_age(p['warn_after_s'])} / {human_age(p['error_after_s'])}")
+        synced = datetime.fromisoformat(p["synced_at"]) if p["synced_at"] else None
+        last = "-" if run is None else (f"{run['status']} {_when(run['started_at'], now)}, "
+                                        f"{run.get('rows_pulled') or 0:,} rows")
+        table.add_row(p["pipeline"], f"[{STATE_COLOUR[p['state']]}]{p['state']}[/]", _when(synced, now), objective,
+                      last, f"{p['open_quarantine']:,}", p["circuit"] or "-")
+    console.print(table)
+    if report["feeds"]:
+        feeds = Table(title="Push feeds (lgsp outbox)")
+        for col in ("feed", "system", "waiting", "oldest waiting", "dead", "acked", "last acknowledged"):
+            feeds.add_column(col)
+        for f in report["feeds"]:
+            feeds.add_row(f["feed"], f["system"], str(f["waiting"]), _when(f["oldest_waiting_at"], now),
+                          f"[red]{f['dead']}[/]" if f["dead"] else "0", str(f["acked"]), _when(f["last_acked_at"], now))
+        console.print(feeds)
+    if not report["problems"]:
+        console.print("[green]nothing needs attention: every pipeline with an objective is fresh, no dead letter[/]")
+    for problem in report["problems"]:
+        colour = "red" if problem["severity"] == "error" else "yellow"
+        console.print(f"[{colour}]{problem['severity']}:[/] {problem['problem']}")
