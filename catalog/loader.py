@@ -98,6 +98,10 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
         for other in feed.after:
             if other not in catalog.feeds:
                 raise CatalogError(f"{where}.after: unknown feed '{other}'")
+        tables = {d.table_name: d for d in catalog.datasets.values()}
+        if feed.due is not None and feed.table in tables and feed.due.period_column not in tables[feed.table].columns:
+            raise CatalogError(f"{where}.due.period_column: '{feed.due.period_column}' is not a column of "
+                               f"{feed.table}")
     _check_indicators(catalog, directory)
 
 

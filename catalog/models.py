@@ -374,12 +374,26 @@ class FieldMapSpec(Strict):
         return self
 
 
+class FeedDueSpec(Strict):
+    """When a feed's report for a period is due: `after` (seconds, or "5d", "12h") once the period
+    (the row's `period_column`: '2025-08', '2025-Q3', '2025', or a date range) has ended, local time."""
+
+    period_column: str
+    after: float = Field(ge=0)
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return duration_s(value)
+
+
 class FeedSpec(Strict):
     """A push feed: rows of a warehouse table -> messages to a system, through the outbox.
 
     Every message carries an idempotency key (the receiver deduplicates on it)
     and is retried until acknowledged, or until `max_attempts`, after which it
     is dead-lettered (`lgsp outbox list --status dead`, `lgsp outbox retry`).
+    `due` says when each period's report must have been acknowledged (lgsp.deadlines).
     """
 
     name: Identifier
@@ -397,6 +411,7 @@ class FeedSpec(Strict):
     after: list[Identifier] = []
     max_attempts: int = Field(8, ge=1)
     schedule: str | None = None
+    due: FeedDueSpec | None = None
     tags: list[str] = []
 
 

@@ -8,7 +8,7 @@
     lgsp quarantine list|show|replay|close   see, replay and close rejected rows
     lgsp drift DATASET        ask the source for a sample of lgsp's copy now: what drifted, and why
     lgsp reconcile [PIPELINE] does lgsp hold every record the source counts (copy + quarantine)?
-    lgsp status               is every dataset fresh? last runs, quarantine, circuits, push feeds; exit 1 if stale
+    lgsp status               every dataset fresh, every report due acknowledged? exit 1 if not
     lgsp push FEED            enqueue and send a push feed (outbox)
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
@@ -641,9 +641,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the report 
            alert: bool = typer.Option(False, help="first run the lgsp_freshness DAG on Airflow: alert on pipelines "
                                                   "gone stale or fresh again since its last check")) -> None:
     """Is every dataset fresh? Each pipeline's last complete sync against its objective, its last run, open
-    quarantine and circuit; each push feed's waiting and dead messages; the problems and what to do.
+    quarantine and circuit; each push feed's waiting and dead messages and its reports' deadlines; the
+    problems and what to do.
 
-    Exits 1 when a pipeline is stale (or never synced) or a push feed has dead letters; a warning exits 0.
+    Exits 1 when a pipeline is stale (or never synced), a report is overdue or a push feed has dead letters;
+    a warning exits 0.
     """
     from lgsp.status import as_json as report_json, print_status, status_report
 

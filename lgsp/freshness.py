@@ -13,9 +13,10 @@ that brought nothing new counts, a backfill does not). Its `freshness` in catalo
 
 A dataset's state is the worst of the pipelines that fill it (the gateway shows it to agencies).
 
-`check_and_alert` is the lgsp_freshness DAG's task: it judges every pipeline, keeps each one's
-state in `lgsp_freshness`, and sends one alert (lgsp.alerts) when a pipeline goes stale and one
-when it is fresh again, not one per check. Example alert body::
+`check_and_alert` is the lgsp_freshness DAG's task: it judges every pipeline, and every push
+feed's report deadlines (lgsp.deadlines), keeps each one's state in `lgsp_freshness`, and sends
+one alert (lgsp.alerts) when a pipeline goes stale (a report overdue) and one when it is fresh
+again (delivered), not one per check. Example alert body::
 
     {"kind": "stale", "dag_id": "lgsp_tthc_dossiers", "summary": "tthc_dossiers is stale: last complete sync
      4h 12m ago (stale after 4h); last run failed at 2026-12-05T03:00:00+00:00: FatalError: tthc ...", ...}
@@ -141,25 +142,65 @@ def _alert_for(fresh: Freshness, previous: str | None, last_failure: str | None)
     return None
 
 
+def overdue_text(feed: str, period: dict[str, Any]) -> str:
+    """"government_report: the report for 2025-10, due 2025-11-05 00:00 +07, has 6 of its 8 rows acknowledged"."""
+    return (f"{feed}: the report for {period['period']}, due {period['due_at']:%Y-%m-%d %H:%M} +07, has "
+            f"{period['acknowledged']} of its {period['rows']} rows acknowledged")
+
+
+def _feed_alert(deadlines: dict[str, Any], previous: str | None, push_dag: str) -> Any:
+    """The alert for a feed that fell behind its deadlines, or caught up (None otherwise)."""
+    from lgsp.alerts import Alert, dag_url
+
+    feed, overdue = deadlines["feed"], deadlines["overdue"]
+    if overdue and previous != "overdue":
+        summary = "; ".join(overdue_text(feed, p) for p in overdue[-3:])
+        return Alert(kind="overdue", dag_id=push_dag, dag_url=dag_url(push_dag),
+                     summary=f"{summary}; see `lgsp status` and `lgsp outbox list --feed {feed}`"[:1000])
+    if not overdue and previous == "overdue":
+        last = deadlines["last_delivered"]
+        return Alert(kind="delivered", dag_id=push_dag, dag_url=dag_url(push_dag),
+                     summary=f"{feed}: every report due is acknowledged again"
+                             + (f" (the latest: {last['period']})" if last else ""))
+    return None
+
+
+def _push_dag(catalog: Catalog, feed: str) -> str:
+    """The DAG that sends `feed`: its own, or the first feed's it runs `after`."""
+    spec = catalog.feeds[feed]
+    return _push_dag(catalog, spec.after[0]) if spec.after else f"lgsp_push_{feed}"
+
+
 def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
-    """Judge every pipeline, keep the states in `lgsp_freshness`, alert on going stale and on recovering."""
+    """Judge every pipeline and every feed's deadlines, keep the states in `lgsp_freshness`, and alert on a
+    pipeline going stale or a report going overdue, and on each recovering."""
     from lgsp.alerts import send
+    from lgsp.deadlines import all_deadlines
     from lgsp.report import last_failure
 
     now = now or datetime.now(timezone.utc)
     table = wh.system["lgsp_freshness"]
     with wh.engine.connect() as conn:
         judged = [f for f in pipeline_freshness(conn, wh.system, catalog, now) if f.state != "unchecked"]
-        kept = {r.pipeline: r for r in conn.execute(sa.select(table))}
-    alerts = []
+        kept = {r.subject: r for r in conn.execute(sa.select(table))}
+    alerts, states = [], {}
     for fresh in judged:
         previous = kept[fresh.pipeline].state if fresh.pipeline in kept else None
         alert = _alert_for(fresh, previous, last_failure(wh, fresh.pipeline))
         if alert is not None:
-            alerts.append({"pipeline": fresh.pipeline, "kind": alert.kind, "sent_to": send(alert)})
-    rows = [{"pipeline": f.pipeline, "state": f.state, "synced_at": f.synced_at, "checked_at": now,
-             "since": (utc(kept[f.pipeline].since) if f.pipeline in kept and kept[f.pipeline].state == f.state
-                       else now)} for f in judged]
+            alerts.append({"subject": fresh.pipeline, "kind": alert.kind, "sent_to": send(alert)})
+        states[fresh.pipeline] = (fresh.state, fresh.synced_at)
+    for deadlines in all_deadlines(wh, catalog, now):
+        subject = f"feed:{deadlines['feed']}"
+        previous = kept[subject].state if subject in kept else None
+        alert = _feed_alert(deadlines, previous, _push_dag(catalog, deadlines["feed"]))
+        if alert is not None:
+            alerts.append({"subject": subject, "kind": alert.kind, "sent_to": send(alert)})
+        states[subject] = ("overdue" if deadlines["overdue"] else "fresh", None)
+    rows = [{"subject": subject, "state": state, "synced_at": synced_at, "checked_at": now,
+             "since": (utc(kept[subject].since) if subject in kept and kept[subject].state == state else now)}
+            for subject, (state, synced_at) in states.items()]
     with wh.transaction() as conn:
-        wh.upsert(conn, table, rows, ["pipeline"])
-    return {"checked": len(judged), "states": {f.pipeline: f.state for f in judged}, "alerts": alerts}
+        wh.upsert(conn, table, rows, ["subject"])
+    return {"checked": len(rows), "states": {subject: state for subject, (state, _) in states.items()},
+            "alerts": alerts}

@@ -73,7 +73,7 @@ def _hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _candidates(wh: Warehouse, feed: FeedSpec) -> list[tuple[str, str, dict[str, Any]]]:
+def candidates(wh: Warehouse, feed: FeedSpec) -> list[tuple[str, str, dict[str, Any]]]:
     """(record key, content hash, row) of every source row, hash over what the receiver cares about."""
     table = wh.table(feed.table)
     query = sa.select(table)
@@ -94,7 +94,7 @@ def enqueue(wh: Warehouse, catalog: Catalog, feed: FeedSpec) -> int:
     with wh.engine.connect() as conn:
         sent = {(r.record_key, r.content_hash) for r in
                 conn.execute(sa.select(items.c.record_key, items.c.content_hash).where(items.c.feed == feed.name))}
-    fresh = [c for c in _candidates(wh, feed) if (c[0], c[1]) not in sent]
+    fresh = [c for c in candidates(wh, feed) if (c[0], c[1]) not in sent]
     system = catalog.systems[feed.system]
     messages, links = [], []
     for start in range(0, len(fresh), feed.batch_size):

@@ -3,7 +3,8 @@
 Per pipeline: its freshness (lgsp.freshness: the age of its last complete sync against its
 objective), its last run (status, when, rows, the error if it failed or its load was refused),
 the dataset's open quarantine and its system's circuit. Per push feed: messages waiting, dead
-letters, the oldest one not acknowledged. Then the problems, each with what to do. It reads only
+letters, the oldest one not acknowledged and, for a feed with `due`, its reports' deadlines
+(lgsp.deadlines: periods past due, those not acknowledged). Then the problems, each with what to do. It reads only
 the warehouse's bookkeeping (no source is asked; `lgsp health` does that).
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog.models import Catalog
-from lgsp.freshness import SEVERITY, human_age, pipeline_freshness
+from lgsp.deadlines import all_deadlines
+from lgsp.freshness import SEVERITY, human_age, overdue_text, pipeline_freshness
 from warehouse.store import Warehouse, utc
 
 RUN_COUNTS = ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")
@@ -108,7 +110,13 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
             problems.append({"severity": "warning", "pipeline": fresh.pipeline, "problem": (
                 f"{spec.source.system}: circuit {circuit['state']} since {_iso(utc(circuit['opened_at']))}: "
                 f"{circuit['last_error'] or 'no error kept'}; `lgsp health --system {spec.source.system}`")})
+    deadlines = {d["feed"]: d for d in all_deadlines(wh, catalog, now)}
     for feed in feeds:
+        feed["deadlines"] = deadlines.get(feed["feed"])
+        for period in (feed["deadlines"] or {}).get("overdue", []):
+            problems.append({"severity": "error", "feed": feed["feed"], "problem": (
+                f"{overdue_text(feed['feed'], period)}: the receiver has not got all of it; `lgsp outbox list "
+                f"--feed {feed['feed']}` shows what waits, `lgsp push {feed['feed']}` sends it")})
         if feed["dead"]:
             problems.append({"severity": "error", "feed": feed["feed"], "problem": (
                 f"push feed {feed['feed']}: {feed['dead']} dead message(s); `lgsp outbox list --status dead`, "
@@ -131,12 +139,26 @@ def _when(value: datetime | None, now: datetime) -> str:
 
 
 def freshness_line(report: dict[str, Any]) -> str:
-    """One line for the demo's summary: how many pipelines are in each state."""
+    """One line for the demo's summary: how many pipelines are in each state, how many reports are overdue."""
     counts: dict[str, int] = {}
     for p in report["pipelines"]:
         counts[p["state"]] = counts.get(p["state"], 0) + 1
     states = ", ".join(f"{counts[s]} {s}" for s in ("fresh", "warn", "stale", "never", "unchecked") if s in counts)
-    return f"Freshness: {states} (of {len(report['pipelines'])} pipelines; `lgsp status` says why)"
+    reports = [f["deadlines"] for f in report["feeds"] if f.get("deadlines")]
+    due = sum(d["periods_due"] for d in reports)
+    overdue = sum(len(d["overdue"]) for d in reports)
+    return (f"Freshness: {states} (of {len(report['pipelines'])} pipelines); reports due: {due}, "
+            f"{overdue} overdue (`lgsp status` says why)")
+
+
+def _reports(deadlines: dict[str, Any] | None) -> str:
+    """"36, 2 overdue; 2025-09: 8/8": the periods past due, how many are not delivered, the last that is."""
+    if deadlines is None:
+        return "-"
+    last = deadlines["last_delivered"]
+    overdue = len(deadlines["overdue"])
+    return (f"{deadlines['periods_due']}" + (f", [red]{overdue} overdue[/]" if overdue else "")
+            + (f"; {last['period']}: {last['acknowledged']}/{last['rows']}" if last else ""))
 
 
 def print_status(console: Console, report: dict[str, Any]) -> None:
@@ -158,14 +180,17 @@ def print_status(console: Console, report: dict[str, Any]) -> None:
     console.print(table)
     if report["feeds"]:
         feeds = Table(title="Push feeds (lgsp outbox)")
-        for col in ("feed", "system", "waiting", "oldest waiting", "dead", "acked", "last acknowledged"):
+        feeds.add_column("feed", no_wrap=True)
+        for col in ("waiting", "dead", "acked", "last acknowledged", "reports due"):
             feeds.add_column(col)
         for f in report["feeds"]:
-            feeds.add_row(f["feed"], f["system"], str(f["waiting"]), _when(f["oldest_waiting_at"], now),
-                          f"[red]{f['dead']}[/]" if f["dead"] else "0", str(f["acked"]), _when(f["last_acked_at"], now))
+            waiting = f"{f['waiting']} (oldest {_when(f['oldest_waiting_at'], now)})" if f["waiting"] else "0"
+            feeds.add_row(f["feed"], waiting, f"[red]{f['dead']}[/]" if f["dead"] else "0", str(f["acked"]),
+                          _when(f["last_acked_at"], now), _reports(f["deadlines"]))
         console.print(feeds)
     if not report["problems"]:
-        console.print("[green]nothing needs attention: every pipeline with an objective is fresh, no dead letter[/]")
+        console.print("[green]nothing needs attention: every pipeline with an objective is fresh, no report "
+                      "overdue, no dead letter[/]")
     for problem in report["problems"]:
         colour = "red" if problem["severity"] == "error" else "yellow"
         console.print(f"[{colour}]{problem['severity']}:[/] {problem['problem']}")

@@ -177,7 +177,7 @@ def test_the_check_alerts_once_when_a_pipeline_goes_stale_and_once_when_it_is_fr
 
         _age(wh, "documents", 7)  # stale after 6h
         stale = check_and_alert(wh, catalog)
-        assert stale["alerts"] == [{"pipeline": "documents", "kind": "stale", "sent_to": ["webhook"]}]
+        assert stale["alerts"] == [{"subject": "documents", "kind": "stale", "sent_to": ["webhook"]}]
         alert = hook.received[-1]
         assert alert["kind"] == "stale" and alert["dag_id"] == "lgsp_documents"
         assert alert["dag_url"] == "http://airflow.lgsp.local:8080/dags/lgsp_documents"
@@ -187,12 +187,12 @@ def test_the_check_alerts_once_when_a_pipeline_goes_stale_and_once_when_it_is_fr
 
         table = wh.system["lgsp_freshness"]
         with wh.engine.connect() as conn:
-            kept = conn.execute(sa.select(table).where(table.c.pipeline == "documents")).one()
+            kept = conn.execute(sa.select(table).where(table.c.subject == "documents")).one()
         assert kept.state == "stale"
 
         runner.run_pipeline("documents")
         recovered = check_and_alert(wh, catalog)
-        assert recovered["alerts"] == [{"pipeline": "documents", "kind": "fresh", "sent_to": ["webhook"]}]
+        assert recovered["alerts"] == [{"subject": "documents", "kind": "fresh", "sent_to": ["webhook"]}]
         assert hook.received[-1]["kind"] == "fresh" and len(hook.received) == 2
         assert "documents is fresh again" in str(hook.received[-1]["summary"])
     finally:

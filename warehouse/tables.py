@@ -114,10 +114,10 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("applied_at", TZ, nullable=False),
         sa.Column("previous_dropped_at", TZ),  # when retention dropped the kept table (`migrate.drop_previous`)
     )
-    freshness = sa.Table(  # each pipeline's freshness as the lgsp_freshness DAG last judged it (alerts on changes)
-        "lgsp_freshness", metadata,
-        sa.Column("pipeline", sa.Text, primary_key=True),
-        sa.Column("state", sa.Text, nullable=False),  # fresh, warn, stale, never
+    freshness = sa.Table(  # each pipeline's freshness and each feed's deadlines as the lgsp_freshness DAG last
+        "lgsp_freshness", metadata,  # judged them (it alerts on changes)
+        sa.Column("subject", sa.Text, primary_key=True),  # a pipeline's name, or `feed:<name>`
+        sa.Column("state", sa.Text, nullable=False),  # fresh, warn, stale, never; a feed: fresh or overdue
         sa.Column("since", TZ, nullable=False),  # when it entered that state (as first judged)
         sa.Column("synced_at", TZ),
         sa.Column("checked_at", TZ, nullable=False),
