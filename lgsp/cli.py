@@ -12,7 +12,7 @@
     lgsp push FEED            enqueue and send a push feed (outbox)
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
-    lgsp lake info|compact    files and rows per lake partition; merge small Parquet files
+    lgsp lake info|compact|conform   files and rows per partition; merge small files; rewrite to the definition
     lgsp warehouse plan|migrate   bring core tables to their datasets' changed definitions
     lgsp indicators compute|list|export|dashboard|rank   indicators, open data, the dashboard, rankings
     lgsp airflow start        api-server, scheduler, dag-processor, triggerer (+ Celery workers) until Ctrl-C
@@ -494,6 +494,35 @@ def lake_compact(dataset: str = typer.Argument(None, help="one dataset (default:
                           f"{r.files_after} ({r.rows} rows)")
         merged += len(results)
     console.print(f"compacted {merged} partition(s)")
+
+
+@lake_app.command("conform")
+def lake_conform(dataset: str = typer.Argument(None, help="one dataset (default: all)"),
+                 dry_run: bool = typer.Option(False, help="say which files would be rewritten, change nothing")
+                 ) -> None:
+    """Rewrite the files a dataset's changed definition left behind (a column's type changed, a field kept in
+    `_extras` declared) in its declared shape, so pyarrow, pandas and DuckDB read it as one dataset again.
+
+    `lgsp warehouse migrate` runs it; a value that does not convert changes no file (exit 1, counts per column).
+    """
+    from warehouse.conform import conform_lake
+    from warehouse.lake import Lake
+
+    catalog, lake, failed = load_catalog(), Lake(load_settings().lake_root), False
+    for name in _lake_dataset(lake, dataset):
+        if name not in catalog.datasets:
+            continue
+        try:
+            done = conform_lake(lake, catalog.datasets[name], dry_run=dry_run)
+        except (OSError, ValueError) as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            failed = True
+            continue
+        verb = "would rewrite" if dry_run else "rewrote"
+        console.print(f"{name}: {verb} {done.files} file(s) in {done.partitions} partition(s), {done.rows} rows"
+                      if done.files else f"{name}: every file has the declared shape")
+    if failed:
+        raise typer.Exit(1)
 
 
 @lake_app.command("prune")

@@ -16,10 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -30,7 +32,10 @@ from catalog.models import Catalog, DatasetSpec, SharedDatasetSpec
 from lgsp import runner
 from lgsp.cli import app as lgsp_app
 from test_write_modes import T0, batch, firm_spec, firms, write
+from schemas.arrow import arrow_schema
 from warehouse import Warehouse
+from warehouse.conform import conform_lake
+from warehouse.lake import Lake
 from warehouse.migrate import MigrationError, migrate_dataset, plan
 from warehouse.shared import create_shared_views
 from warehouse.store import SchemaMigrationNeeded, utc
@@ -99,6 +104,17 @@ def test_a_field_declared_after_it_was_loaded_moves_from_extras_and_a_full_refre
         shared = conn.execute(sa.text("SELECT count(*) FROM shared_enterprise")).scalar_one()
     assert tuple(change) == ("enterprise", len(emails))
     assert shared == sum(1 for r in after if r["is_current"])  # the shared view is on the new table
+
+    lake = Lake(lgsp_env.lake_root)  # type: ignore[attr-defined]
+    in_lake = {r["tax_code"]: json.loads(r["_extras"])["email"] for r in lake.read_dataset("enterprise").to_pylist()
+               if r["_extras"] and "email" in json.loads(r["_extras"])}
+    assert in_lake == emails and "email" not in lake.read_dataset("enterprise").column_names
+    conformed = conform_lake(lake, real.datasets["enterprise"])  # the lake too (`lgsp warehouse migrate` runs it)
+    assert conformed.files >= 1 and conformed.rows == lake.read_dataset("enterprise").num_rows
+    rows = lake.read_dataset("enterprise").to_pylist()
+    assert {r["tax_code"]: r["email"] for r in rows if r["email"] is not None} == emails
+    assert all(r["_extras"] is None or "email" not in json.loads(r["_extras"]) for r in rows)
+    assert conform_lake(lake, real.datasets["enterprise"]).files == 0  # nothing left to rewrite
 
     again = runner.run_pipeline("business_enterprises", full_refresh=True, catalog=real)
     assert again["rows_changed"] == 0, "a full refresh after the migration must find every row as a load makes it"
@@ -224,6 +240,61 @@ def test_a_type_change_converts_every_value_or_changes_nothing(database_url: str
     assert write(wh, integer.datasets["firm"], batch([{**firms(1)[0], "employees": 12}], "b2")) == 1
 
 
+def test_the_lake_is_rewritten_in_a_changed_type_or_left_as_it_was(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    lake = Lake(tmp_path / "lake")
+    days = [date(2025, 8, 1), date(2025, 8, 2)]
+
+    def typed(records: list[dict[str, Any]], batch_id: str, kind: str) -> pa.Table:
+        table, declared = batch(records, batch_id), arrow_schema(typed_firm(kind))
+        return table.cast(pa.schema([declared.field(n) if n in declared.names else table.schema.field(n)
+                                     for n in table.column_names]))
+
+    records = [{**r, "employees": str(i % 50)} for i, r in enumerate(firms(40))]
+    records[7]["employees"] = "many"
+    first = lake.write_parquet(typed(records[:20], "b1", "string"), "firm", days[0], "b1")
+    lake.write_parquet(typed(records[20:], "b2", "string"), "firm", days[1], "b2")
+    later = [{**r, "employees": i} for i, r in enumerate(firms(5, start=40))]  # loaded after the type changed
+    lake.write_parquet(typed(later, "b3", "integer"), "firm", days[1], "b3")
+    with pytest.raises(ValueError, match="`lgsp lake conform firm` rewrites the older files"):
+        lake.read_dataset("firm")
+    files = {p: p.read_bytes() for p in lake.dataset_path("firm").rglob("*.parquet")}
+
+    with pytest.raises(ValueError, match=r"employees: not a valid integer: 1 value\(s\)\); .*no file was changed"):
+        conform_lake(lake, typed_firm("integer"))
+    assert {p: p.read_bytes() for p in lake.dataset_path("firm").rglob("*.parquet")} == files
+    assert not list((lake.root / ".staging").rglob("*.parquet"))
+
+    records[7]["employees"] = "7"  # the batch written again with the value corrected
+    lake.write_parquet(typed(records[:20], "b1", "string"), "firm", days[0], "b1")
+    monkeypatch.setenv("LGSP_LAKE", str(lake.root))
+    monkeypatch.setenv("LGSP_CATALOG_DIR", str(_catalog_with(tmp_path, typed_firm("integer"))))
+    would = CliRunner().invoke(lgsp_app, ["lake", "conform", "firm", "--dry-run"])
+    assert would.exit_code == 0 and "firm: would rewrite 2 file(s) in 2 partition(s), 40 rows" in said(would)
+    done = CliRunner().invoke(lgsp_app, ["lake", "conform", "firm"])
+    assert done.exit_code == 0 and "firm: rewrote 2 file(s) in 2 partition(s), 40 rows" in said(done)
+    table = lake.read_dataset("firm")
+    assert table.schema.field("employees").type == pa.int64() and table.num_rows == 45
+    assert sorted(table.column("employees").to_pylist()) == sorted([i % 50 for i in range(40)] + list(range(5)))
+    with duckdb.connect() as con:  # one type in every file: DuckDB reads them without union_by_name
+        total = con.execute("SELECT sum(employees) FROM read_parquet(?)",
+                            [f"{lake.dataset_path('firm')}/**/*.parquet"]).fetchone()
+    assert total == (sum(i % 50 for i in range(40)) + 10,)
+    assert lake.read_batch(first).num_rows == 20  # a batch's file keeps its name
+    assert "every file has the declared shape" in said(CliRunner().invoke(lgsp_app, ["lake", "conform", "firm"]))
+    assert [(c.files_before, c.files_after) for c in lake.compact("firm", min_age=timedelta(0))] == [(2, 1)]
+
+
+def _catalog_with(tmp_path: Path, dataset: DatasetSpec) -> Path:
+    """The real catalog on disk, with `dataset` added to datasets.yaml."""
+    folder = tmp_path / "catalog"
+    shutil.copytree(Path(__file__).parent.parent / "catalog", folder, ignore=shutil.ignore_patterns("*.py", "__*"))
+    datasets = yaml.safe_load((folder / "datasets.yaml").read_text())
+    datasets["datasets"][dataset.name] = json.loads(dataset.model_dump_json(exclude_defaults=True))
+    (folder / "datasets.yaml").write_text(yaml.safe_dump(datasets, allow_unicode=True))
+    return folder
+
+
 def test_a_column_made_required_needs_a_value_in_every_row(database_url: str) -> None:
     wh, catalog = firm_warehouse(database_url, typed_firm("string"))
     records = [{**r, "employees": None if i < 3 else "5"} for i, r in enumerate(firms())]
@@ -259,11 +330,7 @@ def test_a_column_no_longer_declared_moves_to_extras(database_url: str) -> None:
 def test_the_cli_plans_migrates_and_lists(lgsp_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wh, catalog = firm_warehouse(lgsp_env.database_url, firm_spec("merge"))  # type: ignore[attr-defined]
     write(wh, catalog.datasets["firm"], batch(firms(), "b1"))
-    folder = tmp_path / "catalog"  # the catalog on disk: the real one, with firm declared a history dataset now
-    shutil.copytree(Path(__file__).parent.parent / "catalog", folder, ignore=shutil.ignore_patterns("*.py", "__*"))
-    datasets = yaml.safe_load((folder / "datasets.yaml").read_text())
-    datasets["datasets"]["firm"] = json.loads(firm_spec("history").model_dump_json(exclude_defaults=True))
-    (folder / "datasets.yaml").write_text(yaml.safe_dump(datasets, allow_unicode=True))
+    folder = _catalog_with(tmp_path, firm_spec("history"))  # the catalog on disk, firm a history dataset now
     monkeypatch.setenv("LGSP_CATALOG_DIR", str(folder))
     cli = CliRunner()
     planned = cli.invoke(lgsp_app, ["warehouse", "plan", "firm"])

@@ -92,12 +92,33 @@ def migrate_command(datasets: list[str] = typer.Argument(None, help="core datase
                       f"(change {done.migration_id}) in {done.seconds:.1f}s{kept}")
         for text in done.steps:
             console.print(f"  - {text}")
+        _conform_lake(catalog, name)
         if done.retyped_shared:
             console.print(f"[bold yellow]restart `lgsp serve` now[/]: the type of shared column(s) "
                           f"{', '.join(done.retyped_shared)} changed, and a running gateway reads the catalog, and "
                           "prepares its statements, as they were when it started")
     if failed:
         raise typer.Exit(1)
+
+
+def _conform_lake(catalog: Any, name: str) -> None:
+    """After a table's migration, the dataset's lake files too (`lgsp lake conform`); a refusal is told, not
+    raised: the table is migrated, and the files keep their old shape until the command is run again."""
+    from lgsp.settings import load_settings
+    from warehouse.conform import conform_lake
+    from warehouse.lake import Lake
+
+    lake = Lake(load_settings().lake_root)
+    if name not in lake.datasets():
+        return
+    try:
+        done = conform_lake(lake, catalog.datasets[name])
+    except (OSError, ValueError) as exc:
+        console.print(f"[bold yellow]the lake's files were left as they were:[/] {exc}")
+        return
+    if done.files:
+        console.print(f"  - the lake: {done.files} file(s) in {done.partitions} partition(s) rewritten in the declared "
+                      f"shape ({done.rows} rows)")
 
 
 @app.command("migrations")

@@ -21,6 +21,11 @@ Batch writes and compaction exclude each other through a lock file per dataset
 
 Landed pages are kept until `lgsp lake prune` deletes those of batches loaded long enough
 ago (`Lake.prune_pages`, `lgsp.retention`); their manifests stay.
+
+When a dataset's definition changes a column's type, or declares a field older files keep in
+`_extras`, `Lake.conform` rewrites those files in the declared shape (same names, partitions
+swapped whole as compaction does), so the dataset reads as one again (`lgsp lake conform`, run
+by `lgsp warehouse migrate`).
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -283,7 +288,7 @@ class Lake:
             schema = pa.unify_schemas([pq.read_schema(f).remove_metadata() for f in files]) if files else None
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise ValueError(f"lake dataset {dataset}: its files disagree on a column's type ({exc}); "
-                             "read the partitions before and after the type changed apart") from None
+                             f"`lgsp lake conform {dataset}` rewrites the older files in the declared type") from None
         return pads.dataset(self.dataset_path(dataset), format="parquet",
                             schema=schema.append(partition) if schema is not None else None,
                             partitioning=pads.partitioning(pa.schema([partition]), flavor="hive")).to_table()
@@ -373,6 +378,52 @@ class Lake:
                           files_after=len(groups), rows=sum(pq.ParquetFile(f).metadata.num_rows
                                                             for f in part.glob("*.parquet")))
 
+    def conform(self, dataset: str, rewrite: Callable[[pa.Table], pa.Table | None],
+                refusal: Callable[[], str | None] = lambda: None, dry_run: bool = False) -> Conformed:
+        """Rewrite the dataset's files that `rewrite` changes (it returns None for a file left as it is).
+
+        Used after `lgsp warehouse migrate` changed a column's type or declared a field kept in `_extras`
+        (warehouse.migrate.conform_lake): every file is read, each changed one written under the same
+        name (its batches' provenance kept), the others hard-linked, into `.staging/`; if `refusal()`
+        then says why not (values that do not convert), nothing changes and ValueError says so.
+        Otherwise each partition that changed is swapped in whole (`renameat2`), as compaction does,
+        under the dataset's exclusive lock: readers see every row once, before or after.
+        """
+        changed: list[Path] = []
+        with self._dataset_lock(dataset, exclusive=True):
+            _discard(self.root / ".staging" / dataset)
+            staging_root = self.root / ".staging" / dataset / uuid.uuid4().hex
+            try:
+                staged = []
+                for part in self.partitions(dataset):
+                    staging, touched = staging_root / part.name, False
+                    staging.mkdir(parents=True)
+                    for path in sorted(part.glob("*.parquet")):
+                        table = pq.read_table(path)
+                        new = rewrite(table)
+                        if new is None:
+                            os.link(path, staging / path.name)
+                            continue
+                        pq.write_table(new.replace_schema_metadata(table.schema.metadata), staging / path.name,
+                                       compression="zstd")
+                        _fsync(staging / path.name)
+                        changed.append(path)
+                        touched = True
+                    if touched:
+                        staged.append((staging, part))
+                reason = refusal()
+                if reason:
+                    raise ValueError(f"lake dataset {dataset}: {reason}; no file was changed")
+                if not dry_run:
+                    for staging, part in staged:
+                        _fsync(staging)
+                        _exchange_dirs(staging, part)  # readers now see the rewritten partition whole
+                        _fsync(part.parent)
+            finally:
+                _discard(staging_root)  # the old partitions (swapped out) or the unused copies
+        return Conformed(dataset=dataset, files=len(changed), partitions=len({p.parent for p in changed}),
+                         rows=sum(pq.ParquetFile(p).metadata.num_rows for p in changed), dry_run=dry_run)
+
     @contextmanager
     def _dataset_lock(self, dataset: str, exclusive: bool) -> Iterator[None]:
         """Writers share the dataset's lock; compaction holds it alone."""
@@ -403,6 +454,17 @@ class Compaction:
     files_before: int
     files_after: int
     rows: int
+
+
+@dataclass(frozen=True)
+class Conformed:
+    """What `Lake.conform` rewrote (or, with `dry_run`, would rewrite)."""
+
+    dataset: str
+    files: int
+    partitions: int
+    rows: int
+    dry_run: bool
 
 
 def _partition_date(part: Path) -> date:
