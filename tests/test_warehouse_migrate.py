@@ -271,8 +271,13 @@ def test_the_lake_is_rewritten_in_a_changed_type_or_left_as_it_was(tmp_path: Pat
     monkeypatch.setenv("LGSP_CATALOG_DIR", str(_catalog_with(tmp_path, typed_firm("integer"))))
     would = CliRunner().invoke(lgsp_app, ["lake", "conform", "firm", "--dry-run"])
     assert would.exit_code == 0 and "firm: would rewrite 2 file(s) in 2 partition(s), 40 rows" in said(would)
-    done = CliRunner().invoke(lgsp_app, ["lake", "conform", "firm"])
-    assert done.exit_code == 0 and "firm: rewrote 2 file(s) in 2 partition(s), 40 rows" in said(done)
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"  # the table too, loaded before the type changed
+    wh, catalog = firm_warehouse(url, typed_firm("string"))
+    write(wh, catalog.datasets["firm"], batch(records, "b1"))
+    monkeypatch.setenv("LGSP_DATABASE_URL", url)
+    done = CliRunner().invoke(lgsp_app, ["warehouse", "migrate", "firm"])  # the table, then the lake
+    assert done.exit_code == 0 and "firm: migrated 40 -> 40 rows, 40 changed" in said(done), done.output
+    assert "the lake: 2 file(s) in 2 partition(s) rewritten in the declared shape (40 rows)" in said(done)
     table = lake.read_dataset("firm")
     assert table.schema.field("employees").type == pa.int64() and table.num_rows == 45
     assert sorted(table.column("employees").to_pylist()) == sorted([i % 50 for i in range(40)] + list(range(5)))
