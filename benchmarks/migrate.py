@@ -8,6 +8,9 @@ as a load does with a field the definition does not declare yet). Then:
   sql_rewrite    the floor of any rebuild: CREATE TABLE ... AS SELECT * and its primary key, in SQL
   promote        `phone` declared: every row's phone moves from `_extras` into its column
   to_history     the write mode becomes history: every row becomes its record's current version
+  lake_copy      the floor of rewriting the same rows' Parquet files (read, write, no change)
+  lake_promote   `lgsp lake conform` (what the migration runs next): every file's phones moved from
+                 `_extras` into the column, the files rewritten and their partitions swapped
 
 Each migration is one transaction, the rows passed through the loader's typing and hashed again.
 Prints a table and, as the last line, the figures as JSON.
@@ -22,12 +25,13 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -38,6 +42,8 @@ from catalog import load_catalog  # noqa: E402
 from catalog.models import Catalog  # noqa: E402
 from lgsp.runner import _with_lineage  # noqa: E402
 from warehouse import Warehouse  # noqa: E402
+from warehouse.conform import conform_lake  # noqa: E402
+from warehouse.lake import Lake  # noqa: E402
 from warehouse.migrate import migrate_dataset, plan  # noqa: E402
 
 T0 = datetime(2025, 7, 1, tzinfo=timezone.utc)
@@ -74,6 +80,22 @@ def fill(url: str, catalog: Catalog, rows: int) -> float:
         wh.write_chunks(conn, catalog.datasets["citizen"],
                         (chunk(start, min(CHUNK, rows - start)) for start in range(0, rows, CHUNK)))
     wh.engine.dispose()
+    return time.perf_counter() - started
+
+
+def fill_lake(lake: Lake, rows: int) -> None:
+    """The same citizens as Parquet batches of CHUNK rows, over two ingest dates."""
+    for number, start in enumerate(range(0, rows, CHUNK)):
+        day = date(2025, 8, 1 + number % 2)
+        lake.write_parquet(chunk(start, min(CHUNK, rows - start)), "citizen", day, f"bench-{number:04d}")
+
+
+def lake_copy(lake: Lake) -> float:
+    """Every file read and written again beside it, unchanged: what any rewrite of the files costs."""
+    started = time.perf_counter()
+    for path in lake.dataset_path("citizen").glob("*/*.parquet"):
+        pq.write_table(pq.read_table(path), path.with_suffix(".copy"), compression="zstd")
+        path.with_suffix(".copy").unlink()
     return time.perf_counter() - started
 
 
@@ -123,6 +145,16 @@ def main() -> None:
                              "rows_per_s": round(args.rows / done.seconds),
                              "x_sql_rewrite": round(done.seconds / rewrite, 1)}
             wh.engine.dispose()
+        lake = Lake(home / "lake")
+        fill_lake(lake, args.rows)
+        copy = lake_copy(lake)
+        figures["lake_copy_seconds"] = round(copy, 3)
+        started = time.perf_counter()
+        conformed = conform_lake(lake, declared.datasets["citizen"])
+        seconds = time.perf_counter() - started
+        assert conformed.rows == args.rows, conformed
+        figures["lake_promote"] = {"seconds": round(seconds, 2), "rows_changed": conformed.rows,
+                                   "rows_per_s": round(args.rows / seconds), "x_lake_copy": round(seconds / copy, 1)}
     finally:
         if not args.sqlite:
             _drop_postgres_database(args.admin_url, url)
@@ -134,6 +166,10 @@ def main() -> None:
     for name in ("promote", "to_history"):
         f = figures[name]
         print(f"{name:<14}{f['seconds']:>10}{f['rows_per_s']:>12}{f['x_sql_rewrite']:>8}  {f['rows_changed']}")
+    f = figures["lake_promote"]
+    print(f"{'lake_copy':<14}{figures['lake_copy_seconds']:>10}{round(args.rows / copy):>12}")
+    print(f"{'lake_promote':<14}{f['seconds']:>10}{f['rows_per_s']:>12}{f['x_lake_copy']:>8}  {f['rows_changed']}"
+          "  (x: of lake_copy)")
     print(json.dumps(figures))
 
 
