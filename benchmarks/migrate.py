@@ -12,7 +12,8 @@ as a load does with a field the definition does not declare yet). Then:
   lake_promote   `lgsp lake conform` (what the migration runs next): every file's phones moved from
                  `_extras` into the column, the files rewritten and their partitions swapped
 
-Each migration is one transaction, the rows passed through the loader's typing and hashed again.
+Each migration is one transaction, the rows passed through the loader's typing, checked by the
+dataset's row rules and hashed again.
 Prints a table and, as the last line, the figures as JSON.
 
     .venv/bin/python benchmarks/migrate.py --rows 1000000
@@ -57,14 +58,24 @@ def catalog_with(citizen_update: dict[str, Any]) -> Catalog:
 
 
 def chunk(start: int, rows: int) -> pa.Table:
-    """Citizens `start`.. as a validated chunk: declared columns, then `_extras` holding the phone."""
+    """Citizens `start`.. as a validated chunk: declared columns, then `_extras` holding the phone.
+
+    Every row passes the citizen rules (the migration checks them again): a CCCD whose 4th digit and
+    5th-6th digits agree with the sex and birth year, an official commune code of province 37.
+    """
+    from quality.reference import province_communes
+
+    communes = sorted(province_communes(37))
     ids = range(start, start + rows)
+    years = [1940 + i % 80 for i in ids]
+    female = [(i // 80) % 2 == 1 for i in ids]
     table = pa.table({
-        "personal_id": [f"037{i:09d}" for i in ids],
+        "personal_id": [f"037{(y // 100 - 19) * 2 + f}{y % 100:02d}{i // 160:06d}"
+                        for i, y, f in zip(ids, years, female)],
         "full_name": [f"Nguyễn Văn {i % 9973}" for i in ids],
-        "birth_date": pa.array([(T0 - timedelta(days=365 * 20 + i % 20000)).date() for i in ids], pa.date32()),
-        "sex": ["nam" if i % 2 else "nữ" for i in ids],
-        "commune_code": [f"{13000 + i % 129:05d}" for i in ids],
+        "birth_date": pa.array([date(y, 1 + i % 12, 1 + i % 28) for i, y in zip(ids, years)], pa.date32()),
+        "sex": ["female" if f else "male" for f in female],
+        "commune_code": [communes[i % len(communes)] for i in ids],
         "address": [f"Thôn {i % 50}, xã {i % 129}" for i in ids],
         "updated_at": pa.array([T0 + timedelta(seconds=i) for i in ids], pa.timestamp("us", "UTC")),
         "_extras": [json.dumps({"phone": f"09{i % 10**8:08d}"}) for i in ids],

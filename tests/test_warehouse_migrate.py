@@ -88,31 +88,48 @@ def test_a_field_declared_after_it_was_loaded_moves_from_extras_and_a_full_refre
     assert found.needed and not found.blocking
     assert f"column email: {len(emails)} row(s) hold its value in _extras" in " ".join(s.text for s in found.steps)
 
-    done = migrate_dataset(wh, real, "enterprise")
-    assert done is not None and done.rows_changed == len(emails) and done.rows_after == done.rows_before
+    # the row rules run again: the source's one malformed email, never checked while undeclared, is caught
+    with pytest.raises(MigrationError, match=r"rule email:email: 1 row\(s\)\); nothing was changed.*"
+                                             r"--quarantine-failing"):
+        migrate_dataset(wh, real, "enterprise")
+    assert all(r["email"] is None for r in rows_of(wh, "core_enterprise", "tax_code"))
+    sent = dict(emails)  # every email the source sent, the malformed one too
+    done = migrate_dataset(wh, real, "enterprise", quarantine_failing=True)
+    assert done is not None and done.quarantined == 1 and done.rows_after == done.rows_before - 1
+    with wh.engine.connect() as conn:
+        [bad] = conn.execute(sa.text("SELECT record_key, rule, reason, payload, pipeline, batch_id "
+                                     "FROM lgsp_quarantine WHERE batch_id = :b"), {"b": done.migration_id}).all()
+        gone = conn.execute(sa.text("SELECT record_key FROM lgsp_tombstone WHERE batch_id = :b"),
+                            {"b": done.migration_id}).scalars().all()
+    assert (bad.rule, bad.pipeline) == ("email:email", "business_enterprises")
+    bad_code = json.loads(bad.payload)["tax_code"]
+    assert json.loads(bad.payload)["email"] == emails.pop(bad_code) and bad_code in bad.record_key
+    assert len(gone) == 1 and json.loads(gone[0]) == {"tax_code": bad_code}  # a deletion for the change feed
+    assert done.rows_changed == len(emails)  # the rows whose email moved (the quarantined one left the table)
     after = rows_of(wh, "core_enterprise", "tax_code")
+    assert bad_code not in {r["tax_code"] for r in after}
     assert {r["tax_code"]: r["email"] for r in after if r["email"] is not None} == emails
     assert all(r["_extras"] is None or "email" not in json.loads(r["_extras"]) for r in after)
     assert {r["_batch_id"] for r in after if r["email"] is not None} == {done.migration_id}
     kept = rows_of(wh, done.previous_table, "tax_code")  # the table as it was
-    assert len(kept) == len(after) and all(r.get("email") is None for r in kept)
+    assert len(kept) == len(after) + 1 and all(r.get("email") is None for r in kept)  # the quarantined one too
     with wh.engine.connect() as conn:
         change = conn.exec_driver_sql("SELECT dataset, rows_changed FROM lgsp_change WHERE batch_id = :b",
                                       {"b": done.migration_id}).one() if wh.dialect == "sqlite" else \
             conn.execute(sa.text("SELECT dataset, rows_changed FROM lgsp_change WHERE batch_id = :b"),
                          {"b": done.migration_id}).one()
         shared = conn.execute(sa.text("SELECT count(*) FROM shared_enterprise")).scalar_one()
-    assert tuple(change) == ("enterprise", len(emails))
+    assert tuple(change) == ("enterprise", len(emails) + 1)  # the moved emails and the deletion
     assert shared == sum(1 for r in after if r["is_current"])  # the shared view is on the new table
 
     lake = Lake(lgsp_env.lake_root)  # type: ignore[attr-defined]
     in_lake = {r["tax_code"]: json.loads(r["_extras"])["email"] for r in lake.read_dataset("enterprise").to_pylist()
                if r["_extras"] and "email" in json.loads(r["_extras"])}
-    assert in_lake == emails and "email" not in lake.read_dataset("enterprise").column_names
+    assert in_lake == sent and "email" not in lake.read_dataset("enterprise").column_names  # every row landed
     conformed = conform_lake(lake, real.datasets["enterprise"])  # the lake too (`lgsp warehouse migrate` runs it)
     assert conformed.files >= 1 and conformed.rows == lake.read_dataset("enterprise").num_rows
     rows = lake.read_dataset("enterprise").to_pylist()
-    assert {r["tax_code"]: r["email"] for r in rows if r["email"] is not None} == emails
+    assert {r["tax_code"]: r["email"] for r in rows if r["email"] is not None} == sent  # rules are the table's
     assert all(r["_extras"] is None or "email" not in json.loads(r["_extras"]) for r in rows)
     assert conform_lake(lake, real.datasets["enterprise"]).files == 0  # nothing left to rewrite
 
@@ -298,6 +315,35 @@ def _catalog_with(tmp_path: Path, dataset: DatasetSpec) -> Path:
     datasets["datasets"][dataset.name] = json.loads(dataset.model_dump_json(exclude_defaults=True))
     (folder / "datasets.yaml").write_text(yaml.safe_dump(datasets, allow_unicode=True))
     return folder
+
+
+def test_rows_a_rule_rejects_refuse_the_migration_or_go_to_the_quarantine(database_url: str) -> None:
+    wh, catalog = firm_warehouse(database_url, typed_firm("string"))
+    records = [{**r, "employees": str(i % 50), "status": "weird" if i % 100 == 5 else "active"}
+               for i, r in enumerate(firms())]
+    write(wh, catalog.datasets["firm"], batch(records, "b1"))
+    stricter = DatasetSpec.model_validate({**typed_firm("integer").model_dump(), "checks": [  # a type change, and a
+        {"rule": "enum", "column": "status", "values": ["active", "dissolved"]}]})  # rule added meanwhile
+    catalog = with_dataset(catalog, stricter)
+    wh = Warehouse(database_url, catalog)
+    wh.create_all(check_shapes=False)
+    before = rows_of(wh, "core_firm")
+    with pytest.raises(MigrationError, match=r"rule enum:status: 3 row\(s\)\); nothing was changed"):
+        migrate_dataset(wh, catalog, "firm")
+    assert rows_of(wh, "core_firm") == before
+
+    done = migrate_dataset(wh, catalog, "firm", quarantine_failing=True)
+    assert done is not None and (done.quarantined, done.rows_after) == (3, 297)
+    assert {r["status"] for r in rows_of(wh, "core_firm")} == {"active"}
+    with wh.engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT record_key, rule, reason, payload, status FROM lgsp_quarantine "
+                                    "WHERE batch_id = :b ORDER BY record_key"), {"b": done.migration_id}).all()
+        deleted = conn.execute(sa.text("SELECT count(*) FROM lgsp_tombstone WHERE batch_id = :b"),
+                               {"b": done.migration_id}).scalar_one()
+    assert [json.loads(k.payload)["code"] for k in kept] == ["F00005", "F00105", "F00205"] and deleted == 3
+    assert {(k.rule, k.status) for k in kept} == {("enum:status", "open")} and "weird" in kept[0].reason
+    assert json.loads(kept[0].payload)["employees"] == 5  # the row as the new definition types it
+    assert len(rows_of(wh, done.previous_table)) == 300  # and in the table kept as it was
 
 
 def test_a_column_made_required_needs_a_value_in_every_row(database_url: str) -> None:

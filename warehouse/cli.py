@@ -64,13 +64,15 @@ def plan_command(datasets: list[str] = typer.Argument(None, help="core datasets 
 
 @app.command("migrate")
 def migrate_command(datasets: list[str] = typer.Argument(None, help="core datasets (default: every one that differs)"),
-                    drop_previous: bool = typer.Option(False, help="drop each table as it was instead of keeping it")
-                    ) -> None:
+                    drop_previous: bool = typer.Option(False, help="drop each table as it was instead of keeping it"),
+                    quarantine_failing: bool = typer.Option(
+                        False, help="move rows a row rule rejects to the quarantine instead of refusing")) -> None:
     """Rebuild each table that differs from its definition, one transaction per table.
 
-    Values move as a load of the same records would put them; a table whose rows do not fit
-    (a value that does not convert, a required column with no value) is left as it was, with
-    the reason, and the command exits 1.
+    Values move as a load of the same records would put them, and every row is checked by the
+    row rules again; a table whose rows do not fit (a value that does not convert, a required
+    column with no value, a row a rule rejects) is left as it was, with the reason, and the
+    command exits 1 (`--quarantine-failing`: the rejected rows go to the quarantine instead).
     """
     from warehouse.migrate import MigrationError, migrate_dataset
 
@@ -78,7 +80,8 @@ def migrate_command(datasets: list[str] = typer.Argument(None, help="core datase
     failed = False
     for name in names:
         try:
-            done = migrate_dataset(warehouse, catalog, name, drop_previous=drop_previous)
+            done = migrate_dataset(warehouse, catalog, name, drop_previous=drop_previous,
+                                   quarantine_failing=quarantine_failing)
         except MigrationError as exc:
             console.print(f"[bold red]error:[/] {exc}")
             failed = True
@@ -92,6 +95,9 @@ def migrate_command(datasets: list[str] = typer.Argument(None, help="core datase
                       f"(change {done.migration_id}) in {done.seconds:.1f}s{kept}")
         for text in done.steps:
             console.print(f"  - {text}")
+        if done.quarantined:
+            console.print(f"  - {done.quarantined} row(s) a row rule rejects moved to the quarantine (`lgsp "
+                          f"quarantine list --dataset {name}`; `lgsp quarantine replay` lands them once they pass)")
         _conform_lake(catalog, name)
         if done.retyped_shared:
             console.print(f"[bold yellow]restart `lgsp serve` now[/]: the type of shared column(s) "

@@ -33,8 +33,14 @@ satisfied, or pass `--drop-previous`; retention drops it once it is older than
   them a moment. A load that waited then writes into the new table. SQLite holds its write
   lock throughout (a load waits up to the busy timeout, then fails and is loaded again).
 
-Each migration is recorded in `lgsp_migration`. Row rules are not re-run: a row moved by a
-migration was checked when it was loaded.
+- Every row is checked again by the dataset's row rules (`quality.run_row_checks`, as a load
+  checks it): a promoted or retyped value, or a rule the definition added, may reject it. A
+  migration with such rows changes nothing and counts them per rule; with `quarantine_failing`
+  (`--quarantine-failing`) they move to `lgsp_quarantine` instead (rule, reason, the row as a
+  record; `lgsp quarantine replay` lands them once they pass) and leave the table, recorded as
+  deletions for the change feed. They stay in the table kept as it was, too.
+
+Each migration is recorded in `lgsp_migration`.
 """
 from __future__ import annotations
 
@@ -145,6 +151,7 @@ class Migrated:
     steps: list[str]
     seconds: float
     retyped_shared: list[str] = field(default_factory=list)  # shared columns whose type changed: restart the gateway
+    quarantined: int = 0  # rows a row rule rejected, moved to the quarantine (`quarantine_failing`)
 
 
 _MODE_TEXT = {
@@ -307,18 +314,79 @@ def _reshaped(rows: Iterator[dict[str, Any]], live: LiveTable, dataset: DatasetS
 
 @dataclass
 class _Problems:
-    """Why rows do not fit the definition, counted per column."""
+    """Why rows do not fit the definition, counted per column (and per row rule)."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    rules: bool = False  # some rows fail a row rule (`--quarantine-failing` would move them out)
 
     def add(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
 
     def report(self, dataset: DatasetSpec) -> str:
         listed = "; ".join(f"{what}: {n} row(s)" for what, n in sorted(self.counts.items()))
+        hint = ("; or pass --quarantine-failing to move the rows that fail a rule to the quarantine "
+                "(`lgsp quarantine replay` lands them once they pass)") if self.rules else ""
         return (f"{dataset.name}: the table's rows do not fit the definition in catalog/datasets.yaml ({listed}); "
                 "nothing was changed. Correct the definition, or correct those records at the source and reload "
-                "them (lgsp run PIPELINE --full-refresh), then migrate again")
+                f"them (lgsp run PIPELINE --full-refresh), then migrate again{hint}")
+
+
+@dataclass
+class _Failing:
+    """Rows a row rule rejects, when they go to the quarantine (`quarantine_failing`) instead of refusing."""
+
+    pipeline: str
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[tuple[Any, ...]] = field(default_factory=list)  # keys that leave the table (current rows)
+
+
+_PANDAS_TYPES = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(),
+                 pa.bool_(): pd.BooleanDtype()}
+
+
+def _rule_frame(checked: pa.Table, dataset: DatasetSpec) -> pd.DataFrame:
+    """The declared columns as the loader's typing hands them to the row rules (nullable pandas dtypes)."""
+    frame = {}
+    for name, spec in dataset.columns.items():
+        column = checked.column(name)
+        if spec.type == "date":
+            frame[name] = pd.Series(column.to_pandas(date_as_object=False)).astype("datetime64[ns]")
+        elif spec.type == "timestamp":
+            frame[name] = pd.to_datetime(pd.Series(column.to_pandas()), utc=True)
+        else:
+            frame[name] = column.to_pandas(types_mapper=_PANDAS_TYPES.get)
+    return pd.DataFrame(frame, index=range(checked.num_rows))
+
+
+def _check_rules(checked: pa.Table, rows: list[dict[str, Any]], dataset: DatasetSpec, problems: _Problems,
+                 failing: _Failing | None, migration_id: str) -> list[bool] | None:
+    """Run the row rules on a converted chunk; the rows that pass (None: all), counting or keeping the others."""
+    from lgsp.runner import quarantine_row
+    from quality import run_row_checks
+    from quality.checks import row_checks
+
+    if not row_checks(dataset) or problems.counts and not problems.rules:
+        return None  # nothing to check, or already refused for a value that does not fit
+    result = run_row_checks(_rule_frame(checked, dataset), dataset)
+    if not result.rejections:
+        return None
+    if failing is None:
+        problems.rules = True
+        for rejection in result.rejections:
+            problems.add(f"rule {rejection.rule}")
+        return None
+    declared = checked.select(list(dataset.columns)).to_pylist()
+    extras = checked.column(EXTRAS).to_pylist()
+    now = datetime.now(timezone.utc)
+    for rejection in result.rejections:
+        at = rejection.position
+        record = {**(orjson.loads(extras[at]) if extras[at] else {}),
+                  **{k: _jsonable(v) for k, v in declared[at].items()}}
+        failing.quarantine.append(quarantine_row(dataset, failing.pipeline, migration_id, record, rejection.rule,
+                                                 rejection.reason, now))
+        if rows[at].get("is_current", True):
+            failing.deleted.append(tuple(declared[at][k] for k in dataset.key))
+    return [bool(ok) for ok in result.passed]
 
 
 def _changes(rows: list[dict[str, Any]], parsed: list[dict[str, Any] | None], live: LiveTable,
@@ -355,11 +423,12 @@ def _new_extras(row: dict[str, Any], fields: dict[str, Any] | None, gone: list[s
 
 
 def _converted(rows: list[dict[str, Any]], live: LiveTable, dataset: DatasetSpec, target: sa.Table,
-               migration_id: str, problems: _Problems) -> tuple[pa.Table, int]:
-    """A chunk of reshaped rows as the new table's rows (typed, hashed); returns it and the rows changed.
+               migration_id: str, problems: _Problems, failing: _Failing | None = None) -> tuple[pa.Table, int]:
+    """A chunk of reshaped rows as the new table's rows (typed, checked, hashed); returns it and the rows changed.
 
     Column by column: a column stored with its declared type is taken as it is (a load typed it); one whose
     type changed, or whose values wait in `_extras`, goes through the loader's typing (`_coerce_column`).
+    Then the row rules (`_check_rules`): rows they reject are counted, or, given `failing`, left out.
     """
     parsed = [orjson.loads(r[EXTRAS]) if r.get(EXTRAS) else None for r in rows]
     moves, changed = _changes(rows, parsed, live, dataset)
@@ -374,12 +443,17 @@ def _converted(rows: list[dict[str, Any]], live: LiveTable, dataset: DatasetSpec
             arrays.append(_typed(field, values, dataset, problems))
         else:
             arrays.append(pa.chunked_array([pa.array(values, field.type)]))
-        if dataset.columns[name].required or name in dataset.key:  # a key column is never null either
-            if arrays[-1].null_count:
+        if failing is None and (dataset.columns[name].required or name in dataset.key):  # (with `failing`, the
+            if arrays[-1].null_count:  # rules' not_null quarantines them); a key column is never null either
                 problems.add(f"{name}: required, no value", arrays[-1].null_count)
     gone = [n for n in live.business if n not in dataset.columns]
     extras = [_new_extras(r, p, gone, dataset) if moved else r.get(EXTRAS) for r, p, moved in zip(rows, parsed, moves)]
     checked = pa.table([*arrays, pa.array(extras, pa.string())], names=[*dataset.columns, EXTRAS])
+    passed = _check_rules(checked, rows, dataset, problems, failing, migration_id)
+    if passed is not None:  # the rejected rows went to `failing`: the others go on
+        checked = checked.filter(pa.array(passed, pa.bool_()))
+        rows = [r for r, ok in zip(rows, passed) if ok]
+        changed = [c for c, ok in zip(changed, passed) if ok]
     columns = {name: checked.column(name) for name in checked.column_names}  # hashed as a load hashes its chunk
     columns["_row_hash"] = row_hashes(checked)
     batch_ids = pa.array([r["_batch_id"] for r in rows], pa.string())
@@ -425,8 +499,10 @@ def _rename(conn: sa.Connection, warehouse: Warehouse, old: str, new: str) -> No
 
 
 def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_previous: bool = False,
-                    chunk_rows: int = CHUNK_ROWS) -> Migrated | None:
+                    chunk_rows: int = CHUNK_ROWS, quarantine_failing: bool = False) -> Migrated | None:
     """Rebuild `name`'s core table in its declared shape (see the module's docstring); None if nothing to do.
+
+    `quarantine_failing`: rows a row rule rejects go to the quarantine instead of refusing the migration.
 
     Raises:
         MigrationError: rows that do not fit the definition (nothing changed).
@@ -453,12 +529,14 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
         target.drop(conn, checkfirst=True)
         target.create(conn)
         problems, changed, written = _Problems(), 0, 0
+        pipeline = next((p.name for p in catalog.pipelines.values() if p.dataset == name), f"migrate-{name}")
+        failing = _Failing(pipeline) if quarantine_failing else None
         read = sa.select(old).order_by(*_ordered(live, dataset, old))
         result = conn.execute(read, execution_options={"yield_per": chunk_rows})  # a server-side cursor
         names = list(result.keys())
         rows = _reshaped((dict(zip(names, r)) for r in result), live, dataset)
         while chunk := list(itertools.islice(rows, chunk_rows)):
-            converted, n = _converted(chunk, live, dataset, target, migration_id, problems)
+            converted, n = _converted(chunk, live, dataset, target, migration_id, problems, failing)
             if not problems.counts:
                 _insert(conn, warehouse, target, converted)
             changed, written = changed + n, written + converted.num_rows
@@ -476,7 +554,11 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
         _rename(conn, warehouse, target.name, dataset.table_name)
         if had_view:
             recreate_view(conn, warehouse, catalog, name)
-        warehouse.stamp_change(conn, migration_id, name, changed)
+        quarantined = len(failing.quarantine) if failing else 0
+        if failing and failing.quarantine:  # kept (rule, reason, the row as a record) and deleted for the feed
+            warehouse.insert_ignore(conn, warehouse.system["lgsp_quarantine"], failing.quarantine, ["quarantine_id"])
+            warehouse.record_deletions(conn, name, dataset.key, failing.deleted, migration_id)
+        warehouse.stamp_change(conn, migration_id, name, changed + len(failing.deleted if failing else []))
         steps = [step.text for step in plan.steps]
         conn.execute(warehouse.system["lgsp_migration"].insert().values(
             migration_id=migration_id, dataset=name, steps=json.dumps(steps, ensure_ascii=False),
@@ -489,7 +571,7 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
     retyped_shared = [c for c in (shared.columns if shared else []) if c in live.columns
                       and live.columns[c][0] != dataset.columns[c].type]
     return Migrated(name, migration_id, plan.rows, written, changed, previous, steps, time.perf_counter() - began,
-                    retyped_shared)
+                    retyped_shared, quarantined)
 
 
 def drop_previous(warehouse: Warehouse, before: datetime, dry_run: bool = False) -> list[str]:
