@@ -138,6 +138,19 @@ def test_a_field_declared_after_it_was_loaded_moves_from_extras_and_a_full_refre
     assert migrate_dataset(wh, real, "enterprise") is None  # nothing left to do
     assert plan(wh, real, ["enterprise"])[0].steps == []
 
+    from lgsp.quarantine import replay  # the email rule relaxed: the quarantined row lands again
+
+    relaxed = with_dataset(real, real.datasets["enterprise"].model_copy(update={
+        "checks": [c for c in real.datasets["enterprise"].checks if c.rule != "email"]}))
+    replayed = replay(runner.context("business_enterprises", catalog=relaxed))
+    with wh.engine.connect() as conn:
+        reasons = conn.execute(sa.text("SELECT rule, reason FROM lgsp_quarantine WHERE dataset = 'enterprise' "
+                                       "AND status = 'open'")).all()
+    assert replayed["landed"] == 2, (replayed, reasons)  # the migration's row and the full refresh's, one record
+    assert reasons and not any(rule.startswith("email") for rule, _ in reasons)  # the source's other defects stay
+    assert {r["tax_code"]: r["email"] for r in rows_of(wh, "core_enterprise", "tax_code")
+            if r["is_current"]}[bad_code] == sent[bad_code]
+
 
 def test_merge_to_history_and_back_keeps_every_row_and_versions_go_on(database_url: str) -> None:
     wh, catalog = firm_warehouse(database_url, firm_spec("merge"))
