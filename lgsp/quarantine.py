@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from lgsp.runner import PipelineContext, _with_lineage, new_batch_id
+from lgsp.runner import PipelineContext, _latest_per_key, _with_lineage, new_batch_id
 from warehouse import Warehouse
 
 
@@ -69,7 +69,8 @@ def close(wh: Warehouse, quarantine_id: str) -> dict[str, Any] | None:
 def replay(ctx: PipelineContext, dataset_rows: list[dict[str, Any]] | None = None) -> dict[str, int]:
     """Re-check the pipeline's open quarantined rows; land those that pass now.
 
-    Returns counts: replayed (looked at), landed, still_rejected.
+    Returns counts: replayed (looked at), landed (passed now; a record rejected twice lands once, its latest
+    version), still_rejected, changed (rows written).
     """
     from quality import run_row_checks
     from schemas import coerce, to_arrow
@@ -87,13 +88,16 @@ def replay(ctx: PipelineContext, dataset_rows: list[dict[str, Any]] | None = Non
     checked = run_row_checks(typed.frame, ds, typed.type_errors)
     passing = [i for i, ok in enumerate(checked.passed) if ok]
     batch_id = new_batch_id(f"replay-{ctx.pipeline.name}")
-    rows = _with_lineage(to_arrow(typed.frame.iloc[passing], ds).replace_schema_metadata(None), ctx, batch_id)
+    # a record rejected more than once (by two batches, or a batch and a migration) lands once: its latest version
+    latest = _latest_per_key(typed.frame.iloc[passing], ds)
+    rows = _with_lineage(to_arrow(latest, ds).replace_schema_metadata(None), ctx, batch_id)
     now = datetime.now(timezone.utc)
     with wh.transaction() as conn:
         conn.execute(wh.system["lgsp_batch"].insert().values(
             batch_id=batch_id, pipeline=ctx.pipeline.name, dataset=ds.name, source_system=ctx.system.name,
             status="loaded", started_at=now, finished_at=now, rows_pulled=len(records), rows_landed=len(rows),
-            rows_quarantined=len(records) - len(rows), message="replay of quarantined rows"))
+            rows_quarantined=len(records) - len(passing), rows_superseded=len(passing) - len(rows),
+            message="replay of quarantined rows"))
         # replayed rows are a few records, not a full refresh: a replace dataset merges them
         changed = wh.write_batch(conn, ds, rows, mode="merge" if ds.write_mode == "replace" else None)
         conn.execute(wh.system["lgsp_batch"].update().where(wh.system["lgsp_batch"].c.batch_id == batch_id)
@@ -106,5 +110,5 @@ def replay(ctx: PipelineContext, dataset_rows: list[dict[str, Any]] | None = Non
             conn.execute(q.update().where(q.c.quarantine_id == open_rows[rejection.position]["quarantine_id"])
                          .values(reason=rejection.reason, last_batch_id=batch_id))
         wh.stamp_change(conn, batch_id, ds.name, changed)
-    return {"replayed": len(records), "landed": len(rows), "still_rejected": len(records) - len(rows),
+    return {"replayed": len(records), "landed": len(passing), "still_rejected": len(records) - len(passing),
             "changed": changed}
