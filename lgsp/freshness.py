@@ -69,16 +69,16 @@ def judge(pipeline: PipelineSpec, synced_at: datetime | None, now: datetime) -> 
                      spec.warn_after if spec else None, spec.error_after if spec else None)
 
 
-def synced_times(conn: sa.Connection, tables: Any) -> dict[str, datetime | None]:
+def synced_times(conn: sa.Connection, tables: Any, pipelines: list[str]) -> dict[str, datetime | None]:
     """pipeline -> its last complete sync (`lgsp_cursor.synced_at`).
 
-    A cursor kept from before lgsp recorded `synced_at` has none until the pipeline's next sync: its
-    latest loaded batch that was not a backfill stands in, so an upgrade does not call it "never".
+    A pipeline synced before lgsp recorded `synced_at` has none until its next sync: its latest
+    loaded batch that was not a backfill stands in, so an upgrade does not call it "never".
     """
     cursor = tables["lgsp_cursor"]
     synced = {row.pipeline: utc(row.synced_at)
               for row in conn.execute(sa.select(cursor.c.pipeline, cursor.c.synced_at))}
-    unknown = [name for name, at in synced.items() if at is None]
+    unknown = [name for name in pipelines if synced.get(name) is None]
     if unknown:
         batch = tables["lgsp_batch"]
         rows = conn.execute(sa.select(batch.c.pipeline, sa.func.max(batch.c.finished_at))
@@ -93,7 +93,7 @@ def pipeline_freshness(conn: sa.Connection, tables: Any, catalog: Catalog,
                        now: datetime | None = None) -> list[Freshness]:
     """Every pipeline's freshness, in catalog order."""
     now = now or datetime.now(timezone.utc)
-    synced = synced_times(conn, tables)
+    synced = synced_times(conn, tables, list(catalog.pipelines))
     return [judge(p, synced.get(p.name), now) for p in catalog.pipelines.values()]
 
 
