@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
+import signal
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -462,6 +464,30 @@ def _error_handlers(app: FastAPI) -> None:
         return handle(exc.status_code, str(exc.detail), request)
 
 
+_reload_asked = False
+
+
+def stale_definition(exc: BaseException) -> bool:
+    """Whether a read failed because a migration changed a shared column's type under this worker (PostgreSQL
+    refuses the statements it prepared: "cached plan must not change result type"). The first time, the
+    worker asks its supervisor (`lgsp serve`) to replace every worker (SIGHUP: they read the catalog and
+    prepare their statements again), so the gateway recovers even when the migration ran elsewhere."""
+    global _reload_asked
+    from psycopg import errors
+
+    cause = getattr(exc, "orig", None) or exc
+    if not (isinstance(cause, errors.FeatureNotSupported) and "cached plan must not change result type" in str(cause)):
+        return False
+    from gateway.serving import is_lgsp_serve
+
+    parent = os.getppid()
+    if not _reload_asked and is_lgsp_serve(parent):
+        _reload_asked = True
+        log.warning("a shared column's type changed under this worker: asking lgsp serve (pid %d) to reload", parent)
+        os.kill(parent, signal.SIGHUP)
+    return True
+
+
 class GuardMiddleware:
     """One log line per request (method, path without query, status, agency, ms: no personal data),
     and a generic 500 with a reference instead of any stack trace or exception message."""
@@ -484,6 +510,12 @@ class GuardMiddleware:
         try:
             await self.app(scope, receive, tracked)
         except Exception as exc:  # noqa: BLE001 - logged by type and reference, never its message
+            if stale_definition(exc) and not sent_start:
+                response = error_response(503, "this dataset's definition changed (lgsp warehouse migrate) after "
+                                               "this gateway's workers started; they are being replaced: retry in a "
+                                               "moment", {"Retry-After": "2"})
+                await response(scope, receive, send)
+                return
             reference = secrets.token_hex(6)
             frames = "".join(traceback.format_tb(exc.__traceback__))
             log.error("internal error %s: %s\n%s", reference, type(exc).__name__, frames)

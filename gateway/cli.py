@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import os
 import socket
 
 import typer
@@ -83,9 +84,11 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
     console.print(f"gateway on http://{host}:{port} (OpenAPI /openapi.json, CKAN /api/3/action/)")
     options = {"factory": True, "host": host, "port": port, "workers": workers, "access_log": False,
                "server_header": False, "log_level": log_level, "log_config": _log_config(log_level)}
-    if workers > 1 and port and hasattr(socket, "SO_REUSEPORT"):
-        from gateway.serving import ListenError, serve_reuse_port
+    if port and hasattr(socket, "SO_REUSEPORT"):  # under uvicorn's supervisor, one worker too: SIGHUP reloads
+        from gateway.serving import ListenError, pid_file, serve_reuse_port
 
+        console.print(f"reload without downtime (after editing the catalog, or a migration): kill -HUP {os.getpid()} "
+                      f"(also in {pid_file()})")
         try:
             serve_reuse_port(uvicorn.Config("gateway.api:create_app", **options))  # type: ignore[arg-type]
         except ListenError as exc:

@@ -1,11 +1,15 @@
-"""`lgsp serve --workers N` on Linux: uvicorn's workers, each listening on a socket of its own (SO_REUSEPORT)."""
+"""`lgsp serve --workers N` on Linux: uvicorn's workers, each listening on a socket of its own (SO_REUSEPORT),
+under uvicorn's supervisor, which SIGHUP makes replace them one by one (`reload_running`)."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
@@ -38,8 +42,59 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def pid_file() -> Path:
+    """Where a running `lgsp serve` keeps its supervisor's pid and address: `$LGSP_HOME/gateway.pid`."""
+    from lgsp.settings import load_settings
+
+    return load_settings().home / "gateway.pid"
+
+
+def reload_running() -> int | None:
+    """Tell the `lgsp serve` of this LGSP_HOME, if one runs, to replace its workers (SIGHUP); its pid, or None.
+
+    The supervisor starts each new worker, waits until it answers, then stops the old one: requests go on
+    being served, and the new workers read the catalog and open their connections afresh (after
+    `lgsp warehouse migrate` changed a shared column's type, or an edit of catalog/sharing.yaml).
+    """
+    try:
+        pid = int(pid_file().read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None  # none running here
+    if not is_lgsp_serve(pid):
+        return None  # the file is stale, its pid gone or reused by another program
+    os.kill(pid, signal.SIGHUP)
+    return pid
+
+
+def is_lgsp_serve(pid: int) -> bool:
+    """Whether process `pid` is an `lgsp serve` (its command line: .../lgsp serve ...)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"serve" in command and any(part.endswith(b"lgsp") for part in command)
+
+
+@contextmanager
+def _pid_written(config: uvicorn.Config) -> Iterator[None]:
+    path = pid_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n{config.host}:{config.port}\n")
+    try:
+        yield
+    finally:
+        try:
+            if path.read_text().split()[0] == str(os.getpid()):
+                path.unlink()
+        except (OSError, IndexError):
+            pass
+
+
 def serve_reuse_port(config: uvicorn.Config) -> None:
     """uvicorn's worker supervisor (restarts, signals, health checks), each worker with its own socket.
+
+    The supervisor's pid is written to `pid_file()` while it runs: SIGHUP to it replaces the workers one
+    by one (`reload_running`).
 
     Raises:
         ListenError: the address is taken.
@@ -51,10 +106,11 @@ def serve_reuse_port(config: uvicorn.Config) -> None:
     except OSError as exc:
         raise ListenError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     multiprocess.Process = ReusePortProcess  # type: ignore[misc] # the supervisor builds its workers by this name
-    try:
-        multiprocess.Multiprocess(config, sockets=[]).run()
-    except KeyboardInterrupt:
-        pass
+    with _pid_written(config):
+        try:
+            multiprocess.Multiprocess(config, sockets=[]).run()
+        except KeyboardInterrupt:
+            pass
 
 
 def start_in_thread(app: object, timeout_s: float = 30.0) -> tuple[uvicorn.Server, threading.Thread, str]:

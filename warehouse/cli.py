@@ -100,11 +100,24 @@ def migrate_command(datasets: list[str] = typer.Argument(None, help="core datase
                           f"quarantine list --dataset {name}`; `lgsp quarantine replay` lands them once they pass)")
         _conform_lake(catalog, name)
         if done.retyped_shared:
-            console.print(f"[bold yellow]restart `lgsp serve` now[/]: the type of shared column(s) "
-                          f"{', '.join(done.retyped_shared)} changed, and a running gateway reads the catalog, and "
-                          "prepares its statements, as they were when it started")
+            _reload_gateway(done.retyped_shared)
     if failed:
         raise typer.Exit(1)
+
+
+def _reload_gateway(columns: list[str]) -> None:
+    """A shared column's type changed: a running gateway must read the catalog and prepare its statements again."""
+    from gateway.serving import pid_file, reload_running
+
+    why = (f"the type of shared column(s) {', '.join(columns)} changed, and a gateway reads the catalog, and "
+           "prepares its statements, as they were when its workers started")
+    pid = reload_running()
+    if pid is not None:
+        console.print(f"  - told the running gateway (pid {pid}) to reload (SIGHUP): {why}; its workers are "
+                      "replaced one by one, serving throughout")
+    else:
+        console.print(f"[bold yellow]reload `lgsp serve` now[/] (kill -HUP its pid, in {pid_file()} on its "
+                      f"machine, or restart it): {why}")
 
 
 def _conform_lake(catalog: Any, name: str) -> None:

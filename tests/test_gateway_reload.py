@@ -1,0 +1,153 @@
+"""A running `lgsp serve` picks up a migrated shared column: `lgsp warehouse migrate` tells it to reload (SIGHUP),
+its workers are replaced one by one with ones that read the catalog again, on a real PostgreSQL.
+
+Before, a gateway kept the catalog and (on PostgreSQL) the prepared statements it started with, and its reads
+of a dataset whose shared column changed type failed until it was restarted by hand.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from airflow_helpers import BIN, REPO
+from catalog import load_catalog
+from test_warehouse_migrate import typed_firm
+from test_write_modes import batch, firms, write
+from warehouse import Warehouse
+
+pytestmark = pytest.mark.postgres
+
+SHARED_FIRM = {"description": "Firms (a test dataset)", "owner": "test", "licence": "test", "access": "open",
+               "columns": ["code", "employees", "updated_at"]}
+
+
+def _catalog(folder: Path, kind: str) -> None:
+    """The real catalog on disk, with `firm` (its `employees` of type `kind`) declared and shared openly."""
+    if not folder.exists():
+        shutil.copytree(REPO / "catalog", folder, ignore=shutil.ignore_patterns("*.py", "__*"))
+    datasets = yaml.safe_load((folder / "datasets.yaml").read_text())
+    datasets["datasets"]["firm"] = json.loads(typed_firm(kind).model_dump_json(exclude_defaults=True))
+    (folder / "datasets.yaml").write_text(yaml.safe_dump(datasets, allow_unicode=True))
+    sharing = yaml.safe_load((folder / "sharing.yaml").read_text())
+    sharing["sharing"]["firm"] = SHARED_FIRM
+    (folder / "sharing.yaml").write_text(yaml.safe_dump(sharing, allow_unicode=True))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _employees(base: str) -> list[Any]:
+    answer = requests.get(f"{base}/api/v1/datasets/firm/records", params={"limit": 5}, timeout=10)
+    answer.raise_for_status()
+    return [r["employees"] for r in answer.json()["records"]]
+
+
+def _serving(base: str, expected: list[Any], kind: type, outcomes: Counter[str], timeout_s: float = 60) -> None:
+    """Read firm until 20 reads in a row give `expected` as `kind` values; tally every answer's status."""
+    deadline, streak = time.monotonic() + timeout_s, 0
+    while streak < 20:
+        answer = requests.get(f"{base}/api/v1/datasets/firm/records", params={"limit": 5}, timeout=10)
+        outcomes[str(answer.status_code)] += 1
+        if answer.status_code == 503:
+            assert answer.headers["Retry-After"] == "2" and "definition changed" in answer.json()["error"]["message"]
+        got = [r["employees"] for r in answer.json()["records"]] if answer.status_code == 200 else None
+        streak = streak + 1 if got == expected and all(type(v) is kind for v in got) else 0
+        assert time.monotonic() < deadline, f"the gateway never served {expected} ({outcomes})"
+        time.sleep(0.05)
+
+
+def test_a_migrated_shared_column_is_served_in_its_new_type_after_the_gateway_reloads(pg_url: str,
+                                                                                         tmp_path: Path) -> None:
+    folder, home = tmp_path / "catalog", tmp_path / "home"
+    _catalog(folder, "string")
+    env = {**os.environ, "LGSP_HOME": str(home), "LGSP_DATABASE_URL": pg_url, "LGSP_CATALOG_DIR": str(folder),
+           "LGSP_GATEWAY_PSEUDONYM_KEY": "a-test-key-of-32-characters-long", "PYTHONPATH": str(REPO),
+           "NO_COLOR": "1", "COLUMNS": "200", "LGSP_GATEWAY_ANONYMOUS_RATE_PER_S": "100000"}
+    catalog = load_catalog(folder)
+    wh = Warehouse(pg_url, catalog)
+    wh.create_all()
+    write(wh, catalog.datasets["firm"], batch([{**r, "employees": str(i)} for i, r in enumerate(firms())], "b1"))
+    wh.engine.dispose()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "gateway.log").open("w")  # a file: a pipe nobody reads would fill and stop the gateway
+    gateway = subprocess.Popen([str(BIN / "lgsp"), "serve", "--port", str(port), "--workers", "2"], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, text=True)
+    others: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def read_others() -> None:  # another dataset, read throughout
+        while not stop.is_set():
+            try:
+                others[str(requests.get(f"{base}/api/v1/datasets/enterprise", timeout=10).status_code)] += 1
+            except requests.RequestException as exc:
+                others[type(exc).__name__] += 1
+            time.sleep(0.02)
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline and gateway.poll() is None, "the gateway did not start"
+            time.sleep(0.2)
+        pid = int((home / "gateway.pid").read_text().split()[0])
+        assert pid == gateway.pid  # the supervisor, which SIGHUP reloads
+        before: Counter[str] = Counter()
+        _serving(base, ["0", "1", "2", "3", "4"], str, before)  # and psycopg prepared its statements
+        reader = threading.Thread(target=read_others)
+        reader.start()
+
+        _catalog(folder, "integer")  # 1. migrated here: `migrate` tells the gateway to reload
+        migrated = subprocess.run([str(BIN / "lgsp"), "warehouse", "migrate", "firm"], env=env, capture_output=True,
+                                  text=True, timeout=300)
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        assert f"told the running gateway (pid {pid}) to reload" in " ".join(migrated.stdout.split())
+        first: Counter[str] = Counter()
+        _serving(base, [0, 1, 2, 3, 4], int, first)
+
+        for _ in range(80):  # psycopg prepares a statement on its 5th run on a connection: on every one, surely
+            assert _employees(base) == [0, 1, 2, 3, 4]
+        _catalog(folder, "float")  # 2. migrated from another machine (no pid file): the workers notice
+        elsewhere = {**env, "LGSP_HOME": str(tmp_path / "elsewhere")}
+        migrated = subprocess.run([str(BIN / "lgsp"), "warehouse", "migrate", "firm"], env=elsewhere,
+                                  capture_output=True, text=True, timeout=300)
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        assert "reload `lgsp serve` now" in " ".join(migrated.stdout.split())
+        second: Counter[str] = Counter()
+        _serving(base, [0.0, 1.0, 2.0, 3.0, 4.0], float, second)
+        assert second["503"] >= 1, second  # what made a worker ask for the reload
+        stop.set()
+        reader.join()
+        for window in (first, second):  # a read in the moment before its worker was replaced: 503, retry
+            assert set(window) <= {"200", "503"}, window
+        assert set(others) == {"200"} and others["200"] > 10, others  # the other datasets: served throughout
+        assert "asking lgsp serve" in (tmp_path / "gateway.log").read_text() and gateway.poll() is None
+    finally:
+        stop.set()
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+        log.close()
+    assert not (home / "gateway.pid").exists()  # removed on the way out
