@@ -668,7 +668,10 @@ def reconcile(pipelines: list[str] = typer.Argument(None, help="pipelines (defau
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
            alert: bool = typer.Option(False, help="first run the lgsp_freshness DAG on Airflow: alert on pipelines "
-                                                  "gone stale or fresh again since its last check")) -> None:
+                                                  "gone stale or fresh again since its last check"),
+           history: bool = typer.Option(False, help="instead: the share of the last --days each pipeline was fresh "
+                                                    "and each feed on time, as the lgsp_freshness DAG judged them"),
+           days: float = typer.Option(30.0, min=0.01, help="the window of --history")) -> None:
     """Is every dataset fresh? Each pipeline's last complete sync against its objective, its last run, open
     quarantine and circuit; each push feed's waiting and dead messages and its reports' deadlines; the
     problems and what to do.
@@ -676,8 +679,17 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the report 
     Exits 1 when a pipeline is stale (or never synced), a report is overdue or a push feed has dead letters;
     a warning exits 0.
     """
-    from lgsp.status import as_json as report_json, print_status, status_report
+    from lgsp.status import as_json as report_json, print_history, print_status, status_report
 
+    if history:
+        from lgsp.availability import availability
+
+        shares = availability(_warehouse(), days)
+        if as_json:
+            print(report_json({"days": days, "subjects": shares}))
+        else:
+            print_history(console, shares, days)
+        return
     if alert:
         try:
             _airflow_run(["lgsp_freshness"], task_retries=False)

@@ -16,7 +16,8 @@ A dataset's state is the worst of the pipelines that fill it (the gateway shows 
 `check_and_alert` is the lgsp_freshness DAG's task: it judges every pipeline, and every push
 feed's report deadlines (lgsp.deadlines), keeps each one's state in `lgsp_freshness`, and sends
 one alert (lgsp.alerts) when a pipeline goes stale (a report overdue) and one when it is fresh
-again (delivered), not one per check. Example alert body::
+again (delivered), not one per check; each change of state is kept in `lgsp_freshness_event`, from
+which `lgsp.availability` says what share of the time each was fresh. Example alert body::
 
     {"kind": "stale", "dag_id": "lgsp_tthc_dossiers", "summary": "tthc_dossiers is stale: last complete sync
      4h 12m ago (stale after 4h); last run failed at 2026-12-05T03:00:00+00:00: FatalError: tthc ...", ...}
@@ -200,7 +201,10 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
     rows = [{"subject": subject, "state": state, "synced_at": synced_at, "checked_at": now,
              "since": (utc(kept[subject].since) if subject in kept and kept[subject].state == state else now)}
             for subject, (state, synced_at) in states.items()]
+    changed = [{"subject": r["subject"], "at": now, "state": r["state"]} for r in rows
+               if r["subject"] not in kept or kept[r["subject"]].state != r["state"]]
     with wh.transaction() as conn:
         wh.upsert(conn, table, rows, ["subject"])
+        wh.insert_ignore(conn, wh.system["lgsp_freshness_event"], changed, ["subject", "at"])
     return {"checked": len(rows), "states": {subject: state for subject, (state, _) in states.items()},
             "alerts": alerts}

@@ -194,3 +194,23 @@ def print_status(console: Console, report: dict[str, Any]) -> None:
     for problem in report["problems"]:
         colour = "red" if problem["severity"] == "error" else "yellow"
         console.print(f"[{colour}]{problem['severity']}:[/] {problem['problem']}")
+
+
+def print_history(console: Console, shares: list[dict[str, Any]], days: float) -> None:
+    """`lgsp status --history`: per pipeline and feed, the share of the window in each state."""
+    if not shares:
+        console.print("no freshness check recorded yet: the lgsp_freshness DAG (every 15 minutes under "
+                      "`lgsp airflow start`, or `lgsp status --alert`) records them")
+        return
+    table = Table(title=f"Freshness over the last {days:g} days (lgsp_freshness_event)")
+    table.add_column("pipeline / feed", no_wrap=True)
+    for col in ("observed", "fresh", "warn", "stale", "went stale", "longest stale"):
+        table.add_column(col, justify="right")
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    for row in shares:
+        table.add_row(row["subject"], human_age(row["observed_s"]), pct(row["fresh"]), pct(row["warn"]),
+                      pct(row["stale"]), str(row["incidents"]), human_age(row["longest_stale_s"]))
+    console.print(table)

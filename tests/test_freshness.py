@@ -226,3 +226,37 @@ def test_the_gateway_and_the_portal_say_whether_a_dataset_is_up_to_date(lgsp_env
         page = requests.get(f"{base}/portal/datasets/procedure", timeout=30).text
         assert ('<span class="freshness stale">Quá hạn</span>: lần đồng bộ đầy đủ gần nhất đã cách đây hơn '
                 "3 ngày") in page
+
+
+def test_the_history_says_what_share_of_the_time_each_pipeline_was_fresh(lgsp_env: Any) -> None:
+    wh, catalog = _wh(lgsp_env), load_catalog()
+    _others_synced_now(wh, but="")
+    t0 = datetime.now(timezone.utc) - timedelta(hours=10)
+    table = wh.system["lgsp_cursor"]
+
+    def synced(at: datetime, pipeline: str | None = None) -> None:
+        with wh.transaction() as conn:
+            where = table.c.pipeline == pipeline if pipeline else sa.true()
+            conn.execute(table.update().where(where).values(synced_at=at))
+
+    synced(t0)
+    for hours in (0, 1, 3, 7):  # documents: warn after 2h, stale after 6h
+        check_and_alert(wh, catalog, now=t0 + timedelta(hours=hours))
+    synced(t0 + timedelta(hours=8), "documents")
+    check_and_alert(wh, catalog, now=t0 + timedelta(hours=8))
+    from lgsp.availability import availability
+
+    [documents] = [r for r in availability(wh, days=10 / 24, now=t0 + timedelta(hours=10))
+                   if r["subject"] == "documents"]
+    assert documents == {"subject": "documents", "observed_s": 36000.0, "fresh": 0.5, "warn": 0.4, "stale": 0.1,
+                         "incidents": 1, "longest_stale_s": 3600.0}
+    [later] = [r for r in availability(wh, days=5 / 24, now=t0 + timedelta(hours=10)) if r["subject"] == "documents"]
+    assert (later["fresh"], later["warn"], later["stale"], later["incidents"]) == (0.4, 0.4, 0.2, 1)  # from t0+5h
+
+    result = CliRunner().invoke(lgsp_app, ["status", "--history", "--days", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    shares = {r["subject"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])["subjects"]}
+    assert abs(shares["documents"]["stale"] - 0.1) < 0.01 and shares["documents"]["incidents"] == 1
+    assert "feed:government_report" in shares  # the feeds' deadlines too
+    shown = CliRunner().invoke(lgsp_app, ["status", "--history"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "Freshness over the last 30 days" in shown.stdout and "documents" in shown.stdout

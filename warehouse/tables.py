@@ -122,9 +122,15 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("synced_at", TZ),
         sa.Column("checked_at", TZ, nullable=False),
     )
+    freshness_event = sa.Table(  # each change of those states, for the share of time fresh (`lgsp status --history`)
+        "lgsp_freshness_event", metadata,
+        sa.Column("subject", sa.Text, primary_key=True),
+        sa.Column("at", TZ, primary_key=True),
+        sa.Column("state", sa.Text, nullable=False),
+    )
     exchange = tables_for_exchanges(metadata)
     return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
-                                  migration, freshness, *exchange)}
+                                  migration, freshness, freshness_event, *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:
