@@ -100,11 +100,20 @@ class MessageLogSpec(Strict):
     max_body_bytes: int = Field(16384, ge=0)
 
 
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
 class SystemSpec(Strict):
-    """An external system: where it is, how to talk to it, how to authenticate."""
+    """An external system: where it is, how to talk to it, how to authenticate, and who looks after its data.
+
+    `owner` (the agency or team) and `alert_to` (their addresses) route alerts: a failed or late run,
+    a stale pipeline or an overdue report of this system also mails `alert_to` (lgsp.alerts).
+    """
 
     name: Identifier
     title: str
+    owner: str = ""
+    alert_to: list[str] = []
     protocol: Literal["soap", "rest", "reference"]
     endpoint: str
     auth: AuthSpec = AuthSpec()
@@ -117,6 +126,14 @@ class SystemSpec(Strict):
     ok_values: list[str] = ["0"]
     message_field: str = "message"
     message_log: MessageLogSpec = MessageLogSpec()
+
+    @field_validator("alert_to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        wrong = [a for a in value if not EMAIL.match(a)]
+        if wrong:
+            raise ValueError(f"not e-mail addresses: {wrong}")
+        return value
 
 
 ColumnType = Literal["string", "integer", "float", "boolean", "date", "timestamp"]

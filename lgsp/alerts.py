@@ -12,7 +12,9 @@ environment (never from files; the values are never logged):
 
     LGSP_ALERT_WEBHOOK_URL    POST the alert as JSON (a chat hook, an incident system)
     LGSP_ALERT_SMTP_HOST      send it by mail (port LGSP_ALERT_SMTP_PORT, default 25) to
-    LGSP_ALERT_EMAIL_TO       comma-separated addresses, from LGSP_ALERT_EMAIL_FROM
+    LGSP_ALERT_EMAIL_TO       comma-separated addresses, from LGSP_ALERT_EMAIL_FROM, and to the
+                              `alert_to` of the system the alert is about (catalog/systems.yaml:
+                              the team that owns that system's data; `system` and `owner` in the body)
     LGSP_ALERT_SMTP_USER / LGSP_ALERT_SMTP_PASSWORD   optional login (STARTTLS if LGSP_ALERT_SMTP_STARTTLS=1)
 
 Example webhook body::
@@ -47,6 +49,8 @@ class Alert:
     kind: str  # "failed", "late", or a pipeline's freshness: "stale", "fresh" (again; lgsp.freshness)
     dag_id: str
     summary: str
+    system: str | None = None  # the external system whose data it is about (its `owner` is told too)
+    owner: str | None = None
     run_id: str | None = None
     run_url: str | None = None
     dag_url: str | None = None
@@ -74,11 +78,47 @@ def _send_webhook(alert: Alert) -> None:
     response.raise_for_status()
 
 
+def recipients(alert: Alert) -> list[str]:
+    """Whom a mail alert goes to: LGSP_ALERT_EMAIL_TO, and the `alert_to` of the alert's system (catalog)."""
+    found = [a.strip() for a in os.environ.get("LGSP_ALERT_EMAIL_TO", "").split(",") if a.strip()]
+    if alert.system:
+        from catalog import load_catalog
+
+        system = load_catalog().systems.get(alert.system)
+        found += [a for a in (system.alert_to if system else []) if a not in found]
+    return found
+
+
+def with_system(alert: Alert, dag_id: str) -> Alert:
+    """The alert with the system its DAG exchanges with, and that system's owner (None when it has none)."""
+    from dataclasses import replace
+
+    try:
+        from catalog import load_catalog
+
+        catalog = load_catalog()
+    except Exception:  # noqa: BLE001 - an alert is sent even when the catalog cannot be read
+        return alert
+    name = dag_id.removeprefix("lgsp_")
+    system = (catalog.pipelines[name].source.system if name in catalog.pipelines
+              else catalog.feeds[name.removeprefix("push_")].system if name.removeprefix("push_") in catalog.feeds
+              else None)
+    if name.startswith("drift_") and name.removeprefix("drift_") in catalog.sharing:
+        lookup = catalog.sharing[name.removeprefix("drift_")].lookup
+        system = lookup.system if lookup else None
+    if system is None or system not in catalog.systems:
+        return alert
+    return replace(alert, system=system, owner=catalog.systems[system].owner or None)
+
+
 def _send_mail(alert: Alert) -> None:
+    to = recipients(alert)
+    if not to:
+        raise ValueError("no recipient: set LGSP_ALERT_EMAIL_TO, or the system's alert_to")
     message = EmailMessage()
     message["Subject"] = f"[lgsp] {alert.summary}"[:200]
     message["From"] = os.environ.get("LGSP_ALERT_EMAIL_FROM", "lgsp@localhost")
-    message["To"] = os.environ["LGSP_ALERT_EMAIL_TO"]
+    message["To"] = ", ".join(to)
     message.set_content("\n".join(f"{k}: {v}" for k, v in asdict(alert).items() if v is not None))
     port = int(os.environ.get("LGSP_ALERT_SMTP_PORT", "25"))
     with smtplib.SMTP(os.environ["LGSP_ALERT_SMTP_HOST"], port, timeout=15) as smtp:
@@ -133,7 +173,8 @@ def failure_alert(context: dict[str, Any]) -> Alert:
 
 def on_task_failure(context: dict[str, Any]) -> None:
     """`on_failure_callback` of every lgsp task: the task's last try failed."""
-    send(failure_alert(context))
+    alert = failure_alert(context)
+    send(with_system(alert, alert.dag_id))
 
 
 def late_alert(context: dict[str, Any], late_after_s: float) -> Alert:
@@ -150,4 +191,4 @@ def late_alert(context: dict[str, Any], late_after_s: float) -> Alert:
 async def on_run_late(context: dict[str, Any], late_after_s: float = 0.0, **_: Any) -> None:
     """DeadlineAlert callback (runs in the triggerer): the run missed its deadline."""
     alert = late_alert(context, late_after_s)
-    await asyncio.to_thread(send, alert)
+    await asyncio.to_thread(lambda: send(with_system(alert, alert.dag_id)))

@@ -125,7 +125,7 @@ def human_age(seconds: float | None) -> str:
 
 def _alert_for(fresh: Freshness, previous: str | None, last_failure: str | None) -> Any:
     """The alert for a change of state worth telling (None if it is not): gone stale, or fresh again."""
-    from lgsp.alerts import Alert, dag_url
+    from lgsp.alerts import Alert, dag_url, with_system
 
     dag_id = f"lgsp_{fresh.pipeline}"
     was_bad = previous is not None and SEVERITY.get(previous, 0) >= 2
@@ -135,11 +135,11 @@ def _alert_for(fresh: Freshness, previous: str | None, last_failure: str | None)
         cause = f"; last run: {last_failure}" if last_failure else ""
         summary = (f"{fresh.pipeline} is stale: {when} (stale after {human_age(fresh.error_after_s)}){cause}; "
                    f"see `lgsp status` and the DAG's runs")
-        return Alert(kind="stale", dag_id=dag_id, summary=summary[:1000], dag_url=dag_url(dag_id),
-                     error=last_failure)
+        return with_system(Alert(kind="stale", dag_id=dag_id, summary=summary[:1000], dag_url=dag_url(dag_id),
+                                 error=last_failure), dag_id)
     if fresh.state == "fresh" and was_bad:
-        return Alert(kind="fresh", dag_id=dag_id, dag_url=dag_url(dag_id),
-                     summary=f"{fresh.pipeline} is fresh again: synced completely {human_age(fresh.age_s)} ago")
+        return with_system(Alert(kind="fresh", dag_id=dag_id, dag_url=dag_url(dag_id), summary=(
+            f"{fresh.pipeline} is fresh again: synced completely {human_age(fresh.age_s)} ago")), dag_id)
     return None
 
 
@@ -151,18 +151,18 @@ def overdue_text(feed: str, period: dict[str, Any]) -> str:
 
 def _feed_alert(deadlines: dict[str, Any], previous: str | None, push_dag: str) -> Any:
     """The alert for a feed that fell behind its deadlines, or caught up (None otherwise)."""
-    from lgsp.alerts import Alert, dag_url
+    from lgsp.alerts import Alert, dag_url, with_system
 
     feed, overdue = deadlines["feed"], deadlines["overdue"]
     if overdue and previous != "overdue":
         summary = "; ".join(overdue_text(feed, p) for p in overdue[-3:])
-        return Alert(kind="overdue", dag_id=push_dag, dag_url=dag_url(push_dag),
-                     summary=f"{summary}; see `lgsp status` and `lgsp outbox list --feed {feed}`"[:1000])
+        return with_system(Alert(kind="overdue", dag_id=push_dag, dag_url=dag_url(push_dag), summary=(
+            f"{summary}; see `lgsp status` and `lgsp outbox list --feed {feed}`")[:1000]), f"lgsp_push_{feed}")
     if not overdue and previous == "overdue":
         last = deadlines["last_delivered"]
-        return Alert(kind="delivered", dag_id=push_dag, dag_url=dag_url(push_dag),
-                     summary=f"{feed}: every report due is acknowledged again"
-                             + (f" (the latest: {last['period']})" if last else ""))
+        return with_system(Alert(kind="delivered", dag_id=push_dag, dag_url=dag_url(push_dag),
+                                 summary=f"{feed}: every report due is acknowledged again"
+                                         + (f" (the latest: {last['period']})" if last else "")), f"lgsp_push_{feed}")
     return None
 
 

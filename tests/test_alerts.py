@@ -89,3 +89,31 @@ def test_the_freshness_dag_alerts_each_stale_pipeline_once(tmp_path: Path, sinks
     with airflow_db.connect() as conn:
         states = conn.execute(sa.text("select state from task_instance where dag_id = 'lgsp_freshness'")).all()
     assert [s for (s,) in states] == ["success", "success"]
+
+
+def test_an_alert_also_mails_the_team_that_owns_the_systems_data(tmp_path: Path,
+                                                                  sinks: tuple[WebhookSink, SmtpSink]) -> None:
+    """catalog/systems.yaml's `owner` and `alert_to`: a failed run of a TTHC pipeline mails the TTHC team too."""
+    import shutil
+
+    import yaml
+
+    from airflow_helpers import REPO
+
+    hook, mail = sinks
+    folder = tmp_path / "catalog"
+    shutil.copytree(REPO / "catalog", folder, ignore=shutil.ignore_patterns("*.py", "__*"))
+    systems = yaml.safe_load((folder / "systems.yaml").read_text())
+    systems["systems"]["tthc"].update(owner="Trung tâm Phục vụ hành chính công",
+                                      alert_to=["motcua@ninhbinh.example", "ops@ninhbinh.gov.vn"])
+    (folder / "systems.yaml").write_text(yaml.safe_dump(systems, allow_unicode=True))
+    env = lgsp_env(tmp_path / "home", LGSP_TTHC_URL="http://127.0.0.1:9", LGSP_TTHC_API_KEY="k",
+                   LGSP_ALERT_WEBHOOK_URL=hook.url, LGSP_CATALOG_DIR=str(folder), **mail.env())
+    assert run(["lgsp", "run", "tthc_dossiers", "--no-retries"], env).returncode == 1
+    assert [(a["system"], a["owner"]) for a in hook.received] == [("tthc", "Trung tâm Phục vụ hành chính công")]
+    assert [m["To"] for m in mail.messages] == ["ops@ninhbinh.gov.vn, motcua@ninhbinh.example"]  # once each
+
+    bad = systems["systems"]["tthc"] | {"alert_to": ["not an address"]}
+    (folder / "systems.yaml").write_text(yaml.safe_dump({"systems": {**systems["systems"], "tthc": bad}}))
+    proc = run(["lgsp", "catalog"], env)
+    assert proc.returncode == 2 and "systems.yaml" in proc.stdout and "not e-mail addresses" in proc.stdout
