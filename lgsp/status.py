@@ -89,7 +89,8 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
     for fresh in freshness:
         spec = catalog.pipelines[fresh.pipeline]
         run, circuit = runs.get(fresh.pipeline), circuits.get(spec.source.system)
-        pipelines.append({**fresh.as_dict(), "system": spec.source.system, "schedule": spec.schedule,
+        pipelines.append({**fresh.as_dict(), "system": spec.source.system,
+                          "owner": catalog.systems[spec.source.system].owner or None, "schedule": spec.schedule,
                           "last_run": run, "open_quarantine": quarantine.get(spec.dataset, 0),
                           "circuit": circuit["state"] if circuit else None})
         if fresh.state in ("stale", "never"):
