@@ -7,7 +7,8 @@ draws SVG charts in the browser:
 - the latest month of every indicator against the month before (cards with a two-bar chart);
 - the trend per month of each indicator for the province (a line chart each);
 - the ranking of communes in the latest month for a chosen indicator (horizontal bars);
-- the composite rankings (catalog/rankings.yaml) of communes and departments.
+- the composite rankings (catalog/rankings.yaml) of communes and departments;
+- how fresh each pipeline's data is and each report's deadlines, when the page was made (`lgsp status`).
 
 Each chart is an `<svg class="chart" id="...">`; once drawn, the script sets
 `data-marks` (bars, points drawn) and `data-box` (its position on the page) on it,
@@ -72,7 +73,20 @@ def dashboard_payload(wh: Warehouse, catalog: Catalog, synthetic: bool = True) -
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "synthetic": synthetic, "note": SYNTHETIC_NOTE if synthetic else "",
             "indicators": [_indicator_payload(wh, spec, communes) for spec in catalog.indicators.values()],
-            "rankings": rankings}
+            "rankings": rankings, "freshness": _freshness_payload(wh, catalog)}
+
+
+def _freshness_payload(wh: Warehouse, catalog: Catalog) -> dict[str, Any]:
+    """Each pipeline's freshness and each feed's report deadlines now (lgsp status), for the IOC's screen."""
+    from lgsp.status import status_report
+
+    report = status_report(wh, catalog)
+    keep = ("pipeline", "owner", "state", "synced_at", "age_s", "warn_after_s", "error_after_s")
+    return {"pipelines": [{k: p[k] for k in keep} for p in report["pipelines"]],
+            "feeds": [{"feed": f["feed"], "periods_due": f["deadlines"]["periods_due"],
+                       "overdue": len(f["deadlines"]["overdue"]),
+                       "last_delivered": (f["deadlines"]["last_delivered"] or {}).get("period")}
+                      for f in report["feeds"] if f["deadlines"]]}
 
 
 def render_dashboard(payload: dict[str, Any]) -> str:

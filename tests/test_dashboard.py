@@ -151,3 +151,6 @@ def test_the_dashboard_draws_its_charts_in_headless_chromium(lgsp_env: Any, tmp_
         assert w > 0 and h > 0 and y + h <= WINDOW[1], f"{chart_id} is on the screenshot"
         assert coloured_pixels(png, (x, y, w, h)) > 200, f"{chart_id}: no coloured marks in its box"
     assert re.search(r'id="synthetic"[^>]*>Synthetic data: [^<]*not real data', rendered), "the page says so"
+    states = dict(re.findall(r'<tr data-pipeline="(\w+)">.*?<td class="state (\w+)">', rendered))
+    assert states == {**{p: "never" for p in catalog.pipelines}, "tthc_dossiers": "fresh", "documents": "fresh"}
+    assert re.search(r'id="reports"[^>]*>government_report: \d+ report\(s\) due, \d+ overdue', rendered)
