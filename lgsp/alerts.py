@@ -51,6 +51,7 @@ class Alert:
     summary: str
     system: str | None = None  # the external system whose data it is about (its `owner` is told too)
     owner: str | None = None
+    alert_to: list[str] = field(default_factory=list)  # that system's addresses, mailed too (`with_system`)
     run_id: str | None = None
     run_url: str | None = None
     dag_url: str | None = None
@@ -79,18 +80,14 @@ def _send_webhook(alert: Alert) -> None:
 
 
 def recipients(alert: Alert) -> list[str]:
-    """Whom a mail alert goes to: LGSP_ALERT_EMAIL_TO, and the `alert_to` of the alert's system (catalog)."""
+    """Whom a mail alert goes to: LGSP_ALERT_EMAIL_TO, and the `alert_to` of the alert's system (`with_system`)."""
     found = [a.strip() for a in os.environ.get("LGSP_ALERT_EMAIL_TO", "").split(",") if a.strip()]
-    if alert.system:
-        from catalog import load_catalog
-
-        system = load_catalog().systems.get(alert.system)
-        found += [a for a in (system.alert_to if system else []) if a not in found]
-    return found
+    return found + [a for a in alert.alert_to if a not in found]
 
 
 def with_system(alert: Alert, dag_id: str) -> Alert:
-    """The alert with the system its DAG exchanges with, and that system's owner (None when it has none)."""
+    """The alert with the system its DAG exchanges with, that system's owner (None when it has none) and the
+    addresses its `alert_to` adds (catalog/systems.yaml, read once here)."""
     from dataclasses import replace
 
     try:
@@ -108,7 +105,8 @@ def with_system(alert: Alert, dag_id: str) -> Alert:
         system = lookup.system if lookup else None
     if system is None or system not in catalog.systems:
         return alert
-    return replace(alert, system=system, owner=catalog.systems[system].owner or None)
+    spec = catalog.systems[system]
+    return replace(alert, system=system, owner=spec.owner or None, alert_to=list(spec.alert_to))
 
 
 def _send_mail(alert: Alert) -> None:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from catalog.models import Catalog
 from lgsp.deadlines import all_deadlines
-from lgsp.freshness import SEVERITY, human_age, overdue_text, pipeline_freshness
+from lgsp.freshness import SEVERITY, STATES, human_age, overdue_text, pipeline_freshness
 from warehouse.store import Warehouse, utc
 
 RUN_COUNTS = ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")
@@ -144,7 +144,7 @@ def freshness_line(report: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for p in report["pipelines"]:
         counts[p["state"]] = counts.get(p["state"], 0) + 1
-    states = ", ".join(f"{counts[s]} {s}" for s in ("fresh", "warn", "stale", "never", "unchecked") if s in counts)
+    states = ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts)
     reports = [f["deadlines"] for f in report["feeds"] if f.get("deadlines")]
     due = sum(d["periods_due"] for d in reports)
     overdue = sum(len(d["overdue"]) for d in reports)

@@ -60,12 +60,11 @@ def _age(wh: Warehouse, pipeline: str, hours: float) -> None:
 
 def _others_synced_now(wh: Warehouse, but: str) -> None:
     """Every other pipeline as if it had just synced (they are not under test here)."""
-    now = datetime.now(timezone.utc)
     with wh.transaction() as conn:
         for name in load_catalog().pipelines:
             if name != but:
                 wh.set_cursor(conn, name, None, f"{name}-test", synced=True)
-    assert all(_cursor(wh, n).synced_at is not None for n in load_catalog().pipelines if n != but), now
+    assert all(_cursor(wh, n).synced_at is not None for n in load_catalog().pipelines if n != but)
 
 
 def test_durations_are_seconds_or_a_number_and_a_unit_and_a_bad_one_names_file_and_field(tmp_path: Path) -> None:
