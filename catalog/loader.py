@@ -103,6 +103,29 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
             raise CatalogError(f"{where}.due.period_column: '{feed.due.period_column}' is not a column of "
                                f"{feed.table}")
     _check_indicators(catalog, directory)
+    _check_references(catalog, directory)
+
+
+def _check_references(catalog: Catalog, directory: Path) -> None:
+    """A column's `references` names the single-column key of a dataset, of the same type, from a core dataset."""
+    for dataset in catalog.datasets.values():
+        for name, column in dataset.columns.items():
+            reference = column.references
+            if reference is None:
+                continue
+            where = f"{directory / 'datasets.yaml'}: datasets.{dataset.name}.columns.{name}.references"
+            target = catalog.datasets.get(reference.dataset)
+            if target is None:
+                raise CatalogError(f"{where}: unknown dataset '{reference.dataset}'")
+            if target.key != [reference.column]:
+                raise CatalogError(f"{where}: '{reference.to}' is not the key of '{target.name}' (its key: "
+                                   f"{target.key}); a reference names a record by its whole key")
+            if target.columns[reference.column].type != column.type:
+                raise CatalogError(f"{where}: {dataset.name}.{name} is {column.type}, {reference.to} is "
+                                   f"{target.columns[reference.column].type}")
+            if dataset.layer != "core":
+                raise CatalogError(f"{where}: only a core dataset's rows are checked (their _loaded_at dates an "
+                                   "orphan)")
 
 
 def _check_sharing(catalog: Catalog, directory: Path) -> None:

@@ -139,14 +139,51 @@ class SystemSpec(Strict):
 ColumnType = Literal["string", "integer", "float", "boolean", "date", "timestamp"]
 
 
+class ReferenceSpec(Strict):
+    """The column names a record of another dataset by its key (`to: procedure.procedure_code`).
+
+    lgsp.references checks it in the warehouse: a row whose value no record of `to` has is an
+    orphan. Records arrive from different systems at different times, so an orphan is only
+    `pending` while the row is younger than `grace` (its `_loaded_at`); older, the reference is
+    `broken`, which `lgsp status` reports with `severity` (warning, or error: exit 1) and the
+    lgsp_freshness DAG alerts on. Orphans are counted, never quarantined: the row itself is valid,
+    the record it names is missing. In catalog/datasets.yaml, `references: procedure.procedure_code`
+    is short for `references: {to: procedure.procedure_code}`.
+    """
+
+    to: str = Field(pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
+    grace: float = Field(default=86400.0, ge=0)
+    severity: Literal["warning", "error"] = "warning"
+
+    @field_validator("grace", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return duration_s(value)
+
+    @property
+    def dataset(self) -> str:
+        return self.to.split(".")[0]
+
+    @property
+    def column(self) -> str:
+        return self.to.split(".")[1]
+
+
 class ColumnSpec(Strict):
     """One column of a dataset: `description` (English) and `description_vi` (Vietnamese; the portal's
-    Vietnamese pages show it, or `description` when it is absent) say what it holds."""
+    Vietnamese pages show it, or `description` when it is absent) say what it holds; `references`
+    says it names a record of another dataset (ReferenceSpec)."""
 
     type: ColumnType
     required: bool = False
     description: str = ""
     description_vi: str = ""
+    references: ReferenceSpec | None = None
+
+    @field_validator("references", mode="before")
+    @classmethod
+    def _short_reference(cls, value: Any) -> Any:
+        return {"to": value} if isinstance(value, str) else value
 
 
 class CheckSpec(BaseModel):

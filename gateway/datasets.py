@@ -6,7 +6,8 @@ restricted, the schema (type, description and its Vietnamese, filterable, sortab
 row count of its shared view, its freshness (when its last batch was loaded; for a mart
 dataset, its newest computed_at) and, when the pipelines that fill it declare a freshness objective,
 its state against it (`lgsp.freshness`: fresh, warn, stale, never), its last quality result (the Great Expectations
-results of its last validated batch) and, for a dataset with a live lookup, its last drift
+results of its last validated batch), for each shared column that names a record of another dataset (`references`),
+how many rows name one lgsp has (`lgsp.references`) and, for a dataset with a live lookup, its last drift
 check (`lgsp drift`: a sample of the copy against its source). Figures are cached for
 `CACHE_S` seconds.
 """
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
-from catalog.models import Catalog
+from catalog.models import Catalog, ReferenceSpec
 from gateway.changes import feed_problem
 from lgsp.freshness import dataset_freshness
+from lgsp.references import check, references
 from warehouse.store import Warehouse, utc
 
 CACHE_S = 30.0
@@ -49,7 +51,26 @@ class DatasetCatalog:
                  "description_vi": dataset.columns[c].description_vi or None,
                  "required": dataset.columns[c].required, "key": c in dataset.key,
                  "filterable": c in shared.filterable, "sortable": c in self.sortable[name],
-                 "personal": shared.personal.get(c)} for c in shared.columns]
+                 "personal": shared.personal.get(c), "references": self._points_to(dataset.columns[c].references)}
+                for c in shared.columns]
+
+    def _points_to(self, reference: ReferenceSpec | None) -> dict[str, Any] | None:
+        """The dataset and field a column names a record of; `path` when that dataset is shared too."""
+        if reference is None:
+            return None
+        shared = reference.dataset in self.catalog.sharing
+        return {"dataset": reference.dataset, "field": reference.column,
+                "path": f"/api/v1/datasets/{reference.dataset}" if shared else None}
+
+    def _references(self, conn: sa.Connection, name: str) -> list[dict[str, Any]]:
+        """How many of the dataset's rows name a record lgsp has, per shared column with `references`
+        (lgsp.references: counts only, no values)."""
+        shared = set(self.catalog.sharing[name].columns)
+        now = datetime.now(timezone.utc)
+        results = [check(conn, self.tables, self.catalog, r, now, examples=0)
+                   for r in references(self.catalog, name) if r.column in shared]
+        return [{"field": r["column"], "references": r["references"], "state": r["state"], "rows": r["rows"],
+                 "orphans": r["orphans"], "orphans_past_grace": r["orphans_past_grace"]} for r in results]
 
     def describe(self, name: str) -> dict[str, Any]:
         """Everything the catalog says about `name`, with the live figures (cached)."""
@@ -62,7 +83,7 @@ class DatasetCatalog:
             figures = {"row_count": self._row_count(conn, shared.view_name),
                        "freshness": self._freshness(conn, name),
                        "freshness_status": dataset_freshness(conn, self.tables, self.catalog, name),
-                       "last_quality": self._last_quality(conn, name)}
+                       "last_quality": self._last_quality(conn, name), "references": self._references(conn, name)}
         figures["last_drift_check"] = None
         if shared.lookup is not None:
             from lgsp.drift import last_checks

@@ -23,6 +23,14 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class ColumnReference(BaseModel):
+    """The dataset whose key a column holds; `path`: that dataset's description here (null: not shared)."""
+
+    dataset: str
+    field: str
+    path: Optional[str]
+
+
 class ColumnInfo(BaseModel):
     name: str
     type: Literal["string", "integer", "float", "boolean", "date", "timestamp"]
@@ -33,6 +41,19 @@ class ColumnInfo(BaseModel):
     filterable: bool
     sortable: bool
     personal: Optional[Literal["mask", "pseudonym", "withhold"]]
+    references: Optional[ColumnReference] = None  # the column names a record of another dataset; null: it does not
+
+
+class ReferenceStatus(BaseModel):
+    """How many rows name a record lgsp has, for one column with `references` (lgsp.references): `ok` (all),
+    `pending` (orphans younger than the grace: their records may be on their way) or `broken`."""
+
+    field: str
+    references: str  # dataset.field
+    state: Literal["ok", "pending", "broken"]
+    rows: int  # rows with a value (current rows of a history dataset)
+    orphans: int  # of them, naming a record lgsp does not have
+    orphans_past_grace: int
 
 
 class QualityResult(BaseModel):
@@ -86,6 +107,7 @@ class DatasetInfo(BaseModel):
     freshness: Optional[datetime]
     freshness_status: Optional[FreshnessStatus] = None  # null: no pipeline filling it declares an objective
     last_quality: Optional[QualityResult]
+    references: list[ReferenceStatus] = []  # per shared column that names a record of another dataset
     lookup: Optional[LookupInfo] = None
     last_drift_check: Optional[DriftCheck] = None
     changes: Optional[str] = None  # the change feed's path; null: none (gateway.changes)

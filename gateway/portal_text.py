@@ -44,6 +44,11 @@ VI = {
     "freshness_never": '<span class="freshness stale">Chưa đồng bộ</span>: chưa lần nào được đồng bộ đầy đủ với hệ '
                        "thống nguồn",
     "records": "Số bản ghi",
+    "references": "Liên kết dữ liệu",
+    "refers_to": "Tham chiếu tới",
+    "reference_ok": "<code>{field}</code> → <code>{target}</code>: cả {rows} bản ghi đều khớp",
+    "reference_orphans": "<code>{field}</code> → <code>{target}</code>: {matched}/{rows} bản ghi khớp; {orphans} bản "
+                         "ghi tham chiếu tới bản ghi chưa có trên nền tảng",
     "open": '<span class="access open">Mở</span>: ai cũng có thể đọc, không cần khóa API',
     "restricted": '<span class="access restricted">Hạn chế</span>: cần được cấp quyền',
     "key": "Khóa",
@@ -152,6 +157,11 @@ EN = {
     "freshness_never": '<span class="freshness stale">Never synced</span>: not yet synced completely with its '
                        "source system",
     "records": "Records",
+    "references": "References",
+    "refers_to": "Refers to",
+    "reference_ok": "<code>{field}</code> → <code>{target}</code>: all {rows} records match",
+    "reference_orphans": "<code>{field}</code> → <code>{target}</code>: {matched} of {rows} records match; {orphans} "
+                         "name a record the platform does not have (yet)",
     "open": '<span class="access open">Open</span>: anyone may read it, no key needed',
     "restricted": '<span class="access restricted">Restricted</span>: needs a grant',
     "key": "Key",

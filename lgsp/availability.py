@@ -3,7 +3,8 @@
 The lgsp_freshness DAG judges every pipeline and push feed every 15 minutes (lgsp.freshness) and
 keeps each change of state in `lgsp_freshness_event`. Between two changes the state held, so over
 a window (the last 30 days, say) each subject's time splits into its states: the share it was
-fresh, behind (warn) and stale (stale, never, or a feed's overdue), how many times it went stale,
+fresh, behind (warn; a reference's pending) and stale (stale, never, a feed's overdue, a reference's
+broken: `ref:<dataset>.<column>`, lgsp.references), how many times it went stale,
 and its longest stale stretch. Time before a subject's first judged state is not counted
 (`observed_s` says how much was). A province can report it as its platform's stability, per
 connected system's dataset, next to `lgsp health --history` (per connection).
@@ -22,7 +23,8 @@ import sqlalchemy as sa
 
 from warehouse.store import Warehouse, utc
 
-BAD = {"stale", "never", "overdue"}
+BAD = {"stale", "never", "overdue", "broken"}  # a reference between datasets (lgsp.references) counts as stale
+BEHIND = {"warn", "pending"}
 
 
 def _share(events: list[tuple[datetime, str]], start: datetime, end: datetime) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def _share(events: list[tuple[datetime, str]], start: datetime, end: datetime) -
         lo, hi = max(at, start), min(following, end)
         span = max(0.0, (hi - lo).total_seconds())
         bad = state in BAD
-        seconds["stale" if bad else state if state in seconds else "fresh"] += span
+        seconds["stale" if bad else "warn" if state in BEHIND else "fresh"] += span
         if bad and previous not in BAD and at >= start:
             incidents += 1
         stretch = stretch + span if bad and previous in BAD else span if bad else 0.0

@@ -704,6 +704,40 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the report 
         raise typer.Exit(1)
 
 
+@app.command()
+def references(dataset: str = typer.Option(None, help="only this dataset's columns"),
+               as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
+               examples: int = typer.Option(5, min=0, help="how many missing values to show per reference")) -> None:
+    """Does every row name a record lgsp has? Each reference between datasets (`references:` in datasets.yaml):
+    rows, orphans, those past grace, the missing values most named, and what to do.
+
+    Exits 1 when a reference is broken (an orphan older than its grace).
+    """
+    from lgsp.references import check_all, summary
+    from lgsp.status import as_json as report_json, print_references
+
+    catalog = load_catalog()
+    if dataset is not None and dataset not in catalog.datasets:
+        fail(f"unknown dataset '{dataset}'; `lgsp pipelines` lists them")
+    wh = _warehouse()
+    with wh.engine.connect() as conn:
+        results = check_all(conn, wh.metadata.tables, catalog, dataset=dataset, examples=examples)
+    if as_json:
+        print(report_json({"references": results}))
+    else:
+        if not results:
+            console.print(f"no column of {dataset or 'any dataset'} declares `references`")
+        else:
+            print_references(console, results)
+        for result in results:
+            if result["state"] == "broken":
+                console.print(f"[red]broken:[/] {summary(result)}; {result['todo']}")
+            elif result["state"] == "pending":
+                console.print(f"[yellow]pending:[/] {summary(result)}")
+    if any(r["state"] == "broken" for r in results):
+        raise typer.Exit(1)
+
+
 def _drift_history(dataset: str, limit: int = 20) -> None:
     import sqlalchemy as sa
 

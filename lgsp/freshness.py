@@ -15,9 +15,10 @@ A dataset's state is the worst of the pipelines that fill it (the gateway shows 
 
 `check_and_alert` is the lgsp_freshness DAG's task: it judges every pipeline, and every push
 feed's report deadlines (lgsp.deadlines), keeps each one's state in `lgsp_freshness`, and sends
-one alert (lgsp.alerts) when a pipeline goes stale (a report overdue) and one when it is fresh
-again (delivered), not one per check; each change of state is kept in `lgsp_freshness_event`, from
-which `lgsp.availability` says what share of the time each was fresh. Example alert body::
+one alert (lgsp.alerts) when a pipeline goes stale (a report overdue, a reference between datasets
+broken: lgsp.references) and one when it is fresh again (delivered, holds again), not one per
+check; each change of state is kept in `lgsp_freshness_event`, from which `lgsp.availability` says
+what share of the time each was fresh. Example alert body::
 
     {"kind": "stale", "dag_id": "lgsp_tthc_dossiers", "summary": "tthc_dossiers is stale: last complete sync
      4h 12m ago (stale after 4h); last run failed at 2026-12-05T03:00:00+00:00: FatalError: tthc ...", ...}
@@ -173,10 +174,12 @@ def _push_dag(catalog: Catalog, feed: str) -> str:
 
 
 def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
-    """Judge every pipeline and every feed's deadlines, keep the states in `lgsp_freshness`, and alert on a
-    pipeline going stale or a report going overdue, and on each recovering."""
+    """Judge every pipeline, every feed's deadlines and every reference between datasets (lgsp.references),
+    keep the states in `lgsp_freshness` (a reference's subject: `ref:<dataset>.<column>`), and alert on a
+    pipeline going stale, a report going overdue or a reference breaking, and on each recovering."""
     from lgsp.alerts import send
     from lgsp.deadlines import all_deadlines
+    from lgsp.references import alert_for, check_all
     from lgsp.report import last_failure
 
     now = now or datetime.now(timezone.utc)
@@ -184,6 +187,7 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
     with wh.engine.connect() as conn:
         judged = [f for f in pipeline_freshness(conn, wh.system, catalog, now) if f.state != "unchecked"]
         kept = {r.subject: r for r in conn.execute(sa.select(table))}
+        checked_references = check_all(conn, wh.metadata.tables, catalog, now)
     alerts, states = [], {}
     for fresh in judged:
         previous = kept[fresh.pipeline].state if fresh.pipeline in kept else None
@@ -198,6 +202,13 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
         if alert is not None:
             alerts.append({"subject": subject, "kind": alert.kind, "sent_to": send(alert)})
         states[subject] = ("overdue" if deadlines["overdue"] else "fresh", None)
+    for result in checked_references:
+        subject = f"ref:{result['reference']}"
+        previous = kept[subject].state if subject in kept else None
+        alert = alert_for(catalog, result, previous)
+        if alert is not None:
+            alerts.append({"subject": subject, "kind": alert.kind, "sent_to": send(alert)})
+        states[subject] = (result["state"], None)
     rows = [{"subject": subject, "state": state, "synced_at": synced_at, "checked_at": now,
              "since": (utc(kept[subject].since) if subject in kept and kept[subject].state == state else now)}
             for subject, (state, synced_at) in states.items()]

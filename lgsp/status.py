@@ -4,8 +4,9 @@ Per pipeline: its freshness (lgsp.freshness: the age of its last complete sync a
 objective), its last run (status, when, rows, the error if it failed or its load was refused),
 the dataset's open quarantine and its system's circuit. Per push feed: messages waiting, dead
 letters, the oldest one not acknowledged and, for a feed with `due`, its reports' deadlines
-(lgsp.deadlines: periods past due, those not acknowledged). Then the problems, each with what to do. It reads only
-the warehouse's bookkeeping (no source is asked; `lgsp health` does that).
+(lgsp.deadlines: periods past due, those not acknowledged). Per reference between datasets
+(lgsp.references): orphan rows, those past grace. Then the problems, each with what to do. It reads
+only the warehouse (no source is asked; `lgsp health` does that).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from rich.table import Table
 from catalog.models import Catalog
 from lgsp.deadlines import all_deadlines
 from lgsp.freshness import SEVERITY, STATES, human_age, overdue_text, pipeline_freshness
+from lgsp.references import check_all
+from lgsp.references import summary as reference_summary
 from warehouse.store import Warehouse, utc
 
 RUN_COUNTS = ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")
@@ -85,6 +88,7 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
         freshness = pipeline_freshness(conn, wh.system, catalog, now)
         runs, quarantine = _last_runs(conn, wh.system), _open_quarantine(conn, wh.system)
         circuits, feeds = _circuits(conn, wh.system), _feeds(conn, wh.system, catalog, now)
+        checked_references = check_all(conn, wh.metadata.tables, catalog, now)
     pipelines, problems = [], []
     for fresh in freshness:
         spec = catalog.pipelines[fresh.pipeline]
@@ -122,8 +126,13 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
             problems.append({"severity": "error", "feed": feed["feed"], "problem": (
                 f"push feed {feed['feed']}: {feed['dead']} dead message(s); `lgsp outbox list --status dead`, "
                 "then `lgsp outbox retry`")})
+    for result in checked_references:
+        if result["state"] == "broken":
+            problems.append({"severity": result["severity"], "reference": result["reference"],
+                             "problem": f"{reference_summary(result)}; {result['todo']}"})
     ok = not any(p["severity"] == "error" for p in problems)
-    return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "problems": problems}
+    return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "references": checked_references,
+            "problems": problems}
 
 
 def _iso(value: datetime | None) -> str:
@@ -148,8 +157,11 @@ def freshness_line(report: dict[str, Any]) -> str:
     reports = [f["deadlines"] for f in report["feeds"] if f.get("deadlines")]
     due = sum(d["periods_due"] for d in reports)
     overdue = sum(len(d["overdue"]) for d in reports)
+    broken = sum(r["state"] == "broken" for r in report["references"])
+    orphans = sum(r["orphans"] for r in report["references"])
     return (f"Freshness: {states} (of {len(report['pipelines'])} pipelines); reports due: {due}, "
-            f"{overdue} overdue (`lgsp status` says why)")
+            f"{overdue} overdue; references: {len(report['references'])}, {broken} broken, {orphans} orphan rows "
+            "(`lgsp status` says why)")
 
 
 def _reports(deadlines: dict[str, Any] | None) -> str:
@@ -189,12 +201,33 @@ def print_status(console: Console, report: dict[str, Any]) -> None:
             feeds.add_row(f["feed"], waiting, f"[red]{f['dead']}[/]" if f["dead"] else "0", str(f["acked"]),
                           _when(f["last_acked_at"], now), _reports(f["deadlines"]))
         console.print(feeds)
+    if report["references"]:
+        print_references(console, report["references"])
     if not report["problems"]:
         console.print("[green]nothing needs attention: every pipeline with an objective is fresh, no report "
-                      "overdue, no dead letter[/]")
+                      "overdue, no dead letter, no broken reference[/]")
     for problem in report["problems"]:
         colour = "red" if problem["severity"] == "error" else "yellow"
         console.print(f"[{colour}]{problem['severity']}:[/] {problem['problem']}")
+
+
+REFERENCE_COLOUR = {"ok": "green", "pending": "yellow", "broken": "red"}
+
+
+def print_references(console: Console, results: list[dict[str, Any]]) -> None:
+    """`lgsp references`, and the references part of `lgsp status`: one row per reference."""
+    table = Table(title="References between datasets (lgsp references)")
+    table.add_column("column\n-> the key it names", no_wrap=True)
+    for col, justify in (("state", "left"), ("rows", "right"), ("orphans\n(past grace)", "right"),
+                         ("missing:\nmost named", "left")):
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in results:
+        missing = ", ".join(f"{m['value']} ({m['rows']:,})" for m in r["missing"])
+        more = r["missing_values"] - len(r["missing"])
+        table.add_row(f"{r['reference']}\n-> {r['references']}", f"[{REFERENCE_COLOUR[r['state']]}]{r['state']}[/]",
+                      f"{r['rows']:,}", f"{r['orphans']:,}\n({r['orphans_past_grace']:,}, {human_age(r['grace_s'])})",
+                      (missing + (f" +{more:,} more" if more > 0 else "")) or "-")
+    console.print(table)
 
 
 def print_history(console: Console, shares: list[dict[str, Any]], days: float) -> None:

@@ -34,6 +34,8 @@ def json_schema(dataset: DatasetSpec) -> dict[str, Any]:
             kind["description"] = col.description
         if col.description_vi:
             kind["x-description-vi"] = col.description_vi
+        if col.references is not None:
+            kind["x-references"] = col.references.to
         properties[name] = kind
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -86,6 +88,15 @@ def dictionary_page(dataset: DatasetSpec) -> str:
     for name, col in dataset.columns.items():
         required = "key" if name in dataset.key else ("yes" if col.required else "")
         lines.append(f"| `{name}` | {col.type} | {required} | {_cell(col.description)} | {_cell(col.description_vi)} |")
+    pointing = {name: col.references for name, col in dataset.columns.items() if col.references is not None}
+    if pointing:
+        from lgsp.freshness import human_age
+
+        lines += ["", "## References to other datasets (`lgsp references`; an orphan is counted, not quarantined)", "",
+                  "| column | names a record of | grace | severity when broken |", "| --- | --- | --- | --- |"]
+        for name, ref in pointing.items():
+            lines.append(f"| `{name}` | [`{ref.dataset}`]({ref.dataset}.md)`.{ref.column}` | "
+                         f"{human_age(ref.grace)} | {ref.severity} |")
     lines += ["", "## Row rules (a failing row goes to quarantine)", "", "| rule | parameters |", "| --- | --- |"]
     for check in row_checks(dataset):
         lines.append(f"| `{check.rule}` | {_check_text(check.params)} |")
