@@ -9,7 +9,7 @@ its state against it (`lgsp.freshness`: fresh, warn, stale, never), its last qua
 results of its last validated batch), for each shared column that names a record of another dataset (`references`),
 how many rows name one lgsp has (`lgsp.references`) and, for a dataset with a live lookup, its last drift
 check (`lgsp drift`: a sample of the copy against its source). Figures are cached for
-`CACHE_S` seconds.
+`CACHE_S` seconds, the references' for `REFERENCES_CACHE_S`.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from lgsp.references import check, references
 from warehouse.store import Warehouse, utc
 
 CACHE_S = 30.0
+REFERENCES_CACHE_S = 300.0
 
 
 class DatasetCatalog:
@@ -38,6 +39,7 @@ class DatasetCatalog:
         self.sortable = sortable
         self.tables = Warehouse(engine.url.render_as_string(hide_password=False), catalog).metadata.tables
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._references_cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -64,13 +66,20 @@ class DatasetCatalog:
 
     def _references(self, conn: sa.Connection, name: str) -> list[dict[str, Any]]:
         """How many of the dataset's rows name a record lgsp has, per shared column with `references`
-        (lgsp.references: counts only, no values)."""
+        (lgsp.references: counts only, no values). An anti-join over the whole table (~0.2 s per million rows
+        on PostgreSQL), so kept `REFERENCES_CACHE_S`."""
+        now_s = time.monotonic()
+        cached = self._references_cache.get(name)
+        if cached is not None and cached[0] > now_s:
+            return cached[1]
         shared = set(self.catalog.sharing[name].columns)
         now = datetime.now(timezone.utc)
         results = [check(conn, self.tables, self.catalog, r, now, examples=0)
                    for r in references(self.catalog, name) if r.column in shared]
-        return [{"field": r["column"], "references": r["references"], "state": r["state"], "rows": r["rows"],
-                 "orphans": r["orphans"], "orphans_past_grace": r["orphans_past_grace"]} for r in results]
+        counts = [{"field": r["column"], "references": r["references"], "state": r["state"], "rows": r["rows"],
+                   "orphans": r["orphans"], "orphans_past_grace": r["orphans_past_grace"]} for r in results]
+        self._references_cache[name] = (now_s + REFERENCES_CACHE_S, counts)
+        return counts
 
     def describe(self, name: str) -> dict[str, Any]:
         """Everything the catalog says about `name`, with the live figures (cached)."""

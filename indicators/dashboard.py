@@ -77,7 +77,8 @@ def dashboard_payload(wh: Warehouse, catalog: Catalog, synthetic: bool = True) -
 
 
 def _freshness_payload(wh: Warehouse, catalog: Catalog) -> dict[str, Any]:
-    """Each pipeline's freshness and each feed's report deadlines now (lgsp status), for the IOC's screen."""
+    """Each pipeline's freshness, each feed's report deadlines and each reference's orphans now (lgsp status), for
+    the IOC's screen."""
     from lgsp.status import status_report
 
     report = status_report(wh, catalog)
@@ -86,7 +87,9 @@ def _freshness_payload(wh: Warehouse, catalog: Catalog) -> dict[str, Any]:
             "feeds": [{"feed": f["feed"], "periods_due": f["deadlines"]["periods_due"],
                        "overdue": len(f["deadlines"]["overdue"]),
                        "last_delivered": (f["deadlines"]["last_delivered"] or {}).get("period")}
-                      for f in report["feeds"] if f["deadlines"]]}
+                      for f in report["feeds"] if f["deadlines"]],
+            "references": [{k: r[k] for k in ("reference", "references", "state", "rows", "orphans")}
+                           for r in report["references"]]}
 
 
 def render_dashboard(payload: dict[str, Any]) -> str:

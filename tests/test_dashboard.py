@@ -154,3 +154,7 @@ def test_the_dashboard_draws_its_charts_in_headless_chromium(lgsp_env: Any, tmp_
     states = dict(re.findall(r'<tr data-pipeline="(\w+)">.*?<td class="state (\w+)">', rendered))
     assert states == {**{p: "never" for p in catalog.pipelines}, "tthc_dossiers": "fresh", "documents": "fresh"}
     assert re.search(r'id="reports"[^>]*>government_report: \d+ report\(s\) due, \d+ overdue', rendered)
+    # no procedure catalogue nor admin units synced: every dossier names a record the platform does not have yet
+    assert re.search(r'id="references"[^>]*>Liên kết dữ liệu / References: dossier.procedure_code -&gt; '
+                     r'procedure.procedure_code: (\d+) of \1 rows name a missing record \(pending\); '
+                     r'dossier.commune_code -&gt; admin_unit.code: (\d+) of \2 rows', rendered)
