@@ -58,6 +58,17 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _utc(moment: datetime) -> datetime:
+    """A stored time as UTC (SQLite gives it back naive)."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def live_grant(now: datetime | None = None) -> sa.ColumnElement[bool]:
+    """A grant that has not expired (`expires_at` null: until revoked)."""
+    g = tables.grant.c
+    return sa.or_(g.expires_at.is_(None), g.expires_at > (now or _now()))
+
+
 class AgencyRegistry:
     """Agencies, credentials and grants in the gateway's tables."""
 
@@ -126,8 +137,14 @@ class AgencyRegistry:
                                                       expires_at=_now() + timedelta(seconds=ttl_s)))
         return token
 
-    def grant(self, agency_id: str, dataset: str, personal: list[str] | None = None) -> None:
-        """Let the agency read `dataset`; `personal` lists the personal columns it may see in clear."""
+    def grant(self, agency_id: str, dataset: str, personal: list[str] | None = None,
+              expires_at: datetime | None = None, request_id: str | None = None,
+              conn: sa.Connection | None = None) -> None:
+        """Let the agency read `dataset`; `personal` lists the personal columns it may see in clear; `expires_at`
+        ends the grant (None: until revoked); `request_id` names the access request it answers. In `conn`'s
+        transaction when given."""
+        if expires_at is not None and expires_at <= _now():
+            raise RegistryError(f"the grant would end {expires_at.isoformat(timespec='seconds')}, in the past")
         shared = self.catalog.sharing.get(dataset)
         if shared is None:
             raise RegistryError(f"'{dataset}' is not shared (catalog/sharing.yaml has: "
@@ -136,12 +153,15 @@ class AgencyRegistry:
         if unknown:
             raise RegistryError(f"{unknown} are not personal columns of '{dataset}' "
                                 f"(its personal columns: {sorted(shared.personal)})")
-        with self.engine.begin() as conn:
-            self._require_agency(conn, agency_id)
-            g = tables.grant
-            conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset))
-            conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(),
-                                           personal_columns=json.dumps(sorted(set(personal or [])))))
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.grant(agency_id, dataset, personal, expires_at, request_id, own)
+        self._require_agency(conn, agency_id)
+        g = tables.grant
+        conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset))
+        conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(), expires_at=expires_at,
+                                       request_id=request_id, personal_columns=json.dumps(sorted(set(personal or [])))))
+        return None
 
     def revoke(self, agency_id: str, dataset: str) -> None:
         """Withdraw the agency's grant on `dataset`."""
@@ -166,12 +186,13 @@ class AgencyRegistry:
             if agency is None:
                 return None
             grants = conn.execute(sa.select(tables.grant.c.dataset, tables.grant.c.personal_columns)
-                                  .where(tables.grant.c.agency_id == agency_id)).all()
+                                  .where(tables.grant.c.agency_id == agency_id, live_grant())).all()
         return Principal(agency_id=agency_id, rate_per_s=agency.rate_per_s,
                          grants={g.dataset: frozenset(json.loads(g.personal_columns)) for g in grants})
 
     def agencies(self) -> list[dict[str, Any]]:
-        """Every agency with its credentials (ids and kinds only) and grants."""
+        """Every agency with its credentials (ids and kinds only), grants (and when they end) and expired grants."""
+        now = _now()
         with self.engine.connect() as conn:
             agencies = [dict(r) for r in conn.execute(sa.select(tables.agency).order_by("agency_id")).mappings()]
             creds = conn.execute(sa.select(tables.credential.c.agency_id, tables.credential.c.credential_id,
@@ -180,6 +201,9 @@ class AgencyRegistry:
         for entry in agencies:
             entry["credentials"] = [f"{c.credential_id} ({c.kind}{', revoked' if c.revoked_at else ''})"
                                     for c in creds if c.agency_id == entry["agency_id"]]
-            entry["grants"] = {g["dataset"]: json.loads(g["personal_columns"]) for g in grants
-                               if g["agency_id"] == entry["agency_id"]}
+            own = [g for g in grants if g["agency_id"] == entry["agency_id"]]
+            live = [g for g in own if g["expires_at"] is None or _utc(g["expires_at"]) > now]
+            entry["grants"] = {g["dataset"]: json.loads(g["personal_columns"]) for g in live}
+            entry["grant_expiry"] = {g["dataset"]: _utc(g["expires_at"]) for g in live if g["expires_at"] is not None}
+            entry["expired_grants"] = {g["dataset"]: _utc(g["expires_at"]) for g in own if g not in live}
         return agencies

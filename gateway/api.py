@@ -42,15 +42,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.models import Catalog
 from gateway.access import AccessDenied, RateLimited, presented_secret
+from gateway.access_requests import AccessRequests, RequestError, UnknownRequest
 from gateway.agencies import Principal
 from gateway.audit import AuditEntry, AuditUnavailable
 from gateway.changes import NoFeed, TokenExpired, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import LookupFailed, lookup_key
-from gateway.models import (DatasetInfo, DatasetList, ErrorBody, Health, TokenResponse, WebhookAttempt,
-                            WebhookDeliveries, WebhookList, WebhookRequest, WebhookSecret, changes_model, lookup_model,
-                            page_model)
+from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, DatasetInfo, DatasetList,
+                            ErrorBody, Health, TokenResponse, WebhookAttempt, WebhookDeliveries, WebhookList,
+                            WebhookRequest, WebhookSecret, changes_model, lookup_model, page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
 from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
@@ -300,6 +301,56 @@ def _dataset_routes(app: FastAPI, gateway: Gateway) -> dict[str, list[ParamSpec]
     return specs
 
 
+def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
+    """An agency asks for a dataset, follows its requests and withdraws a pending one (gateway.access_requests);
+    the province decides them (lgsp agencies approve / deny)."""
+    asked = AccessRequests(gateway.write_engine, gateway.catalog, gateway.audit)
+    responses: dict[int | str, dict[str, Any]] = {s: ERRORS[s] for s in (401, 429)}
+    one = {**responses, 404: {"model": ErrorBody, "description": "no such request of the calling agency"}}
+
+    def agency(request: Request) -> str:
+        principal = caller(request, gateway)
+        if principal.agency_id is None:
+            raise AccessDenied(401, "an access request is an agency's: send its API key (X-API-Key) or an OAuth2 "
+                                    "bearer token (the province registers agencies: lgsp agencies add)")
+        return principal.agency_id
+
+    def shown(entry: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in entry.items() if k not in ("agency_id", "decided_by")}
+
+    @app.get("/api/v1/access-requests", response_model=AccessRequestList, tags=["access requests"],
+             responses=responses, summary="The calling agency's access requests, newest first")
+    def list_requests(request: Request) -> Response:
+        return json_response({"requests": [shown(r) for r in asked.listing(agency(request))]})
+
+    @app.post("/api/v1/access-requests", response_model=AccessRequestInfo, status_code=201, tags=["access requests"],
+              responses={**responses, 400: ERRORS[400]},
+              summary="Ask the province for a shared dataset (it approves or denies; GET follows the request)")
+    def file_request(request: Request, wanted: AccessRequestIn) -> Response:
+        agency_id = agency(request)
+        try:
+            entry = asked.submit(agency_id, wanted.dataset, wanted.purpose, wanted.personal, wanted.until,
+                                 wanted.legal_basis)
+        except RequestError as exc:
+            return error_response(400, str(exc))
+        return json_response(shown(entry), 201, {"Location": f"/api/v1/access-requests/{entry['request_id']}"})
+
+    @app.get("/api/v1/access-requests/{request_id}", response_model=AccessRequestInfo, tags=["access requests"],
+             responses=one, summary="One of the calling agency's access requests")
+    def get_request(request: Request, request_id: str = Path(..., max_length=64)) -> Response:
+        return json_response(shown(asked.get(request_id, agency(request))))
+
+    @app.delete("/api/v1/access-requests/{request_id}", response_model=AccessRequestInfo, tags=["access requests"],
+                responses={**one, 400: {"model": ErrorBody, "description": "the request is not pending"}},
+                summary="Withdraw a pending access request")
+    def withdraw_request(request: Request, request_id: str = Path(..., max_length=64)) -> Response:
+        agency_id = agency(request)
+        try:
+            return json_response(shown(asked.withdraw(request_id, agency_id)))
+        except RequestError as exc:
+            return error_response(400, str(exc))
+
+
 def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
     """An agency sees its own webhooks, pings one, revives a dead one, rotates or removes one; it registers its own
     when the province allows its host (LGSP_GATEWAY_WEBHOOK_HOSTS), else the province adds them (lgsp webhooks add)."""
@@ -420,7 +471,7 @@ def problem(exc: Exception) -> tuple[int, str, dict[str, str]] | None:
         return exc.status, str(exc), {}
     if isinstance(exc, QueryError):
         return 400, str(exc), {}
-    if isinstance(exc, (UnknownDataset, NoFeed, UnknownWebhook)):
+    if isinstance(exc, (UnknownDataset, NoFeed, UnknownWebhook, UnknownRequest)):
         return 404, str(exc.args[0]), {}
     if isinstance(exc, TokenExpired):
         return 410, str(exc), {}
@@ -450,7 +501,7 @@ def _error_handlers(app: FastAPI) -> None:
         return handle(status, message, request, headers or None)
 
     for kind in (AccessDenied, QueryError, UnknownDataset, NoFeed, TokenExpired, RateLimited, QueryTimeout,
-                 AuditUnavailable, LookupFailed, UnknownWebhook):
+                 AuditUnavailable, LookupFailed, UnknownWebhook, UnknownRequest):
         app.add_exception_handler(kind, known)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
@@ -556,6 +607,7 @@ def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None 
     specs = _dataset_routes(app, gateway)
     _token_route(app, gateway)
     _webhook_routes(app, gateway)
+    _access_request_routes(app, gateway)
     ckan_routes(app, gateway)
     portal_routes(app, gateway)
     _error_handlers(app)

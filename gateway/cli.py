@@ -9,6 +9,9 @@
     lgsp agencies revoke so_y_te citizen             withdraw a grant
     lgsp agencies revoke-credential CREDENTIAL_ID    revoke a key or client
     lgsp agencies list                               agencies, credentials (ids only), grants
+    lgsp agencies requests [--status all]            access requests agencies filed (POST /api/v1/access-requests)
+    lgsp agencies approve REQUEST [--until DATE]     approve one: its grant made at once (as asked, or narrower)
+    lgsp agencies deny REQUEST --note WHY            deny one, saying why
     lgsp webhooks add so_xay_dung enterprise URL     tell an agency's endpoint when a dataset changes (secret once)
     lgsp webhooks list | dispatch | ping | deliveries | retry | rotate | remove
     lgsp audit verify                                walk the hash chain; non-zero exit if broken
@@ -141,11 +144,111 @@ def agencies_client(agency_id: str) -> None:
 
 @agencies_app.command("grant")
 def agencies_grant(agency_id: str, dataset: str,
-                   personal: list[str] = typer.Option([], help="a personal column to see in clear (repeatable)")) -> None:
+                   personal: list[str] = typer.Option([], help="a personal column to see in clear (repeatable)"),
+                   until: str = typer.Option(None, help="the grant ends then: a date (the end of that day, Vietnam "
+                                                        "time) or an ISO time; default: until revoked")) -> None:
     """Grant a dataset to an agency (personal columns masked unless listed with --personal)."""
     registry, _ = _registry()
-    _run(lambda: registry.grant(agency_id, dataset, personal))  # type: ignore[attr-defined]
-    console.print(f"{agency_id} may read {dataset}" + (f", with {', '.join(personal)} in clear" if personal else ""))
+    ends = _until(until)
+    _run(lambda: registry.grant(agency_id, dataset, personal, ends))  # type: ignore[attr-defined]
+    console.print(f"{agency_id} may read {dataset}" + (f", with {', '.join(personal)} in clear" if personal else "")
+                  + (f", until {ends.isoformat(timespec='minutes')}" if ends else ""))
+
+
+def _until(text: str | None) -> object:
+    from gateway.access_requests import end_of
+
+    try:
+        return end_of(text)
+    except ValueError as exc:
+        _fail(f"--until: {exc}")
+    return None
+
+
+def _access_requests() -> object:
+    from gateway.access_requests import AccessRequests
+
+    _, engine = _registry()
+    return AccessRequests(engine, load_catalog())  # type: ignore[arg-type]
+
+
+def _decide(action: object) -> dict[str, object]:
+    from gateway.access_requests import RequestError, UnknownRequest
+
+    try:
+        return action()  # type: ignore[operator,no-any-return]
+    except (RequestError, UnknownRequest) as exc:
+        _fail(str(exc))
+    return {}
+
+
+def _decider(by: str | None) -> str:
+    return by or os.environ.get("LGSP_OPERATOR") or os.environ.get("USER") or "province"
+
+
+@agencies_app.command("requests")
+def agencies_requests(status: str = typer.Option("pending", help="pending, approved, denied, withdrawn or all"),
+                      agency: str = typer.Option(None, help="only this agency's")) -> None:
+    """Access requests agencies filed (POST /api/v1/access-requests): what, why, until when, and the decision."""
+    from gateway.access_requests import STATUSES
+
+    if status != "all" and status not in STATUSES:
+        _fail(f"--status must be one of {', '.join(STATUSES)} or all")
+    asked = _access_requests()
+    try:
+        found = asked.listing(agency, None if status == "all" else status)  # type: ignore[attr-defined]
+    finally:
+        asked.close()  # type: ignore[attr-defined]
+    if not found:
+        console.print(f"no {'' if status == 'all' else status + ' '}access request")
+        return
+    for r in found:  # one block per request: a purpose is a sentence, a table would cut it
+        state = r["status"] + (f" {r['decided_at']:%Y-%m-%d %H:%M} UTC by {r['decided_by']}" if r["decided_at"]
+                               else f" since {r['requested_at']:%Y-%m-%d %H:%M} UTC")
+        console.print(f"[bold]{r['request_id']}[/]  {r['agency_id']} -> {r['dataset']}  ({state})")
+        until = f"{r['until']:%Y-%m-%d %H:%M} UTC" if r["until"] else "no end"
+        console.print(f"  personal columns in clear: {', '.join(r['personal']) or 'none'}; until {until}")
+        console.print(f"  purpose: {r['purpose']}")
+        if r["legal_basis"]:
+            console.print(f"  legal basis: {r['legal_basis']}")
+        if r["status"] == "approved":
+            ends = f"{r['granted_until']:%Y-%m-%d %H:%M} UTC" if r["granted_until"] else "revoked"
+            console.print(f"  granted: {', '.join(r['granted_personal'] or []) or 'no personal column'} in clear, "
+                          f"until {ends}")
+        if r["note"]:
+            console.print(f"  note: {r['note']}")
+
+
+@agencies_app.command("approve")
+def agencies_approve(request_id: str,
+                     personal: list[str] = typer.Option(None, help="grant only these of the personal columns asked "
+                                                                   "(repeatable; default: all asked)"),
+                     until: str = typer.Option(None, help="end the grant earlier than asked (a date or ISO time)"),
+                     note: str = typer.Option(None, help="a note the agency reads"),
+                     by: str = typer.Option(None, help="who decides (default $LGSP_OPERATOR or $USER)")) -> None:
+    """Approve an access request: its grant is made in the same transaction (as asked, or narrower)."""
+    ends = _until(until)
+    asked = _access_requests()
+    try:
+        done = _decide(lambda: asked.approve(request_id, _decider(by), personal or None, ends, note))  # type: ignore
+    finally:
+        asked.close()  # type: ignore[attr-defined]
+    clear = ", ".join(done["granted_personal"]) or "none"  # type: ignore[arg-type]
+    console.print(f"{request_id} approved: {done['agency_id']} may read {done['dataset']} (personal columns in "
+                  f"clear: {clear}) until " + (f"{done['granted_until']:%Y-%m-%d %H:%M} UTC" if done["granted_until"]
+                                              else "revoked"))
+
+
+@agencies_app.command("deny")
+def agencies_deny(request_id: str, note: str = typer.Option(..., help="why (the agency reads it)"),
+                  by: str = typer.Option(None, help="who decides (default $LGSP_OPERATOR or $USER)")) -> None:
+    """Deny an access request, saying why."""
+    asked = _access_requests()
+    try:
+        _decide(lambda: asked.deny(request_id, _decider(by), note))  # type: ignore[attr-defined]
+    finally:
+        asked.close()  # type: ignore[attr-defined]
+    console.print(f"{request_id} denied")
 
 
 @agencies_app.command("revoke")
@@ -168,9 +271,14 @@ def agencies_revoke_credential(credential_id: str) -> None:
 def agencies_list() -> None:
     """Agencies, their credentials (ids and kinds, never secrets) and grants."""
     registry, _ = _registry()
-    table = Table("agency", "name", "rate/s", "credentials", "grants (personal columns in clear)")
+    table = Table("agency", "name", "rate/s", "credentials", "grants (personal columns in clear; until)")
     for agency in registry.agencies():  # type: ignore[attr-defined]
-        grants = ", ".join(f"{d}{' [' + ', '.join(p) + ']' if p else ''}" for d, p in agency["grants"].items())
+        ends = agency["grant_expiry"]
+        grants = ", ".join(f"{d}{' [' + ', '.join(p) + ']' if p else ''}"
+                           + (f" until {ends[d]:%Y-%m-%d %H:%M}" if d in ends else "")
+                           for d, p in agency["grants"].items())
+        if agency["expired_grants"]:
+            grants += "\nexpired: " + ", ".join(agency["expired_grants"])
         table.add_row(agency["agency_id"], agency["name"], str(agency["rate_per_s"] or "default"),
                       "\n".join(agency["credentials"]), grants)
     console.print(table)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -163,6 +163,40 @@ class WebhookDelivery(BaseModel):
 class WebhookDeliveries(BaseModel):
     webhook_id: str
     deliveries: list[WebhookDelivery]
+
+
+class AccessRequestIn(BaseModel):
+    """An agency asks for a shared dataset (gateway.access_requests): the personal columns it needs in clear
+    (the others stay masked or pseudonymised), what for, on what legal basis, until when (null: no end)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(max_length=100)
+    purpose: str = Field(min_length=20, max_length=2000)
+    personal: list[str] = Field(default=[], max_length=50)
+    legal_basis: Optional[str] = Field(default=None, max_length=500)
+    until: Optional[Union[date, datetime]] = None  # a date: the end of that day, Vietnam time
+
+
+class AccessRequestInfo(BaseModel):
+    """An access request and, once decided, the decision (approved: the grant's personal columns and end)."""
+
+    request_id: str
+    dataset: str
+    personal: list[str]
+    purpose: str
+    legal_basis: Optional[str]
+    until: Optional[datetime]
+    status: Literal["pending", "approved", "denied", "withdrawn"]
+    requested_at: datetime
+    decided_at: Optional[datetime]
+    note: Optional[str]  # the decision's reason
+    granted_personal: Optional[list[str]]
+    granted_until: Optional[datetime]
+
+
+class AccessRequestList(BaseModel):
+    requests: list[AccessRequestInfo]
 
 
 class WebhookRequest(BaseModel):

@@ -21,6 +21,7 @@ language and a shared address follows its reader's browser. Every word is in gat
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import unicodedata
 from datetime import datetime, timezone
@@ -246,6 +247,15 @@ def access_routes(info: dict[str, Any], base: str) -> list[dict[str, str]]:
     return shown_routes
 
 
+def request_curl(info: dict[str, Any], base: str) -> str:
+    """How an agency asks for a restricted dataset (POST /api/v1/access-requests; gateway.access_requests)."""
+    personal = [c["name"] for c in info["schema"] if c["personal"]][:1]
+    body = json.dumps({"dataset": info["name"], "purpose": "...", "legal_basis": "...", "personal": personal,
+                       "until": "YYYY-MM-DD"}, ensure_ascii=False)
+    return (f"curl -s -X POST -H \"X-API-Key: $KEY\" -H 'Content-Type: application/json' \\\n"
+            f"  -d '{body}' '{base}/api/v1/access-requests'")
+
+
 def preview(gateway: Gateway, principal: Principal, name: str) -> list[dict[str, Any]] | None:
     """The first records of an open dataset, read and audited as the records route reads them.
 
@@ -274,8 +284,9 @@ def _dataset_page(request: Request, gateway: Gateway, name: str) -> Response:
     shared = gateway.shared(name)  # UnknownDataset: the 404 page
     info = gateway.datasets.describe(name)
     records = preview(gateway, principal, name) if shared.access == "open" else []
-    return render_page(Locale.of(request), "dataset.html", d=info,
-                       links=access_routes(info, _base_url(request, gateway)),
+    base = _base_url(request, gateway)
+    return render_page(Locale.of(request), "dataset.html", d=info, links=access_routes(info, base),
+                       request_curl=request_curl(info, base),
                        csv_path=f"/api/v1/datasets/{name}/export?format=csv", preview=records,
                        preview_rows=PREVIEW_ROWS)
 

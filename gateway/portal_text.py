@@ -87,12 +87,13 @@ VI = {
     "preview_caption": "{count} bản ghi đầu của <code>{name}</code>, theo thứ tự khóa",
     # how to ask for a grant
     "grant": "Cách đề nghị cấp quyền",
-    "grant_how": "Bản ghi của bộ dữ liệu này không hiển thị tại đây. Cơ quan, đơn vị cần sử dụng gửi đề nghị "
-                 "cấp quyền truy cập bộ dữ liệu <code>{name}</code> tới đơn vị quản lý, <strong>{owner}</strong>, "
-                 "nêu rõ mục đích sử dụng. Khi đơn vị quản lý đồng ý, quản trị viên của tỉnh đăng ký cơ quan, đơn vị "
-                 "đó, cấp khóa API và cấp quyền truy cập bộ dữ liệu (<code>lgsp agencies grant AGENCY {name}</code>). "
-                 "Các cột dữ liệu cá nhân vẫn được bảo vệ như từ điển dữ liệu mô tả, trừ khi quyền được cấp nêu rõ "
-                 "các cột đó.",
+    "grant_how": "Bản ghi của bộ dữ liệu này không hiển thị tại đây. Cơ quan, đơn vị đã có khóa API gửi đề nghị "
+                 "cấp quyền truy cập bộ dữ liệu <code>{name}</code> qua API, nêu rõ mục đích sử dụng, căn cứ pháp lý, "
+                 "các cột dữ liệu cá nhân cần xem và thời hạn sử dụng; đơn vị quản lý, <strong>{owner}</strong>, xem "
+                 "xét và quyền truy cập được cấp ngay khi đề nghị được chấp thuận (theo dõi tại "
+                 "<code>GET /api/v1/access-requests</code>). Cơ quan, đơn vị chưa có khóa API đề nghị quản trị viên "
+                 "của tỉnh đăng ký và cấp khóa. Các cột dữ liệu cá nhân vẫn được bảo vệ như từ điển dữ liệu mô tả, "
+                 "trừ khi quyền được cấp nêu rõ các cột đó.",
     # errors
     "error_400": "Yêu cầu không hợp lệ",
     "error_404": "Không tìm thấy",
@@ -196,11 +197,12 @@ EN = {
     "preview_region": "Preview of the records",
     "preview_caption": "The first {count} records of <code>{name}</code>, in key order",
     "grant": "How to ask for a grant",
-    "grant_how": "Records of this dataset are not shown here. An agency that needs them asks the owner, "
-                 "<strong>{owner}</strong>, for a grant on <code>{name}</code>, saying what for. Once the owner "
-                 "agrees, the province's administrator registers the agency, issues its API key and grants the "
-                 "dataset (<code>lgsp agencies grant AGENCY {name}</code>). Personal columns stay protected as the "
-                 "data dictionary says unless the grant names them.",
+    "grant_how": "Records of this dataset are not shown here. An agency with an API key asks for a grant on "
+                 "<code>{name}</code> through the API, saying what for, on what legal basis, which personal columns "
+                 "it needs and until when; the owner, <strong>{owner}</strong>, decides, and the grant is made as "
+                 "soon as the request is approved (follow it at <code>GET /api/v1/access-requests</code>). An agency "
+                 "without a key asks the province's administrator to register it. Personal columns stay protected "
+                 "as the data dictionary says unless the grant names them.",
     "error_400": "Bad request",
     "error_404": "Not found",
     "error_429": "Too many requests",

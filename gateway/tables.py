@@ -1,4 +1,5 @@
-"""The gateway's tables, on the warehouse database: agencies, credentials, tokens, grants, audit, webhooks.
+"""The gateway's tables, on the warehouse database: agencies, credentials, tokens, grants (and the access requests
+that ask for them), audit, webhooks.
 
 Credentials and tokens are stored as SHA-256 digests of the secret, never the secret:
 the secrets are 256-bit random values, so a fast digest is enough (no password to
@@ -42,6 +43,28 @@ grant = sa.Table(
     sa.Column("dataset", sa.Text, primary_key=True),
     sa.Column("personal_columns", sa.Text, nullable=False, default="[]"),  # JSON list
     sa.Column("granted_at", TZ, nullable=False),
+    sa.Column("expires_at", TZ),  # null: until revoked
+    sa.Column("request_id", sa.Text),  # the access request it answered (gateway.access_requests); null: by hand
+)
+
+# an agency asks for a grant: a dataset, the personal columns it needs in clear, why, until when (the province
+# approves or denies it: gateway.access_requests)
+access_request = sa.Table(
+    "gateway_access_request", metadata,
+    sa.Column("request_id", sa.Text, primary_key=True),
+    sa.Column("agency_id", sa.Text, sa.ForeignKey("gateway_agency.agency_id"), nullable=False, index=True),
+    sa.Column("dataset", sa.Text, nullable=False),
+    sa.Column("personal_columns", sa.Text, nullable=False),  # JSON list: asked in clear
+    sa.Column("purpose", sa.Text, nullable=False),
+    sa.Column("legal_basis", sa.Text),
+    sa.Column("until", TZ),  # the end of the access asked for; null: no end
+    sa.Column("status", sa.Text, nullable=False, index=True),  # pending | approved | denied | withdrawn
+    sa.Column("requested_at", TZ, nullable=False),
+    sa.Column("decided_at", TZ),
+    sa.Column("decided_by", sa.Text),
+    sa.Column("note", sa.Text),  # the decision's reason (required to deny)
+    sa.Column("granted_columns", sa.Text),  # JSON list: the personal columns the approval granted
+    sa.Column("granted_until", TZ),
 )
 audit = sa.Table(
     "gateway_audit", metadata,
@@ -118,6 +141,7 @@ def create_gateway_tables(engine: sa.Engine) -> None:
     metadata.create_all(engine)
     _add_audit_chain(engine)
     _add_webhook_creator(engine)
+    _add_grant_expiry(engine)
     statements = _POSTGRES_APPEND_ONLY if engine.dialect.name == "postgresql" else _SQLITE_APPEND_ONLY
     with engine.begin() as conn:
         for statement in statements:
@@ -142,3 +166,15 @@ def _add_webhook_creator(engine: sa.Engine) -> None:
         return
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE gateway_webhook ADD COLUMN created_by TEXT NOT NULL DEFAULT 'province'")
+
+
+def _add_grant_expiry(engine: sa.Engine) -> None:
+    """A grant table from before grants could expire or answer a request: add `expires_at` and `request_id`
+    (its grants: until revoked, made by hand)."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns("gateway_grant")}
+    with engine.begin() as conn:
+        for name in ("expires_at", "request_id"):
+            if name not in have:
+                kind = "TEXT" if name == "request_id" else (
+                    "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME")
+                conn.exec_driver_sql(f"ALTER TABLE gateway_grant ADD COLUMN {name} {kind}")

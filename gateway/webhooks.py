@@ -57,6 +57,7 @@ import sqlalchemy as sa
 
 from catalog.models import Catalog
 from gateway import tables
+from gateway.agencies import live_grant
 from gateway.changes import feed_problem
 
 log = logging.getLogger("lgsp.gateway.webhooks")
@@ -207,7 +208,8 @@ class Webhooks:
                             .where(tables.agency.c.agency_id == agency_id)).first() is None:
                 raise WebhookError(f"no agency '{agency_id}': register it first (lgsp agencies add {agency_id} NAME)")
             if conn.execute(sa.select(tables.grant.c.dataset).where(tables.grant.c.agency_id == agency_id,
-                                                                     tables.grant.c.dataset == dataset)).first() is None:
+                                                                     tables.grant.c.dataset == dataset,
+                                                                     live_grant())).first() is None:
                 raise WebhookError(f"agency '{agency_id}' has no grant on '{dataset}': it could not read what it is "
                                    f"told of (lgsp agencies grant {agency_id} {dataset})")
             same = conn.execute(sa.select(w.c.webhook_id).where(
@@ -338,7 +340,7 @@ class Webhooks:
     def _may_read(self, conn: sa.Connection, agency_id: str, dataset: str) -> bool:
         a, g = tables.agency.c, tables.grant.c
         return conn.execute(sa.select(g.dataset).select_from(tables.grant.join(tables.agency)).where(
-            g.agency_id == agency_id, g.dataset == dataset, a.disabled_at.is_(None))).first() is not None
+            g.agency_id == agency_id, g.dataset == dataset, a.disabled_at.is_(None), live_grant())).first() is not None
 
     def _turn(self, webhook_id: str) -> Delivery | None:
         try:

@@ -5,7 +5,8 @@ objective), its last run (status, when, rows, the error if it failed or its load
 the dataset's open quarantine and its system's circuit. Per push feed: messages waiting, dead
 letters, the oldest one not acknowledged and, for a feed with `due`, its reports' deadlines
 (lgsp.deadlines: periods past due, those not acknowledged). Per reference between datasets
-(lgsp.references): orphan rows, those past grace. Then the problems, each with what to do. It reads
+(lgsp.references): orphan rows, those past grace. The agencies' access requests waiting for a
+decision (gateway.access_requests). Then the problems, each with what to do. It reads
 only the warehouse (no source is asked; `lgsp health` does that).
 """
 from __future__ import annotations
@@ -130,9 +131,24 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
         if result["state"] == "broken":
             problems.append({"severity": result["severity"], "reference": result["reference"],
                              "problem": f"{reference_summary(result)}; {result['todo']}"})
+    requests = _access_requests(wh, catalog, now)
+    if requests and requests["pending"]:
+        problems.append({"severity": "warning", "problem": (
+            f"{requests['pending']} access request(s) of agencies wait for a decision (the oldest filed "
+            f"{human_age(requests['oldest_age_s'])} ago): `lgsp agencies requests`, then `lgsp agencies approve` "
+            "or `deny`")})
     ok = not any(p["severity"] == "error" for p in problems)
     return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "references": checked_references,
-            "problems": problems}
+            "access_requests": requests, "problems": problems}
+
+
+def _access_requests(wh: Warehouse, catalog: Catalog, now: datetime) -> dict[str, Any] | None:
+    """The gateway's access requests waiting for a decision (None: the gateway's tables are not there yet)."""
+    if not sa.inspect(wh.engine).has_table("gateway_access_request"):
+        return None
+    from gateway.access_requests import AccessRequests
+
+    return AccessRequests(wh.engine, catalog).pending_summary(now)
 
 
 def _iso(value: datetime | None) -> str:

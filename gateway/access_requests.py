@@ -1,0 +1,250 @@
+"""Access requests: an agency asks for a restricted dataset, the province approves or denies it.
+
+A data-sharing request names the dataset, the personal columns the agency needs in clear (the rest
+stays masked or pseudonymised, as for any grant), its purpose, the legal basis when it has one,
+and until when it needs the data. The agency files it through the gateway
+(`POST /api/v1/access-requests`, with its own credential) and follows it there (`GET`,
+`DELETE` to withdraw a pending one); the province decides with `lgsp agencies requests`,
+`lgsp agencies approve REQUEST [--personal C] [--until DATE]` (it may grant fewer personal columns
+or a shorter time than asked, never more) and `lgsp agencies deny REQUEST --note WHY`. An approval
+makes the grant in the same transaction as the decision (`gateway_grant.request_id` names it; it
+ends at `until`); every request and decision is in `gateway_audit` (action `access_request`,
+`access_approved`, `access_denied`, `access_withdrawn`). `lgsp status` counts the pending ones.
+
+Example:
+    >>> requests = AccessRequests(engine, catalog)                                  # doctest: +SKIP
+    >>> asked = requests.submit("so_y_te", "citizen", "Đối chiếu thẻ BHYT với dữ liệu dân cư",
+    ...                         personal=["personal_id"], until=datetime(2027, 6, 30, tzinfo=timezone.utc))
+    >>> requests.approve(asked["request_id"], by="ttdl", until=datetime(2027, 3, 31, tzinfo=timezone.utc))
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog.models import Catalog
+from gateway import tables
+from gateway.agencies import AgencyRegistry, RegistryError, live_grant
+
+STATUSES = ("pending", "approved", "denied", "withdrawn")
+MIN_PURPOSE = 20  # characters: a purpose is a sentence, not "test"
+
+
+class RequestError(ValueError):
+    """The request cannot be filed or decided as asked; the message says why and what to do."""
+
+    status = 400
+
+
+class UnknownRequest(LookupError):
+    """No such access request (of this agency)."""
+
+    status = 404
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+VIETNAM = timezone(timedelta(hours=7))
+
+
+def end_of(value: date | datetime | str | None) -> datetime | None:
+    """When an access asked or granted `until` a day ends: a date is the end of that day in Vietnam (2027-06-30 ->
+    2027-07-01 00:00 +07); a time without a zone is UTC. A string is read as either (ValueError if neither)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value.strip())
+        except ValueError:
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError(f"{value!r} is neither a date (2027-06-30) nor a time (2027-06-30T17:00+07:00)") \
+                    from None
+    if not isinstance(value, datetime):
+        return datetime.combine(value + timedelta(days=1), time(0), VIETNAM).astimezone(timezone.utc)
+    return _utc(value)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _shown(row: Any) -> dict[str, Any]:
+    """A request as the API and the CLI show it."""
+    r = row._mapping
+    return {"request_id": r["request_id"], "agency_id": r["agency_id"], "dataset": r["dataset"],
+            "personal": json.loads(r["personal_columns"]), "purpose": r["purpose"], "legal_basis": r["legal_basis"],
+            "until": _utc(r["until"]), "status": r["status"], "requested_at": _utc(r["requested_at"]),
+            "decided_at": _utc(r["decided_at"]), "decided_by": r["decided_by"], "note": r["note"],
+            "granted_personal": None if r["granted_columns"] is None else json.loads(r["granted_columns"]),
+            "granted_until": _utc(r["granted_until"])}
+
+
+class AccessRequests:
+    """Files, lists and decides access requests on the gateway's database."""
+
+    def __init__(self, engine: sa.Engine, catalog: Catalog, audit: Any = None) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.registry = AgencyRegistry(engine, catalog)
+        self.audit = audit  # the gateway's gateway.audit.AuditLog; None: this object's own, made on first use
+        self._own_audit = audit is None
+
+    def close(self) -> None:
+        """Write what is queued for the audit and stop its writer (when this object made it)."""
+        if self._own_audit and self.audit is not None:
+            self.audit.close()
+            self.audit = None
+
+    def _audit(self, agency_id: str, dataset: str, action: str, query: dict[str, Any], status: int = 200) -> None:
+        from gateway.audit import AuditEntry, AuditLog
+
+        if self.audit is None:
+            self.audit = AuditLog(self.engine)
+        self.audit.record(AuditEntry(agency_id=agency_id, dataset=dataset, action=action, query=query,
+                                     rows_returned=None, status=status))
+
+    def _check(self, dataset: str, personal: list[str]) -> None:
+        shared = self.catalog.sharing.get(dataset)
+        if shared is None:
+            raise RequestError(f"'{dataset}' is not a shared dataset (GET /api/v1/datasets lists them)")
+        unknown = sorted(set(personal) - set(shared.personal))
+        if unknown:
+            raise RequestError(f"{unknown} are not personal columns of '{dataset}' (its personal columns: "
+                               f"{sorted(shared.personal)}); the other columns come with any grant")
+
+    def submit(self, agency_id: str, dataset: str, purpose: str, personal: list[str] | None = None,
+               until: date | datetime | None = None, legal_basis: str | None = None) -> dict[str, Any]:
+        """File a request (status `pending`); RequestError when it cannot be (unknown dataset or column, a purpose
+        too short, an end in the past, already granted as asked, or the same dataset already pending)."""
+        personal = sorted(set(personal or []))
+        self._check(dataset, personal)
+        purpose = " ".join(purpose.split())
+        if len(purpose) < MIN_PURPOSE:
+            raise RequestError(f"say what the data is for (at least {MIN_PURPOSE} characters): the owner "
+                               f"({self.catalog.sharing[dataset].owner}) decides on it")
+        until = end_of(until)
+        if until is not None and until <= _now():
+            raise RequestError(f"until {until.isoformat(timespec='seconds')} is in the past")
+        r, g = tables.access_request.c, tables.grant.c
+        with self.engine.begin() as conn:
+            pending = conn.execute(sa.select(r.request_id).where(r.agency_id == agency_id, r.dataset == dataset,
+                                                                 r.status == "pending")).scalar()
+            if pending:
+                raise RequestError(f"request {pending} for '{dataset}' is still pending: wait for its decision or "
+                                   f"withdraw it (DELETE /api/v1/access-requests/{pending})")
+            held = conn.execute(sa.select(g.personal_columns, g.expires_at).where(
+                g.agency_id == agency_id, g.dataset == dataset, live_grant())).first()
+            if held is not None and set(personal) <= set(json.loads(held.personal_columns)) and (
+                    held.expires_at is None or (until is not None and _utc(held.expires_at) >= until)):
+                raise RequestError(f"agency '{agency_id}' already holds '{dataset}' as asked"
+                                   + (f" (until {_utc(held.expires_at):%Y-%m-%d})" if held.expires_at else ""))
+            request_id = f"req_{secrets.token_hex(6)}"
+            conn.execute(tables.access_request.insert().values(
+                request_id=request_id, agency_id=agency_id, dataset=dataset, personal_columns=json.dumps(personal),
+                purpose=purpose[:2000], legal_basis=(legal_basis or "").strip()[:500] or None, until=until,
+                status="pending", requested_at=_now()))
+        self._audit(agency_id, dataset, "access_request", {"request_id": request_id, "personal": personal,
+                                                           "until": until.isoformat() if until else None})
+        return self.get(request_id)
+
+    def get(self, request_id: str, agency_id: str | None = None) -> dict[str, Any]:
+        """One request (of `agency_id` only, when given); UnknownRequest otherwise."""
+        r = tables.access_request.c
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tables.access_request).where(r.request_id == request_id)).first()
+        if row is None or (agency_id is not None and row.agency_id != agency_id):
+            raise UnknownRequest(f"no access request '{request_id}'"
+                                 + (" of this agency (GET /api/v1/access-requests lists them)" if agency_id else ""))
+        return _shown(row)
+
+    def listing(self, agency_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Requests, newest first: of one agency, in one status, or all."""
+        r = tables.access_request.c
+        query = sa.select(tables.access_request).order_by(r.requested_at.desc(), r.request_id)
+        if agency_id is not None:
+            query = query.where(r.agency_id == agency_id)
+        if status is not None:
+            query = query.where(r.status == status)
+        with self.engine.connect() as conn:
+            return [_shown(row) for row in conn.execute(query)]
+
+    def _decide(self, conn: sa.Connection, request_id: str, status: str, by: str, note: str | None,
+                **values: Any) -> dict[str, Any]:
+        r = tables.access_request.c
+        row = conn.execute(sa.select(tables.access_request).where(r.request_id == request_id)
+                           .with_for_update()).first()
+        if row is None:
+            raise UnknownRequest(f"no access request '{request_id}' (lgsp agencies requests lists them)")
+        if row.status != "pending":
+            raise RequestError(f"request {request_id} is {row.status} already"
+                               + (f" ({_utc(row.decided_at):%Y-%m-%d %H:%M} UTC, by {row.decided_by})"
+                                  if row.decided_at else ""))
+        done = conn.execute(tables.access_request.update().where(r.request_id == request_id, r.status == "pending")
+                            .values(status=status, decided_at=_now(), decided_by=by, note=note, **values))
+        if done.rowcount != 1:  # decided meanwhile by another process (SQLite has no FOR UPDATE)
+            raise RequestError(f"request {request_id} was decided meanwhile: lgsp agencies requests shows how")
+        return _shown(row)
+
+    def approve(self, request_id: str, by: str, personal: list[str] | None = None,
+                until: date | datetime | None = None, note: str | None = None) -> dict[str, Any]:
+        """Approve a pending request and make its grant, in one transaction. `personal` and `until` may narrow
+        what was asked (fewer personal columns, an earlier end), never widen it; by default, as asked."""
+        asked = self.get(request_id)
+        granted = asked["personal"] if personal is None else sorted(set(personal))
+        wider = sorted(set(granted) - set(asked["personal"]))
+        if wider:
+            raise RequestError(f"{wider} were not asked for: an approval grants what was asked or less "
+                               "(the agency can file another request)")
+        ends = asked["until"] if until is None else end_of(until)
+        if asked["until"] is not None and ends is not None and ends > asked["until"]:
+            raise RequestError(f"until {ends:%Y-%m-%d} is later than asked ({asked['until']:%Y-%m-%d})")
+        if ends is not None and ends <= _now():
+            raise RequestError(f"until {ends.isoformat(timespec='seconds')} is in the past")
+        try:
+            with self.engine.begin() as conn:
+                self._decide(conn, request_id, "approved", by, note, granted_columns=json.dumps(granted),
+                             granted_until=ends)
+                self.registry.grant(asked["agency_id"], asked["dataset"], granted, ends, request_id, conn=conn)
+        except RegistryError as exc:
+            raise RequestError(str(exc)) from None
+        self._audit(asked["agency_id"], asked["dataset"], "access_approved",
+                    {"request_id": request_id, "by": by, "personal": granted,
+                     "until": ends.isoformat() if ends else None})
+        return self.get(request_id)
+
+    def deny(self, request_id: str, by: str, note: str) -> dict[str, Any]:
+        """Deny a pending request; `note` says why (the agency reads it)."""
+        if len(" ".join(note.split())) < 5:
+            raise RequestError("say why the request is denied (--note): the agency reads it")
+        with self.engine.begin() as conn:
+            asked = self._decide(conn, request_id, "denied", by, note)
+        self._audit(asked["agency_id"], asked["dataset"], "access_denied", {"request_id": request_id, "by": by})
+        return self.get(request_id)
+
+    def withdraw(self, request_id: str, agency_id: str) -> dict[str, Any]:
+        """The agency withdraws its pending request."""
+        self.get(request_id, agency_id)
+        with self.engine.begin() as conn:
+            asked = self._decide(conn, request_id, "withdrawn", agency_id, None)
+        self._audit(agency_id, asked["dataset"], "access_withdrawn", {"request_id": request_id})
+        return self.get(request_id)
+
+    def pending_summary(self, now: datetime | None = None) -> dict[str, Any]:
+        """How many requests wait for a decision, and since when the oldest has (`lgsp status`)."""
+        r = tables.access_request.c
+        with self.engine.connect() as conn:
+            count, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(r.requested_at))
+                                         .where(r.status == "pending")).one()
+        oldest = _utc(oldest)
+        return {"pending": int(count), "oldest_at": oldest,
+                "oldest_age_s": None if oldest is None else ((now or _now()) - oldest).total_seconds()}
