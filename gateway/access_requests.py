@@ -31,6 +31,7 @@ from gateway import tables
 from gateway.agencies import AgencyRegistry, RegistryError, live_grant
 
 STATUSES = ("pending", "approved", "denied", "withdrawn")
+REQUEST_ID = r"^req_[0-9a-f]{12}$"
 MIN_PURPOSE = 20  # characters: a purpose is a sentence, not "test"
 
 
@@ -128,6 +129,9 @@ class AccessRequests:
         too short, an end in the past, already granted as asked, or the same dataset already pending)."""
         personal = sorted(set(personal or []))
         self._check(dataset, personal)
+        for name, text in (("purpose", purpose), ("legal_basis", legal_basis or "")):
+            if any(ord(c) < 32 and c not in "\t\n\r" or ord(c) == 127 for c in text):
+                raise RequestError(f"{name} holds control characters: send plain text")
         purpose = " ".join(purpose.split())
         if len(purpose) < MIN_PURPOSE:
             raise RequestError(f"say what the data is for (at least {MIN_PURPOSE} characters): the owner "

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.models import Catalog
 from gateway.access import AccessDenied, RateLimited, presented_secret
-from gateway.access_requests import AccessRequests, RequestError, UnknownRequest
+from gateway.access_requests import REQUEST_ID, AccessRequests, RequestError, UnknownRequest
 from gateway.agencies import Principal
 from gateway.audit import AuditEntry, AuditUnavailable
 from gateway.changes import NoFeed, TokenExpired, feed_problem
@@ -337,13 +337,13 @@ def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get("/api/v1/access-requests/{request_id}", response_model=AccessRequestInfo, tags=["access requests"],
              responses=one, summary="One of the calling agency's access requests")
-    def get_request(request: Request, request_id: str = Path(..., max_length=64)) -> Response:
+    def get_request(request: Request, request_id: str = Path(..., max_length=64, pattern=REQUEST_ID)) -> Response:
         return json_response(shown(asked.get(request_id, agency(request))))
 
     @app.delete("/api/v1/access-requests/{request_id}", response_model=AccessRequestInfo, tags=["access requests"],
                 responses={**one, 400: {"model": ErrorBody, "description": "the request is not pending"}},
                 summary="Withdraw a pending access request")
-    def withdraw_request(request: Request, request_id: str = Path(..., max_length=64)) -> Response:
+    def withdraw_request(request: Request, request_id: str = Path(..., max_length=64, pattern=REQUEST_ID)) -> Response:
         agency_id = agency(request)
         try:
             return json_response(shown(asked.withdraw(request_id, agency_id)))

@@ -200,3 +200,12 @@ def test_status_counts_pending_requests_and_old_grant_tables_are_upgraded(env: E
     registry = AgencyRegistry(old, load_catalog())
     registry.add_agency("so_y_te", "Sở Y tế")
     assert registry.agencies()[0]["grants"] == {"citizen": []}, "an old grant lasts until revoked"
+
+
+def test_control_characters_are_refused_not_stored(env: Env) -> None:
+    answer = env.ask(purpose=PURPOSE + "\x00")
+    assert answer.status_code == 400 and "purpose holds control characters" in answer.text
+    answer = env.ask(legal_basis="Luật\x1b[31m")
+    assert answer.status_code == 400 and "legal_basis holds control characters" in answer.text
+    assert env.call("GET", "/api/v1/access-requests/req_%00").status_code == 400
+    assert env.call("GET", "/api/v1/access-requests/req_000000000000").status_code == 404
