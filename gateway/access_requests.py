@@ -33,6 +33,7 @@ from gateway.agencies import AgencyRegistry, RegistryError, live_grant
 STATUSES = ("pending", "approved", "denied", "withdrawn")
 REQUEST_ID = r"^req_[0-9a-f]{12}$"
 MIN_PURPOSE = 20  # characters: a purpose is a sentence, not "test"
+EXPIRY_NOTICE_S = 14 * 86400  # `lgsp status` names the grants that end within this
 
 
 class RequestError(ValueError):
@@ -242,6 +243,18 @@ class AccessRequests:
             asked = self._decide(conn, request_id, "withdrawn", agency_id, None)
         self._audit(agency_id, asked["dataset"], "access_withdrawn", {"request_id": request_id})
         return self.get(request_id)
+
+    def ending_grants(self, within_s: float = EXPIRY_NOTICE_S, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Grants that end within `within_s` (not yet ended), soonest first: the agency may need to ask again."""
+        now = now or _now()
+        g = tables.grant.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(g.agency_id, g.dataset, g.expires_at, g.request_id).where(
+                g.expires_at.isnot(None), g.expires_at > now, g.expires_at <= now + timedelta(seconds=within_s))
+                .order_by(g.expires_at)).all()
+        return [{"agency_id": r.agency_id, "dataset": r.dataset, "expires_at": _utc(r.expires_at),
+                 "request_id": r.request_id, "ends_in_s": (_utc(r.expires_at) - now).total_seconds()}  # type: ignore
+                for r in rows]
 
     def pending_summary(self, now: datetime | None = None) -> dict[str, Any]:
         """How many requests wait for a decision, and since when the oldest has (`lgsp status`)."""

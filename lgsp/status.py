@@ -137,18 +137,26 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
             f"{requests['pending']} access request(s) of agencies wait for a decision (the oldest filed "
             f"{human_age(requests['oldest_age_s'])} ago): `lgsp agencies requests`, then `lgsp agencies approve` "
             "or `deny`")})
+    for grant in (requests or {}).get("ending", []):
+        problems.append({"severity": "warning", "problem": (
+            f"{grant['agency_id']}'s grant on {grant['dataset']} ends in {human_age(grant['ends_in_s'])} "
+            f"({grant['expires_at']:%Y-%m-%d %H:%M} UTC"
+            + (f", request {grant['request_id']}" if grant["request_id"] else "")
+            + "): the agency asks again (POST /api/v1/access-requests) if it still needs it")})
     ok = not any(p["severity"] == "error" for p in problems)
     return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "references": checked_references,
             "access_requests": requests, "problems": problems}
 
 
 def _access_requests(wh: Warehouse, catalog: Catalog, now: datetime) -> dict[str, Any] | None:
-    """The gateway's access requests waiting for a decision (None: the gateway's tables are not there yet)."""
+    """The gateway's access requests waiting for a decision and the grants ending within 14 days (None: the
+    gateway's tables are not there yet)."""
     if not sa.inspect(wh.engine).has_table("gateway_access_request"):
         return None
     from gateway.access_requests import AccessRequests
 
-    return AccessRequests(wh.engine, catalog).pending_summary(now)
+    asked = AccessRequests(wh.engine, catalog)
+    return {**asked.pending_summary(now), "ending": asked.ending_grants(now=now)}
 
 
 def _iso(value: datetime | None) -> str:
