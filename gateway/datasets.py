@@ -7,9 +7,10 @@ row count of its shared view, its freshness (when its last batch was loaded; for
 dataset, its newest computed_at) and, when the pipelines that fill it declare a freshness objective,
 its state against it (`lgsp.freshness`: fresh, warn, stale, never), its last quality result (the Great Expectations
 results of its last validated batch), for each shared column that names a record of another dataset (`references`),
-how many rows name one lgsp has (`lgsp.references`) and, for a dataset with a live lookup, its last drift
+how many rows name one lgsp has (`lgsp.references`), its quality scorecard (`lgsp.scorecard`: validity,
+timeliness, consistency, accuracy, the overall figure) and, for a dataset with a live lookup, its last drift
 check (`lgsp drift`: a sample of the copy against its source). Figures are cached for
-`CACHE_S` seconds, the references' for `REFERENCES_CACHE_S`.
+`CACHE_S` seconds, the references' and the scorecard's for `REFERENCES_CACHE_S`.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import sqlalchemy as sa
 from catalog.models import Catalog, ReferenceSpec
 from gateway.changes import feed_problem
 from lgsp.freshness import dataset_freshness
-from lgsp.references import check, references
+from lgsp.references import check_all
+from lgsp.scorecard import DIMENSIONS, scorecards
 from warehouse.store import Warehouse, utc
 
 CACHE_S = 30.0
@@ -39,7 +41,7 @@ class DatasetCatalog:
         self.sortable = sortable
         self.tables = Warehouse(engine.url.render_as_string(hide_password=False), catalog).metadata.tables
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._references_cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._references_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -64,22 +66,29 @@ class DatasetCatalog:
         return {"dataset": reference.dataset, "field": reference.column,
                 "path": f"/api/v1/datasets/{reference.dataset}" if shared else None}
 
-    def _references(self, conn: sa.Connection, name: str) -> list[dict[str, Any]]:
-        """How many of the dataset's rows name a record lgsp has, per shared column with `references`
-        (lgsp.references: counts only, no values). An anti-join over the whole table (~0.2 s per million rows
-        on PostgreSQL), so kept `REFERENCES_CACHE_S`."""
+    def _slow_figures(self, name: str) -> dict[str, Any]:
+        """The dataset's references (per shared column that names a record of another dataset: how many rows name
+        one lgsp has; counts only, no values) and its quality scorecard (lgsp.scorecard: scores only). An anti-join
+        over the whole table (~0.2 s per million rows on PostgreSQL), so kept `REFERENCES_CACHE_S`."""
         now_s = time.monotonic()
         cached = self._references_cache.get(name)
         if cached is not None and cached[0] > now_s:
             return cached[1]
-        shared = set(self.catalog.sharing[name].columns)
         now = datetime.now(timezone.utc)
-        results = [check(conn, self.tables, self.catalog, r, now, examples=0)
-                   for r in references(self.catalog, name) if r.column in shared]
-        counts = [{"field": r["column"], "references": r["references"], "state": r["state"], "rows": r["rows"],
-                   "orphans": r["orphans"], "orphans_past_grace": r["orphans_past_grace"]} for r in results]
-        self._references_cache[name] = (now_s + REFERENCES_CACHE_S, counts)
-        return counts
+        with self.engine.connect() as conn:
+            results = check_all(conn, self.tables, self.catalog, now, dataset=name, examples=0)
+        card = scorecards(self.engine, self.tables, self.catalog, name, now=now, profile=False,
+                          references=results)[0] if self.catalog.datasets[name].layer == "core" else None
+        shared = set(self.catalog.sharing[name].columns)
+        figures = {"references": [
+            {"field": r["column"], "references": r["references"], "state": r["state"], "rows": r["rows"],
+             "orphans": r["orphans"], "orphans_past_grace": r["orphans_past_grace"]}
+            for r in results if r["column"] in shared],
+            "quality_score": None if card is None else {
+                "overall": card["overall"], "weakest": card["weakest"],
+                **{d: card[d]["score"] for d in DIMENSIONS}}}
+        self._references_cache[name] = (now_s + REFERENCES_CACHE_S, figures)
+        return figures
 
     def describe(self, name: str) -> dict[str, Any]:
         """Everything the catalog says about `name`, with the live figures (cached)."""
@@ -92,7 +101,8 @@ class DatasetCatalog:
             figures = {"row_count": self._row_count(conn, shared.view_name),
                        "freshness": self._freshness(conn, name),
                        "freshness_status": dataset_freshness(conn, self.tables, self.catalog, name),
-                       "last_quality": self._last_quality(conn, name), "references": self._references(conn, name)}
+                       "last_quality": self._last_quality(conn, name)}
+        figures.update(self._slow_figures(name))
         figures["last_drift_check"] = None
         if shared.lookup is not None:
             from lgsp.drift import last_checks

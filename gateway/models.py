@@ -91,6 +91,17 @@ class FreshnessStatus(BaseModel):
     error_after_s: float
 
 
+class QualityScore(BaseModel):
+    """The dataset's quality scorecard (lgsp.scorecard), each a share from 0 to 1; null: lgsp cannot judge it."""
+
+    overall: Optional[float]  # the lowest of the others
+    weakest: Optional[Literal["validity", "timeliness", "consistency", "accuracy"]]
+    validity: Optional[float]  # rows the row rules let through, of those pulled in the last 30 days
+    timeliness: Optional[float]  # fresh 1, warn 0.5, stale or never 0
+    consistency: Optional[float]  # rows naming a record lgsp has, of those naming one
+    accuracy: Optional[float]  # records equal at the source, of the last drift check's sample
+
+
 class DatasetInfo(BaseModel):
     name: str
     title: str
@@ -108,6 +119,7 @@ class DatasetInfo(BaseModel):
     freshness_status: Optional[FreshnessStatus] = None  # null: no pipeline filling it declares an objective
     last_quality: Optional[QualityResult]
     references: list[ReferenceStatus] = []  # per shared column that names a record of another dataset
+    quality_score: Optional[QualityScore] = None  # null: a mart dataset (computed, not pulled)
     lookup: Optional[LookupInfo] = None
     last_drift_check: Optional[DriftCheck] = None
     changes: Optional[str] = None  # the change feed's path; null: none (gateway.changes)

@@ -155,6 +155,10 @@ class Locale:
                 parts.append(text[f"{unit}_n_1" if count == 1 else f"{unit}_n"].format(count=count))
         return " ".join(parts[:2]) or text["minute_n"].format(count=0)
 
+    def percent(self, share: float | None) -> str:
+        """`99,0%` in Vietnamese, `99.0%` in English; `–` for a share lgsp cannot judge."""
+        return "–" if share is None else f"{share:.1%}".replace(".", "," if self.lang == "vi" else ".")
+
     def number(self, count: int) -> str:
         """`12,345` in English, `12.345` in Vietnamese."""
         return f"{count:,}".replace(",", "." if self.lang == "vi" else ",")

@@ -44,6 +44,9 @@ VI = {
     "freshness_never": '<span class="freshness stale">Chưa đồng bộ</span>: chưa lần nào được đồng bộ đầy đủ với hệ '
                        "thống nguồn",
     "records": "Số bản ghi",
+    "quality": "Chất lượng dữ liệu",
+    "quality_line": "{overall} (thấp nhất trong các tiêu chí: hợp lệ {validity}, kịp thời {timeliness}, nhất quán "
+                    "{consistency}, chính xác {accuracy})",
     "references": "Liên kết dữ liệu",
     "refers_to": "Tham chiếu tới",
     "reference_ok": "<code>{field}</code> → <code>{target}</code>: cả {rows} bản ghi đều khớp",
@@ -158,6 +161,9 @@ EN = {
     "freshness_never": '<span class="freshness stale">Never synced</span>: not yet synced completely with its '
                        "source system",
     "records": "Records",
+    "quality": "Data quality",
+    "quality_line": "{overall} (the lowest of: valid {validity}, timely {timeliness}, consistent {consistency}, "
+                    "accurate {accuracy})",
     "references": "References",
     "refers_to": "Refers to",
     "reference_ok": "<code>{field}</code> → <code>{target}</code>: all {rows} records match",

@@ -738,6 +738,51 @@ def references(dataset: str = typer.Option(None, help="only this dataset's colum
         raise typer.Exit(1)
 
 
+@app.command()
+def quality(dataset: str = typer.Argument(None, help="one dataset (default: every core dataset)"),
+            days: float = typer.Option(30.0, min=0.01, help="the window of the validity figure"),
+            as_json: bool = typer.Option(False, "--json", help="print the scorecards as JSON")) -> None:
+    """Each dataset's data-quality scorecard: validity, timeliness, consistency, accuracy, and the overall figure
+    (the weakest of them); and its columns least often filled."""
+    from rich.table import Table
+
+    from lgsp.freshness import human_age
+    from lgsp.scorecard import DIMENSIONS, percent, scorecards
+    from lgsp.status import as_json as report_json
+
+    catalog = load_catalog()
+    if dataset is not None and (dataset not in catalog.datasets or catalog.datasets[dataset].layer != "core"):
+        fail(f"'{dataset}' is not a core dataset; `lgsp pipelines` lists the datasets the pipelines fill")
+    wh = _warehouse()
+    cards = scorecards(wh.engine, wh.metadata.tables, catalog, dataset, days)
+    if as_json:
+        print(report_json({"days": days, "scorecards": cards}))
+        return
+    table = Table(title=f"Data quality (lgsp quality; validity over {days:g} days)")
+    table.add_column("dataset", no_wrap=True)
+    for col in ("overall", *DIMENSIONS):
+        table.add_column(col, justify="right")
+    for card in cards:
+        weakest = card["weakest"]
+        table.add_row(card["dataset"], percent(card["overall"]),
+                      *(f"[bold]{percent(card[d]['score'])}[/]" if d == weakest else percent(card[d]["score"])
+                        for d in DIMENSIONS))
+    console.print(table)
+    for card in cards:
+        facts = []
+        if card["profile"]["least_filled"]:
+            facts.append("least filled: " + ", ".join(f"{c} {percent(s)}" for c, s in card["profile"]["least_filled"]))
+        if card["validity"]["open_quarantine"]:
+            facts.append(f"{card['validity']['open_quarantine']:,} rows wait in quarantine")
+        if card["timeliness"]["state"] not in (None, "fresh"):
+            facts.append(f"{card['timeliness']['state']} (last complete sync "
+                         f"{human_age(card['timeliness']['age_s'])} ago)")
+        if card["consistency"]["orphans"]:
+            facts.append(f"{card['consistency']['orphans']:,} rows name a record lgsp does not have")
+        if facts:
+            console.print(f"{card['dataset']}: " + "; ".join(facts))
+
+
 def _drift_history(dataset: str, limit: int = 20) -> None:
     import sqlalchemy as sa
 

@@ -190,7 +190,8 @@ def test_status_counts_pending_requests_and_old_grant_tables_are_upgraded(env: E
     env.registry.grant("so_tai_chinh", "citizen", expires_at=datetime.now(timezone.utc) + timedelta(days=3))
     env.registry.grant("so_y_te", "citizen", expires_at=datetime.now(timezone.utc) + timedelta(days=30))
     report = json.loads(CliRunner().invoke(lgsp_app, ["status", "--json"]).stdout.strip().splitlines()[-1])
-    assert [(g["agency_id"], g["dataset"]) for g in report["access_requests"]["ending"]] == [("so_tai_chinh", "citizen")]
+    ending = report["access_requests"]["ending"]
+    assert [(g["agency_id"], g["dataset"]) for g in ending] == [("so_tai_chinh", "citizen")]
     assert any(p["problem"].startswith("so_tai_chinh's grant on citizen ends in 2d 23h") for p in report["problems"])
 
     old = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")

@@ -194,7 +194,7 @@ def test_a_reference_must_name_a_whole_key_of_the_same_type_and_the_catalog_says
             ("references: licence.code", "unknown dataset 'licence'"),
             ("references: procedure.level_x", "'procedure.level_x' is not the key of 'procedure'")):
         datasets.write_text(original.replace(line, wrong))
-        with pytest.raises(CatalogError, match="datasets.yaml: datasets.dossier.columns.procedure_code.references") as e:
+        with pytest.raises(CatalogError, match=r"datasets.dossier.columns.procedure_code.references") as e:
             load_catalog(folder)
         assert message in str(e.value)
     paid = "      paid_online:\n        type: boolean\n"
@@ -236,3 +236,49 @@ def test_only_current_versions_of_a_history_dataset_are_checked(lgsp_env: Any) -
                      .values(commune_code="99999"))
     now = enterprise()
     assert (now["state"], now["orphans"], now["missing"][0]["value"]) == ("pending", 1, "99999")
+
+
+def test_the_quality_scorecard_takes_each_dimension_from_what_lgsp_records(
+        landed: dict[str, Any], lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = landed["sandbox"].data
+    pulled, defects = len(data.records("dossier")), len(data.defects("dossier"))
+    orphans, rows = sum(landed["expected"].values()), landed["rows"]
+    assert defects and rows == pulled - defects
+    code, report = _cli("quality", "dossier")
+    card = report["scorecards"][0]
+    assert code == 0 and card["dataset"] == "dossier"
+    assert (card["validity"]["pulled"], card["validity"]["quarantined"]) == (pulled, defects)
+    assert card["validity"]["score"] == round(1 - defects / pulled, 4)
+    assert (card["timeliness"]["score"], card["timeliness"]["state"]) == (1.0, "fresh")
+    assert card["consistency"]["score"] == round(1 - orphans / (2 * rows), 4)  # two references, one with orphans
+    assert card["accuracy"]["score"] is None, "no drift check of dossiers"
+    assert card["overall"] == min(card["validity"]["score"], card["consistency"]["score"])
+    wh = landed["wh"]
+    with wh.engine.connect() as conn:
+        finished = conn.execute(sa.text("SELECT count(finished_at) FROM core_dossier")).scalar_one()
+    assert card["profile"]["filled"]["finished_at"] == round(finished / rows, 4) < 1
+    assert card["profile"]["filled"]["dossier_id"] == 1.0
+
+    cursor = wh.system["lgsp_cursor"]
+    with wh.transaction() as conn:  # 2 hours since the last complete sync: warn after 1h
+        conn.execute(cursor.update().where(cursor.c.pipeline == "tthc_dossiers").values(
+            synced_at=datetime.now(timezone.utc) - timedelta(hours=2)))
+    _, report = _cli("quality", "dossier")
+    card = report["scorecards"][0]
+    assert (card["timeliness"]["state"], card["overall"], card["weakest"]) == ("warn", 0.5, "timeliness")
+
+    from gateway.api import create_app
+    from gateway.service import prepare_database
+    from gateway.serving import in_thread
+    from gateway.settings import load_gateway_settings
+
+    monkeypatch.setenv("LGSP_GATEWAY_PSEUDONYM_KEY", "a-test-key-of-32-characters-long")
+    prepare_database(lgsp_env.database_url, load_catalog())
+    with in_thread(create_app(load_gateway_settings(lgsp_env.database_url), load_catalog())) as base:
+        score = requests.get(f"{base}/api/v1/datasets/dossier", timeout=30).json()["quality_score"]
+        assert score == {"overall": 0.5, "weakest": "timeliness", "validity": card["validity"]["score"],
+                         "timeliness": 0.5, "consistency": card["consistency"]["score"], "accuracy": None}
+        assert requests.get(f"{base}/api/v1/datasets/indicator_value", timeout=30).json()["quality_score"] is None
+        page = requests.get(f"{base}/portal/datasets/dossier?lang=en", timeout=30).text
+        assert (f'<dd class="quality">50.0% (the lowest of: valid {card["validity"]["score"]:.1%}, timely 50.0%, '
+                f'consistent {card["consistency"]["score"]:.1%}, accurate –)</dd>') in page

@@ -1,0 +1,128 @@
+"""A dataset's data-quality scorecard: one figure per dimension, each from what lgsp already records.
+
+    validity      of the rows pulled in the last `days`, the share the row rules let through (the
+                  rest are in quarantine, never dropped), and how many wait there now
+    timeliness    the freshness state of the pipelines that fill it (lgsp.freshness): fresh 1,
+                  warn 0.5, stale or never 0
+    consistency   of the rows that name a record of another dataset, the share that name one lgsp
+                  has (lgsp.references)
+    accuracy      of the records the last drift check sampled, the share equal at the source
+                  (lgsp drift; datasets with a live lookup only)
+
+A dimension lgsp cannot judge for a dataset (no references, no drift check, no objective, nothing
+pulled in the window) has no score (None), and does not count towards the overall figure, the
+lowest of the others: a dataset is as good as its weakest dimension. Each card also has the
+table's profile: its rows and how often each column is filled (current rows of a history
+dataset). That is not scored: many empty values are right (a dossier's `finished_at` while it
+is unsettled, a birth's `spouse_personal_id`); whether every record of the source is here is
+`lgsp reconcile`'s question, asked of the source. `lgsp quality` prints the cards.
+
+Example (`lgsp quality dossier --json`, shortened)::
+
+    {"dataset": "dossier", "overall": 0.99, "weakest": "validity", "validity": {"score": 0.99,
+     "pulled": 6000, "quarantined": 60, "open_quarantine": 60}, "timeliness": {"score": 1.0,
+     "state": "fresh", ...}, ..., "profile": {"rows": 5940, "least_filled": [["satisfaction", 0.2017], ...]}}
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog.models import Catalog
+from lgsp.freshness import SEVERITY, pipeline_freshness
+from lgsp.references import check_all
+
+DIMENSIONS = ("validity", "timeliness", "consistency", "accuracy")
+TIMELINESS = {"fresh": 1.0, "warn": 0.5, "stale": 0.0, "never": 0.0}
+LEAST_FILLED = 3
+
+
+def _profile(conn: sa.Connection, tables: Any, catalog: Catalog, name: str) -> dict[str, Any]:
+    dataset = catalog.datasets[name]
+    table = tables[dataset.table_name]
+    columns = list(dataset.columns)
+    query = sa.select(sa.func.count(), *(sa.func.count(table.c[c]) for c in columns))
+    if dataset.write_mode == "history":
+        query = query.where(table.c.is_current)
+    counts = conn.execute(query).one()
+    rows = int(counts[0])
+    if not rows:
+        return {"rows": 0, "filled": {}, "least_filled": []}
+    shares = {c: int(n) / rows for c, n in zip(columns, counts[1:])}
+    least = sorted(((c, s) for c, s in shares.items() if s < 1), key=lambda cs: (cs[1], cs[0]))[:LEAST_FILLED]
+    return {"rows": rows, "filled": {c: round(s, 4) for c, s in shares.items()},
+            "least_filled": [[c, round(s, 4)] for c, s in least]}
+
+
+def _validity(conn: sa.Connection, tables: Any, name: str, since: datetime) -> dict[str, Any]:
+    batch, quarantine = tables["lgsp_batch"], tables["lgsp_quarantine"]
+    pulled, rejected = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(batch.c.rows_pulled), 0),
+                                              sa.func.coalesce(sa.func.sum(batch.c.rows_quarantined), 0))
+                                    .where(batch.c.dataset == name, batch.c.started_at >= since,
+                                           batch.c.status == "loaded")).one()
+    waiting = conn.execute(sa.select(sa.func.count()).select_from(quarantine)
+                           .where(quarantine.c.dataset == name, quarantine.c.status == "open")).scalar_one()
+    pulled, rejected = int(pulled), int(rejected)
+    return {"score": round(1 - rejected / pulled, 4) if pulled else None, "pulled": pulled,
+            "quarantined": rejected, "open_quarantine": int(waiting)}
+
+
+def _timeliness(freshness: list[Any], name: str) -> dict[str, Any]:
+    judged = [f for f in freshness if f.dataset == name and f.state != "unchecked"]
+    if not judged:
+        return {"score": None, "state": None, "age_s": None}
+    worst = max(judged, key=lambda f: (SEVERITY[f.state], f.age_s if f.age_s is not None else float("inf")))
+    return {"score": TIMELINESS[worst.state], "state": worst.state,
+            "age_s": None if worst.age_s is None else round(worst.age_s, 1)}
+
+
+def _consistency(references: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    own = [r for r in references if r["dataset"] == name]
+    rows, orphans = sum(r["rows"] for r in own), sum(r["orphans"] for r in own)
+    return {"score": round(1 - orphans / rows, 4) if rows else None, "rows": rows, "orphans": orphans,
+            "references": [r["reference"] for r in own]}
+
+
+def _accuracy(drift: dict[str, Any] | None) -> dict[str, Any]:
+    if not drift or not drift.get("sampled"):
+        return {"score": None, "sampled": 0, "same": 0, "checked_at": None}
+    return {"score": round(drift["same"] / drift["sampled"], 4), "sampled": drift["sampled"], "same": drift["same"],
+            "checked_at": drift["checked_at"]}
+
+
+def scorecards(engine: sa.Engine, tables: Any, catalog: Catalog, dataset: str | None = None,
+               days: float = 30.0, now: datetime | None = None, profile: bool = True,
+               references: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The scorecard of each core dataset (of `dataset` only, if given), in catalog order; without the table's
+    profile (a scan of the table) when `profile` is False; `references`: lgsp.references.check_all's results, when
+    the caller has them."""
+    from lgsp.drift import last_checks
+
+    now = now or datetime.now(timezone.utc)
+    names = [d.name for d in catalog.datasets.values() if d.layer == "core" and dataset in (None, d.name)]
+    drift = last_checks(engine, tables, names)
+    with engine.connect() as conn:
+        freshness = pipeline_freshness(conn, tables, catalog, now)
+        if references is None:
+            references = check_all(conn, tables, catalog, now, dataset=dataset, examples=0)
+        cards = []
+        for name in names:
+            card: dict[str, Any] = {
+                "dataset": name, "validity": _validity(conn, tables, name, now - timedelta(days=days)),
+                "timeliness": _timeliness(freshness, name), "consistency": _consistency(references, name),
+                "accuracy": _accuracy(drift.get(name))}
+            if profile:
+                card["profile"] = _profile(conn, tables, catalog, name)
+            scores = [card[d]["score"] for d in DIMENSIONS if card[d]["score"] is not None]
+            card["overall"] = min(scores) if scores else None
+            card["weakest"] = (min((d for d in DIMENSIONS if card[d]["score"] is not None),
+                                   key=lambda d: card[d]["score"]) if scores else None)
+            cards.append(card)
+    return cards
+
+
+def percent(score: float | None) -> str:
+    """0.9912 -> "99.1%"; None -> "-"."""
+    return "-" if score is None else f"{score:.1%}"
