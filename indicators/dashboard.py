@@ -77,13 +77,17 @@ def dashboard_payload(wh: Warehouse, catalog: Catalog, synthetic: bool = True) -
 
 
 def _freshness_payload(wh: Warehouse, catalog: Catalog) -> dict[str, Any]:
-    """Each pipeline's freshness, each feed's report deadlines and each reference's orphans now (lgsp status), for
-    the IOC's screen."""
+    """Each pipeline's freshness and its dataset's quality score (lgsp quality), each feed's report deadlines and each
+    reference's orphans now (lgsp status), for the IOC's screen."""
+    from lgsp.scorecard import scorecards
     from lgsp.status import status_report
 
     report = status_report(wh, catalog)
+    quality = {c["dataset"]: c for c in scorecards(wh.engine, wh.metadata.tables, catalog, profile=False,
+                                                    references=report["references"])}
     keep = ("pipeline", "owner", "state", "synced_at", "age_s", "warn_after_s", "error_after_s")
-    return {"pipelines": [{k: p[k] for k in keep} for p in report["pipelines"]],
+    return {"pipelines": [{**{k: p[k] for k in keep}, "quality": quality[p["dataset"]]["overall"],
+                           "weakest": quality[p["dataset"]]["weakest"]} for p in report["pipelines"]],
             "feeds": [{"feed": f["feed"], "periods_due": f["deadlines"]["periods_due"],
                        "overdue": len(f["deadlines"]["overdue"]),
                        "last_delivered": (f["deadlines"]["last_delivered"] or {}).get("period")}
