@@ -58,9 +58,13 @@ def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicat
         print_indicators(console, wh, catalog)
     print_outbox(console, wh)
     print_drift(console, wh, catalog)
+    from lgsp.scorecard import quality_line, scorecards
     from lgsp.status import freshness_line, status_report
 
-    console.print(freshness_line(status_report(wh, catalog)))
+    report = status_report(wh, catalog)
+    console.print(freshness_line(report))
+    console.print(quality_line(scorecards(wh.engine, wh.metadata.tables, catalog, profile=False,
+                                          references=report["references"])))
 
 
 def print_drift(console: Console, wh: Warehouse, catalog: Catalog) -> None:

@@ -126,3 +126,14 @@ def scorecards(engine: sa.Engine, tables: Any, catalog: Catalog, dataset: str | 
 def percent(score: float | None) -> str:
     """0.9912 -> "99.1%"; None -> "-"."""
     return "-" if score is None else f"{score:.1%}"
+
+
+def quality_line(cards: list[dict[str, Any]]) -> str:
+    """One line for the demo's summary: the datasets' overall scores, the lowest named."""
+    judged = [c for c in cards if c["overall"] is not None]
+    if not judged:
+        return "Quality: nothing to judge yet (`lgsp quality`)"
+    worst = min(judged, key=lambda c: (c["overall"], c["dataset"]))
+    return (f"Quality: {len(judged)} datasets scored, overall {percent(worst['overall'])} to "
+            f"{percent(max(c['overall'] for c in judged))}; lowest {worst['dataset']} ({worst['weakest']}); "
+            "`lgsp quality` for each")

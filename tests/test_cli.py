@@ -37,6 +37,9 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert counts["mart_indicator_value"] > 129
     assert set(outbox) == {"acked"} and outbox["acked"] > 0  # pushed to DVCQG and the reporting system
     assert "Push outbox" in first.stdout and "Last drift check" in first.stdout
+    said = " ".join(first.stdout.split())  # the summary's lines, whatever the console's width
+    assert "references: 7, 0 broken, 0 orphan rows" in said, "every dossier names a procedure, every row a commune"
+    assert re.search(r"Quality: 9 datasets scored, overall 9\d\.\d% to 100\.0%; lowest \w+ \(validity\)", said)
     completeness = first.stdout[first.stdout.index("Completeness"):]
     assert completeness.count(" complete ") == 6 and "lost" not in completeness  # every pipeline with a total
     assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
