@@ -9,7 +9,8 @@ and until when it needs the data. The agency files it through the gateway
 or a shorter time than asked, never more) and `lgsp agencies deny REQUEST --note WHY`. An approval
 makes the grant in the same transaction as the decision (`gateway_grant.request_id` names it; it
 ends at `until`); every request and decision is in `gateway_audit` (action `access_request`,
-`access_approved`, `access_denied`, `access_withdrawn`). `lgsp status` counts the pending ones.
+`access_approved`, `access_denied`, `access_withdrawn`). The lgsp_freshness DAG tells the province of
+each new request once (`notify_new`, the alert channels); `lgsp status` counts the pending ones.
 
 Example:
     >>> requests = AccessRequests(engine, catalog)                                  # doctest: +SKIP
@@ -255,6 +256,35 @@ class AccessRequests:
         return [{"agency_id": r.agency_id, "dataset": r.dataset, "expires_at": _utc(r.expires_at),
                  "request_id": r.request_id, "ends_in_s": (_utc(r.expires_at) - now).total_seconds()}  # type: ignore
                 for r in rows]
+
+    def notify_new(self, send: Any) -> list[str]:
+        """Tell the province of each pending request not told of yet (`send(Alert)`, lgsp.alerts), then mark it
+        told: at least once, as the lgsp_freshness DAG runs it every 15 minutes (when every configured channel
+        failed, the next run tries again). Returns the requests told of."""
+        from lgsp.alerts import Alert, configured_channels
+
+        r = tables.access_request.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.access_request).where(r.status == "pending", r.notified_at.is_(None))
+                                .order_by(r.requested_at)).all()
+        told = []
+        for row in rows:
+            asked = _shown(row)
+            until = f"until {asked['until']:%Y-%m-%d %H:%M} UTC" if asked["until"] else "with no end"
+            owner = self.catalog.sharing[asked["dataset"]].owner if asked["dataset"] in self.catalog.sharing else None
+            clear = ", ".join(asked["personal"]) or "no personal column"
+            delivered = send(Alert(kind="access_request", dag_id="lgsp_freshness", owner=owner, summary=(
+                f"{asked['agency_id']} asks for {asked['dataset']} ({clear} in clear, {until}): {asked['purpose']}"
+                + (f" [{asked['legal_basis']}]" if asked["legal_basis"] else "")
+                + f"; decide: `lgsp agencies approve {asked['request_id']}` or `lgsp agencies deny "
+                  f"{asked['request_id']} --note WHY`")[:1000]))
+            if not delivered and configured_channels():
+                continue
+            with self.engine.begin() as conn:
+                conn.execute(tables.access_request.update().where(r.request_id == asked["request_id"])
+                             .values(notified_at=_now()))
+            told.append(asked["request_id"])
+        return told
 
     def pending_summary(self, now: datetime | None = None) -> dict[str, Any]:
         """How many requests wait for a decision, and since when the oldest has (`lgsp status`)."""

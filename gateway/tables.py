@@ -65,6 +65,7 @@ access_request = sa.Table(
     sa.Column("note", sa.Text),  # the decision's reason (required to deny)
     sa.Column("granted_columns", sa.Text),  # JSON list: the personal columns the approval granted
     sa.Column("granted_until", TZ),
+    sa.Column("notified_at", TZ),  # when the province was told of it (the lgsp_freshness DAG; null: not yet)
 )
 audit = sa.Table(
     "gateway_audit", metadata,

@@ -217,5 +217,10 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
     with wh.transaction() as conn:
         wh.upsert(conn, table, rows, ["subject"])
         wh.insert_ignore(conn, wh.system["lgsp_freshness_event"], changed, ["subject", "at"])
+    if sa.inspect(wh.engine).has_table("gateway_access_request"):  # agencies' new access requests: tell the province
+        from gateway.access_requests import AccessRequests
+
+        told = AccessRequests(wh.engine, catalog).notify_new(send)
+        alerts += [{"subject": f"request:{request_id}", "kind": "access_request"} for request_id in told]
     return {"checked": len(rows), "states": {subject: state for subject, (state, _) in states.items()},
             "alerts": alerts}

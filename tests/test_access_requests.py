@@ -215,3 +215,27 @@ def test_control_characters_are_refused_not_stored(env: Env) -> None:
     assert answer.status_code == 400 and "legal_basis holds control characters" in answer.text
     assert env.call("GET", "/api/v1/access-requests/req_%00").status_code == 400
     assert env.call("GET", "/api/v1/access-requests/req_000000000000").status_code == 404
+
+
+def test_the_freshness_check_tells_the_province_of_each_new_request_once(env: Env,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_helpers import WebhookSink
+    from lgsp.freshness import check_and_alert
+    from warehouse import Warehouse
+
+    hook = WebhookSink()
+    monkeypatch.setenv("LGSP_ALERT_WEBHOOK_URL", hook.url)
+    try:
+        request_id = env.ask(personal=["personal_id"], until="2099-12-31").json()["request_id"]
+        wh, catalog = Warehouse(env.url, load_catalog()), load_catalog()
+        first = check_and_alert(wh, catalog)
+        assert {"subject": f"request:{request_id}", "kind": "access_request"} in first["alerts"]
+        told = [a for a in hook.received if a["kind"] == "access_request"]
+        assert len(told) == 1 and told[0]["owner"] == catalog.sharing["citizen"].owner
+        assert (f"so_y_te asks for citizen (personal_id in clear, until 2099-12-31 17:00 UTC): {PURPOSE}; decide: "
+                f"`lgsp agencies approve {request_id}`") in str(told[0]["summary"])
+        again = check_and_alert(wh, catalog)
+        assert not [a for a in again["alerts"] if a["kind"] == "access_request"] and \
+            len([a for a in hook.received if a["kind"] == "access_request"]) == 1, "told once"
+    finally:
+        hook.stop()
