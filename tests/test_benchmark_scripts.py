@@ -124,3 +124,9 @@ def test_migrate_benchmark_moves_every_value_and_changes_nothing_for_a_write_mod
         "column phone: 3000 row(s) hold its value in _extras (loaded before it was declared): moved into the column"]
     assert figures["promote"]["rows_changed"] == 3000 and figures["to_history"]["rows_changed"] == 0
     assert figures["sql_rewrite_seconds"] > 0 and figures["promote"]["rows_per_s"] > 0
+
+
+def test_references_benchmark_finds_the_citizens_of_the_left_out_commune() -> None:
+    figures = _figures("benchmarks/references.py", "--sqlite", "--rows", "2600", "--repeat", "2")
+    assert figures["orphans"] == 21  # communes[i % 129] == communes[0] for i = 0, 129, ..., 2580
+    assert all(figures[step]["median_s"] > 0 for step in ("scan", "reference", "scorecard", "profile"))

@@ -1,0 +1,132 @@
+"""Benchmark: what `lgsp references` and `lgsp quality` cost on a table of N citizens.
+
+Fills a fresh warehouse (PostgreSQL by default; `--sqlite` for the embedded one) with N synthetic
+citizens through the warehouse's own merge (benchmarks/migrate.py's valid citizens of province 37)
+and the official administrative units less one commune of province 37, whose citizens (about 1 in
+129) become orphans of `citizen.commune_code -> admin_unit.code`. Then, each timed `--repeat` times
+(the median printed; the first run is also printed, as `lgsp status` pays it on a cold cache):
+
+  scan          the floor: one pass over the table, `SELECT count(*)`
+  reference     lgsp.references.check of citizen.commune_code (rows, the anti-join's orphans and
+                those past grace, the 5 missing values most named, the referenced table's count)
+  scorecard     lgsp.scorecard without the profile (what the gateway computes, with the reference)
+  profile       the scorecard with the profile (how often each column is filled: one more scan)
+
+The orphans it finds are checked against the number of citizens of the left-out commune.
+Prints a table and, as the last line, the figures as JSON.
+
+    .venv/bin/python benchmarks/references.py --rows 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway_load import _drop_postgres_database, add_database_options, warehouse_url  # noqa: E402
+from migrate import catalog_with, fill  # noqa: E402
+
+from catalog import load_catalog  # noqa: E402
+from lgsp.references import check, references  # noqa: E402
+from lgsp.runner import _with_lineage  # noqa: E402
+from lgsp.scorecard import scorecards  # noqa: E402
+from warehouse import Warehouse  # noqa: E402
+
+
+def admin_units(left_out: str) -> pa.Table:
+    """Every official commune code (and province 37) but `left_out`, as the admin_unit pipeline lands them."""
+    from quality.reference import commune_codes
+
+    codes = ["37", *sorted(c for c in commune_codes() if c != left_out)]
+    table = pa.table({"code": codes, "name": codes, "codename": codes,
+                      "level": ["province" if len(c) == 2 else "commune" for c in codes],
+                      "division_type": ["tỉnh" if len(c) == 2 else "xã" for c in codes],
+                      "province_code": ["37"] * len(codes), "province_name": ["Ninh Bình"] * len(codes)})
+    return _with_lineage(table, SimpleNamespace(system=SimpleNamespace(name="reference")), "bench-units")  # type: ignore
+
+
+def timed(action: Any, repeat: int) -> tuple[float, float, Any]:
+    """(first run's seconds, median seconds, the last result)."""
+    seconds, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = action()
+        seconds.append(time.perf_counter() - started)
+    return seconds[0], statistics.median(seconds), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    add_database_options(parser)
+    args = parser.parse_args()
+    from quality.reference import province_communes
+
+    communes = sorted(province_communes(37))
+    left_out = communes[0]
+    expected = sum(1 for i in range(args.rows) if i % len(communes) == 0)  # migrate.chunk: communes[i % len]
+    home = Path(tempfile.mkdtemp(prefix="lgsp-bench-references-"))
+    url = warehouse_url(args, home)
+    real = load_catalog().datasets["citizen"]
+    catalog = catalog_with({"columns": {k: v for k, v in real.columns.items() if k != "phone"},
+                            "checks": [c for c in real.checks if "phone" not in c.model_dump().values()]})
+    figures: dict[str, Any] = {"database": "sqlite" if args.sqlite else "postgresql", "rows": args.rows,
+                               "repeat": args.repeat}
+    try:
+        print(f"==> {args.rows:,} citizens into {figures['database']}", flush=True)
+        figures["fill_seconds"] = round(fill(url, catalog, args.rows), 2)
+        wh = Warehouse(url, catalog)
+        with wh.transaction() as conn:
+            wh.write_chunks(conn, catalog.datasets["admin_unit"], [admin_units(left_out)])
+        table = wh.metadata.tables["core_citizen"]
+        [reference] = [r for r in references(catalog, "citizen") if r.column == "commune_code"]
+        now = datetime.now(timezone.utc)
+
+        def scan() -> int:
+            with wh.engine.connect() as conn:
+                return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+        def one_reference() -> dict[str, Any]:
+            with wh.engine.connect() as conn:
+                return check(conn, wh.metadata.tables, catalog, reference, now)
+
+        def scorecard(profile: bool) -> dict[str, Any]:
+            return scorecards(wh.engine, wh.metadata.tables, catalog, "citizen", now=now, profile=profile)[0]
+
+        for name, action in (("scan", scan), ("reference", one_reference),
+                             ("scorecard", lambda: scorecard(False)), ("profile", lambda: scorecard(True))):
+            first, median, result = timed(action, args.repeat)
+            figures[name] = {"first_s": round(first, 3), "median_s": round(median, 3)}
+            if name == "reference":
+                assert result["orphans"] == expected and result["missing"][0]["value"] == left_out, result
+                figures["orphans"] = result["orphans"]
+        for name in ("reference", "scorecard", "profile"):
+            figures[name]["x_scan"] = round(figures[name]["median_s"] / figures["scan"]["median_s"], 1)
+        wh.engine.dispose()
+    finally:
+        if not args.sqlite:
+            _drop_postgres_database(args.admin_url, url)
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"\n{'step':<12}{'first s':>10}{'median s':>10}{'x scan':>8}")
+    for name in ("scan", "reference", "scorecard", "profile"):
+        f = figures[name]
+        print(f"{name:<12}{f['first_s']:>10}{f['median_s']:>10}{f.get('x_scan', 1.0):>8}")
+    print(f"orphans found: {figures['orphans']:,} (the citizens of commune {left_out}, left out of admin_unit)")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
