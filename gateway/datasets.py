@@ -69,7 +69,8 @@ class DatasetCatalog:
     def _slow_figures(self, name: str) -> dict[str, Any]:
         """The dataset's references (per shared column that names a record of another dataset: how many rows name
         one lgsp has; counts only, no values) and its quality scorecard (lgsp.scorecard: scores only). An anti-join
-        over the whole table (~0.2 s per million rows on PostgreSQL), so kept `REFERENCES_CACHE_S`."""
+        over the whole table (0.24 s for 1M citizens on PostgreSQL: benchmarks/references.py), so kept
+        `REFERENCES_CACHE_S`."""
         now_s = time.monotonic()
         cached = self._references_cache.get(name)
         if cached is not None and cached[0] > now_s:

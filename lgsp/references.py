@@ -76,7 +76,7 @@ def check(conn: sa.Connection, tables: Any, catalog: Catalog, reference: Referen
         sa.func.count(), sa.func.sum(sa.case((source.c._loaded_at < cutoff, 1), else_=0)),
         sa.func.min(source.c._loaded_at), sa.func.count(sa.distinct(value))).where(*orphan)).one()
     orphans, overdue = int(counts[0]), int(counts[1] or 0)
-    missing = [] if not orphans else [
+    missing = [] if not orphans or not examples else [
         {"value": v, "rows": int(n), "since": utc(since)} for v, n, since in conn.execute(
             sa.select(value, sa.func.count().label("n"), sa.func.min(source.c._loaded_at)).where(*orphan)
             .group_by(value).order_by(sa.desc("n"), value).limit(examples))]
