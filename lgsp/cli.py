@@ -707,7 +707,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the report 
 @app.command()
 def references(dataset: str = typer.Option(None, help="only this dataset's columns"),
                as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
-               examples: int = typer.Option(5, min=0, help="how many missing values to show per reference")) -> None:
+               examples: int = typer.Option(5, min=0, help="how many missing values to show per reference"),
+               orphans: bool = typer.Option(False, "--orphans", help="instead: the orphan rows of --dataset as CSV "
+                                                                     "(key, value, loaded_at), for the source's owner"),
+               limit: int = typer.Option(None, min=1, help="at most this many orphan rows")) -> None:
     """Does every row name a record lgsp has? Each reference between datasets (`references:` in datasets.yaml):
     rows, orphans, those past grace, the missing values most named, and what to do.
 
@@ -720,6 +723,9 @@ def references(dataset: str = typer.Option(None, help="only this dataset's colum
     if dataset is not None and dataset not in catalog.datasets:
         fail(f"unknown dataset '{dataset}'; `lgsp pipelines` lists them")
     wh = _warehouse()
+    if orphans:
+        _print_orphans(wh, catalog, dataset, limit)
+        return
     with wh.engine.connect() as conn:
         results = check_all(conn, wh.metadata.tables, catalog, dataset=dataset, examples=examples)
     if as_json:
@@ -781,6 +787,26 @@ def quality(dataset: str = typer.Argument(None, help="one dataset (default: ever
             facts.append(f"{card['consistency']['orphans']:,} rows name a record lgsp does not have")
         if facts:
             console.print(f"{card['dataset']}: " + "; ".join(facts))
+
+
+def _print_orphans(wh: Any, catalog: Any, dataset: str | None, limit: int | None) -> None:
+    """`lgsp references --dataset D --orphans`: one CSV row per orphan row of each of D's references."""
+    import csv
+
+    from lgsp.references import orphan_rows, references as declared
+
+    if dataset is None:
+        fail("--orphans lists one dataset's orphan rows: add --dataset (e.g. --dataset dossier)")
+    refs = declared(catalog, dataset)
+    if not refs:
+        fail(f"no column of {dataset} declares `references`")
+    key = catalog.datasets[dataset].key
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["reference", *key, "value", "loaded_at"])
+    with wh.engine.connect() as conn:
+        for reference in refs:
+            for row in orphan_rows(conn, wh.metadata.tables, catalog, reference, limit):
+                out.writerow([row["reference"], *(row[k] for k in key), row["value"], row["loaded_at"].isoformat()])
 
 
 def _drift_history(dataset: str, limit: int = 20) -> None:

@@ -21,6 +21,7 @@ references to agencies (`references` in /api/v1/datasets/{name}); `lgsp docs` li
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -87,6 +88,24 @@ def check(conn: sa.Connection, tables: Any, catalog: Catalog, reference: Referen
             "state": state, "rows": rows, "orphans": orphans, "orphans_past_grace": overdue,
             "missing_values": int(counts[3]), "oldest_orphan_at": utc(counts[2]), "missing": missing,
             "referenced_rows": target_rows}
+
+
+def orphan_rows(conn: sa.Connection, tables: Any, catalog: Catalog, reference: Reference,
+                limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of `reference.dataset` whose value names no record of the referenced dataset: their key, the
+    value, when lgsp wrote them; in key order (what a data steward sends to the source's owner)."""
+    dataset = catalog.datasets[reference.dataset]
+    source = tables[dataset.table_name]
+    target = tables[catalog.datasets[reference.spec.dataset].table_name].alias("referenced")
+    value = source.c[reference.column]
+    where = [value.isnot(None), ~sa.exists(sa.select(sa.literal(1)).where(target.c[reference.spec.column] == value))]
+    if dataset.write_mode == "history":
+        where.append(source.c.is_current)
+    query = (sa.select(*(source.c[k] for k in dataset.key), value.label("value"), source.c._loaded_at)
+             .where(*where).order_by(*(source.c[k] for k in dataset.key)).limit(limit))
+    for row in conn.execute(query.execution_options(yield_per=10_000)).mappings():
+        yield {"reference": reference.name, **{k: row[k] for k in dataset.key}, "value": row["value"],
+               "loaded_at": utc(row["_loaded_at"])}
 
 
 def check_all(conn: sa.Connection, tables: Any, catalog: Catalog, now: datetime | None = None,

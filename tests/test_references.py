@@ -89,6 +89,17 @@ def test_orphans_are_pending_within_grace_then_broken_with_what_to_do_and_alerte
     assert refs["admin_unit.province_code"]["state"] == "ok" and refs["admin_unit.province_code"]["rows"] == 3355
     assert refs["citizen.commune_code"] == {**refs["citizen.commune_code"], "state": "ok", "rows": 0}
 
+    listed = CliRunner().invoke(lgsp_app, ["references", "--dataset", "dossier", "--orphans"])
+    lines = listed.stdout.strip().splitlines()
+    assert listed.exit_code == 0 and lines[0] == "reference,dossier_id,value,loaded_at"
+    wh_table = landed["wh"].core["dossier"]
+    with landed["wh"].engine.connect() as conn:  # the orphans' keys, found without the anti-join under test
+        keys = sorted(conn.execute(sa.select(wh_table.c.dossier_id).where(
+            wh_table.c.procedure_code.in_(removed))).scalars())
+    assert [line.split(",")[1] for line in lines[1:]] == keys
+    assert {line.split(",")[2] for line in lines[1:]} == set(removed)
+    assert all(line.startswith("dossier.procedure_code,") for line in lines[1:])
+
     _age_orphans(landed, 3)  # grace: 2 days
     code, report = _cli("references", "--dataset", "dossier")
     procedure = _by_name(report["references"])["dossier.procedure_code"]
