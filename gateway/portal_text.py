@@ -47,6 +47,11 @@ VI = {
     "quality": "Chất lượng dữ liệu",
     "quality_line": "{overall} (thấp nhất trong các tiêu chí: hợp lệ {validity}, kịp thời {timeliness}, nhất quán "
                     "{consistency}, chính xác {accuracy})",
+    "quality_short": "{overall} (thấp nhất: {weakest})",
+    "dimension_validity": "hợp lệ",
+    "dimension_timeliness": "kịp thời",
+    "dimension_consistency": "nhất quán",
+    "dimension_accuracy": "chính xác",
     "references": "Liên kết dữ liệu",
     "refers_to": "Tham chiếu tới",
     "reference_ok": "<code>{field}</code> → <code>{target}</code>: cả {rows} bản ghi đều khớp",
@@ -164,6 +169,11 @@ EN = {
     "quality": "Data quality",
     "quality_line": "{overall} (the lowest of: valid {validity}, timely {timeliness}, consistent {consistency}, "
                     "accurate {accuracy})",
+    "quality_short": "{overall} (lowest: {weakest})",
+    "dimension_validity": "valid",
+    "dimension_timeliness": "timely",
+    "dimension_consistency": "consistent",
+    "dimension_accuracy": "accurate",
     "references": "References",
     "refers_to": "Refers to",
     "reference_ok": "<code>{field}</code> → <code>{target}</code>: all {rows} records match",
