@@ -239,3 +239,41 @@ def test_the_freshness_check_tells_the_province_of_each_new_request_once(env: En
             len([a for a in hook.received if a["kind"] == "access_request"]) == 1, "told once"
     finally:
         hook.stop()
+
+
+def test_two_deciders_at_once_one_decision_wins_and_the_grant_matches_it(env: Env) -> None:
+    import threading
+
+    from gateway.access_requests import AccessRequests, RequestError
+
+    request_id = env.ask(personal=["personal_id"]).json()["request_id"]
+    outcomes: dict[str, str] = {}
+    barrier = threading.Barrier(2)
+
+    def decide(who: str) -> None:
+        asked = AccessRequests(_write_engine(env.url), load_catalog())
+        barrier.wait()
+        try:
+            if who == "approver":
+                asked.approve(request_id, by=who)
+            else:
+                asked.deny(request_id, by=who, note="Không đủ căn cứ pháp lý")
+            outcomes[who] = "won"
+        except RequestError as exc:
+            outcomes[who] = str(exc)
+        finally:
+            asked.close()
+            asked.engine.dispose()
+
+    threads = [threading.Thread(target=decide, args=(who,)) for who in ("approver", "denier")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    winners = [who for who, outcome in outcomes.items() if outcome == "won"]
+    assert len(outcomes) == 2 and len(winners) == 1, outcomes
+    loser = next(outcome for who, outcome in outcomes.items() if who not in winners)
+    assert f"request {request_id}" in loser and ("already" in loser or "meanwhile" in loser), loser
+    status = env.call("GET", f"/api/v1/access-requests/{request_id}").json()["status"]
+    granted = env.scalar("SELECT count(*) FROM gateway_grant WHERE agency_id = 'so_y_te'")
+    assert (status, int(granted)) == (("approved", 1) if winners == ["approver"] else ("denied", 0))
