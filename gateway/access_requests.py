@@ -131,6 +131,9 @@ class AccessRequests:
         too short, an end in the past, already granted as asked, or the same dataset already pending)."""
         personal = sorted(set(personal or []))
         self._check(dataset, personal)
+        if self.catalog.sharing[dataset].access == "open" and not personal:
+            raise RequestError(f"'{dataset}' is open: anyone reads it without a grant (ask for a grant only to see "
+                               "its personal columns in clear)")
         for name, text in (("purpose", purpose), ("legal_basis", legal_basis or "")):
             if any(ord(c) < 32 and c not in "\t\n\r" or ord(c) == 127 for c in text):
                 raise RequestError(f"{name} holds control characters: send plain text")

@@ -172,6 +172,7 @@ def test_a_grant_ends_when_it_says_and_a_denial_or_withdrawal_grants_nothing(env
     ({"until": "2020-01-01"}, "is in the past"),
     ({"until": "soon"}, "until.date: Input should be a valid date or datetime"),
     ({"extra": 1}, "extra: Extra inputs are not permitted"),
+    ({"dataset": "procedure"}, "'procedure' is open: anyone reads it without a grant"),
 ])
 def test_a_bad_request_says_what_is_wrong(env: Env, body: dict[str, Any], message: str) -> None:
     answer = env.ask(**body)
