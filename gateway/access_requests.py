@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from catalog.models import Catalog
 from gateway import tables
 from gateway.agencies import AgencyRegistry, RegistryError, live_grant
+from indicators.periods import VN_TZ
 
 STATUSES = ("pending", "approved", "denied", "withdrawn")
 REQUEST_ID = r"^req_[0-9a-f]{12}$"
@@ -53,9 +54,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-VIETNAM = timezone(timedelta(hours=7))
-
-
 def end_of(value: date | datetime | str | None) -> datetime | None:
     """When an access asked or granted `until` a day ends: a date is the end of that day in Vietnam (2027-06-30 ->
     2027-07-01 00:00 +07); a time without a zone is UTC. A string is read as either (ValueError if neither)."""
@@ -71,7 +69,7 @@ def end_of(value: date | datetime | str | None) -> datetime | None:
                 raise ValueError(f"{value!r} is neither a date (2027-06-30) nor a time (2027-06-30T17:00+07:00)") \
                     from None
     if not isinstance(value, datetime):
-        return datetime.combine(value + timedelta(days=1), time(0), VIETNAM).astimezone(timezone.utc)
+        return datetime.combine(value + timedelta(days=1), time(0), VN_TZ).astimezone(timezone.utc)
     return _utc(value)
 
 

@@ -746,7 +746,9 @@ def references(dataset: str = typer.Option(None, help="only this dataset's colum
 
 @app.command()
 def quality(dataset: str = typer.Argument(None, help="one dataset (default: every core dataset)"),
-            days: float = typer.Option(30.0, min=0.01, help="the window of the validity figure"),
+            days: float = typer.Option(30.0, min=0.01, help="the window of the validity figure (of --history)"),
+            history: bool = typer.Option(False, help="instead: each dataset's scores over the last --days, as the "
+                                                     "lgsp_freshness DAG recorded them (one row a day)"),
             as_json: bool = typer.Option(False, "--json", help="print the scorecards as JSON")) -> None:
     """Each dataset's data-quality scorecard: validity, timeliness, consistency, accuracy, and the overall figure
     (the weakest of them); and its columns least often filled."""
@@ -760,6 +762,9 @@ def quality(dataset: str = typer.Argument(None, help="one dataset (default: ever
     if dataset is not None and (dataset not in catalog.datasets or catalog.datasets[dataset].layer != "core"):
         fail(f"'{dataset}' is not a core dataset; `lgsp pipelines` lists the datasets the pipelines fill")
     wh = _warehouse()
+    if history:
+        _print_quality_history(wh, dataset, days, as_json)
+        return
     cards = scorecards(wh.engine, wh.metadata.tables, catalog, dataset, days)
     if as_json:
         print(report_json({"days": days, "scorecards": cards}))
@@ -787,6 +792,30 @@ def quality(dataset: str = typer.Argument(None, help="one dataset (default: ever
             facts.append(f"{card['consistency']['orphans']:,} rows name a record lgsp does not have")
         if facts:
             console.print(f"{card['dataset']}: " + "; ".join(facts))
+
+
+def _print_quality_history(wh: Any, dataset: str | None, days: float, as_json: bool) -> None:
+    from rich.table import Table
+
+    from lgsp.scorecard import history, percent
+    from lgsp.status import as_json as report_json
+
+    rows = [r for r in history(wh, days) if dataset in (None, r["dataset"])]
+    if as_json:
+        print(report_json({"days": days, "datasets": rows}))
+        return
+    if not rows:
+        console.print("no quality score recorded yet: the lgsp_freshness DAG (every 15 minutes under `lgsp airflow "
+                      "start`, or `lgsp status --alert`) records them, one row per dataset a day")
+        return
+    table = Table(title=f"Data quality over the last {days:g} days (lgsp_quality_score)")
+    for col in ("dataset", "days", "mean", "lowest (day)", "most often weakest", "latest (day)"):
+        table.add_column(col, justify="right" if col in ("days", "mean") else "left")
+    for r in rows:
+        table.add_row(r["dataset"], str(r["days"]), percent(r["mean"]),
+                      f"{percent(r['lowest'])} ({r['lowest_day'] or '-'})", r["most_often_weakest"] or "-",
+                      f"{percent(r['latest'])} ({r['latest_day']})")
+    console.print(table)
 
 
 def _print_orphans(wh: Any, catalog: Any, dataset: str | None, limit: int | None) -> None:

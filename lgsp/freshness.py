@@ -217,6 +217,10 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
     with wh.transaction() as conn:
         wh.upsert(conn, table, rows, ["subject"])
         wh.insert_ignore(conn, wh.system["lgsp_freshness_event"], changed, ["subject", "at"])
+    from lgsp.scorecard import record, scorecards  # today's quality scorecards, for `lgsp quality --history`
+
+    record(wh, scorecards(wh.engine, wh.metadata.tables, catalog, now=now, profile=False,
+                          references=checked_references), now)
     if sa.inspect(wh.engine).has_table("gateway_access_request"):  # agencies' new access requests: tell the province
         from gateway.access_requests import AccessRequests
 

@@ -15,7 +15,9 @@ lowest of the others: a dataset is as good as its weakest dimension. Each card a
 table's profile: its rows and how often each column is filled (current rows of a history
 dataset). That is not scored: many empty values are right (a dossier's `finished_at` while it
 is unsettled, a birth's `spouse_personal_id`); whether every record of the source is here is
-`lgsp reconcile`'s question, asked of the source. `lgsp quality` prints the cards.
+`lgsp reconcile`'s question, asked of the source. `lgsp quality` prints the cards; the
+lgsp_freshness DAG keeps them one row a day (`record`), which `lgsp quality --history` sums up
+(`history`).
 
 Example (`lgsp quality dossier --json`, shortened)::
 
@@ -31,6 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from catalog.models import Catalog
+from indicators.periods import VN_TZ
 from lgsp.freshness import SEVERITY, pipeline_freshness
 from lgsp.references import check_all
 
@@ -137,3 +140,51 @@ def quality_line(cards: list[dict[str, Any]]) -> str:
     return (f"Quality: {len(judged)} datasets scored, overall {percent(worst['overall'])} to "
             f"{percent(max(c['overall'] for c in judged))}; lowest {worst['dataset']} ({worst['weakest']}); "
             "`lgsp quality` for each")
+
+
+def record(wh: Any, cards: list[dict[str, Any]], now: datetime | None = None) -> int:
+    """Keep today's scorecards (Vietnam's day) in `lgsp_quality_score`: the latest check's scores, and the lowest
+    overall of the day. The lgsp_freshness DAG calls it every 15 minutes. Returns the rows written."""
+    now = now or datetime.now(timezone.utc)
+    day = now.astimezone(VN_TZ).date()
+    table = wh.system["lgsp_quality_score"]
+    with wh.engine.connect() as conn:
+        kept = {r.dataset: r for r in conn.execute(sa.select(table).where(table.c.day == day))}
+    rows = []
+    for card in cards:
+        before = kept.get(card["dataset"])
+        lows = [v for v in (card["overall"], before.lowest if before is not None else None) if v is not None]
+        rows.append({"dataset": card["dataset"], "day": day, "overall": card["overall"],
+                     "lowest": min(lows) if lows else None, "weakest": card["weakest"],
+                     **{d: card[d]["score"] for d in DIMENSIONS},
+                     "checks": (before.checks if before is not None else 0) + 1, "checked_at": now})
+    with wh.transaction() as conn:
+        wh.upsert(conn, table, rows, ["dataset", "day"])
+    return len(rows)
+
+
+def history(wh: Any, days: float = 30.0, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Per dataset over the last `days` days: the days recorded, the mean of each day's latest overall score,
+    the lowest score seen and on which day, the dimension most often the weakest, and the latest day's score."""
+    now = now or datetime.now(timezone.utc)
+    since = (now - timedelta(days=days)).astimezone(VN_TZ).date()
+    table = wh.system["lgsp_quality_score"]
+    with wh.engine.connect() as conn:
+        rows = conn.execute(sa.select(table).where(table.c.day > since, table.c.day <= now.astimezone(VN_TZ).date())
+                            .order_by(table.c.dataset, table.c.day)).all()
+    by_dataset: dict[str, list[Any]] = {}
+    for row in rows:
+        by_dataset.setdefault(row.dataset, []).append(row)
+    result = []
+    for dataset, recorded in by_dataset.items():
+        scored = [r for r in recorded if r.overall is not None]
+        lowest = min((r for r in recorded if r.lowest is not None), key=lambda r: (r.lowest, r.day), default=None)
+        weakest = [r.weakest for r in recorded if r.weakest]
+        result.append({
+            "dataset": dataset, "days": len(recorded),
+            "mean": round(sum(r.overall for r in scored) / len(scored), 4) if scored else None,
+            "lowest": None if lowest is None else lowest.lowest,
+            "lowest_day": None if lowest is None else lowest.day.isoformat(),
+            "most_often_weakest": max(set(weakest), key=weakest.count) if weakest else None,
+            "latest": recorded[-1].overall, "latest_day": recorded[-1].day.isoformat()})
+    return result

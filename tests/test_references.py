@@ -296,3 +296,33 @@ def test_the_quality_scorecard_takes_each_dimension_from_what_lgsp_records(
         listing = requests.get(f"{base}/portal?lang=en", timeout=30).text
         assert '<dt>Data quality</dt><dd class="quality">50.0% (lowest: timely)</dd>' in listing
         assert '<dd class="quality">50,0% (thấp nhất: kịp thời)</dd>' in requests.get(f"{base}/portal", timeout=30).text
+
+
+def test_the_freshness_check_keeps_one_scorecard_a_day_and_the_history_sums_them_up(lgsp_env: Any) -> None:
+    from lgsp.scorecard import history, record
+
+    runner.run_pipeline("admin_units")
+    wh, catalog = Warehouse(lgsp_env.database_url, load_catalog()), load_catalog()
+    check_and_alert(wh, catalog)
+    table = wh.system["lgsp_quality_score"]
+    with wh.engine.connect() as conn:
+        kept = {r.dataset: r for r in conn.execute(sa.select(table))}
+    assert set(kept) == {d.name for d in catalog.datasets.values() if d.layer == "core"}
+    assert (kept["admin_unit"].overall, kept["admin_unit"].checks) == (1.0, 1)
+    assert kept["citizen"].overall == 0.0 and kept["citizen"].weakest == "timeliness", "never synced"
+
+    def card(name: str, overall: float | None, weakest: str | None = "validity") -> dict[str, Any]:
+        scores = {d: {"score": overall} for d in ("validity", "timeliness", "consistency", "accuracy")}
+        return {"dataset": name, "overall": overall, "weakest": weakest, **scores}
+
+    day = datetime(2026, 11, 1, 3, 0, tzinfo=timezone.utc)  # 10:00 in Vietnam
+    record(wh, [card("dossier", 0.99)], day)
+    record(wh, [card("dossier", 0.80, "timeliness")], day + timedelta(hours=2))  # the same day: the lowest kept
+    record(wh, [card("dossier", 0.97)], day + timedelta(hours=4))
+    record(wh, [card("dossier", 0.95)], day + timedelta(hours=18))  # 03:00 next day in Vietnam: another day
+    [dossier] = [r for r in history(wh, days=30, now=day + timedelta(days=2)) if r["dataset"] == "dossier"]
+    assert dossier == {"dataset": "dossier", "days": 2, "mean": 0.96, "lowest": 0.8, "lowest_day": "2026-11-01",
+                       "most_often_weakest": "validity", "latest": 0.95, "latest_day": "2026-11-02"}
+    result = CliRunner().invoke(lgsp_app, ["quality", "--history", "--days", "3650", "--json"])
+    assert result.exit_code == 0 and any(r["dataset"] == "dossier" and r["days"] == 3  # and today's
+                                         for r in json.loads(result.stdout)["datasets"])

@@ -128,9 +128,20 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("at", TZ, primary_key=True),
         sa.Column("state", sa.Text, nullable=False),
     )
+    quality_score = sa.Table(  # each dataset's scorecard per day, Vietnam time (`lgsp quality --history`)
+        "lgsp_quality_score", metadata,
+        sa.Column("dataset", sa.Text, primary_key=True),
+        sa.Column("day", sa.Date, primary_key=True),
+        sa.Column("overall", sa.Float),  # the day's latest check
+        sa.Column("lowest", sa.Float),  # the lowest overall of the day's checks
+        sa.Column("weakest", sa.Text),
+        *(sa.Column(d, sa.Float) for d in ("validity", "timeliness", "consistency", "accuracy")),
+        sa.Column("checks", sa.Integer, nullable=False),
+        sa.Column("checked_at", TZ, nullable=False),
+    )
     exchange = tables_for_exchanges(metadata)
     return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
-                                  migration, freshness, freshness_event, *exchange)}
+                                  migration, freshness, freshness_event, quality_score, *exchange)}
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:
