@@ -25,6 +25,7 @@ what share of the time each was fresh. Example alert body::
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -33,6 +34,8 @@ import sqlalchemy as sa
 
 from catalog.models import Catalog, PipelineSpec
 from warehouse.store import utc
+
+log = logging.getLogger("lgsp.freshness")
 
 STATES = ("fresh", "warn", "stale", "never", "unchecked")
 SEVERITY = {"unchecked": 0, "fresh": 0, "warn": 1, "stale": 2, "never": 2}
@@ -217,14 +220,23 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
     with wh.transaction() as conn:
         wh.upsert(conn, table, rows, ["subject"])
         wh.insert_ignore(conn, wh.system["lgsp_freshness_event"], changed, ["subject", "at"])
-    from lgsp.scorecard import record, scorecards  # today's quality scorecards, for `lgsp quality --history`
+    errors = []
+    try:  # today's quality scorecards, for `lgsp quality --history`: never at the cost of the freshness alerts
+        from lgsp.scorecard import record, scorecards
 
-    record(wh, scorecards(wh.engine, wh.metadata.tables, catalog, now=now, profile=False,
-                          references=checked_references), now)
-    if sa.inspect(wh.engine).has_table("gateway_access_request"):  # agencies' new access requests: tell the province
-        from gateway.access_requests import AccessRequests
+        record(wh, scorecards(wh.engine, wh.metadata.tables, catalog, now=now, profile=False,
+                              references=checked_references), now)
+    except Exception as exc:  # noqa: BLE001 - said in the result and the log; the check itself stands
+        errors.append(f"quality scores not recorded: {type(exc).__name__}: {exc}"[:500])
+    try:  # agencies' new access requests: tell the province
+        if sa.inspect(wh.engine).has_table("gateway_access_request"):
+            from gateway.access_requests import AccessRequests
 
-        told = AccessRequests(wh.engine, catalog).notify_new(send)
-        alerts += [{"subject": f"request:{request_id}", "kind": "access_request"} for request_id in told]
+            told = AccessRequests(wh.engine, catalog).notify_new(send)
+            alerts += [{"subject": f"request:{request_id}", "kind": "access_request"} for request_id in told]
+    except Exception as exc:  # noqa: BLE001
+        errors.append(f"access requests not told: {type(exc).__name__}: {exc}"[:500])
+    for error in errors:
+        log.warning("lgsp_freshness: %s", error)
     return {"checked": len(rows), "states": {subject: state for subject, (state, _) in states.items()},
-            "alerts": alerts}
+            "alerts": alerts, "errors": errors}

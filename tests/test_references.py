@@ -326,3 +326,20 @@ def test_the_freshness_check_keeps_one_scorecard_a_day_and_the_history_sums_them
     result = CliRunner().invoke(lgsp_app, ["quality", "--history", "--days", "3650", "--json"])
     assert result.exit_code == 0 and any(r["dataset"] == "dossier" and r["days"] == 3  # and today's
                                          for r in json.loads(result.stdout)["datasets"])
+
+
+def test_a_failing_quality_record_does_not_cost_the_freshness_alerts(lgsp_env: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import lgsp.scorecard
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(lgsp.scorecard, "record", broken)
+    wh, catalog = Warehouse(lgsp_env.database_url, load_catalog()), load_catalog()
+    wh.create_all()  # as the DAG's task opens it
+    result = check_and_alert(wh, catalog)
+    assert result["errors"] == ["quality scores not recorded: RuntimeError: disk full"]
+    assert {result["states"][p] for p in catalog.pipelines} == {"never"}, "every pipeline judged all the same"
+    with wh.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(wh.system["lgsp_freshness"])).scalar_one() > 0
