@@ -156,10 +156,16 @@ class AccessRequests:
                 raise RequestError(f"agency '{agency_id}' already holds '{dataset}' as asked"
                                    + (f" (until {_utc(held.expires_at):%Y-%m-%d})" if held.expires_at else ""))
             request_id = f"req_{secrets.token_hex(6)}"
-            conn.execute(tables.access_request.insert().values(
-                request_id=request_id, agency_id=agency_id, dataset=dataset, personal_columns=json.dumps(personal),
-                purpose=purpose[:2000], legal_basis=(legal_basis or "").strip()[:500] or None, until=until,
-                status="pending", requested_at=_now()))
+            try:
+                with conn.begin_nested():
+                    conn.execute(tables.access_request.insert().values(
+                        request_id=request_id, agency_id=agency_id, dataset=dataset,
+                        personal_columns=json.dumps(personal), purpose=purpose[:2000],
+                        legal_basis=(legal_basis or "").strip()[:500] or None, until=until, status="pending",
+                        requested_at=_now()))
+            except sa.exc.IntegrityError:  # filed at the same moment as another: gateway_access_request_one_pending
+                raise RequestError(f"a request for '{dataset}' by '{agency_id}' is already pending: GET "
+                                   "/api/v1/access-requests shows it") from None
         self._audit(agency_id, dataset, "access_request", {"request_id": request_id, "personal": personal,
                                                            "until": until.isoformat() if until else None})
         return self.get(request_id)

@@ -66,6 +66,9 @@ access_request = sa.Table(
     sa.Column("granted_columns", sa.Text),  # JSON list: the personal columns the approval granted
     sa.Column("granted_until", TZ),
     sa.Column("notified_at", TZ),  # when the province was told of it (the lgsp_freshness DAG; null: not yet)
+    # one pending request per agency and dataset, even when two are filed at the same moment
+    sa.Index("gateway_access_request_one_pending", "agency_id", "dataset", unique=True,
+             postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'")),
 )
 audit = sa.Table(
     "gateway_audit", metadata,

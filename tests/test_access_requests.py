@@ -278,3 +278,23 @@ def test_two_deciders_at_once_one_decision_wins_and_the_grant_matches_it(env: En
     status = env.call("GET", f"/api/v1/access-requests/{request_id}").json()["status"]
     granted = env.scalar("SELECT count(*) FROM gateway_grant WHERE agency_id = 'so_y_te'")
     assert (status, int(granted)) == (("approved", 1) if winners == ["approver"] else ("denied", 0))
+
+
+def test_requests_filed_at_the_same_moment_leave_one_pending(env: Env) -> None:
+    import threading
+
+    answers: list[requests.Response] = []
+    barrier = threading.Barrier(4)
+
+    def file() -> None:
+        barrier.wait()
+        answers.append(env.ask())
+
+    threads = [threading.Thread(target=file) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(a.status_code for a in answers) == [201, 400, 400, 400], [a.text for a in answers]
+    assert all("pending" in a.json()["error"]["message"] for a in answers if a.status_code == 400)
+    assert env.scalar("SELECT count(*) FROM gateway_access_request WHERE status = 'pending'") == 1
