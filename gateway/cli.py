@@ -223,6 +223,8 @@ def agencies_requests(status: str = typer.Option("pending", help="pending, appro
 def agencies_approve(request_id: str,
                      personal: list[str] = typer.Option(None, help="grant only these of the personal columns asked "
                                                                    "(repeatable; default: all asked)"),
+                     masked: bool = typer.Option(False, "--masked", help="grant none of the personal columns asked "
+                                                                        "in clear (they stay protected)"),
                      until: str = typer.Option(None, help="end the grant earlier than asked (a date or ISO time)"),
                      note: str = typer.Option(None, help="a note the agency reads"),
                      by: str = typer.Option(None, help="who decides (default $LGSP_OPERATOR or $USER)")) -> None:
@@ -230,7 +232,8 @@ def agencies_approve(request_id: str,
     ends = _until(until)
     asked = _access_requests()
     try:
-        done = _decide(lambda: asked.approve(request_id, _decider(by), personal or None, ends, note))  # type: ignore
+        narrowed = [] if masked else personal or None
+        done = _decide(lambda: asked.approve(request_id, _decider(by), narrowed, ends, note))  # type: ignore
     finally:
         asked.close()  # type: ignore[attr-defined]
     clear = ", ".join(done["granted_personal"]) or "none"  # type: ignore[arg-type]

@@ -367,7 +367,8 @@ class Webhooks:
         shown = shown_url(hook.url)
         if not allowed or hook.dataset not in self.catalog.sharing:
             why = ("is no longer shared (catalog/sharing.yaml)" if hook.dataset not in self.catalog.sharing else
-                   f"may not be read by agency '{hook.agency_id}' (no grant, or the agency is disabled)")
+                   f"may not be read by agency '{hook.agency_id}' (no grant, an expired one, or the agency is "
+                   "disabled)")
             reason = (f"paused: '{hook.dataset}' {why}; nothing sent (lgsp agencies grant {hook.agency_id} "
                       f"{hook.dataset}, or lgsp webhooks remove {webhook_id})")
             self._release(webhook_id, last_error=reason)

@@ -159,8 +159,12 @@ def test_a_grant_ends_when_it_says_and_a_denial_or_withdrawal_grants_nothing(env
     assert expired.status_code == 403, "an expired grant reads nothing"
     agency = next(a for a in env.registry.agencies() if a["agency_id"] == "so_y_te")
     assert agency["grants"] == {} and list(agency["expired_grants"]) == ["citizen"]
-    renewed = env.ask(until=(date.today() + timedelta(days=10)).isoformat())
+    renewed = env.ask(personal=["personal_id"], until=(date.today() + timedelta(days=10)).isoformat())
     assert renewed.status_code == 201, "an expired grant can be asked for again"
+    masked = _cli("agencies", "approve", renewed.json()["request_id"], "--masked")
+    assert masked.exit_code == 0 and "(personal columns in clear: none)" in masked.output
+    record = env.records().json()["records"][0]
+    assert record["personal_id"].startswith("ps_"), "granted without personal_id in clear: pseudonymised"
     past = _cli("agencies", "grant", "so_y_te", "citizen", "--until", "2020-01-01")
     assert past.exit_code == 1 and "in the past" in past.output
 
