@@ -112,6 +112,10 @@ def package(gateway: Gateway, request: Request, name: str) -> dict[str, Any]:
         "num_resources": 1, "num_tags": 0, "tags": [],
         "extras": [{"key": "access", "value": info["access"]}, {"key": "row_count", "value": str(info["row_count"])},
                    {"key": "last_quality", "value": json.dumps(info["last_quality"], default=str)},
+                   *([{"key": "quality_score", "value": json.dumps(info["quality_score"])}]
+                     if info.get("quality_score") else []),
+                   *([{"key": "freshness_state", "value": info["freshness_status"]["state"]}]
+                     if info.get("freshness_status") else []),
                    *[{"key": key, "value": info[field]} for key, field in VIETNAMESE_EXTRAS if info[field]]],
         "resources": [{"id": name, "package_id": name, "name": info["title"], "format": "JSON",
                        "datastore_active": True, "last_modified": modified,

@@ -293,6 +293,9 @@ def test_the_quality_scorecard_takes_each_dimension_from_what_lgsp_records(
         page = requests.get(f"{base}/portal/datasets/dossier?lang=en", timeout=30).text
         assert (f'<dd class="quality">50.0% (the lowest of: valid {card["validity"]["score"]:.1%}, timely 50.0%, '
                 f'consistent {card["consistency"]["score"]:.1%}, accurate –)</dd>') in page
+        package = requests.get(f"{base}/api/3/action/package_show", params={"id": "dossier"}, timeout=30).json()
+        extras = {e["key"]: e["value"] for e in package["result"]["extras"]}  # what ckanapi users read
+        assert json.loads(extras["quality_score"]) == score and extras["freshness_state"] == "warn"
         listing = requests.get(f"{base}/portal?lang=en", timeout=30).text
         assert '<dt>Data quality</dt><dd class="quality">50.0% (lowest: timely)</dd>' in listing
         assert '<dd class="quality">50,0% (thấp nhất: kịp thời)</dd>' in requests.get(f"{base}/portal", timeout=30).text
