@@ -11,7 +11,8 @@
 
 A dimension lgsp cannot judge for a dataset (no references, no drift check, no objective, nothing
 pulled in the window) has no score (None), and does not count towards the overall figure, the
-lowest of the others: a dataset is as good as its weakest dimension. Each card also has the
+lowest of the others: a dataset is as good as its weakest dimension (`weakest`; None when every
+judged one is 1). Each card also has the
 table's profile: its rows and how often each column is filled (current rows of a history
 dataset). That is not scored: many empty values are right (a dossier's `finished_at` while it
 is unsettled, a birth's `spouse_personal_id`); whether every record of the source is here is
@@ -121,7 +122,7 @@ def scorecards(engine: sa.Engine, tables: Any, catalog: Catalog, dataset: str | 
             scores = [card[d]["score"] for d in DIMENSIONS if card[d]["score"] is not None]
             card["overall"] = min(scores) if scores else None
             card["weakest"] = (min((d for d in DIMENSIONS if card[d]["score"] is not None),
-                                   key=lambda d: card[d]["score"]) if scores else None)
+                                   key=lambda d: card[d]["score"]) if scores and min(scores) < 1 else None)
             cards.append(card)
     return cards
 
@@ -137,9 +138,9 @@ def quality_line(cards: list[dict[str, Any]]) -> str:
     if not judged:
         return "Quality: nothing to judge yet (`lgsp quality`)"
     worst = min(judged, key=lambda c: (c["overall"], c["dataset"]))
+    lowest = f"lowest {worst['dataset']} ({worst['weakest']})" if worst["weakest"] else "every one 100%"
     return (f"Quality: {len(judged)} datasets scored, overall {percent(worst['overall'])} to "
-            f"{percent(max(c['overall'] for c in judged))}; lowest {worst['dataset']} ({worst['weakest']}); "
-            "`lgsp quality` for each")
+            f"{percent(max(c['overall'] for c in judged))}; {lowest}; `lgsp quality` for each")
 
 
 def record(wh: Any, cards: list[dict[str, Any]], now: datetime | None = None) -> int:

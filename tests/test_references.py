@@ -264,6 +264,8 @@ def test_the_quality_scorecard_takes_each_dimension_from_what_lgsp_records(
     assert card["consistency"]["score"] == round(1 - orphans / (2 * rows), 4)  # two references, one with orphans
     assert card["accuracy"]["score"] is None, "no drift check of dossiers"
     assert card["overall"] == min(card["validity"]["score"], card["consistency"]["score"])
+    procedure = _cli("quality", "procedure")[1]["scorecards"][0]  # no defect, fresh, nothing to check against
+    assert (procedure["overall"], procedure["weakest"]) == (1.0, None)
     wh = landed["wh"]
     with wh.engine.connect() as conn:
         finished = conn.execute(sa.text("SELECT count(finished_at) FROM core_dossier")).scalar_one()
@@ -298,6 +300,7 @@ def test_the_quality_scorecard_takes_each_dimension_from_what_lgsp_records(
         assert json.loads(extras["quality_score"]) == score and extras["freshness_state"] == "warn"
         listing = requests.get(f"{base}/portal?lang=en", timeout=30).text
         assert '<dt>Data quality</dt><dd class="quality">50.0% (lowest: timely)</dd>' in listing
+        assert '<dd class="quality">100.0%</dd>' in listing, "the procedure catalogue: nothing lowest"
         assert '<dd class="quality">50,0% (thấp nhất: kịp thời)</dd>' in requests.get(f"{base}/portal", timeout=30).text
 
 
