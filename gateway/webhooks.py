@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 import requests
 import sqlalchemy as sa
+import urllib3
 
 from catalog.models import Catalog
 from gateway import tables
@@ -479,7 +480,10 @@ class Webhooks:
                 status = answer.status_code
                 if 200 <= status < 300:
                     return status, None
-                text = answer.raw.read(ANSWER_BYTES, decode_content=True).decode("utf-8", "replace").strip()
+                try:
+                    text = answer.raw.read(ANSWER_BYTES, decode_content=True).decode("utf-8", "replace").strip()
+                except (urllib3.exceptions.HTTPError, OSError) as exc:  # the status came; its body stalled or broke
+                    text = f"(its body could not be read: {type(exc).__name__})"
                 if 300 <= status < 400:
                     where = shown_url(answer.headers.get("location", "")) if answer.headers.get("location") else "?"
                     return status, (f"{shown} answered {status}, a redirect to {where} (not followed): "

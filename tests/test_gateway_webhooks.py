@@ -475,6 +475,29 @@ def test_an_endpoint_trickling_its_answer_is_cut_off_at_the_deadline(env: HookEn
     hooks.remove(webhook_id)
 
 
+def test_an_endpoint_whose_error_body_stalls_is_told_by_its_status(env: HookEnv) -> None:
+    """The status came, then the body stopped past the read timeout: the attempt says the status (no thread dies
+    with an unhandled read timeout, and it is not mistaken for an endpoint that never answered)."""
+    def stall(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("503 Busy", [("Content-Type", "text/plain"), ("Content-Length", "100")])
+
+        def body() -> Iterator[bytes]:
+            yield b"b"
+            time.sleep(2.5)
+            yield b"x" * 99
+        return body()
+
+    hooks = Webhooks(env.hooks.engine, env.catalog, KEY.encode(), timeout_s=(2.0, 0.5), deadline_s=2.0)
+    with serving(stall) as base:
+        webhook_id, _ = hooks.add("so_y_te", "firm", f"{base}/stall")
+        env.load_firms("stall-1", [firm(971)])
+        [attempt] = hooks.dispatch()
+    assert (attempt.outcome, attempt.status) == ("failed", 503), attempt
+    assert f"{base}/stall answered 503: (its body could not be read: ReadTimeoutError)" in str(attempt.error)
+    hooks.remove(webhook_id)
+
+
 def test_an_agency_registers_its_own_webhook_only_at_a_host_the_province_allows(env: HookEnv) -> None:
     import requests
 
