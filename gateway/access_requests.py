@@ -31,6 +31,7 @@ from catalog.models import Catalog
 from gateway import tables
 from gateway.agencies import AgencyRegistry, RegistryError, live_grant
 from indicators.periods import VN_TZ
+from warehouse.store import utc
 
 STATUSES = ("pending", "approved", "denied", "withdrawn")
 REQUEST_ID = r"^req_[0-9a-f]{12}$"
@@ -74,9 +75,8 @@ def end_of(value: date | datetime | str | None) -> datetime | None:
 
 
 def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    """A time in UTC: a stored one (SQLite's naive) or an agency's (+07)."""
+    return None if moment is None else utc(moment).astimezone(timezone.utc)  # type: ignore[union-attr]
 
 
 def _shown(row: Any) -> dict[str, Any]:

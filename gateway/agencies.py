@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from catalog.models import Catalog
 from gateway import tables
+from warehouse.store import utc
 
 AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
@@ -56,11 +57,6 @@ def digest(secret: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _utc(moment: datetime) -> datetime:
-    """A stored time as UTC (SQLite gives it back naive)."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
 def live_grant(now: datetime | None = None) -> sa.ColumnElement[bool]:
@@ -202,8 +198,8 @@ class AgencyRegistry:
             entry["credentials"] = [f"{c.credential_id} ({c.kind}{', revoked' if c.revoked_at else ''})"
                                     for c in creds if c.agency_id == entry["agency_id"]]
             own = [g for g in grants if g["agency_id"] == entry["agency_id"]]
-            live = [g for g in own if g["expires_at"] is None or _utc(g["expires_at"]) > now]
+            live = [g for g in own if g["expires_at"] is None or utc(g["expires_at"]) > now]
             entry["grants"] = {g["dataset"]: json.loads(g["personal_columns"]) for g in live}
-            entry["grant_expiry"] = {g["dataset"]: _utc(g["expires_at"]) for g in live if g["expires_at"] is not None}
-            entry["expired_grants"] = {g["dataset"]: _utc(g["expires_at"]) for g in own if g not in live}
+            entry["grant_expiry"] = {g["dataset"]: utc(g["expires_at"]) for g in live if g["expires_at"] is not None}
+            entry["expired_grants"] = {g["dataset"]: utc(g["expires_at"]) for g in own if g not in live}
         return agencies
