@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from catalog.models import SharedDatasetSpec
-from gateway.agencies import ANONYMOUS, AgencyRegistry, Principal, digest
+from gateway.agencies import ANONYMOUS, AgencyRegistry, Grant, Principal, digest
 from gateway.settings import GatewaySettings
 
 
@@ -95,14 +95,15 @@ class Authenticator:
         return cached[1]
 
 
-def authorize(principal: Principal, shared: SharedDatasetSpec) -> frozenset[str]:
-    """The personal columns `principal` may see in clear in `shared`.
+def authorize(principal: Principal, shared: SharedDatasetSpec) -> Grant:
+    """What `principal` may read of `shared`: the personal columns in clear and the rows (an open dataset without a
+    grant: every row, no personal column in clear).
 
     Raises:
         AccessDenied: 401 for an anonymous reader of a restricted dataset, 403 without a grant.
     """
     if shared.access == "open":
-        return principal.grants.get(shared.name, frozenset())
+        return principal.grants.get(shared.name, OPEN)
     if principal.agency_id is None:
         raise AccessDenied(401, f"'{shared.name}' is restricted: send an API key (X-API-Key) or an OAuth2 "
                                 "bearer token (POST /oauth/token)")
@@ -113,6 +114,7 @@ def authorize(principal: Principal, shared: SharedDatasetSpec) -> frozenset[str]
     return granted
 
 
+OPEN = Grant()
 MAX_BUCKETS = 100_000
 IDLE_S = 60.0
 

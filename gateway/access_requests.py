@@ -1,12 +1,13 @@
 """Access requests: an agency asks for a restricted dataset, the province approves or denies it.
 
 A data-sharing request names the dataset, the personal columns the agency needs in clear (the rest
-stays masked or pseudonymised, as for any grant), its purpose, the legal basis when it has one,
-and until when it needs the data. The agency files it through the gateway
+stays masked or pseudonymised, as for any grant), the rows when it needs only some (a commune's
+People's Committee: `scope: {"commune_code": ["14455"]}`, `gateway.agencies.Grant`), its purpose,
+the legal basis when it has one, and until when it needs the data. The agency files it through the gateway
 (`POST /api/v1/access-requests`, with its own credential) and follows it there (`GET`,
 `DELETE` to withdraw a pending one); the province decides with `lgsp agencies requests`,
-`lgsp agencies approve REQUEST [--personal C] [--until DATE]` (it may grant fewer personal columns
-or a shorter time than asked, never more) and `lgsp agencies deny REQUEST --note WHY`. An approval
+`lgsp agencies approve REQUEST [--personal C] [--until DATE] [--scope COLUMN=V,...]` (it may grant
+fewer personal columns, fewer rows or a shorter time than asked, never more) and `lgsp agencies deny REQUEST --note WHY`. An approval
 makes the grant in the same transaction as the decision (`gateway_grant.request_id` names it; it
 ends at `until`); every request and decision is in `gateway_audit` (action `access_request`,
 `access_approved`, `access_denied`, `access_withdrawn`). The lgsp_freshness DAG tells the province of
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -29,7 +31,7 @@ import sqlalchemy as sa
 
 from catalog.models import Catalog
 from gateway import tables
-from gateway.agencies import AgencyRegistry, RegistryError, live_grant
+from gateway.agencies import AgencyRegistry, Grant, RegistryError, Scope, check_scope, grant_of, live_grant
 from indicators.periods import VN_TZ
 from warehouse.store import utc
 
@@ -79,6 +81,11 @@ def _utc(moment: datetime | None) -> datetime | None:
     return None if moment is None else utc(moment).astimezone(timezone.utc)  # type: ignore[union-attr]
 
 
+def _scope_json(scope: Scope) -> str | None:
+    rows = Grant(scope=scope).scope_dict()
+    return None if rows is None else json.dumps(rows, ensure_ascii=False)
+
+
 def _shown(row: Any) -> dict[str, Any]:
     """A request as the API and the CLI show it."""
     r = row._mapping
@@ -87,7 +94,9 @@ def _shown(row: Any) -> dict[str, Any]:
             "until": _utc(r["until"]), "status": r["status"], "requested_at": _utc(r["requested_at"]),
             "decided_at": _utc(r["decided_at"]), "decided_by": r["decided_by"], "note": r["note"],
             "granted_personal": None if r["granted_columns"] is None else json.loads(r["granted_columns"]),
-            "granted_until": _utc(r["granted_until"])}
+            "granted_until": _utc(r["granted_until"]),
+            "scope": json.loads(r["row_scope"]) if r["row_scope"] else None,
+            "granted_scope": json.loads(r["granted_scope"]) if r["granted_scope"] else None}
 
 
 class AccessRequests:
@@ -124,11 +133,14 @@ class AccessRequests:
                                f"{sorted(shared.personal)}); the other columns come with any grant")
 
     def submit(self, agency_id: str, dataset: str, purpose: str, personal: list[str] | None = None,
-               until: date | datetime | None = None, legal_basis: str | None = None) -> dict[str, Any]:
+               until: date | datetime | None = None, legal_basis: str | None = None,
+               scope: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """File a request (status `pending`); RequestError when it cannot be (unknown dataset or column, a purpose
-        too short, an end in the past, already granted as asked, or the same dataset already pending)."""
+        too short, an end in the past, a scope that is not one (`check_scope`), already granted as asked, or the
+        same dataset already pending). `scope`: only some rows are asked for (column -> values)."""
         personal = sorted(set(personal or []))
         self._check(dataset, personal)
+        rows = self._scope(dataset, scope)
         if self.catalog.sharing[dataset].access == "open" and not personal:
             raise RequestError(f"'{dataset}' is open: anyone reads it without a grant (ask for a grant only to see "
                                "its personal columns in clear)")
@@ -149,10 +161,11 @@ class AccessRequests:
             if pending:
                 raise RequestError(f"request {pending} for '{dataset}' is still pending: wait for its decision or "
                                    f"withdraw it (DELETE /api/v1/access-requests/{pending})")
-            held = conn.execute(sa.select(g.personal_columns, g.expires_at).where(
+            held = conn.execute(sa.select(g.personal_columns, g.expires_at, g.row_scope).where(
                 g.agency_id == agency_id, g.dataset == dataset, live_grant())).first()
             if held is not None and set(personal) <= set(json.loads(held.personal_columns)) and (
-                    held.expires_at is None or (until is not None and _utc(held.expires_at) >= until)):
+                    held.expires_at is None or (until is not None and _utc(held.expires_at) >= until)) and \
+                    grant_of(held.personal_columns, held.row_scope).covers(rows):
                 raise RequestError(f"agency '{agency_id}' already holds '{dataset}' as asked"
                                    + (f" (until {_utc(held.expires_at):%Y-%m-%d})" if held.expires_at else ""))
             request_id = f"req_{secrets.token_hex(6)}"
@@ -162,12 +175,13 @@ class AccessRequests:
                         request_id=request_id, agency_id=agency_id, dataset=dataset,
                         personal_columns=json.dumps(personal), purpose=purpose[:2000],
                         legal_basis=(legal_basis or "").strip()[:500] or None, until=until, status="pending",
-                        requested_at=_now()))
+                        requested_at=_now(), row_scope=_scope_json(rows)))
             except sa.exc.IntegrityError:  # filed at the same moment as another: gateway_access_request_one_pending
                 raise RequestError(f"a request for '{dataset}' by '{agency_id}' is already pending: GET "
                                    "/api/v1/access-requests shows it") from None
         self._audit(agency_id, dataset, "access_request", {"request_id": request_id, "personal": personal,
-                                                           "until": until.isoformat() if until else None})
+                                                           "until": until.isoformat() if until else None,
+                                                           "scope": Grant(scope=rows).scope_dict()})
         return self.get(request_id)
 
     def get(self, request_id: str, agency_id: str | None = None) -> dict[str, Any]:
@@ -208,11 +222,25 @@ class AccessRequests:
             raise RequestError(f"request {request_id} was decided meanwhile: lgsp agencies requests shows how")
         return _shown(row)
 
+    def _scope(self, dataset: str, scope: Mapping[str, Any] | None) -> Scope:
+        try:
+            return check_scope(self.catalog, dataset, scope)
+        except RegistryError as exc:
+            raise RequestError(str(exc)) from None
+
     def approve(self, request_id: str, by: str, personal: list[str] | None = None,
-                until: date | datetime | None = None, note: str | None = None) -> dict[str, Any]:
-        """Approve a pending request and make its grant, in one transaction. `personal` and `until` may narrow
-        what was asked (fewer personal columns, an earlier end), never widen it; by default, as asked."""
+                until: date | datetime | None = None, note: str | None = None,
+                scope: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Approve a pending request and make its grant, in one transaction. `personal`, `until` and `scope` may
+        narrow what was asked (fewer personal columns, an earlier end, fewer rows), never widen it; by default,
+        as asked."""
         asked = self.get(request_id)
+        asked_rows = self._scope(asked["dataset"], asked["scope"])
+        rows = asked_rows if scope is None else self._scope(asked["dataset"], scope)
+        if not Grant(scope=asked_rows).covers(rows):
+            raise RequestError(f"rows {Grant(scope=rows).describe_scope()} are more than asked "
+                               f"({Grant(scope=asked_rows).describe_scope()}): an approval grants what was asked "
+                               "or less")
         granted = asked["personal"] if personal is None else sorted(set(personal))
         wider = sorted(set(granted) - set(asked["personal"]))
         if wider:
@@ -226,13 +254,14 @@ class AccessRequests:
         try:
             with self.engine.begin() as conn:
                 self._decide(conn, request_id, "approved", by, note, granted_columns=json.dumps(granted),
-                             granted_until=ends)
-                self.registry.grant(asked["agency_id"], asked["dataset"], granted, ends, request_id, conn=conn)
+                             granted_until=ends, granted_scope=_scope_json(rows))
+                self.registry.grant(asked["agency_id"], asked["dataset"], granted, ends, request_id, conn=conn,
+                                    scope=Grant(scope=rows).scope_dict())
         except RegistryError as exc:
             raise RequestError(str(exc)) from None
         self._audit(asked["agency_id"], asked["dataset"], "access_approved",
                     {"request_id": request_id, "by": by, "personal": granted,
-                     "until": ends.isoformat() if ends else None})
+                     "until": ends.isoformat() if ends else None, "scope": Grant(scope=rows).scope_dict()})
         return self.get(request_id)
 
     def deny(self, request_id: str, by: str, note: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -28,10 +29,43 @@ from gateway import tables
 from warehouse.store import utc
 
 AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+SCOPE_TYPES = ("string", "integer", "boolean")  # a scope names values exactly: no ranges, no instants
+MAX_SCOPE_VALUES = 1000
+Scope = tuple[tuple[str, tuple[Any, ...]], ...]  # ((column, (value, ...)), ...), by column name
 
 
 class RegistryError(ValueError):
     """A registry operation cannot be done; the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an agency may read of one dataset: the personal columns it sees in clear, and which rows.
+
+    `scope` limits the rows: a row is read only if each scope column holds one of the column's values (a
+    commune's People's Committee reads its own commune's residents: `(("commune_code", ("14455",)),)`).
+    Empty: every row.
+    """
+
+    personal: frozenset[str] = frozenset()
+    scope: Scope = ()
+
+    def admits(self, record: Mapping[str, Any]) -> bool:
+        """Whether a record (its scope columns' plain values) is within the scope."""
+        return all(record.get(column) in values for column, values in self.scope)
+
+    def scope_dict(self) -> dict[str, list[Any]] | None:
+        """The scope as JSON would hold it (None: every row)."""
+        return {column: list(values) for column, values in self.scope} or None
+
+    def covers(self, scope: Scope) -> bool:
+        """Whether every row `scope` names is among this grant's rows (an empty scope names every row)."""
+        inner = dict(scope)
+        return all(column in inner and set(inner[column]) <= set(values) for column, values in self.scope)
+
+    def describe_scope(self) -> str:
+        """The scope in words, for messages: `commune_code in [14455, 14458]`."""
+        return " and ".join(f"{c} in [{', '.join(map(str, v))}]" for c, v in self.scope) or "every row"
 
 
 @dataclass(frozen=True)
@@ -40,7 +74,7 @@ class Principal:
 
     agency_id: str | None
     rate_per_s: float | None = None
-    grants: dict[str, frozenset[str]] = field(default_factory=dict)  # dataset -> personal columns granted
+    grants: dict[str, Grant] = field(default_factory=dict)  # dataset -> what the agency may read of it
 
     @property
     def label(self) -> str:
@@ -57,6 +91,55 @@ def digest(secret: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def parse_scope(texts: Iterable[str]) -> dict[str, list[str]]:
+    """`["commune_code=14455,14458"]` (the CLI's `--scope`) -> `{"commune_code": ["14455", "14458"]}`."""
+    scope: dict[str, list[str]] = {}
+    for text in texts:
+        column, sep, values = text.partition("=")
+        if not sep or not column.strip() or not values.strip():
+            raise RegistryError(f"--scope {text!r}: write COLUMN=VALUE[,VALUE...], e.g. --scope commune_code=14455")
+        scope.setdefault(column.strip(), []).extend(v.strip() for v in values.split(",") if v.strip())
+    return scope
+
+
+def check_scope(catalog: Catalog, dataset: str, scope: Mapping[str, Any] | None) -> Scope:
+    """A row scope for `dataset`, checked and typed: each column a shared, non-personal column of an exact type
+    (string, integer, boolean), each with 1 to 1,000 values. RegistryError says what is wrong."""
+    from gateway.records import QueryError, coerce
+
+    if not scope:
+        return ()
+    if not isinstance(scope, Mapping):
+        raise RegistryError("scope: give an object of column -> list of values, e.g. {\"commune_code\": [\"14455\"]}")
+    shared, spec = catalog.sharing[dataset], catalog.datasets[dataset]
+    if shared.access == "open":
+        raise RegistryError(f"'{dataset}' is open: anyone reads all of its rows, so a grant on it cannot be limited "
+                            "to some (grant it without a scope)")
+    checked = []
+    for column, values in sorted(scope.items()):
+        if column not in shared.columns:
+            raise RegistryError(f"scope: '{column}' is not a shared column of '{dataset}' "
+                                f"(its columns: {', '.join(shared.columns)})")
+        if column in shared.personal:
+            raise RegistryError(f"scope: '{column}' is a personal column of '{dataset}': limit rows by a column "
+                                "such as a commune or unit code, not by a person's data")
+        kind = spec.columns[column].type
+        if kind not in SCOPE_TYPES:
+            raise RegistryError(f"scope: '{column}' is a {kind} column; a scope names exact values of a "
+                                f"{', '.join(SCOPE_TYPES)} column")
+        listed = values if isinstance(values, list) else [values]
+        if not 1 <= len(listed) <= MAX_SCOPE_VALUES:
+            raise RegistryError(f"scope: '{column}' needs 1 to {MAX_SCOPE_VALUES} values ({len(listed)} given)")
+        try:
+            typed = sorted({coerce(kind, v, f"scope: {column}") for v in listed if v is not None})
+        except QueryError as exc:
+            raise RegistryError(str(exc)) from None
+        if not typed:
+            raise RegistryError(f"scope: '{column}' needs a value that is not null")
+        checked.append((column, tuple(typed)))
+    return tuple(checked)
 
 
 def live_grant(now: datetime | None = None) -> sa.ColumnElement[bool]:
@@ -135,10 +218,10 @@ class AgencyRegistry:
 
     def grant(self, agency_id: str, dataset: str, personal: list[str] | None = None,
               expires_at: datetime | None = None, request_id: str | None = None,
-              conn: sa.Connection | None = None) -> None:
+              conn: sa.Connection | None = None, scope: Mapping[str, Any] | None = None) -> None:
         """Let the agency read `dataset`; `personal` lists the personal columns it may see in clear; `expires_at`
-        ends the grant (None: until revoked); `request_id` names the access request it answers. In `conn`'s
-        transaction when given."""
+        ends the grant (None: until revoked); `request_id` names the access request it answers; `scope` limits
+        the rows (column -> values, `check_scope`; None: every row). In `conn`'s transaction when given."""
         if expires_at is not None and expires_at <= _now():
             raise RegistryError(f"the grant would end {expires_at.isoformat(timespec='seconds')}, in the past")
         shared = self.catalog.sharing.get(dataset)
@@ -149,14 +232,16 @@ class AgencyRegistry:
         if unknown:
             raise RegistryError(f"{unknown} are not personal columns of '{dataset}' "
                                 f"(its personal columns: {sorted(shared.personal)})")
+        rows = Grant(scope=check_scope(self.catalog, dataset, scope)).scope_dict()
         if conn is None:
             with self.engine.begin() as own:
-                return self.grant(agency_id, dataset, personal, expires_at, request_id, own)
+                return self.grant(agency_id, dataset, personal, expires_at, request_id, own, rows)
         self._require_agency(conn, agency_id)
         g = tables.grant
         conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset))
         conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(), expires_at=expires_at,
-                                       request_id=request_id, personal_columns=json.dumps(sorted(set(personal or [])))))
+                                       request_id=request_id, personal_columns=json.dumps(sorted(set(personal or []))),
+                                       row_scope=None if rows is None else json.dumps(rows, ensure_ascii=False)))
         return None
 
     def revoke(self, agency_id: str, dataset: str) -> None:
@@ -181,10 +266,11 @@ class AgencyRegistry:
                                                                  a.disabled_at.is_(None))).first()
             if agency is None:
                 return None
-            grants = conn.execute(sa.select(tables.grant.c.dataset, tables.grant.c.personal_columns)
-                                  .where(tables.grant.c.agency_id == agency_id, live_grant())).all()
+            g = tables.grant.c
+            grants = conn.execute(sa.select(g.dataset, g.personal_columns, g.row_scope)
+                                  .where(g.agency_id == agency_id, live_grant())).all()
         return Principal(agency_id=agency_id, rate_per_s=agency.rate_per_s,
-                         grants={g.dataset: frozenset(json.loads(g.personal_columns)) for g in grants})
+                         grants={g.dataset: grant_of(g.personal_columns, g.row_scope) for g in grants})
 
     def agencies(self) -> list[dict[str, Any]]:
         """Every agency with its credentials (ids and kinds only), grants (and when they end) and expired grants."""
@@ -200,6 +286,14 @@ class AgencyRegistry:
             own = [g for g in grants if g["agency_id"] == entry["agency_id"]]
             live = [g for g in own if g["expires_at"] is None or utc(g["expires_at"]) > now]
             entry["grants"] = {g["dataset"]: json.loads(g["personal_columns"]) for g in live}
+            entry["grant_scope"] = {g["dataset"]: json.loads(g["row_scope"]) for g in live if g["row_scope"]}
             entry["grant_expiry"] = {g["dataset"]: utc(g["expires_at"]) for g in live if g["expires_at"] is not None}
             entry["expired_grants"] = {g["dataset"]: utc(g["expires_at"]) for g in own if g not in live}
         return agencies
+
+
+def grant_of(personal_columns: str, row_scope: str | None) -> Grant:
+    """A stored grant (its JSON columns; the scope's values were typed when it was made)."""
+    scope = json.loads(row_scope) if row_scope else {}
+    return Grant(frozenset(json.loads(personal_columns)),
+                 tuple((column, tuple(values)) for column, values in sorted(scope.items())))

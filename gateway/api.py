@@ -43,12 +43,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from catalog.models import Catalog
 from gateway.access import AccessDenied, RateLimited, presented_secret
 from gateway.access_requests import REQUEST_ID, AccessRequests, RequestError, UnknownRequest
-from gateway.agencies import Principal
+from gateway.agencies import Grant, Principal
 from gateway.audit import AuditEntry, AuditUnavailable
 from gateway.changes import NoFeed, TokenExpired, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
-from gateway.lookup import LookupFailed, lookup_key
+from gateway.lookup import Answer, LookupFailed, lookup_key
 from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, DatasetInfo, DatasetList,
                             ErrorBody, Health, TokenResponse, WebhookAttempt, WebhookDeliveries, WebhookList,
                             WebhookRequest, WebhookSecret, changes_model, lookup_model, page_model)
@@ -134,7 +134,7 @@ def _export_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> Any
             gateway.reader.check(name, outcome["granted"], query)
         columns = query.fields or list(shared.columns)
         max_rows = params["max_rows"] or gateway.settings.max_export_rows
-        chunks = _counted(gateway, principal, name, fmt, query,
+        chunks = _counted(gateway, principal, name, fmt, outcome["granted"], query,
                           gateway.reader.chunks(name, outcome["granted"], query, max_rows))
         body = encoder(fmt)(parquet_schema(dataset, shared, columns) if fmt == "parquet" else columns, chunks)
         return StreamingResponse(body, media_type=MEDIA_TYPES[fmt], headers={
@@ -157,18 +157,37 @@ def _lookup_endpoint(gateway: Gateway, name: str) -> Any:
                                         "(X-API-Key) or an OAuth2 bearer token (POST /oauth/token)")
             if bad:
                 raise bad
-            hidden = sorted(set(key) & set(gateway.catalog.sharing[name].personal) - outcome["granted"])
+            grant: Grant = outcome["granted"]
+            hidden = sorted(set(key) & set(gateway.catalog.sharing[name].personal) - grant.personal)
             if hidden:  # as a filter on a personal column: else a reader finds a person by an ID it may not see
                 raise AccessDenied(403, f"a lookup by {', '.join(hidden)} needs a grant that includes it "
                                         f"(ask the data owner: {gateway.catalog.sharing[name].owner})")
-            answer = gateway.lookups.lookup(name, key, principal.label)
+            answer = _within_scope(gateway, name, key, grant, principal)
             outcome["rows"], outcome["action"] = 1, f"lookup_{answer.source}"
-        record = gateway.reader.protect(name, outcome["granted"], [answer.record])[0]
+        record = gateway.reader.protect(name, grant.personal, [answer.record])[0]
         return json_response({"dataset": name, "source": answer.source, "as_of": answer.as_of,
                               "cached": answer.cached, "live_error": answer.live_error, "record": record},
                              headers={"Cache-Control": "no-store", "X-Lgsp-Source": answer.source})
 
     return lookup
+
+
+def _within_scope(gateway: Gateway, name: str, key: dict[str, Any], grant: Grant, principal: Principal) -> Answer:
+    """The lookup's answer if its record is within the grant's rows. For a scoped grant, a record outside them and
+    a record the source does not have get the same 404, so a lookup tells nothing of records beyond the scope."""
+    if not grant.scope:
+        return gateway.lookups.lookup(name, key, principal.label)
+    beyond = LookupFailed(404, f"no {name} with {', '.join(f'{c}={v}' for c, v in key.items())} among the records "
+                               f"your grant covers ({grant.describe_scope()})")
+    try:
+        answer = gateway.lookups.lookup(name, key, principal.label)
+    except LookupFailed as exc:
+        if exc.status == 404:
+            raise beyond from None
+        raise
+    if not grant.admits(answer.record):
+        raise beyond
+    return answer
 
 
 def _changes_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> Any:
@@ -188,7 +207,7 @@ def _changes_endpoint(gateway: Gateway, name: str, specs: list[ParamSpec]) -> An
     return changes
 
 
-def _counted(gateway: Gateway, principal: Principal, name: str, fmt: str, query: RecordQuery,
+def _counted(gateway: Gateway, principal: Principal, name: str, fmt: str, grant: Grant, query: RecordQuery,
              chunks: Any) -> Any:
     """Pass the chunks on; when the stream ends (or the client leaves), audit the rows actually sent."""
     sent = 0
@@ -198,6 +217,8 @@ def _counted(gateway: Gateway, principal: Principal, name: str, fmt: str, query:
             sent += len(chunk)
     finally:
         described = query.describe(set(gateway.catalog.sharing[name].personal), gateway.settings.pseudonym_key)
+        if grant.scope:
+            described["scope"] = grant.scope_dict()
         try:
             gateway.audit.record(AuditEntry(agency_id=principal.label, dataset=name, action=f"export_{fmt}_done",
                                             query=described, rows_returned=sent, status=200))
@@ -330,7 +351,7 @@ def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
         agency_id = agency(request)
         try:
             entry = asked.submit(agency_id, wanted.dataset, wanted.purpose, wanted.personal, wanted.until,
-                                 wanted.legal_basis)
+                                 wanted.legal_basis, wanted.scope)
         except RequestError as exc:
             return error_response(400, str(exc))
         return json_response(shown(entry), 201, {"Location": f"/api/v1/access-requests/{entry['request_id']}"})

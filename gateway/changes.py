@@ -42,6 +42,7 @@ import orjson
 import sqlalchemy as sa
 
 from catalog.models import Catalog
+from gateway.agencies import Grant
 from gateway.records import QueryError, Reader, _timed, coerce
 from warehouse.shared import has_lineage
 
@@ -101,8 +102,13 @@ class ChangeFeed:
             raise QueryError(REFUSAL)
         return Window(int(payload["lo"]), payload["hi"], payload["p"], payload["a"])
 
-    def page(self, name: str, granted: frozenset[str], token: str | None, limit: int) -> dict[str, Any]:
-        """One page: {"changes": [...], "next": token, "more": bool}. QueryError for a bad token."""
+    def page(self, name: str, grant: Grant, token: str | None, limit: int) -> dict[str, Any]:
+        """One page: {"changes": [...], "next": token, "more": bool}. QueryError for a bad token.
+
+        A grant limited to some rows (`Grant.scope`) gets only the upserts of its rows, never a deletion (its key
+        could name a record beyond the scope); the window's last page says `"reconcile": true` when a record may
+        have left the reader's rows in it (deleted, or changed to outside the scope): the reader then lists the
+        keys of its rows (`records?fields=<key>`) and drops the others (`lgsp mirror` does)."""
         problem = feed_problem(self.catalog, name)
         if problem:
             raise NoFeed(problem)
@@ -113,7 +119,7 @@ class ChangeFeed:
                 if highest < window.lo:
                     raise TokenExpired(f"{AFRESH}: the warehouse's changes are numbered below this token's (was it "
                                        "restored from a backup?)")
-                window = Window(window.lo, highest, window.phase if window.lo else "upserts")
+                window = Window(window.lo, highest, window.phase if window.lo and not grant.scope else "upserts")
             if window.lo and self._pruned_since(conn, name, window):
                 raise TokenExpired(f"{AFRESH}: deletions since this token was issued have been pruned (retention, "
                                    "lgsp lake prune); a token is good for LGSP_RETENTION_DAYS")
@@ -121,21 +127,40 @@ class ChangeFeed:
             at_most = self._at_most(conn, name, window) if window.lo else None
             if at_most == 0:  # nothing of this dataset changed in the window (the usual poll between syncs)
                 return self._answer(name, [], Window(window.hi, None, "deletes"), False)
+            if window.phase == "deletes" and grant.scope:  # a token issued before the reader's grant was scoped
+                window = Window(window.lo, window.hi, "upserts")
             if window.phase == "deletes":
-                changes, after = self._deletes(conn, name, granted, window, limit)
+                changes, after = self._deletes(conn, name, grant.personal, window, limit)
                 if after is not None:
                     return self._answer(name, changes, Window(window.lo, window.hi, "deletes", after), True)
                 window = Window(window.lo, window.hi, "upserts")
                 if len(changes) == limit:  # the page is full: the upserts begin on the next
                     return self._answer(name, changes, window, True)
-            records, after = self._upserts(conn, name, granted, window, limit - len(changes), at_most)
+            records, after = self._upserts(conn, name, grant, window, limit - len(changes), at_most)
+            reconcile = bool(after is None and grant.scope and window.lo and self._left(conn, name, grant, window))
         changes += records
         if after is not None:
             return self._answer(name, changes, Window(window.lo, window.hi, "upserts", after), True)
-        return self._answer(name, changes, Window(int(window.hi or 0), None, "deletes"), False)
+        return self._answer(name, changes, Window(int(window.hi or 0), None, "deletes"), False, reconcile)
 
-    def _answer(self, name: str, changes: list[dict[str, Any]], following: Window, more: bool) -> dict[str, Any]:
-        return {"dataset": name, "changes": changes, "next": self.reader.seal(following.payload(name)), "more": more}
+    def _answer(self, name: str, changes: list[dict[str, Any]], following: Window, more: bool,
+                reconcile: bool = False) -> dict[str, Any]:
+        answer = {"dataset": name, "changes": changes, "next": self.reader.seal(following.payload(name)), "more": more}
+        if reconcile:
+            answer["reconcile"] = True
+        return answer
+
+    def _left(self, conn: sa.Connection, name: str, grant: Grant, window: Window) -> bool:
+        """Whether a record may have left the grant's rows in the window: a deletion, or a row the window changed
+        that is now beyond the scope (one bit of what happened beyond it: never which record)."""
+        t = TOMBSTONES.c
+        deleted = sa.select(t.batch_id).where(t.dataset == name, t.batch_id.in_(self._in_window(name, window)))
+        if conn.execute(deleted.limit(1)).first() is not None:
+            return True
+        view = self.reader.views[name]
+        beyond = sa.or_(*(sa.or_(view.c[c].is_(None), view.c[c].not_in(values)) for c, values in grant.scope))
+        moved = sa.select(view.c._batch_id).where(view.c._batch_id.in_(self._in_window(name, window)), beyond)
+        return conn.execute(moved.limit(1)).first() is not None
 
     @staticmethod
     def _in_window(name: str, window: Window) -> sa.Select:
@@ -177,20 +202,22 @@ class ChangeFeed:
         changes = [{"op": "delete", "key": key} for key in shown]
         return changes, (list(rows[limit - 1]) if len(rows) > limit else None)
 
-    def _upserts(self, conn: sa.Connection, name: str, granted: frozenset[str], window: Window,
+    def _upserts(self, conn: sa.Connection, name: str, grant: Grant, window: Window,
                  limit: int, at_most: int | None) -> tuple[list[dict[str, Any]], list[Any] | None]:
-        """The current records the window's batches changed (every current record for the snapshot), in key
-        order after `window.after`, and the key to go on from (None: all read)."""
+        """The current records the window's batches changed (every current record for the snapshot) within the
+        grant's rows, in key order after `window.after`, and the key to go on from (None: all read)."""
         view, shared = self.reader.views[name], self.catalog.sharing[name]
         key = list(self.catalog.datasets[name].key)
         rows_of: Any = view
         if window.lo == 0:  # the snapshot: every row but those of batches committed after the window
             later = sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.hi)
             stmt = sa.select(*(view.c[c] for c in shared.columns)).where(
-                sa.or_(view.c._batch_id.is_(None), view.c._batch_id.not_in(later)))  # null: written before lineage
+                sa.or_(view.c._batch_id.is_(None), view.c._batch_id.not_in(later)),  # null: written before lineage
+                *(view.c[c].in_(values) for c, values in grant.scope))
         else:
             stmt = sa.select(*(view.c[c] for c in shared.columns)).where(
                 view.c._batch_id.in_(self._in_window(name, window)))
+            stmt = stmt.where(*(view.c[c].in_(values) for c, values in grant.scope))
             if at_most is not None and at_most <= FEW_PAGES * limit:
                 # few rows changed: one pass over the view picks them, then they are sorted; otherwise walking the
                 # key's index and keeping the window's rows is cheaper per page (the matches are dense enough)
@@ -205,7 +232,7 @@ class ChangeFeed:
                       for i, (k, v) in enumerate(zip(key, window.after))}
         stmt = stmt.order_by(*(rows_of.c[k] for k in key)).limit(limit + 1)
         rows = conn.execute(stmt, params).all()
-        records = self.reader.finish(name, granted, rows[:limit], list(shared.columns))
+        records = self.reader.finish(name, grant.personal, rows[:limit], list(shared.columns))
         changes = [{"op": "upsert", "record": record} for record in records]
         if len(rows) <= limit:
             return changes, None

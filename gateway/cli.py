@@ -6,6 +6,7 @@
     lgsp agencies key so_y_te                        issue an API key (shown once, stored hashed)
     lgsp agencies client so_y_te                     an OAuth2 client (client credentials), secret shown once
     lgsp agencies grant so_y_te citizen --personal personal_id   grant a dataset (and personal columns in clear)
+    lgsp agencies grant ubnd_xa_hoa_lu citizen --scope commune_code=14455   only some rows (a commune's)
     lgsp agencies revoke so_y_te citizen             withdraw a grant
     lgsp agencies revoke-credential CREDENTIAL_ID    revoke a key or client
     lgsp agencies list                               agencies, credentials (ids only), grants
@@ -146,13 +147,30 @@ def agencies_client(agency_id: str) -> None:
 def agencies_grant(agency_id: str, dataset: str,
                    personal: list[str] = typer.Option([], help="a personal column to see in clear (repeatable)"),
                    until: str = typer.Option(None, help="the grant ends then: a date (the end of that day, Vietnam "
-                                                        "time) or an ISO time; default: until revoked")) -> None:
-    """Grant a dataset to an agency (personal columns masked unless listed with --personal)."""
+                                                        "time) or an ISO time; default: until revoked"),
+                   scope: list[str] = typer.Option([], help="only the rows whose COLUMN holds one of the values: "
+                                                            "COLUMN=V1,V2 (repeatable; e.g. commune_code=14455)")) -> None:
+    """Grant a dataset to an agency (personal columns masked unless listed with --personal; every row unless
+    limited with --scope)."""
+    from gateway.agencies import parse_scope
+
     registry, _ = _registry()
     ends = _until(until)
-    _run(lambda: registry.grant(agency_id, dataset, personal, ends))  # type: ignore[attr-defined]
-    console.print(f"{agency_id} may read {dataset}" + (f", with {', '.join(personal)} in clear" if personal else "")
+    _run(lambda: registry.grant(agency_id, dataset, personal, ends, scope=parse_scope(scope)))  # type: ignore
+    rows = _rows_said(scope)
+    console.print(f"{agency_id} may read {dataset}" + (f" ({rows})" if rows else "")
+                  + (f", with {', '.join(personal)} in clear" if personal else "")
                   + (f", until {ends.isoformat(timespec='minutes')}" if ends else ""))
+
+
+def _rows_said(scope: dict[str, list[object]] | list[str] | None) -> str:
+    """`only rows with commune_code in 14455, 14458` for a scope (parsed or as typed); empty for every row."""
+    from gateway.agencies import parse_scope
+
+    parsed = parse_scope(scope) if isinstance(scope, list) else scope or {}
+    if not parsed:
+        return ""
+    return "only rows with " + " and ".join(f"{c} in {', '.join(map(str, v))}" for c, v in parsed.items())
 
 
 def _until(text: str | None) -> object:
@@ -174,10 +192,11 @@ def _access_requests() -> object:
 
 def _decide(action: object) -> dict[str, object]:
     from gateway.access_requests import RequestError, UnknownRequest
+    from gateway.agencies import RegistryError
 
     try:
         return action()  # type: ignore[operator,no-any-return]
-    except (RequestError, UnknownRequest) as exc:
+    except (RequestError, UnknownRequest, RegistryError) as exc:
         _fail(str(exc))
     return {}
 
@@ -207,14 +226,15 @@ def agencies_requests(status: str = typer.Option("pending", help="pending, appro
                                else f" since {r['requested_at']:%Y-%m-%d %H:%M} UTC")
         console.print(f"[bold]{r['request_id']}[/]  {r['agency_id']} -> {r['dataset']}  ({state})")
         until = f"{r['until']:%Y-%m-%d %H:%M} UTC" if r["until"] else "no end"
-        console.print(f"  personal columns in clear: {', '.join(r['personal']) or 'none'}; until {until}")
+        console.print(f"  personal columns in clear: {', '.join(r['personal']) or 'none'}; until {until}; "
+                      f"rows: {_rows_said(r['scope']) or 'all'}")
         console.print(f"  purpose: {r['purpose']}")
         if r["legal_basis"]:
             console.print(f"  legal basis: {r['legal_basis']}")
         if r["status"] == "approved":
             ends = f"{r['granted_until']:%Y-%m-%d %H:%M} UTC" if r["granted_until"] else "revoked"
             console.print(f"  granted: {', '.join(r['granted_personal'] or []) or 'no personal column'} in clear, "
-                          f"until {ends}")
+                          f"rows: {_rows_said(r['granted_scope']) or 'all'}, until {ends}")
         if r["note"]:
             console.print(f"  note: {r['note']}")
 
@@ -226,19 +246,25 @@ def agencies_approve(request_id: str,
                      masked: bool = typer.Option(False, "--masked", help="grant none of the personal columns asked "
                                                                         "in clear (they stay protected)"),
                      until: str = typer.Option(None, help="end the grant earlier than asked (a date or ISO time)"),
+                     scope: list[str] = typer.Option([], help="grant only these of the rows asked: COLUMN=V1,V2 "
+                                                              "(repeatable; default: the rows asked)"),
                      note: str = typer.Option(None, help="a note the agency reads"),
                      by: str = typer.Option(None, help="who decides (default $LGSP_OPERATOR or $USER)")) -> None:
     """Approve an access request: its grant is made in the same transaction (as asked, or narrower)."""
+    from gateway.agencies import parse_scope
+
     ends = _until(until)
     asked = _access_requests()
     try:
         narrowed = [] if masked else personal or None
-        done = _decide(lambda: asked.approve(request_id, _decider(by), narrowed, ends, note))  # type: ignore
+        done = _decide(lambda: asked.approve(request_id, _decider(by), narrowed, ends, note,  # type: ignore
+                                             parse_scope(scope) if scope else None))
     finally:
         asked.close()  # type: ignore[attr-defined]
     clear = ", ".join(done["granted_personal"]) or "none"  # type: ignore[arg-type]
+    rows = _rows_said(done["granted_scope"])  # type: ignore[arg-type]
     console.print(f"{request_id} approved: {done['agency_id']} may read {done['dataset']} (personal columns in "
-                  f"clear: {clear}) until " + (f"{done['granted_until']:%Y-%m-%d %H:%M} UTC" if done["granted_until"]
+                  f"clear: {clear}{'; ' + rows if rows else ''}) until " + (f"{done['granted_until']:%Y-%m-%d %H:%M} UTC" if done["granted_until"]
                                               else "revoked"))
 
 
@@ -274,10 +300,11 @@ def agencies_revoke_credential(credential_id: str) -> None:
 def agencies_list() -> None:
     """Agencies, their credentials (ids and kinds, never secrets) and grants."""
     registry, _ = _registry()
-    table = Table("agency", "name", "rate/s", "credentials", "grants (personal columns in clear; until)")
+    table = Table("agency", "name", "rate/s", "credentials", "grants (personal columns in clear; rows; until)")
     for agency in registry.agencies():  # type: ignore[attr-defined]
-        ends = agency["grant_expiry"]
+        ends, scopes = agency["grant_expiry"], agency["grant_scope"]
         grants = ", ".join(f"{d}{' [' + ', '.join(p) + ']' if p else ''}"
+                           + (f" ({_rows_said(scopes[d])})" if d in scopes else "")
                            + (f" until {ends[d]:%Y-%m-%d %H:%M}" if d in ends else "")
                            for d, p in agency["grants"].items())
         if agency["expired_grants"]:
@@ -472,8 +499,9 @@ def mirror(dataset: str = typer.Argument(..., help="a shared dataset, e.g. enter
     finally:
         copy.close()
     what = "snapshot" if run.snapshot else "changes"
+    dropped = f", {run.dropped} left the grant's rows" if run.dropped else ""
     console.print(f"{dataset} -> {run.table} in {redact_url(into)}: {what}, {run.upserts} upserted, {run.deletes} "
-                  f"deleted in {run.pages} page(s){f', {run.retries} retried' if run.retries else ''}; "
+                  f"deleted{dropped} in {run.pages} page(s){f', {run.retries} retried' if run.retries else ''}; "
                   f"{run.rows} rows; token saved" + "".join(f"; {note}" for note in run.notes))
 
 

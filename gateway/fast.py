@@ -207,10 +207,12 @@ class LeanRecords:
         shared = gateway.shared(name)
         described = query.describe(set(shared.personal), gateway.settings.pseudonym_key)
         try:
-            granted = authorize(principal, shared)
+            grant = authorize(principal, shared)
+            if grant.scope:
+                described["scope"] = grant.scope_dict()
             if bad:
                 raise bad
-            plan = gateway.reader.plan_page(name, granted, query, params["limit"], params["cursor"])
+            plan = gateway.reader.plan_page(name, grant, query, params["limit"], params["cursor"])
             if self.reads is None:
                 self.reads = AsyncReads(gateway)
             names, rows = await self.reads.fetch(plan)

@@ -9,6 +9,12 @@ Each page is applied in one transaction with the token that follows it (table
 `lgsp_mirror_state`), so a run killed at any point loses nothing and a rerun goes on from the last
 page applied; a page applied twice changes nothing (upserts by key, deletes of what is there).
 
+An agency whose grant covers only some rows (a commune's: `lgsp agencies grant ... --scope`) gets no
+deletions from the feed (their keys could name records beyond its rows); when a page says
+`reconcile`, records may have left its rows (deleted, or moved to another commune), so the mirror
+lists the keys of the rows it may read (`records?fields=<key>`) and drops the rows of its copy that
+are not among them, in the transaction that applies the page and saves its token.
+
 A gateway that does not answer, or answers 5xx, is asked again (`attempts`, backoff); 429 waits
 its Retry-After. A refusal (401, 403, 404, a token the gateway no longer accepts) stops the run
 with the gateway's words and what to do. The API key comes from the environment only and is
@@ -47,6 +53,7 @@ class MirrorRun:
     pages: int = 0
     upserts: int = 0
     deletes: int = 0
+    dropped: int = 0  # rows that left the agency's scope (a `reconcile` page)
     rows: int = 0
     snapshot: bool = False
     retries: int = 0
@@ -175,8 +182,31 @@ class Mirror:
             raise MirrorError(f"the gateway's answer has a value of the wrong type ({exc}); nothing of that page "
                               "was applied") from None
 
-    def _apply(self, body: dict[str, Any], run: MirrorRun) -> None:
-        """One page's deletes and upserts, and the token after it, in one transaction."""
+    def _readable_keys(self, run: MirrorRun) -> set[tuple[Any, ...]]:
+        """The keys of every record the agency may read now (its grant's rows), page by page."""
+        keys: set[tuple[Any, ...]] = set()
+        cursor = None
+        while True:
+            params = {"fields": ",".join(self.key), "limit": self.limit, **({"cursor": cursor} if cursor else {})}
+            body = self._get(f"/api/v1/datasets/{self.dataset}/records", params, run)
+            records = body.get("records")
+            if not isinstance(records, list):
+                raise MirrorError("the gateway's answer to a records read has no records; nothing was applied")
+            for i, record in enumerate(records):
+                if not isinstance(record, dict):
+                    raise MirrorError(f"records[{i}] of the gateway's answer is not a record; nothing was applied")
+                try:
+                    keys.add(tuple(coerce(self.types[k], record.get(k), f"records[{i}].{k}") for k in self.key))
+                except QueryError as exc:
+                    raise MirrorError(f"the gateway's answer has a key of the wrong type ({exc}); nothing was "
+                                      "applied") from None
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return keys
+
+    def _apply(self, body: dict[str, Any], run: MirrorRun, keep: set[tuple[Any, ...]] | None = None) -> None:
+        """One page's deletes and upserts, and the token after it, in one transaction; with `keep`, the rows whose
+        key is not in it are dropped too (they left the agency's rows)."""
         changes, token = body.get("changes"), body.get("next")
         if not isinstance(changes, list) or not isinstance(token, str) or not isinstance(body.get("more"), bool):
             raise MirrorError("the gateway's answer is not a page of changes (changes, next, more); nothing of it "
@@ -204,6 +234,13 @@ class Mirror:
                 updates = {c.name: insert.excluded[c.name] for c in self.table.columns if c.name not in self.key}
                 conn.execute(insert.on_conflict_do_update(index_elements=self.key, set_=updates) if updates
                              else insert.on_conflict_do_nothing(index_elements=self.key), upserts)
+            if keep is not None:
+                keep |= {tuple(u[k] for k in self.key) for u in upserts}
+                held = conn.execute(sa.select(*(self.table.c[k] for k in self.key))).all()
+                gone = [tuple(row) for row in held if tuple(row) not in keep]
+                for start in range(0, len(gone), 500):
+                    conn.execute(self.table.delete().where(key.in_(gone[start:start + 500])))
+                run.dropped += len(gone)
             saved = {"gateway": self.gateway_name, "dataset": self.dataset, "token": token,
                      "updated_at": datetime.now(timezone.utc)}
             mine = self.state.c.mirror == self.table_name
@@ -229,7 +266,7 @@ class Mirror:
         while max_pages is None or run.pages < max_pages:
             params = {"limit": self.limit, **({"since": token} if token else {})}
             body = self._get(f"/api/v1/datasets/{self.dataset}/changes", params, run)
-            self._apply(body, run)
+            self._apply(body, run, self._readable_keys(run) if body.get("reconcile") is True else None)
             token = body["next"]
             if not body["more"]:
                 break

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, create_model
 
 from catalog.models import DatasetSpec, SharedDatasetSpec
 
@@ -188,6 +188,8 @@ class AccessRequestIn(BaseModel):
     personal: list[str] = Field(default=[], max_length=50)
     legal_basis: Optional[str] = Field(default=None, max_length=500)
     until: Optional[Union[date, datetime]] = None  # a date: the end of that day, Vietnam time
+    # only some rows: column -> the values asked for, e.g. {"commune_code": ["14455"]}; null: every row
+    scope: Optional[dict[str, list[Union[StrictBool, StrictInt, str]]]] = Field(default=None, max_length=5)
 
 
 class AccessRequestInfo(BaseModel):
@@ -205,6 +207,8 @@ class AccessRequestInfo(BaseModel):
     note: Optional[str]  # the decision's reason
     granted_personal: Optional[list[str]]
     granted_until: Optional[datetime]
+    scope: Optional[dict[str, list[Any]]] = None  # the rows asked for (null: every row)
+    granted_scope: Optional[dict[str, list[Any]]] = None  # the rows granted (null: every row, or not approved)
 
 
 class AccessRequestList(BaseModel):

@@ -14,6 +14,7 @@ LGSP_GATEWAY_PSEUDONYM_KEY), so it neither leaks a personal ID nor can be forged
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import os
@@ -33,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from catalog.models import Catalog, DatasetSpec
+from gateway.agencies import Grant
 from gateway.policy import keyed, protections
 from gateway.settings import GatewaySettings
 from warehouse.shared import shared_views
@@ -204,10 +206,10 @@ class Reader:
         return [*dataset.key, *(c for c in shared.filterable
                                 if dataset.columns[c].required and c not in dataset.key)]
 
-    def check(self, name: str, granted: frozenset[str], query: RecordQuery) -> None:
+    def check(self, name: str, grant: Grant, query: RecordQuery) -> None:
         """Refuse what the reader may not ask: unknown fields, unfilterable or personal columns."""
         dataset, shared = self.catalog.datasets[name], self.catalog.sharing[name]
-        hidden = set(shared.personal) - granted
+        hidden = set(shared.personal) - grant.personal
         for column in query.fields or []:
             if column not in shared.columns:
                 raise QueryError(f"fields: '{column}' is not a column of '{name}' (columns: {', '.join(shared.columns)})")
@@ -226,6 +228,15 @@ class Reader:
         if used & hidden:
             raise QueryError(f"filtering or sorting on personal column(s) {sorted(used & hidden)} needs a grant "
                              "that includes them (ask the data owner)")
+
+    @staticmethod
+    def scoped(query: RecordQuery, grant: Grant) -> RecordQuery:
+        """`query` within the grant's rows: each scope column an in-list filter, after the reader's own (a filter
+        the reader did not write: added after `check`, so a scope column need not be filterable)."""
+        if not grant.scope:
+            return query
+        return dataclasses.replace(query, filters=[*query.filters, *(Filter(column, "in", list(values))
+                                                                     for column, values in grant.scope)])
 
     def _order(self, name: str, query: RecordQuery) -> list[tuple[str, bool]]:
         order = list(query.sort)
@@ -327,21 +338,22 @@ class Reader:
         shown = list(self.catalog.sharing[name].columns)
         return self.finish(name, granted, [tuple(r.get(c) for c in shown) for r in records], shown)
 
-    def page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
+    def page(self, name: str, grant: Grant, query: RecordQuery, limit: int,
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """One page in keyset order and the cursor of the next (None at the end)."""
-        plan = self.plan_page(name, granted, query, limit, cursor)
+        plan = self.plan_page(name, grant, query, limit, cursor)
         names, rows = self._fetch(plan.stmt, plan.params)
         return self.finish_page(plan, names, rows)
 
-    def plan_page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
+    def plan_page(self, name: str, grant: Grant, query: RecordQuery, limit: int,
                   cursor: str | None = None) -> PagePlan:
         """The statement and bound values of a page (QueryError if the reader may not ask it, or a bad cursor)."""
-        self.check(name, granted, query)
+        self.check(name, grant, query)
         order = self._order(name, query)
         keyset = self._unseal(name, order, cursor) if cursor else None
-        stmt, shown = self._select(name, granted, query, order, after=keyset is not None, paged="keyset")
-        return PagePlan(name, granted, stmt, shown, order, self._params(query, keyset, limit=limit + 1), limit)
+        query = self.scoped(query, grant)
+        stmt, shown = self._select(name, grant.personal, query, order, after=keyset is not None, paged="keyset")
+        return PagePlan(name, grant.personal, stmt, shown, order, self._params(query, keyset, limit=limit + 1), limit)
 
     def finish_page(self, plan: PagePlan, names: list[str], rows: list[Any]) -> tuple[list[dict[str, Any]], str | None]:
         """The records of a page's rows (personal columns protected) and the cursor of the next page."""
@@ -351,27 +363,30 @@ class Reader:
             next_cursor = self._seal(plan.name, plan.order, [rows[-1][names.index(c)] for c, _ in plan.order])
         return self.finish(plan.name, plan.granted, rows, plan.shown), next_cursor
 
-    def offset_page(self, name: str, granted: frozenset[str], query: RecordQuery, limit: int,
+    def offset_page(self, name: str, grant: Grant, query: RecordQuery, limit: int,
                     offset: int) -> list[dict[str, Any]]:
         """A page by offset (the CKAN datastore_search way)."""
-        self.check(name, granted, query)
-        stmt, shown = self._select(name, granted, query, self._order(name, query), paged="offset")
+        self.check(name, grant, query)
+        order = self._order(name, query)
+        query = self.scoped(query, grant)
+        stmt, shown = self._select(name, grant.personal, query, order, paged="offset")
         _, rows = self._fetch(stmt, self._params(query, limit=limit, offset=offset))
-        return self.finish(name, granted, rows, shown)
+        return self.finish(name, grant.personal, rows, shown)
 
-    def count(self, name: str, granted: frozenset[str], query: RecordQuery) -> int:
-        """How many rows match the query's filters and search."""
-        stmt, _ = self._select(name, granted, query, [])
+    def count(self, name: str, grant: Grant, query: RecordQuery) -> int:
+        """How many rows the grant covers match the query's filters and search."""
+        query = self.scoped(query, grant)
+        stmt, _ = self._select(name, grant.personal, query, [])
         with _timed(self.settings.query_timeout_s), self.engine.connect() as conn:
             counted = sa.select(sa.func.count()).select_from(stmt.subquery())
             return int(conn.execute(counted, self._params(query)).scalar_one())
 
-    def chunks(self, name: str, granted: frozenset[str], query: RecordQuery, max_rows: int,
+    def chunks(self, name: str, grant: Grant, query: RecordQuery, max_rows: int,
                chunk_rows: int = 5000) -> Iterator[list[dict[str, Any]]]:
         """The whole result in keyset chunks (each chunk one bounded query), at most `max_rows` rows."""
         cursor, sent = None, 0
         while sent < max_rows:
-            records, cursor = self.page(name, granted, query, min(chunk_rows, max_rows - sent), cursor)
+            records, cursor = self.page(name, grant, query, min(chunk_rows, max_rows - sent), cursor)
             if records:
                 yield records
             sent += len(records)

@@ -86,7 +86,7 @@ class Gateway:
     def audited(self, principal: Principal, name: str, action: str, query: RecordQuery) -> Iterator[dict[str, Any]]:
         """Authorise a read of `name` and audit it: refusals and bad queries too.
 
-        Yields a dict the caller fills: `granted` (set here), `rows` (the rows returned) and, if the
+        Yields a dict the caller fills: `granted` (set here: a `Grant`), `rows` (the rows returned) and, if the
         read's outcome names it more exactly, `action`. A refusal with a `status` (AccessDenied, a
         failed lookup) is audited with it. The audit row is committed before the response leaves
         (AuditUnavailable otherwise).
@@ -96,6 +96,8 @@ class Gateway:
         described = query.describe(set(shared.personal), self.settings.pseudonym_key)
         try:
             outcome["granted"] = authorize(principal, shared)
+            if outcome["granted"].scope:  # the rows the grant covers: the audit says which rows could be read
+                described["scope"] = outcome["granted"].scope_dict()
             yield outcome
         except QueryError:
             self._record(principal, name, action, described, None, 400)

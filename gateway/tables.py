@@ -45,6 +45,7 @@ grant = sa.Table(
     sa.Column("granted_at", TZ, nullable=False),
     sa.Column("expires_at", TZ),  # null: until revoked
     sa.Column("request_id", sa.Text),  # the access request it answered (gateway.access_requests); null: by hand
+    sa.Column("row_scope", sa.Text),  # JSON {column: [values]}: the rows it covers (gateway.agencies.Grant); null: all
 )
 
 # an agency asks for a grant: a dataset, the personal columns it needs in clear, why, until when (the province
@@ -65,6 +66,8 @@ access_request = sa.Table(
     sa.Column("note", sa.Text),  # the decision's reason (required to deny)
     sa.Column("granted_columns", sa.Text),  # JSON list: the personal columns the approval granted
     sa.Column("granted_until", TZ),
+    sa.Column("row_scope", sa.Text),  # JSON {column: [values]}: the rows asked for; null: every row
+    sa.Column("granted_scope", sa.Text),  # JSON: the rows the approval granted; null: every row
     sa.Column("notified_at", TZ),  # when the province was told of it (the lgsp_freshness DAG; null: not yet)
     # one pending request per agency and dataset, even when two are filed at the same moment
     sa.Index("gateway_access_request_one_pending", "agency_id", "dataset", unique=True,
@@ -173,12 +176,17 @@ def _add_webhook_creator(engine: sa.Engine) -> None:
 
 
 def _add_grant_expiry(engine: sa.Engine) -> None:
-    """A grant table from before grants could expire or answer a request: add `expires_at` and `request_id`
-    (its grants: until revoked, made by hand)."""
-    have = {c["name"] for c in sa.inspect(engine).get_columns("gateway_grant")}
+    """Grant and request tables from before grants could expire, answer a request or cover some rows: add
+    `expires_at`, `request_id`, `row_scope` (and the requests' `row_scope`, `granted_scope`); the old grants
+    last until revoked, were made by hand and cover every row."""
+    added = {"gateway_grant": ("expires_at", "request_id", "row_scope"),
+             "gateway_access_request": ("row_scope", "granted_scope")}
+    inspector = sa.inspect(engine)
     with engine.begin() as conn:
-        for name in ("expires_at", "request_id"):
-            if name not in have:
-                kind = "TEXT" if name == "request_id" else (
-                    "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME")
-                conn.exec_driver_sql(f"ALTER TABLE gateway_grant ADD COLUMN {name} {kind}")
+        for table, columns in added.items():
+            have = {c["name"] for c in inspector.get_columns(table)}
+            for name in columns:
+                if name not in have:
+                    kind = "TEXT" if name != "expires_at" else (
+                        "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME")
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

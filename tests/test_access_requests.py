@@ -205,12 +205,21 @@ def test_status_counts_pending_requests_and_old_grant_tables_are_upgraded(env: E
                              "personal_columns TEXT NOT NULL, granted_at DATETIME NOT NULL, "
                              "PRIMARY KEY (agency_id, dataset))"))
         conn.execute(sa.text("INSERT INTO gateway_grant VALUES ('so_y_te', 'citizen', '[]', '2026-01-01 00:00:00')"))
+        conn.execute(sa.text(  # the request table as it was before a request could ask for some rows only
+            "CREATE TABLE gateway_access_request (request_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL, "
+            "dataset TEXT NOT NULL, personal_columns TEXT NOT NULL, purpose TEXT NOT NULL, legal_basis TEXT, "
+            "until DATETIME, status TEXT NOT NULL, requested_at DATETIME NOT NULL, decided_at DATETIME, "
+            "decided_by TEXT, note TEXT, granted_columns TEXT, granted_until DATETIME, notified_at DATETIME)"))
     create_gateway_tables(old)
     with old.connect() as conn:
-        assert conn.execute(sa.text("SELECT expires_at, request_id FROM gateway_grant")).one() == (None, None)
+        assert conn.execute(sa.text("SELECT expires_at, request_id, row_scope FROM gateway_grant")).one() == \
+            (None, None, None)
+        assert conn.execute(sa.text("SELECT count(row_scope) + count(granted_scope) FROM gateway_access_request")
+                            ).scalar() == 0
     registry = AgencyRegistry(old, load_catalog())
     registry.add_agency("so_y_te", "Sở Y tế")
     assert registry.agencies()[0]["grants"] == {"citizen": []}, "an old grant lasts until revoked"
+    assert registry.agencies()[0]["grant_scope"] == {}, "and covers every row"
 
 
 def test_control_characters_are_refused_not_stored(env: Env) -> None:

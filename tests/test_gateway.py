@@ -404,23 +404,26 @@ def test_lean_reader_returns_what_the_threaded_reader_returns(served: Served) ->
 
     from starlette.datastructures import QueryParams
 
+    from gateway.agencies import Grant
     from gateway.fast import AsyncReads
     from gateway.params import parse_params, record_params, record_query
     from gateway.service import Gateway
 
     catalog = load_catalog()
     gateway = Gateway(load_gateway_settings(served.database_url), catalog)
-    cases = [("citizen", frozenset(), "limit=100"),
-             ("citizen", frozenset({"personal_id", "full_name"}), "limit=7&sort=-birth_date&birth_date__gte=1980-01-01"),
-             ("citizen", frozenset(), "commune_code__in=14329,14332,14335&fields=personal_id,sex&limit=50"),
-             ("citizen", frozenset({"full_name"}), "q=nguy&limit=20"),
-             ("dossier", frozenset(), "status__in=finished,returned&received_at__gte=2025-08-01T00:00:00Z"
-                                      "&sort=-received_at,commune_code&limit=30"),
-             ("dossier", frozenset(), "channel=online&limit=10"),
-             ("land_parcel", frozenset(), "area_m2__gte=100.5&sort=-area_m2&limit=5"),
-             ("enterprise", frozenset(), "limit=1000")]
+    cases = [("citizen", Grant(), "limit=100"),
+             ("citizen", Grant(frozenset({"personal_id", "full_name"})),
+              "limit=7&sort=-birth_date&birth_date__gte=1980-01-01"),
+             ("citizen", Grant(), "commune_code__in=14329,14332,14335&fields=personal_id,sex&limit=50"),
+             ("citizen", Grant(frozenset({"full_name"})), "q=nguy&limit=20"),
+             ("citizen", Grant(scope=(("commune_code", ("14329", "14332")),)), "limit=40&sort=-birth_date"),
+             ("dossier", Grant(), "status__in=finished,returned&received_at__gte=2025-08-01T00:00:00Z"
+                                  "&sort=-received_at,commune_code&limit=30"),
+             ("dossier", Grant(), "channel=online&limit=10"),
+             ("land_parcel", Grant(), "area_m2__gte=100.5&sort=-area_m2&limit=5"),
+             ("enterprise", Grant(), "limit=1000")]
 
-    async def lean(reads: AsyncReads, name: str, granted: frozenset[str], query: Any, limit: int,
+    async def lean(reads: AsyncReads, name: str, granted: Grant, query: Any, limit: int,
                    cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         plan = gateway.reader.plan_page(name, granted, query, limit, cursor)
         names, rows = await reads.fetch(plan)
