@@ -7,7 +7,8 @@ the legal basis when it has one, and until when it needs the data. The agency fi
 (`POST /api/v1/access-requests`, with its own credential) and follows it there (`GET`,
 `DELETE` to withdraw a pending one); the province decides with `lgsp agencies requests`,
 `lgsp agencies approve REQUEST [--personal C] [--until DATE] [--scope COLUMN=V,...]` (it may grant
-fewer personal columns, fewer rows or a shorter time than asked, never more) and `lgsp agencies deny REQUEST --note WHY`. An approval
+fewer personal columns, fewer rows or a shorter time than asked, never more) and
+`lgsp agencies deny REQUEST --note WHY`. An approval
 makes the grant in the same transaction as the decision (`gateway_grant.request_id` names it; it
 ends at `until`); every request and decision is in `gateway_audit` (action `access_request`,
 `access_approved`, `access_denied`, `access_withdrawn`). The lgsp_freshness DAG tells the province of

@@ -149,7 +149,8 @@ def agencies_grant(agency_id: str, dataset: str,
                    until: str = typer.Option(None, help="the grant ends then: a date (the end of that day, Vietnam "
                                                         "time) or an ISO time; default: until revoked"),
                    scope: list[str] = typer.Option([], help="only the rows whose COLUMN holds one of the values: "
-                                                            "COLUMN=V1,V2 (repeatable; e.g. commune_code=14455)")) -> None:
+                                                            "COLUMN=V1,V2 (repeatable; e.g. commune_code=14455)"),
+                   ) -> None:
     """Grant a dataset to an agency (personal columns masked unless listed with --personal; every row unless
     limited with --scope)."""
     from gateway.agencies import parse_scope
@@ -263,9 +264,9 @@ def agencies_approve(request_id: str,
         asked.close()  # type: ignore[attr-defined]
     clear = ", ".join(done["granted_personal"]) or "none"  # type: ignore[arg-type]
     rows = _rows_said(done["granted_scope"])  # type: ignore[arg-type]
+    ending = f"{done['granted_until']:%Y-%m-%d %H:%M} UTC" if done["granted_until"] else "revoked"
     console.print(f"{request_id} approved: {done['agency_id']} may read {done['dataset']} (personal columns in "
-                  f"clear: {clear}{'; ' + rows if rows else ''}) until " + (f"{done['granted_until']:%Y-%m-%d %H:%M} UTC" if done["granted_until"]
-                                              else "revoked"))
+                  f"clear: {clear}{'; ' + rows if rows else ''}) until {ending}")
 
 
 @agencies_app.command("deny")
