@@ -119,7 +119,7 @@ class ChangeFeed:
                 if highest < window.lo:
                     raise TokenExpired(f"{AFRESH}: the warehouse's changes are numbered below this token's (was it "
                                        "restored from a backup?)")
-                window = Window(window.lo, highest, window.phase if window.lo and not grant.scope else "upserts")
+                window = Window(window.lo, highest, window.phase if window.lo else "upserts")
             if window.lo and self._pruned_since(conn, name, window):
                 raise TokenExpired(f"{AFRESH}: deletions since this token was issued have been pruned (retention, "
                                    "lgsp lake prune); a token is good for LGSP_RETENTION_DAYS")
@@ -127,7 +127,7 @@ class ChangeFeed:
             at_most = self._at_most(conn, name, window) if window.lo else None
             if at_most == 0:  # nothing of this dataset changed in the window (the usual poll between syncs)
                 return self._answer(name, [], Window(window.hi, None, "deletes"), False)
-            if window.phase == "deletes" and grant.scope:  # a token issued before the reader's grant was scoped
+            if window.phase == "deletes" and grant.scope:  # a scoped reader gets no deletions: it reconciles
                 window = Window(window.lo, window.hi, "upserts")
             if window.phase == "deletes":
                 changes, after = self._deletes(conn, name, grant.personal, window, limit)

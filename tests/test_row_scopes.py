@@ -256,6 +256,12 @@ def test_the_change_feed_of_a_scoped_grant_never_names_a_record_beyond_it_and_a_
     code, said = _cli(*command)
     assert code == 0 and "changes, 2 upserted, 0 deleted in" in said and copy() == scoped(), said
 
+    _load(wh, ds, "shop-4", [shop(30, C, day=3)])  # one moves out of A, nothing deleted
+    changes, token, reconcile = _feed(env, "ubnd_xa", token)
+    assert changes == [] and reconcile, "a record that only moved away is found too"
+    code, said = _cli(*command)
+    assert code == 0 and "1 left the grant's rows" in said and copy() == scoped() and "S0030" not in copy(), said
+
     env.registry.grant("ubnd_xa", "shop", scope={"commune_code": [B]})  # the scope itself changed
     code, said = _cli(*command, "--resync")
     assert code == 0 and copy() == scoped() and set(copy().values()) == {B}, said
