@@ -29,6 +29,11 @@ being read moves to a later batch and comes in the next window. Delivery is at l
 (apply idempotently); the snapshot's pages are not one instant, but together with the
 windows that follow they converge on the view.
 
+A grant that covers some rows only (`Grant.scope`) gets the upserts of its rows and no deletion (a
+deleted record's key could name one beyond them); the window's last page says `"reconcile": true`
+when a record may have left its rows in the window, and the reader drops what is not among its rows'
+keys (`lgsp mirror` does).
+
 The token is sealed (AES-256-GCM, like a records cursor): it carries no readable value and
 cannot be forged. Rows written before the feed existed (no change number) come in
 the snapshot only.
