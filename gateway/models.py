@@ -280,5 +280,8 @@ def changes_model(dataset: DatasetSpec, shared: SharedDatasetSpec) -> type[BaseM
     key = create_model(f"{title}Key", **{k: (Optional[kind], None) for k, kind in key_types.items()})
     change = create_model(f"{title}Change", op=(Literal["upsert", "delete"], ...),
                           record=(Optional[record_model(dataset, shared)], None), key=(Optional[key], None))
+    reconcile = (Optional[bool], Field(default=None, description=(
+        "On a window's last page, for a grant that covers some rows only: a record may have left them (deleted, "
+        "or changed to beyond them); list the keys of your rows (records?fields=<key>) and drop the others")))
     return create_model(f"{title}Changes", dataset=(str, ...), changes=(list[change], ...), next=(str, ...),
-                        more=(bool, ...))
+                        more=(bool, ...), reconcile=reconcile)

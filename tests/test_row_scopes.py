@@ -328,6 +328,9 @@ def test_an_agency_asks_for_its_communes_rows_and_is_granted_as_asked_or_fewer(e
         "dataset": "citizen", "purpose": PURPOSE, "scope": {"commune_code": [first, second]},
         "until": (date.today() + timedelta(days=30)).isoformat()})
     assert more.status_code == 201, "more rows than held can be asked for"
+    schemas = env.get("/openapi.json", None).json()["components"]["schemas"]
+    assert "scope" in schemas["AccessRequestIn"]["properties"] and "granted_scope" in schemas[
+        "AccessRequestInfo"]["properties"] and "reconcile" in schemas["ShopChanges"]["properties"]
     for body, message in [({"scope": {"full_name": ["An"]}}, "is a personal column"),
                           ({"scope": {"commune_code": []}}, "needs 1 to 1000 values"),
                           ({"dataset": "dossier", "scope": {"commune_code": [first]}}, "is open")]:
