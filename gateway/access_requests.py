@@ -260,6 +260,8 @@ class AccessRequests:
                                     scope=Grant(scope=rows).scope_dict())
         except RegistryError as exc:
             raise RequestError(str(exc)) from None
+        if rows:
+            self.registry.index_scopes(asked["dataset"])
         self._audit(asked["agency_id"], asked["dataset"], "access_approved",
                     {"request_id": request_id, "by": by, "personal": granted,
                      "until": ends.isoformat() if ends else None, "scope": Grant(scope=rows).scope_dict()})

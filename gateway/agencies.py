@@ -218,10 +218,12 @@ class AgencyRegistry:
 
     def grant(self, agency_id: str, dataset: str, personal: list[str] | None = None,
               expires_at: datetime | None = None, request_id: str | None = None,
-              conn: sa.Connection | None = None, scope: Mapping[str, Any] | None = None) -> None:
+              conn: sa.Connection | None = None,
+              scope: Mapping[str, Any] | None = None) -> dict[tuple[str, str], float]:
         """Let the agency read `dataset`; `personal` lists the personal columns it may see in clear; `expires_at`
         ends the grant (None: until revoked); `request_id` names the access request it answers; `scope` limits
-        the rows (column -> values, `check_scope`; None: every row). In `conn`'s transaction when given."""
+        the rows (column -> values, `check_scope`; None: every row). In `conn`'s transaction when given; else
+        the scope's columns are indexed once it commits (`index_scopes`: what it made is returned)."""
         if expires_at is not None and expires_at <= _now():
             raise RegistryError(f"the grant would end {expires_at.isoformat(timespec='seconds')}, in the past")
         shared = self.catalog.sharing.get(dataset)
@@ -235,14 +237,37 @@ class AgencyRegistry:
         rows = Grant(scope=check_scope(self.catalog, dataset, scope)).scope_dict()
         if conn is None:
             with self.engine.begin() as own:
-                return self.grant(agency_id, dataset, personal, expires_at, request_id, own, rows)
+                self.grant(agency_id, dataset, personal, expires_at, request_id, own, rows)
+            return self.index_scopes(dataset) if rows else {}
         self._require_agency(conn, agency_id)
         g = tables.grant
         conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset))
         conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(), expires_at=expires_at,
                                        request_id=request_id, personal_columns=json.dumps(sorted(set(personal or []))),
                                        row_scope=None if rows is None else json.dumps(rows, ensure_ascii=False)))
-        return None
+        return {}
+
+    def index_scopes(self, dataset: str | None = None) -> dict[tuple[str, str], float]:
+        """Index each core table on the columns the live grants' scopes name (of `dataset`, or of all), where not
+        indexed yet (`warehouse.shared.scope_index`); returns what it made: (dataset, column) -> seconds."""
+        from warehouse.shared import scope_index
+
+        g = tables.grant.c
+        query = sa.select(g.dataset, g.row_scope).where(g.row_scope.is_not(None), live_grant())
+        if dataset is not None:
+            query = query.where(g.dataset == dataset)
+        with self.engine.connect() as conn:
+            wanted = sorted({(name, column) for name, scope in conn.execute(query).all()
+                             if name in self.catalog.sharing for column in json.loads(scope)})
+        made = {}
+        inspector = sa.inspect(self.engine)
+        for name, column in wanted:
+            spec = self.catalog.datasets[name]  # a table not made yet is indexed when `lgsp serve` next starts
+            if spec.layer == "core" and column in spec.columns and inspector.has_table(spec.table_name):
+                seconds = scope_index(self.engine, spec, column)
+                if seconds is not None:
+                    made[(name, column)] = seconds
+        return made
 
     def revoke(self, agency_id: str, dataset: str) -> None:
         """Withdraw the agency's grant on `dataset`."""

@@ -157,7 +157,11 @@ def agencies_grant(agency_id: str, dataset: str,
 
     registry, _ = _registry()
     ends = _until(until)
-    _run(lambda: registry.grant(agency_id, dataset, personal, ends, scope=parse_scope(scope)))  # type: ignore
+    made: list[dict[tuple[str, str], float]] = []
+    _run(lambda: made.append(registry.grant(agency_id, dataset, personal, ends,  # type: ignore[attr-defined]
+                                            scope=parse_scope(scope))))
+    for (name, column), seconds in made[0].items():
+        console.print(f"indexed {name} by {column} for reads of its scoped grants ({seconds:.1f}s)")
     rows = _rows_said(scope)
     console.print(f"{agency_id} may read {dataset}" + (f" ({rows})" if rows else "")
                   + (f", with {', '.join(personal)} in clear" if personal else "")

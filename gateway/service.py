@@ -126,7 +126,8 @@ def _write_engine(url: str) -> sa.Engine:
 
 
 def prepare_database(database_url: str, catalog: Catalog) -> list[str]:
-    """Bring the warehouse up to date, (re)create the shared views and the gateway's tables.
+    """Bring the warehouse up to date, (re)create the shared views and the gateway's tables, index the scoped
+    grants' columns.
 
     Run once before the gateway's processes start (`lgsp serve` does), never from
     each worker: DDL from several processes at once would contend. Returns the views.
@@ -139,5 +140,6 @@ def prepare_database(database_url: str, catalog: Catalog) -> list[str]:
     warehouse.create_all()
     views = create_shared_views(warehouse, catalog)
     create_gateway_tables(warehouse.engine)
+    AgencyRegistry(warehouse.engine, catalog).index_scopes()  # a table remade since a scope was granted
     warehouse.engine.dispose()
     return views

@@ -130,3 +130,10 @@ def test_references_benchmark_finds_the_citizens_of_the_left_out_commune() -> No
     figures = _figures("benchmarks/references.py", "--sqlite", "--rows", "2600", "--repeat", "2")
     assert figures["orphans"] == 21  # communes[i % 129] == communes[0] for i = 0, 129, ..., 2580
     assert all(figures[step]["median_s"] > 0 for step in ("scan", "reference", "scorecard", "profile"))
+
+
+def test_scoped_reads_benchmark_reads_exactly_the_communes_rows_each_way() -> None:
+    figures = _figures("benchmarks/scoped_reads.py", "--sqlite", "--rows", "2600", "--repeat", "2")
+    assert figures["commune_rows"] == 20  # communes[i % 129] == communes[64] for i = 64, 193, ..., 2515
+    assert all(figures[read]["median_s"] > 0 for read in ("unscoped", "scoped", "filtered", "scoped_indexed"))
+    assert figures["load_moved"]["rows"] == 26 and figures["load_moved"]["with_index"] > 0

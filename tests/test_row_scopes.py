@@ -134,8 +134,14 @@ def _cli(*args: str) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
+def _indexes(env: Env, table: str) -> dict[str, list[str]]:
+    with env.registry.engine.connect() as conn:
+        return {i["name"]: i["column_names"] for i in sa.inspect(conn).get_indexes(table)}
+
+
 def test_a_scoped_grant_reads_its_rows_only_on_every_read_path(env: Env) -> None:
     communes = list(env.communes)
+    assert _indexes(env, "core_citizen")["ix_scope_core_citizen_commune_code"] == ["commune_code", "personal_id"]
     ours = {r[0] for r in env.rows("SELECT personal_id FROM shared_citizen WHERE commune_code IN (:a, :b)",
                                    a=communes[0], b=communes[1])}
     everyone = {r[0] for r in env.rows("SELECT personal_id FROM shared_citizen")}
@@ -337,3 +343,21 @@ def test_an_agency_asks_for_its_communes_rows_and_is_granted_as_asked_or_fewer(e
         answer = env.post("/api/v1/access-requests", "so_lao_dong", {"dataset": "citizen", "purpose": PURPOSE,
                                                                      **body})
         assert answer.status_code == 400 and message in answer.text, answer.text
+
+
+def test_the_scope_index_is_made_again_when_the_gateway_starts_and_when_a_failed_attempt_left_it_invalid(
+        env: Env) -> None:
+    from gateway.service import prepare_database
+
+    name = "ix_scope_core_citizen_commune_code"
+    assert env.registry.index_scopes() == {}, "made with the grant: nothing to do"
+    with env.registry.engine.begin() as conn:  # as a migration's new table has none
+        conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    prepare_database(env.url, env.catalog)  # what `lgsp serve` runs first
+    assert _indexes(env, "core_citizen")[name] == ["commune_code", "personal_id"]
+    if env.url.startswith("postgresql"):  # CREATE INDEX CONCURRENTLY interrupted: an invalid index, never used
+        with env.registry.engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{name}'::regclass")
+        assert list(env.registry.index_scopes("citizen")) == [("citizen", "commune_code")]
+        valid = env.rows(f"SELECT indisvalid FROM pg_index WHERE indexrelid = '{name}'::regclass")
+        assert valid == [(True,)]

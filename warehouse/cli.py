@@ -99,10 +99,22 @@ def migrate_command(datasets: list[str] = typer.Argument(None, help="core datase
             console.print(f"  - {done.quarantined} row(s) a row rule rejects moved to the quarantine (`lgsp "
                           f"quarantine list --dataset {name}`; `lgsp quarantine replay` lands them once they pass)")
         _conform_lake(catalog, name)
+        _index_scopes(warehouse, catalog, name)
         if done.retyped_shared:
             _reload_gateway(done.retyped_shared)
     if failed:
         raise typer.Exit(1)
+
+
+def _index_scopes(warehouse: Any, catalog: Any, name: str) -> None:
+    """The new table indexed on the columns the gateway's scoped grants name (the old one's index stayed with it)."""
+    import sqlalchemy as sa
+
+    from gateway.agencies import AgencyRegistry
+
+    if sa.inspect(warehouse.engine).has_table("gateway_grant"):
+        for (_, column), seconds in AgencyRegistry(warehouse.engine, catalog).index_scopes(name).items():
+            console.print(f"  - indexed by {column} again for the gateway's scoped grants ({seconds:.1f}s)")
 
 
 def _reload_gateway(columns: list[str]) -> None:
