@@ -5,7 +5,9 @@ Before the pipelines, `lgsp demo` registers `so_xay_dung` (Department of Constru
 each notification's signature as the agency would): `DemoAgency`. The pipelines' run ends with the
 `lgsp_notify` DAG, which tells the endpoint what changed. Then the demo serves the gateway in its own
 process (uvicorn in a thread, real HTTP on loopback) and runs `lgsp mirror`'s code into
-`var/agency/so_xay_dung.db`.
+`var/agency/so_xay_dung.db`. While the gateway is served, a commune's People's Committee
+(`ubnd_xa_demo`, granted `citizen` scoped to the commune with the most residents) reads its residents
+through it: `CommuneRead`.
 
 No secret is written anywhere: the agency gets a fresh API key and a fresh webhook each demo (the
 earlier ones revoked and removed), and the gateway uses `LGSP_GATEWAY_PSEUDONYM_KEY` when the
@@ -31,25 +33,77 @@ from lgsp.settings import Settings
 AGENCY = "so_xay_dung"
 AGENCY_NAME = "Sở Xây dựng (demo agency)"
 DATASET = "enterprise"
+COMMUNE_AGENCY = "ubnd_xa_demo"
 
 
-def _agency_key(database_url: str, catalog: Catalog) -> str:
-    """The demo agency registered and granted `enterprise`, with a new API key (its earlier keys revoked)."""
+def _agency_key(database_url: str, catalog: Catalog, agency: str = AGENCY, name: str = AGENCY_NAME,
+                dataset: str = DATASET, scope: dict[str, list[Any]] | None = None) -> str:
+    """The demo agency registered and granted `dataset` (its rows in `scope`), with a new API key (its earlier keys
+    revoked)."""
     from gateway.agencies import AgencyRegistry
     from gateway.service import _write_engine
 
     registry = AgencyRegistry(_write_engine(database_url), catalog)
     try:
         known = {a["agency_id"]: a for a in registry.agencies()}
-        if AGENCY not in known:
-            registry.add_agency(AGENCY, AGENCY_NAME)
-        for credential in known.get(AGENCY, {}).get("credentials", []):
+        if agency not in known:
+            registry.add_agency(agency, name)
+        for credential in known.get(agency, {}).get("credentials", []):
             if "revoked" not in credential:
                 registry.revoke_credential(credential.split(" ", 1)[0])
-        registry.grant(AGENCY, DATASET, [])
-        return registry.issue_api_key(AGENCY)
+        registry.grant(agency, dataset, [], scope=scope)
+        return registry.issue_api_key(agency)
     finally:
         registry.engine.dispose()
+
+
+@dataclass
+class CommuneRead:
+    """What the demo's commune agency read through the gateway: its commune's citizens of all the province's."""
+
+    agency: str
+    commune: str
+    read: int
+    province: int
+    beyond: int  # records it got of another commune (0, or the scope leaks)
+
+
+def commune_read(base: str, database_url: str, catalog: Catalog) -> CommuneRead | None:
+    """`ubnd_xa_demo` granted `citizen` scoped to the commune with the most residents reads every record it may
+    through the gateway at `base` (real HTTP); None when no citizen is loaded."""
+    import requests
+    import sqlalchemy as sa
+
+    from gateway.service import _write_engine
+
+    engine = _write_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            top = conn.execute(sa.text("SELECT commune_code FROM shared_citizen GROUP BY commune_code "
+                                       "ORDER BY count(*) DESC, commune_code LIMIT 1")).first()
+            province = int(conn.execute(sa.text("SELECT count(*) FROM shared_citizen")).scalar_one())
+    finally:
+        engine.dispose()
+    if top is None:
+        return None
+    commune = str(top[0])
+    key = _agency_key(database_url, catalog, COMMUNE_AGENCY, f"UBND xã {commune} (demo agency)", "citizen",
+                      {"commune_code": [commune]})
+    records: list[dict[str, Any]] = []
+    cursor = None
+    with requests.Session() as session:
+        session.headers["X-API-Key"] = key
+        while True:
+            answer = session.get(f"{base}/api/v1/datasets/citizen/records", timeout=60,
+                                 params={"limit": 1000, "fields": "personal_id,commune_code",
+                                         **({"cursor": cursor} if cursor else {})})
+            answer.raise_for_status()
+            records += answer.json()["records"]
+            cursor = answer.json()["next_cursor"]
+            if cursor is None:
+                break
+    return CommuneRead(COMMUNE_AGENCY, commune, len(records), province,
+                       sum(1 for r in records if r["commune_code"] != commune))
 
 
 @dataclass
@@ -63,6 +117,8 @@ class Told:
 class DemoAgency:
     """The demo agency for the length of a demo: registered and granted `enterprise`, with a webhook at an
     endpoint served here; the gateway's key in this process's environment (the demo's own if none is set)."""
+
+    commune: CommuneRead | None = None  # set by `agency_copy`, while it serves the gateway
 
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
         from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -121,7 +177,8 @@ class DemoAgency:
 
 
 def agency_copy(settings: Settings, catalog: Catalog, agency: DemoAgency) -> tuple[MirrorRun, Path]:
-    """Serve the gateway, bring the demo agency's copy of `enterprise` up to date; what it did, and where."""
+    """Serve the gateway, bring the demo agency's copy of `enterprise` up to date; what it did, and where. The
+    commune agency reads its residents meanwhile (`agency.commune`)."""
     from gateway.api import create_app
     from gateway.service import prepare_database
     from gateway.serving import in_thread
@@ -133,6 +190,7 @@ def agency_copy(settings: Settings, catalog: Catalog, agency: DemoAgency) -> tup
     target = settings.home / "agency" / f"{AGENCY}.db"
     target.parent.mkdir(parents=True, exist_ok=True)
     with in_thread(create_app(gateway_settings, catalog)) as base:
+        agency.commune = commune_read(base, settings.database_url, catalog)
         copy = Mirror(base, DATASET, f"sqlite:///{target}", key, gateway_name=f"lgsp demo gateway ({settings.home})")
         try:
             try:

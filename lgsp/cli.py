@@ -196,6 +196,13 @@ def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: boo
                   f"{copied.upserts} upserted, {copied.deletes} deleted; {copied.rows} rows; "
                   f"lgsp mirror {copied.dataset} --gateway URL --into ... keeps one)"
                   + "".join(f"; {note}" for note in copied.notes), soft_wrap=True)
+    commune = agency.commune
+    if commune is not None:
+        console.print(f"Commune scope: {commune.agency} reads {commune.read:,} of the province's {commune.province:,} "
+                      f"citizens, those of commune {commune.commune}"
+                      + (f" [bold red]and {commune.beyond} of other communes[/]" if commune.beyond else "")
+                      + f" (lgsp agencies grant {commune.agency} citizen --scope commune_code={commune.commune})",
+                      soft_wrap=True)
     console.print(f"Data: warehouse {redact_url(settings.database_url)}; lake {settings.lake_root} "
                   f"(landing/ as received, raw/<dataset>/ingest_date=.../*.parquet)")
     from indicators.cli import publish

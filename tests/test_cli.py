@@ -53,6 +53,13 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
         mirrored = int(conn.execute(sa.text("select count(*) from enterprise")).scalar_one())
         shared = int(warehouse.execute(sa.text("select count(*) from shared_enterprise")).scalar_one())
     assert mirrored == shared > 0
+    scoped = re.search(r"Commune scope: ubnd_xa_demo reads (\d+) of the province's 396 citizens, those of commune "
+                       r"(\d+) \(lgsp agencies grant", said)  # through the gateway, by a grant scoped to it
+    assert scoped is not None, first.stdout[-3000:]
+    with engine.connect() as conn:
+        residents = conn.execute(sa.text("select count(*) from shared_citizen where commune_code = :c"),
+                                 {"c": scoped.group(2)}).scalar_one()
+    assert int(scoped.group(1)) == residents > 0
     printed = first.stdout + first.stderr
     assert "demo-test-pseudonym-key" not in printed and not re.search(r"lgsp_[0-9a-f]{12}_", printed)  # no key
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
