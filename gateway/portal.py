@@ -254,8 +254,11 @@ def access_routes(info: dict[str, Any], base: str) -> list[dict[str, str]]:
 def request_curl(info: dict[str, Any], base: str) -> str:
     """How an agency asks for a restricted dataset (POST /api/v1/access-requests; gateway.access_requests)."""
     personal = [c["name"] for c in info["schema"] if c["personal"]][:1]
-    body = json.dumps({"dataset": info["name"], "purpose": "...", "legal_basis": "...", "personal": personal,
-                       "until": "YYYY-MM-DD"}, ensure_ascii=False)
+    asked: dict[str, Any] = {"dataset": info["name"], "purpose": "...", "legal_basis": "...", "personal": personal,
+                             "until": "YYYY-MM-DD"}
+    if any(c["name"] == "commune_code" and not c["personal"] for c in info["schema"]):
+        asked["scope"] = {"commune_code": ["..."]}  # a commune's agency asks for its own rows only
+    body = json.dumps(asked, ensure_ascii=False)
     return (f"curl -s -X POST -H \"X-API-Key: $KEY\" -H 'Content-Type: application/json' \\\n"
             f"  -d '{body}' '{base}/api/v1/access-requests'")
 

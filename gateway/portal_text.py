@@ -97,7 +97,8 @@ VI = {
     "grant": "Cách đề nghị cấp quyền",
     "grant_how": "Bản ghi của bộ dữ liệu này không hiển thị tại đây. Cơ quan, đơn vị đã có khóa API gửi đề nghị "
                  "cấp quyền truy cập bộ dữ liệu <code>{name}</code> qua API, nêu rõ mục đích sử dụng, căn cứ pháp lý, "
-                 "các cột dữ liệu cá nhân cần xem và thời hạn sử dụng; đơn vị quản lý, <strong>{owner}</strong>, xem "
+                 "các cột dữ liệu cá nhân cần xem, thời hạn sử dụng và, nếu chỉ cần một phần bản ghi (của một xã), "
+                 "phạm vi bản ghi (<code>scope</code>); đơn vị quản lý, <strong>{owner}</strong>, xem "
                  "xét và quyền truy cập được cấp ngay khi đề nghị được chấp thuận (theo dõi tại "
                  "<code>GET /api/v1/access-requests</code>). Cơ quan, đơn vị chưa có khóa API đề nghị quản trị viên "
                  "của tỉnh đăng ký và cấp khóa. Các cột dữ liệu cá nhân vẫn được bảo vệ như từ điển dữ liệu mô tả, "
@@ -215,7 +216,8 @@ EN = {
     "grant": "How to ask for a grant",
     "grant_how": "Records of this dataset are not shown here. An agency with an API key asks for a grant on "
                  "<code>{name}</code> through the API, saying what for, on what legal basis, which personal columns "
-                 "it needs and until when; the owner, <strong>{owner}</strong>, decides, and the grant is made as "
+                 "it needs, until when and, when it needs some records only (a commune's), which ones "
+                 "(<code>scope</code>); the owner, <strong>{owner}</strong>, decides, and the grant is made as "
                  "soon as the request is approved (follow it at <code>GET /api/v1/access-requests</code>). An agency "
                  "without a key asks the province's administrator to register it. Personal columns stay protected "
                  "as the data dictionary says unless the grant names them.",

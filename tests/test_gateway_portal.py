@@ -296,6 +296,7 @@ def test_a_restricted_dataset_page_shows_no_record_even_to_a_granted_agency(port
         assert not re.search(r"ps_[0-9a-f]{32}", text) and Page(response.text).preview == []  # no pseudonym
         assert "Cách đề nghị cấp quyền" in text and portal.catalog.sharing["citizen"].owner in text
         assert 'curl -s -H "X-API-Key: $KEY"' in text and not re.search(r"lgsp_[0-9a-f]{12}_", text)
+        assert '"scope": {"commune_code": ["..."]}' in text, "a commune's agency may ask for its rows only"
     assert len(_preview_audits(portal, "citizen")) == before  # nothing was read
     dictionary = Page(portal.get("/portal/datasets/citizen").text)
     assert ("h2", "Từ điển dữ liệu") in dictionary.headings and ("h2", "Cách lấy dữ liệu") in dictionary.headings
