@@ -32,7 +32,8 @@ windows that follow they converge on the view.
 A grant that covers some rows only (`Grant.scope`) gets the upserts of its rows and no deletion (a
 deleted record's key could name one beyond them); the window's last page says `"reconcile": true`
 when a record may have left its rows in the window, and the reader drops what is not among its rows'
-keys (`lgsp mirror` does).
+keys (`lgsp mirror` does). Its tokens name its rows: once the grant covers other rows, a token issued
+before is refused (410) and the reader reads the dataset afresh.
 
 The token is sealed (AES-256-GCM, like a records cursor): it carries no readable value and
 cannot be forged. Rows written before the feed existed (no change number) come in
@@ -40,6 +41,7 @@ the snapshot only.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +80,13 @@ def feed_problem(catalog: Catalog, name: str) -> str | None:
     return None
 
 
+def _rows_of(grant: Grant) -> str:
+    """The rows a grant covers, as a token keeps them ("": every row)."""
+    if not grant.scope:
+        return ""
+    return hashlib.sha256(orjson.dumps(grant.scope_dict(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Window:
     """Where a reader of the feed is: changes numbered above `lo` up to `hi` (None: not begun), in `phase`
@@ -99,12 +108,14 @@ class ChangeFeed:
         self.reader = reader
         self.catalog = reader.catalog
 
-    def _window(self, name: str, token: str | None) -> Window:
+    def _window(self, name: str, token: str | None, grant: Grant) -> Window:
         if token is None:
             return Window(0, None, "upserts")
         payload = self.reader.unseal(token, REFUSAL)
         if payload.get("t") != "changes" or payload.get("d") != name or payload.get("p") not in ("deletes", "upserts"):
             raise QueryError(REFUSAL)
+        if payload.get("s", "") != _rows_of(grant):  # rows it never had, now its, would never come
+            raise TokenExpired(f"{AFRESH}: the grant covers other rows than when this token was issued")
         return Window(int(payload["lo"]), payload["hi"], payload["p"], payload["a"])
 
     def page(self, name: str, grant: Grant, token: str | None, limit: int) -> dict[str, Any]:
@@ -117,7 +128,7 @@ class ChangeFeed:
         problem = feed_problem(self.catalog, name)
         if problem:
             raise NoFeed(problem)
-        window = self._window(name, token)
+        window = self._window(name, token, grant)
         with _timed(self.reader.settings.query_timeout_s), self.reader.engine.connect() as conn:
             if window.hi is None:  # a new window: up to the last change committed now
                 highest = int(conn.execute(sa.select(sa.func.max(CHANGES.c.change_seq))).scalar() or 0)
@@ -131,26 +142,29 @@ class ChangeFeed:
             changes: list[dict[str, Any]] = []
             at_most = self._at_most(conn, name, window) if window.lo else None
             if at_most == 0:  # nothing of this dataset changed in the window (the usual poll between syncs)
-                return self._answer(name, [], Window(window.hi, None, "deletes"), False)
+                return self._answer(name, grant, [], Window(window.hi, None, "deletes"), False)
             if window.phase == "deletes" and grant.scope:  # a scoped reader gets no deletions: it reconciles
                 window = Window(window.lo, window.hi, "upserts")
             if window.phase == "deletes":
                 changes, after = self._deletes(conn, name, grant.personal, window, limit)
                 if after is not None:
-                    return self._answer(name, changes, Window(window.lo, window.hi, "deletes", after), True)
+                    return self._answer(name, grant, changes, Window(window.lo, window.hi, "deletes", after), True)
                 window = Window(window.lo, window.hi, "upserts")
                 if len(changes) == limit:  # the page is full: the upserts begin on the next
-                    return self._answer(name, changes, window, True)
+                    return self._answer(name, grant, changes, window, True)
             records, after = self._upserts(conn, name, grant, window, limit - len(changes), at_most)
             reconcile = bool(after is None and grant.scope and window.lo and self._left(conn, name, grant, window))
         changes += records
         if after is not None:
-            return self._answer(name, changes, Window(window.lo, window.hi, "upserts", after), True)
-        return self._answer(name, changes, Window(int(window.hi or 0), None, "deletes"), False, reconcile)
+            return self._answer(name, grant, changes, Window(window.lo, window.hi, "upserts", after), True)
+        return self._answer(name, grant, changes, Window(int(window.hi or 0), None, "deletes"), False, reconcile)
 
-    def _answer(self, name: str, changes: list[dict[str, Any]], following: Window, more: bool,
+    def _answer(self, name: str, grant: Grant, changes: list[dict[str, Any]], following: Window, more: bool,
                 reconcile: bool = False) -> dict[str, Any]:
-        answer = {"dataset": name, "changes": changes, "next": self.reader.seal(following.payload(name)), "more": more}
+        payload = following.payload(name)
+        if grant.scope:  # the token is good for these rows only
+            payload["s"] = _rows_of(grant)
+        answer = {"dataset": name, "changes": changes, "next": self.reader.seal(payload), "more": more}
         if reconcile:
             answer["reconcile"] = True
         return answer

@@ -269,6 +269,9 @@ def test_the_change_feed_of_a_scoped_grant_never_names_a_record_beyond_it_and_a_
     assert code == 0 and "1 left the grant's rows" in said and copy() == scoped() and "S0030" not in copy(), said
 
     env.registry.grant("ubnd_xa", "shop", scope={"commune_code": [B]})  # the scope itself changed
+    assert env.get("/api/v1/datasets/shop/changes", "ubnd_xa", since=token).status_code == 410
+    code, said = _cli(*command)
+    assert code == 1 and "HTTP 410" in said and "the grant covers other rows" in said and "--resync" in said, said
     code, said = _cli(*command, "--resync")
     assert code == 0 and copy() == scoped() and set(copy().values()) == {B}, said
 
