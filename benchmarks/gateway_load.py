@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,19 @@ def add_database_options(parser: argparse.ArgumentParser) -> None:
 def warehouse_url(args: argparse.Namespace, home: Path) -> str:
     """A fresh warehouse: SQLite under `home`, or a new PostgreSQL database (drop it with _drop_postgres_database)."""
     return f"sqlite:///{home / 'warehouse.db'}" if args.sqlite else _postgres_database(args.admin_url)
+
+
+@contextmanager
+def scratch_warehouse(args: argparse.Namespace, prefix: str) -> Iterator[tuple[str, Path]]:
+    """A fresh warehouse (`warehouse_url`) and the temporary home it lives in; both removed on leaving."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    url = warehouse_url(args, home)
+    try:
+        yield url, home
+    finally:
+        if not args.sqlite:
+            _drop_postgres_database(args.admin_url, url)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def load_warehouse(env: dict[str, str], citizens: int) -> float:

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,10 +33,9 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway_load import _drop_postgres_database, add_database_options, warehouse_url  # noqa: E402
-from migrate import catalog_with, fill  # noqa: E402
+from gateway_load import add_database_options, scratch_warehouse  # noqa: E402
+from migrate import fill, without_phone  # noqa: E402
 
-from catalog import load_catalog  # noqa: E402
 from lgsp.references import check, references  # noqa: E402
 from lgsp.runner import _with_lineage  # noqa: E402
 from lgsp.scorecard import scorecards  # noqa: E402
@@ -78,14 +75,10 @@ def main() -> None:
     communes = sorted(province_communes(37))
     left_out = communes[0]
     expected = sum(1 for i in range(args.rows) if i % len(communes) == 0)  # migrate.chunk: communes[i % len]
-    home = Path(tempfile.mkdtemp(prefix="lgsp-bench-references-"))
-    url = warehouse_url(args, home)
-    real = load_catalog().datasets["citizen"]
-    catalog = catalog_with({"columns": {k: v for k, v in real.columns.items() if k != "phone"},
-                            "checks": [c for c in real.checks if "phone" not in c.model_dump().values()]})
+    catalog = without_phone()
     figures: dict[str, Any] = {"database": "sqlite" if args.sqlite else "postgresql", "rows": args.rows,
                                "repeat": args.repeat}
-    try:
+    with scratch_warehouse(args, "lgsp-bench-references-") as (url, home):
         print(f"==> {args.rows:,} citizens into {figures['database']}", flush=True)
         figures["fill_seconds"] = round(fill(url, catalog, args.rows), 2)
         wh = Warehouse(url, catalog)
@@ -116,10 +109,6 @@ def main() -> None:
         for name in ("reference", "scorecard", "profile"):
             figures[name]["x_scan"] = round(figures[name]["median_s"] / figures["scan"]["median_s"], 1)
         wh.engine.dispose()
-    finally:
-        if not args.sqlite:
-            _drop_postgres_database(args.admin_url, url)
-        shutil.rmtree(home, ignore_errors=True)
     print(f"\n{'step':<12}{'first s':>10}{'median s':>10}{'x scan':>8}")
     for name in ("scan", "reference", "scorecard", "profile"):
         f = figures[name]

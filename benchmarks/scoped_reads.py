@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +33,9 @@ from typing import Any
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway_load import _drop_postgres_database, add_database_options, warehouse_url  # noqa: E402
-from migrate import catalog_with, chunk, fill  # noqa: E402
+from gateway_load import add_database_options, scratch_warehouse  # noqa: E402
+from migrate import chunk, fill, without_phone  # noqa: E402
 
-from catalog import load_catalog  # noqa: E402
 from gateway.agencies import Grant  # noqa: E402
 from gateway.records import Filter, Reader, RecordQuery, read_engine  # noqa: E402
 from gateway.settings import load_gateway_settings  # noqa: E402
@@ -89,16 +86,12 @@ def main() -> None:
     communes = sorted(province_communes(37))
     commune = communes[len(communes) // 2]
     expected = sum(1 for i in range(args.rows) if communes[i % len(communes)] == commune)
-    home = Path(tempfile.mkdtemp(prefix="lgsp-bench-scoped-"))
-    url = warehouse_url(args, home)
-    real = load_catalog().datasets["citizen"]
-    catalog = catalog_with({"columns": {k: v for k, v in real.columns.items() if k != "phone"},
-                            "checks": [c for c in real.checks if "phone" not in c.model_dump().values()]})
+    catalog = without_phone()
     clear = frozenset(catalog.sharing["citizen"].personal)
     figures: dict[str, Any] = {"database": "sqlite" if args.sqlite else "postgresql", "rows": args.rows,
                                "commune": commune, "commune_rows": expected, "limit": args.limit,
                                "repeat": args.repeat}
-    try:
+    with scratch_warehouse(args, "lgsp-bench-scoped-") as (url, home):
         print(f"==> {args.rows:,} citizens into {figures['database']}", flush=True)
         figures["fill_seconds"] = round(fill(url, catalog, args.rows), 2)
         wh = Warehouse(url, catalog)
@@ -143,10 +136,6 @@ def main() -> None:
                                                    / figures["load_moved"]["without_index"], 2)
         engine.dispose()
         wh.engine.dispose()
-    finally:
-        if not args.sqlite:
-            _drop_postgres_database(args.admin_url, url)
-        shutil.rmtree(home, ignore_errors=True)
     print(f"\none commune ({commune}): {expected:,} of {args.rows:,} citizens, pages of {args.limit}")
     print(f"{'read':<16}{'median s':>10}{'rows/s':>12}{'first page ms':>15}{'x unscoped':>12}")
     for name in CONTENDERS:
