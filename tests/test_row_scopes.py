@@ -364,3 +364,19 @@ def test_the_scope_index_is_made_again_when_the_gateway_starts_and_when_a_failed
         assert list(env.registry.index_scopes("citizen")) == [("citizen", "commune_code")]
         valid = env.rows(f"SELECT indisvalid FROM pg_index WHERE indexrelid = '{name}'::regclass")
         assert valid == [(True,)]
+
+
+@pytest.mark.parametrize("scope, message", [
+    ({"commune_code": ["144\u000055"]}, "is not a valid string"),
+    ({"commune_code": [["14455"]]}, "scope.commune_code.0"),
+    ({"commune_code": {"in": ["14455"]}}, "scope.commune_code: Input should be a valid list"),
+    ({"commune_code": [str(i) for i in range(1001)]}, "needs 1 to 1000 values (1001 given)"),
+    ({f"c{i}": ["1"] for i in range(6)}, "scope: Dictionary should have at most 5 items"),
+    ({"personal_id\u0000": ["1"]}, "is not a shared column of 'citizen'"),
+])
+def test_a_hostile_scope_is_refused_saying_why_and_nothing_is_filed(env: Env, scope: Any, message: str) -> None:
+    before = env.rows("SELECT count(*) FROM gateway_access_request")[0][0]
+    answer = env.post("/api/v1/access-requests", "so_y_te", {"dataset": "citizen", "purpose": PURPOSE,
+                                                             "scope": scope})
+    assert answer.status_code == 400 and message in answer.json()["error"]["message"], answer.text
+    assert env.rows("SELECT count(*) FROM gateway_access_request")[0][0] == before
