@@ -471,6 +471,52 @@ def audit_list(agency: str = typer.Option(None, help="only this agency"),
     console.print(table)
 
 
+@audit_app.command("subject")
+def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-digit personal ID (CCCD)"),
+                  since: str = typer.Option(None, help="only reads from this date (YYYY-MM-DD, UTC) on"),
+                  as_json: bool = typer.Option(False, "--json", help="the report as one JSON line"),
+                  by: str = typer.Option(None, help="who asks (default $LGSP_OPERATOR or $USER); audited")) -> None:
+    """To whom this person's data was provided: the reads that named them, those that may have included their
+    records, and each agency's grant and purpose (a data subject's request). Audited itself."""
+    import json as json_lib
+    from datetime import date, datetime, time, timezone
+
+    from gateway.disclosures import DisclosureError, disclosures, record_report
+    from gateway.settings import GatewayConfigError, load_gateway_settings
+
+    registry, engine = _registry()
+    try:
+        key = load_gateway_settings().pseudonym_key
+        start = None if since is None else datetime.combine(date.fromisoformat(since), time(), timezone.utc)
+        report = disclosures(engine, registry.catalog, key, personal_id, start)  # type: ignore[arg-type,attr-defined]
+    except (GatewayConfigError, DisclosureError) as exc:
+        _fail(str(exc))
+    except ValueError:
+        _fail(f"--since {since!r}: give a date, YYYY-MM-DD")
+    found = sum(len(r) for r in report["records"].values())
+    record_report(engine, registry.catalog, key, personal_id, _decider(by), found)  # type: ignore[arg-type,attr-defined]
+    if as_json:
+        print(json_lib.dumps(report, default=str, ensure_ascii=False))
+        return
+    held = ", ".join(f"{name} ({len(rows)})" for name, rows in report["records"].items()) or "no shared dataset now"
+    console.print(f"[bold]{personal_id}[/]: in {held}")
+    console.print(f"Reads that named them: {len(report['named'])}")
+    for r in report["named"]:
+        console.print(f"  {r['recorded_at']:%Y-%m-%d %H:%M:%S} UTC  {r['agency_id']}  {r['dataset']}  {r['action']}  "
+                      f"status {r['status']}" + (f", {r['rows_returned']} row(s)" if r["rows_returned"] else ""))
+    console.print(f"Reads that may have included their records: {len(report['may_have'])}")
+    for m in report["may_have"]:
+        asked = ", ".join(f"{c} {op} {v}" for c, op, v in m["query"].get("filters") or []) or "every record"
+        scope = m["query"].get("scope")
+        console.print(f"  {m['agency_id']}  {m['dataset']}  {m['action']}: {m['reads']} read(s), {m['rows']} row(s), "
+                      f"{m['first']:%Y-%m-%d} to {m['last']:%Y-%m-%d}; asked {asked}"
+                      + (f"; its rows: {_rows_said(scope)}" if scope else ""))
+    for g in report["grants"]:
+        why = (f"purpose: {g['purpose']}" + (f"; legal basis: {g['legal_basis']}" if g["legal_basis"] else "")
+               + f" (request {g['request_id']})") if g["request_id"] else "granted by hand (no access request)"
+        console.print(f"  grant: {g['agency_id']} on {g['dataset']}: {why}")
+
+
 def mirror(dataset: str = typer.Argument(..., help="a shared dataset, e.g. enterprise"),
            gateway: str = typer.Option(..., help="the gateway's address, e.g. https://lgsp.ninhbinh.gov.vn"),
            into: str = typer.Option(..., help="the agency's database: sqlite:///copy.db or postgresql://..."),

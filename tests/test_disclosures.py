@@ -1,0 +1,125 @@
+"""The disclosure report (`lgsp audit subject ID`, gateway.disclosures): to whom a person's data went through
+the gateway. Agencies read through the real gateway over loopback (lookups at the real sandbox, pages,
+exports, CKAN, the change feed, scoped and not); the report, made by the real CLI from the audit and the
+shared views, names exactly the reads that named the person and those that may have included them.
+SQLite and a real PostgreSQL.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from catalog import load_catalog
+from gateway.access_requests import AccessRequests
+from gateway.agencies import AgencyRegistry
+from gateway.api import create_app
+from gateway.settings import load_gateway_settings
+from lgsp.cli import app as lgsp_app
+from test_gateway import gateway_env, loaded_registry, running
+
+PURPOSE = "Xác minh đối tượng hưởng trợ cấp xã hội theo Nghị định 20/2021/NĐ-CP"
+
+
+@dataclasses.dataclass
+class Env:
+    base: str
+    keys: dict[str, str]
+    registry: AgencyRegistry
+    subject: dict[str, Any]  # a citizen: personal_id, commune_code
+    other_commune: str
+
+    def get(self, path: str, agency: str, **params: Any) -> requests.Response:
+        return requests.get(self.base + path, params=params, headers={"X-API-Key": self.keys[agency]}, timeout=60)
+
+    def report(self, *more: str) -> dict[str, Any]:
+        result = CliRunner().invoke(lgsp_app, ["audit", "subject", self.subject["personal_id"], "--json", *more])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def env(database_url: str, sandbox_handle: Any, tmp_path: Path) -> Iterator[Env]:
+    with gateway_env(sandbox_handle, tmp_path / "home", database_url):
+        catalog = load_catalog()
+        registry = loaded_registry(database_url, catalog, ["population_citizens"])
+        with registry.engine.connect() as conn:
+            subject = dict(conn.execute(sa.text("SELECT personal_id, commune_code FROM shared_citizen "
+                                                "ORDER BY personal_id LIMIT 1")).mappings().one())
+            other = conn.execute(sa.text("SELECT min(commune_code) FROM shared_citizen WHERE commune_code <> :c"),
+                                 {"c": subject["commune_code"]}).scalar_one()
+        keys = {}
+        for agency in ("so_y_te", "cong_an", "so_lao_dong", "ubnd_xa", "ubnd_xa_khac", "so_tai_chinh"):
+            registry.add_agency(agency, agency)
+            keys[agency] = registry.issue_api_key(agency)
+        asked = AccessRequests(registry.engine, catalog)
+        request_id = asked.submit("so_y_te", "citizen", PURPOSE, personal=["personal_id"],
+                                  legal_basis="Nghị định 20/2021/NĐ-CP")["request_id"]
+        asked.approve(request_id, by="ttdl")
+        asked.close()
+        registry.grant("cong_an", "citizen", ["personal_id"])
+        registry.grant("so_lao_dong", "citizen")
+        registry.grant("ubnd_xa", "citizen", scope={"commune_code": [subject["commune_code"]]})
+        registry.grant("ubnd_xa_khac", "citizen", scope={"commune_code": [other]})
+        registry.grant("so_tai_chinh", "citizen")
+        settings = dataclasses.replace(load_gateway_settings(database_url), principal_cache_s=0.0)
+        try:
+            with running(create_app(settings, catalog)) as base:
+                yield Env(base, keys, registry, subject, other)
+        finally:
+            registry.engine.dispose()
+
+
+def test_the_report_names_who_read_the_person_and_who_may_have_and_why(env: Env) -> None:
+    pid, commune = env.subject["personal_id"], env.subject["commune_code"]
+    assert env.get("/api/v1/datasets/citizen/lookup", "so_y_te", personal_id=pid).status_code == 200
+    assert env.get("/api/v1/datasets/citizen/records", "cong_an", personal_id=pid).json()["records"]
+    assert env.get("/api/v1/datasets/citizen/records", "cong_an", personal_id="037099999999").json()["records"] == []
+    assert env.get("/api/v1/datasets/citizen/records", "so_lao_dong", commune_code=commune).json()["records"]
+    assert env.get("/api/v1/datasets/citizen/records", "so_lao_dong", commune_code=env.other_commune).json()["records"]
+    for _ in range(2):  # a scoped agency reads all it may, twice: one entry with its two reads
+        assert env.get("/api/v1/datasets/citizen/records", "ubnd_xa", limit=1000).json()["records"]
+    assert env.get("/api/v1/datasets/citizen/records", "ubnd_xa_khac", limit=1000).json()["records"]
+    assert env.get("/api/v1/datasets/citizen/export", "so_tai_chinh", format="csv").status_code == 200
+    assert env.get("/api/v1/datasets/citizen/records", "so_tai_chinh", birth_date__gte="2100-01-01").json()[
+        "records"] == [], "no row returned: no disclosure"
+
+    report = env.report()
+    assert [r["personal_id"] for r in report["records"]["citizen"]] == [pid]
+    named = [(r["agency_id"], r["action"], r["status"]) for r in report["named"]]
+    assert named == [("so_y_te", "lookup_live", 200), ("cong_an", "records", 200)], "exact: the ID's pseudonym"
+    may = sorted((m["agency_id"], m["action"], m["reads"]) for m in report["may_have"])
+    assert may == [("so_lao_dong", "records", 1), ("so_tai_chinh", "export_csv_done", 1), ("ubnd_xa", "records", 2)]
+    assert {m["query"].get("scope", {}).get("commune_code", [None])[0] for m in report["may_have"]} == {None, commune}
+    why = {g["agency_id"]: g for g in report["grants"]}
+    assert why["so_y_te"]["purpose"] == PURPOSE and why["so_y_te"]["legal_basis"] == "Nghị định 20/2021/NĐ-CP"
+    assert why["cong_an"]["request_id"] is None and "ubnd_xa_khac" not in why
+
+    again = env.report()  # the first report is in the audit: the second names it
+    assert [r["agency_id"] for r in again["named"]][-1].startswith("province:")
+    assert again["named"][-1]["action"] == "subject_report"
+    assert env.report("--since", "2999-01-01")["named"] == []
+
+
+def test_the_report_in_words_and_its_refusals(env: Env) -> None:
+    pid = env.subject["personal_id"]
+    env.get("/api/v1/datasets/citizen/lookup", "so_y_te", personal_id=pid)
+    result = CliRunner().invoke(lgsp_app, ["audit", "subject", pid, "--by", "can_bo_ttdl"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, said
+    assert f"{pid}: in citizen (1)" in said and "Reads that named them: 1" in said
+    assert "so_y_te citizen lookup_live status 200" in said and f"purpose: {PURPOSE}" in said
+    wrong = CliRunner().invoke(lgsp_app, ["audit", "subject", "12345"])
+    assert wrong.exit_code == 1 and "a personal ID (CCCD) is 12 digits" in wrong.output
+    bad_date = CliRunner().invoke(lgsp_app, ["audit", "subject", pid, "--since", "yesterday"])
+    assert bad_date.exit_code == 1 and "give a date, YYYY-MM-DD" in bad_date.output
+    with env.registry.engine.connect() as conn:
+        by = conn.execute(sa.text("SELECT DISTINCT agency_id FROM gateway_audit WHERE action = 'subject_report'"))
+        assert [r[0] for r in by] == ["province:can_bo_ttdl"], "a refused report is not recorded"
