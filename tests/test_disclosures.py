@@ -33,7 +33,7 @@ class Env:
     base: str
     keys: dict[str, str]
     registry: AgencyRegistry
-    subject: dict[str, Any]  # a citizen: personal_id, commune_code
+    subject: dict[str, Any]  # a citizen: personal_id, commune_code, birth_date
     other_commune: str
 
     def get(self, path: str, agency: str, **params: Any) -> requests.Response:
@@ -51,8 +51,8 @@ def env(database_url: str, sandbox_handle: Any, tmp_path: Path) -> Iterator[Env]
         catalog = load_catalog()
         registry = loaded_registry(database_url, catalog, ["population_citizens"])
         with registry.engine.connect() as conn:
-            subject = dict(conn.execute(sa.text("SELECT personal_id, commune_code FROM shared_citizen "
-                                                "ORDER BY personal_id LIMIT 1")).mappings().one())
+            subject = dict(conn.execute(sa.text("SELECT personal_id, commune_code, birth_date FROM "
+                                                "shared_citizen ORDER BY personal_id LIMIT 1")).mappings().one())
             other = conn.execute(sa.text("SELECT min(commune_code) FROM shared_citizen WHERE commune_code <> :c"),
                                  {"c": subject["commune_code"]}).scalar_one()
         keys = {}
@@ -90,6 +90,11 @@ def test_the_report_names_who_read_the_person_and_who_may_have_and_why(env: Env)
     assert env.get("/api/v1/datasets/citizen/export", "so_tai_chinh", format="csv").status_code == 200
     assert env.get("/api/v1/datasets/citizen/records", "so_tai_chinh", birth_date__gte="2100-01-01").json()[
         "records"] == [], "no row returned: no disclosure"
+    later = env.get("/api/v1/datasets/citizen/records", "so_tai_chinh", birth_date__gt=env.subject["birth_date"])
+    assert later.json()["records"], "others, born after the person: their record is not among them"
+    beyond = requests.post(f"{env.base}/api/3/action/datastore_search", headers={"X-API-Key": env.keys["so_tai_chinh"]},
+                           json={"resource_id": "citizen", "offset": 100000}, timeout=60).json()
+    assert beyond["success"] and beyond["result"]["records"] == [], "a page past the end returned nothing"
 
     report = env.report()
     assert [r["personal_id"] for r in report["records"]["citizen"]] == [pid]
