@@ -17,6 +17,7 @@
     lgsp webhooks list | dispatch | ping | deliveries | retry | rotate | remove
     lgsp audit verify                                walk the hash chain; non-zero exit if broken
     lgsp audit list [--agency so_y_te]               the latest reads
+    lgsp audit subject 037203001234                  to whom a person's data went (a data subject's request)
 """
 from __future__ import annotations
 
@@ -494,7 +495,8 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
     except ValueError:
         _fail(f"--since {since!r}: give a date, YYYY-MM-DD")
     found = sum(len(r) for r in report["records"].values())
-    record_report(engine, registry.catalog, key, personal_id, _decider(by), found)  # type: ignore[arg-type,attr-defined]
+    catalog = registry.catalog  # type: ignore[attr-defined]
+    record_report(engine, catalog, key, personal_id, _decider(by), found)  # type: ignore[arg-type]
     if as_json:
         print(json_lib.dumps(report, default=str, ensure_ascii=False))
         return
