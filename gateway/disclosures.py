@@ -58,10 +58,6 @@ def subject_columns(catalog: Catalog) -> dict[str, list[str]]:
     return found
 
 
-def _bulk(action: str) -> bool:
-    return action in BULK or (action.startswith("export_") and action.endswith("_done"))
-
-
 def _admits(query: dict[str, Any], record: dict[str, Any], spec: Any, personal: set[str], key: bytes) -> bool:
     """Whether `record` (its current shared values) satisfies an audited query's filters, search and scope; True
     when the audit cannot tell (a range on a pseudonymised column, a search over personal columns)."""
@@ -126,13 +122,12 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
                                         sa.func.min(a.recorded_at).label("first"),
                                         sa.func.max(a.recorded_at).label("last"),
                                         sa.func.sum(a.rows_returned).label("rows"))
-                              .where(*within, a.status == 200, a.rows_returned > 0,
+                              .where(a.dataset.in_(list(records)), *within[1:], a.status == 200,
+                                     a.rows_returned > 0, sa.or_(a.action.in_(BULK), a.action.like("export_%_done")),
                                      sa.not_(a.query.contains(ps, autoescape=True)))
                               .group_by(a.agency_id, a.dataset, a.action, a.query)).mappings().all()
     may_have = []
     for group in groups:
-        if not _bulk(group["action"]) or group["dataset"] not in records:
-            continue
         query = json.loads(group["query"])
         spec, personal = catalog.datasets[group["dataset"]], set(catalog.sharing[group["dataset"]].personal)
         if any(_admits(query, record, spec, personal, key) for record in records[group["dataset"]]):

@@ -137,3 +137,9 @@ def test_scoped_reads_benchmark_reads_exactly_the_communes_rows_each_way() -> No
     assert figures["commune_rows"] == 20  # communes[i % 129] == communes[64] for i = 64, 193, ..., 2515
     assert all(figures[read]["median_s"] > 0 for read in ("unscoped", "scoped", "filtered", "scoped_indexed"))
     assert figures["load_moved"]["rows"] == 26 and figures["load_moved"]["with_index"] > 0
+
+
+def test_disclosures_benchmark_finds_every_read_that_named_the_person() -> None:
+    figures = _figures("benchmarks/disclosures.py", "--sqlite", "--rows", "20000", "--repeat", "2")
+    assert figures["named"] >= 2 and figures["may_have_groups"] > 0  # rows 0 and 10,000 look the person up
+    assert figures["report"]["median_s"] > 0 and figures["scan"]["median_s"] > 0

@@ -1,0 +1,143 @@
+"""Benchmark: what `lgsp audit subject ID` (gateway.disclosures) costs on an audit of N reads.
+
+Fills a fresh warehouse (PostgreSQL by default; `--sqlite` for the embedded one) with 2,000 synthetic
+citizens (benchmarks/migrate.py's), makes the shared views and the gateway's tables, and writes N audit rows
+as the gateway writes them (the same columns and query JSON; hashes not chained: `verify` is not timed
+here): 200 agencies' reads of `citizen` and `land_parcel`, 60% record pages filtered by one of 129 communes,
+20% lookups of a random citizen (the ID's pseudonym in the query), 10% unfiltered pages, 5% exports, 5%
+change-feed pages. Then, each `--repeat` times (the median printed):
+
+  scan      the floor: one pass over the audit, `SELECT count(*)`, and one of its query text
+  report    `disclosures()` for one citizen: where they are, the reads that named them, the groups of
+            reads that may have included them (with the agencies' grants)
+
+Prints a table and, as the last line, the figures as JSON.
+
+    .venv/bin/python benchmarks/disclosures.py --rows 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway_load import add_database_options, scratch_warehouse  # noqa: E402
+from migrate import fill, without_phone  # noqa: E402
+
+from gateway import tables  # noqa: E402
+from gateway.disclosures import disclosures  # noqa: E402
+from gateway.policy import pseudonym  # noqa: E402
+from gateway.tables import create_gateway_tables  # noqa: E402
+from warehouse import Warehouse  # noqa: E402
+from warehouse.shared import create_shared_views  # noqa: E402
+
+KEY = b"bench-disclosures-key-0123456789"
+CHUNK = 20_000
+
+
+def audit_rows(n: int, citizens: list[tuple[str, str]], communes: list[str], subject: str, seed: int = 37) -> Any:
+    """`n` audit rows in chunks, as the gateway describes its reads (every 10,000th a lookup of `subject`)."""
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for first in range(0, n, CHUNK):
+        rows = []
+        for i in range(first, min(n, first + CHUNK)):
+            kind = 0.7 if i % 10_000 == 0 else rng.random()
+            dataset = "citizen" if rng.random() < 0.8 or i % 10_000 == 0 else "land_parcel"
+            filters: list[Any] = []
+            action, returned = "records", 100
+            if kind < 0.6:
+                filters = [["commune_code", "eq", rng.choice(communes)]]
+            elif kind < 0.8:
+                action, returned = "lookup_live", 1
+                column = "personal_id" if dataset == "citizen" else "holder_personal_id"
+                filters = [[column, "eq", pseudonym(subject if i % 10_000 == 0 else rng.choice(citizens)[0], KEY)]]
+            elif kind < 0.9:
+                pass
+            elif kind < 0.95:
+                action, returned = "export_csv_done", 5000
+            else:
+                action, returned = "changes", 1000
+            query = {"filters": filters, "sort": [], "fields": None, "q": None}
+            rows.append({"chain": 0, "seq": i + 1, "recorded_at": start + timedelta(seconds=i * 7),
+                         "agency_id": f"agency_{rng.randrange(200):03d}", "dataset": dataset, "action": action,
+                         "query": json.dumps(query, separators=(",", ":")), "rows_returned": returned,
+                         "status": 200, "prev_hash": "0" * 64, "row_hash": "0" * 64})
+        yield rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="audit rows")
+    parser.add_argument("--repeat", type=int, default=3)
+    add_database_options(parser)
+    args = parser.parse_args()
+    from quality.reference import province_communes
+
+    os.environ.setdefault("LGSP_GATEWAY_PSEUDONYM_KEY", KEY.decode())
+    catalog = without_phone()
+    communes = sorted(province_communes(37))
+    figures: dict[str, Any] = {"database": "sqlite" if args.sqlite else "postgresql", "audit_rows": args.rows,
+                               "repeat": args.repeat}
+    with scratch_warehouse(args, "lgsp-bench-disclosures-") as (url, _):
+        fill(url, catalog, 2000)
+        wh = Warehouse(url, catalog)
+        create_shared_views(wh, catalog)
+        create_gateway_tables(wh.engine)
+        with wh.engine.connect() as conn:
+            citizens = [tuple(r) for r in conn.execute(sa.text(
+                "SELECT personal_id, commune_code FROM shared_citizen ORDER BY personal_id"))]
+        subject = citizens[len(citizens) // 2][0]
+        print(f"==> {args.rows:,} audit rows into {figures['database']}", flush=True)
+        began = time.perf_counter()
+        with wh.engine.begin() as conn:
+            for rows in audit_rows(args.rows, citizens, communes, subject):
+                conn.execute(tables.audit.insert(), rows)
+        figures["fill_seconds"] = round(time.perf_counter() - began, 1)
+        if wh.dialect == "postgresql":
+            with wh.engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE gateway_audit")
+                conn.commit()
+
+        def scan() -> int:
+            with wh.engine.connect() as conn:
+                return int(conn.execute(sa.text("SELECT count(*), sum(length(query)) FROM gateway_audit")).first()[0])
+
+        def report() -> dict[str, Any]:
+            return disclosures(wh.engine, catalog, KEY, subject)
+
+        for name, action in (("scan", scan), ("report", report)):
+            seconds, result = [], None
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                result = action()
+                seconds.append(time.perf_counter() - started)
+            figures[name] = {"first_s": round(seconds[0], 3), "median_s": round(statistics.median(seconds), 3)}
+            if name == "report":
+                figures["named"] = len(result["named"])  # type: ignore[index]
+                assert figures["named"] >= len(range(0, args.rows, 10_000)), figures  # and random lookups of them
+                figures["may_have_groups"] = len(result["may_have"])  # type: ignore[index]
+                assert result["records"]["citizen"][0]["personal_id"] == subject  # type: ignore[index]
+        figures["report"]["x_scan"] = round(figures["report"]["median_s"] / figures["scan"]["median_s"], 1)
+        wh.engine.dispose()
+    print(f"\n{'step':<10}{'first s':>10}{'median s':>10}{'x scan':>8}")
+    for name in ("scan", "report"):
+        f = figures[name]
+        print(f"{name:<10}{f['first_s']:>10}{f['median_s']:>10}{f.get('x_scan', 1.0):>8}")
+    print(f"the report: {figures['named']} read(s) named the person, {figures['may_have_groups']} group(s) of reads "
+          "may have included them")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
