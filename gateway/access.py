@@ -111,6 +111,11 @@ def authorize(principal: Principal, shared: SharedDatasetSpec) -> Grant:
     if granted is None:
         raise AccessDenied(403, f"agency '{principal.agency_id}' has no grant on '{shared.name}' "
                                 f"(ask its owner: {shared.owner})")
+    gone = [column for column, _ in granted.scope if column not in shared.columns]
+    if gone:  # the catalog stopped sharing a column the grant's rows are named by: read nothing, not everything
+        raise AccessDenied(403, f"agency '{principal.agency_id}''s grant on '{shared.name}' covers the rows named by "
+                                f"{gone}, no longer shared columns of it: the province grants it again "
+                                f"(lgsp agencies grant {principal.agency_id} {shared.name} --scope ...)")
     return granted
 
 

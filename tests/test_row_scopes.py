@@ -380,3 +380,16 @@ def test_a_hostile_scope_is_refused_saying_why_and_nothing_is_filed(env: Env, sc
                                                              "scope": scope})
     assert answer.status_code == 400 and message in answer.json()["error"]["message"], answer.text
     assert env.rows("SELECT count(*) FROM gateway_access_request")[0][0] == before
+
+
+def test_a_grant_whose_scope_column_is_no_longer_shared_reads_nothing(env: Env) -> None:
+    from gateway.access import AccessDenied, authorize
+    from gateway.agencies import Principal
+
+    principal = Principal("ubnd_xa", grants={"shop": Grant(scope=(("commune_code", (A,)),))})
+    assert authorize(principal, env.catalog.sharing["shop"]).scope == (("commune_code", (A,)),)
+    narrower = env.catalog.sharing["shop"].model_copy(update={"columns": ["code", "status", "updated_at"]})
+    with pytest.raises(AccessDenied, match="no longer shared columns of it: the province grants it again") as refused:
+        authorize(principal, narrower)
+    assert refused.value.status == 403
+
