@@ -247,6 +247,48 @@ class AgencyRegistry:
                                        row_scope=None if rows is None else json.dumps(rows, ensure_ascii=False)))
         return {}
 
+    def onboard_communes(self, province: int, datasets: list[str], keys: bool = False) -> list[dict[str, Any]]:
+        """Register each commune-level unit of `province` as an agency, `ubnd_<codename>` ("UBND Xã Gia Viễn"),
+        granted each of `datasets` scoped to its own commune code (`commune_code`); the official 2025 list
+        (`vietnam-provinces`). Idempotent: an agency already registered is kept, and a grant already scoped to
+        its commune is kept as it is (its personal columns and end too); `keys`: a new API key for each agency
+        without an active one. Returns one entry per commune: agency_id, name, commune_code, registered,
+        granted (datasets granted now), api_key (None unless issued now)."""
+        from quality.reference import province_communes
+
+        communes = province_communes(province)
+        if not communes:
+            raise RegistryError(f"no commune-level unit of province {province} in the official list (the 2025 codes: "
+                                "34 provinces, e.g. 37 for Ninh Binh)")
+        for dataset in datasets:
+            shared = self.catalog.sharing.get(dataset)
+            if shared is None or "commune_code" not in shared.columns:
+                raise RegistryError(f"'{dataset}' is not a shared dataset with a commune_code column (those: "
+                                    + ", ".join(n for n, s in sorted(self.catalog.sharing.items())
+                                                if "commune_code" in s.columns) + ")")
+            check_scope(self.catalog, dataset, {"commune_code": [next(iter(communes))]})  # open, personal: refused
+        from vietnam_provinces import Ward
+
+        names = {f"{int(w.code):05d}": w.codename for w in Ward.iter_all() if int(w.province_code) == province}
+        known = {a["agency_id"]: a for a in self.agencies()}
+        done = []
+        for code, name in sorted(communes.items()):
+            agency_id = f"ubnd_{names[code]}"
+            entry: dict[str, Any] = {"agency_id": agency_id, "name": f"UBND {name}", "commune_code": code,
+                                     "registered": agency_id not in known, "granted": [], "api_key": None}
+            if entry["registered"]:
+                self.add_agency(agency_id, entry["name"])
+            held = known.get(agency_id, {}).get("grant_scope", {})
+            for dataset in datasets:
+                if held.get(dataset) != {"commune_code": [code]}:
+                    self.grant(agency_id, dataset, scope={"commune_code": [code]})
+                    entry["granted"].append(dataset)
+            active = [c for c in known.get(agency_id, {}).get("credentials", []) if "revoked" not in c]
+            if keys and not active:
+                entry["api_key"] = self.issue_api_key(agency_id)
+            done.append(entry)
+        return done
+
     def index_scopes(self, dataset: str | None = None) -> dict[tuple[str, str], float]:
         """Index each core table on the columns the live grants' scopes name (of `dataset`, or of all), where not
         indexed yet (`warehouse.shared.scope_index`); returns what it made: (dataset, column) -> seconds."""

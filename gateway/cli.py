@@ -7,6 +7,7 @@
     lgsp agencies client so_y_te                     an OAuth2 client (client credentials), secret shown once
     lgsp agencies grant so_y_te citizen --personal personal_id   grant a dataset (and personal columns in clear)
     lgsp agencies grant ubnd_xa_hoa_lu citizen --scope commune_code=14455   only some rows (a commune's)
+    lgsp agencies communes --dataset citizen --keys  every commune's People's Committee, granted its own rows
     lgsp agencies revoke so_y_te citizen             withdraw a grant
     lgsp agencies revoke-credential CREDENTIAL_ID    revoke a key or client
     lgsp agencies list                               agencies, credentials (ids only), grants
@@ -121,6 +122,30 @@ def agencies_add(agency_id: str = typer.Argument(..., help="e.g. so_y_te"),
     registry, _ = _registry()
     _run(lambda: registry.add_agency(agency_id, name, rate))  # type: ignore[attr-defined]
     console.print(f"agency {agency_id} registered; next: lgsp agencies key {agency_id}")
+
+
+@agencies_app.command("communes")
+def agencies_communes(dataset: list[str] = typer.Option(..., "--dataset", help="a shared dataset with a commune_code "
+                                                                               "column to grant (repeatable)"),
+                      province: int = typer.Option(37, help="the province's 2025 code (37: Ninh Binh, 129 communes)"),
+                      keys: bool = typer.Option(False, "--keys", help="issue an API key to each commune's agency "
+                                                                      "without one: CSV on stdout, shown once")) -> None:
+    """Register every commune's People's Committee as an agency (ubnd_<codename>), each granted the datasets
+    scoped to its own commune. Idempotent: what is there is kept."""
+    registry, _ = _registry()
+    done: list[list[dict[str, object]]] = []
+    _run(lambda: done.append(registry.onboard_communes(province, dataset, keys)))  # type: ignore[attr-defined]
+    made = done[0]
+    registered = sum(1 for e in made if e["registered"])
+    granted = sum(len(e["granted"]) for e in made)  # type: ignore[arg-type]
+    notes.print(f"{len(made)} communes of province {province}: {registered} agencies registered, {granted} grants "
+                f"made ({', '.join(dataset)}, each scoped to its commune), the rest kept as they were")
+    issued = [e for e in made if e["api_key"]]
+    if issued:
+        notes.print(f"{len(issued)} API keys (shown once; only their hashes are stored): agency_id,name,commune_code,"
+                    "api_key")
+        for e in issued:
+            print(f"{e['agency_id']},\"{e['name']}\",{e['commune_code']},{e['api_key']}")
 
 
 @agencies_app.command("key")

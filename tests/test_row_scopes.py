@@ -393,3 +393,29 @@ def test_a_grant_whose_scope_column_is_no_longer_shared_reads_nothing(env: Env) 
         authorize(principal, narrower)
     assert refused.value.status == 403
 
+
+
+def test_every_commune_is_registered_with_its_own_rows_once(env: Env) -> None:
+    result = CliRunner().invoke(lgsp_app, ["agencies", "communes", "--dataset", "citizen", "--keys"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "129 communes of province 37: 129 agencies registered, 129 grants made (citizen, each scoped" in said
+    issued = [line.split(",") for line in result.stdout.strip().splitlines()]
+    assert len(issued) == 129 and len({row[0] for row in issued}) == 129
+    first = env.communes[0]
+    [(agency, key)] = [(row[0], row[-1]) for row in issued if row[2] == first]
+    assert agency.startswith("ubnd_") and key.startswith("lgsp_")
+    env.keys[agency] = key
+    read = env.pages("citizen", agency, limit=1000)
+    assert read and {r["commune_code"] for r in read} == {first}
+    assert len(read) == env.rows("SELECT count(*) FROM shared_citizen WHERE commune_code = :c", c=first)[0][0]
+
+    env.registry.grant(agency, "citizen", ["personal_id"], scope={"commune_code": [first]})  # widened by hand
+    again = CliRunner().invoke(lgsp_app, ["agencies", "communes", "--dataset", "citizen", "--keys"])
+    assert again.exit_code == 0 and again.stdout == "", "no key issued twice"
+    assert "0 agencies registered, 0 grants made" in " ".join(again.stderr.split())
+    assert env.pages("citizen", agency, limit=1)[0]["personal_id"].isdigit(), "the grant made by hand is kept"
+    refused = CliRunner().invoke(lgsp_app, ["agencies", "communes", "--dataset", "dossier"])
+    assert refused.exit_code == 1 and "'dossier' is open" in refused.output
+    unknown = CliRunner().invoke(lgsp_app, ["agencies", "communes", "--dataset", "citizen", "--province", "99"])
+    assert unknown.exit_code == 1 and "no commune-level unit of province 99" in unknown.output
