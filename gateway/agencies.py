@@ -289,6 +289,38 @@ class AgencyRegistry:
             done.append(entry)
         return done
 
+    def scope_coverage(self, dataset: str, scope: Mapping[str, Any]) -> tuple[int | None, dict[str, list[Any]]]:
+        """What a scope covers now: the rows of `dataset`'s shared view within it (None: the view is not made yet),
+        and, per column that names a record of another dataset (`references:`), the values no such record has
+        (a typo in a commune code reads nothing): for the operator, as a warning."""
+        from warehouse.shared import shared_views
+
+        checked = check_scope(self.catalog, dataset, scope)
+        view = shared_views(self.catalog)[dataset]
+        unknown: dict[str, list[Any]] = {}
+        with self.engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if view.name not in inspector.get_view_names():
+                return None, unknown
+            rows = int(conn.execute(sa.select(sa.func.count()).select_from(view).where(
+                *(view.c[c].in_(values) for c, values in checked))).scalar_one())
+            for column, values in checked:
+                named = self.catalog.datasets[dataset].columns[column].references
+                if named is None:
+                    continue
+                target_name, target_column = named.to.split(".")
+                target = self.catalog.datasets[target_name]
+                if target.layer != "core" or not inspector.has_table(target.table_name):
+                    continue
+                table = sa.table(target.table_name, sa.column(target_column))
+                known = set(conn.execute(sa.select(table.c[target_column]).where(
+                    table.c[target_column].in_(values))).scalars())
+                if known or conn.execute(sa.select(sa.func.count()).select_from(table)).scalar():
+                    missing = [v for v in values if v not in known]
+                    if missing:
+                        unknown[column] = missing
+        return rows, unknown
+
     def index_scopes(self, dataset: str | None = None) -> dict[tuple[str, str], float]:
         """Index each core table on the columns the live grants' scopes name (of `dataset`, or of all), where not
         indexed yet (`warehouse.shared.scope_index`); returns what it made: (dataset, column) -> seconds."""

@@ -189,7 +189,15 @@ def agencies_grant(agency_id: str, dataset: str,
     for (name, column), seconds in made[0].items():
         console.print(f"indexed {name} by {column} for reads of its scoped grants ({seconds:.1f}s)")
     rows = _rows_said(scope)
-    console.print(f"{agency_id} may read {dataset}" + (f" ({rows})" if rows else "")
+    covered = ""
+    if scope:
+        count, unknown = registry.scope_coverage(dataset, parse_scope(scope))  # type: ignore[attr-defined]
+        covered = "" if count is None else f": {count:,} row(s) now"
+        for column, values in unknown.items():
+            target = registry.catalog.datasets[dataset].columns[column].references.to  # type: ignore[attr-defined]
+            notes.print(f"[yellow]warning:[/] {column} {', '.join(map(str, values))}: no {target} has it (a typo? "
+                        "the grant reads no row with it until one does)")
+    console.print(f"{agency_id} may read {dataset}" + (f" ({rows}){covered}" if rows else "")
                   + (f", with {', '.join(personal)} in clear" if personal else "")
                   + (f", until {ends.isoformat(timespec='minutes')}" if ends else ""))
 

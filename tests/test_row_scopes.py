@@ -107,7 +107,7 @@ def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: p
     url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
     with gateway_env(sandbox_handle, home, url, LGSP_GATEWAY_MAX_EXPORT_ROWS="100000"):
         catalog = shop_catalog()
-        registry = loaded_registry(url, catalog, ("population_citizens",))
+        registry = loaded_registry(url, catalog, ("population_citizens", "admin_units"))
         with registry.engine.connect() as conn:
             top = conn.execute(sa.text("SELECT commune_code FROM shared_citizen GROUP BY commune_code "
                                        "ORDER BY count(*) DESC, commune_code LIMIT 2")).scalars().all()
@@ -297,8 +297,12 @@ def test_a_scope_is_checked_when_granted_and_listed(env: Env) -> None:
     assert Grant(scope=(("commune_code", ("1", "2")),)).covers((("commune_code", ("2",)), ("status", ("x",))))
     assert not Grant(scope=(("commune_code", ("1",)),)).covers(())
 
+    code, said = _cli("agencies", "grant", "so_y_te", "citizen", "--scope", f"commune_code={env.communes[1]},99999")
+    assert code == 0 and "warning: commune_code 99999: no admin_unit.code has it (a typo?" in said, said
     code, said = _cli("agencies", "grant", "so_y_te", "citizen", "--scope", f"commune_code={env.communes[1]}")
-    assert code == 0 and f"so_y_te may read citizen (only rows with commune_code in {env.communes[1]})" in said
+    count = env.rows("SELECT count(*) FROM shared_citizen WHERE commune_code = :c", c=env.communes[1])[0][0]
+    assert code == 0 and f"so_y_te may read citizen (only rows with commune_code in {env.communes[1]}): " \
+                         f"{count} row(s) now" in said and "warning" not in said, said
     code, listed = _cli("agencies", "list")
     assert code == 0 and env.communes[1] in listed  # the table wraps its cells: the registry says it exactly
     held = next(a for a in env.registry.agencies() if a["agency_id"] == "so_y_te")
