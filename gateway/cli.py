@@ -129,7 +129,8 @@ def agencies_communes(dataset: list[str] = typer.Option(..., "--dataset", help="
                                                                                "column to grant (repeatable)"),
                       province: int = typer.Option(37, help="the province's 2025 code (37: Ninh Binh, 129 communes)"),
                       keys: bool = typer.Option(False, "--keys", help="issue an API key to each commune's agency "
-                                                                      "without one: CSV on stdout, shown once")) -> None:
+                                                                      "without one: CSV on stdout, shown once"),
+                      ) -> None:
     """Register every commune's People's Committee as an agency (ubnd_<codename>), each granted the datasets
     scoped to its own commune. Idempotent: what is there is kept."""
     registry, _ = _registry()
