@@ -550,7 +550,9 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
     for g in report["grants"]:
         why = (f"purpose: {g['purpose']}" + (f"; legal basis: {g['legal_basis']}" if g["legal_basis"] else "")
                + f" (request {g['request_id']})") if g["request_id"] else "granted by hand (no access request)"
-        console.print(f"  grant: {g['agency_id']} on {g['dataset']}: {why}")
+        sees = ", ".join(g["personal"]) or "none"
+        console.print(f"  grant: {g['agency_id']} on {g['dataset']} (personal columns in clear: {sees}"
+                      + (f"; {_rows_said(g['scope'])}" if g["scope"] else "") + f"): {why}")
 
 
 def mirror(dataset: str = typer.Argument(..., help="a shared dataset, e.g. enterprise"),

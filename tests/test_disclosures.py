@@ -121,6 +121,7 @@ def test_the_report_in_words_and_its_refusals(env: Env) -> None:
     assert result.exit_code == 0, said
     assert f"{pid}: in citizen (1)" in said and "Reads that named them: 1" in said
     assert "so_y_te citizen lookup_live status 200" in said and f"purpose: {PURPOSE}" in said
+    assert "grant: so_y_te on citizen (personal columns in clear: personal_id):" in said
     wrong = CliRunner().invoke(lgsp_app, ["audit", "subject", "12345"])
     assert wrong.exit_code == 1 and "a personal ID (CCCD) is 12 digits" in wrong.output
     bad_date = CliRunner().invoke(lgsp_app, ["audit", "subject", pid, "--since", "yesterday"])
