@@ -371,6 +371,17 @@ class AgencyRegistry:
         return Principal(agency_id=agency_id, rate_per_s=agency.rate_per_s,
                          grants={g.dataset: grant_of(g.personal_columns, g.row_scope) for g in grants})
 
+    def grants_of(self, agency_id: str) -> list[dict[str, Any]]:
+        """The agency's live grants, by dataset: personal columns in clear, scope, when made and until when."""
+        g = tables.grant.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.grant).where(g.agency_id == agency_id, live_grant())
+                                .order_by(g.dataset)).mappings().all()
+        return [{"dataset": r["dataset"], "personal": json.loads(r["personal_columns"]),
+                 "scope": json.loads(r["row_scope"]) if r["row_scope"] else None,
+                 "granted_at": utc(r["granted_at"]), "expires_at": utc(r["expires_at"]) if r["expires_at"] else None,
+                 "request_id": r["request_id"]} for r in rows]
+
     def agencies(self) -> list[dict[str, Any]]:
         """Every agency with its credentials (ids and kinds only), grants (and when they end) and expired grants."""
         now = _now()

@@ -49,7 +49,7 @@ from gateway.changes import NoFeed, TokenExpired, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import Answer, LookupFailed, lookup_key
-from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, DatasetInfo, DatasetList,
+from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, DatasetInfo, DatasetList, GrantList,
                             ErrorBody, Health, TokenResponse, WebhookAttempt, WebhookDeliveries, WebhookList,
                             WebhookRequest, WebhookSecret, changes_model, lookup_model, page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
@@ -338,6 +338,12 @@ def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
 
     def shown(entry: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in entry.items() if k not in ("agency_id", "decided_by")}
+
+    @app.get("/api/v1/grants", response_model=GrantList, tags=["access requests"], responses=responses,
+             summary="The calling agency's grants: what it may read of each dataset (columns in clear, rows), "
+                     "until when")
+    def list_grants(request: Request) -> Response:
+        return json_response({"grants": gateway.registry.grants_of(agency(request))})
 
     @app.get("/api/v1/access-requests", response_model=AccessRequestList, tags=["access requests"],
              responses=responses, summary="The calling agency's access requests, newest first")

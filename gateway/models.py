@@ -215,6 +215,21 @@ class AccessRequestList(BaseModel):
     requests: list[AccessRequestInfo]
 
 
+class GrantInfo(BaseModel):
+    """One of the calling agency's grants: what it may read of a dataset, and until when."""
+
+    dataset: str
+    personal: list[str]  # the personal columns it sees in clear (the others masked, pseudonymised or withheld)
+    scope: Optional[dict[str, list[Any]]] = None  # the rows it may read (null: every row)
+    granted_at: datetime
+    expires_at: Optional[datetime] = None  # null: until revoked
+    request_id: Optional[str] = None  # the access request it was approved on (null: granted by the province)
+
+
+class GrantList(BaseModel):
+    grants: list[GrantInfo]
+
+
 class WebhookRequest(BaseModel):
     """An agency's own webhook: a dataset it is granted, and an https address on a host the province allows."""
 

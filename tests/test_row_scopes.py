@@ -331,6 +331,11 @@ def test_an_agency_asks_for_its_communes_rows_and_is_granted_as_asked_or_fewer(e
     assert code == 0 and f"only rows with commune_code in {first}" in said, said
     shown = env.get(f"/api/v1/access-requests/{request_id}", "ubnd_phuong").json()
     assert (shown["status"], shown["granted_scope"]) == ("approved", {"commune_code": [first]})
+    [held] = env.get("/api/v1/grants", "ubnd_phuong").json()["grants"]  # what it may read now, as it sees it
+    assert (held["dataset"], held["scope"], held["personal"], held["request_id"]) == (
+        "citizen", {"commune_code": [first]}, [], request_id) and held["expires_at"].startswith(
+        (date.today() + timedelta(days=60)).isoformat())
+    assert requests.get(f"{env.base}/api/v1/grants", timeout=30).status_code == 401
     assert {r["commune_code"] for r in env.pages("citizen", "ubnd_phuong", limit=1000)} == {first}
 
     again = env.post("/api/v1/access-requests", "ubnd_phuong", {
@@ -342,6 +347,7 @@ def test_an_agency_asks_for_its_communes_rows_and_is_granted_as_asked_or_fewer(e
         "until": (date.today() + timedelta(days=30)).isoformat()})
     assert more.status_code == 201, "more rows than held can be asked for"
     schemas = env.get("/openapi.json", None).json()["components"]["schemas"]
+    assert "scope" in schemas["GrantInfo"]["properties"]
     assert "scope" in schemas["AccessRequestIn"]["properties"] and "granted_scope" in schemas[
         "AccessRequestInfo"]["properties"] and "reconcile" in schemas["ShopChanges"]["properties"]
     for body, message in [({"scope": {"full_name": ["An"]}}, "is a personal column"),
