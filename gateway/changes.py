@@ -31,8 +31,9 @@ windows that follow they converge on the view.
 
 A grant that covers some rows only (`Grant.scope`) gets the upserts of its rows and no deletion (a
 deleted record's key could name one beyond them); the window's last page says `"reconcile": true`
-when a record may have left its rows in the window, and the reader drops what is not among its rows'
-keys (`lgsp mirror` does). Its tokens name its rows: once the grant covers other rows, a token issued
+when a record may have left its rows in the window, with `scope_rows`, how many rows the grant covers
+now: a copy holding that many (after the page) has nothing to drop; otherwise the reader drops what
+is not among its rows' keys (`lgsp mirror` does). Its tokens name its rows: once the grant covers other rows, a token issued
 before is refused (410) and the reader reads the dataset afresh.
 
 The token is sealed (AES-256-GCM, like a records cursor): it carries no readable value and
@@ -154,20 +155,26 @@ class ChangeFeed:
                     return self._answer(name, grant, changes, window, True)
             records, after = self._upserts(conn, name, grant, window, limit - len(changes), at_most)
             reconcile = bool(after is None and grant.scope and window.lo and self._left(conn, name, grant, window))
+            held = self._rows_within(conn, name, grant) if reconcile else None
         changes += records
         if after is not None:
             return self._answer(name, grant, changes, Window(window.lo, window.hi, "upserts", after), True)
-        return self._answer(name, grant, changes, Window(int(window.hi or 0), None, "deletes"), False, reconcile)
+        return self._answer(name, grant, changes, Window(int(window.hi or 0), None, "deletes"), False, held)
 
     def _answer(self, name: str, grant: Grant, changes: list[dict[str, Any]], following: Window, more: bool,
-                reconcile: bool = False) -> dict[str, Any]:
+                reconcile: int | None = None) -> dict[str, Any]:
         payload = following.payload(name)
         if grant.scope:  # the token is good for these rows only
             payload["s"] = _rows_of(grant)
         answer = {"dataset": name, "changes": changes, "next": self.reader.seal(payload), "more": more}
-        if reconcile:
-            answer["reconcile"] = True
+        if reconcile is not None:  # and how many rows the grant covers now: a copy holding as many has none to drop
+            answer["reconcile"], answer["scope_rows"] = True, reconcile
         return answer
+
+    def _rows_within(self, conn: sa.Connection, name: str, grant: Grant) -> int:
+        view = self.reader.views[name]
+        return int(conn.execute(sa.select(sa.func.count()).select_from(view).where(
+            *(view.c[c].in_(values) for c, values in grant.scope))).scalar_one())
 
     def _left(self, conn: sa.Connection, name: str, grant: Grant, window: Window) -> bool:
         """Whether a record may have left the grant's rows in the window: a deletion, or a row the window changed

@@ -11,7 +11,8 @@ page applied; a page applied twice changes nothing (upserts by key, deletes of w
 
 An agency whose grant covers only some rows (a commune's: `lgsp agencies grant ... --scope`) gets no
 deletions from the feed (their keys could name records beyond its rows); when a page says
-`reconcile`, records may have left its rows (deleted, or moved to another commune), so the mirror
+`reconcile`, records may have left its rows (deleted, or moved to another commune): unless the copy,
+the page applied, would hold exactly as many rows as the grant covers (`scope_rows`), the mirror
 lists the keys of the rows it may read (`records?fields=<key>`) and drops the rows of its copy that
 are not among them, in the transaction that applies the page and saves its token.
 
@@ -204,6 +205,28 @@ class Mirror:
             if not cursor:
                 return keys
 
+    def _must_reconcile(self, body: dict[str, Any]) -> bool:
+        """A `reconcile` page whose `scope_rows` the copy would not hold once the page is applied: some row of it
+        may have left the grant's rows (a copy holding as many holds every one of them, so none is stale)."""
+        if body.get("reconcile") is not True:
+            return False
+        rows, changes = body.get("scope_rows"), body.get("changes")
+        if not isinstance(rows, int) or isinstance(rows, bool) or not isinstance(changes, list):
+            return True
+        assert self.table is not None
+        keys = {tuple(c["record"].get(k) for k in self.key) for c in changes
+                if isinstance(c, dict) and c.get("op") == "upsert" and isinstance(c.get("record"), dict)}
+        with self.engine.connect() as conn:
+            held = int(conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one())
+            key = sa.tuple_(*(self.table.c[k] for k in self.key))
+            try:
+                typed = [tuple(coerce(self.types[c], v, "key") for c, v in zip(self.key, k)) for k in keys]
+            except QueryError:
+                return True  # a malformed page: `_apply` refuses it whole
+            present = sum(len(conn.execute(sa.select(*(self.table.c[k] for k in self.key)).where(
+                key.in_(typed[i:i + 500]))).all()) for i in range(0, len(typed), 500))
+        return held + len(keys) - present != rows
+
     def _apply(self, body: dict[str, Any], run: MirrorRun, keep: set[tuple[Any, ...]] | None = None) -> None:
         """One page's deletes and upserts, and the token after it, in one transaction; with `keep`, the rows whose
         key is not in it are dropped too (they left the agency's rows)."""
@@ -266,7 +289,7 @@ class Mirror:
         while max_pages is None or run.pages < max_pages:
             params = {"limit": self.limit, **({"since": token} if token else {})}
             body = self._get(f"/api/v1/datasets/{self.dataset}/changes", params, run)
-            self._apply(body, run, self._readable_keys(run) if body.get("reconcile") is True else None)
+            self._apply(body, run, self._readable_keys(run) if self._must_reconcile(body) else None)
             token = body["next"]
             if not body["more"]:
                 break

@@ -195,8 +195,8 @@ def test_a_scoped_lookup_answers_within_and_says_the_same_404_beyond_as_for_no_o
     assert env.get("/api/v1/datasets/citizen/lookup", "so_lao_dong", personal_id=beyond).status_code == 200
 
 
-def _feed(env: Env, agency: str, token: str | None, limit: int = 25) -> tuple[list[dict[str, Any]], str, bool]:
-    """Every page of one window: the changes, the token after it, whether it said `reconcile`."""
+def _feed(env: Env, agency: str, token: str | None, limit: int = 25) -> tuple[list[dict[str, Any]], str, Any]:
+    """Every page of one window: the changes, the token after it, its `scope_rows` if it said `reconcile`."""
     changes: list[dict[str, Any]] = []
     reconcile = False
     while True:
@@ -204,7 +204,7 @@ def _feed(env: Env, agency: str, token: str | None, limit: int = 25) -> tuple[li
         assert answer.status_code == 200, answer.text
         body = answer.json()
         changes += body["changes"]
-        token, reconcile = body["next"], reconcile or body.get("reconcile", False)
+        token, reconcile = body["next"], reconcile or body.get("reconcile", False) and body["scope_rows"]
         assert not (body["more"] and body.get("reconcile")), "said on the window's last page"
         if not body["more"]:
             return changes, token, reconcile
@@ -261,6 +261,15 @@ def test_the_change_feed_of_a_scoped_grant_never_names_a_record_beyond_it_and_a_
     assert sorted(c["record"]["code"] for c in changes) == ["S0001", "S0027"] and not reconcile
     code, said = _cli(*command)
     assert code == 0 and "changes, 2 upserted, 0 deleted in" in said and copy() == scoped(), said
+
+    _load(wh, ds, "shop-3b", [shop(i, B, status="closed", day=2) for i in (2, 5)])  # beyond A only
+    changes, token, reconcile = _feed(env, "ubnd_xa", token)
+    assert changes == [] and reconcile == len(scoped()), "reconcile, with as many rows as the grant covers"
+    reads = env.rows("SELECT count(*) FROM gateway_audit WHERE agency_id = 'ubnd_xa' AND action = 'records'")[0][0]
+    code, said = _cli(*command)
+    assert code == 0 and "left the grant's rows" not in said and copy() == scoped(), said
+    assert env.rows("SELECT count(*) FROM gateway_audit WHERE agency_id = 'ubnd_xa' AND action = 'records'")[0][0] \
+        == reads, "the copy holds as many rows as the grant covers: no key listing"
 
     _load(wh, ds, "shop-4", [shop(30, C, day=3)])  # one moves out of A, nothing deleted
     changes, token, reconcile = _feed(env, "ubnd_xa", token)
