@@ -298,5 +298,8 @@ def changes_model(dataset: DatasetSpec, shared: SharedDatasetSpec) -> type[BaseM
     reconcile = (Optional[bool], Field(default=None, description=(
         "On a window's last page, for a grant that covers some rows only: a record may have left them (deleted, "
         "or changed to beyond them); list the keys of your rows (records?fields=<key>) and drop the others")))
+    scope_rows = (Optional[int], Field(default=None, description=(
+        "With reconcile: how many rows the grant covers now; a copy holding as many after this page has none to "
+        "drop")))
     return create_model(f"{title}Changes", dataset=(str, ...), changes=(list[change], ...), next=(str, ...),
-                        more=(bool, ...), reconcile=reconcile)
+                        more=(bool, ...), reconcile=reconcile, scope_rows=scope_rows)

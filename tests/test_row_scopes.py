@@ -358,7 +358,7 @@ def test_an_agency_asks_for_its_communes_rows_and_is_granted_as_asked_or_fewer(e
     schemas = env.get("/openapi.json", None).json()["components"]["schemas"]
     assert "scope" in schemas["GrantInfo"]["properties"]
     assert "scope" in schemas["AccessRequestIn"]["properties"] and "granted_scope" in schemas[
-        "AccessRequestInfo"]["properties"] and "reconcile" in schemas["ShopChanges"]["properties"]
+        "AccessRequestInfo"]["properties"] and {"reconcile", "scope_rows"} <= set(schemas["ShopChanges"]["properties"])
     for body, message in [({"scope": {"full_name": ["An"]}}, "is a personal column"),
                           ({"scope": {"commune_code": []}}, "needs 1 to 1000 values"),
                           ({"dataset": "dossier", "scope": {"commune_code": [first]}}, "is open")]:
