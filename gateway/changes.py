@@ -33,8 +33,8 @@ A grant that covers some rows only (`Grant.scope`) gets the upserts of its rows 
 deleted record's key could name one beyond them); the window's last page says `"reconcile": true`
 when a record may have left its rows in the window, with `scope_rows`, how many rows the grant covers
 now: a copy holding that many (after the page) has nothing to drop; otherwise the reader drops what
-is not among its rows' keys (`lgsp mirror` does). Its tokens name its rows: once the grant covers other rows, a token issued
-before is refused (410) and the reader reads the dataset afresh.
+is not among its rows' keys (`lgsp mirror` does). Its tokens name its rows: once the grant covers
+other rows, a token issued before is refused (410) and the reader reads the dataset afresh.
 
 The token is sealed (AES-256-GCM, like a records cursor): it carries no readable value and
 cannot be forged. Rows written before the feed existed (no change number) come in
