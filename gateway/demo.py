@@ -7,7 +7,7 @@ each notification's signature as the agency would): `DemoAgency`. The pipelines'
 process (uvicorn in a thread, real HTTP on loopback) and runs `lgsp mirror`'s code into
 `var/agency/so_xay_dung.db`. While the gateway is served, a commune's People's Committee
 (`ubnd_xa_demo`, granted `citizen` scoped to the commune with the most residents) reads its residents
-through it: `CommuneRead`.
+through it: `CommuneRead`, with the disclosure report of one of its residents (`lgsp audit subject`).
 
 No secret is written anywhere: the agency gets a fresh API key and a fresh webhook each demo (the
 earlier ones revoked and removed), and the gateway uses `LGSP_GATEWAY_PSEUDONYM_KEY` when the
@@ -66,6 +66,9 @@ class CommuneRead:
     read: int
     province: int
     beyond: int  # records it got of another commune (0, or the scope leaks)
+    resident: str = ""  # one of the commune's residents, masked, whose disclosure report the demo makes
+    named: int = 0  # reads that named the resident
+    may_have: list[str] = field(default_factory=list)  # agencies whose reads may have included the resident
 
 
 def commune_read(base: str, database_url: str, catalog: Catalog) -> CommuneRead | None:
@@ -102,8 +105,34 @@ def commune_read(base: str, database_url: str, catalog: Catalog) -> CommuneRead 
             cursor = answer.json()["next_cursor"]
             if cursor is None:
                 break
-    return CommuneRead(COMMUNE_AGENCY, commune, len(records), province,
+    read = CommuneRead(COMMUNE_AGENCY, commune, len(records), province,
                        sum(1 for r in records if r["commune_code"] != commune))
+    return _disclosed(read, database_url, catalog)
+
+
+def _disclosed(read: CommuneRead, database_url: str, catalog: Catalog) -> CommuneRead:
+    """`read` with the disclosure report of one of the commune's residents (`lgsp audit subject`), made and
+    audited as the province makes it."""
+    import sqlalchemy as sa
+
+    from gateway.disclosures import disclosures, record_report
+    from gateway.policy import mask
+    from gateway.service import _write_engine
+    from gateway.settings import load_gateway_settings
+
+    engine = _write_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            resident = conn.execute(sa.text("SELECT min(personal_id) FROM shared_citizen WHERE commune_code = :c"),
+                                    {"c": read.commune}).scalar_one()
+        key = load_gateway_settings(database_url).pseudonym_key
+        report = disclosures(engine, catalog, key, resident)
+        record_report(engine, catalog, key, resident, "demo", sum(len(r) for r in report["records"].values()))
+    finally:
+        engine.dispose()
+    read.resident, read.named = str(mask(resident, b"")), len(report["named"])
+    read.may_have = sorted({m["agency_id"] for m in report["may_have"]})
+    return read
 
 
 @dataclass

@@ -60,6 +60,10 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
         residents = conn.execute(sa.text("select count(*) from shared_citizen where commune_code = :c"),
                                  {"c": scoped.group(2)}).scalar_one()
     assert int(scoped.group(1)) == residents > 0
+    disclosed = re.search(r"Disclosure report: resident \*{9}\d{3} of commune (\d+): 0 read\(s\) named them; reads "
+                          r"that may have included their record: ([\w, ]+) \(lgsp audit subject ID\)", said)
+    assert disclosed is not None and disclosed.group(1) == scoped.group(2), said[-2000:]
+    assert "ubnd_xa_demo" in disclosed.group(2).split(", "), "the commune's reads of its residents"
     printed = first.stdout + first.stderr
     assert "demo-test-pseudonym-key" not in printed and not re.search(r"lgsp_[0-9a-f]{12}_", printed)  # no key
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
