@@ -72,6 +72,11 @@ def warehouse_url(args: argparse.Namespace, home: Path) -> str:
     return f"sqlite:///{home / 'warehouse.db'}" if args.sqlite else _postgres_database(args.admin_url)
 
 
+def ratio(part: float, whole: float, digits: int = 1) -> float | None:
+    """`part / whole` rounded, from unrounded seconds; None when `whole` is too small to time (a tiny run)."""
+    return round(part / whole, digits) if whole > 0 else None
+
+
 @contextmanager
 def scratch_warehouse(args: argparse.Namespace, prefix: str) -> Iterator[tuple[str, Path]]:
     """A fresh warehouse (`warehouse_url`) and the temporary home it lives in; both removed on leaving."""
