@@ -438,3 +438,49 @@ def test_every_commune_is_registered_with_its_own_rows_once(env: Env) -> None:
     assert refused.exit_code == 1 and "'dossier' is open" in refused.output
     unknown = CliRunner().invoke(lgsp_app, ["agencies", "communes", "--dataset", "citizen", "--province", "99"])
     assert unknown.exit_code == 1 and "no commune-level unit of province 99" in unknown.output
+
+
+def test_lgsp_warehouse_migrate_indexes_the_new_table_for_the_scoped_grants(
+        lgsp_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import yaml
+
+    from gateway.tables import create_gateway_tables
+    from test_write_modes import batch, firm_spec, firms, write
+
+    folder = tmp_path / "catalog"  # the catalog on disk: firm (merge, then history) shared, restricted
+    shutil.copytree(Path(__file__).parent.parent / "catalog", folder, ignore=shutil.ignore_patterns("*.py", "__*"))
+    shared = {"description": "Firms", "owner": "test", "licence": "test", "access": "restricted",
+              "columns": ["code", "status", "updated_at"], "filterable": ["status"]}
+    sharing = yaml.safe_load((folder / "sharing.yaml").read_text())
+    sharing["sharing"]["firm"] = shared
+    (folder / "sharing.yaml").write_text(yaml.safe_dump(sharing, allow_unicode=True))
+
+    def with_firm(mode: str) -> Catalog:
+        datasets = yaml.safe_load((folder / "datasets.yaml").read_text())
+        datasets["datasets"]["firm"] = json.loads(firm_spec(mode).model_dump_json(exclude_defaults=True))
+        (folder / "datasets.yaml").write_text(yaml.safe_dump(datasets, allow_unicode=True))
+        monkeypatch.setenv("LGSP_CATALOG_DIR", str(folder))
+        return load_catalog()
+
+    catalog = with_firm("merge")
+    wh = Warehouse(lgsp_env.database_url, catalog)
+    wh.create_all(check_shapes=False)
+    write(wh, catalog.datasets["firm"], batch(firms(), "b1"))
+    create_gateway_tables(wh.engine)
+    registry = AgencyRegistry(wh.engine, catalog)
+    registry.add_agency("ubnd_xa", "UBND xã")
+    assert list(registry.grant("ubnd_xa", "firm", scope={"status": ["active"]})) == [("firm", "status")]
+
+    def indexed() -> list[str]:
+        with wh.engine.connect() as conn:
+            return [i["name"] for i in sa.inspect(conn).get_indexes("core_firm")]
+
+    assert "ix_scope_core_firm_status" in indexed()
+    with_firm("history")  # firm's write mode changed: its table is rebuilt
+    migrated = CliRunner().invoke(lgsp_app, ["warehouse", "migrate", "firm"])
+    assert migrated.exit_code == 0, migrated.output
+    assert "indexed by status again for the gateway's scoped grants" in " ".join(migrated.output.split())
+    assert "ix_scope_core_firm_status" in indexed(), "the new table has it too"
+    wh.engine.dispose()

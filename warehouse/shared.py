@@ -122,19 +122,26 @@ def scope_index(engine: sa.Engine, dataset: DatasetSpec, column: str) -> float |
     name = scope_index_name(table, column)
     columns = ", ".join(f'"{c}"' for c in [column, *dataset.key])
     began = time.perf_counter()
+    # the name may be taken by the index of a table `lgsp warehouse migrate` replaced (renamed to
+    # <table>__before_<time>, its indexes with it): that one is dropped, the kept table needs no scope index
     if engine.dialect.name != "postgresql":
         with engine.begin() as conn:
-            if name in {i["name"] for i in sa.inspect(conn).get_indexes(table)}:
+            held = conn.execute(sa.text("SELECT tbl_name FROM sqlite_master WHERE type = 'index' AND name = :name"),
+                                {"name": name}).scalar()
+            if held == table:
                 return None
+            if held is not None:
+                conn.exec_driver_sql(f'DROP INDEX "{name}"')
             conn.exec_driver_sql(f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" ({columns})')
         return time.perf_counter() - began
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        valid = conn.execute(sa.text("SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
-                                     "WHERE c.relname = :name AND c.relnamespace = current_schema()::regnamespace"),
-                             {"name": name}).scalar()
-        if valid:
+        held = conn.execute(sa.text(
+            "SELECT i.indisvalid, t.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "JOIN pg_class t ON t.oid = i.indrelid WHERE c.relname = :name "
+            "AND c.relnamespace = current_schema()::regnamespace"), {"name": name}).first()
+        if held is not None and held.indisvalid and held.relname == table:
             return None
-        if valid is not None:  # an attempt that failed half-way left it invalid: not used, but maintained
+        if held is not None:  # another table's, or one a failed attempt left invalid (not used, but maintained)
             conn.exec_driver_sql(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
         conn.exec_driver_sql(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON "{table}" ({columns})')
     return time.perf_counter() - began
