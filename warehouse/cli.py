@@ -99,9 +99,9 @@ def migrate_command(datasets: list[str] = typer.Argument(None, help="core datase
             console.print(f"  - {done.quarantined} row(s) a row rule rejects moved to the quarantine (`lgsp "
                           f"quarantine list --dataset {name}`; `lgsp quarantine replay` lands them once they pass)")
         _conform_lake(catalog, name)
-        _index_scopes(warehouse, catalog, name)
         if done.retyped_shared:
             _reload_gateway(done.retyped_shared)
+        _index_scopes(warehouse, catalog, name)  # after the reload: the workers get the new catalog first
     if failed:
         raise typer.Exit(1)
 
