@@ -74,12 +74,8 @@ def end_of(value: date | datetime | str | None) -> datetime | None:
                     from None
     if not isinstance(value, datetime):
         return datetime.combine(value + timedelta(days=1), time(0), VN_TZ).astimezone(timezone.utc)
-    return _utc(value)
+    return utc(value)
 
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """A time in UTC: a stored one (SQLite's naive) or an agency's (+07)."""
-    return None if moment is None else utc(moment).astimezone(timezone.utc)  # type: ignore[union-attr]
 
 
 def _scope_json(scope: Scope) -> str | None:
@@ -92,10 +88,10 @@ def _shown(row: Any) -> dict[str, Any]:
     r = row._mapping
     return {"request_id": r["request_id"], "agency_id": r["agency_id"], "dataset": r["dataset"],
             "personal": json.loads(r["personal_columns"]), "purpose": r["purpose"], "legal_basis": r["legal_basis"],
-            "until": _utc(r["until"]), "status": r["status"], "requested_at": _utc(r["requested_at"]),
-            "decided_at": _utc(r["decided_at"]), "decided_by": r["decided_by"], "note": r["note"],
+            "until": utc(r["until"]), "status": r["status"], "requested_at": utc(r["requested_at"]),
+            "decided_at": utc(r["decided_at"]), "decided_by": r["decided_by"], "note": r["note"],
             "granted_personal": None if r["granted_columns"] is None else json.loads(r["granted_columns"]),
-            "granted_until": _utc(r["granted_until"]),
+            "granted_until": utc(r["granted_until"]),
             "scope": json.loads(r["row_scope"]) if r["row_scope"] else None,
             "granted_scope": json.loads(r["granted_scope"]) if r["granted_scope"] else None}
 
@@ -165,10 +161,10 @@ class AccessRequests:
             held = conn.execute(sa.select(g.personal_columns, g.expires_at, g.row_scope).where(
                 g.agency_id == agency_id, g.dataset == dataset, live_grant())).first()
             if held is not None and set(personal) <= set(json.loads(held.personal_columns)) and (
-                    held.expires_at is None or (until is not None and _utc(held.expires_at) >= until)) and \
+                    held.expires_at is None or (until is not None and utc(held.expires_at) >= until)) and \
                     grant_of(held.personal_columns, held.row_scope).covers(rows):
                 raise RequestError(f"agency '{agency_id}' already holds '{dataset}' as asked"
-                                   + (f" (until {_utc(held.expires_at):%Y-%m-%d})" if held.expires_at else ""))
+                                   + (f" (until {utc(held.expires_at):%Y-%m-%d})" if held.expires_at else ""))
             request_id = f"req_{secrets.token_hex(6)}"
             try:
                 with conn.begin_nested():
@@ -215,7 +211,7 @@ class AccessRequests:
             raise UnknownRequest(f"no access request '{request_id}' (lgsp agencies requests lists them)")
         if row.status != "pending":
             raise RequestError(f"request {request_id} is {row.status} already"
-                               + (f" ({_utc(row.decided_at):%Y-%m-%d %H:%M} UTC, by {row.decided_by})"
+                               + (f" ({utc(row.decided_at):%Y-%m-%d %H:%M} UTC, by {row.decided_by})"
                                   if row.decided_at else ""))
         done = conn.execute(tables.access_request.update().where(r.request_id == request_id, r.status == "pending")
                             .values(status=status, decided_at=_now(), decided_by=by, note=note, **values))
@@ -292,8 +288,8 @@ class AccessRequests:
             rows = conn.execute(sa.select(g.agency_id, g.dataset, g.expires_at, g.request_id).where(
                 g.expires_at.isnot(None), g.expires_at > now, g.expires_at <= now + timedelta(seconds=within_s))
                 .order_by(g.expires_at)).all()
-        return [{"agency_id": r.agency_id, "dataset": r.dataset, "expires_at": _utc(r.expires_at),
-                 "request_id": r.request_id, "ends_in_s": (_utc(r.expires_at) - now).total_seconds()}  # type: ignore
+        return [{"agency_id": r.agency_id, "dataset": r.dataset, "expires_at": utc(r.expires_at),
+                 "request_id": r.request_id, "ends_in_s": (utc(r.expires_at) - now).total_seconds()}  # type: ignore
                 for r in rows]
 
     def notify_new(self, send: Any) -> list[str]:
@@ -331,6 +327,6 @@ class AccessRequests:
         with self.engine.connect() as conn:
             count, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(r.requested_at))
                                          .where(r.status == "pending")).one()
-        oldest = _utc(oldest)
+        oldest = utc(oldest)
         return {"pending": int(count), "oldest_at": oldest,
                 "oldest_age_s": None if oldest is None else ((now or _now()) - oldest).total_seconds()}

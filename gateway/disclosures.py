@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -133,11 +133,11 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
         if any(_admits(query, record, spec, personal, key) for record in records[group["dataset"]]):
             may_have.append({"agency_id": group["agency_id"], "dataset": group["dataset"], "action": group["action"],
                              "query": query, "reads": int(group["reads"]), "rows": int(group["rows"] or 0),
-                             "first": _utc(group["first"]), "last": _utc(group["last"])})
+                             "first": utc(group["first"]), "last": utc(group["last"])})
     may_have.sort(key=lambda m: (m["agency_id"], m["dataset"], m["first"]))
     agencies = sorted({r["agency_id"] for r in named} | {m["agency_id"] for m in may_have})
     return {"personal_id": personal_id, "since": since, "records": records,
-            "named": [{**dict(r), "recorded_at": _utc(r["recorded_at"])} for r in named],
+            "named": [{**dict(r), "recorded_at": utc(r["recorded_at"])} for r in named],
             "may_have": may_have, "grants": _grants(engine, agencies, list(columns))}
 
 
@@ -151,8 +151,8 @@ def _grants(engine: sa.Engine, agencies: Iterable[str], datasets: list[str]) -> 
                               .where(g.agency_id.in_(list(agencies)), g.dataset.in_(datasets))
                               .order_by(g.agency_id, g.dataset)).mappings().all()
     return [{"agency_id": x["agency_id"], "dataset": x["dataset"], "personal": json.loads(x["personal_columns"]),
-             "scope": json.loads(x["row_scope"]) if x["row_scope"] else None, "granted_at": _utc(x["granted_at"]),
-             "expires_at": _utc(x["expires_at"]), "request_id": x["request_id"], "purpose": x["purpose"],
+             "scope": json.loads(x["row_scope"]) if x["row_scope"] else None, "granted_at": utc(x["granted_at"]),
+             "expires_at": utc(x["expires_at"]), "request_id": x["request_id"], "purpose": x["purpose"],
              "legal_basis": x["legal_basis"]} for x in grants]
 
 
@@ -170,6 +170,3 @@ def record_report(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: 
     finally:
         log.close()
 
-
-def _utc(moment: datetime | None) -> datetime | None:
-    return None if moment is None else utc(moment).astimezone(timezone.utc)  # type: ignore[union-attr]

@@ -60,6 +60,7 @@ from catalog.models import Catalog
 from gateway import tables
 from gateway.agencies import live_grant
 from gateway.changes import feed_problem
+from warehouse.store import utc
 
 log = logging.getLogger("lgsp.gateway.webhooks")
 EVENT = "dataset.changed"
@@ -110,10 +111,6 @@ class Delivery:
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
-
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite gives naive datetimes back: they are UTC."""
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 def signing_secret(key: bytes, webhook_id: str, nonce: str) -> str:
@@ -287,8 +284,8 @@ class Webhooks:
                             "dataset": row["dataset"], "url": shown_url(row["url"]), "state": state,
                             "created_by": row["created_by"],
                             "delivered_change": row["delivered_seq"], "pending_changes": int(pending or 0),
-                            "delivered_at": _utc(row["delivered_at"]), "attempts": row["attempts"],
-                            "next_attempt_at": _utc(row["next_attempt_at"]), "last_status": row["last_status"],
+                            "delivered_at": utc(row["delivered_at"]), "attempts": row["attempts"],
+                            "next_attempt_at": utc(row["next_attempt_at"]), "last_status": row["last_status"],
                             "last_error": row["last_error"]})
         return out
 
@@ -299,7 +296,7 @@ class Webhooks:
         if webhook_id is not None:
             query = query.where(d.c.webhook_id == webhook_id)
         with self.engine.connect() as conn:
-            return [{**{str(k): v for k, v in row.items()}, "attempted_at": _utc(row["attempted_at"])}
+            return [{**{str(k): v for k, v in row.items()}, "attempted_at": utc(row["attempted_at"])}
                     for row in conn.execute(query).mappings()]  # plain str keys (JSON encoders refuse subclasses)
 
     # --- dispatch ---------------------------------------------------------------------------------------
@@ -409,7 +406,7 @@ class Webhooks:
 
     def _body(self, dataset: str, first: int, last: int, changes: int, rows_changed: int,
               committed_at: datetime | None) -> bytes:
-        stamp = _utc(committed_at)
+        stamp = utc(committed_at)
         return self._event(EVENT, {"dataset": dataset, "first_change": int(first), "last_change": int(last),
                                    "changes": int(changes), "rows_changed": int(rows_changed),
                                    "last_committed_at": stamp.isoformat() if stamp else None,
@@ -442,7 +439,7 @@ class Webhooks:
 
     def _signatures(self, hook: Any, message_id: str, timestamp: int, body: bytes) -> str:
         nonces = [hook.nonce]
-        previous_until = _utc(hook.previous_until)
+        previous_until = utc(hook.previous_until)
         if hook.previous_nonce and previous_until is not None and previous_until > _now():
             nonces.append(hook.previous_nonce)
         return " ".join(sign(signing_secret(self.key, hook.webhook_id, nonce), message_id, timestamp, body)

@@ -102,10 +102,11 @@ def arrow_binary(rows: pa.Table, table: sa.Table) -> Iterator[bytes]:
 
 
 def utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; the warehouse stores UTC, so say so."""
+    """A stored time in UTC: SQLite hands back naive datetimes (the warehouse stores UTC, so say so),
+    PostgreSQL aware ones in the session's time zone (the same instant, said in UTC)."""
     if value is None:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def make_engine(url: str) -> sa.Engine:
