@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from catalog.models import Catalog
-from gateway import tables
+from gateway import events, tables
 from gateway.agencies import AgencyRegistry, Grant, RegistryError, Scope, check_scope, grant_of, live_grant
 from indicators.periods import VN_TZ
 from warehouse.store import utc
@@ -39,7 +39,7 @@ from warehouse.store import utc
 STATUSES = ("pending", "approved", "denied", "withdrawn")
 REQUEST_ID = r"^req_[0-9a-f]{12}$"
 MIN_PURPOSE = 20  # characters: a purpose is a sentence, not "test"
-EXPIRY_NOTICE_S = 14 * 86400  # `lgsp status` names the grants that end within this
+EXPIRY_NOTICE_S = events.ENDING_NOTICE_S  # `lgsp status` names the grants that end within this
 
 
 class RequestError(ValueError):
@@ -217,6 +217,15 @@ class AccessRequests:
                             .values(status=status, decided_at=_now(), decided_by=by, note=note, **values))
         if done.rowcount != 1:  # decided meanwhile by another process (SQLite has no FOR UPDATE)
             raise RequestError(f"request {request_id} was decided meanwhile: lgsp agencies requests shows how")
+        if status in ("approved", "denied"):  # the agency is told (gateway.events); a withdrawal is its own doing
+            approved = status == "approved"
+            events.record(conn, row.agency_id, row.dataset, events.DECIDED, {
+                "dataset": row.dataset, "request_id": request_id, "status": status, "note": note,
+                "personal": json.loads(values["granted_columns"]) if approved else None,
+                "scope": json.loads(values["granted_scope"]) if approved and values["granted_scope"] else None,
+                "until": values["granted_until"].isoformat(timespec="seconds")
+                if approved and values["granted_until"] else None,
+                "request": f"/api/v1/access-requests/{request_id}"})
         return _shown(row)
 
     def _scope(self, dataset: str, scope: Mapping[str, Any] | None) -> Scope:

@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from catalog.models import Catalog
-from gateway import tables
+from gateway import events, tables
 from warehouse.store import utc
 
 AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
@@ -241,10 +241,16 @@ class AgencyRegistry:
             return self.index_scopes(dataset) if rows else {}
         self._require_agency(conn, agency_id)
         g = tables.grant
+        values = {"personal_columns": json.dumps(sorted(set(personal or []))), "expires_at": expires_at,
+                  "request_id": request_id, "row_scope": None if rows is None else json.dumps(rows, ensure_ascii=False)}
+        before = conn.execute(sa.select(g).where(g.c.agency_id == agency_id, g.c.dataset == dataset)).mappings().first()
         conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset))
-        conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(), expires_at=expires_at,
-                                       request_id=request_id, personal_columns=json.dumps(sorted(set(personal or []))),
-                                       row_scope=None if rows is None else json.dumps(rows, ensure_ascii=False)))
+        conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(), **values))
+        live = before is not None and (before["expires_at"] is None or utc(before["expires_at"]) > _now())
+        if not live or any(_same(before[k]) != _same(v) for k, v in values.items()):  # type: ignore[index]
+            events.record(conn, agency_id, dataset, events.GRANT_CHANGED, {
+                **events.grant_data(dataset, sorted(set(personal or [])), rows, expires_at, request_id),
+                "change": "changed" if live else "granted", "grants": "/api/v1/grants"})
         return {}
 
     def onboard_communes(self, province: int, datasets: list[str], keys: bool = False) -> list[dict[str, Any]]:
@@ -349,6 +355,8 @@ class AgencyRegistry:
         with self.engine.begin() as conn:
             if not conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset)).rowcount:
                 raise RegistryError(f"agency '{agency_id}' has no grant on '{dataset}'")
+            events.record(conn, agency_id, dataset, events.GRANT_CHANGED,
+                          {"dataset": dataset, "change": "revoked", "grants": "/api/v1/grants"})
 
     def principal(self, presented: str) -> Principal | None:
         """The agency holding this API key or bearer token (None if unknown, revoked or expired)."""
@@ -400,6 +408,11 @@ class AgencyRegistry:
             entry["grant_expiry"] = {g["dataset"]: utc(g["expires_at"]) for g in live if g["expires_at"] is not None}
             entry["expired_grants"] = {g["dataset"]: utc(g["expires_at"]) for g in own if g not in live}
         return agencies
+
+
+def _same(value: Any) -> Any:
+    """A grant's stored value as compared: times in UTC (SQLite gives them back without a zone)."""
+    return utc(value) if isinstance(value, datetime) else value
 
 
 def grant_of(personal_columns: str, row_scope: str | None) -> Grant:

@@ -49,8 +49,10 @@ from gateway.changes import NoFeed, TokenExpired, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import Answer, LookupFailed, lookup_key
-from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, DatasetInfo, DatasetList, GrantList,
-                            ErrorBody, Health, TokenResponse, WebhookAttempt, WebhookDeliveries, WebhookList,
+from gateway import events as agency_events
+from gateway.events import ACCESS
+from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, AgencyEventList, DatasetInfo,
+                            DatasetList, GrantList, ErrorBody, Health, TokenResponse, WebhookAttempt, WebhookDeliveries, WebhookList,
                             WebhookRequest, WebhookSecret, changes_model, lookup_model, page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
 from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
@@ -345,6 +347,18 @@ def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
     def list_grants(request: Request) -> Response:
         return json_response({"grants": gateway.registry.grants_of(agency(request))})
 
+    @app.get("/api/v1/events", response_model=AgencyEventList, tags=["access requests"], responses=responses,
+             summary="The calling agency's events after `after`, oldest first: its requests decided, its grants "
+                     "made, changed, revoked or ending")
+    def list_events(request: Request, after: int = Query(0, ge=0, le=2**62, description=(
+                        "the number (`data.event`) of the last event already seen; 0: from the first")),
+                    limit: int = Query(100, ge=1, le=1000)) -> Response:
+        found = agency_events.after(gateway.write_engine, agency(request), after, limit + 1,
+                                    gateway.settings.public_url or "")
+        page = found[:limit]
+        return json_response({"events": page, "next_after": page[-1]["data"]["event"] if page else after,
+                              "more": len(found) > limit})
+
     @app.get("/api/v1/access-requests", response_model=AccessRequestList, tags=["access requests"],
              responses=responses, summary="The calling agency's access requests, newest first")
     def list_requests(request: Request) -> Response:
@@ -419,14 +433,22 @@ def _webhook_routes(app: FastAPI, gateway: Gateway) -> None:
         if urlsplit(wanted.url).scheme != "https" or not host_allowed(wanted.url, allowed):
             raise AccessDenied(403, f"{shown_url(wanted.url)!r}: an agency may register https addresses on "
                                     f"{', '.join(allowed)} only")
-        if wanted.dataset not in principal.grants:
+        access = wanted.events == ACCESS
+        if access and wanted.dataset not in (None, "*"):
+            return error_response(400, "an access webhook tells of every request and grant of the agency: "
+                                       "send no dataset")
+        if not access and wanted.dataset is None:
+            return error_response(400, "name the dataset whose changes the webhook tells of (or send "
+                                       "\"events\": \"access\" for the agency's requests and grants)")
+        if not access and wanted.dataset not in principal.grants:
             raise AccessDenied(403, f"agency '{principal.agency_id}' has no grant on '{wanted.dataset}'")
         try:
-            webhook_id, secret = hooks.add(principal.agency_id, wanted.dataset, wanted.url, created_by="agency")
+            webhook_id, secret = hooks.add(principal.agency_id, wanted.dataset or "*", wanted.url,
+                                           created_by="agency", events=wanted.events)
         except WebhookError as exc:
             return error_response(400, str(exc))
-        return json_response({"webhook_id": webhook_id, "dataset": wanted.dataset, "url": shown_url(wanted.url),
-                              "secret": secret}, 201, {"Cache-Control": "no-store"})
+        return json_response({"webhook_id": webhook_id, "dataset": "*" if access else wanted.dataset,
+                              "url": shown_url(wanted.url), "secret": secret}, 201, {"Cache-Control": "no-store"})
 
     @app.delete("/api/v1/webhooks/{webhook_id}", response_model=WebhookAttempt, tags=["webhooks"], responses=one,
                 summary="Stop telling the endpoint (its deliveries are kept)")

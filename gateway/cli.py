@@ -15,6 +15,7 @@
     lgsp agencies approve REQUEST [--until DATE]     approve one: its grant made at once (as asked, or narrower)
     lgsp agencies deny REQUEST --note WHY            deny one, saying why
     lgsp webhooks add so_xay_dung enterprise URL     tell an agency's endpoint when a dataset changes (secret once)
+    lgsp webhooks access so_y_te URL                 tell it of its requests decided and grants changed or ending
     lgsp webhooks list | dispatch | ping | deliveries | retry | rotate | remove
     lgsp audit verify                                walk the hash chain; non-zero exit if broken
     lgsp audit list [--agency so_y_te]               the latest reads
@@ -35,7 +36,8 @@ console = Console(highlight=False)
 notes = Console(highlight=False, stderr=True)  # so `lgsp agencies key X > file` captures only the key
 agencies_app = typer.Typer(help="Agencies of the sharing gateway: API keys, OAuth2 clients, grants.",
                            no_args_is_help=True)
-webhooks_app = typer.Typer(help="Webhooks: agencies' endpoints told when a shared dataset they read changed.",
+webhooks_app = typer.Typer(help="Webhooks: agencies' endpoints told when a shared dataset they read changed, or of "
+                                "their requests decided and grants changed.",
                             no_args_is_help=True)
 audit_app = typer.Typer(help="The gateway's audit of every read (hash-chained).", no_args_is_help=True)
 
@@ -388,13 +390,33 @@ def webhooks_add(agency_id: str = typer.Argument(..., help="a registered agency,
     print(secret)
 
 
+@webhooks_app.command("access")
+def webhooks_access(agency_id: str = typer.Argument(..., help="a registered agency, e.g. so_y_te"),
+                    url: str = typer.Argument(..., help="the agency's endpoint, e.g. https://so-y-te.example/hook"),
+                    allow_http: bool = typer.Option(False, help="allow plain http to a host that is not loopback")
+                    ) -> None:
+    """Tell an agency's endpoint of its access events: its requests decided, its grants made, changed, revoked or
+    ending; prints the signing secret once (stdout)."""
+    from gateway.events import ACCESS
+    from gateway.webhooks import shown_url
+
+    hooks = _webhooks()
+    webhook_id, secret = _hooks_run(lambda: hooks.add(agency_id, "*", url, allow_http,  # type: ignore
+                                                      events=ACCESS))
+    notes.print(f"webhook {webhook_id}: {agency_id} is told at {shown_url(url)} of its requests decided and its "
+                "grants made, changed, revoked or ending (from now on); its signing secret (shown once, Standard "
+                "Webhooks):")
+    print(secret)
+
+
 @webhooks_app.command("list")
 def webhooks_list() -> None:
     """Webhooks, their state and the changes their endpoints have not acknowledged (never secrets)."""
     table = Table("webhook", "agency", "dataset", "endpoint", "by", "state", "told up to", "pending",
                   "last delivered", "next attempt", "last error")
     for hook in _webhooks().listing():  # type: ignore[attr-defined]
-        table.add_row(hook["webhook_id"], hook["agency_id"], hook["dataset"], hook["url"], hook["created_by"],
+        told = "its access events" if hook["events"] == "access" else hook["dataset"]
+        table.add_row(hook["webhook_id"], hook["agency_id"], told, hook["url"], hook["created_by"],
                       hook["state"],
                       str(hook["delivered_change"]), str(hook["pending_changes"]), _when(hook["delivered_at"]),
                       _when(hook["next_attempt_at"]), hook["last_error"] or "")

@@ -142,7 +142,8 @@ class WebhookInfo(BaseModel):
     """One of the calling agency's webhooks (gateway.webhooks): no secret, the address without its query."""
 
     webhook_id: str
-    dataset: str
+    dataset: str  # "*" for an access webhook
+    events: Literal["dataset.changed", "access"] = "dataset.changed"
     url: str
     state: Literal["ok", "failing", "dead"]
     created_by: Literal["province", "agency"]
@@ -231,12 +232,30 @@ class GrantList(BaseModel):
 
 
 class WebhookRequest(BaseModel):
-    """An agency's own webhook: a dataset it is granted, and an https address on a host the province allows."""
+    """An agency's own webhook, at an https address on a host the province allows: told when a dataset it is
+    granted changes (`events` "dataset.changed", the default, with `dataset`), or of its own access events
+    (`events` "access": requests decided, grants made, changed, revoked or ending; no `dataset`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = Field(max_length=100)
+    dataset: Optional[str] = Field(default=None, max_length=100)
     url: str = Field(max_length=2000)
+    events: Literal["dataset.changed", "access"] = "dataset.changed"
+
+
+class AgencyEvent(BaseModel):
+    """One of the calling agency's events (gateway.events), as an access webhook sends it (Standard Webhooks'
+    payload): `data.event` numbers it; `data.dataset` names the dataset."""
+
+    type: Literal["access_request.decided", "grant.changed", "grant.ending"]
+    timestamp: datetime
+    data: dict[str, Any]
+
+
+class AgencyEventList(BaseModel):
+    events: list[AgencyEvent]
+    next_after: int  # pass as `after` for the events after these (the same number when there are none yet)
+    more: bool  # more events wait beyond this page
 
 
 class WebhookSecret(BaseModel):

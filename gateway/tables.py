@@ -1,5 +1,6 @@
 """The gateway's tables, on the warehouse database: agencies, credentials, tokens, grants (and the access requests
-that ask for them), audit, webhooks.
+that ask for them), audit, webhooks, and the events agencies are told of (their requests decided, their grants made,
+changed, revoked or ending).
 
 Credentials and tokens are stored as SHA-256 digests of the secret, never the secret:
 the secrets are 256-bit random values, so a fast digest is enough (no password to
@@ -102,6 +103,9 @@ webhook = sa.Table(
     sa.Column("previous_until", TZ),
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("created_by", sa.Text, nullable=False, server_default="province"),  # or "agency" (the API)
+    # what it tells of: "dataset.changed" (its dataset's changes: delivered_seq a change number) or "access"
+    # (its agency's events, gateway.events: dataset "*", delivered_seq an event number)
+    sa.Column("events", sa.Text, nullable=False, server_default="dataset.changed"),
     sa.Column("delivered_seq", sa.BigInteger, nullable=False),  # the last change number the endpoint acknowledged
     sa.Column("delivered_at", TZ),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # failures since the last success
@@ -127,6 +131,20 @@ webhook_delivery = sa.Table(
     sa.Column("duration_ms", sa.Integer, nullable=False),
 )
 
+# what an agency is told of its access (gateway.events): a request decided, a grant made, changed, revoked or
+# ending; read by the agency (GET /api/v1/events) and sent to its "access" webhooks
+agency_event = sa.Table(
+    "gateway_agency_event", metadata,
+    sa.Column("event_seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("agency_id", sa.Text, nullable=False),
+    sa.Column("dataset", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),  # access_request.decided | grant.changed | grant.ending
+    sa.Column("data", sa.Text, nullable=False),  # JSON: the event's `data`
+    sa.Column("created_at", TZ, nullable=False),
+    sa.Column("once", sa.Text, unique=True),  # an event told once however often it is noticed (a grant's ending)
+    sa.Index("gateway_agency_event_by_agency", "agency_id", "event_seq"),
+)
+
 _SQLITE_APPEND_ONLY = [
     "CREATE TRIGGER IF NOT EXISTS gateway_audit_no_update BEFORE UPDATE ON gateway_audit "
     "BEGIN SELECT RAISE(ABORT, 'gateway_audit is append-only'); END",
@@ -147,7 +165,7 @@ def create_gateway_tables(engine: sa.Engine) -> None:
     """Create the gateway's tables and the audit's append-only triggers (idempotent; one process at a time)."""
     metadata.create_all(engine)
     _add_audit_chain(engine)
-    _add_webhook_creator(engine)
+    _add_webhook_columns(engine)
     _add_grant_expiry(engine)
     statements = _POSTGRES_APPEND_ONLY if engine.dialect.name == "postgresql" else _SQLITE_APPEND_ONLY
     with engine.begin() as conn:
@@ -167,12 +185,14 @@ def _add_audit_chain(engine: sa.Engine) -> None:
                                  "ADD PRIMARY KEY (chain, seq)")
 
 
-def _add_webhook_creator(engine: sa.Engine) -> None:
-    """A webhook table from before agencies could register their own: add `created_by` (its rows: the province)."""
-    if "created_by" in {c["name"] for c in sa.inspect(engine).get_columns("gateway_webhook")}:
-        return
+def _add_webhook_columns(engine: sa.Engine) -> None:
+    """A webhook table from before agencies could register their own, or be told of their access: add `created_by`
+    (its rows: the province's) and `events` (its rows tell of their dataset's changes)."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns("gateway_webhook")}
     with engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE gateway_webhook ADD COLUMN created_by TEXT NOT NULL DEFAULT 'province'")
+        for name, default in (("created_by", "province"), ("events", "dataset.changed")):
+            if name not in have:
+                conn.exec_driver_sql(f"ALTER TABLE gateway_webhook ADD COLUMN {name} TEXT NOT NULL DEFAULT '{default}'")
 
 
 def _add_grant_expiry(engine: sa.Engine) -> None:

@@ -57,6 +57,7 @@ import sqlalchemy as sa
 import urllib3
 
 from catalog.models import Catalog
+from gateway import events as agency_events
 from gateway import tables
 from gateway.agencies import live_grant
 from gateway.changes import feed_problem
@@ -75,6 +76,7 @@ ROTATION_GRACE = timedelta(hours=24)
 ANSWER_BYTES = 2048  # of an endpoint's answer, kept to say why it refused
 SENDERS = 8  # endpoints sent to at once: a slow one does not hold the others up
 AGENCY_LIMIT = 20  # webhooks an agency may hold that it registered itself (the gateway's API)
+EVENTS_PER_TURN = 50  # an access webhook's events sent in one dispatch (one message each)
 CHANGES = sa.table("lgsp_change", sa.column("change_seq"), sa.column("dataset"), sa.column("rows_changed"),
                    sa.column("committed_at", sa.DateTime(timezone=True)))
 
@@ -187,16 +189,24 @@ class Webhooks:
     # --- registration -------------------------------------------------------------------------------
 
     def add(self, agency_id: str, dataset: str, url: str, allow_http: bool = False,
-            created_by: str = "province") -> tuple[str, str]:
+            created_by: str = "province", events: str = EVENT) -> tuple[str, str]:
         """Tell `agency_id`'s endpoint at `url` when `dataset` changes from now on: (webhook id, secret).
+        `events` "access" (`gateway.events.ACCESS`): of the agency's own events instead (requests decided,
+        grants made, changed, revoked or ending), with `dataset` "*".
 
         The secret is returned once (the endpoint verifies signatures with it); it is not stored.
         `created_by` "agency" (the gateway's API): at most `AGENCY_LIMIT` of them per agency.
         """
-        if dataset not in self.catalog.sharing:
+        if events not in (EVENT, agency_events.ACCESS):
+            raise WebhookError(f"a webhook tells of '{EVENT}' (a dataset's changes) or '{agency_events.ACCESS}' (its "
+                               f"agency's requests and grants), not '{events}'")
+        access = events == agency_events.ACCESS
+        if access:
+            dataset = "*"
+        elif dataset not in self.catalog.sharing:
             raise WebhookError(f"'{dataset}' is not shared (catalog/sharing.yaml has: "
                                f"{', '.join(sorted(self.catalog.sharing))})")
-        problem = feed_problem(self.catalog, dataset)
+        problem = None if access else feed_problem(self.catalog, dataset)
         if problem:
             raise WebhookError(f"{problem}; a webhook tells of the changes its feed delivers")
         check_url(url, allow_http)
@@ -205,26 +215,28 @@ class Webhooks:
             if conn.execute(sa.select(tables.agency.c.agency_id)
                             .where(tables.agency.c.agency_id == agency_id)).first() is None:
                 raise WebhookError(f"no agency '{agency_id}': register it first (lgsp agencies add {agency_id} NAME)")
-            if conn.execute(sa.select(tables.grant.c.dataset).where(tables.grant.c.agency_id == agency_id,
-                                                                     tables.grant.c.dataset == dataset,
-                                                                     live_grant())).first() is None:
+            if not access and conn.execute(sa.select(tables.grant.c.dataset).where(
+                    tables.grant.c.agency_id == agency_id, tables.grant.c.dataset == dataset,
+                    live_grant())).first() is None:
                 raise WebhookError(f"agency '{agency_id}' has no grant on '{dataset}': it could not read what it is "
                                    f"told of (lgsp agencies grant {agency_id} {dataset})")
             same = conn.execute(sa.select(w.c.webhook_id).where(
                 w.c.agency_id == agency_id, w.c.dataset == dataset, w.c.url == url, w.c.removed_at.is_(None))).scalar()
             if same:
-                raise WebhookError(f"agency '{agency_id}' already has webhook {same} for '{dataset}' at "
+                told = "its access events" if access else f"'{dataset}'"
+                raise WebhookError(f"agency '{agency_id}' already has webhook {same} for {told} at "
                                    f"{shown_url(url)} (lgsp webhooks rotate {same} for a new secret)")
             if created_by == "agency" and conn.execute(sa.select(sa.func.count()).select_from(w).where(
                     w.c.agency_id == agency_id, w.c.created_by == "agency", w.c.removed_at.is_(None))).scalar() \
                     >= AGENCY_LIMIT:
                 raise WebhookError(f"agency '{agency_id}' already has {AGENCY_LIMIT} webhooks it registered: "
                                    "remove one first (DELETE /api/v1/webhooks/{id})")
-            newest = conn.execute(sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.change_seq), 0))
-                                  .where(CHANGES.c.dataset == dataset)).scalar()
+            newest = agency_events.newest(conn, agency_id) if access else conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.change_seq), 0))
+                .where(CHANGES.c.dataset == dataset)).scalar()
             webhook_id, nonce = f"wh_{secrets.token_hex(6)}", secrets.token_hex(16)
             conn.execute(w.insert().values(webhook_id=webhook_id, agency_id=agency_id, dataset=dataset, url=url,
-                                           nonce=nonce, created_at=_now(), created_by=created_by,
+                                           nonce=nonce, created_at=_now(), created_by=created_by, events=events,
                                            delivered_seq=int(newest or 0)))
         return webhook_id, signing_secret(self.key, webhook_id, nonce)
 
@@ -276,13 +288,18 @@ class Webhooks:
         with self.engine.connect() as conn:
             rows = conn.execute(query)
             out = []
+            e = tables.agency_event.c
             for row in rows.mappings().all():
-                pending = conn.execute(sa.select(sa.func.count()).select_from(CHANGES).where(
-                    CHANGES.c.dataset == row["dataset"], CHANGES.c.change_seq > row["delivered_seq"])).scalar()
+                pending = conn.execute(
+                    sa.select(sa.func.count()).select_from(tables.agency_event).where(
+                        e.agency_id == row["agency_id"], e.event_seq > row["delivered_seq"])
+                    if row["events"] == agency_events.ACCESS else
+                    sa.select(sa.func.count()).select_from(CHANGES).where(
+                        CHANGES.c.dataset == row["dataset"], CHANGES.c.change_seq > row["delivered_seq"])).scalar()
                 state = "dead" if row["dead_at"] else ("failing" if row["attempts"] else "ok")
                 out.append({"webhook_id": row["webhook_id"], "agency_id": row["agency_id"],
-                            "dataset": row["dataset"], "url": shown_url(row["url"]), "state": state,
-                            "created_by": row["created_by"],
+                            "dataset": row["dataset"], "events": row["events"], "url": shown_url(row["url"]),
+                            "state": state, "created_by": row["created_by"],
                             "delivered_change": row["delivered_seq"], "pending_changes": int(pending or 0),
                             "delivered_at": utc(row["delivered_at"]), "attempts": row["attempts"],
                             "next_attempt_at": utc(row["next_attempt_at"]), "last_status": row["last_status"],
@@ -303,10 +320,13 @@ class Webhooks:
 
     def dispatch(self) -> list[Delivery]:
         """Send every due webhook the changes its endpoint has not acknowledged (one notification each)."""
-        w = tables.webhook
+        w, e = tables.webhook, tables.agency_event.c
         now = _now()
-        newest = (sa.select(sa.func.max(CHANGES.c.change_seq)).where(CHANGES.c.dataset == w.c.dataset)
-                  .scalar_subquery())  # along the change log's (dataset, change_seq) index
+        newest = sa.case(  # along the change log's (dataset, change_seq) index, or the events' (agency, event_seq)
+            (w.c.events == agency_events.ACCESS,
+             sa.select(sa.func.max(e.event_seq)).where(e.agency_id == w.c.agency_id).scalar_subquery()),
+            else_=sa.select(sa.func.max(CHANGES.c.change_seq)).where(CHANGES.c.dataset == w.c.dataset)
+            .scalar_subquery())
         with self.engine.connect() as conn:  # one query when nothing is due: what most runs of lgsp_notify find
             due = list(conn.execute(sa.select(w.c.webhook_id).where(
                 w.c.removed_at.is_(None), w.c.dead_at.is_(None), w.c.delivered_seq < newest,
@@ -351,6 +371,8 @@ class Webhooks:
         hook = self._claim(webhook_id)
         if hook is None:
             return None
+        if hook.events == agency_events.ACCESS:
+            return self._send_events(hook)
         with self.engine.connect() as conn:
             pending = conn.execute(sa.select(
                 sa.func.count(), sa.func.coalesce(sa.func.sum(CHANGES.c.rows_changed), 0),
@@ -374,35 +396,81 @@ class Webhooks:
         message_id = f"{webhook_id}_{last}"
         body = self._body(hook.dataset, first, last, changes, rows_changed, committed_at)
         status, error, duration_ms = self._post(hook, message_id, body)
-        now = _now()
-        if status is not None and 200 <= status < 300:
-            outcome, values = "delivered", {"delivered_seq": last, "delivered_at": now, "attempts": 0,
-                                            "next_attempt_at": None, "last_error": None}
-        elif status == 410:
-            error = f"the endpoint answered 410 Gone: the webhook is dead (lgsp webhooks retry {webhook_id})"
-            outcome, values = "gone", {"dead_at": now, "last_error": error}
-        else:
-            attempts = hook.attempts + 1
-            if attempts >= self.max_attempts:
-                error = f"{error}; dead after {attempts} failures in a row (lgsp webhooks retry {webhook_id})"
-                outcome, values = "dead", {"attempts": attempts, "dead_at": now, "last_error": error}
-            else:
-                outcome, values = "failed", {"attempts": attempts, "next_attempt_at": now + retry_delay(attempts),
-                                             "last_error": error}
-        with self.engine.begin() as conn:
-            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
-                         .values(claimed_until=None, last_status=status, **values))
-            conn.execute(tables.webhook_delivery.insert().values(
-                webhook_id=webhook_id, message_id=message_id, first_change=first, last_change=last,
-                attempted_at=now, outcome=outcome, status=status, error=error, duration_ms=duration_ms))
-        if outcome == "delivered":
-            log.info("webhook %s: %s changes %d-%d delivered to %s (%d ms)", webhook_id, hook.dataset, first, last,
-                     shown, duration_ms)
-        else:
-            log.warning("webhook %s: %s changes %d-%d to %s: %s", webhook_id, hook.dataset, first, last, shown,
-                        error)
+        outcome, values, error = self._outcome(webhook_id, hook.attempts, status, error, last)
+        self._record(hook, message_id, first, last, status, error, duration_ms, outcome, values)
         return Delivery(webhook_id, hook.agency_id, hook.dataset, shown, outcome, first, last, status, error,
                         duration_ms, values.get("next_attempt_at"))
+
+    def _outcome(self, webhook_id: str, failures: int, status: int | None, error: str | None,
+                 last: int) -> tuple[str, dict[str, Any], str | None]:
+        """What an answer makes of a webhook that had failed `failures` times in a row: (outcome, its row's new
+        values, the error as recorded)."""
+        now = _now()
+        if status is not None and 200 <= status < 300:
+            return "delivered", {"delivered_seq": last, "delivered_at": now, "attempts": 0, "next_attempt_at": None,
+                                 "last_error": None}, None
+        if status == 410:
+            error = f"the endpoint answered 410 Gone: the webhook is dead (lgsp webhooks retry {webhook_id})"
+            return "gone", {"dead_at": now, "last_error": error}, error
+        attempts = failures + 1
+        if attempts >= self.max_attempts:
+            error = f"{error}; dead after {attempts} failures in a row (lgsp webhooks retry {webhook_id})"
+            return "dead", {"attempts": attempts, "dead_at": now, "last_error": error}, error
+        return "failed", {"attempts": attempts, "next_attempt_at": now + retry_delay(attempts), "last_error": error}, \
+            error
+
+    def _record(self, hook: Any, message_id: str, first: int, last: int, status: int | None, error: str | None,
+                duration_ms: int, outcome: str, values: dict[str, Any], release: bool = True) -> None:
+        """The attempt and what it made of the webhook, in one transaction; the claim released (or, with more to
+        send in this turn, renewed)."""
+        claim = None if release else _now() + timedelta(seconds=LEASE_S)
+        with self.engine.begin() as conn:
+            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == hook.webhook_id)
+                         .values(claimed_until=claim, last_status=status, **values))
+            conn.execute(tables.webhook_delivery.insert().values(
+                webhook_id=hook.webhook_id, message_id=message_id, first_change=first, last_change=last,
+                attempted_at=_now(), outcome=outcome, status=status, error=error, duration_ms=duration_ms))
+        told = hook.dataset if hook.events != agency_events.ACCESS else f"{hook.agency_id}'s access events"
+        if outcome == "delivered":
+            log.info("webhook %s: %s %d-%d delivered to %s (%d ms)", hook.webhook_id, told, first, last,
+                     shown_url(hook.url), duration_ms)
+        else:
+            log.warning("webhook %s: %s %d-%d to %s: %s", hook.webhook_id, told, first, last, shown_url(hook.url),
+                        error)
+
+    def _send_events(self, hook: Any) -> Delivery | None:
+        """An access webhook's turn: the agency's events since the last acknowledged, one message each, in order,
+        until one fails (at most `EVENTS_PER_TURN`; the rest at the next dispatch)."""
+        with self.engine.connect() as conn:
+            disabled = conn.execute(sa.select(tables.agency.c.disabled_at)
+                                    .where(tables.agency.c.agency_id == hook.agency_id)).scalar()
+        pending = agency_events.after(self.engine, hook.agency_id, hook.delivered_seq, EVENTS_PER_TURN,
+                                      self.public_url)
+        if not pending:
+            self._release(hook.webhook_id)
+            return None
+        first, shown = pending[0]["data"]["event"], shown_url(hook.url)
+        if disabled is not None:
+            reason = (f"paused: agency '{hook.agency_id}' is disabled; nothing sent "
+                      f"(lgsp webhooks remove {hook.webhook_id})")
+            self._release(hook.webhook_id, last_error=reason)
+            return Delivery(hook.webhook_id, hook.agency_id, hook.dataset, shown, "paused", first,
+                            pending[-1]["data"]["event"], error=reason)
+        took, failures = 0, hook.attempts
+        for n, event in enumerate(pending):
+            seq = event["data"]["event"]
+            message_id = f"{hook.webhook_id}_e{seq}"
+            body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+            status, error, duration_ms = self._post(hook, message_id, body)
+            took += duration_ms
+            outcome, values, error = self._outcome(hook.webhook_id, failures, status, error, seq)
+            more = outcome == "delivered" and n + 1 < len(pending)
+            self._record(hook, message_id, seq, seq, status, error, duration_ms, outcome, values, release=not more)
+            if not more:
+                return Delivery(hook.webhook_id, hook.agency_id, hook.dataset, shown, outcome, first, seq, status,
+                                error, took, values.get("next_attempt_at"))
+            failures = 0
+        return None  # not reached: the last event ends the loop
 
     def _body(self, dataset: str, first: int, last: int, changes: int, rows_changed: int,
               committed_at: datetime | None) -> bytes:
@@ -426,7 +494,9 @@ class Webhooks:
         with self.engine.connect() as conn:
             hook = self._live(conn, webhook_id)
         message_id = f"{webhook_id}_ping_{secrets.token_hex(4)}"
-        body = self._event(PING, {"webhook": webhook_id, "dataset": hook.dataset, "feed": self._feed(hook.dataset)})
+        body = self._event(PING, {"webhook": webhook_id, "events": hook.events, "dataset": hook.dataset,
+                                  "feed": f"{self.public_url}/api/v1/events" if hook.events == agency_events.ACCESS
+                                  else self._feed(hook.dataset)})
         status, error, duration_ms = self._post(hook, message_id, body)
         outcome = "delivered" if error is None else "failed"
         with self.engine.begin() as conn:
@@ -529,7 +599,8 @@ def from_environment(catalog: Catalog | None = None) -> Webhooks:
 
 
 def scheduled_dispatch() -> dict[str, Any]:
-    """The `lgsp_notify` DAG's task: one dispatch; a summary by outcome, and the deliveries.
+    """The `lgsp_notify` DAG's task: the grants ending soon told of (`gateway.events.note_ending_grants`), then
+    one dispatch; a summary by outcome, the deliveries, and the grants told of as ending.
 
     A warehouse with no webhook needs nothing, not even the gateway's key: the DAG runs every 5
     minutes on installations that do not serve the gateway. It creates no table (DDL on the
@@ -541,18 +612,22 @@ def scheduled_dispatch() -> dict[str, Any]:
 
     summary: dict[str, Any] = {o: 0 for o in ("delivered", "failed", "dead", "gone", "paused")}
     engine = _write_engine(load_settings().database_url)
+    ending: list[dict[str, Any]] = []
     try:
+        if sa.inspect(engine).has_table(tables.agency_event.name):  # grants ending soon: their agencies' events
+            ending = agency_events.note_ending_grants(engine)
         if not sa.inspect(engine).has_table(tables.webhook.name):
-            return {**summary, "deliveries": []}
+            return {**summary, "deliveries": [], "grants_ending": ending}
         with engine.connect() as conn:
             live = conn.execute(sa.select(sa.func.count()).select_from(tables.webhook)
                                 .where(tables.webhook.c.removed_at.is_(None))).scalar()
         if not live:
-            return {**summary, "deliveries": []}
+            return {**summary, "deliveries": [], "grants_ending": ending}
         settings = load_gateway_settings()  # signing needs the key: a clear error if it is missing
         done = Webhooks(engine, load_catalog(), settings.pseudonym_key, settings.public_url).dispatch()
     finally:
         engine.dispose()
     summary.update({o: sum(d.outcome == o for d in done) for o in summary})
     summary["deliveries"] = [{**d.as_dict(), "next_attempt_at": str(d.next_attempt_at or "")} for d in done]
+    summary["grants_ending"] = ending
     return summary

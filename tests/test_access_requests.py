@@ -291,6 +291,11 @@ def test_two_deciders_at_once_one_decision_wins_and_the_grant_matches_it(env: En
     status = env.call("GET", f"/api/v1/access-requests/{request_id}").json()["status"]
     granted = env.scalar("SELECT count(*) FROM gateway_grant WHERE agency_id = 'so_y_te'")
     assert (status, int(granted)) == (("approved", 1) if winners == ["approver"] else ("denied", 0))
+    told = env.scalar("SELECT count(*) FROM gateway_agency_event WHERE type = 'access_request.decided' "
+                      f"AND data LIKE '%{request_id}%'")
+    assert int(told) == 1, "the agency is told of the decision that won, and of no other"
+    assert f'"status":"{status}"' in env.scalar("SELECT data FROM gateway_agency_event WHERE data LIKE "
+                                                f"'%{request_id}%'")
 
 
 def test_requests_filed_at_the_same_moment_leave_one_pending(env: Env) -> None:

@@ -553,6 +553,7 @@ def test_an_agency_registers_its_own_webhook_only_at_a_host_the_province_allows(
 
 
 def test_a_webhook_table_from_before_agencies_registered_their_own_gains_created_by(database_url: str) -> None:
+    """... and `events`: its webhooks tell of their dataset's changes, as they did."""
     engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         tables.create_gateway_tables(engine)
@@ -560,11 +561,13 @@ def test_a_webhook_table_from_before_agencies_registered_their_own_gains_created
         with engine.begin() as conn:
             conn.execute(tables.agency.insert().values(agency_id="so_y_te", name="x", created_at=now))
             conn.exec_driver_sql("ALTER TABLE gateway_webhook DROP COLUMN created_by")
+            conn.exec_driver_sql("ALTER TABLE gateway_webhook DROP COLUMN events")
             conn.exec_driver_sql("INSERT INTO gateway_webhook (webhook_id, agency_id, dataset, url, nonce, created_at, "
                                  "delivered_seq, attempts) VALUES ('wh_old', 'so_y_te', 'firm', 'https://a.example/', "
                                  "'n', CURRENT_TIMESTAMP, 0, 0)")
         tables.create_gateway_tables(engine)
         with engine.connect() as conn:
-            assert conn.execute(sa.select(tables.webhook.c.created_by)).scalar_one() == "province"
+            assert conn.execute(sa.select(tables.webhook.c.created_by, tables.webhook.c.events)).one() == \
+                ("province", "dataset.changed")
     finally:
         engine.dispose()

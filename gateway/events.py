@@ -1,0 +1,124 @@
+"""What an agency is told of its own access: a request decided, a grant made, changed, revoked or ending.
+
+An agency that asked for a dataset (gateway.access_requests) used to learn the decision by asking
+again and again; a mirror learnt that its grant was gone from a 403. Each of these is now an event of
+the agency, written in the transaction that makes it (so none is lost, and none is told of what did
+not happen) and kept in `gateway_agency_event`:
+
+- `access_request.decided`: the province approved or denied one of the agency's requests (the grant as
+  approved: personal columns in clear, rows, until when; or the note saying why not);
+- `grant.changed`: a grant made (`change: granted`), changed (its columns, rows or end) or revoked;
+- `grant.ending`: a grant ends within 14 days (told once per end), so the agency can ask again in time.
+
+The agency reads them with its own credential, `GET /api/v1/events?after=N` (the number of the last
+event it has seen), or is told by an **access webhook** (`lgsp webhooks access AGENCY URL`, or
+`POST /api/v1/webhooks {"events": "access", ...}`): one signed message per event, in order, at least
+once (`webhook-id` `{webhook}_e{event}`, the same on a retry). An event names datasets, columns and
+request numbers, never a record.
+
+    {"type":"access_request.decided","timestamp":"2026-12-05T09:00:00+00:00","data":{"event":7,
+     "dataset":"citizen","request_id":"req_1a2b3c4d5e6f","status":"approved","personal":["personal_id"],
+     "scope":null,"until":"2027-03-31T17:00:00+00:00","note":null,
+     "request":"https://lgsp.example/api/v1/access-requests/req_1a2b3c4d5e6f"}}
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from gateway import tables
+from warehouse.store import utc
+
+DECIDED = "access_request.decided"
+GRANT_CHANGED = "grant.changed"
+GRANT_ENDING = "grant.ending"
+TYPES = (DECIDED, GRANT_CHANGED, GRANT_ENDING)
+ACCESS = "access"  # a webhook told of its agency's events (gateway.webhooks); the other kind: "dataset.changed"
+ENDING_NOTICE_S = 14 * 86400  # a grant ending within this is told of (and named by `lgsp status`)
+PAGE = 100  # events a read returns at most
+
+
+def _when(value: datetime | None) -> str | None:
+    stamp = utc(value)
+    return stamp.isoformat(timespec="seconds") if stamp else None
+
+
+def record(conn: sa.Connection, agency_id: str, dataset: str, kind: str, data: dict[str, Any],
+           once: str | None = None) -> bool:
+    """Add an event of `agency_id` in `conn`'s transaction; `once`: a key it is recorded under at most once
+    (False when it already was)."""
+    row = {"agency_id": agency_id, "dataset": dataset, "type": kind, "created_at": datetime.now(timezone.utc),
+           "data": json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str), "once": once}
+    if once is None:
+        conn.execute(tables.agency_event.insert().values(**row))
+        return True
+    e = tables.agency_event.c
+    if conn.execute(sa.select(e.event_seq).where(e.once == once)).first() is not None:
+        return False
+    try:
+        with conn.begin_nested():
+            conn.execute(tables.agency_event.insert().values(**row))
+    except sa.exc.IntegrityError:  # recorded at the same moment by another process
+        return False
+    return True
+
+
+def grant_data(dataset: str, personal: list[str], scope: dict[str, list[Any]] | None,
+               expires_at: datetime | None, request_id: str | None) -> dict[str, Any]:
+    """A grant as an event tells of it."""
+    return {"dataset": dataset, "personal": sorted(personal), "scope": scope, "expires_at": _when(expires_at),
+            "request_id": request_id}
+
+
+def newest(conn: sa.Connection, agency_id: str) -> int:
+    """The number of the agency's latest event (0: none yet)."""
+    e = tables.agency_event.c
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(e.event_seq), 0))
+                            .where(e.agency_id == agency_id)).scalar() or 0)
+
+
+def shown(row: Any, public_url: str = "") -> dict[str, Any]:
+    """An event as the API and a webhook show it: {type, timestamp, data} (Standard Webhooks' payload), its
+    number in `data.event`, links made absolute with the gateway's public address."""
+    data = json.loads(row.data)
+    for name in ("request", "grants", "ask"):
+        if isinstance(data.get(name), str) and data[name].startswith("/"):
+            data[name] = public_url.rstrip("/") + data[name]
+    return {"type": row.type, "timestamp": _when(row.created_at), "data": {"event": int(row.event_seq), **data}}
+
+
+def after(engine: sa.Engine, agency_id: str, seq: int = 0, limit: int = PAGE,
+          public_url: str = "") -> list[dict[str, Any]]:
+    """The agency's events numbered above `seq`, oldest first, at most `limit`."""
+    e = tables.agency_event.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(tables.agency_event).where(e.agency_id == agency_id, e.event_seq > seq)
+                            .order_by(e.event_seq).limit(limit)).all()
+    return [shown(row, public_url) for row in rows]
+
+
+def note_ending_grants(engine: sa.Engine, within_s: float = ENDING_NOTICE_S,
+                       now: datetime | None = None) -> list[dict[str, Any]]:
+    """Record a `grant.ending` event for each grant that ends within `within_s` and has not been told of
+    (once per grant and end: a grant extended and ending again is told again). The `lgsp_notify` DAG runs it
+    before each dispatch. Returns the grants told of now."""
+    now = now or datetime.now(timezone.utc)
+    g = tables.grant.c
+    told = []
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(tables.grant).where(
+            g.expires_at.isnot(None), g.expires_at > now, g.expires_at <= now + timedelta(seconds=within_s))
+            .order_by(g.expires_at)).mappings().all()
+        for row in rows:
+            ends = utc(row["expires_at"])
+            data = {**grant_data(row["dataset"], json.loads(row["personal_columns"]),
+                                 json.loads(row["row_scope"]) if row["row_scope"] else None, ends, row["request_id"]),
+                    "ends_in_days": round((ends - now).total_seconds() / 86400, 1),  # type: ignore[operator]
+                    "ask": "/api/v1/access-requests"}
+            once = f"{GRANT_ENDING}/{row['agency_id']}/{row['dataset']}/{_when(ends)}"
+            if record(conn, row["agency_id"], row["dataset"], GRANT_ENDING, data, once):
+                told.append({"agency_id": row["agency_id"], **data})
+    return told

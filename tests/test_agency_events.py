@@ -1,0 +1,320 @@
+"""An agency told of its own access (gateway.events), on SQLite and on a real PostgreSQL: its requests decided, its
+grants made, changed, revoked or ending, read from the real gateway (`GET /api/v1/events`) and sent to a real
+endpoint on loopback by an access webhook, signed as Standard Webhooks sign (verified with the spec's library),
+in order, again after a failure, never two for one decision.
+
+The province decides with the real CLI; the `lgsp_notify` DAG's task (`scheduled_dispatch`) tells of the
+grants ending soon and sends.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from standardwebhooks.webhooks import Webhook
+from typer.testing import CliRunner
+
+import pgserver
+from catalog import load_catalog
+from gateway import events, tables
+from gateway.agencies import AgencyRegistry
+from gateway.api import create_app
+from gateway.events import ACCESS
+from gateway.settings import load_gateway_settings
+from gateway.webhooks import Webhooks, scheduled_dispatch
+from lgsp.cli import app as lgsp_app
+from loopback import serving
+from test_gateway import KEY, gateway_env, loaded_registry, running
+from test_gateway_webhooks import Endpoint
+
+PURPOSE = "Đối chiếu thẻ bảo hiểm y tế với dữ liệu dân cư của tỉnh (kế hoạch 12/KH-SYT)"
+PUBLIC = "https://lgsp.ninhbinh.example"
+
+
+@dataclasses.dataclass
+class Env:
+    base: str
+    url: str
+    keys: dict[str, str]
+    registry: AgencyRegistry
+    hooks: Webhooks
+
+    def call(self, method: str, path: str, agency: str | None = "so_y_te", **kwargs: Any) -> requests.Response:
+        headers = {"X-API-Key": self.keys[agency]} if agency else {}
+        return requests.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
+
+    def scalar(self, sql: str) -> Any:
+        with self.registry.engine.connect() as conn:
+            return conn.execute(sa.text(sql)).scalar()
+
+    def agency(self, agency_id: str) -> None:
+        """A new agency of one test (the module's database is shared), with a key."""
+        self.registry.add_agency(agency_id, agency_id)
+        self.keys[agency_id] = self.registry.issue_api_key(agency_id)
+
+    def hook(self, webhook_id: str) -> Any:
+        with self.registry.engine.connect() as conn:
+            return conn.execute(sa.select(tables.webhook).where(tables.webhook.c.webhook_id == webhook_id)).one()
+
+    def due_now(self, webhook_id: str) -> None:
+        with self.registry.engine.begin() as conn:
+            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
+                         .values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(lgsp_app, list(args))
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Env]:
+    home = tmp_path_factory.mktemp(f"events-{request.param}")
+    admin = request.getfixturevalue("pg_admin_url") if request.param == "postgresql" else ""
+    url = pgserver.create_database(admin) if admin else f"sqlite:///{home / 'warehouse.db'}"
+    with gateway_env(sandbox_handle, home, url, LGSP_GATEWAY_PUBLIC_URL=PUBLIC):
+        catalog = load_catalog()
+        registry = loaded_registry(url, catalog, ["population_citizens"])
+        settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0,
+                                       webhook_hosts=("*.so-y-te.example",))
+        hooks = Webhooks(registry.engine, catalog, KEY.encode(), PUBLIC, max_attempts=3, timeout_s=(2.0, 2.0))
+        try:
+            with running(create_app(settings, catalog)) as base:
+                yield Env(base, url, {}, registry, hooks)
+        finally:
+            registry.engine.dispose()
+    if admin:
+        pgserver.drop_database(admin, url)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[tuple[Endpoint, str]]:
+    receiver = Endpoint()
+    with serving(receiver) as base:
+        yield receiver, base
+
+
+def _told(secret: str, receiver: Endpoint, since: int = 0) -> list[dict[str, Any]]:
+    """What the endpoint received from the `since`-th request on, each checked by Standard Webhooks' library."""
+    return [Webhook(secret).verify(r["body"], r["headers"]) for r in receiver.received[since:]]
+
+
+def test_an_agency_is_told_of_its_requests_decided_and_its_grants_made_changed_and_revoked(
+        env: Env, endpoint: tuple[Endpoint, str]) -> None:
+    receiver, base = endpoint
+    env.agency("so_y_te")
+    env.agency("so_tai_chinh")
+    webhook_id, secret = env.hooks.add("so_y_te", "*", f"{base}/access", events=ACCESS)
+    commune = env.scalar("SELECT commune_code FROM core_citizen ORDER BY personal_id LIMIT 1")
+    until = (date.today() + timedelta(days=90)).isoformat()
+    asked = env.call("POST", "/api/v1/access-requests", json={
+        "dataset": "citizen", "purpose": PURPOSE, "personal": ["personal_id", "address"], "until": until,
+        "scope": {"commune_code": [commune]}})
+    assert asked.status_code == 201, asked.text
+    request_id = asked.json()["request_id"]
+    assert env.hooks.dispatch() == [] and receiver.received == [], "filing tells the agency nothing: it knows"
+    wider, said = _cli("agencies", "approve", request_id, "--personal", "full_name")
+    assert wider == 1 and "were not asked for" in said
+    assert env.hooks.dispatch() == [], "a refused approval decided nothing, and tells of nothing"
+
+    code, said = _cli("agencies", "approve", request_id, "--personal", "personal_id", "--note", "chỉ cột CCCD")
+    assert code == 0, said
+    done = env.hooks.dispatch()
+    assert [(d.webhook_id, d.outcome, d.status) for d in done] == [(webhook_id, "delivered", 204)]
+    told = _told(secret, receiver)
+    assert [e["type"] for e in told] == ["access_request.decided", "grant.changed"]
+    decided, granted = (e["data"] for e in told)
+    assert granted["event"] == decided["event"] + 1
+    assert [r["headers"]["webhook-id"] for r in receiver.received] == \
+        [f"{webhook_id}_e{decided['event']}", f"{webhook_id}_e{granted['event']}"]
+    assert {k: v for k, v in decided.items() if k not in ("event", "until")} == {
+        "dataset": "citizen", "request_id": request_id, "status": "approved", "note": "chỉ cột CCCD",
+        "personal": ["personal_id"], "scope": {"commune_code": [commune]},
+        "request": f"{PUBLIC}/api/v1/access-requests/{request_id}"}
+    assert decided["until"].startswith((date.today() + timedelta(days=90)).isoformat())  # 00:00 +07 the day after
+    assert {k: v for k, v in granted.items() if k != "event"} == {
+        "dataset": "citizen", "change": "granted", "personal": ["personal_id"], "scope": {"commune_code": [commune]},
+        "expires_at": decided["until"], "request_id": request_id, "grants": f"{PUBLIC}/api/v1/grants"}
+    assert env.call("GET", "/api/v1/grants").json()["grants"][0]["scope"] == {"commune_code": [commune]}
+
+    listed = env.call("GET", "/api/v1/events").json()  # the same, asked for
+    assert [e["data"] for e in listed["events"]] == [decided, granted]
+    assert (listed["next_after"], listed["more"]) == (granted["event"], False)
+    assert [e["type"] for e in listed["events"]] == ["access_request.decided", "grant.changed"]
+    first = env.call("GET", "/api/v1/events", params={"limit": 1}).json()
+    assert [e["data"] for e in first["events"]] == [decided] and first["more"] is True
+    rest = env.call("GET", "/api/v1/events", params={"after": first["next_after"]}).json()
+    assert [e["data"] for e in rest["events"]] == [granted]
+    nothing = env.call("GET", "/api/v1/events", params={"after": granted["event"]}).json()
+    assert nothing == {"events": [], "next_after": granted["event"], "more": False}
+    assert env.call("GET", "/api/v1/events", agency="so_tai_chinh").json()["events"] == [], "its own events only"
+    assert env.call("GET", "/api/v1/events", agency=None).status_code == 401
+    assert env.call("GET", "/api/v1/events", params={"after": -1}).status_code == 400
+
+    other = env.call("POST", "/api/v1/access-requests", json={"dataset": "land_parcel", "purpose": PURPOSE,
+                                                               "personal": ["holder_name"]}).json()["request_id"]
+    assert _cli("agencies", "deny", other, "--note", "Không đủ căn cứ pháp lý")[0] == 0
+    code, said = _cli("agencies", "grant", "so_y_te", "citizen", "--personal", "personal_id")  # all rows now
+    assert code == 0, said
+    assert _cli("agencies", "grant", "so_y_te", "citizen", "--personal", "personal_id")[0] == 0  # the same again
+    assert _cli("agencies", "revoke", "so_y_te", "citizen")[0] == 0
+    done = env.hooks.dispatch()
+    assert [(d.outcome, d.first_change, d.last_change) for d in done] == \
+        [("delivered", granted["event"] + 1, granted["event"] + 3)], "three events: the same grant again is none"
+    denied, widened, revoked = (e["data"] for e in _told(secret, receiver, 2))
+    assert (denied["status"], denied["dataset"], denied["note"], denied["personal"]) == \
+        ("denied", "land_parcel", "Không đủ căn cứ pháp lý", None)
+    assert (widened["change"], widened["scope"], widened["expires_at"], widened["request_id"]) == \
+        ("changed", None, None, None)
+    assert revoked == {"event": granted["event"] + 3, "dataset": "citizen", "change": "revoked",
+                       "grants": f"{PUBLIC}/api/v1/grants"}
+    assert not any(re.search(rb"\d{12}", r["body"]) for r in receiver.received), "no personal ID in an event"
+    assert env.hooks.dispatch() == [] and len(receiver.received) == 5
+    listed = {h["webhook_id"]: h for h in env.hooks.listing("so_y_te")}[webhook_id]
+    assert (listed["events"], listed["dataset"], listed["pending_changes"], listed["delivered_change"]) == \
+        ("access", "*", 0, revoked["event"])
+    env.hooks.remove(webhook_id)
+
+
+def test_an_endpoint_that_fails_is_sent_the_same_event_again_and_none_is_skipped(
+        env: Env, endpoint: tuple[Endpoint, str]) -> None:
+    receiver, base = endpoint
+    env.agency("so_tu_phap")
+    webhook_id, secret = env.hooks.add("so_tu_phap", "*", f"{base}/tp", events=ACCESS)
+    env.registry.grant("so_tu_phap", "citizen")
+    env.registry.grant("so_tu_phap", "citizen", ["personal_id"])
+    env.registry.revoke("so_tu_phap", "citizen")
+    receiver.answer(204, 500, path="/tp")
+    [failed] = env.hooks.dispatch()
+    assert failed.outcome == "failed" and failed.status == 500 and failed.next_attempt_at is not None
+    assert len(receiver.received) == 2, "the events after the failed one wait: sent in order"
+    first = _told(secret, receiver)[0]["data"]["event"]
+    hook = env.hook(webhook_id)
+    assert (hook.delivered_seq, hook.attempts, hook.claimed_until) == (first, 1, None)
+    assert env.hooks.dispatch() == [], "not due before its retry delay"
+    env.due_now(webhook_id)
+    [done] = env.hooks.dispatch()
+    assert (done.outcome, done.first_change, done.last_change) == ("delivered", first + 1, first + 2)
+    ids = [r["headers"]["webhook-id"] for r in receiver.received]
+    assert ids == [f"{webhook_id}_e{n}" for n in (first, first + 1, first + 1, first + 2)]
+    assert receiver.received[1]["body"] == receiver.received[2]["body"], "a retry sends the same event"
+    assert [e["data"]["change"] for e in _told(secret, receiver)] == ["granted", "changed", "changed", "revoked"]
+    assert [d["outcome"] for d in env.hooks.deliveries(webhook_id)] == ["delivered", "delivered", "failed",
+                                                                        "delivered"]
+
+    with env.registry.engine.begin() as conn:  # a disabled agency is told nothing while it is
+        conn.execute(tables.agency.update().where(tables.agency.c.agency_id == "so_tu_phap")
+                     .values(disabled_at=datetime.now(timezone.utc)))
+    env.registry.grant("so_tu_phap", "citizen")
+    [paused] = env.hooks.dispatch()
+    assert paused.outcome == "paused" and "disabled" in (paused.error or "") and len(receiver.received) == 4
+    with env.registry.engine.begin() as conn:
+        conn.execute(tables.agency.update().where(tables.agency.c.agency_id == "so_tu_phap").values(disabled_at=None))
+    receiver.answer(410, path="/tp")
+    [gone] = env.hooks.dispatch()
+    assert gone.outcome == "gone" and env.hook(webhook_id).dead_at is not None
+    assert env.hooks.retry(webhook_id) == [webhook_id]
+    assert [d.outcome for d in env.hooks.dispatch()] == ["delivered"]
+    assert _told(secret, receiver)[-1]["data"]["change"] == "granted" and len(receiver.received) == 6
+    env.hooks.remove(webhook_id)
+
+
+def test_a_grant_ending_soon_is_told_once_and_again_when_it_is_extended(
+        env: Env, endpoint: tuple[Endpoint, str]) -> None:
+    receiver, base = endpoint
+    env.agency("so_noi_vu")
+    webhook_id, secret = env.hooks.add("so_noi_vu", "*", f"{base}/nv", events=ACCESS)
+    now = datetime.now(timezone.utc)
+    env.registry.grant("so_noi_vu", "citizen", expires_at=now + timedelta(days=3))
+    env.registry.grant("so_noi_vu", "land_parcel", expires_at=now + timedelta(days=60))
+
+    summary = scheduled_dispatch()  # the lgsp_notify DAG's task, as Airflow runs it
+    mine = [g for g in summary["grants_ending"] if g["agency_id"] == "so_noi_vu"]
+    assert [(g["dataset"], g["ends_in_days"]) for g in mine] == [("citizen", 3.0)], "land_parcel ends in 60 days"
+    assert [(d["webhook_id"], d["outcome"]) for d in summary["deliveries"] if d["agency_id"] == "so_noi_vu"] == \
+        [(webhook_id, "delivered")]
+    told = _told(secret, receiver)
+    assert [(e["type"], e["data"]["dataset"]) for e in told] == \
+        [("grant.changed", "citizen"), ("grant.changed", "land_parcel"), ("grant.ending", "citizen")]
+    ending = told[-1]["data"]
+    assert ending["expires_at"] == told[0]["data"]["expires_at"] and ending["ask"] == f"{PUBLIC}/api/v1/access-requests"
+
+    again = scheduled_dispatch()
+    assert not [g for g in again["grants_ending"] if g["agency_id"] == "so_noi_vu"] and len(receiver.received) == 3
+
+    env.registry.grant("so_noi_vu", "citizen", expires_at=now + timedelta(days=10))  # extended, still ending soon
+    later = scheduled_dispatch()
+    assert [g["dataset"] for g in later["grants_ending"] if g["agency_id"] == "so_noi_vu"] == ["citizen"]
+    assert [(e["type"], e["data"].get("change")) for e in _told(secret, receiver, 3)] == \
+        [("grant.changed", "changed"), ("grant.ending", None)]
+    with env.registry.engine.connect() as conn:
+        assert events.newest(conn, "so_noi_vu") == _told(secret, receiver)[-1]["data"]["event"]
+    env.hooks.remove(webhook_id)
+
+
+def test_an_agency_registers_its_own_access_webhook_and_the_cli_prints_the_secret_once(
+        env: Env, endpoint: tuple[Endpoint, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import console
+
+    receiver, base = endpoint
+    monkeypatch.setattr(console, "_width", 400)  # the listing's table unwrapped, as on a wide terminal
+    env.agency("so_ke_hoach")  # no grant at all: it may still be told of its requests
+    hook = {"url": "https://hooks.so-y-te.example/lgsp", "events": "access"}
+    made = env.call("POST", "/api/v1/webhooks", "so_ke_hoach", json=hook)
+    assert made.status_code == 201, made.text
+    assert made.json()["dataset"] == "*" and made.json()["secret"].startswith("whsec_")
+    [listed] = env.call("GET", "/api/v1/webhooks", "so_ke_hoach").json()["webhooks"]
+    assert (listed["events"], listed["dataset"], listed["state"]) == ("access", "*", "ok")
+    twice = env.call("POST", "/api/v1/webhooks", "so_ke_hoach", json=hook)
+    assert twice.status_code == 400 and "already has webhook" in twice.text and "access events" in twice.text
+    named = env.call("POST", "/api/v1/webhooks", "so_ke_hoach", json={**hook, "dataset": "citizen"})
+    assert named.status_code == 400 and "send no dataset" in named.text
+    bare = env.call("POST", "/api/v1/webhooks", "so_ke_hoach", json={"url": hook["url"]})
+    assert bare.status_code == 400 and "name the dataset" in bare.text
+    odd = env.call("POST", "/api/v1/webhooks", "so_ke_hoach", json={**hook, "events": "everything"})
+    assert odd.status_code == 400 and "events" in odd.text
+    assert env.call("DELETE", f"/api/v1/webhooks/{listed['webhook_id']}", "so_ke_hoach").status_code == 200
+    spec = env.call("GET", "/openapi.json", None).json()
+    assert "/api/v1/events" in spec["paths"]
+    assert spec["components"]["schemas"]["WebhookRequest"]["properties"]["events"]["enum"] == \
+        ["dataset.changed", "access"]
+
+    result = CliRunner().invoke(lgsp_app, ["webhooks", "access", "so_ke_hoach", f"{base}/kh"])
+    assert result.exit_code == 0, result.output
+    secret = result.stdout.strip().splitlines()[-1]
+    assert secret.startswith("whsec_") and result.stdout.strip() == secret, "the secret alone on stdout"
+    webhook_id = re.search(r"webhook (wh_[0-9a-f]+)", result.stderr).group(1)  # type: ignore[union-attr]
+    code, said = _cli("webhooks", "list")
+    assert code == 0 and webhook_id in said and "its access events" in said and secret not in said
+    code, said = _cli("webhooks", "ping", webhook_id)
+    assert code == 0 and "answered 204" in said, said
+    ping = _told(secret, receiver)[-1]
+    assert ping["type"] == "webhook.ping" and ping["data"]["events"] == "access"
+    assert ping["data"]["feed"] == f"{PUBLIC}/api/v1/events"
+    bad = CliRunner().invoke(lgsp_app, ["webhooks", "access", "nobody", f"{base}/kh"])
+    assert bad.exit_code == 1 and "no agency 'nobody'" in " ".join(bad.output.split())
+    env.hooks.remove(webhook_id)
+
+
+def test_an_event_table_is_made_for_an_old_gateway_and_a_bad_kind_is_refused(env: Env, tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        tables.create_gateway_tables(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE gateway_agency_event")
+        tables.create_gateway_tables(engine)
+        assert sa.inspect(engine).has_table("gateway_agency_event")
+    finally:
+        engine.dispose()
+    from gateway.webhooks import WebhookError
+
+    with pytest.raises(WebhookError, match="not 'everything'"):
+        env.hooks.add("so_y_te", "*", "https://hooks.so-y-te.example/x", events="everything")
