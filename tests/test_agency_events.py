@@ -201,13 +201,19 @@ def test_an_endpoint_that_fails_is_sent_the_same_event_again_and_none_is_skipped
     assert (hook.delivered_seq, hook.attempts, hook.claimed_until) == (first, 1, None)
     assert env.hooks.dispatch() == [], "not due before its retry delay"
     env.due_now(webhook_id)
+    receiver.answer(204, 503, path="/tp")  # the retried event taken, the next one refused
+    [again] = env.hooks.dispatch()
+    assert (again.outcome, again.first_change, again.last_change) == ("failed", first + 1, first + 2)
+    assert env.hook(webhook_id).attempts == 1, "one failure since the last success, not two in a row"
+    env.due_now(webhook_id)
     [done] = env.hooks.dispatch()
-    assert (done.outcome, done.first_change, done.last_change) == ("delivered", first + 1, first + 2)
+    assert (done.outcome, done.first_change, done.last_change) == ("delivered", first + 2, first + 2)
     ids = [r["headers"]["webhook-id"] for r in receiver.received]
-    assert ids == [f"{webhook_id}_e{n}" for n in (first, first + 1, first + 1, first + 2)]
+    assert ids == [f"{webhook_id}_e{n}" for n in (first, first + 1, first + 1, first + 2, first + 2)]
     assert receiver.received[1]["body"] == receiver.received[2]["body"], "a retry sends the same event"
-    assert [e["data"]["change"] for e in _told(secret, receiver)] == ["granted", "changed", "changed", "revoked"]
-    assert [d["outcome"] for d in env.hooks.deliveries(webhook_id)] == ["delivered", "delivered", "failed",
+    assert [e["data"]["change"] for e in _told(secret, receiver)] == \
+        ["granted", "changed", "changed", "revoked", "revoked"]
+    assert [d["outcome"] for d in env.hooks.deliveries(webhook_id)] == ["delivered", "failed", "delivered", "failed",
                                                                         "delivered"]
 
     with env.registry.engine.begin() as conn:  # a disabled agency is told nothing while it is
@@ -215,7 +221,7 @@ def test_an_endpoint_that_fails_is_sent_the_same_event_again_and_none_is_skipped
                      .values(disabled_at=datetime.now(timezone.utc)))
     env.registry.grant("so_tu_phap", "citizen")
     [paused] = env.hooks.dispatch()
-    assert paused.outcome == "paused" and "disabled" in (paused.error or "") and len(receiver.received) == 4
+    assert paused.outcome == "paused" and "disabled" in (paused.error or "") and len(receiver.received) == 5
     with env.registry.engine.begin() as conn:
         conn.execute(tables.agency.update().where(tables.agency.c.agency_id == "so_tu_phap").values(disabled_at=None))
     receiver.answer(410, path="/tp")
@@ -223,7 +229,7 @@ def test_an_endpoint_that_fails_is_sent_the_same_event_again_and_none_is_skipped
     assert gone.outcome == "gone" and env.hook(webhook_id).dead_at is not None
     assert env.hooks.retry(webhook_id) == [webhook_id]
     assert [d.outcome for d in env.hooks.dispatch()] == ["delivered"]
-    assert _told(secret, receiver)[-1]["data"]["change"] == "granted" and len(receiver.received) == 6
+    assert _told(secret, receiver)[-1]["data"]["change"] == "granted" and len(receiver.received) == 7
     env.hooks.remove(webhook_id)
 
 
