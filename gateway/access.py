@@ -2,7 +2,7 @@
 
 Credentials: `X-API-Key: <key>`, `Authorization: Bearer <key or OAuth2 token>`, or
 CKAN's bare `Authorization: <key>`. No credential = anonymous, which may read open
-datasets only. A credential that is unknown, revoked or expired is refused (401),
+datasets only. A credential that is unknown, revoked or expired (or whose agency is disabled) is refused (401),
 never downgraded to anonymous. A restricted dataset needs a grant (403 otherwise).
 
 Principals are cached for `principal_cache_s` (5 s), so a revoked key or grant stops
@@ -49,6 +49,9 @@ def presented_secret(api_key: str | None, authorization: str | None) -> str | No
     return None
 
 
+INVALID = "the API key or token is not valid (unknown, revoked or expired, or its agency disabled)"
+
+
 class Authenticator:
     """Resolves credentials to principals, with a short cache."""
 
@@ -76,7 +79,7 @@ class Authenticator:
                     self._cache.clear()
                 self._cache[hashed] = cached = (now + self.settings.principal_cache_s, found)
         if cached[1] is None:
-            raise AccessDenied(401, "the API key or token is not valid (unknown, revoked or expired)")
+            raise AccessDenied(401, INVALID)
         return cached[1]
 
     def cached(self, secret: str | None) -> Principal | None:
@@ -91,7 +94,7 @@ class Authenticator:
         if cached is None or cached[0] < time.monotonic():
             return None
         if cached[1] is None:
-            raise AccessDenied(401, "the API key or token is not valid (unknown, revoked or expired)")
+            raise AccessDenied(401, INVALID)
         return cached[1]
 
 

@@ -12,7 +12,8 @@ fewer personal columns, fewer rows or a shorter time than asked, never more) and
 makes the grant in the same transaction as the decision (`gateway_grant.request_id` names it; it
 ends at `until`); every request and decision is in `gateway_audit` (action `access_request`,
 `access_approved`, `access_denied`, `access_withdrawn`). The lgsp_freshness DAG tells the province of
-each new request once (`notify_new`, the alert channels); `lgsp status` counts the pending ones.
+each new request once (`notify_new`, the alert channels); `lgsp status` counts the pending ones. The agency is told
+of the decision by an `access_request.decided` event, written in the decision's transaction (gateway.events).
 
 Example:
     >>> requests = AccessRequests(engine, catalog)                                  # doctest: +SKIP

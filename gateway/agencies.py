@@ -166,6 +166,34 @@ class AgencyRegistry:
             conn.execute(tables.agency.insert().values(agency_id=agency_id, name=name, rate_per_s=rate_per_s,
                                                        created_at=_now()))
 
+    def disable(self, agency_id: str, note: str) -> None:
+        """Stop honouring every credential of the agency (its OAuth2 tokens dropped; a running gateway within its
+        principal cache, 5 s by default) and pause its webhooks; its grants, keys and audit are kept, so
+        `enable` gives back exactly what it had. `note` says why (a district's office abolished in the 2025
+        reform, a leaked key being replaced)."""
+        note = " ".join(note.split())
+        if len(note) < 5:
+            raise RegistryError("say why the agency is disabled (--note): the next operator reads it")
+        a = tables.agency.c
+        with self.engine.begin() as conn:
+            self._require_agency(conn, agency_id)
+            since = conn.execute(sa.select(a.disabled_at).where(a.agency_id == agency_id)).scalar()
+            if since is not None:
+                raise RegistryError(f"agency '{agency_id}' is disabled already (since {utc(since):%Y-%m-%d %H:%M} "
+                                    "UTC)")
+            conn.execute(tables.agency.update().where(a.agency_id == agency_id)
+                         .values(disabled_at=_now(), disabled_note=note[:500]))
+            conn.execute(tables.token.delete().where(tables.token.c.agency_id == agency_id))
+
+    def enable(self, agency_id: str) -> None:
+        """Honour the agency's credentials again (those not revoked), with the grants it had."""
+        a = tables.agency.c
+        with self.engine.begin() as conn:
+            self._require_agency(conn, agency_id)
+            if not conn.execute(tables.agency.update().where(a.agency_id == agency_id, a.disabled_at.isnot(None))
+                                .values(disabled_at=None, disabled_note=None)).rowcount:
+                raise RegistryError(f"agency '{agency_id}' is not disabled")
+
     def _require_agency(self, conn: sa.Connection, agency_id: str) -> None:
         found = conn.execute(sa.select(tables.agency.c.agency_id).where(tables.agency.c.agency_id == agency_id))
         if found.first() is None:
@@ -201,12 +229,12 @@ class AgencyRegistry:
             raise RegistryError(f"no active credential '{credential_id}' (see lgsp agencies list)")
 
     def issue_token(self, client_id: str, client_secret: str, ttl_s: int) -> str | None:
-        """A bearer token for valid client credentials, or None."""
+        """A bearer token for valid client credentials of an agency not disabled, or None."""
         c = tables.credential.c
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(c.agency_id).where(
+            row = conn.execute(sa.select(c.agency_id).select_from(tables.credential.join(tables.agency)).where(
                 c.credential_id == client_id, c.kind == "oauth_client", c.revoked_at.is_(None),
-                c.secret_sha256 == digest(client_secret))).first()
+                c.secret_sha256 == digest(client_secret), tables.agency.c.disabled_at.is_(None))).first()
             if row is None:
                 return None
             token = secrets.token_urlsafe(32)
@@ -359,7 +387,8 @@ class AgencyRegistry:
                           {"dataset": dataset, "change": "revoked", "grants": "/api/v1/grants"})
 
     def principal(self, presented: str) -> Principal | None:
-        """The agency holding this API key or bearer token (None if unknown, revoked or expired)."""
+        """The agency holding this API key or bearer token (None if unknown, revoked or expired, or the agency is
+        disabled)."""
         hashed, c, t, a = digest(presented), tables.credential.c, tables.token.c, tables.agency.c
         with self.engine.connect() as conn:
             agency_id = conn.execute(sa.select(c.agency_id).where(

@@ -10,6 +10,7 @@
     lgsp agencies communes --dataset citizen --keys  every commune's People's Committee, granted its own rows
     lgsp agencies revoke so_y_te citizen             withdraw a grant
     lgsp agencies revoke-credential CREDENTIAL_ID    revoke a key or client
+    lgsp agencies disable AGENCY --note WHY          refuse all its credentials (grants kept); `enable` undoes it
     lgsp agencies list                               agencies, credentials (ids only), grants
     lgsp agencies requests [--status all]            access requests agencies filed (POST /api/v1/access-requests)
     lgsp agencies approve REQUEST [--until DATE]     approve one: its grant made at once (as asked, or narrower)
@@ -330,6 +331,41 @@ def agencies_revoke(agency_id: str, dataset: str) -> None:
     console.print(f"{agency_id} may no longer read {dataset}")
 
 
+def _audited(registry: object, agency_id: str, action: str, query: dict[str, object]) -> None:
+    """A province's decision on an agency as a row of the gateway's hash-chained audit (dataset "*")."""
+    from gateway.audit import AuditEntry, AuditLog
+
+    audit = AuditLog(registry.engine)  # type: ignore[attr-defined]
+    try:
+        audit.record(AuditEntry(agency_id=agency_id, dataset="*", action=action, query=query, rows_returned=None,
+                                status=200))
+    finally:
+        audit.close()
+
+
+@agencies_app.command("disable")
+def agencies_disable(agency_id: str = typer.Argument(..., help="e.g. ubnd_huyen_gia_vien"),
+                     note: str = typer.Option(..., help="why, e.g. 'district level abolished on 2025-07-01'"),
+                     by: str = typer.Option(None, help="who decides (default $LGSP_OPERATOR or $USER)")) -> None:
+    """Disable an agency: none of its keys, clients or tokens is honoured and its webhooks are paused; its grants
+    and keys are kept for `enable`."""
+    registry, _ = _registry()
+    _run(lambda: registry.disable(agency_id, note))  # type: ignore[attr-defined]
+    _audited(registry, agency_id, "agency_disabled", {"note": " ".join(note.split()), "by": _decider(by)})
+    console.print(f"agency {agency_id} disabled: its credentials are refused (a running gateway within its "
+                  "principal cache, 5 s); lgsp agencies enable gives back what it had")
+
+
+@agencies_app.command("enable")
+def agencies_enable(agency_id: str,
+                    by: str = typer.Option(None, help="who decides (default $LGSP_OPERATOR or $USER)")) -> None:
+    """Enable a disabled agency again: its credentials not revoked and its grants work again."""
+    registry, _ = _registry()
+    _run(lambda: registry.enable(agency_id))  # type: ignore[attr-defined]
+    _audited(registry, agency_id, "agency_enabled", {"by": _decider(by)})
+    console.print(f"agency {agency_id} enabled")
+
+
 @agencies_app.command("revoke-credential")
 def agencies_revoke_credential(credential_id: str) -> None:
     """Revoke an API key or OAuth2 client (and its tokens)."""
@@ -351,7 +387,9 @@ def agencies_list() -> None:
                            for d, p in agency["grants"].items())
         if agency["expired_grants"]:
             grants += "\nexpired: " + ", ".join(agency["expired_grants"])
-        table.add_row(agency["agency_id"], agency["name"], str(agency["rate_per_s"] or "default"),
+        name = agency["name"] + (f"\nDISABLED since {_when(agency['disabled_at'])} UTC: {agency['disabled_note']}"
+                                 if agency["disabled_at"] else "")
+        table.add_row(agency["agency_id"], name, str(agency["rate_per_s"] or "default"),
                       "\n".join(agency["credentials"]), grants)
     console.print(table)
 
@@ -439,9 +477,10 @@ def webhooks_dispatch(on_airflow: bool = typer.Option(False, help="run the DAG l
             _fail(f"{type(exc).__name__}: {exc}")
     hooks = _webhooks()
     done = hooks.dispatch()  # type: ignore[attr-defined]
-    table = Table("webhook", "agency", "dataset", "changes", "outcome", "status", "ms", "error / next attempt")
+    table = Table("webhook", "agency", "dataset", "changes / events", "outcome", "status", "ms", "error / next attempt")
     for d in done:
-        table.add_row(d.webhook_id, d.agency_id, d.dataset, f"{d.first_change}-{d.last_change}", d.outcome,
+        table.add_row(d.webhook_id, d.agency_id, "its access events" if d.dataset == "*" else d.dataset,
+                      f"{d.first_change}-{d.last_change}", d.outcome,
                       str(d.status or ""), str(d.duration_ms),
                       f"{d.error}; next at {_when(d.next_attempt_at)} UTC" if d.next_attempt_at else d.error or "")
     console.print(table if done else "nothing to send: every endpoint has been told of every change")

@@ -20,7 +20,8 @@ agency = sa.Table(
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("rate_per_s", sa.Float),
     sa.Column("created_at", TZ, nullable=False),
-    sa.Column("disabled_at", TZ),
+    sa.Column("disabled_at", TZ),  # `lgsp agencies disable`: no credential of it is honoured, its webhooks paused
+    sa.Column("disabled_note", sa.Text),  # why (the province's words)
 )
 credential = sa.Table(
     "gateway_credential", metadata,
@@ -198,9 +199,10 @@ def _add_webhook_columns(engine: sa.Engine) -> None:
 def _add_grant_expiry(engine: sa.Engine) -> None:
     """Grant and request tables from before grants could expire, answer a request or cover some rows: add
     `expires_at`, `request_id`, `row_scope` (and the requests' `row_scope`, `granted_scope`); the old grants
-    last until revoked, were made by hand and cover every row."""
+    last until revoked, were made by hand and cover every row. An agency table from before agencies could be
+    disabled by command: add `disabled_note`."""
     added = {"gateway_grant": ("expires_at", "request_id", "row_scope"),
-             "gateway_access_request": ("row_scope", "granted_scope")}
+             "gateway_access_request": ("row_scope", "granted_scope"), "gateway_agency": ("disabled_note",)}
     inspector = sa.inspect(engine)
     with engine.begin() as conn:
         for table, columns in added.items():

@@ -432,7 +432,9 @@ def notify_dag(catalog: Catalog) -> Any:
          start_date=START_DATE, catchup=False, max_active_runs=1, tags=["lgsp", "gateway", "webhooks"],
          default_args=_default_args(2),
          doc_md="One dispatch of `gateway.webhooks`: each agency webhook whose dataset changed since its endpoint "
-                "last acknowledged gets one signed notification (Standard Webhooks). Failed deliveries are tried "
+                "last acknowledged gets one signed notification (Standard Webhooks); before it, grants ending within "
+                "14 days become their agencies' `grant.ending` events, and each access webhook gets its agency's "
+                "events (requests decided, grants changed or ending: `gateway.events`). Failed deliveries are tried "
                 "again by later runs (30 s doubling to 1 h); the task fails when a webhook dies (10 failures in a "
                 "row, or 410 Gone): `lgsp webhooks retry`.")
     def _notify() -> None:

@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import requests
 import sqlalchemy as sa
@@ -316,3 +317,49 @@ def test_requests_filed_at_the_same_moment_leave_one_pending(env: Env) -> None:
     assert sorted(a.status_code for a in answers) == [201, 400, 400, 400], [a.text for a in answers]
     assert all("pending" in a.json()["error"]["message"] for a in answers if a.status_code == 400)
     assert env.scalar("SELECT count(*) FROM gateway_access_request WHERE status = 'pending'") == 1
+
+
+def test_a_disabled_agency_is_refused_everywhere_and_enabled_it_has_what_it_had(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import console
+
+    monkeypatch.setattr(console, "_width", 400)  # `agencies list`'s table unwrapped, as on a wide terminal
+    env.registry.grant("so_tai_chinh", "citizen", ["personal_id"])
+    client_id, client_secret = env.registry.add_oauth_client("so_tai_chinh")
+    form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}
+    token = requests.post(env.base + "/oauth/token", data=form, timeout=30).json()["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert env.records("so_tai_chinh").status_code == 200
+    assert _cli("agencies", "disable", "so_tai_chinh", "--note", "x").output.endswith(
+        "say why the agency is disabled (--note): the next operator reads it")
+
+    note = "Sở sáp nhập từ 01/7/2025, khóa truy cập cũ"
+    said = _cli("agencies", "disable", "so_tai_chinh", "--note", note, "--by", "ttdl_ninh_binh")
+    assert said.exit_code == 0 and "agency so_tai_chinh disabled" in said.output, said.output
+    refused = env.records("so_tai_chinh")
+    assert refused.status_code == 401 and "or its agency disabled" in refused.text, "its key, at once (cache 0 s)"
+    assert requests.get(env.base + "/api/v1/datasets/citizen/records", headers=bearer, timeout=30).status_code == 401
+    assert requests.post(env.base + "/oauth/token", data=form, timeout=30).status_code == 401, "no new token"
+    assert env.call("GET", "/api/v1/grants", agency="so_tai_chinh").status_code == 401
+    assert env.ask(agency="so_tai_chinh").status_code == 401, "nor may it ask"
+    assert env.records().status_code == 403, "another agency is untouched (no grant, a valid key)"
+    again = _cli("agencies", "disable", "so_tai_chinh", "--note", note)
+    assert again.exit_code == 1 and "agency 'so_tai_chinh' is disabled already (since" in again.output
+    listed = _cli("agencies", "list")
+    assert "DISABLED since" in listed.output and "khóa truy cập cũ" in listed.output
+    assert env.scalar("SELECT query FROM gateway_audit WHERE action = 'agency_disabled' "
+                      "AND agency_id = 'so_tai_chinh'") == orjson.dumps({"by": "ttdl_ninh_binh", "note": note},
+                                                                        option=orjson.OPT_SORT_KEYS).decode()
+
+    assert _cli("agencies", "enable", "so_tai_chinh").exit_code == 0
+    page = env.records("so_tai_chinh")
+    assert page.status_code == 200, page.text
+    assert all(len(r["personal_id"]) == 12 for r in page.json()["records"]), "its grant as it was: IDs in clear"
+    assert requests.post(env.base + "/oauth/token", data=form, timeout=30).status_code == 200
+    assert requests.get(env.base + "/api/v1/datasets/citizen/records", headers=bearer, timeout=30).status_code \
+        == 401, "the tokens of before are gone for good"
+    twice = _cli("agencies", "enable", "so_tai_chinh")
+    assert twice.exit_code == 1 and "is not disabled" in twice.output
+    assert "no agency 'nobody'" in _cli("agencies", "disable", "nobody", "--note", note).output
+    assert int(env.scalar("SELECT count(*) FROM gateway_audit WHERE action IN ('agency_disabled', "
+                          "'agency_enabled')")) == 2 and verify(_write_engine(env.url)).intact
