@@ -52,8 +52,9 @@ from gateway.lookup import Answer, LookupFailed, lookup_key
 from gateway import events as agency_events
 from gateway.events import ACCESS
 from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, AgencyEventList, DatasetInfo,
-                            DatasetList, GrantList, ErrorBody, Health, TokenResponse, WebhookAttempt, WebhookDeliveries, WebhookList,
-                            WebhookRequest, WebhookSecret, changes_model, lookup_model, page_model)
+                            DatasetList, ErrorBody, GrantList, Health, TokenResponse, WebhookAttempt,
+                            WebhookDeliveries, WebhookList, WebhookRequest, WebhookSecret, changes_model, lookup_model,
+                            page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
 from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
