@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 from typer.testing import CliRunner
@@ -24,35 +23,22 @@ from typer.testing import CliRunner
 import pgserver
 from catalog import load_catalog
 from gateway import events, tables
-from gateway.agencies import AgencyRegistry
 from gateway.api import create_app
 from gateway.events import ACCESS
 from gateway.settings import load_gateway_settings
 from gateway.webhooks import Webhooks, scheduled_dispatch
 from lgsp.cli import app as lgsp_app
-from loopback import serving
+from test_access_requests import PURPOSE
+from test_access_requests import Env as RequestEnv
 from test_gateway import KEY, gateway_env, loaded_registry, running
-from test_gateway_webhooks import Endpoint
+from test_gateway_webhooks import Endpoint, endpoint  # noqa: F401 - the fixture: an agency's endpoint on loopback
 
-PURPOSE = "Đối chiếu thẻ bảo hiểm y tế với dữ liệu dân cư của tỉnh (kế hoạch 12/KH-SYT)"
 PUBLIC = "https://lgsp.ninhbinh.example"
 
 
 @dataclasses.dataclass
-class Env:
-    base: str
-    url: str
-    keys: dict[str, str]
-    registry: AgencyRegistry
-    hooks: Webhooks
-
-    def call(self, method: str, path: str, agency: str | None = "so_y_te", **kwargs: Any) -> requests.Response:
-        headers = {"X-API-Key": self.keys[agency]} if agency else {}
-        return requests.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
-
-    def scalar(self, sql: str) -> Any:
-        with self.registry.engine.connect() as conn:
-            return conn.execute(sa.text(sql)).scalar()
+class Env(RequestEnv):
+    hooks: Webhooks = None  # type: ignore[assignment]
 
     def agency(self, agency_id: str) -> None:
         """A new agency of one test (the module's database is shared), with a key."""
@@ -93,13 +79,6 @@ def env(request: pytest.FixtureRequest, sandbox_handle: Any, tmp_path_factory: p
             registry.engine.dispose()
     if admin:
         pgserver.drop_database(admin, url)
-
-
-@pytest.fixture
-def endpoint() -> Iterator[tuple[Endpoint, str]]:
-    receiver = Endpoint()
-    with serving(receiver) as base:
-        yield receiver, base
 
 
 def _told(secret: str, receiver: Endpoint, since: int = 0) -> list[dict[str, Any]]:
