@@ -2,9 +2,12 @@
 
 Before the pipelines, `lgsp demo` registers `so_xay_dung` (Department of Construction) with a grant on
 `enterprise` and a webhook at an endpoint the demo serves (a loopback HTTP server in a thread, checking
-each notification's signature as the agency would): `DemoAgency`. The pipelines' run ends with the
-`lgsp_notify` DAG, which tells the endpoint what changed. Then the demo serves the gateway in its own
-process (uvicorn in a thread, real HTTP on loopback) and runs `lgsp mirror`'s code into
+each notification's signature as the agency would): `DemoAgency`. The agency also asks for
+`land_parcel` (an access request, as through `POST /api/v1/access-requests`), which the province
+approves; a second webhook of the agency, for its access events, is told of the decision and the
+grant. The pipelines' run ends with the `lgsp_notify` DAG, which tells the endpoint what changed and
+what was decided. Then the demo serves the gateway in its own process (uvicorn in a thread, real HTTP
+on loopback) and runs `lgsp mirror`'s code into
 `var/agency/so_xay_dung.db`. While the gateway is served, a commune's People's Committee
 (`ubnd_xa_demo`, granted `citizen` scoped to the commune with the most residents) reads its residents
 through it: `CommuneRead`, with the disclosure report of one of its residents (`lgsp audit subject`).
@@ -33,6 +36,7 @@ from lgsp.settings import Settings
 AGENCY = "so_xay_dung"
 AGENCY_NAME = "Sở Xây dựng (demo agency)"
 DATASET = "enterprise"
+ASKED = "land_parcel"  # the dataset the demo agency asks for (an access request), approved by the province
 COMMUNE_AGENCY = "ubnd_xa_demo"
 
 
@@ -135,12 +139,44 @@ def _disclosed(read: CommuneRead, database_url: str, catalog: Catalog) -> Commun
     return read
 
 
+def _ask_and_approve(engine: Any, catalog: Catalog, hooks: Any, url: str) -> tuple[str, str]:
+    """The demo agency is told of its access by a webhook at `url`, asks for `land_parcel` as an agency asks
+    through the gateway, and the province approves it: the two events (`access_request.decided`,
+    `grant.changed`) wait for the `lgsp_notify` run. The request's id, and the webhook's secret.
+
+    Rerunnable: what an earlier demo left (its grant, a pending request) is taken back first, before the
+    webhook is added (from then on it is told)."""
+    from datetime import datetime, timedelta, timezone
+
+    from gateway.access_requests import AccessRequests
+    from gateway.agencies import AgencyRegistry, RegistryError
+    from gateway.events import ACCESS
+
+    asked = AccessRequests(engine, catalog)
+    try:
+        for pending in asked.listing(AGENCY, "pending"):
+            asked.withdraw(pending["request_id"], AGENCY)
+        try:
+            AgencyRegistry(engine, catalog).revoke(AGENCY, ASKED)
+        except RegistryError:
+            pass  # the first demo: no grant yet
+        secret = hooks.add(AGENCY, "*", url, events=ACCESS)[1]
+        request = asked.submit(AGENCY, ASKED, "Kiểm tra giấy phép xây dựng theo thửa đất (demo lgsp)",
+                               until=datetime.now(timezone.utc) + timedelta(days=90))
+        asked.approve(request["request_id"], by="demo", note="demo: approved as asked")
+        return str(request["request_id"]), secret
+    finally:
+        asked.close()
+
+
 @dataclass
 class Told:
     """What the demo agency's endpoint got: the `data` of each notification whose signature checked out."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
     refused: int = 0  # notifications whose signature did not check out (none, unless something is wrong)
+    access: list[dict[str, Any]] = field(default_factory=list)  # its access webhook's events: {type, data}
+    request_id: str = ""  # the access request the demo agency filed, and the province approved
 
 
 class DemoAgency:
@@ -173,10 +209,14 @@ class DemoAgency:
                                         daemon=True, name="lgsp-demo-agency-endpoint")
         self._thread.start()
         hooks = Webhooks(engine, catalog, os.environ[KEY_VARIABLE].encode())
+        endpoint = f"http://127.0.0.1:{self._server.server_port}"
         try:
             for old in hooks.listing(AGENCY):
                 hooks.remove(old["webhook_id"])
-            _, self._secret = hooks.add(AGENCY, DATASET, f"http://127.0.0.1:{self._server.server_port}/lgsp-hook")
+            self._secrets = {"/lgsp-hook": hooks.add(AGENCY, DATASET, f"{endpoint}/lgsp-hook")[1]}
+            if ASKED in catalog.sharing:
+                self.told.request_id, self._secrets["/lgsp-events"] = _ask_and_approve(
+                    engine, catalog, hooks, f"{endpoint}/lgsp-events")
         finally:
             engine.dispose()
 
@@ -188,10 +228,15 @@ class DemoAgency:
 
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         message_id, stamp = environ.get("HTTP_WEBHOOK_ID", ""), environ.get("HTTP_WEBHOOK_TIMESTAMP", "0")
-        expected = sign(self._secret, message_id, int(stamp) if stamp.isdigit() else 0, body)
+        secret = self._secrets.get(environ.get("PATH_INFO", ""), "whsec_")
+        expected = sign(secret, message_id, int(stamp) if stamp.isdigit() else 0, body)
         signatures = environ.get("HTTP_WEBHOOK_SIGNATURE", "").split()
         if any(hmac.compare_digest(expected, given) for given in signatures):
-            self.told.events.append(orjson.loads(body)["data"])
+            event = orjson.loads(body)
+            if environ["PATH_INFO"] == "/lgsp-events":
+                self.told.access.append({"type": event["type"], "data": event["data"]})
+            else:
+                self.told.events.append(event["data"])
             start_response("204 No Content", [])
         else:
             self.told.refused += 1

@@ -100,8 +100,9 @@ VI = {
                  "các cột dữ liệu cá nhân cần xem, thời hạn sử dụng và, nếu chỉ cần một phần bản ghi (của một xã), "
                  "phạm vi bản ghi (<code>scope</code>); đơn vị quản lý, <strong>{owner}</strong>, xem "
                  "xét và quyền truy cập được cấp ngay khi đề nghị được chấp thuận (theo dõi tại "
-                 "<code>GET /api/v1/access-requests</code>). Cơ quan, đơn vị chưa có khóa API đề nghị quản trị viên "
-                 "của tỉnh đăng ký và cấp khóa. Các cột dữ liệu cá nhân vẫn được bảo vệ như từ điển dữ liệu mô tả, "
+                 "<code>GET /api/v1/access-requests</code>, hoặc nhận thông báo quyết định qua "
+                 "<code>GET /api/v1/events</code> hay một webhook). Cơ quan, đơn vị chưa có khóa API đề nghị "
+                 "quản trị viên của tỉnh đăng ký và cấp khóa. Các cột dữ liệu cá nhân vẫn được bảo vệ như từ điển dữ liệu mô tả, "
                  "trừ khi quyền được cấp nêu rõ các cột đó.",
     # errors
     "error_400": "Yêu cầu không hợp lệ",
@@ -218,7 +219,8 @@ EN = {
                  "<code>{name}</code> through the API, saying what for, on what legal basis, which personal columns "
                  "it needs, until when and, when it needs some records only (a commune's), which ones "
                  "(<code>scope</code>); the owner, <strong>{owner}</strong>, decides, and the grant is made as "
-                 "soon as the request is approved (follow it at <code>GET /api/v1/access-requests</code>). An agency "
+                 "soon as the request is approved (follow it at <code>GET /api/v1/access-requests</code>, or be told "
+                 "of the decision by <code>GET /api/v1/events</code> or a webhook). An agency "
                  "without a key asks the province's administrator to register it. Personal columns stay protected "
                  "as the data dictionary says unless the grant names them.",
     "error_400": "Bad request",

@@ -112,9 +112,10 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
     console.print("   " + ", ".join(f"{name} {url}" for name, url in handle.urls.items()))
     pushes = [f.name for f in catalog.feeds.values() if not f.after]
     drifts = [n for n, s in catalog.sharing.items() if s.lookup is not None and s.lookup.drift_schedule is not None]
-    from gateway.demo import AGENCY, DATASET, DemoAgency
+    from gateway.demo import AGENCY, ASKED, DATASET, DemoAgency
 
-    with step(f"a demo agency ({AGENCY}) granted {DATASET}, with a webhook at an endpoint served here"):
+    with step(f"a demo agency ({AGENCY}) granted {DATASET}, with webhooks at an endpoint served here; it asks for "
+              f"{ASKED}, the province approves"):
         try:
             agency = DemoAgency(settings, catalog)
         except Exception as exc:  # noqa: BLE001 - one clear message
@@ -129,7 +130,7 @@ def demo(seed: int = typer.Option(37, help="sandbox data seed"),
 def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: bool, pushes: list[str],
               drifts: list[str]) -> None:
     """The demo from the pipelines on, while the demo agency's endpoint is served."""
-    from gateway.demo import AGENCY, agency_copy
+    from gateway.demo import AGENCY, ASKED, agency_copy
     from indicators import compute_indicator
     from lgsp import runner
     from lgsp.report import print_summary
@@ -186,6 +187,11 @@ def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: boo
     else:
         console.print(f"Agency told: nothing, as nothing it follows changed ({AGENCY}'s webhook on enterprise; "
                       "lgsp webhooks list)" + (f"; {told.refused} refused (bad signature)" if told.refused else ""),
+                      soft_wrap=True)
+    if told.request_id:
+        got = ", ".join(f"{e['type']} ({e['data'].get('status') or e['data'].get('change')})" for e in told.access)
+        console.print(f"Access request: {AGENCY} asked for {ASKED} ({told.request_id}), the province approved it; "
+                      f"its access webhook was told: {got or 'nothing'} (GET /api/v1/events; lgsp webhooks access)",
                       soft_wrap=True)
     with step(f"an agency's copy of enterprise ({AGENCY}) kept by the gateway's change feed"):
         try:

@@ -64,6 +64,13 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
                           r"that may have included their record: ([\w, ]+) \(lgsp audit subject ID\)", said)
     assert disclosed is not None and disclosed.group(1) == scoped.group(2), said[-2000:]
     assert "ubnd_xa_demo" in disclosed.group(2).split(", "), "the commune's reads of its residents"
+    asked = re.search(r"Access request: so_xay_dung asked for land_parcel \((req_[0-9a-f]{12})\), the province "
+                      r"approved it; its access webhook was told: access_request\.decided \(approved\), "
+                      r"grant\.changed \(granted\) \(GET /api/v1/events", said)  # by lgsp_notify, signed
+    assert asked is not None, said[-2000:]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select request_id from gateway_grant where agency_id = 'so_xay_dung' "
+                                    "and dataset = 'land_parcel'")).scalar_one() == asked.group(1)
     printed = first.stdout + first.stderr
     assert "demo-test-pseudonym-key" not in printed and not re.search(r"lgsp_[0-9a-f]{12}_", printed)  # no key
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
@@ -71,6 +78,11 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert _counts(home) == counts
     assert f"Agency copy: enterprise -> {copy} (changes: 0 upserted, 0 deleted; {shared} rows" in again.stdout
     assert "Agency told: nothing, as nothing it follows changed" in again.stdout
+    rerun = " ".join(again.stdout.split())
+    asked_again = re.search(r"Access request: so_xay_dung asked for land_parcel \((req_[0-9a-f]{12})\), the province "
+                            r"approved it; its access webhook was told: access_request\.decided \(approved\), "
+                            r"grant\.changed \(granted\) \(", rerun)  # the earlier grant taken back first
+    assert asked_again is not None and asked_again.group(1) != asked.group(1), rerun[-2000:]
     assert int(told.group(1)) >= shared, "every enterprise version the first load wrote"
 
 
