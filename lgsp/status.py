@@ -6,8 +6,9 @@ the dataset's open quarantine and its system's circuit. Per push feed: messages 
 letters, the oldest one not acknowledged and, for a feed with `due`, its reports' deadlines
 (lgsp.deadlines: periods past due, those not acknowledged). Per reference between datasets
 (lgsp.references): orphan rows, those past grace. The agencies' access requests waiting for a
-decision (gateway.access_requests). Then the problems, each with what to do. It reads
-only the warehouse (no source is asked; `lgsp health` does that).
+decision (gateway.access_requests), and the agencies' webhooks failing or dead (gateway.webhooks).
+Then the problems, each with what to do. It reads only the warehouse (no source is asked; `lgsp
+health` does that).
 """
 from __future__ import annotations
 
@@ -143,9 +144,39 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
             f"({grant['expires_at']:%Y-%m-%d %H:%M} UTC"
             + (f", request {grant['request_id']}" if grant["request_id"] else "")
             + "): the agency asks again (POST /api/v1/access-requests) if it still needs it")})
+    hooks = _webhooks(wh)
+    for hook in (hooks or {}).get("troubled", []):
+        told = "its access events" if hook["events"] == "access" else hook["dataset"]
+        if hook["dead_at"] is not None:
+            problems.append({"severity": "error", "webhook": hook["webhook_id"], "problem": (
+                f"webhook {hook['webhook_id']} of {hook['agency_id']} ({told}) is dead since "
+                f"{_iso(utc(hook['dead_at']))}: {hook['last_error']}; fix the endpoint, then `lgsp webhooks retry "
+                f"{hook['webhook_id']}`")})
+        else:
+            problems.append({"severity": "warning", "webhook": hook["webhook_id"], "problem": (
+                f"webhook {hook['webhook_id']} of {hook['agency_id']} ({told}) failed {hook['attempts']} time(s) "
+                f"in a row, tried again at {_iso(utc(hook['next_attempt_at']))}: {hook['last_error']}")})
     ok = not any(p["severity"] == "error" for p in problems)
     return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "references": checked_references,
-            "access_requests": requests, "problems": problems}
+            "access_requests": requests, "webhooks": hooks, "problems": problems}
+
+
+def _webhooks(wh: Warehouse) -> dict[str, Any] | None:
+    """The agencies' webhooks: how many, and those failing or dead (None: the gateway's tables are not there)."""
+    inspector = sa.inspect(wh.engine)
+    if not inspector.has_table("gateway_webhook"):
+        return None
+    from gateway.tables import webhook as w
+
+    events = w.c.events if "events" in {c["name"] for c in inspector.get_columns("gateway_webhook")} else \
+        sa.literal("dataset.changed").label("events")  # a table the gateway has not upgraded yet
+    with wh.engine.connect() as conn:
+        live = conn.execute(sa.select(sa.func.count()).select_from(w).where(w.c.removed_at.is_(None))).scalar()
+        troubled = conn.execute(sa.select(
+            w.c.webhook_id, w.c.agency_id, w.c.dataset, events, w.c.attempts, w.c.dead_at, w.c.next_attempt_at,
+            w.c.last_error).where(w.c.removed_at.is_(None), sa.or_(w.c.dead_at.isnot(None), w.c.attempts > 0))
+            .order_by(w.c.dead_at.is_(None), w.c.webhook_id)).mappings().all()
+    return {"live": int(live or 0), "troubled": [dict(row) for row in troubled]}
 
 
 def _access_requests(wh: Warehouse, catalog: Catalog, now: datetime) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from gateway.api import create_app
 from gateway.settings import load_gateway_settings
 from gateway.webhooks import WebhookError, Webhooks, retry_delay, shown_url
 from lgsp import runner
+from lgsp.status import status_report
 from loopback import serving
 from test_gateway import KEY, gateway_env, loaded_registry, running
 from test_gateway_changes import Env, Mirror, _changed_snapshot, _load, firm, firm_catalog
@@ -186,6 +187,15 @@ def test_an_endpoint_is_told_once_per_change_signed_and_reads_the_change_from_th
         env.hooks.remove(hook["webhook_id"])
 
 
+def _status(env: HookEnv, webhook_id: str) -> list[dict[str, Any]]:
+    """What `lgsp status` says of the webhook."""
+    wh = Warehouse(env.url, env.catalog)
+    try:
+        return [p for p in status_report(wh, env.catalog)["problems"] if p.get("webhook") == webhook_id]
+    finally:
+        wh.engine.dispose()
+
+
 def test_a_failing_endpoint_is_tried_again_with_the_same_id_then_dies_and_is_revived(
         env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
     receiver, base = endpoint
@@ -205,6 +215,8 @@ def test_a_failing_endpoint_is_tried_again_with_the_same_id_then_dies_and_is_rev
     assert (slow.outcome, slow.status) == ("failed", None)
     assert "did not answer within 2 s to connect / 0.5 s to answer" in str(slow.error)
     assert env.hook(webhook_id).next_attempt_at is not None and env.hook(webhook_id).attempts == 2
+    [failing] = _status(env, webhook_id)
+    assert failing["severity"] == "warning" and "failed 2 time(s) in a row, tried again at" in failing["problem"]
 
     env.due_now(webhook_id)
     receiver.answer(503)
@@ -216,6 +228,9 @@ def test_a_failing_endpoint_is_tried_again_with_the_same_id_then_dies_and_is_rev
     env.due_now(webhook_id)
     assert env.hooks.dispatch() == [] and len(receiver.received) == 3, "a dead webhook is not tried"
     assert {h["webhook_id"]: h["state"] for h in env.hooks.listing()}[webhook_id] == "dead"
+    said = _status(env, webhook_id)  # `lgsp status` says so, and what to do
+    assert [p["severity"] for p in said] == ["error"] and "so_y_te (firm) is dead since" in said[0]["problem"]
+    assert f"`lgsp webhooks retry {webhook_id}`" in said[0]["problem"] and "answered 503" in said[0]["problem"]
 
     env.load_firms("fail-2", [firm(911)])  # the backlog grows while it is dead
     assert env.hooks.retry() == [webhook_id]
@@ -227,6 +242,7 @@ def test_a_failing_endpoint_is_tried_again_with_the_same_id_then_dies_and_is_rev
     hook = env.hook(webhook_id)
     assert (hook.attempts, hook.dead_at, hook.next_attempt_at, hook.delivered_seq) == (
         0, None, None, revived.last_change)
+    assert _status(env, webhook_id) == [], "delivered again: nothing to say"
     env.hooks.remove(webhook_id)
 
 
