@@ -28,7 +28,8 @@ import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, Optional
+from datetime import date, datetime, timezone
+from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 import orjson
@@ -53,12 +54,13 @@ from gateway import events as agency_events
 from gateway.events import ACCESS
 from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, AgencyEventList, DatasetInfo,
                             DatasetList, ErrorBody, GrantList, Health, TokenResponse, WebhookAttempt,
-                            WebhookDeliveries, WebhookList, WebhookRequest, WebhookSecret, changes_model, lookup_model,
-                            page_model)
+                            UsageList, WebhookDeliveries, WebhookList, WebhookRequest, WebhookSecret, changes_model,
+                            lookup_model, page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
 from gateway.records import Filter, QueryError, QueryTimeout, RecordQuery
 from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
+from gateway.usage import DEFAULT_WINDOW, moment, usage
 from gateway.webhooks import UnknownWebhook, WebhookError, Webhooks, host_allowed, shown_url
 
 log = logging.getLogger("lgsp.gateway")
@@ -359,6 +361,18 @@ def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
         page = found[:limit]
         return json_response({"events": page, "next_after": page[-1]["data"]["event"] if page else after,
                               "more": len(found) > limit})
+
+    @app.get("/api/v1/usage", response_model=UsageList, tags=["access requests"], responses=responses,
+             summary="What the calling agency read, per dataset, from the audit: requests by kind, refused, rows sent")
+    def list_usage(request: Request,
+                   since: Optional[Union[date, datetime]] = Query(None, description=(
+                       "from: a date (the start of that day, Vietnam time) or a time; default 30 days ago")),
+                   until: Optional[Union[date, datetime]] = Query(None, description="to (not included)")) -> Response:
+        agency_id = agency(request)
+        start = moment(since) or datetime.now(timezone.utc) - DEFAULT_WINDOW
+        rows = usage(gateway.write_engine, start, moment(until), agency_id)
+        return json_response({"since": start, "until": moment(until),
+                              "usage": [{k: v for k, v in r.items() if k != "agency_id"} for r in rows]})
 
     @app.get("/api/v1/access-requests", response_model=AccessRequestList, tags=["access requests"],
              responses=responses, summary="The calling agency's access requests, newest first")

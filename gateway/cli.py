@@ -21,6 +21,7 @@
     lgsp audit verify                                walk the hash chain; non-zero exit if broken
     lgsp audit list [--agency so_y_te]               the latest reads
     lgsp audit subject 037203001234                  to whom a person's data went (a data subject's request)
+    lgsp audit usage [--since 30d] [--agency so_y_te]   how much each agency read, per dataset
 """
 from __future__ import annotations
 
@@ -565,6 +566,40 @@ def audit_list(agency: str = typer.Option(None, help="only this agency"),
                       row["action"], "" if row["rows_returned"] is None else str(row["rows_returned"]),
                       str(row["status"]))
     console.print(table)
+
+
+@audit_app.command("usage")
+def audit_usage(since: str = typer.Option("30d", help="from: a date (YYYY-MM-DD, Vietnam time), a time, or a "
+                                                      "duration back from now (30d, 12h)"),
+                until: str = typer.Option(None, help="to (not included): a date, a time or a duration back"),
+                agency: str = typer.Option(None, help="only this agency's reads"),
+                as_json: bool = typer.Option(False, "--json", help="the figures as one JSON line")) -> None:
+    """How much each agency read, per dataset, from the audit: requests (by kind), refused, rows sent, last read."""
+    import json as json_lib
+
+    from gateway.usage import moment, usage
+
+    try:
+        start, end = moment(since), moment(until)
+    except ValueError as exc:
+        _fail(str(exc))
+    _, engine = _registry()
+    rows = usage(engine, start, end, agency)  # type: ignore[arg-type]
+    if as_json:
+        print(json_lib.dumps({"since": start, "until": end, "usage": rows}, default=str, ensure_ascii=False))
+        return
+    window = f"{_when(start)} UTC to {_when(end) + ' UTC' if end else 'now'}"
+    table = Table("agency", "dataset", "requests", "by kind", "refused", "rows sent", "last read (UTC)",
+                  title=f"Reads through the gateway, {window} (lgsp audit usage)")
+    for row in rows:
+        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(row["by_kind"].items(), key=lambda kv: -kv[1]))
+        table.add_row(row["agency_id"], row["dataset"], f"{row['requests']:,}", kinds,
+                      f"[red]{row['refused']:,}[/]" if row["refused"] else "0", f"{row['rows']:,}", _when(row["last"]))
+    console.print(table if rows else f"no read through the gateway {window}")
+    if rows:
+        console.print(f"{sum(r['requests'] for r in rows):,} requests by {len({r['agency_id'] for r in rows})} "
+                      f"agencies on {len({r['dataset'] for r in rows})} datasets, {sum(r['rows'] for r in rows):,} "
+                      f"rows sent; {sum(r['refused'] for r in rows):,} refused")
 
 
 @audit_app.command("subject")

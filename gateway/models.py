@@ -243,6 +243,24 @@ class WebhookRequest(BaseModel):
     events: Literal["dataset.changed", "access"] = "dataset.changed"
 
 
+class UsageEntry(BaseModel):
+    """What the calling agency read of one dataset in the window (gateway.usage), from the audit."""
+
+    dataset: str
+    requests: int
+    by_kind: dict[str, int]  # records, export, lookup, changes, ckan, portal
+    refused: int  # answered 4xx or 5xx
+    rows: int  # records sent
+    first: datetime
+    last: datetime
+
+
+class UsageList(BaseModel):
+    since: datetime
+    until: Optional[datetime]
+    usage: list[UsageEntry]
+
+
 class AgencyEvent(BaseModel):
     """One of the calling agency's events (gateway.events), as an access webhook sends it (Standard Webhooks'
     payload): `data.event` numbers it; `data.dataset` names the dataset."""

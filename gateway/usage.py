@@ -1,0 +1,99 @@
+"""How much each agency read through the gateway, from the audit: `lgsp audit usage`, `GET /api/v1/usage`.
+
+The province reports on its data sharing (which agencies use which datasets, how much, how often they
+are refused) and watches for an agency reading far more than its purpose needs; an agency checks what
+its own staff and systems read. Every read is a row of the hash-chained audit (gateway.audit), so the
+figures are the audit's, per agency and dataset over a window:
+
+- `requests`: reads asked for, by kind: `records` (pages), `export`, `lookup` (one record at its source),
+  `changes` (the change feed), `ckan` (CKAN datastore_search), `portal` (a portal page's preview);
+- `refused`: those answered 4xx or 5xx (no grant, a bad parameter, a timeout);
+- `rows`: records sent (an export's rows counted when its stream ends, as far as the client read it);
+- `first` and `last`: the window's first and last read.
+
+The province's own acts (a disclosure report, access decisions, an agency disabled) are not reads and are
+not counted; an anonymous reader (open datasets) is `anonymous`.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog.models import duration_s
+from gateway import tables
+from indicators.periods import VN_TZ
+from warehouse.store import utc
+
+DEFAULT_WINDOW = timedelta(days=30)
+
+KINDS = {"records": "records", "changes": "changes", "ckan_datastore_search": "ckan", "portal_preview": "portal"}
+PREFIXES = ("export", "lookup")  # export_<format>[_done]; lookup (refused), lookup_<where it was answered from>
+
+
+def _kind(action: str) -> str:
+    return next((p for p in PREFIXES if action.startswith(p)), None) or KINDS[action]
+
+
+def usage(engine: sa.Engine, since: datetime | None = None, until: datetime | None = None,
+          agency_id: str | None = None) -> list[dict[str, Any]]:
+    """Per agency and dataset, the reads of [since, until) (every read without them), busiest first: agency_id,
+    dataset, requests (and by kind), refused, rows, first, last."""
+    a = tables.audit.c
+    where = [sa.or_(a.action.in_(list(KINDS)), *(a.action.like(f"{p}%") for p in PREFIXES))]  # reads only
+    if since is not None:
+        where.append(a.recorded_at >= since)
+    if until is not None:
+        where.append(a.recorded_at < until)
+    if agency_id is not None:
+        where.append(a.agency_id == agency_id)
+    with engine.connect() as conn:
+        groups = conn.execute(sa.select(
+            a.agency_id, a.dataset, a.action, sa.func.count().label("n"),
+            sa.func.sum(sa.case((a.status >= 400, 1), else_=0)).label("refused"),
+            sa.func.coalesce(sa.func.sum(a.rows_returned), 0).label("rows"),
+            sa.func.min(a.recorded_at).label("first"), sa.func.max(a.recorded_at).label("last"))
+            .where(*where).group_by(a.agency_id, a.dataset, a.action)).mappings().all()
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for g in groups:
+        entry = out.setdefault((g["agency_id"], g["dataset"]), {
+            "agency_id": g["agency_id"], "dataset": g["dataset"], "requests": 0, "by_kind": {}, "refused": 0,
+            "rows": 0, "first": None, "last": None})
+        if g["action"].endswith("_done"):  # an export's end: the rows it sent (its request is counted at its start)
+            entry["rows"] += int(g["rows"])
+            continue
+        kind = _kind(g["action"])
+        entry["requests"] += int(g["n"])
+        entry["by_kind"][kind] = entry["by_kind"].get(kind, 0) + int(g["n"])
+        entry["refused"] += int(g["refused"] or 0)
+        if kind != "export":  # an export's start row holds no row count
+            entry["rows"] += int(g["rows"])
+        first, last = utc(g["first"]), utc(g["last"])
+        entry["first"] = first if entry["first"] is None else min(entry["first"], first)
+        entry["last"] = last if entry["last"] is None else max(entry["last"], last)
+    return sorted(out.values(), key=lambda e: (-e["requests"], e["agency_id"], e["dataset"]))
+
+
+def moment(value: date | datetime | str | None, now: datetime | None = None) -> datetime | None:
+    """A window's end as a time: a date is the start of that day in Vietnam (2026-11-01 -> 2026-10-31 17:00 UTC),
+    a time without a zone is UTC, a duration ("30d", "12h") is that long before `now`.
+
+    Raises:
+        ValueError: none of these.
+    """
+    if value is None or isinstance(value, datetime):
+        return utc(value)
+    if isinstance(value, date):
+        return datetime.combine(value, time(0), VN_TZ).astimezone(timezone.utc)
+    text = value.strip()
+    for parse in (date.fromisoformat, datetime.fromisoformat):
+        try:
+            return moment(parse(text))
+        except ValueError:
+            pass
+    try:
+        return (now or datetime.now(timezone.utc)) - timedelta(seconds=duration_s(text))
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a date (2026-11-01, Vietnam time), a time (2026-11-01T08:00+07:00) "
+                         "nor a duration back from now (30d, 12h)") from None

@@ -1,0 +1,98 @@
+"""How much each agency read (gateway.usage), on SQLite and on a real PostgreSQL: the figures of `lgsp audit usage`
+and `GET /api/v1/usage` are those of the audit rows that the real gateway wrote for real reads over loopback
+(pages, an export, a live lookup at the sandbox's population service, the change feed, refusals), and the
+province's own acts are not counted."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from gateway.usage import moment, usage
+from lgsp.cli import app as lgsp_app
+from test_agency_events import Env, env  # noqa: F401 - the module's gateway (its fixture), agencies added here
+
+
+def _reads(env: Env) -> dict[str, int]:
+    """so_y_te reads citizen every way it can (one read refused); so_tai_chinh is refused twice. The rows sent."""
+    env.agency("so_y_te")
+    env.agency("so_tai_chinh")
+    env.registry.grant("so_y_te", "citizen", ["personal_id"])
+    sent = 0
+    for _ in range(3):
+        page = env.call("GET", "/api/v1/datasets/citizen/records", params={"limit": 5})
+        assert page.status_code == 200
+        sent += len(page.json()["records"])
+    bad = env.call("GET", "/api/v1/datasets/citizen/records", params={"limit": 5, "sort": "nope"})
+    assert bad.status_code == 400
+    export = env.call("GET", "/api/v1/datasets/citizen/export", params={"format": "csv"})
+    assert export.status_code == 200
+    exported = len(list(csv.DictReader(io.StringIO(export.text))))
+    someone = page.json()["records"][0]["personal_id"]
+    lookup = env.call("GET", "/api/v1/datasets/citizen/lookup", params={"personal_id": someone})
+    assert lookup.status_code == 200, lookup.text
+    feed = env.call("GET", "/api/v1/datasets/citizen/changes", params={"limit": 7})
+    assert feed.status_code == 200, feed.text
+    changed = len(feed.json()["changes"])
+    for _ in range(2):
+        assert env.call("GET", "/api/v1/datasets/citizen/records", "so_tai_chinh").status_code == 403
+    said = CliRunner().invoke(lgsp_app, ["audit", "subject", someone, "--json"])  # the province's act: not a read
+    assert said.exit_code == 0, said.output
+    return {"rows": sent + exported + 1 + changed, "exported": exported}
+
+
+def test_usage_counts_each_agencys_reads_by_kind_refusals_and_rows_as_the_audit_has_them(env: Env) -> None:
+    expected = _reads(env)
+    rows = {(r["agency_id"], r["dataset"]): r for r in usage(env.registry.engine)}
+    assert set(rows) == {("so_y_te", "citizen"), ("so_tai_chinh", "citizen")}, "no province:... row"
+    mine = rows[("so_y_te", "citizen")]
+    assert (mine["requests"], mine["refused"], mine["rows"]) == (7, 1, expected["rows"])
+    assert mine["by_kind"] == {"records": 4, "export": 1, "lookup": 1, "changes": 1}
+    assert mine["first"] <= mine["last"] <= datetime.now(timezone.utc)
+    theirs = rows[("so_tai_chinh", "citizen")]
+    assert (theirs["requests"], theirs["refused"], theirs["rows"], theirs["by_kind"]) == (2, 2, 0, {"records": 2})
+    assert [r["agency_id"] for r in usage(env.registry.engine, agency_id="so_tai_chinh")] == ["so_tai_chinh"]
+    assert usage(env.registry.engine, since=datetime.now(timezone.utc) + timedelta(seconds=1)) == []
+    assert usage(env.registry.engine, until=datetime(2020, 1, 1, tzinfo=timezone.utc)) == []
+
+    own = env.call("GET", "/api/v1/usage")  # the agency's own, over the API
+    assert own.status_code == 200, own.text
+    body = own.json()
+    assert [(u["dataset"], u["requests"], u["rows"], u["by_kind"]) for u in body["usage"]] == \
+        [("citizen", 7, expected["rows"], mine["by_kind"])] and "agency_id" not in body["usage"][0]
+    assert datetime.fromisoformat(body["since"]) < datetime.now(timezone.utc) - timedelta(days=29)
+    later = env.call("GET", "/api/v1/usage", params={"since": (date.today() + timedelta(days=2)).isoformat()})
+    assert later.status_code == 200 and later.json()["usage"] == []
+    assert env.call("GET", "/api/v1/usage", "so_tai_chinh").json()["usage"][0]["refused"] == 2
+    assert env.call("GET", "/api/v1/usage", None).status_code == 401
+    assert env.call("GET", "/api/v1/usage", params={"since": "last week"}).status_code == 400
+    assert "/api/v1/usage" in env.call("GET", "/openapi.json", None).json()["paths"]
+
+
+def test_the_cli_shows_the_figures_and_says_what_a_bad_window_is(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import console
+
+    monkeypatch.setattr(console, "_width", 400)  # the table unwrapped, as on a wide terminal
+    figures: list[dict[str, Any]] = json.loads(CliRunner().invoke(lgsp_app, ["audit", "usage", "--json"]).stdout)[
+        "usage"]
+    said = CliRunner().invoke(lgsp_app, ["audit", "usage", "--since", "2026-01-01"])
+    assert said.exit_code == 0, said.output
+    line = next(row for row in said.stdout.splitlines() if "so_y_te" in row)
+    mine = next(f for f in figures if f["agency_id"] == "so_y_te")
+    assert all(part in line for part in ("citizen", "records 4", "export 1", "lookup 1", "changes 1",
+                                         f"{mine['rows']:,}"))
+    total = sum(f["requests"] for f in figures)
+    assert f"{total:,} requests by 2 agencies on 1 datasets" in " ".join(said.stdout.split())
+    assert "2025-12-31 17:00:00 UTC to now" in said.stdout, "a date: the start of that day in Vietnam"
+    assert moment("2026-01-01") == datetime(2025, 12, 31, 17, tzinfo=timezone.utc)
+    none = CliRunner().invoke(lgsp_app, ["audit", "usage", "--until", "2020-01-01"])
+    assert none.exit_code == 0 and "no read through the gateway" in none.stdout
+    bad = CliRunner().invoke(lgsp_app, ["audit", "usage", "--since", "yesterday"])
+    assert bad.exit_code == 1 and "is neither a date" in " ".join(bad.output.split())
+    one = json.loads(CliRunner().invoke(lgsp_app, ["audit", "usage", "--agency", "so_tai_chinh", "--json"]).stdout)
+    assert [u["agency_id"] for u in one["usage"]] == ["so_tai_chinh"]
