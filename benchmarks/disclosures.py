@@ -10,6 +10,7 @@ change-feed pages. Then, each `--repeat` times (the median printed):
   scan      the floor: one pass over the audit, `SELECT count(*)`, and one of its query text
   report    `disclosures()` for one citizen: where they are, the reads that named them, the groups of
             reads that may have included them (with the agencies' grants)
+  usage     `lgsp audit usage` over the whole audit (gateway.usage): every agency's reads per dataset
 
 Prints a table and, as the last line, the figures as JSON.
 
@@ -36,6 +37,7 @@ from migrate import fill, without_phone  # noqa: E402
 
 from gateway import tables  # noqa: E402
 from gateway.disclosures import disclosures  # noqa: E402
+from gateway.usage import usage  # noqa: E402
 from gateway.policy import pseudonym  # noqa: E402
 from gateway.tables import create_gateway_tables  # noqa: E402
 from warehouse import Warehouse  # noqa: E402
@@ -116,8 +118,11 @@ def main() -> None:
         def report() -> dict[str, Any]:
             return disclosures(wh.engine, catalog, KEY, subject)
 
+        with wh.engine.connect() as conn:
+            expected = conn.execute(sa.text("SELECT sum(CASE WHEN action LIKE '%_done' THEN 0 ELSE 1 END), "
+                                            "sum(rows_returned) FROM gateway_audit")).first()
         medians: dict[str, float] = {}
-        for name, action in (("scan", scan), ("report", report)):
+        for name, action in (("scan", scan), ("report", report), ("usage", lambda: usage(wh.engine))):
             seconds, result = [], None
             for _ in range(args.repeat):
                 started = time.perf_counter()
@@ -130,14 +135,19 @@ def main() -> None:
                 assert figures["named"] >= len(range(0, args.rows, 10_000)), figures  # and random lookups of them
                 figures["may_have_groups"] = len(result["may_have"])  # type: ignore[index]
                 assert result["records"]["citizen"][0]["personal_id"] == subject  # type: ignore[index]
-        figures["report"]["x_scan"] = ratio(medians["report"], medians["scan"])  # unrounded: a tiny scan is ~0
+            if name == "usage":
+                figures["usage_groups"] = len(result)  # type: ignore[arg-type]
+                assert (sum(u["requests"] for u in result), sum(u["rows"] for u in result)) == \
+                    tuple(int(v) for v in expected), (figures, expected)  # type: ignore[union-attr]
+        for name in ("report", "usage"):  # unrounded: a tiny scan is ~0
+            figures[name]["x_scan"] = ratio(medians[name], medians["scan"])
         wh.engine.dispose()
     print(f"\n{'step':<10}{'first s':>10}{'median s':>10}{'x scan':>8}")
-    for name in ("scan", "report"):
+    for name in ("scan", "report", "usage"):
         f = figures[name]
         print(f"{name:<10}{f['first_s']:>10}{f['median_s']:>10}{str(f.get('x_scan', 1.0)):>8}")
     print(f"the report: {figures['named']} read(s) named the person, {figures['may_have_groups']} group(s) of reads "
-          "may have included them")
+          f"may have included them; usage: {figures['usage_groups']} agency-dataset pair(s)")
     print(json.dumps(figures))
 
 

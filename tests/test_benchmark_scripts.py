@@ -143,3 +143,4 @@ def test_disclosures_benchmark_finds_every_read_that_named_the_person() -> None:
     figures = _figures("benchmarks/disclosures.py", "--sqlite", "--rows", "20000", "--repeat", "2")
     assert figures["named"] >= 2 and figures["may_have_groups"] > 0  # rows 0 and 10,000 look the person up
     assert figures["report"]["median_s"] > 0 and figures["scan"]["median_s"] > 0
+    assert figures["usage_groups"] == 400 and figures["usage"]["median_s"] > 0  # 200 agencies x 2 datasets
