@@ -12,6 +12,7 @@
     lgsp agencies revoke-credential CREDENTIAL_ID    revoke a key or client
     lgsp agencies disable AGENCY --note WHY          refuse all its credentials (grants kept); `enable` undoes it
     lgsp agencies list                               agencies, credentials (ids only), grants
+    lgsp agencies show so_y_te [--json]              one agency whole: grants, requests, webhooks, reads, events
     lgsp agencies requests [--status all]            access requests agencies filed (POST /api/v1/access-requests)
     lgsp agencies approve REQUEST [--until DATE]     approve one: its grant made at once (as asked, or narrower)
     lgsp agencies deny REQUEST --note WHY            deny one, saying why
@@ -393,6 +394,72 @@ def agencies_list() -> None:
         table.add_row(agency["agency_id"], name, str(agency["rate_per_s"] or "default"),
                       "\n".join(agency["credentials"]), grants)
     console.print(table)
+
+
+@agencies_app.command("show")
+def agencies_show(agency_id: str = typer.Argument(..., help="e.g. so_y_te"),
+                  as_json: bool = typer.Option(False, "--json", help="everything as one JSON line")) -> None:
+    """One agency, whole: state, credentials, grants, access requests, webhooks, what it read in the last 30 days
+    and the latest events it was told of (why can it not read X? what does it hold?)."""
+    import json as json_lib
+    from datetime import datetime, timezone
+
+    from gateway import events
+    from gateway.access_requests import AccessRequests
+    from gateway.usage import DEFAULT_WINDOW, usage
+    from gateway.webhooks import Webhooks
+
+    registry, engine = _registry()
+    found = [a for a in registry.agencies() if a["agency_id"] == agency_id]  # type: ignore[attr-defined]
+    if not found:
+        _fail(f"no agency '{agency_id}' (lgsp agencies list)")
+    catalog = registry.catalog  # type: ignore[attr-defined]
+    since = datetime.now(timezone.utc) - DEFAULT_WINDOW
+    asked = AccessRequests(engine, catalog)  # type: ignore[arg-type]
+    profile = {"agency": found[0], "grants": registry.grants_of(agency_id),  # type: ignore[attr-defined]
+               "requests": asked.listing(agency_id)[:10],
+               "webhooks": Webhooks(engine, catalog, b"").listing(agency_id),  # type: ignore[arg-type]
+               "usage_since": since, "usage": usage(engine, since, None, agency_id),  # type: ignore[arg-type]
+               "events": events.latest(engine, agency_id, 10)}  # type: ignore[arg-type]
+    if as_json:
+        print(json_lib.dumps(profile, default=str, ensure_ascii=False))
+        return
+    agency = profile["agency"]
+    state = (f"[red]DISABLED since {_when(agency['disabled_at'])} UTC: {agency['disabled_note']}[/]"
+             if agency["disabled_at"] else "[green]enabled[/]")
+    console.print(f"[bold]{agency_id}[/] {agency['name']}: {state}; rate {agency['rate_per_s'] or 'default'}/s; "
+                  f"registered {_when(agency['created_at'])} UTC", soft_wrap=True)
+    console.print("credentials: " + (", ".join(agency["credentials"]) or "none (lgsp agencies key " + agency_id + ")"),
+                  soft_wrap=True)
+    for grant in profile["grants"]:
+        console.print(f"grant {grant['dataset']}: in clear {', '.join(grant['personal']) or 'no personal column'}"
+                      + (f"; {_rows_said(grant['scope'])}" if grant["scope"] else "; every row")
+                      + (f"; until {_when(grant['expires_at'])} UTC" if grant["expires_at"] else "")
+                      + (f"; request {grant['request_id']}" if grant["request_id"] else ""), soft_wrap=True)
+    if agency["expired_grants"]:
+        console.print("expired grants: " + ", ".join(f"{d} ({_when(t)} UTC)"
+                                                     for d, t in agency["expired_grants"].items()), soft_wrap=True)
+    if not profile["grants"]:
+        console.print("no live grant: it reads open datasets only")
+    for request in profile["requests"]:
+        console.print(f"request {request['request_id']} {request['dataset']}: {request['status']}, filed "
+                      f"{_when(request['requested_at'])} UTC" + (f"; {request['note']}" if request["note"] else ""),
+                      soft_wrap=True)
+    for hook in profile["webhooks"]:
+        told = "its access events" if hook["events"] == "access" else hook["dataset"]
+        console.print(f"webhook {hook['webhook_id']} ({told}) at {hook['url']}: {hook['state']}, "
+                      f"{hook['pending_changes']} pending" + (f"; {hook['last_error']}" if hook["last_error"] else ""),
+                      soft_wrap=True)
+    for row in profile["usage"]:
+        console.print(f"read {row['dataset']} (30 days): {row['requests']:,} requests, {row['refused']:,} refused, "
+                      f"{row['rows']:,} rows, last {_when(row['last'])} UTC", soft_wrap=True)
+    if not profile["usage"]:
+        console.print("read nothing through the gateway in the last 30 days")
+    for event in profile["events"]:
+        data = event["data"]
+        console.print(f"told {event['timestamp']}: {event['type']} {data['dataset']} "
+                      f"({data.get('status') or data.get('change') or 'ends ' + str(data.get('expires_at'))})",
+                      soft_wrap=True)
 
 
 def _webhooks() -> object:

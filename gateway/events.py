@@ -100,6 +100,15 @@ def after(engine: sa.Engine, agency_id: str, seq: int = 0, limit: int = PAGE,
     return [shown(row, public_url) for row in rows]
 
 
+def latest(engine: sa.Engine, agency_id: str, limit: int = 10, public_url: str = "") -> list[dict[str, Any]]:
+    """The agency's `limit` latest events, newest first."""
+    e = tables.agency_event.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(tables.agency_event).where(e.agency_id == agency_id)
+                            .order_by(e.event_seq.desc()).limit(limit)).all()
+    return [shown(row, public_url) for row in rows]
+
+
 def note_ending_grants(engine: sa.Engine, within_s: float = ENDING_NOTICE_S,
                        now: datetime | None = None) -> list[dict[str, Any]]:
     """Record a `grant.ending` event for each grant that ends within `within_s` and has not been told of

@@ -18,7 +18,8 @@ from lgsp.cli import app as lgsp_app
 from test_agency_events import Env, env  # noqa: F401 - the module's gateway (its fixture), agencies added here
 
 
-def _reads(env: Env) -> dict[str, int]:
+@pytest.fixture(scope="module")
+def reads(env: Env) -> dict[str, int]:
     """so_y_te reads citizen every way it can (one read refused); so_tai_chinh is refused twice. The rows sent."""
     env.agency("so_y_te")
     env.agency("so_tai_chinh")
@@ -46,8 +47,9 @@ def _reads(env: Env) -> dict[str, int]:
     return {"rows": sent + exported + 1 + changed, "exported": exported}
 
 
-def test_usage_counts_each_agencys_reads_by_kind_refusals_and_rows_as_the_audit_has_them(env: Env) -> None:
-    expected = _reads(env)
+def test_usage_counts_each_agencys_reads_by_kind_refusals_and_rows_as_the_audit_has_them(
+        env: Env, reads: dict[str, int]) -> None:
+    expected = reads
     rows = {(r["agency_id"], r["dataset"]): r for r in usage(env.registry.engine)}
     assert set(rows) == {("so_y_te", "citizen"), ("so_tai_chinh", "citizen")}, "no province:... row"
     mine = rows[("so_y_te", "citizen")]
@@ -74,7 +76,8 @@ def test_usage_counts_each_agencys_reads_by_kind_refusals_and_rows_as_the_audit_
     assert "/api/v1/usage" in env.call("GET", "/openapi.json", None).json()["paths"]
 
 
-def test_the_cli_shows_the_figures_and_says_what_a_bad_window_is(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_shows_the_figures_and_says_what_a_bad_window_is(env: Env, reads: dict[str, int],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.cli import console
 
     monkeypatch.setattr(console, "_width", 400)  # the table unwrapped, as on a wide terminal
@@ -96,3 +99,26 @@ def test_the_cli_shows_the_figures_and_says_what_a_bad_window_is(env: Env, monke
     assert bad.exit_code == 1 and "is neither a date" in " ".join(bad.output.split())
     one = json.loads(CliRunner().invoke(lgsp_app, ["audit", "usage", "--agency", "so_tai_chinh", "--json"]).stdout)
     assert [u["agency_id"] for u in one["usage"]] == ["so_tai_chinh"]
+
+
+def test_agencies_show_tells_one_agency_whole(env: Env, reads: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import console
+    from gateway.events import ACCESS
+
+    monkeypatch.setattr(console, "_width", 400)
+    webhook_id, _ = env.hooks.add("so_y_te", "*", "https://hooks.so-y-te.example/lgsp", events=ACCESS)
+    said = CliRunner().invoke(lgsp_app, ["agencies", "show", "so_y_te"])
+    assert said.exit_code == 0, said.output
+    lines = said.stdout.splitlines()
+    assert lines[0].startswith("so_y_te so_y_te: enabled; rate default/s; registered ")
+    assert "grant citizen: in clear personal_id; every row" in lines
+    assert f"webhook {webhook_id} (its access events) at https://hooks.so-y-te.example/lgsp: ok, 0 pending" in lines
+    assert any(line.startswith(f"read citizen (30 days): 7 requests, 1 refused, {reads['rows']:,} rows, last ")
+               for line in lines), lines
+    assert any(line.endswith("grant.changed citizen (granted)") for line in lines), lines
+    whole = json.loads(CliRunner().invoke(lgsp_app, ["agencies", "show", "so_tai_chinh", "--json"]).stdout)
+    assert (whole["grants"], whole["webhooks"], [u["refused"] for u in whole["usage"]]) == ([], [], [2])
+    assert whole["agency"]["agency_id"] == "so_tai_chinh" and whole["agency"]["disabled_at"] is None
+    nobody = CliRunner().invoke(lgsp_app, ["agencies", "show", "nobody"])
+    assert nobody.exit_code == 1 and "no agency 'nobody'" in " ".join(nobody.output.split())
+    env.hooks.remove(webhook_id)
