@@ -11,11 +11,18 @@ figures are the audit's, per agency and dataset over a window:
 - `rows`: records sent (an export's rows counted when its stream ends, as far as the client read it);
 - `first` and `last`: the window's first and last read.
 
+An agency reading far more than it usually does (a key leaked, a script run wild, a purpose exceeded)
+is **unusual** (`unusual`): more than `UNUSUAL_MIN_ROWS` rows of a dataset in the last 24 hours and
+more than `UNUSUAL_FACTOR` times its daily median over the 7 days before (a day it read nothing counts
+as 0, so a new reader of 10,000 rows a day is unusual on its first). The `lgsp_freshness` DAG alerts
+once when a pair becomes unusual; `lgsp status` warns while it is.
+
 The province's own acts (a disclosure report, access decisions, an agency disabled) are not reads and are
 not counted; an anonymous reader (open datasets) is `anonymous`.
 """
 from __future__ import annotations
 
+import statistics
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -27,6 +34,9 @@ from indicators.periods import VN_TZ
 from warehouse.store import utc
 
 DEFAULT_WINDOW = timedelta(days=30)
+UNUSUAL_FACTOR = 10.0  # rows sent in the last 24 hours, against the daily median of the days before
+UNUSUAL_MIN_ROWS = 10_000  # fewer rows in a day are never unusual (a small agency's first busy day)
+UNUSUAL_BASELINE_DAYS = 7
 
 KINDS = {"records": "records", "changes": "changes", "ckan_datastore_search": "ckan", "portal_preview": "portal"}
 PREFIXES = ("export", "lookup")  # export_<format>[_done]; lookup (refused), lookup_<where it was answered from>
@@ -97,3 +107,53 @@ def moment(value: date | datetime | str | None, now: datetime | None = None) -> 
     except ValueError:
         raise ValueError(f"{value!r} is neither a date (2026-11-01, Vietnam time), a time (2026-11-01T08:00+07:00) "
                          "nor a duration back from now (30d, 12h)") from None
+
+
+def unusual(engine: sa.Engine, now: datetime | None = None, factor: float = UNUSUAL_FACTOR,
+            min_rows: int = UNUSUAL_MIN_ROWS, days: int = UNUSUAL_BASELINE_DAYS) -> list[dict[str, Any]]:
+    """The agency-dataset pairs whose rows sent in the 24 hours before `now` are unusual (see the module's
+    docstring): agency_id, dataset, rows (last 24 hours), requests, median (rows a day over the `days` before),
+    by_day (those days' rows, the latest first), most first."""
+    now = utc(now) or datetime.now(timezone.utc)
+    day = timedelta(days=1)
+    recent = [r for r in usage(engine, now - day, now) if r["rows"] > min_rows]
+    if not recent:
+        return []  # one pass over a day of the audit: what most checks find
+    a = tables.audit.c
+    start = now - day * (days + 1)
+    if engine.dialect.name == "postgresql":
+        age = sa.func.floor(sa.extract("epoch", sa.literal(now, sa.DateTime(timezone=True)) - a.recorded_at) / 86400)
+    else:  # SQLite keeps UTC times as text
+        age = sa.cast(sa.func.julianday(now.replace(tzinfo=None).isoformat(sep=" ")) - sa.func.julianday(a.recorded_at),
+                      sa.Integer)
+    pairs = {(r["agency_id"], r["dataset"]) for r in recent}
+    with engine.connect() as conn:
+        history = conn.execute(sa.select(a.agency_id, a.dataset, age.label("age"),
+                                         sa.func.coalesce(sa.func.sum(a.rows_returned), 0).label("rows"))
+                               .where(a.recorded_at >= start, a.recorded_at < now - day,
+                                      a.agency_id.in_(sorted({p[0] for p in pairs})), a.status < 400,
+                                      sa.not_(sa.and_(a.action.like("export%"), sa.not_(a.action.like("%_done")))),
+                                      sa.or_(a.action.in_(list(KINDS)), *(a.action.like(f"{p}%") for p in PREFIXES)))
+                               .group_by(a.agency_id, a.dataset, age)).all()
+    daily: dict[tuple[str, str], list[int]] = {pair: [0] * days for pair in pairs}
+    for agency_id, dataset, ago, rows in history:
+        if (agency_id, dataset) in daily and 1 <= int(ago) <= days:
+            daily[(agency_id, dataset)][int(ago) - 1] += int(rows)
+    found = []
+    for r in recent:
+        by_day = daily[(r["agency_id"], r["dataset"])]
+        median = statistics.median(by_day)
+        if r["rows"] > factor * median:
+            found.append({"agency_id": r["agency_id"], "dataset": r["dataset"], "rows": r["rows"],
+                          "requests": r["requests"], "median": median, "by_day": by_day})
+    return sorted(found, key=lambda f: -f["rows"])
+
+
+def said(found: dict[str, Any]) -> str:
+    """An unusual pair in a sentence, with what to do (the alert's and `lgsp status`'s)."""
+    days = len(found["by_day"])
+    usual = (f"{found['rows'] / found['median']:.0f}x its daily median over the {days} days before "
+             f"({found['median']:,.0f})" if found["median"] else f"on most of the {days} days before it read none")
+    return (f"{found['agency_id']} read {found['rows']:,} rows of {found['dataset']} in the last 24 hours "
+            f"({found['requests']:,} requests), {usual}: see `lgsp audit usage --agency {found['agency_id']} "
+            f"--since {days + 1}d`; if it should not, `lgsp agencies disable {found['agency_id']} --note WHY`")

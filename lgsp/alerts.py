@@ -46,7 +46,7 @@ log = logging.getLogger("lgsp.alerts")
 class Alert:
     """What went wrong, where, and where to look."""
 
-    kind: str  # "failed", "late", or a pipeline's freshness: "stale", "fresh" (again; lgsp.freshness)
+    kind: str  # "failed", "late", a pipeline's freshness: "stale", "fresh" (again; lgsp.freshness), "unusual_reads"...
     dag_id: str
     summary: str
     system: str | None = None  # the external system whose data it is about (its `owner` is told too)

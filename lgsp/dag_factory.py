@@ -356,7 +356,8 @@ def freshness_dag() -> Any:
          tags=["lgsp", "freshness"], default_args=_default_args(2),
          doc_md="Judges every pipeline with a `freshness` objective (catalog/pipelines.yaml) by the age of its last "
                 "complete sync, keeps the states in `lgsp_freshness` and sends one alert (LGSP_ALERT_*) when a "
-                "pipeline goes stale and one when it is fresh again. It does not fail on a stale pipeline (that "
+                "pipeline goes stale and one when it is fresh again (and one when an agency starts reading far "
+                "more of a dataset than it usually does: gateway.usage). It does not fail on a stale pipeline (that "
                 "would alert every 15 minutes); `lgsp status` shows the same, with the last runs' errors.")
     def _freshness() -> None:
         @task(task_id="check")

@@ -176,6 +176,30 @@ def _push_dag(catalog: Catalog, feed: str) -> str:
     return _push_dag(catalog, spec.after[0]) if spec.after else f"lgsp_push_{feed}"
 
 
+def _unusual_reads(wh: Any, catalog: Catalog, now: datetime, kept: dict[str, Any],
+                   states: dict[str, tuple[str, datetime | None]]) -> list[tuple[str, Any]]:
+    """The alerts for agency-dataset pairs that became unusual (`reads:<agency>:<dataset>`, kept in `states`;
+    one that was and is no longer goes back to `usual`, silently)."""
+    if not sa.inspect(wh.engine).has_table("gateway_audit"):
+        return []
+    from gateway.usage import said, unusual
+    from lgsp.alerts import Alert
+
+    found = []
+    flagged = {f"reads:{u['agency_id']}:{u['dataset']}": u for u in unusual(wh.engine, now)}
+    for subject, u in flagged.items():
+        states[subject] = ("unusual", None)
+        if subject in kept and kept[subject].state == "unusual":
+            continue  # told already
+        shared = catalog.sharing.get(u["dataset"])
+        found.append((subject, Alert(kind="unusual_reads", dag_id="lgsp_freshness", summary=said(u)[:1000],
+                                     owner=shared.owner if shared else None)))
+    for subject, row in kept.items():
+        if subject.startswith("reads:") and row.state == "unusual" and subject not in flagged:
+            states[subject] = ("usual", None)
+    return found
+
+
 def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
     """Judge every pipeline, every feed's deadlines and every reference between datasets (lgsp.references),
     keep the states in `lgsp_freshness` (a reference's subject: `ref:<dataset>.<column>`), and alert on a
@@ -212,6 +236,12 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
         if alert is not None:
             alerts.append({"subject": subject, "kind": alert.kind, "sent_to": send(alert)})
         states[subject] = (result["state"], None)
+    errors = []
+    try:  # agencies reading far more than they usually do (gateway.usage): alert once when a pair becomes unusual
+        for subject, alert in _unusual_reads(wh, catalog, now, kept, states):
+            alerts.append({"subject": subject, "kind": alert.kind, "sent_to": send(alert)})
+    except Exception as exc:  # noqa: BLE001 - said in the result and the log; the check itself stands
+        errors.append(f"unusual reads not checked: {type(exc).__name__}: {exc}"[:500])
     rows = [{"subject": subject, "state": state, "synced_at": synced_at, "checked_at": now,
              "since": (utc(kept[subject].since) if subject in kept and kept[subject].state == state else now)}
             for subject, (state, synced_at) in states.items()]
@@ -220,7 +250,6 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
     with wh.transaction() as conn:
         wh.upsert(conn, table, rows, ["subject"])
         wh.insert_ignore(conn, wh.system["lgsp_freshness_event"], changed, ["subject", "at"])
-    errors = []
     try:  # today's quality scorecards, for `lgsp quality --history`: never at the cost of the freshness alerts
         from lgsp.scorecard import record, scorecards
 

@@ -6,7 +6,8 @@ the dataset's open quarantine and its system's circuit. Per push feed: messages 
 letters, the oldest one not acknowledged and, for a feed with `due`, its reports' deadlines
 (lgsp.deadlines: periods past due, those not acknowledged). Per reference between datasets
 (lgsp.references): orphan rows, those past grace. The agencies' access requests waiting for a
-decision (gateway.access_requests), and the agencies' webhooks failing or dead (gateway.webhooks).
+decision (gateway.access_requests), the agencies' webhooks failing or dead (gateway.webhooks) and the
+agencies reading far more than they usually do (gateway.usage).
 Then the problems, each with what to do. It reads only the warehouse (no source is asked; `lgsp
 health` does that).
 """
@@ -144,6 +145,11 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
             f"({grant['expires_at']:%Y-%m-%d %H:%M} UTC"
             + (f", request {grant['request_id']}" if grant["request_id"] else "")
             + "): the agency asks again (POST /api/v1/access-requests) if it still needs it")})
+    reads = _unusual_reads(wh, now)
+    for found in reads or []:
+        from gateway.usage import said
+
+        problems.append({"severity": "warning", "agency": found["agency_id"], "problem": said(found)})
     hooks = _webhooks(wh)
     for hook in (hooks or {}).get("troubled", []):
         told = "its access events" if hook["events"] == "access" else hook["dataset"]
@@ -158,7 +164,16 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
                 f"in a row, tried again at {_iso(utc(hook['next_attempt_at']))}: {hook['last_error']}")})
     ok = not any(p["severity"] == "error" for p in problems)
     return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "references": checked_references,
-            "access_requests": requests, "webhooks": hooks, "problems": problems}
+            "access_requests": requests, "webhooks": hooks, "unusual_reads": reads, "problems": problems}
+
+
+def _unusual_reads(wh: Warehouse, now: datetime) -> list[dict[str, Any]] | None:
+    """The agencies reading far more than they usually do (gateway.usage; None: no gateway here)."""
+    if not sa.inspect(wh.engine).has_table("gateway_audit"):
+        return None
+    from gateway.usage import unusual
+
+    return unusual(wh.engine, now)
 
 
 def _webhooks(wh: Warehouse) -> dict[str, Any] | None:

@@ -11,10 +11,18 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from gateway.usage import moment, usage
+from airflow_helpers import WebhookSink
+from catalog import load_catalog
+from gateway import tables
+from gateway.tables import create_gateway_tables
+from gateway.usage import moment, said, unusual, usage
 from lgsp.cli import app as lgsp_app
+from lgsp.freshness import check_and_alert
+from lgsp.status import status_report
+from warehouse import Warehouse
 from test_agency_events import Env, env  # noqa: F401 - the module's gateway (its fixture), agencies added here
 
 
@@ -122,3 +130,72 @@ def test_agencies_show_tells_one_agency_whole(env: Env, reads: dict[str, int], m
     nobody = CliRunner().invoke(lgsp_app, ["agencies", "show", "nobody"])
     assert nobody.exit_code == 1 and "no agency 'nobody'" in " ".join(nobody.output.split())
     env.hooks.remove(webhook_id)
+
+
+def _audited(engine: sa.Engine, reads: list[tuple[str, str, str, int | None, int, datetime]]) -> None:
+    """Audit rows as the gateway writes them (agency, dataset, action, rows, status, when); hashes not chained."""
+    with engine.begin() as conn:
+        conn.execute(tables.audit.insert(), [
+            {"chain": 0, "seq": n + 1, "recorded_at": when, "agency_id": agency, "dataset": dataset, "action": action,
+             "query": "{}", "rows_returned": rows, "status": status, "prev_hash": "0" * 64, "row_hash": "0" * 64}
+            for n, (agency, dataset, action, rows, status, when) in enumerate(reads)])
+
+
+def test_an_agency_reading_far_more_than_usual_is_alerted_once_and_status_warns(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = load_catalog()
+    wh = Warehouse(database_url, catalog)
+    wh.create_all()
+    create_gateway_tables(wh.engine)
+    now = datetime.now(timezone.utc)
+    reads = []
+    for day in range(1, 8):  # the week before: each agency's usual day
+        before = now - timedelta(days=day, hours=1)
+        reads += [("so_y_te", "citizen", "records", 1_000, 200, before),
+                  ("so_tai_chinh", "citizen", "records", 15_000, 200, before),
+                  ("so_tu_phap", "citizen", "export_csv", None, 200, before),
+                  ("so_tu_phap", "citizen", "export_csv_done", 2_000, 200, before)]
+    hour = now - timedelta(hours=1)
+    reads += [("so_y_te", "citizen", "records", 20_000, 200, hour) for _ in range(3)]  # 60x its median
+    reads += [("so_tai_chinh", "citizen", "records", 20_000, 200, hour),  # 1.3x: busy, not unusual
+              ("so_tu_phap", "citizen", "export_csv", None, 200, hour),
+              ("so_tu_phap", "citizen", "export_csv_done", 30_000, 200, hour),  # 15x, by the rows its export sent
+              ("ubnd_moi", "land_parcel", "records", 12_000, 200, hour),  # a new reader, over the floor
+              ("ubnd_nho", "citizen", "records", 5_000, 200, hour),  # a new reader, under it
+              ("so_y_te", "land_parcel", "records", None, 403, hour),  # refused: nothing sent
+              ("province:ttdl", "citizen", "subject_report", 50_000, 200, hour)]  # not a read
+    _audited(wh.engine, reads)
+
+    found = unusual(wh.engine, now)
+    assert [(f["agency_id"], f["dataset"], f["rows"], f["median"]) for f in found] == [
+        ("so_y_te", "citizen", 60_000, 1_000), ("so_tu_phap", "citizen", 30_000, 2_000),
+        ("ubnd_moi", "land_parcel", 12_000, 0)]
+    assert found[0]["by_day"] == [1_000] * 7 and found[0]["requests"] == 3
+    assert said(found[2]).startswith("ubnd_moi read 12,000 rows of land_parcel in the last 24 hours (1 requests), "
+                                     "on most of the 7 days before it read none")
+    assert "60x its daily median over the 7 days before (1,000): see `lgsp audit usage --agency so_y_te --since 8d`" \
+        in said(found[0])
+
+    sink = WebhookSink()
+    monkeypatch.setenv("LGSP_ALERT_WEBHOOK_URL", sink.url)
+    try:
+        first = [a for a in check_and_alert(wh, catalog, now)["alerts"] if a["kind"] == "unusual_reads"]
+        assert sorted(a["subject"] for a in first) == ["reads:so_tu_phap:citizen", "reads:so_y_te:citizen",
+                                                       "reads:ubnd_moi:land_parcel"]
+        told = [a for a in sink.received if a["kind"] == "unusual_reads"]
+        assert len(told) == 3 and "lgsp agencies disable so_y_te --note WHY" in " ".join(str(a["summary"])
+                                                                                       for a in told)
+        assert {a["owner"] for a in told} == {catalog.sharing["citizen"].owner, catalog.sharing["land_parcel"].owner}
+        again = check_and_alert(wh, catalog, now + timedelta(minutes=15))
+        assert not [a for a in again["alerts"] if a["kind"] == "unusual_reads"], "once, not every check"
+        assert again["states"]["reads:so_y_te:citizen"] == "unusual"
+        report = status_report(wh, catalog, now)
+        warned = [p for p in report["problems"] if p.get("agency")]
+        assert [(p["severity"], p["agency"]) for p in warned] == [("warning", "so_y_te"), ("warning", "so_tu_phap"),
+                                                                   ("warning", "ubnd_moi")]
+        quiet = check_and_alert(wh, catalog, now + timedelta(days=2))  # a day later nothing was read at all
+        assert quiet["states"]["reads:so_y_te:citizen"] == "usual"
+        assert not [a for a in quiet["alerts"] if a["kind"] == "unusual_reads"] and len(told) == 3
+    finally:
+        sink.stop()
+        wh.engine.dispose()
