@@ -11,6 +11,8 @@ change-feed pages. Then, each `--repeat` times (the median printed):
   report    `disclosures()` for one citizen: where they are, the reads that named them, the groups of
             reads that may have included them (with the agencies' grants)
   usage     `lgsp audit usage` over the whole audit (gateway.usage): every agency's reads per dataset
+  unusual   the unusual-reads check (`lgsp status`, every lgsp_freshness run) at the audit's last read, both of
+            its passes made (the floor of rows lowered to 0: every pair is compared with its week before)
 
 Prints a table and, as the last line, the figures as JSON.
 
@@ -37,7 +39,7 @@ from migrate import fill, without_phone  # noqa: E402
 
 from gateway import tables  # noqa: E402
 from gateway.disclosures import disclosures  # noqa: E402
-from gateway.usage import usage  # noqa: E402
+from gateway.usage import unusual, usage  # noqa: E402
 from gateway.policy import pseudonym  # noqa: E402
 from gateway.tables import create_gateway_tables  # noqa: E402
 from warehouse import Warehouse  # noqa: E402
@@ -122,7 +124,10 @@ def main() -> None:
             expected = conn.execute(sa.text("SELECT sum(CASE WHEN action LIKE '%_done' THEN 0 ELSE 1 END), "
                                             "sum(rows_returned) FROM gateway_audit")).first()
         medians: dict[str, float] = {}
-        for name, action in (("scan", scan), ("report", report), ("usage", lambda: usage(wh.engine))):
+        last_read = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=(args.rows - 1) * 7)
+        steps = (("scan", scan), ("report", report), ("usage", lambda: usage(wh.engine)),
+                 ("unusual", lambda: unusual(wh.engine, last_read + timedelta(seconds=1), min_rows=0)))
+        for name, action in steps:
             seconds, result = [], None
             for _ in range(args.repeat):
                 started = time.perf_counter()
@@ -135,19 +140,22 @@ def main() -> None:
                 assert figures["named"] >= len(range(0, args.rows, 10_000)), figures  # and random lookups of them
                 figures["may_have_groups"] = len(result["may_have"])  # type: ignore[index]
                 assert result["records"]["citizen"][0]["personal_id"] == subject  # type: ignore[index]
+            if name == "unusual":
+                figures["unusual_flagged"] = len(result)  # type: ignore[arg-type]
             if name == "usage":
                 figures["usage_groups"] = len(result)  # type: ignore[arg-type]
                 assert (sum(u["requests"] for u in result), sum(u["rows"] for u in result)) == \
                     tuple(int(v) for v in expected), (figures, expected)  # type: ignore[union-attr]
-        for name in ("report", "usage"):  # unrounded: a tiny scan is ~0
+        for name in ("report", "usage", "unusual"):  # unrounded: a tiny scan is ~0
             figures[name]["x_scan"] = ratio(medians[name], medians["scan"])
         wh.engine.dispose()
     print(f"\n{'step':<10}{'first s':>10}{'median s':>10}{'x scan':>8}")
-    for name in ("scan", "report", "usage"):
+    for name in ("scan", "report", "usage", "unusual"):
         f = figures[name]
         print(f"{name:<10}{f['first_s']:>10}{f['median_s']:>10}{str(f.get('x_scan', 1.0)):>8}")
     print(f"the report: {figures['named']} read(s) named the person, {figures['may_have_groups']} group(s) of reads "
-          f"may have included them; usage: {figures['usage_groups']} agency-dataset pair(s)")
+          f"may have included them; usage: {figures['usage_groups']} agency-dataset pair(s); unusual: "
+          f"{figures['unusual_flagged']}")
     print(json.dumps(figures))
 
 
