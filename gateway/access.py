@@ -82,6 +82,13 @@ class Authenticator:
             raise AccessDenied(401, INVALID)
         return cached[1]
 
+    def forget(self, agency_id: str) -> None:
+        """Drop this process's cached principals of the agency (its grants changed here); other processes' expire
+        within `principal_cache_s`."""
+        with self._lock:
+            for hashed in [h for h, (_, p) in self._cache.items() if p is not None and p.agency_id == agency_id]:
+                del self._cache[hashed]
+
     def cached(self, secret: str | None) -> Principal | None:
         """The principal for `secret` if that needs no registry lookup (anonymous, or cached and fresh), else None.
 

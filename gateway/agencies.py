@@ -377,14 +377,14 @@ class AgencyRegistry:
                     made[(name, column)] = seconds
         return made
 
-    def revoke(self, agency_id: str, dataset: str) -> None:
-        """Withdraw the agency's grant on `dataset`."""
+    def revoke(self, agency_id: str, dataset: str, by: str = "province") -> None:
+        """Withdraw the agency's grant on `dataset` (`by` "agency": it gave the grant up itself)."""
         g = tables.grant
         with self.engine.begin() as conn:
             if not conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset)).rowcount:
                 raise RegistryError(f"agency '{agency_id}' has no grant on '{dataset}'")
             events.record(conn, agency_id, dataset, events.GRANT_CHANGED,
-                          {"dataset": dataset, "change": "revoked", "grants": "/api/v1/grants"})
+                          {"dataset": dataset, "change": "revoked", "by": by, "grants": "/api/v1/grants"})
 
     def principal(self, presented: str) -> Principal | None:
         """The agency holding this API key or bearer token (None if unknown, revoked or expired, or the agency is

@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from catalog.models import Catalog
 from gateway.access import AccessDenied, RateLimited, presented_secret
 from gateway.access_requests import REQUEST_ID, AccessRequests, RequestError, UnknownRequest
-from gateway.agencies import Grant, Principal
+from gateway.agencies import Grant, Principal, RegistryError
 from gateway.audit import AuditEntry, AuditUnavailable
 from gateway.changes import NoFeed, TokenExpired, feed_problem
 from gateway.export import MEDIA_TYPES, encoder, parquet_schema
@@ -53,7 +53,7 @@ from gateway.lookup import Answer, LookupFailed, lookup_key
 from gateway import events as agency_events
 from gateway.events import ACCESS
 from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, AgencyEventList, DatasetInfo,
-                            DatasetList, ErrorBody, GrantList, Health, TokenResponse, WebhookAttempt,
+                            DatasetList, ErrorBody, GrantGivenUp, GrantList, Health, TokenResponse, WebhookAttempt,
                             UsageList, WebhookDeliveries, WebhookList, WebhookRequest, WebhookSecret, changes_model,
                             lookup_model, page_model)
 from gateway.params import ParamSpec, change_params, parse_params, record_params, record_query
@@ -349,6 +349,21 @@ def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
                      "until when")
     def list_grants(request: Request) -> Response:
         return json_response({"grants": gateway.registry.grants_of(agency(request))})
+
+    @app.delete("/api/v1/grants/{dataset}", response_model=GrantGivenUp, tags=["access requests"],
+                responses={**responses, 404: {"model": ErrorBody, "description": "the agency holds no grant on it"}},
+                summary="Give up the calling agency's grant on a dataset it no longer needs (audited; ask again to "
+                        "read it)")
+    def give_up_grant(request: Request, dataset: str = Path(..., max_length=100)) -> Response:
+        agency_id = agency(request)
+        try:
+            gateway.registry.revoke(agency_id, dataset, by="agency")
+        except RegistryError:
+            return error_response(404, f"agency '{agency_id}' holds no grant on '{dataset}' (GET /api/v1/grants)")
+        gateway.audit.record(AuditEntry(agency_id=agency_id, dataset=dataset, action="grant_relinquished", query={},
+                                        rows_returned=None, status=200))
+        gateway.authenticator.forget(agency_id)
+        return json_response({"dataset": dataset, "outcome": "relinquished"})
 
     @app.get("/api/v1/events", response_model=AgencyEventList, tags=["access requests"], responses=responses,
              summary="The calling agency's events after `after`, oldest first: its requests decided, its grants "

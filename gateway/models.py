@@ -231,6 +231,13 @@ class GrantList(BaseModel):
     grants: list[GrantInfo]
 
 
+class GrantGivenUp(BaseModel):
+    """An agency gave up its grant on a dataset: it reads nothing of it from now on (ask again to read it)."""
+
+    dataset: str
+    outcome: Literal["relinquished"]
+
+
 class WebhookRequest(BaseModel):
     """An agency's own webhook, at an https address on a host the province allows: told when a dataset it is
     granted changes (`events` "dataset.changed", the default, with `dataset`), or of its own access events

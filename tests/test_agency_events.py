@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 from typer.testing import CliRunner
@@ -153,7 +154,7 @@ def test_an_agency_is_told_of_its_requests_decided_and_its_grants_made_changed_a
         ("denied", "land_parcel", "Không đủ căn cứ pháp lý", None)
     assert (widened["change"], widened["scope"], widened["expires_at"], widened["request_id"]) == \
         ("changed", None, None, None)
-    assert revoked == {"event": granted["event"] + 3, "dataset": "citizen", "change": "revoked",
+    assert revoked == {"event": granted["event"] + 3, "dataset": "citizen", "change": "revoked", "by": "province",
                        "grants": f"{PUBLIC}/api/v1/grants"}
     assert not any(re.search(rb"\d{12}", r["body"]) for r in receiver.received), "no personal ID in an event"
     assert env.hooks.dispatch() == [] and len(receiver.received) == 5
@@ -303,3 +304,24 @@ def test_an_event_table_is_made_for_an_old_gateway_and_a_bad_kind_is_refused(env
 
     with pytest.raises(WebhookError, match="not 'everything'"):
         env.hooks.add("so_y_te", "*", "https://hooks.so-y-te.example/x", events="everything")
+
+
+def test_an_agency_gives_up_a_grant_it_no_longer_needs(env: Env) -> None:
+    env.agency("so_van_hoa")
+    env.registry.grant("so_van_hoa", "citizen")
+    cached = dataclasses.replace(load_gateway_settings(env.url), principal_cache_s=300.0)  # as a gateway keeps them
+    with running(create_app(cached, load_catalog())) as base:
+        key = {"X-API-Key": env.keys["so_van_hoa"]}
+        assert requests.get(f"{base}/api/v1/datasets/citizen/records", headers=key, timeout=30).status_code == 200
+        gave = requests.delete(f"{base}/api/v1/grants/citizen", headers=key, timeout=30)
+        assert gave.status_code == 200 and gave.json() == {"dataset": "citizen", "outcome": "relinquished"}
+        assert requests.get(f"{base}/api/v1/datasets/citizen/records", headers=key, timeout=30).status_code == 403, \
+            "at once, though the gateway had its grants cached"
+    assert env.call("GET", "/api/v1/grants", "so_van_hoa").json() == {"grants": []}
+    again = env.call("DELETE", "/api/v1/grants/citizen", "so_van_hoa")
+    assert again.status_code == 404 and "holds no grant on 'citizen'" in again.text
+    assert env.call("DELETE", "/api/v1/grants/citizen", None).status_code == 401
+    told = env.call("GET", "/api/v1/events", "so_van_hoa").json()["events"]
+    assert [(e["data"]["change"], e["data"].get("by")) for e in told] == [("granted", None), ("revoked", "agency")]
+    assert env.scalar("SELECT count(*) FROM gateway_audit WHERE agency_id = 'so_van_hoa' "
+                      "AND action = 'grant_relinquished'") == 1
