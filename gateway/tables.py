@@ -174,6 +174,13 @@ def create_gateway_tables(engine: sa.Engine) -> None:
             conn.exec_driver_sql(statement)
 
 
+def upgrade_for_events(engine: sa.Engine) -> None:
+    """The webhook table's `events` column and the agency events' table, if this database predates them: what the
+    `lgsp_notify` DAG needs, made without touching the audit (whose triggers `create_gateway_tables` replaces)."""
+    _add_webhook_columns(engine)
+    agency_event.create(engine, checkfirst=True)
+
+
 def _add_audit_chain(engine: sa.Engine) -> None:
     """An audit table from before per-process chains: add `chain` (its rows are chain 0, their hashes unchanged)
     and, on PostgreSQL, make (chain, seq) the primary key (SQLite writes chain 0 only: its key can stay seq)."""

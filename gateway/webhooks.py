@@ -604,7 +604,8 @@ def scheduled_dispatch() -> dict[str, Any]:
 
     A warehouse with no webhook needs nothing, not even the gateway's key: the DAG runs every 5
     minutes on installations that do not serve the gateway. It creates no table (DDL on the
-    gateway's tables would wait for the audit's writers)."""
+    gateway's tables would wait for the audit's writers), but for the webhook table's `events`
+    column and the events' table on a database from before them (`tables.upgrade_for_events`)."""
     from catalog import load_catalog
     from gateway.service import _write_engine
     from gateway.settings import load_gateway_settings
@@ -612,12 +613,13 @@ def scheduled_dispatch() -> dict[str, Any]:
 
     summary: dict[str, Any] = {o: 0 for o in ("delivered", "failed", "dead", "gone", "paused")}
     engine = _write_engine(load_settings().database_url)
-    ending: list[dict[str, Any]] = []
     try:
-        if sa.inspect(engine).has_table(tables.agency_event.name):  # grants ending soon: their agencies' events
-            ending = agency_events.note_ending_grants(engine)
-        if not sa.inspect(engine).has_table(tables.webhook.name):
-            return {**summary, "deliveries": [], "grants_ending": ending}
+        inspector = sa.inspect(engine)
+        if not inspector.has_table(tables.webhook.name):  # no gateway here: no grant, no webhook
+            return {**summary, "deliveries": [], "grants_ending": []}
+        if "events" not in {c["name"] for c in inspector.get_columns(tables.webhook.name)}:
+            tables.upgrade_for_events(engine)  # the gateway not restarted since lgsp was upgraded
+        ending = agency_events.note_ending_grants(engine)  # grants ending soon: their agencies' events
         with engine.connect() as conn:
             live = conn.execute(sa.select(sa.func.count()).select_from(tables.webhook)
                                 .where(tables.webhook.c.removed_at.is_(None))).scalar()

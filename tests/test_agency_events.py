@@ -325,3 +325,34 @@ def test_an_agency_gives_up_a_grant_it_no_longer_needs(env: Env) -> None:
     assert [(e["data"]["change"], e["data"].get("by")) for e in told] == [("granted", None), ("revoked", "agency")]
     assert env.scalar("SELECT count(*) FROM gateway_audit WHERE agency_id = 'so_van_hoa' "
                       "AND action = 'grant_relinquished'") == 1
+
+
+def test_the_notify_dag_upgrades_a_webhook_table_from_before_access_events(database_url: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.service import _write_engine
+    from warehouse import Warehouse
+
+    for name, value in {"LGSP_HOME": str(tmp_path), "LGSP_DATABASE_URL": database_url,
+                        "LGSP_GATEWAY_PSEUDONYM_KEY": KEY}.items():
+        monkeypatch.setenv(name, value)
+    Warehouse(database_url, load_catalog()).create_all()
+    engine = _write_engine(database_url)
+    try:
+        tables.create_gateway_tables(engine)
+        now = datetime.now(timezone.utc)
+        with engine.begin() as conn:  # as the gateway's tables were before this session: no events anywhere
+            conn.exec_driver_sql("ALTER TABLE gateway_webhook DROP COLUMN events")
+            conn.exec_driver_sql("DROP TABLE gateway_agency_event")
+            conn.execute(tables.agency.insert().values(agency_id="so_y_te", name="x", created_at=now))
+            conn.execute(tables.grant.insert().values(agency_id="so_y_te", dataset="citizen", personal_columns="[]",
+                                                      granted_at=now, expires_at=now + timedelta(days=2)))
+            conn.exec_driver_sql("INSERT INTO gateway_webhook (webhook_id, agency_id, dataset, url, nonce, created_at, "
+                                 "delivered_seq, attempts) VALUES ('wh_old', 'so_y_te', 'citizen', "
+                                 "'https://a.example/', 'n', CURRENT_TIMESTAMP, 0, 0)")
+        summary = scheduled_dispatch()  # the lgsp_notify DAG's task on the new code, before any gateway restart
+        assert summary["deliveries"] == [] and [g["dataset"] for g in summary["grants_ending"]] == ["citizen"]
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(tables.webhook.c.events)).scalar_one() == "dataset.changed"
+            assert conn.execute(sa.select(tables.agency_event.c.type)).scalar_one() == "grant.ending"
+    finally:
+        engine.dispose()
