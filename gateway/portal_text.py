@@ -102,8 +102,8 @@ VI = {
                  "xét và quyền truy cập được cấp ngay khi đề nghị được chấp thuận (theo dõi tại "
                  "<code>GET /api/v1/access-requests</code>, hoặc nhận thông báo quyết định qua "
                  "<code>GET /api/v1/events</code> hay một webhook). Cơ quan, đơn vị chưa có khóa API đề nghị "
-                 "quản trị viên của tỉnh đăng ký và cấp khóa. Các cột dữ liệu cá nhân vẫn được bảo vệ như từ điển dữ liệu mô tả, "
-                 "trừ khi quyền được cấp nêu rõ các cột đó.",
+                 "quản trị viên của tỉnh đăng ký và cấp khóa. Các cột dữ liệu cá nhân vẫn được bảo vệ như từ điển "
+                 "dữ liệu mô tả, trừ khi quyền được cấp nêu rõ các cột đó.",
     # errors
     "error_400": "Yêu cầu không hợp lệ",
     "error_404": "Không tìm thấy",
