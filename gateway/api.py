@@ -367,7 +367,7 @@ def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get("/api/v1/events", response_model=AgencyEventList, tags=["access requests"], responses=responses,
              summary="The calling agency's events after `after`, oldest first: its requests decided, its grants "
-                     "made, changed, revoked or ending")
+                     "made, changed, revoked, ending or ended")
     def list_events(request: Request, after: int = Query(0, ge=0, le=2**62, description=(
                         "the number (`data.event`) of the last event already seen; 0: from the first")),
                     limit: int = Query(100, ge=1, le=1000)) -> Response:

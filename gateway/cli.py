@@ -510,8 +510,8 @@ def webhooks_access(agency_id: str = typer.Argument(..., help="a registered agen
     webhook_id, secret = _hooks_run(lambda: hooks.add(agency_id, "*", url, allow_http,  # type: ignore
                                                       events=ACCESS))
     notes.print(f"webhook {webhook_id}: {agency_id} is told at {shown_url(url)} of its requests decided and its "
-                "grants made, changed, revoked or ending (from now on); its signing secret (shown once, Standard "
-                "Webhooks):")
+                "grants made, changed, revoked, ending or ended (from now on); its signing secret (shown once, "
+                "Standard Webhooks):")
     print(secret)
 
 

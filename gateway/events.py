@@ -1,4 +1,4 @@
-"""What an agency is told of its own access: a request decided, a grant made, changed, revoked or ending.
+"""What an agency is told of its own access: a request decided, a grant made, changed, revoked, ending or ended.
 
 An agency that asked for a dataset (gateway.access_requests) used to learn the decision by asking
 again and again; a mirror learnt that its grant was gone from a 403. Each of these is now an event of
@@ -8,7 +8,9 @@ not happen) and kept in `gateway_agency_event`:
 - `access_request.decided`: the province approved or denied one of the agency's requests (the grant as
   approved: personal columns in clear, rows, until when; or the note saying why not);
 - `grant.changed`: a grant made (`change: granted`), changed (its columns, rows or end) or revoked;
-- `grant.ending`: a grant ends within 14 days (told once per end), so the agency can ask again in time.
+- `grant.ending`: a grant ends within 14 days (told once per end), so the agency can ask again in time;
+- `grant.ended`: a grant ended (its `expires_at` passed; told once, within a day of it), so a copy kept by
+  the change feed knows why it is refused.
 
 The agency reads them with its own credential, `GET /api/v1/events?after=N` (the number of the last
 event it has seen), or is told by an **access webhook** (`lgsp webhooks access AGENCY URL`, or
@@ -35,7 +37,8 @@ from warehouse.store import utc
 DECIDED = "access_request.decided"
 GRANT_CHANGED = "grant.changed"
 GRANT_ENDING = "grant.ending"
-TYPES = (DECIDED, GRANT_CHANGED, GRANT_ENDING)
+GRANT_ENDED = "grant.ended"
+TYPES = (DECIDED, GRANT_CHANGED, GRANT_ENDING, GRANT_ENDED)
 ACCESS = "access"  # a webhook told of its agency's events (gateway.webhooks); the other kind: "dataset.changed"
 ENDING_NOTICE_S = 14 * 86400  # a grant ending within this is told of (and named by `lgsp status`)
 PAGE = 100  # events a read returns at most
@@ -112,22 +115,25 @@ def latest(engine: sa.Engine, agency_id: str, limit: int = 10, public_url: str =
 def note_ending_grants(engine: sa.Engine, within_s: float = ENDING_NOTICE_S,
                        now: datetime | None = None) -> list[dict[str, Any]]:
     """Record a `grant.ending` event for each grant that ends within `within_s` and has not been told of
-    (once per grant and end: a grant extended and ending again is told again). The `lgsp_notify` DAG runs it
-    before each dispatch. Returns the grants told of now."""
+    (once per grant and end: a grant extended and ending again is told again), and a `grant.ended` one for each
+    that ended within the last day. The `lgsp_notify` DAG runs it before each dispatch. Returns the grants told
+    of now (with `type`)."""
     now = now or datetime.now(timezone.utc)
     g = tables.grant.c
     told = []
     with engine.begin() as conn:
         rows = conn.execute(sa.select(tables.grant).where(
-            g.expires_at.isnot(None), g.expires_at > now, g.expires_at <= now + timedelta(seconds=within_s))
-            .order_by(g.expires_at)).mappings().all()
+            g.expires_at.isnot(None), g.expires_at > now - timedelta(days=1),
+            g.expires_at <= now + timedelta(seconds=within_s)).order_by(g.expires_at)).mappings().all()
         for row in rows:
             ends = utc(row["expires_at"])
+            kind = GRANT_ENDED if ends <= now else GRANT_ENDING  # type: ignore[operator]
             data = {**grant_data(row["dataset"], json.loads(row["personal_columns"]),
                                  json.loads(row["row_scope"]) if row["row_scope"] else None, ends, row["request_id"]),
-                    "ends_in_days": round((ends - now).total_seconds() / 86400, 1),  # type: ignore[operator]
                     "ask": "/api/v1/access-requests"}
-            once = f"{GRANT_ENDING}/{row['agency_id']}/{row['dataset']}/{_when(ends)}"
-            if record(conn, row["agency_id"], row["dataset"], GRANT_ENDING, data, once):
-                told.append({"agency_id": row["agency_id"], **data})
+            if kind == GRANT_ENDING:
+                data["ends_in_days"] = round((ends - now).total_seconds() / 86400, 1)  # type: ignore[operator]
+            once = f"{kind}/{row['agency_id']}/{row['dataset']}/{_when(ends)}"
+            if record(conn, row["agency_id"], row["dataset"], kind, data, once):
+                told.append({"agency_id": row["agency_id"], "type": kind, **data})
     return told

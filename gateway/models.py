@@ -241,7 +241,7 @@ class GrantGivenUp(BaseModel):
 class WebhookRequest(BaseModel):
     """An agency's own webhook, at an https address on a host the province allows: told when a dataset it is
     granted changes (`events` "dataset.changed", the default, with `dataset`), or of its own access events
-    (`events` "access": requests decided, grants made, changed, revoked or ending; no `dataset`)."""
+    (`events` "access": requests decided, grants made, changed, revoked, ending or ended; no `dataset`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -272,7 +272,7 @@ class AgencyEvent(BaseModel):
     """One of the calling agency's events (gateway.events), as an access webhook sends it (Standard Webhooks'
     payload): `data.event` numbers it; `data.dataset` names the dataset."""
 
-    type: Literal["access_request.decided", "grant.changed", "grant.ending"]
+    type: Literal["access_request.decided", "grant.changed", "grant.ending", "grant.ended"]
     timestamp: datetime
     data: dict[str, Any]
 

@@ -1,6 +1,6 @@
 """The gateway's tables, on the warehouse database: agencies, credentials, tokens, grants (and the access requests
 that ask for them), audit, webhooks, and the events agencies are told of (their requests decided, their grants made,
-changed, revoked or ending).
+changed, revoked, ending or ended).
 
 Credentials and tokens are stored as SHA-256 digests of the secret, never the secret:
 the secrets are 256-bit random values, so a fast digest is enough (no password to
@@ -139,7 +139,7 @@ agency_event = sa.Table(
     sa.Column("event_seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("agency_id", sa.Text, nullable=False),
     sa.Column("dataset", sa.Text, nullable=False),
-    sa.Column("type", sa.Text, nullable=False),  # access_request.decided | grant.changed | grant.ending
+    sa.Column("type", sa.Text, nullable=False),  # access_request.decided | grant.changed | grant.ending | .ended
     sa.Column("data", sa.Text, nullable=False),  # JSON: the event's `data`
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("once", sa.Text, unique=True),  # an event told once however often it is noticed (a grant's ending)

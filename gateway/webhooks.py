@@ -192,7 +192,7 @@ class Webhooks:
             created_by: str = "province", events: str = EVENT) -> tuple[str, str]:
         """Tell `agency_id`'s endpoint at `url` when `dataset` changes from now on: (webhook id, secret).
         `events` "access" (`gateway.events.ACCESS`): of the agency's own events instead (requests decided,
-        grants made, changed, revoked or ending), with `dataset` "*".
+        grants made, changed, revoked, ending or ended), with `dataset` "*".
 
         The secret is returned once (the endpoint verifies signatures with it); it is not stored.
         `created_by` "agency" (the gateway's API): at most `AGENCY_LIMIT` of them per agency.
@@ -599,8 +599,8 @@ def from_environment(catalog: Catalog | None = None) -> Webhooks:
 
 
 def scheduled_dispatch() -> dict[str, Any]:
-    """The `lgsp_notify` DAG's task: the grants ending soon told of (`gateway.events.note_ending_grants`), then
-    one dispatch; a summary by outcome, the deliveries, and the grants told of as ending.
+    """The `lgsp_notify` DAG's task: the grants ending soon or just ended told of (`gateway.events.
+    note_ending_grants`), then one dispatch; a summary by outcome, the deliveries, and the grants told of.
 
     A warehouse with no webhook needs nothing, not even the gateway's key: the DAG runs every 5
     minutes on installations that do not serve the gateway. It creates no table (DDL on the
@@ -616,20 +616,20 @@ def scheduled_dispatch() -> dict[str, Any]:
     try:
         inspector = sa.inspect(engine)
         if not inspector.has_table(tables.webhook.name):  # no gateway here: no grant, no webhook
-            return {**summary, "deliveries": [], "grants_ending": []}
+            return {**summary, "deliveries": [], "grants_told": []}
         if "events" not in {c["name"] for c in inspector.get_columns(tables.webhook.name)}:
             tables.upgrade_for_events(engine)  # the gateway not restarted since lgsp was upgraded
-        ending = agency_events.note_ending_grants(engine)  # grants ending soon: their agencies' events
+        ending = agency_events.note_ending_grants(engine)  # grants ending soon or ended: their agencies' events
         with engine.connect() as conn:
             live = conn.execute(sa.select(sa.func.count()).select_from(tables.webhook)
                                 .where(tables.webhook.c.removed_at.is_(None))).scalar()
         if not live:
-            return {**summary, "deliveries": [], "grants_ending": ending}
+            return {**summary, "deliveries": [], "grants_told": ending}
         settings = load_gateway_settings()  # signing needs the key: a clear error if it is missing
         done = Webhooks(engine, load_catalog(), settings.pseudonym_key, settings.public_url).dispatch()
     finally:
         engine.dispose()
     summary.update({o: sum(d.outcome == o for d in done) for o in summary})
     summary["deliveries"] = [{**d.as_dict(), "next_attempt_at": str(d.next_attempt_at or "")} for d in done]
-    summary["grants_ending"] = ending
+    summary["grants_told"] = ending
     return summary

@@ -434,8 +434,9 @@ def notify_dag(catalog: Catalog) -> Any:
          default_args=_default_args(2),
          doc_md="One dispatch of `gateway.webhooks`: each agency webhook whose dataset changed since its endpoint "
                 "last acknowledged gets one signed notification (Standard Webhooks); before it, grants ending within "
-                "14 days become their agencies' `grant.ending` events, and each access webhook gets its agency's "
-                "events (requests decided, grants changed or ending: `gateway.events`). Failed deliveries are tried "
+                "14 days (or ended) become their agencies' `grant.ending` (`grant.ended`) events, and each access "
+                "webhook gets its agency's events (requests decided, grants changed, ending or ended: "
+                "`gateway.events`). Failed deliveries are tried "
                 "again by later runs (30 s doubling to 1 h); the task fails when a webhook dies (10 failures in a "
                 "row, or 410 Gone): `lgsp webhooks retry`.")
     def _notify() -> None:

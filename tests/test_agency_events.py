@@ -26,6 +26,7 @@ from catalog import load_catalog
 from gateway import events, tables
 from gateway.api import create_app
 from gateway.events import ACCESS
+from gateway.models import AgencyEventList
 from gateway.settings import load_gateway_settings
 from gateway.webhooks import Webhooks, scheduled_dispatch
 from lgsp.cli import app as lgsp_app
@@ -223,7 +224,7 @@ def test_a_grant_ending_soon_is_told_once_and_again_when_it_is_extended(
     env.registry.grant("so_noi_vu", "land_parcel", expires_at=now + timedelta(days=60))
 
     summary = scheduled_dispatch()  # the lgsp_notify DAG's task, as Airflow runs it
-    mine = [g for g in summary["grants_ending"] if g["agency_id"] == "so_noi_vu"]
+    mine = [g for g in summary["grants_told"] if g["agency_id"] == "so_noi_vu"]
     assert [(g["dataset"], g["ends_in_days"]) for g in mine] == [("citizen", 3.0)], "land_parcel ends in 60 days"
     assert [(d["webhook_id"], d["outcome"]) for d in summary["deliveries"] if d["agency_id"] == "so_noi_vu"] == \
         [(webhook_id, "delivered")]
@@ -234,15 +235,28 @@ def test_a_grant_ending_soon_is_told_once_and_again_when_it_is_extended(
     assert ending["expires_at"] == told[0]["data"]["expires_at"] and ending["ask"] == f"{PUBLIC}/api/v1/access-requests"
 
     again = scheduled_dispatch()
-    assert not [g for g in again["grants_ending"] if g["agency_id"] == "so_noi_vu"] and len(receiver.received) == 3
+    assert not [g for g in again["grants_told"] if g["agency_id"] == "so_noi_vu"] and len(receiver.received) == 3
 
     env.registry.grant("so_noi_vu", "citizen", expires_at=now + timedelta(days=10))  # extended, still ending soon
     later = scheduled_dispatch()
-    assert [g["dataset"] for g in later["grants_ending"] if g["agency_id"] == "so_noi_vu"] == ["citizen"]
+    assert [g["dataset"] for g in later["grants_told"] if g["agency_id"] == "so_noi_vu"] == ["citizen"]
     assert [(e["type"], e["data"].get("change")) for e in _told(secret, receiver, 3)] == \
         [("grant.changed", "changed"), ("grant.ending", None)]
     with env.registry.engine.connect() as conn:
         assert events.newest(conn, "so_noi_vu") == _told(secret, receiver)[-1]["data"]["event"]
+
+    with env.registry.engine.begin() as conn:  # an hour ago it ended (as time passes: no event of its own)
+        conn.execute(tables.grant.update().where(tables.grant.c.agency_id == "so_noi_vu",
+                                                 tables.grant.c.dataset == "citizen")
+                     .values(expires_at=now - timedelta(hours=1)))
+    ended = scheduled_dispatch()
+    assert [(g["type"], g["dataset"]) for g in ended["grants_told"] if g["agency_id"] == "so_noi_vu"] == \
+        [("grant.ended", "citizen")]
+    last = _told(secret, receiver)[-1]
+    assert last["type"] == "grant.ended" and "ends_in_days" not in last["data"] and len(receiver.received) == 6
+    assert not [g for g in scheduled_dispatch()["grants_told"] if g["agency_id"] == "so_noi_vu"], "once"
+    listed = AgencyEventList.model_validate(env.call("GET", "/api/v1/events", "so_noi_vu").json())  # as documented
+    assert [e.type for e in listed.events][-2:] == ["grant.ending", "grant.ended"]
     env.hooks.remove(webhook_id)
 
 
@@ -350,7 +364,7 @@ def test_the_notify_dag_upgrades_a_webhook_table_from_before_access_events(datab
                                  "delivered_seq, attempts) VALUES ('wh_old', 'so_y_te', 'citizen', "
                                  "'https://a.example/', 'n', CURRENT_TIMESTAMP, 0, 0)")
         summary = scheduled_dispatch()  # the lgsp_notify DAG's task on the new code, before any gateway restart
-        assert summary["deliveries"] == [] and [g["dataset"] for g in summary["grants_ending"]] == ["citizen"]
+        assert summary["deliveries"] == [] and [g["dataset"] for g in summary["grants_told"]] == ["citizen"]
         with engine.connect() as conn:
             assert conn.execute(sa.select(tables.webhook.c.events)).scalar_one() == "dataset.changed"
             assert conn.execute(sa.select(tables.agency_event.c.type)).scalar_one() == "grant.ending"
