@@ -22,6 +22,7 @@ not counted; an anonymous reader (open datasets) is `anonymous`.
 """
 from __future__ import annotations
 
+import os
 import statistics
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -109,11 +110,29 @@ def moment(value: date | datetime | str | None, now: datetime | None = None) -> 
                          "nor a duration back from now (30d, 12h)") from None
 
 
-def unusual(engine: sa.Engine, now: datetime | None = None, factor: float = UNUSUAL_FACTOR,
-            min_rows: int = UNUSUAL_MIN_ROWS, days: int = UNUSUAL_BASELINE_DAYS) -> list[dict[str, Any]]:
+def _setting(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(f"{name}={text!r}: give a number of 0 or more (default {default:g})")
+    return value
+
+
+def unusual(engine: sa.Engine, now: datetime | None = None, factor: float | None = None,
+            min_rows: float | None = None, days: int = UNUSUAL_BASELINE_DAYS) -> list[dict[str, Any]]:
     """The agency-dataset pairs whose rows sent in the 24 hours before `now` are unusual (see the module's
     docstring): agency_id, dataset, rows (last 24 hours), requests, median (rows a day over the `days` before),
-    by_day (those days' rows, the latest first), most first."""
+    by_day (those days' rows, the latest first), most first. `factor` and `min_rows` default to
+    `LGSP_UNUSUAL_READS_FACTOR` and `LGSP_UNUSUAL_READS_MIN_ROWS` (else 10 and 10,000).
+
+    Raises:
+        ValueError: one of those variables is not a number of 0 or more.
+    """
+    factor = _setting("LGSP_UNUSUAL_READS_FACTOR", UNUSUAL_FACTOR) if factor is None else factor
+    min_rows = _setting("LGSP_UNUSUAL_READS_MIN_ROWS", UNUSUAL_MIN_ROWS) if min_rows is None else min_rows
     now = utc(now) or datetime.now(timezone.utc)
     day = timedelta(days=1)
     recent = [r for r in usage(engine, now - day, now) if r["rows"] > min_rows]

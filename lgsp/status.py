@@ -145,7 +145,11 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
             f"({grant['expires_at']:%Y-%m-%d %H:%M} UTC"
             + (f", request {grant['request_id']}" if grant["request_id"] else "")
             + "): the agency asks again (POST /api/v1/access-requests) if it still needs it")})
-    reads = _unusual_reads(wh, now)
+    try:
+        reads = _unusual_reads(wh, now)
+    except ValueError as exc:  # a setting that is not a number: said, the rest of the report stands
+        reads = None
+        problems.append({"severity": "error", "problem": f"unusual reads not checked: {exc}"})
     for found in reads or []:
         from gateway.usage import said
 

@@ -176,6 +176,17 @@ def test_an_agency_reading_far_more_than_usual_is_alerted_once_and_status_warns(
     assert "60x its daily median over the 7 days before (1,000): see `lgsp audit usage --agency so_y_te --since 8d`" \
         in said(found[0])
 
+    monkeypatch.setenv("LGSP_UNUSUAL_READS_MIN_ROWS", "40000")  # a province's own floor: only so_y_te is over it
+    assert [f["agency_id"] for f in unusual(wh.engine, now)] == ["so_y_te"]
+    monkeypatch.setenv("LGSP_UNUSUAL_READS_FACTOR", "100")  # 60x is not over a hundredfold
+    assert unusual(wh.engine, now) == []
+    monkeypatch.setenv("LGSP_UNUSUAL_READS_FACTOR", "ten")
+    with pytest.raises(ValueError, match="LGSP_UNUSUAL_READS_FACTOR='ten': give a number of 0 or more"):
+        unusual(wh.engine, now)
+    assert "unusual reads not checked: LGSP_UNUSUAL_READS_FACTOR='ten'" in " ".join(
+        p["problem"] for p in status_report(wh, catalog, now)["problems"])  # the rest of the report stands
+    monkeypatch.delenv("LGSP_UNUSUAL_READS_FACTOR")
+    monkeypatch.delenv("LGSP_UNUSUAL_READS_MIN_ROWS")
     sink = WebhookSink()
     monkeypatch.setenv("LGSP_ALERT_WEBHOOK_URL", sink.url)
     try:
