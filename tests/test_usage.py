@@ -56,7 +56,11 @@ def reads(env: Env) -> dict[str, int]:
 
 
 def test_usage_counts_each_agencys_reads_by_kind_refusals_and_rows_as_the_audit_has_them(
-        env: Env, reads: dict[str, int]) -> None:
+        env: Env, reads: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.api
+
+    monkeypatch.setattr(gateway.api, "USAGE_EVERY_S", 0.0)  # each question answered afresh (throttle: below)
+    monkeypatch.setattr(gateway.api, "USAGE_KEPT_S", 0.0)
     expected = reads
     rows = {(r["agency_id"], r["dataset"]): r for r in usage(env.registry.engine)}
     assert set(rows) == {("so_y_te", "citizen"), ("so_tai_chinh", "citizen")}, "no province:... row"
@@ -210,3 +214,17 @@ def test_an_agency_reading_far_more_than_usual_is_alerted_once_and_status_warns(
     finally:
         sink.stop()
         wh.engine.dispose()
+
+
+def test_an_agency_asking_its_usage_again_and_again_costs_one_pass_over_the_audit(env: Env,
+                                                                               reads: dict[str, int]) -> None:
+    env.agency("so_cong_thuong")  # agencies of this test alone: the gateway remembers who asked when
+    env.agency("so_nong_nghiep")
+    first = env.call("GET", "/api/v1/usage", "so_cong_thuong", params={"since": "2026-01-01"})
+    assert first.status_code == 200
+    assert env.call("GET", "/api/v1/datasets/citizen/records", "so_cong_thuong").status_code == 403  # one more
+    again = env.call("GET", "/api/v1/usage", "so_cong_thuong", params={"since": "2026-01-01"})
+    assert again.status_code == 200 and again.json() == first.json(), "the same question: the answer kept"
+    other = env.call("GET", "/api/v1/usage", "so_cong_thuong", params={"since": "2026-02-01"})
+    assert other.status_code == 429 and 1 <= int(other.headers["Retry-After"]) <= 10, "another: not before 10 s"
+    assert env.call("GET", "/api/v1/usage", "so_nong_nghiep").status_code == 200, "per agency"
