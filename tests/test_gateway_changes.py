@@ -508,8 +508,16 @@ def test_the_demo_agency_copy_writes_no_secret_and_follows_the_feed_when_the_key
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["so_xay_dung.db"], "no secret on disk"
     keys = env.scalar("SELECT count(*) FROM gateway_credential WHERE agency_id = 'so_xay_dung' AND revoked_at IS NULL")
     assert int(keys) == 1, "each demo revokes the agency's earlier keys"
-    hooks = env.scalar("SELECT count(*) FROM gateway_webhook WHERE agency_id = 'so_xay_dung' AND removed_at IS NULL")
-    assert int(hooks) == 1, "and removes its earlier webhooks"
+    engine = _write_engine(env.url)
+    try:
+        with engine.connect() as conn:
+            hooks = conn.execute(sa.text("SELECT events FROM gateway_webhook WHERE agency_id = 'so_xay_dung' "
+                                         "AND removed_at IS NULL ORDER BY events")).scalars().all()
+    finally:
+        engine.dispose()
+    assert hooks == ["access", "dataset.changed"], "and removes its earlier webhooks (one of each kind is left)"
+    asked = env.scalar("SELECT count(*) FROM gateway_grant WHERE agency_id = 'so_xay_dung' AND dataset = 'land_parcel'")
+    assert int(asked) == 1, "each demo's access request takes the earlier grant back before asking"
 
 
 def test_a_mirror_refuses_a_damaged_answer_whole_and_loses_nothing(env: Env, agency_db: str) -> None:
