@@ -451,8 +451,8 @@ class Webhooks:
             return None
         first, shown = pending[0]["data"]["event"], shown_url(hook.url)
         if disabled is not None:
-            reason = (f"paused: agency '{hook.agency_id}' is disabled; nothing sent "
-                      f"(lgsp webhooks remove {hook.webhook_id})")
+            reason = (f"paused: agency '{hook.agency_id}' is disabled; nothing sent (lgsp agencies enable "
+                      f"{hook.agency_id}, or lgsp webhooks remove {hook.webhook_id})")
             self._release(hook.webhook_id, last_error=reason)
             return Delivery(hook.webhook_id, hook.agency_id, hook.dataset, shown, "paused", first,
                             pending[-1]["data"]["event"], error=reason)
