@@ -14,8 +14,9 @@ figures are the audit's, per agency and dataset over a window:
 An agency reading far more than it usually does (a key leaked, a script run wild, a purpose exceeded)
 is **unusual** (`unusual`): more than `UNUSUAL_MIN_ROWS` rows of a dataset in the last 24 hours and
 more than `UNUSUAL_FACTOR` times its daily median over the 7 days before (a day it read nothing counts
-as 0, so a new reader of 10,000 rows a day is unusual on its first). The `lgsp_freshness` DAG alerts
-once when a pair becomes unusual; `lgsp status` warns while it is.
+as 0, so a new reader of 10,000 rows a day is unusual on its first; `LGSP_UNUSUAL_READS_FACTOR` and
+`LGSP_UNUSUAL_READS_MIN_ROWS` change the two). The `lgsp_freshness` DAG alerts once when a pair becomes
+unusual; `lgsp status` warns while it is.
 
 The province's own acts (a disclosure report, access decisions, an agency disabled) are not reads and are
 not counted; an anonymous reader (open datasets) is `anonymous`.
