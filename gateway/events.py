@@ -38,7 +38,6 @@ DECIDED = "access_request.decided"
 GRANT_CHANGED = "grant.changed"
 GRANT_ENDING = "grant.ending"
 GRANT_ENDED = "grant.ended"
-TYPES = (DECIDED, GRANT_CHANGED, GRANT_ENDING, GRANT_ENDED)
 ACCESS = "access"  # a webhook told of its agency's events (gateway.webhooks); the other kind: "dataset.changed"
 ENDING_NOTICE_S = 14 * 86400  # a grant ending within this is told of (and named by `lgsp status`)
 PAGE = 100  # events a read returns at most

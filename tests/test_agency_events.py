@@ -33,28 +33,19 @@ from lgsp.cli import app as lgsp_app
 from test_access_requests import PURPOSE
 from test_access_requests import Env as RequestEnv
 from test_gateway import KEY, gateway_env, loaded_registry, running
-from test_gateway_webhooks import Endpoint, endpoint  # noqa: F401 - the fixture: an agency's endpoint on loopback
+from test_gateway_webhooks import Endpoint, WebhookRows, endpoint  # noqa: F401 - the fixture: an agency's endpoint on loopback
 
 PUBLIC = "https://lgsp.ninhbinh.example"
 
 
 @dataclasses.dataclass
-class Env(RequestEnv):
+class Env(RequestEnv, WebhookRows):
     hooks: Webhooks = None  # type: ignore[assignment]
 
     def agency(self, agency_id: str) -> None:
         """A new agency of one test (the module's database is shared), with a key."""
         self.registry.add_agency(agency_id, agency_id)
         self.keys[agency_id] = self.registry.issue_api_key(agency_id)
-
-    def hook(self, webhook_id: str) -> Any:
-        with self.registry.engine.connect() as conn:
-            return conn.execute(sa.select(tables.webhook).where(tables.webhook.c.webhook_id == webhook_id)).one()
-
-    def due_now(self, webhook_id: str) -> None:
-        with self.registry.engine.begin() as conn:
-            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
-                         .values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
 
 
 def _cli(*args: str) -> tuple[int, str]:

@@ -67,8 +67,24 @@ class Endpoint:
         return [orjson.loads(r["body"]) for r in self.received]
 
 
+class WebhookRows:
+    """A test environment's look at its webhooks' rows (`self.hooks`: the Webhooks under test)."""
+
+    hooks: Webhooks
+
+    def hook(self, webhook_id: str) -> Any:
+        with self.hooks.engine.connect() as conn:
+            return conn.execute(sa.select(tables.webhook).where(tables.webhook.c.webhook_id == webhook_id)).one()
+
+    def due_now(self, webhook_id: str) -> None:
+        """As if its retry delay had passed."""
+        with self.hooks.engine.begin() as conn:
+            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
+                         .values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+
+
 @dataclasses.dataclass
-class HookEnv(Env):
+class HookEnv(Env, WebhookRows):
     hooks: Webhooks = None  # type: ignore[assignment]
 
     def change_enterprises(self, monkeypatch: pytest.MonkeyPatch) -> set[str]:
@@ -86,15 +102,6 @@ class HookEnv(Env):
     def load_firms(self, batch: str, records: list[dict[str, Any]]) -> None:
         _load(Warehouse(self.url, self.catalog), self.catalog.datasets["firm"], batch, records)
 
-    def hook(self, webhook_id: str) -> Any:
-        with self.hooks.engine.connect() as conn:
-            return conn.execute(sa.select(tables.webhook).where(tables.webhook.c.webhook_id == webhook_id)).one()
-
-    def due_now(self, webhook_id: str) -> None:
-        """As if its retry delay had passed."""
-        with self.hooks.engine.begin() as conn:
-            conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
-                         .values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
