@@ -56,6 +56,8 @@ from warehouse.shared import has_lineage
 
 CHANGES = sa.table("lgsp_change", sa.column("change_seq"), sa.column("batch_id"), sa.column("dataset"),
                    sa.column("rows_changed"), sa.column("tombstones_pruned_at"))
+RESTORES = sa.table("lgsp_restore", sa.column("restored_at", sa.DateTime(timezone=True)), sa.column("backup"),
+                    sa.column("changes_from"), sa.column("changes_to"))
 TOMBSTONES = sa.table("lgsp_tombstone", sa.column("dataset"), sa.column("batch_id"), sa.column("record_key"))
 FEW_PAGES = 20  # a window of at most this many pages of changed rows is read by a pass over the view, then sorted
 AFRESH = "since: this token has expired; read the dataset afresh (start without since; lgsp mirror --resync)"
@@ -131,6 +133,8 @@ class ChangeFeed:
             raise NoFeed(problem)
         window = self._window(name, token, grant)
         with _timed(self.reader.settings.query_timeout_s), self.reader.engine.connect() as conn:
+            if window.lo:
+                self._refuse_undone(conn, window)
             if window.hi is None:  # a new window: up to the last change committed now
                 highest = int(conn.execute(sa.select(sa.func.max(CHANGES.c.change_seq))).scalar() or 0)
                 if highest < window.lo:
@@ -193,6 +197,17 @@ class ChangeFeed:
         """The writes (batches, computations) of the window that changed the dataset."""
         return sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo,
                                                    CHANGES.c.change_seq <= window.hi)
+
+    @staticmethod
+    def _refuse_undone(conn: sa.Connection, window: Window) -> None:
+        """TokenExpired if the token's window holds change numbers issued for writes a restore undid (`lgsp.backup`):
+        the reader's copy may hold rows the warehouse no longer has, and those numbers now name other writes."""
+        top = window.hi if window.hi is not None else window.lo
+        undone = conn.execute(sa.select(RESTORES.c.backup, RESTORES.c.restored_at).where(
+            RESTORES.c.changes_from <= top, RESTORES.c.changes_to >= window.lo).limit(1)).first()
+        if undone is not None:
+            raise TokenExpired(f"{AFRESH}: the warehouse was restored from a backup ({undone.backup}, on "
+                               f"{undone.restored_at:%Y-%m-%d %H:%M} UTC), undoing writes this token follows")
 
     @staticmethod
     def _pruned_since(conn: sa.Connection, name: str, window: Window) -> bool:

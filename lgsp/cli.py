@@ -22,6 +22,7 @@
     lgsp agencies ...         agencies, API keys, OAuth2 clients, grants
     lgsp audit verify|list    the gateway's hash-chained audit of every read
     lgsp merger run|report|communes   province-merger consolidation (docs/merger.md)
+    lgsp backup create|list|verify|restore   everything lgsp keeps, backed up and put back (docs/deploy.md)
 """
 from __future__ import annotations
 
@@ -158,10 +159,14 @@ def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: boo
                     scheduled_check(name)
             with step("telling agencies' webhooks what changed"):
                 scheduled_dispatch()
+            with step("backing up the store, the lake and GX's results"):
+                from lgsp.backup import create
+
+                create()
         else:
             _airflow_run([f"lgsp_{p}" for p in catalog.pipelines] + ["lgsp_indicators"]
                          + [f"lgsp_push_{f}" for f in pushes] + [f"lgsp_drift_{n}" for n in drifts]
-                         + ["lgsp_notify"], task_retries=False)
+                         + ["lgsp_notify", "lgsp_backup"], task_retries=False)
         from lgsp.reconcile import reconcile as count
 
         with step("counting every pipeline's records at its source and in lgsp"):
@@ -214,6 +219,13 @@ def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: boo
                       f"{', '.join(commune.may_have) or 'none'} (lgsp audit subject ID)", soft_wrap=True)
     console.print(f"Data: warehouse {redact_url(settings.database_url)}; lake {settings.lake_root} "
                   f"(landing/ as received, raw/<dataset>/ingest_date=.../*.parquet)")
+    from lgsp.backup import backups
+    from lgsp.backup_cli import said
+
+    made = backups()
+    if made:
+        console.print(f"Backup: {said(made[-1])} (lgsp backup list; lgsp backup restore NAME --yes puts one back)",
+                      soft_wrap=True)
     from indicators.cli import publish
 
     for what, path in publish(wh, catalog, settings).items():
@@ -922,6 +934,10 @@ register_gateway(app)
 from lgsp.orchestration_cli import register as register_orchestration  # noqa: E402 - airflow start|trigger, backfill
 
 register_orchestration(app)  # docs/orchestration.md
+
+from lgsp.backup_cli import register as register_backup  # noqa: E402 - backup create|list|verify|restore
+
+register_backup(app)  # docs/deploy.md#backups
 
 
 def main() -> None:

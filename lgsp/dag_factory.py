@@ -343,6 +343,35 @@ def maintenance_dag() -> Any:
     return _maintenance()
 
 
+BACKUP_SCHEDULE = "0 3 * * *"  # 03:00 Vietnam time, after the housekeeping compacted the lake
+
+
+def backup_dag() -> Any:
+    """`lgsp_backup`: every night, the store, the lake and GX's results backed up and read back (`lgsp.backup`)."""
+    from airflow.sdk import dag, task
+
+    @dag(dag_id="lgsp_backup", description="Back up the store, the lake and GX's results; keep the newest",
+         schedule=_timetable(BACKUP_SCHEDULE), start_date=START_DATE, catchup=False, max_active_runs=1,
+         tags=["lgsp", "maintenance"], default_args=_default_args(2),
+         doc_md="Backs up the store (one consistent instant), the lake and Great Expectations' results into "
+                "`LGSP_BACKUP_DIR` (default `$LGSP_HOME/backups`), reads every file back against its SHA-256, and "
+                "keeps the newest `LGSP_BACKUP_KEEP` (default 7). `lgsp backup restore NAME --yes` puts one back.")
+    def _backup() -> None:
+        @task(task_id="backup")
+        def backup() -> dict[str, Any]:
+            from lgsp.backup import create, verify
+
+            made = create()
+            checked = verify(made)
+            if not checked.ok:
+                raise RuntimeError(f"backup {made.path} does not read back: {'; '.join(checked.problems[:5])}")
+            return {"backup": str(made.path), "rows": made.rows, "lake_files": made.lake_files, "bytes": made.bytes}
+
+        backup()
+
+    return _backup()
+
+
 FRESHNESS_SCHEDULE = "*/15 * * * *"
 
 
@@ -471,6 +500,7 @@ def build_dags(catalog: Catalog | None = None) -> dict[str, Any]:
         dags["lgsp_indicators"] = indicators_dag(catalog)
     dags.update({f"lgsp_push_{f.name}": push_dag(f, catalog) for f in catalog.feeds.values() if not f.after})
     dags["lgsp_maintenance"] = maintenance_dag()
+    dags["lgsp_backup"] = backup_dag()
     if any(p.freshness is not None for p in catalog.pipelines.values()):
         dags["lgsp_freshness"] = freshness_dag()
     dags["lgsp_notify"] = notify_dag(catalog)

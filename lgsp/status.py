@@ -166,9 +166,39 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
             problems.append({"severity": "warning", "webhook": hook["webhook_id"], "problem": (
                 f"webhook {hook['webhook_id']} of {hook['agency_id']} ({told}) failed {hook['attempts']} time(s) "
                 f"in a row, tried again at {_iso(utc(hook['next_attempt_at']))}: {hook['last_error']}")})
+    backup = _backup_state(now, problems)
     ok = not any(p["severity"] == "error" for p in problems)
     return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "references": checked_references,
-            "access_requests": requests, "webhooks": hooks, "unusual_reads": reads, "problems": problems}
+            "access_requests": requests, "webhooks": hooks, "unusual_reads": reads, "backup": backup,
+            "problems": problems}
+
+
+def _backup_state(now: datetime, problems: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latest backup (lgsp.backup) and, in `problems`, a warning when there is none or it is old."""
+    from lgsp import backup
+
+    root = backup.backup_root()
+    found = backup.backups(root)
+    latest = found[-1] if found else None
+    state = {"root": str(root), "backups": len(found), "latest": latest.name if latest else None,
+             "created_at": latest.created_at if latest else None,
+             "age_s": (now - latest.created_at).total_seconds() if latest else None}
+    try:
+        limit = backup.max_age()
+    except backup.BackupError as exc:
+        problems.append({"severity": "error", "problem": f"backups not checked: {exc}"})
+        return state
+    if limit is None:
+        return state
+    if latest is None:
+        problems.append({"severity": "warning", "problem": (
+            f"no backup in {root}: `lgsp backup create` makes one, the lgsp_backup DAG one a night (set "
+            f"{backup.BACKUP_DIR_ENV} to another disk)")})
+    elif now - latest.created_at > limit:
+        problems.append({"severity": "warning", "problem": (
+            f"the latest backup ({latest.name}) is {human_age(state['age_s'])} old (warn after "
+            f"{human_age(limit.total_seconds())}): is the lgsp_backup DAG running? `lgsp backup create` makes one now")})
+    return state
 
 
 def _unusual_reads(wh: Warehouse, now: datetime) -> list[dict[str, Any]] | None:
@@ -277,6 +307,10 @@ def print_status(console: Console, report: dict[str, Any]) -> None:
         console.print(feeds)
     if report["references"]:
         print_references(console, report["references"])
+    backup = report.get("backup")
+    if backup and backup["latest"]:
+        console.print(f"Backup: latest {backup['latest']}, {_when(backup['created_at'], now)} ({backup['backups']} in "
+                      f"{backup['root']}; lgsp backup list)", soft_wrap=True)
     if not report["problems"]:
         console.print("[green]nothing needs attention: every pipeline with an objective is fresh, no report "
                       "overdue, no dead letter, no broken reference[/]")

@@ -48,7 +48,7 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     assert bag["errors"] == {}
     catalog = load_catalog()
     expected = ({f"lgsp_{p}" for p in catalog.pipelines}
-                | {"lgsp_indicators", "lgsp_maintenance", "lgsp_notify", "lgsp_freshness"}
+                | {"lgsp_indicators", "lgsp_maintenance", "lgsp_backup", "lgsp_notify", "lgsp_freshness"}
                 | {f"lgsp_push_{f.name}" for f in catalog.feeds.values() if not f.after}
                 | {"lgsp_drift_citizen", "lgsp_drift_enterprise"})
     assert set(bag["dags"]) == expected
@@ -66,6 +66,8 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     assert "Asset" in bag["dags"]["lgsp_indicators"]["schedule"]  # scheduled on the datasets it reads
     assert bag["dags"]["lgsp_maintenance"]["schedule"] == "CronDataIntervalTimetable"  # daily, 02:00 Vietnam time
     assert set(bag["dags"]["lgsp_maintenance"]["retries"]) == {"maintain"}
+    assert bag["dags"]["lgsp_backup"]["schedule"] == "CronDataIntervalTimetable"  # daily, 03:00 Vietnam time
+    assert set(bag["dags"]["lgsp_backup"]["retries"]) == {"backup"}
     assert bag["dags"]["lgsp_freshness"]["schedule"] == "CronDataIntervalTimetable"  # every 15 minutes
     assert set(bag["dags"]["lgsp_freshness"]["retries"]) == {"check"}
     assert bag["dags"]["lgsp_notify"]["schedule"] == "AssetOrTimeSchedule"  # on the shared datasets, every 5 min

@@ -1,6 +1,7 @@
 """The `lgsp` command as a user runs it: the demo end to end on real Airflow, and its errors."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     first = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for dag_id in ("lgsp_population_citizens", "lgsp_tthc_dossiers", "lgsp_indicators", "lgsp_drift_citizen",
-                   "lgsp_notify"):
+                   "lgsp_notify", "lgsp_backup"):
         assert f"Airflow: {dag_id}" in first.stdout
     assert "Online submission rate" in first.stdout and "province by month" in first.stdout
     counts = _counts(home)
@@ -71,6 +72,10 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.text("select request_id from gateway_grant where agency_id = 'so_xay_dung' "
                                     "and dataset = 'land_parcel'")).scalar_one() == asked.group(1)
+    backed = re.search(r"Backup: (\S+): sqlite store, \d+ tables, [\d,]+ rows; ([\d,]+) lake files", said)
+    assert backed is not None and backed.group(1).startswith(str(home / "backups" / "lgsp-")), said[-2000:]
+    manifest = json.loads((Path(backed.group(1)) / "manifest.json").read_text())  # by the lgsp_backup DAG run
+    assert manifest["store"]["tables"]["core_citizen"] == 396 and int(backed.group(2).replace(",", "")) > 9
     printed = first.stdout + first.stderr
     assert "demo-test-pseudonym-key" not in printed and not re.search(r"lgsp_[0-9a-f]{12}_", printed)  # no key
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
@@ -84,6 +89,7 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
                             r"grant\.changed \(granted\) \(", rerun)  # the earlier grant taken back first
     assert asked_again is not None and asked_again.group(1) != asked.group(1), rerun[-2000:]
     assert int(told.group(1)) >= shared, "every enterprise version the first load wrote"
+    assert len(list((home / "backups").glob("lgsp-*"))) == 2, "one backup a run, both kept"
 
 
 def test_pipelines_lists_the_catalog(tmp_path: Path) -> None:

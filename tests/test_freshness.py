@@ -122,9 +122,14 @@ def test_a_sync_makes_a_pipeline_fresh_a_quiet_rerun_too_and_a_backfill_does_not
 
 def test_status_warns_then_says_stale_and_why_and_exits_1_until_a_sync(lgsp_env: Any,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from lgsp.backup import create
+
     runner.run_pipeline("tthc_dossiers")
     wh = _wh(lgsp_env)
     _others_synced_now(wh, but="tthc_dossiers")
+    code, report = _status()
+    assert [p["problem"].split(":")[0] for p in report["problems"]] == [f"no backup in {lgsp_env.home / 'backups'}"]
+    create()
     code, report = _status()
     assert (code, report["ok"], report["problems"]) == (0, True, [])
     assert set(_states(report).values()) == {"fresh"}

@@ -424,6 +424,14 @@ class Lake:
         return Conformed(dataset=dataset, files=len(changed), partitions=len({p.parent for p in changed}),
                          rows=sum(pq.ParquetFile(p).metadata.num_rows for p in changed), dry_run=dry_run)
 
+    def steady(self, dataset: str) -> Any:
+        """Hold off the compaction of `dataset` (batches go on being written): for a consistent copy of its files."""
+        return self._dataset_lock(dataset, exclusive=False)
+
+    def held_alone(self, dataset: str) -> Any:
+        """Hold `dataset`'s files still: no batch written and no compaction until the block exits."""
+        return self._dataset_lock(dataset, exclusive=True)
+
     @contextmanager
     def _dataset_lock(self, dataset: str, exclusive: bool) -> Iterator[None]:
         """Writers share the dataset's lock; compaction holds it alone."""

@@ -141,7 +141,21 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
     )
     exchange = tables_for_exchanges(metadata)
     return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
-                                  migration, freshness, freshness_event, quality_score, *exchange)}
+                                  migration, freshness, freshness_event, quality_score, restore_table(metadata),
+                                  *exchange)}
+
+
+def restore_table(metadata: sa.MetaData) -> sa.Table:
+    """Each `lgsp backup restore` into this store (`lgsp.backup`): the change numbers issued before it for the
+    writes it undid (`changes_from`..`changes_to`), whose feed tokens the gateway refuses (read afresh)."""
+    return sa.Table(
+        "lgsp_restore", metadata,
+        sa.Column("restored_at", TZ, primary_key=True),
+        sa.Column("backup", sa.Text, nullable=False),
+        sa.Column("backup_created_at", TZ, nullable=False),
+        sa.Column("changes_from", sa.BigInteger, nullable=False),
+        sa.Column("changes_to", sa.BigInteger, nullable=False),
+    )
 
 
 def tables_for_exchanges(metadata: sa.MetaData) -> list[sa.Table]:

@@ -1,0 +1,369 @@
+"""Backups and restores (`lgsp backup`), on SQLite and on a real PostgreSQL.
+
+The warehouse is loaded by the real pipelines from the real sandbox services and served by the real
+gateway (uvicorn in a thread, HTTP on loopback); PostgreSQL's store is dumped and restored by the
+real pg_dump and pg_restore; the lake is real Parquet files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from lgsp import backup as backups
+from lgsp import runner
+from lgsp.backup import BackupError
+from lgsp.settings import load_settings
+from test_gateway_changes import Env, Mirror, _changed_snapshot, env  # noqa: F401 - env: the gateway fixture
+from warehouse import Lake
+from warehouse.store import make_engine
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql))]
+    finally:
+        engine.dispose()
+
+
+VERSIONS = ("SELECT tax_code, status, name, is_current FROM core_enterprise "
+            "ORDER BY tax_code, valid_from, is_current")
+
+
+def _lake_keys(dataset: str) -> list[tuple[str, str]]:
+    """(batch, key) of every row of the lake's dataset: a row twice would show twice."""
+    files = sorted(Lake(load_settings().lake_root).dataset_path(dataset).glob("ingest_date=*/*.parquet"))
+    return sorted((f.stem, code) for f in files for code in pq.read_table(f, columns=["tax_code"])["tax_code"].to_pylist())
+
+
+def test_a_restore_undoes_what_came_after_the_backup_and_the_next_sync_converges(
+        env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811 - the fixture
+    from sandbox import start_sandbox
+
+    root = tmp_path / "backups"
+    mirror = Mirror(env, "enterprise", limit=1000)
+    mirror.poll()
+    before = env.export("enterprise")
+    versions_before, lake_before = _rows(env.url, VERSIONS), _lake_keys("enterprise")
+    made = backups.create(root=root)
+    assert backups.verify(made).ok
+    assert made.manifest["store"]["tables"]["core_enterprise"] == len(versions_before)
+    assert made.manifest["lake_rows"]["enterprise"] == len(lake_before)
+    assert "business_enterprises" in made.manifest["pipelines"]
+
+    changed, _, suspended = _changed_snapshot(env.sandbox.data)
+    with start_sandbox(data=changed, api_key="test-key-not-secret") as newer:
+        for name, value in newer.env().items():
+            monkeypatch.setenv(name, value)
+        runner.run_pipeline("business_enterprises", catalog=env.catalog)
+        mirror.poll()  # the agency has the writes the restore will undo
+        after = env.export("enterprise")
+        versions_after, lake_after = _rows(env.url, VERSIONS), _lake_keys("enterprise")
+        assert after != before and len(lake_after) > len(lake_before)
+        token = mirror.token
+
+        done = backups.restore(made, root=root)
+        assert done.safety is not None and done.safety.name.endswith("-before-restore")
+        assert done.safety.manifest["store"]["tables"]["core_enterprise"] == len(versions_after)
+        assert env.export("enterprise") == before, "the gateway serves the backup's records"
+        assert _rows(env.url, VERSIONS) == versions_before
+        assert _lake_keys("enterprise") == lake_before, "the lake's files are the backup's, no later batch"
+        assert done.changes_to >= done.changes_from, "the undone writes' numbers"
+        expired = env.get("/api/v1/datasets/enterprise/changes", since=token)
+        assert expired.status_code == 410, expired.text
+        assert f"restored from a backup ({made.name}" in expired.json()["error"]["message"]
+
+        runner.run_pipeline("business_enterprises", catalog=env.catalog)  # resumes from the backup's cursor
+    assert env.export("enterprise") == after, "the same records as before the restore"
+    assert _rows(env.url, VERSIONS) == versions_after, "every version once: no duplicate, none lost"
+    again = _lake_keys("enterprise")
+    assert len(again) == len(lake_after) and len(set(again)) == len(again)
+    fresh = Mirror(env, "enterprise", limit=1000)
+    fresh.poll()
+    assert fresh.rows == after and {r["status"] for k, r in fresh.rows.items() if k[0] in suspended} == {"suspended"}
+    restored = backups.restores(env.url)
+    assert [r["backup"] for r in restored] == [made.name]
+
+    back = backups.restore(done.safety, root=root, safety=False)  # and back to where it was
+    assert env.export("enterprise") == after and back.safety is None
+    assert [r["backup"] for r in backups.restores(env.url)] == [done.safety.name], "the store as it was then"
+
+
+def _small_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An LGSP_HOME with a SQLite store (two tables), a lake (two Parquet files, a landed page) and GX results."""
+    import pyarrow as pa
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("LGSP_HOME", str(home))
+    monkeypatch.delenv("LGSP_DATABASE_URL", raising=False)
+    monkeypatch.delenv("LGSP_LAKE", raising=False)
+    monkeypatch.delenv(backups.BACKUP_DIR_ENV, raising=False)
+    home.mkdir()
+    conn = sqlite3.connect(home / "warehouse.db")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE core_thing (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.executemany("INSERT INTO core_thing VALUES (?, ?)", [(i, f"thing {i}") for i in range(500)])
+    conn.execute("CREATE TABLE lgsp_cursor (pipeline TEXT PRIMARY KEY, cursor_value TEXT, synced_at TEXT, "
+                 "batch_id TEXT)")
+    conn.execute("INSERT INTO lgsp_cursor VALUES ('things', '2025-10-01T00:00:00+00:00', NULL, 'b1')")
+    conn.commit()
+    conn.close()
+    lake = Lake(home / "lake")
+    for n in (1, 2):
+        lake.write_parquet(pa.table({"id": list(range(n * 10))}), "thing", datetime(2025, 10, n).date(), f"b{n}")
+    lake.write_page("things", "b1", 1, [{"id": 1}])
+    (home / "gx" / "results").mkdir(parents=True)
+    (home / "gx" / "results" / "run.json").write_text("{}")
+    return home
+
+
+def test_a_backup_is_whole_or_absent_named_by_its_second_and_only_the_newest_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _small_home(tmp_path, monkeypatch)
+    root = home / "backups"
+    t0 = datetime(2026, 12, 6, 3, 0, tzinfo=timezone.utc)
+    first = backups.create(now=t0, keep=2)
+    assert first.name == "lgsp-20261206T030000Z" and first.path.parent == root
+    assert first.manifest["store"]["tables"] == {"core_thing": 500, "lgsp_cursor": 1}
+    assert first.manifest["lake_rows"] == {"thing": 30}
+    assert first.manifest["pipelines"]["things"]["cursor"] == "2025-10-01T00:00:00+00:00"
+    assert set(first.manifest["files"]) == {
+        "store.sqlite", "lake/raw/thing/ingest_date=2025-10-01/b1.parquet",
+        "lake/raw/thing/ingest_date=2025-10-02/b2.parquet", "lake/landing/things/b1/page-00001.json",
+        "gx/results/run.json"}
+    assert backups.create(now=t0, keep=2).name == "lgsp-20261206T030000Z-2", "two within a second"
+    (root / ".partial-lgsp-20261206T040000Z").mkdir()  # what a backup killed half-way leaves
+    (root / ".partial-lgsp-20261206T040000Z" / "store.sqlite").write_bytes(b"half")
+    assert [b.name for b in backups.backups(root)] == ["lgsp-20261206T030000Z", "lgsp-20261206T030000Z-2"]
+    third = backups.create(now=t0 + timedelta(hours=1), label="nightly", keep=2)
+    assert third.name == "lgsp-20261206T040000Z-nightly"
+    assert [b.name for b in backups.backups(root)] == ["lgsp-20261206T030000Z-2", third.name]
+    assert not list(root.glob(".partial-*")), "the killed one cleared"
+    assert backups.find("latest").name == third.name and backups.find(str(third.path)).name == third.name
+    with pytest.raises(BackupError, match="no backup named 'nope'"):
+        backups.find("nope")
+    with pytest.raises(BackupError, match="label"):
+        backups.create(label="../x")
+
+
+def test_a_backup_is_one_instant_while_a_writer_holds_a_transaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
+    monkeypatch.setenv("LGSP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LGSP_DATABASE_URL", database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE core_thing (id INTEGER PRIMARY KEY)"))
+            conn.execute(sa.text("INSERT INTO core_thing VALUES (1), (2)"))
+        with engine.connect() as writer:
+            writer.execute(sa.text("INSERT INTO core_thing VALUES (3)"))  # not committed while the backup runs
+            made = backups.create(root=tmp_path / "backups")
+            writer.commit()
+    finally:
+        engine.dispose()
+    assert made.manifest["store"]["tables"]["core_thing"] == 2
+    assert backups.verify(made).ok
+    if database_url.startswith("postgresql"):
+        assert made.manifest["store"]["file"] == "store.pgdump" and made.manifest["store"]["server_version"]
+    else:
+        copy = sqlite3.connect(made.path / "store.sqlite")
+        assert copy.execute("SELECT count(*) FROM core_thing").fetchone() == (2,)
+        assert copy.execute("PRAGMA journal_mode").fetchone() == ("delete",), "one file, no WAL beside it"
+        copy.close()
+
+
+def test_a_restore_on_postgresql_puts_back_tables_and_views_in_one_transaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> None:
+    monkeypatch.setenv("LGSP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LGSP_DATABASE_URL", pg_url)
+    engine = make_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE core_thing (id INTEGER PRIMARY KEY, name TEXT)"))
+            conn.execute(sa.text("INSERT INTO core_thing SELECT g, 'thing ' || g FROM generate_series(1, 1000) g"))
+            conn.execute(sa.text("CREATE VIEW shared_thing AS SELECT id FROM core_thing WHERE id <= 10"))
+        made = backups.create(root=tmp_path / "backups")
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM core_thing WHERE id > 500"))
+            conn.execute(sa.text("UPDATE core_thing SET name = 'changed'"))
+        done = backups.restore(made, root=tmp_path / "backups")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*), count(*) FILTER (WHERE name = 'changed') "
+                                        "FROM core_thing")).one() == (1000, 0)
+            assert conn.execute(sa.text("SELECT count(*) FROM shared_thing")).scalar() == 10
+        assert done.safety is not None and done.safety.manifest["store"]["tables"]["core_thing"] == 500
+        dump = made.path / "store.pgdump"
+        dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])  # cut short
+        checked = backups.verify(made)
+        assert [p.split(":")[0] for p in checked.problems] == ["store.pgdump"]
+        with pytest.raises(BackupError, match="is damaged, nothing was restored"):
+            backups.restore(made, root=tmp_path / "backups")
+    finally:
+        engine.dispose()
+
+
+def test_a_damaged_backup_names_each_file_and_is_never_restored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _small_home(tmp_path, monkeypatch)
+    made = backups.create()
+    parquet = made.path / "lake/raw/thing/ingest_date=2025-10-02/b2.parquet"
+    data = bytearray(parquet.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    parquet.write_bytes(bytes(data))
+    (made.path / "gx/results/run.json").unlink()
+    (made.path / "lake/raw/thing/stray.parquet").write_bytes(b"not ours")
+    checked = backups.verify(made)
+    assert checked.problems == [
+        "gx/results/run.json: missing",
+        "lake/raw/thing/ingest_date=2025-10-02/b2.parquet: its content changed since the backup (SHA-256 differs)",
+        "lake/raw/thing/stray.parquet: not written by the backup"]
+    conn = sqlite3.connect(home / "warehouse.db")
+    conn.execute("DELETE FROM core_thing WHERE id >= 100")
+    conn.commit()
+    conn.close()
+    with pytest.raises(BackupError, match="is damaged, nothing was restored: gx/results/run.json: missing"):
+        backups.restore(made)
+    conn = sqlite3.connect(home / "warehouse.db")
+    assert conn.execute("SELECT count(*) FROM core_thing").fetchone() == (100,), "the store untouched"
+    conn.close()
+    assert len(backups.backups()) == 1, "no safety backup either"
+
+    second = backups.create()
+    store = second.path / "store.sqlite"
+    with store.open("r+b") as handle:  # a page of the copy overwritten, its hash recomputed: SQLite's check finds it
+        handle.seek(4096 + 100)
+        handle.write(b"\x00" * 2000)
+    second.manifest["files"]["store.sqlite"] = list(backups._hash(store))
+    checked = backups.verify(second)
+    assert len(checked.problems) == 1 and checked.problems[0].startswith("store.sqlite: ")
+
+
+def test_a_sqlite_restore_brings_back_store_lake_and_gx_and_can_be_run_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    home = _small_home(tmp_path, monkeypatch)
+    made = backups.create()
+    conn = sqlite3.connect(home / "warehouse.db")  # after the backup: rows changed, a batch landed, results kept
+    conn.execute("DELETE FROM core_thing WHERE id >= 100")
+    conn.execute("INSERT INTO core_thing VALUES (1000, 'new')")
+    conn.commit()
+    lake = Lake(home / "lake")
+    lake.write_parquet(pa.table({"id": [7]}), "thing", datetime(2025, 10, 3).date(), "b3")
+    (home / "gx" / "results" / "later.json").write_text("{}")
+    reader = sqlite3.connect(home / "warehouse.db")  # a reader open during the restore, as a gateway's would be
+    assert reader.execute("SELECT count(*) FROM core_thing").fetchone() == (101,)
+    for _ in range(2):  # a restore killed half-way is run again
+        done = backups.restore(made)
+    assert reader.execute("SELECT count(*), max(id) FROM core_thing").fetchone() == (500, 499), "seen at once"
+    reader.close()
+    assert pq.read_table(home / "lake" / "raw" / "thing").num_rows == 30
+    assert sorted(p.name for p in (home / "gx" / "results").iterdir()) == ["run.json"]
+    assert (home / "lake" / "landing" / "things" / "b1" / "page-00001.json").exists()
+    assert not list((home / "lake" / ".staging").glob("*")), "no restore debris"
+    assert done.rows == 501 and done.lake_files == 3
+    safety = [b for b in backups.backups() if b.name.endswith("before-restore")]
+    assert len(safety) == 2 and safety[0].manifest["store"]["tables"]["core_thing"] == 101
+    assert safety[0].manifest["lake_rows"] == {"thing": 31}
+    assert [r["backup"] for r in backups.restores(f"sqlite:///{home / 'warehouse.db'}")] == [made.name], \
+        "the second restore's record; the first's went with the store it was in"
+    integrity = sqlite3.connect(home / "warehouse.db")
+    assert integrity.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    integrity.close()
+
+
+def test_a_restore_refuses_while_the_gateway_runs_and_into_another_kind_of_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _small_home(tmp_path, monkeypatch)
+    made = backups.create()
+    (home / "gateway.pid").write_text(f"{os.getpid()} 127.0.0.1:8000\n")  # a live process, as `lgsp serve` writes
+    with pytest.raises(BackupError, match=rf"the gateway \(`lgsp serve`, pid {os.getpid()}\) is running"):
+        backups.restore(made)
+    (home / "gateway.pid").unlink()
+    monkeypatch.setenv("LGSP_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(BackupError, match="holds a sqlite store and this lgsp's is postgresql"):
+        backups.restore(made)
+
+
+def _cli(*args: str) -> Any:
+    from lgsp.cli import app
+
+    return CliRunner().invoke(app, ["backup", *args])
+
+
+def test_the_cli_creates_lists_verifies_and_restores_only_when_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lgsp.cli
+
+    monkeypatch.setattr(lgsp.cli.console, "_width", 400)
+    home = _small_home(tmp_path, monkeypatch)
+    assert "No backup in" in _cli("list").output
+    made = _cli("create", "--label", "before-upgrade")
+    assert made.exit_code == 0, made.output
+    assert "Backup: " in made.output and ": sqlite store, 2 tables, 501 rows; 3 lake files (30 Parquet rows)" \
+        in made.output
+    assert "Verified: 5 files read back against their SHA-256" in made.output
+    listed = json.loads(_cli("list", "--json").output)
+    assert [(b["label"], b["tables"]["core_thing"], b["lake_rows"]) for b in listed] == [
+        ("before-upgrade", 500, {"thing": 30})]
+    name = listed[0]["name"]
+    assert name in _cli("list").output
+    assert _cli("verify").exit_code == 0
+    refused = _cli("restore", name)
+    assert refused.exit_code == 1 and "run again with --yes" in refused.output
+    conn = sqlite3.connect(home / "warehouse.db")
+    conn.execute("DELETE FROM core_thing")
+    conn.commit()
+    assert conn.execute("SELECT count(*) FROM core_thing").fetchone() == (0,), "not restored without --yes"
+    conn.close()
+    done = _cli("restore", name, "--yes")
+    assert done.exit_code == 0, done.output
+    assert f"Restored {name}: 2 tables, 501 rows, 3 lake files" in done.output
+    assert "things: cursor 2025-10-01T00:00:00+00:00" in done.output and "-before-restore" in done.output
+    shutil.copy(home / "backups" / name / "store.sqlite", tmp_path / "spare.sqlite")
+    (home / "backups" / name / "store.sqlite").write_bytes(b"x")
+    damaged = _cli("verify", name)
+    assert damaged.exit_code == 1 and "store.sqlite: 1 bytes, the backup wrote" in damaged.output
+    assert "restore another" in damaged.output
+    elsewhere = _cli("create", "--to", str(tmp_path / "other"), "--no-verify")
+    assert elsewhere.exit_code == 0 and str(tmp_path / "other") in elsewhere.output
+
+
+def test_status_warns_without_a_backup_and_when_the_latest_is_old(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from catalog import load_catalog
+    from lgsp.status import status_report
+    from warehouse import Warehouse
+
+    _small_home(tmp_path, monkeypatch)
+    wh = Warehouse(load_settings().database_url, load_catalog())
+    wh.create_all()
+    now = datetime.now(timezone.utc)
+
+    def backup_problems(at: datetime = now) -> list[str]:
+        return [p["problem"] for p in status_report(wh, wh.catalog, at)["problems"] if "backup" in p["problem"]]
+
+    assert backup_problems()[0].startswith(f"no backup in {tmp_path / 'home' / 'backups'}: `lgsp backup create`")
+    backups.create(now=now - timedelta(hours=1))
+    assert backup_problems() == []
+    assert status_report(wh, wh.catalog, now)["backup"]["age_s"] == pytest.approx(3600, abs=1)
+    assert backup_problems(now + timedelta(days=2)) == [
+        f"the latest backup (lgsp-{now - timedelta(hours=1):%Y%m%dT%H%M%S}Z) is 2d 1h old (warn after 2d): is the "
+        "lgsp_backup DAG running? `lgsp backup create` makes one now"]
+    monkeypatch.setenv(backups.MAX_AGE_ENV, "off")
+    assert backup_problems(now + timedelta(days=30)) == []
+    monkeypatch.setenv(backups.MAX_AGE_ENV, "soon")
+    report = status_report(wh, wh.catalog, now)
+    assert report["ok"] is False and "LGSP_BACKUP_MAX_AGE_HOURS='soon' is not a number" in backup_problems()[0]
+    wh.engine.dispose()
