@@ -533,10 +533,10 @@ def restore(backup: Backup, settings: Settings | None = None, safety: bool = Tru
         raise BackupError(f"backup {backup.path} is damaged, nothing was restored: " + "; ".join(checked.problems[:5])
                           + ("" if len(checked.problems) <= 5 else f" (and {len(checked.problems) - 5} more)"))
     kind = make_url(settings.database_url).get_backend_name()
-    if kind != backup.manifest["store"]["kind"]:
-        raise BackupError(f"backup {backup.name} holds a {backup.manifest['store']['kind']} store and this lgsp's is "
-                          f"{kind} ({redact_url(settings.database_url)}): restore it into a {backup.manifest['store']['kind']} "
-                          f"store (LGSP_DATABASE_URL)")
+    held = backup.manifest["store"]["kind"]
+    if kind != held:
+        raise BackupError(f"backup {backup.name} holds a {held} store and this lgsp's is {kind} "
+                          f"({redact_url(settings.database_url)}): restore it into a {held} store (LGSP_DATABASE_URL)")
     with _exclusive(root):
         issued = _highest_change(settings.database_url)
         kept = None

@@ -48,7 +48,9 @@ def _size(n: int) -> str:
 
 def _age(created: datetime) -> str:
     hours = (datetime.now(timezone.utc) - created).total_seconds() / 3600
-    return f"{hours * 60:.0f} min ago" if hours < 1 else f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.0f} d ago"
+    if hours < 1:
+        return f"{hours * 60:.0f} min ago"
+    return f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.0f} d ago"
 
 
 def said(made: Backup) -> str:
@@ -154,7 +156,8 @@ def backup_restore(name: str = typer.Argument(..., help="a backup's name or fold
         console.print("Each pipeline resumes from its cursor in the backup; its next sync pulls again what changed "
                       "since and merges it without duplicates:")
         for pipeline, point in sorted(pipelines.items()):
-            console.print(f"  {pipeline}: cursor {point['cursor'] or '-'}, last complete sync {point['synced_at'] or '-'}")
+            console.print(f"  {pipeline}: cursor {point['cursor'] or '-'}, last complete sync "
+                          f"{point['synced_at'] or '-'}")
     if done.changes_to >= done.changes_from:
         console.print(f"Agencies' change-feed tokens after change {done.changes_from - 1} name writes the restore "
                       "undid: the gateway answers them 410 (read afresh; `lgsp mirror` does)", soft_wrap=True)

@@ -197,7 +197,8 @@ def _backup_state(now: datetime, problems: list[dict[str, Any]]) -> dict[str, An
     elif now - latest.created_at > limit:
         problems.append({"severity": "warning", "problem": (
             f"the latest backup ({latest.name}) is {human_age(state['age_s'])} old (warn after "
-            f"{human_age(limit.total_seconds())}): is the lgsp_backup DAG running? `lgsp backup create` makes one now")})
+            f"{human_age(limit.total_seconds())}): is the lgsp_backup DAG running? `lgsp backup create` makes one "
+            "now")})
     return state
 
 

@@ -44,7 +44,8 @@ VERSIONS = ("SELECT tax_code, status, name, is_current FROM core_enterprise "
 def _lake_keys(dataset: str) -> list[tuple[str, str]]:
     """(batch, key) of every row of the lake's dataset: a row twice would show twice."""
     files = sorted(Lake(load_settings().lake_root).dataset_path(dataset).glob("ingest_date=*/*.parquet"))
-    return sorted((f.stem, code) for f in files for code in pq.read_table(f, columns=["tax_code"])["tax_code"].to_pylist())
+    return sorted((f.stem, code) for f in files
+                  for code in pq.read_table(f, columns=["tax_code"])["tax_code"].to_pylist())
 
 
 def test_a_restore_undoes_what_came_after_the_backup_and_the_next_sync_converges(
