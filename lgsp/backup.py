@@ -197,7 +197,7 @@ def find(name: str, root: Path | None = None) -> Backup:
 
 
 def prune(root: Path, keep: int) -> list[str]:
-    """Delete all but the `keep` newest backups, and what killed backups left; the names deleted."""
+    """Delete all but the `keep` newest backups (0: none), and what killed backups left; the names deleted."""
     gone = []
     for backup in backups(root)[:-keep] if keep else []:
         shutil.rmtree(backup.path)
@@ -315,10 +315,12 @@ def _text(value: Any) -> str | None:
 
 def _pg_conninfo(url: str) -> tuple[str, dict[str, str]]:
     """A libpq connection string for pg_dump/pg_restore and the environment carrying the password (never argv)."""
+    from psycopg.conninfo import make_conninfo
+
     parsed = make_url(url)
     parts = {"host": parsed.host, "port": parsed.port, "dbname": parsed.database, "user": parsed.username}
     parts.update({k: v for k, v in parsed.query.items() if isinstance(v, str)})
-    conninfo = " ".join(f"{k}='{str(v)}'" for k, v in parts.items() if v is not None)
+    conninfo = make_conninfo("", **{k: str(v) for k, v in parts.items() if v is not None})  # quoted as libpq reads it
     env = dict(os.environ)
     if parsed.password:
         env["PGPASSWORD"] = str(parsed.password)
@@ -541,7 +543,7 @@ def restore(backup: Backup, settings: Settings | None = None, safety: bool = Tru
         issued = _highest_change(settings.database_url)
         kept = None
         if safety and _has_store(settings):
-            kept = _create(settings, root, "before-restore", max(keep_count(), 1) + 1, None)
+            kept = _create(settings, root, "before-restore", 0, None)  # deletes no backup: a restore never does
         store_file = backup.path / backup.manifest["store"]["file"]
         if kind == "sqlite":
             _sqlite_restore(store_file, _sqlite_path(settings.database_url))
@@ -632,10 +634,11 @@ def _record_restore(url: str, backup: Backup, issued: int) -> int:
             conn.execute(table.insert().values(
                 restored_at=datetime.now(timezone.utc), backup=backup.name,
                 backup_created_at=backup.created_at, changes_from=held + 1, changes_to=issued))
-            if issued > held:  # the next write is numbered issued + 1: no token names two different writes
+            if issued > held:  # the restore's own number, above the undone ones: no token names two writes, and
+                # a token issued from now on (numbered from here) is above the undone range
                 conn.execute(sa.text("INSERT INTO lgsp_change (change_seq, batch_id, dataset, rows_changed, "
                                      "committed_at) VALUES (:seq, :batch, '*restore*', 0, :at)"),
-                             {"seq": issued, "batch": f"restore:{backup.name}:{issued}",
+                             {"seq": issued + 1, "batch": f"restore:{backup.name}:{issued}",
                               "at": datetime.now(timezone.utc)})
         return held
     finally:

@@ -84,12 +84,17 @@ def test_a_restore_undoes_what_came_after_the_backup_and_the_next_sync_converges
         expired = env.get("/api/v1/datasets/enterprise/changes", since=token)
         assert expired.status_code == 410, expired.text
         assert f"restored from a backup ({made.name}" in expired.json()["error"]["message"]
+        reader = Mirror(env, "enterprise", limit=1000)  # an agency starting afresh right after the restore
+        reader.poll()
+        assert reader.rows == before and reader.poll() == [], "its new token is good"
 
         runner.run_pipeline("business_enterprises", catalog=env.catalog)  # resumes from the backup's cursor
     assert env.export("enterprise") == after, "the same records as before the restore"
     assert _rows(env.url, VERSIONS) == versions_after, "every version once: no duplicate, none lost"
     again = _lake_keys("enterprise")
     assert len(again) == len(lake_after) and len(set(again)) == len(again)
+    assert sorted(c["record"]["tax_code"] for c in reader.poll()) == sorted(suspended)
+    assert reader.rows == after, "told the synced changes, by numbers above the undone ones"
     fresh = Mirror(env, "enterprise", limit=1000)
     fresh.poll()
     assert fresh.rows == after and {r["status"] for k, r in fresh.rows.items() if k[0] in suspended} == {"suspended"}
@@ -186,7 +191,11 @@ def test_a_backup_is_one_instant_while_a_writer_holds_a_transaction(
 
 def test_a_restore_on_postgresql_puts_back_tables_and_views_in_one_transaction(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
     monkeypatch.setenv("LGSP_HOME", str(tmp_path / "home"))
+    secret = "not-a-real-password-7e1"  # trust auth takes it; pg_dump gets it from PGPASSWORD, never its argv
+    pg_url = make_url(pg_url).set(password=secret).render_as_string(hide_password=False)
     monkeypatch.setenv("LGSP_DATABASE_URL", pg_url)
     engine = make_engine(pg_url)
     try:
@@ -195,6 +204,7 @@ def test_a_restore_on_postgresql_puts_back_tables_and_views_in_one_transaction(
             conn.execute(sa.text("INSERT INTO core_thing SELECT g, 'thing ' || g FROM generate_series(1, 1000) g"))
             conn.execute(sa.text("CREATE VIEW shared_thing AS SELECT id FROM core_thing WHERE id <= 10"))
         made = backups.create(root=tmp_path / "backups")
+        assert secret not in (made.path / "manifest.json").read_text() and "***" in made.manifest["store"]["url"]
         with engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM core_thing WHERE id > 500"))
             conn.execute(sa.text("UPDATE core_thing SET name = 'changed'"))
@@ -265,6 +275,7 @@ def test_a_sqlite_restore_brings_back_store_lake_and_gx_and_can_be_run_again(
     (home / "gx" / "results" / "later.json").write_text("{}")
     reader = sqlite3.connect(home / "warehouse.db")  # a reader open during the restore, as a gateway's would be
     assert reader.execute("SELECT count(*) FROM core_thing").fetchone() == (101,)
+    monkeypatch.setenv(backups.KEEP_ENV, "1")
     for _ in range(2):  # a restore killed half-way is run again
         done = backups.restore(made)
     assert reader.execute("SELECT count(*), max(id) FROM core_thing").fetchone() == (500, 499), "seen at once"
@@ -276,6 +287,7 @@ def test_a_sqlite_restore_brings_back_store_lake_and_gx_and_can_be_run_again(
     assert done.rows == 501 and done.lake_files == 3
     safety = [b for b in backups.backups() if b.name.endswith("before-restore")]
     assert len(safety) == 2 and safety[0].manifest["store"]["tables"]["core_thing"] == 101
+    assert len(backups.backups()) == 3, "a restore deletes no backup, whatever LGSP_BACKUP_KEEP says"
     assert safety[0].manifest["lake_rows"] == {"thing": 31}
     assert [r["backup"] for r in backups.restores(f"sqlite:///{home / 'warehouse.db'}")] == [made.name], \
         "the second restore's record; the first's went with the store it was in"

@@ -144,3 +144,11 @@ def test_disclosures_benchmark_finds_every_read_that_named_the_person() -> None:
     assert figures["named"] >= 2 and figures["may_have_groups"] > 0  # rows 0 and 10,000 look the person up
     assert figures["report"]["median_s"] > 0 and figures["scan"]["median_s"] > 0
     assert figures["usage_groups"] == 400 and figures["usage"]["median_s"] > 0  # 200 agencies x 2 datasets
+
+
+def test_backup_benchmark_backs_up_and_restores_every_row() -> None:
+    figures = _figures("benchmarks/backup.py", "--sqlite", "--rows", "20000")
+    assert figures["rows"] == 20000 and figures["store_bytes"] > 0 and figures["backup_bytes"] > figures["store_bytes"]
+    for step in ("floor_store", "floor_lake", "create", "verify", "floor_restore", "restore"):
+        assert figures[step] > 0, step
+    assert figures["create_x_floor"] is not None and figures["create_x_floor"] > 0
