@@ -380,3 +380,67 @@ def test_status_warns_without_a_backup_and_when_the_latest_is_old(
     report = status_report(wh, wh.catalog, now)
     assert report["ok"] is False and "LGSP_BACKUP_MAX_AGE_HOURS='soon' is not a number" in backup_problems()[0]
     wh.engine.dispose()
+
+
+_KILLABLE = """
+import sys
+import pyarrow.parquet
+import warehouse.store
+from lgsp import backup
+print("go", flush=True)
+if sys.argv[1] == "create":
+    backup.create()
+else:
+    backup.restore(backup.find(sys.argv[2]), safety=False)
+print("done", flush=True)
+"""
+
+
+def _killed_after(delay: float, *args: str) -> bool:
+    """Run a backup or a restore in another process and SIGKILL it `delay` seconds in; True if it finished first."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, *args], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert proc.stdout is not None and proc.stdout.readline() == "go\n"
+    time.sleep(delay)
+    proc.kill()
+    out, _ = proc.communicate()
+    return "done" in out
+
+
+def test_a_backup_or_a_restore_killed_at_any_moment_leaves_no_half_backup_and_runs_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    home = _small_home(tmp_path, monkeypatch)
+    lake = Lake(home / "lake")
+    for n in range(300):  # enough files that a kill lands in the middle of the copy
+        lake.write_parquet(pa.table({"id": list(range(n, n + 2000))}), "thing", datetime(2025, 11, 1).date(),
+                           f"k{n:03d}")
+    finished = halves = 0
+    for delay in (0.0, 0.05, 0.15, 0.3, 0.6):
+        finished += _killed_after(delay, "create")
+        listed = backups.backups()  # one killed after its rename is whole: listed, and it reads back
+        assert len(listed) >= finished and all(backups.verify(b).ok for b in listed), "a half backup is never listed"
+        halves += bool(list((home / "backups").glob(".partial-*")))
+    assert halves, "some kill landed half-way through a backup"
+    whole = backups.create()  # and the next one clears what the killed ones left
+    assert not list((home / "backups").glob(".partial-*")) and backups.verify(whole).ok
+    expected = whole.manifest["lake_rows"]["thing"]
+    conn = sqlite3.connect(home / "warehouse.db")
+    conn.execute("DELETE FROM core_thing WHERE id >= 10")
+    conn.commit()
+    conn.close()
+    for dataset_file in list((home / "lake" / "raw" / "thing").glob("*/k1*.parquet")):
+        dataset_file.unlink()
+    for delay in (0.0, 0.1, 0.3):
+        _killed_after(delay, "restore", whole.name)
+    backups.restore(whole, safety=False)  # run again after the kills: as the backup was
+    conn = sqlite3.connect(home / "warehouse.db")
+    assert conn.execute("SELECT count(*) FROM core_thing").fetchone() == (500,)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+    assert pq.read_table(home / "lake" / "raw" / "thing").num_rows == expected
