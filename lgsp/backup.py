@@ -11,6 +11,10 @@ A backup is a folder `lgsp-<UTC time>[-label]` under the backup root (`LGSP_BACK
     lake/landing/...  the pages as received that retention has not pruned yet, and every batch's manifest
     gx/...            Great Expectations' stored results and Data Docs
 
+A file the previous backup holds with the same size and modification time (the lake's files are written
+once, under a new name) is hard-linked from it instead of copied: nightly backups of a lake cost one lake
+of disk plus what changed.
+
 It is built under `.partial-<name>/` and renamed into place once every file is written and its
 manifest flushed: a backup that is listed is whole; one killed half-way is never listed and the
 next backup deletes it. The store is copied first, then the lake: every batch the store names
@@ -258,14 +262,50 @@ def _files_under(folder: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def _copy_tree(source: Path, target: Path, prefix: str, files: dict[str, list[Any]]) -> None:
+@dataclass
+class _Copying:
+    """Where a backup's files come from, and what it can take from the previous backup instead of copying."""
+
+    files: dict[str, list[Any]]
+    previous: Backup | None
+    linked: int = 0
+    bytes_copied: int = 0
+
+
+def _copy_tree(source: Path, target: Path, prefix: str, copying: _Copying) -> None:
+    """Copy every file under `source`; one the previous backup holds unchanged (same size and modification time:
+    the lake's files are written once, under a new name) is hard-linked from it instead, its hash taken along."""
+    previous = copying.previous
     for path in _files_under(source):
         relative = path.relative_to(source)
+        name, destination = f"{prefix}/{relative.as_posix()}", target / relative
         try:
-            size, sha = _copy(path, target / relative)
+            stat = path.stat()
+            if previous is not None and _link(previous, name, stat, destination):
+                copying.files[name] = list(previous.manifest["files"][name])
+                copying.linked += 1
+                continue
+            size, sha = _copy(path, destination)
         except FileNotFoundError:  # a landed page pruned meanwhile: its batch is in the store already
             continue
-        files[f"{prefix}/{relative.as_posix()}"] = [size, sha]
+        copying.files[name] = [size, sha]
+        copying.bytes_copied += size
+
+
+def _link(previous: Backup, name: str, stat: os.stat_result, destination: Path) -> bool:
+    entry = previous.manifest["files"].get(name)
+    held = previous.path / name
+    if entry is None or entry[0] != stat.st_size:
+        return False
+    try:
+        kept = held.stat()
+        if kept.st_size != stat.st_size or kept.st_mtime_ns != stat.st_mtime_ns:
+            return False
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.link(held, destination)
+    except OSError:  # gone, or another file system: copied instead
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- the store
@@ -414,17 +454,20 @@ def _create(settings: Settings, root: Path, label: str | None, keep: int, now: d
         raise BackupError(f"lgsp backs up SQLite and PostgreSQL stores, not {kind}")
     store["tables"] = tables
     files[store["file"]] = list(_hash(work / store["file"]))
+    earlier = backups(root)
+    copying = _Copying(files, earlier[-1] if earlier else None, bytes_copied=files[store["file"]][0])
     lake = Lake(settings.lake_root)
     with ExitStack() as held:  # compaction of every dataset waits until its files are copied
         for dataset in lake.datasets():
             held.enter_context(lake.steady(dataset))
         for part in LAKE_PARTS:
-            _copy_tree(settings.lake_root / part, work / "lake" / part, f"lake/{part}", files)
-    _copy_tree(settings.home / "gx", work / "gx", "gx", files)
+            _copy_tree(settings.lake_root / part, work / "lake" / part, f"lake/{part}", copying)
+    _copy_tree(settings.home / "gx", work / "gx", "gx", copying)
     manifest = {"format": FORMAT, "created_at": now.isoformat(), "label": label, "home": str(settings.home),
                 "lake": str(settings.lake_root), "store": store, "pipelines": pipelines,
                 "lake_rows": _lake_rows(work / "lake" / "raw"), "files": files,
-                "took_s": round(time.monotonic() - started, 3)}
+                "linked": {"files": copying.linked, "from": copying.previous.name if copying.previous else None},
+                "bytes_copied": copying.bytes_copied, "took_s": round(time.monotonic() - started, 3)}
     _write_json(work / MANIFEST, manifest)
     os.rename(work, root / name)
     _fsync_dir(root)

@@ -56,8 +56,11 @@ def _age(created: datetime) -> str:
 def said(made: Backup) -> str:
     """One line: what a backup holds."""
     m = made.manifest
+    linked = m.get("linked", {}).get("files", 0)
     return (f"{made.path}: {m['store']['kind']} store, {len(m['store']['tables'])} tables, {made.rows:,} rows; "
-            f"{made.lake_files:,} lake files ({sum(m['lake_rows'].values()):,} Parquet rows); {_size(made.bytes)}")
+            f"{made.lake_files:,} lake files ({sum(m['lake_rows'].values()):,} Parquet rows); {_size(made.bytes)}"
+            + (f", {_size(m['bytes_copied'])} of it copied, {linked:,} unchanged files linked from "
+               f"{m['linked']['from']}" if linked else ""))
 
 
 @backup_app.command("create")

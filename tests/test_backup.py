@@ -136,6 +136,8 @@ def _small_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_a_backup_is_whole_or_absent_named_by_its_second_and_only_the_newest_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
     home = _small_home(tmp_path, monkeypatch)
     root = home / "backups"
     t0 = datetime(2026, 12, 6, 3, 0, tzinfo=timezone.utc)
@@ -148,12 +150,21 @@ def test_a_backup_is_whole_or_absent_named_by_its_second_and_only_the_newest_kep
         "store.sqlite", "lake/raw/thing/ingest_date=2025-10-01/b1.parquet",
         "lake/raw/thing/ingest_date=2025-10-02/b2.parquet", "lake/landing/things/b1/page-00001.json",
         "gx/results/run.json"}
-    assert backups.create(now=t0, keep=2).name == "lgsp-20261206T030000Z-2", "two within a second"
+    second = backups.create(now=t0, keep=2)
+    assert second.name == "lgsp-20261206T030000Z-2", "two within a second"
+    assert second.manifest["linked"] == {"files": 4, "from": first.name}, "the unchanged files linked, not copied"
+    assert second.manifest["bytes_copied"] == second.manifest["files"]["store.sqlite"][0]
+    page = "lake/landing/things/b1/page-00001.json"
+    assert (second.path / page).stat().st_ino == (first.path / page).stat().st_ino
+    assert second.manifest["files"] == first.manifest["files"] and backups.verify(second).ok
     (root / ".partial-lgsp-20261206T040000Z").mkdir()  # what a backup killed half-way leaves
     (root / ".partial-lgsp-20261206T040000Z" / "store.sqlite").write_bytes(b"half")
     assert [b.name for b in backups.backups(root)] == ["lgsp-20261206T030000Z", "lgsp-20261206T030000Z-2"]
+    Lake(home / "lake").write_parquet(pa.table({"id": [1]}), "thing", datetime(2025, 10, 2).date(), "b3")
     third = backups.create(now=t0 + timedelta(hours=1), label="nightly", keep=2)
     assert third.name == "lgsp-20261206T040000Z-nightly"
+    assert third.manifest["linked"] == {"files": 4, "from": second.name} and third.manifest["lake_rows"] == {
+        "thing": 31}, "the new batch file copied"
     assert [b.name for b in backups.backups(root)] == ["lgsp-20261206T030000Z-2", third.name]
     assert not list(root.glob(".partial-*")), "the killed one cleared"
     assert backups.find("latest").name == third.name and backups.find(str(third.path)).name == third.name
