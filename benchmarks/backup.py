@@ -1,7 +1,7 @@
 """Benchmark: what `lgsp backup create|verify|restore` (lgsp.backup) costs on a warehouse of N citizens.
 
 Fills a fresh warehouse (PostgreSQL by default; `--sqlite` for the embedded one) with N synthetic
-citizens (benchmarks/migrate.py's) and the lake with the same rows as Parquet batches of 100,000, then
+citizens (benchmarks/migrate.py's) and the lake with the same rows as Parquet batches of 50,000, then
 times, against the floors of the same work with the tools alone:
 
   floor_store    PostgreSQL: `pg_dump --format=custom` of the database alone; SQLite: a copy of the file
@@ -13,6 +13,8 @@ times, against the floors of the same work with the tools alone:
   floor_restore  PostgreSQL: `pg_restore --single-transaction` into an empty database; SQLite: a file copy
   restore        `lgsp backup restore` (without the safety backup): verify, the store put back in one
                  transaction, the lake's folders swapped, the restore recorded
+  create_again   the next night's backup, after a batch of 1% more rows landed: the store again, the new
+                 file copied, every unchanged lake file hard-linked from the previous backup
 
 Prints a table and, as the last line, the figures as JSON.
 
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from gateway_load import (  # noqa: E402
     ratio,
     scratch_warehouse,
 )
-from migrate import fill, fill_lake  # noqa: E402
+from migrate import chunk, fill, fill_lake  # noqa: E402
 
 from catalog import load_catalog  # noqa: E402
 from lgsp import backup  # noqa: E402
@@ -109,6 +112,11 @@ def main() -> None:
         assert done.rows == made.rows
         figures["backup_bytes"] = made.bytes
         figures["store_bytes"] = made.manifest["files"][made.manifest["store"]["file"]][0]
+        Lake(settings.lake_root).write_parquet(chunk(args.rows, max(args.rows // 100, 1)), "citizen",
+                                               date(2025, 8, 3), "bench-next")
+        seconds["create_again"], again = _timed(lambda: backup.create(settings, root, keep=0))
+        figures["again_bytes_copied"] = again.manifest["bytes_copied"]
+        figures["again_files_linked"] = again.manifest["linked"]["files"]
     floor_backup = seconds["floor_store"] + seconds["floor_lake"]
     figures.update({name: round(value, 3) for name, value in seconds.items()})
     figures["create_x_floor"] = ratio(seconds["create"], floor_backup, 2)
@@ -121,7 +129,9 @@ def main() -> None:
                                   f"{figures['create_x_floor']}x the two floors"),
                        ("verify", "every file read back against its SHA-256, the store's copy checked"),
                        ("floor_restore", "the store restored by the tool alone"),
-                       ("restore", f"lgsp backup restore: {figures['restore_x_floor']}x its floors (+ floor_lake)")):
+                       ("restore", f"lgsp backup restore: {figures['restore_x_floor']}x its floors (+ floor_lake)"),
+                       ("create_again", f"after 1% more rows: {figures['again_bytes_copied'] / 1e6:,.1f} MB copied, "
+                                        f"{figures['again_files_linked']} files linked")):
         print(f"{name:<15}{figures[name]:>10}  {what}")
     print(json.dumps(figures))
 

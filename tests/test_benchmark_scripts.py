@@ -152,3 +152,4 @@ def test_backup_benchmark_backs_up_and_restores_every_row() -> None:
     for step in ("floor_store", "floor_lake", "create", "verify", "floor_restore", "restore"):
         assert figures[step] > 0, step
     assert figures["create_x_floor"] is not None and figures["create_x_floor"] > 0
+    assert figures["again_files_linked"] == 1 and figures["again_bytes_copied"] < figures["backup_bytes"]
