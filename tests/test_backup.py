@@ -455,3 +455,21 @@ def test_a_backup_or_a_restore_killed_at_any_moment_leaves_no_half_backup_and_ru
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     conn.close()
     assert pq.read_table(home / "lake" / "raw" / "thing").num_rows == expected
+
+
+def test_a_new_machine_is_brought_back_from_a_backup_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _small_home(tmp_path, monkeypatch)
+    monkeypatch.setenv(backups.BACKUP_DIR_ENV, str(tmp_path / "elsewhere"))  # another disk
+    made = backups.create()
+    assert made.path.parent == tmp_path / "elsewhere"
+    shutil.rmtree(tmp_path / "home")  # the machine is gone
+    monkeypatch.setenv("LGSP_HOME", str(tmp_path / "new-home"))
+    done = backups.restore(backups.find(str(made.path)))
+    assert done.safety is None, "nothing to keep on an empty machine"
+    conn = sqlite3.connect(tmp_path / "new-home" / "warehouse.db")
+    assert conn.execute("SELECT count(*) FROM core_thing").fetchone() == (500,)
+    assert conn.execute("SELECT cursor_value FROM lgsp_cursor").fetchone() == ("2025-10-01T00:00:00+00:00",)
+    conn.close()
+    assert pq.read_table(tmp_path / "new-home" / "lake" / "raw" / "thing").num_rows == 30
+    assert (tmp_path / "new-home" / "gx" / "results" / "run.json").exists()
+    assert backups.verify(backups.create()).ok, "and it backs up again"
