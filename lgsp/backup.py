@@ -55,6 +55,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from lgsp.settings import Settings, load_settings, redact_url
+from warehouse.lake import _exchange_dirs, _fsync
 
 FORMAT = 1
 BACKUP_DIR_ENV = "LGSP_BACKUP_DIR"
@@ -470,7 +471,7 @@ def _create(settings: Settings, root: Path, label: str | None, keep: int, now: d
                 "bytes_copied": copying.bytes_copied, "took_s": round(time.monotonic() - started, 3)}
     _write_json(work / MANIFEST, manifest)
     os.rename(work, root / name)
-    _fsync_dir(root)
+    _fsync(root)  # the rename survives a power cut
     prune(root, keep)
     return Backup(root / name, manifest)
 
@@ -491,14 +492,6 @@ def _write_json(path: Path, value: Any) -> None:
         json.dump(value, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -622,7 +615,6 @@ def _sqlite_restore(source: Path, live: Path) -> None:
 def _swap_lake(backup: Backup, settings: Settings) -> None:
     """Each of the lake's folders (and gx/) replaced by the backup's in one rename; the old one deleted after."""
     from warehouse import Lake
-    from warehouse.lake import _exchange_dirs
 
     lake = Lake(settings.lake_root)
     staging = settings.lake_root / ".staging" / f"restore-{os.getpid()}-{time.monotonic_ns()}"
