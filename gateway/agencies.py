@@ -181,18 +181,25 @@ class AgencyRegistry:
             if since is not None:
                 raise RegistryError(f"agency '{agency_id}' is disabled already (since {utc(since):%Y-%m-%d %H:%M} "
                                     "UTC)")
+            now = _now()
             conn.execute(tables.agency.update().where(a.agency_id == agency_id)
-                         .values(disabled_at=_now(), disabled_note=note[:500]))
+                         .values(disabled_at=now, disabled_note=note[:500]))
             conn.execute(tables.token.delete().where(tables.token.c.agency_id == agency_id))
+            events.record(conn, agency_id, events.EVERY_DATASET, events.AGENCY_DISABLED,
+                          {"note": note[:500], "since": events.when(now)})
 
     def enable(self, agency_id: str) -> None:
         """Honour the agency's credentials again (those not revoked), with the grants it had."""
         a = tables.agency.c
         with self.engine.begin() as conn:
             self._require_agency(conn, agency_id)
-            if not conn.execute(tables.agency.update().where(a.agency_id == agency_id, a.disabled_at.isnot(None))
-                                .values(disabled_at=None, disabled_note=None)).rowcount:
+            since = conn.execute(sa.select(a.disabled_at).where(a.agency_id == agency_id)).scalar()
+            if since is None or not conn.execute(tables.agency.update().where(
+                    a.agency_id == agency_id, a.disabled_at == since).values(disabled_at=None,
+                                                                            disabled_note=None)).rowcount:
                 raise RegistryError(f"agency '{agency_id}' is not disabled")
+            events.record(conn, agency_id, events.EVERY_DATASET, events.AGENCY_ENABLED,
+                          {"disabled_since": events.when(since)})
 
     def _require_agency(self, conn: sa.Connection, agency_id: str) -> None:
         found = conn.execute(sa.select(tables.agency.c.agency_id).where(tables.agency.c.agency_id == agency_id))
@@ -208,6 +215,8 @@ class AgencyRegistry:
             conn.execute(tables.credential.insert().values(
                 credential_id=credential_id, agency_id=agency_id, kind=kind, secret_sha256=digest(presented),
                 created_at=_now()))
+            events.record(conn, agency_id, events.EVERY_DATASET, events.CREDENTIAL_ISSUED,
+                          {"credential": credential_id, "kind": kind})
         return credential_id, presented
 
     def issue_api_key(self, agency_id: str) -> str:
@@ -220,11 +229,16 @@ class AgencyRegistry:
 
     def revoke_credential(self, credential_id: str) -> None:
         """Revoke an API key or OAuth2 client (and the client's tokens)."""
+        c = tables.credential.c
         with self.engine.begin() as conn:
-            done = conn.execute(tables.credential.update().where(tables.credential.c.credential_id == credential_id,
-                                                                 tables.credential.c.revoked_at.is_(None))
-                                .values(revoked_at=_now())).rowcount
+            held = conn.execute(sa.select(c.agency_id, c.kind).where(c.credential_id == credential_id,
+                                                                     c.revoked_at.is_(None))).first()
+            done = held is not None and conn.execute(tables.credential.update().where(
+                c.credential_id == credential_id, c.revoked_at.is_(None)).values(revoked_at=_now())).rowcount
             conn.execute(tables.token.delete().where(tables.token.c.credential_id == credential_id))
+            if done:
+                events.record(conn, held.agency_id, events.EVERY_DATASET, events.CREDENTIAL_REVOKED,  # type: ignore
+                              {"credential": credential_id, "kind": held.kind})
         if not done:
             raise RegistryError(f"no active credential '{credential_id}' (see lgsp agencies list)")
 

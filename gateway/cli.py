@@ -456,10 +456,7 @@ def agencies_show(agency_id: str = typer.Argument(..., help="e.g. so_y_te"),
     if not profile["usage"]:
         console.print("read nothing through the gateway in the last 30 days")
     for event in profile["events"]:
-        data = event["data"]
-        console.print(f"told {event['timestamp']}: {event['type']} {data['dataset']} "
-                      f"({data.get('status') or data.get('change') or 'ends ' + str(data.get('expires_at'))})",
-                      soft_wrap=True)
+        console.print(f"told {event['timestamp']}: {event['type']} {events.said(event)}", soft_wrap=True)
 
 
 def _webhooks() -> object:

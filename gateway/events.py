@@ -10,7 +10,12 @@ not happen) and kept in `gateway_agency_event`:
 - `grant.changed`: a grant made (`change: granted`), changed (its columns, rows or end) or revoked;
 - `grant.ending`: a grant ends within 14 days (told once per end), so the agency can ask again in time;
 - `grant.ended`: a grant ended (its `expires_at` passed; told once, within a day of it), so a copy kept by
-  the change feed knows why it is refused.
+  the change feed knows why it is refused;
+- `agency.disabled`, `agency.enabled`: the province stopped honouring the agency's credentials (with its
+  note saying why), and honoured them again. The agency cannot read or be told while disabled: both come
+  once it is enabled, in order, so it learns why its reads were refused;
+- `credential.issued`, `credential.revoked`: an API key or OAuth2 client made or revoked in the agency's name
+  (its id and kind, never a secret): a key the agency did not ask for is a key it should ask about.
 
 The agency reads them with its own credential, `GET /api/v1/events?after=N` (the number of the last
 event it has seen), or is told by an **access webhook** (`lgsp webhooks access AGENCY URL`, or
@@ -38,12 +43,17 @@ DECIDED = "access_request.decided"
 GRANT_CHANGED = "grant.changed"
 GRANT_ENDING = "grant.ending"
 GRANT_ENDED = "grant.ended"
+AGENCY_DISABLED = "agency.disabled"
+AGENCY_ENABLED = "agency.enabled"
+CREDENTIAL_ISSUED = "credential.issued"
+CREDENTIAL_REVOKED = "credential.revoked"
+EVERY_DATASET = "*"  # the `dataset` of an event about the agency or a credential, not one dataset
 ACCESS = "access"  # a webhook told of its agency's events (gateway.webhooks); the other kind: "dataset.changed"
 ENDING_NOTICE_S = 14 * 86400  # a grant ending within this is told of (and named by `lgsp status`)
 PAGE = 100  # events a read returns at most
 
 
-def _when(value: datetime | None) -> str | None:
+def when(value: datetime | None) -> str | None:
     stamp = utc(value)
     return stamp.isoformat(timespec="seconds") if stamp else None
 
@@ -68,10 +78,22 @@ def record(conn: sa.Connection, agency_id: str, dataset: str, kind: str, data: d
     return True
 
 
+def said(event: dict[str, Any]) -> str:
+    """What an event (as `shown`) is about, in a few words: `citizen (approved)`, `6959fdc571cb (api_key)`."""
+    data, kind = event["data"], event["type"]
+    if kind.startswith("credential."):
+        return f"{data['credential']} ({data['kind']})"
+    if kind == AGENCY_DISABLED:
+        return f"({data['note']})"
+    if kind == AGENCY_ENABLED:
+        return f"(disabled since {data['disabled_since']})"
+    return f"{data['dataset']} ({data.get('status') or data.get('change') or 'ends ' + str(data.get('expires_at'))})"
+
+
 def grant_data(dataset: str, personal: list[str], scope: dict[str, list[Any]] | None,
                expires_at: datetime | None, request_id: str | None) -> dict[str, Any]:
     """A grant as an event tells of it."""
-    return {"dataset": dataset, "personal": sorted(personal), "scope": scope, "expires_at": _when(expires_at),
+    return {"dataset": dataset, "personal": sorted(personal), "scope": scope, "expires_at": when(expires_at),
             "request_id": request_id}
 
 
@@ -89,7 +111,7 @@ def shown(row: Any, public_url: str = "") -> dict[str, Any]:
     for name in ("request", "grants", "ask"):
         if isinstance(data.get(name), str) and data[name].startswith("/"):
             data[name] = public_url.rstrip("/") + data[name]
-    return {"type": row.type, "timestamp": _when(row.created_at), "data": {"event": int(row.event_seq), **data}}
+    return {"type": row.type, "timestamp": when(row.created_at), "data": {"event": int(row.event_seq), **data}}
 
 
 def after(engine: sa.Engine, agency_id: str, seq: int = 0, limit: int = PAGE,
@@ -132,7 +154,7 @@ def note_ending_grants(engine: sa.Engine, within_s: float = ENDING_NOTICE_S,
                     "ask": "/api/v1/access-requests"}
             if kind == GRANT_ENDING:
                 data["ends_in_days"] = round((ends - now).total_seconds() / 86400, 1)  # type: ignore[operator]
-            once = f"{kind}/{row['agency_id']}/{row['dataset']}/{_when(ends)}"
+            once = f"{kind}/{row['agency_id']}/{row['dataset']}/{when(ends)}"
             if record(conn, row["agency_id"], row["dataset"], kind, data, once):
                 told.append({"agency_id": row["agency_id"], "type": kind, **data})
     return told

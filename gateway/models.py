@@ -270,9 +270,10 @@ class UsageList(BaseModel):
 
 class AgencyEvent(BaseModel):
     """One of the calling agency's events (gateway.events), as an access webhook sends it (Standard Webhooks'
-    payload): `data.event` numbers it; `data.dataset` names the dataset."""
+    payload): `data.event` numbers it; `data.dataset` names the dataset of a request or grant event."""
 
-    type: Literal["access_request.decided", "grant.changed", "grant.ending", "grant.ended"]
+    type: Literal["access_request.decided", "grant.changed", "grant.ending", "grant.ended", "agency.disabled",
+                  "agency.enabled", "credential.issued", "credential.revoked"]
     timestamp: datetime
     data: dict[str, Any]
 

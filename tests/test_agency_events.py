@@ -117,17 +117,20 @@ def test_an_agency_is_told_of_its_requests_decided_and_its_grants_made_changed_a
         "expires_at": decided["until"], "request_id": request_id, "grants": f"{PUBLIC}/api/v1/grants"}
     assert env.call("GET", "/api/v1/grants").json()["grants"][0]["scope"] == {"commune_code": [commune]}
 
-    listed = env.call("GET", "/api/v1/events").json()  # the same, asked for
-    assert [e["data"] for e in listed["events"]] == [decided, granted]
+    listed = env.call("GET", "/api/v1/events").json()  # the same, asked for, after the key made before the webhook
+    issued = {"event": listed["events"][0]["data"]["event"], "credential": env.keys["so_y_te"].split("_")[1],
+              "kind": "api_key"}
+    assert [e["data"] for e in listed["events"]] == [issued, decided, granted]
     assert (listed["next_after"], listed["more"]) == (granted["event"], False)
-    assert [e["type"] for e in listed["events"]] == ["access_request.decided", "grant.changed"]
-    first = env.call("GET", "/api/v1/events", params={"limit": 1}).json()
+    assert [e["type"] for e in listed["events"]] == ["credential.issued", "access_request.decided", "grant.changed"]
+    first = env.call("GET", "/api/v1/events", params={"limit": 1, "after": issued["event"]}).json()
     assert [e["data"] for e in first["events"]] == [decided] and first["more"] is True
     rest = env.call("GET", "/api/v1/events", params={"after": first["next_after"]}).json()
     assert [e["data"] for e in rest["events"]] == [granted]
     nothing = env.call("GET", "/api/v1/events", params={"after": granted["event"]}).json()
     assert nothing == {"events": [], "next_after": granted["event"], "more": False}
-    assert env.call("GET", "/api/v1/events", agency="so_tai_chinh").json()["events"] == [], "its own events only"
+    assert [e["type"] for e in env.call("GET", "/api/v1/events", agency="so_tai_chinh").json()["events"]] == [
+        "credential.issued"], "its own events only"
     assert env.call("GET", "/api/v1/events", agency=None).status_code == 401
     assert env.call("GET", "/api/v1/events", params={"after": -1}).status_code == 400
 
@@ -327,7 +330,8 @@ def test_an_agency_gives_up_a_grant_it_no_longer_needs(env: Env) -> None:
     assert again.status_code == 404 and "holds no grant on 'citizen'" in again.text
     assert env.call("DELETE", "/api/v1/grants/citizen", None).status_code == 401
     told = env.call("GET", "/api/v1/events", "so_van_hoa").json()["events"]
-    assert [(e["data"]["change"], e["data"].get("by")) for e in told] == [("granted", None), ("revoked", "agency")]
+    assert [(e["type"], e["data"].get("change"), e["data"].get("by")) for e in told] == [
+        ("credential.issued", None, None), ("grant.changed", "granted", None), ("grant.changed", "revoked", "agency")]
     assert env.scalar("SELECT count(*) FROM gateway_audit WHERE agency_id = 'so_van_hoa' "
                       "AND action = 'grant_relinquished'") == 1
 
@@ -361,3 +365,47 @@ def test_the_notify_dag_upgrades_a_webhook_table_from_before_access_events(datab
             assert conn.execute(sa.select(tables.agency_event.c.type)).scalar_one() == "grant.ending"
     finally:
         engine.dispose()
+
+
+def test_an_agency_is_told_of_keys_made_and_revoked_in_its_name_and_why_it_was_disabled(
+        env: Env, endpoint: tuple[Endpoint, str]) -> None:
+    receiver, base = endpoint
+    env.agency("so_cong_thuong")
+    webhook_id, secret = env.hooks.add("so_cong_thuong", "*", f"{base}/nv", events=ACCESS)
+    code, said = _cli("agencies", "key", "so_cong_thuong")
+    assert code == 0, said
+    second = re.search(r"lgsp_([0-9a-f]{12})_", said)
+    assert second is not None
+    code, said = _cli("agencies", "client", "so_cong_thuong")
+    assert code == 0, said
+    client = re.search(r"\b([0-9a-f]{12})\b", said)
+    assert client is not None
+    assert _cli("agencies", "revoke-credential", second.group(1))[0] == 0
+    assert _cli("agencies", "revoke-credential", second.group(1))[0] == 1, "revoked already: no second event"
+    assert [d.outcome for d in env.hooks.dispatch()] == ["delivered"]
+    told = _told(secret, receiver)
+    assert [(e["type"], e["data"]["credential"], e["data"]["kind"]) for e in told] == [
+        ("credential.issued", second.group(1), "api_key"), ("credential.issued", client.group(1), "oauth_client"),
+        ("credential.revoked", second.group(1), "api_key")]
+    assert not any(env.keys["so_cong_thuong"].split("_", 2)[2] in r["body"].decode() for r in receiver.received)
+
+    code, said = _cli("agencies", "disable", "so_cong_thuong", "--note", "Khóa bị lộ, đang thay khóa mới")
+    assert code == 0, said
+    assert env.call("GET", "/api/v1/events", "so_cong_thuong").status_code == 401, "a disabled agency reads nothing"
+    [paused] = env.hooks.dispatch()
+    assert paused.outcome == "paused" and len(receiver.received) == 3, "nor is it told anything"
+    assert _cli("agencies", "enable", "so_cong_thuong")[0] == 0
+    assert [d.outcome for d in env.hooks.dispatch()] == ["delivered"]
+    disabled, enabled = _told(secret, receiver, 3)
+    assert (disabled["type"], disabled["data"]["note"]) == ("agency.disabled", "Khóa bị lộ, đang thay khóa mới")
+    assert (enabled["type"], enabled["data"]["disabled_since"]) == ("agency.enabled", disabled["data"]["since"])
+    assert enabled["data"]["event"] == disabled["data"]["event"] + 1
+    listed = env.call("GET", "/api/v1/events", "so_cong_thuong")
+    assert listed.status_code == 200
+    page = AgencyEventList.model_validate(listed.json())  # every type in the OpenAPI model
+    assert [e.type for e in page.events] == ["credential.issued", "credential.issued", "credential.issued",
+                                             "credential.revoked", "agency.disabled", "agency.enabled"]
+    code, shown = _cli("agencies", "show", "so_cong_thuong")
+    assert code == 0 and "agency.disabled (Khóa bị lộ, đang thay khóa mới)" in shown
+    assert f"credential.revoked {second.group(1)} (api_key)" in shown
+    env.hooks.remove(webhook_id)
