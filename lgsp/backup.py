@@ -36,6 +36,7 @@ half-way is run again.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -431,8 +432,6 @@ def create(settings: Settings | None = None, root: Path | None = None, label: st
 
 
 def _create(settings: Settings, root: Path, label: str | None, keep: int, now: datetime | None) -> Backup:
-    from warehouse import Lake
-
     started = time.monotonic()
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     stem, n = PREFIX + now.strftime("%Y%m%dT%H%M%SZ"), 1
@@ -440,8 +439,65 @@ def _create(settings: Settings, root: Path, label: str | None, keep: int, now: d
     while (root / name).exists() or (root / (PARTIAL + name)).exists():  # two backups within a second
         n += 1
         name = f"{stem}-{n}" + (f"-{label}" if label else "")
+    earlier = backups(root)
+    previous = earlier[-1] if earlier else None
+    _room_for(settings, root, previous)
     work = root / (PARTIAL + name)
     work.mkdir(parents=True)
+    try:
+        manifest = _fill(settings, work, now, label, previous, started)
+    except BaseException as exc:  # a backup that failed leaves nothing: its space back, nothing half listed
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise BackupError(f"{root} ran out of space during the backup (nothing was kept): free some, or set "
+                              f"{BACKUP_DIR_ENV} to a disk with room, or keep fewer (`{KEEP_ENV}`)") from None
+        if isinstance(exc, (OSError, sqlite3.Error)):
+            raise BackupError(f"the backup failed, nothing was kept: {exc}") from None
+        raise
+    os.rename(work, root / name)
+    _fsync(root)  # the rename survives a power cut
+    prune(root, keep)
+    return Backup(root / name, manifest)
+
+
+def _room_for(settings: Settings, root: Path, previous: Backup | None) -> None:
+    """Refuse before starting when the backup root has clearly too little space for the store and the new files."""
+    need = _store_bytes(settings.database_url)
+    for part in LAKE_PARTS:
+        for path in _files_under(settings.lake_root / part):
+            name = f"lake/{part}/{path.relative_to(settings.lake_root / part).as_posix()}"
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            entry = previous.manifest["files"].get(name) if previous else None
+            need += 0 if entry is not None and entry[0] == size else size
+    free = shutil.disk_usage(root).free
+    if free < need * 1.1:
+        raise BackupError(f"{root} has {free / 1e6:,.1f} MB free and the backup needs about {need / 1e6:,.1f} MB: "
+                          f"free some space, set {BACKUP_DIR_ENV} to a disk with room, or keep fewer ({KEEP_ENV})")
+
+
+def _store_bytes(url: str) -> int:
+    """About what the store's copy takes: the SQLite file, or PostgreSQL's database size (a dump is smaller)."""
+    if make_url(url).get_backend_name() == "sqlite":
+        path = _sqlite_path(url)
+        return path.stat().st_size if path.exists() else 0
+    import psycopg
+
+    conninfo, env = _pg_conninfo(url)
+    try:
+        with psycopg.connect(conninfo, password=env.get("PGPASSWORD"), connect_timeout=10) as conn:
+            return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]) // 2
+    except psycopg.Error as exc:
+        raise BackupError(f"cannot reach the store {redact_url(url)} to back it up: {exc}".strip()) from None
+
+
+def _fill(settings: Settings, work: Path, now: datetime, label: str | None, previous: Backup | None,
+          started: float) -> dict[str, Any]:
+    """Write the backup's files into `work`; its manifest."""
+    from warehouse import Lake
+
     files: dict[str, list[Any]] = {}
     kind = make_url(settings.database_url).get_backend_name()
     store: dict[str, Any] = {"kind": kind, "url": redact_url(settings.database_url)}
@@ -455,8 +511,7 @@ def _create(settings: Settings, root: Path, label: str | None, keep: int, now: d
         raise BackupError(f"lgsp backs up SQLite and PostgreSQL stores, not {kind}")
     store["tables"] = tables
     files[store["file"]] = list(_hash(work / store["file"]))
-    earlier = backups(root)
-    copying = _Copying(files, earlier[-1] if earlier else None, bytes_copied=files[store["file"]][0])
+    copying = _Copying(files, previous, bytes_copied=files[store["file"]][0])
     lake = Lake(settings.lake_root)
     with ExitStack() as held:  # compaction of every dataset waits until its files are copied
         for dataset in lake.datasets():
@@ -470,10 +525,7 @@ def _create(settings: Settings, root: Path, label: str | None, keep: int, now: d
                 "linked": {"files": copying.linked, "from": copying.previous.name if copying.previous else None},
                 "bytes_copied": copying.bytes_copied, "took_s": round(time.monotonic() - started, 3)}
     _write_json(work / MANIFEST, manifest)
-    os.rename(work, root / name)
-    _fsync(root)  # the rename survives a power cut
-    prune(root, keep)
-    return Backup(root / name, manifest)
+    return manifest
 
 
 def _lake_rows(raw: Path) -> dict[str, int]:

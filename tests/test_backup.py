@@ -473,3 +473,47 @@ def test_a_new_machine_is_brought_back_from_a_backup_alone(tmp_path: Path, monke
     assert pq.read_table(tmp_path / "new-home" / "lake" / "raw" / "thing").num_rows == 30
     assert (tmp_path / "new-home" / "gx" / "results" / "run.json").exists()
     assert backups.verify(backups.create()).ok, "and it backs up again"
+
+
+_LIMITED = """
+import resource, signal
+from lgsp import backup
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    backup.create()
+except backup.BackupError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_backup_that_fails_or_would_not_fit_keeps_nothing_and_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    from collections import namedtuple
+
+    import pyarrow as pa
+
+    home = _small_home(tmp_path, monkeypatch)
+    Lake(home / "lake").write_parquet(pa.table({"blob": [os.urandom(300_000).hex()]}), "thing",
+                                      datetime(2025, 10, 5).date(), "big")  # larger than the process may write
+    done = subprocess.run([sys.executable, "-c", _LIMITED], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused: the backup failed, nothing was kept: [Errno 27] File too large")
+    assert [p.name for p in (home / "backups").iterdir()] == [".lock"], \
+        "the half-written backup deleted: its space given back"
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100_000, 100_000))
+    with pytest.raises(BackupError, match=r"has 0\.1 MB free and the backup needs about 0\.[3-9] MB: free some space"):
+        backups.create()
+    assert backups.backups() == [] and not list((home / "backups").glob(".partial-*"))
+
+    monkeypatch.undo()
+    monkeypatch.setenv("LGSP_HOME", str(home))
+    monkeypatch.setenv("LGSP_DATABASE_URL", "postgresql://lgsp@127.0.0.1:1/nowhere")
+    with pytest.raises(BackupError, match=r"cannot reach the store postgresql://lgsp@127.0.0.1:1/nowhere"):
+        backups.create()
+    assert not list((home / "backups").glob(".partial-*"))
