@@ -9,6 +9,7 @@
     lgsp drift DATASET        ask the source for a sample of lgsp's copy now: what drifted, and why
     lgsp reconcile [PIPELINE] does lgsp hold every record the source counts (copy + quarantine)?
     lgsp status               every dataset fresh, every report due acknowledged? exit 1 if not
+    lgsp doctor               is this machine ready? store, secrets, lake, disk, backups, gateway; exit 1 if not
     lgsp push FEED            enqueue and send a push feed (outbox)
     lgsp outbox list|retry    see the outbox, re-send dead letters
     lgsp health               probe every system; --history for success rate and latency
@@ -882,6 +883,34 @@ def _drift_history(dataset: str, limit: int = 20) -> None:
         out.add_row(str(row["checked_at"])[:19], row["system"], str(row["sampled"]),
                     ", ".join(f"{k} {v}" for k, v in counts.items()) or "none", row["silent_columns"])
     console.print(out)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="print the checks as JSON")) -> None:
+    """Is this machine ready to run lgsp? Catalog, store, secrets, lake, disk, backups, gateway, Airflow: what
+    each check found and what to do; exit 1 on an error."""
+    from lgsp.doctor import as_dicts, examine
+
+    found = examine()
+    failed = any(c.state == "error" for c in found)
+    if as_json:
+        print(json.dumps({"ok": not failed, "checks": as_dicts(found)}, indent=1))
+        raise typer.Exit(1 if failed else 0)
+    table = Table(title="lgsp doctor")
+    for column in ("area", "subject", "state", "found"):
+        table.add_column(column, overflow="fold")
+    colour = {"ok": "green", "warning": "yellow", "error": "red"}
+    for check in found:
+        table.add_row(check.area, check.subject, f"[{colour[check.state]}]{check.state}[/]", check.said)
+    console.print(table)
+    for check in found:
+        if check.todo:
+            console.print(f"[{colour[check.state]}]{check.state}:[/] {check.area} {check.subject}: {check.todo}",
+                          soft_wrap=True)
+    errors = sum(c.state == "error" for c in found)
+    warnings = sum(c.state == "warning" for c in found)
+    console.print(f"{len(found)} checks: {errors} error(s), {warnings} warning(s)")
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()
