@@ -669,9 +669,11 @@ def _swap_lake(backup: Backup, settings: Settings) -> None:
     from warehouse import Lake
 
     lake = Lake(settings.lake_root)
-    staging = settings.lake_root / ".staging" / f"restore-{os.getpid()}-{time.monotonic_ns()}"
+    name = f"restore-{os.getpid()}-{time.monotonic_ns()}"
+    staging = settings.lake_root / ".staging" / name  # on the lake's file system, so a rename swaps the folders
+    aside = settings.home / f".{name}"  # and on the home's, for gx/
     pairs = [(backup.path / "lake" / part, settings.lake_root / part, staging / part) for part in LAKE_PARTS]
-    pairs.append((backup.path / "gx", settings.home / "gx", staging / "gx"))
+    pairs.append((backup.path / "gx", settings.home / "gx", aside / "gx"))
     datasets = set(lake.datasets()) | {p.name for p in (backup.path / "lake" / "raw").glob("*") if p.is_dir()}
     with ExitStack() as held:  # no batch written and no compaction while the folders change
         for dataset in sorted(datasets):
@@ -688,6 +690,7 @@ def _swap_lake(backup: Backup, settings: Settings) -> None:
                 live.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(new, live)
     shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _highest_change(url: str) -> int:

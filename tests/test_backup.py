@@ -294,7 +294,7 @@ def test_a_sqlite_restore_brings_back_store_lake_and_gx_and_can_be_run_again(
     assert pq.read_table(home / "lake" / "raw" / "thing").num_rows == 30
     assert sorted(p.name for p in (home / "gx" / "results").iterdir()) == ["run.json"]
     assert (home / "lake" / "landing" / "things" / "b1" / "page-00001.json").exists()
-    assert not list((home / "lake" / ".staging").glob("*")), "no restore debris"
+    assert not list((home / "lake" / ".staging").glob("*")) and not list(home.glob(".restore-*")), "no debris"
     assert done.rows == 501 and done.lake_files == 3
     safety = [b for b in backups.backups() if b.name.endswith("before-restore")]
     assert len(safety) == 2 and safety[0].manifest["store"]["tables"]["core_thing"] == 101
