@@ -237,10 +237,10 @@ class AccessRequests:
 
     def approve(self, request_id: str, by: str, personal: list[str] | None = None,
                 until: date | datetime | None = None, note: str | None = None,
-                scope: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                scope: Mapping[str, Any] | None = None, daily_rows: int | None = None) -> dict[str, Any]:
         """Approve a pending request and make its grant, in one transaction. `personal`, `until` and `scope` may
         narrow what was asked (fewer personal columns, an earlier end, fewer rows), never widen it; by default,
-        as asked."""
+        as asked. `daily_rows`: the rows a day the purpose needs (`AgencyRegistry.grant`)."""
         asked = self.get(request_id)
         asked_rows = self._scope(asked["dataset"], asked["scope"])
         rows = asked_rows if scope is None else self._scope(asked["dataset"], scope)
@@ -263,7 +263,7 @@ class AccessRequests:
                 self._decide(conn, request_id, "approved", by, note, granted_columns=json.dumps(granted),
                              granted_until=ends, granted_scope=_scope_json(rows))
                 self.registry.grant(asked["agency_id"], asked["dataset"], granted, ends, request_id, conn=conn,
-                                    scope=Grant(scope=rows).scope_dict())
+                                    scope=Grant(scope=rows).scope_dict(), daily_rows=daily_rows)
         except RegistryError as exc:
             raise RequestError(str(exc)) from None
         if rows:

@@ -261,11 +261,15 @@ class AgencyRegistry:
     def grant(self, agency_id: str, dataset: str, personal: list[str] | None = None,
               expires_at: datetime | None = None, request_id: str | None = None,
               conn: sa.Connection | None = None,
-              scope: Mapping[str, Any] | None = None) -> dict[tuple[str, str], float]:
+              scope: Mapping[str, Any] | None = None, daily_rows: int | None = None) -> dict[tuple[str, str], float]:
         """Let the agency read `dataset`; `personal` lists the personal columns it may see in clear; `expires_at`
         ends the grant (None: until revoked); `request_id` names the access request it answers; `scope` limits
-        the rows (column -> values, `check_scope`; None: every row). In `conn`'s transaction when given; else
-        the scope's columns are indexed once it commits (`index_scopes`: what it made is returned)."""
+        the rows (column -> values, `check_scope`; None: every row); `daily_rows` the rows a day its purpose needs
+        (more in 24 hours is unusual reading: gateway.usage; None: judged against the agency's own week). In
+        `conn`'s transaction when given; else the scope's columns are indexed once it commits (`index_scopes`:
+        what it made is returned)."""
+        if daily_rows is not None and daily_rows < 1:
+            raise RegistryError(f"daily rows {daily_rows}: give the rows a day the grant's purpose needs (1 or more)")
         if expires_at is not None and expires_at <= _now():
             raise RegistryError(f"the grant would end {expires_at.isoformat(timespec='seconds')}, in the past")
         shared = self.catalog.sharing.get(dataset)
@@ -279,19 +283,20 @@ class AgencyRegistry:
         rows = Grant(scope=check_scope(self.catalog, dataset, scope)).scope_dict()
         if conn is None:
             with self.engine.begin() as own:
-                self.grant(agency_id, dataset, personal, expires_at, request_id, own, rows)
+                self.grant(agency_id, dataset, personal, expires_at, request_id, own, rows, daily_rows)
             return self.index_scopes(dataset) if rows else {}
         self._require_agency(conn, agency_id)
         g = tables.grant
         values = {"personal_columns": json.dumps(sorted(set(personal or []))), "expires_at": expires_at,
-                  "request_id": request_id, "row_scope": None if rows is None else json.dumps(rows, ensure_ascii=False)}
+                  "request_id": request_id, "row_scope": None if rows is None else json.dumps(rows, ensure_ascii=False),
+                  "daily_rows": daily_rows}
         before = conn.execute(sa.select(g).where(g.c.agency_id == agency_id, g.c.dataset == dataset)).mappings().first()
         conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset))
         conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(), **values))
         live = before is not None and (before["expires_at"] is None or utc(before["expires_at"]) > _now())
         if not live or any(_same(before[k]) != _same(v) for k, v in values.items()):  # type: ignore[index]
             events.record(conn, agency_id, dataset, events.GRANT_CHANGED, {
-                **events.grant_data(dataset, sorted(set(personal or [])), rows, expires_at, request_id),
+                **events.grant_data(dataset, sorted(set(personal or [])), rows, expires_at, request_id, daily_rows),
                 "change": "changed" if live else "granted", "grants": "/api/v1/grants"})
         return {}
 
@@ -431,7 +436,7 @@ class AgencyRegistry:
         return [{"dataset": r["dataset"], "personal": json.loads(r["personal_columns"]),
                  "scope": json.loads(r["row_scope"]) if r["row_scope"] else None,
                  "granted_at": utc(r["granted_at"]), "expires_at": utc(r["expires_at"]) if r["expires_at"] else None,
-                 "request_id": r["request_id"]} for r in rows]
+                 "request_id": r["request_id"], "daily_rows": r["daily_rows"]} for r in rows]
 
     def agencies(self) -> list[dict[str, Any]]:
         """Every agency with its credentials (ids and kinds only), grants (and when they end) and expired grants."""

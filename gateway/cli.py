@@ -182,6 +182,8 @@ def agencies_grant(agency_id: str, dataset: str,
                                                         "time) or an ISO time; default: until revoked"),
                    scope: list[str] = typer.Option([], help="only the rows whose COLUMN holds one of the values: "
                                                             "COLUMN=V1,V2 (repeatable; e.g. commune_code=14455)"),
+                   daily_rows: int = typer.Option(None, help="the rows a day its purpose needs: reading more in 24 "
+                                                             "hours is flagged (lgsp status, an alert)"),
                    ) -> None:
     """Grant a dataset to an agency (personal columns masked unless listed with --personal; every row unless
     limited with --scope)."""
@@ -191,7 +193,7 @@ def agencies_grant(agency_id: str, dataset: str,
     ends = _until(until)
     made: list[dict[tuple[str, str], float]] = []
     _run(lambda: made.append(registry.grant(agency_id, dataset, personal, ends,  # type: ignore[attr-defined]
-                                            scope=parse_scope(scope))))
+                                            scope=parse_scope(scope), daily_rows=daily_rows)))
     for (name, column), seconds in made[0].items():
         console.print(f"indexed {name} by {column} for reads of its scoped grants ({seconds:.1f}s)")
     rows = _rows_said(scope)
@@ -205,7 +207,8 @@ def agencies_grant(agency_id: str, dataset: str,
                         "the grant reads no row with it until one does)")
     console.print(f"{agency_id} may read {dataset}" + (f" ({rows}){covered}" if rows else "")
                   + (f", with {', '.join(personal)} in clear" if personal else "")
-                  + (f", until {ends.isoformat(timespec='minutes')}" if ends else ""))
+                  + (f", until {ends.isoformat(timespec='minutes')}" if ends else "")
+                  + (f", about {daily_rows:,} rows a day" if daily_rows else ""))
 
 
 def _rows_said(scope: dict[str, list[object]] | list[str] | None) -> str:
@@ -294,6 +297,8 @@ def agencies_approve(request_id: str,
                      scope: list[str] = typer.Option([], help="grant only these of the rows asked: COLUMN=V1,V2 "
                                                               "(repeatable; default: the rows asked)"),
                      note: str = typer.Option(None, help="a note the agency reads"),
+                     daily_rows: int = typer.Option(None, help="the rows a day its purpose needs: reading more in "
+                                                               "24 hours is flagged"),
                      by: str = typer.Option(None, help="who decides (default $LGSP_OPERATOR or $USER)")) -> None:
     """Approve an access request: its grant is made in the same transaction (as asked, or narrower)."""
     from gateway.agencies import parse_scope
@@ -303,14 +308,15 @@ def agencies_approve(request_id: str,
     try:
         narrowed = [] if masked else personal or None
         done = _decide(lambda: asked.approve(request_id, _decider(by), narrowed, ends, note,  # type: ignore
-                                             parse_scope(scope) if scope else None))
+                                             parse_scope(scope) if scope else None, daily_rows))
     finally:
         asked.close()  # type: ignore[attr-defined]
     clear = ", ".join(done["granted_personal"]) or "none"  # type: ignore[arg-type]
     rows = _rows_said(done["granted_scope"])  # type: ignore[arg-type]
     ending = f"{done['granted_until']:%Y-%m-%d %H:%M} UTC" if done["granted_until"] else "revoked"
     console.print(f"{request_id} approved: {done['agency_id']} may read {done['dataset']} (personal columns in "
-                  f"clear: {clear}{'; ' + rows if rows else ''}) until {ending}")
+                  f"clear: {clear}{'; ' + rows if rows else ''}) until {ending}"
+                  + (f", about {daily_rows:,} rows a day" if daily_rows else ""))
 
 
 @agencies_app.command("deny")
@@ -435,6 +441,7 @@ def agencies_show(agency_id: str = typer.Argument(..., help="e.g. so_y_te"),
         console.print(f"grant {grant['dataset']}: in clear {', '.join(grant['personal']) or 'no personal column'}"
                       + (f"; {_rows_said(grant['scope'])}" if grant["scope"] else "; every row")
                       + (f"; until {_when(grant['expires_at'])} UTC" if grant["expires_at"] else "")
+                      + (f"; about {grant['daily_rows']:,} rows a day" if grant["daily_rows"] else "")
                       + (f"; request {grant['request_id']}" if grant["request_id"] else ""), soft_wrap=True)
     if agency["expired_grants"]:
         console.print("expired grants: " + ", ".join(f"{d} ({_when(t)} UTC)"

@@ -91,10 +91,10 @@ def said(event: dict[str, Any]) -> str:
 
 
 def grant_data(dataset: str, personal: list[str], scope: dict[str, list[Any]] | None,
-               expires_at: datetime | None, request_id: str | None) -> dict[str, Any]:
-    """A grant as an event tells of it."""
+               expires_at: datetime | None, request_id: str | None, daily_rows: int | None = None) -> dict[str, Any]:
+    """A grant as an event tells of it (`daily_rows` only when the grant sets it)."""
     return {"dataset": dataset, "personal": sorted(personal), "scope": scope, "expires_at": when(expires_at),
-            "request_id": request_id}
+            "request_id": request_id, **({"daily_rows": daily_rows} if daily_rows is not None else {})}
 
 
 def newest(conn: sa.Connection, agency_id: str) -> int:
@@ -150,7 +150,8 @@ def note_ending_grants(engine: sa.Engine, within_s: float = ENDING_NOTICE_S,
             ends = utc(row["expires_at"])
             kind = GRANT_ENDED if ends <= now else GRANT_ENDING  # type: ignore[operator]
             data = {**grant_data(row["dataset"], json.loads(row["personal_columns"]),
-                                 json.loads(row["row_scope"]) if row["row_scope"] else None, ends, row["request_id"]),
+                                 json.loads(row["row_scope"]) if row["row_scope"] else None, ends, row["request_id"],
+                                 row["daily_rows"]),
                     "ask": "/api/v1/access-requests"}
             if kind == GRANT_ENDING:
                 data["ends_in_days"] = round((ends - now).total_seconds() / 86400, 1)  # type: ignore[operator]

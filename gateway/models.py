@@ -225,6 +225,7 @@ class GrantInfo(BaseModel):
     granted_at: datetime
     expires_at: Optional[datetime] = None  # null: until revoked
     request_id: Optional[str] = None  # the access request it was approved on (null: granted by the province)
+    daily_rows: Optional[int] = None  # the rows a day its purpose needs: reading more is flagged as unusual
 
 
 class GrantList(BaseModel):

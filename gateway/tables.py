@@ -48,6 +48,7 @@ grant = sa.Table(
     sa.Column("expires_at", TZ),  # null: until revoked
     sa.Column("request_id", sa.Text),  # the access request it answered (gateway.access_requests); null: by hand
     sa.Column("row_scope", sa.Text),  # JSON {column: [values]}: the rows it covers (gateway.agencies.Grant); null: all
+    sa.Column("daily_rows", sa.BigInteger),  # the rows a day its purpose needs: more in 24 hours is unusual (gateway.usage)
 )
 
 # an agency asks for a grant: a dataset, the personal columns it needs in clear, why, until when (the province
@@ -206,9 +207,9 @@ def _add_webhook_columns(engine: sa.Engine) -> None:
 def _add_grant_expiry(engine: sa.Engine) -> None:
     """Grant and request tables from before grants could expire, answer a request or cover some rows: add
     `expires_at`, `request_id`, `row_scope` (and the requests' `row_scope`, `granted_scope`); the old grants
-    last until revoked, were made by hand and cover every row. An agency table from before agencies could be
-    disabled by command: add `disabled_note`."""
-    added = {"gateway_grant": ("expires_at", "request_id", "row_scope"),
+    last until revoked, were made by hand and cover every row; and `daily_rows` (none: judged against the agency's
+    own week). An agency table from before agencies could be disabled by command: add `disabled_note`."""
+    added = {"gateway_grant": ("expires_at", "request_id", "row_scope", "daily_rows"),
              "gateway_access_request": ("row_scope", "granted_scope"), "gateway_agency": ("disabled_note",)}
     inspector = sa.inspect(engine)
     with engine.begin() as conn:
@@ -216,6 +217,6 @@ def _add_grant_expiry(engine: sa.Engine) -> None:
             have = {c["name"] for c in inspector.get_columns(table)}
             for name in columns:
                 if name not in have:
-                    kind = "TEXT" if name != "expires_at" else (
-                        "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME")
+                    kind = {"expires_at": "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql"
+                            else "DATETIME", "daily_rows": "BIGINT"}.get(name, "TEXT")
                     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

@@ -15,8 +15,10 @@ An agency reading far more than it usually does (a key leaked, a script run wild
 is **unusual** (`unusual`): more than `UNUSUAL_MIN_ROWS` rows of a dataset in the last 24 hours and
 more than `UNUSUAL_FACTOR` times its daily median over the 7 days before (a day it read nothing counts
 as 0, so a new reader of 10,000 rows a day is unusual on its first; `LGSP_UNUSUAL_READS_FACTOR` and
-`LGSP_UNUSUAL_READS_MIN_ROWS` change the two). The `lgsp_freshness` DAG alerts once when a pair becomes
-unusual; `lgsp status` warns while it is.
+`LGSP_UNUSUAL_READS_MIN_ROWS` change the two). A grant that says how many rows a day its purpose needs
+(`lgsp agencies grant|approve ... --daily-rows N`) is judged by that instead: more than N rows in the
+last 24 hours is unusual, however much the agency read before. The `lgsp_freshness` DAG alerts once when
+a pair becomes unusual; `lgsp status` warns while it is.
 
 The province's own acts (a disclosure report, access decisions, an agency disabled) are not reads and are
 not counted; an anonymous reader (open datasets) is `anonymous`.
@@ -136,7 +138,14 @@ def unusual(engine: sa.Engine, now: datetime | None = None, factor: float | None
     min_rows = _setting("LGSP_UNUSUAL_READS_MIN_ROWS", UNUSUAL_MIN_ROWS) if min_rows is None else min_rows
     now = utc(now) or datetime.now(timezone.utc)
     day = timedelta(days=1)
-    recent = [r for r in usage(engine, now - day, now) if r["rows"] > min_rows]
+    g = tables.grant.c
+    declared: dict[tuple[str, str], int] = {}
+    if "daily_rows" in {c["name"] for c in sa.inspect(engine).get_columns("gateway_grant")}:  # (an older gateway)
+        with engine.connect() as conn:  # the grants that say how much their purpose needs: judged by that
+            declared = {(r.agency_id, r.dataset): int(r.daily_rows) for r in conn.execute(
+                sa.select(g.agency_id, g.dataset, g.daily_rows).where(g.daily_rows.isnot(None)))}
+    recent = [r for r in usage(engine, now - day, now)
+              if r["rows"] > declared.get((r["agency_id"], r["dataset"]), min_rows)]
     if not recent:
         return []  # one pass over a day of the audit: what most checks find
     a = tables.audit.c
@@ -161,11 +170,13 @@ def unusual(engine: sa.Engine, now: datetime | None = None, factor: float | None
             daily[(agency_id, dataset)][int(ago) - 1] += int(rows)
     found = []
     for r in recent:
-        by_day = daily[(r["agency_id"], r["dataset"])]
+        pair = (r["agency_id"], r["dataset"])
+        by_day = daily[pair]
         median = statistics.median(by_day)
-        if r["rows"] > factor * median:
+        if pair in declared or r["rows"] > factor * median:
             found.append({"agency_id": r["agency_id"], "dataset": r["dataset"], "rows": r["rows"],
-                          "requests": r["requests"], "median": median, "by_day": by_day})
+                          "requests": r["requests"], "median": median, "by_day": by_day,
+                          "daily_rows": declared.get(pair)})
     return sorted(found, key=lambda f: -f["rows"])
 
 
@@ -174,6 +185,8 @@ def said(found: dict[str, Any]) -> str:
     days = len(found["by_day"])
     usual = (f"{found['rows'] / found['median']:.0f}x its daily median over the {days} days before "
              f"({found['median']:,.0f})" if found["median"] else f"on most of the {days} days before it read none")
+    if found.get("daily_rows"):
+        usual = f"more than the {found['daily_rows']:,} rows a day its grant's purpose needs"
     return (f"{found['agency_id']} read {found['rows']:,} rows of {found['dataset']} in the last 24 hours "
             f"({found['requests']:,} requests), {usual}: see `lgsp audit usage --agency {found['agency_id']} "
             f"--since {days + 1}d`; if it should not, `lgsp agencies disable {found['agency_id']} --note WHY`")

@@ -17,13 +17,15 @@ from typer.testing import CliRunner
 from airflow_helpers import WebhookSink
 from catalog import load_catalog
 from gateway import tables
+from gateway.access_requests import AccessRequests
+from gateway.agencies import AgencyRegistry
 from gateway.tables import create_gateway_tables
 from gateway.usage import moment, said, unusual, usage
 from lgsp.cli import app as lgsp_app
 from lgsp.freshness import check_and_alert
 from lgsp.status import status_report
 from warehouse import Warehouse
-from test_agency_events import Env, env  # noqa: F401 - the module's gateway (its fixture), agencies added here
+from test_agency_events import Env, _cli, env  # noqa: F401 - the module's gateway (its fixture), agencies added here
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +230,51 @@ def test_an_agency_asking_its_usage_again_and_again_costs_one_pass_over_the_audi
     other = env.call("GET", "/api/v1/usage", "so_cong_thuong", params={"since": "2026-02-01"})
     assert other.status_code == 429 and 1 <= int(other.headers["Retry-After"]) <= 10, "another: not before 10 s"
     assert env.call("GET", "/api/v1/usage", "so_nong_nghiep").status_code == 200, "per agency"
+
+
+def test_a_grant_that_says_how_much_its_purpose_needs_is_judged_by_that(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lgsp.cli
+
+    monkeypatch.setattr(lgsp.cli.console, "_width", 400)
+    catalog = load_catalog()
+    wh = Warehouse(database_url, catalog)
+    wh.create_all()
+    create_gateway_tables(wh.engine)
+    monkeypatch.setenv("LGSP_DATABASE_URL", database_url)
+    registry = AgencyRegistry(wh.engine, catalog)
+    for agency in ("so_y_te", "so_lao_dong", "so_gd"):
+        registry.add_agency(agency, agency)
+    now = datetime.now(timezone.utc)
+    reads = []
+    for day in range(1, 8):  # each reads the same every day: never unusual by its own week
+        before = now - timedelta(days=day, hours=1)
+        reads += [("so_y_te", "citizen", "records", 30_000, 200, before),
+                  ("so_lao_dong", "citizen", "records", 3_000, 200, before),
+                  ("so_gd", "citizen", "records", 30_000, 200, before)]
+    hour = now - timedelta(hours=1)
+    reads += [("so_y_te", "citizen", "records", 30_000, 200, hour),  # always more than its purpose needs
+              ("so_lao_dong", "citizen", "records", 3_000, 200, hour),  # within it
+              ("so_gd", "citizen", "records", 30_000, 200, hour)]  # no volume declared: its week judges
+    _audited(wh.engine, reads)
+    assert unusual(wh.engine, now) == [], "a steady reader is usual by its own week"
+    code, out = _cli("agencies", "grant", "so_y_te", "citizen", "--daily-rows", "500")
+    assert code == 0 and "so_y_te may read citizen, about 500 rows a day" in out, out
+    asked = AccessRequests(wh.engine, catalog)
+    request = asked.submit("so_lao_dong", "citizen", "Xác minh hồ sơ bảo hiểm thất nghiệp hằng ngày (kiểm thử)")
+    code, out = _cli("agencies", "approve", request["request_id"], "--daily-rows", "5000")
+    assert code == 0 and out.endswith("until revoked, about 5,000 rows a day"), out
+    asked.close()
+    assert _cli("agencies", "grant", "so_gd", "citizen", "--daily-rows", "0")[0] == 1
+
+    [found] = unusual(wh.engine, now)
+    assert (found["agency_id"], found["rows"], found["daily_rows"]) == ("so_y_te", 30_000, 500)
+    assert said(found).startswith("so_y_te read 30,000 rows of citizen in the last 24 hours (1 requests), "
+                                        "more than the 500 rows a day its grant's purpose needs: see `lgsp audit")
+    assert [g["daily_rows"] for g in registry.grants_of("so_y_te")] == [500]
+    code, shown = _cli("agencies", "show", "so_lao_dong")
+    assert "grant citizen: in clear no personal column; every row; about 5,000 rows a day; request req_" in shown
+    events = [json.loads(d) for (d,) in wh.engine.connect().execute(sa.text(
+        "SELECT data FROM gateway_agency_event WHERE agency_id = 'so_y_te' AND type = 'grant.changed'"))]
+    assert [e.get("daily_rows") for e in events] == [500], "the agency is told what its grant expects"
+    wh.engine.dispose()
