@@ -94,7 +94,8 @@ def _shown(row: Any) -> dict[str, Any]:
             "granted_personal": None if r["granted_columns"] is None else json.loads(r["granted_columns"]),
             "granted_until": utc(r["granted_until"]),
             "scope": json.loads(r["row_scope"]) if r["row_scope"] else None,
-            "granted_scope": json.loads(r["granted_scope"]) if r["granted_scope"] else None}
+            "granted_scope": json.loads(r["granted_scope"]) if r["granted_scope"] else None,
+            "daily_rows": r["daily_rows"]}
 
 
 class AccessRequests:
@@ -132,10 +133,13 @@ class AccessRequests:
 
     def submit(self, agency_id: str, dataset: str, purpose: str, personal: list[str] | None = None,
                until: date | datetime | None = None, legal_basis: str | None = None,
-               scope: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               scope: Mapping[str, Any] | None = None, daily_rows: int | None = None) -> dict[str, Any]:
         """File a request (status `pending`); RequestError when it cannot be (unknown dataset or column, a purpose
         too short, an end in the past, a scope that is not one (`check_scope`), already granted as asked, or the
-        same dataset already pending). `scope`: only some rows are asked for (column -> values)."""
+        same dataset already pending). `scope`: only some rows are asked for (column -> values); `daily_rows`: how
+        many rows a day the purpose needs (approved as the grant's, unless the province sets another)."""
+        if daily_rows is not None and daily_rows < 1:
+            raise RequestError(f"daily_rows {daily_rows}: say how many rows a day the purpose needs (1 or more)")
         personal = sorted(set(personal or []))
         self._check(dataset, personal)
         rows = self._scope(dataset, scope)
@@ -173,7 +177,7 @@ class AccessRequests:
                         request_id=request_id, agency_id=agency_id, dataset=dataset,
                         personal_columns=json.dumps(personal), purpose=purpose[:2000],
                         legal_basis=(legal_basis or "").strip()[:500] or None, until=until, status="pending",
-                        requested_at=_now(), row_scope=_scope_json(rows)))
+                        requested_at=_now(), row_scope=_scope_json(rows), daily_rows=daily_rows))
             except sa.exc.IntegrityError:  # filed at the same moment as another: gateway_access_request_one_pending
                 raise RequestError(f"a request for '{dataset}' by '{agency_id}' is already pending: GET "
                                    "/api/v1/access-requests shows it") from None
@@ -240,7 +244,8 @@ class AccessRequests:
                 scope: Mapping[str, Any] | None = None, daily_rows: int | None = None) -> dict[str, Any]:
         """Approve a pending request and make its grant, in one transaction. `personal`, `until` and `scope` may
         narrow what was asked (fewer personal columns, an earlier end, fewer rows), never widen it; by default,
-        as asked. `daily_rows`: the rows a day the purpose needs (`AgencyRegistry.grant`)."""
+        as asked. `daily_rows`: the rows a day the purpose needs (`AgencyRegistry.grant`; default: as the agency
+        said)."""
         asked = self.get(request_id)
         asked_rows = self._scope(asked["dataset"], asked["scope"])
         rows = asked_rows if scope is None else self._scope(asked["dataset"], scope)
@@ -263,7 +268,8 @@ class AccessRequests:
                 self._decide(conn, request_id, "approved", by, note, granted_columns=json.dumps(granted),
                              granted_until=ends, granted_scope=_scope_json(rows))
                 self.registry.grant(asked["agency_id"], asked["dataset"], granted, ends, request_id, conn=conn,
-                                    scope=Grant(scope=rows).scope_dict(), daily_rows=daily_rows)
+                                    scope=Grant(scope=rows).scope_dict(),
+                                    daily_rows=asked["daily_rows"] if daily_rows is None else daily_rows)
         except RegistryError as exc:
             raise RequestError(str(exc)) from None
         if rows:

@@ -418,7 +418,7 @@ def _access_request_routes(app: FastAPI, gateway: Gateway) -> None:
         agency_id = agency(request)
         try:
             entry = asked.submit(agency_id, wanted.dataset, wanted.purpose, wanted.personal, wanted.until,
-                                 wanted.legal_basis, wanted.scope)
+                                 wanted.legal_basis, wanted.scope, wanted.daily_rows)
         except RequestError as exc:
             return error_response(400, str(exc))
         return json_response(shown(entry), 201, {"Location": f"/api/v1/access-requests/{entry['request_id']}"})

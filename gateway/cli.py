@@ -275,7 +275,8 @@ def agencies_requests(status: str = typer.Option("pending", help="pending, appro
         console.print(f"[bold]{r['request_id']}[/]  {r['agency_id']} -> {r['dataset']}  ({state})")
         until = f"{r['until']:%Y-%m-%d %H:%M} UTC" if r["until"] else "no end"
         console.print(f"  personal columns in clear: {', '.join(r['personal']) or 'none'}; until {until}; "
-                      f"rows: {_rows_said(r['scope']) or 'all'}")
+                      f"rows: {_rows_said(r['scope']) or 'all'}"
+                      + (f"; about {r['daily_rows']:,} rows a day" if r["daily_rows"] else ""))
         console.print(f"  purpose: {r['purpose']}")
         if r["legal_basis"]:
             console.print(f"  legal basis: {r['legal_basis']}")
@@ -298,7 +299,7 @@ def agencies_approve(request_id: str,
                                                               "(repeatable; default: the rows asked)"),
                      note: str = typer.Option(None, help="a note the agency reads"),
                      daily_rows: int = typer.Option(None, help="the rows a day its purpose needs: reading more in "
-                                                               "24 hours is flagged"),
+                                                               "24 hours is flagged (default: as the agency said)"),
                      by: str = typer.Option(None, help="who decides (default $LGSP_OPERATOR or $USER)")) -> None:
     """Approve an access request: its grant is made in the same transaction (as asked, or narrower)."""
     from gateway.agencies import parse_scope
@@ -316,7 +317,8 @@ def agencies_approve(request_id: str,
     ending = f"{done['granted_until']:%Y-%m-%d %H:%M} UTC" if done["granted_until"] else "revoked"
     console.print(f"{request_id} approved: {done['agency_id']} may read {done['dataset']} (personal columns in "
                   f"clear: {clear}{'; ' + rows if rows else ''}) until {ending}"
-                  + (f", about {daily_rows:,} rows a day" if daily_rows else ""))
+                  + (f", about {done['daily_rows'] if daily_rows is None else daily_rows:,} rows a day"
+                     if (done["daily_rows"] if daily_rows is None else daily_rows) else ""))
 
 
 @agencies_app.command("deny")

@@ -191,6 +191,8 @@ class AccessRequestIn(BaseModel):
     until: Optional[Union[date, datetime]] = None  # a date: the end of that day, Vietnam time
     # only some rows: column -> the values asked for, e.g. {"commune_code": ["14455"]}; null: every row
     scope: Optional[dict[str, list[Union[StrictBool, StrictInt, str]]]] = Field(default=None, max_length=5)
+    # how many rows a day the purpose needs (reading more is flagged as unusual once granted); null: not said
+    daily_rows: Optional[int] = Field(default=None, ge=1, le=10**12)
 
 
 class AccessRequestInfo(BaseModel):
@@ -210,6 +212,7 @@ class AccessRequestInfo(BaseModel):
     granted_until: Optional[datetime]
     scope: Optional[dict[str, list[Any]]] = None  # the rows asked for (null: every row)
     granted_scope: Optional[dict[str, list[Any]]] = None  # the rows granted (null: every row, or not approved)
+    daily_rows: Optional[int] = None  # the rows a day the agency said its purpose needs
 
 
 class AccessRequestList(BaseModel):

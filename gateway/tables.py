@@ -71,6 +71,7 @@ access_request = sa.Table(
     sa.Column("granted_until", TZ),
     sa.Column("row_scope", sa.Text),  # JSON {column: [values]}: the rows asked for; null: every row
     sa.Column("granted_scope", sa.Text),  # JSON: the rows the approval granted; null: every row
+    sa.Column("daily_rows", sa.BigInteger),  # the rows a day the agency says its purpose needs; null: not said
     sa.Column("notified_at", TZ),  # when the province was told of it (the lgsp_freshness DAG; null: not yet)
     # one pending request per agency and dataset, even when two are filed at the same moment
     sa.Index("gateway_access_request_one_pending", "agency_id", "dataset", unique=True,
@@ -210,7 +211,8 @@ def _add_grant_expiry(engine: sa.Engine) -> None:
     last until revoked, were made by hand and cover every row; and `daily_rows` (none: judged against the agency's
     own week). An agency table from before agencies could be disabled by command: add `disabled_note`."""
     added = {"gateway_grant": ("expires_at", "request_id", "row_scope", "daily_rows"),
-             "gateway_access_request": ("row_scope", "granted_scope"), "gateway_agency": ("disabled_note",)}
+             "gateway_access_request": ("row_scope", "granted_scope", "daily_rows"),
+             "gateway_agency": ("disabled_note",)}
     inspector = sa.inspect(engine)
     with engine.begin() as conn:
         for table, columns in added.items():

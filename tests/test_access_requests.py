@@ -82,9 +82,11 @@ def env(database_url: str, sandbox_handle: Any, tmp_path: Path) -> Iterator[Env]
 def test_an_agency_asks_the_province_approves_narrower_and_the_grant_works_at_once(env: Env) -> None:
     assert env.records().status_code == 403
     until = (date.today() + timedelta(days=90)).isoformat()
-    asked = env.ask(personal=["personal_id", "address"], until=until, legal_basis="Luật Dữ liệu 2024, điều 18")
+    asked = env.ask(personal=["personal_id", "address"], until=until, legal_basis="Luật Dữ liệu 2024, điều 18",
+                    daily_rows=800)
     assert asked.status_code == 201, asked.text
     body = asked.json()
+    assert body["daily_rows"] == 800, "how much its purpose needs, as the agency said"
     request_id = body["request_id"]
     assert asked.headers["location"] == f"/api/v1/access-requests/{request_id}"
     assert (body["status"], body["personal"], body["granted_personal"]) == ("pending", ["address", "personal_id"], None)
@@ -102,8 +104,10 @@ def test_an_agency_asks_the_province_approves_narrower_and_the_grant_works_at_on
     assert later.exit_code == 1 and "is later than asked" in later.output
     shorter = (date.today() + timedelta(days=30)).isoformat()
     approved = _cli("agencies", "approve", request_id, "--personal", "personal_id", "--until", shorter,
-                    "--by", "ttdl_ninh_binh", "--note", "chỉ cột CCCD")
+                    "--by", "ttdl_ninh_binh", "--note", "chỉ cột CCCD", "--daily-rows", "300")
     assert approved.exit_code == 0, approved.output
+    assert [g["daily_rows"] for g in env.call("GET", "/api/v1/grants").json()["grants"]] == [300], \
+        "the province's figure, not the agency's"
     assert f"{request_id} approved: so_y_te may read citizen (personal columns in clear: personal_id)" in \
         approved.output
 
@@ -178,6 +182,7 @@ def test_a_grant_ends_when_it_says_and_a_denial_or_withdrawal_grants_nothing(env
     ({"until": "soon"}, "until.date: Input should be a valid date or datetime"),
     ({"extra": 1}, "extra: Extra inputs are not permitted"),
     ({"dataset": "procedure"}, "'procedure' is open: anyone reads it without a grant"),
+    ({"daily_rows": 0}, "daily_rows: Input should be greater than or equal to 1"),
 ])
 def test_a_bad_request_says_what_is_wrong(env: Env, body: dict[str, Any], message: str) -> None:
     answer = env.ask(**body)
@@ -213,10 +218,10 @@ def test_status_counts_pending_requests_and_old_grant_tables_are_upgraded(env: E
             "decided_by TEXT, note TEXT, granted_columns TEXT, granted_until DATETIME, notified_at DATETIME)"))
     create_gateway_tables(old)
     with old.connect() as conn:
-        assert conn.execute(sa.text("SELECT expires_at, request_id, row_scope FROM gateway_grant")).one() == \
-            (None, None, None)
-        assert conn.execute(sa.text("SELECT count(row_scope) + count(granted_scope) FROM gateway_access_request")
-                            ).scalar() == 0
+        assert conn.execute(sa.text("SELECT expires_at, request_id, row_scope, daily_rows FROM gateway_grant")
+                            ).one() == (None, None, None, None)
+        assert conn.execute(sa.text("SELECT count(row_scope) + count(granted_scope) + count(daily_rows) "
+                                    "FROM gateway_access_request")).scalar() == 0
     registry = AgencyRegistry(old, load_catalog())
     registry.add_agency("so_y_te", "Sở Y tế")
     assert registry.agencies()[0]["grants"] == {"citizen": []}, "an old grant lasts until revoked"

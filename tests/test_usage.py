@@ -261,8 +261,11 @@ def test_a_grant_that_says_how_much_its_purpose_needs_is_judged_by_that(
     code, out = _cli("agencies", "grant", "so_y_te", "citizen", "--daily-rows", "500")
     assert code == 0 and "so_y_te may read citizen, about 500 rows a day" in out, out
     asked = AccessRequests(wh.engine, catalog)
-    request = asked.submit("so_lao_dong", "citizen", "Xác minh hồ sơ bảo hiểm thất nghiệp hằng ngày (kiểm thử)")
-    code, out = _cli("agencies", "approve", request["request_id"], "--daily-rows", "5000")
+    request = asked.submit("so_lao_dong", "citizen", "Xác minh hồ sơ bảo hiểm thất nghiệp hằng ngày (kiểm thử)",
+                           daily_rows=5000)  # the agency says how much its purpose needs
+    code, out = _cli("agencies", "requests", "--agency", "so_lao_dong")
+    assert code == 0 and "rows: all; about 5,000 rows a day" in out, out
+    code, out = _cli("agencies", "approve", request["request_id"])
     assert code == 0 and out.endswith("until revoked, about 5,000 rows a day"), out
     asked.close()
     assert _cli("agencies", "grant", "so_gd", "citizen", "--daily-rows", "0")[0] == 1
