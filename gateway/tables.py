@@ -48,7 +48,7 @@ grant = sa.Table(
     sa.Column("expires_at", TZ),  # null: until revoked
     sa.Column("request_id", sa.Text),  # the access request it answered (gateway.access_requests); null: by hand
     sa.Column("row_scope", sa.Text),  # JSON {column: [values]}: the rows it covers (gateway.agencies.Grant); null: all
-    sa.Column("daily_rows", sa.BigInteger),  # the rows a day its purpose needs: more in 24 hours is unusual (gateway.usage)
+    sa.Column("daily_rows", sa.BigInteger),  # the rows a day its purpose needs: more in 24 h is unusual (gateway.usage)
 )
 
 # an agency asks for a grant: a dataset, the personal columns it needs in clear, why, until when (the province
