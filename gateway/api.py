@@ -39,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBasicCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -52,6 +53,7 @@ from gateway.export import MEDIA_TYPES, encoder, parquet_schema
 from gateway.fast import LeanRecords
 from gateway.lookup import Answer, LookupFailed, lookup_key
 from gateway import events as agency_events
+from gateway import metrics
 from gateway.events import ACCESS
 from gateway.models import (AccessRequestIn, AccessRequestInfo, AccessRequestList, AgencyEventList, DatasetInfo,
                             DatasetList, ErrorBody, GrantGivenUp, GrantList, Health, TokenResponse, WebhookAttempt,
@@ -63,6 +65,8 @@ from gateway.service import Gateway, UnknownDataset
 from gateway.settings import GatewaySettings
 from gateway.usage import DEFAULT_WINDOW, moment, usage
 from gateway.webhooks import UnknownWebhook, WebhookError, Webhooks, host_allowed, shown_url
+from lgsp.metrics import CONTENT_TYPE as METRICS_TYPE, TOKEN_ENV, PlatformCollector
+from warehouse.store import Warehouse
 
 log = logging.getLogger("lgsp.gateway")
 JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
@@ -230,6 +234,7 @@ def _counted(gateway: Gateway, principal: Principal, name: str, fmt: str, grant:
         try:
             gateway.audit.record(AuditEntry(agency_id=principal.label, dataset=name, action=f"export_{fmt}_done",
                                             query=described, rows_returned=sent, status=200))
+            metrics.read_audited(name, f"export_{fmt}_done", principal.label, 200, sent)
         except AuditUnavailable:
             log.error("export of %s by %s: its end could not be audited", name, principal.label)
 
@@ -238,6 +243,20 @@ def _catalog_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Response:
         return json_response({"status": "ok"})
+
+    platform = PlatformCollector(lambda: Warehouse(gateway.settings.database_url, gateway.catalog), gateway.catalog)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        """The gateway's counters and the platform's gauges for Prometheus (gateway.metrics, lgsp.metrics)."""
+        if gateway.settings.metrics_token is None:
+            return error_response(403, f"metrics are off: set {TOKEN_ENV} (16+ characters) where lgsp serve runs, "
+                                       "and give it to Prometheus as its bearer token (docs/deploy.md#monitoring)")
+        if not metrics.authorized(gateway.settings.metrics_token, request.headers.get("authorization")):
+            return error_response(401, "GET /metrics wants Authorization: Bearer <LGSP_METRICS_TOKEN>",
+                                  {"WWW-Authenticate": 'Bearer realm="lgsp metrics"'})
+        body = metrics.gateway_text() + generate_latest(_platform_registry(platform))
+        return Response(body, media_type=METRICS_TYPE, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/v1/datasets", response_model=DatasetList, tags=["catalog"],
              responses={429: ERRORS[429]}, summary="The shared datasets")
@@ -639,8 +658,8 @@ class GuardMiddleware:
     """One log line per request (method, path without query, status, agency, ms: no personal data),
     and a generic 500 with a reference instead of any stack trace or exception message."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, paths: frozenset[str] = frozenset()) -> None:
+        self.app, self.paths = app, paths  # the app's paths without parameters: routes for the metrics' labels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -662,6 +681,7 @@ class GuardMiddleware:
                                                "this gateway's workers started; they are being replaced: retry in a "
                                                "moment", {"Retry-After": "2"})
                 await response(scope, receive, send)
+                status = 503
                 return
             reference = secrets.token_hex(6)
             frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -670,9 +690,15 @@ class GuardMiddleware:
                 response = error_response(500, f"internal error (reference {reference}); it has been logged")
                 await response(scope, receive, send)
         finally:
-            agency = scope.get("state", {}).get("agency", "-")
-            log.info("%s %s %s %s %.1fms", scope["method"], scope["path"], status, agency,
-                     (time.perf_counter() - started) * 1000)
+            agency, seconds = scope.get("state", {}).get("agency", "-"), time.perf_counter() - started
+            log.info("%s %s %s %s %.1fms", scope["method"], scope["path"], status, agency, seconds * 1000)
+            metrics.request_done(metrics.route_label(scope, self.paths), scope["method"], status, seconds)
+
+
+def _platform_registry(collector: PlatformCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
 
 
 def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None = None) -> FastAPI:
@@ -709,5 +735,6 @@ def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None 
     _error_handlers(app)
     # the hot records route on PostgreSQL, answered before FastAPI's stack (inside the guard: same log, same 500)
     app.add_middleware(LeanRecords, gateway=gateway, specs=specs, problem=problem, executor=READERS)
-    app.add_middleware(GuardMiddleware)
+    app.add_middleware(GuardMiddleware, paths=frozenset(r.path for r in app.routes  # type: ignore[attr-defined]
+                                                         if "{" not in r.path))  # type: ignore[attr-defined]
     return app

@@ -93,6 +93,12 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
         _fail(str(exc))
     console.print(f"shared views ready on {redact_url(settings.database_url)}: {', '.join(views)}")
     console.print(f"gateway on http://{host}:{port} (OpenAPI /openapi.json, CKAN /api/3/action/)")
+    from gateway.metrics import prepare_folder
+    from lgsp.settings import load_settings
+
+    prepare_folder(load_settings().home)  # the workers' counters, summed by whichever answers GET /metrics
+    if settings.metrics_token is None:
+        console.print("metrics off (GET /metrics): set LGSP_METRICS_TOKEN to let Prometheus scrape them")
     options = {"factory": True, "host": host, "port": port, "workers": workers, "access_log": False,
                "server_header": False, "log_level": log_level, "log_config": _log_config(log_level)}
     if port and hasattr(socket, "SO_REUSEPORT"):  # under uvicorn's supervisor, one worker too: SIGHUP reloads

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import metrics
 from gateway.access import AccessDenied, authorize, presented_secret
 from gateway.agencies import Principal
 from gateway.audit import AsyncAuditWriter, AuditEntry
@@ -235,5 +236,6 @@ class LeanRecords:
             self.audit = AsyncAuditWriter(self.gateway.write_engine)
         await self.audit.record(AuditEntry(agency_id=principal.label, dataset=name, action="records", query=query,
                                            rows_returned=rows, status=status))
+        metrics.read_audited(name, "records", principal.label, status, rows)
         log.info("read records %s by %s: status %s, %s rows", name, principal.label, status, rows)
 

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from catalog import load_catalog
 from catalog.models import Catalog, SharedDatasetSpec
+from gateway import metrics
 from gateway.access import AccessDenied, Authenticator, RateLimiter, authorize
 from gateway.agencies import AgencyRegistry, Principal
 from gateway.audit import AuditEntry, AuditLog
@@ -114,6 +115,7 @@ class Gateway:
                 rows: int | None, status: int) -> None:
         self.audit.record(AuditEntry(agency_id=principal.label, dataset=name, action=action, query=query,
                                      rows_returned=rows, status=status))
+        metrics.read_audited(name, action, principal.label, status, rows)
         log.info("read %s %s by %s: status %s, %s rows", action, name, principal.label, status, rows)
 
 

@@ -42,6 +42,7 @@ class GatewaySettings:
     principal_cache_s: float = 5.0
     public_url: str | None = None
     webhook_hosts: tuple[str, ...] = ()
+    metrics_token: bytes | None = None  # GET /metrics wants it as a bearer token (None: /metrics is off)
 
     def __repr__(self) -> str:
         return f"GatewaySettings(database_url=<redacted>, max_page_rows={self.max_page_rows}, ...)"
@@ -64,14 +65,27 @@ def load_gateway_settings(database_url: str | None = None) -> GatewaySettings:
     """Settings from the environment; the database is the warehouse's (`LGSP_DATABASE_URL`).
 
     Raises:
-        GatewayConfigError: `LGSP_GATEWAY_PSEUDONYM_KEY` is unset or shorter than 16 characters.
+        GatewayConfigError: `LGSP_GATEWAY_PSEUDONYM_KEY` is unset or shorter than 16 characters, or another
+            setting is wrong (`LGSP_METRICS_TOKEN` shorter than 16 characters, a number that is not one).
     """
+    from lgsp.metrics import CACHE_ENV, SCAN_ENV, TOKEN_ENV, MetricsError, seconds_setting
+
     key = os.environ.get(KEY_VARIABLE, "")
     if len(key) < 16:
         raise GatewayConfigError(
             f"{KEY_VARIABLE} must be set to a secret of at least 16 characters (it keys the pseudonyms of "
             f"personal IDs and seals page cursors), e.g. export {KEY_VARIABLE}=$(python3 -c "
             "'import secrets; print(secrets.token_urlsafe(32))'); keep it stable, pseudonyms change with it")
+    metrics_token = os.environ.get(TOKEN_ENV, "")
+    if metrics_token and len(metrics_token) < 16:
+        raise GatewayConfigError(
+            f"{TOKEN_ENV} must be at least 16 characters (Prometheus sends it as a bearer token to GET /metrics), "
+            f"e.g. export {TOKEN_ENV}=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'); unset, "
+            "/metrics is off")
+    try:
+        seconds_setting(CACHE_ENV, 0.0), seconds_setting(SCAN_ENV, 0.0)
+    except MetricsError as exc:
+        raise GatewayConfigError(str(exc)) from None
     return GatewaySettings(
         database_url=database_url or load_settings().database_url,
         pseudonym_key=key.encode(),
@@ -84,4 +98,5 @@ def load_gateway_settings(database_url: str | None = None) -> GatewaySettings:
         public_url=os.environ.get("LGSP_GATEWAY_PUBLIC_URL") or None,
         webhook_hosts=tuple(h.strip().lower() for h in os.environ.get("LGSP_GATEWAY_WEBHOOK_HOSTS", "").split(",")
                             if h.strip()),
+        metrics_token=metrics_token.encode() or None,
     )

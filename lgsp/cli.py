@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -731,6 +732,23 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the report 
         print_status(console, report)
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def metrics(textfile: Path = typer.Option(None, help="write them to this .prom file (atomically) for node_exporter's "
+                                                    "textfile collector, instead of printing them")) -> None:
+    """The platform's state as Prometheus metrics: freshness, last runs, quarantine, circuits, push feeds,
+    references, webhooks, backups, quality scores (the gateway serves them at GET /metrics with its own)."""
+    from lgsp.metrics import MetricsError, text, write_textfile
+
+    wh, catalog = _warehouse(), load_catalog()
+    if textfile is None:
+        sys.stdout.write(text(wh, catalog).decode())
+        return
+    try:
+        console.print(f"metrics written to {write_textfile(textfile, wh, catalog)}")
+    except (MetricsError, OSError) as exc:
+        fail(str(exc))
 
 
 @app.command()

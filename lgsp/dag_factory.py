@@ -13,6 +13,7 @@ Nothing here does I/O beyond reading the local catalog.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -21,6 +22,7 @@ from typing import Any
 from catalog import Catalog, PipelineSpec, load_catalog
 from catalog.models import FeedSpec
 
+log = logging.getLogger("lgsp.dags")
 START_DATE = datetime(2025, 7, 1, tzinfo=timezone.utc)  # the two-tier local government starts
 VN_TIMEZONE = "Asia/Ho_Chi_Minh"
 
@@ -375,6 +377,22 @@ def backup_dag() -> Any:
 FRESHNESS_SCHEDULE = "*/15 * * * *"
 
 
+def _metrics_textfile(wh: Any, catalog: Any, errors: list[str]) -> str | None:
+    """The platform's gauges written where `LGSP_METRICS_TEXTFILE` says (node_exporter's textfile collector), if
+    it says; a failure is said in `errors` and the log: the freshness check stands."""
+    from lgsp.metrics import textfile_setting, write_textfile
+
+    path = textfile_setting()
+    if path is None:
+        return None
+    try:
+        return str(write_textfile(path, wh, catalog))
+    except Exception as exc:  # noqa: BLE001
+        errors.append(f"metrics not written to {path}: {type(exc).__name__}: {exc}"[:500])
+        log.warning("lgsp_freshness: %s", errors[-1])
+        return None
+
+
 def freshness_dag() -> Any:
     """`lgsp_freshness`: every 15 minutes, each pipeline's last complete sync judged against its objective
     (`lgsp.freshness`); one alert when one goes stale, one when it is fresh again."""
@@ -396,7 +414,10 @@ def freshness_dag() -> Any:
             from lgsp.runner import open_warehouse
 
             current = _load()
-            return check_and_alert(open_warehouse(current), current)
+            wh = open_warehouse(current)
+            result = check_and_alert(wh, current)
+            result["metrics"] = _metrics_textfile(wh, current, result["errors"])
+            return result
 
         check()
 

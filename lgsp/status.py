@@ -84,14 +84,28 @@ def _run_problem(name: str, run: dict[str, Any] | None) -> str | None:
     return f"{name}: {what} ({run['started_at'].isoformat(timespec='seconds')}): {run['message']}"
 
 
-def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
-    """Everything `lgsp status` shows, as data (its `--json`)."""
+def scanned_parts(wh: Warehouse, catalog: Catalog, now: datetime) -> dict[str, Any]:
+    """The parts of the report that scan whole tables: each reference between datasets (every referencing
+    row) and the agencies' unusual reads (the audit's last weeks). `lgsp.metrics` keeps them longer than the rest."""
+    with wh.engine.connect() as conn:
+        references = check_all(conn, wh.metadata.tables, catalog, now)
+    try:
+        reads, error = _unusual_reads(wh, now), None
+    except ValueError as exc:  # a setting that is not a number: said, the rest of the report stands
+        reads, error = None, str(exc)
+    return {"references": references, "unusual_reads": reads, "reads_error": error, "checked_at": now}
+
+
+def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None,
+                  scanned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything `lgsp status` shows, as data (its `--json`); `scanned`: `scanned_parts` computed earlier."""
     now = now or datetime.now(timezone.utc)
     with wh.engine.connect() as conn:
         freshness = pipeline_freshness(conn, wh.system, catalog, now)
         runs, quarantine = _last_runs(conn, wh.system), _open_quarantine(conn, wh.system)
         circuits, feeds = _circuits(conn, wh.system), _feeds(conn, wh.system, catalog, now)
-        checked_references = check_all(conn, wh.metadata.tables, catalog, now)
+    scanned = scanned or scanned_parts(wh, catalog, now)
+    checked_references = scanned["references"]
     pipelines, problems = [], []
     for fresh in freshness:
         spec = catalog.pipelines[fresh.pipeline]
@@ -145,11 +159,9 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None) 
             f"({grant['expires_at']:%Y-%m-%d %H:%M} UTC"
             + (f", request {grant['request_id']}" if grant["request_id"] else "")
             + "): the agency asks again (POST /api/v1/access-requests) if it still needs it")})
-    try:
-        reads = _unusual_reads(wh, now)
-    except ValueError as exc:  # a setting that is not a number: said, the rest of the report stands
-        reads = None
-        problems.append({"severity": "error", "problem": f"unusual reads not checked: {exc}"})
+    reads = scanned["unusual_reads"]
+    if scanned["reads_error"]:
+        problems.append({"severity": "error", "problem": f"unusual reads not checked: {scanned['reads_error']}"})
     for found in reads or []:
         from gateway.usage import said
 

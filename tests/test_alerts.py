@@ -72,7 +72,10 @@ def test_the_freshness_dag_alerts_each_stale_pipeline_once(tmp_path: Path, sinks
 
     hook, _ = sinks
     home = tmp_path / "home"
-    env = lgsp_env(home, LGSP_ALERT_WEBHOOK_URL=hook.url, **sandbox_handle.env())  # type: ignore[attr-defined]
+    textfile = tmp_path / "node_exporter" / "lgsp.prom"  # the DAG writes the metrics there too
+    textfile.parent.mkdir()
+    env = lgsp_env(home, LGSP_ALERT_WEBHOOK_URL=hook.url, LGSP_METRICS_TEXTFILE=str(textfile),
+                   **sandbox_handle.env())  # type: ignore[attr-defined]
     assert run(["lgsp", "run", "dvcqg_procedures", "--inline"], env).returncode == 0
     proc = run(["lgsp", "status", "--alert", "--json"], env)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the others never synced
@@ -82,6 +85,11 @@ def test_the_freshness_dag_alerts_each_stale_pipeline_once(tmp_path: Path, sinks
     assert never == set(load_catalog().pipelines) - {"dvcqg_procedures"}
     assert sorted(a["dag_id"] for a in hook.received) == sorted(f"lgsp_{p}" for p in never)
     assert {a["kind"] for a in hook.received} == {"stale"}
+    from test_metrics import samples, value
+
+    written = samples(textfile.read_text())
+    assert value(written, "lgsp_pipeline_freshness", pipeline="dvcqg_procedures", state="fresh") == 1
+    assert all(value(written, "lgsp_pipeline_freshness", pipeline=p, state="never") == 1 for p in never)
     assert all("has never synced completely" in str(a["summary"]) for a in hook.received)
     assert run(["lgsp", "status", "--alert"], env).returncode == 1
     assert len(hook.received) == len(never)  # told once
