@@ -110,7 +110,8 @@ def _pipelines(f: _Families, report: dict[str, Any]) -> None:
         f.add("lgsp_pipeline_warn_after_seconds", "The freshness objective: warn when the last complete sync is older",
               p["warn_after_s"], **who)
         f.add("lgsp_pipeline_stale_after_seconds",
-              "The freshness objective: stale (an error) when the last complete sync is older", p["error_after_s"], **who)
+              "The freshness objective: stale (an error) when the last complete sync is older", p["error_after_s"],
+              **who)
         f.add("lgsp_dataset_open_quarantine_rows", "Rows of the dataset rejected by its row rules, still open",
               p["open_quarantine"], pipeline=p["pipeline"], dataset=p["dataset"])
         run = p["last_run"]

@@ -15,6 +15,8 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,35 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@contextmanager
+def lgsp_serve(env: dict[str, str], log_path: Path, workers: int = 2) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A real `lgsp serve --workers N` on a free port, answering /health: (the process, its base URL); stopped
+    (SIGTERM, then killed after 30 s) on leaving. Its output goes to `log_path` (a pipe nobody reads would fill
+    and stop it)."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        gateway = subprocess.Popen([str(BIN / "lgsp"), "serve", "--port", str(port), "--workers", str(workers)],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline and gateway.poll() is None, "the gateway did not start"
+                time.sleep(0.2)
+            yield gateway, base
+        finally:
+            gateway.send_signal(signal.SIGTERM)
+            try:
+                gateway.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+
+
 def _employees(base: str) -> list[Any]:
     answer = requests.get(f"{base}/api/v1/datasets/firm/records", params={"limit": 5}, timeout=10)
     answer.raise_for_status()
@@ -84,11 +115,6 @@ def test_a_migrated_shared_column_is_served_in_its_new_type_after_the_gateway_re
     wh.create_all()
     write(wh, catalog.datasets["firm"], batch([{**r, "employees": str(i)} for i, r in enumerate(firms())], "b1"))
     wh.engine.dispose()
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "gateway.log").open("w")  # a file: a pipe nobody reads would fill and stop the gateway
-    gateway = subprocess.Popen([str(BIN / "lgsp"), "serve", "--port", str(port), "--workers", "2"], env=env,
-                               stdout=log, stderr=subprocess.STDOUT, text=True)
     others: Counter[str] = Counter()
     stop = threading.Event()
 
@@ -100,54 +126,40 @@ def test_a_migrated_shared_column_is_served_in_its_new_type_after_the_gateway_re
                 others[type(exc).__name__] += 1
             time.sleep(0.02)
 
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and gateway.poll() is None, "the gateway did not start"
-            time.sleep(0.2)
-        pid = int((home / "gateway.pid").read_text().split()[0])
-        assert pid == gateway.pid  # the supervisor, which SIGHUP reloads
-        before: Counter[str] = Counter()
-        _serving(base, ["0", "1", "2", "3", "4"], str, before)  # and psycopg prepared its statements
-        reader = threading.Thread(target=read_others)
-        reader.start()
-
-        _catalog(folder, "integer")  # 1. migrated here: `migrate` tells the gateway to reload
-        migrated = subprocess.run([str(BIN / "lgsp"), "warehouse", "migrate", "firm"], env=env, capture_output=True,
-                                  text=True, timeout=300)
-        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-        assert f"told the running gateway (pid {pid}) to reload" in " ".join(migrated.stdout.split())
-        first: Counter[str] = Counter()
-        _serving(base, [0, 1, 2, 3, 4], int, first)
-
-        for _ in range(80):  # psycopg prepares a statement on its 5th run on a connection: on every one, surely
-            assert _employees(base) == [0, 1, 2, 3, 4]
-        _catalog(folder, "float")  # 2. migrated from another machine (no pid file): the workers notice
-        elsewhere = {**env, "LGSP_HOME": str(tmp_path / "elsewhere")}
-        migrated = subprocess.run([str(BIN / "lgsp"), "warehouse", "migrate", "firm"], env=elsewhere,
-                                  capture_output=True, text=True, timeout=300)
-        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-        assert "reload `lgsp serve` now" in " ".join(migrated.stdout.split())
-        second: Counter[str] = Counter()
-        _serving(base, [0.0, 1.0, 2.0, 3.0, 4.0], float, second)
-        assert second["503"] >= 1, second  # what made a worker ask for the reload
-        stop.set()
-        reader.join()
-        for window in (first, second):  # a read in the moment before its worker was replaced: 503, retry
-            assert set(window) <= {"200", "503"}, window
-        assert set(others) == {"200"} and others["200"] > 10, others  # the other datasets: served throughout
-        assert "asking lgsp serve" in (tmp_path / "gateway.log").read_text() and gateway.poll() is None
-    finally:
-        stop.set()
-        gateway.send_signal(signal.SIGTERM)
+    with lgsp_serve(env, tmp_path / "gateway.log") as (gateway, base):
         try:
-            gateway.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-        log.close()
+            pid = int((home / "gateway.pid").read_text().split()[0])
+            assert pid == gateway.pid  # the supervisor, which SIGHUP reloads
+            before: Counter[str] = Counter()
+            _serving(base, ["0", "1", "2", "3", "4"], str, before)  # and psycopg prepared its statements
+            reader = threading.Thread(target=read_others)
+            reader.start()
+
+            _catalog(folder, "integer")  # 1. migrated here: `migrate` tells the gateway to reload
+            migrated = subprocess.run([str(BIN / "lgsp"), "warehouse", "migrate", "firm"], env=env,
+                                      capture_output=True, text=True, timeout=300)
+            assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+            assert f"told the running gateway (pid {pid}) to reload" in " ".join(migrated.stdout.split())
+            first: Counter[str] = Counter()
+            _serving(base, [0, 1, 2, 3, 4], int, first)
+
+            for _ in range(80):  # psycopg prepares a statement on its 5th run on a connection: on each, surely
+                assert _employees(base) == [0, 1, 2, 3, 4]
+            _catalog(folder, "float")  # 2. migrated from another machine (no pid file): the workers notice
+            elsewhere = {**env, "LGSP_HOME": str(tmp_path / "elsewhere")}
+            migrated = subprocess.run([str(BIN / "lgsp"), "warehouse", "migrate", "firm"], env=elsewhere,
+                                      capture_output=True, text=True, timeout=300)
+            assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+            assert "reload `lgsp serve` now" in " ".join(migrated.stdout.split())
+            second: Counter[str] = Counter()
+            _serving(base, [0.0, 1.0, 2.0, 3.0, 4.0], float, second)
+            assert second["503"] >= 1, second  # what made a worker ask for the reload
+            stop.set()
+            reader.join()
+            for window in (first, second):  # a read in the moment before its worker was replaced: 503, retry
+                assert set(window) <= {"200", "503"}, window
+            assert set(others) == {"200"} and others["200"] > 10, others  # the other datasets: served throughout
+            assert "asking lgsp serve" in (tmp_path / "gateway.log").read_text() and gateway.poll() is None
+        finally:
+            stop.set()
     assert not (home / "gateway.pid").exists()  # removed on the way out

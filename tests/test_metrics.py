@@ -4,14 +4,12 @@ textfile, GET /metrics) and the gateway's own counters summed over `lgsp serve`'
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from airflow_helpers import BIN, REPO
+from airflow_helpers import REPO
 from catalog import load_catalog
 from gateway.api import create_app
 from gateway.serving import in_thread
@@ -31,7 +29,7 @@ from lgsp.cli import app as lgsp_app
 from lgsp.metrics import PlatformCollector, text
 from lgsp.status import status_report
 from test_freshness import _age, _wh
-from test_gateway_reload import _catalog, _free_port
+from test_gateway_reload import _catalog, lgsp_serve
 from test_write_modes import batch, firms, write
 from warehouse import Warehouse
 
@@ -187,7 +185,7 @@ def test_metrics_want_the_token_and_are_off_without_one(gateway_home: str, monke
     with pytest.raises(GatewayConfigError, match="LGSP_METRICS_CACHE_S='soon' is not a number of seconds"):
         load_gateway_settings(gateway_home)
     monkeypatch.delenv("LGSP_METRICS_CACHE_S")
-    settings = dataclasses.replace(load_gateway_settings(gateway_home))
+    settings = load_gateway_settings(gateway_home)
     assert TOKEN not in repr(settings)
     with in_thread(create_app(settings)) as base:
         for headers in ({}, {"Authorization": "Bearer not-the-token-at-all-no"}, {"Authorization": f"Basic {TOKEN}"}):
@@ -238,32 +236,18 @@ def test_lgsp_serve_sums_its_workers_counts_through_a_reload(pg_url: str, tmp_pa
     stale = home / "run" / "metrics"
     stale.mkdir(parents=True)
     (stale / "counter_1.db").write_bytes(b"left by an earlier gateway")  # emptied when lgsp serve starts
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "gateway.log").open("w")
-    gateway = subprocess.Popen([str(BIN / "lgsp"), "serve", "--port", str(port), "--workers", "2"], env=env,
-                               stdout=log, stderr=subprocess.STDOUT, text=True)
     scrape = {"Authorization": f"Bearer {TOKEN}"}
 
     def workers() -> set[int]:
         return {int(p.name.split("_")[-1].split(".")[0]) for p in stale.glob("*.db")}
 
-    def counts() -> tuple[float, float, float]:
+    def counts(base: str) -> tuple[float, float, float]:
         found = samples(requests.get(f"{base}/metrics", headers=scrape, timeout=30).text)
         return (total(found, "lgsp_gateway_requests_total", route="/api/v1/datasets/firm/records", status="200"),
                 total(found, "lgsp_gateway_rows_sent_total", dataset="firm"),
                 total(found, "lgsp_gateway_requests_total", route="unmatched"))
 
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and gateway.poll() is None, "the gateway did not start"
-            time.sleep(0.2)
+    with lgsp_serve(env, tmp_path / "gateway.log") as (_, base):
         assert not (stale / "counter_1.db").exists()
         for _ in range(40):  # a new connection each: the kernel spreads them over both workers
             answer = requests.get(f"{base}/api/v1/datasets/firm/records", params={"limit": 3}, timeout=30)
@@ -271,7 +255,7 @@ def test_lgsp_serve_sums_its_workers_counts_through_a_reload(pg_url: str, tmp_pa
         for n in range(25):  # paths no route has: one label, however many paths
             assert requests.get(f"{base}/probe/{n}/x{n}", timeout=30).status_code == 404
         assert len(workers()) == 2, "both workers answered and counted"
-        seen = {counts() for _ in range(10)}  # whichever worker answers: the same sums
+        seen = {counts(base) for _ in range(10)}  # whichever worker answers: the same sums
         assert seen == {(40.0, 120.0, 25.0)}, seen
 
         pid = int((home / "gateway.pid").read_text().split()[0])
@@ -284,13 +268,6 @@ def test_lgsp_serve_sums_its_workers_counts_through_a_reload(pg_url: str, tmp_pa
             time.sleep(0.2)
         for _ in range(10):
             assert requests.get(f"{base}/api/v1/datasets/firm/records", params={"limit": 2}, timeout=30).ok
-        assert {counts() for _ in range(6)} == {(50.0, 140.0, 25.0)}
+        assert {counts(base) for _ in range(6)} == {(50.0, 140.0, 25.0)}
         found = samples(requests.get(f"{base}/metrics", headers=scrape, timeout=30).text)
         assert value(found, "lgsp_status_up") == 1 and total(found, "lgsp_pipeline_info") == len(catalog.pipelines)
-    finally:
-        gateway.send_signal(signal.SIGINT)
-        try:
-            gateway.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-        log.close()
