@@ -11,8 +11,13 @@ change-feed pages. Then, each `--repeat` times (the median printed):
   report    `disclosures()` for one citizen: where they are, the reads that named them, the groups of
             reads that may have included them (with the agencies' grants)
   usage     `lgsp audit usage` over the whole audit (gateway.usage): every agency's reads per dataset
+  usage_day `lgsp audit usage --since 1d` at the audit's last read: its last 24 hours (the unusual check's first
+            pass; an agency's `GET /api/v1/usage?since=...`)
   unusual   the unusual-reads check (`lgsp status`, every lgsp_freshness run) at the audit's last read, both of
             its passes made (the floor of rows lowered to 0: every pair is compared with its week before)
+
+The audit spans N x 7 seconds (81 days at a million rows), so the last day is ~1% of it and the unusual
+check's 8 days ~10%: what those cost against the scan says whether they read only their window.
 
 Prints a table and, as the last line, the figures as JSON.
 
@@ -108,10 +113,9 @@ def main() -> None:
             for rows in audit_rows(args.rows, citizens, communes, subject):
                 conn.execute(tables.audit.insert(), rows)
         figures["fill_seconds"] = round(time.perf_counter() - began, 1)
-        if wh.dialect == "postgresql":
-            with wh.engine.connect() as conn:
-                conn.exec_driver_sql("ANALYZE gateway_audit")
-                conn.commit()
+        if wh.dialect == "postgresql":  # as autovacuum leaves an audit written over weeks: visibility, statistics
+            with wh.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE gateway_audit")
 
         def scan() -> int:
             with wh.engine.connect() as conn:
@@ -125,7 +129,9 @@ def main() -> None:
                                             "sum(rows_returned) FROM gateway_audit")).first()
         medians: dict[str, float] = {}
         last_read = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=(args.rows - 1) * 7)
+        second = timedelta(seconds=1)
         steps = (("scan", scan), ("report", report), ("usage", lambda: usage(wh.engine)),
+                 ("usage_day", lambda: usage(wh.engine, last_read - timedelta(days=1), last_read + second)),
                  ("unusual", lambda: unusual(wh.engine, last_read + timedelta(seconds=1), min_rows=0)))
         for name, action in steps:
             seconds, result = [], None
@@ -146,11 +152,11 @@ def main() -> None:
                 figures["usage_groups"] = len(result)  # type: ignore[arg-type]
                 assert (sum(u["requests"] for u in result), sum(u["rows"] for u in result)) == \
                     tuple(int(v) for v in expected), (figures, expected)  # type: ignore[union-attr]
-        for name in ("report", "usage", "unusual"):  # unrounded: a tiny scan is ~0
+        for name in ("report", "usage", "usage_day", "unusual"):  # unrounded: a tiny scan is ~0
             figures[name]["x_scan"] = ratio(medians[name], medians["scan"])
         wh.engine.dispose()
     print(f"\n{'step':<10}{'first s':>10}{'median s':>10}{'x scan':>8}")
-    for name in ("scan", "report", "usage", "unusual"):
+    for name in ("scan", "report", "usage", "usage_day", "unusual"):
         f = figures[name]
         print(f"{name:<10}{f['first_s']:>10}{f['median_s']:>10}{str(f.get('x_scan', 1.0)):>8}")
     print(f"the report: {figures['named']} read(s) named the person, {figures['may_have_groups']} group(s) of reads "

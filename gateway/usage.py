@@ -151,7 +151,8 @@ def unusual(engine: sa.Engine, now: datetime | None = None, factor: float | None
     a = tables.audit.c
     start = now - day * (days + 1)
     if engine.dialect.name == "postgresql":
-        age = sa.func.floor(sa.extract("epoch", sa.literal(now, sa.DateTime(timezone=True)) - a.recorded_at) / 86400)
+        seconds = sa.cast(sa.extract("epoch", sa.literal(now, sa.DateTime(timezone=True)) - a.recorded_at), sa.Float)
+        age = sa.func.floor(seconds / 86400)  # in double precision: numeric's arithmetic took half the pass
     else:  # SQLite keeps UTC times as text
         age = sa.cast(sa.func.julianday(now.replace(tzinfo=None).isoformat(sep=" ")) - sa.func.julianday(a.recorded_at),
                       sa.Integer)

@@ -144,6 +144,7 @@ def test_disclosures_benchmark_finds_every_read_that_named_the_person() -> None:
     assert figures["named"] >= 2 and figures["may_have_groups"] > 0  # rows 0 and 10,000 look the person up
     assert figures["report"]["median_s"] > 0 and figures["scan"]["median_s"] > 0
     assert figures["usage_groups"] == 400 and figures["usage"]["median_s"] > 0  # 200 agencies x 2 datasets
+    assert figures["usage_day"]["median_s"] > 0 and figures["unusual"]["median_s"] > 0
 
 
 def test_backup_benchmark_backs_up_and_restores_every_row() -> None:

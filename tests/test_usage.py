@@ -281,3 +281,42 @@ def test_a_grant_that_says_how_much_its_purpose_needs_is_judged_by_that(
         "SELECT data FROM gateway_agency_event WHERE agency_id = 'so_y_te' AND type = 'grant.changed'"))]
     assert [e.get("daily_rows") for e in events] == [500], "the agency is told what its grant expects"
     wh.engine.dispose()
+
+
+def test_a_window_of_the_audit_is_read_by_its_time_index(database_url: str) -> None:
+    """The unusual-reads check (every 15 minutes, each metrics scan) and `usage --since` read their window of the
+    audit through `gateway_audit_recorded_at` (BRIN on PostgreSQL, a B-tree on SQLite), not months of audit; an
+    audit made before the index gets it when the gateway's tables are prepared."""
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    create_gateway_tables(engine)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    _audited(engine, [(f"agency_{i % 20:02d}", "citizen", "records", 100, 200, start + timedelta(seconds=i * 60))
+                      for i in range(60 * 24 * 41)])  # 41 days, one read a minute
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX gateway_audit_recorded_at")  # an audit from before the index
+    create_gateway_tables(engine)
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE gateway_audit")  # as autovacuum leaves it (BRIN summarised)
+    else:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    statements: list[tuple[str, Any]] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "FROM gateway_audit" in statement and not statement.startswith("EXPLAIN"):
+            statements.append((statement, parameters))
+
+    end = start + timedelta(days=40, seconds=30)  # no read on a window's edge
+    found = usage(engine, end - timedelta(days=1), end)
+    assert sum(u["requests"] for u in found) == 60 * 24 and len(found) == 20
+    flagged = unusual(engine, end, min_rows=0, factor=0.5)
+    assert len(flagged) == 20 and all(f["by_day"] == [7200] * 7 for f in flagged), flagged[0]["by_day"]  # 72 reads a day, 100 rows each
+    assert len(statements) == 3  # the usage pass, then the check's two passes
+    explain = "EXPLAIN " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+    for statement, parameters in statements:
+        with engine.connect() as conn:
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(explain + statement, parameters).all())
+        assert "gateway_audit_recorded_at" in plan, plan
+    engine.dispose()
