@@ -312,7 +312,8 @@ def test_a_window_of_the_audit_is_read_by_its_time_index(database_url: str) -> N
     found = usage(engine, end - timedelta(days=1), end)
     assert sum(u["requests"] for u in found) == 60 * 24 and len(found) == 20
     flagged = unusual(engine, end, min_rows=0, factor=0.5)
-    assert len(flagged) == 20 and all(f["by_day"] == [7200] * 7 for f in flagged), flagged[0]["by_day"]  # 72 reads a day, 100 rows each
+    # 72 reads a day of 100 rows each, every day of the week before
+    assert len(flagged) == 20 and all(f["by_day"] == [7200] * 7 for f in flagged), flagged[0]["by_day"]
     assert len(statements) == 3  # the usage pass, then the check's two passes
     explain = "EXPLAIN " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
     for statement, parameters in statements:
