@@ -13,7 +13,10 @@ the installation itself is sound, before anything fails at 02:00:
 - **disk**: the file systems holding the store, the lake and the backups have room (a full disk stops
   every load);
 - **backups**: the latest backup is recent, and PostgreSQL's dump tool is there for a PostgreSQL store;
-- **gateway**: the gateway's key is set (`lgsp serve` refuses to start without it);
+- **gateway**: the gateway's key is set and its other settings are sound (`lgsp serve` refuses to start
+  otherwise: the setting is named);
+- **metrics**: Prometheus metrics: the gateway's GET /metrics on or off (`LGSP_METRICS_TOKEN`), and the
+  folder of the textfile the lgsp_freshness DAG writes (`LGSP_METRICS_TEXTFILE`) exists;
 - **airflow**: where Airflow keeps its metadata (SQLite takes one writer: PostgreSQL for production).
 
 Errors make `lgsp doctor` exit 1; warnings do not.
@@ -66,6 +69,7 @@ def examine(settings: Settings | None = None) -> list[Check]:
     _disk(found, settings)
     _backups(found, settings)
     _gateway(found)
+    _metrics(found)
     _airflow(found, settings)
     return found
 
@@ -232,10 +236,36 @@ def _gateway(found: list[Check]) -> None:
     try:
         load_gateway_settings()
     except GatewayConfigError as exc:
-        found.append(Check("gateway", KEY_VARIABLE, "error", "`lgsp serve` will not start: "
-                           + str(exc).split(" (", 1)[0], str(exc)))
+        named = re.match(r"[A-Z][A-Z0-9_]+", str(exc))  # the setting the message names first
+        found.append(Check("gateway", named.group(0) if named else KEY_VARIABLE, "error",
+                           "`lgsp serve` will not start: " + str(exc).split(" (", 1)[0], str(exc)))
         return
     found.append(Check("gateway", KEY_VARIABLE, "ok", "set"))
+
+
+def _metrics(found: list[Check]) -> None:
+    """Prometheus metrics (lgsp.metrics): the gateway's GET /metrics on or off, and the textfile the lgsp_freshness
+    DAG writes, when one is named (its folder must exist: node_exporter's textfile directory)."""
+    from lgsp.metrics import TEXTFILE_ENV, TOKEN_ENV, textfile_setting
+
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        found.append(Check("metrics", TOKEN_ENV, "ok", "not set: the gateway's GET /metrics is off (set it to let "
+                           "Prometheus scrape; docs/deploy.md#monitoring-with-prometheus)"))
+    elif len(token) >= 16:
+        found.append(Check("metrics", TOKEN_ENV, "ok", "set: the gateway serves GET /metrics to its bearer"))
+    path = textfile_setting()
+    if path is None:
+        return
+    if path.suffix != ".prom":
+        found.append(Check("metrics", TEXTFILE_ENV, "error", f"{path} does not end in .prom: node_exporter's textfile "
+                           "collector will not read it", f"export {TEXTFILE_ENV}=<its directory>/lgsp.prom"))
+    elif not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        found.append(Check("metrics", TEXTFILE_ENV, "error", f"{path.parent} is not a folder lgsp can write: the "
+                           "lgsp_freshness DAG cannot write the metrics there", "create it (node_exporter's "
+                           f"--collector.textfile.directory), or fix {TEXTFILE_ENV}"))
+    else:
+        found.append(Check("metrics", TEXTFILE_ENV, "ok", f"the lgsp_freshness DAG writes the metrics to {path}"))
 
 
 def _airflow(found: list[Check], settings: Settings) -> None:

@@ -43,7 +43,8 @@ def test_a_machine_set_up_for_the_sandbox_passes_and_says_what_it_checked(
     problems = [c for c in report["checks"] if c["state"] != "ok" and c["area"] != "disk"]
     assert (code, report["ok"], problems) == (0, True, []), problems
     areas = {c["area"] for c in report["checks"]}
-    assert areas == {"python", "catalog", "store", "secrets", "lake", "disk", "backups", "gateway", "airflow"}
+    assert areas == {"python", "catalog", "store", "secrets", "lake", "disk", "backups", "gateway", "metrics",
+                     "airflow"}
     said = {(c["area"], c["subject"]): c["said"] for c in report["checks"]}
     kind = "postgresql" if lgsp_env.database_url.startswith("postgresql") else "sqlite"
     assert any(k[0] == "store" and v.startswith(f"{kind} ") and v.endswith(" answers") for k, v in said.items())
@@ -99,6 +100,17 @@ def test_each_broken_part_is_an_error_or_warning_naming_what_to_do(
     said, todo = bad[("lake", str(blocked / "lake"), "error")]
     assert said.startswith("cannot write or swap folders there") and "LGSP_LAKE" in todo
     assert ("gateway", "LGSP_GATEWAY_PSEUDONYM_KEY", "error") in bad
+    monkeypatch.setenv("LGSP_GATEWAY_PSEUDONYM_KEY", "doctor-test-key-not-secret")
+    monkeypatch.setenv("LGSP_METRICS_TOKEN", "too-short")
+    monkeypatch.setenv("LGSP_METRICS_TEXTFILE", str(tmp_path / "no-such-folder" / "lgsp.prom"))
+    metrics = {(c.area, c.subject, c.state): (c.said, c.todo) for c in examine() if c.area in ("gateway", "metrics")}
+    said, todo = metrics[("gateway", "LGSP_METRICS_TOKEN", "error")]
+    assert said.startswith("`lgsp serve` will not start: LGSP_METRICS_TOKEN must be at least 16 characters")
+    assert "too-short" not in repr(metrics)
+    said, todo = metrics[("metrics", "LGSP_METRICS_TEXTFILE", "error")]
+    assert said.startswith(f"{tmp_path / 'no-such-folder'} is not a folder lgsp can write") and "textfile" in todo
+    monkeypatch.setenv("LGSP_METRICS_TEXTFILE", str(tmp_path / "lgsp.txt"))
+    assert any(c.state == "error" and "does not end in .prom" in c.said for c in examine())
     assert ("backups", str(backup.backup_root()), "warning") in bad
     assert secret not in repr(found)
     code, report = _doctor("--json")
