@@ -228,6 +228,10 @@ def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: boo
     if made:
         console.print(f"Backup: {said(made[-1])} (lgsp backup list; lgsp backup restore NAME --yes puts one back)",
                       soft_wrap=True)
+    from lgsp import metrics
+
+    console.print(f"Monitoring: {metrics.said(wh, catalog)} (lgsp metrics; GET /metrics on the gateway with "
+                  f"{metrics.TOKEN_ENV}; alert rules in deploy/prometheus/lgsp-alerts.yml)", soft_wrap=True)
     from indicators.cli import publish
 
     for what, path in publish(wh, catalog, settings).items():

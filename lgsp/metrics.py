@@ -291,6 +291,18 @@ def text(wh: Any, catalog: Catalog) -> bytes:
     return generate_latest(registry(wh, catalog))
 
 
+def said(wh: Any, catalog: Catalog) -> str:
+    """The metrics in a few words (the demo's line): samples, fresh pipelines, problems by severity."""
+    found = {m.name: m for m in registry(wh, catalog).collect()}
+    samples = sum(len(m.samples) for m in found.values())
+    if found["lgsp_status_up"].samples[0].value != 1:
+        return f"{samples} Prometheus samples; the warehouse did not answer (lgsp_status_up 0)"
+    fresh = sum(1 for s in found["lgsp_pipeline_freshness"].samples if s.labels["state"] == "fresh" and s.value == 1)
+    problems = {s.labels["severity"]: int(s.value) for s in found["lgsp_status_problems"].samples}
+    return (f"{samples} Prometheus samples: {fresh} of {len(catalog.pipelines)} pipelines fresh, "
+            f"{problems.get('error', 0)} error(s) and {problems.get('warning', 0)} warning(s) as lgsp status has them")
+
+
 def write_textfile(path: str | Path, wh: Any, catalog: Catalog) -> Path:
     """The gauges written to `path` for node_exporter's textfile collector: a temporary file renamed into place,
     so the collector never reads half a file. Its folder must exist."""

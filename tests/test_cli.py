@@ -76,6 +76,9 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert backed is not None and backed.group(1).startswith(str(home / "backups" / "lgsp-")), said[-2000:]
     manifest = json.loads((Path(backed.group(1)) / "manifest.json").read_text())  # by the lgsp_backup DAG run
     assert manifest["store"]["tables"]["core_citizen"] == 396 and int(backed.group(2).replace(",", "")) > 9
+    monitored = re.search(r"Monitoring: (\d+) Prometheus samples: (\d+) of (\d+) pipelines fresh, (\d+) error\(s\)", said)
+    assert monitored is not None and int(monitored.group(1)) > 100, said[-2000:]
+    assert monitored.group(2) == monitored.group(3) == "9" and monitored.group(4) == "0"  # every pipeline just synced
     printed = first.stdout + first.stderr
     assert "demo-test-pseudonym-key" not in printed and not re.search(r"lgsp_[0-9a-f]{12}_", printed)  # no key
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)

@@ -4,6 +4,7 @@ textfile, GET /metrics) and the gateway's own counters summed over `lgsp serve`'
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -218,6 +219,10 @@ def test_metrics_want_the_token_and_are_off_without_one(gateway_home: str, monke
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "lgsp-alerts.yml").read_text())["groups"][0]["rules"]
     named = {name for rule in rules for name in re.findall(r"\b(lgsp_[a-z_]+)", rule["expr"])}
     assert len(rules) >= 15 and named and named <= exposed, named - exposed  # each alert rule names real metrics
+    board = json.loads((REPO / "deploy" / "grafana" / "lgsp-overview.json").read_text())
+    graphed = {name for panel in board["panels"] for target in panel["targets"]
+               for name in re.findall(r"\b(lgsp_[a-z_]+)", target["expr"])}
+    assert len(board["panels"]) >= 12 and graphed and graphed <= exposed, graphed - exposed  # and each panel
 
 
 @pytest.mark.postgres
