@@ -131,9 +131,11 @@ def backup_restore(name: str = typer.Argument(..., help="a backup's name or fold
                    to: str = typer.Option(None, help="backup root (default LGSP_BACKUP_DIR or $LGSP_HOME/backups)"),
                    yes: bool = typer.Option(False, "--yes", help="really replace the store and the lake"),
                    safety: bool = typer.Option(True, "--safety-backup/--no-safety-backup",
-                                               help="back up the current state first (label before-restore)")) -> None:
+                                               help="back up the current state first (label before-restore)"),
+                   dataset: str = typer.Option(None, help="only this dataset's table, as a write the change feed "
+                                                          "tells (the rest untouched; the gateway may run)")) -> None:
     """Put the store, the lake and GX's results back as they were in a backup; pipelines then resume from its
-    cursors. Stop `lgsp serve` and pause the DAGs first."""
+    cursors. Stop `lgsp serve` and pause the DAGs first. With --dataset: only that dataset's table."""
     root = _root(to)
     try:
         chosen = backups.find(name, root)
@@ -141,6 +143,9 @@ def backup_restore(name: str = typer.Argument(..., help="a backup's name or fold
         _fail(str(exc))
         return
     console = _console()
+    if dataset is not None:
+        _restore_dataset(console, chosen, dataset, yes)
+        return
     if not yes:
         _fail(f"a restore replaces this lgsp's store and lake with {chosen.name} "
               f"({chosen.manifest['created_at']}): run again with --yes")
@@ -170,3 +175,25 @@ def backup_restore(name: str = typer.Argument(..., help="a backup's name or fold
 
 def register(app: typer.Typer) -> None:
     app.add_typer(backup_app, name="backup")
+
+
+def _restore_dataset(console: Any, chosen: Any, dataset: str, yes: bool) -> None:
+    from lgsp.backup_dataset import restore_dataset
+
+    if not yes:
+        _fail(f"this puts {dataset}'s table back as {chosen.name} holds it ({chosen.manifest['created_at']}): rows "
+              "written or changed since are undone; run again with --yes")
+    try:
+        done = restore_dataset(chosen, dataset)
+    except BackupError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"Restored {dataset} from {chosen.name}: {done.rows:,} rows as the backup holds them; "
+                  f"{done.written:,} written, {done.deleted:,} deleted ({done.records_gone:,} records gone), "
+                  f"as write {done.restore_id} (the change feed tells agencies' copies) in {done.took_s:.1f} s",
+                  soft_wrap=True)
+    for pipeline, cursor in sorted(done.cursors.items()):
+        if cursor["backup"] and cursor["backup"] != cursor["now"]:
+            console.print(f"  {pipeline}: its cursor stays at {cursor['now'] or '-'}; what the source changed since "
+                          f"the backup is pulled again by `lgsp run {pipeline} --since {cursor['backup']}`",
+                          soft_wrap=True)

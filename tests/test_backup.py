@@ -517,3 +517,99 @@ def test_a_backup_that_fails_or_would_not_fit_keeps_nothing_and_says_why(
     with pytest.raises(BackupError, match=r"cannot reach the store postgresql://lgsp@127.0.0.1:1/nowhere"):
         backups.create()
     assert not list((home / "backups").glob(".partial-*"))
+
+
+def _dissolved(data: Any, how_many: int, exclude: set[str]) -> tuple[Any, set[str]]:
+    """The sandbox's data with `how_many` active enterprises (not in `exclude`) dissolved a day after anything."""
+    import dataclasses
+
+    enterprises = [dict(e) for e in data.enterprises]
+    later = max(e["updated_at"] for e in enterprises) + timedelta(days=3)
+    chosen = [e for e in enterprises if e["tax_code"] not in set(data.enterprise_defects) | exclude
+              and e["status"] == "active"][-how_many:]
+    for enterprise in chosen:
+        enterprise.update(status="dissolved", updated_at=later)
+    enterprises.sort(key=lambda e: (e["updated_at"], e["tax_code"]))
+    return dataclasses.replace(data, enterprises=enterprises), {e["tax_code"] for e in chosen}
+
+
+def test_one_dataset_is_restored_as_a_write_the_feed_tells_and_nothing_else_moves(
+        env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811 - the fixture
+    from lgsp.backup_dataset import restore_dataset
+    from sandbox import start_sandbox
+
+    root = tmp_path / "backups"
+    mirror = Mirror(env, "enterprise", limit=1000)
+    mirror.poll()
+    before, versions_before = env.export("enterprise"), _rows(env.url, VERSIONS)
+    made = backups.create(root=root)
+    changed, dissolved = _dissolved(env.sandbox.data, 4, set())
+    with start_sandbox(data=changed, api_key="test-key-not-secret") as newer:
+        for name, value in newer.env().items():
+            monkeypatch.setenv(name, value)
+        runner.run_pipeline("business_enterprises", catalog=env.catalog)
+        mirror.poll()
+        after, versions_after = env.export("enterprise"), _rows(env.url, VERSIONS)
+        assert {k[0] for k, r in after.items() if r["status"] == "dissolved"} >= dissolved and after != before
+        from warehouse import Warehouse
+
+        wh = Warehouse(env.url, env.catalog)  # and a record no source sent (a bad hand edit): gone after the restore
+        table = wh.core["enterprise"]
+        with wh.transaction() as conn:
+            row = dict(conn.execute(sa.select(table).where(table.c.is_current).limit(1)).mappings().one())
+            conn.execute(table.insert().values({**row, "tax_code": "0999999999"}))
+        wh.engine.dispose()
+        assert ("0999999999",) in env.export("enterprise")
+        others = {t: _rows(env.url, f"SELECT * FROM {t} ORDER BY 1, 2") for t in ("core_citizen", "lgsp_cursor")}
+        changes = _rows(env.url, "SELECT change_seq, batch_id, dataset FROM lgsp_change ORDER BY change_seq")
+        token = mirror.token
+
+        done = restore_dataset(made, "enterprise")
+        assert env.export("enterprise") == before and _rows(env.url, VERSIONS) == versions_before
+        assert done.rows == len(versions_before) and done.deleted >= len(dissolved) and done.written >= len(dissolved)
+        assert {t: _rows(env.url, f"SELECT * FROM {t} ORDER BY 1, 2") for t in others} == others, "nothing else"
+        now = _rows(env.url, "SELECT change_seq, batch_id, dataset FROM lgsp_change ORDER BY change_seq")
+        assert now[:-1] == changes and now[-1][1:] == (done.restore_id, "enterprise"), "one write, numbered next"
+        told = mirror.poll()  # the agency's token is still good: told what the restore changed
+        assert env.get("/api/v1/datasets/enterprise/changes", since=token).status_code == 200
+        assert mirror.rows == before and {c["record"]["tax_code"] for c in told if "record" in c} >= dissolved
+        assert done.cursors["business_enterprises"]["now"] != done.cursors["business_enterprises"]["backup"]
+
+        again = restore_dataset(made, "enterprise")  # run again: changes nothing
+        assert (again.written, again.deleted) == (0, 0)
+        assert _rows(env.url, "SELECT change_seq, batch_id, dataset FROM lgsp_change ORDER BY change_seq") == now
+
+        since = datetime.fromisoformat(done.cursors["business_enterprises"]["backup"])
+        runner.run_pipeline("business_enterprises", catalog=env.catalog, since=since)  # as the CLI says
+    assert env.export("enterprise") == after and _rows(env.url, VERSIONS) == versions_after
+    mirror.poll()
+    assert mirror.rows == after
+
+    engine = make_engine(env.url)
+    with engine.begin() as conn:  # a table not as its definition says, then a backup of another shape: refused
+        conn.execute(sa.text("ALTER TABLE core_enterprise ADD COLUMN fax_number TEXT"))
+    try:
+        with pytest.raises(BackupError, match="core_enterprise is not as enterprise's definition says"):
+            restore_dataset(made, "enterprise")
+        other_shape = backups.create(root=root, label="fax")
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE core_enterprise DROP COLUMN fax_number"))
+        engine.dispose()
+    with pytest.raises(BackupError, match="core_enterprise has other columns here than in backup .*fax_number"):
+        restore_dataset(other_shape, "enterprise")
+    assert env.export("enterprise") == after
+    with pytest.raises(BackupError, match="'nothing' is not a core dataset of the catalog"):
+        restore_dataset(made, "nothing")
+    from lgsp.cli import app as lgsp_app
+
+    cli = CliRunner()
+    asked = cli.invoke(lgsp_app, ["backup", "restore", made.name, "--to", str(root), "--dataset", "enterprise"],
+                       env={"COLUMNS": "200"})
+    assert asked.exit_code == 1 and "run again with --yes" in asked.output and env.export("enterprise") == after
+    said = cli.invoke(lgsp_app, ["backup", "restore", made.name, "--to", str(root), "--dataset", "enterprise",
+                                 "--yes"], env={"COLUMNS": "300"})
+    assert said.exit_code == 0, said.output
+    text = " ".join(said.output.split())
+    assert f"Restored enterprise from {made.name}" in text and "lgsp run business_enterprises --since" in text
+    assert env.export("enterprise") == before
