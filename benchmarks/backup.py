@@ -15,6 +15,9 @@ times, against the floors of the same work with the tools alone:
                  transaction, the lake's folders swapped, the restore recorded
   create_again   the next night's backup, after a batch of 1% more rows landed: the store again, the new
                  file copied, every unchanged lake file hard-linked from the previous backup
+  restore_dataset  `lgsp backup restore --dataset citizen` after 1% of the citizens changed in the store:
+                 the backup verified, the table's rows staged from it and compared, the changed rows put back
+                 as a write the change feed tells
 
 Prints a table and, as the last line, the figures as JSON.
 
@@ -33,6 +36,8 @@ import time
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway_load import (  # noqa: E402
@@ -117,11 +122,28 @@ def main() -> None:
         seconds["create_again"], again = _timed(lambda: backup.create(settings, root, keep=0))
         figures["again_bytes_copied"] = again.manifest["bytes_copied"]
         figures["again_files_linked"] = again.manifest["linked"]["files"]
+        changed = max(args.rows // 100, 1)
+        from warehouse import Warehouse
+
+        wh = Warehouse(url, load_catalog())
+        table = wh.core["citizen"]
+        with wh.transaction() as conn:  # 1% of the citizens changed since the backup (as a bad load would)
+            last = conn.execute(sa.select(table.c.personal_id).order_by(table.c.personal_id).offset(changed - 1)
+                                .limit(1)).scalar_one()
+            conn.execute(table.update().where(table.c.personal_id <= last).values(
+                full_name=table.c.full_name + " (sai)", _row_hash=table.c._row_hash + 1))
+        wh.engine.dispose()
+        from lgsp.backup_dataset import restore_dataset
+
+        seconds["restore_dataset"], put_back = _timed(lambda: restore_dataset(made, "citizen"))
+        assert (put_back.written, put_back.deleted) == (changed, 0), put_back
+        figures["restore_dataset_written"] = put_back.written
     floor_backup = seconds["floor_store"] + seconds["floor_lake"]
     figures.update({name: round(value, 3) for name, value in seconds.items()})
     figures["create_x_floor"] = ratio(seconds["create"], floor_backup, 2)
     figures["restore_x_floor"] = ratio(seconds["restore"], seconds["floor_restore"] + seconds["floor_lake"], 2)
     figures["create_mb_per_s"] = round(figures["backup_bytes"] / 1e6 / seconds["create"], 1)
+    figures["restore_dataset_x_restore"] = ratio(seconds["restore_dataset"], seconds["restore"], 2)
     print(f"\n{'step':<15}{'seconds':>10}  what")
     for name, what in (("floor_store", "the store copied by the tool alone"),
                        ("floor_lake", "the lake's files copied, no hashing"),
@@ -131,7 +153,9 @@ def main() -> None:
                        ("floor_restore", "the store restored by the tool alone"),
                        ("restore", f"lgsp backup restore: {figures['restore_x_floor']}x its floors (+ floor_lake)"),
                        ("create_again", f"after 1% more rows: {figures['again_bytes_copied'] / 1e6:,.1f} MB copied, "
-                                        f"{figures['again_files_linked']} files linked")):
+                                        f"{figures['again_files_linked']} files linked"),
+                       ("restore_dataset", f"citizen alone, {figures['restore_dataset_written']:,} rows put back: "
+                                           f"{figures['restore_dataset_x_restore']}x the whole restore")):
         print(f"{name:<15}{figures[name]:>10}  {what}")
     print(json.dumps(figures))
 

@@ -22,22 +22,20 @@ keeps every page received (it is the record of what came), and GX's results stay
 """
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import IO, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from catalog import Catalog, load_catalog
-from lgsp.backup import Backup, BackupError, _pg_conninfo, _pg_tool, _sqlite_path, verify
+from lgsp.backup import Backup, BackupError, _pg_tool, verify
 from lgsp.settings import Settings, load_settings, redact_url
-
-CHUNK_ROWS = 10_000
 
 
 @dataclass
@@ -110,11 +108,11 @@ def restore_dataset(backup: Backup, dataset: str, settings: Settings | None = No
             if staged != expected:
                 raise BackupError(f"backup {backup.name}: table {name} gave {staged:,} rows, its manifest counted "
                                   f"{expected:,}; nothing was restored")
+            _index_stage(conn, table)
             written, deleted, gone = _apply(conn, wh, spec, table, stage, restore_id)
             wh.stamp_change(conn, restore_id, dataset, written + deleted)
-            stage.drop(conn)
     finally:
-        wh.engine.dispose()
+        wh.engine.dispose()  # its connections closed: the temporary tables (and an attached backup) go with them
     now = {p.name: wh.get_cursor(p.name) for p in catalog.pipelines.values() if p.dataset == dataset}
     cursors = {p: {"backup": _instant((backup.manifest.get("pipelines", {}).get(p) or {}).get("cursor")),
                    "now": value.isoformat() if value else None} for p, value in now.items()}
@@ -130,11 +128,21 @@ def _instant(text: str | None) -> str | None:
 
 
 def _stage_table(table: sa.Table) -> sa.Table:
-    """A temporary table of `table`'s columns and primary key: the backup's rows, before they are compared."""
-    key = [c.name for c in table.primary_key.columns]
-    return sa.Table("_lgsp_restore_stage", sa.MetaData(),
-                    *(sa.Column(c.name, c.type, primary_key=c.name in key) for c in table.columns),
+    """A temporary table of `table`'s columns: the backup's rows, before they are compared (its key's unique
+    index made once they are in: `_index_stage`)."""
+    return sa.Table("_lgsp_restore_stage", sa.MetaData(), *(sa.Column(c.name, c.type) for c in table.columns),
                     prefixes=["TEMPORARY"])
+
+
+def _index_stage(conn: sa.Connection, table: sa.Table) -> None:
+    """SQLite: the stage's key indexed in one build, for its comparisons' lookups. PostgreSQL compares by hash
+    joins, which need no index (building one took longer than the comparisons), but its statistics: a temporary
+    table is never analysed by autovacuum, and without them the planner hashed the wrong side."""
+    if conn.dialect.name == "sqlite":
+        key = ", ".join(f'"{c.name}"' for c in table.primary_key.columns)
+        conn.exec_driver_sql(f'CREATE UNIQUE INDEX "_lgsp_restore_stage_key" ON "_lgsp_restore_stage" ({key})')
+    else:
+        conn.exec_driver_sql('ANALYZE "_lgsp_restore_stage"')
 
 
 def _backup_columns(found: list[str], columns: list[str], name: str, backup: Backup) -> None:
@@ -147,36 +155,30 @@ def _backup_columns(found: list[str], columns: list[str], name: str, backup: Bac
 
 
 def _stage_sqlite(conn: sa.Connection, stage: sa.Table, backup: Backup, name: str, columns: list[str]) -> int:
-    """The backup's rows of `name`, read from its SQLite file as stored (no conversion), into the stage."""
-    source = sqlite3.connect(f"file:{backup.path / backup.manifest['store']['file']}?mode=ro", uri=True)
-    try:
-        found = [r[1] for r in source.execute(f'PRAGMA table_info("{name}")')]
-        _backup_columns(found, columns, name, backup)
-        listed = ", ".join(f'"{c}"' for c in columns)
-        cursor = source.execute(f'SELECT {listed} FROM "{name}"')
-        insert = f'INSERT INTO "{stage.name}" ({listed}) VALUES ({", ".join("?" for _ in columns)})'
-        raw = conn.connection.dbapi_connection
-        staged = 0
-        while rows := cursor.fetchmany(CHUNK_ROWS):
-            raw.executemany(insert, rows)  # type: ignore[union-attr]
-            staged += len(rows)
-        return staged
-    finally:
-        source.close()
+    """The backup's rows of `name`, copied as stored from its SQLite file (attached to this connection, read only
+    by this statement; the engine is disposed after the restore) into the stage."""
+    conn.exec_driver_sql("ATTACH DATABASE ? AS lgsp_backup", (str(backup.path / backup.manifest["store"]["file"]),))
+    found = [r[1] for r in conn.exec_driver_sql(f'PRAGMA lgsp_backup.table_info("{name}")')]
+    _backup_columns(found, columns, name, backup)
+    listed = ", ".join(f'"{c}"' for c in columns)
+    conn.exec_driver_sql(f'INSERT INTO "{stage.name}" ({listed}) SELECT {listed} FROM lgsp_backup."{name}"')
+    return int(conn.exec_driver_sql(f'SELECT count(*) FROM "{stage.name}"').scalar_one())
 
 
-def _dump_lines(backup: Backup, name: str) -> Iterator[bytes]:
-    """The COPY block of table `name` in the backup's dump (`pg_restore --data-only --table`), line by line."""
+@contextmanager
+def _dump_reader(backup: Backup, name: str) -> Iterator[IO[bytes]]:
+    """pg_restore's output of table `name`'s data in the backup's dump (`--data-only --table`), to read."""
     command = [_pg_tool("pg_restore"), "--data-only", f"--table={name}", "--file=-",
                str(backup.path / backup.manifest["store"]["file"])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None and process.stderr is not None
+    read = False
     try:
-        yield from process.stdout
-    except GeneratorExit:  # the reader stopped early (a refusal): pg_restore is not needed any more
-        process.kill()
-        raise
+        yield process.stdout
+        read = True
     finally:
+        if not read:  # the reader stopped early (a refusal): pg_restore is not needed any more
+            process.kill()
         process.stdout.close()
         error = process.stderr.read().decode(errors="replace").strip()
         process.stderr.close()
@@ -186,31 +188,34 @@ def _dump_lines(backup: Backup, name: str) -> Iterator[bytes]:
 
 
 def _stage_postgres(conn: sa.Connection, backup: Backup, name: str, columns: list[str]) -> int:
-    """The backup's rows of `name`, COPY's own text lines from the dump, streamed into the stage."""
-    lines = _dump_lines(backup, name)
-    try:
-        return _copy_lines(conn, lines, backup, name, columns)
-    finally:
-        lines.close()  # pg_restore stopped if the copy did not read to its end
-
-
-def _copy_lines(conn: sa.Connection, lines: Iterator[bytes], backup: Backup, name: str, columns: list[str]) -> int:
-    header = next((line for line in lines if line.startswith(b"COPY ")), None)
-    if header is None:
-        raise BackupError(f"backup {backup.name}: the dump holds no data of table {name}")
-    found = [c.strip().strip('"') for c in header.split(b"(", 1)[1].rsplit(b")", 1)[0].decode().split(",")]
-    _backup_columns(found, columns, name, backup)
-    listed = ", ".join(f'"{c}"' for c in found)
-    staged = 0
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(f'COPY "_lgsp_restore_stage" ({listed}) FROM STDIN') as copy:
-        for line in lines:
-            if line == b"\\.\n":
-                break
-            copy.write(line)
-            staged += 1
-    for _ in lines:  # the rest of pg_restore's output (nothing), so that its exit is read
-        pass
+    """The backup's rows of `name`, COPY's own text from the dump, streamed into the stage in blocks of 1 MB."""
+    with _dump_reader(backup, name) as out:
+        header = b""
+        while not header.startswith(b"COPY "):
+            header = out.readline()
+            if not header:
+                raise BackupError(f"backup {backup.name}: the dump holds no data of table {name}")
+        found = [c.strip().strip('"') for c in header.split(b"(", 1)[1].rsplit(b")", 1)[0].decode().split(",")]
+        _backup_columns(found, columns, name, backup)
+        listed = ", ".join(f'"{c}"' for c in found)
+        staged, tail = 0, b""
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f'COPY "_lgsp_restore_stage" ({listed}) FROM STDIN') as copy:
+            while True:
+                block = out.read(1 << 20)
+                data = tail + block
+                end = 0 if data.startswith(b"\\.\n") else data.find(b"\n\\.\n") + 1  # the data's end marker
+                if end > 0 or data.startswith(b"\\.\n"):
+                    copy.write(data[:end])
+                    staged += data.count(b"\n", 0, end)
+                    break
+                if not block:
+                    raise BackupError(f"backup {backup.name}: the dump's data of table {name} ends early")
+                tail, data = data[-3:], data[:-3]  # a marker cut between two blocks is found in the next
+                copy.write(data)
+                staged += data.count(b"\n")
+        while out.read(1 << 20):  # the rest of pg_restore's output, so that its exit is read
+            pass
     return staged
 
 
@@ -226,19 +231,22 @@ def _apply(conn: sa.Connection, wh: Any, spec: Any, table: sa.Table, stage: sa.T
     changed.create(conn)
     conn.execute(changed.insert().from_select(key, sa.select(*(stage.c[k] for k in key)).where(
         ~sa.exists().where(same_row))))
-    current = (lambda t: t.c.is_current.is_(sa.true())) if "is_current" in table.c else (lambda t: sa.true())
     record = list(spec.key)
-    # records with a (current) row here and none in the backup: gone, for the change feed
-    kept = sa.exists().where(*(stage.c[k] == table.c[k] for k in record), current(stage))
-    gone = conn.execute(sa.select(*(table.c[k] for k in record)).where(current(table), ~kept).distinct()).all()
-    deleted = conn.execute(table.delete().where(~sa.exists().where(*(stage.c[k] == table.c[k] for k in key))))
+    absent = table.delete().where(~sa.exists().where(*(stage.c[k] == table.c[k] for k in key)))
+    if "is_current" in table.c:  # history: records with a current version here and none in the backup
+        kept = sa.exists().where(*(stage.c[k] == table.c[k] for k in record), stage.c.is_current.is_(sa.true()))
+        gone = conn.execute(sa.select(*(table.c[k] for k in record)).where(table.c.is_current.is_(sa.true()), ~kept)
+                            .distinct()).all()
+        deleted = int(conn.execute(absent).rowcount or 0)
+    else:  # one row a record: the rows deleted are the records gone
+        gone = conn.execute(absent.returning(*(table.c[k] for k in record))).all()
+        deleted = len(gone)
     conn.execute(table.delete().where(sa.exists().where(*(changed.c[k] == table.c[k] for k in key))))
     values = [sa.literal(restore_id).label(c.name) if c.name == "_batch_id" else stage.c[c.name]
               for c in table.columns]
     conn.execute(table.insert().from_select([c.name for c in table.columns], sa.select(*values).where(
         sa.exists().where(*(changed.c[k] == stage.c[k] for k in key)))))
     written = int(conn.execute(sa.select(sa.func.count()).select_from(changed)).scalar_one())
-    changed.drop(conn)
     if gone:
         wh.record_deletions(conn, spec.name, record, [tuple(r) for r in gone], restore_id)
-    return written, int(deleted.rowcount or 0), len(gone)
+    return written, deleted, len(gone)

@@ -154,6 +154,7 @@ def test_backup_benchmark_backs_up_and_restores_every_row() -> None:
         assert figures[step] > 0, step
     assert figures["create_x_floor"] is not None and figures["create_x_floor"] > 0
     assert figures["again_files_linked"] == 1 and figures["again_bytes_copied"] < figures["backup_bytes"]
+    assert figures["restore_dataset_written"] == 200 and figures["restore_dataset"] > 0  # 1% of the citizens
 
 
 def test_metrics_benchmark_sums_both_processes_counts_and_times_each_scrape() -> None:
