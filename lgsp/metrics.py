@@ -203,6 +203,32 @@ def _scores(f: _Families, engine: sa.Engine, tables: Any) -> None:
         f.add("lgsp_quality_score_timestamp_seconds", "", _ts(row.checked_at), dataset=row.dataset)
 
 
+def _recent_runs(f: _Families, engine: sa.Engine, tables: Any, now: datetime) -> None:
+    """Each pipeline's batches started in the 24 hours before `now`, by status, and the rows they pulled and changed:
+    a pipeline failing every other run shows here while its latest run may have passed."""
+    from datetime import timedelta
+
+    batch = tables["lgsp_batch"]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(batch.c.pipeline, batch.c.status, sa.func.count(),
+                                      sa.func.coalesce(sa.func.sum(batch.c.rows_pulled), 0),
+                                      sa.func.coalesce(sa.func.sum(batch.c.rows_changed), 0))
+                            .where(batch.c.started_at >= now - timedelta(days=1))
+                            .group_by(batch.c.pipeline, batch.c.status)).all()
+    f.gauge("lgsp_pipeline_runs_24h", "Batches started in the last 24 hours, by their status now", ("pipeline", "status"))
+    pulled: dict[str, float] = {}
+    changed: dict[str, float] = {}
+    for pipeline, status, runs, rows_pulled, rows_changed in rows:
+        f.add("lgsp_pipeline_runs_24h", "", runs, pipeline=pipeline, status=status)
+        pulled[pipeline] = pulled.get(pipeline, 0) + rows_pulled
+        changed[pipeline] = changed.get(pipeline, 0) + rows_changed
+    f.gauge("lgsp_pipeline_rows_24h", "Rows pulled and changed by the batches started in the last 24 hours",
+            ("pipeline", "kind"))
+    for pipeline in sorted(pulled):
+        f.add("lgsp_pipeline_rows_24h", "", pulled[pipeline], pipeline=pipeline, kind="pulled")
+        f.add("lgsp_pipeline_rows_24h", "", changed[pipeline], pipeline=pipeline, kind="changed")
+
+
 def families(wh: Any, catalog: Catalog, report: dict[str, Any]) -> list[Metric]:
     """The platform's gauges from a `lgsp.status.status_report`."""
     f = _Families()
@@ -219,6 +245,7 @@ def families(wh: Any, catalog: Catalog, report: dict[str, Any]) -> list[Metric]:
     _gateway_side(f, report)
     _backup(f, report)
     _scores(f, wh.engine, wh.system)
+    _recent_runs(f, wh.engine, wh.system, report["checked_at"])
     return list(f.families.values())
 
 

@@ -106,6 +106,10 @@ def test_the_platforms_metrics_say_what_lgsp_status_says(lgsp_env: Any, monkeypa
     assert age > value(found, "lgsp_pipeline_stale_after_seconds", pipeline="tthc_dossiers")  # the alert's rule
     assert value(found, "lgsp_backups") == 1
     assert value(found, "lgsp_backup_last_timestamp_seconds") == backup.created_at.timestamp()
+    assert value(found, "lgsp_pipeline_runs_24h", pipeline="tthc_dossiers", status="loaded") == 1
+    assert value(found, "lgsp_pipeline_runs_24h", pipeline="tthc_dossiers", status="failed") == 1  # the one after
+    assert value(found, "lgsp_pipeline_rows_24h", pipeline="tthc_dossiers", kind="pulled") == \
+        tthc["last_run"]["rows_pulled"]
     scored = {dict(ls)["dimension"]: v for (n, ls), v in found.items()
               if n == "lgsp_quality_score" and dict(ls)["dataset"] == "dossier"}
     assert set(scored) == {"overall", "validity", "timeliness", "consistency"}  # accuracy: no drift check yet
@@ -217,11 +221,11 @@ def test_metrics_want_the_token_and_are_off_without_one(gateway_home: str, monke
 
     exposed = {n for (n, _) in after} | {f.name for f in text_string_to_metric_families(answer.text)}
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "lgsp-alerts.yml").read_text())["groups"][0]["rules"]
-    named = {name for rule in rules for name in re.findall(r"\b(lgsp_[a-z_]+)", rule["expr"])}
+    named = {name for rule in rules for name in re.findall(r"\b(lgsp_[a-z0-9_]+)", rule["expr"])}
     assert len(rules) >= 15 and named and named <= exposed, named - exposed  # each alert rule names real metrics
     board = json.loads((REPO / "deploy" / "grafana" / "lgsp-overview.json").read_text())
     graphed = {name for panel in board["panels"] for target in panel["targets"]
-               for name in re.findall(r"\b(lgsp_[a-z_]+)", target["expr"])}
+               for name in re.findall(r"\b(lgsp_[a-z0-9_]+)", target["expr"])}
     assert len(board["panels"]) >= 12 and graphed and graphed <= exposed, graphed - exposed  # and each panel
 
 
