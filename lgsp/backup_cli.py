@@ -108,6 +108,29 @@ def backup_list(to: str = typer.Option(None, help="backup root (default LGSP_BAC
     console.print(table)
 
 
+@backup_app.command("restores")
+def backup_restores(as_json: bool = typer.Option(False, "--json", help="print the list as JSON")) -> None:
+    """Every restore into this store, oldest first: whole ones and those of one dataset (`--dataset`)."""
+    from lgsp.backup_dataset import history
+    from lgsp.settings import load_settings
+
+    done = history(load_settings().database_url)
+    if as_json:
+        print(json.dumps(done, indent=1, default=str))
+        return
+    console = _console()
+    if not done:
+        console.print("No restore into this store")
+        return
+    table = Table(title="Restores into this store")
+    for column in ("restored (UTC)", "backup", "what", "rows changed"):
+        table.add_column(column, justify="right" if column == "rows changed" else "left")
+    for r in done:
+        table.add_row(f"{r['restored_at']:%Y-%m-%d %H:%M:%S}", r["backup"], r["what"],
+                      "-" if r["rows_changed"] is None else f"{r['rows_changed']:,}")
+    console.print(table)
+
+
 @backup_app.command("verify")
 def backup_verify(name: str = typer.Argument("latest", help="a backup's name or folder, or latest"),
                   to: str = typer.Option(None, help="backup root (default LGSP_BACKUP_DIR or $LGSP_HOME/backups)")

@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 from catalog import Catalog, load_catalog
 from lgsp.backup import Backup, BackupError, _pg_tool, verify
 from lgsp.settings import Settings, load_settings, redact_url
+from warehouse.store import utc
 
 
 @dataclass
@@ -122,8 +123,6 @@ def restore_dataset(backup: Backup, dataset: str, settings: Settings | None = No
 
 def _instant(text: str | None) -> str | None:
     """A cursor as the manifest keeps it (SQLite's text has no offset: UTC) as an ISO instant with its offset."""
-    from warehouse.store import utc
-
     return utc(datetime.fromisoformat(text)).isoformat() if text else None  # type: ignore[union-attr]
 
 
@@ -250,3 +249,26 @@ def _apply(conn: sa.Connection, wh: Any, spec: Any, table: sa.Table, stage: sa.T
     if gone:
         wh.record_deletions(conn, spec.name, record, [tuple(r) for r in gone], restore_id)
     return written, deleted, len(gone)
+
+
+def history(url: str) -> list[dict[str, Any]]:
+    """Every restore into this store, oldest first: whole ones (`lgsp_restore`) and those of one dataset (the writes
+    numbered in `lgsp_change` under a `restore:` id): when, from which backup, what, rows changed."""
+    from lgsp.backup import restores
+    from warehouse.store import make_engine
+    from warehouse.tables import system_tables
+
+    done = [{"restored_at": utc(r["restored_at"]), "backup": r["backup"], "what": "everything",
+             "rows_changed": None} for r in restores(url)]
+    engine = make_engine(url)
+    change = system_tables(sa.MetaData())["lgsp_change"].c
+    try:
+        with engine.connect() as conn:
+            if sa.inspect(conn).has_table("lgsp_change"):
+                done += [{"restored_at": utc(at), "backup": batch.split(":")[1], "what": dataset,
+                          "rows_changed": int(rows)} for batch, dataset, rows, at in conn.execute(
+                              sa.select(change.batch_id, change.dataset, change.rows_changed, change.committed_at)
+                              .where(change.batch_id.like("restore:%"), change.dataset != "*restore*"))]
+    finally:
+        engine.dispose()
+    return sorted(done, key=lambda r: r["restored_at"])

@@ -613,3 +613,10 @@ def test_one_dataset_is_restored_as_a_write_the_feed_tells_and_nothing_else_move
     text = " ".join(said.output.split())
     assert f"Restored enterprise from {made.name}" in text and "lgsp run business_enterprises --since" in text
     assert env.export("enterprise") == before
+    listing = cli.invoke(lgsp_app, ["backup", "restores", "--json"])
+    assert listing.exit_code == 0, (listing.output, repr(listing.exception))
+    listed = json.loads(listing.stdout)
+    mine = [r for r in listed if r["backup"] == made.name and r["what"] == "enterprise"]
+    assert [r["rows_changed"] for r in mine] == [done.changed, mine[1]["rows_changed"]] and mine[1]["rows_changed"] > 0
+    shown = cli.invoke(lgsp_app, ["backup", "restores"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and made.name in shown.stdout and "enterprise" in shown.stdout
