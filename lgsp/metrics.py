@@ -215,7 +215,8 @@ def _recent_runs(f: _Families, engine: sa.Engine, tables: Any, now: datetime) ->
                                       sa.func.coalesce(sa.func.sum(batch.c.rows_changed), 0))
                             .where(batch.c.started_at >= now - timedelta(days=1))
                             .group_by(batch.c.pipeline, batch.c.status)).all()
-    f.gauge("lgsp_pipeline_runs_24h", "Batches started in the last 24 hours, by their status now", ("pipeline", "status"))
+    f.gauge("lgsp_pipeline_runs_24h", "Batches started in the last 24 hours, by their status now",
+            ("pipeline", "status"))
     pulled: dict[str, float] = {}
     changed: dict[str, float] = {}
     for pipeline, status, runs, rows_pulled, rows_changed in rows:
