@@ -25,7 +25,6 @@ not counted; an anonymous reader (open datasets) is `anonymous`.
 """
 from __future__ import annotations
 
-import os
 import statistics
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -35,6 +34,7 @@ import sqlalchemy as sa
 from catalog.models import duration_s
 from gateway import tables
 from indicators.periods import VN_TZ
+from lgsp.settings import env_number
 from warehouse.store import utc
 
 DEFAULT_WINDOW = timedelta(days=30)
@@ -113,17 +113,6 @@ def moment(value: date | datetime | str | None, now: datetime | None = None) -> 
                          "nor a duration back from now (30d, 12h)") from None
 
 
-def _setting(name: str, default: float) -> float:
-    text = os.environ.get(name, "").strip()
-    try:
-        value = float(text) if text else default
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise ValueError(f"{name}={text!r}: give a number of 0 or more (default {default:g})")
-    return value
-
-
 def unusual(engine: sa.Engine, now: datetime | None = None, factor: float | None = None,
             min_rows: float | None = None, days: int = UNUSUAL_BASELINE_DAYS) -> list[dict[str, Any]]:
     """The agency-dataset pairs whose rows sent in the 24 hours before `now` are unusual (see the module's
@@ -134,8 +123,8 @@ def unusual(engine: sa.Engine, now: datetime | None = None, factor: float | None
     Raises:
         ValueError: one of those variables is not a number of 0 or more.
     """
-    factor = _setting("LGSP_UNUSUAL_READS_FACTOR", UNUSUAL_FACTOR) if factor is None else factor
-    min_rows = _setting("LGSP_UNUSUAL_READS_MIN_ROWS", UNUSUAL_MIN_ROWS) if min_rows is None else min_rows
+    factor = env_number("LGSP_UNUSUAL_READS_FACTOR", UNUSUAL_FACTOR) if factor is None else factor
+    min_rows = env_number("LGSP_UNUSUAL_READS_MIN_ROWS", UNUSUAL_MIN_ROWS) if min_rows is None else min_rows
     now = utc(now) or datetime.now(timezone.utc)
     day = timedelta(days=1)
     g = tables.grant.c

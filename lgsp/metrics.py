@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from catalog.models import Catalog
 from lgsp.freshness import STATES
+from lgsp.settings import env_number
 
 log = logging.getLogger("lgsp.metrics")
 CACHE_ENV, SCAN_ENV = "LGSP_METRICS_CACHE_S", "LGSP_METRICS_SCAN_S"
@@ -54,16 +55,11 @@ class MetricsError(ValueError):
 
 
 def seconds_setting(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+    """A number of seconds from the environment (`lgsp.settings.env_number`), or MetricsError saying what is wrong."""
     try:
-        value = float(raw)
-    except ValueError:
-        raise MetricsError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise MetricsError(f"{name}={raw!r}: seconds cannot be negative")
-    return value
+        return env_number(name, default)
+    except ValueError as exc:
+        raise MetricsError(str(exc)) from None
 
 
 def _ts(value: Any) -> float | None:

@@ -40,3 +40,19 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as a placeholder
         return "<database url>"
+
+
+def env_number(name: str, default: float) -> float:
+    """A number of 0 or more from the environment variable `name` (unset or blank: `default`).
+
+    Raises:
+        ValueError: the variable is not a number of 0 or more (the message names it and its default).
+    """
+    text = os.environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(f"{name}={text!r}: give a number of 0 or more (default {default:g})")
+    return value

@@ -598,6 +598,10 @@ def test_one_dataset_is_restored_as_a_write_the_feed_tells_and_nothing_else_move
         engine.dispose()
     with pytest.raises(BackupError, match="core_enterprise has other columns here than in backup .*fax_number"):
         restore_dataset(other_shape, "enterprise")
+    store = other_shape.path / other_shape.manifest["store"]["file"]
+    store.write_bytes(store.read_bytes()[:-4096])  # a damaged backup: refused before anything is read from it
+    with pytest.raises(BackupError, match=f"backup {other_shape.path} is damaged, nothing was restored"):
+        restore_dataset(other_shape, "enterprise")
     assert env.export("enterprise") == after
     with pytest.raises(BackupError, match="'nothing' is not a core dataset of the catalog"):
         restore_dataset(made, "nothing")

@@ -187,7 +187,7 @@ def test_metrics_want_the_token_and_are_off_without_one(gateway_home: str, monke
         load_gateway_settings(gateway_home)
     monkeypatch.setenv("LGSP_METRICS_TOKEN", TOKEN)
     monkeypatch.setenv("LGSP_METRICS_CACHE_S", "soon")
-    with pytest.raises(GatewayConfigError, match="LGSP_METRICS_CACHE_S='soon' is not a number of seconds"):
+    with pytest.raises(GatewayConfigError, match="LGSP_METRICS_CACHE_S='soon': give a number of 0 or more"):
         load_gateway_settings(gateway_home)
     monkeypatch.delenv("LGSP_METRICS_CACHE_S")
     settings = load_gateway_settings(gateway_home)
