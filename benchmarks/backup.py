@@ -18,6 +18,9 @@ times, against the floors of the same work with the tools alone:
   restore_dataset  `lgsp backup restore --dataset citizen` after 1% of the citizens changed in the store:
                  the backup verified, the table's rows staged from it and compared, the changed rows put back
                  as a write the change feed tells
+  restore_commune  `... --dataset citizen --where commune_code=C` after every citizen of commune C (1/129 of
+                 them) changed: the same staging, then only that commune's records compared and put back
+  restore_keys   `... --where personal_id=@FILE` of 1,000 changed citizens' keys
 
 Prints a table and, as the last line, the figures as JSON.
 
@@ -90,6 +93,21 @@ def _floor_restore(args: argparse.Namespace, made: backup.Backup, scratch: Path)
         _drop_postgres_database(args.admin_url, url)
 
 
+def _spoil(url: str, which: Any) -> list[str]:
+    """Change the citizens `which(table)` picks, as a bad load would; their keys."""
+    from warehouse import Warehouse
+
+    wh = Warehouse(url, load_catalog())
+    table = wh.core["citizen"]
+    try:
+        with wh.transaction() as conn:
+            return list(conn.execute(table.update().where(which(table)).values(
+                full_name=table.c.full_name + " (sai)", _row_hash=table.c._row_hash + 1)
+                .returning(table.c.personal_id)).scalars())
+    finally:
+        wh.engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -123,27 +141,37 @@ def main() -> None:
         figures["again_bytes_copied"] = again.manifest["bytes_copied"]
         figures["again_files_linked"] = again.manifest["linked"]["files"]
         changed = max(args.rows // 100, 1)
-        from warehouse import Warehouse
-
-        wh = Warehouse(url, load_catalog())
-        table = wh.core["citizen"]
-        with wh.transaction() as conn:  # 1% of the citizens changed since the backup (as a bad load would)
-            last = conn.execute(sa.select(table.c.personal_id).order_by(table.c.personal_id).offset(changed - 1)
-                                .limit(1)).scalar_one()
-            conn.execute(table.update().where(table.c.personal_id <= last).values(
-                full_name=table.c.full_name + " (sai)", _row_hash=table.c._row_hash + 1))
-        wh.engine.dispose()
-        from lgsp.backup_dataset import restore_dataset
+        # 1% of the citizens changed since the backup (as a bad load would)
+        _spoil(url, lambda t: t.c.personal_id.in_(sa.select(t.c.personal_id).order_by(t.c.personal_id)
+                                                  .limit(changed).scalar_subquery()))
+        from lgsp.backup_dataset import parse_where, restore_dataset
+        from quality.reference import province_communes
 
         seconds["restore_dataset"], put_back = _timed(lambda: restore_dataset(made, "citizen"))
         assert (put_back.written, put_back.deleted) == (changed, 0), put_back
         figures["restore_dataset_written"] = put_back.written
+        commune = min(province_communes(37))
+        _spoil(url, lambda t: t.c.commune_code == commune)
+        seconds["restore_commune"], put_back = _timed(
+            lambda: restore_dataset(made, "citizen", where={"commune_code": [commune]}))
+        assert put_back.written == put_back.records_in_scope > 0 and put_back.deleted == 0, put_back
+        figures["restore_commune_written"] = put_back.written
+        keys = _spoil(url, lambda t: t.c.personal_id.in_(sa.select(t.c.personal_id).order_by(t.c.personal_id.desc())
+                                                         .limit(min(1000, args.rows)).scalar_subquery()))
+        listed = scratch / "keys.txt"
+        listed.write_text("\n".join(keys) + "\n")
+        seconds["restore_keys"], put_back = _timed(
+            lambda: restore_dataset(made, "citizen", where=parse_where([f"personal_id=@{listed}"])))
+        assert put_back.written == len(keys) and put_back.deleted == 0, put_back
+        figures["restore_keys_written"] = put_back.written
     floor_backup = seconds["floor_store"] + seconds["floor_lake"]
     figures.update({name: round(value, 3) for name, value in seconds.items()})
     figures["create_x_floor"] = ratio(seconds["create"], floor_backup, 2)
     figures["restore_x_floor"] = ratio(seconds["restore"], seconds["floor_restore"] + seconds["floor_lake"], 2)
     figures["create_mb_per_s"] = round(figures["backup_bytes"] / 1e6 / seconds["create"], 1)
     figures["restore_dataset_x_restore"] = ratio(seconds["restore_dataset"], seconds["restore"], 2)
+    for step in ("restore_commune", "restore_keys"):
+        figures[f"{step}_x_dataset"] = ratio(seconds[step], seconds["restore_dataset"], 2)
     print(f"\n{'step':<15}{'seconds':>10}  what")
     for name, what in (("floor_store", "the store copied by the tool alone"),
                        ("floor_lake", "the lake's files copied, no hashing"),
@@ -155,7 +183,11 @@ def main() -> None:
                        ("create_again", f"after 1% more rows: {figures['again_bytes_copied'] / 1e6:,.1f} MB copied, "
                                         f"{figures['again_files_linked']} files linked"),
                        ("restore_dataset", f"citizen alone, {figures['restore_dataset_written']:,} rows put back: "
-                                           f"{figures['restore_dataset_x_restore']}x the whole restore")):
+                                           f"{figures['restore_dataset_x_restore']}x the whole restore"),
+                       ("restore_commune", f"one commune's {figures['restore_commune_written']:,} citizens put back: "
+                                           f"{figures['restore_commune_x_dataset']}x the table's"),
+                       ("restore_keys", f"{figures['restore_keys_written']:,} citizens by key, from a file: "
+                                        f"{figures['restore_keys_x_dataset']}x the table's")):
         print(f"{name:<15}{figures[name]:>10}  {what}")
     print(json.dumps(figures))
 

@@ -6,7 +6,8 @@
    `--calls` times; then what a scrape pays to sum two workers' files (`gateway_text`).
 2. **Per scrape** of the platform's state, on a warehouse of N citizens (PostgreSQL by default,
    `--sqlite` for the embedded one; benchmarks/migrate.py's valid citizens through the warehouse's
-   merge, as benchmarks/references.py fills it), each `--repeat` times, the median:
+   merge, as benchmarks/references.py fills it) whose `lgsp_batch` holds `--batches` earlier batches (by
+   default a year of the catalog's pipelines each every 15 minutes), each `--repeat` times, the median:
 
      scan        the floor: `SELECT count(*)` of the citizens
      status      `lgsp status`'s report (lgsp.status.status_report: the references' anti-join included)
@@ -72,6 +73,32 @@ def per_request(calls: int) -> dict[str, Any]:
     return figures
 
 
+def fill_batches(wh: Any, catalog: Any, batches: int | None) -> int:
+    """`batches` loaded batches in lgsp_batch (default: each pipeline every 15 minutes for a year), the latest a
+    minute ago, and each pipeline's cursor as its latest left it; how many."""
+    from datetime import datetime, timedelta, timezone
+
+    pipelines = list(catalog.pipelines.values())
+    batches = len(pipelines) * 96 * 365 if batches is None else batches
+    now, table = datetime.now(timezone.utc), wh.system["lgsp_batch"]
+    with wh.transaction() as conn:
+        for start in range(0, batches, 20_000):
+            rows = []
+            for i in range(start, min(start + 20_000, batches)):
+                spec = pipelines[i % len(pipelines)]
+                at = now - timedelta(minutes=1 + 15 * ((batches - i) // len(pipelines)))
+                rows.append({"batch_id": f"bench-{i}", "pipeline": spec.name, "dataset": spec.dataset,
+                             "source_system": spec.source.system, "status": "loaded", "started_at": at,
+                             "finished_at": at + timedelta(seconds=5), "rows_pulled": 100, "rows_landed": 100,
+                             "rows_quarantined": 0, "rows_superseded": 0, "rows_changed": 1, "mode": "incremental"})
+            conn.execute(table.insert(), rows)
+        last = {r["pipeline"]: r for r in rows}  # each pipeline's cursor as its latest sync left it
+        conn.execute(wh.system["lgsp_cursor"].insert(), [
+            {"pipeline": p, "cursor_value": r["started_at"], "batch_id": r["batch_id"], "updated_at": r["finished_at"],
+             "synced_at": r["finished_at"]} for p, r in last.items()])
+    return batches
+
+
 def timed(action: Any, repeat: int) -> float:
     seconds = []
     for _ in range(repeat):
@@ -86,6 +113,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--calls", type=int, default=200_000)
+    parser.add_argument("--batches", type=int, default=None, help="earlier batches in lgsp_batch (default: a year's)")
     add_database_options(parser)
     args = parser.parse_args()
     figures: dict[str, Any] = {"database": "sqlite" if args.sqlite else "postgresql", "rows": args.rows,
@@ -103,6 +131,7 @@ def main() -> None:
 
         wh = Warehouse(url, catalog)
         table = wh.metadata.tables["core_citizen"]
+        figures["batches"] = fill_batches(wh, catalog, args.batches)
 
         def scan() -> None:
             with wh.engine.connect() as conn:
@@ -127,7 +156,7 @@ def main() -> None:
     print(f"\n{'per scrape (' + format(args.rows, ',') + ' citizens)':<34}{'median s':>10}{'x scan':>8}")
     for name, f in figures["per_scrape"].items():
         print(f"{name:<34}{f['median_s']:>10}{str(f['x_scan']):>8}")
-    print(f"{samples} samples a scrape")
+    print(f"{samples} samples a scrape; {figures['batches']:,} batches in lgsp_batch")
     print(json.dumps(figures))
 
 

@@ -93,13 +93,13 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def parse_scope(texts: Iterable[str]) -> dict[str, list[str]]:
-    """`["commune_code=14455,14458"]` (the CLI's `--scope`) -> `{"commune_code": ["14455", "14458"]}`."""
+def parse_scope(texts: Iterable[str], option: str = "--scope") -> dict[str, list[str]]:
+    """`["commune_code=14455,14458"]` (the CLI's `--scope`, or `option`) -> `{"commune_code": ["14455", "14458"]}`."""
     scope: dict[str, list[str]] = {}
     for text in texts:
         column, sep, values = text.partition("=")
         if not sep or not column.strip() or not values.strip():
-            raise RegistryError(f"--scope {text!r}: write COLUMN=VALUE[,VALUE...], e.g. --scope commune_code=14455")
+            raise RegistryError(f"{option} {text!r}: write COLUMN=VALUE[,VALUE...], e.g. {option} commune_code=14455")
         scope.setdefault(column.strip(), []).extend(v.strip() for v in values.split(",") if v.strip())
     return scope
 

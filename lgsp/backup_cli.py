@@ -123,10 +123,11 @@ def backup_restores(as_json: bool = typer.Option(False, "--json", help="print th
         console.print("No restore into this store")
         return
     table = Table(title="Restores into this store")
-    for column in ("restored (UTC)", "backup", "what", "rows changed"):
+    for column in ("restored (UTC)", "backup", "what", "by", "rows changed"):
         table.add_column(column, justify="right" if column == "rows changed" else "left")
     for r in done:
-        table.add_row(f"{r['restored_at']:%Y-%m-%d %H:%M:%S}", r["backup"], r["what"],
+        what = r["what"] if not r["where"] else f"{r['what']} {_where_said(r['where'])}"
+        table.add_row(f"{r['restored_at']:%Y-%m-%d %H:%M:%S}", r["backup"], what, r["restored_by"] or "-",
                       "-" if r["rows_changed"] is None else f"{r['rows_changed']:,}")
     console.print(table)
 
@@ -156,9 +157,15 @@ def backup_restore(name: str = typer.Argument(..., help="a backup's name or fold
                    safety: bool = typer.Option(True, "--safety-backup/--no-safety-backup",
                                                help="back up the current state first (label before-restore)"),
                    dataset: str = typer.Option(None, help="only this dataset's table, as a write the change feed "
-                                                          "tells (the rest untouched; the gateway may run)")) -> None:
+                                                          "tells (the rest untouched; the gateway may run)"),
+                   where: list[str] = typer.Option([], help="with --dataset: only the records whose COLUMN holds one "
+                                                            "of the values, in the backup or now: COLUMN=V1,V2 or "
+                                                            "COLUMN=@FILE (one a line); repeat: every column"),
+                   dry_run: bool = typer.Option(False, "--dry-run", help="with --dataset: say what would change, "
+                                                                         "change nothing")) -> None:
     """Put the store, the lake and GX's results back as they were in a backup; pipelines then resume from its
-    cursors. Stop `lgsp serve` and pause the DAGs first. With --dataset: only that dataset's table."""
+    cursors. Stop `lgsp serve` and pause the DAGs first. With --dataset: only that dataset's table (with --where:
+    only some of its records)."""
     root = _root(to)
     try:
         chosen = backups.find(name, root)
@@ -167,8 +174,10 @@ def backup_restore(name: str = typer.Argument(..., help="a backup's name or fold
         return
     console = _console()
     if dataset is not None:
-        _restore_dataset(console, chosen, dataset, yes)
+        _restore_dataset(console, chosen, dataset, yes, where, dry_run)
         return
+    if where or dry_run:
+        _fail("--where and --dry-run go with --dataset D: a whole restore puts back everything")
     if not yes:
         _fail(f"a restore replaces this lgsp's store and lake with {chosen.name} "
               f"({chosen.manifest['created_at']}): run again with --yes")
@@ -196,25 +205,61 @@ def backup_restore(name: str = typer.Argument(..., help="a backup's name or fold
                   "what is behind", soft_wrap=True)
 
 
+def _say_differences(console: Any, differences: dict[str, Any] | None) -> None:
+    """Of the rows written: the columns that differed here and in how many rows, those missing here, examples."""
+    if not differences or not (differences["columns"] or differences["missing_here"]):
+        return
+    columns = ", ".join(f"{c} {n:,}" for c, n in sorted(differences["columns"].items(), key=lambda i: -i[1]))
+    console.print(f"  rows held differently here, by column: {columns or '-'}; rows missing here: "
+                  f"{differences['missing_here']:,}", soft_wrap=True)
+    for example in differences["examples"]:
+        key = ", ".join(f"{k}={v}" for k, v in example["key"].items())
+        console.print(f"    {key}: {', '.join(example['columns']) or 'its lineage only (_row_hash)'}", soft_wrap=True)
+
+
+def _where_said(where: dict[str, list[Any]]) -> str:
+    """`with commune_code in 25210, 25213 and ...` (at most 5 values a column shown)."""
+    def values(listed: list[Any]) -> str:
+        return ", ".join(map(str, listed[:5])) + (f" and {len(listed) - 5:,} more" if len(listed) > 5 else "")
+    return "with " + " and ".join(f"{column} in {values(listed)}" for column, listed in where.items())
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(backup_app, name="backup")
 
 
-def _restore_dataset(console: Any, chosen: Any, dataset: str, yes: bool) -> None:
-    from lgsp.backup_dataset import restore_dataset
+def _restore_dataset(console: Any, chosen: Any, dataset: str, yes: bool, where: list[str], dry_run: bool) -> None:
+    from lgsp.backup_dataset import parse_where, restore_dataset
 
-    if not yes:
-        _fail(f"this puts {dataset}'s table back as {chosen.name} holds it ({chosen.manifest['created_at']}): rows "
-              "written or changed since are undone; run again with --yes")
     try:
-        done = restore_dataset(chosen, dataset)
+        scope = parse_where(where)
     except BackupError as exc:
         _fail(str(exc))
         return
-    console.print(f"Restored {dataset} from {chosen.name}: {done.rows:,} rows as the backup holds them; "
+    records = f"the records of {dataset} {_where_said(scope)}" if scope else f"{dataset}'s table"
+    if not yes and not dry_run:
+        _fail(f"this puts {records} back as {chosen.name} holds {'them' if scope else 'it'} "
+              f"({chosen.manifest['created_at']}): rows "
+              "written or changed since are undone; `--dry-run` says what would change; run again with --yes")
+    try:
+        done = restore_dataset(chosen, dataset, where=scope, dry_run=dry_run)
+    except BackupError as exc:
+        _fail(str(exc))
+        return
+    named = "" if done.where is None else \
+        f"{done.records_in_scope:,} record{'' if done.records_in_scope == 1 else 's'} {_where_said(done.where)}: "
+    if done.dry_run:
+        console.print(f"Dry run, nothing changed: restoring {dataset} from {chosen.name} would give {named}"
+                      f"{done.rows:,} rows as the backup holds them; {done.written:,} written, {done.deleted:,} "
+                      f"deleted ({done.records_gone:,} records gone). `--yes` without `--dry-run` does it",
+                      soft_wrap=True)
+        _say_differences(console, done.differences)
+        return
+    console.print(f"Restored {dataset} from {chosen.name}: {named}{done.rows:,} rows as the backup holds them; "
                   f"{done.written:,} written, {done.deleted:,} deleted ({done.records_gone:,} records gone), "
                   f"as write {done.restore_id} (the change feed tells agencies' copies) in {done.took_s:.1f} s",
                   soft_wrap=True)
+    _say_differences(console, done.differences)
     for pipeline, cursor in sorted(done.cursors.items()):
         if cursor["backup"] and cursor["backup"] != cursor["now"]:
             console.print(f"  {pipeline}: its cursor stays at {cursor['now'] or '-'}; what the source changed since "

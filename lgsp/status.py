@@ -32,13 +32,15 @@ RUN_COUNTS = ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")
 STATE_COLOUR = {"fresh": "green", "warn": "yellow", "stale": "red", "never": "red", "unchecked": "dim"}
 
 
-def _last_runs(conn: sa.Connection, tables: Any) -> dict[str, dict[str, Any]]:
-    """pipeline -> its latest batch."""
+def _last_runs(conn: sa.Connection, tables: Any, pipelines: list[str]) -> dict[str, dict[str, Any]]:
+    """pipeline -> its latest batch: one probe of `ix_lgsp_batch_pipeline_started` a pipeline, not a pass over every
+    batch ever run."""
     batch = tables["lgsp_batch"]
-    latest = (sa.select(batch.c.pipeline, sa.func.max(batch.c.started_at).label("started_at"))
-              .group_by(batch.c.pipeline).subquery())
-    rows = conn.execute(sa.select(batch).join(latest, sa.and_(batch.c.pipeline == latest.c.pipeline,
-                                                             batch.c.started_at == latest.c.started_at)))
+    if not pipelines:
+        return {}
+    rows = conn.execute(sa.union_all(*(sa.select(latest).select_from(latest) for latest in (
+        sa.select(batch).where(batch.c.pipeline == name).order_by(batch.c.started_at.desc()).limit(1).subquery()
+        for name in pipelines))))
     return {row.pipeline: {"batch_id": row.batch_id, "status": row.status, "mode": row.mode,
                            "started_at": utc(row.started_at), "finished_at": utc(row.finished_at),
                            **{k: row._mapping[k] for k in RUN_COUNTS}, "message": row.message} for row in rows}
@@ -102,7 +104,7 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None,
     now = now or datetime.now(timezone.utc)
     with wh.engine.connect() as conn:
         freshness = pipeline_freshness(conn, wh.system, catalog, now)
-        runs, quarantine = _last_runs(conn, wh.system), _open_quarantine(conn, wh.system)
+        runs, quarantine = _last_runs(conn, wh.system, list(catalog.pipelines)), _open_quarantine(conn, wh.system)
         circuits, feeds = _circuits(conn, wh.system), _feeds(conn, wh.system, catalog, now)
     scanned = scanned or scanned_parts(wh, catalog, now)
     checked_references = scanned["references"]

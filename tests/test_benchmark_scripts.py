@@ -155,12 +155,14 @@ def test_backup_benchmark_backs_up_and_restores_every_row() -> None:
     assert figures["create_x_floor"] is not None and figures["create_x_floor"] > 0
     assert figures["again_files_linked"] == 1 and figures["again_bytes_copied"] < figures["backup_bytes"]
     assert figures["restore_dataset_written"] == 200 and figures["restore_dataset"] > 0  # 1% of the citizens
+    assert figures["restore_commune_written"] == 20000 // 129 + 1 and figures["restore_keys_written"] == 1000
 
 
 def test_metrics_benchmark_sums_both_processes_counts_and_times_each_scrape() -> None:
-    figures = _figures("benchmarks/metrics.py", "--sqlite", "--rows", "2000", "--repeat", "2", "--calls", "500")
+    figures = _figures("benchmarks/metrics.py", "--sqlite", "--rows", "2000", "--repeat", "2", "--calls", "500",
+                       "--batches", "3000")
     files, memory = figures["per_request"]["files"], figures["per_request"]["memory"]
     assert files["requests_summed"] == 1000 and files["worker_files"] == 4  # two processes' files, summed
     assert memory["requests_summed"] == 500 and files["us_per_request"] > 0 and memory["us_per_request"] > 0
-    assert figures["samples"] > 100
+    assert figures["samples"] > 100 and figures["batches"] == 3000
     assert all(figures["per_scrape"][step]["median_s"] > 0 for step in ("scan", "status", "scrape", "kept"))

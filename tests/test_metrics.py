@@ -280,3 +280,62 @@ def test_lgsp_serve_sums_its_workers_counts_through_a_reload(pg_url: str, tmp_pa
         assert {counts(base) for _ in range(6)} == {(50.0, 140.0, 25.0)}
         found = samples(requests.get(f"{base}/metrics", headers=scrape, timeout=30).text)
         assert value(found, "lgsp_status_up") == 1 and total(found, "lgsp_pipeline_info") == len(catalog.pipelines)
+
+
+def test_a_pipelines_last_runs_are_found_by_an_index_made_on_an_older_store_too(database_url: str) -> None:
+    """`lgsp status` and every scrape ask each pipeline's latest batch and the last day's: lgsp_batch keeps every
+    batch, so both go through its indexes, which create_all makes on a store an older lgsp made without them."""
+    from datetime import timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from lgsp.status import _last_runs
+
+    catalog = load_catalog()
+    wh = Warehouse(database_url, catalog)
+    wh.create_all()
+    with wh.transaction() as conn:  # a store from before the indexes
+        for name in ("ix_lgsp_batch_pipeline_started", "ix_lgsp_batch_started"):
+            conn.exec_driver_sql(f"DROP INDEX {name}")
+        conn.exec_driver_sql("DELETE FROM lgsp_schema_state")  # as an older lgsp's check left it: another fingerprint
+    wh.engine.dispose()
+    wh = Warehouse(database_url, catalog)
+    wh.create_all()
+    table, now = wh.system["lgsp_batch"], datetime.now(timezone.utc)
+    pipelines = list(catalog.pipelines)[:3]
+    rows = [{"batch_id": f"b{i}", "pipeline": pipelines[i % 2], "dataset": "d", "source_system": "s",
+             "status": ("failed", "loaded")[i % 3 > 0], "started_at": now - timedelta(minutes=15 * (400 - i)),
+             "rows_pulled": i, "rows_landed": i, "rows_quarantined": 0, "rows_superseded": 0, "rows_changed": 0}
+            for i in range(400)]
+    with wh.transaction() as conn:
+        conn.execute(table.insert(), rows)
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE lgsp_batch")
+        else:
+            conn.exec_driver_sql("ANALYZE")
+    statements: list[tuple[str, Any]] = []
+
+    @sa.event.listens_for(wh.engine, "before_cursor_execute")
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "FROM lgsp_batch" in statement and not statement.startswith("EXPLAIN"):
+            statements.append((statement, parameters))
+
+    with wh.engine.connect() as conn:
+        runs = _last_runs(conn, wh.system, pipelines)
+    assert set(runs) == set(pipelines[:2]), "a pipeline never run has no last run"
+    for number, pipeline in ((399, pipelines[1]), (398, pipelines[0])):
+        assert runs[pipeline]["batch_id"] == f"b{number}" and runs[pipeline]["rows_pulled"] == number
+    found = samples(text(wh, catalog))
+    # a batch every 30 minutes (b305..b399, the odd ones): 48 in the last day, each third failed
+    assert value(found, "lgsp_pipeline_runs_24h", pipeline=pipelines[1], status="loaded") == 32
+    assert value(found, "lgsp_pipeline_runs_24h", pipeline=pipelines[1], status="failed") == 16
+    explain = "EXPLAIN " if wh.dialect == "postgresql" else "EXPLAIN QUERY PLAN "
+    plans = []
+    for statement, parameters in statements[:1] + [s for s in statements if "count(" in s[0]][:1]:
+        with wh.engine.connect() as conn:
+            if wh.dialect == "postgresql":
+                conn.exec_driver_sql("SET enable_seqscan = off")  # 400 rows: the planner may prefer a scan
+            plans.append(" ".join(str(r) for r in conn.exec_driver_sql(explain + statement, parameters).all()))
+    assert len(plans) == 2 and all("ix_lgsp_batch_" in plan and "SCAN lgsp_batch" not in plan
+                                   and "Seq Scan" not in plan for plan in plans), plans
+    wh.engine.dispose()

@@ -246,7 +246,13 @@ class Warehouse:
                 "the warehouse's tables do not match their datasets' definitions: " + "; ".join(blocking)
                 + ". `lgsp warehouse plan` shows what changes and `lgsp warehouse migrate` makes it "
                 "(the table as it was is kept)")
+        indexes = {name: {i["name"] for i in found}
+                   for (_, name), found in inspector.get_multi_indexes(filter_names=list(self.system)).items()}
         with self.engine.begin() as conn:
+            for name, table in self.system.items():  # an index a newer lgsp declares on its own tables, made on a
+                for index in table.indexes:           # store an older one made (mart and core tables: not here)
+                    if index.name not in indexes.get(name, set()) and name.startswith("lgsp_"):
+                        index.create(conn)
             for table in self.metadata.sorted_tables:
                 present = {c["name"] for c in columns[table.name]}
                 for column in table.columns:

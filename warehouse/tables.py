@@ -34,6 +34,10 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("cursor_until", TZ),
         sa.Column("pages", sa.Integer),
         sa.Column("paging_state", sa.Text),
+        # a pipeline's latest batches (`lgsp status`, each scrape of the metrics), and the last day's: the table
+        # keeps every batch (96 a day for a pipeline every 15 minutes), so without them each was a full scan
+        sa.Index("ix_lgsp_batch_pipeline_started", "pipeline", "started_at"),
+        sa.Index("ix_lgsp_batch_started", "started_at"),
     )
     cursor = sa.Table(
         "lgsp_cursor", metadata,
@@ -139,10 +143,25 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("checks", sa.Integer, nullable=False),
         sa.Column("checked_at", TZ, nullable=False),
     )
+    # each `lgsp backup restore NAME --dataset D` (lgsp.backup_dataset), done or only tried (`--dry-run` is not kept)
+    dataset_restore = sa.Table(
+        "lgsp_dataset_restore", metadata,
+        sa.Column("restore_id", sa.Text, primary_key=True),  # the `_batch_id` of the rows it wrote
+        sa.Column("dataset", sa.Text, nullable=False),
+        sa.Column("backup", sa.Text, nullable=False),
+        sa.Column("backup_created_at", TZ, nullable=False),
+        sa.Column("restored_at", TZ, nullable=False),
+        sa.Column("restored_by", sa.Text, nullable=False),  # the account that ran it
+        sa.Column("scope", sa.Text),  # `--where` as JSON ({"commune_code": ["25210"]}); null: the whole table
+        sa.Column("records_in_scope", sa.BigInteger),
+        sa.Column("rows_written", sa.BigInteger, nullable=False),
+        sa.Column("rows_deleted", sa.BigInteger, nullable=False),
+        sa.Column("records_gone", sa.BigInteger, nullable=False),
+    )
     exchange = tables_for_exchanges(metadata)
     return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
                                   migration, freshness, freshness_event, quality_score, restore_table(metadata),
-                                  *exchange)}
+                                  dataset_restore, *exchange)}
 
 
 def restore_table(metadata: sa.MetaData) -> sa.Table:
