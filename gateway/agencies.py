@@ -107,7 +107,7 @@ def parse_scope(texts: Iterable[str], option: str = "--scope") -> dict[str, list
 def check_scope(catalog: Catalog, dataset: str, scope: Mapping[str, Any] | None) -> Scope:
     """A row scope for `dataset`, checked and typed: each column a shared, non-personal column of an exact type
     (string, integer, boolean), each with 1 to 1,000 values. RegistryError says what is wrong."""
-    from gateway.records import QueryError, coerce
+    from gateway.records import QueryError, exact_values
 
     if not scope:
         return ()
@@ -125,19 +125,13 @@ def check_scope(catalog: Catalog, dataset: str, scope: Mapping[str, Any] | None)
         if column in shared.personal:
             raise RegistryError(f"scope: '{column}' is a personal column of '{dataset}': limit rows by a column "
                                 "such as a commune or unit code, not by a person's data")
-        kind = spec.columns[column].type
-        if kind not in SCOPE_TYPES:
-            raise RegistryError(f"scope: '{column}' is a {kind} column; a scope names exact values of a "
-                                f"{', '.join(SCOPE_TYPES)} column")
         listed = values if isinstance(values, list) else [values]
         if not 1 <= len(listed) <= MAX_SCOPE_VALUES:
             raise RegistryError(f"scope: '{column}' needs 1 to {MAX_SCOPE_VALUES} values ({len(listed)} given)")
         try:
-            typed = sorted({coerce(kind, v, f"scope: {column}") for v in listed if v is not None})
+            typed = exact_values(spec.columns[column].type, listed, column, "scope", SCOPE_TYPES)
         except QueryError as exc:
             raise RegistryError(str(exc)) from None
-        if not typed:
-            raise RegistryError(f"scope: '{column}' needs a value that is not null")
         checked.append((column, tuple(typed)))
     return tuple(checked)
 

@@ -15,7 +15,11 @@ not happen) and kept in `gateway_agency_event`:
   note saying why), and honoured them again. The agency cannot read or be told while disabled: both come
   once it is enabled, in order, so it learns why its reads were refused;
 - `credential.issued`, `credential.revoked`: an API key or OAuth2 client made or revoked in the agency's name
-  (its id and kind, never a secret): a key the agency did not ask for is a key it should ask about.
+  (its id and kind, never a secret): a key the agency did not ask for is a key it should ask about;
+- `dataset.schema_changed`: the columns of a dataset the agency is granted changed as agencies read them (a
+  column added, removed, or its type, requirement, key, personal policy, filter or reference changed), so its
+  reader can be changed before it breaks (`note_schema_changes`: when `lgsp serve` starts and in each
+  `lgsp_notify` run).
 
 The agency reads them with its own credential, `GET /api/v1/events?after=N` (the number of the last
 event it has seen), or is told by an **access webhook** (`lgsp webhooks access AGENCY URL`, or
@@ -30,6 +34,7 @@ request numbers, never a record.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -47,6 +52,7 @@ AGENCY_DISABLED = "agency.disabled"
 AGENCY_ENABLED = "agency.enabled"
 CREDENTIAL_ISSUED = "credential.issued"
 CREDENTIAL_REVOKED = "credential.revoked"
+SCHEMA_CHANGED = "dataset.schema_changed"
 EVERY_DATASET = "*"  # the `dataset` of an event about the agency or a credential, not one dataset
 ACCESS = "access"  # a webhook told of its agency's events (gateway.webhooks); the other kind: "dataset.changed"
 ENDING_NOTICE_S = 14 * 86400  # a grant ending within this is told of (and named by `lgsp status`)
@@ -87,6 +93,10 @@ def said(event: dict[str, Any]) -> str:
         return f"({data['note']})"
     if kind == AGENCY_ENABLED:
         return f"(disabled since {data['disabled_since']})"
+    if kind == SCHEMA_CHANGED:
+        parts = [f"{sign}{', '.join(c if isinstance(c, str) else c['name'] for c in data[part])}"
+                 for sign, part in (("+", "added"), ("-", "removed"), ("~", "changed")) if data[part]]
+        return f"{data['dataset']} (columns {'; '.join(parts)})"
     return f"{data['dataset']} ({data.get('status') or data.get('change') or 'ends ' + str(data.get('expires_at'))})"
 
 
@@ -108,7 +118,7 @@ def shown(row: Any, public_url: str = "") -> dict[str, Any]:
     """An event as the API and a webhook show it: {type, timestamp, data} (Standard Webhooks' payload), its
     number in `data.event`, links made absolute with the gateway's public address."""
     data = json.loads(row.data)
-    for name in ("request", "grants", "ask"):
+    for name in ("request", "grants", "ask", "schema"):
         if isinstance(data.get(name), str) and data[name].startswith("/"):
             data[name] = public_url.rstrip("/") + data[name]
     return {"type": row.type, "timestamp": when(row.created_at), "data": {"event": int(row.event_seq), **data}}
@@ -158,4 +168,68 @@ def note_ending_grants(engine: sa.Engine, within_s: float = ENDING_NOTICE_S,
             once = f"{kind}/{row['agency_id']}/{row['dataset']}/{when(ends)}"
             if record(conn, row["agency_id"], row["dataset"], kind, data, once):
                 told.append({"agency_id": row["agency_id"], "type": kind, **data})
+    return told
+
+
+def contract(catalog: Any, name: str) -> dict[str, dict[str, Any]]:
+    """A shared dataset's columns as agencies read them, what a reader relies on (descriptions left out): column ->
+    {type, required, key, personal policy, filterable, references}."""
+    dataset, shared = catalog.datasets[name], catalog.sharing[name]
+    return {c: {"type": dataset.columns[c].type, "required": bool(dataset.columns[c].required),
+                "key": c in dataset.key, "personal": shared.personal.get(c), "filterable": c in shared.filterable,
+                "references": dataset.columns[c].references.to if dataset.columns[c].references else None}
+            for c in shared.columns}
+
+
+def _digest(columns: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(columns, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compared(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What changed between two contracts: columns added (as they are now), removed (names), changed (what each
+    property was and is)."""
+    changed = []
+    for column in (c for c in now if c in before and before[c] != now[c]):
+        keys = [k for k in now[column] if before[column].get(k) != now[column][k]]
+        changed.append({"name": column, "from": {k: before[column].get(k) for k in keys},
+                        "to": {k: now[column][k] for k in keys}})
+    return {"added": [{"name": c, **now[c]} for c in now if c not in before],
+            "removed": [c for c in before if c not in now], "changed": changed}
+
+
+def note_schema_changes(engine: sa.Engine, catalog: Any, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Compare each shared dataset's contract with the one last recorded (`gateway_dataset_schema`); for each that
+    changed, record a `dataset.schema_changed` event for every agency with a live grant on it, then the new
+    contract. A dataset seen for the first time is recorded and nobody told. Once per agency and change however
+    many processes notice it at once (`lgsp serve` starting, the `lgsp_notify` DAG). Returns the events recorded
+    (with `agency_id`)."""
+    from gateway.agencies import live_grant
+
+    now = now or datetime.now(timezone.utc)
+    s, g = tables.dataset_schema, tables.grant.c
+    told = []
+    with engine.begin() as conn:
+        known = {r.dataset: r for r in conn.execute(sa.select(tables.dataset_schema))}
+        for name in sorted(catalog.sharing):
+            current = contract(catalog, name)
+            digest, row = _digest(current), known.get(name)
+            if row is not None and row.digest == digest:
+                continue
+            values = {"digest": digest, "columns": json.dumps(current, sort_keys=True), "recorded_at": now}
+            if row is None:  # first sight: what agencies read from now on
+                try:
+                    with conn.begin_nested():
+                        conn.execute(s.insert().values(dataset=name, **values))
+                except sa.exc.IntegrityError:  # recorded at the same moment by another process
+                    pass
+                continue
+            data = {"dataset": name, **compared(json.loads(row.columns), current), "since": when(row.recorded_at),
+                    "schema": f"/api/v1/datasets/{name}"}
+            agencies = conn.execute(sa.select(g.agency_id).where(g.dataset == name, live_grant(now))
+                                    .distinct().order_by(g.agency_id)).scalars().all()
+            for agency_id in agencies:
+                if record(conn, agency_id, name, SCHEMA_CHANGED, data, f"{SCHEMA_CHANGED}/{agency_id}/{name}/"
+                                                                       f"{row.digest}-{digest}"):
+                    told.append({"agency_id": agency_id, "type": SCHEMA_CHANGED, **data})
+            conn.execute(s.update().where(s.c.dataset == name).values(**values))
     return told

@@ -277,7 +277,7 @@ class AgencyEvent(BaseModel):
     payload): `data.event` numbers it; `data.dataset` names the dataset of a request or grant event."""
 
     type: Literal["access_request.decided", "grant.changed", "grant.ending", "grant.ended", "agency.disabled",
-                  "agency.enabled", "credential.issued", "credential.revoked"]
+                  "agency.enabled", "credential.issued", "credential.revoked", "dataset.schema_changed"]
     timestamp: datetime
     data: dict[str, Any]
 

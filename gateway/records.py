@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -119,6 +119,19 @@ def coerce(column_type: str, raw: Any, where: str) -> Any:
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     except (ValueError, KeyError, TypeError, OverflowError):
         raise QueryError(f"{where}: {str(raw)[:40]!r} is not a valid {column_type}") from None
+
+
+def exact_values(kind: str, values: Iterable[Any], column: str, label: str, allowed: tuple[str, ...]) -> list[Any]:
+    """`values` as a `kind` column's, distinct and sorted, for what names rows by exact values (a grant's scope, a
+    restore's `--where`, the `label` of messages): QueryError when `kind` is not one of `allowed` (no ranges, no
+    instants), a value is not of it, or none is left."""
+    if kind not in allowed:
+        raise QueryError(f"{label}: '{column}' is a {kind} column; {'a ' if label == 'scope' else ''}{label} names "
+                         f"exact values of a {', '.join(allowed)} column")
+    typed = sorted({coerce(kind, v, f"{label}: {column}") for v in values if v is not None})
+    if not typed:
+        raise QueryError(f"{label}: '{column}' needs a value that is not null")
+    return typed
 
 
 def read_engine(url: str, timeout_s: float) -> sa.Engine:

@@ -129,11 +129,12 @@ def _write_engine(url: str) -> sa.Engine:
 
 def prepare_database(database_url: str, catalog: Catalog) -> list[str]:
     """Bring the warehouse up to date, (re)create the shared views and the gateway's tables, index the scoped
-    grants' columns.
+    grants' columns, tell agencies of their datasets' changed columns (`gateway.events.note_schema_changes`).
 
     Run once before the gateway's processes start (`lgsp serve` does), never from
     each worker: DDL from several processes at once would contend. Returns the views.
     """
+    from gateway.events import note_schema_changes
     from gateway.tables import create_gateway_tables
     from warehouse.shared import create_shared_views
     from warehouse.store import Warehouse
@@ -143,5 +144,6 @@ def prepare_database(database_url: str, catalog: Catalog) -> list[str]:
     views = create_shared_views(warehouse, catalog)
     create_gateway_tables(warehouse.engine)
     AgencyRegistry(warehouse.engine, catalog).index_scopes()  # a table remade since a scope was granted
+    note_schema_changes(warehouse.engine, catalog)  # agencies told of their datasets' changed columns
     warehouse.engine.dispose()
     return views

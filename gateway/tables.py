@@ -148,6 +148,16 @@ agency_event = sa.Table(
     sa.Index("gateway_agency_event_by_agency", "agency_id", "event_seq"),
 )
 
+# each shared dataset's contract (its columns as agencies read them) as last seen: a change is told to the agencies
+# granted it (gateway.events.note_schema_changes)
+dataset_schema = sa.Table(
+    "gateway_dataset_schema", metadata,
+    sa.Column("dataset", sa.Text, primary_key=True),
+    sa.Column("digest", sa.Text, nullable=False),  # SHA-256 of `columns`, the first 16 hex digits
+    sa.Column("columns", sa.Text, nullable=False),  # JSON: column -> {type, required, key, personal, ...}
+    sa.Column("recorded_at", TZ, nullable=False),
+)
+
 _SQLITE_APPEND_ONLY = [
     "CREATE TRIGGER IF NOT EXISTS gateway_audit_no_update BEFORE UPDATE ON gateway_audit "
     "BEGIN SELECT RAISE(ABORT, 'gateway_audit is append-only'); END",
@@ -178,10 +188,12 @@ def create_gateway_tables(engine: sa.Engine) -> None:
 
 
 def upgrade_for_events(engine: sa.Engine) -> None:
-    """The webhook table's `events` column and the agency events' table, if this database predates them: what the
-    `lgsp_notify` DAG needs, made without touching the audit (whose triggers `create_gateway_tables` replaces)."""
+    """The webhook table's `events` column, the agency events' table and the datasets' contracts, if this database
+    predates them: what the `lgsp_notify` DAG needs, made without touching the audit (whose triggers
+    `create_gateway_tables` replaces)."""
     _add_webhook_columns(engine)
     agency_event.create(engine, checkfirst=True)
+    dataset_schema.create(engine, checkfirst=True)
 
 
 def _add_audit_time_index(engine: sa.Engine) -> None:

@@ -600,7 +600,8 @@ def from_environment(catalog: Catalog | None = None) -> Webhooks:
 
 def scheduled_dispatch() -> dict[str, Any]:
     """The `lgsp_notify` DAG's task: the grants ending soon or just ended told of (`gateway.events.
-    note_ending_grants`), then one dispatch; a summary by outcome, the deliveries, and the grants told of.
+    note_ending_grants`), and the datasets whose columns changed (`note_schema_changes`), then one dispatch; a
+    summary by outcome, the deliveries, and the grants and schemas told of.
 
     A warehouse with no webhook needs nothing, not even the gateway's key: the DAG runs every 5
     minutes on installations that do not serve the gateway. It creates no table (DDL on the
@@ -616,20 +617,22 @@ def scheduled_dispatch() -> dict[str, Any]:
     try:
         inspector = sa.inspect(engine)
         if not inspector.has_table(tables.webhook.name):  # no gateway here: no grant, no webhook
-            return {**summary, "deliveries": [], "grants_told": []}
-        if "events" not in {c["name"] for c in inspector.get_columns(tables.webhook.name)}:
+            return {**summary, "deliveries": [], "grants_told": [], "schemas_told": []}
+        if "events" not in {c["name"] for c in inspector.get_columns(tables.webhook.name)} or \
+                not inspector.has_table(tables.dataset_schema.name):
             tables.upgrade_for_events(engine)  # the gateway not restarted since lgsp was upgraded
         ending = agency_events.note_ending_grants(engine)  # grants ending soon or ended: their agencies' events
+        schemas = agency_events.note_schema_changes(engine, load_catalog())  # a catalog deployed: columns changed
         with engine.connect() as conn:
             live = conn.execute(sa.select(sa.func.count()).select_from(tables.webhook)
                                 .where(tables.webhook.c.removed_at.is_(None))).scalar()
         if not live:
-            return {**summary, "deliveries": [], "grants_told": ending}
+            return {**summary, "deliveries": [], "grants_told": ending, "schemas_told": schemas}
         settings = load_gateway_settings()  # signing needs the key: a clear error if it is missing
         done = Webhooks(engine, load_catalog(), settings.pseudonym_key, settings.public_url).dispatch()
     finally:
         engine.dispose()
     summary.update({o: sum(d.outcome == o for d in done) for o in summary})
     summary["deliveries"] = [{**d.as_dict(), "next_attempt_at": str(d.next_attempt_at or "")} for d in done]
-    summary["grants_told"] = ending
+    summary["grants_told"], summary["schemas_told"] = ending, schemas
     return summary

@@ -104,7 +104,7 @@ def parse_where(texts: Sequence[str]) -> dict[str, list[str]]:
 def check_where(spec: Any, where: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Any]] | None:
     """`where` typed as `spec`'s columns (any of them: a restore is the province's own act), each an exact type
     with a value; None for the whole table. BackupError names what is wrong."""
-    from gateway.records import QueryError, coerce
+    from gateway.records import QueryError, exact_values
 
     if not where:
         return None
@@ -113,17 +113,10 @@ def check_where(spec: Any, where: Mapping[str, Sequence[Any]] | None) -> dict[st
         if column not in spec.columns:
             raise BackupError(f"--where: '{column}' is not a column of {spec.name} (its columns: "
                               f"{', '.join(spec.columns)})")
-        kind = spec.columns[column].type
-        if kind not in WHERE_TYPES:
-            raise BackupError(f"--where: '{column}' is a {kind} column; --where names exact values of a "
-                              f"{', '.join(WHERE_TYPES)} column")
         try:
-            typed = sorted({coerce(kind, v, f"--where {column}") for v in values if v is not None})
+            checked[column] = exact_values(spec.columns[column].type, values, column, "--where", WHERE_TYPES)
         except QueryError as exc:
             raise BackupError(str(exc)) from None
-        if not typed:
-            raise BackupError(f"--where: '{column}' needs a value that is not null")
-        checked[column] = typed
     return checked
 
 

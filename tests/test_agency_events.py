@@ -409,3 +409,69 @@ def test_an_agency_is_told_of_keys_made_and_revoked_in_its_name_and_why_it_was_d
     assert code == 0 and "agency.disabled (Khóa bị lộ, đang thay khóa mới)" in shown
     assert f"credential.revoked {second.group(1)} (api_key)" in shown
     env.hooks.remove(webhook_id)
+
+
+def test_an_agency_is_told_when_the_columns_of_a_dataset_it_is_granted_change(
+        env: Env, endpoint: tuple[Endpoint, str], tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    import shutil
+
+    import yaml
+
+    from airflow_helpers import REPO
+    from gateway.service import prepare_database
+
+    receiver, base = endpoint
+    for agency in ("so_giao_duc", "so_du_lich"):
+        env.agency(agency)
+    webhook_id, secret = env.hooks.add("so_giao_duc", "*", f"{base}/gd", events=ACCESS)
+    env.registry.grant("so_giao_duc", "citizen")
+    env.registry.grant("so_du_lich", "enterprise")
+    assert scheduled_dispatch()["schemas_told"] == [], "the shipped catalog's columns: recorded, nobody told"
+    start, first = len(receiver.received), {a: _newest(env, a) for a in ("so_giao_duc", "so_du_lich")}
+
+    folder = tmp_path / "catalog"  # a catalog deployed with citizen's columns changed as agencies read them
+    shutil.copytree(REPO / "catalog", folder, ignore=shutil.ignore_patterns("*.py", "__*"))
+    sharing = yaml.safe_load((folder / "sharing.yaml").read_text())
+    citizen = sharing["sharing"]["citizen"]
+    citizen["columns"].remove("address")
+    citizen["personal"].pop("address")
+    citizen["personal"]["full_name"] = "withhold"
+    citizen["filterable"].remove("birth_date")
+    (folder / "sharing.yaml").write_text(yaml.safe_dump(sharing, allow_unicode=True))
+    changed = load_catalog(folder)
+    try:
+        prepare_database(env.url, changed)  # `lgsp serve` starting on it
+        prepare_database(env.url, changed)  # and again: told once
+        told = events.after(env.registry.engine, "so_giao_duc", first["so_giao_duc"], public_url=PUBLIC)
+        assert [e["type"] for e in told] == ["dataset.schema_changed"]
+        data = told[0]["data"]
+        assert (data["dataset"], data["added"], data["removed"]) == ("citizen", [], ["address"])
+        assert data["changed"] == [{"name": "full_name", "from": {"personal": "mask"}, "to": {"personal": "withhold"}},
+                                   {"name": "birth_date", "from": {"filterable": True}, "to": {"filterable": False}}]
+        assert data["schema"] == "https://lgsp.ninhbinh.example/api/v1/datasets/citizen" and data["since"]
+        assert events.said(told[0]) == "citizen (columns -address; ~full_name, birth_date)"
+        assert _newest(env, "so_du_lich") == first["so_du_lich"], "enterprise did not change: not told"
+
+        summary = scheduled_dispatch()  # the lgsp_notify DAG on the shipped catalog: the columns back as they were
+        mine = [s for s in summary["schemas_told"] if s["agency_id"] in ("so_giao_duc", "so_du_lich")]
+        assert [(s["agency_id"], s["dataset"]) for s in mine] == [("so_giao_duc", "citizen")]
+        assert {s["dataset"] for s in summary["schemas_told"]} == {"citizen"}, "every agency granted it, only them"
+        back = mine[0]
+        assert [c["name"] for c in back["added"]] == ["address"] and back["removed"] == []
+        assert back["added"][0] == {"name": "address", "type": "string", "required": False, "key": False,
+                                    "personal": "withhold", "filterable": False, "references": None}
+        sent = _told(secret, receiver, start)  # both sent to the agency's access webhook, signed, in order
+        assert [(e["type"], e["data"]["removed"]) for e in sent] == [("dataset.schema_changed", ["address"]),
+                                                                    ("dataset.schema_changed", [])]
+        listed = AgencyEventList.model_validate(env.call("GET", "/api/v1/events", "so_giao_duc").json())
+        assert [e.type for e in listed.events][-2:] == ["dataset.schema_changed"] * 2
+        assert scheduled_dispatch()["schemas_told"] == []
+    finally:
+        prepare_database(env.url, load_catalog())  # the shared views as the module's gateway serves them
+        env.hooks.remove(webhook_id)
+    assert _newest(env, "so_giao_duc") == sent[-1]["data"]["event"], "nothing more to tell"
+
+
+def _newest(env: Env, agency: str) -> int:
+    with env.registry.engine.connect() as conn:
+        return events.newest(conn, agency)
