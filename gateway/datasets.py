@@ -102,7 +102,7 @@ class DatasetCatalog:
             figures = {"row_count": self._row_count(conn, shared.view_name),
                        "freshness": self._freshness(conn, name),
                        "freshness_status": dataset_freshness(conn, self.tables, self.catalog, name),
-                       "last_quality": self._last_quality(conn, name)}
+                       "last_quality": self._last_quality(conn, name), **self._schema_version(conn, name)}
         figures.update(self._slow_figures(name))
         figures["last_drift_check"] = None
         if shared.lookup is not None:
@@ -131,6 +131,15 @@ class DatasetCatalog:
     @staticmethod
     def _row_count(conn: sa.Connection, view: str) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(sa.table(view))).scalar_one())
+
+    def _schema_version(self, conn: sa.Connection, name: str) -> dict[str, Any]:
+        """The shared columns' version (gateway.events.contract) and since when it is served (when recorded)."""
+        from gateway import events, tables
+
+        served = events.version(events.contract(self.catalog, name))
+        s = tables.dataset_schema.c
+        since = conn.execute(sa.select(s.recorded_at).where(s.dataset == name, s.digest == served)).scalar()
+        return {"schema_version": served, "schema_since": utc(since)}
 
     def _freshness(self, conn: sa.Connection, name: str) -> datetime | None:
         dataset = self.catalog.datasets[name]

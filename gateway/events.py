@@ -181,7 +181,8 @@ def contract(catalog: Any, name: str) -> dict[str, dict[str, Any]]:
             for c in shared.columns}
 
 
-def _digest(columns: dict[str, Any]) -> str:
+def version(columns: dict[str, Any]) -> str:
+    """A contract's version: the first 16 hex digits of its SHA-256 (the same columns, the same version)."""
     return hashlib.sha256(json.dumps(columns, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -212,7 +213,7 @@ def note_schema_changes(engine: sa.Engine, catalog: Any, now: datetime | None = 
         known = {r.dataset: r for r in conn.execute(sa.select(tables.dataset_schema))}
         for name in sorted(catalog.sharing):
             current = contract(catalog, name)
-            digest, row = _digest(current), known.get(name)
+            digest, row = version(current), known.get(name)
             if row is not None and row.digest == digest:
                 continue
             values = {"digest": digest, "columns": json.dumps(current, sort_keys=True), "recorded_at": now}

@@ -123,6 +123,10 @@ class DatasetInfo(BaseModel):
     lookup: Optional[LookupInfo] = None
     last_drift_check: Optional[DriftCheck] = None
     changes: Optional[str] = None  # the change feed's path; null: none (gateway.changes)
+    # the columns' version (16 hex digits: the same columns as agencies read them, the same version) and since when
+    # the gateway has served it (null: not recorded yet); a change is told as a `dataset.schema_changed` event
+    schema_version: Optional[str] = None
+    schema_since: Optional[datetime] = None
 
     model_config = ConfigDict(populate_by_name=True)
 

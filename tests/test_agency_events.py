@@ -427,6 +427,9 @@ def test_an_agency_is_told_when_the_columns_of_a_dataset_it_is_granted_change(
     env.registry.grant("so_giao_duc", "citizen")
     env.registry.grant("so_du_lich", "enterprise")
     assert scheduled_dispatch()["schemas_told"] == [], "the shipped catalog's columns: recorded, nobody told"
+    info = env.call("GET", "/api/v1/datasets/citizen", "so_giao_duc").json()  # a reader without webhooks polls it
+    assert info["schema_version"] == events.version(events.contract(load_catalog(), "citizen"))
+    assert datetime.fromisoformat(info["schema_since"]) <= datetime.now(timezone.utc)
     start, first = len(receiver.received), {a: _newest(env, a) for a in ("so_giao_duc", "so_du_lich")}
 
     folder = tmp_path / "catalog"  # a catalog deployed with citizen's columns changed as agencies read them
@@ -449,6 +452,7 @@ def test_an_agency_is_told_when_the_columns_of_a_dataset_it_is_granted_change(
         assert data["changed"] == [{"name": "full_name", "from": {"personal": "mask"}, "to": {"personal": "withhold"}},
                                    {"name": "birth_date", "from": {"filterable": True}, "to": {"filterable": False}}]
         assert data["schema"] == "https://lgsp.ninhbinh.example/api/v1/datasets/citizen" and data["since"]
+        assert events.version(events.contract(changed, "citizen")) != info["schema_version"]
         assert events.said(told[0]) == "citizen (columns -address; ~full_name, birth_date)"
         assert _newest(env, "so_du_lich") == first["so_du_lich"], "enterprise did not change: not told"
 
