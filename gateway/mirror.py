@@ -4,7 +4,9 @@
 
 The first run reads every current record (the feed's snapshot) into a table named after the
 dataset (`--table`), created from the dataset's description (`GET /api/v1/datasets/{name}`:
-columns, types, key); later runs apply only what changed since the token the last run saved.
+columns, types, key); later runs apply only what changed since the token the last run saved. A
+column the dataset gains is added; one it no longer shares is kept, no longer filled; one whose type
+changed stops the run until `--resync`, which makes the emptied table again in the new types.
 Each page is applied in one transaction with the token that follows it (table
 `lgsp_mirror_state`), so a run killed at any point loses nothing and a rerun goes on from the last
 page applied; a page applied twice changes nothing (upserts by key, deletes of what is there).
@@ -139,7 +141,37 @@ class Mirror:
 
     # --- the copy ---------------------------------------------------------------------------------
 
-    def _prepare(self, run: MirrorRun) -> None:
+    def _check_columns(self, run: MirrorRun, snapshot: bool) -> None:
+        """The table as it is against the dataset's description (its `schema_version` changed since the copy was
+        made, `dataset.schema_changed`): a column no longer shared is kept, no longer filled (said); a column of
+        another type now is refused (its values must be read again: `--resync`), unless the table is empty and a
+        snapshot is to be read (after `--resync`), when it is made again in the new types."""
+        assert self.table is not None
+        inspector = sa.inspect(self.engine)
+        if not inspector.has_table(self.table_name):
+            return
+        live = {c["name"]: c["type"] for c in inspector.get_columns(self.table_name)}
+        gone = sorted(set(live) - set(self.types))
+        if gone:
+            run.notes.append(f"column(s) {', '.join(gone)} no longer shared: kept in {self.table_name}, no longer "
+                             "filled")
+        retyped = [f"{c.name} ({_kind_of(live[c.name])} here, {self.types[c.name]} now)" for c in self.table.columns
+                   if c.name in live and _kind_of(live[c.name]) != _kind_of(c.type)]
+        if not retyped:
+            return
+        with self.engine.connect() as conn:
+            empty = conn.execute(sa.select(sa.literal(1)).select_from(sa.table(self.table_name)).limit(1)).first() \
+                is None
+        if not (snapshot and empty):
+            raise MirrorError(f"the gateway describes {self.dataset} with columns of other types than table "
+                              f"{self.table_name} holds: {'; '.join(retyped)} (its definition changed since the copy "
+                              "was made). What to do: run again with --resync to read the dataset afresh (the table is "
+                              "made again in the new types)")
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP TABLE "{self.table_name}"')
+        run.notes.append(f"table {self.table_name} made again: {'; '.join(retyped)}")
+
+    def _prepare(self, run: MirrorRun, snapshot: bool = False) -> None:
         """The dataset's description -> the table (created, or columns added), and the key."""
         info = self._get(f"/api/v1/datasets/{self.dataset}", {}, run)
         try:
@@ -156,6 +188,7 @@ class Mirror:
         self.table = sa.Table(self.table_name, self.metadata,
                               *(sa.Column(name, SQL_TYPES[kind](), primary_key=name in self.key)
                                 for name, kind in self.types.items()))
+        self._check_columns(run, snapshot)
         self.metadata.create_all(self.engine)
         present = {c["name"] for c in sa.inspect(self.engine).get_columns(self.table_name)}
         with self.engine.begin() as conn:
@@ -285,7 +318,7 @@ class Mirror:
         self.metadata.create_all(self.engine, tables=[self.state])
         token = self._token()
         run.snapshot = token is None
-        self._prepare(run)
+        self._prepare(run, run.snapshot)
         while max_pages is None or run.pages < max_pages:
             params = {"limit": self.limit, **({"since": token} if token else {})}
             body = self._get(f"/api/v1/datasets/{self.dataset}/changes", params, run)
@@ -297,6 +330,15 @@ class Mirror:
         with self.engine.connect() as conn:
             run.rows = int(conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one())
         return run
+
+
+def _kind_of(sql_type: sa.types.TypeEngine[Any]) -> str:
+    """A column type as the Python values it holds (`int`, `str`...): a reflected type and a declared one compare
+    equal when they hold the same values, whatever the database calls them."""
+    try:
+        return sql_type.python_type.__name__
+    except NotImplementedError:
+        return type(sql_type).__name__
 
 
 def _message(answer: requests.Response) -> str:

@@ -415,6 +415,47 @@ def test_lgsp_mirror_keeps_an_agency_table_in_sync_and_a_stopped_run_loses_nothi
     assert _table(agency_db, "firm") == env.export("firm"), "a refused run changed nothing"
 
 
+def test_a_mirror_whose_dataset_changed_columns_keeps_the_old_and_asks_for_a_resync_when_a_type_changed(
+        env: Env, agency_db: str) -> None:
+    from gateway.mirror import Mirror, MirrorError
+
+    def mirrored(**kwargs: Any) -> Any:
+        copy = Mirror(env.base, "firm", agency_db, env.keys["so_tai_chinh"], limit=1000)
+        try:
+            return copy.run(**kwargs) if not kwargs.pop("resync", False) else (copy.resync(), copy.run())[1]
+        finally:
+            copy.close()
+
+    _load(Warehouse(env.url, env.catalog), env.catalog.datasets["firm"], "firm-cols",
+          [firm(i, status="active", day=22) for i in range(700, 720)])
+    mirrored()
+    engine = sa.create_engine(agency_db.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:  # a column the dataset shared once and no longer does
+        conn.exec_driver_sql("ALTER TABLE firm ADD COLUMN fax_number TEXT")
+        conn.exec_driver_sql("UPDATE firm SET fax_number = '0229 3871 234'")
+    kept = mirrored()
+    assert "column(s) fax_number no longer shared: kept in firm, no longer filled" in kept.notes
+    assert {k: {c: v for c, v in r.items() if c != "fax_number"} for k, r in _table(agency_db, "firm").items()} \
+        == env.export("firm") and {r["fax_number"] for r in _table(agency_db, "firm").values()} == {"0229 3871 234"}
+
+    with engine.begin() as conn:  # a copy made when `updated_at` was text: the gateway now says timestamp
+        rows = conn.exec_driver_sql("SELECT code, status, owner_name FROM firm").all()
+        conn.exec_driver_sql("DROP TABLE firm")
+        conn.exec_driver_sql("CREATE TABLE firm (code TEXT PRIMARY KEY, status TEXT, owner_name TEXT, "
+                             "updated_at TEXT)")
+        conn.execute(sa.text("INSERT INTO firm VALUES (:code, :status, :owner_name, 'yesterday')"),
+                     [dict(r._mapping) for r in rows])
+    with pytest.raises(MirrorError, match=r"other types than table firm holds: updated_at \(str here, timestamp "
+                                          r"now\).*run again with --resync"):
+        mirrored()
+    assert len(_table(agency_db, "firm")) == len(rows), "refused: the copy as it was"
+    remade = mirrored(resync=True)
+    assert remade.snapshot and any(n.startswith("table firm made again: updated_at") for n in remade.notes)
+    assert _table(agency_db, "firm") == env.export("firm")
+    assert mirrored().notes == [] and _table(agency_db, "firm") == env.export("firm")
+    engine.dispose()
+
+
 def test_a_mirror_of_a_gateway_that_does_not_answer_says_so_and_keeps_its_pages(env: Env, agency_db: str) -> None:
     from gateway.mirror import Mirror, MirrorError
 
