@@ -160,7 +160,6 @@ def restore_dataset(backup: Backup, dataset: str, settings: Settings | None = No
                           "migrate it first; nothing was restored")
     restored_at = datetime.now(timezone.utc)
     restore_id = f"restore:{backup.name}:{restored_at:%Y%m%dT%H%M%S.%fZ}"
-    in_scope = None
     try:
         with wh.transaction() as conn:
             if kind == "postgresql":  # loads of the dataset wait; `lgsp warehouse migrate` too
@@ -177,12 +176,12 @@ def restore_dataset(backup: Backup, dataset: str, settings: Settings | None = No
                     limit = _scope(conn, table, stage, record, scope)
                     conn.execute(stage.delete().where(~sa.exists().where(*(limit.c[k] == stage.c[k] for k in record))))
             else:  # the backup's table read in place: only the records named are copied into the stage
-                held = _attach_sqlite(conn, backup, table, columns)
-                _counted(backup, name, _count(conn, held), expected)
+                kept = _attach_sqlite(conn, backup, table, columns)
+                _counted(backup, name, _count(conn, kept), expected)
                 if scope is not None:
-                    limit = _scope(conn, table, held, record, scope)
-                conn.execute(stage.insert().from_select(columns, sa.select(*(held.c[c] for c in columns)).where(
-                    *([] if limit is None else [sa.exists().where(*(limit.c[k] == held.c[k] for k in record))]))))
+                    limit = _scope(conn, table, kept, record, scope)
+                conn.execute(stage.insert().from_select(columns, sa.select(*(kept.c[c] for c in columns)).where(
+                    *([] if limit is None else [sa.exists().where(*(limit.c[k] == kept.c[k] for k in record))]))))
             rows = _count(conn, stage)
             in_scope = None if limit is None else _count(conn, limit)
             _index_stage(conn, table)
