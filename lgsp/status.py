@@ -33,17 +33,13 @@ STATE_COLOUR = {"fresh": "green", "warn": "yellow", "stale": "red", "never": "re
 
 
 def _last_runs(conn: sa.Connection, tables: Any, pipelines: list[str]) -> dict[str, dict[str, Any]]:
-    """pipeline -> its latest batch: one probe of `ix_lgsp_batch_pipeline_started` a pipeline, not a pass over every
-    batch ever run."""
-    batch = tables["lgsp_batch"]
-    if not pipelines:
-        return {}
-    rows = conn.execute(sa.union_all(*(sa.select(latest).select_from(latest) for latest in (
-        sa.select(batch).where(batch.c.pipeline == name).order_by(batch.c.started_at.desc()).limit(1).subquery()
-        for name in pipelines))))
-    return {row.pipeline: {"batch_id": row.batch_id, "status": row.status, "mode": row.mode,
-                           "started_at": utc(row.started_at), "finished_at": utc(row.finished_at),
-                           **{k: row._mapping[k] for k in RUN_COUNTS}, "message": row.message} for row in rows}
+    """pipeline -> its latest batch (lgsp.report.latest_batches)."""
+    from lgsp.report import latest_batches
+
+    return {row["pipeline"]: {"batch_id": row["batch_id"], "status": row["status"], "mode": row["mode"],
+                              "started_at": utc(row["started_at"]), "finished_at": utc(row["finished_at"]),
+                              **{k: row[k] for k in RUN_COUNTS}, "message": row["message"]}
+            for row in latest_batches(conn, tables["lgsp_batch"], pipelines)}
 
 
 def _open_quarantine(conn: sa.Connection, tables: Any) -> dict[str, int]:
