@@ -5,6 +5,7 @@
     lgsp pipelines            list the catalog's pipelines
     lgsp sandbox              serve the sandbox systems until Ctrl-C
     lgsp catalog              validate the catalog
+    lgsp discover SYSTEM OP   draft a dataset and its pipeline from what a declared system answers
     lgsp quarantine list|show|replay|close   see, replay and close rejected rows
     lgsp drift DATASET        ask the source for a sample of lgsp's copy now: what drifted, and why
     lgsp reconcile [PIPELINE] does lgsp hold every record the source counts (copy + quarantine)?
@@ -989,6 +990,10 @@ register_orchestration(app)  # docs/orchestration.md
 from lgsp.backup_cli import register as register_backup  # noqa: E402 - backup create|list|verify|restore
 
 register_backup(app)  # docs/deploy.md#backups
+
+from lgsp.discover_cli import register as register_discover  # noqa: E402 - discover SYSTEM OPERATION
+
+register_discover(app)  # docs/adding-a-system.md
 
 
 def main() -> None:

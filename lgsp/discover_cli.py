@@ -1,0 +1,75 @@
+"""`lgsp discover SYSTEM [OPERATION]`: draft a dataset and its pipeline from what the system answers.
+
+The draft is printed as the YAML blocks docs/adding-a-system.md asks for, with a note on every
+guess; `--write` appends them to the catalog (after checking the whole catalog loads with them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+import typer
+
+
+def fail(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="discover")(discover)
+
+
+def discover(system: str = typer.Argument(..., help="a system declared in catalog/systems.yaml"),
+             operation: str = typer.Argument(None, help="REST: the path (/api/cards); SOAP: the operation "
+                                                        "(without it, a SOAP system's operations are listed)"),
+             dataset: str = typer.Option(None, help="the dataset's name (default: from the path or operation)"),
+             pipeline: str = typer.Option(None, help="the pipeline's name (default: SYSTEM_DATASETs)"),
+             sample: int = typer.Option(1000, min=1, max=100_000, help="records to read for the columns and rules"),
+             param: list[str] = typer.Option(None, help="a parameter every call sends (NAME=VALUE; repeat)"),
+             post: bool = typer.Option(False, help="REST: call with POST and a JSON body (parameters in it)"),
+             records_field: str = typer.Option(None, help="where the records are in the answer (dotted path; "
+                                                          "default: its largest array of objects)"),
+             write: bool = typer.Option(False, help="append the draft to catalog/datasets.yaml and pipelines.yaml "
+                                                    "(LGSP_CATALOG_DIR), after checking the catalog loads with it")) -> None:
+    """Draft a dataset and its pipeline from what a declared system answers: columns and types, key, cursor,
+    paging, row rules, each checked against the system; print it (or --write it to the catalog)."""
+    import os
+
+    from catalog import load_catalog
+    from catalog.loader import CATALOG_DIR
+    from rich.console import Console
+    from rich.markup import escape
+
+    from lgsp.discover import DiscoverError, discover as draft_of, list_operations, write_draft
+
+    catalog = load_catalog()
+    said = Console(stderr=True, highlight=False)
+    if system in catalog.systems and operation is None:
+        if catalog.systems[system].protocol != "soap":
+            fail(f"name the path to ask {system} (e.g. `lgsp discover {system} /api/v1/items`)")
+        try:
+            for line in list_operations(catalog.systems[system]):
+                print(line)
+        except Exception as exc:  # noqa: BLE001 - the connector's error names the system and what to check
+            fail(f"cannot read {system}'s WSDL: {exc}")
+        return
+    pairs = [item.partition("=") for item in param or []]
+    if any(not sep or not name for name, sep, _ in pairs):
+        fail("--param takes NAME=VALUE")
+    said.print(f"[cyan]->[/] asking {escape(system)} {escape(operation or '')} ...")
+    try:
+        draft = draft_of(catalog, system, operation or "", dataset=dataset, pipeline=pipeline, sample=sample,
+                         params={name: value for name, _, value in pairs}, method="POST" if post else "GET",
+                         records_field=records_field)
+    except DiscoverError as exc:
+        fail(str(exc))
+    print(draft.text(), end="")
+    if write:
+        try:
+            written = write_draft(draft, Path(os.environ.get("LGSP_CATALOG_DIR") or CATALOG_DIR))
+        except DiscoverError as exc:
+            fail(str(exc))
+        said.print(f"appended to {escape(', '.join(str(p) for p in written))}: read it, then `lgsp catalog` and "
+                   f"`lgsp run {draft.pipeline} --inline`")

@@ -1,0 +1,167 @@
+"""`lgsp discover`: a dataset and its pipeline drafted from what a system answers, against the real sandbox.
+
+The drafts are checked against what the team wrote by hand: the shipped catalog's pipelines and
+datasets, and docs/adding-a-system.md's health-insurance blocks; the drafted health-insurance
+pipeline is written into a catalog and synced, and its copy equals the sandbox's truth.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from catalog import load_catalog
+from catalog.loader import CATALOG_DIR
+from catalog.models import RetrySpec
+from lgsp.discover import DiscoverError, discover, guess_key, guess_columns, shape_pattern, value_kind
+
+# every pipeline of the shipped catalog whose source answers as the sandbox serves it (the DVCQG renames its
+# fields, admin_units reads a package)
+PIPELINES = ["population_citizens", "tthc_dossiers", "civil_status_events", "land_parcels", "business_enterprises",
+             "civil_servants", "documents"]
+
+
+def _catalog_with_health_insurance(target: Path) -> Any:
+    """A copy of the shipped catalog with docs/adding-a-system.md's system block (and only it) appended."""
+    from tests.test_adding_a_system import yaml_blocks
+
+    target.mkdir()
+    for source in CATALOG_DIR.glob("*.yaml"):
+        (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    (system,) = [text for name, text in yaml_blocks() if name == "systems.yaml"]
+    with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
+        handle.write("\n" + system)
+    return load_catalog(target)
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_drafts_match_the_shipped_catalog(name: str, sandbox_env: Any) -> None:
+    catalog = load_catalog()
+    pipeline = catalog.pipelines[name]
+    dataset = catalog.datasets[pipeline.dataset]
+    draft = discover(catalog, pipeline.source.system, pipeline.source.operation, dataset=pipeline.dataset)
+    assert draft.pipeline == name
+    assert {c: g.type for c, g in draft.columns.items()} == {c: s.type for c, s in dataset.columns.items()}
+    assert (draft.key, draft.cursor_field) == (dataset.key, dataset.cursor_field)
+    drafted = draft.dataset_spec()
+    for column, spec in dataset.columns.items():  # what the team requires, the draft requires (or says why not)
+        if spec.required and not drafted.columns[column].required:
+            assert any(note.startswith(f"column {column}: empty in") for note in draft.notes), column
+    source = draft.pipeline_spec().source
+    shipped = pipeline.source
+    assert (source.records_field, source.cursor_param, source.total_field) == \
+        (shipped.records_field, shipped.cursor_param, shipped.total_field)
+    assert source.paginator.type == shipped.paginator.type
+    assert source.until_param == shipped.until_param or shipped.until_param is None
+    for param, value in shipped.paginator.params.items():
+        if param not in ("page_size", "limit"):
+            assert source.paginator.params.get(param) == value, param
+    checks = [dict(c.model_dump()) for c in drafted.checks]
+    for check in dataset.checks:  # the identity rules the team declared are found (enums are a judgement of the team)
+        if check.rule in ("cccd", "commune_code", "tax_code", "email"):
+            assert check.model_dump() in checks, check
+    assert draft.sampled == len(sandbox_env.data.records(pipeline.dataset))  # every record served (< 1,000)
+
+
+def test_a_soap_system_lists_its_operations_and_drafts_with_its_declared_types(sandbox_env: Any) -> None:
+    result = CliRunner().invoke(_app(), ["discover", "population"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "ListChangedCitizens(since: xsd:dateTime, page: xsd:integer, page_size: xsd:integer" in result.output
+    draft = discover(load_catalog(), "population", "ListChangedCitizens")
+    assert {c.name: c.declared for c in draft.columns.values()}["birth_date"] == "date"
+    assert draft.source["cursor_param"] == "since" and draft.source["until_param"] == "until"
+    with pytest.raises(DiscoverError, match="no operation 'ListCitizens'.*ListChangedCitizens"):
+        discover(load_catalog(), "population", "ListCitizens")
+
+
+def test_the_drafted_pipeline_syncs_every_record(tmp_path: Path, lgsp_env: Any, sandbox_handle: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lgsp import runner
+    from tests.test_adding_a_system import yaml_blocks
+    from tests.test_sync_truth import assert_identical_to_truth
+
+    target = tmp_path / "catalog"
+    _catalog_with_health_insurance(target)
+    monkeypatch.setenv("LGSP_CATALOG_DIR", str(target))
+    result = CliRunner().invoke(_app(), ["discover", "health_insurance", "/api/cards", "--dataset",
+                                         "health_insurance_card", "--write"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert os.environ["LGSP_HEALTH_INSURANCE_API_KEY"] not in result.output
+    assert "# catalog/datasets.yaml\n  health_insurance_card:\n" in result.output
+    catalog = load_catalog(target)
+    # what the guide's author wrote by hand, the draft found by asking
+    guide = {name: yaml.safe_load(text) for name, text in
+             [(n, f"{n.split('.')[0]}:\n{t}") for n, t in yaml_blocks() if n != "systems.yaml"]}
+    written = guide["datasets.yaml"]["datasets"]["health_insurance_card"]
+    drafted = catalog.datasets["health_insurance_card"]
+    assert {n: (c.type, c.required) for n, c in drafted.columns.items()} == \
+        {n: (c["type"], c["required"]) for n, c in written["columns"].items()}
+    assert (drafted.key, drafted.cursor_field) == (written["key"], written["cursor_field"])
+    assert all(check in [c.model_dump() for c in drafted.checks] for check in written["checks"])
+    pipeline = catalog.pipelines["health_insurance_cards"]
+    by_hand = guide["pipelines.yaml"]["pipelines"]["health_insurance_cards"]["source"]
+    assert pipeline.source.model_dump(exclude_defaults=True) == by_hand
+
+    outcome = runner.run_pipeline("health_insurance_cards", catalog=catalog, settings=lgsp_env)
+    assert outcome["rows_pulled"] == len(sandbox_handle.data.records("health_insurance_card"))
+    assert outcome["rows_quarantined"] == len(sandbox_handle.data.defects("health_insurance_card")) > 0
+    assert_identical_to_truth(runner.open_warehouse(catalog, lgsp_env), catalog, sandbox_handle,
+                              "health_insurance_cards")
+
+    again = CliRunner().invoke(_app(), ["discover", "health_insurance", "/api/cards", "--dataset",
+                                        "health_insurance_card", "--write"], env={"COLUMNS": "300"})
+    assert again.exit_code == 1
+    assert "already has dataset health_insurance_card and pipeline health_insurance_cards" in \
+        " ".join(again.output.split())
+    assert load_catalog(target).datasets["health_insurance_card"] == drafted  # nothing appended twice
+
+
+def test_a_faulty_peer_gives_the_same_draft_or_a_clear_error(tmp_path: Path, sandbox_env: Any) -> None:
+    catalog = _catalog_with_health_insurance(tmp_path / "catalog")
+    clean = discover(catalog, "health_insurance", "/api/cards", sample=200)
+    catalog.systems["health_insurance"] = catalog.systems["health_insurance"].model_copy(
+        update={"retry": RetrySpec(attempts=8, backoff_s=0.01, max_backoff_s=0.05)})
+    try:
+        sandbox_env.faults.error_rate = 0.3  # 503s: every probe is retried as a sync retries
+        faulty = discover(catalog, "health_insurance", "/api/cards", sample=200)
+        assert sandbox_env.faults.injected > 0
+        assert faulty.text().splitlines()[1:-1] == clean.text().splitlines()[1:-1]  # all but the count of calls
+        sandbox_env.faults.clear()
+        sandbox_env.faults.malformed_rate = 1.0
+        with pytest.raises(DiscoverError, match="health_insurance"):
+            discover(catalog, "health_insurance", "/api/cards")
+    finally:
+        sandbox_env.faults.clear()
+    with pytest.raises(DiscoverError, match=r"no array of records \(its fields: status, system\).*--param"):
+        discover(catalog, "health_insurance", "/health")
+    with pytest.raises(DiscoverError, match="no system 'bhyt'.*docs/adding-a-system.md"):
+        discover(catalog, "bhyt", "/api/cards")
+    result = CliRunner().invoke(_app(), ["discover", "tthc"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and "name the path to ask tthc" in result.output
+
+
+def test_values_columns_keys_and_shapes() -> None:
+    from datetime import date
+
+    assert [value_kind(v) for v in ("2025-08-01", "2025-08-01T09:30:00+07:00", "2025-13-45", "037190012345",
+                                    12, 1.5, True, date(2025, 1, 1), {"a": 1}, "", None)] == \
+        ["date", "timestamp", "string", "string", "integer", "float", "boolean", "date", "nested", None, None]
+    records = [{"a": i % 3, "b": i // 3, "n": 1.0 if i else 2, "t": "x", "o": {"k": i}} for i in range(9)]
+    columns, nested = guess_columns(records)
+    assert nested == ["o"] and columns["n"].type == "float" and columns["a"].distinct == 3
+    assert guess_key(records, columns)[0] == ["a", "b"]  # no single column is unique: the pair
+    with pytest.raises(DiscoverError, match="no column"):
+        guess_key([{"x": 1}, {"x": 1}], guess_columns([{"x": 1}, {"x": 1}])[0])
+    assert shape_pattern(["GD4370123456789", "HN3370412345678"]) == "[A-Z]{2}[0-9]{13}"
+    assert shape_pattern(["1553/BTC-TCCB", "12/UBND-VP"]) == "[0-9]{2,4}/[A-Z]{3,4}-[A-Z]{2,4}"
+    assert shape_pattern(["a.b", "c d e f"]) is None
+
+
+def _app() -> Any:
+    from lgsp.cli import app
+
+    return app
