@@ -17,10 +17,12 @@ writes them as a draft in which every guess was checked against the system's ans
   asked again from the middle of its sampled values, every record answered is at or after it.
 - **Columns** from a sample (`sample`, default 1,000 records): each field's type (the JSON value's;
   ISO dates and times are dates and timestamps; SOAP: the type the WSDL declares), required when
-  filled in every sampled record; a nested field is left out (a sync keeps it in `_extras`).
+  filled in every sampled record (of 100 at least); a nested field is left out (a sync keeps it in
+  `_extras`).
 - **Key**: the first column filled and unique in the whole sample (two columns if none is).
 - **Row rules** lgsp knows (quality.rules), proposed when the rule itself, run on the typed sample,
-  passes at least 95% of it; the rest would go to quarantine and the draft says how many.
+  passes at least 95% of it (99% for the order of two dates); the rest would go to quarantine, and
+  the draft says how many.
 
 Nothing is written unless asked (`write_draft`): the draft is YAML to read, its guesses noted.
 """
@@ -125,7 +127,8 @@ class Draft:
     def pipeline_block(self) -> dict[str, Any]:
         return {"title": f"{self.dataset.replace('_', ' ').capitalize()} records changed in the {self.system} system",
                 "source": dict(self.source),
-                "dataset": self.dataset, "schedule": "@daily", "tags": [self.system]}
+                "dataset": self.dataset, "schedule": "@daily", "freshness": {"warn_after": "30h", "error_after": "3d"},
+                **({"lookback_s": 3600} if self.source.get("cursor_param") else {}), "tags": [self.system]}
 
     def dataset_spec(self) -> DatasetSpec:
         return DatasetSpec(name=self.dataset, **self.dataset_block())
@@ -657,7 +660,8 @@ def discover(catalog: Catalog, system_name: str, operation: str, *, dataset: str
     system = catalog.systems.get(system_name)
     if system is None:
         raise DiscoverError(f"no system {system_name!r} in catalog/systems.yaml: declare it first (its endpoint, "
-                            f"auth and secret), see docs/adding-a-system.md; known: {', '.join(sorted(catalog.systems))}")
+                            "auth and secret), see docs/adding-a-system.md; "
+                            f"known: {', '.join(sorted(catalog.systems))}")
     if system.protocol not in ("rest", "soap"):
         raise DiscoverError(f"{system_name} is a {system.protocol} system: discover asks REST and SOAP systems")
     params = dict(params or {})
@@ -794,10 +798,12 @@ def write_draft(draft: Draft, directory: Path) -> list[Path]:
     from catalog import load_catalog
 
     catalog = load_catalog(directory)
-    taken = [f"dataset {draft.dataset}" for _ in [0] if draft.dataset in catalog.datasets] + \
-        [f"pipeline {draft.pipeline}" for _ in [0] if draft.pipeline in catalog.pipelines]
+    taken = [f"{kind} {name}" for kind, name, names in (("dataset", draft.dataset, catalog.datasets),
+                                                          ("pipeline", draft.pipeline, catalog.pipelines))
+             if name in names]
     if taken:
-        raise DiscoverError(f"the catalog already has {' and '.join(taken)}: name the draft's with --dataset/--pipeline")
+        raise DiscoverError(f"the catalog already has {' and '.join(taken)}: "
+                            "name the draft's with --dataset/--pipeline")
     with tempfile.TemporaryDirectory() as scratch:
         for path in directory.glob("*.yaml"):
             (Path(scratch) / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")

@@ -32,7 +32,8 @@ def discover(system: str = typer.Argument(..., help="a system declared in catalo
              records_field: str = typer.Option(None, help="where the records are in the answer (dotted path; "
                                                           "default: its largest array of objects)"),
              write: bool = typer.Option(False, help="append the draft to catalog/datasets.yaml and pipelines.yaml "
-                                                    "(LGSP_CATALOG_DIR), after checking the catalog loads with it")) -> None:
+                                                    "(LGSP_CATALOG_DIR), after checking the catalog loads with it"),
+             ) -> None:
     """Draft a dataset and its pipeline from what a declared system answers: columns and types, key, cursor,
     paging, row rules, each checked against the system; print it (or --write it to the catalog)."""
     import os
