@@ -10,11 +10,12 @@ import typer
 
 
 def fail(message: str) -> None:
-    from rich.console import Console
+    """lgsp's error line, the message shown as written (a draft's notes hold brackets: `[a, b]`)."""
     from rich.markup import escape
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(1)
+    from lgsp.cli import fail as cli_fail
+
+    cli_fail(escape(message))
 
 
 def register(app: typer.Typer) -> None:
