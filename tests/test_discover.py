@@ -56,7 +56,7 @@ def test_drafts_match_the_shipped_catalog(name: str, sandbox_env: Any) -> None:
     assert (source.records_field, source.cursor_param, source.total_field) == \
         (shipped.records_field, shipped.cursor_param, shipped.total_field)
     assert source.paginator.type == shipped.paginator.type
-    assert source.until_param == shipped.until_param or shipped.until_param is None
+    assert source.until_param == shipped.until_param
     for param, value in shipped.paginator.params.items():
         if param not in ("page_size", "limit"):
             assert source.paginator.params.get(param) == value, param
@@ -165,3 +165,23 @@ def _app() -> Any:
     from lgsp.cli import app
 
     return app
+
+
+@pytest.mark.parametrize("name", ["population_citizens", "tthc_dossiers"])
+def test_the_until_parameters_found_backfill_a_closed_window(name: str, lgsp_env: Any, sandbox_handle: Any) -> None:
+    """`until_param` of these two was found by `lgsp discover` (the catalog had none): a backfill pulls the window only."""
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from lgsp import runner
+
+    catalog = load_catalog()
+    dataset = catalog.pipelines[name].dataset
+    stamps = pd.to_datetime(pd.Series([r["updated_at"] for r in sandbox_handle.data.records(dataset)]), utc=True,
+                            format="ISO8601")
+    since, until = datetime(2025, 8, 1, tzinfo=timezone.utc), datetime(2025, 8, 15, tzinfo=timezone.utc)
+    inside = int(((stamps >= since) & (stamps < until)).sum())
+    assert 0 < inside < len(stamps)
+    outcome = runner.run_pipeline(name, since=since, until=until, settings=lgsp_env)
+    assert (outcome["mode"], outcome["rows_pulled"]) == ("backfill", inside)
