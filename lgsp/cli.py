@@ -6,6 +6,7 @@
     lgsp sandbox              serve the sandbox systems until Ctrl-C
     lgsp catalog              validate the catalog
     lgsp discover SYSTEM OP   draft a dataset and its pipeline from what a declared system answers
+    lgsp discover --compare P does P's system still answer as the catalog says? exit 1 if a sync would fail
     lgsp quarantine list|show|replay|close   see, replay and close rejected rows
     lgsp drift DATASET        ask the source for a sample of lgsp's copy now: what drifted, and why
     lgsp reconcile [PIPELINE] does lgsp hold every record the source counts (copy + quarantine)?

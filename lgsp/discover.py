@@ -817,3 +817,151 @@ def write_draft(draft: Draft, directory: Path) -> list[Path]:
             handle.write("\n" + text)
         written.append(directory / name)
     return written
+
+
+# --- does a pipeline's system still answer as the catalog says? ----------------------------------------------------
+
+
+@dataclass
+class Finding:
+    """One difference between what a pipeline's system answers and what the catalog declares."""
+
+    severity: str  # "error": the next sync fails or quarantines what it should not; "warning": look at it;
+    # "info": what the sync will do with these records (a rule quarantining some, within the dataset's limit)
+    subject: str  # a column, a parameter, a rule
+    said: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"severity": self.severity, "subject": self.subject, "said": self.said}
+
+
+@dataclass
+class Comparison:
+    """`compare`'s answer: the pipeline, how many records were read and what differs."""
+
+    pipeline: str
+    system: str
+    sampled: int
+    findings: list[Finding]
+
+    @property
+    def holds(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "system": self.system, "sampled": self.sampled, "holds": self.holds,
+                "findings": [f.as_dict() for f in self.findings]}
+
+
+def compare(catalog: Catalog, pipeline_name: str, sample: int = 1000, since: datetime | None = None) -> Comparison:
+    """Read up to `sample` records as the pipeline's sync reads them (from `since`) and compare them with the
+    catalog: columns missing, new or of another type, the key, the cursor and until parameters, the row rules
+    and the dataset's quarantine limit. No row is landed."""
+    from connectors import open_transport
+
+    pipeline = catalog.pipelines.get(pipeline_name)
+    if pipeline is None:
+        raise DiscoverError(f"no pipeline {pipeline_name!r} in catalog/pipelines.yaml "
+                            f"(known: {', '.join(sorted(catalog.pipelines))})")
+    system, source = catalog.systems[pipeline.source.system], pipeline.source
+    dataset = catalog.datasets[pipeline.dataset]
+    findings: list[Finding] = []
+    transport = open_transport(system, source)
+    records: list[dict[str, Any]] = []
+    try:
+        for page in iter_pages(system, source, transport, since):
+            records += [dict(r) for r in page.records]
+            if len(records) >= sample:
+                break
+    except (ConnectorError, RuntimeError) as exc:
+        findings.append(Finding("error", source.operation, f"reading the pages as a sync does failed: {exc}"))
+    finally:
+        transport.close()
+    records = records[:sample]
+    if records:
+        findings += _column_findings(records, dataset)
+    elif not findings:
+        findings.append(Finding("warning", source.records_field, f"no records at '{source.records_field}'"
+                                + (f" since {since.isoformat()}" if since else "") + ": nothing to compare"))
+    if system.protocol in ("rest", "soap") and records:
+        findings += _parameter_findings(system, source)
+    return Comparison(pipeline_name, system.name, len(records), findings)
+
+
+def _column_findings(records: list[dict[str, Any]], dataset: DatasetSpec) -> list[Finding]:
+    from quality.checks import run_row_checks
+    from schemas.arrow import coerce
+
+    findings: list[Finding] = []
+    n = len(records)
+    seen, nested = guess_columns(records)
+    for name, spec in dataset.columns.items():
+        guess = seen.get(name)
+        needed = spec.required or name in dataset.key
+        if guess is None and name not in nested:
+            findings.append(Finding("error" if needed else "warning", name,
+                                    f"declared{' required' if needed else ''} but in none of the {n} records: "
+                                    + ("a sync fails (required field missing); the source renamed or dropped it?"
+                                       if needed else "still sent?")))
+        elif guess is not None and needed and guess.filled < n:
+            findings.append(Finding("warning", name, f"required but empty in {n - guess.filled} of {n} records: "
+                                                     "a sync quarantines them"))
+    for name in [*seen, *nested]:
+        if name not in dataset.columns:
+            kind = "nested" if name in nested else seen[name].type
+            findings.append(Finding("warning", name, f"sent ({kind}) but not declared: a sync keeps it in _extras; "
+                                                     "declare it, then `lgsp warehouse migrate`"))
+    absent = {name for name, spec in dataset.columns.items() if spec.required and name not in seen}
+    if absent:  # said above; the other columns are still compared (coerce refuses a batch without them)
+        dataset = dataset.model_copy(update={"columns": {
+            name: spec.model_copy(update={"required": False}) if name in absent else spec
+            for name, spec in dataset.columns.items()}})
+    typed = coerce(records, dataset)
+    wrong = Counter(reason.split(":", 1)[0] for reason in typed.type_errors.values())
+    for name, count in wrong.items():
+        filled = seen[name].filled if name in seen else n
+        severe = count > (1 - HOLDS) * filled
+        findings.append(Finding("error" if severe else "warning", name,
+                                f"{count} of {filled} values are not {dataset.columns[name].type}s (the source sends "
+                                f"{seen[name].type if name in seen else '?'}s): a sync quarantines them"))
+    keys = [tuple(_hashable(r.get(k)) for k in dataset.key) for r in records]
+    if len(set(keys)) < n and dataset.write_mode != "append":
+        findings.append(Finding("warning", ",".join(dataset.key), f"{n - len(set(keys))} of {n} records repeat a "
+                                                                  "key: the source's key is another?"))
+    checked = run_row_checks(typed.frame, dataset, typed.type_errors)
+    by_rule = Counter(r.rule for r in checked.rejections)
+    for rule, count in by_rule.most_common():
+        if rule != "type" and not rule.startswith("not_null:"):  # both said above, column by column
+            findings.append(Finding("info", rule, f"rejects {count} of {n} records (quarantined)"))
+    rate, limit = len(checked.rejections) / n, dataset.expectations.max_quarantine_rate
+    if rate > limit:
+        findings.append(Finding("error", "max_quarantine_rate", f"{rate:.1%} of the records would be quarantined, "
+                                f"above the dataset's {limit:.1%}: the sync's batch fails its expectations"))
+    return findings
+
+
+def _parameter_findings(system: SystemSpec, source: SourceSpec) -> list[Finding]:
+    """The cursor must still empty the answer from a far-future value, the until from a far-past one."""
+    findings: list[Finding] = []
+    ask = Asker(system, source.operation, source.method, source.params)
+    try:
+        for param, when, what in ((source.cursor_param, FUTURE, "every incremental sync re-reads everything"),
+                                  (source.until_param, PAST, "a backfill pulls more than its window")):
+            if not param:
+                continue
+            answer = ask.call({param: format_cursor(when, source.cursor_format)})
+            got = _records(answer, source.records_field)
+            if got is None:
+                findings.append(Finding("error", param, f"refused ({'far-future' if when is FUTURE else 'far-past'} "
+                                                        "value): the source no longer takes it"))
+            elif got:
+                findings.append(Finding("warning", param, f"a {'far-future' if when is FUTURE else 'far-past'} value "
+                                                          f"still answers {len(got)} record(s): {what}"))
+        if source.total_field:
+            answer = ask.call({})
+            if answer is not None and not isinstance(dig(answer, source.total_field), int):
+                findings.append(Finding("warning", source.total_field, "the answer has no count there: "
+                                                                       "`lgsp reconcile` cannot count the source"))
+    finally:
+        ask.close()
+    return findings

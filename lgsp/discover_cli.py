@@ -6,6 +6,8 @@ guess; `--write` appends them to the catalog (after checking the whole catalog l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
 import typer
 
 
@@ -22,7 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="discover")(discover)
 
 
-def discover(system: str = typer.Argument(..., help="a system declared in catalog/systems.yaml"),
+def discover(system: str = typer.Argument(None, help="a system declared in catalog/systems.yaml"),
              operation: str = typer.Argument(None, help="REST: the path (/api/cards); SOAP: the operation "
                                                         "(without it, a SOAP system's operations are listed)"),
              dataset: str = typer.Option(None, help="the dataset's name (default: from the path or operation)"),
@@ -34,6 +36,11 @@ def discover(system: str = typer.Argument(..., help="a system declared in catalo
                                                           "default: its largest array of objects)"),
              write: bool = typer.Option(False, help="append the draft to catalog/datasets.yaml and pipelines.yaml "
                                                     "(LGSP_CATALOG_DIR), after checking the catalog loads with it"),
+             compare: str = typer.Option(None, help="instead: does this pipeline's system still answer as the catalog "
+                                                    "says? (columns, types, key, cursor, rules; exit 1 on an error)"),
+             since: str = typer.Option(None, help="with --compare: read the records changed since this date or time "
+                                                  "(default: from the oldest)"),
+             as_json: bool = typer.Option(False, "--json", help="with --compare: print the findings as JSON"),
              ) -> None:
     """Draft a dataset and its pipeline from what a declared system answers: columns and types, key, cursor,
     paging, row rules, each checked against the system; print it (or --write it to the catalog)."""
@@ -48,6 +55,10 @@ def discover(system: str = typer.Argument(..., help="a system declared in catalo
 
     catalog = load_catalog()
     said = Console(stderr=True, highlight=False)
+    if compare:
+        return _compare(catalog, compare, sample, since, as_json)
+    if system is None:
+        fail("name a system (and its operation), or a pipeline with --compare")
     if system in catalog.systems and operation is None:
         if catalog.systems[system].protocol != "soap":
             fail(f"name the path to ask {system} (e.g. `lgsp discover {system} /api/v1/items`)")
@@ -75,3 +86,39 @@ def discover(system: str = typer.Argument(..., help="a system declared in catalo
             fail(str(exc))
         said.print(f"appended to {escape(', '.join(str(p) for p in written))}: read it, then `lgsp catalog` and "
                    f"`lgsp run {draft.pipeline} --inline`")
+
+
+def _compare(catalog: Any, pipeline: str, sample: int, since: str | None, as_json: bool) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lgsp.cli import _instant
+    from lgsp.discover import DiscoverError, compare
+
+    try:
+        result = compare(catalog, pipeline, sample=sample, since=_instant(since, "--since"))
+    except DiscoverError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+    else:
+        console = Console(highlight=False)
+        if not result.findings:
+            console.print(f"{pipeline}: {result.sampled} record(s) of {result.system}: [green]the system answers as "
+                          "the catalog says[/]")
+            return
+        table = Table(title=f"{pipeline}: {result.sampled} record(s) of {result.system} against the catalog")
+        for column in ("severity", "what", "found"):
+            table.add_column(column)
+        for finding in result.findings:
+            colour = {"error": "red", "warning": "yellow"}.get(finding.severity, "cyan")
+            table.add_row(f"[{colour}]{finding.severity}[/]", escape(finding.subject), escape(finding.said))
+        console.print(table)
+        console.print("[green]no error: the next sync reads these records as the catalog says[/]" if result.holds
+                      else "[red]the next sync would fail or quarantine wrongly: mend the catalog or ask the "
+                           "system's owner[/]")
+    if not result.holds:
+        raise typer.Exit(1)

@@ -169,7 +169,7 @@ def _app() -> Any:
 
 @pytest.mark.parametrize("name", ["population_citizens", "tthc_dossiers"])
 def test_the_until_parameters_found_backfill_a_closed_window(name: str, lgsp_env: Any, sandbox_handle: Any) -> None:
-    """`until_param` of these two was found by `lgsp discover` (the catalog had none): a backfill pulls the window only."""
+    """`until_param` of these two was found by `lgsp discover` (the catalog had none): a backfill pulls its window."""
     from datetime import datetime, timezone
 
     import pandas as pd
@@ -185,3 +185,69 @@ def test_the_until_parameters_found_backfill_a_closed_window(name: str, lgsp_env
     assert 0 < inside < len(stamps)
     outcome = runner.run_pipeline(name, since=since, until=until, settings=lgsp_env)
     assert (outcome["mode"], outcome["rows_pulled"]) == ("backfill", inside)
+
+
+# what the sandbox sends beyond the shipped catalog, or leaves empty where it requires a value (its defects)
+EXPECTED_WARNINGS = {"dvcqg_procedures": {"NgayCapNhat"}, "documents": {"summary"}}
+
+
+@pytest.mark.parametrize("name", [*PIPELINES, "dvcqg_procedures", "admin_units"])
+def test_every_shipped_pipeline_holds_against_its_system(name: str, sandbox_env: Any) -> None:
+    from lgsp.discover import compare
+
+    result = compare(load_catalog(), name)
+    assert result.holds and result.sampled > 0, result.as_dict()
+    assert {f.subject for f in result.findings if f.severity != "info"} == EXPECTED_WARNINGS.get(name, set())
+    for finding in result.findings:
+        if finding.severity == "info":  # only the rules quarantining the sandbox's defects
+            assert finding.said.startswith("rejects ") and ":" in finding.subject
+
+
+def _edited_catalog(target: Path, datasets: Any = None, pipelines: Any = None) -> Path:
+    target.mkdir()
+    for source in CATALOG_DIR.glob("*.yaml"):
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+        edit = {"datasets.yaml": datasets, "pipelines.yaml": pipelines}.get(source.name)
+        if edit is not None:
+            edit(data)
+        (target / source.name).write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def test_a_changed_contract_is_found_before_a_sync_meets_it(tmp_path: Path, sandbox_env: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from lgsp.discover import compare
+
+    def datasets(data: dict[str, Any]) -> None:
+        citizen = data["datasets"]["citizen"]
+        citizen["columns"]["nickname"] = {"type": "string", "required": True}  # the source never sends it
+        citizen["columns"]["birth_date"]["type"] = "integer"  # the source sends dates
+        del citizen["columns"]["phone"]  # the source sends it: it looks new
+        citizen["checks"] = [c for c in citizen["checks"] if c.get("column") != "phone"]
+        data["datasets"]["dossier"]["expectations"]["max_quarantine_rate"] = 0.001
+
+    def pipelines(data: dict[str, Any]) -> None:
+        data["pipelines"]["tthc_dossiers"]["source"]["cursor_param"] = "changed_after"  # the source ignores it
+
+    catalog = load_catalog(_edited_catalog(tmp_path / "catalog", datasets, pipelines))
+    citizens = compare(catalog, "population_citizens")
+    found = {f.subject: (f.severity, f.said) for f in citizens.findings}
+    assert not citizens.holds
+    assert found["nickname"][0] == "error" and "in none of the 600 records" in found["nickname"][1]
+    assert found["birth_date"] == ("error", "600 of 600 values are not integers (the source sends dates): "
+                                            "a sync quarantines them")
+    assert found["phone"][0] == "warning" and found["phone"][1].startswith("sent (string) but not declared")
+    dossiers = compare(catalog, "tthc_dossiers")
+    found = {f.subject: (f.severity, f.said) for f in dossiers.findings}
+    assert found["changed_after"][0] == "warning" and "every incremental sync re-reads everything" in \
+        found["changed_after"][1]
+    assert found["max_quarantine_rate"][0] == "error" and not dossiers.holds
+
+    monkeypatch.setenv("LGSP_CATALOG_DIR", str(tmp_path / "catalog"))
+    result = CliRunner().invoke(_app(), ["discover", "--compare", "population_citizens", "--json"])
+    assert result.exit_code == 1
+    import json
+
+    assert json.loads(result.output)["holds"] is False
+    with pytest.raises(DiscoverError, match="no pipeline 'citizens'"):
+        compare(catalog, "citizens")
