@@ -288,6 +288,10 @@ class AgencyRegistry:
         conn.execute(g.delete().where(g.c.agency_id == agency_id, g.c.dataset == dataset))
         conn.execute(g.insert().values(agency_id=agency_id, dataset=dataset, granted_at=_now(), **values))
         live = before is not None and (before["expires_at"] is None or utc(before["expires_at"]) > _now())
+        if before is None or before["row_scope"] != values["row_scope"]:  # its webhooks' count of its rows is stale
+            w = tables.webhook.c
+            conn.execute(tables.webhook.update().where(w.agency_id == agency_id, w.dataset == dataset)
+                         .values(scope_rows=None))
         if not live or any(_same(before[k]) != _same(v) for k, v in values.items()):  # type: ignore[index]
             events.record(conn, agency_id, dataset, events.GRANT_CHANGED, {
                 **events.grant_data(dataset, sorted(set(personal or [])), rows, expires_at, request_id, daily_rows),

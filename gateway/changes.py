@@ -104,6 +104,41 @@ class Window:
         return {"t": "changes", "d": name, "lo": self.lo, "hi": self.hi, "p": self.phase, "a": self.after}
 
 
+def written_in(name: str, window: Window) -> sa.Select:
+    """The writes (batches, computations) of the window that changed the dataset."""
+    return sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo,
+                                               CHANGES.c.change_seq <= window.hi)
+
+
+def _within(view: sa.Table | sa.TableClause, scope: Any) -> list[Any]:
+    return [view.c[c].in_(values) for c, values in scope]
+
+
+def left_scope(conn: sa.Connection, view: sa.Table | sa.TableClause, name: str, scope: Any, window: Window) -> bool:
+    """Whether a record may have left the scope's rows in the window: a deletion, or a row the window changed
+    that is now beyond the scope (one bit of what happened beyond it: never which record)."""
+    t = TOMBSTONES.c
+    deleted = sa.select(t.batch_id).where(t.dataset == name, t.batch_id.in_(written_in(name, window)))
+    if conn.execute(deleted.limit(1)).first() is not None:
+        return True
+    beyond = sa.or_(*(sa.or_(view.c[c].is_(None), view.c[c].not_in(values)) for c, values in scope))
+    moved = sa.select(view.c._batch_id).where(view.c._batch_id.in_(written_in(name, window)), beyond)
+    return conn.execute(moved.limit(1)).first() is not None
+
+
+def rows_within(conn: sa.Connection, view: sa.Table | sa.TableClause, scope: Any) -> int:
+    """How many rows of the view lie within the scope now."""
+    return int(conn.execute(sa.select(sa.func.count()).select_from(view).where(*_within(view, scope))).scalar_one())
+
+
+def changed_within(conn: sa.Connection, view: sa.Table | sa.TableClause, name: str, scope: Any,
+                   window: Window) -> int:
+    """The rows the window's writes changed that lie within the scope now (a row changed again by a later
+    write counts with that write)."""
+    return int(conn.execute(sa.select(sa.func.count()).select_from(view).where(
+        view.c._batch_id.in_(written_in(name, window)), *_within(view, scope))).scalar_one())
+
+
 class ChangeFeed:
     """Pages of a shared dataset's changes, read from its shared view and the tombstones."""
 
@@ -159,7 +194,7 @@ class ChangeFeed:
                     return self._answer(name, grant, changes, window, True)
             records, after = self._upserts(conn, name, grant, window, limit - len(changes), at_most)
             reconcile = bool(after is None and grant.scope and window.lo and self._left(conn, name, grant, window))
-            held = self._rows_within(conn, name, grant) if reconcile else None
+            held = rows_within(conn, self.reader.views[name], grant.scope) if reconcile else None
         changes += records
         if after is not None:
             return self._answer(name, grant, changes, Window(window.lo, window.hi, "upserts", after), True)
@@ -175,28 +210,8 @@ class ChangeFeed:
             answer["reconcile"], answer["scope_rows"] = True, reconcile
         return answer
 
-    def _rows_within(self, conn: sa.Connection, name: str, grant: Grant) -> int:
-        view = self.reader.views[name]
-        return int(conn.execute(sa.select(sa.func.count()).select_from(view).where(
-            *(view.c[c].in_(values) for c, values in grant.scope))).scalar_one())
-
     def _left(self, conn: sa.Connection, name: str, grant: Grant, window: Window) -> bool:
-        """Whether a record may have left the grant's rows in the window: a deletion, or a row the window changed
-        that is now beyond the scope (one bit of what happened beyond it: never which record)."""
-        t = TOMBSTONES.c
-        deleted = sa.select(t.batch_id).where(t.dataset == name, t.batch_id.in_(self._in_window(name, window)))
-        if conn.execute(deleted.limit(1)).first() is not None:
-            return True
-        view = self.reader.views[name]
-        beyond = sa.or_(*(sa.or_(view.c[c].is_(None), view.c[c].not_in(values)) for c, values in grant.scope))
-        moved = sa.select(view.c._batch_id).where(view.c._batch_id.in_(self._in_window(name, window)), beyond)
-        return conn.execute(moved.limit(1)).first() is not None
-
-    @staticmethod
-    def _in_window(name: str, window: Window) -> sa.Select:
-        """The writes (batches, computations) of the window that changed the dataset."""
-        return sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.lo,
-                                                   CHANGES.c.change_seq <= window.hi)
+        return left_scope(conn, self.reader.views[name], name, grant.scope, window)
 
     @staticmethod
     def _refuse_undone(conn: sa.Connection, window: Window) -> None:
@@ -228,7 +243,7 @@ class ChangeFeed:
         """The window's deletions after `window.after`, and the position to go on from (None: all read)."""
         t = TOMBSTONES.c
         stmt = (sa.select(t.batch_id, t.record_key)
-                .where(t.dataset == name, t.batch_id.in_(self._in_window(name, window)))
+                .where(t.dataset == name, t.batch_id.in_(written_in(name, window)))
                 .order_by(t.batch_id, t.record_key).limit(limit + 1))
         if window.after is not None:
             batch, key = window.after
@@ -254,11 +269,11 @@ class ChangeFeed:
             later = sa.select(CHANGES.c.batch_id).where(CHANGES.c.dataset == name, CHANGES.c.change_seq > window.hi)
             stmt = sa.select(*(view.c[c] for c in shared.columns)).where(
                 sa.or_(view.c._batch_id.is_(None), view.c._batch_id.not_in(later)),  # null: written before lineage
-                *(view.c[c].in_(values) for c, values in grant.scope))
+                *_within(view, grant.scope))
         else:
             stmt = sa.select(*(view.c[c] for c in shared.columns)).where(
-                view.c._batch_id.in_(self._in_window(name, window)))
-            stmt = stmt.where(*(view.c[c].in_(values) for c, values in grant.scope))
+                view.c._batch_id.in_(written_in(name, window)))
+            stmt = stmt.where(*_within(view, grant.scope))
             if at_most is not None and at_most <= FEW_PAGES * limit:
                 # few rows changed: one pass over the view picks them, then they are sorted; otherwise walking the
                 # key's index and keeping the window's rows is cheaper per page (the matches are dense enough)

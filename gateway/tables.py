@@ -118,6 +118,9 @@ webhook = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("dead_at", TZ),  # out of attempts, or the endpoint answered 410 Gone: `lgsp webhooks retry`
     sa.Column("removed_at", TZ),
+    # for a grant on some rows: how many rows it covered when the endpoint last acknowledged (or was found to have
+    # nothing to be told), so that changes that touched none of them and moved none out are not told
+    sa.Column("scope_rows", sa.BigInteger),
 )
 webhook_delivery = sa.Table(
     "gateway_webhook_delivery", metadata,
@@ -221,13 +224,16 @@ def _add_audit_chain(engine: sa.Engine) -> None:
 
 
 def _add_webhook_columns(engine: sa.Engine) -> None:
-    """A webhook table from before agencies could register their own, or be told of their access: add `created_by`
-    (its rows: the province's) and `events` (its rows tell of their dataset's changes)."""
+    """A webhook table from before agencies could register their own, be told of their access, or of a scoped grant's
+    rows only: add `created_by` (its rows: the province's), `events` (its rows tell of their dataset's changes) and
+    `scope_rows`."""
     have = {c["name"] for c in sa.inspect(engine).get_columns("gateway_webhook")}
     with engine.begin() as conn:
         for name, default in (("created_by", "province"), ("events", "dataset.changed")):
             if name not in have:
                 conn.exec_driver_sql(f"ALTER TABLE gateway_webhook ADD COLUMN {name} TEXT NOT NULL DEFAULT '{default}'")
+        if "scope_rows" not in have:  # unknown for the webhooks before it: their next change is told
+            conn.exec_driver_sql("ALTER TABLE gateway_webhook ADD COLUMN scope_rows BIGINT")
 
 
 def _add_grant_expiry(engine: sa.Engine) -> None:

@@ -31,7 +31,9 @@ redirect: not followed) is tried again after 30 s, 1, 2, 4... minutes (at most a
 apart); after 10 failures in a row, or a 410 Gone, the webhook is dead until `lgsp webhooks
 retry`. A retry of the same changes keeps the same `webhook-id`: delivery is at least once,
 deduplicate on it.
-A webhook whose agency lost its grant (or was disabled) is paused, not sent.
+A webhook whose agency lost its grant (or was disabled) is paused, not sent. For a grant on some rows
+only (`--scope`), `rows_changed` counts those rows, `reconcile` says whether a record may have left
+them, and a change that touched none of them (and moved none out) is not told at all.
 Two dispatchers never send the same webhook at once: each claims it first (a lease that
 a crashed dispatcher's claim runs out of).
 """
@@ -59,8 +61,9 @@ import urllib3
 from catalog.models import Catalog
 from gateway import events as agency_events
 from gateway import tables
-from gateway.agencies import live_grant
-from gateway.changes import feed_problem
+from gateway.agencies import Grant, grant_of, live_grant
+from gateway.changes import Window, changed_within, feed_problem, left_scope, rows_within
+from warehouse.shared import shared_views
 from warehouse.store import utc
 
 log = logging.getLogger("lgsp.gateway.webhooks")
@@ -185,6 +188,7 @@ class Webhooks:
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
+        self._views: dict[str, sa.Table] | None = None  # the shared views, for grants on some rows
 
     # --- registration -------------------------------------------------------------------------------
 
@@ -355,10 +359,30 @@ class Webhooks:
             conn.execute(tables.webhook.update().where(tables.webhook.c.webhook_id == webhook_id)
                          .values(claimed_until=None, **values))
 
-    def _may_read(self, conn: sa.Connection, agency_id: str, dataset: str) -> bool:
+    def _grant(self, conn: sa.Connection, agency_id: str, dataset: str) -> Grant | None:
+        """The agency's live grant on the dataset (None: it may not read it: no grant, an expired one, disabled)."""
         a, g = tables.agency.c, tables.grant.c
-        return conn.execute(sa.select(g.dataset).select_from(tables.grant.join(tables.agency)).where(
-            g.agency_id == agency_id, g.dataset == dataset, a.disabled_at.is_(None), live_grant())).first() is not None
+        row = conn.execute(sa.select(g.personal_columns, g.row_scope).select_from(tables.grant.join(tables.agency))
+                           .where(g.agency_id == agency_id, g.dataset == dataset, a.disabled_at.is_(None),
+                                  live_grant())).first()
+        return None if row is None else grant_of(row.personal_columns, row.row_scope)
+
+    def _scoped(self, conn: sa.Connection, hook: Any, grant: Grant, last: int) -> tuple[int, bool | None, int]:
+        """For a grant on some rows only, of the changes after the hook's `delivered_seq` up to `last`: (the rows
+        they changed within the scope, whether a record may have left it (the bit the change feed's `reconcile`
+        tells; None: nothing to tell at all), the rows within the scope now).
+
+        A merge table keeps no earlier value, so a row written beyond the scope may have been within it before.
+        With no row written within it, the rows it covers are as many as when the endpoint last acknowledged only
+        if none left it (an entering row is written within it): then nothing is told."""
+        if self._views is None:
+            self._views = shared_views(self.catalog)
+        view, window = self._views[hook.dataset], Window(hook.delivered_seq, last, "upserts")
+        within = changed_within(conn, view, hook.dataset, grant.scope, window)
+        held = rows_within(conn, view, grant.scope)
+        if within == 0 and hook.scope_rows is not None and held == hook.scope_rows:
+            return 0, None, held
+        return within, left_scope(conn, view, hook.dataset, grant.scope, window), held
 
     def _turn(self, webhook_id: str) -> Delivery | None:
         try:
@@ -379,13 +403,20 @@ class Webhooks:
                 sa.func.min(CHANGES.c.change_seq), sa.func.max(CHANGES.c.change_seq),
                 sa.func.max(CHANGES.c.committed_at)).where(
                 CHANGES.c.dataset == hook.dataset, CHANGES.c.change_seq > hook.delivered_seq)).one()
-            allowed = self._may_read(conn, hook.agency_id, hook.dataset)
-        changes, rows_changed, first, last, committed_at = pending
+            grant = self._grant(conn, hook.agency_id, hook.dataset)
+            changes, rows_changed, first, last, committed_at = pending
+            scoped = changes and grant is not None and grant.scope and hook.dataset in self.catalog.sharing
+            left, held = None, None
+            if scoped:
+                rows_changed, left, held = self._scoped(conn, hook, grant, last)
         if not changes:
             self._release(webhook_id)
             return None
+        if scoped and left is None:  # none of its rows changed and none left them: nothing to tell
+            self._release(webhook_id, delivered_seq=last, scope_rows=held)
+            return None
         shown = shown_url(hook.url)
-        if not allowed or hook.dataset not in self.catalog.sharing:
+        if grant is None or hook.dataset not in self.catalog.sharing:
             why = ("is no longer shared (catalog/sharing.yaml)" if hook.dataset not in self.catalog.sharing else
                    f"may not be read by agency '{hook.agency_id}' (no grant, an expired one, or the agency is "
                    "disabled)")
@@ -394,9 +425,11 @@ class Webhooks:
             self._release(webhook_id, last_error=reason)
             return Delivery(webhook_id, hook.agency_id, hook.dataset, shown, "paused", first, last, error=reason)
         message_id = f"{webhook_id}_{last}"
-        body = self._body(hook.dataset, first, last, changes, rows_changed, committed_at)
+        body = self._body(hook.dataset, first, last, changes, rows_changed, committed_at, left, held)
         status, error, duration_ms = self._post(hook, message_id, body)
         outcome, values, error = self._outcome(webhook_id, hook.attempts, status, error, last)
+        if outcome == "delivered":
+            values["scope_rows"] = held
         self._record(hook, message_id, first, last, status, error, duration_ms, outcome, values)
         return Delivery(webhook_id, hook.agency_id, hook.dataset, shown, outcome, first, last, status, error,
                         duration_ms, values.get("next_attempt_at"))
@@ -473,12 +506,16 @@ class Webhooks:
         return None  # not reached: the last event ends the loop
 
     def _body(self, dataset: str, first: int, last: int, changes: int, rows_changed: int,
-              committed_at: datetime | None) -> bytes:
+              committed_at: datetime | None, left: bool | None = None, held: int | None = None) -> bytes:
+        """The notification; for a grant on some rows, `rows_changed` counts those rows only, `reconcile` says a
+        record may have left them and `scope_rows` how many rows the grant covers now (as the feed's last page)."""
         stamp = utc(committed_at)
-        return self._event(EVENT, {"dataset": dataset, "first_change": int(first), "last_change": int(last),
-                                   "changes": int(changes), "rows_changed": int(rows_changed),
-                                   "last_committed_at": stamp.isoformat() if stamp else None,
-                                   "feed": self._feed(dataset)})
+        data = {"dataset": dataset, "first_change": int(first), "last_change": int(last), "changes": int(changes),
+                "rows_changed": int(rows_changed), "last_committed_at": stamp.isoformat() if stamp else None,
+                "feed": self._feed(dataset)}
+        if left is not None:
+            data["reconcile"], data["scope_rows"] = left, held
+        return self._event(EVENT, data)
 
     def _feed(self, dataset: str) -> str:
         return f"{self.public_url}/api/v1/datasets/{dataset}/changes"

@@ -304,6 +304,55 @@ def test_a_webhook_is_paused_while_its_agency_may_not_read_the_dataset(
     env.hooks.remove(webhook_id)
 
 
+def test_a_grant_on_some_rows_is_told_of_those_rows_only(env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
+    """A commune's committee granted its own rows is not told of (nor counted) the province's other changes; a
+    record leaving its rows is told as `reconcile` with the rows it covers, as its change feed's last page says."""
+    from gateway.agencies import AgencyRegistry
+
+    receiver, base = endpoint
+    registry = AgencyRegistry(env.hooks.engine, env.catalog)
+    registry.add_agency("ubnd_xa_scoped", "UBND xã (firms closing)", 100_000.0)
+    registry.grant("ubnd_xa_scoped", "firm", scope={"status": ["closing"]})
+    env.keys["ubnd_xa_scoped"] = registry.issue_api_key("ubnd_xa_scoped")
+    webhook_id, secret = env.hooks.add("ubnd_xa_scoped", "firm", f"{base}/scoped")
+    newest = "SELECT max(change_seq) FROM lgsp_change WHERE dataset = 'firm'"
+
+    def told() -> dict[str, Any]:
+        [delivery] = env.hooks.dispatch()
+        assert delivery.outcome == "delivered"
+        return _verified(secret, receiver.received[-1])["data"]  # type: ignore[no-any-return]
+
+    env.load_firms("scoped-1", [firm(960, status="closing"), firm(961)])
+    data = told()  # counted within its rows; 961 is beyond them now, and may have been within before: reconcile
+    assert (data["rows_changed"], data["reconcile"], data["scope_rows"]) == (1, True, 1)
+
+    env.load_firms("scoped-2", [firm(962), firm(963, status="dissolved")])  # beyond its rows, as many rows in them
+    assert env.hooks.dispatch() == [] and len(receiver.received) == 1, "nothing of its rows changed: not told"
+    assert env.hook(webhook_id).delivered_seq == int(env.scalar(newest)), "and not told of it later either"
+
+    env.load_firms("scoped-3", [firm(964, status="closing")])
+    env.load_firms("scoped-4", [firm(965)])
+    data = told()
+    assert (data["changes"], data["rows_changed"], data["scope_rows"]) == (2, 1, 2)
+
+    env.load_firms("scoped-5", [firm(960, status="dissolved")])  # leaves its rows: nothing within changed, one less
+    data = told()
+    assert (data["rows_changed"], data["reconcile"], data["scope_rows"]) == (0, True, 1)
+    assert len(receiver.received) == 3
+    copy = Mirror(env, "firm", agency="ubnd_xa_scoped", limit=1000)
+    copy.poll()
+    assert sorted(code for (code,) in copy.rows) == ["F0964"], "its feed holds what it was told it covers"
+
+    registry.grant("ubnd_xa_scoped", "firm", scope={"status": ["closing", "dissolved"]})  # other rows now
+    assert env.hook(webhook_id).scope_rows is None, "its count of the old rows says nothing of the new"
+    env.load_firms("scoped-6", [firm(966)])
+    data = told()  # the first change after the grant's rows changed is told
+    assert (data["rows_changed"], data["scope_rows"]) == (0, int(env.scalar(
+        "SELECT count(*) FROM shared_firm WHERE status IN ('closing', 'dissolved')")))
+    env.hooks.remove(webhook_id)
+    registry.revoke("ubnd_xa_scoped", "firm")
+
+
 def test_two_dispatchers_at_once_send_each_notification_once(env: HookEnv, endpoint: tuple[Endpoint, str]) -> None:
     """Each dispatcher claims a webhook before sending it: with two at once (two Airflow workers, a cron job
     beside the DAG) the endpoint still gets one POST. Without the claim it gets two."""
@@ -576,7 +625,8 @@ def test_an_agency_registers_its_own_webhook_only_at_a_host_the_province_allows(
 
 
 def test_a_webhook_table_from_before_agencies_registered_their_own_gains_created_by(database_url: str) -> None:
-    """... and `events`: its webhooks tell of their dataset's changes, as they did."""
+    """... and `events`: its webhooks tell of their dataset's changes, as they did; and `scope_rows` (unknown: the
+    next change is told)."""
     engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         tables.create_gateway_tables(engine)
@@ -585,12 +635,13 @@ def test_a_webhook_table_from_before_agencies_registered_their_own_gains_created
             conn.execute(tables.agency.insert().values(agency_id="so_y_te", name="x", created_at=now))
             conn.exec_driver_sql("ALTER TABLE gateway_webhook DROP COLUMN created_by")
             conn.exec_driver_sql("ALTER TABLE gateway_webhook DROP COLUMN events")
+            conn.exec_driver_sql("ALTER TABLE gateway_webhook DROP COLUMN scope_rows")
             conn.exec_driver_sql("INSERT INTO gateway_webhook (webhook_id, agency_id, dataset, url, nonce, created_at, "
                                  "delivered_seq, attempts) VALUES ('wh_old', 'so_y_te', 'firm', 'https://a.example/', "
                                  "'n', CURRENT_TIMESTAMP, 0, 0)")
         tables.create_gateway_tables(engine)
         with engine.connect() as conn:
-            assert conn.execute(sa.select(tables.webhook.c.created_by, tables.webhook.c.events)).one() == \
-                ("province", "dataset.changed")
+            assert conn.execute(sa.select(tables.webhook.c.created_by, tables.webhook.c.events,
+                                          tables.webhook.c.scope_rows)).one() == ("province", "dataset.changed", None)
     finally:
         engine.dispose()
