@@ -53,6 +53,8 @@ CURSOR_NAMES = ("updated_since", "since", "modified_since", "modified_after", "c
                 "updatedSince", "modifiedSince", "lastModified", "from", "from_date", "tu_ngay")
 UNTIL_NAMES = ("updated_until", "until", "modified_before", "modified_until", "changed_until", "updated_before",
                "updatedUntil", "modifiedBefore", "to", "to_date", "den_ngay")
+SINCE_SUFFIXES = ("__gte", "__gt", "_gte", "_from", "_since", "_after", "[gte]")  # filters on a record's own time
+UNTIL_SUFFIXES = ("__lt", "__lte", "_lt", "_to", "_until", "_before", "[lt]")
 SIZE_NAMES = ("limit", "page_size", "per_page", "pageSize", "perPage", "size", "take", "top", "max_results")
 PAGE_NAMES = ("page", "page_number", "pageNumber", "page_no", "pageIndex")
 OFFSET_NAMES = ("offset", "skip", "start")
@@ -548,8 +550,11 @@ def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]], inputs: dict
     if inputs is not None:
         cursor_names = tuple(n for n, t in inputs.items() if t == "timestamp")
         until_names = cursor_names
-    else:
-        cursor_names, until_names = CURSOR_NAMES, UNTIL_NAMES
+    else:  # the usual names, then filters on the records' own times (`updated_at__gte`, `updated_at_from`, ...)
+        times = sorted(dict.fromkeys(k for r in first[:20] for k, v in r.items() if value_kind(v) in
+                                     ("timestamp", "date")), key=lambda n: not UPDATED.search(n))
+        cursor_names = CURSOR_NAMES + tuple(f"{c}{s}" for c in times for s in SINCE_SUFFIXES)
+        until_names = UNTIL_NAMES + tuple(f"{c}{s}" for c in times for s in UNTIL_SUFFIXES)
 
     def empties(name: str, when: datetime) -> str | None:
         for style in ("iso", "iso_z", "dvcqg"):
@@ -565,6 +570,9 @@ def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]], inputs: dict
             cursor, style = name, found
             break
     until = None
+    if cursor:  # the until filter on the cursor's own column first (`updated_at__lt` for `updated_at__gte`)
+        stem = next((cursor[:-len(x)] for x in SINCE_SUFFIXES if cursor.endswith(x)), None)
+        until_names = tuple(sorted(until_names, key=lambda n: not (stem and n.startswith(stem))))
     for name in until_names:
         if name != cursor and empties(name, PAST):
             until = name

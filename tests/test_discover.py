@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
@@ -251,3 +252,60 @@ def test_a_changed_contract_is_found_before_a_sync_meets_it(tmp_path: Path, sand
     assert json.loads(result.output)["holds"] is False
     with pytest.raises(DiscoverError, match="no pipeline 'citizens'"):
         compare(catalog, "citizens")
+
+
+def test_another_provinces_lgsp_is_a_source_drafted_and_synced(tmp_path: Path, sandbox_handle: Any, database_url: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Province A's sharing gateway, as province B's lgsp meets it: a REST system behind an API key. The draft finds
+    its records, its `next_cursor` paging, and the filters on the records' own time (`updated_at__gte`,
+    `updated_at__lt`); B's pipeline then copies what A grants it: the export of A's gateway, masked as granted."""
+    import orjson
+    import requests
+
+    from gateway.api import create_app
+    from gateway.settings import load_gateway_settings
+    from lgsp import runner
+    from lgsp.discover import write_draft
+    from lgsp.settings import load_settings
+    from test_gateway import gateway_env, loaded_registry, running
+
+    with gateway_env(sandbox_handle, tmp_path / "province_a", database_url):
+        registry = loaded_registry(database_url, load_catalog(), ("business_enterprises",))
+        registry.add_agency("tinh_b", "Province B's lgsp", 1000.0)
+        registry.grant("tinh_b", "enterprise")
+        key = registry.issue_api_key("tinh_b")
+        with running(create_app(load_gateway_settings(database_url), load_catalog())) as base:
+            target = tmp_path / "province_b_catalog"
+            target.mkdir()
+            for source in CATALOG_DIR.glob("*.yaml"):
+                (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+            with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
+                handle.write("\n  lgsp_a:\n    title: Province A's sharing gateway\n    protocol: rest\n"
+                             f"    endpoint: {base}\n"
+                             "    auth: {type: api_key, header: X-API-Key, secret: env:LGSP_A_KEY}\n")
+            monkeypatch.setenv("LGSP_A_KEY", key)
+            monkeypatch.setenv("LGSP_HOME", str(tmp_path / "province_b"))
+            monkeypatch.setenv("LGSP_DATABASE_URL", f"sqlite:///{tmp_path / 'province_b.db'}")
+            draft = discover(load_catalog(target), "lgsp_a", "/api/v1/datasets/enterprise/records",
+                             dataset="a_enterprise", pipeline="a_enterprises")
+            assert (draft.key, draft.cursor_field) == (["tax_code"], "updated_at")
+            assert {k: draft.source.get(k) for k in ("records_field", "cursor_param", "until_param")} == \
+                {"records_field": "records", "cursor_param": "updated_at__gte", "until_param": "updated_at__lt"}
+            assert draft.source["paginator"] == {"type": "cursor", "token_field": "next_cursor", "token_param":
+                                                 "cursor", "size_param": "limit", "page_size": 500}
+            write_draft(draft, target)
+            catalog = load_catalog(target)
+            answer = requests.get(f"{base}/api/v1/datasets/enterprise/export", params={"format": "jsonl"},
+                                  headers={"X-API-Key": key}, timeout=30)
+            exported = {r["tax_code"]: r for r in map(orjson.loads, answer.content.splitlines())}
+            first = runner.run_pipeline("a_enterprises", catalog=catalog, settings=load_settings())
+            assert first["rows_pulled"] == len(exported) > 0
+            copy = runner.open_warehouse(catalog, load_settings())
+            with copy.engine.connect() as conn:
+                held = {r["tax_code"]: r for r in conn.execute(sa.text("SELECT * FROM core_a_enterprise")).mappings()}
+            assert set(held) == set(exported)
+            for code, record in exported.items():  # as granted: the legal representative masked
+                assert {c: held[code][c] for c in ("name", "status", "legal_representative")} == \
+                    {c: record[c] for c in ("name", "status", "legal_representative")}
+            again = runner.run_pipeline("a_enterprises", catalog=catalog, settings=load_settings())
+            assert again["rows_changed"] == 0 and again["rows_pulled"] < first["rows_pulled"], "incremental"
