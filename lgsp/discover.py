@@ -634,15 +634,43 @@ def _declared_records(xsd_type: Any, depth: int = 0) -> dict[str, str]:
     return {}
 
 
+OPENAPI_PATHS = ("/openapi.json", "/v3/api-docs", "/swagger.json", "/v2/api-docs", "/api-docs")
+
+
 def list_operations(system: SystemSpec) -> list[str]:
-    """A SOAP system's operations with their arguments (`ListChangedCitizens(since: dateTime, ...)`)."""
-    ask = Asker(system, "", "POST", {})
-    try:
-        client = ask.transport._connect()  # type: ignore[attr-defined]
-        return [f"{name}({op.input.signature()})" for s in client.wsdl.services.values() for p in s.ports.values()
-                for name, op in p.binding._operations.items()]
-    finally:
-        ask.close()
+    """A system's operations: a SOAP system's with their arguments (`ListChangedCitizens(since: xsd:dateTime, ...)`),
+    a REST system's from the OpenAPI document it serves (`GET /api/v1/items  summary  (query: since, limit)`)."""
+    if system.protocol == "soap":
+        ask = Asker(system, "", "POST", {})
+        try:
+            client = ask.transport._connect()  # type: ignore[attr-defined]
+            return [f"{name}({op.input.signature()})" for s in client.wsdl.services.values()
+                    for p in s.ports.values() for name, op in p.binding._operations.items()]
+        finally:
+            ask.close()
+    for where in OPENAPI_PATHS:
+        ask = Asker(system, where, "GET", {})
+        try:
+            document = ask.call({})
+        finally:
+            ask.close()
+        if isinstance(document, dict) and isinstance(document.get("paths"), dict):
+            return _openapi_operations(document)
+    raise DiscoverError(f"{system.name} serves no OpenAPI document (asked {', '.join(OPENAPI_PATHS)}): name the path "
+                        f"to ask (e.g. `lgsp discover {system.name} /api/v1/items`)")
+
+
+def _openapi_operations(document: dict[str, Any]) -> list[str]:
+    lines = []
+    for path, item in sorted(document["paths"].items()):
+        for method, operation in item.items():
+            if method not in ("get", "post") or not isinstance(operation, dict):
+                continue
+            query = [p.get("name") for p in [*item.get("parameters", []), *operation.get("parameters", [])]
+                     if isinstance(p, dict) and p.get("in") == "query"]
+            said = operation.get("summary") or operation.get("operationId") or ""
+            lines.append(f"{method.upper()} {path}  {said}" + (f"  (query: {', '.join(query)})" if query else ""))
+    return lines
 
 
 # --- the whole draft -----------------------------------------------------------------------------------------------

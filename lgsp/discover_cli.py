@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
 
 def discover(system: str = typer.Argument(None, help="a system declared in catalog/systems.yaml"),
              operation: str = typer.Argument(None, help="REST: the path (/api/cards); SOAP: the operation "
-                                                        "(without it, a SOAP system's operations are listed)"),
+                                                        "(without it, the system's operations are listed: a SOAP "
+                                                        "system's from its WSDL, a REST one's from its OpenAPI)"),
              dataset: str = typer.Option(None, help="the dataset's name (default: from the path or operation)"),
              pipeline: str = typer.Option(None, help="the pipeline's name (default: SYSTEM_DATASETs)"),
              sample: int = typer.Option(1000, min=1, max=100_000, help="records to read for the columns and rules"),
@@ -60,13 +61,13 @@ def discover(system: str = typer.Argument(None, help="a system declared in catal
     if system is None:
         fail("name a system (and its operation), or a pipeline with --compare")
     if system in catalog.systems and operation is None:
-        if catalog.systems[system].protocol != "soap":
-            fail(f"name the path to ask {system} (e.g. `lgsp discover {system} /api/v1/items`)")
         try:
             for line in list_operations(catalog.systems[system]):
                 print(line)
+        except DiscoverError as exc:
+            fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - the connector's error names the system and what to check
-            fail(f"cannot read {system}'s WSDL: {exc}")
+            fail(f"cannot read {system}'s operations: {exc}")
         return
     pairs = [item.partition("=") for item in param or []]
     if any(not sep or not name for name, sep, _ in pairs):

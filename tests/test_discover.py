@@ -142,7 +142,8 @@ def test_a_faulty_peer_gives_the_same_draft_or_a_clear_error(tmp_path: Path, san
     with pytest.raises(DiscoverError, match="no system 'bhyt'.*docs/adding-a-system.md"):
         discover(catalog, "bhyt", "/api/cards")
     result = CliRunner().invoke(_app(), ["discover", "tthc"], env={"COLUMNS": "300"})
-    assert result.exit_code == 1 and "name the path to ask tthc" in result.output
+    assert result.exit_code == 1 and "tthc serves no OpenAPI document (asked /openapi.json" in \
+        " ".join(result.output.split()) and "name the path" in result.output
 
 
 def test_values_columns_keys_and_shapes() -> None:
@@ -286,6 +287,15 @@ def test_another_provinces_lgsp_is_a_source_drafted_and_synced(tmp_path: Path, s
             monkeypatch.setenv("LGSP_A_KEY", key)
             monkeypatch.setenv("LGSP_HOME", str(tmp_path / "province_b"))
             monkeypatch.setenv("LGSP_DATABASE_URL", f"sqlite:///{tmp_path / 'province_b.db'}")
+            from lgsp.discover import list_operations
+
+            listed = list_operations(load_catalog(target).systems["lgsp_a"])  # from A's /openapi.json
+            assert [line for line in listed if line.startswith("GET /api/v1/datasets/enterprise/records  ")] == [
+                "GET /api/v1/datasets/enterprise/records  Records of enterprise (restricted)  (query: fields, sort, "
+                "q, limit, cursor, tax_code, tax_code__in, enterprise_type, enterprise_type__in, status, status__in, "
+                "registered_on, registered_on__in, registered_on__gte, registered_on__gt, registered_on__lte, "
+                "registered_on__lt, commune_code, commune_code__in, updated_at, updated_at__in, updated_at__gte, "
+                "updated_at__gt, updated_at__lte, updated_at__lt)"]
             draft = discover(load_catalog(target), "lgsp_a", "/api/v1/datasets/enterprise/records",
                              dataset="a_enterprise", pipeline="a_enterprises")
             assert (draft.key, draft.cursor_field) == (["tax_code"], "updated_at")
