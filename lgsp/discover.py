@@ -466,20 +466,6 @@ def _first_named(scalars: dict[str, Any], names: tuple[str, ...], kind: type = i
     return None
 
 
-@dataclass
-class Found:
-    """What the probes found of an operation's records, paging and cursor."""
-
-    records_field: str
-    first: list[dict[str, Any]]
-    paginator: dict[str, Any]
-    cursor_param: str | None = None
-    until_param: str | None = None
-    cursor_format: str = "iso"
-    total_field: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
 def _size_param(ask: Asker, path: str, first: int, names: tuple[str, ...]) -> str | None:
     """The parameter that makes the answer hold PROBE_SIZE records."""
     if first <= PROBE_SIZE:
@@ -504,7 +490,7 @@ def find_paging(ask: Asker, path: str, answer: dict[str, Any], inputs: list[str]
     names = tuple(inputs) if inputs is not None else ()
     size_names = tuple(n for n in names if n in SIZE_NAMES or "size" in n.lower()) if inputs is not None else SIZE_NAMES
     link = next((p for p, v in scalars.items() if LINK_FIELD.match(_last(p)) and isinstance(v, str) and v), None)
-    token = next((p for p, v in scalars.items() if TOKEN_FIELD.match(_last(p))), None)
+    token = next((p for p, v in scalars.items() if TOKEN_FIELD.match(_last(p)) and v not in (None, "")), None)
     pages = _first_named(scalars, TOTAL_PAGES_NAMES)
     size = _size_param(ask, path, len(first), size_names)
     small = ask.call({size: PROBE_SIZE}) if size else answer
@@ -512,7 +498,7 @@ def find_paging(ask: Asker, path: str, answer: dict[str, Any], inputs: list[str]
     if link:
         return {"type": "next_link", "next_field": link, "size_param": size, "page_size": 200}
     if token:
-        value = dig(small or {}, token)
+        value = dig(small or {}, token) or dig(answer, token)
         stem = re.sub(r"(?i)^next_?", "", _last(token))
         guesses = [n for n in names if "token" in n.lower() or "cursor" in n.lower()] if inputs is not None else [
             stem, stem[:1].lower() + stem[1:], re.sub(r"(?<!^)(?=[A-Z])", "_", stem).lower(), "cursor", "page_token",
@@ -524,10 +510,11 @@ def find_paging(ask: Asker, path: str, answer: dict[str, Any], inputs: list[str]
                         "page_size": 500}
         raise DiscoverError(f"the answer carries a next-page token ({token}) but no parameter tried "
                             f"({', '.join(dict.fromkeys(guesses))}) takes it back: name the paginator in the draft")
-    offset = next((n for n in (names or OFFSET_NAMES) if n in OFFSET_NAMES and _last(n) in
-                   {_last(p) for p in scalars} | (set(names) if inputs is not None else set())), None)
+    echoed = {_last(p) for p in scalars}
+    offsets = [n for n in names if n in OFFSET_NAMES] if inputs is not None else \
+        sorted(OFFSET_NAMES, key=lambda n: n not in echoed)  # the one the answer names first
     page = next((n for n in (names or PAGE_NAMES) if n in PAGE_NAMES), None)
-    if offset and size:
+    for offset in offsets if size else []:
         moved = ask.call({size: PROBE_SIZE, offset: PROBE_SIZE})
         if _differs(small_records, _records(moved, path)):
             total = _first_named(scalars, TOTAL_NAMES)
