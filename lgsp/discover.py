@@ -24,7 +24,12 @@ writes them as a draft in which every guess was checked against the system's ans
   passes at least 95% of it (99% for the order of two dates); the rest would go to quarantine, and
   the draft says how many.
 
+- **Sharing** (`share`): catalog/sharing.yaml's entry, restricted, every personal-looking column protected
+  (a personal ID pseudonymised, a name masked, the rest withheld).
+
 Nothing is written unless asked (`write_draft`): the draft is YAML to read, its guesses noted.
+`compare` turns the same reading on a pipeline already in the catalog: does its system still
+answer as the catalog says?
 """
 from __future__ import annotations
 
@@ -114,6 +119,8 @@ class Draft:
     source: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     personal: list[str] = field(default_factory=list)
+    owner: str = ""
+    share: bool = False  # draft catalog/sharing.yaml's entry too (restricted, personal columns protected)
 
     def dataset_block(self) -> dict[str, Any]:
         block: dict[str, Any] = {"title": self.title, "key": list(self.key)}
@@ -132,6 +139,18 @@ class Draft:
                 "dataset": self.dataset, "schedule": "@daily", "freshness": {"warn_after": "30h", "error_after": "3d"},
                 **({"lookback_s": 3600} if self.source.get("cursor_param") else {}), "tags": [self.system]}
 
+    def sharing_block(self) -> dict[str, Any]:
+        """Restricted; every column shared; each personal-looking column protected (a personal ID pseudonymised so
+        agencies can still join on it, a name masked, anything else withheld); filterable: the columns that are
+        not personal and are a time, a flag, a code or one of a few values."""
+        ruled = {c["column"] for c in self.checks if c["rule"] in ("enum", "commune_code", "pattern") and "column" in c}
+        filterable = [n for n, c in self.columns.items() if n not in self.personal
+                      and (c.type in ("date", "timestamp", "boolean") or n in ruled or n in self.key)]
+        return {"description": f"{self.title}. Drafted by lgsp discover: say what it is for and who may ask.",
+                "owner": self.owner or self.system, "licence": "restricted-government-use", "access": "restricted",
+                "columns": list(self.columns), "filterable": filterable,
+                "personal": {n: _policy(n, self) for n in self.personal}}
+
     def dataset_spec(self) -> DatasetSpec:
         return DatasetSpec(name=self.dataset, **self.dataset_block())
 
@@ -140,8 +159,11 @@ class Draft:
 
     def yaml_blocks(self) -> dict[str, str]:
         """{catalog file: text to append to it}, as docs/adding-a-system.md writes them."""
-        return {"datasets.yaml": _block(self.dataset, self.dataset_block()),
-                "pipelines.yaml": _block(self.pipeline, self.pipeline_block())}
+        blocks = {"datasets.yaml": _block(self.dataset, self.dataset_block()),
+                  "pipelines.yaml": _block(self.pipeline, self.pipeline_block())}
+        if self.share:
+            blocks["sharing.yaml"] = _block(self.dataset, self.sharing_block())
+        return blocks
 
     def text(self) -> str:
         """The draft to read: what was found, then each block under the name of its catalog file."""
@@ -150,6 +172,16 @@ class Draft:
         for name, block in self.yaml_blocks().items():
             lines += ["", f"# catalog/{name}", block.rstrip("\n")]
         return "\n".join(lines) + "\n"
+
+
+def _policy(column: str, draft: Draft) -> str:
+    """pseudonym for a personal ID (a join key kept), mask for a name, withhold for the rest (a date, an address)."""
+    if re.search(r"(?i)personal_id|cccd|cmnd|so_?dinh_?danh", column) or any(
+            c["rule"] == "cccd" and c["column"] == column for c in draft.checks):
+        return "pseudonym"
+    if re.search(r"(?i)name|ho_?ten|representative", column) and draft.columns[column].type == "string":
+        return "mask"
+    return "withhold"
 
 
 def _flow(value: Any) -> str:
@@ -161,7 +193,7 @@ def _block(name: str, body: dict[str, Any]) -> str:
     """`  name:` then its fields, nested mappings one line each (the catalog's own style)."""
     lines = [f"  {name}:"]
     for key, value in body.items():
-        if isinstance(value, dict) and key in ("columns", "source"):
+        if isinstance(value, dict) and key in ("columns", "source") and value:
             lines.append(f"    {key}:")
             lines += [f"      {k}: {_flow(v)}" for k, v in value.items()]
         elif key == "checks":
@@ -678,7 +710,7 @@ def _pipeline_name(system: str, dataset: str) -> str:
 
 def discover(catalog: Catalog, system_name: str, operation: str, *, dataset: str | None = None,
              pipeline: str | None = None, sample: int = 1000, params: dict[str, Any] | None = None,
-             method: str = "GET", records_field: str | None = None) -> Draft:
+             method: str = "GET", records_field: str | None = None, share: bool = False) -> Draft:
     """Ask `system_name`'s `operation` and draft its dataset and pipeline (see the module's docstring)."""
     system = catalog.systems.get(system_name)
     if system is None:
@@ -692,10 +724,15 @@ def discover(catalog: Catalog, system_name: str, operation: str, *, dataset: str
     name = dataset or _singular(words[-1] if words else system_name)
     ask = Asker(system, operation, "POST" if system.protocol == "soap" else method, params)
     try:
-        return _discover(ask, system, operation, name, pipeline or _pipeline_name(system_name, name), sample,
-                         records_field)
+        draft = _discover(ask, system, operation, name, pipeline or _pipeline_name(system_name, name), sample,
+                          records_field)
     finally:
         ask.close()
+    draft.owner, draft.share = system.owner, share
+    if share and draft.personal:
+        draft.notes.append("sharing: restricted; " + ", ".join(f"{c} {_policy(c, draft)}" for c in draft.personal)
+                           + " unless a grant names the column (--personal)")
+    return draft
 
 
 def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipeline: str, sample: int,
@@ -815,14 +852,17 @@ def _sample(system: SystemSpec, source: dict[str, Any], paginator: dict[str, Any
 
 
 def write_draft(draft: Draft, directory: Path) -> list[Path]:
-    """Append the draft's blocks to the catalog files in `directory`, after checking the whole catalog loads."""
+    """Append the draft's blocks to the catalog files in `directory` (datasets, pipelines, and sharing when drafted),
+    after checking the whole catalog loads with them."""
     import tempfile
 
     from catalog import load_catalog
 
     catalog = load_catalog(directory)
     taken = [f"{kind} {name}" for kind, name, names in (("dataset", draft.dataset, catalog.datasets),
-                                                          ("pipeline", draft.pipeline, catalog.pipelines))
+                                                          ("pipeline", draft.pipeline, catalog.pipelines),
+                                                          ("shared dataset", draft.dataset if draft.share else "",
+                                                           catalog.sharing))
              if name in names]
     if taken:
         raise DiscoverError(f"the catalog already has {' and '.join(taken)}: "

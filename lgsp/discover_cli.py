@@ -35,7 +35,10 @@ def discover(system: str = typer.Argument(None, help="a system declared in catal
              post: bool = typer.Option(False, help="REST: call with POST and a JSON body (parameters in it)"),
              records_field: str = typer.Option(None, help="where the records are in the answer (dotted path; "
                                                           "default: its largest array of objects)"),
+             share: bool = typer.Option(False, help="draft catalog/sharing.yaml's entry too: restricted, every "
+                                                    "personal-looking column protected (pseudonym, mask, withhold)"),
              write: bool = typer.Option(False, help="append the draft to catalog/datasets.yaml and pipelines.yaml "
+                                                    "(and sharing.yaml) "
                                                     "(LGSP_CATALOG_DIR), after checking the catalog loads with it"),
              compare: str = typer.Option(None, help="instead: does this pipeline's system still answer as the catalog "
                                                     "says? (columns, types, key, cursor, rules; exit 1 on an error)"),
@@ -76,7 +79,7 @@ def discover(system: str = typer.Argument(None, help="a system declared in catal
     try:
         draft = draft_of(catalog, system, operation or "", dataset=dataset, pipeline=pipeline, sample=sample,
                          params={name: value for name, _, value in pairs}, method="POST" if post else "GET",
-                         records_field=records_field)
+                         records_field=records_field, share=share)
     except DiscoverError as exc:
         fail(str(exc))
     print(draft.text(), end="")

@@ -89,7 +89,7 @@ def test_the_drafted_pipeline_syncs_every_record(tmp_path: Path, lgsp_env: Any, 
     _catalog_with_health_insurance(target)
     monkeypatch.setenv("LGSP_CATALOG_DIR", str(target))
     result = CliRunner().invoke(_app(), ["discover", "health_insurance", "/api/cards", "--dataset",
-                                         "health_insurance_card", "--write"], env={"COLUMNS": "300"})
+                                         "health_insurance_card", "--share", "--write"], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert os.environ["LGSP_HEALTH_INSURANCE_API_KEY"] not in result.output
     assert "# catalog/datasets.yaml\n  health_insurance_card:\n" in result.output
@@ -114,11 +114,53 @@ def test_the_drafted_pipeline_syncs_every_record(tmp_path: Path, lgsp_env: Any, 
                               "health_insurance_cards")
 
     again = CliRunner().invoke(_app(), ["discover", "health_insurance", "/api/cards", "--dataset",
-                                        "health_insurance_card", "--write"], env={"COLUMNS": "300"})
+                                        "health_insurance_card", "--share", "--write"], env={"COLUMNS": "300"})
     assert again.exit_code == 1
-    assert "already has dataset health_insurance_card and pipeline health_insurance_cards" in \
-        " ".join(again.output.split())
+    assert "already has dataset health_insurance_card and pipeline health_insurance_cards and shared dataset " \
+        "health_insurance_card" in " ".join(again.output.split())
     assert load_catalog(target).datasets["health_insurance_card"] == drafted  # nothing appended twice
+    _read_through_the_gateway(catalog, sandbox_handle, tmp_path, lgsp_env.database_url)
+
+
+def _read_through_the_gateway(catalog: Any, sandbox_handle: Any, tmp_path: Path, url: str) -> None:
+    """The drafted sharing entry, served: restricted, the personal columns protected unless granted in clear."""
+    import dataclasses
+
+    import requests
+
+    from gateway.agencies import AgencyRegistry
+    from gateway.api import create_app
+    from gateway.service import _write_engine, prepare_database
+    from gateway.settings import load_gateway_settings
+    from test_gateway import gateway_env, running
+
+    shared = catalog.sharing["health_insurance_card"]
+    assert (shared.access, shared.personal) == ("restricted", {"personal_id": "pseudonym", "full_name": "mask",
+                                                               "birth_date": "withhold"})
+    assert shared.columns == list(catalog.datasets["health_insurance_card"].columns)
+    assert {"card_no", "sex", "commune_code", "valid_from", "valid_to", "updated_at"} <= set(shared.filterable)
+    assert not set(shared.filterable) & set(shared.personal)
+    with gateway_env(sandbox_handle, tmp_path / "home", url):
+        prepare_database(url, catalog)
+        registry = AgencyRegistry(_write_engine(url), catalog)
+        registry.add_agency("so_y_te", "Sở Y tế", 1000.0)
+        key = registry.issue_api_key("so_y_te")
+        settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0)  # grants seen at once
+        with running(create_app(settings, catalog)) as base:
+            path = f"{base}/api/v1/datasets/health_insurance_card/records"
+            assert requests.get(path, headers={"X-API-Key": key}, timeout=30).status_code == 403, "restricted"
+            registry.grant("so_y_te", "health_insurance_card")
+            truth = {r["card_no"]: r for r in sandbox_handle.data.records("health_insurance_card")}
+            answer = requests.get(path, headers={"X-API-Key": key}, params={"limit": 50}, timeout=30)
+            records = answer.json()["records"]
+            assert len(records) == 50
+            for record in records:
+                raw = truth[record["card_no"]]
+                assert record["birth_date"] is None and record["personal_id"] != raw["personal_id"]
+                assert record["full_name"] == "*" * (len(raw["full_name"]) - 3) + raw["full_name"][-3:]
+            registry.grant("so_y_te", "health_insurance_card", personal=["full_name"])
+            records = requests.get(path, headers={"X-API-Key": key}, params={"limit": 5}, timeout=30).json()["records"]
+            assert all(r["full_name"] == truth[r["card_no"]]["full_name"] for r in records), "granted in clear"
 
 
 def test_a_faulty_peer_gives_the_same_draft_or_a_clear_error(tmp_path: Path, sandbox_env: Any) -> None:
