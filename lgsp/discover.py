@@ -23,7 +23,6 @@ writes them as a draft in which every guess was checked against the system's ans
 - **Row rules** lgsp knows (quality.rules), proposed when the rule itself, run on the typed sample,
   passes at least 95% of it (99% for the order of two dates); the rest would go to quarantine, and
   the draft says how many.
-
 - **Sharing** (`share`): catalog/sharing.yaml's entry, restricted, every personal-looking column protected
   (a personal ID pseudonymised, a name masked, the rest withheld).
 
@@ -624,19 +623,23 @@ def cursor_column(ask: Asker, path: str, columns: dict[str, ColumnGuess], sample
     return times[0], f"cursor_field {times[0]}: by its name; no column was confirmed by asking with {cursor}"
 
 
+def _soap_operations(ask: Asker) -> dict[str, Any]:
+    """The operations of the system's WSDL (every service and port), by name."""
+    client = ask.transport._connect()  # type: ignore[attr-defined]
+    return {name: operation for service in client.wsdl.services.values() for port in service.ports.values()
+            for name, operation in port.binding._operations.items()}
+
+
 def soap_signature(ask: Asker) -> tuple[dict[str, str], dict[str, str]]:
     """(the operation's arguments and their column types, its records' declared column types)."""
-    client = ask.transport._connect()  # type: ignore[attr-defined]
-    for service in client.wsdl.services.values():
-        for port in service.ports.values():
-            operation = port.binding._operations.get(ask.operation)
-            if operation is None:
-                continue
-            inputs = {name: XSD_TYPES.get(getattr(element.type, "name", "") or "", "string")
-                      for name, element in operation.input.body.type.elements}
-            return inputs, _declared_records(operation.output.body.type)
-    known = sorted({n for s in client.wsdl.services.values() for p in s.ports.values() for n in p.binding._operations})
-    raise DiscoverError(f"{ask.system.name} has no operation {ask.operation!r} (its WSDL has: {', '.join(known)})")
+    operations = _soap_operations(ask)
+    operation = operations.get(ask.operation)
+    if operation is None:
+        raise DiscoverError(f"{ask.system.name} has no operation {ask.operation!r} "
+                            f"(its WSDL has: {', '.join(sorted(operations))})")
+    inputs = {name: XSD_TYPES.get(getattr(element.type, "name", "") or "", "string")
+              for name, element in operation.input.body.type.elements}
+    return inputs, _declared_records(operation.output.body.type)
 
 
 def _declared_records(xsd_type: Any, depth: int = 0) -> dict[str, str]:
@@ -662,9 +665,7 @@ def list_operations(system: SystemSpec) -> list[str]:
     if system.protocol == "soap":
         ask = Asker(system, "", "POST", {})
         try:
-            client = ask.transport._connect()  # type: ignore[attr-defined]
-            return [f"{name}({op.input.signature()})" for s in client.wsdl.services.values()
-                    for p in s.ports.values() for name, op in p.binding._operations.items()]
+            return [f"{name}({op.input.signature()})" for name, op in _soap_operations(ask).items()]
         finally:
             ask.close()
     for where in OPENAPI_PATHS:
