@@ -22,8 +22,6 @@ class Strict(BaseModel):
 
 SECRET_REF = re.compile(r"^(env|conn):[A-Za-z_][A-Za-z0-9_]*$")
 
-AuthType = Literal["none", "api_key", "bearer", "basic", "oauth2_client_credentials", "session_login",
-                   "wsse_username", "mtls"]
 
 
 class AuthSpec(Strict):
@@ -43,7 +41,7 @@ class AuthSpec(Strict):
         {type: mtls, cert: ${LGSP_CIVIL_SERVANTS_CERT}, key: ${LGSP_CIVIL_SERVANTS_KEY}, ca: ${LGSP_CIVIL_SERVANTS_CA}}
     """
 
-    type: AuthType = "none"
+    type: Identifier = "none"  # lgsp's own methods, or an installed package's (lgsp.plugins): `lgsp catalog` checks
     header: str | None = None
     username: str | None = None
     secret: str | None = None

@@ -232,8 +232,13 @@ class MutualTls(AuthMethod):
 
 def make_auth(spec: AuthSpec, system: str, endpoint: str) -> AuthMethod:
     """The auth method named by `spec.type`, with its secrets resolved."""
+    if spec.type not in AUTH_METHODS:  # perhaps an installed package's (lgsp.plugins)
+        from lgsp.plugins import load_plugins
+
+        load_plugins()
     try:
         cls = AUTH_METHODS[spec.type]
     except KeyError:
-        raise ValueError(f"unknown auth type '{spec.type}' (known: {', '.join(sorted(AUTH_METHODS))})") from None
+        raise ValueError(f"unknown auth type '{spec.type}' (known: {', '.join(sorted(AUTH_METHODS))}; an installed "
+                         "package adds one by the entry point group lgsp.auth)") from None
     return cls(spec, system, endpoint)

@@ -167,8 +167,13 @@ class NextLinkPaginator(_Configured):
 
 
 def make_paginator(kind: str, params: dict[str, Any]) -> Paginator:
+    if kind not in PAGINATORS:  # perhaps an installed package's (lgsp.plugins)
+        from lgsp.plugins import load_plugins
+
+        load_plugins()
     try:
         cls = PAGINATORS[kind]
     except KeyError:
-        raise ValueError(f"unknown paginator '{kind}' (known: {', '.join(sorted(PAGINATORS))})") from None
+        raise ValueError(f"unknown paginator '{kind}' (known: {', '.join(sorted(PAGINATORS))}; an installed "
+                         "package adds one by the entry point group lgsp.paginators)") from None
     return cls(**params)  # type: ignore[no-any-return]

@@ -299,8 +299,25 @@ def pipelines() -> None:
 
 @app.command(name="catalog")
 def check_catalog() -> None:
-    """Validate the catalog files; exit non-zero naming the file and field if one is wrong."""
+    """Validate the catalog files; exit non-zero naming the file and field if one is wrong.
+
+    Beyond the files' shapes: every row rule, paginator and auth method named, and their parameters
+    (lgsp's own and installed extensions', which are listed)."""
+    from rich.markup import escape
+
+    from catalog.loader import CATALOG_DIR
+    from lgsp.catalog_check import problems
+    from lgsp.plugins import load_plugins
+
     c = load_catalog()
+    wrong = problems(c, Path(os.environ.get("LGSP_CATALOG_DIR") or CATALOG_DIR))
+    for plugin in load_plugins():
+        console.print(f"extension {escape(plugin.said())}", style="red" if plugin.error else None)
+    for problem in wrong:
+        console.print(f"[bold red]error:[/] {escape(problem)}")
+    broken = [p for p in load_plugins() if p.error]
+    if wrong or broken:
+        raise typer.Exit(1)
     console.print(f"catalog ok: {len(c.systems)} systems, {len(c.datasets)} datasets, "
                   f"{len(c.pipelines)} pipelines, {len(c.indicators)} indicators")
 

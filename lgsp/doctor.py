@@ -83,8 +83,20 @@ def _catalog(found: list[Check]) -> Any:
         found.append(Check("catalog", "catalog/*.yaml", "error", str(exc), "fix the file and field it names "
                            "(`lgsp catalog`)"))
         return None
+    from catalog.loader import CATALOG_DIR
+    from lgsp.catalog_check import problems
+    from lgsp.plugins import load_plugins
+
+    wrong = problems(catalog, Path(os.environ.get("LGSP_CATALOG_DIR") or CATALOG_DIR))
+    broken = [p.said() for p in load_plugins() if p.error]
+    if wrong or broken:
+        found.append(Check("catalog", "catalog/*.yaml", "error", "; ".join([*wrong, *broken]),
+                           "fix the file and field it names, or the extension's package (`lgsp catalog`)"))
+        return catalog
+    loaded = [p.name for p in load_plugins()]
     found.append(Check("catalog", "catalog/*.yaml", "ok", f"{len(catalog.systems)} systems, "
-                       f"{len(catalog.datasets)} datasets, {len(catalog.pipelines)} pipelines"))
+                       f"{len(catalog.datasets)} datasets, {len(catalog.pipelines)} pipelines"
+                       + (f"; extensions: {', '.join(loaded)}" if loaded else "")))
     return catalog
 
 

@@ -50,6 +50,10 @@ def run_row_checks(frame: pd.DataFrame, dataset: DatasetSpec,
     for position, reason in (type_errors or {}).items():
         rejected[position] = Rejection(position, "type", reason)
     for check in row_checks(dataset):
+        if check.rule not in RULES:  # perhaps an installed package's (lgsp.plugins)
+            from lgsp.plugins import load_plugins
+
+            load_plugins()
         try:
             spec = RULES[check.rule]
         except KeyError:
