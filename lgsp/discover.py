@@ -19,6 +19,8 @@ writes them as a draft in which every guess was checked against the system's ans
   ISO dates and times are dates and timestamps; SOAP: the type the WSDL declares), required when
   filled in every sampled record (of 100 at least); a nested field is left out (a sync keeps it in
   `_extras`).
+- **Names**: a field that is not a column name (`MaHoSo`) gets one (`ma_ho_so`), mapped by the source's
+  `fields`; a boolean named as a deletion flag (`deleted`, `da_xoa`) is the `delete_field`.
 - **Key**: the first column filled and unique in the whole sample (two columns if none is).
 - **Row rules** lgsp knows (quality.rules), proposed when the rule itself, run on the typed sample,
   passes at least 95% of it (99% for the order of two dates); the rest would go to quarantine, and
@@ -54,9 +56,11 @@ ORDER_HOLDS = 0.99  # an order of two dates or times must hold on this share (a 
 FUTURE = datetime(2100, 1, 1, tzinfo=timezone.utc)
 PAST = datetime(1971, 1, 1, tzinfo=timezone.utc)
 CURSOR_NAMES = ("updated_since", "since", "modified_since", "modified_after", "changed_since", "updated_after",
-                "updatedSince", "modifiedSince", "lastModified", "from", "from_date", "tu_ngay")
+                "updatedSince", "modifiedSince", "modifiedFrom", "updatedFrom", "lastModified", "from", "from_date",
+                "fromDate", "tu_ngay", "tuNgay", "TuNgay")
 UNTIL_NAMES = ("updated_until", "until", "modified_before", "modified_until", "changed_until", "updated_before",
-               "updatedUntil", "modifiedBefore", "to", "to_date", "den_ngay")
+               "updatedUntil", "modifiedBefore", "modifiedTo", "updatedTo", "to", "to_date", "toDate", "den_ngay",
+               "denNgay", "DenNgay")
 SINCE_SUFFIXES = ("__gte", "__gt", "_gte", "_from", "_since", "_after", "[gte]")  # filters on a record's own time
 UNTIL_SUFFIXES = ("__lt", "__lte", "_lt", "_to", "_until", "_before", "[lt]")
 SIZE_NAMES = ("limit", "page_size", "per_page", "pageSize", "perPage", "size", "take", "top", "max_results")
@@ -66,6 +70,7 @@ TOTAL_PAGES_NAMES = ("total_pages", "totalPages", "pages", "page_count", "pageCo
 TOTAL_NAMES = ("total", "total_count", "totalCount", "count", "total_records", "totalRecords", "totalElements")
 TOKEN_FIELD = re.compile(r"(?i)^next_?(page_?)?(cursor|token)$|^(cursor|continuation_?token)$")
 LINK_FIELD = re.compile(r"(?i)^(next|next_?link|next_?url|@odata\.nextLink)$")
+DELETED = re.compile(r"(?i)(is_?)?(deleted|removed|da_?xoa|xoa|huy)")
 UPDATED = re.compile(r"(?i)(updat|modif|chang|last|cap_?nhat)")
 IDENTIFIER = re.compile(r"(?i)(_no|_id|id|_code|code|_number|_symbol|name|ten)$")
 PERSONAL = re.compile(r"(?i)(personal_id|cccd|cmnd|full_?name|ho_?ten|birth|ngay_?sinh|address|dia_?chi|phone|"
@@ -118,6 +123,7 @@ class Draft:
     source: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     personal: list[str] = field(default_factory=list)
+    delete_field: str | None = None
     owner: str = ""
     share: bool = False  # draft catalog/sharing.yaml's entry too (restricted, personal columns protected)
 
@@ -125,6 +131,8 @@ class Draft:
         block: dict[str, Any] = {"title": self.title, "key": list(self.key)}
         if self.cursor_field:
             block["cursor_field"] = self.cursor_field
+        if self.delete_field:
+            block["delete_field"] = self.delete_field
         block["columns"] = {name: {"type": c.type, "required": True}
                             if c.required(self.sampled) or name in self.key or name == self.cursor_field
                             else {"type": c.type} for name, c in self.columns.items()}
@@ -446,14 +454,15 @@ class Asker:
         self.transport.close()
 
 
-def records_path(answer: dict[str, Any]) -> str | None:
-    """The dotted path of the answer's largest array of objects (a SOAP wrapper of one array counts as one)."""
+def records_path(answer: dict[str, Any], soap: bool = False) -> str | None:
+    """The dotted path of the answer's largest array of objects (SOAP: an array's wrapper element, as
+    `extract_records` reads it: `items` for `items: {Citizen: [...]}`)."""
     found: list[tuple[int, str]] = []
 
     def walk(node: dict[str, Any], path: str, depth: int) -> None:
         for name, value in node.items():
             here = f"{path}.{name}" if path else name
-            if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
+            if soap and isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
                 value = next(iter(value.values()))
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 found.append((len(value), here))
@@ -599,7 +608,7 @@ def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]], inputs: dict
 
 
 def cursor_column(ask: Asker, path: str, columns: dict[str, ColumnGuess], sample: list[dict[str, Any]],
-                  cursor: str | None, style: str, params: dict[str, Any]) -> tuple[str | None, str]:
+                  cursor: str | None, style: str, renames: dict[str, str]) -> tuple[str | None, str]:
     """The timestamp column the cursor parameter filters on, and why it is thought so."""
     import pandas as pd
 
@@ -613,9 +622,10 @@ def cursor_column(ask: Asker, path: str, columns: dict[str, ColumnGuess], sample
     for name in times:
         stamps = pd.to_datetime(pd.Series([r.get(name) for r in sample]), utc=True, format="ISO8601").sort_values()
         middle = stamps.iloc[len(stamps) // 2].to_pydatetime()
-        answered = _records(ask.call({**params, cursor: format_cursor(middle, style)}), path)
+        answered = _records(ask.call({cursor: format_cursor(middle, style)}), path)
         if not answered:
             continue
+        answered = [{renames.get(k, k): v for k, v in r.items()} for r in answered]
         got = pd.to_datetime(pd.Series([r.get(name) for r in answered]), utc=True, format="ISO8601")
         if (got >= middle).all():
             return name, (f"cursor_field {name}: asked from its middle sampled value ({middle.isoformat()}), "
@@ -702,6 +712,32 @@ def _singular(text: str) -> str:
     return word[:-3] + "y" if word.endswith("ies") else word[:-1] if word.endswith("s") else word
 
 
+COLUMN_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def column_names(fields: Any) -> dict[str, str]:
+    """{source field: column} for each field that is not already a column name: `MaTTHC` -> `ma_tthc`,
+    `ThoiHanGiaiQuyet` -> `thoi_han_giai_quyet`, `ngàyCấp` -> `ngay_cap`."""
+    import unicodedata
+
+    names = list(dict.fromkeys(fields))
+    taken = {n for n in names if COLUMN_NAME.fullmatch(n)}
+    renames = {}
+    for name in names:
+        if name in taken:
+            continue
+        plain = unicodedata.normalize("NFKD", name.replace("đ", "d").replace("Đ", "D"))
+        plain = "".join(c for c in plain if not unicodedata.combining(c))
+        words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", plain)
+        column = re.sub(r"[^a-z0-9]+", "_", words.lower()).strip("_") or "field"
+        column = column if column[0].isalpha() else f"f_{column}"
+        while column in taken:  # `Name` beside `name`
+            column += "_2"
+        taken.add(column)
+        renames[name] = column
+    return renames
+
+
 def _pipeline_name(system: str, dataset: str) -> str:
     """`land_parcels`, `civil_servants` (not `civil_servants_civil_servants`), `civil_status_events`."""
     if dataset.startswith(system.rstrip("s")) or system.startswith(dataset):
@@ -741,12 +777,13 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
     inputs, declared = soap_signature(ask) if system.protocol == "soap" else (None, None)
     notes: list[str] = []
     answer = ask.call({}, refused_ok=False) or {}
-    path = records_field or records_path(answer)
+    path = records_field or records_path(answer, soap=system.protocol == "soap")
     if path is None:
         raise DiscoverError(f"{system.name} {operation} answered with no array of records "
                             f"(its fields: {', '.join(sorted(_scalars(answer))) or 'none'}): give parameters that "
                             "select some records (--param NAME=VALUE) or name the field (--records-field)")
     first = _records(answer, path) or []
+    renames = column_names(k for r in first for k in r)
     paginator = find_paging(ask, path, answer, list(inputs) if inputs is not None else None)
     cursor, until, style = find_cursor(ask, path, first, inputs, {})
     scalars = _scalars(answer)
@@ -764,6 +801,8 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
     if style != "iso":
         source["cursor_format"] = style
     source["records_field"] = path
+    if renames:
+        source["fields"] = renames
     source["paginator"] = {k: v for k, v in paginator.items() if v is not None}
     if total:
         source["total_field"] = total
@@ -774,11 +813,25 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
         raise
     except (ConnectorError, RuntimeError) as exc:  # the sync's own paging refused the pages (a loop, an error)
         raise DiscoverError(f"reading the sample: {exc}") from None
+    late = column_names(k for r in records for k in r)  # a field only later pages had
+    if late:
+        renames |= late
+        source["fields"] = renames
+        records = [{late.get(k, k): v for k, v in r.items()} for r in records]
+    if renames:
+        notes.append("fields: " + ", ".join(f"{a} -> {b}" for a, b in renames.items())
+                     + " (source names renamed to columns: lower case, words joined by _)")
+    declared = {renames.get(k, k): v for k, v in declared.items()} if declared is not None else None
     columns, nested = guess_columns(records, declared)
     if not columns:
         raise DiscoverError(f"{system.name} {operation}: the {len(records)} sampled record(s) have no fields")
     key, why_key = guess_key(records, columns)
-    cursor_field, why_cursor = cursor_column(ask, path, columns, records, cursor, style, {})
+    deleted = next((c.name for c in columns.values() if c.type == "boolean" and DELETED.fullmatch(c.name)
+                    and c.name not in key), None)
+    if deleted:
+        notes.append(f"delete_field {deleted}: a record the source marks so is deleted here (history: its version "
+                     "closed); check that is what it means")
+    cursor_field, why_cursor = cursor_column(ask, path, columns, records, cursor, style, renames)
     checks, check_notes = guess_checks(records, columns, key, cursor_field, name)
     notes += [why_key, why_cursor]
     notes += [f"cursor: {cursor} (a far-future value empties the answer)" if cursor else
@@ -810,7 +863,7 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
     notes.append(f"{ask.calls} call(s) to {system.name} for the probes, {pages} page(s) for the sample")
     title = name.replace("_", " ").capitalize() + f", from the {system.name} system"
     return Draft(system.name, operation, name, pipeline, title, columns, len(records), key, cursor_field,
-                 checks, source, notes, personal)
+                 checks, source, notes, personal, deleted)
 
 
 def _said_paging(paginator: dict[str, Any]) -> str:

@@ -203,6 +203,10 @@ def test_values_columns_keys_and_shapes() -> None:
     assert shape_pattern(["GD4370123456789", "HN3370412345678"]) == "[A-Z]{2}[0-9]{13}"
     assert shape_pattern(["1553/BTC-TCCB", "12/UBND-VP"]) == "[0-9]{2,4}/[A-Z]{3,4}-[A-Z]{2,4}"
     assert shape_pattern(["a.b", "c d e f"]) is None
+    from lgsp.discover import column_names
+
+    assert column_names(["MaTTHC", "ngàyCấp", "Name", "name", "2fa", "đơnVị", "ok_name"]) == {
+        "MaTTHC": "ma_tthc", "ngàyCấp": "ngay_cap", "Name": "name_2", "2fa": "f_2fa", "đơnVị": "don_vi"}
 
 
 def _app() -> Any:
@@ -361,3 +365,76 @@ def test_another_provinces_lgsp_is_a_source_drafted_and_synced(tmp_path: Path, s
                     {c: record[c] for c in ("name", "status", "legal_representative")}
             again = runner.run_pipeline("a_enterprises", catalog=catalog, settings=load_settings())
             assert again["rows_changed"] == 0 and again["rows_pulled"] < first["rows_pulled"], "incremental"
+
+
+class HoSoPeer:
+    """A peer unlike the sandbox's: Vietnamese camel-case fields, records under `data.items`, `skip`/`take` paging
+    it does not echo, `totalCount`, `TuNgay`/`DenNgay` windows, and a `DaXoa` (deleted) flag."""
+
+    def __init__(self, n: int) -> None:
+        from datetime import datetime, timedelta, timezone
+
+        start = datetime(2025, 8, 1, tzinfo=timezone(timedelta(hours=7)))
+        self.rows = [{"MaHoSo": f"HS-{i:05d}", "TenThuTuc": f"Thủ tục {i % 7}", "TrangThai": ["moi", "xong"][i % 2],
+                      "NgayTiepNhan": (start + timedelta(hours=i)).date().isoformat(),
+                      "DaXoa": i % 50 == 0, "NgayCapNhat": (start + timedelta(hours=i, minutes=7)).isoformat()}
+                     for i in range(n)]
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        from datetime import datetime
+        from urllib.parse import parse_qs
+
+        import orjson
+
+        query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        if environ["PATH_INFO"] != "/api/hoso":
+            start_response("404 Not Found", [("Content-Type", "application/json")])
+            return [b'{"error": "not found"}']
+        rows = self.rows
+        if "TuNgay" in query:
+            rows = [r for r in rows if datetime.fromisoformat(r["NgayCapNhat"]) >= datetime.fromisoformat(
+                query["TuNgay"].replace(" ", "+"))]
+        if "DenNgay" in query:
+            rows = [r for r in rows if datetime.fromisoformat(r["NgayCapNhat"]) < datetime.fromisoformat(
+                query["DenNgay"].replace(" ", "+"))]
+        skip, take = int(query.get("skip", 0)), min(int(query.get("take", 20)), 100)
+        body = {"data": {"items": rows[skip:skip + take]}, "totalCount": len(rows), "success": True}
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [orjson.dumps(body)]
+
+
+def test_a_peer_with_its_own_field_names_and_deletion_flags_is_drafted_and_synced(
+        tmp_path: Path, lgsp_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lgsp import runner
+    from lgsp.discover import write_draft
+    from loopback import serving
+
+    peer = HoSoPeer(230)
+    with serving(peer) as base:
+        target = tmp_path / "catalog"
+        target.mkdir()
+        for source in CATALOG_DIR.glob("*.yaml"):
+            (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+        with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
+            handle.write(f"\n  mot_cua_huyen:\n    title: A district's one-stop system\n    protocol: rest\n"
+                         f"    endpoint: {base}\n")
+        draft = discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so")
+        assert draft.source["fields"] == {"MaHoSo": "ma_ho_so", "TenThuTuc": "ten_thu_tuc", "TrangThai": "trang_thai",
+                                          "NgayTiepNhan": "ngay_tiep_nhan", "DaXoa": "da_xoa",
+                                          "NgayCapNhat": "ngay_cap_nhat"}
+        assert {k: draft.source.get(k) for k in ("records_field", "cursor_param", "until_param", "total_field")} == {
+            "records_field": "data.items", "cursor_param": "TuNgay", "until_param": "DenNgay",
+            "total_field": "totalCount"}
+        assert draft.source["paginator"] == {"type": "offset", "offset_param": "skip", "limit_param": "take",
+                                             "limit": 500, "total_field": "totalCount"}
+        assert (draft.key, draft.cursor_field, draft.delete_field) == (["ma_ho_so"], "ngay_cap_nhat", "da_xoa")
+        assert {c: g.type for c, g in draft.columns.items()} == {
+            "ma_ho_so": "string", "ten_thu_tuc": "string", "trang_thai": "string", "ngay_tiep_nhan": "date",
+            "da_xoa": "boolean", "ngay_cap_nhat": "timestamp"}
+        write_draft(draft, target)
+        catalog = load_catalog(target)
+        outcome = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=catalog, settings=lgsp_env)
+        assert outcome["rows_pulled"] == 230  # the peer's pages are of 100 at most: its total told the end
+        with runner.open_warehouse(catalog, lgsp_env).engine.connect() as conn:
+            held = sorted(k for (k,) in conn.execute(sa.text("SELECT ma_ho_so FROM core_ho_so")))
+        assert held == sorted(r["MaHoSo"] for r in peer.rows if not r["DaXoa"]), "deleted at the source: not held"
