@@ -89,6 +89,10 @@ class SoapTransport:
                              "check the client certificate, its key and the CA (auth.cert/key/ca)") from None
         except requests.ConnectionError as exc:
             raise RetriableError(self.system.name, name, f"connection failed ({type(exc).__name__})") from None
+        except zeep.exceptions.ValidationError as exc:  # before sending: the arguments do not fit the WSDL
+            raise FatalError(self.system.name, name, f"the request does not fit the WSDL: {exc}",
+                             "give the operation the arguments its WSDL declares (source.params in the catalog)"
+                             ) from None
         except (XMLSyntaxError, zeep.exceptions.XMLParseError, zeep.exceptions.DTDForbidden,
                 zeep.exceptions.EntitiesForbidden) as exc:
             raise FatalError(self.system.name, name, f"malformed or unsafe XML response ({type(exc).__name__})",

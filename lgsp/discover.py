@@ -446,8 +446,9 @@ class Asker:
             raise DiscoverError(f"{exc}: nothing was drafted; try again when the system answers") from None
         except (FatalError, TypeError, ValueError) as exc:  # a parameter it does not take, a malformed answer
             if not refused_ok:
-                raise DiscoverError(f"{exc}" if isinstance(exc, FatalError) else
-                                    f"{self.system.name} {self.operation}: {exc}") from None
+                said = f"{exc}" if isinstance(exc, FatalError) else f"{self.system.name} {self.operation}: {exc}"
+                raise DiscoverError(f"{said}; nothing was drafted: check the operation, or give the parameters it "
+                                    "needs with --param NAME=VALUE") from None
             return None
 
     def close(self) -> None:

@@ -181,6 +181,10 @@ def test_a_faulty_peer_gives_the_same_draft_or_a_clear_error(tmp_path: Path, san
         sandbox_env.faults.clear()
     with pytest.raises(DiscoverError, match=r"no array of records \(its fields: status, system\).*--param"):
         discover(catalog, "health_insurance", "/health")
+    with pytest.raises(DiscoverError, match="personal_id must be 12 digits.*give the parameters it needs with --param"):
+        discover(catalog, "population", "GetCitizen")  # a lookup of one record, asked with no ID
+    with pytest.raises(DiscoverError, match=r"does not fit the WSDL: Missing element report"):
+        discover(catalog, "reporting", "SubmitIndicatorReport")  # zeep refuses before sending: said, not a traceback
     with pytest.raises(DiscoverError, match="no system 'bhyt'.*docs/adding-a-system.md"):
         discover(catalog, "bhyt", "/api/cards")
     result = CliRunner().invoke(_app(), ["discover", "tthc"], env={"COLUMNS": "300"})
