@@ -421,6 +421,7 @@ class _ChunkResult:
     quarantined: int
     superseded: int
     cursor_to: Any
+    cursor_min: Any  # the oldest cursor value the chunk holds: one before the window means the source ignored it
     extra_columns: list[str]
     expect: Callable[[], None]  # runs the batch's expectations on the chunk (after its good rows went on)
 
@@ -446,11 +447,13 @@ def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, exp
         _store_quarantine(ctx, _quarantine_rows(ctx, batch_id, originals, checked.rejections))
     passed = checked.passed
     good = _latest_per_key(typed.frame if bool(np.all(passed)) else typed.frame[passed], ds)
-    cursor_to = typed.frame[ds.cursor_field].max() if ds.cursor_field and len(typed.frame) else None
+    cursor = typed.frame[ds.cursor_field] if ds.cursor_field and len(typed.frame) else None
+    cursor_to, cursor_min = (cursor.max(), cursor.min()) if cursor is not None else (None, None)
     extras = typed.extras.loc[good.index] if typed.extras is not None else None
     return _ChunkResult(good=to_arrow(good, ds, extras).replace_schema_metadata(None),
                         quarantined=len(checked.rejections), superseded=int(checked.passed.sum()) - len(good),
                         cursor_to=None if cursor_to is None or pd.isna(cursor_to) else cursor_to,
+                        cursor_min=None if cursor_min is None or pd.isna(cursor_min) else cursor_min,
                         extra_columns=typed.extra_columns, expect=lambda: expectations.add(typed.frame, passed))
 
 
@@ -501,6 +504,7 @@ class _Checked:
     extra_columns: list[str]
     expectations: Any  # the batch's quality.expectations.BatchCheck
     parquet: str
+    cursor_min: Any = None
 
 
 def chunk_schema(ds: DatasetSpec) -> pa.Schema:
@@ -530,7 +534,7 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
     ds = ctx.dataset
     expectations = BatchCheck(ds, batch_id)
     quarantined = superseded = valid = 0
-    cursor_to, extra_columns = None, []
+    cursor_to, cursor_min, extra_columns = None, None, []
     schema = chunk_schema(ds)
     ingest_date = _now().date()
     path = ctx.lake.parquet_path(ds.name, ingest_date, batch_id)
@@ -550,6 +554,8 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
                                                   superseded + done.superseded)
                 if done.cursor_to is not None and (cursor_to is None or done.cursor_to > cursor_to):
                     cursor_to = done.cursor_to
+                if done.cursor_min is not None and (cursor_min is None or done.cursor_min < cursor_min):
+                    cursor_min = done.cursor_min
                 extra_columns += [c for c in done.extra_columns if c not in extra_columns]
                 del done, chunk, good
                 if part >= 2:  # a one-chunk batch (most incremental runs) leaves it to the next run
@@ -557,7 +563,7 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
                     _trim()
     finally:
         gc.unfreeze()
-    return _Checked(valid, quarantined, superseded, cursor_to, extra_columns, expectations, str(path))
+    return _Checked(valid, quarantined, superseded, cursor_to, extra_columns, expectations, str(path), cursor_min)
 
 
 def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], checked: _Checked,
@@ -581,16 +587,34 @@ def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], ch
     if valid + quarantined + superseded != manifest["rows_pulled"]:
         raise BatchBalanceError(f"batch {batch_id}: pulled {manifest['rows_pulled']} != valid {valid}"
                                 f" + quarantined {quarantined} + superseded {superseded}")
-    ctx.lake.write_manifest(pipeline.name, batch_id, result)
     extra_columns = checked.extra_columns
     drift = (f"schema drift: new source field(s) {extra_columns} kept in _extras; declare them in "
              f"catalog/datasets.yaml ({ds.name}) to load them as columns, then `lgsp warehouse migrate {ds.name}` "
              "moves the values loaded before") if extra_columns else None
-    if drift:
-        log.warning("%s: %s", pipeline.name, drift)
+    said = "; ".join(s for s in (drift, _before_window(ctx, manifest, checked.cursor_min)) if s) or None
+    result["notes"] = said  # kept in lgsp_batch.message when the batch is loaded
+    ctx.lake.write_manifest(pipeline.name, batch_id, result)
+    if said:
+        log.warning("%s: %s", pipeline.name, said)
     _update_batch(ctx, batch_id, status="validated", rows_quarantined=quarantined,
-                  rows_superseded=superseded, lake_path=checked.parquet, message=drift)
+                  rows_superseded=superseded, lake_path=checked.parquet, message=said)
     return result
+
+
+def _before_window(ctx: PipelineContext, manifest: dict[str, Any], oldest: Any) -> str | None:
+    """Said when the source answered a record changed before the window it was asked for: it did not filter by
+    the cursor parameter (renamed, dropped), so every incremental sync reads everything (nothing is lost, the
+    peer is burdened), or the cursor parameter filters on another field than `cursor_field`."""
+    since = manifest.get("cursor_from")
+    source = ctx.pipeline.source
+    if not since or oldest is None or getattr(oldest, "tzinfo", None) is None or not source.cursor_param:
+        return None
+    start = datetime.fromisoformat(since)
+    if oldest >= start:
+        return None
+    return (f"the source answered records changed before the window asked for ({ctx.dataset.cursor_field} "
+            f"{oldest.isoformat()} < {source.cursor_param} {start.isoformat()}): it may no longer filter by "
+            f"{source.cursor_param}, so each sync reads everything; see `lgsp discover --compare {ctx.pipeline.name}`")
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -652,7 +676,7 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
         if result.get("mode") != "backfill":
             wh.set_cursor(conn, pipeline.name, cursor_to, batch_id, synced=True)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
-                      rows_changed=changed, cursor_to=cursor_to, message=None)
+                      rows_changed=changed, cursor_to=cursor_to, message=result.get("notes"))  # a refusal's: gone
         wh.stamp_change(conn, batch_id, ds.name, changed)  # last: the change feed's order is the commit order
     log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, landed, changed)
     return {**result, "rows_landed": landed, "rows_changed": changed}

@@ -442,3 +442,59 @@ def test_a_peer_with_its_own_field_names_and_deletion_flags_is_drafted_and_synce
         with runner.open_warehouse(catalog, lgsp_env).engine.connect() as conn:
             held = sorted(k for (k,) in conn.execute(sa.text("SELECT ma_ho_so FROM core_ho_so")))
         assert held == sorted(r["MaHoSo"] for r in peer.rows if not r["DaXoa"]), "deleted at the source: not held"
+
+
+def test_a_source_that_ignores_the_cursor_is_noticed_by_the_sync_and_the_comparison(
+        tmp_path: Path, lgsp_env: Any) -> None:
+    """The district system renamed its window parameter: the catalog's `modifiedSince` is ignored, so each sync
+    reads everything. Nothing is lost, but the peer is burdened: the batch says so, as `--compare` does."""
+    from lgsp import runner
+    from lgsp.discover import compare, write_draft
+    from loopback import serving
+
+    peer = HoSoPeer(120)
+    with serving(peer) as base:
+        target = tmp_path / "catalog"
+        target.mkdir()
+        for source in CATALOG_DIR.glob("*.yaml"):
+            (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+        with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
+            handle.write(f"\n  mot_cua_huyen:\n    title: A district's one-stop system\n    protocol: rest\n"
+                         f"    endpoint: {base}\n")
+        draft = discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so")
+        draft.source["cursor_param"] = "modifiedSince"  # as the catalog had it before the system's upgrade
+        del draft.source["until_param"]
+        write_draft(draft, target)
+        catalog = load_catalog(target)
+        first = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=catalog, settings=lgsp_env)
+        again = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=catalog, settings=lgsp_env)
+        assert first["rows_pulled"] == 120 and again["mode"] == "incremental"
+        assert again["rows_pulled"] == 120 and again["rows_changed"] == 0, "read again, nothing doubled"
+        with runner.open_warehouse(catalog, lgsp_env).engine.connect() as conn:
+            messages = [m for (m,) in conn.execute(sa.text(
+                "SELECT message FROM lgsp_batch WHERE pipeline = 'mot_cua_huyen_ho_sos' ORDER BY started_at"))]
+        assert messages[0] is None, "the first sync reads everything: nothing to say"
+        assert "the source answered records changed before the window asked for (ngay_cap_nhat " \
+            "2025-07-31T17:07:00+00:00 < modifiedSince 2025-08-05T" in messages[1]
+        assert "it may no longer filter by modifiedSince" in messages[1]
+        found = {f.subject: f.said for f in compare(catalog, "mot_cua_huyen_ho_sos").findings}
+        assert "every incremental sync re-reads everything" in found["modifiedSince"]
+
+
+def test_a_loaded_batch_keeps_what_its_validation_said(lgsp_env: Any) -> None:
+    """The DVCQG sends `NgayCapNhat`, which `procedure` does not declare: the loaded batch says so (the load used to
+    clear the message it was validated with)."""
+    from lgsp import runner
+
+    outcome = runner.run_pipeline("dvcqg_procedures", settings=lgsp_env)
+    with runner.open_warehouse(None, lgsp_env).engine.connect() as conn:
+        message = conn.execute(sa.text("SELECT message FROM lgsp_batch WHERE batch_id = :b"),
+                               {"b": outcome["batch_id"]}).scalar_one()
+    assert outcome["rows_landed"] == 120
+    assert message.startswith("schema drift: new source field(s) ['NgayCapNhat'] kept in _extras")
+    from lgsp.status import status_report
+
+    said = [p for p in status_report(runner.open_warehouse(None, lgsp_env), load_catalog())["problems"]
+            if p.get("pipeline") == "dvcqg_procedures"]
+    assert [(p["severity"], p["problem"].split(" (")[0]) for p in said] == [
+        ("warning", "dvcqg_procedures: last run loaded, and noted")], said
