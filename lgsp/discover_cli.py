@@ -41,7 +41,8 @@ def discover(system: str = typer.Argument(None, help="a system declared in catal
                                                     "(and sharing.yaml) "
                                                     "(LGSP_CATALOG_DIR), after checking the catalog loads with it"),
              compare: str = typer.Option(None, help="instead: does this pipeline's system still answer as the catalog "
-                                                    "says? (columns, types, key, cursor, rules; exit 1 on an error)"),
+                                                    "says? (columns, types, key, cursor, rules; exit 1 on an error); "
+                                                    "`all`: every pipeline"),
              since: str = typer.Option(None, help="with --compare: read the records changed since this date or time "
                                                   "(default: from the oldest)"),
              as_json: bool = typer.Option(False, "--json", help="with --compare: print the findings as JSON"),
@@ -93,36 +94,45 @@ def discover(system: str = typer.Argument(None, help="a system declared in catal
 
 
 def _compare(catalog: Any, pipeline: str, sample: int, since: str | None, as_json: bool) -> None:
+    """One pipeline's comparison, or every pipeline's (`all`: after a peer's upgrade window, say)."""
     import json
 
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
     from lgsp.cli import _instant
     from lgsp.discover import DiscoverError, compare
 
+    names = list(catalog.pipelines) if pipeline == "all" else [pipeline]
     try:
-        result = compare(catalog, pipeline, sample=sample, since=_instant(since, "--since"))
+        results = [compare(catalog, name, sample=sample, since=_instant(since, "--since")) for name in names]
     except DiscoverError as exc:
         fail(str(exc))
     if as_json:
-        print(json.dumps(result.as_dict(), ensure_ascii=False))
+        said = [r.as_dict() for r in results]
+        print(json.dumps(said if pipeline == "all" else said[0], ensure_ascii=False))
     else:
         console = Console(highlight=False)
-        if not result.findings:
-            console.print(f"{pipeline}: {result.sampled} record(s) of {result.system}: [green]the system answers as "
-                          "the catalog says[/]")
-            return
-        table = Table(title=f"{pipeline}: {result.sampled} record(s) of {result.system} against the catalog")
-        for column in ("severity", "what", "found"):
-            table.add_column(column)
-        for finding in result.findings:
-            colour = {"error": "red", "warning": "yellow"}.get(finding.severity, "cyan")
-            table.add_row(f"[{colour}]{finding.severity}[/]", escape(finding.subject), escape(finding.said))
-        console.print(table)
-        console.print("[green]no error: the next sync reads these records as the catalog says[/]" if result.holds
-                      else "[red]the next sync would fail or quarantine wrongly: mend the catalog or ask the "
-                           "system's owner[/]")
-    if not result.holds:
+        for result in results:
+            _print_comparison(console, result)
+    if not all(r.holds for r in results):
         raise typer.Exit(1)
+
+
+def _print_comparison(console: Any, result: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    head = f"{result.pipeline}: {result.sampled} record(s) of {result.system}"
+    if not result.findings:
+        console.print(f"{head}: [green]the system answers as the catalog says[/]")
+        return
+    table = Table(title=f"{head} against the catalog")
+    for column in ("severity", "what", "found"):
+        table.add_column(column)
+    for finding in result.findings:
+        colour = {"error": "red", "warning": "yellow"}.get(finding.severity, "cyan")
+        table.add_row(f"[{colour}]{finding.severity}[/]", escape(finding.subject), escape(finding.said))
+    console.print(table)
+    console.print("[green]no error: the next sync reads these records as the catalog says[/]" if result.holds
+                  else "[red]the next sync would fail or quarantine wrongly: mend the catalog or ask the "
+                       "system's owner[/]")

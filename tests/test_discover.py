@@ -255,6 +255,18 @@ def test_every_shipped_pipeline_holds_against_its_system(name: str, sandbox_env:
             assert finding.said.startswith("rejects ") and ":" in finding.subject
 
 
+def test_every_pipeline_at_once_from_the_command_line(sandbox_env: Any) -> None:
+    import json
+
+    result = CliRunner().invoke(_app(), ["discover", "--compare", "all", "--sample", "200", "--json"])
+    assert result.exit_code == 0, result.output
+    said = json.loads(result.output)
+    assert [r["pipeline"] for r in said] == list(load_catalog().pipelines) and all(r["holds"] for r in said)
+    shown = CliRunner().invoke(_app(), ["discover", "--compare", "all", "--sample", "200"], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and "population_citizens: 200 record(s) of population" in shown.output
+    assert "admin_units: 200 record(s) of reference: the system answers as the catalog says" in shown.output
+
+
 def _edited_catalog(target: Path, datasets: Any = None, pipelines: Any = None) -> Path:
     target.mkdir()
     for source in CATALOG_DIR.glob("*.yaml"):
