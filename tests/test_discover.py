@@ -26,17 +26,28 @@ PIPELINES = ["population_citizens", "tthc_dossiers", "civil_status_events", "lan
              "civil_servants", "documents"]
 
 
+def _catalog_with_system(target: Path, system: str) -> Path:
+    """A copy of the shipped catalog in `target` with one more system (its block in systems.yaml)."""
+    target.mkdir()
+    for source in CATALOG_DIR.glob("*.yaml"):
+        (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
+        handle.write("\n" + system)
+    return target
+
+
 def _catalog_with_health_insurance(target: Path) -> Any:
     """A copy of the shipped catalog with docs/adding-a-system.md's system block (and only it) appended."""
     from tests.test_adding_a_system import yaml_blocks
 
-    target.mkdir()
-    for source in CATALOG_DIR.glob("*.yaml"):
-        (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     (system,) = [text for name, text in yaml_blocks() if name == "systems.yaml"]
-    with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
-        handle.write("\n" + system)
-    return load_catalog(target)
+    return load_catalog(_catalog_with_system(target, system))
+
+
+def _district_system(target: Path, base: str) -> Path:
+    """The catalog with the district's one-stop system (HoSoPeer) at `base`."""
+    return _catalog_with_system(target, f"  mot_cua_huyen:\n    title: A district's one-stop system\n"
+                                        f"    protocol: rest\n    endpoint: {base}\n")
 
 
 @pytest.mark.parametrize("name", PIPELINES)
@@ -338,14 +349,9 @@ def test_another_provinces_lgsp_is_a_source_drafted_and_synced(tmp_path: Path, s
         registry.grant("tinh_b", "enterprise")
         key = registry.issue_api_key("tinh_b")
         with running(create_app(load_gateway_settings(database_url), load_catalog())) as base:
-            target = tmp_path / "province_b_catalog"
-            target.mkdir()
-            for source in CATALOG_DIR.glob("*.yaml"):
-                (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-            with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
-                handle.write("\n  lgsp_a:\n    title: Province A's sharing gateway\n    protocol: rest\n"
-                             f"    endpoint: {base}\n"
-                             "    auth: {type: api_key, header: X-API-Key, secret: env:LGSP_A_KEY}\n")
+            target = _catalog_with_system(tmp_path / "province_b_catalog", (
+                f"  lgsp_a:\n    title: Province A's sharing gateway\n    protocol: rest\n    endpoint: {base}\n"
+                "    auth: {type: api_key, header: X-API-Key, secret: env:LGSP_A_KEY}\n"))
             monkeypatch.setenv("LGSP_A_KEY", key)
             monkeypatch.setenv("LGSP_HOME", str(tmp_path / "province_b"))
             monkeypatch.setenv("LGSP_DATABASE_URL", f"sqlite:///{tmp_path / 'province_b.db'}")
@@ -427,13 +433,7 @@ def test_a_peer_with_its_own_field_names_and_deletion_flags_is_drafted_and_synce
 
     peer = HoSoPeer(230)
     with serving(peer) as base:
-        target = tmp_path / "catalog"
-        target.mkdir()
-        for source in CATALOG_DIR.glob("*.yaml"):
-            (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-        with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
-            handle.write(f"\n  mot_cua_huyen:\n    title: A district's one-stop system\n    protocol: rest\n"
-                         f"    endpoint: {base}\n")
+        target = _district_system(tmp_path / "catalog", base)
         draft = discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so")
         assert draft.source["fields"] == {"MaHoSo": "ma_ho_so", "TenThuTuc": "ten_thu_tuc", "TrangThai": "trang_thai",
                                           "NgayTiepNhan": "ngay_tiep_nhan", "DaXoa": "da_xoa",
@@ -466,13 +466,7 @@ def test_a_source_that_ignores_the_cursor_is_noticed_by_the_sync_and_the_compari
 
     peer = HoSoPeer(120)
     with serving(peer) as base:
-        target = tmp_path / "catalog"
-        target.mkdir()
-        for source in CATALOG_DIR.glob("*.yaml"):
-            (target / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-        with (target / "systems.yaml").open("a", encoding="utf-8") as handle:
-            handle.write(f"\n  mot_cua_huyen:\n    title: A district's one-stop system\n    protocol: rest\n"
-                         f"    endpoint: {base}\n")
+        target = _district_system(tmp_path / "catalog", base)
         draft = discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so")
         draft.source["cursor_param"] = "modifiedSince"  # as the catalog had it before the system's upgrade
         del draft.source["until_param"]
