@@ -3,7 +3,7 @@
 Adding a system (docs/adding-a-system.md) is three YAML entries. The system's is short; the
 dataset's and the pipeline's are long and easy to get subtly wrong: a column's type, the key, the
 field the cursor filters on, the paging parameters, the row rules. `discover` asks the system
-itself, through the transport a sync uses (its auth, retries, size cap and message log), and
+itself, through the transport a sync uses (its auth, retries, size cap, secrets redacted from errors), and
 writes them as a draft in which every guess was checked against the system's answers:
 
 - **Records.** REST: the answer's largest array of objects. SOAP: the same in the operation's answer.
