@@ -129,8 +129,10 @@ class RestTransport:
         if status >= 400:
             raise self._fail(f"HTTP {status}: {response.text[:200]}",
                              "check the credentials and the request parameters in the catalog", code=f"HTTP {status}")
+        if isinstance(body, list):  # an answer that is the records themselves: `items`, as a SOAP array is
+            return {"items": body}
         if not isinstance(body, dict):
-            raise self._fail(f"expected a JSON object, got {type(body).__name__}")
+            raise self._fail(f"expected a JSON object or array, got {type(body).__name__}")
         field = self.system.error_field
         if field and field in body and str(body[field]) not in self.system.ok_values:
             raise self._fail(f"{field} {body[field]!r}: {body.get(self.system.message_field, '')}",

@@ -83,6 +83,7 @@ XSD_TYPES = {"string": "string", "normalizedString": "string", "token": "string"
              "unsignedLong": "integer", "unsignedShort": "integer", "decimal": "float", "double": "float",
              "float": "float", "boolean": "boolean", "date": "date", "dateTime": "timestamp"}
 PROBE_SIZE = 3
+PAGE_SIZE = 500  # records a drafted pipeline asks for a page (less where the source caps its pages)
 REQUIRED_AFTER = 100  # a field filled in every one of fewer sampled records is not yet said to be required
 
 
@@ -559,15 +560,28 @@ def find_paging(ask: Asker, path: str, answer: dict[str, Any], inputs: list[str]
         moved = ask.call({size: PROBE_SIZE, offset: PROBE_SIZE})
         if _differs(small_records, _records(moved, path)):
             total = _first_named(scalars, TOTAL_NAMES)
-            return {"type": "offset", "offset_param": offset, "limit_param": size, "limit": 500, "total_field": total}
+            return {"type": "offset", "offset_param": offset, "limit_param": size,
+                    "limit": _page_cap(ask, path, size, lambda n, o=offset: {o: n}), "total_field": total}
     if size:
         for name in ([page] if page else []) + [n for n in PAGE_NAMES if n != page and inputs is None]:
             start = scalars.get(name, 1) if isinstance(scalars.get(name), int) else 1
             moved = ask.call({size: PROBE_SIZE, name: start + 1})
             if _differs(small_records, _records(moved, path)):
-                return {"type": "page_number", "page_param": name, "size_param": size, "page_size": 500,
+                return {"type": "page_number", "page_param": name, "size_param": size,
+                        "page_size": _page_cap(ask, path, size, lambda n, p=name, s=start: {p: s + 1}),
                         "total_pages_field": pages, "first_page": start}
     return {"type": "single"}
+
+
+def _page_cap(ask: Asker, path: str, size: str, following: Any) -> int:
+    """The page size to ask for: PAGE_SIZE, or less if the source answers fewer records than asked while more
+    follow (its own cap: asked for more, it would give a short page that a paginator without a total takes for
+    the last)."""
+    got = _records(ask.call({size: PAGE_SIZE}), path)
+    if not got or len(got) >= PAGE_SIZE:
+        return PAGE_SIZE
+    more = _records(ask.call({size: len(got), **following(len(got))}), path)
+    return len(got) if more else PAGE_SIZE
 
 
 def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]], inputs: dict[str, str] | None,
@@ -870,6 +884,10 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
 def _said_paging(paginator: dict[str, Any]) -> str:
     if paginator["type"] == "single":
         return "single (the answer said nothing of other pages)"
+    size = paginator.get("page_size", paginator.get("limit"))
+    if paginator["type"] in ("page_number", "offset") and size != PAGE_SIZE:
+        return ", ".join(f"{k}={v}" for k, v in paginator.items() if v is not None) + (
+            f" (the source answers at most {size} records a page, whatever is asked)")
     return ", ".join(f"{k}={v}" for k, v in paginator.items() if v is not None)
 
 

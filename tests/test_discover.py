@@ -442,7 +442,7 @@ def test_a_peer_with_its_own_field_names_and_deletion_flags_is_drafted_and_synce
             "records_field": "data.items", "cursor_param": "TuNgay", "until_param": "DenNgay",
             "total_field": "totalCount"}
         assert draft.source["paginator"] == {"type": "offset", "offset_param": "skip", "limit_param": "take",
-                                             "limit": 500, "total_field": "totalCount"}
+                                             "limit": 100, "total_field": "totalCount"}  # its cap
         assert (draft.key, draft.cursor_field, draft.delete_field) == (["ma_ho_so"], "ngay_cap_nhat", "da_xoa")
         assert {c: g.type for c, g in draft.columns.items()} == {
             "ma_ho_so": "string", "ten_thu_tuc": "string", "trang_thai": "string", "ngay_tiep_nhan": "date",
@@ -504,3 +504,47 @@ def test_a_loaded_batch_keeps_what_its_validation_said(lgsp_env: Any) -> None:
             if p.get("pipeline") == "dvcqg_procedures"]
     assert [(p["severity"], p["problem"].split(" (")[0]) for p in said] == [
         ("warning", "dvcqg_procedures: last run loaded, and noted")], said
+
+
+def _array_peer(n: int) -> Any:
+    """A peer whose answer is the records themselves (a JSON array), `page`/`per_page`, `since`; `/count` is 42."""
+    from datetime import datetime, timedelta, timezone
+    from urllib.parse import parse_qs
+
+    import orjson
+
+    start = datetime(2025, 9, 1, tzinfo=timezone.utc)
+    rows = [{"id": i, "code": f"X{i:04d}", "updated_at": (start + timedelta(minutes=i)).isoformat()} for i in range(n)]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        start_response("200 OK", [("Content-Type", "application/json")])
+        if environ["PATH_INFO"] == "/count":
+            return [b"42"]
+        chosen = [r for r in rows if "since" not in query or r["updated_at"] >= datetime.fromisoformat(
+            query["since"].replace(" ", "+")).astimezone(timezone.utc).isoformat()]
+        page, size = int(query.get("page", 1)), min(int(query.get("per_page", 30)), 100)
+        return [orjson.dumps(chosen[(page - 1) * size:page * size])]
+
+    return app
+
+
+def test_an_answer_that_is_the_records_themselves(tmp_path: Path, lgsp_env: Any) -> None:
+    """A JSON array is the page's records (`items`, as a SOAP array is); a scalar is refused, saying what came."""
+    from lgsp import runner
+    from lgsp.discover import write_draft
+    from loopback import serving
+
+    with serving(_array_peer(250)) as base:
+        target = _catalog_with_system(tmp_path / "catalog", f"  plain:\n    title: A plain REST list\n"
+                                                             f"    protocol: rest\n    endpoint: {base}\n")
+        draft = discover(load_catalog(target), "plain", "/things")
+        assert (draft.source["records_field"], draft.source["cursor_param"], draft.key) == ("items", "since", ["id"])
+        assert draft.source["paginator"] == {"type": "page_number", "page_param": "page", "size_param": "per_page",
+                                             "page_size": 100, "first_page": 1}  # its cap, found by asking
+        assert "the source answers at most 100 records a page" in draft.notes[0]
+        write_draft(draft, target)
+        outcome = runner.run_pipeline(draft.pipeline, catalog=load_catalog(target), settings=lgsp_env)
+        assert outcome["rows_pulled"] == 250, "pages of 100 (its cap): only the last is short"
+        with pytest.raises(DiscoverError, match="expected a JSON object or array, got int"):
+            discover(load_catalog(target), "plain", "/count")
