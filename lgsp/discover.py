@@ -99,7 +99,6 @@ class ColumnGuess:
     type: str
     filled: int
     odd: int = 0
-    distinct: int = 0
     declared: str | None = None  # the WSDL's type, for SOAP
 
     def required(self, sampled: int) -> bool:
@@ -272,8 +271,7 @@ def guess_columns(records: list[dict[str, Any]], declared: dict[str, str] | None
         elif kinds and kinds[kind] < HOLDS * filled:
             kind = "string"  # no type holds: text keeps every value
         odd = filled - (kinds[kind] if kind != "string" else filled)
-        distinct = len({orjson.dumps(v, default=str) for v in values if v is not None})
-        columns[name] = ColumnGuess(name, kind, filled, odd, distinct, (declared or {}).get(name))
+        columns[name] = ColumnGuess(name, kind, filled, odd, (declared or {}).get(name))
     return columns, nested
 
 

@@ -211,7 +211,7 @@ def test_values_columns_keys_and_shapes() -> None:
         ["date", "timestamp", "string", "string", "integer", "float", "boolean", "date", "nested", None, None]
     records = [{"a": i % 3, "b": i // 3, "n": 1.0 if i else 2, "t": "x", "o": {"k": i}} for i in range(9)]
     columns, nested = guess_columns(records)
-    assert nested == ["o"] and columns["n"].type == "float" and columns["a"].distinct == 3
+    assert nested == ["o"] and columns["n"].type == "float" and columns["a"].type == "integer"
     assert guess_key(records, columns)[0] == ["a", "b"]  # no single column is unique: the pair
     with pytest.raises(DiscoverError, match="no column"):
         guess_key([{"x": 1}, {"x": 1}], guess_columns([{"x": 1}, {"x": 1}])[0])
