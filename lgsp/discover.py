@@ -911,15 +911,23 @@ def _sample(system: SystemSpec, source: dict[str, Any], paginator: dict[str, Any
         full = SourceSpec(**{**source, "paginator": {**source["paginator"], **{
             k: min(int(v), sample) for k, v in source["paginator"].items() if k in ("page_size", "limit")}}})
         records: list[dict[str, Any]] = []
-        count = 0
-        for page in iter_pages(system, full, transport, None):
-            records += [dict(r) for r in page.records]
-            count += 1
-            if len(records) >= sample:
-                break
+        count = read_pages(system, full, transport, None, sample, records)
         return records[:sample], count
     finally:
         transport.close()
+
+
+def read_pages(system: SystemSpec, source: SourceSpec, transport: Any, since: datetime | None, sample: int,
+               records: list[dict[str, Any]]) -> int:
+    """Pages read as a sync reads them (`iter_pages`), their records added to `records` until it holds `sample`
+    (what was read stays there if a page fails); how many pages were read."""
+    pages = 0
+    for page in iter_pages(system, source, transport, since):
+        records += [dict(r) for r in page.records]
+        pages += 1
+        if len(records) >= sample:
+            break
+    return pages
 
 
 def write_draft(draft: Draft, directory: Path) -> list[Path]:
@@ -1003,10 +1011,7 @@ def compare(catalog: Catalog, pipeline_name: str, sample: int = 1000, since: dat
     transport = open_transport(system, source)
     records: list[dict[str, Any]] = []
     try:
-        for page in iter_pages(system, source, transport, since):
-            records += [dict(r) for r in page.records]
-            if len(records) >= sample:
-                break
+        read_pages(system, source, transport, since, sample, records)
     except (ConnectorError, RuntimeError) as exc:
         findings.append(Finding("error", source.operation, f"reading the pages as a sync does failed: {exc}"))
     finally:
