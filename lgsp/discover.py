@@ -582,8 +582,8 @@ def _page_cap(ask: Asker, path: str, size: str, following: Any) -> int:
     return len(got) if more else PAGE_SIZE
 
 
-def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]], inputs: dict[str, str] | None,
-                params: dict[str, Any]) -> tuple[str | None, str | None, str]:
+def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]],
+                inputs: dict[str, str] | None) -> tuple[str | None, str | None, str]:
     """(cursor param, until param, cursor format): a far-future cursor, or a far-past until, empties the answer."""
     if not first:
         return None, None, "iso"
@@ -598,7 +598,7 @@ def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]], inputs: dict
 
     def empties(name: str, when: datetime) -> str | None:
         for style in ("iso", "iso_z", "dvcqg"):
-            records = _records(ask.call({**params, name: format_cursor(when, style)}), path)
+            records = _records(ask.call({name: format_cursor(when, style)}), path)
             if records is not None:
                 return style if not records else None
         return None
@@ -798,7 +798,7 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
     first = _records(answer, path) or []
     renames = column_names(k for r in first for k in r)
     paginator = find_paging(ask, path, answer, list(inputs) if inputs is not None else None)
-    cursor, until, style = find_cursor(ask, path, first, inputs, {})
+    cursor, until, style = find_cursor(ask, path, first, inputs)
     scalars = _scalars(answer)
     total = _first_named(scalars, TOTAL_NAMES)
     if total and cursor:
