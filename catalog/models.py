@@ -170,18 +170,71 @@ class ReferenceSpec(Strict):
 class ColumnSpec(Strict):
     """One column of a dataset: `description` (English) and `description_vi` (Vietnamese; the portal's
     Vietnamese pages show it, or `description` when it is absent) say what it holds; `references`
-    says it names a record of another dataset (ReferenceSpec)."""
+    says it names a record of another dataset (ReferenceSpec).
+
+    A date or timestamp column reads ISO 8601 text (or the date and time values SOAP gives). A source
+    that writes them otherwise says how in `format`, a `strptime` pattern: `%d/%m/%Y` for `15/08/1990`,
+    `%Y%m%d%H%M%S` for the DVCQG's `20250815093000`. `timezone` (an IANA name, `Asia/Ho_Chi_Minh`) is
+    the zone of a timestamp written without one; without it such a time is taken as UTC. A time that
+    carries its zone (`+07:00`, `Z`, `%z`) is read in its own zone either way.
+    """
 
     type: ColumnType
     required: bool = False
     description: str = ""
     description_vi: str = ""
     references: ReferenceSpec | None = None
+    format: str | None = None
+    timezone: str | None = None
 
     @field_validator("references", mode="before")
     @classmethod
     def _short_reference(cls, value: Any) -> Any:
         return {"to": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _time_options(self) -> "ColumnSpec":
+        if self.format is not None:
+            if self.type not in ("date", "timestamp"):
+                raise ValueError(f"format is for date and timestamp columns, not {self.type}")
+            check_time_format(self.format)
+        if self.timezone is not None:
+            if self.type != "timestamp":
+                raise ValueError(f"timezone is for timestamp columns, not {self.type}")
+            check_timezone(self.timezone)
+        return self
+
+
+TIME_DIRECTIVES = set("aAwdbBmyYHIpMSfzjUWcxX%")  # what strptime reads (no locale-free meaning for the rest)
+
+
+def check_time_format(pattern: str) -> None:
+    """Raise ValueError unless `pattern` is a `strptime` pattern that reads back what it writes."""
+    from datetime import datetime
+
+    used = re.findall(r"%(.)", pattern)
+    if not used:
+        raise ValueError(f"format {pattern!r} has no %-directive: it is a strptime pattern, "
+                         "e.g. %d/%m/%Y for 15/08/1990 or %Y%m%d%H%M%S for 20250815093000")
+    unknown = sorted(set(used) - TIME_DIRECTIVES)
+    if unknown:
+        raise ValueError(f"format {pattern!r}: unknown directive(s) {', '.join('%' + d for d in unknown)} "
+                         "(strptime's: %d %m %Y %y %H %M %S %f %z %b ...)")
+    sample = datetime(2025, 8, 15, 9, 30, 5, 123456).astimezone()
+    try:
+        datetime.strptime(sample.strftime(pattern), pattern)
+    except ValueError as exc:
+        raise ValueError(f"format {pattern!r} cannot read what it writes: {exc}") from None
+
+
+def check_timezone(name: str) -> None:
+    """Raise ValueError unless `name` is a time zone this machine knows (IANA: Asia/Ho_Chi_Minh, UTC)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"timezone {name!r} is not an IANA time zone name (e.g. Asia/Ho_Chi_Minh, UTC)") from None
 
 
 class CheckSpec(BaseModel):

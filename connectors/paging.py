@@ -35,9 +35,29 @@ class SinglePage:
         return None
 
 
+class ShortPages:
+    """When a page shorter than asked is the last one, for an answer that carries no total.
+
+    A source may cap its pages below the size asked (500 asked, 100 answered): taking its first
+    page for the last would end the sync there, silently. So a short page ends the paging only
+    when a larger page came before it (the source's cap is at least that large); a short page
+    as large as any before may be the cap, and the next page is asked for (`probing`): an empty
+    one, or the same records again (`iter_pages` checks), ends it. A whole answer in one short
+    page thus costs one more request; dlt's paginators always ask until an empty page.
+    """
+
+    largest = 0  # the most records a page of this run held
+    probing = False  # the page asked for follows a short page that may have been the source's cap
+
+    def last_page(self, n_records: int, asked: int) -> bool:
+        largest, self.largest = self.largest, max(self.largest, n_records)
+        self.probing = 0 < n_records < asked and n_records >= largest
+        return n_records == 0 or (n_records < asked and not self.probing)
+
+
 @register("page_number")
-class PageNumberPaginator:
-    """`page=1,2,...` until `total_pages` is reached (or a short/empty page).
+class PageNumberPaginator(ShortPages):
+    """`page=1,2,...` until `total_pages` is reached (or, without it, the last page: ShortPages).
 
     Example upstream payload: `{"items": [...], "page": 2, "total_pages": 7}`
     """
@@ -65,7 +85,7 @@ class PageNumberPaginator:
         total = response.get(self.total_pages_field) if self.total_pages_field else None
         if total is not None and page >= int(total):
             return None
-        if n_records == 0 or (total is None and n_records < self.page_size):
+        if n_records == 0 or (total is None and self.last_page(n_records, self.page_size)):
             return None
         return {**params, self.page_param: page + 1}
 
@@ -94,8 +114,8 @@ class _Configured:
 
 
 @register("offset")
-class OffsetPaginator(_Configured):
-    """`offset=0,500,1000,...` with `limit=500`, until `total` is reached or a short page.
+class OffsetPaginator(_Configured, ShortPages):
+    """`offset=0,500,1000,...` with `limit=500`, until `total` is reached (or, without it, the last page: ShortPages).
 
     Example upstream payload: `{"data": [...], "total": 1234, "offset": 500, "limit": 500}`
     """
@@ -112,7 +132,7 @@ class OffsetPaginator(_Configured):
         total = dig(response, self.cfg["total_field"]) if self.cfg["total_field"] else None
         if n_records == 0 or (total is not None and offset >= int(total)):
             return None
-        if total is None and n_records < int(self.cfg["limit"]):
+        if total is None and self.last_page(n_records, int(self.cfg["limit"])):
             return None
         return {**params, self.cfg["offset_param"]: offset}
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -134,12 +135,15 @@ class Page:
     `next_params` is the request for the following page (None after the last),
     so a killed sync can resume from the page after its last landed one. `records` is a
     `RawRecords` when `iter_pages` was asked for them raw and the page allowed it.
+    `paging` is what the paging knows so far (JSON: the largest page, whether the next
+    request probes past a short page, this page's mark); `iter_pages(paging=...)` resumes with it.
     """
 
     number: int
     params: dict[str, Any]
     records: Records
     next_params: dict[str, Any] | None = None
+    paging: dict[str, Any] | None = None
 
 
 def extract_records(response: dict[str, Any], field: str, rename: dict[str, str] | None = None) -> Records:
@@ -187,18 +191,41 @@ def first_request(source: SourceSpec, since: datetime | None, until: datetime | 
     return params
 
 
+def page_mark(records: Records) -> str | None:
+    """A page told apart from the page before by its count and its first and last records (None if empty).
+
+    Enough to see a source answering one page again, and cheap: a full sync's pages are megabytes.
+    """
+    if not len(records):
+        return None
+    if isinstance(records, RawRecords):
+        ends = records.json[:512] + records.json[-512:]
+    else:
+        ends = orjson.dumps([records[0], records[-1]], default=str)
+    return f"{len(records)}:{hashlib.blake2b(ends, digest_size=12).hexdigest()}"
+
+
 def iter_pages(system: SystemSpec, source: SourceSpec, transport: Transport, since: datetime | None,
                until: datetime | None = None, start: dict[str, Any] | None = None, first_number: int = 1,
-               breaker: CircuitBreaker | None = None, raw: bool = False) -> Iterator[Page]:
+               breaker: CircuitBreaker | None = None, raw: bool = False,
+               paging: dict[str, Any] | None = None) -> Iterator[Page]:
     """Yield every page of `source` changed in [since, until) (None: unbounded).
 
-    `start` resumes at a request a previous (killed) run saved as `Page.next_params`.
+    `start` resumes at a request a previous (killed) run saved as `Page.next_params`, and
+    `paging` with what its paging knew then (`Page.paging`).
     Each request is retried per the system's retry policy; a repeated page
-    request is refused rather than looped on. `raw`: the records as the peer sent them
+    request, or a page answering the records of the page before, is refused
+    rather than looped on (unless it was asked past a short page that may have
+    been the source's cap: then the page before was the last, `ShortPages`). `raw`: the records as the peer sent them
     (`RawRecords`) where the transport can (REST, no field renaming), for a caller that
     only lands them.
     """
     paginator = make_paginator(source.paginator.type, source.paginator.params)
+    carried = dict(paging or {})
+    for known in ("largest", "probing"):
+        if known in carried and hasattr(paginator, known):
+            setattr(paginator, known, carried[known])
+    previous = carried.get("mark")
     call_page = getattr(transport, "call_page", None) if raw and not source.fields else None
     params: dict[str, Any] | None = dict(start) if start is not None else first_request(source, since, until)
     seen: set[str] = set()
@@ -218,9 +245,19 @@ def iter_pages(system: SystemSpec, source: SourceSpec, transport: Transport, sin
         except TypeError as exc:
             raise FatalError(system.name, source.operation, str(exc),
                              "the peer sent a malformed page; nothing was landed from it") from None
+        mark = page_mark(records)
+        if mark is not None and mark == previous:
+            if getattr(paginator, "probing", False):
+                return  # asked past a short page, the source answered it again: that page was the last
+            raise RuntimeError(f"{system.name} {source.operation}: the peer answered the same {len(records)} records "
+                               f"for {request} as for the page before; it ignores the paging parameters? refusing "
+                               "to loop (check the pipeline's paginator)")
         try:
             params = paginator.next(request, response, len(records))
         except RuntimeError as exc:
             raise RuntimeError(f"{system.name} {source.operation}: {exc}") from None
-        yield Page(number=number, params=request, records=records, next_params=params)
+        previous = mark
+        yield Page(number=number, params=request, records=records, next_params=params,
+                   paging={"largest": getattr(paginator, "largest", 0), "probing": getattr(paginator, "probing", False),
+                           "mark": mark})
         number += 1

@@ -45,7 +45,7 @@ from typing import Any
 import orjson
 import yaml
 
-from catalog.models import Catalog, DatasetSpec, PipelineSpec, SourceSpec, SystemSpec
+from catalog.models import Catalog, ColumnSpec, DatasetSpec, PipelineSpec, SourceSpec, SystemSpec
 from connectors.errors import ConnectorError, FatalError, RetriesExhausted
 from connectors.paging import dig
 from connectors.retry import call_with_retry
@@ -77,6 +77,15 @@ PERSONAL = re.compile(r"(?i)(personal_id|cccd|cmnd|full_?name|ho_?ten|birth|ngay
                       r"email|holder_name|representative|so_?dien_?thoai)")
 DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?")
+TIME_SHAPES = (  # dates and times Vietnamese systems write otherwise than ISO 8601: (shape, type, strptime pattern)
+    (re.compile(r"\d{2}/\d{2}/\d{4}"), "date", "%d/%m/%Y"),
+    (re.compile(r"\d{2}-\d{2}-\d{4}"), "date", "%d-%m-%Y"),
+    (re.compile(r"\d{2}/\d{2}/\d{4} \d{2}:\d{2}:\d{2}"), "timestamp", "%d/%m/%Y %H:%M:%S"),
+    (re.compile(r"\d{2}/\d{2}/\d{4} \d{2}:\d{2}"), "timestamp", "%d/%m/%Y %H:%M"),
+    (re.compile(r"(19|20)\d{12}"), "timestamp", "%Y%m%d%H%M%S"),  # the DVCQG's 20250815093000
+)
+LOCAL_ZONE = "Asia/Ho_Chi_Minh"  # the zone drafted for times a source writes without one
+ZONED = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
 XSD_TYPES = {"string": "string", "normalizedString": "string", "token": "string", "anyURI": "string",
              "int": "integer", "integer": "integer", "long": "integer", "short": "integer", "byte": "integer",
              "nonNegativeInteger": "integer", "positiveInteger": "integer", "unsignedInt": "integer",
@@ -100,10 +109,23 @@ class ColumnGuess:
     filled: int
     odd: int = 0
     declared: str | None = None  # the WSDL's type, for SOAP
+    format: str | None = None  # a date or time not written ISO 8601: its strptime pattern
+    timezone: str | None = None  # times written without a zone: the zone drafted for them
+    written: str = ""  # a note on the two above
 
     def required(self, sampled: int) -> bool:
         """Filled in every sampled record, of a sample big enough to say so (REQUIRED_AFTER)."""
         return self.filled == sampled >= REQUIRED_AFTER
+
+    def spec(self) -> dict[str, Any]:
+        """The column's type as the catalog writes it: `{type: date, format: '%d/%m/%Y'}`."""
+        return {"type": self.type, **({"format": self.format} if self.format else {}),
+                **({"timezone": self.timezone} if self.timezone else {})}
+
+    def kind(self, plural: str = "") -> str:
+        """The type as a finding names it: `date written %d/%m/%Y`, `timestamps without a zone` (plural "s")."""
+        return self.type + plural + (f" written {self.format}" if self.format else
+                                     " without a zone" if self.timezone else "")
 
 
 @dataclass
@@ -133,9 +155,9 @@ class Draft:
             block["cursor_field"] = self.cursor_field
         if self.delete_field:
             block["delete_field"] = self.delete_field
-        block["columns"] = {name: {"type": c.type, "required": True}
+        block["columns"] = {name: {**c.spec(), "required": True}
                             if c.required(self.sampled) or name in self.key or name == self.cursor_field
-                            else {"type": c.type} for name, c in self.columns.items()}
+                            else c.spec() for name, c in self.columns.items()}
         if self.checks:
             block["checks"] = [dict(c) for c in self.checks]
         return block
@@ -237,7 +259,50 @@ def value_kind(value: Any) -> str | None:
         return "date" if _parses(date.fromisoformat, text) else "string"
     if TIME_TEXT.fullmatch(text):
         return "timestamp" if _parses(datetime.fromisoformat, text.replace(" ", "T")) else "string"
-    return "string"
+    shape = time_shape(text)
+    return shape[0] if shape else "string"
+
+
+def time_shape(text: str) -> tuple[str, str] | None:
+    """(date or timestamp, its strptime pattern) of a date or time not written ISO 8601, if it is one (day first
+    when the text fits both orders, as Vietnamese systems write them)."""
+    for pattern, kind, written in TIME_SHAPES:
+        if pattern.fullmatch(text):
+            for form in (written, _month_first(written)):
+                if _parses(lambda t: datetime.strptime(t, form), text):
+                    return kind, form
+    return None
+
+
+def _month_first(form: str) -> str:
+    return form.replace("%d/%m", "%m/%d").replace("%d-%m", "%m-%d")
+
+
+def time_written(column: ColumnGuess, values: list[Any]) -> None:
+    """Set a date or timestamp column's `format` (the pattern that reads most of its text values; day before month
+    unless the values say otherwise), `timezone` (LOCAL_ZONE for times written without a zone) and a note on them."""
+    if column.type not in ("date", "timestamp"):
+        return
+    texts = [v for v in values if isinstance(v, str) and v]
+    forms = {shape[1]: None for t in texts if not DATE_TEXT.match(t) and (shape := time_shape(t))}
+    note = None
+    if forms:
+        candidates = list(dict.fromkeys(f for form in forms for f in (form, _month_first(form))))
+        reads = {f: sum(_parses(lambda t: datetime.strptime(t, f), t) for t in texts) for f in candidates}
+        best = max(candidates, key=lambda f: (reads[f], f.find("%d") < f.find("%m")))
+        column.format = best
+        column.odd = len(texts) - reads[best] + sum(1 for v in values if v not in (None, "") and not isinstance(
+            v, (str, date)))
+        order = (" (day first: no value says which comes first)" if ("%d/%m" in best or "%d-%m" in best)
+                 and reads.get(_month_first(best)) == reads[best] else "")
+        note = f"column {column.name}: {column.type}s written {best}{order}"
+    naive = [v for v in values if (isinstance(v, str) and TIME_TEXT.fullmatch(v) and not ZONED.search(v))
+             or (isinstance(v, datetime) and v.tzinfo is None)]
+    if column.type == "timestamp" and (naive or column.format and "%z" not in column.format):
+        column.timezone = LOCAL_ZONE
+        note = ((note + "; ") if note else f"column {column.name}: ") + (
+            f"times written without a zone, read as {LOCAL_ZONE}'s (+07:00): check the system's")
+    column.written = note or ""
 
 
 def _parses(parse: Any, text: str) -> bool:
@@ -272,6 +337,7 @@ def guess_columns(records: list[dict[str, Any]], declared: dict[str, str] | None
             kind = "string"  # no type holds: text keeps every value
         odd = filled - (kinds[kind] if kind != "string" else filled)
         columns[name] = ColumnGuess(name, kind, filled, odd, (declared or {}).get(name))
+        time_written(columns[name], values)
     return columns, nested
 
 
@@ -345,7 +411,7 @@ def guess_checks(records: list[dict[str, Any]], columns: dict[str, ColumnGuess],
 
     if not records:
         return [], []
-    probe = DatasetSpec(name=name, title=name, key=key, columns={c.name: {"type": c.type} for c in columns.values()})
+    probe = DatasetSpec(name=name, title=name, key=key, columns={c.name: c.spec() for c in columns.values()})
     frame = coerce(records, probe).frame
     checks: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -625,6 +691,8 @@ def cursor_column(ask: Asker, path: str, columns: dict[str, ColumnGuess], sample
     """The timestamp column the cursor parameter filters on, and why it is thought so."""
     import pandas as pd
 
+    from schemas.arrow import parse_times
+
     times = sorted((c.name for c in columns.values() if c.type == "timestamp" and c.filled == len(sample)),
                    key=lambda n: not UPDATED.search(n))
     if not times:
@@ -632,15 +700,19 @@ def cursor_column(ask: Asker, path: str, columns: dict[str, ColumnGuess], sample
     if cursor is None:
         return times[0], (f"cursor_field {times[0]}: by its name; no cursor parameter was found, so each sync "
                           "reads everything (add cursor_param to the source if the system has one)")
+    def parsed(records: list[dict[str, Any]], name: str) -> pd.Series:
+        return parse_times(pd.Series([r.get(name) for r in records], dtype=object), ColumnSpec(**columns[name].spec()))
+
     for name in times:
-        stamps = pd.to_datetime(pd.Series([r.get(name) for r in sample]), utc=True, format="ISO8601").sort_values()
+        stamps = parsed(sample, name).dropna().sort_values()
+        if stamps.empty:
+            continue
         middle = stamps.iloc[len(stamps) // 2].to_pydatetime()
         answered = _records(ask.call({cursor: format_cursor(middle, style)}), path)
         if not answered:
             continue
         answered = [{renames.get(k, k): v for k, v in r.items()} for r in answered]
-        got = pd.to_datetime(pd.Series([r.get(name) for r in answered]), utc=True, format="ISO8601")
-        if (got >= middle).all():
+        if (parsed(answered, name) >= middle).all():
             return name, (f"cursor_field {name}: asked from its middle sampled value ({middle.isoformat()}), "
                           f"the {len(answered)} record(s) answered are all at or after it")
     return times[0], f"cursor_field {times[0]}: by its name; no column was confirmed by asking with {cursor}"
@@ -854,6 +926,8 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
     if total:
         notes.append(f"total_field {total}: the window's count (lgsp reconcile checks every record is held)")
     for column in columns.values():
+        if column.written:
+            notes.append(column.written)
         if column.odd:
             notes.append(f"column {column.name}: {column.odd} of {column.filled} sampled values are not "
                          f"{column.type}s (a sync would quarantine them)")
@@ -1027,6 +1101,10 @@ def compare(catalog: Catalog, pipeline_name: str, sample: int = 1000, since: dat
     return Comparison(pipeline_name, system.name, len(records), findings)
 
 
+def _declared(spec: ColumnSpec) -> str:
+    return f"{spec.type}s" + (f" written {spec.format}" if spec.format else "")
+
+
 def _column_findings(records: list[dict[str, Any]], dataset: DatasetSpec) -> list[Finding]:
     from quality.checks import run_row_checks
     from schemas.arrow import coerce
@@ -1045,9 +1123,12 @@ def _column_findings(records: list[dict[str, Any]], dataset: DatasetSpec) -> lis
         elif guess is not None and needed and guess.filled < n:
             findings.append(Finding("warning", name, f"required but empty in {n - guess.filled} of {n} records: "
                                                      "a sync quarantines them"))
+        if guess is not None and spec.type == "timestamp" and spec.timezone is None and guess.timezone:
+            findings.append(Finding("warning", name, "times written without a zone are read as UTC: if they are the "
+                                                     f"system's local time, say `timezone: {LOCAL_ZONE}`"))
     for name in [*seen, *nested]:
         if name not in dataset.columns:
-            kind = "nested" if name in nested else seen[name].type
+            kind = "nested" if name in nested else seen[name].kind()
             findings.append(Finding("warning", name, f"sent ({kind}) but not declared: a sync keeps it in _extras; "
                                                      "declare it, then `lgsp warehouse migrate`"))
     absent = {name for name, spec in dataset.columns.items() if spec.required and name not in seen}
@@ -1061,8 +1142,8 @@ def _column_findings(records: list[dict[str, Any]], dataset: DatasetSpec) -> lis
         filled = seen[name].filled if name in seen else n
         severe = count > (1 - HOLDS) * filled
         findings.append(Finding("error" if severe else "warning", name,
-                                f"{count} of {filled} values are not {dataset.columns[name].type}s (the source sends "
-                                f"{seen[name].type if name in seen else '?'}s): a sync quarantines them"))
+                                f"{count} of {filled} values are not {_declared(dataset.columns[name])} (the source "
+                                f"sends {seen[name].kind('s') if name in seen else '?'}): a sync quarantines them"))
     keys = [tuple(_hashable(r.get(k)) for k in dataset.key) for r in records]
     if len(set(keys)) < n and dataset.write_mode != "append":
         findings.append(Finding("warning", ",".join(dataset.key), f"{n - len(set(keys))} of {n} records repeat a "

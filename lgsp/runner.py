@@ -238,20 +238,23 @@ def pull_pages(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any
     transport = open_transport(ctx.system, pipeline.source, log=message_log)
     try:
         for page in iter_pages(ctx.system, source, transport, since, until, start=state["next"],
-                               first_number=pages + 1, breaker=breaker_for(wh, ctx.system), raw=True):
+                               first_number=pages + 1, breaker=breaker_for(wh, ctx.system), raw=True,
+                               paging=state.get("paging")):
             ctx.lake.write_page(pipeline.name, batch_id, page.number, page.records)
             if on_records is not None:
                 on_records(page.records)
             if on_page is not None:
                 on_page(page.number, page.next_params is None)
             pages, rows = page.number, rows + len(page.records)
-            state = {"next": page.next_params, "done": page.next_params is None}
+            state = {"next": page.next_params, "done": page.next_params is None, "paging": page.paging}
             with wh.transaction() as conn:
                 _update_batch(ctx, batch_id, conn, pages=pages, rows_pulled=rows, paging_state=_dump_state(state))
                 flush_log(wh, message_log, conn)
             log.info("%s: page %d, %d rows so far", pipeline.name, page.number, rows)
             if max_pages is not None and pages - start.pages >= max_pages:
                 break
+        else:  # the pages ended: so too when the page asked past a short one repeated it (connectors.paging.ShortPages)
+            state = {**state, "next": None, "done": True}
     except Exception as exc:
         flush_log(wh, message_log)
         _update_batch(ctx, batch_id, status="failed", finished_at=_now(), rows_pulled=rows,

@@ -7,9 +7,11 @@ break, not a bad row.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -55,12 +57,8 @@ def _coerce_column(values: pd.Series, spec: ColumnSpec) -> pd.Series:
         is_text = values.map(lambda v: isinstance(v, str), na_action="ignore").fillna(True).astype(bool)
         text = values.where(is_text)
         return text.astype("string").str.normalize("NFC")
-    if kind == "timestamp":
-        return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    if kind == "date":
-        parsed = pd.to_datetime(values.map(lambda v: str(v) if v is not None else v, na_action="ignore"),
-                                errors="coerce", format="ISO8601")
-        return parsed.dt.tz_localize(None).dt.normalize() if parsed.dt.tz is not None else parsed.dt.normalize()
+    if kind in ("date", "timestamp"):
+        return parse_times(values, spec)
     if kind == "boolean":
         return values.map(lambda v: v if isinstance(v, bool) else None, na_action="ignore").astype("boolean")
     if kind == "integer":
@@ -87,7 +85,7 @@ def coerce(records: list[dict[str, Any]], dataset: DatasetSpec) -> TypedBatch:
         converted = _coerce_column(values, spec)
         bad = values.notna().to_numpy() & converted.isna().to_numpy()
         for pos in bad.nonzero()[0]:
-            errors.setdefault(int(pos), f"{name}: {values.iloc[pos]!r} is not a valid {spec.type}")
+            errors.setdefault(int(pos), not_valid(name, values.iloc[pos], spec))
         typed[name] = converted
     frame = pd.DataFrame(typed, index=range(len(raw)))
     extra = [c for c in raw.columns if c not in dataset.columns]
@@ -105,12 +103,79 @@ def json_schema(dataset: DatasetSpec) -> pa.Schema:
     return pa.schema([(name, JSON_TYPES[col.type]) for name, col in dataset.columns.items()])
 
 
-def _parse_text(values: pd.Series, spec: ColumnSpec) -> pd.Series:
-    """A date or timestamp column that arrived as JSON strings, parsed like `_coerce_column` does."""
-    if spec.type == "timestamp":
+ZONED_TEXT = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|UTC|GMT|[+-]\d{2}(?::?\d{2})?)\s*$")
+"""A time written with its zone (`...09:30:00+07:00`, `...09:30Z`); a date's `-15` is not a zone."""
+
+
+def parse_times(values: pd.Series, spec: ColumnSpec) -> pd.Series:
+    """A date or timestamp column's values parsed as the column says (ColumnSpec `format`, `timezone`).
+
+    `values` holds text, or the date and time objects SOAP gives. Dates come back as naive
+    midnights, timestamps in UTC; a value that is not one is NaT (its row goes to quarantine).
+    A `format` reads text only: a date or time object is one already.
+    """
+    if spec.format is None:
+        return _parse_iso(values, spec)
+    objects = _where(values, lambda v: not isinstance(v, str), text=False)
+    if not objects.any():
+        return _parse_pattern(values, spec)
+    parsed = _parse_iso(values.where(objects), spec)
+    parsed[~objects] = _parse_pattern(values[~objects], spec)
+    return parsed
+
+
+def _where(values: pd.Series, test: Any, text: bool) -> np.ndarray:
+    """Which values are present and pass `test`; `text` is its answer for every string of a string column."""
+    if isinstance(values.dtype, pd.StringDtype):
+        return values.notna().to_numpy() & text
+    return values.notna().to_numpy() & np.fromiter((bool(test(v)) for v in values), bool, len(values))
+
+
+def _parse_pattern(texts: pd.Series, spec: ColumnSpec) -> pd.Series:
+    zoned = "%z" in str(spec.format)
+    parsed = pd.to_datetime(texts, format=spec.format, errors="coerce", utc=zoned)
+    if spec.type == "date":
+        return _midnight(parsed).astype("datetime64[us]")
+    return parsed.astype("datetime64[us, UTC]") if zoned else _localize(parsed, spec.timezone)
+
+
+def _parse_iso(values: pd.Series, spec: ColumnSpec) -> pd.Series:
+    if spec.type == "date":
+        return _midnight(pd.to_datetime(values.map(lambda v: str(v) if v is not None else v, na_action="ignore"),
+                                        errors="coerce", format="ISO8601"))
+    if spec.timezone is None:
         return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
+    if isinstance(values.dtype, pd.StringDtype):
+        naive = values.notna().to_numpy() & ~values.str.contains(ZONED_TEXT.pattern).fillna(True).to_numpy(bool)
+    else:
+        naive = _where(values, _is_naive, text=True)
+    parsed = pd.to_datetime(values.where(~naive), utc=True, errors="coerce", format="ISO8601")
+    parsed = parsed.astype("datetime64[us, UTC]")
+    if naive.any():
+        parsed[naive] = _localize(pd.to_datetime(values[naive], errors="coerce", format="ISO8601"), spec.timezone)
+    return parsed
+
+
+def _is_naive(value: Any) -> bool:
+    if isinstance(value, str):
+        return ZONED_TEXT.search(value) is None
+    return getattr(value, "tzinfo", None) is None
+
+
+def _localize(parsed: pd.Series, zone: str | None) -> pd.Series:
+    """Naive times read as wall-clock times of `zone` (UTC if None), in UTC; a time the zone skips is NaT."""
+    if parsed.dt.tz is None:
+        parsed = parsed.dt.tz_localize(zone or "UTC", ambiguous="NaT", nonexistent="NaT")
+    return parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+
+
+def _midnight(parsed: pd.Series) -> pd.Series:
     return parsed.dt.tz_localize(None).dt.normalize() if parsed.dt.tz is not None else parsed.dt.normalize()
+
+
+def not_valid(name: str, value: Any, spec: ColumnSpec) -> str:
+    """Why a value went to quarantine: `born_on: '1990-08-15' is not a valid date (format %d/%m/%Y)`."""
+    return f"{name}: {value!r} is not a valid {spec.type}" + (f" (format {spec.format})" if spec.format else "")
 
 
 def is_nfc(column: pa.ChunkedArray | pa.Array) -> bool:
@@ -148,15 +213,25 @@ def _cast_text(column: pa.ChunkedArray, spec: ColumnSpec) -> pd.Series | None:
     """A date or timestamp column of strict ISO 8601 strings, parsed by Arrow; None if any value is not.
 
     Arrow reads `YYYY-MM-DD` dates and timestamps with a zone (`Z`, `+07:00`) exactly as
-    `_parse_text` does, about twenty times faster; anything else (no zone, other date
-    forms, impossible dates) is left to `_parse_text`, which knows them and names the bad ones.
+    `parse_times` does, about twenty times faster; so are timestamps that all lack a zone, in a
+    column with a `timezone`. Anything else (a `format`, zones on some values only, other date
+    forms, impossible dates) is left to `parse_times`, which knows them and names the bad ones.
     """
     import pyarrow.compute as pc
 
+    if spec.format is not None:
+        return None
     try:
         if spec.type == "date":
             return pc.cast(column, pa.date32()).to_pandas(date_as_object=False).astype("datetime64[us]")
         return pc.cast(column, pa.timestamp("us", "UTC")).to_pandas().astype("datetime64[us, UTC]")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if spec.timezone is None or spec.type != "timestamp":
+            return None
+    try:
+        local = pc.assume_timezone(pc.cast(column, pa.timestamp("us")), spec.timezone,
+                                   ambiguous="raise", nonexistent="raise")
+        return pc.cast(local, pa.timestamp("us", "UTC")).to_pandas().astype("datetime64[us, UTC]")
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
 
@@ -189,9 +264,9 @@ def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
                                                 pa.float64(): pd.Float64Dtype(),
                                                 pa.bool_(): pd.BooleanDtype()}.get)
         if spec.type in ("date", "timestamp"):
-            converted = _parse_text(values, spec)
+            converted = parse_times(values, spec)
             for pos in (values.notna().to_numpy() & converted.isna().to_numpy()).nonzero()[0]:
-                errors.setdefault(int(pos), f"{name}: {values.iloc[pos]!r} is not a valid {spec.type}")
+                errors.setdefault(int(pos), not_valid(name, values.iloc[pos], spec))
             values = converted
         typed[name] = values
     frame = pd.DataFrame(typed, index=range(len(table)))

@@ -87,7 +87,9 @@ def dictionary_page(dataset: DatasetSpec) -> str:
              "| --- | --- | --- | --- | --- |"]
     for name, col in dataset.columns.items():
         required = "key" if name in dataset.key else ("yes" if col.required else "")
-        lines.append(f"| `{name}` | {col.type} | {required} | {_cell(col.description)} | {_cell(col.description_vi)} |")
+        kind = col.type + "".join(f", {label} `{value}`" for label, value in (("written", col.format),
+                                                                               ("in", col.timezone)) if value)
+        lines.append(f"| `{name}` | {kind} | {required} | {_cell(col.description)} | {_cell(col.description_vi)} |")
     pointing = {name: col.references for name, col in dataset.columns.items() if col.references is not None}
     if pointing:
         from lgsp.freshness import human_age

@@ -244,6 +244,18 @@ def test_repeated_next_token_is_an_error_not_a_loop(catalog: Any) -> None:
      [{"offset": 0, "limit": 2}, {"offset": 2, "limit": 2}, {"offset": 4, "limit": 2}]),
     ("offset", {"limit": 2, "total_field": None}, [{"data": [1, 2]}, {"data": [3]}],
      [{"offset": 0, "limit": 2}, {"offset": 2, "limit": 2}]),
+    # no total, and pages capped below the size asked (3 of 5): a short page as large as any before may be the
+    # cap, so the next is asked for; the first smaller one is the last
+    ("offset", {"limit": 5, "total_field": None}, [{"data": [1, 2, 3]}, {"data": [4, 5, 6]}, {"data": [7]}],
+     [{"offset": 0, "limit": 5}, {"offset": 3, "limit": 5}, {"offset": 6, "limit": 5}]),
+    ("page_number", {"page_size": 5}, [{"data": [1, 2, 3]}, {"data": [4, 5, 6]}, {"data": [7, 8]}],
+     [{"page": 1, "page_size": 5}, {"page": 2, "page_size": 5}, {"page": 3, "page_size": 5}]),
+    ("page_number", {"page_size": 5}, [{"data": [1, 2, 3]}, {"data": []}],  # the whole answer: one more request
+     [{"page": 1, "page_size": 5}, {"page": 2, "page_size": 5}]),
+    ("page_number", {"page_size": 5}, [{"data": [1, 2, 3, 4, 5]}, {"data": [6, 7]}],  # a full page, then a short one
+     [{"page": 1, "page_size": 5}, {"page": 2, "page_size": 5}]),
+    ("page_number", {"page_size": 5}, [{"data": [1, 2], "total_pages": 1}],  # a total: nothing to probe
+     [{"page": 1, "page_size": 5}]),
     ("cursor", {"token_field": "nextPageToken", "token_param": "page_token", "size_param": "page_size",
                 "page_size": 2}, [{"data": [1, 2], "nextPageToken": "t1"}, {"data": [3], "nextPageToken": ""}],
      [{"page_size": 2}, {"page_size": 2, "page_token": "t1"}]),
@@ -263,6 +275,25 @@ def test_paginators_walk_to_the_last_page(catalog: Any, kind: str, params: dict[
     assert transport.requests == expected_requests
     assert [rec["n"] for p in pages for rec in p.records] == list(range(1, sum(len(r["data"]) for r in responses) + 1))
     assert pages[-1].next_params is None
+
+
+@pytest.mark.parametrize("size, expected", [(3, None), (2, "the peer answered the same 2 records")])
+def test_a_page_answered_again_ends_the_probe_or_is_refused(catalog: Any, size: int, expected: str | None) -> None:
+    """Asked past a short page (maybe the source's cap), a source that answers its last page again for any page past
+    it has ended; full pages answered again mean the source ignores the paging: an error, not a loop."""
+    from catalog.models import PaginatorSpec, SourceSpec
+
+    source = SourceSpec(system="tthc", operation="/x", records_field="data",
+                        paginator=PaginatorSpec(type="page_number", page_size=size))
+    same = {"data": [{"n": 1}, {"n": 2}]}
+    transport = _ScriptedTransport([same, same, same])
+    if expected is None:
+        pages = list(iter_pages(catalog.systems["tthc"], source, transport, None))
+        assert [len(p.records) for p in pages] == [2] and len(transport.requests) == 2
+    else:
+        with pytest.raises(RuntimeError, match=expected):
+            list(iter_pages(catalog.systems["tthc"], source, transport, None))
+        assert len(transport.requests) == 2
 
 
 def test_unknown_paginator_parameter_is_refused(catalog: Any) -> None:

@@ -251,7 +251,7 @@ def test_the_until_parameters_found_backfill_a_closed_window(name: str, lgsp_env
 
 
 # what the sandbox sends beyond the shipped catalog, or leaves empty where it requires a value (its defects)
-EXPECTED_WARNINGS = {"dvcqg_procedures": {"NgayCapNhat"}, "documents": {"summary"}}
+EXPECTED_WARNINGS = {"documents": {"summary"}}
 
 
 @pytest.mark.parametrize("name", [*PIPELINES, "dvcqg_procedures", "admin_units"])
@@ -414,15 +414,19 @@ class HoSoPeer:
             return [b'{"error": "not found"}']
         rows = self.rows
         if "TuNgay" in query:
-            rows = [r for r in rows if datetime.fromisoformat(r["NgayCapNhat"]) >= datetime.fromisoformat(
-                query["TuNgay"].replace(" ", "+"))]
+            rows = [r for r in rows if self.when(r) >= datetime.fromisoformat(query["TuNgay"].replace(" ", "+"))]
         if "DenNgay" in query:
-            rows = [r for r in rows if datetime.fromisoformat(r["NgayCapNhat"]) < datetime.fromisoformat(
-                query["DenNgay"].replace(" ", "+"))]
+            rows = [r for r in rows if self.when(r) < datetime.fromisoformat(query["DenNgay"].replace(" ", "+"))]
         skip, take = int(query.get("skip", 0)), min(int(query.get("take", 20)), 100)
         body = {"data": {"items": rows[skip:skip + take]}, "totalCount": len(rows), "success": True}
         start_response("200 OK", [("Content-Type", "application/json")])
         return [orjson.dumps(body)]
+
+    def when(self, row: dict[str, Any]) -> Any:
+        """When the record last changed (what `TuNgay`/`DenNgay` filter on)."""
+        from datetime import datetime
+
+        return datetime.fromisoformat(row["NgayCapNhat"])
 
 
 def test_a_peer_with_its_own_field_names_and_deletion_flags_is_drafted_and_synced(
@@ -487,27 +491,31 @@ def test_a_source_that_ignores_the_cursor_is_noticed_by_the_sync_and_the_compari
         assert "every incremental sync re-reads everything" in found["modifiedSince"]
 
 
-def test_a_loaded_batch_keeps_what_its_validation_said(lgsp_env: Any) -> None:
-    """The DVCQG sends `NgayCapNhat`, which `procedure` does not declare: the loaded batch says so (the load used to
+def test_a_loaded_batch_keeps_what_its_validation_said(lgsp_env: Any, tmp_path: Path) -> None:
+    """The DVCQG sends `CoQuanThucHien`, which this catalog does not map: the loaded batch says so (the load used to
     clear the message it was validated with)."""
     from lgsp import runner
+    from lgsp.status import status_report
 
-    outcome = runner.run_pipeline("dvcqg_procedures", settings=lgsp_env)
-    with runner.open_warehouse(None, lgsp_env).engine.connect() as conn:
+    target = _catalog_with_system(tmp_path / "catalog", "")
+    pipelines = (target / "pipelines.yaml").read_text(encoding="utf-8")
+    (target / "pipelines.yaml").write_text(pipelines.replace(" CoQuanThucHien: agency,", ""), encoding="utf-8")
+    catalog = load_catalog(target)
+    outcome = runner.run_pipeline("dvcqg_procedures", catalog=catalog, settings=lgsp_env)
+    with runner.open_warehouse(catalog, lgsp_env).engine.connect() as conn:
         message = conn.execute(sa.text("SELECT message FROM lgsp_batch WHERE batch_id = :b"),
                                {"b": outcome["batch_id"]}).scalar_one()
     assert outcome["rows_landed"] == 120
-    assert message.startswith("schema drift: new source field(s) ['NgayCapNhat'] kept in _extras")
-    from lgsp.status import status_report
-
-    said = [p for p in status_report(runner.open_warehouse(None, lgsp_env), load_catalog())["problems"]
+    assert message.startswith("schema drift: new source field(s) ['CoQuanThucHien'] kept in _extras")
+    said = [p for p in status_report(runner.open_warehouse(catalog, lgsp_env), catalog)["problems"]
             if p.get("pipeline") == "dvcqg_procedures"]
     assert [(p["severity"], p["problem"].split(" (")[0]) for p in said] == [
         ("warning", "dvcqg_procedures: last run loaded, and noted")], said
 
 
-def _array_peer(n: int) -> Any:
-    """A peer whose answer is the records themselves (a JSON array), `page`/`per_page`, `since`; `/count` is 42."""
+def _array_peer(n: int, clamp: bool = False, asked: list[dict[str, str]] | None = None) -> Any:
+    """A peer whose answer is the records themselves (a JSON array), `page`/`per_page` (100 at most, no total),
+    `since`; `/count` is 42. `clamp`: a page past the last answers the last again; `asked` collects each query."""
     from datetime import datetime, timedelta, timezone
     from urllib.parse import parse_qs
 
@@ -524,6 +532,10 @@ def _array_peer(n: int) -> Any:
         chosen = [r for r in rows if "since" not in query or r["updated_at"] >= datetime.fromisoformat(
             query["since"].replace(" ", "+")).astimezone(timezone.utc).isoformat()]
         page, size = int(query.get("page", 1)), min(int(query.get("per_page", 30)), 100)
+        if asked is not None:
+            asked.append(query)
+        if clamp and chosen:
+            page = min(page, -(-len(chosen) // size))
         return [orjson.dumps(chosen[(page - 1) * size:page * size])]
 
     return app
@@ -548,3 +560,32 @@ def test_an_answer_that_is_the_records_themselves(tmp_path: Path, lgsp_env: Any)
         assert outcome["rows_pulled"] == 250, "pages of 100 (its cap): only the last is short"
         with pytest.raises(DiscoverError, match="expected a JSON object or array, got int"):
             discover(load_catalog(target), "plain", "/count")
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_a_source_capping_its_pages_below_the_size_asked_is_read_to_the_end(clamp: bool, tmp_path: Path,
+                                                                            lgsp_env: Any) -> None:
+    """A pipeline written by hand asks 500 a page of a peer that answers 100 at most and says no total. Its first
+    page is short, but may be the peer's cap: the next is asked for, and all 250 are synced (a short first page used to
+    end the sync after 100). The rerun's whole answer is one short page: one more request ends it, empty, or, from a
+    peer that answers its last page for any page past it, the same records again (not loaded twice)."""
+    from lgsp import runner
+    from lgsp.discover import write_draft
+    from loopback import serving
+
+    asked: list[dict[str, str]] = []
+    with serving(_array_peer(250, clamp=clamp, asked=asked)) as base:
+        target = _catalog_with_system(tmp_path / "catalog", f"  plain:\n    title: A plain REST list\n"
+                                                             f"    protocol: rest\n    endpoint: {base}\n")
+        draft = discover(load_catalog(target), "plain", "/things")
+        draft.source["paginator"]["page_size"] = 500  # as a hand-written pipeline would
+        write_draft(draft, target)
+        catalog = load_catalog(target)
+        asked.clear()
+        first = runner.run_pipeline(draft.pipeline, catalog=catalog, settings=lgsp_env)
+        assert first["rows_pulled"] == 250
+        assert [q["page"] for q in asked] == ["1", "2", "3"], "the third page (50 < 100) was the last"
+        asked.clear()
+        again = runner.run_pipeline(draft.pipeline, catalog=catalog, settings=lgsp_env)
+        assert again["mode"] == "incremental" and again["rows_pulled"] == 61  # the lookback hour: 60 minutes and one
+        assert again["rows_changed"] == 0 and [q["page"] for q in asked] == ["1", "2"]

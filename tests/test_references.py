@@ -136,7 +136,7 @@ def test_orphans_are_pending_within_grace_then_broken_with_what_to_do_and_alerte
         todo = _by_name(report["references"])["dossier.procedure_code"]["todo"]
         assert "'procedure' may be behind (dvcqg_procedures stale" in todo and "`lgsp run dvcqg_procedures`" in todo
 
-        runner.run_pipeline("dvcqg_procedures")  # the whole catalogue now
+        runner.run_pipeline("dvcqg_procedures", full_refresh=True)  # the whole catalogue (the two are not newer)
         code, report = _cli("references", "--dataset", "dossier")
         procedure = _by_name(report["references"])["dossier.procedure_code"]
         assert code == 0 and procedure["state"] == "ok" and procedure["orphans"] == 0 and procedure["missing"] == []

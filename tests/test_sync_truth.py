@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from catalog import load_catalog
-from tests.test_systems import PULLS, SOURCE_KEY, small_pages_catalog, truth_keys
+from tests.test_systems import PULLS, SOURCE_CURSOR, SOURCE_KEY, small_pages_catalog, truth_keys
 
 NORMALISED_NOT_REJECTED = {"summary_not_nfc"}  # a defect lgsp repairs (NFC) rather than quarantines
 
@@ -47,7 +47,8 @@ def assert_identical_to_truth(wh: Any, catalog: Any, handle: Any, pipeline: str)
     assert sorted(quarantined) == sorted(rejected), f"{pipeline}: each bad row quarantined exactly once"
     if dataset.cursor_field:
         source_key = SOURCE_KEY.get(dataset.name, DATASET_KEYS[dataset.name])
-        truth = {str(r[source_key]): r[dataset.cursor_field] for r in handle.data.records(dataset.name)}
+        field, read = SOURCE_CURSOR.get(dataset.name, (dataset.cursor_field, lambda value: value))
+        truth = {str(r[source_key]): read(r[field]) for r in handle.data.records(dataset.name)}
         wrong = [k for k, v in landed.items() if v.replace(tzinfo=v.tzinfo or timezone.utc) != truth[k]]
         assert not wrong, f"{pipeline}: stale versions for {wrong[:5]}"
 

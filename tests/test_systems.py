@@ -14,11 +14,13 @@ import yaml
 
 from catalog import load_catalog
 from catalog.loader import CATALOG_DIR
+from sandbox.dvcqg_rest import parse_portal_time
 
 CATALOG = load_catalog()
 PULLS = sorted(p for p in CATALOG.pipelines  # every pipeline fed by a peer (not in-process reference data)
                if CATALOG.systems[CATALOG.pipelines[p].source.system].protocol != "reference")
 SOURCE_KEY = {"procedure": "MaTTHC"}  # fields the pipeline renames
+SOURCE_CURSOR = {"procedure": ("NgayCapNhat", parse_portal_time)}  # and the source's own form of the cursor's time
 
 
 def small_pages_catalog(tmp_path: Path, page_size: int = 40, **system_overrides: Any) -> Path:

@@ -1,0 +1,214 @@
+"""Dates and times a source writes its own way: a column's `format` and `timezone` (catalog.models.ColumnSpec).
+
+Vietnamese systems write `15/08/1990` and `20250815093000`, and local times without a zone. Read as ISO 8601
+and UTC, the first two went to quarantine and the third landed seven hours late. Each test below uses the real
+typing code, the real sandbox portal, real syncs into both stores, and `lgsp discover` against a real peer.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from catalog.loader import CATALOG_DIR, CatalogError, load_catalog
+from catalog.models import ColumnSpec, DatasetSpec
+from schemas.arrow import coerce, coerce_arrow, json_schema
+from tests.test_discover import HoSoPeer, _district_system
+
+UTC = timezone.utc
+VN = timezone(timedelta(hours=7))
+DATASET = DatasetSpec(name="t", title="t", key=["k"], columns={
+    "k": ColumnSpec(type="string"),
+    "born": ColumnSpec(type="date", format="%d/%m/%Y"),
+    "portal": ColumnSpec(type="timestamp", format="%Y%m%d%H%M%S", timezone="Asia/Ho_Chi_Minh"),
+    "local": ColumnSpec(type="timestamp", timezone="Asia/Ho_Chi_Minh"),
+    "zoned": ColumnSpec(type="timestamp", format="%d/%m/%Y %H:%M:%S%z"),
+    "plain": ColumnSpec(type="timestamp"),
+})
+RECORDS = [  # (record, what each value is read as)
+    {"k": "a", "born": "15/08/1990", "portal": "20250815093000", "local": "2025-08-15 09:30:00",
+     "zoned": "15/08/2025 09:30:00+0700", "plain": "2025-08-15T09:30:00"},
+    {"k": "b", "born": "01/02/1991", "portal": "20251231235959", "local": "2025-08-15T09:30:00Z",
+     "zoned": "15/08/2025 09:30:00+0000", "plain": "2025-08-15T09:30:00+07:00"},
+    {"k": "c", "born": "1990-08-15", "portal": "20250815093000", "local": "2025-08-15T09:30:00+07:00",
+     "zoned": None, "plain": None},
+    {"k": "d", "born": "31/02/1990", "portal": None, "local": None, "zoned": None, "plain": None},
+    {"k": "e", "born": None, "portal": "2025-08-15", "local": "2025-08-15", "zoned": None, "plain": "2025-08-15"},
+]
+READ = {
+    "a": {"born": date(1990, 8, 15), "portal": datetime(2025, 8, 15, 2, 30, tzinfo=UTC),
+          "local": datetime(2025, 8, 15, 2, 30, tzinfo=UTC), "zoned": datetime(2025, 8, 15, 2, 30, tzinfo=UTC),
+          "plain": datetime(2025, 8, 15, 9, 30, tzinfo=UTC)},  # no timezone said: UTC, as before
+    "b": {"born": date(1991, 2, 1), "portal": datetime(2025, 12, 31, 16, 59, 59, tzinfo=UTC),
+          "local": datetime(2025, 8, 15, 9, 30, tzinfo=UTC), "zoned": datetime(2025, 8, 15, 9, 30, tzinfo=UTC),
+          "plain": datetime(2025, 8, 15, 2, 30, tzinfo=UTC)},  # a time with its zone is read in it
+    "c": {"portal": datetime(2025, 8, 15, 2, 30, tzinfo=UTC), "local": datetime(2025, 8, 15, 2, 30, tzinfo=UTC)},
+    "e": {"local": datetime(2025, 8, 14, 17, 0, tzinfo=UTC), "plain": datetime(2025, 8, 15, tzinfo=UTC)},
+}
+WRONG = {"c": "born: '1990-08-15' is not a valid date (format %d/%m/%Y)",
+         "d": "born: '31/02/1990' is not a valid date (format %d/%m/%Y)",
+         "e": "portal: '2025-08-15' is not a valid timestamp (format %Y%m%d%H%M%S)"}
+
+
+def _values(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for row in frame.to_dict("records"):
+        out[row["k"]] = {c: (v.date() if c == "born" else v.to_pydatetime())
+                         for c, v in row.items() if c != "k" and not pd.isna(v)}
+    return out
+
+
+def _reasons(batch: Any, frame: pd.DataFrame) -> dict[str, str]:
+    return {frame["k"].iloc[pos]: reason for pos, reason in batch.type_errors.items()}
+
+
+def test_each_written_form_is_read_alike_on_both_typing_paths() -> None:
+    """`coerce` (any record) and `coerce_arrow` (JSON lines read by Arrow, the fast path) agree value for value, and
+    a value not in the column's form goes to quarantine saying the form expected."""
+    batch = coerce(RECORDS, DATASET)
+    assert _values(batch.frame) == {k: READ.get(k, {}) for k in "abcde"}
+    assert _reasons(batch, batch.frame) == WRONG
+    table = pa.Table.from_pylist(RECORDS, schema=json_schema(DATASET))
+    fast = coerce_arrow(table, DATASET)
+    assert fast is not None
+    assert _values(fast.frame) == _values(batch.frame)
+    assert _reasons(fast, fast.frame) == WRONG
+    assert str(fast.frame["local"].dtype) == str(batch.frame["local"].dtype) == "datetime64[us, UTC]"
+
+    # every time of a zone-less column without a zone: Arrow reads them in the column's zone
+    naive = pa.table({name: pa.array([None, None], pa.string()) for name in DATASET.columns} |
+                     {"k": ["x", "y"], "local": ["2025-08-15 09:30:00", "2025-01-01T00:00:00"]})
+    assert coerce_arrow(naive, DATASET).frame["local"].tolist() == [
+        pd.Timestamp("2025-08-15T02:30:00Z"), pd.Timestamp("2024-12-31T17:00:00Z")]
+
+
+def test_the_date_and_time_objects_soap_gives_are_read_in_the_columns_zone() -> None:
+    """zeep gives `date` and `datetime` objects; one without a zone is a time of the column's zone, and a format
+    (for text) does not apply to them."""
+    records = [{"k": "a", "born": date(1990, 8, 15), "portal": datetime(2025, 8, 15, 9, 30),
+                "local": datetime(2025, 8, 15, 9, 30, tzinfo=UTC), "plain": datetime(2025, 8, 15, 9, 30)},
+               {"k": "b", "born": "15/08/1990", "portal": "20250815093000", "local": datetime(2025, 8, 15, 9, 30),
+                "plain": None}]
+    batch = coerce(records, DATASET)
+    assert batch.type_errors == {}
+    assert _values(batch.frame) == {
+        "a": {"born": date(1990, 8, 15), "portal": datetime(2025, 8, 15, 2, 30, tzinfo=UTC),
+              "local": datetime(2025, 8, 15, 9, 30, tzinfo=UTC), "plain": datetime(2025, 8, 15, 9, 30, tzinfo=UTC)},
+        "b": {"born": date(1990, 8, 15), "portal": datetime(2025, 8, 15, 2, 30, tzinfo=UTC),
+              "local": datetime(2025, 8, 15, 2, 30, tzinfo=UTC)}}
+
+
+@pytest.mark.parametrize("column, said", [
+    ("format: \"yyyyMMddHHmmss\"", "has no %-directive: it is a strptime pattern"),
+    ("format: \"%Y%m%d%H%M%Q\"", "unknown directive(s) %Q"),
+    ("timezone: Hanoi", "timezone 'Hanoi' is not an IANA time zone name"),
+])
+def test_a_wrong_form_or_zone_is_refused_naming_the_file_and_field(column: str, said: str, tmp_path: Path) -> None:
+    target = tmp_path / "catalog"
+    target.mkdir()
+    for source in CATALOG_DIR.glob("*.yaml"):
+        text = source.read_text(encoding="utf-8")
+        if source.name == "datasets.yaml":
+            shipped = "format: \"%Y%m%d%H%M%S\"" if column.startswith("format") else "timezone: Asia/Ho_Chi_Minh"
+            assert text.count(shipped) == 1
+            text = text.replace(shipped, column)
+        (target / source.name).write_text(text, encoding="utf-8")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(target)
+    message = str(caught.value)
+    assert "datasets.yaml" in message and "procedure" in message and "updated_at" in message and said in message
+
+
+def test_format_and_timezone_only_where_they_mean_something() -> None:
+    with pytest.raises(ValueError, match="format is for date and timestamp columns, not string"):
+        ColumnSpec(type="string", format="%d/%m/%Y")
+    with pytest.raises(ValueError, match="timezone is for timestamp columns, not date"):
+        ColumnSpec(type="date", timezone="Asia/Ho_Chi_Minh")
+
+
+def _held(wh: Any, dataset: str, key: str, column: str) -> dict[str, Any]:
+    """{key: value} of a core table, read through its typed SQLAlchemy table (SQLite's times come back naive UTC)."""
+    table = wh.core[dataset]
+    with wh.engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c[key], table.c[column])).all()
+    return {k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for k, v in rows}
+
+
+def test_the_portals_times_are_read_in_vietnams_time_and_drive_its_cursor(lgsp_env: Any,
+                                                                          sandbox_handle: Any) -> None:
+    """The DVCQG writes `NgayCapNhat` as yyyyMMddHHmmss in Vietnam's time: `procedure.updated_at` holds the instant
+    it means, on both stores, and is the cursor of the catalogue's (now incremental) sync and of its backfill."""
+    from lgsp import runner
+    from sandbox.dvcqg_rest import parse_portal_time
+
+    truth = {p["MaTTHC"]: parse_portal_time(p["NgayCapNhat"]) for p in sandbox_handle.data.procedures}
+    first = runner.run_pipeline("dvcqg_procedures", settings=lgsp_env)
+    assert (first["rows_pulled"], first["rows_quarantined"]) == (len(truth), 0)
+    wh = runner.open_warehouse(None, lgsp_env)
+    assert _held(wh, "procedure", "procedure_code", "updated_at") == truth  # aware instants compare as such
+
+    again = runner.run_pipeline("dvcqg_procedures", settings=lgsp_env)
+    newest = max(truth.values())
+    within_lookback = sum(1 for t in truth.values() if t >= newest - timedelta(hours=1))
+    assert again["mode"] == "incremental" and 0 < again["rows_pulled"] == within_lookback < len(truth)
+    assert again["rows_changed"] == 0
+
+    since, until = datetime(2025, 8, 10, tzinfo=VN), datetime(2025, 8, 20, tzinfo=VN)
+    inside = sum(1 for t in truth.values() if since <= t < until)
+    assert 0 < inside < len(truth)
+    window = runner.run_pipeline("dvcqg_procedures", since=since, until=until, settings=lgsp_env)
+    assert (window["mode"], window["rows_pulled"], window["rows_changed"]) == ("backfill", inside, 0)
+
+
+class LegacyPeer(HoSoPeer):
+    """The district peer as an older system writes it: the receipt date `dd/mm/yyyy`, the change time in Vietnam's
+    time without a zone (its `TuNgay`/`DenNgay` still take ISO 8601 with a zone)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        for row in self.rows:
+            row["NgayTiepNhan"] = date.fromisoformat(row["NgayTiepNhan"]).strftime("%d/%m/%Y")
+            row["NgayCapNhat"] = datetime.fromisoformat(row["NgayCapNhat"]).strftime("%Y-%m-%d %H:%M:%S")
+
+    def when(self, row: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(row["NgayCapNhat"]).replace(tzinfo=VN)
+
+
+def test_discover_drafts_a_peers_own_forms_and_the_sync_reads_them(tmp_path: Path, lgsp_env: Any) -> None:
+    from lgsp import runner
+    from lgsp.discover import compare, discover, write_draft
+    from loopback import serving
+
+    peer = LegacyPeer(230)
+    with serving(peer) as base:
+        target = _district_system(tmp_path / "catalog", base)
+        draft = discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so")
+        assert draft.columns["ngay_tiep_nhan"].spec() == {"type": "date", "format": "%d/%m/%Y"}
+        assert draft.columns["ngay_cap_nhat"].spec() == {"type": "timestamp", "timezone": "Asia/Ho_Chi_Minh"}
+        assert "column ngay_tiep_nhan: dates written %d/%m/%Y (day first: no value says which comes first)" in \
+            draft.notes
+        assert (draft.cursor_field, draft.source["cursor_param"]) == ("ngay_cap_nhat", "TuNgay")  # confirmed by asking
+        write_draft(draft, target)
+        catalog = load_catalog(target)
+        first = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=catalog, settings=lgsp_env)
+        kept = [r for r in peer.rows if not r["DaXoa"]]
+        assert (first["rows_pulled"], first["rows_quarantined"]) == (230, 0)
+        wh = runner.open_warehouse(catalog, lgsp_env)
+        assert _held(wh, "ho_so", "ma_ho_so", "ngay_cap_nhat") == {r["MaHoSo"]: peer.when(r) for r in kept}
+        assert _held(wh, "ho_so", "ma_ho_so", "ngay_tiep_nhan") == {
+            r["MaHoSo"]: datetime.strptime(r["NgayTiepNhan"], "%d/%m/%Y").date() for r in kept}
+        again = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=catalog, settings=lgsp_env)
+        newest = max(peer.when(r) for r in peer.rows)
+        assert again["rows_pulled"] == sum(1 for r in peer.rows if peer.when(r) >= newest - timedelta(hours=1))
+
+        # the same catalog without the zone: the comparison says the times would be read as UTC
+        datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
+        (target / "datasets.yaml").write_text(datasets.replace(", timezone: Asia/Ho_Chi_Minh", ""), encoding="utf-8")
+        found = {f.subject: (f.severity, f.said) for f in compare(load_catalog(target), "mot_cua_huyen_ho_sos").findings}
+        assert found["ngay_cap_nhat"] == ("warning", "times written without a zone are read as UTC: if they are the "
+                                                     "system's local time, say `timezone: Asia/Ho_Chi_Minh`")
