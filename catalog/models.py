@@ -346,7 +346,9 @@ class SourceSpec(Strict):
     For REST, `operation` is a path; for SOAP, an operation name. `method: POST`
     sends `params` (and the paging and cursor parameters) as a JSON body.
     `fields` renames source fields to dataset columns (`{MaTTHC: procedure_code}`);
-    `cursor_format` says how the cursor is written in a request.
+    `cursor_format` says how the cursor (and the until bound) is written in a request: `iso`
+    (`2025-08-01T00:00:00+00:00`), `iso_z` (`...T00:00:00Z`), `dvcqg` (`20250801070000`, Vietnam's
+    time), or a `strptime` pattern (`%d/%m/%Y %H:%M:%S`) written in `cursor_timezone` (default UTC).
     """
 
     system: Identifier
@@ -354,12 +356,30 @@ class SourceSpec(Strict):
     method: Literal["GET", "POST"] = "GET"
     cursor_param: str | None = None
     until_param: str | None = None
-    cursor_format: Literal["iso", "iso_z", "dvcqg"] = "iso"
+    cursor_format: str = "iso"
+    cursor_timezone: str | None = None
     records_field: str = "items"
     params: dict[str, Any] = {}
     fields: dict[str, str] = {}
     paginator: PaginatorSpec = PaginatorSpec(type="single")
     total_field: str | None = None  # dotted path of the answer's count of the window's records (`lgsp reconcile`)
+
+    @model_validator(mode="after")
+    def _cursor_written(self) -> "SourceSpec":
+        if self.cursor_format not in CURSOR_STYLES:
+            if "%" not in self.cursor_format:
+                raise ValueError(f"cursor_format {self.cursor_format!r}: one of {', '.join(CURSOR_STYLES)} "
+                                 "or a strptime pattern (%d/%m/%Y %H:%M:%S)")
+            check_time_format(self.cursor_format)
+        if self.cursor_timezone is not None:
+            if self.cursor_format in CURSOR_STYLES:
+                raise ValueError(f"cursor_timezone is for a cursor_format pattern; {self.cursor_format} "
+                                 "says its own zone")
+            check_timezone(self.cursor_timezone)
+        return self
+
+
+CURSOR_STYLES = ("iso", "iso_z", "dvcqg")
 
 
 class PartitionSpec(Strict):

@@ -169,25 +169,49 @@ def extract_records(response: dict[str, Any], field: str, rename: dict[str, str]
     return [{rename.get(k, k): v for k, v in dict(r).items()} for r in records]
 
 
-def format_cursor(value: datetime, style: str) -> Any:
-    """A cursor as the source wants it: a datetime (ISO), ISO with Z, or DVCQG's yyyyMMddHHmmss in +07:00."""
+def format_cursor(value: datetime, style: str, zone: str | None = None) -> Any:
+    """A cursor as the source wants it: a datetime (ISO), ISO with Z, DVCQG's yyyyMMddHHmmss in +07:00,
+    or a strptime pattern written in `zone` (UTC if None): `%d/%m/%Y %H:%M:%S` gives `01/08/2025 07:00:00`."""
     if style == "iso_z":
         return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if style == "dvcqg":
         return value.astimezone(VN_TZ).strftime("%Y%m%d%H%M%S")
+    if "%" in style:
+        from zoneinfo import ZoneInfo
+
+        return value.astimezone(ZoneInfo(zone) if zone else timezone.utc).strftime(style)
     return value
+
+
+def cursor_as_read(value: datetime, source: SourceSpec) -> datetime:
+    """The instant the source reads from `value` as the request writes it: a pattern of whole days, or of seconds,
+    asks from the start of that day or second (`%d/%m/%Y` asks 01/08/2025 for any time of 1 August)."""
+    style, zone = source.cursor_format, source.cursor_timezone
+    written = format_cursor(value, style, zone)
+    if isinstance(written, datetime):
+        return written
+    if style == "iso_z":
+        return datetime.strptime(written, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    if style == "dvcqg":
+        return datetime.strptime(written, "%Y%m%d%H%M%S").replace(tzinfo=VN_TZ)
+    read = datetime.strptime(written, style)
+    if read.tzinfo is None:
+        from zoneinfo import ZoneInfo
+
+        read = read.replace(tzinfo=ZoneInfo(zone) if zone else timezone.utc)
+    return read
 
 
 def first_request(source: SourceSpec, since: datetime | None, until: datetime | None = None) -> dict[str, Any]:
     """The parameters of the first page of a sync of the window [since, until)."""
     params = {**source.params, **make_paginator(source.paginator.type, source.paginator.params).first()}
     if since is not None and source.cursor_param:
-        params[source.cursor_param] = format_cursor(since, source.cursor_format)
+        params[source.cursor_param] = format_cursor(since, source.cursor_format, source.cursor_timezone)
     if until is not None:
         if not source.until_param:
             raise ValueError(f"source {source.system}.{source.operation} has no until_param: "
                              "it cannot be backfilled for a closed date range")
-        params[source.until_param] = format_cursor(until, source.cursor_format)
+        params[source.until_param] = format_cursor(until, source.cursor_format, source.cursor_timezone)
     return params
 
 

@@ -648,11 +648,28 @@ def _page_cap(ask: Asker, path: str, size: str, following: Any) -> int:
     return len(got) if more else PAGE_SIZE
 
 
+Written = tuple[str, "str | None"]  # how a cursor is written in a request: (cursor_format, cursor_timezone)
+ISO: Written = ("iso", None)
+
+
+def own_forms(records: list[dict[str, Any]]) -> list[Written]:
+    """The forms the records' own times are written in, as cursor formats (after ISO, ISO Z and the DVCQG's): a
+    source that writes `01/08/2025 09:30:00`, or local times without a zone, may want its filter written so."""
+    forms: dict[Written, None] = {}
+    for value in (v for r in records[:20] for v in r.values() if isinstance(v, str)):
+        if TIME_TEXT.fullmatch(value) and not ZONED.search(value):
+            forms[("%Y-%m-%d %H:%M:%S" if " " in value else "%Y-%m-%dT%H:%M:%S", LOCAL_ZONE)] = None
+        elif (shape := time_shape(value)) and shape[1] != "%Y%m%d%H%M%S":  # that one is `dvcqg`
+            forms[(shape[1], LOCAL_ZONE)] = None
+    return [("iso", None), ("iso_z", None), ("dvcqg", None), *forms]
+
+
 def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]],
-                inputs: dict[str, str] | None) -> tuple[str | None, str | None, str]:
-    """(cursor param, until param, cursor format): a far-future cursor, or a far-past until, empties the answer."""
+                inputs: dict[str, str] | None) -> tuple[str | None, str | None, Written]:
+    """(cursor param, until param, how they are written): a far-future cursor, or a far-past until, empties the
+    answer. Each is written as ISO, ISO Z, the DVCQG's form, then the records' own forms, until one is taken."""
     if not first:
-        return None, None, "iso"
+        return None, None, ISO
     if inputs is not None:
         cursor_names = tuple(n for n, t in inputs.items() if t == "timestamp")
         until_names = cursor_names
@@ -662,18 +679,20 @@ def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]],
         cursor_names = CURSOR_NAMES + tuple(f"{c}{s}" for c in times for s in SINCE_SUFFIXES)
         until_names = UNTIL_NAMES + tuple(f"{c}{s}" for c in times for s in UNTIL_SUFFIXES)
 
-    def empties(name: str, when: datetime) -> str | None:
-        for style in ("iso", "iso_z", "dvcqg"):
-            records = _records(ask.call({name: format_cursor(when, style)}), path)
+    forms = own_forms(first)
+
+    def empties(name: str, when: datetime) -> Written | None:
+        for written in forms:
+            records = _records(ask.call({name: format_cursor(when, *written)}), path)
             if records is not None:
-                return style if not records else None
+                return written if not records else None
         return None
 
-    cursor, style = None, "iso"
+    cursor, written = None, ISO
     for name in cursor_names:
         found = empties(name, FUTURE)
         if found:
-            cursor, style = name, found
+            cursor, written = name, found
             break
     until = None
     if cursor:  # the until filter on the cursor's own column first (`updated_at__lt` for `updated_at__gte`)
@@ -683,11 +702,11 @@ def find_cursor(ask: Asker, path: str, first: list[dict[str, Any]],
         if name != cursor and empties(name, PAST):
             until = name
             break
-    return cursor, until, style
+    return cursor, until, written
 
 
 def cursor_column(ask: Asker, path: str, columns: dict[str, ColumnGuess], sample: list[dict[str, Any]],
-                  cursor: str | None, style: str, renames: dict[str, str]) -> tuple[str | None, str]:
+                  cursor: str | None, written: Written, renames: dict[str, str]) -> tuple[str | None, str]:
     """The timestamp column the cursor parameter filters on, and why it is thought so."""
     import pandas as pd
 
@@ -708,7 +727,7 @@ def cursor_column(ask: Asker, path: str, columns: dict[str, ColumnGuess], sample
         if stamps.empty:
             continue
         middle = stamps.iloc[len(stamps) // 2].to_pydatetime()
-        answered = _records(ask.call({cursor: format_cursor(middle, style)}), path)
+        answered = _records(ask.call({cursor: format_cursor(middle, *written)}), path)
         if not answered:
             continue
         answered = [{renames.get(k, k): v for k, v in r.items()} for r in answered]
@@ -870,11 +889,11 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
     first = _records(answer, path) or []
     renames = column_names(k for r in first for k in r)
     paginator = find_paging(ask, path, answer, list(inputs) if inputs is not None else None)
-    cursor, until, style = find_cursor(ask, path, first, inputs)
+    cursor, until, written = find_cursor(ask, path, first, inputs)
     scalars = _scalars(answer)
     total = _first_named(scalars, TOTAL_NAMES)
     if total and cursor:
-        emptied = ask.call({cursor: format_cursor(FUTURE, style)})
+        emptied = ask.call({cursor: format_cursor(FUTURE, *written)})
         if emptied is None or dig(emptied, total) != 0:
             total = None  # a count that does not follow the window is not the window's count
     source: dict[str, Any] = {"system": system.name, "operation": operation}
@@ -883,8 +902,10 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
     if ask.base:
         source["params"] = dict(ask.base)
     source |= {k: v for k, v in (("cursor_param", cursor), ("until_param", until)) if v}
-    if style != "iso":
-        source["cursor_format"] = style
+    if written != ISO:
+        source["cursor_format"] = written[0]
+    if written[1]:
+        source["cursor_timezone"] = written[1]
     source["records_field"] = path
     if renames:
         source["fields"] = renames
@@ -916,10 +937,11 @@ def _discover(ask: Asker, system: SystemSpec, operation: str, name: str, pipelin
     if deleted:
         notes.append(f"delete_field {deleted}: a record the source marks so is deleted here (history: its version "
                      "closed); check that is what it means")
-    cursor_field, why_cursor = cursor_column(ask, path, columns, records, cursor, style, renames)
+    cursor_field, why_cursor = cursor_column(ask, path, columns, records, cursor, written, renames)
     checks, check_notes = guess_checks(records, columns, key, cursor_field, name)
     notes += [why_key, why_cursor]
-    notes += [f"cursor: {cursor} (a far-future value empties the answer)" if cursor else
+    form = "" if written == ISO else f", written {written[0]}" + (f" in {written[1]}'s time" if written[1] else "")
+    notes += [f"cursor: {cursor} (a far-future value{form} empties the answer)" if cursor else
               "cursor: no parameter tried filters the answer by time; each sync reads everything"]
     if until:
         notes.append(f"until: {until} (a far-past value empties the answer): the pipeline can be backfilled")
@@ -1169,7 +1191,7 @@ def _parameter_findings(system: SystemSpec, source: SourceSpec) -> list[Finding]
                                   (source.until_param, PAST, "a backfill pulls more than its window")):
             if not param:
                 continue
-            answer = ask.call({param: format_cursor(when, source.cursor_format)})
+            answer = ask.call({param: format_cursor(when, source.cursor_format, source.cursor_timezone)})
             got = _records(answer, source.records_field)
             if got is None:
                 findings.append(Finding("error", param, f"refused ({'far-future' if when is FUTURE else 'far-past'} "

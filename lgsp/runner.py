@@ -612,7 +612,9 @@ def _before_window(ctx: PipelineContext, manifest: dict[str, Any], oldest: Any) 
     source = ctx.pipeline.source
     if not since or oldest is None or getattr(oldest, "tzinfo", None) is None or not source.cursor_param:
         return None
-    start = datetime.fromisoformat(since)
+    from connectors.source import cursor_as_read
+
+    start = cursor_as_read(datetime.fromisoformat(since), source)  # a source asked by the day reads from its start
     if oldest >= start:
         return None
     return (f"the source answered records changed before the window asked for ({ctx.dataset.cursor_field} "

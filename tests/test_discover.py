@@ -413,10 +413,14 @@ class HoSoPeer:
             start_response("404 Not Found", [("Content-Type", "application/json")])
             return [b'{"error": "not found"}']
         rows = self.rows
-        if "TuNgay" in query:
-            rows = [r for r in rows if self.when(r) >= datetime.fromisoformat(query["TuNgay"].replace(" ", "+"))]
-        if "DenNgay" in query:
-            rows = [r for r in rows if self.when(r) < datetime.fromisoformat(query["DenNgay"].replace(" ", "+"))]
+        try:
+            if "TuNgay" in query:
+                rows = [r for r in rows if self.when(r) >= self.asked(query["TuNgay"])]
+            if "DenNgay" in query:
+                rows = [r for r in rows if self.when(r) < self.asked(query["DenNgay"])]
+        except ValueError as exc:
+            start_response("400 Bad Request", [("Content-Type", "application/json")])
+            return [orjson.dumps({"success": False, "error": str(exc)})]
         skip, take = int(query.get("skip", 0)), min(int(query.get("take", 20)), 100)
         body = {"data": {"items": rows[skip:skip + take]}, "totalCount": len(rows), "success": True}
         start_response("200 OK", [("Content-Type", "application/json")])
@@ -427,6 +431,12 @@ class HoSoPeer:
         from datetime import datetime
 
         return datetime.fromisoformat(row["NgayCapNhat"])
+
+    def asked(self, text: str) -> Any:
+        """The instant a `TuNgay`/`DenNgay` value means (ValueError: not one; answered 400)."""
+        from datetime import datetime
+
+        return datetime.fromisoformat(text.replace(" ", "+"))
 
 
 def test_a_peer_with_its_own_field_names_and_deletion_flags_is_drafted_and_synced(

@@ -212,3 +212,80 @@ def test_discover_drafts_a_peers_own_forms_and_the_sync_reads_them(tmp_path: Pat
         found = {f.subject: (f.severity, f.said) for f in compare(load_catalog(target), "mot_cua_huyen_ho_sos").findings}
         assert found["ngay_cap_nhat"] == ("warning", "times written without a zone are read as UTC: if they are the "
                                                      "system's local time, say `timezone: Asia/Ho_Chi_Minh`")
+
+
+class LocalFilterPeer(HoSoPeer):
+    """An older system still: it writes its change time `dd/mm/yyyy HH:MM:SS` in Vietnam's time, and takes its
+    `TuNgay`/`DenNgay` filter only in the form `filter_form` (local time too); anything else is answered 400."""
+
+    def __init__(self, n: int, filter_form: str) -> None:
+        super().__init__(n)
+        self.filter_form = filter_form
+        for row in self.rows:
+            row["NgayTiepNhan"] = date.fromisoformat(row["NgayTiepNhan"]).strftime("%d/%m/%Y")
+            row["NgayCapNhat"] = datetime.fromisoformat(row["NgayCapNhat"]).strftime("%d/%m/%Y %H:%M:%S")
+
+    def when(self, row: dict[str, Any]) -> datetime:
+        return datetime.strptime(row["NgayCapNhat"], "%d/%m/%Y %H:%M:%S").replace(tzinfo=VN)
+
+    def asked(self, text: str) -> datetime:
+        return datetime.strptime(text, self.filter_form).replace(tzinfo=VN)
+
+
+@pytest.mark.parametrize("form", ["%d/%m/%Y %H:%M:%S", "%d/%m/%Y"])
+def test_a_peer_filtered_in_its_own_form_is_asked_in_it(form: str, tmp_path: Path, lgsp_env: Any) -> None:
+    """The peer refuses an ISO 8601 `TuNgay`: `lgsp discover` tries the forms its records are written in and drafts
+    the one it takes (`cursor_format`, `cursor_timezone`). Syncs ask in it; a filter by the day asks from the day's
+    start, and the records of that day before the cursor are not taken for a source ignoring its cursor."""
+    from lgsp import runner
+    from lgsp.discover import discover, write_draft
+    from loopback import serving
+
+    peer = LocalFilterPeer(230, form)
+    with serving(peer) as base:
+        target = _district_system(tmp_path / "catalog", base)
+        draft = discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so")
+        assert {k: draft.source.get(k) for k in ("cursor_param", "until_param", "cursor_format", "cursor_timezone")} \
+            == {"cursor_param": "TuNgay", "until_param": "DenNgay", "cursor_format": form,
+                "cursor_timezone": "Asia/Ho_Chi_Minh"}
+        assert draft.columns["ngay_cap_nhat"].spec() == {"type": "timestamp", "format": "%d/%m/%Y %H:%M:%S",
+                                                         "timezone": "Asia/Ho_Chi_Minh"}
+        assert draft.cursor_field == "ngay_cap_nhat"
+        write_draft(draft, target)
+        catalog = load_catalog(target)
+        first = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=catalog, settings=lgsp_env)
+        assert (first["rows_pulled"], first["rows_quarantined"]) == (230, 0)
+        wh = runner.open_warehouse(catalog, lgsp_env)
+        kept = [r for r in peer.rows if not r["DaXoa"]]
+        assert _held(wh, "ho_so", "ma_ho_so", "ngay_cap_nhat") == {r["MaHoSo"]: peer.when(r) for r in kept}
+
+        again = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=catalog, settings=lgsp_env)
+        since = max(peer.when(r) for r in peer.rows) - timedelta(hours=1)  # the lookback
+        asked_from = since if "%H" in form else since.astimezone(VN).replace(hour=0, minute=0, second=0)
+        assert again["mode"] == "incremental" and again["rows_changed"] == 0
+        assert again["rows_pulled"] == sum(1 for r in peer.rows if peer.when(r) >= asked_from) < 230
+        with wh.engine.connect() as conn:
+            said = conn.execute(sa.text("SELECT message FROM lgsp_batch WHERE batch_id = :b"),
+                                {"b": again["batch_id"]}).scalar_one()
+        assert said is None, said  # the day's earlier records were asked for: the cursor is not ignored
+
+        window = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=catalog, settings=lgsp_env,
+                                     since=datetime(2025, 8, 3, tzinfo=VN), until=datetime(2025, 8, 5, tzinfo=VN))
+        assert window["rows_pulled"] == sum(1 for r in peer.rows if datetime(2025, 8, 3, tzinfo=VN) <= peer.when(r)
+                                            < datetime(2025, 8, 5, tzinfo=VN))
+
+
+def test_a_cursor_format_is_a_pattern_or_a_known_style() -> None:
+    from catalog.models import SourceSpec
+    from connectors.source import cursor_as_read, format_cursor
+
+    with pytest.raises(ValueError, match="cursor_format 'dd/MM/yyyy': one of iso, iso_z, dvcqg or a strptime"):
+        SourceSpec(system="x", operation="/x", cursor_format="dd/MM/yyyy")
+    with pytest.raises(ValueError, match="cursor_timezone is for a cursor_format pattern"):
+        SourceSpec(system="x", operation="/x", cursor_timezone="Asia/Ho_Chi_Minh")
+    by_day = SourceSpec(system="x", operation="/x", cursor_format="%d/%m/%Y", cursor_timezone="Asia/Ho_Chi_Minh")
+    moment = datetime(2025, 8, 1, 20, 30, tzinfo=UTC)  # 03:30 on 2 August in Hanoi
+    assert format_cursor(moment, by_day.cursor_format, by_day.cursor_timezone) == "02/08/2025"
+    assert cursor_as_read(moment, by_day) == datetime(2025, 8, 2, tzinfo=VN)
+    assert cursor_as_read(moment.replace(microsecond=5), SourceSpec(system="x", operation="/x", cursor_format="iso_z")
+                          ) == moment

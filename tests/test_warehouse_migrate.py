@@ -67,6 +67,46 @@ def tables_of(wh: Warehouse) -> set[str]:
     return set(sa.inspect(wh.engine).get_table_names())
 
 
+def test_a_renamed_field_loaded_before_it_was_mapped_moves_into_its_column_in_its_own_form(lgsp_env: Any) -> None:
+    """Before `procedure` declared it, every load kept the DVCQG's `NgayCapNhat` in `_extras` under the portal's own
+    name. The catalog now maps it (`fields: {NgayCapNhat: updated_at}`) to a required column written yyyyMMddHHmmss in
+    Vietnam's time: the plan names it, migrate moves it typed by the column's format and zone, and a full refresh of
+    the same source then changes nothing (the migrated rows are what a load makes)."""
+    from sandbox.dvcqg_rest import parse_portal_time
+
+    real = load_catalog()
+    procedure, pipeline, shared = (real.datasets["procedure"], real.pipelines["dvcqg_procedures"],
+                                   real.sharing["procedure"])
+    before = real.model_copy(update={
+        "datasets": {**real.datasets, "procedure": procedure.model_copy(update={
+            "cursor_field": None, "columns": {k: v for k, v in procedure.columns.items() if k != "updated_at"}})},
+        "pipelines": {**real.pipelines, "dvcqg_procedures": pipeline.model_copy(update={
+            "source": pipeline.source.model_copy(update={
+                "cursor_param": None, "until_param": None,
+                "fields": {k: v for k, v in pipeline.source.fields.items() if v != "updated_at"}})})},
+        "sharing": {**real.sharing, "procedure": shared.model_copy(update={
+            "columns": [c for c in shared.columns if c != "updated_at"],
+            "filterable": [c for c in shared.filterable if c != "updated_at"]})}})
+    first = runner.run_pipeline("dvcqg_procedures", catalog=before)
+    assert first["extra_columns"] == ["NgayCapNhat"]
+    wh = Warehouse(lgsp_env.database_url, real)  # type: ignore[attr-defined]
+    sent = {r["procedure_code"]: json.loads(r["_extras"])["NgayCapNhat"]
+            for r in rows_of(wh, "core_procedure", "procedure_code")}
+    assert len(sent) == 120
+
+    [found] = plan(wh, real, ["procedure"])
+    assert "column updated_at: 120 row(s) hold its value in _extras (as NgayCapNhat) (loaded before it was " \
+           "declared): moved into the column" in [s.text for s in found.steps]
+    done = migrate_dataset(wh, real, "procedure")
+    assert done is not None and done.rows_changed == 120
+    after = rows_of(wh, "core_procedure", "procedure_code")
+    assert {r["procedure_code"]: utc(r["updated_at"]) for r in after} == {
+        code: parse_portal_time(text) for code, text in sent.items()}  # 09:30 in Hanoi is 02:30 UTC
+    assert all(r["_extras"] is None for r in after)
+    again = runner.run_pipeline("dvcqg_procedures", catalog=real, full_refresh=True)
+    assert (again["rows_pulled"], again["rows_changed"]) == (120, 0)
+
+
 def test_a_field_declared_after_it_was_loaded_moves_from_extras_and_a_full_refresh_then_changes_nothing(
         lgsp_env: Any) -> None:
     real = load_catalog()

@@ -16,8 +16,9 @@ name and the old one is kept under `<table>__before_<time>` (nothing is lost; dr
 satisfied, or pass `--drop-previous`; retention drops it once it is older than
 `LGSP_RETENTION_DAYS`: `drop_previous`).
 
-- A declared column's value waiting in `_extras` moves into the column; a column no longer
-  declared moves into `_extras`.
+- A declared column's value waiting in `_extras` (under the column's name, or the source field's
+  that a pipeline's `fields` maps to it) moves into the column; a column no longer declared moves
+  into `_extras`.
 - A type change converts every value as a load would; if any value does not convert, or a
   required column has no value, nothing changes and the error says how many rows and where.
 - merge/replace -> history: each row becomes its record's current version, valid from its
@@ -209,8 +210,32 @@ def _in_extras(table: sa.Table, name: str, dialect: str) -> sa.ColumnElement[boo
     return sa.func.json_extract(table.c[EXTRAS], f'$."{name}"').is_not(None)
 
 
-def plan_dataset(conn: sa.Connection, warehouse: Warehouse, dataset: DatasetSpec) -> Plan:
-    """What `migrate_dataset` would change in `dataset`'s table, with counts (one scan of the table)."""
+def source_names(catalog: Catalog, dataset: DatasetSpec) -> dict[str, str]:
+    """{a source's field name: the column it is renamed to} for the pipelines loading `dataset` (their `fields`).
+
+    A field sent before it was mapped and declared waits in `_extras` under the source's own name
+    (`NgayCapNhat`); once `fields` maps it to a column (`updated_at`), its value moves there.
+    """
+    return {field: column for pipeline in catalog.pipelines.values() if pipeline.dataset == dataset.name
+            for field, column in pipeline.source.fields.items() if column in dataset.columns and field != column}
+
+
+def _extras_named(parsed: dict[str, Any] | None, renames: dict[str, str]) -> dict[str, Any] | None:
+    """A row's `_extras` with each source name its pipeline maps now read as its column's."""
+    if not parsed or not renames:
+        return parsed
+    named = {k: v for k, v in parsed.items() if k not in renames}
+    for field, column in renames.items():
+        if field in parsed and named.get(column) is None:
+            named[column] = parsed[field]
+    return named
+
+
+def plan_dataset(conn: sa.Connection, warehouse: Warehouse, dataset: DatasetSpec,
+                 renamed: dict[str, str] | None = None) -> Plan:
+    """What `migrate_dataset` would change in `dataset`'s table, with counts (one scan of the table).
+
+    `renamed`: `source_names` of the dataset (default: in the warehouse's catalog)."""
     plan = Plan(dataset.name, dataset.table_name)
     live = plan.live = reflect(conn, dataset.table_name)
     if live is None:
@@ -220,13 +245,16 @@ def plan_dataset(conn: sa.Connection, warehouse: Warehouse, dataset: DatasetSpec
     table = sa.Table(live.name, sa.MetaData(), *(sa.Column(name) for name in live.columns))
     counts: dict[str, sa.ColumnElement[Any]] = {"rows": sa.func.count()}
     waiting = [n for n in dataset.columns if n not in dataset.key] if EXTRAS in live.columns else []
+    renamed = source_names(warehouse.catalog, dataset) if renamed is None else renamed
+    held = {name: sa.or_(*(_in_extras(table, n, warehouse.dialect) for n in
+                           [name, *(f for f, c in renamed.items() if c == name)])) for name in waiting}
     for name in waiting:
-        counts[f"extras:{name}"] = sa.func.sum(sa.case((_in_extras(table, name, warehouse.dialect), 1), else_=0))
+        counts[f"extras:{name}"] = sa.func.sum(sa.case((held[name], 1), else_=0))
     required = [n for n, c in dataset.columns.items() if c.required and n in live.columns and n not in dataset.key]
     for name in required:
         empty = table.c[name].is_(None)
         if name in waiting:
-            empty = sa.and_(empty, sa.not_(_in_extras(table, name, warehouse.dialect)))
+            empty = sa.and_(empty, sa.not_(held[name]))
         counts[f"empty:{name}"] = sa.func.sum(sa.case((empty, 1), else_=0))
     for name in live.business:
         if name not in dataset.columns:
@@ -236,8 +264,10 @@ def plan_dataset(conn: sa.Connection, warehouse: Warehouse, dataset: DatasetSpec
     plan.rows = int(found["rows"])
     for name in waiting:
         if found[f"extras__{name}"]:
+            sources = [f for f, c in renamed.items() if c == name]
             plan.steps.append(Step(f"column {name}: {found[f'extras__{name}']} row(s) hold its value in {EXTRAS} "
-                                   "(loaded before it was declared): moved into the column"))
+                                   + (f"(as {', '.join(sources)}) " if sources else "")
+                                   + "(loaded before it was declared): moved into the column"))
     for name in required:
         if found[f"empty__{name}"]:
             plan.steps.append(Step(f"column {name} is required but {found[f'empty__{name}']} row(s) have no value: "
@@ -252,7 +282,8 @@ def plan(warehouse: Warehouse, catalog: Catalog, names: Iterable[str] | None = N
     """The plan of every core dataset (or of `names`)."""
     chosen = list(names) if names else [n for n, ds in catalog.datasets.items() if ds.layer == "core"]
     with warehouse.engine.connect() as conn:
-        return [plan_dataset(conn, warehouse, catalog.datasets[name]) for name in chosen]
+        return [plan_dataset(conn, warehouse, catalog.datasets[name], source_names(catalog, catalog.datasets[name]))
+                for name in chosen]
 
 
 # --- migrate -----------------------------------------------------------------------------------
@@ -423,14 +454,15 @@ def _new_extras(row: dict[str, Any], fields: dict[str, Any] | None, gone: list[s
 
 
 def _converted(rows: list[dict[str, Any]], live: LiveTable, dataset: DatasetSpec, target: sa.Table,
-               migration_id: str, problems: _Problems, failing: _Failing | None = None) -> tuple[pa.Table, int]:
+               migration_id: str, problems: _Problems, failing: _Failing | None = None,
+               renames: dict[str, str] | None = None) -> tuple[pa.Table, int]:
     """A chunk of reshaped rows as the new table's rows (typed, checked, hashed); returns it and the rows changed.
 
     Column by column: a column stored with its declared type is taken as it is (a load typed it); one whose
     type changed, or whose values wait in `_extras`, goes through the loader's typing (`_coerce_column`).
     Then the row rules (`_check_rules`): rows they reject are counted, or, given `failing`, left out.
     """
-    parsed = [orjson.loads(r[EXTRAS]) if r.get(EXTRAS) else None for r in rows]
+    parsed = [_extras_named(orjson.loads(r[EXTRAS]), renames or {}) if r.get(EXTRAS) else None for r in rows]
     moves, changed = _changes(rows, parsed, live, dataset)
     arrays = []
     for field in arrow_schema(dataset):
@@ -520,7 +552,8 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(lock)s)", {"lock": rebuild_lock(name)})
             if sa.inspect(conn).has_table(dataset.table_name):  # and any other writer; readers go on
                 conn.exec_driver_sql(f'LOCK TABLE "{dataset.table_name}" IN SHARE MODE')
-        plan = plan_dataset(conn, warehouse, dataset)
+        renamed = source_names(catalog, dataset)
+        plan = plan_dataset(conn, warehouse, dataset, renamed)
         if not plan.needed or plan.live is None:
             return None
         live = plan.live
@@ -536,7 +569,7 @@ def migrate_dataset(warehouse: Warehouse, catalog: Catalog, name: str, drop_prev
         names = list(result.keys())
         rows = _reshaped((dict(zip(names, r)) for r in result), live, dataset)
         while chunk := list(itertools.islice(rows, chunk_rows)):
-            converted, n = _converted(chunk, live, dataset, target, migration_id, problems, failing)
+            converted, n = _converted(chunk, live, dataset, target, migration_id, problems, failing, renamed)
             if not problems.counts:
                 _insert(conn, warehouse, target, converted)
             changed, written = changed + n, written + converted.num_rows
