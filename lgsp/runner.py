@@ -16,7 +16,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -427,6 +427,7 @@ class _ChunkResult:
     cursor_min: Any  # the oldest cursor value the chunk holds: one before the window means the source ignored it
     extra_columns: list[str]
     expect: Callable[[], None]  # runs the batch's expectations on the chunk (after its good rows went on)
+    unzoned: list[str]  # timestamp columns that got times without a zone (read as UTC)
 
 
 def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, expectations: Any) -> _ChunkResult:
@@ -457,7 +458,8 @@ def _validate_chunk(ctx: PipelineContext, batch_id: str, chunk: LandedChunk, exp
                         quarantined=len(checked.rejections), superseded=int(checked.passed.sum()) - len(good),
                         cursor_to=None if cursor_to is None or pd.isna(cursor_to) else cursor_to,
                         cursor_min=None if cursor_min is None or pd.isna(cursor_min) else cursor_min,
-                        extra_columns=typed.extra_columns, expect=lambda: expectations.add(typed.frame, passed))
+                        extra_columns=typed.extra_columns, expect=lambda: expectations.add(typed.frame, passed),
+                        unzoned=typed.unzoned)
 
 
 def validate(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
@@ -508,6 +510,7 @@ class _Checked:
     expectations: Any  # the batch's quality.expectations.BatchCheck
     parquet: str
     cursor_min: Any = None
+    unzoned: list[str] = field(default_factory=list)
 
 
 def chunk_schema(ds: DatasetSpec) -> pa.Schema:
@@ -537,7 +540,7 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
     ds = ctx.dataset
     expectations = BatchCheck(ds, batch_id)
     quarantined = superseded = valid = 0
-    cursor_to, cursor_min, extra_columns = None, None, []
+    cursor_to, cursor_min, extra_columns, unzoned = None, None, [], []
     schema = chunk_schema(ds)
     ingest_date = _now().date()
     path = ctx.lake.parquet_path(ds.name, ingest_date, batch_id)
@@ -560,13 +563,15 @@ def _check_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterator[LandedCh
                 if done.cursor_min is not None and (cursor_min is None or done.cursor_min < cursor_min):
                     cursor_min = done.cursor_min
                 extra_columns += [c for c in done.extra_columns if c not in extra_columns]
+                unzoned += [c for c in done.unzoned if c not in unzoned]
                 del done, chunk, good
                 if part >= 2:  # a one-chunk batch (most incremental runs) leaves it to the next run
                     gc.collect()
                     _trim()
     finally:
         gc.unfreeze()
-    return _Checked(valid, quarantined, superseded, cursor_to, extra_columns, expectations, str(path), cursor_min)
+    return _Checked(valid, quarantined, superseded, cursor_to, extra_columns, expectations, str(path), cursor_min,
+                    unzoned)
 
 
 def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], checked: _Checked,
@@ -594,7 +599,11 @@ def _validated(ctx: PipelineContext, batch_id: str, manifest: dict[str, Any], ch
     drift = (f"schema drift: new source field(s) {extra_columns} kept in _extras; declare them in "
              f"catalog/datasets.yaml ({ds.name}) to load them as columns, then `lgsp warehouse migrate {ds.name}` "
              "moves the values loaded before") if extra_columns else None
-    said = "; ".join(s for s in (drift, _before_window(ctx, manifest, checked.cursor_min)) if s) or None
+    zoneless = (f"times written without a zone in {checked.unzoned}, read as UTC: if the source writes its own "
+                f"local time, say `timezone: Asia/Ho_Chi_Minh` on the column(s) in catalog/datasets.yaml ({ds.name}), "
+                f"then `lgsp run {pipeline.name} --full-refresh` reads the rows, and the cursor, again"
+                ) if checked.unzoned else None
+    said = "; ".join(s for s in (drift, zoneless, _before_window(ctx, manifest, checked.cursor_min)) if s) or None
     result["notes"] = said  # kept in lgsp_batch.message when the batch is loaded
     ctx.lake.write_manifest(pipeline.name, batch_id, result)
     if said:
@@ -642,7 +651,8 @@ def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
     if "parquet" not in result:
         raise RuntimeError(f"batch {batch_id} of {ctx.pipeline.name} was not validated; run validate first")
     try:
-        return _load_chunks(ctx, batch_id, ctx.lake.iter_batch(result["parquet"]), lambda: result)
+        return _load_chunks(ctx, batch_id, ctx.lake.iter_batch(result["parquet"]), lambda: result,
+                            full_refresh=result.get("mode") == "full_refresh")
     except Exception as exc:
         failed_load(ctx, batch_id, exc)
         raise
@@ -661,11 +671,13 @@ def failed_load(ctx: PipelineContext, batch_id: str, exc: BaseException) -> None
 
 def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table],
                  validated: Callable[[], dict[str, Any]],
-                 on_merging: Callable[[], None] | None = None) -> dict[str, Any]:
+                 on_merging: Callable[[], None] | None = None, full_refresh: bool = False) -> dict[str, Any]:
     """Write validated chunks, then, once `validated()` gives the batch's result, the cursor and batch record.
 
     One transaction: if `validated()` raises (the batch failed its checks), nothing is written.
     `on_merging()` is called whenever PostgreSQL starts merging a staged chunk (`store.ON_MERGING`).
+    `full_refresh`: the batch read the whole source; its rows replace other batches' (`write_chunks`) and its
+    newest cursor value is the watermark, even an earlier one (`set_cursor(exact=True)`).
     """
     wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
     loaded_at = _now()
@@ -673,13 +685,14 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
         if on_merging is not None:
             conn.info[ON_MERGING] = on_merging
         try:
-            landed, changed = wh.write_chunks(conn, ds, (_with_lineage(c, ctx, batch_id, loaded_at) for c in chunks))
+            landed, changed = wh.write_chunks(conn, ds, (_with_lineage(c, ctx, batch_id, loaded_at) for c in chunks),
+                                              full_refresh=full_refresh)
         finally:
             conn.info.pop(ON_MERGING, None)  # the connection goes back to the pool without it
         result = validated()
         cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
         if result.get("mode") != "backfill":
-            wh.set_cursor(conn, pipeline.name, cursor_to, batch_id, synced=True)
+            wh.set_cursor(conn, pipeline.name, cursor_to, batch_id, synced=True, exact=full_refresh)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
                       rows_changed=changed, cursor_to=cursor_to, message=result.get("notes"))  # a refusal's: gone
         wh.stamp_change(conn, batch_id, ds.name, changed)  # last: the change feed's order is the commit order

@@ -180,9 +180,9 @@ def _following_chunks(ctx: PipelineContext, extract: _Extract | _Extracted, chun
 class _Loader(threading.Thread):
     """Loads validated chunks as they come, commits once the batch's result is known."""
 
-    def __init__(self, ctx: PipelineContext, batch_id: str) -> None:
+    def __init__(self, ctx: PipelineContext, batch_id: str, full_refresh: bool = False) -> None:
         super().__init__(name=f"lgsp-load-{ctx.pipeline.name}", daemon=True)
-        self.ctx, self.batch_id = ctx, batch_id
+        self.ctx, self.batch_id, self.full_refresh = ctx, batch_id, full_refresh
         self.chunks: queue.Queue[Any] = queue.Queue(maxsize=1)  # memory: at most one chunk waiting
         self.validated: Future[dict[str, Any]] = Future()
         self.outcome: Future[dict[str, Any]] = Future()
@@ -216,7 +216,8 @@ class _Loader(threading.Thread):
     def run(self) -> None:
         try:
             self.outcome.set_result(runner._load_chunks(self.ctx, self.batch_id, self._chunks(),
-                                                        lambda: self.validated.result(), self.merging.set))
+                                                        lambda: self.validated.result(), self.merging.set,
+                                                        self.full_refresh))
         except BaseException as exc:  # noqa: BLE001 - handed to the validating thread
             self.outcome.set_exception(exc)
             self.merging.set()  # nobody waits on a loader that failed
@@ -286,7 +287,7 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
             extract = _Extract(ctx, start)
         del keys
         if ctx.warehouse.dialect == "postgresql":
-            loader = _Loader(ctx, batch_id)
+            loader = _Loader(ctx, batch_id, full_refresh=start.mode == "full_refresh")
             loader.start()
         # A batch of one page is one chunk (most incremental runs): its expectations wait until PostgreSQL
         # merges it. Run at once, GX's pure Python took the interpreter lock from the loading thread's

@@ -49,6 +49,7 @@ class TypedBatch:
     type_errors: dict[int, str] = field(default_factory=dict)
     extra_columns: list[str] = field(default_factory=list)
     extras: pd.Series | None = None
+    unzoned: list[str] = field(default_factory=list)  # timestamp columns without a `timezone` sent zone-less times
 
 
 def _coerce_column(values: pd.Series, spec: ColumnSpec) -> pd.Series:
@@ -79,9 +80,12 @@ def coerce(records: list[dict[str, Any]], dataset: DatasetSpec) -> TypedBatch:
                           "the source changed its contract: update catalog/datasets.yaml or the source")
     typed: dict[str, pd.Series] = {}
     errors: dict[int, str] = {}
+    zoneless: list[str] = []
     for name, spec in dataset.columns.items():
         values = raw[name] if name in raw.columns else pd.Series([None] * len(raw), dtype="object")
         values = values.astype("object").where(values.notna(), None)
+        if unzoned(values, spec):
+            zoneless.append(name)
         converted = _coerce_column(values, spec)
         bad = values.notna().to_numpy() & converted.isna().to_numpy()
         for pos in bad.nonzero()[0]:
@@ -89,7 +93,8 @@ def coerce(records: list[dict[str, Any]], dataset: DatasetSpec) -> TypedBatch:
         typed[name] = converted
     frame = pd.DataFrame(typed, index=range(len(raw)))
     extra = [c for c in raw.columns if c not in dataset.columns]
-    return TypedBatch(frame=frame, type_errors=errors, extra_columns=extra, extras=_extras(raw, extra))
+    return TypedBatch(frame=frame, type_errors=errors, extra_columns=extra, extras=_extras(raw, extra),
+                      unzoned=zoneless)
 
 
 JSON_TYPES: dict[str, pa.DataType] = {  # how each declared type arrives in JSON on the fast path
@@ -173,6 +178,23 @@ def _midnight(parsed: pd.Series) -> pd.Series:
     return parsed.dt.tz_localize(None).dt.normalize() if parsed.dt.tz is not None else parsed.dt.normalize()
 
 
+def unzoned(values: pd.Series, spec: ColumnSpec) -> bool:
+    """A timestamp column without a `timezone` got a time written without a zone, so read as UTC: seven hours
+    off if the source wrote Vietnam's time (the batch says so; `timezone` on the column reads it right)."""
+    if spec.type != "timestamp" or spec.timezone is not None or not bool(values.notna().any()):
+        return False
+    if spec.format is not None:
+        return "%z" not in spec.format
+    try:
+        zoned = values.str.contains(ZONED_TEXT.pattern)  # not text: NA
+    except AttributeError:  # no text at all (SOAP's dateTimes)
+        zoned = pd.Series(pd.NA, index=values.index, dtype="boolean")
+    texts = zoned.notna().to_numpy(bool)
+    if bool((texts & ~zoned.fillna(True).to_numpy(bool)).any()):
+        return True
+    return any(getattr(v, "tzinfo", 0) is None for v in values[values.notna().to_numpy(bool) & ~texts])
+
+
 def not_valid(name: str, value: Any, spec: ColumnSpec) -> str:
     """Why a value went to quarantine: `born_on: '1990-08-15' is not a valid date (format %d/%m/%Y)`."""
     return f"{name}: {value!r} is not a valid {spec.type}" + (f" (format {spec.format})" if spec.format else "")
@@ -252,6 +274,7 @@ def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
         return None
     typed: dict[str, pd.Series] = {}
     errors: dict[int, str] = {}
+    zoneless: list[str] = []
     for name, spec in dataset.columns.items():
         column = table.column(name)
         if spec.type == "string" and not is_nfc(column):
@@ -264,6 +287,8 @@ def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
                                                 pa.float64(): pd.Float64Dtype(),
                                                 pa.bool_(): pd.BooleanDtype()}.get)
         if spec.type in ("date", "timestamp"):
+            if unzoned(values, spec):
+                zoneless.append(name)
             converted = parse_times(values, spec)
             for pos in (values.notna().to_numpy() & converted.isna().to_numpy()).nonzero()[0]:
                 errors.setdefault(int(pos), not_valid(name, values.iloc[pos], spec))
@@ -271,7 +296,7 @@ def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
         typed[name] = values
     frame = pd.DataFrame(typed, index=range(len(table)))
     return TypedBatch(frame=frame, type_errors=dict(sorted(errors.items())), extra_columns=[],
-                      extras=pd.Series([None] * len(table), index=range(len(table)), dtype="object"))
+                      extras=pd.Series([None] * len(table), index=range(len(table)), dtype="object"), unzoned=zoneless)
 
 
 def _extras(raw: pd.DataFrame, extra: list[str]) -> pd.Series:

@@ -289,3 +289,52 @@ def test_a_cursor_format_is_a_pattern_or_a_known_style() -> None:
     assert cursor_as_read(moment, by_day) == datetime(2025, 8, 2, tzinfo=VN)
     assert cursor_as_read(moment.replace(microsecond=5), SourceSpec(system="x", operation="/x", cursor_format="iso_z")
                           ) == moment
+
+
+def test_times_without_a_zone_read_as_utc_are_said_and_a_full_refresh_mends_rows_and_cursor(
+        tmp_path: Path, lgsp_env: Any) -> None:
+    """The catalog forgot the peer's `timezone`: its zone-less local times land seven hours late, and the cursor with
+    them (its next syncs would ask from the future). The batch says so, naming the column and what to do; once the
+    column says `timezone`, a full refresh reads the rows right and moves the cursor back to the source's newest."""
+    from lgsp import runner
+    from lgsp.discover import discover, write_draft
+    from lgsp.status import status_report
+    from loopback import serving
+
+    peer = LegacyPeer(230)
+    with serving(peer) as base:
+        target = _district_system(tmp_path / "catalog", base)
+        write_draft(discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so"), target)
+        datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
+        (target / "datasets.yaml").write_text(datasets.replace(", timezone: Asia/Ho_Chi_Minh", ""), encoding="utf-8")
+        careless = load_catalog(target)
+        first = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=careless, settings=lgsp_env)
+        wh = runner.open_warehouse(careless, lgsp_env)
+        kept = [r for r in peer.rows if not r["DaXoa"]]
+        assert _held(wh, "ho_so", "ma_ho_so", "ngay_cap_nhat") == {r["MaHoSo"]: peer.when(r) + timedelta(hours=7)
+                                                                  for r in kept}  # seven hours late
+        with wh.engine.connect() as conn:
+            said = conn.execute(sa.text("SELECT message FROM lgsp_batch WHERE batch_id = :b"),
+                                {"b": first["batch_id"]}).scalar_one()
+        assert said == ("times written without a zone in ['ngay_cap_nhat'], read as UTC: if the source writes its own "
+                        "local time, say `timezone: Asia/Ho_Chi_Minh` on the column(s) in catalog/datasets.yaml "
+                        "(ho_so), then `lgsp run mot_cua_huyen_ho_sos --full-refresh` reads the rows, and the cursor, "
+                        "again")
+        problems = [p["problem"] for p in status_report(wh, careless)["problems"]
+                    if p.get("pipeline") == "mot_cua_huyen_ho_sos"]
+        assert len(problems) == 1 and "times written without a zone" in problems[0]
+        newest = max(peer.when(r) for r in peer.rows)
+        assert wh.get_cursor("mot_cua_huyen_ho_sos") == newest + timedelta(hours=7)
+
+        (target / "datasets.yaml").write_text(datasets, encoding="utf-8")  # the zone said
+        mended = load_catalog(target)
+        refreshed = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=mended, settings=lgsp_env, full_refresh=True)
+        assert refreshed["rows_changed"] == len(kept)
+        wh = runner.open_warehouse(mended, lgsp_env)
+        assert _held(wh, "ho_so", "ma_ho_so", "ngay_cap_nhat") == {r["MaHoSo"]: peer.when(r) for r in kept}
+        assert wh.get_cursor("mot_cua_huyen_ho_sos") == newest  # back, though earlier than it was
+        with wh.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT message FROM lgsp_batch WHERE batch_id = :b"),
+                                {"b": refreshed["batch_id"]}).scalar_one() is None
+        again = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=mended, settings=lgsp_env)
+        assert again["rows_pulled"] == sum(1 for r in peer.rows if peer.when(r) >= newest - timedelta(hours=1))

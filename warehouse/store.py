@@ -277,32 +277,41 @@ class Warehouse:
 
     @staticmethod
     def _update_when(table: sa.Table, excluded: Any, only_if_changed: str | None,
-                     only_if_newer: str | None) -> sa.ColumnElement[bool] | None:
-        """The ON CONFLICT ... WHERE: the content hash differs and the incoming row is not older."""
+                     only_if_newer: str | None, over_batches: bool = False) -> sa.ColumnElement[bool] | None:
+        """The ON CONFLICT ... WHERE: the content hash differs and the incoming row is not older.
+
+        `over_batches` (a full refresh: the source's whole truth now): older only counts within the batch (a
+        record paged twice keeps its newer version); a row another batch wrote is replaced, even by an older
+        time (one read in the wrong zone before its column said `timezone`, or the source's own correction).
+        """
         conditions = []
         if only_if_changed:
             conditions.append(table.c[only_if_changed].is_distinct_from(excluded[only_if_changed]))
         if only_if_newer:
-            conditions.append(sa.or_(table.c[only_if_newer].is_(None), excluded[only_if_newer].is_(None),
-                                     excluded[only_if_newer] >= table.c[only_if_newer]))
+            newer = [table.c[only_if_newer].is_(None), excluded[only_if_newer].is_(None),
+                     excluded[only_if_newer] >= table.c[only_if_newer]]
+            if over_batches:
+                newer.append(table.c["_batch_id"].is_distinct_from(excluded["_batch_id"]))
+            conditions.append(sa.or_(*newer))
         return sa.and_(*conditions) if conditions else None
 
     def upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
-               key: Sequence[str], only_if_changed: str | None = None, only_if_newer: str | None = None) -> int:
+               key: Sequence[str], only_if_changed: str | None = None, only_if_newer: str | None = None,
+               over_batches: bool = False) -> int:
         """Insert or update `rows` on `key`; returns the number of rows written.
 
         With `only_if_changed` (a hash column), an existing row is updated only
         when its hash differs, so reruns of unchanged data write nothing; with
         `only_if_newer` (the cursor column), never by an older version. On
-        PostgreSQL, `COPY_MIN_ROWS` or more rows take the COPY path.
+        PostgreSQL, `COPY_MIN_ROWS` or more rows take the COPY path. `over_batches`: see `_update_when`.
         """
         if not rows:
             return 0
         if self.dialect == "postgresql" and len(rows) >= COPY_MIN_ROWS:
-            return self._copy_upsert(conn, table, rows, key, only_if_changed, only_if_newer)
+            return self._copy_upsert(conn, table, rows, key, only_if_changed, only_if_newer, over_batches)
         stmt = self._insert(table)
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key}
-        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer)
+        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer, over_batches)
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
         stmt = stmt.returning(table.c[key[0]])  # rows actually inserted or updated
@@ -352,7 +361,8 @@ class Warehouse:
                     copy.write_row([row.get(name) for name in names])
 
     def _copy_upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]] | pa.Table,
-                     key: Sequence[str], only_if_changed: str | None, only_if_newer: str | None = None) -> int:
+                     key: Sequence[str], only_if_changed: str | None, only_if_newer: str | None = None,
+                     over_batches: bool = False) -> int:
         """The PostgreSQL bulk path of `upsert`: COPY to a stage, then one INSERT ... ON CONFLICT."""
         readers = self._read_ahead(table, key, rows)
         stage = self._copy_to_stage(conn, table, rows)
@@ -363,7 +373,7 @@ class Warehouse:
         stmt = postgresql.insert(table).from_select(
             names, sa.select(*(stage.c[n] for n in names)).order_by(*(stage.c[k] for k in key)))
         updates = {n: stmt.excluded[n] for n in names if n not in key}
-        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer)
+        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer, over_batches)
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
         written = stmt.returning(sa.literal(1)).cte("written")
@@ -452,12 +462,13 @@ class Warehouse:
         return self.write_chunks(conn, dataset, [table], mode)[1]
 
     def write_chunks(self, conn: sa.Connection, dataset: DatasetSpec, chunks: Iterable[pa.Table],
-                     mode: WriteMode | None = None) -> tuple[int, int]:
+                     mode: WriteMode | None = None, full_refresh: bool = False) -> tuple[int, int]:
         """Write a batch, chunk by chunk, by the dataset's write mode; returns (rows written, rows changed).
 
         Runs inside the caller's transaction, so the data commits with the
         batch record and the cursor. A rerun of the same batch changes nothing.
-        Memory holds one chunk at a time.
+        Memory holds one chunk at a time. `full_refresh` (merge): the batch is the source's whole truth,
+        so it replaces another batch's row even with an older cursor value (`_update_when`).
         """
         table = self.dataset_table(dataset)
         mode = mode or dataset.write_mode
@@ -482,7 +493,7 @@ class Warehouse:
                 elif mode == "history":
                     changed += self._write_history(conn, dataset, table, chunk.to_pylist())
                 else:
-                    changed += self._merge(conn, dataset, table, chunk, into_empty)
+                    changed += self._merge(conn, dataset, table, chunk, into_empty, full_refresh)
         finally:
             conn.info.pop("lgsp_fresh_stage", None)  # a stage made ahead lives no longer than this load
         return landed, changed
@@ -496,7 +507,7 @@ class Warehouse:
         return conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first() is None
 
     def _merge(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table, chunk: pa.Table,
-               into_empty: bool = False) -> int:
+               into_empty: bool = False, over_batches: bool = False) -> int:
         """Upsert on the key (only changed rows, never by an older version); deletion markers delete.
 
         On PostgreSQL a table that was empty when the load began takes plain COPY (no
@@ -512,10 +523,11 @@ class Warehouse:
         if self.dialect == "postgresql" and kept.num_rows >= COPY_MIN_ROWS:
             written = (self._copy_insert(conn, table, kept) if into_empty else None)
             if written is None:
-                written = self._copy_upsert(conn, table, kept, dataset.key, "_row_hash", dataset.cursor_field)
+                written = self._copy_upsert(conn, table, kept, dataset.key, "_row_hash", dataset.cursor_field,
+                                            over_batches)
         elif kept.num_rows:
             written = self.upsert(conn, table, kept.to_pylist(), dataset.key, only_if_changed="_row_hash",
-                                  only_if_newer=dataset.cursor_field)
+                                  only_if_newer=dataset.cursor_field, over_batches=over_batches)
         key_columns = sa.tuple_(*(table.c[k] for k in dataset.key))
         gone_keys = [tuple(r[k] for k in dataset.key) for r in gone]
         for start in range(0, len(gone_keys), CHUNK_ROWS):
@@ -720,16 +732,18 @@ class Warehouse:
         return utc(value)
 
     def set_cursor(self, conn: sa.Connection, pipeline: str, value: datetime | None, batch_id: str,
-                   synced: bool = False) -> None:
+                   synced: bool = False, exact: bool = False) -> None:
         """Advance the pipeline's watermark (never backwards), inside the caller's transaction.
 
         `synced`: this batch read the source to the end (not a backfill), so the pipeline's `synced_at`
         (its freshness, `lgsp.freshness`) becomes now, even when it brought nothing new.
+        `exact`: the batch read the whole source (a full refresh): its newest value is the watermark, even
+        if an earlier one was later (times once read in the wrong zone; the source's newest record deleted).
         """
         t = self.system["lgsp_cursor"]
         row = conn.execute(sa.select(t).where(t.c.pipeline == pipeline)).first()
         current = utc(row.cursor_value) if row is not None else None
-        advance = value is not None and (current is None or value > current)
+        advance = value is not None and (current is None or value > current or (exact and value != current))
         if not advance and not synced:
             return
         now = datetime.now(timezone.utc)
