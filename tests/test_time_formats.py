@@ -209,7 +209,8 @@ def test_discover_drafts_a_peers_own_forms_and_the_sync_reads_them(tmp_path: Pat
         # the same catalog without the zone: the comparison says the times would be read as UTC
         datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
         (target / "datasets.yaml").write_text(datasets.replace(", timezone: Asia/Ho_Chi_Minh", ""), encoding="utf-8")
-        found = {f.subject: (f.severity, f.said) for f in compare(load_catalog(target), "mot_cua_huyen_ho_sos").findings}
+        findings = compare(load_catalog(target), "mot_cua_huyen_ho_sos").findings
+        found = {f.subject: (f.severity, f.said) for f in findings}
         assert found["ngay_cap_nhat"] == ("warning", "times written without a zone are read as UTC: if they are the "
                                                      "system's local time, say `timezone: Asia/Ho_Chi_Minh`")
 
