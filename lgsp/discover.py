@@ -50,6 +50,7 @@ from connectors.errors import ConnectorError, FatalError, RetriesExhausted
 from connectors.paging import dig
 from connectors.retry import call_with_retry
 from connectors.source import extract_records, format_cursor, iter_pages
+from schemas.arrow import ZONED_TEXT
 
 HOLDS = 0.95  # a type or a rule must hold on this share of the sampled values to be proposed
 ORDER_HOLDS = 0.99  # an order of two dates or times must hold on this share (a late dossier is not rare enough)
@@ -85,7 +86,6 @@ TIME_SHAPES = (  # dates and times Vietnamese systems write otherwise than ISO 8
     (re.compile(r"(19|20)\d{12}"), "timestamp", "%Y%m%d%H%M%S"),  # the DVCQG's 20250815093000
 )
 LOCAL_ZONE = "Asia/Ho_Chi_Minh"  # the zone drafted for times a source writes without one
-ZONED = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
 XSD_TYPES = {"string": "string", "normalizedString": "string", "token": "string", "anyURI": "string",
              "int": "integer", "integer": "integer", "long": "integer", "short": "integer", "byte": "integer",
              "nonNegativeInteger": "integer", "positiveInteger": "integer", "unsignedInt": "integer",
@@ -296,7 +296,7 @@ def time_written(column: ColumnGuess, values: list[Any]) -> None:
         order = (" (day first: no value says which comes first)" if ("%d/%m" in best or "%d-%m" in best)
                  and reads.get(_month_first(best)) == reads[best] else "")
         note = f"column {column.name}: {column.type}s written {best}{order}"
-    naive = [v for v in values if (isinstance(v, str) and TIME_TEXT.fullmatch(v) and not ZONED.search(v))
+    naive = [v for v in values if (isinstance(v, str) and TIME_TEXT.fullmatch(v) and not ZONED_TEXT.search(v))
              or (isinstance(v, datetime) and v.tzinfo is None)]
     if column.type == "timestamp" and (naive or column.format and "%z" not in column.format):
         column.timezone = LOCAL_ZONE
@@ -657,7 +657,7 @@ def own_forms(records: list[dict[str, Any]]) -> list[Written]:
     source that writes `01/08/2025 09:30:00`, or local times without a zone, may want its filter written so."""
     forms: dict[Written, None] = {}
     for value in (v for r in records[:20] for v in r.values() if isinstance(v, str)):
-        if TIME_TEXT.fullmatch(value) and not ZONED.search(value):
+        if TIME_TEXT.fullmatch(value) and not ZONED_TEXT.search(value):
             forms[("%Y-%m-%d %H:%M:%S" if " " in value else "%Y-%m-%dT%H:%M:%S", LOCAL_ZONE)] = None
         elif (shape := time_shape(value)) and shape[1] != "%Y%m%d%H%M%S":  # that one is `dvcqg`
             forms[(shape[1], LOCAL_ZONE)] = None
