@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -150,10 +151,7 @@ def _parse_iso(values: pd.Series, spec: ColumnSpec) -> pd.Series:
                                         errors="coerce", format="ISO8601"))
     if spec.timezone is None:
         return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    if isinstance(values.dtype, pd.StringDtype):
-        naive = values.notna().to_numpy() & ~values.str.contains(ZONED_TEXT.pattern).fillna(True).to_numpy(bool)
-    else:
-        naive = _where(values, _is_naive, text=True)
+    naive = _naive(values)
     parsed = pd.to_datetime(values.where(~naive), utc=True, errors="coerce", format="ISO8601")
     parsed = parsed.astype("datetime64[us, UTC]")
     if naive.any():
@@ -161,10 +159,18 @@ def _parse_iso(values: pd.Series, spec: ColumnSpec) -> pd.Series:
     return parsed
 
 
-def _is_naive(value: Any) -> bool:
-    if isinstance(value, str):
-        return ZONED_TEXT.search(value) is None
-    return getattr(value, "tzinfo", None) is None
+def _naive(values: pd.Series) -> np.ndarray:
+    """Which values are times written without a zone: text without one, or a date or time object without one."""
+    try:
+        zoned = values.str.contains(ZONED_TEXT.pattern)  # not text: NA
+    except AttributeError:  # no text at all (SOAP's dateTimes)
+        zoned = pd.Series(pd.NA, index=values.index, dtype="boolean")
+    texts = zoned.notna().to_numpy(bool)
+    naive = texts & ~zoned.fillna(True).to_numpy(bool)
+    others = values.notna().to_numpy(bool) & ~texts
+    if others.any():
+        naive[others] = [isinstance(v, date) and getattr(v, "tzinfo", None) is None for v in values[others]]
+    return naive
 
 
 def _localize(parsed: pd.Series, zone: str | None) -> pd.Series:
@@ -185,14 +191,7 @@ def unzoned(values: pd.Series, spec: ColumnSpec) -> bool:
         return False
     if spec.format is not None:
         return "%z" not in spec.format
-    try:
-        zoned = values.str.contains(ZONED_TEXT.pattern)  # not text: NA
-    except AttributeError:  # no text at all (SOAP's dateTimes)
-        zoned = pd.Series(pd.NA, index=values.index, dtype="boolean")
-    texts = zoned.notna().to_numpy(bool)
-    if bool((texts & ~zoned.fillna(True).to_numpy(bool)).any()):
-        return True
-    return any(getattr(v, "tzinfo", 0) is None for v in values[values.notna().to_numpy(bool) & ~texts])
+    return bool(_naive(values).any())
 
 
 def not_valid(name: str, value: Any, spec: ColumnSpec) -> str:
@@ -241,21 +240,23 @@ def _cast_text(column: pa.ChunkedArray, spec: ColumnSpec) -> pd.Series | None:
     """
     import pyarrow.compute as pc
 
+    def attempt(cast: Any) -> pd.Series | None:
+        try:
+            return cast()  # type: ignore[no-any-return]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+
     if spec.format is not None:
         return None
-    try:
-        if spec.type == "date":
-            return pc.cast(column, pa.date32()).to_pandas(date_as_object=False).astype("datetime64[us]")
-        return pc.cast(column, pa.timestamp("us", "UTC")).to_pandas().astype("datetime64[us, UTC]")
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if spec.timezone is None or spec.type != "timestamp":
-            return None
-    try:
-        local = pc.assume_timezone(pc.cast(column, pa.timestamp("us")), spec.timezone,
-                                   ambiguous="raise", nonexistent="raise")
-        return pc.cast(local, pa.timestamp("us", "UTC")).to_pandas().astype("datetime64[us, UTC]")
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
+    if spec.type == "date":
+        return attempt(lambda: pc.cast(column, pa.date32()).to_pandas(date_as_object=False).astype("datetime64[us]"))
+    utc = pa.timestamp("us", "UTC")
+    zoned = attempt(lambda: pc.cast(column, utc).to_pandas().astype("datetime64[us, UTC]"))
+    if zoned is not None or spec.timezone is None:
+        return zoned
+    return attempt(lambda: pc.cast(pc.assume_timezone(pc.cast(column, pa.timestamp("us")), spec.timezone,
+                                                      ambiguous="raise", nonexistent="raise"), utc)
+                   .to_pandas().astype("datetime64[us, UTC]"))
 
 
 def coerce_arrow(table: pa.Table, dataset: DatasetSpec) -> TypedBatch | None:
