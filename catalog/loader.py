@@ -91,6 +91,7 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
             raise CatalogError(f"{where}.dataset: unknown dataset '{pipeline.dataset}'")
         if catalog.datasets[pipeline.dataset].layer != "core":
             raise CatalogError(f"{where}.dataset: '{pipeline.dataset}' is a mart dataset (computed, not pulled)")
+    _check_replaced(catalog, directory)
     for feed in catalog.feeds.values():
         where = f"{directory / 'feeds.yaml'}: feeds.{feed.name}"
         if feed.system not in catalog.systems:
@@ -104,6 +105,24 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
                                f"{feed.table}")
     _check_indicators(catalog, directory)
     _check_references(catalog, directory)
+
+
+def _check_replaced(catalog: Catalog, directory: Path) -> None:
+    """A 'replace' dataset is swapped for each batch's rows: it must have one loader, loading it in one batch."""
+    loaders: dict[str, str] = {}
+    for pipeline in catalog.pipelines.values():
+        dataset = catalog.datasets[pipeline.dataset]
+        if dataset.write_mode != "replace":
+            continue
+        where = f"{directory / 'pipelines.yaml'}: pipelines.{pipeline.name}"
+        if pipeline.partition is not None:
+            raise CatalogError(f"{where}.partition: dataset '{dataset.name}' is written by 'replace', and each slice's "
+                               "load would swap in a table holding that slice alone. Write it by 'merge' (a full "
+                               "refresh then replaces every row the source sends again), or leave out 'partition'")
+        if (other := loaders.setdefault(dataset.name, pipeline.name)) != pipeline.name:
+            raise CatalogError(f"{where}.dataset: dataset '{dataset.name}' is written by 'replace' and pipeline "
+                               f"'{other}' loads it too: each run would swap in a table of its own rows, dropping "
+                               "the other's. Write it by 'merge' or 'append', or give each pipeline its own dataset")
 
 
 def _check_references(catalog: Catalog, directory: Path) -> None:

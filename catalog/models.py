@@ -269,7 +269,8 @@ class DatasetSpec(Strict):
     `write_mode` (see warehouse.store.Warehouse.write_batch):
       - merge (default): upsert on `key`, only rows whose content hash changed;
       - append: every row of every batch is kept; the table's primary key is `key` + `_batch_id`;
-      - replace: a full refresh; the batch is loaded into `<table>__new`, which is swapped in atomically;
+      - replace: a full refresh; the batch is loaded into `<table>__new`, which is swapped in atomically
+        (so one unpartitioned pipeline loads it: catalog.loader refuses a partition or a second pipeline);
       - history: SCD type 2; `valid_from`, `valid_to` (null = current) and `is_current` columns, primary
         key `key` + `valid_from`; a version starts at the row's `cursor_field` value (or the load time).
     `delete_field` names a boolean column: true means the source deleted the record (merge deletes

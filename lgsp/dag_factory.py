@@ -174,7 +174,8 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
         with _fail_at_once_if_the_table_needs_migrating():
             cursor = None if full_refresh else ctx.warehouse.get_cursor(name)
         assert ctx.pipeline.partition is not None
-        return partitions.plan(cursor, ctx.pipeline.lookback_s, ctx.pipeline.partition, full_refresh, **window)
+        return partitions.plan(cursor, ctx.pipeline.lookback_s, ctx.pipeline.partition, full_refresh, **window,
+                               run=runner.new_batch_id(name))
 
     @task(task_id="extract", pool=pool)
     def extract_step(part: dict[str, Any]) -> str:
@@ -183,6 +184,7 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
         window = {k: datetime.fromisoformat(part[k]) if part[k] else None for k in ("since", "until")}
         with _fail_at_once_if_the_table_needs_migrating():
             return str(runner.extract(runner.context(name), partition=partitions.request_filter(part["filter"]),
+                                      full_refresh=bool(part.get("full_refresh")), run=part.get("run"),
                                       **window)["batch_id"])
 
     @task(task_id="validate")
@@ -211,10 +213,12 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
         # until one is not found, which its API client logs as an error ("XCom not found")
         loads = list(loads[:])
         cursor = partitions.landed_cursor(loads)
-        if list(parts)[0]["incremental"]:  # every slice read the source to the end: synced now
+        first = list(parts)[0]
+        if first["incremental"]:  # every slice read the source to the end: synced now
             ctx = runner.context(name)
-            with ctx.warehouse.transaction() as conn:
-                ctx.warehouse.set_cursor(conn, name, cursor, loads[-1]["batch_id"], synced=True)
+            with ctx.warehouse.transaction() as conn:  # a full refresh: the source's newest, even an earlier one
+                ctx.warehouse.set_cursor(conn, name, cursor, loads[-1]["batch_id"], synced=True,
+                                         exact=bool(first.get("full_refresh")))
         return {"slices": len(loads), "cursor": cursor.isoformat() if cursor else None,
                 **{k: sum(int(r[k]) for r in loads) for k in ("rows_pulled", "rows_landed", "rows_changed")}}
 

@@ -65,16 +65,21 @@ def request_filter(partition: dict[str, str | None]) -> dict[str, str]:
 
 def plan(cursor: datetime | None, lookback_s: float, spec: PartitionSpec, full_refresh: bool = False,
          since: datetime | None = None, until: datetime | None = None,
-         now: datetime | None = None) -> list[dict[str, Any]]:
+         now: datetime | None = None, run: str | None = None) -> list[dict[str, Any]]:
     """One entry per slice, all with the same window: the given `since`/`until` (a backfill), or
     `[cursor - lookback, now)` for an incremental run (`[-inf, now)` without a cursor or on a full refresh).
+
+    `run` (the run's id, `runner.new_batch_id`) is what every slice's batch id begins with. On a full refresh
+    (`full_refresh: true` in each entry) the slices' rows replace an earlier run's even where the stored cursor
+    value is later, and `publish` sets the cursor to the slices' newest value, even an earlier one.
     """
     incremental = since is None and until is None
+    full_refresh = full_refresh and incremental
     if incremental:
         since = None if full_refresh or cursor is None else cursor - timedelta(seconds=lookback_s)
         until = now or datetime.now(timezone.utc)
     window = {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
-              "incremental": incremental}
+              "incremental": incremental, "full_refresh": full_refresh, "run": run}
     return [{**window, "filter": part} for part in slices(spec)]
 
 

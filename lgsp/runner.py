@@ -98,6 +98,13 @@ def new_batch_id(pipeline: str) -> str:
     return f"{pipeline}-{_now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
 
 
+def slice_batch_id(run: str) -> str:
+    """`<run>.<random>`: the batch of one slice of a partitioned run (`run`: a `new_batch_id` made when the run
+    was planned). All of a run's slice batches begin with its id, so a full refresh's merge can tell the rows
+    this run wrote from an earlier run's (`store._update_when`)."""
+    return f"{run}.{uuid.uuid4().hex[:8]}"
+
+
 def _update_batch(ctx: PipelineContext, batch_id: str, conn: sa.Connection | None = None, **values: Any) -> None:
     table = ctx.warehouse.system["lgsp_batch"]
     stmt = table.update().where(table.c.batch_id == batch_id).values(**values)
@@ -138,8 +145,9 @@ def _resumable(ctx: PipelineContext) -> Any:
     return None if (row.status == "failed" and state.get("done")) else row
 
 
-def _start_batch(ctx: PipelineContext, mode: str, since: datetime | None, until: datetime | None) -> str:
-    batch_id = new_batch_id(ctx.pipeline.name)
+def _start_batch(ctx: PipelineContext, mode: str, since: datetime | None, until: datetime | None,
+                 run: str | None = None) -> str:
+    batch_id = slice_batch_id(run) if run else new_batch_id(ctx.pipeline.name)
     with ctx.warehouse.transaction() as conn:
         conn.execute(ctx.warehouse.system["lgsp_batch"].insert().values(
             batch_id=batch_id, pipeline=ctx.pipeline.name, dataset=ctx.pipeline.dataset,
@@ -150,11 +158,13 @@ def _start_batch(ctx: PipelineContext, mode: str, since: datetime | None, until:
 
 def _window(ctx: PipelineContext, full_refresh: bool, since: datetime | None,
             until: datetime | None) -> tuple[str, datetime | None, datetime | None]:
-    """(mode, since, until) of a new batch: incremental from the cursor minus the look-back, full, or backfill."""
+    """(mode, since, until) of a new batch: incremental from the cursor minus the look-back, full, or backfill.
+
+    A full refresh reads everything up to `until` (a partitioned run's slices: the run's start), or now."""
+    if full_refresh and since is None:
+        return "full_refresh", None, until
     if since is not None or until is not None:
         return "backfill", since, until
-    if full_refresh:
-        return "full_refresh", None, None
     cursor = ctx.warehouse.get_cursor(ctx.pipeline.name)
     if cursor is not None and ctx.pipeline.lookback_s:
         cursor -= timedelta(seconds=ctx.pipeline.lookback_s)
@@ -172,15 +182,19 @@ class BatchStart:
     pages: int = 0
     rows: int = 0
     state: dict[str, Any] | None = None
+    run: str | None = None  # the partitioned run the batch is a slice of (`slice_batch_id`)
 
 
 def begin_extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
-                  until: datetime | None = None, partition: dict[str, Any] | None = None) -> BatchStart:
-    """The batch an extract pulls into: the half-pulled one a killed or failed run left, or a new one (recorded)."""
+                  until: datetime | None = None, partition: dict[str, Any] | None = None,
+                  run: str | None = None) -> BatchStart:
+    """The batch an extract pulls into: the half-pulled one a killed or failed run left, or a new one (recorded).
+
+    `run`: the partitioned run whose slice this is (`lgsp.partitions.plan`)."""
     resume = None if (full_refresh or since or until or partition) else _resumable(ctx)
     if resume is None:
         mode, since, until = _window(ctx, full_refresh, since, until)
-        return BatchStart(_start_batch(ctx, mode, since, until), mode, since, until)
+        return BatchStart(_start_batch(ctx, mode, since, until, run), mode, since, until, run=run)
     state = _load_state(resume.paging_state) if resume.paging_state else None
     start = BatchStart(resume.batch_id, resume.mode or "incremental", utc(resume.cursor_from),
                        utc(resume.cursor_until), int(resume.pages or 0), int(resume.rows_pulled or 0), state)
@@ -192,7 +206,7 @@ def begin_extract(ctx: PipelineContext, full_refresh: bool = False, since: datet
 
 def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
             until: datetime | None = None, partition: dict[str, Any] | None = None,
-            start: BatchStart | None = None,
+            start: BatchStart | None = None, run: str | None = None,
             on_page: Callable[[int, bool], None] | None = None) -> dict[str, Any]:
     """Pull every page changed since the pipeline's cursor and land it as received.
 
@@ -206,11 +220,13 @@ def extract(ctx: PipelineContext, full_refresh: bool = False, since: datetime | 
     before its bookkeeping (the streaming runner validates pages as they land).
 
     `partition` (lgsp.partitions) adds a slice's filter to every request; such
-    a batch is never resumed by another run.
+    a batch is never resumed by another run. `run` is the partitioned run the slice
+    belongs to: its load leaves the cursor to the run's `publish` step.
 
     Returns the batch manifest (batch id, pages, rows pulled, window used).
     """
-    start = pull_pages(ctx, start or begin_extract(ctx, full_refresh, since, until, partition), partition, on_page)
+    start = pull_pages(ctx, start or begin_extract(ctx, full_refresh, since, until, partition, run), partition,
+                       on_page)
     return finish_extract(ctx, start, partition)
 
 
@@ -262,7 +278,7 @@ def pull_pages(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any
         raise
     finally:
         transport.close()
-    return BatchStart(batch_id, start.mode, since, until, pages, rows, state)
+    return BatchStart(batch_id, start.mode, since, until, pages, rows, state, start.run)
 
 
 def finish_extract(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -272,7 +288,7 @@ def finish_extract(ctx: PipelineContext, start: BatchStart, partition: dict[str,
                 "system": ctx.system.name, "pages": start.pages, "rows_pulled": start.rows, "mode": start.mode,
                 "cursor_from": since.isoformat() if since else None,
                 "cursor_until": until.isoformat() if until else None, "extracted_at": _now().isoformat(),
-                "partition": partition}
+                "partition": partition, "run": start.run}
     ctx.lake.write_manifest(ctx.pipeline.name, start.batch_id, manifest)
     _update_batch(ctx, start.batch_id, status="extracted", rows_pulled=start.rows)
     return manifest
@@ -652,7 +668,7 @@ def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
         raise RuntimeError(f"batch {batch_id} of {ctx.pipeline.name} was not validated; run validate first")
     try:
         return _load_chunks(ctx, batch_id, ctx.lake.iter_batch(result["parquet"]), lambda: result,
-                            full_refresh=result.get("mode") == "full_refresh")
+                            refresh=(result.get("run") or batch_id) if result.get("mode") == "full_refresh" else None)
     except Exception as exc:
         failed_load(ctx, batch_id, exc)
         raise
@@ -671,13 +687,15 @@ def failed_load(ctx: PipelineContext, batch_id: str, exc: BaseException) -> None
 
 def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table],
                  validated: Callable[[], dict[str, Any]],
-                 on_merging: Callable[[], None] | None = None, full_refresh: bool = False) -> dict[str, Any]:
+                 on_merging: Callable[[], None] | None = None, refresh: str | None = None) -> dict[str, Any]:
     """Write validated chunks, then, once `validated()` gives the batch's result, the cursor and batch record.
 
     One transaction: if `validated()` raises (the batch failed its checks), nothing is written.
     `on_merging()` is called whenever PostgreSQL starts merging a staged chunk (`store.ON_MERGING`).
-    `full_refresh`: the batch read the whole source; its rows replace other batches' (`write_chunks`) and its
-    newest cursor value is the watermark, even an earlier one (`set_cursor(exact=True)`).
+    `refresh`, a full refresh's run id (the batch's own, or its partitioned run's): the batch read the whole
+    source; its rows replace an earlier run's (`write_chunks`) and its newest cursor value is the watermark,
+    even an earlier one (`set_cursor(exact=True)`). A slice of a partitioned run leaves the cursor to the
+    run's `publish` step, which moves it once for all slices.
     """
     wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
     loaded_at = _now()
@@ -686,13 +704,13 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
             conn.info[ON_MERGING] = on_merging
         try:
             landed, changed = wh.write_chunks(conn, ds, (_with_lineage(c, ctx, batch_id, loaded_at) for c in chunks),
-                                              full_refresh=full_refresh)
+                                              refresh=refresh)
         finally:
             conn.info.pop(ON_MERGING, None)  # the connection goes back to the pool without it
         result = validated()
         cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
-        if result.get("mode") != "backfill":
-            wh.set_cursor(conn, pipeline.name, cursor_to, batch_id, synced=True, exact=full_refresh)
+        if result.get("mode") != "backfill" and not result.get("run"):
+            wh.set_cursor(conn, pipeline.name, cursor_to, batch_id, synced=True, exact=refresh is not None)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
                       rows_changed=changed, cursor_to=cursor_to, message=result.get("notes"))  # a refusal's: gone
         wh.stamp_change(conn, batch_id, ds.name, changed)  # last: the change feed's order is the commit order

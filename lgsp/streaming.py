@@ -182,7 +182,7 @@ class _Loader(threading.Thread):
 
     def __init__(self, ctx: PipelineContext, batch_id: str, full_refresh: bool = False) -> None:
         super().__init__(name=f"lgsp-load-{ctx.pipeline.name}", daemon=True)
-        self.ctx, self.batch_id, self.full_refresh = ctx, batch_id, full_refresh
+        self.ctx, self.batch_id, self.refresh = ctx, batch_id, batch_id if full_refresh else None
         self.chunks: queue.Queue[Any] = queue.Queue(maxsize=1)  # memory: at most one chunk waiting
         self.validated: Future[dict[str, Any]] = Future()
         self.outcome: Future[dict[str, Any]] = Future()
@@ -217,7 +217,7 @@ class _Loader(threading.Thread):
         try:
             self.outcome.set_result(runner._load_chunks(self.ctx, self.batch_id, self._chunks(),
                                                         lambda: self.validated.result(), self.merging.set,
-                                                        self.full_refresh))
+                                                        self.refresh))
         except BaseException as exc:  # noqa: BLE001 - handed to the validating thread
             self.outcome.set_exception(exc)
             self.merging.set()  # nobody waits on a loader that failed

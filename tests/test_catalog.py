@@ -141,3 +141,23 @@ def test_a_pipeline_cannot_target_a_mart_dataset(tmp_path: Any) -> None:
                     encoding="utf-8")
     with pytest.raises(CatalogError, match="is a mart dataset"):
         load_catalog(target)
+
+
+def test_a_replace_dataset_has_one_unpartitioned_loader(catalog_copy: Path) -> None:
+    """Each batch of a 'replace' dataset swaps in a table of its own rows: a slice, or another pipeline's
+    batch, would drop the rest. Both are refused naming the pipeline and what to write instead."""
+    datasets = catalog_copy / "datasets.yaml"
+    shipped = datasets.read_text()
+    datasets.write_text(shipped.replace("key: [parcel_id]", "key: [parcel_id]\n    write_mode: replace"))
+    with pytest.raises(CatalogError, match=r"pipelines\.land_parcels\.partition: dataset 'land_parcel' is written "
+                                           r"by 'replace', and each slice's load would swap in a table holding "
+                                           r"that slice alone\. Write it by 'merge'"):
+        load_catalog(catalog_copy)
+
+    datasets.write_text(shipped.replace("key: [servant_id]", "key: [servant_id]\n    write_mode: replace"))
+    load_catalog(catalog_copy)  # one unpartitioned pipeline: fine
+    pipelines = catalog_copy / "pipelines.yaml"
+    pipelines.write_text(pipelines.read_text().replace("dataset: document\n", "dataset: civil_servant\n"))
+    with pytest.raises(CatalogError, match=r"dataset 'civil_servant' is written by 'replace' and pipeline "
+                                           r"'\w+' loads it too: each run would swap in a table of its own rows"):
+        load_catalog(catalog_copy)

@@ -1,7 +1,9 @@
-"""A big sync split into mapped tasks (one per range of commune codes) lands exactly what one task does."""
+"""A big sync split into mapped tasks (one per range of commune codes) lands exactly what one task does;
+a full refresh through the slices puts back rows an earlier run stored wrong, and the cursor with them."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from catalog import load_catalog
 from catalog.models import PartitionSpec
 from lgsp.partitions import request_filter, slices
 from sandbox.communes import UNKNOWN_COMMUNE, commune_codes
+from warehouse import Warehouse
 
 pytestmark = pytest.mark.airflow
 
@@ -31,6 +34,21 @@ def test_slices_cover_every_commune_code_once() -> None:
         owners = [p for p in parts
                   if (p["commune_from"] or "") <= code and (p["commune_to"] is None or code < p["commune_to"])]
         assert len(owners) == 1, code
+
+
+def _read_seven_hours_late(url: str) -> None:
+    """What an earlier run reading local times as UTC left: every parcel (and the cursor) 7 hours late,
+    with content of its own (another area)."""
+    wh = Warehouse(url, load_catalog())
+    table, cursors = wh.dataset_table(load_catalog().datasets["land_parcel"]), wh.system["lgsp_cursor"]
+    with wh.transaction() as conn:
+        for key, at in conn.execute(sa.select(table.c.parcel_id, table.c.updated_at)).all():
+            conn.execute(table.update().where(table.c.parcel_id == key).values(
+                updated_at=at + timedelta(hours=7), area_m2=table.c.area_m2 * 2, _row_hash="read-wrong"))
+        at = conn.execute(sa.select(cursors.c.cursor_value).where(cursors.c.pipeline == "land_parcels")).scalar_one()
+        conn.execute(cursors.update().where(cursors.c.pipeline == "land_parcels")
+                     .values(cursor_value=at + timedelta(hours=7)))
+    wh.engine.dispose()
 
 
 def test_mapped_slices_land_what_one_task_lands(tmp_path: Path, sandbox_handle: Any) -> None:
@@ -75,3 +93,20 @@ def test_mapped_slices_land_what_one_task_lands(tmp_path: Path, sandbox_handle: 
     with engine.connect() as conn:  # nothing new, and still a complete sync
         assert conn.execute(sa.text("select synced_at from lgsp_cursor where pipeline = 'land_parcels'")
                             ).scalar() > synced
+
+    # a full refresh through the slices, after an earlier run stored every parcel 7 hours late: the refresh's
+    # rows are older, yet they are the source's truth now, and so is its newest time as the cursor
+    url = f"sqlite:///{mapped / 'warehouse.db'}"
+    _read_seven_hours_late(url)
+    wrong = warehouse_snapshot(url, "land_parcel", "land_parcels")
+    assert wrong["cursor"] != one["cursor"] and not set(wrong["rows"]) & set(one["rows"])  # type: ignore[arg-type]
+    proc = run(["lgsp", "run", "land_parcels", "--full-refresh", "--no-retries"],
+               lgsp_env(mapped, **sandbox_handle.env()))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert warehouse_snapshot(url, "land_parcel", "land_parcels") == one
+    with engine.connect() as conn:
+        refresh = conn.execute(sa.text("select batch_id, mode, cursor_from from lgsp_batch where batch_id not in "
+                                       f"({', '.join(repr(b.batch_id) for b in batches)}) and mode <> 'backfill'"
+                                       )).all()
+    assert len(refresh) == 4 and {(b.mode, b.cursor_from) for b in refresh} == {("full_refresh", None)}
+    assert len({b.batch_id.rsplit(".", 1)[0] for b in refresh}) == 1  # one run: its slices share its id

@@ -110,6 +110,33 @@ def test_merge_updates_only_changed_rows(database_url: str) -> None:
     assert (statuses.count("suspended"), len(statuses)) == (50, FIRMS)
 
 
+
+def test_a_full_refresh_replaces_an_earlier_runs_rows_and_keeps_its_own_newest(database_url: str) -> None:
+    """A full refresh of a partitioned run: two slice batches sharing the run's id (`runner.slice_batch_id`).
+
+    An earlier run stored every firm a day late (a zone read wrong): the refresh puts the source's times back,
+    though they are older. A record read by both slices (it moved between them mid-run) keeps the run's newer
+    version. The earlier run's id differs from the refresh's only where the refresh's has `_`, which LIKE
+    would take for any character: its rows are still another run's.
+    """
+    wh, ds = open_firm_warehouse(database_url, "merge")
+    run = "firm_sync-20251201T000000000000-abcd1234"
+    write(wh, ds, batch(firms(status="wrong", at=T0 + timedelta(days=1)), run.replace("_", "Z") + ".0a0a0a0a"))
+
+    def load_slice(records: list[dict[str, Any]], batch_id: str, refresh: str | None = run) -> int:
+        with wh.transaction() as conn:
+            return wh.write_chunks(conn, ds, [batch(records, batch_id)], refresh=refresh)[1]
+
+    first = firms(200)  # 200 rows: PostgreSQL's COPY path
+    assert load_slice(first, f"{run}.00000001", refresh=None) == 0  # an ordinary merge: older, so kept out
+    assert load_slice(first, f"{run}.00000001") == 200
+    moved = firms(100, status="stale", at=T0 - timedelta(days=1))  # F0-F99 again, older: read before they moved
+    assert load_slice(firms(100, start=200) + moved, f"{run}.00000002") == 100
+    rows = snapshot(wh, ds)
+    assert {(r[1], utc(r[3])) for r in rows} == {("active", T0)} and len(rows) == FIRMS
+    assert {r[4].rsplit(".", 1)[0] for r in rows} == {run}  # every row written by the refresh's slices
+    assert load_slice(first, f"{run}.00000001") == 0  # a slice loaded again changes nothing
+
 def test_history_keeps_every_version(database_url: str) -> None:
     wh, ds = open_firm_warehouse(database_url, "history")
     assert [c.name for c in wh.dataset_table(ds).primary_key] == ["code", "valid_from"]

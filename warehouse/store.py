@@ -277,12 +277,14 @@ class Warehouse:
 
     @staticmethod
     def _update_when(table: sa.Table, excluded: Any, only_if_changed: str | None,
-                     only_if_newer: str | None, over_batches: bool = False) -> sa.ColumnElement[bool] | None:
+                     only_if_newer: str | None, refresh: str | None = None) -> sa.ColumnElement[bool] | None:
         """The ON CONFLICT ... WHERE: the content hash differs and the incoming row is not older.
 
-        `over_batches` (a full refresh: the source's whole truth now): older only counts within the batch (a
-        record paged twice keeps its newer version); a row another batch wrote is replaced, even by an older
-        time (one read in the wrong zone before its column said `timezone`, or the source's own correction).
+        `refresh` (a full refresh: the source's whole truth now) is the refreshing run's id: its batch id, or
+        the id all of a partitioned run's slice batches begin with (`runner.slice_batch_id`). Older only counts
+        against a row the run itself wrote (a record paged twice, or read by two slices, keeps its newer
+        version); a row an earlier run wrote is replaced, even by an older time (one read in the wrong zone
+        before its column said `timezone`, or the source's own correction).
         """
         conditions = []
         if only_if_changed:
@@ -290,28 +292,28 @@ class Warehouse:
         if only_if_newer:
             newer = [table.c[only_if_newer].is_(None), excluded[only_if_newer].is_(None),
                      excluded[only_if_newer] >= table.c[only_if_newer]]
-            if over_batches:
-                newer.append(table.c["_batch_id"].is_distinct_from(excluded["_batch_id"]))
+            if refresh:
+                newer.append(sa.not_(table.c["_batch_id"].startswith(refresh, autoescape=True)))
             conditions.append(sa.or_(*newer))
         return sa.and_(*conditions) if conditions else None
 
     def upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
                key: Sequence[str], only_if_changed: str | None = None, only_if_newer: str | None = None,
-               over_batches: bool = False) -> int:
+               refresh: str | None = None) -> int:
         """Insert or update `rows` on `key`; returns the number of rows written.
 
         With `only_if_changed` (a hash column), an existing row is updated only
         when its hash differs, so reruns of unchanged data write nothing; with
         `only_if_newer` (the cursor column), never by an older version. On
-        PostgreSQL, `COPY_MIN_ROWS` or more rows take the COPY path. `over_batches`: see `_update_when`.
+        PostgreSQL, `COPY_MIN_ROWS` or more rows take the COPY path. `refresh`: see `_update_when`.
         """
         if not rows:
             return 0
         if self.dialect == "postgresql" and len(rows) >= COPY_MIN_ROWS:
-            return self._copy_upsert(conn, table, rows, key, only_if_changed, only_if_newer, over_batches)
+            return self._copy_upsert(conn, table, rows, key, only_if_changed, only_if_newer, refresh)
         stmt = self._insert(table)
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key}
-        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer, over_batches)
+        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer, refresh)
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
         stmt = stmt.returning(table.c[key[0]])  # rows actually inserted or updated
@@ -362,7 +364,7 @@ class Warehouse:
 
     def _copy_upsert(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]] | pa.Table,
                      key: Sequence[str], only_if_changed: str | None, only_if_newer: str | None = None,
-                     over_batches: bool = False) -> int:
+                     refresh: str | None = None) -> int:
         """The PostgreSQL bulk path of `upsert`: COPY to a stage, then one INSERT ... ON CONFLICT."""
         readers = self._read_ahead(table, key, rows)
         stage = self._copy_to_stage(conn, table, rows)
@@ -373,7 +375,7 @@ class Warehouse:
         stmt = postgresql.insert(table).from_select(
             names, sa.select(*(stage.c[n] for n in names)).order_by(*(stage.c[k] for k in key)))
         updates = {n: stmt.excluded[n] for n in names if n not in key}
-        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer, over_batches)
+        where = self._update_when(table, stmt.excluded, only_if_changed, only_if_newer, refresh)
         stmt = (stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=where)
                 if updates else stmt.on_conflict_do_nothing(index_elements=list(key)))
         written = stmt.returning(sa.literal(1)).cte("written")
@@ -462,13 +464,14 @@ class Warehouse:
         return self.write_chunks(conn, dataset, [table], mode)[1]
 
     def write_chunks(self, conn: sa.Connection, dataset: DatasetSpec, chunks: Iterable[pa.Table],
-                     mode: WriteMode | None = None, full_refresh: bool = False) -> tuple[int, int]:
+                     mode: WriteMode | None = None, refresh: str | None = None) -> tuple[int, int]:
         """Write a batch, chunk by chunk, by the dataset's write mode; returns (rows written, rows changed).
 
         Runs inside the caller's transaction, so the data commits with the
         batch record and the cursor. A rerun of the same batch changes nothing.
-        Memory holds one chunk at a time. `full_refresh` (merge): the batch is the source's whole truth,
-        so it replaces another batch's row even with an older cursor value (`_update_when`).
+        Memory holds one chunk at a time. `refresh` (merge), the id of a full refresh's run: the batch is
+        the source's whole truth, so it replaces an earlier run's row even with an older cursor value
+        (`_update_when`).
         """
         table = self.dataset_table(dataset)
         mode = mode or dataset.write_mode
@@ -493,7 +496,7 @@ class Warehouse:
                 elif mode == "history":
                     changed += self._write_history(conn, dataset, table, chunk.to_pylist())
                 else:
-                    changed += self._merge(conn, dataset, table, chunk, into_empty, full_refresh)
+                    changed += self._merge(conn, dataset, table, chunk, into_empty, refresh)
         finally:
             conn.info.pop("lgsp_fresh_stage", None)  # a stage made ahead lives no longer than this load
         return landed, changed
@@ -507,7 +510,7 @@ class Warehouse:
         return conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first() is None
 
     def _merge(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table, chunk: pa.Table,
-               into_empty: bool = False, over_batches: bool = False) -> int:
+               into_empty: bool = False, refresh: str | None = None) -> int:
         """Upsert on the key (only changed rows, never by an older version); deletion markers delete.
 
         On PostgreSQL a table that was empty when the load began takes plain COPY (no
@@ -524,10 +527,10 @@ class Warehouse:
             written = (self._copy_insert(conn, table, kept) if into_empty else None)
             if written is None:
                 written = self._copy_upsert(conn, table, kept, dataset.key, "_row_hash", dataset.cursor_field,
-                                            over_batches)
+                                            refresh)
         elif kept.num_rows:
             written = self.upsert(conn, table, kept.to_pylist(), dataset.key, only_if_changed="_row_hash",
-                                  only_if_newer=dataset.cursor_field, over_batches=over_batches)
+                                  only_if_newer=dataset.cursor_field, refresh=refresh)
         key_columns = sa.tuple_(*(table.c[k] for k in dataset.key))
         gone_keys = [tuple(r[k] for k in dataset.key) for r in gone]
         for start in range(0, len(gone_keys), CHUNK_ROWS):
