@@ -5,7 +5,7 @@ import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Protocol
 
 import msgspec
@@ -169,37 +169,38 @@ def extract_records(response: dict[str, Any], field: str, rename: dict[str, str]
     return [{rename.get(k, k): v for k, v in dict(r).items()} for r in records]
 
 
-def format_cursor(value: datetime, style: str, zone: str | None = None) -> Any:
-    """A cursor as the source wants it: a datetime (ISO), ISO with Z, DVCQG's yyyyMMddHHmmss in +07:00,
-    or a strptime pattern written in `zone` (UTC if None): `%d/%m/%Y %H:%M:%S` gives `01/08/2025 07:00:00`."""
-    if style == "iso_z":
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if style == "dvcqg":
-        return value.astimezone(VN_TZ).strftime("%Y%m%d%H%M%S")
+CURSOR_STYLES: dict[str, tuple[str, tzinfo]] = {"iso_z": ("%Y-%m-%dT%H:%M:%SZ", timezone.utc),
+                                                 "dvcqg": ("%Y%m%d%H%M%S", VN_TZ)}
+"""The named `cursor_format`s written as text: (strptime pattern, zone written in). `iso` sends the datetime."""
+
+
+def _cursor_form(style: str, zone: str | None) -> tuple[str, tzinfo] | None:
+    """(pattern, zone) a cursor is written in, or None for ISO (the datetime itself)."""
+    if style in CURSOR_STYLES:
+        return CURSOR_STYLES[style]
     if "%" in style:
         from zoneinfo import ZoneInfo
 
-        return value.astimezone(ZoneInfo(zone) if zone else timezone.utc).strftime(style)
-    return value
+        return style, ZoneInfo(zone) if zone else timezone.utc
+    return None
+
+
+def format_cursor(value: datetime, style: str, zone: str | None = None) -> Any:
+    """A cursor as the source wants it: a datetime (ISO), ISO with Z, DVCQG's yyyyMMddHHmmss in +07:00,
+    or a strptime pattern written in `zone` (UTC if None): `%d/%m/%Y %H:%M:%S` gives `01/08/2025 07:00:00`."""
+    form = _cursor_form(style, zone)
+    return value if form is None else value.astimezone(form[1]).strftime(form[0])
 
 
 def cursor_as_read(value: datetime, source: SourceSpec) -> datetime:
     """The instant the source reads from `value` as the request writes it: a pattern of whole days, or of seconds,
     asks from the start of that day or second (`%d/%m/%Y` asks 01/08/2025 for any time of 1 August)."""
-    style, zone = source.cursor_format, source.cursor_timezone
-    written = format_cursor(value, style, zone)
-    if isinstance(written, datetime):
-        return written
-    if style == "iso_z":
-        return datetime.strptime(written, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    if style == "dvcqg":
-        return datetime.strptime(written, "%Y%m%d%H%M%S").replace(tzinfo=VN_TZ)
-    read = datetime.strptime(written, style)
-    if read.tzinfo is None:
-        from zoneinfo import ZoneInfo
-
-        read = read.replace(tzinfo=ZoneInfo(zone) if zone else timezone.utc)
-    return read
+    form = _cursor_form(source.cursor_format, source.cursor_timezone)
+    if form is None:
+        return value
+    pattern, zone = form
+    read = datetime.strptime(value.astimezone(zone).strftime(pattern), pattern)
+    return read if read.tzinfo is not None else read.replace(tzinfo=zone)
 
 
 def first_request(source: SourceSpec, since: datetime | None, until: datetime | None = None) -> dict[str, Any]:

@@ -51,9 +51,9 @@ def firms(count: int = FIRMS, status: str = "active", at: datetime = T0, deleted
             for i in range(start, start + count)]
 
 
-def batch(records: list[dict[str, Any]], batch_id: str) -> list[dict[str, Any]]:
+def batch(records: list[dict[str, Any]], batch_id: str, system: str = "business") -> list[dict[str, Any]]:
     """Rows as `runner.load` writes them: the runner's own lineage and content hash."""
-    ctx = SimpleNamespace(system=SimpleNamespace(name="business"))
+    ctx = SimpleNamespace(system=SimpleNamespace(name=system))
     return _with_lineage(pa.Table.from_pylist(records), ctx, batch_id)  # type: ignore[arg-type]
 
 
@@ -117,11 +117,14 @@ def test_a_full_refresh_replaces_an_earlier_runs_rows_and_keeps_its_own_newest(d
     An earlier run stored every firm a day late (a zone read wrong): the refresh puts the source's times back,
     though they are older. A record read by both slices (it moved between them mid-run) keeps the run's newer
     version. The earlier run's id differs from the refresh's only where the refresh's has `_`, which LIKE
-    would take for any character: its rows are still another run's.
+    would take for any character: its rows are still another run's. Rows another source system wrote
+    later are that system's truth, not the refresh's: they stay.
     """
     wh, ds = open_firm_warehouse(database_url, "merge")
     run = "firm_sync-20251201T000000000000-abcd1234"
     write(wh, ds, batch(firms(status="wrong", at=T0 + timedelta(days=1)), run.replace("_", "Z") + ".0a0a0a0a"))
+    other = firms(20, status="registry", at=T0 + timedelta(days=2), start=280)  # F280-F299, later, elsewhere
+    write(wh, ds, batch(other, "registry-20251130T000000000000-0b0b0b0b", system="registry"))
 
     def load_slice(records: list[dict[str, Any]], batch_id: str, refresh: str | None = run) -> int:
         with wh.transaction() as conn:
@@ -131,10 +134,11 @@ def test_a_full_refresh_replaces_an_earlier_runs_rows_and_keeps_its_own_newest(d
     assert load_slice(first, f"{run}.00000001", refresh=None) == 0  # an ordinary merge: older, so kept out
     assert load_slice(first, f"{run}.00000001") == 200
     moved = firms(100, status="stale", at=T0 - timedelta(days=1))  # F0-F99 again, older: read before they moved
-    assert load_slice(firms(100, start=200) + moved, f"{run}.00000002") == 100
+    assert load_slice(firms(100, start=200) + moved, f"{run}.00000002") == 80
     rows = snapshot(wh, ds)
-    assert {(r[1], utc(r[3])) for r in rows} == {("active", T0)} and len(rows) == FIRMS
-    assert {r[4].rsplit(".", 1)[0] for r in rows} == {run}  # every row written by the refresh's slices
+    assert len(rows) == FIRMS and {(r[1], utc(r[3])) for r in rows[280:]} == {("registry", T0 + timedelta(days=2))}
+    assert {(r[1], utc(r[3])) for r in rows[:280]} == {("active", T0)}
+    assert {r[4].rsplit(".", 1)[0] for r in rows[:280]} == {run}  # written by the refresh's slices
     assert load_slice(first, f"{run}.00000001") == 0  # a slice loaded again changes nothing
 
 def test_history_keeps_every_version(database_url: str) -> None:

@@ -283,8 +283,9 @@ class Warehouse:
         `refresh` (a full refresh: the source's whole truth now) is the refreshing run's id: its batch id, or
         the id all of a partitioned run's slice batches begin with (`runner.slice_batch_id`). Older only counts
         against a row the run itself wrote (a record paged twice, or read by two slices, keeps its newer
-        version); a row an earlier run wrote is replaced, even by an older time (one read in the wrong zone
-        before its column said `timezone`, or the source's own correction).
+        version), or one another source system wrote (a dataset fed by two: the refresh is its own source's
+        truth, not the other's); a row an earlier run from the same system wrote is replaced, even by an older
+        time (one read in the wrong zone before its column said `timezone`, or the source's own correction).
         """
         conditions = []
         if only_if_changed:
@@ -293,7 +294,8 @@ class Warehouse:
             newer = [table.c[only_if_newer].is_(None), excluded[only_if_newer].is_(None),
                      excluded[only_if_newer] >= table.c[only_if_newer]]
             if refresh:
-                newer.append(sa.not_(table.c["_batch_id"].startswith(refresh, autoescape=True)))
+                newer.append(sa.and_(sa.not_(table.c["_batch_id"].startswith(refresh, autoescape=True)),
+                                     table.c["_source_system"] == excluded["_source_system"]))
             conditions.append(sa.or_(*newer))
         return sa.and_(*conditions) if conditions else None
 
