@@ -134,8 +134,9 @@ def test_format_and_timezone_only_where_they_mean_something() -> None:
 def _held(wh: Any, dataset: str, key: str, column: str) -> dict[str, Any]:
     """{key: value} of a core table, read through its typed SQLAlchemy table (SQLite's times come back naive UTC)."""
     table = wh.core[dataset]
+    current = [table.c.is_current.is_(True)] if "is_current" in table.c else []  # a history: its current versions
     with wh.engine.connect() as conn:
-        rows = conn.execute(sa.select(table.c[key], table.c[column])).all()
+        rows = conn.execute(sa.select(table.c[key], table.c[column]).where(*current)).all()
     return {k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for k, v in rows}
 
 
@@ -292,11 +293,13 @@ def test_a_cursor_format_is_a_pattern_or_a_known_style() -> None:
                           ) == moment
 
 
+@pytest.mark.parametrize("mode", ["merge", "history"])
 def test_times_without_a_zone_read_as_utc_are_said_and_a_full_refresh_mends_rows_and_cursor(
-        tmp_path: Path, lgsp_env: Any) -> None:
+        mode: str, tmp_path: Path, lgsp_env: Any) -> None:
     """The catalog forgot the peer's `timezone`: its zone-less local times land seven hours late, and the cursor with
     them (its next syncs would ask from the future). The batch says so, naming the column and what to do; once the
-    column says `timezone`, a full refresh reads the rows right and moves the cursor back to the source's newest."""
+    column says `timezone`, a full refresh reads the rows right and moves the cursor back to the source's newest.
+    A history dataset's current versions move back to the right start (no version is added)."""
     from lgsp import runner
     from lgsp.discover import discover, write_draft
     from lgsp.status import status_report
@@ -307,8 +310,11 @@ def test_times_without_a_zone_read_as_utc_are_said_and_a_full_refresh_mends_rows
         target = _district_system(tmp_path / "catalog", base)
         write_draft(discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so"), target)
         datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
+        assert datasets.count("\n  ho_so:\n") == 1
+        datasets = datasets.replace("\n  ho_so:\n", f"\n  ho_so:\n    write_mode: {mode}\n")
         (target / "datasets.yaml").write_text(datasets.replace(", timezone: Asia/Ho_Chi_Minh", ""), encoding="utf-8")
         careless = load_catalog(target)
+        assert careless.datasets["ho_so"].write_mode == mode
         first = runner.run_pipeline("mot_cua_huyen_ho_sos", catalog=careless, settings=lgsp_env)
         wh = runner.open_warehouse(careless, lgsp_env)
         kept = [r for r in peer.rows if not r["DaXoa"]]
@@ -334,6 +340,9 @@ def test_times_without_a_zone_read_as_utc_are_said_and_a_full_refresh_mends_rows
         wh = runner.open_warehouse(mended, lgsp_env)
         assert _held(wh, "ho_so", "ma_ho_so", "ngay_cap_nhat") == {r["MaHoSo"]: peer.when(r) for r in kept}
         assert wh.get_cursor("mot_cua_huyen_ho_sos") == newest  # back, though earlier than it was
+        if mode == "history":  # each record's one version, moved back: nothing else written
+            assert wh.count("core_ho_so") == len(kept)
+            assert _held(wh, "ho_so", "ma_ho_so", "valid_from") == {r["MaHoSo"]: peer.when(r) for r in kept}
         with wh.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT message FROM lgsp_batch WHERE batch_id = :b"),
                                 {"b": refreshed["batch_id"]}).scalar_one() is None

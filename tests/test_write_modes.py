@@ -169,6 +169,41 @@ def test_history_ignores_a_version_older_than_the_current_one(database_url: str)
     assert len(snapshot(wh, ds)) == FIRMS
 
 
+
+def test_a_full_refresh_moves_a_history_back_to_the_sources_start(database_url: str) -> None:
+    """Two versions of every firm stored 7 hours late (a zone read wrong), a third firm's versions 3 hours apart
+    (closer than the shift), and 20 firms of another system: the refresh moves each current version back to
+    the source's start and closes the one before there. The close firms' history would run backwards: left.
+    """
+    wh, ds = open_firm_warehouse(database_url, "history")
+    late, apart = timedelta(hours=7), timedelta(days=30)
+    write(wh, ds, batch(firms(270, status="founded", at=T0 + late), "firm_sync-20251101T000000000000-0a0a0a0a"))
+    write(wh, ds, batch(firms(260, status="active", at=T0 + apart + late)
+                        + firms(10, status="active", at=T0 + timedelta(hours=3) + late, start=260),
+                        "firm_sync-20251102T000000000000-0b0b0b0b"))
+    write(wh, ds, batch(firms(30, status="registry", at=T0 + apart * 2, start=270),
+                        "registry-20251103T000000000000-0c0c0c0c", system="registry"))
+    before = versions(wh, ds)
+    source = (firms(260, status="active", at=T0 + apart) + firms(10, status="active", at=T0 + timedelta(hours=3),
+                                                                 start=260)
+              + firms(30, status="active", at=T0 + apart, start=270))  # older than the registry's
+    run = "firm_sync-20251201T000000000000-abcd1234"
+    with wh.transaction() as conn:
+        assert wh.write_chunks(conn, ds, [batch(source, run)])[1] == 0  # an ordinary load: older, so stale
+    with wh.transaction() as conn:
+        assert wh.write_chunks(conn, ds, [batch(source, run)], refresh=run)[1] == 260
+    after = versions(wh, ds)
+    for code in (f"F{i:05d}" for i in range(260)):
+        founded, active = after[code]
+        assert (utc(founded.valid_from), utc(founded.valid_to), founded.is_current) == (T0 + late, T0 + apart, False)
+        assert (active.status, utc(active.valid_from), active.valid_to, active.is_current) == (
+            "active", T0 + apart, None, True)
+        assert active._batch_id == run and len(after[code]) == 2
+    assert {code: after[code] for code in after if code >= "F00260"} == \
+        {code: before[code] for code in before if code >= "F00260"}  # too close to move; another system's
+    with wh.transaction() as conn:  # the refresh loaded again changes nothing
+        assert wh.write_chunks(conn, ds, [batch(source, run)], refresh=run)[1] == 0
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_deletion_marker_deletes_closes_or_is_kept_as_data(database_url: str, mode: str) -> None:
     wh, ds = open_firm_warehouse(database_url, mode)

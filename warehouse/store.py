@@ -496,7 +496,7 @@ class Warehouse:
                     changed += self.upsert(conn, table, chunk.to_pylist(), [*dataset.key, "_batch_id"],
                                            only_if_changed="_row_hash")
                 elif mode == "history":
-                    changed += self._write_history(conn, dataset, table, chunk.to_pylist())
+                    changed += self._write_history(conn, dataset, table, chunk.to_pylist(), refresh)
                 else:
                     changed += self._merge(conn, dataset, table, chunk, into_empty, refresh)
         finally:
@@ -657,24 +657,34 @@ class Warehouse:
         return int(conn.execute(added).scalar_one()) + int(conn.execute(removed).scalar_one())
 
     def _write_history(self, conn: sa.Connection, dataset: DatasetSpec, table: sa.Table,
-                       rows: Sequence[dict[str, Any]]) -> int:
+                       rows: Sequence[dict[str, Any]], refresh: str | None = None) -> int:
         """SCD type 2: a changed row closes the current version and opens a new one.
 
         A version starts at the row's cursor value (or its load time). An
         unchanged row, or one older than the current version, writes nothing;
         a deletion marker closes the current version; a change with the same
         start as the current version corrects that version in place.
+
+        A full refresh (`refresh`, the run's id: see `_update_when`) is the source's truth: a row older than
+        the current version an earlier run from the same system wrote mends that version (`_mend_history`).
         """
         key = dataset.key
-        current = {tuple(r[:-2]): (r[-2], utc(r[-1])) for r in conn.execute(
-            sa.select(*(table.c[k] for k in key), table.c._row_hash, table.c.valid_from).where(table.c.is_current))}
+        current = {tuple(r[:-4]): (r[-4], utc(r[-3]), r[-2], r[-1]) for r in conn.execute(
+            sa.select(*(table.c[k] for k in key), table.c._row_hash, table.c.valid_from, table.c._batch_id,
+                      table.c._source_system).where(table.c.is_current))}
         closes: list[dict[str, Any]] = []
         versions: list[dict[str, Any]] = []
         gone: list[tuple[Any, ...]] = []
+        mends: list[tuple[datetime, datetime, dict[str, Any]]] = []
         for row in rows:
             record = tuple(row[k] for k in key)
             starts = utc(row.get(dataset.cursor_field) if dataset.cursor_field else None) or row["_loaded_at"]
             version = current.get(record)
+            if (refresh and version is not None and starts < version[1] and version[0] != row["_row_hash"]
+                    and not self._deleted(dataset, row) and not str(version[2]).startswith(refresh)
+                    and version[3] == row["_source_system"]):
+                mends.append((version[1], starts, row))
+                continue
             if version is not None and (starts < version[1] or version[0] == row["_row_hash"]):
                 continue  # stale, or unchanged
             if self._deleted(dataset, row):
@@ -691,7 +701,40 @@ class Warehouse:
                          .values(valid_to=sa.bindparam("closed_at"), is_current=False), closes)
         if gone:
             self.record_deletions(conn, dataset.name, key, gone, rows[0]["_batch_id"])
+        versions += self._mend_history(conn, key, table, mends)
         return len(gone) + self.upsert(conn, table, versions, [*key, "valid_from"], only_if_changed="_row_hash")
+
+    @staticmethod
+    def _mend_history(conn: sa.Connection, key: Sequence[str], table: sa.Table,
+                      mends: Sequence[tuple[datetime, datetime, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Move current versions back to the earlier start a full refresh read; the versions that replace them.
+
+        `mends`: (the current version's start, the source's start, its row). The current version is
+        removed and the row takes its place from its own start; the version closed at the old start is
+        closed at the new one. A record whose earlier version began at or after the new start (its versions
+        less apart than the shift) is left as it is: its history would run backwards.
+        """
+        if not mends:
+            return []
+        match = [table.c[k] == sa.bindparam(f"k_{k}") for k in key]
+        earlier: dict[tuple[Any, ...], datetime] = {}
+        olds = sorted({old for old, _, _ in mends})
+        for start in range(0, len(olds), 500):
+            for found in conn.execute(sa.select(*(table.c[k] for k in key), table.c.valid_from, table.c.valid_to)
+                                      .where(table.c.is_current.is_(sa.false()),
+                                             table.c.valid_to.in_(olds[start:start + 500]))):
+                earlier[(*found[:len(key)], utc(found.valid_to))] = utc(found.valid_from)
+        moved = [(old, new, row) for old, new, row in mends
+                 if earlier.get((*(row[k] for k in key), old), datetime.min.replace(tzinfo=timezone.utc)) < new]
+        if not moved:
+            return []
+        keys = [{f"k_{k}": row[k] for k in key} for _, _, row in moved]
+        conn.execute(table.delete().where(*match, table.c.valid_from == sa.bindparam("old")),
+                     [{**k, "old": old} for k, (old, _, _) in zip(keys, moved)])
+        conn.execute(table.update().where(*match, table.c.valid_to == sa.bindparam("old"))
+                     .values(valid_to=sa.bindparam("new")),
+                     [{**k, "old": old, "new": new} for k, (old, new, _) in zip(keys, moved)])
+        return [{**row, "valid_from": new, "valid_to": None, "is_current": True} for _, new, row in moved]
 
     def insert_ignore(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
                       key: Sequence[str]) -> None:
