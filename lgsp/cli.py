@@ -265,6 +265,9 @@ def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipel
 
     catalog = load_catalog()
     start, end = _instant(since, "--since"), _instant(until, "--until")
+    if full_refresh and (start or end):
+        fail("--full-refresh reads the whole source and --since/--until a window of it (a backfill): give one or "
+             "the other")
     try:
         catalog.pipeline(pipeline)
         if inline:

@@ -157,11 +157,11 @@ def _start_batch(ctx: PipelineContext, mode: str, since: datetime | None, until:
 
 
 def _window(ctx: PipelineContext, full_refresh: bool, since: datetime | None,
-            until: datetime | None) -> tuple[str, datetime | None, datetime | None]:
+            until: datetime | None, run: str | None = None) -> tuple[str, datetime | None, datetime | None]:
     """(mode, since, until) of a new batch: incremental from the cursor minus the look-back, full, or backfill.
 
-    A full refresh reads everything up to `until` (a partitioned run's slices: the run's start), or now."""
-    if full_refresh and since is None:
+    A full refresh reads everything up to now, or, a slice of a partitioned `run`, up to the run's start."""
+    if full_refresh and (run is not None or (since is None and until is None)):
         return "full_refresh", None, until
     if since is not None or until is not None:
         return "backfill", since, until
@@ -193,7 +193,7 @@ def begin_extract(ctx: PipelineContext, full_refresh: bool = False, since: datet
     `run`: the partitioned run whose slice this is (`lgsp.partitions.plan`)."""
     resume = None if (full_refresh or since or until or partition) else _resumable(ctx)
     if resume is None:
-        mode, since, until = _window(ctx, full_refresh, since, until)
+        mode, since, until = _window(ctx, full_refresh, since, until, run)
         return BatchStart(_start_batch(ctx, mode, since, until, run), mode, since, until, run=run)
     state = _load_state(resume.paging_state) if resume.paging_state else None
     start = BatchStart(resume.batch_id, resume.mode or "incremental", utc(resume.cursor_from),

@@ -107,6 +107,15 @@ def test_unknown_pipeline_fails_with_the_known_ones(tmp_path: Path) -> None:
     assert "no pipeline named 'nope'" in proc.stdout and "tthc_dossiers" in proc.stdout
 
 
+def test_a_full_refresh_of_a_window_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    for window in (["--since", "2025-08-01"], ["--until", "2025-09-01"]):
+        proc = run(["lgsp", "run", "tthc_dossiers", "--inline", "--full-refresh", *window], lgsp_env(tmp_path / "home"))
+        assert proc.returncode == 1, proc.stdout
+        assert "--full-refresh reads the whole source and --since/--until a window of it (a backfill): give one or " \
+               "the other" in " ".join(proc.stdout.split())
+    assert not (tmp_path / "home" / "warehouse.db").exists()  # nothing was run
+
+
 def test_peer_down_fails_naming_system_and_operation(tmp_path: Path) -> None:
     env = lgsp_env(tmp_path / "home", LGSP_TTHC_URL="http://127.0.0.1:9", LGSP_TTHC_API_KEY="k")
     proc = run(["lgsp", "run", "tthc_dossiers", "--inline"], env)
