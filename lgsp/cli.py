@@ -259,7 +259,11 @@ def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipel
         since: str = typer.Option(None, help="backfill from this date or instant (inclusive)"),
         until: str = typer.Option(None, help="backfill up to this date or instant (exclusive)"),
         inline: bool = typer.Option(False, help="run in this process instead of on Airflow"),
-        retries: bool = typer.Option(True, help="let Airflow retry failed tasks (per the catalog)")) -> None:
+        retries: bool = typer.Option(True, help="let Airflow retry failed tasks (per the catalog)"),
+        delete_missing: bool = typer.Option(False, help="with --full-refresh: remove the records the source no "
+                                            "longer has (deleted without a marker; kept in the lake's removed/)"),
+        delete_max: float = typer.Option(0.1, min=0.0, max=1.0, help="--delete-missing removes nothing if more "
+                                         "than this share of the source's records would go")) -> None:
     """Run one pipeline now: incremental from its cursor, --full-refresh, or a --since/--until backfill."""
     from lgsp import runner
 
@@ -268,17 +272,20 @@ def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipel
     if full_refresh and (start or end):
         fail("--full-refresh reads the whole source and --since/--until a window of it (a backfill): give one or "
              "the other")
+    if delete_missing and not full_refresh:
+        fail("--delete-missing needs --full-refresh: only a full refresh reads every record the source has")
+    deleting = delete_max if delete_missing else None
     try:
         catalog.pipeline(pipeline)
         if inline:
             with step(f"pipeline {pipeline}"):
                 result = runner.run_pipeline(pipeline, full_refresh=full_refresh, catalog=catalog,
-                                             since=start, until=end)
+                                             since=start, until=end, delete_missing=deleting)
             console.print({k: result[k] for k in ("batch_id", "mode", "rows_pulled", "rows_landed",
-                                                  "rows_quarantined", "rows_changed") if k in result})
+                                                  "rows_quarantined", "rows_changed", "rows_deleted") if k in result})
         else:
             conf = {"full_refresh": full_refresh, "since": start.isoformat() if start else None,
-                    "until": end.isoformat() if end else None}
+                    "until": end.isoformat() if end else None, "delete_missing": deleting}
             _airflow_run([f"lgsp_{pipeline}"], task_retries=retries, conf=conf)
     except typer.Exit:
         raise

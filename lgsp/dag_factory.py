@@ -99,7 +99,7 @@ def pipeline_dag(pipeline: PipelineSpec, catalog: Catalog) -> Any:
 
     @dag(dag_id=f"lgsp_{name}", description=pipeline.title, schedule=_timetable(pipeline.schedule),
          start_date=START_DATE, catchup=False, max_active_runs=1,
-         params={"full_refresh": False, "since": None, "until": None},
+         params={"full_refresh": False, "since": None, "until": None, "delete_missing": None},
          tags=["lgsp", f"system:{system.name}", f"dataset:{pipeline.dataset}", *pipeline.tags],
          default_args=_default_args(pipeline.retries, pipeline.retry_delay_s, pipeline.max_retry_delay_s),
          deadline=_deadline(pipeline),
@@ -150,12 +150,15 @@ def _single_tasks(name: str, dataset: str, pool: str) -> None:
         return batch_id
 
     @task(task_id="load", outlets=[dataset_asset(dataset)])
-    def load_step(batch_id: str) -> dict[str, int]:
+    def load_step(batch_id: str, **context: Any) -> dict[str, int]:
+        """Load; with the `delete_missing` param (a share, on a full refresh) remove what the source no longer has."""
         from lgsp import runner
 
+        deleting = (context.get("params") or {}).get("delete_missing")
         with _fail_at_once_if_the_table_needs_migrating():
-            result = runner.load(runner.context(name), batch_id)
-        return {k: int(result[k]) for k in ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed")}
+            result = runner.load(runner.context(name), batch_id, None if deleting is None else float(deleting))
+        return {k: int(result[k]) for k in ("rows_pulled", "rows_landed", "rows_quarantined", "rows_changed",
+                                            "rows_deleted") if k in result}
 
     load_step(validate_step(extract_step()))
 
@@ -171,6 +174,9 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
 
         ctx, window = runner.context(name), run_window(context)
         full_refresh = bool((context.get("params") or {}).get("full_refresh"))
+        if (context.get("params") or {}).get("delete_missing") is not None:
+            raise ValueError(f"{name} is partitioned: its slices cannot tell which records the source no longer has; "
+                             f"run `lgsp run {name} --full-refresh --delete-missing --inline` (one batch)")
         with _fail_at_once_if_the_table_needs_migrating():
             cursor = None if full_refresh else ctx.warehouse.get_cursor(name)
         assert ctx.pipeline.partition is not None

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -658,17 +658,19 @@ def _with_lineage(table: pa.Table, ctx: PipelineContext, batch_id: str, loaded_a
             .append_column("_row_hash", hashes))
 
 
-def load(ctx: PipelineContext, batch_id: str) -> dict[str, Any]:
+def load(ctx: PipelineContext, batch_id: str, delete_missing: float | None = None) -> dict[str, Any]:
     """Write a validated batch by the dataset's write mode; data, batch record and cursor in one transaction.
 
-    The batch's Parquet file is read a row group (a validated chunk) at a time.
+    The batch's Parquet file is read a row group (a validated chunk) at a time. `delete_missing`: see
+    `_delete_missing` (a full refresh only).
     """
     result = ctx.lake.read_manifest(ctx.pipeline.name, batch_id)
     if "parquet" not in result:
         raise RuntimeError(f"batch {batch_id} of {ctx.pipeline.name} was not validated; run validate first")
     try:
         return _load_chunks(ctx, batch_id, ctx.lake.iter_batch(result["parquet"]), lambda: result,
-                            refresh=(result.get("run") or batch_id) if result.get("mode") == "full_refresh" else None)
+                            refresh=(result.get("run") or batch_id) if result.get("mode") == "full_refresh" else None,
+                            delete_missing=delete_missing)
     except Exception as exc:
         failed_load(ctx, batch_id, exc)
         raise
@@ -687,7 +689,8 @@ def failed_load(ctx: PipelineContext, batch_id: str, exc: BaseException) -> None
 
 def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table],
                  validated: Callable[[], dict[str, Any]],
-                 on_merging: Callable[[], None] | None = None, refresh: str | None = None) -> dict[str, Any]:
+                 on_merging: Callable[[], None] | None = None, refresh: str | None = None,
+                 delete_missing: float | None = None) -> dict[str, Any]:
     """Write validated chunks, then, once `validated()` gives the batch's result, the cursor and batch record.
 
     One transaction: if `validated()` raises (the batch failed its checks), nothing is written.
@@ -696,9 +699,16 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
     source; its rows replace an earlier run's (`write_chunks`) and its newest cursor value is the watermark,
     even an earlier one (`set_cursor(exact=True)`). A slice of a partitioned run leaves the cursor to the
     run's `publish` step, which moves it once for all slices.
+    `delete_missing` (a full refresh's): remove the records the source no longer has (`_delete_missing`).
     """
     wh, ds, pipeline = ctx.warehouse, ctx.dataset, ctx.pipeline
     loaded_at = _now()
+    if delete_missing is not None and refresh is None:
+        raise ValueError("only a full refresh reads every record the source has: --delete-missing needs it")
+    seen: list[pa.Table] = []
+    if delete_missing is not None:
+        chunks = _keys_kept(chunks, ds.key, seen)
+    removed, noted = 0, None
     with wh.transaction() as conn:
         if on_merging is not None:
             conn.info[ON_MERGING] = on_merging
@@ -708,14 +718,59 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
         finally:
             conn.info.pop(ON_MERGING, None)  # the connection goes back to the pool without it
         result = validated()
+        if delete_missing is not None:
+            removed, noted = _delete_missing(ctx, conn, batch_id, seen, delete_missing, loaded_at)
+            changed += removed
         cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
         if result.get("mode") != "backfill" and not result.get("run"):
             wh.set_cursor(conn, pipeline.name, cursor_to, batch_id, synced=True, exact=refresh is not None)
         _update_batch(ctx, batch_id, conn, status="loaded", finished_at=_now(), rows_landed=landed,
-                      rows_changed=changed, cursor_to=cursor_to, message=result.get("notes"))  # a refusal's: gone
+                      rows_changed=changed, cursor_to=cursor_to,
+                      message="; ".join(n for n in (result.get("notes"), noted) if n) or None)  # a refusal's: gone
         wh.stamp_change(conn, batch_id, ds.name, changed)  # last: the change feed's order is the commit order
     log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, landed, changed)
-    return {**result, "rows_landed": landed, "rows_changed": changed}
+    return {**result, "rows_landed": landed, "rows_changed": changed,
+            **({"rows_deleted": removed} if delete_missing is not None else {})}
+
+
+def _keys_kept(chunks: Iterable[pa.Table], key: Sequence[str], seen: list[pa.Table]) -> Iterator[pa.Table]:
+    """The chunks, keeping each one's key columns in `seen` as it passes."""
+    for chunk in chunks:
+        seen.append(chunk.select(list(key)))
+        yield chunk
+
+
+def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, seen: list[pa.Table],
+                    max_share: float, loaded_at: datetime) -> tuple[int, str | None]:
+    """After a full refresh: remove the records this source gave before and no longer has (deleted without a
+    marker); (how many, a note when none was removed for safety).
+
+    `seen`: the refresh's keys; a record it quarantined is still at the source, and stays. Removing
+    deletes a merge table's row or closes a history table's current version, each recorded as deleted
+    by this batch (the change feed tells mirrors). The rows are kept first as they were, in the lake
+    (`removed/<dataset>/<batch_id>.parquet`). Nothing is removed when the refresh received no record, or
+    when more than `max_share` of the source's records would go: a source answering part of its records
+    looks the same as one that deleted them.
+    """
+    wh, ds, system = ctx.warehouse, ctx.dataset, ctx.system.name
+    rerun = f"`lgsp run {ctx.pipeline.name} --full-refresh --delete-missing --delete-max 1`"
+    if not any(t.num_rows for t in seen):
+        return 0, "the full refresh received no record, so none was deleted as missing: if the source really " \
+                  f"holds none, {rerun}"
+    q = wh.system["lgsp_quarantine"]
+    held = conn.execute(sa.select(q.c.record_key).where(q.c.dataset == ds.name, q.c.last_batch_id == batch_id)
+                        .distinct()).scalars().all()
+    absent, total = wh.missing(conn, ds, pa.concat_tables(seen), held, system, loaded_at)
+    count = int(conn.execute(sa.select(sa.func.count()).select_from(absent.subquery())).scalar_one())
+    if count > max_share * total:
+        return 0, (f"{count} of the {total} records {system} gave before are not in this full refresh, more than "
+                   f"{max_share:.0%}, so none was deleted (a source answering part of its records looks the same): "
+                   f"if the source really deleted them, {rerun}")
+    rows = [dict(r) for r in conn.execute(absent).mappings()]
+    if rows:
+        path = ctx.lake.write_removed(ds.name, batch_id, pa.Table.from_pylist(rows))
+        log.info("%s: %d record(s) the source no longer has removed; kept in %s", ctx.pipeline.name, len(rows), path)
+    return wh.remove(conn, ds, rows, batch_id, loaded_at), None
 
 
 def _unfinished(ctx: PipelineContext) -> tuple[str, str] | None:
@@ -731,13 +786,15 @@ def _unfinished(ctx: PipelineContext) -> tuple[str, str] | None:
 
 def run_pipeline(name: str, full_refresh: bool = False, catalog: Catalog | None = None,
                  settings: Settings | None = None, since: datetime | None = None,
-                 until: datetime | None = None) -> dict[str, Any]:
+                 until: datetime | None = None, delete_missing: float | None = None) -> dict[str, Any]:
     """Run extract -> validate -> load from this process (what one DAG run does, its tasks in one go).
 
     A batch a killed run left behind is finished first: a half-pulled one is
     resumed from its last landed page, a pulled or validated one is validated
     and loaded. A new batch runs its three steps overlapping (`lgsp.streaming`;
     `LGSP_STREAMING=0` runs them one after another).
+    `delete_missing` (with `full_refresh`): remove the records the source no longer has, unless more
+    than that share of them would go (`_delete_missing`).
     """
     from lgsp import streaming
 
@@ -748,9 +805,10 @@ def run_pipeline(name: str, full_refresh: bool = False, catalog: Catalog | None 
         batch_id, status = pending
         log.info("%s: finishing batch %s left %s by an earlier run", name, batch_id, status)
     elif streaming.enabled():
-        return streaming.run_streaming(ctx, full_refresh=full_refresh, since=since, until=until)
+        return streaming.run_streaming(ctx, full_refresh=full_refresh, since=since, until=until,
+                                       delete_missing=delete_missing)
     else:
         batch_id, status = extract(ctx, full_refresh=full_refresh, since=since, until=until)["batch_id"], "extracted"
     if status == "extracted":
         validate(ctx, batch_id)
-    return load(ctx, batch_id)
+    return load(ctx, batch_id, delete_missing if fresh else None)

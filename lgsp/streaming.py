@@ -180,9 +180,11 @@ def _following_chunks(ctx: PipelineContext, extract: _Extract | _Extracted, chun
 class _Loader(threading.Thread):
     """Loads validated chunks as they come, commits once the batch's result is known."""
 
-    def __init__(self, ctx: PipelineContext, batch_id: str, full_refresh: bool = False) -> None:
+    def __init__(self, ctx: PipelineContext, batch_id: str, full_refresh: bool = False,
+                 delete_missing: float | None = None) -> None:
         super().__init__(name=f"lgsp-load-{ctx.pipeline.name}", daemon=True)
         self.ctx, self.batch_id, self.refresh = ctx, batch_id, batch_id if full_refresh else None
+        self.delete_missing = delete_missing
         self.chunks: queue.Queue[Any] = queue.Queue(maxsize=1)  # memory: at most one chunk waiting
         self.validated: Future[dict[str, Any]] = Future()
         self.outcome: Future[dict[str, Any]] = Future()
@@ -217,7 +219,7 @@ class _Loader(threading.Thread):
         try:
             self.outcome.set_result(runner._load_chunks(self.ctx, self.batch_id, self._chunks(),
                                                         lambda: self.validated.result(), self.merging.set,
-                                                        self.refresh))
+                                                        self.refresh, self.delete_missing))
         except BaseException as exc:  # noqa: BLE001 - handed to the validating thread
             self.outcome.set_exception(exc)
             self.merging.set()  # nobody waits on a loader that failed
@@ -244,8 +246,10 @@ class _Loader(threading.Thread):
 
 
 def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datetime | None = None,
-                  until: datetime | None = None) -> dict[str, Any]:
-    """Extract, validate and load a new batch with the three steps overlapping; returns the load's result."""
+                  until: datetime | None = None, delete_missing: float | None = None) -> dict[str, Any]:
+    """Extract, validate and load a new batch with the three steps overlapping; returns the load's result.
+
+    `delete_missing`: see `runner._delete_missing`."""
     from quality.expectations import GxPaths, _cached_context
     from quality.rules import commune_value_set
 
@@ -287,7 +291,7 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
             extract = _Extract(ctx, start)
         del keys
         if ctx.warehouse.dialect == "postgresql":
-            loader = _Loader(ctx, batch_id, full_refresh=start.mode == "full_refresh")
+            loader = _Loader(ctx, batch_id, full_refresh=start.mode == "full_refresh", delete_missing=delete_missing)
             loader.start()
         # A batch of one page is one chunk (most incremental runs): its expectations wait until PostgreSQL
         # merges it. Run at once, GX's pure Python took the interpreter lock from the loading thread's
@@ -308,7 +312,7 @@ def run_streaming(ctx: PipelineContext, full_refresh: bool = False, since: datet
             loader.finish(error=exc)
         raise
     if loader is None:
-        return runner.load(ctx, batch_id)
+        return runner.load(ctx, batch_id, delete_missing)
     loader.hand_over(result)  # the load commits while this thread renders the batch's Data Docs page
     sys.setswitchinterval(FAST_SWITCH_S)  # the loader's many short steps between waits on PostgreSQL get the GIL
     try:  # back quickly from the rendering (pure Python): at the default 5 ms they queued behind it

@@ -113,6 +113,10 @@ def test_a_full_refresh_of_a_window_is_refused_before_anything_runs(tmp_path: Pa
         assert proc.returncode == 1, proc.stdout
         assert "--full-refresh reads the whole source and --since/--until a window of it (a backfill): give one or " \
                "the other" in " ".join(proc.stdout.split())
+    proc = run(["lgsp", "run", "tthc_dossiers", "--inline", "--delete-missing"], lgsp_env(tmp_path / "home"))
+    assert proc.returncode == 1, proc.stdout
+    assert "--delete-missing needs --full-refresh: only a full refresh reads every record the source has" in \
+        " ".join(proc.stdout.split())
     assert not (tmp_path / "home" / "warehouse.db").exists()  # nothing was run
 
 

@@ -479,3 +479,20 @@ def test_the_read_ahead_reads_heap_pages_in_block_order_many_at_a_time(pg_url: s
     assert "Index" in plain and "Bitmap" not in plain, plain
     assert "Bitmap Heap Scan" in ahead, ahead
     assert io == str(READ_AHEAD_IO)
+
+
+def test_the_rows_a_refresh_misses_leave_out_its_keys_and_its_quarantined_records(database_url: str) -> None:
+    """`Warehouse.missing` with a two-column key: a record is missing unless the refresh's keys hold it, or the
+    quarantine holds its key as `lgsp_quarantine` writes it (`a|n`); only the given system's rows count."""
+    ds = DatasetSpec(name="pair", title="Pair", key=["a", "n"], columns={
+        "a": {"type": "string", "required": True}, "n": {"type": "integer", "required": True}, "v": {"type": "string"}})
+    wh = Warehouse(database_url, load_catalog().model_copy(update={"datasets": {"pair": ds}}))
+    wh.create_all()
+    pairs = [{"a": f"x{i % 3}", "n": i, "v": "kept"} for i in range(300)]
+    write(wh, ds, batch(pairs, "b1"))
+    write(wh, ds, batch([{"a": "other", "n": 1, "v": "elsewhere"}], "b2", system="registry"))
+    seen = pa.Table.from_pylist([{"a": p["a"], "n": p["n"]} for p in pairs if p["n"] not in (5, 6, 7)])
+    with wh.transaction() as conn:
+        query, total = wh.missing(conn, ds, seen, ["x1|7"], "business", datetime.now(timezone.utc))
+        assert total == 300
+        assert sorted((r.a, r.n) for r in conn.execute(query)) == [("x0", 6), ("x2", 5)]

@@ -5,6 +5,8 @@ Layout under the lake root:
                                                      {"rows": N, "records": [...]}
     landing/<pipeline>/<batch_id>/manifest.json      what the extract step saw
     raw/<dataset>/ingest_date=YYYY-MM-DD/<batch_id>.parquet   typed, checked rows
+    removed/<dataset>/<batch_id>.parquet             rows a full refresh removed from the store
+                                                     (`--delete-missing`), as they were
 
 Every file is written to a temporary name and renamed into place, so a reader
 (or a process killed mid-write) never sees half a file.
@@ -193,6 +195,12 @@ class Lake:
     def page_records(line: bytes) -> list[Any]:
         """The records of one page line (`read_page`)."""
         return orjson.loads(line)["records"]  # type: ignore[no-any-return]
+
+    def write_removed(self, dataset: str, batch_id: str, rows: pa.Table) -> Path:
+        """Keep the rows a full refresh removed from the store (records deleted at the source without a marker),
+        as they were, in `removed/<dataset>/<batch_id>.parquet`: readable, and restorable, for ever."""
+        path = self.root / "removed" / dataset / f"{batch_id}.parquet"
+        return _atomic_write(path, lambda tmp: pq.write_table(rows, tmp, compression="zstd"))
 
     def write_manifest(self, pipeline: str, batch_id: str, manifest: dict[str, Any]) -> Path:
         path = self.batch_dir(pipeline, batch_id) / "manifest.json"

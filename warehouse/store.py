@@ -736,6 +736,58 @@ class Warehouse:
                      [{**k, "old": old, "new": new} for k, (old, new, _) in zip(keys, moved)])
         return [{**row, "valid_from": new, "valid_to": None, "is_current": True} for _, new, row in moved]
 
+    def missing(self, conn: sa.Connection, dataset: DatasetSpec, keys: pa.Table, held: Sequence[str], system: str,
+                loaded_by: datetime) -> tuple[sa.Select, int]:
+        """The rows `system` wrote by `loaded_by` whose key neither a full refresh's `keys` nor `held` (record keys
+        as `lgsp_quarantine` writes them: the refresh's quarantined records) has; and how many rows it wrote.
+
+        A merge table's rows, a history table's current versions. The keys go to temporary tables (COPY on
+        PostgreSQL), dropped at the end of the caller's transaction on PostgreSQL, before the next use on SQLite.
+        """
+        table, key = self.dataset_table(dataset), dataset.key
+        seen = sa.Table(f"_seen_{table.name}", sa.MetaData(), *(sa.Column(k, table.c[k].type) for k in key),
+                        prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+        kept = sa.Table(f"_held_{table.name}", sa.MetaData(), sa.Column("record_key", sa.Text),
+                        prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+        for temporary in (seen, kept):
+            temporary.drop(conn, checkfirst=True)
+            temporary.create(conn)
+        if self.dialect == "postgresql":
+            self._copy_into(conn, seen, keys.select(key))
+        else:
+            for start in range(0, keys.num_rows, CHUNK_ROWS):
+                conn.execute(seen.insert(), keys.slice(start, CHUNK_ROWS).select(key).to_pylist())
+        if held:
+            conn.execute(kept.insert(), [{"record_key": k} for k in held])
+        sa.Index(f"_seen_{table.name}_key", *seen.c).create(conn)
+        as_text = [sa.cast(table.c[k], sa.Text) for k in key]  # runner._record_key's str(value) joined by "|"
+        record_key = as_text[0] if len(key) == 1 else sa.func.concat_ws("|", *as_text) \
+            if self.dialect == "postgresql" else sa.literal_column(" || '|' || ".join(
+                f'CAST("{table.name}"."{k}" AS TEXT)' for k in key))
+        mine = [table.c._source_system == system, table.c._loaded_at <= loaded_by,
+                *([table.c.is_current.is_(True)] if "is_current" in table.c else [])]
+        total = conn.execute(sa.select(sa.func.count()).select_from(table).where(*mine)).scalar_one()
+        absent = [~sa.exists().where(*(seen.c[k] == table.c[k] for k in key)),
+                  ~sa.exists().where(kept.c.record_key == record_key)]
+        return sa.select(table).where(*mine, *absent), int(total)
+
+    def remove(self, conn: sa.Connection, dataset: DatasetSpec, rows: Sequence[dict[str, Any]], batch_id: str,
+               at: datetime) -> int:
+        """Records the source no longer has: delete them (merge), or close their current version at `at`
+        (history); each is recorded as deleted by `batch_id` (`lgsp_tombstone`). Returns how many."""
+        if not rows:
+            return 0
+        table, key = self.dataset_table(dataset), dataset.key
+        match = [table.c[k] == sa.bindparam(f"k_{k}") for k in key]
+        params = [{f"k_{k}": row[k] for k in key} for row in rows]
+        if "is_current" in table.c:
+            conn.execute(table.update().where(*match, table.c.is_current.is_(True))
+                         .values(valid_to=at, is_current=False), params)
+        else:
+            conn.execute(table.delete().where(*match), params)
+        self.record_deletions(conn, dataset.name, key, [tuple(row[k] for k in key) for row in rows], batch_id)
+        return len(rows)
+
     def insert_ignore(self, conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
                       key: Sequence[str]) -> None:
         if rows:

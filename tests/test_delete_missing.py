@@ -1,0 +1,150 @@
+"""Records deleted at the source without a marker: `lgsp run P --full-refresh --delete-missing`.
+
+An incremental sync never hears of them, `lgsp reconcile` counts them as `extra`. A full refresh with
+`delete_missing` removes them (merge: the row; history: its current version is closed), records each as
+deleted (the change feed tells mirrors) and keeps the rows as they were in the lake's `removed/`. A
+record the refresh quarantined is still at the source, and stays. When more than the given share would
+go, or the source answered nothing, nothing is removed and the batch says why. Real peer over loopback,
+real syncs into SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from catalog.loader import load_catalog
+from tests.test_discover import HoSoPeer, _district_system
+
+PIPELINE = "mot_cua_huyen_ho_sos"
+
+
+def _held(wh: Any) -> set[str]:
+    """The records the copy holds now (a history: those with a current version)."""
+    table = wh.core["ho_so"]
+    current = [table.c.is_current.is_(True)] if "is_current" in table.c else []
+    with wh.engine.connect() as conn:
+        return {k for (k,) in conn.execute(sa.select(table.c.ma_ho_so).where(*current))}
+
+
+def _message(wh: Any, batch_id: str) -> str | None:
+    with wh.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT message FROM lgsp_batch WHERE batch_id = :b"), {"b": batch_id}).scalar()
+
+
+@pytest.mark.parametrize("mode", ["merge", "history"])
+def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode: str, tmp_path: Path,
+                                                                            lgsp_env: Any) -> None:
+    from lgsp import runner
+    from lgsp.discover import discover, write_draft
+    from loopback import serving
+
+    peer = HoSoPeer(230)
+    with serving(peer) as base:
+        target = _district_system(tmp_path / "catalog", base)
+        write_draft(discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so"), target)
+        datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
+        (target / "datasets.yaml").write_text(datasets.replace("\n  ho_so:\n", f"\n  ho_so:\n    write_mode: {mode}\n"),
+                                              encoding="utf-8")
+        catalog = load_catalog(target)
+        assert catalog.datasets["ho_so"].write_mode == mode
+
+        def sync(**options: Any) -> dict[str, Any]:
+            return runner.run_pipeline(PIPELINE, catalog=catalog, settings=lgsp_env, **options)
+
+        sync()
+        wh = runner.open_warehouse(catalog, lgsp_env)
+        assert _held(wh) == {r["MaHoSo"] for r in peer.rows if not r["DaXoa"]}  # 225: 5 carried a deletion marker
+        stored = {r["ma_ho_so"]: r for r in _rows(wh)}
+
+        gone = {"HS-00001", "HS-00002", "HS-00003"}  # deleted at the source, no marker
+        peer.rows = [r for r in peer.rows if r["MaHoSo"] not in gone]
+        broken = next(r for r in peer.rows if r["MaHoSo"] == "HS-00010")
+        broken["NgayTiepNhan"] = "not a date"  # still at the source: quarantined by the refresh, not removed
+        assert "rows_deleted" not in sync()  # an incremental sync cannot tell
+        with pytest.raises(ValueError, match="only a full refresh reads every record the source has"):
+            sync(delete_missing=0.1)
+        assert _held(wh) == {r["MaHoSo"] for r in peer.rows if not r["DaXoa"]} | gone
+
+        refresh = sync(full_refresh=True, delete_missing=0.1)
+        assert (refresh["rows_deleted"], refresh["rows_quarantined"]) == (3, 1)
+        assert _held(wh) == {r["MaHoSo"] for r in peer.rows if not r["DaXoa"]}
+        assert "HS-00010" in _held(wh)
+        with wh.engine.connect() as conn:
+            assert {json.loads(k)["ma_ho_so"] for (k,) in conn.execute(sa.text(
+                "SELECT record_key FROM lgsp_tombstone WHERE batch_id = :b"), {"b": refresh["batch_id"]})} == gone
+        kept = pq.read_table(Path(lgsp_env.lake_root) / "removed" / "ho_so" / f"{refresh['batch_id']}.parquet")
+        assert {r["ma_ho_so"]: r for r in kept.to_pylist()} == {k: stored[k] for k in gone}  # as they were
+        if mode == "history":  # the versions stay, closed
+            with wh.engine.connect() as conn:
+                closed = conn.execute(sa.text("SELECT ma_ho_so FROM core_ho_so WHERE NOT is_current")).scalars()
+                assert set(closed) == gone
+        assert sync(full_refresh=True, delete_missing=0.1)["rows_deleted"] == 0  # again: nothing more
+
+        many = {r["MaHoSo"] for r in peer.rows[20:60] if not r["DaXoa"]}  # more than 10% of the records
+        peer.rows = [r for r in peer.rows if r["MaHoSo"] not in many]
+        careful = sync(full_refresh=True, delete_missing=0.1)
+        assert careful["rows_deleted"] == 0 and many <= _held(wh)
+        assert f"{len(many)} of the 222 records mot_cua_huyen gave before are not in this full refresh, more " \
+               "than 10%, so none was deleted" in (_message(wh, careful["batch_id"]) or "")
+        assert f"`lgsp run {PIPELINE} --full-refresh --delete-missing --delete-max 1`" in \
+               (_message(wh, careful["batch_id"]) or "")
+        assert sync(full_refresh=True, delete_missing=1.0)["rows_deleted"] == len(many)
+        assert not many & _held(wh)
+
+        everything = peer.rows
+        peer.rows = []  # a source answering nothing: nothing is removed
+        empty = sync(full_refresh=True, delete_missing=1.0)
+        assert empty["rows_deleted"] == 0 and _held(wh) == {r["MaHoSo"] for r in everything if not r["DaXoa"]}
+        assert "the full refresh received no record, so none was deleted as missing" in \
+               (_message(wh, empty["batch_id"]) or "")
+
+
+def _rows(wh: Any) -> list[dict[str, Any]]:
+    table = wh.core["ho_so"]
+    with wh.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(table)).mappings()]
+
+
+@pytest.mark.airflow
+def test_the_dag_removes_what_the_source_no_longer_has_and_a_partitioned_one_refuses(tmp_path: Path,
+                                                                                    sandbox_handle: Any) -> None:
+    """`lgsp run P --full-refresh --delete-missing` on real Airflow (the DAG's `delete_missing` param): a record the
+    copy holds and the civil-status registry no longer has is removed; a partitioned pipeline refuses at once."""
+    from airflow_helpers import lgsp_env, run
+    from warehouse import Warehouse
+
+    sandbox_handle.faults.clear()
+    home = tmp_path / "home"
+    env = lgsp_env(home, **sandbox_handle.env())
+    proc = run(["lgsp", "run", "civil_status_events", "--no-retries"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    url = f"sqlite:///{home / 'warehouse.db'}"
+    wh = Warehouse(url, load_catalog())
+    table = wh.dataset_table(load_catalog().datasets["civil_status_event"])
+    with wh.transaction() as conn:  # a record the registry held at the last sync and has since deleted
+        row = dict(conn.execute(sa.select(table).limit(1)).mappings().one())
+        conn.execute(table.insert().values({**row, "event_id": "EV-DELETED-AT-SOURCE"}))
+        before = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+    proc = run(["lgsp", "run", "civil_status_events", "--full-refresh", "--delete-missing", "--no-retries"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with wh.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == before - 1
+        assert conn.execute(sa.select(table.c.event_id).where(table.c.event_id == "EV-DELETED-AT-SOURCE")).first() \
+            is None
+        tombstones = conn.execute(sa.text("SELECT batch_id, record_key FROM lgsp_tombstone")).all()
+    assert [json.loads(key) for _, key in tombstones] == [{"event_id": "EV-DELETED-AT-SOURCE"}]
+    kept = pq.read_table(home / "lake" / "removed" / "civil_status_event" / f"{tombstones[0][0]}.parquet")
+    assert kept.column("event_id").to_pylist() == ["EV-DELETED-AT-SOURCE"]
+
+    proc = run(["lgsp", "run", "land_parcels", "--full-refresh", "--delete-missing", "--no-retries"], env)
+    assert proc.returncode != 0
+    assert "land_parcels is partitioned: its slices cannot tell which records the source no longer has" in \
+        " ".join((proc.stdout + proc.stderr).split()), proc.stdout[-3000:] + proc.stderr[-3000:]
+    with sa.create_engine(url).connect() as conn:  # refused at plan: no slice ran
+        assert conn.execute(sa.text("SELECT count(*) FROM lgsp_batch WHERE pipeline = 'land_parcels'")).scalar() == 0
+    wh.engine.dispose()
