@@ -67,7 +67,7 @@ DEFAULT_MAX_AGE_HOURS = 48.0
 PREFIX = "lgsp-"
 PARTIAL = ".partial-"
 MANIFEST = "manifest.json"
-LAKE_PARTS = ("raw", "landing")  # the lake's folders a backup keeps (not .staging, .locks: work in progress)
+LAKE_PARTS = ("raw", "landing", "removed")  # the lake's folders a backup keeps (not .staging, .locks: work in progress)
 CHUNK = 1 << 20
 
 

@@ -12,7 +12,8 @@ quarantine.
     lost       the source counts more than that: records are in neither the copy nor the quarantine;
                run `lgsp run <pipeline> --full-refresh` (nothing is dropped by it: merges are idempotent)
     extra      lgsp holds more keys than the source counts: records deleted at the source without a
-               marker (`lgsp drift` finds which), or a source that does not count what it serves
+               marker (`lgsp drift` finds which, `lgsp run <pipeline> --full-refresh --delete-missing`
+               removes them), or a source that does not count what it serves
 """
 from __future__ import annotations
 

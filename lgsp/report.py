@@ -98,6 +98,14 @@ def print_reconciliation(console: Console, results: list[Any]) -> None:
                       else f"{r.source_changed_since_cursor:,}", f"{r.in_copy:,}", f"{r.in_quarantine_only:,}",
                       f"[{colour}]{r.status}[/]")
     console.print(table)
+    for r in results:  # what to do, where something is
+        if r.status == "lost":
+            console.print(f"{r.pipeline}: records in neither the copy nor the quarantine: "
+                          f"`lgsp run {r.pipeline} --full-refresh` (merges are idempotent: nothing doubles)")
+        elif r.status == "extra":
+            console.print(f"{r.pipeline}: lgsp holds more records than the source counts (deleted there without a "
+                          f"marker?): `lgsp drift {r.dataset}` finds which, `lgsp run {r.pipeline} --full-refresh "
+                          "--delete-missing` removes them (kept in the lake's removed/)")
 
 
 def print_outbox(console: Console, wh: Warehouse) -> None:

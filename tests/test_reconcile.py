@@ -58,8 +58,12 @@ def test_a_record_in_neither_the_copy_nor_the_quarantine_is_lost_and_an_uncounte
                              f"SELECT {copied} FROM core_dossier LIMIT 1"))
     extra = reconcile(load_catalog(), wh, "tthc_dossiers")
     assert (extra.status, extra.held - extra.source_total) == ("extra", 1)
-    table = cli.invoke(lgsp_app, ["reconcile", "tthc_dossiers"])
+    table = cli.invoke(lgsp_app, ["reconcile", "tthc_dossiers"], env={"COLUMNS": "300"})
     assert table.exit_code == 0 and "extra" in table.stdout
+    assert "`lgsp drift dossier` finds which, `lgsp run tthc_dossiers --full-refresh --delete-missing` removes them" \
+        in " ".join(table.stdout.split())
+    assert runner.run_pipeline("tthc_dossiers", full_refresh=True, delete_missing=0.1)["rows_deleted"] == 1
+    assert reconcile(load_catalog(), wh, "tthc_dossiers").status == "complete"  # the fix it gives
 
 
 def test_a_history_dataset_counts_current_versions_and_a_source_without_a_total_is_refused(
