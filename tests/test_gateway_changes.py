@@ -742,3 +742,25 @@ def test_a_migration_while_the_gateway_serves_sends_the_moved_values_down_the_fe
     assert sorted(c["record"]["code"] for c in got) == [f"G{i:04d}" for i in range(300)], "those firms, no others"
     assert mirror.rows == env.export("firm") and mirror.rows[("G0001",)]["status"] == "suspended"
     assert mirror.poll() == []
+
+
+def test_a_record_a_full_refresh_removes_as_missing_reaches_a_mirror_as_a_delete(env: Env) -> None:
+    """`--delete-missing` tombstones what it removes in the refresh's own change: the feed sends it as a delete."""
+    mirror = Mirror(env, "citizen", limit=500)
+    mirror.poll()
+    catalog = load_catalog()
+    wh = Warehouse(env.url, catalog)
+    table = wh.dataset_table(catalog.datasets["citizen"])
+    with wh.transaction() as conn:  # a citizen the population database held at a sync, and has since deleted
+        row = dict(conn.execute(sa.select(table).limit(1)).mappings().one())
+        conn.execute(table.insert().values({**row, "personal_id": "037099000001", "_batch_id": "gone-later"}))
+        wh.stamp_change(conn, "gone-later", "citizen", 1)
+    added = mirror.poll()
+    assert [c["op"] for c in added] == ["upsert"] and mirror.rows == env.export("citizen")
+    held = len(mirror.rows)
+
+    assert runner.run_pipeline("population_citizens", full_refresh=True, delete_missing=0.1)["rows_deleted"] == 1
+    removed = [c for c in mirror.poll() if c["op"] == "delete"]
+    assert len(removed) == 1 and len(mirror.rows) == held - 1
+    assert mirror.rows == env.export("citizen")
+    wh.engine.dispose()
