@@ -174,14 +174,15 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
 
         ctx, window = runner.context(name), run_window(context)
         full_refresh = bool((context.get("params") or {}).get("full_refresh"))
-        if (context.get("params") or {}).get("delete_missing") is not None:
-            raise ValueError(f"{name} is partitioned: its slices cannot tell which records the source no longer has; "
-                             f"run `lgsp run {name} --full-refresh --delete-missing --inline` (one batch)")
+        deleting = (context.get("params") or {}).get("delete_missing")
+        if deleting is not None and not full_refresh:
+            raise ValueError("delete_missing needs full_refresh: only a full refresh reads every record the source has")
         with _fail_at_once_if_the_table_needs_migrating():
             cursor = None if full_refresh else ctx.warehouse.get_cursor(name)
         assert ctx.pipeline.partition is not None
-        return partitions.plan(cursor, ctx.pipeline.lookback_s, ctx.pipeline.partition, full_refresh, **window,
-                               run=runner.new_batch_id(name))
+        parts = partitions.plan(cursor, ctx.pipeline.lookback_s, ctx.pipeline.partition, full_refresh, **window,
+                                run=runner.new_batch_id(name))
+        return [{**part, "delete_missing": None if deleting is None else float(deleting)} for part in parts]
 
     @task(task_id="extract", pool=pool)
     def extract_step(part: dict[str, Any]) -> str:
@@ -219,13 +220,16 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
         # until one is not found, which its API client logs as an error ("XCom not found")
         loads = list(loads[:])
         cursor = partitions.landed_cursor(loads)
-        first = list(parts)[0]
+        first, deleted = list(parts)[0], {}
         if first["incremental"]:  # every slice read the source to the end: synced now
             ctx = runner.context(name)
+            if first.get("full_refresh") and first.get("delete_missing") is not None:  # all slices in: what's gone
+                deleted = runner.delete_missing_of_run(ctx, first["run"], [r["batch_id"] for r in loads],
+                                                       first["delete_missing"])
             with ctx.warehouse.transaction() as conn:  # a full refresh: the source's newest, even an earlier one
                 ctx.warehouse.set_cursor(conn, name, cursor, loads[-1]["batch_id"], synced=True,
                                          exact=bool(first.get("full_refresh")))
-        return {"slices": len(loads), "cursor": cursor.isoformat() if cursor else None,
+        return {"slices": len(loads), "cursor": cursor.isoformat() if cursor else None, **deleted,
                 **{k: sum(int(r[k]) for r in loads) for k in ("rows_pulled", "rows_landed", "rows_changed")}}
 
     parts = plan_step()

@@ -741,7 +741,8 @@ def _keys_kept(chunks: Iterable[pa.Table], key: Sequence[str], seen: list[pa.Tab
 
 
 def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, seen: list[pa.Table],
-                    max_share: float, loaded_at: datetime) -> tuple[int, str | None]:
+                    max_share: float, loaded_at: datetime,
+                    batches: Sequence[str] | None = None) -> tuple[int, str | None]:
     """After a full refresh: remove the records this source gave before and no longer has (deleted without a
     marker); (how many, a note when none was removed for safety).
 
@@ -750,7 +751,8 @@ def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, se
     by this batch (the change feed tells mirrors). The rows are kept first as they were, in the lake
     (`removed/<dataset>/<batch_id>.parquet`). Nothing is removed when the refresh received no record, or
     when more than `max_share` of the source's records would go: a source answering part of its records
-    looks the same as one that deleted them.
+    looks the same as one that deleted them. `batches`: the refresh's batches, when several (a partitioned
+    run's slices; `batch_id` then only names the removal), else `batch_id`.
     """
     wh, ds, system = ctx.warehouse, ctx.dataset, ctx.system.name
     rerun = f"`lgsp run {ctx.pipeline.name} --full-refresh --delete-missing --delete-max 1`"
@@ -758,7 +760,8 @@ def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, se
         return 0, "the full refresh received no record, so none was deleted as missing: if the source really " \
                   f"holds none, {rerun}"
     q = wh.system["lgsp_quarantine"]
-    held = conn.execute(sa.select(q.c.record_key).where(q.c.dataset == ds.name, q.c.last_batch_id == batch_id)
+    held = conn.execute(sa.select(q.c.record_key).where(q.c.dataset == ds.name,
+                                                        q.c.last_batch_id.in_(batches or [batch_id]))
                         .distinct()).scalars().all()
     absent, total = wh.missing(conn, ds, pa.concat_tables(seen), held, system, loaded_at)
     count = int(conn.execute(sa.select(sa.func.count()).select_from(absent.subquery())).scalar_one())
@@ -771,6 +774,28 @@ def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, se
         path = ctx.lake.write_removed(ds.name, batch_id, pa.Table.from_pylist(rows))
         log.info("%s: %d record(s) the source no longer has removed; kept in %s", ctx.pipeline.name, len(rows), path)
     return wh.remove(conn, ds, rows, batch_id, loaded_at), None
+
+
+def delete_missing_of_run(ctx: PipelineContext, run: str, batch_ids: Sequence[str],
+                          max_share: float) -> dict[str, Any]:
+    """A partitioned full refresh's `_delete_missing`, once every slice has loaded: the records missing from all
+    of `batch_ids` (the slices' batches, read back from the lake) go, recorded as deleted by `<run>.missing`.
+
+    A note (nothing removed, and why) is added to the message of the run's last-started slice, which
+    `lgsp status` reads. Returns {"rows_deleted": n, "note": note or None}.
+    """
+    key, wh = list(ctx.dataset.key), ctx.warehouse
+    seen = [chunk.select(key) for batch_id in batch_ids
+            for chunk in ctx.lake.iter_batch(ctx.lake.read_manifest(ctx.pipeline.name, batch_id)["parquet"])]
+    removal, batch = f"{run}.missing", wh.system["lgsp_batch"]
+    with wh.transaction() as conn:
+        removed, noted = _delete_missing(ctx, conn, removal, seen, max_share, _now(), batch_ids)
+        if noted:
+            last = conn.execute(sa.select(batch.c.batch_id, batch.c.message).where(batch.c.batch_id.in_(batch_ids))
+                                .order_by(batch.c.started_at.desc()).limit(1)).one()
+            _update_batch(ctx, last.batch_id, conn, message="; ".join(m for m in (last.message, noted) if m))
+        wh.stamp_change(conn, removal, ctx.dataset.name, removed)
+    return {"rows_deleted": removed, "note": noted}
 
 
 def _unfinished(ctx: PipelineContext) -> tuple[str, str] | None:

@@ -111,10 +111,11 @@ def _rows(wh: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.airflow
-def test_the_dag_removes_what_the_source_no_longer_has_and_a_partitioned_one_refuses(tmp_path: Path,
-                                                                                    sandbox_handle: Any) -> None:
+def test_the_dags_remove_what_the_source_no_longer_has_partitioned_or_not(tmp_path: Path,
+                                                                        sandbox_handle: Any) -> None:
     """`lgsp run P --full-refresh --delete-missing` on real Airflow (the DAG's `delete_missing` param): a record the
-    copy holds and the civil-status registry no longer has is removed; a partitioned pipeline refuses at once."""
+    copy holds and the civil-status registry no longer has is removed; so is a parcel the land database no longer
+    has, by a partitioned run once all its slices have loaded."""
     from airflow_helpers import lgsp_env, run
     from warehouse import Warehouse
 
@@ -141,10 +142,67 @@ def test_the_dag_removes_what_the_source_no_longer_has_and_a_partitioned_one_ref
     kept = pq.read_table(home / "lake" / "removed" / "civil_status_event" / f"{tombstones[0][0]}.parquet")
     assert kept.column("event_id").to_pylist() == ["EV-DELETED-AT-SOURCE"]
 
+    # a partitioned pipeline: the record goes once every slice has loaded (`publish`), as the run's one removal
+    proc = run(["lgsp", "run", "land_parcels", "--no-retries"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parcels = wh.dataset_table(load_catalog().datasets["land_parcel"])
+    with wh.transaction() as conn:
+        row = dict(conn.execute(sa.select(parcels).limit(1)).mappings().one())
+        conn.execute(parcels.insert().values({**row, "parcel_id": "PARCEL-MERGED-AWAY"}))
+        held = conn.execute(sa.select(sa.func.count()).select_from(parcels)).scalar_one()
     proc = run(["lgsp", "run", "land_parcels", "--full-refresh", "--delete-missing", "--no-retries"], env)
-    assert proc.returncode != 0
-    assert "land_parcels is partitioned: its slices cannot tell which records the source no longer has" in \
-        " ".join((proc.stdout + proc.stderr).split()), proc.stdout[-3000:] + proc.stderr[-3000:]
-    with sa.create_engine(url).connect() as conn:  # refused at plan: no slice ran
-        assert conn.execute(sa.text("SELECT count(*) FROM lgsp_batch WHERE pipeline = 'land_parcels'")).scalar() == 0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with wh.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(parcels)).scalar_one() == held - 1
+        removal = conn.execute(sa.text("SELECT batch_id, record_key FROM lgsp_tombstone "
+                                       "WHERE dataset = 'land_parcel'")).all()
+        slices = conn.execute(sa.text("SELECT batch_id FROM lgsp_batch WHERE mode = 'full_refresh' "
+                                      "AND pipeline = 'land_parcels'")).scalars().all()
+    assert [json.loads(key) for _, key in removal] == [{"parcel_id": "PARCEL-MERGED-AWAY"}]
+    assert len(slices) == 4 and removal[0][0] == slices[0].rsplit(".", 1)[0] + ".missing"  # the run's removal
+    kept = pq.read_table(home / "lake" / "removed" / "land_parcel" / f"{removal[0][0]}.parquet")
+    assert kept.column("parcel_id").to_pylist() == ["PARCEL-MERGED-AWAY"]
     wh.engine.dispose()
+
+
+def test_a_partitioned_runs_removal_reads_every_slice_and_notes_a_refusal_on_its_last(lgsp_env: Any) -> None:
+    """The slices' functions as the partitioned DAG runs them (plan, then extract/validate/load each): with 0% allowed
+    the parcel stays and the run's last-started slice says why; with 100% it goes, once, as `<run>.missing`."""
+    from datetime import datetime, timezone
+
+    from lgsp import partitions, runner
+
+    catalog = load_catalog()
+    runner.run_pipeline("land_parcels", catalog=catalog, settings=lgsp_env)
+    ctx = runner.context("land_parcels", catalog, lgsp_env)
+    table = ctx.warehouse.dataset_table(ctx.dataset)
+    with ctx.warehouse.transaction() as conn:
+        row = dict(conn.execute(sa.select(table).limit(1)).mappings().one())
+        conn.execute(table.insert().values({**row, "parcel_id": "PARCEL-MERGED-AWAY"}))
+
+    def refresh(share: float) -> tuple[dict[str, Any], list[str]]:
+        assert ctx.pipeline.partition is not None
+        parts = partitions.plan(None, 0, ctx.pipeline.partition, True, run=runner.new_batch_id("land_parcels"))
+        batches = []
+        for part in parts:
+            until = datetime.fromisoformat(part["until"]).astimezone(timezone.utc)
+            batch_id = runner.extract(ctx, full_refresh=True, until=until, run=part["run"],
+                                      partition=partitions.request_filter(part["filter"]))["batch_id"]
+            runner.validate(ctx, batch_id)
+            runner.load(ctx, batch_id)
+            batches.append(batch_id)
+        return runner.delete_missing_of_run(ctx, parts[0]["run"], batches, share), batches
+
+    refused, batches = refresh(0.0)
+    assert refused["rows_deleted"] == 0 and "1 of the" in refused["note"]
+    with ctx.warehouse.engine.connect() as conn:
+        notes = dict(conn.execute(sa.text("SELECT batch_id, message FROM lgsp_batch WHERE batch_id IN "
+                                          f"({', '.join(repr(b) for b in batches)})")).all())
+    assert [b for b, m in notes.items() if m and refused["note"] in m] == [batches[-1]]
+    done, batches = refresh(1.0)
+    assert done == {"rows_deleted": 1, "note": None}
+    with ctx.warehouse.engine.connect() as conn:
+        assert conn.execute(sa.select(table.c.parcel_id).where(table.c.parcel_id == "PARCEL-MERGED-AWAY")).first() \
+            is None
+        assert conn.execute(sa.text("SELECT batch_id FROM lgsp_tombstone")).scalars().all() == [
+            batches[0].rsplit(".", 1)[0] + ".missing"]
