@@ -136,7 +136,8 @@ class Page:
     so a killed sync can resume from the page after its last landed one. `records` is a
     `RawRecords` when `iter_pages` was asked for them raw and the page allowed it.
     `paging` is what the paging knows so far (JSON: the largest page, whether the next
-    request probes past a short page, this page's mark); `iter_pages(paging=...)` resumes with it.
+    request probes past a short page, this page's mark, the source's count of the window from its
+    first page, where the pipeline has a `total_field`); `iter_pages(paging=...)` resumes with it.
     """
 
     number: int
@@ -250,7 +251,7 @@ def iter_pages(system: SystemSpec, source: SourceSpec, transport: Transport, sin
     for known in ("largest", "probing"):
         if known in carried and hasattr(paginator, known):
             setattr(paginator, known, carried[known])
-    previous = carried.get("mark")
+    previous, counted = carried.get("mark"), carried.get("total")
     call_page = getattr(transport, "call_page", None) if raw and not source.fields else None
     params: dict[str, Any] | None = dict(start) if start is not None else first_request(source, since, until)
     seen: set[str] = set()
@@ -282,7 +283,10 @@ def iter_pages(system: SystemSpec, source: SourceSpec, transport: Transport, sin
         except RuntimeError as exc:
             raise RuntimeError(f"{system.name} {source.operation}: {exc}") from None
         previous = mark
+        if counted is None and source.total_field:  # the count the source gave when the pulling began
+            total = dig(response, source.total_field)
+            counted = int(total) if isinstance(total, int | str) and str(total).isdigit() else None
         yield Page(number=number, params=request, records=records, next_params=params,
                    paging={"largest": getattr(paginator, "largest", 0), "probing": getattr(paginator, "probing", False),
-                           "mark": mark})
+                           "mark": mark, "total": counted})
         number += 1

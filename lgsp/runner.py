@@ -288,7 +288,8 @@ def finish_extract(ctx: PipelineContext, start: BatchStart, partition: dict[str,
                 "system": ctx.system.name, "pages": start.pages, "rows_pulled": start.rows, "mode": start.mode,
                 "cursor_from": since.isoformat() if since else None,
                 "cursor_until": until.isoformat() if until else None, "extracted_at": _now().isoformat(),
-                "partition": partition, "run": start.run}
+                "partition": partition, "run": start.run,
+                "source_total": ((start.state or {}).get("paging") or {}).get("total")}
     ctx.lake.write_manifest(ctx.pipeline.name, start.batch_id, manifest)
     _update_batch(ctx, start.batch_id, status="extracted", rows_pulled=start.rows)
     return manifest
@@ -719,7 +720,8 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
             conn.info.pop(ON_MERGING, None)  # the connection goes back to the pool without it
         result = validated()
         if delete_missing is not None:
-            removed, noted = _delete_missing(ctx, conn, batch_id, seen, delete_missing, loaded_at)
+            removed, noted = _delete_missing(ctx, conn, batch_id, seen, delete_missing, loaded_at,
+                                             pulled=(result.get("rows_pulled"), result.get("source_total")))
             changed += removed
         cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
         if result.get("mode") != "backfill" and not result.get("run"):
@@ -741,8 +743,8 @@ def _keys_kept(chunks: Iterable[pa.Table], key: Sequence[str], seen: list[pa.Tab
 
 
 def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, seen: list[pa.Table],
-                    max_share: float, loaded_at: datetime,
-                    batches: Sequence[str] | None = None) -> tuple[int, str | None]:
+                    max_share: float, loaded_at: datetime, batches: Sequence[str] | None = None,
+                    pulled: tuple[int | None, int | None] = (None, None)) -> tuple[int, str | None]:
     """After a full refresh: remove the records this source gave before and no longer has (deleted without a
     marker); (how many, a note when none was removed for safety).
 
@@ -751,14 +753,21 @@ def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, se
     by this batch (the change feed tells mirrors). The rows are kept first as they were, in the lake
     (`removed/<dataset>/<batch_id>.parquet`). Nothing is removed when the refresh received no record, or
     when more than `max_share` of the source's records would go: a source answering part of its records
-    looks the same as one that deleted them. `batches`: the refresh's batches, when several (a partitioned
-    run's slices; `batch_id` then only names the removal), else `batch_id`.
+    looks the same as one that deleted them; nor when the refresh received fewer records than the source
+    counted when it began (`pulled`: (records received, the source's count or None)): a pull that stopped
+    short looks the same too. `batches`: the refresh's batches, when several (a partitioned run's slices;
+    `batch_id` then only names the removal), else `batch_id`.
     """
     wh, ds, system = ctx.warehouse, ctx.dataset, ctx.system.name
     rerun = f"`lgsp run {ctx.pipeline.name} --full-refresh --delete-missing --delete-max 1`"
     if not any(t.num_rows for t in seen):
         return 0, "the full refresh received no record, so none was deleted as missing: if the source really " \
                   f"holds none, {rerun}"
+    received, counted = pulled
+    if received is not None and counted is not None and received < counted:
+        return 0, (f"the full refresh received {received} records and {system} counted {counted} when it began, so "
+                   "none was deleted as missing (a pull that stopped short looks the same as deletions): run "
+                   f"`lgsp run {ctx.pipeline.name} --full-refresh --delete-missing` again once it answers them all")
     q = wh.system["lgsp_quarantine"]
     held = conn.execute(sa.select(q.c.record_key).where(q.c.dataset == ds.name,
                                                         q.c.last_batch_id.in_(batches or [batch_id]))
@@ -785,11 +794,13 @@ def delete_missing_of_run(ctx: PipelineContext, run: str, batch_ids: Sequence[st
     `lgsp status` reads. Returns {"rows_deleted": n, "note": note or None}.
     """
     key, wh = list(ctx.dataset.key), ctx.warehouse
-    seen = [chunk.select(key) for batch_id in batch_ids
-            for chunk in ctx.lake.iter_batch(ctx.lake.read_manifest(ctx.pipeline.name, batch_id)["parquet"])]
+    manifests = [ctx.lake.read_manifest(ctx.pipeline.name, batch_id) for batch_id in batch_ids]
+    seen = [chunk.select(key) for manifest in manifests for chunk in ctx.lake.iter_batch(manifest["parquet"])]
+    counts = [m.get("source_total") for m in manifests]
+    pulled = (sum(int(m["rows_pulled"]) for m in manifests), None if None in counts else sum(counts))
     removal, batch = f"{run}.missing", wh.system["lgsp_batch"]
     with wh.transaction() as conn:
-        removed, noted = _delete_missing(ctx, conn, removal, seen, max_share, _now(), batch_ids)
+        removed, noted = _delete_missing(ctx, conn, removal, seen, max_share, _now(), batch_ids, pulled)
         if noted:
             last = conn.execute(sa.select(batch.c.batch_id, batch.c.message).where(batch.c.batch_id.in_(batch_ids))
                                 .order_by(batch.c.started_at.desc()).limit(1)).one()

@@ -23,6 +23,19 @@ from tests.test_discover import HoSoPeer, _district_system
 PIPELINE = "mot_cua_huyen_ho_sos"
 
 
+class Overcounting(HoSoPeer):
+    """The district peer, counting `extra` records more than it serves (`totalCount`): a pull that stops short."""
+
+    extra = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = b"".join(super().__call__(environ, start_response))
+        answer = json.loads(body)
+        if "totalCount" in answer:
+            answer["totalCount"] += self.extra
+        return [json.dumps(answer).encode()]
+
+
 def _held(wh: Any) -> set[str]:
     """The records the copy holds now (a history: those with a current version)."""
     table = wh.core["ho_so"]
@@ -43,7 +56,7 @@ def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode:
     from lgsp.discover import discover, write_draft
     from loopback import serving
 
-    peer = HoSoPeer(230)
+    peer = Overcounting(230)
     with serving(peer) as base:
         target = _district_system(tmp_path / "catalog", base)
         write_draft(discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so"), target)
@@ -95,6 +108,16 @@ def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode:
                (_message(wh, careful["batch_id"]) or "")
         assert sync(full_refresh=True, delete_missing=1.0)["rows_deleted"] == len(many)
         assert not many & _held(wh)
+
+        dropped = [r["MaHoSo"] for r in peer.rows if not r["DaXoa"]][:2]
+        peer.rows = [r for r in peer.rows if r["MaHoSo"] not in dropped]  # 2 more deleted; 5 counted, not served
+        peer.extra = 5
+        short = sync(full_refresh=True, delete_missing=1.0)
+        assert short["rows_deleted"] == 0 and short["rows_pulled"] == len(peer.rows)
+        assert f"the full refresh received {len(peer.rows)} records and mot_cua_huyen counted {len(peer.rows) + 5} " \
+               "when it began, so none was deleted as missing" in (_message(wh, short["batch_id"]) or "")
+        peer.extra = 0
+        assert sync(full_refresh=True, delete_missing=0.1)["rows_deleted"] == 2
 
         everything = peer.rows
         peer.rows = []  # a source answering nothing: nothing is removed
