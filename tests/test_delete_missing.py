@@ -149,11 +149,16 @@ def test_the_dags_remove_what_the_source_no_longer_has_partitioned_or_not(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     url = f"sqlite:///{home / 'warehouse.db'}"
     wh = Warehouse(url, load_catalog())
-    table = wh.dataset_table(load_catalog().datasets["civil_status_event"])
-    with wh.transaction() as conn:  # a record the registry held at the last sync and has since deleted
-        row = dict(conn.execute(sa.select(table).limit(1)).mappings().one())
-        conn.execute(table.insert().values({**row, "event_id": "EV-DELETED-AT-SOURCE"}))
-        before = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+    def plant(dataset: str, column: str, value: str) -> tuple[sa.Table, int]:
+        """A record the copy holds and the source has since deleted: (its table, the rows the table then has)."""
+        table = wh.dataset_table(load_catalog().datasets[dataset])
+        with wh.transaction() as conn:
+            row = dict(conn.execute(sa.select(table).limit(1)).mappings().one())
+            conn.execute(table.insert().values({**row, column: value}))
+            return table, conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+    table, before = plant("civil_status_event", "event_id", "EV-DELETED-AT-SOURCE")
     proc = run(["lgsp", "run", "civil_status_events", "--full-refresh", "--delete-missing", "--no-retries"], env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with wh.engine.connect() as conn:
@@ -168,11 +173,7 @@ def test_the_dags_remove_what_the_source_no_longer_has_partitioned_or_not(tmp_pa
     # a partitioned pipeline: the record goes once every slice has loaded (`publish`), as the run's one removal
     proc = run(["lgsp", "run", "land_parcels", "--no-retries"], env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    parcels = wh.dataset_table(load_catalog().datasets["land_parcel"])
-    with wh.transaction() as conn:
-        row = dict(conn.execute(sa.select(parcels).limit(1)).mappings().one())
-        conn.execute(parcels.insert().values({**row, "parcel_id": "PARCEL-MERGED-AWAY"}))
-        held = conn.execute(sa.select(sa.func.count()).select_from(parcels)).scalar_one()
+    parcels, held = plant("land_parcel", "parcel_id", "PARCEL-MERGED-AWAY")
     proc = run(["lgsp", "run", "land_parcels", "--full-refresh", "--delete-missing", "--no-retries"], env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with wh.engine.connect() as conn:
