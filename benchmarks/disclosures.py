@@ -16,6 +16,15 @@ change-feed pages. Then, each `--repeat` times (the median printed):
   unusual   the unusual-reads check (`lgsp status`, every lgsp_freshness run) at the audit's last read, both of
             its passes made (the floor of rows lowered to 0: every pair is compared with its week before)
 
+With `--lake-rows` (default 1,000,000; 0: none) the citizens' lake is filled too (benchmarks/migrate.py's
+batches of 50,000 over two days, then `--lake-batches` small batches of 1,000 rows, as incremental syncs
+leave them, each in the change log), and two more steps are timed:
+
+  lake_scan   the floor of the lake's part: every file's `personal_id` column read and compared with the ID
+  report_lake `disclosures()` with the lake, as `lgsp audit subject` makes it: each read judged on the person's
+              records as they were when read (warehouse.versions: the lake's rows of the person, then every
+              row of their records, and the change log)
+
 The audit spans N x 7 seconds (81 days at a million rows), so the last day is ~1% of it and the unusual
 check's 8 days ~10%: what those cost against the scan says whether they read only their window.
 
@@ -32,15 +41,17 @@ import random
 import statistics
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway_load import add_database_options, ratio, scratch_warehouse  # noqa: E402
-from migrate import fill, without_phone  # noqa: E402
+from migrate import chunk, fill, fill_lake, without_phone  # noqa: E402
 
 from gateway import tables  # noqa: E402
 from gateway.disclosures import disclosures  # noqa: E402
@@ -48,6 +59,7 @@ from gateway.usage import unusual, usage  # noqa: E402
 from gateway.policy import pseudonym  # noqa: E402
 from gateway.tables import create_gateway_tables  # noqa: E402
 from warehouse import Warehouse  # noqa: E402
+from warehouse.lake import Lake  # noqa: E402
 from warehouse.shared import create_shared_views  # noqa: E402
 
 KEY = b"bench-disclosures-key-0123456789"
@@ -85,10 +97,29 @@ def audit_rows(n: int, citizens: list[tuple[str, str]], communes: list[str], sub
         yield rows
 
 
+def fill_lake_batches(wh: Warehouse, lake: Lake, rows: int, small: int) -> None:
+    """The citizens' lake: migrate.py's batches of `rows` citizens, then `small` batches of 1,000 of them (a
+    citizen's later versions, the same values), every batch a write of the change log, in that order."""
+    fill_lake(lake, rows)
+    batches = sorted(p.stem for p in lake.dataset_path("citizen").glob("*/*.parquet"))
+    for number in range(small):
+        start = (number * 1_000) % max(rows - 1_000, 1)
+        batch = f"bench-inc-{number:05d}"
+        lake.write_parquet(chunk(start, 1_000), "citizen", date(2025, 8, 3), batch)
+        batches.append(batch)
+    begin = datetime(2025, 8, 1, tzinfo=timezone.utc)
+    with wh.engine.begin() as conn:
+        conn.execute(wh.table("lgsp_change").insert(), [
+            {"change_seq": n + 1, "batch_id": b, "dataset": "citizen", "rows_changed": 1,
+             "committed_at": begin + timedelta(minutes=n)} for n, b in enumerate(batches)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="audit rows")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--lake-rows", type=int, default=1_000_000, help="citizen rows in the lake (0: no lake)")
+    parser.add_argument("--lake-batches", type=int, default=200, help="small batches of 1,000 rows after them")
     add_database_options(parser)
     args = parser.parse_args()
     from quality.reference import province_communes
@@ -98,8 +129,9 @@ def main() -> None:
     communes = sorted(province_communes(37))
     figures: dict[str, Any] = {"database": "sqlite" if args.sqlite else "postgresql", "audit_rows": args.rows,
                                "repeat": args.repeat}
-    with scratch_warehouse(args, "lgsp-bench-disclosures-") as (url, _):
+    with scratch_warehouse(args, "lgsp-bench-disclosures-") as (url, home):
         fill(url, catalog, 2000)
+        lake = Lake(home / "lake")
         wh = Warehouse(url, catalog)
         create_shared_views(wh, catalog)
         create_gateway_tables(wh.engine)
@@ -113,6 +145,11 @@ def main() -> None:
             for rows in audit_rows(args.rows, citizens, communes, subject):
                 conn.execute(tables.audit.insert(), rows)
         figures["fill_seconds"] = round(time.perf_counter() - began, 1)
+        if args.lake_rows:
+            print(f"==> {args.lake_rows:,} citizen rows and {args.lake_batches} small batches into the lake",
+                  flush=True)
+            fill_lake_batches(wh, lake, args.lake_rows, args.lake_batches)
+            figures["lake_rows"], figures["lake_batches"] = args.lake_rows, args.lake_batches
         if wh.dialect == "postgresql":  # as autovacuum leaves an audit written over weeks: visibility, statistics
             with wh.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM ANALYZE gateway_audit")
@@ -124,6 +161,13 @@ def main() -> None:
         def report() -> dict[str, Any]:
             return disclosures(wh.engine, catalog, KEY, subject)
 
+        def lake_scan() -> int:
+            return sum(int(pc.sum(pc.equal(pq.read_table(f, columns=["personal_id"])["personal_id"], subject)).as_py()
+                           or 0) for f in lake.dataset_path("citizen").glob("*/*.parquet"))
+
+        def report_lake() -> dict[str, Any]:
+            return disclosures(wh.engine, catalog, KEY, subject, lake=lake)
+
         with wh.engine.connect() as conn:
             expected = conn.execute(sa.text("SELECT sum(CASE WHEN action LIKE '%_done' THEN 0 ELSE 1 END), "
                                             "sum(rows_returned) FROM gateway_audit")).first()
@@ -133,6 +177,8 @@ def main() -> None:
         steps = (("scan", scan), ("report", report), ("usage", lambda: usage(wh.engine)),
                  ("usage_day", lambda: usage(wh.engine, last_read - timedelta(days=1), last_read + second)),
                  ("unusual", lambda: unusual(wh.engine, last_read + timedelta(seconds=1), min_rows=0)))
+        if args.lake_rows:
+            steps += (("lake_scan", lake_scan), ("report_lake", report_lake))
         for name, action in steps:
             seconds, result = [], None
             for _ in range(args.repeat):
@@ -146,6 +192,11 @@ def main() -> None:
                 assert figures["named"] >= len(range(0, args.rows, 10_000)), figures  # and random lookups of them
                 figures["may_have_groups"] = len(result["may_have"])  # type: ignore[index]
                 assert result["records"]["citizen"][0]["personal_id"] == subject  # type: ignore[index]
+            if name == "report_lake":
+                figures["lake_versions"] = 1 + len(result["earlier"].get("citizen", []))  # type: ignore[index]
+                assert result["named"] == report()["named"], "the lake changes which reads may have, not who named"
+                # the person's versions here all hold the same values, from before the audit's first read
+                assert len(result["may_have"]) == figures["may_have_groups"], figures  # type: ignore[index]
             if name == "unusual":
                 figures["unusual_flagged"] = len(result)  # type: ignore[arg-type]
             if name == "usage":
@@ -154,11 +205,18 @@ def main() -> None:
                     tuple(int(v) for v in expected), (figures, expected)  # type: ignore[union-attr]
         for name in ("report", "usage", "usage_day", "unusual"):  # unrounded: a tiny scan is ~0
             figures[name]["x_scan"] = ratio(medians[name], medians["scan"])
+        if args.lake_rows:  # the lake's part of the report against reading the lake's ID column once
+            figures["report_lake"]["x_lake_scan"] = ratio(medians["report_lake"] - medians["report"],
+                                                          medians["lake_scan"])
         wh.engine.dispose()
-    print(f"\n{'step':<10}{'first s':>10}{'median s':>10}{'x scan':>8}")
-    for name in ("scan", "report", "usage", "usage_day", "unusual"):
-        f = figures[name]
-        print(f"{name:<10}{f['first_s']:>10}{f['median_s']:>10}{str(f.get('x_scan', 1.0)):>8}")
+    print(f"\n{'step':<12}{'first s':>10}{'median s':>10}{'x scan':>8}")
+    for name in ("scan", "report", "usage", "usage_day", "unusual", "lake_scan", "report_lake"):
+        if name in figures:
+            f = figures[name]
+            print(f"{name:<12}{f['first_s']:>10}{f['median_s']:>10}{str(f.get('x_scan', 1.0)):>8}")
+    if "report_lake" in figures:
+        print(f"the lake's part of the report (report_lake - report): {figures['report_lake']['x_lake_scan']}x "
+              f"the lake scan; {figures['lake_versions']} version(s) of the person found")
     print(f"the report: {figures['named']} read(s) named the person, {figures['may_have_groups']} group(s) of reads "
           f"may have included them; usage: {figures['usage_groups']} agency-dataset pair(s); unusual: "
           f"{figures['unusual_flagged']}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -693,12 +694,15 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
 
     from gateway.disclosures import DisclosureError, disclosures, record_report
     from gateway.settings import GatewayConfigError, load_gateway_settings
+    from lgsp.settings import load_settings
+    from warehouse.lake import Lake
 
     registry, engine = _registry()
     try:
         key = load_gateway_settings().pseudonym_key
         start = None if since is None else datetime.combine(date.fromisoformat(since), time(), timezone.utc)
-        report = disclosures(engine, registry.catalog, key, personal_id, start)  # type: ignore[arg-type,attr-defined]
+        report = disclosures(engine, registry.catalog, key, personal_id, start,  # type: ignore[arg-type,attr-defined]
+                             Lake(load_settings().lake_root))
     except (GatewayConfigError, DisclosureError) as exc:
         _fail(str(exc))
     except ValueError:
@@ -711,6 +715,13 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
         return
     held = ", ".join(f"{name} ({len(rows)})" for name, rows in report["records"].items()) or "no shared dataset now"
     console.print(f"[bold]{personal_id}[/]: in {held}")
+    for name, versions in report["earlier"].items():
+        console.print(f"  earlier in {name}: {len(versions)} version(s) no longer held: " + "; ".join(
+            f"{_span_said(v['since'], v['until'])} {_values_said(v['values'], report['records'].get(name))}"
+            for v in versions))
+    for name, day in report["known_since"].items():
+        console.print(f"  {name}: the lake's files begin on {day}, after its first change (removed by hand, or "
+                      "an older lake restored): each record's oldest version known is taken as held from the beginning")
     console.print(f"Reads that named them: {len(report['named'])}")
     for r in report["named"]:
         console.print(f"  {r['recorded_at']:%Y-%m-%d %H:%M:%S} UTC  {r['agency_id']}  {r['dataset']}  {r['action']}  "
@@ -728,6 +739,18 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
         sees = ", ".join(g["personal"]) or "none"
         console.print(f"  grant: {g['agency_id']} on {g['dataset']} (personal columns in clear: {sees}"
                       + (f"; {_rows_said(g['scope'])}" if g["scope"] else "") + f"): {why}")
+
+
+def _span_said(since: Any, until: Any) -> str:
+    start = "the beginning" if since is None else f"{since:%Y-%m-%d %H:%M}"
+    return f"{start} to {until:%Y-%m-%d %H:%M} UTC:"
+
+
+def _values_said(values: dict[str, Any], now: list[dict[str, Any]] | None) -> str:
+    """A version's values that differ from its record now (all of them when the record is gone)."""
+    current = now[0] if now and len(now) == 1 else {}
+    shown = {c: v for c, v in values.items() if v is not None and current.get(c) != v}
+    return ", ".join(f"{c} {v}" for c, v in shown.items()) or "as now"
 
 
 def mirror(dataset: str = typer.Argument(..., help="a shared dataset, e.g. enterprise"),

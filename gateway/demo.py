@@ -123,6 +123,8 @@ def _disclosed(read: CommuneRead, database_url: str, catalog: Catalog) -> Commun
     from gateway.policy import mask
     from gateway.service import _write_engine
     from gateway.settings import load_gateway_settings
+    from lgsp.settings import load_settings
+    from warehouse.lake import Lake
 
     engine = _write_engine(database_url)
     try:
@@ -130,7 +132,7 @@ def _disclosed(read: CommuneRead, database_url: str, catalog: Catalog) -> Commun
             resident = conn.execute(sa.text("SELECT min(personal_id) FROM shared_citizen WHERE commune_code = :c"),
                                     {"c": read.commune}).scalar_one()
         key = load_gateway_settings(database_url).pseudonym_key
-        report = disclosures(engine, catalog, key, resident)
+        report = disclosures(engine, catalog, key, resident, lake=Lake(load_settings().lake_root))
         record_report(engine, catalog, key, resident, "demo", sum(len(r) for r in report["records"].values()))
     finally:
         engine.dispose()

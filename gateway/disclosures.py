@@ -9,13 +9,16 @@ for a 12-digit personal ID:
 - **records**: where the person is in the shared datasets now: each dataset with a shared column holding
   a personal ID (a column the `cccd` rule checks, or named `*personal_id`: `citizen.personal_id`,
   `land_parcel.holder_personal_id`);
+- **earlier**: where they were: the versions of their records the tables held and no longer hold, with
+  when (`warehouse.versions`: replayed from the lake's files and the change log; a commune they moved
+  from, a parcel they sold);
 - **named**: the reads that named the person (a live lookup, a filter on the ID, a CKAN filter), refused
   ones too: the audit holds the ID's pseudonym, so these are exact;
 - **may have included**: per agency, dataset, kind of read and query, the reads of those datasets that
-  returned rows (pages, exports, CKAN, the change feed) whose filters and row scope the person's records
-  satisfy as they are now. "May": the audit keeps no row keys (a page is one of many; an export may stop
-  early), and a record may have had other values when read. A search (`q`) over a dataset with personal
-  columns is not kept in the audit, so such a read counts as may;
+  returned rows (pages, exports, CKAN, the change feed) whose filters and row scope the version of the
+  person's records held when the read was made satisfies. "May": the audit keeps no row keys (a page is
+  one of many; an export may stop early). A search (`q`) over a dataset with personal columns is not
+  kept in the audit, so such a read counts as may;
 - **why**: each of those agencies' grant on the dataset and the purpose and legal basis of the access
   request it was approved on, when it was.
 
@@ -24,10 +27,11 @@ pseudonym): the next report on the same person names it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,8 +40,10 @@ from catalog.models import Catalog
 from gateway import tables
 from gateway.policy import pseudonym
 from gateway.records import QueryError, coerce
+from warehouse.lake import Lake
 from warehouse.shared import shared_views
 from warehouse.store import utc
+from warehouse.versions import Held, Versions, held_versions
 
 PERSONAL_ID = re.compile(r"^[0-9]{12}$")
 BULK = ("records", "changes", "ckan_datastore_search")  # and export_<format>_done: the rows an export sent
@@ -93,9 +99,11 @@ def _admits(query: dict[str, Any], record: dict[str, Any], spec: Any, personal: 
 
 
 def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: str,
-                since: datetime | None = None) -> dict[str, Any]:
-    """The disclosure report of one person (see the module's docstring) as a dict: `records`, `named`,
-    `may_have`, `grants`.
+                since: datetime | None = None, lake: Lake | None = None) -> dict[str, Any]:
+    """The disclosure report of one person (see the module's docstring) as a dict: `records` (now), `earlier`
+    (versions no longer held, with when), `known_since` (per dataset, when the lake's files begin, if its
+    older ones were pruned), `named`, `may_have`, `grants`. Without `lake`, records are judged as they are
+    now.
 
     Raises:
         DisclosureError: `personal_id` is not 12 digits.
@@ -106,39 +114,83 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
     views = shared_views(catalog)
     ps = pseudonym(personal_id, key)
     records: dict[str, list[dict[str, Any]]] = {}
+    versions: dict[str, list[Held]] = {}
+    known: dict[str, date] = {}
     a = tables.audit.c
     with engine.connect() as conn:
         for name, held in columns.items():
-            view = views[name]
-            found = conn.execute(sa.select(*(view.c[c] for c in catalog.sharing[name].columns))
-                                 .where(sa.or_(*(view.c[c] == personal_id for c in held)))).mappings().all()
+            view, shared = views[name], catalog.sharing[name].columns
+            lineage = [view.c._batch_id] if "_batch_id" in view.c else []
+            found = [dict(r) for r in conn.execute(sa.select(*(view.c[c] for c in shared), *lineage).where(
+                sa.or_(*(view.c[c] == personal_id for c in held)))).mappings()]
+            spec = catalog.datasets[name]
+            timeline = (held_versions(engine, spec, lake, held, personal_id, found)
+                        if lake is not None and all(k in shared for k in spec.key) else Versions())
+            ours = [dataclasses.replace(h, values={c: h.values.get(c) for c in shared}) for h in timeline.held
+                    if any(h.values.get(c) == personal_id for c in held)]
+            versions[name] = ours or [Held((), {c: r[c] for c in shared}, None, None, "") for r in found]
             if found:
-                records[name] = [dict(r) for r in found]
+                records[name] = [{c: r[c] for c in shared} for r in found]
+            if timeline.known_since is not None:
+                known[name] = timeline.known_since
         within = [a.dataset.in_(list(columns))] + ([a.recorded_at >= since] if since is not None else [])
         named = conn.execute(sa.select(a.recorded_at, a.agency_id, a.dataset, a.action, a.rows_returned, a.status)
                              .where(*within, a.query.contains(ps, autoescape=True))
                              .order_by(a.recorded_at, a.chain, a.seq)).mappings().all()
-        groups = conn.execute(sa.select(a.agency_id, a.dataset, a.action, a.query, sa.func.count().label("reads"),
-                                        sa.func.min(a.recorded_at).label("first"),
-                                        sa.func.max(a.recorded_at).label("last"),
-                                        sa.func.sum(a.rows_returned).label("rows"))
-                              .where(a.dataset.in_(list(records)), *within[1:], a.status == 200,
-                                     a.rows_returned > 0, sa.or_(a.action.in_(BULK), a.action.like("export_%_done")),
-                                     sa.not_(a.query.contains(ps, autoescape=True)))
-                              .group_by(a.agency_id, a.dataset, a.action, a.query)).mappings().all()
-    may_have = []
-    for group in groups:
-        query = json.loads(group["query"])
-        spec, personal = catalog.datasets[group["dataset"]], set(catalog.sharing[group["dataset"]].personal)
-        if any(_admits(query, record, spec, personal, key) for record in records[group["dataset"]]):
-            may_have.append({"agency_id": group["agency_id"], "dataset": group["dataset"], "action": group["action"],
-                             "query": query, "reads": int(group["reads"]), "rows": int(group["rows"] or 0),
-                             "first": utc(group["first"]), "last": utc(group["last"])})
+        bulk = [a.status == 200, a.rows_returned > 0, sa.or_(a.action.in_(BULK), a.action.like("export_%_done")),
+                sa.not_(a.query.contains(ps, autoescape=True))]
+        may_have = []
+        for name, held in versions.items():
+            if held:
+                may_have += _reads_of(conn, catalog, key, name, held, [*within[1:], *bulk])
     may_have.sort(key=lambda m: (m["agency_id"], m["dataset"], m["first"]))
     agencies = sorted({r["agency_id"] for r in named} | {m["agency_id"] for m in may_have})
+    earlier = {name: [{"values": h.values, "since": h.since, "until": h.until} for h in held if h.until is not None]
+               for name, held in versions.items()}
     return {"personal_id": personal_id, "since": since, "records": records,
+            "earlier": {name: held for name, held in earlier.items() if held}, "known_since": known,
             "named": [{**dict(r), "recorded_at": utc(r["recorded_at"])} for r in named],
             "may_have": may_have, "grants": _grants(engine, agencies, list(columns))}
+
+
+def _reads_of(conn: sa.Connection, catalog: Catalog, key: bytes, name: str, held: list[Held],
+              where: list[Any]) -> list[dict[str, Any]]:
+    """The bulk reads of dataset `name` that may have included one of the versions `held`: per agency, kind of
+    read and query, those made while a version its filters and row scope admit was held.
+
+    One query: the reads grouped by query and by the spans between the versions' edges (each span lies wholly
+    within or wholly outside each version's time).
+    """
+    a = tables.audit.c
+    edges = sorted({t for h in held for t in (h.since, h.until) if t is not None})
+    span = sa.case(*((a.recorded_at < t, i) for i, t in enumerate(edges)), else_=len(edges)) if edges else sa.literal(0)
+    reads = sa.select(a.agency_id, a.action, a.query, a.recorded_at, a.rows_returned, span.label("span")).where(
+        a.dataset == name, *where).subquery()
+    r = reads.c
+    spec, personal = catalog.datasets[name], set(catalog.sharing[name].personal)
+    admitted: dict[str, list[Held]] = {}
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in conn.execute(sa.select(r.agency_id, r.action, r.query, r.span, sa.func.count().label("reads"),
+                                      sa.func.min(r.recorded_at).label("first"),
+                                      sa.func.max(r.recorded_at).label("last"),
+                                      sa.func.sum(r.rows_returned).label("rows"))
+                            .group_by(r.agency_id, r.action, r.query, r.span)).mappings():
+        if row["query"] not in admitted:
+            query = json.loads(row["query"])
+            admitted[row["query"]] = [h for h in held if _admits(query, h.values, spec, personal, key)]
+        low = edges[row["span"] - 1] if row["span"] > 0 else None
+        high = edges[row["span"]] if row["span"] < len(edges) else None
+        if not any((h.since is None or (low is not None and h.since <= low))
+                   and (h.until is None or (high is not None and high <= h.until)) for h in admitted[row["query"]]):
+            continue
+        first, last = utc(row["first"]), utc(row["last"])
+        entry = found.setdefault((row["agency_id"], row["action"], row["query"]), {
+            "agency_id": row["agency_id"], "dataset": name, "action": row["action"], "query": json.loads(row["query"]),
+            "reads": 0, "rows": 0, "first": first, "last": last})
+        entry["reads"] += int(row["reads"])
+        entry["rows"] += int(row["rows"] or 0)
+        entry["first"], entry["last"] = min(entry["first"], first), max(entry["last"], last)
+    return list(found.values())
 
 
 def _grants(engine: sa.Engine, agencies: Iterable[str], datasets: list[str]) -> list[dict[str, Any]]:

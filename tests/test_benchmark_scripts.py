@@ -140,8 +140,11 @@ def test_scoped_reads_benchmark_reads_exactly_the_communes_rows_each_way() -> No
 
 
 def test_disclosures_benchmark_finds_every_read_that_named_the_person() -> None:
-    figures = _figures("benchmarks/disclosures.py", "--sqlite", "--rows", "20000", "--repeat", "2")
+    figures = _figures("benchmarks/disclosures.py", "--sqlite", "--rows", "20000", "--repeat", "2",
+                       "--lake-rows", "100000", "--lake-batches", "20")
     assert figures["named"] >= 2 and figures["may_have_groups"] > 0  # rows 0 and 10,000 look the person up
+    assert figures["lake_versions"] == 2, "the full sync's file and the second small batch hold the person"
+    assert figures["report_lake"]["median_s"] > 0 and figures["lake_scan"]["median_s"] > 0
     assert figures["report"]["median_s"] > 0 and figures["scan"]["median_s"] > 0
     assert figures["usage_groups"] == 400 and figures["usage"]["median_s"] > 0  # 200 agencies x 2 datasets
     assert figures["usage_day"]["median_s"] > 0 and figures["unusual"]["median_s"] > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime, timedelta
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,71 @@ def test_the_report_in_words_and_its_refusals(env: Env) -> None:
     with env.registry.engine.connect() as conn:
         by = conn.execute(sa.text("SELECT DISTINCT agency_id FROM gateway_audit WHERE action = 'subject_report'"))
         assert [r[0] for r in by] == ["province:can_bo_ttdl"], "a refused report is not recorded"
+
+
+def _reload(monkeypatch: pytest.MonkeyPatch, sandbox: Any, data: Any, variable: str, system: str,
+            pipeline: str) -> dict[str, Any]:
+    """Run `pipeline` against a sandbox serving `data` (the real services, started again with it)."""
+    from lgsp import runner
+    from sandbox import start_sandbox
+
+    with start_sandbox(data=data, credentials=sandbox.credentials) as newer:
+        monkeypatch.setenv(variable, newer.urls[system])
+        return runner.run_pipeline(pipeline)
+
+
+def test_each_read_is_judged_on_the_record_as_it_was_when_read(env: Env, sandbox_handle: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resident who moves commune, and a parcel that changes holder: the reads before the change are judged
+    on the earlier version (the lake's files and the change log), those after on the new one."""
+    from lgsp import runner
+
+    data, pid, commune, other = sandbox_handle.data, env.subject["personal_id"], env.subject["commune_code"], \
+        env.other_commune
+    runner.run_pipeline("land_parcels")
+    env.registry.grant("so_tai_chinh", "land_parcel")
+    parcel = next(p for p in data.land_parcels if p["parcel_id"] not in data.land_parcel_defects)
+    before = parcel["holder_personal_id"]
+    for agency in ("ubnd_xa", "ubnd_xa_khac"):
+        assert env.get("/api/v1/datasets/citizen/records", agency, limit=1000).json()["records"]
+    assert env.get("/api/v1/datasets/land_parcel/records", "so_tai_chinh", limit=1000).json()["records"]
+
+    later = max(c["updated_at"] for c in data.citizens + data.land_parcels) + timedelta(days=1)
+    citizen = next(c for c in data.citizens if c["personal_id"] == pid)
+    moved = [{**c, "commune_code": other, "updated_at": later} if c is citizen else c for c in data.citizens]
+    assert _reload(monkeypatch, sandbox_handle, dataclasses.replace(data, citizens=moved), "LGSP_POPULATION_WSDL",
+                   "population", "population_citizens")["rows_changed"] == 1
+    sold = {**parcel, "holder_personal_id": pid, "holder_name": citizen["full_name"], "holder_sex": citizen["sex"],
+            "holder_birth_date": citizen["birth_date"], "updated_at": later}
+    parcels = [sold if p is parcel else p for p in data.land_parcels]
+    assert _reload(monkeypatch, sandbox_handle, dataclasses.replace(data, land_parcels=parcels), "LGSP_LAND_URL",
+                   "land", "land_parcels")["rows_changed"] == 1
+    for agency in ("ubnd_xa", "ubnd_xa_khac"):
+        assert env.get("/api/v1/datasets/citizen/records", agency, limit=1000).json()["records"]
+    assert env.get("/api/v1/datasets/land_parcel/records", "so_tai_chinh", limit=1000).json()["records"]
+
+    report = env.report()
+    assert [r["commune_code"] for r in report["records"]["citizen"]] == [other]
+    assert [r["parcel_id"] for r in report["records"]["land_parcel"]] == [parcel["parcel_id"]]
+    (was,) = report["earlier"]["citizen"]
+    assert was["values"]["commune_code"] == commune and was["since"] < was["until"]
+    may = {(m["agency_id"], m["dataset"]): m for m in report["may_have"]}
+    assert {k: m["reads"] for k, m in may.items()} == {
+        ("ubnd_xa", "citizen"): 1, ("ubnd_xa_khac", "citizen"): 1, ("so_tai_chinh", "land_parcel"): 1}, \
+        "each commune's People's Committee read them once, while they lived there; the parcel after it was theirs"
+    assert datetime.fromisoformat(may["ubnd_xa", "citizen"]["last"]) < datetime.fromisoformat(was["until"]) \
+        <= datetime.fromisoformat(may["ubnd_xa_khac", "citizen"]["first"])
+    assert "earlier" not in report or "land_parcel" not in report["earlier"], "the parcel was theirs only now"
+
+    seller = CliRunner().invoke(lgsp_app, ["audit", "subject", before, "--json"])
+    assert seller.exit_code == 0, seller.output
+    sold_by = json.loads(seller.stdout.strip().splitlines()[-1])
+    assert "land_parcel" not in sold_by["records"], "not theirs now"
+    assert [v["values"]["parcel_id"] for v in sold_by["earlier"]["land_parcel"]] == [parcel["parcel_id"]]
+    assert [(m["agency_id"], m["dataset"], m["reads"]) for m in sold_by["may_have"]
+            if m["dataset"] == "land_parcel"] == [("so_tai_chinh", "land_parcel", 1)], "read while it was theirs"
+
+    words = CliRunner().invoke(lgsp_app, ["audit", "subject", before], env={"COLUMNS": "300"})
+    said = " ".join(words.output.split())
+    assert words.exit_code == 0, said
+    assert "earlier in land_parcel: 1 version(s) no longer held: " in said and parcel["parcel_id"] in said

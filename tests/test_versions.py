@@ -1,0 +1,121 @@
+"""What the warehouse held of a record, and when (`warehouse.versions`): the versions replayed from the lake's
+files and the change log as the merge applied them. Real syncs from a real peer over loopback (and the
+sandbox's population service for a replayed quarantine row), SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+import shutil
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from catalog.loader import CATALOG_DIR, load_catalog
+from tests.test_discover import HoSoPeer, _district_system
+
+PIPELINE, RECORD, OTHER = "mot_cua_huyen_ho_sos", "HS-00007", "HS-00009"
+
+
+def _commits(wh: Any) -> dict[str, datetime]:
+    from warehouse.store import utc
+
+    change = wh.table("lgsp_change")
+    with wh.engine.connect() as conn:
+        return {b: utc(at) for b, at in conn.execute(sa.select(change.c.batch_id, change.c.committed_at))}
+
+
+@pytest.mark.parametrize("mode", ["merge", "history"])
+def test_the_versions_a_record_had_in_the_table_and_when(mode: str, tmp_path: Path, lgsp_env: Any) -> None:
+    from lgsp import runner
+    from lgsp.discover import discover, write_draft
+    from loopback import serving
+    from warehouse.lake import Lake
+    from warehouse.versions import held_versions
+
+    peer = HoSoPeer(60)
+    with serving(peer) as base:
+        target = _district_system(tmp_path / "catalog", base)
+        write_draft(discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so"), target)
+        datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
+        (target / "datasets.yaml").write_text(datasets.replace("\n  ho_so:\n", f"\n  ho_so:\n    write_mode: {mode}\n"),
+                                              encoding="utf-8")
+        catalog = load_catalog(target)
+        spec, lake = catalog.datasets["ho_so"], Lake(lgsp_env.lake_root)
+
+        def sync(**options: Any) -> str:
+            return str(runner.run_pipeline(PIPELINE, catalog=catalog, settings=lgsp_env, **options)["batch_id"])
+
+        def row(key: str) -> dict[str, Any]:
+            return next(r for r in peer.rows if r["MaHoSo"] == key)
+
+        def versions() -> list[tuple[str, Any, Any, str]]:
+            found = held_versions(wh.engine, spec, lake, ["ma_ho_so"], RECORD)
+            assert found.known_since is None
+            return [(h.values["trang_thai"], h.since, h.until, h.batch_id) for h in found.held]
+
+        first = sync()
+        wh = runner.open_warehouse(catalog, lgsp_env)
+        original = row(RECORD)["NgayCapNhat"]
+        latest = max(datetime.fromisoformat(r["NgayCapNhat"]) for r in peer.rows)
+        row(RECORD).update(TrangThai="moi", NgayCapNhat=(latest + timedelta(hours=1)).isoformat())
+        changed = sync()
+        # a backfill reads a late row of the record, older than the version held: the merge keeps the newer one
+        # (while the batch changes another record, so it is a write of the change log)
+        row(RECORD).update(TrangThai="xong", NgayCapNhat=(datetime.fromisoformat(original) + timedelta(minutes=5))
+                           .isoformat())
+        moved = datetime.fromisoformat(row(OTHER)["NgayCapNhat"]) + timedelta(minutes=3)
+        row(OTHER).update(TrangThai="moi", NgayCapNhat=moved.isoformat())
+        late = sync(since=datetime.fromisoformat(original), until=moved + timedelta(minutes=10))
+        row(RECORD).update(DaXoa=True, NgayCapNhat=(latest + timedelta(hours=2)).isoformat())
+        deleted = sync()
+
+        at = _commits(wh)
+        assert late in at, "the backfill changed the other record"
+        assert versions() == [("xong", at[first], at[changed], first), ("moi", at[changed], at[deleted], changed)]
+        other = held_versions(wh.engine, spec, lake, ["ma_ho_so"], OTHER).held
+        assert [(h.values["trang_thai"], h.since, h.until) for h in other] == [
+            ("xong", at[first], at[late]), ("moi", at[late], None)]
+
+        # the source corrects the other record to a time before the version held: a full refresh takes it
+        row(OTHER).update(TrangThai="xong", NgayCapNhat=(moved - timedelta(minutes=1)).isoformat())
+        refresh = sync(full_refresh=True)
+        at = _commits(wh)
+        assert [(h.values["trang_thai"], h.since, h.until) for h in
+                held_versions(wh.engine, spec, lake, ["ma_ho_so"], OTHER).held][1:] == [
+            ("moi", at[late], at[refresh]), ("xong", at[refresh], None)]
+
+        kept = versions()
+        assert [c.files_after for c in lake.compact("ho_so", min_age=timedelta(0))] == [1]
+        assert versions() == kept, "a compacted file says which batch wrote each row"
+        assert held_versions(wh.engine, spec, lake, ["ma_ho_so"], "HS-99999").held == []
+
+        today = lake.partitions("ho_so")[0]  # the lake restored from an older backup: the first day's files missing
+        today.rename(today.with_name(f"ingest_date={date.today() + timedelta(days=1)}"))
+        missing = held_versions(wh.engine, spec, lake, ["ma_ho_so"], RECORD)
+        assert missing.known_since == date.today() + timedelta(days=1)
+        assert [(h.since, h.until) for h in missing.held] == [(None, at[changed]), (at[changed], at[deleted])], \
+            "the oldest version known is taken as held from the beginning"
+
+
+def test_a_replayed_quarantine_row_is_a_version_too(lgsp_env: Any, sandbox_handle: Any, tmp_path: Path) -> None:
+    from lgsp import quarantine, runner
+    from warehouse import Warehouse
+    from warehouse.lake import Lake
+    from warehouse.versions import held_versions
+
+    runner.run_pipeline("population_citizens")
+    phone_bad = sorted(k for k, kind in sandbox_handle.data.citizen_defects.items() if kind == "phone_format")
+    fixed = tmp_path / "catalog"
+    shutil.copytree(CATALOG_DIR, fixed, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    path = fixed / "datasets.yaml"
+    path.write_text(path.read_text().replace("      - {rule: phone_vn, column: phone}\n", ""))
+    assert quarantine.replay(runner.context("population_citizens", catalog=load_catalog(fixed)))["landed"]
+    catalog = load_catalog()
+    wh = Warehouse(lgsp_env.database_url, catalog)
+    (replay,) = [b for b in _commits(wh) if b.startswith("replay-")]
+    found = held_versions(wh.engine, catalog.datasets["citizen"], Lake(lgsp_env.lake_root), ["personal_id"],
+                          phone_bad[0])
+    assert [(h.values["personal_id"], h.since, h.until, h.batch_id) for h in found.held] == [
+        (phone_bad[0], _commits(wh)[replay], None, replay)], "landed by the replay, not by a lake file"

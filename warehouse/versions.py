@@ -1,0 +1,250 @@
+"""What the warehouse held of some records, and when: each version's time in the table, from the lake.
+
+A merge table keeps a record's latest version only, and a history table its versions in the source's
+time (`valid_from`), not in the warehouse's. Whoever asks "what could a reader of this table have seen of
+this person on 3 March" (the disclosure report, `gateway.disclosures`) needs the versions in the table's
+own time. lgsp keeps what it needs to answer:
+
+- the lake holds every row each load wrote, in a file named after its batch (a compacted file says which
+  batches it holds, in which order: `warehouse.lake`);
+- `lgsp_change` numbers every write that changed the dataset, in commit order, with its commit time;
+- `lgsp_tombstone` names the records a write deleted;
+- a quarantined record landed by `lgsp quarantine replay` keeps its payload in `lgsp_quarantine`.
+
+`held_versions` replays those writes in commit order for the records asked about, as the merge applied
+them: a version replaces the held one unless it is older by the dataset's cursor (a backfill's late row),
+except in a full refresh; a tombstone ends it. Each version comes back with the span it was held:
+`since` its write committed, `until` the next write of that record committed (None: held now).
+
+lgsp never deletes the lake's Parquet files (retention prunes the landed pages, compaction keeps each
+batch's rows and name). What it cannot know: versions in files removed by hand, or missing from a lake
+restored from an older backup (when the dataset changed before the lake's oldest partition, `known_since`
+says from when the lake knows it, and each record's oldest known version is taken as held from the
+beginning, `since` None, so no earlier read is missed); a deletion whose record retention pruned
+(`LGSP_RETENTION_DAYS`: the version looks held until the record's next one, which can only add reads);
+values a migration or a restore put in the table (they write no lake file: the table's current row is
+added to the open span).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from catalog.models import DatasetSpec
+from warehouse.lake import Lake, _provenance
+from warehouse.store import tombstone_key, utc
+from warehouse.tables import system_tables
+
+Key = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Held:
+    """One version of a record as the table held it, from `since` (None: before what the lake keeps) to
+    `until` (None: held now); `batch_id` is the write that put it there."""
+
+    key: Key
+    values: dict[str, Any]
+    since: datetime | None
+    until: datetime | None
+    batch_id: str
+
+
+@dataclass
+class Versions:
+    """The held versions of the records asked about, oldest first per record, and how far back they are
+    known: `known_since` is the first write the lake holds a file of (None: the lake holds the dataset's
+    first write, so nothing is missing)."""
+
+    held: list[Held] = field(default_factory=list)
+    known_since: date | None = None
+
+
+def lake_rows(lake: Lake, dataset: str, columns: Sequence[str],
+              where: Callable[[pa.Table], pa.Array]) -> pa.Table | None:
+    """The rows of `dataset`'s lake files that `where` selects, given a table of `columns` (those a file
+    has), whole and with the batch that wrote each (`_lake_batch`). Reads only the row groups it selects
+    from; the files are held still meanwhile (`Lake.steady`)."""
+    found: list[pa.Table] = []
+    if not lake.dataset_path(dataset).is_dir():
+        return None
+    with lake.steady(dataset):
+        for path in sorted(lake.dataset_path(dataset).glob("ingest_date=*/*.parquet")):
+            parquet = pq.ParquetFile(path)
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            if not present:
+                continue
+            held = _provenance(path, parquet)
+            names, ends = [b for b, _ in held], np.cumsum([rows for _, rows in held])
+            offset = 0
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                mask = where(parquet.read_row_group(group, columns=present))
+                if pc.any(mask).as_py():
+                    picked = pc.indices_nonzero(mask)
+                    table = parquet.read_row_group(group).take(picked).replace_schema_metadata(None)
+                    written = np.searchsorted(ends, picked.to_numpy() + offset, side="right")
+                    found.append(table.append_column("_lake_batch", pa.array([names[i] for i in written], pa.string())))
+                offset += rows
+    return pa.concat_tables(found, promote_options="default") if found else None
+
+
+def _key_mask(table: pa.Table, key: Sequence[str], keys: set[Key]) -> pa.Array:
+    """Which rows of `table` have one of `keys` (a key column a file lacks matches nothing)."""
+    if any(k not in table.column_names for k in key):
+        return pa.array([False] * table.num_rows)
+    if len(key) == 1:
+        return pc.fill_null(pc.is_in(table[key[0]], value_set=pa.array([k[0] for k in keys])), False)
+    wanted = {tuple(k) for k in keys}
+    return pa.array([tuple(r[c] for c in key) in wanted for r in table.select(list(key)).to_pylist()])
+
+
+def _holding_mask(table: pa.Table, columns: Sequence[str], value: Any) -> pa.Array:
+    masks = [pc.fill_null(pc.equal(table[c], value), False) for c in columns if c in table.column_names]
+    if not masks:
+        return pa.array([False] * table.num_rows)
+    mask = masks[0]
+    for more in masks[1:]:
+        mask = pc.or_(mask, more)
+    return mask
+
+
+def held_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, columns: Sequence[str], value: Any,
+                  current: Sequence[dict[str, Any]] = ()) -> Versions:
+    """Every version, as the table held it and when, of the records of `dataset` that hold `value` in one of
+    `columns` in any version (a parcel's earlier holder included); `current` are the table's rows of those
+    records now (as a shared view shows them), which end the timeline where a migration or a restore changed
+    them. See the module's docstring."""
+    key = list(dataset.key)
+    tables = system_tables(sa.MetaData())
+    change, tomb, batch, quarantine = (tables["lgsp_change"], tables["lgsp_tombstone"], tables["lgsp_batch"],
+                                       tables["lgsp_quarantine"])
+    keys: set[Key] = {tuple(r[k] for k in key) for r in current}
+    holding = lake_rows(lake, dataset.name, list(columns), lambda t: _holding_mask(t, columns, value))
+    if holding is not None:
+        keys |= {tuple(r[k] for k in key) for r in holding.select(key).to_pylist()}
+    with engine.connect() as conn:
+        replayed = _replayed(conn, quarantine, change, dataset, value, keys)
+        keys |= {tuple(r[k] for k in key) for r in replayed}
+        if not keys:
+            return Versions()
+        commits = {r.batch_id: (r.change_seq, utc(r.committed_at)) for r in conn.execute(
+            sa.select(change.c.batch_id, change.c.change_seq, change.c.committed_at)
+            .where(change.c.dataset == dataset.name))}
+        refreshes = {r[0] for r in conn.execute(sa.select(batch.c.batch_id).where(
+            batch.c.dataset == dataset.name, batch.c.mode == "full_refresh"))}
+        tomb_keys = {tombstone_key(key, k): k for k in keys}
+        deletions = [(r.record_key, r.batch_id) for r in conn.execute(
+            sa.select(tomb.c.record_key, tomb.c.batch_id).where(
+                tomb.c.dataset == dataset.name, tomb.c.record_key.in_(list(tomb_keys))))]
+    if list(columns) == key:  # the value is the record's key (a citizen's ID): the rows holding it are all its rows
+        every = holding
+    else:
+        every = lake_rows(lake, dataset.name, key, lambda t: _key_mask(t, key, keys))
+    rows = (every.to_pylist() if every is not None else []) + replayed
+    versions = Versions(held=_timeline(dataset, rows, deletions, tomb_keys, commits, refreshes, current),
+                        known_since=_known_since(lake, dataset.name, commits))
+    if versions.known_since is not None:  # the lake's oldest files are gone: its oldest version may be older
+        firsts = {h.key: i for i, h in reversed(list(enumerate(versions.held)))}
+        for i in firsts.values():
+            versions.held[i] = dataclasses.replace(versions.held[i], since=None)
+    return versions
+
+
+def _replayed(conn: sa.Connection, quarantine: sa.Table, change: sa.Table, dataset: DatasetSpec, value: Any,
+              keys: set[Key]) -> list[dict[str, Any]]:
+    """Quarantined records `lgsp quarantine replay` landed (no lake file): those of `keys` or holding `value`,
+    typed as a load types them, with the replay's batch as `_lake_batch`."""
+    from schemas.arrow import coerce, to_arrow
+
+    q = quarantine.c
+    wanted = ["|".join(str(v) for v in k) for k in keys]
+    found = conn.execute(sa.select(q.payload, q.last_batch_id).where(
+        q.dataset == dataset.name, q.status == "replayed",
+        q.last_batch_id.in_(sa.select(change.c.batch_id).where(change.c.dataset == dataset.name)),
+        sa.or_(q.record_key.in_(wanted), q.payload.contains(str(value), autoescape=True)))).all()
+    if not found:
+        return []
+    typed = to_arrow(coerce([json.loads(r.payload) for r in found], dataset).frame, dataset).to_pylist()
+    return [{**row, "_lake_batch": r.last_batch_id} for row, r in zip(typed, found)]
+
+
+def _timeline(dataset: DatasetSpec, rows: list[dict[str, Any]], deletions: list[tuple[str, str]],
+              tomb_keys: dict[str, Key], commits: dict[str, tuple[int, datetime | None]], refreshes: set[str],
+              current: Sequence[dict[str, Any]]) -> list[Held]:
+    """The writes of each record replayed in commit order, as the merge applied them."""
+    key, cursor = list(dataset.key), dataset.cursor_field
+    events: dict[Key, dict[str, tuple[int, datetime | None, dict[str, Any] | None]]] = {}
+    for row in rows:  # a batch's version of a record: its newest row (a later one on a tie)
+        batch_id = row.pop("_lake_batch")
+        if batch_id not in commits:  # a write that changed nothing of the dataset
+            continue
+        if dataset.delete_field and row.get(dataset.delete_field):  # the source's deletion: its tombstone ends it
+            continue
+        mine = events.setdefault(tuple(row[k] for k in key), {})
+        held = mine.get(batch_id)
+        if held is None or held[2] is None or not _older(row, held[2], cursor):
+            mine[batch_id] = (*commits[batch_id], row)
+    for record_key, batch_id in deletions:
+        if batch_id in commits:
+            events.setdefault(tomb_keys[record_key], {})[batch_id] = (*commits[batch_id], None)
+    now = {tuple(r[k] for k in key): r for r in current}
+    held_all: list[Held] = []
+    for record in sorted(events, key=repr):
+        timeline: list[Held] = []
+        for batch_id, (_, at, row) in sorted(events[record].items(), key=lambda e: e[1][0]):
+            last = timeline[-1] if timeline and timeline[-1].until is None else None
+            if row is None:
+                if last is not None:
+                    timeline[-1] = Held(last.key, last.values, last.since, at, last.batch_id)
+                continue
+            if last is not None and batch_id not in refreshes and _older(row, last.values, cursor):
+                continue  # the merge keeps the newer version it holds
+            if last is not None:
+                timeline[-1] = Held(last.key, last.values, last.since, at, last.batch_id)
+            timeline.append(Held(record, row, at, None, batch_id))
+        if record in now:  # the row as the table has it now: a migration's or a restore's values, if any
+            last = timeline[-1] if timeline and timeline[-1].until is None else None
+            if last is None or any(not _same(last.values.get(c), v)
+                                   for c, v in now[record].items() if c != "_batch_id"):
+                timeline.append(Held(record, {**(last.values if last else {}), **now[record]},
+                                     last.since if last else None, None, now[record].get("_batch_id") or ""))
+        held_all += timeline
+    for record, row in now.items():
+        if record not in events:
+            held_all.append(Held(record, row, None, None, row.get("_batch_id") or ""))
+    return held_all
+
+
+def _same(first: Any, second: Any) -> bool:
+    """Equal values, a time as SQLite hands it back (naive UTC) equal to the lake's (aware)."""
+    if isinstance(first, datetime) and isinstance(second, datetime):
+        return utc(first) == utc(second)
+    return bool(first == second)
+
+
+def _older(row: dict[str, Any], than: dict[str, Any], cursor: str | None) -> bool:
+    if not cursor or row.get(cursor) is None or than.get(cursor) is None:
+        return False
+    return bool(row[cursor] < than[cursor])
+
+
+def _known_since(lake: Lake, dataset: str, commits: dict[str, tuple[int, datetime | None]]) -> date | None:
+    """The lake's oldest partition's date when a write that changed the dataset committed before it (the
+    older files were pruned), else None."""
+    parts = lake.partitions(dataset)
+    if not parts:
+        return None
+    oldest = date.fromisoformat(parts[0].name.split("=", 1)[1])
+    first = min((at for _, at in commits.values() if at is not None), default=None)
+    return oldest if first is not None and first.date() < oldest else None
