@@ -656,16 +656,57 @@ def stale_definition(exc: BaseException) -> bool:
 
 class GuardMiddleware:
     """One log line per request (method, path without query, status, agency, ms: no personal data),
-    and a generic 500 with a reference instead of any stack trace or exception message."""
+    a generic 500 with a reference instead of any stack trace or exception message, and a 413 for a
+    request body over `max_body` bytes, refused before it is read (its Content-Length) or as soon as
+    it passes the limit (a chunked body): no body is held in memory whole beyond it."""
 
-    def __init__(self, app: ASGIApp, paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp, paths: frozenset[str] = frozenset(), max_body: int = 1 << 20) -> None:
         self.app, self.paths = app, paths  # the app's paths without parameters: routes for the metrics' labels
+        self.max_body = max_body
+
+    async def _bounded(self, scope: Scope, receive: Receive) -> Receive | None:
+        """`receive` for a body within the limit (a chunked one read here first, then replayed); None: over it."""
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            return receive if length.isdigit() and int(length) <= self.max_body else None
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return receive
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                messages.append(message)
+                break
+            size += len(message.get("body", b""))
+            if size <= self.max_body:
+                messages.append(message)
+            elif not message.get("more_body", False) or size > 2 * self.max_body:
+                return None  # refused: read to its end if it ends soon (the client then reads the 413 cleanly)
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> Message:
+            return next(replay, None) or await receive()
+
+        return replayed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started, status, sent_start = time.perf_counter(), 500, False
+        bounded = await self._bounded(scope, receive)
+        if bounded is None:
+            response = error_response(413, f"the request body is larger than the gateway takes ({self.max_body:,} "
+                                           "bytes, LGSP_GATEWAY_MAX_BODY_BYTES): send less (a CKAN query's filters, "
+                                           "an access request's text)", {"Connection": "close"})
+            await response(scope, receive, send)
+            log.info("%s %s 413 - body over %d bytes", scope["method"], scope["path"], self.max_body)
+            metrics.request_done(metrics.route_label(scope, self.paths), scope["method"], 413,
+                                 time.perf_counter() - started)
+            return
+        receive = bounded
 
         async def tracked(message: Message) -> None:
             nonlocal status, sent_start
@@ -736,5 +777,6 @@ def create_app(settings: GatewaySettings | None = None, catalog: Catalog | None 
     # the hot records route on PostgreSQL, answered before FastAPI's stack (inside the guard: same log, same 500)
     app.add_middleware(LeanRecords, gateway=gateway, specs=specs, problem=problem, executor=READERS)
     app.add_middleware(GuardMiddleware, paths=frozenset(r.path for r in app.routes  # type: ignore[attr-defined]
-                                                         if "{" not in r.path))  # type: ignore[attr-defined]
+                                                         if "{" not in r.path),  # type: ignore[attr-defined]
+                       max_body=gateway.settings.max_body_bytes)
     return app

@@ -5,6 +5,7 @@
 | `LGSP_GATEWAY_PSEUDONYM_KEY` | none (required) | secret for keyed hashes of personal IDs and for sealing page cursors |
 | `LGSP_GATEWAY_MAX_PAGE_ROWS` | 1000 | largest page a reader may ask for |
 | `LGSP_GATEWAY_MAX_EXPORT_ROWS` | 1000000 | largest export (rows) |
+| `LGSP_GATEWAY_MAX_BODY_BYTES` | 1048576 | largest request body (a CKAN query, an access request, a token request); larger: 413 |
 | `LGSP_GATEWAY_QUERY_TIMEOUT_S` | 5 | a query running longer is cancelled (503) |
 | `LGSP_GATEWAY_RATE_PER_S` | 20 | requests per second per agency unless its registration says otherwise |
 | `LGSP_GATEWAY_ANONYMOUS_RATE_PER_S` | 10 | requests per second per client address without a key (open data) |
@@ -35,6 +36,7 @@ class GatewaySettings:
     max_page_rows: int = 1000
     default_page_rows: int = 100
     max_export_rows: int = 1_000_000
+    max_body_bytes: int = 1 << 20
     query_timeout_s: float = 5.0
     rate_per_s: float = 20.0
     anonymous_rate_per_s: float = 10.0
@@ -91,6 +93,7 @@ def load_gateway_settings(database_url: str | None = None) -> GatewaySettings:
         pseudonym_key=key.encode(),
         max_page_rows=int(_number("LGSP_GATEWAY_MAX_PAGE_ROWS", 1000)),
         max_export_rows=int(_number("LGSP_GATEWAY_MAX_EXPORT_ROWS", 1_000_000)),
+        max_body_bytes=int(_number("LGSP_GATEWAY_MAX_BODY_BYTES", 1 << 20)),
         query_timeout_s=_number("LGSP_GATEWAY_QUERY_TIMEOUT_S", 5.0),
         rate_per_s=_number("LGSP_GATEWAY_RATE_PER_S", 20.0),
         anonymous_rate_per_s=_number("LGSP_GATEWAY_ANONYMOUS_RATE_PER_S", 10.0),

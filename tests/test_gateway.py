@@ -354,6 +354,51 @@ def test_ckanapi_client_lists_shows_searches_and_reads(served: Served) -> None:
     assert anonymous["records"] and all("lý lịch" in r["procedure_name"].lower() for r in anonymous["records"])
 
 
+def _raw_post(base: str, path: str, headers: dict[str, str], chunks: Iterator[bytes] = iter(())) -> tuple[int, Any]:
+    """POST over a plain socket (http.client): `headers` as given, then `chunks` as a chunked body if any."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(base)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    try:
+        connection.putrequest("POST", path)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        for chunk in chunks:
+            connection.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        if "Transfer-Encoding" in headers:
+            connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_held(served: Served) -> None:
+    """A POST declaring more than LGSP_GATEWAY_MAX_BODY_BYTES (1 MiB) is answered 413 from its headers, no byte
+    of it read; a chunked one as soon as it passes the limit; a body within it, chunked or not, is served."""
+    path, key = "/api/3/action/datastore_search", {"X-API-Key": served.keys["so_y_te"]}
+    started = time.monotonic()
+    status, body = _raw_post(served.base, path, {**key, "Content-Type": "application/json",
+                                                 "Content-Length": str(1 << 30)})
+    assert status == 413 and "LGSP_GATEWAY_MAX_BODY_BYTES" in body["error"]["message"], body
+    assert time.monotonic() - started < 10, "answered without waiting for the gigabyte"
+    status, body = _raw_post(served.base, path, {**key, "Content-Type": "application/json",
+                                                 "Transfer-Encoding": "chunked"},
+                             iter([b'{"resource_id": "citizen", "q": "' + b"x" * 65536] * 17 + [b'"}']))
+    assert status == 413 and "1,048,576 bytes" in body["error"]["message"], body
+    small = json.dumps({"resource_id": "citizen", "limit": 2}).encode()
+    status, body = _raw_post(served.base, path, {**key, "Content-Type": "application/json",
+                                                 "Transfer-Encoding": "chunked"}, iter([small[:10], small[10:]]))
+    assert status == 200 and body["success"] and len(body["result"]["records"]) == 2, body
+    near = small + b" " * ((1 << 20) - len(small))  # exactly the limit
+    answered = requests.post(served.base + path, data=near, headers={**key, "Content-Type": "application/json"},
+                             timeout=30)
+    assert answered.status_code == 200 and len(answered.json()["result"]["records"]) == 2, answered.text[:300]
+
+
 def test_schemathesis_finds_no_server_errors_and_responses_match_the_openapi(served: Served) -> None:
     import hypothesis
     import schemathesis
