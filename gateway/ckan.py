@@ -73,6 +73,8 @@ async def _params(request: Request) -> dict[str, Any]:
             body = json.loads(raw)
         except ValueError:
             raise CkanValidation("body", "the request body is not JSON") from None
+        except RecursionError:  # `[[[[...`: Python's parser gives up on the depth
+            raise CkanValidation("body", "the request body is nested too deeply to be a CKAN query") from None
         if not isinstance(body, dict):
             raise CkanValidation("body", "the request body must be a JSON object")
         return body

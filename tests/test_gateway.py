@@ -378,7 +378,8 @@ def _raw_post(base: str, path: str, headers: dict[str, str], chunks: Iterator[by
 
 def test_a_body_over_the_limit_is_refused_before_it_is_held(served: Served) -> None:
     """A POST declaring more than LGSP_GATEWAY_MAX_BODY_BYTES (1 MiB) is answered 413 from its headers, no byte
-    of it read; a chunked one as soon as it passes the limit; a body within it, chunked or not, is served."""
+    of it read; a chunked one as soon as it passes the limit; one nested too deeply to parse gets 409 (CKAN) or
+    400, not a 500; a body within the limit, chunked or not, is served."""
     path, key = "/api/3/action/datastore_search", {"X-API-Key": served.keys["so_y_te"]}
     started = time.monotonic()
     status, body = _raw_post(served.base, path, {**key, "Content-Type": "application/json",
@@ -393,6 +394,12 @@ def test_a_body_over_the_limit_is_refused_before_it_is_held(served: Served) -> N
     status, body = _raw_post(served.base, path, {**key, "Content-Type": "application/json",
                                                  "Transfer-Encoding": "chunked"}, iter([small[:10], small[10:]]))
     assert status == 200 and body["success"] and len(body["result"]["records"]) == 2, body
+    deep = requests.post(served.base + path, data=b"[" * 500_000, headers={**key, "Content-Type": "application/json"},
+                         timeout=30)
+    assert deep.status_code == 409 and "nested too deeply" in deep.json()["error"]["message"], deep.text[:300]
+    asked = requests.post(served.base + "/api/v1/access-requests", data=b"[" * 500_000, timeout=30,
+                          headers={**key, "Content-Type": "application/json"})
+    assert asked.status_code in (400, 422), asked.text[:300]
     near = small + b" " * ((1 << 20) - len(small))  # exactly the limit
     answered = requests.post(served.base + path, data=near, headers={**key, "Content-Type": "application/json"},
                              timeout=30)
