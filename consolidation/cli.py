@@ -19,7 +19,7 @@ from consolidation.report import RECONCILIATION_COLUMNS
 
 merger_app = typer.Typer(help="The province-merger consolidation (Ninh Binh, Nam Dinh, Ha Nam -> new Ninh Binh).",
                          no_args_is_help=True)
-console = Console(highlight=False)
+console = Console(highlight=False, emoji=False)
 
 
 def _report_path(output: Path | None) -> Path:

@@ -36,8 +36,9 @@ from rich.table import Table
 
 from catalog import CatalogError, load_catalog
 
-console = Console(highlight=False)
-notes = Console(highlight=False, stderr=True)  # so `lgsp agencies key X > file` captures only the key
+console = Console(highlight=False, emoji=False)
+# so `lgsp agencies key X > file` captures only the key
+notes = Console(highlight=False, stderr=True, emoji=False)
 agencies_app = typer.Typer(help="Agencies of the sharing gateway: API keys, OAuth2 clients, grants.",
                            no_args_is_help=True)
 webhooks_app = typer.Typer(help="Webhooks: agencies' endpoints told when a shared dataset they read changed, or of "

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, help="Service-quality indicators: compute, list, export, dashboard, rank.")
-console = Console(highlight=False)
+console = Console(highlight=False, emoji=False)
 
 
 def _fail(message: str) -> None:

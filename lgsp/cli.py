@@ -50,7 +50,7 @@ from lgsp.settings import load_settings, redact_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lgsp: data integration and sharing for a Vietnamese province (LGSP).")
-console = Console(highlight=False)
+console = Console(highlight=False, emoji=False)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -782,6 +782,66 @@ def metrics(textfile: Path = typer.Option(None, help="write them to this .prom f
         console.print(f"metrics written to {write_textfile(textfile, wh, catalog)}")
     except (MetricsError, OSError) as exc:
         fail(str(exc))
+
+
+@app.command(name="record")
+def record_cmd(dataset: str = typer.Argument(..., help="a dataset, e.g. citizen"),
+               key: list[str] = typer.Argument(..., help="the record's key value(s), in the key's order"),
+               as_json: bool = typer.Option(False, "--json", help="print it as one JSON line")) -> None:
+    """What lgsp knows of one record: the row now and the write behind it, each version the table held (when,
+    from which batch, what changed), its deletions and its quarantined rows."""
+    from lgsp.record_history import RecordError, record
+    from warehouse.lake import Lake
+
+    wh = _warehouse()
+    try:
+        found = record(wh, load_catalog(), Lake(load_settings().lake_root), dataset, key)
+    except RecordError as exc:
+        fail(str(exc))
+    finally:
+        wh.engine.dispose()
+    if as_json:
+        print(json.dumps(found, default=str, ensure_ascii=False))
+        return
+    from rich.markup import escape
+
+    named = escape(", ".join(f"{c} {v}" for c, v in found["key"].items()))
+    now = found["now"]
+    if now is None:
+        console.print(f"[bold]{dataset} {named}[/]: not in the table now")
+    else:
+        console.print(f"[bold]{dataset} {named}[/]: written by {escape(_write_said(now))} from {now['source_system']}, "
+                   f"loaded {now['loaded_at']:%Y-%m-%d %H:%M:%S} UTC")
+    if found["known_since"] is not None:
+        console.print(f"the lake's files begin on {found['known_since']}, after the dataset's first change: the "
+                   "oldest version shown may have had others before it")
+    if found["versions"]:
+        table = Table(title=f"Versions the table held ({len(found['versions'])}), oldest first")
+        for column in ("from (UTC)", "to (UTC)", "write", "what changed"):
+            table.add_column(column, overflow="fold")
+        for v in found["versions"]:
+            changed = ("first version" if v["changed"] is None else
+                       "; ".join(f"{c} {old} -> {new}" for c, (old, new) in v["changed"].items()) or "nothing shown")
+            table.add_row(_when(v["since"], "before the lake's files"), _when(v["until"], "held now"),
+                          escape(_write_said(v)), escape(changed))
+        console.print(table)
+    else:
+        console.print("No version of it was ever held by the table.")
+    for d in found["deleted"]:
+        console.print(f"deleted {d['at']:%Y-%m-%d %H:%M:%S} UTC by {escape(_write_said(d))}")
+    for q in found["quarantined"]:
+        console.print(escape(f"quarantined {q['at']:%Y-%m-%d %H:%M:%S} UTC by {_write_said(q)}: rule {q['rule']}: "
+                          f"{q['reason']} ({q['status']}; lgsp quarantine show {q['quarantine_id'][:12]})"))
+
+
+def _when(at: Any, otherwise: str) -> str:
+    return otherwise if at is None else f"{at:%Y-%m-%d %H:%M:%S}"
+
+
+def _write_said(write: dict[str, Any]) -> str:
+    """A write as `batch (pipeline, mode)`: a migration's, a restore's or a replay's id says what it was."""
+    about = ", ".join(x for x in (write.get("pipeline"), write.get("mode")) if x)
+    return write["batch_id"] + (f" ({about})" if about else "")
 
 
 @app.command()

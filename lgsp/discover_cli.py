@@ -59,7 +59,7 @@ def discover(system: str = typer.Argument(None, help="a system declared in catal
     from lgsp.discover import DiscoverError, discover as draft_of, list_operations, write_draft
 
     catalog = load_catalog()
-    said = Console(stderr=True, highlight=False)
+    said = Console(stderr=True, highlight=False, emoji=False)
     if compare:
         return _compare(catalog, compare, sample, since, as_json)
     if system is None:
@@ -111,7 +111,7 @@ def _compare(catalog: Any, pipeline: str, sample: int, since: str | None, as_jso
         said = [r.as_dict() for r in results]
         print(json.dumps(said if pipeline == "all" else said[0], ensure_ascii=False))
     else:
-        console = Console(highlight=False)
+        console = Console(highlight=False, emoji=False)
         for result in results:
             _print_comparison(console, result)
     if not all(r.holds for r in results):

@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from typer.testing import CliRunner
+
 from catalog.loader import CATALOG_DIR, load_catalog
+from lgsp.cli import app as cli_app
 from tests.test_discover import HoSoPeer, _district_system
 
-PIPELINE, RECORD, OTHER = "mot_cua_huyen_ho_sos", "HS-00007", "HS-00009"
+PIPELINE, RECORD, OTHER, BROKEN = "mot_cua_huyen_ho_sos", "HS-00007", "HS-00009", "HS-00011"
 
 
 def _commits(wh: Any) -> dict[str, datetime]:
@@ -27,7 +30,8 @@ def _commits(wh: Any) -> dict[str, datetime]:
 
 
 @pytest.mark.parametrize("mode", ["merge", "history"])
-def test_the_versions_a_record_had_in_the_table_and_when(mode: str, tmp_path: Path, lgsp_env: Any) -> None:
+def test_the_versions_a_record_had_in_the_table_and_when(mode: str, tmp_path: Path, lgsp_env: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from lgsp import runner
     from lgsp.discover import discover, write_draft
     from loopback import serving
@@ -80,11 +84,30 @@ def test_the_versions_a_record_had_in_the_table_and_when(mode: str, tmp_path: Pa
 
         # the source corrects the other record to a time before the version held: a full refresh takes it
         row(OTHER).update(TrangThai="xong", NgayCapNhat=(moved - timedelta(minutes=1)).isoformat())
+        row(BROKEN).update(NgayTiepNhan="not a date")  # quarantined by the refresh: its version stays
         refresh = sync(full_refresh=True)
         at = _commits(wh)
         assert [(h.values["trang_thai"], h.since, h.until) for h in
                 held_versions(wh.engine, spec, lake, ["ma_ho_so"], OTHER).held][1:] == [
             ("moi", at[late], at[refresh]), ("xong", at[refresh], None)]
+
+        monkeypatch.setenv("LGSP_CATALOG_DIR", str(target))
+        told = _record(RECORD)
+        assert told["now"] is None and [(v["batch_id"], v["pipeline"], v["changed"]) for v in told["versions"]] == [
+            (first, PIPELINE, None), (changed, PIPELINE, {"trang_thai": ["xong", "moi"], "ngay_cap_nhat": [
+                datetime.fromisoformat(original), latest + timedelta(hours=1)]})], told
+        assert [(d["batch_id"], d["pipeline"]) for d in told["deleted"]] == [(deleted, PIPELINE)]
+        broken = _record(BROKEN)
+        assert broken["now"]["trang_thai"] == "xong" and broken["now"]["batch_id"] == first, "its last good version"
+        assert [(q["batch_id"], q["rule"], q["status"]) for q in broken["quarantined"]] == [
+            (refresh, "type", "open")], broken["quarantined"]
+        words = CliRunner().invoke(cli_app, ["record", "ho_so", RECORD], env={"COLUMNS": "300"})
+        said = " ".join(words.output.split())
+        assert words.exit_code == 0 and "ho_so ma_ho_so HS-00007: not in the table now" in said, said
+        assert "Versions the table held (2)" in said and "deleted" in said and f"by {deleted} ({PIPELINE}" in said
+        assert "trang_thai xong -> moi" in said, said
+        wrong = CliRunner().invoke(cli_app, ["record", "ho_so", RECORD, "extra"])
+        assert wrong.exit_code == 1 and "ho_so's key is ma_ho_so: give 1 value(s)" in " ".join(wrong.output.split())
 
         kept = versions()
         assert [c.files_after for c in lake.compact("ho_so", min_age=timedelta(0))] == [1]
@@ -97,6 +120,20 @@ def test_the_versions_a_record_had_in_the_table_and_when(mode: str, tmp_path: Pa
         assert missing.known_since == date.today() + timedelta(days=1)
         assert [(h.since, h.until) for h in missing.held] == [(None, at[changed]), (at[changed], at[deleted])], \
             "the oldest version known is taken as held from the beginning"
+
+
+def _record(*key: str) -> dict[str, Any]:
+    """`lgsp record ho_so KEY --json`, parsed back (times as the JSON has them, then made datetimes)."""
+    import json
+
+    result = CliRunner().invoke(cli_app, ["record", "ho_so", *key, "--json"])
+    assert result.exit_code == 0, result.output
+    told = json.loads(result.stdout.strip().splitlines()[-1])
+    for version in told["versions"]:
+        for column, (old, new) in (version["changed"] or {}).items():
+            if column == "ngay_cap_nhat":
+                version["changed"][column] = [datetime.fromisoformat(old), datetime.fromisoformat(new)]
+    return told
 
 
 def test_a_replayed_quarantine_row_is_a_version_too(lgsp_env: Any, sandbox_handle: Any, tmp_path: Path) -> None:

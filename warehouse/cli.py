@@ -14,7 +14,7 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True,
                   help="Bring core tables to their datasets' changed definitions: plan, migrate, migrations.")
-console = Console(highlight=False)
+console = Console(highlight=False, emoji=False)
 
 
 def _fail(message: str) -> None:

@@ -126,16 +126,33 @@ def held_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, columns: 
     records now (as a shared view shows them), which end the timeline where a migration or a restore changed
     them. See the module's docstring."""
     key = list(dataset.key)
-    tables = system_tables(sa.MetaData())
-    change, tomb, batch, quarantine = (tables["lgsp_change"], tables["lgsp_tombstone"], tables["lgsp_batch"],
-                                       tables["lgsp_quarantine"])
     keys: set[Key] = {tuple(r[k] for k in key) for r in current}
     holding = lake_rows(lake, dataset.name, list(columns), lambda t: _holding_mask(t, columns, value))
     if holding is not None:
         keys |= {tuple(r[k] for k in key) for r in holding.select(key).to_pylist()}
+    # the value is the record's key (a citizen's ID): the rows holding it are all its rows
+    rows = holding if list(columns) == key else None
+    return _versions(engine, dataset, lake, keys, current, rows, value)
+
+
+def record_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, record: Key,
+                    current: Sequence[dict[str, Any]] = ()) -> Versions:
+    """Every version, as the table held it and when, of the one record of `dataset` whose key is `record` (its
+    values in the key's order); `current` as for `held_versions`."""
+    return _versions(engine, dataset, lake, {tuple(record)}, current, None, None)
+
+
+def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key],
+              current: Sequence[dict[str, Any]], rows: pa.Table | None, value: Any) -> Versions:
+    """The versions of the records `keys` (and of the replayed quarantine rows holding `value`, if given);
+    `rows`: their lake rows, when already read."""
+    key = list(dataset.key)
+    tables = system_tables(sa.MetaData())
+    change, tomb, batch, quarantine = (tables["lgsp_change"], tables["lgsp_tombstone"], tables["lgsp_batch"],
+                                       tables["lgsp_quarantine"])
     with engine.connect() as conn:
         replayed = _replayed(conn, quarantine, change, dataset, value, keys)
-        keys |= {tuple(r[k] for k in key) for r in replayed}
+        keys = keys | {tuple(r[k] for k in key) for r in replayed}
         if not keys:
             return Versions()
         commits = {r.batch_id: (r.change_seq, utc(r.committed_at)) for r in conn.execute(
@@ -147,12 +164,10 @@ def held_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, columns: 
         deletions = [(r.record_key, r.batch_id) for r in conn.execute(
             sa.select(tomb.c.record_key, tomb.c.batch_id).where(
                 tomb.c.dataset == dataset.name, tomb.c.record_key.in_(list(tomb_keys))))]
-    if list(columns) == key:  # the value is the record's key (a citizen's ID): the rows holding it are all its rows
-        every = holding
-    else:
-        every = lake_rows(lake, dataset.name, key, lambda t: _key_mask(t, key, keys))
-    rows = (every.to_pylist() if every is not None else []) + replayed
-    versions = Versions(held=_timeline(dataset, rows, deletions, tomb_keys, commits, refreshes, current),
+    if rows is None:
+        rows = lake_rows(lake, dataset.name, key, lambda t: _key_mask(t, key, keys))
+    found = (rows.to_pylist() if rows is not None else []) + replayed
+    versions = Versions(held=_timeline(dataset, found, deletions, tomb_keys, commits, refreshes, current),
                         known_since=_known_since(lake, dataset.name, commits))
     if versions.known_since is not None:  # the lake's oldest files are gone: its oldest version may be older
         firsts = {h.key: i for i, h in reversed(list(enumerate(versions.held)))}
@@ -163,16 +178,18 @@ def held_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, columns: 
 
 def _replayed(conn: sa.Connection, quarantine: sa.Table, change: sa.Table, dataset: DatasetSpec, value: Any,
               keys: set[Key]) -> list[dict[str, Any]]:
-    """Quarantined records `lgsp quarantine replay` landed (no lake file): those of `keys` or holding `value`,
-    typed as a load types them, with the replay's batch as `_lake_batch`."""
+    """Quarantined records `lgsp quarantine replay` landed (no lake file): those of `keys` or holding `value`
+    (None: keys only), typed as a load types them, with the replay's batch as `_lake_batch`."""
     from schemas.arrow import coerce, to_arrow
 
     q = quarantine.c
-    wanted = ["|".join(str(v) for v in k) for k in keys]
+    wanted = [q.record_key.in_(["|".join(str(v) for v in k) for k in keys])]
+    if value is not None:
+        wanted.append(q.payload.contains(str(value), autoescape=True))
     found = conn.execute(sa.select(q.payload, q.last_batch_id).where(
         q.dataset == dataset.name, q.status == "replayed",
         q.last_batch_id.in_(sa.select(change.c.batch_id).where(change.c.dataset == dataset.name)),
-        sa.or_(q.record_key.in_(wanted), q.payload.contains(str(value), autoescape=True)))).all()
+        sa.or_(*wanted))).all()
     if not found:
         return []
     typed = to_arrow(coerce([json.loads(r.payload) for r in found], dataset).frame, dataset).to_pylist()
@@ -215,7 +232,7 @@ def _timeline(dataset: DatasetSpec, rows: list[dict[str, Any]], deletions: list[
             timeline.append(Held(record, row, at, None, batch_id))
         if record in now:  # the row as the table has it now: a migration's or a restore's values, if any
             last = timeline[-1] if timeline and timeline[-1].until is None else None
-            if last is None or any(not _same(last.values.get(c), v)
+            if last is None or any(not same_value(last.values.get(c), v)
                                    for c, v in now[record].items() if c != "_batch_id"):
                 timeline.append(Held(record, {**(last.values if last else {}), **now[record]},
                                      last.since if last else None, None, now[record].get("_batch_id") or ""))
@@ -226,7 +243,7 @@ def _timeline(dataset: DatasetSpec, rows: list[dict[str, Any]], deletions: list[
     return held_all
 
 
-def _same(first: Any, second: Any) -> bool:
+def same_value(first: Any, second: Any) -> bool:
     """Equal values, a time as SQLite hands it back (naive UTC) equal to the lake's (aware)."""
     if isinstance(first, datetime) and isinstance(second, datetime):
         return utc(first) == utc(second)
