@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from catalog.loader import load_catalog
-from tests.test_discover import HoSoPeer, _district_system
+from tests.test_discover import HoSoPeer, drafted_district
 
 PIPELINE = "mot_cua_huyen_ho_sos"
 
@@ -53,17 +53,11 @@ def _message(wh: Any, batch_id: str) -> str | None:
 def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode: str, tmp_path: Path,
                                                                             lgsp_env: Any) -> None:
     from lgsp import runner
-    from lgsp.discover import discover, write_draft
     from loopback import serving
 
     peer = Overcounting(230)
     with serving(peer) as base:
-        target = _district_system(tmp_path / "catalog", base)
-        write_draft(discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so"), target)
-        datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
-        (target / "datasets.yaml").write_text(datasets.replace("\n  ho_so:\n", f"\n  ho_so:\n    write_mode: {mode}\n"),
-                                              encoding="utf-8")
-        catalog = load_catalog(target)
+        catalog = load_catalog(drafted_district(tmp_path / "catalog", base, mode))
         assert catalog.datasets["ho_so"].write_mode == mode
 
         def sync(**options: Any) -> dict[str, Any]:

@@ -50,6 +50,19 @@ def _district_system(target: Path, base: str) -> Path:
                                         f"    protocol: rest\n    endpoint: {base}\n")
 
 
+def drafted_district(target: Path, base: str, mode: str) -> Path:
+    """The catalog with the district's system at `base` and its `ho_so` dataset drafted by `lgsp discover`,
+    written by `mode` (merge, history)."""
+    from lgsp.discover import discover, write_draft
+
+    _district_system(target, base)
+    write_draft(discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so"), target)
+    datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
+    (target / "datasets.yaml").write_text(datasets.replace("\n  ho_so:\n", f"\n  ho_so:\n    write_mode: {mode}\n"),
+                                          encoding="utf-8")
+    return target
+
+
 @pytest.mark.parametrize("name", PIPELINES)
 def test_drafts_match_the_shipped_catalog(name: str, sandbox_env: Any) -> None:
     catalog = load_catalog()

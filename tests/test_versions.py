@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from catalog.loader import CATALOG_DIR, load_catalog
 from lgsp.cli import app as cli_app
-from tests.test_discover import HoSoPeer, _district_system
+from tests.test_discover import HoSoPeer, drafted_district
 
 PIPELINE, RECORD, OTHER, BROKEN = "mot_cua_huyen_ho_sos", "HS-00007", "HS-00009", "HS-00011"
 
@@ -33,18 +33,13 @@ def _commits(wh: Any) -> dict[str, datetime]:
 def test_the_versions_a_record_had_in_the_table_and_when(mode: str, tmp_path: Path, lgsp_env: Any,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from lgsp import runner
-    from lgsp.discover import discover, write_draft
     from loopback import serving
     from warehouse.lake import Lake
     from warehouse.versions import held_versions
 
     peer = HoSoPeer(60)
     with serving(peer) as base:
-        target = _district_system(tmp_path / "catalog", base)
-        write_draft(discover(load_catalog(target), "mot_cua_huyen", "/api/hoso", dataset="ho_so"), target)
-        datasets = (target / "datasets.yaml").read_text(encoding="utf-8")
-        (target / "datasets.yaml").write_text(datasets.replace("\n  ho_so:\n", f"\n  ho_so:\n    write_mode: {mode}\n"),
-                                              encoding="utf-8")
+        target = drafted_district(tmp_path / "catalog", base, mode)
         catalog = load_catalog(target)
         spec, lake = catalog.datasets["ho_so"], Lake(lgsp_env.lake_root)
 
