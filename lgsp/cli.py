@@ -787,6 +787,8 @@ def metrics(textfile: Path = typer.Option(None, help="write them to this .prom f
 @app.command(name="record")
 def record_cmd(dataset: str = typer.Argument(..., help="a dataset, e.g. citizen"),
                key: list[str] = typer.Argument(..., help="the record's key value(s), in the key's order"),
+               received: bool = typer.Option(False, "--received", help="each version as its source sent it (the "
+                                                                        "batch's landed page)"),
                as_json: bool = typer.Option(False, "--json", help="print it as one JSON line")) -> None:
     """What lgsp knows of one record: the row now and the write behind it, each version the table held (when,
     from which batch, what changed), its deletions and its quarantined rows."""
@@ -795,7 +797,7 @@ def record_cmd(dataset: str = typer.Argument(..., help="a dataset, e.g. citizen"
 
     wh = _warehouse()
     try:
-        found = record(wh, load_catalog(), Lake(load_settings().lake_root), dataset, key)
+        found = record(wh, load_catalog(), Lake(load_settings().lake_root), dataset, key, received)
     except RecordError as exc:
         fail(str(exc))
     finally:
@@ -827,6 +829,11 @@ def record_cmd(dataset: str = typer.Argument(..., help="a dataset, e.g. citizen"
         console.print(table)
     else:
         console.print("No version of it was ever held by the table.")
+    for number, v in enumerate(found["versions"] if received else [], start=1):
+        got = v.get("received")
+        console.print(escape(f"version {number} as received: " + (
+            f"{json.dumps(got['record'], ensure_ascii=False, default=str)} ({got['page']})" if got else
+            "no landed page holds it (pruned by retention, or written by a replay, a migration or a restore)")))
     for d in found["deleted"]:
         console.print(f"deleted {d['at']:%Y-%m-%d %H:%M:%S} UTC by {escape(_write_said(d))}")
     for q in found["quarantined"]:

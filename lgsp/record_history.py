@@ -13,7 +13,10 @@ change log, the tombstones and the quarantine. This puts it together for one rec
 - **deleted**: the writes that deleted it (a source's deletion marker, `--delete-missing`, a replace
   without it), which end a version;
 - **quarantined**: every time a row of it was rejected by the row rules (rule, reason, batch, and
-  whether it was replayed, closed or is still open): the versions that never reached the table.
+  whether it was replayed, closed or is still open): the versions that never reached the table;
+- **received** (asked for): each version as its source sent it, from the batch's landed page (the
+  values before typing, under the dataset's column names: a time with the zone it came in), while
+  retention keeps the pages.
 
 Example:
     >>> record(wh, catalog, lake, "citizen", ["037203001234"])["versions"][0]["changed"]   # doctest: +SKIP
@@ -57,9 +60,11 @@ def typed_key(catalog: Catalog, dataset: str, values: Sequence[str]) -> dict[str
         raise RecordError(str(exc)) from None
 
 
-def record(wh: Warehouse, catalog: Catalog, lake: Lake, dataset: str, values: Sequence[str]) -> dict[str, Any]:
+def record(wh: Warehouse, catalog: Catalog, lake: Lake, dataset: str, values: Sequence[str],
+           received: bool = False) -> dict[str, Any]:
     """What lgsp knows of one record (see the module's docstring), as a dict: `dataset`, `key`, `now`,
-    `versions`, `deleted`, `quarantined`, `known_since`.
+    `versions`, `deleted`, `quarantined`, `known_since`; with `received`, each version's `received`: the
+    record as its batch's landed page has it (`page`, `record`), or None when the pages are gone.
 
     Raises:
         RecordError: an unknown dataset, or a key that does not fit it.
@@ -95,8 +100,11 @@ def record(wh: Warehouse, catalog: Catalog, lake: Lake, dataset: str, values: Se
         values_now = {c: version.values.get(c) for c in columns}
         changed = ({c: [before[c], v] for c, v in values_now.items() if not same_value(before.get(c), v)}
                    if before is not None else None)
-        held.append({"since": version.since, "until": version.until, **_write(version.batch_id, batches),
-                     "changed": changed, "values": values_now})
+        write = _write(version.batch_id, batches)
+        held.append({"since": version.since, "until": version.until, **write, "changed": changed,
+                     "values": values_now})
+        if received:
+            held[-1]["received"] = as_received(lake, write["pipeline"], version.batch_id, key)
         before = values_now
     return {
         "dataset": dataset, "key": key, "known_since": versions.known_since,
@@ -108,6 +116,24 @@ def record(wh: Warehouse, catalog: Catalog, lake: Lake, dataset: str, values: Se
                          "status": r["status"], "quarantine_id": r["quarantine_id"], **_write(r["batch_id"], batches)}
                         for r in rejected],
     }
+
+
+def as_received(lake: Lake, pipeline: str | None, batch_id: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The record `key` as the batch's landed pages have it (the last, if paged twice): `page` (its path) and
+    `record`; None when the batch has no landed page of it (pruned by retention, or a write that lands none: a
+    replay, a migration, a restore). Pages are searched for the key's text before any is parsed."""
+    if not pipeline:
+        return None
+    needles = [str(v).encode() for v in key.values()]
+    found = None
+    for path in lake.page_paths(pipeline, batch_id):
+        _, line = Lake.read_page(path)
+        if not all(n in line for n in needles):
+            continue
+        for candidate in Lake.page_records(line):
+            if isinstance(candidate, dict) and all(str(candidate.get(c)) == str(v) for c, v in key.items()):
+                found = {"page": str(path), "record": candidate}
+    return found
 
 
 def _write(batch_id: str, batches: dict[str, dict[str, Any]]) -> dict[str, Any]:
