@@ -93,9 +93,10 @@ def test_the_versions_a_record_had_in_the_table_and_when(mode: str, tmp_path: Pa
                 datetime.fromisoformat(original), latest + timedelta(hours=1)]})], told
         assert [(d["batch_id"], d["pipeline"]) for d in told["deleted"]] == [(deleted, PIPELINE)]
         sent = [v["received"] for v in _record(RECORD, "--received")["versions"]]
+        later = (latest + timedelta(hours=1)).isoformat()
         assert [(s["record"]["trang_thai"], s["record"]["ngay_cap_nhat"], Path(s["page"]).parent.name)
-                for s in sent] == [("xong", original, first), ("moi", (latest + timedelta(hours=1)).isoformat(), changed)
-                                   ], "the values as the peer sent them (its zone, +07:00), under the columns' names"
+                for s in sent] == [("xong", original, first), ("moi", later, changed)], \
+            "the values as the peer sent them (its zone, +07:00), under the columns' names"
         broken = _record(BROKEN)
         assert broken["now"]["trang_thai"] == "xong" and broken["now"]["batch_id"] == first, "its last good version"
         assert [(q["batch_id"], q["rule"], q["status"]) for q in broken["quarantined"]] == [
