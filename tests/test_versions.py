@@ -156,3 +156,27 @@ def test_a_replayed_quarantine_row_is_a_version_too(lgsp_env: Any, sandbox_handl
                           phone_bad[0])
     assert [(h.values["personal_id"], h.since, h.until, h.batch_id) for h in found.held] == [
         (phone_bad[0], _commits(wh)[replay], None, replay)], "landed by the replay, not by a lake file"
+
+
+def test_a_full_refresh_replaces_a_version_as_the_merge_does() -> None:
+    """The rule of `Warehouse._update_when`, replayed: a full refresh's older row replaces what an earlier run of
+    its source system wrote, not what its own run wrote (a partitioned run's slices, `<run>.<slice>`), nor what
+    another system wrote."""
+    from datetime import timezone
+
+    from warehouse.versions import Writer, _timeline
+
+    spec = load_catalog().datasets["citizen"]
+    t = datetime(2025, 9, 1, 8, tzinfo=timezone.utc)
+    writes = [("late", Writer("population", False), t + timedelta(hours=7), "A"),  # read 7 hours late
+              ("run1.s1", Writer("population", True), t, "A"),  # the refresh: the right time, replaces it
+              ("run1.s2", Writer("population", True), t - timedelta(hours=1), "B"),  # its other slice: older, kept out
+              ("legacy-1", Writer("legacy", False), t + timedelta(hours=2), "C"),  # another system's newer row
+              ("run2", Writer("population", True), t + timedelta(hours=1), "D")]  # older than another system's: out
+    rows = [{"personal_id": "037090000001", "updated_at": at, "commune_code": commune, "_lake_batch": batch}
+            for batch, _, at, commune in writes]
+    commits = {batch: (n, t + timedelta(days=n)) for n, (batch, *_) in enumerate(writes, start=1)}
+    held = _timeline(spec, rows, [], {}, commits, {batch: writer for batch, writer, *_ in writes}, [])
+    assert [(h.batch_id, h.values["commune_code"]) for h in held] == [("late", "A"), ("run1.s1", "A"),
+                                                                       ("legacy-1", "C")]
+    assert [h.until for h in held] == [commits["run1.s1"][1], commits["legacy-1"][1], None]

@@ -158,8 +158,8 @@ def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key
         commits = {r.batch_id: (r.change_seq, utc(r.committed_at)) for r in conn.execute(
             sa.select(change.c.batch_id, change.c.change_seq, change.c.committed_at)
             .where(change.c.dataset == dataset.name))}
-        refreshes = {r[0] for r in conn.execute(sa.select(batch.c.batch_id).where(
-            batch.c.dataset == dataset.name, batch.c.mode == "full_refresh"))}
+        writers = {r.batch_id: Writer(r.source_system, r.mode == "full_refresh") for r in conn.execute(
+            sa.select(batch.c.batch_id, batch.c.source_system, batch.c.mode).where(batch.c.dataset == dataset.name))}
         tomb_keys = {tombstone_key(key, k): k for k in keys}
         deletions = [(r.record_key, r.batch_id) for r in conn.execute(
             sa.select(tomb.c.record_key, tomb.c.batch_id).where(
@@ -167,7 +167,7 @@ def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key
     if rows is None:
         rows = lake_rows(lake, dataset.name, key, lambda t: _key_mask(t, key, keys))
     found = (rows.to_pylist() if rows is not None else []) + replayed
-    versions = Versions(held=_timeline(dataset, found, deletions, tomb_keys, commits, refreshes, current),
+    versions = Versions(held=_timeline(dataset, found, deletions, tomb_keys, commits, writers, current),
                         known_since=_known_since(lake, dataset.name, commits))
     if versions.known_since is not None:  # the lake's oldest files are gone: its oldest version may be older
         firsts = {h.key: i for i, h in reversed(list(enumerate(versions.held)))}
@@ -197,7 +197,7 @@ def _replayed(conn: sa.Connection, quarantine: sa.Table, change: sa.Table, datas
 
 
 def _timeline(dataset: DatasetSpec, rows: list[dict[str, Any]], deletions: list[tuple[str, str]],
-              tomb_keys: dict[str, Key], commits: dict[str, tuple[int, datetime | None]], refreshes: set[str],
+              tomb_keys: dict[str, Key], commits: dict[str, tuple[int, datetime | None]], writers: dict[str, Writer],
               current: Sequence[dict[str, Any]]) -> list[Held]:
     """The writes of each record replayed in commit order, as the merge applied them."""
     key, cursor = list(dataset.key), dataset.cursor_field
@@ -225,7 +225,8 @@ def _timeline(dataset: DatasetSpec, rows: list[dict[str, Any]], deletions: list[
                 if last is not None:
                     timeline[-1] = Held(last.key, last.values, last.since, at, last.batch_id)
                 continue
-            if last is not None and batch_id not in refreshes and _older(row, last.values, cursor):
+            if last is not None and _older(row, last.values, cursor) and not _replaces(writers, batch_id,
+                                                                                      last.batch_id):
                 continue  # the merge keeps the newer version it holds
             if last is not None:
                 timeline[-1] = Held(last.key, last.values, last.since, at, last.batch_id)
@@ -248,6 +249,24 @@ def same_value(first: Any, second: Any) -> bool:
     if isinstance(first, datetime) and isinstance(second, datetime):
         return utc(first) == utc(second)
     return bool(first == second)
+
+
+@dataclass(frozen=True)
+class Writer:
+    """What the merge needs to know of a write: its source system, and whether it was a full refresh."""
+
+    system: str
+    refresh: bool
+
+
+def _replaces(writers: dict[str, Writer], incoming: str, held: str) -> bool:
+    """Whether a full refresh's older row replaced the version `held` wrote, as the merge decides
+    (`Warehouse._update_when`): a version an earlier run of the same source system wrote, not one its own run
+    wrote (a partitioned run's slices share its id: `<run>.<slice>`) nor another system's."""
+    writer, before = writers.get(incoming), writers.get(held)
+    if writer is None or not writer.refresh or before is None:
+        return False
+    return held.split(".", 1)[0] != incoming.split(".", 1)[0] and before.system == writer.system
 
 
 def _older(row: dict[str, Any], than: dict[str, Any], cursor: str | None) -> bool:
