@@ -13,7 +13,8 @@ own time. lgsp keeps what it needs to answer:
 
 `held_versions` replays those writes in commit order for the records asked about, as the merge applied
 them: a version replaces the held one unless it is older by the dataset's cursor (a backfill's late row),
-except in a full refresh; a tombstone ends it. Each version comes back with the span it was held:
+except a full refresh's over what an earlier run of its source system wrote (`Warehouse._update_when`'s
+rule); a tombstone ends it. Each version comes back with the span it was held:
 `since` its write committed, `until` the next write of that record committed (None: held now).
 
 lgsp never deletes the lake's Parquet files (retention prunes the landed pages, compaction keeps each
