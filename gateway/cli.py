@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -687,6 +688,9 @@ def audit_usage(since: str = typer.Option("30d", help="from: a date (YYYY-MM-DD,
 def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-digit personal ID (CCCD)"),
                   since: str = typer.Option(None, help="only reads from this date (YYYY-MM-DD, UTC) on"),
                   as_json: bool = typer.Option(False, "--json", help="the report as one JSON line"),
+                  document: Path = typer.Option(None, help="also write it as a printable HTML notice to hand to "
+                                                           "the person (FILE.html)"),
+                  lang: str = typer.Option("vi", help="the notice's language: vi or en"),
                   by: str = typer.Option(None, help="who asks (default $LGSP_OPERATOR or $USER); audited")) -> None:
     """To whom this person's data was provided: the reads that named them, those that may have included their
     records, and each agency's grant and purpose (a data subject's request). Audited itself."""
@@ -708,9 +712,13 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
         _fail(str(exc))
     except ValueError:
         _fail(f"--since {since!r}: give a date, YYYY-MM-DD")
+    if lang not in ("vi", "en"):
+        _fail(f"--lang {lang!r}: a notice is written in vi or en")
     found = sum(len(r) for r in report["records"].values())
     catalog = registry.catalog  # type: ignore[attr-defined]
     record_report(engine, catalog, key, personal_id, _decider(by), found)  # type: ignore[arg-type]
+    if document is not None:
+        _write_notice(document, report, catalog, engine, _decider(by), lang)
     if as_json:
         print(json_lib.dumps(report, default=str, ensure_ascii=False))
         return
@@ -740,6 +748,26 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
         sees = ", ".join(g["personal"]) or "none"
         console.print(f"  grant: {g['agency_id']} on {g['dataset']} (personal columns in clear: {sees}"
                       + (f"; {_rows_said(g['scope'])}" if g["scope"] else "") + f"): {why}")
+
+
+def _write_notice(path: Path, report: dict[str, Any], catalog: Any, engine: Any, by: str, lang: str) -> None:
+    """The report as the printable notice (gateway.disclosure_document), written atomically to `path`."""
+    import sqlalchemy as sa
+
+    from gateway import tables
+    from gateway.disclosure_document import render
+
+    with engine.connect() as conn:
+        names = dict(conn.execute(sa.select(tables.agency.c.agency_id, tables.agency.c.name)).all())
+    page = render(report, catalog, names, by, lang)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(page, encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        _fail(f"--document {path}: cannot write it: {exc.strerror or exc}")
+    notes.print(f"notice for the person ({lang}): {path}")
 
 
 def _span_said(since: Any, until: Any) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 from datetime import datetime, timedelta
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +200,98 @@ def test_each_read_is_judged_on_the_record_as_it_was_when_read(env: Env, sandbox
     said = " ".join(words.output.split())
     assert words.exit_code == 0, said
     assert "earlier in land_parcel: 1 version(s) no longer held: " in said and parcel["parcel_id"] in said
+
+
+class Notice(HTMLParser):
+    """A notice's headings and, per section, its table rows (each a list of cell texts)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.headings: list[str] = []
+        self.rows: dict[str, list[list[str]]] = {}
+        self._section, self._cells, self._text = "", [], None  # type: ignore[var-annotated]
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "section":
+            self._section = dict(attrs).get("id") or ""
+        elif tag == "tr":
+            self._cells = []
+        elif tag in ("td", "h1", "h2"):
+            self._text = []
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "h1", "h2") and self._text is not None:
+            text = " ".join("".join(self._text).split())
+            (self._cells if tag == "td" else self.headings).append(text)
+            self._text = None
+        elif tag == "tr" and self._cells:
+            self.rows.setdefault(self._section, []).append(self._cells)
+
+
+def test_the_notice_handed_to_the_person_in_vietnamese_or_english(env: Env, tmp_path: Path) -> None:
+    """`--document`: a printable page saying the report in words (Vietnamese by default), the person's ID masked,
+    every agency's purpose and legal basis; Chromium renders it."""
+    from gateway.disclosure_document import TEXT
+    from test_dashboard import chromium
+
+    pid, commune = env.subject["personal_id"], env.subject["commune_code"]
+    assert env.get("/api/v1/datasets/citizen/lookup", "so_y_te", personal_id=pid).status_code == 200
+    assert env.get("/api/v1/datasets/citizen/records", "ubnd_xa", limit=1000).json()["records"]
+    assert env.get("/api/v1/datasets/citizen/records", "ubnd_xa_khac", limit=1000).json()["records"]
+    written = {}
+    for lang in ("vi", "en"):
+        path = tmp_path / f"notice-{lang}.html"
+        result = CliRunner().invoke(lgsp_app, ["audit", "subject", pid, "--document", str(path), "--lang", lang,
+                                               "--by", "can_bo_mot_cua"])
+        assert result.exit_code == 0, result.output
+        written[lang] = path.read_text(encoding="utf-8")
+    page = Notice(written["vi"])
+    assert page.headings[:2] == [TEXT["vi"]["title"], TEXT["vi"]["held_heading"]]
+    assert pid not in written["vi"] and f"*********{pid[-3:]}" in written["vi"] and "can_bo_mot_cua" in written["vi"]
+    assert page.rows["held"] == [["Công dân (Cơ sở dữ liệu quốc gia về dân cư)", "1 bản ghi", ""]]
+    (named,) = page.rows["named"]
+    assert named[1:] == ["so_y_te", "Công dân (Cơ sở dữ liệu quốc gia về dân cư)",
+                         "tra cứu trực tiếp tại hệ thống nguồn", "đã cung cấp 1 bản ghi"]
+    (may,) = page.rows["may"]
+    assert may[0] == "ubnd_xa" and may[2:4] == ["đọc danh sách bản ghi", "1"]
+    assert may[-1] == f"chỉ các bản ghi có commune_code thuộc {commune}", "the reads of another commune are not in it"
+    why = {row[0]: row for row in page.rows["why"]}
+    assert why["so_y_te"][2:4] == [PURPOSE, "Nghị định 20/2021/NĐ-CP"]
+    assert why["ubnd_xa"][2] == TEXT["vi"]["granted_by_hand"] and set(why) == {"so_y_te", "ubnd_xa"}
+    assert Notice(written["en"]).headings[:2] == [TEXT["en"]["title"], TEXT["en"]["held_heading"]]
+    assert "script" not in page.tags
+    bad = CliRunner().invoke(lgsp_app, ["audit", "subject", pid, "--document", str(tmp_path / "x.html"),
+                                        "--lang", "fr"])
+    assert bad.exit_code == 1 and "vi or en" in bad.output and not (tmp_path / "x.html").exists()
+
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (tmp_path / "notice-vi.html").as_uri()]
+    shown = Notice(subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout)
+    assert shown.headings == page.headings and shown.rows == page.rows
+
+
+def test_the_notice_escapes_what_agencies_wrote() -> None:
+    from datetime import timezone
+
+    from gateway.disclosure_document import render
+
+    hostile = '<script>alert("x")</script> & <b>'
+    at = datetime(2026, 3, 1, 1, 30, tzinfo=timezone.utc)
+    report = {"personal_id": "037203001234", "since": None, "records": {"citizen": [{}]}, "earlier": {},
+              "named": [], "may_have": [], "grants": [
+                  {"agency_id": "so_x", "dataset": "citizen", "purpose": hostile, "legal_basis": hostile,
+                   "granted_at": at, "expires_at": None, "request_id": "req_1"}]}
+    page = render(report, load_catalog(), {"so_x": hostile}, by=hostile, now=at)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    why = Notice(page).rows["why"]
+    assert why == [[hostile, "Công dân (Cơ sở dữ liệu quốc gia về dân cư)", hostile, hostile,
+                    "08:30 01/03/2026 (theo đề nghị req_1)"]], "Vietnam time, UTC+7"
+    with pytest.raises(ValueError, match="vi or en"):
+        render(report, load_catalog(), {}, by="x", lang="fr")
