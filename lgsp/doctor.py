@@ -66,6 +66,7 @@ def examine(settings: Settings | None = None) -> list[Check]:
     if catalog is not None:
         _secrets(found, catalog)
     _lake(found, settings)
+    _lake_files(found, settings)
     _disk(found, settings)
     _backups(found, settings)
     _gateway(found)
@@ -189,6 +190,48 @@ def _lake(found: list[Check], settings: Settings) -> None:
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     found.append(Check("lake", str(root), "ok", "writable; folders swap atomically (compaction, restore)"))
+
+
+def _lake_files(found: list[Check], settings: Settings) -> None:
+    """Does the lake hold the rows of every load the change log names? Its files are the raw layer: what
+    `lgsp record`, the disclosure report, `lgsp lake conform` and a rebuild read. A file gone (removed by hand,
+    a disk lost, a lake restored from an older backup) leaves the store's rows, but not their history."""
+    from warehouse.lake import Lake
+    from warehouse.store import make_engine, utc
+    from warehouse.tables import system_tables
+
+    tables = system_tables(sa.MetaData())
+    change, batch = tables["lgsp_change"], tables["lgsp_batch"]
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("lgsp_change"):
+                return
+            loads = conn.execute(sa.select(change.c.dataset, change.c.batch_id, change.c.committed_at)
+                                 .join(batch, batch.c.batch_id == change.c.batch_id)
+                                 .where(batch.c.lake_path.is_not(None))).all()
+    except sa.exc.SQLAlchemyError:
+        return  # the store's own check says why
+    finally:
+        engine.dispose()
+    lake = Lake(settings.lake_root)
+    by_dataset: dict[str, list[Any]] = {}
+    for load in loads:
+        by_dataset.setdefault(load.dataset, []).append(load)
+    missing = 0
+    for dataset, written in sorted(by_dataset.items()):
+        held = lake.batch_ids(dataset)
+        gone = sorted((utc(w.committed_at), w.batch_id) for w in written if w.batch_id not in held)
+        missing += len(gone)
+        if gone:
+            found.append(Check("lake", f"raw/{dataset}", "warning",
+                               f"{len(gone)} of its {len(written)} loads have no lake file (committed "
+                               f"{gone[0][0]:%Y-%m-%d} to {gone[-1][0]:%Y-%m-%d}, e.g. {gone[0][1]}): their rows "
+                               "are in the store, but "
+                               "`lgsp record` and the disclosure report cannot see those versions",
+                               "put the lake back from a backup (`lgsp backup list`, `lgsp backup restore NAME`)"))
+    if loads and not missing:
+        found.append(Check("lake", "raw/", "ok", f"holds the rows of each of the {len(loads)} loads in the change log"))
 
 
 def _disk(found: list[Check], settings: Settings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,23 @@ def test_a_store_that_does_not_answer_is_an_error(monkeypatch: pytest.MonkeyPatc
     assert _states(found)[("airflow", "metadata")] == "warning", "a PostgreSQL store: Airflow's metadata too"
     monkeypatch.setenv("LGSP_AIRFLOW_DATABASE_URL", "postgresql://airflow@127.0.0.1:1/airflow")
     assert _states(examine())[("airflow", "postgresql://airflow@127.0.0.1:1/airflow")] == "error"
+
+
+def test_a_load_whose_lake_file_is_gone_is_a_warning(lgsp_env: Any, sandbox_handle: Any) -> None:
+    from lgsp import runner
+    from warehouse.lake import Lake
+
+    runner.run_pipeline("population_citizens")
+    runner.run_pipeline("population_citizens")  # nothing changed: a second file, no second load in the change log
+    runner.run_pipeline("business_enterprises")
+    checks = {(c.area, c.subject): c for c in examine()}
+    assert checks[("lake", "raw/")].state == "ok" and "each of the 2 loads" in checks[("lake", "raw/")].said
+    lake = Lake(lgsp_env.lake_root)
+    assert [c.files_after for c in lake.compact("citizen", min_age=timedelta(0))] == [1]
+    assert ("lake", "raw/") in _states(examine()), "a compacted file still says which batches it holds"
+    for path in lake.dataset_path("citizen").glob("*/*.parquet"):
+        path.unlink()  # the disk lost them
+    checks = {(c.area, c.subject): c for c in examine()}
+    gone = checks[("lake", "raw/citizen")]
+    assert gone.state == "warning" and gone.said.startswith("1 of its 1 loads have no lake file"), gone
+    assert "lgsp backup restore" in gone.todo and ("lake", "raw/business_enterprise") not in checks

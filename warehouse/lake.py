@@ -40,7 +40,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -331,6 +331,12 @@ class Lake:
             return
         for group in range(parquet.num_row_groups):
             yield parquet.read_row_group(group)
+
+    def batch_ids(self, dataset: str) -> set[str]:
+        """The batches whose rows the dataset's files hold (a batch file's name; a compacted file's list)."""
+        with self.steady(dataset) if self.dataset_path(dataset).is_dir() else nullcontext():
+            return {batch for path in self.dataset_path(dataset).glob("ingest_date=*/*.parquet")
+                    for batch, _ in _provenance(path, pq.ParquetFile(path))}
 
     def info(self, dataset: str | None = None) -> list[PartitionInfo]:
         """Files, rows and bytes per partition of one dataset (or of every dataset)."""
