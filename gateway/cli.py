@@ -752,19 +752,10 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
 
 def _write_notice(path: Path, report: dict[str, Any], catalog: Any, engine: Any, by: str, lang: str) -> None:
     """The report as the printable notice (gateway.disclosure_document), written atomically to `path`."""
-    import sqlalchemy as sa
+    from gateway.disclosure_document import write_notice
 
-    from gateway import tables
-    from gateway.disclosure_document import render
-
-    with engine.connect() as conn:
-        names = dict(conn.execute(sa.select(tables.agency.c.agency_id, tables.agency.c.name)).all())
-    page = render(report, catalog, names, by, lang)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(page, encoding="utf-8")
-        partial.replace(path)
+        write_notice(path, report, catalog, engine, by, lang)
     except OSError as exc:
         _fail(f"--document {path}: cannot write it: {exc.strerror or exc}")
     notes.print(f"notice for the person ({lang}): {path}")

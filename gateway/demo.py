@@ -73,6 +73,7 @@ class CommuneRead:
     resident: str = ""  # one of the commune's residents, masked, whose disclosure report the demo makes
     named: int = 0  # reads that named the resident
     may_have: list[str] = field(default_factory=list)  # agencies whose reads may have included the resident
+    notice: str = ""  # the printable notice of that report (lgsp audit subject ID --document FILE)
 
 
 def commune_read(base: str, database_url: str, catalog: Catalog) -> CommuneRead | None:
@@ -119,6 +120,7 @@ def _disclosed(read: CommuneRead, database_url: str, catalog: Catalog) -> Commun
     audited as the province makes it."""
     import sqlalchemy as sa
 
+    from gateway.disclosure_document import write_notice
     from gateway.disclosures import disclosures, record_report
     from gateway.policy import mask
     from gateway.service import _write_engine
@@ -134,10 +136,13 @@ def _disclosed(read: CommuneRead, database_url: str, catalog: Catalog) -> Commun
         key = load_gateway_settings(database_url).pseudonym_key
         report = disclosures(engine, catalog, key, resident, lake=Lake(load_settings().lake_root))
         record_report(engine, catalog, key, resident, "demo", sum(len(r) for r in report["records"].values()))
+        notice = write_notice(load_settings().home / "notices" / "disclosure-demo.html", report, catalog, engine,
+                              "demo")
     finally:
         engine.dispose()
     read.resident, read.named = str(mask(resident, b"")), len(report["named"])
     read.may_have = sorted({m["agency_id"] for m in report["may_have"]})
+    read.notice = str(notice)
     return read
 
 

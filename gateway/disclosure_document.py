@@ -17,10 +17,12 @@ value from outside lgsp (an agency's name, a purpose an agency wrote) is escaped
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
+import sqlalchemy as sa
 
 from catalog.models import Catalog
 from gateway.policy import mask
@@ -108,6 +110,22 @@ TEXT: dict[str, dict[str, str]] = {
         "kind_other": "{action}",
     },
 }
+
+
+def write_notice(path: Path, report: dict[str, Any], catalog: Catalog, engine: sa.Engine, by: str,
+                 lang: str = "vi") -> Path:
+    """`render` the report with the agencies' registered names (gateway_agency), written to `path` atomically
+    (a reader never finds half a notice). Raises OSError when it cannot be written."""
+    from gateway import tables
+
+    with engine.connect() as conn:
+        names = dict(conn.execute(sa.select(tables.agency.c.agency_id, tables.agency.c.name)).tuples().all())
+    page = render(report, catalog, names, by, lang)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(page, encoding="utf-8")
+    partial.replace(path)
+    return path
 
 
 def _local(at: datetime | None, lang: str) -> str:

@@ -220,7 +220,8 @@ def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: boo
                       soft_wrap=True)
         console.print(f"Disclosure report: resident {commune.resident} of commune {commune.commune}: "
                       f"{commune.named} read(s) named them; reads that may have included their record: "
-                      f"{', '.join(commune.may_have) or 'none'} (lgsp audit subject ID)", soft_wrap=True)
+                      f"{', '.join(commune.may_have) or 'none'} (lgsp audit subject ID); the notice to hand them: "
+                      f"{commune.notice}", soft_wrap=True)
     console.print(f"Data: warehouse {redact_url(settings.database_url)}; lake {settings.lake_root} "
                   f"(landing/ as received, raw/<dataset>/ingest_date=.../*.parquet)")
     from lgsp.backup import backups

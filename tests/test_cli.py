@@ -62,8 +62,12 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
                                  {"c": scoped.group(2)}).scalar_one()
     assert int(scoped.group(1)) == residents > 0
     disclosed = re.search(r"Disclosure report: resident \*{9}\d{3} of commune (\d+): 0 read\(s\) named them; reads "
-                          r"that may have included their record: ([\w, ]+) \(lgsp audit subject ID\)", said)
+                          r"that may have included their record: ([\w, ]+) \(lgsp audit subject ID\); the notice to "
+                          r"hand them: (\S+\.html)", said)
     assert disclosed is not None and disclosed.group(1) == scoped.group(2), said[-2000:]
+    notice = Path(disclosed.group(3)).read_text(encoding="utf-8")
+    assert "Thông báo về việc cung cấp dữ liệu cá nhân" in notice and "ubnd_xa_demo" not in notice, \
+        "in Vietnamese, the agency by its registered name"
     assert "ubnd_xa_demo" in disclosed.group(2).split(", "), "the commune's reads of its residents"
     asked = re.search(r"Access request: so_xay_dung asked for land_parcel \((req_[0-9a-f]{12})\), the province "
                       r"approved it; its access webhook was told: access_request\.decided \(approved\), "
