@@ -813,11 +813,11 @@ def record_cmd(dataset: str = typer.Argument(..., help="a dataset, e.g. citizen"
     if now is None:
         console.print(f"[bold]{dataset} {named}[/]: not in the table now")
     else:
-        console.print(f"[bold]{dataset} {named}[/]: written by {escape(_write_said(now))} from {now['source_system']}, "
-                   f"loaded {now['loaded_at']:%Y-%m-%d %H:%M:%S} UTC")
+        console.print(f"[bold]{dataset} {named}[/]: written by {escape(_write_said(now))} from "
+                      f"{now['source_system']}, loaded {now['loaded_at']:%Y-%m-%d %H:%M:%S} UTC")
     if found["known_since"] is not None:
         console.print(f"the lake's files begin on {found['known_since']}, after the dataset's first change: the "
-                   "oldest version shown may have had others before it")
+                      "oldest version shown may have had others before it")
     if found["versions"]:
         table = Table(title=f"Versions the table held ({len(found['versions'])}), oldest first")
         for column in ("from (UTC)", "to (UTC)", "write", "what changed"):
@@ -839,7 +839,7 @@ def record_cmd(dataset: str = typer.Argument(..., help="a dataset, e.g. citizen"
         console.print(f"deleted {d['at']:%Y-%m-%d %H:%M:%S} UTC by {escape(_write_said(d))}")
     for q in found["quarantined"]:
         console.print(escape(f"quarantined {q['at']:%Y-%m-%d %H:%M:%S} UTC by {_write_said(q)}: rule {q['rule']}: "
-                          f"{q['reason']} ({q['status']}; lgsp quarantine show {q['quarantine_id'][:12]})"))
+                             f"{q['reason']} ({q['status']}; lgsp quarantine show {q['quarantine_id'][:12]})"))
 
 
 def _when(at: Any, otherwise: str) -> str:

@@ -47,6 +47,9 @@ def typed_key(catalog: Catalog, dataset: str, values: Sequence[str]) -> dict[str
     spec = catalog.datasets.get(dataset)
     if spec is None:
         raise RecordError(f"no dataset {dataset!r}; the datasets: {', '.join(sorted(catalog.datasets))}")
+    if spec.layer == "mart":
+        raise RecordError(f"{dataset} is computed by lgsp from the core tables (the mart), not loaded from a source: "
+                          f"`lgsp indicators list NAME` shows its values; they keep no lake file and no versions")
     if spec.write_mode == "append":
         raise RecordError(f"{dataset} is an append log: it keeps every row it was sent, not versions of a record "
                           f"(query its table, {spec.table_name}, by {', '.join(spec.key)})")

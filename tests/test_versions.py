@@ -180,3 +180,22 @@ def test_a_full_refresh_replaces_a_version_as_the_merge_does() -> None:
     assert [(h.batch_id, h.values["commune_code"]) for h in held] == [("late", "A"), ("run1.s1", "A"),
                                                                        ("legacy-1", "C")]
     assert [h.until for h in held] == [commits["run1.s1"][1], commits["legacy-1"][1], None]
+
+
+def test_a_record_is_asked_for_by_its_whole_key_of_a_loaded_dataset() -> None:
+    from lgsp.record_history import RecordError, typed_key
+
+    catalog = load_catalog()
+    assert typed_key(catalog, "citizen", ["037203001234"]) == {"personal_id": "037203001234"}
+    refusals = {("nope", ("1",)): "no dataset 'nope'; the datasets: admin_unit, citizen",
+                ("citizen", ("1", "2")): "citizen's key is personal_id: give 1 value(s) in that order, got 2",
+                ("indicator_value", ("online_submission_rate", "x", "province", "37", "2025-10")):
+                    "indicator_value is computed by lgsp from the core tables (the mart)",
+                ("land_parcel", ()): "land_parcel's key is parcel_id: give 1 value(s)"}
+    for (dataset, values), said in refusals.items():
+        with pytest.raises(RecordError) as refused:
+            typed_key(catalog, dataset, values)
+        assert str(refused.value).startswith(said), str(refused.value)
+    log = catalog.datasets["citizen"].model_copy(update={"write_mode": "append"})
+    with pytest.raises(RecordError, match="citizen is an append log: it keeps every row it was sent"):
+        typed_key(catalog.model_copy(update={"datasets": {**catalog.datasets, "citizen": log}}), "citizen", ["1"])
