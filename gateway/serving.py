@@ -1,7 +1,10 @@
-"""`lgsp serve --workers N` on Linux: uvicorn's workers, each listening on a socket of its own (SO_REUSEPORT),
-under uvicorn's supervisor, which SIGHUP makes replace them one by one (`reload_running`)."""
+"""`lgsp serve --workers N` on Linux: uvicorn's workers, each on a listening socket of its own slot (SO_REUSEPORT),
+under a supervisor which holds the sockets and which SIGHUP makes replace the workers one by one
+(`reload_running`) without a connection refused or reset."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import socket
@@ -12,28 +15,136 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import multiprocess
+
+logger = logging.getLogger("uvicorn.error")
 
 
 class ListenError(OSError):
     """The gateway cannot listen on its address; the message says which and why."""
 
 
-class ReusePortProcess(multiprocess.Process):
-    """A uvicorn worker listening on a socket of its own (SO_REUSEPORT on the same address).
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on its way out first stops accepting, then waits (up to `drain_s`) for the
+    connections it accepted but which have not sent a request yet to send one, before uvicorn closes the
+    idle ones and finishes the requests in progress.
 
-    With one listening socket shared by the workers (uvicorn's way), whichever worker is idle
-    when a burst of connections arrives accepts most of them, and keep-alive clients stay where
-    they landed: under load one worker had most of the connections and a full core while the
-    other idled. With a socket per worker the kernel spreads new connections over the workers by
-    a hash of their addresses.
+    uvicorn closed every connection without a request in progress at once, one accepted an instant
+    before too, its request on the way: the client, whose request was sent, got "connection reset by
+    peer" or "remote end closed connection without response" during a reload.
     """
 
-    def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover - in the worker
-        super().target([_reuse_port_socket(self.config.host, self.config.port)])
+    drain_s = 2.0
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_s
+        await asyncio.sleep(0.05)  # a connection accepted just now is handed to its protocol
+        while loop.time() < deadline and any(getattr(c, "cycle", True) is None  # none received yet
+                                             for c in self.server_state.connections):
+            await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+
+class SlotWorker(multiprocess.Process):
+    """A uvicorn worker serving one slot's socket, stopping as `DrainingServer` does."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = DrainingServer(config=self.config)
+        return self._server
+
+
+class SlotSupervisor(multiprocess.Multiprocess):
+    """uvicorn's worker supervisor (restarts, health checks, SIGHUP replaces each worker after its
+    replacement is ready, SIGTTIN/SIGTTOU add or remove one), with a listening socket per worker slot,
+    all on one address (SO_REUSEPORT), opened and held by the supervisor.
+
+    With one socket shared by the workers (uvicorn's way), whichever worker is idle when a burst of
+    connections arrives accepts most of them, and keep-alive clients stay where they landed: under load
+    one worker had most of the connections and a full core while the other idled. With a socket per
+    worker the kernel spreads new connections over them by a hash of their addresses.
+
+    The sockets are the supervisor's, not the workers': a worker replaced, restarted or killed closes
+    only its copy, and the connections waiting in its slot's queue are accepted by the next worker of
+    the slot. (A socket closed with connections in its queue resets them; when each worker opened its
+    own, a reload reset the few connections that arrived in the instant its old worker stopped.)
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config, sockets=[])
+        self.slots: list[socket.socket] = []
+
+    def _start(self, slot: int) -> SlotWorker:
+        while len(self.slots) <= slot:
+            self.slots.append(_reuse_port_socket(self.config.host, self.config.port))
+        worker = SlotWorker(self.config, [self.slots[slot]])
+        worker.start()
+        return worker
+
+    def init_processes(self) -> None:
+        self.processes = [self._start(slot) for slot in range(self.processes_num)]
+
+    def restart_all(self) -> None:
+        for slot, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._start(slot)
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                if not self.should_exit.is_set():
+                    logger.error(f"New worker [{new.pid}] was not ready in time; keeping worker [{old.pid}] "
+                                 "and the others, no more replaced")
+                return
+            old.terminate()
+            old.join()
+            self.processes[slot] = new
+
+    def keep_subprocess_alive(self) -> None:
+        for slot, worker in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return  # the supervisor is stopping: no new workers
+            if worker.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            worker.kill()  # hung, or gone
+            worker.join()
+            if worker.exitcode == STARTUP_FAILURE:  # the app cannot start: every new worker would fail alike
+                logger.error(f"Worker [{worker.pid}] failed to start, stopping the gateway.")
+                self.should_exit.set()
+                return
+            logger.info(f"Worker [{worker.pid}] died; starting another on its socket")
+            self.processes[slot] = self._start(slot)
+
+    def handle_ttin(self) -> None:
+        logger.info("Received SIGTTIN: one more worker")
+        self.processes_num += 1
+        self.processes.append(self._start(len(self.processes)))
+
+    def handle_ttou(self) -> None:
+        if self.processes_num <= 1:
+            logger.info("Received SIGTTOU: one worker left, kept")
+            return
+        logger.info("Received SIGTTOU: one worker fewer (connections waiting for it are reset)")
+        self.processes_num -= 1
+        worker = self.processes.pop()
+        worker.terminate()
+        worker.join()
+        self.slots.pop().close()
+
+    def close_slots(self) -> None:
+        for sock in self.slots:
+            sock.close()
+        self.slots.clear()
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """Bound, not listening: its first worker makes it listen (until then a connection is refused, not kept
+    waiting for a worker still starting); from then on it listens until the supervisor closes it."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -91,7 +202,7 @@ def _pid_written(config: uvicorn.Config) -> Iterator[None]:
 
 
 def serve_reuse_port(config: uvicorn.Config) -> None:
-    """uvicorn's worker supervisor (restarts, signals, health checks), each worker with its own socket.
+    """The gateway's workers under `SlotSupervisor`, each on its slot's socket.
 
     The supervisor's pid is written to `pid_file()` while it runs: SIGHUP to it replaces the workers one
     by one (`reload_running`).
@@ -105,12 +216,14 @@ def serve_reuse_port(config: uvicorn.Config) -> None:
             probe.bind((config.host, config.port))
     except OSError as exc:
         raise ListenError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
-    multiprocess.Process = ReusePortProcess  # type: ignore[misc] # the supervisor builds its workers by this name
+    supervisor = SlotSupervisor(config)
     with _pid_written(config):
         try:
-            multiprocess.Multiprocess(config, sockets=[]).run()
+            supervisor.run()
         except KeyboardInterrupt:
             pass
+        finally:
+            supervisor.close_slots()
 
 
 def start_in_thread(app: object, timeout_s: float = 30.0) -> tuple[uvicorn.Server, threading.Thread, str]:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 import yaml
@@ -163,3 +164,69 @@ def test_a_migrated_shared_column_is_served_in_its_new_type_after_the_gateway_re
         finally:
             stop.set()
     assert not (home / "gateway.pid").exists()  # removed on the way out
+
+
+def _workers(supervisor: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(supervisor).children() if "resource_tracker" not in " ".join(p.cmdline())]
+
+
+def test_connections_waiting_for_a_killed_worker_are_served_by_the_next_one(pg_url: str, tmp_path: Path) -> None:
+    """Each worker slot's listening socket is the supervisor's: a worker killed (or replaced) with connections
+    in its queue hands them to the next worker of its slot. When each worker opened its own socket, they were
+    reset as it closed ("connection reset by peer" for a client whose request was sent)."""
+    env = {**os.environ, "LGSP_HOME": str(tmp_path / "home"), "LGSP_DATABASE_URL": pg_url, "PYTHONPATH": str(REPO),
+           "LGSP_GATEWAY_PSEUDONYM_KEY": "a-test-key-of-32-characters-long", "NO_COLOR": "1"}
+    with lgsp_serve(env, tmp_path / "gateway.log") as (gateway, base):
+        workers = _workers(gateway.pid)
+        assert len(workers) == 2, workers
+        for worker in workers:
+            worker.suspend()  # SIGSTOP: connections are accepted by the kernel and wait in the slots' queues
+        answers: list[str] = []
+
+        def ask() -> None:
+            try:
+                answers.append(str(requests.get(f"{base}/health", timeout=60).status_code))
+            except requests.RequestException as exc:
+                answers.append(type(exc).__name__)
+
+        askers = [threading.Thread(target=ask) for _ in range(24)]  # 24 source ports: both slots have some
+        for asker in askers:
+            asker.start()
+        time.sleep(1)
+        assert answers == []  # all waiting
+        for worker in workers:
+            worker.kill()
+        for asker in askers:
+            asker.join()
+        assert Counter(answers) == {"200": 24}, Counter(answers)
+        assert gateway.poll() is None and "starting another on its socket" in (tmp_path / "gateway.log").read_text()
+        replaced = _workers(gateway.pid)
+        assert len(replaced) == 2 and not {p.pid for p in replaced} & {p.pid for p in workers}
+
+
+def test_a_stopping_worker_answers_the_request_of_a_connection_it_had_just_accepted(pg_url: str,
+                                                                                      tmp_path: Path) -> None:
+    """A worker told to stop (a reload, SIGTERM) waits a moment for the request of a connection it accepted but
+    which has not sent one yet. uvicorn closed such a connection at once: a client whose request was on its way
+    got "remote end closed connection without response"."""
+    env = {**os.environ, "LGSP_HOME": str(tmp_path / "home"), "LGSP_DATABASE_URL": pg_url, "PYTHONPATH": str(REPO),
+           "LGSP_GATEWAY_PSEUDONYM_KEY": "a-test-key-of-32-characters-long", "NO_COLOR": "1"}
+    with lgsp_serve(env, tmp_path / "gateway.log") as (gateway, base):
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            local = client.getsockname()[1]
+            deadline = time.monotonic() + 10
+            while not (holder := [w for w in _workers(gateway.pid) if any(
+                    c.raddr and c.raddr.port == local for c in w.net_connections("tcp"))]):
+                assert time.monotonic() < deadline, "no worker accepted the connection"
+                time.sleep(0.05)
+            holder[0].terminate()  # SIGTERM, as a reload sends it
+            time.sleep(0.5)
+            assert holder[0].is_running()  # still waiting for the request
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := client.recv(4096):  # to the end: the worker closes the connection, then goes
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status":"ok"}'), answer
+        holder[0].wait(timeout=10)
+        assert requests.get(f"{base}/health", timeout=30).status_code == 200  # the other worker, and the new one
