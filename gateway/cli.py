@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog import CatalogError, load_catalog
+from lgsp.settings import operator
 
 console = Console(highlight=False, emoji=False)
 # so `lgsp agencies key X > file` captures only the key
@@ -258,10 +259,6 @@ def _decide(action: object) -> dict[str, object]:
     return {}
 
 
-def _decider(by: str | None) -> str:
-    return by or os.environ.get("LGSP_OPERATOR") or os.environ.get("USER") or "province"
-
-
 @agencies_app.command("requests")
 def agencies_requests(status: str = typer.Option("pending", help="pending, approved, denied, withdrawn or all"),
                       agency: str = typer.Option(None, help="only this agency's")) -> None:
@@ -317,7 +314,7 @@ def agencies_approve(request_id: str,
     asked = _access_requests()
     try:
         narrowed = [] if masked else personal or None
-        done = _decide(lambda: asked.approve(request_id, _decider(by), narrowed, ends, note,  # type: ignore
+        done = _decide(lambda: asked.approve(request_id, operator(by), narrowed, ends, note,  # type: ignore
                                              parse_scope(scope) if scope else None, daily_rows))
     finally:
         asked.close()  # type: ignore[attr-defined]
@@ -336,7 +333,7 @@ def agencies_deny(request_id: str, note: str = typer.Option(..., help="why (the 
     """Deny an access request, saying why."""
     asked = _access_requests()
     try:
-        _decide(lambda: asked.deny(request_id, _decider(by), note))  # type: ignore[attr-defined]
+        _decide(lambda: asked.deny(request_id, operator(by), note))  # type: ignore[attr-defined]
     finally:
         asked.close()  # type: ignore[attr-defined]
     console.print(f"{request_id} denied")
@@ -370,7 +367,7 @@ def agencies_disable(agency_id: str = typer.Argument(..., help="e.g. ubnd_huyen_
     and keys are kept for `enable`."""
     registry, _ = _registry()
     _run(lambda: registry.disable(agency_id, note))  # type: ignore[attr-defined]
-    _audited(registry, agency_id, "agency_disabled", {"note": " ".join(note.split()), "by": _decider(by)})
+    _audited(registry, agency_id, "agency_disabled", {"note": " ".join(note.split()), "by": operator(by)})
     console.print(f"agency {agency_id} disabled: its credentials are refused (a running gateway within its "
                   "principal cache, 5 s); lgsp agencies enable gives back what it had")
 
@@ -381,7 +378,7 @@ def agencies_enable(agency_id: str,
     """Enable a disabled agency again: its credentials not revoked and its grants work again."""
     registry, _ = _registry()
     _run(lambda: registry.enable(agency_id))  # type: ignore[attr-defined]
-    _audited(registry, agency_id, "agency_enabled", {"by": _decider(by)})
+    _audited(registry, agency_id, "agency_enabled", {"by": operator(by)})
     console.print(f"agency {agency_id} enabled")
 
 
@@ -716,9 +713,9 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
         _fail(f"--lang {lang!r}: a notice is written in vi or en")
     found = sum(len(r) for r in report["records"].values())
     catalog = registry.catalog  # type: ignore[attr-defined]
-    record_report(engine, catalog, key, personal_id, _decider(by), found)  # type: ignore[arg-type]
+    record_report(engine, catalog, key, personal_id, operator(by), found)  # type: ignore[arg-type]
     if document is not None:
-        _write_notice(document, report, catalog, engine, _decider(by), lang)
+        _write_notice(document, report, catalog, engine, operator(by), lang)
     if as_json:
         print(json_lib.dumps(report, default=str, ensure_ascii=False))
         return

@@ -140,8 +140,15 @@ MESSAGES: dict[str, tuple[str, str]] = {
                               "a lookup in the platform's copy"),
     "kind_subject_report": ("lập một thông báo như thông báo này",
                             "the making of such a notice"),
+    "kind_record_history": ("cán bộ của tỉnh xem lịch sử bản ghi (kiểm tra dữ liệu)",
+                            "a province officer looked at the record's history (a data check)"),
+    "kind_record_history_received": ("cán bộ của tỉnh xem lịch sử bản ghi và dữ liệu hệ thống nguồn đã gửi",
+                                     "a province officer looked at the record's history and at what its source "
+                                     "sent"),
     "kind_other": ("{action}",
                    "{action}"),
+    "province_officer": ("Nền tảng dữ liệu của tỉnh (cán bộ: {by})",
+                         "the province's data platform (officer: {by})"),
 }
 TEXT: dict[str, dict[str, str]] = {lang: {key: pair[i] for key, pair in MESSAGES.items()}
                                    for i, lang in enumerate(("vi", "en"))}
@@ -207,6 +214,8 @@ def render(report: dict[str, Any], catalog: Catalog, agencies: dict[str, str], b
         return (shared.title_vi or english) if lang == "vi" and shared is not None else english
 
     def named_agency(agency_id: str) -> str:
+        if agency_id.startswith("province:"):
+            return text["province_officer"].format(by=agency_id.split(":", 1)[1])
         return agencies.get(agency_id) or agency_id
 
     def version(v: dict[str, Any]) -> str:

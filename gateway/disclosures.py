@@ -36,7 +36,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from catalog.models import Catalog
+from catalog.models import Catalog, DatasetSpec
 from gateway import tables
 from gateway.policy import pseudonym
 from gateway.records import QueryError, coerce
@@ -57,11 +57,42 @@ def subject_columns(catalog: Catalog) -> dict[str, list[str]]:
     """The shared columns holding a person's ID, by dataset."""
     found: dict[str, list[str]] = {}
     for name, shared in catalog.sharing.items():
-        checked = {c.column for c in catalog.datasets[name].checks if getattr(c, "rule", None) == "cccd"}
-        columns = [c for c in shared.columns if c in checked or c == "personal_id" or c.endswith("_personal_id")]
+        columns = personal_id_columns(catalog.datasets[name], shared.columns)
         if columns:
             found[name] = columns
     return found
+
+
+def personal_id_columns(spec: DatasetSpec, columns: Iterable[str]) -> list[str]:
+    """Those of `columns` holding a person's ID: checked by the `cccd` rule, or named `personal_id` or
+    `*_personal_id`."""
+    checked = {c.column for c in spec.checks if getattr(c, "rule", None) == "cccd"}
+    return [c for c in columns if c in checked or c == "personal_id" or c.endswith("_personal_id")]
+
+
+def record_engineer_read(engine: sa.Engine, spec: DatasetSpec, key: bytes, shown: dict[str, Any], by: str,
+                         action: str, rows: int) -> bool:
+    """A province officer's read of one record with its history (`lgsp record`) in the audit, as
+    `province:<by>`: its key (pseudonymised where it is a person's ID) and the pseudonym of every person's ID
+    the read showed (a parcel's holders, then and now), so each of them finds it among the reads that named
+    them. False (nothing written) when `shown` holds no person's ID."""
+    from gateway.audit import AuditEntry, AuditLog
+
+    personal = personal_id_columns(spec, spec.columns)
+    ids = sorted({pseudonym(str(v), key) for c in personal for v in shown.get(c, ()) if v is not None})
+    if not ids:
+        return False
+    from gateway.tables import create_gateway_tables
+
+    filters = [[c, "eq", pseudonym(str(v), key) if c in personal else v] for c, v in shown["_key"].items()]
+    create_gateway_tables(engine)
+    log = AuditLog(engine)
+    try:
+        log.record(AuditEntry(agency_id=f"province:{by}", dataset=spec.name, action=action,
+                              query={"filters": filters, "shown": ids}, rows_returned=rows, status=200))
+    finally:
+        log.close()
+    return True
 
 
 def _admits(query: dict[str, Any], record: dict[str, Any], spec: Any, personal: set[str], key: bytes) -> bool:

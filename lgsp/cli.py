@@ -46,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog import CatalogError, load_catalog
-from lgsp.settings import load_settings, redact_url
+from lgsp.settings import load_settings, operator, redact_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lgsp: data integration and sharing for a Vietnamese province (LGSP).")
@@ -790,15 +790,20 @@ def record_cmd(dataset: str = typer.Argument(..., help="a dataset, e.g. citizen"
                key: list[str] = typer.Argument(..., help="the record's key value(s), in the key's order"),
                received: bool = typer.Option(False, "--received", help="each version as its source sent it (the "
                                                                         "batch's landed page)"),
-               as_json: bool = typer.Option(False, "--json", help="print it as one JSON line")) -> None:
+               as_json: bool = typer.Option(False, "--json", help="print it as one JSON line"),
+               by: str = typer.Option(None, help="who asks (default $LGSP_OPERATOR or $USER); audited where the "
+                                                 "record holds a person's ID")) -> None:
     """What lgsp knows of one record: the row now and the write behind it, each version the table held (when,
-    from which batch, what changed), its deletions and its quarantined rows."""
+    from which batch, what changed), its deletions and its quarantined rows. A record holding a person's ID:
+    the read is audited, and the person's disclosure report lists it (`lgsp audit subject`)."""
     from lgsp.record_history import RecordError, record
     from warehouse.lake import Lake
 
     wh = _warehouse()
+    catalog = load_catalog()
     try:
-        found = record(wh, load_catalog(), Lake(load_settings().lake_root), dataset, key, received)
+        found = record(wh, catalog, Lake(load_settings().lake_root), dataset, key, received)
+        _audit_record(wh, catalog.datasets[dataset], found, by, received)
     except RecordError as exc:
         fail(str(exc))
     finally:
@@ -840,6 +845,31 @@ def record_cmd(dataset: str = typer.Argument(..., help="a dataset, e.g. citizen"
     for q in found["quarantined"]:
         console.print(escape(f"quarantined {q['at']:%Y-%m-%d %H:%M:%S} UTC by {_write_said(q)}: rule {q['rule']}: "
                              f"{q['reason']} ({q['status']}; lgsp quarantine show {q['quarantine_id'][:12]})"))
+
+
+def _audit_record(wh: Any, spec: Any, found: dict[str, Any], by: str | None, received: bool) -> None:
+    """`lgsp record`'s read in the gateway's audit when it shows a person's ID (`record_engineer_read`).
+    Without the pseudonym key there is no gateway and no disclosure report to list it: said, not refused."""
+    from gateway.audit import AuditUnavailable
+    from gateway.disclosures import personal_id_columns, record_engineer_read
+    from gateway.settings import GatewayConfigError, load_gateway_settings
+    from lgsp.record_history import shown_values
+
+    if not personal_id_columns(spec, spec.columns):
+        return
+    try:
+        secret = load_gateway_settings().pseudonym_key
+    except GatewayConfigError:
+        Console(highlight=False, stderr=True, emoji=False).print(
+            "not audited: this record holds a person's ID, and LGSP_GATEWAY_PSEUDONYM_KEY (the gateway's pseudonym "
+            "key) is not set here; set it as the gateway has it to audit reads of personal data")
+        return
+    action = "record_history_received" if received else "record_history"
+    try:
+        record_engineer_read(wh.engine, spec, secret, shown_values(found), operator(by), action,
+                             len(found["versions"]))
+    except AuditUnavailable as exc:
+        fail(f"{exc}: the record is not shown (a read of personal data must be audited); is the database up?")
 
 
 def _when(at: Any, otherwise: str) -> str:

@@ -121,6 +121,18 @@ def record(wh: Warehouse, catalog: Catalog, lake: Lake, dataset: str, values: Se
     }
 
 
+def shown_values(found: dict[str, Any]) -> dict[str, Any]:
+    """Every value `found` (a `record` result) shows, by column (the row now, each version, each as received),
+    and its key under `_key`: what the audit of the read needs."""
+    rows = [found["now"] or {}] + [v["values"] for v in found["versions"]]
+    rows += [v["received"]["record"] for v in found["versions"] if v.get("received")]
+    shown: dict[str, Any] = {"_key": found["key"]}
+    for row in rows:
+        for column, value in row.items():
+            shown.setdefault(column, []).append(value)
+    return shown
+
+
 def as_received(lake: Lake, pipeline: str | None, batch_id: str, key: dict[str, Any]) -> dict[str, Any] | None:
     """The record `key` as the batch's landed pages have it (the last, if paged twice): `page` (its path) and
     `record`; None when the batch has no landed page of it (pruned by retention, or a write that lands none: a

@@ -56,3 +56,9 @@ def env_number(name: str, default: float) -> float:
     if value < 0:
         raise ValueError(f"{name}={text!r}: give a number of 0 or more (default {default:g})")
     return value
+
+
+def operator(by: str | None = None) -> str:
+    """Who acts at the province (a decision, a report, a read of a record), as the audit names them: `by`,
+    else $LGSP_OPERATOR, else $USER."""
+    return by or os.environ.get("LGSP_OPERATOR") or os.environ.get("USER") or "province"

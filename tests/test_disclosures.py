@@ -145,7 +145,7 @@ def _reload(monkeypatch: pytest.MonkeyPatch, sandbox: Any, data: Any, variable: 
         return runner.run_pipeline(pipeline)
 
 
-def test_each_read_is_judged_on_the_record_as_it_was_when_read(env: Env, sandbox_handle: Any,
+def test_each_read_is_judged_on_the_record_as_it_was_when_read(env: Env, sandbox_handle: Any, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A resident who moves commune, and a parcel that changes holder: the reads before the change are judged
     on the earlier version (the lake's files and the change log), those after on the new one."""
@@ -200,6 +200,33 @@ def test_each_read_is_judged_on_the_record_as_it_was_when_read(env: Env, sandbox
     said = " ".join(words.output.split())
     assert words.exit_code == 0, said
     assert "earlier in land_parcel: 1 version(s) no longer held: " in said and parcel["parcel_id"] in said
+
+    # an officer looks at the parcel's history (its holder then and now in clear): both holders see it named
+    looked = CliRunner().invoke(lgsp_app, ["record", "land_parcel", parcel["parcel_id"], "--by", "can_bo_ttdl"])
+    assert looked.exit_code == 0 and pid in looked.stdout and before in looked.stdout, looked.output
+    for person in (before, pid):
+        said = CliRunner().invoke(lgsp_app, ["audit", "subject", person, "--json"])
+        report = json.loads(said.stdout.splitlines()[-1])
+        assert [(r["agency_id"], r["dataset"], r["action"], r["rows_returned"]) for r in report["named"]
+                if r["action"].startswith("record_")] == [("province:can_bo_ttdl", "land_parcel", "record_history", 2)]
+    notice = tmp_path / "notice.html"
+    assert CliRunner().invoke(lgsp_app, ["audit", "subject", pid, "--document", str(notice), "--lang", "en"]
+                              ).exit_code == 0
+    assert ["the province's data platform (officer: can_bo_ttdl)", load_catalog().datasets["land_parcel"].title,
+            "a province officer looked at the record's history (a data check)"] in [
+        row[1:4] for row in Notice(notice.read_text(encoding="utf-8")).rows["named"]]
+    with env.registry.engine.connect() as conn:
+        logged = conn.execute(sa.text("SELECT query FROM gateway_audit WHERE action = 'record_history'")).scalar_one()
+    assert parcel["parcel_id"] in logged and pid not in logged and before not in logged, "IDs only as pseudonyms"
+    runner.run_pipeline("business_enterprises")
+    firm = CliRunner().invoke(lgsp_app, ["record", "enterprise", data.enterprises[0]["tax_code"]])
+    assert firm.exit_code == 0, firm.output
+    monkeypatch.delenv("LGSP_GATEWAY_PSEUDONYM_KEY")
+    unkeyed = CliRunner().invoke(lgsp_app, ["record", "citizen", pid], env={"COLUMNS": "300"})
+    assert unkeyed.exit_code == 0 and "not audited: this record holds a person's ID" in unkeyed.output
+    with env.registry.engine.connect() as conn:
+        audited = conn.execute(sa.text("SELECT count(*) FROM gateway_audit WHERE action LIKE 'record_history%'"))
+        assert audited.scalar() == 1, "a firm holds no person's ID; without the key nothing could be audited"
 
 
 class Notice(HTMLParser):
