@@ -177,6 +177,25 @@ def reload_running() -> int | None:
     return pid
 
 
+def workers_of(supervisor: int) -> set[int]:
+    """The pids of the live workers of `lgsp serve`'s supervisor `supervisor` (not multiprocessing's resource
+    tracker, not a worker that exited and was not yet reaped)."""
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return set()
+    found = set()
+    for child in children:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if state != "Z" and b"resource_tracker" not in command:
+            found.add(int(child))
+    return found
+
+
 def is_lgsp_serve(pid: int) -> bool:
     """Whether process `pid` is an `lgsp serve` (its command line: .../lgsp serve ...)."""
     try:

@@ -27,6 +27,7 @@ import yaml
 
 from airflow_helpers import BIN, REPO
 from catalog import load_catalog
+from gateway.serving import workers_of
 from test_warehouse_migrate import typed_firm
 from test_write_modes import batch, firms, write
 from warehouse import Warehouse
@@ -167,7 +168,7 @@ def test_a_migrated_shared_column_is_served_in_its_new_type_after_the_gateway_re
 
 
 def _workers(supervisor: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(supervisor).children() if "resource_tracker" not in " ".join(p.cmdline())]
+    return [psutil.Process(pid) for pid in workers_of(supervisor)]
 
 
 def test_connections_waiting_for_a_killed_worker_are_served_by_the_next_one(pg_url: str, tmp_path: Path) -> None:
