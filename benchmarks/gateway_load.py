@@ -126,11 +126,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
-    """`lgsp serve` in its own process group; waits until /health answers."""
+def start_server(env: dict[str, str], port: int, workers: int, log: Any = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """`lgsp serve` in its own process group, its warnings and errors to `log` (an open file); waits until /health
+    answers."""
     server = subprocess.Popen([str(ROOT / ".venv/bin/lgsp"), "serve", "--port", str(port), "--workers", str(workers),
                                "--log-level", "warning"], env={**os.environ, **env}, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -26,27 +27,55 @@ class ListenError(OSError):
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, which on its way out first stops accepting, then waits (up to `drain_s`) for the
-    connections it accepted but which have not sent a request yet to send one, before uvicorn closes the
-    idle ones and finishes the requests in progress.
+    """uvicorn's server, which on its way out (a reload, SIGTERM) first stops accepting, then for up to
+    `drain_s` goes on answering the connections it has, each answer saying `Connection: close` (the client
+    opens its next connection to another worker), before uvicorn closes what is left and finishes the
+    requests in progress.
 
-    uvicorn closed every connection without a request in progress at once, one accepted an instant
-    before too, its request on the way: the client, whose request was sent, got "connection reset by
-    peer" or "remote end closed connection without response" during a reload.
+    uvicorn closed every connection without a request in progress at once: one accepted an instant before,
+    its request on the way, and a client's kept-alive connection, its next request on the way. Either
+    client, whose request was sent, got "connection reset by peer" or "remote end closed connection
+    without response" during a reload (`benchmarks/gateway_reload.py`).
     """
 
     drain_s = 2.0
+    draining = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self.config.loaded:
+            self.config.load()
+        self.config.loaded_app = _CloseWhenDraining(self.config.loaded_app, self)
+        await super().serve(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.draining = True
         for server in self.servers:
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_s
         await asyncio.sleep(0.05)  # a connection accepted just now is handed to its protocol
-        while loop.time() < deadline and any(getattr(c, "cycle", True) is None  # none received yet
-                                             for c in self.server_state.connections):
+        while self.server_state.connections and loop.time() < deadline:
             await asyncio.sleep(0.05)
         await super().shutdown(sockets)
+
+
+class _CloseWhenDraining:
+    """The app, whose answers say `Connection: close` once its server drains (uvicorn then closes the
+    connection after the answer)."""
+
+    def __init__(self, app: Any, server: DrainingServer) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not self.server.draining or scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        return await self.app(scope, receive, closing)
 
 
 class SlotWorker(multiprocess.Process):
@@ -75,6 +104,8 @@ class SlotSupervisor(multiprocess.Multiprocess):
     own, a reload reset the few connections that arrived in the instant its old worker stopped.)
     """
 
+    ready_timeout_s = 90.0
+
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config, sockets=[])
         self.slots: list[socket.socket] = []
@@ -90,16 +121,20 @@ class SlotSupervisor(multiprocess.Multiprocess):
         self.processes = [self._start(slot) for slot in range(self.processes_num)]
 
     def restart_all(self) -> None:
+        """Replace each worker, its replacement started and ready before the old one stops. A replacement gets
+        `ready_timeout_s` to start (uvicorn gives it its 5 s health check: under load a worker took longer to
+        import, the reload was abandoned and the workers not yet replaced kept the old catalog)."""
         for slot, old in enumerate(self.processes):
             if self.should_exit.is_set():
                 return
             new = self._start(slot)
-            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+            if not new.wait_until_ready(max(self.ready_timeout_s, self.config.timeout_worker_healthcheck),
+                                        self.should_exit):
                 new.kill()
                 new.join()
                 if not self.should_exit.is_set():
-                    logger.error(f"New worker [{new.pid}] was not ready in time; keeping worker [{old.pid}] "
-                                 "and the others, no more replaced")
+                    logger.error(f"New worker [{new.pid}] was not ready in {self.ready_timeout_s:.0f} s; keeping "
+                                 f"worker [{old.pid}] and the others not yet replaced: send SIGHUP again")
                 return
             old.terminate()
             old.join()

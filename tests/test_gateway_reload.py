@@ -205,29 +205,56 @@ def test_connections_waiting_for_a_killed_worker_are_served_by_the_next_one(pg_u
         assert len(replaced) == 2 and not {p.pid for p in replaced} & {p.pid for p in workers}
 
 
-def test_a_stopping_worker_answers_the_request_of_a_connection_it_had_just_accepted(pg_url: str,
-                                                                                      tmp_path: Path) -> None:
-    """A worker told to stop (a reload, SIGTERM) waits a moment for the request of a connection it accepted but
-    which has not sent one yet. uvicorn closed such a connection at once: a client whose request was on its way
-    got "remote end closed connection without response"."""
+def _holder(supervisor: int, client: socket.socket) -> psutil.Process:
+    """The worker that accepted `client`'s connection."""
+    local, deadline = client.getsockname()[1], time.monotonic() + 10
+    while True:
+        for worker in _workers(supervisor):
+            if any(c.raddr and c.raddr.port == local for c in worker.net_connections("tcp")):
+                return worker
+        assert time.monotonic() < deadline, "no worker accepted the connection"
+        time.sleep(0.05)
+
+
+def _answer(client: socket.socket) -> bytes:
+    """Send GET /health on `client`, read one answer (headers and its 15-byte body)."""
+    client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b'{"status":"ok"}') and (chunk := client.recv(4096)):
+        answer += chunk
+    return answer
+
+
+def test_a_stopping_worker_answers_the_requests_of_the_connections_it_holds(pg_url: str, tmp_path: Path) -> None:
+    """A worker told to stop (a reload, SIGTERM) goes on answering, for a moment, the connections it holds: one
+    it accepted that has not sent its request yet, and a kept-alive one; each answer says `Connection: close`,
+    then the connection closes. uvicorn closed both at once: a client whose request was on its way got "remote
+    end closed connection without response" or "connection reset by peer"."""
     env = {**os.environ, "LGSP_HOME": str(tmp_path / "home"), "LGSP_DATABASE_URL": pg_url, "PYTHONPATH": str(REPO),
            "LGSP_GATEWAY_PSEUDONYM_KEY": "a-test-key-of-32-characters-long", "NO_COLOR": "1"}
     with lgsp_serve(env, tmp_path / "gateway.log") as (gateway, base):
         port = int(base.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
-            local = client.getsockname()[1]
-            deadline = time.monotonic() + 10
-            while not (holder := [w for w in _workers(gateway.pid) if any(
-                    c.raddr and c.raddr.port == local for c in w.net_connections("tcp"))]):
-                assert time.monotonic() < deadline, "no worker accepted the connection"
-                time.sleep(0.05)
-            holder[0].terminate()  # SIGTERM, as a reload sends it
+        fresh = socket.create_connection(("127.0.0.1", port), timeout=30)
+        worker, kept = _holder(gateway.pid, fresh), None
+        for _ in range(40):  # another connection to the same worker (the kernel spreads them by address)
+            candidate = socket.create_connection(("127.0.0.1", port), timeout=30)
+            if _holder(gateway.pid, candidate).pid == worker.pid:
+                kept = candidate
+                break
+            candidate.close()
+        assert kept is not None
+        try:
+            first = _answer(kept)
+            assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()  # kept alive
+            worker.terminate()  # SIGTERM, as a reload sends it
             time.sleep(0.5)
-            assert holder[0].is_running()  # still waiting for the request
-            client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = b""
-            while chunk := client.recv(4096):  # to the end: the worker closes the connection, then goes
-                answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status":"ok"}'), answer
-        holder[0].wait(timeout=10)
+            assert worker.is_running()  # still answering
+            for client in (fresh, kept):
+                answer = _answer(client)
+                assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower(), answer
+                assert client.recv(1) == b""  # then closed by the worker
+        finally:
+            fresh.close()
+            kept.close()
+        worker.wait(timeout=10)
         assert requests.get(f"{base}/health", timeout=30).status_code == 200  # the other worker, and the new one
