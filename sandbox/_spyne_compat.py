@@ -1,7 +1,7 @@
-"""Make spyne 2.14 importable on Python 3.12+ (and quiet on 3.11).
+"""Make spyne 2.14 importable on Python 3.12+ (and quiet on 3.11), and stop its per-request GC.
 
 Import this module before anything from ``spyne``; importing it installs the
-fixes (idempotent). Two problems are patched, nothing else is touched:
+fixes (idempotent). Three problems are patched, nothing else is touched:
 
 1. spyne bundles six 1.14 (``spyne.util.six``), whose meta-path importer only
    has the legacy ``find_module``/``load_module``. Python 3.11 falls back to
@@ -14,6 +14,15 @@ fixes (idempotent). Two problems are patched, nothing else is touched:
    (only for ``cgi.parse_header``); ``cgi`` was removed in Python 3.13. If it
    is missing, a minimal ``cgi`` module providing ``parse_header`` is
    registered.
+3. spyne's ``MethodContext.close`` runs a full ``gc.collect()`` after a request
+   whenever a second has passed since the last (``spyne.const.MIN_GC_INTERVAL``),
+   "to have file descriptors returned in a timely manner" (attachments, which
+   the sandbox does not use). A full collection holds the GIL for as long as
+   the whole heap takes to walk: in the process that also runs lgsp (the test
+   suite, the demo) that grew to seconds, so a 15-record page or the WSDL took
+   longer than a client's timeout. The interval is set to infinity, as
+   spyne's own tests do; CPython's reference counting still frees everything
+   at once, and its generational collector still runs as usual.
 
 Example:
     >>> import sandbox._spyne_compat  # noqa: F401
@@ -108,13 +117,16 @@ def _parse_header(line: str) -> tuple[str, dict[str, str]]:
 
 
 def install() -> None:
-    """Install both fixes (safe to call repeatedly)."""
+    """Install the three fixes (safe to call repeatedly)."""
     if not any(isinstance(f, _SixMovesFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _SixMovesFinder())
     if "cgi" not in sys.modules and importlib.util.find_spec("cgi") is None:
         cgi = types.ModuleType("cgi", "Minimal stand-in for the removed stdlib cgi module (spyne needs parse_header).")
         cgi.parse_header = _parse_header  # type: ignore[attr-defined]
         sys.modules["cgi"] = cgi
+    from spyne import const  # after the finder and cgi: spyne imports both
+
+    const.MIN_GC_INTERVAL = float("inf")  # never a gc.collect() per request
 
 
 install()

@@ -178,3 +178,10 @@ def test_gateway_reload_benchmark_reloads_under_load_and_counts_what_clients_saw
     assert 0 < figures["reload_s"]["mean"] <= figures["reload_s"]["max"]
     for run in ("connection_per_request", "pooled"):
         assert figures[run]["requests"] > 20 and figures[run]["errors"] == sum(figures[run]["error_kinds"].values())
+
+
+def test_sandbox_gc_benchmark_times_a_page_with_spynes_collection_and_without() -> None:
+    figures = _figures("benchmarks/sandbox_gc.py", "--heap", "10000", "--requests", "1", "--gap", "0")
+    assert figures["heap"] == 10000 and figures["collect_ms"] > 0
+    assert set(figures["results"]) == {"spyne_default", "lgsp"}
+    assert all(row["median_ms"] > 0 for row in figures["results"].values())

@@ -282,6 +282,31 @@ def test_concurrent_requests(sb, soap):
     assert sum(len(r[0]) for r in results) == 400 and sum(len(r[1]) for r in results) == 400
 
 
+def test_a_soap_request_never_forces_a_full_garbage_collection(sb, soap):
+    """spyne ran gc.collect() after a request once a second: in a big process, seconds holding the GIL."""
+    import gc
+
+    import spyne.context
+
+    full = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(info)
+
+    spyne.context._LAST_GC_RUN = 0.0  # as if the last one was long ago: spyne would collect now
+    gc.disable()  # no automatic collection meanwhile: only a forced one can count
+    gc.callbacks.append(count)
+    try:
+        for _ in range(3):
+            soap.service.ListChangedCitizens(since=None, page=1, page_size=5)
+            requests.get(sb.population_wsdl, timeout=10).raise_for_status()
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()
+    assert full == []
+
+
 # --- faults ----------------------------------------------------------------------------------
 
 
