@@ -47,6 +47,9 @@ from warehouse.versions import Held, Versions, held_versions
 
 PERSONAL_ID = re.compile(r"^[0-9]{12}$")
 BULK = ("records", "changes", "ckan_datastore_search")  # and export_<format>_done: the rows an export sent
+RECORD_READS = ("record_history", "record_history_received")
+"""`lgsp record` by a province officer (`record_engineer_read`): named in the report whatever the dataset, shared
+or not (a civil-status event shows both spouses' IDs, a civil servant's record theirs)."""
 
 
 class DisclosureError(ValueError):
@@ -164,7 +167,8 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
                 records[name] = [{c: r[c] for c in shared} for r in found]
             if timeline.known_since is not None:
                 known[name] = timeline.known_since
-        within = [a.dataset.in_(list(columns))] + ([a.recorded_at >= since] if since is not None else [])
+        within = [sa.or_(a.dataset.in_(list(columns)), a.action.in_(RECORD_READS))] + (
+            [a.recorded_at >= since] if since is not None else [])
         named = conn.execute(sa.select(a.recorded_at, a.agency_id, a.dataset, a.action, a.rows_returned, a.status)
                              .where(*within, a.query.contains(ps, autoescape=True))
                              .order_by(a.recorded_at, a.chain, a.seq)).mappings().all()

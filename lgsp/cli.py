@@ -851,7 +851,7 @@ def _audit_record(wh: Any, spec: Any, found: dict[str, Any], by: str | None, rec
     """`lgsp record`'s read in the gateway's audit when it shows a person's ID (`record_engineer_read`).
     Without the pseudonym key there is no gateway and no disclosure report to list it: said, not refused."""
     from gateway.audit import AuditUnavailable
-    from gateway.disclosures import personal_id_columns, record_engineer_read
+    from gateway.disclosures import RECORD_READS, personal_id_columns, record_engineer_read
     from gateway.settings import GatewayConfigError, load_gateway_settings
     from lgsp.record_history import shown_values
 
@@ -864,7 +864,7 @@ def _audit_record(wh: Any, spec: Any, found: dict[str, Any], by: str | None, rec
             "not audited: this record holds a person's ID, and LGSP_GATEWAY_PSEUDONYM_KEY (the gateway's pseudonym "
             "key) is not set here; set it as the gateway has it to audit reads of personal data")
         return
-    action = "record_history_received" if received else "record_history"
+    action = RECORD_READS[1] if received else RECORD_READS[0]
     try:
         record_engineer_read(wh.engine, spec, secret, shown_values(found), operator(by), action,
                              len(found["versions"]))

@@ -229,6 +229,36 @@ def test_each_read_is_judged_on_the_record_as_it_was_when_read(env: Env, sandbox
         assert audited.scalar() == 1, "a firm holds no person's ID; without the key nothing could be audited"
 
 
+
+def test_an_officers_read_of_a_dataset_no_agency_is_shared_names_each_person_it_showed(env: Env, sandbox_handle: Any,
+                                                                                       tmp_path: Path) -> None:
+    """civil_status_event is not shared: no agency reads it, but `lgsp record` of a marriage shows both spouses'
+    IDs in clear, so both their reports name that read."""
+    from lgsp import runner
+
+    runner.run_pipeline("civil_status_events")
+    data = sandbox_handle.data
+    bad = data.defects("civil_status_event")
+    marriage = next(e for e in data.civil_status_events
+                    if e["event_type"] == "marriage" and e["spouse_personal_id"] and e["event_id"] not in bad)
+    spouses = (marriage["personal_id"], marriage["spouse_personal_id"])
+    looked = CliRunner().invoke(lgsp_app, ["record", "civil_status_event", marriage["event_id"], "--by", "can_bo_ht",
+                                           "--json"])
+    assert looked.exit_code == 0 and all(p in looked.stdout for p in spouses), looked.output
+    assert "civil_status_event" not in load_catalog().sharing
+    for person in spouses:
+        said = CliRunner().invoke(lgsp_app, ["audit", "subject", person, "--json"])
+        assert said.exit_code == 0, said.output
+        report = json.loads(said.stdout.splitlines()[-1])
+        assert [(r["agency_id"], r["dataset"], r["action"], r["status"]) for r in report["named"]] == [
+            ("province:can_bo_ht", "civil_status_event", "record_history", 200)]
+        assert "civil_status_event" not in report["records"], "what agencies may read is the shared datasets"
+    notice = tmp_path / "notice.html"
+    assert CliRunner().invoke(lgsp_app, ["audit", "subject", spouses[1], "--document", str(notice)]).exit_code == 0
+    title = load_catalog().datasets["civil_status_event"].title
+    assert [["Nền tảng dữ liệu của tỉnh (cán bộ: can_bo_ht)", title]] == [
+        row[1:3] for row in Notice(notice.read_text(encoding="utf-8")).rows["named"] if row[2] == title]
+
 class Notice(HTMLParser):
     """A notice's headings and, per section, its table rows (each a list of cell texts)."""
 
