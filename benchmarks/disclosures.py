@@ -25,6 +25,14 @@ leave them, each in the change log), and two more steps are timed:
               records as they were when read (warehouse.versions: the lake's rows of the person, then every
               row of their records, and the change log)
 
+With `--held-rows` (default 600,000; about 20 years of a province's births, marriages and deaths) the
+warehouse holds that many civil-status events (a dataset no agency is shared: the person is the spouse in one
+and registered in another), and `--quarantine-rows` (default 50,000) quarantined rows (the person in two);
+one more step is timed:
+
+  held        what the report adds for them (`held`, `quarantined`): the events naming the person in a column no
+              agency may read (no index: one pass over the table), the quarantined rows holding the ID
+
 The audit spans N x 7 seconds (81 days at a million rows), so the last day is ~1% of it and the unusual
 check's 8 days ~10%: what those cost against the scan says whether they read only their window.
 
@@ -43,8 +51,10 @@ import sys
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
@@ -54,7 +64,7 @@ from gateway_load import add_database_options, ratio, scratch_warehouse  # noqa:
 from migrate import chunk, fill, fill_lake, without_phone  # noqa: E402
 
 from gateway import tables  # noqa: E402
-from gateway.disclosures import disclosures  # noqa: E402
+from gateway.disclosures import _held, _quarantined, disclosures  # noqa: E402
 from gateway.usage import unusual, usage  # noqa: E402
 from gateway.policy import pseudonym  # noqa: E402
 from gateway.tables import create_gateway_tables  # noqa: E402
@@ -97,6 +107,42 @@ def audit_rows(n: int, citizens: list[tuple[str, str]], communes: list[str], sub
         yield rows
 
 
+def fill_held(wh: Warehouse, catalog: Any, rows: int, quarantined: int, subject: str) -> None:
+    """`rows` civil-status events (the subject registered in the first, the spouse in the second) and `quarantined`
+    rejected rows (the subject's ID in the first two payloads) into the warehouse."""
+    from lgsp.runner import _with_lineage, quarantine_row
+    from schemas.arrow import arrow_schema
+
+    spec = catalog.datasets["civil_status_event"]
+    t0 = datetime(2006, 1, 1, tzinfo=timezone.utc)
+
+    def events(start: int, n: int) -> pa.Table:
+        ids = range(start, start + n)
+        person = [subject if i == 0 else f"0371{i % 10**8:08d}" for i in ids]
+        spouse = [subject if i == 1 else f"0370{i % 10**8:08d}" if i % 4 == 1 else None for i in ids]
+        day = [date(2006, 1, 1) + timedelta(days=i % 7300) for i in ids]
+        table = pa.table({
+            "event_id": [f"HT37-{i:08d}" for i in ids],
+            "event_type": ["marriage" if s else "birth" if i % 2 else "death" for i, s in zip(ids, spouse)],
+            "registration_no": [f"{i % 999}/{2006 + i % 20}" for i in ids], "registered_on": day, "event_date": day,
+            "personal_id": person, "full_name": [f"Trần Thị {i % 9973}" for i in ids],
+            "sex": ["female" if i % 2 else "male" for i in ids], "birth_date": [date(1980, 1, 1)] * n,
+            "spouse_personal_id": spouse, "commune_code": ["14455"] * n,
+            "updated_at": [t0 + timedelta(seconds=i) for i in ids]}, schema=arrow_schema(spec))
+        return _with_lineage(table, SimpleNamespace(system=SimpleNamespace(name="civil_status")),  # type: ignore
+                             "bench-held")
+
+    with wh.transaction() as conn:
+        wh.write_chunks(conn, spec, (events(start, min(CHUNK, rows - start)) for start in range(0, rows, CHUNK)))
+        q = wh.system["lgsp_quarantine"]
+        for start in range(0, quarantined, CHUNK):
+            conn.execute(q.insert(), [quarantine_row(spec, "civil_status_events", "bench-quarantine", {
+                "event_id": f"HT37-Q{i:07d}", "event_type": "adoption", "personal_id": subject if i < 2 else
+                f"0372{i:08d}", "full_name": f"Lê Văn {i}", "registered_on": "2025-08-01"}, "enum:event_type",
+                "event_type 'adoption' is not one of birth, marriage, death")
+                for i in range(start, min(start + CHUNK, quarantined))])
+
+
 def fill_lake_batches(wh: Warehouse, lake: Lake, rows: int, small: int) -> None:
     """The citizens' lake: migrate.py's batches of `rows` citizens, then `small` batches of 1,000 of them (a
     citizen's later versions, the same values), every batch a write of the change log, in that order."""
@@ -120,6 +166,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--lake-rows", type=int, default=1_000_000, help="citizen rows in the lake (0: no lake)")
     parser.add_argument("--lake-batches", type=int, default=200, help="small batches of 1,000 rows after them")
+    parser.add_argument("--held-rows", type=int, default=600_000, help="civil-status events (not shared; 0: none)")
+    parser.add_argument("--quarantine-rows", type=int, default=50_000, help="quarantined rows")
     add_database_options(parser)
     args = parser.parse_args()
     from quality.reference import province_communes
@@ -150,9 +198,15 @@ def main() -> None:
                   flush=True)
             fill_lake_batches(wh, lake, args.lake_rows, args.lake_batches)
             figures["lake_rows"], figures["lake_batches"] = args.lake_rows, args.lake_batches
+        if args.held_rows:
+            print(f"==> {args.held_rows:,} civil-status events and {args.quarantine_rows:,} quarantined rows",
+                  flush=True)
+            fill_held(wh, catalog, args.held_rows, args.quarantine_rows, subject)
+            figures["held_rows"], figures["quarantine_rows"] = args.held_rows, args.quarantine_rows
         if wh.dialect == "postgresql":  # as autovacuum leaves an audit written over weeks: visibility, statistics
             with wh.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql("VACUUM ANALYZE gateway_audit")
+                for table in ("gateway_audit", catalog.datasets["civil_status_event"].table_name, "lgsp_quarantine"):
+                    conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
 
         def scan() -> int:
             with wh.engine.connect() as conn:
@@ -164,6 +218,10 @@ def main() -> None:
         def lake_scan() -> int:
             return sum(int(pc.sum(pc.equal(pq.read_table(f, columns=["personal_id"])["personal_id"], subject)).as_py()
                            or 0) for f in lake.dataset_path("citizen").glob("*/*.parquet"))
+
+        def held() -> tuple[Any, Any]:
+            with wh.engine.connect() as conn:
+                return _held(conn, catalog, subject), _quarantined(conn, subject)
 
         def report_lake() -> dict[str, Any]:
             return disclosures(wh.engine, catalog, KEY, subject, lake=lake)
@@ -177,6 +235,8 @@ def main() -> None:
         steps = (("scan", scan), ("report", report), ("usage", lambda: usage(wh.engine)),
                  ("usage_day", lambda: usage(wh.engine, last_read - timedelta(days=1), last_read + second)),
                  ("unusual", lambda: unusual(wh.engine, last_read + timedelta(seconds=1), min_rows=0)))
+        if args.held_rows:
+            steps += (("held", held),)
         if args.lake_rows:
             steps += (("lake_scan", lake_scan), ("report_lake", report_lake))
         for name, action in steps:
@@ -192,6 +252,11 @@ def main() -> None:
                 assert figures["named"] >= len(range(0, args.rows, 10_000)), figures  # and random lookups of them
                 figures["may_have_groups"] = len(result["may_have"])  # type: ignore[index]
                 assert result["records"]["citizen"][0]["personal_id"] == subject  # type: ignore[index]
+            if name == "held":
+                events, rejected = result  # type: ignore[misc]
+                figures["held_found"] = [len(events.get("civil_status_event", [])),
+                                         len(rejected.get("civil_status_event", []))]
+                assert figures["held_found"] == [2 if args.held_rows > 1 else 1, min(2, args.quarantine_rows)], figures
             if name == "report_lake":
                 figures["lake_versions"] = 1 + len(result["earlier"].get("citizen", []))  # type: ignore[index]
                 assert result["named"] == report()["named"], "the lake changes which reads may have, not who named"
@@ -203,20 +268,24 @@ def main() -> None:
                 figures["usage_groups"] = len(result)  # type: ignore[arg-type]
                 assert (sum(u["requests"] for u in result), sum(u["rows"] for u in result)) == \
                     tuple(int(v) for v in expected), (figures, expected)  # type: ignore[union-attr]
-        for name in ("report", "usage", "usage_day", "unusual"):  # unrounded: a tiny scan is ~0
+        for name in [n for n in ("report", "usage", "usage_day", "unusual", "held") if n in figures]:  # unrounded
             figures[name]["x_scan"] = ratio(medians[name], medians["scan"])
         if args.lake_rows:  # the lake's part of the report against reading the lake's ID column once
             figures["report_lake"]["x_lake_scan"] = ratio(medians["report_lake"] - medians["report"],
                                                           medians["lake_scan"])
         wh.engine.dispose()
     print(f"\n{'step':<12}{'first s':>10}{'median s':>10}{'x scan':>8}")
-    for name in ("scan", "report", "usage", "usage_day", "unusual", "lake_scan", "report_lake"):
+    for name in ("scan", "report", "usage", "usage_day", "unusual", "held", "lake_scan", "report_lake"):
         if name in figures:
             f = figures[name]
             print(f"{name:<12}{f['first_s']:>10}{f['median_s']:>10}{str(f.get('x_scan', 1.0)):>8}")
     if "report_lake" in figures:
         print(f"the lake's part of the report (report_lake - report): {figures['report_lake']['x_lake_scan']}x "
               f"the lake scan; {figures['lake_versions']} version(s) of the person found")
+    if "held" in figures:
+        print(f"held: {figures['held_found'][0]} event(s) and {figures['held_found'][1]} quarantined row(s) of the "
+              f"person among {figures['held_rows']:,} and {figures['quarantine_rows']:,}; "
+              f"{figures['held']['median_s'] / figures['report']['median_s']:.2f}x the report")
     print(f"the report: {figures['named']} read(s) named the person, {figures['may_have_groups']} group(s) of reads "
           f"may have included them; usage: {figures['usage_groups']} agency-dataset pair(s); unusual: "
           f"{figures['unusual_flagged']}")

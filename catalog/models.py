@@ -283,6 +283,7 @@ class DatasetSpec(Strict):
 
     name: Identifier
     title: str
+    title_vi: str = ""  # the Vietnamese title where no catalog/sharing.yaml entry gives one (a person's notice)
     layer: Literal["core", "mart"] = "core"
     key: list[str] = Field(min_length=1)
     cursor_field: str | None = None

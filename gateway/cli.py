@@ -694,7 +694,7 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
     import json as json_lib
     from datetime import date, datetime, time, timezone
 
-    from gateway.disclosures import DisclosureError, disclosures, record_report
+    from gateway.disclosures import DisclosureError, disclosures, record_report, records_shown
     from gateway.settings import GatewayConfigError, load_gateway_settings
     from lgsp.settings import load_settings
     from warehouse.lake import Lake
@@ -711,9 +711,8 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
         _fail(f"--since {since!r}: give a date, YYYY-MM-DD")
     if lang not in ("vi", "en"):
         _fail(f"--lang {lang!r}: a notice is written in vi or en")
-    found = sum(len(r) for r in report["records"].values())
     catalog = registry.catalog  # type: ignore[attr-defined]
-    record_report(engine, catalog, key, personal_id, operator(by), found)  # type: ignore[arg-type]
+    record_report(engine, catalog, key, personal_id, operator(by), records_shown(report))  # type: ignore[arg-type]
     if document is not None:
         _write_notice(document, report, catalog, engine, operator(by), lang)
     if as_json:
@@ -725,12 +724,21 @@ def audit_subject(personal_id: str = typer.Argument(..., help="the person's 12-d
         console.print(f"  earlier in {name}: {len(versions)} version(s) no longer held: " + "; ".join(
             f"{_span_said(v['since'], v['until'])} {_values_said(v['values'], report['records'].get(name))}"
             for v in versions))
+    for name, held in report["held"].items():
+        console.print(f"  held, no agency may read it: {name} ({len(held)}): " + "; ".join(
+            " ".join(f"{k} {v}" for k, v in h["key"].items()) + f" as {', '.join(h['as'])}" for h in held))
+    for name, rows in report["quarantined"].items():
+        console.print(f"  quarantined (rejected by lgsp's checks, kept until the source corrects it; no agency may "
+                      f"read it): {name} ({len(rows)}): " + "; ".join(
+                          f"{q['record_key']} {q['rule']} ({q['status']}, `lgsp quarantine show "
+                          f"{q['quarantine_id'][:12]}`)" for q in rows))
     for name, day in report["known_since"].items():
         console.print(f"  {name}: the lake's files begin on {day}, after its first change (removed by hand, or "
                       "an older lake restored): each record's oldest version known is taken as held from the beginning")
     console.print(f"Reads that named them: {len(report['named'])}")
     for r in report["named"]:
-        console.print(f"  {r['recorded_at']:%Y-%m-%d %H:%M:%S} UTC  {r['agency_id']}  {r['dataset']}  {r['action']}  "
+        console.print(f"  {r['recorded_at']:%Y-%m-%d %H:%M:%S} UTC  {r['agency_id']}  {', '.join(r['datasets'])}  "
+                      f"{r['action']}  "
                       f"status {r['status']}" + (f", {r['rows_returned']} row(s)" if r["rows_returned"] else ""))
     console.print(f"Reads that may have included their records: {len(report['may_have'])}")
     for m in report["may_have"]:

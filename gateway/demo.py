@@ -121,7 +121,7 @@ def _disclosed(read: CommuneRead, database_url: str, catalog: Catalog) -> Commun
     import sqlalchemy as sa
 
     from gateway.disclosure_document import write_notice
-    from gateway.disclosures import disclosures, record_report
+    from gateway.disclosures import disclosures, record_report, records_shown
     from gateway.policy import mask
     from gateway.service import _write_engine
     from gateway.settings import load_gateway_settings
@@ -135,7 +135,7 @@ def _disclosed(read: CommuneRead, database_url: str, catalog: Catalog) -> Commun
                                     {"c": read.commune}).scalar_one()
         key = load_gateway_settings(database_url).pseudonym_key
         report = disclosures(engine, catalog, key, resident, lake=Lake(load_settings().lake_root))
-        record_report(engine, catalog, key, resident, "demo", sum(len(r) for r in report["records"].values()))
+        record_report(engine, catalog, key, resident, "demo", records_shown(report))
         notice = write_notice(load_settings().home / "notices" / "disclosure-demo.html", report, catalog, engine,
                               "demo")
     finally:

@@ -6,10 +6,12 @@ renders it as one self-contained, printable HTML page (no script, no outside fil
 saved as PDF, or sent), in Vietnamese by default or in English:
 
 1. where the person's data is in the shared datasets now, and where it was (a commune they moved from);
-2. the reads that named them: when (Vietnam time), which agency, which dataset, how, with what result;
-3. the reads that may have included their data: agency, dataset, how, how many times, when, on which
+2. what the platform holds of them and provides to no agency (a dataset not shared, rows its checks
+   held back);
+3. the reads that named them: when (Vietnam time), which agency, which dataset, how, with what result;
+4. the reads that may have included their data: agency, dataset, how, how many times, when, on which
    condition (the agency's filters and the rows its grant covers);
-4. why: each of those agencies' grant, with the purpose and legal basis it was approved on.
+5. why: each of those agencies' grant, with the purpose and legal basis it was approved on.
 
 The person's ID is shown masked but for its last three digits; no other person's data is in it. Every
 value from outside lgsp (an agency's name, a purpose an agency wrote) is escaped.
@@ -64,8 +66,20 @@ MESSAGES: dict[str, tuple[str, str]] = {
                       "the beginning of the records kept"),
     "no_data": ("Không có dữ liệu của ông/bà trong các bộ dữ liệu dùng chung.",
                 "None of your data is in the shared datasets."),
-    "named_heading": ("2. Các lần tra cứu đích danh ông/bà",
-                      "2. Reads that named you"),
+    "kept_heading": ("2. Dữ liệu của ông/bà Nền tảng lưu giữ, không cung cấp cho cơ quan, tổ chức nào",
+                     "2. Your data the platform holds and provides to no agency"),
+    "kept_intro": ("Các hệ thống nguồn gửi những dữ liệu này đến Nền tảng; Nền tảng lưu giữ nhưng không cung cấp cho "
+                   "cơ quan, tổ chức nào. Lần cán bộ của tỉnh xem dữ liệu này (nếu có) được nêu ở mục 3.",
+                   "The source systems sent this data to the platform, which holds it and provides it to no agency. "
+                   "A province officer's look at it, if any, is in section 3."),
+    "kept_records": ("Bản ghi",
+                     "Records"),
+    "named_as": ("Ông/bà có tên tại",
+                 "Where you are named"),
+    "quarantined": ("{n} bản ghi chưa đạt kiểm tra của Nền tảng, được giữ lại chờ hệ thống nguồn sửa",
+                    "{n} record(s) that failed the platform's checks, held back until the source corrects them"),
+    "named_heading": ("3. Các lần tra cứu đích danh ông/bà",
+                      "3. Reads that named you"),
     "named_intro": ("Cơ quan hỏi đúng số định danh của ông/bà (tra cứu, lọc theo số định danh).",
                     "An agency asked for your personal ID itself (a lookup, a filter on the ID)."),
     "when": ("Thời điểm",
@@ -78,8 +92,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
                "Result"),
     "none": ("Không có lần nào.",
              "None."),
-    "may_heading": ("3. Các lần cơ quan có thể đã nhận dữ liệu của ông/bà",
-                    "3. Reads that may have included your data"),
+    "may_heading": ("4. Các lần cơ quan có thể đã nhận dữ liệu của ông/bà",
+                    "4. Reads that may have included your data"),
     "may_intro": ("Cơ quan đọc nhiều bản ghi cùng lúc (danh sách, tải xuống, đồng bộ bản sao) với điều kiện mà dữ "
                   "liệu của ông/bà thỏa mãn vào thời điểm đọc. Nhật ký không lưu từng bản ghi đã gửi, nên đây là "
                   "những lần có thể đã bao gồm dữ liệu của ông/bà.",
@@ -98,8 +112,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
                      "every record granted"),
     "scope": ("chỉ các bản ghi có {column} thuộc {values}",
               "only records whose {column} is in {values}"),
-    "why_heading": ("4. Mục đích và căn cứ pháp lý",
-                    "4. Purpose and legal basis"),
+    "why_heading": ("5. Mục đích và căn cứ pháp lý",
+                    "5. Purpose and legal basis"),
     "purpose": ("Mục đích",
                 "Purpose"),
     "basis": ("Căn cứ pháp lý",
@@ -209,9 +223,17 @@ def render(report: dict[str, Any], catalog: Catalog, agencies: dict[str, str], b
     now = now or datetime.now(timezone.utc)
 
     def title(name: str) -> str:
-        english = catalog.datasets[name].title if name in catalog.datasets else name
-        shared = catalog.sharing.get(name)
-        return (shared.title_vi or english) if lang == "vi" and shared is not None else english
+        spec, shared = catalog.datasets.get(name), catalog.sharing.get(name)
+        english = spec.title if spec is not None else name
+        if lang != "vi":
+            return english
+        return (shared.title_vi if shared is not None else "") or (spec.title_vi if spec is not None else "") or english
+
+    def column(name: str, c: str) -> str:
+        spec = catalog.datasets[name].columns.get(c) if name in catalog.datasets else None
+        if spec is None:
+            return c
+        return (spec.description_vi if lang == "vi" else "") or spec.description or c
 
     def named_agency(agency_id: str) -> str:
         if agency_id.startswith("province:"):
@@ -227,8 +249,13 @@ def render(report: dict[str, Any], catalog: Catalog, agencies: dict[str, str], b
              if report["records"].get(name) else text["none_now"],
              "earlier": [version(v) for v in report["earlier"].get(name, [])]}
             for name in sorted(set(report["records"]) | set(report["earlier"]))]
+    kept = [{"dataset": title(name), "records": text["records_now"].format(n=len(held)),
+             "named_as": [column(name, c) for c in dict.fromkeys(c for h in held for c in h["as"])]}
+            for name, held in report.get("held", {}).items()]
+    kept += [{"dataset": title(name), "records": text["quarantined"].format(n=len(rows)), "named_as": ""}
+             for name, rows in report.get("quarantined", {}).items()]
     named = [{"when": _local(r["recorded_at"], lang), "agency": named_agency(r["agency_id"]),
-              "dataset": title(r["dataset"]),
+              "dataset": title(r["dataset"]) if len(r.get("datasets") or ()) < 2 else [title(d) for d in r["datasets"]],
               "how": _kind(r["action"], text), "result": _result(r["status"], r["rows_returned"], text)}
              for r in report["named"]]
     may = [{"agency": named_agency(m["agency_id"]), "dataset": title(m["dataset"]), "how": _kind(m["action"], text),
@@ -247,4 +274,4 @@ def render(report: dict[str, Any], catalog: Catalog, agencies: dict[str, str], b
         lang=lang, t=text, lead=text["lead"].format(id=mask(report["personal_id"], b"")),
         made=text["made"].format(when=_local(now, lang), by=by),
         period=text["period_since"].format(since=_local(since, lang)) if since else text["period_all"],
-        held=held, named=named, may=may, why=why)
+        held=held, kept=kept, named=named, may=may, why=why)

@@ -3,8 +3,8 @@
 A person may ask the province to whom their data was provided, when and for what purpose (the personal
 data protection law, Law 91/2025/QH15, in force since 2026-01-01, as Decree 13/2023 before it). Every read
 of the gateway is a row of the hash-chained audit (gateway.audit): who, which dataset, the query (a value
-asked of a personal column kept as its keyed pseudonym), the rows returned. From it and the shared views,
-for a 12-digit personal ID:
+asked of a personal column kept as its keyed pseudonym), the rows returned. From it, the shared views,
+the core tables and the quarantine, for a 12-digit personal ID:
 
 - **records**: where the person is in the shared datasets now: each dataset with a shared column holding
   a personal ID (a column the `cccd` rule checks, or named `*personal_id`: `citizen.personal_id`,
@@ -20,7 +20,13 @@ for a 12-digit personal ID:
   one of many; an export may stop early). A search (`q`) over a dataset with personal columns is not
   kept in the audit, so such a read counts as may;
 - **why**: each of those agencies' grant on the dataset and the purpose and legal basis of the access
-  request it was approved on, when it was.
+  request it was approved on, when it was;
+- **held**: what lgsp holds of the person that no agency may read: the records of a dataset that is not
+  shared (a marriage names both spouses in `civil_status_event`; `civil_servant`), or whose column naming
+  them is left out of its shared view (`held_columns`), each with its key and the columns naming them;
+- **quarantined**: rows naming them that lgsp's checks rejected (`lgsp_quarantine`, open or closed: kept
+  until the source corrects them, never shared), with the rule and reason. A replayed row is the record it
+  became.
 
 Making the report is itself audited (`subject_report`, one row per dataset looked in, the ID as its
 pseudonym): the next report on the same person names it.
@@ -41,8 +47,10 @@ from gateway import tables
 from gateway.policy import pseudonym
 from gateway.records import QueryError, coerce
 from warehouse.lake import Lake
+from schemas.sql import core_table
 from warehouse.shared import shared_views
 from warehouse.store import utc
+from warehouse.tables import system_tables
 from warehouse.versions import Held, Versions, held_versions
 
 PERSONAL_ID = re.compile(r"^[0-9]{12}$")
@@ -63,6 +71,26 @@ def subject_columns(catalog: Catalog) -> dict[str, list[str]]:
         columns = personal_id_columns(catalog.datasets[name], shared.columns)
         if columns:
             found[name] = columns
+    return found
+
+
+def held_columns(catalog: Catalog) -> dict[str, list[str]]:
+    """The columns holding a person's ID that no agency may read, by dataset: every such column of a dataset that
+    is not shared, and those its shared view leaves out."""
+    found: dict[str, list[str]] = {}
+    for name, spec in catalog.datasets.items():
+        shared = catalog.sharing.get(name)
+        columns = [c for c in personal_id_columns(spec, spec.columns) if shared is None or c not in shared.columns]
+        if columns:
+            found[name] = columns
+    return found
+
+
+def looked_in(catalog: Catalog) -> dict[str, list[str]]:
+    """Every dataset the report looks in, with the columns it looks at: shared or not."""
+    found = {name: list(columns) for name, columns in subject_columns(catalog).items()}
+    for name, columns in held_columns(catalog).items():
+        found.setdefault(name, []).extend(columns)
     return found
 
 
@@ -136,8 +164,8 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
                 since: datetime | None = None, lake: Lake | None = None) -> dict[str, Any]:
     """The disclosure report of one person (see the module's docstring) as a dict: `records` (now), `earlier`
     (versions no longer held, with when), `known_since` (per dataset, when the lake's files begin, if its
-    older ones were pruned), `named`, `may_have`, `grants`. Without `lake`, records are judged as they are
-    now.
+    older ones were pruned), `named`, `may_have`, `grants`, `held` (records no agency may read) and
+    `quarantined` (rows rejected by the checks). Without `lake`, records are judged as they are now.
 
     Raises:
         DisclosureError: `personal_id` is not 12 digits.
@@ -167,11 +195,13 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
                 records[name] = [{c: r[c] for c in shared} for r in found]
             if timeline.known_since is not None:
                 known[name] = timeline.known_since
-        within = [sa.or_(a.dataset.in_(list(columns)), a.action.in_(RECORD_READS))] + (
+        held_only = _held(conn, catalog, personal_id)
+        quarantined = _quarantined(conn, personal_id)
+        within = [sa.or_(a.dataset.in_(list(looked_in(catalog))), a.action.in_(RECORD_READS))] + (
             [a.recorded_at >= since] if since is not None else [])
-        named = conn.execute(sa.select(a.recorded_at, a.agency_id, a.dataset, a.action, a.rows_returned, a.status)
-                             .where(*within, a.query.contains(ps, autoescape=True))
-                             .order_by(a.recorded_at, a.chain, a.seq)).mappings().all()
+        named = _one_per_report(conn.execute(
+            sa.select(a.recorded_at, a.agency_id, a.dataset, a.action, a.rows_returned, a.status, a.chain, a.seq)
+            .where(*within, a.query.contains(ps, autoescape=True)).order_by(a.recorded_at, a.chain, a.seq)).mappings())
         bulk = [a.status == 200, a.rows_returned > 0, sa.or_(a.action.in_(BULK), a.action.like("export_%_done")),
                 sa.not_(a.query.contains(ps, autoescape=True))]
         may_have = []
@@ -184,8 +214,79 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
                for name, held in versions.items()}
     return {"personal_id": personal_id, "since": since, "records": records,
             "earlier": {name: held for name, held in earlier.items() if held}, "known_since": known,
-            "named": [{**dict(r), "recorded_at": utc(r["recorded_at"])} for r in named],
-            "may_have": may_have, "grants": _grants(engine, agencies, list(columns))}
+            "named": named,
+            "may_have": may_have, "grants": _grants(engine, agencies, list(columns)), "held": held_only,
+            "quarantined": quarantined}
+
+
+def _one_per_report(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """The reads that named the person, each with `datasets`; an earlier report's rows (`subject_report`, one per
+    dataset it looked in, written one after another) as one entry, its `dataset` "*"."""
+    named: list[dict[str, Any]] = []
+    last: tuple[int, int] | None = None
+    for row in rows:
+        entry = {k: row[k] for k in ("recorded_at", "agency_id", "dataset", "action", "rows_returned", "status")}
+        entry["recorded_at"], entry["datasets"] = utc(row["recorded_at"]), [row["dataset"]]
+        before = named[-1] if named else None
+        if (before is not None and last == (row["chain"], row["seq"] - 1) and row["action"] == "subject_report"
+                and (before["action"], before["agency_id"]) == ("subject_report", row["agency_id"])):
+            before["datasets"].append(row["dataset"])
+            before["dataset"] = "*"
+        else:
+            named.append(entry)
+        last = (row["chain"], row["seq"])
+    return named
+
+
+def _held(conn: sa.Connection, catalog: Catalog, personal_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Per dataset, the records naming the person in a column no agency may read (`held_columns`): each one's
+    key and the columns naming them, in key order; every version of a history dataset's record counts."""
+    existing = set(sa.inspect(conn).get_table_names())
+    metadata = sa.MetaData()
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name, held in held_columns(catalog).items():
+        spec = catalog.datasets[name]
+        if spec.table_name not in existing:  # never loaded
+            continue
+        table = core_table(spec, metadata)
+        keys = [table.c[k] for k in spec.key]
+        entries: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in conn.execute(sa.select(*keys, *(table.c[c] for c in held)).distinct()
+                                .where(sa.or_(*(table.c[c] == personal_id for c in held))).order_by(*keys)).mappings():
+            entry = entries.setdefault(tuple(row[k] for k in spec.key), {"key": {k: row[k] for k in spec.key},
+                                                                           "as": []})
+            entry["as"] += [c for c in held if row[c] == personal_id and c not in entry["as"]]
+        if entries:
+            found[name] = list(entries.values())
+    return found
+
+
+def _named_in(value: Any, personal_id: str) -> bool:
+    """Whether a quarantined payload (a record as received, maybe nested) holds the ID as a value."""
+    if isinstance(value, dict):
+        return any(_named_in(v, personal_id) for v in value.values())
+    if isinstance(value, list):
+        return any(_named_in(v, personal_id) for v in value)
+    return isinstance(value, str) and value.strip() == personal_id
+
+
+def _quarantined(conn: sa.Connection, personal_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Per dataset, the quarantined rows (open or closed) whose payload holds the ID: the rule that rejected
+    each, why, its record's key, its state and when."""
+    q = system_tables(sa.MetaData())["lgsp_quarantine"]
+    if not sa.inspect(conn).has_table(q.name):
+        return {}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in conn.execute(sa.select(q.c.dataset, q.c.quarantine_id, q.c.rule, q.c.reason, q.c.record_key,
+                                      q.c.status, q.c.quarantined_at, q.c.payload)
+                            .where(q.c.payload.contains(personal_id), q.c.status != "replayed")
+                            .order_by(q.c.dataset, q.c.quarantined_at, q.c.quarantine_id)).mappings():
+        if _named_in(json.loads(row["payload"]), personal_id):
+            found.setdefault(row["dataset"], []).append({
+                "quarantine_id": row["quarantine_id"], "rule": row["rule"], "reason": row["reason"],
+                "record_key": row["record_key"], "status": row["status"],
+                "quarantined_at": utc(row["quarantined_at"])})
+    return found
 
 
 def _reads_of(conn: sa.Connection, catalog: Catalog, key: bytes, name: str, held: list[Held],
@@ -243,6 +344,11 @@ def _grants(engine: sa.Engine, agencies: Iterable[str], datasets: list[str]) -> 
              "legal_basis": x["legal_basis"]} for x in grants]
 
 
+def records_shown(report: dict[str, Any]) -> int:
+    """How many of the person's records a report shows: in the shared datasets and held by lgsp alone."""
+    return sum(len(r) for r in report["records"].values()) + sum(len(r) for r in report["held"].values())
+
+
 def record_report(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: str, by: str,
                   found: int) -> None:
     """The report in the audit: one `subject_report` row per dataset looked in, by `province:<by>`."""
@@ -250,7 +356,7 @@ def record_report(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: 
 
     log = AuditLog(engine)
     try:
-        for name, held in subject_columns(catalog).items():
+        for name, held in looked_in(catalog).items():
             log.record(AuditEntry(agency_id=f"province:{by}", dataset=name, action="subject_report",
                                   query={"filters": [[c, "eq", pseudonym(personal_id, key)] for c in held]},
                                   rows_returned=found, status=200))

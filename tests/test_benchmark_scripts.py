@@ -141,7 +141,9 @@ def test_scoped_reads_benchmark_reads_exactly_the_communes_rows_each_way() -> No
 
 def test_disclosures_benchmark_finds_every_read_that_named_the_person() -> None:
     figures = _figures("benchmarks/disclosures.py", "--sqlite", "--rows", "20000", "--repeat", "2",
-                       "--lake-rows", "100000", "--lake-batches", "20")
+                       "--lake-rows", "100000", "--lake-batches", "20", "--held-rows", "30000",
+                       "--quarantine-rows", "3000")
+    assert figures["held_found"] == [2, 2] and figures["held"]["median_s"] > 0, "the events and rows naming them"
     assert figures["named"] >= 2 and figures["may_have_groups"] > 0  # rows 0 and 10,000 look the person up
     assert figures["lake_versions"] == 2, "the full sync's file and the second small batch hold the person"
     assert figures["report_lake"]["median_s"] > 0 and figures["lake_scan"]["median_s"] > 0

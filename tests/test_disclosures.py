@@ -255,9 +255,80 @@ def test_an_officers_read_of_a_dataset_no_agency_is_shared_names_each_person_it_
         assert "civil_status_event" not in report["records"], "what agencies may read is the shared datasets"
     notice = tmp_path / "notice.html"
     assert CliRunner().invoke(lgsp_app, ["audit", "subject", spouses[1], "--document", str(notice)]).exit_code == 0
-    title = load_catalog().datasets["civil_status_event"].title
-    assert [["Nền tảng dữ liệu của tỉnh (cán bộ: can_bo_ht)", title]] == [
-        row[1:3] for row in Notice(notice.read_text(encoding="utf-8")).rows["named"] if row[2] == title]
+    title = load_catalog().datasets["civil_status_event"].title_vi  # not shared: the dataset's own Vietnamese title
+    from gateway.disclosure_document import TEXT
+
+    looked = TEXT["vi"]["kind_record_history"]  # the reports above looked in civil_status_event too: named as well
+    assert [["Nền tảng dữ liệu của tỉnh (cán bộ: can_bo_ht)", title, looked]] == [
+        row[1:4] for row in Notice(notice.read_text(encoding="utf-8")).rows["named"] if row[2] == title
+        and row[3] == looked]
+
+
+def test_the_report_lists_what_lgsp_holds_of_the_person_that_no_agency_may_read(env: Env, sandbox_handle: Any,
+                                                                                 tmp_path: Path) -> None:
+    """civil_status_event is not shared, but lgsp holds it: each event naming the person is in the report (its
+    key, as the registered person or as the spouse), and so is a row lgsp's checks rejected (its rule; open, then
+    closed: still held); the text, the notice and the audit say so."""
+    from lgsp import runner
+
+    runner.run_pipeline("civil_status_events")
+    data = sandbox_handle.data
+    bad = data.defects("civil_status_event")
+    events = sorted(data.civil_status_events, key=lambda e: e["event_id"])
+    marriage = next(e for e in events if e["event_type"] == "marriage" and e["spouse_personal_id"]
+                    and e["event_id"] not in bad)
+    spouse = marriage["spouse_personal_id"]
+    expected = [{"key": {"event_id": e["event_id"]},
+                 "as": [c for c in ("personal_id", "spouse_personal_id") if e[c] == spouse]}
+                for e in events if spouse in (e["personal_id"], e["spouse_personal_id"]) and e["event_id"] not in bad]
+    said = CliRunner().invoke(lgsp_app, ["audit", "subject", spouse, "--json", "--by", "can_bo_tn"])
+    assert said.exit_code == 0, said.output
+    report = json.loads(said.stdout.splitlines()[-1])
+    assert {"key": {"event_id": marriage["event_id"]}, "as": ["spouse_personal_id"]} in expected
+    assert report["held"] == {"civil_status_event": expected}
+    assert "civil_status_event" not in report["records"] and report["named"] == []
+
+    rules = {"event_type_unknown": "enum:event_type", "commune_unknown": "commune_code:commune_code"}
+    rejected = next(e for e in events if bad.get(e["event_id"]) in rules)  # its personal ID is still valid
+    rule = rules[bad[rejected["event_id"]]]
+    person = rejected["personal_id"]
+
+    def quarantined() -> list[tuple[str, str, str, str]]:
+        result = CliRunner().invoke(lgsp_app, ["audit", "subject", person, "--json"])
+        assert result.exit_code == 0, result.output
+        found = json.loads(result.stdout.splitlines()[-1])
+        assert rejected["event_id"] not in [h["key"]["event_id"] for h in found["held"].get("civil_status_event", [])]
+        rows = found["quarantined"]["civil_status_event"]
+        assert all(q["record_key"] in bad for q in rows), "only rows naming the person"
+        return [(q["record_key"], q["rule"], q["status"], q["quarantine_id"]) for q in rows
+                if q["record_key"] == rejected["event_id"]]
+
+    ((key, said_rule, status, qid),) = quarantined()
+    assert (key, said_rule, status) == (rejected["event_id"], rule, "open")
+    assert CliRunner().invoke(lgsp_app, ["quarantine", "close", qid]).exit_code == 0
+    assert quarantined() == [(rejected["event_id"], rule, "closed", qid)], "closed: dealt with, still held"
+
+    text = CliRunner().invoke(lgsp_app, ["audit", "subject", spouse], env={"COLUMNS": "300"})
+    assert (f"held, no agency may read it: civil_status_event ({len(expected)}): "
+            in " ".join(text.output.split())), text.output
+    assert f"event_id {marriage['event_id']} as spouse_personal_id" in " ".join(text.output.split())
+    notice = tmp_path / "notice.html"
+    assert CliRunner().invoke(lgsp_app, ["audit", "subject", spouse, "--document", str(notice)]).exit_code == 0
+    catalog = load_catalog()
+    columns = catalog.datasets["civil_status_event"].columns
+    as_said = [columns[c].description_vi for c in dict.fromkeys(c for h in expected for c in h["as"])]
+    kept = Notice(notice.read_text(encoding="utf-8")).rows["kept"]
+    assert kept == [["Sự kiện hộ tịch (khai sinh, kết hôn, khai tử)", f"{len(expected)} bản ghi", *as_said]]
+    with env.registry.engine.connect() as conn:
+        looked = {r[0] for r in conn.execute(sa.text(
+            "SELECT dataset FROM gateway_audit WHERE action = 'subject_report' AND agency_id = 'province:can_bo_tn'"))}
+    assert looked == {"citizen", "land_parcel", "civil_status_event", "civil_servant"}, "audited where it looked"
+    last = CliRunner().invoke(lgsp_app, ["audit", "subject", spouse, "--json"])
+    reports = [(r["agency_id"], r["dataset"], r["datasets"]) for r in json.loads(last.stdout.splitlines()[-1])["named"]
+               if r["action"] == "subject_report" and r["agency_id"] == "province:can_bo_tn"]
+    every = ["citizen", "land_parcel", "civil_status_event", "civil_servant"]
+    assert reports == [("province:can_bo_tn", "*", every)], "an earlier report is one entry, whatever it looked in"
+
 
 class Notice(HTMLParser):
     """A notice's headings and, per section, its table rows (each a list of cell texts)."""
