@@ -756,7 +756,8 @@ def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, se
     looks the same as one that deleted them; nor when the refresh received fewer records than the source
     counted when it began (`pulled`: (records received, the source's count or None)): a pull that stopped
     short looks the same too. `batches`: the refresh's batches, when several (a partitioned run's slices;
-    `batch_id` then only names the removal), else `batch_id`.
+    `batch_id` then only names the removal), else `batch_id`. When other pipelines of the same system load the
+    dataset too (two endpoints, say), only the rows this pipeline's batches wrote last are its to remove.
     """
     wh, ds, system = ctx.warehouse, ctx.dataset, ctx.system.name
     rerun = f"`lgsp run {ctx.pipeline.name} --full-refresh --delete-missing --delete-max 1`"
@@ -772,10 +773,14 @@ def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, se
     held = conn.execute(sa.select(q.c.record_key).where(q.c.dataset == ds.name,
                                                         q.c.last_batch_id.in_(batches or [batch_id]))
                         .distinct()).scalars().all()
-    absent, total = wh.missing(conn, ds, pa.concat_tables(seen), held, system, loaded_at)
+    siblings = [p.name for p in ctx.catalog.pipelines.values()
+                if p.dataset == ds.name and p.source.system == system and p.name != ctx.pipeline.name]
+    absent, total = wh.missing(conn, ds, pa.concat_tables(seen), held, system, loaded_at,
+                               ctx.pipeline.name if siblings else None)
     count = int(conn.execute(sa.select(sa.func.count()).select_from(absent.subquery())).scalar_one())
     if count > max_share * total:
-        return 0, (f"{count} of the {total} records {system} gave before are not in this full refresh, more than "
+        giver = f"{system} ({ctx.pipeline.name})" if siblings else system
+        return 0, (f"{count} of the {total} records {giver} gave before are not in this full refresh, more than "
                    f"{max_share:.0%}, so none was deleted (a source answering part of its records looks the same): "
                    f"if the source really deleted them, {rerun}")
     rows = [dict(r) for r in conn.execute(absent).mappings()]

@@ -121,6 +121,64 @@ def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode:
                (_message(wh, empty["batch_id"]) or "")
 
 
+class TwoDesks(HoSoPeer):
+    """The district peer with a second endpoint, `/api/hoso-giay`: the paper dossiers (HG-), none online."""
+
+    def __init__(self, online: int, paper: int) -> None:
+        super().__init__(online)
+        self.online = self.rows
+        self.paper = [{**r, "MaHoSo": r["MaHoSo"].replace("HS-", "HG-"), "DaXoa": False} for r in HoSoPeer(paper).rows]
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        paper = environ["PATH_INFO"] == "/api/hoso-giay"
+        self.rows = self.paper if paper else self.online
+        return super().__call__({**environ, "PATH_INFO": "/api/hoso"} if paper else environ, start_response)
+
+
+@pytest.mark.parametrize("mode", ["merge", "history"])
+def test_two_pipelines_of_one_system_remove_only_what_each_gave(mode: str, tmp_path: Path, lgsp_env: Any) -> None:
+    """One system, two endpoints into one dataset (online and paper dossiers): a full refresh of one removes what
+    its own source deleted and never the other's records, which its source never sends."""
+    from lgsp import runner
+    from loopback import serving
+
+    peer = TwoDesks(200, 15)  # the paper desk's 15 records: under the 10% guard, so nothing else would stop it
+    with serving(peer) as base:
+        target = drafted_district(tmp_path / "catalog", base, mode)
+        pipelines = (target / "pipelines.yaml").read_text(encoding="utf-8")
+        online = pipelines[pipelines.index(f"  {PIPELINE}:"):]
+        paper = online.replace(f"  {PIPELINE}:", "  mot_cua_huyen_ho_so_giays:").replace("/api/hoso", "/api/hoso-giay")
+        (target / "pipelines.yaml").write_text(pipelines.rstrip("\n") + "\n\n" + paper, encoding="utf-8")
+        catalog = load_catalog(target)
+        assert {p.source.system for p in catalog.pipelines.values() if p.dataset == "ho_so"} == {"mot_cua_huyen"}
+
+        def sync(pipeline: str, **options: Any) -> dict[str, Any]:
+            return runner.run_pipeline(pipeline, catalog=catalog, settings=lgsp_env, **options)
+
+        sync(PIPELINE)
+        sync("mot_cua_huyen_ho_so_giays")
+        wh = runner.open_warehouse(catalog, lgsp_env)
+        papers = {r["MaHoSo"] for r in peer.paper}
+        assert _held(wh) == {r["MaHoSo"] for r in peer.online if not r["DaXoa"]} | papers
+
+        gone = {"HS-00001", "HS-00002"}
+        peer.online = [r for r in peer.online if r["MaHoSo"] not in gone]
+        refresh = sync(PIPELINE, full_refresh=True, delete_missing=0.1)
+        assert refresh["rows_deleted"] == 2, refresh
+        assert _held(wh) == {r["MaHoSo"] for r in peer.online if not r["DaXoa"]} | papers, "the paper desk's stay"
+
+        paper_gone = "HG-00003"
+        peer.paper = [r for r in peer.paper if r["MaHoSo"] != paper_gone]
+        assert sync("mot_cua_huyen_ho_so_giays", full_refresh=True, delete_missing=0.1)["rows_deleted"] == 1
+        assert _held(wh) == {r["MaHoSo"] for r in peer.online if not r["DaXoa"]} | (papers - {paper_gone})
+
+        peer.paper = peer.paper[:5]  # 9 of 14: more than 10% of what the paper desk gave, not of the dataset
+        careful = sync("mot_cua_huyen_ho_so_giays", full_refresh=True, delete_missing=0.1)
+        assert careful["rows_deleted"] == 0
+        assert "9 of the 14 records mot_cua_huyen (mot_cua_huyen_ho_so_giays) gave before" in \
+            (_message(wh, careful["batch_id"]) or "")
+
+
 def _rows(wh: Any) -> list[dict[str, Any]]:
     table = wh.core["ho_so"]
     with wh.engine.connect() as conn:

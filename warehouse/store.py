@@ -737,9 +737,11 @@ class Warehouse:
         return [{**row, "valid_from": new, "valid_to": None, "is_current": True} for _, new, row in moved]
 
     def missing(self, conn: sa.Connection, dataset: DatasetSpec, keys: pa.Table, held: Sequence[str], system: str,
-                loaded_by: datetime) -> tuple[sa.Select, int]:
+                loaded_by: datetime, pipeline: str | None = None) -> tuple[sa.Select, int]:
         """The rows `system` wrote by `loaded_by` whose key neither a full refresh's `keys` nor `held` (record keys
         as `lgsp_quarantine` writes them: the refresh's quarantined records) has; and how many rows it wrote.
+        With `pipeline` (the system has other pipelines into the dataset), only rows a batch of that pipeline wrote
+        last: the others' records are theirs, and a row a migration or a restore wrote last is nobody's to remove.
 
         A merge table's rows, a history table's current versions. The keys go to temporary tables (COPY on
         PostgreSQL), dropped at the end of the caller's transaction on PostgreSQL, before the next use on SQLite.
@@ -766,6 +768,9 @@ class Warehouse:
                 f'CAST("{table.name}"."{k}" AS TEXT)' for k in key))
         mine = [table.c._source_system == system, table.c._loaded_at <= loaded_by,
                 *([table.c.is_current.is_(True)] if "is_current" in table.c else [])]
+        if pipeline is not None:
+            batch = self.system["lgsp_batch"]
+            mine.append(table.c._batch_id.in_(sa.select(batch.c.batch_id).where(batch.c.pipeline == pipeline)))
         total = conn.execute(sa.select(sa.func.count()).select_from(table).where(*mine)).scalar_one()
         absent = [~sa.exists().where(*(seen.c[k] == table.c[k] for k in key)),
                   ~sa.exists().where(kept.c.record_key == record_key)]
