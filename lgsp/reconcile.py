@@ -5,7 +5,8 @@ none is dropped. `lgsp reconcile` checks that claim against the source itself: i
 source how many records it holds (the `total_field` of the pipeline's source, from a one-record
 page of the whole window), and how many it changed since the pipeline's cursor (the records the
 next sync will bring), and counts the distinct keys lgsp holds in the copy and in the open
-quarantine.
+quarantine. When other pipelines load the dataset too, only the copy's rows this pipeline answers for are
+counted (`runner.rows_of`: its system's; its own batches' when another is of its system).
 
     complete   lgsp holds as many keys as the source counts
     pending    the source counts more, no more than it changed since the cursor: the next sync brings them
@@ -101,13 +102,21 @@ def _source_total(catalog: Catalog, spec: PipelineSpec, since: datetime | None) 
     return int(value)
 
 
+def _own(warehouse: Any, catalog: Catalog, spec: PipelineSpec, table: sa.Table) -> list[Any]:
+    """The rows the pipeline answers for (`runner.rows_of`): all of them, unless other pipelines load the dataset."""
+    from lgsp.runner import rows_of
+
+    return warehouse.written_by(table, *rows_of(catalog, spec))  # type: ignore[no-any-return]
+
+
 def _held_since(warehouse: Any, catalog: Catalog, spec: PipelineSpec, cursor: datetime) -> int:
     """Records of the copy whose cursor field is at or after `cursor` (0 without a cursor field)."""
     dataset = catalog.datasets[spec.dataset]
     if not dataset.cursor_field:
         return 0
     table = warehouse.table(dataset.table_name)
-    query = sa.select(sa.func.count()).select_from(table).where(table.c[dataset.cursor_field] >= cursor)
+    query = sa.select(sa.func.count()).select_from(table).where(table.c[dataset.cursor_field] >= cursor,
+                                                                 *_own(warehouse, catalog, spec, table))
     if dataset.write_mode == "history":
         query = query.where(table.c.is_current.is_(sa.true()))
     with warehouse.engine.connect() as conn:
@@ -122,7 +131,7 @@ def _held(warehouse: Any, catalog: Catalog, spec: PipelineSpec) -> tuple[int, in
     for column in dataset.key[1:]:  # the quarantine's record_key: the key's values joined by "|"
         key = key.op("||")(sa.literal("|")).op("||")(sa.cast(table.c[column], sa.Text))
     quarantine = warehouse.system["lgsp_quarantine"]
-    copy_keys = sa.select(key.label("k")).distinct()
+    copy_keys = sa.select(key.label("k")).distinct().where(*_own(warehouse, catalog, spec, table))
     if dataset.write_mode == "history":  # a closed version, or a deleted record's last one, is not held now
         copy_keys = copy_keys.where(table.c.is_current.is_(sa.true()))
     open_keys = (sa.select(quarantine.c.record_key.label("k")).distinct()

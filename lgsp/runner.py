@@ -742,6 +742,15 @@ def _keys_kept(chunks: Iterable[pa.Table], key: Sequence[str], seen: list[pa.Tab
         yield chunk
 
 
+def rows_of(catalog: Catalog, pipeline: PipelineSpec) -> tuple[str | None, str | None]:
+    """Which rows of its dataset a pipeline answers for, as `Warehouse.written_by`'s (system, pipeline): every row
+    when it alone loads the dataset, (None, None); its system's when other pipelines load it too; only those its
+    own batches wrote last when one of those others is of its system (two endpoints of one system)."""
+    others = [p for p in catalog.pipelines.values() if p.dataset == pipeline.dataset and p.name != pipeline.name]
+    return (pipeline.source.system if others else None,
+            pipeline.name if any(p.source.system == pipeline.source.system for p in others) else None)
+
+
 def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, seen: list[pa.Table],
                     max_share: float, loaded_at: datetime, batches: Sequence[str] | None = None,
                     pulled: tuple[int | None, int | None] = (None, None)) -> tuple[int, str | None]:
@@ -773,10 +782,8 @@ def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, se
     held = conn.execute(sa.select(q.c.record_key).where(q.c.dataset == ds.name,
                                                         q.c.last_batch_id.in_(batches or [batch_id]))
                         .distinct()).scalars().all()
-    siblings = [p.name for p in ctx.catalog.pipelines.values()
-                if p.dataset == ds.name and p.source.system == system and p.name != ctx.pipeline.name]
-    absent, total = wh.missing(conn, ds, pa.concat_tables(seen), held, system, loaded_at,
-                               ctx.pipeline.name if siblings else None)
+    siblings = rows_of(ctx.catalog, ctx.pipeline)[1]
+    absent, total = wh.missing(conn, ds, pa.concat_tables(seen), held, system, loaded_at, siblings)
     count = int(conn.execute(sa.select(sa.func.count()).select_from(absent.subquery())).scalar_one())
     if count > max_share * total:
         giver = f"{system} ({ctx.pipeline.name})" if siblings else system

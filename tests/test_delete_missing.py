@@ -122,11 +122,12 @@ def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode:
 
 
 class TwoDesks(HoSoPeer):
-    """The district peer with a second endpoint, `/api/hoso-giay`: the paper dossiers (HG-), none online."""
+    """The district peer with a second endpoint, `/api/hoso-giay`: the paper dossiers (HG-), none online. No record
+    carries a deletion marker (the source counts a marked one; `lgsp reconcile` does not yet)."""
 
     def __init__(self, online: int, paper: int) -> None:
         super().__init__(online)
-        self.online = self.rows
+        self.online = [{**r, "DaXoa": False} for r in self.rows]
         self.paper = [{**r, "MaHoSo": r["MaHoSo"].replace("HS-", "HG-"), "DaXoa": False} for r in HoSoPeer(paper).rows]
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -136,10 +137,14 @@ class TwoDesks(HoSoPeer):
 
 
 @pytest.mark.parametrize("mode", ["merge", "history"])
-def test_two_pipelines_of_one_system_remove_only_what_each_gave(mode: str, tmp_path: Path, lgsp_env: Any) -> None:
-    """One system, two endpoints into one dataset (online and paper dossiers): a full refresh of one removes what
-    its own source deleted and never the other's records, which its source never sends."""
+@pytest.mark.parametrize("paper_system", ["mot_cua_huyen", "mot_cua_giay"])
+def test_two_pipelines_into_one_dataset_remove_and_count_only_what_each_gave(mode: str, paper_system: str,
+                                                                              tmp_path: Path, lgsp_env: Any) -> None:
+    """Two endpoints into one dataset (online and paper dossiers), of one system or of two: a full refresh of one
+    removes what its own source deleted and never the other's records, which its source never sends; `lgsp
+    reconcile` counts each against its own rows (before, the whole table: 'extra', which hides a loss)."""
     from lgsp import runner
+    from lgsp.reconcile import reconcile
     from loopback import serving
 
     peer = TwoDesks(200, 15)  # the paper desk's 15 records: under the 10% guard, so nothing else would stop it
@@ -148,9 +153,15 @@ def test_two_pipelines_of_one_system_remove_only_what_each_gave(mode: str, tmp_p
         pipelines = (target / "pipelines.yaml").read_text(encoding="utf-8")
         online = pipelines[pipelines.index(f"  {PIPELINE}:"):]
         paper = online.replace(f"  {PIPELINE}:", "  mot_cua_huyen_ho_so_giays:").replace("/api/hoso", "/api/hoso-giay")
+        paper = paper.replace("system: mot_cua_huyen", f"system: {paper_system}")
         (target / "pipelines.yaml").write_text(pipelines.rstrip("\n") + "\n\n" + paper, encoding="utf-8")
+        if paper_system != "mot_cua_huyen":
+            with (target / "systems.yaml").open("a", encoding="utf-8") as systems:
+                systems.write(f"  {paper_system}:\n    title: The district's paper desk\n    protocol: rest\n"
+                              f"    endpoint: {base}\n")
         catalog = load_catalog(target)
-        assert {p.source.system for p in catalog.pipelines.values() if p.dataset == "ho_so"} == {"mot_cua_huyen"}
+        assert {p.source.system for p in catalog.pipelines.values() if p.dataset == "ho_so"} == \
+            {"mot_cua_huyen", paper_system}
 
         def sync(pipeline: str, **options: Any) -> dict[str, Any]:
             return runner.run_pipeline(pipeline, catalog=catalog, settings=lgsp_env, **options)
@@ -160,6 +171,9 @@ def test_two_pipelines_of_one_system_remove_only_what_each_gave(mode: str, tmp_p
         wh = runner.open_warehouse(catalog, lgsp_env)
         papers = {r["MaHoSo"] for r in peer.paper}
         assert _held(wh) == {r["MaHoSo"] for r in peer.online if not r["DaXoa"]} | papers
+        for pipeline, served in ((PIPELINE, len(peer.online)), ("mot_cua_huyen_ho_so_giays", 15)):
+            counted = reconcile(catalog, wh, pipeline)
+            assert (counted.status, counted.source_total, counted.held) == ("complete", served, served), counted
 
         gone = {"HS-00001", "HS-00002"}
         peer.online = [r for r in peer.online if r["MaHoSo"] not in gone]
@@ -175,8 +189,12 @@ def test_two_pipelines_of_one_system_remove_only_what_each_gave(mode: str, tmp_p
         peer.paper = peer.paper[:5]  # 9 of 14: more than 10% of what the paper desk gave, not of the dataset
         careful = sync("mot_cua_huyen_ho_so_giays", full_refresh=True, delete_missing=0.1)
         assert careful["rows_deleted"] == 0
-        assert "9 of the 14 records mot_cua_huyen (mot_cua_huyen_ho_so_giays) gave before" in \
-            (_message(wh, careful["batch_id"]) or "")
+        giver = "mot_cua_huyen (mot_cua_huyen_ho_so_giays)" if paper_system == "mot_cua_huyen" else paper_system
+        assert f"9 of the 14 records {giver} gave before" in (_message(wh, careful["batch_id"]) or "")
+
+        with wh.engine.begin() as conn:  # 3 online records lost behind lgsp's back: the paper desk's 14 hid them
+            conn.execute(sa.text("DELETE FROM core_ho_so WHERE ma_ho_so IN ('HS-00005', 'HS-00006', 'HS-00007')"))
+        assert reconcile(catalog, wh, PIPELINE).status == "lost"
 
 
 def _rows(wh: Any) -> list[dict[str, Any]]:

@@ -736,6 +736,17 @@ class Warehouse:
                      [{**k, "old": old, "new": new} for k, (old, new, _) in zip(keys, moved)])
         return [{**row, "valid_from": new, "valid_to": None, "is_current": True} for _, new, row in moved]
 
+    def written_by(self, table: sa.Table, system: str | None, pipeline: str | None = None
+                   ) -> list[sa.ColumnElement[bool]]:
+        """The conditions on `table`'s rows for those `system` wrote (its `_source_system`) and, with `pipeline`,
+        those a batch of that pipeline wrote last (`_batch_id`): what a pipeline answers for when others load
+        its dataset too (`lgsp.runner.rows_of`)."""
+        conditions = [] if system is None else [table.c._source_system == system]
+        if pipeline is not None:
+            batch = self.system["lgsp_batch"]
+            conditions.append(table.c._batch_id.in_(sa.select(batch.c.batch_id).where(batch.c.pipeline == pipeline)))
+        return conditions
+
     def missing(self, conn: sa.Connection, dataset: DatasetSpec, keys: pa.Table, held: Sequence[str], system: str,
                 loaded_by: datetime, pipeline: str | None = None) -> tuple[sa.Select, int]:
         """The rows `system` wrote by `loaded_by` whose key neither a full refresh's `keys` nor `held` (record keys
@@ -766,11 +777,8 @@ class Warehouse:
         record_key = as_text[0] if len(key) == 1 else sa.func.concat_ws("|", *as_text) \
             if self.dialect == "postgresql" else sa.literal_column(" || '|' || ".join(
                 f'CAST("{table.name}"."{k}" AS TEXT)' for k in key))
-        mine = [table.c._source_system == system, table.c._loaded_at <= loaded_by,
+        mine = [*self.written_by(table, system, pipeline), table.c._loaded_at <= loaded_by,
                 *([table.c.is_current.is_(True)] if "is_current" in table.c else [])]
-        if pipeline is not None:
-            batch = self.system["lgsp_batch"]
-            mine.append(table.c._batch_id.in_(sa.select(batch.c.batch_id).where(batch.c.pipeline == pipeline)))
         total = conn.execute(sa.select(sa.func.count()).select_from(table).where(*mine)).scalar_one()
         absent = [~sa.exists().where(*(seen.c[k] == table.c[k] for k in key)),
                   ~sa.exists().where(kept.c.record_key == record_key)]
