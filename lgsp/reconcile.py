@@ -4,9 +4,11 @@ Every record a pipeline received is either in the copy (the core table) or in th
 none is dropped. `lgsp reconcile` checks that claim against the source itself: it asks the
 source how many records it holds (the `total_field` of the pipeline's source, from a one-record
 page of the whole window), and how many it changed since the pipeline's cursor (the records the
-next sync will bring), and counts the distinct keys lgsp holds in the copy and in the open
-quarantine. When other pipelines load the dataset too, only the copy's rows this pipeline answers for are
-counted (`runner.rows_of`: its system's; its own batches' when another is of its system).
+next sync will bring), and counts the distinct keys lgsp holds in the copy, in the open
+quarantine, and received with a deletion marker (`lgsp_source_deleted`: a source serves its deleted
+records, marked, so it counts them). When other pipelines load the dataset too, only the copy's rows
+this pipeline answers for are counted (`warehouse.store.rows_of`: its system's; its own batches' when
+another is of its system).
 
     complete   lgsp holds as many keys as the source counts
     pending    the source counts more, no more than it changed since the cursor: the next sync brings them
@@ -25,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from catalog.models import Catalog, PipelineSpec
+from warehouse.store import rows_of
 
 
 class ReconcileError(RuntimeError):
@@ -42,10 +45,11 @@ class Reconciliation:
     in_copy: int  # distinct keys in the core table
     in_quarantine_only: int  # distinct keys in the open quarantine and not in the copy
     status: str
+    deleted_at_source: int = 0  # received with their deletion marker (lgsp_source_deleted), in neither of those
 
     @property
     def held(self) -> int:
-        return self.in_copy + self.in_quarantine_only
+        return self.in_copy + self.in_quarantine_only + self.deleted_at_source
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "held": self.held, "cursor": self.cursor.isoformat() if self.cursor else None}
@@ -62,8 +66,8 @@ def reconcile(catalog: Catalog, warehouse: Any, pipeline: str) -> Reconciliation
     changed = None
     if cursor is not None:  # the source's `since` is inclusive: what lgsp holds from the cursor on is not pending
         changed = max(0, _source_total(catalog, spec, cursor) - _held_since(warehouse, catalog, spec, cursor))
-    in_copy, quarantine_only = _held(warehouse, catalog, spec)
-    held = in_copy + quarantine_only
+    in_copy, quarantine_only, deleted = _held(warehouse, catalog, spec)
+    held = in_copy + quarantine_only + deleted
     if held == total:
         status = "complete"
     elif held > total:
@@ -73,7 +77,7 @@ def reconcile(catalog: Catalog, warehouse: Any, pipeline: str) -> Reconciliation
     else:
         status = "lost"
     return Reconciliation(pipeline, spec.dataset, spec.source.system, total, changed, cursor, in_copy,
-                          quarantine_only, status)
+                          quarantine_only, status, deleted)
 
 
 def _source_total(catalog: Catalog, spec: PipelineSpec, since: datetime | None) -> int:
@@ -103,9 +107,7 @@ def _source_total(catalog: Catalog, spec: PipelineSpec, since: datetime | None) 
 
 
 def _own(warehouse: Any, catalog: Catalog, spec: PipelineSpec, table: sa.Table) -> list[Any]:
-    """The rows the pipeline answers for (`runner.rows_of`): all of them, unless other pipelines load the dataset."""
-    from lgsp.runner import rows_of
-
+    """The rows the pipeline answers for (`warehouse.store.rows_of`): all, unless other pipelines load the dataset."""
     return warehouse.written_by(table, *rows_of(catalog, spec))  # type: ignore[no-any-return]
 
 
@@ -123,8 +125,9 @@ def _held_since(warehouse: Any, catalog: Catalog, spec: PipelineSpec, cursor: da
         return int(conn.execute(query).scalar_one())
 
 
-def _held(warehouse: Any, catalog: Catalog, spec: PipelineSpec) -> tuple[int, int]:
-    """Distinct keys in the copy, and in the open quarantine but not in the copy."""
+def _held(warehouse: Any, catalog: Catalog, spec: PipelineSpec) -> tuple[int, int, int]:
+    """Distinct keys in the copy; in the open quarantine but not in the copy; received with their deletion marker
+    (the source serves and counts them) and in neither."""
     dataset = catalog.datasets[spec.dataset]
     table = warehouse.table(dataset.table_name)
     key = sa.cast(table.c[dataset.key[0]], sa.Text)
@@ -137,8 +140,16 @@ def _held(warehouse: Any, catalog: Catalog, spec: PipelineSpec) -> tuple[int, in
     open_keys = (sa.select(quarantine.c.record_key.label("k")).distinct()
                  .where(quarantine.c.dataset == dataset.name, quarantine.c.pipeline == spec.name,
                         quarantine.c.status == "open"))
+    flagged = warehouse.system["lgsp_source_deleted"]
+    batch = warehouse.system["lgsp_batch"]
+    system, own = rows_of(catalog, spec)
+    marked_keys = sa.select(flagged.c.record_key.label("k")).where(flagged.c.dataset == dataset.name, *(
+        [] if system is None else [flagged.c.batch_id.in_(sa.select(batch.c.batch_id).where(
+            batch.c.pipeline == own if own is not None else batch.c.source_system == system))]))
     with warehouse.engine.connect() as conn:
         in_copy = int(conn.execute(sa.select(sa.func.count()).select_from(copy_keys.subquery())).scalar_one())
         union = sa.union(copy_keys, open_keys).subquery()
         both = int(conn.execute(sa.select(sa.func.count()).select_from(union)).scalar_one())
-    return in_copy, both - in_copy
+        every = int(conn.execute(sa.select(sa.func.count()).select_from(
+            sa.union(copy_keys, open_keys, marked_keys).subquery())).scalar_one()) if dataset.delete_field else both
+    return in_copy, both - in_copy, every - both

@@ -90,13 +90,15 @@ def print_drift(console: Console, wh: Warehouse, catalog: Catalog) -> None:
 def print_reconciliation(console: Console, results: list[Any]) -> None:
     """`lgsp reconcile`'s figures: records at the source and in lgsp (copy + open quarantine), and what they mean."""
     table = Table(title="Completeness: records at the source and in lgsp (lgsp reconcile)")
-    for col in ("pipeline", "source", "changed since cursor", "in copy", "quarantined only", "status"):
+    marked = any(r.deleted_at_source for r in results)
+    for col in ("pipeline", "source", "changed since cursor", "in copy", "quarantined only",
+                *(["deleted at source"] if marked else []), "status"):
         table.add_column(col, justify="left" if col in ("pipeline", "status") else "right")
     for r in results:
         colour = {"complete": "green", "pending": "yellow"}.get(r.status, "red")
         table.add_row(r.pipeline, f"{r.source_total:,}", "-" if r.source_changed_since_cursor is None
                       else f"{r.source_changed_since_cursor:,}", f"{r.in_copy:,}", f"{r.in_quarantine_only:,}",
-                      f"[{colour}]{r.status}[/]")
+                      *([f"{r.deleted_at_source:,}"] if marked else []), f"[{colour}]{r.status}[/]")
     console.print(table)
     for r in results:  # what to do, where something is
         if r.status == "lost":

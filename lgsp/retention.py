@@ -17,7 +17,8 @@ committed before the cut-off recorded for the gateway's change feed (`lgsp_tombs
 token from before them is then refused with 410, and the agency reads the dataset afresh), and the
 record of webhook deliveries attempted before it (`gateway_webhook_delivery`; each webhook's own
 state stays), and the tables migrations applied before it kept as they were (`<table>__before_<time>`,
-`warehouse.migrate.drop_previous`). Parquet files, quarantine and the store's rows are never touched.
+`warehouse.migrate.drop_previous`). Parquet files, quarantine, the store's rows and
+the keys of records sources marked deleted (`lgsp_source_deleted`, `lgsp reconcile`'s) are never touched.
 `dry_run` reports what would go.
 
 `maintain` is the daily housekeeping the `lgsp_maintenance` DAG runs (02:00 Vietnam time):

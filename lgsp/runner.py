@@ -32,7 +32,7 @@ from warehouse import Lake, Warehouse, to_json
 from warehouse.lake import PAGES_PRUNED
 from schemas.arrow import EXTRAS_COLUMN
 from warehouse.rowhash import row_hashes
-from warehouse.store import ON_MERGING, utc
+from warehouse.store import ON_MERGING, rows_of, utc
 
 if TYPE_CHECKING:
     from connectors.source import Records
@@ -740,15 +740,6 @@ def _keys_kept(chunks: Iterable[pa.Table], key: Sequence[str], seen: list[pa.Tab
     for chunk in chunks:
         seen.append(chunk.select(list(key)))
         yield chunk
-
-
-def rows_of(catalog: Catalog, pipeline: PipelineSpec) -> tuple[str | None, str | None]:
-    """Which rows of its dataset a pipeline answers for, as `Warehouse.written_by`'s (system, pipeline): every row
-    when it alone loads the dataset, (None, None); its system's when other pipelines load it too; only those its
-    own batches wrote last when one of those others is of its system (two endpoints of one system)."""
-    others = [p for p in catalog.pipelines.values() if p.dataset == pipeline.dataset and p.name != pipeline.name]
-    return (pipeline.source.system if others else None,
-            pipeline.name if any(p.source.system == pipeline.source.system for p in others) else None)
 
 
 def _delete_missing(ctx: PipelineContext, conn: sa.Connection, batch_id: str, seen: list[pa.Table],

@@ -41,6 +41,7 @@ from catalog.models import DatasetSpec
 log = logging.getLogger("lgsp.quality")
 
 DATA_DOCS_ENV = "LGSP_DATA_DOCS_DIR"
+_BYTECODE: Any = None  # the docs views' shared Jinja bytecode cache (`_install_docs_views`)
 DOCS_SITE = "lgsp"
 # The index lists the most recent runs only: GX renders it again, row by row, on every batch
 # (about 0.6 ms a listed run: 0.1 s a batch at 100 runs, 0.34 s at 500, benchmarks/data_docs.py).
@@ -128,15 +129,27 @@ def _install_docs_views(paths: GxPaths) -> None:
     views share one bytecode cache instead, kept on disk (`gx/.jinja`) so that a
     new process (an Airflow task, an incremental run) does not compile them again.
     """
-    global LgspPageView, LgspIndexPageView, LgspSiteIndexBuilder, LgspSiteSectionBuilder, LgspSiteBuilder
+    global LgspPageView, LgspIndexPageView, LgspSiteIndexBuilder, LgspSiteSectionBuilder, LgspSiteBuilder, _BYTECODE
+    folder = paths.root / ".jinja"
     if "LgspPageView" in globals():
+        _BYTECODE.directory = str(folder)  # this publish's folder: a process may publish to another home's site
         return
     import jinja2
     from great_expectations.render.view.view import DefaultJinjaIndexPageView, DefaultJinjaPageView
 
-    folder = paths.root / ".jinja"
+    class SparedCache(jinja2.FileSystemBytecodeCache):
+        """The bytecode cache, which never fails a page: a folder removed meanwhile (`gx/` restored from a backup)
+        is made again, and a write that cannot be made is skipped (the template is compiled again next time)."""
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                super().dump_bytecode(bucket)
+            except OSError as exc:
+                log.debug("Data Docs: template cache not written in %s: %s", self.directory, exc)
+
     folder.mkdir(parents=True, exist_ok=True)
-    cache = jinja2.FileSystemBytecodeCache(str(folder))
+    cache = _BYTECODE = SparedCache(str(folder))
 
     def share_templates(base: type[Any]) -> type[Any]:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -101,6 +101,28 @@ def test_failing_batch_raises_after_its_page_is_written(home: Path) -> None:
     assert "tthc_dossiers-bad" in index and "tthc_dossiers-ok" in index
 
 
+def test_a_page_is_written_when_the_template_cache_folder_went_away(home: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled templates are cached in `gx/.jinja`, once per process. That folder removed (a restore of `gx/`
+    from a backup, a home deleted) and another site published from the same process: its pages are written all
+    the same, and its own folder caches them (before, every page of the process failed to render)."""
+    import shutil
+
+    dataset = load_catalog().datasets["dossier"]
+    frame, row_ok = _checked(dataset, _dossiers(20))
+    validate_dataset(frame, row_ok, dataset, "tthc_dossiers-c1")
+    shutil.rmtree(home / "gx" / ".jinja")
+    other = tmp_path / "other-home"
+    monkeypatch.setenv("LGSP_HOME", str(other))
+    frame, row_ok = _checked(dataset, _dossiers(20, start=20))
+    validate_dataset(frame, row_ok, dataset, "tthc_dossiers-c2")
+    docs = other / "gx" / "data_docs"
+    [page] = _result_pages(docs, "tthc_dossiers-c2")
+    assert "_row_ok" in page.read_text(encoding="utf-8")
+    assert "tthc_dossiers-c2" in (docs / "index.html").read_text(encoding="utf-8")
+    assert any((other / "gx" / ".jinja").iterdir()), "the templates cached beside this site"
+
+
 def test_docs_folder_can_be_moved(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LGSP_DATA_DOCS_DIR", str(tmp_path / "site"))
     dataset = load_catalog().datasets["dossier"]

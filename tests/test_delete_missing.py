@@ -53,6 +53,7 @@ def _message(wh: Any, batch_id: str) -> str | None:
 def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode: str, tmp_path: Path,
                                                                             lgsp_env: Any) -> None:
     from lgsp import runner
+    from lgsp.reconcile import reconcile
     from loopback import serving
 
     peer = Overcounting(230)
@@ -67,6 +68,9 @@ def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode:
         wh = runner.open_warehouse(catalog, lgsp_env)
         assert _held(wh) == {r["MaHoSo"] for r in peer.rows if not r["DaXoa"]}  # 225: 5 carried a deletion marker
         stored = {r["ma_ho_so"]: r for r in _rows(wh)}
+        counted = reconcile(catalog, wh, PIPELINE)  # the source serves and counts the 5 marked ones
+        assert (counted.status, counted.source_total, counted.in_copy, counted.deleted_at_source) == \
+            ("complete", 230, 225, 5), counted
 
         gone = {"HS-00001", "HS-00002", "HS-00003"}  # deleted at the source, no marker
         peer.rows = [r for r in peer.rows if r["MaHoSo"] not in gone]
@@ -91,6 +95,8 @@ def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode:
                 closed = conn.execute(sa.text("SELECT ma_ho_so FROM core_ho_so WHERE NOT is_current")).scalars()
                 assert set(closed) == gone
         assert sync(full_refresh=True, delete_missing=0.1)["rows_deleted"] == 0  # again: nothing more
+        counted = reconcile(catalog, wh, PIPELINE)  # 227 served: 5 marked, 1 quarantined, 221 in the copy
+        assert (counted.status, counted.held, counted.deleted_at_source) == ("complete", 227, 5), counted
 
         many = {r["MaHoSo"] for r in peer.rows[20:60] if not r["DaXoa"]}  # more than 10% of the records
         peer.rows = [r for r in peer.rows if r["MaHoSo"] not in many]
@@ -122,12 +128,12 @@ def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode:
 
 
 class TwoDesks(HoSoPeer):
-    """The district peer with a second endpoint, `/api/hoso-giay`: the paper dossiers (HG-), none online. No record
-    carries a deletion marker (the source counts a marked one; `lgsp reconcile` does not yet)."""
+    """The district peer with a second endpoint, `/api/hoso-giay`: the paper dossiers (HG-), none online, none
+    marked deleted."""
 
     def __init__(self, online: int, paper: int) -> None:
         super().__init__(online)
-        self.online = [{**r, "DaXoa": False} for r in self.rows]
+        self.online = self.rows
         self.paper = [{**r, "MaHoSo": r["MaHoSo"].replace("HS-", "HG-"), "DaXoa": False} for r in HoSoPeer(paper).rows]
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -171,9 +177,10 @@ def test_two_pipelines_into_one_dataset_remove_and_count_only_what_each_gave(mod
         wh = runner.open_warehouse(catalog, lgsp_env)
         papers = {r["MaHoSo"] for r in peer.paper}
         assert _held(wh) == {r["MaHoSo"] for r in peer.online if not r["DaXoa"]} | papers
-        for pipeline, served in ((PIPELINE, len(peer.online)), ("mot_cua_huyen_ho_so_giays", 15)):
+        for pipeline, served, marked in ((PIPELINE, len(peer.online), 4), ("mot_cua_huyen_ho_so_giays", 15, 0)):
             counted = reconcile(catalog, wh, pipeline)
-            assert (counted.status, counted.source_total, counted.held) == ("complete", served, served), counted
+            assert (counted.status, counted.source_total, counted.held, counted.deleted_at_source) == \
+                ("complete", served, served, marked), counted
 
         gone = {"HS-00001", "HS-00002"}
         peer.online = [r for r in peer.online if r["MaHoSo"] not in gone]

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401 - the dialect the engine loads on first use
 from sqlalchemy.dialects import postgresql, sqlite
 
-from catalog.models import Catalog, DatasetSpec, WriteMode
+from catalog.models import Catalog, DatasetSpec, PipelineSpec, WriteMode
 from schemas.sql import core_table
 from warehouse.tables import system_tables
 
@@ -128,6 +128,15 @@ def make_engine(url: str) -> sa.Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def rows_of(catalog: Catalog, pipeline: PipelineSpec) -> tuple[str | None, str | None]:
+    """Which rows of its dataset a pipeline answers for, as `Warehouse.written_by`'s (system, pipeline): every row
+    when it alone loads the dataset, (None, None); its system's when other pipelines load it too; only those its
+    own batches wrote last when one of those others is of its system (two endpoints of one system)."""
+    others = [p for p in catalog.pipelines.values() if p.dataset == pipeline.dataset and p.name != pipeline.name]
+    return (pipeline.source.system if others else None,
+            pipeline.name if any(p.source.system == pipeline.source.system for p in others) else None)
 
 
 class Warehouse:
@@ -524,6 +533,8 @@ class Warehouse:
             marked = pc.fill_null(chunk.column(dataset.delete_field), False)
             gone = chunk.filter(marked).select(dataset.key).to_pylist()
             kept = chunk.filter(pc.invert(marked))
+            self.record_marked(conn, dataset, [tuple(r[k] for k in dataset.key) for r in gone],
+                               chunk.column("_batch_id")[0].as_py() if gone else "")
         written = 0
         if self.dialect == "postgresql" and kept.num_rows >= COPY_MIN_ROWS:
             written = (self._copy_insert(conn, table, kept) if into_empty else None)
@@ -675,6 +686,7 @@ class Warehouse:
         closes: list[dict[str, Any]] = []
         versions: list[dict[str, Any]] = []
         gone: list[tuple[Any, ...]] = []
+        marked: list[tuple[Any, ...]] = []  # every marked record, held or not: the source still counts it
         mends: list[tuple[datetime, datetime, dict[str, Any]]] = []
         for row in rows:
             record = tuple(row[k] for k in key)
@@ -688,6 +700,7 @@ class Warehouse:
             if version is not None and (starts < version[1] or version[0] == row["_row_hash"]):
                 continue  # stale, or unchanged
             if self._deleted(dataset, row):
+                marked.append(record)
                 if version is not None:
                     closes.append({**{f"k_{k}": row[k] for k in key}, "closed_at": starts})
                     gone.append(record)
@@ -701,6 +714,7 @@ class Warehouse:
                          .values(valid_to=sa.bindparam("closed_at"), is_current=False), closes)
         if gone:
             self.record_deletions(conn, dataset.name, key, gone, rows[0]["_batch_id"])
+        self.record_marked(conn, dataset, marked, rows[0]["_batch_id"] if rows else "")
         versions += self._mend_history(conn, key, table, mends)
         return len(gone) + self.upsert(conn, table, versions, [*key, "valid_from"], only_if_changed="_row_hash")
 
@@ -740,7 +754,7 @@ class Warehouse:
                    ) -> list[sa.ColumnElement[bool]]:
         """The conditions on `table`'s rows for those `system` wrote (its `_source_system`) and, with `pipeline`,
         those a batch of that pipeline wrote last (`_batch_id`): what a pipeline answers for when others load
-        its dataset too (`lgsp.runner.rows_of`)."""
+        its dataset too (`rows_of`)."""
         conditions = [] if system is None else [table.c._source_system == system]
         if pipeline is not None:
             batch = self.system["lgsp_batch"]
@@ -827,6 +841,16 @@ class Warehouse:
                               sa.literal(datetime.now(timezone.utc), type_=sa.DateTime(timezone=True)))
         conn.execute(change.insert().from_select(
             ["change_seq", "batch_id", "dataset", "rows_changed", "committed_at"], following))
+
+    def record_marked(self, conn: sa.Connection, dataset: DatasetSpec, keys: Sequence[tuple[Any, ...]],
+                      batch_id: str) -> None:
+        """Record the records a batch received with their deletion marker (`lgsp_source_deleted`), by the key as
+        `lgsp_quarantine` writes it: the source serves and counts them still, and `lgsp reconcile` holds them."""
+        if keys:
+            now = datetime.now(timezone.utc)
+            self.upsert(conn, self.system["lgsp_source_deleted"], [
+                {"dataset": dataset.name, "record_key": "|".join(str(v) for v in values), "batch_id": batch_id,
+                 "marked_at": now} for values in dict.fromkeys(keys)], ["dataset", "record_key"])
 
     def record_deletions(self, conn: sa.Connection, dataset: str, key: Sequence[str],
                          keys: Iterable[tuple[Any, ...]], batch_id: str) -> None:

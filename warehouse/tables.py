@@ -106,6 +106,15 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("record_key", sa.Text, primary_key=True),  # JSON object of the key columns
         sa.Column("deleted_at", TZ, nullable=False),
     )
+    # each record a source sent with its deletion marker (`delete_field`), as the source still serves and counts it:
+    # `lgsp reconcile` holds it as deleted (the tombstones, pruned by retention, are the change feed's)
+    flagged = sa.Table(
+        "lgsp_source_deleted", metadata,
+        sa.Column("dataset", sa.Text, primary_key=True),
+        sa.Column("record_key", sa.Text, primary_key=True),  # as lgsp_quarantine's: the key's values joined by "|"
+        sa.Column("batch_id", sa.Text, nullable=False),  # the last batch that received it marked
+        sa.Column("marked_at", TZ, nullable=False),
+    )
     migration = sa.Table(  # each `lgsp warehouse migrate` of a core table to its changed definition
         "lgsp_migration", metadata,
         sa.Column("migration_id", sa.Text, primary_key=True),  # also the `_batch_id` of the rows it changed
@@ -160,8 +169,8 @@ def system_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
     )
     exchange = tables_for_exchanges(metadata)
     return {t.name: t for t in (batch, cursor, quarantine, expectation, schema_state, drift, change, tombstone,
-                                  migration, freshness, freshness_event, quality_score, restore_table(metadata),
-                                  dataset_restore, *exchange)}
+                                  flagged, migration, freshness, freshness_event, quality_score,
+                                  restore_table(metadata), dataset_restore, *exchange)}
 
 
 def restore_table(metadata: sa.MetaData) -> sa.Table:
