@@ -719,10 +719,12 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
         finally:
             conn.info.pop(ON_MERGING, None)  # the connection goes back to the pool without it
         result = validated()
+        pulled = (result.get("rows_pulled"), result.get("source_total"))
         if delete_missing is not None:
-            removed, noted = _delete_missing(ctx, conn, batch_id, seen, delete_missing, loaded_at,
-                                             pulled=(result.get("rows_pulled"), result.get("source_total")))
+            removed, noted = _delete_missing(ctx, conn, batch_id, seen, delete_missing, loaded_at, pulled=pulled)
             changed += removed
+        if refresh == batch_id and landed:
+            _forget_unmarked(ctx, conn, batch_id, pulled)
         cursor_to = datetime.fromisoformat(result["cursor_to"]) if result.get("cursor_to") else None
         if result.get("mode") != "backfill" and not result.get("run"):
             wh.set_cursor(conn, pipeline.name, cursor_to, batch_id, synced=True, exact=refresh is not None)
@@ -733,6 +735,21 @@ def _load_chunks(ctx: PipelineContext, batch_id: str, chunks: Iterable[pa.Table]
     log.info("%s: batch %s loaded: %d rows, %d changed", pipeline.name, batch_id, landed, changed)
     return {**result, "rows_landed": landed, "rows_changed": changed,
             **({"rows_deleted": removed} if delete_missing is not None else {})}
+
+
+def _forget_unmarked(ctx: PipelineContext, conn: sa.Connection, batch_id: str,
+                     pulled: tuple[int | None, int | None]) -> None:
+    """After a full refresh that received the whole source: the records an earlier batch of the pipeline received
+    with their deletion marker and this one did not receive marked are no longer served marked (purged, or
+    restored), so `lgsp_source_deleted` forgets them and `lgsp reconcile` stops counting them. A refresh that
+    stopped short (fewer records than the source counted) forgets nothing."""
+    received, counted = pulled
+    if not ctx.dataset.delete_field or (received is not None and counted is not None and received < counted):
+        return
+    flagged, batch = ctx.warehouse.system["lgsp_source_deleted"], ctx.warehouse.system["lgsp_batch"]
+    conn.execute(flagged.delete().where(
+        flagged.c.dataset == ctx.dataset.name, flagged.c.batch_id != batch_id,
+        flagged.c.batch_id.in_(sa.select(batch.c.batch_id).where(batch.c.pipeline == ctx.pipeline.name))))
 
 
 def _keys_kept(chunks: Iterable[pa.Table], key: Sequence[str], seen: list[pa.Table]) -> Iterator[pa.Table]:

@@ -95,8 +95,14 @@ def test_a_full_refresh_removes_what_the_source_no_longer_has_and_keeps_it(mode:
                 closed = conn.execute(sa.text("SELECT ma_ho_so FROM core_ho_so WHERE NOT is_current")).scalars()
                 assert set(closed) == gone
         assert sync(full_refresh=True, delete_missing=0.1)["rows_deleted"] == 0  # again: nothing more
-        counted = reconcile(catalog, wh, PIPELINE)  # 227 served: 5 marked, 1 quarantined, 221 in the copy
+        counted = reconcile(catalog, wh, PIPELINE)  # 227 served: 222 in the copy (one quarantined too), 5 marked
         assert (counted.status, counted.held, counted.deleted_at_source) == ("complete", 227, 5), counted
+        purged = {"HS-00050", "HS-00100"}  # marked deleted, then purged by the source: it counts them no more
+        peer.rows = [r for r in peer.rows if r["MaHoSo"] not in purged]
+        assert reconcile(catalog, wh, PIPELINE).status == "extra"  # until a full refresh sees they are gone
+        sync(full_refresh=True)
+        counted = reconcile(catalog, wh, PIPELINE)
+        assert (counted.status, counted.held, counted.deleted_at_source) == ("complete", 225, 3), counted
 
         many = {r["MaHoSo"] for r in peer.rows[20:60] if not r["DaXoa"]}  # more than 10% of the records
         peer.rows = [r for r in peer.rows if r["MaHoSo"] not in many]
