@@ -141,11 +141,9 @@ def _held(warehouse: Any, catalog: Catalog, spec: PipelineSpec) -> tuple[int, in
                  .where(quarantine.c.dataset == dataset.name, quarantine.c.pipeline == spec.name,
                         quarantine.c.status == "open"))
     flagged = warehouse.system["lgsp_source_deleted"]
-    batch = warehouse.system["lgsp_batch"]
     system, own = rows_of(catalog, spec)
     marked_keys = sa.select(flagged.c.record_key.label("k")).where(flagged.c.dataset == dataset.name, *(
-        [] if system is None else [flagged.c.batch_id.in_(sa.select(batch.c.batch_id).where(
-            batch.c.pipeline == own if own is not None else batch.c.source_system == system))]))
+        [] if system is None else [flagged.c.batch_id.in_(warehouse.batch_ids(system, own))]))
     with warehouse.engine.connect() as conn:
         in_copy = int(conn.execute(sa.select(sa.func.count()).select_from(copy_keys.subquery())).scalar_one())
         union = sa.union(copy_keys, open_keys).subquery()

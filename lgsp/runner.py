@@ -746,10 +746,9 @@ def _forget_unmarked(ctx: PipelineContext, conn: sa.Connection, batch_id: str,
     received, counted = pulled
     if not ctx.dataset.delete_field or (received is not None and counted is not None and received < counted):
         return
-    flagged, batch = ctx.warehouse.system["lgsp_source_deleted"], ctx.warehouse.system["lgsp_batch"]
-    conn.execute(flagged.delete().where(
-        flagged.c.dataset == ctx.dataset.name, flagged.c.batch_id != batch_id,
-        flagged.c.batch_id.in_(sa.select(batch.c.batch_id).where(batch.c.pipeline == ctx.pipeline.name))))
+    flagged = ctx.warehouse.system["lgsp_source_deleted"]
+    conn.execute(flagged.delete().where(flagged.c.dataset == ctx.dataset.name, flagged.c.batch_id != batch_id,
+                                        flagged.c.batch_id.in_(ctx.warehouse.batch_ids(pipeline=ctx.pipeline.name))))
 
 
 def _keys_kept(chunks: Iterable[pa.Table], key: Sequence[str], seen: list[pa.Table]) -> Iterator[pa.Table]:

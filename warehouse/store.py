@@ -757,9 +757,15 @@ class Warehouse:
         its dataset too (`rows_of`)."""
         conditions = [] if system is None else [table.c._source_system == system]
         if pipeline is not None:
-            batch = self.system["lgsp_batch"]
-            conditions.append(table.c._batch_id.in_(sa.select(batch.c.batch_id).where(batch.c.pipeline == pipeline)))
+            conditions.append(table.c._batch_id.in_(self.batch_ids(pipeline=pipeline)))
         return conditions
+
+    def batch_ids(self, system: str | None = None, pipeline: str | None = None) -> sa.Select[Any]:
+        """The ids of the batches of `pipeline`, or else of `system` (every batch without either)."""
+        batch = self.system["lgsp_batch"]
+        return sa.select(batch.c.batch_id).where(*(
+            [batch.c.pipeline == pipeline] if pipeline is not None
+            else [batch.c.source_system == system] if system is not None else []))
 
     def missing(self, conn: sa.Connection, dataset: DatasetSpec, keys: pa.Table, held: Sequence[str], system: str,
                 loaded_by: datetime, pipeline: str | None = None) -> tuple[sa.Select, int]:
