@@ -221,7 +221,9 @@ def main() -> None:
 
         def held() -> tuple[Any, Any]:
             with wh.engine.connect() as conn:
-                return _held(conn, catalog, subject), _quarantined(conn, subject)
+                inspector = sa.inspect(conn)
+                existing = set(inspector.get_table_names()) | set(inspector.get_view_names())
+                return _held(conn, catalog, subject, existing), _quarantined(conn, subject, existing)
 
         def report_lake() -> dict[str, Any]:
             return disclosures(wh.engine, catalog, KEY, subject, lake=lake)

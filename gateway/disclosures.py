@@ -180,8 +180,13 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
     known: dict[str, date] = {}
     a = tables.audit.c
     with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        existing = set(inspector.get_table_names()) | set(inspector.get_view_names())
         for name, held in columns.items():
             view, shared = views[name], catalog.sharing[name].columns
+            if view.name not in existing:  # never published: its dataset was never loaded here
+                versions[name] = []
+                continue
             lineage = [view.c._batch_id] if "_batch_id" in view.c else []
             found = [dict(r) for r in conn.execute(sa.select(*(view.c[c] for c in shared), *lineage).where(
                 sa.or_(*(view.c[c] == personal_id for c in held)))).mappings()]
@@ -195,8 +200,8 @@ def disclosures(engine: sa.Engine, catalog: Catalog, key: bytes, personal_id: st
                 records[name] = [{c: r[c] for c in shared} for r in found]
             if timeline.known_since is not None:
                 known[name] = timeline.known_since
-        held_only = _held(conn, catalog, personal_id)
-        quarantined = _quarantined(conn, personal_id)
+        held_only = _held(conn, catalog, personal_id, existing)
+        quarantined = _quarantined(conn, personal_id, existing)
         within = [sa.or_(a.dataset.in_(list(looked_in(catalog))), a.action.in_(RECORD_READS))] + (
             [a.recorded_at >= since] if since is not None else [])
         named = _one_per_report(conn.execute(
@@ -238,10 +243,11 @@ def _one_per_report(rows: Iterable[Any]) -> list[dict[str, Any]]:
     return named
 
 
-def _held(conn: sa.Connection, catalog: Catalog, personal_id: str) -> dict[str, list[dict[str, Any]]]:
+def _held(conn: sa.Connection, catalog: Catalog, personal_id: str,
+          existing: set[str]) -> dict[str, list[dict[str, Any]]]:
     """Per dataset, the records naming the person in a column no agency may read (`held_columns`): each one's
-    key and the columns naming them, in key order; every version of a history dataset's record counts."""
-    existing = set(sa.inspect(conn).get_table_names())
+    key and the columns naming them, in key order; every version of a history dataset's record counts.
+    `existing`: the store's tables and views."""
     metadata = sa.MetaData()
     found: dict[str, list[dict[str, Any]]] = {}
     for name, held in held_columns(catalog).items():
@@ -270,11 +276,11 @@ def _named_in(value: Any, personal_id: str) -> bool:
     return isinstance(value, str) and value.strip() == personal_id
 
 
-def _quarantined(conn: sa.Connection, personal_id: str) -> dict[str, list[dict[str, Any]]]:
+def _quarantined(conn: sa.Connection, personal_id: str, existing: set[str]) -> dict[str, list[dict[str, Any]]]:
     """Per dataset, the quarantined rows (open or closed) whose payload holds the ID: the rule that rejected
-    each, why, its record's key, its state and when."""
+    each, why, its record's key, its state and when. `existing`: the store's tables and views."""
     q = system_tables(sa.MetaData())["lgsp_quarantine"]
-    if not sa.inspect(conn).has_table(q.name):
+    if q.name not in existing:
         return {}
     found: dict[str, list[dict[str, Any]]] = {}
     for row in conn.execute(sa.select(q.c.dataset, q.c.quarantine_id, q.c.rule, q.c.reason, q.c.record_key,

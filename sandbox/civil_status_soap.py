@@ -18,6 +18,11 @@ Operations:
         ``Client.InvalidArgument`` naming the parameter.
     ``GetCivilStatusEvent(event_id) -> CivilStatusEvent``
         Unknown id -> ``Client.NotFound``.
+    ``ListHouseholdMembers(since, until, page_token, page_size) -> HouseholdMemberPage``
+        Household memberships (:mod:`sandbox.households`), paged exactly as
+        ``ListCivilStatusEvents``, ordered by ``(updated_at, household_id,
+        personal_id)``; ``items`` are ``HouseholdMember`` (the key is the pair
+        ``household_id``, ``personal_id``: who moved has a row in each household).
 
 Example ``CivilStatusEvent`` (as zeep returns it, after ``serialize_object``)::
 
@@ -73,6 +78,37 @@ class CivilStatusEvent(ComplexModel):
     ]
 
 
+class HouseholdMember(ComplexModel):
+    """One person's membership of one household (hộ); ``left_on`` and ``leave_reason`` once they left."""
+
+    __namespace__ = NAMESPACE
+    _type_info = [
+        ("household_id", Unicode),
+        ("personal_id", Unicode),
+        ("full_name", Unicode),
+        ("sex", Unicode),
+        ("birth_date", Date),
+        ("relation", Unicode),
+        ("joined_on", Date),
+        ("left_on", Date),
+        ("leave_reason", Unicode),
+        ("head_personal_id", Unicode),
+        ("commune_code", Unicode),
+        ("updated_at", DateTime(timezone=True)),
+    ]
+
+
+class HouseholdMemberPage(ComplexModel):
+    """One page of memberships plus the token of the next page (absent on the last)."""
+
+    __namespace__ = NAMESPACE
+    _type_info = [
+        ("items", HouseholdMember.customize(min_occurs=0, max_occurs="unbounded")),
+        ("next_page_token", Unicode(min_occurs=0)),
+        ("total", Integer),
+    ]
+
+
 class EventPage(ComplexModel):
     """One page of events plus the token of the next page (absent on the last)."""
 
@@ -116,22 +152,17 @@ def decode_page_token(token: str, since: datetime | None, until: datetime | None
     return offset
 
 
-class _EventIndex:
-    """Events sorted by ``(updated_at, event_id)`` with a by-id lookup."""
+class _Index:
+    """Rows sorted by ``(updated_at, key...)``, served a page at a time as ``page_model`` of ``model``."""
 
-    def __init__(self, events: Sequence[dict[str, Any]]) -> None:
-        self.rows = sorted(events, key=lambda r: (r["updated_at"], r["event_id"]))
+    def __init__(self, rows: Sequence[dict[str, Any]], key: tuple[str, ...], model: type[ComplexModel],
+                 page_model: type[ComplexModel]) -> None:
+        self.rows = sorted(rows, key=lambda r: (r["updated_at"], *(r[k] for k in key)))
         self.keys = [r["updated_at"].timestamp() for r in self.rows]
-        self.by_id = {r["event_id"]: r for r in self.rows}
-
-    def get(self, event_id: str | None) -> CivilStatusEvent:
-        row = self.by_id.get((event_id or "").strip())
-        if row is None:
-            raise Fault("Client.NotFound", f"no civil-status event with event_id {event_id!r}")
-        return CivilStatusEvent(**row)
+        self.model, self.page_model = model, page_model
 
     def page(self, since: datetime | None, until: datetime | None, page_token: str | None,
-             page_size: int | None) -> EventPage:
+             page_size: int | None) -> ComplexModel:
         since, until = _aware("since", since), _aware("until", until)
         if since is not None and until is not None and until < since:
             raise Fault("Client.InvalidArgument", f"until ({until.isoformat()}) is before since ({since.isoformat()})")
@@ -146,13 +177,27 @@ class _EventIndex:
             raise Fault("Client.InvalidArgument", f"page_token {page_token!r} points past the end of the window")
         first = start + offset
         last = min(first + size, end)
-        items = [CivilStatusEvent(**r) for r in self.rows[first:last]]
+        items = [self.model(**r) for r in self.rows[first:last]]
         next_token = encode_page_token(last - start, since, until) if last < end else None
-        return EventPage(items=items, next_page_token=next_token, total=end - start)
+        return self.page_model(items=items, next_page_token=next_token, total=end - start)
+
+
+class _EventIndex(_Index):
+    """Events sorted by ``(updated_at, event_id)`` with a by-id lookup."""
+
+    def __init__(self, events: Sequence[dict[str, Any]]) -> None:
+        super().__init__(events, ("event_id",), CivilStatusEvent, EventPage)
+        self.by_id = {r["event_id"]: r for r in self.rows}
+
+    def get(self, event_id: str | None) -> CivilStatusEvent:
+        row = self.by_id.get((event_id or "").strip())
+        if row is None:
+            raise Fault("Client.NotFound", f"no civil-status event with event_id {event_id!r}")
+        return CivilStatusEvent(**row)
 
 
 class CivilStatusService(Service):
-    """SOAP operations; the data index is found on ``ctx.app.sandbox_index``."""
+    """SOAP operations; the data indexes are found on ``ctx.app.sandbox_index`` and ``ctx.app.sandbox_households``."""
 
     @rpc(DateTime, DateTime, Unicode, Integer, _returns=EventPage, _body_style="wrapped")
     def ListCivilStatusEvents(ctx, since, until, page_token, page_size):  # noqa: N802,N805
@@ -164,13 +209,20 @@ class CivilStatusService(Service):
         """Return one event by id, e.g. ``'HT37-2025-000412'``."""
         return ctx.app.sandbox_index.get(event_id)
 
+    @rpc(DateTime, DateTime, Unicode, Integer, _returns=HouseholdMemberPage, _body_style="wrapped")
+    def ListHouseholdMembers(ctx, since, until, page_token, page_size):  # noqa: N802,N805
+        """Return household memberships changed in ``[since, until)``, one page per call."""
+        return ctx.app.sandbox_households.page(since, until, page_token, page_size)
 
-def make_civil_status_app(events: Sequence[dict[str, Any]], username: str, password: str) -> WsgiApp:
-    """Build the WS-Security protected SOAP WSGI application serving ``events``.
+
+def make_civil_status_app(events: Sequence[dict[str, Any]], username: str, password: str,
+                          households: Sequence[dict[str, Any]] = ()) -> WsgiApp:
+    """Build the WS-Security protected SOAP WSGI application serving ``events`` and ``households``.
 
     Args:
         events: Ground-truth rows from
             :func:`sandbox.civil_status.make_civil_status_events_with_defects`.
+        households: Ground-truth rows from :func:`sandbox.households.make_household_members_with_defects`.
         username: The UsernameToken user the service accepts.
         password: Its password (text or digest).
 
@@ -185,5 +237,7 @@ def make_civil_status_app(events: Sequence[dict[str, Any]], username: str, passw
         out_protocol=Soap11(),
     )
     app.sandbox_index = _EventIndex(events)  # type: ignore[attr-defined]
+    app.sandbox_households = _Index(households, ("household_id", "personal_id"),  # type: ignore[attr-defined]
+                                    HouseholdMember, HouseholdMemberPage)
     quiet_client_faults(_CLIENT_FAULTS)
     return require_username_token(WsgiApplication(app), username, password)

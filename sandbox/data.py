@@ -26,6 +26,7 @@ from sandbox.documents import make_documents_with_defects
 from sandbox.dossiers import DOSSIER_DEFECT_KINDS, DOSSIER_FIELDS, make_dossiers, make_dossiers_with_defects
 from sandbox.dvcqg_rest import make_procedures
 from sandbox.enterprises import make_enterprises_with_defects
+from sandbox.households import make_household_members_with_defects
 from sandbox.land import make_land_parcels_with_defects
 
 try:
@@ -35,13 +36,14 @@ except ImportError:  # the module's own name for it
 
 __all__ = [
     "CITIZEN_DEFECT_KINDS", "CITIZEN_FIELDS", "DATASET_KEYS", "DEFAULT_SIZE", "DOSSIER_DEFECT_KINDS",
-    "DOSSIER_FIELDS", "SandboxData", "make_citizens", "make_dossiers",
+    "DOSSIER_FIELDS", "SandboxData", "make_citizens", "make_dossiers", "record_key",
 ]
 
-DATASET_KEYS: dict[str, str] = {
+DATASET_KEYS: dict[str, str | tuple[str, ...]] = {
     "citizen": "personal_id",
     "dossier": "dossier_id",
     "civil_status_event": "event_id",
+    "household_member": ("household_id", "personal_id"),
     "land_parcel": "parcel_id",
     "enterprise": "tax_code",
     "civil_servant": "servant_id",
@@ -49,7 +51,7 @@ DATASET_KEYS: dict[str, str] = {
     "procedure": "MaTTHC",
     "health_insurance_card": "card_no",
 }
-"""Every pull dataset the sandbox serves -> its key field."""
+"""Every pull dataset the sandbox serves -> its key field (or fields: :func:`record_key` joins them)."""
 
 DEFAULT_SIZE = 400
 """Rows per dataset other than citizens and dossiers, unless ``sizes`` says otherwise."""
@@ -60,6 +62,7 @@ _ATTRIBUTES: dict[str, tuple[str, str | None]] = {
     "citizen": ("citizens", "citizen_defects"),
     "dossier": ("dossiers", "dossier_defects"),
     "civil_status_event": ("civil_status_events", "civil_status_event_defects"),
+    "household_member": ("household_members", "household_member_defects"),
     "land_parcel": ("land_parcels", "land_parcel_defects"),
     "enterprise": ("enterprises", "enterprise_defects"),
     "civil_servant": ("civil_servants", "civil_servant_defects"),
@@ -82,6 +85,7 @@ _GENERATORS: dict[str, tuple[Generator, int]] = {
 _DOSSIER_SEED_OFFSET = 1_000_003
 """Dossiers use ``seed + offset`` so the two original streams are independent."""
 _PROCEDURE_SEED_OFFSET = 8_000_009
+_HOUSEHOLD_SEED_OFFSET = 9_000_011
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class SandboxData:
         citizen_defects: e.g. ``{'03719001234': 'cccd_length'}``.
         dossier_defects: e.g. ``{'H37.01-250815-0003': 'channel_unknown'}``.
         civil_status_events: see ``sandbox.civil_status``.
+        household_members: see ``sandbox.households`` (the households behind the good events' births and
+            deaths, then random ones); defects are keyed ``'household_id|personal_id'``.
         land_parcels: see ``sandbox.land``.
         enterprises: see ``sandbox.enterprises``.
         civil_servants: see ``sandbox.civil_servants``.
@@ -114,6 +120,8 @@ class SandboxData:
     dossier_defects: dict[str, str] = field(default_factory=dict)
     civil_status_events: list[dict[str, Any]] = field(default_factory=list)
     civil_status_event_defects: dict[str, str] = field(default_factory=dict)
+    household_members: list[dict[str, Any]] = field(default_factory=list)
+    household_member_defects: dict[str, str] = field(default_factory=dict)
     land_parcels: list[dict[str, Any]] = field(default_factory=list)
     land_parcel_defects: dict[str, str] = field(default_factory=dict)
     enterprises: list[dict[str, Any]] = field(default_factory=list)
@@ -155,6 +163,10 @@ class SandboxData:
             rows, defects = generator(seed + offset, sizes.get(dataset, DEFAULT_SIZE), defect_rate)
             fields[rows_attr] = rows
             fields[str(defects_attr)] = defects
+        good_events = [e for e in fields["civil_status_events"] if e["event_id"] not in
+                       fields["civil_status_event_defects"]]
+        fields["household_members"], fields["household_member_defects"] = make_household_members_with_defects(
+            seed + _HOUSEHOLD_SEED_OFFSET, sizes.get("household_member", DEFAULT_SIZE), defect_rate, good_events)
         return cls(seed, people, files, people_defects, file_defects, **fields)
 
     def __repr__(self) -> str:
@@ -177,6 +189,12 @@ class SandboxData:
     def dossier(self, dossier_id: str) -> dict[str, Any] | None:
         """Return the dossier with that id, or ``None``."""
         return next((d for d in self.dossiers if d["dossier_id"] == dossier_id), None)
+
+
+def record_key(dataset: str, row: dict[str, Any]) -> str:
+    """``row``'s key as lgsp writes a record key: ``'HS37-...'``, or ``'HK37-14464-000012|037325004211'``."""
+    key = DATASET_KEYS[dataset]
+    return str(row[key]) if isinstance(key, str) else "|".join(str(row[k]) for k in key)
 
 
 def _attributes(dataset: str) -> tuple[str, str | None]:

@@ -120,7 +120,7 @@ def _build_apps(data: SandboxData, creds: SandboxCredentials) -> _Apps:
         "population": make_population_app(data.citizens),
         "tthc": make_tthc_app(data.dossiers, creds.tthc_api_key),
         "civil_status": make_civil_status_app(data.civil_status_events, creds.civil_status_user,
-                                              creds.civil_status_password),
+                                              creds.civil_status_password, data.household_members),
         "land": land,
         "business": make_business_app(data.enterprises, creds.business_user, creds.business_password),
         "civil_servants": make_civil_servants_app(data.civil_servants),

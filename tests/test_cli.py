@@ -39,10 +39,10 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert set(outbox) == {"acked"} and outbox["acked"] > 0  # pushed to DVCQG and the reporting system
     assert "Push outbox" in first.stdout and "Last drift check" in first.stdout
     said = " ".join(first.stdout.split())  # the summary's lines, whatever the console's width
-    assert "references: 7, 0 broken, 0 orphan rows" in said, "every dossier names a procedure, every row a commune"
-    assert re.search(r"Quality: 9 datasets scored, overall 9\d\.\d% to 100\.0%; lowest \w+ \(validity\)", said)
+    assert "references: 8, 0 broken, 0 orphan rows" in said, "every dossier names a procedure, every row a commune"
+    assert re.search(r"Quality: 10 datasets scored, overall 9\d\.\d% to 100\.0%; lowest \w+ \(validity\)", said)
     completeness = first.stdout[first.stdout.index("Completeness"):]
-    assert completeness.count(" complete ") == 6 and "lost" not in completeness  # every pipeline with a total
+    assert completeness.count(" complete ") == 7 and "lost" not in completeness  # every pipeline with a total
     assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
     copy = home / "agency" / "so_xay_dung.db"  # the demo agency's copy of enterprise, by the change feed
     assert f"Agency copy: enterprise -> {copy} (snapshot:" in first.stdout
@@ -82,7 +82,7 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert manifest["store"]["tables"]["core_citizen"] == 396 and int(backed.group(2).replace(",", "")) > 9
     monitored = re.search(r"Monitoring: (\d+) Prometheus samples: (\d+) of (\d+) pipelines fresh, (\d+) error\(s\)", said)
     assert monitored is not None and int(monitored.group(1)) > 100, said[-2000:]
-    assert monitored.group(2) == monitored.group(3) == "9" and monitored.group(4) == "0"  # every pipeline just synced
+    assert monitored.group(2) == monitored.group(3) == "10" and monitored.group(4) == "0"  # every pipeline just synced
     printed = first.stdout + first.stderr
     assert "demo-test-pseudonym-key" not in printed and not re.search(r"lgsp_[0-9a-f]{12}_", printed)  # no key
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)

@@ -47,7 +47,8 @@ def test_soap_pull_pages_through_every_citizen(catalog: Any, sandbox_handle: Any
 
 
 @pytest.mark.parametrize(("pipeline", "record_type"), [("population_citizens", "Citizen"),
-                                                       ("civil_status_events", "CivilStatusEvent")])
+                                                       ("civil_status_events", "CivilStatusEvent"),
+                                                       ("civil_status_household_members", "HouseholdMember")])
 def test_soap_flat_records_parse_in_one_pass_to_what_zeep_gives(catalog: Any, sandbox_handle: Any, pipeline: str,
                                                                  record_type: str) -> None:
     """The one-pass parser of flat records (connectors.soap_records) gives zeep's own values, page by page."""

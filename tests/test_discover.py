@@ -22,8 +22,8 @@ from lgsp.discover import DiscoverError, discover, guess_key, guess_columns, sha
 
 # every pipeline of the shipped catalog whose source answers as the sandbox serves it (the DVCQG renames its
 # fields, admin_units reads a package)
-PIPELINES = ["population_citizens", "tthc_dossiers", "civil_status_events", "land_parcels", "business_enterprises",
-             "civil_servants", "documents"]
+PIPELINES = ["population_citizens", "tthc_dossiers", "civil_status_events", "civil_status_household_members",
+             "land_parcels", "business_enterprises", "civil_servants", "documents"]
 
 
 def _catalog_with_system(target: Path, system: str) -> Path:

@@ -25,7 +25,7 @@ from sandbox.citizens import CITIZEN_DEFECT_KINDS, CITIZEN_FIELDS, century_sex_d
 from sandbox.civil_servants import CIVIL_SERVANT_DEFECT_KINDS, make_civil_servants_with_defects
 from sandbox.common import VN_TZ, WINDOW_END_UTC, WINDOW_END_VN, WINDOW_START_UTC, parse_instant
 from sandbox.communes import UNKNOWN_COMMUNE, commune_codes, ninh_binh_communes
-from sandbox.data import make_citizens, make_dossiers
+from sandbox.data import make_citizens, make_dossiers, record_key
 from sandbox.dossiers import DOSSIER_DEFECT_KINDS, DOSSIER_FIELDS
 from sandbox.enterprises import ENTERPRISE_DEFECT_KINDS, make_enterprises_with_defects
 from sandbox.faults import FAULT_KINDS
@@ -441,12 +441,12 @@ def test_env_points_at_every_system(sb):
 
 
 def test_data_has_every_dataset_with_its_key_and_defects(sb):
-    assert set(DATASET_KEYS) == {"citizen", "dossier", "civil_status_event", "land_parcel", "enterprise",
-                                 "civil_servant", "document", "procedure", "health_insurance_card"}
-    for dataset, key in DATASET_KEYS.items():
+    assert set(DATASET_KEYS) == {"citizen", "dossier", "civil_status_event", "household_member", "land_parcel",
+                                 "enterprise", "civil_servant", "document", "procedure", "health_insurance_card"}
+    for dataset in DATASET_KEYS:
         rows = sb.data.records(dataset)
-        assert rows and len({r[key] for r in rows}) == len(rows), dataset
-        assert set(sb.data.defects(dataset)) <= {r[key] for r in rows}
+        assert rows and len({record_key(dataset, r) for r in rows}) == len(rows), dataset
+        assert set(sb.data.defects(dataset)) <= {record_key(dataset, r) for r in rows}
     assert sb.data.records("citizen") is sb.data.citizens and sb.data.defects("dossier") is sb.data.dossier_defects
     small = SandboxData.generate(5, 10, 10, sizes={"land_parcel": 7, "enterprise": 3})
     assert (len(small.land_parcels), len(small.enterprises), len(small.civil_servants)) == (7, 3, 400)

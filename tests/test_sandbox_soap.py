@@ -32,12 +32,15 @@ from sandbox.civil_status import (
 from sandbox.civil_status_soap import encode_page_token, make_civil_status_app
 from sandbox.common import VN_TZ, WINDOW_END_UTC, WINDOW_START_UTC
 from sandbox.communes import UNKNOWN_COMMUNE, commune_codes
+from sandbox.households import (HOUSEHOLD_DEFECT_KINDS, HOUSEHOLD_FIELDS, LEAVE_REASONS, RELATIONS, household_key,
+                                make_household_members_with_defects)
 from sandbox.population_soap import make_population_app
 from sandbox.reporting_soap import ReportingInbox, make_reporting_app
 from sandbox.wsse import WSSE_NS
 
 USER, PASSWORD = "lgsp-ninhbinh", "correct horse battery staple"
 SEED, EVENTS, RATE = 37, 600, 0.2
+MEMBERS = 800
 HARDENED = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
 CCCD_PROVINCES = ("001", "035", "036", "037")
 
@@ -46,16 +49,19 @@ CCCD_PROVINCES = ("001", "035", "036", "037")
 def servers() -> Iterator[dict[str, Any]]:
     """Civil status, reporting and population on loopback; yields WSDL URLs, data and the inbox."""
     events, defects = make_civil_status_events_with_defects(SEED, EVENTS, RATE)
+    good = [e for e in events if e["event_id"] not in defects]
+    members, member_defects = make_household_members_with_defects(SEED, MEMBERS, RATE, good)
     citizens = make_citizens(SEED, 300)
     inbox = ReportingInbox()
     apps = {
-        "civil_status": make_civil_status_app(events, USER, PASSWORD),
+        "civil_status": make_civil_status_app(events, USER, PASSWORD, members),
         "reporting": make_reporting_app(inbox, USER, PASSWORD),
         "population": make_population_app(citizens),
     }
     with ExitStack() as running:
         urls = {name: running.enter_context(serving(app)) + "/?wsdl" for name, app in apps.items()}
-        yield {"urls": urls, "events": events, "defects": defects, "citizens": citizens, "inbox": inbox}
+        yield {"urls": urls, "events": events, "defects": defects, "citizens": citizens, "inbox": inbox,
+               "members": members, "member_defects": member_defects}
 
 
 def client(url: str, password: str | None = PASSWORD, **token: Any) -> zeep.Client:
@@ -77,10 +83,11 @@ def fault_code(excinfo: pytest.ExceptionInfo) -> str:
     return str(excinfo.value.code).rsplit(":", 1)[-1]
 
 
-def all_events(civil: zeep.Client, page_size: int, **window: Any) -> tuple[list[dict], set[int]]:
+def all_events(civil: zeep.Client, page_size: int, operation: str = "ListCivilStatusEvents",
+               **window: Any) -> tuple[list[dict], set[int]]:
     rows, totals, token = [], set(), None
     while True:
-        page = civil.service.ListCivilStatusEvents(page_token=token, page_size=page_size, **window)
+        page = getattr(civil.service, operation)(page_token=token, page_size=page_size, **window)
         rows += [dict(serialize_object(e)) for e in page["items"]]
         totals.add(page.total)
         token = page.next_page_token
@@ -133,7 +140,60 @@ def test_civil_status_rows_keep_the_rules_and_carry_one_defect_each(servers):
     assert {r["event_type"] for r in rows} >= set(EVENT_TYPES)
 
 
+def test_household_generation_is_deterministic():
+    events, _ = make_civil_status_events_with_defects(5, 100, 0.0)
+    assert make_household_members_with_defects(5, 200, 0.1, events) == \
+        make_household_members_with_defects(5, 200, 0.1, events)
+    assert make_household_members_with_defects(5, 200, 0.1, events) != \
+        make_household_members_with_defects(6, 200, 0.1, events)
+
+
+def test_household_rows_keep_the_rules_and_follow_the_registrys_births_and_deaths(servers):
+    rows, defects, events = servers["members"], servers["member_defects"], servers["events"]
+    assert len({household_key(r) for r in rows}) == len(rows) == MEMBERS
+    assert rows == sorted(rows, key=lambda r: (r["updated_at"], r["household_id"], r["personal_id"]))
+    assert Counter(defects.values()) == {k: MEMBERS * RATE / 4 for k in HOUSEHOLD_DEFECT_KINDS}
+    for r in rows:
+        assert tuple(r) == HOUSEHOLD_FIELDS and re.fullmatch(r"HK37-\d{5}-\d{6}", r["household_id"])
+        assert WINDOW_START_UTC <= r["updated_at"] <= WINDOW_END_UTC
+        kind = defects.get(household_key(r))
+        assert (kind == "relation_unknown") == (r["relation"] not in RELATIONS)
+        assert (kind == "cccd_invalid") == (not valid_cccd(r["personal_id"], r["sex"], r["birth_date"]))
+        assert (kind == "commune_unknown") == (r["commune_code"] not in commune_codes())
+        assert (kind == "left_before_joined") == (r["left_on"] is not None and r["left_on"] < r["joined_on"])
+        assert r["birth_date"] <= r["joined_on"] and (r["left_on"] is None) == (r["leave_reason"] is None)
+        assert r["leave_reason"] in (None, *LEAVE_REASONS) and re.fullmatch(r"\d{12}", r["head_personal_id"])
+    heads = Counter(r["household_id"] for r in rows if r["relation"] in ("head", "Chủ hộ"))
+    assert set(heads.values()) == {1} and set(heads) >= {r["household_id"] for r in rows} - {rows[-1]["household_id"]}
+    moved = [r for r in rows if r["leave_reason"] == "moved" and defects.get(household_key(r)) is None]
+    assert moved and all(any(o["personal_id"] == r["personal_id"] and o["relation"] == "head" and
+                             o["joined_on"] == r["left_on"] for o in rows) for r in moved), "moved out: heads their own"
+    by_person = {r["personal_id"]: r for r in rows if defects.get(household_key(r)) is None}
+    births = [e for e in events if e["event_type"] == "birth" and e["personal_id"] in by_person]
+    deaths = [e for e in events if e["event_type"] == "death" and e["personal_id"] in by_person]
+    assert len(births) > 20 and len(deaths) > 20
+    for e in births:
+        assert (by_person[e["personal_id"]]["joined_on"], by_person[e["personal_id"]]["commune_code"]) == \
+            (e["registered_on"], e["commune_code"]), "a registered birth joins a household of its commune"
+    for e in deaths:
+        assert (by_person[e["personal_id"]]["left_on"], by_person[e["personal_id"]]["leave_reason"]) == \
+            (e["event_date"], "died"), "a registered death ends the membership"
+    assert not {e["personal_id"] for e in events if e["event_id"] in servers["defects"]} & set(by_person)
+
+
 # --- civil-status SOAP ----------------------------------------------------------------------------
+
+
+def test_household_members_page_by_token_to_exactly_the_ground_truth(servers, civil):
+    members = servers["members"]
+    rows, totals = all_events(civil, 45, "ListHouseholdMembers")
+    assert [as_utc(r) for r in rows] == members and totals == {MEMBERS}
+    since, until = members[100]["updated_at"], members[600]["updated_at"]
+    window, _ = all_events(civil, 60, "ListHouseholdMembers", since=since, until=until)
+    assert [as_utc(r) for r in window] == [r for r in members if since <= r["updated_at"] < until]
+    with pytest.raises(zeep.exceptions.Fault) as err:
+        civil.service.ListHouseholdMembers(since=datetime(2025, 8, 1))
+    assert fault_code(err) == "Client.InvalidArgument"
 
 
 def test_paging_by_token_returns_exactly_the_ground_truth(servers, civil):
