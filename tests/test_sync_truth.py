@@ -26,7 +26,8 @@ def warehouse_keys(wh: Any, dataset: Any) -> dict[str, Any]:
     table = wh.core[dataset.name]
     column = dataset.cursor_field or list(dataset.columns)[1]
     with wh.engine.connect() as conn:
-        return {str(r[0]): r[1] for r in conn.execute(sa.select(table.c[dataset.key[0]], table.c[column]))}
+        return {"|".join(str(v) for v in r[:-1]): r[-1]
+                for r in conn.execute(sa.select(*(table.c[k] for k in dataset.key), table.c[column]))}
 
 
 def quarantined_keys(wh: Any, dataset: str) -> list[str]:
@@ -36,7 +37,7 @@ def quarantined_keys(wh: Any, dataset: str) -> list[str]:
 
 
 def assert_identical_to_truth(wh: Any, catalog: Any, handle: Any, pipeline: str) -> None:
-    from sandbox.data import DATASET_KEYS
+    from sandbox.data import record_key
 
     dataset = catalog.datasets[catalog.pipelines[pipeline].dataset]
     everything, defects = truth_keys(handle, dataset.name)
@@ -46,9 +47,9 @@ def assert_identical_to_truth(wh: Any, catalog: Any, handle: Any, pipeline: str)
     assert set(landed) == everything - rejected, f"{pipeline}: landed rows differ from the good rows"
     assert sorted(quarantined) == sorted(rejected), f"{pipeline}: each bad row quarantined exactly once"
     if dataset.cursor_field:
-        source_key = SOURCE_KEY.get(dataset.name, DATASET_KEYS[dataset.name])
         field, read = SOURCE_CURSOR.get(dataset.name, (dataset.cursor_field, lambda value: value))
-        truth = {str(r[source_key]): read(r[field]) for r in handle.data.records(dataset.name)}
+        truth = {str(r[SOURCE_KEY[dataset.name]]) if dataset.name in SOURCE_KEY else record_key(dataset.name, r):
+                 read(r[field]) for r in handle.data.records(dataset.name)}
         wrong = [k for k, v in landed.items() if v.replace(tzinfo=v.tzinfo or timezone.utc) != truth[k]]
         assert not wrong, f"{pipeline}: stale versions for {wrong[:5]}"
 
