@@ -195,12 +195,17 @@ def folded(text: str) -> str:
 def matches(info: dict[str, Any], q: str) -> bool:
     """Whether every word of `q` is a word of the dataset's name, title or description, English or Vietnamese.
 
-    Whole words (a Vietnamese word is a syllable: `ho` finds `hồ`, not `thông`), accents ignored.
+    Whole words (a Vietnamese word is a syllable: `ho` finds `hồ`, not `thông`). A word typed without accents
+    finds every accented form (`ho so` finds `hồ sơ` and `hộ`, `sở`); one typed with them finds that word only,
+    as Vietnamese search does (`hồ sơ`, a dossier, does not find `hộ`, a household, nor `cơ sở`).
     """
     texts = (info["name"], info["name"].replace("_", " "), info["title"], info["description"],
              info["title_vi"] or "", info["description_vi"] or "")
-    haystack = set(WORD.findall(folded(" ".join(texts))))
-    return all(word in haystack for word in WORD.findall(folded(q)))
+    text = " ".join(texts)
+    exact = set(WORD.findall(unicodedata.normalize("NFC", text.casefold())))
+    loose = set(WORD.findall(folded(text)))
+    words = WORD.findall(unicodedata.normalize("NFC", q.casefold()))
+    return all(word in loose if folded(word) == word else word in exact for word in words)
 
 
 def render_page(locale: Locale, template: str, status: int = 200, headers: dict[str, str] | None = None,

@@ -220,8 +220,11 @@ def test_the_search_filters_by_name_and_description_in_both_languages_accents_or
     for q in ("minh bạch", "minh bach", "MINH BACH thoi gian", "dossiers transparency", "giai quyet minh"):
         for lang in ("vi", "en"):  # whatever the page's language, both languages' text is searched
             assert found(q, lang=lang) == {"dossier"}, (q, lang)
-    for q in ("hồ sơ", "HO SO"):  # a Vietnamese word is a syllable: `so` is not found in `cơ sở`'s `co`
-        assert found(q) == {"dossier", "indicator_value"}, q  # indicator_value: the rate of dossiers
+    # a Vietnamese word is a syllable: `so` is not found in `cơ sở`'s `co`; typed with its accents, `hồ sơ` (a
+    # dossier) is that word only: not `hộ` (a household) nor `sở`; without them, it is every one of those
+    assert found("hồ sơ") == found("Hồ Sơ") == {"dossier", "indicator_value"}  # indicator_value: rates of dossiers
+    assert found("HO SO") == found("ho so") == {"dossier", "indicator_value", "household_member"}
+    assert found("hộ gia đình") == found("ho gia dinh") == {"household_member"}
     assert found("dan cu") == found("citizen") == found("công dân") == {"citizen"}
     assert found("land parcel") == found("land_parcel") == found("thua dat") == {"land_parcel"}
     nothing = portal.get("/portal", params={"q": "no such thing at all"})

@@ -2,21 +2,26 @@
 (`ListHouseholdMembers`, WS-Security), the shipped pipeline `civil_status_household_members` run by the real
 runner into SQLite and a real PostgreSQL, keyed by the pair (household_id, personal_id); what it must show:
 every membership lands once or is quarantined under its rule, a person who moved is in both households, a rerun
-(incremental or full) changes nothing, `lgsp record` finds a membership by its two-part key, and a person's
-disclosure report names every household row that names them (as a member and as the head).
+(incremental or full) changes nothing, `lgsp record` finds a membership by its two-part key, a commune reads
+through the gateway only its own households, and a person's disclosure report names every household row naming
+them (as a member and as the head) and the reads that may have included them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from catalog import load_catalog
+from gateway.service import prepare_database
 from lgsp.cli import app as lgsp_app
 
 PIPELINE, DATASET = "civil_status_household_members", "household_member"
@@ -78,26 +83,70 @@ def test_household_members_land_by_their_pair_key_and_a_persons_report_names_eac
     assert found["now"]["leave_reason"] == "moved" and found["now"]["relation"] == "child", found
 
     head = moved["head_personal_id"]  # the moved child's first household: its head's report lists every member
-    household = [r for r in good if r["household_id"] == moved["household_id"]]
+    household = sorted((r for r in good if r["household_id"] == moved["household_id"]), key=lambda r: r["personal_id"])
     report = _report(head)
-    held = {h["key"]["personal_id"]: h["as"] for h in report["held"][DATASET]
-            if h["key"]["household_id"] == moved["household_id"]}
-    assert held == {r["personal_id"]: (["personal_id", "head_personal_id"] if r["personal_id"] == head
-                                      else ["head_personal_id"]) for r in household}
-    assert report["records"] == {}, "no agency may read the households (and no shared dataset is loaded here)"
-
+    assert report["records"] == {}, "before the shared view is published, nothing is shared (and nothing fails)"
+    prepare_database(lgsp_env.database_url, load_catalog())  # the shared views (the gateway's start does it)
+    report = _report(head)
+    assert sorted((r["household_id"], r["personal_id"], r["relation"]) for r in report["records"][DATASET]
+                  if r["household_id"] == moved["household_id"]) == [
+        (r["household_id"], r["personal_id"], r["relation"]) for r in household], "as head, every member"
+    assert DATASET not in report["held"], "the shared view has both personal-ID columns"
     mover = _report(moved["personal_id"])
-    assert sorted(h["key"]["household_id"] for h in mover["held"][DATASET]) == sorted(h[0] for h in homes)
+    assert sorted(r["household_id"] for r in mover["records"][DATASET]) == sorted(h[0] for h in homes)
+
+
+def test_a_commune_reads_its_households_and_the_heads_report_says_so(database_url: str, sandbox_handle: Any,
+                                                                     tmp_path: Path) -> None:
+    """household_member is shared (restricted): a commune's People's Committee granted it scoped to its commune
+    reads through the real gateway only that commune's memberships, personal IDs as pseudonyms; the report of a
+    head of a household there names that read, the report of a head elsewhere does not."""
+    from gateway.api import create_app
+    from gateway.settings import load_gateway_settings
+    from test_gateway import gateway_env, loaded_registry, running
+
+    with gateway_env(sandbox_handle, tmp_path / "home", database_url):
+        catalog = load_catalog()
+        registry = loaded_registry(database_url, catalog, [PIPELINE])
+        good = [r for r in sandbox_handle.data.household_members
+                if f"{r['household_id']}|{r['personal_id']}" not in sandbox_handle.data.household_member_defects]
+        communes = Counter(r["commune_code"] for r in good)
+        ours, other = [c for c, _ in communes.most_common(2)]
+        registry.add_agency("ubnd_xa", "UBND xã")
+        key = registry.issue_api_key("ubnd_xa")
+        registry.grant("ubnd_xa", DATASET, scope={"commune_code": [ours]})
+        settings = dataclasses.replace(load_gateway_settings(database_url), principal_cache_s=0.0)
+        try:
+            with running(create_app(settings, catalog)) as base:
+                read = requests.get(f"{base}/api/v1/datasets/{DATASET}/records", params={"limit": 1000},
+                                    headers={"X-API-Key": key}, timeout=60)
+                other_read = requests.get(f"{base}/api/v1/datasets/{DATASET}/records", timeout=60,
+                                          params={"commune_code": other}, headers={"X-API-Key": key})
+        finally:
+            registry.engine.dispose()
+        assert read.status_code == 200, read.text
+        rows = read.json()["records"]
+        assert sorted((r["household_id"], r["relation"]) for r in rows) == sorted(
+            (r["household_id"], r["relation"]) for r in good if r["commune_code"] == ours)
+        assert all(r["personal_id"].startswith("ps_") and r["head_personal_id"].startswith("ps_") for r in rows)
+        assert other_read.status_code == 200 and other_read.json()["records"] == [], "another commune: nothing"
+        here = next(r["head_personal_id"] for r in good if r["commune_code"] == ours and r["relation"] == "head")
+        there = next(r["head_personal_id"] for r in good if r["commune_code"] == other and r["relation"] == "head")
+        may = [(m["agency_id"], m["dataset"]) for m in _report(here)["may_have"]]
+        assert may == [("ubnd_xa", DATASET)], may
+        assert [m for m in _report(there)["may_have"] if m["dataset"] == DATASET] == [], "outside its scope"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_newborn_is_held_as_the_birth_and_as_the_household_it_joined(lgsp_env: Any, sandbox_handle: Any) -> None:
-    """The registry records a birth and the child's joining a household; lgsp holds both, and says so."""
+    """The registry records a birth and the child's joining a household; lgsp holds both, and the child's report
+    says so: the birth as held (no agency may read it), the membership among the shared records."""
     from lgsp import runner
 
     data = sandbox_handle.data
     runner.run_pipeline("civil_status_events")
     runner.run_pipeline(PIPELINE)
+    prepare_database(lgsp_env.database_url, load_catalog())
     members = {r["personal_id"]: r for r in data.household_members}
     birth = next(e for e in sorted(data.civil_status_events, key=lambda e: e["event_id"])
                  if e["event_type"] == "birth" and e["personal_id"] in members
@@ -105,6 +154,6 @@ def test_a_newborn_is_held_as_the_birth_and_as_the_household_it_joined(lgsp_env:
     joined = members[birth["personal_id"]]
     report = _report(birth["personal_id"])
     assert report["held"]["civil_status_event"] == [{"key": {"event_id": birth["event_id"]}, "as": ["personal_id"]}]
-    assert report["held"][DATASET] == [{"key": {"household_id": joined["household_id"],
-                                                "personal_id": birth["personal_id"]}, "as": ["personal_id"]}]
+    assert [(r["household_id"], r["relation"], r["joined_on"]) for r in report["records"][DATASET]] == [
+        (joined["household_id"], "child", joined["joined_on"].isoformat())]
     assert (joined["joined_on"], joined["commune_code"]) == (birth["registered_on"], birth["commune_code"])
