@@ -7,11 +7,16 @@ Example row (the portal's own keys and string formats)::
 
     {'MaTTHC': '1.004227', 'TenTTHC': 'Cấp phiếu lý lịch tư pháp', 'LinhVuc': 'Lý lịch tư pháp',
      'CapThucHien': 'Tỉnh', 'MucDo': 'toan_trinh', 'ThoiHanGiaiQuyet': 10,
-     'CoQuanThucHien': 'Sở Tư pháp', 'NgayCapNhat': '20250815093000'}
+     'CoQuanThucHien': 'Sở Tư pháp', 'KhongPhuThuocDiaGioi': True, 'NgayCapNhat': '20250815093000'}
+
+``KhongPhuThuocDiaGioi`` (a JSON boolean): the province accepts the procedure at any one-stop desk,
+whatever the applicant's residence ("thủ tục không phụ thuộc địa giới hành chính"); about
+:data:`BOUNDARY_FREE_SHARE` of the procedures, fixed by the code (so the same in every catalogue).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import unicodedata
 from datetime import datetime
@@ -21,12 +26,14 @@ from sandbox.common import VN_TZ, WINDOW_END_UTC, WINDOW_START_UTC, random_insta
 from sandbox.procedures import DEPARTMENTS, PROCEDURES
 
 PROCEDURE_FIELDS = ("MaTTHC", "TenTTHC", "LinhVuc", "CapThucHien", "MucDo", "ThoiHanGiaiQuyet",
-                    "CoQuanThucHien", "NgayCapNhat")
+                    "CoQuanThucHien", "KhongPhuThuocDiaGioi", "NgayCapNhat")
 """The keys of a ``LayThuTuc`` row, in JSON order."""
 
 ONLINE_LEVELS = ("toan_trinh", "mot_phan")
 COMMUNE_AGENCY = "UBND cấp xã"
 DEADLINE_DAYS = (1, 3, 5, 7, 10, 15, 20, 30)
+BOUNDARY_FREE_SHARE = 0.35
+"""About this share of procedures has no administrative boundary (Binh Duong: 570 of its procedures, 2025)."""
 
 _FIELD_KEYWORDS = (
     ("Chứng thực", "Chứng thực"), ("xây dựng", "Xây dựng"), ("đất", "Đất đai"),
@@ -79,6 +86,12 @@ def _field_of(name: str) -> str:
     return next((field for keyword, field in _FIELD_KEYWORDS if keyword in name), "Hộ tịch")
 
 
+def boundary_free(code: str) -> bool:
+    """Whether procedure ``code`` has no administrative boundary: fixed by a digest of the code, consuming no
+    randomness (the rest of the catalogue is what it was before the field)."""
+    return int(hashlib.sha256(code.encode()).hexdigest()[:8], 16) / 16**8 < BOUNDARY_FREE_SHARE
+
+
 def _row(rng: random.Random, code: str, name: str, field: str, department: str | None) -> dict[str, Any]:
     return {
         "MaTTHC": code,
@@ -88,6 +101,7 @@ def _row(rng: random.Random, code: str, name: str, field: str, department: str |
         "MucDo": rng.choices(ONLINE_LEVELS, (60, 40))[0],
         "ThoiHanGiaiQuyet": rng.choice(DEADLINE_DAYS),
         "CoQuanThucHien": COMMUNE_AGENCY if department is None else DEPARTMENTS[department],
+        "KhongPhuThuocDiaGioi": boundary_free(code),
         "NgayCapNhat": portal_time(random_instant(rng, WINDOW_START_UTC, WINDOW_END_UTC)),
     }
 

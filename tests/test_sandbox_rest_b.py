@@ -20,6 +20,7 @@ from sandbox.communes import UNKNOWN_COMMUNE, commune_codes
 from sandbox.documents import DIRECTIONS, DOCUMENT_DEFECT_KINDS, DOCUMENT_FIELDS, DOCUMENT_TYPES
 from sandbox.documents import make_documents_with_defects
 from sandbox.documents_rest import document_to_json, make_documents_app
+from sandbox.dvcqg_catalog import boundary_free
 from sandbox.dvcqg_rest import DvcqgState, make_dvcqg_app, make_procedures, parse_portal_time, portal_time
 from sandbox.health_insurance import CARD_DEFECT_KINDS, CARD_FIELDS, make_cards_with_defects
 from sandbox.health_insurance_rest import card_to_json, make_health_insurance_app
@@ -239,6 +240,8 @@ def test_procedure_catalogue():
         assert re.fullmatch(r"[12]\.\d{6}", r["MaTTHC"]) and r["CapThucHien"] in ("Tỉnh", "Xã")
         assert r["MucDo"] in ("toan_trinh", "mot_phan") and isinstance(r["ThoiHanGiaiQuyet"], int)
         assert WINDOW_START_UTC <= parse_portal_time(r["NgayCapNhat"]) <= WINDOW_END_UTC
+        assert r["KhongPhuThuocDiaGioi"] is boundary_free(r["MaTTHC"])  # by the code, whatever the seed
+    assert 0.25 < sum(r["KhongPhuThuocDiaGioi"] for r in rows) / len(rows) < 0.5
     assert portal_time(datetime(2025, 8, 15, 2, 30, tzinfo=UTC)) == "20250815093000"
 
 
