@@ -60,8 +60,6 @@ HOUSEHOLD_DEFECT_KINDS = ("relation_unknown", "cccd_invalid", "commune_unknown",
 EARLIEST_HOUSEHOLD = date(1990, 1, 1)
 MOVED_SHARE = 0.3
 """Share of random households a grown child has left to head a household of their own."""
-DIGITISED_FROM, DIGITISED_TO = FIRST_REGISTRATION, LAST_REGISTRATION
-"""The registry's paper books were carried over in this window: a row nothing changed since is stamped then."""
 
 
 def household_key(row: dict[str, Any]) -> str:
@@ -153,9 +151,10 @@ def _random(builder: _Households, communes: list[str], count: int) -> None:
 
 
 def _stamp(rng: random.Random, row: dict[str, Any]) -> datetime:
-    """When the registry last changed the row: its latest recorded day in the window, else its carrying over."""
+    """When the registry last changed the row: its latest recorded day in the window, else the day its paper
+    book was carried over (within the same window)."""
     days = [d for d in (row["joined_on"], row["left_on"]) if d is not None and d >= FIRST_REGISTRATION]
-    day = max(days) if days else random_date(rng, DIGITISED_FROM, DIGITISED_TO)
+    day = max(days) if days else random_date(rng, FIRST_REGISTRATION, LAST_REGISTRATION)
     return _updated_at(rng, _office_instant(rng, min(day, LAST_REGISTRATION)))
 
 

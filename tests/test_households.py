@@ -103,13 +103,14 @@ def test_a_commune_reads_its_households_and_the_heads_report_says_so(database_ur
     head of a household there names that read, the report of a head elsewhere does not."""
     from gateway.api import create_app
     from gateway.settings import load_gateway_settings
+    from sandbox.data import record_key
     from test_gateway import gateway_env, loaded_registry, running
 
     with gateway_env(sandbox_handle, tmp_path / "home", database_url):
         catalog = load_catalog()
         registry = loaded_registry(database_url, catalog, [PIPELINE])
         good = [r for r in sandbox_handle.data.household_members
-                if f"{r['household_id']}|{r['personal_id']}" not in sandbox_handle.data.household_member_defects]
+                if record_key(DATASET, r) not in sandbox_handle.data.household_member_defects]
         communes = Counter(r["commune_code"] for r in good)
         ours, other = [c for c, _ in communes.most_common(2)]
         registry.add_agency("ubnd_xa", "UBND xã")
