@@ -553,7 +553,11 @@ class IndicatorSpec(Strict):
     The denominator counts the rows matching `denominator`; the numerator counts those
     of them that also match `numerator` (so it never exceeds the denominator). A row
     belongs to the period (local time, UTC+7) of its `date_column`; rows without one
-    are left out. Values are computed for the province and for each unit level in
+    are left out. With `as_of: period_end` (and no `date_column`) an indicator counts
+    instead the records the table held at each period's end (now, for the period under
+    way), as the lake and the change log say it held them: the state of a catalogue or
+    of master data, e.g. the procedures with no administrative boundary (`indicators.snapshot`).
+    Values are computed for the province and for each unit level in
     `units` (level -> the column holding the unit's code), per month, quarter and year.
     With `measure: average` the numerator is instead the sum of the seconds between
     the two `sum_seconds` columns over the denominator's rows, and
@@ -574,7 +578,8 @@ class IndicatorSpec(Strict):
     name_en: str
     description: str = ""
     dataset: Identifier
-    date_column: str
+    date_column: str | None = None
+    as_of: Literal["period_end"] | None = None
     units: dict[UnitLevel, str] = {}
     periods: list[PeriodType] = ["month", "quarter", "year"]
     measure: Literal["rate", "average"] = "rate"
@@ -594,6 +599,11 @@ class IndicatorSpec(Strict):
             raise ValueError("an average needs 'sum_seconds: [from_column, to_column]'")
         if "month" not in self.periods:
             raise ValueError("periods must include 'month' (quarters and years are sums of months)")
+        if (self.date_column is None) == (self.as_of is None):
+            raise ValueError("give either 'date_column' (count the rows dated in each period) or 'as_of: period_end' "
+                             "(count the records held at each period's end), not both nor neither")
+        if self.as_of is not None and self.measure != "rate":
+            raise ValueError("'as_of: period_end' counts records, so its measure is a rate")
         return self
 
     @property
@@ -604,7 +614,8 @@ class IndicatorSpec(Strict):
     @property
     def columns_used(self) -> list[str]:
         """Every column of `dataset` the definition names (for the catalog's cross-check)."""
-        return [self.date_column, *self.units.values(), *self.denominator, *self.numerator, *(self.sum_seconds or ())]
+        dated = [self.date_column] if self.date_column else []
+        return [*dated, *self.units.values(), *self.denominator, *self.numerator, *(self.sum_seconds or ())]
 
 
 class RankingSpec(Strict):

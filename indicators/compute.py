@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from catalog.models import IndicatorSpec
 from indicators import definitions, periods, query
 from warehouse import Warehouse
+from warehouse.lake import Lake
 
 MART_DATASET = "indicator_value"  # the dataset of `mart_indicator_value` (catalog/datasets.yaml)
 
@@ -123,8 +124,20 @@ def _newest_load(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> dat
     return None if newest is None else (newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc))
 
 
-def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | None = None) -> int:
+def _lake(lake: Lake | None) -> Lake:
+    if lake is not None:
+        return lake
+    from lgsp.settings import load_settings
+
+    return Lake(load_settings().lake_root)
+
+
+def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | None = None,
+                      lake: Lake | None = None) -> int:
     """Recompute `spec` for `months` (every month when None) and the quarters and years they roll into.
+
+    An indicator `as_of: period_end` is recomputed whole (`indicators.snapshot`, from `lake`: the settings'
+    lake when None); `months` does not apply to it.
 
     Returns:
         Mart rows written (inserted, changed or deleted); 0 when nothing changed.
@@ -132,13 +145,19 @@ def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | Non
     Raises:
         IndicatorVersionError: the definition changed without a new version.
     """
+    from indicators import snapshot
+
     batch_id = computation_id(spec)
+    held = None if spec.as_of is None else snapshot.snapshot_counts(wh, spec, _lake(lake))  # read before writing
     with wh.transaction() as conn:
         _adopt_untyped_rows(conn, wh)
         definitions.register(conn, wh, spec)
         newest = _newest_load(conn, wh, spec)
         written = 0
-        if months is None or months:
+        if held is not None:
+            for period_type, (counts, scope) in held.items():
+                written += _sync(conn, wh, spec, period_type, counts, scope, batch_id)
+        elif months is None or months:
             written = _sync(conn, wh, spec, "month", _monthly_counts(conn, wh, spec, months), months, batch_id)
             for period_type in ("quarter", "year"):
                 if period_type in spec.periods:
@@ -149,7 +168,10 @@ def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | Non
 
 
 def months_touched(wh: Warehouse, spec: IndicatorSpec) -> set[str] | None:
-    """Months holding rows loaded since the last computation (None: never computed, so every month)."""
+    """Months holding rows loaded since the last computation (None: never computed, or an indicator `as_of:
+    period_end`, so every month)."""
+    if spec.as_of is not None:
+        return None
     table = wh.system["mart_indicator_definition"]
     with wh.engine.connect() as conn:
         mark = conn.execute(sa.select(table.c.data_loaded_until).where(
@@ -168,14 +190,19 @@ def compute_touched(wh: Warehouse, spec: IndicatorSpec) -> dict[str, Any]:
     return {"indicator": spec.name, "months": "all" if months is None else sorted(months), "written": written}
 
 
-def compute_range(wh: Warehouse, spec: IndicatorSpec, first: date, last: date) -> int:
-    """Compute `spec` over local days first..last (both included) as a `range` period; returns rows written."""
+def compute_range(wh: Warehouse, spec: IndicatorSpec, first: date, last: date, lake: Lake | None = None) -> int:
+    """Compute `spec` over local days first..last (both included) as a `range` period; returns rows written.
+    An indicator `as_of: period_end` counts what the table held at the end of `last` (now, if later)."""
     label = periods.range_label(first, last)
     table = wh.core[spec.dataset]
     counts: Counts = {}
+    if spec.as_of is not None:
+        from indicators import snapshot
+
+        counts = snapshot.range_counts(wh, spec, _lake(lake), label, last)
     with wh.transaction() as conn:
         definitions.register(conn, wh, spec)
-        for level, column in _levels(spec):
+        for level, column in _levels(spec) if spec.as_of is None else ():
             select = query.range_cells(spec, table, wh.dialect, column, first, last + timedelta(days=1))
             for row in conn.execute(select).mappings():
                 if row["denominator"]:

@@ -19,9 +19,10 @@ import sqlalchemy as sa
 from catalog.models import IndicatorSpec
 from warehouse import Warehouse
 
-DEFINITION_FIELDS = {"dataset", "date_column", "units", "measure", "denominator", "numerator", "sum_seconds",
+DEFINITION_FIELDS = {"dataset", "date_column", "as_of", "units", "measure", "denominator", "numerator", "sum_seconds",
                      "value_scale"}
-"""What a value depends on; names, description and periods may change without a new version."""
+"""What a value depends on; names, description and periods may change without a new version. A field not set
+(`as_of`, `date_column`) is left out, so the hash of a definition stored before the field existed still holds."""
 
 
 class IndicatorVersionError(RuntimeError):
@@ -30,7 +31,8 @@ class IndicatorVersionError(RuntimeError):
 
 def definition(spec: IndicatorSpec) -> dict[str, Any]:
     """The parts of the spec a value depends on, e.g. ``{'dataset': 'dossier', 'numerator': {...}, ...}``."""
-    return spec.model_dump(mode="json", include=DEFINITION_FIELDS)
+    dumped = spec.model_dump(mode="json", include=DEFINITION_FIELDS)
+    return {k: v for k, v in dumped.items() if v is not None or k not in ("as_of", "date_column")}
 
 
 def definition_hash(spec: IndicatorSpec) -> str:

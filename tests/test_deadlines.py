@@ -48,7 +48,8 @@ def test_unsent_reports_are_overdue_until_acknowledged_and_a_late_correction_mak
         deadlines = feed_deadlines(wh, feed)
         months = [p["period"] for p in deadlines["overdue"]]
         assert months and deadlines["last_delivered"] is None and len(months) == deadlines["periods_due"]
-        rates = sum(1 for s in catalog.indicators.values() if s.measure == "rate")
+        # a catalogue's state (as_of: period_end) has values from its first sync on, this month: not due yet
+        rates = sum(1 for s in catalog.indicators.values() if s.measure == "rate" and s.as_of is None)
         assert max(p["rows"] for p in deadlines["overdue"]) == rates and {p["acknowledged"] for p in
                                                                           deadlines["overdue"]} == {0}
         last = deadlines["overdue"][-1]

@@ -49,6 +49,11 @@ TRUTH: dict[str, tuple[str, str, Callable[[Row], bool], Callable[[Row], int]]] =
                              lambda d: d["digitally_signed"]),
     "average_settlement_days": ("dossier", "finished_at", _settled, _seconds),
 }
+HELD: dict[str, Callable[[Row], bool]] = {
+    # indicators of what the warehouse holds at each period's end (as_of: period_end): the portal's catalogue
+    "boundary_free_procedure_rate": lambda p: p["KhongPhuThuocDiaGioi"] is True,
+    "full_online_procedure_rate": lambda p: p["MucDo"] == "toan_trinh",
+}
 UNITS = {"dossier": {"commune": "commune_code", "agency": "receiving_agency_code", "procedure": "procedure_code"},
          "document": {"agency": "agency_code"}}
 
@@ -69,6 +74,11 @@ def _clean_rows(truth: Any, dataset: str) -> list[Row]:
 
 def expected_cells(truth: Any, name: str, day_range: tuple[date, date] | None = None) -> dict[tuple, tuple[int, int]]:
     """{(unit_level, unit_code, period): (numerator, denominator)} computed from the ground truth."""
+    if name in HELD:  # synced once, now: the catalogue as the portal serves it, in the periods under way
+        labels = _periods(datetime.now(VN).date()) if day_range is None else [f"{day_range[0]}..{day_range[1]}"]
+        procedures = truth.records("procedure")
+        return {("province", "37", label): (sum(HELD[name](p) for p in procedures), len(procedures))
+                for label in labels}
     dataset, field, counted, contributes = TRUTH[name]
     cells: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for row in _clean_rows(truth, dataset):
@@ -105,7 +115,7 @@ def loaded(lgsp_env: Any) -> Warehouse:
 
 def test_every_indicator_matches_the_ground_truth_exactly(loaded: Warehouse, sandbox_handle: Any) -> None:
     catalog = load_catalog()
-    assert set(TRUTH) == set(catalog.indicators), "every catalog indicator has an independent definition here"
+    assert set(TRUTH) | set(HELD) == set(catalog.indicators), "every catalog indicator has an independent definition"
     for name, spec in catalog.indicators.items():
         expected = expected_cells(sandbox_handle.data, name)
         mart = _mart_cells(loaded, name, None)

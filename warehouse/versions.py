@@ -143,6 +143,19 @@ def record_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, record:
     return _versions(engine, dataset, lake, {tuple(record)}, current, None, None)
 
 
+def dataset_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake,
+                     current: Sequence[dict[str, Any]] = ()) -> Versions:
+    """Every version, as the table held it and when, of every record of `dataset` the lake or `current` (the
+    table's rows now) has: the whole dataset's timeline, for a catalogue or master data of some thousands of
+    records (what a snapshot indicator counts, `indicators.snapshot`); one pass over the lake's files."""
+    key = list(dataset.key)
+    rows = lake_rows(lake, dataset.name, key, lambda t: pa.array(np.ones(t.num_rows, dtype=bool)))
+    keys: set[Key] = {tuple(r[k] for k in key) for r in current}
+    if rows is not None:
+        keys |= {tuple(r[k] for k in key) for r in rows.select(key).to_pylist()}
+    return _versions(engine, dataset, lake, keys, current, rows, None)
+
+
 def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key],
               current: Sequence[dict[str, Any]], rows: pa.Table | None, value: Any) -> Versions:
     """The versions of the records `keys` (and of the replayed quarantine rows holding `value`, if given);

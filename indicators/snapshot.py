@@ -1,0 +1,152 @@
+"""Indicators of what the warehouse held at each period's end (`as_of: period_end`).
+
+A rate of `indicators.query` counts the rows dated in a period (dossiers received in August). Some figures
+are the state of a catalogue or of master data instead: the procedures with no administrative boundary
+(Binh Duong: 275, then 570), the procedures offered fully online. Their value for a month is the records the
+table held at the month's end: for a quarter, at the quarter's end; for the period under way, now. A
+period's value does not move once it has ended, whatever the source says later, so a report sent for it
+stays true.
+
+What the table held, and when, comes from the dataset's versions (`warehouse.versions.dataset_versions`:
+the lake's files, the change log's commit times, the tombstones), in the warehouse's time: a version
+counts from the moment its write committed. So the periods start with the month of the dataset's first
+write; earlier ones have no value (the warehouse held nothing then). When the lake's oldest files are gone
+(`Versions.known_since`), the periods that ended before it are left as the mart has them, neither recomputed
+from what is left nor deleted.
+
+The versions of every record are replayed in memory: meant for datasets of some thousands to some tens of
+thousands of records (a catalogue, a register), not for a table of millions (count those by a date column).
+
+Example (catalog/indicators.yaml)::
+
+    boundary_free_procedure_rate:
+      version: 1
+      dataset: procedure
+      as_of: period_end
+      denominator: {}
+      numerator: {boundary_free: true}
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog.models import DatasetSpec, IndicatorSpec
+from indicators import periods
+from indicators.compute import PROVINCE_CODE, Counts
+from warehouse import Warehouse
+from warehouse.lake import Lake
+from warehouse.store import utc
+from warehouse.versions import Held, dataset_versions
+
+def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """Whether a record's values pass an indicator's filters, as `indicators.query.condition` says in SQL:
+    value (equality), list (one of), None (is null); a null value equals nothing."""
+    for name, wanted in filters.items():
+        value = values.get(name)
+        if wanted is None:
+            if value is not None:
+                return False
+        elif value is None or (value not in wanted if isinstance(wanted, list) else value != wanted):
+            return False
+    return True
+
+
+def _current_rows(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec) -> list[dict[str, Any]]:
+    """The table's records now (a history table's current versions), in the dataset's columns and `_batch_id`."""
+    table = wh.core[dataset.name]
+    select = sa.select(*[table.c[c] for c in dataset.columns], table.c["_batch_id"])
+    if "is_current" in table.c:
+        select = select.where(table.c["is_current"].is_(sa.true()))
+    return [dict(r) for r in conn.execute(select).mappings()]
+
+
+def _first_write(conn: sa.Connection, wh: Warehouse, dataset: str) -> datetime | None:
+    change = wh.system["lgsp_change"]
+    first = conn.execute(sa.select(sa.func.min(change.c.committed_at)).where(change.c.dataset == dataset)).scalar()
+    if isinstance(first, str):  # SQLite may hand back text for an aggregate
+        first = datetime.fromisoformat(first)
+    return utc(first)
+
+
+def _local_month(at: datetime) -> str:
+    return at.astimezone(periods.VN_TZ).strftime("%Y-%m")
+
+
+def _months(first: str, last: str) -> list[str]:
+    months, month = [], first
+    while month <= last:
+        months.append(month)
+        month = periods.next_month_start(month).strftime("%Y-%m")
+    return months
+
+
+def period_end(label: str) -> datetime:
+    """The instant a month, quarter or year ends (local midnight after its last day, in UTC)."""
+    return periods.local_midnight_utc(periods.next_month_start(periods.months_in(label)[-1]))
+
+
+def count_at(held: Iterable[Held], spec: IndicatorSpec, at: datetime) -> dict[tuple[str, str], tuple[int, int]]:
+    """Numerator and denominator per (unit level, unit code) over the versions held at the instant `at`."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for version in held:
+        if (version.since is not None and version.since > at) or (version.until is not None and version.until <= at):
+            continue
+        if not matches(version.values, spec.denominator):
+            continue
+        hit = matches(version.values, spec.numerator)
+        units = [("province", PROVINCE_CODE)] + [(level, str(version.values[column]))
+                                                 for level, column in spec.units.items()
+                                                 if version.values.get(column) is not None]
+        for unit in units:
+            pair = counts.setdefault(unit, [0, 0])
+            pair[0] += hit
+            pair[1] += 1
+    return {unit: (n, d) for unit, (n, d) in counts.items()}
+
+
+def _versions(wh: Warehouse, spec: IndicatorSpec, lake: Lake) -> tuple[list[Held], datetime | None, date | None]:
+    dataset = wh.catalog.datasets[spec.dataset]
+    with wh.engine.connect() as conn:
+        current = _current_rows(conn, wh, dataset)
+        first = _first_write(conn, wh, dataset.name)
+    versions = dataset_versions(wh.engine, dataset, lake, current)
+    return versions.held, first, versions.known_since
+
+
+def snapshot_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake,
+                    now: datetime | None = None) -> dict[str, tuple[Counts, set[str]]]:
+    """Per period type of `spec.periods`: the counts of each period from the month of the dataset's first write
+    to the one under way (`now`'s), and the periods they stand for (those to make the mart's rows equal)."""
+    now = now or datetime.now(timezone.utc)
+    held, first, known_since = _versions(wh, spec, lake)
+    if first is None:
+        return {kind: ({}, set()) for kind in spec.periods}
+    months = _months(_local_month(first), _local_month(now))
+    if known_since is not None:  # periods that ended before the lake's oldest file: left as the mart has them
+        months = [m for m in months if period_end(m) > periods.local_midnight_utc(known_since)]
+    found: dict[str, tuple[Counts, set[str]]] = {}
+    for kind in spec.periods:
+        labels = sorted({periods.roll_up(m, kind) for m in months})
+        if known_since is not None:
+            labels = [p for p in labels if period_end(p) > periods.local_midnight_utc(known_since)]
+        counts: Counts = {}
+        for label in labels:
+            for (level, unit), pair in count_at(held, spec, min(period_end(label), now)).items():
+                counts[(level, unit, label)] = pair
+        found[kind] = (counts, set(labels))
+    return found
+
+
+def range_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake, label: str, last: date,
+                 now: datetime | None = None) -> Counts:
+    """The counts at the end of local day `last` (now, if it has not ended), labelled `label`."""
+    now = now or datetime.now(timezone.utc)
+    held, first, _ = _versions(wh, spec, lake)
+    at = min(periods.local_midnight_utc(last + timedelta(days=1)), now)
+    if first is None or first > at:
+        return {}
+    return {(level, unit, label): pair for (level, unit), pair in count_at(held, spec, at).items()}

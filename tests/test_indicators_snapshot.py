@@ -1,0 +1,142 @@
+"""Indicators of a catalogue's state (`as_of: period_end`): the procedures with no administrative boundary per
+month, quarter and year are those the warehouse held at each period's end (Binh Duong: 275, then 570). An ended
+period keeps its value when the portal widens its list later; the period under way follows it; the values reach
+the government reporting system like the rates of dossiers. The real sandbox portal and reporting service over
+loopback, the real runner, CLI and outbox; SQLite and a real PostgreSQL.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from catalog import load_catalog
+from catalog.models import IndicatorSpec
+from lgsp.cli import app as lgsp_app
+
+NAME = "boundary_free_procedure_rate"
+
+
+def _months_back(now: datetime, months: int) -> datetime:
+    """The 15th, 03:00 UTC, of the month `months` before `now`'s (local time)."""
+    local = now.astimezone(timezone(timedelta(hours=7)))
+    year, month = divmod(local.year * 12 + local.month - 1 - months, 12)
+    return datetime(year, month + 1, 15, 3, tzinfo=timezone.utc)
+
+
+def _as_if_written_at(wh: Any, lake: Any, dataset: str, at: datetime) -> None:
+    """Move the dataset's writes so far to `at`, as if its first sync had run then: their commit time in the change
+    log and their lake partition (what the versions, and so the snapshot indicators, read time from)."""
+    change = wh.system["lgsp_change"]
+    with wh.engine.begin() as conn:
+        moved = conn.execute(change.update().where(change.c.dataset == dataset).values(committed_at=at)).rowcount
+    assert moved == 1
+    (partition,) = lake.partitions(dataset)
+    partition.rename(partition.with_name(f"ingest_date={at.date().isoformat()}"))
+
+
+def _cells(wh: Any) -> dict[tuple[str, str], tuple[int, int]]:
+    from indicators import read_indicator
+
+    return {(r["period_type"], r["period"]): (r["numerator"], r["denominator"])
+            for r in read_indicator(wh, NAME, unit_level="province", period_type=None)}
+
+
+def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_its_end(
+        database_url: str, tmp_path: Path) -> None:
+    from indicators import periods
+    from indicators.snapshot import period_end
+    from lgsp import outbox, runner
+    from lgsp.settings import load_settings
+    from sandbox import DATASET_KEYS, start_sandbox
+    from sandbox.dvcqg_rest import parse_portal_time, portal_time
+    from test_gateway import gateway_env
+    from warehouse.lake import Lake
+
+    sandbox = start_sandbox(seed=11, citizens=5, dossiers=5, sizes=dict.fromkeys(DATASET_KEYS, 0) | {"procedure": 120})
+    try:
+        with gateway_env(sandbox, tmp_path / "home", database_url):
+            catalog = load_catalog()
+            portal = sandbox.dvcqg.procedures
+            before = sum(p["KhongPhuThuocDiaGioi"] for p in portal)
+            assert 0 < before < len(portal) == 120
+            assert runner.run_pipeline("dvcqg_procedures", catalog=catalog)["rows_landed"] == 120
+            wh, lake = runner.open_warehouse(catalog), Lake(load_settings().lake_root)
+            now = datetime.now(timezone.utc)
+            first = _months_back(now, 4)  # the first sync ran four months ago: an ended quarter at least
+            _as_if_written_at(wh, lake, "procedure", first)
+
+            widened = [p for p in portal if not p["KhongPhuThuocDiaGioi"]][:10]  # today the province widens it
+            latest = max(parse_portal_time(p["NgayCapNhat"]) for p in portal)
+            with sandbox.dvcqg.lock:
+                for i, procedure in enumerate(widened):
+                    procedure.update(KhongPhuThuocDiaGioi=True,
+                                     NgayCapNhat=portal_time(latest + timedelta(hours=2, minutes=i)))
+                portal.sort(key=lambda p: (p["NgayCapNhat"], p["MaTTHC"]))
+            assert runner.run_pipeline("dvcqg_procedures", catalog=catalog)["rows_changed"] == 10
+
+            computed = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME], env={"COLUMNS": "300"})
+            assert computed.exit_code == 0, computed.output
+            written = int(re.search(r"(\d+) row\(s\) written", computed.output).group(1))  # type: ignore[union-attr]
+
+            cells = _cells(wh)
+            month = first.astimezone(periods.VN_TZ).strftime("%Y-%m")
+            months = []
+            while month <= now.astimezone(periods.VN_TZ).strftime("%Y-%m"):
+                months.append(month)
+                month = periods.next_month_start(month).strftime("%Y-%m")
+            labels = {(kind, periods.roll_up(m, kind)) for m in months for kind in ("month", "quarter", "year")}
+            assert set(cells) == labels and written == len(labels), (cells, written)  # nothing before the first sync
+            for (kind, label), pair in cells.items():
+                ended = period_end(label) <= now
+                assert pair == ((before, 120) if ended else (before + 10, 120)), (kind, label, pair)
+            assert cells[("month", months[0])] == (before, 120)
+            assert cells[("month", months[-1])] == (before + 10, 120)
+            assert any(period_end(label) <= now for kind, label in cells if kind == "quarter")
+
+            again = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME, "--full"])
+            assert again.exit_code == 0 and "0 row(s) written" in again.output, again.output  # idempotent
+
+            day = first.date() + timedelta(days=3)  # a date range: what was held at its last day's end
+            ranged = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME, "--from", f"{day:%Y-%m-01}",
+                                                   "--to", day.isoformat()])
+            assert ranged.exit_code == 0, ranged.output
+            early = day - timedelta(days=10)  # ends before the first sync: the warehouse held nothing
+            CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME, "--from", early.isoformat(), "--to",
+                                          early.isoformat()])
+            from indicators import read_indicator
+
+            ranges = {r["period"]: (r["numerator"], r["denominator"])
+                      for r in read_indicator(wh, NAME, unit_level="province", period_type="range")}
+            assert ranges == {f"{day:%Y-%m-01}..{day.isoformat()}": (before, 120)}
+
+            pushed = outbox.push(wh, catalog, "government_report")  # the months reach the reporting system
+            assert pushed["acked"] == pushed["queued"] > 0, pushed
+            received = {r["period"]: (r["numerator"], r["denominator"]) for r in sandbox.reporting_inbox.reports.values()
+                        if r["indicator_code"] == NAME}
+            assert received == {m: cells[("month", m)] for m in months}
+            with wh.engine.connect() as conn:
+                mart = wh.system["mart_indicator_value"]
+                assert conn.execute(sa.select(sa.func.count()).select_from(mart).where(
+                    mart.c.indicator == "full_online_procedure_rate")).scalar() == 0  # computed only when asked
+    finally:
+        sandbox.stop()
+
+
+def test_an_indicator_says_whether_it_counts_dated_rows_or_what_is_held_at_each_periods_end() -> None:
+    spec = {"name": "x", "version": 1, "name_vi": "x", "name_en": "x", "dataset": "procedure",
+            "numerator": {"boundary_free": True}}
+    assert IndicatorSpec(**spec, as_of="period_end").date_column is None
+    with pytest.raises(ValidationError, match="either 'date_column'.*or 'as_of: period_end'"):
+        IndicatorSpec(**spec)
+    with pytest.raises(ValidationError, match="not both"):
+        IndicatorSpec(**spec, as_of="period_end", date_column="updated_at")
+    with pytest.raises(ValidationError, match="measure is a rate"):
+        IndicatorSpec(**{**spec, "numerator": {}}, as_of="period_end", measure="average",
+                      sum_seconds=("a", "b"))
