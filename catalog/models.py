@@ -263,6 +263,46 @@ WriteMode = Literal["merge", "append", "replace", "history"]
 UPDATING_FILLFACTOR = 90
 
 
+class GroupCheckSpec(Strict):
+    """A rule across the rows of one dataset, which no single row can break: among the rows matching `where`
+    (the current versions of a history dataset), grouped by `group_by`, each group has between `min` and `max`
+    rows matching `count` (all of the group's rows when it is empty). E.g. a household has exactly one current
+    head: `{group_by: [household_id], where: {left_on: null}, count: {relation: head}, min: 1, max: 1}`.
+
+    Filters are the indicators' (`{column: value}`, `{column: [a, b]}`, `{column: null}`). lgsp.group_checks
+    checks it in the warehouse, across what has landed: a group that breaks it is `pending` while one of its
+    rows was written less than `grace` ago (the rest of the change may be on its way), then `broken`, which
+    `lgsp status` reports with `severity` and the lgsp_freshness DAG alerts on. Rows are never quarantined
+    for it: each is valid, the group is not.
+    """
+
+    description: str = ""
+    group_by: list[str] = Field(min_length=1)
+    where: dict[str, Any] = {}
+    count: dict[str, Any] = {}
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
+    grace: float = Field(default=0.0, ge=0)
+    severity: Literal["warning", "error"] = "warning"
+
+    @field_validator("grace", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return duration_s(value)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "GroupCheckSpec":
+        if self.min is None and self.max is None:
+            raise ValueError("a group check needs 'min', 'max' or both (how many rows a group may have)")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is more than max ({self.max})")
+        return self
+
+    @property
+    def columns_used(self) -> list[str]:
+        return [*self.group_by, *self.where, *self.count]
+
+
 class DatasetSpec(Strict):
     """A canonical dataset: columns, key, incremental cursor, rules, and how a batch is written.
 
@@ -289,6 +329,7 @@ class DatasetSpec(Strict):
     cursor_field: str | None = None
     columns: dict[str, ColumnSpec]
     checks: list[CheckSpec] = []
+    group_checks: dict[Identifier, GroupCheckSpec] = {}
     expectations: ExpectationsSpec = ExpectationsSpec()
     write_mode: WriteMode = "merge"
     delete_field: str | None = None
@@ -299,6 +340,10 @@ class DatasetSpec(Strict):
         for field_name in [*self.key, *([self.cursor_field] if self.cursor_field else [])]:
             if field_name not in self.columns:
                 raise ValueError(f"'{field_name}' (key or cursor_field) is not a declared column")
+        for name, check in self.group_checks.items():
+            for field_name in check.columns_used:
+                if field_name not in self.columns:
+                    raise ValueError(f"group_checks.{name}: '{field_name}' is not a declared column")
         return self
 
     @model_validator(mode="after")

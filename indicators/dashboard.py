@@ -84,7 +84,8 @@ def _freshness_payload(wh: Warehouse, catalog: Catalog) -> dict[str, Any]:
 
     report = status_report(wh, catalog)
     quality = {c["dataset"]: c for c in scorecards(wh.engine, wh.metadata.tables, catalog, profile=False,
-                                                    references=report["references"])}
+                                                    references=report["references"],
+                                                    groups=report["group_checks"])}
     keep = ("pipeline", "owner", "state", "synced_at", "age_s", "warn_after_s", "error_after_s")
     return {"pipelines": [{**{k: p[k] for k in keep}, "quality": quality[p["dataset"]]["overall"],
                            "weakest": quality[p["dataset"]]["weakest"]} for p in report["pipelines"]],

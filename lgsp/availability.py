@@ -3,8 +3,9 @@
 The lgsp_freshness DAG judges every pipeline and push feed every 15 minutes (lgsp.freshness) and
 keeps each change of state in `lgsp_freshness_event`. Between two changes the state held, so over
 a window (the last 30 days, say) each subject's time splits into its states: the share it was
-fresh, behind (warn; a reference's pending) and stale (stale, never, a feed's overdue, a reference's
-broken: `ref:<dataset>.<column>`, lgsp.references), how many times it went stale,
+fresh, behind (warn; a reference's or a group check's pending) and stale (stale, never, a feed's overdue,
+a reference's or a group check's broken: `ref:<dataset>.<column>`, lgsp.references; `check:<dataset>.<check>`,
+lgsp.group_checks), how many times it went stale,
 and its longest stale stretch. Time before a subject's first judged state is not counted
 (`observed_s` says how much was). A province can report it as its platform's stability, per
 connected system's dataset, next to `lgsp health --history` (per connection).

@@ -923,6 +923,59 @@ def references(dataset: str = typer.Option(None, help="only this dataset's colum
 
 
 @app.command()
+def checks(dataset: str = typer.Option(None, help="only this dataset's group checks"),
+           as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
+           examples: int = typer.Option(5, min=0, help="how many breaking groups to show per check"),
+           groups: bool = typer.Option(False, "--groups", help="instead: the rows of the groups breaking --dataset's "
+                                                               "checks as CSV, for the source's owner"),
+           limit: int = typer.Option(None, min=1, help="at most this many rows (with --groups)")) -> None:
+    """Do the rules across rows hold? Each group check (`group_checks:` in datasets.yaml, e.g. one current head
+    per household): groups, those breaking it, those past grace, examples, and what to do.
+
+    Exits 1 when a group check is broken (a group breaking it has had no row written for its grace).
+    """
+    import csv
+
+    from lgsp.group_checks import breaking_rows, check_all, group_checks, summary
+    from lgsp.status import as_json as report_json, print_group_checks
+
+    catalog = load_catalog()
+    if dataset is not None and dataset not in catalog.datasets:
+        fail(f"unknown dataset '{dataset}'; `lgsp pipelines` lists them")
+    declared = group_checks(catalog, dataset)
+    wh = _warehouse()
+    if groups:
+        if dataset is None or not declared:
+            fail("--groups lists one dataset's rows: add --dataset with a dataset that declares `group_checks` "
+                 f"({', '.join(sorted({c.dataset for c in group_checks(catalog)})) or 'none does'})")
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        with wh.engine.connect() as conn:
+            for declared_check in declared:
+                found = list(breaking_rows(conn, wh.metadata.tables, catalog, declared_check, limit))
+                if found:
+                    out.writerow(list(found[0]))
+                    out.writerows([[v.isoformat() if hasattr(v, "isoformat") else v for v in r.values()]
+                                   for r in found])
+        return
+    with wh.engine.connect() as conn:
+        results = check_all(conn, wh.metadata.tables, catalog, dataset=dataset, examples=examples)
+    if as_json:
+        print(report_json({"group_checks": results}))
+    else:
+        if not results:
+            console.print(f"{dataset} declares no `group_checks`" if dataset else "no dataset declares `group_checks`")
+        else:
+            print_group_checks(console, results)
+        for result in results:
+            if result["state"] != "ok":
+                colour = "red" if result["state"] == "broken" else "yellow"
+                todo = f"; {result['todo']}" if result["todo"] else ""
+                console.print(f"[{colour}]{result['state']}:[/] {summary(result)}{todo}")
+    if any(r["state"] == "broken" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
 def quality(dataset: str = typer.Argument(None, help="one dataset (default: every core dataset)"),
             days: float = typer.Option(30.0, min=0.01, help="the window of the validity figure (of --history)"),
             history: bool = typer.Option(False, help="instead: each dataset's scores over the last --days, as the "
@@ -968,6 +1021,8 @@ def quality(dataset: str = typer.Argument(None, help="one dataset (default: ever
                          f"{human_age(card['timeliness']['age_s'])} ago)")
         if card["consistency"]["orphans"]:
             facts.append(f"{card['consistency']['orphans']:,} rows name a record lgsp does not have")
+        if card["consistency"].get("breaking_groups"):
+            facts.append(f"{card['consistency']['breaking_groups']:,} groups break a rule across rows")
         if facts:
             console.print(f"{card['dataset']}: " + "; ".join(facts))
 

@@ -201,9 +201,11 @@ def _unusual_reads(wh: Any, catalog: Catalog, now: datetime, kept: dict[str, Any
 
 
 def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
-    """Judge every pipeline, every feed's deadlines and every reference between datasets (lgsp.references),
-    keep the states in `lgsp_freshness` (a reference's subject: `ref:<dataset>.<column>`), and alert on a
-    pipeline going stale, a report going overdue or a reference breaking, and on each recovering."""
+    """Judge every pipeline, every feed's deadlines, every reference between datasets (lgsp.references) and
+    every group check (lgsp.group_checks), keep the states in `lgsp_freshness` (a reference's subject:
+    `ref:<dataset>.<column>`, a group check's `check:<dataset>.<check>`), and alert on a pipeline going stale, a
+    report going overdue, a reference or a group check breaking, and on each recovering."""
+    from lgsp import group_checks
     from lgsp.alerts import send
     from lgsp.deadlines import all_deadlines
     from lgsp.references import alert_for, check_all
@@ -215,6 +217,7 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
         judged = [f for f in pipeline_freshness(conn, wh.system, catalog, now) if f.state != "unchecked"]
         kept = {r.subject: r for r in conn.execute(sa.select(table))}
         checked_references = check_all(conn, wh.metadata.tables, catalog, now)
+        checked_groups = group_checks.check_all(conn, wh.metadata.tables, catalog, now)
     alerts, states = [], {}
     for fresh in judged:
         previous = kept[fresh.pipeline].state if fresh.pipeline in kept else None
@@ -236,6 +239,13 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
         if alert is not None:
             alerts.append({"subject": subject, "kind": alert.kind, "sent_to": send(alert)})
         states[subject] = (result["state"], None)
+    for result in checked_groups:
+        subject = f"check:{result['check']}"
+        previous = kept[subject].state if subject in kept else None
+        alert = group_checks.alert_for(catalog, result, previous)
+        if alert is not None:
+            alerts.append({"subject": subject, "kind": alert.kind, "sent_to": send(alert)})
+        states[subject] = (result["state"], None)
     errors = []
     try:  # agencies reading far more than they usually do (gateway.usage): alert once when a pair becomes unusual
         for subject, alert in _unusual_reads(wh, catalog, now, kept, states):
@@ -254,7 +264,7 @@ def check_and_alert(wh: Any, catalog: Catalog, now: datetime | None = None) -> d
         from lgsp.scorecard import record, scorecards
 
         record(wh, scorecards(wh.engine, wh.metadata.tables, catalog, now=now, profile=False,
-                              references=checked_references), now)
+                              references=checked_references, groups=checked_groups), now)
     except Exception as exc:  # noqa: BLE001 - said in the result and the log; the check itself stands
         errors.append(f"quality scores not recorded: {type(exc).__name__}: {exc}"[:500])
     try:  # agencies' new access requests: tell the province

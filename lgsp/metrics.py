@@ -10,8 +10,8 @@ Two ways out, the same text (Prometheus' exposition format 0.0.4):
   15 minutes when `LGSP_METRICS_TEXTFILE` names the file.
 
 Each scrape reads the warehouse's small tables (batches, cursors, quarantine counts, outbox, circuits,
-webhooks, requests, scores); the parts that scan whole tables (each reference between datasets, the
-agencies' unusual reads over the audit: ~1 s at 4 million residents) are computed again only when older
+webhooks, requests, scores); the parts that scan whole tables (each reference between datasets and rule
+across rows, the agencies' unusual reads over the audit: ~1 s at 4 million residents) are computed again only when older
 than `LGSP_METRICS_SCAN_S` (300 s), and the whole answer is kept `LGSP_METRICS_CACHE_S` (15 s), so a
 scrape every 15 s costs the store a few small queries. `lgsp_status_scanned_timestamp_seconds` says when
 the scanned parts were computed. A store that does not answer gives `lgsp_status_up 0` (and the error in
@@ -154,6 +154,15 @@ def _references(f: _Families, references: list[dict[str, Any]]) -> None:
               r["orphans_past_grace"], **who)
 
 
+def _group_checks(f: _Families, checks: list[dict[str, Any]]) -> None:
+    for c in checks:
+        who = {"check": c["check"], "severity": c["severity"]}
+        f.add("lgsp_group_check_groups", "Groups a rule across rows reads", c["groups"], **who)
+        f.add("lgsp_group_check_breaking_groups", "Groups breaking a rule across rows", c["breaking"], **who)
+        f.add("lgsp_group_check_breaking_groups_past_grace", "Groups breaking it with no row written within its grace",
+              c["breaking_past_grace"], **who)
+
+
 def _gateway_side(f: _Families, report: dict[str, Any]) -> None:
     requests = report.get("access_requests")
     if requests is not None:
@@ -239,6 +248,7 @@ def families(wh: Any, catalog: Catalog, report: dict[str, Any]) -> list[Metric]:
     _systems(f, report)
     _feeds(f, report)
     _references(f, report["references"])
+    _group_checks(f, report.get("group_checks", []))
     _gateway_side(f, report)
     _backup(f, report)
     _scores(f, wh.engine, wh.system)
@@ -290,7 +300,7 @@ class PlatformCollector(Collector):
             scanned = self._scanned[1]
             found = families(wh, self.catalog, status_report(wh, self.catalog, at, scanned=scanned))
             found.append(_gauge("lgsp_status_scanned_timestamp_seconds", "When the parts that scan whole tables "
-                                "(references, unusual reads) were last computed", scanned["checked_at"].timestamp()))
+                                "(references, group checks, unusual reads) were last computed", scanned["checked_at"].timestamp()))
         except Exception as exc:  # noqa: BLE001 - said as lgsp_status_up 0 and in the log; the scrape stands
             self._scanned = None
             found = down(exc)

@@ -162,7 +162,8 @@ def advice(catalog: Catalog, result: dict[str, Any], freshness: dict[str, Any]) 
             f"{result['dataset']}` lists them")
 
 
-def _alert_dag(catalog: Catalog, dataset: str) -> str:
+def alert_dag(catalog: Catalog, dataset: str) -> str:
+    """The DAG an alert about `dataset` links to: its first pipeline's (lgsp_freshness when none fills it)."""
     fillers = pipelines_of(catalog, dataset)
     return f"lgsp_{fillers[0]}" if fillers else "lgsp_freshness"
 
@@ -171,7 +172,7 @@ def alert_for(catalog: Catalog, result: dict[str, Any], previous: str | None) ->
     """The alert for a reference that broke, or that holds again (None when its state changed otherwise)."""
     from lgsp.alerts import Alert, dag_url, with_system
 
-    dag_id = _alert_dag(catalog, result["dataset"])
+    dag_id = alert_dag(catalog, result["dataset"])
     if result["state"] == "broken" and previous != "broken":
         return with_system(Alert(kind="broken_reference", dag_id=dag_id, dag_url=dag_url(dag_id), summary=(
             f"{summary(result)}; {result['todo']}")[:1000]), dag_id)

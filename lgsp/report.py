@@ -68,7 +68,8 @@ def print_summary(console: Console, wh: Warehouse, catalog: Catalog, max_indicat
     report = status_report(wh, catalog)
     console.print(freshness_line(report))
     console.print(quality_line(scorecards(wh.engine, wh.metadata.tables, catalog, profile=False,
-                                          references=report["references"])))
+                                          references=report["references"],
+                                          groups=report["group_checks"])))
 
 
 def print_drift(console: Console, wh: Warehouse, catalog: Catalog) -> None:

@@ -5,7 +5,8 @@
     timeliness    the freshness state of the pipelines that fill it (lgsp.freshness): fresh 1,
                   warn 0.5, stale or never 0
     consistency   of the rows that name a record of another dataset, the share that name one lgsp
-                  has (lgsp.references)
+                  has (lgsp.references); and of the groups a rule across rows reads, the share that
+                  hold it (lgsp.group_checks): the lower of the two
     accuracy      of the records the last drift check sampled, the share equal at the source
                   (lgsp drift; datasets with a live lookup only)
 
@@ -82,11 +83,18 @@ def _timeliness(freshness: list[Any], name: str) -> dict[str, Any]:
             "age_s": None if worst.age_s is None else round(worst.age_s, 1)}
 
 
-def _consistency(references: list[dict[str, Any]], name: str) -> dict[str, Any]:
+def _consistency(references: list[dict[str, Any]], groups: list[dict[str, Any]], name: str) -> dict[str, Any]:
     own = [r for r in references if r["dataset"] == name]
     rows, orphans = sum(r["rows"] for r in own), sum(r["orphans"] for r in own)
-    return {"score": round(1 - orphans / rows, 4) if rows else None, "rows": rows, "orphans": orphans,
-            "references": [r["reference"] for r in own]}
+    checks = [g for g in groups if g["dataset"] == name]
+    grouped, breaking = sum(g["groups"] for g in checks), sum(g["breaking"] for g in checks)
+    scores = [round(1 - orphans / rows, 4)] if rows else []
+    scores += [round(1 - breaking / grouped, 4)] if grouped else []
+    found = {"score": min(scores) if scores else None, "rows": rows, "orphans": orphans,
+             "references": [r["reference"] for r in own]}
+    if checks:
+        found.update(groups=grouped, breaking_groups=breaking, group_checks=[g["check"] for g in checks])
+    return found
 
 
 def _accuracy(drift: dict[str, Any] | None) -> dict[str, Any]:
@@ -98,10 +106,13 @@ def _accuracy(drift: dict[str, Any] | None) -> dict[str, Any]:
 
 def scorecards(engine: sa.Engine, tables: Any, catalog: Catalog, dataset: str | None = None,
                days: float = 30.0, now: datetime | None = None, profile: bool = True,
-               references: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+               references: list[dict[str, Any]] | None = None,
+               groups: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The scorecard of each core dataset (of `dataset` only, if given), in catalog order; without the table's
-    profile (a scan of the table) when `profile` is False; `references`: lgsp.references.check_all's results, when
-    the caller has them."""
+    profile (a scan of the table) when `profile` is False; `references`, `groups`: lgsp.references' and
+    lgsp.group_checks' check_all results, when the caller has them."""
+    from lgsp import group_checks
+
     from lgsp.drift import last_checks
 
     now = now or datetime.now(timezone.utc)
@@ -111,11 +122,13 @@ def scorecards(engine: sa.Engine, tables: Any, catalog: Catalog, dataset: str | 
         freshness = pipeline_freshness(conn, tables, catalog, now)
         if references is None:
             references = check_all(conn, tables, catalog, now, dataset=dataset, examples=0)
+        if groups is None:
+            groups = group_checks.check_all(conn, tables, catalog, now, dataset=dataset, examples=0)
         cards = []
         for name in names:
             card: dict[str, Any] = {
                 "dataset": name, "validity": _validity(conn, tables, name, now - timedelta(days=days)),
-                "timeliness": _timeliness(freshness, name), "consistency": _consistency(references, name),
+                "timeliness": _timeliness(freshness, name), "consistency": _consistency(references, groups, name),
                 "accuracy": _accuracy(drift.get(name))}
             if profile:
                 card["profile"] = _profile(conn, tables, catalog, name)

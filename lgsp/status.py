@@ -86,13 +86,17 @@ def _run_problem(name: str, run: dict[str, Any] | None) -> str | None:
 def scanned_parts(wh: Warehouse, catalog: Catalog, now: datetime) -> dict[str, Any]:
     """The parts of the report that scan whole tables: each reference between datasets (every referencing
     row) and the agencies' unusual reads (the audit's last weeks). `lgsp.metrics` keeps them longer than the rest."""
+    from lgsp import group_checks
+
     with wh.engine.connect() as conn:
         references = check_all(conn, wh.metadata.tables, catalog, now)
+        groups = group_checks.check_all(conn, wh.metadata.tables, catalog, now)
     try:
         reads, error = _unusual_reads(wh, now), None
     except ValueError as exc:  # a setting that is not a number: said, the rest of the report stands
         reads, error = None, str(exc)
-    return {"references": references, "unusual_reads": reads, "reads_error": error, "checked_at": now}
+    return {"references": references, "group_checks": groups, "unusual_reads": reads, "reads_error": error,
+            "checked_at": now}
 
 
 def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None,
@@ -146,6 +150,12 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None,
         if result["state"] == "broken":
             problems.append({"severity": result["severity"], "reference": result["reference"],
                              "problem": f"{reference_summary(result)}; {result['todo']}"})
+    for result in scanned.get("group_checks", []):
+        if result["state"] == "broken":
+            from lgsp.group_checks import summary as group_summary
+
+            problems.append({"severity": result["severity"], "check": result["check"],
+                             "problem": f"{group_summary(result)}; {result['todo']}"})
     requests = _access_requests(wh, catalog, now)
     if requests and requests["pending"]:
         problems.append({"severity": "warning", "problem": (
@@ -180,7 +190,8 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None,
     backup = _backup_state(now, problems)
     ok = not any(p["severity"] == "error" for p in problems)
     return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "references": checked_references,
-            "access_requests": requests, "webhooks": hooks, "unusual_reads": reads, "backup": backup,
+            "group_checks": scanned.get("group_checks", []), "access_requests": requests, "webhooks": hooks,
+            "unusual_reads": reads, "backup": backup,
             "problems": problems}
 
 
@@ -275,9 +286,12 @@ def freshness_line(report: dict[str, Any]) -> str:
     overdue = sum(len(d["overdue"]) for d in reports)
     broken = sum(r["state"] == "broken" for r in report["references"])
     orphans = sum(r["orphans"] for r in report["references"])
+    groups = report.get("group_checks", [])
+    checks = (f"; group checks: {len(groups)}, {sum(g['state'] == 'broken' for g in groups)} broken, "
+              f"{sum(g['breaking'] for g in groups)} groups breaking one" if groups else "")
     return (f"Freshness: {states} (of {len(report['pipelines'])} pipelines); reports due: {due}, "
-            f"{overdue} overdue; references: {len(report['references'])}, {broken} broken, {orphans} orphan rows "
-            "(`lgsp status` says why)")
+            f"{overdue} overdue; references: {len(report['references'])}, {broken} broken, {orphans} orphan rows"
+            f"{checks} (`lgsp status` says why)")
 
 
 def _reports(deadlines: dict[str, Any] | None) -> str:
@@ -319,13 +333,15 @@ def print_status(console: Console, report: dict[str, Any]) -> None:
         console.print(feeds)
     if report["references"]:
         print_references(console, report["references"])
+    if report.get("group_checks"):
+        print_group_checks(console, report["group_checks"])
     backup = report.get("backup")
     if backup and backup["latest"]:
         console.print(f"Backup: latest {backup['latest']}, {_when(backup['created_at'], now)} ({backup['backups']} in "
                       f"{backup['root']}; lgsp backup list)", soft_wrap=True)
     if not report["problems"]:
         console.print("[green]nothing needs attention: every pipeline with an objective is fresh, no report "
-                      "overdue, no dead letter, no broken reference[/]")
+                      "overdue, no dead letter, no broken reference nor group check[/]")
     for problem in report["problems"]:
         colour = "red" if problem["severity"] == "error" else "yellow"
         console.print(f"[{colour}]{problem['severity']}:[/] {problem['problem']}")
@@ -347,6 +363,22 @@ def print_references(console: Console, results: list[dict[str, Any]]) -> None:
         table.add_row(f"{r['reference']}\n-> {r['references']}", f"[{REFERENCE_COLOUR[r['state']]}]{r['state']}[/]",
                       f"{r['rows']:,}", f"{r['orphans']:,}\n({r['orphans_past_grace']:,}, {human_age(r['grace_s'])})",
                       (missing + (f" +{more:,} more" if more > 0 else "")) or "-")
+    console.print(table)
+
+
+def print_group_checks(console: Console, results: list[dict[str, Any]]) -> None:
+    """`lgsp checks`, and the group checks part of `lgsp status`: one row per group check."""
+    table = Table(title="Rules across rows (lgsp checks)")
+    table.add_column("check\nrule", overflow="fold")
+    for col, justify in (("state", "left"), ("groups", "right"), ("breaking\n(past grace)", "right"),
+                         ("examples:\ngroup (rows counted)", "left")):
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in results:
+        shown = ", ".join(",".join(str(v) for v in e["group"].values()) + f" ({e['counted']})" for e in r["examples"])
+        more = r["breaking"] - len(r["examples"])
+        table.add_row(f"{r['check']}\n{r['rule']}", f"[{REFERENCE_COLOUR[r['state']]}]{r['state']}[/]",
+                      f"{r['groups']:,}", f"{r['breaking']:,}\n({r['breaking_past_grace']:,}, {human_age(r['grace_s'])})",
+                      (shown + (f" +{more:,} more" if more > 0 else "")) or "-")
     console.print(table)
 
 

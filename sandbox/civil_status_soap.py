@@ -39,8 +39,9 @@ import base64
 import binascii
 import bisect
 import hashlib
+import threading
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sandbox import _spyne_compat  # noqa: F401  (must run before spyne is imported)
@@ -157,9 +158,24 @@ class _Index:
 
     def __init__(self, rows: Sequence[dict[str, Any]], key: tuple[str, ...], model: type[ComplexModel],
                  page_model: type[ComplexModel]) -> None:
-        self.rows = sorted(rows, key=lambda r: (r["updated_at"], *(r[k] for k in key)))
+        self.key = key
+        self.rows = sorted(rows, key=self._order)
         self.keys = [r["updated_at"].timestamp() for r in self.rows]
         self.model, self.page_model = model, page_model
+        self.lock = threading.Lock()
+
+    def _order(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row["updated_at"], *(row[k] for k in self.key))
+
+    def correct(self, key: tuple[Any, ...], **changes: Any) -> dict[str, Any]:
+        """The registry corrects one row (the dict the ground truth holds too): ``changes`` applied, ``updated_at``
+        set to now unless given, so the next incremental sync brings it. Returns the row."""
+        with self.lock:
+            row = next(r for r in self.rows if tuple(r[k] for k in self.key) == tuple(key))
+            row.update({"updated_at": datetime.now(timezone.utc), **changes})
+            rows = sorted(self.rows, key=self._order)
+            self.rows, self.keys = rows, [r["updated_at"].timestamp() for r in rows]
+        return row
 
     def page(self, since: datetime | None, until: datetime | None, page_token: str | None,
              page_size: int | None) -> ComplexModel:
@@ -170,14 +186,16 @@ class _Index:
         if size < 1:
             raise Fault("Client.InvalidArgument", f"page_size must be >= 1, got {size}")
         size = min(size, MAX_PAGE_SIZE)
-        start = 0 if since is None else bisect.bisect_left(self.keys, since.timestamp())
-        end = len(self.rows) if until is None else bisect.bisect_left(self.keys, until.timestamp())
+        with self.lock:  # a snapshot: `correct` replaces both lists
+            rows, keys = self.rows, self.keys
+        start = 0 if since is None else bisect.bisect_left(keys, since.timestamp())
+        end = len(rows) if until is None else bisect.bisect_left(keys, until.timestamp())
         offset = decode_page_token(page_token, since, until) if page_token else 0
         if offset > end - start:
             raise Fault("Client.InvalidArgument", f"page_token {page_token!r} points past the end of the window")
         first = start + offset
         last = min(first + size, end)
-        items = [self.model(**r) for r in self.rows[first:last]]
+        items = [self.model(**r) for r in rows[first:last]]
         next_token = encode_page_token(last - start, since, until) if last < end else None
         return self.page_model(items=items, next_page_token=next_token, total=end - start)
 
@@ -215,14 +233,22 @@ class CivilStatusService(Service):
         return ctx.app.sandbox_households.page(since, until, page_token, page_size)
 
 
+def household_register(households: Sequence[dict[str, Any]] | _Index) -> _Index:
+    """The household memberships as ``ListHouseholdMembers`` serves them (``correct`` changes one)."""
+    if isinstance(households, _Index):
+        return households
+    return _Index(households, ("household_id", "personal_id"), HouseholdMember, HouseholdMemberPage)
+
+
 def make_civil_status_app(events: Sequence[dict[str, Any]], username: str, password: str,
-                          households: Sequence[dict[str, Any]] = ()) -> WsgiApp:
+                          households: Sequence[dict[str, Any]] | _Index = ()) -> WsgiApp:
     """Build the WS-Security protected SOAP WSGI application serving ``events`` and ``households``.
 
     Args:
         events: Ground-truth rows from
             :func:`sandbox.civil_status.make_civil_status_events_with_defects`.
-        households: Ground-truth rows from :func:`sandbox.households.make_household_members_with_defects`.
+        households: Ground-truth rows from :func:`sandbox.households.make_household_members_with_defects`, or
+            their :func:`household_register`.
         username: The UsernameToken user the service accepts.
         password: Its password (text or digest).
 
@@ -237,7 +263,6 @@ def make_civil_status_app(events: Sequence[dict[str, Any]], username: str, passw
         out_protocol=Soap11(),
     )
     app.sandbox_index = _EventIndex(events)  # type: ignore[attr-defined]
-    app.sandbox_households = _Index(households, ("household_id", "personal_id"),  # type: ignore[attr-defined]
-                                    HouseholdMember, HouseholdMemberPage)
+    app.sandbox_households = household_register(households)  # type: ignore[attr-defined]
     quiet_client_faults(_CLIENT_FAULTS)
     return require_username_token(WsgiApplication(app), username, password)

@@ -24,11 +24,17 @@ valid CCCD consistent with ``sex`` and ``birth_date``; ``birth_date <=
 joined_on <= left_on``; ``leave_reason`` in :data:`LEAVE_REASONS` exactly when
 ``left_on`` is set; ``head_personal_id`` is the household head's CCCD (the
 head's own row names itself); ``commune_code`` is a Ninh Bình commune; every
-household has exactly one ``head`` row.
+household has exactly one ``head`` row, except those :func:`two_heads` picks.
+
+Not a row's defect but a household's: in about :data:`TWO_HEADS_SHARE` of the households with a current
+spouse, the spouse is recorded as ``head`` too (as some old paper books were carried over), still naming the
+real head in ``head_personal_id``. Each row is valid; the household breaks the rule "exactly one current
+head", which lgsp checks across rows (``group_checks`` in catalog/datasets.yaml, ``lgsp checks``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
@@ -57,6 +63,9 @@ LEAVE_REASONS = ("moved", "died")
 HOUSEHOLD_DEFECT_KINDS = ("relation_unknown", "cccd_invalid", "commune_unknown", "left_before_joined")
 """Injected defect kinds, assigned round-robin to the defective rows."""
 
+TWO_HEADS_SHARE = 0.05
+"""About this share of the households with a current spouse record the spouse as head too (:func:`two_heads`)."""
+
 EARLIEST_HOUSEHOLD = date(1990, 1, 1)
 MOVED_SHARE = 0.3
 """Share of random households a grown child has left to head a household of their own."""
@@ -65,6 +74,12 @@ MOVED_SHARE = 0.3
 def household_key(row: dict[str, Any]) -> str:
     """The record key lgsp gives a membership: ``'HK37-14464-000012|037325004211'``."""
     return f"{row['household_id']}|{row['personal_id']}"
+
+
+def two_heads(household_id: str) -> bool:
+    """Whether household ``household_id`` records its current spouse as head too: fixed by a digest of the id,
+    consuming no randomness (the rest of the data is what it was before)."""
+    return int(hashlib.sha256(household_id.encode()).hexdigest()[:8], 16) / 16**8 < TWO_HEADS_SHARE
 
 
 class _Households:
@@ -193,6 +208,8 @@ def make_household_members_with_defects(seed: int, count: int, defect_rate: floa
     rows = builder.rows[:count]
     for row in rows:
         row["updated_at"] = _stamp(rng, row)
+        if row["relation"] == "spouse" and row["left_on"] is None and two_heads(row["household_id"]):
+            row["relation"] = "head"
     defect_by_key: dict[str, str] = {}
     for index, kind in pick_defects(rng, len(rows), defect_rate, HOUSEHOLD_DEFECT_KINDS).items():
         _apply_defect(rng, rows[index], kind)
@@ -201,5 +218,5 @@ def make_household_members_with_defects(seed: int, count: int, defect_rate: floa
     return [{k: r[k] for k in HOUSEHOLD_FIELDS} for r in ordered], defect_by_key
 
 
-__all__ = ["HOUSEHOLD_DEFECT_KINDS", "HOUSEHOLD_FIELDS", "LEAVE_REASONS", "RELATIONS", "household_key",
-           "make_household_members_with_defects"]
+__all__ = ["HOUSEHOLD_DEFECT_KINDS", "HOUSEHOLD_FIELDS", "LEAVE_REASONS", "RELATIONS", "TWO_HEADS_SHARE",
+           "household_key", "make_household_members_with_defects", "two_heads"]

@@ -27,7 +27,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from sandbox.business_rest import make_business_app
 from sandbox.civil_servants_rest import make_civil_servants_app
-from sandbox.civil_status_soap import make_civil_status_app
+from sandbox.civil_status_soap import household_register, make_civil_status_app
 from sandbox.data import SandboxData
 from sandbox.documents_rest import make_documents_app
 from sandbox.dvcqg_rest import DvcqgState, make_dvcqg_app
@@ -110,17 +110,19 @@ class _Apps:
     land: LandApp
     reporting_inbox: ReportingInbox
     dvcqg: DvcqgState
+    households: Any
 
 
 def _build_apps(data: SandboxData, creds: SandboxCredentials) -> _Apps:
     land = make_land_app(data.land_parcels, creds.land_client_id, creds.land_client_secret)
     inbox = ReportingInbox()
     dvcqg = DvcqgState(data.procedures, creds.dvcqg_user, creds.dvcqg_password)
+    households = household_register(data.household_members)
     wsgi: dict[str, WsgiApp] = {
         "population": make_population_app(data.citizens),
         "tthc": make_tthc_app(data.dossiers, creds.tthc_api_key),
         "civil_status": make_civil_status_app(data.civil_status_events, creds.civil_status_user,
-                                              creds.civil_status_password, data.household_members),
+                                              creds.civil_status_password, households),
         "land": land,
         "business": make_business_app(data.enterprises, creds.business_user, creds.business_password),
         "civil_servants": make_civil_servants_app(data.civil_servants),
@@ -129,7 +131,7 @@ def _build_apps(data: SandboxData, creds: SandboxCredentials) -> _Apps:
         "reporting": make_reporting_app(inbox, creds.reporting_user, creds.reporting_password),
         "health_insurance": make_health_insurance_app(data.health_insurance_cards, creds.health_insurance_api_key),
     }
-    return _Apps(wsgi, land, inbox, dvcqg)
+    return _Apps(wsgi, land, inbox, dvcqg, households)
 
 
 class SandboxServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -225,6 +227,8 @@ class SandboxHandle:
         land: The land app (``land.token_ttl_s`` may be changed while running).
         reporting_inbox: What the reporting SOAP service received.
         dvcqg: The DVCQG portal state (sessions, pushed dossiers and progress).
+        households: The civil-status registry's household memberships as served (``households.correct(key,
+            relation="spouse")`` corrects one row, as the registry's staff would).
         population_url: SOAP endpoint, e.g. ``'http://127.0.0.1:41234/'``.
         population_wsdl: ``population_url + '?wsdl'``.
         tthc_url: TTHC REST base URL.
@@ -239,6 +243,7 @@ class SandboxHandle:
     land: LandApp | None = field(default=None, repr=False)
     reporting_inbox: ReportingInbox | None = field(default=None, repr=False)
     dvcqg: DvcqgState | None = field(default=None, repr=False)
+    households: Any = field(default=None, repr=False)
     _servers: list[tuple[SandboxServer, threading.Thread]] = field(default_factory=list, repr=False)
 
     @property
@@ -335,6 +340,7 @@ def start_sandbox(
     try:
         apps = _build_apps(data, creds)
         handle.land, handle.reporting_inbox, handle.dvcqg = apps.land, apps.reporting_inbox, apps.dvcqg
+        handle.households = apps.households
         for name in SYSTEMS:
             tls_context = server_context(tls) if name in TLS_SYSTEMS else None
             server, thread = serve_wsgi(with_faults(apps.wsgi[name], plans[name]), host, ports.get(name, 0),

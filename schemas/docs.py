@@ -102,6 +102,16 @@ def dictionary_page(dataset: DatasetSpec) -> str:
     lines += ["", "## Row rules (a failing row goes to quarantine)", "", "| rule | parameters |", "| --- | --- |"]
     for check in row_checks(dataset):
         lines.append(f"| `{check.rule}` | {_check_text(check.params)} |")
+    if dataset.group_checks:
+        from lgsp.freshness import human_age
+        from lgsp.group_checks import GroupCheck
+
+        lines += ["", "## Rules across rows (`lgsp checks`; a group breaking one is reported, no row quarantined)", "",
+                  "| check | rule | grace | severity when broken |", "| --- | --- | --- | --- |"]
+        for name, spec in dataset.group_checks.items():
+            rule = GroupCheck(dataset.name, name, spec).rule()
+            said = f"{_cell(spec.description)}: {rule}" if spec.description else rule
+            lines.append(f"| `{name}` | {said} | {human_age(spec.grace)} | {spec.severity} |")
     lines += ["", "## Dataset expectations (Great Expectations; a failure fails the run)", "",
               "| expectation | arguments |", "| --- | --- |"]
     for kind, kwargs in suite_definition(dataset):

@@ -90,6 +90,10 @@ def test_the_platforms_metrics_say_what_lgsp_status_says(lgsp_env: Any, monkeypa
     for ref in report["references"]:
         assert value(found, "lgsp_reference_orphan_rows", reference=ref["reference"],
                      severity=ref["severity"]) == ref["orphans"]
+    assert report["group_checks"]
+    for check in report["group_checks"]:
+        assert value(found, "lgsp_group_check_breaking_groups", check=check["check"],
+                     severity=check["severity"]) == check["breaking"]
 
     _age(wh, "tthc_dossiers", 5)  # stale after 4h; a run that fails; a backup; the quality scores recorded
     sandbox_url = os.environ["LGSP_TTHC_URL"]
