@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+Duration = Annotated[float, BeforeValidator(lambda value: duration_s(value))]
+"""Seconds, given as a number or as "90m", "3h", "2d", "1w" (`duration_s`)."""
 
 
 class Strict(BaseModel):
@@ -150,13 +152,8 @@ class ReferenceSpec(Strict):
     """
 
     to: str = Field(pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
-    grace: float = Field(default=86400.0, ge=0)
+    grace: Duration = Field(default=86400.0, ge=0)
     severity: Literal["warning", "error"] = "warning"
-
-    @field_validator("grace", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return duration_s(value)
 
     @property
     def dataset(self) -> str:
@@ -282,13 +279,8 @@ class GroupCheckSpec(Strict):
     count: dict[str, Any] = {}
     min: int | None = Field(default=None, ge=0)
     max: int | None = Field(default=None, ge=0)
-    grace: float = Field(default=0.0, ge=0)
+    grace: Duration = Field(default=0.0, ge=0)
     severity: Literal["warning", "error"] = "warning"
-
-    @field_validator("grace", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return duration_s(value)
 
     @model_validator(mode="after")
     def _bounded(self) -> "GroupCheckSpec":
@@ -483,13 +475,8 @@ class FreshnessSpec(Strict):
     seconds or "90m", "3h", "2d", "1w".
     """
 
-    warn_after: float = Field(gt=0)
-    error_after: float = Field(gt=0)
-
-    @field_validator("warn_after", "error_after", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return duration_s(value)
+    warn_after: Duration = Field(gt=0)
+    error_after: Duration = Field(gt=0)
 
     @model_validator(mode="after")
     def _warn_first(self) -> "FreshnessSpec":
@@ -551,12 +538,7 @@ class FeedDueSpec(Strict):
     (the row's `period_column`: '2025-08', '2025-Q3', '2025', or a date range) has ended, local time."""
 
     period_column: str
-    after: float = Field(ge=0)
-
-    @field_validator("after", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return duration_s(value)
+    after: Duration = Field(ge=0)
 
 
 class FeedSpec(Strict):

@@ -300,7 +300,8 @@ class PlatformCollector(Collector):
             scanned = self._scanned[1]
             found = families(wh, self.catalog, status_report(wh, self.catalog, at, scanned=scanned))
             found.append(_gauge("lgsp_status_scanned_timestamp_seconds", "When the parts that scan whole tables "
-                                "(references, group checks, unusual reads) were last computed", scanned["checked_at"].timestamp()))
+                                "(references, group checks, unusual reads) were last computed",
+                                scanned["checked_at"].timestamp()))
         except Exception as exc:  # noqa: BLE001 - said as lgsp_status_up 0 and in the log; the scrape stands
             self._scanned = None
             found = down(exc)

@@ -377,7 +377,8 @@ def print_group_checks(console: Console, results: list[dict[str, Any]]) -> None:
         shown = ", ".join(",".join(str(v) for v in e["group"].values()) + f" ({e['counted']})" for e in r["examples"])
         more = r["breaking"] - len(r["examples"])
         table.add_row(f"{r['check']}\n{r['rule']}", f"[{REFERENCE_COLOUR[r['state']]}]{r['state']}[/]",
-                      f"{r['groups']:,}", f"{r['breaking']:,}\n({r['breaking_past_grace']:,}, {human_age(r['grace_s'])})",
+                      f"{r['groups']:,}",
+                      f"{r['breaking']:,}\n({r['breaking_past_grace']:,}, {human_age(r['grace_s'])})",
                       (shown + (f" +{more:,} more" if more > 0 else "")) or "-")
     console.print(table)
 

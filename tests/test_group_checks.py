@@ -73,7 +73,8 @@ def test_a_household_without_exactly_one_head_is_reported_then_holds_again_once_
             assert code == 0 and result["state"] == "pending", result  # just written: within the 2 h grace
             assert (result["groups"], result["breaking"], result["breaking_past_grace"]) == (groups, len(expected), 0)
             assert {e["group"]["household_id"]: e["counted"] for e in result["examples"]} == expected
-            assert result["rule"] == "rows with relation = head per household_id, among rows with left_on null: exactly 1"
+            assert result["rule"] == ("rows with relation = head per household_id, among rows with left_on null: "
+                                      "exactly 1")
 
             wh = runner.open_warehouse(load_catalog())
             table = wh.core["household_member"]

@@ -55,8 +55,8 @@ def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_it
     from lgsp import outbox, runner
     from lgsp.settings import load_settings
     from sandbox import DATASET_KEYS, start_sandbox
-    from sandbox.dvcqg_rest import parse_portal_time, portal_time
     from test_gateway import gateway_env
+    from test_procedure_catalogue import widen
     from warehouse.lake import Lake
 
     sandbox = start_sandbox(seed=11, citizens=5, dossiers=5, sizes=dict.fromkeys(DATASET_KEYS, 0) | {"procedure": 120})
@@ -72,13 +72,7 @@ def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_it
             first = _months_back(now, 4)  # the first sync ran four months ago: an ended quarter at least
             _as_if_written_at(wh, lake, "procedure", first)
 
-            widened = [p for p in portal if not p["KhongPhuThuocDiaGioi"]][:10]  # today the province widens it
-            latest = max(parse_portal_time(p["NgayCapNhat"]) for p in portal)
-            with sandbox.dvcqg.lock:
-                for i, procedure in enumerate(widened):
-                    procedure.update(KhongPhuThuocDiaGioi=True,
-                                     NgayCapNhat=portal_time(latest + timedelta(hours=2, minutes=i)))
-                portal.sort(key=lambda p: (p["NgayCapNhat"], p["MaTTHC"]))
+            widen(sandbox, 10)  # today the province widens it
             assert runner.run_pipeline("dvcqg_procedures", catalog=catalog)["rows_changed"] == 10
 
             computed = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME], env={"COLUMNS": "300"})
@@ -118,8 +112,8 @@ def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_it
 
             pushed = outbox.push(wh, catalog, "government_report")  # the months reach the reporting system
             assert pushed["acked"] == pushed["queued"] > 0, pushed
-            received = {r["period"]: (r["numerator"], r["denominator"]) for r in sandbox.reporting_inbox.reports.values()
-                        if r["indicator_code"] == NAME}
+            reports = sandbox.reporting_inbox.reports.values()
+            received = {r["period"]: (r["numerator"], r["denominator"]) for r in reports if r["indicator_code"] == NAME}
             assert received == {m: cells[("month", m)] for m in months}
             with wh.engine.connect() as conn:
                 mart = wh.system["mart_indicator_value"]

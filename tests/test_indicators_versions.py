@@ -117,5 +117,5 @@ def test_the_indicators_dag_is_scheduled_on_the_datasets_it_reads() -> None:
 
     dag = indicators_dag(load_catalog())
     uris = {asset.uri for asset in dag.timetable.asset_condition.objects}
-    assert uris == {"lgsp://warehouse/core/dossier", "lgsp://warehouse/core/document", "lgsp://warehouse/core/procedure"}
+    assert uris == {f"lgsp://warehouse/core/{d}" for d in ("dossier", "document", "procedure")}
     assert {t.task_id for t in dag.tasks} == {f"compute_{n}" for n in load_catalog().indicators}

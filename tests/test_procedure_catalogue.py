@@ -28,13 +28,27 @@ def _count(base: str) -> int:
     return int(answer.json()["result"]["total"])
 
 
+def widen(sandbox: Any, count: int) -> list[dict[str, Any]]:
+    """The portal marks `count` more procedures as having no administrative boundary, each changed after every
+    other procedure (so the next incremental sync brings them); returns those procedures."""
+    from sandbox.dvcqg_rest import parse_portal_time, portal_time
+
+    portal = sandbox.dvcqg.procedures
+    widened = [p for p in portal if not p["KhongPhuThuocDiaGioi"]][:count]
+    latest = max(parse_portal_time(p["NgayCapNhat"]) for p in portal)
+    with sandbox.dvcqg.lock:
+        for i, procedure in enumerate(widened):
+            procedure.update(KhongPhuThuocDiaGioi=True, NgayCapNhat=portal_time(latest + timedelta(hours=2, minutes=i)))
+        portal.sort(key=lambda p: (p["NgayCapNhat"], p["MaTTHC"]))
+    return widened
+
+
 def test_procedures_with_no_administrative_boundary_are_counted_and_the_count_follows_the_portal(
         database_url: str, tmp_path: Path) -> None:
     from gateway.api import create_app
     from gateway.settings import load_gateway_settings
     from lgsp import runner
     from sandbox import DATASET_KEYS, start_sandbox
-    from sandbox.dvcqg_rest import parse_portal_time, portal_time
     from test_gateway import gateway_env, loaded_registry, running
 
     sandbox = start_sandbox(seed=11, citizens=5, dossiers=5, sizes=dict.fromkeys(DATASET_KEYS, 0) | {"procedure": 120})
@@ -53,13 +67,7 @@ def test_procedures_with_no_administrative_boundary_are_counted_and_the_count_fo
                                           params={"boundary_free": "true", "limit": 1000}).json()["records"]
                     assert sorted(r["procedure_code"] for r in listed) == before
 
-                    widened = [p for p in portal if not p["KhongPhuThuocDiaGioi"]][:10]  # the province widens it
-                    latest = max(parse_portal_time(p["NgayCapNhat"]) for p in portal)
-                    with sandbox.dvcqg.lock:
-                        for i, procedure in enumerate(widened):
-                            procedure.update(KhongPhuThuocDiaGioi=True,
-                                             NgayCapNhat=portal_time(latest + timedelta(hours=2, minutes=i)))
-                        portal.sort(key=lambda p: (p["NgayCapNhat"], p["MaTTHC"]))
+                    widened = widen(sandbox, 10)  # the province widens it
                     synced = runner.run_pipeline("dvcqg_procedures")
                     assert synced["rows_changed"] == 10 and synced["rows_quarantined"] == 0, synced  # (+ lookback)
                     assert _count(base) == len(before) + 10
