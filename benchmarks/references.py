@@ -9,6 +9,9 @@ and the official administrative units less one commune of province 37, whose cit
   scan          the floor: one pass over the table, `SELECT count(*)`
   reference     lgsp.references.check of citizen.commune_code (rows, the anti-join's orphans and
                 those past grace, the 5 missing values most named, the referenced table's count)
+  group check   lgsp.group_checks.check of a rule across rows: at most one woman per commune and birth date
+                (a GROUP BY into many small groups, as households are: ~3 rows each), groups and those
+                breaking it, the 5 first examples
   scorecard     lgsp.scorecard without the profile (what the gateway computes, with the reference)
   profile       the scorecard with the profile (how often each column is filled: one more scan)
 
@@ -36,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway_load import add_database_options, ratio, scratch_warehouse  # noqa: E402
 from migrate import fill, without_phone  # noqa: E402
 
+from catalog.models import GroupCheckSpec  # noqa: E402
+from lgsp import group_checks  # noqa: E402
 from lgsp.references import check, references  # noqa: E402
 from lgsp.runner import _with_lineage  # noqa: E402
 from lgsp.scorecard import scorecards  # noqa: E402
@@ -96,11 +101,18 @@ def main() -> None:
             with wh.engine.connect() as conn:
                 return check(conn, wh.metadata.tables, catalog, reference, now)
 
+        rule = group_checks.GroupCheck("citizen", "bench", GroupCheckSpec(
+            group_by=["commune_code", "birth_date"], count={"sex": "female"}, max=1))
+
+        def group_check() -> dict[str, Any]:
+            with wh.engine.connect() as conn:
+                return group_checks.check(conn, wh.metadata.tables, catalog, rule, now)
+
         def scorecard(profile: bool) -> dict[str, Any]:
             return scorecards(wh.engine, wh.metadata.tables, catalog, "citizen", now=now, profile=profile)[0]
 
         medians: dict[str, float] = {}
-        for name, action in (("scan", scan), ("reference", one_reference),
+        for name, action in (("scan", scan), ("reference", one_reference), ("group_check", group_check),
                              ("scorecard", lambda: scorecard(False)), ("profile", lambda: scorecard(True))):
             first, median, result = timed(action, args.repeat)
             figures[name] = {"first_s": round(first, 6), "median_s": round(median, 6)}  # a tiny run's scan: < 1 ms
@@ -108,14 +120,19 @@ def main() -> None:
             if name == "reference":
                 assert result["orphans"] == expected and result["missing"][0]["value"] == left_out, result
                 figures["orphans"] = result["orphans"]
-        for name in ("reference", "scorecard", "profile"):
+            if name == "group_check":
+                assert 0 < result["groups"] <= args.rows and len(result["examples"]) == min(5, result["breaking"])
+                figures["groups"], figures["breaking_groups"] = result["groups"], result["breaking"]
+        for name in ("reference", "group_check", "scorecard", "profile"):
             figures[name]["x_scan"] = ratio(medians[name], medians["scan"])  # unrounded: a tiny run's scan is ~0
         wh.engine.dispose()
     print(f"\n{'step':<12}{'first s':>10}{'median s':>10}{'x scan':>8}")
-    for name in ("scan", "reference", "scorecard", "profile"):
+    for name in ("scan", "reference", "group_check", "scorecard", "profile"):
         f = figures[name]
         print(f"{name:<12}{f['first_s']:>10.4f}{f['median_s']:>10.4f}{str(f.get('x_scan', 1.0)):>8}")
     print(f"orphans found: {figures['orphans']:,} (the citizens of commune {left_out}, left out of admin_unit)")
+    print(f"group check: {figures['groups']:,} groups (commune, birth date), {figures['breaking_groups']:,} with more "
+          "than one woman")
     print(json.dumps(figures))
 
 

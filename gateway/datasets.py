@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from catalog.models import Catalog, ReferenceSpec
 from gateway.changes import feed_problem
+from lgsp import group_checks
 from lgsp.freshness import dataset_freshness
 from lgsp.references import check_all
 from lgsp.scorecard import DIMENSIONS, scorecards
@@ -68,7 +69,8 @@ class DatasetCatalog:
 
     def _slow_figures(self, name: str) -> dict[str, Any]:
         """The dataset's references (per shared column that names a record of another dataset: how many rows name
-        one lgsp has; counts only, no values) and its quality scorecard (lgsp.scorecard: scores only). An anti-join
+        one lgsp has; counts only, no values), its rules across rows (lgsp.group_checks, those reading shared columns
+        only: how many groups hold each) and its quality scorecard (lgsp.scorecard: scores only). An anti-join
         over the whole table (0.24 s for 1M citizens on PostgreSQL: benchmarks/references.py), so kept
         `REFERENCES_CACHE_S`."""
         now_s = time.monotonic()
@@ -78,13 +80,19 @@ class DatasetCatalog:
         now = datetime.now(timezone.utc)
         with self.engine.connect() as conn:
             results = check_all(conn, self.tables, self.catalog, now, dataset=name, examples=0)
-        card = scorecards(self.engine, self.tables, self.catalog, name, now=now, profile=False,
-                          references=results)[0] if self.catalog.datasets[name].layer == "core" else None
+            groups = group_checks.check_all(conn, self.tables, self.catalog, now, dataset=name, examples=0)
+        card = scorecards(self.engine, self.tables, self.catalog, name, now=now, profile=False, references=results,
+                          groups=groups)[0] if self.catalog.datasets[name].layer == "core" else None
         shared = set(self.catalog.sharing[name].columns)
+        declared = self.catalog.datasets[name].group_checks
         figures = {"references": [
             {"field": r["column"], "references": r["references"], "state": r["state"], "rows": r["rows"],
              "orphans": r["orphans"], "orphans_past_grace": r["orphans_past_grace"]}
             for r in results if r["column"] in shared],
+            "group_checks": [
+                {"check": g["check"].split(".", 1)[1], **{k: g[k] for k in (
+                    "description", "rule", "state", "groups", "breaking", "breaking_past_grace")}}
+                for g in groups if set(declared[g["check"].split(".", 1)[1]].columns_used) <= shared],
             "quality_score": None if card is None else {
                 "overall": card["overall"], "weakest": card["weakest"],
                 **{d: card[d]["score"] for d in DIMENSIONS}}}

@@ -56,6 +56,19 @@ class ReferenceStatus(BaseModel):
     orphans_past_grace: int
 
 
+class GroupCheckStatus(BaseModel):
+    """A rule across the dataset's rows (lgsp.group_checks), e.g. one current head per household: how many groups
+    hold it; `ok` (all), `pending` (the others changed within the grace: the rest may be on its way) or `broken`."""
+
+    check: str  # its name in the catalog
+    description: str
+    rule: str  # in words: "rows with relation = head per household_id, among rows with left_on null: exactly 1"
+    state: Literal["ok", "pending", "broken"]
+    groups: int
+    breaking: int  # of them, not holding it
+    breaking_past_grace: int
+
+
 class QualityResult(BaseModel):
     batch_id: str
     checked_at: datetime
@@ -119,6 +132,7 @@ class DatasetInfo(BaseModel):
     freshness_status: Optional[FreshnessStatus] = None  # null: no pipeline filling it declares an objective
     last_quality: Optional[QualityResult]
     references: list[ReferenceStatus] = []  # per shared column that names a record of another dataset
+    group_checks: list[GroupCheckStatus] = []  # per rule across rows that reads shared columns only
     quality_score: Optional[QualityScore] = None  # null: a mart dataset (computed, not pulled)
     lookup: Optional[LookupInfo] = None
     last_drift_check: Optional[DriftCheck] = None

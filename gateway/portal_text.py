@@ -57,6 +57,8 @@ VI = {
     "reference_ok": "<code>{field}</code> → <code>{target}</code>: cả {rows} bản ghi đều khớp",
     "reference_orphans": "<code>{field}</code> → <code>{target}</code>: {matched}/{rows} bản ghi khớp; {orphans} bản "
                          "ghi tham chiếu tới bản ghi chưa có trên nền tảng",
+    "group_checks": "Quy tắc giữa các bản ghi",
+    "group_check_line": "{said}: {held}/{groups} nhóm đạt",
     "open": '<span class="access open">Mở</span>: ai cũng có thể đọc, không cần khóa API',
     "restricted": '<span class="access restricted">Hạn chế</span>: cần được cấp quyền',
     "key": "Khóa",
@@ -181,6 +183,8 @@ EN = {
     "reference_ok": "<code>{field}</code> → <code>{target}</code>: all {rows} records match",
     "reference_orphans": "<code>{field}</code> → <code>{target}</code>: {matched} of {rows} records match; {orphans} "
                          "name a record the platform does not have (yet)",
+    "group_checks": "Rules across records",
+    "group_check_line": "{said}: {held} of {groups} groups hold it",
     "open": '<span class="access open">Open</span>: anyone may read it, no key needed',
     "restricted": '<span class="access restricted">Restricted</span>: needs a grant',
     "key": "Key",

@@ -45,6 +45,27 @@ def _breaking(rows: list[dict[str, Any]], defects: dict[str, str]) -> tuple[int,
     return len(heads), {h: n for h, n in heads.items() if n != 1}
 
 
+def _described(url: str) -> dict[str, Any]:
+    """What the gateway's catalog and portal say of the household dataset's rules across rows."""
+    import dataclasses
+
+    import requests
+
+    from gateway.api import create_app
+    from gateway.service import prepare_database
+    from gateway.settings import load_gateway_settings
+    from test_gateway import running
+
+    catalog = load_catalog()
+    prepare_database(url, catalog)
+    settings = dataclasses.replace(load_gateway_settings(url), principal_cache_s=0.0)
+    with running(create_app(settings, catalog)) as base:
+        described = requests.get(f"{base}/api/v1/datasets/household_member", timeout=60)
+        page = requests.get(f"{base}/portal/datasets/household_member", params={"lang": "en"}, timeout=60)
+    assert described.status_code == 200 and page.status_code == 200, (described.text, page.text)
+    return {"api": described.json()["group_checks"], "page": " ".join(page.text.split())}
+
+
 def _checks(*args: str) -> tuple[int, dict[str, Any]]:
     said = CliRunner().invoke(lgsp_app, ["checks", "--json", *args])
     return said.exit_code, json.loads(said.stdout.splitlines()[-1])["group_checks"][0]
@@ -94,6 +115,12 @@ def test_a_household_without_exactly_one_head_is_reported_then_holds_again_once_
             card = json.loads(quality.stdout.splitlines()[-1])["scorecards"][0]["consistency"]
             assert (card["groups"], card["breaking_groups"]) == (groups, len(expected))
             assert card["score"] <= round(1 - len(expected) / groups, 4)
+
+            shown = _described(database_url)  # agencies see how many households hold it (counts only)
+            assert shown["api"] == [{"check": "one_head", "description": result["description"], "rule": result["rule"],
+                                     "state": "broken", "groups": groups, "breaking": len(expected),
+                                     "breaking_past_grace": len(expected)}]
+            assert f"{groups - len(expected)} of {groups} groups hold it" in shown["page"]
 
             listed = CliRunner().invoke(lgsp_app, ["checks", "--dataset", "household_member", "--groups"])
             assert listed.exit_code == 0, listed.output
