@@ -71,39 +71,43 @@ def group_checks(catalog: Catalog, dataset: str | None = None) -> list[GroupChec
             if dataset is None or d.name == dataset for name, spec in d.group_checks.items()]
 
 
-def _groups(tables: Any, catalog: Catalog, check: GroupCheck) -> tuple[sa.Select[Any], list[sa.ColumnElement[Any]]]:
-    """Each group of `check`'s rows: its key, how many rows it counts, its newest write, whether it breaks it."""
+def _groups(tables: Any, catalog: Catalog, check: GroupCheck) -> tuple[sa.Select[Any], sa.ColumnElement[bool]]:
+    """Each group of `check`'s rows: its key, how many rows it counts, its newest write; and the condition (on the
+    aggregate) of a group breaking the rule."""
     dataset = catalog.datasets[check.dataset]
     table = tables[dataset.table_name]
     spec = check.spec
     where = [condition(table, spec.where)]
     if dataset.write_mode == "history":
         where.append(table.c.is_current)
-    counted = sa.func.sum(sa.case((condition(table, spec.count), 1), else_=0)) if spec.count else sa.func.count()
+    counted = (sa.func.coalesce(sa.func.sum(sa.case((condition(table, spec.count), 1), else_=0)), 0)
+               if spec.count else sa.func.count())
     keys = [table.c[c] for c in spec.group_by]
     breaks = []
     if spec.min is not None:
         breaks.append(counted < spec.min)
     if spec.max is not None:
         breaks.append(counted > spec.max)
-    grouped = (sa.select(*keys, sa.func.coalesce(counted, 0).label("counted"),
-                         sa.func.max(table.c._loaded_at).label("newest"))
+    grouped = (sa.select(*keys, counted.label("counted"), sa.func.max(table.c._loaded_at).label("newest"))
                .where(*where).group_by(*keys))
-    return grouped, [sa.or_(*breaks)]
+    return grouped, sa.or_(*breaks)
 
 
 def check(conn: sa.Connection, tables: Any, catalog: Catalog, group_check: GroupCheck, now: datetime,
           examples: int = EXAMPLES) -> dict[str, Any]:
-    """One group check's state now: groups, those breaking it, those of them past grace, examples."""
+    """One group check's state now: groups, those breaking it, those of them past grace, examples. One pass over
+    the rows it reads (a GROUP BY), and a second for the examples when some group breaks it."""
     spec = group_check.spec
     grouped, breaks = _groups(tables, catalog, group_check)
-    every = grouped.subquery("grouped")
-    groups = int(conn.execute(sa.select(sa.func.count()).select_from(every)).scalar_one())
-    breaking = grouped.having(*breaks).subquery("breaking")
+    flagged = grouped.add_columns(sa.case((breaks, 1), else_=0).label("breaks")).subquery("grouped")
     cutoff = now - timedelta(seconds=spec.grace)
-    counts = conn.execute(sa.select(sa.func.count(), sa.func.sum(sa.case((breaking.c.newest < cutoff, 1), else_=0)),
-                                    sa.func.min(breaking.c.newest))).one()
-    found, overdue = int(counts[0]), int(counts[1] or 0)
+    broken = flagged.c.breaks == 1
+    counts = conn.execute(sa.select(
+        sa.func.count(), sa.func.sum(flagged.c.breaks),
+        sa.func.sum(sa.case((sa.and_(broken, flagged.c.newest < cutoff), 1), else_=0)),
+        sa.func.min(sa.case((broken, flagged.c.newest))))).one()
+    groups, found, overdue = int(counts[0]), int(counts[1] or 0), int(counts[2] or 0)
+    breaking = grouped.having(breaks).subquery("breaking")
     shown = [] if not found or not examples else [
         {"group": {c: r[c] for c in spec.group_by}, "counted": int(r["counted"]), "written_at": utc(r["newest"])}
         for r in conn.execute(sa.select(breaking).order_by(*(breaking.c[c] for c in spec.group_by))
@@ -112,7 +116,12 @@ def check(conn: sa.Connection, tables: Any, catalog: Catalog, group_check: Group
     return {"check": group_check.name, "dataset": group_check.dataset, "rule": group_check.rule(),
             "description": spec.description, "severity": spec.severity, "grace_s": spec.grace, "state": state,
             "groups": groups, "breaking": found, "breaking_past_grace": overdue,
-            "oldest_breaking_at": utc(counts[2]), "examples": shown}
+            "oldest_breaking_at": utc(_time(counts[3])), "examples": shown}
+
+
+def _time(value: Any) -> datetime | None:
+    """A time an aggregate handed back: SQLite may give text."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def breaking_rows(conn: sa.Connection, tables: Any, catalog: Catalog, group_check: GroupCheck,
@@ -123,7 +132,7 @@ def breaking_rows(conn: sa.Connection, tables: Any, catalog: Catalog, group_chec
     table = tables[dataset.table_name]
     spec = group_check.spec
     grouped, breaks = _groups(tables, catalog, group_check)
-    breaking = grouped.having(*breaks).subquery("breaking")
+    breaking = grouped.having(breaks).subquery("breaking")
     where = [condition(table, spec.where), *(table.c[c] == breaking.c[c] for c in spec.group_by)]
     if dataset.write_mode == "history":
         where.append(table.c.is_current)

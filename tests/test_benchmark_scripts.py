@@ -133,6 +133,13 @@ def test_references_benchmark_finds_the_citizens_of_the_left_out_commune() -> No
     assert 0 <= figures["breaking_groups"] < figures["groups"] <= 2600
 
 
+def test_snapshot_indicator_benchmark_counts_every_record_once_at_every_periods_end() -> None:
+    figures = _figures("benchmarks/snapshot_indicator.py", "--rows", "500", "--versions", "3", "--repeat", "1")
+    [run] = figures["runs"]
+    assert run["lake_rows"] == 500 + 3 * 50 and run["held_versions"] >= run["lake_rows"]  # (checked in the script)
+    assert run["compute"]["median_s"] > 0 and run["mart_rows"] > 0
+
+
 def test_scoped_reads_benchmark_reads_exactly_the_communes_rows_each_way() -> None:
     figures = _figures("benchmarks/scoped_reads.py", "--sqlite", "--rows", "2600", "--repeat", "2")
     assert figures["commune_rows"] == 20  # communes[i % 129] == communes[64] for i = 64, 193, ..., 2515
