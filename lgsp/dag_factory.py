@@ -2,8 +2,8 @@
 
 Per pipeline: a DAG `lgsp_<pipeline>` with three tasks, extract -> validate ->
 load, each a call into `lgsp.runner`; the load task updates the dataset's
-Asset. The indicators DAG `lgsp_indicators` is scheduled on the Assets of the
-datasets it reads; each run recomputes the months the newly loaded rows touch.
+Asset. The indicators DAG `lgsp_indicators` runs when any Asset of the datasets it reads is
+updated, and daily; each run recomputes the months the newly loaded rows touch.
 `lgsp_maintenance` compacts the lake and applies the retention daily (`lgsp.retention`).
 `lgsp_drift_<dataset>` checks a sample of a shared dataset against its source (`lgsp.drift`).
 `lgsp_freshness` alerts when a pipeline's last complete sync gets older than its objective (`lgsp.freshness`).
@@ -237,14 +237,23 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
     publish_step(parts, loads)
 
 
+INDICATORS_SCHEDULE = "5 0 * * *"  # 00:05 Vietnam time: a new month's values of a state exist on its first day
+
+
 def indicators_dag(catalog: Catalog) -> Any:
-    """The DAG that recomputes every indicator when a dataset it reads changes."""
-    from airflow.sdk import dag, task
+    """The DAG that recomputes every indicator when any dataset it reads changes, and every day at 00:05 local
+    time: a state at each period's end (`as_of: period_end`) has a new month's value on its first day even when
+    nothing changed (the dated ones find no new month then: nothing is written)."""
+    from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
     reads = sorted({d for spec in catalog.indicators.values() for d in spec.datasets_read})
+    daily = CronTriggerTimetable(INDICATORS_SCHEDULE, timezone=VN_TIMEZONE)
+    # any of them: a list of Assets would wait until every one had changed
+    schedule = AssetOrTimeSchedule(timetable=daily, assets=AssetAny(*(dataset_asset(d) for d in reads))) \
+        if reads else None
 
     @dag(dag_id="lgsp_indicators", description="Recompute indicators into the mart",
-         schedule=[dataset_asset(d) for d in reads] or None, start_date=START_DATE, catchup=False,
+         schedule=schedule, start_date=START_DATE, catchup=False,
          max_active_runs=1, tags=["lgsp", "indicators", "mart"], default_args=_default_args(2))
     def _indicators() -> None:
         for indicator in catalog.indicators.values():
