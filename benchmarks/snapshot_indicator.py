@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,8 @@ def run(rows: int, versions: int, repeat: int, url: str | None, home: Path) -> d
         if name == "versions":
             figures["held_versions"] = result
     months = read_indicator(wh, SPEC.name, unit_level="province", period_type="month")
-    wrong = [(r["period"], r["numerator"], r["denominator"]) for r in months if (r["numerator"], r["denominator"]) != (women, rows)]
+    wrong = [(r["period"], r["numerator"], r["denominator"]) for r in months
+             if (r["numerator"], r["denominator"]) != (women, rows)]
     assert months and not wrong, wrong
     assert months[0]["period"] == "2025-01", months[0]
     figures["mart_rows"] = len(read_indicator(wh, SPEC.name, unit_level=None, period_type=None))

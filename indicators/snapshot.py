@@ -43,6 +43,7 @@ from warehouse.lake import Lake
 from warehouse.store import utc
 from warehouse.versions import Held, dataset_versions
 
+
 def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
     """Whether a record's values pass an indicator's filters, as `indicators.query.condition` says in SQL:
     value (equality), list (one of), None (is null); a null value equals nothing."""
@@ -105,8 +106,8 @@ class Tally:
         self.units: list[tuple[str, list[str], np.ndarray]] = []
         for level, column in spec.units.items():
             codes: dict[str, int] = {}
-            index = np.array([-1 if h.values.get(column) is None else codes.setdefault(str(h.values[column]), len(codes))
-                              for h in held], dtype=np.int64)
+            index = np.array([-1 if h.values.get(column) is None
+                              else codes.setdefault(str(h.values[column]), len(codes)) for h in held], dtype=np.int64)
             self.units.append((level, list(codes), index))
 
     def at(self, at: datetime) -> dict[tuple[str, str], tuple[int, int]]:

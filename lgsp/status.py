@@ -5,7 +5,8 @@ objective), its last run (status, when, rows, the error if it failed or its load
 the dataset's open quarantine and its system's circuit. Per push feed: messages waiting, dead
 letters, the oldest one not acknowledged and, for a feed with `due`, its reports' deadlines
 (lgsp.deadlines: periods past due, those not acknowledged). Per reference between datasets
-(lgsp.references): orphan rows, those past grace. The agencies' access requests waiting for a
+(lgsp.references): orphan rows, those past grace. Per rule across rows (lgsp.group_checks): the groups
+breaking it, those past grace. The agencies' access requests waiting for a
 decision (gateway.access_requests), the agencies' webhooks failing or dead (gateway.webhooks) and the
 agencies reading far more than they usually do (gateway.usage).
 Then the problems, each with what to do. It reads only the warehouse (no source is asked; `lgsp
@@ -24,6 +25,7 @@ from rich.table import Table
 from catalog.models import Catalog
 from lgsp.deadlines import all_deadlines
 from lgsp.freshness import SEVERITY, STATES, human_age, overdue_text, pipeline_freshness
+from lgsp.group_checks import check_all as check_groups, summary as group_summary
 from lgsp.references import check_all
 from lgsp.references import summary as reference_summary
 from warehouse.store import Warehouse, utc
@@ -85,12 +87,10 @@ def _run_problem(name: str, run: dict[str, Any] | None) -> str | None:
 
 def scanned_parts(wh: Warehouse, catalog: Catalog, now: datetime) -> dict[str, Any]:
     """The parts of the report that scan whole tables: each reference between datasets (every referencing
-    row) and the agencies' unusual reads (the audit's last weeks). `lgsp.metrics` keeps them longer than the rest."""
-    from lgsp import group_checks
-
+    row), each rule across rows (a GROUP BY of the rows it reads) and the agencies' unusual reads (the audit's last weeks). `lgsp.metrics` keeps them longer than the rest."""
     with wh.engine.connect() as conn:
         references = check_all(conn, wh.metadata.tables, catalog, now)
-        groups = group_checks.check_all(conn, wh.metadata.tables, catalog, now)
+        groups = check_groups(conn, wh.metadata.tables, catalog, now)
     try:
         reads, error = _unusual_reads(wh, now), None
     except ValueError as exc:  # a setting that is not a number: said, the rest of the report stands
@@ -152,8 +152,6 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None,
                              "problem": f"{reference_summary(result)}; {result['todo']}"})
     for result in scanned.get("group_checks", []):
         if result["state"] == "broken":
-            from lgsp.group_checks import summary as group_summary
-
             problems.append({"severity": result["severity"], "check": result["check"],
                              "problem": f"{group_summary(result)}; {result['todo']}"})
     requests = _access_requests(wh, catalog, now)
