@@ -274,6 +274,7 @@ class GroupCheckSpec(Strict):
     """
 
     description: str = ""
+    description_vi: str = ""  # the portal's Vietnamese page shows it (the English one when empty)
     group_by: list[str] = Field(min_length=1)
     where: dict[str, Any] = {}
     count: dict[str, Any] = {}

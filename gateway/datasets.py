@@ -91,7 +91,7 @@ class DatasetCatalog:
             for r in results if r["column"] in shared],
             "group_checks": [
                 {"check": g["check"].split(".", 1)[1], **{k: g[k] for k in (
-                    "description", "rule", "state", "groups", "breaking", "breaking_past_grace")}}
+                    "description", "description_vi", "rule", "state", "groups", "breaking", "breaking_past_grace")}}
                 for g in groups if set(declared[g["check"].split(".", 1)[1]].columns_used) <= shared],
             "quality_score": None if card is None else {
                 "overall": card["overall"], "weakest": card["weakest"],

@@ -62,6 +62,7 @@ class GroupCheckStatus(BaseModel):
 
     check: str  # its name in the catalog
     description: str
+    description_vi: Optional[str] = None  # null: none (the English one stands)
     rule: str  # in words: "rows with relation = head per household_id, among rows with left_on null: exactly 1"
     state: Literal["ok", "pending", "broken"]
     groups: int

@@ -114,9 +114,9 @@ def check(conn: sa.Connection, tables: Any, catalog: Catalog, group_check: Group
                               .limit(examples)).mappings()]
     state = "broken" if overdue else "pending" if found else "ok"
     return {"check": group_check.name, "dataset": group_check.dataset, "rule": group_check.rule(),
-            "description": spec.description, "severity": spec.severity, "grace_s": spec.grace, "state": state,
-            "groups": groups, "breaking": found, "breaking_past_grace": overdue,
-            "oldest_breaking_at": utc(_time(counts[3])), "examples": shown}
+            "description": spec.description, "description_vi": spec.description_vi or None,
+            "severity": spec.severity, "grace_s": spec.grace, "state": state, "groups": groups, "breaking": found,
+            "breaking_past_grace": overdue, "oldest_breaking_at": utc(_time(counts[3])), "examples": shown}
 
 
 def _time(value: Any) -> datetime | None:

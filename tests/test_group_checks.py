@@ -62,8 +62,10 @@ def _described(url: str) -> dict[str, Any]:
     with running(create_app(settings, catalog)) as base:
         described = requests.get(f"{base}/api/v1/datasets/household_member", timeout=60)
         page = requests.get(f"{base}/portal/datasets/household_member", params={"lang": "en"}, timeout=60)
-    assert described.status_code == 200 and page.status_code == 200, (described.text, page.text)
-    return {"api": described.json()["group_checks"], "page": " ".join(page.text.split())}
+        page_vi = requests.get(f"{base}/portal/datasets/household_member", timeout=60)
+    assert described.status_code == page.status_code == page_vi.status_code == 200, (described.text, page.text)
+    return {"api": described.json()["group_checks"], "page": " ".join(page.text.split()),
+            "page_vi": " ".join(page_vi.text.split())}
 
 
 def _checks(*args: str) -> tuple[int, dict[str, Any]]:
@@ -117,10 +119,14 @@ def test_a_household_without_exactly_one_head_is_reported_then_holds_again_once_
             assert card["score"] <= round(1 - len(expected) / groups, 4)
 
             shown = _described(database_url)  # agencies see how many households hold it (counts only)
-            assert shown["api"] == [{"check": "one_head", "description": result["description"], "rule": result["rule"],
-                                     "state": "broken", "groups": groups, "breaking": len(expected),
-                                     "breaking_past_grace": len(expected)}]
-            assert f"{groups - len(expected)} of {groups} groups hold it" in shown["page"]
+            assert shown["api"] == [{"check": "one_head", "description": result["description"],
+                                     "description_vi": "Mỗi hộ có đúng một chủ hộ trong số các thành viên hiện tại",
+                                     "rule": result["rule"], "state": "broken", "groups": groups,
+                                     "breaking": len(expected), "breaking_past_grace": len(expected)}]
+            assert f"exactly one current head (chủ hộ) among its current members: {groups - len(expected)} of " \
+                   f"{groups} groups hold it" in shown["page"]
+            assert f"Mỗi hộ có đúng một chủ hộ trong số các thành viên hiện tại: {groups - len(expected)}/{groups} " \
+                   "nhóm đạt" in shown["page_vi"]
 
             listed = CliRunner().invoke(lgsp_app, ["checks", "--dataset", "household_member", "--groups"])
             assert listed.exit_code == 0, listed.output
