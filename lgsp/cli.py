@@ -948,14 +948,15 @@ def checks(dataset: str = typer.Option(None, help="only this dataset's group che
         if dataset is None or not declared:
             fail("--groups lists one dataset's rows: add --dataset with a dataset that declares `group_checks` "
                  f"({', '.join(sorted({c.dataset for c in group_checks(catalog)})) or 'none does'})")
-        out = csv.writer(sys.stdout, lineterminator="\n")
+        key = catalog.datasets[dataset].key
+        columns = ["check", *dict.fromkeys(c for g in declared for c in [*g.spec.group_by, *key, *g.spec.count,
+                                                                         *g.spec.where]), "loaded_at"]
+        out = csv.DictWriter(sys.stdout, columns, lineterminator="\n")  # one header: each check's rows fill theirs
+        out.writeheader()
         with wh.engine.connect() as conn:
             for declared_check in declared:
-                found = list(breaking_rows(conn, wh.metadata.tables, catalog, declared_check, limit))
-                if found:
-                    out.writerow(list(found[0]))
-                    out.writerows([[v.isoformat() if hasattr(v, "isoformat") else v for v in r.values()]
-                                   for r in found])
+                for row in breaking_rows(conn, wh.metadata.tables, catalog, declared_check, limit):
+                    out.writerow({c: v.isoformat() if hasattr(v, "isoformat") else v for c, v in row.items()})
         return
     with wh.engine.connect() as conn:
         results = check_all(conn, wh.metadata.tables, catalog, dataset=dataset, examples=examples)
