@@ -772,7 +772,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the report 
 def metrics(textfile: Path = typer.Option(None, help="write them to this .prom file (atomically) for node_exporter's "
                                                     "textfile collector, instead of printing them")) -> None:
     """The platform's state as Prometheus metrics: freshness, last runs, quarantine, circuits, push feeds,
-    references, webhooks, backups, quality scores (the gateway serves them at GET /metrics with its own)."""
+    references, rules across rows, webhooks, backups, quality scores (the gateway serves them at GET /metrics with its
+    own)."""
     from lgsp.metrics import MetricsError, text, write_textfile
 
     wh, catalog = _warehouse(), load_catalog()
