@@ -137,6 +137,7 @@ def test_a_migrated_shared_column_is_served_in_its_new_type_after_the_gateway_re
             reader = threading.Thread(target=read_others)
             reader.start()
 
+            replaced = set(workers_of(pid))
             _catalog(folder, "integer")  # 1. migrated here: `migrate` tells the gateway to reload
             migrated = subprocess.run([str(BIN / "lgsp"), "warehouse", "migrate", "firm"], env=env,
                                       capture_output=True, text=True, timeout=300)
@@ -145,6 +146,10 @@ def test_a_migrated_shared_column_is_served_in_its_new_type_after_the_gateway_re
             first: Counter[str] = Counter()
             _serving(base, [0, 1, 2, 3, 4], int, first)
 
+            deadline = time.monotonic() + 90  # every worker is a new one (a busy machine drains the old ones slowly)
+            while (now := set(workers_of(pid))) & replaced or len(now) < 2:
+                assert time.monotonic() < deadline, f"the workers {replaced & now} were not replaced"
+                time.sleep(0.2)
             for _ in range(80):  # psycopg prepares a statement on its 5th run on a connection: on each, surely
                 assert _employees(base) == [0, 1, 2, 3, 4]
             _catalog(folder, "float")  # 2. migrated from another machine (no pid file): the workers notice
