@@ -94,7 +94,9 @@ def _freshness_payload(wh: Warehouse, catalog: Catalog) -> dict[str, Any]:
                        "last_delivered": (f["deadlines"]["last_delivered"] or {}).get("period")}
                       for f in report["feeds"] if f["deadlines"]],
             "references": [{k: r[k] for k in ("reference", "references", "state", "rows", "orphans")}
-                           for r in report["references"]]}
+                           for r in report["references"]],
+            "group_checks": [{k: g[k] for k in ("check", "description", "description_vi", "state", "groups",
+                                                "breaking")} for g in report["group_checks"]]}
 
 
 def render_dashboard(payload: dict[str, Any]) -> str:
