@@ -263,8 +263,10 @@ UPDATING_FILLFACTOR = 90
 class GroupCheckSpec(Strict):
     """A rule across the rows of one dataset, which no single row can break: among the rows matching `where`
     (the current versions of a history dataset), grouped by `group_by`, each group has between `min` and `max`
-    rows matching `count` (all of the group's rows when it is empty). E.g. a household has exactly one current
-    head: `{group_by: [household_id], where: {left_on: null}, count: {relation: head}, min: 1, max: 1}`.
+    rows matching `count` (all of the group's rows when it is empty), or with `distinct: column` between `min`
+    and `max` distinct values of that column among them (nulls not counted). E.g. a household has exactly one
+    current head: `{group_by: [household_id], where: {left_on: null}, count: {relation: head}, min: 1, max: 1}`;
+    its current members name one head: `{..., distinct: head_personal_id, max: 1}`.
 
     Filters are the indicators' (`{column: value}`, `{column: [a, b]}`, `{column: null}`). lgsp.group_checks
     checks it in the warehouse, across what has landed: a group that breaks it is `pending` while one of its
@@ -278,6 +280,7 @@ class GroupCheckSpec(Strict):
     group_by: list[str] = Field(min_length=1)
     where: dict[str, Any] = {}
     count: dict[str, Any] = {}
+    distinct: str | None = None  # count the distinct values of this column (among the rows `count` matches)
     min: int | None = Field(default=None, ge=0)
     max: int | None = Field(default=None, ge=0)
     grace: Duration = Field(default=0.0, ge=0)
@@ -293,7 +296,7 @@ class GroupCheckSpec(Strict):
 
     @property
     def columns_used(self) -> list[str]:
-        return [*self.group_by, *self.where, *self.count]
+        return [*self.group_by, *self.where, *self.count, *([self.distinct] if self.distinct else [])]
 
 
 class DatasetSpec(Strict):

@@ -950,8 +950,9 @@ def checks(dataset: str = typer.Option(None, help="only this dataset's group che
             fail("--groups lists one dataset's rows: add --dataset with a dataset that declares `group_checks` "
                  f"({', '.join(sorted({c.dataset for c in group_checks(catalog)})) or 'none does'})")
         key = catalog.datasets[dataset].key
-        columns = ["check", *dict.fromkeys(c for g in declared for c in [*g.spec.group_by, *key, *g.spec.count,
-                                                                         *g.spec.where]), "loaded_at"]
+        read = [[*g.spec.group_by, *key, *g.spec.count, *g.spec.where, *filter(None, [g.spec.distinct])]
+                for g in declared]
+        columns = ["check", *dict.fromkeys(c for columns_of in read for c in columns_of), "loaded_at"]
         out = csv.DictWriter(sys.stdout, columns, lineterminator="\n")  # one header: each check's rows fill theirs
         out.writeheader()
         with wh.engine.connect() as conn:

@@ -56,6 +56,8 @@ class GroupCheck:
                   f"at least {spec.min}" if spec.max is None else
                   f"at most {spec.max}" if spec.min is None else f"{spec.min} to {spec.max}")
         counted = f"rows with {_filters(spec.count)}" if spec.count else "rows"
+        if spec.distinct:
+            counted = f"distinct {spec.distinct}" + (f" of rows with {_filters(spec.count)}" if spec.count else "")
         among = f", among rows with {_filters(spec.where)}" if spec.where else ""
         return f"{counted} per {', '.join(spec.group_by)}{among}: {bounds}"
 
@@ -80,8 +82,13 @@ def _groups(tables: Any, catalog: Catalog, check: GroupCheck) -> tuple[sa.Select
     where = [condition(table, spec.where)]
     if dataset.write_mode == "history":
         where.append(table.c.is_current)
-    counted = (sa.func.coalesce(sa.func.sum(sa.case((condition(table, spec.count), 1), else_=0)), 0)
-               if spec.count else sa.func.count())
+    if spec.distinct:
+        value = table.c[spec.distinct]
+        counted = sa.func.count(sa.distinct(sa.case((condition(table, spec.count), value)) if spec.count else value))
+    elif spec.count:
+        counted = sa.func.coalesce(sa.func.sum(sa.case((condition(table, spec.count), 1), else_=0)), 0)
+    else:
+        counted = sa.func.count()
     keys = [table.c[c] for c in spec.group_by]
     breaks = []
     if spec.min is not None:
@@ -136,7 +143,8 @@ def breaking_rows(conn: sa.Connection, tables: Any, catalog: Catalog, group_chec
     where = [condition(table, spec.where), *(table.c[c] == breaking.c[c] for c in spec.group_by)]
     if dataset.write_mode == "history":
         where.append(table.c.is_current)
-    columns = list(dict.fromkeys([*spec.group_by, *dataset.key, *spec.count, *spec.where]))
+    columns = list(dict.fromkeys([*spec.group_by, *dataset.key, *spec.count, *spec.where,
+                                  *([spec.distinct] if spec.distinct else [])]))
     query = (sa.select(*(table.c[c] for c in columns), table.c._loaded_at).where(*where)
              .order_by(*(table.c[c] for c in [*spec.group_by, *dataset.key])).limit(limit))
     for row in conn.execute(query).mappings():

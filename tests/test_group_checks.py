@@ -3,8 +3,9 @@ current head. No row breaks it alone, so nothing is quarantined for it: the hous
 recorded as head too, or the head's row quarantined) are found in the warehouse, pending within the grace,
 then broken (`lgsp checks` exits 1, `lgsp status` says it, the freshness check alerts once, the consistency
 score counts it), listed row by row for the registry; when the registry corrects them, the next incremental sync
-brings the correction and the check holds again. The real sandbox registry over loopback (SOAP, WS-Security), the
-real runner and CLI; SQLite and a real PostgreSQL.
+brings the correction and the check holds again; a member recorded under another head breaks the second rule (the
+members of a household name one head: distinct values). The real sandbox registry over loopback (SOAP,
+WS-Security), the real runner and CLI; SQLite and a real PostgreSQL.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from catalog import load_catalog
 from catalog.models import GroupCheckSpec
 from lgsp.cli import app as lgsp_app
 
-PIPELINE, CHECK = "civil_status_household_members", "household_member.one_head"
+PIPELINE = "civil_status_household_members"
+CHECK, NAMED = "household_member.one_head", "household_member.one_head_named"
 FIXES = {  # how the registry corrects a row the sandbox sent broken (sandbox.households._apply_defect)
     "left_before_joined": lambda row, truth: {"left_on": None, "leave_reason": None},
     "relation_unknown": lambda row, truth: {"relation": "head"},
@@ -68,9 +70,10 @@ def _described(url: str) -> dict[str, Any]:
             "page_vi": " ".join(page_vi.text.split())}
 
 
-def _checks(*args: str) -> tuple[int, dict[str, Any]]:
+def _checks(*args: str, check: str = CHECK) -> tuple[int, dict[str, Any]]:
     said = CliRunner().invoke(lgsp_app, ["checks", "--json", *args])
-    return said.exit_code, json.loads(said.stdout.splitlines()[-1])["group_checks"][0]
+    results = json.loads(said.stdout.splitlines()[-1])["group_checks"]
+    return said.exit_code, next(r for r in results if r["check"] == check)
 
 
 def test_a_household_without_exactly_one_head_is_reported_then_holds_again_once_the_registry_corrects_it(
@@ -96,6 +99,12 @@ def test_a_household_without_exactly_one_head_is_reported_then_holds_again_once_
             assert code == 0 and result["state"] == "pending", result  # just written: within the 2 h grace
             assert (result["groups"], result["breaking"], result["breaking_past_grace"]) == (groups, len(expected), 0)
             assert {e["group"]["household_id"]: e["counted"] for e in result["examples"]} == expected
+            heads_named: dict[str, set[str]] = defaultdict(set)  # independently: the heads each one's members name
+            for row in truth:
+                if household_key(row) not in defects and row["left_on"] is None:
+                    heads_named[row["household_id"]].add(row["head_personal_id"])
+            _, named = _checks(check=NAMED)
+            assert (named["groups"], named["breaking"]) == (groups, sum(len(h) > 1 for h in heads_named.values()))
             assert result["rule"] == ("rows with relation = head per household_id, among rows with left_on null: "
                                       "exactly 1")
 
@@ -115,14 +124,16 @@ def test_a_household_without_exactly_one_head_is_reported_then_holds_again_once_
             assert not [a for a in check_and_alert(wh, load_catalog())["alerts"] if a["subject"] == f"check:{CHECK}"]
             quality = CliRunner().invoke(lgsp_app, ["quality", "household_member", "--json"])
             card = json.loads(quality.stdout.splitlines()[-1])["scorecards"][0]["consistency"]
-            assert (card["groups"], card["breaking_groups"]) == (groups, len(expected))
+            assert (card["groups"], card["breaking_groups"]) == (2 * groups, len(expected))  # both checks' groups
             assert card["score"] <= round(1 - len(expected) / groups, 4)
 
             shown = _described(database_url)  # agencies see how many households hold it (counts only)
-            assert shown["api"] == [{"check": "one_head", "description": result["description"],
-                                     "description_vi": "Mỗi hộ có đúng một chủ hộ trong số các thành viên hiện tại",
-                                     "rule": result["rule"], "state": "broken", "groups": groups,
-                                     "breaking": len(expected), "breaking_past_grace": len(expected)}]
+            assert shown["api"][0] == {"check": "one_head", "description": result["description"],
+                                       "description_vi": "Mỗi hộ có đúng một chủ hộ trong số các thành viên hiện tại",
+                                       "rule": result["rule"], "state": "broken", "groups": groups,
+                                       "breaking": len(expected), "breaking_past_grace": len(expected)}
+            assert [(c["check"], c["state"], c["groups"]) for c in shown["api"][1:]] == [
+                ("one_head_named", "ok", groups)]
             assert f"exactly one current head (chủ hộ) among its current members: {groups - len(expected)} of " \
                    f"{groups} groups hold it" in shown["page"]
             assert f"Mỗi hộ có đúng một chủ hộ trong số các thành viên hiện tại: {groups - len(expected)}/{groups} " \
@@ -161,6 +172,20 @@ def test_a_household_without_exactly_one_head_is_reported_then_holds_again_once_
             assert code == 0 and (result["state"], result["breaking"]) == ("ok", 0), result
             alerted = [a for a in check_and_alert(wh, load_catalog())["alerts"] if a["subject"] == f"check:{CHECK}"]
             assert [a["kind"] for a in alerted] == ["group_check_ok"]
+
+            # the registry records a member under another head: the members of that household name two heads
+            member = next(r for r in truth if r["left_on"] is None and r["relation"] == "child"
+                          and household_key(r) not in defects)
+            other = next(r["head_personal_id"] for r in truth if r["head_personal_id"] != member["head_personal_id"])
+            sandbox.households.correct((member["household_id"], member["personal_id"]), head_personal_id=other)
+            assert runner.run_pipeline(PIPELINE)["rows_changed"] == 1
+            code, named = _checks(check=NAMED)
+            assert code == 0 and (named["state"], named["breaking"]) == ("pending", 1), named  # within its grace
+            assert named["examples"] == [{"group": {"household_id": member["household_id"]}, "counted": 2,
+                                          "written_at": named["examples"][0]["written_at"]}]
+            assert named["rule"] == ("distinct head_personal_id per household_id, among rows with left_on null: "
+                                     "at most 1")
+            assert _checks()[1]["state"] == "ok"  # one head still: the member is not one
     finally:
         sandbox.stop()
 
