@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from migrate import chunk, fill, without_phone  # noqa: E402
+from references import timed  # noqa: E402
 
 from catalog.models import IndicatorSpec  # noqa: E402
 from indicators import compute_indicator, read_indicator  # noqa: E402
@@ -70,15 +69,6 @@ def fill_lake(wh: Warehouse, lake: Lake, rows: int, versions: int) -> int:
             {"change_seq": n + 1, "batch_id": b, "dataset": "citizen", "rows_changed": 1, "committed_at": at}
             for n, (b, at) in enumerate(batches)])
     return written
-
-
-def timed(action: Any, repeat: int) -> tuple[float, float, Any]:
-    seconds, result = [], None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = action()
-        seconds.append(time.perf_counter() - started)
-    return seconds[0], statistics.median(seconds), result
 
 
 def run(rows: int, versions: int, repeat: int, url: str | None, home: Path) -> dict[str, Any]:
