@@ -11,8 +11,8 @@ What the table held, and when, comes from the dataset's versions (`warehouse.ver
 the lake's files, the change log's commit times, the tombstones), in the warehouse's time: a version
 counts from the moment its write committed. So the periods start with the month of the dataset's first
 write; earlier ones have no value (the warehouse held nothing then). When the lake's oldest files are gone
-(`Versions.known_since`), the periods that ended before it are left as the mart has them, neither recomputed
-from what is left nor deleted.
+(`Versions.known_since`; all of them: today), the periods that ended before it are left as the mart has them,
+neither recomputed from what is left nor deleted.
 
 The versions of every record are replayed in memory: meant for datasets of some thousands to some tens of
 thousands of records (a catalogue, a register), not for a table of millions (count those by a date column).
@@ -137,7 +137,10 @@ def _versions(wh: Warehouse, spec: IndicatorSpec, lake: Lake) -> tuple[list[Held
         current = _current_rows(conn, wh, dataset)
         first = _first_write(conn, wh, dataset.name)
     versions = dataset_versions(wh.engine, dataset, lake, current)
-    return versions.held, first, versions.known_since
+    known_since = versions.known_since
+    if first is not None and not lake.partitions(dataset.name):  # no lake at all: only the table as it is now
+        known_since = datetime.now(timezone.utc).date()
+    return versions.held, first, known_since
 
 
 def snapshot_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake,

@@ -7,6 +7,7 @@ loopback, the real runner, CLI and outbox; SQLite and a real PostgreSQL.
 from __future__ import annotations
 
 import re
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def _cells(wh: Any) -> dict[tuple[str, str], tuple[int, int]]:
 
 def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_its_end(
         database_url: str, tmp_path: Path) -> None:
-    from indicators import periods
+    from indicators import compute_indicator, periods
     from indicators.snapshot import period_end
     from lgsp import outbox, runner
     from lgsp.settings import load_settings
@@ -96,6 +97,12 @@ def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_it
 
             again = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME, "--full"])
             assert again.exit_code == 0 and "0 row(s) written" in again.output, again.output  # idempotent
+
+            kept = tmp_path / "lake-kept"  # the lake lost (a disk replaced, no backup): the table as it is now only
+            shutil.move(lake.dataset_path("procedure"), kept)
+            assert compute_indicator(wh, catalog.indicators[NAME], lake=lake) == 0  # the ended periods stay as reported
+            assert _cells(wh) == cells
+            shutil.move(kept, lake.dataset_path("procedure"))
 
             day = first.date() + timedelta(days=3)  # a date range: what was held at its last day's end
             ranged = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME, "--from", f"{day:%Y-%m-01}",
