@@ -87,7 +87,8 @@ def _run_problem(name: str, run: dict[str, Any] | None) -> str | None:
 
 def scanned_parts(wh: Warehouse, catalog: Catalog, now: datetime) -> dict[str, Any]:
     """The parts of the report that scan whole tables: each reference between datasets (every referencing
-    row), each rule across rows (a GROUP BY of the rows it reads) and the agencies' unusual reads (the audit's last weeks). `lgsp.metrics` keeps them longer than the rest."""
+    row), each rule across rows (a GROUP BY of the rows it reads) and the agencies' unusual reads (the audit's last
+    weeks). `lgsp.metrics` keeps them longer than the rest."""
     with wh.engine.connect() as conn:
         references = check_all(conn, wh.metadata.tables, catalog, now)
         groups = check_groups(conn, wh.metadata.tables, catalog, now)
