@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from catalog.models import IndicatorSpec
 from indicators import definitions, periods, query
 from warehouse import Warehouse
+from warehouse.store import aggregate_time
 from warehouse.lake import Lake
 
 MART_DATASET = "indicator_value"  # the dataset of `mart_indicator_value` (catalog/datasets.yaml)
@@ -118,10 +119,7 @@ def _roll_up(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_typ
 
 def _newest_load(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> datetime | None:
     table = wh.core[spec.dataset]
-    newest = conn.execute(sa.select(sa.func.max(table.c["_loaded_at"]))).scalar()
-    if isinstance(newest, str):  # SQLite may hand back text for an aggregate
-        newest = datetime.fromisoformat(newest)
-    return None if newest is None else (newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc))
+    return aggregate_time(conn.execute(sa.select(sa.func.max(table.c["_loaded_at"]))).scalar())
 
 
 def _lake(lake: Lake | None) -> Lake:

@@ -40,7 +40,7 @@ from indicators import periods
 from indicators.compute import PROVINCE_CODE, Counts
 from warehouse import Warehouse
 from warehouse.lake import Lake
-from warehouse.store import utc
+from warehouse.store import aggregate_time
 from warehouse.versions import Held, dataset_versions
 
 
@@ -68,10 +68,8 @@ def _current_rows(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec) -> l
 
 def _first_write(conn: sa.Connection, wh: Warehouse, dataset: str) -> datetime | None:
     change = wh.system["lgsp_change"]
-    first = conn.execute(sa.select(sa.func.min(change.c.committed_at)).where(change.c.dataset == dataset)).scalar()
-    if isinstance(first, str):  # SQLite may hand back text for an aggregate
-        first = datetime.fromisoformat(first)
-    return utc(first)
+    return aggregate_time(conn.execute(sa.select(sa.func.min(change.c.committed_at))
+                                       .where(change.c.dataset == dataset)).scalar())
 
 
 def _local_month(at: datetime) -> str:

@@ -31,9 +31,8 @@ import sqlalchemy as sa
 
 from catalog.models import Catalog, GroupCheckSpec
 from indicators.query import condition
-from warehouse.store import utc
+from warehouse.store import aggregate_time, utc
 
-STATES = ("ok", "pending", "broken")
 EXAMPLES = 5
 
 
@@ -123,12 +122,7 @@ def check(conn: sa.Connection, tables: Any, catalog: Catalog, group_check: Group
     return {"check": group_check.name, "dataset": group_check.dataset, "rule": group_check.rule(),
             "description": spec.description, "description_vi": spec.description_vi or None,
             "severity": spec.severity, "grace_s": spec.grace, "state": state, "groups": groups, "breaking": found,
-            "breaking_past_grace": overdue, "oldest_breaking_at": utc(_time(counts[3])), "examples": shown}
-
-
-def _time(value: Any) -> datetime | None:
-    """A time an aggregate handed back: SQLite may give text."""
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
+            "breaking_past_grace": overdue, "oldest_breaking_at": aggregate_time(counts[3]), "examples": shown}
 
 
 def breaking_rows(conn: sa.Connection, tables: Any, catalog: Catalog, group_check: GroupCheck,

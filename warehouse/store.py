@@ -109,6 +109,11 @@ def utc(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+def aggregate_time(value: datetime | str | None) -> datetime | None:
+    """A time an aggregate (`min`, `max`) handed back, in UTC: SQLite may give it as text."""
+    return utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
 def make_engine(url: str) -> sa.Engine:
     """An engine for `url`; SQLite gets WAL and a busy timeout for concurrent readers."""
     if url.startswith("sqlite"):
