@@ -65,7 +65,8 @@ def default_open_data_folder(settings: Any) -> Path:
 
 @app.command("compute")
 def compute(name: str = typer.Argument(None, help="one indicator (default: all)"),
-            full: bool = typer.Option(False, "--full", help="every month, not only those new rows touch"),
+            full: bool = typer.Option(False, "--full", help="every month, not only those new rows touch (an "
+                                      "indicator of the state at each period's end: its ended periods too)"),
             first: str = typer.Option(None, "--from", help="also compute a date range from this day (YYYY-MM-DD)"),
             last: str = typer.Option(None, "--to", help="... to this day, included")) -> None:
     """Recompute indicators into the mart (idempotent: unchanged values are not rewritten)."""
@@ -82,7 +83,8 @@ def compute(name: str = typer.Argument(None, help="one indicator (default: all)"
                 console.print(f"{spec.name} v{spec.version}: {start}..{end}: {written} row(s) written")
                 continue
             if full:
-                console.print(f"{spec.name} v{spec.version}: every month: {compute_indicator(wh, spec)} row(s) written")
+                written = compute_indicator(wh, spec, recount=True)
+                console.print(f"{spec.name} v{spec.version}: every month: {written} row(s) written")
                 continue
             result = compute_touched(wh, spec)
             months = result["months"] if isinstance(result["months"], str) else ", ".join(result["months"]) or "none"

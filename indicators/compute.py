@@ -131,11 +131,12 @@ def _lake(lake: Lake | None) -> Lake:
 
 
 def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | None = None,
-                      lake: Lake | None = None) -> int:
+                      lake: Lake | None = None, recount: bool = False) -> int:
     """Recompute `spec` for `months` (every month when None) and the quarters and years they roll into.
 
-    An indicator `as_of: period_end` is recomputed whole (`indicators.snapshot`, from `lake`: the settings'
-    lake when None); `months` does not apply to it.
+    An indicator `as_of: period_end` (`indicators.snapshot`, from `lake`: the settings' lake when None) counts
+    its periods under way and those ended since the last computation; `recount` counts every ended period
+    again; `months` does not apply to it.
 
     Returns:
         Mart rows written (inserted, changed or deleted); 0 when nothing changed.
@@ -146,15 +147,18 @@ def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | Non
     from indicators import snapshot
 
     batch_id = computation_id(spec)
-    held = None if spec.as_of is None else snapshot.snapshot_counts(wh, spec, _lake(lake))  # read before writing
+    held = None  # read before writing
+    if spec.as_of is not None:
+        held = snapshot.snapshot_counts(wh, spec, _lake(lake), None if recount else definitions.settled_until(wh, spec))
     with wh.transaction() as conn:
         _adopt_untyped_rows(conn, wh)
         definitions.register(conn, wh, spec)
         newest = _newest_load(conn, wh, spec)
         written = 0
         if held is not None:
-            for period_type, (counts, scope) in held.items():
+            for period_type, (counts, scope) in held.found.items():
                 written += _sync(conn, wh, spec, period_type, counts, scope, batch_id)
+            definitions.settle(conn, wh, spec, held.settled_until)
         elif months is None or months:
             written = _sync(conn, wh, spec, "month", _monthly_counts(conn, wh, spec, months), months, batch_id)
             for period_type in ("quarter", "year"):

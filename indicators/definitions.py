@@ -5,7 +5,8 @@ definition changed while its version did not is refused: the old values would
 silently change meaning. Bump `version` in catalog/indicators.yaml instead; the
 old version's values stay in the mart and stay readable (`read_indicator(...,
 version=1)`). The row also keeps the newest `_loaded_at` seen by the last
-computation, from which late-arriving data is found.
+computation, from which late-arriving data is found, and, for an indicator
+`as_of: period_end`, until when its ended periods are settled.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def register(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> dict[st
     if stored is None:
         row = {"indicator": spec.name, "version": spec.version, "name_vi": spec.name_vi, "name_en": spec.name_en,
                "definition": json.dumps(definition(spec), ensure_ascii=False, sort_keys=True),
-               "definition_hash": digest, "registered_at": datetime.now(timezone.utc), "data_loaded_until": None}
+               "definition_hash": digest, "registered_at": datetime.now(timezone.utc), "data_loaded_until": None,
+               "settled_until": None}
         conn.execute(table.insert().values(**row))
         return row
     if stored["definition_hash"] != digest:
@@ -72,6 +74,22 @@ def set_watermark(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, loade
     table = wh.system["mart_indicator_definition"]
     conn.execute(table.update().where(table.c.indicator == spec.name, table.c.version == spec.version)
                  .values(data_loaded_until=loaded_until))
+
+
+def settled_until(wh: Warehouse, spec: IndicatorSpec) -> datetime | None:
+    """Until when every ended period of an indicator `as_of: period_end` is counted at its end (None: none)."""
+    table = wh.system["mart_indicator_definition"]
+    with wh.engine.connect() as conn:
+        found = conn.execute(sa.select(table.c.settled_until).where(
+            table.c.indicator == spec.name, table.c.version == spec.version)).scalar()
+    return None if found is None else (found if found.tzinfo else found.replace(tzinfo=timezone.utc))
+
+
+def settle(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, until: datetime | None) -> None:
+    """Remember that every period ended by `until` is counted at its end."""
+    table = wh.system["mart_indicator_definition"]
+    conn.execute(table.update().where(table.c.indicator == spec.name, table.c.version == spec.version)
+                 .values(settled_until=until))
 
 
 def stored_definitions(wh: Warehouse) -> list[dict[str, Any]]:

@@ -113,6 +113,19 @@ def range_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit_column:
     return sa.select(unit.label("unit_code"), *measures).where(*where, unit.is_not(None)).group_by(unit)
 
 
+def state_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit_column: str | None) -> sa.Select[Any]:
+    """(unit_code, numerator, denominator) per unit over the records the table holds now (a history table's
+    current versions), whatever their dates: an indicator `as_of: period_end` for the period under way."""
+    where = [condition(table, spec.denominator)]
+    if "is_current" in table.c:
+        where.append(table.c["is_current"].is_(sa.true()))
+    measures = [_numerator(spec, table, dialect).label("numerator"), sa.func.count().label("denominator")]
+    if unit_column is None:
+        return sa.select(*measures).where(*where)
+    unit = table.c[unit_column]
+    return sa.select(unit.label("unit_code"), *measures).where(*where, unit.is_not(None)).group_by(unit)
+
+
 def touched_months(spec: IndicatorSpec, table: sa.Table, dialect: str, loaded_after: datetime) -> sa.Select[Any]:
     """The distinct local months of the rows loaded after `loaded_after` (late-arriving or changed data)."""
     month = local_month(table.c[spec.date_column], dialect)

@@ -7,15 +7,18 @@ table held at the month's end: for a quarter, at the quarter's end; for the peri
 period's value does not move once it has ended, whatever the source says later, so a report sent for it
 stays true.
 
-What the table held, and when, comes from the dataset's versions (`warehouse.versions.dataset_versions`:
-the lake's files, the change log's commit times, the tombstones), in the warehouse's time: a version
-counts from the moment its write committed. So the periods start with the month of the dataset's first
-write; earlier ones have no value (the warehouse held nothing then). When the lake's oldest files are gone
-(`Versions.known_since`; all of them: today), the periods that ended before it are left as the mart has them,
-neither recomputed from what is left nor deleted.
+What the table held, and when: now, the table itself (one GROUP BY, `indicators.query.state_cells`); at an
+earlier instant, the table now corrected by the records written since (`warehouse.versions.written_since`):
+their counts now are taken out and those of their versions held then put in (`warehouse.versions.versions_of`:
+the lake's files, the change log's commit times, the tombstones, in the warehouse's time; a version counts from
+the moment its write committed). So only the records changed since are replayed, not the whole table.
 
-The versions of every record are replayed in memory: meant for datasets of some thousands to some tens of
-thousands of records (a catalogue, a register), not for a table of millions (count those by a date column).
+The periods start with the month of the dataset's first write; earlier ones have no value (the warehouse held
+nothing then). A period, once ended and counted at its end, is settled: the mart keeps its value, later
+computations leave it alone (`mart_indicator_definition.settled_until`; `lgsp indicators compute --full` counts
+the ended ones again). So a daily computation counts the table as it is (the periods under way), and the first one
+after a month ends replays only what changed since that month's end. When the lake's oldest files are gone
+(`Versions.known_since`; all of them: today), the periods that ended before it are left as the mart has them.
 
 Example (catalog/indicators.yaml)::
 
@@ -29,6 +32,7 @@ Example (catalog/indicators.yaml)::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -36,12 +40,12 @@ import numpy as np
 import sqlalchemy as sa
 
 from catalog.models import DatasetSpec, IndicatorSpec
-from indicators import periods
+from indicators import periods, query
 from indicators.compute import PROVINCE_CODE, Counts
 from warehouse import Warehouse
 from warehouse.lake import Lake
 from warehouse.store import aggregate_time
-from warehouse.versions import Held, dataset_versions
+from warehouse.versions import Held, Key, chunks, versions_of, written_since
 
 
 def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -57,13 +61,19 @@ def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
     return True
 
 
-def _current_rows(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec) -> list[dict[str, Any]]:
-    """The table's records now (a history table's current versions), in the dataset's columns and `_batch_id`."""
+def _current_rows(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec, keys: set[Key]) -> list[dict[str, Any]]:
+    """The table's rows now (a history table's current versions) of the records `keys`, in the dataset's columns
+    and `_batch_id`."""
     table = wh.core[dataset.name]
     select = sa.select(*[table.c[c] for c in dataset.columns], table.c["_batch_id"])
     if "is_current" in table.c:
         select = select.where(table.c["is_current"].is_(sa.true()))
-    return [dict(r) for r in conn.execute(select).mappings()]
+    key = list(dataset.key)
+    if len(keys) > 50_000:  # most of the table: one pass over it
+        return [dict(r) for r in conn.execute(select).mappings() if tuple(r[k] for k in key) in keys]
+    column = table.c[key[0]] if len(key) == 1 else sa.tuple_(*[table.c[k] for k in key])
+    values = [k[0] for k in keys] if len(key) == 1 else list(keys)
+    return [dict(r) for chunk in chunks(values) for r in conn.execute(select.where(column.in_(chunk))).mappings()]
 
 
 def _first_write(conn: sa.Connection, wh: Warehouse, dataset: str) -> datetime | None:
@@ -129,49 +139,99 @@ class Tally:
         return found
 
 
-def _versions(wh: Warehouse, spec: IndicatorSpec, lake: Lake) -> tuple[list[Held], datetime | None, date | None]:
-    dataset = wh.catalog.datasets[spec.dataset]
-    with wh.engine.connect() as conn:
-        current = _current_rows(conn, wh, dataset)
-        first = _first_write(conn, wh, dataset.name)
-    versions = dataset_versions(wh.engine, dataset, lake, current)
-    known_since = versions.known_since
-    if first is not None and not lake.partitions(dataset.name):  # no lake at all: only the table as it is now
-        known_since = datetime.now(timezone.utc).date()
-    return versions.held, first, known_since
+Cells = dict[tuple[str, str], tuple[int, int]]  # (unit level, unit code) -> (numerator, denominator)
 
 
-def snapshot_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake,
-                    now: datetime | None = None) -> dict[str, tuple[Counts, set[str]]]:
-    """Per period type of `spec.periods`: the counts of each period from the month of the dataset's first write
-    to the one under way (`now`'s), and the periods they stand for (those to make the mart's rows equal)."""
-    now = now or datetime.now(timezone.utc)
-    held, first, known_since = _versions(wh, spec, lake)
-    if first is None:
-        return {kind: ({}, set()) for kind in spec.periods}
-    tally = Tally(held, spec)
-    months = _months(_local_month(first), _local_month(now))
-    if known_since is not None:  # periods that ended before the lake's oldest file: left as the mart has them
-        months = [m for m in months if period_end(m) > periods.local_midnight_utc(known_since)]
-    found: dict[str, tuple[Counts, set[str]]] = {}
-    for kind in spec.periods:
-        labels = sorted({periods.roll_up(m, kind) for m in months})
-        if known_since is not None:
-            labels = [p for p in labels if period_end(p) > periods.local_midnight_utc(known_since)]
-        counts: Counts = {}
-        for label in labels:
-            for (level, unit), pair in tally.at(min(period_end(label), now)).items():
-                counts[(level, unit, label)] = pair
-        found[kind] = (counts, set(labels))
+def _state_now(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> Cells:
+    table, found = wh.core[spec.dataset], {}
+    for level, column in [("province", None), *spec.units.items()]:
+        for row in conn.execute(query.state_cells(spec, table, wh.dialect, column)).mappings():
+            if row["denominator"]:
+                unit = PROVINCE_CODE if column is None else str(row["unit_code"])
+                found[(level, unit)] = (int(row["numerator"] or 0), int(row["denominator"]))
     return found
 
 
-def range_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake, label: str, last: date,
-                 now: datetime | None = None) -> Counts:
+class Snapshot:
+    """The counts of what a dataset's table held at any instant from `since` on: the table now, corrected by the
+    versions of the records written after `since` (None: no earlier instant is asked)."""
+
+    def __init__(self, wh: Warehouse, spec: IndicatorSpec, lake: Lake, since: datetime | None = None) -> None:
+        dataset = wh.catalog.datasets[spec.dataset]
+        self.read_at = datetime.now(timezone.utc)
+        with wh.engine.connect() as conn:
+            self.first = _first_write(conn, wh, dataset.name)
+            self.now = _state_now(conn, wh, spec)
+        self.replayed = 0
+        self.known_since: date | None = None
+        self.tally: Tally | None = None
+        if self.first is None or since is None or since >= self.read_at:
+            return
+        keys = written_since(wh.engine, dataset, lake, since)
+        with wh.engine.connect() as conn:
+            current = _current_rows(conn, wh, dataset, keys) if keys else []
+        versions = versions_of(wh.engine, dataset, lake, keys, current)
+        self.known_since = versions.known_since
+        if not lake.partitions(dataset.name):  # no lake at all: only the table as it is now
+            self.known_since = self.read_at.date()
+        self.replayed = len(versions.held)
+        self.tally = Tally(versions.held, spec)
+        self.base = self.tally.at(self.read_at)
+
+    def at(self, instant: datetime) -> Cells:
+        """The counts at `instant` (the table's now, when it is not before the table was read)."""
+        if self.tally is None or instant >= self.read_at:
+            return dict(self.now)
+        counts = dict(self.now)
+        for sign, cells in ((-1, self.base), (1, self.tally.at(instant))):
+            for cell, (numerator, denominator) in cells.items():
+                held = counts.get(cell, (0, 0))
+                counts[cell] = (held[0] + sign * numerator, held[1] + sign * denominator)
+        return {cell: pair for cell, pair in counts.items() if pair[1] > 0}
+
+
+@dataclass
+class Counted:
+    """What `snapshot_counts` found: per period type, the counts and the periods they stand for (those to make
+    the mart's rows equal); `settled_until`: every period ended by then is counted at its end (None: nothing yet);
+    `replayed`: versions replayed (0: the table now only)."""
+
+    found: dict[str, tuple[Counts, set[str]]]
+    settled_until: datetime | None
+    replayed: int = 0
+
+
+def snapshot_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake, settled: datetime | None = None) -> Counted:
+    """The counts of each period from the month of the dataset's first write to the one under way, except the
+    periods ended by `settled` (counted before: left alone)."""
+    now = datetime.now(timezone.utc)
+    dataset = wh.catalog.datasets[spec.dataset]
+    with wh.engine.connect() as conn:
+        first = _first_write(conn, wh, dataset.name)
+    if first is None:
+        return Counted({kind: ({}, set()) for kind in spec.periods}, settled)
+    months = _months(_local_month(first), _local_month(now))
+    wanted = {kind: sorted({periods.roll_up(m, kind) for m in months}) for kind in spec.periods}
+    if settled is not None:
+        wanted = {kind: [p for p in labels if period_end(p) > settled] for kind, labels in wanted.items()}
+    ended = [period_end(p) for labels in wanted.values() for p in labels if period_end(p) <= now]
+    snapshot = Snapshot(wh, spec, lake, min(ended, default=None))
+    found: dict[str, tuple[Counts, set[str]]] = {}
+    for kind, labels in wanted.items():
+        if snapshot.known_since is not None:  # periods that ended before the lake's oldest file: left alone
+            labels = [p for p in labels if period_end(p) > periods.local_midnight_utc(snapshot.known_since)]
+        counts: Counts = {}
+        for label in labels:
+            for (level, unit), pair in snapshot.at(period_end(label)).items():  # under way: the table now
+                counts[(level, unit, label)] = pair
+        found[kind] = (counts, set(labels))
+    return Counted(found, periods.local_midnight_utc(periods.month_start(_local_month(now))), snapshot.replayed)
+
+
+def range_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake, label: str, last: date) -> Counts:
     """The counts at the end of local day `last` (now, if it has not ended), labelled `label`."""
-    now = now or datetime.now(timezone.utc)
-    held, first, _ = _versions(wh, spec, lake)
-    at = min(periods.local_midnight_utc(last + timedelta(days=1)), now)
-    if first is None or first > at:
+    at = periods.local_midnight_utc(last + timedelta(days=1))
+    snapshot = Snapshot(wh, spec, lake, at)
+    if snapshot.first is None or snapshot.first > min(at, snapshot.read_at):
         return {}
-    return {(level, unit, label): pair for (level, unit), pair in Tally(held, spec).at(at).items()}
+    return {(level, unit, label): pair for (level, unit), pair in snapshot.at(at).items()}

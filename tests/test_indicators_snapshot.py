@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -32,14 +33,17 @@ def _months_back(now: datetime, months: int) -> datetime:
 
 
 def _as_if_written_at(wh: Any, lake: Any, dataset: str, at: datetime) -> None:
-    """Move the dataset's writes so far to `at`, as if its first sync had run then: their commit time in the change
-    log and their lake partition (what the versions, and so the snapshot indicators, read time from)."""
+    """Move the dataset's last write (made just now) to `at`, as if its sync had run then: its commit time in the
+    change log and its lake partition (what the versions, and so the snapshot indicators, read time from)."""
     change = wh.system["lgsp_change"]
+    recent = datetime.now(timezone.utc) - timedelta(hours=1)
     with wh.engine.begin() as conn:
-        moved = conn.execute(change.update().where(change.c.dataset == dataset).values(committed_at=at)).rowcount
+        moved = conn.execute(change.update().where(change.c.dataset == dataset, change.c.committed_at > recent)
+                             .values(committed_at=at)).rowcount
     assert moved == 1
-    (partition,) = lake.partitions(dataset)
-    partition.rename(partition.with_name(f"ingest_date={at.date().isoformat()}"))
+    today = lake.partitions(dataset)[-1]
+    assert today.name == f"ingest_date={datetime.now(timezone.utc).date().isoformat()}", today
+    today.rename(today.with_name(f"ingest_date={at.date().isoformat()}"))
 
 
 def _cells(wh: Any) -> dict[tuple[str, str], tuple[int, int]]:
@@ -51,7 +55,7 @@ def _cells(wh: Any) -> dict[tuple[str, str], tuple[int, int]]:
 
 def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_its_end(
         database_url: str, tmp_path: Path) -> None:
-    from indicators import compute_indicator, periods
+    from indicators import compute_indicator, definitions, periods, snapshot
     from indicators.snapshot import period_end
     from lgsp import outbox, runner
     from lgsp.settings import load_settings
@@ -72,9 +76,13 @@ def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_it
             now = datetime.now(timezone.utc)
             first = _months_back(now, 4)  # the first sync ran four months ago: an ended quarter at least
             _as_if_written_at(wh, lake, "procedure", first)
-
-            widen(sandbox, 10)  # today the province widens it
+            widen(sandbox, 10)  # two months ago the province widened it
             assert runner.run_pipeline("dvcqg_procedures", catalog=catalog)["rows_changed"] == 10
+            middle = _months_back(now, 2)
+            _as_if_written_at(wh, lake, "procedure", middle)
+
+            widen(sandbox, 5)  # and today again
+            assert runner.run_pipeline("dvcqg_procedures", catalog=catalog)["rows_changed"] == 5
 
             computed = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME], env={"COLUMNS": "300"})
             assert computed.exit_code == 0, computed.output
@@ -89,14 +97,46 @@ def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_it
             labels = {(kind, periods.roll_up(m, kind)) for m in months for kind in ("month", "quarter", "year")}
             assert set(cells) == labels and written == len(labels), (cells, written)  # nothing before the first sync
             for (kind, label), pair in cells.items():
-                ended = period_end(label) <= now
-                assert pair == ((before, 120) if ended else (before + 10, 120)), (kind, label, pair)
+                end = period_end(label)
+                held = before + (0 if end <= middle else 10 if end <= now else 15)
+                assert pair == (held, 120), (kind, label, pair)
             assert cells[("month", months[0])] == (before, 120)
-            assert cells[("month", months[-1])] == (before + 10, 120)
+            assert cells[("month", months[-1])] == (before + 15, 120)
             assert any(period_end(label) <= now for kind, label in cells if kind == "quarter")
 
+            # every ended period is settled: counted at its end, left alone by later computations
+            spec = catalog.indicators[NAME]
+            this_month = periods.local_midnight_utc(periods.month_start(months[-1]))
+            assert definitions.settled_until(wh, spec) == this_month
+            mart = wh.system["mart_indicator_value"]
+            one = (mart.c.indicator == NAME, mart.c.period == months[1], mart.c.unit_level == "province")
+            with wh.engine.begin() as conn:  # a hand-made error in a settled month ...
+                conn.execute(mart.update().where(*one).values(numerator=0))
+            assert compute_indicator(wh, spec, lake=lake) == 0  # ... which a computation leaves alone
+            again = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME, "--full"])  # and --full counts again
+            assert again.exit_code == 0 and "1 row(s) written" in again.output, again.output
+            assert _cells(wh) == cells
             again = CliRunner().invoke(lgsp_app, ["indicators", "compute", NAME, "--full"])
             assert again.exit_code == 0 and "0 row(s) written" in again.output, again.output  # idempotent
+
+            # the first computation after a month ended replays only the records written since its end
+            last_month = months[-2]
+            with wh.engine.begin() as conn:  # as if the last computation ran before last month ended
+                conn.execute(mart.delete().where(mart.c.indicator == NAME, mart.c.period == last_month))
+                table = wh.system["mart_indicator_definition"]
+                conn.execute(table.update().where(table.c.indicator == NAME).values(
+                    settled_until=periods.local_midnight_utc(periods.month_start(last_month))))
+            counted = snapshot.snapshot_counts(wh, spec, lake, definitions.settled_until(wh, spec))
+            files = {p.parent.name: pq.read_table(p, columns=["procedure_code"])["procedure_code"].to_pylist()
+                     for p in lake.dataset_path("procedure").glob("*/*.parquet")}
+            (sent_today,) = [codes for part, codes in files.items() if part == f"ingest_date={now.date()}"]
+            assert 5 <= len(set(sent_today)) < 120  # the five widened today (and what the sync's overlap sent again)
+            every = [code for codes in files.values() for code in codes]
+            assert counted.replayed == sum(1 for code in every if code in set(sent_today)), counted.replayed
+            assert counted.found["month"][0][("province", "37", last_month)] == cells[("month", last_month)]
+            assert compute_indicator(wh, spec, lake=lake) > 0
+            assert _cells(wh) == cells
+            assert snapshot.snapshot_counts(wh, spec, lake, definitions.settled_until(wh, spec)).replayed == 0
 
             kept = tmp_path / "lake-kept"  # the lake lost (a disk replaced, no backup): the table as it is now only
             shutil.move(lake.dataset_path("procedure"), kept)

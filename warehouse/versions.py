@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -156,6 +156,70 @@ def dataset_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake,
     return _versions(engine, dataset, lake, keys, current, rows, None)
 
 
+def chunks(values: Sequence[Any], size: int = 1000) -> Iterator[Sequence[Any]]:
+    """`values` in slices of `size`: an IN list within what a statement may bind (PostgreSQL: 65,535)."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def written_since(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, since: datetime) -> set[Key]:
+    """The keys of the records of `dataset` a write committed after `since` wrote, deleted or landed from the
+    quarantine: the only ones whose version held at `since` can differ from the table's row now. Reads the key
+    columns of the lake files those writes made (a compacted file: their rows only), not the rest of the lake."""
+    key = list(dataset.key)
+    tables = system_tables(sa.MetaData())
+    change, tomb, quarantine = tables["lgsp_change"], tables["lgsp_tombstone"], tables["lgsp_quarantine"]
+    with engine.connect() as conn:
+        batches = {r.batch_id for r in conn.execute(sa.select(change.c.batch_id, change.c.committed_at)
+                                                    .where(change.c.dataset == dataset.name))
+                   if r.committed_at is not None and utc(r.committed_at) > since}
+        if not batches:
+            return set()
+        keys: set[Key] = set()
+        for chunk in chunks(sorted(batches)):
+            for r in conn.execute(sa.select(tomb.c.record_key).where(tomb.c.dataset == dataset.name,
+                                                                      tomb.c.batch_id.in_(chunk))):
+                named = json.loads(r.record_key)
+                keys.add(tuple(named[k] for k in key))
+        keys |= {tuple(r[k] for k in key) for r in _replayed(conn, quarantine, change, dataset, None, set(), batches)}
+    return keys | _lake_keys(lake, dataset.name, key, batches)
+
+
+def _lake_keys(lake: Lake, dataset: str, key: list[str], batches: set[str]) -> set[Key]:
+    """The keys of the rows `batches` wrote to the lake; files holding none of them are not read."""
+    found: set[Key] = set()
+    if not lake.dataset_path(dataset).is_dir():
+        return found
+    with lake.steady(dataset):
+        for path in sorted(lake.dataset_path(dataset).glob("ingest_date=*/*.parquet")):
+            parquet = pq.ParquetFile(path)
+            held = _provenance(path, parquet)
+            if not any(b in batches for b, _ in held) or any(k not in parquet.schema_arrow.names for k in key):
+                continue
+            table, offset = parquet.read(columns=key), 0
+            for batch_id, rows in held:
+                if batch_id in batches:
+                    part = table.slice(offset, rows)
+                    found |= set(zip(*(part[k].to_pylist() for k in key)))
+                offset += rows
+    return found
+
+
+def versions_of(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key],
+                current: Sequence[dict[str, Any]] = ()) -> Versions:
+    """Every version, as the table held it and when, of the records `keys` of `dataset` (values in the key's
+    order); `current` as for `held_versions`. `known_since` is set even when `keys` is empty."""
+    versions = _versions(engine, dataset, lake, keys, current, None, None)
+    if not versions.held:
+        with engine.connect() as conn:
+            change = system_tables(sa.MetaData())["lgsp_change"]
+            commits = {r.batch_id: (r.change_seq, utc(r.committed_at)) for r in conn.execute(
+                sa.select(change.c.batch_id, change.c.change_seq, change.c.committed_at)
+                .where(change.c.dataset == dataset.name))}
+        versions.known_since = _known_since(lake, dataset.name, commits)
+    return versions
+
+
 def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key],
               current: Sequence[dict[str, Any]], rows: pa.Table | None, value: Any) -> Versions:
     """The versions of the records `keys` (and of the replayed quarantine rows holding `value`, if given);
@@ -175,9 +239,9 @@ def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key
         writers = {r.batch_id: Writer(r.source_system, r.mode == "full_refresh") for r in conn.execute(
             sa.select(batch.c.batch_id, batch.c.source_system, batch.c.mode).where(batch.c.dataset == dataset.name))}
         tomb_keys = {tombstone_key(key, k): k for k in keys}
-        deletions = [(r.record_key, r.batch_id) for r in conn.execute(
+        deletions = [(r.record_key, r.batch_id) for chunk in chunks(list(tomb_keys)) for r in conn.execute(
             sa.select(tomb.c.record_key, tomb.c.batch_id).where(
-                tomb.c.dataset == dataset.name, tomb.c.record_key.in_(list(tomb_keys))))]
+                tomb.c.dataset == dataset.name, tomb.c.record_key.in_(chunk)))]
     if rows is None:
         rows = lake_rows(lake, dataset.name, key, lambda t: _key_mask(t, key, keys))
     found = (rows.to_pylist() if rows is not None else []) + replayed
@@ -191,19 +255,21 @@ def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key
 
 
 def _replayed(conn: sa.Connection, quarantine: sa.Table, change: sa.Table, dataset: DatasetSpec, value: Any,
-              keys: set[Key]) -> list[dict[str, Any]]:
-    """Quarantined records `lgsp quarantine replay` landed (no lake file): those of `keys` or holding `value`
-    (None: keys only), typed as a load types them, with the replay's batch as `_lake_batch`."""
+              keys: set[Key], batches: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Quarantined records `lgsp quarantine replay` landed (no lake file): those of `keys`, holding `value`
+    (None: keys only) or landed by one of `batches`, typed as a load types them, with the replay's batch as
+    `_lake_batch`."""
     from schemas.arrow import coerce, to_arrow
 
     q = quarantine.c
-    wanted = [q.record_key.in_(["|".join(str(v) for v in k) for k in keys])]
+    asked = [q.record_key.in_(chunk) for chunk in chunks(["|".join(str(v) for v in k) for k in keys])]
+    asked += [q.last_batch_id.in_(chunk) for chunk in chunks(sorted(batches))]
     if value is not None:
-        wanted.append(q.payload.contains(str(value), autoescape=True))
-    found = conn.execute(sa.select(q.payload, q.last_batch_id).where(
+        asked.append(q.payload.contains(str(value), autoescape=True))
+    found = [r for wanted in asked for r in conn.execute(sa.select(q.quarantine_id, q.payload, q.last_batch_id).where(
         q.dataset == dataset.name, q.status == "replayed",
-        q.last_batch_id.in_(sa.select(change.c.batch_id).where(change.c.dataset == dataset.name)),
-        sa.or_(*wanted))).all()
+        q.last_batch_id.in_(sa.select(change.c.batch_id).where(change.c.dataset == dataset.name)), wanted))]
+    found = list({r.quarantine_id: r for r in found}.values())  # a row asked both ways: once
     if not found:
         return []
     typed = to_arrow(coerce([json.loads(r.payload) for r in found], dataset).frame, dataset).to_pylist()
