@@ -189,7 +189,8 @@ def compute_touched(wh: Warehouse, spec: IndicatorSpec) -> dict[str, Any]:
     """Recompute only the months late-arriving or changed rows fall in (what the Asset-scheduled DAG runs)."""
     months = months_touched(wh, spec)
     written = compute_indicator(wh, spec, months)
-    return {"indicator": spec.name, "months": "all" if months is None else sorted(months), "written": written}
+    counted = "all" if spec.as_of is None else "under way and ended since the last computation"
+    return {"indicator": spec.name, "months": counted if months is None else sorted(months), "written": written}
 
 
 def compute_range(wh: Warehouse, spec: IndicatorSpec, first: date, last: date, lake: Lake | None = None) -> int:
