@@ -4,8 +4,9 @@ For each `--rows` N (a catalogue of thousands to a register of millions), fills 
 default here: `--postgres` for PostgreSQL) with N synthetic citizens (benchmarks/migrate.py's) and their lake:
 the first write on the 15th of the month `--versions` + 1 months ago, then `--versions` monthly writes of 10% of
 the records each (a new version of each: another address; merged into the table too), the last one this month,
-every write in the change log at its month. The indicator counts the women among the citizens held at each period's end, for the
-province and each of its 129 communes, per month, quarter and year, from the first write's month to now.
+every write in the change log at its month. The indicator counts the women among the citizens held at each
+period's end, for the province and each of its 129 communes, per month, quarter and year, from the first write's
+month to now.
 Each timed `--repeat` times (the median printed):
 
   lake         the floor of a replay: every lake file read whole
