@@ -61,15 +61,24 @@ def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
     return True
 
 
-def _current_rows(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec, keys: set[Key]) -> list[dict[str, Any]]:
-    """The table's rows now (a history table's current versions) of the records `keys`, in the dataset's columns
-    and `_batch_id`."""
+def counted_columns(dataset: DatasetSpec, spec: IndicatorSpec) -> list[str]:
+    """The columns a count reads: the key, the cursor, the filters' and the units'."""
+    wanted = [*dataset.key, dataset.cursor_field, *spec.denominator, *spec.numerator, *spec.units.values()]
+    return [c for c in dataset.columns if c in wanted]
+
+
+def _current_rows(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec, columns: Sequence[str],
+                  keys: set[Key] | None) -> list[dict[str, Any]]:
+    """The table's rows now (a history table's current versions) of the records `keys` (None: all), in
+    `columns` and `_batch_id`."""
     table = wh.core[dataset.name]
-    select = sa.select(*[table.c[c] for c in dataset.columns], table.c["_batch_id"])
+    select = sa.select(*[table.c[c] for c in columns], table.c["_batch_id"])
     if "is_current" in table.c:
         select = select.where(table.c["is_current"].is_(sa.true()))
     key = list(dataset.key)
-    if len(keys) > 50_000:  # most of the table: one pass over it
+    if keys is None:
+        return [dict(r) for r in conn.execute(select).mappings()]
+    if len(keys) > 50_000:  # much of the table: one pass over it
         return [dict(r) for r in conn.execute(select).mappings() if tuple(r[k] for k in key) in keys]
     column = table.c[key[0]] if len(key) == 1 else sa.tuple_(*[table.c[k] for k in key])
     values = [k[0] for k in keys] if len(key) == 1 else list(keys)
@@ -139,6 +148,15 @@ class Tally:
         return found
 
 
+def _held(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec) -> int:
+    """How many records the table holds now."""
+    table = wh.core[dataset.name]
+    select = sa.select(sa.func.count()).select_from(table)
+    if "is_current" in table.c:
+        select = select.where(table.c["is_current"].is_(sa.true()))
+    return int(conn.execute(select).scalar() or 0)
+
+
 Cells = dict[tuple[str, str], tuple[int, int]]  # (unit level, unit code) -> (numerator, denominator)
 
 
@@ -167,10 +185,13 @@ class Snapshot:
         self.tally: Tally | None = None
         if self.first is None or since is None or since >= self.read_at:
             return
-        keys = written_since(wh.engine, dataset, lake, since)
+        keys: set[Key] | None = written_since(wh.engine, dataset, lake, since)
+        columns = counted_columns(dataset, spec)
         with wh.engine.connect() as conn:
-            current = _current_rows(conn, wh, dataset, keys) if keys else []
-        versions = versions_of(wh.engine, dataset, lake, keys, current)
+            if keys and len(keys) > _held(conn, wh, dataset) // 2:
+                keys = None  # most of the table changed since: every record, in one pass over the lake
+            current = _current_rows(conn, wh, dataset, columns, keys) if keys is None or keys else []
+        versions = versions_of(wh.engine, dataset, lake, keys, current, columns)
         self.known_since = versions.known_since
         if not lake.partitions(dataset.name):  # no lake at all: only the table as it is now
             self.known_since = self.read_at.date()

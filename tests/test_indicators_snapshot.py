@@ -181,3 +181,61 @@ def test_an_indicator_says_whether_it_counts_dated_rows_or_what_is_held_at_each_
     with pytest.raises(ValidationError, match="measure is a rate"):
         IndicatorSpec(**{**spec, "numerator": {}}, as_of="period_end", measure="average",
                       sum_seconds=("a", "b"))
+
+
+def test_a_history_dataset_is_counted_in_the_versions_current_at_each_periods_end(
+        database_url: str, tmp_path: Path) -> None:
+    """The registry suspends five enterprises today: `enterprise` (write mode history) keeps both versions of
+    each; the months ended before count them active, the one under way suspended, each enterprise once."""
+    import dataclasses
+
+    from indicators import compute_indicator, periods, read_indicator
+    from indicators.snapshot import period_end
+    from lgsp import runner
+    from lgsp.settings import load_settings
+    from sandbox import DATASET_KEYS, start_sandbox
+    from test_gateway import gateway_env
+    from warehouse.lake import Lake
+
+    spec = IndicatorSpec(name="active_enterprise_rate", version=1, name_vi="x", name_en="x", dataset="enterprise",
+                         as_of="period_end", units={"commune": "commune_code"}, numerator={"status": "active"})
+    sandbox = start_sandbox(seed=5, citizens=5, dossiers=5, sizes=dict.fromkeys(DATASET_KEYS, 0) | {"enterprise": 150, "procedure": 30})
+    try:
+        with gateway_env(sandbox, tmp_path / "home", database_url) as env:
+            catalog = load_catalog()
+            data = sandbox.data
+            landed = [e for e in data.enterprises if e["tax_code"] not in data.enterprise_defects]
+            active = {e["tax_code"] for e in landed if e["status"] == "active"}
+            assert runner.run_pipeline("business_enterprises", catalog=catalog)["rows_landed"] == len(landed)
+            wh, lake = runner.open_warehouse(catalog), Lake(load_settings().lake_root)
+            now = datetime.now(timezone.utc)
+            _as_if_written_at(wh, lake, "enterprise", _months_back(now, 3))
+
+            enterprises = [dict(e) for e in data.enterprises]  # the registry suspends five today
+            later = max(e["updated_at"] for e in enterprises) + timedelta(hours=1)
+            suspended = sorted(active)[:5]
+            for enterprise in enterprises:
+                if enterprise["tax_code"] in suspended:
+                    enterprise.update(status="suspended", updated_at=later)
+            enterprises.sort(key=lambda e: (e["updated_at"], e["tax_code"]))
+            with start_sandbox(data=dataclasses.replace(data, enterprises=enterprises)) as newer:
+                for name, value in newer.env().items():
+                    env.setenv(name, value)
+                assert runner.run_pipeline("business_enterprises", catalog=catalog)["rows_changed"] == 5
+
+            table = wh.core["enterprise"]
+            with wh.engine.connect() as conn:  # two versions of each suspended enterprise
+                assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == len(landed) + 5
+            assert compute_indicator(wh, spec, lake=lake) > 0
+            cells = {(r["period_type"], r["period"]): (r["numerator"], r["denominator"])
+                     for r in read_indicator(wh, spec.name, unit_level="province", period_type=None)}
+            assert len(cells) >= 4 and any(period_end(p) <= now for _, p in cells)
+            for (kind, label), pair in cells.items():
+                ended = period_end(label) <= now
+                assert pair == (len(active) - (0 if ended else 5), len(landed)), (kind, label, pair)
+            month = now.astimezone(periods.VN_TZ).strftime("%Y-%m")
+            communes = read_indicator(wh, spec.name, unit_level="commune", period_type="month")
+            assert sum(r["denominator"] for r in communes if r["period"] == month) == len(landed)
+            assert sum(r["numerator"] for r in communes if r["period"] == month) == len(active) - 5
+    finally:
+        sandbox.stop()

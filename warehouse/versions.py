@@ -72,10 +72,10 @@ class Versions:
 
 
 def lake_rows(lake: Lake, dataset: str, columns: Sequence[str],
-              where: Callable[[pa.Table], pa.Array]) -> pa.Table | None:
+              where: Callable[[pa.Table], pa.Array], keep: Collection[str] | None = None) -> pa.Table | None:
     """The rows of `dataset`'s lake files that `where` selects, given a table of `columns` (those a file
-    has), whole and with the batch that wrote each (`_lake_batch`). Reads only the row groups it selects
-    from; the files are held still meanwhile (`Lake.steady`)."""
+    has), whole (or their columns `keep`) and with the batch that wrote each (`_lake_batch`). Reads only the
+    row groups it selects from; the files are held still meanwhile (`Lake.steady`)."""
     found: list[pa.Table] = []
     if not lake.dataset_path(dataset).is_dir():
         return None
@@ -93,7 +93,8 @@ def lake_rows(lake: Lake, dataset: str, columns: Sequence[str],
                 mask = where(parquet.read_row_group(group, columns=present))
                 if pc.any(mask).as_py():
                     picked = pc.indices_nonzero(mask)
-                    table = parquet.read_row_group(group).take(picked).replace_schema_metadata(None)
+                    kept = None if keep is None else [c for c in parquet.schema_arrow.names if c in keep]
+                    table = parquet.read_row_group(group, columns=kept).take(picked).replace_schema_metadata(None)
                     written = np.searchsorted(ends, picked.to_numpy() + offset, side="right")
                     found.append(table.append_column("_lake_batch", pa.array([names[i] for i in written], pa.string())))
                 offset += rows
@@ -147,13 +148,12 @@ def dataset_versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake,
                      current: Sequence[dict[str, Any]] = ()) -> Versions:
     """Every version, as the table held it and when, of every record of `dataset` the lake or `current` (the
     table's rows now) has: the whole dataset's timeline, for a catalogue or master data of some thousands of
-    records (what a snapshot indicator counts, `indicators.snapshot`); one pass over the lake's files."""
-    key = list(dataset.key)
-    rows = lake_rows(lake, dataset.name, key, lambda t: pa.array(np.ones(t.num_rows, dtype=bool)))
-    keys: set[Key] = {tuple(r[k] for k in key) for r in current}
-    if rows is not None:
-        keys |= {tuple(r[k] for k in key) for r in rows.select(key).to_pylist()}
-    return _versions(engine, dataset, lake, keys, current, rows, None)
+    records; one pass over the lake's files."""
+    return versions_of(engine, dataset, lake, None, current)
+
+
+MANY = 50_000
+"""More keys than this are looked up by reading the dataset's rows once, not in IN lists."""
 
 
 def chunks(values: Sequence[Any], size: int = 1000) -> Iterator[Sequence[Any]]:
@@ -205,11 +205,23 @@ def _lake_keys(lake: Lake, dataset: str, key: list[str], batches: set[str]) -> s
     return found
 
 
-def versions_of(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key],
-                current: Sequence[dict[str, Any]] = ()) -> Versions:
+def versions_of(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key] | None,
+                current: Sequence[dict[str, Any]] = (), columns: Collection[str] | None = None) -> Versions:
     """Every version, as the table held it and when, of the records `keys` of `dataset` (values in the key's
-    order); `current` as for `held_versions`. `known_since` is set even when `keys` is empty."""
-    versions = _versions(engine, dataset, lake, keys, current, None, None)
+    order; None: every record, in one pass over the lake); `current` as for `held_versions`, in `columns` only
+    when given (then the versions hold those, the key's and the cursor's only: what is compared is what is
+    kept). `known_since` is set even when no record is asked about."""
+    marks = [c for c in (dataset.cursor_field, dataset.delete_field) if c]
+    keep = None if columns is None else {*dataset.key, *columns, *marks, "_lake_batch"}
+    if keys is None:
+        rows = lake_rows(lake, dataset.name, list(dataset.key), lambda t: pa.array(np.ones(t.num_rows, dtype=bool)),
+                         keep)
+        keys = {tuple(r[k] for k in dataset.key) for r in current}
+        if rows is not None:
+            keys |= set(zip(*(rows[k].to_pylist() for k in dataset.key)))
+        versions = _versions(engine, dataset, lake, keys, current, rows, None, keep)
+    else:
+        versions = _versions(engine, dataset, lake, keys, current, None, None, keep)
     if not versions.held:
         with engine.connect() as conn:
             change = system_tables(sa.MetaData())["lgsp_change"]
@@ -221,9 +233,10 @@ def versions_of(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[K
 
 
 def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key],
-              current: Sequence[dict[str, Any]], rows: pa.Table | None, value: Any) -> Versions:
+              current: Sequence[dict[str, Any]], rows: pa.Table | None, value: Any,
+              keep: Collection[str] | None = None) -> Versions:
     """The versions of the records `keys` (and of the replayed quarantine rows holding `value`, if given);
-    `rows`: their lake rows, when already read."""
+    `rows`: their lake rows, when already read; `keep`: the columns the versions hold (None: all)."""
     key = list(dataset.key)
     tables = system_tables(sa.MetaData())
     change, tomb, batch, quarantine = (tables["lgsp_change"], tables["lgsp_tombstone"], tables["lgsp_batch"],
@@ -239,11 +252,16 @@ def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key
         writers = {r.batch_id: Writer(r.source_system, r.mode == "full_refresh") for r in conn.execute(
             sa.select(batch.c.batch_id, batch.c.source_system, batch.c.mode).where(batch.c.dataset == dataset.name))}
         tomb_keys = {tombstone_key(key, k): k for k in keys}
-        deletions = [(r.record_key, r.batch_id) for chunk in chunks(list(tomb_keys)) for r in conn.execute(
-            sa.select(tomb.c.record_key, tomb.c.batch_id).where(
-                tomb.c.dataset == dataset.name, tomb.c.record_key.in_(chunk)))]
+        deleted = sa.select(tomb.c.record_key, tomb.c.batch_id).where(tomb.c.dataset == dataset.name)
+        if len(tomb_keys) > MANY:  # much of the dataset: its deletions in one pass
+            deletions = [(r.record_key, r.batch_id) for r in conn.execute(deleted) if r.record_key in tomb_keys]
+        else:
+            deletions = [(r.record_key, r.batch_id) for chunk in chunks(list(tomb_keys))
+                         for r in conn.execute(deleted.where(tomb.c.record_key.in_(chunk)))]
     if rows is None:
-        rows = lake_rows(lake, dataset.name, key, lambda t: _key_mask(t, key, keys))
+        rows = lake_rows(lake, dataset.name, key, lambda t: _key_mask(t, key, keys), keep)
+    if keep is not None:
+        replayed = [{c: v for c, v in r.items() if c in keep} for r in replayed]
     found = (rows.to_pylist() if rows is not None else []) + replayed
     versions = Versions(held=_timeline(dataset, found, deletions, tomb_keys, commits, writers, current),
                         known_since=_known_since(lake, dataset.name, commits))
@@ -262,14 +280,19 @@ def _replayed(conn: sa.Connection, quarantine: sa.Table, change: sa.Table, datas
     from schemas.arrow import coerce, to_arrow
 
     q = quarantine.c
-    asked = [q.record_key.in_(chunk) for chunk in chunks(["|".join(str(v) for v in k) for k in keys])]
-    asked += [q.last_batch_id.in_(chunk) for chunk in chunks(sorted(batches))]
-    if value is not None:
-        asked.append(q.payload.contains(str(value), autoescape=True))
-    found = [r for wanted in asked for r in conn.execute(sa.select(q.quarantine_id, q.payload, q.last_batch_id).where(
+    named = {"|".join(str(v) for v in k) for k in keys}
+    select = sa.select(q.quarantine_id, q.payload, q.last_batch_id, q.record_key).where(
         q.dataset == dataset.name, q.status == "replayed",
-        q.last_batch_id.in_(sa.select(change.c.batch_id).where(change.c.dataset == dataset.name)), wanted))]
-    found = list({r.quarantine_id: r for r in found}.values())  # a row asked both ways: once
+        q.last_batch_id.in_(sa.select(change.c.batch_id).where(change.c.dataset == dataset.name)))
+    if len(named) > MANY:  # much of the dataset: its replayed rows in one pass, those asked about kept
+        found = [r for r in conn.execute(select) if r.record_key in named or r.last_batch_id in batches
+                 or (value is not None and str(value) in r.payload)]
+    else:
+        asked = [q.record_key.in_(chunk) for chunk in chunks(sorted(named))]
+        asked += [q.last_batch_id.in_(chunk) for chunk in chunks(sorted(batches))]
+        if value is not None:
+            asked.append(q.payload.contains(str(value), autoescape=True))
+        found = list({r.quarantine_id: r for wanted in asked for r in conn.execute(select.where(wanted))}.values())
     if not found:
         return []
     typed = to_arrow(coerce([json.loads(r.payload) for r in found], dataset).frame, dataset).to_pylist()
