@@ -199,7 +199,8 @@ def test_a_history_dataset_is_counted_in_the_versions_current_at_each_periods_en
 
     spec = IndicatorSpec(name="active_enterprise_rate", version=1, name_vi="x", name_en="x", dataset="enterprise",
                          as_of="period_end", units={"commune": "commune_code"}, numerator={"status": "active"})
-    sandbox = start_sandbox(seed=5, citizens=5, dossiers=5, sizes=dict.fromkeys(DATASET_KEYS, 0) | {"enterprise": 150, "procedure": 30})
+    sizes = dict.fromkeys(DATASET_KEYS, 0) | {"enterprise": 150, "procedure": 30}
+    sandbox = start_sandbox(seed=5, citizens=5, dossiers=5, sizes=sizes)
     try:
         with gateway_env(sandbox, tmp_path / "home", database_url) as env:
             catalog = load_catalog()
