@@ -134,7 +134,8 @@ def breaking_rows(conn: sa.Connection, tables: Any, catalog: Catalog, group_chec
     spec = group_check.spec
     grouped, breaks = _groups(tables, catalog, group_check)
     breaking = grouped.having(breaks).subquery("breaking")
-    where = [condition(table, spec.where), *(table.c[c] == breaking.c[c] for c in spec.group_by)]
+    where = [condition(table, spec.where),  # a null key is a group too (GROUP BY makes one of its rows)
+             *(table.c[c].is_not_distinct_from(breaking.c[c]) for c in spec.group_by)]
     if dataset.write_mode == "history":
         where.append(table.c.is_current)
     columns = list(dict.fromkeys([*spec.group_by, *dataset.key, *spec.count, *spec.where,

@@ -208,3 +208,37 @@ def test_a_dataset_without_group_checks_says_so(lgsp_env: Any) -> None:
     assert said.exit_code == 0 and "citizen declares no `group_checks`" in said.output
     said = CliRunner().invoke(lgsp_app, ["checks", "--dataset", "citizen", "--groups"])
     assert said.exit_code != 0 and "household_member" in said.output
+
+
+def test_the_rows_of_a_group_whose_key_is_null_are_listed_too(database_url: str) -> None:
+    """GROUP BY makes one group of the rows whose key is null; when it breaks the rule, `breaking_rows` lists
+    its rows like any other group's (SQLite and PostgreSQL: `IS NOT DISTINCT FROM`)."""
+    import sqlalchemy as sa
+
+    from lgsp.group_checks import breaking_rows, check, group_checks
+    from lgsp.runner import _with_lineage
+    from schemas.arrow import coerce, to_arrow
+    from types import SimpleNamespace
+
+    from warehouse import Warehouse
+
+    catalog = load_catalog()
+    land = catalog.datasets["land_parcel"]
+    document = land.model_dump()
+    document["group_checks"] = {"one_parcel_each": {"group_by": ["holder_personal_id"], "max": 1}}
+    catalog.datasets["land_parcel"] = type(land)(**document)
+    parcels = [{"parcel_id": f"14455-1-{n}", "commune_code": "14455", "map_sheet": 1, "parcel_no": n, "area_m2": 90.5,
+                "land_use": "ODT", "holder_personal_id": holder, "updated_at": "2026-12-01T00:00:00Z"}
+               for n, holder in enumerate([None, None, "037203001234", "037203001235", "037203001235"], 1)]
+    wh = Warehouse(database_url, catalog)
+    wh.create_all()
+    table = to_arrow(coerce(parcels, land).frame, land)
+    with wh.transaction() as conn:
+        wh.write_chunks(conn, land, [_with_lineage(table, SimpleNamespace(system=SimpleNamespace(name="land")), "b-1")])
+    (group_check,) = group_checks(catalog, "land_parcel")
+    with wh.engine.connect() as conn:
+        result = check(conn, wh.metadata.tables, catalog, group_check, datetime.now(timezone.utc))
+        rows = list(breaking_rows(conn, wh.metadata.tables, catalog, group_check))
+        assert conn.execute(sa.select(sa.func.count()).select_from(wh.core["land_parcel"])).scalar() == 5
+    assert (result["groups"], result["breaking"]) == (3, 2), result
+    assert sorted(r["parcel_id"] for r in rows) == ["14455-1-1", "14455-1-2", "14455-1-4", "14455-1-5"], rows
