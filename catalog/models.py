@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 Duration = Annotated[float, BeforeValidator(lambda value: duration_s(value))]
@@ -260,6 +260,21 @@ WriteMode = Literal["merge", "append", "replace", "history"]
 UPDATING_FILLFACTOR = 90
 
 
+def check_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """A filter maps a column to a value (equality), a list (one of), null (is null), or `{not: ...}` of one of
+    those (not equal, none of, is not null); a null value matches neither a value nor its `not`."""
+    for column, wanted in filters.items():
+        inner = wanted["not"] if isinstance(wanted, dict) and set(wanted) == {"not"} else wanted
+        if isinstance(inner, dict) or (isinstance(inner, list) and any(isinstance(v, (dict, list)) for v in inner)):
+            raise ValueError(f"filter on '{column}': give a value, a list of values, null, or {{not: one of "
+                             f"those}} (e.g. {{not: null}}: is not null), not {wanted!r}")
+    return filters
+
+
+Filters = Annotated[dict[str, Any], AfterValidator(check_filters)]
+"""Filters (indicators, rules across rows): see `check_filters`; SQL in `indicators.query.condition`."""
+
+
 class GroupCheckSpec(Strict):
     """A rule across the rows of one dataset, which no single row can break: among the rows matching `where`
     (the current versions of a history dataset), grouped by `group_by`, each group has between `min` and `max`
@@ -278,8 +293,8 @@ class GroupCheckSpec(Strict):
     description: str = ""
     description_vi: str = ""  # the portal's Vietnamese page shows it (the English one when empty)
     group_by: list[str] = Field(min_length=1)
-    where: dict[str, Any] = {}
-    count: dict[str, Any] = {}
+    where: Filters = {}
+    count: Filters = {}
     distinct: str | None = None  # count the distinct values of this column (among the rows `count` matches)
     min: int | None = Field(default=None, ge=0)
     max: int | None = Field(default=None, ge=0)
@@ -580,7 +595,8 @@ PeriodType = Literal["month", "quarter", "year"]
 class IndicatorSpec(Strict):
     """An indicator: a numerator and a denominator counted over the rows of one core table.
 
-    Filters map a column to a value (equality), a list (one of) or null (is null).
+    Filters map a column to a value (equality), a list (one of), null (is null), or `{not: ...}` of one of
+    those (e.g. `{certificate_no: {not: null}}`).
     The denominator counts the rows matching `denominator`; the numerator counts those
     of them that also match `numerator` (so it never exceeds the denominator). A row
     belongs to the period (local time, UTC+7) of its `date_column`; rows without one
@@ -614,8 +630,8 @@ class IndicatorSpec(Strict):
     units: dict[UnitLevel, str] = {}
     periods: list[PeriodType] = ["month", "quarter", "year"]
     measure: Literal["rate", "average"] = "rate"
-    denominator: dict[str, Any] = {}
-    numerator: dict[str, Any] = {}
+    denominator: Filters = {}
+    numerator: Filters = {}
     sum_seconds: tuple[str, str] | None = None
     value_scale: float = Field(1.0, gt=0)
     value_unit: str = "ratio"

@@ -49,16 +49,19 @@ def seconds_between(start: sa.ColumnElement[Any], end: sa.ColumnElement[Any], di
 
 
 def condition(table: sa.Table, filters: dict[str, Any]) -> sa.ColumnElement[bool]:
-    """AND of the filters: value (equality), list (one of), None (is null); true when there are none."""
+    """AND of the filters: value (equality), list (one of), None (is null), `{"not": one of those}` (not equal,
+    none of, is not null; a null value passes neither a value nor its `not`); true when there are none."""
     parts: list[sa.ColumnElement[bool]] = []
     for name, wanted in filters.items():
         column = table.c[name]
+        negated = isinstance(wanted, dict)
+        wanted = wanted["not"] if negated else wanted
         if wanted is None:
-            parts.append(column.is_(None))
+            parts.append(column.is_not(None) if negated else column.is_(None))
         elif isinstance(wanted, list):
-            parts.append(column.in_(wanted))
+            parts.append(sa.and_(column.is_not(None), column.not_in(wanted)) if negated else column.in_(wanted))
         else:
-            parts.append(column == wanted)
+            parts.append(sa.and_(column.is_not(None), column != wanted) if negated else column == wanted)
     return sa.and_(sa.true(), *parts)
 
 

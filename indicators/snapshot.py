@@ -50,13 +50,15 @@ from warehouse.versions import Held, Key, chunks, versions_of, written_since
 
 def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
     """Whether a record's values pass an indicator's filters, as `indicators.query.condition` says in SQL:
-    value (equality), list (one of), None (is null); a null value equals nothing."""
+    value (equality), list (one of), None (is null), `{"not": one of those}`; a null value equals nothing and
+    differs from nothing."""
     for name, wanted in filters.items():
-        value = values.get(name)
+        value, negated = values.get(name), isinstance(wanted, dict)
+        wanted = wanted["not"] if negated else wanted
         if wanted is None:
-            if value is not None:
+            if (value is None) == negated:
                 return False
-        elif value is None or (value not in wanted if isinstance(wanted, list) else value != wanted):
+        elif value is None or (value in wanted if isinstance(wanted, list) else value == wanted) == negated:
             return False
     return True
 

@@ -62,8 +62,16 @@ class GroupCheck:
 
 
 def _filters(filters: dict[str, Any]) -> str:
-    return " and ".join(f"{c} null" if v is None else f"{c} in {v}" if isinstance(v, list) else f"{c} = {v}"
-                        for c, v in filters.items())
+    """"relation = head and left_on null", "certificate_no not null", "status not in ['dissolved']"."""
+    def one(column: str, wanted: Any) -> str:
+        if isinstance(wanted, dict):
+            wanted = wanted["not"]
+            return f"{column} not null" if wanted is None else (
+                f"{column} not in {wanted}" if isinstance(wanted, list) else f"{column} != {wanted}")
+        return f"{column} null" if wanted is None else (
+            f"{column} in {wanted}" if isinstance(wanted, list) else f"{column} = {wanted}")
+
+    return " and ".join(one(c, v) for c, v in filters.items())
 
 
 def group_checks(catalog: Catalog, dataset: str | None = None) -> list[GroupCheck]:

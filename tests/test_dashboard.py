@@ -153,15 +153,18 @@ def test_the_dashboard_draws_its_charts_in_headless_chromium(lgsp_env: Any, tmp_
     assert re.search(r'id="synthetic"[^>]*>Synthetic data: [^<]*not real data', rendered), "the page says so"
     states = dict(re.findall(r'<tr data-pipeline="(\w+)">.*?<td class="state (\w+)">', rendered))
     assert states == {**{p: "never" for p in catalog.pipelines}, "tthc_dossiers": "fresh", "documents": "fresh",
-                      "dvcqg_procedures": "fresh"}
+                      "dvcqg_procedures": "fresh", "land_parcels": "fresh"}
     quality = dict(re.findall(r'<tr data-pipeline="(\w+)">.*?<td class="quality">([^<]*)</td>', rendered))
     assert quality["population_citizens"] == "0.0% (timeliness)", "never synced: not timely"
     assert re.fullmatch(r"9\d\.\d% \(validity\)", quality["documents"]), quality["documents"]
     assert re.search(r'id="reports"[^>]*>government_report: \d+ report\(s\) due, \d+ overdue', rendered)
-    # the procedure catalogue synced, the admin units not: every dossier names a commune the platform lacks yet
+    # the procedure catalogue synced, the admin units not: every dossier and parcel names a commune the platform
+    # lacks yet
     assert re.search(r'id="references"[^>]*>Liên kết dữ liệu / References: '
-                     r'dossier.commune_code -&gt; admin_unit.code: (\d+) of \1 rows name a missing record \(pending\)<',
-                     rendered)
+                     r'dossier.commune_code -&gt; admin_unit.code: (\d+) of \1 rows name a missing record '
+                     r'\(pending\)[;<]', rendered)
+    assert re.search(r'land_parcel.commune_code -&gt; admin_unit.code: (\d+) of \1 rows name a missing record '
+                     r'\(pending\)[;<]', rendered)
     # no household synced: the rule across rows reads no group yet
     assert re.search(r'id="group-checks"[^>]*>Quy tắc giữa các bản ghi / Rules across records: Mỗi hộ có đúng một '
                      r'chủ hộ trong số các thành viên hiện tại: 0 of 0 groups hold it \(ok\); ', rendered)

@@ -49,13 +49,15 @@ TRUTH: dict[str, tuple[str, str, Callable[[Row], bool], Callable[[Row], int]]] =
                              lambda d: d["digitally_signed"]),
     "average_settlement_days": ("dossier", "finished_at", _settled, _seconds),
 }
-HELD: dict[str, Callable[[Row], bool]] = {
-    # indicators of what the warehouse holds at each period's end (as_of: period_end): the portal's catalogue
-    "boundary_free_procedure_rate": lambda p: p["KhongPhuThuocDiaGioi"] is True,
-    "full_online_procedure_rate": lambda p: p["MucDo"] == "toan_trinh",
+HELD: dict[str, tuple[str, Callable[[Row], bool]]] = {
+    # indicators of what the warehouse holds at each period's end (as_of: period_end): the portal's catalogue,
+    # the land register (parcels the land database serves, except those lgsp quarantines)
+    "boundary_free_procedure_rate": ("procedure", lambda p: p["KhongPhuThuocDiaGioi"] is True),
+    "full_online_procedure_rate": ("procedure", lambda p: p["MucDo"] == "toan_trinh"),
+    "land_certificate_rate": ("land_parcel", lambda p: p["certificate_no"] is not None),
 }
 UNITS = {"dossier": {"commune": "commune_code", "agency": "receiving_agency_code", "procedure": "procedure_code"},
-         "document": {"agency": "agency_code"}}
+         "document": {"agency": "agency_code"}, "land_parcel": {"commune": "commune_code"}}
 
 
 def _local_day(value: date | datetime) -> date:
@@ -74,11 +76,18 @@ def _clean_rows(truth: Any, dataset: str) -> list[Row]:
 
 def expected_cells(truth: Any, name: str, day_range: tuple[date, date] | None = None) -> dict[tuple, tuple[int, int]]:
     """{(unit_level, unit_code, period): (numerator, denominator)} computed from the ground truth."""
-    if name in HELD:  # synced once, now: the catalogue as the portal serves it, in the periods under way
+    if name in HELD:  # synced once, now: what the source serves (without lgsp's quarantine), in the periods under way
         labels = _periods(datetime.now(VN).date()) if day_range is None else [f"{day_range[0]}..{day_range[1]}"]
-        procedures = truth.records("procedure")
-        return {("province", "37", label): (sum(HELD[name](p) for p in procedures), len(procedures))
-                for label in labels}
+        dataset, counted = HELD[name]
+        defects, key = truth.defects(dataset), {"procedure": "MaTTHC", "land_parcel": "parcel_id"}[dataset]
+        records = [r for r in truth.records(dataset) if r[key] not in defects]
+        held: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+        for record in records:
+            units = [("province", "37")] + [(level, record[col]) for level, col in UNITS.get(dataset, {}).items()]
+            for unit, label in ((unit, label) for unit in units for label in labels):
+                held[(*unit, label)][0] += counted(record)
+                held[(*unit, label)][1] += 1
+        return {cell: (n, d) for cell, (n, d) in held.items()}
     dataset, field, counted, contributes = TRUTH[name]
     cells: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for row in _clean_rows(truth, dataset):

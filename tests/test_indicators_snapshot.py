@@ -240,3 +240,40 @@ def test_a_history_dataset_is_counted_in_the_versions_current_at_each_periods_en
             assert sum(r["numerator"] for r in communes if r["period"] == month) == len(active) - 5
     finally:
         sandbox.stop()
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    ({"c": "a"}, ["a"]), ({"c": ["a", "b"]}, ["a", "b"]), ({"c": None}, [None]),
+    ({"c": {"not": None}}, ["a", "b"]), ({"c": {"not": "a"}}, ["b"]), ({"c": {"not": ["a", "b"]}}, []),
+])
+def test_a_filter_means_the_same_in_sql_and_over_the_versions(database_url: str, filters: dict[str, Any],
+                                                               expected: list[Any]) -> None:
+    """The table now is counted in SQL (`indicators.query.condition`), what it held earlier over the versions in
+    Python (`indicators.snapshot.matches`): the same rows pass both; a null value passes neither a value nor its
+    `not`."""
+    from indicators.query import condition
+    from indicators.snapshot import matches
+
+    engine = sa.create_engine(database_url)
+    table = sa.Table("filtered", sa.MetaData(), sa.Column("n", sa.Integer, primary_key=True), sa.Column("c", sa.Text))
+    rows = [{"n": 1, "c": None}, {"n": 2, "c": "a"}, {"n": 3, "c": "b"}]
+    try:
+        with engine.begin() as conn:
+            table.create(conn)
+            conn.execute(table.insert(), rows)
+            in_sql = [r.c for r in conn.execute(sa.select(table.c.c).where(condition(table, filters))
+                                                .order_by(table.c.n))]
+    finally:
+        with engine.begin() as conn:
+            table.drop(conn, checkfirst=True)
+        engine.dispose()
+    assert in_sql == [r["c"] for r in rows if matches(r, filters)] == expected
+
+
+def test_a_filter_is_a_value_a_list_null_or_not_one_of_those() -> None:
+    spec = {"name": "x", "version": 1, "name_vi": "x", "name_en": "x", "dataset": "land_parcel", "as_of": "period_end"}
+    certified = {"certificate_no": {"not": None}}
+    assert IndicatorSpec(**spec, numerator=certified).numerator == certified
+    for wrong in ({"nope": None}, {"not": {"not": None}}, [["a"]]):
+        with pytest.raises(ValidationError, match="filter on 'certificate_no': give a value, a list of values, null"):
+            IndicatorSpec(**spec, numerator={"certificate_no": wrong})

@@ -121,6 +121,6 @@ def test_the_indicators_dag_is_scheduled_on_the_datasets_it_reads() -> None:
     condition = dag.timetable.asset_condition
     assert isinstance(condition, AssetAny), condition  # any of them, not only once all have changed
     uris = {asset.uri for asset in condition.objects}
-    assert uris == {f"lgsp://warehouse/core/{d}" for d in ("dossier", "document", "procedure")}
+    assert uris == {f"lgsp://warehouse/core/{d}" for d in ("dossier", "document", "procedure", "land_parcel")}
     assert dag.timetable.timetable.expression == "5 0 * * *"  # and daily: a new month's state on its first day
     assert {t.task_id for t in dag.tasks} == {f"compute_{n}" for n in load_catalog().indicators}
