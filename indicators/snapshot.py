@@ -45,7 +45,7 @@ from indicators.compute import PROVINCE_CODE, Counts
 from warehouse import Warehouse
 from warehouse.lake import Lake
 from warehouse.store import aggregate_time
-from warehouse.versions import Held, Key, chunks, versions_of, written_since
+from warehouse.versions import MANY, Held, Key, chunks, versions_of, written_since
 
 
 def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -80,7 +80,7 @@ def _current_rows(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec, colu
     key = list(dataset.key)
     if keys is None:
         return [dict(r) for r in conn.execute(select).mappings()]
-    if len(keys) > 50_000:  # much of the table: one pass over it
+    if len(keys) > MANY:  # much of the table: one pass over it
         return [dict(r) for r in conn.execute(select).mappings() if tuple(r[k] for k in key) in keys]
     column = table.c[key[0]] if len(key) == 1 else sa.tuple_(*[table.c[k] for k in key])
     values = [k[0] for k in keys] if len(key) == 1 else list(keys)
@@ -163,6 +163,7 @@ Cells = dict[tuple[str, str], tuple[int, int]]  # (unit level, unit code) -> (nu
 
 
 def _state_now(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> Cells:
+    """The counts of the table as it is: one GROUP BY per unit level."""
     table, found = wh.core[spec.dataset], {}
     for level, column in [("province", None), *spec.units.items()]:
         for row in conn.execute(query.state_cells(spec, table, wh.dialect, column)).mappings():
