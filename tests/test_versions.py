@@ -199,3 +199,46 @@ def test_a_record_is_asked_for_by_its_whole_key_of_a_loaded_dataset() -> None:
     log = catalog.datasets["citizen"].model_copy(update={"write_mode": "append"})
     with pytest.raises(RecordError, match="citizen is an append log: it keeps every row it was sent"):
         typed_key(catalog.model_copy(update={"datasets": {**catalog.datasets, "citizen": log}}), "citizen", ["1"])
+
+
+@pytest.mark.parametrize("asked", [3_000, 70_000])
+def test_the_versions_of_more_records_than_a_statement_may_bind(asked: int, database_url: str, tmp_path: Path) -> None:
+    """PostgreSQL refuses a statement of more than 65,535 parameters: the versions of that many records (a state
+    indicator's first computation over a register) are looked up 1,000 keys a query, or in one pass over the
+    lake, the tombstones and the quarantine beyond 50,000. Of the records asked about, one was written then
+    deleted, one landed from the quarantine: both are found."""
+    import json
+
+    import pyarrow as pa
+
+    from warehouse import Warehouse
+    from warehouse.lake import Lake
+    from warehouse.store import tombstone_key
+    from warehouse.versions import versions_of
+
+    catalog = load_catalog()
+    wh = Warehouse(database_url, catalog)
+    wh.create_all()
+    citizen, lake = catalog.datasets["citizen"], Lake(tmp_path / "lake")
+    at = datetime(2026, 12, 1, 3, 0)
+    row = {"full_name": "Nguyễn Văn A", "birth_date": "2000-01-01", "sex": "male", "commune_code": "14455",
+           "address": "x", "updated_at": "2026-11-30T00:00:00Z"}
+    lake.write_parquet(pa.table({"personal_id": ["037000000007"], **{c: [v] for c, v in row.items()}}),
+                       "citizen", at.date(), "b-0")
+    with wh.engine.begin() as conn:
+        conn.execute(wh.table("lgsp_change").insert(), [
+            {"change_seq": n + 1, "batch_id": f"b-{n}", "dataset": "citizen", "rows_changed": 1,
+             "committed_at": at + timedelta(hours=n)} for n in range(3)])
+        conn.execute(wh.table("lgsp_tombstone").insert(), [
+            {"dataset": "citizen", "record_key": tombstone_key(["personal_id"], ("037000000007",)), "batch_id": "b-1",
+             "deleted_at": at + timedelta(hours=1)}])
+        conn.execute(wh.table("lgsp_quarantine").insert(), [
+            {"quarantine_id": "q-1", "dataset": "citizen", "pipeline": "population_citizens", "batch_id": "b-x",
+             "last_batch_id": "b-2", "rule": "r", "reason": "r", "record_key": "037000000011",
+             "payload": json.dumps({"personal_id": "037000000011", **row}), "status": "replayed",
+             "quarantined_at": at}])
+    versions = versions_of(wh.engine, citizen, lake, {(f"037{n:09d}",) for n in range(asked)})
+    wh.engine.dispose()
+    found = [(h.key[0], h.batch_id, h.since.hour if h.since else None, h.until.hour if h.until else None)
+             for h in versions.held]
+    assert found == [("037000000007", "b-0", 3, 4), ("037000000011", "b-2", 5, None)], found
