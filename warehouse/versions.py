@@ -210,26 +210,17 @@ def versions_of(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[K
     """Every version, as the table held it and when, of the records `keys` of `dataset` (values in the key's
     order; None: every record, in one pass over the lake); `current` as for `held_versions`, in `columns` only
     when given (then the versions hold those, the key's and the cursor's only: what is compared is what is
-    kept). `known_since` is set even when no record is asked about."""
+    kept). `known_since` is said even when no record is asked about."""
     marks = [c for c in (dataset.cursor_field, dataset.delete_field) if c]
     keep = None if columns is None else {*dataset.key, *columns, *marks, "_lake_batch"}
+    rows = None
     if keys is None:
         rows = lake_rows(lake, dataset.name, list(dataset.key), lambda t: pa.array(np.ones(t.num_rows, dtype=bool)),
                          keep)
         keys = {tuple(r[k] for k in dataset.key) for r in current}
         if rows is not None:
             keys |= set(zip(*(rows[k].to_pylist() for k in dataset.key)))
-        versions = _versions(engine, dataset, lake, keys, current, rows, None, keep)
-    else:
-        versions = _versions(engine, dataset, lake, keys, current, None, None, keep)
-    if not versions.held:
-        with engine.connect() as conn:
-            change = system_tables(sa.MetaData())["lgsp_change"]
-            commits = {r.batch_id: (r.change_seq, utc(r.committed_at)) for r in conn.execute(
-                sa.select(change.c.batch_id, change.c.change_seq, change.c.committed_at)
-                .where(change.c.dataset == dataset.name))}
-        versions.known_since = _known_since(lake, dataset.name, commits)
-    return versions
+    return _versions(engine, dataset, lake, keys, current, rows, None, keep)
 
 
 def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key],
@@ -244,11 +235,11 @@ def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key
     with engine.connect() as conn:
         replayed = _replayed(conn, quarantine, change, dataset, value, keys)
         keys = keys | {tuple(r[k] for k in key) for r in replayed}
-        if not keys:
-            return Versions()
         commits = {r.batch_id: (r.change_seq, utc(r.committed_at)) for r in conn.execute(
             sa.select(change.c.batch_id, change.c.change_seq, change.c.committed_at)
             .where(change.c.dataset == dataset.name))}
+        if not keys:
+            return Versions(known_since=_known_since(lake, dataset.name, commits))
         writers = {r.batch_id: Writer(r.source_system, r.mode == "full_refresh") for r in conn.execute(
             sa.select(batch.c.batch_id, batch.c.source_system, batch.c.mode).where(batch.c.dataset == dataset.name))}
         tomb_keys = {tombstone_key(key, k): k for k in keys}
