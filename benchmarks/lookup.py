@@ -47,7 +47,7 @@ def start_sandbox(citizens: int, home: Path) -> subprocess.Popen[bytes]:
     log = home / "sandbox.log"
     with log.open("wb") as out:
         sandbox = subprocess.Popen([sys.executable, "-m", "sandbox", "--citizens", str(citizens), "--dossiers", "300",
-                                    "--api-key", secrets.token_urlsafe(16), "--env-file", str(home / "sandbox.env")],
+                                    f"--api-key={secrets.token_urlsafe(16)}", "--env-file", str(home / "sandbox.env")],
                                    cwd=ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 300
