@@ -18,11 +18,16 @@ Each timed `--repeat` times (the median printed):
   month_ended  the first computation after a month ended: the records written since its end replayed
   recount      `lgsp indicators compute --full`: every ended period counted again
 
+Each step's peak resident memory is printed too (VmHWM, reset before the step: what the replay holds). A replay
+takes `--slice` records at a time (`indicators.snapshot.SLICE`, 200,000); `--slice 100000000` replays a dataset
+of millions at once, as before slicing, for comparison.
+
 Each month's count is checked: N citizens, the women among them, in every period after the first write; and
 (with the replay) every cell of the mart equals the replay's.
 Prints a table and, as the last line, the figures as JSON.
 
     .venv/bin/python benchmarks/snapshot_indicator.py --rows 20000,100000,1000000
+    .venv/bin/python benchmarks/snapshot_indicator.py --rows 1000000 --repeat 1 --no-replay --slice 100000000
 """
 from __future__ import annotations
 
@@ -48,13 +53,28 @@ from lgsp.runner import _with_lineage  # noqa: E402
 from indicators import compute_indicator, periods, read_indicator  # noqa: E402
 from indicators.compute import Counts  # noqa: E402
 from indicators.definitions import settled_until  # noqa: E402
-from indicators.snapshot import Tally, period_end, snapshot_counts  # noqa: E402
+from indicators import snapshot  # noqa: E402
+from indicators.snapshot import Tally, counted_columns, period_end, snapshot_counts  # noqa: E402
 from warehouse import Warehouse  # noqa: E402
 from warehouse.lake import Lake  # noqa: E402
-from warehouse.versions import dataset_versions  # noqa: E402
+from warehouse.versions import dataset_versions, key_ranges, versions_of  # noqa: E402
 
 SPEC = IndicatorSpec(name="bench_women_held", version=1, name_vi="x", name_en="x", dataset="citizen",
                      as_of="period_end", units={"commune": "commune_code"}, numerator={"sex": "female"})
+
+
+def peak_rss_mb(reset: bool = False) -> float:
+    """This process's peak resident memory (VmHWM) in MB since the last reset; `reset`: start a new peak
+    (Linux: writing 5 to /proc/self/clear_refs)."""
+    status = Path("/proc/self/status")
+    peak = next((int(l.split()[1]) / 1024 for l in status.read_text().splitlines() if l.startswith("VmHWM:")),
+                float("nan"))
+    if reset:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:  # not Linux, or not allowed: the peaks are the process's
+            pass
+    return peak
 
 
 def month_back(now: datetime, months: int, day: int) -> datetime:
@@ -107,6 +127,15 @@ def replay(wh: Warehouse, lake: Lake) -> Counts:
             for (level, unit), pair in tally.at(min(period_end(label), now)).items()}
 
 
+def count_versions(wh: Warehouse, lake: Lake) -> int:
+    """The versions the lake holds of every record, counted a key range at a time (`snapshot.SLICE`)."""
+    dataset = wh.catalog.datasets["citizen"]
+    with wh.engine.connect() as conn:
+        ranges = key_ranges(conn, wh.core["citizen"], dataset.key, wh.dialect, snapshot.SLICE)
+    return sum(len(versions_of(wh.engine, dataset, lake, None, (), counted_columns(dataset, SPEC), within).held)
+               for within in ranges)
+
+
 def unsettle_last_month(wh: Warehouse) -> None:
     """As if the last computation ran before last month ended: it is counted again, at its end."""
     now = datetime.now(timezone.utc).astimezone(periods.VN_TZ)
@@ -142,10 +171,11 @@ def run(rows: int, versions: int, repeat: int, url: str | None, home: Path, with
               ("recount", lambda: compute_indicator(wh, SPEC, lake=lake, recount=True), repeat)]
     results: dict[str, Any] = {}
     for name, action, times in steps:
+        peak_rss_mb(reset=True)
         first, median, results[name] = timed(action, times)
-        figures[name] = {"first_s": round(first, 4), "median_s": round(median, 4)}
+        figures[name] = {"first_s": round(first, 4), "median_s": round(median, 4), "peak_rss_mb": round(peak_rss_mb())}
     unsettle_last_month(wh)
-    figures["versions"] = len(dataset_versions(wh.engine, catalog.datasets["citizen"], lake).held)
+    figures["versions"] = count_versions(wh, lake)
     figures["replayed_month_ended"] = snapshot_counts(wh, SPEC, lake, settled_until(wh, SPEC)).replayed
     months = read_indicator(wh, SPEC.name, unit_level="province", period_type="month")
     wrong = [(r["period"], r["numerator"], r["denominator"]) for r in months
@@ -167,10 +197,13 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=12, help="monthly writes of 10%% of the records")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-replay", action="store_true", help="skip the whole replay (memory: ~2 KB a version)")
+    parser.add_argument("--slice", type=int, default=snapshot.SLICE,
+                        help="records replayed at once (indicators.snapshot.SLICE; a huge one: all at once)")
     parser.add_argument("--postgres", metavar="ADMIN_URL", nargs="?",
                         const="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="run on a new PostgreSQL database (default: SQLite)")
     args = parser.parse_args()
+    snapshot.SLICE = args.slice
     results = []
     for rows in (int(r) for r in args.rows.split(",")):
         home = Path(tempfile.mkdtemp(prefix="lgsp-bench-snapshot-"))
@@ -188,11 +221,15 @@ def main() -> None:
             shutil.rmtree(home, ignore_errors=True)
     steps = ("lake", "replay", "first", "daily", "month_ended", "recount")
     print(f"\n{'records':>10}{'versions':>11}{'mart rows':>10}" + "".join(f"{s + ' s':>14}" for s in steps)
-          + f"{'replayed, month ended':>23}")
+          + f"{'replayed, month ended':>23}" + "".join(f"{s + ' MB':>14}" for s in ("replay", "first", "recount")))
     for f in results:
         times = "".join(f"{f[s]['median_s']:>14.3f}" if s in f else f"{'-':>14}" for s in steps)
-        print(f"{f['rows']:>10,}{f['versions']:>11,}{f['mart_rows']:>10,}{times}{f['replayed_month_ended']:>23,}")
+        peaks = "".join(f"{f[s]['peak_rss_mb']:>14,}" if s in f else f"{'-':>14}"
+                        for s in ("replay", "first", "recount"))
+        print(f"{f['rows']:>10,}{f['versions']:>11,}{f['mart_rows']:>10,}{times}"
+              f"{f['replayed_month_ended']:>23,}{peaks}")
     print(json.dumps({"database": "postgresql" if args.postgres else "sqlite", "versions": args.versions,
+                      "slice": args.slice,
                       "runs": results}))
 
 

@@ -11,7 +11,8 @@ What the table held, and when: now, the table itself (one GROUP BY, `indicators.
 earlier instant, the table now corrected by the records written since (`warehouse.versions.written_since`):
 their counts now are taken out and those of their versions held then put in (`warehouse.versions.versions_of`:
 the lake's files, the change log's commit times, the tombstones, in the warehouse's time; a version counts from
-the moment its write committed). So only the records changed since are replayed, not the whole table.
+the moment its write committed). So only the records changed since are replayed, not the whole table; and those a
+key range at a time (`SLICE` records), so a replay of millions holds a few hundred MB, not several GB.
 
 The periods start with the month of the dataset's first write; earlier ones have no value (the warehouse held
 nothing then). A period, once ended and counted at its end, is settled: the mart keeps its value, later
@@ -45,7 +46,7 @@ from indicators.compute import PROVINCE_CODE, Counts
 from warehouse import Warehouse
 from warehouse.lake import Lake
 from warehouse.store import aggregate_time
-from warehouse.versions import MANY, Held, Key, chunks, versions_of, written_since
+from warehouse.versions import MANY, Held, Key, KeyRange, chunks, key_ranges, versions_of, written_since
 
 
 def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -70,21 +71,20 @@ def counted_columns(dataset: DatasetSpec, spec: IndicatorSpec) -> list[str]:
 
 
 def _current_rows(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec, columns: Sequence[str],
-                  keys: set[Key] | None) -> list[dict[str, Any]]:
-    """The table's rows now (a history table's current versions) of the records `keys` (None: all), in
-    `columns` and `_batch_id`."""
+                  keys: set[Key] | None, within: KeyRange) -> list[dict[str, Any]]:
+    """The table's rows now (a history table's current versions) of the records `keys` (None: all) in the range
+    `within`, in `columns` and `_batch_id`."""
     table = wh.core[dataset.name]
     select = sa.select(*[table.c[c] for c in columns], table.c["_batch_id"])
     if "is_current" in table.c:
         select = select.where(table.c["is_current"].is_(sa.true()))
-    key = list(dataset.key)
-    if keys is None:
-        return [dict(r) for r in conn.execute(select).mappings()]
-    if len(keys) > MANY:  # much of the table: one pass over it
-        return [dict(r) for r in conn.execute(select).mappings() if tuple(r[k] for k in key) in keys]
+    key, names = list(dataset.key), [*columns, "_batch_id"]
+    if keys is None or len(keys) > MANY:  # much of the range: one pass over it
+        found = (dict(zip(names, r)) for r in conn.execute(select.where(within.where(table.c[key[0]], wh.dialect))))
+        return [r for r in found if keys is None or tuple(r[k] for k in key) in keys]
     column = table.c[key[0]] if len(key) == 1 else sa.tuple_(*[table.c[k] for k in key])
     values = [k[0] for k in keys] if len(key) == 1 else list(keys)
-    return [dict(r) for chunk in chunks(values) for r in conn.execute(select.where(column.in_(chunk))).mappings()]
+    return [dict(zip(names, r)) for chunk in chunks(values) for r in conn.execute(select.where(column.in_(chunk)))]
 
 
 def _first_write(conn: sa.Connection, wh: Warehouse, dataset: str) -> datetime | None:
@@ -150,10 +150,10 @@ class Tally:
         return found
 
 
-def _held(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec) -> int:
-    """How many records the table holds now."""
+def _held(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec, within: KeyRange) -> int:
+    """How many records of the range `within` the table holds now."""
     table = wh.core[dataset.name]
-    select = sa.select(sa.func.count()).select_from(table)
+    select = sa.select(sa.func.count()).select_from(table).where(within.where(table.c[dataset.key[0]], wh.dialect))
     if "is_current" in table.c:
         select = select.where(table.c["is_current"].is_(sa.true()))
     return int(conn.execute(select).scalar() or 0)
@@ -173,11 +173,25 @@ def _state_now(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> Cells
     return found
 
 
-class Snapshot:
-    """The counts of what a dataset's table held at any instant from `since` on: the table now, corrected by the
-    versions of the records written after `since` (None: no earlier instant is asked)."""
+SLICE = 200_000
+"""At most about this many records are replayed at once: a register of millions is replayed a slice of its key's
+range at a time (`warehouse.versions.key_ranges`), each slice counted at every instant asked and let go, so a
+replay holds one slice's versions (~1.2 KB each with their counted columns: a few hundred MB), whatever the
+dataset's size; each slice reads the lake's key columns again (benchmarks/snapshot_indicator.py, `--slice`)."""
 
-    def __init__(self, wh: Warehouse, spec: IndicatorSpec, lake: Lake, since: datetime | None = None) -> None:
+
+def _add(counts: Cells, cells: Cells, sign: int) -> None:
+    for cell, (numerator, denominator) in cells.items():
+        held = counts.get(cell, (0, 0))
+        counts[cell] = (held[0] + sign * numerator, held[1] + sign * denominator)
+
+
+class Snapshot:
+    """The counts of what a dataset's table held at each of `instants` (and now): the table now, corrected by the
+    versions of the records written after the earliest of them. The records are replayed a key range at a time
+    (`SLICE`); what each range's versions change of the counts now is summed per instant."""
+
+    def __init__(self, wh: Warehouse, spec: IndicatorSpec, lake: Lake, instants: Sequence[datetime] = ()) -> None:
         dataset = wh.catalog.datasets[spec.dataset]
         self.read_at = datetime.now(timezone.utc)
         with wh.engine.connect() as conn:
@@ -185,32 +199,40 @@ class Snapshot:
             self.now = _state_now(conn, wh, spec)
         self.replayed = 0
         self.known_since: date | None = None
-        self.tally: Tally | None = None
-        if self.first is None or since is None or since >= self.read_at:
+        self.slices = 0
+        self.change: dict[datetime, Cells] = {at: {} for at in instants if at < self.read_at}
+        if self.first is None or not self.change:
             return
-        keys: set[Key] | None = written_since(wh.engine, dataset, lake, since)
-        columns = counted_columns(dataset, spec)
+        since, columns = min(self.change), counted_columns(dataset, spec)
         with wh.engine.connect() as conn:
-            if keys and len(keys) > _held(conn, wh, dataset) // 2:
-                keys = None  # most of the table changed since: every record, in one pass over the lake
-            current = _current_rows(conn, wh, dataset, columns, keys) if keys is None or keys else []
-        versions = versions_of(wh.engine, dataset, lake, keys, current, columns)
-        self.known_since = versions.known_since
+            ranges = key_ranges(conn, wh.core[dataset.name], dataset.key, wh.dialect, SLICE)
+        for within in ranges:
+            keys: set[Key] | None = written_since(wh.engine, dataset, lake, since, within)
+            with wh.engine.connect() as conn:
+                if keys and len(keys) > _held(conn, wh, dataset, within) // 2:
+                    keys = None  # most of the range changed since: every record of it, in one pass over the lake
+                current = _current_rows(conn, wh, dataset, columns, keys, within) if keys is None or keys else []
+            versions = versions_of(wh.engine, dataset, lake, keys, current, columns, within)
+            self.known_since, self.slices = versions.known_since, self.slices + 1
+            self.replayed += len(versions.held)
+            if not versions.held:
+                continue
+            tally = Tally(versions.held, spec)
+            del versions, current  # this range's rows: let go before the next is read
+            base = tally.at(self.read_at)
+            for at, change in self.change.items():
+                _add(change, tally.at(at), 1)
+                _add(change, base, -1)
         if not lake.partitions(dataset.name):  # no lake at all: only the table as it is now
             self.known_since = self.read_at.date()
-        self.replayed = len(versions.held)
-        self.tally = Tally(versions.held, spec)
-        self.base = self.tally.at(self.read_at)
 
     def at(self, instant: datetime) -> Cells:
-        """The counts at `instant` (the table's now, when it is not before the table was read)."""
-        if self.tally is None or instant >= self.read_at:
+        """The counts at `instant`, one of those asked (the table's now, when it is not before the table was
+        read)."""
+        if instant >= self.read_at or self.first is None:
             return dict(self.now)
         counts = dict(self.now)
-        for sign, cells in ((-1, self.base), (1, self.tally.at(instant))):
-            for cell, (numerator, denominator) in cells.items():
-                held = counts.get(cell, (0, 0))
-                counts[cell] = (held[0] + sign * numerator, held[1] + sign * denominator)
+        _add(counts, self.change[instant], 1)
         return {cell: pair for cell, pair in counts.items() if pair[1] > 0}
 
 
@@ -239,7 +261,7 @@ def snapshot_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake, settled: dat
     if settled is not None:
         wanted = {kind: [p for p in labels if period_end(p) > settled] for kind, labels in wanted.items()}
     ended = [period_end(p) for labels in wanted.values() for p in labels if period_end(p) <= now]
-    snapshot = Snapshot(wh, spec, lake, min(ended, default=None))
+    snapshot = Snapshot(wh, spec, lake, ended)
     found: dict[str, tuple[Counts, set[str]]] = {}
     for kind, labels in wanted.items():
         if snapshot.known_since is not None:  # periods that ended before the lake's oldest file: left alone
@@ -255,7 +277,7 @@ def snapshot_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake, settled: dat
 def range_counts(wh: Warehouse, spec: IndicatorSpec, lake: Lake, label: str, last: date) -> Counts:
     """The counts at the end of local day `last` (now, if it has not ended), labelled `label`."""
     at = periods.local_midnight_utc(last + timedelta(days=1))
-    snapshot = Snapshot(wh, spec, lake, at)
+    snapshot = Snapshot(wh, spec, lake, [at])
     if snapshot.first is None or snapshot.first > min(at, snapshot.read_at):
         return {}
     return {(level, unit, label): pair for (level, unit), pair in snapshot.at(at).items()}

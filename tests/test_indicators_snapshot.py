@@ -54,9 +54,9 @@ def _cells(wh: Any) -> dict[tuple[str, str], tuple[int, int]]:
 
 
 def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_its_end(
-        database_url: str, tmp_path: Path) -> None:
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from indicators import compute_indicator, definitions, periods, snapshot
-    from indicators.snapshot import period_end
+    from indicators.snapshot import Snapshot, period_end
     from lgsp import outbox, runner
     from lgsp.settings import load_settings
     from sandbox import DATASET_KEYS, start_sandbox
@@ -138,6 +138,16 @@ def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_it
             assert _cells(wh) == cells
             assert snapshot.snapshot_counts(wh, spec, lake, definitions.settled_until(wh, spec)).replayed == 0
 
+            # a register too big to replay at once is replayed a key range at a time: the same counts
+            whole = snapshot.snapshot_counts(wh, spec, lake)
+            monkeypatch.setattr(snapshot, "SLICE", 7)
+            sliced = snapshot.snapshot_counts(wh, spec, lake)
+            assert sliced.replayed == whole.replayed > 15, (sliced.replayed, whole.replayed)
+            assert sliced.found == whole.found
+            assert Snapshot(wh, spec, lake, [first + timedelta(days=1)]).slices == 120 // 7 + 1
+            assert Snapshot(wh, spec, lake, [middle + timedelta(days=1)]).slices == 120 // 7 + 1
+            monkeypatch.undo()
+
             kept = tmp_path / "lake-kept"  # the lake lost (a disk replaced, no backup): the table as it is now only
             shutil.move(lake.dataset_path("procedure"), kept)
             assert compute_indicator(wh, catalog.indicators[NAME], lake=lake) == 0  # the ended periods stay as reported
@@ -184,12 +194,12 @@ def test_an_indicator_says_whether_it_counts_dated_rows_or_what_is_held_at_each_
 
 
 def test_a_history_dataset_is_counted_in_the_versions_current_at_each_periods_end(
-        database_url: str, tmp_path: Path) -> None:
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry suspends five enterprises today: `enterprise` (write mode history) keeps both versions of
     each; the months ended before count them active, the one under way suspended, each enterprise once."""
     import dataclasses
 
-    from indicators import compute_indicator, periods, read_indicator
+    from indicators import compute_indicator, periods, read_indicator, snapshot
     from indicators.snapshot import period_end
     from lgsp import runner
     from lgsp.settings import load_settings
@@ -238,6 +248,11 @@ def test_a_history_dataset_is_counted_in_the_versions_current_at_each_periods_en
             communes = read_indicator(wh, spec.name, unit_level="commune", period_type="month")
             assert sum(r["denominator"] for r in communes if r["period"] == month) == len(landed)
             assert sum(r["numerator"] for r in communes if r["period"] == month) == len(active) - 5
+
+            whole = snapshot.snapshot_counts(wh, spec, lake)  # a key range at a time: the same counts
+            monkeypatch.setattr(snapshot, "SLICE", 20)
+            sliced = snapshot.snapshot_counts(wh, spec, lake)
+            assert sliced.found == whole.found and sliced.replayed == whole.replayed >= 10, sliced.replayed
     finally:
         sandbox.stop()
 

@@ -242,3 +242,47 @@ def test_the_versions_of_more_records_than_a_statement_may_bind(asked: int, data
     found = [(h.key[0], h.batch_id, h.since.hour if h.since else None, h.until.hour if h.until else None)
              for h in versions.held]
     assert found == [("037000000007", "b-0", 3, 4), ("037000000011", "b-2", 5, None)], found
+
+
+def test_a_key_range_holds_the_same_records_in_the_table_the_lake_and_python(database_url: str) -> None:
+    """A register of millions is replayed a key range at a time: a record must fall in the same range whether the
+    table (SQL), a lake file (Arrow) or Python says where, or its row now and its versions would be counted
+    apart. On PostgreSQL the key column is given a language's collation (ICU's en-US: a < A < b < B, punctuation
+    weighed apart), whose order is not the bytes' order: the ranges still agree, by `COLLATE "C"`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from warehouse.versions import KeyRange, key_ranges
+
+    keys = ["a", "B", "a-b", "ab", "á", "Z", "1.2", "12", "1-3", "_x", "ä", "b", "Đà", "da"]
+    engine = sa.create_engine(database_url)
+    collation = None
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            collation = conn.execute(sa.text("SELECT collname FROM pg_collation WHERE collname IN "
+                                             "('en-US-x-icu', 'en_US.utf8') ORDER BY collname LIMIT 1")).scalar()
+    table = sa.Table("range_probe", sa.MetaData(), sa.Column("k", sa.Text(collation=collation), primary_key=True))
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [{"k": k} for k in keys])
+            if collation:  # the column's own order differs from the bytes': a range without COLLATE "C" would too
+                assert [r.k for r in conn.execute(sa.select(table.c.k).order_by(table.c.k))] != sorted(keys)
+            ranges = key_ranges(conn, table, ["k"], engine.dialect.name, 4)
+            assert ranges[0].low is None and ranges[-1].high is None and len(ranges) == 4, ranges
+            column = pa.chunked_array([pa.array(keys, pa.string())])
+            seen: list[str] = []
+            for within in ranges:
+                in_sql = {r.k for r in conn.execute(sa.select(table.c.k).where(within.where(table.c.k,
+                                                                                           engine.dialect.name)))}
+                in_arrow = set(pc.filter(column, within.mask(column)).to_pylist())
+                in_python = {k for k in keys if within.contains(k)}
+                assert in_sql == in_arrow == in_python, (within, in_sql, in_arrow, in_python)
+                seen += in_python
+            assert sorted(seen) == sorted(keys)  # each record in one range
+            assert [sum(1 for k in keys if within.contains(k)) for within in ranges] == [4, 4, 4, 2]
+            assert key_ranges(conn, table, ["k"], engine.dialect.name, len(keys)) == [KeyRange()]
+    finally:
+        table.drop(engine)
+        engine.dispose()

@@ -32,7 +32,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -156,16 +156,74 @@ MANY = 50_000
 """More keys than this are looked up by reading the dataset's rows once, not in IN lists."""
 
 
+@dataclass(frozen=True)
+class KeyRange:
+    """The records whose key's first column holds a value after `low` and up to `high` (None: no bound): a slice
+    of a dataset replayed at once. Values compare as Python, Arrow and SQLite compare them (text: by code point,
+    the order of its UTF-8 bytes); PostgreSQL is told `COLLATE "C"`, the same order, whatever the database's
+    collation. So each record falls in one slice of a set of ranges, wherever it is read from."""
+
+    low: Any = None
+    high: Any = None
+
+    def contains(self, value: Any) -> bool:
+        try:
+            return (self.low is None or value > self.low) and (self.high is None or value <= self.high)
+        except TypeError:  # a key as JSON says it (a tombstone's), against a typed bound: as text
+            return KeyRange(*(None if b is None else str(b) for b in (self.low, self.high))).contains(str(value))
+
+    def mask(self, column: pa.ChunkedArray) -> pa.Array:
+        """Which values of a lake file's key column are in the range."""
+        mask = pa.array(np.ones(len(column), dtype=bool))
+        if self.low is not None:
+            mask = pc.and_(mask, pc.greater(column, pa.scalar(self.low, column.type)))
+        if self.high is not None:
+            mask = pc.and_(mask, pc.less_equal(column, pa.scalar(self.high, column.type)))
+        return pc.fill_null(mask, False)
+
+    def where(self, column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[bool]:
+        """The range as a condition on the table's key column."""
+        ordered = _bytewise(column, dialect)
+        bounds = [ordered > self.low] if self.low is not None else []
+        bounds += [ordered <= self.high] if self.high is not None else []
+        return sa.and_(sa.true(), *bounds)
+
+
+def _bytewise(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    return column.collate("C") if dialect == "postgresql" and isinstance(column.type, sa.String) else column
+
+
+def key_ranges(conn: sa.Connection, table: sa.Table, key: Sequence[str], dialect: str, size: int) -> list[KeyRange]:
+    """The table's records (a history table's current versions) cut into ranges of about `size` each by its key's
+    first column (more where many share a value); the first and last ranges are open, so every record, held now or
+    not, is in one. One range when the table holds no more than `size`."""
+    column = table.c[key[0]]
+    current = [table.c["is_current"].is_(sa.true())] if "is_current" in table.c else []
+    held = conn.execute(sa.select(sa.func.count()).select_from(table).where(*current)).scalar() or 0
+    if held <= size:
+        return [KeyRange()]
+    numbered = sa.select(column.label("k"), sa.func.row_number().over(order_by=_bytewise(column, dialect))
+                         .label("n")).where(*current).subquery()
+    bounds: list[Any] = []
+    for row in conn.execute(sa.select(numbered.c.k).where(numbered.c.n % size == 0).order_by(numbered.c.n)):
+        if not bounds or row.k != bounds[-1]:
+            bounds.append(row.k)
+    edges = [None, *bounds, None]
+    return [KeyRange(low, high) for low, high in zip(edges, edges[1:])]
+
+
 def chunks(values: Sequence[Any], size: int = 1000) -> Iterator[Sequence[Any]]:
     """`values` in slices of `size`: an IN list within what a statement may bind (PostgreSQL: 65,535)."""
     for start in range(0, len(values), size):
         yield values[start:start + size]
 
 
-def written_since(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, since: datetime) -> set[Key]:
-    """The keys of the records of `dataset` a write committed after `since` wrote, deleted or landed from the
-    quarantine: the only ones whose version held at `since` can differ from the table's row now. Reads the key
-    columns of the lake files those writes made (a compacted file: their rows only), not the rest of the lake."""
+def written_since(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, since: datetime,
+                  within: KeyRange = KeyRange()) -> set[Key]:
+    """The keys of the records of `dataset` (in the range `within`) a write committed after `since` wrote, deleted
+    or landed from the quarantine: the only ones whose version held at `since` can differ from the table's row
+    now. Reads the key columns of the lake files those writes made (a compacted file: their rows only), not the
+    rest of the lake."""
     key = list(dataset.key)
     tables = system_tables(sa.MetaData())
     change, tomb, quarantine = tables["lgsp_change"], tables["lgsp_tombstone"], tables["lgsp_quarantine"]
@@ -182,11 +240,11 @@ def written_since(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, since: da
                 named = json.loads(r.record_key)
                 keys.add(tuple(named[k] for k in key))
         keys |= {tuple(r[k] for k in key) for r in _replayed(conn, quarantine, change, dataset, None, set(), batches)}
-    return keys | _lake_keys(lake, dataset.name, key, batches)
+    return {k for k in keys if within.contains(k[0])} | _lake_keys(lake, dataset.name, key, batches, within)
 
 
-def _lake_keys(lake: Lake, dataset: str, key: list[str], batches: set[str]) -> set[Key]:
-    """The keys of the rows `batches` wrote to the lake; files holding none of them are not read."""
+def _lake_keys(lake: Lake, dataset: str, key: list[str], batches: set[str], within: KeyRange) -> set[Key]:
+    """The keys in `within` of the rows `batches` wrote to the lake; files holding none of them are not read."""
     found: set[Key] = set()
     if not lake.dataset_path(dataset).is_dir():
         return found
@@ -200,23 +258,25 @@ def _lake_keys(lake: Lake, dataset: str, key: list[str], batches: set[str]) -> s
             for batch_id, rows in held:
                 if batch_id in batches:
                     part = table.slice(offset, rows)
+                    if within != KeyRange():
+                        part = part.filter(within.mask(part[key[0]]))
                     found |= set(zip(*(part[k].to_pylist() for k in key)))
                 offset += rows
     return found
 
 
 def versions_of(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key] | None,
-                current: Sequence[dict[str, Any]] = (), columns: Collection[str] | None = None) -> Versions:
+                current: Sequence[dict[str, Any]] = (), columns: Collection[str] | None = None,
+                within: KeyRange = KeyRange()) -> Versions:
     """Every version, as the table held it and when, of the records `keys` of `dataset` (values in the key's
-    order; None: every record, in one pass over the lake); `current` as for `held_versions`, in `columns` only
-    when given (then the versions hold those, the key's and the cursor's only: what is compared is what is
-    kept). `known_since` is said even when no record is asked about."""
+    order; None: every record in the range `within`, in one pass over the lake); `current` as for
+    `held_versions`, in `columns` only when given (then the versions hold those, the key's and the cursor's only:
+    what is compared is what is kept). `known_since` is said even when no record is asked about."""
     marks = [c for c in (dataset.cursor_field, dataset.delete_field) if c]
     keep = None if columns is None else {*dataset.key, *columns, *marks, "_lake_batch"}
     rows = None
     if keys is None:
-        rows = lake_rows(lake, dataset.name, list(dataset.key), lambda t: pa.array(np.ones(t.num_rows, dtype=bool)),
-                         keep)
+        rows = lake_rows(lake, dataset.name, list(dataset.key), lambda t: within.mask(t[dataset.key[0]]), keep)
         keys = {tuple(r[k] for k in dataset.key) for r in current}
         if rows is not None:
             keys |= set(zip(*(rows[k].to_pylist() for k in dataset.key)))
@@ -242,11 +302,13 @@ def _versions(engine: sa.Engine, dataset: DatasetSpec, lake: Lake, keys: set[Key
             return Versions(known_since=_known_since(lake, dataset.name, commits))
         writers = {r.batch_id: Writer(r.source_system, r.mode == "full_refresh") for r in conn.execute(
             sa.select(batch.c.batch_id, batch.c.source_system, batch.c.mode).where(batch.c.dataset == dataset.name))}
-        tomb_keys = {tombstone_key(key, k): k for k in keys}
         deleted = sa.select(tomb.c.record_key, tomb.c.batch_id).where(tomb.c.dataset == dataset.name)
-        if len(tomb_keys) > MANY:  # much of the dataset: its deletions in one pass
-            deletions = [(r.record_key, r.batch_id) for r in conn.execute(deleted) if r.record_key in tomb_keys]
+        if len(keys) > MANY:  # much of the dataset: its deletions in one pass (the keys named only if it has any)
+            every = [(r.record_key, r.batch_id) for r in conn.execute(deleted)]
+            tomb_keys = {tombstone_key(key, k): k for k in keys} if every else {}
+            deletions = [(record_key, batch_id) for record_key, batch_id in every if record_key in tomb_keys]
         else:
+            tomb_keys = {tombstone_key(key, k): k for k in keys}
             deletions = [(r.record_key, r.batch_id) for chunk in chunks(list(tomb_keys))
                          for r in conn.execute(deleted.where(tomb.c.record_key.in_(chunk)))]
     if rows is None:
@@ -327,8 +389,8 @@ def _timeline(dataset: DatasetSpec, rows: list[dict[str, Any]], deletions: list[
             timeline.append(Held(record, row, at, None, batch_id))
         if record in now:  # the row as the table has it now: a migration's or a restore's values, if any
             last = timeline[-1] if timeline and timeline[-1].until is None else None
-            if last is None or any(not same_value(last.values.get(c), v)
-                                   for c, v in now[record].items() if c != "_batch_id"):
+            names = [c for c in now[record] if c != "_batch_id"]
+            if last is None or list(map(last.values.get, names)) != [_aware(now[record][c]) for c in names]:
                 timeline.append(Held(record, {**(last.values if last else {}), **now[record]},
                                      last.since if last else None, None, now[record].get("_batch_id") or ""))
         held_all += timeline
@@ -338,11 +400,15 @@ def _timeline(dataset: DatasetSpec, rows: list[dict[str, Any]], deletions: list[
     return held_all
 
 
+def _aware(value: Any) -> Any:
+    """A time as SQLite hands it back (naive: the warehouse stores UTC) said in UTC; any other value as it is.
+    Aware times compare as instants, so the lake's equal the table's."""
+    return value.replace(tzinfo=timezone.utc) if isinstance(value, datetime) and value.tzinfo is None else value
+
+
 def same_value(first: Any, second: Any) -> bool:
     """Equal values, a time as SQLite hands it back (naive UTC) equal to the lake's (aware)."""
-    if isinstance(first, datetime) and isinstance(second, datetime):
-        return utc(first) == utc(second)
-    return bool(first == second)
+    return bool(_aware(first) == _aware(second))
 
 
 @dataclass(frozen=True)
