@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from catalog.models import (Catalog, DatasetSpec, FeedSpec, IndicatorSpec, PipelineSpec, RankingSpec,
-                            SharedDatasetSpec, SystemSpec)
+                            SharedDatasetSpec, SystemSpec, UnitVia)
 
 CATALOG_DIR = Path(__file__).resolve().parent
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -180,6 +180,22 @@ def _check_sharing(catalog: Catalog, directory: Path) -> None:
                 raise CatalogError(f"{where}.lookup.fields: {unknown} are not columns of dataset '{dataset.name}'")
 
 
+def _check_unit_via(catalog: Catalog, where: str, dataset: DatasetSpec, unit: UnitVia) -> str:
+    """A unit through a reference: `via` references a single-key core dataset holding `column` (returned)."""
+    reference = dataset.columns[unit.via].references
+    if reference is None:
+        raise CatalogError(f"{where}.via: column '{unit.via}' of '{dataset.name}' names no other dataset's record "
+                           f"(give it 'references: dataset.key_column' in datasets.yaml)")
+    target = catalog.datasets.get(reference.dataset)
+    if target is None or target.layer != "core" or list(target.key) != [reference.column]:
+        raise CatalogError(f"{where}.via: '{unit.via}' references {reference.to}, which is not the key of a core "
+                           "dataset")
+    if unit.column not in target.columns:
+        raise CatalogError(f"{where}.column: '{unit.column}' is not in dataset '{target.name}' "
+                           f"(its columns: {', '.join(target.columns)})")
+    return target.name
+
+
 def _check_indicators(catalog: Catalog, directory: Path) -> None:
     """Indicators name core datasets and their columns; rankings name rate indicators with that unit level."""
     for indicator in catalog.indicators.values():
@@ -191,6 +207,12 @@ def _check_indicators(catalog: Catalog, directory: Path) -> None:
             if column not in dataset.columns:
                 raise CatalogError(f"{where}: column '{column}' is not in dataset '{dataset.name}' "
                                    f"(its columns: {', '.join(dataset.columns)})")
+        for level, unit in indicator.units.items():
+            if isinstance(unit, UnitVia):
+                read = _check_unit_via(catalog, f"{where}.units.{level}", dataset, unit)
+                if read not in indicator.datasets_read:
+                    raise CatalogError(f"{where}.units.{level}: it reads dataset '{read}', whose changes move its "
+                                       f"units: say so, reads: [{', '.join([*indicator.datasets_read, read])}]")
         if indicator.sum_seconds and any(dataset.columns[c].type != "timestamp" for c in indicator.sum_seconds):
             raise CatalogError(f"{where}.sum_seconds: both columns must be timestamps")
         for read in indicator.datasets_read:

@@ -588,8 +588,18 @@ class FeedSpec(Strict):
     tags: list[str] = []
 
 
-UnitLevel = Literal["commune", "agency", "procedure"]
+UnitLevel = Literal["commune", "agency", "procedure", "procedure_level"]
 PeriodType = Literal["month", "quarter", "year"]
+
+
+class UnitVia(Strict):
+    """A unit read through a reference: the `column` of the record the dataset's column `via` names (it declares
+    `references`), as that record is now. E.g. a dossier's level (Tỉnh or Xã) is its procedure's
+    `level` in the DVCQG catalogue: `procedure_level: {via: procedure_code, column: level}`. A row whose
+    record is missing, or holds no value there, is counted for the province only (as a null unit code)."""
+
+    via: str
+    column: str
 
 
 class IndicatorSpec(Strict):
@@ -605,7 +615,8 @@ class IndicatorSpec(Strict):
     way), as the lake and the change log say it held them: the state of a catalogue or
     of master data, e.g. the procedures with no administrative boundary (`indicators.snapshot`).
     Values are computed for the province and for each unit level in
-    `units` (level -> the column holding the unit's code), per month, quarter and year.
+    `units` (level -> the column holding the unit's code, or `{via: column, column: other}`: the
+    column of the record a referencing column names, `UnitVia`), per month, quarter and year.
     With `measure: average` the numerator is instead the sum of the seconds between
     the two `sum_seconds` columns over the denominator's rows, and
     value = numerator / denominator / `value_scale` (86400: days).
@@ -627,7 +638,7 @@ class IndicatorSpec(Strict):
     dataset: Identifier
     date_column: str | None = None
     as_of: Literal["period_end"] | None = None
-    units: dict[UnitLevel, str] = {}
+    units: dict[UnitLevel, str | UnitVia] = {}
     periods: list[PeriodType] = ["month", "quarter", "year"]
     measure: Literal["rate", "average"] = "rate"
     denominator: Filters = {}
@@ -662,7 +673,12 @@ class IndicatorSpec(Strict):
     def columns_used(self) -> list[str]:
         """Every column of `dataset` the definition names (for the catalog's cross-check)."""
         dated = [self.date_column] if self.date_column else []
-        return [*dated, *self.units.values(), *self.denominator, *self.numerator, *(self.sum_seconds or ())]
+        return [*dated, *self.unit_columns, *self.denominator, *self.numerator, *(self.sum_seconds or ())]
+
+    @property
+    def unit_columns(self) -> list[str]:
+        """The columns of `dataset` the units read (a unit through a reference: its referencing column)."""
+        return [unit.via if isinstance(unit, UnitVia) else unit for unit in self.units.values()]
 
 
 class RankingSpec(Strict):

@@ -95,7 +95,7 @@ def compute(name: str = typer.Argument(None, help="one indicator (default: all)"
 
 @app.command("list")
 def list_values(name: str = typer.Argument(None, help="one indicator's values (default: a summary of all)"),
-                level: str = typer.Option("province", help="province, commune, agency or procedure"),
+                level: str = typer.Option("province", help="province, commune, agency, procedure or procedure_level"),
                 period_type: str = typer.Option("month", help="month, quarter, year or range"),
                 version: int = typer.Option(None, help="an older version (default: the latest computed)")) -> None:
     """Show indicator values: a summary of every indicator, or one indicator's rows."""

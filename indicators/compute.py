@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from catalog.models import IndicatorSpec
+from catalog.models import IndicatorSpec, UnitVia
 from indicators import definitions, periods, query
 from warehouse import Warehouse
 from warehouse.store import aggregate_time
@@ -37,8 +37,10 @@ Cell = tuple[str, str, str]  # (unit_level, unit_code, period)
 Counts = dict[Cell, tuple[int, int]]
 
 
-def _levels(spec: IndicatorSpec) -> list[tuple[str, str | None]]:
-    return [("province", None), *spec.units.items()]
+def _levels(wh: Warehouse, spec: IndicatorSpec) -> list[tuple[str, query.Unit | None]]:
+    """The province, then each unit level with what it groups by."""
+    return [("province", None), *((level, query.unit_of(wh.catalog, wh.core, spec.dataset, unit))
+                                  for level, unit in spec.units.items())]
 
 
 def _value(spec: IndicatorSpec, numerator: int, denominator: int) -> float | None:
@@ -54,10 +56,10 @@ def _monthly_counts(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, mon
     if months is not None:
         span = (min(periods.month_start(m) for m in months), max(periods.next_month_start(m) for m in months))
     counts: Counts = {}
-    for level, column in _levels(spec):
-        for row in conn.execute(query.monthly_cells(spec, table, wh.dialect, column, span)).mappings():
+    for level, grouped in _levels(wh, spec):
+        for row in conn.execute(query.monthly_cells(spec, table, wh.dialect, grouped, span)).mappings():
             if months is None or row["period"] in months:
-                unit = PROVINCE_CODE if column is None else str(row["unit_code"])
+                unit = PROVINCE_CODE if grouped is None else str(row["unit_code"])
                 counts[(level, unit, row["period"])] = (int(row["numerator"] or 0), int(row["denominator"]))
     return counts
 
@@ -117,9 +119,22 @@ def _roll_up(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_typ
     return _sync(conn, wh, spec, period_type, {c: (n, d) for c, (n, d) in sums.items()}, scope, batch_id)
 
 
-def _newest_load(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> datetime | None:
-    table = wh.core[spec.dataset]
+def _through(wh: Warehouse, spec: IndicatorSpec) -> list[str]:
+    """The datasets the units read through a reference (`UnitVia`): a change of theirs moves units of old months."""
+    found = [wh.catalog.datasets[spec.dataset].columns[u.via].references for u in spec.units.values()
+             if isinstance(u, UnitVia)]
+    return sorted({r.dataset for r in found if r is not None})
+
+
+def _loaded_until(conn: sa.Connection, wh: Warehouse, dataset: str) -> datetime | None:
+    table = wh.core[dataset]
     return aggregate_time(conn.execute(sa.select(sa.func.max(table.c["_loaded_at"]))).scalar())
+
+
+def _newest_load(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> datetime | None:
+    """The newest load of the indicator's dataset and of those its units read through a reference."""
+    loads = [_loaded_until(conn, wh, d) for d in [spec.dataset, *_through(wh, spec)]]
+    return max((at for at in loads if at is not None), default=None)
 
 
 def _lake(lake: Lake | None) -> Lake:
@@ -147,6 +162,8 @@ def compute_indicator(wh: Warehouse, spec: IndicatorSpec, months: set[str] | Non
     from indicators import snapshot
 
     batch_id = computation_id(spec)
+    if definitions.widened(wh, spec):  # unit levels added: every period counted again, with them
+        months, recount = None, True
     held = None  # read before writing
     if spec.as_of is not None:
         held = snapshot.snapshot_counts(wh, spec, _lake(lake), None if recount else definitions.settled_until(wh, spec))
@@ -181,13 +198,17 @@ def months_touched(wh: Warehouse, spec: IndicatorSpec) -> set[str] | None:
         if mark is None:
             return None
         mark = mark if mark.tzinfo else mark.replace(tzinfo=timezone.utc)
+        for dataset in _through(wh, spec):  # a procedure's level changed: any month's units may have
+            loaded = _loaded_until(conn, wh, dataset)
+            if loaded is not None and loaded > mark - LATE_LOOKBACK:
+                return None
         touched = query.touched_months(spec, wh.core[spec.dataset], wh.dialect, mark - LATE_LOOKBACK)
         return {r.period for r in conn.execute(touched)}
 
 
 def compute_touched(wh: Warehouse, spec: IndicatorSpec) -> dict[str, Any]:
     """Recompute only the months late-arriving or changed rows fall in (what the Asset-scheduled DAG runs)."""
-    months = months_touched(wh, spec)
+    months = None if definitions.widened(wh, spec) else months_touched(wh, spec)
     written = compute_indicator(wh, spec, months)
     counted = "all" if spec.as_of is None else "under way and ended since the last computation"
     return {"indicator": spec.name, "months": counted if months is None else sorted(months), "written": written}
@@ -205,11 +226,11 @@ def compute_range(wh: Warehouse, spec: IndicatorSpec, first: date, last: date, l
         counts = snapshot.range_counts(wh, spec, _lake(lake), label, last)
     with wh.transaction() as conn:
         definitions.register(conn, wh, spec)
-        for level, column in _levels(spec) if spec.as_of is None else ():
-            select = query.range_cells(spec, table, wh.dialect, column, first, last + timedelta(days=1))
+        for level, grouped in _levels(wh, spec) if spec.as_of is None else ():
+            select = query.range_cells(spec, table, wh.dialect, grouped, first, last + timedelta(days=1))
             for row in conn.execute(select).mappings():
                 if row["denominator"]:
-                    unit = PROVINCE_CODE if column is None else str(row["unit_code"])
+                    unit = PROVINCE_CODE if grouped is None else str(row["unit_code"])
                     counts[(level, unit, label)] = (int(row["numerator"] or 0), int(row["denominator"]))
         batch_id = computation_id(spec)
         written = _sync(conn, wh, spec, "range", counts, {label}, batch_id)

@@ -4,7 +4,9 @@ The row keeps the definition (JSON) and its hash. Computing an indicator whose
 definition changed while its version did not is refused: the old values would
 silently change meaning. Bump `version` in catalog/indicators.yaml instead; the
 old version's values stay in the mart and stay readable (`read_indicator(...,
-version=1)`). The row also keeps the newest `_loaded_at` seen by the last
+version=1)`). Adding a unit level (`units`) is not such a change: the values
+computed keep their meaning, the version stays, and the next computation counts
+every period again, the new level's units included. The row also keeps the newest `_loaded_at` seen by the last
 computation, from which late-arriving data is found, and, for an indicator
 `as_of: period_end`, until when its ended periods are settled.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,8 +44,29 @@ def definition_hash(spec: IndicatorSpec) -> str:
     return hashlib.sha256(json.dumps(definition(spec), sort_keys=True).encode()).hexdigest()
 
 
+def widens(stored: Mapping[str, Any], spec: IndicatorSpec) -> bool:
+    """Whether `spec` is the `stored` definition with unit levels added, the others as they were: every value
+    computed keeps its meaning, so the version stays (the new levels are counted for every period)."""
+    before = json.loads(stored["definition"]).get("units") or {}
+    now = definition(spec)["units"]
+    if not before.keys() < now.keys() or any(now[level] != unit for level, unit in before.items()):
+        return False
+    narrower = spec.model_copy(update={"units": {level: spec.units[level] for level in before}})  # type: ignore[misc]
+    return definition_hash(narrower) == stored["definition_hash"]
+
+
+def widened(wh: Warehouse, spec: IndicatorSpec) -> bool:
+    """Whether this version was computed with fewer unit levels than it now has (`widens`)."""
+    table = wh.system["mart_indicator_definition"]
+    with wh.engine.connect() as conn:
+        stored = conn.execute(sa.select(table).where(table.c.indicator == spec.name,
+                                                     table.c.version == spec.version)).mappings().first()
+    return stored is not None and stored["definition_hash"] != definition_hash(spec) and widens(stored, spec)
+
+
 def register(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> dict[str, Any]:
-    """Record this version's definition (first time), or check it is unchanged; returns the stored row.
+    """Record this version's definition (first time), or check it is unchanged (or only widened by unit levels:
+    then recorded as it is now); returns the stored row.
 
     Raises:
         IndicatorVersionError: the stored definition of this version differs.
@@ -51,6 +75,11 @@ def register(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> dict[st
     key = (table.c.indicator == spec.name, table.c.version == spec.version)
     stored = conn.execute(sa.select(table).where(*key)).mappings().first()
     digest = definition_hash(spec)
+    if stored is not None and stored["definition_hash"] != digest and widens(stored, spec):
+        wider = {"definition": json.dumps(definition(spec), ensure_ascii=False, sort_keys=True),
+                 "definition_hash": digest}
+        conn.execute(table.update().where(*key).values(**wider))
+        stored = {**stored, **wider}
     if stored is None:
         row = {"indicator": spec.name, "version": spec.version, "name_vi": spec.name_vi, "name_en": spec.name_en,
                "definition": json.dumps(definition(spec), ensure_ascii=False, sort_keys=True),

@@ -16,15 +16,44 @@ Example (online submission rate per commune, SQLite)::
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from catalog.models import IndicatorSpec
+from catalog.models import Catalog, IndicatorSpec, UnitVia
 from indicators.periods import local_midnight_utc
 
 LOCAL_TZ = "Asia/Ho_Chi_Minh"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What a unit level groups by: a column of the indicator's table, or one of the table a referencing column
+    names (`catalog.models.UnitVia`: joined on that table's key, its current version for a history table; a row
+    whose record is missing has no unit)."""
+
+    column: sa.ColumnElement[Any]
+    joined: tuple[sa.Table, sa.ColumnElement[bool]] | None = None
+
+    def source(self, table: sa.Table) -> sa.FromClause:
+        return table if self.joined is None else table.outerjoin(*self.joined)
+
+
+def unit_of(catalog: Catalog, core: Mapping[str, sa.Table], dataset: str, unit: str | UnitVia) -> Unit:
+    """The `Unit` of a level of an indicator's `units` over its dataset's core table (`core`: the core tables)."""
+    table = core[dataset]
+    if not isinstance(unit, UnitVia):
+        return Unit(table.c[unit])
+    reference = catalog.datasets[dataset].columns[unit.via].references
+    assert reference is not None  # the catalog's cross-check says so
+    target = core[reference.dataset].alias(f"unit_{reference.dataset}")
+    on = [target.c[reference.column] == table.c[unit.via]]
+    if "is_current" in target.c:
+        on.append(target.c["is_current"].is_(sa.true()))
+    return Unit(target.c[unit.column], (target, sa.and_(*on)))
 
 
 def _is_date(column: sa.ColumnElement[Any]) -> bool:
@@ -85,9 +114,9 @@ def _bound(table: sa.Table, spec: IndicatorSpec, day: date) -> date | datetime:
     return day if _is_date(table.c[spec.date_column]) else local_midnight_utc(day)
 
 
-def monthly_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit_column: str | None,
+def monthly_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit: Unit | None,
                   span: tuple[date, date] | None = None) -> sa.Select[Any]:
-    """(unit_code, period, numerator, denominator) per unit and month; the province when `unit_column` is None.
+    """(unit_code, period, numerator, denominator) per unit and month; the province when `unit` is None.
 
     `span` limits the rows to local days [first, end) (end excluded).
     """
@@ -97,36 +126,34 @@ def monthly_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit_colum
         where += [table.c[spec.date_column] >= _bound(table, spec, span[0]),
                   table.c[spec.date_column] < _bound(table, spec, span[1])]
     measures = [_numerator(spec, table, dialect).label("numerator"), sa.func.count().label("denominator")]
-    if unit_column is None:
-        return sa.select(period, *measures).where(*where).group_by(period)
-    unit = table.c[unit_column]
-    return (sa.select(unit.label("unit_code"), period, *measures)
-            .where(*where, unit.is_not(None)).group_by(unit, period))
+    return _per_unit(sa.select(period, *measures).where(*where).group_by(period), table, unit)
 
 
-def range_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit_column: str | None,
+def range_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit: Unit | None,
                 first: date, end: date) -> sa.Select[Any]:
     """(unit_code, numerator, denominator) per unit over local days [first, end); the province when no column."""
     where = [*_rows(spec, table), table.c[spec.date_column] >= _bound(table, spec, first),
              table.c[spec.date_column] < _bound(table, spec, end)]
     measures = [_numerator(spec, table, dialect).label("numerator"), sa.func.count().label("denominator")]
-    if unit_column is None:
-        return sa.select(*measures).where(*where)
-    unit = table.c[unit_column]
-    return sa.select(unit.label("unit_code"), *measures).where(*where, unit.is_not(None)).group_by(unit)
+    return _per_unit(sa.select(*measures).where(*where), table, unit)
 
 
-def state_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit_column: str | None) -> sa.Select[Any]:
+def _per_unit(select: sa.Select[Any], table: sa.Table, unit: Unit | None) -> sa.Select[Any]:
+    """`select` (the province's measures) per unit instead, when there is one."""
+    if unit is None:
+        return select
+    return (select.add_columns(unit.column.label("unit_code")).select_from(unit.source(table))
+            .where(unit.column.is_not(None)).group_by(unit.column))
+
+
+def state_cells(spec: IndicatorSpec, table: sa.Table, dialect: str, unit: Unit | None) -> sa.Select[Any]:
     """(unit_code, numerator, denominator) per unit over the records the table holds now (a history table's
     current versions), whatever their dates: an indicator `as_of: period_end` for the period under way."""
     where = [condition(table, spec.denominator)]
     if "is_current" in table.c:
         where.append(table.c["is_current"].is_(sa.true()))
     measures = [_numerator(spec, table, dialect).label("numerator"), sa.func.count().label("denominator")]
-    if unit_column is None:
-        return sa.select(*measures).where(*where)
-    unit = table.c[unit_column]
-    return sa.select(unit.label("unit_code"), *measures).where(*where, unit.is_not(None)).group_by(unit)
+    return _per_unit(sa.select(*measures).where(*where), table, unit)
 
 
 def touched_months(spec: IndicatorSpec, table: sa.Table, dialect: str, loaded_after: datetime) -> sa.Select[Any]:

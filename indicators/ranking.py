@@ -25,9 +25,12 @@ from warehouse import Warehouse
 
 def unit_names(wh: Warehouse, level: str) -> dict[str, str]:
     """Code -> name of the units of a level: communes from the official list, agencies and procedures
-    as the dossiers name them (`000.00.31.H42` -> `Sở Tư pháp`)."""
+    as the dossiers name them (`000.00.31.H42` -> `Sở Tư pháp`), a procedure's level (DVCQG's CapThucHien) by
+    its own name."""
     if level == "province":
         return {"37": "Ninh Bình"}
+    if level == "procedure_level":
+        return {"Tỉnh": "Cấp tỉnh", "Xã": "Cấp xã"}
     if level == "commune":
         from quality.reference import province_communes
 

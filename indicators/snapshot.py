@@ -32,7 +32,7 @@ Example (catalog/indicators.yaml)::
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from catalog.models import DatasetSpec, IndicatorSpec
+from catalog.models import DatasetSpec, IndicatorSpec, UnitVia
 from indicators import periods, query
-from indicators.compute import PROVINCE_CODE, Counts
+from indicators.compute import PROVINCE_CODE, Counts, _levels
 from warehouse import Warehouse
 from warehouse.lake import Lake
 from warehouse.store import aggregate_time
@@ -66,7 +66,7 @@ def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
 
 def counted_columns(dataset: DatasetSpec, spec: IndicatorSpec) -> list[str]:
     """The columns a count reads: the key, the cursor, the filters' and the units'."""
-    wanted = [*dataset.key, dataset.cursor_field, *spec.denominator, *spec.numerator, *spec.units.values()]
+    wanted = [*dataset.key, dataset.cursor_field, *spec.denominator, *spec.numerator, *spec.unit_columns]
     return [c for c in dataset.columns if c in wanted]
 
 
@@ -115,7 +115,9 @@ class Tally:
     unit code) over the records held then (`at`). Each version is matched against the filters once; each instant
     is a few vectorised passes (numpy), so a register's 34 period ends cost little more than one."""
 
-    def __init__(self, held: Sequence[Held], spec: IndicatorSpec) -> None:
+    def __init__(self, held: Sequence[Held], spec: IndicatorSpec,
+                 lookups: Mapping[str, Mapping[Any, Any]] | None = None) -> None:
+        """`lookups`: per unit level read through a reference (`UnitVia`), the referencing value -> unit code."""
         keys: dict[Any, int] = {}
         self.record = np.array([keys.setdefault(h.key, len(keys)) for h in held], dtype=np.int64)
         self.since = np.array([-np.inf if h.since is None else h.since.timestamp() for h in held], dtype=np.float64)
@@ -123,10 +125,14 @@ class Tally:
         self.counted = np.array([matches(h.values, spec.denominator) for h in held], dtype=bool)
         self.hit = np.array([matches(h.values, spec.numerator) for h in held], dtype=bool) & self.counted
         self.units: list[tuple[str, list[str], np.ndarray]] = []
-        for level, column in spec.units.items():
+        for level, unit in spec.units.items():
+            if isinstance(unit, UnitVia):
+                lookup = (lookups or {}).get(level, {})
+                found = [lookup.get(h.values.get(unit.via)) for h in held]
+            else:
+                found = [h.values.get(unit) for h in held]
             codes: dict[str, int] = {}
-            index = np.array([-1 if h.values.get(column) is None
-                              else codes.setdefault(str(h.values[column]), len(codes)) for h in held], dtype=np.int64)
+            index = np.array([-1 if v is None else codes.setdefault(str(v), len(codes)) for v in found], dtype=np.int64)
             self.units.append((level, list(codes), index))
 
     def at(self, at: datetime) -> dict[tuple[str, str], tuple[int, int]]:
@@ -162,13 +168,29 @@ def _held(conn: sa.Connection, wh: Warehouse, dataset: DatasetSpec, within: KeyR
 Cells = dict[tuple[str, str], tuple[int, int]]  # (unit level, unit code) -> (numerator, denominator)
 
 
+def _lookups(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> dict[str, dict[Any, Any]]:
+    """Per unit level read through a reference: each record of the referenced table now -> its unit code."""
+    found: dict[str, dict[Any, Any]] = {}
+    for level, unit in spec.units.items():
+        if isinstance(unit, UnitVia):
+            grouped = query.unit_of(wh.catalog, wh.core, spec.dataset, unit)
+            target, _ = grouped.joined or (None, None)
+            reference = wh.catalog.datasets[spec.dataset].columns[unit.via].references
+            assert target is not None and reference is not None
+            select = sa.select(target.c[reference.column], grouped.column)
+            if "is_current" in target.c:
+                select = select.where(target.c["is_current"].is_(sa.true()))
+            found[level] = {r[0]: r[1] for r in conn.execute(select)}
+    return found
+
+
 def _state_now(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> Cells:
     """The counts of the table as it is: one GROUP BY per unit level."""
     table, found = wh.core[spec.dataset], {}
-    for level, column in [("province", None), *spec.units.items()]:
-        for row in conn.execute(query.state_cells(spec, table, wh.dialect, column)).mappings():
+    for level, grouped in _levels(wh, spec):
+        for row in conn.execute(query.state_cells(spec, table, wh.dialect, grouped)).mappings():
             if row["denominator"]:
-                unit = PROVINCE_CODE if column is None else str(row["unit_code"])
+                unit = PROVINCE_CODE if grouped is None else str(row["unit_code"])
                 found[(level, unit)] = (int(row["numerator"] or 0), int(row["denominator"]))
     return found
 
@@ -197,6 +219,7 @@ class Snapshot:
         with wh.engine.connect() as conn:
             self.first = _first_write(conn, wh, dataset.name)
             self.now = _state_now(conn, wh, spec)
+            lookups = _lookups(conn, wh, spec)
         self.replayed = 0
         self.known_since: date | None = None
         self.slices = 0
@@ -217,7 +240,7 @@ class Snapshot:
             self.replayed += len(versions.held)
             if not versions.held:
                 continue
-            tally = Tally(versions.held, spec)
+            tally = Tally(versions.held, spec, lookups)
             del versions, current  # this range's rows: let go before the next is read
             base = tally.at(self.read_at)
             for at, change in self.change.items():

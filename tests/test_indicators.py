@@ -89,6 +89,8 @@ def expected_cells(truth: Any, name: str, day_range: tuple[date, date] | None = 
                 held[(*unit, label)][1] += 1
         return {cell: (n, d) for cell, (n, d) in held.items()}
     dataset, field, counted, contributes = TRUTH[name]
+    procedures = truth.defects("procedure")  # a dossier's level: its procedure's in the catalogue lgsp holds
+    level_of = {p["MaTTHC"]: p["CapThucHien"] for p in truth.records("procedure") if p["MaTTHC"] not in procedures}
     cells: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for row in _clean_rows(truth, dataset):
         if row[field] is None or not counted(row):
@@ -101,6 +103,8 @@ def expected_cells(truth: Any, name: str, day_range: tuple[date, date] | None = 
         else:
             continue
         units = [("province", "37")] + [(level, row[col]) for level, col in UNITS[dataset].items()]
+        if dataset == "dossier" and level_of.get(row["procedure_code"]) is not None:
+            units.append(("procedure_level", level_of[row["procedure_code"]]))
         for (level, unit) in units:
             for label in labels:
                 cell = cells[(level, unit, label)]
@@ -136,6 +140,10 @@ def test_every_indicator_matches_the_ground_truth_exactly(loaded: Warehouse, san
             assert row["value"] == pytest.approx(row["numerator"] / row["denominator"] / scale), (name, row)
     communes = {u for lvl, u, _ in _mart_cells(loaded, "online_submission_rate", "month") if lvl == "commune"}
     assert len(communes) == 129
+    years = _mart_cells(loaded, "online_submission_rate", "year")  # by the level that settles it (Binh Duong's)
+    levels = {u: pair for (lvl, u, _), pair in years.items() if lvl == "procedure_level"}
+    assert set(levels) == {"Tỉnh", "Xã"}, levels
+    assert sum(d for _, d in levels.values()) <= sum(d for (lvl, _, _), (_, d) in years.items() if lvl == "province")
 
 
 def test_quarters_and_years_are_sums_of_months(loaded: Warehouse) -> None:
@@ -155,3 +163,40 @@ def test_a_date_range_matches_the_ground_truth(loaded: Warehouse, sandbox_handle
         mart = {k: v for k, v in _mart_cells(loaded, name, "range").items()}
         assert mart == expected_cells(sandbox_handle.data, name, (first, last)), name
     assert compute_range(loaded, catalog.indicators["online_submission_rate"], first, last) == 0  # idempotent
+
+
+def test_a_state_indicator_reads_a_unit_through_a_reference(loaded: Warehouse, sandbox_handle: Any) -> None:
+    """The dossiers the warehouse holds now, per their procedure's level: the table joined with the catalogue
+    (`indicators.query.state_cells`); a replayed version takes its level from the catalogue as it is now
+    (`Tally`'s lookups); a dossier whose procedure lgsp does not hold counts for the province only."""
+    from catalog.models import IndicatorSpec, UnitVia
+    from indicators import compute_indicator
+    from indicators.snapshot import Tally
+    from warehouse.versions import Held
+
+    spec = IndicatorSpec(name="online_dossiers_held", version=1, name_vi="x", name_en="x", dataset="dossier",
+                         as_of="period_end", units={"procedure_level": UnitVia(via="procedure_code", column="level")},
+                         numerator={"channel": "online"}, reads=["dossier", "procedure"])
+    assert compute_indicator(loaded, spec) > 0
+    month = datetime.now(VN).strftime("%Y-%m")
+    cells = {(r["unit_level"], r["unit_code"]): (r["numerator"], r["denominator"])
+             for r in read_indicator(loaded, spec.name, unit_level=None, period_type="month") if r["period"] == month}
+    truth = sandbox_handle.data
+    level_of = {p["MaTTHC"]: p["CapThucHien"] for p in truth.records("procedure")
+                if p["MaTTHC"] not in truth.defects("procedure")}
+    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for row in _clean_rows(truth, "dossier"):
+        units = [("province", "37")] + ([("procedure_level", level_of[row["procedure_code"]])]
+                                        if row["procedure_code"] in level_of else [])
+        for unit in units:
+            expected[unit][0] += row["channel"] == "online"
+            expected[unit][1] += 1
+    assert cells == {unit: (n, d) for unit, (n, d) in expected.items()}
+    assert {u for level, u in cells if level == "procedure_level"} == {"Tỉnh", "Xã"}
+
+    held = [Held(("d1",), {"procedure_code": "p1", "channel": "online"}, None, None, "b"),
+            Held(("d2",), {"procedure_code": "p2", "channel": "paper"}, None, None, "b"),
+            Held(("d3",), {"procedure_code": "gone", "channel": "online"}, None, None, "b")]
+    counted = Tally(held, spec, {"procedure_level": {"p1": "Tỉnh", "p2": "Xã"}}).at(datetime.now(timezone.utc))
+    assert counted == {("province", "37"): (2, 3), ("procedure_level", "Tỉnh"): (1, 1),
+                       ("procedure_level", "Xã"): (0, 1)}

@@ -43,8 +43,12 @@ def test_recompute_is_idempotent_and_late_data_touches_only_its_months(
 
     catalog = load_catalog()
     spec = catalog.indicators["online_submission_rate"]
+    runner.run_pipeline("dvcqg_procedures")  # the procedures' levels (units: procedure_level), loaded an hour ago
     runner.run_pipeline("tthc_dossiers")
     wh = Warehouse(lgsp_env.database_url, catalog)
+    procedures = wh.core["procedure"]
+    with wh.engine.begin() as conn:
+        conn.execute(procedures.update().values(_loaded_at=datetime.now(timezone.utc) - timedelta(hours=1)))
     assert compute_indicator(wh, spec) > 0
     before = _computed_at(wh, spec.name)
     assert compute_indicator(wh, spec) == 0, "a recompute with nothing new writes nothing"
@@ -68,6 +72,10 @@ def test_recompute_is_idempotent_and_late_data_touches_only_its_months(
             for r in read_indicator(wh, spec.name, period_type=None)}
     assert mart == expected_cells(newer_truth, spec.name)
     assert compute_touched(wh, spec)["written"] == 0
+
+    with wh.engine.begin() as conn:  # the catalogue changed: a procedure's level moves any month's dossiers
+        conn.execute(procedures.update().values(_loaded_at=datetime.now(timezone.utc)))
+    assert months_touched(wh, spec) is None
 
 
 def _catalog_copy(tmp_path: Path, change: dict[str, Any]) -> Path:
@@ -110,6 +118,20 @@ def test_a_bad_indicator_definition_names_the_file_and_field(tmp_path: Path) -> 
 
     with pytest.raises(CatalogError, match=r"indicators.yaml: indicators.online_submission_rate: column 'chanel'"):
         load_catalog(_catalog_copy(tmp_path, {"numerator": {"chanel": "online"}}))
+    units = {"commune": "commune_code", "agency": "receiving_agency_code"}
+    wrong = {  # a unit read through a reference: each mistake named
+        "units.procedure_level.via: column 'procedure_name' of 'dossier' names no other dataset's record":
+            {"units": {**units, "procedure_level": {"via": "procedure_name", "column": "level"}}},
+        "units.procedure_level.column: 'cap' is not in dataset 'procedure'":
+            {"units": {**units, "procedure_level": {"via": "procedure_code", "column": "cap"}}},
+        "units.procedure_level: it reads dataset 'procedure', whose changes move its units: say so, "
+        "reads: [dossier, procedure]":
+            {"units": {**units, "procedure_level": {"via": "procedure_code", "column": "level"}}, "reads": []},
+    }
+    for n, (said, change) in enumerate(wrong.items()):
+        with pytest.raises(CatalogError) as refused:
+            load_catalog(_catalog_copy(tmp_path / str(n), change))
+        assert f"indicators.online_submission_rate.{said}" in str(refused.value), str(refused.value)
 
 
 def test_the_indicators_dag_is_scheduled_on_the_datasets_it_reads() -> None:
@@ -124,3 +146,40 @@ def test_the_indicators_dag_is_scheduled_on_the_datasets_it_reads() -> None:
     assert uris == {f"lgsp://warehouse/core/{d}" for d in ("dossier", "document", "procedure", "land_parcel")}
     assert dag.timetable.timetable.expression == "5 0 * * *"  # and daily: a new month's state on its first day
     assert {t.task_id for t in dag.tasks} == {f"compute_{n}" for n in load_catalog().indicators}
+
+
+def test_a_unit_level_added_keeps_the_version_and_counts_every_period_with_it(
+        lgsp_env: Any, sandbox_handle: Any, tmp_path: Path) -> None:
+    """Adding a breakdown (here the procedure and the procedure's level, read through the dossier's
+    reference to the DVCQG catalogue) changes no value computed: the version stays, every period is counted
+    again with the new levels. Taking a level away would lose values: refused."""
+    from indicators import definitions
+
+    runner.run_pipeline("dvcqg_procedures")
+    runner.run_pipeline("tthc_dossiers")
+    narrow = load_catalog(_catalog_copy(tmp_path / "narrow", {"units": {"commune": "commune_code",
+                                                                         "agency": "receiving_agency_code"}}))
+    wh = Warehouse(lgsp_env.database_url, narrow)
+    assert compute_indicator(wh, narrow.indicators["online_submission_rate"]) > 0
+    communes = read_indicator(wh, "online_submission_rate", unit_level="commune", period_type=None)
+    assert {r["unit_level"] for r in read_indicator(wh, "online_submission_rate", period_type=None)} == {
+        "province", "commune", "agency"}
+
+    catalog = load_catalog()  # as shipped: + procedure, procedure_level
+    spec = catalog.indicators["online_submission_rate"]
+    wide = Warehouse(lgsp_env.database_url, catalog)
+    assert definitions.widened(wide, spec)
+    result = compute_touched(wide, spec)
+    assert result["months"] == "all" and result["written"] > 0, result
+    mart = {(r["unit_level"], r["unit_code"], r["period"]): (r["numerator"], r["denominator"])
+            for r in read_indicator(wide, spec.name, period_type=None)}
+    assert mart == expected_cells(sandbox_handle.data, spec.name)
+    assert {level for level, _, _ in mart} == {"province", "commune", "agency", "procedure", "procedure_level"}
+    assert {r["version"] for r in read_indicator(wide, spec.name, period_type=None)} == {1}
+    assert read_indicator(wide, spec.name, unit_level="commune", period_type=None) == communes  # left alone
+    assert not definitions.widened(wide, spec) and compute_touched(wide, spec)["written"] == 0
+    stored = {d["indicator"]: d for d in definitions.stored_definitions(wide)}[spec.name]
+    assert stored["definition"]["units"]["procedure_level"] == {"via": "procedure_code", "column": "level"}
+
+    with pytest.raises(IndicatorVersionError, match="Bump its version"):  # a level taken away
+        compute_indicator(wh, narrow.indicators["online_submission_rate"])
