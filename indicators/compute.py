@@ -37,7 +37,7 @@ Cell = tuple[str, str, str]  # (unit_level, unit_code, period)
 Counts = dict[Cell, tuple[int, int]]
 
 
-def _levels(wh: Warehouse, spec: IndicatorSpec) -> list[tuple[str, query.Unit | None]]:
+def unit_levels(wh: Warehouse, spec: IndicatorSpec) -> list[tuple[str, query.Unit | None]]:
     """The province, then each unit level with what it groups by."""
     return [("province", None), *((level, query.unit_of(wh.catalog, wh.core, spec.dataset, unit))
                                   for level, unit in spec.units.items())]
@@ -56,7 +56,7 @@ def _monthly_counts(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, mon
     if months is not None:
         span = (min(periods.month_start(m) for m in months), max(periods.next_month_start(m) for m in months))
     counts: Counts = {}
-    for level, grouped in _levels(wh, spec):
+    for level, grouped in unit_levels(wh, spec):
         for row in conn.execute(query.monthly_cells(spec, table, wh.dialect, grouped, span)).mappings():
             if months is None or row["period"] in months:
                 unit = PROVINCE_CODE if grouped is None else str(row["unit_code"])
@@ -226,7 +226,7 @@ def compute_range(wh: Warehouse, spec: IndicatorSpec, first: date, last: date, l
         counts = snapshot.range_counts(wh, spec, _lake(lake), label, last)
     with wh.transaction() as conn:
         definitions.register(conn, wh, spec)
-        for level, grouped in _levels(wh, spec) if spec.as_of is None else ():
+        for level, grouped in unit_levels(wh, spec) if spec.as_of is None else ():
             select = query.range_cells(spec, table, wh.dialect, grouped, first, last + timedelta(days=1))
             for row in conn.execute(select).mappings():
                 if row["denominator"]:

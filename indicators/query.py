@@ -36,7 +36,8 @@ class Unit:
     whose record is missing has no unit)."""
 
     column: sa.ColumnElement[Any]
-    joined: tuple[sa.Table, sa.ColumnElement[bool]] | None = None
+    joined: tuple[sa.FromClause, sa.ColumnElement[bool]] | None = None
+    key: sa.ColumnElement[Any] | None = None  # the joined table's key: what the referencing column holds
 
     def source(self, table: sa.Table) -> sa.FromClause:
         return table if self.joined is None else table.outerjoin(*self.joined)
@@ -53,7 +54,7 @@ def unit_of(catalog: Catalog, core: Mapping[str, sa.Table], dataset: str, unit: 
     on = [target.c[reference.column] == table.c[unit.via]]
     if "is_current" in target.c:
         on.append(target.c["is_current"].is_(sa.true()))
-    return Unit(target.c[unit.column], (target, sa.and_(*on)))
+    return Unit(target.c[unit.column], (target, sa.and_(*on)), target.c[reference.column])
 
 
 def _is_date(column: sa.ColumnElement[Any]) -> bool:

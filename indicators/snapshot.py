@@ -42,7 +42,7 @@ import sqlalchemy as sa
 
 from catalog.models import DatasetSpec, IndicatorSpec, UnitVia
 from indicators import periods, query
-from indicators.compute import PROVINCE_CODE, Counts, _levels
+from indicators.compute import PROVINCE_CODE, Counts, unit_levels
 from warehouse import Warehouse
 from warehouse.lake import Lake
 from warehouse.store import aggregate_time
@@ -171,13 +171,10 @@ Cells = dict[tuple[str, str], tuple[int, int]]  # (unit level, unit code) -> (nu
 def _lookups(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> dict[str, dict[Any, Any]]:
     """Per unit level read through a reference: each record of the referenced table now -> its unit code."""
     found: dict[str, dict[Any, Any]] = {}
-    for level, unit in spec.units.items():
-        if isinstance(unit, UnitVia):
-            grouped = query.unit_of(wh.catalog, wh.core, spec.dataset, unit)
-            target, _ = grouped.joined or (None, None)
-            reference = wh.catalog.datasets[spec.dataset].columns[unit.via].references
-            assert target is not None and reference is not None
-            select = sa.select(target.c[reference.column], grouped.column)
+    for level, grouped in unit_levels(wh, spec):
+        if grouped is not None and grouped.joined is not None and grouped.key is not None:
+            target = grouped.joined[0]
+            select = sa.select(grouped.key, grouped.column)
             if "is_current" in target.c:
                 select = select.where(target.c["is_current"].is_(sa.true()))
             found[level] = {r[0]: r[1] for r in conn.execute(select)}
@@ -187,7 +184,7 @@ def _lookups(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> dict[st
 def _state_now(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> Cells:
     """The counts of the table as it is: one GROUP BY per unit level."""
     table, found = wh.core[spec.dataset], {}
-    for level, grouped in _levels(wh, spec):
+    for level, grouped in unit_levels(wh, spec):
         for row in conn.execute(query.state_cells(spec, table, wh.dialect, grouped)).mappings():
             if row["denominator"]:
                 unit = PROVINCE_CODE if grouped is None else str(row["unit_code"])
