@@ -39,8 +39,19 @@ def _figure(spec: IndicatorSpec, row: dict[str, Any] | None, with_counts: bool =
     return f"{text} ({row['numerator']:,}/{row['denominator']:,})" if with_counts else text
 
 
+def _by_level(wh: Warehouse, spec: IndicatorSpec, year: dict[str, Any] | None) -> str:
+    """The year's figure per procedure level (Tỉnh, Xã: Binh Duong's online rate by level), when it has them."""
+    if "procedure_level" not in spec.units or year is None:
+        return ""
+    rows = [r for r in read_indicator(wh, spec.name, version=spec.version, unit_level="procedure_level",
+                                      period_type="year") if r["period"] == year["period"]]
+    levels = ", ".join(f"{r['unit_code']} {format_value(spec, r['value'])}" for r in rows)
+    return f"; by procedure level {levels}" if levels else ""
+
+
 def print_indicators(console: Console, wh: Warehouse, catalog: Catalog) -> None:
-    """One line per indicator: the latest month against the previous one, the latest quarter, the year."""
+    """One line per indicator: the latest month against the previous one, the latest quarter, the year (and the
+    year per procedure level)."""
     console.print("[bold]Indicators, province by month[/] (latest; previous), quarter, year "
                   "(numerator/denominator); synthetic sandbox data:")
     for spec in catalog.indicators.values():
@@ -48,5 +59,6 @@ def print_indicators(console: Console, wh: Warehouse, catalog: Catalog) -> None:
         previous = figures.get("previous_month")
         console.print(f"  [bold]{spec.name_en}[/] (v{spec.version}): {_figure(spec, figures['month'])}"
                       f" (previous {format_value(spec, previous['value']) if previous else '-'}); "
-                      f"{_figure(spec, figures['quarter'])}; {_figure(spec, figures['year'], with_counts=True)}")
+                      f"{_figure(spec, figures['quarter'])}; {_figure(spec, figures['year'], with_counts=True)}"
+                      f"{_by_level(wh, spec, figures['year'])}")
     console.print("  [dim]details: lgsp indicators list NAME --level commune; rankings: lgsp indicators rank[/]")

@@ -44,6 +44,8 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert re.search(r"Quality: 10 datasets scored, overall 9\d\.\d% to 100\.0%; lowest household_member "
                      r"\(consistency\)", said), said[said.find("Quality:"):][:200]
     assert re.search(r"group checks: 2, 0 broken, \d+ groups breaking one", said)
+    assert re.search(r"Online submission rate of dossiers \(v1\): .*?; \d{4} \d+\.\d% \([\d,]+/[\d,]+\); by "
+                     r"procedure level Tỉnh \d+\.\d%, Xã \d+\.\d%", said), said[said.find("Indicators"):][:600]
     completeness = first.stdout[first.stdout.index("Completeness"):]
     assert completeness.count(" complete ") == 7 and "lost" not in completeness  # every pipeline with a total
     assert list((home / "lake" / "raw" / "citizen").glob("ingest_date=*/*.parquet"))
