@@ -257,6 +257,62 @@ def test_a_history_dataset_is_counted_in_the_versions_current_at_each_periods_en
         sandbox.stop()
 
 
+def test_a_register_with_a_composite_key_is_replayed_a_key_range_at_a_time(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Household members (key: household and person) synced three months ago; today the registry records eight heads
+    as spouses. The ended months are replayed, cut by the household, in ranges of 17 records as at once: the same
+    counts; each ended month holds the eight heads more than the table now."""
+    import dataclasses
+
+    from indicators import periods, snapshot
+    from indicators.snapshot import Snapshot
+    from lgsp import runner
+    from lgsp.settings import load_settings
+    from sandbox import DATASET_KEYS, start_sandbox
+    from test_gateway import gateway_env
+    from warehouse.lake import Lake
+
+    spec = IndicatorSpec(name="household_heads_held", version=1, name_vi="x", name_en="x",
+                         dataset="household_member", as_of="period_end", units={"commune": "commune_code"},
+                         numerator={"relation": "head"})
+    sandbox = start_sandbox(seed=3, citizens=5, dossiers=5,
+                            sizes=dict.fromkeys(DATASET_KEYS, 0) | {"household_member": 200, "procedure": 30})
+    try:
+        with gateway_env(sandbox, tmp_path / "home", database_url) as env:
+            catalog = load_catalog()
+            landed = runner.run_pipeline("civil_status_household_members", catalog=catalog)["rows_landed"]
+            wh, lake = runner.open_warehouse(catalog), Lake(load_settings().lake_root)
+            now = datetime.now(timezone.utc)
+            _as_if_written_at(wh, lake, "household_member", _months_back(now, 3))
+            data = sandbox.data
+            members = [dict(m) for m in data.household_members]
+            later = max(m["updated_at"] for m in members) + timedelta(hours=1)
+            heads = [m for m in members if m["relation"] == "head"
+                     and f"{m['household_id']}|{m['personal_id']}" not in data.household_member_defects][:8]
+            for member in heads:
+                member.update(relation="spouse", updated_at=later)
+            with start_sandbox(data=dataclasses.replace(data, household_members=members)) as newer:
+                for name, value in newer.env().items():
+                    env.setenv(name, value)
+                again = runner.run_pipeline("civil_status_household_members", catalog=catalog)
+            assert landed > 100 and again["rows_changed"] == 8, again
+
+            whole = snapshot.snapshot_counts(wh, spec, lake)
+            monkeypatch.setattr(snapshot, "SLICE", 17)
+            sliced = snapshot.snapshot_counts(wh, spec, lake)
+            assert sliced.found == whole.found and sliced.replayed == whole.replayed >= 16, sliced.replayed
+            assert Snapshot(wh, spec, lake, [now - timedelta(days=1)]).slices > 5
+            months = whole.found["month"][0]
+            this_month = now.astimezone(periods.VN_TZ).strftime("%Y-%m")
+            ended = {label for _, _, label in months} - {this_month}
+            assert len(ended) >= 2
+            for label in ended:  # the eight were heads then
+                then, held = months[("province", "37", label)], months[("province", "37", this_month)]
+                assert then == (held[0] + 8, held[1]), (label, then, held)
+    finally:
+        sandbox.stop()
+
+
 @pytest.mark.parametrize(("filters", "expected"), [
     ({"c": "a"}, ["a"]), ({"c": ["a", "b"]}, ["a", "b"]), ({"c": None}, [None]),
     ({"c": {"not": None}}, ["a", "b"]), ({"c": {"not": "a"}}, ["b"]), ({"c": {"not": ["a", "b"]}}, []),
