@@ -42,7 +42,8 @@ def _point(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _indicator_payload(wh: Warehouse, spec: IndicatorSpec, communes: dict[str, str]) -> dict[str, Any]:
-    """Province trend, latest and previous month, year, and the communes of the latest month."""
+    """Province trend, latest and previous month, year, the communes of the latest month and the year per
+    procedure level (when the indicator has that unit level)."""
     trend = [_point(r) for r in read_indicator(wh, spec.name, version=spec.version, unit_level="province")]
     by_period = {p["period"]: p for p in trend}
     latest = trend[-1] if trend else None
@@ -52,12 +53,18 @@ def _indicator_payload(wh: Warehouse, spec: IndicatorSpec, communes: dict[str, s
                     if latest and r["period"] == latest["period"] and r["value"] is not None]
     commune_rows.sort(key=lambda r: (r["value"] if spec.lower_is_better else -r["value"], -r["denominator"],
                                      r["unit_code"]))
+    year = _point(years[-1]) if years else None
+    levels = [r for r in read_indicator(wh, spec.name, version=spec.version, unit_level="procedure_level",
+                                        period_type="year") if year and r["period"] == year["period"]]
+    level_names = unit_names(wh, "procedure_level") if levels else {}
     return {"id": spec.name, "version": spec.version, "name_vi": spec.name_vi, "name_en": spec.name_en,
             "description": spec.description, "measure": spec.measure, "value_unit": spec.value_unit,
             "lower_is_better": spec.lower_is_better, "trend": trend, "latest": latest, "previous": previous,
-            "year": _point(years[-1]) if years else None,
+            "year": year,
             "communes": [{"code": r["unit_code"], "name": communes.get(r["unit_code"], r["unit_code"]),
-                          **_point(r)} for r in commune_rows]}
+                          **_point(r)} for r in commune_rows],
+            "levels": [{"code": r["unit_code"], "name": level_names.get(r["unit_code"], r["unit_code"]), **_point(r)}
+                       for r in levels]}
 
 
 def dashboard_payload(wh: Warehouse, catalog: Catalog, synthetic: bool = True) -> dict[str, Any]:

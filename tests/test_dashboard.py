@@ -151,6 +151,10 @@ def test_the_dashboard_draws_its_charts_in_headless_chromium(lgsp_env: Any, tmp_
         assert w > 0 and h > 0 and y + h <= WINDOW[1], f"{chart_id} is on the screenshot"
         assert coloured_pixels(png, (x, y, w, h)) > 200, f"{chart_id}: no coloured marks in its box"
     assert re.search(r'id="synthetic"[^>]*>Synthetic data: [^<]*not real data', rendered), "the page says so"
+    levels = re.findall(r'<div class="levels">Theo cấp thực hiện / by procedure level, \d{4}: Cấp tỉnh \d+\.\d%'
+                        r' · Cấp xã \d+\.\d%</div>', rendered)  # a year per level, on each dossier rate's card
+    assert len(levels) == sum("procedure_level" in spec.units and spec.measure == "rate"
+                              for spec in catalog.indicators.values()) == 8, levels
     states = dict(re.findall(r'<tr data-pipeline="(\w+)">.*?<td class="state (\w+)">', rendered))
     assert states == {**{p: "never" for p in catalog.pipelines}, "tthc_dossiers": "fresh", "documents": "fresh",
                       "dvcqg_procedures": "fresh", "land_parcels": "fresh"}
