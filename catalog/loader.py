@@ -103,8 +103,8 @@ def _cross_check(catalog: Catalog, directory: Path) -> None:
         if feed.due is not None and feed.table in tables and feed.due.period_column not in tables[feed.table].columns:
             raise CatalogError(f"{where}.due.period_column: '{feed.due.period_column}' is not a column of "
                                f"{feed.table}")
-    _check_indicators(catalog, directory)
     _check_references(catalog, directory)
+    _check_indicators(catalog, directory)  # after: a unit read through a reference relies on it being right
 
 
 def _check_replaced(catalog: Catalog, directory: Path) -> None:
