@@ -6,16 +6,17 @@ silently change meaning. Bump `version` in catalog/indicators.yaml instead; the
 old version's values stay in the mart and stay readable (`read_indicator(...,
 version=1)`). Adding a unit level (`units`) is not such a change: the values
 computed keep their meaning, the version stays, and the next computation counts
-every period again, the new level's units included. The row also keeps the newest `_loaded_at` seen by the last
-computation, from which late-arriving data is found, and, for an indicator
-`as_of: period_end`, until when its ended periods are settled.
+every period again, the new level's units included. The row also keeps the
+newest `_loaded_at` seen by the last computation, from which late-arriving data
+is found, and, for an indicator `as_of: period_end`, until when its ended
+periods are settled.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
