@@ -7,6 +7,7 @@ that names the file and the offending field.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -84,13 +85,91 @@ class RetrySpec(Strict):
     max_backoff_s: float = Field(8.0, ge=0)
 
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
+
+
+def peak_windows(hours: str) -> list[tuple[int, int]]:
+    """`"07:30-11:30,13:30-17:00"` -> [(450, 690), (810, 1020)]: minutes of the local day; an end before its start
+    runs past midnight ("22:00-02:00"); "" or "none": no window.
+
+    Raises:
+        ValueError: a window not written HH:MM-HH:MM, or one that starts when it ends.
+    """
+    found = []
+    for part in (p.strip() for p in hours.split(",")):
+        if part in ("", "none"):
+            continue
+        match = HOURS.match(part)
+        if not match or (match.group(3) == "24" and match.group(4) != "00"):
+            raise ValueError(f"peak hours {part!r}: write HH:MM-HH:MM in local time, e.g. 07:30-11:30")
+        start, end = int(match.group(1)) * 60 + int(match.group(2)), int(match.group(3)) * 60 + int(match.group(4))
+        if start == end:
+            raise ValueError(f"peak hours {part!r}: a window must end after it starts")
+        found.append((start, end))
+    return found
+
+
+LOCAL_TZ = timezone(timedelta(hours=7), "Asia/Ho_Chi_Minh")
+
+
+def peak_until(windows: list[tuple[int, int]], days: set[int], at: datetime) -> datetime | None:
+    """The end (UTC) of the peak window that holds `at`, or None off peak. `days`: weekdays (Monday 0) on which
+    a window starts; one that runs past midnight ends the next day."""
+    local = at.astimezone(LOCAL_TZ)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    minute = (local - midnight).total_seconds() / 60
+    for start, end in windows:
+        if start < end:
+            if local.weekday() in days and start <= minute < end:
+                return (midnight + timedelta(minutes=end)).astimezone(timezone.utc)
+        elif local.weekday() in days and minute >= start:
+            return (midnight + timedelta(days=1, minutes=end)).astimezone(timezone.utc)
+        elif (local.weekday() - 1) % 7 in days and minute < end:
+            return (midnight + timedelta(minutes=end)).astimezone(timezone.utc)
+    return None
+
+
+class PeakSpec(Strict):
+    """The peer's busy hours (local time, Asia/Ho_Chi_Minh), when lgsp's background calls to it (pulls, drift
+    checks, pushes) slow to `rate_per_s` so its capacity goes to people: VNeID and the national population
+    database are "overloaded at peak hours". A gateway lookup (a clerk at a counter waiting) keeps the system's
+    own limits.
+
+    `hours` is a list or a comma-separated string and may come from the environment
+    (`${LGSP_POPULATION_PEAK_HOURS:-07:30-11:30,13:30-17:00}`; set the variable to `none` for no peak).
+
+    Example:
+        {hours: "07:30-11:30,13:30-17:00", days: [mon, tue, wed, thu, fri], rate_per_s: 5}
+    """
+
+    hours: str
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = ["mon", "tue", "wed", "thu", "fri"]
+    rate_per_s: float = Field(gt=0)
+
+    @field_validator("hours", mode="before")
+    @classmethod
+    def _joined(cls, value: Any) -> Any:
+        return ",".join(str(v) for v in value) if isinstance(value, list) else value
+
+    @field_validator("hours")
+    @classmethod
+    def _windows(cls, value: str) -> str:
+        from catalog.loader import expand_env  # the loader imports these models
+
+        peak_windows(expand_env(value))  # the form it has now, so a typo is caught by `lgsp catalog`
+        return value
+
+
 class LimitsSpec(Strict):
-    """How hard lgsp may push a peer: requests per second, calls in flight, when to stop trying."""
+    """How hard lgsp may push a peer: requests per second, calls in flight, when to stop trying; and more
+    gently in its peak hours (`peak`)."""
 
     rate_per_s: float | None = Field(None, gt=0)
     max_concurrency: int = Field(2, ge=1, le=64)
     breaker_failures: int = Field(8, ge=1)
     breaker_reset_s: float = Field(60.0, gt=0)
+    peak: PeakSpec | None = None
 
 
 class MessageLogSpec(Strict):

@@ -2,7 +2,8 @@
 
 `PeerSession` is a requests.Session that, for every request: adds the
 client id and a fresh message id header (so a gateway can trace it), waits
-for the system's rate limit, reads at most `MAX_RESPONSE_BYTES` of the answer,
+for the system's rate limit (and its peak-hour rate, unless `background` is
+False), reads at most `MAX_RESPONSE_BYTES` of the answer,
 and records the exchange in the message log. zeep is given the same session,
 so SOAP calls, WSDL downloads and logins are limited and logged too.
 """
@@ -42,6 +43,7 @@ class PeerSession(requests.Session):
         super().__init__()
         self.system, self.log, self.limits, self.max_bytes = system, log, limits, max_bytes
         self.operation = ""
+        self.background = True  # False: a person is waiting (a gateway lookup): the system's peak rate spares it
         self.headers["User-Agent"] = f"{CLIENT_ID}/0.1"
         self.headers["X-Client-Id"] = CLIENT_ID
 
@@ -64,7 +66,7 @@ class PeerSession(requests.Session):
         kwargs["stream"] = True
         if kwargs.get("verify") is None:
             kwargs["verify"] = self.verify  # else REQUESTS_CA_BUNDLE would override the system's CA
-        self.limits.throttle()
+        self.limits.throttle(self.background)
         started, t0 = now(), time.perf_counter()
         operation = self.operation or str(url).split("?")[0].rsplit("/", 1)[-1]
         entry = {"message_id": message_id, "operation": operation, "method": str(method), "url": str(url),

@@ -1,11 +1,12 @@
-"""Per-system limits: a request-rate limit, a concurrency cap and a circuit breaker.
+"""Per-system limits: a request-rate limit, a concurrency cap, a circuit breaker, and peak hours.
 
 One `Limits` object per system per process (`limits_for(system)`), shared by
 every transport that talks to it. Across processes (Airflow tasks), the
 concurrency cap is an Airflow pool per system (`lgsp_<system>`, see
 `lgsp.dag_factory`), and an open breaker is remembered in the warehouse
 (`lgsp_circuit`) so the next run does not hammer a peer that was just declared
-down.
+down. In a system's peak hours (`limits.peak`), background calls (pulls, drift
+checks, pushes) wait for a slower rate too; a gateway lookup does not.
 
 Example:
     >>> limits = limits_for(system)
@@ -14,15 +15,20 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
-from catalog.models import SystemSpec
+from catalog.loader import expand_env
+from catalog.models import DAYS, LOCAL_TZ, PeakSpec, SystemSpec, peak_until, peak_windows
 from connectors.errors import ConnectorError
+
+log = logging.getLogger("lgsp.connectors")
 
 
 class CircuitOpen(ConnectorError):
@@ -115,16 +121,55 @@ class CircuitBreaker:
             self.failures, self.opened_at, self.last_error = failures, opened_at, last_error
 
 
+class Peak:
+    """A system's peak hours (`limits.peak`) in this process: whether an instant is in one, and the slower rate
+    of background calls then. `calls` and `waited_s` count what the peak rate held back."""
+
+    def __init__(self, system: str, spec: PeakSpec, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 ) -> None:
+        self.system, self.rate_per_s, self.clock = system, spec.rate_per_s, clock
+        self.windows = peak_windows(expand_env(spec.hours))  # expanded now: `none` in the environment, no peak
+        self.days = {DAYS.index(day) for day in spec.days}
+        self.bucket = TokenBucket(spec.rate_per_s, burst=1)  # evenly spaced: no burst when a window opens
+        self.calls, self.waited_s = 0, 0.0
+        self.told_until: datetime | None = None
+        self.lock = threading.Lock()
+
+    def until(self, at: datetime | None = None) -> datetime | None:
+        """When the peak that holds `at` (default: now) ends, UTC; None off peak."""
+        return peak_until(self.windows, self.days, at or self.clock()) if self.windows else None
+
+    def throttle(self) -> None:
+        """In a peak window: wait for the peak rate's token (the first call of each window says so in the log)."""
+        until = self.until()
+        if until is None:
+            return
+        with self.lock:
+            first, self.told_until = self.told_until != until, until
+        if first:
+            log.info("%s is in its peak hours until %s local time: lgsp's background calls slow to %g/s "
+                     "(limits.peak in catalog/systems.yaml; gateway lookups keep the system's own limits)",
+                     self.system, f"{until.astimezone(LOCAL_TZ):%H:%M}", self.rate_per_s)
+        waited = self.bucket.acquire()
+        with self.lock:
+            self.calls, self.waited_s = self.calls + 1, self.waited_s + waited
+
+
 class Limits:
-    """Rate limit, concurrency cap and breaker of one system, in this process."""
+    """Rate limit, concurrency cap and breaker of one system, in this process, and its peak hours."""
 
     def __init__(self, system: SystemSpec) -> None:
         spec = system.limits
         self.bucket = TokenBucket(spec.rate_per_s) if spec.rate_per_s else None
         self.slots = threading.BoundedSemaphore(spec.max_concurrency)
         self.breaker = CircuitBreaker(system.name, spec.breaker_failures, spec.breaker_reset_s)
+        self.peak = Peak(system.name, spec.peak) if spec.peak is not None else None
 
-    def throttle(self) -> None:
+    def throttle(self, background: bool = True) -> None:
+        """Wait for the system's rate, and, for a background call (not a lookup a person waits for) in the
+        system's peak hours, for the peak rate too."""
+        if background and self.peak is not None:
+            self.peak.throttle()
         if self.bucket is not None:
             self.bucket.acquire()
 
@@ -133,6 +178,19 @@ class Limits:
         with self.slots:
             self.throttle()
             yield
+
+
+def peak_state(system: SystemSpec, at: datetime | None = None) -> dict[str, Any] | None:
+    """A system's peak hours as `lgsp status` shows them: the windows (local time), the weekdays, the rate of
+    background calls, and `until` (UTC) when `at` (default: now) is in one; None when it has none."""
+    if system.limits.peak is None:
+        return None
+    peak = Peak(system.name, system.limits.peak)
+    if not peak.windows:
+        return None
+    return {"system": system.name, "hours": [f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}"
+                                             for s, e in peak.windows],
+            "days": list(system.limits.peak.days), "rate_per_s": peak.rate_per_s, "until": peak.until(at)}
 
 
 _REGISTRY: dict[str, Limits] = {}

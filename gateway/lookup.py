@@ -123,11 +123,15 @@ def _key_problem(dataset: DatasetSpec, key: dict[str, Any]) -> str | None:
 
 
 class LiveLookups:
-    """The gateway process's lookups: transports per dataset, the answer cache, the breakers."""
+    """The gateway process's lookups: transports per dataset, the answer cache, the breakers.
+
+    `background`: no person waits for these answers (`lgsp drift` asks through them), so in the system's peak
+    hours they wait for its peak rate (`limits.peak`); a gateway's lookups do not."""
 
     def __init__(self, settings: GatewaySettings, catalog: Catalog, reader: Reader,
-                 loaded_at: Callable[[str], datetime | None]) -> None:
+                 loaded_at: Callable[[str], datetime | None], background: bool = False) -> None:
         self.settings, self.catalog, self.reader, self.loaded_at = settings, catalog, reader, loaded_at
+        self.background = background
         self._warehouse: Any = None
         self._idle: dict[str, list[Transport]] = {}
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, dict[str, Any], datetime]] = OrderedDict()
@@ -255,6 +259,9 @@ class LiveLookups:
             log.error("lookup of %s: cannot call %s: %s", name, system.name, exc)
             raise ConnectorError(system.name, spec.operation, "lgsp has no credential for this system "
                                  "(the gateway's log says which)") from None
+        session = getattr(transport, "session", None)
+        if session is not None:
+            session.background = self.background  # a clerk waiting is spared the system's peak-hour rate
         current = getattr(transport, "timeout", None)  # a clerk is waiting: the lookup's budget, not the sync's
         transport.timeout = ((min(current[0], spec.timeout_s), spec.timeout_s)  # type: ignore[attr-defined]
                              if isinstance(current, tuple) else spec.timeout_s)

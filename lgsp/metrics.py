@@ -130,6 +130,11 @@ def _systems(f: _Families, report: dict[str, Any]) -> None:
     for system, state in sorted(circuits.items()):
         f.states("lgsp_system_circuit", "The circuit breaker before the system (1: the current state; closed: "
                  "calls go through)", state or "closed", CIRCUIT_STATES, system=system)
+    for peak in report.get("peak_hours") or []:
+        f.add("lgsp_system_peak", "1 while the system is in its peak hours (limits.peak: lgsp's background calls "
+              "to it slowed), 0 off peak", 0.0 if peak["until"] is None else 1.0, system=peak["system"])
+        f.add("lgsp_system_peak_rate_per_second", "The rate of lgsp's background calls to the system in its peak "
+              "hours", peak["rate_per_s"], system=peak["system"])
 
 
 def _feeds(f: _Families, report: dict[str, Any]) -> None:

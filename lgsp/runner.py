@@ -240,7 +240,7 @@ def pull_pages(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any
     sees each page's records as they landed: a list, or a REST page's own JSON (`RawRecords`:
     landed as sent, parsed once, by the validation).
     """
-    from connectors import MessageLog, iter_pages, open_transport
+    from connectors import MessageLog, iter_pages, limits_for, open_transport
     from lgsp.exchanges import breaker_for, flush_log
 
     wh, pipeline = ctx.warehouse, ctx.pipeline
@@ -252,6 +252,8 @@ def pull_pages(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any
         return start
     message_log = MessageLog(ctx.system.name, ctx.system.message_log, context=batch_id)
     transport = open_transport(ctx.system, pipeline.source, log=message_log)
+    peak = limits_for(ctx.system).peak
+    held = (peak.calls, peak.waited_s) if peak is not None else (0, 0.0)
     try:
         for page in iter_pages(ctx.system, source, transport, since, until, start=state["next"],
                                first_number=pages + 1, breaker=breaker_for(wh, ctx.system), raw=True,
@@ -278,6 +280,9 @@ def pull_pages(ctx: PipelineContext, start: BatchStart, partition: dict[str, Any
         raise
     finally:
         transport.close()
+        if peak is not None and peak.calls > held[0]:
+            log.info("%s: %d call(s) in %s's peak hours waited %.1f s in all for its peak rate (%g/s)", pipeline.name,
+                     peak.calls - held[0], ctx.system.name, peak.waited_s - held[1], peak.rate_per_s)
     return BatchStart(batch_id, start.mode, since, until, pages, rows, state, start.run)
 
 

@@ -8,7 +8,8 @@ letters, the oldest one not acknowledged and, for a feed with `due`, its reports
 (lgsp.references): orphan rows, those past grace. Per rule across rows (lgsp.group_checks): the groups
 breaking it, those past grace. The agencies' access requests waiting for a
 decision (gateway.access_requests), the agencies' webhooks failing or dead (gateway.webhooks) and the
-agencies reading far more than they usually do (gateway.usage).
+agencies reading far more than they usually do (gateway.usage). The systems' peak hours (`limits.peak`:
+background calls slower) and whether it is one now.
 Then the problems, each with what to do. It reads only the warehouse (no source is asked; `lgsp
 health` does that).
 """
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from catalog.models import Catalog
+from catalog.models import DAYS, LOCAL_TZ, Catalog
 from lgsp.deadlines import all_deadlines
 from lgsp.freshness import SEVERITY, STATES, human_age, overdue_text, pipeline_freshness
 from lgsp.group_checks import check_all as check_groups, summary as group_summary
@@ -187,11 +188,37 @@ def status_report(wh: Warehouse, catalog: Catalog, now: datetime | None = None,
                 f"webhook {hook['webhook_id']} of {hook['agency_id']} ({told}) failed {hook['attempts']} time(s) "
                 f"in a row, tried again at {_iso(utc(hook['next_attempt_at']))}: {hook['last_error']}")})
     backup = _backup_state(now, problems)
+    peaks = _peaks(catalog, now)
+    busy = {p["system"]: p for p in peaks if p["until"] is not None}
+    for problem in problems:  # a late pull of a system in its peak hours: why it may be slow
+        system = catalog.pipelines[problem["pipeline"]].source.system if "pipeline" in problem else None
+        if system in busy and "last complete sync" in problem["problem"]:
+            until = busy[system]["until"].astimezone(LOCAL_TZ)
+            problem["problem"] += (f" ({system} is in its peak hours until {until:%H:%M} local: pulls "
+                                   f"run at {busy[system]['rate_per_s']:g}/s)")
     ok = not any(p["severity"] == "error" for p in problems)
     return {"checked_at": now, "ok": ok, "pipelines": pipelines, "feeds": feeds, "references": checked_references,
             "group_checks": scanned.get("group_checks", []), "access_requests": requests, "webhooks": hooks,
-            "unusual_reads": reads, "backup": backup,
+            "unusual_reads": reads, "backup": backup, "peak_hours": peaks,
             "problems": problems}
+
+
+def _peaks(catalog: Catalog, now: datetime) -> list[dict[str, Any]]:
+    """Each system's peak hours (`limits.peak`) and whether `now` is in one."""
+    from connectors.limits import peak_state
+
+    return [state for system in catalog.systems.values() if (state := peak_state(system, now)) is not None]
+
+
+def peak_line(peak: dict[str, Any]) -> str:
+    """`population's peak hours: mon-fri 07:30-11:30, 13:30-17:00 local (...): background calls at 10/s, ...`."""
+    days = peak["days"]
+    said = (f"{days[0]}-{days[-1]}" if len(days) > 2 and [DAYS.index(d) for d in days] == list(
+        range(DAYS.index(days[0]), DAYS.index(days[-1]) + 1)) else ", ".join(days))
+    now = ("now off peak" if peak["until"] is None
+           else f"now in one until {peak['until'].astimezone(LOCAL_TZ):%H:%M} local")
+    return (f"{peak['system']}'s peak hours: {said} {', '.join(peak['hours'])} local (Asia/Ho_Chi_Minh): background "
+            f"calls at {peak['rate_per_s']:g}/s, lookups at the full rate; {now}")
 
 
 def _backup_state(now: datetime, problems: list[dict[str, Any]]) -> dict[str, Any]:
@@ -338,6 +365,8 @@ def print_status(console: Console, report: dict[str, Any]) -> None:
     if backup and backup["latest"]:
         console.print(f"Backup: latest {backup['latest']}, {_when(backup['created_at'], now)} ({backup['backups']} in "
                       f"{backup['root']}; lgsp backup list)", soft_wrap=True)
+    for peak in report.get("peak_hours") or []:
+        console.print(peak_line(peak), soft_wrap=True)
     if not report["problems"]:
         console.print("[green]nothing needs attention: every pipeline with an objective is fresh, no report "
                       "overdue, no dead letter, no broken reference nor group check[/]")

@@ -32,6 +32,17 @@ def _size(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
+def _capacity(text: str) -> tuple[str, float]:
+    name, sep, per_s = text.partition("=")
+    try:
+        value = float(per_s)
+    except ValueError:
+        value = -1.0
+    if not sep or name not in SYSTEMS or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected SYSTEM=PER_S (a number above 0) with SYSTEM in {list(SYSTEMS)}")
+    return name, value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=37)
@@ -50,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--transient-rate", type=float, default=0.0,
                         help="injected 503 + reset + timeout probability (a third each)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each data request")
+    parser.add_argument("--capacity", action="append", default=[], metavar="SYSTEM=PER_S", type=_capacity,
+                        help="requests a second a system answers before it says 503 'server busy', as the "
+                             "population database does at peak hours, e.g. population=5 (repeatable)")
     parser.add_argument("--env-file", type=Path, default=None,
                         help="write every LGSP_* variable (with credentials) here, mode 600")
     return parser
@@ -88,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.error_rate:
         handle.faults.error_rate = args.error_rate
     handle.faults.latency_s = args.latency
+    for system, per_s in args.capacity:
+        handle.faults[system].capacity_per_s = per_s
     key_note = " (X-API-Key required)" if args.api_key else ""
     print(f"population WSDL: {handle.population_wsdl}")
     print(f"TTHC REST:       {handle.tthc_url}/api/v1/dossiers{key_note}")

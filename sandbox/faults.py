@@ -16,6 +16,11 @@ a given request sequence always meets the same faults. The kinds:
 * ``throttle`` -- ``429 Too Many Requests`` with ``Retry-After: <retry_after_s>``.
 * ``malformed`` -- the real answer with its body cut in half (truncated JSON,
   unclosed XML) and ``Content-Length`` fixed to match.
+* ``overloaded`` -- not drawn: with ``capacity_per_s`` set, a data request that
+  finds that many answered in the last second gets ``503 Service Unavailable``
+  (``{"error": "server busy: ..."}``) at once, as VNeID and the population
+  database do at peak hours; it does not draw (the other faults' sequence
+  moves on by the requests that were served).
 
 For ``POST`` requests (pushes) a ``reset`` or ``timeout`` happens, with
 probability 0.5 (second draw), *after* the wrapped app processed the request:
@@ -30,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import threading
@@ -48,7 +54,7 @@ THROTTLE_BODY = {"error": "too many requests (injected fault)"}
 FAULT_KINDS = ("error", "reset", "timeout", "throttle", "malformed")
 """Kinds in draw order: one uniform number u picks the first kind whose cumulative rate exceeds u."""
 RATE_FIELDS = ("error_rate", "reset_rate", "timeout_rate", "throttle_rate", "malformed_rate")
-TUNABLE_FIELDS = (*RATE_FIELDS, "latency_s", "hang_s", "retry_after_s")
+TUNABLE_FIELDS = (*RATE_FIELDS, "latency_s", "hang_s", "retry_after_s", "capacity_per_s")
 ABORT_ENVIRON_KEY = "sandbox.abort_with_reset"
 """Environ key of the server callback that turns the connection's close into a TCP RST."""
 LOST_ACK_SHARE = 0.5
@@ -85,6 +91,8 @@ class FaultPlan:
         latency_s: Seconds to sleep before answering each data request.
         hang_s: Length of a ``timeout`` hang.
         retry_after_s: ``Retry-After`` value of a 429.
+        capacity_per_s: Data requests the service answers in any one second
+            (0: no limit); beyond it, ``overloaded`` 503s.
         seed: Seed of the plan's private ``random.Random``; one draw is made
             per data request (even at rate 0; a POST reset/timeout draws once
             more), so a given request sequence always fails at the same positions.
@@ -102,10 +110,12 @@ class FaultPlan:
     malformed_rate: float = 0.0
     hang_s: float = 2.0
     retry_after_s: int = 1
+    capacity_per_s: float = 0.0
     requests: int = field(default=0, init=False)
     injected: int = field(default=0, init=False)
     injected_by_kind: dict[str, int] = field(default_factory=dict, init=False)
     _rng: random.Random = field(init=False, repr=False)
+    _served: collections.deque[float] = field(default_factory=collections.deque, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -126,10 +136,27 @@ class FaultPlan:
         self.throttle_rate = self.malformed_rate = 0.0
 
     def clear(self) -> None:
-        """Zero every rate and the latency (counters and RNG are kept)."""
+        """Zero every rate, the latency and the capacity limit (counters and RNG are kept)."""
         for name in RATE_FIELDS:
             setattr(self, name, 0.0)
-        self.latency_s = 0.0
+        self.latency_s = self.capacity_per_s = 0.0
+
+    def overloaded(self) -> bool:
+        """True (counted as an ``overloaded`` fault) when ``capacity_per_s`` requests were let in during the
+        last second; else the request is let in."""
+        if not self.capacity_per_s:
+            return False
+        with self._lock:
+            now = time.monotonic()
+            while self._served and self._served[0] <= now - 1.0:
+                self._served.popleft()
+            if len(self._served) >= self.capacity_per_s:
+                self.requests += 1
+                self.injected += 1
+                self.injected_by_kind["overloaded"] = self.injected_by_kind.get("overloaded", 0) + 1
+                return True
+            self._served.append(now)
+            return False
 
     def draw(self, method: str = "GET") -> FaultDecision:
         """Draw the fate of one data request (counts it)."""
@@ -236,6 +263,10 @@ def with_faults(app: WsgiApp, plan: FaultPlan) -> WsgiApp:
     def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if is_exempt(environ):
             return app(environ, start_response)
+        if plan.overloaded():
+            _drain(environ)
+            return _json_answer(start_response, FAULT_STATUS, {
+                "error": f"server busy: more than {plan.capacity_per_s:g} requests a second (injected overload)"})
         decision = plan.draw(environ.get("REQUEST_METHOD", "GET"))
         if decision.latency_s:
             time.sleep(decision.latency_s)

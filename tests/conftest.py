@@ -13,6 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pgserver  # noqa: E402
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# the population system's peak hours (catalog/systems.yaml) off: a test's timing must not follow the clock
+# (tests/test_peak_hours.py sets peak hours of its own)
+os.environ.setdefault("LGSP_POPULATION_PEAK_HOURS", "none")
 
 
 @pytest.fixture(scope="session", autouse=True)

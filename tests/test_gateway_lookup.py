@@ -303,6 +303,25 @@ def test_a_lookup_waits_for_a_free_connection_at_most_its_timeout(loaded: Wareho
         assert served.lookup(personal_id=citizen["personal_id"]).json()["source"] == "live"  # free again
 
 
+def test_a_lookup_keeps_the_full_rate_in_the_systems_peak_hours(loaded: Warehouse) -> None:
+    """A clerk is waiting: the population system's peak hours (all day, every day here, background calls at
+    0.2 a second: one every 5 s) do not hold a lookup back; six lookups of six citizens are all asked of the
+    source, and none waited for the peak rate (`lgsp drift`'s calls do: tests/test_peak_hours.py)."""
+    from catalog.models import PeakSpec
+    from connectors.limits import limits_for
+
+    peak = PeakSpec(hours="00:00-24:00", days=["mon", "tue", "wed", "thu", "fri", "sat", "sun"], rate_per_s=0.2)
+    catalog = _with_lookup(load_catalog(), limits={"peak": peak})
+    for served in _gateway(loaded, catalog):
+        calls = loaded.calls()
+        answers = [served.lookup(personal_id=_landed_citizen(loaded, 10 + i)["personal_id"]) for i in range(6)]
+        assert [(a.status_code, a.json()["source"]) for a in answers] == [(200, "live")] * 6
+        assert loaded.calls() == calls + 6
+        limits = limits_for(catalog.systems["population"])
+        assert limits.peak is not None and limits.peak.until() is not None  # in a peak now
+        assert limits.peak.calls == 0
+
+
 def test_the_circuit_opens_and_then_lookups_do_not_call_the_source(loaded: Warehouse) -> None:
     first, second = _landed_citizen(loaded, 4), _landed_citizen(loaded, 5)
     catalog = _with_lookup(load_catalog(), limits={"breaker_failures": 2, "breaker_reset_s": 300.0})
