@@ -28,6 +28,7 @@ def lgsp_env(home: Path, **extra: str) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "PYTHONPATH": str(REPO),  # the repository's packages, also ones newer than the editable install
         "GX_ANALYTICS_ENABLED": "False",
+        "LGSP_POPULATION_PEAK_HOURS": "none",  # as in every test (conftest.py): timings that do not follow the clock
         "NO_COLOR": "1",
         "COLUMNS": "160",
     })

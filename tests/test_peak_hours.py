@@ -184,3 +184,18 @@ def test_status_and_metrics_say_when_a_system_is_in_its_peak(lgsp_env: Any) -> N
     assert peak["until"] is None and peak_line(peak).endswith("now off peak")
     assert not any("peak hours" in p["problem"] for p in evening["problems"])
     wh.engine.dispose()
+
+
+def test_the_sandbox_serves_a_population_service_of_a_given_capacity() -> None:
+    from sandbox.__main__ import _parser
+    from sandbox.faults import FaultPlan
+
+    assert _parser().parse_args(["--capacity", "population=5"]).capacity == [("population", 5.0)]
+    for wrong in ("nosuch=5", "population=0", "population"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["--capacity", wrong])
+    plan = FaultPlan(capacity_per_s=3)
+    assert [plan.overloaded() for _ in range(5)] == [False, False, False, True, True]  # within one second
+    assert plan.injected_by_kind == {"overloaded": 2}
+    plan.clear()
+    assert plan.capacity_per_s == 0 and not plan.overloaded()
