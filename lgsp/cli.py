@@ -235,6 +235,13 @@ def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: boo
 
     console.print(f"Monitoring: {metrics.said(wh, catalog)} (lgsp metrics; GET /metrics on the gateway with "
                   f"{metrics.TOKEN_ENV}; alert rules in deploy/prometheus/lgsp-alerts.yml)", soft_wrap=True)
+    from connectors.limits import peak_state
+    from lgsp.status import peak_line
+
+    for system in catalog.systems.values():
+        peak = peak_state(system)
+        if peak is not None:
+            console.print(f"Peak hours: {peak_line(peak)} (limits.peak; lgsp status)", soft_wrap=True)
     from indicators.cli import publish
 
     for what, path in publish(wh, catalog, settings).items():

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from airflow_helpers import lgsp_env, run
+from catalog.models import LOCAL_TZ
 
 
 def _counts(home: Path) -> dict[str, int]:
@@ -90,8 +92,13 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     assert monitored.group(2) == monitored.group(3) == "10" and monitored.group(4) == "0"  # every pipeline just synced
     printed = first.stdout + first.stderr
     assert "demo-test-pseudonym-key" not in printed and not re.search(r"lgsp_[0-9a-f]{12}_", printed)  # no key
-    again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], env)
+    assert "Peak hours:" not in said  # LGSP_POPULATION_PEAK_HOURS=none: no peak
+    hour = (datetime.now(LOCAL_TZ).hour + 12) % 24  # a minute of peak twelve hours away: this run is off peak
+    peak = f"{hour:02d}:00-{hour:02d}:01"
+    again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], {**env, "LGSP_POPULATION_PEAK_HOURS": peak})
     assert again.returncode == 0, again.stdout[-3000:]
+    assert (f"Peak hours: population's peak hours: mon-fri {peak} local (Asia/Ho_Chi_Minh): background calls at "
+            "10/s, lookups at the full rate; now off peak (limits.peak; lgsp status)") in " ".join(again.stdout.split())
     assert _counts(home) == counts
     assert f"Agency copy: enterprise -> {copy} (changes: 0 upserted, 0 deleted; {shared} rows" in again.stdout
     assert "Agency told: nothing, as nothing it follows changed" in again.stdout
