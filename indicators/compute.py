@@ -119,7 +119,7 @@ def _roll_up(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec, period_typ
     return _sync(conn, wh, spec, period_type, {c: (n, d) for c, (n, d) in sums.items()}, scope, batch_id)
 
 
-def _through(wh: Warehouse, spec: IndicatorSpec) -> list[str]:
+def through(wh: Warehouse, spec: IndicatorSpec) -> list[str]:
     """The datasets the units read through a reference (`UnitVia`): a change of theirs moves units of old months."""
     found = [wh.catalog.datasets[spec.dataset].columns[u.via].references for u in spec.units.values()
              if isinstance(u, UnitVia)]
@@ -133,7 +133,7 @@ def _loaded_until(conn: sa.Connection, wh: Warehouse, dataset: str) -> datetime 
 
 def _newest_load(conn: sa.Connection, wh: Warehouse, spec: IndicatorSpec) -> datetime | None:
     """The newest load of the indicator's dataset and of those its units read through a reference."""
-    loads = [_loaded_until(conn, wh, d) for d in [spec.dataset, *_through(wh, spec)]]
+    loads = [_loaded_until(conn, wh, d) for d in [spec.dataset, *through(wh, spec)]]
     return max((at for at in loads if at is not None), default=None)
 
 
@@ -198,7 +198,7 @@ def months_touched(wh: Warehouse, spec: IndicatorSpec) -> set[str] | None:
         if mark is None:
             return None
         mark = mark if mark.tzinfo else mark.replace(tzinfo=timezone.utc)
-        for dataset in _through(wh, spec):  # a procedure's level changed: any month's units may have
+        for dataset in through(wh, spec):  # a procedure's level changed: any month's units may have
             loaded = _loaded_until(conn, wh, dataset)
             if loaded is not None and loaded > mark - LATE_LOOKBACK:
                 return None

@@ -32,6 +32,7 @@ Example (catalog/indicators.yaml)::
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -42,11 +43,13 @@ import sqlalchemy as sa
 
 from catalog.models import DatasetSpec, IndicatorSpec, UnitVia
 from indicators import periods, query
-from indicators.compute import PROVINCE_CODE, Counts, unit_levels
+from indicators.compute import PROVINCE_CODE, Counts, through, unit_levels
 from warehouse import Warehouse
 from warehouse.lake import Lake
 from warehouse.store import aggregate_time
 from warehouse.versions import MANY, Held, Key, KeyRange, chunks, key_ranges, versions_of, written_since
+
+log = logging.getLogger("lgsp.indicators")
 
 
 def matches(values: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -205,15 +208,59 @@ def _add(counts: Cells, cells: Cells, sign: int) -> None:
         counts[cell] = (held[0] + sign * numerator, held[1] + sign * denominator)
 
 
+ATTEMPTS = 3
+"""A snapshot whose table was read while a write of it was committing is counted again, at most this often."""
+
+
+class ConcurrentWrites(RuntimeError):
+    """Writes kept committing, stamped before the table was read, while a snapshot was counted."""
+
+
+def _last_change(conn: sa.Connection, wh: Warehouse, names: Sequence[str]) -> int:
+    change = wh.system["lgsp_change"]
+    return int(conn.execute(sa.select(sa.func.max(change.c.change_seq)).where(change.c.dataset.in_(names)))
+               .scalar() or 0)
+
+
+def _late_writes(wh: Warehouse, names: Sequence[str], seen: int, read_at: datetime) -> list[str]:
+    """The writes numbered after `seen` whose commit time is not after `read_at`: they were committing while the
+    table was read, so the table's count may not hold them while the replay, which times versions by that commit
+    time, does (`Warehouse.stamp_change` stamps the time just before the commit). A write stamped after `read_at`
+    is harmless: the count of `read_at` and the replay both leave it out."""
+    change = wh.system["lgsp_change"]
+    with wh.engine.connect() as conn:
+        rows = conn.execute(sa.select(change.c.batch_id, change.c.committed_at)
+                            .where(change.c.dataset.in_(names), change.c.change_seq > seen)).all()
+    return [r.batch_id for r in rows if r.committed_at is not None and aggregate_time(r.committed_at) <= read_at]
+
+
 class Snapshot:
     """The counts of what a dataset's table held at each of `instants` (and now): the table now, corrected by the
     versions of the records written after the earliest of them. The records are replayed a key range at a time
-    (`SLICE`); what each range's versions change of the counts now is summed per instant."""
+    (`SLICE`); what each range's versions change of the counts now is summed per instant.
+
+    A write of the dataset (or of one its units read through a reference) committing while the table was read
+    makes the table's count and the replay disagree on it: then it is all counted again (`ATTEMPTS`)."""
 
     def __init__(self, wh: Warehouse, spec: IndicatorSpec, lake: Lake, instants: Sequence[datetime] = ()) -> None:
+        names = [spec.dataset, *through(wh, spec)]
+        for attempt in range(1, ATTEMPTS + 1):
+            seen = self._count(wh, spec, lake, instants)
+            late = _late_writes(wh, names, seen, self.read_at)
+            if not late:
+                return
+            log.info("%s: %s committed while the table was read; counting again (%d of %d)", spec.name,
+                     ", ".join(late), attempt + 1, ATTEMPTS)
+        raise ConcurrentWrites(f"{spec.name}: writes of {', '.join(names)} kept committing while the table was read "
+                               f"({ATTEMPTS} times); nothing was written: compute it again (the indicators DAG "
+                               "retries)")
+
+    def _count(self, wh: Warehouse, spec: IndicatorSpec, lake: Lake, instants: Sequence[datetime]) -> int:
+        """Read the table and replay; the last change number seen before the table was read."""
         dataset = wh.catalog.datasets[spec.dataset]
-        self.read_at = datetime.now(timezone.utc)
         with wh.engine.connect() as conn:
+            seen = _last_change(conn, wh, [spec.dataset, *through(wh, spec)])
+            self.read_at = datetime.now(timezone.utc)
             self.first = _first_write(conn, wh, dataset.name)
             self.now = _state_now(conn, wh, spec)
             lookups = _lookups(conn, wh, spec)
@@ -222,7 +269,7 @@ class Snapshot:
         self.slices = 0
         self.change: dict[datetime, Cells] = {at: {} for at in instants if at < self.read_at}
         if self.first is None or not self.change:
-            return
+            return seen
         since, columns = min(self.change), counted_columns(dataset, spec)
         with wh.engine.connect() as conn:
             ranges = key_ranges(conn, wh.core[dataset.name], dataset.key, wh.dialect, SLICE)
@@ -245,6 +292,7 @@ class Snapshot:
                 _add(change, base, -1)
         if not lake.partitions(dataset.name):  # no lake at all: only the table as it is now
             self.known_since = self.read_at.date()
+        return seen
 
     def at(self, instant: datetime) -> Cells:
         """The counts at `instant`, one of those asked (the table's now, when it is not before the table was

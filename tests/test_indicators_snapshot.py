@@ -180,6 +180,63 @@ def test_the_boundary_free_count_of_each_period_is_what_the_warehouse_held_at_it
         sandbox.stop()
 
 
+def test_a_write_committing_while_the_table_is_read_is_counted_again(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A sync of the portal commits between the snapshot's read of the table and its replay, with a commit time
+    before the read (`stamp_change` stamps just before the commit): the table's count misses its five widened
+    procedures while the replay holds them. Counted as it was, last month would show five too few; the snapshot
+    sees the write and counts again: last month as the warehouse held it."""
+    import logging
+
+    from indicators import snapshot
+    from indicators.snapshot import period_end
+    from lgsp import runner
+    from lgsp.settings import load_settings
+    from sandbox import DATASET_KEYS, start_sandbox
+    from test_gateway import gateway_env
+    from test_procedure_catalogue import widen
+    from warehouse.lake import Lake
+
+    sandbox = start_sandbox(seed=12, citizens=5, dossiers=5, sizes=dict.fromkeys(DATASET_KEYS, 0) | {"procedure": 60})
+    try:
+        with gateway_env(sandbox, tmp_path / "home", database_url):
+            catalog = load_catalog()
+            before = sum(p["KhongPhuThuocDiaGioi"] for p in sandbox.dvcqg.procedures)
+            assert runner.run_pipeline("dvcqg_procedures", catalog=catalog)["rows_landed"] == 60
+            wh, lake = runner.open_warehouse(catalog), Lake(load_settings().lake_root)
+            now = datetime.now(timezone.utc)
+            _as_if_written_at(wh, lake, "procedure", _months_back(now, 2))
+            widen(sandbox, 5)
+            change = wh.system["lgsp_change"]
+            started = datetime.now(timezone.utc)
+            real, synced = snapshot._lookups, []
+
+            def lookups_then_a_sync(*args: Any) -> Any:  # right after the table's count, in the same connection
+                if not synced:
+                    synced.append(runner.run_pipeline("dvcqg_procedures", catalog=catalog)["rows_changed"])
+                    with wh.engine.begin() as conn:  # its commit time: before the table was read
+                        conn.execute(change.update().where(change.c.change_seq == sa.select(
+                            sa.func.max(change.c.change_seq)).scalar_subquery()).values(
+                            committed_at=started - timedelta(seconds=1)))
+                return real(*args)
+
+            monkeypatch.setattr(snapshot, "_lookups", lookups_then_a_sync)
+            caplog.set_level(logging.INFO, logger="lgsp.indicators")
+            counted = snapshot.snapshot_counts(wh, catalog.indicators[NAME], lake)
+            assert synced == [5]
+            last_month = _months_back(now, 1).astimezone(timezone(timedelta(hours=7))).strftime("%Y-%m")
+            assert period_end(last_month) < started
+            months = counted.found["month"][0]
+            assert months[("province", "37", last_month)] == (before, 60), months  # five fewer without the recount
+            this_month = now.astimezone(timezone(timedelta(hours=7))).strftime("%Y-%m")
+            assert months[("province", "37", this_month)] == (before + 5, 60)
+            assert any("committed while the table was read; counting again (2 of 3)" in r.getMessage()
+                       for r in caplog.records), caplog.text
+            wh.engine.dispose()
+    finally:
+        sandbox.stop()
+
+
 def test_an_indicator_says_whether_it_counts_dated_rows_or_what_is_held_at_each_periods_end() -> None:
     spec = {"name": "x", "version": 1, "name_vi": "x", "name_en": "x", "dataset": "procedure",
             "numerator": {"boundary_free": True}}
