@@ -138,6 +138,8 @@ class PeakSpec(Strict):
 
     `hours` is a list or a comma-separated string and may come from the environment
     (`${LGSP_POPULATION_PEAK_HOURS:-07:30-11:30,13:30-17:00}`; set the variable to `none` for no peak).
+    `bulk`: a full refresh or a backfill of the system does not start in its peak hours (`wait`: on Airflow
+    its first task is rescheduled to the peak's end; `lgsp run` says so), or runs at the peak rate (`slow`).
 
     Example:
         {hours: "07:30-11:30,13:30-17:00", days: [mon, tue, wed, thu, fri], rate_per_s: 5}
@@ -146,6 +148,7 @@ class PeakSpec(Strict):
     hours: str
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = ["mon", "tue", "wed", "thu", "fri"]
     rate_per_s: float = Field(gt=0)
+    bulk: Literal["wait", "slow"] = "wait"
 
     @field_validator("hours", mode="before")
     @classmethod

@@ -190,7 +190,17 @@ def peak_state(system: SystemSpec, at: datetime | None = None) -> dict[str, Any]
         return None
     return {"system": system.name, "hours": [f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}"
                                              for s, e in peak.windows],
-            "days": list(system.limits.peak.days), "rate_per_s": peak.rate_per_s, "until": peak.until(at)}
+            "days": list(system.limits.peak.days), "rate_per_s": peak.rate_per_s, "bulk": system.limits.peak.bulk,
+            "until": peak.until(at)}
+
+
+def bulk_wait(system: SystemSpec, at: datetime | None = None) -> datetime | None:
+    """When a bulk pull of `system` (a full refresh, a backfill) may start: the end (UTC) of the peak window that
+    holds `at` (default: now) if the system's `limits.peak.bulk` is `wait`; None: it may start now."""
+    peak = system.limits.peak
+    if peak is None or peak.bulk != "wait":
+        return None
+    return Peak(system.name, peak).until(at)
 
 
 _REGISTRY: dict[str, Limits] = {}

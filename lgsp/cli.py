@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog import CatalogError, load_catalog
+from catalog.models import LOCAL_TZ
 from lgsp.settings import load_settings, operator, redact_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -248,9 +250,33 @@ def _demo_run(settings: Any, catalog: Any, handle: Any, agency: Any, inline: boo
         console.print(f"{what.capitalize()}: {path}")
 
 
+def peak_gate(catalog: Any, pipeline: str, bulk: bool, in_peak: bool, off_peak: bool, inline: bool) -> None:
+    """Before a bulk pull (full refresh, backfill) in its system's peak hours (`limits.peak.bulk: wait`): refuse,
+    saying when they end and what to do; with `off_peak` wait here for their end (inline) or say that the
+    extract task waits on Airflow; with `in_peak` go on."""
+    from lgsp import runner
+
+    if in_peak and off_peak:
+        fail("--in-peak runs it now and --off-peak waits for the peak's end: give one or the other")
+    if not bulk or in_peak:
+        return
+    try:
+        runner.check_off_peak(runner.context(pipeline, catalog), True)
+    except runner.InPeakHours as exc:
+        if not off_peak:
+            fail(str(exc))
+        local = f"{exc.until.astimezone(LOCAL_TZ):%H:%M}"
+        if not inline:
+            console.print(f"{pipeline}: in its system's peak hours: the extract task waits on Airflow until {local} "
+                          "local time (rescheduled)")
+            return
+        with step(f"waiting until {local} local time, the end of the system's peak hours"):
+            time.sleep(max(0.0, (exc.until - datetime.now(timezone.utc)).total_seconds()))
+
+
 def _instant(text: str | None, option: str) -> Any:
     """A --since/--until value: a date (local midnight in Vietnam) or an ISO 8601 instant."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import timedelta
 
     if not text:
         return None
@@ -271,7 +297,11 @@ def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipel
         delete_missing: bool = typer.Option(False, help="with --full-refresh: remove the records the source no "
                                             "longer has (deleted without a marker; kept in the lake's removed/)"),
         delete_max: float = typer.Option(0.1, min=0.0, max=1.0, help="--delete-missing removes nothing if more "
-                                         "than this share of the source's records would go")) -> None:
+                                         "than this share of the source's records would go"),
+        in_peak: bool = typer.Option(False, help="a full refresh or backfill in the system's peak hours: run it now, "
+                                     "at the peak rate (limits.peak)"),
+        off_peak: bool = typer.Option(False, help="a full refresh or backfill in the system's peak hours: wait for "
+                                      "their end (on Airflow the extract task is rescheduled to it)")) -> None:
     """Run one pipeline now: incremental from its cursor, --full-refresh, or a --since/--until backfill."""
     from lgsp import runner
 
@@ -285,15 +315,17 @@ def run(pipeline: str = typer.Argument(..., help="pipeline name (see `lgsp pipel
     deleting = delete_max if delete_missing else None
     try:
         catalog.pipeline(pipeline)
+        peak_gate(catalog, pipeline, bool(full_refresh or start or end), in_peak, off_peak, inline)
         if inline:
             with step(f"pipeline {pipeline}"):
                 result = runner.run_pipeline(pipeline, full_refresh=full_refresh, catalog=catalog,
-                                             since=start, until=end, delete_missing=deleting)
+                                             since=start, until=end, delete_missing=deleting,
+                                             in_peak=in_peak or off_peak)
             console.print({k: result[k] for k in ("batch_id", "mode", "rows_pulled", "rows_landed",
                                                   "rows_quarantined", "rows_changed", "rows_deleted") if k in result})
         else:
             conf = {"full_refresh": full_refresh, "since": start.isoformat() if start else None,
-                    "until": end.isoformat() if end else None, "delete_missing": deleting}
+                    "until": end.isoformat() if end else None, "delete_missing": deleting, "in_peak": in_peak}
             _airflow_run([f"lgsp_{pipeline}"], task_retries=retries, conf=conf)
     except typer.Exit:
         raise

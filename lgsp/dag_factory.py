@@ -2,7 +2,8 @@
 
 Per pipeline: a DAG `lgsp_<pipeline>` with three tasks, extract -> validate ->
 load, each a call into `lgsp.runner`; the load task updates the dataset's
-Asset. The indicators DAG `lgsp_indicators` runs when any Asset of the datasets it reads is
+Asset. A full refresh or a backfill in its system's peak hours has its first task rescheduled to their end
+(`limits.peak.bulk: wait`; param `in_peak` runs it now). The indicators DAG `lgsp_indicators` runs when any Asset of the datasets it reads is
 updated, and daily; each run recomputes the months the newly loaded rows touch.
 `lgsp_maintenance` compacts the lake and applies the retention daily (`lgsp.retention`).
 `lgsp_drift_<dataset>` checks a sample of a shared dataset against its source (`lgsp.drift`).
@@ -99,7 +100,7 @@ def pipeline_dag(pipeline: PipelineSpec, catalog: Catalog) -> Any:
 
     @dag(dag_id=f"lgsp_{name}", description=pipeline.title, schedule=_timetable(pipeline.schedule),
          start_date=START_DATE, catchup=False, max_active_runs=1,
-         params={"full_refresh": False, "since": None, "until": None, "delete_missing": None},
+         params={"full_refresh": False, "since": None, "until": None, "delete_missing": None, "in_peak": False},
          tags=["lgsp", f"system:{system.name}", f"dataset:{pipeline.dataset}", *pipeline.tags],
          default_args=_default_args(pipeline.retries, pipeline.retry_delay_s, pipeline.max_retry_delay_s),
          deadline=_deadline(pipeline),
@@ -127,6 +128,22 @@ def _fail_at_once_if_the_table_needs_migrating() -> Iterator[None]:
         raise AirflowFailException(str(exc)) from None
 
 
+def _wait_off_peak(ctx: Any, context: dict[str, Any], full_refresh: bool, window: dict[str, Any]) -> None:
+    """A full refresh or a backfill in the system's peak hours (`limits.peak.bulk: wait`, param `in_peak` not set):
+    reschedule the task to the peak's end (it holds no worker slot meanwhile)."""
+    from lgsp import runner
+
+    if (context.get("params") or {}).get("in_peak"):
+        return
+    try:
+        runner.check_off_peak(ctx, bool(full_refresh or window.get("since") or window.get("until")))
+    except runner.InPeakHours as exc:
+        from airflow.sdk.exceptions import AirflowRescheduleException
+
+        log.info("%s", exc)
+        raise AirflowRescheduleException(exc.until) from None
+
+
 def _single_tasks(name: str, dataset: str, pool: str) -> None:
     """extract -> validate -> load of one batch."""
     from airflow.sdk import task
@@ -136,10 +153,11 @@ def _single_tasks(name: str, dataset: str, pool: str) -> None:
         """Pull since the cursor; `since`/`until` params (ISO 8601) or a backfill's interval pull a window."""
         from lgsp import runner
 
-        full_refresh = bool((context.get("params") or {}).get("full_refresh"))
+        full_refresh, window = bool((context.get("params") or {}).get("full_refresh")), run_window(context)
+        ctx = runner.context(name)
+        _wait_off_peak(ctx, context, full_refresh, window)
         with _fail_at_once_if_the_table_needs_migrating():
-            return str(runner.extract(runner.context(name), full_refresh=full_refresh,
-                                      **run_window(context))["batch_id"])
+            return str(runner.extract(ctx, full_refresh=full_refresh, **window)["batch_id"])
 
     @task(task_id="validate")
     def validate_step(batch_id: str) -> str:
@@ -177,6 +195,7 @@ def _partitioned_tasks(name: str, dataset: str, pool: str) -> None:
         deleting = (context.get("params") or {}).get("delete_missing")
         if deleting is not None and not full_refresh:
             raise ValueError("delete_missing needs full_refresh: only a full refresh reads every record the source has")
+        _wait_off_peak(ctx, context, full_refresh, window)
         with _fail_at_once_if_the_table_needs_migrating():
             cursor = None if full_refresh else ctx.warehouse.get_cursor(name)
         assert ctx.pipeline.partition is not None

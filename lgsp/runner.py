@@ -49,6 +49,31 @@ class BatchBalanceError(RuntimeError):
     """Rows pulled != rows landed + quarantined + superseded: something was lost."""
 
 
+class InPeakHours(RuntimeError):
+    """A bulk pull (full refresh, backfill) of a system in its peak hours (`limits.peak.bulk: wait`): `until`
+    (UTC) is when it may start."""
+
+    def __init__(self, pipeline: str, system: SystemSpec, until: datetime) -> None:
+        from catalog.models import LOCAL_TZ
+
+        self.until = until
+        assert system.limits.peak is not None
+        super().__init__(
+            f"{pipeline}: a full refresh or a backfill does not start in {system.name}'s peak hours, which end at "
+            f"{until.astimezone(LOCAL_TZ):%H:%M} local time ({until:%Y-%m-%d %H:%M} UTC; limits.peak.bulk: wait in "
+            f"catalog/systems.yaml): `--off-peak` waits for their end (on Airflow the extract task is rescheduled "
+            f"to it), `--in-peak` runs it now at the peak rate ({system.limits.peak.rate_per_s:g}/s)")
+
+
+def check_off_peak(ctx: "PipelineContext", bulk: bool) -> None:
+    """Raise InPeakHours when a bulk pull of the pipeline's system would start in its peak hours."""
+    from connectors.limits import bulk_wait
+
+    until = bulk_wait(ctx.system) if bulk else None
+    if until is not None:
+        raise InPeakHours(ctx.pipeline.name, ctx.system, until)
+
+
 @dataclass
 class PipelineContext:
     """Everything a step needs about one pipeline."""
@@ -846,7 +871,8 @@ def _unfinished(ctx: PipelineContext) -> tuple[str, str] | None:
 
 def run_pipeline(name: str, full_refresh: bool = False, catalog: Catalog | None = None,
                  settings: Settings | None = None, since: datetime | None = None,
-                 until: datetime | None = None, delete_missing: float | None = None) -> dict[str, Any]:
+                 until: datetime | None = None, delete_missing: float | None = None,
+                 in_peak: bool = False) -> dict[str, Any]:
     """Run extract -> validate -> load from this process (what one DAG run does, its tasks in one go).
 
     A batch a killed run left behind is finished first: a half-pulled one is
@@ -855,11 +881,15 @@ def run_pipeline(name: str, full_refresh: bool = False, catalog: Catalog | None 
     `LGSP_STREAMING=0` runs them one after another).
     `delete_missing` (with `full_refresh`): remove the records the source no longer has, unless more
     than that share of them would go (`_delete_missing`).
+    A full refresh or a backfill in the system's peak hours raises InPeakHours (`limits.peak.bulk: wait`)
+    unless `in_peak`.
     """
     from lgsp import streaming
 
     ctx = context(name, catalog, settings)
     fresh = full_refresh or since is not None or until is not None
+    if not in_peak:
+        check_off_peak(ctx, fresh)
     pending = None if fresh else _unfinished(ctx)
     if pending is not None:
         batch_id, status = pending

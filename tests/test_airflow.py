@@ -59,7 +59,8 @@ def test_dagbag_has_no_import_errors_tags_and_retries(tmp_path: Path) -> None:
     assert set(bag["dags"]["lgsp_tthc_dossiers"]["retries"]) == {"extract", "validate", "load"}
     for name, pipeline in catalog.pipelines.items():  # calls to a system share its pool
         assert bag["dags"][f"lgsp_{name}"]["pools"]["extract"] == f"lgsp_{pipeline.source.system}"
-        assert bag["dags"][f"lgsp_{name}"]["params"] == ["delete_missing", "full_refresh", "since", "until"]
+        assert bag["dags"][f"lgsp_{name}"]["params"] == ["delete_missing", "full_refresh", "in_peak", "since",
+                                                        "until"]
     sync = bag["dags"]["lgsp_push_dvcqg_dossier_sync"]["pools"]
     assert sync == {"enqueue_dvcqg_dossier_sync": "default_pool", "dispatch_dvcqg_dossier_sync": "lgsp_dvcqg",
                     "enqueue_dvcqg_dossier_progress": "default_pool", "dispatch_dvcqg_dossier_progress": "lgsp_dvcqg"}

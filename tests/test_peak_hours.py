@@ -199,3 +199,115 @@ def test_the_sandbox_serves_a_population_service_of_a_given_capacity() -> None:
     assert plan.injected_by_kind == {"overloaded": 2}
     plan.clear()
     assert plan.capacity_per_s == 0 and not plan.overloaded()
+
+
+def _catalog_with_peak_every_day(tmp_path: Path) -> Path:
+    """A copy of the catalog whose population peak hours (LGSP_POPULATION_PEAK_HOURS) hold every day."""
+    copy = tmp_path / "catalog"
+    shutil.copytree(CATALOG_DIR, copy, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    path = copy / "systems.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("days: [mon, tue, wed, thu, fri]", "days: [mon, tue, wed, thu, fri, sat, sun]"),
+                    encoding="utf-8")
+    return copy
+
+
+def _batches(url: str) -> list[dict[str, Any]]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        if not sa.inspect(engine).has_table("lgsp_batch"):
+            return []
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.text("SELECT batch_id, mode, status, started_at FROM lgsp_batch "
+                                                          "ORDER BY started_at")).mappings()]
+    finally:
+        engine.dispose()
+
+
+def test_a_full_refresh_or_a_backfill_does_not_start_in_a_peak(lgsp_env: Any, sandbox_handle: Any) -> None:
+    """`limits.peak.bulk: wait`: a bulk pull is refused before anything starts, saying until when and what to do;
+    an incremental run goes on (at the peak rate), and so does a bulk pull with `in_peak`, or with `bulk: slow`."""
+    catalog = _with_peak(load_catalog(), hours="00:00-24:00", days=EVERY_DAY, rate_per_s=1000)
+    midnight = (datetime.now(LOCAL_TZ) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    with pytest.raises(runner.InPeakHours) as err:
+        runner.run_pipeline("population_citizens", full_refresh=True, catalog=catalog)
+    assert err.value.until == midnight
+    assert str(err.value) == (
+        "population_citizens: a full refresh or a backfill does not start in population's peak hours, which end at "
+        f"00:00 local time ({midnight.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC; limits.peak.bulk: wait in "
+        "catalog/systems.yaml): `--off-peak` waits for their end (on Airflow the extract task is rescheduled to it), "
+        "`--in-peak` runs it now at the peak rate (1000/s)")
+    with pytest.raises(runner.InPeakHours):
+        runner.run_pipeline("population_citizens", since=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                            until=datetime(2026, 2, 1, tzinfo=timezone.utc), catalog=catalog)
+    assert _batches(lgsp_env.database_url) == []  # nothing started
+    assert runner.run_pipeline("population_citizens", catalog=catalog)["mode"] == "incremental"
+    assert runner.run_pipeline("population_citizens", full_refresh=True, catalog=catalog, in_peak=True)["mode"] == \
+        "full_refresh"
+    slow = _with_peak(load_catalog(), hours="00:00-24:00", days=EVERY_DAY, rate_per_s=1000, bulk="slow")
+    assert runner.run_pipeline("population_citizens", full_refresh=True, catalog=slow)["mode"] == "full_refresh"
+    assert [b["status"] for b in _batches(lgsp_env.database_url)] == ["loaded"] * 3
+
+
+def test_the_cli_refuses_a_bulk_pull_in_a_peak_and_says_what_to_do(lgsp_env: Any, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from lgsp.cli import app
+
+    monkeypatch.setenv("LGSP_CATALOG_DIR", str(_catalog_with_peak_every_day(tmp_path)))
+    monkeypatch.setenv("LGSP_POPULATION_PEAK_HOURS", "00:00-24:00")
+    cli = CliRunner()
+
+    def said(*args: str) -> tuple[int, str]:
+        result = cli.invoke(app, list(args), env={"COLUMNS": "300"})
+        return result.exit_code, " ".join(result.output.split())
+
+    code, text = said("run", "population_citizens", "--full-refresh", "--inline")
+    assert code == 1 and "a full refresh or a backfill does not start in population's peak hours" in text, text
+    assert "`--off-peak` waits for their end" in text and "`--in-peak` runs it now at the peak rate (10/s)" in text
+    code, text = said("backfill", "population_citizens", "--from", "2026-11-01", "--to", "2026-11-02", "--inline")
+    assert code == 1 and "does not start in population's peak hours" in text, text
+    code, text = said("run", "population_citizens", "--full-refresh", "--inline", "--in-peak", "--off-peak")
+    assert code == 1 and "give one or the other" in text, text
+    assert _batches(lgsp_env.database_url) == []
+    code, text = said("run", "population_citizens", "--full-refresh", "--inline", "--in-peak")
+    assert code == 0, text
+    assert [(b["mode"], b["status"]) for b in _batches(lgsp_env.database_url)] == [("full_refresh", "loaded")]
+
+
+@pytest.mark.airflow
+def test_on_airflow_a_full_refresh_in_a_peak_waits_for_its_end(tmp_path: Path, sandbox_handle: Any) -> None:
+    """The real Airflow (`lgsp run --off-peak`, dag.test): the extract task is rescheduled to the end of a peak
+    that ends two to three minutes from now, holds no worker meanwhile, then pulls; the batch starts after it."""
+    import sqlalchemy as sa
+
+    from airflow_helpers import lgsp_env as airflow_env_of, run
+
+    now = datetime.now(LOCAL_TZ).replace(second=0, microsecond=0)
+    start, end = now - timedelta(minutes=2), now + timedelta(minutes=3)
+    hours = f"{start:%H:%M}-{end:%H:%M}"
+    home = tmp_path / "home"
+    env = airflow_env_of(home, **sandbox_handle.env(), LGSP_CATALOG_DIR=str(_catalog_with_peak_every_day(tmp_path)))
+    env["LGSP_POPULATION_PEAK_HOURS"] = hours
+    refused = run(["lgsp", "run", "population_citizens", "--full-refresh"], env)
+    assert refused.returncode == 1 and "--off-peak" in refused.stdout, refused.stdout[-2000:]
+    proc = run(["lgsp", "run", "population_citizens", "--full-refresh", "--off-peak"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"the extract task waits on Airflow until {end:%H:%M} local time (rescheduled)" in \
+        " ".join(proc.stdout.split())
+    (batch,) = _batches(f"sqlite:///{home / 'warehouse.db'}")
+    started = batch["started_at"] if isinstance(batch["started_at"], datetime) else \
+        datetime.fromisoformat(str(batch["started_at"]))
+    assert (batch["mode"], batch["status"]) == ("full_refresh", "loaded")
+    assert started.replace(tzinfo=started.tzinfo or timezone.utc) >= end, (started, end)
+    airflow_db = sa.create_engine(f"sqlite:///{home / 'airflow' / 'airflow.db'}")
+    with airflow_db.connect() as conn:
+        rescheduled = conn.execute(sa.text("select reschedule_date from task_reschedule")).scalars().all()
+        states = dict(conn.execute(sa.text(
+            "select task_id, state from task_instance where dag_id = 'lgsp_population_citizens'")).all())
+    airflow_db.dispose()
+    assert len(rescheduled) == 1, rescheduled
+    assert states == {"extract": "success", "validate": "success", "load": "success"}
