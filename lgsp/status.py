@@ -217,8 +217,9 @@ def peak_line(peak: dict[str, Any]) -> str:
         range(DAYS.index(days[0]), DAYS.index(days[-1]) + 1)) else ", ".join(days))
     now = ("now off peak" if peak["until"] is None
            else f"now in one until {peak['until'].astimezone(LOCAL_TZ):%H:%M} local")
+    bulk = ", full refreshes and backfills wait for their end" if peak.get("bulk") == "wait" else ""
     return (f"{peak['system']}'s peak hours: {said} {', '.join(peak['hours'])} local (Asia/Ho_Chi_Minh): background "
-            f"calls at {peak['rate_per_s']:g}/s, lookups at the full rate; {now}")
+            f"calls at {peak['rate_per_s']:g}/s{bulk}, lookups at the full rate; {now}")
 
 
 def _backup_state(now: datetime, problems: list[dict[str, Any]]) -> dict[str, Any]:

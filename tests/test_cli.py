@@ -98,7 +98,8 @@ def test_demo_runs_on_airflow_and_is_idempotent(tmp_path: Path) -> None:
     again = run(["lgsp", "demo", "--citizens", "400", "--dossiers", "900"], {**env, "LGSP_POPULATION_PEAK_HOURS": peak})
     assert again.returncode == 0, again.stdout[-3000:]
     assert (f"Peak hours: population's peak hours: mon-fri {peak} local (Asia/Ho_Chi_Minh): background calls at "
-            "10/s, lookups at the full rate; now off peak (limits.peak; lgsp status)") in " ".join(again.stdout.split())
+            "10/s, full refreshes and backfills wait for their end, lookups at the full rate; now off peak "
+            "(limits.peak; lgsp status)") in " ".join(again.stdout.split())
     assert _counts(home) == counts
     assert f"Agency copy: enterprise -> {copy} (changes: 0 upserted, 0 deleted; {shared} rows" in again.stdout
     assert "Agency told: nothing, as nothing it follows changed" in again.stdout

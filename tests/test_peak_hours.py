@@ -171,7 +171,8 @@ def test_status_and_metrics_say_when_a_system_is_in_its_peak(lgsp_env: Any) -> N
     peak = next(p for p in report["peak_hours"] if p["system"] == "population")
     assert peak["until"] == at.replace(hour=11, minute=30)
     assert peak_line(peak) == ("population's peak hours: mon-fri 07:30-11:30, 13:30-17:00 local (Asia/Ho_Chi_Minh): "
-                               "background calls at 5/s, lookups at the full rate; now in one until 11:30 local")
+                               "background calls at 5/s, full refreshes and backfills wait for their end, lookups at "
+                               "the full rate; now in one until 11:30 local")
     late = [p["problem"] for p in report["problems"] if p.get("pipeline") == "population_citizens"]
     assert any(text.endswith("(population is in its peak hours until 11:30 local: pulls run at 5/s)")
                for text in late), late
