@@ -6,9 +6,11 @@ configuration at import time.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,24 @@ def load_dagbag() -> Any:
     return DagBag(dag_folder=str(DAGS_FOLDER))
 
 
+class _OncePerMinute(logging.Filter):
+    """dag.test() says "No tasks to run" every second while a task waits (rescheduled to the end of a system's
+    peak hours, say): let it through once a minute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("No tasks to run"):
+            return True
+        now = time.monotonic()
+        if now - self.said < 60:
+            return False
+        self.said = now
+        return True
+
+
 def run_dag(dag_id: str, dagbag: Any | None = None, conf: dict[str, Any] | None = None,
             task_retries: bool = True, logical_date: Any = None) -> Any:
     """Run one DAG to completion with `dag.test()`; raise DagRunFailed naming the failed tasks.
@@ -136,7 +156,12 @@ def run_dag(dag_id: str, dagbag: Any | None = None, conf: dict[str, Any] | None 
         for task in dag.tasks:
             task.retries = 0
     dag.deadline = None  # late alerts are the scheduler's job; dag.test() cannot store them
-    run = dag.test(run_conf=conf, logical_date=logical_date) if conf or logical_date else dag.test()
+    waiting = _OncePerMinute()
+    logging.getLogger("airflow.sdk.definitions.dag").addFilter(waiting)
+    try:
+        run = dag.test(run_conf=conf, logical_date=logical_date) if conf or logical_date else dag.test()
+    finally:
+        logging.getLogger("airflow.sdk.definitions.dag").removeFilter(waiting)
     state = str(getattr(run, "state", "unknown"))
     if not state.endswith("success"):
         failed = [ti.task_id for ti in run.get_task_instances() if str(ti.state).endswith(("failed", "upstream_failed"))]

@@ -3,8 +3,8 @@
 Per pipeline: a DAG `lgsp_<pipeline>` with three tasks, extract -> validate ->
 load, each a call into `lgsp.runner`; the load task updates the dataset's
 Asset. A full refresh or a backfill in its system's peak hours has its first task rescheduled to their end
-(`limits.peak.bulk: wait`; param `in_peak` runs it now). The indicators DAG `lgsp_indicators` runs when any Asset of the datasets it reads is
-updated, and daily; each run recomputes the months the newly loaded rows touch.
+(`limits.peak.bulk: wait`; param `in_peak` runs it now). The indicators DAG `lgsp_indicators` runs when any
+Asset of the datasets it reads is updated, and daily; each run recomputes the months the newly loaded rows touch.
 `lgsp_maintenance` compacts the lake and applies the retention daily (`lgsp.retention`).
 `lgsp_drift_<dataset>` checks a sample of a shared dataset against its source (`lgsp.drift`).
 `lgsp_freshness` alerts when a pipeline's last complete sync gets older than its objective (`lgsp.freshness`).
