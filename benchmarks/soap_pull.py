@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# the population system's peak hours (catalog/systems.yaml) would slow its calls to 10/s in Vietnamese
+# office hours: the figures are lgsp's, whatever the clock says (set LGSP_POPULATION_PEAK_HOURS to measure them)
+os.environ.setdefault("LGSP_POPULATION_PEAK_HOURS", "none")
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

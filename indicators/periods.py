@@ -13,9 +13,10 @@ Example:
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
-VN_TZ = timezone(timedelta(hours=7), "Asia/Ho_Chi_Minh")
+from catalog.models import LOCAL_TZ as VN_TZ
+
 PERIOD_TYPES = ("month", "quarter", "year", "range")
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _QUARTER = re.compile(r"^(\d{4})-Q([1-4])$")

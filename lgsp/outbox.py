@@ -21,16 +21,16 @@ import hashlib
 import json
 import logging
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
+from catalog.models import LOCAL_TZ as VN_TZ
 from catalog.models import Catalog, FeedSpec, FieldMapSpec
 from warehouse import Warehouse
 
 log = logging.getLogger("lgsp.outbox")
-VN_TZ = timezone(timedelta(hours=7), "Asia/Ho_Chi_Minh")
 STATUSES = ("pending", "failed", "acked", "dead")
 
 
